@@ -1,0 +1,10 @@
+//! Credentials: generation and hashing of opaque tokens, password hashing
+//! and policy, access-token (JWT) signing, and telling credential kinds apart.
+
+pub mod credential;
+pub mod jwt;
+pub mod password;
+pub mod token;
+
+pub use credential::Credential;
+pub use jwt::{AccessClaims, JwtKeys};

@@ -1,0 +1,79 @@
+//! Opaque secrets: `ak_`, `at_`, `mk_`, refresh and email tokens.
+
+use rand::rngs::OsRng;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+pub const API_KEY_PREFIX: &str = "ak_";
+pub const AGENT_TOKEN_PREFIX: &str = "at_";
+pub const MASTER_KEY_PREFIX: &str = "mk_";
+pub const REFRESH_PREFIX: &str = "rt_";
+pub const EMAIL_TOKEN_PREFIX: &str = "et_";
+
+/// `n` random base62 characters from the OS CSPRNG (rejection-free: 62
+/// values are drawn uniformly by `gen_range`).
+pub fn random_base62(n: usize) -> String {
+    let mut rng = OsRng;
+    (0..n).map(|_| BASE62[rng.gen_range(0..BASE62.len())] as char).collect()
+}
+
+pub fn new_api_key() -> String {
+    format!("{API_KEY_PREFIX}{}", random_base62(32))
+}
+
+pub fn new_master_key() -> String {
+    format!("{MASTER_KEY_PREFIX}{}", random_base62(43))
+}
+
+pub fn new_refresh_token() -> String {
+    format!("{REFRESH_PREFIX}{}", random_base62(43))
+}
+
+pub fn new_email_token() -> String {
+    format!("{EMAIL_TOKEN_PREFIX}{}", random_base62(43))
+}
+
+/// Lower-case hex SHA-256, the at-rest form of every high-entropy token.
+pub fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+pub fn sha256(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+/// Constant-time equality (length differences return false without early exit on content).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// Whether `s` is `prefix` followed by exactly `len` base62 characters.
+pub fn has_shape(s: &str, prefix: &str, len: usize) -> bool {
+    s.strip_prefix(prefix)
+        .is_some_and(|rest| rest.len() == len && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_shapes() {
+        let k = new_api_key();
+        assert!(has_shape(&k, "ak_", 32), "{k}");
+        assert_ne!(k, new_api_key());
+        let m = new_master_key();
+        assert!(m.starts_with("mk_") && m.len() == 46);
+    }
+
+    #[test]
+    fn hashing_and_comparison() {
+        assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"ab"));
+    }
+}

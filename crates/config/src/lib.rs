@@ -1,0 +1,364 @@
+//! Configuration: defaults, then a TOML file (with `${VAR}` substitution),
+//! then `PALISADE_<SECTION>__<KEY>` environment variables. Secrets can also
+//! come from files (`*_file` keys) and never print in `Debug` output.
+
+mod secret;
+mod substitute;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use secret::Secret;
+pub use substitute::substitute_env;
+
+/// Master keys and JWT secrets that appear in our docs and examples. Production refuses them.
+pub const KNOWN_DEV_SECRETS: &[&str] = &[
+    "mk_dev_master_key_do_not_use_in_production_0000000",
+    "dev-jwt-secret-do-not-use-in-production-000000000",
+    "changeme",
+    "secret",
+    "password",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Dev,
+    Production,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub mode: Mode,
+    pub server: Server,
+    pub database: Database,
+    pub admin: Admin,
+    pub auth: Auth,
+    pub cors: Cors,
+    pub mail: Mail,
+    pub limits: Limits,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Server {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed. Empty: the socket address is the client.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub trust_proxy: Vec<IpNet>,
+    pub tls: Tls,
+    /// Base URL used in links sent by mail.
+    pub public_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Database {
+    /// `sqlite://...` or `postgres://...`; empty means SQLite in the data dir.
+    pub url: Option<Secret>,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    pub master_key: Option<Secret>,
+    pub master_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// PEM (PKCS#8) Ed25519 private key for EdDSA access tokens.
+    pub jwt_private_key_file: Option<PathBuf>,
+    /// HS256 secret, at least 32 bytes, used only when no Ed25519 key is set.
+    pub jwt_secret: Option<Secret>,
+    pub jwt_secret_file: Option<PathBuf>,
+    pub issuer: String,
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cors {
+    #[serde(deserialize_with = "list_or_csv")]
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mail {
+    /// `smtps://user:pass@host:465` or `smtp://user:pass@host:587?tls=required`.
+    pub smtp_url: Option<Secret>,
+    pub from: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_json_depth: usize,
+    pub max_text_chars: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// `tracing` filter directive, e.g. `info` or `palisade=debug,info`.
+    pub level: String,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            trust_proxy: Vec::new(),
+            tls: Tls::default(),
+            public_url: "http://127.0.0.1:8080".into(),
+        }
+    }
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Self { url: None, max_connections: 16 }
+    }
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            jwt_private_key_file: None,
+            jwt_secret: None,
+            jwt_secret_file: None,
+            issuer: "palisade".into(),
+            access_token_ttl_secs: 3600,
+            refresh_token_ttl_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for Mail {
+    fn default() -> Self {
+        Self { smtp_url: None, from: "Palisade <noreply@localhost>".into() }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_body_bytes: 25 * 1024 * 1024, max_json_depth: 32, max_text_chars: 8192 }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self { level: "info".into() }
+    }
+}
+
+/// A configuration problem, phrased as what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn list_or_csv<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        One(String),
+    }
+    let items: Vec<String> = match Raw::deserialize(d)? {
+        Raw::List(v) => v,
+        Raw::One(s) => s.split(',').map(str::to_owned).collect(),
+    };
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<T>().map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}"))))
+        .collect()
+}
+
+impl Config {
+    /// Loads from `path` (must exist) or `./palisade.toml` if present, then env.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        let file = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from("palisade.toml")).filter(|p| p.exists()),
+        };
+        if let Some(file) = file {
+            let raw = std::fs::read_to_string(&file).map_err(|e| {
+                ConfigError(format!("cannot read config file {}: {e}", file.display()))
+            })?;
+            let text = substitute_env(&raw, |k| std::env::var(k).ok())
+                .map_err(|e| ConfigError(format!("{}: {e}", file.display())))?;
+            fig = fig.merge(Toml::string(&text));
+        }
+        fig = fig.merge(env_provider());
+        let mut cfg: Config = fig.extract().map_err(|e| {
+            ConfigError(format!("invalid configuration: {e} (check palisade.toml and PALISADE_* variables)"))
+        })?;
+        cfg.resolve_files()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads the `*_file` secrets into their values.
+    pub fn resolve_files(&mut self) -> Result<(), ConfigError> {
+        fn read(path: &Path, key: &str) -> Result<Secret, ConfigError> {
+            std::fs::read_to_string(path)
+                .map(|s| Secret::new(s.trim().to_owned()))
+                .map_err(|e| ConfigError(format!("{key}: cannot read {}: {e}", path.display())))
+        }
+        if self.admin.master_key.is_none() {
+            if let Some(p) = &self.admin.master_key_file {
+                self.admin.master_key = Some(read(p, "admin.master_key_file")?);
+            }
+        }
+        if self.auth.jwt_secret.is_none() {
+            if let Some(p) = &self.auth.jwt_secret_file {
+                self.auth.jwt_secret = Some(read(p, "auth.jwt_secret_file")?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that hold in every mode, then the production refusals.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if self.auth.access_token_ttl_secs == 0 || self.auth.access_token_ttl_secs > 24 * 3600 {
+            return Err(ConfigError(
+                "auth.access_token_ttl_secs must be between 1 and 86400 (24 h)".into(),
+            ));
+        }
+        if let Some(s) = &self.auth.jwt_secret {
+            if s.expose().len() < 32 {
+                return Err(ConfigError("auth.jwt_secret must be at least 32 bytes".into()));
+            }
+        }
+        if self.tls_enabled() && (self.server.tls.cert_file.is_none() || self.server.tls.key_file.is_none()) {
+            return Err(ConfigError("server.tls needs both cert_file and key_file".into()));
+        }
+        if self.mode == Mode::Production {
+            self.production_refusals()?;
+        }
+        Ok(())
+    }
+
+    fn production_refusals(&self) -> Result<(), ConfigError> {
+        let refuse = |m: &str| Err(ConfigError(format!("refusing to start in production: {m}")));
+        match &self.admin.master_key {
+            None => return refuse("no master key; set PALISADE_ADMIN__MASTER_KEY or admin.master_key_file"),
+            Some(k) if is_known_default(k.expose()) || !k.expose().starts_with("mk_") || k.expose().len() < 46 => {
+                return refuse("the master key is a known default or too weak; generate one with `palisade admin master-key rotate`")
+            }
+            _ => {}
+        }
+        match (&self.auth.jwt_private_key_file, &self.auth.jwt_secret) {
+            (None, None) => {
+                return refuse("no token signing key; set auth.jwt_private_key_file (Ed25519 PEM) or auth.jwt_secret")
+            }
+            (None, Some(s)) if is_known_default(s.expose()) => {
+                return refuse("auth.jwt_secret is a known default; generate a random one")
+            }
+            _ => {}
+        }
+        if self.cors.allowed_origins.iter().any(|o| o.trim() == "*") {
+            return refuse("cors.allowed_origins contains `*`; list the exact origins");
+        }
+        if let Some(url) = &self.database.url {
+            if is_postgres(url.expose()) && !postgres_url_is_safe(url.expose()) {
+                return refuse("database.url must use sslmode=require or verify-full (or a unix socket)");
+            }
+        }
+        if !self.tls_enabled() && self.server.trust_proxy.is_empty() {
+            return refuse("configure server.tls (cert_file, key_file) or server.trust_proxy for the TLS-terminating proxy");
+        }
+        Ok(())
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        self.server.tls.cert_file.is_some() || self.server.tls.key_file.is_some()
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.listen.parse().map_err(|_| {
+            ConfigError(format!(
+                "server.listen `{}` is not an address like 127.0.0.1:8080",
+                self.server.listen
+            ))
+        })
+    }
+
+    /// The database URL, defaulting to SQLite inside the data dir.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(u) if !u.expose().is_empty() => u.expose().to_owned(),
+            _ => format!("sqlite://{}", self.server.data_dir.join("palisade.db").display()),
+        }
+    }
+}
+
+fn env_provider() -> Env {
+    // Only `SECTION__KEY` and `MODE` are config; other PALISADE_* variables
+    // (e.g. the test suite's) are not.
+    Env::prefixed("PALISADE_")
+        .filter(|k| k.as_str().contains("__") || k.as_str().eq_ignore_ascii_case("mode"))
+        .split("__")
+}
+
+fn is_known_default(s: &str) -> bool {
+    KNOWN_DEV_SECRETS.iter().any(|d| d.eq_ignore_ascii_case(s.trim()))
+}
+
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// TLS to the database is required unless the connection is a unix socket.
+pub fn postgres_url_is_safe(url: &str) -> bool {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut socket = false;
+    let mut tls = false;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "sslmode" => tls = matches!(v, "require" | "verify-full" | "verify-ca"),
+            "host" => socket |= v.starts_with('/') || v.starts_with("%2F") || v.starts_with("%2f"),
+            _ => {}
+        }
+    }
+    let authority = base.split("://").nth(1).unwrap_or("");
+    let host = authority.split('/').next().unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or("");
+    socket |= host.is_empty() || host.starts_with("%2F") || host.starts_with("%2f");
+    tls || socket
+}
+
+#[cfg(test)]
+mod tests;

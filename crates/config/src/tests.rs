@@ -1,0 +1,112 @@
+use super::*;
+
+fn prod() -> Config {
+    let mut c = Config { mode: Mode::Production, ..Config::default() };
+    c.admin.master_key = Some(Secret::new(format!("mk_{}", "A".repeat(43))));
+    c.auth.jwt_secret = Some(Secret::new("x".repeat(40)));
+    c.server.trust_proxy = vec!["10.0.0.0/8".parse().unwrap()];
+    c
+}
+
+fn refusal(c: &Config) -> String {
+    c.validate().expect_err("must refuse").0
+}
+
+#[test]
+fn good_production_config_passes() {
+    prod().validate().unwrap();
+}
+
+#[test]
+fn production_refusals() {
+    let mut c = prod();
+    c.admin.master_key = None;
+    assert!(refusal(&c).contains("master key"));
+
+    let mut c = prod();
+    c.admin.master_key = Some(Secret::new(KNOWN_DEV_SECRETS[0].into()));
+    assert!(refusal(&c).contains("known default"));
+
+    let mut c = prod();
+    c.auth.jwt_secret = None;
+    assert!(refusal(&c).contains("signing key"));
+
+    let mut c = prod();
+    c.auth.jwt_secret = Some(Secret::new(KNOWN_DEV_SECRETS[1].into()));
+    assert!(refusal(&c).contains("jwt_secret"));
+
+    let mut c = prod();
+    c.cors.allowed_origins = vec!["*".into()];
+    assert!(refusal(&c).contains("cors"));
+
+    let mut c = prod();
+    c.database.url = Some(Secret::new("postgres://u:p@db.example/x".into()));
+    assert!(refusal(&c).contains("sslmode"));
+    c.database.url = Some(Secret::new("postgres://u:p@db.example/x?sslmode=require".into()));
+    c.validate().unwrap();
+
+    let mut c = prod();
+    c.server.trust_proxy.clear();
+    assert!(refusal(&c).contains("tls"));
+}
+
+#[test]
+fn dev_mode_is_lenient() {
+    let c = Config::default();
+    c.validate().unwrap();
+}
+
+#[test]
+fn ttl_is_capped() {
+    let mut c = Config::default();
+    c.auth.access_token_ttl_secs = 25 * 3600;
+    assert!(refusal(&c).contains("86400"));
+}
+
+#[test]
+fn postgres_url_rules() {
+    assert!(postgres_url_is_safe("postgres://h/db?sslmode=verify-full"));
+    assert!(postgres_url_is_safe("postgres:///db?host=/var/run/postgresql"));
+    assert!(postgres_url_is_safe("postgresql://%2Fvar%2Frun/db"));
+    assert!(!postgres_url_is_safe("postgres://h/db?sslmode=prefer"));
+    assert!(!postgres_url_is_safe("postgres://h/db"));
+}
+
+#[test]
+fn substitution() {
+    let look = |k: &str| (k == "A").then(|| "1".to_string());
+    assert_eq!(substitute_env("x=${A}y", look).unwrap(), "x=1y");
+    assert!(substitute_env("x=${B}", look).unwrap_err().contains("B is not set"));
+    assert!(substitute_env("x=${A", look).is_err());
+}
+
+#[test]
+fn file_then_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:9\"\n[cors]\nallowed_origins = [\"https://a.example\"]\n").unwrap();
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("PALISADE_SERVER__LISTEN", "127.0.0.1:7");
+        jail.set_env("PALISADE_TEST_POSTGRES_URL", "ignored");
+        let c = Config::load(Some(&path)).map_err(|e| e.0)?;
+        assert_eq!(c.server.listen, "127.0.0.1:7");
+        assert_eq!(c.cors.allowed_origins, vec!["https://a.example".to_string()]);
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_keys_fail_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, "[server]\nlisten_addr = \"x\"\n").unwrap();
+    let err = Config::load(Some(&path)).unwrap_err();
+    assert!(err.0.contains("listen_addr"), "{}", err.0);
+}
+
+#[test]
+fn secrets_do_not_print() {
+    let c = prod();
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("xxxxxxxx") && !dbg.contains("mk_AAAA"));
+}

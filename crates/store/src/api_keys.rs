@@ -1,0 +1,166 @@
+//! API keys. Only the SHA-256 of a key is stored; during a rotation's grace
+//! period the previous hash is kept beside the new one.
+
+use palisade_core::principal::SysadminProof;
+use palisade_core::{ApiKeyId, TenantScope};
+use sqlx::{Any, Executor};
+
+use crate::Result;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub prefix: String,
+    pub permissions: String,
+    pub role: Option<String>,
+    pub created_by_type: String,
+    pub created_by_id: Option<String>,
+    pub expires_at: Option<i64>,
+    pub allowed_ips: String,
+    pub allowed_origins: String,
+    pub status: String,
+    pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub created_at: i64,
+    pub prev_valid_until: Option<i64>,
+}
+
+const COLS: &str = "id, tenant_id, name, prefix, permissions, role, created_by_type, created_by_id, expires_at, \
+    allowed_ips, allowed_origins, status, revoked_at, last_used_at, created_at, prev_valid_until";
+
+pub struct NewApiKey<'a> {
+    pub id: ApiKeyId,
+    pub name: &'a str,
+    pub prefix: &'a str,
+    pub key_hash: &'a str,
+    /// JSON array of permission names.
+    pub permissions: &'a str,
+    pub role: Option<&'a str>,
+    pub created_by_type: &'a str,
+    pub created_by_id: Option<&'a str>,
+    pub expires_at: Option<i64>,
+    /// JSON arrays.
+    pub allowed_ips: &'a str,
+    pub allowed_origins: &'a str,
+    pub now: i64,
+}
+
+pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, k: &NewApiKey<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, permissions, role, created_by_type, \
+         created_by_id, expires_at, allowed_ips, allowed_origins, status, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'active', $13)",
+    )
+    .bind(k.id.to_string())
+    .bind(scope.tenant_id().to_string())
+    .bind(k.name)
+    .bind(k.prefix)
+    .bind(k.key_hash)
+    .bind(k.permissions)
+    .bind(k.role)
+    .bind(k.created_by_type)
+    .bind(k.created_by_id)
+    .bind(k.expires_at)
+    .bind(k.allowed_ips)
+    .bind(k.allowed_origins)
+    .bind(k.now)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Authentication: finds the key by its hash (current, or previous within
+/// the grace period). Tenant scope comes from the row found.
+pub async fn find_by_hash<'c>(ex: impl Executor<'c, Database = Any>, hash: &str, now: i64) -> Result<Option<ApiKeyRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLS} FROM api_keys WHERE key_hash = $1 \
+         UNION ALL SELECT {COLS} FROM api_keys WHERE prev_key_hash = $1 AND prev_valid_until > $2"
+    ))
+    .bind(hash)
+    .bind(now)
+    .fetch_optional(ex)
+    .await?)
+}
+
+pub async fn get<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, id: ApiKeyId) -> Result<Option<ApiKeyRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM api_keys WHERE tenant_id = $1 AND id = $2"))
+        .bind(scope.tenant_id().to_string())
+        .bind(id.to_string())
+        .fetch_optional(ex)
+        .await?)
+}
+
+pub async fn list<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<Vec<ApiKeyRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id"))
+        .bind(scope.tenant_id().to_string())
+        .fetch_all(ex)
+        .await?)
+}
+
+/// Replaces the key's secret; the old one stays valid until `grace_until`.
+/// Only a live key can be rotated.
+pub async fn rotate<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: ApiKeyId,
+    new_hash: &str,
+    new_prefix: &str,
+    grace_until: i64,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE api_keys SET prev_key_hash = key_hash, prev_valid_until = $1, key_hash = $2, prefix = $3 \
+         WHERE tenant_id = $4 AND id = $5 AND revoked_at IS NULL",
+    )
+    .bind(grace_until)
+    .bind(new_hash)
+    .bind(new_prefix)
+    .bind(scope.tenant_id().to_string())
+    .bind(id.to_string())
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn revoke<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, id: ApiKeyId, now: i64) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1), prev_key_hash = NULL, prev_valid_until = NULL \
+         WHERE tenant_id = $2 AND id = $3",
+    )
+    .bind(now)
+    .bind(scope.tenant_id().to_string())
+    .bind(id.to_string())
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Kill-switch; the operator names the key by id alone. Returns the tenant.
+pub async fn set_status<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    _proof: &SysadminProof,
+    id: ApiKeyId,
+    status: &str,
+) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar("UPDATE api_keys SET status = $1 WHERE id = $2 RETURNING tenant_id")
+        .bind(status)
+        .bind(id.to_string())
+        .fetch_optional(ex)
+        .await?)
+}
+
+/// Records use, at most once a minute per key so reads stay reads.
+pub async fn touch<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, id: ApiKeyId, now: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE api_keys SET last_used_at = $1 \
+         WHERE tenant_id = $2 AND id = $3 AND (last_used_at IS NULL OR last_used_at < $4)",
+    )
+    .bind(now)
+    .bind(scope.tenant_id().to_string())
+    .bind(id.to_string())
+    .bind(now - 60_000)
+    .execute(ex)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! Storage: one layer over SQLite and PostgreSQL (sqlx `Any`), per-dialect
+//! migrations, and repositories. Every function that touches tenant data
+//! takes a [`TenantScope`](palisade_core::TenantScope) and filters by it.
+
+pub mod api_keys;
+pub mod audit;
+mod db;
+mod error;
+pub mod settings;
+pub mod tenants;
+pub mod tokens;
+pub mod users;
+
+pub use db::{create_private_dir, Db, Dialect, Tx};
+pub use error::StoreError;
+
+pub type Result<T> = std::result::Result<T, StoreError>;

@@ -1,0 +1,182 @@
+//! One-time email tokens, refresh-token families and revoked access tokens.
+//! Only SHA-256 hashes of tokens are stored.
+
+use palisade_core::{TenantScope, UserId};
+use sqlx::{Any, Executor};
+
+use crate::Result;
+
+pub async fn insert_email_token<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    user_id: UserId,
+    token_hash: &str,
+    purpose: &str,
+    expires_at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO email_tokens (token_hash, tenant_id, user_id, purpose, expires_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(token_hash)
+    .bind(scope.tenant_id().to_string())
+    .bind(user_id.to_string())
+    .bind(purpose)
+    .bind(expires_at)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Marks the token used if it is live; returns (tenant_id, user_id). A
+/// single conditional update, so two racing uses cannot both succeed.
+pub async fn consume_email_token<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    token_hash: &str,
+    purpose: &str,
+    now: i64,
+) -> Result<Option<(String, String)>> {
+    Ok(sqlx::query_as(
+        "UPDATE email_tokens SET used_at = $1 \
+         WHERE token_hash = $2 AND purpose = $3 AND used_at IS NULL AND expires_at > $1 \
+         RETURNING tenant_id, user_id",
+    )
+    .bind(now)
+    .bind(token_hash)
+    .bind(purpose)
+    .fetch_optional(ex)
+    .await?)
+}
+
+pub async fn create_family<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    family_id: &str,
+    user_id: UserId,
+    now: i64,
+    expires_at: i64,
+) -> Result<()> {
+    sqlx::query("INSERT INTO token_families (id, tenant_id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(family_id)
+        .bind(scope.tenant_id().to_string())
+        .bind(user_id.to_string())
+        .bind(now)
+        .bind(expires_at)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+pub async fn insert_refresh<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    token_hash: &str,
+    family_id: &str,
+    user_id: UserId,
+    now: i64,
+    expires_at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, family_id, tenant_id, user_id, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(token_hash)
+    .bind(family_id)
+    .bind(scope.tenant_id().to_string())
+    .bind(user_id.to_string())
+    .bind(now)
+    .bind(expires_at)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshUse {
+    /// First use of a live token: the caller issues the next pair.
+    Fresh { tenant_id: String, user_id: String, family_id: String },
+    /// A token that was already used: theft is likely, revoke the family.
+    Reused { tenant_id: String, family_id: String },
+    /// Unknown, expired, or of a revoked family.
+    Invalid,
+}
+
+pub async fn use_refresh(tx: &mut crate::Tx, token_hash: &str, now: i64) -> Result<RefreshUse> {
+    let fresh: Option<(String, String, String)> = sqlx::query_as(
+        "UPDATE refresh_tokens SET used_at = $1 \
+         WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1 \
+           AND family_id IN (SELECT id FROM token_families WHERE revoked_at IS NULL) \
+         RETURNING tenant_id, user_id, family_id",
+    )
+    .bind(now)
+    .bind(token_hash)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some((tenant_id, user_id, family_id)) = fresh {
+        return Ok(RefreshUse::Fresh { tenant_id, user_id, family_id });
+    }
+    let seen: Option<(String, String, Option<i64>)> =
+        sqlx::query_as("SELECT tenant_id, family_id, used_at FROM refresh_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(match seen {
+        Some((tenant_id, family_id, Some(_))) => RefreshUse::Reused { tenant_id, family_id },
+        _ => RefreshUse::Invalid,
+    })
+}
+
+pub async fn revoke_family<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    family_id: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query("UPDATE token_families SET revoked_at = $1 WHERE tenant_id = $2 AND id = $3 AND revoked_at IS NULL")
+        .bind(now)
+        .bind(scope.tenant_id().to_string())
+        .bind(family_id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// Revokes every session of a person (role change, removal).
+pub async fn revoke_user_families<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    user_id: UserId,
+    now: i64,
+) -> Result<()> {
+    sqlx::query("UPDATE token_families SET revoked_at = $1 WHERE tenant_id = $2 AND user_id = $3 AND revoked_at IS NULL")
+        .bind(now)
+        .bind(scope.tenant_id().to_string())
+        .bind(user_id.to_string())
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// Denies an access token until it would have expired anyway.
+pub async fn revoke_jti<'c>(ex: impl Executor<'c, Database = Any>, jti: &str, expires_at: i64) -> Result<()> {
+    sqlx::query("INSERT INTO revoked_jtis (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
+        .bind(jti)
+        .bind(expires_at)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// Deletes what can no longer matter: revocations of expired tokens, expired
+/// refresh tokens, families and email tokens. Returns rows removed.
+pub async fn purge_expired(db: &crate::Db, now: i64) -> Result<u64> {
+    let mut n = 0;
+    for sql in [
+        "DELETE FROM revoked_jtis WHERE expires_at < $1",
+        "DELETE FROM refresh_tokens WHERE expires_at < $1",
+        "DELETE FROM token_families WHERE expires_at < $1",
+        "DELETE FROM email_tokens WHERE expires_at < $1",
+    ] {
+        n += sqlx::query(sql).bind(now).execute(db.writer()).await?.rows_affected();
+    }
+    Ok(n)
+}

@@ -1,0 +1,163 @@
+//! People of a tenant.
+
+use palisade_core::{TenantScope, UserId};
+use sqlx::{Any, Executor};
+
+use crate::Result;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub email: String,
+    pub password_hash: Option<String>,
+    pub role: String,
+    pub status: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const COLS: &str = "id, tenant_id, email, password_hash, role, status, created_at, updated_at";
+
+pub struct NewUser<'a> {
+    pub id: UserId,
+    pub email: &'a str,
+    pub password_hash: Option<&'a str>,
+    pub role: &'a str,
+    pub status: &'a str,
+    pub now: i64,
+}
+
+pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, u: &NewUser<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO users (id, tenant_id, email, password_hash, role, status, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+    )
+    .bind(u.id.to_string())
+    .bind(scope.tenant_id().to_string())
+    .bind(u.email)
+    .bind(u.password_hash)
+    .bind(u.role)
+    .bind(u.status)
+    .bind(u.now)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Login looks people up by email before any tenant is known; this is the
+/// one unscoped user query, and it feeds only the password check.
+pub async fn find_for_login<'c>(ex: impl Executor<'c, Database = Any>, email: &str) -> Result<Option<UserRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM users WHERE email = $1"))
+        .bind(email)
+        .fetch_optional(ex)
+        .await?)
+}
+
+pub async fn get<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, id: UserId) -> Result<Option<UserRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM users WHERE tenant_id = $1 AND id = $2"))
+        .bind(scope.tenant_id().to_string())
+        .bind(id.to_string())
+        .fetch_optional(ex)
+        .await?)
+}
+
+pub async fn list<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<Vec<UserRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM users WHERE tenant_id = $1 ORDER BY created_at, id"))
+        .bind(scope.tenant_id().to_string())
+        .fetch_all(ex)
+        .await?)
+}
+
+pub async fn set_role<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: UserId,
+    role: &str,
+    now: i64,
+) -> Result<bool> {
+    let r = sqlx::query("UPDATE users SET role = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4")
+        .bind(role)
+        .bind(now)
+        .bind(scope.tenant_id().to_string())
+        .bind(id.to_string())
+        .execute(ex)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Marks a pending or invited person active, optionally setting the password.
+pub async fn activate<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: UserId,
+    password_hash: Option<&str>,
+    now: i64,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE users SET status = 'active', password_hash = COALESCE($1, password_hash), updated_at = $2 \
+         WHERE tenant_id = $3 AND id = $4 AND status IN ('pending', 'invited')",
+    )
+    .bind(password_hash)
+    .bind(now)
+    .bind(scope.tenant_id().to_string())
+    .bind(id.to_string())
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn delete<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, id: UserId) -> Result<bool> {
+    let r = sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND id = $2")
+        .bind(scope.tenant_id().to_string())
+        .bind(id.to_string())
+        .execute(ex)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn count_active_owners<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE tenant_id = $1 AND role = 'owner' AND status = 'active'")
+        .bind(scope.tenant_id().to_string())
+        .fetch_one(ex)
+        .await?)
+}
+
+/// What authentication needs to know about a person on every request: the
+/// current role (not the one in the token), whether they and their tenant
+/// are active, and whether this token or its family was revoked.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionState {
+    pub role: String,
+    pub user_status: String,
+    pub tenant_status: String,
+    pub family_revoked: i64,
+    pub jti_revoked: i64,
+}
+
+pub async fn session_state<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: UserId,
+    family_id: &str,
+    jti: &str,
+) -> Result<Option<SessionState>> {
+    Ok(sqlx::query_as(
+        "SELECT u.role, u.status AS user_status, t.status AS tenant_status, \
+           (SELECT COUNT(*) FROM token_families f WHERE f.id = $3 AND f.user_id = u.id AND f.revoked_at IS NULL) AS family_revoked, \
+           (SELECT COUNT(*) FROM revoked_jtis r WHERE r.jti = $4) AS jti_revoked \
+         FROM users u JOIN tenants t ON t.id = u.tenant_id \
+         WHERE u.tenant_id = $1 AND u.id = $2",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(id.to_string())
+    .bind(family_id)
+    .bind(jti)
+    .fetch_optional(ex)
+    .await?
+    // The family sub-select counts live families; invert it into "revoked".
+    .map(|mut s: SessionState| {
+        s.family_revoked = i64::from(s.family_revoked == 0);
+        s
+    }))
+}
