@@ -1,1 +1,12 @@
+//! The HTTP API: router, middleware, extractors, handlers and the OpenAPI
+//! document generated from them.
 
+pub mod extract;
+pub mod middleware;
+mod openapi;
+pub mod ops;
+pub mod routes;
+pub mod state;
+
+pub use routes::router;
+pub use state::{AppState, Services};

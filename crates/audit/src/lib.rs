@@ -1,1 +1,128 @@
+//! The audit trail's record shape and its one append path (SPEC §8).
+//! Details carry the minimum to reconstruct what happened and never a
+//! message body, password, token, key or full phone number.
 
+use palisade_core::principal::Actor;
+use palisade_core::{EventId, TenantId};
+use palisade_store::audit::{AuditRow, NewAuditRow};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{Any, Executor};
+
+/// Where a request came from, attached to every event it causes.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// One event, built by the code that performs the action.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub action: &'static str,
+    pub tenant_id: Option<TenantId>,
+    pub actor: Actor,
+    pub resource_type: Option<&'static str>,
+    pub resource_id: Option<String>,
+    pub details: Value,
+}
+
+impl Event {
+    pub fn new(action: &'static str, tenant_id: Option<TenantId>, actor: Actor) -> Self {
+        Self {
+            action,
+            tenant_id,
+            actor,
+            resource_type: None,
+            resource_id: None,
+            details: Value::Null,
+        }
+    }
+
+    pub fn resource(mut self, kind: &'static str, id: impl ToString) -> Self {
+        self.resource_type = Some(kind);
+        self.resource_id = Some(id.to_string());
+        self
+    }
+
+    pub fn details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+/// Appends one event. Pass the transaction of the action it records so the
+/// two commit or roll back together.
+pub async fn append<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    event: &Event,
+    ctx: &Context,
+    now_ms: i64,
+) -> palisade_store::Result<EventId> {
+    let id = EventId::new();
+    let row = NewAuditRow {
+        id: id.to_string(),
+        ts: now_ms,
+        tenant_id: event.tenant_id.map(|t| t.to_string()),
+        actor_type: event.actor.kind.clone(),
+        actor_id: event.actor.id.clone(),
+        action: event.action.to_owned(),
+        resource_type: event.resource_type.map(str::to_owned),
+        resource_id: event.resource_id.clone(),
+        source_ip: ctx.source_ip.clone(),
+        user_agent: ctx
+            .user_agent
+            .as_deref()
+            .map(|u| u.chars().take(512).collect()),
+        request_id: ctx.request_id.clone(),
+        details: if event.details.is_null() {
+            "{}".into()
+        } else {
+            event.details.to_string()
+        },
+    };
+    palisade_store::audit::insert(ex, &row).await?;
+    Ok(id)
+}
+
+/// An event as a tenant reads it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EventView {
+    pub id: String,
+    pub seq: i64,
+    /// RFC 3339.
+    pub ts: String,
+    pub tenant_id: Option<String>,
+    pub actor: Actor,
+    pub action: String,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub details: Value,
+}
+
+impl From<AuditRow> for EventView {
+    fn from(r: AuditRow) -> Self {
+        EventView {
+            id: r.id,
+            seq: r.seq,
+            ts: palisade_core::clock::rfc3339(r.ts),
+            tenant_id: r.tenant_id,
+            actor: Actor {
+                kind: r.actor_type,
+                id: r.actor_id,
+            },
+            action: r.action,
+            resource_type: r.resource_type,
+            resource_id: r.resource_id,
+            source_ip: r.source_ip,
+            user_agent: r.user_agent,
+            request_id: r.request_id,
+            details: serde_json::from_str(&r.details).unwrap_or(Value::Null),
+        }
+    }
+}

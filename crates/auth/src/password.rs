@@ -18,7 +18,10 @@ fn argon2() -> Argon2<'static> {
 /// PHC string. CPU-heavy: call from a blocking thread.
 pub fn hash(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
-    argon2().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+    argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Verifies against a PHC string; a malformed stored hash verifies nothing.
@@ -49,12 +52,18 @@ pub fn policy_violation(password: &str, email: Option<&str>) -> Option<&'static 
     if is_common(&lower) {
         return Some("is too common; choose another");
     }
-    if let Some(local) = email.and_then(|e| e.split('@').next()).filter(|l| l.len() >= 4) {
+    if let Some(local) = email
+        .and_then(|e| e.split('@').next())
+        .filter(|l| l.len() >= 4)
+    {
         if lower.contains(&local.to_lowercase()) {
             return Some("must not contain your email address");
         }
     }
-    if password.chars().all(|c| c == password.chars().next().unwrap_or(' ')) {
+    if password
+        .chars()
+        .all(|c| c == password.chars().next().unwrap_or(' '))
+    {
         return Some("must not be one repeated character");
     }
     None
@@ -64,9 +73,11 @@ pub fn policy_violation(password: &str, email: Option<&str>) -> Option<&'static 
 /// or punctuation (`password1234!`), the commonest way to meet a length rule.
 fn is_common(lower: &str) -> bool {
     let stripped = lower.trim_end_matches(|c: char| c.is_ascii_digit() || c.is_ascii_punctuation());
-    COMMON.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).any(|c| {
-        c == lower || (c.len() >= 6 && c == stripped)
-    })
+    COMMON
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .any(|c| c == lower || (c.len() >= 6 && c == stripped))
 }
 
 #[cfg(test)]

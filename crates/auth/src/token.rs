@@ -17,7 +17,9 @@ pub const EMAIL_TOKEN_PREFIX: &str = "et_";
 /// values are drawn uniformly by `gen_range`).
 pub fn random_base62(n: usize) -> String {
     let mut rng = OsRng;
-    (0..n).map(|_| BASE62[rng.gen_range(0..BASE62.len())] as char).collect()
+    (0..n)
+        .map(|_| BASE62[rng.gen_range(0..BASE62.len())] as char)
+        .collect()
 }
 
 pub fn new_api_key() -> String {
@@ -71,7 +73,10 @@ mod tests {
 
     #[test]
     fn hashing_and_comparison() {
-        assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert!(ct_eq(b"abc", b"abc"));
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"ab"));

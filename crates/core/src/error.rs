@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use crate::permission::Permission;
 
-
 /// One field that failed validation.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FieldError {
@@ -83,11 +82,18 @@ impl ApiError {
 
     /// Same body for a missing resource and another tenant's resource.
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "The resource does not exist.")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "The resource does not exist.",
+        )
     }
 
     pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::validation_many(vec![FieldError { field: field.into(), message: message.into() }])
+        Self::validation_many(vec![FieldError {
+            field: field.into(),
+            message: message.into(),
+        }])
     }
 
     pub fn validation_many(errors: Vec<FieldError>) -> Self {
@@ -105,7 +111,11 @@ impl ApiError {
     }
 
     pub fn frozen() -> Self {
-        Self::new(StatusCode::LOCKED, "frozen", "This account or credential is frozen by the operator.")
+        Self::new(
+            StatusCode::LOCKED,
+            "frozen",
+            "This account or credential is frozen by the operator.",
+        )
     }
 
     pub fn payload_too_large() -> Self {
@@ -143,7 +153,11 @@ impl ApiError {
             400 => Self::validation("body", "The request could not be read."),
             401 => Self::unauthenticated(),
             404 => Self::not_found(),
-            405 => Self::new(status, "method_not_allowed", "This method is not allowed on this path."),
+            405 => Self::new(
+                status,
+                "method_not_allowed",
+                "This method is not allowed on this path.",
+            ),
             413 => Self::payload_too_large(),
             415 => Self::unsupported_media_type(),
             s if s >= 500 => Self::new(
@@ -151,7 +165,11 @@ impl ApiError {
                 "internal",
                 "An internal error occurred. It has been logged.",
             ),
-            _ => Self::new(status, "error", status.canonical_reason().unwrap_or("Error")),
+            _ => Self::new(
+                status,
+                "error",
+                status.canonical_reason().unwrap_or("Error"),
+            ),
         }
     }
 
@@ -211,7 +229,13 @@ fn title(reason: &str) -> &'static str {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.reason, self.detail)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.reason,
+            self.detail
+        )
     }
 }
 
@@ -229,7 +253,10 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&self.to_problem(request_id)).unwrap_or_default();
         let mut resp = (self.status, body).into_response();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        );
         for (k, v) in self.headers {
             h.insert(k, v);
         }

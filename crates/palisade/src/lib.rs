@@ -1,0 +1,204 @@
+//! Wiring: builds the services from configuration and runs the server.
+//! The binary (`main.rs`) and the integration tests both start here.
+
+pub mod cli;
+pub mod logging;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use palisade_api::{AppState, Services};
+use palisade_auth::token::{new_master_key, sha256};
+use palisade_auth::JwtKeys;
+use palisade_config::{Config, Mode};
+use palisade_core::Clock;
+use palisade_mail::Mailer;
+use palisade_store::{create_private_dir, Db};
+use tokio::net::TcpListener;
+
+const MASTER_KEY_SETTING: &str = "master_key_sha256";
+
+/// Opens the database (creating the data dir 0700) and applies migrations.
+pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
+    create_private_dir(&config.server.data_dir)?;
+    let db = Db::connect(&config.database_url(), config.database.max_connections).await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+/// Builds every service the API needs.
+pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<AppState> {
+    let db = open_db(&config).await?;
+    let master_key_hash = master_key_hash(&config, &db).await?;
+    let jwt = jwt_keys(&config)?;
+    let mailer = match &config.mail.smtp_url {
+        Some(url) => Mailer::smtp(url.expose(), &config.mail.from)?,
+        None => {
+            if config.mode == Mode::Production {
+                tracing::warn!(
+                    "mail.smtp_url is not set: mail is written to the outbox directory only"
+                );
+            }
+            Mailer::outbox(config.server.data_dir.join("outbox"), &config.mail.from)?
+        }
+    };
+    let trusted_proxies = config.server.trust_proxy.clone();
+    Ok(AppState(Arc::new(Services {
+        db,
+        config,
+        jwt,
+        master_key_hash,
+        mailer,
+        clock,
+        trusted_proxies,
+    })))
+}
+
+/// The configured master key wins. In dev mode without one, a key is
+/// generated on first start and written to `data/master.key` (0600); only
+/// its hash is kept in the database.
+async fn master_key_hash(config: &Config, db: &Db) -> anyhow::Result<[u8; 32]> {
+    if let Some(k) = &config.admin.master_key {
+        return Ok(sha256(k.expose()));
+    }
+    if let Some(hex_hash) = palisade_store::settings::get(db.reader(), MASTER_KEY_SETTING).await? {
+        return decode_hash(&hex_hash);
+    }
+    let path = rotate_master_key(config, db).await?;
+    eprintln!(
+        "palisade: generated a sysadmin master key; it is in {} (readable by you only). \
+         Use it as `Authorization: Bearer $(cat {})` on /sysadmin routes.",
+        path.display(),
+        path.display()
+    );
+    let hex_hash = palisade_store::settings::get(db.reader(), MASTER_KEY_SETTING)
+        .await?
+        .context("master key hash was not stored")?;
+    decode_hash(&hex_hash)
+}
+
+fn decode_hash(hex_hash: &str) -> anyhow::Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    let bytes = (0..hex_hash.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex_hash.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .context("stored master key hash is corrupt")?;
+    anyhow::ensure!(bytes.len() == 32, "stored master key hash is corrupt");
+    out.copy_from_slice(&bytes);
+    Ok(out)
+}
+
+/// Generates a new master key, stores its hash and writes the key to
+/// `data/master.key` (0600). Returns the file's path.
+pub async fn rotate_master_key(config: &Config, db: &Db) -> anyhow::Result<std::path::PathBuf> {
+    let key = new_master_key();
+    let path = config.server.data_dir.join("master.key");
+    write_private(&path, format!("{key}\n").as_bytes())?;
+    let hash: String = sha256(&key).iter().map(|b| format!("{b:02x}")).collect();
+    palisade_store::settings::put(db.writer(), MASTER_KEY_SETTING, &hash).await?;
+    Ok(path)
+}
+
+/// Writes a file only the owner can read, replacing any previous one.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Ed25519 from a PEM file, else HS256 from a secret, else (dev only) a
+/// generated Ed25519 key kept in the data dir.
+fn jwt_keys(config: &Config) -> anyhow::Result<JwtKeys> {
+    let issuer = &config.auth.issuer;
+    if let Some(path) = &config.auth.jwt_private_key_file {
+        let pem = std::fs::read_to_string(path).with_context(|| {
+            format!("auth.jwt_private_key_file: cannot read {}", path.display())
+        })?;
+        return Ok(JwtKeys::ed25519_from_pem(&pem, issuer)?);
+    }
+    if let Some(secret) = &config.auth.jwt_secret {
+        return Ok(JwtKeys::hs256(secret.expose().as_bytes(), issuer)?);
+    }
+    anyhow::ensure!(config.mode == Mode::Dev, "no token signing key configured");
+    let path = config.server.data_dir.join("jwt-ed25519.pem");
+    if !path.exists() {
+        write_private(&path, JwtKeys::generate_ed25519_pem()?.as_bytes())?;
+    }
+    let pem = std::fs::read_to_string(&path)?;
+    Ok(JwtKeys::ed25519_from_pem(&pem, issuer)?)
+}
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+        self.state.db.close().await;
+    }
+}
+
+/// Binds `listen` (port 0 picks a free one) and serves until stopped.
+pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let app = palisade_api::router(state.clone());
+    spawn_housekeeping(state.clone(), rx.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        })
+        .await
+    });
+    Ok(Running {
+        addr,
+        state,
+        shutdown: tx,
+        task,
+    })
+}
+
+/// Removes expired revocations and tokens every ten minutes.
+fn spawn_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    match palisade_store::tokens::purge_expired(&state.db, state.now_ms()).await {
+                        Ok(n) if n > 0 => tracing::info!(removed = n, "purged expired tokens"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "purging expired tokens failed"),
+                    }
+                }
+                _ = stop.changed() => break,
+            }
+        }
+    });
+}

@@ -1,1 +1,43 @@
-fn main() {}
+use clap::Parser;
+use palisade::cli::{Cli, Command};
+use palisade_config::Config;
+
+fn main() {
+    let cli = Cli::parse();
+    // A configuration problem is one clear line and exit code 2.
+    let mut config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("palisade: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Command::Serve { listen: Some(addr) } = &cli.command {
+        config.server.listen = addr.clone();
+        if let Err(e) = config.validate() {
+            eprintln!("palisade: {e}");
+            std::process::exit(2);
+        }
+    }
+    palisade::logging::init(&config.log.level, std::io::stdout);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("palisade: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async {
+        match palisade::cli::run(cli, config).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("palisade: {e:#}");
+                1
+            }
+        }
+    });
+    std::process::exit(code);
+}

@@ -25,9 +25,13 @@ pub struct ApiKeyRow {
     pub last_used_at: Option<i64>,
     pub created_at: i64,
     pub prev_valid_until: Option<i64>,
+    /// Filled only by [`find_by_hash`], which authentication uses.
+    #[sqlx(default)]
+    pub tenant_status: Option<String>,
 }
 
-const COLS: &str = "id, tenant_id, name, prefix, permissions, role, created_by_type, created_by_id, expires_at, \
+const COLS: &str =
+    "id, tenant_id, name, prefix, permissions, role, created_by_type, created_by_id, expires_at, \
     allowed_ips, allowed_origins, status, revoked_at, last_used_at, created_at, prev_valid_until";
 
 pub struct NewApiKey<'a> {
@@ -47,7 +51,11 @@ pub struct NewApiKey<'a> {
     pub now: i64,
 }
 
-pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, k: &NewApiKey<'_>) -> Result<()> {
+pub async fn insert<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    k: &NewApiKey<'_>,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, permissions, role, created_by_type, \
          created_by_id, expires_at, allowed_ips, allowed_origins, status, created_at) \
@@ -73,10 +81,14 @@ pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantSco
 
 /// Authentication: finds the key by its hash (current, or previous within
 /// the grace period). Tenant scope comes from the row found.
-pub async fn find_by_hash<'c>(ex: impl Executor<'c, Database = Any>, hash: &str, now: i64) -> Result<Option<ApiKeyRow>> {
+pub async fn find_by_hash<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    hash: &str,
+    now: i64,
+) -> Result<Option<ApiKeyRow>> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {COLS} FROM api_keys WHERE key_hash = $1 \
-         UNION ALL SELECT {COLS} FROM api_keys WHERE prev_key_hash = $1 AND prev_valid_until > $2"
+        "SELECT {COLS}, (SELECT status FROM tenants t WHERE t.id = k.tenant_id) AS tenant_status \
+         FROM api_keys k WHERE key_hash = $1 OR (prev_key_hash = $1 AND prev_valid_until > $2) LIMIT 1"
     ))
     .bind(hash)
     .bind(now)
@@ -84,19 +96,30 @@ pub async fn find_by_hash<'c>(ex: impl Executor<'c, Database = Any>, hash: &str,
     .await?)
 }
 
-pub async fn get<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, id: ApiKeyId) -> Result<Option<ApiKeyRow>> {
-    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM api_keys WHERE tenant_id = $1 AND id = $2"))
-        .bind(scope.tenant_id().to_string())
-        .bind(id.to_string())
-        .fetch_optional(ex)
-        .await?)
+pub async fn get<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: ApiKeyId,
+) -> Result<Option<ApiKeyRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLS} FROM api_keys WHERE tenant_id = $1 AND id = $2"
+    ))
+    .bind(scope.tenant_id().to_string())
+    .bind(id.to_string())
+    .fetch_optional(ex)
+    .await?)
 }
 
-pub async fn list<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<Vec<ApiKeyRow>> {
-    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id"))
-        .bind(scope.tenant_id().to_string())
-        .fetch_all(ex)
-        .await?)
+pub async fn list<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+) -> Result<Vec<ApiKeyRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id"
+    ))
+    .bind(scope.tenant_id().to_string())
+    .fetch_all(ex)
+    .await?)
 }
 
 /// Replaces the key's secret; the old one stays valid until `grace_until`.
@@ -123,7 +146,12 @@ pub async fn rotate<'c>(
     Ok(r.rows_affected() == 1)
 }
 
-pub async fn revoke<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, id: ApiKeyId, now: i64) -> Result<bool> {
+pub async fn revoke<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: ApiKeyId,
+    now: i64,
+) -> Result<bool> {
     let r = sqlx::query(
         "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1), prev_key_hash = NULL, prev_valid_until = NULL \
          WHERE tenant_id = $2 AND id = $3",
@@ -143,15 +171,22 @@ pub async fn set_status<'c>(
     id: ApiKeyId,
     status: &str,
 ) -> Result<Option<String>> {
-    Ok(sqlx::query_scalar("UPDATE api_keys SET status = $1 WHERE id = $2 RETURNING tenant_id")
-        .bind(status)
-        .bind(id.to_string())
-        .fetch_optional(ex)
-        .await?)
+    Ok(
+        sqlx::query_scalar("UPDATE api_keys SET status = $1 WHERE id = $2 RETURNING tenant_id")
+            .bind(status)
+            .bind(id.to_string())
+            .fetch_optional(ex)
+            .await?,
+    )
 }
 
 /// Records use, at most once a minute per key so reads stay reads.
-pub async fn touch<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, id: ApiKeyId, now: i64) -> Result<()> {
+pub async fn touch<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: ApiKeyId,
+    now: i64,
+) -> Result<()> {
     sqlx::query(
         "UPDATE api_keys SET last_used_at = $1 \
          WHERE tenant_id = $2 AND id = $3 AND (last_used_at IS NULL OR last_used_at < $4)",

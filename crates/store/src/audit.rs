@@ -74,7 +74,11 @@ pub struct AuditFilter {
 }
 
 /// A tenant's own events, oldest first, after the cursor.
-pub async fn list<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, f: &AuditFilter) -> Result<Vec<AuditRow>> {
+pub async fn list<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    f: &AuditFilter,
+) -> Result<Vec<AuditRow>> {
     // Optional filters are bound as NULL and short-circuited in SQL, so the
     // statement text is fixed and every value is a bound parameter.
     Ok(sqlx::query_as(

@@ -46,8 +46,14 @@ impl Db {
             Dialect::Sqlite => {
                 prepare_sqlite_file(url)?;
                 let write = sqlite_pool(1).connect_with(opts.clone()).await?;
-                let read = sqlite_pool(max_connections.max(2)).connect_with(opts).await?;
-                Ok(Db { read, write, dialect })
+                let read = sqlite_pool(max_connections.max(2))
+                    .connect_with(opts)
+                    .await?;
+                Ok(Db {
+                    read,
+                    write,
+                    dialect,
+                })
             }
             Dialect::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -55,7 +61,11 @@ impl Db {
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(opts)
                     .await?;
-                Ok(Db { read: pool.clone(), write: pool, dialect })
+                Ok(Db {
+                    read: pool.clone(),
+                    write: pool,
+                    dialect,
+                })
             }
         }
     }
@@ -115,7 +125,9 @@ fn sqlite_pool(max: u32) -> AnyPoolOptions {
 /// Creates the database file with mode 0600 before SQLite does (SQLite's
 /// own default is 0644), and tightens an existing one.
 fn prepare_sqlite_file(url: &str) -> Result<()> {
-    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let rest = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
     let path = rest.split('?').next().unwrap_or("");
     if path.is_empty() || path == ":memory:" {
         return Ok(());

@@ -1,0 +1,344 @@
+//! Extractors: who is calling (`Auth`, `Sysadmin`), request context for the
+//! audit trail (`Ctx`), validated JSON bodies and UUID path ids.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequest, Path, Request};
+use http::request::Parts;
+use http::{header, HeaderMap, StatusCode};
+use palisade_audit::{Context, Event};
+use palisade_auth::token::{ct_eq, sha256, sha256_hex};
+use palisade_auth::Credential;
+use palisade_core::principal::SysadminProof;
+use palisade_core::{
+    ApiError, ApiKeyId, Permission, PermissionSet, Principal, PrincipalKind, Role, TenantId,
+    TenantScope, UserId,
+};
+use serde::de::DeserializeOwned;
+
+use crate::middleware::{note_tenant, ClientIp, RequestId};
+use crate::state::AppState;
+
+/// Request context recorded with every audit event.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub audit: Context,
+    pub client_ip: IpAddr,
+}
+
+impl FromRequestParts<AppState> for Ctx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        Ok(ctx_of(parts))
+    }
+}
+
+fn ctx_of(parts: &Parts) -> Ctx {
+    let client_ip = parts
+        .extensions
+        .get::<ClientIp>()
+        .map(|c| c.0)
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    Ctx {
+        audit: Context {
+            source_ip: Some(client_ip.to_string()),
+            user_agent: parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(palisade_guard::input::sanitize_line),
+            request_id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()),
+        },
+        client_ip,
+    }
+}
+
+/// A verified tenant principal (person or API key) on a `/v1` route.
+pub struct Auth {
+    pub principal: Principal,
+    pub ctx: Ctx,
+    state: AppState,
+}
+
+impl Auth {
+    /// The tenant scope, if the principal holds `permission`. A refusal is
+    /// audited.
+    pub async fn scope(&self, permission: Permission) -> Result<TenantScope, ApiError> {
+        self.principal.require(permission).map_err(|e| {
+            let event = Event::new(
+                "permission.denied",
+                Some(self.principal.tenant_id()),
+                self.principal.actor(),
+            )
+            .details(serde_json::json!({ "permission": permission.as_str() }));
+            let (state, ctx) = (self.state.clone(), self.ctx.audit.clone());
+            tokio::spawn(async move {
+                if let Err(e) =
+                    palisade_audit::append(state.db.writer(), &event, &ctx, state.now_ms()).await
+                {
+                    tracing::error!(error = %e, "audit append failed");
+                }
+            });
+            e
+        })
+    }
+}
+
+/// The bearer credential: `Authorization: Bearer …` or `X-API-Key`. Both at
+/// once, or several of either, is ambiguous and refused. Query strings and
+/// bodies are never read for credentials.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let mut auth = headers.get_all(header::AUTHORIZATION).iter();
+    let mut key = headers.get_all("x-api-key").iter();
+    match (auth.next(), auth.next(), key.next(), key.next()) {
+        (Some(v), None, None, None) => {
+            let s = v.to_str().ok()?;
+            let (scheme, cred) = s.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| cred.trim())
+        }
+        (None, None, Some(v), None) => v
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|s| s.starts_with("ak_")),
+        _ => None,
+    }
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ctx = ctx_of(parts);
+        let cred = bearer(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
+        let principal = match Credential::classify(cred) {
+            Credential::Jwt(t) => authenticate_jwt(state, t).await?,
+            Credential::ApiKey(k) => authenticate_api_key(state, k, &ctx, &parts.headers).await?,
+            // The master key is for /sysadmin only; agent tokens come with identities.
+            Credential::MasterKey(_) | Credential::AgentToken(_) | Credential::Malformed => {
+                return Err(ApiError::unauthenticated())
+            }
+        };
+        note_tenant(principal.tenant_id().0);
+        Ok(Auth {
+            principal,
+            ctx,
+            state: state.clone(),
+        })
+    }
+}
+
+async fn authenticate_jwt(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    let now = state.now_ms();
+    let claims = state
+        .jwt
+        .verify(token, now / 1000)
+        .ok_or_else(ApiError::unauthenticated)?;
+    let tenant_id =
+        TenantId::from_str(&claims.tenant_id).map_err(|_| ApiError::unauthenticated())?;
+    let user_id = UserId::from_str(&claims.sub).map_err(|_| ApiError::unauthenticated())?;
+    let scope = TenantScope::for_system(tenant_id);
+    let s = palisade_store::users::session_state(
+        state.db.reader(),
+        &scope,
+        user_id,
+        &claims.sid,
+        &claims.jti,
+    )
+    .await?
+    .ok_or_else(ApiError::unauthenticated)?;
+    if s.family_revoked != 0 || s.jti_revoked != 0 || s.user_status != "active" {
+        return Err(ApiError::unauthenticated());
+    }
+    if s.tenant_status != "active" {
+        return Err(ApiError::frozen());
+    }
+    // The role is read from the database, not the token, so a demotion or
+    // removal takes effect on the next request.
+    let role = Role::from_str(&s.role).map_err(|_| ApiError::internal("stored role is invalid"))?;
+    Ok(Principal::authenticated(
+        tenant_id,
+        PrincipalKind::User {
+            user_id,
+            role,
+            jti: claims.jti,
+            family_id: claims.sid,
+            expires_at_ms: claims.exp.saturating_mul(1000),
+        },
+        role.permissions(),
+    ))
+}
+
+async fn authenticate_api_key(
+    state: &AppState,
+    key: &str,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
+    let now = state.now_ms();
+    let row = palisade_store::api_keys::find_by_hash(state.db.reader(), &sha256_hex(key), now)
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+    if row.revoked_at.is_some() || row.expires_at.is_some_and(|e| e <= now) {
+        return Err(ApiError::unauthenticated());
+    }
+    let ips: Vec<String> = serde_json::from_str(&row.allowed_ips).map_err(ApiError::internal)?;
+    if !ips.is_empty() {
+        let nets = palisade_guard::net::parse_cidrs(ips.iter().map(String::as_str))
+            .map_err(ApiError::internal)?;
+        if !palisade_guard::net::in_any(ctx.client_ip, &nets) {
+            return Err(ApiError::unauthenticated());
+        }
+    }
+    let origins: Vec<String> =
+        serde_json::from_str(&row.allowed_origins).map_err(ApiError::internal)?;
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        if !origins.is_empty() && !origins.iter().any(|o| o.as_bytes() == origin.as_bytes()) {
+            return Err(ApiError::unauthenticated());
+        }
+    }
+    if row.status != "active" || row.tenant_status.as_deref() != Some("active") {
+        return Err(ApiError::frozen());
+    }
+    let tenant_id = TenantId::from_str(&row.tenant_id).map_err(ApiError::internal)?;
+    let key_id = ApiKeyId::from_str(&row.id).map_err(ApiError::internal)?;
+    let names: Vec<String> = serde_json::from_str(&row.permissions).map_err(ApiError::internal)?;
+    let permissions =
+        PermissionSet::parse(names.iter().map(String::as_str)).map_err(ApiError::internal)?;
+    if row.last_used_at.is_none_or(|t| t < now - 60_000) {
+        let state = state.clone();
+        let scope = TenantScope::for_system(tenant_id);
+        tokio::spawn(async move {
+            if let Err(e) =
+                palisade_store::api_keys::touch(state.db.writer(), &scope, key_id, now).await
+            {
+                tracing::warn!(error = %e, "could not record key use");
+            }
+        });
+    }
+    Ok(Principal::authenticated(
+        tenant_id,
+        PrincipalKind::ApiKey { key_id },
+        permissions,
+    ))
+}
+
+/// The operator, authenticated by the master key on `/sysadmin` routes only.
+pub struct Sysadmin {
+    pub proof: SysadminProof,
+    pub ctx: Ctx,
+}
+
+impl FromRequestParts<AppState> for Sysadmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ctx = ctx_of(parts);
+        match bearer(&parts.headers).map(Credential::classify) {
+            Some(Credential::MasterKey(k)) if ct_eq(&sha256(k), &state.master_key_hash) => {
+                Ok(Sysadmin {
+                    proof: SysadminProof::verified(),
+                    ctx,
+                })
+            }
+            _ => Err(ApiError::unauthenticated()),
+        }
+    }
+}
+
+/// A JSON body that passed the input rules: `application/json`, within the
+/// size and depth limits, valid UTF-8, every string NFC-normalized, stripped
+/// of control characters and within the length limit.
+pub struct ValidJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ValidJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::unsupported_media_type());
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::payload_too_large()
+            } else {
+                ApiError::validation("body", "The body could not be read.")
+            }
+        })?;
+        let limits = &state.config.limits;
+        if !palisade_guard::input::json_depth_within(&bytes, limits.max_json_depth) {
+            return Err(ApiError::validation(
+                "body",
+                format!("JSON nesting deeper than {}", limits.max_json_depth),
+            ));
+        }
+        let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::validation("body", format!("malformed JSON: {}", json_error(&e)))
+        })?;
+        palisade_guard::input::sanitize_json(&mut value, limits.max_text_chars)
+            .map_err(ApiError::validation_many)?;
+        serde_json::from_value(value)
+            .map(ValidJson)
+            .map_err(|e| ApiError::validation("body", e.to_string()))
+    }
+}
+
+/// An optional body: a request with no body and no `Content-Type` is `None`.
+impl<T: DeserializeOwned> OptionalFromRequest<AppState> for ValidJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Option<Self>, ApiError> {
+        let h = req.headers();
+        let empty = h.get(header::CONTENT_TYPE).is_none()
+            && h.get(header::TRANSFER_ENCODING).is_none()
+            && h.get(header::CONTENT_LENGTH)
+                .is_none_or(|v| v.as_bytes() == b"0");
+        if empty {
+            return Ok(None);
+        }
+        <Self as FromRequest<AppState>>::from_request(req, state)
+            .await
+            .map(Some)
+    }
+}
+
+fn json_error(e: &serde_json::Error) -> String {
+    match e.classify() {
+        serde_json::error::Category::Eof => "unexpected end of input".into(),
+        _ => format!("error at line {} column {}", e.line(), e.column()),
+    }
+}
+
+fn is_json(h: &HeaderMap) -> bool {
+    let Some(ct) = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mut parts = ct.split(';');
+    let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let json =
+        mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
+    let charset_ok = parts.all(|p| {
+        let p = p.trim().to_ascii_lowercase();
+        !p.starts_with("charset=") || p == "charset=utf-8" || p == "charset=\"utf-8\""
+    });
+    json && charset_ok
+}
+
+/// A UUID path id; anything else is the same 404 as a missing resource.
+pub struct PathId<T>(pub T);
+
+impl<T: FromStr + Send> FromRequestParts<AppState> for PathId<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::not_found())?;
+        T::from_str(&raw)
+            .map(PathId)
+            .map_err(|_| ApiError::not_found())
+    }
+}

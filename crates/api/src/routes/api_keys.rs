@@ -1,0 +1,359 @@
+//! API keys: shown once, stored as SHA-256, never wider than their creator.
+
+use axum::extract::State;
+use axum::Json;
+use http::StatusCode;
+use palisade_audit::Event;
+use palisade_auth::token::{new_api_key, sha256_hex};
+use palisade_core::{ApiError, ApiKeyId, FieldError, Permission, PermissionSet, Role};
+use palisade_store::api_keys::{ApiKeyRow, NewApiKey};
+use palisade_store::StoreError;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{rfc3339_opt, List};
+use crate::extract::{Auth, PathId, ValidJson};
+use crate::state::AppState;
+
+const MAX_GRACE_SECONDS: u64 = 7 * 24 * 3600;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    name: String,
+    /// A role name; or give `permissions` instead.
+    role: Option<Role>,
+    permissions: Option<Vec<String>>,
+    /// RFC 3339; must be in the future.
+    expires_at: Option<String>,
+    /// CIDRs; requests from elsewhere get 401.
+    allowed_ips: Option<Vec<String>>,
+    /// Exact origins (`https://app.example.com`); a request with another `Origin` gets 401.
+    allowed_origins: Option<Vec<String>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KeyView {
+    id: String,
+    name: String,
+    /// The first 8 characters of the key, to recognise it.
+    prefix: String,
+    role: Option<String>,
+    permissions: Vec<String>,
+    /// `active`, `frozen`, `expired` or `revoked`.
+    status: String,
+    allowed_ips: Vec<String>,
+    allowed_origins: Vec<String>,
+    created_at: String,
+    expires_at: Option<String>,
+    last_used_at: Option<String>,
+    revoked_at: Option<String>,
+    /// While a rotation's grace period runs, the previous key works until then.
+    previous_key_valid_until: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KeyWithSecret {
+    #[serde(flatten)]
+    view: KeyView,
+    /// The key itself. Shown in this response only; store it now.
+    key: String,
+}
+
+fn view(r: ApiKeyRow, now: i64) -> Result<KeyView, ApiError> {
+    let list = |s: &str| serde_json::from_str::<Vec<String>>(s).map_err(ApiError::internal);
+    let status = if r.revoked_at.is_some() {
+        "revoked"
+    } else if r.expires_at.is_some_and(|e| e <= now) {
+        "expired"
+    } else {
+        r.status.as_str()
+    };
+    Ok(KeyView {
+        status: status.to_owned(),
+        permissions: list(&r.permissions)?,
+        allowed_ips: list(&r.allowed_ips)?,
+        allowed_origins: list(&r.allowed_origins)?,
+        created_at: palisade_core::clock::rfc3339(r.created_at),
+        expires_at: rfc3339_opt(r.expires_at),
+        last_used_at: rfc3339_opt(r.last_used_at),
+        revoked_at: rfc3339_opt(r.revoked_at),
+        previous_key_valid_until: rfc3339_opt(r.prev_valid_until.filter(|t| *t > now)),
+        id: r.id,
+        name: r.name,
+        prefix: r.prefix,
+        role: r.role,
+    })
+}
+
+fn prefix_of(key: &str) -> String {
+    key.chars().take(8).collect()
+}
+
+/// Origins are compared byte for byte with the browser's `Origin` header,
+/// so they must be in its exact form: scheme, host, optional port.
+fn valid_origin(o: &str) -> bool {
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "https" | "http")
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '*', '@', ' '])
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+}
+
+/// Creates a key. Its permissions must be a subset of the caller's.
+#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body = CreateKeyRequest, security(("bearer" = [])),
+    responses((status = 201, body = KeyWithSecret), (status = 400, body = palisade_core::Problem), (status = 403, body = palisade_core::Problem)))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    ValidJson(req): ValidJson<CreateKeyRequest>,
+) -> Result<(StatusCode, Json<KeyWithSecret>), ApiError> {
+    let scope = auth.scope(Permission::KeysManage).await?;
+    let now = state.now_ms();
+    let mut errors = Vec::new();
+    let mut err = |field: &str, message: &str| {
+        errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        })
+    };
+
+    let name = palisade_guard::input::sanitize_line(&req.name);
+    if name.is_empty() || name.chars().count() > 200 {
+        err("name", "must be 1 to 200 characters");
+    }
+    let permissions = match (&req.role, &req.permissions) {
+        (Some(role), None) => role.permissions(),
+        (None, Some(names)) if !names.is_empty() => {
+            match PermissionSet::parse(names.iter().map(String::as_str)) {
+                Ok(p) => p,
+                Err(e) => {
+                    err("permissions", &e.to_string());
+                    PermissionSet::EMPTY
+                }
+            }
+        }
+        _ => {
+            err(
+                "role",
+                "give exactly one of `role` or a non-empty `permissions`",
+            );
+            PermissionSet::EMPTY
+        }
+    };
+    let expires_at = match req
+        .expires_at
+        .as_deref()
+        .map(palisade_core::clock::parse_rfc3339)
+    {
+        None => None,
+        Some(Some(t)) if t > now => Some(t),
+        Some(_) => {
+            err("expires_at", "must be an RFC 3339 time in the future");
+            None
+        }
+    };
+    let ips = req.allowed_ips.unwrap_or_default();
+    let nets = match palisade_guard::net::parse_cidrs(ips.iter().map(String::as_str)) {
+        Ok(n) => n.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        Err(e) => {
+            err("allowed_ips", &e);
+            Vec::new()
+        }
+    };
+    let origins: Vec<String> = req
+        .allowed_origins
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| o.trim().to_owned())
+        .collect();
+    if let Some(bad) = origins.iter().find(|o| !valid_origin(o)) {
+        err(
+            "allowed_origins",
+            &format!("`{bad}` is not an origin like https://app.example.com"),
+        );
+    }
+    if nets.len() > 100 || origins.len() > 100 {
+        err("allowed_ips", "at most 100 entries each");
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation_many(errors));
+    }
+    if !permissions.is_subset_of(auth.principal.permissions()) {
+        return Err(ApiError::forbidden_because(
+            "A key cannot have permissions its creator does not hold.",
+        ));
+    }
+
+    let key = new_api_key();
+    let id = ApiKeyId::new();
+    let actor = auth.principal.actor();
+    let perm_json = serde_json::to_string(&permissions.to_strings()).map_err(ApiError::internal)?;
+    let ips_json = serde_json::to_string(&nets).map_err(ApiError::internal)?;
+    let origins_json = serde_json::to_string(&origins).map_err(ApiError::internal)?;
+    let new = NewApiKey {
+        id,
+        name: &name,
+        prefix: &prefix_of(&key),
+        key_hash: &sha256_hex(&key),
+        permissions: &perm_json,
+        role: req.role.map(Role::as_str),
+        created_by_type: &actor.kind,
+        created_by_id: actor.id.as_deref(),
+        expires_at,
+        allowed_ips: &ips_json,
+        allowed_origins: &origins_json,
+        now,
+    };
+    let mut tx = state.db.begin().await?;
+    palisade_store::api_keys::insert(&mut *tx, &scope, &new).await?;
+    let event = Event::new("api_key.created", Some(scope.tenant_id()), actor)
+        .resource("api_key", id)
+        .details(serde_json::json!({ "name": name, "permissions": permissions.to_strings(), "prefix": prefix_of(&key) }));
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    let row = palisade_store::api_keys::get(&mut *tx, &scope, id)
+        .await?
+        .ok_or_else(|| ApiError::internal("key vanished"))?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(KeyWithSecret {
+            view: view(row, now)?,
+            key,
+        }),
+    ))
+}
+
+/// The tenant's keys (never the key or its hash).
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", security(("bearer" = [])),
+    responses((status = 200, body = List<KeyView>)))]
+pub async fn list(State(state): State<AppState>, auth: Auth) -> Result<List<KeyView>, ApiError> {
+    let scope = auth.scope(Permission::KeysRead).await?;
+    let now = state.now_ms();
+    let rows = palisade_store::api_keys::list(state.db.reader(), &scope).await?;
+    let data = rows
+        .into_iter()
+        .map(|r| view(r, now))
+        .collect::<Result<_, _>>()?;
+    Ok(List {
+        data,
+        next_cursor: None,
+    })
+}
+
+#[utoipa::path(get, path = "/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Key id (UUID)")),
+    responses((status = 200, body = KeyView), (status = 404, body = palisade_core::Problem)))]
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<ApiKeyId>,
+) -> Result<Json<KeyView>, ApiError> {
+    let scope = auth.scope(Permission::KeysRead).await?;
+    let row = palisade_store::api_keys::get(state.db.reader(), &scope, id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(view(row, state.now_ms())?))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// How long the previous key keeps working (0 to 604800 seconds; default 0).
+    grace_seconds: Option<u64>,
+}
+
+/// Issues a new secret for the key. Whoever rotates must hold every
+/// permission of the key, since they receive its new secret.
+#[utoipa::path(post, path = "/v1/api-keys/{id}/rotate", tag = "api-keys", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Key id (UUID)")), request_body = RotateRequest,
+    responses((status = 200, body = KeyWithSecret), (status = 404, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
+pub async fn rotate(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<ApiKeyId>,
+    body: Option<ValidJson<RotateRequest>>,
+) -> Result<Json<KeyWithSecret>, ApiError> {
+    let scope = auth.scope(Permission::KeysManage).await?;
+    let req = body.map(|b| b.0).unwrap_or_default();
+    let grace = req.grace_seconds.unwrap_or(0);
+    if grace > MAX_GRACE_SECONDS {
+        return Err(ApiError::validation(
+            "grace_seconds",
+            "must be between 0 and 604800",
+        ));
+    }
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    let row = palisade_store::api_keys::get(&mut *tx, &scope, id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let names: Vec<String> = serde_json::from_str(&row.permissions).map_err(ApiError::internal)?;
+    let key_perms =
+        PermissionSet::parse(names.iter().map(String::as_str)).map_err(ApiError::internal)?;
+    if !key_perms.is_subset_of(auth.principal.permissions()) {
+        return Err(ApiError::forbidden_because(
+            "Rotating a key requires holding all of its permissions.",
+        ));
+    }
+    let key = new_api_key();
+    let grace_ms = i64::try_from(grace).unwrap_or(0) * 1000;
+    if !palisade_store::api_keys::rotate(
+        &mut *tx,
+        &scope,
+        id,
+        &sha256_hex(&key),
+        &prefix_of(&key),
+        now + grace_ms,
+    )
+    .await?
+    {
+        return Err(ApiError::conflict("A revoked key cannot be rotated."));
+    }
+    let event = Event::new(
+        "api_key.rotated",
+        Some(scope.tenant_id()),
+        auth.principal.actor(),
+    )
+    .resource("api_key", id)
+    .details(serde_json::json!({ "grace_seconds": grace, "prefix": prefix_of(&key) }));
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    let row = palisade_store::api_keys::get(&mut *tx, &scope, id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Json(KeyWithSecret {
+        view: view(row, now)?,
+        key,
+    }))
+}
+
+/// Revokes the key at once (and any previous secret still in its grace period).
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Key id (UUID)")),
+    responses((status = 204), (status = 404, body = palisade_core::Problem)))]
+pub async fn revoke(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<ApiKeyId>,
+) -> Result<StatusCode, ApiError> {
+    let scope = auth.scope(Permission::KeysManage).await?;
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    if !palisade_store::api_keys::revoke(&mut *tx, &scope, id, now).await? {
+        return Err(ApiError::not_found());
+    }
+    let event = Event::new(
+        "api_key.revoked",
+        Some(scope.tenant_id()),
+        auth.principal.actor(),
+    )
+    .resource("api_key", id);
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(StatusCode::NO_CONTENT)
+}

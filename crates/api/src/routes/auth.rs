@@ -1,0 +1,482 @@
+//! People: sign-up, email verification, login, refresh, logout, invitations.
+
+use std::str::FromStr;
+
+use axum::extract::State;
+use axum::Json;
+use http::StatusCode;
+use palisade_audit::Event;
+use palisade_auth::token::{
+    has_shape, new_email_token, new_refresh_token, sha256_hex, EMAIL_TOKEN_PREFIX, REFRESH_PREFIX,
+};
+use palisade_auth::AccessClaims;
+use palisade_core::principal::Actor;
+use palisade_core::{ApiError, PrincipalKind, Role, TenantId, TenantScope, UserId};
+use palisade_store::tokens::RefreshUse;
+use palisade_store::users::NewUser;
+use palisade_store::{StoreError, Tx};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::extract::{Auth, Ctx, ValidJson};
+use crate::ops;
+use crate::state::AppState;
+
+const EMAIL_TOKEN_TTL_MS: i64 = 24 * 3600 * 1000;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignupRequest {
+    email: String,
+    password: String,
+    tenant_name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StatusResponse {
+    /// `pending_verification`, `verified` or `active`.
+    status: &'static str,
+}
+
+/// Creates a tenant and its owner, inactive until the email is verified.
+/// The response is the same whether or not the address is already
+/// registered (that owner gets a notice by mail instead), so sign-up is not
+/// an oracle for who has an account.
+#[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", request_body = SignupRequest,
+    responses((status = 201, body = StatusResponse), (status = 400, body = palisade_core::Problem)))]
+pub async fn signup(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    ValidJson(req): ValidJson<SignupRequest>,
+) -> Result<(StatusCode, Json<StatusResponse>), ApiError> {
+    let email = ops::email(&req.email, "email");
+    let name = ops::tenant_name(&req.tenant_name, "tenant_name");
+    let pw = ops::password(&req.password, email.as_deref().ok(), "password");
+    let (email, name) = match (email, name, pw) {
+        (Ok(e), Ok(n), Ok(())) => (e, n),
+        (e, n, p) => {
+            return Err(ApiError::validation_many(
+                [e.err(), n.err(), p.err()].into_iter().flatten().collect(),
+            ))
+        }
+    };
+    let hash = ops::hash_password(req.password).await?;
+    let now = state.now_ms();
+    let tenant_id = TenantId::new();
+    let user_id = UserId::new();
+    let scope = TenantScope::for_system(tenant_id);
+    let token = new_email_token();
+
+    let mut tx = state.db.begin().await?;
+    palisade_store::tenants::insert(&mut *tx, tenant_id, &name, now).await?;
+    let user = NewUser {
+        id: user_id,
+        email: &email,
+        password_hash: Some(&hash),
+        role: Role::Owner.as_str(),
+        status: "pending",
+        now,
+    };
+    match palisade_store::users::insert(&mut *tx, &scope, &user).await {
+        Err(e) if e.is_unique_violation() => {
+            drop(tx);
+            send_mail(
+                &state,
+                &email,
+                "Palisade sign-up attempt",
+                "Someone tried to sign up for Palisade with this address, which already has an account.\n\
+                 If it was you, log in instead. If not, you can ignore this message.\n"
+                    .into(),
+            )
+            .await;
+            return Ok(pending());
+        }
+        r => r?,
+    }
+    palisade_store::tokens::insert_email_token(
+        &mut *tx,
+        &scope,
+        user_id,
+        &sha256_hex(&token),
+        "verify",
+        now + EMAIL_TOKEN_TTL_MS,
+    )
+    .await?;
+    let event =
+        Event::new("auth.signup", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
+    palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
+    commit(tx).await?;
+
+    let body = format!(
+        "Welcome to Palisade.\n\nYour verification token is:\n\n    {token}\n\n\
+         Verify with:\n\n    curl -X POST {base}/v1/auth/verify-email -H 'Content-Type: application/json' \
+         -d '{{\"token\":\"{token}\"}}'\n\nThe token expires in 24 hours.\n",
+        base = state.config.server.public_url
+    );
+    send_mail(&state, &email, "Verify your Palisade account", body).await;
+    Ok(pending())
+}
+
+fn pending() -> (StatusCode, Json<StatusResponse>) {
+    (
+        StatusCode::CREATED,
+        Json(StatusResponse {
+            status: "pending_verification",
+        }),
+    )
+}
+
+/// Mail failures are logged, never shown: the response must not depend on them.
+async fn send_mail(state: &AppState, to: &str, subject: &str, body: String) {
+    if let Err(e) = state.mailer.send(to, subject, body).await {
+        tracing::error!(error = %e, "sending mail failed");
+    }
+}
+
+async fn commit(tx: Tx) -> Result<(), ApiError> {
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    token: String,
+}
+
+/// Activates the account the emailed token was issued for.
+#[utoipa::path(post, path = "/v1/auth/verify-email", tag = "auth", request_body = TokenRequest,
+    responses((status = 200, body = StatusResponse), (status = 400, body = palisade_core::Problem)))]
+pub async fn verify_email(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    ValidJson(req): ValidJson<TokenRequest>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    let invalid = || ApiError::validation("token", "is invalid or expired");
+    if !has_shape(&req.token, EMAIL_TOKEN_PREFIX, 43) {
+        return Err(invalid());
+    }
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    let (tenant, user) = palisade_store::tokens::consume_email_token(
+        &mut *tx,
+        &sha256_hex(&req.token),
+        "verify",
+        now,
+    )
+    .await?
+    .ok_or_else(invalid)?;
+    let (tenant_id, user_id) = parse_ids(&tenant, &user)?;
+    let scope = TenantScope::for_system(tenant_id);
+    palisade_store::users::activate(&mut *tx, &scope, user_id, None, now).await?;
+    let event = Event::new("auth.email_verified", Some(tenant_id), Actor::user(user_id))
+        .resource("user", user_id);
+    palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
+    commit(tx).await?;
+    Ok(Json(StatusResponse { status: "verified" }))
+}
+
+fn parse_ids(tenant: &str, user: &str) -> Result<(TenantId, UserId), ApiError> {
+    Ok((
+        TenantId::from_str(tenant).map_err(ApiError::internal)?,
+        UserId::from_str(user).map_err(ApiError::internal)?,
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptInviteRequest {
+    token: String,
+    password: String,
+}
+
+/// Sets the password of an invited person and activates them.
+#[utoipa::path(post, path = "/v1/auth/accept-invite", tag = "auth", request_body = AcceptInviteRequest,
+    responses((status = 200, body = StatusResponse), (status = 400, body = palisade_core::Problem)))]
+pub async fn accept_invite(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    ValidJson(req): ValidJson<AcceptInviteRequest>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    let invalid = || ApiError::validation("token", "is invalid or expired");
+    if !has_shape(&req.token, EMAIL_TOKEN_PREFIX, 43) {
+        return Err(invalid());
+    }
+    ops::all_valid([ops::password(&req.password, None, "password")])?;
+    let hash = ops::hash_password(req.password).await?;
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    let (tenant, user) = palisade_store::tokens::consume_email_token(
+        &mut *tx,
+        &sha256_hex(&req.token),
+        "invite",
+        now,
+    )
+    .await?
+    .ok_or_else(invalid)?;
+    let (tenant_id, user_id) = parse_ids(&tenant, &user)?;
+    let scope = TenantScope::for_system(tenant_id);
+    if !palisade_store::users::activate(&mut *tx, &scope, user_id, Some(&hash), now).await? {
+        return Err(invalid());
+    }
+    let event = Event::new(
+        "user.invite_accepted",
+        Some(tenant_id),
+        Actor::user(user_id),
+    )
+    .resource("user", user_id);
+    palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
+    commit(tx).await?;
+    Ok(Json(StatusResponse { status: "active" }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    email: String,
+    password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    access_token: String,
+    refresh_token: String,
+    /// Always `Bearer`.
+    token_type: &'static str,
+    /// Seconds until the access token expires.
+    expires_in: u64,
+}
+
+fn bad_credentials() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "Invalid email or password.",
+    )
+}
+
+/// Exchanges email and password for an access and a refresh token. A
+/// failure never says whether the email exists, and takes as long either way.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = TokenResponse), (status = 401, body = palisade_core::Problem)))]
+pub async fn login(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    ValidJson(req): ValidJson<LoginRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let email = palisade_guard::input::normalize_email(&req.email);
+    let user = match &email {
+        Some(e) => palisade_store::users::find_for_login(state.db.reader(), e).await?,
+        None => None,
+    };
+    let phc = user
+        .as_ref()
+        .and_then(|u| u.password_hash.clone())
+        .unwrap_or_else(|| palisade_auth::password::dummy_hash().to_owned());
+    let verified = ops::verify_password(req.password, phc).await?;
+    let now = state.now_ms();
+    let user = match user {
+        Some(u) if verified && u.password_hash.is_some() => u,
+        other => {
+            let tenant = other
+                .as_ref()
+                .and_then(|u| TenantId::from_str(&u.tenant_id).ok());
+            let mut event = Event::new("auth.login_failed", tenant, Actor::anonymous());
+            if let Some(u) = &other {
+                event = event.resource("user", &u.id);
+            }
+            palisade_audit::append(state.db.writer(), &event, &ctx.audit, now).await?;
+            return Err(bad_credentials());
+        }
+    };
+    let (tenant_id, user_id) = parse_ids(&user.tenant_id, &user.id)?;
+    let scope = TenantScope::for_system(tenant_id);
+    if user.status == "pending" {
+        return Err(ApiError::forbidden_because(
+            "Verify your email address before logging in.",
+        ));
+    }
+    if user.status != "active" {
+        return Err(bad_credentials());
+    }
+    let tenant = palisade_store::tenants::get(state.db.reader(), &scope)
+        .await?
+        .ok_or_else(bad_credentials)?;
+    if tenant.status != "active" {
+        return Err(ApiError::frozen());
+    }
+    let role =
+        Role::from_str(&user.role).map_err(|_| ApiError::internal("stored role is invalid"))?;
+    let family_id = uuid::Uuid::new_v4().to_string();
+    let mut tx = state.db.begin().await?;
+    let family_expiry = now + refresh_ttl_ms(&state) + 24 * 3600 * 1000;
+    palisade_store::tokens::create_family(
+        &mut *tx,
+        &scope,
+        &family_id,
+        user_id,
+        now,
+        family_expiry,
+    )
+    .await?;
+    let tokens = issue_tokens(&state, &mut tx, &scope, user_id, role, &family_id, now).await?;
+    let event =
+        Event::new("auth.login", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
+    palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
+    commit(tx).await?;
+    Ok(Json(tokens))
+}
+
+fn refresh_ttl_ms(state: &AppState) -> i64 {
+    i64::try_from(state.config.auth.refresh_token_ttl_secs).unwrap_or(i64::MAX / 4_000) * 1000
+}
+
+/// A new access token and a new refresh token in the same family.
+async fn issue_tokens(
+    state: &AppState,
+    tx: &mut Tx,
+    scope: &TenantScope,
+    user_id: UserId,
+    role: Role,
+    family_id: &str,
+    now: i64,
+) -> Result<TokenResponse, ApiError> {
+    let ttl = state.config.auth.access_token_ttl_secs;
+    let iat = now / 1000;
+    let claims = AccessClaims {
+        iss: state.jwt.issuer().to_owned(),
+        sub: user_id.to_string(),
+        tenant_id: scope.tenant_id().to_string(),
+        role: role.as_str().to_owned(),
+        permissions: role.permissions().to_strings(),
+        jti: uuid::Uuid::new_v4().to_string(),
+        sid: family_id.to_owned(),
+        iat,
+        exp: iat + i64::try_from(ttl).unwrap_or(3600),
+    };
+    let access_token = state.jwt.sign(&claims).map_err(ApiError::internal)?;
+    let refresh_token = new_refresh_token();
+    palisade_store::tokens::insert_refresh(
+        &mut **tx,
+        scope,
+        &sha256_hex(&refresh_token),
+        family_id,
+        user_id,
+        now,
+        now + refresh_ttl_ms(state),
+    )
+    .await?;
+    Ok(TokenResponse {
+        access_token,
+        refresh_token,
+        token_type: "Bearer",
+        expires_in: ttl,
+    })
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    refresh_token: String,
+}
+
+/// Rotates both tokens. A refresh token works once; presenting a used one
+/// again revokes its whole family (every session token derived from it).
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = TokenResponse), (status = 401, body = palisade_core::Problem)))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    ValidJson(req): ValidJson<RefreshRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    if !has_shape(&req.refresh_token, REFRESH_PREFIX, 43) {
+        return Err(ApiError::unauthenticated());
+    }
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    match palisade_store::tokens::use_refresh(&mut tx, &sha256_hex(&req.refresh_token), now).await?
+    {
+        RefreshUse::Fresh {
+            tenant_id,
+            user_id,
+            family_id,
+        } => {
+            let (tenant_id, user_id) = parse_ids(&tenant_id, &user_id)?;
+            let scope = TenantScope::for_system(tenant_id);
+            let user = palisade_store::users::get(&mut *tx, &scope, user_id)
+                .await?
+                .ok_or_else(ApiError::unauthenticated)?;
+            let tenant = palisade_store::tenants::get(&mut *tx, &scope)
+                .await?
+                .ok_or_else(ApiError::unauthenticated)?;
+            if user.status != "active" {
+                return Err(ApiError::unauthenticated());
+            }
+            if tenant.status != "active" {
+                return Err(ApiError::frozen());
+            }
+            let role = Role::from_str(&user.role)
+                .map_err(|_| ApiError::internal("stored role is invalid"))?;
+            let family_expiry = now + refresh_ttl_ms(&state) + 24 * 3600 * 1000;
+            palisade_store::tokens::extend_family(&mut *tx, &scope, &family_id, family_expiry)
+                .await?;
+            let tokens =
+                issue_tokens(&state, &mut tx, &scope, user_id, role, &family_id, now).await?;
+            let event = Event::new(
+                "auth.token_refreshed",
+                Some(tenant_id),
+                Actor::user(user_id),
+            )
+            .resource("user", user_id);
+            palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
+            commit(tx).await?;
+            Ok(Json(tokens))
+        }
+        RefreshUse::Reused {
+            tenant_id,
+            family_id,
+        } => {
+            let tenant_id = TenantId::from_str(&tenant_id).map_err(ApiError::internal)?;
+            let scope = TenantScope::for_system(tenant_id);
+            palisade_store::tokens::revoke_family(&mut *tx, &scope, &family_id, now).await?;
+            let event = Event::new("auth.refresh_reused", Some(tenant_id), Actor::anonymous())
+                .resource("session", &family_id)
+                .details(serde_json::json!({ "outcome": "family_revoked" }));
+            palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
+            commit(tx).await?;
+            Err(ApiError::unauthenticated())
+        }
+        RefreshUse::Invalid => Err(ApiError::unauthenticated()),
+    }
+}
+
+/// Revokes the access token (until it would expire) and its refresh family.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = palisade_core::Problem)))]
+pub async fn logout(State(state): State<AppState>, auth: Auth) -> Result<StatusCode, ApiError> {
+    let PrincipalKind::User {
+        user_id,
+        jti,
+        family_id,
+        expires_at_ms,
+        ..
+    } = auth.principal.kind()
+    else {
+        // API keys have no session to end: wrong kind of credential here.
+        return Err(ApiError::unauthenticated());
+    };
+    let now = state.now_ms();
+    let scope = auth.principal.own_scope();
+    let mut tx = state.db.begin().await?;
+    palisade_store::tokens::revoke_jti(&mut *tx, jti, *expires_at_ms).await?;
+    palisade_store::tokens::revoke_family(&mut *tx, &scope, family_id, now).await?;
+    let event = Event::new(
+        "auth.logout",
+        Some(scope.tenant_id()),
+        Actor::user(*user_id),
+    )
+    .resource("user", user_id);
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    commit(tx).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,130 @@
+//! The router. Every `/v1` handler is registered through `routes!` so it
+//! appears in the OpenAPI document, which the isolation test walks.
+
+mod api_keys;
+mod auth;
+mod events;
+mod health;
+mod me;
+mod sysadmin;
+mod users;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use http::{header, HeaderValue, Method};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::openapi::ApiDoc;
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .routes(routes!(auth::signup))
+        .routes(routes!(auth::verify_email))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::accept_invite))
+        .routes(routes!(me::me))
+        .routes(routes!(api_keys::create, api_keys::list))
+        .routes(routes!(api_keys::get, api_keys::revoke))
+        .routes(routes!(api_keys::rotate))
+        .routes(routes!(users::invite, users::list))
+        .routes(routes!(users::get, users::update, users::remove))
+        .routes(routes!(events::list))
+        .routes(routes!(sysadmin::create_tenant, sysadmin::list_tenants))
+        .routes(routes!(sysadmin::freeze_tenant))
+        .routes(routes!(sysadmin::unfreeze_tenant))
+        .routes(routes!(sysadmin::freeze_api_key))
+        .routes(routes!(sysadmin::unfreeze_api_key))
+        .split_for_parts();
+    let doc_json: Arc<[u8]> = serde_json::to_vec(&doc).unwrap_or_default().into();
+
+    let mut app = api
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let body = doc_json.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        )],
+                        body.to_vec(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(crate::middleware::not_found)
+        // Body limits apply to declared and chunked bodies alike.
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(
+            state.config.limits.max_body_bytes,
+        ));
+    if let Some(cors) = cors(&state) {
+        app = app.layer(cors);
+    }
+    app.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        crate::middleware::request,
+    ))
+    .with_state(state)
+}
+
+/// No origin is allowed unless configured.
+fn cors(state: &AppState) -> Option<CorsLayer> {
+    let origins: Vec<HeaderValue> = state
+        .config
+        .cors
+        .allowed_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("x-api-key"),
+                header::HeaderName::from_static("x-request-id"),
+                header::HeaderName::from_static("idempotency-key"),
+            ])
+            .expose_headers([header::HeaderName::from_static("x-request-id")])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
+/// `{ "data": [...] }`, the shape of every list response.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct List<T> {
+    pub data: Vec<T>,
+    /// Pass as `after` to read the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+impl<T: serde::Serialize> IntoResponse for List<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self).into_response()
+    }
+}
+
+fn rfc3339_opt(ms: Option<i64>) -> Option<String> {
+    ms.map(palisade_core::clock::rfc3339)
+}

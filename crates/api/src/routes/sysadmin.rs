@@ -1,0 +1,214 @@
+//! Operator API. Master key only; every action is audited.
+
+use axum::extract::State;
+use axum::Json;
+use http::StatusCode;
+use palisade_audit::Event;
+use palisade_core::principal::Actor;
+use palisade_core::{ApiError, ApiKeyId, TenantId};
+use palisade_store::StoreError;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::List;
+use crate::extract::{PathId, Sysadmin, ValidJson};
+use crate::ops::{self, NewTenant};
+use crate::state::AppState;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerInput {
+    email: String,
+    password: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenantRequest {
+    name: String,
+    owner: OwnerInput,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OwnerView {
+    id: String,
+    email: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedTenantView {
+    id: String,
+    name: String,
+    owner: OwnerView,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TenantView {
+    id: String,
+    name: String,
+    /// `active` or `frozen`.
+    status: String,
+    created_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StatusView {
+    id: String,
+    status: &'static str,
+}
+
+/// Creates a tenant with an active owner (the operator vouches for it).
+#[utoipa::path(post, path = "/sysadmin/v1/tenants", tag = "sysadmin", security(("master_key" = [])),
+    request_body = CreateTenantRequest,
+    responses((status = 201, body = CreatedTenantView), (status = 400, body = palisade_core::Problem), (status = 401, body = palisade_core::Problem)))]
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    admin: Sysadmin,
+    ValidJson(req): ValidJson<CreateTenantRequest>,
+) -> Result<(StatusCode, Json<CreatedTenantView>), ApiError> {
+    let input = NewTenant {
+        name: req.name,
+        owner_email: req.owner.email,
+        owner_password: req.owner.password,
+    };
+    let t = ops::create_tenant(
+        &state.db,
+        &admin.proof,
+        input,
+        &admin.ctx.audit,
+        state.now_ms(),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedTenantView {
+            id: t.id.to_string(),
+            name: t.name,
+            owner: OwnerView {
+                id: t.owner_id.to_string(),
+                email: t.owner_email,
+            },
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/sysadmin/v1/tenants", tag = "sysadmin", security(("master_key" = [])),
+    responses((status = 200, body = List<TenantView>), (status = 401, body = palisade_core::Problem)))]
+pub async fn list_tenants(
+    State(state): State<AppState>,
+    admin: Sysadmin,
+) -> Result<List<TenantView>, ApiError> {
+    let rows = palisade_store::tenants::list(state.db.reader(), &admin.proof).await?;
+    let data = rows
+        .into_iter()
+        .map(|t| TenantView {
+            id: t.id,
+            name: t.name,
+            status: t.status,
+            created_at: palisade_core::clock::rfc3339(t.created_at),
+        })
+        .collect();
+    let event = Event::new("sysadmin.tenants_listed", None, Actor::sysadmin());
+    palisade_audit::append(state.db.writer(), &event, &admin.ctx.audit, state.now_ms()).await?;
+    Ok(List {
+        data,
+        next_cursor: None,
+    })
+}
+
+async fn tenant_status(
+    state: AppState,
+    admin: Sysadmin,
+    id: TenantId,
+    frozen: bool,
+) -> Result<Json<StatusView>, ApiError> {
+    if !ops::set_tenant_frozen(
+        &state.db,
+        &admin.proof,
+        id,
+        frozen,
+        &admin.ctx.audit,
+        state.now_ms(),
+    )
+    .await?
+    {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(StatusView {
+        id: id.to_string(),
+        status: if frozen { "frozen" } else { "active" },
+    }))
+}
+
+/// Kill-switch: every request of the tenant is refused with 423 from now on.
+#[utoipa::path(post, path = "/sysadmin/v1/tenants/{id}/freeze", tag = "sysadmin", security(("master_key" = [])),
+    params(("id" = String, Path, description = "Tenant id (UUID)")),
+    responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
+pub async fn freeze_tenant(
+    State(state): State<AppState>,
+    admin: Sysadmin,
+    PathId(id): PathId<TenantId>,
+) -> Result<Json<StatusView>, ApiError> {
+    tenant_status(state, admin, id, true).await
+}
+
+#[utoipa::path(post, path = "/sysadmin/v1/tenants/{id}/unfreeze", tag = "sysadmin", security(("master_key" = [])),
+    params(("id" = String, Path, description = "Tenant id (UUID)")),
+    responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
+pub async fn unfreeze_tenant(
+    State(state): State<AppState>,
+    admin: Sysadmin,
+    PathId(id): PathId<TenantId>,
+) -> Result<Json<StatusView>, ApiError> {
+    tenant_status(state, admin, id, false).await
+}
+
+async fn key_status(
+    state: AppState,
+    admin: Sysadmin,
+    id: ApiKeyId,
+    frozen: bool,
+) -> Result<Json<StatusView>, ApiError> {
+    let status = if frozen { "frozen" } else { "active" };
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    let tenant = palisade_store::api_keys::set_status(&mut *tx, &admin.proof, id, status)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let tenant = tenant.parse::<TenantId>().map_err(ApiError::internal)?;
+    let action = if frozen {
+        "api_key.frozen"
+    } else {
+        "api_key.unfrozen"
+    };
+    let event = Event::new(action, Some(tenant), Actor::sysadmin()).resource("api_key", id);
+    palisade_audit::append(&mut *tx, &event, &admin.ctx.audit, now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Json(StatusView {
+        id: id.to_string(),
+        status,
+    }))
+}
+
+/// Kill-switch for one API key: its requests get 423 from now on.
+#[utoipa::path(post, path = "/sysadmin/v1/api-keys/{id}/freeze", tag = "sysadmin", security(("master_key" = [])),
+    params(("id" = String, Path, description = "API key id (UUID)")),
+    responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
+pub async fn freeze_api_key(
+    State(state): State<AppState>,
+    admin: Sysadmin,
+    PathId(id): PathId<ApiKeyId>,
+) -> Result<Json<StatusView>, ApiError> {
+    key_status(state, admin, id, true).await
+}
+
+#[utoipa::path(post, path = "/sysadmin/v1/api-keys/{id}/unfreeze", tag = "sysadmin", security(("master_key" = [])),
+    params(("id" = String, Path, description = "API key id (UUID)")),
+    responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
+pub async fn unfreeze_api_key(
+    State(state): State<AppState>,
+    admin: Sysadmin,
+    PathId(id): PathId<ApiKeyId>,
+) -> Result<Json<StatusView>, ApiError> {
+    key_status(state, admin, id, false).await
+}

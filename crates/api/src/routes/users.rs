@@ -1,0 +1,254 @@
+//! People of a tenant: list, invite, change role, remove. Nobody can grant
+//! or touch more than they hold, and the last owner cannot be removed.
+
+use std::str::FromStr;
+
+use axum::extract::State;
+use axum::Json;
+use http::StatusCode;
+use palisade_audit::Event;
+use palisade_auth::token::{new_email_token, sha256_hex};
+use palisade_core::{ApiError, Permission, Role, TenantScope, UserId};
+use palisade_store::users::{NewUser, UserRow};
+use palisade_store::StoreError;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::List;
+use crate::extract::{Auth, PathId, ValidJson};
+use crate::ops;
+use crate::state::AppState;
+
+const INVITE_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
+
+#[derive(Serialize, ToSchema)]
+pub struct UserView {
+    id: String,
+    email: String,
+    role: String,
+    /// `pending` (email not verified), `invited` or `active`.
+    status: String,
+    created_at: String,
+}
+
+impl From<UserRow> for UserView {
+    fn from(u: UserRow) -> Self {
+        UserView {
+            id: u.id,
+            email: u.email,
+            role: u.role,
+            status: u.status,
+            created_at: palisade_core::clock::rfc3339(u.created_at),
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/users", tag = "users", security(("bearer" = [])), responses((status = 200, body = List<UserView>)))]
+pub async fn list(State(state): State<AppState>, auth: Auth) -> Result<List<UserView>, ApiError> {
+    let scope = auth.scope(Permission::UsersRead).await?;
+    let rows = palisade_store::users::list(state.db.reader(), &scope).await?;
+    Ok(List {
+        data: rows.into_iter().map(UserView::from).collect(),
+        next_cursor: None,
+    })
+}
+
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path, description = "User id (UUID)")),
+    responses((status = 200, body = UserView), (status = 404, body = palisade_core::Problem)))]
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<UserId>,
+) -> Result<Json<UserView>, ApiError> {
+    let scope = auth.scope(Permission::UsersRead).await?;
+    let row = palisade_store::users::get(state.db.reader(), &scope, id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(row.into()))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InviteRequest {
+    email: String,
+    role: Role,
+}
+
+/// Invites a person by email; they set a password with `POST /v1/auth/accept-invite`.
+#[utoipa::path(post, path = "/v1/users", tag = "users", security(("bearer" = [])), request_body = InviteRequest,
+    responses((status = 201, body = UserView), (status = 403, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
+pub async fn invite(
+    State(state): State<AppState>,
+    auth: Auth,
+    ValidJson(req): ValidJson<InviteRequest>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    let scope = auth.scope(Permission::UsersManage).await?;
+    let email = ops::email(&req.email, "email").map_err(|e| ApiError::validation_many(vec![e]))?;
+    ensure_can_grant(&auth, req.role)?;
+    let now = state.now_ms();
+    let id = UserId::new();
+    let token = new_email_token();
+    let mut tx = state.db.begin().await?;
+    let user = NewUser {
+        id,
+        email: &email,
+        password_hash: None,
+        role: req.role.as_str(),
+        status: "invited",
+        now,
+    };
+    match palisade_store::users::insert(&mut *tx, &scope, &user).await {
+        Err(e) if e.is_unique_violation() => {
+            return Err(ApiError::conflict("This email address cannot be invited."))
+        }
+        r => r?,
+    }
+    palisade_store::tokens::insert_email_token(
+        &mut *tx,
+        &scope,
+        id,
+        &sha256_hex(&token),
+        "invite",
+        now + INVITE_TTL_MS,
+    )
+    .await?;
+    let event = Event::new(
+        "user.invited",
+        Some(scope.tenant_id()),
+        auth.principal.actor(),
+    )
+    .resource("user", id)
+    .details(serde_json::json!({ "role": req.role.as_str() }));
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    let row = palisade_store::users::get(&mut *tx, &scope, id)
+        .await?
+        .ok_or_else(|| ApiError::internal("user vanished"))?;
+    tx.commit().await.map_err(StoreError::from)?;
+
+    let body = format!(
+        "You have been invited to a Palisade tenant.\n\nYour invitation token is:\n\n    {token}\n\n\
+         Accept with:\n\n    curl -X POST {base}/v1/auth/accept-invite -H 'Content-Type: application/json' \
+         -d '{{\"token\":\"{token}\",\"password\":\"<your new password>\"}}'\n\nThe token expires in 7 days.\n",
+        base = state.config.server.public_url
+    );
+    if let Err(e) = state
+        .mailer
+        .send(&email, "Your Palisade invitation", body)
+        .await
+    {
+        tracing::error!(error = %e, "sending invitation failed");
+    }
+    Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+fn ensure_can_grant(auth: &Auth, role: Role) -> Result<(), ApiError> {
+    if role
+        .permissions()
+        .is_subset_of(auth.principal.permissions())
+    {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden_because(
+            "You cannot grant a role with permissions you do not hold.",
+        ))
+    }
+}
+
+/// The target must not hold more than the caller (an admin cannot demote or remove an owner).
+fn ensure_can_manage(auth: &Auth, target: &UserRow) -> Result<Role, ApiError> {
+    let role =
+        Role::from_str(&target.role).map_err(|_| ApiError::internal("stored role is invalid"))?;
+    ensure_can_grant(auth, role)?;
+    Ok(role)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    role: Role,
+}
+
+/// Changes a person's role; it takes effect on their next request.
+#[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path, description = "User id (UUID)")), request_body = UpdateUserRequest,
+    responses((status = 200, body = UserView), (status = 404, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
+pub async fn update(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<UserId>,
+    ValidJson(req): ValidJson<UpdateUserRequest>,
+) -> Result<Json<UserView>, ApiError> {
+    let scope = auth.scope(Permission::UsersManage).await?;
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    let target = palisade_store::users::get(&mut *tx, &scope, id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let old = ensure_can_manage(&auth, &target)?;
+    ensure_can_grant(&auth, req.role)?;
+    if old == Role::Owner && req.role != Role::Owner {
+        ensure_other_owner(&mut tx, &scope, &target).await?;
+    }
+    palisade_store::users::set_role(&mut *tx, &scope, id, req.role.as_str(), now).await?;
+    let event = Event::new(
+        "user.role_changed",
+        Some(scope.tenant_id()),
+        auth.principal.actor(),
+    )
+    .resource("user", id)
+    .details(serde_json::json!({ "from": old.as_str(), "to": req.role.as_str() }));
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    let row = palisade_store::users::get(&mut *tx, &scope, id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Json(row.into()))
+}
+
+async fn ensure_other_owner(
+    tx: &mut palisade_store::Tx,
+    scope: &TenantScope,
+    target: &UserRow,
+) -> Result<(), ApiError> {
+    let owners = palisade_store::users::count_active_owners(&mut **tx, scope).await?;
+    let target_counts = target.status == "active";
+    if owners - i64::from(target_counts) < 1 {
+        return Err(ApiError::conflict(
+            "A tenant must keep at least one active owner.",
+        ));
+    }
+    Ok(())
+}
+
+/// Removes a person and ends their sessions.
+#[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path, description = "User id (UUID)")),
+    responses((status = 204), (status = 404, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
+pub async fn remove(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<UserId>,
+) -> Result<StatusCode, ApiError> {
+    let scope = auth.scope(Permission::UsersManage).await?;
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    let target = palisade_store::users::get(&mut *tx, &scope, id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let role = ensure_can_manage(&auth, &target)?;
+    if role == Role::Owner {
+        ensure_other_owner(&mut tx, &scope, &target).await?;
+    }
+    palisade_store::users::delete(&mut *tx, &scope, id).await?;
+    let event = Event::new(
+        "user.removed",
+        Some(scope.tenant_id()),
+        auth.principal.actor(),
+    )
+    .resource("user", id)
+    .details(serde_json::json!({ "role": role.as_str() }));
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,181 @@
+//! Text and JSON input rules (SPEC §6).
+
+use palisade_core::FieldError;
+use serde_json::Value;
+use unicode_normalization::UnicodeNormalization;
+
+/// NFC-normalizes and removes NUL and control characters. Tab and newline
+/// survive (free text needs them); CRLF becomes LF.
+pub fn sanitize_text(s: &str) -> String {
+    let needs_work = s.chars().any(|c| c.is_control() || !c.is_ascii());
+    if !needs_work {
+        return s.to_owned();
+    }
+    s.replace("\r\n", "\n")
+        .nfc()
+        .filter(|c| !c.is_control() || *c == '\t' || *c == '\n')
+        .collect()
+}
+
+/// For one-line fields (names, emails): no control characters at all, trimmed.
+pub fn sanitize_line(s: &str) -> String {
+    sanitize_text(s)
+        .replace(['\t', '\n'], " ")
+        .trim()
+        .to_owned()
+}
+
+/// Sanitizes every string (keys too) in a JSON document in place and checks
+/// the length limit. Errors name the field by JSON pointer.
+pub fn sanitize_json(v: &mut Value, max_chars: usize) -> Result<(), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    walk(v, &mut String::new(), max_chars, &mut errors);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn walk(v: &mut Value, path: &mut String, max: usize, errors: &mut Vec<FieldError>) {
+    match v {
+        Value::String(s) => {
+            let clean = sanitize_text(s);
+            if clean.chars().count() > max {
+                errors.push(FieldError {
+                    field: field_name(path),
+                    message: format!("must be at most {max} characters"),
+                });
+            }
+            *s = clean;
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("/{i}"));
+                walk(item, path, max, errors);
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            let old = std::mem::take(map);
+            for (k, mut item) in old {
+                let key = sanitize_line(&k);
+                let len = path.len();
+                path.push('/');
+                path.push_str(&key);
+                walk(&mut item, path, max, errors);
+                path.truncate(len);
+                map.insert(key, item);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn field_name(pointer: &str) -> String {
+    let f = pointer.trim_start_matches('/').replace('/', ".");
+    if f.is_empty() {
+        "body".into()
+    } else {
+        f
+    }
+}
+
+/// Maximum nesting depth of a JSON text, found by scanning bytes before any
+/// parser recurses on them. Returns `None` past `limit`.
+pub fn json_depth_within(bytes: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
+/// A plausible email address: one `@`, non-empty local part, a dotted domain,
+/// no spaces, at most 254 characters. Returned lower-cased.
+pub fn normalize_email(s: &str) -> Option<String> {
+    let e = sanitize_line(s).to_lowercase();
+    let (local, domain) = e.split_once('@')?;
+    let ok = e.len() <= 254
+        && !local.is_empty()
+        && local.len() <= 64
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !e
+            .chars()
+            .any(|c| c.is_whitespace() || c == '<' || c == '>' || c == ',' || c == ';' || c == '"');
+    ok.then_some(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_nfc_and_clean() {
+        assert_eq!(sanitize_text("e\u{301}"), "\u{e9}");
+        assert_eq!(
+            sanitize_text("a\u{0}b\u{7}c\td\r\ne\u{1b}[31m"),
+            "abc\td\ne[31m"
+        );
+        assert_eq!(sanitize_line("  a\tb\nc "), "a b c");
+    }
+
+    #[test]
+    fn json_walk_limits_and_cleans() {
+        let mut v =
+            serde_json::json!({"name": "x\u{0}y", "tags": ["ok", "z".repeat(10)], "n\u{0}k": 1});
+        let errs = sanitize_json(&mut v, 5).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "tags.1");
+        assert_eq!(v["name"], "xy");
+        assert!(v.get("nk").is_some());
+    }
+
+    #[test]
+    fn depth_scan() {
+        assert!(json_depth_within(br#"{"a":[{"b":1}]}"#, 3));
+        assert!(!json_depth_within(br#"{"a":[{"b":1}]}"#, 2));
+        assert!(json_depth_within(br#"{"a":"[[[[[[[[["}"#, 1));
+        assert!(json_depth_within(br#"{"a":"\"[[[["}"#, 1));
+        let deep = "[".repeat(100_000);
+        assert!(!json_depth_within(deep.as_bytes(), 32));
+    }
+
+    #[test]
+    fn emails() {
+        assert_eq!(
+            normalize_email(" Alice@Example.COM ").as_deref(),
+            Some("alice@example.com")
+        );
+        for bad in [
+            "", "a", "a@b", "@b.c", "a@b@c.d", "a b@c.d", "a@.c", "<a@b.c>",
+        ] {
+            assert!(normalize_email(bad).is_none(), "{bad}");
+        }
+    }
+}
