@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use lettre::message::{header::ContentType, Mailbox};
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::{Body, Mailbox};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 #[derive(Clone)]
@@ -46,7 +47,9 @@ impl Mailer {
             .to(to.parse()?)
             .subject(subject)
             .header(ContentType::TEXT_PLAIN)
-            .body(body)?;
+            // Plain 8bit keeps tokens readable and copyable as they are; bodies
+            // with lines over 76 characters fall back to an encoding.
+            .body(Body::new_with_encoding(body.clone(), ContentTransferEncoding::EightBit).unwrap_or_else(|_| Body::new(body)))?;
         match self {
             Mailer::Outbox { dir, .. } => write_eml(dir.clone(), msg.formatted()).await,
             Mailer::Smtp { transport, .. } => {

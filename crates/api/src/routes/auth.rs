@@ -84,7 +84,8 @@ pub async fn signup(
                 &state,
                 &email,
                 "Palisade sign-up attempt",
-                "Someone tried to sign up for Palisade with this address, which already has an account.\n\
+                "Someone tried to sign up for Palisade with this address,\n\
+                 which already has an account.\n\n\
                  If it was you, log in instead. If not, you can ignore this message.\n"
                     .into(),
             )
@@ -109,8 +110,9 @@ pub async fn signup(
 
     let body = format!(
         "Welcome to Palisade.\n\nYour verification token is:\n\n    {token}\n\n\
-         Verify with:\n\n    curl -X POST {base}/v1/auth/verify-email -H 'Content-Type: application/json' \
-         -d '{{\"token\":\"{token}\"}}'\n\nThe token expires in 24 hours.\n",
+         Verify your address with:\n\n    curl -X POST {base}/v1/auth/verify-email \\\n      \
+         -H 'Content-Type: application/json' \\\n      -d '{{\"token\":\"{token}\"}}'\n\n\
+         The token expires in 24 hours.\n",
         base = state.config.server.public_url
     );
     send_mail(&state, &email, "Verify your Palisade account", body).await;

@@ -128,8 +128,9 @@ pub async fn invite(
 
     let body = format!(
         "You have been invited to a Palisade tenant.\n\nYour invitation token is:\n\n    {token}\n\n\
-         Accept with:\n\n    curl -X POST {base}/v1/auth/accept-invite -H 'Content-Type: application/json' \
-         -d '{{\"token\":\"{token}\",\"password\":\"<your new password>\"}}'\n\nThe token expires in 7 days.\n",
+         Accept it and choose your password with:\n\n    curl -X POST {base}/v1/auth/accept-invite \\\n      \
+         -H 'Content-Type: application/json' \\\n      -d '{{\"token\":\"{token}\",\n           \
+         \"password\":\"<your new password>\"}}'\n\nThe token expires in 7 days.\n",
         base = state.config.server.public_url
     );
     if let Err(e) = state

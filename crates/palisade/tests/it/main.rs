@@ -1,1 +1,18 @@
+//! One integration binary: every test starts the real server on an
+//! ephemeral port and talks HTTP to it. `backend_tests!` runs a test on
+//! SQLite and on PostgreSQL (when PALISADE_TEST_POSTGRES_URL is set).
 
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod common;
+
+mod api_keys;
+mod auth;
+mod cli;
+mod events;
+mod input;
+mod isolation;
+mod logs;
+mod sysadmin;
+mod users;

@@ -1,0 +1,94 @@
+//! The binary itself: configuration refusals and the operator CLI.
+
+use std::process::{Command, Output};
+
+use crate::common::PASSWORD;
+
+fn palisade(dir: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_palisade"));
+    c.current_dir(dir).args(args).env_remove("PALISADE_ADMIN__MASTER_KEY").env_remove("PALISADE_MODE");
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn production_refuses_unsafe_config_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let good_key = palisade_auth::token::new_master_key();
+    let secret = "s".repeat(40);
+    let base = [
+        ("PALISADE_MODE", "production"),
+        ("PALISADE_ADMIN__MASTER_KEY", good_key.as_str()),
+        ("PALISADE_AUTH__JWT_SECRET", secret.as_str()),
+        ("PALISADE_SERVER__TRUST_PROXY", "10.0.0.0/8"),
+    ];
+    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+        ("no master key", vec![("PALISADE_ADMIN__MASTER_KEY", "")], "master key"),
+        ("dev master key", vec![("PALISADE_ADMIN__MASTER_KEY", palisade_config::KNOWN_DEV_SECRETS[0])], "master key"),
+        ("dev jwt secret", vec![("PALISADE_AUTH__JWT_SECRET", palisade_config::KNOWN_DEV_SECRETS[1])], "jwt_secret"),
+        ("cors star", vec![("PALISADE_CORS__ALLOWED_ORIGINS", "*")], "cors"),
+        ("postgres without tls", vec![("PALISADE_DATABASE__URL", "postgres://u@db.example/x")], "sslmode"),
+        ("no tls, no proxy", vec![("PALISADE_SERVER__TRUST_PROXY", "")], "tls"),
+    ];
+    for (what, overrides, needle) in cases {
+        let mut env: Vec<(&str, &str)> = base.to_vec();
+        env.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
+        env.extend(overrides.iter().filter(|(_, v)| !v.is_empty()).cloned());
+        let out = palisade(dir.path(), &["serve", "--listen", "127.0.0.1:0"], &env);
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{what}: one line, got {err}");
+        assert!(err.to_lowercase().contains(needle), "{what}: {err}");
+        assert!(!err.contains(&good_key), "{what}: the key must not be printed");
+    }
+    let bad_file = dir.path().join("bad.toml");
+    std::fs::write(&bad_file, "[server]\nlisten = \"${PALISADE_TEST_UNSET_VARIABLE}\"\n").unwrap();
+    let out = palisade(dir.path(), &["--config", bad_file.to_str().unwrap(), "migrate"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("PALISADE_TEST_UNSET_VARIABLE is not set"));
+}
+
+#[test]
+fn operator_cli_works_with_the_server_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = palisade(dir.path(), &["migrate"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    use std::os::unix::fs::PermissionsExt;
+    let data = dir.path().join("data");
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(data.join("palisade.db")).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let out = palisade(
+        dir.path(),
+        &["admin", "tenant", "create", "--name", "Cli Co", "--owner-email", "cli@example.com"],
+        &[("PALISADE_OWNER_PASSWORD", PASSWORD)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let out = palisade(dir.path(), &["admin", "tenant", "freeze", &id], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = palisade(dir.path(), &["admin", "tenant", "list"], &[]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains(&id) && listed.contains("frozen"), "{listed}");
+    let out = palisade(dir.path(), &["admin", "tenant", "unfreeze", &id], &[]);
+    assert!(out.status.success());
+    let out = palisade(dir.path(), &["admin", "tenant", "freeze", "nope"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = palisade(dir.path(), &["admin", "tenant", "create", "--name", "Weak", "--owner-email", "w@example.com"], &[("PALISADE_OWNER_PASSWORD", "short")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("owner.password"));
+
+    let out = palisade(dir.path(), &["admin", "master-key", "rotate"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key = std::fs::read_to_string(data.join("master.key")).unwrap();
+    assert!(key.trim().starts_with("mk_"));
+    assert_eq!(std::fs::metadata(data.join("master.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(key.trim()), "the key is never printed");
+}

@@ -1,0 +1,252 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use palisade::Running;
+use palisade_config::{Config, Secret};
+use palisade_core::{Clock, ManualClock, SystemClock};
+use reqwest::Method;
+use serde_json::{json, Value};
+use sqlx::Connection;
+
+/// Runs each named `async fn(Backend)` once per database backend.
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                match crate::common::Backend::postgres() {
+                    Some(b) => super::$name(b).await,
+                    None => eprintln!("skipped: PALISADE_TEST_POSTGRES_URL is not set"),
+                }
+            }
+        }
+    )*};
+}
+
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Backend {
+    pub fn postgres() -> Option<Backend> {
+        std::env::var("PALISADE_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()).map(Backend::Postgres)
+    }
+}
+
+pub struct TestServer {
+    pub url: String,
+    pub client: reqwest::Client,
+    pub master_key: String,
+    pub clock: ManualClock,
+    pub data_dir: PathBuf,
+    pub backend: Backend,
+    running: Option<Running>,
+    pg: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Resp {
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Resp {
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
+        self
+    }
+
+    /// The problem body without its per-request id, for comparing bodies.
+    pub fn problem_shape(&self) -> Value {
+        let mut b = self.body.clone();
+        if let Some(o) = b.as_object_mut() {
+            o.remove("request_id");
+        }
+        b
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub struct Tenant {
+    pub id: String,
+    pub owner_id: String,
+    pub email: String,
+    pub password: String,
+    pub token: String,
+    pub refresh: String,
+}
+
+pub const PASSWORD: &str = "violet tram ocean ninety";
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> TestServer {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let master_key = palisade_auth::token::new_master_key();
+        let mut config = Config::default();
+        config.server.data_dir = data_dir.clone();
+        config.admin.master_key = Some(Secret::new(master_key.clone()));
+        config.log.level = "info".into();
+        let mut pg = None;
+        if let Backend::Postgres(base) = &backend {
+            let (url, name) = fresh_postgres_db(base).await;
+            config.database.url = Some(Secret::new(url));
+            pg = Some((base.clone(), name));
+        }
+        tweak(&mut config);
+        let clock = ManualClock::new(SystemClock.now_ms());
+        let state = palisade::build_state(config, Arc::new(clock.clone())).await.unwrap();
+        let running = palisade::start(state, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        TestServer {
+            url: format!("http://{}", running.addr),
+            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+            master_key,
+            clock,
+            data_dir,
+            backend,
+            running: Some(running),
+            pg,
+            _dir: dir,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+        if let Some((base, name)) = self.pg.take() {
+            if let Ok(mut c) = sqlx::AnyConnection::connect(&base).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
+            }
+        }
+    }
+
+    pub fn state(&self) -> &palisade_api::AppState {
+        &self.running.as_ref().unwrap().state
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, format!("{}{}", self.url, path))
+    }
+
+    pub async fn send(rb: reqwest::RequestBuilder) -> Resp {
+        let r = rb.send().await.unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let bytes = r.bytes().await.unwrap();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Resp { status, headers, body, text }
+    }
+
+    /// A JSON call with an optional bearer credential.
+    pub async fn call(&self, method: Method, path: &str, cred: Option<&str>, body: Option<Value>) -> Resp {
+        let mut rb = self.request(method, path);
+        if let Some(c) = cred {
+            rb = rb.bearer_auth(c);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        Self::send(rb).await
+    }
+
+    pub async fn get(&self, path: &str, cred: &str) -> Resp {
+        self.call(Method::GET, path, Some(cred), None).await
+    }
+
+    pub async fn post(&self, path: &str, cred: &str, body: Value) -> Resp {
+        self.call(Method::POST, path, Some(cred), Some(body)).await
+    }
+
+    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
+        self.call(method, path, Some(&self.master_key.clone()), body).await
+    }
+
+    /// A tenant created by the operator, with its owner logged in.
+    pub async fn tenant(&self, name: &str) -> Tenant {
+        let email = format!("owner-{}@{}.example.com", uuid::Uuid::new_v4().simple(), name.to_lowercase());
+        let r = self
+            .admin(Method::POST, "/sysadmin/v1/tenants", Some(json!({"name": name, "owner": {"email": email, "password": PASSWORD}})))
+            .await
+            .expect(201);
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        let owner_id = r.body["owner"]["id"].as_str().unwrap().to_owned();
+        let (token, refresh) = self.login(&email, PASSWORD).await;
+        Tenant { id, owner_id, email, password: PASSWORD.into(), token, refresh }
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> (String, String) {
+        let r = self
+            .call(Method::POST, "/v1/auth/login", None, Some(json!({"email": email, "password": password})))
+            .await
+            .expect(200);
+        (r.body["access_token"].as_str().unwrap().to_owned(), r.body["refresh_token"].as_str().unwrap().to_owned())
+    }
+
+    /// Creates an API key; returns (id, key).
+    pub async fn api_key(&self, cred: &str, body: Value) -> (String, String) {
+        let r = self.post("/v1/api-keys", cred, body).await.expect(201);
+        (r.body["id"].as_str().unwrap().to_owned(), r.body["key"].as_str().unwrap().to_owned())
+    }
+
+    /// The newest mail in the dev outbox addressed to `to`.
+    pub fn last_mail_to(&self, to: &str) -> String {
+        let dir = self.data_dir.join("outbox");
+        let mut mails: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| (e.metadata().unwrap().modified().unwrap(), std::fs::read_to_string(e.path()).unwrap()))
+            .filter(|(_, m)| m.contains(&format!("To: {to}")))
+            .collect();
+        mails.sort_by_key(|(t, _)| *t);
+        mails.pop().map(|(_, m)| m).unwrap_or_else(|| panic!("no mail to {to}"))
+    }
+
+    /// The `et_…` token from the newest mail to `to`.
+    pub fn mailed_token(&self, to: &str) -> String {
+        let mail = self.last_mail_to(to);
+        let start = mail.find("et_").expect("token in mail");
+        mail[start..start + 46].to_owned()
+    }
+
+    /// Audit events of the tenant, as seen through the API.
+    pub async fn events(&self, cred: &str, query: &str) -> Vec<Value> {
+        self.get(&format!("/v1/events?{query}"), cred).await.expect(200).body["data"].as_array().unwrap().clone()
+    }
+}
+
+async fn fresh_postgres_db(base: &str) -> (String, String) {
+    sqlx::any::install_default_drivers();
+    let name = format!("palisade_it_{}", uuid::Uuid::new_v4().simple());
+    let mut c = sqlx::AnyConnection::connect(base).await.expect("PALISADE_TEST_POSTGRES_URL must be reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut c).await.unwrap();
+    let (head, query) = base.split_once('?').map(|(h, q)| (h, Some(q))).unwrap_or((base, None));
+    let scheme_end = head.find("://").unwrap() + 3;
+    let host_part = match head[scheme_end..].find('/') {
+        Some(i) => &head[..scheme_end + i],
+        None => head,
+    };
+    let url = match query {
+        Some(q) => format!("{host_part}/{name}?{q}"),
+        None => format!("{host_part}/{name}"),
+    };
+    (url, name)
+}
