@@ -67,7 +67,7 @@ impl Auth {
     /// The tenant scope, if the principal holds `permission`. A refusal is
     /// audited.
     pub async fn scope(&self, permission: Permission) -> Result<TenantScope, ApiError> {
-        self.principal.require(permission).map_err(|e| {
+        self.principal.require(permission).inspect_err(|_| {
             let event = Event::new(
                 "permission.denied",
                 Some(self.principal.tenant_id()),
@@ -82,7 +82,6 @@ impl Auth {
                     tracing::error!(error = %e, "audit append failed");
                 }
             });
-            e
         })
     }
 }

@@ -90,6 +90,7 @@ fn substitution() {
 }
 
 #[test]
+#[allow(clippy::result_large_err)]
 fn file_then_env() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.toml");

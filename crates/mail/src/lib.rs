@@ -49,7 +49,10 @@ impl Mailer {
             .header(ContentType::TEXT_PLAIN)
             // Plain 8bit keeps tokens readable and copyable as they are; bodies
             // with lines over 76 characters fall back to an encoding.
-            .body(Body::new_with_encoding(body.clone(), ContentTransferEncoding::EightBit).unwrap_or_else(|_| Body::new(body)))?;
+            .body(
+                Body::new_with_encoding(body.clone(), ContentTransferEncoding::EightBit)
+                    .unwrap_or_else(|_| Body::new(body)),
+            )?;
         match self {
             Mailer::Outbox { dir, .. } => write_eml(dir.clone(), msg.formatted()).await,
             Mailer::Smtp { transport, .. } => {

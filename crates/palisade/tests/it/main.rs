@@ -2,8 +2,6 @@
 //! ephemeral port and talks HTTP to it. `backend_tests!` runs a test on
 //! SQLite and on PostgreSQL (when PALISADE_TEST_POSTGRES_URL is set).
 
-#![allow(clippy::unwrap_used)]
-
 #[macro_use]
 mod common;
 
