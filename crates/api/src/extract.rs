@@ -13,8 +13,7 @@ use palisade_auth::token::{ct_eq, sha256, sha256_hex};
 use palisade_auth::Credential;
 use palisade_core::principal::SysadminProof;
 use palisade_core::{
-    ApiError, ApiKeyId, Permission, PermissionSet, Principal, PrincipalKind, Role, TenantId,
-    TenantScope, UserId,
+    ApiError, ApiKeyId, Permission, PermissionSet, Principal, PrincipalKind, Role, TenantId, TenantScope, UserId,
 };
 use serde::de::DeserializeOwned;
 
@@ -37,11 +36,7 @@ impl FromRequestParts<AppState> for Ctx {
 }
 
 fn ctx_of(parts: &Parts) -> Ctx {
-    let client_ip = parts
-        .extensions
-        .get::<ClientIp>()
-        .map(|c| c.0)
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let client_ip = parts.extensions.get::<ClientIp>().map(|c| c.0).unwrap_or(IpAddr::from([127, 0, 0, 1]));
     Ctx {
         audit: Context {
             source_ip: Some(client_ip.to_string()),
@@ -68,17 +63,11 @@ impl Auth {
     /// audited.
     pub async fn scope(&self, permission: Permission) -> Result<TenantScope, ApiError> {
         self.principal.require(permission).inspect_err(|_| {
-            let event = Event::new(
-                "permission.denied",
-                Some(self.principal.tenant_id()),
-                self.principal.actor(),
-            )
-            .details(serde_json::json!({ "permission": permission.as_str() }));
+            let event = Event::new("permission.denied", Some(self.principal.tenant_id()), self.principal.actor())
+                .details(serde_json::json!({ "permission": permission.as_str() }));
             let (state, ctx) = (self.state.clone(), self.ctx.audit.clone());
             tokio::spawn(async move {
-                if let Err(e) =
-                    palisade_audit::append(state.db.writer(), &event, &ctx, state.now_ms()).await
-                {
+                if let Err(e) = palisade_audit::append(state.db.writer(), &event, &ctx, state.now_ms()).await {
                     tracing::error!(error = %e, "audit append failed");
                 }
             });
@@ -98,11 +87,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
             let (scheme, cred) = s.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| cred.trim())
         }
-        (None, None, Some(v), None) => v
-            .to_str()
-            .ok()
-            .map(str::trim)
-            .filter(|s| s.starts_with("ak_")),
+        (None, None, Some(v), None) => v.to_str().ok().map(str::trim).filter(|s| s.starts_with("ak_")),
         _ => None,
     }
 }
@@ -122,33 +107,19 @@ impl FromRequestParts<AppState> for Auth {
             }
         };
         note_tenant(principal.tenant_id().0);
-        Ok(Auth {
-            principal,
-            ctx,
-            state: state.clone(),
-        })
+        Ok(Auth { principal, ctx, state: state.clone() })
     }
 }
 
 async fn authenticate_jwt(state: &AppState, token: &str) -> Result<Principal, ApiError> {
     let now = state.now_ms();
-    let claims = state
-        .jwt
-        .verify(token, now / 1000)
-        .ok_or_else(ApiError::unauthenticated)?;
-    let tenant_id =
-        TenantId::from_str(&claims.tenant_id).map_err(|_| ApiError::unauthenticated())?;
+    let claims = state.jwt.verify(token, now / 1000).ok_or_else(ApiError::unauthenticated)?;
+    let tenant_id = TenantId::from_str(&claims.tenant_id).map_err(|_| ApiError::unauthenticated())?;
     let user_id = UserId::from_str(&claims.sub).map_err(|_| ApiError::unauthenticated())?;
     let scope = TenantScope::for_system(tenant_id);
-    let s = palisade_store::users::session_state(
-        state.db.reader(),
-        &scope,
-        user_id,
-        &claims.sid,
-        &claims.jti,
-    )
-    .await?
-    .ok_or_else(ApiError::unauthenticated)?;
+    let s = palisade_store::users::session_state(state.db.reader(), &scope, user_id, &claims.sid, &claims.jti)
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
     if s.family_revoked != 0 || s.jti_revoked != 0 || s.user_status != "active" {
         return Err(ApiError::unauthenticated());
     }
@@ -186,14 +157,12 @@ async fn authenticate_api_key(
     }
     let ips: Vec<String> = serde_json::from_str(&row.allowed_ips).map_err(ApiError::internal)?;
     if !ips.is_empty() {
-        let nets = palisade_guard::net::parse_cidrs(ips.iter().map(String::as_str))
-            .map_err(ApiError::internal)?;
+        let nets = palisade_guard::net::parse_cidrs(ips.iter().map(String::as_str)).map_err(ApiError::internal)?;
         if !palisade_guard::net::in_any(ctx.client_ip, &nets) {
             return Err(ApiError::unauthenticated());
         }
     }
-    let origins: Vec<String> =
-        serde_json::from_str(&row.allowed_origins).map_err(ApiError::internal)?;
+    let origins: Vec<String> = serde_json::from_str(&row.allowed_origins).map_err(ApiError::internal)?;
     if let Some(origin) = headers.get(header::ORIGIN) {
         if !origins.is_empty() && !origins.iter().any(|o| o.as_bytes() == origin.as_bytes()) {
             return Err(ApiError::unauthenticated());
@@ -205,24 +174,17 @@ async fn authenticate_api_key(
     let tenant_id = TenantId::from_str(&row.tenant_id).map_err(ApiError::internal)?;
     let key_id = ApiKeyId::from_str(&row.id).map_err(ApiError::internal)?;
     let names: Vec<String> = serde_json::from_str(&row.permissions).map_err(ApiError::internal)?;
-    let permissions =
-        PermissionSet::parse(names.iter().map(String::as_str)).map_err(ApiError::internal)?;
+    let permissions = PermissionSet::parse(names.iter().map(String::as_str)).map_err(ApiError::internal)?;
     if row.last_used_at.is_none_or(|t| t < now - 60_000) {
         let state = state.clone();
         let scope = TenantScope::for_system(tenant_id);
         tokio::spawn(async move {
-            if let Err(e) =
-                palisade_store::api_keys::touch(state.db.writer(), &scope, key_id, now).await
-            {
+            if let Err(e) = palisade_store::api_keys::touch(state.db.writer(), &scope, key_id, now).await {
                 tracing::warn!(error = %e, "could not record key use");
             }
         });
     }
-    Ok(Principal::authenticated(
-        tenant_id,
-        PrincipalKind::ApiKey { key_id },
-        permissions,
-    ))
+    Ok(Principal::authenticated(tenant_id, PrincipalKind::ApiKey { key_id }, permissions))
 }
 
 /// The operator, authenticated by the master key on `/sysadmin` routes only.
@@ -238,10 +200,7 @@ impl FromRequestParts<AppState> for Sysadmin {
         let ctx = ctx_of(parts);
         match bearer(&parts.headers).map(Credential::classify) {
             Some(Credential::MasterKey(k)) if ct_eq(&sha256(k), &state.master_key_hash) => {
-                Ok(Sysadmin {
-                    proof: SysadminProof::verified(),
-                    ctx,
-                })
+                Ok(Sysadmin { proof: SysadminProof::verified(), ctx })
             }
             _ => Err(ApiError::unauthenticated()),
         }
@@ -269,19 +228,12 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ValidJson<T> {
         })?;
         let limits = &state.config.limits;
         if !palisade_guard::input::json_depth_within(&bytes, limits.max_json_depth) {
-            return Err(ApiError::validation(
-                "body",
-                format!("JSON nesting deeper than {}", limits.max_json_depth),
-            ));
+            return Err(ApiError::validation("body", format!("JSON nesting deeper than {}", limits.max_json_depth)));
         }
-        let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::validation("body", format!("malformed JSON: {}", json_error(&e)))
-        })?;
-        palisade_guard::input::sanitize_json(&mut value, limits.max_text_chars)
-            .map_err(ApiError::validation_many)?;
-        serde_json::from_value(value)
-            .map(ValidJson)
-            .map_err(|e| ApiError::validation("body", e.to_string()))
+        let mut value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::validation("body", format!("malformed JSON: {}", json_error(&e))))?;
+        palisade_guard::input::sanitize_json(&mut value, limits.max_text_chars).map_err(ApiError::validation_many)?;
+        serde_json::from_value(value).map(ValidJson).map_err(|e| ApiError::validation("body", e.to_string()))
     }
 }
 
@@ -293,14 +245,11 @@ impl<T: DeserializeOwned> OptionalFromRequest<AppState> for ValidJson<T> {
         let h = req.headers();
         let empty = h.get(header::CONTENT_TYPE).is_none()
             && h.get(header::TRANSFER_ENCODING).is_none()
-            && h.get(header::CONTENT_LENGTH)
-                .is_none_or(|v| v.as_bytes() == b"0");
+            && h.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
         if empty {
             return Ok(None);
         }
-        <Self as FromRequest<AppState>>::from_request(req, state)
-            .await
-            .map(Some)
+        <Self as FromRequest<AppState>>::from_request(req, state).await.map(Some)
     }
 }
 
@@ -317,8 +266,7 @@ fn is_json(h: &HeaderMap) -> bool {
     };
     let mut parts = ct.split(';');
     let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-    let json =
-        mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
+    let json = mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
     let charset_ok = parts.all(|p| {
         let p = p.trim().to_ascii_lowercase();
         !p.starts_with("charset=") || p == "charset=utf-8" || p == "charset=\"utf-8\""
@@ -333,11 +281,7 @@ impl<T: FromStr + Send> FromRequestParts<AppState> for PathId<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::not_found())?;
-        T::from_str(&raw)
-            .map(PathId)
-            .map_err(|_| ApiError::not_found())
+        let Path(raw) = Path::<String>::from_request_parts(parts, state).await.map_err(|_| ApiError::not_found())?;
+        T::from_str(&raw).map(PathId).map_err(|_| ApiError::not_found())
     }
 }

@@ -29,43 +29,25 @@ pub struct ClientIp(pub IpAddr);
 pub struct RequestId(pub String);
 
 static SECURITY_HEADERS: [(HeaderName, &str); 7] = [
-    (
-        header::STRICT_TRANSPORT_SECURITY,
-        "max-age=31536000; includeSubDomains",
-    ),
-    (
-        header::CONTENT_SECURITY_POLICY,
-        "default-src 'none'; frame-ancestors 'none'",
-    ),
+    (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000; includeSubDomains"),
+    (header::CONTENT_SECURITY_POLICY, "default-src 'none'; frame-ancestors 'none'"),
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     (header::X_FRAME_OPTIONS, "DENY"),
     (header::REFERRER_POLICY, "strict-origin-when-cross-origin"),
-    (
-        HeaderName::from_static("permissions-policy"),
-        "camera=(), microphone=(), geolocation=()",
-    ),
+    (HeaderName::from_static("permissions-policy"), "camera=(), microphone=(), geolocation=()"),
     (header::CACHE_CONTROL, "no-store"),
 ];
 
 pub async fn request(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = sane_request_id(req.headers()).unwrap_or_else(|| Uuid::new_v4().to_string());
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    let xff = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
+    let peer =
+        req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let xff = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
     let client = palisade_guard::net::client_ip(peer, xff, &state.trusted_proxies);
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     req.extensions_mut().insert(ClientIp(client));
     req.extensions_mut().insert(RequestId(request_id.clone()));
 
@@ -82,9 +64,7 @@ pub async fn request(State(state): State<AppState>, mut req: Request, next: Next
 
     let status = resp.status();
     if (status.is_client_error() || status.is_server_error()) && !is_problem(resp.headers()) {
-        resp = REQUEST_ID.sync_scope(request_id.clone(), || {
-            ApiError::from_status(status).into_response()
-        });
+        resp = REQUEST_ID.sync_scope(request_id.clone(), || ApiError::from_status(status).into_response());
     }
     let h = resp.headers_mut();
     for (name, value) in &SECURITY_HEADERS {
@@ -114,8 +94,7 @@ pub fn note_tenant(id: Uuid) {
 }
 
 fn is_problem(h: &HeaderMap) -> bool {
-    h.get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == PROBLEM_CONTENT_TYPE.as_bytes())
+    h.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == PROBLEM_CONTENT_TYPE.as_bytes())
 }
 
 /// A client-supplied id is echoed only if short and made of safe characters,
@@ -124,8 +103,7 @@ fn sane_request_id(h: &HeaderMap) -> Option<String> {
     let v = h.get("x-request-id")?.to_str().ok()?;
     let ok = !v.is_empty()
         && v.len() <= 128
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
     ok.then(|| v.to_owned())
 }
 

@@ -27,16 +27,11 @@ impl Modify for Security {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "A person's access token (JWT) or an API key (`ak_…`).",
-                    ))
+                    .description(Some("A person's access token (JWT) or an API key (`ak_…`)."))
                     .build(),
             ),
         );
-        c.add_security_scheme(
-            "api_key",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
-        );
+        c.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))));
         c.add_security_scheme(
             "master_key",
             SecurityScheme::Http(

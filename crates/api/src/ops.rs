@@ -23,27 +23,19 @@ pub struct CreatedTenant {
 pub fn tenant_name(raw: &str, field: &str) -> Result<String, FieldError> {
     let name = palisade_guard::input::sanitize_line(raw);
     if name.is_empty() || name.chars().count() > 200 {
-        return Err(FieldError {
-            field: field.into(),
-            message: "must be 1 to 200 characters".into(),
-        });
+        return Err(FieldError { field: field.into(), message: "must be 1 to 200 characters".into() });
     }
     Ok(name)
 }
 
 pub fn email(raw: &str, field: &str) -> Result<String, FieldError> {
-    palisade_guard::input::normalize_email(raw).ok_or_else(|| FieldError {
-        field: field.into(),
-        message: "must be a valid email address".into(),
-    })
+    palisade_guard::input::normalize_email(raw)
+        .ok_or_else(|| FieldError { field: field.into(), message: "must be a valid email address".into() })
 }
 
 pub fn password(raw: &str, email: Option<&str>, field: &str) -> Result<(), FieldError> {
     match palisade_auth::password::policy_violation(raw, email) {
-        Some(why) => Err(FieldError {
-            field: field.into(),
-            message: why.into(),
-        }),
+        Some(why) => Err(FieldError { field: field.into(), message: why.into() }),
         None => Ok(()),
     }
 }
@@ -82,17 +74,11 @@ pub async fn create_tenant(
 ) -> Result<CreatedTenant, ApiError> {
     let name = tenant_name(&input.name, "name");
     let owner_email = email(&input.owner_email, "owner.email");
-    let pw = password(
-        &input.owner_password,
-        owner_email.as_deref().ok(),
-        "owner.password",
-    );
+    let pw = password(&input.owner_password, owner_email.as_deref().ok(), "owner.password");
     let (name, owner_email) = match (name, owner_email, pw) {
         (Ok(n), Ok(e), Ok(())) => (n, e),
         (n, e, p) => {
-            return Err(ApiError::validation_many(
-                [n.err(), e.err(), p.err()].into_iter().flatten().collect(),
-            ))
+            return Err(ApiError::validation_many([n.err(), e.err(), p.err()].into_iter().flatten().collect()))
         }
     };
     let hash = hash_password(input.owner_password).await?;
@@ -119,15 +105,8 @@ pub async fn create_tenant(
         .resource("tenant", id)
         .details(serde_json::json!({ "owner_id": owner_id.to_string() }));
     palisade_audit::append(&mut *tx, &event, ctx, now).await?;
-    tx.commit()
-        .await
-        .map_err(palisade_store::StoreError::from)?;
-    Ok(CreatedTenant {
-        id,
-        name,
-        owner_id,
-        owner_email,
-    })
+    tx.commit().await.map_err(palisade_store::StoreError::from)?;
+    Ok(CreatedTenant { id, name, owner_id, owner_email })
 }
 
 /// Freezes or unfreezes a tenant. Returns false if it does not exist.
@@ -145,15 +124,9 @@ pub async fn set_tenant_frozen(
     if !palisade_store::tenants::set_status(&mut *tx, &scope, status).await? {
         return Ok(false);
     }
-    let action = if frozen {
-        "tenant.frozen"
-    } else {
-        "tenant.unfrozen"
-    };
+    let action = if frozen { "tenant.frozen" } else { "tenant.unfrozen" };
     let event = Event::new(action, Some(id), Actor::sysadmin()).resource("tenant", id);
     palisade_audit::append(&mut *tx, &event, ctx, now).await?;
-    tx.commit()
-        .await
-        .map_err(palisade_store::StoreError::from)?;
+    tx.commit().await.map_err(palisade_store::StoreError::from)?;
     Ok(true)
 }

@@ -30,14 +30,7 @@ pub struct Event {
 
 impl Event {
     pub fn new(action: &'static str, tenant_id: Option<TenantId>, actor: Actor) -> Self {
-        Self {
-            action,
-            tenant_id,
-            actor,
-            resource_type: None,
-            resource_id: None,
-            details: Value::Null,
-        }
+        Self { action, tenant_id, actor, resource_type: None, resource_id: None, details: Value::Null }
     }
 
     pub fn resource(mut self, kind: &'static str, id: impl ToString) -> Self {
@@ -71,16 +64,9 @@ pub async fn append<'c>(
         resource_type: event.resource_type.map(str::to_owned),
         resource_id: event.resource_id.clone(),
         source_ip: ctx.source_ip.clone(),
-        user_agent: ctx
-            .user_agent
-            .as_deref()
-            .map(|u| u.chars().take(512).collect()),
+        user_agent: ctx.user_agent.as_deref().map(|u| u.chars().take(512).collect()),
         request_id: ctx.request_id.clone(),
-        details: if event.details.is_null() {
-            "{}".into()
-        } else {
-            event.details.to_string()
-        },
+        details: if event.details.is_null() { "{}".into() } else { event.details.to_string() },
     };
     palisade_store::audit::insert(ex, &row).await?;
     Ok(id)
@@ -112,10 +98,7 @@ impl From<AuditRow> for EventView {
             seq: r.seq,
             ts: palisade_core::clock::rfc3339(r.ts),
             tenant_id: r.tenant_id,
-            actor: Actor {
-                kind: r.actor_type,
-                id: r.actor_id,
-            },
+            actor: Actor { kind: r.actor_type, id: r.actor_id },
             action: r.action,
             resource_type: r.resource_type,
             resource_id: r.resource_id,

@@ -20,9 +20,7 @@ impl<'a> Credential<'a> {
         } else if s.starts_with(MASTER_KEY_PREFIX)
             && s.len() >= 46
             && s.len() <= 256
-            && s[3..]
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && s[3..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             Credential::MasterKey(s)
         } else if is_jwt_shape(s) {
@@ -36,11 +34,7 @@ impl<'a> Credential<'a> {
 fn is_jwt_shape(s: &str) -> bool {
     s.len() <= 8192
         && s.split('.').count() == 3
-        && s.split('.').all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+        && s.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
 }
 
 #[cfg(test)]
@@ -56,15 +50,7 @@ mod tests {
         let mk = format!("mk_{}", "c".repeat(43));
         assert_eq!(Credential::classify(&mk), Credential::MasterKey(&mk));
         assert_eq!(Credential::classify("a.b.c"), Credential::Jwt("a.b.c"));
-        for bad in [
-            "",
-            "ak_short",
-            "mk_short",
-            "a.b",
-            "a..c",
-            "a.b.c.d",
-            &format!("ak_{}!", "a".repeat(31)),
-        ] {
+        for bad in ["", "ak_short", "mk_short", "a.b", "a..c", "a.b.c.d", &format!("ak_{}!", "a".repeat(31))] {
             assert_eq!(Credential::classify(bad), Credential::Malformed, "{bad}");
         }
     }

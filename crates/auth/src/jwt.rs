@@ -35,16 +35,11 @@ pub struct KeyError(String);
 impl JwtKeys {
     /// From a PKCS#8 PEM Ed25519 private key.
     pub fn ed25519_from_pem(pem: &str, issuer: &str) -> Result<Self, KeyError> {
-        let sk = SigningKey::from_pkcs8_pem(pem)
-            .map_err(|e| KeyError(format!("not an Ed25519 PKCS#8 PEM key: {e}")))?;
-        let public = sk
-            .verifying_key()
-            .to_public_key_pem(Default::default())
-            .map_err(|e| KeyError(e.to_string()))?;
-        let encoding =
-            EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| KeyError(e.to_string()))?;
-        let decoding =
-            DecodingKey::from_ed_pem(public.as_bytes()).map_err(|e| KeyError(e.to_string()))?;
+        let sk =
+            SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyError(format!("not an Ed25519 PKCS#8 PEM key: {e}")))?;
+        let public = sk.verifying_key().to_public_key_pem(Default::default()).map_err(|e| KeyError(e.to_string()))?;
+        let encoding = EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| KeyError(e.to_string()))?;
+        let decoding = DecodingKey::from_ed_pem(public.as_bytes()).map_err(|e| KeyError(e.to_string()))?;
         Ok(Self::build(Algorithm::EdDSA, encoding, decoding, issuer))
     }
 
@@ -52,12 +47,7 @@ impl JwtKeys {
         if secret.len() < 32 {
             return Err(KeyError("HS256 secret must be at least 32 bytes".into()));
         }
-        Ok(Self::build(
-            Algorithm::HS256,
-            EncodingKey::from_secret(secret),
-            DecodingKey::from_secret(secret),
-            issuer,
-        ))
+        Ok(Self::build(Algorithm::HS256, EncodingKey::from_secret(secret), DecodingKey::from_secret(secret), issuer))
     }
 
     fn build(alg: Algorithm, encoding: EncodingKey, decoding: DecodingKey, issuer: &str) -> Self {
@@ -69,21 +59,13 @@ impl JwtKeys {
         validation.validate_nbf = false;
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        Self {
-            alg,
-            encoding,
-            decoding,
-            validation,
-            issuer: issuer.to_owned(),
-        }
+        Self { alg, encoding, decoding, validation, issuer: issuer.to_owned() }
     }
 
     /// A new Ed25519 key as PKCS#8 PEM.
     pub fn generate_ed25519_pem() -> Result<String, KeyError> {
         let sk = SigningKey::generate(&mut rand::rngs::OsRng);
-        sk.to_pkcs8_pem(Default::default())
-            .map(|p| p.to_string())
-            .map_err(|e| KeyError(e.to_string()))
+        sk.to_pkcs8_pem(Default::default()).map(|p| p.to_string()).map_err(|e| KeyError(e.to_string()))
     }
 
     pub fn issuer(&self) -> &str {
@@ -98,14 +80,12 @@ impl JwtKeys {
     }
 
     pub fn sign(&self, claims: &AccessClaims) -> Result<String, KeyError> {
-        jsonwebtoken::encode(&Header::new(self.alg), claims, &self.encoding)
-            .map_err(|e| KeyError(e.to_string()))
+        jsonwebtoken::encode(&Header::new(self.alg), claims, &self.encoding).map_err(|e| KeyError(e.to_string()))
     }
 
     /// Verifies signature, algorithm, issuer and expiry (against `now_secs`).
     pub fn verify(&self, token: &str, now_secs: i64) -> Option<AccessClaims> {
-        let data =
-            jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation).ok()?;
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation).ok()?;
         (data.claims.exp > now_secs).then_some(data.claims)
     }
 }
@@ -130,8 +110,7 @@ mod tests {
 
     #[test]
     fn eddsa_round_trip_and_expiry() {
-        let keys = JwtKeys::ed25519_from_pem(&JwtKeys::generate_ed25519_pem().unwrap(), "palisade")
-            .unwrap();
+        let keys = JwtKeys::ed25519_from_pem(&JwtKeys::generate_ed25519_pem().unwrap(), "palisade").unwrap();
         let t = keys.sign(&claims(100)).unwrap();
         assert_eq!(keys.verify(&t, 99), Some(claims(100)));
         assert_eq!(keys.verify(&t, 100), None);
@@ -139,10 +118,8 @@ mod tests {
 
     #[test]
     fn rejects_other_keys_algorithms_and_issuers() {
-        let a = JwtKeys::ed25519_from_pem(&JwtKeys::generate_ed25519_pem().unwrap(), "palisade")
-            .unwrap();
-        let b = JwtKeys::ed25519_from_pem(&JwtKeys::generate_ed25519_pem().unwrap(), "palisade")
-            .unwrap();
+        let a = JwtKeys::ed25519_from_pem(&JwtKeys::generate_ed25519_pem().unwrap(), "palisade").unwrap();
+        let b = JwtKeys::ed25519_from_pem(&JwtKeys::generate_ed25519_pem().unwrap(), "palisade").unwrap();
         let t = a.sign(&claims(100)).unwrap();
         assert!(b.verify(&t, 0).is_none());
         let hs = JwtKeys::hs256(&[7u8; 32], "palisade").unwrap();
@@ -156,8 +133,6 @@ mod tests {
         parts[1] = forged.split('.').nth(1).unwrap();
         assert!(a.verify(&parts.join("."), 0).is_none());
         // alg=none
-        assert!(a
-            .verify("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1In0.", 0)
-            .is_none());
+        assert!(a.verify("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1In0.", 0).is_none());
     }
 }

@@ -18,10 +18,7 @@ fn argon2() -> Argon2<'static> {
 /// PHC string. CPU-heavy: call from a blocking thread.
 pub fn hash(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
-    argon2()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+    argon2().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
 }
 
 /// Verifies against a PHC string; a malformed stored hash verifies nothing.
@@ -52,18 +49,12 @@ pub fn policy_violation(password: &str, email: Option<&str>) -> Option<&'static 
     if is_common(&lower) {
         return Some("is too common; choose another");
     }
-    if let Some(local) = email
-        .and_then(|e| e.split('@').next())
-        .filter(|l| l.len() >= 4)
-    {
+    if let Some(local) = email.and_then(|e| e.split('@').next()).filter(|l| l.len() >= 4) {
         if lower.contains(&local.to_lowercase()) {
             return Some("must not contain your email address");
         }
     }
-    if password
-        .chars()
-        .all(|c| c == password.chars().next().unwrap_or(' '))
-    {
+    if password.chars().all(|c| c == password.chars().next().unwrap_or(' ')) {
         return Some("must not be one repeated character");
     }
     None

@@ -17,9 +17,7 @@ pub const EMAIL_TOKEN_PREFIX: &str = "et_";
 /// values are drawn uniformly by `gen_range`).
 pub fn random_base62(n: usize) -> String {
     let mut rng = OsRng;
-    (0..n)
-        .map(|_| BASE62[rng.gen_range(0..BASE62.len())] as char)
-        .collect()
+    (0..n).map(|_| BASE62[rng.gen_range(0..BASE62.len())] as char).collect()
 }
 
 pub fn new_api_key() -> String {
@@ -54,8 +52,7 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether `s` is `prefix` followed by exactly `len` base62 characters.
 pub fn has_shape(s: &str, prefix: &str, len: usize) -> bool {
-    s.strip_prefix(prefix)
-        .is_some_and(|rest| rest.len() == len && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+    s.strip_prefix(prefix).is_some_and(|rest| rest.len() == len && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 #[cfg(test)]
@@ -73,10 +70,7 @@ mod tests {
 
     #[test]
     fn hashing_and_comparison() {
-        assert_eq!(
-            sha256_hex("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert!(ct_eq(b"abc", b"abc"));
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"ab"));

@@ -139,10 +139,7 @@ impl Default for Server {
 
 impl Default for Database {
     fn default() -> Self {
-        Self {
-            url: None,
-            max_connections: 16,
-        }
+        Self { url: None, max_connections: 16 }
     }
 }
 
@@ -161,28 +158,19 @@ impl Default for Auth {
 
 impl Default for Mail {
     fn default() -> Self {
-        Self {
-            smtp_url: None,
-            from: "Palisade <noreply@localhost>".into(),
-        }
+        Self { smtp_url: None, from: "Palisade <noreply@localhost>".into() }
     }
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_body_bytes: 25 * 1024 * 1024,
-            max_json_depth: 32,
-            max_text_chars: 8192,
-        }
+        Self { max_body_bytes: 25 * 1024 * 1024, max_json_depth: 32, max_text_chars: 8192 }
     }
 }
 
 impl Default for Log {
     fn default() -> Self {
-        Self {
-            level: "info".into(),
-        }
+        Self { level: "info".into() }
     }
 }
 
@@ -211,10 +199,7 @@ where
         .iter()
         .map(|s| s.trim())
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<T>()
-                .map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
-        })
+        .map(|s| s.parse::<T>().map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}"))))
         .collect()
 }
 
@@ -227,18 +212,15 @@ impl Config {
             None => Some(PathBuf::from("palisade.toml")).filter(|p| p.exists()),
         };
         if let Some(file) = file {
-            let raw = std::fs::read_to_string(&file).map_err(|e| {
-                ConfigError(format!("cannot read config file {}: {e}", file.display()))
-            })?;
+            let raw = std::fs::read_to_string(&file)
+                .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", file.display())))?;
             let text = substitute_env(&raw, |k| std::env::var(k).ok())
                 .map_err(|e| ConfigError(format!("{}: {e}", file.display())))?;
             fig = fig.merge(Toml::string(&text));
         }
         fig = fig.merge(env_provider());
         let mut cfg: Config = fig.extract().map_err(|e| {
-            ConfigError(format!(
-                "invalid configuration: {e} (check palisade.toml and PALISADE_* variables)"
-            ))
+            ConfigError(format!("invalid configuration: {e} (check palisade.toml and PALISADE_* variables)"))
         })?;
         cfg.resolve_files()?;
         cfg.validate()?;
@@ -269,23 +251,15 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         if self.auth.access_token_ttl_secs == 0 || self.auth.access_token_ttl_secs > 24 * 3600 {
-            return Err(ConfigError(
-                "auth.access_token_ttl_secs must be between 1 and 86400 (24 h)".into(),
-            ));
+            return Err(ConfigError("auth.access_token_ttl_secs must be between 1 and 86400 (24 h)".into()));
         }
         if let Some(s) = &self.auth.jwt_secret {
             if s.expose().len() < 32 {
-                return Err(ConfigError(
-                    "auth.jwt_secret must be at least 32 bytes".into(),
-                ));
+                return Err(ConfigError("auth.jwt_secret must be at least 32 bytes".into()));
             }
         }
-        if self.tls_enabled()
-            && (self.server.tls.cert_file.is_none() || self.server.tls.key_file.is_none())
-        {
-            return Err(ConfigError(
-                "server.tls needs both cert_file and key_file".into(),
-            ));
+        if self.tls_enabled() && (self.server.tls.cert_file.is_none() || self.server.tls.key_file.is_none()) {
+            return Err(ConfigError("server.tls needs both cert_file and key_file".into()));
         }
         if self.mode == Mode::Production {
             self.production_refusals()?;
@@ -316,13 +290,13 @@ impl Config {
         }
         if let Some(url) = &self.database.url {
             if is_postgres(url.expose()) && !postgres_url_is_safe(url.expose()) {
-                return refuse(
-                    "database.url must use sslmode=require or verify-full (or a unix socket)",
-                );
+                return refuse("database.url must use sslmode=require or verify-full (or a unix socket)");
             }
         }
         if !self.tls_enabled() && self.server.trust_proxy.is_empty() {
-            return refuse("configure server.tls (cert_file, key_file) or server.trust_proxy for the TLS-terminating proxy");
+            return refuse(
+                "configure server.tls (cert_file, key_file) or server.trust_proxy for the TLS-terminating proxy",
+            );
         }
         Ok(())
     }
@@ -333,10 +307,7 @@ impl Config {
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.server.listen.parse().map_err(|_| {
-            ConfigError(format!(
-                "server.listen `{}` is not an address like 127.0.0.1:8080",
-                self.server.listen
-            ))
+            ConfigError(format!("server.listen `{}` is not an address like 127.0.0.1:8080", self.server.listen))
         })
     }
 
@@ -344,10 +315,7 @@ impl Config {
     pub fn database_url(&self) -> String {
         match &self.database.url {
             Some(u) if !u.expose().is_empty() => u.expose().to_owned(),
-            _ => format!(
-                "sqlite://{}",
-                self.server.data_dir.join("palisade.db").display()
-            ),
+            _ => format!("sqlite://{}", self.server.data_dir.join("palisade.db").display()),
         }
     }
 }
@@ -361,9 +329,7 @@ fn env_provider() -> Env {
 }
 
 fn is_known_default(s: &str) -> bool {
-    KNOWN_DEV_SECRETS
-        .iter()
-        .any(|d| d.eq_ignore_ascii_case(s.trim()))
+    KNOWN_DEV_SECRETS.iter().any(|d| d.eq_ignore_ascii_case(s.trim()))
 }
 
 pub fn is_postgres(url: &str) -> bool {

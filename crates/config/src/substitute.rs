@@ -1,9 +1,6 @@
 /// Replaces `${NAME}` with the value of the variable; a missing one is an
 /// error rather than an empty string, so a forgotten secret fails loudly.
-pub fn substitute_env(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, String> {
+pub fn substitute_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -14,8 +11,7 @@ pub fn substitute_env(
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("`${{{name}}}` is not a valid variable reference"));
         }
-        let value = lookup(name)
-            .ok_or_else(|| format!("the config file uses ${{{name}}} but {name} is not set"))?;
+        let value = lookup(name).ok_or_else(|| format!("the config file uses ${{{name}}} but {name} is not set"))?;
         out.push_str(&value);
         rest = &after[end + 1..];
     }

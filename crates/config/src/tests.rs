@@ -1,10 +1,7 @@
 use super::*;
 
 fn prod() -> Config {
-    let mut c = Config {
-        mode: Mode::Production,
-        ..Config::default()
-    };
+    let mut c = Config { mode: Mode::Production, ..Config::default() };
     c.admin.master_key = Some(Secret::new(format!("mk_{}", "A".repeat(43))));
     c.auth.jwt_secret = Some(Secret::new("x".repeat(40)));
     c.server.trust_proxy = vec!["10.0.0.0/8".parse().unwrap()];
@@ -45,9 +42,7 @@ fn production_refusals() {
     let mut c = prod();
     c.database.url = Some(Secret::new("postgres://u:p@db.example/x".into()));
     assert!(refusal(&c).contains("sslmode"));
-    c.database.url = Some(Secret::new(
-        "postgres://u:p@db.example/x?sslmode=require".into(),
-    ));
+    c.database.url = Some(Secret::new("postgres://u:p@db.example/x?sslmode=require".into()));
     c.validate().unwrap();
 
     let mut c = prod();
@@ -71,9 +66,7 @@ fn ttl_is_capped() {
 #[test]
 fn postgres_url_rules() {
     assert!(postgres_url_is_safe("postgres://h/db?sslmode=verify-full"));
-    assert!(postgres_url_is_safe(
-        "postgres:///db?host=/var/run/postgresql"
-    ));
+    assert!(postgres_url_is_safe("postgres:///db?host=/var/run/postgresql"));
     assert!(postgres_url_is_safe("postgresql://%2Fvar%2Frun/db"));
     assert!(!postgres_url_is_safe("postgres://h/db?sslmode=prefer"));
     assert!(!postgres_url_is_safe("postgres://h/db"));
@@ -83,9 +76,7 @@ fn postgres_url_rules() {
 fn substitution() {
     let look = |k: &str| (k == "A").then(|| "1".to_string());
     assert_eq!(substitute_env("x=${A}y", look).unwrap(), "x=1y");
-    assert!(substitute_env("x=${B}", look)
-        .unwrap_err()
-        .contains("B is not set"));
+    assert!(substitute_env("x=${B}", look).unwrap_err().contains("B is not set"));
     assert!(substitute_env("x=${A", look).is_err());
 }
 
@@ -94,20 +85,14 @@ fn substitution() {
 fn file_then_env() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.toml");
-    std::fs::write(
-        &path,
-        "[server]\nlisten = \"127.0.0.1:9\"\n[cors]\nallowed_origins = [\"https://a.example\"]\n",
-    )
-    .unwrap();
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:9\"\n[cors]\nallowed_origins = [\"https://a.example\"]\n")
+        .unwrap();
     figment::Jail::expect_with(|jail| {
         jail.set_env("PALISADE_SERVER__LISTEN", "127.0.0.1:7");
         jail.set_env("PALISADE_TEST_POSTGRES_URL", "ignored");
         let c = Config::load(Some(&path)).map_err(|e| e.0)?;
         assert_eq!(c.server.listen, "127.0.0.1:7");
-        assert_eq!(
-            c.cors.allowed_origins,
-            vec!["https://a.example".to_string()]
-        );
+        assert_eq!(c.cors.allowed_origins, vec!["https://a.example".to_string()]);
         Ok(())
     });
 }

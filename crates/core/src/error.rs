@@ -60,20 +60,12 @@ impl ApiError {
     /// Same body for every unknown, expired, revoked, malformed or misplaced
     /// credential: no oracle telling which.
     pub fn unauthenticated() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "A valid credential is required.",
-        )
-        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", "A valid credential is required.")
+            .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
     }
 
     pub fn forbidden(permission: Permission) -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("This credential lacks the `{permission}` permission."),
-        )
+        Self::new(StatusCode::FORBIDDEN, "forbidden", format!("This credential lacks the `{permission}` permission."))
     }
 
     pub fn forbidden_because(detail: impl Into<String>) -> Self {
@@ -82,26 +74,15 @@ impl ApiError {
 
     /// Same body for a missing resource and another tenant's resource.
     pub fn not_found() -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "The resource does not exist.",
-        )
+        Self::new(StatusCode::NOT_FOUND, "not_found", "The resource does not exist.")
     }
 
     pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::validation_many(vec![FieldError {
-            field: field.into(),
-            message: message.into(),
-        }])
+        Self::validation_many(vec![FieldError { field: field.into(), message: message.into() }])
     }
 
     pub fn validation_many(errors: Vec<FieldError>) -> Self {
-        let mut e = Self::new(
-            StatusCode::BAD_REQUEST,
-            "validation_failed",
-            "The request is not valid; see `errors`.",
-        );
+        let mut e = Self::new(StatusCode::BAD_REQUEST, "validation_failed", "The request is not valid; see `errors`.");
         e.errors = errors;
         e
     }
@@ -111,27 +92,15 @@ impl ApiError {
     }
 
     pub fn frozen() -> Self {
-        Self::new(
-            StatusCode::LOCKED,
-            "frozen",
-            "This account or credential is frozen by the operator.",
-        )
+        Self::new(StatusCode::LOCKED, "frozen", "This account or credential is frozen by the operator.")
     }
 
     pub fn payload_too_large() -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "The request body exceeds the size limit.",
-        )
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "The request body exceeds the size limit.")
     }
 
     pub fn unsupported_media_type() -> Self {
-        Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Send the body as `application/json`.",
-        )
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Send the body as `application/json`.")
     }
 
     /// Logs the cause with the caller's location; the client sees nothing of it.
@@ -139,11 +108,7 @@ impl ApiError {
     pub fn internal(cause: impl fmt::Display) -> Self {
         let loc = std::panic::Location::caller();
         tracing::error!(location = %loc, error = %cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "An internal error occurred. It has been logged.",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "An internal error occurred. It has been logged.")
     }
 
     /// The canonical problem for a bare status produced outside our handlers
@@ -153,11 +118,7 @@ impl ApiError {
             400 => Self::validation("body", "The request could not be read."),
             401 => Self::unauthenticated(),
             404 => Self::not_found(),
-            405 => Self::new(
-                status,
-                "method_not_allowed",
-                "This method is not allowed on this path.",
-            ),
+            405 => Self::new(status, "method_not_allowed", "This method is not allowed on this path."),
             413 => Self::payload_too_large(),
             415 => Self::unsupported_media_type(),
             s if s >= 500 => Self::new(
@@ -165,11 +126,7 @@ impl ApiError {
                 "internal",
                 "An internal error occurred. It has been logged.",
             ),
-            _ => Self::new(
-                status,
-                "error",
-                status.canonical_reason().unwrap_or("Error"),
-            ),
+            _ => Self::new(status, "error", status.canonical_reason().unwrap_or("Error")),
         }
     }
 
@@ -229,13 +186,7 @@ fn title(reason: &str) -> &'static str {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.reason,
-            self.detail
-        )
+        write!(f, "{} {}: {}", self.status.as_u16(), self.reason, self.detail)
     }
 }
 
@@ -253,10 +204,7 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&self.to_problem(request_id)).unwrap_or_default();
         let mut resp = (self.status, body).into_response();
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
         for (k, v) in self.headers {
             h.insert(k, v);
         }

@@ -93,10 +93,7 @@ impl PermissionSet {
         self.0 & !other.0 == 0
     }
     pub fn iter(self) -> impl Iterator<Item = Permission> {
-        Permission::ALL
-            .iter()
-            .copied()
-            .filter(move |p| self.contains(*p))
+        Permission::ALL.iter().copied().filter(move |p| self.contains(*p))
     }
     pub fn to_strings(self) -> Vec<String> {
         self.iter().map(|p| p.as_str().to_owned()).collect()
@@ -138,24 +135,11 @@ impl Role {
         match self {
             Role::Owner => PermissionSet::all(),
             // Everything but changing the tenant itself (ownership, deletion).
-            Role::Admin => PermissionSet::all()
-                .iter()
-                .filter(|p| *p != TenantManage)
-                .collect(),
-            Role::ReadOnly => PermissionSet::all()
-                .iter()
-                .filter(|p| p.is_read())
-                .collect(),
-            Role::Integration => [
-                MessagesRead,
-                MessagesWrite,
-                CallsRead,
-                CallsWrite,
-                CdrsRead,
-                IdentitiesRead,
-            ]
-            .into_iter()
-            .collect(),
+            Role::Admin => PermissionSet::all().iter().filter(|p| *p != TenantManage).collect(),
+            Role::ReadOnly => PermissionSet::all().iter().filter(|p| p.is_read()).collect(),
+            Role::Integration => {
+                [MessagesRead, MessagesWrite, CallsRead, CallsWrite, CdrsRead, IdentitiesRead].into_iter().collect()
+            }
         }
     }
 }
@@ -197,8 +181,6 @@ mod tests {
         assert!(!integ.contains(Permission::KeysManage));
         assert!(!integ.contains(Permission::UsersManage));
         assert!(!integ.contains(Permission::WebhooksManage));
-        assert!(!Role::Admin
-            .permissions()
-            .is_subset_of(Role::ReadOnly.permissions()));
+        assert!(!Role::Admin.permissions().is_subset_of(Role::ReadOnly.permissions()));
     }
 }

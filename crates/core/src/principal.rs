@@ -16,28 +16,14 @@ pub struct Principal {
 #[derive(Debug, Clone)]
 pub enum PrincipalKind {
     /// A person, authenticated by an access token.
-    User {
-        user_id: UserId,
-        role: Role,
-        jti: String,
-        family_id: String,
-        expires_at_ms: i64,
-    },
+    User { user_id: UserId, role: Role, jti: String, family_id: String, expires_at_ms: i64 },
     /// An API key.
     ApiKey { key_id: ApiKeyId },
 }
 
 impl Principal {
-    pub fn authenticated(
-        tenant_id: TenantId,
-        kind: PrincipalKind,
-        permissions: PermissionSet,
-    ) -> Self {
-        Self {
-            tenant_id,
-            kind,
-            permissions,
-        }
+    pub fn authenticated(tenant_id: TenantId, kind: PrincipalKind, permissions: PermissionSet) -> Self {
+        Self { tenant_id, kind, permissions }
     }
 
     pub fn kind(&self) -> &PrincipalKind {
@@ -63,9 +49,7 @@ impl Principal {
     /// permission first. A missing permission inside one's own tenant is 403.
     pub fn require(&self, permission: Permission) -> Result<TenantScope, ApiError> {
         if self.permissions.contains(permission) {
-            Ok(TenantScope {
-                tenant_id: self.tenant_id,
-            })
+            Ok(TenantScope { tenant_id: self.tenant_id })
         } else {
             Err(ApiError::forbidden(permission))
         }
@@ -73,9 +57,7 @@ impl Principal {
 
     /// Scope for reading one's own principal record (`/v1/me`), which needs no permission.
     pub fn own_scope(&self) -> TenantScope {
-        TenantScope {
-            tenant_id: self.tenant_id,
-        }
+        TenantScope { tenant_id: self.tenant_id }
     }
 
     pub fn actor(&self) -> Actor {
@@ -133,34 +115,19 @@ pub struct Actor {
 
 impl Actor {
     pub fn user(id: UserId) -> Self {
-        Self {
-            kind: "user".into(),
-            id: Some(id.to_string()),
-        }
+        Self { kind: "user".into(), id: Some(id.to_string()) }
     }
     pub fn api_key(id: ApiKeyId) -> Self {
-        Self {
-            kind: "api_key".into(),
-            id: Some(id.to_string()),
-        }
+        Self { kind: "api_key".into(), id: Some(id.to_string()) }
     }
     pub fn sysadmin() -> Self {
-        Self {
-            kind: "sysadmin".into(),
-            id: None,
-        }
+        Self { kind: "sysadmin".into(), id: None }
     }
     pub fn system() -> Self {
-        Self {
-            kind: "system".into(),
-            id: None,
-        }
+        Self { kind: "system".into(), id: None }
     }
     pub fn anonymous() -> Self {
-        Self {
-            kind: "anonymous".into(),
-            id: None,
-        }
+        Self { kind: "anonymous".into(), id: None }
     }
 }
 
@@ -172,17 +139,12 @@ mod tests {
     fn scope_requires_permission() {
         let p = Principal::authenticated(
             TenantId::new(),
-            PrincipalKind::ApiKey {
-                key_id: ApiKeyId::new(),
-            },
+            PrincipalKind::ApiKey { key_id: ApiKeyId::new() },
             Role::ReadOnly.permissions(),
         );
         assert!(p.require(Permission::KeysRead).is_ok());
         let err = p.require(Permission::KeysManage).unwrap_err();
         assert_eq!(err.status().as_u16(), 403);
-        assert_eq!(
-            p.require(Permission::EventsRead).unwrap().tenant_id(),
-            p.tenant_id()
-        );
+        assert_eq!(p.require(Permission::EventsRead).unwrap().tenant_id(), p.tenant_id());
     }
 }

@@ -68,27 +68,15 @@ mod tests {
     #[test]
     fn untrusted_peer_is_the_client() {
         let trusted = parse_cidrs(["10.0.0.0/8"]).unwrap();
-        assert_eq!(
-            client_ip(ip("203.0.113.9"), Some("1.2.3.4"), &trusted),
-            ip("203.0.113.9")
-        );
-        assert_eq!(
-            client_ip(ip("203.0.113.9"), Some("1.2.3.4"), &[]),
-            ip("203.0.113.9")
-        );
+        assert_eq!(client_ip(ip("203.0.113.9"), Some("1.2.3.4"), &trusted), ip("203.0.113.9"));
+        assert_eq!(client_ip(ip("203.0.113.9"), Some("1.2.3.4"), &[]), ip("203.0.113.9"));
     }
 
     #[test]
     fn trusted_proxy_chain() {
         let trusted = parse_cidrs(["10.0.0.0/8"]).unwrap();
-        assert_eq!(
-            client_ip(ip("10.0.0.1"), Some("6.6.6.6, 1.2.3.4, 10.0.0.2"), &trusted),
-            ip("1.2.3.4")
-        );
-        assert_eq!(
-            client_ip(ip("10.0.0.1"), Some("garbage, 10.0.0.2"), &trusted),
-            ip("10.0.0.2")
-        );
+        assert_eq!(client_ip(ip("10.0.0.1"), Some("6.6.6.6, 1.2.3.4, 10.0.0.2"), &trusted), ip("1.2.3.4"));
+        assert_eq!(client_ip(ip("10.0.0.1"), Some("garbage, 10.0.0.2"), &trusted), ip("10.0.0.2"));
         assert_eq!(client_ip(ip("10.0.0.1"), None, &trusted), ip("10.0.0.1"));
     }
 

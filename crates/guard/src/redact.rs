@@ -39,12 +39,7 @@ pub fn redact(s: &str) -> Cow<'_, str> {
                 m.as_str().into()
             }
         } else if let Some(m) = c.name("digits") {
-            let digits: Vec<u8> = m
-                .as_str()
-                .bytes()
-                .filter(u8::is_ascii_digit)
-                .map(|b| b - b'0')
-                .collect();
+            let digits: Vec<u8> = m.as_str().bytes().filter(u8::is_ascii_digit).map(|b| b - b'0').collect();
             if digits.len() >= 13 && luhn(&digits) {
                 "[card]".into()
             } else {
@@ -92,16 +87,9 @@ mod tests {
             "phone +14155550123 or +34 612 34 56 78 card 4111 1111 1111 1111 and 4111111111111111"
         );
         let out = redact(line);
-        for secret in [
-            "alice.smith",
-            "AbCdEfGh",
-            "abcdefghijklmnop",
-            "MfKQ9r8",
-            "eyJhbGci",
-            "4155550123",
-            "612 34",
-            "4111",
-        ] {
+        for secret in
+            ["alice.smith", "AbCdEfGh", "abcdefghijklmnop", "MfKQ9r8", "eyJhbGci", "4155550123", "612 34", "4111"]
+        {
             assert!(!out.contains(secret), "{secret} survived in {out}");
         }
         assert!(out.contains("ak_[redacted]") && out.contains("[card]") && out.contains("[phone]"));

@@ -9,22 +9,13 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 #[derive(Clone)]
 pub enum Mailer {
-    Outbox {
-        dir: PathBuf,
-        from: Mailbox,
-    },
-    Smtp {
-        transport: AsyncSmtpTransport<Tokio1Executor>,
-        from: Mailbox,
-    },
+    Outbox { dir: PathBuf, from: Mailbox },
+    Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, from: Mailbox },
 }
 
 impl Mailer {
     pub fn outbox(dir: PathBuf, from: &str) -> anyhow::Result<Self> {
-        Ok(Mailer::Outbox {
-            dir,
-            from: from.parse()?,
-        })
+        Ok(Mailer::Outbox { dir, from: from.parse()? })
     }
 
     /// `smtps://user:pass@host` (implicit TLS) or `smtp://...?tls=required` (STARTTLS).
@@ -32,10 +23,7 @@ impl Mailer {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
             .map_err(|_| anyhow::anyhow!("mail.smtp_url is not a valid smtp:// or smtps:// URL"))?
             .build();
-        Ok(Mailer::Smtp {
-            transport,
-            from: from.parse()?,
-        })
+        Ok(Mailer::Smtp { transport, from: from.parse()? })
     }
 
     pub async fn send(&self, to: &str, subject: &str, body: String) -> anyhow::Result<()> {

@@ -14,11 +14,7 @@ use palisade_core::principal::SysadminProof;
 use palisade_core::{Clock, SystemClock, TenantId};
 
 #[derive(Parser)]
-#[command(
-    name = "palisade",
-    version,
-    about = "Security-first multi-tenant communications platform server"
-)]
+#[command(name = "palisade", version, about = "Security-first multi-tenant communications platform server")]
 pub struct Cli {
     /// Config file (default: ./palisade.toml if present).
     #[arg(long, global = true, env = "PALISADE_CONFIG")]
@@ -97,11 +93,7 @@ pub enum KeysCommand {
 
 /// Runs the command; the result is the process exit code.
 pub async fn run(cli: Cli, config: Config) -> anyhow::Result<i32> {
-    let cli_ctx = Context {
-        source_ip: None,
-        user_agent: Some("palisade-cli".into()),
-        request_id: None,
-    };
+    let cli_ctx = Context { source_ip: None, user_agent: Some("palisade-cli".into()), request_id: None };
     let clock = SystemClock;
     match cli.command {
         Command::Serve { .. } => serve(config).await,
@@ -110,19 +102,13 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<i32> {
             println!("migrations applied");
             Ok(0)
         }
-        Command::Admin {
-            command: AdminCommand::Tenant { command },
-        } => {
+        Command::Admin { command: AdminCommand::Tenant { command } } => {
             let db = crate::open_db(&config).await?;
             let proof = SysadminProof::verified();
             match command {
                 TenantCommand::Create { name, owner_email } => {
                     let owner_password = read_password()?;
-                    let input = NewTenant {
-                        name,
-                        owner_email,
-                        owner_password,
-                    };
+                    let input = NewTenant { name, owner_email, owner_password };
                     match ops::create_tenant(&db, &proof, input, &cli_ctx, clock.now_ms()).await {
                         Ok(t) => println!(
                             "{}",
@@ -130,11 +116,8 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<i32> {
                         ),
                         Err(e) => {
                             let p = e.to_problem(None);
-                            let fields: Vec<String> = p
-                                .errors
-                                .iter()
-                                .map(|f| format!("{}: {}", f.field, f.message))
-                                .collect();
+                            let fields: Vec<String> =
+                                p.errors.iter().map(|f| format!("{}: {}", f.field, f.message)).collect();
                             eprintln!("palisade: {} {}", p.detail, fields.join("; "));
                             return Ok(1);
                         }
@@ -145,27 +128,16 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<i32> {
                         println!("{}\t{}\t{}", t.id, t.status, t.name);
                     }
                 }
-                TenantCommand::Freeze { id } | TenantCommand::Unfreeze { id }
-                    if id.parse::<TenantId>().is_err() =>
-                {
+                TenantCommand::Freeze { id } | TenantCommand::Unfreeze { id } if id.parse::<TenantId>().is_err() => {
                     eprintln!("palisade: `{id}` is not a tenant id");
                     return Ok(1);
                 }
-                TenantCommand::Freeze { id } => {
-                    return set_frozen(&db, &proof, &id, true, &cli_ctx).await
-                }
-                TenantCommand::Unfreeze { id } => {
-                    return set_frozen(&db, &proof, &id, false, &cli_ctx).await
-                }
+                TenantCommand::Freeze { id } => return set_frozen(&db, &proof, &id, true, &cli_ctx).await,
+                TenantCommand::Unfreeze { id } => return set_frozen(&db, &proof, &id, false, &cli_ctx).await,
             }
             Ok(0)
         }
-        Command::Admin {
-            command:
-                AdminCommand::MasterKey {
-                    command: MasterKeyCommand::Rotate,
-                },
-        } => {
+        Command::Admin { command: AdminCommand::MasterKey { command: MasterKeyCommand::Rotate } } => {
             let db = crate::open_db(&config).await?;
             let path = crate::rotate_master_key(&config, &db).await?;
             let event = palisade_audit::Event::new(
@@ -180,17 +152,13 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Keys {
-            command: KeysCommand::Hash,
-        } => {
+        Command::Keys { command: KeysCommand::Hash } => {
             let mut key = String::new();
             std::io::stdin().read_to_string(&mut key)?;
             println!("{}", palisade_auth::token::sha256_hex(key.trim()));
             Ok(0)
         }
-        Command::Keys {
-            command: KeysCommand::GenerateJwtKey,
-        } => {
+        Command::Keys { command: KeysCommand::GenerateJwtKey } => {
             print!("{}", palisade_auth::JwtKeys::generate_ed25519_pem()?);
             Ok(0)
         }
@@ -219,9 +187,7 @@ fn read_password() -> anyhow::Result<String> {
         return Ok(p);
     }
     let mut s = String::new();
-    std::io::stdin()
-        .read_line(&mut s)
-        .context("reading the owner password from standard input")?;
+    std::io::stdin().read_line(&mut s).context("reading the owner password from standard input")?;
     Ok(s.trim_end_matches(['\r', '\n']).to_owned())
 }
 
@@ -241,14 +207,13 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

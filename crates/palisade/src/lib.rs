@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod logging;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -38,23 +39,13 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         Some(url) => Mailer::smtp(url.expose(), &config.mail.from)?,
         None => {
             if config.mode == Mode::Production {
-                tracing::warn!(
-                    "mail.smtp_url is not set: mail is written to the outbox directory only"
-                );
+                tracing::warn!("mail.smtp_url is not set: mail is written to the outbox directory only");
             }
             Mailer::outbox(config.server.data_dir.join("outbox"), &config.mail.from)?
         }
     };
     let trusted_proxies = config.server.trust_proxy.clone();
-    Ok(AppState(Arc::new(Services {
-        db,
-        config,
-        jwt,
-        master_key_hash,
-        mailer,
-        clock,
-        trusted_proxies,
-    })))
+    Ok(AppState(Arc::new(Services { db, config, jwt, master_key_hash, mailer, clock, trusted_proxies })))
 }
 
 /// The configured master key wins. In dev mode without one, a key is
@@ -112,9 +103,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    opts.open(&tmp)
-        .and_then(|mut f| f.write_all(bytes))
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    opts.open(&tmp).and_then(|mut f| f.write_all(bytes)).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
@@ -124,9 +113,8 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 fn jwt_keys(config: &Config) -> anyhow::Result<JwtKeys> {
     let issuer = &config.auth.issuer;
     if let Some(path) = &config.auth.jwt_private_key_file {
-        let pem = std::fs::read_to_string(path).with_context(|| {
-            format!("auth.jwt_private_key_file: cannot read {}", path.display())
-        })?;
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("auth.jwt_private_key_file: cannot read {}", path.display()))?;
         return Ok(JwtKeys::ed25519_from_pem(&pem, issuer)?);
     }
     if let Some(secret) = &config.auth.jwt_secret {
@@ -159,29 +147,27 @@ impl Running {
 
 /// Binds `listen` (port 0 picks a free one) and serves until stopped.
 pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Running> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let (tx, mut rx) = tokio::sync::watch::channel(false);
-    let app = palisade_api::router(state.clone());
+    let app = palisade_api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let tls = match (&state.config.server.tls.cert_file, &state.config.server.tls.key_file) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        _ => None,
+    };
     spawn_housekeeping(state.clone(), rx.clone());
-    let task = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        })
-        .await
-    });
-    Ok(Running {
-        addr,
-        state,
-        shutdown: tx,
-        task,
-    })
+    let stopped = async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let task = match tls {
+        Some(config) => {
+            use axum::serve::ListenerExt;
+            let listener = tls::TlsListener::new(listener, config)?.tap_io(|_| ());
+            tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await })
+        }
+        None => tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await }),
+    };
+    Ok(Running { addr, state, shutdown: tx, task })
 }
 
 /// Removes expired revocations and tokens every ten minutes.

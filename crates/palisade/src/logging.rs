@@ -21,8 +21,7 @@ impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Redacting<M> {
 impl<W: Write> Write for RedactingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
-        self.0
-            .write_all(palisade_guard::redact::redact(&text).as_bytes())?;
+        self.0.write_all(palisade_guard::redact::redact(&text).as_bytes())?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {

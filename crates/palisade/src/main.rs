@@ -20,10 +20,7 @@ fn main() {
         }
     }
     palisade::logging::init(&config.log.level, std::io::stdout);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("palisade: cannot start the runtime: {e}");

@@ -30,8 +30,7 @@ pub struct ApiKeyRow {
     pub tenant_status: Option<String>,
 }
 
-const COLS: &str =
-    "id, tenant_id, name, prefix, permissions, role, created_by_type, created_by_id, expires_at, \
+const COLS: &str = "id, tenant_id, name, prefix, permissions, role, created_by_type, created_by_id, expires_at, \
     allowed_ips, allowed_origins, status, revoked_at, last_used_at, created_at, prev_valid_until";
 
 pub struct NewApiKey<'a> {
@@ -51,11 +50,7 @@ pub struct NewApiKey<'a> {
     pub now: i64,
 }
 
-pub async fn insert<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-    k: &NewApiKey<'_>,
-) -> Result<()> {
+pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, k: &NewApiKey<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, permissions, role, created_by_type, \
          created_by_id, expires_at, allowed_ips, allowed_origins, status, created_at) \
@@ -101,25 +96,18 @@ pub async fn get<'c>(
     scope: &TenantScope,
     id: ApiKeyId,
 ) -> Result<Option<ApiKeyRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {COLS} FROM api_keys WHERE tenant_id = $1 AND id = $2"
-    ))
-    .bind(scope.tenant_id().to_string())
-    .bind(id.to_string())
-    .fetch_optional(ex)
-    .await?)
+    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM api_keys WHERE tenant_id = $1 AND id = $2"))
+        .bind(scope.tenant_id().to_string())
+        .bind(id.to_string())
+        .fetch_optional(ex)
+        .await?)
 }
 
-pub async fn list<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-) -> Result<Vec<ApiKeyRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {COLS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id"
-    ))
-    .bind(scope.tenant_id().to_string())
-    .fetch_all(ex)
-    .await?)
+pub async fn list<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<Vec<ApiKeyRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id"))
+        .bind(scope.tenant_id().to_string())
+        .fetch_all(ex)
+        .await?)
 }
 
 /// Replaces the key's secret; the old one stays valid until `grace_until`.
@@ -171,13 +159,11 @@ pub async fn set_status<'c>(
     id: ApiKeyId,
     status: &str,
 ) -> Result<Option<String>> {
-    Ok(
-        sqlx::query_scalar("UPDATE api_keys SET status = $1 WHERE id = $2 RETURNING tenant_id")
-            .bind(status)
-            .bind(id.to_string())
-            .fetch_optional(ex)
-            .await?,
-    )
+    Ok(sqlx::query_scalar("UPDATE api_keys SET status = $1 WHERE id = $2 RETURNING tenant_id")
+        .bind(status)
+        .bind(id.to_string())
+        .fetch_optional(ex)
+        .await?)
 }
 
 /// Records use, at most once a minute per key so reads stay reads.

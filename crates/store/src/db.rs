@@ -35,25 +35,16 @@ impl Db {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Dialect::Postgres
         } else {
-            return Err(StoreError::Setup(
-                "database.url must start with sqlite:// or postgres://".into(),
-            ));
+            return Err(StoreError::Setup("database.url must start with sqlite:// or postgres://".into()));
         };
-        let opts: AnyConnectOptions = url
-            .parse()
-            .map_err(|e| StoreError::Setup(format!("database.url is not valid: {e}")))?;
+        let opts: AnyConnectOptions =
+            url.parse().map_err(|e| StoreError::Setup(format!("database.url is not valid: {e}")))?;
         match dialect {
             Dialect::Sqlite => {
                 prepare_sqlite_file(url)?;
                 let write = sqlite_pool(1).connect_with(opts.clone()).await?;
-                let read = sqlite_pool(max_connections.max(2))
-                    .connect_with(opts)
-                    .await?;
-                Ok(Db {
-                    read,
-                    write,
-                    dialect,
-                })
+                let read = sqlite_pool(max_connections.max(2)).connect_with(opts).await?;
+                Ok(Db { read, write, dialect })
             }
             Dialect::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -61,11 +52,7 @@ impl Db {
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(opts)
                     .await?;
-                Ok(Db {
-                    read: pool.clone(),
-                    write: pool,
-                    dialect,
-                })
+                Ok(Db { read: pool.clone(), write: pool, dialect })
             }
         }
     }
@@ -108,26 +95,21 @@ impl Db {
 }
 
 fn sqlite_pool(max: u32) -> AnyPoolOptions {
-    AnyPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(30))
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                conn.execute("PRAGMA journal_mode = WAL").await?;
-                conn.execute("PRAGMA synchronous = NORMAL").await?;
-                conn.execute("PRAGMA busy_timeout = 5000").await?;
-                conn.execute("PRAGMA foreign_keys = ON").await?;
-                Ok(())
-            })
+    AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30)).after_connect(|conn, _| {
+        Box::pin(async move {
+            conn.execute("PRAGMA journal_mode = WAL").await?;
+            conn.execute("PRAGMA synchronous = NORMAL").await?;
+            conn.execute("PRAGMA busy_timeout = 5000").await?;
+            conn.execute("PRAGMA foreign_keys = ON").await?;
+            Ok(())
         })
+    })
 }
 
 /// Creates the database file with mode 0600 before SQLite does (SQLite's
 /// own default is 0644), and tightens an existing one.
 fn prepare_sqlite_file(url: &str) -> Result<()> {
-    let rest = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
+    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
     let path = rest.split('?').next().unwrap_or("");
     if path.is_empty() || path == ":memory:" {
         return Ok(());
@@ -155,8 +137,7 @@ fn prepare_sqlite_file(url: &str) -> Result<()> {
 
 /// Creates a directory (and parents) readable by the owner only.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display())))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

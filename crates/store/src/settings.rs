@@ -5,19 +5,16 @@ use sqlx::{Any, Executor};
 use crate::Result;
 
 pub async fn get<'c>(ex: impl Executor<'c, Database = Any>, name: &str) -> Result<Option<String>> {
-    Ok(
-        sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
-            .bind(name)
-            .fetch_optional(ex)
-            .await?,
-    )
+    Ok(sqlx::query_scalar("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(ex).await?)
 }
 
 pub async fn put<'c>(ex: impl Executor<'c, Database = Any>, name: &str, value: &str) -> Result<()> {
-    sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
-        .bind(name)
-        .bind(value)
-        .execute(ex)
-        .await?;
+    sqlx::query(
+        "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )
+    .bind(name)
+    .bind(value)
+    .execute(ex)
+    .await?;
     Ok(())
 }

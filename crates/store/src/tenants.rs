@@ -14,12 +14,7 @@ pub struct TenantRow {
     pub created_at: i64,
 }
 
-pub async fn insert<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    id: TenantId,
-    name: &str,
-    now: i64,
-) -> Result<()> {
+pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, id: TenantId, name: &str, now: i64) -> Result<()> {
     sqlx::query("INSERT INTO tenants (id, name, status, created_at) VALUES ($1, $2, 'active', $3)")
         .bind(id.to_string())
         .bind(name)
@@ -29,35 +24,19 @@ pub async fn insert<'c>(
     Ok(())
 }
 
-pub async fn list<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    _proof: &SysadminProof,
-) -> Result<Vec<TenantRow>> {
-    Ok(
-        sqlx::query_as("SELECT id, name, status, created_at FROM tenants ORDER BY created_at, id")
-            .fetch_all(ex)
-            .await?,
-    )
+pub async fn list<'c>(ex: impl Executor<'c, Database = Any>, _proof: &SysadminProof) -> Result<Vec<TenantRow>> {
+    Ok(sqlx::query_as("SELECT id, name, status, created_at FROM tenants ORDER BY created_at, id").fetch_all(ex).await?)
 }
 
-pub async fn get<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-) -> Result<Option<TenantRow>> {
-    Ok(
-        sqlx::query_as("SELECT id, name, status, created_at FROM tenants WHERE id = $1")
-            .bind(scope.tenant_id().to_string())
-            .fetch_optional(ex)
-            .await?,
-    )
+pub async fn get<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<Option<TenantRow>> {
+    Ok(sqlx::query_as("SELECT id, name, status, created_at FROM tenants WHERE id = $1")
+        .bind(scope.tenant_id().to_string())
+        .fetch_optional(ex)
+        .await?)
 }
 
 /// Returns false when no such tenant exists.
-pub async fn set_status<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-    status: &str,
-) -> Result<bool> {
+pub async fn set_status<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, status: &str) -> Result<bool> {
     let r = sqlx::query("UPDATE tenants SET status = $1 WHERE id = $2")
         .bind(status)
         .bind(scope.tenant_id().to_string())

@@ -55,14 +55,16 @@ pub async fn create_family<'c>(
     now: i64,
     expires_at: i64,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO token_families (id, tenant_id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(family_id)
-        .bind(scope.tenant_id().to_string())
-        .bind(user_id.to_string())
-        .bind(now)
-        .bind(expires_at)
-        .execute(ex)
-        .await?;
+    sqlx::query(
+        "INSERT INTO token_families (id, tenant_id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(family_id)
+    .bind(scope.tenant_id().to_string())
+    .bind(user_id.to_string())
+    .bind(now)
+    .bind(expires_at)
+    .execute(ex)
+    .await?;
     Ok(())
 }
 
@@ -93,16 +95,9 @@ pub async fn insert_refresh<'c>(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshUse {
     /// First use of a live token: the caller issues the next pair.
-    Fresh {
-        tenant_id: String,
-        user_id: String,
-        family_id: String,
-    },
+    Fresh { tenant_id: String, user_id: String, family_id: String },
     /// A token that was already used: theft is likely, revoke the family.
-    Reused {
-        tenant_id: String,
-        family_id: String,
-    },
+    Reused { tenant_id: String, family_id: String },
     /// Unknown, expired, or of a revoked family.
     Invalid,
 }
@@ -119,23 +114,15 @@ pub async fn use_refresh(tx: &mut crate::Tx, token_hash: &str, now: i64) -> Resu
     .fetch_optional(&mut **tx)
     .await?;
     if let Some((tenant_id, user_id, family_id)) = fresh {
-        return Ok(RefreshUse::Fresh {
-            tenant_id,
-            user_id,
-            family_id,
-        });
+        return Ok(RefreshUse::Fresh { tenant_id, user_id, family_id });
     }
-    let seen: Option<(String, String, Option<i64>)> = sqlx::query_as(
-        "SELECT tenant_id, family_id, used_at FROM refresh_tokens WHERE token_hash = $1",
-    )
-    .bind(token_hash)
-    .fetch_optional(&mut **tx)
-    .await?;
+    let seen: Option<(String, String, Option<i64>)> =
+        sqlx::query_as("SELECT tenant_id, family_id, used_at FROM refresh_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&mut **tx)
+            .await?;
     Ok(match seen {
-        Some((tenant_id, family_id, Some(_))) => RefreshUse::Reused {
-            tenant_id,
-            family_id,
-        },
+        Some((tenant_id, family_id, Some(_))) => RefreshUse::Reused { tenant_id, family_id },
         _ => RefreshUse::Invalid,
     })
 }
@@ -162,28 +149,24 @@ pub async fn revoke_user_families<'c>(
     user_id: UserId,
     now: i64,
 ) -> Result<()> {
-    sqlx::query("UPDATE token_families SET revoked_at = $1 WHERE tenant_id = $2 AND user_id = $3 AND revoked_at IS NULL")
-        .bind(now)
-        .bind(scope.tenant_id().to_string())
-        .bind(user_id.to_string())
-        .execute(ex)
-        .await?;
+    sqlx::query(
+        "UPDATE token_families SET revoked_at = $1 WHERE tenant_id = $2 AND user_id = $3 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(scope.tenant_id().to_string())
+    .bind(user_id.to_string())
+    .execute(ex)
+    .await?;
     Ok(())
 }
 
 /// Denies an access token until it would have expired anyway.
-pub async fn revoke_jti<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    jti: &str,
-    expires_at: i64,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO revoked_jtis (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
-    )
-    .bind(jti)
-    .bind(expires_at)
-    .execute(ex)
-    .await?;
+pub async fn revoke_jti<'c>(ex: impl Executor<'c, Database = Any>, jti: &str, expires_at: i64) -> Result<()> {
+    sqlx::query("INSERT INTO revoked_jtis (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
+        .bind(jti)
+        .bind(expires_at)
+        .execute(ex)
+        .await?;
     Ok(())
 }
 
@@ -197,11 +180,7 @@ pub async fn purge_expired(db: &crate::Db, now: i64) -> Result<u64> {
         "DELETE FROM token_families WHERE expires_at < $1",
         "DELETE FROM email_tokens WHERE expires_at < $1",
     ] {
-        n += sqlx::query(sql)
-            .bind(now)
-            .execute(db.writer())
-            .await?
-            .rows_affected();
+        n += sqlx::query(sql).bind(now).execute(db.writer()).await?.rows_affected();
     }
     Ok(n)
 }

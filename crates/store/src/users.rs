@@ -28,11 +28,7 @@ pub struct NewUser<'a> {
     pub now: i64,
 }
 
-pub async fn insert<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-    u: &NewUser<'_>,
-) -> Result<()> {
+pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, u: &NewUser<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO users (id, tenant_id, email, password_hash, role, status, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
@@ -51,16 +47,8 @@ pub async fn insert<'c>(
 
 /// Login looks people up by email before any tenant is known; this is the
 /// one unscoped user query, and it feeds only the password check.
-pub async fn find_for_login<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    email: &str,
-) -> Result<Option<UserRow>> {
-    Ok(
-        sqlx::query_as(&format!("SELECT {COLS} FROM users WHERE email = $1"))
-            .bind(email)
-            .fetch_optional(ex)
-            .await?,
-    )
+pub async fn find_for_login<'c>(ex: impl Executor<'c, Database = Any>, email: &str) -> Result<Option<UserRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM users WHERE email = $1")).bind(email).fetch_optional(ex).await?)
 }
 
 pub async fn get<'c>(
@@ -68,25 +56,18 @@ pub async fn get<'c>(
     scope: &TenantScope,
     id: UserId,
 ) -> Result<Option<UserRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {COLS} FROM users WHERE tenant_id = $1 AND id = $2"
-    ))
-    .bind(scope.tenant_id().to_string())
-    .bind(id.to_string())
-    .fetch_optional(ex)
-    .await?)
+    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM users WHERE tenant_id = $1 AND id = $2"))
+        .bind(scope.tenant_id().to_string())
+        .bind(id.to_string())
+        .fetch_optional(ex)
+        .await?)
 }
 
-pub async fn list<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-) -> Result<Vec<UserRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {COLS} FROM users WHERE tenant_id = $1 ORDER BY created_at, id"
-    ))
-    .bind(scope.tenant_id().to_string())
-    .fetch_all(ex)
-    .await?)
+pub async fn list<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<Vec<UserRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM users WHERE tenant_id = $1 ORDER BY created_at, id"))
+        .bind(scope.tenant_id().to_string())
+        .fetch_all(ex)
+        .await?)
 }
 
 pub async fn set_role<'c>(
@@ -96,14 +77,13 @@ pub async fn set_role<'c>(
     role: &str,
     now: i64,
 ) -> Result<bool> {
-    let r =
-        sqlx::query("UPDATE users SET role = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4")
-            .bind(role)
-            .bind(now)
-            .bind(scope.tenant_id().to_string())
-            .bind(id.to_string())
-            .execute(ex)
-            .await?;
+    let r = sqlx::query("UPDATE users SET role = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4")
+        .bind(role)
+        .bind(now)
+        .bind(scope.tenant_id().to_string())
+        .bind(id.to_string())
+        .execute(ex)
+        .await?;
     Ok(r.rows_affected() == 1)
 }
 
@@ -128,11 +108,7 @@ pub async fn activate<'c>(
     Ok(r.rows_affected() == 1)
 }
 
-pub async fn delete<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-    id: UserId,
-) -> Result<bool> {
+pub async fn delete<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, id: UserId) -> Result<bool> {
     let r = sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND id = $2")
         .bind(scope.tenant_id().to_string())
         .bind(id.to_string())
@@ -141,16 +117,11 @@ pub async fn delete<'c>(
     Ok(r.rows_affected() == 1)
 }
 
-pub async fn count_active_owners<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-) -> Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT COUNT(*) FROM users WHERE tenant_id = $1 AND role = 'owner' AND status = 'active'",
-    )
-    .bind(scope.tenant_id().to_string())
-    .fetch_one(ex)
-    .await?)
+pub async fn count_active_owners<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE tenant_id = $1 AND role = 'owner' AND status = 'active'")
+        .bind(scope.tenant_id().to_string())
+        .fetch_one(ex)
+        .await?)
 }
 
 /// What authentication needs to know about a person on every request: the

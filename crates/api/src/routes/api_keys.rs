@@ -99,9 +99,7 @@ fn valid_origin(o: &str) -> bool {
     matches!(scheme, "https" | "http")
         && !rest.is_empty()
         && !rest.contains(['/', '?', '#', '*', '@', ' '])
-        && rest
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        && rest.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
 }
 
 /// Creates a key. Its permissions must be a subset of the caller's.
@@ -115,12 +113,7 @@ pub async fn create(
     let scope = auth.scope(Permission::KeysManage).await?;
     let now = state.now_ms();
     let mut errors = Vec::new();
-    let mut err = |field: &str, message: &str| {
-        errors.push(FieldError {
-            field: field.into(),
-            message: message.into(),
-        })
-    };
+    let mut err = |field: &str, message: &str| errors.push(FieldError { field: field.into(), message: message.into() });
 
     let name = palisade_guard::input::sanitize_line(&req.name);
     if name.is_empty() || name.chars().count() > 200 {
@@ -128,28 +121,19 @@ pub async fn create(
     }
     let permissions = match (&req.role, &req.permissions) {
         (Some(role), None) => role.permissions(),
-        (None, Some(names)) if !names.is_empty() => {
-            match PermissionSet::parse(names.iter().map(String::as_str)) {
-                Ok(p) => p,
-                Err(e) => {
-                    err("permissions", &e.to_string());
-                    PermissionSet::EMPTY
-                }
+        (None, Some(names)) if !names.is_empty() => match PermissionSet::parse(names.iter().map(String::as_str)) {
+            Ok(p) => p,
+            Err(e) => {
+                err("permissions", &e.to_string());
+                PermissionSet::EMPTY
             }
-        }
+        },
         _ => {
-            err(
-                "role",
-                "give exactly one of `role` or a non-empty `permissions`",
-            );
+            err("role", "give exactly one of `role` or a non-empty `permissions`");
             PermissionSet::EMPTY
         }
     };
-    let expires_at = match req
-        .expires_at
-        .as_deref()
-        .map(palisade_core::clock::parse_rfc3339)
-    {
+    let expires_at = match req.expires_at.as_deref().map(palisade_core::clock::parse_rfc3339) {
         None => None,
         Some(Some(t)) if t > now => Some(t),
         Some(_) => {
@@ -165,17 +149,10 @@ pub async fn create(
             Vec::new()
         }
     };
-    let origins: Vec<String> = req
-        .allowed_origins
-        .unwrap_or_default()
-        .into_iter()
-        .map(|o| o.trim().to_owned())
-        .collect();
+    let origins: Vec<String> =
+        req.allowed_origins.unwrap_or_default().into_iter().map(|o| o.trim().to_owned()).collect();
     if let Some(bad) = origins.iter().find(|o| !valid_origin(o)) {
-        err(
-            "allowed_origins",
-            &format!("`{bad}` is not an origin like https://app.example.com"),
-        );
+        err("allowed_origins", &format!("`{bad}` is not an origin like https://app.example.com"));
     }
     if nets.len() > 100 || origins.len() > 100 {
         err("allowed_ips", "at most 100 entries each");
@@ -184,9 +161,7 @@ pub async fn create(
         return Err(ApiError::validation_many(errors));
     }
     if !permissions.is_subset_of(auth.principal.permissions()) {
-        return Err(ApiError::forbidden_because(
-            "A key cannot have permissions its creator does not hold.",
-        ));
+        return Err(ApiError::forbidden_because("A key cannot have permissions its creator does not hold."));
     }
 
     let key = new_api_key();
@@ -211,21 +186,14 @@ pub async fn create(
     };
     let mut tx = state.db.begin().await?;
     palisade_store::api_keys::insert(&mut *tx, &scope, &new).await?;
-    let event = Event::new("api_key.created", Some(scope.tenant_id()), actor)
-        .resource("api_key", id)
-        .details(serde_json::json!({ "name": name, "permissions": permissions.to_strings(), "prefix": prefix_of(&key) }));
+    let event = Event::new("api_key.created", Some(scope.tenant_id()), actor).resource("api_key", id).details(
+        serde_json::json!({ "name": name, "permissions": permissions.to_strings(), "prefix": prefix_of(&key) }),
+    );
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
-    let row = palisade_store::api_keys::get(&mut *tx, &scope, id)
-        .await?
-        .ok_or_else(|| ApiError::internal("key vanished"))?;
+    let row =
+        palisade_store::api_keys::get(&mut *tx, &scope, id).await?.ok_or_else(|| ApiError::internal("key vanished"))?;
     tx.commit().await.map_err(StoreError::from)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(KeyWithSecret {
-            view: view(row, now)?,
-            key,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(KeyWithSecret { view: view(row, now)?, key })))
 }
 
 /// The tenant's keys (never the key or its hash).
@@ -235,14 +203,8 @@ pub async fn list(State(state): State<AppState>, auth: Auth) -> Result<List<KeyV
     let scope = auth.scope(Permission::KeysRead).await?;
     let now = state.now_ms();
     let rows = palisade_store::api_keys::list(state.db.reader(), &scope).await?;
-    let data = rows
-        .into_iter()
-        .map(|r| view(r, now))
-        .collect::<Result<_, _>>()?;
-    Ok(List {
-        data,
-        next_cursor: None,
-    })
+    let data = rows.into_iter().map(|r| view(r, now)).collect::<Result<_, _>>()?;
+    Ok(List { data, next_cursor: None })
 }
 
 #[utoipa::path(get, path = "/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = [])),
@@ -254,9 +216,7 @@ pub async fn get(
     PathId(id): PathId<ApiKeyId>,
 ) -> Result<Json<KeyView>, ApiError> {
     let scope = auth.scope(Permission::KeysRead).await?;
-    let row = palisade_store::api_keys::get(state.db.reader(), &scope, id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let row = palisade_store::api_keys::get(state.db.reader(), &scope, id).await?.ok_or_else(ApiError::not_found)?;
     Ok(Json(view(row, state.now_ms())?))
 }
 
@@ -282,54 +242,30 @@ pub async fn rotate(
     let req = body.map(|b| b.0).unwrap_or_default();
     let grace = req.grace_seconds.unwrap_or(0);
     if grace > MAX_GRACE_SECONDS {
-        return Err(ApiError::validation(
-            "grace_seconds",
-            "must be between 0 and 604800",
-        ));
+        return Err(ApiError::validation("grace_seconds", "must be between 0 and 604800"));
     }
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
-    let row = palisade_store::api_keys::get(&mut *tx, &scope, id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let row = palisade_store::api_keys::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
     let names: Vec<String> = serde_json::from_str(&row.permissions).map_err(ApiError::internal)?;
-    let key_perms =
-        PermissionSet::parse(names.iter().map(String::as_str)).map_err(ApiError::internal)?;
+    let key_perms = PermissionSet::parse(names.iter().map(String::as_str)).map_err(ApiError::internal)?;
     if !key_perms.is_subset_of(auth.principal.permissions()) {
-        return Err(ApiError::forbidden_because(
-            "Rotating a key requires holding all of its permissions.",
-        ));
+        return Err(ApiError::forbidden_because("Rotating a key requires holding all of its permissions."));
     }
     let key = new_api_key();
     let grace_ms = i64::try_from(grace).unwrap_or(0) * 1000;
-    if !palisade_store::api_keys::rotate(
-        &mut *tx,
-        &scope,
-        id,
-        &sha256_hex(&key),
-        &prefix_of(&key),
-        now + grace_ms,
-    )
-    .await?
+    if !palisade_store::api_keys::rotate(&mut *tx, &scope, id, &sha256_hex(&key), &prefix_of(&key), now + grace_ms)
+        .await?
     {
         return Err(ApiError::conflict("A revoked key cannot be rotated."));
     }
-    let event = Event::new(
-        "api_key.rotated",
-        Some(scope.tenant_id()),
-        auth.principal.actor(),
-    )
-    .resource("api_key", id)
-    .details(serde_json::json!({ "grace_seconds": grace, "prefix": prefix_of(&key) }));
+    let event = Event::new("api_key.rotated", Some(scope.tenant_id()), auth.principal.actor())
+        .resource("api_key", id)
+        .details(serde_json::json!({ "grace_seconds": grace, "prefix": prefix_of(&key) }));
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
-    let row = palisade_store::api_keys::get(&mut *tx, &scope, id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let row = palisade_store::api_keys::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(Json(KeyWithSecret {
-        view: view(row, now)?,
-        key,
-    }))
+    Ok(Json(KeyWithSecret { view: view(row, now)?, key }))
 }
 
 /// Revokes the key at once (and any previous secret still in its grace period).
@@ -347,12 +283,7 @@ pub async fn revoke(
     if !palisade_store::api_keys::revoke(&mut *tx, &scope, id, now).await? {
         return Err(ApiError::not_found());
     }
-    let event = Event::new(
-        "api_key.revoked",
-        Some(scope.tenant_id()),
-        auth.principal.actor(),
-    )
-    .resource("api_key", id);
+    let event = Event::new("api_key.revoked", Some(scope.tenant_id()), auth.principal.actor()).resource("api_key", id);
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(StatusCode::NO_CONTENT)

@@ -55,9 +55,7 @@ pub async fn signup(
     let (email, name) = match (email, name, pw) {
         (Ok(e), Ok(n), Ok(())) => (e, n),
         (e, n, p) => {
-            return Err(ApiError::validation_many(
-                [e.err(), n.err(), p.err()].into_iter().flatten().collect(),
-            ))
+            return Err(ApiError::validation_many([e.err(), n.err(), p.err()].into_iter().flatten().collect()))
         }
     };
     let hash = ops::hash_password(req.password).await?;
@@ -103,8 +101,7 @@ pub async fn signup(
         now + EMAIL_TOKEN_TTL_MS,
     )
     .await?;
-    let event =
-        Event::new("auth.signup", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
+    let event = Event::new("auth.signup", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
     palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
     commit(tx).await?;
 
@@ -120,12 +117,7 @@ pub async fn signup(
 }
 
 fn pending() -> (StatusCode, Json<StatusResponse>) {
-    (
-        StatusCode::CREATED,
-        Json(StatusResponse {
-            status: "pending_verification",
-        }),
-    )
+    (StatusCode::CREATED, Json(StatusResponse { status: "pending_verification" }))
 }
 
 /// Mail failures are logged, never shown: the response must not depend on them.
@@ -160,29 +152,20 @@ pub async fn verify_email(
     }
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
-    let (tenant, user) = palisade_store::tokens::consume_email_token(
-        &mut *tx,
-        &sha256_hex(&req.token),
-        "verify",
-        now,
-    )
-    .await?
-    .ok_or_else(invalid)?;
+    let (tenant, user) = palisade_store::tokens::consume_email_token(&mut *tx, &sha256_hex(&req.token), "verify", now)
+        .await?
+        .ok_or_else(invalid)?;
     let (tenant_id, user_id) = parse_ids(&tenant, &user)?;
     let scope = TenantScope::for_system(tenant_id);
     palisade_store::users::activate(&mut *tx, &scope, user_id, None, now).await?;
-    let event = Event::new("auth.email_verified", Some(tenant_id), Actor::user(user_id))
-        .resource("user", user_id);
+    let event = Event::new("auth.email_verified", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
     palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
     commit(tx).await?;
     Ok(Json(StatusResponse { status: "verified" }))
 }
 
 fn parse_ids(tenant: &str, user: &str) -> Result<(TenantId, UserId), ApiError> {
-    Ok((
-        TenantId::from_str(tenant).map_err(ApiError::internal)?,
-        UserId::from_str(user).map_err(ApiError::internal)?,
-    ))
+    Ok((TenantId::from_str(tenant).map_err(ApiError::internal)?, UserId::from_str(user).map_err(ApiError::internal)?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -208,25 +191,15 @@ pub async fn accept_invite(
     let hash = ops::hash_password(req.password).await?;
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
-    let (tenant, user) = palisade_store::tokens::consume_email_token(
-        &mut *tx,
-        &sha256_hex(&req.token),
-        "invite",
-        now,
-    )
-    .await?
-    .ok_or_else(invalid)?;
+    let (tenant, user) = palisade_store::tokens::consume_email_token(&mut *tx, &sha256_hex(&req.token), "invite", now)
+        .await?
+        .ok_or_else(invalid)?;
     let (tenant_id, user_id) = parse_ids(&tenant, &user)?;
     let scope = TenantScope::for_system(tenant_id);
     if !palisade_store::users::activate(&mut *tx, &scope, user_id, Some(&hash), now).await? {
         return Err(invalid());
     }
-    let event = Event::new(
-        "user.invite_accepted",
-        Some(tenant_id),
-        Actor::user(user_id),
-    )
-    .resource("user", user_id);
+    let event = Event::new("user.invite_accepted", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
     palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
     commit(tx).await?;
     Ok(Json(StatusResponse { status: "active" }))
@@ -250,11 +223,7 @@ pub struct TokenResponse {
 }
 
 fn bad_credentials() -> ApiError {
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthenticated",
-        "Invalid email or password.",
-    )
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Invalid email or password.")
 }
 
 /// Exchanges email and password for an access and a refresh token. A
@@ -280,9 +249,7 @@ pub async fn login(
     let user = match user {
         Some(u) if verified && u.password_hash.is_some() => u,
         other => {
-            let tenant = other
-                .as_ref()
-                .and_then(|u| TenantId::from_str(&u.tenant_id).ok());
+            let tenant = other.as_ref().and_then(|u| TenantId::from_str(&u.tenant_id).ok());
             let mut event = Event::new("auth.login_failed", tenant, Actor::anonymous());
             if let Some(u) = &other {
                 event = event.resource("user", &u.id);
@@ -294,36 +261,22 @@ pub async fn login(
     let (tenant_id, user_id) = parse_ids(&user.tenant_id, &user.id)?;
     let scope = TenantScope::for_system(tenant_id);
     if user.status == "pending" {
-        return Err(ApiError::forbidden_because(
-            "Verify your email address before logging in.",
-        ));
+        return Err(ApiError::forbidden_because("Verify your email address before logging in."));
     }
     if user.status != "active" {
         return Err(bad_credentials());
     }
-    let tenant = palisade_store::tenants::get(state.db.reader(), &scope)
-        .await?
-        .ok_or_else(bad_credentials)?;
+    let tenant = palisade_store::tenants::get(state.db.reader(), &scope).await?.ok_or_else(bad_credentials)?;
     if tenant.status != "active" {
         return Err(ApiError::frozen());
     }
-    let role =
-        Role::from_str(&user.role).map_err(|_| ApiError::internal("stored role is invalid"))?;
+    let role = Role::from_str(&user.role).map_err(|_| ApiError::internal("stored role is invalid"))?;
     let family_id = uuid::Uuid::new_v4().to_string();
     let mut tx = state.db.begin().await?;
     let family_expiry = now + refresh_ttl_ms(&state) + 24 * 3600 * 1000;
-    palisade_store::tokens::create_family(
-        &mut *tx,
-        &scope,
-        &family_id,
-        user_id,
-        now,
-        family_expiry,
-    )
-    .await?;
+    palisade_store::tokens::create_family(&mut *tx, &scope, &family_id, user_id, now, family_expiry).await?;
     let tokens = issue_tokens(&state, &mut tx, &scope, user_id, role, &family_id, now).await?;
-    let event =
-        Event::new("auth.login", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
+    let event = Event::new("auth.login", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
     palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
     commit(tx).await?;
     Ok(Json(tokens))
@@ -368,12 +321,7 @@ async fn issue_tokens(
         now + refresh_ttl_ms(state),
     )
     .await?;
-    Ok(TokenResponse {
-        access_token,
-        refresh_token,
-        token_type: "Bearer",
-        expires_in: ttl,
-    })
+    Ok(TokenResponse { access_token, refresh_token, token_type: "Bearer", expires_in: ttl })
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -396,48 +344,30 @@ pub async fn refresh(
     }
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
-    match palisade_store::tokens::use_refresh(&mut tx, &sha256_hex(&req.refresh_token), now).await?
-    {
-        RefreshUse::Fresh {
-            tenant_id,
-            user_id,
-            family_id,
-        } => {
+    match palisade_store::tokens::use_refresh(&mut tx, &sha256_hex(&req.refresh_token), now).await? {
+        RefreshUse::Fresh { tenant_id, user_id, family_id } => {
             let (tenant_id, user_id) = parse_ids(&tenant_id, &user_id)?;
             let scope = TenantScope::for_system(tenant_id);
-            let user = palisade_store::users::get(&mut *tx, &scope, user_id)
-                .await?
-                .ok_or_else(ApiError::unauthenticated)?;
-            let tenant = palisade_store::tenants::get(&mut *tx, &scope)
-                .await?
-                .ok_or_else(ApiError::unauthenticated)?;
+            let user =
+                palisade_store::users::get(&mut *tx, &scope, user_id).await?.ok_or_else(ApiError::unauthenticated)?;
+            let tenant = palisade_store::tenants::get(&mut *tx, &scope).await?.ok_or_else(ApiError::unauthenticated)?;
             if user.status != "active" {
                 return Err(ApiError::unauthenticated());
             }
             if tenant.status != "active" {
                 return Err(ApiError::frozen());
             }
-            let role = Role::from_str(&user.role)
-                .map_err(|_| ApiError::internal("stored role is invalid"))?;
+            let role = Role::from_str(&user.role).map_err(|_| ApiError::internal("stored role is invalid"))?;
             let family_expiry = now + refresh_ttl_ms(&state) + 24 * 3600 * 1000;
-            palisade_store::tokens::extend_family(&mut *tx, &scope, &family_id, family_expiry)
-                .await?;
-            let tokens =
-                issue_tokens(&state, &mut tx, &scope, user_id, role, &family_id, now).await?;
-            let event = Event::new(
-                "auth.token_refreshed",
-                Some(tenant_id),
-                Actor::user(user_id),
-            )
-            .resource("user", user_id);
+            palisade_store::tokens::extend_family(&mut *tx, &scope, &family_id, family_expiry).await?;
+            let tokens = issue_tokens(&state, &mut tx, &scope, user_id, role, &family_id, now).await?;
+            let event =
+                Event::new("auth.token_refreshed", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
             palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
             commit(tx).await?;
             Ok(Json(tokens))
         }
-        RefreshUse::Reused {
-            tenant_id,
-            family_id,
-        } => {
+        RefreshUse::Reused { tenant_id, family_id } => {
             let tenant_id = TenantId::from_str(&tenant_id).map_err(ApiError::internal)?;
             let scope = TenantScope::for_system(tenant_id);
             palisade_store::tokens::revoke_family(&mut *tx, &scope, &family_id, now).await?;
@@ -456,14 +386,7 @@ pub async fn refresh(
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])),
     responses((status = 204), (status = 401, body = palisade_core::Problem)))]
 pub async fn logout(State(state): State<AppState>, auth: Auth) -> Result<StatusCode, ApiError> {
-    let PrincipalKind::User {
-        user_id,
-        jti,
-        family_id,
-        expires_at_ms,
-        ..
-    } = auth.principal.kind()
-    else {
+    let PrincipalKind::User { user_id, jti, family_id, expires_at_ms, .. } = auth.principal.kind() else {
         // API keys have no session to end: wrong kind of credential here.
         return Err(ApiError::unauthenticated());
     };
@@ -472,12 +395,7 @@ pub async fn logout(State(state): State<AppState>, auth: Auth) -> Result<StatusC
     let mut tx = state.db.begin().await?;
     palisade_store::tokens::revoke_jti(&mut *tx, jti, *expires_at_ms).await?;
     palisade_store::tokens::revoke_family(&mut *tx, &scope, family_id, now).await?;
-    let event = Event::new(
-        "auth.logout",
-        Some(scope.tenant_id()),
-        Actor::user(*user_id),
-    )
-    .resource("user", user_id);
+    let event = Event::new("auth.logout", Some(scope.tenant_id()), Actor::user(*user_id)).resource("user", user_id);
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     commit(tx).await?;
     Ok(StatusCode::NO_CONTENT)

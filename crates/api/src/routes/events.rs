@@ -42,17 +42,13 @@ pub async fn list(
     }
     let time = |field: &str, v: Option<String>| -> Result<Option<i64>, ApiError> {
         v.map(|s| {
-            palisade_core::clock::parse_rfc3339(&s)
-                .ok_or_else(|| ApiError::validation(field, "must be RFC 3339"))
+            palisade_core::clock::parse_rfc3339(&s).ok_or_else(|| ApiError::validation(field, "must be RFC 3339"))
         })
         .transpose()
     };
     let after = q
         .after
-        .map(|c| {
-            c.parse::<i64>()
-                .map_err(|_| ApiError::validation("after", "is not a cursor from this API"))
-        })
+        .map(|c| c.parse::<i64>().map_err(|_| ApiError::validation("after", "is not a cursor from this API")))
         .transpose()?;
     let filter = AuditFilter {
         after_seq: after,
@@ -71,8 +67,5 @@ pub async fn list(
     } else {
         None
     };
-    Ok(List {
-        data: rows.into_iter().map(EventView::from).collect(),
-        next_cursor,
-    })
+    Ok(List { data: rows.into_iter().map(EventView::from).collect(), next_cursor })
 }

@@ -15,9 +15,6 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     if state.db.ping().await {
         (StatusCode::OK, Json(json!({ "status": "ok" })))
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable" })),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable" })))
     }
 }

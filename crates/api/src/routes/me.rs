@@ -35,14 +35,8 @@ pub struct MeResponse {
     responses((status = 200, body = MeResponse), (status = 401, body = palisade_core::Problem)))]
 pub async fn me(State(state): State<AppState>, auth: Auth) -> Result<Json<MeResponse>, ApiError> {
     let scope = auth.principal.own_scope();
-    let tenant = palisade_store::tenants::get(state.db.reader(), &scope)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    let tenant = TenantRef {
-        id: tenant.id,
-        name: tenant.name,
-        status: tenant.status,
-    };
+    let tenant = palisade_store::tenants::get(state.db.reader(), &scope).await?.ok_or_else(ApiError::not_found)?;
+    let tenant = TenantRef { id: tenant.id, name: tenant.name, status: tenant.status };
     let permissions = auth.principal.permissions().to_strings();
     let resp = match auth.principal.kind() {
         PrincipalKind::User { user_id, .. } => {
@@ -63,15 +57,7 @@ pub async fn me(State(state): State<AppState>, auth: Auth) -> Result<Json<MeResp
             let k = palisade_store::api_keys::get(state.db.reader(), &scope, *key_id)
                 .await?
                 .ok_or_else(ApiError::not_found)?;
-            MeResponse {
-                kind: "api_key",
-                id: k.id,
-                email: None,
-                name: Some(k.name),
-                role: k.role,
-                permissions,
-                tenant,
-            }
+            MeResponse { kind: "api_key", id: k.id, email: None, name: Some(k.name), role: k.role, permissions, tenant }
         }
     };
     Ok(Json(resp))

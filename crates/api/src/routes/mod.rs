@@ -53,15 +53,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/openapi.json",
             get(move || {
                 let body = doc_json.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            HeaderValue::from_static("application/json"),
-                        )],
-                        body.to_vec(),
-                    )
-                }
+                async move { ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.to_vec()) }
             }),
         )
         .route("/healthz", get(health::healthz))
@@ -69,28 +61,17 @@ pub fn router(state: AppState) -> Router {
         .fallback(crate::middleware::not_found)
         // Body limits apply to declared and chunked bodies alike.
         .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(
-            state.config.limits.max_body_bytes,
-        ));
+        .layer(RequestBodyLimitLayer::new(state.config.limits.max_body_bytes));
     if let Some(cors) = cors(&state) {
         app = app.layer(cors);
     }
-    app.layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        crate::middleware::request,
-    ))
-    .with_state(state)
+    app.layer(axum::middleware::from_fn_with_state(state.clone(), crate::middleware::request)).with_state(state)
 }
 
 /// No origin is allowed unless configured.
 fn cors(state: &AppState) -> Option<CorsLayer> {
-    let origins: Vec<HeaderValue> = state
-        .config
-        .cors
-        .allowed_origins
-        .iter()
-        .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
-        .collect();
+    let origins: Vec<HeaderValue> =
+        state.config.cors.allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o.trim()).ok()).collect();
     if origins.is_empty() {
         return None;
     }

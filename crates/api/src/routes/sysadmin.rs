@@ -66,38 +66,21 @@ pub async fn create_tenant(
     admin: Sysadmin,
     ValidJson(req): ValidJson<CreateTenantRequest>,
 ) -> Result<(StatusCode, Json<CreatedTenantView>), ApiError> {
-    let input = NewTenant {
-        name: req.name,
-        owner_email: req.owner.email,
-        owner_password: req.owner.password,
-    };
-    let t = ops::create_tenant(
-        &state.db,
-        &admin.proof,
-        input,
-        &admin.ctx.audit,
-        state.now_ms(),
-    )
-    .await?;
+    let input = NewTenant { name: req.name, owner_email: req.owner.email, owner_password: req.owner.password };
+    let t = ops::create_tenant(&state.db, &admin.proof, input, &admin.ctx.audit, state.now_ms()).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedTenantView {
             id: t.id.to_string(),
             name: t.name,
-            owner: OwnerView {
-                id: t.owner_id.to_string(),
-                email: t.owner_email,
-            },
+            owner: OwnerView { id: t.owner_id.to_string(), email: t.owner_email },
         }),
     ))
 }
 
 #[utoipa::path(get, path = "/sysadmin/v1/tenants", tag = "sysadmin", security(("master_key" = [])),
     responses((status = 200, body = List<TenantView>), (status = 401, body = palisade_core::Problem)))]
-pub async fn list_tenants(
-    State(state): State<AppState>,
-    admin: Sysadmin,
-) -> Result<List<TenantView>, ApiError> {
+pub async fn list_tenants(State(state): State<AppState>, admin: Sysadmin) -> Result<List<TenantView>, ApiError> {
     let rows = palisade_store::tenants::list(state.db.reader(), &admin.proof).await?;
     let data = rows
         .into_iter()
@@ -110,10 +93,7 @@ pub async fn list_tenants(
         .collect();
     let event = Event::new("sysadmin.tenants_listed", None, Actor::sysadmin());
     palisade_audit::append(state.db.writer(), &event, &admin.ctx.audit, state.now_ms()).await?;
-    Ok(List {
-        data,
-        next_cursor: None,
-    })
+    Ok(List { data, next_cursor: None })
 }
 
 async fn tenant_status(
@@ -122,22 +102,10 @@ async fn tenant_status(
     id: TenantId,
     frozen: bool,
 ) -> Result<Json<StatusView>, ApiError> {
-    if !ops::set_tenant_frozen(
-        &state.db,
-        &admin.proof,
-        id,
-        frozen,
-        &admin.ctx.audit,
-        state.now_ms(),
-    )
-    .await?
-    {
+    if !ops::set_tenant_frozen(&state.db, &admin.proof, id, frozen, &admin.ctx.audit, state.now_ms()).await? {
         return Err(ApiError::not_found());
     }
-    Ok(Json(StatusView {
-        id: id.to_string(),
-        status: if frozen { "frozen" } else { "active" },
-    }))
+    Ok(Json(StatusView { id: id.to_string(), status: if frozen { "frozen" } else { "active" } }))
 }
 
 /// Kill-switch: every request of the tenant is refused with 423 from now on.
@@ -176,18 +144,11 @@ async fn key_status(
         .await?
         .ok_or_else(ApiError::not_found)?;
     let tenant = tenant.parse::<TenantId>().map_err(ApiError::internal)?;
-    let action = if frozen {
-        "api_key.frozen"
-    } else {
-        "api_key.unfrozen"
-    };
+    let action = if frozen { "api_key.frozen" } else { "api_key.unfrozen" };
     let event = Event::new(action, Some(tenant), Actor::sysadmin()).resource("api_key", id);
     palisade_audit::append(&mut *tx, &event, &admin.ctx.audit, now).await?;
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(Json(StatusView {
-        id: id.to_string(),
-        status,
-    }))
+    Ok(Json(StatusView { id: id.to_string(), status }))
 }
 
 /// Kill-switch for one API key: its requests get 423 from now on.

@@ -47,10 +47,7 @@ impl From<UserRow> for UserView {
 pub async fn list(State(state): State<AppState>, auth: Auth) -> Result<List<UserView>, ApiError> {
     let scope = auth.scope(Permission::UsersRead).await?;
     let rows = palisade_store::users::list(state.db.reader(), &scope).await?;
-    Ok(List {
-        data: rows.into_iter().map(UserView::from).collect(),
-        next_cursor: None,
-    })
+    Ok(List { data: rows.into_iter().map(UserView::from).collect(), next_cursor: None })
 }
 
 #[utoipa::path(get, path = "/v1/users/{id}", tag = "users", security(("bearer" = [])),
@@ -62,9 +59,7 @@ pub async fn get(
     PathId(id): PathId<UserId>,
 ) -> Result<Json<UserView>, ApiError> {
     let scope = auth.scope(Permission::UsersRead).await?;
-    let row = palisade_store::users::get(state.db.reader(), &scope, id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let row = palisade_store::users::get(state.db.reader(), &scope, id).await?.ok_or_else(ApiError::not_found)?;
     Ok(Json(row.into()))
 }
 
@@ -90,18 +85,9 @@ pub async fn invite(
     let id = UserId::new();
     let token = new_email_token();
     let mut tx = state.db.begin().await?;
-    let user = NewUser {
-        id,
-        email: &email,
-        password_hash: None,
-        role: req.role.as_str(),
-        status: "invited",
-        now,
-    };
+    let user = NewUser { id, email: &email, password_hash: None, role: req.role.as_str(), status: "invited", now };
     match palisade_store::users::insert(&mut *tx, &scope, &user).await {
-        Err(e) if e.is_unique_violation() => {
-            return Err(ApiError::conflict("This email address cannot be invited."))
-        }
+        Err(e) if e.is_unique_violation() => return Err(ApiError::conflict("This email address cannot be invited.")),
         r => r?,
     }
     palisade_store::tokens::insert_email_token(
@@ -113,17 +99,12 @@ pub async fn invite(
         now + INVITE_TTL_MS,
     )
     .await?;
-    let event = Event::new(
-        "user.invited",
-        Some(scope.tenant_id()),
-        auth.principal.actor(),
-    )
-    .resource("user", id)
-    .details(serde_json::json!({ "role": req.role.as_str() }));
+    let event = Event::new("user.invited", Some(scope.tenant_id()), auth.principal.actor())
+        .resource("user", id)
+        .details(serde_json::json!({ "role": req.role.as_str() }));
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
-    let row = palisade_store::users::get(&mut *tx, &scope, id)
-        .await?
-        .ok_or_else(|| ApiError::internal("user vanished"))?;
+    let row =
+        palisade_store::users::get(&mut *tx, &scope, id).await?.ok_or_else(|| ApiError::internal("user vanished"))?;
     tx.commit().await.map_err(StoreError::from)?;
 
     let body = format!(
@@ -133,33 +114,23 @@ pub async fn invite(
          \"password\":\"<your new password>\"}}'\n\nThe token expires in 7 days.\n",
         base = state.config.server.public_url
     );
-    if let Err(e) = state
-        .mailer
-        .send(&email, "Your Palisade invitation", body)
-        .await
-    {
+    if let Err(e) = state.mailer.send(&email, "Your Palisade invitation", body).await {
         tracing::error!(error = %e, "sending invitation failed");
     }
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
 fn ensure_can_grant(auth: &Auth, role: Role) -> Result<(), ApiError> {
-    if role
-        .permissions()
-        .is_subset_of(auth.principal.permissions())
-    {
+    if role.permissions().is_subset_of(auth.principal.permissions()) {
         Ok(())
     } else {
-        Err(ApiError::forbidden_because(
-            "You cannot grant a role with permissions you do not hold.",
-        ))
+        Err(ApiError::forbidden_because("You cannot grant a role with permissions you do not hold."))
     }
 }
 
 /// The target must not hold more than the caller (an admin cannot demote or remove an owner).
 fn ensure_can_manage(auth: &Auth, target: &UserRow) -> Result<Role, ApiError> {
-    let role =
-        Role::from_str(&target.role).map_err(|_| ApiError::internal("stored role is invalid"))?;
+    let role = Role::from_str(&target.role).map_err(|_| ApiError::internal("stored role is invalid"))?;
     ensure_can_grant(auth, role)?;
     Ok(role)
 }
@@ -183,26 +154,18 @@ pub async fn update(
     let scope = auth.scope(Permission::UsersManage).await?;
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
-    let target = palisade_store::users::get(&mut *tx, &scope, id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let target = palisade_store::users::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
     let old = ensure_can_manage(&auth, &target)?;
     ensure_can_grant(&auth, req.role)?;
     if old == Role::Owner && req.role != Role::Owner {
         ensure_other_owner(&mut tx, &scope, &target).await?;
     }
     palisade_store::users::set_role(&mut *tx, &scope, id, req.role.as_str(), now).await?;
-    let event = Event::new(
-        "user.role_changed",
-        Some(scope.tenant_id()),
-        auth.principal.actor(),
-    )
-    .resource("user", id)
-    .details(serde_json::json!({ "from": old.as_str(), "to": req.role.as_str() }));
+    let event = Event::new("user.role_changed", Some(scope.tenant_id()), auth.principal.actor())
+        .resource("user", id)
+        .details(serde_json::json!({ "from": old.as_str(), "to": req.role.as_str() }));
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
-    let row = palisade_store::users::get(&mut *tx, &scope, id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let row = palisade_store::users::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(Json(row.into()))
 }
@@ -215,9 +178,7 @@ async fn ensure_other_owner(
     let owners = palisade_store::users::count_active_owners(&mut **tx, scope).await?;
     let target_counts = target.status == "active";
     if owners - i64::from(target_counts) < 1 {
-        return Err(ApiError::conflict(
-            "A tenant must keep at least one active owner.",
-        ));
+        return Err(ApiError::conflict("A tenant must keep at least one active owner."));
     }
     Ok(())
 }
@@ -234,21 +195,15 @@ pub async fn remove(
     let scope = auth.scope(Permission::UsersManage).await?;
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
-    let target = palisade_store::users::get(&mut *tx, &scope, id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let target = palisade_store::users::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
     let role = ensure_can_manage(&auth, &target)?;
     if role == Role::Owner {
         ensure_other_owner(&mut tx, &scope, &target).await?;
     }
     palisade_store::users::delete(&mut *tx, &scope, id).await?;
-    let event = Event::new(
-        "user.removed",
-        Some(scope.tenant_id()),
-        auth.principal.actor(),
-    )
-    .resource("user", id)
-    .details(serde_json::json!({ "role": role.as_str() }));
+    let event = Event::new("user.removed", Some(scope.tenant_id()), auth.principal.actor())
+        .resource("user", id)
+        .details(serde_json::json!({ "role": role.as_str() }));
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(StatusCode::NO_CONTENT)

@@ -33,59 +33,28 @@ async fn signup_verify_login(b: Backend) {
         .expect(201);
     assert_eq!(r.body["status"], "pending_verification");
     // Inactive until verified: the right password says so, a wrong one says nothing.
-    let r = srv
-        .call(
-            Method::POST,
-            "/v1/auth/login",
-            None,
-            Some(json!({"email": email, "password": PASSWORD})),
-        )
-        .await;
+    let r = srv.call(Method::POST, "/v1/auth/login", None, Some(json!({"email": email, "password": PASSWORD}))).await;
     assert_eq!(r.status, 403, "{}", r.text);
     let token = srv.mailed_token("signer@example.com");
     // The mail file is private.
     let outbox = srv.data_dir.join("outbox");
     for e in std::fs::read_dir(&outbox).unwrap() {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            e.unwrap().metadata().unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(e.unwrap().metadata().unwrap().permissions().mode() & 0o777, 0o600);
     }
-    srv.call(
-        Method::POST,
-        "/v1/auth/verify-email",
-        None,
-        Some(json!({"token": token})),
-    )
-    .await
-    .expect(200);
+    srv.call(Method::POST, "/v1/auth/verify-email", None, Some(json!({"token": token}))).await.expect(200);
     // A token works once.
-    srv.call(
-        Method::POST,
-        "/v1/auth/verify-email",
-        None,
-        Some(json!({"token": token})),
-    )
-    .await
-    .expect(400);
+    srv.call(Method::POST, "/v1/auth/verify-email", None, Some(json!({"token": token}))).await.expect(400);
     let (access, _) = srv.login("signer@example.com", PASSWORD).await;
     let me = srv.get("/v1/me", &access).await.expect(200);
     assert_eq!(me.body["type"], "user");
     assert_eq!(me.body["email"], "signer@example.com");
     assert_eq!(me.body["role"], "owner");
     assert_eq!(me.body["tenant"]["name"], "Signers");
-    let actions: Vec<String> = srv
-        .events(&access, "")
-        .await
-        .iter()
-        .map(|e| e["action"].as_str().unwrap().to_owned())
-        .collect();
+    let actions: Vec<String> =
+        srv.events(&access, "").await.iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect();
     for a in ["auth.signup", "auth.email_verified", "auth.login"] {
-        assert!(
-            actions.contains(&a.to_owned()),
-            "{a} missing from {actions:?}"
-        );
+        assert!(actions.contains(&a.to_owned()), "{a} missing from {actions:?}");
     }
     srv.stop().await;
 }
@@ -93,14 +62,8 @@ async fn signup_verify_login(b: Backend) {
 async fn signup_is_not_an_oracle(b: Backend) {
     let srv = TestServer::start(b).await;
     let t = srv.tenant("Existing").await;
-    let before = srv
-        .admin(Method::GET, "/sysadmin/v1/tenants", None)
-        .await
-        .expect(200)
-        .body["data"]
-        .as_array()
-        .unwrap()
-        .len();
+    let before =
+        srv.admin(Method::GET, "/sysadmin/v1/tenants", None).await.expect(200).body["data"].as_array().unwrap().len();
     let r = srv
         .call(
             Method::POST,
@@ -111,31 +74,16 @@ async fn signup_is_not_an_oracle(b: Backend) {
         .await
         .expect(201);
     assert_eq!(r.body, json!({"status": "pending_verification"}));
-    let after = srv
-        .admin(Method::GET, "/sysadmin/v1/tenants", None)
-        .await
-        .expect(200)
-        .body["data"]
-        .as_array()
-        .unwrap()
-        .len();
-    assert_eq!(
-        before, after,
-        "no tenant may be created for a taken address"
-    );
-    assert!(srv
-        .last_mail_to(&t.email)
-        .contains("already has an account"));
+    let after =
+        srv.admin(Method::GET, "/sysadmin/v1/tenants", None).await.expect(200).body["data"].as_array().unwrap().len();
+    assert_eq!(before, after, "no tenant may be created for a taken address");
+    assert!(srv.last_mail_to(&t.email).contains("already has an account"));
     srv.stop().await;
 }
 
 async fn password_policy(b: Backend) {
     let srv = TestServer::start(b).await;
-    for (pw, why) in [
-        ("short", "12"),
-        ("password1234", "common"),
-        ("qwertyuiopasdf", "common"),
-    ] {
+    for (pw, why) in [("short", "12"), ("password1234", "common"), ("qwertyuiopasdf", "common")] {
         let r = srv
             .call(
                 Method::POST,
@@ -159,15 +107,11 @@ async fn password_policy(b: Backend) {
     )
     .await
     .expect(201);
-    let hash: String =
-        sqlx::query_scalar("SELECT password_hash FROM users WHERE email = 'p@example.com'")
-            .fetch_one(srv.state().db.reader())
-            .await
-            .unwrap();
-    assert!(
-        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
-        "{hash}"
-    );
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE email = 'p@example.com'")
+        .fetch_one(srv.state().db.reader())
+        .await
+        .unwrap();
+    assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
     srv.stop().await;
 }
 
@@ -193,37 +137,21 @@ async fn login_failure_is_uniform(b: Backend) {
         .await
         .expect(401);
     let not_email = srv
-        .call(
-            Method::POST,
-            "/v1/auth/login",
-            None,
-            Some(json!({"email": "garbage", "password": "x"})),
-        )
+        .call(Method::POST, "/v1/auth/login", None, Some(json!({"email": "garbage", "password": "x"})))
         .await
         .expect(401);
     assert_eq!(wrong_pw.problem_shape(), no_user.problem_shape());
     assert_eq!(wrong_pw.problem_shape(), not_email.problem_shape());
     let failed = srv.events(&t.token, "action=auth.login_failed").await;
-    assert_eq!(
-        failed.len(),
-        1,
-        "the failure against a real account is in its tenant's trail"
-    );
+    assert_eq!(failed.len(), 1, "the failure against a real account is in its tenant's trail");
     srv.stop().await;
 }
 
 async fn refresh_rotates_and_reuse_revokes_family(b: Backend) {
     let srv = TestServer::start(b).await;
     let t = srv.tenant("Rotate").await;
-    let r1 = srv
-        .call(
-            Method::POST,
-            "/v1/auth/refresh",
-            None,
-            Some(json!({"refresh_token": t.refresh})),
-        )
-        .await
-        .expect(200);
+    let r1 =
+        srv.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": t.refresh}))).await.expect(200);
     let access2 = r1.body["access_token"].as_str().unwrap().to_owned();
     let refresh2 = r1.body["refresh_token"].as_str().unwrap().to_owned();
     assert_ne!(refresh2, t.refresh);
@@ -232,22 +160,8 @@ async fn refresh_rotates_and_reuse_revokes_family(b: Backend) {
     srv.get("/v1/me", &access2).await.expect(200);
 
     // The old refresh token again: theft assumed, the whole family dies.
-    srv.call(
-        Method::POST,
-        "/v1/auth/refresh",
-        None,
-        Some(json!({"refresh_token": t.refresh})),
-    )
-    .await
-    .expect(401);
-    srv.call(
-        Method::POST,
-        "/v1/auth/refresh",
-        None,
-        Some(json!({"refresh_token": refresh2})),
-    )
-    .await
-    .expect(401);
+    srv.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": t.refresh}))).await.expect(401);
+    srv.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": refresh2}))).await.expect(401);
     srv.get("/v1/me", &access2).await.expect(401);
     srv.get("/v1/me", &t.token).await.expect(401);
     // A fresh login is a new family and works.
@@ -261,27 +175,14 @@ async fn logout_revokes_token_and_family(b: Backend) {
     let srv = TestServer::start(b).await;
     let t = srv.tenant("Logout").await;
     let (other_session, _) = srv.login(&t.email, PASSWORD).await;
-    srv.call(Method::POST, "/v1/auth/logout", Some(&t.token), None)
-        .await
-        .expect(204);
+    srv.call(Method::POST, "/v1/auth/logout", Some(&t.token), None).await.expect(204);
     srv.get("/v1/me", &t.token).await.expect(401);
-    srv.call(
-        Method::POST,
-        "/v1/auth/refresh",
-        None,
-        Some(json!({"refresh_token": t.refresh})),
-    )
-    .await
-    .expect(401);
+    srv.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": t.refresh}))).await.expect(401);
     // Other sessions of the same person are untouched.
     srv.get("/v1/me", &other_session).await.expect(200);
     // An API key has no session to log out of.
-    let (_, key) = srv
-        .api_key(&other_session, json!({"name": "k", "role": "admin"}))
-        .await;
-    srv.call(Method::POST, "/v1/auth/logout", Some(&key), None)
-        .await
-        .expect(401);
+    let (_, key) = srv.api_key(&other_session, json!({"name": "k", "role": "admin"})).await;
+    srv.call(Method::POST, "/v1/auth/logout", Some(&key), None).await.expect(401);
     srv.stop().await;
 }
 
@@ -293,38 +194,20 @@ async fn access_token_expires(b: Backend) {
     let r = srv.get("/v1/me", &t.token).await.expect(401);
     assert_eq!(r.body["reason"], "unauthenticated");
     // The refresh token (7 days) still works and gives a valid access token.
-    let r = srv
-        .call(
-            Method::POST,
-            "/v1/auth/refresh",
-            None,
-            Some(json!({"refresh_token": t.refresh})),
-        )
-        .await
-        .expect(200);
-    srv.get("/v1/me", r.body["access_token"].as_str().unwrap())
-        .await
-        .expect(200);
+    let r =
+        srv.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": t.refresh}))).await.expect(200);
+    srv.get("/v1/me", r.body["access_token"].as_str().unwrap()).await.expect(200);
     // After 7 days it is dead too.
     srv.clock.advance_ms(8 * 24 * 3600 * 1000);
     let refresh = r.body["refresh_token"].as_str().unwrap();
-    srv.call(
-        Method::POST,
-        "/v1/auth/refresh",
-        None,
-        Some(json!({"refresh_token": refresh})),
-    )
-    .await
-    .expect(401);
+    srv.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": refresh}))).await.expect(401);
     srv.stop().await;
 }
 
 async fn credentials_only_in_headers(b: Backend) {
     let srv = TestServer::start(b).await;
     let t = srv.tenant("Headers").await;
-    let (_, key) = srv
-        .api_key(&t.token, json!({"name": "k", "role": "admin"}))
-        .await;
+    let (_, key) = srv.api_key(&t.token, json!({"name": "k", "role": "admin"})).await;
     for q in [
         format!("/v1/me?access_token={}", t.token),
         format!("/v1/me?token={}", t.token),
@@ -333,42 +216,22 @@ async fn credentials_only_in_headers(b: Backend) {
     ] {
         srv.call(Method::GET, &q, None, None).await.expect(401);
     }
-    let r = TestServer::send(srv.request(Method::GET, "/v1/me").header("X-API-Key", &key))
-        .await
-        .expect(200);
+    let r = TestServer::send(srv.request(Method::GET, "/v1/me").header("X-API-Key", &key)).await.expect(200);
     assert_eq!(r.body["type"], "api_key");
     // X-API-Key carries API keys only.
-    TestServer::send(
-        srv.request(Method::GET, "/v1/me")
-            .header("X-API-Key", &t.token),
-    )
-    .await
-    .expect(401);
+    TestServer::send(srv.request(Method::GET, "/v1/me").header("X-API-Key", &t.token)).await.expect(401);
     // Two credentials at once are ambiguous.
-    TestServer::send(
-        srv.request(Method::GET, "/v1/me")
-            .header("X-API-Key", &key)
-            .bearer_auth(&t.token),
-    )
-    .await
-    .expect(401);
+    TestServer::send(srv.request(Method::GET, "/v1/me").header("X-API-Key", &key).bearer_auth(&t.token))
+        .await
+        .expect(401);
     srv.stop().await;
 }
 
 async fn bad_tokens_all_look_alike(b: Backend) {
     let srv = TestServer::start(b).await;
     let t = srv.tenant("Alike").await;
-    let (key_id, key) = srv
-        .api_key(&t.token, json!({"name": "k", "role": "admin"}))
-        .await;
-    srv.call(
-        Method::DELETE,
-        &format!("/v1/api-keys/{key_id}"),
-        Some(&t.token),
-        None,
-    )
-    .await
-    .expect(204);
+    let (key_id, key) = srv.api_key(&t.token, json!({"name": "k", "role": "admin"})).await;
+    srv.call(Method::DELETE, &format!("/v1/api-keys/{key_id}"), Some(&t.token), None).await.expect(204);
     let mut parts: Vec<String> = t.token.split('.').map(str::to_owned).collect();
     parts[2] = parts[2].chars().rev().collect();
     let tampered = parts.join(".");
@@ -382,17 +245,10 @@ async fn bad_tokens_all_look_alike(b: Backend) {
         Some("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.e30".into()),
         Some(format!("at_{}", "a".repeat(32))),
     ];
-    let first = srv
-        .call(Method::GET, "/v1/me", None, None)
-        .await
-        .expect(401)
-        .problem_shape();
+    let first = srv.call(Method::GET, "/v1/me", None, None).await.expect(401).problem_shape();
     assert_eq!(first["type"], "urn:palisade:problem:unauthenticated");
     for c in cases {
-        let r = srv
-            .call(Method::GET, "/v1/me", c.as_deref(), None)
-            .await
-            .expect(401);
+        let r = srv.call(Method::GET, "/v1/me", c.as_deref(), None).await.expect(401);
         assert_eq!(r.problem_shape(), first, "credential {c:?}");
         assert_eq!(r.header("content-type"), Some("application/problem+json"));
     }
@@ -402,27 +258,17 @@ async fn bad_tokens_all_look_alike(b: Backend) {
 async fn wrong_credential_kind_per_route_group(b: Backend) {
     let srv = TestServer::start(b).await;
     let t = srv.tenant("Kinds").await;
-    let (_, key) = srv
-        .api_key(&t.token, json!({"name": "k", "role": "owner"}))
-        .await;
+    let (_, key) = srv.api_key(&t.token, json!({"name": "k", "role": "owner"})).await;
     // Tenant credentials are nothing on /sysadmin.
     for c in [&t.token, &key] {
-        srv.call(Method::GET, "/sysadmin/v1/tenants", Some(c), None)
-            .await
-            .expect(401);
+        srv.call(Method::GET, "/sysadmin/v1/tenants", Some(c), None).await.expect(401);
     }
     // The master key is nothing on /v1.
     let mk = srv.master_key.clone();
-    srv.call(Method::GET, "/v1/me", Some(&mk), None)
-        .await
-        .expect(401);
-    srv.call(Method::GET, "/v1/api-keys", Some(&mk), None)
-        .await
-        .expect(401);
+    srv.call(Method::GET, "/v1/me", Some(&mk), None).await.expect(401);
+    srv.call(Method::GET, "/v1/api-keys", Some(&mk), None).await.expect(401);
     // A wrong master key of the right shape.
     let wrong = palisade_auth::token::new_master_key();
-    srv.call(Method::GET, "/sysadmin/v1/tenants", Some(&wrong), None)
-        .await
-        .expect(401);
+    srv.call(Method::GET, "/sysadmin/v1/tenants", Some(&wrong), None).await.expect(401);
     srv.stop().await;
 }

@@ -6,10 +6,7 @@ use crate::common::PASSWORD;
 
 fn palisade(dir: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_palisade"));
-    c.current_dir(dir)
-        .args(args)
-        .env_remove("PALISADE_ADMIN__MASTER_KEY")
-        .env_remove("PALISADE_MODE");
+    c.current_dir(dir).args(args).env_remove("PALISADE_ADMIN__MASTER_KEY").env_remove("PALISADE_MODE");
     for (k, v) in envs {
         c.env(k, v);
     }
@@ -33,42 +30,12 @@ fn production_refuses_unsafe_config_with_exit_2() {
     ];
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case> = vec![
-        (
-            "no master key",
-            vec![("PALISADE_ADMIN__MASTER_KEY", "")],
-            "master key",
-        ),
-        (
-            "dev master key",
-            vec![(
-                "PALISADE_ADMIN__MASTER_KEY",
-                palisade_config::KNOWN_DEV_SECRETS[0],
-            )],
-            "master key",
-        ),
-        (
-            "dev jwt secret",
-            vec![(
-                "PALISADE_AUTH__JWT_SECRET",
-                palisade_config::KNOWN_DEV_SECRETS[1],
-            )],
-            "jwt_secret",
-        ),
-        (
-            "cors star",
-            vec![("PALISADE_CORS__ALLOWED_ORIGINS", "*")],
-            "cors",
-        ),
-        (
-            "postgres without tls",
-            vec![("PALISADE_DATABASE__URL", "postgres://u@db.example/x")],
-            "sslmode",
-        ),
-        (
-            "no tls, no proxy",
-            vec![("PALISADE_SERVER__TRUST_PROXY", "")],
-            "tls",
-        ),
+        ("no master key", vec![("PALISADE_ADMIN__MASTER_KEY", "")], "master key"),
+        ("dev master key", vec![("PALISADE_ADMIN__MASTER_KEY", palisade_config::KNOWN_DEV_SECRETS[0])], "master key"),
+        ("dev jwt secret", vec![("PALISADE_AUTH__JWT_SECRET", palisade_config::KNOWN_DEV_SECRETS[1])], "jwt_secret"),
+        ("cors star", vec![("PALISADE_CORS__ALLOWED_ORIGINS", "*")], "cors"),
+        ("postgres without tls", vec![("PALISADE_DATABASE__URL", "postgres://u@db.example/x")], "sslmode"),
+        ("no tls, no proxy", vec![("PALISADE_SERVER__TRUST_PROXY", "")], "tls"),
     ];
     for (what, overrides, needle) in cases {
         let mut env: Vec<(&str, &str)> = base.to_vec();
@@ -79,22 +46,11 @@ fn production_refuses_unsafe_config_with_exit_2() {
         let err = stderr(&out);
         assert_eq!(err.trim().lines().count(), 1, "{what}: one line, got {err}");
         assert!(err.to_lowercase().contains(needle), "{what}: {err}");
-        assert!(
-            !err.contains(&good_key),
-            "{what}: the key must not be printed"
-        );
+        assert!(!err.contains(&good_key), "{what}: the key must not be printed");
     }
     let bad_file = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad_file,
-        "[server]\nlisten = \"${PALISADE_TEST_UNSET_VARIABLE}\"\n",
-    )
-    .unwrap();
-    let out = palisade(
-        dir.path(),
-        &["--config", bad_file.to_str().unwrap(), "migrate"],
-        &[],
-    );
+    std::fs::write(&bad_file, "[server]\nlisten = \"${PALISADE_TEST_UNSET_VARIABLE}\"\n").unwrap();
+    let out = palisade(dir.path(), &["--config", bad_file.to_str().unwrap(), "migrate"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("PALISADE_TEST_UNSET_VARIABLE is not set"));
 }
@@ -106,30 +62,12 @@ fn operator_cli_works_with_the_server_down() {
     assert!(out.status.success(), "{}", stderr(&out));
     use std::os::unix::fs::PermissionsExt;
     let data = dir.path().join("data");
-    assert_eq!(
-        std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
-        0o700
-    );
-    assert_eq!(
-        std::fs::metadata(data.join("palisade.db"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(data.join("palisade.db")).unwrap().permissions().mode() & 0o777, 0o600);
 
     let out = palisade(
         dir.path(),
-        &[
-            "admin",
-            "tenant",
-            "create",
-            "--name",
-            "Cli Co",
-            "--owner-email",
-            "cli@example.com",
-        ],
+        &["admin", "tenant", "create", "--name", "Cli Co", "--owner-email", "cli@example.com"],
         &[("PALISADE_OWNER_PASSWORD", PASSWORD)],
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -139,25 +77,14 @@ fn operator_cli_works_with_the_server_down() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = palisade(dir.path(), &["admin", "tenant", "list"], &[]);
     let listed = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        listed.contains(&id) && listed.contains("frozen"),
-        "{listed}"
-    );
+    assert!(listed.contains(&id) && listed.contains("frozen"), "{listed}");
     let out = palisade(dir.path(), &["admin", "tenant", "unfreeze", &id], &[]);
     assert!(out.status.success());
     let out = palisade(dir.path(), &["admin", "tenant", "freeze", "nope"], &[]);
     assert_eq!(out.status.code(), Some(1));
     let out = palisade(
         dir.path(),
-        &[
-            "admin",
-            "tenant",
-            "create",
-            "--name",
-            "Weak",
-            "--owner-email",
-            "w@example.com",
-        ],
+        &["admin", "tenant", "create", "--name", "Weak", "--owner-email", "w@example.com"],
         &[("PALISADE_OWNER_PASSWORD", "short")],
     );
     assert_eq!(out.status.code(), Some(1));
@@ -167,16 +94,6 @@ fn operator_cli_works_with_the_server_down() {
     assert!(out.status.success(), "{}", stderr(&out));
     let key = std::fs::read_to_string(data.join("master.key")).unwrap();
     assert!(key.trim().starts_with("mk_"));
-    assert_eq!(
-        std::fs::metadata(data.join("master.key"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains(key.trim()),
-        "the key is never printed"
-    );
+    assert_eq!(std::fs::metadata(data.join("master.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(key.trim()), "the key is never printed");
 }

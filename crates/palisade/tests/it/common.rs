@@ -35,10 +35,7 @@ pub enum Backend {
 
 impl Backend {
     pub fn postgres() -> Option<Backend> {
-        std::env::var("PALISADE_TEST_POSTGRES_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .map(Backend::Postgres)
+        std::env::var("PALISADE_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()).map(Backend::Postgres)
     }
 }
 
@@ -64,11 +61,7 @@ pub struct Resp {
 impl Resp {
     #[track_caller]
     pub fn expect(self, status: u16) -> Resp {
-        assert_eq!(
-            self.status, status,
-            "unexpected status; body: {}",
-            self.text
-        );
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
         self
     }
 
@@ -118,18 +111,11 @@ impl TestServer {
         }
         tweak(&mut config);
         let clock = ManualClock::new(SystemClock.now_ms());
-        let state = palisade::build_state(config, Arc::new(clock.clone()))
-            .await
-            .unwrap();
-        let running = palisade::start(state, "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let state = palisade::build_state(config, Arc::new(clock.clone())).await.unwrap();
+        let running = palisade::start(state, "127.0.0.1:0".parse().unwrap()).await.unwrap();
         TestServer {
             url: format!("http://{}", running.addr),
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
+            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
             master_key,
             clock,
             data_dir,
@@ -145,9 +131,7 @@ impl TestServer {
         }
         if let Some((base, name)) = self.pg.take() {
             if let Ok(mut c) = sqlx::AnyConnection::connect(&base).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut c)
-                    .await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
             }
         }
     }
@@ -167,22 +151,11 @@ impl TestServer {
         let bytes = r.bytes().await.unwrap();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Resp {
-            status,
-            headers,
-            body,
-            text,
-        }
+        Resp { status, headers, body, text }
     }
 
     /// A JSON call with an optional bearer credential.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        cred: Option<&str>,
-        body: Option<Value>,
-    ) -> Resp {
+    pub async fn call(&self, method: Method, path: &str, cred: Option<&str>, body: Option<Value>) -> Resp {
         let mut rb = self.request(method, path);
         if let Some(c) = cred {
             rb = rb.bearer_auth(c);
@@ -202,17 +175,12 @@ impl TestServer {
     }
 
     pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
-        self.call(method, path, Some(&self.master_key.clone()), body)
-            .await
+        self.call(method, path, Some(&self.master_key.clone()), body).await
     }
 
     /// A tenant created by the operator, with its owner logged in.
     pub async fn tenant(&self, name: &str) -> Tenant {
-        let email = format!(
-            "owner-{}@{}.example.com",
-            uuid::Uuid::new_v4().simple(),
-            name.to_lowercase()
-        );
+        let email = format!("owner-{}@{}.example.com", uuid::Uuid::new_v4().simple(), name.to_lowercase());
         let r = self
             .admin(
                 Method::POST,
@@ -224,39 +192,21 @@ impl TestServer {
         let id = r.body["id"].as_str().unwrap().to_owned();
         let owner_id = r.body["owner"]["id"].as_str().unwrap().to_owned();
         let (token, refresh) = self.login(&email, PASSWORD).await;
-        Tenant {
-            id,
-            owner_id,
-            email,
-            password: PASSWORD.into(),
-            token,
-            refresh,
-        }
+        Tenant { id, owner_id, email, password: PASSWORD.into(), token, refresh }
     }
 
     pub async fn login(&self, email: &str, password: &str) -> (String, String) {
         let r = self
-            .call(
-                Method::POST,
-                "/v1/auth/login",
-                None,
-                Some(json!({"email": email, "password": password})),
-            )
+            .call(Method::POST, "/v1/auth/login", None, Some(json!({"email": email, "password": password})))
             .await
             .expect(200);
-        (
-            r.body["access_token"].as_str().unwrap().to_owned(),
-            r.body["refresh_token"].as_str().unwrap().to_owned(),
-        )
+        (r.body["access_token"].as_str().unwrap().to_owned(), r.body["refresh_token"].as_str().unwrap().to_owned())
     }
 
     /// Creates an API key; returns (id, key).
     pub async fn api_key(&self, cred: &str, body: Value) -> (String, String) {
         let r = self.post("/v1/api-keys", cred, body).await.expect(201);
-        (
-            r.body["id"].as_str().unwrap().to_owned(),
-            r.body["key"].as_str().unwrap().to_owned(),
-        )
+        (r.body["id"].as_str().unwrap().to_owned(), r.body["key"].as_str().unwrap().to_owned())
     }
 
     /// The newest mail in the dev outbox addressed to `to`.
@@ -265,19 +215,11 @@ impl TestServer {
         let mut mails: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(&dir)
             .unwrap()
             .filter_map(|e| e.ok())
-            .map(|e| {
-                (
-                    e.metadata().unwrap().modified().unwrap(),
-                    std::fs::read_to_string(e.path()).unwrap(),
-                )
-            })
+            .map(|e| (e.metadata().unwrap().modified().unwrap(), std::fs::read_to_string(e.path()).unwrap()))
             .filter(|(_, m)| m.contains(&format!("To: {to}")))
             .collect();
         mails.sort_by_key(|(t, _)| *t);
-        mails
-            .pop()
-            .map(|(_, m)| m)
-            .unwrap_or_else(|| panic!("no mail to {to}"))
+        mails.pop().map(|(_, m)| m).unwrap_or_else(|| panic!("no mail to {to}"))
     }
 
     /// The `et_…` token from the newest mail to `to`.
@@ -289,30 +231,16 @@ impl TestServer {
 
     /// Audit events of the tenant, as seen through the API.
     pub async fn events(&self, cred: &str, query: &str) -> Vec<Value> {
-        self.get(&format!("/v1/events?{query}"), cred)
-            .await
-            .expect(200)
-            .body["data"]
-            .as_array()
-            .unwrap()
-            .clone()
+        self.get(&format!("/v1/events?{query}"), cred).await.expect(200).body["data"].as_array().unwrap().clone()
     }
 }
 
 async fn fresh_postgres_db(base: &str) -> (String, String) {
     sqlx::any::install_default_drivers();
     let name = format!("palisade_it_{}", uuid::Uuid::new_v4().simple());
-    let mut c = sqlx::AnyConnection::connect(base)
-        .await
-        .expect("PALISADE_TEST_POSTGRES_URL must be reachable");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut c)
-        .await
-        .unwrap();
-    let (head, query) = base
-        .split_once('?')
-        .map(|(h, q)| (h, Some(q)))
-        .unwrap_or((base, None));
+    let mut c = sqlx::AnyConnection::connect(base).await.expect("PALISADE_TEST_POSTGRES_URL must be reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut c).await.unwrap();
+    let (head, query) = base.split_once('?').map(|(h, q)| (h, Some(q))).unwrap_or((base, None));
     let scheme_end = head.find("://").unwrap() + 3;
     let host_part = match head[scheme_end..].find('/') {
         Some(i) => &head[..scheme_end + i],

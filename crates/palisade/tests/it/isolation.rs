@@ -27,9 +27,7 @@ impl Victim {
         match collection {
             "api-keys" => &self.key_id,
             "users" => &self.user_id,
-            other => panic!(
-                "the isolation walker has no fixture for `/v1/{other}/{{id}}` ({path}): add one"
-            ),
+            other => panic!("the isolation walker has no fixture for `/v1/{other}/{{id}}` ({path}): add one"),
         }
     }
 
@@ -41,15 +39,9 @@ impl Victim {
 async fn every_v1_route_hides_other_tenants(b: Backend) {
     let srv = TestServer::start(b).await;
     let a = srv.tenant("Victim").await;
-    let (key_id, key) = srv
-        .api_key(&a.token, json!({"name": "victim key", "role": "admin"}))
-        .await;
+    let (key_id, key) = srv.api_key(&a.token, json!({"name": "victim key", "role": "admin"})).await;
     let user = srv
-        .post(
-            "/v1/users",
-            &a.token,
-            json!({"email": "victim-user@example.com", "role": "read_only"}),
-        )
+        .post("/v1/users", &a.token, json!({"email": "victim-user@example.com", "role": "read_only"}))
         .await
         .expect(201);
     let victim = Victim {
@@ -61,18 +53,9 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
         owner_id: a.owner_id.clone(),
     };
     let b_tenant = srv.tenant("Attacker").await;
-    let (_, b_key) = srv
-        .api_key(
-            &b_tenant.token,
-            json!({"name": "attacker key", "role": "owner"}),
-        )
-        .await;
+    let (_, b_key) = srv.api_key(&b_tenant.token, json!({"name": "attacker key", "role": "owner"})).await;
 
-    let doc = srv
-        .call(Method::GET, "/v1/openapi.json", None, None)
-        .await
-        .expect(200)
-        .body;
+    let doc = srv.call(Method::GET, "/v1/openapi.json", None, None).await.expect(200).body;
     let mut walked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
         if !path.starts_with("/v1/") {
@@ -82,61 +65,33 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
             let Ok(method) = method.to_uppercase().parse::<Method>() else {
                 continue;
             };
-            let body = op
-                .pointer("/requestBody/content/application~1json/schema")
-                .map(|s| example(s, &doc));
+            let body = op.pointer("/requestBody/content/application~1json/schema").map(|s| example(s, &doc));
             for cred in [&b_tenant.token, &b_key] {
                 walked += 1;
                 check_route(&srv, &victim, cred, &method, path, body.clone()).await;
             }
         }
     }
-    assert!(
-        walked >= 20,
-        "the walker saw only {walked} route/credential pairs"
-    );
+    assert!(walked >= 20, "the walker saw only {walked} route/credential pairs");
 
     // A's resources are untouched by everything B did.
-    let k = srv
-        .get(&format!("/v1/api-keys/{}", victim.key_id), &victim.token)
-        .await
-        .expect(200);
+    let k = srv.get(&format!("/v1/api-keys/{}", victim.key_id), &victim.token).await.expect(200);
     assert_eq!(k.body["status"], "active");
     srv.get("/v1/me", &victim.key).await.expect(200);
-    let u = srv
-        .get(&format!("/v1/users/{}", victim.user_id), &victim.token)
-        .await
-        .expect(200);
+    let u = srv.get(&format!("/v1/users/{}", victim.user_id), &victim.token).await.expect(200);
     assert_eq!(u.body["role"], "read_only");
     srv.get("/v1/me", &victim.token).await.expect(200);
     srv.stop().await;
 }
 
-async fn check_route(
-    srv: &TestServer,
-    v: &Victim,
-    cred: &str,
-    method: &Method,
-    path: &str,
-    body: Option<Value>,
-) {
+async fn check_route(srv: &TestServer, v: &Victim, cred: &str, method: &Method, path: &str, body: Option<Value>) {
     if path.contains('{') {
         let target = path.replace("{id}", v.id_for(path));
         let random = path.replace("{id}", &uuid::Uuid::new_v4().to_string());
-        let theirs = srv
-            .call(method.clone(), &target, Some(cred), body.clone())
-            .await;
+        let theirs = srv.call(method.clone(), &target, Some(cred), body.clone()).await;
         let missing = srv.call(method.clone(), &random, Some(cred), body).await;
-        assert_eq!(
-            theirs.status, 404,
-            "{method} {path} on another tenant's id: {}",
-            theirs.text
-        );
-        assert_eq!(
-            theirs.problem_shape(),
-            missing.problem_shape(),
-            "{method} {path}: body differs from a random id"
-        );
+        assert_eq!(theirs.status, 404, "{method} {path} on another tenant's id: {}", theirs.text);
+        assert_eq!(theirs.problem_shape(), missing.problem_shape(), "{method} {path}: body differs from a random id");
         assert_no_leak(&theirs, v, method, path);
     } else if path.starts_with("/v1/auth/") {
         // Session endpoints act on the caller's own credentials; they take no ids.
@@ -152,11 +107,7 @@ async fn check_route(
 
 fn assert_no_leak(r: &Resp, v: &Victim, method: &Method, path: &str) {
     for id in v.ids() {
-        assert!(
-            !r.text.contains(id),
-            "{method} {path} leaked another tenant's id {id}: {}",
-            r.text
-        );
+        assert!(!r.text.contains(id), "{method} {path} leaked another tenant's id {id}: {}", r.text);
     }
 }
 
@@ -176,19 +127,11 @@ fn example(schema: &Value, doc: &Value) -> Value {
             return example(first, doc);
         }
     }
-    if let Some(e) = schema
-        .get("enum")
-        .and_then(Value::as_array)
-        .and_then(|e| e.first())
-    {
+    if let Some(e) = schema.get("enum").and_then(Value::as_array).and_then(|e| e.first()) {
         return e.clone();
     }
     let ty = match schema.get("type") {
-        Some(Value::Array(types)) => types
-            .iter()
-            .find(|t| *t != "null")
-            .cloned()
-            .unwrap_or(Value::Null),
+        Some(Value::Array(types)) => types.iter().find(|t| *t != "null").cloned().unwrap_or(Value::Null),
         Some(t) => t.clone(),
         None => Value::Null,
     };

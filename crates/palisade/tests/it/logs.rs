@@ -39,9 +39,7 @@ async fn logs_carry_facts_but_no_secrets(b: Backend) {
     let buf = captured();
     let srv = TestServer::start(b).await;
     let t = srv.tenant("Logged").await;
-    let (_, key) = srv
-        .api_key(&t.token, json!({"name": "k", "role": "admin"}))
-        .await;
+    let (_, key) = srv.api_key(&t.token, json!({"name": "k", "role": "admin"})).await;
     let phone = "+14155550123";
     let card = "4111 1111 1111 1111";
     let secret_email = "private.person@example.org";
@@ -49,65 +47,29 @@ async fn logs_carry_facts_but_no_secrets(b: Backend) {
     // Plant personal data and secrets everywhere a request can carry them.
     let ua = format!("agent {secret_email} {phone} {card} {key}");
     TestServer::send(
-        srv.request(
-            Method::GET,
-            &format!(
-                "/v1/me?email={secret_email}&phone={phone}&k={key}&jwt={}",
-                t.token
-            ),
-        )
-        .bearer_auth(&t.token)
-        .header("User-Agent", ua.clone())
-        .header("X-Request-Id", "planted-request-1"),
+        srv.request(Method::GET, &format!("/v1/me?email={secret_email}&phone={phone}&k={key}&jwt={}", t.token))
+            .bearer_auth(&t.token)
+            .header("User-Agent", ua.clone())
+            .header("X-Request-Id", "planted-request-1"),
     )
     .await
     .expect(200);
-    srv.call(
-        Method::POST,
-        "/v1/auth/login",
-        None,
-        Some(json!({"email": secret_email, "password": PASSWORD})),
-    )
-    .await
-    .expect(401);
-    srv.call(
-        Method::POST,
-        "/v1/auth/login",
-        None,
-        Some(json!({"email": t.email, "password": "wrong wrong wrong"})),
-    )
-    .await
-    .expect(401);
-    srv.post(
-        "/v1/api-keys",
-        &key,
-        json!({"name": format!("{phone} {card} {secret_email}"), "role": "read_only"}),
-    )
-    .await
-    .expect(201);
+    srv.call(Method::POST, "/v1/auth/login", None, Some(json!({"email": secret_email, "password": PASSWORD})))
+        .await
+        .expect(401);
+    srv.call(Method::POST, "/v1/auth/login", None, Some(json!({"email": t.email, "password": "wrong wrong wrong"})))
+        .await
+        .expect(401);
+    srv.post("/v1/api-keys", &key, json!({"name": format!("{phone} {card} {secret_email}"), "role": "read_only"}))
+        .await
+        .expect(201);
     TestServer::send(
-        srv.request(Method::GET, &format!("/v1/api-keys/{}", t.token))
-            .bearer_auth(&key)
-            .header("User-Agent", ua),
+        srv.request(Method::GET, &format!("/v1/api-keys/{}", t.token)).bearer_auth(&key).header("User-Agent", ua),
     )
     .await
     .expect(404);
-    srv.call(
-        Method::GET,
-        "/sysadmin/v1/tenants",
-        Some(&srv.master_key.clone()),
-        None,
-    )
-    .await
-    .expect(200);
-    srv.call(
-        Method::POST,
-        "/v1/auth/refresh",
-        None,
-        Some(json!({"refresh_token": t.refresh})),
-    )
-    .await
-    .expect(200);
+    srv.call(Method::GET, "/sysadmin/v1/tenants", Some(&srv.master_key.clone()), None).await.expect(200);
+    srv.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": t.refresh}))).await.expect(200);
     let master_key = srv.master_key.clone();
     srv.stop().await;
 
@@ -126,16 +88,10 @@ async fn logs_carry_facts_but_no_secrets(b: Backend) {
         &master_key,
         PASSWORD,
     ] {
-        assert!(
-            !out.contains(planted),
-            "`{planted}` reached the log:\n{out}"
-        );
+        assert!(!out.contains(planted), "`{planted}` reached the log:\n{out}");
     }
     // And the facts are there, as JSON lines.
-    let lines: Vec<Value> = out
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let lines: Vec<Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let me = lines
         .iter()
         .find(|l| l["request_id"] == "planted-request-1")

@@ -13,4 +13,5 @@ mod input;
 mod isolation;
 mod logs;
 mod sysadmin;
+mod tls;
 mod users;

@@ -5,10 +5,7 @@ use serde_json::json;
 
 use crate::common::{Backend, TestServer, PASSWORD};
 
-backend_tests!(
-    create_list_and_validate,
-    frozen_tenant_is_refused_everywhere
-);
+backend_tests!(create_list_and_validate, frozen_tenant_is_refused_everywhere);
 
 async fn create_list_and_validate(b: Backend) {
     let srv = TestServer::start(b).await;
@@ -27,15 +24,8 @@ async fn create_list_and_validate(b: Backend) {
     assert!(r.body.get("password").is_none() && !r.text.contains(PASSWORD));
     // The owner is active at once.
     srv.login("op@example.com", PASSWORD).await;
-    let list = srv
-        .admin(Method::GET, "/sysadmin/v1/tenants", None)
-        .await
-        .expect(200);
-    assert!(list.body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|t| t["id"] == id && t["status"] == "active"));
+    let list = srv.admin(Method::GET, "/sysadmin/v1/tenants", None).await.expect(200);
+    assert!(list.body["data"].as_array().unwrap().iter().any(|t| t["id"] == id && t["status"] == "active"));
 
     let bad = srv
         .admin(
@@ -45,37 +35,21 @@ async fn create_list_and_validate(b: Backend) {
         )
         .await
         .expect(400);
-    let fields: Vec<_> = bad.body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap().to_owned())
-        .collect();
+    let fields: Vec<_> =
+        bad.body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect();
     assert_eq!(fields, ["name", "owner.email", "owner.password"]);
     let dup = srv
         .admin(
             Method::POST,
             "/sysadmin/v1/tenants",
-            Some(
-                json!({"name": "Op2", "owner": {"email": "op@example.com", "password": PASSWORD}}),
-            ),
+            Some(json!({"name": "Op2", "owner": {"email": "op@example.com", "password": PASSWORD}})),
         )
         .await
         .expect(400);
     assert_eq!(dup.body["errors"][0]["field"], "owner.email");
-    srv.admin(
-        Method::POST,
-        &format!("/sysadmin/v1/tenants/{}/freeze", uuid::Uuid::new_v4()),
-        None,
-    )
-    .await
-    .expect(404);
-    srv.admin(Method::POST, "/sysadmin/v1/tenants/not-a-uuid/freeze", None)
-        .await
-        .expect(404);
-    srv.call(Method::POST, "/sysadmin/v1/tenants", None, Some(json!({})))
-        .await
-        .expect(401);
+    srv.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/freeze", uuid::Uuid::new_v4()), None).await.expect(404);
+    srv.admin(Method::POST, "/sysadmin/v1/tenants/not-a-uuid/freeze", None).await.expect(404);
+    srv.call(Method::POST, "/sysadmin/v1/tenants", None, Some(json!({}))).await.expect(401);
     srv.stop().await;
 }
 
@@ -83,71 +57,27 @@ async fn frozen_tenant_is_refused_everywhere(b: Backend) {
     let srv = TestServer::start(b).await;
     let t = srv.tenant("Frozen").await;
     let other = srv.tenant("Unaffected").await;
-    let (_, key) = srv
-        .api_key(&t.token, json!({"name": "k", "role": "admin"}))
-        .await;
-    srv.admin(
-        Method::POST,
-        &format!("/sysadmin/v1/tenants/{}/freeze", t.id),
-        None,
-    )
-    .await
-    .expect(200);
+    let (_, key) = srv.api_key(&t.token, json!({"name": "k", "role": "admin"})).await;
+    srv.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/freeze", t.id), None).await.expect(200);
     for cred in [&t.token, &key] {
         let r = srv.get("/v1/me", cred).await.expect(423);
         assert_eq!(r.body["reason"], "frozen");
         assert_eq!(r.body["type"], "urn:palisade:problem:frozen");
     }
-    srv.call(
-        Method::POST,
-        "/v1/auth/login",
-        None,
-        Some(json!({"email": t.email, "password": PASSWORD})),
-    )
-    .await
-    .expect(423);
-    srv.call(
-        Method::POST,
-        "/v1/auth/refresh",
-        None,
-        Some(json!({"refresh_token": t.refresh})),
-    )
-    .await
-    .expect(423);
-    srv.get("/v1/me", &other.token).await.expect(200);
-    let list = srv
-        .admin(Method::GET, "/sysadmin/v1/tenants", None)
+    srv.call(Method::POST, "/v1/auth/login", None, Some(json!({"email": t.email, "password": PASSWORD})))
         .await
-        .expect(200);
-    assert!(list.body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|x| x["id"] == t.id.as_str() && x["status"] == "frozen"));
+        .expect(423);
+    srv.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": t.refresh}))).await.expect(423);
+    srv.get("/v1/me", &other.token).await.expect(200);
+    let list = srv.admin(Method::GET, "/sysadmin/v1/tenants", None).await.expect(200);
+    assert!(list.body["data"].as_array().unwrap().iter().any(|x| x["id"] == t.id.as_str() && x["status"] == "frozen"));
 
-    srv.admin(
-        Method::POST,
-        &format!("/sysadmin/v1/tenants/{}/unfreeze", t.id),
-        None,
-    )
-    .await
-    .expect(200);
+    srv.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/unfreeze", t.id), None).await.expect(200);
     srv.get("/v1/me", &key).await.expect(200);
     let (fresh, _) = srv.login(&t.email, PASSWORD).await;
-    let actions: Vec<_> = srv
-        .events(&fresh, "resource_type=tenant")
-        .await
-        .iter()
-        .map(|e| e["action"].clone())
-        .collect();
-    assert_eq!(
-        actions,
-        [
-            json!("tenant.created"),
-            json!("tenant.frozen"),
-            json!("tenant.unfrozen")
-        ]
-    );
+    let actions: Vec<_> =
+        srv.events(&fresh, "resource_type=tenant").await.iter().map(|e| e["action"].clone()).collect();
+    assert_eq!(actions, [json!("tenant.created"), json!("tenant.frozen"), json!("tenant.unfrozen")]);
     let ev = srv.events(&fresh, "action=tenant.frozen").await;
     assert_eq!(ev[0]["actor"]["type"], "sysadmin");
     srv.stop().await;

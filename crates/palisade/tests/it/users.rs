@@ -5,28 +5,16 @@ use serde_json::json;
 
 use crate::common::{Backend, TestServer, PASSWORD};
 
-backend_tests!(
-    invite_accept_and_roles,
-    nobody_exceeds_themselves,
-    last_owner_stays
-);
+backend_tests!(invite_accept_and_roles, nobody_exceeds_themselves, last_owner_stays);
 
 async fn invite(srv: &TestServer, token: &str, email: &str, role: &str) -> (String, String) {
-    let r = srv
-        .post("/v1/users", token, json!({"email": email, "role": role}))
-        .await
-        .expect(201);
+    let r = srv.post("/v1/users", token, json!({"email": email, "role": role})).await.expect(201);
     assert_eq!(r.body["status"], "invited");
     let id = r.body["id"].as_str().unwrap().to_owned();
     let invite = srv.mailed_token(email);
-    srv.call(
-        Method::POST,
-        "/v1/auth/accept-invite",
-        None,
-        Some(json!({"token": invite, "password": PASSWORD})),
-    )
-    .await
-    .expect(200);
+    srv.call(Method::POST, "/v1/auth/accept-invite", None, Some(json!({"token": invite, "password": PASSWORD})))
+        .await
+        .expect(200);
     let (access, _) = srv.login(email, PASSWORD).await;
     (id, access)
 }
@@ -35,88 +23,36 @@ async fn invite_accept_and_roles(b: Backend) {
     let srv = TestServer::start(b).await;
     let t = srv.tenant("People").await;
     // An invited person cannot log in before accepting.
-    srv.post(
-        "/v1/users",
-        &t.token,
-        json!({"email": "later@example.com", "role": "read_only"}),
-    )
-    .await
-    .expect(201);
-    srv.call(
-        Method::POST,
-        "/v1/auth/login",
-        None,
-        Some(json!({"email": "later@example.com", "password": PASSWORD})),
-    )
-    .await
-    .expect(401);
+    srv.post("/v1/users", &t.token, json!({"email": "later@example.com", "role": "read_only"})).await.expect(201);
+    srv.call(Method::POST, "/v1/auth/login", None, Some(json!({"email": "later@example.com", "password": PASSWORD})))
+        .await
+        .expect(401);
 
     let (id, access) = invite(&srv, &t.token, "reader@example.com", "read_only").await;
     let me = srv.get("/v1/me", &access).await.expect(200);
     assert_eq!(me.body["role"], "read_only");
     assert_eq!(me.body["tenant"]["id"], t.id.as_str());
-    srv.post(
-        "/v1/api-keys",
-        &access,
-        json!({"name": "x", "role": "read_only"}),
-    )
-    .await
-    .expect(403);
+    srv.post("/v1/api-keys", &access, json!({"name": "x", "role": "read_only"})).await.expect(403);
 
     // A role change takes effect on the very next request, same token.
-    srv.call(
-        Method::PATCH,
-        &format!("/v1/users/{id}"),
-        Some(&t.token),
-        Some(json!({"role": "admin"})),
-    )
-    .await
-    .expect(200);
-    srv.post(
-        "/v1/api-keys",
-        &access,
-        json!({"name": "x", "role": "read_only"}),
-    )
-    .await
-    .expect(201);
+    srv.call(Method::PATCH, &format!("/v1/users/{id}"), Some(&t.token), Some(json!({"role": "admin"})))
+        .await
+        .expect(200);
+    srv.post("/v1/api-keys", &access, json!({"name": "x", "role": "read_only"})).await.expect(201);
     let list = srv.get("/v1/users", &t.token).await.expect(200);
     assert_eq!(list.body["data"].as_array().unwrap().len(), 3);
 
     // Removal ends their sessions at once.
-    srv.call(
-        Method::DELETE,
-        &format!("/v1/users/{id}"),
-        Some(&t.token),
-        None,
-    )
-    .await
-    .expect(204);
+    srv.call(Method::DELETE, &format!("/v1/users/{id}"), Some(&t.token), None).await.expect(204);
     srv.get("/v1/me", &access).await.expect(401);
-    srv.get(&format!("/v1/users/{id}"), &t.token)
-        .await
-        .expect(404);
-    let actions: Vec<_> = srv
-        .events(&t.token, "resource_type=user")
-        .await
-        .iter()
-        .map(|e| e["action"].clone())
-        .collect();
-    for a in [
-        "user.invited",
-        "user.invite_accepted",
-        "user.role_changed",
-        "user.removed",
-    ] {
+    srv.get(&format!("/v1/users/{id}"), &t.token).await.expect(404);
+    let actions: Vec<_> =
+        srv.events(&t.token, "resource_type=user").await.iter().map(|e| e["action"].clone()).collect();
+    for a in ["user.invited", "user.invite_accepted", "user.role_changed", "user.removed"] {
         assert!(actions.contains(&json!(a)), "{a}");
     }
     // Invitations go to a free address only.
-    srv.post(
-        "/v1/users",
-        &t.token,
-        json!({"email": t.email, "role": "read_only"}),
-    )
-    .await
-    .expect(409);
+    srv.post("/v1/users", &t.token, json!({"email": t.email, "role": "read_only"})).await.expect(409);
     srv.stop().await;
 }
 
@@ -125,42 +61,16 @@ async fn nobody_exceeds_themselves(b: Backend) {
     let t = srv.tenant("Bounds").await;
     let (_, admin) = invite(&srv, &t.token, "admin@example.com", "admin").await;
     // An admin cannot create an owner, nor touch one.
-    srv.post(
-        "/v1/users",
-        &admin,
-        json!({"email": "x@example.com", "role": "owner"}),
-    )
-    .await
-    .expect(403);
-    srv.call(
-        Method::PATCH,
-        &format!("/v1/users/{}", t.owner_id),
-        Some(&admin),
-        Some(json!({"role": "read_only"})),
-    )
-    .await
-    .expect(403);
-    srv.call(
-        Method::DELETE,
-        &format!("/v1/users/{}", t.owner_id),
-        Some(&admin),
-        None,
-    )
-    .await
-    .expect(403);
+    srv.post("/v1/users", &admin, json!({"email": "x@example.com", "role": "owner"})).await.expect(403);
+    srv.call(Method::PATCH, &format!("/v1/users/{}", t.owner_id), Some(&admin), Some(json!({"role": "read_only"})))
+        .await
+        .expect(403);
+    srv.call(Method::DELETE, &format!("/v1/users/{}", t.owner_id), Some(&admin), None).await.expect(403);
     // Read-only people manage nobody; integration keys do not even list.
     let (_, reader) = invite(&srv, &t.token, "ro@example.com", "read_only").await;
-    srv.post(
-        "/v1/users",
-        &reader,
-        json!({"email": "y@example.com", "role": "read_only"}),
-    )
-    .await
-    .expect(403);
+    srv.post("/v1/users", &reader, json!({"email": "y@example.com", "role": "read_only"})).await.expect(403);
     srv.get("/v1/users", &reader).await.expect(200);
-    let (_, integ) = srv
-        .api_key(&t.token, json!({"name": "i", "role": "integration"}))
-        .await;
+    let (_, integ) = srv.api_key(&t.token, json!({"name": "i", "role": "integration"})).await;
     srv.get("/v1/users", &integ).await.expect(403);
     srv.stop().await;
 }
@@ -168,33 +78,15 @@ async fn nobody_exceeds_themselves(b: Backend) {
 async fn last_owner_stays(b: Backend) {
     let srv = TestServer::start(b).await;
     let t = srv.tenant("Owners").await;
-    let r = srv
-        .call(
-            Method::DELETE,
-            &format!("/v1/users/{}", t.owner_id),
-            Some(&t.token),
-            None,
-        )
+    let r = srv.call(Method::DELETE, &format!("/v1/users/{}", t.owner_id), Some(&t.token), None).await.expect(409);
+    assert_eq!(r.body["reason"], "conflict");
+    srv.call(Method::PATCH, &format!("/v1/users/{}", t.owner_id), Some(&t.token), Some(json!({"role": "admin"})))
         .await
         .expect(409);
-    assert_eq!(r.body["reason"], "conflict");
-    srv.call(
-        Method::PATCH,
-        &format!("/v1/users/{}", t.owner_id),
-        Some(&t.token),
-        Some(json!({"role": "admin"})),
-    )
-    .await
-    .expect(409);
     let (second, _) = invite(&srv, &t.token, "owner2@example.com", "owner").await;
-    srv.call(
-        Method::PATCH,
-        &format!("/v1/users/{}", t.owner_id),
-        Some(&t.token),
-        Some(json!({"role": "admin"})),
-    )
-    .await
-    .expect(200);
+    srv.call(Method::PATCH, &format!("/v1/users/{}", t.owner_id), Some(&t.token), Some(json!({"role": "admin"})))
+        .await
+        .expect(200);
     let _ = second;
     srv.stop().await;
 }
