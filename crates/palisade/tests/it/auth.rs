@@ -17,6 +17,9 @@ backend_tests!(
     credentials_only_in_headers,
     bad_tokens_all_look_alike,
     wrong_credential_kind_per_route_group,
+    racing_refreshes_cannot_both_win,
+    expired_revocations_are_purged,
+    openapi_document_is_generated,
 );
 
 async fn signup_verify_login(b: Backend) {
@@ -272,3 +275,50 @@ async fn wrong_credential_kind_per_route_group(b: Backend) {
     srv.call(Method::GET, "/sysadmin/v1/tenants", Some(&wrong), None).await.expect(401);
     srv.stop().await;
 }
+
+async fn racing_refreshes_cannot_both_win(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let t = srv.tenant("Race").await;
+    let body = json!({"refresh_token": t.refresh});
+    let calls = (0..8).map(|_| srv.call(Method::POST, "/v1/auth/refresh", None, Some(body.clone())));
+    let results = futures_util::future::join_all(calls).await;
+    let ok = results.iter().filter(|r| r.status == 200).count();
+    assert_eq!(ok, 1, "exactly one rotation may succeed: {:?}", results.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert!(results.iter().all(|r| r.status == 200 || r.status == 401));
+    srv.stop().await;
+}
+
+async fn expired_revocations_are_purged(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let t = srv.tenant("Purge").await;
+    srv.call(Method::POST, "/v1/auth/logout", Some(&t.token), None).await.expect(204);
+    let count = |srv: &TestServer| {
+        let db = srv.state().db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM revoked_jtis").fetch_one(db.reader()).await.unwrap()
+        }
+    };
+    assert_eq!(count(&srv).await, 1);
+    let state = srv.state().clone();
+    palisade_store::tokens::purge_expired(&state.db, srv.clock.now_ms()).await.unwrap();
+    assert_eq!(count(&srv).await, 1, "a revocation stays while the token could still be used");
+    srv.clock.advance_ms(3601 * 1000);
+    palisade_store::tokens::purge_expired(&state.db, srv.clock.now_ms()).await.unwrap();
+    assert_eq!(count(&srv).await, 0);
+    srv.get("/v1/me", &t.token).await.expect(401);
+    srv.stop().await;
+}
+
+async fn openapi_document_is_generated(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let doc = srv.call(Method::GET, "/v1/openapi.json", None, None).await.expect(200).body;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    let paths = doc["paths"].as_object().unwrap();
+    for p in ["/v1/auth/login", "/v1/api-keys/{id}/rotate", "/v1/users/{id}", "/v1/events", "/sysadmin/v1/tenants"] {
+        assert!(paths.contains_key(p), "{p} missing");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    srv.stop().await;
+}
+
+use palisade_core::Clock;
