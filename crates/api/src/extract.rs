@@ -18,7 +18,7 @@ use palisade_core::{
 use serde::de::DeserializeOwned;
 
 use crate::middleware::{note_tenant, ClientIp, RequestId};
-use crate::state::AppState;
+use crate::state::{AppState, MasterKey};
 
 /// Request context recorded with every audit event.
 #[derive(Debug, Clone)]
@@ -174,7 +174,14 @@ async fn authenticate_api_key(
     let tenant_id = TenantId::from_str(&row.tenant_id).map_err(ApiError::internal)?;
     let key_id = ApiKeyId::from_str(&row.id).map_err(ApiError::internal)?;
     let names: Vec<String> = serde_json::from_str(&row.permissions).map_err(ApiError::internal)?;
-    let permissions = PermissionSet::parse(names.iter().map(String::as_str)).map_err(ApiError::internal)?;
+    let mut permissions = PermissionSet::parse(names.iter().map(String::as_str)).map_err(ApiError::internal)?;
+    // A key never holds more than the person answerable for it holds now:
+    // a demotion narrows their keys, a removal disables them.
+    let owner_user_id = row.owner_user_id.as_deref().map(UserId::from_str).transpose().map_err(ApiError::internal)?;
+    if owner_user_id.is_some() {
+        let owner_role = row.owner_role.as_deref().and_then(|r| Role::from_str(r).ok()).ok_or_else(ApiError::unauthenticated)?;
+        permissions = permissions.intersect(owner_role.permissions());
+    }
     if row.last_used_at.is_none_or(|t| t < now - 60_000) {
         let state = state.clone();
         let scope = TenantScope::for_system(tenant_id);
@@ -184,7 +191,7 @@ async fn authenticate_api_key(
             }
         });
     }
-    Ok(Principal::authenticated(tenant_id, PrincipalKind::ApiKey { key_id }, permissions))
+    Ok(Principal::authenticated(tenant_id, PrincipalKind::ApiKey { key_id, owner_user_id }, permissions))
 }
 
 /// The operator, authenticated by the master key on `/sysadmin` routes only.
@@ -198,12 +205,22 @@ impl FromRequestParts<AppState> for Sysadmin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let ctx = ctx_of(parts);
-        match bearer(&parts.headers).map(Credential::classify) {
-            Some(Credential::MasterKey(k)) if ct_eq(&sha256(k), &state.master_key_hash) => {
-                Ok(Sysadmin { proof: SysadminProof::verified(), ctx })
+        let Some(Credential::MasterKey(key)) = bearer(&parts.headers).map(Credential::classify) else {
+            return Err(ApiError::unauthenticated());
+        };
+        let valid = match &state.master_key {
+            MasterKey::Configured(hash) => ct_eq(&sha256(key), hash),
+            MasterKey::Stored => {
+                let stored = palisade_store::settings::get(state.db.reader(), palisade_store::settings::MASTER_KEY_SHA256)
+                    .await?
+                    .unwrap_or_default();
+                !stored.is_empty() && ct_eq(sha256_hex(key).as_bytes(), stored.as_bytes())
             }
-            _ => Err(ApiError::unauthenticated()),
+        };
+        if !valid {
+            return Err(ApiError::unauthenticated());
         }
+        Ok(Sysadmin { proof: SysadminProof::verified(), ctx })
     }
 }
 

@@ -9,4 +9,4 @@ pub mod routes;
 pub mod state;
 
 pub use routes::router;
-pub use state::{AppState, Services};
+pub use state::{AppState, MasterKey, Services};

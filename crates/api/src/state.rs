@@ -15,11 +15,19 @@ pub struct Services {
     pub db: Db,
     pub config: Config,
     pub jwt: JwtKeys,
-    /// SHA-256 of the master key; the key itself is never kept.
-    pub master_key_hash: [u8; 32],
+    pub master_key: MasterKey,
     pub mailer: Mailer,
     pub clock: Arc<dyn Clock>,
     pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Where the master key's hash lives; the key itself is never kept.
+pub enum MasterKey {
+    /// SHA-256 of the key from configuration.
+    Configured([u8; 32]),
+    /// The generated key's hash in the database, read on each use so a
+    /// rotation takes effect at once on every instance.
+    Stored,
 }
 
 impl std::ops::Deref for AppState {

@@ -92,6 +92,9 @@ impl PermissionSet {
     pub fn is_subset_of(self, other: PermissionSet) -> bool {
         self.0 & !other.0 == 0
     }
+    pub fn intersect(self, other: PermissionSet) -> PermissionSet {
+        PermissionSet(self.0 & other.0)
+    }
     pub fn iter(self) -> impl Iterator<Item = Permission> {
         Permission::ALL.iter().copied().filter(move |p| self.contains(*p))
     }

@@ -17,8 +17,8 @@ pub struct Principal {
 pub enum PrincipalKind {
     /// A person, authenticated by an access token.
     User { user_id: UserId, role: Role, jti: String, family_id: String, expires_at_ms: i64 },
-    /// An API key.
-    ApiKey { key_id: ApiKeyId },
+    /// An API key; `owner_user_id` is the person answerable for it.
+    ApiKey { key_id: ApiKeyId, owner_user_id: Option<UserId> },
 }
 
 impl Principal {
@@ -63,7 +63,7 @@ impl Principal {
     pub fn actor(&self) -> Actor {
         match &self.kind {
             PrincipalKind::User { user_id, .. } => Actor::user(*user_id),
-            PrincipalKind::ApiKey { key_id } => Actor::api_key(*key_id),
+            PrincipalKind::ApiKey { key_id, .. } => Actor::api_key(*key_id),
         }
     }
 }
@@ -139,7 +139,7 @@ mod tests {
     fn scope_requires_permission() {
         let p = Principal::authenticated(
             TenantId::new(),
-            PrincipalKind::ApiKey { key_id: ApiKeyId::new() },
+            PrincipalKind::ApiKey { key_id: ApiKeyId::new(), owner_user_id: None },
             Role::ReadOnly.permissions(),
         );
         assert!(p.require(Permission::KeysRead).is_ok());

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use palisade_api::{AppState, Services};
-use palisade_auth::token::{new_master_key, sha256};
+use palisade_api::{AppState, MasterKey, Services};
+use palisade_auth::token::{new_master_key, sha256, sha256_hex};
 use palisade_auth::JwtKeys;
 use palisade_config::{Config, Mode};
 use palisade_core::Clock;
@@ -20,7 +20,7 @@ use palisade_mail::Mailer;
 use palisade_store::{create_private_dir, Db};
 use tokio::net::TcpListener;
 
-const MASTER_KEY_SETTING: &str = "master_key_sha256";
+use palisade_store::settings::MASTER_KEY_SHA256 as MASTER_KEY_SETTING;
 
 /// Opens the database (creating the data dir 0700) and applies migrations.
 pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
@@ -33,7 +33,7 @@ pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
 /// Builds every service the API needs.
 pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<AppState> {
     let db = open_db(&config).await?;
-    let master_key_hash = master_key_hash(&config, &db).await?;
+    let master_key = master_key(&config, &db).await?;
     let jwt = jwt_keys(&config)?;
     let mailer = match &config.mail.smtp_url {
         Some(url) => Mailer::smtp(url.expose(), &config.mail.from)?,
@@ -45,42 +45,26 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         }
     };
     let trusted_proxies = config.server.trust_proxy.clone();
-    Ok(AppState(Arc::new(Services { db, config, jwt, master_key_hash, mailer, clock, trusted_proxies })))
+    Ok(AppState(Arc::new(Services { db, config, jwt, master_key, mailer, clock, trusted_proxies })))
 }
 
 /// The configured master key wins. In dev mode without one, a key is
 /// generated on first start and written to `data/master.key` (0600); only
-/// its hash is kept in the database.
-async fn master_key_hash(config: &Config, db: &Db) -> anyhow::Result<[u8; 32]> {
+/// its hash is kept, in the database.
+async fn master_key(config: &Config, db: &Db) -> anyhow::Result<MasterKey> {
     if let Some(k) = &config.admin.master_key {
-        return Ok(sha256(k.expose()));
+        return Ok(MasterKey::Configured(sha256(k.expose())));
     }
-    if let Some(hex_hash) = palisade_store::settings::get(db.reader(), MASTER_KEY_SETTING).await? {
-        return decode_hash(&hex_hash);
+    if palisade_store::settings::get(db.reader(), MASTER_KEY_SETTING).await?.is_none() {
+        let path = rotate_master_key(config, db).await?;
+        eprintln!(
+            "palisade: generated a sysadmin master key; it is in {} (readable by you only). \
+             Use it as `Authorization: Bearer $(cat {})` on /sysadmin routes.",
+            path.display(),
+            path.display()
+        );
     }
-    let path = rotate_master_key(config, db).await?;
-    eprintln!(
-        "palisade: generated a sysadmin master key; it is in {} (readable by you only). \
-         Use it as `Authorization: Bearer $(cat {})` on /sysadmin routes.",
-        path.display(),
-        path.display()
-    );
-    let hex_hash = palisade_store::settings::get(db.reader(), MASTER_KEY_SETTING)
-        .await?
-        .context("master key hash was not stored")?;
-    decode_hash(&hex_hash)
-}
-
-fn decode_hash(hex_hash: &str) -> anyhow::Result<[u8; 32]> {
-    let mut out = [0u8; 32];
-    let bytes = (0..hex_hash.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex_hash.get(i..i + 2).unwrap_or("zz"), 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .context("stored master key hash is corrupt")?;
-    anyhow::ensure!(bytes.len() == 32, "stored master key hash is corrupt");
-    out.copy_from_slice(&bytes);
-    Ok(out)
+    Ok(MasterKey::Stored)
 }
 
 /// Generates a new master key, stores its hash and writes the key to
@@ -89,8 +73,7 @@ pub async fn rotate_master_key(config: &Config, db: &Db) -> anyhow::Result<std::
     let key = new_master_key();
     let path = config.server.data_dir.join("master.key");
     write_private(&path, format!("{key}\n").as_bytes())?;
-    let hash: String = sha256(&key).iter().map(|b| format!("{b:02x}")).collect();
-    palisade_store::settings::put(db.writer(), MASTER_KEY_SETTING, &hash).await?;
+    palisade_store::settings::put(db.writer(), MASTER_KEY_SETTING, &sha256_hex(&key)).await?;
     Ok(path)
 }
 

@@ -17,6 +17,7 @@ pub struct ApiKeyRow {
     pub role: Option<String>,
     pub created_by_type: String,
     pub created_by_id: Option<String>,
+    pub owner_user_id: Option<String>,
     pub expires_at: Option<i64>,
     pub allowed_ips: String,
     pub allowed_origins: String,
@@ -28,9 +29,12 @@ pub struct ApiKeyRow {
     /// Filled only by [`find_by_hash`], which authentication uses.
     #[sqlx(default)]
     pub tenant_status: Option<String>,
+    /// Filled only by [`find_by_hash`]: the owner's current role if they are still active.
+    #[sqlx(default)]
+    pub owner_role: Option<String>,
 }
 
-const COLS: &str = "id, tenant_id, name, prefix, permissions, role, created_by_type, created_by_id, expires_at, \
+const COLS: &str = "id, tenant_id, name, prefix, permissions, role, created_by_type, created_by_id, owner_user_id, expires_at, \
     allowed_ips, allowed_origins, status, revoked_at, last_used_at, created_at, prev_valid_until";
 
 pub struct NewApiKey<'a> {
@@ -43,6 +47,7 @@ pub struct NewApiKey<'a> {
     pub role: Option<&'a str>,
     pub created_by_type: &'a str,
     pub created_by_id: Option<&'a str>,
+    pub owner_user_id: Option<&'a str>,
     pub expires_at: Option<i64>,
     /// JSON arrays.
     pub allowed_ips: &'a str,
@@ -53,8 +58,8 @@ pub struct NewApiKey<'a> {
 pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, k: &NewApiKey<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, permissions, role, created_by_type, \
-         created_by_id, expires_at, allowed_ips, allowed_origins, status, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'active', $13)",
+         created_by_id, owner_user_id, expires_at, allowed_ips, allowed_origins, status, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'active', $14)",
     )
     .bind(k.id.to_string())
     .bind(scope.tenant_id().to_string())
@@ -65,6 +70,7 @@ pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantSco
     .bind(k.role)
     .bind(k.created_by_type)
     .bind(k.created_by_id)
+    .bind(k.owner_user_id)
     .bind(k.expires_at)
     .bind(k.allowed_ips)
     .bind(k.allowed_origins)
@@ -82,7 +88,9 @@ pub async fn find_by_hash<'c>(
     now: i64,
 ) -> Result<Option<ApiKeyRow>> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {COLS}, (SELECT status FROM tenants t WHERE t.id = k.tenant_id) AS tenant_status \
+        "SELECT {COLS}, (SELECT status FROM tenants t WHERE t.id = k.tenant_id) AS tenant_status, \
+           (SELECT role FROM users u WHERE u.id = k.owner_user_id AND u.tenant_id = k.tenant_id AND u.status = 'active') \
+             AS owner_role \
          FROM api_keys k WHERE key_hash = $1 OR (prev_key_hash = $1 AND prev_valid_until > $2) LIMIT 1"
     ))
     .bind(hash)

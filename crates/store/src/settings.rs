@@ -4,6 +4,9 @@ use sqlx::{Any, Executor};
 
 use crate::Result;
 
+/// Hex SHA-256 of the generated master key (when none is configured).
+pub const MASTER_KEY_SHA256: &str = "master_key_sha256";
+
 pub async fn get<'c>(ex: impl Executor<'c, Database = Any>, name: &str) -> Result<Option<String>> {
     Ok(sqlx::query_scalar("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(ex).await?)
 }

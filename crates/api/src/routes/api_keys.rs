@@ -5,7 +5,7 @@ use axum::Json;
 use http::StatusCode;
 use palisade_audit::Event;
 use palisade_auth::token::{new_api_key, sha256_hex};
-use palisade_core::{ApiError, ApiKeyId, FieldError, Permission, PermissionSet, Role};
+use palisade_core::{ApiError, ApiKeyId, FieldError, Permission, PermissionSet, PrincipalKind, Role};
 use palisade_store::api_keys::{ApiKeyRow, NewApiKey};
 use palisade_store::StoreError;
 use serde::{Deserialize, Serialize};
@@ -170,6 +170,11 @@ pub async fn create(
     let perm_json = serde_json::to_string(&permissions.to_strings()).map_err(ApiError::internal)?;
     let ips_json = serde_json::to_string(&nets).map_err(ApiError::internal)?;
     let origins_json = serde_json::to_string(&origins).map_err(ApiError::internal)?;
+    let owner = match auth.principal.kind() {
+        PrincipalKind::User { user_id, .. } => Some(*user_id),
+        PrincipalKind::ApiKey { owner_user_id, .. } => *owner_user_id,
+    }
+    .map(|u| u.to_string());
     let new = NewApiKey {
         id,
         name: &name,
@@ -179,6 +184,7 @@ pub async fn create(
         role: req.role.map(Role::as_str),
         created_by_type: &actor.kind,
         created_by_id: actor.id.as_deref(),
+        owner_user_id: owner.as_deref(),
         expires_at,
         allowed_ips: &ips_json,
         allowed_origins: &origins_json,

@@ -53,7 +53,7 @@ pub async fn me(State(state): State<AppState>, auth: Auth) -> Result<Json<MeResp
                 tenant,
             }
         }
-        PrincipalKind::ApiKey { key_id } => {
+        PrincipalKind::ApiKey { key_id, .. } => {
             let k = palisade_store::api_keys::get(state.db.reader(), &scope, *key_id)
                 .await?
                 .ok_or_else(ApiError::not_found)?;

@@ -66,6 +66,8 @@ CREATE TABLE api_keys (
     role TEXT,
     created_by_type TEXT NOT NULL,
     created_by_id TEXT,
+    -- The person answerable for the key: its permissions never exceed theirs.
+    owner_user_id TEXT,
     expires_at BIGINT,
     allowed_ips TEXT NOT NULL,
     allowed_origins TEXT NOT NULL,
