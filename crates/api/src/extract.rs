@@ -4,10 +4,9 @@
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequest, Path, Request};
 use http::request::Parts;
-use http::{header, HeaderMap, StatusCode};
+use http::{header, HeaderMap};
 use palisade_audit::{Context, Event};
 use palisade_auth::token::{ct_eq, sha256, sha256_hex};
 use palisade_auth::Credential;
@@ -62,16 +61,28 @@ impl Auth {
     /// The tenant scope, if the principal holds `permission`. A refusal is
     /// audited.
     pub async fn scope(&self, permission: Permission) -> Result<TenantScope, ApiError> {
-        self.principal.require(permission).inspect_err(|_| {
-            let event = Event::new("permission.denied", Some(self.principal.tenant_id()), self.principal.actor())
-                .details(serde_json::json!({ "permission": permission.as_str() }));
-            let (state, ctx) = (self.state.clone(), self.ctx.audit.clone());
-            tokio::spawn(async move {
-                if let Err(e) = palisade_audit::append(state.db.writer(), &event, &ctx, state.now_ms()).await {
-                    tracing::error!(error = %e, "audit append failed");
-                }
-            });
-        })
+        self.principal
+            .require(permission)
+            .inspect_err(|_| self.audit_denial(serde_json::json!({ "permission": permission.as_str() })))
+    }
+
+    /// A 403 for a rule other than a missing permission (granting more than
+    /// one holds), audited like one.
+    pub fn denied(&self, detail: &'static str) -> ApiError {
+        self.audit_denial(serde_json::json!({ "rule": detail }));
+        ApiError::forbidden_because(detail)
+    }
+
+    fn audit_denial(&self, details: serde_json::Value) {
+        let event =
+            Event::new("permission.denied", Some(self.principal.tenant_id()), self.principal.actor()).details(details);
+        let (state, ctx) = (self.state.clone(), self.ctx.audit.clone());
+        // Off the request path: a refusal should not wait on a write.
+        tokio::spawn(async move {
+            if let Err(e) = palisade_audit::append(state.db.writer(), &event, &ctx, state.now_ms()).await {
+                tracing::error!(error = %e, "audit append failed");
+            }
+        });
     }
 }
 
@@ -179,7 +190,8 @@ async fn authenticate_api_key(
     // a demotion narrows their keys, a removal disables them.
     let owner_user_id = row.owner_user_id.as_deref().map(UserId::from_str).transpose().map_err(ApiError::internal)?;
     if owner_user_id.is_some() {
-        let owner_role = row.owner_role.as_deref().and_then(|r| Role::from_str(r).ok()).ok_or_else(ApiError::unauthenticated)?;
+        let owner_role =
+            row.owner_role.as_deref().and_then(|r| Role::from_str(r).ok()).ok_or_else(ApiError::unauthenticated)?;
         permissions = permissions.intersect(owner_role.permissions());
     }
     if row.last_used_at.is_none_or(|t| t < now - 60_000) {
@@ -211,9 +223,10 @@ impl FromRequestParts<AppState> for Sysadmin {
         let valid = match &state.master_key {
             MasterKey::Configured(hash) => ct_eq(&sha256(key), hash),
             MasterKey::Stored => {
-                let stored = palisade_store::settings::get(state.db.reader(), palisade_store::settings::MASTER_KEY_SHA256)
-                    .await?
-                    .unwrap_or_default();
+                let stored =
+                    palisade_store::settings::get(state.db.reader(), palisade_store::settings::MASTER_KEY_SHA256)
+                        .await?
+                        .unwrap_or_default();
                 !stored.is_empty() && ct_eq(sha256_hex(key).as_bytes(), stored.as_bytes())
             }
         };
@@ -236,14 +249,21 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ValidJson<T> {
         if !is_json(req.headers()) {
             return Err(ApiError::unsupported_media_type());
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::payload_too_large()
+        let limits = &state.config.limits;
+        let too_large = || ApiError::payload_too_large().with_extra("limit_bytes", limits.max_json_bytes);
+        // A declared oversize body is refused before any of it is read; a
+        // chunked one as soon as it crosses the limit.
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limits.max_json_bytes) {
+            return Err(too_large());
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), limits.max_json_bytes).await.map_err(|e| {
+            if is_length_limit(&e) {
+                too_large()
             } else {
                 ApiError::validation("body", "The body could not be read.")
             }
         })?;
-        let limits = &state.config.limits;
         if !palisade_guard::input::json_depth_within(&bytes, limits.max_json_depth) {
             return Err(ApiError::validation("body", format!("JSON nesting deeper than {}", limits.max_json_depth)));
         }
@@ -268,6 +288,17 @@ impl<T: DeserializeOwned> OptionalFromRequest<AppState> for ValidJson<T> {
         }
         <Self as FromRequest<AppState>>::from_request(req, state).await.map(Some)
     }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn json_error(e: &serde_json::Error) -> String {

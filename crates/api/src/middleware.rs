@@ -43,8 +43,11 @@ pub async fn request(State(state): State<AppState>, mut req: Request, next: Next
     let request_id = sane_request_id(req.headers()).unwrap_or_else(|| Uuid::new_v4().to_string());
     let peer =
         req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    let xff = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let client = palisade_guard::net::client_ip(peer, xff, &state.trusted_proxies);
+    // Proxies may add a header line rather than extend the first one, so
+    // every line counts, in order; the rightmost untrusted hop is the client.
+    let xff: Vec<&str> = req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+    let xff = (!xff.is_empty()).then(|| xff.join(","));
+    let client = palisade_guard::net::client_ip(peer, xff.as_deref(), &state.trusted_proxies);
     let method = req.method().clone();
     let route =
         req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());

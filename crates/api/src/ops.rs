@@ -50,18 +50,37 @@ pub fn all_valid<const N: usize>(results: [Result<(), FieldError>; N]) -> Result
     }
 }
 
+/// Each Argon2id run takes 19 MiB and a core for tens of milliseconds, and
+/// login is reachable without a credential: bound how many run at once and
+/// refuse (503, retry shortly) rather than queue without limit.
+fn argon2_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(2);
+        tokio::sync::Semaphore::new(cores * 2)
+    })
+}
+
+const ARGON2_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn with_argon2<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    let busy = || {
+        ApiError::new(http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Too many sign-ins at once; retry shortly.")
+            .with_header(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"))
+            .with_extra("retry_after", 1)
+    };
+    let _permit =
+        tokio::time::timeout(ARGON2_WAIT, argon2_slots().acquire()).await.map_err(|_| busy())?.map_err(|_| busy())?;
+    tokio::task::spawn_blocking(work).await.map_err(ApiError::internal)
+}
+
 /// Argon2id on a blocking thread, off the async workers.
 pub async fn hash_password(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || palisade_auth::password::hash(&password))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
+    with_argon2(move || palisade_auth::password::hash(&password)).await?.map_err(ApiError::internal)
 }
 
 pub async fn verify_password(password: String, phc: String) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || palisade_auth::password::verify(&password, &phc))
-        .await
-        .map_err(ApiError::internal)
+    with_argon2(move || palisade_auth::password::verify(&password, &phc)).await
 }
 
 /// The operator creates a tenant with an active owner.

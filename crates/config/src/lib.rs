@@ -113,7 +113,10 @@ pub struct Mail {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
+    /// Hard cap for any request body (SPEC: 25 MiB).
     pub max_body_bytes: usize,
+    /// Stricter cap for JSON bodies, which are parsed into memory whole.
+    pub max_json_bytes: usize,
     pub max_json_depth: usize,
     pub max_text_chars: usize,
 }
@@ -164,7 +167,7 @@ impl Default for Mail {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_body_bytes: 25 * 1024 * 1024, max_json_depth: 32, max_text_chars: 8192 }
+        Self { max_body_bytes: 25 * 1024 * 1024, max_json_bytes: 1024 * 1024, max_json_depth: 32, max_text_chars: 8192 }
     }
 }
 
@@ -258,8 +261,31 @@ impl Config {
                 return Err(ConfigError("auth.jwt_secret must be at least 32 bytes".into()));
             }
         }
-        if self.tls_enabled() && (self.server.tls.cert_file.is_none() || self.server.tls.key_file.is_none()) {
-            return Err(ConfigError("server.tls needs both cert_file and key_file".into()));
+        let refresh = self.auth.refresh_token_ttl_secs;
+        if refresh < self.auth.access_token_ttl_secs || refresh > 90 * 24 * 3600 {
+            return Err(ConfigError(
+                "auth.refresh_token_ttl_secs must be at least the access token lifetime and at most 90 days".into(),
+            ));
+        }
+        match (&self.server.tls.cert_file, &self.server.tls.key_file) {
+            (Some(cert), Some(key)) => {
+                for (name, path) in [("server.tls.cert_file", cert), ("server.tls.key_file", key)] {
+                    std::fs::File::open(path)
+                        .map_err(|e| ConfigError(format!("{name}: cannot read {}: {e}", path.display())))?;
+                }
+            }
+            (None, None) => {}
+            _ => return Err(ConfigError("server.tls needs both cert_file and key_file".into())),
+        }
+        for origin in &self.cors.allowed_origins {
+            let o = origin.trim();
+            let ok = o == "*"
+                || (o.starts_with("https://") || o.starts_with("http://")) && !o.ends_with('/') && o.is_ascii();
+            if !ok {
+                return Err(ConfigError(format!(
+                    "cors.allowed_origins: `{o}` is not an origin like https://app.example.com"
+                )));
+            }
         }
         if self.mode == Mode::Production {
             self.production_refusals()?;
@@ -292,6 +318,17 @@ impl Config {
             if is_postgres(url.expose()) && !postgres_url_is_safe(url.expose()) {
                 return refuse("database.url must use sslmode=require or verify-full (or a unix socket)");
             }
+        }
+        match &self.mail.smtp_url {
+            None => {
+                return refuse(
+                    "mail.smtp_url is not set; production sends real mail (smtps://… or smtp://…?tls=required)",
+                )
+            }
+            Some(u) if !(u.expose().starts_with("smtps://") || u.expose().contains("tls=required")) => {
+                return refuse("mail.smtp_url must use TLS: smtps://… or smtp://…?tls=required")
+            }
+            _ => {}
         }
         if !self.tls_enabled() && self.server.trust_proxy.is_empty() {
             return refuse(
@@ -339,20 +376,27 @@ pub fn is_postgres(url: &str) -> bool {
 /// TLS to the database is required unless the connection is a unix socket.
 pub fn postgres_url_is_safe(url: &str) -> bool {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let mut socket = false;
+    let is_path = |h: &str| h.starts_with('/') || h.starts_with("%2F") || h.starts_with("%2f");
+    let mut host_param = None;
     let mut tls = false;
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
             "sslmode" => tls = matches!(v, "require" | "verify-full" | "verify-ca"),
-            "host" => socket |= v.starts_with('/') || v.starts_with("%2F") || v.starts_with("%2f"),
+            "host" => host_param = Some(v),
             _ => {}
         }
     }
-    let authority = base.split("://").nth(1).unwrap_or("");
-    let host = authority.split('/').next().unwrap_or("");
-    let host = host.rsplit('@').next().unwrap_or("");
-    socket |= host.is_empty() || host.starts_with("%2F") || host.starts_with("%2f");
+    // A `host=` parameter overrides the authority; only a path is a socket.
+    let socket = match host_param {
+        Some(h) => is_path(h),
+        None => {
+            let authority = base.split("://").nth(1).unwrap_or("");
+            let host = authority.split('/').next().unwrap_or("");
+            let host = host.rsplit('@').next().unwrap_or("");
+            host.is_empty() || is_path(host)
+        }
+    };
     tls || socket
 }
 

@@ -5,6 +5,7 @@ fn prod() -> Config {
     c.admin.master_key = Some(Secret::new(format!("mk_{}", "A".repeat(43))));
     c.auth.jwt_secret = Some(Secret::new("x".repeat(40)));
     c.server.trust_proxy = vec!["10.0.0.0/8".parse().unwrap()];
+    c.mail.smtp_url = Some(Secret::new("smtps://u:p@mail.example.com".into()));
     c
 }
 
@@ -48,6 +49,12 @@ fn production_refusals() {
     let mut c = prod();
     c.server.trust_proxy.clear();
     assert!(refusal(&c).contains("tls"));
+
+    let mut c = prod();
+    c.mail.smtp_url = None;
+    assert!(refusal(&c).contains("smtp_url"));
+    c.mail.smtp_url = Some(Secret::new("smtp://u:p@mail.example.com".into()));
+    assert!(refusal(&c).contains("TLS"));
 }
 
 #[test]
@@ -70,6 +77,8 @@ fn postgres_url_rules() {
     assert!(postgres_url_is_safe("postgresql://%2Fvar%2Frun/db"));
     assert!(!postgres_url_is_safe("postgres://h/db?sslmode=prefer"));
     assert!(!postgres_url_is_safe("postgres://h/db"));
+    assert!(!postgres_url_is_safe("postgres://u:p@/db?host=db.example.com"));
+    assert!(!postgres_url_is_safe("postgres:///db?host=db.example.com&sslmode=disable"));
 }
 
 #[test]

@@ -121,11 +121,8 @@ impl ApiError {
             405 => Self::new(status, "method_not_allowed", "This method is not allowed on this path."),
             413 => Self::payload_too_large(),
             415 => Self::unsupported_media_type(),
-            s if s >= 500 => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "An internal error occurred. It has been logged.",
-            ),
+            503 => Self::new(status, "unavailable", "The service is temporarily unavailable. Try again shortly."),
+            s if s >= 500 => Self::new(status, "internal", "An internal error occurred. It has been logged."),
             _ => Self::new(status, "error", status.canonical_reason().unwrap_or("Error")),
         }
     }
@@ -180,6 +177,7 @@ fn title(reason: &str) -> &'static str {
         "rate_limited" => "Too many requests",
         "blocked" => "Blocked",
         "internal" => "Internal error",
+        "unavailable" => "Service unavailable",
         _ => "Error",
     }
 }

@@ -14,9 +14,21 @@ pub fn sanitize_text(s: &str) -> String {
     s.replace("\r\n", "\n").nfc().filter(|c| !c.is_control() || *c == '\t' || *c == '\n').collect()
 }
 
-/// For one-line fields (names, emails): no control characters at all, trimmed.
+/// For one-line fields (names, emails): no control characters at all, no
+/// invisible bidi or zero-width formatting (which can disguise a name in a
+/// UI or the audit trail), trimmed.
 pub fn sanitize_line(s: &str) -> String {
-    sanitize_text(s).replace(['\t', '\n'], " ").trim().to_owned()
+    sanitize_text(s)
+        .chars()
+        .map(|c| if c == '\t' || c == '\n' { ' ' } else { c })
+        .filter(|c| !is_invisible_format(*c))
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{061C}')
 }
 
 /// Sanitizes every string (keys too) in a JSON document in place and checks
@@ -57,6 +69,11 @@ fn walk(v: &mut Value, path: &mut String, max: usize, errors: &mut Vec<FieldErro
                 path.push('/');
                 path.push_str(&key);
                 walk(&mut item, path, max, errors);
+                if map.contains_key(&key) {
+                    // Two keys that differ only in stripped characters would
+                    // let the body mean one thing to a filter and another here.
+                    errors.push(FieldError { field: field_name(path), message: "duplicate field".into() });
+                }
                 path.truncate(len);
                 map.insert(key, item);
             }
@@ -130,6 +147,7 @@ mod tests {
         assert_eq!(sanitize_text("e\u{301}"), "\u{e9}");
         assert_eq!(sanitize_text("a\u{0}b\u{7}c\td\r\ne\u{1b}[31m"), "abc\td\ne[31m");
         assert_eq!(sanitize_line("  a\tb\nc "), "a b c");
+        assert_eq!(sanitize_line("ad\u{202E}nimda\u{200B}"), "adnimda");
     }
 
     #[test]
@@ -140,6 +158,8 @@ mod tests {
         assert_eq!(errs[0].field, "tags.1");
         assert_eq!(v["name"], "xy");
         assert!(v.get("nk").is_some());
+        let mut dup = serde_json::json!({"role": "read_only", "role\u{1}": "owner"});
+        assert_eq!(sanitize_json(&mut dup, 100).unwrap_err()[0].message, "duplicate field");
     }
 
     #[test]

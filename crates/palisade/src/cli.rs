@@ -196,7 +196,8 @@ async fn serve(config: Config) -> anyhow::Result<i32> {
     let state = crate::build_state(config, Arc::new(SystemClock)).await?;
     let running = crate::start(state, listen).await?;
     tracing::info!(addr = %running.addr, "palisade listening");
-    eprintln!("palisade: listening on http://{}", running.addr);
+    let scheme = if running.state.config.tls_enabled() { "https" } else { "http" };
+    eprintln!("palisade: listening on {scheme}://{}", running.addr);
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.stop().await;

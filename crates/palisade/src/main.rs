@@ -13,6 +13,9 @@ fn main() {
         }
     };
     if let Command::Serve { listen: Some(addr) } = &cli.command {
+        if config.server.public_url == palisade_config::Server::default().public_url {
+            config.server.public_url = format!("http://{addr}");
+        }
         config.server.listen = addr.clone();
         if let Err(e) = config.validate() {
             eprintln!("palisade: {e}");

@@ -34,7 +34,8 @@ pub struct ApiKeyRow {
     pub owner_role: Option<String>,
 }
 
-const COLS: &str = "id, tenant_id, name, prefix, permissions, role, created_by_type, created_by_id, owner_user_id, expires_at, \
+const COLS: &str =
+    "id, tenant_id, name, prefix, permissions, role, created_by_type, created_by_id, owner_user_id, expires_at, \
     allowed_ips, allowed_origins, status, revoked_at, last_used_at, created_at, prev_valid_until";
 
 pub struct NewApiKey<'a> {

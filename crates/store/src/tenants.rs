@@ -44,3 +44,14 @@ pub async fn set_status<'c>(ex: impl Executor<'c, Database = Any>, scope: &Tenan
         .await?;
     Ok(r.rows_affected() == 1)
 }
+
+/// Takes the tenant's row lock for the rest of the transaction, so checks of
+/// tenant-wide invariants (at least one owner) cannot interleave. On SQLite
+/// the single writer already serializes; the statement is harmless there.
+pub async fn lock<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<()> {
+    sqlx::query("UPDATE tenants SET status = status WHERE id = $1")
+        .bind(scope.tenant_id().to_string())
+        .execute(ex)
+        .await?;
+    Ok(())
+}

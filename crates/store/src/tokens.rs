@@ -6,45 +6,98 @@ use sqlx::{Any, Executor};
 
 use crate::Result;
 
+pub struct NewEmailToken<'a> {
+    pub user_id: UserId,
+    pub token_hash: &'a str,
+    pub purpose: &'a str,
+    pub password_hash: Option<&'a str>,
+    pub expires_at: i64,
+}
+
 pub async fn insert_email_token<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
-    user_id: UserId,
-    token_hash: &str,
-    purpose: &str,
-    expires_at: i64,
+    t: &NewEmailToken<'_>,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO email_tokens (token_hash, tenant_id, user_id, purpose, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO email_tokens (token_hash, tenant_id, user_id, purpose, password_hash, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(token_hash)
+    .bind(t.token_hash)
     .bind(scope.tenant_id().to_string())
-    .bind(user_id.to_string())
-    .bind(purpose)
-    .bind(expires_at)
+    .bind(t.user_id.to_string())
+    .bind(t.purpose)
+    .bind(t.password_hash)
+    .bind(t.expires_at)
     .execute(ex)
     .await?;
     Ok(())
 }
 
-/// Marks the token used if it is live; returns (tenant_id, user_id). A
-/// single conditional update, so two racing uses cannot both succeed.
-pub async fn consume_email_token<'c>(
+/// A live token's (tenant_id, user_id), without using it up.
+pub async fn find_email_token<'c>(
     ex: impl Executor<'c, Database = Any>,
     token_hash: &str,
     purpose: &str,
     now: i64,
 ) -> Result<Option<(String, String)>> {
     Ok(sqlx::query_as(
+        "SELECT tenant_id, user_id FROM email_tokens \
+         WHERE token_hash = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > $3",
+    )
+    .bind(token_hash)
+    .bind(purpose)
+    .bind(now)
+    .fetch_optional(ex)
+    .await?)
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UsedEmailToken {
+    pub tenant_id: String,
+    pub user_id: String,
+    pub password_hash: Option<String>,
+}
+
+/// Marks the token used if it is live. A single conditional update, so two
+/// racing uses cannot both succeed.
+pub async fn consume_email_token<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    token_hash: &str,
+    purpose: &str,
+    now: i64,
+) -> Result<Option<UsedEmailToken>> {
+    Ok(sqlx::query_as(
         "UPDATE email_tokens SET used_at = $1 \
          WHERE token_hash = $2 AND purpose = $3 AND used_at IS NULL AND expires_at > $1 \
-         RETURNING tenant_id, user_id",
+         RETURNING tenant_id, user_id, password_hash",
     )
     .bind(now)
     .bind(token_hash)
     .bind(purpose)
     .fetch_optional(ex)
     .await?)
+}
+
+/// Voids a person's other unused tokens of one purpose once one was used.
+pub async fn void_email_tokens<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    user_id: UserId,
+    purpose: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE email_tokens SET used_at = $1 \
+         WHERE tenant_id = $2 AND user_id = $3 AND purpose = $4 AND used_at IS NULL",
+    )
+    .bind(now)
+    .bind(scope.tenant_id().to_string())
+    .bind(user_id.to_string())
+    .bind(purpose)
+    .execute(ex)
+    .await?;
+    Ok(())
 }
 
 pub async fn create_family<'c>(
@@ -142,24 +195,6 @@ pub async fn revoke_family<'c>(
     Ok(())
 }
 
-/// Revokes every session of a person (role change, removal).
-pub async fn revoke_user_families<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-    user_id: UserId,
-    now: i64,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE token_families SET revoked_at = $1 WHERE tenant_id = $2 AND user_id = $3 AND revoked_at IS NULL",
-    )
-    .bind(now)
-    .bind(scope.tenant_id().to_string())
-    .bind(user_id.to_string())
-    .execute(ex)
-    .await?;
-    Ok(())
-}
-
 /// Denies an access token until it would have expired anyway.
 pub async fn revoke_jti<'c>(ex: impl Executor<'c, Database = Any>, jti: &str, expires_at: i64) -> Result<()> {
     sqlx::query("INSERT INTO revoked_jtis (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
@@ -179,6 +214,14 @@ pub async fn purge_expired(db: &crate::Db, now: i64) -> Result<u64> {
         "DELETE FROM refresh_tokens WHERE expires_at < $1",
         "DELETE FROM token_families WHERE expires_at < $1",
         "DELETE FROM email_tokens WHERE expires_at < $1",
+        // Sign-ups never verified and invitations never accepted free their
+        // address once no live token is left for them.
+        "DELETE FROM users WHERE status IN ('pending', 'invited') \
+           AND created_at < $1 - 86400000 \
+           AND NOT EXISTS (SELECT 1 FROM email_tokens e WHERE e.user_id = users.id AND e.expires_at >= $1)",
+        // A tenant left without anyone is an abandoned sign-up.
+        "DELETE FROM tenants WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.tenant_id = tenants.id) \
+           AND NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.tenant_id = tenants.id)",
     ] {
         n += sqlx::query(sql).bind(now).execute(db.writer()).await?.rows_affected();
     }

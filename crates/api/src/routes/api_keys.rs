@@ -161,7 +161,7 @@ pub async fn create(
         return Err(ApiError::validation_many(errors));
     }
     if !permissions.is_subset_of(auth.principal.permissions()) {
-        return Err(ApiError::forbidden_because("A key cannot have permissions its creator does not hold."));
+        return Err(auth.denied("A key cannot have permissions its creator does not hold."));
     }
 
     let key = new_api_key();
@@ -256,7 +256,7 @@ pub async fn rotate(
     let names: Vec<String> = serde_json::from_str(&row.permissions).map_err(ApiError::internal)?;
     let key_perms = PermissionSet::parse(names.iter().map(String::as_str)).map_err(ApiError::internal)?;
     if !key_perms.is_subset_of(auth.principal.permissions()) {
-        return Err(ApiError::forbidden_because("Rotating a key requires holding all of its permissions."));
+        return Err(auth.denied("Rotating a key requires holding all of its permissions."));
     }
     let key = new_api_key();
     let grace_ms = i64::try_from(grace).unwrap_or(0) * 1000;

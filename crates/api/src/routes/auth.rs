@@ -12,7 +12,7 @@ use palisade_auth::token::{
 use palisade_auth::AccessClaims;
 use palisade_core::principal::Actor;
 use palisade_core::{ApiError, PrincipalKind, Role, TenantId, TenantScope, UserId};
-use palisade_store::tokens::RefreshUse;
+use palisade_store::tokens::{NewEmailToken, RefreshUse};
 use palisade_store::users::NewUser;
 use palisade_store::{StoreError, Tx};
 use serde::{Deserialize, Serialize};
@@ -41,7 +41,9 @@ pub struct StatusResponse {
 /// Creates a tenant and its owner, inactive until the email is verified.
 /// The response is the same whether or not the address is already
 /// registered (that owner gets a notice by mail instead), so sign-up is not
-/// an oracle for who has an account.
+/// an oracle for who has an account. A repeated sign-up of an address not
+/// yet verified mails a new token bound to the new password; whichever
+/// token is used decides the password, and the others are voided.
 #[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", request_body = SignupRequest,
     responses((status = 201, body = StatusResponse), (status = 400, body = palisade_core::Problem)))]
 pub async fn signup(
@@ -60,60 +62,89 @@ pub async fn signup(
     };
     let hash = ops::hash_password(req.password).await?;
     let now = state.now_ms();
-    let tenant_id = TenantId::new();
-    let user_id = UserId::new();
-    let scope = TenantScope::for_system(tenant_id);
     let token = new_email_token();
 
-    let mut tx = state.db.begin().await?;
-    palisade_store::tenants::insert(&mut *tx, tenant_id, &name, now).await?;
-    let user = NewUser {
-        id: user_id,
-        email: &email,
-        password_hash: Some(&hash),
-        role: Role::Owner.as_str(),
-        status: "pending",
-        now,
-    };
-    match palisade_store::users::insert(&mut *tx, &scope, &user).await {
-        Err(e) if e.is_unique_violation() => {
-            drop(tx);
-            send_mail(
-                &state,
-                &email,
-                "Palisade sign-up attempt",
-                "Someone tried to sign up for Palisade with this address,\n\
-                 which already has an account.\n\n\
-                 If it was you, log in instead. If not, you can ignore this message.\n"
-                    .into(),
-            )
-            .await;
-            return Ok(pending());
+    match palisade_store::users::find_for_login(state.db.reader(), &email).await? {
+        None => {
+            let (tenant_id, user_id) = (TenantId::new(), UserId::new());
+            let scope = TenantScope::for_system(tenant_id);
+            let mut tx = state.db.begin().await?;
+            palisade_store::tenants::insert(&mut *tx, tenant_id, &name, now).await?;
+            let user = NewUser {
+                id: user_id,
+                email: &email,
+                // Kept so that logging in before verifying says why it fails;
+                // verification applies the hash bound to the token used.
+                password_hash: Some(&hash),
+                role: Role::Owner.as_str(),
+                status: "pending",
+                now,
+            };
+            match palisade_store::users::insert(&mut *tx, &scope, &user).await {
+                // A concurrent sign-up of the same address won; answer alike.
+                Err(e) if e.is_unique_violation() => return Ok(pending()),
+                r => r?,
+            }
+            insert_verify_token(&mut tx, &scope, user_id, &token, &hash, now).await?;
+            let event = Event::new("auth.signup", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
+            palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
+            commit(tx).await?;
         }
-        r => r?,
+        Some(existing) => {
+            let (tenant_id, user_id) = parse_ids(&existing.tenant_id, &existing.id)?;
+            let scope = TenantScope::for_system(tenant_id);
+            if existing.status != "pending" {
+                let event = Event::new("auth.signup_for_existing_account", Some(tenant_id), Actor::anonymous())
+                    .resource("user", user_id);
+                palisade_audit::append(state.db.writer(), &event, &ctx.audit, now).await?;
+                send_mail(
+                    &state,
+                    &email,
+                    "Palisade sign-up attempt",
+                    "Someone tried to sign up for Palisade with this address,\n\
+                     which already has an account.\n\n\
+                     If it was you, log in instead. If not, you can ignore this message.\n"
+                        .into(),
+                )
+                .await;
+                return Ok(pending());
+            }
+            let mut tx = state.db.begin().await?;
+            insert_verify_token(&mut tx, &scope, user_id, &token, &hash, now).await?;
+            let event =
+                Event::new("auth.signup_repeated", Some(tenant_id), Actor::anonymous()).resource("user", user_id);
+            palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
+            commit(tx).await?;
+        }
     }
-    palisade_store::tokens::insert_email_token(
-        &mut *tx,
-        &scope,
-        user_id,
-        &sha256_hex(&token),
-        "verify",
-        now + EMAIL_TOKEN_TTL_MS,
-    )
-    .await?;
-    let event = Event::new("auth.signup", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
-    palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
-    commit(tx).await?;
-
     let body = format!(
         "Welcome to Palisade.\n\nYour verification token is:\n\n    {token}\n\n\
          Verify your address with:\n\n    curl -X POST {base}/v1/auth/verify-email \\\n      \
          -H 'Content-Type: application/json' \\\n      -d '{{\"token\":\"{token}\"}}'\n\n\
-         The token expires in 24 hours.\n",
+         The token expires in 24 hours. If you did not sign up, ignore this message.\n",
         base = state.config.server.public_url
     );
     send_mail(&state, &email, "Verify your Palisade account", body).await;
     Ok(pending())
+}
+
+async fn insert_verify_token(
+    tx: &mut Tx,
+    scope: &TenantScope,
+    user_id: UserId,
+    token: &str,
+    password_hash: &str,
+    now: i64,
+) -> Result<(), ApiError> {
+    let t = NewEmailToken {
+        user_id,
+        token_hash: &sha256_hex(token),
+        purpose: "verify",
+        password_hash: Some(password_hash),
+        expires_at: now + EMAIL_TOKEN_TTL_MS,
+    };
+    palisade_store::tokens::insert_email_token(&mut **tx, scope, &t).await?;
+    Ok(())
 }
 
 fn pending() -> (StatusCode, Json<StatusResponse>) {
@@ -132,13 +163,23 @@ async fn commit(tx: Tx) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses work for a frozen tenant inside the transaction doing it.
+async fn ensure_not_frozen(tx: &mut Tx, scope: &TenantScope) -> Result<(), ApiError> {
+    let tenant = palisade_store::tenants::get(&mut **tx, scope).await?.ok_or_else(ApiError::not_found)?;
+    if tenant.status != "active" {
+        return Err(ApiError::frozen());
+    }
+    Ok(())
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     token: String,
 }
 
-/// Activates the account the emailed token was issued for.
+/// Activates the account the emailed token was issued for, with the
+/// password chosen in the sign-up that sent it.
 #[utoipa::path(post, path = "/v1/auth/verify-email", tag = "auth", request_body = TokenRequest,
     responses((status = 200, body = StatusResponse), (status = 400, body = palisade_core::Problem)))]
 pub async fn verify_email(
@@ -152,12 +193,16 @@ pub async fn verify_email(
     }
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
-    let (tenant, user) = palisade_store::tokens::consume_email_token(&mut *tx, &sha256_hex(&req.token), "verify", now)
+    let used = palisade_store::tokens::consume_email_token(&mut *tx, &sha256_hex(&req.token), "verify", now)
         .await?
         .ok_or_else(invalid)?;
-    let (tenant_id, user_id) = parse_ids(&tenant, &user)?;
+    let (tenant_id, user_id) = parse_ids(&used.tenant_id, &used.user_id)?;
     let scope = TenantScope::for_system(tenant_id);
-    palisade_store::users::activate(&mut *tx, &scope, user_id, None, now).await?;
+    ensure_not_frozen(&mut tx, &scope).await?;
+    if !palisade_store::users::activate(&mut *tx, &scope, user_id, used.password_hash.as_deref(), now).await? {
+        return Err(invalid());
+    }
+    palisade_store::tokens::void_email_tokens(&mut *tx, &scope, user_id, "verify", now).await?;
     let event = Event::new("auth.email_verified", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
     palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
     commit(tx).await?;
@@ -187,15 +232,22 @@ pub async fn accept_invite(
     if !has_shape(&req.token, EMAIL_TOKEN_PREFIX, 43) {
         return Err(invalid());
     }
-    ops::all_valid([ops::password(&req.password, None, "password")])?;
+    let token_hash = sha256_hex(&req.token);
+    // Look the token up before spending an Argon2 run on the password, and
+    // judge the password against the invitee's own address.
+    let (tenant, user) =
+        palisade_store::tokens::find_email_token(state.db.reader(), &token_hash, "invite", state.now_ms())
+            .await?
+            .ok_or_else(invalid)?;
+    let (tenant_id, user_id) = parse_ids(&tenant, &user)?;
+    let scope = TenantScope::for_system(tenant_id);
+    let invitee = palisade_store::users::get(state.db.reader(), &scope, user_id).await?.ok_or_else(invalid)?;
+    ops::all_valid([ops::password(&req.password, Some(&invitee.email), "password")])?;
     let hash = ops::hash_password(req.password).await?;
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
-    let (tenant, user) = palisade_store::tokens::consume_email_token(&mut *tx, &sha256_hex(&req.token), "invite", now)
-        .await?
-        .ok_or_else(invalid)?;
-    let (tenant_id, user_id) = parse_ids(&tenant, &user)?;
-    let scope = TenantScope::for_system(tenant_id);
+    palisade_store::tokens::consume_email_token(&mut *tx, &token_hash, "invite", now).await?.ok_or_else(invalid)?;
+    ensure_not_frozen(&mut tx, &scope).await?;
     if !palisade_store::users::activate(&mut *tx, &scope, user_id, Some(&hash), now).await? {
         return Err(invalid());
     }
@@ -224,6 +276,7 @@ pub struct TokenResponse {
 
 fn bad_credentials() -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Invalid email or password.")
+        .with_header(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"))
 }
 
 /// Exchanges email and password for an access and a refresh token. A

@@ -70,14 +70,19 @@ pub fn router(state: AppState) -> Router {
 
 /// No origin is allowed unless configured.
 fn cors(state: &AppState) -> Option<CorsLayer> {
-    let origins: Vec<HeaderValue> =
-        state.config.cors.allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o.trim()).ok()).collect();
-    if origins.is_empty() {
+    let configured = &state.config.cors.allowed_origins;
+    if configured.is_empty() {
         return None;
     }
+    // `*` is refused in production by the config check; dev may use it.
+    let allow = if configured.iter().any(|o| o.trim() == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(configured.iter().filter_map(|o| HeaderValue::from_str(o.trim()).ok()))
+    };
     Some(
         CorsLayer::new()
-            .allow_origin(AllowOrigin::list(origins))
+            .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
             .allow_headers([
                 header::AUTHORIZATION,

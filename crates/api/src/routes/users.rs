@@ -9,6 +9,7 @@ use http::StatusCode;
 use palisade_audit::Event;
 use palisade_auth::token::{new_email_token, sha256_hex};
 use palisade_core::{ApiError, Permission, Role, TenantScope, UserId};
+use palisade_store::tokens::NewEmailToken;
 use palisade_store::users::{NewUser, UserRow};
 use palisade_store::StoreError;
 use serde::{Deserialize, Serialize};
@@ -90,15 +91,14 @@ pub async fn invite(
         Err(e) if e.is_unique_violation() => return Err(ApiError::conflict("This email address cannot be invited.")),
         r => r?,
     }
-    palisade_store::tokens::insert_email_token(
-        &mut *tx,
-        &scope,
-        id,
-        &sha256_hex(&token),
-        "invite",
-        now + INVITE_TTL_MS,
-    )
-    .await?;
+    let invite = NewEmailToken {
+        user_id: id,
+        token_hash: &sha256_hex(&token),
+        purpose: "invite",
+        password_hash: None,
+        expires_at: now + INVITE_TTL_MS,
+    };
+    palisade_store::tokens::insert_email_token(&mut *tx, &scope, &invite).await?;
     let event = Event::new("user.invited", Some(scope.tenant_id()), auth.principal.actor())
         .resource("user", id)
         .details(serde_json::json!({ "role": req.role.as_str() }));
@@ -124,7 +124,7 @@ fn ensure_can_grant(auth: &Auth, role: Role) -> Result<(), ApiError> {
     if role.permissions().is_subset_of(auth.principal.permissions()) {
         Ok(())
     } else {
-        Err(ApiError::forbidden_because("You cannot grant a role with permissions you do not hold."))
+        Err(auth.denied("You cannot grant or touch a role with permissions you do not hold."))
     }
 }
 
@@ -154,6 +154,7 @@ pub async fn update(
     let scope = auth.scope(Permission::UsersManage).await?;
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
+    palisade_store::tenants::lock(&mut *tx, &scope).await?;
     let target = palisade_store::users::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
     let old = ensure_can_manage(&auth, &target)?;
     ensure_can_grant(&auth, req.role)?;
@@ -195,6 +196,7 @@ pub async fn remove(
     let scope = auth.scope(Permission::UsersManage).await?;
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
+    palisade_store::tenants::lock(&mut *tx, &scope).await?;
     let target = palisade_store::users::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
     let role = ensure_can_manage(&auth, &target)?;
     if role == Role::Owner {

@@ -27,6 +27,7 @@ fn production_refuses_unsafe_config_with_exit_2() {
         ("PALISADE_ADMIN__MASTER_KEY", good_key.as_str()),
         ("PALISADE_AUTH__JWT_SECRET", secret.as_str()),
         ("PALISADE_SERVER__TRUST_PROXY", "10.0.0.0/8"),
+        ("PALISADE_MAIL__SMTP_URL", "smtps://u:p@mail.example.com"),
     ];
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case> = vec![
@@ -36,6 +37,9 @@ fn production_refuses_unsafe_config_with_exit_2() {
         ("cors star", vec![("PALISADE_CORS__ALLOWED_ORIGINS", "*")], "cors"),
         ("postgres without tls", vec![("PALISADE_DATABASE__URL", "postgres://u@db.example/x")], "sslmode"),
         ("no tls, no proxy", vec![("PALISADE_SERVER__TRUST_PROXY", "")], "tls"),
+        ("no smtp", vec![("PALISADE_MAIL__SMTP_URL", "")], "smtp_url"),
+        ("plain smtp", vec![("PALISADE_MAIL__SMTP_URL", "smtp://u:p@mail.example.com")], "tls"),
+        ("postgres host param", vec![("PALISADE_DATABASE__URL", "postgres://u@/x?host=db.example")], "sslmode"),
     ];
     for (what, overrides, needle) in cases {
         let mut env: Vec<(&str, &str)> = base.to_vec();

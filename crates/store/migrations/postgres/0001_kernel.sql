@@ -24,9 +24,13 @@ CREATE TABLE email_tokens (
     tenant_id TEXT NOT NULL,
     user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     purpose TEXT NOT NULL CHECK (purpose IN ('verify', 'invite')),
+    -- For sign-up: the password chosen in the request that sent this token,
+    -- applied when it is verified (so a second sign-up cannot replace it).
+    password_hash TEXT,
     expires_at BIGINT NOT NULL,
     used_at BIGINT
 );
+CREATE INDEX email_tokens_user_idx ON email_tokens (user_id);
 
 CREATE TABLE token_families (
     id TEXT PRIMARY KEY,
