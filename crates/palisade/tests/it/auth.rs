@@ -20,6 +20,10 @@ backend_tests!(
     racing_refreshes_cannot_both_win,
     expired_revocations_are_purged,
     openapi_document_is_generated,
+    repeated_signup_binds_password_to_token,
+    email_tokens_expire_and_race,
+    stale_signups_free_their_address,
+    unauthenticated_routes_cap_json,
 );
 
 async fn signup_verify_login(b: Backend) {
@@ -322,3 +326,84 @@ async fn openapi_document_is_generated(b: Backend) {
 }
 
 use palisade_core::Clock;
+
+async fn signup(srv: &TestServer, email: &str, password: &str) {
+    srv.call(
+        Method::POST,
+        "/v1/auth/signup",
+        None,
+        Some(json!({"email": email, "password": password, "tenant_name": "T"})),
+    )
+    .await
+    .expect(201);
+}
+
+async fn repeated_signup_binds_password_to_token(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let email = "twice@example.com";
+    let (mine, theirs) = ("mine mine mine mine", "theirs theirs theirs");
+    signup(&srv, email, mine).await;
+    let my_token = srv.mailed_token(email);
+    // Someone else signs up with the same unverified address.
+    signup(&srv, email, theirs).await;
+    let their_token = srv.mailed_token(email);
+    assert_ne!(my_token, their_token);
+    // Using my own token activates my password, and voids theirs.
+    srv.call(Method::POST, "/v1/auth/verify-email", None, Some(json!({"token": my_token}))).await.expect(200);
+    srv.call(Method::POST, "/v1/auth/verify-email", None, Some(json!({"token": their_token}))).await.expect(400);
+    srv.login(email, mine).await;
+    srv.call(Method::POST, "/v1/auth/login", None, Some(json!({"email": email, "password": theirs}))).await.expect(401);
+    let tenants = srv.admin(Method::GET, "/sysadmin/v1/tenants", None).await.expect(200);
+    assert_eq!(tenants.body["data"].as_array().unwrap().len(), 1, "one address, one tenant");
+    srv.stop().await;
+}
+
+async fn email_tokens_expire_and_race(b: Backend) {
+    let srv = TestServer::start(b).await;
+    signup(&srv, "late@example.com", PASSWORD).await;
+    let late = srv.mailed_token("late@example.com");
+    srv.clock.advance_ms(24 * 3600 * 1000 + 1000);
+    let r = srv.call(Method::POST, "/v1/auth/verify-email", None, Some(json!({"token": late}))).await.expect(400);
+    assert_eq!(r.body["errors"][0]["field"], "token");
+
+    signup(&srv, "race@example.com", PASSWORD).await;
+    let token = srv.mailed_token("race@example.com");
+    let calls = (0..6).map(|_| srv.call(Method::POST, "/v1/auth/verify-email", None, Some(json!({"token": token}))));
+    let results = futures_util::future::join_all(calls).await;
+    assert_eq!(results.iter().filter(|r| r.status == 200).count(), 1, "a token is used once, even under a race");
+    assert!(results.iter().all(|r| r.status == 200 || r.status == 400));
+    srv.stop().await;
+}
+
+async fn stale_signups_free_their_address(b: Backend) {
+    let srv = TestServer::start(b).await;
+    signup(&srv, "gone@example.com", PASSWORD).await;
+    let state = srv.state().clone();
+    srv.clock.advance_ms(2 * 24 * 3600 * 1000);
+    palisade_store::tokens::purge_expired(&state.db, srv.clock.now_ms()).await.unwrap();
+    let tenants = srv.admin(Method::GET, "/sysadmin/v1/tenants", None).await.expect(200);
+    assert!(tenants.body["data"].as_array().unwrap().is_empty(), "the abandoned tenant is gone");
+    // The address can be signed up for afresh.
+    signup(&srv, "gone@example.com", PASSWORD).await;
+    let token = srv.mailed_token("gone@example.com");
+    srv.call(Method::POST, "/v1/auth/verify-email", None, Some(json!({"token": token}))).await.expect(200);
+    srv.login("gone@example.com", PASSWORD).await;
+    srv.stop().await;
+}
+
+async fn unauthenticated_routes_cap_json(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let big = json!({"email": "x@example.com", "password": "p".repeat(2 * 1024 * 1024)});
+    for path in ["/v1/auth/login", "/v1/auth/signup", "/v1/auth/refresh"] {
+        let r = srv.call(Method::POST, path, None, Some(big.clone())).await.expect(413);
+        assert_eq!(r.body["reason"], "payload_too_large");
+    }
+    let deep = format!("{}{}", "[".repeat(64), "]".repeat(64));
+    let r = TestServer::send(
+        srv.request(Method::POST, "/v1/auth/login").header("content-type", "application/json").body(deep),
+    )
+    .await
+    .expect(400);
+    assert_eq!(r.body["reason"], "validation_failed");
+    srv.stop().await;
+}

@@ -142,6 +142,15 @@ async fn ids_and_unknown_routes(b: Backend) {
         let r = srv.get(&format!("/v1/api-keys/{bad}"), &t.token).await;
         assert_eq!(r.status, 404, "{bad}: {}", r.text);
         assert_eq!(r.problem_shape(), random.problem_shape());
+        for (method, path, body) in [
+            (Method::DELETE, format!("/v1/api-keys/{bad}"), None),
+            (Method::POST, format!("/v1/api-keys/{bad}/rotate"), Some(json!({}))),
+            (Method::PATCH, format!("/v1/users/{bad}"), Some(json!({"role": "admin"}))),
+            (Method::DELETE, format!("/v1/users/{bad}"), None),
+        ] {
+            let r = srv.call(method.clone(), &path, Some(&t.token), body).await;
+            assert_eq!(r.status, 404, "{method} {path}: {}", r.text);
+        }
     }
     let r = srv.get("/v1/no-such-thing", &t.token).await.expect(404);
     assert_eq!(r.body["type"], "urn:palisade:problem:not_found");

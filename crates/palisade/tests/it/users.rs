@@ -5,7 +5,13 @@ use serde_json::json;
 
 use crate::common::{Backend, TestServer, PASSWORD};
 
-backend_tests!(invite_accept_and_roles, nobody_exceeds_themselves, last_owner_stays);
+backend_tests!(
+    invite_accept_and_roles,
+    nobody_exceeds_themselves,
+    last_owner_stays,
+    keys_follow_their_owner,
+    owners_racing_keep_one
+);
 
 async fn invite(srv: &TestServer, token: &str, email: &str, role: &str) -> (String, String) {
     let r = srv.post("/v1/users", token, json!({"email": email, "role": role})).await.expect(201);
@@ -88,5 +94,50 @@ async fn last_owner_stays(b: Backend) {
         .await
         .expect(200);
     let _ = second;
+    srv.stop().await;
+}
+
+async fn keys_follow_their_owner(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let t = srv.tenant("Owned").await;
+    let (admin_id, admin) = invite(&srv, &t.token, "keyholder@example.com", "admin").await;
+    let (_, admin_refresh) = srv.login("keyholder@example.com", PASSWORD).await;
+    let (_, key) = srv.api_key(&admin, json!({"name": "admin's", "role": "admin"})).await;
+    // A key made by that key answers to the same person.
+    let (_, child) = srv.api_key(&key, json!({"name": "child", "permissions": ["users:read", "keys:manage"]})).await;
+    srv.get("/v1/users", &key).await.expect(200);
+
+    // Demotion narrows the person's keys at once.
+    srv.call(Method::PATCH, &format!("/v1/users/{admin_id}"), Some(&t.token), Some(json!({"role": "read_only"})))
+        .await
+        .expect(200);
+    srv.get("/v1/users", &key).await.expect(200);
+    srv.post("/v1/api-keys", &key, json!({"name": "x", "role": "read_only"})).await.expect(403);
+    srv.post("/v1/api-keys", &child, json!({"name": "x", "permissions": ["users:read"]})).await.expect(403);
+    let me = srv.get("/v1/me", &key).await.expect(200);
+    assert!(me.body["permissions"].as_array().unwrap().iter().all(|p| p.as_str().unwrap().ends_with(":read")));
+
+    // Removal disables them, and ends every session.
+    srv.call(Method::DELETE, &format!("/v1/users/{admin_id}"), Some(&t.token), None).await.expect(204);
+    for cred in [&key, &child, &admin] {
+        srv.get("/v1/me", cred).await.expect(401);
+    }
+    srv.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": admin_refresh}))).await.expect(401);
+    srv.stop().await;
+}
+
+async fn owners_racing_keep_one(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let t = srv.tenant("Duel").await;
+    let (second_id, second) = invite(&srv, &t.token, "duel2@example.com", "owner").await;
+    let (path_a, path_b) = (format!("/v1/users/{second_id}"), format!("/v1/users/{}", t.owner_id));
+    let a = srv.call(Method::PATCH, &path_a, Some(&t.token), Some(json!({"role": "admin"})));
+    let b2 = srv.call(Method::PATCH, &path_b, Some(&second), Some(json!({"role": "admin"})));
+    let (ra, rb) = tokio::join!(a, b2);
+    let ok = [ra.status, rb.status].iter().filter(|s| **s == 200).count();
+    assert!(ok <= 1, "both owners demoted each other: {} {}", ra.text, rb.text);
+    let users = srv.get("/v1/users", if ra.status == 200 { &t.token } else { &second }).await.expect(200);
+    let owners = users.body["data"].as_array().unwrap().iter().filter(|u| u["role"] == "owner").count();
+    assert_eq!(owners, 1);
     srv.stop().await;
 }
