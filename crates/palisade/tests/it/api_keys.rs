@@ -14,6 +14,7 @@ backend_tests!(
     allowed_ips_and_origins,
     operator_freezes_a_key,
     missing_permission_is_403_and_audited,
+    trusted_proxy_decides_the_client,
 );
 
 async fn key_is_shown_once_and_hashed(b: Backend) {
@@ -59,6 +60,8 @@ async fn key_is_shown_once_and_hashed(b: Backend) {
             .await
             .unwrap();
         assert_eq!(stored, hash);
+        srv.post("/v1/users", &t.token, json!({"email": "scan@example.com", "role": "read_only"})).await.expect(201);
+        let invite = srv.mailed_token("scan@example.com");
         let mut raw = Vec::new();
         for f in std::fs::read_dir(&srv.data_dir).unwrap() {
             let p = f.unwrap().path();
@@ -67,7 +70,7 @@ async fn key_is_shown_once_and_hashed(b: Backend) {
             }
         }
         let raw = String::from_utf8_lossy(&raw);
-        for secret in [&key, &t.password, &t.refresh, &t.token, &srv.master_key] {
+        for secret in [&key, &t.password, &t.refresh, &t.token, &srv.master_key, &invite] {
             assert!(!raw.contains(secret.as_str()), "a secret is in the database file");
         }
     }
@@ -213,5 +216,38 @@ async fn missing_permission_is_403_and_audited(b: Backend) {
     assert_eq!(denied.len(), 4, "{denied:?}");
     assert_eq!(denied[0]["actor"]["id"], key_id.as_str());
     assert_eq!(denied[0]["details"]["permission"], "keys:manage");
+    srv.stop().await;
+}
+
+async fn trusted_proxy_decides_the_client(b: Backend) {
+    // The test client connects from 127.0.0.1, which is configured as the proxy.
+    let srv = TestServer::start_with(b, |c| c.server.trust_proxy = vec!["127.0.0.1/32".parse().unwrap()]).await;
+    let t = srv.tenant("Proxied").await;
+    let (_, key) =
+        srv.api_key(&t.token, json!({"name": "p", "role": "read_only", "allowed_ips": ["203.0.113.7/32"]})).await;
+    let via = |xff: &[&str]| {
+        let mut rb = srv.request(Method::GET, "/v1/me").bearer_auth(&key).header("User-Agent", "proxied-client");
+        for line in xff {
+            rb = rb.header("X-Forwarded-For", *line);
+        }
+        rb
+    };
+    TestServer::send(via(&[])).await.expect(401);
+    TestServer::send(via(&["203.0.113.7"])).await.expect(200);
+    // The client prepends an allowed address; the proxy appends the real one.
+    TestServer::send(via(&["203.0.113.7, 198.51.100.9"])).await.expect(401);
+    // Same, with the proxy adding its own header line instead of extending.
+    TestServer::send(via(&["203.0.113.7", "198.51.100.9"])).await.expect(401);
+    // The audit trail records the client, not the proxy.
+    TestServer::send(
+        srv.request(Method::POST, "/v1/api-keys")
+            .bearer_auth(&t.token)
+            .header("X-Forwarded-For", "192.0.2.44")
+            .json(&json!({"name": "audited", "role": "read_only"})),
+    )
+    .await
+    .expect(201);
+    let ev = srv.events(&t.token, "action=api_key.created").await;
+    assert_eq!(ev.last().unwrap()["source_ip"], "192.0.2.44");
     srv.stop().await;
 }

@@ -274,6 +274,11 @@ async fn wrong_credential_kind_per_route_group(b: Backend) {
     let mk = srv.master_key.clone();
     srv.call(Method::GET, "/v1/me", Some(&mk), None).await.expect(401);
     srv.call(Method::GET, "/v1/api-keys", Some(&mk), None).await.expect(401);
+    // The master key travels only as a bearer token.
+    TestServer::send(srv.request(Method::GET, "/sysadmin/v1/tenants").header("X-API-Key", mk.clone()))
+        .await
+        .expect(401);
+    srv.call(Method::GET, "/sysadmin/v1/tenants", Some(&mk), None).await.expect(200);
     // A wrong master key of the right shape.
     let wrong = palisade_auth::token::new_master_key();
     srv.call(Method::GET, "/sysadmin/v1/tenants", Some(&wrong), None).await.expect(401);

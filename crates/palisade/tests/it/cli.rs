@@ -101,3 +101,38 @@ fn operator_cli_works_with_the_server_down() {
     assert_eq!(std::fs::metadata(data.join("master.key")).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(!String::from_utf8_lossy(&out.stdout).contains(key.trim()), "the key is never printed");
 }
+
+#[test]
+fn first_dev_start_writes_the_master_key_and_prints_only_its_path() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .current_dir(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("PALISADE_ADMIN__MASTER_KEY")
+        .env_remove("PALISADE_MODE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.contains("listening on");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let printed = lines.join("\n");
+    let key_file = dir.path().join("data/master.key");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    assert!(key.trim().starts_with("mk_") && key.trim().len() >= 46);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(printed.contains("master.key"), "{printed}");
+    assert!(!printed.contains(key.trim()), "the key itself must not be printed");
+    assert_eq!(printed.matches("generated a sysadmin master key").count(), 1);
+}

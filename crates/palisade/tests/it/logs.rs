@@ -70,6 +70,24 @@ async fn logs_carry_facts_but_no_secrets(b: Backend) {
     .expect(404);
     srv.call(Method::GET, "/sysadmin/v1/tenants", Some(&srv.master_key.clone()), None).await.expect(200);
     srv.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": t.refresh}))).await.expect(200);
+    // One-time email tokens, sent and used.
+    srv.call(
+        Method::POST,
+        "/v1/auth/signup",
+        None,
+        Some(json!({"email": "new.signup@example.net", "password": PASSWORD, "tenant_name": "N"})),
+    )
+    .await
+    .expect(201);
+    let verify = srv.mailed_token("new.signup@example.net");
+    srv.call(Method::POST, "/v1/auth/verify-email", None, Some(json!({"token": verify}))).await.expect(200);
+    srv.post("/v1/users", &t.token, json!({"email": "invitee.person@example.net", "role": "read_only"}))
+        .await
+        .expect(201);
+    let invite = srv.mailed_token("invitee.person@example.net");
+    srv.call(Method::POST, "/v1/auth/accept-invite", None, Some(json!({"token": invite, "password": PASSWORD})))
+        .await
+        .expect(200);
     let master_key = srv.master_key.clone();
     srv.stop().await;
 
