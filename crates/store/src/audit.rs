@@ -1,6 +1,7 @@
 //! The audit table. Rows are only ever inserted.
 
-use palisade_core::TenantScope;
+use palisade_core::principal::SysadminProof;
+use palisade_core::{TenantId, TenantScope};
 use sqlx::{Any, Executor};
 
 use crate::Result;
@@ -74,23 +75,34 @@ pub struct AuditFilter {
 }
 
 /// A tenant's own events, oldest first, after the cursor.
+/// Whose events to read: one tenant's, or (operator only) the platform's,
+/// optionally narrowed to one tenant.
+pub enum Reader<'a> {
+    Tenant(&'a TenantScope),
+    Operator(&'a SysadminProof, Option<TenantId>),
+}
+
 pub async fn list<'c>(
     ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
+    reader: Reader<'_>,
     f: &AuditFilter,
 ) -> Result<Vec<AuditRow>> {
+    let tenant = match reader {
+        Reader::Tenant(scope) => Some(scope.tenant_id()),
+        Reader::Operator(_, tenant) => tenant,
+    };
     // Optional filters are bound as NULL and short-circuited in SQL, so the
     // statement text is fixed and every value is a bound parameter.
     Ok(sqlx::query_as(
         "SELECT seq, id, ts, tenant_id, actor_type, actor_id, action, resource_type, resource_id, source_ip, \
            user_agent, request_id, details FROM audit_events \
-         WHERE tenant_id = $1 AND seq > $2 \
+         WHERE ($1 IS NULL OR tenant_id = $1) AND seq > $2 \
            AND ($3 IS NULL OR action = $3) AND ($4 IS NULL OR resource_type = $4) \
            AND ($5 IS NULL OR resource_id = $5) AND ($6 IS NULL OR actor_id = $6) \
            AND ($7 IS NULL OR ts >= $7) AND ($8 IS NULL OR ts < $8) \
          ORDER BY seq LIMIT $9",
     )
-    .bind(scope.tenant_id().to_string())
+    .bind(tenant.map(|t| t.to_string()))
     .bind(f.after_seq.unwrap_or(0))
     .bind(&f.action)
     .bind(&f.resource_type)

@@ -1,12 +1,14 @@
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use palisade_audit::EventView;
+use palisade_core::TenantId;
 use palisade_core::{ApiError, Permission};
-use palisade_store::audit::AuditFilter;
+use palisade_store::audit::{AuditFilter, Reader};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::List;
-use crate::extract::Auth;
+use crate::extract::{Auth, Sysadmin};
 use crate::state::AppState;
 
 #[derive(Deserialize, IntoParams)]
@@ -32,10 +34,59 @@ pub struct EventQuery {
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
-    query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<List<EventView>, ApiError> {
     let scope = auth.scope(Permission::EventsRead).await?;
     let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
+    page(&state, Reader::Tenant(&scope), q).await
+}
+
+/// The tenant query plus `tenant_id`. (Spelled out: `serde(flatten)` loses
+/// the number types of query strings.)
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorEventQuery {
+    /// Only this tenant's events; all events (platform ones too) when absent.
+    tenant_id: Option<String>,
+    after: Option<String>,
+    limit: Option<i64>,
+    action: Option<String>,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    actor_id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// Every audit event of the platform, including those that belong to no
+/// tenant (operator actions, failed logins for unknown addresses).
+#[utoipa::path(get, path = "/sysadmin/v1/events", tag = "sysadmin", security(("master_key" = [])),
+    params(OperatorEventQuery),
+    responses((status = 200, body = List<EventView>), (status = 400, body = palisade_core::Problem)))]
+pub async fn list_all(
+    State(state): State<AppState>,
+    admin: Sysadmin,
+    query: Result<Query<OperatorEventQuery>, QueryRejection>,
+) -> Result<List<EventView>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
+    let tenant = q
+        .tenant_id
+        .map(|t| t.parse::<TenantId>().map_err(|_| ApiError::validation("tenant_id", "must be a tenant id")))
+        .transpose()?;
+    let rest = EventQuery {
+        after: q.after,
+        limit: q.limit,
+        action: q.action,
+        resource_type: q.resource_type,
+        resource_id: q.resource_id,
+        actor_id: q.actor_id,
+        since: q.since,
+        until: q.until,
+    };
+    page(&state, Reader::Operator(&admin.proof, tenant), rest).await
+}
+
+async fn page(state: &AppState, reader: Reader<'_>, q: EventQuery) -> Result<List<EventView>, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::validation("limit", "must be between 1 and 500"));
@@ -60,7 +111,7 @@ pub async fn list(
         until_ms: time("until", q.until)?,
         limit: limit + 1,
     };
-    let mut rows = palisade_store::audit::list(state.db.reader(), &scope, &filter).await?;
+    let mut rows = palisade_store::audit::list(state.db.reader(), reader, &filter).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last().map(|r| r.seq.to_string())

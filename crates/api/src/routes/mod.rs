@@ -41,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(users::get, users::update, users::remove))
         .routes(routes!(events::list))
         .routes(routes!(sysadmin::create_tenant, sysadmin::list_tenants))
+        .routes(routes!(events::list_all))
         .routes(routes!(sysadmin::freeze_tenant))
         .routes(routes!(sysadmin::unfreeze_tenant))
         .routes(routes!(sysadmin::freeze_api_key))

@@ -180,7 +180,8 @@ impl TestServer {
 
     /// A tenant created by the operator, with its owner logged in.
     pub async fn tenant(&self, name: &str) -> Tenant {
-        let email = format!("owner-{}@{}.example.com", uuid::Uuid::new_v4().simple(), name.to_lowercase());
+        let domain: String = name.to_lowercase().chars().filter(char::is_ascii_alphanumeric).collect();
+        let email = format!("owner-{}@{domain}.example.com", uuid::Uuid::new_v4().simple());
         let r = self
             .admin(
                 Method::POST,

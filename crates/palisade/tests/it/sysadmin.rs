@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::common::{Backend, TestServer, PASSWORD};
 
-backend_tests!(create_list_and_validate, frozen_tenant_is_refused_everywhere);
+backend_tests!(create_list_and_validate, frozen_tenant_is_refused_everywhere, operator_reads_every_event);
 
 async fn create_list_and_validate(b: Backend) {
     let srv = TestServer::start(b).await;
@@ -80,5 +80,37 @@ async fn frozen_tenant_is_refused_everywhere(b: Backend) {
     assert_eq!(actions, [json!("tenant.created"), json!("tenant.frozen"), json!("tenant.unfrozen")]);
     let ev = srv.events(&fresh, "action=tenant.frozen").await;
     assert_eq!(ev[0]["actor"]["type"], "sysadmin");
+    srv.stop().await;
+}
+
+async fn operator_reads_every_event(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let a = srv.tenant("Ops A").await;
+    let other = srv.tenant("Ops B").await;
+    srv.admin(Method::GET, "/sysadmin/v1/tenants", None).await.expect(200);
+    srv.call(
+        Method::POST,
+        "/v1/auth/login",
+        None,
+        Some(json!({"email": "nobody@example.com", "password": "whatever whatever"})),
+    )
+    .await
+    .expect(401);
+    let all = srv.admin(Method::GET, "/sysadmin/v1/events?limit=500", None).await.expect(200).body["data"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let actions: Vec<&str> = all.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"sysadmin.tenants_listed"), "{actions:?}");
+    let unknown = all.iter().find(|e| e["action"] == "auth.login_failed").expect("failed login for an unknown address");
+    assert!(unknown["tenant_id"].is_null());
+    assert!(!unknown.to_string().contains("nobody@example.com"), "details never carry the address tried");
+    let only_a = srv.admin(Method::GET, &format!("/sysadmin/v1/events?tenant_id={}", a.id), None).await.expect(200);
+    assert!(only_a.body["data"].as_array().unwrap().iter().all(|e| e["tenant_id"] == a.id.as_str()));
+    // Tenants see neither platform events nor each other's.
+    let theirs = srv.events(&other.token, "limit=500").await;
+    assert!(theirs.iter().all(|e| e["tenant_id"] == other.id.as_str()));
+    srv.call(Method::GET, "/sysadmin/v1/events", Some(&a.token), None).await.expect(401);
+    srv.admin(Method::GET, "/sysadmin/v1/events?tenant_id=nope", None).await.expect(400);
     srv.stop().await;
 }
