@@ -24,6 +24,7 @@ backend_tests!(
     email_tokens_expire_and_race,
     stale_signups_free_their_address,
     unauthenticated_routes_cap_json,
+    hs256_when_configured,
 );
 
 async fn signup_verify_login(b: Backend) {
@@ -410,5 +411,30 @@ async fn unauthenticated_routes_cap_json(b: Backend) {
     .await
     .expect(400);
     assert_eq!(r.body["reason"], "validation_failed");
+    srv.stop().await;
+}
+
+async fn hs256_when_configured(b: Backend) {
+    use base64::Engine as _;
+    let header_alg = |token: &str| {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&raw).unwrap()["alg"].as_str().unwrap().to_owned()
+    };
+    // Default: a generated Ed25519 key.
+    let srv = TestServer::start(b.clone()).await;
+    let t = srv.tenant("Eddsa").await;
+    assert_eq!(header_alg(&t.token), "EdDSA");
+    srv.stop().await;
+
+    let secret = "k".repeat(48);
+    let srv =
+        TestServer::start_with(b, |c| c.auth.jwt_secret = Some(palisade_config::Secret::new(secret.clone()))).await;
+    let t = srv.tenant("Hmac").await;
+    assert_eq!(header_alg(&t.token), "HS256");
+    srv.get("/v1/me", &t.token).await.expect(200);
+    // A token with the same claims signed under another secret is nothing.
+    let forged_keys = palisade_auth::JwtKeys::hs256(&[b'x'; 48], "palisade").unwrap();
+    let claims = srv.state().jwt.verify(&t.token, srv.clock.now_ms() / 1000).unwrap();
+    srv.get("/v1/me", &forged_keys.sign(&claims).unwrap()).await.expect(401);
     srv.stop().await;
 }
