@@ -65,6 +65,10 @@ pub async fn request(State(state): State<AppState>, mut req: Request, next: Next
         )
         .await;
 
+    if method != http::Method::GET && method != http::Method::HEAD {
+        // Writes (and refusals, which are audited too) wake the integrator.
+        state.audit_log.poke();
+    }
     let status = resp.status();
     if (status.is_client_error() || status.is_server_error()) && !is_problem(resp.headers()) {
         resp = REQUEST_ID.sync_scope(request_id.clone(), || ApiError::from_status(status).into_response());

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use palisade_audit::log::AuditLog;
 use palisade_auth::JwtKeys;
 use palisade_config::Config;
 use palisade_core::Clock;
@@ -19,6 +20,7 @@ pub struct Services {
     pub mailer: Mailer,
     pub clock: Arc<dyn Clock>,
     pub trusted_proxies: Vec<IpNet>,
+    pub audit_log: Arc<AuditLog>,
 }
 
 /// Where the master key's hash lives; the key itself is never kept.

@@ -2,6 +2,11 @@
 //! Details carry the minimum to reconstruct what happened and never a
 //! message body, password, token, key or full phone number.
 
+pub mod checkpoint;
+pub mod log;
+pub mod merkle;
+pub mod verify;
+
 use palisade_core::principal::Actor;
 use palisade_core::{EventId, TenantId};
 use palisade_store::audit::{AuditRow, NewAuditRow};

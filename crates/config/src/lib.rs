@@ -45,6 +45,7 @@ pub struct Config {
     pub mail: Mail,
     pub limits: Limits,
     pub log: Log,
+    pub audit: Audit,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +120,21 @@ pub struct Limits {
     pub max_json_bytes: usize,
     pub max_json_depth: usize,
     pub max_text_chars: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Audit {
+    /// PEM (PKCS#8) Ed25519 private key that signs audit checkpoints.
+    pub signing_key_file: Option<PathBuf>,
+    /// Names this log in its checkpoints.
+    pub origin: String,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Self { signing_key_file: None, origin: "palisade".into() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -310,6 +326,9 @@ impl Config {
                 return refuse("auth.jwt_secret is a known default; generate a random one")
             }
             _ => {}
+        }
+        if self.audit.signing_key_file.is_none() {
+            return refuse("no audit signing key; set audit.signing_key_file (Ed25519 PEM, `palisade keys generate-jwt-key` makes one)");
         }
         if self.cors.allowed_origins.iter().any(|o| o.trim() == "*") {
             return refuse("cors.allowed_origins contains `*`; list the exact origins");

@@ -6,6 +6,7 @@ fn prod() -> Config {
     c.auth.jwt_secret = Some(Secret::new("x".repeat(40)));
     c.server.trust_proxy = vec!["10.0.0.0/8".parse().unwrap()];
     c.mail.smtp_url = Some(Secret::new("smtps://u:p@mail.example.com".into()));
+    c.audit.signing_key_file = Some("/etc/palisade/audit.pem".into());
     c
 }
 
@@ -49,6 +50,10 @@ fn production_refusals() {
     let mut c = prod();
     c.server.trust_proxy.clear();
     assert!(refusal(&c).contains("tls"));
+
+    let mut c = prod();
+    c.audit.signing_key_file = None;
+    assert!(refusal(&c).contains("audit signing key"));
 
     let mut c = prod();
     c.mail.smtp_url = None;

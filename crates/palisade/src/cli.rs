@@ -38,6 +38,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// The audit log (works with the server down).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Key utilities.
     Keys {
         #[command(subcommand)]
@@ -81,6 +86,16 @@ pub enum TenantCommand {
 pub enum MasterKeyCommand {
     /// Generate a new master key, store its hash and write it to data/master.key.
     Rotate,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the whole log and check it against every signed
+    /// checkpoint. Exit 0 intact, 1 tampered (naming the first bad record).
+    Verify,
+    /// Print the latest signed checkpoint (for an external witness), after
+    /// sequencing anything pending.
+    Checkpoint,
 }
 
 #[derive(Subcommand)]
@@ -151,6 +166,42 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<i32> {
                 println!("note: a master key is configured (PALISADE_ADMIN__MASTER_KEY or admin.master_key_file) and takes precedence; put the new key there and restart");
             }
             Ok(0)
+        }
+        Command::Audit { command: AuditCommand::Verify } => {
+            let db = crate::open_db(&config).await?;
+            let signer = crate::audit_signer(&config)?;
+            let file = crate::checkpoint_file(&config);
+            let started = std::time::Instant::now();
+            let report = palisade_audit::verify::verify_log(&db, signer.verifier(), Some(&file), |n| {
+                eprintln!("palisade: verified {n} records ({:.1} s)", started.elapsed().as_secs_f64());
+            })
+            .await?;
+            if report.intact() {
+                println!("intact: {} records, {} signed checkpoints", report.records, report.checkpoints);
+                Ok(0)
+            } else {
+                for p in &report.problems {
+                    println!("TAMPERED: {p}");
+                }
+                Ok(1)
+            }
+        }
+        Command::Audit { command: AuditCommand::Checkpoint } => {
+            let db = crate::open_db(&config).await?;
+            let log =
+                palisade_audit::log::AuditLog::new(db, crate::audit_signer(&config)?, crate::checkpoint_file(&config));
+            log.integrate(clock.now_ms()).await?;
+            match log.latest_checkpoint().await? {
+                Some(cp) => {
+                    println!("{}", serde_json::to_string_pretty(&cp)?);
+                    println!("public key (Ed25519, base64): {}", log.signer().verifier().public_key_b64());
+                    Ok(0)
+                }
+                None => {
+                    eprintln!("palisade: the audit log is empty");
+                    Ok(1)
+                }
+            }
         }
         Command::Keys { command: KeysCommand::Hash } => {
             let mut key = String::new();

@@ -45,7 +45,8 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         }
     };
     let trusted_proxies = config.server.trust_proxy.clone();
-    Ok(AppState(Arc::new(Services { db, config, jwt, master_key, mailer, clock, trusted_proxies })))
+    let audit_log = audit_log(&config, &db)?;
+    Ok(AppState(Arc::new(Services { db, config, jwt, master_key, mailer, clock, trusted_proxies, audit_log })))
 }
 
 /// The configured master key wins. In dev mode without one, a key is
@@ -112,18 +113,49 @@ fn jwt_keys(config: &Config) -> anyhow::Result<JwtKeys> {
     Ok(JwtKeys::ed25519_from_pem(&pem, issuer)?)
 }
 
+/// Where the checkpoint file lives: beside the database, outside it.
+pub fn checkpoint_file(config: &Config) -> std::path::PathBuf {
+    config.server.data_dir.join("audit-checkpoints.jsonl")
+}
+
+/// The audit checkpoint signer: from `audit.signing_key_file`, else (dev
+/// only) a key generated once into the data dir.
+pub fn audit_signer(config: &Config) -> anyhow::Result<palisade_audit::checkpoint::Signer> {
+    let path = match &config.audit.signing_key_file {
+        Some(p) => p.clone(),
+        None => {
+            anyhow::ensure!(config.mode == Mode::Dev, "no audit signing key configured");
+            let p = config.server.data_dir.join("audit-ed25519.pem");
+            if !p.exists() {
+                write_private(&p, JwtKeys::generate_ed25519_pem()?.as_bytes())?;
+            }
+            p
+        }
+    };
+    let pem = std::fs::read_to_string(&path)
+        .with_context(|| format!("audit.signing_key_file: cannot read {}", path.display()))?;
+    Ok(palisade_audit::checkpoint::Signer::from_pem(&pem, &config.audit.origin)?)
+}
+
+fn audit_log(config: &Config, db: &Db) -> anyhow::Result<Arc<palisade_audit::log::AuditLog>> {
+    Ok(palisade_audit::log::AuditLog::new(db.clone(), audit_signer(config)?, checkpoint_file(config)))
+}
+
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
     pub state: AppState,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    integrator: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        // The integrator writes the shutdown checkpoint before it ends.
+        let _ = self.integrator.await;
         self.state.db.close().await;
     }
 }
@@ -139,6 +171,7 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
         _ => None,
     };
     spawn_housekeeping(state.clone(), rx.clone());
+    let integrator = state.audit_log.spawn(state.clock.clone(), rx.clone());
     let stopped = async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -150,7 +183,7 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
         }
         None => tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await }),
     };
-    Ok(Running { addr, state, shutdown: tx, task })
+    Ok(Running { addr, state, shutdown: tx, task, integrator })
 }
 
 /// Removes expired revocations and tokens every ten minutes.

@@ -114,3 +114,256 @@ pub async fn list<'c>(
     .fetch_all(ex)
     .await?)
 }
+
+// ---- The verifiable log: sequencing, nodes, checkpoints ----
+
+const EVENT_COLS: &str = "e.seq, e.id, e.ts, e.tenant_id, e.actor_type, e.actor_id, e.action, e.resource_type, \
+    e.resource_id, e.source_ip, e.user_agent, e.request_id, e.details";
+
+/// Locks the log head for this transaction and returns (tree size, frontier).
+pub async fn lock_head(tx: &mut crate::Tx) -> Result<(i64, String)> {
+    // A no-op update takes the row lock on PostgreSQL (and the write lock on SQLite).
+    sqlx::query("UPDATE audit_head SET tree_size = tree_size WHERE id = 1").execute(&mut **tx).await?;
+    Ok(sqlx::query_as("SELECT tree_size, frontier FROM audit_head WHERE id = 1").fetch_one(&mut **tx).await?)
+}
+
+pub async fn set_head(tx: &mut crate::Tx, tree_size: i64, frontier: &str) -> Result<()> {
+    sqlx::query("UPDATE audit_head SET tree_size = $1, frontier = $2 WHERE id = 1")
+        .bind(tree_size)
+        .bind(frontier)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Events committed but not yet in the tree, oldest first.
+pub async fn pending_batch(tx: &mut crate::Tx, limit: i64) -> Result<Vec<AuditRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {EVENT_COLS} FROM audit_pending p JOIN audit_events e ON e.seq = p.seq ORDER BY p.seq LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// Inserts rows with one statement per chunk (one round trip per chunk).
+async fn insert_many(tx: &mut crate::Tx, table_cols: &str, rows: &[(i64, i64, String)]) -> Result<()> {
+    for chunk in rows.chunks(500) {
+        let mut sql = format!("INSERT INTO {table_cols} VALUES ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3));
+        }
+        let mut q = sqlx::query(&sql);
+        for (a, b, c) in chunk {
+            q = q.bind(*a).bind(*b).bind(c);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// (leaf_index, event_seq, leaf_hash hex)
+pub async fn insert_leaves(tx: &mut crate::Tx, leaves: &[(i64, i64, String)]) -> Result<()> {
+    insert_many(tx, "audit_leaves (leaf_index, event_seq, leaf_hash)", leaves).await
+}
+
+/// (level, node_index, hash hex)
+pub async fn insert_nodes(tx: &mut crate::Tx, nodes: &[(i64, i64, String)]) -> Result<()> {
+    insert_many(tx, "audit_nodes (level, node_index, hash)", nodes).await
+}
+
+/// Removes from the queue exactly the events now in the tree.
+pub async fn dequeue_integrated(tx: &mut crate::Tx, from_leaf: i64) -> Result<()> {
+    sqlx::query("DELETE FROM audit_pending WHERE seq IN (SELECT event_seq FROM audit_leaves WHERE leaf_index >= $1)")
+        .bind(from_leaf)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CheckpointRow {
+    pub tree_size: i64,
+    pub root_hash: String,
+    pub ts: i64,
+    pub body: String,
+    pub signature: String,
+    pub key_id: String,
+}
+
+pub async fn insert_checkpoint(tx: &mut crate::Tx, c: &CheckpointRow) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (tree_size, root_hash, ts, body, signature, key_id) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(c.tree_size)
+    .bind(&c.root_hash)
+    .bind(c.ts)
+    .bind(&c.body)
+    .bind(&c.signature)
+    .bind(&c.key_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn latest_checkpoint<'c>(ex: impl Executor<'c, Database = Any>) -> Result<Option<CheckpointRow>> {
+    Ok(sqlx::query_as(
+        "SELECT tree_size, root_hash, ts, body, signature, key_id FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1",
+    )
+    .fetch_optional(ex)
+    .await?)
+}
+
+pub async fn all_checkpoints<'c>(ex: impl Executor<'c, Database = Any>) -> Result<Vec<CheckpointRow>> {
+    Ok(sqlx::query_as(
+        "SELECT tree_size, root_hash, ts, body, signature, key_id FROM audit_checkpoints ORDER BY tree_size",
+    )
+    .fetch_all(ex)
+    .await?)
+}
+
+/// A leaf's place in the tree.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LeafOfEvent {
+    pub leaf_index: i64,
+    pub leaf_hash: String,
+}
+
+/// One of the tenant's events by id.
+pub async fn event_of_tenant<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    event_id: &str,
+) -> Result<Option<AuditRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {EVENT_COLS} FROM audit_events e WHERE e.tenant_id = $1 AND e.id = $2"))
+        .bind(scope.tenant_id().to_string())
+        .bind(event_id)
+        .fetch_optional(ex)
+        .await?)
+}
+
+#[derive(sqlx::FromRow)]
+struct EventWithLeaf {
+    #[sqlx(flatten)]
+    row: AuditRow,
+    leaf_hash: Option<String>,
+}
+
+/// The tenant's most recent events (newest first), for spot verification.
+pub async fn recent_of_tenant<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    limit: i64,
+) -> Result<Vec<(AuditRow, Option<String>)>> {
+    let rows: Vec<EventWithLeaf> = sqlx::query_as(&format!(
+        "SELECT {EVENT_COLS}, l.leaf_hash FROM audit_events e LEFT JOIN audit_leaves l ON l.event_seq = e.seq \
+         WHERE e.tenant_id = $1 ORDER BY e.seq DESC LIMIT $2"
+    ))
+    .bind(scope.tenant_id().to_string())
+    .bind(limit)
+    .fetch_all(ex)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.row, r.leaf_hash)).collect())
+}
+
+pub async fn leaf_by_seq<'c>(ex: impl Executor<'c, Database = Any>, seq: i64) -> Result<Option<LeafOfEvent>> {
+    Ok(sqlx::query_as("SELECT leaf_index, leaf_hash FROM audit_leaves WHERE event_seq = $1")
+        .bind(seq)
+        .fetch_optional(ex)
+        .await?)
+}
+
+pub async fn leaf_hash_at<'c>(ex: impl Executor<'c, Database = Any>, index: i64) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar("SELECT leaf_hash FROM audit_leaves WHERE leaf_index = $1")
+        .bind(index)
+        .fetch_optional(ex)
+        .await?)
+}
+
+pub async fn node_hash_at<'c>(ex: impl Executor<'c, Database = Any>, level: i64, index: i64) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar("SELECT hash FROM audit_nodes WHERE level = $1 AND node_index = $2")
+        .bind(level)
+        .bind(index)
+        .fetch_optional(ex)
+        .await?)
+}
+
+/// A leaf with its event, for full verification (`event` absent if deleted).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LeafRow {
+    pub leaf_index: i64,
+    pub event_seq: i64,
+    pub leaf_hash: String,
+    #[sqlx(flatten)]
+    pub event: MaybeEvent,
+}
+
+/// The event columns of a LEFT JOIN: all NULL when the event row is gone.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MaybeEvent {
+    pub seq: Option<i64>,
+    pub id: Option<String>,
+    pub ts: Option<i64>,
+    pub tenant_id: Option<String>,
+    pub actor_type: Option<String>,
+    pub actor_id: Option<String>,
+    pub action: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    pub details: Option<String>,
+}
+
+impl MaybeEvent {
+    pub fn into_row(self) -> Option<AuditRow> {
+        Some(AuditRow {
+            seq: self.seq?,
+            id: self.id?,
+            ts: self.ts?,
+            tenant_id: self.tenant_id,
+            actor_type: self.actor_type?,
+            actor_id: self.actor_id,
+            action: self.action?,
+            resource_type: self.resource_type,
+            resource_id: self.resource_id,
+            source_ip: self.source_ip,
+            user_agent: self.user_agent,
+            request_id: self.request_id,
+            details: self.details?,
+        })
+    }
+}
+
+/// Streams the whole tree in leaf order with each leaf's event.
+pub fn stream_leaves<'e, 'c: 'e, E>(
+    ex: E,
+) -> futures_core::stream::BoxStream<'e, std::result::Result<LeafRow, sqlx::Error>>
+where
+    E: 'e + Executor<'c, Database = Any>,
+{
+    sqlx::query_as::<_, LeafRow>(
+        "SELECT l.leaf_index, l.event_seq, l.leaf_hash, e.seq, e.id, e.ts, e.tenant_id, e.actor_type, e.actor_id, \
+           e.action, e.resource_type, e.resource_id, e.source_ip, e.user_agent, e.request_id, e.details \
+         FROM audit_leaves l LEFT JOIN audit_events e ON e.seq = l.event_seq ORDER BY l.leaf_index",
+    )
+    .fetch(ex)
+}
+
+/// Events that are neither in the tree nor waiting to be sequenced:
+/// rows inserted behind the log's back.
+pub async fn unlogged_events<'c>(ex: impl Executor<'c, Database = Any>, limit: i64) -> Result<Vec<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT e.seq FROM audit_events e \
+         WHERE NOT EXISTS (SELECT 1 FROM audit_leaves l WHERE l.event_seq = e.seq) \
+           AND NOT EXISTS (SELECT 1 FROM audit_pending p WHERE p.seq = e.seq) \
+         ORDER BY e.seq LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(ex)
+    .await?)
+}

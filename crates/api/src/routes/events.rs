@@ -1,14 +1,20 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::Json;
+use palisade_audit::checkpoint::Checkpoint;
+use palisade_audit::log::{leaf_data, leaf_hash_of};
+use palisade_audit::merkle;
 use palisade_audit::EventView;
-use palisade_core::TenantId;
 use palisade_core::{ApiError, Permission};
+use palisade_core::{EventId, TenantId};
 use palisade_store::audit::{AuditFilter, Reader};
 use serde::Deserialize;
+use serde::Serialize;
 use utoipa::IntoParams;
+use utoipa::ToSchema;
 
 use super::List;
-use crate::extract::{Auth, Sysadmin};
+use crate::extract::{Auth, PathId, Sysadmin};
 use crate::state::AppState;
 
 #[derive(Deserialize, IntoParams)]
@@ -119,4 +125,115 @@ async fn page(state: &AppState, reader: Reader<'_>, q: EventQuery) -> Result<Lis
         None
     };
     Ok(List { data: rows.into_iter().map(EventView::from).collect(), next_cursor })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProofView {
+    event_id: String,
+    /// Position of the event in the log's Merkle tree.
+    leaf_index: u64,
+    /// Size of the tree the proof is for (that of `checkpoint`).
+    tree_size: u64,
+    /// The exact bytes (UTF-8 JSON) whose leaf hash is in the tree.
+    leaf_data: String,
+    /// SHA-256(0x00 || leaf_data), hex.
+    leaf_hash: String,
+    /// RFC 9162 inclusion path, nearest sibling first, hex.
+    audit_path: Vec<String>,
+    checkpoint: Checkpoint,
+    /// Ed25519 public key (raw 32 bytes, base64) that signs checkpoints.
+    /// Pin it from a trusted channel rather than trusting this field.
+    public_key: String,
+}
+
+/// An inclusion proof of one of the tenant's events against the latest
+/// signed checkpoint, checkable offline (see docs/audit.md).
+#[utoipa::path(get, path = "/v1/events/{id}/proof", tag = "events", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Event id (UUID)")),
+    responses((status = 200, body = ProofView), (status = 404, body = palisade_core::Problem)))]
+pub async fn proof(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<EventId>,
+) -> Result<Json<ProofView>, ApiError> {
+    let scope = auth.scope(Permission::EventsRead).await?;
+    let event = palisade_store::audit::event_of_tenant(state.db.reader(), &scope, &id.to_string())
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let log = &state.audit_log;
+    let mut leaf = palisade_store::audit::leaf_by_seq(state.db.reader(), event.seq).await?;
+    if leaf.is_none() {
+        // Not sequenced yet: do it now rather than make the caller wait.
+        log.integrate(state.now_ms()).await.map_err(ApiError::internal)?;
+        leaf = palisade_store::audit::leaf_by_seq(state.db.reader(), event.seq).await?;
+    }
+    let leaf = leaf.ok_or_else(|| ApiError::conflict("The event is not in a signed checkpoint yet; retry shortly."))?;
+    let checkpoint = log
+        .latest_checkpoint()
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::internal("no checkpoint although the event is sequenced"))?;
+    let head = checkpoint.head().ok_or_else(|| ApiError::internal("stored checkpoint is malformed"))?;
+    let index = u64::try_from(leaf.leaf_index).map_err(ApiError::internal)?;
+    let path = log.inclusion_path(index, head.tree_size).await.map_err(ApiError::internal)?;
+    Ok(Json(ProofView {
+        event_id: event.id.clone(),
+        leaf_index: index,
+        tree_size: head.tree_size,
+        leaf_data: String::from_utf8(leaf_data(&event)).map_err(ApiError::internal)?,
+        leaf_hash: leaf.leaf_hash,
+        audit_path: path.iter().map(hex::encode).collect(),
+        public_key: log.signer().verifier().public_key_b64(),
+        checkpoint,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VerifyView {
+    /// `intact` or `tampered`.
+    status: &'static str,
+    /// How many of the tenant's most recent events were re-hashed and
+    /// found in the tree.
+    checked_events: u64,
+    /// Events not yet sequenced into a checkpoint.
+    pending_events: u64,
+    tree_size: u64,
+    root_hash: String,
+    checkpoint: Option<Checkpoint>,
+    problems: Vec<String>,
+}
+
+const VERIFY_RECENT: i64 = 1000;
+
+/// What the tenant can check of the log: the latest checkpoint's signature
+/// and, for its most recent events, that each record still hashes to the
+/// leaf sequenced for it. (Full verification: `palisade audit verify`.)
+#[utoipa::path(get, path = "/v1/events/verify", tag = "events", security(("bearer" = [])),
+    responses((status = 200, body = VerifyView)))]
+pub async fn verify(State(state): State<AppState>, auth: Auth) -> Result<Json<VerifyView>, ApiError> {
+    let scope = auth.scope(Permission::EventsRead).await?;
+    let log = &state.audit_log;
+    let mut problems = Vec::new();
+    let checkpoint = log.latest_checkpoint().await.map_err(ApiError::internal)?;
+    let head = checkpoint.as_ref().and_then(|c| log.signer().verifier().verify(c));
+    if checkpoint.is_some() && head.is_none() {
+        problems.push("the latest checkpoint's signature does not verify".to_owned());
+    }
+    let (mut checked, mut pending) = (0, 0);
+    for (row, stored) in palisade_store::audit::recent_of_tenant(state.db.reader(), &scope, VERIFY_RECENT).await? {
+        match stored {
+            None => pending += 1,
+            Some(h) if merkle::decode_hash(&h) == Some(leaf_hash_of(&row)) => checked += 1,
+            Some(_) => problems.push(format!("event {} no longer matches its logged hash", row.id)),
+        }
+    }
+    Ok(Json(VerifyView {
+        status: if problems.is_empty() { "intact" } else { "tampered" },
+        checked_events: checked,
+        pending_events: pending,
+        tree_size: head.as_ref().map_or(0, |h| h.tree_size),
+        root_hash: head.as_ref().map(|h| hex::encode(h.root)).unwrap_or_default(),
+        checkpoint,
+        problems,
+    }))
 }

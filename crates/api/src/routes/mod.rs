@@ -40,6 +40,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(users::invite, users::list))
         .routes(routes!(users::get, users::update, users::remove))
         .routes(routes!(events::list))
+        .routes(routes!(events::verify))
+        .routes(routes!(events::proof))
         .routes(routes!(sysadmin::create_tenant, sysadmin::list_tenants))
         .routes(routes!(events::list_all))
         .routes(routes!(sysadmin::freeze_tenant))

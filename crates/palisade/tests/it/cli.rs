@@ -28,6 +28,7 @@ fn production_refuses_unsafe_config_with_exit_2() {
         ("PALISADE_AUTH__JWT_SECRET", secret.as_str()),
         ("PALISADE_SERVER__TRUST_PROXY", "10.0.0.0/8"),
         ("PALISADE_MAIL__SMTP_URL", "smtps://u:p@mail.example.com"),
+        ("PALISADE_AUDIT__SIGNING_KEY_FILE", "/nonexistent/audit.pem"),
     ];
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case> = vec![
@@ -38,6 +39,7 @@ fn production_refuses_unsafe_config_with_exit_2() {
         ("postgres without tls", vec![("PALISADE_DATABASE__URL", "postgres://u@db.example/x")], "sslmode"),
         ("no tls, no proxy", vec![("PALISADE_SERVER__TRUST_PROXY", "")], "tls"),
         ("no smtp", vec![("PALISADE_MAIL__SMTP_URL", "")], "smtp_url"),
+        ("no audit key", vec![("PALISADE_AUDIT__SIGNING_KEY_FILE", "")], "audit signing key"),
         ("plain smtp", vec![("PALISADE_MAIL__SMTP_URL", "smtp://u:p@mail.example.com")], "tls"),
         ("postgres host param", vec![("PALISADE_DATABASE__URL", "postgres://u@/x?host=db.example")], "sslmode"),
     ];

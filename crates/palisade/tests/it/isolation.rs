@@ -18,6 +18,7 @@ struct Victim {
     key: String,
     user_id: String,
     owner_id: String,
+    event_id: String,
 }
 
 impl Victim {
@@ -27,12 +28,13 @@ impl Victim {
         match collection {
             "api-keys" => &self.key_id,
             "users" => &self.user_id,
+            "events" => &self.event_id,
             other => panic!("the isolation walker has no fixture for `/v1/{other}/{{id}}` ({path}): add one"),
         }
     }
 
-    fn ids(&self) -> [&str; 4] {
-        [&self.tenant_id, &self.key_id, &self.user_id, &self.owner_id]
+    fn ids(&self) -> [&str; 5] {
+        [&self.tenant_id, &self.key_id, &self.user_id, &self.owner_id, &self.event_id]
     }
 }
 
@@ -51,6 +53,7 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
         key,
         user_id: user.body["id"].as_str().unwrap().to_owned(),
         owner_id: a.owner_id.clone(),
+        event_id: srv.events(&a.token, "").await[0]["id"].as_str().unwrap().to_owned(),
     };
     let b_tenant = srv.tenant("Attacker").await;
     let (_, b_key) = srv.api_key(&b_tenant.token, json!({"name": "attacker key", "role": "owner"})).await;

@@ -1,0 +1,147 @@
+//! Signed checkpoints: a statement "the log had `size` records and this
+//! root" signed with the audit Ed25519 key. The body is plain text so an
+//! auditor can check it with any Ed25519 implementation:
+//!
+//! ```text
+//! palisade-audit/v1
+//! <origin>
+//! <tree size, decimal>
+//! <root hash, base64>
+//! <unix time in milliseconds>
+//! ```
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use ed25519_dalek::pkcs8::DecodePrivateKey;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::merkle::Hash;
+
+pub const FORMAT: &str = "palisade-audit/v1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Checkpoint {
+    /// The signed text.
+    pub body: String,
+    /// Base64 Ed25519 signature over `body`.
+    pub signature: String,
+    /// First 16 hex characters of SHA-256 of the public key.
+    pub key_id: String,
+}
+
+/// The parsed body of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub origin: String,
+    pub tree_size: u64,
+    pub root: Hash,
+    pub ts_ms: i64,
+}
+
+impl Checkpoint {
+    pub fn head(&self) -> Option<Head> {
+        let mut lines = self.body.strip_suffix('\n')?.split('\n');
+        if lines.next()? != FORMAT {
+            return None;
+        }
+        let origin = lines.next()?.to_owned();
+        let tree_size = lines.next()?.parse().ok()?;
+        let root = B64.decode(lines.next()?).ok()?.try_into().ok()?;
+        let ts_ms = lines.next()?.parse().ok()?;
+        lines.next().is_none().then_some(Head { origin, tree_size, root, ts_ms })
+    }
+}
+
+pub struct Signer {
+    key: SigningKey,
+    verifier: Verifier,
+    origin: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("audit signing key: {0}")]
+pub struct KeyError(String);
+
+impl Signer {
+    /// From a PKCS#8 PEM Ed25519 private key.
+    pub fn from_pem(pem: &str, origin: &str) -> Result<Self, KeyError> {
+        let key =
+            SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyError(format!("not an Ed25519 PKCS#8 PEM key: {e}")))?;
+        let verifier = Verifier::new(key.verifying_key());
+        Ok(Self { key, verifier, origin: origin.to_owned() })
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    pub fn sign(&self, tree_size: u64, root: &Hash, ts_ms: i64) -> Checkpoint {
+        let body = format!("{FORMAT}\n{}\n{tree_size}\n{}\n{ts_ms}\n", self.origin, B64.encode(root));
+        let signature = B64.encode(self.key.sign(body.as_bytes()).to_bytes());
+        Checkpoint { body, signature, key_id: self.verifier.key_id.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    key: VerifyingKey,
+    key_id: String,
+}
+
+impl Verifier {
+    pub fn new(key: VerifyingKey) -> Self {
+        let key_id = hex::encode(Sha256::digest(key.as_bytes()))[..16].to_owned();
+        Self { key, key_id }
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The raw 32-byte public key, base64.
+    pub fn public_key_b64(&self) -> String {
+        B64.encode(self.key.as_bytes())
+    }
+
+    pub fn verify(&self, cp: &Checkpoint) -> Option<Head> {
+        let sig: [u8; 64] = B64.decode(&cp.signature).ok()?.try_into().ok()?;
+        self.key.verify(cp.body.as_bytes(), &Signature::from_bytes(&sig)).ok()?;
+        cp.head()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer() -> Signer {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        let pem = SigningKey::from_bytes(&[7u8; 32]).to_pkcs8_pem(Default::default()).unwrap();
+        Signer::from_pem(&pem, "test.example").unwrap()
+    }
+
+    #[test]
+    fn sign_parse_verify() {
+        let s = signer();
+        let cp = s.sign(42, &[9u8; 32], 1_700_000_000_000);
+        let head = s.verifier().verify(&cp).unwrap();
+        assert_eq!(
+            head,
+            Head { origin: "test.example".into(), tree_size: 42, root: [9u8; 32], ts_ms: 1_700_000_000_000 }
+        );
+        let mut forged = cp.clone();
+        forged.body = forged.body.replace("\n42\n", "\n41\n");
+        assert!(s.verifier().verify(&forged).is_none());
+        let other = Signer::from_pem(
+            &{
+                use ed25519_dalek::pkcs8::EncodePrivateKey;
+                SigningKey::from_bytes(&[8u8; 32]).to_pkcs8_pem(Default::default()).unwrap().to_string()
+            },
+            "test.example",
+        )
+        .unwrap();
+        assert!(other.verifier().verify(&cp).is_none());
+    }
+}

@@ -1,0 +1,221 @@
+//! The integrator: sequences committed events into the Merkle tree in
+//! batches and signs a checkpoint after each batch. Checkpoints go to the
+//! database and to an append-only file in the data directory, so editing
+//! the audit tables alone cannot erase them.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_store::audit::{AuditRow, CheckpointRow};
+use palisade_store::{Db, StoreError};
+use tokio::sync::Notify;
+
+use crate::checkpoint::{Checkpoint, Signer};
+use crate::merkle::{self, Frontier, Hash};
+
+const BATCH: i64 = 5000;
+
+/// The bytes a leaf commits to: a JSON array of the record's fields in a
+/// fixed order (see docs/audit.md).
+pub fn leaf_data(r: &AuditRow) -> Vec<u8> {
+    serde_json::to_vec(&(
+        "palisade-audit-leaf/v1",
+        r.seq,
+        &r.id,
+        r.ts,
+        &r.tenant_id,
+        &r.actor_type,
+        &r.actor_id,
+        &r.action,
+        &r.resource_type,
+        &r.resource_id,
+        &r.source_ip,
+        &r.user_agent,
+        &r.request_id,
+        &r.details,
+    ))
+    .unwrap_or_default()
+}
+
+pub fn leaf_hash_of(r: &AuditRow) -> Hash {
+    merkle::leaf_hash(&leaf_data(r))
+}
+
+pub struct AuditLog {
+    db: Db,
+    signer: Signer,
+    checkpoint_file: PathBuf,
+    wake: Notify,
+    file_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the log head is corrupt")]
+    CorruptHead,
+    #[error("missing tree node {0}")]
+    MissingNode(String),
+    #[error("checkpoint file: {0}")]
+    File(#[from] std::io::Error),
+}
+
+impl From<sqlx::Error> for LogError {
+    fn from(e: sqlx::Error) -> Self {
+        LogError::Store(StoreError::from(e))
+    }
+}
+
+impl AuditLog {
+    pub fn new(db: Db, signer: Signer, checkpoint_file: PathBuf) -> Arc<Self> {
+        Arc::new(Self { db, signer, checkpoint_file, wake: Notify::new(), file_lock: Default::default() })
+    }
+
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// Asks the integrator to run soon (after writes).
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Sequences everything pending; one signed checkpoint per batch.
+    /// Returns the last checkpoint written, if any.
+    pub async fn integrate(&self, now_ms: i64) -> Result<Option<Checkpoint>, LogError> {
+        let mut last = None;
+        while let Some(cp) = self.integrate_batch(now_ms).await? {
+            last = Some(cp);
+        }
+        Ok(last)
+    }
+
+    async fn integrate_batch(&self, now_ms: i64) -> Result<Option<Checkpoint>, LogError> {
+        let mut tx = self.db.begin().await?;
+        let (size, frontier) = palisade_store::audit::lock_head(&mut tx).await?;
+        let batch = palisade_store::audit::pending_batch(&mut tx, BATCH).await?;
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        let mut f = Frontier::decode(u64::try_from(size).map_err(|_| LogError::CorruptHead)?, &frontier)
+            .ok_or(LogError::CorruptHead)?;
+        let first = size;
+        let mut leaves = Vec::with_capacity(batch.len());
+        let mut nodes = Vec::with_capacity(batch.len());
+        for row in &batch {
+            let index = f.size() as i64;
+            let h = leaf_hash_of(row);
+            f.push(h, |level, idx, node| nodes.push((i64::from(level), idx as i64, hex::encode(node))));
+            leaves.push((index, row.seq, hex::encode(h)));
+        }
+        palisade_store::audit::insert_leaves(&mut tx, &leaves).await?;
+        palisade_store::audit::insert_nodes(&mut tx, &nodes).await?;
+        palisade_store::audit::dequeue_integrated(&mut tx, first).await?;
+        let root = f.root();
+        let cp = self.signer.sign(f.size(), &root, now_ms);
+        let row = CheckpointRow {
+            tree_size: f.size() as i64,
+            root_hash: hex::encode(root),
+            ts: now_ms,
+            body: cp.body.clone(),
+            signature: cp.signature.clone(),
+            key_id: cp.key_id.clone(),
+        };
+        palisade_store::audit::insert_checkpoint(&mut tx, &row).await?;
+        palisade_store::audit::set_head(&mut tx, f.size() as i64, &f.encode()).await?;
+        tx.commit().await?;
+        self.append_to_file(&cp).await?;
+        Ok(Some(cp))
+    }
+
+    /// One JSON line per checkpoint, file mode 0600, opened in append mode.
+    async fn append_to_file(&self, cp: &Checkpoint) -> Result<(), LogError> {
+        let _guard = self.file_lock.lock().await;
+        let line = serde_json::to_string(cp).unwrap_or_default() + "\n";
+        let path = self.checkpoint_file.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.create(true).append(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&path)?;
+            f.write_all(line.as_bytes())?;
+            f.sync_data()
+        })
+        .await
+        .map_err(|e| LogError::File(std::io::Error::other(e)))??;
+        Ok(())
+    }
+
+    pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, LogError> {
+        Ok(palisade_store::audit::latest_checkpoint(self.db.reader()).await?.map(|r| Checkpoint {
+            body: r.body,
+            signature: r.signature,
+            key_id: r.key_id,
+        }))
+    }
+
+    /// The hash of leaves `[start, start + len)` from stored leaves and nodes.
+    async fn subtree(&self, start: u64, len: u64) -> Result<Hash, LogError> {
+        if len.is_power_of_two() && start % len == 0 {
+            let level = len.trailing_zeros();
+            let stored = if level == 0 {
+                palisade_store::audit::leaf_hash_at(self.db.reader(), start as i64).await?
+            } else {
+                palisade_store::audit::node_hash_at(self.db.reader(), i64::from(level), (start >> level) as i64).await?
+            };
+            return stored
+                .as_deref()
+                .and_then(merkle::decode_hash)
+                .ok_or_else(|| LogError::MissingNode(format!("{level}/{}", start >> level)));
+        }
+        let k = merkle::split_point(len);
+        let left = Box::pin(self.subtree(start, k)).await?;
+        let right = Box::pin(self.subtree(start + k, len - k)).await?;
+        Ok(merkle::node_hash(&left, &right))
+    }
+
+    /// Audit path for leaf `index` in the tree of `size` leaves.
+    pub async fn inclusion_path(&self, index: u64, size: u64) -> Result<Vec<Hash>, LogError> {
+        // Collect the subtrees the path needs, then fetch them.
+        let mut wanted = Vec::new();
+        let _ = merkle::inclusion_path(index, 0, size, &mut |s, l| {
+            wanted.push((s, l));
+            Ok::<_, ()>([0u8; 32])
+        });
+        let mut out = Vec::with_capacity(wanted.len());
+        for (s, l) in wanted {
+            out.push(self.subtree(s, l).await?);
+        }
+        Ok(out)
+    }
+
+    /// Runs the integrator until `stop` fires, then once more (the
+    /// shutdown checkpoint).
+    pub fn spawn(
+        self: &Arc<Self>,
+        clock: Arc<dyn palisade_core::Clock>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let log = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = log.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => break,
+                }
+                if let Err(e) = log.integrate(clock.now_ms()).await {
+                    tracing::error!(error = %e, "audit integration failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            if let Err(e) = log.integrate(clock.now_ms()).await {
+                tracing::error!(error = %e, "final audit integration failed");
+            }
+        })
+    }
+}
