@@ -45,6 +45,8 @@ pub struct TestServer {
     pub master_key: String,
     pub clock: ManualClock,
     pub data_dir: PathBuf,
+    /// The database URL the server used (for the CLI and for tampering).
+    pub db_url: String,
     running: Option<Running>,
     pg: Option<(String, String)>,
     _dir: tempfile::TempDir,
@@ -110,6 +112,7 @@ impl TestServer {
             pg = Some((base.clone(), name));
         }
         tweak(&mut config);
+        let db_url = config.database_url();
         let clock = ManualClock::new(SystemClock.now_ms());
         let state = palisade::build_state(config, Arc::new(clock.clone())).await.unwrap();
         let running = palisade::start(state, "127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -119,6 +122,7 @@ impl TestServer {
             master_key,
             clock,
             data_dir,
+            db_url,
             running: Some(running),
             pg,
             _dir: dir,
@@ -133,6 +137,13 @@ impl TestServer {
             if let Ok(mut c) = sqlx::AnyConnection::connect(&base).await {
                 let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
             }
+        }
+    }
+
+    /// Stops serving (writing the shutdown checkpoint) but keeps the data.
+    pub async fn halt(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
         }
     }
 

@@ -6,6 +6,7 @@
 mod common;
 
 mod api_keys;
+mod audit;
 mod auth;
 mod cli;
 mod events;

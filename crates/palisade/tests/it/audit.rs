@@ -1,0 +1,316 @@
+//! The tamper-evident audit log: an attacker with write access to the
+//! database (triggers dropped) edits, deletes, reorders, inserts or
+//! truncates, and `palisade audit verify` exits 1 naming what; inclusion
+//! proofs check out with an implementation written here, independent of
+//! the server's.
+
+use std::process::Command;
+
+use base64::Engine as _;
+use reqwest::Method;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::Connection;
+
+use crate::common::{Backend, TestServer};
+
+backend_tests!(
+    intact_log_verifies,
+    edited_record_is_detected,
+    deleted_record_is_detected,
+    reordered_records_are_detected,
+    truncated_tail_is_detected,
+    record_inserted_behind_the_log_is_detected,
+    forged_checkpoint_is_detected,
+    database_refuses_update_and_delete,
+    inclusion_proof_checks_out_independently,
+);
+
+/// A server with some history, stopped, so the CLI owns the data.
+async fn with_history(b: Backend) -> TestServer {
+    let mut srv = TestServer::start(b).await;
+    let t = srv.tenant("Audited").await;
+    for i in 0..6 {
+        srv.api_key(&t.token, json!({"name": format!("k{i}"), "role": "read_only"})).await;
+    }
+    srv.get("/v1/me", &t.token).await.expect(200);
+    srv.halt().await;
+    srv
+}
+
+fn verify(srv: &TestServer) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["audit", "verify"])
+        .env("PALISADE_SERVER__DATA_DIR", &srv.data_dir)
+        .env("PALISADE_DATABASE__URL", &srv.db_url)
+        .env_remove("PALISADE_MODE")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Runs SQL as an attacker would: with the append-only triggers out of the way.
+async fn tamper(srv: &TestServer, statements: &[&str]) {
+    sqlx::any::install_default_drivers();
+    let mut c = sqlx::AnyConnection::connect(&srv.db_url).await.unwrap();
+    let disarm: Vec<String> = if srv.db_url.starts_with("sqlite") {
+        ["audit_events", "audit_leaves", "audit_nodes", "audit_checkpoints"]
+            .iter()
+            .flat_map(|t| {
+                [format!("DROP TRIGGER IF EXISTS {t}_no_update"), format!("DROP TRIGGER IF EXISTS {t}_no_delete")]
+            })
+            .chain(std::iter::once("DROP TRIGGER IF EXISTS audit_events_enqueue".to_owned()))
+            .collect()
+    } else {
+        vec!["SET session_replication_role = replica".to_owned()]
+    };
+    for s in disarm.iter().map(String::as_str).chain(statements.iter().copied()) {
+        sqlx::query(s).execute(&mut c).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+    }
+    c.close().await.unwrap();
+}
+
+async fn scalar(srv: &TestServer, sql: &str) -> i64 {
+    let mut c = sqlx::AnyConnection::connect(&srv.db_url).await.unwrap();
+    let v: i64 = sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap();
+    c.close().await.unwrap();
+    v
+}
+
+#[track_caller]
+fn assert_tampered(result: (i32, String), needle: &str) {
+    let (code, text) = result;
+    assert_eq!(code, 1, "verify must exit 1: {text}");
+    assert!(text.contains("TAMPERED") && text.contains(needle), "expected `{needle}` in: {text}");
+}
+
+async fn intact_log_verifies(b: Backend) {
+    let srv = with_history(b).await;
+    let (code, text) = verify(&srv);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("intact"), "{text}");
+    let n = scalar(&srv, "SELECT COUNT(*) FROM audit_events").await;
+    assert!(text.contains(&format!("{n} records")), "{text}");
+    // The checkpoint file holds one line per batch, 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let file = srv.data_dir.join("audit-checkpoints.jsonl");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!std::fs::read_to_string(&file).unwrap().is_empty());
+    srv.stop().await;
+}
+
+async fn edited_record_is_detected(b: Backend) {
+    let srv = with_history(b).await;
+    let seq = scalar(&srv, "SELECT MIN(seq) + 3 FROM audit_events").await;
+    tamper(&srv, &[&format!("UPDATE audit_events SET action = 'api_key.revoked' WHERE seq = {seq}")]).await;
+    assert_tampered(verify(&srv), &format!("record seq {seq} "));
+    srv.stop().await;
+}
+
+async fn deleted_record_is_detected(b: Backend) {
+    let srv = with_history(b).await;
+    let seq = scalar(&srv, "SELECT MIN(seq) + 2 FROM audit_events").await;
+    tamper(&srv, &[&format!("DELETE FROM audit_events WHERE seq = {seq}")]).await;
+    assert_tampered(verify(&srv), &format!("record seq {seq} (leaf 2) was deleted"));
+    srv.stop().await;
+}
+
+async fn reordered_records_are_detected(b: Backend) {
+    // Swapping which key two records say was created first.
+    let srv = with_history(b.clone()).await;
+    let a = scalar(&srv, "SELECT MIN(seq) + 2 FROM audit_events").await;
+    let c = a + 1;
+    let mut conn = sqlx::AnyConnection::connect(&srv.db_url).await.unwrap();
+    let resource = |seq: i64| format!("SELECT resource_id FROM audit_events WHERE seq = {seq}");
+    let ra: String = sqlx::query_scalar(&resource(a)).fetch_one(&mut conn).await.unwrap();
+    let rc: String = sqlx::query_scalar(&resource(c)).fetch_one(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    tamper(
+        &srv,
+        &[
+            &format!("UPDATE audit_events SET resource_id = '{rc}' WHERE seq = {a}"),
+            &format!("UPDATE audit_events SET resource_id = '{ra}' WHERE seq = {c}"),
+        ],
+    )
+    .await;
+    assert_tampered(verify(&srv), &format!("record seq {a} "));
+    srv.stop().await;
+
+    // Swapping two leaves, hashes and all: only the signed roots notice.
+    let srv = with_history(b).await;
+    tamper(
+        &srv,
+        &[
+            "UPDATE audit_leaves SET leaf_index = -1 WHERE leaf_index = 1",
+            "UPDATE audit_leaves SET leaf_index = 1 WHERE leaf_index = 2",
+            "UPDATE audit_leaves SET leaf_index = 2 WHERE leaf_index = -1",
+        ],
+    )
+    .await;
+    assert_tampered(verify(&srv), "does not match its signed checkpoint");
+    srv.stop().await;
+}
+
+async fn truncated_tail_is_detected(b: Backend) {
+    let srv = with_history(b).await;
+    let n = scalar(&srv, "SELECT COUNT(*) FROM audit_leaves").await;
+    let keep = n - 3;
+    // A thorough attacker removes the tail and every trace of it in the
+    // database, checkpoints included; the checkpoint file remembers.
+    tamper(
+        &srv,
+        &[
+            &format!(
+                "DELETE FROM audit_events WHERE seq IN (SELECT event_seq FROM audit_leaves WHERE leaf_index >= {keep})"
+            ),
+            &format!("DELETE FROM audit_leaves WHERE leaf_index >= {keep}"),
+            &format!("DELETE FROM audit_checkpoints WHERE tree_size > {keep}"),
+        ],
+    )
+    .await;
+    assert_tampered(verify(&srv), &format!("truncated: a signed checkpoint covers {n} records but only {keep} remain"));
+    srv.stop().await;
+}
+
+async fn record_inserted_behind_the_log_is_detected(b: Backend) {
+    let srv = with_history(b).await;
+    tamper(
+        &srv,
+        &["INSERT INTO audit_events (id, ts, actor_type, action, details) \
+           VALUES ('00000000-0000-4000-8000-000000000001', 0, 'system', 'auth.login', '{}')"],
+    )
+    .await;
+    assert_tampered(verify(&srv), "is not part of the log");
+    srv.stop().await;
+}
+
+async fn forged_checkpoint_is_detected(b: Backend) {
+    let srv = with_history(b).await;
+    let file = srv.data_dir.join("audit-checkpoints.jsonl");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    last["body"] = json!(last["body"].as_str().unwrap().replace("palisade\n", "palisade\n9"));
+    std::fs::write(&file, format!("{text}{last}\n")).unwrap();
+    assert_tampered(verify(&srv), "invalid signature");
+    srv.stop().await;
+}
+
+async fn database_refuses_update_and_delete(b: Backend) {
+    let srv = with_history(b).await;
+    let mut c = sqlx::AnyConnection::connect(&srv.db_url).await.unwrap();
+    for sql in [
+        "UPDATE audit_events SET action = 'x'",
+        "DELETE FROM audit_events",
+        "UPDATE audit_leaves SET leaf_hash = 'x'",
+        "DELETE FROM audit_checkpoints",
+        "DELETE FROM audit_nodes",
+    ] {
+        let err = sqlx::query(sql).execute(&mut c).await.expect_err(sql);
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    c.close().await.unwrap();
+    assert_eq!(verify(&srv).0, 0);
+    srv.stop().await;
+}
+
+// ---- An independent verifier, written from RFC 9162 for this test ----
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// RFC 9162 §2.1.3.2, step by step.
+fn root_from_path(leaf_index: u64, tree_size: u64, leaf: [u8; 32], path: &[[u8; 32]]) -> Option<[u8; 32]> {
+    if leaf_index >= tree_size {
+        return None;
+    }
+    let mut fn_ = leaf_index;
+    let mut sn = tree_size - 1;
+    let mut r = leaf;
+    for p in path {
+        if sn == 0 {
+            return None;
+        }
+        if fn_ % 2 == 1 || fn_ == sn {
+            r = sha256(&[&[1], p, &r]);
+            while fn_ % 2 == 0 && fn_ != 0 {
+                fn_ /= 2;
+                sn /= 2;
+            }
+        } else {
+            r = sha256(&[&[1], &r, p]);
+        }
+        fn_ /= 2;
+        sn /= 2;
+    }
+    (sn == 0).then_some(r)
+}
+
+async fn inclusion_proof_checks_out_independently(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let t = srv.tenant("Proven").await;
+    for i in 0..9 {
+        srv.api_key(&t.token, json!({"name": format!("p{i}"), "role": "read_only"})).await;
+    }
+    let events = srv.events(&t.token, "limit=500").await;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut pinned_key = None;
+    for ev in [&events[0], &events[events.len() / 2], events.last().unwrap()] {
+        let id = ev["id"].as_str().unwrap();
+        let p = srv.get(&format!("/v1/events/{id}/proof"), &t.token).await.expect(200).body;
+        // The leaf is the record the tenant reads, byte for byte hashed.
+        let data = p["leaf_data"].as_str().unwrap();
+        let fields: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(fields[0], "palisade-audit-leaf/v1");
+        assert_eq!(fields[1], ev["seq"]);
+        assert_eq!(fields[2], ev["id"]);
+        assert_eq!(fields[7], ev["action"]);
+        let leaf = sha256(&[&[0], data.as_bytes()]);
+        assert_eq!(hex_encode(&leaf), p["leaf_hash"].as_str().unwrap());
+        let path: Vec<[u8; 32]> =
+            p["audit_path"].as_array().unwrap().iter().map(|h| hex_decode(h.as_str().unwrap())).collect();
+        let index = p["leaf_index"].as_u64().unwrap();
+        let size = p["tree_size"].as_u64().unwrap();
+        let root = root_from_path(index, size, leaf, &path).expect("path shape");
+
+        // The checkpoint: Ed25519 over the body, body states size and root.
+        let key_bytes: [u8; 32] = b64.decode(p["public_key"].as_str().unwrap()).unwrap().try_into().unwrap();
+        let pinned = *pinned_key.get_or_insert(key_bytes);
+        assert_eq!(pinned, key_bytes, "the signing key does not change between proofs");
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&pinned).unwrap();
+        let body = p["checkpoint"]["body"].as_str().unwrap();
+        let sig: [u8; 64] = b64.decode(p["checkpoint"]["signature"].as_str().unwrap()).unwrap().try_into().unwrap();
+        key.verify_strict(body.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig)).expect("checkpoint signature");
+        let lines: Vec<&str> = body.lines().collect();
+        assert_eq!(lines[0], "palisade-audit/v1");
+        assert_eq!(lines[2].parse::<u64>().unwrap(), size);
+        assert_eq!(b64.decode(lines[3]).unwrap(), root.to_vec(), "the path leads to the signed root");
+
+        // A record changed by one character no longer proves.
+        let forged = data.replacen(id, &uuid::Uuid::new_v4().to_string(), 1);
+        let forged_leaf = sha256(&[&[0], forged.as_bytes()]);
+        assert_ne!(root_from_path(index, size, forged_leaf, &path), Some(root));
+    }
+    // Tenant-visible verification.
+    let v = srv.get("/v1/events/verify", &t.token).await.expect(200).body;
+    assert_eq!(v["status"], "intact", "{v}");
+    assert!(v["checked_events"].as_u64().unwrap() + v["pending_events"].as_u64().unwrap() >= events.len() as u64);
+    srv.call(Method::GET, &format!("/v1/events/{}/proof", uuid::Uuid::new_v4()), Some(&t.token), None)
+        .await
+        .expect(404);
+    srv.stop().await;
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn hex_decode(s: &str) -> [u8; 32] {
+    let v: Vec<u8> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect();
+    v.try_into().unwrap()
+}
