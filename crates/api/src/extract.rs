@@ -267,8 +267,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ValidJson<T> {
         if !palisade_guard::input::json_depth_within(&bytes, limits.max_json_depth) {
             return Err(ApiError::validation("body", format!("JSON nesting deeper than {}", limits.max_json_depth)));
         }
-        let mut value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::validation("body", format!("malformed JSON: {}", json_error(&e))))?;
+        let mut value = palisade_guard::input::parse_json_strict(&bytes).map_err(|e| {
+            let what = if e.is_data() { e.to_string() } else { format!("malformed JSON: {}", json_error(&e)) };
+            ApiError::validation("body", what)
+        })?;
         palisade_guard::input::sanitize_json(&mut value, limits.max_text_chars).map_err(ApiError::validation_many)?;
         serde_json::from_value(value).map(ValidJson).map_err(|e| ApiError::validation("body", e.to_string()))
     }

@@ -160,7 +160,7 @@ impl AuditLog {
 
     /// The hash of leaves `[start, start + len)` from stored leaves and nodes.
     async fn subtree(&self, start: u64, len: u64) -> Result<Hash, LogError> {
-        if len.is_power_of_two() && start % len == 0 {
+        if len.is_power_of_two() && start.is_multiple_of(len) {
             let level = len.trailing_zeros();
             let stored = if level == 0 {
                 palisade_store::audit::leaf_hash_at(self.db.reader(), start as i64).await?

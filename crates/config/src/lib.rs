@@ -54,7 +54,7 @@ pub struct Server {
     pub listen: String,
     pub data_dir: PathBuf,
     /// Proxies (CIDRs) whose `X-Forwarded-For` is believed. Empty: the socket address is the client.
-    #[serde(deserialize_with = "list_or_csv")]
+    #[serde(deserialize_with = "nets")]
     pub trust_proxy: Vec<IpNet>,
     pub tls: Tls,
     /// Base URL used in links sent by mail.
@@ -220,6 +220,24 @@ where
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<T>().map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}"))))
         .collect()
+}
+
+/// CIDRs, where a bare address means that one host.
+#[derive(Debug)]
+struct Net(IpNet);
+
+impl std::str::FromStr for Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map(|n| Net(n.trunc()))
+            .map_err(|_| "not an IP address or CIDR".to_owned())
+    }
+}
+
+fn nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Ok(list_or_csv::<D, Net>(d)?.into_iter().map(|n| n.0).collect())
 }
 
 impl Config {

@@ -37,12 +37,8 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let jwt = jwt_keys(&config)?;
     let mailer = match &config.mail.smtp_url {
         Some(url) => Mailer::smtp(url.expose(), &config.mail.from)?,
-        None => {
-            if config.mode == Mode::Production {
-                tracing::warn!("mail.smtp_url is not set: mail is written to the outbox directory only");
-            }
-            Mailer::outbox(config.server.data_dir.join("outbox"), &config.mail.from)?
-        }
+        // Production refuses to start without SMTP, so this is dev only.
+        None => Mailer::outbox(config.server.data_dir.join("outbox"), &config.mail.from)?,
     };
     let trusted_proxies = config.server.trust_proxy.clone();
     let audit_log = audit_log(&config, &db)?;

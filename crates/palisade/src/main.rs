@@ -14,7 +14,8 @@ fn main() {
     };
     if let Command::Serve { listen: Some(addr) } = &cli.command {
         if config.server.public_url == palisade_config::Server::default().public_url {
-            config.server.public_url = format!("http://{addr}");
+            let scheme = if config.tls_enabled() { "https" } else { "http" };
+            config.server.public_url = format!("{scheme}://{addr}");
         }
         config.server.listen = addr.clone();
         if let Err(e) = config.validate() {

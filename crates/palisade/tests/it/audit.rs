@@ -238,7 +238,7 @@ fn root_from_path(leaf_index: u64, tree_size: u64, leaf: [u8; 32], path: &[[u8; 
         }
         if fn_ % 2 == 1 || fn_ == sn {
             r = sha256(&[&[1], p, &r]);
-            while fn_ % 2 == 0 && fn_ != 0 {
+            while fn_.is_multiple_of(2) && fn_ != 0 {
                 fn_ /= 2;
                 sn /= 2;
             }

@@ -108,6 +108,11 @@ async fn json_only_and_well_formed(b: Backend) {
     let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
     let r = TestServer::send(raw("application/json", deep.into_bytes())).await.expect(400);
     assert!(r.text.contains("nesting"), "{}", r.text);
+    // A repeated key is ambiguous (which one did a filter in front see?).
+    let r = TestServer::send(raw("application/json", br#"{"name":"k","role":"owner","role":"read_only"}"#.to_vec()))
+        .await
+        .expect(400);
+    assert!(r.text.contains("duplicate field"), "{}", r.text);
     // Unknown fields are refused rather than ignored.
     let r =
         srv.post("/v1/api-keys", &t.token, json!({"name": "k", "role": "read_only", "rol": "owner"})).await.expect(400);
