@@ -219,3 +219,33 @@ impl AuditLog {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worked example of docs/audit.md, computed there independently.
+    #[test]
+    fn leaf_encoding_matches_the_documented_example() {
+        let row = AuditRow {
+            seq: 1,
+            id: "01a20798-3abc-745d-ad69-c22b349f5ad5".into(),
+            ts: 1_795_423_746_720,
+            tenant_id: Some("01a20798-3abb-735f-9dde-4c0d0cc79f68".into()),
+            actor_type: "sysadmin".into(),
+            actor_id: None,
+            action: "tenant.created".into(),
+            resource_type: Some("tenant".into()),
+            resource_id: Some("01a20798-3abb-735f-9dde-4c0d0cc79f68".into()),
+            source_ip: Some("127.0.0.1".into()),
+            user_agent: Some("curl/8.5.0".into()),
+            request_id: Some("762e3adf-e15f-4b2b-a442-ced00df912e6".into()),
+            details: r#"{"owner_id":"01a20798-3abb-735f-9dde-4c0ede9614f9"}"#.into(),
+        };
+        assert_eq!(
+            String::from_utf8(leaf_data(&row)).unwrap(),
+            r#"["palisade-audit-leaf/v1",1,"01a20798-3abc-745d-ad69-c22b349f5ad5",1795423746720,"01a20798-3abb-735f-9dde-4c0d0cc79f68","sysadmin",null,"tenant.created","tenant","01a20798-3abb-735f-9dde-4c0d0cc79f68","127.0.0.1","curl/8.5.0","762e3adf-e15f-4b2b-a442-ced00df912e6","{\"owner_id\":\"01a20798-3abb-735f-9dde-4c0ede9614f9\"}"]"#
+        );
+        assert_eq!(hex::encode(leaf_hash_of(&row)), "b86a29d8f0cefcba4b4d9e992a70e49721c2a5101b86b335671256cc9913a3b5");
+    }
+}
