@@ -121,6 +121,19 @@ async fn run(name: &str, url: &str, dir: &std::path::Path, records: usize) -> an
     );
     log.integrate(SystemClock.now_ms()).await?;
 
+    // 3a. Raw read speed of the leaf stream, for reference.
+    {
+        use futures_util::TryStreamExt;
+        let started = Instant::now();
+        let mut rows = palisade_store::audit::stream_leaves(db.reader());
+        let mut n = 0u64;
+        while rows.try_next().await?.is_some() {
+            n += 1;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!("read only: {n} leaves in {secs:.2} s = {:.0} rows/s", n as f64 / secs);
+    }
+
     // 3. Full verification, as `palisade audit verify` runs it.
     let started = Instant::now();
     let report = palisade_audit::verify::verify_log(
