@@ -23,7 +23,13 @@ fn main() {
             std::process::exit(2);
         }
     }
-    palisade::logging::init(&config.log.level, std::io::stdout);
+    // The server logs JSON lines to stdout; operator commands print their
+    // own results there, so their (warnings-only) log goes to stderr.
+    if matches!(cli.command, Command::Serve { .. }) {
+        palisade::logging::init(&config.log.level, std::io::stdout);
+    } else {
+        palisade::logging::init("warn", std::io::stderr);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
