@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use palisade_store::audit::AuditRow;
+use palisade_store::audit::{AuditRow, RECORD_SEP};
 use palisade_store::Db;
 
 use crate::checkpoint::{Checkpoint, Verifier};
@@ -19,6 +19,66 @@ struct Leaf<'a> {
     hash: Hash,
     /// The record as the database encoded it; `None` if the row is gone.
     record: Option<&'a str>,
+}
+
+/// (leaf index, leaf hash, problem with the record if any)
+type Checked = (u64, Hash, Option<String>);
+
+/// Fast path: re-encodes the raw fields exactly as the integrator did and
+/// hashes them. `Err(())` when the record is not in the expected shape.
+fn nullable(s: &str) -> Option<&str> {
+    (s != palisade_store::audit::NULL_MARK).then_some(s)
+}
+
+fn check_fields(record: &str, buf: &mut Vec<u8>) -> Result<Checked, ()> {
+    use palisade_store::audit::FIELD_SEP;
+    let opt = nullable;
+    let f: Vec<&str> = record.split(FIELD_SEP).collect();
+    let index: u64 = f.first().and_then(|s| s.parse().ok()).ok_or(())?;
+    let event_seq: i64 = f.get(1).and_then(|s| s.parse().ok()).ok_or(())?;
+    let hash = f.get(2).and_then(|h| merkle::decode_hash(h)).ok_or(())?;
+    if f.len() == 4 && f[3] == "-" {
+        return Ok((index, hash, Some(format!("record seq {event_seq} (leaf {index}) was deleted"))));
+    }
+    if f.len() != 16 {
+        return Err(());
+    }
+    let seq: i64 = f[3].parse().map_err(|_| ())?;
+    let ts: i64 = f[5].parse().map_err(|_| ())?;
+    buf.clear();
+    serde_json::to_writer(
+        &mut *buf,
+        &(
+            "palisade-audit-leaf/v1",
+            seq,
+            f[4],
+            ts,
+            opt(f[6]),
+            f[7],
+            opt(f[8]),
+            f[9],
+            opt(f[10]),
+            opt(f[11]),
+            opt(f[12]),
+            opt(f[13]),
+            opt(f[14]),
+            f[15],
+        ),
+    )
+    .map_err(|_| ())?;
+    let problem = (merkle::leaf_hash(buf) != hash)
+        .then(|| format!("record seq {event_seq} (id {}, leaf {index}) was altered", f[4]));
+    Ok((index, hash, problem))
+}
+
+/// Slow path for one leaf: the database encodes the record as JSON.
+async fn slow_check(db: &Db, index: u64) -> Result<Result<Checked, String>, LogError> {
+    let i = index as i64;
+    let chunk = palisade_store::audit::leaf_chunk(db, i, i + 1).await?;
+    let Some(leaf) = chunk.lines().next().and_then(parse_line) else {
+        return Ok(Err(format!("leaf {index} is unreadable")));
+    };
+    Ok(Ok((leaf.index, leaf.hash, check_record(&leaf).err())))
 }
 
 fn parse_line(line: &str) -> Option<Leaf<'_>> {
@@ -140,29 +200,43 @@ pub async fn verify_log(
     let mut last_good_size = 0u64;
     let last = palisade_store::audit::max_leaf_index(db.reader()).await?.unwrap_or(-1);
     let mut from = 0i64;
+    let mut buf = Vec::with_capacity(1024);
     'scan: while from <= last {
-        let chunk = palisade_store::audit::leaf_chunk(db, from, from + CHUNK).await?;
-        for line in chunk.split('\n').filter(|l| !l.is_empty()) {
+        let chunk = palisade_store::audit::leaf_fields_chunk(db, from, from + CHUNK).await?;
+        let mut pieces = chunk.split(RECORD_SEP).filter(|l| !l.is_empty()).peekable();
+        while let Some(record) = pieces.next() {
             let index = frontier.size();
-            let leaf = match parse_line(line) {
-                Some(l) => l,
-                None => {
-                    report.problems.push(format!("leaf {index} is unreadable"));
-                    break 'scan;
+            let leaf = match check_fields(record, &mut buf) {
+                Ok(l) => l,
+                // Not in the expected shape (the record holds a separator):
+                // judge this one leaf the slow way, then resynchronize on
+                // the next leaf's first field.
+                Err(()) => {
+                    let next = format!("{}{}", index + 1, palisade_store::audit::FIELD_SEP);
+                    while pieces.peek().is_some_and(|p| !p.starts_with(&next)) {
+                        pieces.next();
+                    }
+                    match slow_check(db, index).await? {
+                        Ok(l) => l,
+                        Err(problem) => {
+                            report.problems.push(problem);
+                            break 'scan;
+                        }
+                    }
                 }
             };
-            if leaf.index != index {
+            if leaf.0 != index {
                 report.problems.push(format!(
                     "leaf {index} is missing: records were deleted from the tree (next present is leaf {})",
-                    leaf.index
+                    leaf.0
                 ));
                 break 'scan;
             }
-            if let Err(problem) = check_record(&leaf) {
+            if let Some(problem) = leaf.2 {
                 report.problems.push(problem);
                 break 'scan;
             }
-            frontier.push(leaf.hash, |_, _, _| {});
+            frontier.push(leaf.1, |_, _, _| {});
             let size = frontier.size();
             if let Some(root) = signed.get(&size) {
                 if *root != frontier.root() {

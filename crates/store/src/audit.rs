@@ -396,3 +396,59 @@ pub async fn leaf_chunk(db: &crate::Db, from: i64, to: i64) -> Result<String> {
 pub async fn max_leaf_index<'c>(ex: impl Executor<'c, Database = Any>) -> Result<Option<i64>> {
     Ok(sqlx::query_scalar("SELECT MAX(leaf_index) FROM audit_leaves").fetch_one(ex).await?)
 }
+
+/// Separators of [`leaf_fields_chunk`]: record, field, and the NULL marker.
+/// Stored audit data never contains these control characters (inputs are
+/// stripped of them, JSON escapes them); a record that does is checked
+/// through [`leaf_chunk`] instead.
+pub const RECORD_SEP: char = '\u{1e}';
+pub const FIELD_SEP: char = '\u{1f}';
+pub const NULL_MARK: &str = "\u{1d}";
+
+/// Like [`leaf_chunk`], but each record is `index, event_seq, leaf_hash`
+/// and then the event's raw fields (or `-`), joined by [`FIELD_SEP`], the
+/// records by [`RECORD_SEP`]. The database only concatenates; the verifier
+/// encodes. This is the fast path of full verification.
+pub async fn leaf_fields_chunk(db: &crate::Db, from: i64, to: i64) -> Result<String> {
+    let sql = match db.dialect() {
+        crate::Dialect::Sqlite => {
+            let f = "char(31)";
+            let n = |c: &str| format!("COALESCE({c}, char(29))");
+            format!(
+                "SELECT COALESCE(group_concat(l.leaf_index || {f} || l.event_seq || {f} || l.leaf_hash || {f} || \
+                   CASE WHEN e.seq IS NULL THEN '-' ELSE e.seq || {f} || e.id || {f} || e.ts || {f} || {} || {f} || \
+                   e.actor_type || {f} || {} || {f} || e.action || {f} || {} || {f} || {} || {f} || {} || {f} || \
+                   {} || {f} || {} || {f} || e.details END, char(30) ORDER BY l.leaf_index), '') \
+                 FROM audit_leaves l LEFT JOIN audit_events e ON e.seq = l.event_seq \
+                 WHERE l.leaf_index >= $1 AND l.leaf_index < $2",
+                n("e.tenant_id"),
+                n("e.actor_id"),
+                n("e.resource_type"),
+                n("e.resource_id"),
+                n("e.source_ip"),
+                n("e.user_agent"),
+                n("e.request_id"),
+            )
+        }
+        crate::Dialect::Postgres => {
+            let f = "chr(31)";
+            let n = |c: &str| format!("COALESCE({c}, chr(29))");
+            format!(
+                "SELECT COALESCE(string_agg(l.leaf_index::text || {f} || l.event_seq::text || {f} || l.leaf_hash || {f} || \
+                   CASE WHEN e.seq IS NULL THEN '-' ELSE e.seq::text || {f} || e.id || {f} || e.ts::text || {f} || {} || {f} || \
+                   e.actor_type || {f} || {} || {f} || e.action || {f} || {} || {f} || {} || {f} || {} || {f} || \
+                   {} || {f} || {} || {f} || e.details END, chr(30) ORDER BY l.leaf_index), '') \
+                 FROM audit_leaves l LEFT JOIN audit_events e ON e.seq = l.event_seq \
+                 WHERE l.leaf_index >= $1 AND l.leaf_index < $2",
+                n("e.tenant_id"),
+                n("e.actor_id"),
+                n("e.resource_type"),
+                n("e.resource_id"),
+                n("e.source_ip"),
+                n("e.user_agent"),
+                n("e.request_id"),
+            )
+        }
+    };
+    Ok(sqlx::query_scalar(&sql).bind(from).bind(to).fetch_one(db.reader()).await?)
+}

@@ -34,6 +34,12 @@ async fn with_history(b: Backend) -> TestServer {
         srv.api_key(&t.token, json!({"name": format!("k{i}"), "role": "read_only"})).await;
     }
     srv.get("/v1/me", &t.token).await.expect(200);
+    // A record holding the verifier's own separator characters (no request
+    // path stores such bytes, but the log must not depend on that).
+    let state = srv.state().clone();
+    let odd = palisade_audit::Context { user_agent: Some("odd\u{1f}agent\u{1e}\u{1d}".into()), ..Default::default() };
+    let event = palisade_audit::Event::new("test.odd", None, palisade_core::principal::Actor::system());
+    palisade_audit::append(state.db.writer(), &event, &odd, 1).await.unwrap();
     srv.halt().await;
     srv
 }
