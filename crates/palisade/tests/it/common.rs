@@ -189,6 +189,36 @@ impl TestServer {
         self.call(method, path, Some(&self.master_key.clone()), body).await
     }
 
+    /// Speaks HTTP/1.1 over a raw socket, so the test controls framing and
+    /// keeps sending while the server answers (as an abusive client would).
+    pub async fn raw_post(&self, path: &str, token: Option<&str>, framing: &str, chunks: Vec<Vec<u8>>) -> (u16, Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (mut rd, mut wr) = stream.into_split();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nConnection: close\r\n{framing}\r\n",
+            auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default()
+        );
+        let writer = tokio::spawn(async move {
+            wr.write_all(head.as_bytes()).await?;
+            for c in chunks {
+                wr.write_all(&c).await?;
+            }
+            // Dropping the write half would half-close the socket, which the
+            // server takes as the client leaving; hold it until the answer came.
+            std::future::pending::<()>().await;
+            Ok::<_, std::io::Error>(wr)
+        });
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), rd.read_to_end(&mut buf)).await;
+        writer.abort();
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
     /// A tenant created by the operator, with its owner logged in.
     pub async fn tenant(&self, name: &str) -> Tenant {
         let domain: String = name.to_lowercase().chars().filter(char::is_ascii_alphanumeric).collect();

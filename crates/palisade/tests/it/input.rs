@@ -20,44 +20,20 @@ async fn key_count(srv: &TestServer, token: &str) -> usize {
     srv.get("/v1/api-keys", token).await.expect(200).body["data"].as_array().unwrap().len()
 }
 
-/// Speaks HTTP/1.1 over a raw socket, so the test controls framing and
-/// keeps sending while the server answers (as an abusive client would).
-async fn raw_post(srv: &TestServer, token: &str, framing: &str, chunks: Vec<Vec<u8>>) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = srv.url.trim_start_matches("http://").to_owned();
-    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (mut rd, mut wr) = stream.into_split();
-    let head = format!(
-        "POST /v1/api-keys HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nConnection: close\r\n{framing}\r\n"
-    );
-    let writer = tokio::spawn(async move {
-        wr.write_all(head.as_bytes()).await?;
-        for c in chunks {
-            wr.write_all(&c).await?;
-        }
-        // Dropping the write half would half-close the socket, which the
-        // server takes as the client leaving; hold it until the answer came.
-        std::future::pending::<()>().await;
-        Ok::<_, std::io::Error>(wr)
-    });
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), rd.read_to_end(&mut buf)).await;
-    writer.abort();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
 async fn body_limit_both_ways(b: Backend) {
     let srv = TestServer::start(b).await;
     let t = srv.tenant("Big").await;
     let body = serde_json::to_vec(&json!({"name": "a".repeat(LIMIT + 1024), "role": "read_only"})).unwrap();
 
     // Declared length over the limit: refused before the body is read.
-    let (status, problem) =
-        raw_post(&srv, &t.token, &format!("Content-Length: {}\r\n", body.len()), vec![body[..1024].to_vec()]).await;
+    let (status, problem) = srv
+        .raw_post(
+            "/v1/api-keys",
+            Some(&t.token),
+            &format!("Content-Length: {}\r\n", body.len()),
+            vec![body[..1024].to_vec()],
+        )
+        .await;
     assert_eq!(status, 413);
     assert_eq!(problem["reason"], "payload_too_large");
 
@@ -67,14 +43,16 @@ async fn body_limit_both_ways(b: Backend) {
         .map(|c| [format!("{:x}\r\n", c.len()).into_bytes(), c.to_vec(), b"\r\n".to_vec()].concat())
         .chain(std::iter::once(b"0\r\n\r\n".to_vec()))
         .collect();
-    let (status, problem) = raw_post(&srv, &t.token, "Transfer-Encoding: chunked\r\n", chunks).await;
+    let (status, problem) =
+        srv.raw_post("/v1/api-keys", Some(&t.token), "Transfer-Encoding: chunked\r\n", chunks).await;
     assert_eq!(status, 413);
     assert_eq!(problem["reason"], "payload_too_large");
     assert!(problem["request_id"].is_string());
 
     // Just under the limit is read (and then judged on its content).
     let ok = serde_json::to_vec(&json!({"name": "fine", "role": "read_only"})).unwrap();
-    let (status, _) = raw_post(&srv, &t.token, &format!("Content-Length: {}\r\n", ok.len()), vec![ok]).await;
+    let (status, _) =
+        srv.raw_post("/v1/api-keys", Some(&t.token), &format!("Content-Length: {}\r\n", ok.len()), vec![ok]).await;
     assert_eq!(status, 201);
     assert_eq!(key_count(&srv, &t.token).await, 1, "nothing of the refused bodies may be stored");
     srv.stop().await;
