@@ -1,7 +1,7 @@
 //! Input rules (SPEC §6), response headers (§5) and error shape (§4).
 
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::common::{Backend, TestServer};
 
