@@ -134,13 +134,13 @@ async fn run(name: &str, url: &str, dir: &std::path::Path, records: usize) -> an
         println!("read only: {n} leaves in {secs:.2} s = {:.0} rows/s", n as f64 / secs);
     }
 
-    // 3b. Chunked read (what verify uses), without hashing.
+    // 3b. Chunked read of raw fields (what verify uses), without hashing.
     {
         let started = Instant::now();
         let last = palisade_store::audit::max_leaf_index(db.reader()).await?.unwrap_or(-1);
         let (mut from, mut bytes, mut lines) = (0i64, 0usize, 0usize);
         while from <= last {
-            let chunk = palisade_store::audit::leaf_chunk(&db, from, from + 20_000).await?;
+            let chunk = palisade_store::audit::leaf_fields_chunk(&db, from, from + 20_000).await?;
             bytes += chunk.len();
             lines += chunk.split('\n').count();
             from += 20_000;
@@ -151,7 +151,7 @@ async fn run(name: &str, url: &str, dir: &std::path::Path, records: usize) -> an
             bytes / 1_000_000,
             lines as f64 / secs
         );
-        let sample = palisade_store::audit::leaf_chunk(&db, 5, 6).await?;
+        let sample = palisade_store::audit::leaf_chunk(&db, 5, 6).await?; // one record's JSON, for size
         let record = sample.splitn(4, ' ').nth(3).unwrap_or("");
         let started = Instant::now();
         let mut h = [0u8; 32];

@@ -20,6 +20,14 @@ use sha2::{Digest, Sha256};
 use crate::merkle::Hash;
 
 pub const FORMAT: &str = "palisade-audit/v1";
+/// Body of a retention statement: "records of leaves [0, up_to_leaf) may be removed".
+/// ```text
+/// palisade-audit-expiry/v1
+/// <origin>
+/// <up_to_leaf, decimal>
+/// <unix time in milliseconds>
+/// ```
+pub const EXPIRY_FORMAT: &str = "palisade-audit-expiry/v1";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Checkpoint {
@@ -41,6 +49,22 @@ pub struct Head {
 }
 
 impl Checkpoint {
+    /// `(up_to_leaf, ts_ms)` if this is a retention statement.
+    pub fn expiry(&self) -> Option<(u64, i64)> {
+        let mut lines = self.body.strip_suffix('\n')?.split('\n');
+        if lines.next()? != EXPIRY_FORMAT {
+            return None;
+        }
+        let _origin = lines.next()?;
+        let up_to = lines.next()?.parse().ok()?;
+        let ts = lines.next()?.parse().ok()?;
+        lines.next().is_none().then_some((up_to, ts))
+    }
+
+    pub fn is_expiry(&self) -> bool {
+        self.body.starts_with(EXPIRY_FORMAT)
+    }
+
     pub fn head(&self) -> Option<Head> {
         let mut lines = self.body.strip_suffix('\n')?.split('\n');
         if lines.next()? != FORMAT {
@@ -78,7 +102,14 @@ impl Signer {
     }
 
     pub fn sign(&self, tree_size: u64, root: &Hash, ts_ms: i64) -> Checkpoint {
-        let body = format!("{FORMAT}\n{}\n{tree_size}\n{}\n{ts_ms}\n", self.origin, B64.encode(root));
+        self.sign_body(format!("{FORMAT}\n{}\n{tree_size}\n{}\n{ts_ms}\n", self.origin, B64.encode(root)))
+    }
+
+    pub fn sign_expiry(&self, up_to_leaf: u64, ts_ms: i64) -> Checkpoint {
+        self.sign_body(format!("{EXPIRY_FORMAT}\n{}\n{up_to_leaf}\n{ts_ms}\n", self.origin))
+    }
+
+    fn sign_body(&self, body: String) -> Checkpoint {
         let signature = B64.encode(self.key.sign(body.as_bytes()).to_bytes());
         Checkpoint { body, signature, key_id: self.verifier.key_id.clone() }
     }
@@ -106,9 +137,19 @@ impl Verifier {
     }
 
     pub fn verify(&self, cp: &Checkpoint) -> Option<Head> {
-        let sig: [u8; 64] = B64.decode(&cp.signature).ok()?.try_into().ok()?;
-        self.key.verify(cp.body.as_bytes(), &Signature::from_bytes(&sig)).ok()?;
-        cp.head()
+        self.signed(cp).then(|| cp.head()).flatten()
+    }
+
+    /// A verified retention statement's `(up_to_leaf, ts_ms)`.
+    pub fn verify_expiry(&self, cp: &Checkpoint) -> Option<(u64, i64)> {
+        self.signed(cp).then(|| cp.expiry()).flatten()
+    }
+
+    fn signed(&self, cp: &Checkpoint) -> bool {
+        let Some(sig) = B64.decode(&cp.signature).ok().and_then(|s| <[u8; 64]>::try_from(s).ok()) else {
+            return false;
+        };
+        self.key.verify(cp.body.as_bytes(), &Signature::from_bytes(&sig)).is_ok()
     }
 }
 

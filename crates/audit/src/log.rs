@@ -150,6 +150,35 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Retention: removes the records of the leading leaves older than
+    /// `cutoff_ms` (a whole range, from leaf 0), after signing a statement
+    /// of what is removed. Leaf hashes stay, so verification still passes.
+    /// Returns `(up_to_leaf, rows removed)` when anything expired.
+    pub async fn expire(&self, cutoff_ms: i64, now_ms: i64) -> Result<Option<(u64, u64)>, LogError> {
+        let mut tx = self.db.begin().await?;
+        palisade_store::audit::lock_head(&mut tx).await?;
+        let up_to = palisade_store::audit::first_leaf_not_before(&mut tx, cutoff_ms).await?;
+        if up_to <= palisade_store::audit::expired_up_to(&mut tx).await? {
+            return Ok(None);
+        }
+        let statement = self.signer.sign_expiry(up_to as u64, now_ms);
+        let row = palisade_store::audit::ExpiryRow {
+            up_to_leaf: up_to,
+            ts: now_ms,
+            body: statement.body.clone(),
+            signature: statement.signature.clone(),
+            key_id: statement.key_id.clone(),
+        };
+        let removed = palisade_store::audit::expire(&mut tx, &row).await?;
+        let event = crate::Event::new("audit.expired", None, palisade_core::principal::Actor::system())
+            .details(serde_json::json!({ "up_to_leaf": up_to, "removed": removed, "cutoff_ms": cutoff_ms }));
+        crate::append(&mut *tx, &event, &crate::Context::default(), now_ms).await?;
+        tx.commit().await?;
+        self.append_to_file(&statement).await?;
+        self.poke();
+        Ok(Some((up_to as u64, removed)))
+    }
+
     pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, LogError> {
         Ok(palisade_store::audit::latest_checkpoint(self.db.reader()).await?.map(|r| Checkpoint {
             body: r.body,

@@ -21,8 +21,9 @@ struct Leaf<'a> {
     record: Option<&'a str>,
 }
 
-/// (leaf index, leaf hash, problem with the record if any)
-type Checked = (u64, Hash, Option<String>);
+/// (leaf index, leaf hash, problem with the record if any, whether the
+/// problem is only that the record row is gone)
+type Checked = (u64, Hash, Option<String>, bool);
 
 /// Fast path: re-encodes the raw fields exactly as the integrator did and
 /// hashes them. `Err(())` when the record is not in the expected shape.
@@ -38,7 +39,7 @@ fn check_fields(record: &str, buf: &mut Vec<u8>) -> Result<Checked, ()> {
     let event_seq: i64 = f.get(1).and_then(|s| s.parse().ok()).ok_or(())?;
     let hash = f.get(2).and_then(|h| merkle::decode_hash(h)).ok_or(())?;
     if f.len() == 4 && f[3] == "-" {
-        return Ok((index, hash, Some(format!("record seq {event_seq} (leaf {index}) was deleted"))));
+        return Ok((index, hash, Some(format!("record seq {event_seq} (leaf {index}) was deleted")), true));
     }
     if f.len() != 16 {
         return Err(());
@@ -68,7 +69,7 @@ fn check_fields(record: &str, buf: &mut Vec<u8>) -> Result<Checked, ()> {
     .map_err(|_| ())?;
     let problem = (merkle::leaf_hash(buf) != hash)
         .then(|| format!("record seq {event_seq} (id {}, leaf {index}) was altered", f[4]));
-    Ok((index, hash, problem))
+    Ok((index, hash, problem, false))
 }
 
 /// Slow path for one leaf: the database encodes the record as JSON.
@@ -78,7 +79,7 @@ async fn slow_check(db: &Db, index: u64) -> Result<Result<Checked, String>, LogE
     let Some(leaf) = chunk.lines().next().and_then(parse_line) else {
         return Ok(Err(format!("leaf {index} is unreadable")));
     };
-    Ok(Ok((leaf.index, leaf.hash, check_record(&leaf).err())))
+    Ok(Ok((leaf.index, leaf.hash, check_record(&leaf).err(), leaf.record.is_none())))
 }
 
 fn parse_line(line: &str) -> Option<Leaf<'_>> {
@@ -179,10 +180,26 @@ pub async fn verify_log(
     if let Some(path) = checkpoint_file {
         all.extend(read_checkpoint_file(path)?.into_iter().map(|c| ("checkpoint file".to_owned(), c)));
     }
+    let mut all_expiries: Vec<(String, Checkpoint)> = palisade_store::audit::all_expiries(db.reader())
+        .await?
+        .into_iter()
+        .map(|r| ("database".to_owned(), Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id }))
+        .collect();
+    all_expiries.extend(all.iter().filter(|(_, c)| c.is_expiry()).cloned());
+    all.retain(|(_, c)| !c.is_expiry());
+    // Records below this leaf may be gone: a signed retention statement says so.
+    let mut expired_below = 0u64;
+    for (source, st) in &all_expiries {
+        match verifier.verify_expiry(st) {
+            Some((up_to, _)) => expired_below = expired_below.max(up_to),
+            None => report
+                .problems
+                .push(format!("a retention statement in the {source} has an invalid signature or format")),
+        }
+    }
     for (source, cp) in &all {
         match verifier.verify(cp) {
             Some(head) => {
-                report.checkpoints += 1;
                 if let Some(prev) = signed.insert(head.tree_size, head.root) {
                     if prev != head.root {
                         report
@@ -233,8 +250,11 @@ pub async fn verify_log(
                 break 'scan;
             }
             if let Some(problem) = leaf.2 {
-                report.problems.push(problem);
-                break 'scan;
+                let expired = leaf.3 && index < expired_below;
+                if !expired {
+                    report.problems.push(problem);
+                    break 'scan;
+                }
             }
             frontier.push(leaf.1, |_, _, _| {});
             let size = frontier.size();
@@ -256,6 +276,7 @@ pub async fn verify_log(
         from += CHUNK;
     }
     report.records = frontier.size();
+    report.checkpoints = signed.len() as u64;
     progress(report.records);
 
     if report.problems.is_empty() {

@@ -129,11 +129,14 @@ pub struct Audit {
     pub signing_key_file: Option<PathBuf>,
     /// Names this log in its checkpoints.
     pub origin: String,
+    /// Records older than this are removed (whole ranges, from the oldest,
+    /// with a signed statement). 0 keeps everything. Default: 7 years.
+    pub retention_days: u32,
 }
 
 impl Default for Audit {
     fn default() -> Self {
-        Self { signing_key_file: None, origin: "palisade".into() }
+        Self { signing_key_file: None, origin: "palisade".into(), retention_days: 2557 }
     }
 }
 
@@ -310,6 +313,10 @@ impl Config {
             }
             (None, None) => {}
             _ => return Err(ConfigError("server.tls needs both cert_file and key_file".into())),
+        }
+        let o = &self.audit.origin;
+        if o.is_empty() || o.len() > 100 || !o.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(ConfigError("audit.origin must be 1 to 100 printable ASCII characters without spaces".into()));
         }
         for origin in &self.cors.allowed_origins {
             let o = origin.trim();

@@ -182,6 +182,20 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
     Ok(Running { addr, state, shutdown: tx, task, integrator })
 }
 
+/// Removes audit records older than `audit.retention_days` (0: never).
+pub async fn apply_audit_retention(state: &AppState) -> anyhow::Result<Option<(u64, u64)>> {
+    let days = i64::from(state.config.audit.retention_days);
+    if days == 0 {
+        return Ok(None);
+    }
+    let now = state.now_ms();
+    let expired = state.audit_log.expire(now - days * 24 * 3600 * 1000, now).await?;
+    if let Some((up_to, removed)) = expired {
+        tracing::info!(up_to_leaf = up_to, removed, "audit records past retention removed");
+    }
+    Ok(expired)
+}
+
 /// Removes expired revocations and tokens every ten minutes.
 fn spawn_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     tokio::spawn(async move {
@@ -193,6 +207,9 @@ fn spawn_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
                         Ok(n) if n > 0 => tracing::info!(removed = n, "purged expired tokens"),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "purging expired tokens failed"),
+                    }
+                    if let Err(e) = apply_audit_retention(&state).await {
+                        tracing::warn!(error = %e, "audit retention failed");
                     }
                 }
                 _ = stop.changed() => break,

@@ -452,3 +452,60 @@ pub async fn leaf_fields_chunk(db: &crate::Db, from: i64, to: i64) -> Result<Str
     };
     Ok(sqlx::query_scalar(&sql).bind(from).bind(to).fetch_one(db.reader()).await?)
 }
+
+// ---- Retention ----
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ExpiryRow {
+    pub up_to_leaf: i64,
+    pub ts: i64,
+    pub body: String,
+    pub signature: String,
+    pub key_id: String,
+}
+
+pub async fn all_expiries<'c>(ex: impl Executor<'c, Database = Any>) -> Result<Vec<ExpiryRow>> {
+    Ok(sqlx::query_as("SELECT up_to_leaf, ts, body, signature, key_id FROM audit_expiries ORDER BY up_to_leaf")
+        .fetch_all(ex)
+        .await?)
+}
+
+/// The first leaf (in tree order) whose record is not older than `cutoff_ms`,
+/// or the tree size if all are: leaves before it form the expirable range.
+pub async fn first_leaf_not_before(tx: &mut crate::Tx, cutoff_ms: i64) -> Result<i64> {
+    let first: Option<i64> = sqlx::query_scalar(
+        "SELECT MIN(l.leaf_index) FROM audit_leaves l JOIN audit_events e ON e.seq = l.event_seq WHERE e.ts >= $1",
+    )
+    .bind(cutoff_ms)
+    .fetch_one(&mut **tx)
+    .await?;
+    match first {
+        Some(i) => Ok(i),
+        None => Ok(sqlx::query_scalar("SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM audit_leaves")
+            .fetch_one(&mut **tx)
+            .await?),
+    }
+}
+
+pub async fn expired_up_to(tx: &mut crate::Tx) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT COALESCE(MAX(up_to_leaf), 0) FROM audit_expiries").fetch_one(&mut **tx).await?)
+}
+
+/// Records the signed statement, then removes the covered event rows.
+/// Returns how many rows were removed.
+pub async fn expire(tx: &mut crate::Tx, statement: &ExpiryRow) -> Result<u64> {
+    sqlx::query("INSERT INTO audit_expiries (up_to_leaf, ts, body, signature, key_id) VALUES ($1, $2, $3, $4, $5)")
+        .bind(statement.up_to_leaf)
+        .bind(statement.ts)
+        .bind(&statement.body)
+        .bind(&statement.signature)
+        .bind(&statement.key_id)
+        .execute(&mut **tx)
+        .await?;
+    let r =
+        sqlx::query("DELETE FROM audit_events WHERE seq IN (SELECT event_seq FROM audit_leaves WHERE leaf_index < $1)")
+            .bind(statement.up_to_leaf)
+            .execute(&mut **tx)
+            .await?;
+    Ok(r.rows_affected())
+}

@@ -24,6 +24,7 @@ backend_tests!(
     forged_checkpoint_is_detected,
     database_refuses_update_and_delete,
     inclusion_proof_checks_out_independently,
+    retention_removes_old_ranges_and_still_verifies,
 );
 
 /// A server with some history, stopped, so the CLI owns the data.
@@ -320,3 +321,49 @@ fn hex_decode(s: &str) -> [u8; 32] {
     let v: Vec<u8> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect();
     v.try_into().unwrap()
 }
+
+async fn retention_removes_old_ranges_and_still_verifies(b: Backend) {
+    let mut srv = TestServer::start_with(b, |c| c.audit.retention_days = 30).await;
+    let t = srv.tenant("Aging").await;
+    for i in 0..4 {
+        srv.api_key(&t.token, json!({"name": format!("old{i}"), "role": "read_only"})).await;
+    }
+    let state = srv.state().clone();
+    state.audit_log.integrate(srv.clock.now_ms()).await.unwrap();
+    let old_ids: Vec<String> =
+        srv.events(&t.token, "limit=500").await.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    // Nothing is old enough yet.
+    assert_eq!(palisade::apply_audit_retention(&state).await.unwrap(), None);
+
+    srv.clock.advance_ms(31 * 24 * 3600 * 1000);
+    let (token, _) = srv.login(&t.email, &t.password).await;
+    srv.api_key(&token, json!({"name": "new", "role": "read_only"})).await;
+    state.audit_log.integrate(srv.clock.now_ms()).await.unwrap();
+    let (up_to, removed) = palisade::apply_audit_retention(&state).await.unwrap().expect("old records expire");
+    assert!(removed as usize >= old_ids.len(), "removed {removed} of {}", old_ids.len());
+    assert!(up_to >= removed);
+    let now: Vec<Value> = srv.events(&token, "limit=500").await;
+    assert!(now.iter().all(|e| !old_ids.contains(&e["id"].as_str().unwrap().to_owned())), "expired records are gone");
+    assert!(now.iter().any(|e| e["action"] == "api_key.created"), "newer records stay");
+
+    // The database still refuses to delete what no statement covers.
+    let mut c = sqlx::AnyConnection::connect(&srv.db_url).await.unwrap();
+    let newest: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM audit_events").fetch_one(&mut c).await.unwrap();
+    let err = sqlx::query(&format!("DELETE FROM audit_events WHERE seq = {newest}"))
+        .execute(&mut c)
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("append-only"), "{err}");
+    c.close().await.unwrap();
+
+    srv.halt().await;
+    let (code, text) = verify(&srv);
+    assert_eq!(code, 0, "a log with a signed expiry verifies: {text}");
+    // An unsigned "expiry" of newer records is still tampering.
+    let seq = scalar(&srv, "SELECT MAX(seq) FROM audit_events WHERE action = 'api_key.created'").await;
+    tamper(&srv, &[&format!("DELETE FROM audit_events WHERE seq = {seq}")]).await;
+    assert_tampered(verify(&srv), &format!("record seq {seq} "));
+    srv.stop().await;
+}
+
+use palisade_core::Clock;
