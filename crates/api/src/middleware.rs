@@ -87,7 +87,8 @@ pub async fn request(State(state): State<AppState>, mut req: Request, next: Next
         method = %method,
         route = %route,
         status = resp.status().as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        // Microsecond precision; more digits are noise.
+        latency_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
         client_ip = %client,
         tenant = tenant.map(|t| t.to_string()).unwrap_or_default(),
         "request"

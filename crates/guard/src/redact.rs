@@ -23,6 +23,18 @@ fn pattern() -> &'static Regex {
 /// Returns `s` with secrets, JWTs, emails, phone numbers and card numbers masked.
 pub fn redact(s: &str) -> Cow<'_, str> {
     pattern().replace_all(s, |c: &Captures<'_>| -> String {
+        // A digit run inside a decimal (latencies) or standing as a bare
+        // JSON number (timestamps) is our own output, not a card typed by
+        // someone; masking it would also break the JSON line.
+        if let Some(m) = c.name("digits") {
+            let before = s[..m.start()].chars().next_back();
+            let after = s[m.end()..].chars().next();
+            let in_decimal = before == Some('.') || after == Some('.');
+            let json_number = matches!(before, Some(':' | ',' | '[')) && matches!(after, Some(',' | '}' | ']') | None);
+            if in_decimal || json_number {
+                return m.as_str().to_owned();
+            }
+        }
         if c.name("jwt").is_some() {
             "[jwt]".into()
         } else if let Some(m) = c.name("secret") {
@@ -101,5 +113,11 @@ mod tests {
         assert_eq!(redact(line), line);
         // 16 digits failing Luhn is not a card.
         assert_eq!(redact("order 1234567812345678"), "order 1234567812345678");
+        // Our own numbers: long decimals and bare JSON integers survive, and
+        // the line stays valid JSON.
+        let line = r#"{"latency_ms":22.4111111111111111,"ts":4111111111111111,"v":[4111111111111111]}"#;
+        assert_eq!(redact(line), line);
+        // A card inside a string is still masked.
+        assert_eq!(redact(r#"{"ua":"4111111111111111"}"#), r#"{"ua":"[card]"}"#);
     }
 }

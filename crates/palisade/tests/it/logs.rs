@@ -109,6 +109,10 @@ async fn logs_carry_facts_but_no_secrets(b: Backend) {
         assert!(!out.contains(planted), "`{planted}` reached the log:\n{out}");
     }
     // And the facts are there, as JSON lines.
+    // Every line is still valid JSON after redaction.
+    for l in out.lines() {
+        assert!(serde_json::from_str::<Value>(l).is_ok(), "not JSON: {l}");
+    }
     let lines: Vec<Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let me = lines
         .iter()
