@@ -16,8 +16,9 @@ use palisade_core::principal::Actor;
 use palisade_core::{Clock, SystemClock, TenantId};
 use palisade_store::Db;
 
-const WRITERS: usize = 8;
-const PER_TX: usize = 50;
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -46,9 +47,12 @@ async fn run(name: &str, url: &str, dir: &std::path::Path, records: usize) -> an
     // 1. Append throughput: WRITERS concurrent writers, each transaction
     //    appending PER_TX events, integrator running alongside.
     let started = Instant::now();
-    let per_writer = records / WRITERS;
+    // Concurrent writers and events per transaction (env BENCH_WRITERS, BENCH_PER_TX).
+    let (writers, per_tx) = (env_or("BENCH_WRITERS", 8), env_or("BENCH_PER_TX", 50));
+    println!("{writers} writers, {per_tx} events per transaction");
+    let per_writer = records / writers;
     let mut tasks = Vec::new();
-    for w in 0..WRITERS {
+    for w in 0..writers {
         let (db, log) = (db.clone(), log.clone());
         tasks.push(tokio::spawn(async move {
             let tenant = TenantId::new();
@@ -57,7 +61,7 @@ async fn run(name: &str, url: &str, dir: &std::path::Path, records: usize) -> an
             let mut done = 0;
             while done < per_writer {
                 let mut tx = db.begin().await?;
-                for _ in 0..PER_TX.min(per_writer - done) {
+                for _ in 0..per_tx.min(per_writer - done) {
                     let e = Event::new("bench.append", Some(tenant), Actor::system())
                         .resource("bench", w)
                         .details(serde_json::json!({ "n": done }));
@@ -83,7 +87,7 @@ async fn run(name: &str, url: &str, dir: &std::path::Path, records: usize) -> an
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total = started.elapsed().as_secs_f64();
-    let n = (per_writer * WRITERS) as f64;
+    let n = (per_writer * writers) as f64;
     let checkpoints: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_checkpoints").fetch_one(db.reader()).await?;
     println!(
         "append: {:.0} events/s committed ({:.1} s), {:.0} events/s sequenced and signed ({:.1} s, {checkpoints} checkpoints)",
@@ -142,7 +146,7 @@ async fn run(name: &str, url: &str, dir: &std::path::Path, records: usize) -> an
         while from <= last {
             let chunk = palisade_store::audit::leaf_fields_chunk(&db, from, from + 20_000).await?;
             bytes += chunk.len();
-            lines += chunk.split('\n').count();
+            lines += chunk.split(palisade_store::audit::RECORD_SEP).filter(|r| !r.is_empty()).count();
             from += 20_000;
         }
         let secs = started.elapsed().as_secs_f64();
