@@ -47,6 +47,8 @@ pub struct AuditLog {
     db: Db,
     signer: Signer,
     checkpoint_file: PathBuf,
+    /// The largest tree size this instance's checkpoint file vouches for.
+    file_max_size: std::sync::atomic::AtomicU64,
     wake: Notify,
     file_lock: tokio::sync::Mutex<()>,
 }
@@ -71,11 +73,31 @@ impl From<sqlx::Error> for LogError {
 
 impl AuditLog {
     pub fn new(db: Db, signer: Signer, checkpoint_file: PathBuf) -> Arc<Self> {
-        Arc::new(Self { db, signer, checkpoint_file, wake: Notify::new(), file_lock: Default::default() })
+        let verifier = signer.verifier().clone();
+        let file_max = crate::verify::read_checkpoint_file(&checkpoint_file)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| verifier.verify(c))
+            .map(|h| h.tree_size)
+            .max()
+            .unwrap_or(0);
+        Arc::new(Self {
+            db,
+            signer,
+            checkpoint_file,
+            file_max_size: file_max.into(),
+            wake: Notify::new(),
+            file_lock: Default::default(),
+        })
     }
 
     pub fn signer(&self) -> &Signer {
         &self.signer
+    }
+
+    /// The largest tree size a checkpoint in this instance's file vouches for.
+    pub fn file_max_size(&self) -> u64 {
+        self.file_max_size.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Asks the integrator to run soon (after writes).
@@ -147,6 +169,9 @@ impl AuditLog {
         })
         .await
         .map_err(|e| LogError::File(std::io::Error::other(e)))??;
+        if let Some(h) = cp.head() {
+            self.file_max_size.fetch_max(h.tree_size, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
     }
 

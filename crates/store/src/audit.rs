@@ -127,6 +127,17 @@ pub async fn lock_head(tx: &mut crate::Tx) -> Result<(i64, String)> {
     Ok(sqlx::query_as("SELECT tree_size, frontier FROM audit_head WHERE id = 1").fetch_one(&mut **tx).await?)
 }
 
+/// (tree size, frontier, number of leaves present), read in one statement
+/// so that a concurrent integration cannot fall between them.
+pub async fn head<'c>(ex: impl Executor<'c, Database = Any>) -> Result<(i64, String, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT h.tree_size, h.frontier, (SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM audit_leaves) \
+         FROM audit_head h WHERE h.id = 1",
+    )
+    .fetch_one(ex)
+    .await?)
+}
+
 pub async fn set_head(tx: &mut crate::Tx, tree_size: i64, frontier: &str) -> Result<()> {
     sqlx::query("UPDATE audit_head SET tree_size = $1, frontier = $2 WHERE id = 1")
         .bind(tree_size)

@@ -207,26 +207,66 @@ pub struct VerifyView {
 
 const VERIFY_RECENT: i64 = 1000;
 
-/// What the tenant can check of the log: the latest checkpoint's signature
-/// and, for its most recent events, that each record still hashes to the
-/// leaf sequenced for it. (Full verification: `palisade audit verify`.)
+/// What the tenant can check of the log cheaply: the latest checkpoint's
+/// signature; that the stored tree is that tree, has no gaps and is not
+/// shorter than the checkpoint file says; that its 1,000 most recent events
+/// still hash to their leaves; and an inclusion proof of the newest one.
+/// (Full verification: `palisade audit verify`.)
 #[utoipa::path(get, path = "/v1/events/verify", tag = "events", security(("bearer" = [])),
     responses((status = 200, body = VerifyView)))]
 pub async fn verify(State(state): State<AppState>, auth: Auth) -> Result<Json<VerifyView>, ApiError> {
     let scope = auth.scope(Permission::EventsRead).await?;
     let log = &state.audit_log;
     let mut problems = Vec::new();
+    // Read in this order so that an integration running meanwhile can only
+    // make later reads larger, never raise a false alarm.
+    let file_max = log.file_max_size();
     let checkpoint = log.latest_checkpoint().await.map_err(ApiError::internal)?;
     let head = checkpoint.as_ref().and_then(|c| log.signer().verifier().verify(c));
     if checkpoint.is_some() && head.is_none() {
         problems.push("the latest checkpoint's signature does not verify".to_owned());
     }
+    // The tree as stored must be the tree last signed, no smaller than
+    // what the checkpoint file has vouched for, and without gaps.
+    let (size, frontier, leaves) = palisade_store::audit::head(state.db.reader()).await?;
+    let (size, leaves) = (u64::try_from(size).unwrap_or(0), u64::try_from(leaves).unwrap_or(0));
+    if let Some(h) = &head {
+        let stored_root = merkle::Frontier::decode(size, &frontier).map(|f| f.root());
+        if h.tree_size == size && stored_root != Some(h.root) {
+            problems.push("the stored tree does not match the latest signed checkpoint".to_owned());
+        }
+        if h.tree_size > size || leaves != size {
+            problems.push("leaves were removed from or added to the log".to_owned());
+        }
+    }
+    if file_max > size {
+        problems.push("the log is shorter than a checkpoint already written to the checkpoint file".to_owned());
+    }
     let (mut checked, mut pending) = (0, 0);
+    let mut newest_leaf = None;
     for (row, stored) in palisade_store::audit::recent_of_tenant(state.db.reader(), &scope, VERIFY_RECENT).await? {
         match stored {
             None => pending += 1,
-            Some(h) if merkle::decode_hash(&h) == Some(leaf_hash_of(&row)) => checked += 1,
+            Some(h) if merkle::decode_hash(&h) == Some(leaf_hash_of(&row)) => {
+                checked += 1;
+                newest_leaf.get_or_insert(row.seq);
+            }
             Some(_) => problems.push(format!("event {} no longer matches its logged hash", row.id)),
+        }
+    }
+    // The newest of them must be provably in the signed tree.
+    if let (Some(seq), Some(h)) = (newest_leaf, &head) {
+        if let Some(leaf) = palisade_store::audit::leaf_by_seq(state.db.reader(), seq).await? {
+            let index = leaf.leaf_index as u64;
+            let proven = index < h.tree_size
+                && match log.inclusion_path(index, h.tree_size).await {
+                    Ok(path) => merkle::decode_hash(&leaf.leaf_hash)
+                        .is_some_and(|lh| merkle::verify_inclusion(&lh, index, h.tree_size, &path, &h.root)),
+                    Err(_) => false,
+                };
+            if !proven && index < h.tree_size {
+                problems.push("the tenant's newest event is not provably in the signed tree".to_owned());
+            }
         }
     }
     Ok(Json(VerifyView {

@@ -7,6 +7,7 @@
 use std::process::Command;
 
 use base64::Engine as _;
+use palisade_core::Clock;
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -25,6 +26,7 @@ backend_tests!(
     database_refuses_update_and_delete,
     inclusion_proof_checks_out_independently,
     retention_removes_old_ranges_and_still_verifies,
+    tenant_verify_notices_tampering,
 );
 
 /// A server with some history, stopped, so the CLI owns the data.
@@ -366,4 +368,45 @@ async fn retention_removes_old_ranges_and_still_verifies(b: Backend) {
     srv.stop().await;
 }
 
-use palisade_core::Clock;
+async fn tenant_verify_notices_tampering(b: Backend) {
+    let srv = TestServer::start(b.clone()).await;
+    let t = srv.tenant("Watchful").await;
+    for i in 0..3 {
+        srv.api_key(&t.token, json!({"name": format!("w{i}"), "role": "read_only"})).await;
+    }
+    let state = srv.state().clone();
+    state.audit_log.integrate(srv.clock.now_ms()).await.unwrap();
+    let v = srv.get("/v1/events/verify", &t.token).await.expect(200).body;
+    assert_eq!(v["status"], "intact", "{v}");
+    let newest = scalar(&srv, "SELECT MAX(seq) FROM audit_events").await;
+    tamper(&srv, &[&format!("UPDATE audit_events SET action = 'api_key.revoked' WHERE seq = {newest}")]).await;
+    let v = srv.get("/v1/events/verify", &t.token).await.expect(200).body;
+    assert_eq!(v["status"], "tampered", "{v}");
+    srv.stop().await;
+
+    // Cutting off the tail, tree and checkpoints included.
+    let srv = TestServer::start(b).await;
+    let t = srv.tenant("Watchful").await;
+    let state = srv.state().clone();
+    state.audit_log.integrate(srv.clock.now_ms()).await.unwrap();
+    for i in 0..3 {
+        srv.api_key(&t.token, json!({"name": format!("w{i}"), "role": "read_only"})).await;
+        state.audit_log.integrate(srv.clock.now_ms()).await.unwrap();
+    }
+    let keep = scalar(&srv, "SELECT MIN(tree_size) FROM audit_checkpoints").await;
+    tamper(
+        &srv,
+        &[
+            &format!(
+                "DELETE FROM audit_events WHERE seq IN (SELECT event_seq FROM audit_leaves WHERE leaf_index >= {keep})"
+            ),
+            &format!("DELETE FROM audit_leaves WHERE leaf_index >= {keep}"),
+            &format!("DELETE FROM audit_checkpoints WHERE tree_size > {keep}"),
+            &format!("UPDATE audit_head SET tree_size = {keep}"),
+        ],
+    )
+    .await;
+    let v = srv.get("/v1/events/verify", &t.token).await.expect(200).body;
+    assert_eq!(v["status"], "tampered", "{v}");
+    srv.stop().await;
+}
