@@ -41,6 +41,45 @@ async fn run(name: &str, url: &str, dir: &std::path::Path, records: usize) -> an
     db.migrate().await?;
     let pem = palisade_auth::JwtKeys::generate_ed25519_pem()?;
     let log = AuditLog::new(db.clone(), Signer::from_pem(&pem, "bench")?, dir.join(format!("{name}.jsonl")));
+    if std::env::var("BENCH_RAW").is_ok() {
+        // Raw cost of appends in one transaction, no integrator.
+        let t = Instant::now();
+        let mut tx = db.begin().await?;
+        let ctx = Context::default();
+        for i in 0..10_000 {
+            let e = Event::new("bench.raw", None, Actor::system()).details(serde_json::json!({ "n": i }));
+            palisade_audit::append(&mut *tx, &e, &ctx, SystemClock.now_ms()).await?;
+        }
+        tx.commit().await?;
+        println!("raw: 10000 appends in one transaction: {:.0}/s", 10_000.0 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut tx = db.begin().await?;
+        for i in 0..10_000 {
+            sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2)")
+                .bind(format!("k{i}"))
+                .bind("v")
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        println!("raw: 10000 two-column inserts in one transaction: {:.0}/s", 10_000.0 / t.elapsed().as_secs_f64());
+        if url.starts_with("sqlite:") {
+            // The same through the native SQLite driver, for comparison with `Any`.
+            let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect(url).await?;
+            let t = Instant::now();
+            let mut tx = pool.begin().await?;
+            for i in 0..10_000 {
+                sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2)")
+                    .bind(format!("n{i}"))
+                    .bind("v")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            println!("raw: the same through the native driver: {:.0}/s", 10_000.0 / t.elapsed().as_secs_f64());
+            pool.close().await;
+        }
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let integrator = log.spawn(Arc::new(SystemClock), stop_rx);
 
