@@ -280,13 +280,19 @@ pub async fn verify_log(
     progress(report.records);
 
     if report.problems.is_empty() {
-        if let Some((&max, _)) = signed.iter().next_back() {
-            if max > report.records {
-                report.problems.push(format!(
-                    "the log was truncated: a signed checkpoint covers {max} records but only {} remain (first missing: leaf {})",
-                    report.records, report.records
-                ));
-            }
+        let max = signed.keys().next_back().copied().unwrap_or(0);
+        if max > report.records {
+            report.problems.push(format!(
+                "the log was truncated: a signed checkpoint covers {max} records but only {} remain (first missing: leaf {})",
+                report.records, report.records
+            ));
+        } else if report.records > max {
+            // The integrator signs every batch in the transaction that adds
+            // it, so a leaf no checkpoint covers was added behind its back.
+            report.problems.push(format!(
+                "leaves {max}..{} are not covered by any signed checkpoint: they were added behind the log's back",
+                report.records - 1
+            ));
         }
         let stray = palisade_store::audit::unlogged_events(db.reader(), 10).await?;
         if let Some(seq) = stray.first() {

@@ -23,6 +23,7 @@ backend_tests!(
     truncated_tail_is_detected,
     record_inserted_behind_the_log_is_detected,
     forged_checkpoint_is_detected,
+    leaf_appended_without_checkpoint_is_detected,
     database_refuses_update_and_delete,
     inclusion_proof_checks_out_independently,
     retention_removes_old_ranges_and_still_verifies,
@@ -191,6 +192,44 @@ async fn record_inserted_behind_the_log_is_detected(b: Backend) {
     )
     .await;
     assert_tampered(verify(&srv), "is not part of the log");
+    srv.stop().await;
+}
+
+async fn leaf_appended_without_checkpoint_is_detected(b: Backend) {
+    let srv = with_history(b).await;
+    let n = scalar(&srv, "SELECT COUNT(*) FROM audit_leaves").await;
+    let seq = scalar(&srv, "SELECT MAX(seq) FROM audit_events").await + 100;
+    // A forged record with a correctly computed leaf, but no signature.
+    let row = palisade_store::audit::AuditRow {
+        seq,
+        id: "00000000-0000-4000-8000-00000000f00d".into(),
+        ts: 1,
+        tenant_id: None,
+        actor_type: "system".into(),
+        actor_id: None,
+        action: "auth.login".into(),
+        resource_type: None,
+        resource_id: None,
+        source_ip: None,
+        user_agent: None,
+        request_id: None,
+        details: "{}".into(),
+    };
+    let hash: String = palisade_audit::log::leaf_hash_of(&row).iter().map(|b| format!("{b:02x}")).collect();
+    let overriding = if srv.db_url.starts_with("sqlite") { "" } else { "OVERRIDING SYSTEM VALUE" };
+    tamper(
+        &srv,
+        &[
+            &format!(
+                "INSERT INTO audit_events (seq, id, ts, actor_type, action, details) {overriding} \
+                 VALUES ({seq}, '{}', 1, 'system', 'auth.login', '{{}}')",
+                row.id
+            ),
+            &format!("INSERT INTO audit_leaves (leaf_index, event_seq, leaf_hash) VALUES ({n}, {seq}, '{hash}')"),
+        ],
+    )
+    .await;
+    assert_tampered(verify(&srv), "not covered by any signed checkpoint");
     srv.stop().await;
 }
 
