@@ -93,7 +93,7 @@ impl Signer {
     pub fn from_pem(pem: &str, origin: &str) -> Result<Self, KeyError> {
         let key =
             SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyError(format!("not an Ed25519 PKCS#8 PEM key: {e}")))?;
-        let verifier = Verifier::new(key.verifying_key());
+        let verifier = Verifier::new(key.verifying_key(), origin);
         Ok(Self { key, verifier, origin: origin.to_owned() })
     }
 
@@ -119,12 +119,14 @@ impl Signer {
 pub struct Verifier {
     key: VerifyingKey,
     key_id: String,
+    /// Notes of another log signed with the same key are not this log's.
+    origin: String,
 }
 
 impl Verifier {
-    pub fn new(key: VerifyingKey) -> Self {
+    pub fn new(key: VerifyingKey, origin: &str) -> Self {
         let key_id = hex::encode(Sha256::digest(key.as_bytes()))[..16].to_owned();
-        Self { key, key_id }
+        Self { key, key_id, origin: origin.to_owned() }
     }
 
     pub fn key_id(&self) -> &str {
@@ -137,12 +139,15 @@ impl Verifier {
     }
 
     pub fn verify(&self, cp: &Checkpoint) -> Option<Head> {
-        self.signed(cp).then(|| cp.head()).flatten()
+        self.signed(cp).then(|| cp.head()).flatten().filter(|h| h.origin == self.origin)
     }
 
     /// A verified retention statement's `(up_to_leaf, ts_ms)`.
     pub fn verify_expiry(&self, cp: &Checkpoint) -> Option<(u64, i64)> {
-        self.signed(cp).then(|| cp.expiry()).flatten()
+        if !self.signed(cp) || cp.body.split('\n').nth(1) != Some(self.origin.as_str()) {
+            return None;
+        }
+        cp.expiry()
     }
 
     fn signed(&self, cp: &Checkpoint) -> bool {

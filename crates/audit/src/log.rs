@@ -63,6 +63,8 @@ pub enum LogError {
     MissingNode(String),
     #[error("checkpoint file: {0}")]
     File(#[from] std::io::Error),
+    #[error("the log was tampered with, so nothing is expired: {0}")]
+    Tampered(String),
 }
 
 impl From<sqlx::Error> for LogError {
@@ -75,6 +77,8 @@ impl AuditLog {
     pub fn new(db: Db, signer: Signer, checkpoint_file: PathBuf) -> Arc<Self> {
         let verifier = signer.verifier().clone();
         let file_max = crate::verify::read_checkpoint_file(&checkpoint_file)
+            .ok()
+            .flatten()
             .unwrap_or_default()
             .iter()
             .filter_map(|c| verifier.verify(c))
@@ -116,6 +120,10 @@ impl AuditLog {
     }
 
     async fn integrate_batch(&self, now_ms: i64) -> Result<Option<Checkpoint>, LogError> {
+        // Idle: look without taking the write lock.
+        if !palisade_store::audit::any_pending(self.db.reader()).await? {
+            return Ok(None);
+        }
         let mut tx = self.db.begin().await?;
         let (size, frontier) = palisade_store::audit::lock_head(&mut tx).await?;
         let batch = palisade_store::audit::pending_batch(&mut tx, BATCH).await?;
@@ -124,6 +132,17 @@ impl AuditLog {
         }
         let mut f = Frontier::decode(u64::try_from(size).map_err(|_| LogError::CorruptHead)?, &frontier)
             .ok_or(LogError::CorruptHead)?;
+        // Extend only the tree we last signed: a head rewritten in the
+        // database (or cut short of the checkpoint file) must not be signed.
+        if f.size() < self.file_max_size() {
+            return Err(LogError::CorruptHead);
+        }
+        if f.size() > 0 {
+            let signed = self.latest_checkpoint().await?.and_then(|c| self.signer.verifier().verify(&c));
+            if signed.is_none_or(|h| h.tree_size != f.size() || h.root != f.root()) {
+                return Err(LogError::CorruptHead);
+            }
+        }
         let first = size;
         let mut leaves = Vec::with_capacity(batch.len());
         let mut nodes = Vec::with_capacity(batch.len());
@@ -183,8 +202,12 @@ impl AuditLog {
         let mut tx = self.db.begin().await?;
         palisade_store::audit::lock_head(&mut tx).await?;
         let up_to = palisade_store::audit::first_leaf_not_before(&mut tx, cutoff_ms).await?;
-        if up_to <= palisade_store::audit::expired_up_to(&mut tx).await? {
+        let already = palisade_store::audit::expired_up_to(&mut tx).await?;
+        if up_to <= already {
             return Ok(None);
+        }
+        if let Some(problem) = crate::verify::check_range(&self.db, already as u64, up_to as u64).await? {
+            return Err(LogError::Tampered(problem));
         }
         let statement = self.signer.sign_expiry(up_to as u64, now_ms);
         let row = palisade_store::audit::ExpiryRow {
@@ -204,12 +227,17 @@ impl AuditLog {
         Ok(Some((up_to as u64, removed)))
     }
 
+    /// The newest checkpoint whose signature verifies and whose signed size
+    /// is the row's (a forged row with a huge size and an old genuine body
+    /// does not win).
     pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, LogError> {
-        Ok(palisade_store::audit::latest_checkpoint(self.db.reader()).await?.map(|r| Checkpoint {
-            body: r.body,
-            signature: r.signature,
-            key_id: r.key_id,
-        }))
+        for r in palisade_store::audit::latest_checkpoints(self.db.reader(), 16).await? {
+            let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
+            if self.signer.verifier().verify(&cp).is_some_and(|h| h.tree_size as i64 == r.tree_size) {
+                return Ok(Some(cp));
+            }
+        }
+        Ok(None)
     }
 
     /// The hash of leaves `[start, start + len)` from stored leaves and nodes.

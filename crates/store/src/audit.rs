@@ -220,12 +220,21 @@ pub async fn insert_checkpoint(tx: &mut crate::Tx, c: &CheckpointRow) -> Result<
     Ok(())
 }
 
-pub async fn latest_checkpoint<'c>(ex: impl Executor<'c, Database = Any>) -> Result<Option<CheckpointRow>> {
+/// The newest `n` checkpoint rows, newest first.
+pub async fn latest_checkpoints<'c>(ex: impl Executor<'c, Database = Any>, n: i64) -> Result<Vec<CheckpointRow>> {
     Ok(sqlx::query_as(
-        "SELECT tree_size, root_hash, ts, body, signature, key_id FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1",
+        "SELECT tree_size, root_hash, ts, body, signature, key_id FROM audit_checkpoints ORDER BY tree_size DESC LIMIT $1",
     )
-    .fetch_optional(ex)
+    .bind(n)
+    .fetch_all(ex)
     .await?)
+}
+
+pub async fn any_pending<'c>(ex: impl Executor<'c, Database = Any>) -> Result<bool> {
+    Ok(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM (SELECT 1 FROM audit_pending LIMIT 1) p")
+        .fetch_one(ex)
+        .await?
+        > 0)
 }
 
 pub async fn all_checkpoints<'c>(ex: impl Executor<'c, Database = Any>) -> Result<Vec<CheckpointRow>> {
@@ -409,9 +418,6 @@ pub async fn max_leaf_index<'c>(ex: impl Executor<'c, Database = Any>) -> Result
 }
 
 /// Separators of [`leaf_fields_chunk`]: record, field, and the NULL marker.
-/// Stored audit data never contains these control characters (inputs are
-/// stripped of them, JSON escapes them); a record that does is checked
-/// through [`leaf_chunk`] instead.
 pub const RECORD_SEP: char = '\u{1e}';
 pub const FIELD_SEP: char = '\u{1f}';
 pub const NULL_MARK: &str = "\u{1d}";
@@ -419,48 +425,61 @@ pub const NULL_MARK: &str = "\u{1d}";
 /// Like [`leaf_chunk`], but each record is `index, event_seq, leaf_hash`
 /// and then the event's raw fields (or `-`), joined by [`FIELD_SEP`], the
 /// records by [`RECORD_SEP`]. The database only concatenates; the verifier
-/// encodes. This is the fast path of full verification.
+/// encodes. A record in which any column holds one of the separator
+/// characters comes out as `?` (check it with [`leaf_chunk`]), so the
+/// split is always exact. This is the fast path of full verification.
 pub async fn leaf_fields_chunk(db: &crate::Db, from: i64, to: i64) -> Result<String> {
-    let sql = match db.dialect() {
-        crate::Dialect::Sqlite => {
-            let f = "char(31)";
-            let n = |c: &str| format!("COALESCE({c}, char(29))");
-            format!(
-                "SELECT COALESCE(group_concat(l.leaf_index || {f} || l.event_seq || {f} || l.leaf_hash || {f} || \
-                   CASE WHEN e.seq IS NULL THEN '-' ELSE e.seq || {f} || e.id || {f} || e.ts || {f} || {} || {f} || \
-                   e.actor_type || {f} || {} || {f} || e.action || {f} || {} || {f} || {} || {f} || {} || {f} || \
-                   {} || {f} || {} || {f} || e.details END, char(30) ORDER BY l.leaf_index), '') \
-                 FROM audit_leaves l LEFT JOIN audit_events e ON e.seq = l.event_seq \
-                 WHERE l.leaf_index >= $1 AND l.leaf_index < $2",
-                n("e.tenant_id"),
-                n("e.actor_id"),
-                n("e.resource_type"),
-                n("e.resource_id"),
-                n("e.source_ip"),
-                n("e.user_agent"),
-                n("e.request_id"),
-            )
-        }
-        crate::Dialect::Postgres => {
-            let f = "chr(31)";
-            let n = |c: &str| format!("COALESCE({c}, chr(29))");
-            format!(
-                "SELECT COALESCE(string_agg(l.leaf_index::text || {f} || l.event_seq::text || {f} || l.leaf_hash || {f} || \
-                   CASE WHEN e.seq IS NULL THEN '-' ELSE e.seq::text || {f} || e.id || {f} || e.ts::text || {f} || {} || {f} || \
-                   e.actor_type || {f} || {} || {f} || e.action || {f} || {} || {f} || {} || {f} || {} || {f} || \
-                   {} || {f} || {} || {f} || e.details END, chr(30) ORDER BY l.leaf_index), '') \
-                 FROM audit_leaves l LEFT JOIN audit_events e ON e.seq = l.event_seq \
-                 WHERE l.leaf_index >= $1 AND l.leaf_index < $2",
-                n("e.tenant_id"),
-                n("e.actor_id"),
-                n("e.resource_type"),
-                n("e.resource_id"),
-                n("e.source_ip"),
-                n("e.user_agent"),
-                n("e.request_id"),
-            )
+    let cols = [
+        "l.leaf_index",
+        "l.event_seq",
+        "l.leaf_hash",
+        "e.seq",
+        "e.id",
+        "e.ts",
+        "e.tenant_id",
+        "e.actor_type",
+        "e.actor_id",
+        "e.action",
+        "e.resource_type",
+        "e.resource_id",
+        "e.source_ip",
+        "e.user_agent",
+        "e.request_id",
+        "e.details",
+    ];
+    let (text, chr, agg, pos) = match db.dialect() {
+        crate::Dialect::Sqlite => ("TEXT", "char", "group_concat", "instr"),
+        crate::Dialect::Postgres => ("text", "chr", "string_agg", "strpos"),
+    };
+    let f = format!("{chr}(31)");
+    let nullable = [
+        "e.tenant_id",
+        "e.actor_id",
+        "e.resource_type",
+        "e.resource_id",
+        "e.source_ip",
+        "e.user_agent",
+        "e.request_id",
+    ];
+    let field = |c: &str| {
+        if nullable.contains(&c) {
+            format!("COALESCE({c}, {chr}(29))")
+        } else {
+            format!("CAST({c} AS {text})")
         }
     };
+    let head = cols[..3].iter().map(|c| field(c)).collect::<Vec<_>>().join(&format!(" || {f} || "));
+    let event = cols[3..].iter().map(|c| field(c)).collect::<Vec<_>>().join(&format!(" || {f} || "));
+    // Every column's text, to spot a separator hidden in the data.
+    let raw = cols.iter().map(|c| format!("COALESCE(CAST({c} AS {text}), '')")).collect::<Vec<_>>().join(" || ");
+    let hidden = (29..=31).map(|n| format!("{pos}(raw, {chr}({n})) > 0")).collect::<Vec<_>>().join(" OR ");
+    let sql = format!(
+        "SELECT COALESCE({agg}(CASE WHEN {hidden} THEN '?' ELSE rec END, {chr}(30) ORDER BY leaf_index), '') FROM ( \
+           SELECT l.leaf_index AS leaf_index, {raw} AS raw, \
+             {head} || {f} || CASE WHEN e.seq IS NULL THEN '-' ELSE {event} END AS rec \
+           FROM audit_leaves l LEFT JOIN audit_events e ON e.seq = l.event_seq \
+           WHERE l.leaf_index >= $1 AND l.leaf_index < $2) t"
+    );
     Ok(sqlx::query_scalar(&sql).bind(from).bind(to).fetch_one(db.reader()).await?)
 }
 

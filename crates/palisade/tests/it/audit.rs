@@ -28,6 +28,10 @@ backend_tests!(
     inclusion_proof_checks_out_independently,
     retention_removes_old_ranges_and_still_verifies,
     tenant_verify_notices_tampering,
+    separator_characters_cannot_hide_edits,
+    retention_never_blesses_tampering,
+    missing_or_garbled_checkpoint_file_is_reported,
+    integrator_refuses_a_rewritten_head,
 );
 
 /// A server with some history, stopped, so the CLI owns the data.
@@ -447,5 +451,109 @@ async fn tenant_verify_notices_tampering(b: Backend) {
     .await;
     let v = srv.get("/v1/events/verify", &t.token).await.expect(200).body;
     assert_eq!(v["status"], "tampered", "{v}");
+    srv.stop().await;
+}
+
+fn chr(srv: &TestServer, n: u8) -> String {
+    if srv.db_url.starts_with("sqlite") {
+        format!("char({n})")
+    } else {
+        format!("chr({n})")
+    }
+}
+
+async fn separator_characters_cannot_hide_edits(b: Backend) {
+    let srv = with_history(b.clone()).await;
+    let seq = scalar(&srv, "SELECT MIN(seq) + 3 FROM audit_events").await;
+    let rs = chr(&srv, 30);
+    tamper(&srv, &[&format!("UPDATE audit_events SET details = details || {rs} WHERE seq = {seq}")]).await;
+    assert_tampered(verify(&srv), &format!("record seq {seq} "));
+    srv.stop().await;
+
+    // Shifting fields so the first piece still looks like the original.
+    let srv = with_history(b).await;
+    let seq = scalar(&srv, "SELECT MIN(seq) + 3 FROM audit_events").await;
+    let (fs, rs) = (chr(&srv, 31), chr(&srv, 30));
+    tamper(
+        &srv,
+        &[&format!(
+            "UPDATE audit_events SET request_id = request_id || {fs} || details || {rs}, details = '{{\"evil\":1}}' \
+             WHERE seq = {seq}"
+        )],
+    )
+    .await;
+    assert_tampered(verify(&srv), &format!("record seq {seq} "));
+    srv.stop().await;
+}
+
+async fn retention_never_blesses_tampering(b: Backend) {
+    let srv = TestServer::start_with(b, |c| c.audit.retention_days = 30).await;
+    let t = srv.tenant("Blessed").await;
+    for i in 0..4 {
+        srv.api_key(&t.token, json!({"name": format!("b{i}"), "role": "read_only"})).await;
+    }
+    let state = srv.state().clone();
+    state.audit_log.integrate(srv.clock.now_ms()).await.unwrap();
+    // Records deleted, and a newer one back-dated so it would fall in range.
+    let first = scalar(&srv, "SELECT MIN(seq) FROM audit_events").await;
+    let newest = scalar(&srv, "SELECT MAX(seq) FROM audit_events").await;
+    tamper(
+        &srv,
+        &[
+            &format!("DELETE FROM audit_events WHERE seq = {}", first + 1),
+            &format!("UPDATE audit_events SET ts = 0 WHERE seq = {newest}"),
+        ],
+    )
+    .await;
+    srv.clock.advance_ms(31 * 24 * 3600 * 1000);
+    let err = palisade::apply_audit_retention(&state).await.expect_err("retention must refuse");
+    assert!(err.to_string().contains("tampered"), "{err}");
+    assert_eq!(scalar(&srv, "SELECT COUNT(*) FROM audit_expiries").await, 0, "nothing was signed away");
+    srv.stop().await;
+}
+
+async fn missing_or_garbled_checkpoint_file_is_reported(b: Backend) {
+    let srv = with_history(b.clone()).await;
+    let file = srv.data_dir.join("audit-checkpoints.jsonl");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{}\n{{\"bodyy\":\"x\"}}\n", text.trim_end())).unwrap();
+    assert_tampered(verify(&srv), "invalid signature or format");
+    std::fs::remove_file(&file).unwrap();
+    assert_tampered(verify(&srv), "checkpoint file");
+    srv.stop().await;
+
+    // A checkpoint of another log signed with the same key is not this log's.
+    let srv = with_history(b).await;
+    let file = srv.data_dir.join("audit-checkpoints.jsonl");
+    let pem = std::fs::read_to_string(srv.data_dir.join("audit-ed25519.pem")).unwrap();
+    let other = palisade_audit::checkpoint::Signer::from_pem(&pem, "another-log").unwrap();
+    let foreign = other.sign(1, &[0u8; 32], 1);
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}{}\n", serde_json::to_string(&foreign).unwrap())).unwrap();
+    assert_tampered(verify(&srv), "invalid signature or format");
+    srv.stop().await;
+}
+
+async fn integrator_refuses_a_rewritten_head(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let t = srv.tenant("Headstrong").await;
+    let state = srv.state().clone();
+    state.audit_log.integrate(srv.clock.now_ms()).await.unwrap();
+    let before = scalar(&srv, "SELECT COUNT(*) FROM audit_checkpoints").await;
+    // Rewrite the head as if history were different, then queue more work.
+    let size = scalar(&srv, "SELECT tree_size FROM audit_head").await;
+    let fake: String = (0..64)
+        .rev()
+        .filter(|b| size & (1 << b) != 0)
+        .map(|b| format!("{b}:{}", "cd".repeat(32)))
+        .collect::<Vec<_>>()
+        .join(",");
+    // (The head table has no trigger; the queueing trigger must stay armed.)
+    let mut c = sqlx::AnyConnection::connect(&srv.db_url).await.unwrap();
+    sqlx::query(&format!("UPDATE audit_head SET frontier = '{fake}'")).execute(&mut c).await.unwrap();
+    c.close().await.unwrap();
+    srv.api_key(&t.token, json!({"name": "after", "role": "read_only"})).await;
+    assert!(state.audit_log.integrate(srv.clock.now_ms()).await.is_err(), "a forged head must not be extended");
+    assert_eq!(scalar(&srv, "SELECT COUNT(*) FROM audit_checkpoints").await, before, "nothing was signed");
     srv.stop().await;
 }
