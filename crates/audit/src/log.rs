@@ -168,6 +168,9 @@ impl AuditLog {
         palisade_store::audit::insert_checkpoint(&mut tx, &row).await?;
         palisade_store::audit::set_head(&mut tx, f.size() as i64, &f.encode()).await?;
         tx.commit().await?;
+        // The file must never vouch for a batch a crash could still take
+        // back from the database.
+        self.db.make_durable().await?;
         self.append_to_file(&cp).await?;
         Ok(Some(cp))
     }
@@ -222,6 +225,7 @@ impl AuditLog {
             .details(serde_json::json!({ "up_to_leaf": up_to, "removed": removed, "cutoff_ms": cutoff_ms }));
         crate::append(&mut *tx, &event, &crate::Context::default(), now_ms).await?;
         tx.commit().await?;
+        self.db.make_durable().await?;
         self.append_to_file(&statement).await?;
         self.poke();
         Ok(Some((up_to as u64, removed)))

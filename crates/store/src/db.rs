@@ -84,6 +84,16 @@ impl Db {
         Ok(self.write.begin().await?)
     }
 
+    /// Makes everything committed so far durable. SQLite in WAL mode with
+    /// `synchronous = NORMAL` syncs the log only at checkpoints; run one.
+    /// (PostgreSQL commits are durable already.)
+    pub async fn make_durable(&self) -> Result<()> {
+        if self.dialect == Dialect::Sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&self.write).await?;
+        }
+        Ok(())
+    }
+
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
     }

@@ -177,6 +177,9 @@ pub async fn proof(
         .ok_or_else(|| ApiError::internal("no checkpoint although the event is sequenced"))?;
     let head = checkpoint.head().ok_or_else(|| ApiError::internal("stored checkpoint is malformed"))?;
     let index = u64::try_from(leaf.leaf_index).map_err(ApiError::internal)?;
+    if index >= head.tree_size {
+        return Err(ApiError::conflict("The event is not in a signed checkpoint yet; retry shortly."));
+    }
     let path = log.inclusion_path(index, head.tree_size).await.map_err(ApiError::internal)?;
     Ok(Json(ProofView {
         event_id: event.id.clone(),
