@@ -191,3 +191,33 @@ mod tests {
         assert!(other.verifier().verify(&cp).is_none());
     }
 }
+
+#[cfg(test)]
+mod doc_example {
+    use super::*;
+
+    /// The signed checkpoint of docs/audit.md's worked example (Ed25519 is
+    /// deterministic, so the signature is a fixed test vector).
+    #[test]
+    fn worked_example_signature() {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        let pem = SigningKey::from_bytes(&[1u8; 32]).to_pkcs8_pem(Default::default()).unwrap();
+        let signer = Signer::from_pem(&pem, "palisade").unwrap();
+        let root: Hash = hex::decode("e17611cfec660a7f64cd756e0a34e6fc66796228d8618da60b2c3f678a6bf3c7")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let cp = signer.sign(3, &root, 1_795_423_747_000);
+        assert_eq!(cp.key_id, "34750f98bd59fcfc");
+        assert_eq!(
+            cp.body,
+            "palisade-audit/v1\npalisade\n3\n4XYRz+xmCn9kzXVuCjTm/GZ5YijYYY2mCyw/Z4pr88c=\n1795423747000\n"
+        );
+        assert_eq!(signer.verifier().public_key_b64(), EXAMPLE_PUBLIC_KEY);
+        assert_eq!(cp.signature, EXAMPLE_SIGNATURE);
+    }
+
+    const EXAMPLE_PUBLIC_KEY: &str = "iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w=";
+    const EXAMPLE_SIGNATURE: &str =
+        "n3/jz0KXOyb4tQOIjAOx/OTK1pGDaut0PZdshWf7NIwpfW6VlrXXYw8/1+68CZP1OAkSaE63lSCXvoPxIR83DQ==";
+}
