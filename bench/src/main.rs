@@ -185,7 +185,7 @@ async fn run(name: &str, url: &str, dir: &std::path::Path, records: usize) -> an
         while from <= last {
             let chunk = palisade_store::audit::leaf_fields_chunk(&db, from, from + 20_000).await?;
             bytes += chunk.len();
-            lines += chunk.split(palisade_store::audit::RECORD_SEP).filter(|r| !r.is_empty()).count();
+            lines += palisade_store::audit::split_records(&chunk).map_or(0, |r| r.len());
             from += 20_000;
         }
         let secs = started.elapsed().as_secs_f64();

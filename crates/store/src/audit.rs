@@ -417,17 +417,13 @@ pub async fn max_leaf_index<'c>(ex: impl Executor<'c, Database = Any>) -> Result
     Ok(sqlx::query_scalar("SELECT MAX(leaf_index) FROM audit_leaves").fetch_one(ex).await?)
 }
 
-/// Separators of [`leaf_fields_chunk`]: record, field, and the NULL marker.
-pub const RECORD_SEP: char = '\u{1e}';
+/// Separator of the fields in a [`leaf_fields_chunk`] record.
 pub const FIELD_SEP: char = '\u{1f}';
-pub const NULL_MARK: &str = "\u{1d}";
 
 /// Like [`leaf_chunk`], but each record is `index, event_seq, leaf_hash`
-/// and then the event's raw fields (or `-`), joined by [`FIELD_SEP`], the
-/// records by [`RECORD_SEP`]. The database only concatenates; the verifier
-/// encodes. A record in which any column holds one of the separator
-/// characters comes out as `?` (check it with [`leaf_chunk`]), so the
-/// split is always exact. This is the fast path of full verification.
+/// and then the event's raw fields (or `-`), joined by [`FIELD_SEP`]; see
+/// [`split_records`]. The database only concatenates; the verifier encodes
+/// and hashes. This is the fast path of full verification.
 pub async fn leaf_fields_chunk(db: &crate::Db, from: i64, to: i64) -> Result<String> {
     let cols = [
         "l.leaf_index",
@@ -447,9 +443,9 @@ pub async fn leaf_fields_chunk(db: &crate::Db, from: i64, to: i64) -> Result<Str
         "e.request_id",
         "e.details",
     ];
-    let (text, chr, agg, pos) = match db.dialect() {
-        crate::Dialect::Sqlite => ("TEXT", "char", "group_concat", "instr"),
-        crate::Dialect::Postgres => ("text", "chr", "string_agg", "strpos"),
+    let (text, chr, agg) = match db.dialect() {
+        crate::Dialect::Sqlite => ("TEXT", "char", "group_concat"),
+        crate::Dialect::Postgres => ("text", "chr", "string_agg"),
     };
     let f = format!("{chr}(31)");
     let nullable = [
@@ -461,26 +457,42 @@ pub async fn leaf_fields_chunk(db: &crate::Db, from: i64, to: i64) -> Result<Str
         "e.user_agent",
         "e.request_id",
     ];
+    // Nullable columns are tagged: `0` for NULL, `1` + the value otherwise,
+    // so no value can pass for a NULL.
     let field = |c: &str| {
         if nullable.contains(&c) {
-            format!("COALESCE({c}, {chr}(29))")
+            format!("CASE WHEN {c} IS NULL THEN '0' ELSE '1' || {c} END")
         } else {
             format!("CAST({c} AS {text})")
         }
     };
     let head = cols[..3].iter().map(|c| field(c)).collect::<Vec<_>>().join(&format!(" || {f} || "));
     let event = cols[3..].iter().map(|c| field(c)).collect::<Vec<_>>().join(&format!(" || {f} || "));
-    // Every column's text, to spot a separator hidden in the data.
-    let raw = cols.iter().map(|c| format!("COALESCE(CAST({c} AS {text}), '')")).collect::<Vec<_>>().join(" || ");
-    let hidden = (29..=31).map(|n| format!("{pos}(raw, {chr}({n})) > 0")).collect::<Vec<_>>().join(" OR ");
+    // Records are length-prefixed (`<bytes>:<record>`), so a separator
+    // character inside a value can shift fields within its own record (the
+    // verifier then takes the slow path) but never the record boundaries.
     let sql = format!(
-        "SELECT COALESCE({agg}(CASE WHEN {hidden} THEN '?' ELSE rec END, {chr}(30) ORDER BY leaf_index), '') FROM ( \
-           SELECT l.leaf_index AS leaf_index, {raw} AS raw, \
+        "SELECT COALESCE({agg}(octet_length(rec) || ':' || rec, '' ORDER BY leaf_index), '') FROM ( \
+           SELECT l.leaf_index AS leaf_index, \
              {head} || {f} || CASE WHEN e.seq IS NULL THEN '-' ELSE {event} END AS rec \
            FROM audit_leaves l LEFT JOIN audit_events e ON e.seq = l.event_seq \
            WHERE l.leaf_index >= $1 AND l.leaf_index < $2) t"
     );
     Ok(sqlx::query_scalar(&sql).bind(from).bind(to).fetch_one(db.reader()).await?)
+}
+
+/// Splits a [`leaf_fields_chunk`] into its records. `None` if the framing
+/// is broken (which the database never produces).
+pub fn split_records(chunk: &str) -> Option<Vec<&str>> {
+    let mut out = Vec::new();
+    let mut rest = chunk;
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_once(':')?;
+        let len: usize = len.parse().ok()?;
+        out.push(tail.get(..len)?);
+        rest = tail.get(len..)?;
+    }
+    Some(out)
 }
 
 // ---- Retention ----
