@@ -129,6 +129,12 @@ impl Verifier {
         Self { key, key_id, origin: origin.to_owned() }
     }
 
+    /// From a raw public key in base64 (as `public_key_b64` prints it).
+    pub fn from_public_b64(b64: &str, origin: &str) -> Option<Self> {
+        let bytes: [u8; 32] = B64.decode(b64.trim()).ok()?.try_into().ok()?;
+        Some(Self::new(VerifyingKey::from_bytes(&bytes).ok()?, origin))
+    }
+
     pub fn key_id(&self) -> &str {
         &self.key_id
     }

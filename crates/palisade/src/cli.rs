@@ -92,7 +92,13 @@ pub enum MasterKeyCommand {
 pub enum AuditCommand {
     /// Recompute the whole log and check it against every signed
     /// checkpoint. Exit 0 intact, 1 tampered (naming the first bad record).
-    Verify,
+    Verify {
+        /// Verify with this Ed25519 public key (raw 32 bytes, base64, as
+        /// `audit checkpoint` prints it) instead of the signing key, e.g. on
+        /// an auditor's machine that must not hold the private key.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
     /// Print the latest signed checkpoint (for an external witness), after
     /// sequencing anything pending.
     Checkpoint,
@@ -167,12 +173,16 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Audit { command: AuditCommand::Verify } => {
+        Command::Audit { command: AuditCommand::Verify { public_key } } => {
             let db = crate::open_db(&config).await?;
-            let signer = crate::audit_signer(&config)?;
+            let verifier = match public_key {
+                Some(b64) => palisade_audit::checkpoint::Verifier::from_public_b64(&b64, &config.audit.origin)
+                    .context("--public-key must be a base64 Ed25519 public key (32 bytes)")?,
+                None => crate::audit_signer(&config)?.verifier().clone(),
+            };
             let file = crate::checkpoint_file(&config);
             let started = std::time::Instant::now();
-            let report = palisade_audit::verify::verify_log(&db, signer.verifier(), Some(&file), |n| {
+            let report = palisade_audit::verify::verify_log(&db, &verifier, Some(&file), |n| {
                 eprintln!("palisade: verified {n} records ({:.1} s)", started.elapsed().as_secs_f64());
             })
             .await?;
