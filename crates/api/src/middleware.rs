@@ -47,7 +47,7 @@ pub async fn request(State(state): State<AppState>, mut req: Request, next: Next
     // every line counts, in order; the rightmost untrusted hop is the client.
     let xff: Vec<&str> = req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
     let xff = (!xff.is_empty()).then(|| xff.join(","));
-    let client = palisade_guard::net::client_ip(peer, xff.as_deref(), &state.trusted_proxies);
+    let client = palisade_guard::net::client_ip(peer, xff.as_deref(), &state.config.server.trust_proxy);
     let method = req.method().clone();
     let route =
         req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());

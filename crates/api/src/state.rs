@@ -1,6 +1,5 @@
 use std::sync::Arc;
 
-use ipnet::IpNet;
 use palisade_audit::log::AuditLog;
 use palisade_auth::JwtKeys;
 use palisade_config::Config;
@@ -19,7 +18,6 @@ pub struct Services {
     pub master_key: MasterKey,
     pub mailer: Mailer,
     pub clock: Arc<dyn Clock>,
-    pub trusted_proxies: Vec<IpNet>,
     pub audit_log: Arc<AuditLog>,
 }
 

@@ -40,9 +40,8 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         // Production refuses to start without SMTP, so this is dev only.
         None => Mailer::outbox(config.server.data_dir.join("outbox"), &config.mail.from)?,
     };
-    let trusted_proxies = config.server.trust_proxy.clone();
     let audit_log = audit_log(&config, &db)?;
-    Ok(AppState(Arc::new(Services { db, config, jwt, master_key, mailer, clock, trusted_proxies, audit_log })))
+    Ok(AppState(Arc::new(Services { db, config, jwt, master_key, mailer, clock, audit_log })))
 }
 
 /// The configured master key wins. In dev mode without one, a key is

@@ -53,8 +53,13 @@ async fn with_history(b: Backend) -> TestServer {
 }
 
 fn verify(srv: &TestServer) -> (i32, String) {
+    verify_with(srv, &[])
+}
+
+fn verify_with(srv: &TestServer, extra: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args(["audit", "verify"])
+        .args(extra)
         .env("PALISADE_SERVER__DATA_DIR", &srv.data_dir)
         .env("PALISADE_DATABASE__URL", &srv.db_url)
         .env_remove("PALISADE_MODE")
@@ -106,21 +111,11 @@ async fn intact_log_verifies(b: Backend) {
     // An auditor with only the public key gets the same answer; another key does not.
     let pem = std::fs::read_to_string(srv.data_dir.join("audit-ed25519.pem")).unwrap();
     let public = palisade_audit::checkpoint::Signer::from_pem(&pem, "palisade").unwrap().verifier().public_key_b64();
-    let with_key = |key: &str| {
-        Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .args(["audit", "verify", "--public-key", key])
-            .env("PALISADE_SERVER__DATA_DIR", &srv.data_dir)
-            .env("PALISADE_DATABASE__URL", &srv.db_url)
-            .env_remove("PALISADE_MODE")
-            .output()
-            .unwrap()
-            .status
-            .code()
-    };
-    assert_eq!(with_key(&public), Some(0));
+    let with_key = |key: &str| verify_with(&srv, &["--public-key", key]).0;
+    assert_eq!(with_key(&public), 0);
     let other = base64::engine::general_purpose::STANDARD
         .encode(ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]).verifying_key().as_bytes());
-    assert_eq!(with_key(&other), Some(1));
+    assert_eq!(with_key(&other), 1);
     assert!(text.contains("intact"), "{text}");
     let n = scalar(&srv, "SELECT COUNT(*) FROM audit_events").await;
     assert!(text.contains(&format!("{n} records")), "{text}");
