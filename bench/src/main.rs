@@ -1,9 +1,11 @@
 //! Load benchmarks. `cargo run --release -p palisade-bench -- audit [RECORDS]`
 //! measures the audit log on SQLite (and on PostgreSQL when
-//! PALISADE_BENCH_POSTGRES_URL is set):
-//! - append throughput, with the integrator sequencing and signing a
+//! PALISADE_BENCH_POSTGRES_URL is set; each run uses a fresh database):
+//! - append throughput: many concurrent writers, one event per write (as
+//!   requests append them), with the integrator sequencing and signing a
 //!   checkpoint per batch as it does in the server;
-//! - the cost an audit append adds to a write transaction;
+//! - the cost an append adds to a write transaction, and that cost as a
+//!   share of a whole write request (POST /v1/api-keys over HTTP);
 //! - `audit verify` speed over the whole log.
 
 use std::sync::Arc;
@@ -15,6 +17,8 @@ use palisade_audit::{Context, Event};
 use palisade_core::principal::Actor;
 use palisade_core::{Clock, SystemClock, TenantId};
 use palisade_store::Db;
+use serde_json::{json, Value};
+use sqlx::Connection;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -28,14 +32,50 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(what == "audit", "usage: palisade-bench audit [RECORDS]");
     let dir = tempfile::tempdir()?;
     let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
-    run("SQLite", &sqlite, dir.path(), records).await?;
-    if let Ok(pg) = std::env::var("PALISADE_BENCH_POSTGRES_URL") {
-        run("PostgreSQL", &pg, dir.path(), records).await?;
+    run("SQLite", &sqlite, None, dir.path(), records).await?;
+    if let Ok(base) = std::env::var("PALISADE_BENCH_POSTGRES_URL") {
+        let (url, name) = fresh_postgres_db(&base).await?;
+        let (http_url, http_name) = fresh_postgres_db(&base).await?;
+        let result = run("PostgreSQL", &url, Some(http_url), dir.path(), records).await;
+        let mut c = sqlx::AnyConnection::connect(&base).await?;
+        for n in [name, http_name] {
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {n} WITH (FORCE)")).execute(&mut c).await?;
+        }
+        result?;
     }
     Ok(())
 }
 
-async fn run(name: &str, url: &str, dir: &std::path::Path, records: usize) -> anyhow::Result<()> {
+/// A new, empty database next to `base` (same server and options).
+async fn fresh_postgres_db(base: &str) -> anyhow::Result<(String, String)> {
+    sqlx::any::install_default_drivers();
+    let name = format!("palisade_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut c = sqlx::AnyConnection::connect(base).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut c).await?;
+    let (head, query) = base.split_once('?').map(|(h, q)| (h, Some(q))).unwrap_or((base, None));
+    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
+    let host = match head[scheme_end..].find('/') {
+        Some(i) => &head[..scheme_end + i],
+        None => head,
+    };
+    let url = match query {
+        Some(q) => format!("{host}/{name}?{q}"),
+        None => format!("{host}/{name}"),
+    };
+    Ok((url, name))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+async fn run(
+    name: &str,
+    url: &str,
+    http_db: Option<String>,
+    dir: &std::path::Path,
+    records: usize,
+) -> anyhow::Result<()> {
     println!("== {name}, {records} records ==");
     let db = Db::connect(url, 16).await?;
     db.migrate().await?;
@@ -81,14 +121,14 @@ async fn run(name: &str, url: &str, dir: &std::path::Path, records: usize) -> an
         }
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let integrator = log.spawn(Arc::new(SystemClock), stop_rx);
+    // As the server runs it (audit.checkpoint_interval_ms default).
+    let integrator = log.spawn(Arc::new(SystemClock), Duration::from_millis(1000), stop_rx);
 
-    // 1. Append throughput: WRITERS concurrent writers, each transaction
-    //    appending PER_TX events, integrator running alongside.
+    // 1. Append throughput: WRITERS concurrent writers (env BENCH_WRITERS),
+    //    each appending one event per write, as concurrent requests do.
+    let writers = env_or("BENCH_WRITERS", 64);
+    println!("{writers} concurrent writers, one event per write");
     let started = Instant::now();
-    // Concurrent writers and events per transaction (env BENCH_WRITERS, BENCH_PER_TX).
-    let (writers, per_tx) = (env_or("BENCH_WRITERS", 8), env_or("BENCH_PER_TX", 50));
-    println!("{writers} writers, {per_tx} events per transaction");
     let per_writer = records / writers;
     let mut tasks = Vec::new();
     for w in 0..writers {
@@ -97,18 +137,14 @@ async fn run(name: &str, url: &str, dir: &std::path::Path, records: usize) -> an
             let tenant = TenantId::new();
             let ctx =
                 Context { source_ip: Some("127.0.0.1".into()), user_agent: Some("bench".into()), request_id: None };
-            let mut done = 0;
-            while done < per_writer {
-                let mut tx = db.begin().await?;
-                for _ in 0..per_tx.min(per_writer - done) {
-                    let e = Event::new("bench.append", Some(tenant), Actor::system())
-                        .resource("bench", w)
-                        .details(serde_json::json!({ "n": done }));
-                    palisade_audit::append(&mut *tx, &e, &ctx, SystemClock.now_ms()).await?;
-                    done += 1;
+            for n in 0..per_writer {
+                let e = Event::new("bench.append", Some(tenant), Actor::system())
+                    .resource("bench", w)
+                    .details(json!({ "n": n }));
+                palisade_audit::record(&db, &e, &ctx, SystemClock.now_ms()).await?;
+                if n % 64 == 0 {
+                    log.poke();
                 }
-                tx.commit().await?;
-                log.poke();
             }
             anyhow::Ok(())
         }));
@@ -138,11 +174,11 @@ async fn run(name: &str, url: &str, dir: &std::path::Path, records: usize) -> an
     let _ = stop_tx.send(true);
     integrator.await?;
 
-    // 2. Overhead on a write transaction: the same small write with and
+    // 2. The cost of an append: the same small write transaction with and
     //    without its audit append, alternated, medians compared.
     let (mut plain, mut audited) = (Vec::new(), Vec::new());
     let ctx = Context::default();
-    for i in 0..2000 {
+    for i in 0..4000 {
         let t = Instant::now();
         let mut tx = db.begin().await?;
         palisade_store::settings::put(&mut *tx, "bench", &i.to_string()).await?;
@@ -155,14 +191,24 @@ async fn run(name: &str, url: &str, dir: &std::path::Path, records: usize) -> an
     }
     plain.sort();
     audited.sort();
-    let (p, a) = (plain[plain.len() / 2], audited[audited.len() / 2]);
+    let (p, a) = (percentile(&plain, 0.5), percentile(&audited, 0.5));
+    let append_cost = a.saturating_sub(p);
     println!(
-        "write transaction p50: {:.3} ms plain, {:.3} ms with audit append ({:+.1}%)",
+        "write transaction p50: {:.3} ms plain, {:.3} ms with audit append: the append costs {:.3} ms",
         p.as_secs_f64() * 1000.0,
         a.as_secs_f64() * 1000.0,
-        (a.as_secs_f64() / p.as_secs_f64() - 1.0) * 100.0
+        append_cost.as_secs_f64() * 1000.0,
+    );
+    let request = write_request_p50(dir, name, http_db).await?;
+    println!(
+        "write request (POST /v1/api-keys over HTTP) p50: {:.3} ms; the append is {:.1}% of it",
+        request.as_secs_f64() * 1000.0,
+        append_cost.as_secs_f64() / request.as_secs_f64() * 100.0
     );
     log.integrate(SystemClock.now_ms()).await?;
+    if std::env::var("BENCH_WAL_TRUNCATE").is_ok() {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(db.reader()).await?;
+    }
 
     // 3a. Raw read speed of the leaf stream, for reference.
     {
@@ -209,7 +255,11 @@ async fn run(name: &str, url: &str, dir: &std::path::Path, records: usize) -> an
         );
     }
 
-    // 3. Full verification, as `palisade audit verify` runs it.
+    // 3. Full verification, as `palisade audit verify` runs it
+    //    (BENCH_VERIFY_REPEAT extra runs first, for profiling).
+    for _ in 0..env_or("BENCH_VERIFY_REPEAT", 0) {
+        palisade_audit::verify::verify_log(&db, log.signer().verifier(), None, |_| {}).await?;
+    }
     let started = Instant::now();
     let report = palisade_audit::verify::verify_log(
         &db,
@@ -223,4 +273,52 @@ async fn run(name: &str, url: &str, dir: &std::path::Path, records: usize) -> an
     println!("verify: {} records in {secs:.2} s = {:.0} records/s", report.records, report.records as f64 / secs);
     db.close().await;
     Ok(())
+}
+
+/// Median latency of a real audited write request: the server on its own
+/// database, one client on a kept-alive connection creating API keys.
+async fn write_request_p50(dir: &std::path::Path, name: &str, db_url: Option<String>) -> anyhow::Result<Duration> {
+    let mut config = palisade_config::Config::default();
+    config.server.data_dir = dir.join(format!("{name}-server"));
+    let master_key = palisade_auth::token::new_master_key();
+    config.admin.master_key = Some(palisade_config::Secret::new(master_key.clone()));
+    config.log.level = "error".into();
+    if let Some(url) = db_url {
+        config.database.url = Some(palisade_config::Secret::new(url));
+    }
+    let state = palisade::build_state(config, Arc::new(SystemClock)).await?;
+    let running = palisade::start(state, "127.0.0.1:0".parse()?).await?;
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::new();
+    let password = "violet tram ocean ninety";
+    let email = format!("bench-{}@example.com", uuid::Uuid::new_v4().simple());
+    let r = client
+        .post(format!("{base}/sysadmin/v1/tenants"))
+        .bearer_auth(&master_key)
+        .json(&json!({"name": "Bench", "owner": {"email": email, "password": password}}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 201, "tenant: {}", r.text().await?);
+    let r: Value =
+        client.post(format!("{base}/v1/auth/login")).json(&json!({"email": email, "password": password})).send().await?.json().await?;
+    let token = r["access_token"].as_str().unwrap_or_default().to_owned();
+    let mut times = Vec::new();
+    for i in 0..2200 {
+        let t = Instant::now();
+        let r = client
+            .post(format!("{base}/v1/api-keys"))
+            .bearer_auth(&token)
+            .json(&json!({"name": format!("k{i}"), "permissions": ["messages:read"]}))
+            .send()
+            .await?;
+        let status = r.status();
+        r.bytes().await?;
+        anyhow::ensure!(status == 201, "api key: {status}");
+        if i >= 200 {
+            times.push(t.elapsed());
+        }
+    }
+    times.sort();
+    running.stop().await;
+    Ok(percentile(&times, 0.5))
 }

@@ -79,7 +79,7 @@ impl Auth {
         let (state, ctx) = (self.state.clone(), self.ctx.audit.clone());
         // Off the request path: a refusal should not wait on a write.
         tokio::spawn(async move {
-            if let Err(e) = palisade_audit::append(state.db.writer(), &event, &ctx, state.now_ms()).await {
+            if let Err(e) = palisade_audit::record(&state.db, &event, &ctx, state.now_ms()).await {
                 tracing::error!(error = %e, "audit append failed");
             }
         });
@@ -198,7 +198,12 @@ async fn authenticate_api_key(
         let state = state.clone();
         let scope = TenantScope::for_system(tenant_id);
         tokio::spawn(async move {
-            if let Err(e) = palisade_store::api_keys::touch(state.db.writer(), &scope, key_id, now).await {
+            let touched = async {
+                let mut tx = state.db.begin().await?;
+                palisade_store::api_keys::touch(&mut *tx, &scope, key_id, now).await?;
+                tx.commit().await
+            };
+            if let Err(e) = touched.await {
                 tracing::warn!(error = %e, "could not record key use");
             }
         });

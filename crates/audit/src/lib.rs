@@ -10,6 +10,7 @@ pub mod verify;
 use palisade_core::principal::Actor;
 use palisade_core::{EventId, TenantId};
 use palisade_store::audit::{AuditRow, NewAuditRow};
+use palisade_store::Db;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{Any, Executor};
@@ -58,6 +59,34 @@ pub async fn append<'c>(
     ctx: &Context,
     now_ms: i64,
 ) -> palisade_store::Result<EventId> {
+    let (id, row) = row_of(event, ctx, now_ms);
+    palisade_store::audit::insert(ex, &row).await?;
+    Ok(id)
+}
+
+/// Appends one event that is the whole of its action (a refusal, a failed
+/// login, a CLI command): nothing else is written with it.
+pub async fn record(db: &Db, event: &Event, ctx: &Context, now_ms: i64) -> palisade_store::Result<EventId> {
+    let (id, row) = row_of(event, ctx, now_ms);
+    palisade_store::audit::insert_standalone(db, row).await?;
+    Ok(id)
+}
+
+/// Appends one event inside a closure of the SQLite group-commit writer,
+/// in the same transaction as the action the closure performs.
+pub fn append_sqlite(
+    conn: &palisade_store::rusqlite::Connection,
+    event: &Event,
+    ctx: &Context,
+    now_ms: i64,
+) -> palisade_store::Result<EventId> {
+    let (id, row) = row_of(event, ctx, now_ms);
+    palisade_store::audit::insert_sqlite(conn, &row)?;
+    Ok(id)
+}
+
+/// The one place an event becomes a row.
+fn row_of(event: &Event, ctx: &Context, now_ms: i64) -> (EventId, NewAuditRow) {
     let id = EventId::new();
     let row = NewAuditRow {
         id: id.to_string(),
@@ -73,8 +102,7 @@ pub async fn append<'c>(
         request_id: ctx.request_id.clone(),
         details: if event.details.is_null() { "{}".into() } else { event.details.to_string() },
     };
-    palisade_store::audit::insert(ex, &row).await?;
-    Ok(id)
+    (id, row)
 }
 
 /// An event as a tenant reads it.

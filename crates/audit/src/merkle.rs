@@ -89,8 +89,25 @@ impl Frontier {
 }
 
 pub fn decode_hash(h: &str) -> Option<Hash> {
-    let v = hex::decode(h).ok()?;
-    v.try_into().ok()
+    // By hand: full verification decodes one per leaf, and the hex crate's
+    // iterator-based decoder costs more than hashing the leaf.
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let b = h.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (nibble(b[2 * i])? << 4) | nibble(b[2 * i + 1])?;
+    }
+    Some(out)
 }
 
 /// RFC 9162 §2.1.3.2: checks that `leaf` is at `index` in the tree of
@@ -164,6 +181,18 @@ mod tests {
 
     fn leaves(n: usize) -> Vec<Hash> {
         (0..n).map(|i| leaf_hash(format!("leaf {i}").as_bytes())).collect()
+    }
+
+    #[test]
+    fn decode_hash_is_strict_hex() {
+        let h: Hash = std::array::from_fn(|i| (i * 37) as u8);
+        assert_eq!(decode_hash(&hex::encode(h)), Some(h));
+        assert_eq!(decode_hash(&hex::encode_upper(h)), Some(h));
+        let good = hex::encode(h);
+        assert_eq!(decode_hash(&good[..62]), None);
+        assert_eq!(decode_hash(&format!("{good}00")), None);
+        assert_eq!(decode_hash(&format!("g{}", &good[1..])), None);
+        assert_eq!(decode_hash(&format!("{}é", &good[..62])), None);
     }
 
     #[test]

@@ -132,11 +132,16 @@ pub struct Audit {
     /// Records older than this are removed (whole ranges, from the oldest,
     /// with a signed statement). 0 keeps everything. Default: 7 years.
     pub retention_days: u32,
+    /// Least time between integration runs, each of which signs one
+    /// checkpoint per batch: bounds how many checkpoints a busy log makes
+    /// (and so the checkpoint file's growth and verification time). Proofs
+    /// for newer events integrate on demand. Default 1000.
+    pub checkpoint_interval_ms: u64,
 }
 
 impl Default for Audit {
     fn default() -> Self {
-        Self { signing_key_file: None, origin: "palisade".into(), retention_days: 2557 }
+        Self { signing_key_file: None, origin: "palisade".into(), retention_days: 2557, checkpoint_interval_ms: 1000 }
     }
 }
 

@@ -166,7 +166,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<i32> {
                 None,
                 palisade_core::principal::Actor::sysadmin(),
             );
-            palisade_audit::append(db.writer(), &event, &cli_ctx, clock.now_ms()).await?;
+            palisade_audit::record(&db, &event, &cli_ctx, clock.now_ms()).await?;
             println!("new master key written to {} (mode 0600)", path.display());
             if config.admin.master_key.is_some() {
                 println!("note: a master key is configured (PALISADE_ADMIN__MASTER_KEY or admin.master_key_file) and takes precedence; put the new key there and restart");

@@ -69,7 +69,9 @@ pub async fn rotate_master_key(config: &Config, db: &Db) -> anyhow::Result<std::
     let key = new_master_key();
     let path = config.server.data_dir.join("master.key");
     write_private(&path, format!("{key}\n").as_bytes())?;
-    palisade_store::settings::put(db.writer(), MASTER_KEY_SETTING, &sha256_hex(&key)).await?;
+    let mut tx = db.begin().await?;
+    palisade_store::settings::put(&mut *tx, MASTER_KEY_SETTING, &sha256_hex(&key)).await?;
+    tx.commit().await?;
     Ok(path)
 }
 
@@ -166,7 +168,8 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
         _ => None,
     };
     spawn_housekeeping(state.clone(), rx.clone());
-    let integrator = state.audit_log.spawn(state.clock.clone(), rx.clone());
+    let interval = std::time::Duration::from_millis(state.config.audit.checkpoint_interval_ms);
+    let integrator = state.audit_log.spawn(state.clock.clone(), interval, rx.clone());
     let stopped = async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };

@@ -1,9 +1,12 @@
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyPool, Executor};
+use sqlx::{Any, AnyConnection, AnyPool, Executor};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use crate::group_commit::GroupCommit;
 use crate::{Result, StoreError};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -15,16 +18,55 @@ pub enum Dialect {
     Postgres,
 }
 
-pub type Tx = sqlx::Transaction<'static, Any>;
+/// A write transaction. On SQLite it also holds the database's write lock,
+/// which the group-commit writer takes too, so the two never meet in
+/// SQLite's busy handler.
+pub struct Tx {
+    // Declared first so it is dropped (rolled back) before the lock goes.
+    inner: sqlx::Transaction<'static, Any>,
+    _lock: Option<OwnedMutexGuard<()>>,
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<()> {
+        Ok(self.inner.commit().await?)
+    }
+
+    pub async fn rollback(self) -> Result<()> {
+        Ok(self.inner.rollback().await?)
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.inner
+    }
+}
+
+/// What only SQLite has: the file, the write lock, the group-commit writer.
+#[derive(Debug)]
+struct SqliteParts {
+    path: PathBuf,
+    write_lock: Arc<Mutex<()>>,
+    group: GroupCommit,
+}
 
 /// The database. SQLite allows one writer at a time, so writes go through a
-/// single-connection pool there (no SQLITE_BUSY under load); PostgreSQL uses
-/// one pool for both.
+/// single-connection pool and the group-commit writer there, both behind
+/// one lock (no SQLITE_BUSY under load); PostgreSQL uses one pool for all.
 #[derive(Clone, Debug)]
 pub struct Db {
     read: AnyPool,
     write: AnyPool,
     dialect: Dialect,
+    sqlite: Option<Arc<SqliteParts>>,
 }
 
 impl Db {
@@ -41,10 +83,12 @@ impl Db {
             url.parse().map_err(|e| StoreError::Setup(format!("database.url is not valid: {e}")))?;
         match dialect {
             Dialect::Sqlite => {
-                prepare_sqlite_file(url)?;
+                let path = prepare_sqlite_file(url)?;
                 let write = sqlite_pool(1).connect_with(opts.clone()).await?;
                 let read = sqlite_pool(max_connections.max(2)).connect_with(opts).await?;
-                Ok(Db { read, write, dialect })
+                let write_lock = Arc::new(Mutex::new(()));
+                let group = GroupCommit::start(&path, write_lock.clone())?;
+                Ok(Db { read, write, dialect, sqlite: Some(Arc::new(SqliteParts { path, write_lock, group })) })
             }
             Dialect::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -52,7 +96,7 @@ impl Db {
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(opts)
                     .await?;
-                Ok(Db { read: pool.clone(), write: pool, dialect })
+                Ok(Db { read: pool.clone(), write: pool, dialect, sqlite: None })
             }
         }
     }
@@ -74,14 +118,33 @@ impl Db {
         &self.read
     }
 
-    /// Pool for single-statement writes.
-    pub fn writer(&self) -> &AnyPool {
-        &self.write
-    }
-
     /// A write transaction.
     pub async fn begin(&self) -> Result<Tx> {
-        Ok(self.write.begin().await?)
+        let lock = match &self.sqlite {
+            Some(s) => Some(s.write_lock.clone().lock_owned().await),
+            None => None,
+        };
+        Ok(Tx { inner: self.write.begin().await?, _lock: lock })
+    }
+
+    /// SQLite only: runs `f` in the group-commit writer (see
+    /// [`crate::group_commit`]); `None` on PostgreSQL, where callers use a
+    /// [`Tx`] (PostgreSQL runs transactions in parallel).
+    pub async fn write_sqlite<T, F>(&self, f: F) -> Option<Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+    {
+        match &self.sqlite {
+            Some(s) => Some(s.group.write(f).await),
+            None => None,
+        }
+    }
+
+    /// SQLite only: a read-only connection of its own, for long scans on a
+    /// blocking thread (full verification reads millions of rows).
+    pub fn open_sqlite_reader(&self) -> Option<Result<rusqlite::Connection>> {
+        self.sqlite.as_ref().map(|s| Ok(crate::group_commit::open(&s.path, true)?))
     }
 
     /// Makes everything committed so far durable. SQLite in WAL mode with
@@ -117,12 +180,13 @@ fn sqlite_pool(max: u32) -> AnyPoolOptions {
 }
 
 /// Creates the database file with mode 0600 before SQLite does (SQLite's
-/// own default is 0644), and tightens an existing one.
-fn prepare_sqlite_file(url: &str) -> Result<()> {
+/// own default is 0644), and tightens an existing one. Returns its path.
+fn prepare_sqlite_file(url: &str) -> Result<PathBuf> {
     let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
     let path = rest.split('?').next().unwrap_or("");
-    if path.is_empty() || path == ":memory:" {
-        return Ok(());
+    if path.is_empty() || path.contains(":memory:") || rest.contains("mode=memory") {
+        // The group-commit writer opens the file a second time.
+        return Err(StoreError::Setup("database.url must name a SQLite file (in-memory databases are not supported)".into()));
     }
     let path = Path::new(path);
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -142,7 +206,7 @@ fn prepare_sqlite_file(url: &str) -> Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| StoreError::Setup(format!("cannot chmod {}: {e}", path.display())))?;
     }
-    Ok(())
+    Ok(path.to_path_buf())
 }
 
 /// Creates a directory (and parents) readable by the owner only.

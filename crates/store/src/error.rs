@@ -10,6 +10,12 @@ pub enum StoreError {
     Setup(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("commit failed: {0}")]
+    Commit(String),
+    #[error("the database writer has stopped")]
+    Closed,
 }
 
 impl StoreError {
@@ -18,6 +24,10 @@ impl StoreError {
             StoreError::Sqlx(sqlx::Error::Database(e)) => {
                 matches!(e.kind(), sqlx::error::ErrorKind::UniqueViolation)
             }
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            ),
             _ => false,
         }
     }

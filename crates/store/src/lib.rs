@@ -6,12 +6,14 @@ pub mod api_keys;
 pub mod audit;
 mod db;
 mod error;
+pub mod group_commit;
 pub mod settings;
 pub mod tenants;
 pub mod tokens;
 pub mod users;
 
 pub use db::{create_private_dir, Db, Dialect, Tx};
+pub use rusqlite;
 pub use error::StoreError;
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -223,7 +223,11 @@ pub async fn purge_expired(db: &crate::Db, now: i64) -> Result<u64> {
         "DELETE FROM tenants WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.tenant_id = tenants.id) \
            AND NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.tenant_id = tenants.id)",
     ] {
-        n += sqlx::query(sql).bind(now).execute(db.writer()).await?.rows_affected();
+        // One transaction per statement: housekeeping never holds the write
+        // lock for long.
+        let mut tx = db.begin().await?;
+        n += sqlx::query(sql).bind(now).execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
     }
     Ok(n)
 }

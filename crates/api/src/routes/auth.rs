@@ -96,7 +96,7 @@ pub async fn signup(
             if existing.status != "pending" {
                 let event = Event::new("auth.signup_for_existing_account", Some(tenant_id), Actor::anonymous())
                     .resource("user", user_id);
-                palisade_audit::append(state.db.writer(), &event, &ctx.audit, now).await?;
+                palisade_audit::record(&state.db, &event, &ctx.audit, now).await?;
                 send_mail(
                     &state,
                     &email,
@@ -307,7 +307,7 @@ pub async fn login(
             if let Some(u) = &other {
                 event = event.resource("user", &u.id);
             }
-            palisade_audit::append(state.db.writer(), &event, &ctx.audit, now).await?;
+            palisade_audit::record(&state.db, &event, &ctx.audit, now).await?;
             return Err(bad_credentials());
         }
     };

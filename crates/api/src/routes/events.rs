@@ -90,7 +90,7 @@ pub async fn list_all(
         until: q.until,
     };
     let event = palisade_audit::Event::new("sysadmin.events_read", tenant, palisade_core::principal::Actor::sysadmin());
-    palisade_audit::append(state.db.writer(), &event, &admin.ctx.audit, state.now_ms()).await?;
+    palisade_audit::record(&state.db, &event, &admin.ctx.audit, state.now_ms()).await?;
     page(&state, Reader::Operator(&admin.proof, tenant), rest).await
 }
 

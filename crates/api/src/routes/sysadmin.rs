@@ -92,7 +92,7 @@ pub async fn list_tenants(State(state): State<AppState>, admin: Sysadmin) -> Res
         })
         .collect();
     let event = Event::new("sysadmin.tenants_listed", None, Actor::sysadmin());
-    palisade_audit::append(state.db.writer(), &event, &admin.ctx.audit, state.now_ms()).await?;
+    palisade_audit::record(&state.db, &event, &admin.ctx.audit, state.now_ms()).await?;
     Ok(List { data, next_cursor: None })
 }
 

@@ -47,7 +47,7 @@ async fn with_history(b: Backend) -> TestServer {
     let state = srv.state().clone();
     let odd = palisade_audit::Context { user_agent: Some("odd\u{1f}agent\u{1e}\u{1d}".into()), ..Default::default() };
     let event = palisade_audit::Event::new("test.odd", None, palisade_core::principal::Actor::system());
-    palisade_audit::append(state.db.writer(), &event, &odd, 1).await.unwrap();
+    palisade_audit::record(&state.db, &event, &odd, 1).await.unwrap();
     srv.halt().await;
     srv
 }
