@@ -67,22 +67,16 @@ pub async fn append<'c>(
 /// Appends one event that is the whole of its action (a refusal, a failed
 /// login, a CLI command): nothing else is written with it.
 pub async fn record(db: &Db, event: &Event, ctx: &Context, now_ms: i64) -> palisade_store::Result<EventId> {
-    let (id, row) = row_of(event, ctx, now_ms);
-    palisade_store::audit::insert_standalone(db, row).await?;
+    let (id, stmt) = append_stmt(event, ctx, now_ms);
+    db.write_all(vec![stmt]).await?;
     Ok(id)
 }
 
-/// Appends one event inside a closure of the SQLite group-commit writer,
-/// in the same transaction as the action the closure performs.
-pub fn append_sqlite(
-    conn: &palisade_store::rusqlite::Connection,
-    event: &Event,
-    ctx: &Context,
-    now_ms: i64,
-) -> palisade_store::Result<EventId> {
+/// The append as a statement for [`Db::write_all`], to commit with the
+/// statements of the action it records.
+pub fn append_stmt(event: &Event, ctx: &Context, now_ms: i64) -> (EventId, palisade_store::Stmt) {
     let (id, row) = row_of(event, ctx, now_ms);
-    palisade_store::audit::insert_sqlite(conn, &row)?;
-    Ok(id)
+    (id, palisade_store::audit::insert_stmt(row))
 }
 
 /// The one place an event becomes a row.

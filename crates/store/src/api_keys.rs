@@ -56,8 +56,10 @@ pub struct NewApiKey<'a> {
     pub now: i64,
 }
 
-pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, k: &NewApiKey<'_>) -> Result<()> {
-    sqlx::query(
+/// The insert as a statement for [`crate::Db::write_all`], to commit with
+/// its audit event.
+pub fn insert_stmt(scope: &TenantScope, k: &NewApiKey<'_>) -> crate::Stmt {
+    crate::Stmt::new(
         "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, permissions, role, created_by_type, \
          created_by_id, owner_user_id, expires_at, allowed_ips, allowed_origins, status, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'active', $14)",
@@ -76,9 +78,6 @@ pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantSco
     .bind(k.allowed_ips)
     .bind(k.allowed_origins)
     .bind(k.now)
-    .execute(ex)
-    .await?;
-    Ok(())
 }
 
 /// Authentication: finds the key by its hash (current, or previous within

@@ -40,65 +40,44 @@ pub struct NewAuditRow {
     pub details: String,
 }
 
+const INSERT: &str = "INSERT INTO audit_events (id, ts, tenant_id, actor_type, actor_id, action, resource_type, \
+    resource_id, source_ip, user_agent, request_id, details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
 pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, r: &NewAuditRow) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO audit_events (id, ts, tenant_id, actor_type, actor_id, action, resource_type, resource_id, \
-         source_ip, user_agent, request_id, details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(&r.id)
-    .bind(r.ts)
-    .bind(&r.tenant_id)
-    .bind(&r.actor_type)
-    .bind(&r.actor_id)
-    .bind(&r.action)
-    .bind(&r.resource_type)
-    .bind(&r.resource_id)
-    .bind(&r.source_ip)
-    .bind(&r.user_agent)
-    .bind(&r.request_id)
-    .bind(&r.details)
-    .execute(ex)
-    .await?;
+    sqlx::query(INSERT)
+        .bind(&r.id)
+        .bind(r.ts)
+        .bind(&r.tenant_id)
+        .bind(&r.actor_type)
+        .bind(&r.actor_id)
+        .bind(&r.action)
+        .bind(&r.resource_type)
+        .bind(&r.resource_id)
+        .bind(&r.source_ip)
+        .bind(&r.user_agent)
+        .bind(&r.request_id)
+        .bind(&r.details)
+        .execute(ex)
+        .await?;
     Ok(())
 }
 
-/// Appends one event that is the whole of its action (a refusal, a failed
-/// login): on SQLite through the group-commit writer, so a burst of them
-/// costs one transaction rather than one each.
-pub async fn insert_standalone(db: &crate::Db, r: NewAuditRow) -> Result<()> {
-    match db.dialect() {
-        crate::Dialect::Sqlite => {
-            db.write_sqlite(move |c| insert_sqlite(c, &r)).await.unwrap_or(Err(crate::StoreError::Closed))
-        }
-        crate::Dialect::Postgres => {
-            let mut tx = db.begin().await?;
-            insert(&mut *tx, &r).await?;
-            tx.commit().await
-        }
-    }
-}
-
-/// [`insert`] for a closure of the SQLite group-commit writer.
-pub fn insert_sqlite(c: &rusqlite::Connection, r: &NewAuditRow) -> Result<()> {
-    c.prepare_cached(
-        "INSERT INTO audit_events (id, ts, tenant_id, actor_type, actor_id, action, resource_type, resource_id, \
-         source_ip, user_agent, request_id, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?
-    .execute(rusqlite::params![
-        r.id,
-        r.ts,
-        r.tenant_id,
-        r.actor_type,
-        r.actor_id,
-        r.action,
-        r.resource_type,
-        r.resource_id,
-        r.source_ip,
-        r.user_agent,
-        r.request_id,
-        r.details,
-    ])?;
-    Ok(())
+/// [`insert`] as a statement for [`crate::Db::write_all`], so the event
+/// commits with the statements of the action it records.
+pub fn insert_stmt(r: NewAuditRow) -> crate::Stmt {
+    crate::Stmt::new(INSERT)
+        .bind(r.id)
+        .bind(r.ts)
+        .bind(r.tenant_id)
+        .bind(r.actor_type)
+        .bind(r.actor_id)
+        .bind(r.action)
+        .bind(r.resource_type)
+        .bind(r.resource_id)
+        .bind(r.source_ip)
+        .bind(r.user_agent)
+        .bind(r.request_id)
+        .bind(r.details)
 }
 
 #[derive(Debug, Clone, Default)]

@@ -190,15 +190,15 @@ pub async fn create(
         allowed_origins: &origins_json,
         now,
     };
-    let mut tx = state.db.begin().await?;
-    palisade_store::api_keys::insert(&mut *tx, &scope, &new).await?;
-    let event = Event::new("api_key.created", Some(scope.tenant_id()), actor).resource("api_key", id).details(
+    let event = Event::new("api_key.created", Some(scope.tenant_id()), actor.clone()).resource("api_key", id).details(
         serde_json::json!({ "name": name, "permissions": permissions.to_strings(), "prefix": prefix_of(&key) }),
     );
-    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
-    let row =
-        palisade_store::api_keys::get(&mut *tx, &scope, id).await?.ok_or_else(|| ApiError::internal("key vanished"))?;
-    tx.commit().await.map_err(StoreError::from)?;
+    let insert = palisade_store::api_keys::insert_stmt(&scope, &new);
+    let (_, audited) = palisade_audit::append_stmt(&event, &auth.ctx.audit, now);
+    state.db.write_all(vec![insert, audited]).await?;
+    let row = palisade_store::api_keys::get(state.db.reader(), &scope, id)
+        .await?
+        .ok_or_else(|| ApiError::internal("key vanished"))?;
     Ok((StatusCode::CREATED, Json(KeyWithSecret { view: view(row, now)?, key })))
 }
 
