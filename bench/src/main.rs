@@ -299,8 +299,13 @@ async fn write_request_p50(dir: &std::path::Path, name: &str, db_url: Option<Str
         .send()
         .await?;
     anyhow::ensure!(r.status() == 201, "tenant: {}", r.text().await?);
-    let r: Value =
-        client.post(format!("{base}/v1/auth/login")).json(&json!({"email": email, "password": password})).send().await?.json().await?;
+    let r: Value = client
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await?
+        .json()
+        .await?;
     let token = r["access_token"].as_str().unwrap_or_default().to_owned();
     let mut times = Vec::new();
     for i in 0..2200 {

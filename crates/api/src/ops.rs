@@ -124,7 +124,7 @@ pub async fn create_tenant(
         .resource("tenant", id)
         .details(serde_json::json!({ "owner_id": owner_id.to_string() }));
     palisade_audit::append(&mut *tx, &event, ctx, now).await?;
-    tx.commit().await.map_err(palisade_store::StoreError::from)?;
+    tx.commit().await?;
     Ok(CreatedTenant { id, name, owner_id, owner_email })
 }
 
@@ -146,6 +146,6 @@ pub async fn set_tenant_frozen(
     let action = if frozen { "tenant.frozen" } else { "tenant.unfrozen" };
     let event = Event::new(action, Some(id), Actor::sysadmin()).resource("tenant", id);
     palisade_audit::append(&mut *tx, &event, ctx, now).await?;
-    tx.commit().await.map_err(palisade_store::StoreError::from)?;
+    tx.commit().await?;
     Ok(true)
 }

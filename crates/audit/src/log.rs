@@ -77,8 +77,7 @@ impl<'a> LeafFields<'a> {
             self.user_agent,
             self.request_id,
             Some(self.details),
-        ]
-        {
+        ] {
             buf.push(b',');
             match v {
                 Some(s) => string(buf, s),
@@ -401,7 +400,8 @@ mod tests {
     /// The hand-written encoder must equal serde_json's array encoding.
     #[test]
     fn leaf_encoding_equals_serde_json() {
-        let odd = ["", "plain", "q\"uote", "back\\slash", "tab\tnew\nline\u{1f}\u{0}", "ünï\u{2028}cödé 🙂", "\u{7f}/<>&"];
+        let odd =
+            ["", "plain", "q\"uote", "back\\slash", "tab\tnew\nline\u{1f}\u{0}", "ünï\u{2028}cödé 🙂", "\u{7f}/<>&"];
         for (i, s) in odd.iter().enumerate() {
             let row = AuditRow {
                 seq: i as i64 - 3,

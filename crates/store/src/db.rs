@@ -186,7 +186,9 @@ fn prepare_sqlite_file(url: &str) -> Result<PathBuf> {
     let path = rest.split('?').next().unwrap_or("");
     if path.is_empty() || path.contains(":memory:") || rest.contains("mode=memory") {
         // The group-commit writer opens the file a second time.
-        return Err(StoreError::Setup("database.url must name a SQLite file (in-memory databases are not supported)".into()));
+        return Err(StoreError::Setup(
+            "database.url must name a SQLite file (in-memory databases are not supported)".into(),
+        ));
     }
     let path = Path::new(path);
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -216,7 +216,10 @@ mod tests {
     async fn callers_hear_back_only_after_the_commit() {
         let (dir, group, _lock) = setup();
         for i in 0..50 {
-            group.write(move |c| Ok(c.execute("INSERT INTO t (k, v) VALUES (?1, 1)", [format!("k{i}")])?)).await.unwrap();
+            group
+                .write(move |c| Ok(c.execute("INSERT INTO t (k, v) VALUES (?1, 1)", [format!("k{i}")])?))
+                .await
+                .unwrap();
             // A separate connection sees the row as soon as the call returns.
             assert_eq!(count(&dir), i + 1);
         }

@@ -14,8 +14,8 @@ pub mod users;
 pub mod write;
 
 pub use db::{create_private_dir, Db, Dialect, Tx};
-pub use rusqlite;
 pub use error::StoreError;
+pub use rusqlite;
 pub use write::{Stmt, Val};
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -140,7 +140,12 @@ mod tests {
         let rows: Vec<(String, String)> =
             sqlx::query_as("SELECT name, value FROM settings ORDER BY name").fetch_all(db.reader()).await.unwrap();
         assert_eq!(rows, vec![("a".into(), "1".into()), ("b".into(), "2".into())]);
-        let n = db.write_all(vec![Stmt::new("UPDATE settings SET value = $1 WHERE name <> $2").bind("x").bind(None::<String>)]).await.unwrap();
+        let n = db
+            .write_all(vec![Stmt::new("UPDATE settings SET value = $1 WHERE name <> $2")
+                .bind("x")
+                .bind(None::<String>)])
+            .await
+            .unwrap();
         assert_eq!(n, vec![0], "NULL compares as unknown, so nothing is updated");
     }
 }

@@ -7,7 +7,6 @@ use palisade_audit::Event;
 use palisade_auth::token::{new_api_key, sha256_hex};
 use palisade_core::{ApiError, ApiKeyId, FieldError, Permission, PermissionSet, PrincipalKind, Role};
 use palisade_store::api_keys::{ApiKeyRow, NewApiKey};
-use palisade_store::StoreError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -270,7 +269,7 @@ pub async fn rotate(
         .details(serde_json::json!({ "grace_seconds": grace, "prefix": prefix_of(&key) }));
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     let row = palisade_store::api_keys::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     Ok(Json(KeyWithSecret { view: view(row, now)?, key }))
 }
 
@@ -291,6 +290,6 @@ pub async fn revoke(
     }
     let event = Event::new("api_key.revoked", Some(scope.tenant_id()), auth.principal.actor()).resource("api_key", id);
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

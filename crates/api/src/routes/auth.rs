@@ -14,7 +14,7 @@ use palisade_core::principal::Actor;
 use palisade_core::{ApiError, PrincipalKind, Role, TenantId, TenantScope, UserId};
 use palisade_store::tokens::{NewEmailToken, RefreshUse};
 use palisade_store::users::NewUser;
-use palisade_store::{StoreError, Tx};
+use palisade_store::Tx;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -159,7 +159,7 @@ async fn send_mail(state: &AppState, to: &str, subject: &str, body: String) {
 }
 
 async fn commit(tx: Tx) -> Result<(), ApiError> {
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     Ok(())
 }
 

@@ -6,7 +6,6 @@ use http::StatusCode;
 use palisade_audit::Event;
 use palisade_core::principal::Actor;
 use palisade_core::{ApiError, ApiKeyId, TenantId};
-use palisade_store::StoreError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -147,7 +146,7 @@ async fn key_status(
     let action = if frozen { "api_key.frozen" } else { "api_key.unfrozen" };
     let event = Event::new(action, Some(tenant), Actor::sysadmin()).resource("api_key", id);
     palisade_audit::append(&mut *tx, &event, &admin.ctx.audit, now).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     Ok(Json(StatusView { id: id.to_string(), status }))
 }
 

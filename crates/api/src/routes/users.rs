@@ -11,7 +11,6 @@ use palisade_auth::token::{new_email_token, sha256_hex};
 use palisade_core::{ApiError, Permission, Role, TenantScope, UserId};
 use palisade_store::tokens::NewEmailToken;
 use palisade_store::users::{NewUser, UserRow};
-use palisade_store::StoreError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -105,7 +104,7 @@ pub async fn invite(
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     let row =
         palisade_store::users::get(&mut *tx, &scope, id).await?.ok_or_else(|| ApiError::internal("user vanished"))?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
 
     let body = format!(
         "You have been invited to a Palisade tenant.\n\nYour invitation token is:\n\n    {token}\n\n\
@@ -167,7 +166,7 @@ pub async fn update(
         .details(serde_json::json!({ "from": old.as_str(), "to": req.role.as_str() }));
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     let row = palisade_store::users::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     Ok(Json(row.into()))
 }
 
@@ -207,6 +206,6 @@ pub async fn remove(
         .resource("user", id)
         .details(serde_json::json!({ "role": role.as_str() }));
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
