@@ -112,16 +112,21 @@ impl GroupCommit {
     }
 }
 
+/// Runs a fixed statement, prepared once per connection.
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-    conn.execute_batch("SAVEPOINT job")?;
+    exec(conn, "SAVEPOINT job")?;
     let out = match std::panic::catch_unwind(AssertUnwindSafe(|| f(conn))) {
         Ok(out) => out,
         Err(_) => Err(StoreError::Corrupt("a write closure panicked; its writes were undone".into())),
     };
     if out.is_err() {
-        conn.execute_batch("ROLLBACK TO job")?;
+        exec(conn, "ROLLBACK TO job")?;
     }
-    conn.execute_batch("RELEASE job")?;
+    exec(conn, "RELEASE job")?;
     out
 }
 
@@ -136,11 +141,11 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, lock: Arc<Mutex<(
             }
         }
         let guard = lock.blocking_lock();
-        let outcome = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+        let outcome = exec(&conn, "BEGIN IMMEDIATE").and_then(|()| {
             for job in batch.iter_mut() {
                 job.run(&conn);
             }
-            conn.execute_batch("COMMIT").inspect_err(|_| {
+            exec(&conn, "COMMIT").inspect_err(|_| {
                 let _ = conn.execute_batch("ROLLBACK");
             })
         });

@@ -69,9 +69,9 @@ impl Stmt {
         // `$N` are named parameters to SQLite: bind each by its name.
         let mut name = String::with_capacity(4);
         for (i, v) in self.args.iter().enumerate() {
+            use std::fmt::Write;
             name.clear();
-            name.push('$');
-            name.push_str(&(i + 1).to_string());
+            let _ = write!(name, "${}", i + 1);
             let Some(idx) = st.parameter_index(&name)? else {
                 return Err(StoreError::Corrupt(format!("statement has no parameter {name}")));
             };
