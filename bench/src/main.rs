@@ -241,20 +241,7 @@ async fn run(
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(db.reader()).await?;
     }
 
-    // 3a. Raw read speed of the leaf stream, for reference.
-    {
-        use futures_util::TryStreamExt;
-        let started = Instant::now();
-        let mut rows = palisade_store::audit::stream_leaves(db.reader());
-        let mut n = 0u64;
-        while rows.try_next().await?.is_some() {
-            n += 1;
-        }
-        let secs = started.elapsed().as_secs_f64();
-        println!("read only: {n} leaves in {secs:.2} s = {:.0} rows/s", n as f64 / secs);
-    }
-
-    // 3b. Chunked read of raw fields (what verify uses), without hashing.
+    // 3a. Chunked read of raw fields (what verify uses), without hashing.
     {
         let started = Instant::now();
         let last = palisade_store::audit::max_leaf_index(db.reader()).await?.unwrap_or(-1);

@@ -329,69 +329,6 @@ pub async fn node_hash_at<'c>(ex: impl Executor<'c, Database = Any>, level: i64,
         .await?)
 }
 
-/// A leaf with its event, for full verification (`event` absent if deleted).
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct LeafRow {
-    pub leaf_index: i64,
-    pub event_seq: i64,
-    pub leaf_hash: String,
-    #[sqlx(flatten)]
-    pub event: MaybeEvent,
-}
-
-/// The event columns of a LEFT JOIN: all NULL when the event row is gone.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct MaybeEvent {
-    pub seq: Option<i64>,
-    pub id: Option<String>,
-    pub ts: Option<i64>,
-    pub tenant_id: Option<String>,
-    pub actor_type: Option<String>,
-    pub actor_id: Option<String>,
-    pub action: Option<String>,
-    pub resource_type: Option<String>,
-    pub resource_id: Option<String>,
-    pub source_ip: Option<String>,
-    pub user_agent: Option<String>,
-    pub request_id: Option<String>,
-    pub details: Option<String>,
-}
-
-impl MaybeEvent {
-    pub fn into_row(self) -> Option<AuditRow> {
-        Some(AuditRow {
-            seq: self.seq?,
-            id: self.id?,
-            ts: self.ts?,
-            tenant_id: self.tenant_id,
-            actor_type: self.actor_type?,
-            actor_id: self.actor_id,
-            action: self.action?,
-            resource_type: self.resource_type,
-            resource_id: self.resource_id,
-            source_ip: self.source_ip,
-            user_agent: self.user_agent,
-            request_id: self.request_id,
-            details: self.details?,
-        })
-    }
-}
-
-/// Streams the whole tree in leaf order with each leaf's event.
-pub fn stream_leaves<'e, 'c: 'e, E>(
-    ex: E,
-) -> futures_core::stream::BoxStream<'e, std::result::Result<LeafRow, sqlx::Error>>
-where
-    E: 'e + Executor<'c, Database = Any>,
-{
-    sqlx::query_as::<_, LeafRow>(
-        "SELECT l.leaf_index, l.event_seq, l.leaf_hash, e.seq, e.id, e.ts, e.tenant_id, e.actor_type, e.actor_id, \
-           e.action, e.resource_type, e.resource_id, e.source_ip, e.user_agent, e.request_id, e.details \
-         FROM audit_leaves l LEFT JOIN audit_events e ON e.seq = l.event_seq ORDER BY l.leaf_index",
-    )
-    .fetch(ex)
-}
-
 /// Events that are neither in the tree nor waiting to be sequenced:
 /// rows inserted behind the log's back.
 pub async fn unlogged_events<'c>(ex: impl Executor<'c, Database = Any>, limit: i64) -> Result<Vec<i64>> {

@@ -118,10 +118,17 @@ impl Db {
         &self.read
     }
 
-    /// A write transaction.
+    /// A write transaction. While it is open, do not wait on
+    /// [`Db::write_all`] or the group-commit writer from the same task: on
+    /// SQLite they wait for the lock this transaction holds (after 30 s they
+    /// give up with an error rather than hang).
     pub async fn begin(&self) -> Result<Tx> {
         let lock = match &self.sqlite {
-            Some(s) => Some(s.write_lock.clone().lock_owned().await),
+            Some(s) => Some(
+                tokio::time::timeout(Duration::from_secs(30), s.write_lock.clone().lock_owned())
+                    .await
+                    .map_err(|_| StoreError::Commit("timed out waiting for the database write lock".into()))?,
+            ),
             None => None,
         };
         Ok(Tx { inner: self.write.begin().await?, _lock: lock })

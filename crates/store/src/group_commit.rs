@@ -130,7 +130,17 @@ fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) 
     out
 }
 
+/// How long a batch waits for the write lock before it fails. A caller that
+/// waits for this writer while holding a write transaction would otherwise
+/// hang both for good.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(if cfg!(test) { 1 } else { 30 });
+
 fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, lock: Arc<Mutex<()>>) {
+    // Only to wait on the (fair, async) write lock with a deadline.
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_time().build() else {
+        tracing::error!("the SQLite writer cannot start its timer");
+        return;
+    };
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -140,7 +150,14 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, lock: Arc<Mutex<(
                 Err(_) => break,
             }
         }
-        let guard = lock.blocking_lock();
+        let Ok(guard) = rt.block_on(async { tokio::time::timeout(LOCK_WAIT, lock.clone().lock_owned()).await }) else {
+            let error = "timed out waiting for the database write lock";
+            tracing::error!(jobs = batch.len(), "{error}");
+            for job in batch.drain(..) {
+                job.finish(Some(error));
+            }
+            continue;
+        };
         let outcome = exec(&conn, "BEGIN IMMEDIATE").and_then(|()| {
             for job in batch.iter_mut() {
                 job.run(&conn);
@@ -215,6 +232,17 @@ mod tests {
         }
         assert_eq!(failed, 4);
         assert_eq!(count(&dir), 16);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_write_lock_fails_the_batch_instead_of_hanging() {
+        let (dir, group, lock) = setup();
+        let held = lock.clone().lock_owned().await;
+        let r = group.write(|c| Ok(c.execute("INSERT INTO t (k, v) VALUES ('a', 1)", [])?)).await;
+        assert!(matches!(r, Err(StoreError::Commit(_))), "{r:?}");
+        drop(held);
+        group.write(|c| Ok(c.execute("INSERT INTO t (k, v) VALUES ('b', 1)", [])?)).await.unwrap();
+        assert_eq!(count(&dir), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
