@@ -89,8 +89,7 @@ impl<'a> LeafFields<'a> {
 }
 
 fn int(buf: &mut Vec<u8>, n: i64) {
-    use std::io::Write;
-    let _ = write!(buf, "{n}");
+    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// A JSON string as serde_json writes it: only `"`, `\\` and control
