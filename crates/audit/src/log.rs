@@ -385,8 +385,16 @@ impl AuditLog {
                     _ = stop.changed() => break,
                 }
             }
-            if let Err(e) = log.integrate(clock.now_ms()).await {
-                tracing::error!(error = %e, "final audit integration failed");
+            // Shutdown: everything pending, in as many batches as it takes.
+            loop {
+                match log.integrate(clock.now_ms()).await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "final audit integration failed");
+                        break;
+                    }
+                }
             }
         })
     }

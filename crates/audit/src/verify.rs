@@ -126,7 +126,15 @@ pub async fn check_range(db: &Db, from: u64, to: u64) -> Result<Option<String>, 
 /// Slow path for one leaf: the database encodes the record as JSON.
 async fn slow_check(db: &Db, index: u64) -> Result<Result<Checked, String>, LogError> {
     let i = index as i64;
-    let chunk = palisade_store::audit::leaf_chunk(db, i, i + 1).await?;
+    // A value the database cannot even encode (a BLOB, bytes that are not
+    // UTF-8) is a record that was altered, not a reason to stop.
+    let chunk = match palisade_store::audit::leaf_chunk(db, i, i + 1).await {
+        Ok(chunk) => chunk,
+        Err(e) => {
+            tracing::warn!(leaf = index, error = %e, "audit record unreadable");
+            return Ok(Err(format!("leaf {index}: its record is unreadable, so it was altered")));
+        }
+    };
     let Some(leaf) = chunk.lines().next().and_then(parse_line) else {
         return Ok(Err(format!("leaf {index} is unreadable")));
     };

@@ -22,31 +22,56 @@ pub enum Dialect {
 /// which the group-commit writer takes too, so the two never meet in
 /// SQLite's busy handler.
 pub struct Tx {
-    // Declared first so it is dropped (rolled back) before the lock goes.
-    inner: sqlx::Transaction<'static, Any>,
-    _lock: Option<OwnedMutexGuard<()>>,
+    /// Always `Some` until `commit`, `rollback` or `drop` takes it.
+    inner: Option<sqlx::Transaction<'static, Any>>,
+    lock: Option<OwnedMutexGuard<()>>,
 }
 
 impl Tx {
-    pub async fn commit(self) -> Result<()> {
-        Ok(self.inner.commit().await?)
+    pub async fn commit(mut self) -> Result<()> {
+        let inner = self.inner.take().ok_or(StoreError::Closed)?;
+        Ok(inner.commit().await?)
     }
 
-    pub async fn rollback(self) -> Result<()> {
-        Ok(self.inner.rollback().await?)
+    pub async fn rollback(mut self) -> Result<()> {
+        let inner = self.inner.take().ok_or(StoreError::Closed)?;
+        Ok(inner.rollback().await?)
+    }
+}
+
+impl Drop for Tx {
+    /// sqlx only queues the rollback of a dropped transaction; keep the lock
+    /// until it has really run, or the next writer would meet SQLite's busy
+    /// handler.
+    fn drop(&mut self) {
+        let (Some(inner), lock) = (self.inner.take(), self.lock.take()) else { return };
+        match (lock, tokio::runtime::Handle::try_current()) {
+            (Some(lock), Ok(rt)) => {
+                rt.spawn(async move {
+                    let _ = inner.rollback().await;
+                    drop(lock);
+                });
+            }
+            (lock, _) => {
+                drop(inner);
+                drop(lock);
+            }
+        }
     }
 }
 
 impl std::ops::Deref for Tx {
     type Target = AnyConnection;
+    #[allow(clippy::expect_used)]
     fn deref(&self) -> &AnyConnection {
-        &self.inner
+        self.inner.as_ref().expect("transaction used after it ended")
     }
 }
 
 impl std::ops::DerefMut for Tx {
+    #[allow(clippy::expect_used)]
     fn deref_mut(&mut self) -> &mut AnyConnection {
-        &mut self.inner
+        self.inner.as_mut().expect("transaction used after it ended")
     }
 }
 
@@ -131,7 +156,7 @@ impl Db {
             ),
             None => None,
         };
-        Ok(Tx { inner: self.write.begin().await?, _lock: lock })
+        Ok(Tx { inner: Some(self.write.begin().await?), lock })
     }
 
     /// SQLite only: runs `f` in the group-commit writer (see

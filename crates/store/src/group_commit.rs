@@ -22,8 +22,9 @@ const MAX_BATCH: usize = 512;
 
 /// One caller's closure and the way back to the caller.
 trait Job: Send {
-    /// Runs the closure inside its own savepoint.
-    fn run(&mut self, conn: &Connection);
+    /// Runs the closure inside its own savepoint; false when the savepoint
+    /// itself could not be handled, so the batch's transaction is suspect.
+    fn run(&mut self, conn: &Connection) -> bool;
     /// Answers the caller once the commit outcome is known.
     fn finish(self: Box<Self>, commit_error: Option<&str>);
 }
@@ -39,10 +40,11 @@ where
     T: Send + 'static,
     F: FnOnce(&Connection) -> Result<T> + Send + 'static,
 {
-    fn run(&mut self, conn: &Connection) {
-        if let Some(f) = self.f.take() {
-            self.out = Some(in_savepoint(conn, f));
-        }
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(f) = self.f.take() else { return true };
+        let (out, healthy) = in_savepoint(conn, f);
+        self.out = Some(out);
+        healthy
     }
 
     fn finish(self: Box<Self>, commit_error: Option<&str>) {
@@ -89,10 +91,15 @@ impl GroupCommit {
     /// handler for each other.
     pub(crate) fn start(path: &Path, lock: Arc<Mutex<()>>) -> Result<Self> {
         let conn = open(path, false)?;
+        // Only to wait on the (fair, async) write lock with a deadline.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| StoreError::Setup(format!("cannot start the SQLite writer's timer: {e}")))?;
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>(4096);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx, lock))
+            .spawn(move || run(conn, rx, lock, rt))
             .map_err(|e| StoreError::Setup(format!("cannot start the SQLite writer thread: {e}")))?;
         Ok(Self { jobs })
     }
@@ -117,17 +124,24 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
-fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-    exec(conn, "SAVEPOINT job")?;
+/// The closure's result, and whether the savepoint was handled cleanly.
+fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> (Result<T>, bool) {
+    if let Err(e) = exec(conn, "SAVEPOINT palisade_job") {
+        return (Err(e.into()), false);
+    }
     let out = match std::panic::catch_unwind(AssertUnwindSafe(|| f(conn))) {
         Ok(out) => out,
         Err(_) => Err(StoreError::Corrupt("a write closure panicked; its writes were undone".into())),
     };
     if out.is_err() {
-        exec(conn, "ROLLBACK TO job")?;
+        if let Err(e) = exec(conn, "ROLLBACK TO palisade_job") {
+            return (Err(e.into()), false);
+        }
     }
-    exec(conn, "RELEASE job")?;
-    out
+    match exec(conn, "RELEASE palisade_job") {
+        Ok(()) => (out, true),
+        Err(e) => (Err(e.into()), false),
+    }
 }
 
 /// How long a batch waits for the write lock before it fails. A caller that
@@ -135,12 +149,7 @@ fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) 
 /// hang both for good.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(if cfg!(test) { 1 } else { 30 });
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, lock: Arc<Mutex<()>>) {
-    // Only to wait on the (fair, async) write lock with a deadline.
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_time().build() else {
-        tracing::error!("the SQLite writer cannot start its timer");
-        return;
-    };
+fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, lock: Arc<Mutex<()>>, rt: tokio::runtime::Runtime) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -158,16 +167,24 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, lock: Arc<Mutex<(
             }
             continue;
         };
-        let outcome = exec(&conn, "BEGIN IMMEDIATE").and_then(|()| {
-            for job in batch.iter_mut() {
-                job.run(&conn);
+        let error = match exec(&conn, "BEGIN IMMEDIATE") {
+            Err(e) => Some(e.to_string()),
+            Ok(()) => {
+                // A savepoint that could not be handled, or a transaction
+                // SQLite ended on its own (disk full, I/O error), fails the
+                // whole batch: nobody is told "done" for an uncertain write.
+                let broken = batch.iter_mut().any(|job| !job.run(&conn) || conn.is_autocommit());
+                if broken {
+                    Some("the batch's transaction was interrupted".to_owned())
+                } else {
+                    exec(&conn, "COMMIT").err().map(|e| e.to_string())
+                }
             }
-            exec(&conn, "COMMIT").inspect_err(|_| {
-                let _ = conn.execute_batch("ROLLBACK");
-            })
-        });
+        };
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
         drop(guard);
-        let error = outcome.err().map(|e| e.to_string());
         if let Some(e) = &error {
             tracing::error!(error = %e, jobs = batch.len(), "group commit failed");
         }

@@ -66,6 +66,14 @@ impl Stmt {
 
     fn run_sqlite(&self, c: &rusqlite::Connection) -> Result<u64> {
         let mut st = c.prepare_cached(self.sql)?;
+        if st.parameter_count() != self.args.len() {
+            // SQLite would bind the missing ones as NULL; PostgreSQL refuses.
+            return Err(StoreError::Corrupt(format!(
+                "statement takes {} values, {} given",
+                st.parameter_count(),
+                self.args.len()
+            )));
+        }
         // `$N` are named parameters to SQLite: bind each by its name.
         let mut name = String::with_capacity(4);
         for (i, v) in self.args.iter().enumerate() {
