@@ -570,3 +570,19 @@ async fn integrator_refuses_a_rewritten_head(b: Backend) {
     assert_eq!(scalar(&srv, "SELECT COUNT(*) FROM audit_checkpoints").await, before, "nothing was signed");
     srv.stop().await;
 }
+
+/// SQLite keeps a BLOB as a BLOB in a TEXT column: the same bytes under
+/// another storage type are still an edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_bytes_as_a_blob_is_detected() {
+    let srv = with_history(Backend::Sqlite).await;
+    let seq = scalar(&srv, "SELECT MIN(seq) + 3 FROM audit_events").await;
+    tamper(&srv, &[&format!("UPDATE audit_events SET details = CAST(details AS BLOB) WHERE seq = {seq}")]).await;
+    assert_eq!(
+        scalar(&srv, &format!("SELECT COUNT(*) FROM audit_events WHERE seq = {seq} AND typeof(details) = 'blob'"))
+            .await,
+        1
+    );
+    assert_tampered(verify(&srv), "was altered");
+    srv.stop().await;
+}
