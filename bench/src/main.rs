@@ -237,9 +237,6 @@ async fn run(
         tx_append_cost.as_secs_f64() / request.as_secs_f64() * 100.0
     );
     log.integrate(SystemClock.now_ms()).await?;
-    if std::env::var("BENCH_WAL_TRUNCATE").is_ok() {
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(db.reader()).await?;
-    }
 
     // 3a. Chunked read of raw fields (what verify uses), without hashing.
     {
