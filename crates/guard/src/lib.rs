@@ -2,5 +2,8 @@
 //! log redaction, client-IP resolution and CIDR lists.
 
 pub mod input;
+pub mod limits;
 pub mod net;
 pub mod redact;
+pub mod state;
+pub mod waf;

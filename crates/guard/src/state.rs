@@ -1,0 +1,523 @@
+//! The abuse-control state: rate-limit buckets, strike counters and the
+//! blocks they lead to, behind one trait.
+//!
+//! Each operation is one atomic step on keys of one partition (a client
+//! address, a tenant, an account), so a shared implementation can do it in
+//! one round trip: one Lua script on keys sharing a Redis hash tag. The
+//! in-process implementation here locks the partition's shard once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use crate::limits::{Key, Limit, Step};
+
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Most buckets one decision may name.
+pub const MAX_BUCKETS: usize = 4;
+
+/// A bucket to charge. An observed bucket never refuses: running over it
+/// is reported as a spike (burst detection).
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    pub key: Key,
+    pub limit: Limit,
+    pub observe_only: bool,
+}
+
+impl Bucket {
+    pub fn enforce(key: Key, limit: Limit) -> Bucket {
+        Bucket { key, limit, observe_only: false }
+    }
+    pub fn observe(key: Key, limit: Limit) -> Bucket {
+        Bucket { key, limit, observe_only: true }
+    }
+}
+
+/// A block to look up: a refusing one stops the decision (nothing is
+/// charged); an informational one is only reported.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockCheck {
+    pub key: Key,
+    pub refuses: bool,
+}
+
+/// One decision: the blocks to check and the buckets to charge, all in one
+/// partition.
+#[derive(Debug, Clone, Copy)]
+pub struct Decide<'a> {
+    pub partition: u128,
+    pub now_ms: i64,
+    pub blocks: &'a [BlockCheck],
+    pub buckets: &'a [Bucket],
+    /// How long a refusal or spike stays "already noted", so a flood yields
+    /// one audit event per period rather than one per request.
+    pub notice_ms: i64,
+}
+
+/// Where one bucket stands after a decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Standing {
+    pub remaining: u32,
+    /// Until the bucket is full again.
+    pub reset_ns: u64,
+    /// Until a request would be admitted; 0 when this one was.
+    pub retry_after_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Verdict {
+    /// Bit i: `blocks[i]` is in force.
+    pub active_blocks: u32,
+    /// The first refusing block in force, and until when (ms).
+    pub blocked: Option<(usize, i64)>,
+    /// The bucket whose refusal lasts longest, when any refused.
+    pub refused: Option<usize>,
+    /// The refusal is the first for its key in the notice period.
+    pub refusal_is_new: bool,
+    /// An observed bucket ran over, first time in the notice period.
+    pub spike: Option<usize>,
+    pub standings: [Standing; MAX_BUCKETS],
+}
+
+impl Verdict {
+    pub fn block_active(&self, i: usize) -> bool {
+        self.active_blocks & (1 << i) != 0
+    }
+}
+
+/// Counting rule for strikes (failed logins, WAF violations): `threshold`
+/// strikes within `window_ms` block the key for `block_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct StrikeRule {
+    pub threshold: u32,
+    pub window_ms: i64,
+    pub block_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StrikeOutcome {
+    /// Strikes within the window, this one included.
+    pub count: u32,
+    /// Set when this strike started a block: until when (ms).
+    pub blocked_until: Option<i64>,
+}
+
+pub trait AbuseState: Send + Sync + 'static {
+    /// Checks the blocks, then the buckets. A refusing block in force charges
+    /// nothing. Otherwise every enforced bucket is charged if all admit, and
+    /// none is if any refuses.
+    fn decide<'a>(&'a self, d: Decide<'a>) -> BoxFut<'a, Verdict>;
+
+    /// Records a strike on `key`; the one that reaches the threshold blocks it.
+    fn strike(&self, partition: u128, key: Key, rule: StrikeRule, now_ms: i64) -> BoxFut<'_, StrikeOutcome>;
+
+    /// Forgets a key's strikes (a successful login clears its failures).
+    /// A block in force stays.
+    fn clear(&self, partition: u128, key: Key) -> BoxFut<'_, ()>;
+
+    /// True the first time `key` is noted in a period of `period_ms`.
+    fn notice(&self, partition: u128, key: Key, now_ms: i64, period_ms: i64) -> BoxFut<'_, bool>;
+}
+
+const SHARDS: usize = 64;
+/// Entries per shard and map beyond which idle ones are swept first and,
+/// failing that, dropped: memory stays bounded under a flood of new keys.
+const SHARD_CAP: usize = 65_536;
+
+#[derive(Debug, Clone, Copy)]
+struct BucketState {
+    tat: u64,
+    noticed_until: u64,
+}
+
+#[derive(Debug, Default)]
+struct StrikeState {
+    /// Strike times (ms), oldest first, at most `threshold` kept.
+    times: Vec<i64>,
+    blocked_until: i64,
+    noticed_until: i64,
+    /// After this nothing here matters.
+    expires: i64,
+}
+
+#[derive(Default)]
+struct Shard {
+    buckets: HashMap<Key, BucketState>,
+    strikes: HashMap<Key, StrikeState>,
+    sweep_buckets_at: usize,
+    sweep_strikes_at: usize,
+}
+
+/// The in-process implementation: 64 shards, each a mutex over two maps.
+pub struct LocalState {
+    shards: Box<[Mutex<Shard>]>,
+}
+
+impl Default for LocalState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalState {
+    pub fn new() -> Self {
+        LocalState { shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect() }
+    }
+
+    fn shard(&self, partition: u128) -> std::sync::MutexGuard<'_, Shard> {
+        // Partitions are addresses and random ids; fold and mix the bits.
+        let x = (partition as u64) ^ ((partition >> 64) as u64);
+        let i = (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SHARDS;
+        // A panic while holding the lock cannot leave a shard half-updated
+        // in a way that matters more than losing the lock would.
+        self.shards[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The decision, synchronously (what `decide` runs).
+    pub fn decide_now(&self, d: &Decide<'_>) -> Verdict {
+        let mut v = Verdict::default();
+        let now_ns = ms_to_ns(d.now_ms);
+        let notice_ns = ms_to_ns(d.notice_ms);
+        let mut shard = self.shard(d.partition);
+        for (i, b) in d.blocks.iter().enumerate().take(32) {
+            if let Some(s) = shard.strikes.get(&b.key) {
+                if s.blocked_until > d.now_ms {
+                    v.active_blocks |= 1 << i;
+                    if b.refuses && v.blocked.is_none() {
+                        v.blocked = Some((i, s.blocked_until));
+                    }
+                }
+            }
+        }
+        if v.blocked.is_some() {
+            return v;
+        }
+        let buckets = &d.buckets[..d.buckets.len().min(MAX_BUCKETS)];
+        let mut next = [0u64; MAX_BUCKETS];
+        let mut worst = 0;
+        for (i, b) in buckets.iter().enumerate() {
+            let tat = shard.buckets.get(&b.key).map_or(0, |s| s.tat);
+            match b.limit.step(tat, now_ns) {
+                Step::Admit { tat, remaining, reset_ns } => {
+                    next[i] = tat;
+                    v.standings[i] = Standing { remaining, reset_ns, retry_after_ns: 0 };
+                }
+                Step::Refuse { retry_after_ns, reset_ns } => {
+                    next[i] = 0;
+                    v.standings[i] = Standing { remaining: 0, reset_ns, retry_after_ns };
+                    if b.observe_only {
+                        v.spike.get_or_insert(i);
+                    } else if v.refused.is_none() || retry_after_ns > worst {
+                        worst = retry_after_ns;
+                        v.refused = Some(i);
+                    }
+                }
+            }
+        }
+        let shard = &mut *shard;
+        if let Some(i) = v.refused {
+            let key = buckets[i].key;
+            let st = shard.buckets.get_mut(&key);
+            // A refused key has a bucket: it ran over it.
+            if let Some(st) = st {
+                if st.noticed_until <= now_ns {
+                    st.noticed_until = now_ns.saturating_add(notice_ns);
+                    v.refusal_is_new = true;
+                }
+            }
+            // Observed buckets still count; they do not refuse.
+        }
+        for (i, b) in buckets.iter().enumerate() {
+            if next[i] == 0 || (v.refused.is_some() && !b.observe_only) {
+                continue;
+            }
+            insert_bucket(shard, b.key, next[i], now_ns);
+        }
+        if let Some(i) = v.spike {
+            let st = shard.buckets.get_mut(&buckets[i].key);
+            match st {
+                Some(st) if st.noticed_until <= now_ns => st.noticed_until = now_ns.saturating_add(notice_ns),
+                _ => v.spike = None,
+            }
+        }
+        v
+    }
+
+    pub fn strike_now(&self, partition: u128, key: Key, rule: StrikeRule, now_ms: i64) -> StrikeOutcome {
+        let mut guard = self.shard(partition);
+        let shard = &mut *guard;
+        if !shard.strikes.contains_key(&key) && !make_room_for_strike(shard, now_ms) {
+            // Full of blocks: refuse to track more rather than grow or unblock.
+            return StrikeOutcome { count: 0, blocked_until: None };
+        }
+        let s = shard.strikes.entry(key).or_default();
+        s.times.retain(|t| *t > now_ms - rule.window_ms);
+        s.times.push(now_ms);
+        let keep = rule.threshold.max(1) as usize;
+        if s.times.len() > keep {
+            let extra = s.times.len() - keep;
+            s.times.drain(..extra);
+        }
+        let count = u32::try_from(s.times.len()).unwrap_or(u32::MAX);
+        let mut blocked_until = None;
+        if count >= rule.threshold && s.blocked_until <= now_ms {
+            s.blocked_until = now_ms.saturating_add(rule.block_ms);
+            s.times.clear();
+            blocked_until = Some(s.blocked_until);
+        }
+        s.expires = s.expires.max(now_ms.saturating_add(rule.window_ms)).max(s.blocked_until);
+        StrikeOutcome { count, blocked_until }
+    }
+
+    pub fn clear_now(&self, partition: u128, key: Key) {
+        let mut shard = self.shard(partition);
+        if let Some(s) = shard.strikes.get_mut(&key) {
+            s.times.clear();
+        }
+    }
+
+    pub fn notice_now(&self, partition: u128, key: Key, now_ms: i64, period_ms: i64) -> bool {
+        let mut guard = self.shard(partition);
+        let shard = &mut *guard;
+        if !shard.strikes.contains_key(&key) && !make_room_for_strike(shard, now_ms) {
+            return false;
+        }
+        let s = shard.strikes.entry(key).or_default();
+        if s.noticed_until > now_ms {
+            return false;
+        }
+        s.noticed_until = now_ms.saturating_add(period_ms);
+        s.expires = s.expires.max(s.noticed_until);
+        true
+    }
+
+    /// Entries held, for tests and metrics.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                s.buckets.len() + s.strikes.len()
+            })
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn ms_to_ns(ms: i64) -> u64 {
+    u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000)
+}
+
+/// Adds or updates a bucket, sweeping full (idle) buckets first when the
+/// map has grown: a bucket whose arrival time has passed is the same as no
+/// bucket at all.
+fn insert_bucket(shard: &mut Shard, key: Key, tat: u64, now_ns: u64) {
+    if let Some(st) = shard.buckets.get_mut(&key) {
+        st.tat = tat;
+        return;
+    }
+    if shard.buckets.len() >= shard.sweep_buckets_at.max(1024) {
+        shard.buckets.retain(|_, s| s.tat > now_ns || s.noticed_until > now_ns);
+        if shard.buckets.len() >= SHARD_CAP {
+            // Still full of live buckets: forget some. They restart full,
+            // which errs towards admitting rather than growing without bound.
+            let drop: Vec<Key> = shard.buckets.keys().take(SHARD_CAP / 4).copied().collect();
+            for k in drop {
+                shard.buckets.remove(&k);
+            }
+        }
+        shard.sweep_buckets_at = (shard.buckets.len() * 2).min(SHARD_CAP);
+    }
+    shard.buckets.insert(key, BucketState { tat, noticed_until: 0 });
+}
+
+/// Makes room for one more strike entry. Blocks in force are never dropped
+/// to make room (a flood must not lift a block); false when there is none.
+fn make_room_for_strike(shard: &mut Shard, now_ms: i64) -> bool {
+    if shard.strikes.len() < shard.sweep_strikes_at.max(1024) {
+        return true;
+    }
+    shard.strikes.retain(|_, s| s.expires > now_ms);
+    if shard.strikes.len() >= SHARD_CAP {
+        shard.strikes.retain(|_, s| s.blocked_until > now_ms);
+    }
+    shard.sweep_strikes_at = (shard.strikes.len() * 2).min(SHARD_CAP);
+    shard.strikes.len() < SHARD_CAP
+}
+
+impl AbuseState for LocalState {
+    fn decide<'a>(&'a self, d: Decide<'a>) -> BoxFut<'a, Verdict> {
+        let v = self.decide_now(&d);
+        Box::pin(std::future::ready(v))
+    }
+
+    fn strike(&self, partition: u128, key: Key, rule: StrikeRule, now_ms: i64) -> BoxFut<'_, StrikeOutcome> {
+        Box::pin(std::future::ready(self.strike_now(partition, key, rule, now_ms)))
+    }
+
+    fn clear(&self, partition: u128, key: Key) -> BoxFut<'_, ()> {
+        self.clear_now(partition, key);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn notice(&self, partition: u128, key: Key, now_ms: i64, period_ms: i64) -> BoxFut<'_, bool> {
+        Box::pin(std::future::ready(self.notice_now(partition, key, now_ms, period_ms)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Kind;
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn lim(name: &'static str, per_min: u32) -> Limit {
+        Limit::per_minute(name, per_min).unwrap()
+    }
+
+    fn decide(s: &LocalState, now: i64, blocks: &[BlockCheck], buckets: &[Bucket]) -> Verdict {
+        s.decide_now(&Decide { partition: 7, now_ms: now, blocks, buckets, notice_ms: 60_000 })
+    }
+
+    #[test]
+    fn a_refusal_charges_no_bucket() {
+        let s = LocalState::new();
+        let tight = Bucket::enforce(Key::new(Kind::Credential, 1), lim("key", 2));
+        let loose = Bucket::enforce(Key::new(Kind::Tenant, 1), lim("tenant", 100));
+        for _ in 0..2 {
+            assert!(decide(&s, T0, &[], &[loose, tight]).refused.is_none());
+        }
+        for _ in 0..10 {
+            let v = decide(&s, T0, &[], &[loose, tight]);
+            assert_eq!(v.refused, Some(1));
+        }
+        // The tenant bucket was charged twice, not twelve times.
+        let v = decide(&s, T0, &[], &[loose]);
+        assert_eq!(v.standings[0].remaining, 100 - 3);
+    }
+
+    #[test]
+    fn the_longest_refusal_wins() {
+        let s = LocalState::new();
+        let a = Bucket::enforce(Key::new(Kind::Credential, 1), lim("key", 1));
+        let b = Bucket::enforce(Key::new(Kind::Tenant, 1), lim("tenant", 2));
+        assert!(decide(&s, T0, &[], &[a]).refused.is_none());
+        assert!(decide(&s, T0, &[], &[b]).refused.is_none());
+        assert!(decide(&s, T0, &[], &[b]).refused.is_none());
+        // Both refuse: the key waits 60 s, the tenant 30 s.
+        let v = decide(&s, T0, &[], &[b, a]);
+        assert_eq!(v.refused, Some(1));
+        assert_eq!(v.standings[1].retry_after_ns, 60_000_000_000);
+        assert!(v.refusal_is_new);
+        assert!(!decide(&s, T0 + 1, &[], &[b, a]).refusal_is_new);
+        assert!(decide(&s, T0 + 60_001, &[], &[b, a]).refused.is_none());
+    }
+
+    #[test]
+    fn strikes_block_and_blocks_stop_decisions() {
+        let s = LocalState::new();
+        let key = Key::new(Kind::Waf, 9);
+        let rule = StrikeRule { threshold: 3, window_ms: 60_000, block_ms: 900_000 };
+        // Strikes spread wider than the window never add up.
+        for i in 0..5 {
+            assert_eq!(s.strike_now(7, key, rule, T0 + i * 40_000).blocked_until, None);
+        }
+        let t = T0 + 500_000;
+        assert_eq!(s.strike_now(7, key, rule, t).count, 1);
+        assert_eq!(s.strike_now(7, key, rule, t + 1).count, 2);
+        assert_eq!(s.strike_now(7, key, rule, t + 2).blocked_until, Some(t + 2 + 900_000));
+        let bucket = Bucket::enforce(Key::new(Kind::Ip, 9), lim("ip", 10));
+        let blocks = [BlockCheck { key: Key::new(Kind::Login, 9), refuses: false }, BlockCheck { key, refuses: true }];
+        let v = decide(&s, t + 3, &blocks, &[bucket]);
+        assert_eq!(v.blocked, Some((1, t + 2 + 900_000)));
+        assert!(v.block_active(1) && !v.block_active(0));
+        // The block ends on time, and nothing was charged meanwhile.
+        let v = decide(&s, t + 2 + 900_000, &blocks, &[bucket]);
+        assert_eq!(v.blocked, None);
+        assert_eq!(v.standings[0].remaining, 9);
+    }
+
+    #[test]
+    fn informational_blocks_do_not_stop() {
+        let s = LocalState::new();
+        let key = Key::new(Kind::CredentialFailure, 1);
+        let rule = StrikeRule { threshold: 1, window_ms: 1000, block_ms: 1000 };
+        s.strike_now(7, key, rule, T0);
+        let bucket = Bucket::enforce(Key::new(Kind::Ip, 1), lim("ip", 10));
+        let v = decide(&s, T0, &[BlockCheck { key, refuses: false }], &[bucket]);
+        assert!(v.block_active(0) && v.blocked.is_none() && v.refused.is_none());
+    }
+
+    #[test]
+    fn clear_forgets_strikes_but_not_blocks() {
+        let s = LocalState::new();
+        let key = Key::new(Kind::Login, 1);
+        let rule = StrikeRule { threshold: 2, window_ms: 60_000, block_ms: 60_000 };
+        s.strike_now(7, key, rule, T0);
+        s.clear_now(7, key);
+        assert_eq!(s.strike_now(7, key, rule, T0).count, 1);
+        assert!(s.strike_now(7, key, rule, T0).blocked_until.is_some());
+        s.clear_now(7, key);
+        let v = decide(&s, T0, &[BlockCheck { key, refuses: true }], &[]);
+        assert!(v.blocked.is_some());
+    }
+
+    #[test]
+    fn spikes_are_reported_once_per_period_and_never_refuse() {
+        let s = LocalState::new();
+        let burst = Bucket::observe(Key::new(Kind::Burst, 1), Limit::per_second("burst", 2).unwrap());
+        let spikes = (0..20).filter(|_| decide(&s, T0, &[], &[burst]).spike.is_some()).count();
+        assert_eq!(spikes, 1);
+        assert!((0..20).all(|_| decide(&s, T0, &[], &[burst]).refused.is_none()));
+    }
+
+    #[test]
+    fn notices_once_per_period() {
+        let s = LocalState::new();
+        let key = Key::new(Kind::Notice, 1);
+        assert!(s.notice_now(7, key, T0, 60_000));
+        assert!(!s.notice_now(7, key, T0 + 59_999, 60_000));
+        assert!(s.notice_now(7, key, T0 + 60_000, 60_000));
+    }
+
+    #[test]
+    fn memory_stays_bounded() {
+        let s = LocalState::new();
+        let l = lim("ip", 10);
+        // All keys in one shard, so its cap is what is tested.
+        for id in 0..(SHARD_CAP as u128 + 10_000) {
+            let b = Bucket::enforce(Key::new(Kind::Ip, id), l);
+            decide(&s, T0, &[], &[b]);
+        }
+        assert!(s.len() <= SHARD_CAP, "{}", s.len());
+        // Idle buckets are swept: a minute later new keys replace them.
+        for id in 0..10_000u128 {
+            let b = Bucket::enforce(Key::new(Kind::Ip, 1 << 100 | id), l);
+            decide(&s, T0 + 120_000, &[], &[b]);
+        }
+        assert!(s.len() < 20_000, "{}", s.len());
+    }
+
+    #[test]
+    fn concurrent_decisions_never_over_admit() {
+        let s = std::sync::Arc::new(LocalState::new());
+        let b = Bucket::enforce(Key::new(Kind::Tenant, 5), lim("tenant", 100));
+        let admitted: usize = std::thread::scope(|scope| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    let s = s.clone();
+                    scope.spawn(move || (0..100).filter(|_| decide(&s, T0, &[], &[b]).refused.is_none()).count())
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(admitted, 100);
+    }
+}
