@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequest, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, OptionalFromRequest, Path, Request};
 use http::request::Parts;
 use http::{header, HeaderMap};
 use palisade_audit::{Context, Event};
@@ -16,6 +16,7 @@ use palisade_core::{
 };
 use serde::de::DeserializeOwned;
 
+use crate::abuse::{AddressPass, CallerKey, Class};
 use crate::middleware::{note_tenant, ClientIp, RequestId};
 use crate::state::{AppState, MasterKey};
 
@@ -109,20 +110,54 @@ impl FromRequestParts<AppState> for Auth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let ctx = ctx_of(parts);
         let cred = bearer(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
-        let principal = match Credential::classify(cred) {
-            Credential::Jwt(t) => authenticate_jwt(state, t).await?,
-            Credential::ApiKey(k) => authenticate_api_key(state, k, &ctx, &parts.headers).await?,
+        let (principal, limits) = match Credential::classify(cred) {
+            Credential::Jwt(t) => {
+                authenticate_jwt(state, t).await.inspect_err(|_| state.metrics.auth_failure("jwt"))?
+            }
+            Credential::ApiKey(k) => {
+                if credentials_locked(parts) {
+                    return Err(ApiError::unauthenticated());
+                }
+                match authenticate_api_key(state, k, &ctx, &parts.headers).await {
+                    Err(e) if e.status() == http::StatusCode::UNAUTHORIZED => {
+                        let now = state.now_ms();
+                        state
+                            .abuse
+                            .credential_failed(&state.db, "api_key", ctx.client_ip, now, ctx.audit.clone())
+                            .await;
+                        return Err(e);
+                    }
+                    r => r?,
+                }
+            }
             // The master key is for /sysadmin only; agent tokens come with identities.
             Credential::MasterKey(_) | Credential::AgentToken(_) | Credential::Malformed => {
                 return Err(ApiError::unauthenticated())
             }
         };
         note_tenant(principal.tenant_id().0);
+        let policy = state.abuse.tenant_policy(limits.as_deref());
+        let route = parts.extensions.get::<MatchedPath>().map(MatchedPath::as_str);
+        let class = Class::of(&parts.method, route);
+        let caller = state
+            .abuse
+            .tenant_pass(&state.db, state.now_ms(), &principal, &policy, class, ctx.client_ip, || ctx.audit.clone())
+            .await?;
+        parts.extensions.insert(caller);
         Ok(Auth { principal, ctx, state: state.clone() })
     }
 }
 
-async fn authenticate_jwt(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+/// Too many failed credentials came from this address: every credential
+/// from it is refused as unknown until the lock ends.
+fn credentials_locked(parts: &Parts) -> bool {
+    parts.extensions.get::<AddressPass>().is_some_and(|p| p.credentials_locked)
+}
+
+/// The principal, and its tenant's stored limit overrides.
+type Authenticated = (Principal, Option<String>);
+
+async fn authenticate_jwt(state: &AppState, token: &str) -> Result<Authenticated, ApiError> {
     let now = state.now_ms();
     let claims = state.jwt.verify(token, now / 1000).ok_or_else(ApiError::unauthenticated)?;
     let tenant_id = TenantId::from_str(&claims.tenant_id).map_err(|_| ApiError::unauthenticated())?;
@@ -140,7 +175,7 @@ async fn authenticate_jwt(state: &AppState, token: &str) -> Result<Principal, Ap
     // The role is read from the database, not the token, so a demotion or
     // removal takes effect on the next request.
     let role = Role::from_str(&s.role).map_err(|_| ApiError::internal("stored role is invalid"))?;
-    Ok(Principal::authenticated(
+    let principal = Principal::authenticated(
         tenant_id,
         PrincipalKind::User {
             user_id,
@@ -150,7 +185,8 @@ async fn authenticate_jwt(state: &AppState, token: &str) -> Result<Principal, Ap
             expires_at_ms: claims.exp.saturating_mul(1000),
         },
         role.permissions(),
-    ))
+    );
+    Ok((principal, s.tenant_limits))
 }
 
 async fn authenticate_api_key(
@@ -158,7 +194,7 @@ async fn authenticate_api_key(
     key: &str,
     ctx: &Ctx,
     headers: &HeaderMap,
-) -> Result<Principal, ApiError> {
+) -> Result<Authenticated, ApiError> {
     let now = state.now_ms();
     let row = palisade_store::api_keys::find_by_hash(state.db.reader(), &sha256_hex(key), now)
         .await?
@@ -208,7 +244,8 @@ async fn authenticate_api_key(
             }
         });
     }
-    Ok(Principal::authenticated(tenant_id, PrincipalKind::ApiKey { key_id, owner_user_id }, permissions))
+    let principal = Principal::authenticated(tenant_id, PrincipalKind::ApiKey { key_id, owner_user_id }, permissions);
+    Ok((principal, row.tenant_limits))
 }
 
 /// The operator, authenticated by the master key on `/sysadmin` routes only.
@@ -225,6 +262,9 @@ impl FromRequestParts<AppState> for Sysadmin {
         let Some(Credential::MasterKey(key)) = bearer(&parts.headers).map(Credential::classify) else {
             return Err(ApiError::unauthenticated());
         };
+        if credentials_locked(parts) {
+            return Err(ApiError::unauthenticated());
+        }
         let valid = match &state.master_key {
             MasterKey::Configured(hash) => ct_eq(&sha256(key), hash),
             MasterKey::Stored => {
@@ -236,6 +276,8 @@ impl FromRequestParts<AppState> for Sysadmin {
             }
         };
         if !valid {
+            let now = state.now_ms();
+            state.abuse.credential_failed(&state.db, "master_key", ctx.client_ip, now, ctx.audit.clone()).await;
             return Err(ApiError::unauthenticated());
         }
         Ok(Sysadmin { proof: SysadminProof::verified(), ctx })
@@ -255,14 +297,15 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ValidJson<T> {
             return Err(ApiError::unsupported_media_type());
         }
         let limits = &state.config.limits;
+        let (parts, body) = req.into_parts();
         let too_large = || ApiError::payload_too_large().with_extra("limit_bytes", limits.max_json_bytes);
         // A declared oversize body is refused before any of it is read; a
         // chunked one as soon as it crosses the limit.
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         if declared.is_some_and(|n| n > limits.max_json_bytes) {
             return Err(too_large());
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limits.max_json_bytes).await.map_err(|e| {
+        let bytes = axum::body::to_bytes(body, limits.max_json_bytes).await.map_err(|e| {
             if is_length_limit(&e) {
                 too_large()
             } else {
@@ -277,6 +320,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ValidJson<T> {
             ApiError::validation("body", what)
         })?;
         palisade_guard::input::sanitize_json(&mut value, limits.max_text_chars).map_err(ApiError::validation_many)?;
+        let ctx = ctx_of(&parts);
+        let caller = parts.extensions.get::<CallerKey>().copied();
+        state.abuse.check_body(&state.db, state.now_ms(), &value, ctx.client_ip, caller, ctx.audit).await?;
         serde_json::from_value(value).map(ValidJson).map_err(|e| ApiError::validation("body", e.to_string()))
     }
 }

@@ -1,7 +1,9 @@
 //! The HTTP API: router, middleware, extractors, handlers and the OpenAPI
 //! document generated from them.
 
+pub mod abuse;
 pub mod extract;
+pub mod metrics;
 pub mod middleware;
 mod openapi;
 pub mod ops;

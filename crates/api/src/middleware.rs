@@ -1,7 +1,8 @@
-//! The one request middleware: request id, client address, security headers,
-//! problem documents for every error, and the access log line.
+//! The one request middleware: request id, client address, the address pass
+//! of the abuse controls, security headers, rate-limit headers, problem
+//! documents for every error, metrics and the access log line.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -13,11 +14,19 @@ use palisade_core::error::{PROBLEM_CONTENT_TYPE, REQUEST_ID};
 use palisade_core::ApiError;
 use uuid::Uuid;
 
+use crate::abuse::RateNotes;
 use crate::state::AppState;
 
-tokio::task_local! {
+/// What the layers under the middleware learn for the response and the log.
+#[derive(Default)]
+pub struct Notes {
     /// The tenant the request acted for, once authentication knows it.
-    pub static TENANT: Cell<Option<Uuid>>;
+    pub tenant: Option<Uuid>,
+    pub rate: RateNotes,
+}
+
+tokio::task_local! {
+    pub static NOTES: RefCell<Notes>;
 }
 
 /// The client's address as resolved from the socket and trusted proxies.
@@ -49,18 +58,34 @@ pub async fn request(State(state): State<AppState>, mut req: Request, next: Next
     let xff = (!xff.is_empty()).then(|| xff.join(","));
     let client = palisade_guard::net::client_ip(peer, xff.as_deref(), &state.config.server.trust_proxy);
     let method = req.method().clone();
-    let route =
-        req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let path = req.uri().path();
+    // Probes stay outside the limits: a load balancer must always reach them.
+    let guarded = path != "/healthz" && path != "/readyz";
+    let auth_route = path.starts_with("/v1/auth/");
     req.extensions_mut().insert(ClientIp(client));
     req.extensions_mut().insert(RequestId(request_id.clone()));
 
-    let tenant = Cell::new(None);
-    let (mut resp, tenant) = REQUEST_ID
+    let st = state.clone();
+    let rid = request_id.clone();
+    let (mut resp, notes) = REQUEST_ID
         .scope(
             request_id.clone(),
-            TENANT.scope(tenant, async move {
-                let resp = next.run(req).await;
-                (resp, TENANT.with(Cell::get))
+            NOTES.scope(RefCell::new(Notes::default()), async move {
+                let resp = if guarded {
+                    let ua = req.headers().get(header::USER_AGENT).cloned();
+                    let ctx = move || audit_context(ua, client, &rid);
+                    match st.abuse.address_pass(&st.db, st.now_ms(), client, auth_route, ctx).await {
+                        Ok(pass) => {
+                            req.extensions_mut().insert(pass);
+                            next.run(req).await
+                        }
+                        Err(e) => e.into_response(),
+                    }
+                } else {
+                    next.run(req).await
+                };
+                (resp, NOTES.with(|n| n.take()))
             }),
         )
         .await;
@@ -73,6 +98,7 @@ pub async fn request(State(state): State<AppState>, mut req: Request, next: Next
     if (status.is_client_error() || status.is_server_error()) && !is_problem(resp.headers()) {
         resp = REQUEST_ID.sync_scope(request_id.clone(), || ApiError::from_status(status).into_response());
     }
+    notes.rate.write_headers(resp.headers_mut());
     let h = resp.headers_mut();
     for (name, value) in &SECURITY_HEADERS {
         h.insert(name.clone(), HeaderValue::from_static(value));
@@ -81,16 +107,19 @@ pub async fn request(State(state): State<AppState>, mut req: Request, next: Next
         h.insert(HeaderName::from_static("x-request-id"), v);
     }
 
+    let elapsed = started.elapsed().as_secs_f64();
+    let route = route.as_ref().map(MatchedPath::as_str);
+    state.metrics.request(&method, route, resp.status().as_u16(), elapsed);
     tracing::info!(
         target: "palisade::access",
         request_id = %request_id,
         method = %method,
-        route = %route,
+        route = route.unwrap_or("unmatched"),
         status = resp.status().as_u16(),
         // Microsecond precision; more digits are noise.
-        latency_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+        latency_ms = (elapsed * 1e6).round() / 1e3,
         client_ip = %client,
-        tenant = tenant.map(|t| t.to_string()).unwrap_or_default(),
+        tenant = notes.tenant.map(|t| t.to_string()).unwrap_or_default(),
         "request"
     );
     resp
@@ -98,7 +127,16 @@ pub async fn request(State(state): State<AppState>, mut req: Request, next: Next
 
 /// Records the tenant for the access log.
 pub fn note_tenant(id: Uuid) {
-    let _ = TENANT.try_with(|c| c.set(Some(id)));
+    let _ = NOTES.try_with(|n| n.borrow_mut().tenant = Some(id));
+}
+
+/// The audit context of a request refused before any extractor ran.
+fn audit_context(user_agent: Option<HeaderValue>, client: IpAddr, request_id: &str) -> palisade_audit::Context {
+    palisade_audit::Context {
+        source_ip: Some(client.to_string()),
+        user_agent: user_agent.as_ref().and_then(|v| v.to_str().ok()).map(palisade_guard::input::sanitize_line),
+        request_id: Some(request_id.to_owned()),
+    }
 }
 
 fn is_problem(h: &HeaderMap) -> bool {

@@ -53,39 +53,53 @@ pub fn all_valid<const N: usize>(results: [Result<(), FieldError>; N]) -> Result
 /// Each Argon2id run takes 19 MiB and a core for tens of milliseconds, and
 /// login is reachable without a credential: bound how many run at once and
 /// refuse (503, retry shortly) rather than queue without limit.
-fn argon2_slots() -> &'static tokio::sync::Semaphore {
-    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    SLOTS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(2);
-        tokio::sync::Semaphore::new(cores * 2)
-    })
+pub struct Argon2Slots {
+    slots: tokio::sync::Semaphore,
+    wait: std::time::Duration,
 }
 
-const ARGON2_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+impl Argon2Slots {
+    /// `max` 0 means twice the number of cores.
+    pub fn new(max: usize, wait_ms: u64) -> Argon2Slots {
+        let cores = std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(2);
+        let max = if max == 0 { cores * 2 } else { max };
+        Argon2Slots { slots: tokio::sync::Semaphore::new(max), wait: std::time::Duration::from_millis(wait_ms) }
+    }
 
-async fn with_argon2<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    let busy = || {
-        ApiError::new(http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Too many sign-ins at once; retry shortly.")
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+        let busy = || {
+            ApiError::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Too many sign-ins at once; retry shortly.",
+            )
             .with_header(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"))
             .with_extra("retry_after", 1)
-    };
-    let _permit =
-        tokio::time::timeout(ARGON2_WAIT, argon2_slots().acquire()).await.map_err(|_| busy())?.map_err(|_| busy())?;
-    tokio::task::spawn_blocking(work).await.map_err(ApiError::internal)
-}
+        };
+        let _permit = match self.slots.try_acquire() {
+            Ok(p) => p,
+            Err(_) if self.wait.is_zero() => return Err(busy()),
+            Err(_) => {
+                tokio::time::timeout(self.wait, self.slots.acquire()).await.map_err(|_| busy())?.map_err(|_| busy())?
+            }
+        };
+        tokio::task::spawn_blocking(work).await.map_err(ApiError::internal)
+    }
 
-/// Argon2id on a blocking thread, off the async workers.
-pub async fn hash_password(password: String) -> Result<String, ApiError> {
-    with_argon2(move || palisade_auth::password::hash(&password)).await?.map_err(ApiError::internal)
-}
+    /// Argon2id on a blocking thread, off the async workers.
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        self.run(move || palisade_auth::password::hash(&password)).await?.map_err(ApiError::internal)
+    }
 
-pub async fn verify_password(password: String, phc: String) -> Result<bool, ApiError> {
-    with_argon2(move || palisade_auth::password::verify(&password, &phc)).await
+    pub async fn verify(&self, password: String, phc: String) -> Result<bool, ApiError> {
+        self.run(move || palisade_auth::password::verify(&password, &phc)).await
+    }
 }
 
 /// The operator creates a tenant with an active owner.
 pub async fn create_tenant(
     db: &Db,
+    argon2: &Argon2Slots,
     _proof: &SysadminProof,
     input: NewTenant,
     ctx: &Context,
@@ -100,7 +114,7 @@ pub async fn create_tenant(
             return Err(ApiError::validation_many([n.err(), e.err(), p.err()].into_iter().flatten().collect()))
         }
     };
-    let hash = hash_password(input.owner_password).await?;
+    let hash = argon2.hash(input.owner_password).await?;
     let id = TenantId::new();
     let owner_id = UserId::new();
     let scope = TenantScope::for_system(id);

@@ -19,6 +19,9 @@ pub struct Services {
     pub mailer: Mailer,
     pub clock: Arc<dyn Clock>,
     pub audit_log: Arc<AuditLog>,
+    pub abuse: crate::abuse::Abuse,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub argon2: crate::ops::Argon2Slots,
 }
 
 /// Where the master key's hash lives; the key itself is never kept.

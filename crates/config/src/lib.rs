@@ -44,6 +44,10 @@ pub struct Config {
     pub cors: Cors,
     pub mail: Mail,
     pub limits: Limits,
+    pub rate_limits: RateLimits,
+    pub waf: Waf,
+    pub lockout: Lockout,
+    pub metrics: Metrics,
     pub log: Log,
     pub audit: Audit,
 }
@@ -94,6 +98,11 @@ pub struct Auth {
     pub issuer: String,
     pub access_token_ttl_secs: u64,
     pub refresh_token_ttl_secs: u64,
+    /// Password hashes computed at once (each takes 19 MiB and a core for
+    /// tens of milliseconds). 0: twice the number of cores.
+    pub argon2_max_concurrent: usize,
+    /// How long a request waits for a free slot before a 503.
+    pub argon2_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -120,6 +129,107 @@ pub struct Limits {
     pub max_json_bytes: usize,
     pub max_json_depth: usize,
     pub max_text_chars: usize,
+}
+
+/// Request rates (SPEC §7), per minute; 0 turns a limit off. Tenants can
+/// be given their own through the sysadmin API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    /// Every request from one client address (IPv6: one /64).
+    pub ip_per_minute: u32,
+    /// `/v1/auth/**` requests from one client address.
+    pub auth_ip_per_minute: u32,
+    /// One API key, agent token or person.
+    pub key_per_minute: u32,
+    /// All credentials of one tenant together.
+    pub tenant_per_minute: u32,
+    pub message_create_per_minute: u32,
+    pub call_create_per_minute: u32,
+    /// Burst detection, per second: a client address or tenant running over
+    /// this is logged and audited (not refused).
+    pub burst_ip_per_second: u32,
+    pub burst_tenant_per_second: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            ip_per_minute: 200,
+            auth_ip_per_minute: 10,
+            key_per_minute: 60,
+            tenant_per_minute: 1000,
+            message_create_per_minute: 100,
+            call_create_per_minute: 100,
+            burst_ip_per_second: 50,
+            burst_tenant_per_second: 200,
+        }
+    }
+}
+
+/// Content rules and address lists (SPEC §7).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Waf {
+    /// A free-text field with more links than this is refused.
+    pub max_urls: usize,
+    /// A free-text field with more phone numbers than this is refused.
+    pub max_phone_numbers: usize,
+    /// This many refusals within `violation_window_secs` from one key or
+    /// address block it for `block_secs`.
+    pub violations_to_block: u32,
+    pub violation_window_secs: u32,
+    pub block_secs: u32,
+    /// When set, only these addresses (CIDRs) may call the API.
+    #[serde(deserialize_with = "nets")]
+    pub ip_allow: Vec<IpNet>,
+    /// These addresses may not.
+    #[serde(deserialize_with = "nets")]
+    pub ip_deny: Vec<IpNet>,
+}
+
+impl Default for Waf {
+    fn default() -> Self {
+        Self {
+            max_urls: 5,
+            max_phone_numbers: 3,
+            violations_to_block: 10,
+            violation_window_secs: 60,
+            block_secs: 900,
+            ip_allow: Vec::new(),
+            ip_deny: Vec::new(),
+        }
+    }
+}
+
+/// Brute-force lockouts (SPEC §7).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Lockout {
+    /// Failed logins for one account within `window_secs` that lock it.
+    pub login_failures: u32,
+    /// Failed credential checks (API keys, agent tokens, the master key)
+    /// from one address within `window_secs` that lock that address out
+    /// of credential checks.
+    pub credential_failures_per_ip: u32,
+    pub window_secs: u32,
+    pub lock_secs: u32,
+}
+
+impl Default for Lockout {
+    fn default() -> Self {
+        Self { login_failures: 5, credential_failures_per_ip: 10, window_secs: 900, lock_secs: 900 }
+    }
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    /// Address of the separate listener serving `/metrics`, e.g.
+    /// `127.0.0.1:9464`. Empty: no metrics listener. Keep it off the
+    /// public network; it has no authentication.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,6 +289,8 @@ impl Default for Auth {
             issuer: "palisade".into(),
             access_token_ttl_secs: 3600,
             refresh_token_ttl_secs: 7 * 24 * 3600,
+            argon2_max_concurrent: 0,
+            argon2_wait_ms: 2000,
         }
     }
 }
@@ -318,6 +430,24 @@ impl Config {
             }
             (None, None) => {}
             _ => return Err(ConfigError("server.tls needs both cert_file and key_file".into())),
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError(format!(
+                "metrics.listen `{}` is not an address like 127.0.0.1:9464 (or empty for none)",
+                self.metrics.listen
+            )));
+        }
+        let w = &self.waf;
+        if w.violations_to_block == 0 || w.violation_window_secs == 0 || w.block_secs == 0 {
+            return Err(ConfigError(
+                "waf.violations_to_block, violation_window_secs and block_secs must be above 0".into(),
+            ));
+        }
+        let l = &self.lockout;
+        if l.login_failures == 0 || l.credential_failures_per_ip == 0 || l.window_secs == 0 || l.lock_secs == 0 {
+            return Err(ConfigError(
+                "lockout.login_failures, credential_failures_per_ip, window_secs and lock_secs must be above 0".into(),
+            ));
         }
         let o = &self.audit.origin;
         if o.is_empty() || o.len() > 100 || !o.chars().all(|c| c.is_ascii_graphic()) {

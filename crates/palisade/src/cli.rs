@@ -130,7 +130,9 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<i32> {
                 TenantCommand::Create { name, owner_email } => {
                     let owner_password = read_password()?;
                     let input = NewTenant { name, owner_email, owner_password };
-                    match ops::create_tenant(&db, &proof, input, &cli_ctx, clock.now_ms()).await {
+                    match ops::create_tenant(&db, &ops::Argon2Slots::new(1, 0), &proof, input, &cli_ctx, clock.now_ms())
+                        .await
+                    {
                         Ok(t) => println!(
                             "{}",
                             serde_json::json!({"id": t.id.to_string(), "name": t.name, "owner": {"id": t.owner_id.to_string(), "email": t.owner_email}})

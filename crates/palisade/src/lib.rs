@@ -41,7 +41,12 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         None => Mailer::outbox(config.server.data_dir.join("outbox"), &config.mail.from)?,
     };
     let audit_log = audit_log(&config, &db)?;
-    Ok(AppState(Arc::new(Services { db, config, jwt, master_key, mailer, clock, audit_log })))
+    let metrics = Arc::new(palisade_api::metrics::Metrics::new());
+    // The in-process state; a shared one comes with `redis.url`.
+    let abuse_state = Arc::new(palisade_guard::state::LocalState::new());
+    let abuse = palisade_api::abuse::Abuse::new(&config, abuse_state, metrics.clone());
+    let argon2 = palisade_api::ops::Argon2Slots::new(config.auth.argon2_max_concurrent, config.auth.argon2_wait_ms);
+    Ok(AppState(Arc::new(Services { db, config, jwt, master_key, mailer, clock, audit_log, abuse, metrics, argon2 })))
 }
 
 /// The configured master key wins. In dev mode without one, a key is
@@ -141,6 +146,8 @@ fn audit_log(config: &Config, db: &Db) -> anyhow::Result<Arc<palisade_audit::log
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The metrics listener's address, when `metrics.listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: AppState,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -167,6 +174,23 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
         (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
         _ => None,
     };
+    let metrics_addr = match state.config.metrics.listen.as_str() {
+        "" => None,
+        addr => {
+            let l =
+                TcpListener::bind(addr).await.with_context(|| format!("metrics.listen: cannot listen on {addr}"))?;
+            let bound = l.local_addr()?;
+            let app = palisade_api::metrics::router(state.metrics.clone());
+            let mut stop = rx.clone();
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                axum::serve(l, app).with_graceful_shutdown(stopped).await
+            });
+            Some(bound)
+        }
+    };
     spawn_housekeeping(state.clone(), rx.clone());
     let interval = std::time::Duration::from_millis(state.config.audit.checkpoint_interval_ms);
     let integrator = state.audit_log.spawn(state.clock.clone(), interval, rx.clone());
@@ -181,7 +205,7 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
         }
         None => tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await }),
     };
-    Ok(Running { addr, state, shutdown: tx, task, integrator })
+    Ok(Running { addr, metrics_addr, state, shutdown: tx, task, integrator })
 }
 
 /// Removes audit records older than `audit.retention_days` (0: never).

@@ -32,6 +32,9 @@ pub struct ApiKeyRow {
     /// Filled only by [`find_by_hash`]: the owner's current role if they are still active.
     #[sqlx(default)]
     pub owner_role: Option<String>,
+    /// Filled only by [`find_by_hash`]: the tenant's abuse-control overrides.
+    #[sqlx(default)]
+    pub tenant_limits: Option<String>,
 }
 
 const COLS: &str =
@@ -90,7 +93,8 @@ pub async fn find_by_hash<'c>(
     Ok(sqlx::query_as(&format!(
         "SELECT {COLS}, (SELECT status FROM tenants t WHERE t.id = k.tenant_id) AS tenant_status, \
            (SELECT role FROM users u WHERE u.id = k.owner_user_id AND u.tenant_id = k.tenant_id AND u.status = 'active') \
-             AS owner_role \
+             AS owner_role, \
+           (SELECT settings FROM tenant_limits l WHERE l.tenant_id = k.tenant_id) AS tenant_limits \
          FROM api_keys k WHERE key_hash = $1 OR (prev_key_hash = $1 AND prev_valid_until > $2) LIMIT 1"
     ))
     .bind(hash)

@@ -55,3 +55,25 @@ pub async fn lock<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope
         .await?;
     Ok(())
 }
+
+/// The tenant's abuse-control overrides (a JSON document), if any.
+pub async fn limits<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar("SELECT settings FROM tenant_limits WHERE tenant_id = $1")
+        .bind(scope.tenant_id().to_string())
+        .fetch_optional(ex)
+        .await?)
+}
+
+/// Sets (or, with `None`, removes) the tenant's overrides.
+pub fn set_limits_stmt(scope: &TenantScope, settings: Option<&str>, now: i64) -> crate::Stmt {
+    match settings {
+        Some(s) => crate::Stmt::new(
+            "INSERT INTO tenant_limits (tenant_id, settings, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant_id) DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
+        )
+        .bind(scope.tenant_id().to_string())
+        .bind(s)
+        .bind(now),
+        None => crate::Stmt::new("DELETE FROM tenant_limits WHERE tenant_id = $1").bind(scope.tenant_id().to_string()),
+    }
+}

@@ -134,6 +134,8 @@ pub struct SessionState {
     pub tenant_status: String,
     pub family_revoked: i64,
     pub jti_revoked: i64,
+    /// The tenant's abuse-control overrides (JSON), if any.
+    pub tenant_limits: Option<String>,
 }
 
 pub async fn session_state<'c>(
@@ -146,7 +148,8 @@ pub async fn session_state<'c>(
     Ok(sqlx::query_as(
         "SELECT u.role, u.status AS user_status, t.status AS tenant_status, \
            (SELECT COUNT(*) FROM token_families f WHERE f.id = $3 AND f.user_id = u.id AND f.revoked_at IS NULL) AS family_revoked, \
-           (SELECT COUNT(*) FROM revoked_jtis r WHERE r.jti = $4) AS jti_revoked \
+           (SELECT COUNT(*) FROM revoked_jtis r WHERE r.jti = $4) AS jti_revoked, \
+           (SELECT settings FROM tenant_limits l WHERE l.tenant_id = u.tenant_id) AS tenant_limits \
          FROM users u JOIN tenants t ON t.id = u.tenant_id \
          WHERE u.tenant_id = $1 AND u.id = $2",
     )

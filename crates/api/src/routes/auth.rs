@@ -60,7 +60,7 @@ pub async fn signup(
             return Err(ApiError::validation_many([e.err(), n.err(), p.err()].into_iter().flatten().collect()))
         }
     };
-    let hash = ops::hash_password(req.password).await?;
+    let hash = state.argon2.hash(req.password).await?;
     let now = state.now_ms();
     let token = new_email_token();
 
@@ -243,7 +243,7 @@ pub async fn accept_invite(
     let scope = TenantScope::for_system(tenant_id);
     let invitee = palisade_store::users::get(state.db.reader(), &scope, user_id).await?.ok_or_else(invalid)?;
     ops::all_valid([ops::password(&req.password, Some(&invitee.email), "password")])?;
-    let hash = ops::hash_password(req.password).await?;
+    let hash = state.argon2.hash(req.password).await?;
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
     palisade_store::tokens::consume_email_token(&mut *tx, &token_hash, "invite", now).await?.ok_or_else(invalid)?;
@@ -289,6 +289,24 @@ pub async fn login(
     ValidJson(req): ValidJson<LoginRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let email = palisade_guard::input::normalize_email(&req.email);
+    // Locks are per address as typed (normalized when it parses), whether
+    // or not an account has it, so a lock tells nothing about accounts.
+    let account = email.clone().unwrap_or_else(|| req.email.trim().to_lowercase());
+    if state.abuse.login_locked(&account, state.now_ms()).await {
+        // Exactly the wrong-password answer; the lock is not revealed, and
+        // no hash is computed for a locked account.
+        state.metrics.auth_failure("login_locked");
+        let mut event = Event::new("auth.login_refused_locked", None, Actor::anonymous());
+        if let Some(u) = match &email {
+            Some(e) => palisade_store::users::find_for_login(state.db.reader(), e).await?,
+            None => None,
+        } {
+            event = Event::new("auth.login_refused_locked", TenantId::from_str(&u.tenant_id).ok(), Actor::anonymous())
+                .resource("user", &u.id);
+        }
+        palisade_audit::record(&state.db, &event, &ctx.audit, state.now_ms()).await?;
+        return Err(bad_credentials());
+    }
     let user = match &email {
         Some(e) => palisade_store::users::find_for_login(state.db.reader(), e).await?,
         None => None,
@@ -297,7 +315,7 @@ pub async fn login(
         .as_ref()
         .and_then(|u| u.password_hash.clone())
         .unwrap_or_else(|| palisade_auth::password::dummy_hash().to_owned());
-    let verified = ops::verify_password(req.password, phc).await?;
+    let verified = state.argon2.verify(req.password, phc).await?;
     let now = state.now_ms();
     let user = match user {
         Some(u) if verified && u.password_hash.is_some() => u,
@@ -308,9 +326,19 @@ pub async fn login(
                 event = event.resource("user", &u.id);
             }
             palisade_audit::record(&state.db, &event, &ctx.audit, now).await?;
+            if let Some(until) = state.abuse.login_failed(&account, now).await {
+                let mut locked = Event::new("auth.account_locked", tenant, Actor::anonymous())
+                    .details(serde_json::json!({ "until": palisade_core::clock::rfc3339(until) }));
+                if let Some(u) = &other {
+                    locked = locked.resource("user", &u.id);
+                }
+                palisade_audit::record(&state.db, &locked, &ctx.audit, now).await?;
+                tracing::warn!(target: "palisade::abuse", "failed logins: account locked");
+            }
             return Err(bad_credentials());
         }
     };
+    state.abuse.login_succeeded(&account).await;
     let (tenant_id, user_id) = parse_ids(&user.tenant_id, &user.id)?;
     let scope = TenantScope::for_system(tenant_id);
     if user.status == "pending" {

@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(sysadmin::unfreeze_tenant))
         .routes(routes!(sysadmin::freeze_api_key))
         .routes(routes!(sysadmin::unfreeze_api_key))
+        .routes(routes!(sysadmin::get_tenant_limits, sysadmin::put_tenant_limits))
         .split_for_parts();
     let doc_json: Arc<[u8]> = serde_json::to_vec(&doc).unwrap_or_default().into();
 

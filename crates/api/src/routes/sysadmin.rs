@@ -5,11 +5,12 @@ use axum::Json;
 use http::StatusCode;
 use palisade_audit::Event;
 use palisade_core::principal::Actor;
-use palisade_core::{ApiError, ApiKeyId, TenantId};
+use palisade_core::{ApiError, ApiKeyId, TenantId, TenantScope};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::List;
+use crate::abuse::TenantLimits;
 use crate::extract::{PathId, Sysadmin, ValidJson};
 use crate::ops::{self, NewTenant};
 use crate::state::AppState;
@@ -66,7 +67,7 @@ pub async fn create_tenant(
     ValidJson(req): ValidJson<CreateTenantRequest>,
 ) -> Result<(StatusCode, Json<CreatedTenantView>), ApiError> {
     let input = NewTenant { name: req.name, owner_email: req.owner.email, owner_password: req.owner.password };
-    let t = ops::create_tenant(&state.db, &admin.proof, input, &admin.ctx.audit, state.now_ms()).await?;
+    let t = ops::create_tenant(&state.db, &state.argon2, &admin.proof, input, &admin.ctx.audit, state.now_ms()).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedTenantView {
@@ -171,4 +172,60 @@ pub async fn unfreeze_api_key(
     PathId(id): PathId<ApiKeyId>,
 ) -> Result<Json<StatusView>, ApiError> {
     key_status(state, admin, id, false).await
+}
+
+/// A tenant's abuse-control overrides: absent fields use the configured
+/// defaults.
+#[utoipa::path(get, path = "/sysadmin/v1/tenants/{id}/limits", tag = "sysadmin", security(("master_key" = [])),
+    params(("id" = String, Path, description = "Tenant id (UUID)")),
+    responses((status = 200, body = TenantLimits), (status = 404, body = palisade_core::Problem)))]
+pub async fn get_tenant_limits(
+    State(state): State<AppState>,
+    admin: Sysadmin,
+    PathId(id): PathId<TenantId>,
+) -> Result<Json<TenantLimits>, ApiError> {
+    let scope = TenantScope::for_sysadmin(&admin.proof, id);
+    palisade_store::tenants::get(state.db.reader(), &scope).await?.ok_or_else(ApiError::not_found)?;
+    let stored = palisade_store::tenants::limits(state.db.reader(), &scope).await?;
+    let limits = match stored {
+        Some(s) => serde_json::from_str(&s).map_err(ApiError::internal)?,
+        None => TenantLimits::default(),
+    };
+    let event = Event::new("tenant.limits_read", Some(id), Actor::sysadmin()).resource("tenant", id);
+    palisade_audit::record(&state.db, &event, &admin.ctx.audit, state.now_ms()).await?;
+    Ok(Json(limits))
+}
+
+/// Replaces a tenant's abuse-control overrides (rate limits per minute, 0
+/// turning one off; address allow and deny lists). They apply from the
+/// tenant's next request. An empty document restores the defaults.
+#[utoipa::path(put, path = "/sysadmin/v1/tenants/{id}/limits", tag = "sysadmin", security(("master_key" = [])),
+    params(("id" = String, Path, description = "Tenant id (UUID)")), request_body = TenantLimits,
+    responses((status = 200, body = TenantLimits), (status = 400, body = palisade_core::Problem),
+        (status = 404, body = palisade_core::Problem)))]
+pub async fn put_tenant_limits(
+    State(state): State<AppState>,
+    admin: Sysadmin,
+    PathId(id): PathId<TenantId>,
+    ValidJson(mut limits): ValidJson<TenantLimits>,
+) -> Result<Json<TenantLimits>, ApiError> {
+    limits.validate()?;
+    // Stored canonical, so what is read back is what applies.
+    for list in [&mut limits.ip_allow, &mut limits.ip_deny] {
+        let nets = palisade_guard::net::parse_cidrs(list.iter().map(String::as_str)).map_err(ApiError::internal)?;
+        *list = nets.iter().map(ToString::to_string).collect();
+    }
+    let scope = TenantScope::for_sysadmin(&admin.proof, id);
+    palisade_store::tenants::get(state.db.reader(), &scope).await?.ok_or_else(ApiError::not_found)?;
+    let now = state.now_ms();
+    let doc = (limits != TenantLimits::default())
+        .then(|| serde_json::to_string(&limits))
+        .transpose()
+        .map_err(ApiError::internal)?;
+    let event = Event::new("tenant.limits_updated", Some(id), Actor::sysadmin())
+        .resource("tenant", id)
+        .details(serde_json::to_value(&limits).map_err(ApiError::internal)?);
+    let (_, audit) = palisade_audit::append_stmt(&event, &admin.ctx.audit, now);
+    state.db.write_all(vec![palisade_store::tenants::set_limits_stmt(&scope, doc.as_deref(), now), audit]).await?;
+    Ok(Json(limits))
 }

@@ -105,6 +105,12 @@ impl TestServer {
         config.server.data_dir = data_dir.clone();
         config.admin.master_key = Some(Secret::new(master_key.clone()));
         config.log.level = "info".into();
+        // Tests send far more than a person would; the limit tests set
+        // their own.
+        let r = &mut config.rate_limits;
+        (r.ip_per_minute, r.auth_ip_per_minute, r.key_per_minute, r.tenant_per_minute) =
+            (1 << 20, 1 << 20, 1 << 20, 1 << 20);
+        (r.burst_ip_per_second, r.burst_tenant_per_second) = (1 << 20, 1 << 20);
         let mut pg = None;
         if let Backend::Postgres(base) = &backend {
             let (url, name) = fresh_postgres_db(base).await;
