@@ -153,6 +153,10 @@ impl TestServer {
         }
     }
 
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.running.as_ref()?.metrics_addr
+    }
+
     pub fn state(&self) -> &palisade_api::AppState {
         &self.running.as_ref().unwrap().state
     }

@@ -5,6 +5,7 @@
 #[macro_use]
 mod common;
 
+mod abuse;
 mod api_keys;
 mod audit;
 mod auth;
