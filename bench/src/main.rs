@@ -7,6 +7,11 @@
 //! - the cost an append adds to a write transaction, and that cost as a
 //!   share of a whole write request (POST /v1/api-keys over HTTP);
 //! - `audit verify` speed over the whole log.
+//!
+//! `cargo run --release -p palisade-bench -- http [SECONDS]` measures what
+//! the middleware costs (see `http.rs`).
+
+mod http;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +25,7 @@ use palisade_store::Db;
 use serde_json::{json, Value};
 use sqlx::Connection;
 
-fn env_or(name: &str, default: usize) -> usize {
+pub(crate) fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
@@ -28,8 +33,12 @@ fn env_or(name: &str, default: usize) -> usize {
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let what = args.next().unwrap_or_else(|| "audit".into());
+    if what == "http" {
+        let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
+        return http::run(seconds).await;
+    }
     let records: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
-    anyhow::ensure!(what == "audit", "usage: palisade-bench audit [RECORDS]");
+    anyhow::ensure!(what == "audit", "usage: palisade-bench audit [RECORDS] | http [SECONDS]");
     let dir = tempfile::tempdir()?;
     let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
     run("SQLite", &sqlite, None, dir.path(), records).await?;

@@ -118,3 +118,9 @@ impl<T: serde::Serialize> IntoResponse for List<T> {
 fn rfc3339_opt(ms: Option<i64>) -> Option<String> {
     ms.map(palisade_core::clock::rfc3339)
 }
+
+/// `GET /v1/me` alone: the handler with its extractors and no middleware or
+/// layers. The baseline of the middleware benchmark (`palisade-bench http`).
+pub fn bare_me(state: AppState) -> Router {
+    Router::new().route("/v1/me", get(me::me)).with_state(state)
+}
