@@ -544,8 +544,12 @@ impl RateNotes {
         for (limit, s) in self.items.iter().flatten() {
             let sep = if policy.is_empty() { "" } else { ", " };
             let _ = write!(policy, "{sep}\"{}\";q={};w={}", limit.name, limit.quota, limit.window_secs);
-            let t = if s.retry_after_ns > 0 { ns_to_secs(s.retry_after_ns) } else { ns_to_secs(s.reset_ns) };
-            let _ = write!(current, "{sep}\"{}\";r={};t={}", limit.name, s.remaining, t);
+            let (r, t) = if s.retry_after_ns > 0 {
+                (0, ns_to_secs(s.retry_after_ns))
+            } else {
+                (limit.remaining(s.reset_ns), ns_to_secs(s.reset_ns))
+            };
+            let _ = write!(current, "{sep}\"{}\";r={r};t={t}", limit.name);
         }
         if policy.is_empty() {
             return;
@@ -566,8 +570,8 @@ mod tests {
         let mut n = RateNotes::default();
         let key = Limit::per_minute("key", 60).unwrap();
         let tenant = Limit::per_minute("tenant", 1000).unwrap();
-        n.items[0] = Some((key, Standing { remaining: 59, reset_ns: 1_000_000_000, retry_after_ns: 0 }));
-        n.items[1] = Some((tenant, Standing { remaining: 0, reset_ns: 5, retry_after_ns: 2_500_000_000 }));
+        n.items[0] = Some((key, Standing { reset_ns: 1_000_000_000, retry_after_ns: 0 }));
+        n.items[1] = Some((tenant, Standing { reset_ns: 5, retry_after_ns: 2_500_000_000 }));
         let mut h = HeaderMap::new();
         n.write_headers(&mut h);
         assert_eq!(h["ratelimit-policy"], r#""key";q=60;w=60, "tenant";q=1000;w=60"#);

@@ -116,6 +116,12 @@ impl Metrics {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The content type of [`Metrics::render`].
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -145,11 +151,5 @@ mod tests {
         assert!(text.contains(r#"route="unmatched""#), "{text}");
         assert!(text.contains(r#"palisade_rate_limited_total{kind="key"} 1"#), "{text}");
         assert!(text.contains("palisade_http_request_duration_seconds_bucket"), "{text}");
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
     }
 }

@@ -47,6 +47,13 @@ impl Limit {
         Self::new(name, quota, 1)
     }
 
+    /// Requests the bucket admits now, given the time until it is full
+    /// (computed only for headers: a division the decision need not pay).
+    pub fn remaining(&self, reset_ns: u64) -> u32 {
+        let left = self.tolerance_ns().saturating_sub(reset_ns) / self.interval_ns;
+        u32::try_from(left).unwrap_or(u32::MAX)
+    }
+
     /// The bucket's capacity in time: how far ahead of now the theoretical
     /// arrival time may run.
     pub fn tolerance_ns(&self) -> u64 {
@@ -60,8 +67,7 @@ impl Limit {
         let ahead = next - now;
         let tolerance = self.tolerance_ns();
         if ahead <= tolerance {
-            let remaining = (tolerance - ahead) / self.interval_ns;
-            Step::Admit { tat: next, remaining: u32::try_from(remaining).unwrap_or(u32::MAX), reset_ns: ahead }
+            Step::Admit { tat: next, reset_ns: ahead }
         } else {
             Step::Refuse { retry_after_ns: ahead - tolerance, reset_ns: tat.max(now) - now }
         }
@@ -70,8 +76,15 @@ impl Limit {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    Admit { tat: u64, remaining: u32, reset_ns: u64 },
-    Refuse { retry_after_ns: u64, reset_ns: u64 },
+    /// `reset_ns`: until the bucket is full again.
+    Admit {
+        tat: u64,
+        reset_ns: u64,
+    },
+    Refuse {
+        retry_after_ns: u64,
+        reset_ns: u64,
+    },
 }
 
 /// What a key counts. Keys of different kinds never share state.
@@ -196,7 +209,7 @@ mod tests {
     fn remaining_and_reset() {
         let l = Limit::per_minute("key", 60).unwrap();
         match l.step(0, 100 * S) {
-            Step::Admit { remaining, reset_ns, .. } => assert_eq!((remaining, reset_ns), (59, S)),
+            Step::Admit { reset_ns, .. } => assert_eq!((l.remaining(reset_ns), reset_ns), (59, S)),
             s => panic!("{s:?}"),
         }
     }

@@ -44,8 +44,8 @@ pub struct BlockCheck {
     pub refuses: bool,
 }
 
-/// One decision: the blocks to check and the buckets to charge, all in one
-/// partition.
+/// One decision: the blocks to check and the buckets to charge (distinct
+/// keys, at most [`MAX_BUCKETS`]), all in one partition.
 #[derive(Debug, Clone, Copy)]
 pub struct Decide<'a> {
     pub partition: u128,
@@ -60,8 +60,8 @@ pub struct Decide<'a> {
 /// Where one bucket stands after a decision.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Standing {
-    pub remaining: u32,
-    /// Until the bucket is full again.
+    /// Until the bucket is full again ([`Limit::remaining`] turns it into
+    /// a count).
     pub reset_ns: u64,
     /// Until a request would be admitted; 0 when this one was.
     pub retry_after_ns: u64,
@@ -143,10 +143,15 @@ struct StrikeState {
     expires: i64,
 }
 
+/// Keys include client addresses, which attackers choose: the hasher is
+/// seeded per process (foldhash), so collisions cannot be planned, and
+/// fast, because every request hashes several keys.
+type Map<V> = HashMap<Key, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Shard {
-    buckets: HashMap<Key, BucketState>,
-    strikes: HashMap<Key, StrikeState>,
+    buckets: Map<BucketState>,
+    strikes: Map<StrikeState>,
     sweep_buckets_at: usize,
     sweep_strikes_at: usize,
 }
@@ -195,19 +200,28 @@ impl LocalState {
         if v.blocked.is_some() {
             return v;
         }
-        let buckets = &d.buckets[..d.buckets.len().min(MAX_BUCKETS)];
+        let mut buckets = &d.buckets[..d.buckets.len().min(MAX_BUCKETS)];
+        if !distinct(buckets) {
+            // A caller's mistake; charging one bucket twice in one step
+            // cannot be done atomically, so only the first counts.
+            debug_assert!(false, "a decision names one bucket twice");
+            buckets = &buckets[..1];
+        }
+        let shard = &mut *shard;
+        // One lookup per bucket: the entries are borrowed together (keys in
+        // one decision are distinct) and updated in place.
+        let mut found = lookup(&mut shard.buckets, buckets);
         let mut next = [0u64; MAX_BUCKETS];
         let mut worst = 0;
         for (i, b) in buckets.iter().enumerate() {
-            let tat = shard.buckets.get(&b.key).map_or(0, |s| s.tat);
+            let tat = found[i].as_ref().map_or(0, |s| s.tat);
             match b.limit.step(tat, now_ns) {
-                Step::Admit { tat, remaining, reset_ns } => {
+                Step::Admit { tat, reset_ns } => {
                     next[i] = tat;
-                    v.standings[i] = Standing { remaining, reset_ns, retry_after_ns: 0 };
+                    v.standings[i] = Standing { reset_ns, retry_after_ns: 0 };
                 }
                 Step::Refuse { retry_after_ns, reset_ns } => {
-                    next[i] = 0;
-                    v.standings[i] = Standing { remaining: 0, reset_ns, retry_after_ns };
+                    v.standings[i] = Standing { reset_ns, retry_after_ns };
                     if b.observe_only {
                         v.spike.get_or_insert(i);
                     } else if v.refused.is_none() || retry_after_ns > worst {
@@ -217,30 +231,37 @@ impl LocalState {
                 }
             }
         }
-        let shard = &mut *shard;
-        if let Some(i) = v.refused {
-            let key = buckets[i].key;
-            let st = shard.buckets.get_mut(&key);
-            // A refused key has a bucket: it ran over it.
-            if let Some(st) = st {
-                if st.noticed_until <= now_ns {
-                    st.noticed_until = now_ns.saturating_add(notice_ns);
-                    v.refusal_is_new = true;
-                }
+        // A bucket that refused exists: it ran over. Report each refusal or
+        // spike once per notice period.
+        let noted = |i: usize, found: &mut [Option<&mut BucketState>; MAX_BUCKETS]| match found[i].as_deref_mut() {
+            Some(st) if st.noticed_until <= now_ns => {
+                st.noticed_until = now_ns.saturating_add(notice_ns);
+                true
             }
-            // Observed buckets still count; they do not refuse.
+            _ => false,
+        };
+        if let Some(i) = v.refused {
+            v.refusal_is_new = noted(i, &mut found);
         }
+        if let Some(i) = v.spike {
+            if !noted(i, &mut found) {
+                v.spike = None;
+            }
+        }
+        // Charge: every bucket if none refused; observed ones always.
+        let mut missing = [false; MAX_BUCKETS];
         for (i, b) in buckets.iter().enumerate() {
             if next[i] == 0 || (v.refused.is_some() && !b.observe_only) {
                 continue;
             }
-            insert_bucket(shard, b.key, next[i], now_ns);
+            match found[i].as_deref_mut() {
+                Some(st) => st.tat = next[i],
+                None => missing[i] = true,
+            }
         }
-        if let Some(i) = v.spike {
-            let st = shard.buckets.get_mut(&buckets[i].key);
-            match st {
-                Some(st) if st.noticed_until <= now_ns => st.noticed_until = now_ns.saturating_add(notice_ns),
-                _ => v.spike = None,
+        for (i, b) in buckets.iter().enumerate() {
+            if missing[i] {
+                insert_bucket(shard, b.key, next[i], now_ns);
             }
         }
         v
@@ -314,14 +335,31 @@ fn ms_to_ns(ms: i64) -> u64 {
     u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000)
 }
 
-/// Adds or updates a bucket, sweeping full (idle) buckets first when the
-/// map has grown: a bucket whose arrival time has passed is the same as no
-/// bucket at all.
-fn insert_bucket(shard: &mut Shard, key: Key, tat: u64, now_ns: u64) {
-    if let Some(st) = shard.buckets.get_mut(&key) {
-        st.tat = tat;
-        return;
+fn distinct(buckets: &[Bucket]) -> bool {
+    buckets.iter().enumerate().all(|(i, a)| buckets[i + 1..].iter().all(|b| a.key != b.key))
+}
+
+/// The entries of up to four distinct keys, borrowed together.
+fn lookup<'m>(map: &'m mut Map<BucketState>, buckets: &[Bucket]) -> [Option<&'m mut BucketState>; MAX_BUCKETS] {
+    let k = |i: usize| &buckets[i].key;
+    match buckets.len() {
+        0 => [None, None, None, None],
+        1 => [map.get_mut(k(0)), None, None, None],
+        2 => {
+            let [a, b] = map.get_disjoint_mut([k(0), k(1)]);
+            [a, b, None, None]
+        }
+        3 => {
+            let [a, b, c] = map.get_disjoint_mut([k(0), k(1), k(2)]);
+            [a, b, c, None]
+        }
+        _ => map.get_disjoint_mut([k(0), k(1), k(2), k(3)]),
     }
+}
+
+/// Adds a bucket, sweeping full (idle) buckets first when the map has
+/// grown: a bucket whose arrival time has passed is the same as no bucket.
+fn insert_bucket(shard: &mut Shard, key: Key, tat: u64, now_ns: u64) {
     if shard.buckets.len() >= shard.sweep_buckets_at.max(1024) {
         shard.buckets.retain(|_, s| s.tat > now_ns || s.noticed_until > now_ns);
         if shard.buckets.len() >= SHARD_CAP {
@@ -400,7 +438,7 @@ mod tests {
         }
         // The tenant bucket was charged twice, not twelve times.
         let v = decide(&s, T0, &[], &[loose]);
-        assert_eq!(v.standings[0].remaining, 100 - 3);
+        assert_eq!(loose.limit.remaining(v.standings[0].reset_ns), 100 - 3);
     }
 
     #[test]
@@ -441,7 +479,7 @@ mod tests {
         // The block ends on time, and nothing was charged meanwhile.
         let v = decide(&s, t + 2 + 900_000, &blocks, &[bucket]);
         assert_eq!(v.blocked, None);
-        assert_eq!(v.standings[0].remaining, 9);
+        assert_eq!(bucket.limit.remaining(v.standings[0].reset_ns), 9);
     }
 
     #[test]
