@@ -21,7 +21,9 @@ use palisade_config::Config;
 use palisade_core::principal::Actor;
 use palisade_core::{ApiError, Principal, PrincipalKind, TenantId};
 use palisade_guard::limits::{ip_id, Key, Kind, Limit};
-use palisade_guard::state::{AbuseState, BlockCheck, Bucket, Decide, Standing, StrikeRule, Verdict, MAX_BUCKETS};
+use palisade_guard::state::{
+    AbuseState, Attempt, BlockCheck, Bucket, Decide, Standing, StrikeRule, Verdict, MAX_BUCKETS,
+};
 use palisade_guard::waf::Finding;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -96,6 +98,9 @@ pub struct TenantPolicy {
     call_create: Option<Limit>,
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
+    /// The stored overrides could not be read: the tenant's address lists
+    /// are unknown, so every address is refused (fail closed).
+    unreadable: bool,
 }
 
 /// Requests that cost money have their own per-tenant bucket.
@@ -121,6 +126,12 @@ pub struct AddressPass {
     /// Too many failed credentials from here: every credential is refused
     /// as unknown until the lock ends.
     pub credentials_locked: bool,
+}
+
+/// A login attempt admitted by [`Abuse::login_attempt`].
+#[derive(Debug, Clone, Copy)]
+pub struct LoginAttempt {
+    started_lock: Option<i64>,
 }
 
 /// The caller's WAF key, left by authentication for the body check.
@@ -173,20 +184,27 @@ impl Abuse {
     }
 
     /// The tenant's policy from its stored overrides (JSON), if any. An
-    /// unreadable document falls back to the defaults, loudly.
+    /// unreadable document (which the API never stores) fails closed.
     pub fn tenant_policy(&self, stored: Option<&str>) -> TenantPolicy {
+        let mut unreadable = false;
         let o = match stored.map(serde_json::from_str::<TenantLimits>) {
-            None => None,
-            Some(Ok(o)) => Some(o),
+            None => TenantLimits::default(),
+            Some(Ok(o)) => o,
             Some(Err(e)) => {
-                tracing::error!(error = %e, "stored tenant limits are unreadable; using the defaults");
-                None
+                tracing::error!(error = %e, "stored tenant limits are unreadable; refusing the tenant's requests");
+                unreadable = true;
+                TenantLimits::default()
             }
         };
         let d = &self.defaults;
         let pick = |o: Option<u32>, d: Option<u32>| o.or(d).unwrap_or(0);
-        let o = o.unwrap_or_default();
-        let nets = |l: &[String]| palisade_guard::net::parse_cidrs(l.iter().map(String::as_str)).unwrap_or_default();
+        let mut nets = |l: &[String]| {
+            palisade_guard::net::parse_cidrs(l.iter().map(String::as_str)).unwrap_or_else(|_| {
+                unreadable = true;
+                Vec::new()
+            })
+        };
+        let (allow, deny) = (nets(&o.ip_allow), nets(&o.ip_deny));
         TenantPolicy {
             key: Limit::per_minute("key", pick(o.key_per_minute, d.key_per_minute)),
             tenant: Limit::per_minute("tenant", pick(o.tenant_per_minute, d.tenant_per_minute)),
@@ -195,8 +213,9 @@ impl Abuse {
                 pick(o.message_create_per_minute, d.message_create_per_minute),
             ),
             call_create: Limit::per_minute("call_create", pick(o.call_create_per_minute, d.call_create_per_minute)),
-            allow: nets(&o.ip_allow),
-            deny: nets(&o.ip_deny),
+            allow,
+            deny,
+            unreadable,
         }
     }
 
@@ -243,7 +262,7 @@ impl Abuse {
                     .details(serde_json::json!({ "block": "address", "until": until }));
                 audit_later(db, event, ctx(), now_ms);
             }
-            return Err(blocked().with_extra("retry_after", secs_until(now_ms, until)));
+            return Err(blocked_until(now_ms, until));
         }
         self.after_decision(db, &v, &buckets[..n], None, now_ms, ctx)?;
         Ok(AddressPass { credentials_locked: v.block_active(1) })
@@ -264,11 +283,15 @@ impl Abuse {
         let tenant = principal.tenant_id();
         let partition = tenant.0.as_u128();
         let caller = caller_key(principal);
-        let listed_out = palisade_guard::net::in_any(client, &policy.deny)
+        let listed_out = policy.unreadable
+            || palisade_guard::net::in_any(client, &policy.deny)
             || (!policy.allow.is_empty() && !palisade_guard::net::in_any(client, &policy.allow));
         if listed_out {
             self.metrics.waf_refusal("ip_list");
-            if self.state.notice(partition, Key::ip(Kind::Notice, client), now_ms, NOTICE_MS).await {
+            // Keyed by tenant and address: one tenant's refusals must not
+            // silence another's.
+            let notice = Key::new(Kind::Notice, ip_id(client) ^ partition.rotate_left(1));
+            if self.state.notice(partition, notice, now_ms, NOTICE_MS).await {
                 let event = Event::new("abuse.address_refused", Some(tenant), principal.actor())
                     .details(serde_json::json!({ "list": "tenant" }));
                 audit_later(db, event, ctx(), now_ms);
@@ -301,7 +324,7 @@ impl Abuse {
                     .details(serde_json::json!({ "block": "credential", "until": until }));
                 audit_later(db, event, ctx(), now_ms);
             }
-            return Err(blocked().with_extra("retry_after", secs_until(now_ms, until)));
+            return Err(blocked_until(now_ms, until));
         }
         self.after_decision(db, &v, &buckets[..n], Some((tenant, principal.actor())), now_ms, ctx)?;
         Ok(CallerKey { tenant, key: caller })
@@ -400,30 +423,54 @@ impl Abuse {
         Key::text(Kind::Login, &email.trim().to_lowercase())
     }
 
-    /// Whether the account is locked after failed logins.
-    pub async fn login_locked(&self, email: &str, now_ms: i64) -> bool {
+    /// Admits a login attempt for `email`, counting it as a failure up
+    /// front (so parallel guesses cannot exceed the threshold); `None` when
+    /// the account is locked. Pass what it returns to [`Self::login_succeeded`].
+    pub async fn login_attempt(&self, email: &str, now_ms: i64) -> Option<LoginAttempt> {
         let key = Self::login_key(email);
-        let blocks = [BlockCheck { key, refuses: true }];
-        let v =
-            self.state.decide(Decide { partition: key.id, now_ms, blocks: &blocks, buckets: &[], notice_ms: 0 }).await;
-        v.blocked.is_some()
+        match self.state.attempt(key.id, key, self.login_rule, now_ms).await {
+            Attempt::Locked { .. } => {
+                self.metrics.auth_failure("login_locked");
+                None
+            }
+            Attempt::Counted(o) => Some(LoginAttempt { started_lock: o.blocked_until }),
+        }
     }
 
-    /// Counts a failed login; the one that reaches the threshold locks the
-    /// account (returns until when).
-    pub async fn login_failed(&self, email: &str, now_ms: i64) -> Option<i64> {
-        let key = Self::login_key(email);
-        let out = self.state.strike(key.id, key, self.login_rule, now_ms).await;
+    /// The attempt failed. Returns until when the account is locked if this
+    /// attempt was the one that locked it.
+    pub fn login_failed(&self, attempt: LoginAttempt) -> Option<i64> {
         self.metrics.auth_failure("login");
-        if out.blocked_until.is_some() {
+        if attempt.started_lock.is_some() {
             self.metrics.lockout("account");
         }
-        out.blocked_until
+        attempt.started_lock
     }
 
-    pub async fn login_succeeded(&self, email: &str) {
+    /// The password was right: the failures are forgotten (and a lock this
+    /// very attempt started is lifted).
+    pub async fn login_succeeded(&self, email: &str, attempt: LoginAttempt) {
         let key = Self::login_key(email);
-        self.state.clear(key.id, key).await;
+        self.state.forgive(key.id, key, attempt.started_lock).await;
+    }
+
+    /// Whether to audit a refused login for a locked account now (once a
+    /// minute per account).
+    pub async fn notice_locked_login(&self, email: &str, now_ms: i64) -> bool {
+        let key = Self::login_key(email);
+        self.state.notice(key.id, Key::new(Kind::Notice, key.id), now_ms, NOTICE_MS).await
+    }
+
+    /// A credential refused because its address is locked out of key
+    /// checks: counted, and audited once a minute per address.
+    pub async fn credential_refused_locked(&self, db: &palisade_store::Db, client: IpAddr, now_ms: i64, ctx: Context) {
+        self.metrics.auth_failure("credential_address_locked");
+        let notice = Key::new(Kind::Notice, ip_id(client) ^ 1);
+        if self.state.notice(ip_id(client), notice, now_ms, NOTICE_MS).await {
+            let event = Event::new("abuse.blocked_request", None, Actor::anonymous())
+                .details(serde_json::json!({ "block": "credential_address" }));
+            audit_later(db, event, ctx, now_ms);
+        }
     }
 
     /// Counts a failed credential from `client`; the one that reaches the
@@ -486,6 +533,11 @@ fn ns_to_secs(ns: u64) -> u64 {
 
 pub fn blocked() -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "blocked", "Requests from this client are blocked.")
+}
+
+fn blocked_until(now_ms: i64, until_ms: i64) -> ApiError {
+    let secs = secs_until(now_ms, until_ms).max(1);
+    blocked().with_header(http::header::RETRY_AFTER, HeaderValue::from(secs)).with_extra("retry_after", secs)
 }
 
 fn rate_limited(limit: Limit, s: &Standing) -> ApiError {
@@ -599,5 +651,9 @@ mod tests {
         assert!(p.tenant.is_none());
         assert_eq!(p.message_create.unwrap().quota, 100);
         assert_eq!(p.deny.len(), 1);
+        assert!(!p.unreadable);
+        // Unreadable overrides fail closed.
+        assert!(abuse.tenant_policy(Some("{not json")).unreadable);
+        assert!(abuse.tenant_policy(Some(r#"{"ip_allow": ["nope"]}"#)).unreadable);
     }
 }

@@ -116,6 +116,10 @@ impl FromRequestParts<AppState> for Auth {
             }
             Credential::ApiKey(k) => {
                 if credentials_locked(parts) {
+                    state
+                        .abuse
+                        .credential_refused_locked(&state.db, ctx.client_ip, state.now_ms(), ctx.audit.clone())
+                        .await;
                     return Err(ApiError::unauthenticated());
                 }
                 match authenticate_api_key(state, k, &ctx, &parts.headers).await {
@@ -263,6 +267,7 @@ impl FromRequestParts<AppState> for Sysadmin {
             return Err(ApiError::unauthenticated());
         };
         if credentials_locked(parts) {
+            state.abuse.credential_refused_locked(&state.db, ctx.client_ip, state.now_ms(), ctx.audit.clone()).await;
             return Err(ApiError::unauthenticated());
         }
         let valid = match &state.master_key {

@@ -54,7 +54,7 @@ pub fn all_valid<const N: usize>(results: [Result<(), FieldError>; N]) -> Result
 /// login is reachable without a credential: bound how many run at once and
 /// refuse (503, retry shortly) rather than queue without limit.
 pub struct Argon2Slots {
-    slots: tokio::sync::Semaphore,
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
     wait: std::time::Duration,
 }
 
@@ -63,7 +63,10 @@ impl Argon2Slots {
     pub fn new(max: usize, wait_ms: u64) -> Argon2Slots {
         let cores = std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(2);
         let max = if max == 0 { cores * 2 } else { max };
-        Argon2Slots { slots: tokio::sync::Semaphore::new(max), wait: std::time::Duration::from_millis(wait_ms) }
+        Argon2Slots {
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
+            wait: std::time::Duration::from_millis(wait_ms),
+        }
     }
 
     async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {

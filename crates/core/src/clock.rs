@@ -12,9 +12,15 @@ pub trait Clock: Send + Sync + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    /// Never goes backwards: a wall-clock step back (NTP) would otherwise
+    /// make every rate-limit bucket look overdrawn by the step, and expiry
+    /// checks flicker. The time stands still until the wall clock catches up.
     fn now_ms(&self) -> i64 {
+        static LATEST: AtomicI64 = AtomicI64::new(0);
         let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+        let now = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let before = LATEST.fetch_max(now, Ordering::Relaxed);
+        now.max(before)
     }
 }
 

@@ -30,17 +30,23 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -
     };
     let mut client = peer;
     for hop in xff.rsplit(',') {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) => {
+        match parse_hop(hop.trim()) {
+            Some(ip) => {
                 client = canonical(ip);
                 if !in_any(client, trusted) {
                     return client;
                 }
             }
-            Err(_) => return client,
+            None => return client,
         }
     }
     client
+}
+
+/// An `X-Forwarded-For` entry: an address, or (as some proxies write it)
+/// an address with a port: `1.2.3.4:5678`, `[2001:db8::1]:443`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
 }
 
 /// Parses a list of CIDRs (a bare address means a single host).
@@ -78,6 +84,8 @@ mod tests {
         assert_eq!(client_ip(ip("10.0.0.1"), Some("6.6.6.6, 1.2.3.4, 10.0.0.2"), &trusted), ip("1.2.3.4"));
         assert_eq!(client_ip(ip("10.0.0.1"), Some("garbage, 10.0.0.2"), &trusted), ip("10.0.0.2"));
         assert_eq!(client_ip(ip("10.0.0.1"), None, &trusted), ip("10.0.0.1"));
+        assert_eq!(client_ip(ip("10.0.0.1"), Some("1.2.3.4:5678"), &trusted), ip("1.2.3.4"));
+        assert_eq!(client_ip(ip("10.0.0.1"), Some("[2001:db8::1]:443"), &trusted), ip("2001:db8::1"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 
-use crate::limits::{Key, Limit, Step};
+use crate::limits::{Key, Kind, Limit, Step};
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -105,6 +105,14 @@ pub struct StrikeOutcome {
     pub blocked_until: Option<i64>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Blocked until then (ms); nothing was counted.
+    Locked { until: i64 },
+    /// Counted; `started_block` is set when this strike started a block.
+    Counted(StrikeOutcome),
+}
+
 pub trait AbuseState: Send + Sync + 'static {
     /// Checks the blocks, then the buckets. A refusing block in force charges
     /// nothing. Otherwise every enforced bucket is charged if all admit, and
@@ -114,9 +122,15 @@ pub trait AbuseState: Send + Sync + 'static {
     /// Records a strike on `key`; the one that reaches the threshold blocks it.
     fn strike(&self, partition: u128, key: Key, rule: StrikeRule, now_ms: i64) -> BoxFut<'_, StrikeOutcome>;
 
-    /// Forgets a key's strikes (a successful login clears its failures).
-    /// A block in force stays.
-    fn clear(&self, partition: u128, key: Key) -> BoxFut<'_, ()>;
+    /// An attempt that may fail (a login): refused if `key` is blocked,
+    /// otherwise counted as a strike *before* the outcome is known, so
+    /// attempts racing in parallel cannot exceed the threshold.
+    fn attempt(&self, partition: u128, key: Key, rule: StrikeRule, now_ms: i64) -> BoxFut<'_, Attempt>;
+
+    /// The attempt succeeded: forgets the key's strikes, and lifts the block
+    /// that this attempt's own strike started (`started_block`), if any.
+    /// Any other block in force stays.
+    fn forgive(&self, partition: u128, key: Key, started_block: Option<i64>) -> BoxFut<'_, ()>;
 
     /// True the first time `key` is noted in a period of `period_ms`.
     fn notice(&self, partition: u128, key: Key, now_ms: i64, period_ms: i64) -> BoxFut<'_, bool>;
@@ -268,35 +282,24 @@ impl LocalState {
     }
 
     pub fn strike_now(&self, partition: u128, key: Key, rule: StrikeRule, now_ms: i64) -> StrikeOutcome {
-        let mut guard = self.shard(partition);
-        let shard = &mut *guard;
-        if !shard.strikes.contains_key(&key) && !make_room_for_strike(shard, now_ms) {
-            // Full of blocks: refuse to track more rather than grow or unblock.
-            return StrikeOutcome { count: 0, blocked_until: None };
-        }
-        let s = shard.strikes.entry(key).or_default();
-        s.times.retain(|t| *t > now_ms - rule.window_ms);
-        s.times.push(now_ms);
-        let keep = rule.threshold.max(1) as usize;
-        if s.times.len() > keep {
-            let extra = s.times.len() - keep;
-            s.times.drain(..extra);
-        }
-        let count = u32::try_from(s.times.len()).unwrap_or(u32::MAX);
-        let mut blocked_until = None;
-        if count >= rule.threshold && s.blocked_until <= now_ms {
-            s.blocked_until = now_ms.saturating_add(rule.block_ms);
-            s.times.clear();
-            blocked_until = Some(s.blocked_until);
-        }
-        s.expires = s.expires.max(now_ms.saturating_add(rule.window_ms)).max(s.blocked_until);
-        StrikeOutcome { count, blocked_until }
+        strike_in(&mut self.shard(partition), key, rule, now_ms)
     }
 
-    pub fn clear_now(&self, partition: u128, key: Key) {
+    pub fn attempt_now(&self, partition: u128, key: Key, rule: StrikeRule, now_ms: i64) -> Attempt {
+        let mut shard = self.shard(partition);
+        if let Some(s) = shard.strikes.get(&key).filter(|s| s.blocked_until > now_ms) {
+            return Attempt::Locked { until: s.blocked_until };
+        }
+        Attempt::Counted(strike_in(&mut shard, key, rule, now_ms))
+    }
+
+    pub fn forgive_now(&self, partition: u128, key: Key, started_block: Option<i64>) {
         let mut shard = self.shard(partition);
         if let Some(s) = shard.strikes.get_mut(&key) {
             s.times.clear();
+            if started_block.is_some_and(|until| s.blocked_until == until) {
+                s.blocked_until = 0;
+            }
         }
     }
 
@@ -329,6 +332,30 @@ impl LocalState {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn strike_in(shard: &mut Shard, key: Key, rule: StrikeRule, now_ms: i64) -> StrikeOutcome {
+    if !shard.strikes.contains_key(&key) && !make_room_for_strike(shard, now_ms) {
+        // Full of blocks: refuse to track more rather than grow or unblock.
+        return StrikeOutcome { count: 0, blocked_until: None };
+    }
+    let s = shard.strikes.entry(key).or_default();
+    s.times.retain(|t| *t > now_ms - rule.window_ms);
+    s.times.push(now_ms);
+    let keep = rule.threshold.max(1) as usize;
+    if s.times.len() > keep {
+        let extra = s.times.len() - keep;
+        s.times.drain(..extra);
+    }
+    let count = u32::try_from(s.times.len()).unwrap_or(u32::MAX);
+    let mut blocked_until = None;
+    if count >= rule.threshold && s.blocked_until <= now_ms {
+        s.blocked_until = now_ms.saturating_add(rule.block_ms);
+        s.times.clear();
+        blocked_until = Some(s.blocked_until);
+    }
+    s.expires = s.expires.max(now_ms.saturating_add(rule.window_ms)).max(s.blocked_until);
+    StrikeOutcome { count, blocked_until }
 }
 
 fn ms_to_ns(ms: i64) -> u64 {
@@ -383,6 +410,13 @@ fn make_room_for_strike(shard: &mut Shard, now_ms: i64) -> bool {
     }
     shard.strikes.retain(|_, s| s.expires > now_ms);
     if shard.strikes.len() >= SHARD_CAP {
+        // Cheap-to-make entries go first (notices, per-address key
+        // failures), so a flood of them cannot wipe accounts' counts.
+        shard
+            .strikes
+            .retain(|k, s| s.blocked_until > now_ms || !matches!(k.kind, Kind::Notice | Kind::CredentialFailure));
+    }
+    if shard.strikes.len() >= SHARD_CAP {
         shard.strikes.retain(|_, s| s.blocked_until > now_ms);
     }
     shard.sweep_strikes_at = (shard.strikes.len() * 2).min(SHARD_CAP);
@@ -399,8 +433,12 @@ impl AbuseState for LocalState {
         Box::pin(std::future::ready(self.strike_now(partition, key, rule, now_ms)))
     }
 
-    fn clear(&self, partition: u128, key: Key) -> BoxFut<'_, ()> {
-        self.clear_now(partition, key);
+    fn attempt(&self, partition: u128, key: Key, rule: StrikeRule, now_ms: i64) -> BoxFut<'_, Attempt> {
+        Box::pin(std::future::ready(self.attempt_now(partition, key, rule, now_ms)))
+    }
+
+    fn forgive(&self, partition: u128, key: Key, started_block: Option<i64>) -> BoxFut<'_, ()> {
+        self.forgive_now(partition, key, started_block);
         Box::pin(std::future::ready(()))
     }
 
@@ -412,7 +450,6 @@ impl AbuseState for LocalState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::Kind;
 
     const T0: i64 = 1_700_000_000_000;
 
@@ -494,17 +531,44 @@ mod tests {
     }
 
     #[test]
-    fn clear_forgets_strikes_but_not_blocks() {
+    fn attempts_count_first_and_success_forgives() {
         let s = LocalState::new();
         let key = Key::new(Kind::Login, 1);
-        let rule = StrikeRule { threshold: 2, window_ms: 60_000, block_ms: 60_000 };
-        s.strike_now(7, key, rule, T0);
-        s.clear_now(7, key);
-        assert_eq!(s.strike_now(7, key, rule, T0).count, 1);
-        assert!(s.strike_now(7, key, rule, T0).blocked_until.is_some());
-        s.clear_now(7, key);
-        let v = decide(&s, T0, &[BlockCheck { key, refuses: true }], &[]);
-        assert!(v.blocked.is_some());
+        let rule = StrikeRule { threshold: 3, window_ms: 60_000, block_ms: 60_000 };
+        let counted = |a: Attempt| match a {
+            Attempt::Counted(o) => o,
+            Attempt::Locked { .. } => panic!("locked"),
+        };
+        // Two failures, then a success: forgotten.
+        counted(s.attempt_now(7, key, rule, T0));
+        counted(s.attempt_now(7, key, rule, T0));
+        let ok = counted(s.attempt_now(7, key, rule, T0));
+        // The third attempt's own strike started the block...
+        assert!(ok.blocked_until.is_some());
+        // ...and its success lifts it again.
+        s.forgive_now(7, key, ok.blocked_until);
+        assert_eq!(counted(s.attempt_now(7, key, rule, T0)).count, 1);
+        // Attempts in flight all count: the threshold holds under a race.
+        counted(s.attempt_now(7, key, rule, T0));
+        let third = counted(s.attempt_now(7, key, rule, T0));
+        assert!(third.blocked_until.is_some());
+        assert!(matches!(s.attempt_now(7, key, rule, T0), Attempt::Locked { .. }));
+        // A success of another, earlier attempt does not lift this block.
+        s.forgive_now(7, key, None);
+        assert!(matches!(s.attempt_now(7, key, rule, T0 + 59_999), Attempt::Locked { .. }));
+        assert!(matches!(s.attempt_now(7, key, rule, T0 + 60_000), Attempt::Counted(_)));
+    }
+
+    #[test]
+    fn floods_of_cheap_entries_do_not_evict_account_counts() {
+        let s = LocalState::new();
+        let rule = StrikeRule { threshold: 5, window_ms: 900_000, block_ms: 900_000 };
+        let account = Key::new(Kind::Login, 1);
+        s.strike_now(7, account, rule, T0);
+        for id in 0..(SHARD_CAP as u128 + 100) {
+            s.strike_now(7, Key::new(Kind::CredentialFailure, id + 10), rule, T0);
+        }
+        assert_eq!(s.strike_now(7, account, rule, T0).count, 2);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! business sends.
 
 use serde_json::Value;
+use unicode_normalization::UnicodeNormalization;
 
 /// Which rule a text broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,15 @@ pub fn check_text(s: &str, max_urls: usize, max_phones: usize) -> Option<(Rule, 
     if s.len() < 16 {
         return None;
     }
+    // Look-alikes (fullwidth digits and colons, ligatures) fold to ASCII and
+    // invisible format characters go, so neither hides a link or a number.
+    let folded: String;
+    let s = if s.is_ascii() {
+        s
+    } else {
+        folded = s.nfkc().filter(|c| !is_format(*c)).collect();
+        &folded
+    };
     let urls = count_urls(s);
     if urls > max_urls {
         return Some((Rule::Urls, urls));
@@ -75,40 +85,57 @@ pub fn check_text(s: &str, max_urls: usize, max_phones: usize) -> Option<(Rule, 
     (phones > max_phones).then_some((Rule::PhoneNumbers, phones))
 }
 
-/// Links: anything with a scheme (`https://`, `hxxp://` alike), `www.`
+/// Unicode format characters (category Cf) that render as nothing.
+fn is_format(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}')
+}
+
+/// Links: every scheme separator (`https://`, `hxxp://` alike), `www.`
 /// names, and bare host names with an alphabetic top-level label
 /// (`bit.ly/x`, `example.com`). Email addresses are not links.
 pub fn count_urls(s: &str) -> usize {
-    s.split(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '"' | '\'' | '(' | ')' | '[' | ']' | '{' | '}'))
-        .map(|t| t.trim_end_matches(['.', ',', '!', '?', ':', ';']))
-        .filter(|t| is_url(t))
-        .count()
+    s.split(|c: char| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '<' | '>' | '"' | '\'' | '(' | ')' | '[' | ']' | '{' | '}' | ',' | ';' | '|' | '\\' | '^' | '`'
+            )
+    })
+    .map(|t| t.trim_end_matches(['.', '!', '?', ':']))
+    .map(url_count)
+    .sum()
 }
 
-fn is_url(t: &str) -> bool {
-    if t.contains("://") {
-        return true;
+fn url_count(t: &str) -> usize {
+    let schemes = t.matches("://").count();
+    if schemes > 0 {
+        return schemes;
     }
-    if t.len() > 4 && t[..4].eq_ignore_ascii_case("www.") {
-        return true;
+    if t.as_bytes().get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"www.")) && t.len() > 4 {
+        return 1;
     }
     if t.contains('@') {
-        return false;
+        return 0;
     }
     let host = t.split(['/', '?', '#']).next().unwrap_or("");
     let host = host.split(':').next().unwrap_or("");
     let labels: Vec<&str> = host.split('.').collect();
     if labels.len() < 2 {
-        return false;
+        return 0;
     }
     let tld = labels[labels.len() - 1];
     let tld_ok = (2..=24).contains(&tld.len()) && tld.bytes().all(|b| b.is_ascii_alphabetic());
-    tld_ok && labels.iter().all(|l| !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-'))
+    usize::from(tld_ok && labels.iter().all(|l| !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-')))
 }
 
 /// Phone numbers: runs of 7 to 15 digits, optionally starting with `+`,
 /// with the separators people type (space, `-`, `.`, `(`, `)`, `/`).
-/// ISO dates (`2026-11-23`) are not phone numbers.
+/// Numbers written one after another with only such separators between
+/// them make one long run; a run of more than 15 digits with separators
+/// counts one number per 10 digits. ISO dates (`2026-11-23`) and long
+/// digit strings without separators (ids, card numbers typed plain) are
+/// not phone numbers.
 pub fn count_phone_numbers(s: &str) -> usize {
     let b = s.as_bytes();
     let mut count = 0;
@@ -119,16 +146,23 @@ pub fn count_phone_numbers(s: &str) -> usize {
             continue;
         }
         let start = i;
-        let mut digits = 0;
+        let (mut digits, mut separators, mut pending) = (0, 0, false);
         let mut end = i;
         while i < b.len() {
             match b[i] {
                 b'0'..=b'9' => {
                     digits += 1;
                     end = i + 1;
+                    // Only separators between digits count.
+                    separators += usize::from(pending);
+                    pending = false;
                 }
                 b'+' if i == start => {}
-                b' ' | b'-' | b'.' | b'(' | b')' | b'/' => {}
+                b'+' if b.get(i + 1).is_some_and(u8::is_ascii_digit) && b[i - 1] == b' ' => {
+                    // `+34… +34…`: a new number starts here.
+                    break;
+                }
+                b' ' | b'-' | b'.' | b'(' | b')' | b'/' => pending = true,
                 _ => break,
             }
             i += 1;
@@ -136,6 +170,8 @@ pub fn count_phone_numbers(s: &str) -> usize {
         let run = &s[start..end];
         if (7..=15).contains(&digits) && !is_iso_date(run) {
             count += 1;
+        } else if digits > 15 && separators > 0 {
+            count += digits / 10;
         }
     }
     count
@@ -161,6 +197,9 @@ mod tests {
         assert_eq!(count_urls("mail alice@example.com, e.g. 3.14 i.e. nothing"), 0);
         assert_eq!(count_urls("(https://x.test) [hxxp://y.test]"), 2);
         assert_eq!(count_urls("no links here at all"), 0);
+        assert_eq!(count_urls("https://a.x,https://b.x,https://c.x"), 3);
+        assert_eq!(count_urls("a.test|b.test|c.test"), 3);
+        assert_eq!(count_urls("https://a.x/https://b.x"), 2);
     }
 
     #[test]
@@ -168,7 +207,10 @@ mod tests {
         assert_eq!(count_phone_numbers("call +34 600 123 456 or (555) 123-4567"), 2);
         assert_eq!(count_phone_numbers("+14155550100,+14155550101;+14155550102 +14155550103"), 4);
         assert_eq!(count_phone_numbers("order 12345, on 2026-11-23, room 404"), 0);
-        assert_eq!(count_phone_numbers("a card 4111 1111 1111 1111 is not a phone"), 0);
+        assert_eq!(count_phone_numbers("a card 4111111111111111 is not a phone"), 0);
+        // Numbers run together with only separators between them.
+        assert_eq!(count_phone_numbers("555-123-4567 555-123-4568 555-123-4569 555-123-4560"), 4);
+        assert_eq!(count_phone_numbers("+34600000001 +34600000002"), 2);
     }
 
     #[test]
@@ -179,6 +221,17 @@ mod tests {
         let four = "+34600000001 +34600000002 +34600000003 +34600000004";
         assert_eq!(check_text(four, 5, 3), Some((Rule::PhoneNumbers, 4)));
         assert_eq!(check_text("+34600000001 +34600000002 +34600000003", 5, 3), None);
+    }
+
+    #[test]
+    fn non_ascii_text_is_scanned_without_panicking() {
+        assert_eq!(check_text("Le café de Paris, où l'on dîne", 5, 3), None);
+        assert_eq!(check_text("wwwé.example.com and ünïcödé everywhere", 5, 3), None);
+        // Zero-width characters and fullwidth forms do not hide anything.
+        let hidden = "h\u{200B}ttps://a.x h\u{200B}ttps://b.x https://c.x https://d.x https://e.x https://f.x";
+        assert_eq!(check_text(hidden, 5, 3), Some((Rule::Urls, 6)));
+        let fullwidth = "＋３４６００００００００１ ＋３４６００００００００２ ＋３４６００００００００３ ＋３４６００００００００４";
+        assert_eq!(check_text(fullwidth, 5, 3), Some((Rule::PhoneNumbers, 4)));
     }
 
     #[test]

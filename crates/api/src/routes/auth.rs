@@ -292,21 +292,6 @@ pub async fn login(
     // Locks are per address as typed (normalized when it parses), whether
     // or not an account has it, so a lock tells nothing about accounts.
     let account = email.clone().unwrap_or_else(|| req.email.trim().to_lowercase());
-    if state.abuse.login_locked(&account, state.now_ms()).await {
-        // Exactly the wrong-password answer; the lock is not revealed, and
-        // no hash is computed for a locked account.
-        state.metrics.auth_failure("login_locked");
-        let mut event = Event::new("auth.login_refused_locked", None, Actor::anonymous());
-        if let Some(u) = match &email {
-            Some(e) => palisade_store::users::find_for_login(state.db.reader(), e).await?,
-            None => None,
-        } {
-            event = Event::new("auth.login_refused_locked", TenantId::from_str(&u.tenant_id).ok(), Actor::anonymous())
-                .resource("user", &u.id);
-        }
-        palisade_audit::record(&state.db, &event, &ctx.audit, state.now_ms()).await?;
-        return Err(bad_credentials());
-    }
     let user = match &email {
         Some(e) => palisade_store::users::find_for_login(state.db.reader(), e).await?,
         None => None,
@@ -315,6 +300,27 @@ pub async fn login(
         .as_ref()
         .and_then(|u| u.password_hash.clone())
         .unwrap_or_else(|| palisade_auth::password::dummy_hash().to_owned());
+    let Some(attempt) = state.abuse.login_attempt(&account, state.now_ms()).await else {
+        // Locked: exactly the wrong-password answer, after the same work
+        // (the hash is checked against nothing anyone knows), so neither the
+        // body nor the time tells a lock from a wrong password.
+        state.argon2.verify(req.password, palisade_auth::password::dummy_hash().to_owned()).await?;
+        let now = state.now_ms();
+        if state.abuse.notice_locked_login(&account, now).await {
+            let tenant = user.as_ref().and_then(|u| TenantId::from_str(&u.tenant_id).ok());
+            let mut event = Event::new("auth.login_refused_locked", tenant, Actor::anonymous());
+            if let Some(u) = &user {
+                event = event.resource("user", &u.id);
+            }
+            let (db, audit) = (state.db.clone(), ctx.audit.clone());
+            tokio::spawn(async move {
+                if let Err(e) = palisade_audit::record(&db, &event, &audit, now).await {
+                    tracing::error!(error = %e, "audit append failed");
+                }
+            });
+        }
+        return Err(bad_credentials());
+    };
     let verified = state.argon2.verify(req.password, phc).await?;
     let now = state.now_ms();
     let user = match user {
@@ -326,7 +332,7 @@ pub async fn login(
                 event = event.resource("user", &u.id);
             }
             palisade_audit::record(&state.db, &event, &ctx.audit, now).await?;
-            if let Some(until) = state.abuse.login_failed(&account, now).await {
+            if let Some(until) = state.abuse.login_failed(attempt) {
                 let mut locked = Event::new("auth.account_locked", tenant, Actor::anonymous())
                     .details(serde_json::json!({ "until": palisade_core::clock::rfc3339(until) }));
                 if let Some(u) = &other {
@@ -338,7 +344,7 @@ pub async fn login(
             return Err(bad_credentials());
         }
     };
-    state.abuse.login_succeeded(&account).await;
+    state.abuse.login_succeeded(&account, attempt).await;
     let (tenant_id, user_id) = parse_ids(&user.tenant_id, &user.id)?;
     let scope = TenantScope::for_system(tenant_id);
     if user.status == "pending" {
