@@ -49,7 +49,10 @@ static SECURITY_HEADERS: [(HeaderName, &str); 7] = [
 
 pub async fn request(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let request_id = sane_request_id(req.headers()).unwrap_or_else(|| Uuid::new_v4().to_string());
+    // A v4 UUID from the thread's CSPRNG rather than a getrandom call (a
+    // system call) per request: ids must be unique, not secret.
+    let request_id = sane_request_id(req.headers())
+        .unwrap_or_else(|| uuid::Builder::from_random_bytes(rand::random()).into_uuid().to_string());
     let peer =
         req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
     // Proxies may add a header line rather than extend the first one, so
@@ -98,8 +101,10 @@ pub async fn request(State(state): State<AppState>, mut req: Request, next: Next
     if (status.is_client_error() || status.is_server_error()) && !is_problem(resp.headers()) {
         resp = REQUEST_ID.sync_scope(request_id.clone(), || ApiError::from_status(status).into_response());
     }
-    notes.rate.write_headers(resp.headers_mut());
     let h = resp.headers_mut();
+    // Room for what is added below, so the map grows once.
+    h.reserve(SECURITY_HEADERS.len() + 3);
+    notes.rate.write_headers(h);
     for (name, value) in &SECURITY_HEADERS {
         h.insert(name.clone(), HeaderValue::from_static(value));
     }
