@@ -232,13 +232,11 @@ impl Abuse {
         let listed_out = palisade_guard::net::in_any(client, &self.deny)
             || (!self.allow.is_empty() && !palisade_guard::net::in_any(client, &self.allow));
         if listed_out {
-            self.metrics.waf_refusal("ip_list");
-            if self.state.notice(partition, Key::ip(Kind::Notice, client), now_ms, NOTICE_MS).await {
-                let event = Event::new("abuse.address_refused", None, Actor::anonymous())
-                    .details(serde_json::json!({ "list": "global" }));
-                audit_later(db, event, ctx(), now_ms);
-            }
-            return Err(blocked());
+            let refusal =
+                Refusal { partition, notice: Key::ip(Kind::Notice, client), tenant: None, actor: Actor::anonymous() };
+            return Err(self
+                .refuse(db, refusal, "abuse.address_refused", serde_json::json!({ "list": "global" }), now_ms, ctx)
+                .await);
         }
         let blocks = [
             BlockCheck { key: Key::ip(Kind::Waf, client), refuses: true },
@@ -256,13 +254,11 @@ impl Abuse {
             .decide(Decide { partition, now_ms, blocks: &blocks, buckets: &buckets[..n], notice_ms: NOTICE_MS })
             .await;
         if let Some((_, until)) = v.blocked {
-            self.metrics.waf_refusal("blocked_address");
-            if self.state.notice(partition, Key::ip(Kind::Notice, client), now_ms, NOTICE_MS).await {
-                let event = Event::new("abuse.blocked_request", None, Actor::anonymous())
-                    .details(serde_json::json!({ "block": "address", "until": until }));
-                audit_later(db, event, ctx(), now_ms);
-            }
-            return Err(blocked_until(now_ms, until));
+            let refusal =
+                Refusal { partition, notice: Key::ip(Kind::Notice, client), tenant: None, actor: Actor::anonymous() };
+            let details = serde_json::json!({ "block": "address", "until": until });
+            let e = self.refuse(db, refusal, "abuse.blocked_request", details, now_ms, ctx).await;
+            return Err(with_retry_after(e, now_ms, until));
         }
         self.after_decision(db, &v, &buckets[..n], None, now_ms, ctx)?;
         Ok(AddressPass { credentials_locked: v.block_active(1) })
@@ -287,16 +283,13 @@ impl Abuse {
             || palisade_guard::net::in_any(client, &policy.deny)
             || (!policy.allow.is_empty() && !palisade_guard::net::in_any(client, &policy.allow));
         if listed_out {
-            self.metrics.waf_refusal("ip_list");
             // Keyed by tenant and address: one tenant's refusals must not
             // silence another's.
             let notice = Key::new(Kind::Notice, ip_id(client) ^ partition.rotate_left(1));
-            if self.state.notice(partition, notice, now_ms, NOTICE_MS).await {
-                let event = Event::new("abuse.address_refused", Some(tenant), principal.actor())
-                    .details(serde_json::json!({ "list": "tenant" }));
-                audit_later(db, event, ctx(), now_ms);
-            }
-            return Err(blocked());
+            let refusal = Refusal { partition, notice, tenant: Some(tenant), actor: principal.actor() };
+            return Err(self
+                .refuse(db, refusal, "abuse.address_refused", serde_json::json!({ "list": "tenant" }), now_ms, ctx)
+                .await);
         }
         let blocks = [BlockCheck { key: caller, refuses: true }];
         let mut buckets = [None; 4];
@@ -318,16 +311,40 @@ impl Abuse {
             .decide(Decide { partition, now_ms, blocks: &blocks, buckets: &buckets[..n], notice_ms: NOTICE_MS })
             .await;
         if let Some((_, until)) = v.blocked {
-            self.metrics.waf_refusal("blocked_key");
-            if self.state.notice(partition, Key::new(Kind::Notice, caller.id), now_ms, NOTICE_MS).await {
-                let event = Event::new("abuse.blocked_request", Some(tenant), principal.actor())
-                    .details(serde_json::json!({ "block": "credential", "until": until }));
-                audit_later(db, event, ctx(), now_ms);
-            }
-            return Err(blocked_until(now_ms, until));
+            let refusal = Refusal {
+                partition,
+                notice: Key::new(Kind::Notice, caller.id),
+                tenant: Some(tenant),
+                actor: principal.actor(),
+            };
+            let details = serde_json::json!({ "block": "credential", "until": until });
+            let e = self.refuse(db, refusal, "abuse.blocked_request", details, now_ms, ctx).await;
+            return Err(with_retry_after(e, now_ms, until));
         }
         self.after_decision(db, &v, &buckets[..n], Some((tenant, principal.actor())), now_ms, ctx)?;
         Ok(CallerKey { tenant, key: caller })
+    }
+
+    /// A 403 `blocked`: counted, and audited once per notice period.
+    async fn refuse(
+        &self,
+        db: &palisade_store::Db,
+        r: Refusal,
+        action: &'static str,
+        details: serde_json::Value,
+        now_ms: i64,
+        ctx: impl FnOnce() -> Context,
+    ) -> ApiError {
+        let kind = match (action, r.tenant) {
+            ("abuse.address_refused", _) => "ip_list",
+            (_, None) => "blocked_address",
+            (_, Some(_)) => "blocked_key",
+        };
+        self.metrics.waf_refusal(kind);
+        if self.state.notice(r.partition, r.notice, now_ms, NOTICE_MS).await {
+            audit_later(db, Event::new(action, r.tenant, r.actor).details(details), ctx(), now_ms);
+        }
+        blocked()
     }
 
     /// Notes the standings for the response headers; audits and counts a
@@ -535,9 +552,18 @@ pub fn blocked() -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "blocked", "Requests from this client are blocked.")
 }
 
-fn blocked_until(now_ms: i64, until_ms: i64) -> ApiError {
+/// Who a refusal is audited for, and the key that keeps it to one event
+/// per notice period.
+struct Refusal {
+    partition: u128,
+    notice: Key,
+    tenant: Option<TenantId>,
+    actor: Actor,
+}
+
+fn with_retry_after(e: ApiError, now_ms: i64, until_ms: i64) -> ApiError {
     let secs = secs_until(now_ms, until_ms).max(1);
-    blocked().with_header(http::header::RETRY_AFTER, HeaderValue::from(secs)).with_extra("retry_after", secs)
+    e.with_header(http::header::RETRY_AFTER, HeaderValue::from(secs)).with_extra("retry_after", secs)
 }
 
 fn rate_limited(limit: Limit, s: &Standing) -> ApiError {
