@@ -12,7 +12,8 @@ use palisade_auth::token::{ct_eq, sha256, sha256_hex};
 use palisade_auth::Credential;
 use palisade_core::principal::SysadminProof;
 use palisade_core::{
-    ApiError, ApiKeyId, Permission, PermissionSet, Principal, PrincipalKind, Role, TenantId, TenantScope, UserId,
+    ApiError, ApiKeyId, IdentityId, Permission, PermissionSet, Principal, PrincipalKind, Role, TenantId, TenantScope,
+    UserId,
 };
 use serde::de::DeserializeOwned;
 
@@ -134,10 +135,28 @@ impl FromRequestParts<AppState> for Auth {
                     r => r?,
                 }
             }
-            // The master key is for /sysadmin only; agent tokens come with identities.
-            Credential::MasterKey(_) | Credential::AgentToken(_) | Credential::Malformed => {
-                return Err(ApiError::unauthenticated())
+            Credential::AgentToken(t) => {
+                if credentials_locked(parts) {
+                    state
+                        .abuse
+                        .credential_refused_locked(&state.db, ctx.client_ip, state.now_ms(), ctx.audit.clone())
+                        .await;
+                    return Err(ApiError::unauthenticated());
+                }
+                match authenticate_agent(state, t).await {
+                    Err(e) if e.status() == http::StatusCode::UNAUTHORIZED => {
+                        let now = state.now_ms();
+                        state
+                            .abuse
+                            .credential_failed(&state.db, "agent_token", ctx.client_ip, now, ctx.audit.clone())
+                            .await;
+                        return Err(e);
+                    }
+                    r => r?,
+                }
             }
+            // The master key is for /sysadmin only.
+            Credential::MasterKey(_) | Credential::Malformed => return Err(ApiError::unauthenticated()),
         };
         note_tenant(principal.tenant_id().0);
         let policy = state.abuse.tenant_policy(limits.as_deref());
@@ -249,6 +268,21 @@ async fn authenticate_api_key(
         });
     }
     let principal = Principal::authenticated(tenant_id, PrincipalKind::ApiKey { key_id, owner_user_id }, permissions);
+    Ok((principal, row.tenant_limits))
+}
+
+/// An agent token acts as its one identity, with the agent permissions.
+/// A frozen identity or tenant is 423 at once.
+async fn authenticate_agent(state: &AppState, token: &str) -> Result<Authenticated, ApiError> {
+    let row = palisade_store::identities::find_by_agent_token(state.db.reader(), &sha256_hex(token))
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+    if row.status != "active" || row.tenant_status != "active" {
+        return Err(ApiError::frozen());
+    }
+    let tenant_id = TenantId::from_str(&row.tenant_id).map_err(ApiError::internal)?;
+    let identity_id = IdentityId::from_str(&row.id).map_err(ApiError::internal)?;
+    let principal = Principal::authenticated(tenant_id, PrincipalKind::Agent { identity_id }, PermissionSet::agent());
     Ok((principal, row.tenant_limits))
 }
 

@@ -55,3 +55,7 @@ typed_id!(
     /// An audit event.
     EventId
 );
+typed_id!(
+    /// A phone number or agent identity of a tenant.
+    IdentityId
+);

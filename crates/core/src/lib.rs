@@ -9,6 +9,6 @@ pub mod principal;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ApiError, FieldError, Problem};
-pub use ids::{ApiKeyId, EventId, TenantId, UserId};
+pub use ids::{ApiKeyId, EventId, IdentityId, TenantId, UserId};
 pub use permission::{Permission, PermissionSet, Role};
 pub use principal::{Principal, PrincipalKind, TenantScope};

@@ -83,6 +83,16 @@ pub struct PermissionSet(u32);
 impl PermissionSet {
     pub const EMPTY: PermissionSet = PermissionSet(0);
 
+    /// What an agent token holds: sending and calling as its identity and
+    /// reading that identity's results (the routes narrow every read to the
+    /// identity).
+    pub fn agent() -> Self {
+        use Permission::*;
+        PermissionSet(
+            [MessagesRead, MessagesWrite, CallsRead, CallsWrite, CdrsRead].iter().fold(0, |acc, p| acc | p.bit()),
+        )
+    }
+
     pub fn all() -> Self {
         Permission::ALL.iter().copied().collect()
     }

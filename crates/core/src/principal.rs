@@ -1,7 +1,7 @@
 use serde::Serialize;
 
 use crate::error::ApiError;
-use crate::ids::{ApiKeyId, TenantId, UserId};
+use crate::ids::{ApiKeyId, IdentityId, TenantId, UserId};
 use crate::permission::{Permission, PermissionSet, Role};
 
 /// Who is acting. Built only by the authentication extractor once a
@@ -19,6 +19,8 @@ pub enum PrincipalKind {
     User { user_id: UserId, role: Role, jti: String, family_id: String, expires_at_ms: i64 },
     /// An API key; `owner_user_id` is the person answerable for it.
     ApiKey { key_id: ApiKeyId, owner_user_id: Option<UserId> },
+    /// An agent token: acts as one identity of the tenant, and only as it.
+    Agent { identity_id: IdentityId },
 }
 
 impl Principal {
@@ -41,7 +43,7 @@ impl Principal {
     pub fn user_id(&self) -> Option<UserId> {
         match &self.kind {
             PrincipalKind::User { user_id, .. } => Some(*user_id),
-            PrincipalKind::ApiKey { .. } => None,
+            PrincipalKind::ApiKey { .. } | PrincipalKind::Agent { .. } => None,
         }
     }
 
@@ -64,6 +66,7 @@ impl Principal {
         match &self.kind {
             PrincipalKind::User { user_id, .. } => Actor::user(*user_id),
             PrincipalKind::ApiKey { key_id, .. } => Actor::api_key(*key_id),
+            PrincipalKind::Agent { identity_id } => Actor::agent(*identity_id),
         }
     }
 }
@@ -119,6 +122,9 @@ impl Actor {
     }
     pub fn api_key(id: ApiKeyId) -> Self {
         Self { kind: "api_key".into(), id: Some(id.to_string()) }
+    }
+    pub fn agent(identity: IdentityId) -> Self {
+        Self { kind: "agent".into(), id: Some(identity.to_string()) }
     }
     pub fn sysadmin() -> Self {
         Self { kind: "sysadmin".into(), id: None }

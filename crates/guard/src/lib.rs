@@ -4,6 +4,7 @@
 pub mod input;
 pub mod limits;
 pub mod net;
+pub mod phone;
 pub mod redact;
 pub mod state;
 pub mod waf;

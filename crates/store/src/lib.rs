@@ -4,9 +4,11 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod credits;
 mod db;
 mod error;
 pub mod group_commit;
+pub mod identities;
 pub mod settings;
 pub mod tenants;
 pub mod tokens;

@@ -172,6 +172,7 @@ pub async fn create(
     let owner = match auth.principal.kind() {
         PrincipalKind::User { user_id, .. } => Some(*user_id),
         PrincipalKind::ApiKey { owner_user_id, .. } => *owner_user_id,
+        PrincipalKind::Agent { .. } => None,
     }
     .map(|u| u.to_string());
     let new = NewApiKey {

@@ -3,8 +3,10 @@
 
 mod api_keys;
 mod auth;
+mod billing;
 mod events;
 mod health;
+mod identities;
 mod me;
 mod sysadmin;
 mod users;
@@ -39,6 +41,10 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(api_keys::rotate))
         .routes(routes!(users::invite, users::list))
         .routes(routes!(users::get, users::update, users::remove))
+        .routes(routes!(identities::create, identities::list))
+        .routes(routes!(identities::get, identities::update, identities::remove))
+        .routes(routes!(identities::agent_token))
+        .routes(routes!(billing::balance))
         .routes(routes!(events::list))
         .routes(routes!(events::verify))
         .routes(routes!(events::proof))
@@ -49,6 +55,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(sysadmin::freeze_api_key))
         .routes(routes!(sysadmin::unfreeze_api_key))
         .routes(routes!(sysadmin::get_tenant_limits, sysadmin::put_tenant_limits))
+        .routes(routes!(sysadmin::top_up))
+        .routes(routes!(sysadmin::freeze_identity))
+        .routes(routes!(sysadmin::unfreeze_identity))
         .split_for_parts();
     let doc_json: Arc<[u8]> = serde_json::to_vec(&doc).unwrap_or_default().into();
 

@@ -5,7 +5,7 @@ use axum::Json;
 use http::StatusCode;
 use palisade_audit::Event;
 use palisade_core::principal::Actor;
-use palisade_core::{ApiError, ApiKeyId, TenantId, TenantScope};
+use palisade_core::{ApiError, ApiKeyId, IdentityId, TenantId, TenantScope};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -228,4 +228,96 @@ pub async fn put_tenant_limits(
     let (_, audit) = palisade_audit::append_stmt(&event, &admin.ctx.audit, now);
     state.db.write_all(vec![palisade_store::tenants::set_limits_stmt(&scope, doc.as_deref(), now), audit]).await?;
     Ok(Json(limits))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopUpRequest {
+    /// Minor units to add, 1 to 10^12.
+    amount: i64,
+    /// Free text for the ledger (an invoice number, say).
+    #[serde(default)]
+    reference: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BalanceAfter {
+    tenant_id: String,
+    balance: i64,
+}
+
+/// Adds credits to a tenant's balance.
+#[utoipa::path(post, path = "/sysadmin/v1/tenants/{id}/credits", tag = "sysadmin", security(("master_key" = [])),
+    params(("id" = String, Path, description = "Tenant id (UUID)")), request_body = TopUpRequest,
+    responses((status = 200, body = BalanceAfter), (status = 400, body = palisade_core::Problem),
+        (status = 404, body = palisade_core::Problem)))]
+pub async fn top_up(
+    State(state): State<AppState>,
+    admin: Sysadmin,
+    PathId(id): PathId<TenantId>,
+    ValidJson(req): ValidJson<TopUpRequest>,
+) -> Result<Json<BalanceAfter>, ApiError> {
+    if !(1..=1_000_000_000_000).contains(&req.amount) {
+        return Err(ApiError::validation("amount", "must be between 1 and 1000000000000 (minor units)"));
+    }
+    let reference = req.reference.as_deref().map(palisade_guard::input::sanitize_line).unwrap_or_default();
+    if reference.chars().count() > 200 {
+        return Err(ApiError::validation("reference", "must be at most 200 characters"));
+    }
+    let scope = TenantScope::for_sysadmin(&admin.proof, id);
+    palisade_store::tenants::get(state.db.reader(), &scope).await?.ok_or_else(ApiError::not_found)?;
+    let now = state.now_ms();
+    let event = Event::new("credits.topped_up", Some(id), Actor::sysadmin())
+        .resource("tenant", id)
+        .details(serde_json::json!({ "amount": req.amount }));
+    let (_, audit) = palisade_audit::append_stmt(&event, &admin.ctx.audit, now);
+    let ledger_id = uuid::Uuid::now_v7().to_string();
+    let mut stmts = palisade_store::credits::top_up_stmts(&scope, &ledger_id, req.amount, &reference, now);
+    stmts.push(audit);
+    state.db.write_all(stmts).await?;
+    let balance = palisade_store::credits::balance(state.db.reader(), &scope).await?;
+    Ok(Json(BalanceAfter { tenant_id: id.to_string(), balance }))
+}
+
+async fn identity_status(
+    state: AppState,
+    admin: Sysadmin,
+    id: IdentityId,
+    frozen: bool,
+) -> Result<Json<StatusView>, ApiError> {
+    let status = if frozen { "frozen" } else { "active" };
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    let tenant = palisade_store::identities::set_status(&mut *tx, &admin.proof, id, status)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let tenant = tenant.parse::<TenantId>().map_err(ApiError::internal)?;
+    let action = if frozen { "identity.frozen" } else { "identity.unfrozen" };
+    let event = Event::new(action, Some(tenant), Actor::sysadmin()).resource("identity", id);
+    palisade_audit::append(&mut *tx, &event, &admin.ctx.audit, now).await?;
+    tx.commit().await?;
+    Ok(Json(StatusView { id: id.to_string(), status }))
+}
+
+/// Kill-switch for one identity (and its agent token).
+#[utoipa::path(post, path = "/sysadmin/v1/identities/{id}/freeze", tag = "sysadmin", security(("master_key" = [])),
+    params(("id" = String, Path, description = "Identity id (UUID)")),
+    responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
+pub async fn freeze_identity(
+    State(state): State<AppState>,
+    admin: Sysadmin,
+    PathId(id): PathId<IdentityId>,
+) -> Result<Json<StatusView>, ApiError> {
+    identity_status(state, admin, id, true).await
+}
+
+#[utoipa::path(post, path = "/sysadmin/v1/identities/{id}/unfreeze", tag = "sysadmin", security(("master_key" = [])),
+    params(("id" = String, Path, description = "Identity id (UUID)")),
+    responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
+pub async fn unfreeze_identity(
+    State(state): State<AppState>,
+    admin: Sysadmin,
+    PathId(id): PathId<IdentityId>,
+) -> Result<Json<StatusView>, ApiError> {
+    identity_status(state, admin, id, false).await
 }

@@ -19,6 +19,7 @@ struct Victim {
     user_id: String,
     owner_id: String,
     event_id: String,
+    identity_id: String,
 }
 
 impl Victim {
@@ -29,12 +30,13 @@ impl Victim {
             "api-keys" => &self.key_id,
             "users" => &self.user_id,
             "events" => &self.event_id,
+            "identities" => &self.identity_id,
             other => panic!("the isolation walker has no fixture for `/v1/{other}/{{id}}` ({path}): add one"),
         }
     }
 
-    fn ids(&self) -> [&str; 5] {
-        [&self.tenant_id, &self.key_id, &self.user_id, &self.owner_id, &self.event_id]
+    fn ids(&self) -> [&str; 6] {
+        [&self.tenant_id, &self.key_id, &self.user_id, &self.owner_id, &self.event_id, &self.identity_id]
     }
 }
 
@@ -46,6 +48,7 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
         .post("/v1/users", &a.token, json!({"email": "victim-user@example.com", "role": "read_only"}))
         .await
         .expect(201);
+    let identity = srv.post("/v1/identities", &a.token, json!({"number": "+34612000111"})).await.expect(201);
     let victim = Victim {
         tenant_id: a.id.clone(),
         token: a.token.clone(),
@@ -54,6 +57,7 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
         user_id: user.body["id"].as_str().unwrap().to_owned(),
         owner_id: a.owner_id.clone(),
         event_id: srv.events(&a.token, "").await[0]["id"].as_str().unwrap().to_owned(),
+        identity_id: identity.body["id"].as_str().unwrap().to_owned(),
     };
     let b_tenant = srv.tenant("Attacker").await;
     let (_, b_key) = srv.api_key(&b_tenant.token, json!({"name": "attacker key", "role": "owner"})).await;
@@ -84,6 +88,9 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
     let u = srv.get(&format!("/v1/users/{}", victim.user_id), &victim.token).await.expect(200);
     assert_eq!(u.body["role"], "read_only");
     srv.get("/v1/me", &victim.token).await.expect(200);
+    let i = srv.get(&format!("/v1/identities/{}", victim.identity_id), &victim.token).await.expect(200);
+    assert_eq!(i.body["number"], "+34612000111");
+    assert!(i.body.get("agent_token_prefix").is_none());
     srv.stop().await;
 }
 

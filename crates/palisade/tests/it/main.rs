@@ -11,6 +11,7 @@ mod audit;
 mod auth;
 mod cli;
 mod events;
+mod identities;
 mod input;
 mod isolation;
 mod logs;

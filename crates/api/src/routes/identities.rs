@@ -1,0 +1,321 @@
+//! Identities: the numbers and agent identities a tenant sends and calls
+//! as, each with its policy (rate, monthly budget, countries), and at most
+//! one agent token, which acts as that identity alone.
+
+use axum::extract::State;
+use axum::Json;
+use http::StatusCode;
+use palisade_audit::Event;
+use palisade_auth::token::{random_base62, sha256_hex, AGENT_TOKEN_PREFIX};
+use palisade_core::{ApiError, FieldError, IdentityId, Permission};
+use palisade_store::identities::{IdentityRow, NewIdentity, Policy};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::List;
+use crate::extract::{Auth, PathId, ValidJson};
+use crate::state::AppState;
+
+const MAX_RATE_PER_SECOND: u32 = 10_000;
+/// 10^12 minor units: far above any real budget, far below overflow.
+const MAX_BUDGET: i64 = 1_000_000_000_000;
+
+#[derive(Deserialize, Serialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyInput {
+    /// Messages and calls per second as this identity; absent: no own limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rate_per_second: Option<u32>,
+    /// Spending per calendar month (UTC), in minor units; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    monthly_budget: Option<i64>,
+    /// ISO 3166-1 alpha-2 codes of the destinations allowed; empty or
+    /// absent: every country.
+    #[serde(default)]
+    allowed_countries: Vec<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateIdentityRequest {
+    /// E.164, e.g. `+34612345678`; checked against the numbering plan.
+    number: String,
+    /// `number` (default) or `agent` (an AI agent's mobile identity).
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    policy: Option<PolicyInput>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateIdentityRequest {
+    #[serde(default)]
+    name: Option<String>,
+    /// Replaces the whole policy.
+    #[serde(default)]
+    policy: Option<PolicyInput>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct IdentityView {
+    id: String,
+    kind: String,
+    number: String,
+    /// ISO 3166-1 alpha-2, from the number.
+    country: String,
+    name: String,
+    policy: PolicyInput,
+    /// `active` or `frozen`.
+    status: String,
+    /// First characters of the current agent token, if one was issued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_token_prefix: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl TryFrom<IdentityRow> for IdentityView {
+    type Error = ApiError;
+    fn try_from(r: IdentityRow) -> Result<Self, ApiError> {
+        let allowed_countries = serde_json::from_str(&r.allowed_countries).map_err(ApiError::internal)?;
+        Ok(IdentityView {
+            id: r.id,
+            kind: r.kind,
+            number: r.number,
+            country: r.country,
+            name: r.name,
+            policy: PolicyInput {
+                rate_per_second: r.rate_per_second.and_then(|v| u32::try_from(v).ok()),
+                monthly_budget: r.monthly_budget,
+                allowed_countries,
+            },
+            status: r.status,
+            agent_token_prefix: r.agent_token_prefix,
+            created_at: palisade_core::clock::rfc3339(r.created_at),
+            updated_at: palisade_core::clock::rfc3339(r.updated_at),
+        })
+    }
+}
+
+/// A checked policy, ready to store.
+struct CheckedPolicy {
+    rate_per_second: Option<i64>,
+    monthly_budget: Option<i64>,
+    allowed_countries: String,
+}
+
+fn check_policy(p: PolicyInput, errors: &mut Vec<FieldError>) -> CheckedPolicy {
+    let mut field = |f: &str, m: &str| errors.push(FieldError { field: format!("policy.{f}"), message: m.into() });
+    if p.rate_per_second.is_some_and(|r| r == 0 || r > MAX_RATE_PER_SECOND) {
+        field("rate_per_second", "must be between 1 and 10000");
+    }
+    if p.monthly_budget.is_some_and(|b| !(0..=MAX_BUDGET).contains(&b)) {
+        field("monthly_budget", "must be between 0 and 1000000000000 (minor units)");
+    }
+    let mut countries = Vec::new();
+    for c in &p.allowed_countries {
+        let code = c.trim().to_ascii_uppercase();
+        if !palisade_guard::phone::is_country(&code) {
+            field(
+                "allowed_countries",
+                &format!("`{c}` is not an ISO 3166-1 alpha-2 code of a country with phone numbers"),
+            );
+        } else if !countries.contains(&code) {
+            countries.push(code);
+        }
+    }
+    if countries.len() > 250 {
+        field("allowed_countries", "at most 250 entries");
+    }
+    CheckedPolicy {
+        rate_per_second: p.rate_per_second.map(i64::from),
+        monthly_budget: p.monthly_budget,
+        allowed_countries: serde_json::to_string(&countries).unwrap_or_else(|_| "[]".into()),
+    }
+}
+
+fn check_name(raw: &str, errors: &mut Vec<FieldError>) -> String {
+    let name = palisade_guard::input::sanitize_line(raw);
+    if name.is_empty() || name.chars().count() > 100 {
+        errors.push(FieldError { field: "name".into(), message: "must be 1 to 100 characters".into() });
+    }
+    name
+}
+
+fn event_for(action: &'static str, auth: &Auth, id: &str, number: &str) -> Event {
+    Event::new(action, Some(auth.principal.tenant_id()), auth.principal.actor())
+        .resource("identity", id)
+        .details(serde_json::json!({ "number": palisade_guard::phone::masked(number) }))
+}
+
+/// Registers a number (or agent identity) for the tenant.
+#[utoipa::path(post, path = "/v1/identities", tag = "identities", security(("bearer" = [])),
+    request_body = CreateIdentityRequest,
+    responses((status = 201, body = IdentityView), (status = 400, body = palisade_core::Problem),
+        (status = 409, body = palisade_core::Problem)))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    ValidJson(req): ValidJson<CreateIdentityRequest>,
+) -> Result<(StatusCode, Json<IdentityView>), ApiError> {
+    let scope = auth.scope(Permission::IdentitiesManage).await?;
+    let mut errors = Vec::new();
+    let parsed = palisade_guard::phone::parse_e164(req.number.trim()).map_err(|m| {
+        errors.push(FieldError { field: "number".into(), message: m.into() });
+    });
+    let kind = req.kind.as_deref().unwrap_or("number");
+    if kind != "number" && kind != "agent" {
+        errors.push(FieldError { field: "kind".into(), message: "must be `number` or `agent`".into() });
+    }
+    let name = check_name(req.name.as_deref().unwrap_or(req.number.trim()), &mut errors);
+    let policy = check_policy(req.policy.unwrap_or_default(), &mut errors);
+    let Ok(number) = parsed else {
+        return Err(ApiError::validation_many(errors));
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::validation_many(errors));
+    }
+    let id = IdentityId::new();
+    let now = state.now_ms();
+    let new = NewIdentity {
+        id,
+        kind,
+        number: &number.number,
+        country: &number.country,
+        name: &name,
+        policy: Policy {
+            rate_per_second: policy.rate_per_second,
+            monthly_budget: policy.monthly_budget,
+            allowed_countries: &policy.allowed_countries,
+        },
+        now,
+    };
+    let mut tx = state.db.begin().await?;
+    match palisade_store::identities::insert(&mut *tx, &scope, &new).await {
+        Err(e) if e.is_unique_violation() => return Err(ApiError::conflict("This number is already registered.")),
+        r => r?,
+    }
+    let event = event_for("identity.created", &auth, &id.to_string(), &number.number);
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    let row = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(row.try_into()?)))
+}
+
+#[utoipa::path(get, path = "/v1/identities", tag = "identities", security(("bearer" = [])),
+    responses((status = 200, body = List<IdentityView>)))]
+pub async fn list(State(state): State<AppState>, auth: Auth) -> Result<List<IdentityView>, ApiError> {
+    let scope = auth.scope(Permission::IdentitiesRead).await?;
+    let rows = palisade_store::identities::list(state.db.reader(), &scope).await?;
+    let data = rows.into_iter().map(IdentityView::try_from).collect::<Result<_, _>>()?;
+    Ok(List { data, next_cursor: None })
+}
+
+#[utoipa::path(get, path = "/v1/identities/{id}", tag = "identities", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Identity id (UUID)")),
+    responses((status = 200, body = IdentityView), (status = 404, body = palisade_core::Problem)))]
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<IdentityId>,
+) -> Result<Json<IdentityView>, ApiError> {
+    let scope = auth.scope(Permission::IdentitiesRead).await?;
+    let row = palisade_store::identities::get(state.db.reader(), &scope, id).await?.ok_or_else(ApiError::not_found)?;
+    Ok(Json(row.try_into()?))
+}
+
+/// Renames an identity or replaces its policy.
+#[utoipa::path(patch, path = "/v1/identities/{id}", tag = "identities", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Identity id (UUID)")), request_body = UpdateIdentityRequest,
+    responses((status = 200, body = IdentityView), (status = 400, body = palisade_core::Problem),
+        (status = 404, body = palisade_core::Problem)))]
+pub async fn update(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<IdentityId>,
+    ValidJson(req): ValidJson<UpdateIdentityRequest>,
+) -> Result<Json<IdentityView>, ApiError> {
+    let scope = auth.scope(Permission::IdentitiesManage).await?;
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    let current = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
+    let mut errors = Vec::new();
+    let name = match req.name.as_deref() {
+        Some(n) => check_name(n, &mut errors),
+        None => current.name.clone(),
+    };
+    let policy = match req.policy {
+        Some(p) => check_policy(p, &mut errors),
+        None => CheckedPolicy {
+            rate_per_second: current.rate_per_second,
+            monthly_budget: current.monthly_budget,
+            allowed_countries: current.allowed_countries.clone(),
+        },
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::validation_many(errors));
+    }
+    let stored = Policy {
+        rate_per_second: policy.rate_per_second,
+        monthly_budget: policy.monthly_budget,
+        allowed_countries: &policy.allowed_countries,
+    };
+    palisade_store::identities::update(&mut *tx, &scope, id, &name, &stored, now).await?;
+    let event = event_for("identity.updated", &auth, &current.id, &current.number);
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    let row = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
+    tx.commit().await?;
+    Ok(Json(row.try_into()?))
+}
+
+#[utoipa::path(delete, path = "/v1/identities/{id}", tag = "identities", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Identity id (UUID)")),
+    responses((status = 204), (status = 404, body = palisade_core::Problem)))]
+pub async fn remove(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<IdentityId>,
+) -> Result<StatusCode, ApiError> {
+    let scope = auth.scope(Permission::IdentitiesManage).await?;
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    let current = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
+    palisade_store::identities::delete(&mut *tx, &scope, id).await?;
+    let event = event_for("identity.deleted", &auth, &current.id, &current.number);
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AgentTokenView {
+    identity_id: String,
+    /// `at_…`: shown in this response only. Acts as this identity alone.
+    token: String,
+    prefix: String,
+}
+
+/// Issues the identity's agent token, revoking the previous one.
+#[utoipa::path(post, path = "/v1/identities/{id}/agent-token", tag = "identities", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Identity id (UUID)")),
+    responses((status = 201, body = AgentTokenView), (status = 404, body = palisade_core::Problem)))]
+pub async fn agent_token(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<IdentityId>,
+) -> Result<(StatusCode, Json<AgentTokenView>), ApiError> {
+    let scope = auth.scope(Permission::IdentitiesManage).await?;
+    let token = format!("{AGENT_TOKEN_PREFIX}{}", random_base62(32));
+    let prefix = token[..8].to_owned();
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    let current = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
+    palisade_store::identities::set_agent_token(&mut *tx, &scope, id, &sha256_hex(&token), &prefix, now).await?;
+    let event = event_for("identity.agent_token_issued", &auth, &current.id, &current.number);
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(AgentTokenView { identity_id: id.to_string(), token, prefix })))
+}

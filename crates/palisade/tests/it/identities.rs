@@ -1,0 +1,173 @@
+//! Identities, agent tokens, the identity kill-switch and credits.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::common::{Backend, TestServer};
+
+backend_tests!(
+    identity_lifecycle,
+    identity_input_is_checked,
+    identity_permissions,
+    agent_token_acts_as_its_identity_only,
+    frozen_identity_refuses_its_agent_token,
+    credits_top_up_and_balance,
+);
+
+async fn identity_lifecycle(b: Backend) {
+    let s = TestServer::start(b).await;
+    let t = s.tenant("Acme").await;
+    let body = json!({"number": "+34612345678", "name": "Support line",
+        "policy": {"rate_per_second": 5, "monthly_budget": 10000, "allowed_countries": ["es", "FR"]}});
+    let r = s.post("/v1/identities", &t.token, body).await.expect(201);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.body["country"], "ES");
+    assert_eq!(r.body["kind"], "number");
+    assert_eq!(r.body["status"], "active");
+    assert_eq!(
+        r.body["policy"],
+        json!({"rate_per_second": 5, "monthly_budget": 10000, "allowed_countries": ["ES", "FR"]})
+    );
+    let list = s.get("/v1/identities", &t.token).await.expect(200);
+    assert_eq!(list.body["data"].as_array().unwrap().len(), 1);
+    let path = format!("/v1/identities/{id}");
+    let r = s
+        .call(Method::PATCH, &path, Some(&t.token), Some(json!({"policy": {"allowed_countries": []}})))
+        .await
+        .expect(200);
+    assert_eq!(r.body["policy"], json!({"allowed_countries": []}));
+    assert_eq!(r.body["name"], "Support line");
+    // A number belongs to one identity on the whole platform.
+    let other = s.tenant("Other").await;
+    s.post("/v1/identities", &other.token, json!({"number": "+34612345678"})).await.expect(409);
+    s.call(Method::DELETE, &path, Some(&t.token), None).await.expect(204);
+    s.get(&path, &t.token).await.expect(404);
+    let actions: Vec<String> = s
+        .events(&t.token, "resource_type=identity")
+        .await
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(actions, ["identity.created", "identity.updated", "identity.deleted"]);
+    // Audit records hold the number masked, never whole.
+    let all = s.events(&t.token, "resource_type=identity").await;
+    assert!(all.iter().all(|e| !e.to_string().contains("+34612345678")));
+    assert_eq!(all[0]["details"]["number"], "…5678");
+    s.stop().await;
+}
+
+async fn identity_input_is_checked(b: Backend) {
+    let s = TestServer::start(b).await;
+    let t = s.tenant("Acme").await;
+    for (body, field) in [
+        (json!({"number": "612345678"}), "number"),
+        (json!({"number": "+34000000000"}), "number"),
+        (json!({"number": "+34612345678", "kind": "robot"}), "kind"),
+        (json!({"number": "+34612345678", "policy": {"rate_per_second": 0}}), "policy.rate_per_second"),
+        (json!({"number": "+34612345678", "policy": {"monthly_budget": -1}}), "policy.monthly_budget"),
+        (json!({"number": "+34612345678", "policy": {"allowed_countries": ["XX"]}}), "policy.allowed_countries"),
+    ] {
+        let r = s.post("/v1/identities", &t.token, body.clone()).await.expect(400);
+        assert_eq!(r.body["reason"], "validation_failed");
+        assert!(r.body["errors"].as_array().unwrap().iter().any(|e| e["field"] == field), "{body}: {}", r.text);
+    }
+    assert!(s.get("/v1/identities", &t.token).await.expect(200).body["data"].as_array().unwrap().is_empty());
+    s.stop().await;
+}
+
+async fn identity_permissions(b: Backend) {
+    let s = TestServer::start(b).await;
+    let t = s.tenant("Acme").await;
+    let (_, ro) = s.api_key(&t.token, json!({"name": "ro", "role": "read_only"})).await;
+    let r = s.post("/v1/identities", &ro, json!({"number": "+34612345678"})).await.expect(403);
+    assert_eq!(r.body["reason"], "forbidden");
+    s.get("/v1/identities", &ro).await.expect(200);
+    s.stop().await;
+}
+
+async fn agent_token_acts_as_its_identity_only(b: Backend) {
+    let s = TestServer::start(b).await;
+    let t = s.tenant("Acme").await;
+    let id =
+        s.post("/v1/identities", &t.token, json!({"number": "+34612345678", "kind": "agent"})).await.expect(201).body
+            ["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let path = format!("/v1/identities/{id}/agent-token");
+    let r = s.post(&path, &t.token, json!({})).await.expect(201);
+    let first = r.body["token"].as_str().unwrap().to_owned();
+    assert!(first.starts_with("at_") && first.len() == 35);
+    let me = s.get("/v1/me", &first).await.expect(200);
+    assert_eq!(me.body["type"], "agent");
+    assert_eq!(me.body["id"], id.as_str());
+    // Nothing beyond sending, calling and reading results.
+    s.get("/v1/api-keys", &first).await.expect(403);
+    s.get("/v1/users", &first).await.expect(403);
+    s.get("/v1/identities", &first).await.expect(403);
+    s.post("/v1/identities", &first, json!({"number": "+34612345679"})).await.expect(403);
+    // Shown once: the identity shows only the prefix.
+    let i = s.get(&format!("/v1/identities/{id}"), &t.token).await.expect(200);
+    assert_eq!(i.body["agent_token_prefix"], &first[..8]);
+    assert!(!i.text.contains(&first));
+    // A new token revokes the old one.
+    let second = s.post(&path, &t.token, json!({})).await.expect(201).body["token"].as_str().unwrap().to_owned();
+    let old = s.get("/v1/me", &first).await.expect(401);
+    let unknown = s.get("/v1/me", &format!("at_{}", "Z".repeat(32))).await.expect(401);
+    assert_eq!(old.problem_shape(), unknown.problem_shape());
+    s.get("/v1/me", &second).await.expect(200);
+    // Deleting the identity ends its token.
+    s.call(Method::DELETE, &format!("/v1/identities/{id}"), Some(&t.token), None).await.expect(204);
+    s.get("/v1/me", &second).await.expect(401);
+    s.stop().await;
+}
+
+async fn frozen_identity_refuses_its_agent_token(b: Backend) {
+    let s = TestServer::start(b).await;
+    let t = s.tenant("Acme").await;
+    let id = s.post("/v1/identities", &t.token, json!({"number": "+34612345678"})).await.expect(201).body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = s.post(&format!("/v1/identities/{id}/agent-token"), &t.token, json!({})).await.expect(201).body
+        ["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.admin(Method::POST, &format!("/sysadmin/v1/identities/{id}/freeze"), None).await.expect(200);
+    let r = s.get("/v1/me", &token).await.expect(423);
+    assert_eq!(r.body["reason"], "frozen");
+    assert_eq!(s.get(&format!("/v1/identities/{id}"), &t.token).await.expect(200).body["status"], "frozen");
+    s.admin(Method::POST, &format!("/sysadmin/v1/identities/{id}/unfreeze"), None).await.expect(200);
+    s.get("/v1/me", &token).await.expect(200);
+    s.admin(Method::POST, &format!("/sysadmin/v1/identities/{}/freeze", uuid::Uuid::new_v4()), None).await.expect(404);
+    // Tenant credentials cannot use the kill-switch.
+    s.call(Method::POST, &format!("/sysadmin/v1/identities/{id}/freeze"), Some(&t.token), None).await.expect(401);
+    s.stop().await;
+}
+
+async fn credits_top_up_and_balance(b: Backend) {
+    let s = TestServer::start(b).await;
+    let t = s.tenant("Acme").await;
+    assert_eq!(s.get("/v1/balance", &t.token).await.expect(200).body["balance"], 0);
+    let path = format!("/sysadmin/v1/tenants/{}/credits", t.id);
+    let r = s.admin(Method::POST, &path, Some(json!({"amount": 1500, "reference": "INV-1"}))).await.expect(200);
+    assert_eq!(r.body["balance"], 1500);
+    s.admin(Method::POST, &path, Some(json!({"amount": 500}))).await.expect(200);
+    assert_eq!(s.get("/v1/balance", &t.token).await.expect(200).body["balance"], 2000);
+    for bad in [json!({"amount": 0}), json!({"amount": -5}), json!({"amount": 1.5}), json!({})] {
+        s.admin(Method::POST, &path, Some(bad)).await.expect(400);
+    }
+    assert_eq!(s.get("/v1/balance", &t.token).await.expect(200).body["balance"], 2000);
+    s.admin(
+        Method::POST,
+        &format!("/sysadmin/v1/tenants/{}/credits", uuid::Uuid::new_v4()),
+        Some(json!({"amount": 1})),
+    )
+    .await
+    .expect(404);
+    s.call(Method::POST, &path, Some(&t.token), Some(json!({"amount": 1}))).await.expect(401);
+    let e = s.events(&t.token, "action=credits.topped_up").await;
+    assert_eq!(e.len(), 2);
+    s.stop().await;
+}

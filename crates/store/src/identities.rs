@@ -1,0 +1,181 @@
+//! Identities: a tenant's phone numbers and agent identities, each with
+//! its sending policy and at most one agent token.
+
+use palisade_core::principal::SysadminProof;
+use palisade_core::{IdentityId, TenantScope};
+use sqlx::{Any, Executor};
+
+use crate::Result;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct IdentityRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub kind: String,
+    pub number: String,
+    pub country: String,
+    pub name: String,
+    pub rate_per_second: Option<i64>,
+    pub monthly_budget: Option<i64>,
+    /// JSON array of ISO 3166-1 alpha-2 codes.
+    pub allowed_countries: String,
+    pub status: String,
+    pub agent_token_prefix: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const COLS: &str = "id, tenant_id, kind, number, country, name, rate_per_second, monthly_budget, \
+    allowed_countries, status, agent_token_prefix, created_at, updated_at";
+
+/// The policy fields, as stored.
+pub struct Policy<'a> {
+    pub rate_per_second: Option<i64>,
+    pub monthly_budget: Option<i64>,
+    pub allowed_countries: &'a str,
+}
+
+pub struct NewIdentity<'a> {
+    pub id: IdentityId,
+    pub kind: &'a str,
+    pub number: &'a str,
+    pub country: &'a str,
+    pub name: &'a str,
+    pub policy: Policy<'a>,
+    pub now: i64,
+}
+
+/// Fails with a unique violation on `identities_number_key` when the
+/// number is taken.
+pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, i: &NewIdentity<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO identities (id, tenant_id, kind, number, country, name, rate_per_second, monthly_budget, \
+         allowed_countries, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $10)",
+    )
+    .bind(i.id.to_string())
+    .bind(scope.tenant_id().to_string())
+    .bind(i.kind)
+    .bind(i.number)
+    .bind(i.country)
+    .bind(i.name)
+    .bind(i.policy.rate_per_second)
+    .bind(i.policy.monthly_budget)
+    .bind(i.policy.allowed_countries)
+    .bind(i.now)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+pub async fn list<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<Vec<IdentityRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM identities WHERE tenant_id = $1 ORDER BY id"))
+        .bind(scope.tenant_id().to_string())
+        .fetch_all(ex)
+        .await?)
+}
+
+pub async fn get<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: IdentityId,
+) -> Result<Option<IdentityRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM identities WHERE tenant_id = $1 AND id = $2"))
+        .bind(scope.tenant_id().to_string())
+        .bind(id.to_string())
+        .fetch_optional(ex)
+        .await?)
+}
+
+/// Replaces name and policy; false when no such identity in the tenant.
+pub async fn update<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: IdentityId,
+    name: &str,
+    policy: &Policy<'_>,
+    now: i64,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE identities SET name = $3, rate_per_second = $4, monthly_budget = $5, allowed_countries = $6, \
+         updated_at = $7 WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(id.to_string())
+    .bind(name)
+    .bind(policy.rate_per_second)
+    .bind(policy.monthly_budget)
+    .bind(policy.allowed_countries)
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn delete<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, id: IdentityId) -> Result<bool> {
+    let r = sqlx::query("DELETE FROM identities WHERE tenant_id = $1 AND id = $2")
+        .bind(scope.tenant_id().to_string())
+        .bind(id.to_string())
+        .execute(ex)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Stores the hash of a new agent token, replacing (and so revoking) the
+/// previous one; false when no such identity in the tenant.
+pub async fn set_agent_token<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: IdentityId,
+    hash: &str,
+    prefix: &str,
+    now: i64,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE identities SET agent_token_hash = $3, agent_token_prefix = $4, updated_at = $5 \
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(id.to_string())
+    .bind(hash)
+    .bind(prefix)
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Freeze or unfreeze (operator); the identity's tenant, if it exists.
+pub async fn set_status<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    _proof: &SysadminProof,
+    id: IdentityId,
+    status: &str,
+) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar("UPDATE identities SET status = $1 WHERE id = $2 RETURNING tenant_id")
+        .bind(status)
+        .bind(id.to_string())
+        .fetch_optional(ex)
+        .await?)
+}
+
+/// What authentication needs about an agent token's identity.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AgentRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub status: String,
+    pub tenant_status: String,
+    pub tenant_limits: Option<String>,
+}
+
+/// The identity an agent token (by its SHA-256) acts as.
+pub async fn find_by_agent_token<'c>(ex: impl Executor<'c, Database = Any>, hash: &str) -> Result<Option<AgentRow>> {
+    Ok(sqlx::query_as(
+        "SELECT i.id, i.tenant_id, i.status, t.status AS tenant_status, \
+           (SELECT settings FROM tenant_limits l WHERE l.tenant_id = i.tenant_id) AS tenant_limits \
+         FROM identities i JOIN tenants t ON t.id = i.tenant_id WHERE i.agent_token_hash = $1",
+    )
+    .bind(hash)
+    .fetch_optional(ex)
+    .await?)
+}
