@@ -22,6 +22,7 @@ pub struct Services {
     pub abuse: crate::abuse::Abuse,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub argon2: crate::ops::Argon2Slots,
+    pub carrier: Arc<dyn palisade_comms::Carrier>,
 }
 
 /// Where the master key's hash lives; the key itself is never kept.

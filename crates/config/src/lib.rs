@@ -48,6 +48,8 @@ pub struct Config {
     pub waf: Waf,
     pub lockout: Lockout,
     pub metrics: Metrics,
+    pub pricing: Pricing,
+    pub carrier: CarrierConfig,
     pub log: Log,
     pub audit: Audit,
 }
@@ -219,6 +221,38 @@ pub struct Lockout {
 impl Default for Lockout {
     fn default() -> Self {
         Self { login_failures: 5, credential_failures_per_ip: 10, window_secs: 900, lock_secs: 900 }
+    }
+}
+
+/// Prices in integer minor units of the credits (e.g. cents).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Pricing {
+    /// Per SMS segment of an outbound message.
+    pub message_segment: i64,
+    /// Per started minute of a call.
+    pub call_minute: i64,
+}
+
+impl Default for Pricing {
+    fn default() -> Self {
+        Self { message_segment: 5, call_minute: 10 }
+    }
+}
+
+/// The carrier that delivers messages and places calls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CarrierConfig {
+    /// Only `sandbox` (built in, no account needed) for now.
+    pub kind: String,
+    /// How long the sandbox takes to report a message delivered.
+    pub sandbox_delay_ms: u64,
+}
+
+impl Default for CarrierConfig {
+    fn default() -> Self {
+        Self { kind: "sandbox".into(), sandbox_delay_ms: 200 }
     }
 }
 
@@ -448,6 +482,15 @@ impl Config {
             return Err(ConfigError(
                 "lockout.login_failures, credential_failures_per_ip, window_secs and lock_secs must be above 0".into(),
             ));
+        }
+        if self.pricing.message_segment < 0 || self.pricing.call_minute < 0 {
+            return Err(ConfigError("pricing.message_segment and pricing.call_minute must not be negative".into()));
+        }
+        if self.carrier.kind != "sandbox" {
+            return Err(ConfigError(format!(
+                "carrier.kind `{}` is unknown; the only carrier is `sandbox`",
+                self.carrier.kind
+            )));
         }
         let o = &self.audit.origin;
         if o.is_empty() || o.len() > 100 || !o.chars().all(|c| c.is_ascii_graphic()) {

@@ -101,6 +101,8 @@ pub enum Kind {
     Tenant,
     MessageCreate,
     CallCreate,
+    /// One identity's own rate (`rate_per_second` of its policy).
+    IdentityRate,
     /// Spike detection (observed, never refused).
     Burst,
     /// WAF violations and the block they lead to.

@@ -46,7 +46,21 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let abuse_state = Arc::new(palisade_guard::state::LocalState::new());
     let abuse = palisade_api::abuse::Abuse::new(&config, abuse_state, metrics.clone());
     let argon2 = palisade_api::ops::Argon2Slots::new(config.auth.argon2_max_concurrent, config.auth.argon2_wait_ms);
-    Ok(AppState(Arc::new(Services { db, config, jwt, master_key, mailer, clock, audit_log, abuse, metrics, argon2 })))
+    let carrier =
+        Arc::new(palisade_comms::SandboxCarrier { delay: Duration::from_millis(config.carrier.sandbox_delay_ms) });
+    Ok(AppState(Arc::new(Services {
+        db,
+        config,
+        jwt,
+        master_key,
+        mailer,
+        clock,
+        audit_log,
+        abuse,
+        metrics,
+        argon2,
+        carrier,
+    })))
 }
 
 /// The configured master key wins. In dev mode without one, a key is

@@ -179,3 +179,16 @@ pub async fn find_by_agent_token<'c>(ex: impl Executor<'c, Database = Any>, hash
     .fetch_optional(ex)
     .await?)
 }
+
+/// The tenant's identity with this number.
+pub async fn get_by_number<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    number: &str,
+) -> Result<Option<IdentityRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM identities WHERE tenant_id = $1 AND number = $2"))
+        .bind(scope.tenant_id().to_string())
+        .bind(number)
+        .fetch_optional(ex)
+        .await?)
+}

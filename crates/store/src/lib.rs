@@ -9,6 +9,7 @@ mod db;
 mod error;
 pub mod group_commit;
 pub mod identities;
+pub mod messages;
 pub mod settings;
 pub mod tenants;
 pub mod tokens;

@@ -8,6 +8,7 @@ mod events;
 mod health;
 mod identities;
 mod me;
+mod messages;
 mod sysadmin;
 mod users;
 
@@ -45,6 +46,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(identities::get, identities::update, identities::remove))
         .routes(routes!(identities::agent_token))
         .routes(routes!(billing::balance))
+        .routes(routes!(messages::create, messages::list))
+        .routes(routes!(messages::get))
         .routes(routes!(events::list))
         .routes(routes!(events::verify))
         .routes(routes!(events::proof))

@@ -20,6 +20,7 @@ struct Victim {
     owner_id: String,
     event_id: String,
     identity_id: String,
+    message_id: String,
 }
 
 impl Victim {
@@ -31,12 +32,21 @@ impl Victim {
             "users" => &self.user_id,
             "events" => &self.event_id,
             "identities" => &self.identity_id,
+            "messages" => &self.message_id,
             other => panic!("the isolation walker has no fixture for `/v1/{other}/{{id}}` ({path}): add one"),
         }
     }
 
-    fn ids(&self) -> [&str; 6] {
-        [&self.tenant_id, &self.key_id, &self.user_id, &self.owner_id, &self.event_id, &self.identity_id]
+    fn ids(&self) -> [&str; 7] {
+        [
+            &self.tenant_id,
+            &self.key_id,
+            &self.user_id,
+            &self.owner_id,
+            &self.event_id,
+            &self.identity_id,
+            &self.message_id,
+        ]
     }
 }
 
@@ -49,6 +59,13 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
         .await
         .expect(201);
     let identity = srv.post("/v1/identities", &a.token, json!({"number": "+34612000111"})).await.expect(201);
+    srv.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", a.id), Some(json!({"amount": 100})))
+        .await
+        .expect(200);
+    let message = srv
+        .post("/v1/messages", &a.token, json!({"from": "+34612000111", "to": "+34612000222", "body": "hello"}))
+        .await
+        .expect(201);
     let victim = Victim {
         tenant_id: a.id.clone(),
         token: a.token.clone(),
@@ -58,6 +75,7 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
         owner_id: a.owner_id.clone(),
         event_id: srv.events(&a.token, "").await[0]["id"].as_str().unwrap().to_owned(),
         identity_id: identity.body["id"].as_str().unwrap().to_owned(),
+        message_id: message.body["id"].as_str().unwrap().to_owned(),
     };
     let b_tenant = srv.tenant("Attacker").await;
     let (_, b_key) = srv.api_key(&b_tenant.token, json!({"name": "attacker key", "role": "owner"})).await;

@@ -15,6 +15,7 @@ mod identities;
 mod input;
 mod isolation;
 mod logs;
+mod messages;
 mod sysadmin;
 mod tls;
 mod users;

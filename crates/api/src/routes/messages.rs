@@ -1,0 +1,354 @@
+//! Messages: admission (every spending and abuse control, in order, before
+//! a carrier is touched), the atomic debit, idempotent retries, delivery
+//! through the carrier, and reading them back.
+//!
+//! Admission order: kill-switch (423 `frozen`) → WAF (the body check of
+//! every JSON request) → identity `rate_per_second` (429) →
+//! `country_not_allowed` (429) → `monthly_budget` (429) → credits (402
+//! `insufficient_credits`). Each refusal charges nothing and sends nothing.
+
+use std::str::FromStr;
+
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use palisade_audit::Event;
+use palisade_auth::token::sha256_hex;
+use palisade_comms::OutboundMessage;
+use palisade_core::{ApiError, IdentityId, Permission, PrincipalKind, TenantScope};
+use palisade_guard::limits::{Key, Kind, Limit};
+use palisade_guard::state::{Bucket, Decide};
+use palisade_store::identities::IdentityRow;
+use palisade_store::messages::{MessageRow, NewMessage};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::List;
+use crate::extract::{Auth, PathId, ValidJson};
+use crate::state::AppState;
+
+/// Ten segments of Unicode text, a little more of GSM text.
+const MAX_BODY_CHARS: usize = 1600;
+const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessageRequest {
+    /// The sending identity: its id or its number.
+    from: String,
+    /// E.164 destination.
+    to: String,
+    body: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct MessageView {
+    id: String,
+    identity_id: String,
+    from: String,
+    to: String,
+    body: String,
+    /// `queued`, `sent`, `delivered` or `failed`.
+    status: String,
+    /// Why a message failed (`undeliverable`, `carrier_timeout`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<String>,
+    segments: i64,
+    /// Minor units charged.
+    cost: i64,
+    created_at: String,
+    updated_at: String,
+}
+
+impl From<MessageRow> for MessageView {
+    fn from(m: MessageRow) -> Self {
+        MessageView {
+            id: m.id,
+            identity_id: m.identity_id,
+            from: m.from_number,
+            to: m.to_number,
+            body: m.body,
+            status: m.status,
+            error_code: m.error_code,
+            segments: m.segments,
+            cost: m.cost,
+            created_at: palisade_core::clock::rfc3339(m.created_at),
+            updated_at: palisade_core::clock::rfc3339(m.updated_at),
+        }
+    }
+}
+
+fn too_many(reason: &'static str, detail: &str, retry_after: Option<u64>) -> ApiError {
+    let e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, reason, detail);
+    match retry_after {
+        Some(s) => e.with_header(http::header::RETRY_AFTER, HeaderValue::from(s)).with_extra("retry_after", s),
+        None => e,
+    }
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+fn idempotency_key(h: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = h.get("idempotency-key") else { return Ok(None) };
+    let ok = v.to_str().ok().filter(|s| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()));
+    ok.map(|s| Some(s.to_owned()))
+        .ok_or_else(|| ApiError::validation("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))
+}
+
+/// The identity named by `from`, in the caller's tenant.
+async fn sending_identity(state: &AppState, scope: &TenantScope, from: &str) -> Result<IdentityRow, ApiError> {
+    let from = from.trim();
+    let found = match IdentityId::from_str(from) {
+        Ok(id) => palisade_store::identities::get(state.db.reader(), scope, id).await?,
+        Err(_) => palisade_store::identities::get_by_number(state.db.reader(), scope, from).await?,
+    };
+    found.ok_or_else(|| ApiError::validation("from", "is not one of your identities (id or number)"))
+}
+
+/// Sends a message as one of the tenant's identities.
+#[utoipa::path(post, path = "/v1/messages", tag = "messages", security(("bearer" = [])),
+    request_body = SendMessageRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and body get the first response; no second charge")),
+    responses((status = 201, body = MessageView), (status = 400, body = palisade_core::Problem),
+        (status = 402, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem),
+        (status = 423, body = palisade_core::Problem), (status = 429, body = palisade_core::Problem)))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    ValidJson(req): ValidJson<SendMessageRequest>,
+) -> Result<Response, ApiError> {
+    let scope = auth.scope(Permission::MessagesWrite).await?;
+    let key = idempotency_key(&headers)?;
+    let request_hash = sha256_hex(&serde_json::json!([req.from.trim(), req.to.trim(), req.body]).to_string());
+    let now = state.now_ms();
+    if let Some(k) = &key {
+        if let Some(stored) =
+            palisade_store::messages::idempotent(state.db.reader(), &scope, k, now - IDEMPOTENCY_TTL_MS).await?
+        {
+            return replay(stored, &request_hash);
+        }
+    }
+
+    let identity = sending_identity(&state, &scope, &req.from).await?;
+    if let PrincipalKind::Agent { identity_id } = auth.principal.kind() {
+        if identity_id.to_string() != identity.id {
+            return Err(auth.denied("An agent token sends only as its own identity."));
+        }
+    }
+    // Kill-switch.
+    if identity.status != "active" {
+        return Err(ApiError::frozen());
+    }
+    let to = palisade_guard::phone::parse_e164(req.to.trim()).map_err(|m| ApiError::validation("to", m))?;
+    let chars = req.body.chars().count();
+    if chars == 0 || chars > MAX_BODY_CHARS {
+        return Err(ApiError::validation("body", format!("must be 1 to {MAX_BODY_CHARS} characters")));
+    }
+    // The identity's own rate.
+    if let Some(limit) =
+        identity.rate_per_second.and_then(|r| Limit::per_second("rate_per_second", u32::try_from(r).ok()?))
+    {
+        let id = uuid::Uuid::from_str(&identity.id).map_err(ApiError::internal)?;
+        let bucket = [Bucket::enforce(Key::uuid(Kind::IdentityRate, id), limit)];
+        let v = state
+            .abuse
+            .state
+            .decide(Decide { partition: id.as_u128(), now_ms: now, blocks: &[], buckets: &bucket, notice_ms: 60_000 })
+            .await;
+        if let Some(i) = v.refused {
+            let secs = v.standings[i].retry_after_ns.div_ceil(1_000_000_000).max(1);
+            return Err(too_many("rate_per_second", "The identity's rate_per_second is exceeded.", Some(secs)));
+        }
+    }
+    let allowed: Vec<String> = serde_json::from_str(&identity.allowed_countries).map_err(ApiError::internal)?;
+    if !allowed.is_empty() && !allowed.contains(&to.country) {
+        return Err(too_many("country_not_allowed", "The identity may not send to this country.", None));
+    }
+    let segments = i64::from(palisade_comms::segments::count(&req.body));
+    let cost = segments.saturating_mul(state.config.pricing.message_segment);
+    let id = uuid::Uuid::now_v7().to_string();
+
+    let mut tx = state.db.begin().await?;
+    if let Some(budget) = identity.monthly_budget {
+        let month = palisade_core::clock::rfc3339(now)[..7].to_owned();
+        if !palisade_store::messages::spend_within_budget(&mut *tx, &identity.id, &month, cost, budget).await? {
+            return Err(too_many("monthly_budget", "The identity's monthly_budget would be exceeded.", None));
+        }
+    }
+    if cost > 0 && !palisade_store::messages::debit(&mut *tx, &scope, cost, &id, now).await? {
+        return Err(ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient_credits",
+            "The balance does not cover this message.",
+        )
+        .with_extra("cost", cost));
+    }
+    let new = NewMessage {
+        id: &id,
+        identity_id: &identity.id,
+        from: &identity.number,
+        to: &to.number,
+        to_country: &to.country,
+        body: &req.body,
+        segments,
+        cost,
+        now,
+    };
+    palisade_store::messages::insert(&mut *tx, &scope, &new).await?;
+    let event = Event::new("message.sent", Some(auth.principal.tenant_id()), auth.principal.actor())
+        .resource("message", &id)
+        .details(serde_json::json!({
+            "identity_id": identity.id,
+            "to": palisade_guard::phone::masked(&to.number),
+            "to_country": to.country,
+            "segments": segments,
+            "cost": cost,
+        }));
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    let row = palisade_store::messages::get(&mut *tx, &scope, &id).await?.ok_or_else(ApiError::not_found)?;
+    let view = MessageView::from(row);
+    if let Some(k) = &key {
+        let body = serde_json::to_string(&view).map_err(ApiError::internal)?;
+        let stored = palisade_store::messages::remember(
+            &mut *tx,
+            &scope,
+            k,
+            &request_hash,
+            201,
+            &body,
+            now,
+            now - IDEMPOTENCY_TTL_MS,
+        )
+        .await;
+        if let Err(e) = stored {
+            if !e.is_unique_violation() {
+                return Err(e.into());
+            }
+            // A concurrent request with this key won: undo ours, answer as it did.
+            drop(tx);
+            let won = palisade_store::messages::idempotent(state.db.reader(), &scope, k, now - IDEMPOTENCY_TTL_MS)
+                .await?
+                .ok_or_else(|| ApiError::conflict("A request with this Idempotency-Key is in progress."))?;
+            return replay(won, &request_hash);
+        }
+    }
+    tx.commit().await?;
+    deliver(state.clone(), scope, OutboundMessage { id, from: identity.number, to: to.number, body: req.body });
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// The first response again, or 409 when the key came with another body.
+fn replay(stored: palisade_store::messages::IdempotentResponse, request_hash: &str) -> Result<Response, ApiError> {
+    if stored.request_hash != request_hash {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            "This Idempotency-Key was used with a different request.",
+        ));
+    }
+    let status = StatusCode::from_u16(u16::try_from(stored.status).unwrap_or(500)).map_err(ApiError::internal)?;
+    let body: serde_json::Value = serde_json::from_str(&stored.response).map_err(ApiError::internal)?;
+    let mut resp = (status, Json(body)).into_response();
+    resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(resp)
+}
+
+/// Hands the message to the carrier and records what it reports. Carrier
+/// errors are kept as stable codes; a carrier's own words stay in the log.
+fn deliver(state: AppState, scope: TenantScope, m: OutboundMessage) {
+    tokio::spawn(async move {
+        let carrier = state.carrier.clone();
+        let (status, code) = match carrier.send_message(&m).await {
+            Ok(reference) => {
+                update(&state, &scope, &m.id, "sent", None, Some(&reference)).await;
+                match carrier.delivery_report(&m).await {
+                    Ok(()) => ("delivered", None),
+                    Err(e) => ("failed", Some(e.code())),
+                }
+            }
+            Err(e) => ("failed", Some(e.code())),
+        };
+        update(&state, &scope, &m.id, status, code, None).await;
+    });
+}
+
+async fn update(
+    state: &AppState,
+    scope: &TenantScope,
+    id: &str,
+    status: &str,
+    code: Option<&str>,
+    reference: Option<&str>,
+) {
+    let now = state.now_ms();
+    let done = async {
+        let mut tx = state.db.begin().await?;
+        if palisade_store::messages::set_status(&mut *tx, scope, id, status, code, reference, now).await? {
+            let action = match status {
+                "sent" => "message.handed_to_carrier",
+                "delivered" => "message.delivered",
+                _ => "message.failed",
+            };
+            let mut event = Event::new(action, Some(scope.tenant_id()), palisade_core::principal::Actor::system())
+                .resource("message", id);
+            if let Some(c) = code {
+                event = event.details(serde_json::json!({ "error_code": c }));
+            }
+            palisade_audit::append(&mut *tx, &event, &palisade_audit::Context::default(), now).await?;
+        }
+        tx.commit().await?;
+        Ok::<_, ApiError>(())
+    };
+    if let Err(e) = done.await {
+        tracing::error!(error = %e, message = id, "recording a message status failed");
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct MessageQuery {
+    /// At most this many, newest first (1–100, default 50).
+    limit: Option<i64>,
+}
+
+/// The tenant's messages, newest first; an agent token sees its identity's only.
+#[utoipa::path(get, path = "/v1/messages", tag = "messages", security(("bearer" = [])), params(MessageQuery),
+    responses((status = 200, body = List<MessageView>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(q): Query<MessageQuery>,
+) -> Result<List<MessageView>, ApiError> {
+    let scope = auth.scope(Permission::MessagesRead).await?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::validation("limit", "must be between 1 and 100"));
+    }
+    let identity = match auth.principal.kind() {
+        PrincipalKind::Agent { identity_id } => Some(*identity_id),
+        _ => None,
+    };
+    let rows = palisade_store::messages::list(state.db.reader(), &scope, identity, limit).await?;
+    Ok(List { data: rows.into_iter().map(MessageView::from).collect(), next_cursor: None })
+}
+
+#[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Message id (UUID)")),
+    responses((status = 200, body = MessageView), (status = 404, body = palisade_core::Problem)))]
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<uuid::Uuid>,
+) -> Result<Json<MessageView>, ApiError> {
+    let scope = auth.scope(Permission::MessagesRead).await?;
+    let row = palisade_store::messages::get(state.db.reader(), &scope, &id.to_string())
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    if let PrincipalKind::Agent { identity_id } = auth.principal.kind() {
+        if identity_id.to_string() != row.identity_id {
+            return Err(ApiError::not_found());
+        }
+    }
+    Ok(Json(row.into()))
+}

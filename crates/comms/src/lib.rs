@@ -1,0 +1,7 @@
+//! The communications domain: message segmentation and the carriers that
+//! deliver messages and place calls.
+
+pub mod carrier;
+pub mod segments;
+
+pub use carrier::{Carrier, CarrierError, OutboundMessage, SandboxCarrier};

@@ -1,0 +1,237 @@
+//! Messages, the per-identity monthly spend, the debit that pays for a
+//! message, and idempotency keys.
+
+use palisade_core::{IdentityId, TenantScope};
+use sqlx::{Any, Executor};
+
+use crate::Result;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MessageRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub identity_id: String,
+    pub from_number: String,
+    pub to_number: String,
+    pub to_country: String,
+    pub body: String,
+    pub segments: i64,
+    pub cost: i64,
+    pub status: String,
+    pub error_code: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const COLS: &str = "id, tenant_id, identity_id, from_number, to_number, to_country, body, segments, cost, status, \
+    error_code, created_at, updated_at";
+
+pub struct NewMessage<'a> {
+    pub id: &'a str,
+    pub identity_id: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub to_country: &'a str,
+    pub body: &'a str,
+    pub segments: i64,
+    pub cost: i64,
+    pub now: i64,
+}
+
+pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, m: &NewMessage<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO messages (id, tenant_id, identity_id, from_number, to_number, to_country, body, segments, cost, \
+         status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', $10, $10)",
+    )
+    .bind(m.id)
+    .bind(scope.tenant_id().to_string())
+    .bind(m.identity_id)
+    .bind(m.from)
+    .bind(m.to)
+    .bind(m.to_country)
+    .bind(m.body)
+    .bind(m.segments)
+    .bind(m.cost)
+    .bind(m.now)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// The tenant's messages, newest first; only one identity's when given.
+pub async fn list<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    identity: Option<IdentityId>,
+    limit: i64,
+) -> Result<Vec<MessageRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLS} FROM messages WHERE tenant_id = $1 AND ($2 = '' OR identity_id = $2) ORDER BY id DESC LIMIT $3"
+    ))
+    .bind(scope.tenant_id().to_string())
+    .bind(identity.map(|i| i.to_string()).unwrap_or_default())
+    .bind(limit)
+    .fetch_all(ex)
+    .await?)
+}
+
+pub async fn get<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: &str,
+) -> Result<Option<MessageRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM messages WHERE tenant_id = $1 AND id = $2"))
+        .bind(scope.tenant_id().to_string())
+        .bind(id)
+        .fetch_optional(ex)
+        .await?)
+}
+
+/// Moves a message forward (queued → sent → delivered | failed); a report
+/// that would move it back is ignored.
+pub async fn set_status<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: &str,
+    status: &str,
+    error_code: Option<&str>,
+    carrier_ref: Option<&str>,
+    now: i64,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE messages SET status = $3, error_code = COALESCE($4, error_code), \
+         carrier_ref = COALESCE($5, carrier_ref), updated_at = $6 \
+         WHERE tenant_id = $1 AND id = $2 AND status NOT IN ('delivered', 'failed') \
+           AND NOT (status = 'sent' AND $3 = 'sent')",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(id)
+    .bind(status)
+    .bind(error_code)
+    .bind(carrier_ref)
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Adds `cost` to the identity's spend this month unless that would pass
+/// `budget`; false when it would (nothing changes).
+pub async fn spend_within_budget<'c, E>(ex: &mut E, identity: &str, month: &str, cost: i64, budget: i64) -> Result<bool>
+where
+    for<'e> &'e mut E: Executor<'e, Database = Any>,
+{
+    sqlx::query("INSERT INTO identity_spend (identity_id, month, spent) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING")
+        .bind(identity)
+        .bind(month)
+        .execute(&mut *ex)
+        .await?;
+    let r = sqlx::query(
+        "UPDATE identity_spend SET spent = spent + $3 WHERE identity_id = $1 AND month = $2 AND spent + $3 <= $4",
+    )
+    .bind(identity)
+    .bind(month)
+    .bind(cost)
+    .bind(budget)
+    .execute(&mut *ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// The debit: one conditional update, so the balance never goes below
+/// zero whatever runs concurrently; false when the credits do not cover it.
+pub async fn debit<'c, E>(ex: &mut E, scope: &TenantScope, amount: i64, reference: &str, now: i64) -> Result<bool>
+where
+    for<'e> &'e mut E: Executor<'e, Database = Any>,
+{
+    let tenant = scope.tenant_id().to_string();
+    let r = sqlx::query(
+        "UPDATE balances SET balance = balance - $2, updated_at = $3 WHERE tenant_id = $1 AND balance >= $2",
+    )
+    .bind(&tenant)
+    .bind(amount)
+    .bind(now)
+    .execute(&mut *ex)
+    .await?;
+    if r.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO credit_ledger (id, tenant_id, amount, reason, reference, created_at) VALUES ($1, $2, $3, 'message', $4, $5)",
+    )
+    .bind(uuid_like(reference))
+    .bind(&tenant)
+    .bind(-amount)
+    .bind(reference)
+    .bind(now)
+    .execute(&mut *ex)
+    .await?;
+    Ok(true)
+}
+
+/// Ledger ids derived from what they pay for: one line per record, so a
+/// retried write cannot charge twice.
+fn uuid_like(reference: &str) -> String {
+    format!("debit-{reference}")
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct IdempotentResponse {
+    pub request_hash: String,
+    pub status: i64,
+    pub response: String,
+}
+
+/// A stored response for `key`, if younger than `since`.
+pub async fn idempotent<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    key: &str,
+    since: i64,
+) -> Result<Option<IdempotentResponse>> {
+    Ok(sqlx::query_as(
+        "SELECT request_hash, status, response FROM idempotency_keys WHERE tenant_id = $1 AND idem_key = $2 AND created_at >= $3",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(key)
+    .bind(since)
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// Stores the response; a unique violation means another request with
+/// the same key won. An expired row for the key is replaced.
+#[allow(clippy::too_many_arguments)]
+pub async fn remember<'c, E>(
+    ex: &mut E,
+    scope: &TenantScope,
+    key: &str,
+    request_hash: &str,
+    status: i64,
+    response: &str,
+    now: i64,
+    expired_before: i64,
+) -> Result<()>
+where
+    for<'e> &'e mut E: Executor<'e, Database = Any>,
+{
+    sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND idem_key = $2 AND created_at < $3")
+        .bind(scope.tenant_id().to_string())
+        .bind(key)
+        .bind(expired_before)
+        .execute(&mut *ex)
+        .await?;
+    sqlx::query(
+        "INSERT INTO idempotency_keys (tenant_id, idem_key, request_hash, status, response, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(key)
+    .bind(request_hash)
+    .bind(status)
+    .bind(response)
+    .bind(now)
+    .execute(&mut *ex)
+    .await?;
+    Ok(())
+}
