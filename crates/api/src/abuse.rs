@@ -65,6 +65,9 @@ pub struct TenantLimits {
     pub message_create_per_minute: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_create_per_minute: Option<u32>,
+    /// Calls live at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent_calls: Option<u32>,
     /// When not empty, only these addresses (CIDRs) may use the tenant's
     /// credentials.
     #[serde(default)]
@@ -96,6 +99,8 @@ pub struct TenantPolicy {
     tenant: Option<Limit>,
     message_create: Option<Limit>,
     call_create: Option<Limit>,
+    /// Calls live at once.
+    pub concurrent_calls: u32,
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
     /// The stored overrides could not be read: the tenant's address lists
@@ -158,6 +163,7 @@ impl Abuse {
                 tenant_per_minute: Some(r.tenant_per_minute),
                 message_create_per_minute: Some(r.message_create_per_minute),
                 call_create_per_minute: Some(r.call_create_per_minute),
+                concurrent_calls: Some(r.concurrent_calls_per_tenant),
                 ip_allow: Vec::new(),
                 ip_deny: Vec::new(),
             },
@@ -213,6 +219,7 @@ impl Abuse {
                 pick(o.message_create_per_minute, d.message_create_per_minute),
             ),
             call_create: Limit::per_minute("call_create", pick(o.call_create_per_minute, d.call_create_per_minute)),
+            concurrent_calls: pick(o.concurrent_calls, d.concurrent_calls),
             allow,
             deny,
             unreadable,

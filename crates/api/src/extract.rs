@@ -56,6 +56,8 @@ fn ctx_of(parts: &Parts) -> Ctx {
 pub struct Auth {
     pub principal: Principal,
     pub ctx: Ctx,
+    /// The tenant's concurrent-call quota (its override or the default).
+    pub concurrent_calls: u32,
     state: AppState,
 }
 
@@ -167,7 +169,7 @@ impl FromRequestParts<AppState> for Auth {
             .tenant_pass(&state.db, state.now_ms(), &principal, &policy, class, ctx.client_ip, || ctx.audit.clone())
             .await?;
         parts.extensions.insert(caller);
-        Ok(Auth { principal, ctx, state: state.clone() })
+        Ok(Auth { principal, ctx, concurrent_calls: policy.concurrent_calls, state: state.clone() })
     }
 }
 

@@ -39,7 +39,29 @@ impl CarrierError {
     }
 }
 
+/// A call handed to a carrier after admission.
+#[derive(Debug, Clone)]
+pub struct OutboundCall {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// How the callee answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallAnswer {
+    Answered,
+    Busy,
+}
+
 pub trait Carrier: Send + Sync + 'static {
+    /// Places the call and waits until it is answered or refused.
+    fn place_call<'a>(&'a self, c: &'a OutboundCall) -> BoxFut<'a, Result<CallAnswer, CarrierError>>;
+
+    /// How long an answered call lasts before the callee hangs up, if the
+    /// carrier decides that (the sandbox does).
+    fn callee_hangs_up_after(&self) -> Option<Duration>;
+
     /// Hands the message over; `Ok` is the carrier's reference for it.
     fn send_message<'a>(&'a self, m: &'a OutboundMessage) -> BoxFut<'a, Result<String, CarrierError>>;
 
@@ -59,14 +81,32 @@ pub mod magic {
     pub const BUSY: &str = "+12025550103";
 }
 
-/// Accepts every message at once and reports delivery after `delay`, except
-/// for the [`magic`] numbers.
+/// Accepts every message at once and reports delivery after `delay`;
+/// answers calls after `delay` and hangs up after `call_length`; except for
+/// the [`magic`] numbers.
 #[derive(Debug, Clone)]
 pub struct SandboxCarrier {
     pub delay: Duration,
+    pub call_length: Duration,
 }
 
 impl Carrier for SandboxCarrier {
+    fn place_call<'a>(&'a self, c: &'a OutboundCall) -> BoxFut<'a, Result<CallAnswer, CarrierError>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            match c.to.as_str() {
+                magic::BUSY => Ok(CallAnswer::Busy),
+                magic::FAILS => Err(CarrierError::Undeliverable),
+                magic::TIMES_OUT => Err(CarrierError::Timeout),
+                _ => Ok(CallAnswer::Answered),
+            }
+        })
+    }
+
+    fn callee_hangs_up_after(&self) -> Option<Duration> {
+        Some(self.call_length)
+    }
+
     fn send_message<'a>(&'a self, m: &'a OutboundMessage) -> BoxFut<'a, Result<String, CarrierError>> {
         Box::pin(async move {
             if m.to == magic::TIMES_OUT {

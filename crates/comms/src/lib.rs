@@ -4,4 +4,4 @@
 pub mod carrier;
 pub mod segments;
 
-pub use carrier::{Carrier, CarrierError, OutboundMessage, SandboxCarrier};
+pub use carrier::{CallAnswer, Carrier, CarrierError, OutboundCall, OutboundMessage, SandboxCarrier};

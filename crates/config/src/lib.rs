@@ -152,6 +152,8 @@ pub struct RateLimits {
     /// this is logged and audited (not refused).
     pub burst_ip_per_second: u32,
     pub burst_tenant_per_second: u32,
+    /// Calls of one tenant live at once.
+    pub concurrent_calls_per_tenant: u32,
 }
 
 impl Default for RateLimits {
@@ -165,6 +167,7 @@ impl Default for RateLimits {
             call_create_per_minute: 100,
             burst_ip_per_second: 50,
             burst_tenant_per_second: 200,
+            concurrent_calls_per_tenant: 10,
         }
     }
 }
@@ -246,13 +249,16 @@ impl Default for Pricing {
 pub struct CarrierConfig {
     /// Only `sandbox` (built in, no account needed) for now.
     pub kind: String,
-    /// How long the sandbox takes to report a message delivered.
+    /// How long the sandbox takes to report a message delivered or to
+    /// answer a call.
     pub sandbox_delay_ms: u64,
+    /// How long a sandbox call lasts before the callee hangs up.
+    pub sandbox_call_secs: u64,
 }
 
 impl Default for CarrierConfig {
     fn default() -> Self {
-        Self { kind: "sandbox".into(), sandbox_delay_ms: 200 }
+        Self { kind: "sandbox".into(), sandbox_delay_ms: 200, sandbox_call_secs: 10 }
     }
 }
 

@@ -46,8 +46,10 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let abuse_state = Arc::new(palisade_guard::state::LocalState::new());
     let abuse = palisade_api::abuse::Abuse::new(&config, abuse_state, metrics.clone());
     let argon2 = palisade_api::ops::Argon2Slots::new(config.auth.argon2_max_concurrent, config.auth.argon2_wait_ms);
-    let carrier =
-        Arc::new(palisade_comms::SandboxCarrier { delay: Duration::from_millis(config.carrier.sandbox_delay_ms) });
+    let carrier = Arc::new(palisade_comms::SandboxCarrier {
+        delay: Duration::from_millis(config.carrier.sandbox_delay_ms),
+        call_length: Duration::from_secs(config.carrier.sandbox_call_secs),
+    });
     Ok(AppState(Arc::new(Services {
         db,
         config,

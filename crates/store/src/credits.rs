@@ -39,3 +39,67 @@ pub fn top_up_stmts(scope: &TenantScope, ledger_id: &str, amount: i64, reference
         .bind(now),
     ]
 }
+
+/// The debit: one conditional update, so the balance never goes below zero
+/// whatever runs concurrently, and its ledger line (one per `reference`, so
+/// a retried write cannot charge twice). False when the credits do not
+/// cover `amount`; nothing changes then.
+pub async fn debit<E>(
+    ex: &mut E,
+    scope: &TenantScope,
+    amount: i64,
+    reason: &str,
+    reference: &str,
+    now: i64,
+) -> Result<bool>
+where
+    for<'e> &'e mut E: Executor<'e, Database = Any>,
+{
+    let tenant = scope.tenant_id().to_string();
+    let r = sqlx::query(
+        "UPDATE balances SET balance = balance - $2, updated_at = $3 WHERE tenant_id = $1 AND balance >= $2",
+    )
+    .bind(&tenant)
+    .bind(amount)
+    .bind(now)
+    .execute(&mut *ex)
+    .await?;
+    if r.rows_affected() != 1 {
+        return Ok(false);
+    }
+    ledger(ex, &tenant, -amount, reason, reference, now).await?;
+    Ok(true)
+}
+
+/// Gives credits back (a call that was never answered), with its ledger line.
+pub async fn refund<E>(ex: &mut E, scope: &TenantScope, amount: i64, reference: &str, now: i64) -> Result<()>
+where
+    for<'e> &'e mut E: Executor<'e, Database = Any>,
+{
+    let tenant = scope.tenant_id().to_string();
+    sqlx::query("UPDATE balances SET balance = balance + $2, updated_at = $3 WHERE tenant_id = $1")
+        .bind(&tenant)
+        .bind(amount)
+        .bind(now)
+        .execute(&mut *ex)
+        .await?;
+    ledger(ex, &tenant, amount, "refund", reference, now).await
+}
+
+async fn ledger<E>(ex: &mut E, tenant: &str, amount: i64, reason: &str, reference: &str, now: i64) -> Result<()>
+where
+    for<'e> &'e mut E: Executor<'e, Database = Any>,
+{
+    sqlx::query(
+        "INSERT INTO credit_ledger (id, tenant_id, amount, reason, reference, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(format!("{reason}-{reference}"))
+    .bind(tenant)
+    .bind(amount)
+    .bind(reason)
+    .bind(reference)
+    .bind(now)
+    .execute(&mut *ex)
+    .await?;
+    Ok(())
+}

@@ -4,6 +4,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod calls;
 pub mod credits;
 mod db;
 mod error;

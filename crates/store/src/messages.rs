@@ -138,43 +138,6 @@ where
     Ok(r.rows_affected() == 1)
 }
 
-/// The debit: one conditional update, so the balance never goes below
-/// zero whatever runs concurrently; false when the credits do not cover it.
-pub async fn debit<'c, E>(ex: &mut E, scope: &TenantScope, amount: i64, reference: &str, now: i64) -> Result<bool>
-where
-    for<'e> &'e mut E: Executor<'e, Database = Any>,
-{
-    let tenant = scope.tenant_id().to_string();
-    let r = sqlx::query(
-        "UPDATE balances SET balance = balance - $2, updated_at = $3 WHERE tenant_id = $1 AND balance >= $2",
-    )
-    .bind(&tenant)
-    .bind(amount)
-    .bind(now)
-    .execute(&mut *ex)
-    .await?;
-    if r.rows_affected() != 1 {
-        return Ok(false);
-    }
-    sqlx::query(
-        "INSERT INTO credit_ledger (id, tenant_id, amount, reason, reference, created_at) VALUES ($1, $2, $3, 'message', $4, $5)",
-    )
-    .bind(uuid_like(reference))
-    .bind(&tenant)
-    .bind(-amount)
-    .bind(reference)
-    .bind(now)
-    .execute(&mut *ex)
-    .await?;
-    Ok(true)
-}
-
-/// Ledger ids derived from what they pay for: one line per record, so a
-/// retried write cannot charge twice.
-fn uuid_like(reference: &str) -> String {
-    format!("debit-{reference}")
-}
-
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct IdempotentResponse {
     pub request_hash: String,

@@ -7,30 +7,25 @@
 //! `country_not_allowed` (429) → `monthly_budget` (429) → credits (402
 //! `insufficient_credits`). Each refusal charges nothing and sends nothing.
 
-use std::str::FromStr;
-
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, StatusCode};
 use palisade_audit::Event;
 use palisade_auth::token::sha256_hex;
 use palisade_comms::OutboundMessage;
-use palisade_core::{ApiError, IdentityId, Permission, PrincipalKind, TenantScope};
-use palisade_guard::limits::{Key, Kind, Limit};
-use palisade_guard::state::{Bucket, Decide};
-use palisade_store::identities::IdentityRow;
+use palisade_core::{ApiError, Permission, PrincipalKind, TenantScope};
 use palisade_store::messages::{MessageRow, NewMessage};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::admission::{self, Admitted};
 use super::List;
 use crate::extract::{Auth, PathId, ValidJson};
 use crate::state::AppState;
 
 /// Ten segments of Unicode text, a little more of GSM text.
 const MAX_BODY_CHARS: usize = 1600;
-const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -79,32 +74,6 @@ impl From<MessageRow> for MessageView {
     }
 }
 
-fn too_many(reason: &'static str, detail: &str, retry_after: Option<u64>) -> ApiError {
-    let e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, reason, detail);
-    match retry_after {
-        Some(s) => e.with_header(http::header::RETRY_AFTER, HeaderValue::from(s)).with_extra("retry_after", s),
-        None => e,
-    }
-}
-
-/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
-fn idempotency_key(h: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = h.get("idempotency-key") else { return Ok(None) };
-    let ok = v.to_str().ok().filter(|s| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()));
-    ok.map(|s| Some(s.to_owned()))
-        .ok_or_else(|| ApiError::validation("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))
-}
-
-/// The identity named by `from`, in the caller's tenant.
-async fn sending_identity(state: &AppState, scope: &TenantScope, from: &str) -> Result<IdentityRow, ApiError> {
-    let from = from.trim();
-    let found = match IdentityId::from_str(from) {
-        Ok(id) => palisade_store::identities::get(state.db.reader(), scope, id).await?,
-        Err(_) => palisade_store::identities::get_by_number(state.db.reader(), scope, from).await?,
-    };
-    found.ok_or_else(|| ApiError::validation("from", "is not one of your identities (id or number)"))
-}
-
 /// Sends a message as one of the tenant's identities.
 #[utoipa::path(post, path = "/v1/messages", tag = "messages", security(("bearer" = [])),
     request_body = SendMessageRequest,
@@ -119,71 +88,30 @@ pub async fn create(
     ValidJson(req): ValidJson<SendMessageRequest>,
 ) -> Result<Response, ApiError> {
     let scope = auth.scope(Permission::MessagesWrite).await?;
-    let key = idempotency_key(&headers)?;
+    let key = admission::idempotency_key(&headers)?;
     let request_hash = sha256_hex(&serde_json::json!([req.from.trim(), req.to.trim(), req.body]).to_string());
     let now = state.now_ms();
     if let Some(k) = &key {
         if let Some(stored) =
-            palisade_store::messages::idempotent(state.db.reader(), &scope, k, now - IDEMPOTENCY_TTL_MS).await?
+            palisade_store::messages::idempotent(state.db.reader(), &scope, k, now - admission::IDEMPOTENCY_TTL_MS)
+                .await?
         {
-            return replay(stored, &request_hash);
+            return admission::replay(stored, &request_hash);
         }
     }
 
-    let identity = sending_identity(&state, &scope, &req.from).await?;
-    if let PrincipalKind::Agent { identity_id } = auth.principal.kind() {
-        if identity_id.to_string() != identity.id {
-            return Err(auth.denied("An agent token sends only as its own identity."));
-        }
-    }
-    // Kill-switch.
-    if identity.status != "active" {
-        return Err(ApiError::frozen());
-    }
-    let to = palisade_guard::phone::parse_e164(req.to.trim()).map_err(|m| ApiError::validation("to", m))?;
     let chars = req.body.chars().count();
     if chars == 0 || chars > MAX_BODY_CHARS {
         return Err(ApiError::validation("body", format!("must be 1 to {MAX_BODY_CHARS} characters")));
     }
-    // The identity's own rate.
-    if let Some(limit) =
-        identity.rate_per_second.and_then(|r| Limit::per_second("rate_per_second", u32::try_from(r).ok()?))
-    {
-        let id = uuid::Uuid::from_str(&identity.id).map_err(ApiError::internal)?;
-        let bucket = [Bucket::enforce(Key::uuid(Kind::IdentityRate, id), limit)];
-        let v = state
-            .abuse
-            .state
-            .decide(Decide { partition: id.as_u128(), now_ms: now, blocks: &[], buckets: &bucket, notice_ms: 60_000 })
-            .await;
-        if let Some(i) = v.refused {
-            let secs = v.standings[i].retry_after_ns.div_ceil(1_000_000_000).max(1);
-            return Err(too_many("rate_per_second", "The identity's rate_per_second is exceeded.", Some(secs)));
-        }
-    }
-    let allowed: Vec<String> = serde_json::from_str(&identity.allowed_countries).map_err(ApiError::internal)?;
-    if !allowed.is_empty() && !allowed.contains(&to.country) {
-        return Err(too_many("country_not_allowed", "The identity may not send to this country.", None));
-    }
+    let Admitted { identity, to } = admission::admit(&state, &auth, &scope, &req.from, &req.to, now).await?;
     let segments = i64::from(palisade_comms::segments::count(&req.body));
     let cost = segments.saturating_mul(state.config.pricing.message_segment);
     let id = uuid::Uuid::now_v7().to_string();
 
     let mut tx = state.db.begin().await?;
-    if let Some(budget) = identity.monthly_budget {
-        let month = palisade_core::clock::rfc3339(now)[..7].to_owned();
-        if !palisade_store::messages::spend_within_budget(&mut *tx, &identity.id, &month, cost, budget).await? {
-            return Err(too_many("monthly_budget", "The identity's monthly_budget would be exceeded.", None));
-        }
-    }
-    if cost > 0 && !palisade_store::messages::debit(&mut *tx, &scope, cost, &id, now).await? {
-        return Err(ApiError::new(
-            StatusCode::PAYMENT_REQUIRED,
-            "insufficient_credits",
-            "The balance does not cover this message.",
-        )
-        .with_extra("cost", cost));
-    }
+    admission::within_budget(&mut tx, &identity, cost, now).await?;
+    admission::debit(&mut tx, &scope, cost, "message", &id, now).await?;
     let new = NewMessage {
         id: &id,
         identity_id: &identity.id,
@@ -218,7 +146,7 @@ pub async fn create(
             201,
             &body,
             now,
-            now - IDEMPOTENCY_TTL_MS,
+            now - admission::IDEMPOTENCY_TTL_MS,
         )
         .await;
         if let Err(e) = stored {
@@ -227,31 +155,16 @@ pub async fn create(
             }
             // A concurrent request with this key won: undo ours, answer as it did.
             drop(tx);
-            let won = palisade_store::messages::idempotent(state.db.reader(), &scope, k, now - IDEMPOTENCY_TTL_MS)
-                .await?
-                .ok_or_else(|| ApiError::conflict("A request with this Idempotency-Key is in progress."))?;
-            return replay(won, &request_hash);
+            let won =
+                palisade_store::messages::idempotent(state.db.reader(), &scope, k, now - admission::IDEMPOTENCY_TTL_MS)
+                    .await?
+                    .ok_or_else(|| ApiError::conflict("A request with this Idempotency-Key is in progress."))?;
+            return admission::replay(won, &request_hash);
         }
     }
     tx.commit().await?;
     deliver(state.clone(), scope, OutboundMessage { id, from: identity.number, to: to.number, body: req.body });
     Ok((StatusCode::CREATED, Json(view)).into_response())
-}
-
-/// The first response again, or 409 when the key came with another body.
-fn replay(stored: palisade_store::messages::IdempotentResponse, request_hash: &str) -> Result<Response, ApiError> {
-    if stored.request_hash != request_hash {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "idempotency_key_reused",
-            "This Idempotency-Key was used with a different request.",
-        ));
-    }
-    let status = StatusCode::from_u16(u16::try_from(stored.status).unwrap_or(500)).map_err(ApiError::internal)?;
-    let body: serde_json::Value = serde_json::from_str(&stored.response).map_err(ApiError::internal)?;
-    let mut resp = (status, Json(body)).into_response();
-    resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-    Ok(resp)
 }
 
 /// Hands the message to the carrier and records what it reports. Carrier

@@ -1,6 +1,7 @@
 //! The router. Every `/v1` handler is registered through `routes!` so it
 //! appears in the OpenAPI document, which the isolation test walks.
 
+mod admission;
 mod api_keys;
 mod auth;
 mod billing;

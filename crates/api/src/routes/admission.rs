@@ -1,0 +1,143 @@
+//! Admission control shared by everything that costs money (messages,
+//! calls): idempotent retries, the sending identity and its checks, the
+//! monthly budget and the debit. Each refusal charges and sends nothing.
+
+use std::str::FromStr;
+
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use palisade_core::{ApiError, IdentityId, PrincipalKind, TenantScope};
+use palisade_guard::limits::{Key, Kind, Limit};
+use palisade_guard::phone::E164;
+use palisade_guard::state::{Bucket, Decide};
+use palisade_store::identities::IdentityRow;
+use palisade_store::messages::IdempotentResponse;
+use palisade_store::Tx;
+
+use crate::extract::Auth;
+use crate::state::AppState;
+
+pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+pub fn too_many(reason: &'static str, detail: &str, retry_after: Option<u64>) -> ApiError {
+    let e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, reason, detail);
+    match retry_after {
+        Some(s) => e.with_header(http::header::RETRY_AFTER, HeaderValue::from(s)).with_extra("retry_after", s),
+        None => e,
+    }
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(h: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = h.get("idempotency-key") else { return Ok(None) };
+    let ok = v.to_str().ok().filter(|s| !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()));
+    ok.map(|s| Some(s.to_owned()))
+        .ok_or_else(|| ApiError::validation("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))
+}
+
+/// The first response again, or 409 when the key came with another body.
+pub fn replay(stored: IdempotentResponse, request_hash: &str) -> Result<Response, ApiError> {
+    if stored.request_hash != request_hash {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            "This Idempotency-Key was used with a different request.",
+        ));
+    }
+    let status = StatusCode::from_u16(u16::try_from(stored.status).unwrap_or(500)).map_err(ApiError::internal)?;
+    let body: serde_json::Value = serde_json::from_str(&stored.response).map_err(ApiError::internal)?;
+    let mut resp = (status, Json(body)).into_response();
+    resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(resp)
+}
+
+/// What the checks before the money admitted.
+pub struct Admitted {
+    pub identity: IdentityRow,
+    pub to: E164,
+}
+
+/// The checks that need no transaction, in order: the sending identity
+/// (an agent token only as its own), the kill-switch, the destination, the
+/// identity's rate, the destination's country.
+pub async fn admit(
+    state: &AppState,
+    auth: &Auth,
+    scope: &TenantScope,
+    from: &str,
+    to: &str,
+    now: i64,
+) -> Result<Admitted, ApiError> {
+    let identity = sending_identity(state, scope, from).await?;
+    if let PrincipalKind::Agent { identity_id } = auth.principal.kind() {
+        if identity_id.to_string() != identity.id {
+            return Err(auth.denied("An agent token acts only as its own identity."));
+        }
+    }
+    if identity.status != "active" {
+        return Err(ApiError::frozen());
+    }
+    let to = palisade_guard::phone::parse_e164(to.trim()).map_err(|m| ApiError::validation("to", m))?;
+    if let Some(limit) =
+        identity.rate_per_second.and_then(|r| Limit::per_second("rate_per_second", u32::try_from(r).ok()?))
+    {
+        let id = uuid::Uuid::from_str(&identity.id).map_err(ApiError::internal)?;
+        let bucket = [Bucket::enforce(Key::uuid(Kind::IdentityRate, id), limit)];
+        let v = state
+            .abuse
+            .state
+            .decide(Decide { partition: id.as_u128(), now_ms: now, blocks: &[], buckets: &bucket, notice_ms: 60_000 })
+            .await;
+        if let Some(i) = v.refused {
+            let secs = v.standings[i].retry_after_ns.div_ceil(1_000_000_000).max(1);
+            return Err(too_many("rate_per_second", "The identity's rate_per_second is exceeded.", Some(secs)));
+        }
+    }
+    let allowed: Vec<String> = serde_json::from_str(&identity.allowed_countries).map_err(ApiError::internal)?;
+    if !allowed.is_empty() && !allowed.contains(&to.country) {
+        return Err(too_many("country_not_allowed", "The identity may not reach this country.", None));
+    }
+    Ok(Admitted { identity, to })
+}
+
+/// The identity named by `from` (its id or its number), in the tenant.
+async fn sending_identity(state: &AppState, scope: &TenantScope, from: &str) -> Result<IdentityRow, ApiError> {
+    let from = from.trim();
+    let found = match IdentityId::from_str(from) {
+        Ok(id) => palisade_store::identities::get(state.db.reader(), scope, id).await?,
+        Err(_) => palisade_store::identities::get_by_number(state.db.reader(), scope, from).await?,
+    };
+    found.ok_or_else(|| ApiError::validation("from", "is not one of your identities (id or number)"))
+}
+
+/// Counts `cost` against the identity's monthly budget, in `tx`.
+pub async fn within_budget(tx: &mut Tx, identity: &IdentityRow, cost: i64, now: i64) -> Result<(), ApiError> {
+    if let Some(budget) = identity.monthly_budget {
+        let month = palisade_core::clock::rfc3339(now)[..7].to_owned();
+        if !palisade_store::messages::spend_within_budget(&mut **tx, &identity.id, &month, cost, budget).await? {
+            return Err(too_many("monthly_budget", "The identity's monthly_budget would be exceeded.", None));
+        }
+    }
+    Ok(())
+}
+
+/// Debits `cost` in `tx`: 402 when the credits do not cover it.
+pub async fn debit(
+    tx: &mut Tx,
+    scope: &TenantScope,
+    cost: i64,
+    reason: &str,
+    reference: &str,
+    now: i64,
+) -> Result<(), ApiError> {
+    if cost > 0 && !palisade_store::credits::debit(&mut **tx, scope, cost, reason, reference, now).await? {
+        return Err(ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient_credits",
+            "The balance does not cover this.",
+        )
+        .with_extra("cost", cost));
+    }
+    Ok(())
+}

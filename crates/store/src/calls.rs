@@ -1,0 +1,255 @@
+//! Calls, the concurrent-call slots, call detail records and usage.
+
+use palisade_core::{IdentityId, TenantScope};
+use sqlx::{Any, Executor};
+
+use crate::Result;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CallRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub identity_id: String,
+    pub from_number: String,
+    pub to_number: String,
+    pub to_country: String,
+    pub status: String,
+    pub error_code: Option<String>,
+    pub prepaid: i64,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const COLS: &str = "id, tenant_id, identity_id, from_number, to_number, to_country, status, error_code, prepaid, \
+    answered_at, ended_at, created_at, updated_at";
+
+/// Statuses of a call that is not over.
+pub const LIVE: &str = "('queued', 'ringing', 'in_progress')";
+
+pub struct NewCall<'a> {
+    pub id: &'a str,
+    pub identity_id: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub to_country: &'a str,
+    pub prepaid: i64,
+    pub now: i64,
+}
+
+pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, c: &NewCall<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO calls (id, tenant_id, identity_id, from_number, to_number, to_country, status, prepaid, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8)",
+    )
+    .bind(c.id)
+    .bind(scope.tenant_id().to_string())
+    .bind(c.identity_id)
+    .bind(c.from)
+    .bind(c.to)
+    .bind(c.to_country)
+    .bind(c.prepaid)
+    .bind(c.now)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+pub async fn get<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, id: &str) -> Result<Option<CallRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM calls WHERE tenant_id = $1 AND id = $2"))
+        .bind(scope.tenant_id().to_string())
+        .bind(id)
+        .fetch_optional(ex)
+        .await?)
+}
+
+pub async fn list<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    identity: Option<IdentityId>,
+    limit: i64,
+) -> Result<Vec<CallRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLS} FROM calls WHERE tenant_id = $1 AND ($2 = '' OR identity_id = $2) ORDER BY id DESC LIMIT $3"
+    ))
+    .bind(scope.tenant_id().to_string())
+    .bind(identity.map(|i| i.to_string()).unwrap_or_default())
+    .bind(limit)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Takes one of the tenant's `max` concurrent-call slots; false when all
+/// are taken.
+pub async fn take_slot<E>(ex: &mut E, scope: &TenantScope, max: i64) -> Result<bool>
+where
+    for<'e> &'e mut E: Executor<'e, Database = Any>,
+{
+    let tenant = scope.tenant_id().to_string();
+    sqlx::query("INSERT INTO call_slots (tenant_id, active) VALUES ($1, 0) ON CONFLICT DO NOTHING")
+        .bind(&tenant)
+        .execute(&mut *ex)
+        .await?;
+    let r = sqlx::query("UPDATE call_slots SET active = active + 1 WHERE tenant_id = $1 AND active < $2")
+        .bind(&tenant)
+        .bind(max)
+        .execute(&mut *ex)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn release_slot<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<()> {
+    sqlx::query("UPDATE call_slots SET active = active - 1 WHERE tenant_id = $1 AND active > 0")
+        .bind(scope.tenant_id().to_string())
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// A live call moves to `status` (ringing, in_progress); false if it is over.
+pub async fn progress<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: &str,
+    status: &str,
+    answered_at: Option<i64>,
+    now: i64,
+) -> Result<bool> {
+    let r = sqlx::query(&format!(
+        "UPDATE calls SET status = $3, answered_at = COALESCE($4, answered_at), updated_at = $5 \
+         WHERE tenant_id = $1 AND id = $2 AND status IN {LIVE}"
+    ))
+    .bind(scope.tenant_id().to_string())
+    .bind(id)
+    .bind(status)
+    .bind(answered_at)
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Ends a live call: the one caller that gets the row back writes its CDR.
+pub async fn finish<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: &str,
+    status: &str,
+    error_code: Option<&str>,
+    now: i64,
+) -> Result<Option<CallRow>> {
+    Ok(sqlx::query_as(&format!(
+        "UPDATE calls SET status = $3, error_code = $4, ended_at = $5, updated_at = $5 \
+         WHERE tenant_id = $1 AND id = $2 AND status IN {LIVE} RETURNING {COLS}"
+    ))
+    .bind(scope.tenant_id().to_string())
+    .bind(id)
+    .bind(status)
+    .bind(error_code)
+    .bind(now)
+    .fetch_optional(ex)
+    .await?)
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CdrRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub call_id: String,
+    pub identity_id: String,
+    pub from_number: String,
+    pub to_number: String,
+    pub to_country: String,
+    pub status: String,
+    pub started_at: i64,
+    pub answered_at: Option<i64>,
+    pub ended_at: i64,
+    pub duration_secs: i64,
+    pub billed_minutes: i64,
+    pub cost: i64,
+}
+
+const CDR_COLS: &str = "id, tenant_id, call_id, identity_id, from_number, to_number, to_country, status, started_at, \
+    answered_at, ended_at, duration_secs, billed_minutes, cost";
+
+pub async fn insert_cdr<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, c: &CdrRow) -> Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO cdrs ({CDR_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+    ))
+    .bind(&c.id)
+    .bind(scope.tenant_id().to_string())
+    .bind(&c.call_id)
+    .bind(&c.identity_id)
+    .bind(&c.from_number)
+    .bind(&c.to_number)
+    .bind(&c.to_country)
+    .bind(&c.status)
+    .bind(c.started_at)
+    .bind(c.answered_at)
+    .bind(c.ended_at)
+    .bind(c.duration_secs)
+    .bind(c.billed_minutes)
+    .bind(c.cost)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+pub async fn get_cdr<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: &str,
+) -> Result<Option<CdrRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {CDR_COLS} FROM cdrs WHERE tenant_id = $1 AND id = $2"))
+        .bind(scope.tenant_id().to_string())
+        .bind(id)
+        .fetch_optional(ex)
+        .await?)
+}
+
+pub async fn list_cdrs<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    identity: Option<IdentityId>,
+    limit: i64,
+) -> Result<Vec<CdrRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {CDR_COLS} FROM cdrs WHERE tenant_id = $1 AND ($2 = '' OR identity_id = $2) ORDER BY id DESC LIMIT $3"
+    ))
+    .bind(scope.tenant_id().to_string())
+    .bind(identity.map(|i| i.to_string()).unwrap_or_default())
+    .bind(limit)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// One hour of usage.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UsageRow {
+    pub hour: i64,
+    pub count: i64,
+    /// Segments for messages, billed minutes for calls.
+    pub units: i64,
+    pub cost: i64,
+}
+
+/// Hourly totals of messages (by creation) or CDRs (by end) in [from, to).
+pub async fn hourly<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    of_calls: bool,
+    from: i64,
+    to: i64,
+) -> Result<Vec<UsageRow>> {
+    let sql = if of_calls {
+        "SELECT (ended_at / 3600000) * 3600000 AS hour, COUNT(*) AS count, \
+           CAST(SUM(billed_minutes) AS BIGINT) AS units, CAST(SUM(cost) AS BIGINT) AS cost \
+         FROM cdrs WHERE tenant_id = $1 AND ended_at >= $2 AND ended_at < $3 GROUP BY 1 ORDER BY 1"
+    } else {
+        "SELECT (created_at / 3600000) * 3600000 AS hour, COUNT(*) AS count, \
+           CAST(SUM(segments) AS BIGINT) AS units, CAST(SUM(cost) AS BIGINT) AS cost \
+         FROM messages WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1 ORDER BY 1"
+    };
+    Ok(sqlx::query_as(sql).bind(scope.tenant_id().to_string()).bind(from).bind(to).fetch_all(ex).await?)
+}
