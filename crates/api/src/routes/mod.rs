@@ -5,6 +5,7 @@ mod admission;
 mod api_keys;
 mod auth;
 mod billing;
+mod calls;
 mod events;
 mod health;
 mod identities;
@@ -49,6 +50,12 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(billing::balance))
         .routes(routes!(messages::create, messages::list))
         .routes(routes!(messages::get))
+        .routes(routes!(calls::create, calls::list))
+        .routes(routes!(calls::get))
+        .routes(routes!(calls::hangup))
+        .routes(routes!(calls::list_cdrs))
+        .routes(routes!(calls::get_cdr))
+        .routes(routes!(calls::usage))
         .routes(routes!(events::list))
         .routes(routes!(events::verify))
         .routes(routes!(events::proof))

@@ -21,6 +21,8 @@ struct Victim {
     event_id: String,
     identity_id: String,
     message_id: String,
+    call_id: String,
+    cdr_id: String,
 }
 
 impl Victim {
@@ -33,11 +35,13 @@ impl Victim {
             "events" => &self.event_id,
             "identities" => &self.identity_id,
             "messages" => &self.message_id,
+            "calls" => &self.call_id,
+            "cdrs" => &self.cdr_id,
             other => panic!("the isolation walker has no fixture for `/v1/{other}/{{id}}` ({path}): add one"),
         }
     }
 
-    fn ids(&self) -> [&str; 7] {
+    fn ids(&self) -> [&str; 9] {
         [
             &self.tenant_id,
             &self.key_id,
@@ -46,6 +50,8 @@ impl Victim {
             &self.event_id,
             &self.identity_id,
             &self.message_id,
+            &self.call_id,
+            &self.cdr_id,
         ]
     }
 }
@@ -66,6 +72,10 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
         .post("/v1/messages", &a.token, json!({"from": "+34612000111", "to": "+34612000222", "body": "hello"}))
         .await
         .expect(201);
+    let call = srv.post("/v1/calls", &a.token, json!({"from": "+34612000111", "to": "+34612000222"})).await.expect(201);
+    let call_id = call.body["id"].as_str().unwrap().to_owned();
+    srv.post(&format!("/v1/calls/{call_id}/hangup"), &a.token, json!({})).await.expect(200);
+    let cdr = srv.get("/v1/cdrs", &a.token).await.expect(200);
     let victim = Victim {
         tenant_id: a.id.clone(),
         token: a.token.clone(),
@@ -76,6 +86,8 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
         event_id: srv.events(&a.token, "").await[0]["id"].as_str().unwrap().to_owned(),
         identity_id: identity.body["id"].as_str().unwrap().to_owned(),
         message_id: message.body["id"].as_str().unwrap().to_owned(),
+        call_id,
+        cdr_id: cdr.body["data"][0]["id"].as_str().unwrap().to_owned(),
     };
     let b_tenant = srv.tenant("Attacker").await;
     let (_, b_key) = srv.api_key(&b_tenant.token, json!({"name": "attacker key", "role": "owner"})).await;

@@ -9,6 +9,7 @@ mod abuse;
 mod api_keys;
 mod audit;
 mod auth;
+mod calls;
 mod cli;
 mod events;
 mod identities;

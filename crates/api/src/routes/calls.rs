@@ -1,0 +1,493 @@
+//! Calls: admission (as for messages, plus the tenant's concurrent-call
+//! quota), the call's life through the carrier, hang-up, and the CDR
+//! written once when it ends.
+//!
+//! Billing: admission charges the first minute (so a call that cannot pay
+//! for one never rings); when the call ends, every further started minute
+//! is charged, as far as the balance goes, and a call never answered gets
+//! its first minute back. The CDR holds what was charged.
+
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::{HeaderMap, StatusCode};
+use palisade_audit::Event;
+use palisade_auth::token::sha256_hex;
+use palisade_comms::{CallAnswer, OutboundCall};
+use palisade_core::principal::Actor;
+use palisade_core::{ApiError, Permission, PrincipalKind, TenantScope};
+use palisade_store::calls::{CallRow, CdrRow, NewCall};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::admission::{self, Admitted};
+use super::List;
+use crate::extract::{Auth, PathId, ValidJson};
+use crate::state::AppState;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceCallRequest {
+    /// The calling identity: its id or its number.
+    from: String,
+    /// E.164 destination.
+    to: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CallView {
+    id: String,
+    identity_id: String,
+    from: String,
+    to: String,
+    /// `queued`, `ringing`, `in_progress`, then `completed`, `busy`,
+    /// `failed` or `canceled`.
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<String>,
+    /// Charged at admission (the first minute).
+    prepaid: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answered_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended_at: Option<String>,
+    created_at: String,
+}
+
+impl From<CallRow> for CallView {
+    fn from(c: CallRow) -> Self {
+        CallView {
+            id: c.id,
+            identity_id: c.identity_id,
+            from: c.from_number,
+            to: c.to_number,
+            status: c.status,
+            error_code: c.error_code,
+            prepaid: c.prepaid,
+            answered_at: c.answered_at.map(palisade_core::clock::rfc3339),
+            ended_at: c.ended_at.map(palisade_core::clock::rfc3339),
+            created_at: palisade_core::clock::rfc3339(c.created_at),
+        }
+    }
+}
+
+/// Places a call as one of the tenant's identities.
+#[utoipa::path(post, path = "/v1/calls", tag = "calls", security(("bearer" = [])), request_body = PlaceCallRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and body get the first response; no second call or charge")),
+    responses((status = 201, body = CallView), (status = 400, body = palisade_core::Problem),
+        (status = 402, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem),
+        (status = 423, body = palisade_core::Problem), (status = 429, body = palisade_core::Problem)))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    ValidJson(req): ValidJson<PlaceCallRequest>,
+) -> Result<Response, ApiError> {
+    let scope = auth.scope(Permission::CallsWrite).await?;
+    let key = admission::idempotency_key(&headers)?;
+    let request_hash = sha256_hex(&serde_json::json!(["call", req.from.trim(), req.to.trim()]).to_string());
+    let now = state.now_ms();
+    let since = now - admission::IDEMPOTENCY_TTL_MS;
+    if let Some(k) = &key {
+        if let Some(stored) = palisade_store::messages::idempotent(state.db.reader(), &scope, k, since).await? {
+            return admission::replay(stored, &request_hash);
+        }
+    }
+    let Admitted { identity, to } = admission::admit(&state, &auth, &scope, &req.from, &req.to, now).await?;
+    let prepaid = state.config.pricing.call_minute;
+    let id = uuid::Uuid::now_v7().to_string();
+
+    let mut tx = state.db.begin().await?;
+    admission::within_budget(&mut tx, &identity, prepaid, now).await?;
+    if !palisade_store::calls::take_slot(&mut *tx, &scope, i64::from(auth.concurrent_calls)).await? {
+        return Err(admission::too_many("concurrent_calls", "The tenant's concurrent-call quota is reached.", None));
+    }
+    admission::debit(&mut tx, &scope, prepaid, "call", &id, now).await?;
+    let new = NewCall {
+        id: &id,
+        identity_id: &identity.id,
+        from: &identity.number,
+        to: &to.number,
+        to_country: &to.country,
+        prepaid,
+        now,
+    };
+    palisade_store::calls::insert(&mut *tx, &scope, &new).await?;
+    let event = Event::new("call.placed", Some(auth.principal.tenant_id()), auth.principal.actor())
+        .resource("call", &id)
+        .details(serde_json::json!({
+            "identity_id": identity.id,
+            "to": palisade_guard::phone::masked(&to.number),
+            "to_country": to.country,
+            "prepaid": prepaid,
+        }));
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    let view =
+        CallView::from(palisade_store::calls::get(&mut *tx, &scope, &id).await?.ok_or_else(ApiError::not_found)?);
+    if let Some(k) = &key {
+        let body = serde_json::to_string(&view).map_err(ApiError::internal)?;
+        let stored =
+            palisade_store::messages::remember(&mut *tx, &scope, k, &request_hash, 201, &body, now, since).await;
+        if let Err(e) = stored {
+            if !e.is_unique_violation() {
+                return Err(e.into());
+            }
+            drop(tx);
+            let won = palisade_store::messages::idempotent(state.db.reader(), &scope, k, since)
+                .await?
+                .ok_or_else(|| ApiError::conflict("A request with this Idempotency-Key is in progress."))?;
+            return admission::replay(won, &request_hash);
+        }
+    }
+    tx.commit().await?;
+    run_call(state.clone(), scope, OutboundCall { id, from: identity.number, to: to.number });
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// The call's life: ringing, answered or not, and, if the carrier ends it,
+/// the end. A hang-up through the API may end it first; then every later
+/// step finds it over and does nothing.
+fn run_call(state: AppState, scope: TenantScope, call: OutboundCall) {
+    tokio::spawn(async move {
+        let carrier = state.carrier.clone();
+        let step = |status: &'static str, answered: bool| {
+            let (state, scope, id) = (state.clone(), scope.clone(), call.id.clone());
+            async move {
+                let now = state.now_ms();
+                let answered_at = answered.then_some(now);
+                let moved = async {
+                    let mut tx = state.db.begin().await?;
+                    let moved =
+                        palisade_store::calls::progress(&mut *tx, &scope, &id, status, answered_at, now).await?;
+                    tx.commit().await?;
+                    Ok::<_, palisade_store::StoreError>(moved)
+                };
+                moved.await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "recording a call's progress failed");
+                    false
+                })
+            }
+        };
+        if !step("ringing", false).await {
+            return;
+        }
+        match carrier.place_call(&call).await {
+            Err(e) => log_end(end(&state, &scope, &call.id, "failed", Some(e.code())).await),
+            Ok(CallAnswer::Busy) => log_end(end(&state, &scope, &call.id, "busy", None).await),
+            Ok(CallAnswer::Answered) => {
+                if !step("in_progress", true).await {
+                    return;
+                }
+                if let Some(after) = carrier.callee_hangs_up_after() {
+                    tokio::time::sleep(after).await;
+                    log_end(end(&state, &scope, &call.id, "completed", None).await);
+                }
+            }
+        }
+    });
+}
+
+fn log_end(r: Result<Option<CdrRow>, ApiError>) {
+    if let Err(e) = r {
+        tracing::error!(error = %e, "ending a call failed");
+    }
+}
+
+/// Ends a live call in one transaction: its status, its slot, the rest of
+/// its charge (or the refund of an unanswered one), its CDR and the audit
+/// event. `None` when it had already ended.
+async fn end(
+    state: &AppState,
+    scope: &TenantScope,
+    id: &str,
+    status: &str,
+    code: Option<&str>,
+) -> Result<Option<CdrRow>, ApiError> {
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    let Some(call) = palisade_store::calls::finish(&mut *tx, scope, id, status, code, now).await? else {
+        return Ok(None);
+    };
+    palisade_store::calls::release_slot(&mut *tx, scope).await?;
+    let duration_secs = call.answered_at.map_or(0, |a| ((now - a).max(0) + 999) / 1000);
+    // Every started minute; an answered call pays at least one.
+    let billed_minutes = if call.answered_at.is_some() { ((duration_secs + 59) / 60).max(1) } else { 0 };
+    let price = state.config.pricing.call_minute;
+    let due = billed_minutes.saturating_mul(price);
+    let mut cost = call.prepaid;
+    if due < call.prepaid {
+        palisade_store::credits::refund(&mut *tx, scope, call.prepaid - due, id, now).await?;
+        cost = due;
+    } else if due > call.prepaid {
+        let rest = due - call.prepaid;
+        let reference = format!("{id}-end");
+        // As far as the balance goes: the call has happened.
+        let charged = if palisade_store::credits::debit(&mut *tx, scope, rest, "call", &reference, now).await? {
+            rest
+        } else {
+            let left = palisade_store::credits::balance(&mut *tx, scope).await?.min(rest);
+            if left > 0 && palisade_store::credits::debit(&mut *tx, scope, left, "call", &reference, now).await? {
+                left
+            } else {
+                0
+            }
+        };
+        cost += charged;
+    }
+    let cdr = CdrRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        tenant_id: call.tenant_id.clone(),
+        call_id: call.id.clone(),
+        identity_id: call.identity_id.clone(),
+        from_number: call.from_number.clone(),
+        to_number: call.to_number.clone(),
+        to_country: call.to_country.clone(),
+        status: status.to_owned(),
+        started_at: call.created_at,
+        answered_at: call.answered_at,
+        ended_at: now,
+        duration_secs,
+        billed_minutes,
+        cost,
+    };
+    palisade_store::calls::insert_cdr(&mut *tx, scope, &cdr).await?;
+    let event = Event::new("call.ended", Some(scope.tenant_id()), Actor::system()).resource("call", id).details(
+        serde_json::json!({
+            "status": status,
+            "error_code": code,
+            "duration_secs": duration_secs,
+            "billed_minutes": billed_minutes,
+            "cost": cost,
+            "cdr_id": cdr.id,
+        }),
+    );
+    palisade_audit::append(&mut *tx, &event, &palisade_audit::Context::default(), now).await?;
+    tx.commit().await?;
+    Ok(Some(cdr))
+}
+
+/// The call, if the caller may see it (an agent token: its identity's only).
+async fn visible_call(state: &AppState, auth: &Auth, scope: &TenantScope, id: &str) -> Result<CallRow, ApiError> {
+    let call = palisade_store::calls::get(state.db.reader(), scope, id).await?.ok_or_else(ApiError::not_found)?;
+    if let PrincipalKind::Agent { identity_id } = auth.principal.kind() {
+        if identity_id.to_string() != call.identity_id {
+            return Err(ApiError::not_found());
+        }
+    }
+    Ok(call)
+}
+
+/// Ends a live call now; its CDR is written before the answer.
+#[utoipa::path(post, path = "/v1/calls/{id}/hangup", tag = "calls", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Call id (UUID)")),
+    responses((status = 200, body = CallView), (status = 404, body = palisade_core::Problem),
+        (status = 409, body = palisade_core::Problem)))]
+pub async fn hangup(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<uuid::Uuid>,
+) -> Result<Json<CallView>, ApiError> {
+    let scope = auth.scope(Permission::CallsWrite).await?;
+    let id = id.to_string();
+    let call = visible_call(&state, &auth, &scope, &id).await?;
+    let status = match call.status.as_str() {
+        "in_progress" => "completed",
+        "queued" | "ringing" => "canceled",
+        _ => return Err(ApiError::conflict("The call has already ended.")),
+    };
+    if end(&state, &scope, &id, status, None).await?.is_none() {
+        return Err(ApiError::conflict("The call has already ended."));
+    }
+    let call = palisade_store::calls::get(state.db.reader(), &scope, &id).await?.ok_or_else(ApiError::not_found)?;
+    Ok(Json(call.into()))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct Paging {
+    /// At most this many, newest first (1–100, default 50).
+    limit: Option<i64>,
+}
+
+fn limit(p: &Paging) -> Result<i64, ApiError> {
+    let l = p.limit.unwrap_or(50);
+    if !(1..=100).contains(&l) {
+        return Err(ApiError::validation("limit", "must be between 1 and 100"));
+    }
+    Ok(l)
+}
+
+fn own_identity(auth: &Auth) -> Option<palisade_core::IdentityId> {
+    match auth.principal.kind() {
+        PrincipalKind::Agent { identity_id } => Some(*identity_id),
+        _ => None,
+    }
+}
+
+#[utoipa::path(get, path = "/v1/calls", tag = "calls", security(("bearer" = [])), params(Paging),
+    responses((status = 200, body = List<CallView>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(p): Query<Paging>,
+) -> Result<List<CallView>, ApiError> {
+    let scope = auth.scope(Permission::CallsRead).await?;
+    let rows = palisade_store::calls::list(state.db.reader(), &scope, own_identity(&auth), limit(&p)?).await?;
+    Ok(List { data: rows.into_iter().map(CallView::from).collect(), next_cursor: None })
+}
+
+#[utoipa::path(get, path = "/v1/calls/{id}", tag = "calls", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Call id (UUID)")),
+    responses((status = 200, body = CallView), (status = 404, body = palisade_core::Problem)))]
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<uuid::Uuid>,
+) -> Result<Json<CallView>, ApiError> {
+    let scope = auth.scope(Permission::CallsRead).await?;
+    Ok(Json(visible_call(&state, &auth, &scope, &id.to_string()).await?.into()))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CdrView {
+    id: String,
+    call_id: String,
+    identity_id: String,
+    from: String,
+    to: String,
+    to_country: String,
+    /// How the call ended: `completed`, `busy`, `failed` or `canceled`.
+    status: String,
+    started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answered_at: Option<String>,
+    ended_at: String,
+    duration_secs: i64,
+    billed_minutes: i64,
+    /// Minor units charged for the call in all.
+    cost: i64,
+}
+
+impl From<CdrRow> for CdrView {
+    fn from(c: CdrRow) -> Self {
+        CdrView {
+            id: c.id,
+            call_id: c.call_id,
+            identity_id: c.identity_id,
+            from: c.from_number,
+            to: c.to_number,
+            to_country: c.to_country,
+            status: c.status,
+            started_at: palisade_core::clock::rfc3339(c.started_at),
+            answered_at: c.answered_at.map(palisade_core::clock::rfc3339),
+            ended_at: palisade_core::clock::rfc3339(c.ended_at),
+            duration_secs: c.duration_secs,
+            billed_minutes: c.billed_minutes,
+            cost: c.cost,
+        }
+    }
+}
+
+/// Call detail records, newest first: written once when a call ends, never
+/// changed (the database refuses it).
+#[utoipa::path(get, path = "/v1/cdrs", tag = "calls", security(("bearer" = [])), params(Paging),
+    responses((status = 200, body = List<CdrView>)))]
+pub async fn list_cdrs(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(p): Query<Paging>,
+) -> Result<List<CdrView>, ApiError> {
+    let scope = auth.scope(Permission::CdrsRead).await?;
+    let rows = palisade_store::calls::list_cdrs(state.db.reader(), &scope, own_identity(&auth), limit(&p)?).await?;
+    Ok(List { data: rows.into_iter().map(CdrView::from).collect(), next_cursor: None })
+}
+
+#[utoipa::path(get, path = "/v1/cdrs/{id}", tag = "calls", security(("bearer" = [])),
+    params(("id" = String, Path, description = "CDR id (UUID)")),
+    responses((status = 200, body = CdrView), (status = 404, body = palisade_core::Problem)))]
+pub async fn get_cdr(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<uuid::Uuid>,
+) -> Result<Json<CdrView>, ApiError> {
+    let scope = auth.scope(Permission::CdrsRead).await?;
+    let cdr = palisade_store::calls::get_cdr(state.db.reader(), &scope, &id.to_string())
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    if own_identity(&auth).is_some_and(|i| i.to_string() != cdr.identity_id) {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(cdr.into()))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    /// Only `hour` (the default).
+    granularity: Option<String>,
+    /// RFC 3339; default 24 hours before `until`.
+    since: Option<String>,
+    /// RFC 3339; default now. At most 31 days after `since`.
+    until: Option<String>,
+}
+
+#[derive(Serialize, ToSchema, Default)]
+pub struct UsageTotals {
+    count: i64,
+    /// Segments for messages, billed minutes for calls.
+    units: i64,
+    cost: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UsageHour {
+    hour: String,
+    messages: UsageTotals,
+    calls: UsageTotals,
+}
+
+/// Hourly usage: messages by when they were sent, calls by when they ended.
+#[utoipa::path(get, path = "/v1/usage", tag = "billing", security(("bearer" = [])), params(UsageQuery),
+    responses((status = 200, body = List<UsageHour>), (status = 400, body = palisade_core::Problem)))]
+pub async fn usage(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(q): Query<UsageQuery>,
+) -> Result<List<UsageHour>, ApiError> {
+    let scope = auth.scope(Permission::BillingRead).await?;
+    if q.granularity.as_deref().is_some_and(|g| g != "hour") {
+        return Err(ApiError::validation("granularity", "must be `hour`"));
+    }
+    let parse = |v: &Option<String>, field: &str| {
+        v.as_deref()
+            .map(|s| {
+                palisade_core::clock::parse_rfc3339(s)
+                    .ok_or_else(|| ApiError::validation(field, "must be an RFC 3339 time"))
+            })
+            .transpose()
+    };
+    let until = parse(&q.until, "until")?.unwrap_or_else(|| state.now_ms() + 1);
+    let since = parse(&q.since, "since")?.unwrap_or(until - 24 * 3600 * 1000);
+    if since >= until || until - since > 31 * 24 * 3600 * 1000 {
+        return Err(ApiError::validation("since", "must be before `until`, at most 31 days"));
+    }
+    let messages = palisade_store::calls::hourly(state.db.reader(), &scope, false, since, until).await?;
+    let calls = palisade_store::calls::hourly(state.db.reader(), &scope, true, since, until).await?;
+    let mut hours: std::collections::BTreeMap<i64, UsageHour> = std::collections::BTreeMap::new();
+    for (rows, is_call) in [(messages, false), (calls, true)] {
+        for r in rows {
+            let h = hours.entry(r.hour).or_insert_with(|| UsageHour {
+                hour: palisade_core::clock::rfc3339(r.hour),
+                messages: UsageTotals::default(),
+                calls: UsageTotals::default(),
+            });
+            let t = UsageTotals { count: r.count, units: r.units, cost: r.cost };
+            if is_call {
+                h.calls = t;
+            } else {
+                h.messages = t;
+            }
+        }
+    }
+    Ok(List { data: hours.into_values().collect(), next_cursor: None })
+}
