@@ -87,7 +87,7 @@ async fn in_process(router: &axum::Router, n: usize) -> anyhow::Result<Duration>
 }
 
 /// A tenant, an API key and an access token, made through the API.
-async fn credentials(addr: SocketAddr, master: &str) -> anyhow::Result<(String, String)> {
+pub(crate) async fn credentials(addr: SocketAddr, master: &str) -> anyhow::Result<(String, String)> {
     let c = reqwest::Client::new();
     let base = format!("http://{addr}");
     let email = "owner@bench.example.com";
@@ -150,7 +150,7 @@ async fn load(addr: SocketAddr, cred: &str, conns: usize, seconds: u64) -> anyho
 }
 
 /// Reads one response with a Content-Length body; returns its status.
-async fn read_response(s: &mut TcpStream, buf: &mut [u8]) -> anyhow::Result<u16> {
+pub(crate) async fn read_response(s: &mut TcpStream, buf: &mut [u8]) -> anyhow::Result<u16> {
     let mut have = 0;
     loop {
         let n = s.read(&mut buf[have..]).await?;

@@ -12,6 +12,7 @@
 //! the middleware costs (see `http.rs`).
 
 mod http;
+mod sends;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,12 +34,16 @@ pub(crate) fn env_or(name: &str, default: usize) -> usize {
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let what = args.next().unwrap_or_else(|| "audit".into());
+    if what == "sends" {
+        let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
+        return sends::run(seconds).await;
+    }
     if what == "http" {
         let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
         return http::run(seconds).await;
     }
     let records: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
-    anyhow::ensure!(what == "audit", "usage: palisade-bench audit [RECORDS] | http [SECONDS]");
+    anyhow::ensure!(what == "audit", "usage: palisade-bench audit [RECORDS] | http [SECONDS] | sends [SECONDS]");
     let dir = tempfile::tempdir()?;
     let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
     run("SQLite", &sqlite, None, dir.path(), records).await?;
@@ -56,7 +61,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// A new, empty database next to `base` (same server and options).
-async fn fresh_postgres_db(base: &str) -> anyhow::Result<(String, String)> {
+pub(crate) async fn drop_postgres_db(base: &str, name: &str) -> anyhow::Result<()> {
+    let mut c = sqlx::AnyConnection::connect(base).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await?;
+    Ok(())
+}
+
+pub(crate) async fn fresh_postgres_db(base: &str) -> anyhow::Result<(String, String)> {
     sqlx::any::install_default_drivers();
     let name = format!("palisade_bench_{}", uuid::Uuid::new_v4().simple());
     let mut c = sqlx::AnyConnection::connect(base).await?;

@@ -250,6 +250,10 @@ fn spawn_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "purging expired tokens failed"),
                     }
+                    let day_ago = state.now_ms() - 24 * 3600 * 1000;
+                    if let Err(e) = palisade_store::messages::purge_idempotency_keys(&state.db, day_ago).await {
+                        tracing::warn!(error = %e, "purging idempotency keys failed");
+                    }
                     if let Err(e) = apply_audit_retention(&state).await {
                         tracing::warn!(error = %e, "audit retention failed");
                     }

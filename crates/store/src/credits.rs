@@ -103,3 +103,33 @@ where
     .await?;
     Ok(())
 }
+
+/// [`debit`] as statements for [`crate::Db::write_guarded`]: refused with
+/// `insufficient_credits` when the balance does not cover `amount`.
+pub fn debit_stmts(
+    scope: &TenantScope,
+    amount: i64,
+    reason: &'static str,
+    reference: &str,
+    now: i64,
+) -> Vec<crate::Stmt> {
+    let tenant = scope.tenant_id().to_string();
+    vec![
+        crate::Stmt::new(
+            "UPDATE balances SET balance = balance - $2, updated_at = $3 WHERE tenant_id = $1 AND balance >= $2",
+        )
+        .bind(tenant.clone())
+        .bind(amount)
+        .bind(now)
+        .or_refuse("insufficient_credits"),
+        crate::Stmt::new(
+            "INSERT INTO credit_ledger (id, tenant_id, amount, reason, reference, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(format!("{reason}-{reference}"))
+        .bind(tenant)
+        .bind(-amount)
+        .bind(reason)
+        .bind(reference)
+        .bind(now),
+    ]
+}

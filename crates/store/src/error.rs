@@ -12,6 +12,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A guarded statement changed no row (see `Stmt::or_refuse`).
+    #[error("refused: {0}")]
+    Refused(&'static str),
     #[error("commit failed: {0}")]
     Commit(String),
     #[error("the database writer has stopped")]

@@ -198,3 +198,102 @@ where
     .await?;
     Ok(())
 }
+
+/// Forgets idempotency keys older than `before` (they live 24 hours).
+pub async fn purge_idempotency_keys(db: &crate::Db, before: i64) -> Result<u64> {
+    let n =
+        db.write_all(vec![crate::Stmt::new("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before)]).await?;
+    Ok(n.first().copied().unwrap_or(0))
+}
+
+/// [`spend_within_budget`] as statements: refused with `monthly_budget`.
+pub fn budget_stmts(identity: &str, month: &str, cost: i64, budget: i64) -> Vec<crate::Stmt> {
+    vec![
+        crate::Stmt::new(
+            "INSERT INTO identity_spend (identity_id, month, spent) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(identity)
+        .bind(month),
+        crate::Stmt::new(
+            "UPDATE identity_spend SET spent = spent + $3 WHERE identity_id = $1 AND month = $2 AND spent + $3 <= $4",
+        )
+        .bind(identity)
+        .bind(month)
+        .bind(cost)
+        .bind(budget)
+        .or_refuse("monthly_budget"),
+    ]
+}
+
+/// [`insert`] as a statement.
+pub fn insert_stmt(scope: &TenantScope, m: &NewMessage<'_>) -> crate::Stmt {
+    crate::Stmt::new(
+        "INSERT INTO messages (id, tenant_id, identity_id, from_number, to_number, to_country, body, segments, cost, \
+         status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', $10, $10)",
+    )
+    .bind(m.id)
+    .bind(scope.tenant_id().to_string())
+    .bind(m.identity_id)
+    .bind(m.from)
+    .bind(m.to)
+    .bind(m.to_country)
+    .bind(m.body)
+    .bind(m.segments)
+    .bind(m.cost)
+    .bind(m.now)
+}
+
+/// [`remember`] as statements (a unique violation: another request with
+/// the key won).
+pub fn remember_stmts(
+    scope: &TenantScope,
+    key: &str,
+    request_hash: &str,
+    status: i64,
+    response: String,
+    now: i64,
+    expired_before: i64,
+) -> Vec<crate::Stmt> {
+    let tenant = scope.tenant_id().to_string();
+    vec![
+        crate::Stmt::new("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND idem_key = $2 AND created_at < $3")
+            .bind(tenant.clone())
+            .bind(key)
+            .bind(expired_before),
+        crate::Stmt::new(
+            "INSERT INTO idempotency_keys (tenant_id, idem_key, request_hash, status, response, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(tenant)
+        .bind(key)
+        .bind(request_hash)
+        .bind(status)
+        .bind(response)
+        .bind(now),
+    ]
+}
+
+/// [`set_status`] as a statement, refused (`settled`) when the message has
+/// already reached that status or a final one.
+pub fn set_status_stmt(
+    scope: &TenantScope,
+    id: &str,
+    status: &str,
+    error_code: Option<&str>,
+    carrier_ref: Option<&str>,
+    now: i64,
+) -> crate::Stmt {
+    crate::Stmt::new(
+        "UPDATE messages SET status = $3, error_code = COALESCE($4, error_code), \
+         carrier_ref = COALESCE($5, carrier_ref), updated_at = $6 \
+         WHERE tenant_id = $1 AND id = $2 AND status NOT IN ('delivered', 'failed') \
+           AND NOT (status = 'sent' AND $3 = 'sent')",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(id)
+    .bind(status)
+    .bind(error_code)
+    .bind(carrier_ref)
+    .bind(now)
+    .or_refuse("settled")
+}

@@ -52,11 +52,29 @@ impl From<Option<&str>> for Val {
 pub struct Stmt {
     sql: &'static str,
     args: Vec<Val>,
+    /// When set, the statement must change exactly one row, or the whole
+    /// list is undone and this reason returned (a conditional debit).
+    guard: Option<&'static str>,
 }
 
 impl Stmt {
     pub fn new(sql: &'static str) -> Self {
-        Stmt { sql, args: Vec::new() }
+        Stmt { sql, args: Vec::new(), guard: None }
+    }
+
+    /// The statement (an `UPDATE … WHERE <condition>`) must change exactly
+    /// one row; otherwise [`Db::write_guarded`] undoes the list and answers
+    /// `Refused(reason)`.
+    pub fn or_refuse(mut self, reason: &'static str) -> Self {
+        self.guard = Some(reason);
+        self
+    }
+
+    fn check(&self, rows: u64) -> Result<u64> {
+        match self.guard {
+            Some(reason) if rows != 1 => Err(StoreError::Refused(reason)),
+            _ => Ok(rows),
+        }
     }
 
     pub fn bind(mut self, v: impl Into<Val>) -> Self {
@@ -112,18 +130,29 @@ impl Db {
     pub async fn write_all(&self, stmts: Vec<Stmt>) -> Result<Vec<u64>> {
         match self.dialect() {
             Dialect::Sqlite => self
-                .write_sqlite(move |c| stmts.iter().map(|s| s.run_sqlite(c)).collect())
+                .write_sqlite(move |c| stmts.iter().map(|s| s.run_sqlite(c).and_then(|n| s.check(n))).collect())
                 .await
                 .unwrap_or(Err(StoreError::Closed)),
             Dialect::Postgres => {
                 let mut tx = self.begin().await?;
                 let mut out = Vec::with_capacity(stmts.len());
                 for s in &stmts {
-                    out.push(s.run_sqlx(&mut tx).await?);
+                    // An early return drops the transaction: rolled back.
+                    out.push(s.check(s.run_sqlx(&mut tx).await?)?);
                 }
                 tx.commit().await?;
                 Ok(out)
             }
+        }
+    }
+
+    /// [`Db::write_all`] with guards: a guarded statement that changes no
+    /// row undoes the whole list and its reason comes back as `Err(reason)`.
+    pub async fn write_guarded(&self, stmts: Vec<Stmt>) -> Result<std::result::Result<Vec<u64>, &'static str>> {
+        match self.write_all(stmts).await {
+            Ok(rows) => Ok(Ok(rows)),
+            Err(StoreError::Refused(reason)) => Ok(Err(reason)),
+            Err(e) => Err(e),
         }
     }
 }

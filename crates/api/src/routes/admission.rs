@@ -141,3 +141,16 @@ pub async fn debit(
     }
     Ok(())
 }
+
+/// The answer for a guard of an atomic list that refused.
+pub fn refusal(reason: &'static str, cost: i64) -> ApiError {
+    match reason {
+        "insufficient_credits" => {
+            ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_credits", "The balance does not cover this.")
+                .with_extra("cost", cost)
+        }
+        "monthly_budget" => too_many("monthly_budget", "The identity's monthly_budget would be exceeded.", None),
+        "concurrent_calls" => too_many("concurrent_calls", "The tenant's concurrent-call quota is reached.", None),
+        other => ApiError::internal(format!("unexpected refusal `{other}`")),
+    }
+}

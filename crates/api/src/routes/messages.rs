@@ -109,9 +109,6 @@ pub async fn create(
     let cost = segments.saturating_mul(state.config.pricing.message_segment);
     let id = uuid::Uuid::now_v7().to_string();
 
-    let mut tx = state.db.begin().await?;
-    admission::within_budget(&mut tx, &identity, cost, now).await?;
-    admission::debit(&mut tx, &scope, cost, "message", &id, now).await?;
     let new = NewMessage {
         id: &id,
         identity_id: &identity.id,
@@ -123,7 +120,19 @@ pub async fn create(
         cost,
         now,
     };
-    palisade_store::messages::insert(&mut *tx, &scope, &new).await?;
+    let view = MessageView {
+        id: id.clone(),
+        identity_id: identity.id.clone(),
+        from: identity.number.clone(),
+        to: to.number.clone(),
+        body: req.body.clone(),
+        status: "queued".into(),
+        error_code: None,
+        segments,
+        cost,
+        created_at: palisade_core::clock::rfc3339(now),
+        updated_at: palisade_core::clock::rfc3339(now),
+    };
     let event = Event::new("message.sent", Some(auth.principal.tenant_id()), auth.principal.actor())
         .resource("message", &id)
         .details(serde_json::json!({
@@ -133,36 +142,38 @@ pub async fn create(
             "segments": segments,
             "cost": cost,
         }));
-    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
-    let row = palisade_store::messages::get(&mut *tx, &scope, &id).await?.ok_or_else(ApiError::not_found)?;
-    let view = MessageView::from(row);
+    // One atomic list, with the conditional updates as guards: the budget,
+    // the debit (the balance can never go below zero), the record, its audit
+    // event and the idempotency key. On SQLite it joins the group commit.
+    let mut stmts = Vec::with_capacity(8);
+    if let Some(budget) = identity.monthly_budget {
+        let month = &palisade_core::clock::rfc3339(now)[..7];
+        stmts.extend(palisade_store::messages::budget_stmts(&identity.id, month, cost, budget));
+    }
+    if cost > 0 {
+        stmts.extend(palisade_store::credits::debit_stmts(&scope, cost, "message", &id, now));
+    }
+    stmts.push(palisade_store::messages::insert_stmt(&scope, &new));
+    stmts.push(palisade_audit::append_stmt(&event, &auth.ctx.audit, now).1);
     if let Some(k) = &key {
         let body = serde_json::to_string(&view).map_err(ApiError::internal)?;
-        let stored = palisade_store::messages::remember(
-            &mut *tx,
-            &scope,
-            k,
-            &request_hash,
-            201,
-            &body,
-            now,
-            now - admission::IDEMPOTENCY_TTL_MS,
-        )
-        .await;
-        if let Err(e) = stored {
-            if !e.is_unique_violation() {
-                return Err(e.into());
-            }
-            // A concurrent request with this key won: undo ours, answer as it did.
-            drop(tx);
+        let since = now - admission::IDEMPOTENCY_TTL_MS;
+        stmts.extend(palisade_store::messages::remember_stmts(&scope, k, &request_hash, 201, body, now, since));
+    }
+    match state.db.write_guarded(stmts).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(reason)) => return Err(admission::refusal(reason, cost)),
+        Err(e) if e.is_unique_violation() && key.is_some() => {
+            // A concurrent request with this key won: answer as it did.
+            let k = key.as_deref().unwrap_or_default();
             let won =
                 palisade_store::messages::idempotent(state.db.reader(), &scope, k, now - admission::IDEMPOTENCY_TTL_MS)
                     .await?
                     .ok_or_else(|| ApiError::conflict("A request with this Idempotency-Key is in progress."))?;
             return admission::replay(won, &request_hash);
         }
+        Err(e) => return Err(e.into()),
     }
-    tx.commit().await?;
     deliver(state.clone(), scope, OutboundMessage { id, from: identity.number, to: to.number, body: req.body });
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -196,21 +207,22 @@ async fn update(
 ) {
     let now = state.now_ms();
     let done = async {
-        let mut tx = state.db.begin().await?;
-        if palisade_store::messages::set_status(&mut *tx, scope, id, status, code, reference, now).await? {
-            let action = match status {
-                "sent" => "message.handed_to_carrier",
-                "delivered" => "message.delivered",
-                _ => "message.failed",
-            };
-            let mut event = Event::new(action, Some(scope.tenant_id()), palisade_core::principal::Actor::system())
-                .resource("message", id);
-            if let Some(c) = code {
-                event = event.details(serde_json::json!({ "error_code": c }));
-            }
-            palisade_audit::append(&mut *tx, &event, &palisade_audit::Context::default(), now).await?;
+        let action = match status {
+            "sent" => "message.handed_to_carrier",
+            "delivered" => "message.delivered",
+            _ => "message.failed",
+        };
+        let mut event = Event::new(action, Some(scope.tenant_id()), palisade_core::principal::Actor::system())
+            .resource("message", id);
+        if let Some(c) = code {
+            event = event.details(serde_json::json!({ "error_code": c }));
         }
-        tx.commit().await?;
+        let stmts = vec![
+            palisade_store::messages::set_status_stmt(scope, id, status, code, reference, now),
+            palisade_audit::append_stmt(&event, &palisade_audit::Context::default(), now).1,
+        ];
+        // Refused (`settled`): a report that arrived late changes nothing.
+        let _settled = state.db.write_guarded(stmts).await?;
         Ok::<_, ApiError>(())
     };
     if let Err(e) = done.await {

@@ -1,0 +1,114 @@
+//! `palisade-bench sends [SECONDS]`: sustained `POST /v1/messages` through
+//! the whole admission path (authentication, rate limits, WAF, identity
+//! policy, the atomic debit, the record, its audit event) and the sandbox
+//! carrier's delivery updates, on SQLite (and on PostgreSQL when
+//! PALISADE_BENCH_POSTGRES_URL is set). Prints sends per second and the
+//! p50 / p99 latency.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use palisade_config::{Config, Secret};
+use palisade_core::SystemClock;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+pub async fn run(seconds: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    one("SQLite", None, dir.path(), seconds).await?;
+    if let Ok(base) = std::env::var("PALISADE_BENCH_POSTGRES_URL") {
+        let (url, name) = crate::fresh_postgres_db(&base).await?;
+        let result = one("PostgreSQL", Some(url), dir.path(), seconds).await;
+        crate::drop_postgres_db(&base, &name).await?;
+        result?;
+    }
+    Ok(())
+}
+
+async fn one(label: &str, db_url: Option<String>, dir: &std::path::Path, seconds: u64) -> anyhow::Result<()> {
+    let mut config = Config::default();
+    config.server.data_dir = dir.join(format!("data-{label}"));
+    config.database.url = db_url.map(Secret::new);
+    let master = palisade_auth::token::new_master_key();
+    config.admin.master_key = Some(Secret::new(master.clone()));
+    config.carrier.sandbox_delay_ms = 50;
+    // The limits are checked on every send but set so the load is not refused.
+    let r = &mut config.rate_limits;
+    (r.ip_per_minute, r.key_per_minute, r.tenant_per_minute, r.message_create_per_minute) =
+        (u32::MAX / 2, u32::MAX / 2, u32::MAX / 2, u32::MAX / 2);
+    (r.burst_ip_per_second, r.burst_tenant_per_second) = (u32::MAX / 2, u32::MAX / 2);
+    let state = palisade::build_state(config, Arc::new(SystemClock)).await?;
+    let server = palisade::start(state, "127.0.0.1:0".parse()?).await?;
+    let (_, token) = crate::http::credentials(server.addr, &master).await?;
+    let c = reqwest::Client::new();
+    let base = format!("http://{}", server.addr);
+    let key: serde_json::Value = c
+        .post(format!("{base}/v1/api-keys"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "sender", "role": "integration"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let key = key["key"].as_str().unwrap_or_default().to_owned();
+    let tenant: serde_json::Value =
+        c.get(format!("{base}/v1/me")).bearer_auth(&token).send().await?.error_for_status()?.json().await?;
+    let tenant_id = tenant["tenant"]["id"].as_str().unwrap_or_default().to_owned();
+    c.post(format!("{base}/sysadmin/v1/tenants/{tenant_id}/credits"))
+        .bearer_auth(&master)
+        .json(&json!({"amount": 1_000_000_000_000i64}))
+        .send()
+        .await?
+        .error_for_status()?;
+    c.post(format!("{base}/v1/identities"))
+        .bearer_auth(&token)
+        .json(&json!({"number": "+34612345678", "policy": {"allowed_countries": ["ES"]}}))
+        .send()
+        .await?
+        .error_for_status()?;
+
+    let conns = crate::env_or("BENCH_CONNECTIONS", 32);
+    let body = r#"{"from":"+34612345678","to":"+34699000111","body":"Your code is 123456"}"#;
+    let request = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let request: Arc<[u8]> = request.into_bytes().into();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..conns).map(|_| tokio::spawn(sender(server.addr, request.clone(), deadline))).collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "{label:>10}: {:.0} sends/s over {seconds} s ({} sends, {conns} connections), p50 {:.2} ms, p99 {:.2} ms",
+        latencies.len() as f64 / elapsed,
+        latencies.len(),
+        pct(0.5).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+    );
+    server.stop().await;
+    Ok(())
+}
+
+async fn sender(addr: SocketAddr, request: Arc<[u8]>, deadline: Instant) -> anyhow::Result<Vec<Duration>> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut out = Vec::new();
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        s.write_all(&request).await?;
+        let status = crate::http::read_response(&mut s, &mut buf).await?;
+        anyhow::ensure!(status == 201, "status {status}");
+        out.push(t.elapsed());
+    }
+    Ok(out)
+}
