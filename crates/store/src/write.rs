@@ -92,18 +92,21 @@ impl Stmt {
                 self.args.len()
             )));
         }
-        // `$N` are named parameters to SQLite: bind each by its name.
-        let mut name = String::with_capacity(4);
-        for (i, v) in self.args.iter().enumerate() {
-            use std::fmt::Write;
-            name.clear();
-            let _ = write!(name, "${}", i + 1);
-            let Some(idx) = st.parameter_index(&name)? else {
-                return Err(StoreError::Corrupt(format!("statement has no parameter {name}")));
-            };
-            match v {
+        // `$N` are named parameters to SQLite, numbered in order of first
+        // appearance: read each slot's name once and bind the N-th value to it
+        // (looking names up one by one costs a scan per value).
+        for idx in 1..=st.parameter_count() {
+            let n = st
+                .parameter_name(idx)
+                .and_then(|name| name.strip_prefix('$'))
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| (1..=self.args.len()).contains(n))
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("statement parameter {idx} is not $1..${}", self.args.len()))
+                })?;
+            match &self.args[n - 1] {
                 Val::NullInt | Val::NullText => st.raw_bind_parameter(idx, rusqlite::types::Null)?,
-                Val::Int(n) => st.raw_bind_parameter(idx, n)?,
+                Val::Int(v) => st.raw_bind_parameter(idx, v)?,
                 Val::Text(t) => st.raw_bind_parameter(idx, t)?,
             }
         }
