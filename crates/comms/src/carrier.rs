@@ -62,6 +62,10 @@ pub trait Carrier: Send + Sync + 'static {
     /// carrier decides that (the sandbox does).
     fn callee_hangs_up_after(&self) -> Option<Duration>;
 
+    /// Ends the call at the carrier (a hang-up through the API): billing
+    /// stops in the database, so the line must stop too.
+    fn hang_up<'a>(&'a self, call_id: &'a str) -> BoxFut<'a, Result<(), CarrierError>>;
+
     /// Hands the message over; `Ok` is the carrier's reference for it.
     fn send_message<'a>(&'a self, m: &'a OutboundMessage) -> BoxFut<'a, Result<String, CarrierError>>;
 
@@ -105,6 +109,11 @@ impl Carrier for SandboxCarrier {
 
     fn callee_hangs_up_after(&self) -> Option<Duration> {
         Some(self.call_length)
+    }
+
+    fn hang_up<'a>(&'a self, _call_id: &'a str) -> BoxFut<'a, Result<(), CarrierError>> {
+        // The sandbox's calls exist only in the database.
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn send_message<'a>(&'a self, m: &'a OutboundMessage) -> BoxFut<'a, Result<String, CarrierError>> {

@@ -131,6 +131,8 @@ pub async fn progress<'c>(
 }
 
 /// Ends a live call: the one caller that gets the row back writes its CDR.
+/// `status` `hangup` means `completed` if it was answered, else
+/// `canceled`, decided in the same statement (an answer may race it).
 pub async fn finish<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
@@ -140,7 +142,8 @@ pub async fn finish<'c>(
     now: i64,
 ) -> Result<Option<CallRow>> {
     Ok(sqlx::query_as(&format!(
-        "UPDATE calls SET status = $3, error_code = $4, ended_at = $5, updated_at = $5 \
+        "UPDATE calls SET status = CASE WHEN $3 <> 'hangup' THEN $3 WHEN answered_at IS NULL THEN 'canceled' \
+           ELSE 'completed' END, error_code = $4, ended_at = $5, updated_at = $5 \
          WHERE tenant_id = $1 AND id = $2 AND status IN {LIVE} RETURNING {COLS}"
     ))
     .bind(scope.tenant_id().to_string())
@@ -252,4 +255,20 @@ pub async fn hourly<'c>(
          FROM messages WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1 ORDER BY 1"
     };
     Ok(sqlx::query_as(sql).bind(scope.tenant_id().to_string()).bind(from).bind(to).fetch_all(ex).await?)
+}
+
+/// Gives back `amount` of an identity's monthly spend (a refunded call).
+pub async fn unspend<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    identity: &str,
+    month: &str,
+    amount: i64,
+) -> Result<()> {
+    sqlx::query("UPDATE identity_spend SET spent = spent - $3 WHERE identity_id = $1 AND month = $2 AND spent >= $3")
+        .bind(identity)
+        .bind(month)
+        .bind(amount)
+        .execute(ex)
+        .await?;
+    Ok(())
 }

@@ -36,6 +36,16 @@ pub fn idempotency_key(h: &HeaderMap) -> Result<Option<String>, ApiError> {
         .ok_or_else(|| ApiError::validation("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))
 }
 
+/// What an Idempotency-Key is bound to: the route, the credential that
+/// sent it and the request's fields. The same key with anything else is
+/// 409, so a key can neither replay another route's response nor let one
+/// credential (an agent token) see another's.
+pub fn request_hash(auth: &Auth, route: &str, fields: &[&str]) -> String {
+    let actor = auth.principal.actor();
+    let doc = serde_json::json!([route, actor.kind, actor.id, fields]);
+    palisade_auth::token::sha256_hex(&doc.to_string())
+}
+
 /// The first response again, or 409 when the key came with another body.
 pub fn replay(stored: IdempotentResponse, request_hash: &str) -> Result<Response, ApiError> {
     if stored.request_hash != request_hash {

@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::{HeaderMap, StatusCode};
 use palisade_audit::Event;
-use palisade_auth::token::sha256_hex;
 use palisade_comms::{CallAnswer, OutboundCall};
 use palisade_core::principal::Actor;
 use palisade_core::{ApiError, Permission, PrincipalKind, TenantScope};
@@ -85,7 +84,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let scope = auth.scope(Permission::CallsWrite).await?;
     let key = admission::idempotency_key(&headers)?;
-    let request_hash = sha256_hex(&serde_json::json!(["call", req.from.trim(), req.to.trim()]).to_string());
+    let request_hash = admission::request_hash(&auth, "POST /v1/calls", &[req.from.trim(), req.to.trim()]);
     let now = state.now_ms();
     let since = now - admission::IDEMPOTENCY_TTL_MS;
     if let Some(k) = &key {
@@ -168,7 +167,11 @@ fn run_call(state: AppState, scope: TenantScope, call: OutboundCall) {
                 })
             }
         };
+        // A step that finds the call over (hung up) or cannot be recorded
+        // ends it as failed, which does nothing if it is over already,
+        // rather than leave it live (holding its slot and prepaid minute).
         if !step("ringing", false).await {
+            log_end(end(&state, &scope, &call.id, "failed", Some("interrupted")).await);
             return;
         }
         match carrier.place_call(&call).await {
@@ -176,6 +179,9 @@ fn run_call(state: AppState, scope: TenantScope, call: OutboundCall) {
             Ok(CallAnswer::Busy) => log_end(end(&state, &scope, &call.id, "busy", None).await),
             Ok(CallAnswer::Answered) => {
                 if !step("in_progress", true).await {
+                    // Over already (hung up), or not recordable: make sure.
+                    let _ = carrier.hang_up(&call.id).await;
+                    log_end(end(&state, &scope, &call.id, "failed", Some("interrupted")).await);
                     return;
                 }
                 if let Some(after) = carrier.callee_hangs_up_after() {
@@ -217,6 +223,9 @@ async fn end(
     let mut cost = call.prepaid;
     if due < call.prepaid {
         palisade_store::credits::refund(&mut *tx, scope, call.prepaid - due, id, now).await?;
+        // The budget gets it back too, in the month the call was paid.
+        let month = &palisade_core::clock::rfc3339(call.created_at)[..7];
+        palisade_store::calls::unspend(&mut *tx, &call.identity_id, month, call.prepaid - due).await?;
         cost = due;
     } else if due > call.prepaid {
         let rest = due - call.prepaid;
@@ -242,7 +251,7 @@ async fn end(
         from_number: call.from_number.clone(),
         to_number: call.to_number.clone(),
         to_country: call.to_country.clone(),
-        status: status.to_owned(),
+        status: call.status.clone(),
         started_at: call.created_at,
         answered_at: call.answered_at,
         ended_at: now,
@@ -253,7 +262,7 @@ async fn end(
     palisade_store::calls::insert_cdr(&mut *tx, scope, &cdr).await?;
     let event = Event::new("call.ended", Some(scope.tenant_id()), Actor::system()).resource("call", id).details(
         serde_json::json!({
-            "status": status,
+            "status": call.status,
             "error_code": code,
             "duration_secs": duration_secs,
             "billed_minutes": billed_minutes,
@@ -290,13 +299,15 @@ pub async fn hangup(
     let scope = auth.scope(Permission::CallsWrite).await?;
     let id = id.to_string();
     let call = visible_call(&state, &auth, &scope, &id).await?;
-    let status = match call.status.as_str() {
-        "in_progress" => "completed",
-        "queued" | "ringing" => "canceled",
-        _ => return Err(ApiError::conflict("The call has already ended.")),
-    };
-    if end(&state, &scope, &id, status, None).await?.is_none() {
+    if !matches!(call.status.as_str(), "queued" | "ringing" | "in_progress") {
         return Err(ApiError::conflict("The call has already ended."));
+    }
+    // Completed if answered, else canceled: decided in the same statement.
+    if end(&state, &scope, &id, "hangup", None).await?.is_none() {
+        return Err(ApiError::conflict("The call has already ended."));
+    }
+    if let Err(e) = state.carrier.hang_up(&id).await {
+        tracing::warn!(error = %e, call = id, "the carrier did not confirm the hang-up");
     }
     let call = palisade_store::calls::get(state.db.reader(), &scope, &id).await?.ok_or_else(ApiError::not_found)?;
     Ok(Json(call.into()))

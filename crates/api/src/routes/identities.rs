@@ -283,6 +283,10 @@ pub async fn remove(
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
     let current = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
+    // Deleting and registering the number again must not lift a freeze.
+    if current.status != "active" {
+        return Err(ApiError::frozen());
+    }
     palisade_store::identities::delete(&mut *tx, &scope, id).await?;
     let event = event_for("identity.deleted", &auth, &current.id, &current.number);
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;

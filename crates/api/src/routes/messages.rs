@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::{HeaderMap, StatusCode};
 use palisade_audit::Event;
-use palisade_auth::token::sha256_hex;
 use palisade_comms::OutboundMessage;
 use palisade_core::{ApiError, Permission, PrincipalKind, TenantScope};
 use palisade_store::messages::{MessageRow, NewMessage};
@@ -89,7 +88,8 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let scope = auth.scope(Permission::MessagesWrite).await?;
     let key = admission::idempotency_key(&headers)?;
-    let request_hash = sha256_hex(&serde_json::json!([req.from.trim(), req.to.trim(), req.body]).to_string());
+    let request_hash =
+        admission::request_hash(&auth, "POST /v1/messages", &[req.from.trim(), req.to.trim(), &req.body]);
     let now = state.now_ms();
     if let Some(k) = &key {
         if let Some(stored) =

@@ -18,6 +18,8 @@ backend_tests!(
     cdrs_are_immutable,
     hourly_usage,
     agent_tokens_see_their_own_calls_only,
+    refunds_restore_the_budget,
+    idempotency_keys_are_bound_to_their_route,
 );
 
 const FROM: &str = "+34612345678";
@@ -139,7 +141,7 @@ async fn calls_end_by_themselves_in_the_sandbox(b: Backend) {
 }
 
 async fn concurrent_call_quota(b: Backend) {
-    let s = server(b, 3600).await;
+    let s = server(b.clone(), 3600).await;
     let (token, tenant_id, _) = tenant(&s, 100).await;
     let limits = json!({"concurrent_calls": 2});
     s.admin(Method::PUT, &format!("/sysadmin/v1/tenants/{tenant_id}/limits"), Some(limits)).await.expect(200);
@@ -152,7 +154,7 @@ async fn concurrent_call_quota(b: Backend) {
     s.post(&format!("/v1/calls/{}/hangup", first.body["id"].as_str().unwrap()), &token, json!({})).await.expect(200);
     call(&s, &token, TO).await.expect(201);
     // Racing admissions never exceed the quota either.
-    let s2 = server(Backend::Sqlite, 3600).await;
+    let s2 = server(b, 3600).await;
     let (token2, tenant2, _) = tenant(&s2, 1000).await;
     s2.admin(Method::PUT, &format!("/sysadmin/v1/tenants/{tenant2}/limits"), Some(json!({"concurrent_calls": 3})))
         .await
@@ -250,5 +252,44 @@ async fn agent_tokens_see_their_own_calls_only(b: Backend) {
     assert!(s.get("/v1/cdrs", &agent).await.expect(200).body["data"].as_array().unwrap().is_empty());
     // An agent cannot read usage or balance.
     s.get("/v1/usage", &agent).await.expect(403);
+    s.stop().await;
+}
+
+async fn refunds_restore_the_budget(b: Backend) {
+    let s = server(b, 3600).await;
+    let t = s.tenant("Acme").await;
+    let i =
+        s.post("/v1/identities", &t.token, json!({"number": FROM, "policy": {"monthly_budget": 10}})).await.expect(201);
+    let id = i.body["id"].as_str().unwrap().to_owned();
+    s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", t.id), Some(json!({"amount": 100})))
+        .await
+        .expect(200);
+    // The budget holds one minute; a busy call gives it back.
+    let busy = call(&s, &t.token, palisade_comms::carrier::magic::BUSY).await.expect(201);
+    wait_call(&s, &t.token, busy.body["id"].as_str().unwrap(), |st| st == "busy").await;
+    let live = call(&s, &t.token, TO).await.expect(201);
+    assert_eq!(call(&s, &t.token, TO).await.expect(429).body["reason"], "monthly_budget");
+    s.post(&format!("/v1/calls/{}/hangup", live.body["id"].as_str().unwrap()), &t.token, json!({})).await.expect(200);
+    assert_eq!(balance(&s, &t.token).await, 100);
+    // A frozen identity cannot be deleted (and registered again unfrozen).
+    s.admin(Method::POST, &format!("/sysadmin/v1/identities/{id}/freeze"), None).await.expect(200);
+    s.call(Method::DELETE, &format!("/v1/identities/{id}"), Some(&t.token), None).await.expect(423);
+    s.stop().await;
+}
+
+async fn idempotency_keys_are_bound_to_their_route(b: Backend) {
+    let s = server(b, 3600).await;
+    let (token, _, _) = tenant(&s, 100).await;
+    let post = |path: &str, body: Value| {
+        let rb = s.request(Method::POST, path).bearer_auth(&token).header("idempotency-key", "same-key").json(&body);
+        TestServer::send(rb)
+    };
+    post("/v1/calls", json!({"from": FROM, "to": TO})).await.expect(201);
+    let again = post("/v1/calls", json!({"from": FROM, "to": TO})).await.expect(201);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let r = post("/v1/messages", json!({"from": FROM, "to": TO, "body": "call"})).await.expect(409);
+    assert_eq!(r.body["reason"], "idempotency_key_reused");
+    assert_eq!(s.get("/v1/calls", &token).await.expect(200).body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(balance(&s, &token).await, 90);
     s.stop().await;
 }
