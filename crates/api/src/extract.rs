@@ -118,44 +118,11 @@ impl FromRequestParts<AppState> for Auth {
                 authenticate_jwt(state, t).await.inspect_err(|_| state.metrics.auth_failure("jwt"))?
             }
             Credential::ApiKey(k) => {
-                if credentials_locked(parts) {
-                    state
-                        .abuse
-                        .credential_refused_locked(&state.db, ctx.client_ip, state.now_ms(), ctx.audit.clone())
-                        .await;
-                    return Err(ApiError::unauthenticated());
-                }
-                match authenticate_api_key(state, k, &ctx, &parts.headers).await {
-                    Err(e) if e.status() == http::StatusCode::UNAUTHORIZED => {
-                        let now = state.now_ms();
-                        state
-                            .abuse
-                            .credential_failed(&state.db, "api_key", ctx.client_ip, now, ctx.audit.clone())
-                            .await;
-                        return Err(e);
-                    }
-                    r => r?,
-                }
+                let checked = authenticate_api_key(state, k, &ctx, &parts.headers);
+                throttled(state, parts, &ctx, "api_key", checked).await?
             }
             Credential::AgentToken(t) => {
-                if credentials_locked(parts) {
-                    state
-                        .abuse
-                        .credential_refused_locked(&state.db, ctx.client_ip, state.now_ms(), ctx.audit.clone())
-                        .await;
-                    return Err(ApiError::unauthenticated());
-                }
-                match authenticate_agent(state, t).await {
-                    Err(e) if e.status() == http::StatusCode::UNAUTHORIZED => {
-                        let now = state.now_ms();
-                        state
-                            .abuse
-                            .credential_failed(&state.db, "agent_token", ctx.client_ip, now, ctx.audit.clone())
-                            .await;
-                        return Err(e);
-                    }
-                    r => r?,
-                }
+                throttled(state, parts, &ctx, "agent_token", authenticate_agent(state, t)).await?
             }
             // The master key is for /sysadmin only.
             Credential::MasterKey(_) | Credential::Malformed => return Err(ApiError::unauthenticated()),
@@ -170,6 +137,29 @@ impl FromRequestParts<AppState> for Auth {
             .await?;
         parts.extensions.insert(caller);
         Ok(Auth { principal, ctx, concurrent_calls: policy.concurrent_calls, state: state.clone() })
+    }
+}
+
+/// A key-like credential check under the per-address lockout: refused
+/// unseen while the address is locked out; a failure counts towards it.
+async fn throttled(
+    state: &AppState,
+    parts: &Parts,
+    ctx: &Ctx,
+    kind: &'static str,
+    check: impl std::future::Future<Output = Result<Authenticated, ApiError>>,
+) -> Result<Authenticated, ApiError> {
+    let now = state.now_ms();
+    if credentials_locked(parts) {
+        state.abuse.credential_refused_locked(&state.db, ctx.client_ip, now, ctx.audit.clone()).await;
+        return Err(ApiError::unauthenticated());
+    }
+    match check.await {
+        Err(e) if e.status() == http::StatusCode::UNAUTHORIZED => {
+            state.abuse.credential_failed(&state.db, kind, ctx.client_ip, now, ctx.audit.clone()).await;
+            Err(e)
+        }
+        r => r,
     }
 }
 

@@ -38,26 +38,6 @@ pub struct NewMessage<'a> {
     pub now: i64,
 }
 
-pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, m: &NewMessage<'_>) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO messages (id, tenant_id, identity_id, from_number, to_number, to_country, body, segments, cost, \
-         status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', $10, $10)",
-    )
-    .bind(m.id)
-    .bind(scope.tenant_id().to_string())
-    .bind(m.identity_id)
-    .bind(m.from)
-    .bind(m.to)
-    .bind(m.to_country)
-    .bind(m.body)
-    .bind(m.segments)
-    .bind(m.cost)
-    .bind(m.now)
-    .execute(ex)
-    .await?;
-    Ok(())
-}
-
 /// The tenant's messages, newest first; only one identity's when given.
 pub async fn list<'c>(
     ex: impl Executor<'c, Database = Any>,
@@ -85,34 +65,6 @@ pub async fn get<'c>(
         .bind(id)
         .fetch_optional(ex)
         .await?)
-}
-
-/// Moves a message forward (queued → sent → delivered | failed); a report
-/// that would move it back is ignored.
-pub async fn set_status<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-    id: &str,
-    status: &str,
-    error_code: Option<&str>,
-    carrier_ref: Option<&str>,
-    now: i64,
-) -> Result<bool> {
-    let r = sqlx::query(
-        "UPDATE messages SET status = $3, error_code = COALESCE($4, error_code), \
-         carrier_ref = COALESCE($5, carrier_ref), updated_at = $6 \
-         WHERE tenant_id = $1 AND id = $2 AND status NOT IN ('delivered', 'failed') \
-           AND NOT (status = 'sent' AND $3 = 'sent')",
-    )
-    .bind(scope.tenant_id().to_string())
-    .bind(id)
-    .bind(status)
-    .bind(error_code)
-    .bind(carrier_ref)
-    .bind(now)
-    .execute(ex)
-    .await?;
-    Ok(r.rows_affected() == 1)
 }
 
 /// Adds `cost` to the identity's spend this month unless that would pass
@@ -225,7 +177,7 @@ pub fn budget_stmts(identity: &str, month: &str, cost: i64, budget: i64) -> Vec<
     ]
 }
 
-/// [`insert`] as a statement.
+/// Records a new message (queued).
 pub fn insert_stmt(scope: &TenantScope, m: &NewMessage<'_>) -> crate::Stmt {
     crate::Stmt::new(
         "INSERT INTO messages (id, tenant_id, identity_id, from_number, to_number, to_country, body, segments, cost, \
@@ -273,8 +225,9 @@ pub fn remember_stmts(
     ]
 }
 
-/// [`set_status`] as a statement, refused (`settled`) when the message has
-/// already reached that status or a final one.
+/// Moves a message forward (queued → sent → delivered | failed); refused
+/// (`settled`) when it already has that status or a final one, so a late
+/// report never moves it back.
 pub fn set_status_stmt(
     scope: &TenantScope,
     id: &str,
