@@ -171,22 +171,22 @@ fn run_call(state: AppState, scope: TenantScope, call: OutboundCall) {
         // ends it as failed, which does nothing if it is over already,
         // rather than leave it live (holding its slot and prepaid minute).
         if !step("ringing", false).await {
-            log_end(end(&state, &scope, &call.id, "failed", Some("interrupted")).await);
+            log_end(end(&state, &scope, &call.id, "failed", Some("interrupted"), None).await);
             return;
         }
         match carrier.place_call(&call).await {
-            Err(e) => log_end(end(&state, &scope, &call.id, "failed", Some(e.code())).await),
-            Ok(CallAnswer::Busy) => log_end(end(&state, &scope, &call.id, "busy", None).await),
+            Err(e) => log_end(end(&state, &scope, &call.id, "failed", Some(e.code()), None).await),
+            Ok(CallAnswer::Busy) => log_end(end(&state, &scope, &call.id, "busy", None, None).await),
             Ok(CallAnswer::Answered) => {
                 if !step("in_progress", true).await {
                     // Over already (hung up), or not recordable: make sure.
                     let _ = carrier.hang_up(&call.id).await;
-                    log_end(end(&state, &scope, &call.id, "failed", Some("interrupted")).await);
+                    log_end(end(&state, &scope, &call.id, "failed", Some("interrupted"), None).await);
                     return;
                 }
                 if let Some(after) = carrier.callee_hangs_up_after() {
                     tokio::time::sleep(after).await;
-                    log_end(end(&state, &scope, &call.id, "completed", None).await);
+                    log_end(end(&state, &scope, &call.id, "completed", None, None).await);
                 }
             }
         }
@@ -208,6 +208,7 @@ async fn end(
     id: &str,
     status: &str,
     code: Option<&str>,
+    by: Option<(Actor, &palisade_audit::Context)>,
 ) -> Result<Option<CdrRow>, ApiError> {
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
@@ -260,17 +261,19 @@ async fn end(
         cost,
     };
     palisade_store::calls::insert_cdr(&mut *tx, scope, &cdr).await?;
-    let event = Event::new("call.ended", Some(scope.tenant_id()), Actor::system()).resource("call", id).details(
-        serde_json::json!({
+    // The carrier's events are the system's; a hang-up is its caller's.
+    let default_ctx = palisade_audit::Context::default();
+    let (actor, ctx) = by.unwrap_or((Actor::system(), &default_ctx));
+    let event =
+        Event::new("call.ended", Some(scope.tenant_id()), actor).resource("call", id).details(serde_json::json!({
             "status": call.status,
             "error_code": code,
             "duration_secs": duration_secs,
             "billed_minutes": billed_minutes,
             "cost": cost,
             "cdr_id": cdr.id,
-        }),
-    );
-    palisade_audit::append(&mut *tx, &event, &palisade_audit::Context::default(), now).await?;
+        }));
+    palisade_audit::append(&mut *tx, &event, ctx, now).await?;
     tx.commit().await?;
     Ok(Some(cdr))
 }
@@ -303,7 +306,8 @@ pub async fn hangup(
         return Err(ApiError::conflict("The call has already ended."));
     }
     // Completed if answered, else canceled: decided in the same statement.
-    if end(&state, &scope, &id, "hangup", None).await?.is_none() {
+    let by = Some((auth.principal.actor(), &auth.ctx.audit));
+    if end(&state, &scope, &id, "hangup", None, by).await?.is_none() {
         return Err(ApiError::conflict("The call has already ended."));
     }
     if let Err(e) = state.carrier.hang_up(&id).await {

@@ -23,6 +23,7 @@ backend_tests!(
     repeated_signup_binds_password_to_token,
     email_tokens_expire_and_race,
     stale_signups_free_their_address,
+    signups_the_operator_funded_are_kept,
     unauthenticated_routes_cap_json,
     hs256_when_configured,
 );
@@ -378,6 +379,25 @@ async fn email_tokens_expire_and_race(b: Backend) {
     let results = futures_util::future::join_all(calls).await;
     assert_eq!(results.iter().filter(|r| r.status == 200).count(), 1, "a token is used once, even under a race");
     assert!(results.iter().all(|r| r.status == 200 || r.status == 400));
+    srv.stop().await;
+}
+
+async fn signups_the_operator_funded_are_kept(b: Backend) {
+    let srv = TestServer::start(b).await;
+    signup(&srv, "funded@example.com", PASSWORD).await;
+    let tenants = srv.admin(Method::GET, "/sysadmin/v1/tenants", None).await.expect(200);
+    let id = tenants.body["data"][0]["id"].as_str().unwrap().to_owned();
+    srv.admin(Method::POST, &format!("/sysadmin/v1/tenants/{id}/credits"), Some(json!({"amount": 10})))
+        .await
+        .expect(200);
+    srv.admin(Method::PUT, &format!("/sysadmin/v1/tenants/{id}/limits"), Some(json!({"key_per_minute": 5})))
+        .await
+        .expect(200);
+    srv.clock.advance_ms(2 * 24 * 3600 * 1000);
+    // The purge neither fails on the tenant's credits nor removes it.
+    palisade_store::tokens::purge_expired(&srv.state().db, srv.clock.now_ms()).await.unwrap();
+    let tenants = srv.admin(Method::GET, "/sysadmin/v1/tenants", None).await.expect(200);
+    assert_eq!(tenants.body["data"][0]["id"], id.as_str());
     srv.stop().await;
 }
 

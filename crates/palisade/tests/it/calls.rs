@@ -102,6 +102,8 @@ async fn answered_call_is_billed_per_started_minute(b: Backend) {
     let events = s.events(&token, "resource_type=call").await;
     let actions: Vec<&str> = events.iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["call.placed", "call.ended"]);
+    // The hang-up is its caller's act.
+    assert_eq!(events[1]["actor"]["type"], "user");
     assert!(!events[0].to_string().contains(TO));
     s.stop().await;
 }
