@@ -20,6 +20,7 @@ backend_tests!(
     agent_tokens_see_their_own_calls_only,
     refunds_restore_the_budget,
     idempotency_keys_are_bound_to_their_route,
+    call_create_has_its_own_tenant_limit,
 );
 
 const FROM: &str = "+34612345678";
@@ -301,5 +302,22 @@ async fn idempotency_keys_are_bound_to_their_route(b: Backend) {
     assert_eq!(r.body["reason"], "idempotency_key_reused");
     assert_eq!(s.get("/v1/calls", &token).await.expect(200).body["data"].as_array().unwrap().len(), 1);
     assert_eq!(balance(&s, &token).await, 90);
+    s.stop().await;
+}
+
+async fn call_create_has_its_own_tenant_limit(b: Backend) {
+    let s = server(b, 3600).await;
+    let (token, tenant_id, _) = tenant(&s, 100).await;
+    let limits = json!({"call_create_per_minute": 2});
+    s.admin(Method::PUT, &format!("/sysadmin/v1/tenants/{tenant_id}/limits"), Some(limits)).await.expect(200);
+    s.clock.advance_ms(1000);
+    call(&s, &token, TO).await.expect(201);
+    call(&s, &token, TO).await.expect(201);
+    let r = call(&s, &token, TO).await.expect(429);
+    assert_eq!(r.body["reason"], "rate_limited");
+    assert_eq!(r.body["limit"], "call_create");
+    assert_eq!(balance(&s, &token).await, 80);
+    // Reading calls is not placing them.
+    s.get("/v1/calls", &token).await.expect(200);
     s.stop().await;
 }
