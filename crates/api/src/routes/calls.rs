@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::admission::{self, Admitted};
-use super::List;
+use super::{own_identity, List, Paging};
 use crate::extract::{Auth, PathId, ValidJson};
 use crate::state::AppState;
 
@@ -317,28 +317,6 @@ pub async fn hangup(
     Ok(Json(call.into()))
 }
 
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct Paging {
-    /// At most this many, newest first (1–100, default 50).
-    limit: Option<i64>,
-}
-
-fn limit(p: &Paging) -> Result<i64, ApiError> {
-    let l = p.limit.unwrap_or(50);
-    if !(1..=100).contains(&l) {
-        return Err(ApiError::validation("limit", "must be between 1 and 100"));
-    }
-    Ok(l)
-}
-
-fn own_identity(auth: &Auth) -> Option<palisade_core::IdentityId> {
-    match auth.principal.kind() {
-        PrincipalKind::Agent { identity_id } => Some(*identity_id),
-        _ => None,
-    }
-}
-
 #[utoipa::path(get, path = "/v1/calls", tag = "calls", security(("bearer" = [])), params(Paging),
     responses((status = 200, body = List<CallView>)))]
 pub async fn list(
@@ -347,7 +325,7 @@ pub async fn list(
     Query(p): Query<Paging>,
 ) -> Result<List<CallView>, ApiError> {
     let scope = auth.scope(Permission::CallsRead).await?;
-    let rows = palisade_store::calls::list(state.db.reader(), &scope, own_identity(&auth), limit(&p)?).await?;
+    let rows = palisade_store::calls::list(state.db.reader(), &scope, own_identity(&auth), p.limit()?).await?;
     Ok(List { data: rows.into_iter().map(CallView::from).collect(), next_cursor: None })
 }
 
@@ -413,7 +391,7 @@ pub async fn list_cdrs(
     Query(p): Query<Paging>,
 ) -> Result<List<CdrView>, ApiError> {
     let scope = auth.scope(Permission::CdrsRead).await?;
-    let rows = palisade_store::calls::list_cdrs(state.db.reader(), &scope, own_identity(&auth), limit(&p)?).await?;
+    let rows = palisade_store::calls::list_cdrs(state.db.reader(), &scope, own_identity(&auth), p.limit()?).await?;
     Ok(List { data: rows.into_iter().map(CdrView::from).collect(), next_cursor: None })
 }
 

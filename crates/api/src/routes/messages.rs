@@ -13,13 +13,13 @@ use axum::Json;
 use http::{HeaderMap, StatusCode};
 use palisade_audit::Event;
 use palisade_comms::OutboundMessage;
-use palisade_core::{ApiError, Permission, PrincipalKind, TenantScope};
+use palisade_core::{ApiError, Permission, TenantScope};
 use palisade_store::messages::{MessageRow, NewMessage};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use super::admission::{self, Admitted};
-use super::List;
+use super::{own_identity, List, Paging};
 use crate::extract::{Auth, PathId, ValidJson};
 use crate::state::AppState;
 
@@ -230,31 +230,16 @@ async fn update(
     }
 }
 
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct MessageQuery {
-    /// At most this many, newest first (1–100, default 50).
-    limit: Option<i64>,
-}
-
 /// The tenant's messages, newest first; an agent token sees its identity's only.
-#[utoipa::path(get, path = "/v1/messages", tag = "messages", security(("bearer" = [])), params(MessageQuery),
+#[utoipa::path(get, path = "/v1/messages", tag = "messages", security(("bearer" = [])), params(Paging),
     responses((status = 200, body = List<MessageView>)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
-    Query(q): Query<MessageQuery>,
+    Query(p): Query<Paging>,
 ) -> Result<List<MessageView>, ApiError> {
     let scope = auth.scope(Permission::MessagesRead).await?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::validation("limit", "must be between 1 and 100"));
-    }
-    let identity = match auth.principal.kind() {
-        PrincipalKind::Agent { identity_id } => Some(*identity_id),
-        _ => None,
-    };
-    let rows = palisade_store::messages::list(state.db.reader(), &scope, identity, limit).await?;
+    let rows = palisade_store::messages::list(state.db.reader(), &scope, own_identity(&auth), p.limit()?).await?;
     Ok(List { data: rows.into_iter().map(MessageView::from).collect(), next_cursor: None })
 }
 
@@ -270,10 +255,8 @@ pub async fn get(
     let row = palisade_store::messages::get(state.db.reader(), &scope, &id.to_string())
         .await?
         .ok_or_else(ApiError::not_found)?;
-    if let PrincipalKind::Agent { identity_id } = auth.principal.kind() {
-        if identity_id.to_string() != row.identity_id {
-            return Err(ApiError::not_found());
-        }
+    if own_identity(&auth).is_some_and(|i| i.to_string() != row.identity_id) {
+        return Err(ApiError::not_found());
     }
     Ok(Json(row.into()))
 }

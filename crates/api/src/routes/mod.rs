@@ -135,6 +135,32 @@ impl<T: serde::Serialize> IntoResponse for List<T> {
     }
 }
 
+/// Paging of the newest-first lists (messages, calls, CDRs).
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct Paging {
+    /// At most this many, newest first (1–100, default 50).
+    limit: Option<i64>,
+}
+
+impl Paging {
+    fn limit(&self) -> Result<i64, palisade_core::ApiError> {
+        let l = self.limit.unwrap_or(50);
+        if !(1..=100).contains(&l) {
+            return Err(palisade_core::ApiError::validation("limit", "must be between 1 and 100"));
+        }
+        Ok(l)
+    }
+}
+
+/// The identity an agent token is confined to; `None` for other callers.
+fn own_identity(auth: &crate::extract::Auth) -> Option<palisade_core::IdentityId> {
+    match auth.principal.kind() {
+        palisade_core::PrincipalKind::Agent { identity_id } => Some(*identity_id),
+        _ => None,
+    }
+}
+
 fn rfc3339_opt(ms: Option<i64>) -> Option<String> {
     ms.map(palisade_core::clock::rfc3339)
 }
