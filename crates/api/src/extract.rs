@@ -211,7 +211,7 @@ async fn authenticate_api_key(
     headers: &HeaderMap,
 ) -> Result<Authenticated, ApiError> {
     let now = state.now_ms();
-    let row = palisade_store::api_keys::find_by_hash(state.db.reader(), &sha256_hex(key), now)
+    let row = palisade_store::api_keys::find_by_hash(&state.db, &sha256_hex(key), now)
         .await?
         .ok_or_else(ApiError::unauthenticated)?;
     if row.revoked_at.is_some() || row.expires_at.is_some_and(|e| e <= now) {

@@ -23,6 +23,7 @@ pub struct Services {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub argon2: crate::ops::Argon2Slots,
     pub carrier: Arc<dyn palisade_comms::Carrier>,
+    pub reports: crate::reports::Reports,
 }
 
 /// Where the master key's hash lives; the key itself is never kept.

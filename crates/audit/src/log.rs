@@ -15,7 +15,9 @@ use tokio::sync::Notify;
 use crate::checkpoint::{Checkpoint, Signer};
 use crate::merkle::{self, Frontier, Hash};
 
-const BATCH: i64 = 5000;
+/// Events per signed checkpoint: large enough that a busy log signs a few
+/// checkpoints a second, small enough that each write is short.
+const BATCH: i64 = 1000;
 
 /// The fields a leaf commits to, borrowed from wherever they were read.
 #[derive(Debug, Clone, Copy)]
@@ -117,7 +119,7 @@ pub fn leaf_hash_of(r: &AuditRow) -> Hash {
 
 pub struct AuditLog {
     db: Db,
-    signer: Signer,
+    signer: Arc<Signer>,
     checkpoint_file: PathBuf,
     /// The largest tree size this instance's checkpoint file vouches for.
     file_max_size: std::sync::atomic::AtomicU64,
@@ -159,7 +161,7 @@ impl AuditLog {
             .unwrap_or(0);
         Arc::new(Self {
             db,
-            signer,
+            signer: Arc::new(signer),
             checkpoint_file,
             file_max_size: file_max.into(),
             wake: Notify::new(),
@@ -184,34 +186,42 @@ impl AuditLog {
     /// Sequences everything pending; one signed checkpoint per batch.
     /// Returns the last checkpoint written, if any.
     pub async fn integrate(&self, now_ms: i64) -> Result<Option<Checkpoint>, LogError> {
-        let mut last = None;
+        let mut signed = Vec::new();
         // Full batches, then the partial one, then stop: events that keep
         // arriving meanwhile wait for the next run instead of making a
         // stream of tiny checkpoints.
         while let Some((cp, full)) = self.integrate_batch(now_ms).await? {
-            last = Some(cp);
+            signed.push(cp);
             if !full {
                 break;
             }
         }
-        Ok(last)
+        if signed.is_empty() {
+            return Ok(None);
+        }
+        // The file must never vouch for a batch a crash could still take
+        // back from the database: make the batches durable first, once.
+        self.db.make_durable().await?;
+        self.append_to_file(&signed).await?;
+        Ok(signed.pop())
     }
 
     /// Integrates up to BATCH pending events; the checkpoint and whether the
-    /// batch was full.
+    /// batch was full. The hashing and signing happen before the write, so
+    /// the write itself is one short atomic list that other writers barely
+    /// wait for; it moves the head only from where this step started.
     async fn integrate_batch(&self, now_ms: i64) -> Result<Option<(Checkpoint, bool)>, LogError> {
-        // Idle: look without taking the write lock.
-        if !palisade_store::audit::any_pending(self.db.reader()).await? {
+        let reader = self.db.reader();
+        if !palisade_store::audit::any_pending(reader).await? {
             return Ok(None);
         }
-        let mut tx = self.db.begin().await?;
-        let (size, frontier) = palisade_store::audit::lock_head(&mut tx).await?;
-        let batch = palisade_store::audit::pending_batch(&mut tx, BATCH).await?;
+        let (size, frontier) = palisade_store::audit::read_head(reader).await?;
+        let batch = palisade_store::audit::pending_batch(reader, BATCH).await?;
         if batch.is_empty() {
             return Ok(None);
         }
         let full = batch.len() as i64 == BATCH;
-        let mut f = Frontier::decode(u64::try_from(size).map_err(|_| LogError::CorruptHead)?, &frontier)
+        let f = Frontier::decode(u64::try_from(size).map_err(|_| LogError::CorruptHead)?, &frontier)
             .ok_or(LogError::CorruptHead)?;
         // Extend only the tree we last signed: a head rewritten in the
         // database (or cut short of the checkpoint file) must not be signed.
@@ -224,42 +234,21 @@ impl AuditLog {
                 return Err(LogError::CorruptHead);
             }
         }
-        let first = size;
-        let mut leaves = Vec::with_capacity(batch.len());
-        let mut nodes = Vec::with_capacity(batch.len());
-        for row in &batch {
-            let index = f.size() as i64;
-            let h = leaf_hash_of(row);
-            f.push(h, |level, idx, node| nodes.push((i64::from(level), idx as i64, hex::encode(node))));
-            leaves.push((index, row.seq, hex::encode(h)));
+        let signer = self.signer.clone();
+        let (cp, stmts) = tokio::task::spawn_blocking(move || extend(f, size, &batch, &signer, now_ms))
+            .await
+            .map_err(|e| LogError::Store(StoreError::Corrupt(format!("integration task: {e}"))))?;
+        match self.db.write_guarded(stmts).await? {
+            Ok(_) => Ok(Some((cp, full))),
+            // Another instance integrated first: its checkpoint covers these.
+            Err(_moved) => Ok(None),
         }
-        palisade_store::audit::insert_leaves(&mut tx, &leaves).await?;
-        palisade_store::audit::insert_nodes(&mut tx, &nodes).await?;
-        palisade_store::audit::dequeue_integrated(&mut tx, first).await?;
-        let root = f.root();
-        let cp = self.signer.sign(f.size(), &root, now_ms);
-        let row = CheckpointRow {
-            tree_size: f.size() as i64,
-            root_hash: hex::encode(root),
-            ts: now_ms,
-            body: cp.body.clone(),
-            signature: cp.signature.clone(),
-            key_id: cp.key_id.clone(),
-        };
-        palisade_store::audit::insert_checkpoint(&mut tx, &row).await?;
-        palisade_store::audit::set_head(&mut tx, f.size() as i64, &f.encode()).await?;
-        tx.commit().await?;
-        // The file must never vouch for a batch a crash could still take
-        // back from the database.
-        self.db.make_durable().await?;
-        self.append_to_file(&cp).await?;
-        Ok(Some((cp, full)))
     }
 
     /// One JSON line per checkpoint, file mode 0600, opened in append mode.
-    async fn append_to_file(&self, cp: &Checkpoint) -> Result<(), LogError> {
+    async fn append_to_file(&self, cps: &[Checkpoint]) -> Result<(), LogError> {
         let _guard = self.file_lock.lock().await;
-        let line = serde_json::to_string(cp).unwrap_or_default() + "\n";
+        let lines: String = cps.iter().map(|cp| serde_json::to_string(cp).unwrap_or_default() + "\n").collect();
         let path = self.checkpoint_file.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let mut opts = std::fs::OpenOptions::new();
@@ -267,12 +256,12 @@ impl AuditLog {
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
             let mut f = opts.open(&path)?;
-            f.write_all(line.as_bytes())?;
+            f.write_all(lines.as_bytes())?;
             f.sync_data()
         })
         .await
         .map_err(|e| LogError::File(std::io::Error::other(e)))??;
-        if let Some(h) = cp.head() {
+        for h in cps.iter().filter_map(Checkpoint::head) {
             self.file_max_size.fetch_max(h.tree_size, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
@@ -307,7 +296,7 @@ impl AuditLog {
         crate::append(&mut *tx, &event, &crate::Context::default(), now_ms).await?;
         tx.commit().await?;
         self.db.make_durable().await?;
-        self.append_to_file(&statement).await?;
+        self.append_to_file(std::slice::from_ref(&statement)).await?;
         self.poke();
         Ok(Some((up_to as u64, removed)))
     }
@@ -398,6 +387,37 @@ impl AuditLog {
             }
         })
     }
+}
+
+/// Adds `batch` to the tree `f` (of `size` leaves) and signs the result:
+/// the checkpoint and the atomic list that stores it.
+fn extend(
+    mut f: Frontier,
+    size: i64,
+    batch: &[AuditRow],
+    signer: &Signer,
+    now_ms: i64,
+) -> (Checkpoint, Vec<palisade_store::Stmt>) {
+    let mut leaves = Vec::with_capacity(batch.len());
+    let mut nodes = Vec::with_capacity(batch.len());
+    for row in batch {
+        let index = f.size() as i64;
+        let h = leaf_hash_of(row);
+        f.push(h, |level, idx, node| nodes.push((i64::from(level), idx as i64, hex::encode(node))));
+        leaves.push((index, row.seq, hex::encode(h)));
+    }
+    let root = f.root();
+    let cp = signer.sign(f.size(), &root, now_ms);
+    let row = CheckpointRow {
+        tree_size: f.size() as i64,
+        root_hash: hex::encode(root),
+        ts: now_ms,
+        body: cp.body.clone(),
+        signature: cp.signature.clone(),
+        key_id: cp.key_id.clone(),
+    };
+    let stmts = palisade_store::audit::integrate_stmts(size, &f.encode(), &leaves, &nodes, row);
+    (cp, stmts)
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         delay: Duration::from_millis(config.carrier.sandbox_delay_ms),
         call_length: Duration::from_secs(config.carrier.sandbox_call_secs),
     });
+    let reports = palisade_api::reports::Reports::start(db.clone());
     Ok(AppState(Arc::new(Services {
         db,
         config,
@@ -62,6 +63,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         metrics,
         argon2,
         carrier,
+        reports,
     })))
 }
 

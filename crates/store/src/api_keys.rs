@@ -84,23 +84,49 @@ pub fn insert_stmt(scope: &TenantScope, k: &NewApiKey<'_>) -> crate::Stmt {
 }
 
 /// Authentication: finds the key by its hash (current, or previous within
-/// the grace period). Tenant scope comes from the row found.
-pub async fn find_by_hash<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    hash: &str,
-    now: i64,
-) -> Result<Option<ApiKeyRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {COLS}, (SELECT status FROM tenants t WHERE t.id = k.tenant_id) AS tenant_status, \
-           (SELECT role FROM users u WHERE u.id = k.owner_user_id AND u.tenant_id = k.tenant_id AND u.status = 'active') \
-             AS owner_role, \
-           (SELECT settings FROM tenant_limits l WHERE l.tenant_id = k.tenant_id) AS tenant_limits \
-         FROM api_keys k WHERE key_hash = $1 OR (prev_key_hash = $1 AND prev_valid_until > $2) LIMIT 1"
-    ))
-    .bind(hash)
-    .bind(now)
-    .fetch_optional(ex)
-    .await?)
+/// the grace period). Tenant scope comes from the row found. On SQLite the
+/// read runs on this thread (see `read.rs`): it is on every request's path.
+pub async fn find_by_hash(db: &crate::Db, hash: &str, now: i64) -> Result<Option<ApiKeyRow>> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT {COLS}, (SELECT status FROM tenants t WHERE t.id = k.tenant_id) AS tenant_status, \
+               (SELECT role FROM users u WHERE u.id = k.owner_user_id AND u.tenant_id = k.tenant_id \
+                  AND u.status = 'active') AS owner_role, \
+               (SELECT settings FROM tenant_limits l WHERE l.tenant_id = k.tenant_id) AS tenant_limits \
+             FROM api_keys k WHERE key_hash = $1 OR (prev_key_hash = $1 AND prev_valid_until > $2) LIMIT 1"
+        )
+    });
+    if let Some(found) = db.fetch_optional_now(&SQL, &[hash.into(), now.into()]) {
+        return found;
+    }
+    Ok(sqlx::query_as(&SQL).bind(hash).bind(now).fetch_optional(db.reader()).await?)
+}
+
+impl crate::FromSqlite for ApiKeyRow {
+    fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(ApiKeyRow {
+            id: r.get("id")?,
+            tenant_id: r.get("tenant_id")?,
+            name: r.get("name")?,
+            prefix: r.get("prefix")?,
+            permissions: r.get("permissions")?,
+            role: r.get("role")?,
+            created_by_type: r.get("created_by_type")?,
+            created_by_id: r.get("created_by_id")?,
+            owner_user_id: r.get("owner_user_id")?,
+            expires_at: r.get("expires_at")?,
+            allowed_ips: r.get("allowed_ips")?,
+            allowed_origins: r.get("allowed_origins")?,
+            status: r.get("status")?,
+            revoked_at: r.get("revoked_at")?,
+            last_used_at: r.get("last_used_at")?,
+            created_at: r.get("created_at")?,
+            prev_valid_until: r.get("prev_valid_until")?,
+            tenant_status: r.get("tenant_status")?,
+            owner_role: r.get("owner_role")?,
+            tenant_limits: r.get("tenant_limits")?,
+        })
+    }
 }
 
 pub async fn get<'c>(

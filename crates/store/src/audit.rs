@@ -156,61 +156,83 @@ pub async fn head<'c>(ex: impl Executor<'c, Database = Any>) -> Result<(i64, Str
     .await?)
 }
 
-pub async fn set_head(tx: &mut crate::Tx, tree_size: i64, frontier: &str) -> Result<()> {
-    sqlx::query("UPDATE audit_head SET tree_size = $1, frontier = $2 WHERE id = 1")
-        .bind(tree_size)
-        .bind(frontier)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+/// The current head: (tree size, frontier).
+pub async fn read_head<'c>(ex: impl Executor<'c, Database = Any>) -> Result<(i64, String)> {
+    Ok(sqlx::query_as("SELECT tree_size, frontier FROM audit_head WHERE id = 1").fetch_one(ex).await?)
 }
 
 /// Events committed but not yet in the tree, oldest first.
-pub async fn pending_batch(tx: &mut crate::Tx, limit: i64) -> Result<Vec<AuditRow>> {
+pub async fn pending_batch<'c>(ex: impl Executor<'c, Database = Any>, limit: i64) -> Result<Vec<AuditRow>> {
     Ok(sqlx::query_as(&format!(
         "SELECT {EVENT_COLS} FROM audit_pending p JOIN audit_events e ON e.seq = p.seq ORDER BY p.seq LIMIT $1"
     ))
     .bind(limit)
-    .fetch_all(&mut **tx)
+    .fetch_all(ex)
     .await?)
 }
 
-/// Inserts rows with one statement per chunk (one round trip per chunk).
-async fn insert_many(tx: &mut crate::Tx, table_cols: &str, rows: &[(i64, i64, String)]) -> Result<()> {
-    for chunk in rows.chunks(500) {
-        let mut sql = format!("INSERT INTO {table_cols} VALUES ");
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push(',');
+/// Refusal reason when another integrator moved the head first.
+pub const HEAD_MOVED: &str = "audit_head_moved";
+
+/// Rows per multi-row insert: few round trips on PostgreSQL, and short
+/// enough that binding stays cheap (drivers look parameters up by name).
+const ROWS_PER_INSERT: usize = 64;
+
+/// One integration step as an atomic list: move the head from `old_size`
+/// (guarded, so a concurrent integrator's step is refused rather than
+/// doubled, and first, so it takes the head's row lock before anything
+/// else), add the leaves and completed nodes, dequeue what they cover and
+/// store the signed checkpoint.
+pub fn integrate_stmts(
+    old_size: i64,
+    frontier: &str,
+    leaves: &[(i64, i64, String)],
+    nodes: &[(i64, i64, String)],
+    checkpoint: CheckpointRow,
+) -> Vec<crate::Stmt> {
+    let head = crate::Stmt::new("UPDATE audit_head SET tree_size = $1, frontier = $2 WHERE id = 1 AND tree_size = $3")
+        .bind(checkpoint.tree_size)
+        .bind(frontier)
+        .bind(old_size)
+        .or_refuse(HEAD_MOVED);
+    let mut out = vec![head];
+    out.extend(insert_many("audit_leaves (leaf_index, event_seq, leaf_hash)", leaves));
+    out.extend(insert_many("audit_nodes (level, node_index, hash)", nodes));
+    out.push(
+        crate::Stmt::new(
+            "DELETE FROM audit_pending WHERE seq IN (SELECT event_seq FROM audit_leaves WHERE leaf_index >= $1)",
+        )
+        .bind(old_size),
+    );
+    out.push(
+        crate::Stmt::new(
+            "INSERT INTO audit_checkpoints (tree_size, root_hash, ts, body, signature, key_id) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(checkpoint.tree_size)
+        .bind(checkpoint.root_hash)
+        .bind(checkpoint.ts)
+        .bind(checkpoint.body)
+        .bind(checkpoint.signature)
+        .bind(checkpoint.key_id),
+    );
+    out
+}
+
+/// Multi-row inserts of `(int, int, text)` rows.
+fn insert_many(table_cols: &str, rows: &[(i64, i64, String)]) -> Vec<crate::Stmt> {
+    rows.chunks(ROWS_PER_INSERT)
+        .map(|chunk| {
+            let mut sql = format!("INSERT INTO {table_cols} VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3));
             }
-            sql.push_str(&format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3));
-        }
-        let mut q = sqlx::query(&sql);
-        for (a, b, c) in chunk {
-            q = q.bind(*a).bind(*b).bind(c);
-        }
-        q.execute(&mut **tx).await?;
-    }
-    Ok(())
-}
-
-/// (leaf_index, event_seq, leaf_hash hex)
-pub async fn insert_leaves(tx: &mut crate::Tx, leaves: &[(i64, i64, String)]) -> Result<()> {
-    insert_many(tx, "audit_leaves (leaf_index, event_seq, leaf_hash)", leaves).await
-}
-
-/// (level, node_index, hash hex)
-pub async fn insert_nodes(tx: &mut crate::Tx, nodes: &[(i64, i64, String)]) -> Result<()> {
-    insert_many(tx, "audit_nodes (level, node_index, hash)", nodes).await
-}
-
-/// Removes from the queue exactly the events now in the tree.
-pub async fn dequeue_integrated(tx: &mut crate::Tx, from_leaf: i64) -> Result<()> {
-    sqlx::query("DELETE FROM audit_pending WHERE seq IN (SELECT event_seq FROM audit_leaves WHERE leaf_index >= $1)")
-        .bind(from_leaf)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+            chunk.iter().fold(crate::Stmt::dynamic(sql), |st, (a, b, c)| st.bind(*a).bind(*b).bind(c.as_str()))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -221,21 +243,6 @@ pub struct CheckpointRow {
     pub body: String,
     pub signature: String,
     pub key_id: String,
-}
-
-pub async fn insert_checkpoint(tx: &mut crate::Tx, c: &CheckpointRow) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO audit_checkpoints (tree_size, root_hash, ts, body, signature, key_id) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(c.tree_size)
-    .bind(&c.root_hash)
-    .bind(c.ts)
-    .bind(&c.body)
-    .bind(&c.signature)
-    .bind(&c.key_id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// The newest `n` checkpoint rows, newest first.

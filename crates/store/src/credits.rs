@@ -114,22 +114,24 @@ pub fn debit_stmts(
     now: i64,
 ) -> Vec<crate::Stmt> {
     let tenant = scope.tenant_id().to_string();
+    // The ledger row first: on PostgreSQL the balance row stays locked from
+    // its update to the commit, so the update is the last statement.
     vec![
-        crate::Stmt::new(
-            "UPDATE balances SET balance = balance - $2, updated_at = $3 WHERE tenant_id = $1 AND balance >= $2",
-        )
-        .bind(tenant.clone())
-        .bind(amount)
-        .bind(now)
-        .or_refuse("insufficient_credits"),
         crate::Stmt::new(
             "INSERT INTO credit_ledger (id, tenant_id, amount, reason, reference, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(format!("{reason}-{reference}"))
-        .bind(tenant)
+        .bind(tenant.clone())
         .bind(-amount)
         .bind(reason)
         .bind(reference)
         .bind(now),
+        crate::Stmt::new(
+            "UPDATE balances SET balance = balance - $2, updated_at = $3 WHERE tenant_id = $1 AND balance >= $2",
+        )
+        .bind(tenant)
+        .bind(amount)
+        .bind(now)
+        .or_refuse("insufficient_credits"),
     ]
 }

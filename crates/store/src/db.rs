@@ -77,8 +77,9 @@ impl std::ops::DerefMut for Tx {
 
 /// What only SQLite has: the file, the write lock, the group-commit writer.
 #[derive(Debug)]
-struct SqliteParts {
-    path: PathBuf,
+pub(crate) struct SqliteParts {
+    pub(crate) path: PathBuf,
+    pub(crate) readers: crate::read::Readers,
     write_lock: Arc<Mutex<()>>,
     group: GroupCommit,
 }
@@ -113,7 +114,13 @@ impl Db {
                 let read = sqlite_pool(max_connections.max(2)).connect_with(opts).await?;
                 let write_lock = Arc::new(Mutex::new(()));
                 let group = GroupCommit::start(&path, write_lock.clone())?;
-                Ok(Db { read, write, dialect, sqlite: Some(Arc::new(SqliteParts { path, write_lock, group })) })
+                let readers = crate::read::Readers::default();
+                Ok(Db {
+                    read,
+                    write,
+                    dialect,
+                    sqlite: Some(Arc::new(SqliteParts { path, readers, write_lock, group })),
+                })
             }
             Dialect::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -132,6 +139,10 @@ impl Db {
             Dialect::Postgres => POSTGRES_MIGRATIONS.run(&self.write).await?,
         }
         Ok(())
+    }
+
+    pub(crate) fn sqlite_parts(&self) -> Option<&SqliteParts> {
+        self.sqlite.as_deref()
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -206,6 +217,9 @@ fn sqlite_pool(max: u32) -> AnyPoolOptions {
             conn.execute("PRAGMA synchronous = NORMAL").await?;
             conn.execute("PRAGMA busy_timeout = 5000").await?;
             conn.execute("PRAGMA foreign_keys = ON").await?;
+            conn.execute("PRAGMA temp_store = MEMORY").await?;
+            let pages = crate::group_commit::WAL_AUTOCHECKPOINT_PAGES;
+            conn.execute(format!("PRAGMA wal_autocheckpoint = {pages}").as_str()).await?;
             Ok(())
         })
     })

@@ -67,6 +67,9 @@ impl std::fmt::Debug for GroupCommit {
     }
 }
 
+/// WAL pages after which a committing writer checkpoints by itself.
+pub(crate) const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
+
 /// Opens a connection with the pragmas every SQLite connection here uses.
 pub(crate) fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     use rusqlite::OpenFlags;
@@ -77,11 +80,21 @@ pub(crate) fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection>
     };
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // The hot paths use a few dozen distinct statements; keep them compiled.
+    conn.set_prepared_statement_cache_capacity(128);
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Checkpoints are the audit integrator's job (`Db::make_durable`,
+        // every second while there are writes), off the writers' path; this
+        // is only the backstop.
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     }
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Every job runs in a savepoint, whose undo journal would otherwise be a
+    // temporary file written page by page.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
 }
 

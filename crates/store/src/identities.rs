@@ -181,14 +181,40 @@ pub async fn find_by_agent_token<'c>(ex: impl Executor<'c, Database = Any>, hash
 }
 
 /// The tenant's identity with this number.
-pub async fn get_by_number<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-    number: &str,
-) -> Result<Option<IdentityRow>> {
-    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM identities WHERE tenant_id = $1 AND number = $2"))
-        .bind(scope.tenant_id().to_string())
-        .bind(number)
-        .fetch_optional(ex)
-        .await?)
+/// The identity a send names (its id or its number), read on this thread
+/// on SQLite (see `read.rs`): it is on every send's path.
+pub async fn find_sender(db: &crate::Db, scope: &TenantScope, from: &str) -> Result<Option<IdentityRow>> {
+    static BY_ID: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("SELECT {COLS} FROM identities WHERE tenant_id = $1 AND id = $2"));
+    static BY_NUMBER: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("SELECT {COLS} FROM identities WHERE tenant_id = $1 AND number = $2"));
+    let (sql, key) = match <IdentityId as std::str::FromStr>::from_str(from) {
+        Ok(id) => (&*BY_ID, id.to_string()),
+        Err(_) => (&*BY_NUMBER, from.to_owned()),
+    };
+    let tenant = scope.tenant_id().to_string();
+    if let Some(found) = db.fetch_optional_now(sql, &[tenant.as_str().into(), key.as_str().into()]) {
+        return found;
+    }
+    Ok(sqlx::query_as(sql).bind(tenant).bind(key).fetch_optional(db.reader()).await?)
+}
+
+impl crate::FromSqlite for IdentityRow {
+    fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(IdentityRow {
+            id: r.get("id")?,
+            tenant_id: r.get("tenant_id")?,
+            kind: r.get("kind")?,
+            number: r.get("number")?,
+            country: r.get("country")?,
+            name: r.get("name")?,
+            rate_per_second: r.get("rate_per_second")?,
+            monthly_budget: r.get("monthly_budget")?,
+            allowed_countries: r.get("allowed_countries")?,
+            status: r.get("status")?,
+            agent_token_prefix: r.get("agent_token_prefix")?,
+            created_at: r.get("created_at")?,
+            updated_at: r.get("updated_at")?,
+        })
+    }
 }

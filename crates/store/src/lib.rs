@@ -11,6 +11,7 @@ mod error;
 pub mod group_commit;
 pub mod identities;
 pub mod messages;
+mod read;
 pub mod settings;
 pub mod tenants;
 pub mod tokens;
@@ -19,6 +20,7 @@ pub mod write;
 
 pub use db::{create_private_dir, Db, Dialect, Tx};
 pub use error::StoreError;
+pub use read::FromSqlite;
 pub use rusqlite;
 pub use write::{Stmt, Val};
 

@@ -225,9 +225,9 @@ pub fn remember_stmts(
     ]
 }
 
-/// Moves a message forward (queued → sent → delivered | failed); refused
-/// (`settled`) when it already has that status or a final one, so a late
-/// report never moves it back.
+/// Moves a message forward (queued → sent → delivered | failed); changes
+/// no row when it already has that status or a final one, so a late report
+/// never moves it back.
 pub fn set_status_stmt(
     scope: &TenantScope,
     id: &str,
@@ -248,5 +248,4 @@ pub fn set_status_stmt(
     .bind(error_code)
     .bind(carrier_ref)
     .bind(now)
-    .or_refuse("settled")
 }

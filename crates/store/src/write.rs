@@ -50,7 +50,7 @@ impl From<Option<&str>> for Val {
 /// One statement with `$1…$n` placeholders and its values, in order.
 #[derive(Debug, Clone)]
 pub struct Stmt {
-    sql: &'static str,
+    sql: std::borrow::Cow<'static, str>,
     args: Vec<Val>,
     /// When set, the statement must change exactly one row, or the whole
     /// list is undone and this reason returned (a conditional debit).
@@ -59,7 +59,13 @@ pub struct Stmt {
 
 impl Stmt {
     pub fn new(sql: &'static str) -> Self {
-        Stmt { sql, args: Vec::new(), guard: None }
+        Stmt { sql: sql.into(), args: Vec::new(), guard: None }
+    }
+
+    /// A statement whose text is built at run time (multi-row inserts).
+    /// Only from fixed fragments: values are always bound.
+    pub fn dynamic(sql: String) -> Self {
+        Stmt { sql: sql.into(), args: Vec::new(), guard: None }
     }
 
     /// The statement (an `UPDATE … WHERE <condition>`) must change exactly
@@ -83,38 +89,13 @@ impl Stmt {
     }
 
     fn run_sqlite(&self, c: &rusqlite::Connection) -> Result<u64> {
-        let mut st = c.prepare_cached(self.sql)?;
-        if st.parameter_count() != self.args.len() {
-            // SQLite would bind the missing ones as NULL; PostgreSQL refuses.
-            return Err(StoreError::Corrupt(format!(
-                "statement takes {} values, {} given",
-                st.parameter_count(),
-                self.args.len()
-            )));
-        }
-        // `$N` are named parameters to SQLite, numbered in order of first
-        // appearance: read each slot's name once and bind the N-th value to it
-        // (looking names up one by one costs a scan per value).
-        for idx in 1..=st.parameter_count() {
-            let n = st
-                .parameter_name(idx)
-                .and_then(|name| name.strip_prefix('$'))
-                .and_then(|n| n.parse::<usize>().ok())
-                .filter(|n| (1..=self.args.len()).contains(n))
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!("statement parameter {idx} is not $1..${}", self.args.len()))
-                })?;
-            match &self.args[n - 1] {
-                Val::NullInt | Val::NullText => st.raw_bind_parameter(idx, rusqlite::types::Null)?,
-                Val::Int(v) => st.raw_bind_parameter(idx, v)?,
-                Val::Text(t) => st.raw_bind_parameter(idx, t)?,
-            }
-        }
+        let mut st = c.prepare_cached(&sqlite_placeholders(&self.sql))?;
+        bind_sqlite(&mut st, &self.args)?;
         Ok(st.raw_execute()? as u64)
     }
 
     async fn run_sqlx(&self, tx: &mut crate::Tx) -> Result<u64> {
-        let mut q = sqlx::query(self.sql);
+        let mut q = sqlx::query(&self.sql);
         for v in &self.args {
             q = match v {
                 Val::NullInt => q.bind(None::<i64>),
@@ -125,6 +106,42 @@ impl Stmt {
         }
         Ok(q.execute(&mut **tx).await?.rows_affected())
     }
+}
+
+/// Binds `args` to `?1…?n` (see [`sqlite_placeholders`]).
+pub(crate) fn bind_sqlite(st: &mut rusqlite::CachedStatement<'_>, args: &[Val]) -> Result<()> {
+    if st.parameter_count() != args.len() {
+        // SQLite would bind the missing ones as NULL; PostgreSQL refuses.
+        return Err(StoreError::Corrupt(format!(
+            "statement takes {} values, {} given",
+            st.parameter_count(),
+            args.len()
+        )));
+    }
+    for (i, v) in args.iter().enumerate() {
+        match v {
+            Val::NullInt | Val::NullText => st.raw_bind_parameter(i + 1, rusqlite::types::Null)?,
+            Val::Int(v) => st.raw_bind_parameter(i + 1, v)?,
+            Val::Text(t) => st.raw_bind_parameter(i + 1, t)?,
+        }
+    }
+    Ok(())
+}
+
+/// `$N` (PostgreSQL's placeholders, a *name* to SQLite, looked up by a
+/// scan) as `?N`, which SQLite binds by number. Our statements have no `$`
+/// in literals.
+pub(crate) fn sqlite_placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
+    if !sql.contains('$') {
+        return sql.into();
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(ch) = chars.next() {
+        let numbered = ch == '$' && chars.peek().is_some_and(char::is_ascii_digit);
+        out.push(if numbered { '?' } else { ch });
+    }
+    out.into()
 }
 
 impl Db {
@@ -187,5 +204,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, vec![0], "NULL compares as unknown, so nothing is updated");
+    }
+
+    #[test]
+    fn placeholders_become_numbered_for_sqlite() {
+        assert_eq!(
+            sqlite_placeholders("SELECT $1, $12, x$ FROM t WHERE a = $2"),
+            "SELECT ?1, ?12, x$ FROM t WHERE a = ?2"
+        );
+        assert_eq!(sqlite_placeholders("SELECT 1"), "SELECT 1");
     }
 }

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use palisade_core::{ApiError, IdentityId, PrincipalKind, TenantScope};
+use palisade_core::{ApiError, PrincipalKind, TenantScope};
 use palisade_guard::limits::{Key, Kind, Limit};
 use palisade_guard::phone::E164;
 use palisade_guard::state::{Bucket, Decide};
@@ -113,12 +113,9 @@ pub async fn admit(
 
 /// The identity named by `from` (its id or its number), in the tenant.
 async fn sending_identity(state: &AppState, scope: &TenantScope, from: &str) -> Result<IdentityRow, ApiError> {
-    let from = from.trim();
-    let found = match IdentityId::from_str(from) {
-        Ok(id) => palisade_store::identities::get(state.db.reader(), scope, id).await?,
-        Err(_) => palisade_store::identities::get_by_number(state.db.reader(), scope, from).await?,
-    };
-    found.ok_or_else(|| ApiError::validation("from", "is not one of your identities (id or number)"))
+    palisade_store::identities::find_sender(&state.db, scope, from.trim())
+        .await?
+        .ok_or_else(|| ApiError::validation("from", "is not one of your identities (id or number)"))
 }
 
 /// Counts `cost` against the identity's monthly budget, in `tx`.

@@ -21,6 +21,7 @@ use utoipa::ToSchema;
 use super::admission::{self, Admitted};
 use super::{own_identity, List, Paging};
 use crate::extract::{Auth, PathId, ValidJson};
+use crate::reports::Report;
 use crate::state::AppState;
 
 /// Ten segments of Unicode text, a little more of GSM text.
@@ -142,23 +143,26 @@ pub async fn create(
             "segments": segments,
             "cost": cost,
         }));
-    // One atomic list, with the conditional updates as guards: the budget,
-    // the debit (the balance can never go below zero), the record, its audit
-    // event and the idempotency key. On SQLite it joins the group commit.
+    // One atomic list, with the conditional updates as guards: the record,
+    // its audit event, the idempotency key, the budget and the debit (the
+    // balance can never go below zero). The guards come last: on PostgreSQL
+    // the tenant's balance row stays locked from its update to the commit,
+    // and every send of the tenant waits for that lock. On SQLite the list
+    // joins the group commit.
     let mut stmts = Vec::with_capacity(8);
-    if let Some(budget) = identity.monthly_budget {
-        let month = &palisade_core::clock::rfc3339(now)[..7];
-        stmts.extend(palisade_store::messages::budget_stmts(&identity.id, month, cost, budget));
-    }
-    if cost > 0 {
-        stmts.extend(palisade_store::credits::debit_stmts(&scope, cost, "message", &id, now));
-    }
     stmts.push(palisade_store::messages::insert_stmt(&scope, &new));
     stmts.push(palisade_audit::append_stmt(&event, &auth.ctx.audit, now).1);
     if let Some(k) = &key {
         let body = serde_json::to_string(&view).map_err(ApiError::internal)?;
         let since = now - admission::IDEMPOTENCY_TTL_MS;
         stmts.extend(palisade_store::messages::remember_stmts(&scope, k, &request_hash, 201, body, now, since));
+    }
+    if let Some(budget) = identity.monthly_budget {
+        let month = &palisade_core::clock::rfc3339(now)[..7];
+        stmts.extend(palisade_store::messages::budget_stmts(&identity.id, month, cost, budget));
+    }
+    if cost > 0 {
+        stmts.extend(palisade_store::credits::debit_stmts(&scope, cost, "message", &id, now));
     }
     match state.db.write_guarded(stmts).await {
         Ok(Ok(_)) => {}
@@ -183,51 +187,26 @@ pub async fn create(
 fn deliver(state: AppState, scope: TenantScope, m: OutboundMessage) {
     tokio::spawn(async move {
         let carrier = state.carrier.clone();
-        let (status, code) = match carrier.send_message(&m).await {
+        let report = |status, error_code, carrier_ref| Report {
+            scope: scope.clone(),
+            message_id: m.id.clone(),
+            status,
+            error_code,
+            carrier_ref,
+            at_ms: state.now_ms(),
+        };
+        let last = match carrier.send_message(&m).await {
             Ok(reference) => {
-                update(&state, &scope, &m.id, "sent", None, Some(&reference)).await;
+                state.reports.record(report("sent", None, Some(reference))).await;
                 match carrier.delivery_report(&m).await {
-                    Ok(()) => ("delivered", None),
-                    Err(e) => ("failed", Some(e.code())),
+                    Ok(()) => report("delivered", None, None),
+                    Err(e) => report("failed", Some(e.code()), None),
                 }
             }
-            Err(e) => ("failed", Some(e.code())),
+            Err(e) => report("failed", Some(e.code()), None),
         };
-        update(&state, &scope, &m.id, status, code, None).await;
+        state.reports.record(last).await;
     });
-}
-
-async fn update(
-    state: &AppState,
-    scope: &TenantScope,
-    id: &str,
-    status: &str,
-    code: Option<&str>,
-    reference: Option<&str>,
-) {
-    let now = state.now_ms();
-    let done = async {
-        let action = match status {
-            "sent" => "message.handed_to_carrier",
-            "delivered" => "message.delivered",
-            _ => "message.failed",
-        };
-        let mut event = Event::new(action, Some(scope.tenant_id()), palisade_core::principal::Actor::system())
-            .resource("message", id);
-        if let Some(c) = code {
-            event = event.details(serde_json::json!({ "error_code": c }));
-        }
-        let stmts = vec![
-            palisade_store::messages::set_status_stmt(scope, id, status, code, reference, now),
-            palisade_audit::append_stmt(&event, &palisade_audit::Context::default(), now).1,
-        ];
-        // Refused (`settled`): a report that arrived late changes nothing.
-        let _settled = state.db.write_guarded(stmts).await?;
-        Ok::<_, ApiError>(())
-    };
-    if let Err(e) = done.await {
-        tracing::error!(error = %e, message = id, "recording a message status failed");
-    }
 }
 
 /// The tenant's messages, newest first; an agent token sees its identity's only.
