@@ -238,10 +238,13 @@ impl AuditLog {
         let (cp, stmts) = tokio::task::spawn_blocking(move || extend(f, size, &batch, &signer, now_ms))
             .await
             .map_err(|e| LogError::Store(StoreError::Corrupt(format!("integration task: {e}"))))?;
-        match self.db.write_guarded(stmts).await? {
-            Ok(_) => Ok(Some((cp, full))),
-            // Another instance integrated first: its checkpoint covers these.
-            Err(_moved) => Ok(None),
+        match self.db.write_guarded(stmts).await {
+            Ok(Ok(_)) => Ok(Some((cp, full))),
+            // Another instance integrated first (its leaves may be met before
+            // the head's guard): its checkpoint covers these.
+            Ok(Err(_moved)) => Ok(None),
+            Err(e) if e.is_unique_violation() => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 

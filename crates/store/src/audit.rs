@@ -180,9 +180,8 @@ const ROWS_PER_INSERT: usize = 64;
 
 /// One integration step as an atomic list: move the head from `old_size`
 /// (guarded, so a concurrent integrator's step is refused rather than
-/// doubled, and first, so it takes the head's row lock before anything
-/// else), add the leaves and completed nodes, dequeue what they cover and
-/// store the signed checkpoint.
+/// doubled), add the leaves and completed nodes, dequeue what they cover
+/// and store the signed checkpoint.
 pub fn integrate_stmts(
     old_size: i64,
     frontier: &str,
@@ -198,12 +197,13 @@ pub fn integrate_stmts(
     let mut out = vec![head];
     out.extend(insert_many("audit_leaves (leaf_index, event_seq, leaf_hash)", leaves));
     out.extend(insert_many("audit_nodes (level, node_index, hash)", nodes));
-    out.push(
-        crate::Stmt::new(
-            "DELETE FROM audit_pending WHERE seq IN (SELECT event_seq FROM audit_leaves WHERE leaf_index >= $1)",
-        )
-        .bind(old_size),
-    );
+    // By the events' numbers, not through the new leaves: a list's
+    // statements must not depend on each other's effects.
+    for chunk in leaves.chunks(ROWS_PER_INSERT) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("DELETE FROM audit_pending WHERE seq IN ({})", marks.join(", "));
+        out.push(chunk.iter().fold(crate::Stmt::dynamic(sql), |st, (_, seq, _)| st.bind(*seq)));
+    }
     out.push(
         crate::Stmt::new(
             "INSERT INTO audit_checkpoints (tree_size, root_hash, ts, body, signature, key_id) \

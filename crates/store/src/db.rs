@@ -149,6 +149,10 @@ impl Db {
         self.dialect
     }
 
+    pub(crate) fn write_pool(&self) -> &AnyPool {
+        &self.write
+    }
+
     /// Pool for reads that need no transaction.
     pub fn reader(&self) -> &AnyPool {
         &self.read

@@ -160,21 +160,19 @@ pub async fn purge_idempotency_keys(db: &crate::Db, before: i64) -> Result<u64> 
 
 /// [`spend_within_budget`] as statements: refused with `monthly_budget`.
 pub fn budget_stmts(identity: &str, month: &str, cost: i64, budget: i64) -> Vec<crate::Stmt> {
-    vec![
-        crate::Stmt::new(
-            "INSERT INTO identity_spend (identity_id, month, spent) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
-        )
-        .bind(identity)
-        .bind(month),
-        crate::Stmt::new(
-            "UPDATE identity_spend SET spent = spent + $3 WHERE identity_id = $1 AND month = $2 AND spent + $3 <= $4",
-        )
-        .bind(identity)
-        .bind(month)
-        .bind(cost)
-        .bind(budget)
-        .or_refuse("monthly_budget"),
-    ]
+    // One upsert (the month's first spend inserts, later ones add), guarded:
+    // a list's statements must not depend on each other's effects.
+    vec![crate::Stmt::new(
+        "INSERT INTO identity_spend (identity_id, month, spent) \
+         SELECT $1, $2, CAST($3 AS BIGINT) WHERE CAST($3 AS BIGINT) <= CAST($4 AS BIGINT) \
+         ON CONFLICT (identity_id, month) DO UPDATE SET spent = identity_spend.spent + excluded.spent \
+         WHERE identity_spend.spent + excluded.spent <= CAST($4 AS BIGINT)",
+    )
+    .bind(identity)
+    .bind(month)
+    .bind(cost)
+    .bind(budget)
+    .or_refuse("monthly_budget")]
 }
 
 /// Records a new message (queued).
@@ -195,8 +193,7 @@ pub fn insert_stmt(scope: &TenantScope, m: &NewMessage<'_>) -> crate::Stmt {
     .bind(m.now)
 }
 
-/// [`remember`] as statements (a unique violation: another request with
-/// the key won).
+/// [`remember`] as one guarded statement.
 pub fn remember_stmts(
     scope: &TenantScope,
     key: &str,
@@ -206,24 +203,27 @@ pub fn remember_stmts(
     now: i64,
     expired_before: i64,
 ) -> Vec<crate::Stmt> {
-    let tenant = scope.tenant_id().to_string();
-    vec![
-        crate::Stmt::new("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND idem_key = $2 AND created_at < $3")
-            .bind(tenant.clone())
-            .bind(key)
-            .bind(expired_before),
-        crate::Stmt::new(
-            "INSERT INTO idempotency_keys (tenant_id, idem_key, request_hash, status, response, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(tenant)
-        .bind(key)
-        .bind(request_hash)
-        .bind(status)
-        .bind(response)
-        .bind(now),
-    ]
+    // Takes the key, or an expired record of it; refused (`KEY_TAKEN`) when a
+    // live record holds it: another request with the key was first.
+    vec![crate::Stmt::new(
+        "INSERT INTO idempotency_keys (tenant_id, idem_key, request_hash, status, response, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (tenant_id, idem_key) DO UPDATE SET request_hash = excluded.request_hash, \
+           status = excluded.status, response = excluded.response, created_at = excluded.created_at \
+         WHERE idempotency_keys.created_at < $7",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(key)
+    .bind(request_hash)
+    .bind(status)
+    .bind(response)
+    .bind(now)
+    .bind(expired_before)
+    .or_refuse(KEY_TAKEN)]
 }
+
+/// Refusal of [`remember_stmts`]: a live record holds the key.
+pub const KEY_TAKEN: &str = "idempotency_key_taken";
 
 /// Moves a message forward (queued → sent → delivered | failed); changes
 /// no row when it already has that status or a final one, so a late report

@@ -1,8 +1,8 @@
 //! Atomic writes of plain statements, on either database. A unit of work
-//! whose statements do not depend on each other's results (insert a row and
-//! its audit event, say) is described once as [`Stmt`]s and runs in one
-//! transaction: on SQLite inside the group-commit writer (no round trip per
-//! statement), on PostgreSQL as an ordinary transaction.
+//! whose statements do not depend on each other's results or effects
+//! (insert a row and its audit event, say) is described once as [`Stmt`]s
+//! and runs atomically: on SQLite inside the group-commit writer (no round
+//! trip per statement), on PostgreSQL as one statement in one round trip.
 
 use crate::{Db, Dialect, Result, StoreError};
 
@@ -93,19 +93,6 @@ impl Stmt {
         bind_sqlite(&mut st, &self.args)?;
         Ok(st.raw_execute()? as u64)
     }
-
-    async fn run_sqlx(&self, tx: &mut crate::Tx) -> Result<u64> {
-        let mut q = sqlx::query(&self.sql);
-        for v in &self.args {
-            q = match v {
-                Val::NullInt => q.bind(None::<i64>),
-                Val::NullText => q.bind(None::<String>),
-                Val::Int(n) => q.bind(*n),
-                Val::Text(t) => q.bind(t.as_str()),
-            };
-        }
-        Ok(q.execute(&mut **tx).await?.rows_affected())
-    }
 }
 
 /// Binds `args` to `?1…?n` (see [`sqlite_placeholders`]).
@@ -144,25 +131,94 @@ pub(crate) fn sqlite_placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
+/// `$N` as `$(N + offset)`, for one statement among several.
+fn renumber(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.chars().peekable();
+    while let Some(ch) = chars.next() {
+        out.push(ch);
+        if ch != '$' {
+            continue;
+        }
+        let mut n = String::new();
+        while let Some(d) = chars.next_if(char::is_ascii_digit) {
+            n.push(d);
+        }
+        match n.parse::<usize>() {
+            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Err(_) => out.push_str(&n),
+        }
+    }
+    out
+}
+
 impl Db {
-    /// Runs the statements in one transaction, all or none; returns the
-    /// rows each affected.
+    /// Runs the statements atomically, all or none; returns the rows each
+    /// affected. On SQLite in order, in the group commit; on PostgreSQL as
+    /// one statement ([`Db::write_postgres`]), so the statements must not
+    /// depend on each other's effects.
     pub async fn write_all(&self, stmts: Vec<Stmt>) -> Result<Vec<u64>> {
         match self.dialect() {
             Dialect::Sqlite => self
                 .write_sqlite(move |c| stmts.iter().map(|s| s.run_sqlite(c).and_then(|n| s.check(n))).collect())
                 .await
                 .unwrap_or(Err(StoreError::Closed)),
-            Dialect::Postgres => {
-                let mut tx = self.begin().await?;
-                let mut out = Vec::with_capacity(stmts.len());
-                for s in &stmts {
-                    // An early return drops the transaction: rolled back.
-                    out.push(s.check(s.run_sqlx(&mut tx).await?)?);
-                }
-                tx.commit().await?;
-                Ok(out)
+            Dialect::Postgres => self.write_postgres(&stmts).await,
+        }
+    }
+
+    /// PostgreSQL: the list as one statement (each statement a data-modifying
+    /// `WITH` part), sent in one round trip and committed on its own. Row
+    /// locks (a tenant's balance) are held only while the server runs it and
+    /// commits, never across a round trip to this process. The parts see one
+    /// snapshot, so a list must not depend on its own effects (an insert
+    /// then an update of the same row); guards abort it through
+    /// `palisade_refuse` (SQLSTATE PA001, migration 0008).
+    async fn write_postgres(&self, stmts: &[Stmt]) -> Result<Vec<u64>> {
+        let mut sql = String::from("WITH ");
+        let mut args: Vec<&Val> = Vec::new();
+        let reasons: Vec<Val> = stmts.iter().filter_map(|s| s.guard).map(Val::from).collect();
+        for (i, s) in stmts.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
             }
+            sql.push_str(&format!("s{i} AS ({} RETURNING 1)", renumber(&s.sql, args.len())));
+            args.extend(&s.args);
+        }
+        sql.push_str(" SELECT ");
+        let mut guard_no = 0;
+        for (i, s) in stmts.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let count = format!("(SELECT count(*) FROM s{i})");
+            if s.guard.is_some() {
+                guard_no += 1;
+                let reason = args.len() + guard_no;
+                sql.push_str(&format!("CASE WHEN {count} = 1 THEN 1::bigint ELSE palisade_refuse(${reason}) END"));
+            } else {
+                sql.push_str(&count);
+            }
+        }
+        args.extend(&reasons);
+        let mut q = sqlx::query(&sql);
+        for v in args {
+            q = match v {
+                Val::NullInt => q.bind(None::<i64>),
+                Val::NullText => q.bind(None::<String>),
+                Val::Int(n) => q.bind(*n),
+                Val::Text(t) => q.bind(t.as_str()),
+            };
+        }
+        match q.fetch_one(self.write_pool()).await {
+            Ok(row) => (0..stmts.len())
+                .map(|i| Ok(u64::try_from(sqlx::Row::try_get::<i64, _>(&row, i)?).unwrap_or(0)))
+                .collect(),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("PA001") => {
+                let reason = stmts.iter().filter_map(|s| s.guard).find(|r| *r == e.message());
+                Err(StoreError::Refused(reason.unwrap_or("refused")))
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -204,6 +260,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, vec![0], "NULL compares as unknown, so nothing is updated");
+    }
+
+    #[test]
+    fn placeholders_are_renumbered_for_a_combined_statement() {
+        assert_eq!(renumber("UPDATE t SET a = $1 WHERE b = $2 AND c$", 3), "UPDATE t SET a = $4 WHERE b = $5 AND c$");
+        assert_eq!(renumber("SELECT 1", 3), "SELECT 1");
     }
 
     #[test]

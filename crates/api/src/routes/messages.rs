@@ -164,11 +164,10 @@ pub async fn create(
     if cost > 0 {
         stmts.extend(palisade_store::credits::debit_stmts(&scope, cost, "message", &id, now));
     }
-    match state.db.write_guarded(stmts).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(reason)) => return Err(admission::refusal(reason, cost)),
-        Err(e) if e.is_unique_violation() && key.is_some() => {
-            // A concurrent request with this key won: answer as it did.
+    match state.db.write_guarded(stmts).await? {
+        Ok(_) => {}
+        Err(palisade_store::messages::KEY_TAKEN) => {
+            // A concurrent request with this key was first: answer as it did.
             let k = key.as_deref().unwrap_or_default();
             let won =
                 palisade_store::messages::idempotent(state.db.reader(), &scope, k, now - admission::IDEMPOTENCY_TTL_MS)
@@ -176,7 +175,7 @@ pub async fn create(
                     .ok_or_else(|| ApiError::conflict("A request with this Idempotency-Key is in progress."))?;
             return admission::replay(won, &request_hash);
         }
-        Err(e) => return Err(e.into()),
+        Err(reason) => return Err(admission::refusal(reason, cost)),
     }
     deliver(state.clone(), scope, OutboundMessage { id, from: identity.number, to: to.number, body: req.body });
     Ok((StatusCode::CREATED, Json(view)).into_response())
