@@ -17,7 +17,7 @@ use crate::merkle::{self, Frontier, Hash};
 
 /// Events per signed checkpoint: large enough that a busy log signs a few
 /// checkpoints a second, small enough that each write is short.
-const BATCH: i64 = 1000;
+const BATCH: i64 = 500;
 
 /// The fields a leaf commits to, borrowed from wherever they were read.
 #[derive(Debug, Clone, Copy)]

@@ -103,28 +103,30 @@ pub async fn find_by_hash(db: &crate::Db, hash: &str, now: i64) -> Result<Option
 }
 
 impl crate::FromSqlite for ApiKeyRow {
+    /// By position (by name is a scan per column): `COLS`, then the three
+    /// columns [`find_by_hash`] adds.
     fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(ApiKeyRow {
-            id: r.get("id")?,
-            tenant_id: r.get("tenant_id")?,
-            name: r.get("name")?,
-            prefix: r.get("prefix")?,
-            permissions: r.get("permissions")?,
-            role: r.get("role")?,
-            created_by_type: r.get("created_by_type")?,
-            created_by_id: r.get("created_by_id")?,
-            owner_user_id: r.get("owner_user_id")?,
-            expires_at: r.get("expires_at")?,
-            allowed_ips: r.get("allowed_ips")?,
-            allowed_origins: r.get("allowed_origins")?,
-            status: r.get("status")?,
-            revoked_at: r.get("revoked_at")?,
-            last_used_at: r.get("last_used_at")?,
-            created_at: r.get("created_at")?,
-            prev_valid_until: r.get("prev_valid_until")?,
-            tenant_status: r.get("tenant_status")?,
-            owner_role: r.get("owner_role")?,
-            tenant_limits: r.get("tenant_limits")?,
+            id: r.get(0)?,
+            tenant_id: r.get(1)?,
+            name: r.get(2)?,
+            prefix: r.get(3)?,
+            permissions: r.get(4)?,
+            role: r.get(5)?,
+            created_by_type: r.get(6)?,
+            created_by_id: r.get(7)?,
+            owner_user_id: r.get(8)?,
+            expires_at: r.get(9)?,
+            allowed_ips: r.get(10)?,
+            allowed_origins: r.get(11)?,
+            status: r.get(12)?,
+            revoked_at: r.get(13)?,
+            last_used_at: r.get(14)?,
+            created_at: r.get(15)?,
+            prev_valid_until: r.get(16)?,
+            tenant_status: r.get(17)?,
+            owner_role: r.get(18)?,
+            tenant_limits: r.get(19)?,
         })
     }
 }

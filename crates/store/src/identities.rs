@@ -200,21 +200,22 @@ pub async fn find_sender(db: &crate::Db, scope: &TenantScope, from: &str) -> Res
 }
 
 impl crate::FromSqlite for IdentityRow {
+    /// By position (by name is a scan per column), in `COLS` order.
     fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(IdentityRow {
-            id: r.get("id")?,
-            tenant_id: r.get("tenant_id")?,
-            kind: r.get("kind")?,
-            number: r.get("number")?,
-            country: r.get("country")?,
-            name: r.get("name")?,
-            rate_per_second: r.get("rate_per_second")?,
-            monthly_budget: r.get("monthly_budget")?,
-            allowed_countries: r.get("allowed_countries")?,
-            status: r.get("status")?,
-            agent_token_prefix: r.get("agent_token_prefix")?,
-            created_at: r.get("created_at")?,
-            updated_at: r.get("updated_at")?,
+            id: r.get(0)?,
+            tenant_id: r.get(1)?,
+            kind: r.get(2)?,
+            number: r.get(3)?,
+            country: r.get(4)?,
+            name: r.get(5)?,
+            rate_per_second: r.get(6)?,
+            monthly_budget: r.get(7)?,
+            allowed_countries: r.get(8)?,
+            status: r.get(9)?,
+            agent_token_prefix: r.get(10)?,
+            created_at: r.get(11)?,
+            updated_at: r.get(12)?,
         })
     }
 }

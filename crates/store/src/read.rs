@@ -7,7 +7,7 @@
 
 use std::sync::Mutex;
 
-use crate::write::{bind_sqlite, sqlite_placeholders, Val};
+use crate::write::{bind_sqlite, sqlite_fixed, Val};
 use crate::{Db, Result};
 
 /// Idle read connections kept for reuse.
@@ -44,7 +44,11 @@ impl Readers {
 impl Db {
     /// SQLite only (`None` on PostgreSQL): the row `sql` selects, if any,
     /// read on this thread. For indexed lookups of one row only.
-    pub(crate) fn fetch_optional_now<T: FromSqlite>(&self, sql: &str, args: &[Val]) -> Option<Result<Option<T>>> {
+    pub(crate) fn fetch_optional_now<T: FromSqlite>(
+        &self,
+        sql: &'static str,
+        args: &[Val],
+    ) -> Option<Result<Option<T>>> {
         let s = self.sqlite_parts()?;
         let conn = match s.readers.take() {
             Some(c) => c,
@@ -54,7 +58,7 @@ impl Db {
             },
         };
         let out = (|| {
-            let mut st = conn.prepare_cached(&sqlite_placeholders(sql))?;
+            let mut st = conn.prepare_cached(sqlite_fixed(sql))?;
             bind_sqlite(&mut st, args)?;
             let mut rows = st.raw_query();
             match rows.next()? {
