@@ -8,6 +8,7 @@
 //! later reports about a message lives on the message.
 
 use palisade_core::TenantScope;
+use palisade_store::messages::StatusReport;
 use palisade_store::Db;
 use tokio::sync::mpsc;
 
@@ -52,23 +53,81 @@ impl Reports {
 async fn run(db: Db, mut rx: mpsc::Receiver<Report>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let stmts = batch
-            .iter()
-            .map(|r| {
-                palisade_store::messages::set_status_stmt(
-                    &r.scope,
-                    &r.message_id,
-                    r.status,
-                    r.error_code,
-                    r.carrier_ref.as_deref(),
-                    r.at_ms,
-                )
-            })
-            .collect();
+        let latest = latest_per_message(&batch);
+        let stmts = palisade_store::messages::set_status_stmts(&latest);
         // A report that arrives after the message settled changes no row.
         if let Err(e) = db.write_all(stmts).await {
             tracing::error!(error = %e, reports = batch.len(), "recording carrier reports failed");
         }
         batch.clear();
+    }
+}
+
+/// One report per message: the furthest status, with the error code and
+/// carrier reference any of its reports carried.
+fn latest_per_message(batch: &[Report]) -> Vec<StatusReport<'_>> {
+    let rank = |s: &str| u8::from(s != "sent");
+    let mut out: Vec<StatusReport<'_>> = Vec::with_capacity(batch.len());
+    let mut seen = std::collections::HashMap::with_capacity(batch.len());
+    for r in batch {
+        let this = StatusReport {
+            scope: &r.scope,
+            id: &r.message_id,
+            status: r.status,
+            error_code: r.error_code,
+            carrier_ref: r.carrier_ref.as_deref(),
+            at_ms: r.at_ms,
+        };
+        match seen.get(r.message_id.as_str()) {
+            None => {
+                seen.insert(r.message_id.as_str(), out.len());
+                out.push(this);
+            }
+            Some(&i) => {
+                let kept = &mut out[i];
+                if rank(this.status) >= rank(kept.status) {
+                    kept.status = this.status;
+                    kept.at_ms = kept.at_ms.max(this.at_ms);
+                }
+                kept.error_code = kept.error_code.or(this.error_code);
+                kept.carrier_ref = kept.carrier_ref.or(this.carrier_ref);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(id: &str, status: &'static str, carrier_ref: Option<&str>, at_ms: i64) -> Report {
+        Report {
+            scope: TenantScope::for_system(palisade_core::TenantId::new()),
+            message_id: id.into(),
+            status,
+            error_code: None,
+            carrier_ref: carrier_ref.map(str::to_owned),
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn one_report_per_message_keeps_the_furthest_status_and_the_reference() {
+        let batch = vec![
+            report("a", "sent", Some("ref-a"), 1),
+            report("b", "sent", None, 2),
+            report("a", "delivered", None, 3),
+        ];
+        let latest = latest_per_message(&batch);
+        assert_eq!(latest.len(), 2);
+        assert_eq!(
+            (latest[0].id, latest[0].status, latest[0].carrier_ref, latest[0].at_ms),
+            ("a", "delivered", Some("ref-a"), 3)
+        );
+        assert_eq!((latest[1].id, latest[1].status), ("b", "sent"));
+        // A late "sent" does not undo a final status.
+        let batch = vec![report("a", "failed", None, 5), report("a", "sent", Some("r"), 6)];
+        assert_eq!(latest_per_message(&batch)[0].status, "failed");
     }
 }

@@ -225,27 +225,52 @@ pub fn remember_stmts(
 /// Refusal of [`remember_stmts`]: a live record holds the key.
 pub const KEY_TAKEN: &str = "idempotency_key_taken";
 
-/// Moves a message forward (queued → sent → delivered | failed); changes
-/// no row when it already has that status or a final one, so a late report
-/// never moves it back.
-pub fn set_status_stmt(
-    scope: &TenantScope,
-    id: &str,
-    status: &str,
-    error_code: Option<&str>,
-    carrier_ref: Option<&str>,
-    now: i64,
-) -> crate::Stmt {
-    crate::Stmt::new(
-        "UPDATE messages SET status = $3, error_code = COALESCE($4, error_code), \
-         carrier_ref = COALESCE($5, carrier_ref), updated_at = $6 \
-         WHERE tenant_id = $1 AND id = $2 AND status NOT IN ('delivered', 'failed') \
-           AND NOT (status = 'sent' AND $3 = 'sent')",
-    )
-    .bind(scope.tenant_id().to_string())
-    .bind(id)
-    .bind(status)
-    .bind(error_code)
-    .bind(carrier_ref)
-    .bind(now)
+/// A status a carrier reported for one message.
+pub struct StatusReport<'a> {
+    pub scope: &'a TenantScope,
+    pub id: &'a str,
+    /// `sent`, `delivered` or `failed`.
+    pub status: &'a str,
+    pub error_code: Option<&'a str>,
+    pub carrier_ref: Option<&'a str>,
+    pub at_ms: i64,
+}
+
+/// Reports per statement.
+const REPORTS_PER_UPDATE: usize = 64;
+
+/// Moves messages forward (queued → sent → delivered | failed), many per
+/// statement; a message already at that status or a final one is left
+/// alone, so a late report never moves it back. At most one report per
+/// message in `reports` (an UPDATE changes a row once).
+pub fn set_status_stmts(reports: &[StatusReport<'_>]) -> Vec<crate::Stmt> {
+    reports
+        .chunks(REPORTS_PER_UPDATE)
+        .map(|chunk| {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let n = i * 6;
+                    format!("(${}, ${}, ${}, ${}, ${}, CAST(${} AS BIGINT))", n + 1, n + 2, n + 3, n + 4, n + 5, n + 6)
+                })
+                .collect();
+            // VALUES columns are column1… on both databases.
+            let sql = format!(
+                "UPDATE messages SET status = r.column3, error_code = COALESCE(r.column4, messages.error_code), \
+                   carrier_ref = COALESCE(r.column5, messages.carrier_ref), updated_at = r.column6 \
+                 FROM (VALUES {}) AS r \
+                 WHERE messages.tenant_id = r.column1 AND messages.id = r.column2 \
+                   AND messages.status NOT IN ('delivered', 'failed') \
+                   AND NOT (messages.status = 'sent' AND r.column3 = 'sent')",
+                rows.join(", ")
+            );
+            chunk.iter().fold(crate::Stmt::dynamic(sql), |st, r| {
+                st.bind(r.scope.tenant_id().to_string())
+                    .bind(r.id)
+                    .bind(r.status)
+                    .bind(r.error_code)
+                    .bind(r.carrier_ref)
+                    .bind(r.at_ms)
+            })
+        })
+        .collect()
 }
