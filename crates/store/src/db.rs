@@ -80,6 +80,8 @@ impl std::ops::DerefMut for Tx {
 pub(crate) struct SqliteParts {
     pub(crate) path: PathBuf,
     pub(crate) readers: crate::read::Readers,
+    /// Dropping it stops the checkpointer thread.
+    _checkpointer: std::sync::mpsc::Sender<()>,
     write_lock: Arc<Mutex<()>>,
     group: GroupCommit,
 }
@@ -115,12 +117,9 @@ impl Db {
                 let write_lock = Arc::new(Mutex::new(()));
                 let group = GroupCommit::start(&path, write_lock.clone())?;
                 let readers = crate::read::Readers::default();
-                Ok(Db {
-                    read,
-                    write,
-                    dialect,
-                    sqlite: Some(Arc::new(SqliteParts { path, readers, write_lock, group })),
-                })
+                let _checkpointer = crate::group_commit::start_checkpointer(&path)?;
+                let parts = SqliteParts { path, readers, _checkpointer, write_lock, group };
+                Ok(Db { read, write, dialect, sqlite: Some(Arc::new(parts)) })
             }
             Dialect::Postgres => {
                 let pool = AnyPoolOptions::new()
