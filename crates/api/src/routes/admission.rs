@@ -62,6 +62,35 @@ pub fn replay(stored: IdempotentResponse, request_hash: &str) -> Result<Response
     Ok(resp)
 }
 
+/// The first response for `key` again (or 409 when it came with another
+/// request); `None` when the key is new.
+pub async fn replay_if_known(
+    state: &AppState,
+    scope: &TenantScope,
+    key: &str,
+    request_hash: &str,
+    now: i64,
+) -> Result<Option<Response>, ApiError> {
+    let since = now - IDEMPOTENCY_TTL_MS;
+    match palisade_store::messages::idempotent(state.db.reader(), scope, key, since).await? {
+        Some(stored) => replay(stored, request_hash).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The answer when a concurrent request with the same key was first.
+pub async fn replay_winner(
+    state: &AppState,
+    scope: &TenantScope,
+    key: &str,
+    request_hash: &str,
+    now: i64,
+) -> Result<Response, ApiError> {
+    replay_if_known(state, scope, key, request_hash, now)
+        .await?
+        .ok_or_else(|| ApiError::conflict("A request with this Idempotency-Key is in progress."))
+}
+
 /// What the checks before the money admitted.
 pub struct Admitted {
     pub identity: IdentityRow,

@@ -88,8 +88,8 @@ pub async fn create(
     let now = state.now_ms();
     let since = now - admission::IDEMPOTENCY_TTL_MS;
     if let Some(k) = &key {
-        if let Some(stored) = palisade_store::messages::idempotent(state.db.reader(), &scope, k, since).await? {
-            return admission::replay(stored, &request_hash);
+        if let Some(first) = admission::replay_if_known(&state, &scope, k, &request_hash, now).await? {
+            return Ok(first);
         }
     }
     let Admitted { identity, to } = admission::admit(&state, &auth, &scope, &req.from, &req.to, now).await?;
@@ -132,10 +132,7 @@ pub async fn create(
                 return Err(e.into());
             }
             drop(tx);
-            let won = palisade_store::messages::idempotent(state.db.reader(), &scope, k, since)
-                .await?
-                .ok_or_else(|| ApiError::conflict("A request with this Idempotency-Key is in progress."))?;
-            return admission::replay(won, &request_hash);
+            return admission::replay_winner(&state, &scope, k, &request_hash, now).await;
         }
     }
     tx.commit().await?;

@@ -93,11 +93,8 @@ pub async fn create(
         admission::request_hash(&auth, "POST /v1/messages", &[req.from.trim(), req.to.trim(), &req.body]);
     let now = state.now_ms();
     if let Some(k) = &key {
-        if let Some(stored) =
-            palisade_store::messages::idempotent(state.db.reader(), &scope, k, now - admission::IDEMPOTENCY_TTL_MS)
-                .await?
-        {
-            return admission::replay(stored, &request_hash);
+        if let Some(first) = admission::replay_if_known(&state, &scope, k, &request_hash, now).await? {
+            return Ok(first);
         }
     }
 
@@ -169,11 +166,7 @@ pub async fn create(
         Err(palisade_store::messages::KEY_TAKEN) => {
             // A concurrent request with this key was first: answer as it did.
             let k = key.as_deref().unwrap_or_default();
-            let won =
-                palisade_store::messages::idempotent(state.db.reader(), &scope, k, now - admission::IDEMPOTENCY_TTL_MS)
-                    .await?
-                    .ok_or_else(|| ApiError::conflict("A request with this Idempotency-Key is in progress."))?;
-            return admission::replay(won, &request_hash);
+            return admission::replay_winner(&state, &scope, k, &request_hash, now).await;
         }
         Err(reason) => return Err(admission::refusal(reason, cost)),
     }
