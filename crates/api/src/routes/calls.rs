@@ -14,13 +14,13 @@ use http::{HeaderMap, StatusCode};
 use palisade_audit::Event;
 use palisade_comms::{CallAnswer, OutboundCall};
 use palisade_core::principal::Actor;
-use palisade_core::{ApiError, Permission, PrincipalKind, TenantScope};
+use palisade_core::{ApiError, Permission, TenantScope};
 use palisade_store::calls::{CallRow, CdrRow, NewCall};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::admission::{self, Admitted};
-use super::{own_identity, List, Paging};
+use super::{confine_to_own_identity, own_identity, List, Paging};
 use crate::extract::{Auth, PathId, ValidJson};
 use crate::state::AppState;
 
@@ -278,11 +278,7 @@ async fn end(
 /// The call, if the caller may see it (an agent token: its identity's only).
 async fn visible_call(state: &AppState, auth: &Auth, scope: &TenantScope, id: &str) -> Result<CallRow, ApiError> {
     let call = palisade_store::calls::get(state.db.reader(), scope, id).await?.ok_or_else(ApiError::not_found)?;
-    if let PrincipalKind::Agent { identity_id } = auth.principal.kind() {
-        if identity_id.to_string() != call.identity_id {
-            return Err(ApiError::not_found());
-        }
-    }
+    confine_to_own_identity(auth, &call.identity_id)?;
     Ok(call)
 }
 
@@ -404,9 +400,7 @@ pub async fn get_cdr(
     let cdr = palisade_store::calls::get_cdr(state.db.reader(), &scope, &id.to_string())
         .await?
         .ok_or_else(ApiError::not_found)?;
-    if own_identity(&auth).is_some_and(|i| i.to_string() != cdr.identity_id) {
-        return Err(ApiError::not_found());
-    }
+    confine_to_own_identity(&auth, &cdr.identity_id)?;
     Ok(Json(cdr.into()))
 }
 

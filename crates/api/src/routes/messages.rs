@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::admission::{self, Admitted};
-use super::{own_identity, List, Paging};
+use super::{confine_to_own_identity, own_identity, List, Paging};
 use crate::extract::{Auth, PathId, ValidJson};
 use crate::reports::Report;
 use crate::state::AppState;
@@ -226,8 +226,6 @@ pub async fn get(
     let row = palisade_store::messages::get(state.db.reader(), &scope, &id.to_string())
         .await?
         .ok_or_else(ApiError::not_found)?;
-    if own_identity(&auth).is_some_and(|i| i.to_string() != row.identity_id) {
-        return Err(ApiError::not_found());
-    }
+    confine_to_own_identity(&auth, &row.identity_id)?;
     Ok(Json(row.into()))
 }

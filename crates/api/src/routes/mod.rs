@@ -161,6 +161,15 @@ fn own_identity(auth: &crate::extract::Auth) -> Option<palisade_core::IdentityId
     }
 }
 
+/// 404, as for an unknown id, when an agent token asks for a record of
+/// another identity (messages, calls, CDRs).
+fn confine_to_own_identity(auth: &crate::extract::Auth, identity_id: &str) -> Result<(), palisade_core::ApiError> {
+    match own_identity(auth) {
+        Some(own) if own.to_string() != identity_id => Err(palisade_core::ApiError::not_found()),
+        _ => Ok(()),
+    }
+}
+
 fn rfc3339_opt(ms: Option<i64>) -> Option<String> {
     ms.map(palisade_core::clock::rfc3339)
 }
