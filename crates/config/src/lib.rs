@@ -52,6 +52,82 @@ pub struct Config {
     pub carrier: CarrierConfig,
     pub log: Log,
     pub audit: Audit,
+    pub webhooks: Webhooks,
+    pub inbound: Inbound,
+}
+
+/// Outbound webhooks (SPEC §10).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Webhooks {
+    /// 32 bytes, base64: encrypts endpoint secrets at rest (AES-256-GCM).
+    /// Dev mode generates one in the data dir when unset.
+    pub encryption_key: Option<Secret>,
+    pub encryption_key_file: Option<PathBuf>,
+    /// Private networks that endpoints may reach anyway (tests, private
+    /// deployments). Empty by default: every private address is refused.
+    #[serde(deserialize_with = "nets")]
+    pub allowed_private_cidrs: Vec<IpNet>,
+    /// Seconds to wait before each attempt; the first is normally 0.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub retry_schedule_secs: Vec<u64>,
+    pub attempt_timeout_secs: u64,
+    pub connect_timeout_secs: u64,
+    /// After a rotation the old secret keeps signing this long.
+    pub rotation_grace_secs: u64,
+    /// An endpoint that has failed without a single success this long is disabled.
+    pub disable_after_secs: u64,
+    /// Deliveries in flight at once per instance.
+    pub concurrency: usize,
+}
+
+impl Default for Webhooks {
+    fn default() -> Self {
+        Self {
+            encryption_key: None,
+            encryption_key_file: None,
+            allowed_private_cidrs: Vec::new(),
+            retry_schedule_secs: vec![0, 5, 300, 1800, 7200, 18000, 36000, 36000],
+            attempt_timeout_secs: 15,
+            connect_timeout_secs: 5,
+            rotation_grace_secs: 24 * 3600,
+            disable_after_secs: 5 * 24 * 3600,
+            concurrency: 16,
+        }
+    }
+}
+
+/// Signed callbacks from carriers and payment providers (`POST /v1/inbound/{provider}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Inbound {
+    /// Accepted distance between a callback's timestamp and now.
+    pub tolerance_secs: u64,
+    /// One entry per provider name, e.g. `[inbound.providers.stripe]`.
+    pub providers: std::collections::BTreeMap<String, InboundProvider>,
+}
+
+impl Default for Inbound {
+    fn default() -> Self {
+        Self { tolerance_secs: 300, providers: Default::default() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundProvider {
+    /// `payment` (tops up credits) or `carrier` (message and call status).
+    pub kind: InboundKind,
+    /// The shared HMAC secret (`whsec_…` or raw), or read from `secret_file`.
+    pub secret: Option<Secret>,
+    pub secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InboundKind {
+    Payment,
+    Carrier,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -441,6 +517,18 @@ impl Config {
                 self.auth.jwt_secret = Some(read(p, "auth.jwt_secret_file")?);
             }
         }
+        if self.webhooks.encryption_key.is_none() {
+            if let Some(p) = &self.webhooks.encryption_key_file {
+                self.webhooks.encryption_key = Some(read(p, "webhooks.encryption_key_file")?);
+            }
+        }
+        for (name, p) in self.inbound.providers.iter_mut() {
+            if p.secret.is_none() {
+                if let Some(f) = &p.secret_file {
+                    p.secret = Some(read(f, &format!("inbound.providers.{name}.secret_file"))?);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -498,6 +586,40 @@ impl Config {
                 self.carrier.kind
             )));
         }
+        let wh = &self.webhooks;
+        if wh.retry_schedule_secs.is_empty() || wh.retry_schedule_secs.len() > 20 {
+            return Err(ConfigError(
+                "webhooks.retry_schedule_secs needs 1 to 20 entries (seconds before each attempt)".into(),
+            ));
+        }
+        if wh.attempt_timeout_secs == 0 || wh.connect_timeout_secs == 0 || wh.concurrency == 0 {
+            return Err(ConfigError(
+                "webhooks.attempt_timeout_secs, connect_timeout_secs and concurrency must be above 0".into(),
+            ));
+        }
+        if let Some(k) = &wh.encryption_key {
+            if decode_key32(k.expose()).is_none() {
+                return Err(ConfigError(
+                    "webhooks.encryption_key must be 32 random bytes in base64 (`openssl rand -base64 32`)".into(),
+                ));
+            }
+        }
+        for (name, p) in &self.inbound.providers {
+            let ok_name = !name.is_empty()
+                && name.len() <= 40
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !ok_name {
+                return Err(ConfigError(format!("inbound.providers.{name}: names are 1 to 40 of a-z, 0-9, - and _")));
+            }
+            match &p.secret {
+                Some(s) if s.expose().len() >= 16 => {}
+                _ => {
+                    return Err(ConfigError(format!(
+                        "inbound.providers.{name}: set secret or secret_file (at least 16 characters)"
+                    )))
+                }
+            }
+        }
         let o = &self.audit.origin;
         if o.is_empty() || o.len() > 100 || !o.chars().all(|c| c.is_ascii_graphic()) {
             return Err(ConfigError("audit.origin must be 1 to 100 printable ASCII characters without spaces".into()));
@@ -538,6 +660,9 @@ impl Config {
         }
         if self.audit.signing_key_file.is_none() {
             return refuse("no audit signing key; set audit.signing_key_file (Ed25519 PEM, `palisade keys generate-jwt-key` makes one)");
+        }
+        if self.webhooks.encryption_key.is_none() {
+            return refuse("no webhooks.encryption_key (32 random bytes, base64) to encrypt endpoint secrets at rest");
         }
         if self.cors.allowed_origins.iter().any(|o| o.trim() == "*") {
             return refuse("cors.allowed_origins contains `*`; list the exact origins");
@@ -595,6 +720,13 @@ fn env_provider() -> Env {
 
 fn is_known_default(s: &str) -> bool {
     KNOWN_DEV_SECRETS.iter().any(|d| d.eq_ignore_ascii_case(s.trim()))
+}
+
+/// A 32-byte key written in standard base64.
+pub fn decode_key32(s: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s.trim()).ok()?;
+    bytes.try_into().ok()
 }
 
 pub fn is_postgres(url: &str) -> bool {

@@ -6,5 +6,6 @@ pub mod limits;
 pub mod net;
 pub mod phone;
 pub mod redact;
+pub mod ssrf;
 pub mod state;
 pub mod waf;
