@@ -54,13 +54,26 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Report>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let latest = latest_per_message(&batch);
-        let stmts = palisade_store::messages::set_status_stmts(&latest);
+        let mut stmts = palisade_store::messages::set_status_stmts(&latest);
+        // Every report is an event for the tenant's webhooks (a tenant may
+        // subscribe to `message.sent` alone), queued with the status change.
+        stmts.extend(palisade_store::webhooks::enqueue_stmts(&batch.iter().map(webhook_event).collect::<Vec<_>>()));
         // A report that arrives after the message settled changes no row.
         if let Err(e) = db.write_all(stmts).await {
             tracing::error!(error = %e, reports = batch.len(), "recording carrier reports failed");
         }
         batch.clear();
     }
+}
+
+fn webhook_event(r: &Report) -> palisade_store::webhooks::NewEvent {
+    let event_type = match r.status {
+        "sent" => "message.sent",
+        "delivered" => "message.delivered",
+        _ => "message.failed",
+    };
+    let data = serde_json::json!({ "id": r.message_id, "status": r.status, "error_code": r.error_code });
+    palisade_webhooks::events::event(r.scope.tenant_id(), event_type, data, r.at_ms)
 }
 
 /// One report per message: the furthest status, with the error code and

@@ -24,6 +24,22 @@ pub struct Services {
     pub argon2: crate::ops::Argon2Slots,
     pub carrier: Arc<dyn palisade_comms::Carrier>,
     pub reports: crate::reports::Reports,
+    /// The only way out to tenants' webhook URLs (SSRF-guarded).
+    pub webhook_client: Arc<palisade_webhooks::client::WebhookClient>,
+    /// Seals endpoint secrets at rest.
+    pub sealer: Arc<palisade_webhooks::seal::Sealer>,
+    /// Wakes the delivery worker when something was queued.
+    pub webhook_wake: Arc<tokio::sync::Notify>,
+    pub webhook_worker: AbortOnDrop,
+}
+
+/// A background task that ends with the services that started it.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Where the master key's hash lives; the key itself is never kept.

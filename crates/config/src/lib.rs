@@ -79,6 +79,8 @@ pub struct Webhooks {
     pub disable_after_secs: u64,
     /// Deliveries in flight at once per instance.
     pub concurrency: usize,
+    /// How often an idle worker looks for due retries.
+    pub poll_ms: u64,
 }
 
 impl Default for Webhooks {
@@ -93,6 +95,7 @@ impl Default for Webhooks {
             rotation_grace_secs: 24 * 3600,
             disable_after_secs: 5 * 24 * 3600,
             concurrency: 16,
+            poll_ms: 1000,
         }
     }
 }
@@ -592,9 +595,9 @@ impl Config {
                 "webhooks.retry_schedule_secs needs 1 to 20 entries (seconds before each attempt)".into(),
             ));
         }
-        if wh.attempt_timeout_secs == 0 || wh.connect_timeout_secs == 0 || wh.concurrency == 0 {
+        if wh.attempt_timeout_secs == 0 || wh.connect_timeout_secs == 0 || wh.concurrency == 0 || wh.poll_ms == 0 {
             return Err(ConfigError(
-                "webhooks.attempt_timeout_secs, connect_timeout_secs and concurrency must be above 0".into(),
+                "webhooks.attempt_timeout_secs, connect_timeout_secs, concurrency and poll_ms must be above 0".into(),
             ));
         }
         if let Some(k) = &wh.encryption_key {

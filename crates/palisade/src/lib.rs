@@ -51,6 +51,25 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         call_length: Duration::from_secs(config.carrier.sandbox_call_secs),
     });
     let reports = palisade_api::reports::Reports::start(db.clone());
+    let sealer = Arc::new(palisade_webhooks::seal::Sealer::new(&webhook_key(&config)?));
+    let webhook_client = Arc::new(webhook_client(&config)?);
+    let webhook_wake = Arc::new(tokio::sync::Notify::new());
+    let worker = Arc::new(palisade_webhooks::worker::Worker {
+        db: db.clone(),
+        clock: clock.clone(),
+        client: webhook_client.clone(),
+        sealer: sealer.clone(),
+        schedule: palisade_webhooks::worker::Schedule {
+            delays_secs: config.webhooks.retry_schedule_secs.clone(),
+            disable_after_ms: i64::try_from(config.webhooks.disable_after_secs).unwrap_or(i64::MAX / 1000) * 1000,
+            // Past the attempt's own timeout, so a live attempt keeps its lease.
+            lease_ms: i64::try_from(config.webhooks.attempt_timeout_secs).unwrap_or(15) * 1000 + 30_000,
+            concurrency: config.webhooks.concurrency,
+            poll: Duration::from_millis(config.webhooks.poll_ms),
+        },
+        wake: webhook_wake.clone(),
+    });
+    let webhook_worker = palisade_api::state::AbortOnDrop(worker.start());
     Ok(AppState(Arc::new(Services {
         db,
         config,
@@ -64,7 +83,48 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         argon2,
         carrier,
         reports,
+        webhook_client,
+        sealer,
+        webhook_wake,
+        webhook_worker,
     })))
+}
+
+/// The key that seals webhook secrets: configured, or in dev mode generated
+/// on first start into `data/webhook-secrets.key` (0600).
+fn webhook_key(config: &Config) -> anyhow::Result<[u8; 32]> {
+    use base64::Engine;
+    if let Some(k) = &config.webhooks.encryption_key {
+        return palisade_config::decode_key32(k.expose()).context("webhooks.encryption_key: 32 bytes in base64");
+    }
+    anyhow::ensure!(config.mode == Mode::Dev, "no webhooks.encryption_key configured");
+    let path = config.server.data_dir.join("webhook-secrets.key");
+    if !path.exists() {
+        let mut key = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+        let text = base64::engine::general_purpose::STANDARD.encode(key);
+        write_private(&path, format!("{text}\n").as_bytes())?;
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    palisade_config::decode_key32(&text)
+        .with_context(|| format!("{} does not hold a 32-byte base64 key", path.display()))
+}
+
+/// The outbound client: private networks only as configured, https only in
+/// production.
+fn webhook_client(config: &Config) -> anyhow::Result<palisade_webhooks::client::WebhookClient> {
+    let w = &config.webhooks;
+    let settings = palisade_webhooks::client::ClientSettings {
+        policy: palisade_guard::ssrf::SsrfPolicy {
+            allowed_private: w.allowed_private_cidrs.clone(),
+            require_https: config.mode == Mode::Production,
+        },
+        connect_timeout: Duration::from_secs(w.connect_timeout_secs),
+        total_timeout: Duration::from_secs(w.attempt_timeout_secs),
+        max_response_bytes: 64 * 1024,
+        user_agent: format!("Palisade-Webhooks/{}", env!("CARGO_PKG_VERSION")),
+    };
+    Ok(palisade_webhooks::client::WebhookClient::new(settings, Arc::new(palisade_webhooks::client::SystemResolver))?)
 }
 
 /// The configured master key wins. In dev mode without one, a key is

@@ -16,6 +16,7 @@ pub mod settings;
 pub mod tenants;
 pub mod tokens;
 pub mod users;
+pub mod webhooks;
 pub mod write;
 
 pub use db::{create_private_dir, Db, Dialect, Tx};

@@ -162,6 +162,23 @@ fn bind_sqlx<'q>(q: SqlxQuery<'q>, v: &'q Val) -> SqlxQuery<'q> {
     }
 }
 
+impl crate::Tx {
+    /// Runs statements inside this transaction, in order (guards included:
+    /// a refused guard returns `StoreError::Refused` and the caller drops the
+    /// transaction).
+    pub async fn run(&mut self, stmts: &[Stmt]) -> Result<Vec<u64>> {
+        let mut out = Vec::with_capacity(stmts.len());
+        for s in stmts {
+            let mut q = sqlx::query(&s.sql);
+            for v in &s.args {
+                q = bind_sqlx(q, v);
+            }
+            out.push(s.check(q.execute(&mut **self).await?.rows_affected())?);
+        }
+        Ok(out)
+    }
+}
+
 /// `$N` as `$(N + offset)`, for one statement among several.
 fn renumber(sql: &str, offset: usize) -> String {
     let mut out = String::with_capacity(sql.len() + 16);

@@ -3,5 +3,7 @@
 //! has checked.
 
 pub mod client;
+pub mod events;
 pub mod seal;
 pub mod signature;
+pub mod worker;

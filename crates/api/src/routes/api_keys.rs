@@ -195,7 +195,16 @@ pub async fn create(
     );
     let insert = palisade_store::api_keys::insert_stmt(&scope, &new);
     let (_, audited) = palisade_audit::append_stmt(&event, &auth.ctx.audit, now);
-    state.db.write_all(vec![insert, audited]).await?;
+    let data = serde_json::json!({ "id": id, "name": name, "prefix": prefix_of(&key) });
+    let mut stmts = vec![insert, audited];
+    stmts.extend(palisade_store::webhooks::enqueue_stmts(&[palisade_webhooks::events::event(
+        scope.tenant_id(),
+        "api_key.created",
+        data,
+        now,
+    )]));
+    state.db.write_all(stmts).await?;
+    state.webhook_wake.notify_one();
     let row = palisade_store::api_keys::get(state.db.reader(), &scope, id)
         .await?
         .ok_or_else(|| ApiError::internal("key vanished"))?;
@@ -291,6 +300,15 @@ pub async fn revoke(
     }
     let event = Event::new("api_key.revoked", Some(scope.tenant_id()), auth.principal.actor()).resource("api_key", id);
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    let data = serde_json::json!({ "id": id });
+    tx.run(&palisade_store::webhooks::enqueue_stmts(&[palisade_webhooks::events::event(
+        scope.tenant_id(),
+        "api_key.revoked",
+        data,
+        now,
+    )]))
+    .await?;
     tx.commit().await?;
+    state.webhook_wake.notify_one();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -155,6 +155,11 @@ fn run_call(state: AppState, scope: TenantScope, call: OutboundCall) {
                     let mut tx = state.db.begin().await?;
                     let moved =
                         palisade_store::calls::progress(&mut *tx, &scope, &id, status, answered_at, now).await?;
+                    if moved && answered {
+                        let data = serde_json::json!({ "id": id, "status": status });
+                        let started = palisade_webhooks::events::event(scope.tenant_id(), "call.started", data, now);
+                        tx.run(&palisade_store::webhooks::enqueue_stmts(&[started])).await?;
+                    }
                     tx.commit().await?;
                     Ok::<_, palisade_store::StoreError>(moved)
                 };
@@ -271,7 +276,21 @@ async fn end(
             "cdr_id": cdr.id,
         }));
     palisade_audit::append(&mut *tx, &event, ctx, now).await?;
+    let tenant = scope.tenant_id();
+    let ended = serde_json::json!({
+        "id": id, "status": call.status, "error_code": code, "duration_secs": duration_secs, "cost": cost,
+    });
+    let written = serde_json::json!({
+        "id": cdr.id, "call_id": id, "status": call.status, "duration_secs": duration_secs,
+        "billed_minutes": billed_minutes, "cost": cost,
+    });
+    tx.run(&palisade_store::webhooks::enqueue_stmts(&[
+        palisade_webhooks::events::event(tenant, "call.ended", ended, now),
+        palisade_webhooks::events::event(tenant, "cdr.written", written, now),
+    ]))
+    .await?;
     tx.commit().await?;
+    state.webhook_wake.notify_one();
     Ok(Some(cdr))
 }
 

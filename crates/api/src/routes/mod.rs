@@ -9,10 +9,12 @@ mod calls;
 mod events;
 mod health;
 mod identities;
+mod inbound;
 mod me;
 mod messages;
 mod sysadmin;
 mod users;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -56,6 +58,14 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(calls::list_cdrs))
         .routes(routes!(calls::get_cdr))
         .routes(routes!(calls::usage))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::get, webhooks::update, webhooks::remove))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::replay))
+        .routes(routes!(webhooks::test))
+        .routes(routes!(inbound::receive))
+        .routes(routes!(inbound::replay))
         .routes(routes!(events::list))
         .routes(routes!(events::verify))
         .routes(routes!(events::proof))

@@ -48,6 +48,7 @@ pub struct TestServer {
     /// The database URL the server used (for the CLI and for tampering).
     pub db_url: String,
     running: Option<Running>,
+    config: Config,
     pg: Option<(String, String)>,
     _dir: tempfile::TempDir,
 }
@@ -120,7 +121,7 @@ impl TestServer {
         tweak(&mut config);
         let db_url = config.database_url();
         let clock = ManualClock::new(SystemClock.now_ms());
-        let state = palisade::build_state(config, Arc::new(clock.clone())).await.unwrap();
+        let state = palisade::build_state(config.clone(), Arc::new(clock.clone())).await.unwrap();
         let running = palisade::start(state, "127.0.0.1:0".parse().unwrap()).await.unwrap();
         TestServer {
             url: format!("http://{}", running.addr),
@@ -130,6 +131,7 @@ impl TestServer {
             data_dir,
             db_url,
             running: Some(running),
+            config,
             pg,
             _dir: dir,
         }
@@ -151,6 +153,18 @@ impl TestServer {
         if let Some(r) = self.running.take() {
             r.stop().await;
         }
+    }
+
+    /// Stops and starts again on the same database and data dir (a fresh
+    /// process would see the same), with a new clock at the old one's time.
+    pub async fn restart(&mut self) {
+        self.halt().await;
+        let clock = ManualClock::new(self.clock.now_ms());
+        let state = palisade::build_state(self.config.clone(), Arc::new(clock.clone())).await.unwrap();
+        let running = palisade::start(state, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        self.url = format!("http://{}", running.addr);
+        self.clock = clock;
+        self.running = Some(running);
     }
 
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {

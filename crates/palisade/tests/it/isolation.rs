@@ -23,6 +23,8 @@ struct Victim {
     message_id: String,
     call_id: String,
     cdr_id: String,
+    webhook_id: String,
+    delivery_id: String,
 }
 
 impl Victim {
@@ -37,11 +39,12 @@ impl Victim {
             "messages" => &self.message_id,
             "calls" => &self.call_id,
             "cdrs" => &self.cdr_id,
+            "webhooks" => &self.webhook_id,
             other => panic!("the isolation walker has no fixture for `/v1/{other}/{{id}}` ({path}): add one"),
         }
     }
 
-    fn ids(&self) -> [&str; 9] {
+    fn ids(&self) -> [&str; 11] {
         [
             &self.tenant_id,
             &self.key_id,
@@ -52,12 +55,15 @@ impl Victim {
             &self.message_id,
             &self.call_id,
             &self.cdr_id,
+            &self.webhook_id,
+            &self.delivery_id,
         ]
     }
 }
 
 async fn every_v1_route_hides_other_tenants(b: Backend) {
-    let srv = TestServer::start(b).await;
+    let srv =
+        TestServer::start_with(b, |c| c.webhooks.allowed_private_cidrs = vec!["127.0.0.0/8".parse().unwrap()]).await;
     let a = srv.tenant("Victim").await;
     let (key_id, key) = srv.api_key(&a.token, json!({"name": "victim key", "role": "admin"})).await;
     let user = srv
@@ -76,6 +82,13 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
     let call_id = call.body["id"].as_str().unwrap().to_owned();
     srv.post(&format!("/v1/calls/{call_id}/hangup"), &a.token, json!({})).await.expect(200);
     let cdr = srv.get("/v1/cdrs", &a.token).await.expect(200);
+    // An endpoint nobody listens on: its delivery stays queued.
+    let webhook = srv
+        .post("/v1/webhooks", &a.token, json!({"url": "http://127.0.0.1:9/hook", "events": ["webhook.test"]}))
+        .await
+        .expect(201);
+    let webhook_id = webhook.body["id"].as_str().unwrap().to_owned();
+    let test = srv.post(&format!("/v1/webhooks/{webhook_id}/test"), &a.token, json!({})).await.expect(202);
     let victim = Victim {
         tenant_id: a.id.clone(),
         token: a.token.clone(),
@@ -88,6 +101,8 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
         message_id: message.body["id"].as_str().unwrap().to_owned(),
         call_id,
         cdr_id: cdr.body["data"][0]["id"].as_str().unwrap().to_owned(),
+        webhook_id,
+        delivery_id: test.body["id"].as_str().unwrap().to_owned(),
     };
     let b_tenant = srv.tenant("Attacker").await;
     let (_, b_key) = srv.api_key(&b_tenant.token, json!({"name": "attacker key", "role": "owner"})).await;
@@ -125,9 +140,12 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
 }
 
 async fn check_route(srv: &TestServer, v: &Victim, cred: &str, method: &Method, path: &str, body: Option<Value>) {
-    if path.contains('{') {
-        let target = path.replace("{id}", v.id_for(path));
-        let random = path.replace("{id}", &uuid::Uuid::new_v4().to_string());
+    if path.starts_with("/v1/inbound/") {
+        // Authenticated by the provider's signature, not a tenant's
+        // credential; it names no tenant resource in its path.
+    } else if path.contains('{') {
+        let target = path.replace("{id}", v.id_for(path)).replace("{delivery_id}", &v.delivery_id);
+        let random = path.replace("{id}", &uuid::Uuid::new_v4().to_string()).replace("{delivery_id}", &v.delivery_id);
         let theirs = srv.call(method.clone(), &target, Some(cred), body.clone()).await;
         let missing = srv.call(method.clone(), &random, Some(cred), body).await;
         assert_eq!(theirs.status, 404, "{method} {path} on another tenant's id: {}", theirs.text);

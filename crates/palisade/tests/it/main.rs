@@ -20,3 +20,5 @@ mod messages;
 mod sysadmin;
 mod tls;
 mod users;
+mod webhook_cli;
+mod webhooks;

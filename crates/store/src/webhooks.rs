@@ -1,0 +1,556 @@
+//! Webhook endpoints, their subscriptions, the delivery queue and the
+//! record of every attempt; inbound callbacks.
+//!
+//! Endpoint functions take the tenant scope. The queue functions
+//! (`claim_due`, `load_delivery`, `finish_stmts`) serve the delivery worker,
+//! which acts for whichever tenant a due row belongs to: each row carries its
+//! tenant and everything it loads is filtered by that tenant again.
+
+use palisade_core::TenantScope;
+use sqlx::{Any, Executor};
+
+use crate::{Dialect, Result, Stmt};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EndpointRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub url: String,
+    pub description: String,
+    /// JSON array of event types.
+    pub events: String,
+    pub secret_sealed: String,
+    pub previous_secret_sealed: Option<String>,
+    pub previous_secret_until: Option<i64>,
+    pub ed25519_sealed: Option<String>,
+    pub ed25519_public: Option<String>,
+    pub status: String,
+    pub disabled_reason: Option<String>,
+    pub failing_since: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const ENDPOINT_COLS: &str = "id, tenant_id, url, description, events, secret_sealed, previous_secret_sealed, \
+    previous_secret_until, ed25519_sealed, ed25519_public, status, disabled_reason, failing_since, created_at, updated_at";
+
+/// At most this many endpoints per tenant: each event fans out to all of them.
+pub const MAX_ENDPOINTS: i64 = 50;
+
+pub struct NewEndpoint<'a> {
+    pub id: &'a str,
+    pub url: &'a str,
+    pub description: &'a str,
+    pub events: &'a [String],
+    pub secret_sealed: &'a str,
+    pub ed25519_sealed: Option<&'a str>,
+    pub ed25519_public: Option<&'a str>,
+    pub now: i64,
+}
+
+fn events_json(events: &[String]) -> String {
+    serde_json::to_string(events).unwrap_or_else(|_| "[]".into())
+}
+
+/// The endpoint and its subscriptions, refused (`TOO_MANY_ENDPOINTS`) when
+/// the tenant already has [`MAX_ENDPOINTS`].
+pub fn insert_endpoint_stmts(scope: &TenantScope, e: &NewEndpoint<'_>) -> Vec<Stmt> {
+    let tenant = scope.tenant_id().to_string();
+    let mut stmts = vec![Stmt::new(
+        "INSERT INTO webhook_endpoints (id, tenant_id, url, description, events, secret_sealed, ed25519_sealed, \
+           ed25519_public, status, created_at, updated_at) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, 'enabled', $9, $9 \
+         WHERE (SELECT COUNT(*) FROM webhook_endpoints WHERE tenant_id = $2) < $10",
+    )
+    .bind(e.id)
+    .bind(tenant.clone())
+    .bind(e.url)
+    .bind(e.description)
+    .bind(events_json(e.events))
+    .bind(e.secret_sealed)
+    .bind(e.ed25519_sealed)
+    .bind(e.ed25519_public)
+    .bind(e.now)
+    .bind(MAX_ENDPOINTS)
+    .or_refuse("TOO_MANY_ENDPOINTS")];
+    stmts.extend(subscription_stmts(&tenant, e.id, e.events));
+    stmts
+}
+
+fn subscription_stmts(tenant: &str, endpoint_id: &str, events: &[String]) -> Vec<Stmt> {
+    events
+        .iter()
+        .map(|ev| {
+            Stmt::new("INSERT INTO webhook_subscriptions (tenant_id, event_type, endpoint_id) VALUES ($1, $2, $3)")
+                .bind(tenant)
+                .bind(ev.as_str())
+                .bind(endpoint_id)
+        })
+        .collect()
+}
+
+pub async fn get_endpoint<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: &str,
+) -> Result<Option<EndpointRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {ENDPOINT_COLS} FROM webhook_endpoints WHERE tenant_id = $1 AND id = $2"))
+        .bind(scope.tenant_id().to_string())
+        .bind(id)
+        .fetch_optional(ex)
+        .await?)
+}
+
+pub async fn list_endpoints<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+) -> Result<Vec<EndpointRow>> {
+    Ok(sqlx::query_as(&format!("SELECT {ENDPOINT_COLS} FROM webhook_endpoints WHERE tenant_id = $1 ORDER BY id"))
+        .bind(scope.tenant_id().to_string())
+        .fetch_all(ex)
+        .await?)
+}
+
+/// New URL, description and events; `enabled` re-enables a disabled
+/// endpoint (and forgets its failures).
+pub fn update_endpoint_stmts(
+    scope: &TenantScope,
+    id: &str,
+    url: &str,
+    description: &str,
+    events: &[String],
+    enable: bool,
+    now: i64,
+) -> Vec<Stmt> {
+    let tenant = scope.tenant_id().to_string();
+    let mut stmts = vec![
+        Stmt::new(
+            "UPDATE webhook_endpoints SET url = $3, description = $4, events = $5, updated_at = $6, \
+               status = CASE WHEN $7 = 1 THEN 'enabled' ELSE status END, \
+               disabled_reason = CASE WHEN $7 = 1 THEN NULL ELSE disabled_reason END, \
+               failing_since = CASE WHEN $7 = 1 THEN NULL ELSE failing_since END \
+             WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant.clone())
+        .bind(id)
+        .bind(url)
+        .bind(description)
+        .bind(events_json(events))
+        .bind(now)
+        .bind(i64::from(enable))
+        .or_refuse("NOT_FOUND"),
+        Stmt::new("DELETE FROM webhook_subscriptions WHERE tenant_id = $1 AND endpoint_id = $2")
+            .bind(tenant.clone())
+            .bind(id),
+    ];
+    stmts.extend(subscription_stmts(&tenant, id, events));
+    stmts
+}
+
+/// The endpoint, its subscriptions, queue and attempts.
+pub fn delete_endpoint_stmts(scope: &TenantScope, id: &str) -> Vec<Stmt> {
+    let tenant = scope.tenant_id().to_string();
+    let by_endpoint = |sql: &'static str| Stmt::new(sql).bind(tenant.clone()).bind(id);
+    vec![
+        by_endpoint("DELETE FROM webhook_subscriptions WHERE tenant_id = $1 AND endpoint_id = $2"),
+        by_endpoint("DELETE FROM webhook_attempts WHERE tenant_id = $1 AND endpoint_id = $2"),
+        by_endpoint("DELETE FROM webhook_deliveries WHERE tenant_id = $1 AND endpoint_id = $2"),
+        by_endpoint("DELETE FROM webhook_endpoints WHERE tenant_id = $1 AND id = $2").or_refuse("NOT_FOUND"),
+    ]
+}
+
+/// A new current secret; the old one keeps signing until `previous_until`.
+pub fn rotate_secret_stmt(
+    scope: &TenantScope,
+    id: &str,
+    new_sealed: &str,
+    previous_sealed: &str,
+    previous_until: i64,
+    now: i64,
+) -> Stmt {
+    Stmt::new(
+        "UPDATE webhook_endpoints SET secret_sealed = $3, previous_secret_sealed = $4, previous_secret_until = $5, \
+           updated_at = $6 WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(id)
+    .bind(new_sealed)
+    .bind(previous_sealed)
+    .bind(previous_until)
+    .bind(now)
+    .or_refuse("NOT_FOUND")
+}
+
+/// One event to queue for every enabled endpoint of its tenant subscribed
+/// to its type (or to `*`).
+pub struct NewEvent {
+    pub id: String,
+    pub tenant_id: String,
+    pub event_type: &'static str,
+    pub payload: String,
+    pub now: i64,
+}
+
+const EVENTS_PER_STMT: usize = 64;
+
+/// Queues events: two statements per 64 events, to run in the same atomic
+/// list as the change they report (an event is never lost nor sent for a
+/// change that was undone). Events of tenants without a matching endpoint
+/// leave no row. The two statements read only the subscriptions, never each
+/// other's rows, so they fit a combined PostgreSQL statement.
+pub fn enqueue_stmts(events: &[NewEvent]) -> Vec<Stmt> {
+    const SUBSCRIBED: &str = "FROM webhook_subscriptions s JOIN webhook_endpoints w ON w.id = s.endpoint_id \
+        WHERE s.tenant_id = v.column2 AND s.event_type IN (v.column3, '*') AND w.tenant_id = v.column2 \
+        AND w.status = 'enabled'";
+    let mut out = Vec::new();
+    for chunk in events.chunks(EVENTS_PER_STMT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let n = i * 5;
+                format!("(${}, ${}, ${}, ${}, CAST(${} AS BIGINT))", n + 1, n + 2, n + 3, n + 4, n + 5)
+            })
+            .collect();
+        let values = rows.join(", ");
+        let bind_all = |st: Stmt| {
+            chunk.iter().fold(st, |st, e| {
+                st.bind(e.id.as_str())
+                    .bind(e.tenant_id.as_str())
+                    .bind(e.event_type)
+                    .bind(e.payload.as_str())
+                    .bind(e.now)
+            })
+        };
+        out.push(bind_all(Stmt::dynamic(format!(
+            "INSERT INTO webhook_events (id, tenant_id, event_type, payload, created_at) \
+             SELECT v.column1, v.column2, v.column3, v.column4, v.column5 FROM (VALUES {values}) AS v \
+             WHERE EXISTS (SELECT 1 {SUBSCRIBED})"
+        ))));
+        out.push(bind_all(Stmt::dynamic(format!(
+            "INSERT INTO webhook_deliveries (endpoint_id, event_id, tenant_id, status, attempts, next_attempt_at, \
+               lease_until, created_at, updated_at) \
+             SELECT DISTINCT s.endpoint_id, v.column1, v.column2, 'pending', 0, v.column5, 0, v.column5, v.column5 \
+             FROM (VALUES {values}) AS v, webhook_subscriptions s JOIN webhook_endpoints w ON w.id = s.endpoint_id \
+             WHERE s.tenant_id = v.column2 AND s.event_type IN (v.column3, '*') AND w.tenant_id = v.column2 \
+               AND w.status = 'enabled'"
+        ))));
+    }
+    out
+}
+
+/// Queues an event for one endpoint of the scope's tenant, enabled or not
+/// (a test event); refused (`NOT_FOUND`) if there is no such endpoint.
+pub fn enqueue_to_endpoint_stmts(scope: &TenantScope, e: &NewEvent, endpoint_id: &str) -> Vec<Stmt> {
+    let tenant = scope.tenant_id().to_string();
+    vec![
+        Stmt::new(
+            "INSERT INTO webhook_events (id, tenant_id, event_type, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(e.id.as_str())
+        .bind(tenant.clone())
+        .bind(e.event_type)
+        .bind(e.payload.as_str())
+        .bind(e.now),
+        Stmt::new(
+            "INSERT INTO webhook_deliveries (endpoint_id, event_id, tenant_id, status, attempts, next_attempt_at, \
+               lease_until, created_at, updated_at) \
+             SELECT id, $2, tenant_id, 'pending', 0, $3, 0, $3, $3 FROM webhook_endpoints WHERE tenant_id = $1 AND id = $4",
+        )
+        .bind(tenant)
+        .bind(e.id.as_str())
+        .bind(e.now)
+        .bind(endpoint_id)
+        .or_refuse("NOT_FOUND"),
+    ]
+}
+
+/// A leased delivery: the worker owns it until `lease_until`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub endpoint_id: String,
+    pub event_id: String,
+    pub tenant_id: String,
+    /// This attempt's number, from 1.
+    pub attempts: i64,
+}
+
+/// Leases up to `limit` due deliveries until `lease_until` and counts the
+/// attempt. Several workers (and instances) can claim at once: a row is
+/// claimed by one of them only.
+pub async fn claim_due(db: &crate::Db, now: i64, lease_until: i64, limit: i64) -> Result<Vec<Claimed>> {
+    let lock = match db.dialect() {
+        Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+        Dialect::Sqlite => "",
+    };
+    let sql = format!(
+        "UPDATE webhook_deliveries SET lease_until = $1, attempts = attempts + 1, updated_at = $2 \
+         WHERE (endpoint_id, event_id) IN (SELECT endpoint_id, event_id FROM webhook_deliveries \
+           WHERE status = 'pending' AND next_attempt_at <= $2 AND lease_until <= $2 \
+           ORDER BY next_attempt_at LIMIT $3 {lock}) \
+         RETURNING endpoint_id, event_id, tenant_id, attempts"
+    );
+    let mut tx = db.begin().await?;
+    let rows: Vec<Claimed> = sqlx::query_as(&sql).bind(lease_until).bind(now).bind(limit).fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// Everything one attempt needs: the event and the endpoint.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryJob {
+    pub event_type: String,
+    pub payload: String,
+    pub event_created_at: i64,
+    pub url: String,
+    pub secret_sealed: String,
+    pub previous_secret_sealed: Option<String>,
+    pub previous_secret_until: Option<i64>,
+    pub ed25519_sealed: Option<String>,
+    pub endpoint_status: String,
+    pub failing_since: Option<i64>,
+}
+
+pub async fn load_delivery<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    endpoint_id: &str,
+    event_id: &str,
+) -> Result<Option<DeliveryJob>> {
+    Ok(sqlx::query_as(
+        "SELECT e.event_type, e.payload, e.created_at AS event_created_at, w.url, w.secret_sealed, \
+           w.previous_secret_sealed, w.previous_secret_until, w.ed25519_sealed, w.status AS endpoint_status, \
+           w.failing_since \
+         FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id AND e.tenant_id = d.tenant_id \
+           JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.tenant_id = d.tenant_id \
+         WHERE d.tenant_id = $1 AND d.endpoint_id = $2 AND d.event_id = $3",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(endpoint_id)
+    .bind(event_id)
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// What one attempt found.
+pub struct AttemptRecord<'a> {
+    pub attempt: i64,
+    pub at: i64,
+    pub status_code: Option<i64>,
+    pub latency_ms: i64,
+    pub response_excerpt: &'a str,
+    pub error_class: Option<&'a str>,
+    /// `delivered`, `retry`, `failed` (schedule exhausted), `gone` (410),
+    /// `skipped` (endpoint disabled or deleted).
+    pub outcome: &'static str,
+}
+
+/// What happens to the delivery after an attempt.
+pub enum Next {
+    Delivered,
+    RetryAt(i64),
+    Failed,
+}
+
+/// Records the attempt and moves the delivery on, atomically. The update
+/// applies only while this worker's lease is the row's (`lease_until`), so
+/// a worker that overran its lease cannot overwrite a newer attempt.
+pub fn finish_stmts(
+    scope: &TenantScope,
+    c: &Claimed,
+    lease_until: i64,
+    rec: &AttemptRecord<'_>,
+    next: Next,
+) -> Vec<Stmt> {
+    let tenant = scope.tenant_id().to_string();
+    let (status, next_at) = match next {
+        Next::Delivered => ("delivered", rec.at),
+        Next::RetryAt(t) => ("pending", t),
+        Next::Failed => ("failed", rec.at),
+    };
+    vec![
+        Stmt::new(
+            "INSERT INTO webhook_attempts (endpoint_id, event_id, attempt, tenant_id, attempted_at, status_code, \
+               latency_ms, response_excerpt, error_class, outcome) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(c.endpoint_id.as_str())
+        .bind(c.event_id.as_str())
+        .bind(rec.attempt)
+        .bind(tenant.clone())
+        .bind(rec.at)
+        .bind(rec.status_code)
+        .bind(rec.latency_ms)
+        .bind(rec.response_excerpt)
+        .bind(rec.error_class)
+        .bind(rec.outcome),
+        Stmt::new(
+            "UPDATE webhook_deliveries SET status = $4, next_attempt_at = $5, lease_until = 0, updated_at = $6 \
+             WHERE tenant_id = $1 AND endpoint_id = $2 AND event_id = $3 AND lease_until = $7",
+        )
+        .bind(tenant)
+        .bind(c.endpoint_id.as_str())
+        .bind(c.event_id.as_str())
+        .bind(status)
+        .bind(next_at)
+        .bind(rec.at)
+        .bind(lease_until)
+        .or_refuse("LEASE_LOST"),
+    ]
+}
+
+/// Success clears the endpoint's failure clock; a failure starts it.
+pub fn endpoint_health_stmt(scope: &TenantScope, endpoint_id: &str, success: bool, now: i64) -> Stmt {
+    let tenant = scope.tenant_id().to_string();
+    if success {
+        Stmt::new("UPDATE webhook_endpoints SET failing_since = NULL WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant)
+            .bind(endpoint_id)
+    } else {
+        Stmt::new(
+            "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, $3) WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(endpoint_id)
+        .bind(now)
+    }
+}
+
+/// Disables an enabled endpoint; changes nothing (0 rows) if it already was.
+pub fn disable_stmt(scope: &TenantScope, endpoint_id: &str, reason: &str, now: i64) -> Stmt {
+    Stmt::new(
+        "UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = $3, updated_at = $4, \
+           failing_since = COALESCE(failing_since, $4) WHERE tenant_id = $1 AND id = $2 AND status = 'enabled'",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(endpoint_id)
+    .bind(reason)
+    .bind(now)
+}
+
+/// Sends a delivery again at once, whatever its state (the attempts go on
+/// numbering after the earlier ones).
+pub fn replay_stmt(scope: &TenantScope, endpoint_id: &str, event_id: &str, now: i64) -> Stmt {
+    Stmt::new(
+        "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $4, lease_until = 0, updated_at = $4 \
+         WHERE tenant_id = $1 AND endpoint_id = $2 AND event_id = $3",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(endpoint_id)
+    .bind(event_id)
+    .bind(now)
+    .or_refuse("NOT_FOUND")
+}
+
+/// A delivery with one of its attempts (none yet: the attempt columns are
+/// NULL): one row per attempt, newest delivery first, attempts in order.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryAttemptRow {
+    pub event_id: String,
+    pub event_type: String,
+    pub status: String,
+    pub next_attempt_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub attempt: Option<i64>,
+    pub attempted_at: Option<i64>,
+    pub status_code: Option<i64>,
+    pub latency_ms: Option<i64>,
+    pub response_excerpt: Option<String>,
+    pub error_class: Option<String>,
+    pub outcome: Option<String>,
+}
+
+/// An endpoint's `limit` newest deliveries with their attempts, in one
+/// statement so a delivery and its attempts come from the same snapshot.
+pub async fn list_deliveries<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    endpoint_id: &str,
+    limit: i64,
+) -> Result<Vec<DeliveryAttemptRow>> {
+    Ok(sqlx::query_as(
+        "SELECT d.event_id, e.event_type, d.status, d.next_attempt_at, d.created_at, d.updated_at, \
+           a.attempt, a.attempted_at, a.status_code, a.latency_ms, a.response_excerpt, a.error_class, a.outcome \
+         FROM (SELECT * FROM webhook_deliveries WHERE tenant_id = $1 AND endpoint_id = $2 \
+               ORDER BY created_at DESC, event_id DESC LIMIT $3) d \
+           JOIN webhook_events e ON e.id = d.event_id AND e.tenant_id = d.tenant_id \
+           LEFT JOIN webhook_attempts a ON a.endpoint_id = d.endpoint_id AND a.event_id = d.event_id \
+             AND a.tenant_id = d.tenant_id \
+         ORDER BY d.created_at DESC, d.event_id DESC, a.attempt",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(endpoint_id)
+    .bind(limit)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// An inbound callback as received, verified or not.
+pub struct NewInbound<'a> {
+    pub id: &'a str,
+    pub provider: &'a str,
+    pub provider_event_id: Option<&'a str>,
+    pub verified: bool,
+    pub failure: Option<&'a str>,
+    pub headers: &'a str,
+    pub payload: &'a str,
+    pub outcome: Option<&'a str>,
+    pub now: i64,
+}
+
+pub fn insert_inbound_stmt(c: &NewInbound<'_>) -> Stmt {
+    Stmt::new(
+        "INSERT INTO inbound_callbacks (id, provider, provider_event_id, verified, failure, headers, payload, \
+           outcome, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(c.id)
+    .bind(c.provider)
+    .bind(c.provider_event_id)
+    .bind(i64::from(c.verified))
+    .bind(c.failure)
+    .bind(c.headers)
+    .bind(c.payload)
+    .bind(c.outcome)
+    .bind(c.now)
+}
+
+/// The provider event acts once: a second insert is a unique violation.
+pub fn claim_effect_stmt(provider: &str, provider_event_id: &str, callback_id: &str, now: i64) -> Stmt {
+    Stmt::new(
+        "INSERT INTO inbound_effects (provider, provider_event_id, callback_id, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(provider)
+    .bind(provider_event_id)
+    .bind(callback_id)
+    .bind(now)
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct InboundRow {
+    pub id: String,
+    pub provider: String,
+    pub provider_event_id: Option<String>,
+    pub verified: i64,
+    pub failure: Option<String>,
+    pub headers: String,
+    pub payload: String,
+    pub outcome: Option<String>,
+    pub received_at: i64,
+}
+
+/// For the operator: a stored callback (any provider, any tenant).
+pub async fn get_inbound<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    _proof: &palisade_core::principal::SysadminProof,
+    id: &str,
+) -> Result<Option<InboundRow>> {
+    Ok(sqlx::query_as(
+        "SELECT id, provider, provider_event_id, verified, failure, headers, payload, outcome, received_at \
+         FROM inbound_callbacks WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(ex)
+    .await?)
+}
+
+pub fn set_inbound_outcome_stmt(id: &str, outcome: &str) -> Stmt {
+    Stmt::new("UPDATE inbound_callbacks SET outcome = $2 WHERE id = $1").bind(id).bind(outcome)
+}

@@ -1,0 +1,264 @@
+//! The delivery worker: leases due deliveries from the queue in the
+//! database, signs and sends each, records the attempt and schedules the
+//! next one. Several workers (and instances) share the queue through the
+//! lease; a crash mid-attempt only delays that delivery until its lease ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use palisade_core::{Clock, TenantId, TenantScope};
+use palisade_store::webhooks::{self as store, AttemptRecord, Claimed, DeliveryJob, Next};
+use palisade_store::{Db, Stmt};
+use rand::Rng;
+use tokio::sync::Notify;
+
+use crate::client::{AttemptError, Outcome, WebhookClient};
+use crate::seal::Sealer;
+use crate::signature::{self, Ed25519Signer, WebhookSecret};
+
+/// How the worker paces attempts.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Seconds before each attempt; its length is the number of attempts.
+    pub delays_secs: Vec<u64>,
+    /// An endpoint failing this long without a success is disabled.
+    pub disable_after_ms: i64,
+    /// How long a claimed delivery belongs to its worker (longer than the
+    /// attempt timeout).
+    pub lease_ms: i64,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// How often the queue is polled when nothing wakes the worker.
+    pub poll: Duration,
+}
+
+pub struct Worker {
+    pub db: Db,
+    pub clock: Arc<dyn Clock>,
+    pub client: Arc<WebhookClient>,
+    pub sealer: Arc<Sealer>,
+    pub schedule: Schedule,
+    /// Notified when something was queued, so deliveries start at once.
+    pub wake: Arc<Notify>,
+}
+
+/// The additional authenticated data of an endpoint's sealed secrets: a
+/// ciphertext copied to another row does not open.
+pub fn seal_context(tenant: &str, endpoint_id: &str) -> Vec<u8> {
+    format!("webhook-endpoint/{tenant}/{endpoint_id}").into_bytes()
+}
+
+impl Worker {
+    /// Runs until the task is dropped or aborted.
+    pub fn start(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                match self.run_once().await {
+                    // A full batch: there may be more due now.
+                    Ok(n) if n > 0 => continue,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "webhook queue poll failed"),
+                }
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.schedule.poll) => {}
+                }
+            }
+        })
+    }
+
+    /// Claims what is due now and delivers it; returns how many.
+    pub async fn run_once(&self) -> palisade_store::Result<usize> {
+        let now = self.clock.now_ms();
+        let lease_until = now + self.schedule.lease_ms;
+        let batch = (self.schedule.concurrency * 4) as i64;
+        let claimed = store::claim_due(&self.db, now, lease_until, batch).await?;
+        let n = claimed.len();
+        futures_util::stream::iter(claimed)
+            .for_each_concurrent(self.schedule.concurrency, |c| async move {
+                if let Err(e) = self.deliver(&c, lease_until).await {
+                    tracing::warn!(error = %e, endpoint = %c.endpoint_id, event = %c.event_id, "webhook delivery not recorded");
+                }
+            })
+            .await;
+        Ok(n)
+    }
+
+    async fn deliver(&self, c: &Claimed, lease_until: i64) -> palisade_store::Result<()> {
+        let tenant: TenantId = c
+            .tenant_id
+            .parse()
+            .map_err(|_| palisade_store::StoreError::Corrupt(format!("tenant id {}", c.tenant_id)))?;
+        let scope = TenantScope::for_system(tenant);
+        // The endpoint was deleted with its queue: nothing left to do.
+        let Some(job) = store::load_delivery(self.db.reader(), &scope, &c.endpoint_id, &c.event_id).await? else {
+            return Ok(());
+        };
+        let started = self.clock.now_ms();
+        if job.endpoint_status != "enabled" {
+            let rec = AttemptRecord {
+                attempt: c.attempts,
+                at: started,
+                status_code: None,
+                latency_ms: 0,
+                response_excerpt: "",
+                error_class: Some("endpoint_disabled"),
+                outcome: "skipped",
+            };
+            return self.write(store::finish_stmts(&scope, c, lease_until, &rec, Next::Failed)).await;
+        }
+        let headers = match self.sign(&scope, c, &job, started) {
+            Ok(h) => h,
+            Err(e) => {
+                // A secret that does not open is the operator's problem
+                // (wrong encryption key); never send unsigned.
+                tracing::error!(error = %e, endpoint = %c.endpoint_id, "webhook secret does not open");
+                let rec = AttemptRecord {
+                    attempt: c.attempts,
+                    at: started,
+                    status_code: None,
+                    latency_ms: 0,
+                    response_excerpt: "",
+                    error_class: Some("signing"),
+                    outcome: "retry",
+                };
+                let next = self.next_after_failure(c.attempts, None, started);
+                return self.write(store::finish_stmts(&scope, c, lease_until, &rec, next)).await;
+            }
+        };
+        let attempt = self.client.post(&job.url, headers, bytes::Bytes::from(job.payload.clone().into_bytes())).await;
+        let now = self.clock.now_ms();
+        let latency_ms = i64::try_from(attempt.latency.as_millis()).unwrap_or(i64::MAX);
+        let status = attempt.status;
+        let delivered = attempt.outcome() == Outcome::Delivered;
+        let gone = attempt.outcome() == Outcome::Gone;
+        let (outcome, next) = if delivered {
+            ("delivered", Next::Delivered)
+        } else if gone {
+            ("gone", Next::Failed)
+        } else {
+            match self.next_after_failure(c.attempts, attempt.retry_after, now) {
+                Next::Failed => ("failed", Next::Failed),
+                n => ("retry", n),
+            }
+        };
+        let rec = AttemptRecord {
+            attempt: c.attempts,
+            at: now,
+            status_code: status.map(i64::from),
+            latency_ms,
+            response_excerpt: &attempt.response_excerpt,
+            error_class: attempt.error.as_ref().map(AttemptError::class),
+            outcome,
+        };
+        let mut stmts = store::finish_stmts(&scope, c, lease_until, &rec, next);
+        let failing_too_long =
+            !delivered && job.failing_since.is_some_and(|since| now - since >= self.schedule.disable_after_ms);
+        // One update of the endpoint row per list: on PostgreSQL the list is
+        // one statement, where a second update of a row would be lost.
+        if gone || failing_too_long {
+            let reason = if gone { "the endpoint answered 410 Gone" } else { "failing for too long" };
+            stmts.extend(self.disable(&scope, tenant, &c.endpoint_id, reason, now));
+        } else {
+            stmts.push(store::endpoint_health_stmt(&scope, &c.endpoint_id, delivered, now));
+        }
+        self.write(stmts).await
+    }
+
+    /// Headers of one attempt: the timestamp is the attempt's, so a retry
+    /// hours later still falls in the receiver's window.
+    fn sign(
+        &self,
+        scope: &TenantScope,
+        c: &Claimed,
+        job: &DeliveryJob,
+        now_ms: i64,
+    ) -> Result<http::HeaderMap, String> {
+        let aad = seal_context(&scope.tenant_id().to_string(), &c.endpoint_id);
+        let open = |sealed: &str| -> Result<String, String> {
+            let blob = base64_decode(sealed)?;
+            let plain = self.sealer.open(&blob, &aad).map_err(|e| e.to_string())?;
+            String::from_utf8(plain.to_vec()).map_err(|e| e.to_string())
+        };
+        let mut secrets = vec![WebhookSecret::parse(&open(&job.secret_sealed)?).map_err(|e| e.to_string())?];
+        if let (Some(prev), Some(until)) = (&job.previous_secret_sealed, job.previous_secret_until) {
+            if until > now_ms {
+                secrets.push(WebhookSecret::parse(&open(prev)?).map_err(|e| e.to_string())?);
+            }
+        }
+        let ed = match &job.ed25519_sealed {
+            Some(s) => Some(Ed25519Signer::from_secret_string(&open(s)?).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let ts = now_ms.div_euclid(1000);
+        let signature = signature::signature_header(&secrets, ed.as_ref(), &c.event_id, ts, job.payload.as_bytes());
+        let mut h = http::HeaderMap::new();
+        let mut put = |name: &'static str, value: &str| {
+            if let Ok(v) = http::HeaderValue::from_str(value) {
+                h.insert(name, v);
+            }
+        };
+        put("content-type", "application/json");
+        put("webhook-id", &c.event_id);
+        put("webhook-timestamp", &ts.to_string());
+        put("webhook-signature", &signature);
+        Ok(h)
+    }
+
+    /// The next attempt's time after failed attempt `n` (from 1), or `Failed`
+    /// when the schedule is used up. ±10% jitter spreads retries of many
+    /// deliveries that failed together; a longer `Retry-After` wins (up to a
+    /// day).
+    fn next_after_failure(&self, n: i64, retry_after: Option<Duration>, now: i64) -> Next {
+        let Some(delay) = usize::try_from(n).ok().and_then(|n| self.schedule.delays_secs.get(n)) else {
+            return Next::Failed;
+        };
+        let base_ms = i64::try_from(*delay).unwrap_or(i64::MAX / 4000).saturating_mul(1000);
+        let jitter = if base_ms > 0 { rand::thread_rng().gen_range(-(base_ms / 10)..=base_ms / 10) } else { 0 };
+        let asked = retry_after.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX).min(86_400_000));
+        Next::RetryAt(now + (base_ms + jitter).max(asked))
+    }
+
+    /// Disables the endpoint, says so to the tenant's other endpoints, and
+    /// audits it.
+    fn disable(&self, scope: &TenantScope, tenant: TenantId, endpoint_id: &str, reason: &str, now: i64) -> Vec<Stmt> {
+        let mut stmts = vec![store::disable_stmt(scope, endpoint_id, reason, now)];
+        let data = serde_json::json!({ "endpoint_id": endpoint_id, "reason": reason });
+        stmts.extend(store::enqueue_stmts(&[crate::events::event(
+            tenant,
+            "webhook.endpoint_disabled",
+            data.clone(),
+            now,
+        )]));
+        let event = palisade_audit::Event::new(
+            "webhook.endpoint_disabled",
+            Some(tenant),
+            palisade_core::principal::Actor::system(),
+        )
+        .resource("webhook", endpoint_id)
+        .details(data);
+        stmts.push(palisade_audit::append_stmt(&event, &Default::default(), now).1);
+        stmts
+    }
+
+    async fn write(&self, stmts: Vec<Stmt>) -> palisade_store::Result<()> {
+        match self.db.write_guarded(stmts).await? {
+            Ok(_) => {
+                self.wake.notify_one();
+                Ok(())
+            }
+            // Another worker took the delivery over after our lease ran out;
+            // its record stands.
+            Err(reason) => {
+                tracing::warn!(reason, "webhook attempt not recorded");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| e.to_string())
+}
