@@ -10,9 +10,13 @@
 //!
 //! `cargo run --release -p palisade-bench -- http [SECONDS]` measures what
 //! the middleware costs (see `http.rs`).
+//!
+//! `cargo run --release -p palisade-bench -- webhooks [SECONDS]` measures
+//! webhook deliveries (see `webhooks.rs`).
 
 mod http;
 mod sends;
+mod webhooks;
 
 // The same allocator as the server binary.
 #[global_allocator]
@@ -42,12 +46,16 @@ async fn main() -> anyhow::Result<()> {
         let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
         return sends::run(seconds).await;
     }
+    if what == "webhooks" {
+        let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
+        return webhooks::run(seconds).await;
+    }
     if what == "http" {
         let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
         return http::run(seconds).await;
     }
     let records: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
-    anyhow::ensure!(what == "audit", "usage: palisade-bench audit [RECORDS] | http [SECONDS] | sends [SECONDS]");
+    anyhow::ensure!(what == "audit", "usage: palisade-bench audit [RECORDS] | http [SECONDS] | sends [SECONDS] | webhooks [SECONDS]");
     let dir = tempfile::tempdir()?;
     let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
     run("SQLite", &sqlite, None, dir.path(), records).await?;
