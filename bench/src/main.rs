@@ -55,7 +55,10 @@ async fn main() -> anyhow::Result<()> {
         return http::run(seconds).await;
     }
     let records: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
-    anyhow::ensure!(what == "audit", "usage: palisade-bench audit [RECORDS] | http [SECONDS] | sends [SECONDS] | webhooks [SECONDS]");
+    anyhow::ensure!(
+        what == "audit",
+        "usage: palisade-bench audit [RECORDS] | http [SECONDS] | sends [SECONDS] | webhooks [SECONDS]"
+    );
     let dir = tempfile::tempdir()?;
     let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
     run("SQLite", &sqlite, None, dir.path(), records).await?;

@@ -443,15 +443,31 @@ where
     T: std::str::FromStr,
     T::Err: std::fmt::Display,
 {
+    // Numbers too: defaults such as the retry schedule serialize as numbers,
+    // and an env value like `5` arrives as one.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Item {
+        Text(String),
+        Number(u64),
+    }
+    impl Item {
+        fn text(self) -> String {
+            match self {
+                Item::Text(s) => s,
+                Item::Number(n) => n.to_string(),
+            }
+        }
+    }
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
-        List(Vec<String>),
-        One(String),
+        List(Vec<Item>),
+        One(Item),
     }
     let items: Vec<String> = match Raw::deserialize(d)? {
-        Raw::List(v) => v,
-        Raw::One(s) => s.split(',').map(str::to_owned).collect(),
+        Raw::List(v) => v.into_iter().map(Item::text).collect(),
+        Raw::One(s) => s.text().split(',').map(str::to_owned).collect(),
     };
     items
         .iter()

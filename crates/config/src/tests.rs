@@ -7,6 +7,7 @@ fn prod() -> Config {
     c.server.trust_proxy = vec!["10.0.0.0/8".parse().unwrap()];
     c.mail.smtp_url = Some(Secret::new("smtps://u:p@mail.example.com".into()));
     c.audit.signing_key_file = Some("/etc/palisade/audit.pem".into());
+    c.webhooks.encryption_key = Some(Secret::new("A".repeat(43) + "="));
     c
 }
 
@@ -125,4 +126,40 @@ fn secrets_do_not_print() {
     let c = prod();
     let dbg = format!("{c:?}");
     assert!(!dbg.contains("xxxxxxxx") && !dbg.contains("mk_AAAA"));
+}
+
+#[test]
+#[allow(clippy::result_large_err)]
+fn webhook_settings_from_file_and_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        "[webhooks]\nretry_schedule_secs = [0, 10, 60]\n[inbound.providers.stripe]\nkind = \"payment\"\n\
+         secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+    )
+    .unwrap();
+    figment::Jail::expect_with(|jail| {
+        // Defaults alone load (the schedule's default is a list of numbers).
+        let c = Config::load(None).map_err(|e| e.0)?;
+        assert_eq!(c.webhooks.retry_schedule_secs, vec![0, 5, 300, 1800, 7200, 18000, 36000, 36000]);
+        let c = Config::load(Some(&path)).map_err(|e| e.0)?;
+        assert_eq!(c.webhooks.retry_schedule_secs, vec![0, 10, 60]);
+        assert_eq!(c.inbound.providers["stripe"].kind, InboundKind::Payment);
+        jail.set_env("PALISADE_WEBHOOKS__ALLOWED_PRIVATE_CIDRS", "10.1.0.0/16, 192.168.7.7");
+        jail.set_env("PALISADE_WEBHOOKS__RETRY_SCHEDULE_SECS", "5");
+        let c = Config::load(Some(&path)).map_err(|e| e.0)?;
+        assert_eq!(c.webhooks.allowed_private_cidrs.len(), 2);
+        assert_eq!(c.webhooks.retry_schedule_secs, vec![5]);
+        Ok(())
+    });
+}
+
+#[test]
+fn webhook_key_must_be_32_bytes() {
+    let mut c = prod();
+    c.webhooks.encryption_key = Some(Secret::new("c2hvcnQ=".into()));
+    assert!(refusal(&c).contains("webhooks.encryption_key"));
+    c.webhooks.encryption_key = None;
+    assert!(refusal(&c).contains("webhooks.encryption_key"));
 }

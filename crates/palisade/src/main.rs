@@ -9,6 +9,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = Cli::parse();
+    // A receiver's debugging tool: needs neither a config nor a database.
+    if let Command::Webhook { command } = cli.command {
+        std::process::exit(palisade::cli::webhook(command));
+    }
     // A configuration problem is one clear line and exit code 2.
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,

@@ -206,18 +206,9 @@ impl Worker {
         Ok(h)
     }
 
-    /// The next attempt's time after failed attempt `n` (from 1), or `Failed`
-    /// when the schedule is used up. ±10% jitter spreads retries of many
-    /// deliveries that failed together; a longer `Retry-After` wins (up to a
-    /// day).
     fn next_after_failure(&self, n: i64, retry_after: Option<Duration>, now: i64) -> Next {
-        let Some(delay) = usize::try_from(n).ok().and_then(|n| self.schedule.delays_secs.get(n)) else {
-            return Next::Failed;
-        };
-        let base_ms = i64::try_from(*delay).unwrap_or(i64::MAX / 4000).saturating_mul(1000);
-        let jitter = if base_ms > 0 { rand::thread_rng().gen_range(-(base_ms / 10)..=base_ms / 10) } else { 0 };
-        let asked = retry_after.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX).min(86_400_000));
-        Next::RetryAt(now + (base_ms + jitter).max(asked))
+        let jitter = rand::thread_rng().gen_range(-1.0..=1.0);
+        next_attempt(&self.schedule.delays_secs, n, retry_after, now, jitter)
     }
 
     /// Disables the endpoint, says so to the tenant's other endpoints, and
@@ -258,7 +249,60 @@ impl Worker {
     }
 }
 
+/// The next attempt's time after failed attempt `n` (from 1), or `Failed`
+/// when the schedule is used up. `jitter` in [-1, 1] moves it by up to ±10%
+/// so deliveries that failed together do not retry together; a longer
+/// `Retry-After` wins (up to a day).
+pub fn next_attempt(delays_secs: &[u64], n: i64, retry_after: Option<Duration>, now: i64, jitter: f64) -> Next {
+    let Some(delay) = usize::try_from(n).ok().and_then(|n| delays_secs.get(n)) else {
+        return Next::Failed;
+    };
+    let base_ms = i64::try_from(*delay).unwrap_or(i64::MAX / 4000).saturating_mul(1000);
+    let spread = (base_ms as f64 * 0.1 * jitter.clamp(-1.0, 1.0)) as i64;
+    let asked = retry_after.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX).min(86_400_000));
+    Next::RetryAt(now + (base_ms + spread).max(asked))
+}
+
 fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT: &[u64] = &[0, 5, 300, 1800, 7200, 18000, 36000, 36000];
+
+    fn at(n: i64, retry_after: Option<u64>, jitter: f64) -> Option<i64> {
+        match next_attempt(DEFAULT, n, retry_after.map(Duration::from_secs), 1_000, jitter) {
+            Next::RetryAt(t) => Some(t - 1_000),
+            Next::Failed => None,
+            Next::Delivered => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_schedule_is_followed_then_the_delivery_fails() {
+        let waits: Vec<_> = (1..=8).map(|n| at(n, None, 0.0)).collect();
+        let expected: Vec<_> = DEFAULT[1..].iter().map(|s| Some(*s as i64 * 1000)).chain([None]).collect();
+        assert_eq!(waits, expected);
+        assert_eq!(at(9, None, 0.0), None);
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        assert_eq!(at(2, None, 1.0), Some(330_000));
+        assert_eq!(at(2, None, -1.0), Some(270_000));
+        assert_eq!(at(2, None, 7.0), Some(330_000));
+    }
+
+    #[test]
+    fn a_longer_retry_after_wins_up_to_a_day() {
+        assert_eq!(at(1, Some(600), 0.0), Some(600_000));
+        assert_eq!(at(2, Some(1), 0.0), Some(300_000));
+        assert_eq!(at(1, Some(10 * 86_400), 0.0), Some(86_400_000));
+        // Retry-After does not extend the schedule.
+        assert_eq!(at(8, Some(60), 0.0), None);
+    }
 }

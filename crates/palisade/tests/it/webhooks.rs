@@ -24,6 +24,8 @@ backend_tests!(
     rotation_signs_with_both_secrets_during_grace,
     ed25519_signatures_verify_with_the_public_key,
     gone_disables_the_endpoint_and_says_so,
+    failing_for_days_disables_the_endpoint,
+    retry_after_is_honoured,
     replay_sends_again_with_the_same_id,
     inbound_payment_tops_up_exactly_once,
 );
@@ -56,7 +58,9 @@ impl Receiver {
                     s.lock().unwrap().push(Seen { headers, body: body.to_vec() });
                     let mut a = a.lock().unwrap();
                     let status = if a.is_empty() { 200 } else { a.remove(0) };
-                    (axum::http::StatusCode::from_u16(status).unwrap(), "ok")
+                    // A 429 asks for two minutes.
+                    let retry_after = if status == 429 { "120" } else { "0" };
+                    (axum::http::StatusCode::from_u16(status).unwrap(), [("retry-after", retry_after)], "ok")
                 }
             }),
         );
@@ -377,6 +381,47 @@ async fn gone_disables_the_endpoint_and_says_so(b: Backend) {
     let r =
         srv.call(Method::PATCH, &format!("/v1/webhooks/{id}"), Some(&t.token), Some(json!({"enabled": true}))).await;
     assert_eq!(r.expect(200).body["status"], "enabled");
+    srv.stop().await;
+}
+
+async fn failing_for_days_disables_the_endpoint(b: Backend) {
+    // The default: disabled after 5 days of failures without a success.
+    let srv = server_with(b, |c| c.webhooks.retry_schedule_secs = vec![0, 3 * 86_400, 3 * 86_400]).await;
+    let rx = Receiver::start().await;
+    rx.answer(&[500, 500, 500]);
+    let t = srv.tenant("Failing").await;
+    let (_, key) = srv.api_key(&t.token, json!({"name": "k", "role": "admin"})).await;
+    let id = endpoint(&srv, &key, &rx.url, json!(["webhook.test"])).await["id"].as_str().unwrap().to_owned();
+    srv.post(&format!("/v1/webhooks/{id}/test"), &key, json!({})).await.expect(202);
+    attempts(&srv, &key, &id, 1).await;
+    srv.clock.advance_ms(3 * 86_400_000 + 10 * 3_600_000);
+    attempts(&srv, &key, &id, 2).await;
+    // Three days of failures: still enabled.
+    assert_eq!(srv.get(&format!("/v1/webhooks/{id}"), &key).await.expect(200).body["status"], "enabled");
+    srv.clock.advance_ms(3 * 86_400_000 + 10 * 3_600_000);
+    attempts(&srv, &key, &id, 3).await;
+    let ep = srv.get(&format!("/v1/webhooks/{id}"), &key).await.expect(200).body;
+    assert_eq!(ep["status"], "disabled");
+    assert_eq!(ep["disabled_reason"], "failing for too long");
+    srv.stop().await;
+}
+
+async fn retry_after_is_honoured(b: Backend) {
+    let srv = server(b).await;
+    let rx = Receiver::start().await;
+    let t = srv.tenant("Later").await;
+    let id = endpoint(&srv, &t.token, &rx.url, json!(["webhook.test"])).await["id"].as_str().unwrap().to_owned();
+    rx.answer(&[429]);
+    srv.post(&format!("/v1/webhooks/{id}/test"), &t.token, json!({})).await.expect(202);
+    let d = attempts(&srv, &t.token, &id, 1).await;
+    assert_eq!(d["attempts"][0]["status_code"], 429);
+    // The receiver asked for 120 s rather than the schedule's 5 s.
+    srv.clock.advance_ms(60_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.seen().len(), 1);
+    srv.clock.advance_ms(61_000);
+    let d = attempts(&srv, &t.token, &id, 2).await;
+    assert_eq!(d["status"], "delivered");
     srv.stop().await;
 }
 
