@@ -96,16 +96,18 @@ impl Worker {
             return Ok(());
         };
         let started = self.clock.now_ms();
+        // An attempt that never reached the network.
+        let unsent = |error_class: &'static str, outcome: &'static str| AttemptRecord {
+            attempt: c.attempts,
+            at: started,
+            status_code: None,
+            latency_ms: 0,
+            response_excerpt: "",
+            error_class: Some(error_class),
+            outcome,
+        };
         if job.endpoint_status != "enabled" {
-            let rec = AttemptRecord {
-                attempt: c.attempts,
-                at: started,
-                status_code: None,
-                latency_ms: 0,
-                response_excerpt: "",
-                error_class: Some("endpoint_disabled"),
-                outcome: "skipped",
-            };
+            let rec = unsent("endpoint_disabled", "skipped");
             return self.write(store::finish_stmts(&scope, c, lease_until, &rec, Next::Failed)).await;
         }
         let headers = match self.sign(&scope, c, &job, started) {
@@ -114,15 +116,7 @@ impl Worker {
                 // A secret that does not open is the operator's problem
                 // (wrong encryption key); never send unsigned.
                 tracing::error!(error = %e, endpoint = %c.endpoint_id, "webhook secret does not open");
-                let rec = AttemptRecord {
-                    attempt: c.attempts,
-                    at: started,
-                    status_code: None,
-                    latency_ms: 0,
-                    response_excerpt: "",
-                    error_class: Some("signing"),
-                    outcome: "retry",
-                };
+                let rec = unsent("signing", "retry");
                 let next = self.next_after_failure(c.attempts, None, started);
                 return self.write(store::finish_stmts(&scope, c, lease_until, &rec, next)).await;
             }
