@@ -95,6 +95,8 @@ pub struct Db {
     write: AnyPool,
     dialect: Dialect,
     sqlite: Option<Arc<SqliteParts>>,
+    /// PostgreSQL's shared durability barrier.
+    pub(crate) durable: Arc<crate::durable::Barrier>,
 }
 
 impl Db {
@@ -119,7 +121,7 @@ impl Db {
                 let readers = crate::read::Readers::default();
                 let _checkpointer = crate::group_commit::start_checkpointer(&path)?;
                 let parts = SqliteParts { path, readers, _checkpointer, write_lock, group };
-                Ok(Db { read, write, dialect, sqlite: Some(Arc::new(parts)) })
+                Ok(Db { read, write, dialect, sqlite: Some(Arc::new(parts)), durable: crate::durable::Barrier::new() })
             }
             Dialect::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -127,7 +129,7 @@ impl Db {
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(opts)
                     .await?;
-                Ok(Db { read: pool.clone(), write: pool, dialect, sqlite: None })
+                Ok(Db { read: pool.clone(), write: pool, dialect, sqlite: None, durable: crate::durable::Barrier::new() })
             }
         }
     }

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod calls;
 pub mod credits;
 mod db;
+mod durable;
 mod error;
 pub mod group_commit;
 pub mod identities;

@@ -297,8 +297,7 @@ impl Db {
     /// the server serves concurrent flushes with one sync. A crash before
     /// this returns can lose the write, but nobody was told it happened.
     async fn wait_durable(&self) -> Result<()> {
-        sqlx::query("SELECT txid_current()").execute(self.write_pool()).await?;
-        Ok(())
+        self.durable.wait(self.write_pool()).await
     }
 
     /// [`Db::write_all`] with guards: a guarded statement that changes no
