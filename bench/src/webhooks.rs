@@ -13,10 +13,17 @@
 //!    SECONDS a producer keeps at most BENCH_BACKLOG deliveries (default
 //!    2000) queued but not yet received; then the run waits until the
 //!    receiver has counted every delivery AND the queue shows them all
-//!    `delivered`. Reported: deliveries/s over that whole time, latency
-//!    from enqueue to receipt (the payload carries the enqueue instant)
-//!    under that load, and with the queue idle (one event at a time).
-//!    Run with the default `webhooks.concurrency` and with 64.
+//!    `delivered`. Columns: deliveries/s over that whole time; deliveries
+//!    the receiver verified (`delivered`) and refused (`invalid`, must be
+//!    0); attempts that did not deliver (`retried`); latency from enqueue
+//!    to receipt (the payload carries the enqueue instant) under that load
+//!    (mostly time in the backlog), with the queue idle (200 events one at
+//!    a time, the worker woken as API routes wake it), and idle but not
+//!    woken (8 events spread over a poll period, as the carrier-report
+//!    writer queues `message.*` events: the next poll finds them); the
+//!    mean number of rows the worker holds leased, sampled every 50 ms
+//!    (it claims `concurrency × 4` per batch). Run with the default
+//!    `webhooks.concurrency` and with 64.
 //! 2. Per-delivery costs: the SSRF guard's URL check and address filter,
 //!    the guarded client's `post` against a bare reqwest client posting the
 //!    same signed request to the same receiver, signing a 1 KiB body, and
@@ -49,7 +56,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
          latency = enqueue → receipt"
     );
     println!(
-        "{:>10} {:>11} {:>12} {:>9} {:>7} {:>7} {:>22} {:>18} {:>11}",
+        "{:>10} {:>11} {:>12} {:>9} {:>7} {:>7} {:>22} {:>18} {:>17} {:>11}",
         "backend",
         "concurrency",
         "deliveries/s",
@@ -58,7 +65,13 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
         "retried",
         "loaded p50 / p99 ms",
         "idle p50 / p99 ms",
+        "unwoken min/max",
         "mean leased"
+    );
+    println!(
+        "  (delivered: verified by the receiver, all phases; retried: attempts that did not deliver; idle: one at \
+         a time, worker woken; unwoken: not woken, found by the poll; mean leased: rows claimed and not yet \
+         finished, of batches of concurrency × 4)"
     );
     for &c in &settings {
         deliveries("SQLite", None, dir.path(), seconds, c).await?;
@@ -108,6 +121,16 @@ impl Receiver {
 
     fn received(&self) -> u64 {
         self.valid.load(Ordering::Relaxed) + self.invalid.load(Ordering::Relaxed)
+    }
+
+    /// Until `target` requests have come in (10 s at most).
+    async fn wait_for(&self, target: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.received() < target {
+            anyhow::ensure!(Instant::now() < deadline, "{} of {target} deliveries received", self.received());
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        Ok(())
     }
 
     /// The latencies recorded so far, sorted, and forgotten.
@@ -188,18 +211,21 @@ async fn deliveries(
     let endpoints = endpoints as u64;
 
     // Queues `n` events (each fans out to every endpoint) in one write, as
-    // the server queues events with the change they report, and wakes the worker.
-    let enqueue = |n: usize| {
+    // the server queues events with the change they report, and (if `wake`)
+    // wakes the worker.
+    let enqueue = |n: usize, wake: bool| {
         let events: Vec<_> = (0..n)
             .map(|_| {
                 let t_us = base.elapsed().as_micros() as u64;
                 palisade_webhooks::events::event(tenant, "webhook.test", json!({ "t_us": t_us }), SystemClock.now_ms())
             })
             .collect();
-        let (db, wake) = (state.db.clone(), state.webhook_wake.clone());
+        let (db, notify) = (state.db.clone(), state.webhook_wake.clone());
         async move {
             db.write_all(palisade_store::webhooks::enqueue_stmts(&events)).await?;
-            wake.notify_one();
+            if wake {
+                notify.notify_one();
+            }
             anyhow::Ok(n as u64 * endpoints)
         }
     };
@@ -217,7 +243,7 @@ async fn deliveries(
     let (mut queued, mut leased_sum, mut samples, mut last_sample) = (0u64, 0i64, 0i64, started);
     while Instant::now() < deadline {
         if queued.saturating_sub(receiver.received()) + batch as u64 * endpoints <= backlog {
-            queued += enqueue(batch).await?;
+            queued += enqueue(batch, true).await?;
         } else {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -242,24 +268,39 @@ async fn deliveries(
 
     // Idle: one event at a time, each delivered before the next.
     for _ in 0..200 {
-        let target = receiver.received() + enqueue(1).await?;
-        while receiver.received() < target {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
+        let target = receiver.received() + enqueue(1, true).await?;
+        receiver.wait_for(target).await?;
     }
     let idle = receiver.take_latencies();
+    // Idle, not woken (as the carrier-report writer queues `message.*`
+    // events): found by the next poll. Spread over the poll period.
+    let mut unwoken = Vec::new();
+    if concurrency == Config::default().webhooks.concurrency {
+        let poll = Config::default().webhooks.poll_ms;
+        for i in 0..8 {
+            tokio::time::sleep(Duration::from_millis(i * poll / 8)).await;
+            let target = receiver.received() + enqueue(1, false).await?;
+            receiver.wait_for(target).await?;
+        }
+        unwoken = receiver.take_latencies();
+    }
     let attempts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_attempts WHERE outcome <> 'delivered'")
         .fetch_one(state.db.reader())
         .await?;
     let pct = |v: &[Duration], p: f64| ms(crate::percentile(v, p));
     println!(
-        "{label:>10} {concurrency:>11} {:>12.0} {:>9} {:>7} {:>7} {:>22} {:>18} {:>11.1}",
+        "{label:>10} {concurrency:>11} {:>12.0} {:>9} {:>7} {:>7} {:>22} {:>18} {:>17} {:>11.1}",
         queued as f64 / elapsed.as_secs_f64(),
         receiver.valid.load(Ordering::Relaxed),
         receiver.invalid.load(Ordering::Relaxed),
         attempts,
         format!("{:.1} / {:.1}", pct(&loaded, 0.5), pct(&loaded, 0.99)),
         format!("{:.2} / {:.2}", pct(&idle, 0.5), pct(&idle, 0.99)),
+        if unwoken.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.0} / {:.0}", pct(&unwoken, 0.0), pct(&unwoken, 1.0))
+        },
         leased_sum as f64 / samples.max(1) as f64,
     );
     anyhow::ensure!(receiver.invalid.load(Ordering::Relaxed) == 0, "invalid signatures received");

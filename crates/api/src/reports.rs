@@ -34,11 +34,13 @@ pub struct Reports {
 
 impl Reports {
     /// Starts the writer on the current runtime.
-    pub fn start(db: Db) -> Self {
+    /// `wake` is the webhook worker's: status events are queued with the
+    /// status change.
+    pub fn start(db: Db, wake: std::sync::Arc<tokio::sync::Notify>) -> Self {
         // Bounded: when the database falls behind, carriers' callbacks wait
         // rather than memory growing without limit.
         let (tx, rx) = mpsc::channel(16 * MAX_BATCH);
-        tokio::spawn(run(db, rx));
+        tokio::spawn(run(db, rx, wake));
         Reports { tx }
     }
 
@@ -50,7 +52,7 @@ impl Reports {
     }
 }
 
-async fn run(db: Db, mut rx: mpsc::Receiver<Report>) {
+async fn run(db: Db, mut rx: mpsc::Receiver<Report>, wake: std::sync::Arc<tokio::sync::Notify>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let latest = latest_per_message(&batch);
@@ -59,8 +61,9 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Report>) {
         // subscribe to `message.sent` alone), queued with the status change.
         stmts.extend(palisade_store::webhooks::enqueue_stmts(&batch.iter().map(webhook_event).collect::<Vec<_>>()));
         // A report that arrives after the message settled changes no row.
-        if let Err(e) = db.write_all(stmts).await {
-            tracing::error!(error = %e, reports = batch.len(), "recording carrier reports failed");
+        match db.write_all(stmts).await {
+            Ok(_) => wake.notify_one(),
+            Err(e) => tracing::error!(error = %e, reports = batch.len(), "recording carrier reports failed"),
         }
         batch.clear();
     }

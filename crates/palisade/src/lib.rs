@@ -50,10 +50,10 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         delay: Duration::from_millis(config.carrier.sandbox_delay_ms),
         call_length: Duration::from_secs(config.carrier.sandbox_call_secs),
     });
-    let reports = palisade_api::reports::Reports::start(db.clone());
+    let webhook_wake = Arc::new(tokio::sync::Notify::new());
+    let reports = palisade_api::reports::Reports::start(db.clone(), webhook_wake.clone());
     let sealer = Arc::new(palisade_webhooks::seal::Sealer::new(&webhook_key(&config)?));
     let webhook_client = Arc::new(webhook_client(&config)?);
-    let webhook_wake = Arc::new(tokio::sync::Notify::new());
     let worker = Arc::new(palisade_webhooks::worker::Worker {
         db: db.clone(),
         clock: clock.clone(),

@@ -129,7 +129,13 @@ impl Db {
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(opts)
                     .await?;
-                Ok(Db { read: pool.clone(), write: pool, dialect, sqlite: None, durable: crate::durable::Barrier::new() })
+                Ok(Db {
+                    read: pool.clone(),
+                    write: pool,
+                    dialect,
+                    sqlite: None,
+                    durable: crate::durable::Barrier::new(),
+                })
             }
         }
     }

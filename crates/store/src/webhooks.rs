@@ -289,6 +289,11 @@ pub async fn claim_due(db: &crate::Db, now: i64, lease_until: i64, limit: i64) -
          RETURNING endpoint_id, event_id, tenant_id, attempts"
     );
     let mut tx = db.begin().await?;
+    if db.dialect() == Dialect::Postgres {
+        // A claim lost in a crash costs only its lease: no need to wait for
+        // the disk (nor to hold the rows' locks across a sync).
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    }
     let rows: Vec<Claimed> = sqlx::query_as(&sql).bind(lease_until).bind(now).bind(limit).fetch_all(&mut *tx).await?;
     tx.commit().await?;
     Ok(rows)
@@ -400,12 +405,17 @@ pub fn finish_stmts(
 pub fn endpoint_health_stmt(scope: &TenantScope, endpoint_id: &str, success: bool, now: i64) -> Stmt {
     let tenant = scope.tenant_id().to_string();
     if success {
-        Stmt::new("UPDATE webhook_endpoints SET failing_since = NULL WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant)
-            .bind(endpoint_id)
+        // Conditional: the common case (healthy and staying so) writes nothing,
+        // so concurrent deliveries to one endpoint do not queue on its row.
+        Stmt::new(
+            "UPDATE webhook_endpoints SET failing_since = NULL \
+             WHERE tenant_id = $1 AND id = $2 AND failing_since IS NOT NULL",
+        )
+        .bind(tenant)
+        .bind(endpoint_id)
     } else {
         Stmt::new(
-            "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, $3) WHERE tenant_id = $1 AND id = $2",
+            "UPDATE webhook_endpoints SET failing_since = $3 WHERE tenant_id = $1 AND id = $2 AND failing_since IS NULL",
         )
         .bind(tenant)
         .bind(endpoint_id)

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use palisade_core::{Clock, TenantId, TenantScope};
 use palisade_store::webhooks::{self as store, AttemptRecord, Claimed, DeliveryJob, Next};
 use palisade_store::{Db, Stmt};
 use rand::Rng;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::client::{AttemptError, Outcome, WebhookClient};
 use crate::seal::Sealer;
@@ -50,39 +50,54 @@ pub fn seal_context(tenant: &str, endpoint_id: &str) -> Vec<u8> {
 }
 
 impl Worker {
-    /// Runs until the task is dropped or aborted.
+    /// Runs until the task is dropped or aborted (which aborts the attempts
+    /// in flight; their leases run out and they are retried). Each delivery
+    /// runs as its own task while it holds one of `concurrency` permits, and
+    /// the worker claims again as soon as a permit is free, so one slow
+    /// endpoint holds up only its own attempts.
     pub fn start(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
+            let permits = Arc::new(Semaphore::new(self.schedule.concurrency));
+            let mut running = JoinSet::new();
             loop {
-                match self.run_once().await {
-                    // A full batch: there may be more due now.
-                    Ok(n) if n > 0 => continue,
+                while running.try_join_next().is_some() {}
+                let Ok(first) = permits.clone().acquire_owned().await else { return };
+                let free = 1 + permits.available_permits();
+                let now = self.clock.now_ms();
+                let lease_until = now + self.schedule.lease_ms;
+                match store::claim_due(&self.db, now, lease_until, free as i64).await {
+                    Ok(claimed) if !claimed.is_empty() => {
+                        let mut first = Some(first);
+                        for c in claimed {
+                            // Only this loop takes permits: the free ones are still free.
+                            let permit = match first.take() {
+                                Some(p) => p,
+                                None => match permits.clone().try_acquire_owned() {
+                                    Ok(p) => p,
+                                    Err(_) => break,
+                                },
+                            };
+                            let me = self.clone();
+                            running.spawn(async move {
+                                if let Err(e) = me.deliver(&c, lease_until).await {
+                                    tracing::warn!(error = %e, endpoint = %c.endpoint_id, event = %c.event_id,
+                                        "webhook delivery not recorded");
+                                }
+                                drop(permit);
+                            });
+                        }
+                        continue;
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "webhook queue poll failed"),
                 }
+                drop(first);
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     _ = tokio::time::sleep(self.schedule.poll) => {}
                 }
             }
         })
-    }
-
-    /// Claims what is due now and delivers it; returns how many.
-    pub async fn run_once(&self) -> palisade_store::Result<usize> {
-        let now = self.clock.now_ms();
-        let lease_until = now + self.schedule.lease_ms;
-        let batch = (self.schedule.concurrency * 4) as i64;
-        let claimed = store::claim_due(&self.db, now, lease_until, batch).await?;
-        let n = claimed.len();
-        futures_util::stream::iter(claimed)
-            .for_each_concurrent(self.schedule.concurrency, |c| async move {
-                if let Err(e) = self.deliver(&c, lease_until).await {
-                    tracing::warn!(error = %e, endpoint = %c.endpoint_id, event = %c.event_id, "webhook delivery not recorded");
-                }
-            })
-            .await;
-        Ok(n)
     }
 
     async fn deliver(&self, c: &Claimed, lease_until: i64) -> palisade_store::Result<()> {
@@ -229,10 +244,7 @@ impl Worker {
 
     async fn write(&self, stmts: Vec<Stmt>) -> palisade_store::Result<()> {
         match self.db.write_guarded(stmts).await? {
-            Ok(_) => {
-                self.wake.notify_one();
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             // Another worker took the delivery over after our lease ran out;
             // its record stands.
             Err(reason) => {

@@ -161,6 +161,9 @@ fn run_call(state: AppState, scope: TenantScope, call: OutboundCall) {
                         tx.run(&palisade_store::webhooks::enqueue_stmts(&[started])).await?;
                     }
                     tx.commit().await?;
+                    if moved && answered {
+                        state.webhook_wake.notify_one();
+                    }
                     Ok::<_, palisade_store::StoreError>(moved)
                 };
                 moved.await.unwrap_or_else(|e| {
