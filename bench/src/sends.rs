@@ -17,7 +17,10 @@ use tokio::net::TcpStream;
 
 pub async fn run(seconds: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    one("SQLite", None, dir.path(), seconds).await?;
+    // BENCH_SKIP_SQLITE=1: PostgreSQL alone (for profiling it).
+    if std::env::var("BENCH_SKIP_SQLITE").is_err() {
+        one("SQLite", None, dir.path(), seconds).await?;
+    }
     if let Ok(base) = std::env::var("PALISADE_BENCH_POSTGRES_URL") {
         let (url, name) = crate::fresh_postgres_db(&base).await?;
         let result = one("PostgreSQL", Some(url), dir.path(), seconds).await;

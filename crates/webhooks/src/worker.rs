@@ -3,6 +3,7 @@
 //! next one. Several workers (and instances) share the queue through the
 //! lease; a crash mid-attempt only delays that delivery until its lease ends.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,50 +53,50 @@ pub fn seal_context(tenant: &str, endpoint_id: &str) -> Vec<u8> {
 impl Worker {
     /// Runs until the task is dropped or aborted (which aborts the attempts
     /// in flight; their leases run out and they are retried). Each delivery
-    /// runs as its own task while it holds one of `concurrency` permits, and
-    /// the worker claims again as soon as a permit is free, so one slow
-    /// endpoint holds up only its own attempts.
+    /// runs as its own task while it holds one of `concurrency` permits, so
+    /// one slow endpoint holds up only its own attempts; the worker claims
+    /// the next rows while the last ones are still running.
     pub fn start(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(self.schedule.concurrency));
             let mut running = JoinSet::new();
+            // Claimed, waiting for a permit: at most `concurrency` rows, so
+            // they start long before their lease (attempt timeout + 30 s) ends.
+            let mut ready: VecDeque<(Claimed, i64)> = VecDeque::new();
             loop {
                 while running.try_join_next().is_some() {}
-                let Ok(first) = permits.clone().acquire_owned().await else { return };
-                let free = 1 + permits.available_permits();
-                let now = self.clock.now_ms();
-                let lease_until = now + self.schedule.lease_ms;
-                match store::claim_due(&self.db, now, lease_until, free as i64).await {
-                    Ok(claimed) if !claimed.is_empty() => {
-                        let mut first = Some(first);
-                        for c in claimed {
-                            // Only this loop takes permits: the free ones are still free.
-                            let permit = match first.take() {
-                                Some(p) => p,
-                                None => match permits.clone().try_acquire_owned() {
-                                    Ok(p) => p,
-                                    Err(_) => break,
-                                },
-                            };
-                            let me = self.clone();
-                            running.spawn(async move {
-                                if let Err(e) = me.deliver(&c, lease_until).await {
-                                    tracing::warn!(error = %e, endpoint = %c.endpoint_id, event = %c.event_id,
-                                        "webhook delivery not recorded");
-                                }
-                                drop(permit);
-                            });
+                if ready.is_empty() {
+                    let now = self.clock.now_ms();
+                    let lease_until = now + self.schedule.lease_ms;
+                    let limit = self.schedule.concurrency as i64;
+                    match store::claim_due(&self.db, now, lease_until, limit).await {
+                        Ok(claimed) if !claimed.is_empty() => {
+                            ready.extend(claimed.into_iter().map(|c| (c, lease_until)));
                         }
-                        continue;
+                        Ok(_) => {
+                            tokio::select! {
+                                _ = self.wake.notified() => {}
+                                _ = tokio::time::sleep(self.schedule.poll) => {}
+                            }
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "webhook queue poll failed");
+                            tokio::time::sleep(self.schedule.poll).await;
+                            continue;
+                        }
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "webhook queue poll failed"),
                 }
-                drop(first);
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(self.schedule.poll) => {}
-                }
+                let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                let Some((c, lease_until)) = ready.pop_front() else { continue };
+                let me = self.clone();
+                running.spawn(async move {
+                    if let Err(e) = me.deliver(&c, lease_until).await {
+                        tracing::warn!(error = %e, endpoint = %c.endpoint_id, event = %c.event_id,
+                            "webhook delivery not recorded");
+                    }
+                    drop(permit);
+                });
             }
         })
     }

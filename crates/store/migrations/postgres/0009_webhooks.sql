@@ -50,10 +50,11 @@ CREATE TABLE webhook_deliveries (
     lease_until BIGINT NOT NULL,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
-    PRIMARY KEY (endpoint_id, event_id)
+    -- Every lookup names all three; event ids are time-ordered (UUIDv7),
+    -- so the key also lists an endpoint's deliveries newest first.
+    PRIMARY KEY (tenant_id, endpoint_id, event_id)
 );
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
-CREATE INDEX webhook_deliveries_tenant ON webhook_deliveries (tenant_id, endpoint_id, created_at);
 
 CREATE TABLE webhook_attempts (
     endpoint_id TEXT NOT NULL,
@@ -66,7 +67,7 @@ CREATE TABLE webhook_attempts (
     response_excerpt TEXT NOT NULL,
     error_class TEXT,
     outcome TEXT NOT NULL,
-    PRIMARY KEY (endpoint_id, event_id, attempt)
+    PRIMARY KEY (tenant_id, endpoint_id, event_id, attempt)
 );
 
 -- Signed callbacks from carriers and payment providers, verified or not
