@@ -83,6 +83,11 @@ impl Stmt {
         }
     }
 
+    /// Built at run time: its text varies, so it is not worth preparing.
+    fn is_dynamic(&self) -> bool {
+        matches!(self.sql, std::borrow::Cow::Owned(_))
+    }
+
     pub fn bind(mut self, v: impl Into<Val>) -> Self {
         self.args.push(v.into());
         self
@@ -169,7 +174,7 @@ impl crate::Tx {
     pub async fn run(&mut self, stmts: &[Stmt]) -> Result<Vec<u64>> {
         let mut out = Vec::with_capacity(stmts.len());
         for s in stmts {
-            let mut q = sqlx::query(&s.sql);
+            let mut q = sqlx::query(&s.sql).persistent(!s.is_dynamic());
             for v in &s.args {
                 q = bind_sqlx(q, v);
             }
@@ -253,7 +258,10 @@ impl Db {
             }
         }
         args.extend(&reasons);
-        let mut q = sqlx::query(&sql);
+        // A list with a built statement makes new text each time: preparing
+        // and caching it would only push the fixed statements (a send's)
+        // out of the connection's statement cache.
+        let mut q = sqlx::query(&sql).persistent(!stmts.iter().any(Stmt::is_dynamic));
         for v in args {
             q = bind_sqlx(q, v);
         }
@@ -280,7 +288,7 @@ impl Db {
         let mut tx = self.begin().await?;
         let mut out = Vec::with_capacity(stmts.len());
         for s in stmts {
-            let mut q = sqlx::query(&s.sql);
+            let mut q = sqlx::query(&s.sql).persistent(!s.is_dynamic());
             for v in &s.args {
                 q = bind_sqlx(q, v);
             }
