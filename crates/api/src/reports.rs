@@ -56,10 +56,15 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Report>, wake: std::sync::Arc<tokio:
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let latest = latest_per_message(&batch);
-        let mut stmts = palisade_store::messages::set_status_stmts(&latest);
-        // Every report is an event for the tenant's webhooks (a tenant may
-        // subscribe to `message.sent` alone), queued with the status change.
-        stmts.extend(palisade_store::webhooks::enqueue_stmts(&batch.iter().map(webhook_event).collect::<Vec<_>>()));
+        // Every report that moves its message is an event for the tenant's
+        // webhooks (a tenant may subscribe to `message.sent` alone), queued
+        // with the status change and before it in the list (its condition
+        // reads the status the change starts from).
+        let mut seen = std::collections::HashSet::with_capacity(batch.len());
+        let events: Vec<_> =
+            batch.iter().filter(|r| seen.insert((r.message_id.as_str(), r.status))).map(webhook_event).collect();
+        let mut stmts = palisade_store::webhooks::enqueue_stmts(&events);
+        stmts.extend(palisade_store::messages::set_status_stmts(&latest));
         // A report that arrives after the message settled changes no row.
         match db.write_all(stmts).await {
             Ok(_) => wake.notify_one(),
@@ -76,7 +81,9 @@ fn webhook_event(r: &Report) -> palisade_store::webhooks::NewEvent {
         _ => "message.failed",
     };
     let data = serde_json::json!({ "id": r.message_id, "status": r.status, "error_code": r.error_code });
-    palisade_webhooks::events::event(r.scope.tenant_id(), event_type, data, r.at_ms)
+    let mut e = palisade_webhooks::events::event(r.scope.tenant_id(), event_type, data, r.at_ms);
+    e.if_message_moves = Some((r.message_id.clone(), r.status));
+    e
 }
 
 /// One report per message: the furthest status, with the error code and

@@ -41,6 +41,10 @@ pub fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
+pub fn sha256_hex_bytes(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
 pub fn sha256(s: &str) -> [u8; 32] {
     Sha256::digest(s.as_bytes()).into()
 }

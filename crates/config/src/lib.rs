@@ -606,9 +606,11 @@ impl Config {
             )));
         }
         let wh = &self.webhooks;
-        if wh.retry_schedule_secs.is_empty() || wh.retry_schedule_secs.len() > 20 {
+        if wh.retry_schedule_secs.is_empty() || wh.retry_schedule_secs.len() > 20 || wh.retry_schedule_secs[0] != 0 {
             return Err(ConfigError(
-                "webhooks.retry_schedule_secs needs 1 to 20 entries (seconds before each attempt)".into(),
+                "webhooks.retry_schedule_secs needs 1 to 20 entries (seconds before each attempt), the first 0: \
+                 a delivery's first attempt is at once"
+                    .into(),
             ));
         }
         if wh.attempt_timeout_secs == 0 || wh.connect_timeout_secs == 0 || wh.concurrency == 0 || wh.poll_ms == 0 {

@@ -147,10 +147,10 @@ fn webhook_settings_from_file_and_env() {
         assert_eq!(c.webhooks.retry_schedule_secs, vec![0, 10, 60]);
         assert_eq!(c.inbound.providers["stripe"].kind, InboundKind::Payment);
         jail.set_env("PALISADE_WEBHOOKS__ALLOWED_PRIVATE_CIDRS", "10.1.0.0/16, 192.168.7.7");
-        jail.set_env("PALISADE_WEBHOOKS__RETRY_SCHEDULE_SECS", "5");
+        jail.set_env("PALISADE_WEBHOOKS__RETRY_SCHEDULE_SECS", "0");
         let c = Config::load(Some(&path)).map_err(|e| e.0)?;
         assert_eq!(c.webhooks.allowed_private_cidrs.len(), 2);
-        assert_eq!(c.webhooks.retry_schedule_secs, vec![5]);
+        assert_eq!(c.webhooks.retry_schedule_secs, vec![0]);
         Ok(())
     });
 }

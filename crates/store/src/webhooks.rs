@@ -160,6 +160,8 @@ pub fn delete_endpoint_stmts(scope: &TenantScope, id: &str) -> Vec<Stmt> {
 }
 
 /// A new current secret; the old one keeps signing until `previous_until`.
+/// Refused when the current secret is no longer `previous_sealed` (a
+/// concurrent rotation won; its secret stands).
 pub fn rotate_secret_stmt(
     scope: &TenantScope,
     id: &str,
@@ -170,7 +172,7 @@ pub fn rotate_secret_stmt(
 ) -> Stmt {
     Stmt::new(
         "UPDATE webhook_endpoints SET secret_sealed = $3, previous_secret_sealed = $4, previous_secret_until = $5, \
-           updated_at = $6 WHERE tenant_id = $1 AND id = $2",
+           updated_at = $6 WHERE tenant_id = $1 AND id = $2 AND secret_sealed = $4",
     )
     .bind(scope.tenant_id().to_string())
     .bind(id)
@@ -189,56 +191,83 @@ pub struct NewEvent {
     pub event_type: &'static str,
     pub payload: String,
     pub now: i64,
+    /// Queue it only if this message's status can still move to this one
+    /// (a carrier report that changes nothing is no event).
+    pub if_message_moves: Option<(String, &'static str)>,
+    /// Not for this endpoint (the one an event is about, when disabled).
+    pub except_endpoint: Option<String>,
 }
 
 const EVENTS_PER_STMT: usize = 64;
 
 /// Queues events: two statements per 64 events, to run in the same atomic
 /// list as the change they report (an event is never lost nor sent for a
-/// change that was undone). Events of tenants without a matching endpoint
-/// leave no row. The two statements read only the subscriptions, never each
-/// other's rows, so they fit a combined PostgreSQL statement.
+/// change that was undone), and BEFORE that change in the list: the
+/// conditions read the state before it (on PostgreSQL the list shares one
+/// snapshot anyway). Events of tenants without a matching endpoint leave
+/// no row. The two statements read only subscriptions and messages, never
+/// each other's rows, so they fit a combined PostgreSQL statement.
 pub fn enqueue_stmts(events: &[NewEvent]) -> Vec<Stmt> {
-    const SUBSCRIBED: &str = "FROM webhook_subscriptions s JOIN webhook_endpoints w ON w.id = s.endpoint_id \
-        WHERE s.tenant_id = v.column2 AND s.event_type IN (v.column3, '*') AND w.tenant_id = v.column2 \
-        AND w.status = 'enabled'";
+    const WANTED: &str = "s.tenant_id = v.column2 AND s.event_type IN (v.column3, '*') AND w.tenant_id = v.column2 \
+        AND w.status = 'enabled' AND (v.column8 IS NULL OR w.id <> v.column8) \
+        AND (v.column6 IS NULL OR EXISTS (SELECT 1 FROM messages m WHERE m.tenant_id = v.column2 \
+          AND m.id = v.column6 AND m.status NOT IN ('delivered', 'failed') \
+          AND NOT (m.status = 'sent' AND v.column7 = 'sent')))";
     let mut out = Vec::new();
     for chunk in events.chunks(EVENTS_PER_STMT) {
         let rows: Vec<String> = (0..chunk.len())
             .map(|i| {
-                let n = i * 5;
-                format!("(${}, ${}, ${}, ${}, CAST(${} AS BIGINT))", n + 1, n + 2, n + 3, n + 4, n + 5)
+                let n = i * 8;
+                format!(
+                    "(${}, ${}, ${}, ${}, CAST(${} AS BIGINT), ${}, ${}, ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    n + 6,
+                    n + 7,
+                    n + 8
+                )
             })
             .collect();
         let values = rows.join(", ");
         let bind_all = |st: Stmt| {
             chunk.iter().fold(st, |st, e| {
+                let (message, status) = match &e.if_message_moves {
+                    Some((m, s)) => (Some(m.as_str()), Some(*s)),
+                    None => (None, None),
+                };
                 st.bind(e.id.as_str())
                     .bind(e.tenant_id.as_str())
                     .bind(e.event_type)
                     .bind(e.payload.as_str())
                     .bind(e.now)
+                    .bind(message)
+                    .bind(status)
+                    .bind(e.except_endpoint.as_deref())
             })
         };
         out.push(bind_all(Stmt::dynamic(format!(
             "INSERT INTO webhook_events (id, tenant_id, event_type, payload, created_at) \
              SELECT v.column1, v.column2, v.column3, v.column4, v.column5 FROM (VALUES {values}) AS v \
-             WHERE EXISTS (SELECT 1 {SUBSCRIBED})"
+             WHERE EXISTS (SELECT 1 FROM webhook_subscriptions s JOIN webhook_endpoints w ON w.id = s.endpoint_id \
+               WHERE {WANTED})"
         ))));
         out.push(bind_all(Stmt::dynamic(format!(
             "INSERT INTO webhook_deliveries (endpoint_id, event_id, tenant_id, status, attempts, next_attempt_at, \
                lease_until, created_at, updated_at) \
              SELECT DISTINCT s.endpoint_id, v.column1, v.column2, 'pending', 0, v.column5, 0, v.column5, v.column5 \
              FROM (VALUES {values}) AS v, webhook_subscriptions s JOIN webhook_endpoints w ON w.id = s.endpoint_id \
-             WHERE s.tenant_id = v.column2 AND s.event_type IN (v.column3, '*') AND w.tenant_id = v.column2 \
-               AND w.status = 'enabled'"
+             WHERE {WANTED}"
         ))));
     }
     out
 }
 
-/// Queues an event for one endpoint of the scope's tenant, enabled or not
-/// (a test event); refused (`NOT_FOUND`) if there is no such endpoint.
+/// Queues an event for one endpoint of the scope's tenant (a test event;
+/// a disabled endpoint's is recorded as skipped); refused (`NOT_FOUND`) if
+/// there is no such endpoint.
 pub fn enqueue_to_endpoint_stmts(scope: &TenantScope, e: &NewEvent, endpoint_id: &str) -> Vec<Stmt> {
     let tenant = scope.tenant_id().to_string();
     vec![
@@ -270,11 +299,12 @@ pub struct Claimed {
     pub event_id: String,
     pub tenant_id: String,
     /// This attempt's number, from 1.
-    pub attempts: i64,
+    #[sqlx(rename = "attempts")]
+    pub attempt: i64,
 }
 
-/// Leases up to `limit` due deliveries until `lease_until` and counts the
-/// attempt. A leased row is not due again before its lease ends, so its
+/// Leases up to `limit` due deliveries until `lease_until`; the attempt
+/// counts when it is recorded (a lease lost in a crash uses up no retry). A leased row is not due again before its lease ends, so its
 /// `next_attempt_at` moves there too: the due-index scan then never walks
 /// the rows in flight (it did, thousands per claim under a backlog). Several workers (and instances) can claim at once: a row is
 /// claimed by one of them only.
@@ -284,11 +314,11 @@ pub async fn claim_due(db: &crate::Db, now: i64, lease_until: i64, limit: i64) -
         Dialect::Sqlite => "",
     };
     let sql = format!(
-        "UPDATE webhook_deliveries SET lease_until = $1, next_attempt_at = $1, attempts = attempts + 1, updated_at = $2 \
+        "UPDATE webhook_deliveries SET lease_until = $1, next_attempt_at = $1, updated_at = $2 \
          WHERE (tenant_id, endpoint_id, event_id) IN (SELECT tenant_id, endpoint_id, event_id FROM webhook_deliveries \
            WHERE status = 'pending' AND next_attempt_at <= $2 AND lease_until <= $2 \
            ORDER BY next_attempt_at LIMIT $3 {lock}) \
-         RETURNING endpoint_id, event_id, tenant_id, attempts"
+         RETURNING endpoint_id, event_id, tenant_id, attempts + 1 AS attempts"
     );
     let mut tx = db.begin().await?;
     if db.dialect() == Dialect::Postgres {
@@ -314,6 +344,7 @@ pub struct DeliveryJob {
     pub ed25519_sealed: Option<String>,
     pub endpoint_status: String,
     pub failing_since: Option<i64>,
+    pub tenant_status: String,
 }
 
 pub async fn load_delivery<'c>(
@@ -325,9 +356,10 @@ pub async fn load_delivery<'c>(
     Ok(sqlx::query_as(
         "SELECT e.event_type, e.payload, e.created_at AS event_created_at, w.url, w.secret_sealed, \
            w.previous_secret_sealed, w.previous_secret_until, w.ed25519_sealed, w.status AS endpoint_status, \
-           w.failing_since \
+           w.failing_since, t.status AS tenant_status \
          FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id AND e.tenant_id = d.tenant_id \
            JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.tenant_id = d.tenant_id \
+           JOIN tenants t ON t.id = d.tenant_id \
          WHERE d.tenant_id = $1 AND d.endpoint_id = $2 AND d.event_id = $3",
     )
     .bind(scope.tenant_id().to_string())
@@ -389,8 +421,8 @@ pub fn finish_stmts(
         .bind(rec.error_class)
         .bind(rec.outcome),
         Stmt::new(
-            "UPDATE webhook_deliveries SET status = $4, next_attempt_at = $5, lease_until = 0, updated_at = $6 \
-             WHERE tenant_id = $1 AND endpoint_id = $2 AND event_id = $3 AND lease_until = $7",
+            "UPDATE webhook_deliveries SET status = $4, next_attempt_at = $5, lease_until = 0, updated_at = $6, \
+               attempts = $8 WHERE tenant_id = $1 AND endpoint_id = $2 AND event_id = $3 AND lease_until = $7",
         )
         .bind(tenant)
         .bind(c.endpoint_id.as_str())
@@ -399,8 +431,36 @@ pub fn finish_stmts(
         .bind(next_at)
         .bind(rec.at)
         .bind(lease_until)
+        .bind(rec.attempt)
         .or_refuse("LEASE_LOST"),
     ]
+}
+
+/// Gives a leased delivery back without an attempt, due again at `until`
+/// (its tenant is frozen).
+pub fn postpone_stmt(scope: &TenantScope, c: &Claimed, lease_until: i64, until: i64) -> Stmt {
+    Stmt::new(
+        "UPDATE webhook_deliveries SET next_attempt_at = $4, lease_until = 0 \
+         WHERE tenant_id = $1 AND endpoint_id = $2 AND event_id = $3 AND lease_until = $5",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(c.endpoint_id.as_str())
+    .bind(c.event_id.as_str())
+    .bind(until)
+    .bind(lease_until)
+}
+
+/// A delivery whose endpoint or event is gone (an event queued while its
+/// endpoint was being deleted): nothing will ever send it.
+pub fn drop_orphan_stmt(scope: &TenantScope, c: &Claimed, lease_until: i64) -> Stmt {
+    Stmt::new(
+        "DELETE FROM webhook_deliveries WHERE tenant_id = $1 AND endpoint_id = $2 AND event_id = $3 \
+           AND lease_until = $4",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(c.endpoint_id.as_str())
+    .bind(c.event_id.as_str())
+    .bind(lease_until)
 }
 
 /// Success clears the endpoint's failure clock; a failure starts it.
@@ -438,11 +498,12 @@ pub fn disable_stmt(scope: &TenantScope, endpoint_id: &str, reason: &str, now: i
 }
 
 /// Sends a delivery again at once, whatever its state (the attempts go on
-/// numbering after the earlier ones).
+/// numbering after the earlier ones); refused (`NOT_FOUND`) while an
+/// attempt is in flight, which would otherwise run twice at once.
 pub fn replay_stmt(scope: &TenantScope, endpoint_id: &str, event_id: &str, now: i64) -> Stmt {
     Stmt::new(
         "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $4, lease_until = 0, updated_at = $4 \
-         WHERE tenant_id = $1 AND endpoint_id = $2 AND event_id = $3",
+         WHERE tenant_id = $1 AND endpoint_id = $2 AND event_id = $3 AND lease_until <= $4",
     )
     .bind(scope.tenant_id().to_string())
     .bind(endpoint_id)
@@ -453,6 +514,24 @@ pub fn replay_stmt(scope: &TenantScope, endpoint_id: &str, event_id: &str, now: 
 
 /// A delivery with one of its attempts (none yet: the attempt columns are
 /// NULL): one row per attempt, newest delivery first, attempts in order.
+/// Whether the endpoint has this delivery.
+pub async fn delivery_exists<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    endpoint_id: &str,
+    event_id: &str,
+) -> Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM webhook_deliveries WHERE tenant_id = $1 AND endpoint_id = $2 AND event_id = $3",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(endpoint_id)
+    .bind(event_id)
+    .fetch_optional(ex)
+    .await?;
+    Ok(found.is_some())
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeliveryAttemptRow {
     pub event_id: String,

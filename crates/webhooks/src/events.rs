@@ -38,6 +38,8 @@ pub fn event(tenant: TenantId, event_type: &'static str, data: Value, now_ms: i6
         event_type,
         payload: payload.to_string(),
         now: now_ms,
+        if_message_moves: None,
+        except_endpoint: None,
     }
 }
 

@@ -18,6 +18,9 @@ use crate::client::{AttemptError, Outcome, WebhookClient};
 use crate::seal::Sealer;
 use crate::signature::{self, Ed25519Signer, WebhookSecret};
 
+/// How often a frozen tenant's deliveries look again.
+const FROZEN_RECHECK_MS: i64 = 60_000;
+
 /// How the worker paces attempts.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -107,14 +110,19 @@ impl Worker {
             .parse()
             .map_err(|_| palisade_store::StoreError::Corrupt(format!("tenant id {}", c.tenant_id)))?;
         let scope = TenantScope::for_system(tenant);
-        // The endpoint was deleted with its queue: nothing left to do.
         let Some(job) = store::load_delivery(self.db.reader(), &scope, &c.endpoint_id, &c.event_id).await? else {
-            return Ok(());
+            // Queued while its endpoint was being deleted: nothing to send.
+            return self.write(vec![store::drop_orphan_stmt(&scope, c, lease_until)]).await;
         };
         let started = self.clock.now_ms();
+        if job.tenant_status != "active" {
+            // A frozen tenant's deliveries wait, without using up attempts.
+            let until = started + FROZEN_RECHECK_MS;
+            return self.write(vec![store::postpone_stmt(&scope, c, lease_until, until)]).await;
+        }
         // An attempt that never reached the network.
         let unsent = |error_class: &'static str, outcome: &'static str| AttemptRecord {
-            attempt: c.attempts,
+            attempt: c.attempt,
             at: started,
             status_code: None,
             latency_ms: 0,
@@ -133,7 +141,7 @@ impl Worker {
                 // (wrong encryption key); never send unsigned.
                 tracing::error!(error = %e, endpoint = %c.endpoint_id, "webhook secret does not open");
                 let rec = unsent("signing", "retry");
-                let next = self.next_after_failure(c.attempts, None, started);
+                let next = self.next_after_failure(c.attempt, None, started);
                 return self.write(store::finish_stmts(&scope, c, lease_until, &rec, next)).await;
             }
         };
@@ -148,13 +156,13 @@ impl Worker {
         } else if gone {
             ("gone", Next::Failed)
         } else {
-            match self.next_after_failure(c.attempts, attempt.retry_after, now) {
+            match self.next_after_failure(c.attempt, attempt.retry_after, now) {
                 Next::Failed => ("failed", Next::Failed),
                 n => ("retry", n),
             }
         };
         let rec = AttemptRecord {
-            attempt: c.attempts,
+            attempt: c.attempt,
             at: now,
             status_code: status.map(i64::from),
             latency_ms,
@@ -226,12 +234,10 @@ impl Worker {
     fn disable(&self, scope: &TenantScope, tenant: TenantId, endpoint_id: &str, reason: &str, now: i64) -> Vec<Stmt> {
         let mut stmts = vec![store::disable_stmt(scope, endpoint_id, reason, now)];
         let data = serde_json::json!({ "endpoint_id": endpoint_id, "reason": reason });
-        stmts.extend(store::enqueue_stmts(&[crate::events::event(
-            tenant,
-            "webhook.endpoint_disabled",
-            data.clone(),
-            now,
-        )]));
+        let mut told = crate::events::event(tenant, "webhook.endpoint_disabled", data.clone(), now);
+        // On PostgreSQL the list's snapshot still shows it enabled.
+        told.except_endpoint = Some(endpoint_id.to_owned());
+        stmts.extend(store::enqueue_stmts(&[told]));
         let event = palisade_audit::Event::new(
             "webhook.endpoint_disabled",
             Some(tenant),

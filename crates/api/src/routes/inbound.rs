@@ -47,8 +47,16 @@ struct PaymentData {
 
 const HEADERS_KEPT: &[&str] = &["webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "user-agent"];
 
-fn kept_headers(headers: &HeaderMap) -> String {
+/// What is kept of a rejected callback's body: anyone can send those, so
+/// only its start, with the whole body's length and SHA-256.
+const REJECTED_BODY_KEPT: usize = 4096;
+
+fn kept_headers(headers: &HeaderMap, body: &[u8], rejected: bool) -> String {
     let mut m = serde_json::Map::new();
+    if rejected {
+        m.insert("body_bytes".into(), body.len().into());
+        m.insert("body_sha256".into(), palisade_auth::token::sha256_hex_bytes(body).into());
+    }
     for name in HEADERS_KEPT {
         if let Some(v) = headers.get(*name).and_then(|v| v.to_str().ok()) {
             m.insert((*name).into(), v.chars().take(512).collect::<String>().into());
@@ -100,8 +108,8 @@ pub async fn receive(
         provider_event_id: provider_event_id.as_deref(),
         verified: verdict.is_ok(),
         failure: verdict.as_ref().err().map(String::as_str),
-        headers: &kept_headers(&headers),
-        payload: &stored_payload(&body),
+        headers: &kept_headers(&headers, &body, verdict.is_err()),
+        payload: &stored_payload(if verdict.is_err() { &body[..body.len().min(REJECTED_BODY_KEPT)] } else { &body }),
         outcome: None,
         now,
     };
@@ -143,9 +151,12 @@ fn verify(
 ) -> Result<(), String> {
     let raw = config.secret.as_ref().map(|s| s.expose()).unwrap_or("");
     // `whsec_…` (Standard Webhooks), else the configured string's bytes.
-    let secret = palisade_webhooks::signature::WebhookSecret::parse(raw)
-        .or_else(|_| palisade_webhooks::signature::WebhookSecret::from_bytes(raw.as_bytes().to_vec()))
-        .map_err(|_| "provider secret unusable".to_owned())?;
+    let secret = if raw.starts_with("whsec_") {
+        palisade_webhooks::signature::WebhookSecret::parse(raw)
+    } else {
+        palisade_webhooks::signature::WebhookSecret::from_bytes(raw.as_bytes().to_vec())
+    }
+    .map_err(|_| "provider secret unusable".to_owned())?;
     palisade_webhooks::signature::verify(
         &[secret],
         &[],

@@ -93,10 +93,12 @@ impl WebhookView {
 /// Known event types, deduplicated; `*` alone stands for all.
 fn check_events(events: &[String], errors: &mut Vec<FieldError>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
+    let mut all = false;
     for e in events {
         let e = e.trim();
         if e == "*" {
-            return vec!["*".into()];
+            all = true;
+            continue;
         }
         match palisade_webhooks::events::known(e) {
             Some(t) if !out.iter().any(|o| o == t) => out.push(t.to_owned()),
@@ -106,6 +108,9 @@ fn check_events(events: &[String], errors: &mut Vec<FieldError>) -> Vec<String> 
                 message: format!("`{e}` is not an event type (see /v1/openapi.json and docs/webhooks.md)"),
             }),
         }
+    }
+    if all {
+        return vec!["*".into()];
     }
     if out.is_empty() && errors.is_empty() {
         errors.push(FieldError { field: "events".into(), message: "list at least one event type, or `*`".into() });
@@ -124,12 +129,20 @@ fn check_description(raw: &str, errors: &mut Vec<FieldError>) -> String {
     d
 }
 
-/// The SSRF guard's verdict on a URL, as a field error.
+/// The SSRF guard's verdict on a URL, as a field error. For a host name,
+/// the refused address is not named: that would map the platform's
+/// internal DNS for the tenant.
 async fn check_url(state: &AppState, raw: &str, errors: &mut Vec<FieldError>) -> String {
     match state.webhook_client.check(raw.trim()).await {
         Ok(checked) => checked.url().to_string(),
         Err(e) => {
-            errors.push(FieldError { field: "url".into(), message: e.to_string() });
+            let named_host =
+                url::Url::parse(raw.trim()).ok().is_some_and(|u| matches!(u.host(), Some(url::Host::Domain(_))));
+            let message = match e.class() {
+                Some(class) if named_host => format!("the host resolves to a non-public address ({})", class.as_str()),
+                _ => e.to_string(),
+            };
+            errors.push(FieldError { field: "url".into(), message });
             String::new()
         }
     }
@@ -318,7 +331,9 @@ pub async fn rotate_secret(
         event_for("webhook.secret_rotated", &auth, &current.id, serde_json::json!({ "grace_secs": grace_ms / 1000 }));
     let audit = palisade_audit::append_stmt(&event, &auth.ctx.audit, now).1;
     if state.db.write_guarded(vec![stmt, audit]).await?.is_err() {
-        return Err(ApiError::not_found());
+        // Deleted meanwhile (404), or another rotation won: its secret stands.
+        load(&state, &scope, id).await?;
+        return Err(ApiError::conflict("The secret was rotated concurrently; rotate again if you need a new one."));
     }
     Ok(Json(WebhookView::of(load(&state, &scope, id).await?, Some(secret))?))
 }
@@ -420,6 +435,11 @@ pub async fn replay(
         palisade_audit::append_stmt(&event, &auth.ctx.audit, now).1,
     ];
     if state.db.write_guarded(stmts).await?.is_err() {
+        if store::delivery_exists(state.db.reader(), &scope, &id, &delivery_id).await? {
+            return Err(ApiError::conflict(
+                "An attempt of this delivery is in flight; replay it when it has finished.",
+            ));
+        }
         return Err(ApiError::not_found());
     }
     state.webhook_wake.notify_one();

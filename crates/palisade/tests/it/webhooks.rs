@@ -28,6 +28,8 @@ backend_tests!(
     retry_after_is_honoured,
     replay_sends_again_with_the_same_id,
     inbound_payment_tops_up_exactly_once,
+    frozen_tenant_deliveries_wait,
+    message_status_events_once_each,
 );
 
 /// One request the receiver saw.
@@ -235,6 +237,7 @@ async fn ssrf_forms_are_refused_at_create(b: Backend) {
         "http://0/",
         "http://224.0.0.1/",
         "http://user:pass@93.184.215.14/",
+        "http://localhost.localdomain./",
         "ftp://93.184.215.14/",
         "not a url",
     ] {
@@ -242,6 +245,9 @@ async fn ssrf_forms_are_refused_at_create(b: Backend) {
         assert_eq!(r.status, 400, "{url} was accepted: {}", r.text);
         assert_eq!(r.body["errors"][0]["field"], "url", "{url}: {}", r.text);
     }
+    // Unknown types are refused even next to `*`.
+    let r = srv.post("/v1/webhooks", &t.token, json!({"url": "https://93.184.215.14/", "events": ["*", "nope"]})).await;
+    assert_eq!(r.expect(400).body["errors"][0]["field"], "events");
     assert_eq!(srv.get("/v1/webhooks", &t.token).await.expect(200).body["data"], json!([]));
     srv.stop().await;
 }
@@ -510,6 +516,16 @@ async fn inbound_payment_tops_up_exactly_once(b: Backend) {
     assert_eq!(stored.len(), 2 + 8 + 4, "every callback is kept, the rejected ones too");
     assert_eq!(stored.iter().filter(|(_, v)| *v == 0).count(), 4);
     srv.call(Method::POST, "/v1/inbound/unknown-provider", None, Some(json!({}))).await.expect(404);
+    // A rejected body is kept in part only (anyone can send them).
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000));
+    TestServer::send(signed(&srv, "evt_big", now, &big, wrong)).await.expect(401);
+    let (payload, headers): (String, String) =
+        sqlx::query_as("SELECT payload, headers FROM inbound_callbacks WHERE provider_event_id = 'evt_big'")
+            .fetch_one(srv.state().db.reader())
+            .await
+            .unwrap();
+    assert_eq!(payload.len(), 4096);
+    assert!(headers.contains("body_sha256") && headers.contains("\"body_bytes\":20010"), "{headers}");
 
     // The operator's replay: a verified one acts once at most, a rejected one never.
     let verified = stored.iter().find(|(_, v)| *v == 1).unwrap();
@@ -518,5 +534,57 @@ async fn inbound_payment_tops_up_exactly_once(b: Backend) {
     let rejected = stored.iter().find(|(_, v)| *v == 0).unwrap();
     srv.admin(Method::POST, &format!("/sysadmin/v1/inbound/{}/replay", rejected.0), None).await.expect(409);
     assert_eq!(srv.get("/v1/balance", &t.token).await.expect(200).body["balance"], 1000);
+    srv.stop().await;
+}
+
+async fn frozen_tenant_deliveries_wait(b: Backend) {
+    let srv = server(b).await;
+    let rx = Receiver::start().await;
+    rx.answer(&[500]);
+    let t = srv.tenant("Frozen").await;
+    let id = endpoint(&srv, &t.token, &rx.url, json!(["webhook.test"])).await["id"].as_str().unwrap().to_owned();
+    srv.post(&format!("/v1/webhooks/{id}/test"), &t.token, json!({})).await.expect(202);
+    attempts(&srv, &t.token, &id, 1).await;
+    srv.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/freeze", t.id), None).await.expect(200);
+    // The retry falls due while the tenant is frozen: nothing goes out.
+    srv.clock.advance_ms(10_000);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(rx.seen().len(), 1, "a frozen tenant's webhooks must not be sent");
+    srv.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/unfreeze", t.id), None).await.expect(200);
+    srv.clock.advance_ms(61_000);
+    let d = attempts(&srv, &t.token, &id, 2).await;
+    assert_eq!(d["status"], "delivered");
+    // The wait used up no attempt.
+    assert_eq!(d["attempts"][1]["attempt"], 2);
+    srv.stop().await;
+}
+
+async fn message_status_events_once_each(b: Backend) {
+    let srv = TestServer::start_with(b, |c| {
+        c.webhooks.allowed_private_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
+        c.webhooks.poll_ms = 25;
+        c.carrier.sandbox_delay_ms = 20;
+    })
+    .await;
+    let rx = Receiver::start().await;
+    let t = srv.tenant("Statuses").await;
+    endpoint(&srv, &t.token, &rx.url, json!(["message.sent", "message.delivered", "message.failed"])).await;
+    srv.post("/v1/identities", &t.token, json!({"number": "+34612000111"})).await.expect(201);
+    srv.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", t.id), Some(json!({"amount": 100})))
+        .await
+        .expect(200);
+    let m = srv
+        .post("/v1/messages", &t.token, json!({"from": "+34612000111", "to": "+34612000222", "body": "hi"}))
+        .await
+        .expect(201);
+    let seen = rx.wait_for(2).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let seen = if rx.seen().len() > seen.len() { rx.seen() } else { seen };
+    let types: Vec<_> = seen.iter().map(|s| payload(s)["type"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(types.len(), 2, "{types:?}");
+    assert!(types.contains(&"message.sent".to_owned()) && types.contains(&"message.delivered".to_owned()));
+    for s in &seen {
+        assert_eq!(payload(s)["data"]["id"], m.body["id"]);
+    }
     srv.stop().await;
 }
