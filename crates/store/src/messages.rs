@@ -67,6 +67,12 @@ pub async fn get<'c>(
         .await?)
 }
 
+/// The tenant a message belongs to, for a carrier's verified status
+/// callback (the carrier is the platform's, and names only the message).
+pub async fn tenant_of<'c>(ex: impl Executor<'c, Database = Any>, id: &str) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar("SELECT tenant_id FROM messages WHERE id = $1").bind(id).fetch_optional(ex).await?)
+}
+
 /// Adds `cost` to the identity's spend this month unless that would pass
 /// `budget`; false when it would (nothing changes).
 pub async fn spend_within_budget<'c, E>(ex: &mut E, identity: &str, month: &str, cost: i64, budget: i64) -> Result<bool>

@@ -25,9 +25,24 @@ use crate::state::AppState;
 pub struct InboundResult {
     /// The stored callback's id (for the operator's replay).
     id: String,
-    /// `credited`, `duplicate`, `ignored`, `recorded`, `unknown_tenant` or
-    /// `invalid_payload`.
+    /// `credited`, `duplicate`, `ignored`, `status_recorded`,
+    /// `unknown_tenant`, `unknown_message` or `invalid_payload`.
     outcome: String,
+}
+
+/// `message.status` from a carrier.
+#[derive(Deserialize)]
+struct CarrierStatus {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    data: Option<CarrierStatusData>,
+}
+
+#[derive(Deserialize)]
+struct CarrierStatusData {
+    message_id: String,
+    status: String,
 }
 
 /// `payment.succeeded` from a payment provider.
@@ -183,9 +198,7 @@ async fn act(
     now: i64,
 ) -> Result<(&'static str, Vec<Stmt>), ApiError> {
     match kind {
-        // Carrier status callbacks are kept; the sandbox carrier reports
-        // in-process, real carrier adapters will act on them.
-        InboundKind::Carrier => Ok(("recorded", Vec::new())),
+        InboundKind::Carrier => carrier_status(state, body, now).await.map(|o| (o, Vec::new())),
         InboundKind::Payment => {
             let Ok(p) = serde_json::from_slice::<Payment>(body) else {
                 return Ok(("invalid_payload", Vec::new()));
@@ -226,6 +239,42 @@ async fn act(
             Ok(("credited", stmts))
         }
     }
+}
+
+/// A carrier's `{"type":"message.status","data":{"message_id","status"}}`
+/// moves the message like the built-in carrier's reports do (through the
+/// same batched writer: a report that would move it backwards changes
+/// nothing, and the tenant's webhooks hear of it).
+async fn carrier_status(state: &AppState, body: &[u8], now: i64) -> Result<&'static str, ApiError> {
+    let Ok(c) = serde_json::from_slice::<CarrierStatus>(body) else {
+        return Ok("invalid_payload");
+    };
+    if c.kind != "message.status" {
+        return Ok("ignored");
+    }
+    let Some(data) = c.data else { return Ok("invalid_payload") };
+    let status = match data.status.as_str() {
+        "sent" => "sent",
+        "delivered" => "delivered",
+        "failed" => "failed",
+        _ => return Ok("invalid_payload"),
+    };
+    let Some(tenant) = palisade_store::messages::tenant_of(state.db.reader(), &data.message_id).await? else {
+        return Ok("unknown_message");
+    };
+    let tenant: TenantId = tenant.parse().map_err(ApiError::internal)?;
+    state
+        .reports
+        .record(crate::reports::Report {
+            scope: TenantScope::for_system(tenant),
+            message_id: data.message_id,
+            status,
+            error_code: (status == "failed").then_some("carrier_reported_failure"),
+            carrier_ref: None,
+            at_ms: now,
+        })
+        .await;
+    Ok("status_recorded")
 }
 
 /// Acts again on a stored, verified callback (a payment still credits

@@ -30,6 +30,7 @@ backend_tests!(
     inbound_payment_tops_up_exactly_once,
     frozen_tenant_deliveries_wait,
     message_status_events_once_each,
+    carrier_callback_moves_the_message,
 );
 
 /// One request the receiver saw.
@@ -452,11 +453,22 @@ async fn replay_sends_again_with_the_same_id(b: Backend) {
 const PAY_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn signed(srv: &TestServer, msg_id: &str, ts: i64, body: &str, secret: &str) -> reqwest::RequestBuilder {
+    signed_for(srv, "pay", msg_id, ts, body, secret)
+}
+
+fn signed_for(
+    srv: &TestServer,
+    provider: &str,
+    msg_id: &str,
+    ts: i64,
+    body: &str,
+    secret: &str,
+) -> reqwest::RequestBuilder {
     let key = base64::engine::general_purpose::STANDARD.decode(secret.trim_start_matches("whsec_")).unwrap();
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
     mac.update(format!("{msg_id}.{ts}.{body}").as_bytes());
     let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    srv.request(Method::POST, "/v1/inbound/pay")
+    srv.request(Method::POST, &format!("/v1/inbound/{provider}"))
         .header("content-type", "application/json")
         .header("webhook-id", msg_id)
         .header("webhook-timestamp", ts.to_string())
@@ -586,5 +598,55 @@ async fn message_status_events_once_each(b: Backend) {
     for s in &seen {
         assert_eq!(payload(s)["data"]["id"], m.body["id"]);
     }
+    srv.stop().await;
+}
+
+async fn carrier_callback_moves_the_message(b: Backend) {
+    let srv = TestServer::start_with(b, |c| {
+        // The sandbox would report on its own after a minute: the callback is first.
+        c.carrier.sandbox_delay_ms = 60_000;
+        c.inbound.providers.insert(
+            "carrierx".into(),
+            palisade_config::InboundProvider {
+                kind: palisade_config::InboundKind::Carrier,
+                secret: Some(palisade_config::Secret::new("a raw shared secret, not whsec".into())),
+                secret_file: None,
+            },
+        );
+    })
+    .await;
+    let t = srv.tenant("Carried").await;
+    srv.post("/v1/identities", &t.token, json!({"number": "+34612000111"})).await.expect(201);
+    srv.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", t.id), Some(json!({"amount": 100})))
+        .await
+        .expect(200);
+    let m = srv
+        .post("/v1/messages", &t.token, json!({"from": "+34612000111", "to": "+34612000222", "body": "hi"}))
+        .await
+        .expect(201);
+    let id = m.body["id"].as_str().unwrap();
+    let now = srv.clock.now_ms() / 1000;
+    let body = json!({"type": "message.status", "data": {"message_id": id, "status": "delivered"}}).to_string();
+    // The raw secret's bytes are the key (it is not a whsec_ secret).
+    let raw = base64::engine::general_purpose::STANDARD.encode("a raw shared secret, not whsec");
+    let r = TestServer::send(signed_for(&srv, "carrierx", "c1", now, &body, &raw)).await.expect(200);
+    assert_eq!(r.body["outcome"], "status_recorded");
+    let mut status = Value::Null;
+    for _ in 0..200 {
+        status = srv.get(&format!("/v1/messages/{id}"), &t.token).await.expect(200).body["status"].clone();
+        if status == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, "delivered");
+    // Unverified: refused, and the message is not touched by it.
+    let failed = body.replace("delivered", "failed");
+    TestServer::send(signed_for(&srv, "carrierx", "c2", now, &failed, PAY_SECRET)).await.expect(401);
+    let unknown = json!({"type": "message.status", "data": {"message_id": "nope", "status": "sent"}}).to_string();
+    let r = TestServer::send(signed_for(&srv, "carrierx", "c3", now, &unknown, &raw)).await.expect(200);
+    assert_eq!(r.body["outcome"], "unknown_message");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(srv.get(&format!("/v1/messages/{id}"), &t.token).await.expect(200).body["status"], "delivered");
     srv.stop().await;
 }
