@@ -126,6 +126,35 @@ async fn endpoint(srv: &TestServer, token: &str, url: &str, events: Value) -> Va
     srv.post("/v1/webhooks", token, json!({"url": url, "events": events})).await.expect(201).body
 }
 
+/// An endpoint for `webhook.test` events at the receiver; its id.
+async fn test_endpoint(srv: &TestServer, token: &str, rx: &Receiver) -> String {
+    endpoint(srv, token, &rx.url, json!(["webhook.test"])).await["id"].as_str().unwrap().to_owned()
+}
+
+/// A server, a receiver, a tenant and its `webhook.test` endpoint there.
+async fn with_test_endpoint(b: Backend, tenant: &str) -> (TestServer, Receiver, crate::common::Tenant, String) {
+    let srv = server(b).await;
+    let rx = Receiver::start().await;
+    let t = srv.tenant(tenant).await;
+    let id = test_endpoint(&srv, &t.token, &rx).await;
+    (srv, rx, t, id)
+}
+
+/// A number, credits, and one message from it.
+async fn send_a_message(srv: &TestServer, t: &crate::common::Tenant) -> crate::common::Resp {
+    srv.post("/v1/identities", &t.token, json!({"number": "+34612000111"})).await.expect(201);
+    srv.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", t.id), Some(json!({"amount": 100})))
+        .await
+        .expect(200);
+    srv.post("/v1/messages", &t.token, json!({"from": "+34612000111", "to": "+34612000222", "body": "hi"}))
+        .await
+        .expect(201)
+}
+
+async fn send_test(srv: &TestServer, token: &str, id: &str) {
+    srv.post(&format!("/v1/webhooks/{id}/test"), token, json!({})).await.expect(202);
+}
+
 async fn deliveries(srv: &TestServer, token: &str, id: &str) -> Vec<Value> {
     let r = srv.get(&format!("/v1/webhooks/{id}/deliveries"), token).await.expect(200);
     r.body["data"].as_array().unwrap().clone()
@@ -260,7 +289,7 @@ async fn retries_follow_the_schedule_and_survive_a_restart(b: Backend) {
     let t = srv.tenant("Retry").await;
     let ep = endpoint(&srv, &t.token, &rx.url, json!(["webhook.test"])).await;
     let id = ep["id"].as_str().unwrap().to_owned();
-    srv.post(&format!("/v1/webhooks/{id}/test"), &t.token, json!({})).await.expect(202);
+    send_test(&srv, &t.token, &id).await;
     let d = attempts(&srv, &t.token, &id, 1).await;
     assert_eq!(d["status"], "pending");
     assert_eq!(d["attempts"][0]["status_code"], 500);
@@ -296,8 +325,8 @@ async fn exhausted_schedule_marks_the_delivery_failed(b: Backend) {
     let rx = Receiver::start().await;
     rx.answer(&[500, 502, 500]);
     let t = srv.tenant("Exhaust").await;
-    let id = endpoint(&srv, &t.token, &rx.url, json!(["webhook.test"])).await["id"].as_str().unwrap().to_owned();
-    srv.post(&format!("/v1/webhooks/{id}/test"), &t.token, json!({})).await.expect(202);
+    let id = test_endpoint(&srv, &t.token, &rx).await;
+    send_test(&srv, &t.token, &id).await;
     attempts(&srv, &t.token, &id, 1).await;
     srv.clock.advance_ms(2_000);
     let d = attempts(&srv, &t.token, &id, 2).await;
@@ -319,7 +348,7 @@ async fn rotation_signs_with_both_secrets_during_grace(b: Backend) {
     let new = r.body["secret"].as_str().unwrap().to_owned();
     assert_ne!(new, old);
     assert!(r.body["previous_secret_expires_at"].is_string());
-    srv.post(&format!("/v1/webhooks/{id}/test"), &t.token, json!({})).await.expect(202);
+    send_test(&srv, &t.token, &id).await;
     let seen = rx.wait_for(1).await;
     assert!(v1_matches(&old, &seen[0]) && v1_matches(&new, &seen[0]));
     assert_eq!(seen[0].headers["webhook-signature"].to_str().unwrap().split(' ').count(), 2);
@@ -353,7 +382,7 @@ async fn ed25519_signatures_verify_with_the_public_key(b: Backend) {
     let key_bytes: [u8; 32] =
         base64::engine::general_purpose::STANDARD.decode(&public[5..]).unwrap().try_into().unwrap();
     let key = VerifyingKey::from_bytes(&key_bytes).unwrap();
-    srv.post(&format!("/v1/webhooks/{id}/test"), &t.token, json!({})).await.expect(202);
+    send_test(&srv, &t.token, &id).await;
     let seen = rx.wait_for(1).await;
     let h = |n: &str| seen[0].headers[n].to_str().unwrap().to_owned();
     let v1a = h("webhook-signature").split(' ').find_map(|s| s.strip_prefix("v1a,").map(str::to_owned)).unwrap();
@@ -372,7 +401,7 @@ async fn gone_disables_the_endpoint_and_says_so(b: Backend) {
     let t = srv.tenant("Gone").await;
     let id = endpoint(&srv, &t.token, &gone.url, json!(["webhook.test"])).await["id"].as_str().unwrap().to_owned();
     endpoint(&srv, &t.token, &watcher.url, json!(["webhook.endpoint_disabled"])).await;
-    srv.post(&format!("/v1/webhooks/{id}/test"), &t.token, json!({})).await.expect(202);
+    send_test(&srv, &t.token, &id).await;
     let d = attempts(&srv, &t.token, &id, 1).await;
     assert_eq!(d["status"], "failed", "{d}");
     assert_eq!(d["attempts"][0]["outcome"], "gone");
@@ -414,12 +443,9 @@ async fn failing_for_days_disables_the_endpoint(b: Backend) {
 }
 
 async fn retry_after_is_honoured(b: Backend) {
-    let srv = server(b).await;
-    let rx = Receiver::start().await;
-    let t = srv.tenant("Later").await;
-    let id = endpoint(&srv, &t.token, &rx.url, json!(["webhook.test"])).await["id"].as_str().unwrap().to_owned();
+    let (srv, rx, t, id) = with_test_endpoint(b, "Later").await;
     rx.answer(&[429]);
-    srv.post(&format!("/v1/webhooks/{id}/test"), &t.token, json!({})).await.expect(202);
+    send_test(&srv, &t.token, &id).await;
     let d = attempts(&srv, &t.token, &id, 1).await;
     assert_eq!(d["attempts"][0]["status_code"], 429);
     // The receiver asked for 120 s rather than the schedule's 5 s.
@@ -433,11 +459,8 @@ async fn retry_after_is_honoured(b: Backend) {
 }
 
 async fn replay_sends_again_with_the_same_id(b: Backend) {
-    let srv = server(b).await;
-    let rx = Receiver::start().await;
-    let t = srv.tenant("Replay").await;
-    let id = endpoint(&srv, &t.token, &rx.url, json!(["webhook.test"])).await["id"].as_str().unwrap().to_owned();
-    srv.post(&format!("/v1/webhooks/{id}/test"), &t.token, json!({})).await.expect(202);
+    let (srv, rx, t, id) = with_test_endpoint(b, "Replay").await;
+    send_test(&srv, &t.token, &id).await;
     let d = attempts(&srv, &t.token, &id, 1).await;
     let delivery = d["id"].as_str().unwrap();
     srv.post(&format!("/v1/webhooks/{id}/deliveries/{delivery}/replay"), &t.token, json!({})).await.expect(202);
@@ -554,8 +577,8 @@ async fn frozen_tenant_deliveries_wait(b: Backend) {
     let rx = Receiver::start().await;
     rx.answer(&[500]);
     let t = srv.tenant("Frozen").await;
-    let id = endpoint(&srv, &t.token, &rx.url, json!(["webhook.test"])).await["id"].as_str().unwrap().to_owned();
-    srv.post(&format!("/v1/webhooks/{id}/test"), &t.token, json!({})).await.expect(202);
+    let id = test_endpoint(&srv, &t.token, &rx).await;
+    send_test(&srv, &t.token, &id).await;
     attempts(&srv, &t.token, &id, 1).await;
     srv.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/freeze", t.id), None).await.expect(200);
     // The retry falls due while the tenant is frozen: nothing goes out.
@@ -581,14 +604,7 @@ async fn message_status_events_once_each(b: Backend) {
     let rx = Receiver::start().await;
     let t = srv.tenant("Statuses").await;
     endpoint(&srv, &t.token, &rx.url, json!(["message.sent", "message.delivered", "message.failed"])).await;
-    srv.post("/v1/identities", &t.token, json!({"number": "+34612000111"})).await.expect(201);
-    srv.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", t.id), Some(json!({"amount": 100})))
-        .await
-        .expect(200);
-    let m = srv
-        .post("/v1/messages", &t.token, json!({"from": "+34612000111", "to": "+34612000222", "body": "hi"}))
-        .await
-        .expect(201);
+    let m = send_a_message(&srv, &t).await;
     let seen = rx.wait_for(2).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let seen = if rx.seen().len() > seen.len() { rx.seen() } else { seen };
@@ -616,14 +632,7 @@ async fn carrier_callback_moves_the_message(b: Backend) {
     })
     .await;
     let t = srv.tenant("Carried").await;
-    srv.post("/v1/identities", &t.token, json!({"number": "+34612000111"})).await.expect(201);
-    srv.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", t.id), Some(json!({"amount": 100})))
-        .await
-        .expect(200);
-    let m = srv
-        .post("/v1/messages", &t.token, json!({"from": "+34612000111", "to": "+34612000222", "body": "hi"}))
-        .await
-        .expect(201);
+    let m = send_a_message(&srv, &t).await;
     let id = m.body["id"].as_str().unwrap();
     let now = srv.clock.now_ms() / 1000;
     let body = json!({"type": "message.status", "data": {"message_id": id, "status": "delivered"}}).to_string();
