@@ -382,7 +382,7 @@ async fn ed25519_signatures_verify_with_the_public_key(b: Backend) {
     let key_bytes: [u8; 32] =
         base64::engine::general_purpose::STANDARD.decode(&public[5..]).unwrap().try_into().unwrap();
     let key = VerifyingKey::from_bytes(&key_bytes).unwrap();
-    send_test(&srv, &t.token, &id).await;
+    send_test(&srv, &t.token, id).await;
     let seen = rx.wait_for(1).await;
     let h = |n: &str| seen[0].headers[n].to_str().unwrap().to_owned();
     let v1a = h("webhook-signature").split(' ').find_map(|s| s.strip_prefix("v1a,").map(str::to_owned)).unwrap();
