@@ -81,6 +81,9 @@ pub struct Webhooks {
     pub concurrency: usize,
     /// How often an idle worker looks for due retries.
     pub poll_ms: u64,
+    /// Finished deliveries, their attempts and events, and inbound
+    /// callbacks are removed after this many days; 0 keeps them.
+    pub retention_days: u32,
 }
 
 impl Default for Webhooks {
@@ -96,6 +99,7 @@ impl Default for Webhooks {
             disable_after_secs: 5 * 24 * 3600,
             concurrency: 16,
             poll_ms: 1000,
+            retention_days: 30,
         }
     }
 }

@@ -300,7 +300,8 @@ pub async fn apply_audit_retention(state: &AppState) -> anyhow::Result<Option<(u
     Ok(expired)
 }
 
-/// Removes expired revocations and tokens every ten minutes.
+/// Every ten minutes: expired revocations and tokens, old idempotency keys,
+/// audit and webhook retention.
 fn spawn_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(600));
@@ -315,6 +316,13 @@ fn spawn_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
                     let day_ago = state.now_ms() - 24 * 3600 * 1000;
                     if let Err(e) = palisade_store::messages::purge_idempotency_keys(&state.db, day_ago).await {
                         tracing::warn!(error = %e, "purging idempotency keys failed");
+                    }
+                    let days = i64::from(state.config.webhooks.retention_days);
+                    if days > 0 {
+                        let before = state.now_ms() - days * 86_400_000;
+                        if let Err(e) = palisade_store::webhooks::purge(&state.db, before).await {
+                            tracing::warn!(error = %e, "webhook retention failed");
+                        }
                     }
                     if let Err(e) = apply_audit_retention(&state).await {
                         tracing::warn!(error = %e, "audit retention failed");

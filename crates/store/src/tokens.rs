@@ -220,7 +220,7 @@ pub async fn purge_expired(db: &crate::Db, now: i64) -> Result<u64> {
            AND created_at < $1 - 86400000 \
            AND NOT EXISTS (SELECT 1 FROM email_tokens e WHERE e.user_id = users.id AND e.expires_at >= $1)",
         // A tenant left without anyone, and with nothing else of its own
-        // (limits, identities, credits, traffic), is an abandoned sign-up.
+        // (limits, identities, credits, traffic, webhooks), is an abandoned sign-up.
         "DELETE FROM tenants WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.tenant_id = tenants.id) \
            AND NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.tenant_id = tenants.id) \
            AND NOT EXISTS (SELECT 1 FROM tenant_limits l WHERE l.tenant_id = tenants.id) \
@@ -229,7 +229,8 @@ pub async fn purge_expired(db: &crate::Db, now: i64) -> Result<u64> {
            AND NOT EXISTS (SELECT 1 FROM credit_ledger c WHERE c.tenant_id = tenants.id) \
            AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.tenant_id = tenants.id) \
            AND NOT EXISTS (SELECT 1 FROM calls x WHERE x.tenant_id = tenants.id) \
-           AND NOT EXISTS (SELECT 1 FROM cdrs r WHERE r.tenant_id = tenants.id)",
+           AND NOT EXISTS (SELECT 1 FROM cdrs r WHERE r.tenant_id = tenants.id) \
+           AND NOT EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.tenant_id = tenants.id)",
     ] {
         // One transaction per statement: housekeeping never holds the write
         // lock for long.

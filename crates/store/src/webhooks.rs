@@ -645,3 +645,26 @@ pub async fn get_inbound<'c>(
 pub fn set_inbound_outcome_stmt(id: &str, outcome: &str) -> Stmt {
     Stmt::new("UPDATE inbound_callbacks SET outcome = $2 WHERE id = $1").bind(id).bind(outcome)
 }
+
+/// Retention: finished deliveries (with their attempts) last updated before
+/// `before`, events no delivery needs any more, and inbound callbacks
+/// received before it. Pending deliveries stay, and so do the records that
+/// make a payment act once (`inbound_effects`). One statement per
+/// transaction, so housekeeping never holds the write lock for long.
+pub async fn purge(db: &crate::Db, before: i64) -> Result<u64> {
+    let mut n = 0;
+    for sql in [
+        "DELETE FROM webhook_attempts WHERE EXISTS (SELECT 1 FROM webhook_deliveries d \
+           WHERE d.tenant_id = webhook_attempts.tenant_id AND d.endpoint_id = webhook_attempts.endpoint_id \
+           AND d.event_id = webhook_attempts.event_id AND d.status <> 'pending' AND d.updated_at < $1)",
+        "DELETE FROM webhook_deliveries WHERE status <> 'pending' AND updated_at < $1",
+        "DELETE FROM webhook_events WHERE created_at < $1 \
+           AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = webhook_events.id)",
+        "DELETE FROM inbound_callbacks WHERE received_at < $1",
+    ] {
+        let mut tx = db.begin().await?;
+        n += sqlx::query(sql).bind(before).execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+    }
+    Ok(n)
+}

@@ -15,6 +15,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "cdr.written",
     "api_key.created",
     "api_key.revoked",
+    "api_key.rotated",
     "credits.added",
     "webhook.endpoint_disabled",
     "webhook.test",

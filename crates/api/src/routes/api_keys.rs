@@ -5,8 +5,9 @@ use axum::Json;
 use http::StatusCode;
 use palisade_audit::Event;
 use palisade_auth::token::{new_api_key, sha256_hex};
-use palisade_core::{ApiError, ApiKeyId, FieldError, Permission, PermissionSet, PrincipalKind, Role};
+use palisade_core::{ApiError, ApiKeyId, FieldError, Permission, PermissionSet, PrincipalKind, Role, TenantScope};
 use palisade_store::api_keys::{ApiKeyRow, NewApiKey};
+use palisade_store::Stmt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -197,12 +198,7 @@ pub async fn create(
     let (_, audited) = palisade_audit::append_stmt(&event, &auth.ctx.audit, now);
     let data = serde_json::json!({ "id": id, "name": name, "prefix": prefix_of(&key) });
     let mut stmts = vec![insert, audited];
-    stmts.extend(palisade_store::webhooks::enqueue_stmts(&[palisade_webhooks::events::event(
-        scope.tenant_id(),
-        "api_key.created",
-        data,
-        now,
-    )]));
+    stmts.extend(webhook_event(&scope, "api_key.created", data, now));
     state.db.write_all(stmts).await?;
     state.webhook_wake.notify_one();
     let row = palisade_store::api_keys::get(state.db.reader(), &scope, id)
@@ -278,8 +274,11 @@ pub async fn rotate(
         .resource("api_key", id)
         .details(serde_json::json!({ "grace_seconds": grace, "prefix": prefix_of(&key) }));
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    let data = serde_json::json!({ "id": id, "prefix": prefix_of(&key), "grace_seconds": grace });
+    tx.run(&webhook_event(&scope, "api_key.rotated", data, now)).await?;
     let row = palisade_store::api_keys::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
     tx.commit().await?;
+    state.webhook_wake.notify_one();
     Ok(Json(KeyWithSecret { view: view(row, now)?, key }))
 }
 
@@ -301,14 +300,18 @@ pub async fn revoke(
     let event = Event::new("api_key.revoked", Some(scope.tenant_id()), auth.principal.actor()).resource("api_key", id);
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     let data = serde_json::json!({ "id": id });
-    tx.run(&palisade_store::webhooks::enqueue_stmts(&[palisade_webhooks::events::event(
-        scope.tenant_id(),
-        "api_key.revoked",
-        data,
-        now,
-    )]))
-    .await?;
+    tx.run(&webhook_event(&scope, "api_key.revoked", data, now)).await?;
     tx.commit().await?;
     state.webhook_wake.notify_one();
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A key event for the tenant's webhooks, to queue with the change.
+fn webhook_event(scope: &TenantScope, event_type: &'static str, data: serde_json::Value, now: i64) -> Vec<Stmt> {
+    palisade_store::webhooks::enqueue_stmts(&[palisade_webhooks::events::event(
+        scope.tenant_id(),
+        event_type,
+        data,
+        now,
+    )])
 }

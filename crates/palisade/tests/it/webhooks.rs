@@ -31,6 +31,7 @@ backend_tests!(
     frozen_tenant_deliveries_wait,
     message_status_events_once_each,
     carrier_callback_moves_the_message,
+    retention_keeps_pending_deliveries,
 );
 
 /// One request the receiver saw.
@@ -657,5 +658,27 @@ async fn carrier_callback_moves_the_message(b: Backend) {
     assert_eq!(r.body["outcome"], "unknown_message");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(srv.get(&format!("/v1/messages/{id}"), &t.token).await.expect(200).body["status"], "delivered");
+    srv.stop().await;
+}
+
+async fn retention_keeps_pending_deliveries(b: Backend) {
+    let srv = server(b).await;
+    let (done, failing) = (Receiver::start().await, Receiver::start().await);
+    failing.answer(&[500]);
+    let t = srv.tenant("Retained").await;
+    let done_id = test_endpoint(&srv, &t.token, &done).await;
+    let failing_id = test_endpoint(&srv, &t.token, &failing).await;
+    send_test(&srv, &t.token, &done_id).await;
+    send_test(&srv, &t.token, &failing_id).await;
+    assert_eq!(attempts(&srv, &t.token, &done_id, 1).await["status"], "delivered");
+    assert_eq!(attempts(&srv, &t.token, &failing_id, 1).await["status"], "pending");
+    let later = srv.clock.now_ms() + 1;
+    let removed = palisade_store::webhooks::purge(&srv.state().db, later).await.unwrap();
+    // The delivered one: its attempt, delivery and event.
+    assert_eq!(removed, 3);
+    assert!(deliveries(&srv, &t.token, &done_id).await.is_empty());
+    let kept = deliveries(&srv, &t.token, &failing_id).await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0]["attempts"].as_array().unwrap().len(), 1);
     srv.stop().await;
 }

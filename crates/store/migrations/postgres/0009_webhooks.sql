@@ -55,6 +55,8 @@ CREATE TABLE webhook_deliveries (
     PRIMARY KEY (tenant_id, endpoint_id, event_id)
 );
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+-- Retention: an event goes once no delivery needs it.
+CREATE INDEX webhook_deliveries_event ON webhook_deliveries (event_id);
 
 CREATE TABLE webhook_attempts (
     endpoint_id TEXT NOT NULL,
