@@ -88,13 +88,18 @@ async fn in_process(router: &axum::Router, n: usize) -> anyhow::Result<Duration>
 
 /// A tenant, an API key and an access token, made through the API.
 pub(crate) async fn credentials(addr: SocketAddr, master: &str) -> anyhow::Result<(String, String)> {
+    credentials_for(addr, master, 0).await
+}
+
+/// Tenant number `n`'s read-only key and owner token.
+pub(crate) async fn credentials_for(addr: SocketAddr, master: &str, n: usize) -> anyhow::Result<(String, String)> {
     let c = reqwest::Client::new();
     let base = format!("http://{addr}");
-    let email = "owner@bench.example.com";
+    let email = if n == 0 { "owner@bench.example.com".to_owned() } else { format!("owner{n}@bench.example.com") };
     let password = "violet tram ocean ninety";
     c.post(format!("{base}/sysadmin/v1/tenants"))
         .bearer_auth(master)
-        .json(&json!({"name": "Bench", "owner": {"email": email, "password": password}}))
+        .json(&json!({"name": format!("Bench {n}"), "owner": {"email": email, "password": password}}))
         .send()
         .await?
         .error_for_status()?;

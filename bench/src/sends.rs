@@ -44,9 +44,42 @@ async fn one(label: &str, db_url: Option<String>, dir: &std::path::Path, seconds
     (r.burst_ip_per_second, r.burst_tenant_per_second) = (u32::MAX / 2, u32::MAX / 2);
     let state = palisade::build_state(config, Arc::new(SystemClock)).await?;
     let server = palisade::start(state, "127.0.0.1:0".parse()?).await?;
-    let (_, token) = crate::http::credentials(server.addr, &master).await?;
+    // BENCH_TENANTS (default 1): connections spread over this many tenants,
+    // each with its own key, identity and balance.
+    let tenants = crate::env_or("BENCH_TENANTS", 1).clamp(1, 8);
+    let mut requests = Vec::with_capacity(tenants);
+    for n in 0..tenants {
+        requests.push(sender_request(server.addr, &master, n).await?);
+    }
+    let conns = crate::env_or("BENCH_CONNECTIONS", 32);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> =
+        (0..conns).map(|i| tokio::spawn(sender(server.addr, requests[i % tenants].clone(), deadline))).collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "{label:>10}: {:.0} sends/s over {seconds} s ({} sends, {conns} connections, {tenants} tenant(s)), p50 {:.2} ms, p99 {:.2} ms",
+        latencies.len() as f64 / elapsed,
+        latencies.len(),
+        pct(0.5).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+    );
+    server.stop().await;
+    Ok(())
+}
+
+/// Tenant `n` with credits, an identity and an integration key: the raw
+/// `POST /v1/messages` request its connections send.
+async fn sender_request(addr: SocketAddr, master: &str, n: usize) -> anyhow::Result<Arc<[u8]>> {
+    let (_, token) = crate::http::credentials_for(addr, master, n).await?;
     let c = reqwest::Client::new();
-    let base = format!("http://{}", server.addr);
+    let base = format!("http://{addr}");
     let key: serde_json::Value = c
         .post(format!("{base}/v1/api-keys"))
         .bearer_auth(&token)
@@ -61,44 +94,24 @@ async fn one(label: &str, db_url: Option<String>, dir: &std::path::Path, seconds
         c.get(format!("{base}/v1/me")).bearer_auth(&token).send().await?.error_for_status()?.json().await?;
     let tenant_id = tenant["tenant"]["id"].as_str().unwrap_or_default().to_owned();
     c.post(format!("{base}/sysadmin/v1/tenants/{tenant_id}/credits"))
-        .bearer_auth(&master)
+        .bearer_auth(master)
         .json(&json!({"amount": 1_000_000_000_000i64}))
         .send()
         .await?
         .error_for_status()?;
+    let number = format!("+3461234567{n}");
     c.post(format!("{base}/v1/identities"))
         .bearer_auth(&token)
-        .json(&json!({"number": "+34612345678", "policy": {"allowed_countries": ["ES"]}}))
+        .json(&json!({"number": number, "policy": {"allowed_countries": ["ES"]}}))
         .send()
         .await?
         .error_for_status()?;
-
-    let conns = crate::env_or("BENCH_CONNECTIONS", 32);
-    let body = r#"{"from":"+34612345678","to":"+34699000111","body":"Your code is 123456"}"#;
+    let body = format!(r#"{{"from":"{number}","to":"+34699000111","body":"Your code is 123456"}}"#);
     let request = format!(
         "POST /v1/messages HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let request: Arc<[u8]> = request.into_bytes().into();
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..conns).map(|_| tokio::spawn(sender(server.addr, request.clone(), deadline))).collect();
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    println!(
-        "{label:>10}: {:.0} sends/s over {seconds} s ({} sends, {conns} connections), p50 {:.2} ms, p99 {:.2} ms",
-        latencies.len() as f64 / elapsed,
-        latencies.len(),
-        pct(0.5).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3,
-    );
-    server.stop().await;
-    Ok(())
+    Ok(request.into_bytes().into())
 }
 
 async fn sender(addr: SocketAddr, request: Arc<[u8]>, deadline: Instant) -> anyhow::Result<Vec<Duration>> {
