@@ -219,8 +219,9 @@ async fn create_sign_deliver_and_list(b: Backend) {
         .expect(200);
     assert_eq!(u.body["events"], json!(["*"]));
     // The same subscription again (deleted and inserted in one atomic list).
-    let again = srv.call(Method::PATCH, &format!("/v1/webhooks/{id}"), Some(&t.token), Some(json!({"events": ["*"]})));
-    assert_eq!(again.await.expect(200).body["events"], json!(["*"]));
+    let path = format!("/v1/webhooks/{id}");
+    let again = srv.call(Method::PATCH, &path, Some(&t.token), Some(json!({"events": ["*"]}))).await;
+    assert_eq!(again.expect(200).body["events"], json!(["*"]));
     srv.call(Method::PATCH, &format!("/v1/webhooks/{id}"), Some(&t.token), Some(json!({"events": ["nope.event"]})))
         .await
         .expect(400);
