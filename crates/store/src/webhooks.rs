@@ -336,7 +336,6 @@ pub async fn claim_due(db: &crate::Db, now: i64, lease_until: i64, limit: i64) -
 pub struct DeliveryJob {
     pub event_type: String,
     pub payload: String,
-    pub event_created_at: i64,
     pub url: String,
     pub secret_sealed: String,
     pub previous_secret_sealed: Option<String>,
@@ -354,7 +353,7 @@ pub async fn load_delivery<'c>(
     event_id: &str,
 ) -> Result<Option<DeliveryJob>> {
     Ok(sqlx::query_as(
-        "SELECT e.event_type, e.payload, e.created_at AS event_created_at, w.url, w.secret_sealed, \
+        "SELECT e.event_type, e.payload, w.url, w.secret_sealed, \
            w.previous_secret_sealed, w.previous_secret_until, w.ed25519_sealed, w.status AS endpoint_status, \
            w.failing_since, t.status AS tenant_status \
          FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id AND e.tenant_id = d.tenant_id \

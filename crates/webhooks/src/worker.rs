@@ -210,17 +210,13 @@ impl Worker {
             None => None,
         };
         let ts = now_ms.div_euclid(1000);
-        let signature = signature::signature_header(&secrets, ed.as_ref(), &c.event_id, ts, job.payload.as_bytes());
         let mut h = http::HeaderMap::new();
-        let mut put = |name: &'static str, value: &str| {
-            if let Ok(v) = http::HeaderValue::from_str(value) {
-                h.insert(name, v);
-            }
-        };
-        put("content-type", "application/json");
-        put("webhook-id", &c.event_id);
-        put("webhook-timestamp", &ts.to_string());
-        put("webhook-signature", &signature);
+        h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        for (name, value) in signature::standard_headers(&c.event_id, ts, job.payload.as_bytes(), &secrets, ed.as_ref())
+        {
+            let value = http::HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
+            h.insert(name, value);
+        }
         Ok(h)
     }
 
