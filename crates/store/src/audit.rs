@@ -78,6 +78,7 @@ pub fn insert_stmt(r: NewAuditRow) -> crate::Stmt {
         .bind(r.user_agent)
         .bind(r.request_id)
         .bind(r.details)
+        .merged_as_rows()
 }
 
 #[derive(Debug, Clone, Default)]

@@ -125,13 +125,25 @@ pub fn debit_stmts(
         .bind(-amount)
         .bind(reason)
         .bind(reference)
-        .bind(now),
+        .bind(now)
+        .merged_as_rows(),
         crate::Stmt::new(
             "UPDATE balances SET balance = balance - $2, updated_at = $3 WHERE tenant_id = $1 AND balance >= $2",
         )
         .bind(tenant)
         .bind(amount)
         .bind(now)
-        .or_refuse("insufficient_credits"),
+        .or_refuse("insufficient_credits")
+        .merged_as_sum(&DEBITS),
     ]
 }
+
+/// Concurrent debits of one tenant as one (PostgreSQL): the balance must
+/// cover their sum, or each runs again alone.
+static DEBITS: crate::SumMerge = crate::SumMerge {
+    sql: "UPDATE balances AS b SET balance = b.balance - CAST(r->>1 AS BIGINT), updated_at = CAST(r->>2 AS BIGINT) \
+          FROM jsonb_array_elements($1::jsonb) AS r \
+          WHERE b.tenant_id = (r->>0) AND b.balance >= CAST(r->>1 AS BIGINT)",
+    key: &[0],
+    add: 1,
+};

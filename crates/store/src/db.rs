@@ -97,6 +97,8 @@ pub struct Db {
     sqlite: Option<Arc<SqliteParts>>,
     /// PostgreSQL's shared durability barrier.
     pub(crate) durable: Arc<crate::durable::Barrier>,
+    /// PostgreSQL: merges concurrent write lists into one statement.
+    pub(crate) batcher: Arc<crate::pg_batch::Batcher>,
 }
 
 impl Db {
@@ -121,12 +123,33 @@ impl Db {
                 let readers = crate::read::Readers::default();
                 let _checkpointer = crate::group_commit::start_checkpointer(&path)?;
                 let parts = SqliteParts { path, readers, _checkpointer, write_lock, group };
-                Ok(Db { read, write, dialect, sqlite: Some(Arc::new(parts)), durable: crate::durable::Barrier::new() })
+                Ok(Db {
+                    read,
+                    write,
+                    dialect,
+                    sqlite: Some(Arc::new(parts)),
+                    durable: crate::durable::Barrier::new(),
+                    batcher: Arc::default(),
+                })
             }
             Dialect::Postgres => {
                 let pool = AnyPoolOptions::new()
                     .max_connections(max_connections.max(2))
                     .acquire_timeout(Duration::from_secs(10))
+                    // sqlx pings every connection it hands out: a round trip
+                    // per query, as costly to the server as a small query.
+                    // Only a connection idle for a while is checked (the
+                    // server may have restarted); a broken busy one fails
+                    // its query and is dropped.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for > IDLE_BEFORE_PING {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_with(opts)
                     .await?;
                 Ok(Db {
@@ -135,6 +158,7 @@ impl Db {
                     dialect,
                     sqlite: None,
                     durable: crate::durable::Barrier::new(),
+                    batcher: Arc::default(),
                 })
             }
         }
@@ -220,6 +244,9 @@ impl Db {
         self.read.close().await;
     }
 }
+
+/// A PostgreSQL connection idle longer than this is checked before use.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(10);
 
 fn sqlite_pool(max: u32) -> AnyPoolOptions {
     AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30)).after_connect(|conn, _| {

@@ -12,6 +12,7 @@ mod error;
 pub mod group_commit;
 pub mod identities;
 pub mod messages;
+mod pg_batch;
 mod read;
 pub mod settings;
 pub mod tenants;
@@ -24,6 +25,6 @@ pub use db::{create_private_dir, Db, Dialect, Tx};
 pub use error::StoreError;
 pub use read::FromSqlite;
 pub use rusqlite;
-pub use write::{Stmt, Val};
+pub use write::{Stmt, SumMerge, Val};
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -197,6 +197,7 @@ pub fn insert_stmt(scope: &TenantScope, m: &NewMessage<'_>) -> crate::Stmt {
     .bind(m.segments)
     .bind(m.cost)
     .bind(m.now)
+    .merged_as_rows()
 }
 
 /// [`remember`] as one guarded statement.

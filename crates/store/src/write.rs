@@ -55,17 +55,69 @@ pub struct Stmt {
     /// When set, the statement must change exactly one row, or the whole
     /// list is undone and this reason returned (a conditional debit).
     guard: Option<&'static str>,
+    /// How PostgreSQL merges it with the same statement of other lists.
+    pub(crate) merge: Merge,
+}
+
+/// How one statement of many concurrent lists becomes one statement on
+/// PostgreSQL ([`crate::pg_batch`]). A list merges only if all of its
+/// statements do.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Merge {
+    /// Runs on its own.
+    No,
+    /// A plain `INSERT INTO t (…) VALUES (…)`: the rows of all lists go in
+    /// one insert.
+    Rows,
+    /// A guarded update of one row per key: lists with the same key add up
+    /// into one row of the merged statement.
+    Sum(&'static SumMerge),
+}
+
+/// The merged form of an additive, guarded update (a debit).
+#[derive(Debug)]
+pub struct SumMerge {
+    /// Takes every row as `$1`, a JSON array of the statements' values
+    /// (each an array, in bind order, after adding up).
+    pub sql: &'static str,
+    /// The values that name the row (a tenant).
+    pub key: &'static [usize],
+    /// The value that adds up (an amount); the others come from the last
+    /// statement (a timestamp).
+    pub add: usize,
 }
 
 impl Stmt {
     pub fn new(sql: &'static str) -> Self {
-        Stmt { sql: sql.into(), args: Vec::new(), guard: None }
+        Stmt { sql: sql.into(), args: Vec::new(), guard: None, merge: Merge::No }
     }
 
     /// A statement whose text is built at run time (multi-row inserts).
     /// Only from fixed fragments: values are always bound.
     pub fn dynamic(sql: String) -> Self {
-        Stmt { sql: sql.into(), args: Vec::new(), guard: None }
+        Stmt { sql: sql.into(), args: Vec::new(), guard: None, merge: Merge::No }
+    }
+
+    /// A plain `INSERT INTO t (…) VALUES (…)` that may share one multi-row
+    /// insert with the same statement of concurrent lists (PostgreSQL).
+    pub fn merged_as_rows(mut self) -> Self {
+        self.merge = Merge::Rows;
+        self
+    }
+
+    /// A guarded update of one row that concurrent lists may apply once,
+    /// with their amounts added up (PostgreSQL; see [`SumMerge`]).
+    pub fn merged_as_sum(mut self, how: &'static SumMerge) -> Self {
+        self.merge = Merge::Sum(how);
+        self
+    }
+
+    pub(crate) fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    pub(crate) fn args(&self) -> &[Val] {
+        &self.args
     }
 
     /// The statement (an `UPDATE … WHERE <condition>`) must change exactly
@@ -84,7 +136,7 @@ impl Stmt {
     }
 
     /// Built at run time: its text varies, so it is not worth preparing.
-    fn is_dynamic(&self) -> bool {
+    pub(crate) fn is_dynamic(&self) -> bool {
         matches!(self.sql, std::borrow::Cow::Owned(_))
     }
 
@@ -154,11 +206,11 @@ pub(crate) fn sqlite_placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Statements combined into one on PostgreSQL, at most.
-const MAX_COMBINED: usize = 16;
+pub(crate) const MAX_COMBINED: usize = 16;
 
-type SqlxQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+pub(crate) type SqlxQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
-fn bind_sqlx<'q>(q: SqlxQuery<'q>, v: &'q Val) -> SqlxQuery<'q> {
+pub(crate) fn bind_sqlx<'q>(q: SqlxQuery<'q>, v: &'q Val) -> SqlxQuery<'q> {
     match v {
         Val::NullInt => q.bind(None::<i64>),
         Val::NullText => q.bind(None::<String>),
@@ -185,7 +237,7 @@ impl crate::Tx {
 }
 
 /// `$N` as `$(N + offset)`, for one statement among several.
-fn renumber(sql: &str, offset: usize) -> String {
+pub(crate) fn renumber(sql: &str, offset: usize) -> String {
     let mut out = String::with_capacity(sql.len() + 16);
     let mut chars = sql.chars().peekable();
     while let Some(ch) = chars.next() {
@@ -216,6 +268,8 @@ impl Db {
                 .write_sqlite(move |c| stmts.iter().map(|s| s.run_sqlite(c).and_then(|n| s.check(n))).collect())
                 .await
                 .unwrap_or(Err(StoreError::Closed)),
+            // Lists that can share a statement with concurrent ones do.
+            Dialect::Postgres if crate::pg_batch::mergeable(&stmts) => self.batcher.write(self, stmts).await,
             Dialect::Postgres => self.write_postgres(&stmts).await,
         }
     }
@@ -227,7 +281,7 @@ impl Db {
     /// snapshot, so a list must not depend on its own effects (an insert
     /// then an update of the same row); guards abort it through
     /// `palisade_refuse` (SQLSTATE PA001, migration 0008).
-    async fn write_postgres(&self, stmts: &[Stmt]) -> Result<Vec<u64>> {
+    pub(crate) async fn write_postgres(&self, stmts: &[Stmt]) -> Result<Vec<u64>> {
         if stmts.len() > MAX_COMBINED {
             return self.write_postgres_tx(stmts).await;
         }
@@ -304,7 +358,7 @@ impl Db {
     /// log up to its own commit record, which covers every earlier commit;
     /// the server serves concurrent flushes with one sync. A crash before
     /// this returns can lose the write, but nobody was told it happened.
-    async fn wait_durable(&self) -> Result<()> {
+    pub(crate) async fn wait_durable(&self) -> Result<()> {
         self.durable.wait(self.write_pool()).await
     }
 

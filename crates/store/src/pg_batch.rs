@@ -1,0 +1,360 @@
+//! PostgreSQL group commit: write lists that wait at the same moment become
+//! one statement and one commit.
+//!
+//! A send is a short list of writes (its record, its audit event, its
+//! ledger row, the debit). Run as a statement and a commit of its own, the
+//! server spends far more on the statement than on the rows (parse,
+//! executor start, commit, the round trip): on a 2-core machine about 3,800
+//! sends a second with nothing else running. Merged, the rows of each
+//! insert go in one multi-row insert and the debits of one tenant add up
+//! into one guarded update.
+//!
+//! The merged statement is all or nothing. When it fails on the server (a
+//! guard refuses, a duplicate key), nothing was written and every list runs
+//! again on its own, so each caller gets exactly the answer it would have
+//! had alone: a balance that covers only some of the batch pays for those
+//! and refuses the rest.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde_json::Value as Json;
+use tokio::sync::oneshot;
+
+use crate::write::{bind_sqlx, renumber, Merge, MAX_COMBINED};
+use crate::{Db, Result, Stmt, StoreError, Val};
+
+/// Lists per merged statement, at most.
+const MAX_LISTS: usize = 64;
+
+/// Merged statements running at once. More than one keeps the server busy
+/// while a finished batch's callers are answered and the next one builds.
+const IN_FLIGHT: usize = 2;
+
+/// Whether the list can share a statement with others.
+pub(crate) fn mergeable(stmts: &[Stmt]) -> bool {
+    !stmts.is_empty()
+        && stmts.len() <= MAX_COMBINED
+        && stmts.iter().all(|s| !matches!(s.merge, Merge::No) && !s.is_dynamic())
+}
+
+struct Pending {
+    stmts: Vec<Stmt>,
+    reply: oneshot::Sender<Result<Vec<u64>>>,
+}
+
+/// The lists waiting to be written, and the runners writing them.
+#[derive(Default)]
+pub(crate) struct Batcher {
+    queue: Mutex<Queue>,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Batcher")
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    runners: usize,
+}
+
+impl Batcher {
+    /// Writes the list, alone or merged with others; answers once it is
+    /// committed and on disk.
+    pub(crate) async fn write(self: &Arc<Self>, db: &Db, stmts: Vec<Stmt>) -> Result<Vec<u64>> {
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            q.pending.push(Pending { stmts, reply });
+            let start = q.runners < IN_FLIGHT;
+            q.runners += usize::from(start);
+            start
+        };
+        if start {
+            // A runner holds the database only while there is work: it ends
+            // when the queue is empty.
+            tokio::spawn(Runner(self.clone()).run(db.clone()));
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Counts itself out when it ends, even by a panic (its callers then hear
+/// `Closed`), so the queue never waits for a runner that is gone.
+struct Runner(Arc<Batcher>);
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let mut q = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        q.runners -= 1;
+    }
+}
+
+impl Runner {
+    async fn run(self, db: Db) {
+        loop {
+            let batch: Vec<Pending> = {
+                let mut q = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                if q.pending.is_empty() {
+                    return;
+                }
+                let n = q.pending.len().min(MAX_LISTS);
+                q.pending.drain(..n).collect()
+            };
+            write_batch(&db, batch).await;
+        }
+    }
+}
+
+async fn write_batch(db: &Db, mut batch: Vec<Pending>) {
+    if batch.len() == 1 {
+        if let Some(p) = batch.pop() {
+            let _ = p.reply.send(db.write_postgres(&p.stmts).await);
+        }
+        return;
+    }
+    let merged = {
+        let lists: Vec<&[Stmt]> = batch.iter().map(|p| p.stmts.as_slice()).collect();
+        Merged::of(&lists)
+    };
+    let outcome = match merged {
+        Some(m) => m.run(db).await,
+        None => Err(Retry),
+    };
+    match outcome {
+        Ok(Ok(())) => {
+            for p in batch {
+                // Each statement of a merged list changed its one row.
+                let _ = p.reply.send(Ok(vec![1; p.stmts.len()]));
+            }
+        }
+        Ok(Err(e)) => {
+            let e = e.to_string();
+            for p in batch {
+                let _ = p.reply.send(Err(StoreError::Commit(e.clone())));
+            }
+        }
+        Err(Retry) => {
+            // Nothing was written: each list on its own, each its own answer.
+            let mut each = tokio::task::JoinSet::new();
+            for p in batch {
+                let db = db.clone();
+                each.spawn(async move {
+                    let _ = p.reply.send(db.write_postgres(&p.stmts).await);
+                });
+            }
+            while each.join_next().await.is_some() {}
+        }
+    }
+}
+
+/// The merged statement failed on the server: nothing of it was written.
+struct Retry;
+
+/// One part of the merged statement: one statement of the lists, with the
+/// rows of all of them.
+struct Part<'a> {
+    first: &'a Stmt,
+    rows: Vec<Vec<Json>>,
+    /// Sum parts: the row of each key.
+    keys: HashMap<String, usize>,
+}
+
+struct Merged<'a> {
+    parts: Vec<Part<'a>>,
+}
+
+impl<'a> Merged<'a> {
+    /// `None` when the lists cannot merge (amounts that overflow).
+    fn of(lists: &[&'a [Stmt]]) -> Option<Merged<'a>> {
+        let mut parts: Vec<Part<'a>> = Vec::new();
+        for stmt in lists.iter().flat_map(|l| l.iter()) {
+            let at = match parts.iter().position(|p| p.first.sql() == stmt.sql()) {
+                Some(at) => at,
+                None => {
+                    parts.push(Part { first: stmt, rows: Vec::new(), keys: HashMap::new() });
+                    parts.len() - 1
+                }
+            };
+            let part = &mut parts[at];
+            let row: Vec<Json> = stmt.args().iter().map(json_of).collect();
+            match stmt.merge {
+                Merge::Sum(how) => {
+                    let key = serde_json::to_string(&how.key.iter().map(|&k| row.get(k)).collect::<Vec<_>>()).ok()?;
+                    match part.keys.get(&key) {
+                        Some(&i) => {
+                            let before = part.rows[i].get(how.add)?.as_i64()?;
+                            let more = row.get(how.add)?.as_i64()?;
+                            let mut row = row;
+                            row[how.add] = Json::from(before.checked_add(more)?);
+                            part.rows[i] = row;
+                        }
+                        None => {
+                            part.keys.insert(key, part.rows.len());
+                            part.rows.push(row);
+                        }
+                    }
+                }
+                Merge::Rows | Merge::No => part.rows.push(row),
+            }
+        }
+        for part in &mut parts {
+            if let Merge::Sum(how) = part.first.merge {
+                // One lock order for every batch: two batches updating the
+                // same rows never wait for each other in a cycle.
+                part.rows
+                    .sort_by_cached_key(|r| how.key.iter().map(|&k| r.get(k).map(Json::to_string)).collect::<Vec<_>>());
+            }
+        }
+        Some(Merged { parts })
+    }
+
+    /// `Err(Retry)` when the server refused the statement; `Ok(Err(_))`
+    /// when it may have committed (the connection broke) or the flush
+    /// failed.
+    async fn run(self, db: &Db) -> std::result::Result<Result<()>, Retry> {
+        let mut sql = String::from("WITH commit_early AS (SELECT set_config('synchronous_commit', 'off', true))");
+        let mut args: Vec<Val> = Vec::with_capacity(2 * self.parts.len());
+        for (i, part) in self.parts.iter().enumerate() {
+            let Some(text) = part_sql(part.first) else { return Err(Retry) };
+            sql.push_str(&format!(", p{i} AS ({} RETURNING 1)", renumber(text, i)));
+            let rows = serde_json::to_string(&part.rows).map_err(|_| Retry)?;
+            args.push(Val::Text(rows));
+        }
+        // Every part must change exactly its rows: a guard that refuses one
+        // tenant's debit refuses the whole statement.
+        sql.push_str(" SELECT (SELECT count(*) FROM commit_early)");
+        for (i, part) in self.parts.iter().enumerate() {
+            let expected = self.parts.len() + i + 1;
+            sql.push_str(&format!(
+                ", CASE WHEN (SELECT count(*) FROM p{i}) = ${expected} THEN 1::bigint ELSE palisade_refuse('merged') END"
+            ));
+            args.push(Val::Int(i64::try_from(part.rows.len()).unwrap_or(i64::MAX)));
+        }
+        let mut q = sqlx::query(&sql);
+        for v in &args {
+            q = bind_sqlx(q, v);
+        }
+        match q.execute(db.write_pool()).await {
+            Ok(_) => Ok(db.wait_durable().await),
+            Err(sqlx::Error::Database(e)) => {
+                tracing::debug!(code = ?e.code(), "merged write refused; writing each list alone");
+                Err(Retry)
+            }
+            Err(e) => Ok(Err(e.into())),
+        }
+    }
+}
+
+fn json_of(v: &Val) -> Json {
+    match v {
+        Val::NullInt | Val::NullText => Json::Null,
+        Val::Int(n) => Json::from(*n),
+        Val::Text(t) => Json::from(t.as_str()),
+    }
+}
+
+/// The statement's merged form, taking all rows as `$1`.
+fn part_sql(first: &Stmt) -> Option<&'static str> {
+    match first.merge {
+        Merge::Sum(how) => Some(how.sql),
+        Merge::Rows => rows_sql_cached(first),
+        Merge::No => None,
+    }
+}
+
+/// [`rows_sql`] of a fixed statement, derived once per statement and
+/// value types.
+fn rows_sql_cached(first: &Stmt) -> Option<&'static str> {
+    static DONE: std::sync::OnceLock<Mutex<HashMap<(String, Vec<bool>), Option<&'static str>>>> =
+        std::sync::OnceLock::new();
+    let ints: Vec<bool> = first.args().iter().map(|v| matches!(v, Val::Int(_) | Val::NullInt)).collect();
+    let key = (first.sql().to_owned(), ints);
+    let mut done = DONE.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    *done
+        .entry(key)
+        .or_insert_with_key(|(_, ints)| rows_sql(first.sql(), ints).map(|s| &*Box::leak(s.into_boxed_str())))
+}
+
+/// `INSERT INTO t (…) VALUES (…$n…)` as an insert of every row of `$1`, a
+/// JSON array of value arrays: `$n` becomes the row's n-th value, as
+/// BIGINT where `ints` says so (JSON hands out text).
+fn rows_sql(insert: &str, ints: &[bool]) -> Option<String> {
+    const VALUES: &str = " VALUES (";
+    let at = insert.find(VALUES)?;
+    let tuple = insert[at + VALUES.len()..].trim_end().strip_suffix(')')?;
+    let mut out = format!("{} SELECT ", &insert[..at]);
+    let mut chars = tuple.chars().peekable();
+    while let Some(ch) = chars.next() {
+        if ch != '$' {
+            out.push(ch);
+            continue;
+        }
+        let mut n = String::new();
+        while let Some(d) = chars.next_if(char::is_ascii_digit) {
+            n.push(d);
+        }
+        let index = n.parse::<usize>().ok()?.checked_sub(1)?;
+        if *ints.get(index)? {
+            out.push_str(&format!("CAST(r->>{index} AS BIGINT)"));
+        } else {
+            out.push_str(&format!("(r->>{index})"));
+        }
+    }
+    out.push_str(" FROM jsonb_array_elements($1::jsonb) AS r");
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_insert_becomes_an_insert_of_json_rows() {
+        let sql = rows_sql("INSERT INTO t (a, b, c, d) VALUES ($1, $2, 'x', $2)", &[false, true]).unwrap();
+        assert_eq!(
+            sql,
+            "INSERT INTO t (a, b, c, d) SELECT (r->>0), CAST(r->>1 AS BIGINT), 'x', CAST(r->>1 AS BIGINT) \
+             FROM jsonb_array_elements($1::jsonb) AS r"
+        );
+        // A placeholder without a value, or not a plain insert: no merged form.
+        assert_eq!(rows_sql("INSERT INTO t (a) VALUES ($2)", &[false]), None);
+        assert_eq!(rows_sql("UPDATE t SET a = $1", &[false]), None);
+    }
+
+    static ADD: crate::SumMerge = crate::SumMerge { sql: "UPDATE", key: &[0], add: 1 };
+
+    #[test]
+    fn sums_add_up_per_key_and_rows_stay_apart() {
+        let insert = "INSERT INTO t (a) VALUES ($1)";
+        let list = |tenant: &str, amount: i64, at: i64| {
+            vec![
+                Stmt::new(insert).bind(format!("{tenant}-{amount}")).merged_as_rows(),
+                Stmt::new("UPDATE b").bind(tenant).bind(amount).bind(at).or_refuse("no").merged_as_sum(&ADD),
+            ]
+        };
+        let (a, b, c) = (list("t2", 5, 1), list("t1", 7, 2), list("t2", 11, 3));
+        let merged = Merged::of(&[&a, &b, &c]).unwrap();
+        assert_eq!(merged.parts.len(), 2);
+        assert_eq!(merged.parts[0].rows.len(), 3);
+        // Added up per tenant, the last timestamp kept, sorted by tenant.
+        assert_eq!(
+            merged.parts[1].rows,
+            vec![vec![Json::from("t1"), 7.into(), 2.into()], vec![Json::from("t2"), 16.into(), 3.into()]]
+        );
+        let huge = list("t1", i64::MAX, 4);
+        assert!(Merged::of(&[&b, &huge]).is_none(), "an overflowing sum does not merge");
+    }
+
+    #[test]
+    fn only_lists_of_merged_statements_merge() {
+        let rows = || Stmt::new("INSERT INTO t (a) VALUES ($1)").bind(1).merged_as_rows();
+        assert!(mergeable(&[rows(), rows()]));
+        assert!(!mergeable(&[rows(), Stmt::new("INSERT INTO t (a) VALUES ($1)").bind(1)]));
+        assert!(!mergeable(&[Stmt::dynamic("INSERT INTO t (a) VALUES ($1)".into()).bind(1).merged_as_rows()]));
+        assert!(!mergeable(&[]));
+    }
+}
