@@ -99,7 +99,7 @@ pub async fn find_by_hash(db: &crate::Db, hash: &str, now: i64) -> Result<Option
     if let Some(found) = db.fetch_optional_now(&SQL, &[hash.into(), now.into()]) {
         return found;
     }
-    Ok(sqlx::query_as(&SQL).bind(hash).bind(now).fetch_optional(db.reader()).await?)
+    db.fetch_optional_shared(SQL.as_str(), vec![hash.into(), now.into()]).await
 }
 
 impl crate::FromSqlite for ApiKeyRow {

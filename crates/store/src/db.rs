@@ -99,6 +99,8 @@ pub struct Db {
     pub(crate) durable: Arc<crate::durable::Barrier>,
     /// PostgreSQL: merges concurrent write lists into one statement.
     pub(crate) batcher: Arc<crate::pg_batch::Batcher>,
+    /// PostgreSQL: reads concurrent point lookups together.
+    pub(crate) lookups: Arc<crate::pg_lookup::Lookups>,
 }
 
 impl Db {
@@ -130,6 +132,7 @@ impl Db {
                     sqlite: Some(Arc::new(parts)),
                     durable: crate::durable::Barrier::new(),
                     batcher: Arc::default(),
+                    lookups: Arc::default(),
                 })
             }
             Dialect::Postgres => {
@@ -159,6 +162,7 @@ impl Db {
                     sqlite: None,
                     durable: crate::durable::Barrier::new(),
                     batcher: Arc::default(),
+                    lookups: Arc::default(),
                 })
             }
         }

@@ -196,7 +196,7 @@ pub async fn find_sender(db: &crate::Db, scope: &TenantScope, from: &str) -> Res
     if let Some(found) = db.fetch_optional_now(sql, &[tenant.as_str().into(), key.as_str().into()]) {
         return found;
     }
-    Ok(sqlx::query_as(sql).bind(tenant).bind(key).fetch_optional(db.reader()).await?)
+    db.fetch_optional_shared(sql.as_str(), vec![tenant.into(), key.into()]).await
 }
 
 impl crate::FromSqlite for IdentityRow {

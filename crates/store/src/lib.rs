@@ -5,6 +5,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod calls;
+mod coalesce;
 pub mod credits;
 mod db;
 mod durable;
@@ -13,6 +14,7 @@ pub mod group_commit;
 pub mod identities;
 pub mod messages;
 mod pg_batch;
+mod pg_lookup;
 mod read;
 pub mod settings;
 pub mod tenants;

@@ -18,6 +18,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::coalesce::Coalescer;
+
 use serde_json::Value as Json;
 use tokio::sync::oneshot;
 
@@ -27,9 +29,10 @@ use crate::{Db, Result, Stmt, StoreError, Val};
 /// Lists per merged statement, at most.
 const MAX_LISTS: usize = 64;
 
-/// Merged statements running at once. More than one keeps the server busy
-/// while a finished batch's callers are answered and the next one builds.
-const IN_FLIGHT: usize = 2;
+/// Merged statements running at once. One: the lists of one tenant would
+/// wait for each other's debit anyway, and each batch's flush runs off the
+/// runner, so the next statement starts as soon as one is done.
+const IN_FLIGHT: usize = 1;
 
 /// Whether the list can share a statement with others.
 pub(crate) fn mergeable(stmts: &[Stmt]) -> bool {
@@ -44,9 +47,12 @@ struct Pending {
 }
 
 /// The lists waiting to be written, and the runners writing them.
-#[derive(Default)]
-pub(crate) struct Batcher {
-    queue: Mutex<Queue>,
+pub(crate) struct Batcher(Arc<Coalescer<Pending>>);
+
+impl Default for Batcher {
+    fn default() -> Self {
+        Batcher(Arc::new(Coalescer::new(MAX_LISTS, IN_FLIGHT)))
+    }
 }
 
 impl std::fmt::Debug for Batcher {
@@ -55,64 +61,25 @@ impl std::fmt::Debug for Batcher {
     }
 }
 
-#[derive(Default)]
-struct Queue {
-    pending: Vec<Pending>,
-    runners: usize,
-}
-
 impl Batcher {
     /// Writes the list, alone or merged with others; answers once it is
     /// committed and on disk.
-    pub(crate) async fn write(self: &Arc<Self>, db: &Db, stmts: Vec<Stmt>) -> Result<Vec<u64>> {
+    pub(crate) async fn write(&self, db: &Db, stmts: Vec<Stmt>) -> Result<Vec<u64>> {
         let (reply, answer) = oneshot::channel();
-        let start = {
-            let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            q.pending.push(Pending { stmts, reply });
-            let start = q.runners < IN_FLIGHT;
-            q.runners += usize::from(start);
-            start
-        };
-        if start {
-            // A runner holds the database only while there is work: it ends
-            // when the queue is empty.
-            tokio::spawn(Runner(self.clone()).run(db.clone()));
-        }
+        let db = db.clone();
+        self.0.submit(Pending { stmts, reply }, move |batch| {
+            let db = db.clone();
+            async move { write_batch(&db, batch).await }
+        });
         answer.await.map_err(|_| StoreError::Closed)?
-    }
-}
-
-/// Counts itself out when it ends, even by a panic (its callers then hear
-/// `Closed`), so the queue never waits for a runner that is gone.
-struct Runner(Arc<Batcher>);
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        let mut q = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        q.runners -= 1;
-    }
-}
-
-impl Runner {
-    async fn run(self, db: Db) {
-        loop {
-            let batch: Vec<Pending> = {
-                let mut q = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
-                if q.pending.is_empty() {
-                    return;
-                }
-                let n = q.pending.len().min(MAX_LISTS);
-                q.pending.drain(..n).collect()
-            };
-            write_batch(&db, batch).await;
-        }
     }
 }
 
 async fn write_batch(db: &Db, mut batch: Vec<Pending>) {
     if batch.len() == 1 {
         if let Some(p) = batch.pop() {
-            let _ = p.reply.send(db.write_postgres(&p.stmts).await);
+            let out = db.write_postgres_unsynced(&p.stmts).await;
+            answer_when_durable(db, vec![(p.reply, out)]);
         }
         return;
     }
@@ -126,10 +93,9 @@ async fn write_batch(db: &Db, mut batch: Vec<Pending>) {
     };
     match outcome {
         Ok(Ok(())) => {
-            for p in batch {
-                // Each statement of a merged list changed its one row.
-                let _ = p.reply.send(Ok(vec![1; p.stmts.len()]));
-            }
+            // Each statement of a merged list changed its one row.
+            let answers = batch.into_iter().map(|p| (p.reply, Ok(vec![1; p.stmts.len()]))).collect();
+            answer_when_durable(db, answers);
         }
         Ok(Err(e)) => {
             let e = e.to_string();
@@ -149,6 +115,31 @@ async fn write_batch(db: &Db, mut batch: Vec<Pending>) {
             while each.join_next().await.is_some() {}
         }
     }
+}
+
+type Answer = (oneshot::Sender<Result<Vec<u64>>>, Result<Vec<u64>>);
+
+/// Answers once the commits are on disk, off the runner: the next batch
+/// runs while this one's flush is under way.
+fn answer_when_durable(db: &Db, answers: Vec<Answer>) {
+    let send = |answers: Vec<Answer>, synced: Option<&StoreError>| {
+        for (reply, out) in answers {
+            let out = match (synced, out) {
+                (Some(e), Ok(_)) => Err(StoreError::Commit(e.to_string())),
+                (_, out) => out,
+            };
+            let _ = reply.send(out);
+        }
+    };
+    if answers.iter().all(|(_, out)| out.is_err()) {
+        // Nothing was written: nothing to wait for.
+        return send(answers, None);
+    }
+    let db = db.clone();
+    tokio::spawn(async move {
+        let synced = db.wait_durable().await;
+        send(answers, synced.as_ref().err());
+    });
 }
 
 /// The merged statement failed on the server: nothing of it was written.
@@ -212,9 +203,9 @@ impl<'a> Merged<'a> {
         Some(Merged { parts })
     }
 
-    /// `Err(Retry)` when the server refused the statement; `Ok(Err(_))`
-    /// when it may have committed (the connection broke) or the flush
-    /// failed.
+    /// Committed, not yet on disk. `Err(Retry)` when the server refused
+    /// the statement; `Ok(Err(_))` when it may have committed (the
+    /// connection broke).
     async fn run(self, db: &Db) -> std::result::Result<Result<()>, Retry> {
         let mut sql = String::from("WITH commit_early AS (SELECT set_config('synchronous_commit', 'off', true))");
         let mut args: Vec<Val> = Vec::with_capacity(2 * self.parts.len());
@@ -239,21 +230,13 @@ impl<'a> Merged<'a> {
             q = bind_sqlx(q, v);
         }
         match q.execute(db.write_pool()).await {
-            Ok(_) => Ok(db.wait_durable().await),
+            Ok(_) => Ok(Ok(())),
             Err(sqlx::Error::Database(e)) => {
                 tracing::debug!(code = ?e.code(), "merged write refused; writing each list alone");
                 Err(Retry)
             }
             Err(e) => Ok(Err(e.into())),
         }
-    }
-}
-
-fn json_of(v: &Val) -> Json {
-    match v {
-        Val::NullInt | Val::NullText => Json::Null,
-        Val::Int(n) => Json::from(*n),
-        Val::Text(t) => Json::from(t.as_str()),
     }
 }
 
@@ -269,9 +252,9 @@ fn part_sql(first: &Stmt) -> Option<&'static str> {
 /// [`rows_sql`] of a fixed statement, derived once per statement and
 /// value types.
 fn rows_sql_cached(first: &Stmt) -> Option<&'static str> {
-    static DONE: std::sync::OnceLock<Mutex<HashMap<(String, Vec<bool>), Option<&'static str>>>> =
-        std::sync::OnceLock::new();
-    let ints: Vec<bool> = first.args().iter().map(|v| matches!(v, Val::Int(_) | Val::NullInt)).collect();
+    type Derived = HashMap<(String, Vec<bool>), Option<&'static str>>;
+    static DONE: std::sync::OnceLock<Mutex<Derived>> = std::sync::OnceLock::new();
+    let ints = int_positions(first.args());
     let key = (first.sql().to_owned(), ints);
     let mut done = DONE.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
     *done
@@ -280,16 +263,26 @@ fn rows_sql_cached(first: &Stmt) -> Option<&'static str> {
 }
 
 /// `INSERT INTO t (…) VALUES (…$n…)` as an insert of every row of `$1`, a
-/// JSON array of value arrays: `$n` becomes the row's n-th value, as
-/// BIGINT where `ints` says so (JSON hands out text).
+/// JSON array of value arrays.
 fn rows_sql(insert: &str, ints: &[bool]) -> Option<String> {
     const VALUES: &str = " VALUES (";
     let at = insert.find(VALUES)?;
     let tuple = insert[at + VALUES.len()..].trim_end().strip_suffix(')')?;
-    let mut out = format!("{} SELECT ", &insert[..at]);
-    let mut chars = tuple.chars().peekable();
+    Some(format!(
+        "{} SELECT {} FROM jsonb_array_elements($1::jsonb) AS r",
+        &insert[..at],
+        values_from_json(tuple, "r", ints)?
+    ))
+}
+
+/// `sql` with each `$n` as the n-th value of the JSON array `row`, as
+/// BIGINT where `ints` says so (JSON hands out text). `None` when a
+/// placeholder has no value.
+pub(crate) fn values_from_json(sql: &str, row: &str, ints: &[bool]) -> Option<String> {
+    let mut out = String::with_capacity(sql.len() * 2);
+    let mut chars = sql.chars().peekable();
     while let Some(ch) = chars.next() {
-        if ch != '$' {
+        if ch != '$' || !chars.peek().is_some_and(char::is_ascii_digit) {
             out.push(ch);
             continue;
         }
@@ -299,13 +292,25 @@ fn rows_sql(insert: &str, ints: &[bool]) -> Option<String> {
         }
         let index = n.parse::<usize>().ok()?.checked_sub(1)?;
         if *ints.get(index)? {
-            out.push_str(&format!("CAST(r->>{index} AS BIGINT)"));
+            out.push_str(&format!("CAST({row}->>{index} AS BIGINT)"));
         } else {
-            out.push_str(&format!("(r->>{index})"));
+            out.push_str(&format!("({row}->>{index})"));
         }
     }
-    out.push_str(" FROM jsonb_array_elements($1::jsonb) AS r");
     Some(out)
+}
+
+/// Per value, whether it binds as BIGINT.
+pub(crate) fn int_positions(args: &[Val]) -> Vec<bool> {
+    args.iter().map(|v| matches!(v, Val::Int(_) | Val::NullInt)).collect()
+}
+
+pub(crate) fn json_of(v: &Val) -> Json {
+    match v {
+        Val::NullInt | Val::NullText => Json::Null,
+        Val::Int(n) => Json::from(*n),
+        Val::Text(t) => Json::from(t.as_str()),
+    }
 }
 
 #[cfg(test)]

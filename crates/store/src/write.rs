@@ -285,6 +285,15 @@ impl Db {
         if stmts.len() > MAX_COMBINED {
             return self.write_postgres_tx(stmts).await;
         }
+        let rows = self.write_postgres_unsynced(stmts).await?;
+        self.wait_durable().await?;
+        Ok(rows)
+    }
+
+    /// [`Db::write_postgres`] of a short list, answering before the commit
+    /// is on disk: the caller must [`Db::wait_durable`] before it tells
+    /// anyone the write happened.
+    pub(crate) async fn write_postgres_unsynced(&self, stmts: &[Stmt]) -> Result<Vec<u64>> {
         // Committed without waiting for the disk, so the row locks it takes
         // (a tenant's balance) are let go at once instead of after a sync;
         // made durable below before the caller hears "done".
@@ -320,13 +329,9 @@ impl Db {
             q = bind_sqlx(q, v);
         }
         match q.fetch_one(self.write_pool()).await {
-            Ok(row) => {
-                let rows = (1..=stmts.len())
-                    .map(|i| Ok(u64::try_from(sqlx::Row::try_get::<i64, _>(&row, i)?).unwrap_or(0)))
-                    .collect::<Result<Vec<u64>>>()?;
-                self.wait_durable().await?;
-                Ok(rows)
-            }
+            Ok(row) => (1..=stmts.len())
+                .map(|i| Ok(u64::try_from(sqlx::Row::try_get::<i64, _>(&row, i)?).unwrap_or(0)))
+                .collect::<Result<Vec<u64>>>(),
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("PA001") => {
                 let reason = stmts.iter().filter_map(|s| s.guard).find(|r| *r == e.message());
                 Err(StoreError::Refused(reason.unwrap_or("refused")))
