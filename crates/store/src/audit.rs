@@ -165,7 +165,12 @@ pub async fn read_head<'c>(ex: impl Executor<'c, Database = Any>) -> Result<(i64
 /// Events committed but not yet in the tree, oldest first.
 pub async fn pending_batch<'c>(ex: impl Executor<'c, Database = Any>, limit: i64) -> Result<Vec<AuditRow>> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {EVENT_COLS} FROM audit_pending p JOIN audit_events e ON e.seq = p.seq ORDER BY p.seq LIMIT $1"
+        // The limit inside: events are looked up one by one by key. A join
+        // of the two tables let PostgreSQL's planner walk the whole log from
+        // its start to the first pending event (a merge join), a cost that
+        // grew with the log.
+        "SELECT {EVENT_COLS} FROM audit_events e \
+         WHERE e.seq IN (SELECT seq FROM audit_pending ORDER BY seq LIMIT $1) ORDER BY e.seq"
     ))
     .bind(limit)
     .fetch_all(ex)

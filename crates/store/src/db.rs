@@ -28,6 +28,15 @@ pub struct Tx {
 }
 
 impl Tx {
+    /// Only SQLite's transactions hold the write lock.
+    pub(crate) fn dialect(&self) -> Dialect {
+        if self.lock.is_some() {
+            Dialect::Sqlite
+        } else {
+            Dialect::Postgres
+        }
+    }
+
     pub async fn commit(mut self) -> Result<()> {
         let inner = self.inner.take().ok_or(StoreError::Closed)?;
         Ok(inner.commit().await?)

@@ -243,41 +243,43 @@ pub struct StatusReport<'a> {
     pub at_ms: i64,
 }
 
-/// Reports per statement.
-const REPORTS_PER_UPDATE: usize = 64;
-
-/// Moves messages forward (queued → sent → delivered | failed), many per
-/// statement; a message already at that status or a final one is left
-/// alone, so a late report never moves it back. At most one report per
-/// message in `reports` (an UPDATE changes a row once).
+/// Moves messages forward (queued → sent → delivered | failed), all in one
+/// statement that takes the reports as one JSON value (one text to
+/// prepare, whatever their number); a message already at that status or a
+/// final one is left alone, so a late report never moves it back. At most
+/// one report per message in `reports` (an UPDATE changes a row once).
 pub fn set_status_stmts(reports: &[StatusReport<'_>]) -> Vec<crate::Stmt> {
-    reports
-        .chunks(REPORTS_PER_UPDATE)
-        .map(|chunk| {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let n = i * 6;
-                    format!("(${}, ${}, ${}, ${}, ${}, CAST(${} AS BIGINT))", n + 1, n + 2, n + 3, n + 4, n + 5, n + 6)
-                })
-                .collect();
-            // VALUES columns are column1… on both databases.
-            let sql = format!(
-                "UPDATE messages SET status = r.column3, error_code = COALESCE(r.column4, messages.error_code), \
-                   carrier_ref = COALESCE(r.column5, messages.carrier_ref), updated_at = r.column6 \
-                 FROM (VALUES {}) AS r \
-                 WHERE messages.tenant_id = r.column1 AND messages.id = r.column2 \
-                   AND messages.status NOT IN ('delivered', 'failed') \
-                   AND NOT (messages.status = 'sent' AND r.column3 = 'sent')",
-                rows.join(", ")
-            );
-            chunk.iter().fold(crate::Stmt::dynamic(sql), |st, r| {
-                st.bind(r.scope.tenant_id().to_string())
-                    .bind(r.id)
-                    .bind(r.status)
-                    .bind(r.error_code)
-                    .bind(r.carrier_ref)
-                    .bind(r.at_ms)
+    const SET: &str =
+        "UPDATE messages SET status = r.status, error_code = COALESCE(r.error_code, messages.error_code), \
+        carrier_ref = COALESCE(r.carrier_ref, messages.carrier_ref), updated_at = r.at";
+    const WHERE: &str = "WHERE messages.tenant_id = r.tenant_id AND messages.id = r.id \
+        AND messages.status NOT IN ('delivered', 'failed') AND NOT (messages.status = 'sent' AND r.status = 'sent')";
+    static POSTGRES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "{SET} FROM jsonb_to_recordset($1::jsonb) AS r(tenant_id TEXT, id TEXT, status TEXT, error_code TEXT, \
+               carrier_ref TEXT, at BIGINT) {WHERE}"
+        )
+    });
+    static SQLITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let field = |f: &str| format!("json_extract(value, '$.{f}') AS {f}");
+        let fields = ["tenant_id", "id", "status", "error_code", "carrier_ref", "at"].map(field).join(", ");
+        format!("{SET} FROM (SELECT {fields} FROM json_each($1)) AS r {WHERE}")
+    });
+    if reports.is_empty() {
+        return Vec::new();
+    }
+    let rows: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "tenant_id": r.scope.tenant_id().to_string(),
+                "id": r.id,
+                "status": r.status,
+                "error_code": r.error_code,
+                "carrier_ref": r.carrier_ref,
+                "at": r.at_ms,
             })
         })
-        .collect()
+        .collect();
+    vec![crate::Stmt::per_dialect(POSTGRES.as_str(), SQLITE.as_str()).bind(serde_json::Value::Array(rows).to_string())]
 }

@@ -314,8 +314,120 @@ pub(crate) fn json_of(v: &Val) -> Json {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Drops a test database once its test is done with it.
+    pub(crate) struct Dropper {
+        admin: Db,
+        name: String,
+    }
+
+    impl Dropper {
+        pub(crate) async fn drop_db(self, db: Db) {
+            db.close().await;
+            let sql = format!("DROP DATABASE {} WITH (FORCE)", self.name);
+            sqlx::query(&sql).execute(self.admin.reader()).await.unwrap();
+        }
+    }
+
+    /// A new, migrated database on the server `url` names.
+    pub(crate) async fn fresh_postgres(url: &str) -> (Db, Dropper) {
+        let name = format!("palisade_store_{}", uuid::Uuid::new_v4().simple());
+        let admin = Db::connect(url, 2).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.reader()).await.unwrap();
+        let (head, query) = url.split_once('?').map_or((url, None), |(h, q)| (h, Some(q)));
+        let base = head.rsplit_once('/').map_or(head, |(b, _)| b);
+        let db_url = format!("{base}/{name}{}", query.map(|q| format!("?{q}")).unwrap_or_default());
+        let db = Db::connect(&db_url, 8).await.unwrap();
+        db.migrate().await.unwrap();
+        (db, Dropper { admin, name })
+    }
+
+    /// 300 concurrent debits over three tenants whose balances cover 10,
+    /// 25 and all of theirs: exactly that many succeed, each charged once,
+    /// balances end at what was left; a list that repeats a ledger id fails
+    /// alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn merged_debits_charge_exactly_what_each_balance_covers() {
+        let Ok(url) = std::env::var("PALISADE_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: PALISADE_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let (db, dropper) = fresh_postgres(&url).await;
+        let tenants: Vec<palisade_core::TenantId> = (0..3).map(|_| palisade_core::TenantId::new()).collect();
+        for (t, balance) in tenants.iter().zip([10, 25, 1000]) {
+            let id = t.to_string();
+            db.write_all(vec![
+                Stmt::new("INSERT INTO tenants (id, name, created_at) VALUES ($1, 'T', 0)").bind(id.as_str()),
+                Stmt::new("INSERT INTO balances (tenant_id, balance, updated_at) VALUES ($1, $2, 0)")
+                    .bind(id.as_str())
+                    .bind(balance),
+            ])
+            .await
+            .unwrap();
+        }
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let (db, tenant) = (db.clone(), tenants[i % 3]);
+            tasks.push(tokio::spawn(async move {
+                let scope = palisade_core::TenantScope::for_system(tenant);
+                let stmts = crate::credits::debit_stmts(&scope, 1, "test", &format!("r{i}"), 1);
+                assert!(mergeable(&stmts));
+                (i % 3, db.write_guarded(stmts).await.unwrap())
+            }));
+        }
+        let mut charged = [0; 3];
+        for t in tasks {
+            let (tenant, out) = t.await.unwrap();
+            match out {
+                Ok(rows) => {
+                    assert_eq!(rows, vec![1, 1]);
+                    charged[tenant] += 1;
+                }
+                Err(reason) => assert_eq!(reason, "insufficient_credits"),
+            }
+        }
+        assert_eq!(charged, [10, 25, 100]);
+        for (t, left) in tenants.iter().zip([0, 0, 900]) {
+            let (balance, ledger): (i64, i64) = sqlx::query_as(
+                "SELECT balance, (SELECT count(*) FROM credit_ledger l WHERE l.tenant_id = b.tenant_id) \
+                 FROM balances b WHERE tenant_id = $1",
+            )
+            .bind(t.to_string())
+            .fetch_one(db.reader())
+            .await
+            .unwrap();
+            assert_eq!(balance, left);
+            assert_eq!(ledger, [10, 25, 100][tenants.iter().position(|x| x == t).unwrap()]);
+        }
+        // Concurrent lists, one of them repeating a ledger id: it fails
+        // alone, the others are charged.
+        let scope = palisade_core::TenantScope::for_system(tenants[2]);
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let (db, scope) = (db.clone(), scope.clone());
+            let reference = if i == 7 { "r2".to_owned() } else { format!("again{i}") };
+            tasks.push(tokio::spawn(async move {
+                db.write_all(crate::credits::debit_stmts(&scope, 1, "test", &reference, 2)).await
+            }));
+        }
+        let mut failed = 0;
+        for t in tasks {
+            if let Err(e) = t.await.unwrap() {
+                assert!(e.is_unique_violation(), "{e}");
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 1);
+        let balance: i64 = sqlx::query_scalar("SELECT balance FROM balances WHERE tenant_id = $1")
+            .bind(tenants[2].to_string())
+            .fetch_one(db.reader())
+            .await
+            .unwrap();
+        assert_eq!(balance, 900 - 19);
+        dropper.drop_db(db).await;
+    }
 
     #[test]
     fn an_insert_becomes_an_insert_of_json_rows() {

@@ -162,14 +162,7 @@ mod tests {
             eprintln!("skipped: PALISADE_TEST_POSTGRES_URL is not set");
             return;
         };
-        let name = format!("palisade_lookup_{}", uuid::Uuid::new_v4().simple());
-        let admin = Db::connect(&url, 2).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.reader()).await.unwrap();
-        let (head, query) = url.split_once('?').map_or((url.as_str(), None), |(h, q)| (h, Some(q)));
-        let base = head.rsplit_once('/').map_or(head, |(b, _)| b);
-        let db_url = format!("{base}/{name}{}", query.map(|q| format!("?{q}")).unwrap_or_default());
-        let db = Db::connect(&db_url, 4).await.unwrap();
-        db.migrate().await.unwrap();
+        let (db, dropper) = crate::pg_batch::tests::fresh_postgres(&url).await;
         #[derive(sqlx::FromRow)]
         struct Setting {
             value: String,
@@ -202,7 +195,6 @@ mod tests {
         }
         let none: Option<Setting> = db.fetch_optional_shared(SQL, vec!["absent".into()]).await.unwrap();
         assert!(none.is_none());
-        db.close().await;
-        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(admin.reader()).await.unwrap();
+        dropper.drop_db(db).await;
     }
 }

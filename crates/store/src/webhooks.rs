@@ -198,71 +198,80 @@ pub struct NewEvent {
     pub except_endpoint: Option<String>,
 }
 
-const EVENTS_PER_STMT: usize = 64;
-
-/// Queues events: two statements per 64 events, to run in the same atomic
-/// list as the change they report (an event is never lost nor sent for a
-/// change that was undone), and BEFORE that change in the list: the
-/// conditions read the state before it (on PostgreSQL the list shares one
-/// snapshot anyway). Events of tenants without a matching endpoint leave
-/// no row. The two statements read only subscriptions and messages, never
-/// each other's rows, so they fit a combined PostgreSQL statement.
+/// Queues events: two statements (the events, their deliveries), to run
+/// in the same atomic list as the change they report (an event is never
+/// lost nor sent for a change that was undone), and BEFORE that change in
+/// the list: the conditions read the state before it (on PostgreSQL the
+/// list shares one snapshot anyway). Events of tenants without a matching
+/// endpoint leave no row. The two statements read only subscriptions and
+/// messages, never each other's rows, so they fit a combined PostgreSQL
+/// statement. The events go in as one JSON value: one text to prepare,
+/// whatever their number.
 pub fn enqueue_stmts(events: &[NewEvent]) -> Vec<Stmt> {
-    const WANTED: &str = "s.tenant_id = v.column2 AND s.event_type IN (v.column3, '*') AND w.tenant_id = v.column2 \
-        AND w.status = 'enabled' AND (v.column8 IS NULL OR w.id <> v.column8) \
-        AND (v.column6 IS NULL OR EXISTS (SELECT 1 FROM messages m WHERE m.tenant_id = v.column2 \
-          AND m.id = v.column6 AND m.status NOT IN ('delivered', 'failed') \
-          AND NOT (m.status = 'sent' AND v.column7 = 'sent')))";
-    let mut out = Vec::new();
-    for chunk in events.chunks(EVENTS_PER_STMT) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let n = i * 8;
-                format!(
-                    "(${}, ${}, ${}, ${}, CAST(${} AS BIGINT), ${}, ${}, ${})",
-                    n + 1,
-                    n + 2,
-                    n + 3,
-                    n + 4,
-                    n + 5,
-                    n + 6,
-                    n + 7,
-                    n + 8
-                )
-            })
-            .collect();
-        let values = rows.join(", ");
-        let bind_all = |st: Stmt| {
-            chunk.iter().fold(st, |st, e| {
-                let (message, status) = match &e.if_message_moves {
-                    Some((m, s)) => (Some(m.as_str()), Some(*s)),
-                    None => (None, None),
-                };
-                st.bind(e.id.as_str())
-                    .bind(e.tenant_id.as_str())
-                    .bind(e.event_type)
-                    .bind(e.payload.as_str())
-                    .bind(e.now)
-                    .bind(message)
-                    .bind(status)
-                    .bind(e.except_endpoint.as_deref())
-            })
-        };
-        out.push(bind_all(Stmt::dynamic(format!(
+    const WANTED: &str = "s.tenant_id = v.tenant_id AND s.event_type IN (v.event_type, '*') \
+        AND w.tenant_id = v.tenant_id AND w.status = 'enabled' \
+        AND (v.except_endpoint IS NULL OR w.id <> v.except_endpoint) \
+        AND (v.message_id IS NULL OR EXISTS (SELECT 1 FROM messages m WHERE m.tenant_id = v.tenant_id \
+          AND m.id = v.message_id AND m.status NOT IN ('delivered', 'failed') \
+          AND NOT (m.status = 'sent' AND v.message_status = 'sent')))";
+    const FIELDS: [&str; 8] =
+        ["id", "tenant_id", "event_type", "payload", "at", "message_id", "message_status", "except_endpoint"];
+    fn events_sql(rows: &str) -> String {
+        format!(
             "INSERT INTO webhook_events (id, tenant_id, event_type, payload, created_at) \
-             SELECT v.column1, v.column2, v.column3, v.column4, v.column5 FROM (VALUES {values}) AS v \
+             SELECT v.id, v.tenant_id, v.event_type, v.payload, v.at FROM {rows} \
              WHERE EXISTS (SELECT 1 FROM webhook_subscriptions s JOIN webhook_endpoints w ON w.id = s.endpoint_id \
                WHERE {WANTED})"
-        ))));
-        out.push(bind_all(Stmt::dynamic(format!(
+        )
+    }
+    fn deliveries_sql(rows: &str) -> String {
+        format!(
             "INSERT INTO webhook_deliveries (endpoint_id, event_id, tenant_id, status, attempts, next_attempt_at, \
                lease_until, created_at, updated_at) \
-             SELECT DISTINCT s.endpoint_id, v.column1, v.column2, 'pending', 0, v.column5, 0, v.column5, v.column5 \
-             FROM (VALUES {values}) AS v, webhook_subscriptions s JOIN webhook_endpoints w ON w.id = s.endpoint_id \
+             SELECT DISTINCT s.endpoint_id, v.id, v.tenant_id, 'pending', 0, v.at, 0, v.at, v.at \
+             FROM {rows}, webhook_subscriptions s JOIN webhook_endpoints w ON w.id = s.endpoint_id \
              WHERE {WANTED}"
-        ))));
+        )
     }
-    out
+    static POSTGRES_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let typed = FIELDS.map(|f| format!("{f} {}", if f == "at" { "BIGINT" } else { "TEXT" })).join(", ");
+        format!("jsonb_to_recordset($1::jsonb) AS v({typed})")
+    });
+    static SQLITE_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let fields = FIELDS.map(|f| format!("json_extract(value, '$.{f}') AS {f}")).join(", ");
+        format!("(SELECT {fields} FROM json_each($1)) AS v")
+    });
+    static EVENTS: std::sync::LazyLock<(String, String)> =
+        std::sync::LazyLock::new(|| (events_sql(&POSTGRES_ROWS), events_sql(&SQLITE_ROWS)));
+    static DELIVERIES: std::sync::LazyLock<(String, String)> =
+        std::sync::LazyLock::new(|| (deliveries_sql(&POSTGRES_ROWS), deliveries_sql(&SQLITE_ROWS)));
+    if events.is_empty() {
+        return Vec::new();
+    }
+    let rows: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| {
+            let (message, status) = match &e.if_message_moves {
+                Some((m, s)) => (Some(m.as_str()), Some(*s)),
+                None => (None, None),
+            };
+            serde_json::json!({
+                "id": e.id,
+                "tenant_id": e.tenant_id,
+                "event_type": e.event_type,
+                "payload": e.payload,
+                "at": e.now,
+                "message_id": message,
+                "message_status": status,
+                "except_endpoint": e.except_endpoint,
+            })
+        })
+        .collect();
+    let rows = serde_json::Value::Array(rows).to_string();
+    vec![
+        Stmt::per_dialect(EVENTS.0.as_str(), EVENTS.1.as_str()).bind(rows.as_str()),
+        Stmt::per_dialect(DELIVERIES.0.as_str(), DELIVERIES.1.as_str()).bind(rows),
+    ]
 }
 
 /// Queues an event for one endpoint of the scope's tenant (a test event;

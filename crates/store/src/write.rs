@@ -57,6 +57,8 @@ pub struct Stmt {
     guard: Option<&'static str>,
     /// How PostgreSQL merges it with the same statement of other lists.
     pub(crate) merge: Merge,
+    /// SQLite's text, where the dialects differ (JSON functions).
+    sqlite: Option<&'static str>,
 }
 
 /// How one statement of many concurrent lists becomes one statement on
@@ -89,13 +91,26 @@ pub struct SumMerge {
 
 impl Stmt {
     pub fn new(sql: &'static str) -> Self {
-        Stmt { sql: sql.into(), args: Vec::new(), guard: None, merge: Merge::No }
+        Stmt { sql: sql.into(), args: Vec::new(), guard: None, merge: Merge::No, sqlite: None }
     }
 
     /// A statement whose text is built at run time (multi-row inserts).
     /// Only from fixed fragments: values are always bound.
     pub fn dynamic(sql: String) -> Self {
-        Stmt { sql: sql.into(), args: Vec::new(), guard: None, merge: Merge::No }
+        Stmt { sql: sql.into(), args: Vec::new(), guard: None, merge: Merge::No, sqlite: None }
+    }
+
+    /// A statement written twice: for PostgreSQL and for SQLite.
+    pub fn per_dialect(postgres: &'static str, sqlite: &'static str) -> Self {
+        Stmt { sqlite: Some(sqlite), ..Stmt::new(postgres) }
+    }
+
+    /// The text for `dialect`.
+    fn text(&self, dialect: Dialect) -> &str {
+        match (dialect, self.sqlite) {
+            (Dialect::Sqlite, Some(sqlite)) => sqlite,
+            _ => &self.sql,
+        }
     }
 
     /// A plain `INSERT INTO t (…) VALUES (…)` that may share one multi-row
@@ -146,9 +161,9 @@ impl Stmt {
     }
 
     fn run_sqlite(&self, c: &rusqlite::Connection) -> Result<u64> {
-        let mut st = match &self.sql {
-            std::borrow::Cow::Borrowed(fixed) => c.prepare_cached(sqlite_fixed(fixed))?,
-            std::borrow::Cow::Owned(built) => c.prepare_cached(&sqlite_placeholders(built))?,
+        let mut st = match (&self.sql, self.sqlite) {
+            (_, Some(fixed)) | (&std::borrow::Cow::Borrowed(fixed), None) => c.prepare_cached(sqlite_fixed(fixed))?,
+            (std::borrow::Cow::Owned(built), None) => c.prepare_cached(&sqlite_placeholders(built))?,
         };
         bind_sqlite(&mut st, &self.args)?;
         Ok(st.raw_execute()? as u64)
@@ -224,9 +239,10 @@ impl crate::Tx {
     /// a refused guard returns `StoreError::Refused` and the caller drops the
     /// transaction).
     pub async fn run(&mut self, stmts: &[Stmt]) -> Result<Vec<u64>> {
+        let dialect = self.dialect();
         let mut out = Vec::with_capacity(stmts.len());
         for s in stmts {
-            let mut q = sqlx::query(&s.sql).persistent(!s.is_dynamic());
+            let mut q = sqlx::query(s.text(dialect)).persistent(!s.is_dynamic());
             for v in &s.args {
                 q = bind_sqlx(q, v);
             }
