@@ -208,10 +208,13 @@ pub struct NewEvent {
 /// statement. The events go in as one JSON value: one text to prepare,
 /// whatever their number.
 pub fn enqueue_stmts(events: &[NewEvent]) -> Vec<Stmt> {
+    // The message is matched through the endpoint (`w.tenant_id`, equal to
+    // the event's): a condition on the event alone was checked first, one
+    // message lookup per event, even for a tenant without endpoints.
     const WANTED: &str = "s.tenant_id = v.tenant_id AND s.event_type IN (v.event_type, '*') \
         AND w.tenant_id = v.tenant_id AND w.status = 'enabled' \
         AND (v.except_endpoint IS NULL OR w.id <> v.except_endpoint) \
-        AND (v.message_id IS NULL OR EXISTS (SELECT 1 FROM messages m WHERE m.tenant_id = v.tenant_id \
+        AND (v.message_id IS NULL OR EXISTS (SELECT 1 FROM messages m WHERE m.tenant_id = w.tenant_id \
           AND m.id = v.message_id AND m.status NOT IN ('delivered', 'failed') \
           AND NOT (m.status = 'sent' AND v.message_status = 'sent')))";
     const FIELDS: [&str; 8] =
