@@ -64,10 +64,14 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Report>, wake: std::sync::Arc<tokio:
         let events: Vec<_> =
             batch.iter().filter(|r| seen.insert((r.message_id.as_str(), r.status))).map(webhook_event).collect();
         let mut stmts = palisade_store::webhooks::enqueue_stmts(&events);
+        let enqueues = stmts.len();
         stmts.extend(palisade_store::messages::set_status_stmts(&latest));
         // A report that arrives after the message settled changes no row.
         match db.write_all(stmts).await {
-            Ok(_) => wake.notify_one(),
+            // The worker is woken only for deliveries to make: most tenants
+            // have no endpoint, and each wake costs it a claim.
+            Ok(rows) if rows.iter().take(enqueues).any(|&n| n > 0) => wake.notify_one(),
+            Ok(_) => {}
             Err(e) => tracing::error!(error = %e, reports = batch.len(), "recording carrier reports failed"),
         }
         batch.clear();
