@@ -61,8 +61,13 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Report>, wake: std::sync::Arc<tokio:
         // with the status change and before it in the list (its condition
         // reads the status the change starts from).
         let mut seen = std::collections::HashSet::with_capacity(batch.len());
-        let events: Vec<_> =
-            batch.iter().filter(|r| seen.insert((r.message_id.as_str(), r.status))).map(webhook_event).collect();
+        let listening = tenants_listening(&db, &batch).await;
+        let events: Vec<_> = batch
+            .iter()
+            .filter(|r| listening.as_ref().is_none_or(|l| l.contains(&r.scope.tenant_id().to_string())))
+            .filter(|r| seen.insert((r.message_id.as_str(), r.status)))
+            .map(webhook_event)
+            .collect();
         let mut stmts = palisade_store::webhooks::enqueue_stmts(&events);
         let enqueues = stmts.len();
         stmts.extend(palisade_store::messages::set_status_stmts(&latest));
@@ -75,6 +80,22 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Report>, wake: std::sync::Arc<tokio:
             Err(e) => tracing::error!(error = %e, reports = batch.len(), "recording carrier reports failed"),
         }
         batch.clear();
+    }
+}
+
+/// The batch's tenants that have an enabled endpoint (`None` if that
+/// could not be read: then every event is offered to the queue, whose own
+/// conditions decide). Most tenants have none, and the queue's statements
+/// cost more to plan than this read; an endpoint created while the batch is
+/// written gets the events after it, as if created a moment later.
+async fn tenants_listening(db: &Db, batch: &[Report]) -> Option<std::collections::HashSet<String>> {
+    let tenants: std::collections::BTreeSet<String> = batch.iter().map(|r| r.scope.tenant_id().to_string()).collect();
+    match palisade_store::webhooks::tenants_with_endpoints(db, tenants.into_iter().collect()).await {
+        Ok(listening) => Some(listening),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read which tenants have webhook endpoints");
+            None
+        }
     }
 }
 

@@ -281,5 +281,9 @@ pub fn set_status_stmts(reports: &[StatusReport<'_>]) -> Vec<crate::Stmt> {
             })
         })
         .collect();
-    vec![crate::Stmt::per_dialect(POSTGRES.as_str(), SQLITE.as_str()).bind(serde_json::Value::Array(rows).to_string())]
+    // Planned each time: a kept plan from when `messages` was small would
+    // scan the whole table at every batch later.
+    vec![crate::Stmt::per_dialect(POSTGRES.as_str(), SQLITE.as_str())
+        .bind(serde_json::Value::Array(rows).to_string())
+        .planned_each_time()]
 }

@@ -23,15 +23,15 @@ use crate::coalesce::Coalescer;
 use serde_json::Value as Json;
 use tokio::sync::oneshot;
 
-use crate::write::{bind_sqlx, renumber, Merge, MAX_COMBINED};
+use crate::write::{bind_sqlx, renumber, Commit, Merge, MAX_COMBINED};
 use crate::{Db, Result, Stmt, StoreError, Val};
 
 /// Lists per merged statement, at most.
 const MAX_LISTS: usize = 64;
 
 /// Merged statements running at once. One: the lists of one tenant would
-/// wait for each other's debit anyway, and each batch's flush runs off the
-/// runner, so the next statement starts as soon as one is done.
+/// wait for each other's debit anyway, and lists queue up into the next
+/// batch while one is written.
 const IN_FLIGHT: usize = 1;
 
 /// Whether the list can share a statement with others.
@@ -76,10 +76,12 @@ impl Batcher {
 }
 
 async fn write_batch(db: &Db, mut batch: Vec<Pending>) {
+    // Committed durably: every send's debit goes through this one runner,
+    // so no other send waits for the row locks during the flush, and a
+    // barrier transaction per batch would cost another round trip.
     if batch.len() == 1 {
         if let Some(p) = batch.pop() {
-            let out = db.write_postgres_unsynced(&p.stmts).await;
-            answer_when_durable(db, vec![(p.reply, out)]);
+            let _ = p.reply.send(db.write_postgres_combined(&p.stmts, Commit::Durable).await);
         }
         return;
     }
@@ -93,9 +95,10 @@ async fn write_batch(db: &Db, mut batch: Vec<Pending>) {
     };
     match outcome {
         Ok(Ok(())) => {
-            // Each statement of a merged list changed its one row.
-            let answers = batch.into_iter().map(|p| (p.reply, Ok(vec![1; p.stmts.len()]))).collect();
-            answer_when_durable(db, answers);
+            for p in batch {
+                // Each statement of a merged list changed its one row.
+                let _ = p.reply.send(Ok(vec![1; p.stmts.len()]));
+            }
         }
         Ok(Err(e)) => {
             let e = e.to_string();
@@ -115,31 +118,6 @@ async fn write_batch(db: &Db, mut batch: Vec<Pending>) {
             while each.join_next().await.is_some() {}
         }
     }
-}
-
-type Answer = (oneshot::Sender<Result<Vec<u64>>>, Result<Vec<u64>>);
-
-/// Answers once the commits are on disk, off the runner: the next batch
-/// runs while this one's flush is under way.
-fn answer_when_durable(db: &Db, answers: Vec<Answer>) {
-    let send = |answers: Vec<Answer>, synced: Option<&StoreError>| {
-        for (reply, out) in answers {
-            let out = match (synced, out) {
-                (Some(e), Ok(_)) => Err(StoreError::Commit(e.to_string())),
-                (_, out) => out,
-            };
-            let _ = reply.send(out);
-        }
-    };
-    if answers.iter().all(|(_, out)| out.is_err()) {
-        // Nothing was written: nothing to wait for.
-        return send(answers, None);
-    }
-    let db = db.clone();
-    tokio::spawn(async move {
-        let synced = db.wait_durable().await;
-        send(answers, synced.as_ref().err());
-    });
 }
 
 /// The merged statement failed on the server: nothing of it was written.
@@ -203,11 +181,11 @@ impl<'a> Merged<'a> {
         Some(Merged { parts })
     }
 
-    /// Committed, not yet on disk. `Err(Retry)` when the server refused
-    /// the statement; `Ok(Err(_))` when it may have committed (the
-    /// connection broke).
+    /// Committed and on disk. `Err(Retry)` when the server refused the
+    /// statement; `Ok(Err(_))` when it may have committed (the connection
+    /// broke).
     async fn run(self, db: &Db) -> std::result::Result<Result<()>, Retry> {
-        let mut sql = String::from("WITH commit_early AS (SELECT set_config('synchronous_commit', 'off', true))");
+        let mut sql = format!("WITH commit_early AS (SELECT {})", Commit::Durable.setting());
         let mut args: Vec<Val> = Vec::with_capacity(2 * self.parts.len());
         for (i, part) in self.parts.iter().enumerate() {
             let Some(text) = part_sql(part.first) else { return Err(Retry) };

@@ -198,6 +198,20 @@ pub struct NewEvent {
     pub except_endpoint: Option<String>,
 }
 
+/// Which of `tenants` have an enabled endpoint.
+pub async fn tenants_with_endpoints(db: &crate::Db, tenants: Vec<String>) -> Result<std::collections::HashSet<String>> {
+    if tenants.is_empty() {
+        return Ok(Default::default());
+    }
+    let marks: Vec<String> = (1..=tenants.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT DISTINCT tenant_id FROM webhook_endpoints WHERE status = 'enabled' AND tenant_id IN ({})",
+        marks.join(", ")
+    );
+    let q = tenants.iter().fold(sqlx::query_scalar::<_, String>(&sql).persistent(false), |q, t| q.bind(t));
+    Ok(q.fetch_all(db.reader()).await?.into_iter().collect())
+}
+
 /// Queues events: two statements (the events, their deliveries), to run
 /// in the same atomic list as the change they report (an event is never
 /// lost nor sent for a change that was undone), and BEFORE that change in
@@ -271,9 +285,10 @@ pub fn enqueue_stmts(events: &[NewEvent]) -> Vec<Stmt> {
         })
         .collect();
     let rows = serde_json::Value::Array(rows).to_string();
+    // Planned each time: they join tables that grow (messages, endpoints).
     vec![
-        Stmt::per_dialect(EVENTS.0.as_str(), EVENTS.1.as_str()).bind(rows.as_str()),
-        Stmt::per_dialect(DELIVERIES.0.as_str(), DELIVERIES.1.as_str()).bind(rows),
+        Stmt::per_dialect(EVENTS.0.as_str(), EVENTS.1.as_str()).bind(rows.as_str()).planned_each_time(),
+        Stmt::per_dialect(DELIVERIES.0.as_str(), DELIVERIES.1.as_str()).bind(rows).planned_each_time(),
     ]
 }
 

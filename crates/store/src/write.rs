@@ -59,6 +59,8 @@ pub struct Stmt {
     pub(crate) merge: Merge,
     /// SQLite's text, where the dialects differ (JSON functions).
     sqlite: Option<&'static str>,
+    /// Planned at each run rather than prepared once per connection.
+    replan: bool,
 }
 
 /// How one statement of many concurrent lists becomes one statement on
@@ -91,18 +93,32 @@ pub struct SumMerge {
 
 impl Stmt {
     pub fn new(sql: &'static str) -> Self {
-        Stmt { sql: sql.into(), args: Vec::new(), guard: None, merge: Merge::No, sqlite: None }
+        Stmt { sql: sql.into(), args: Vec::new(), guard: None, merge: Merge::No, sqlite: None, replan: false }
     }
 
     /// A statement whose text is built at run time (multi-row inserts).
     /// Only from fixed fragments: values are always bound.
     pub fn dynamic(sql: String) -> Self {
-        Stmt { sql: sql.into(), args: Vec::new(), guard: None, merge: Merge::No, sqlite: None }
+        Stmt { sql: sql.into(), args: Vec::new(), guard: None, merge: Merge::No, sqlite: None, replan: false }
     }
 
     /// A statement written twice: for PostgreSQL and for SQLite.
     pub fn per_dialect(postgres: &'static str, sqlite: &'static str) -> Self {
         Stmt { sqlite: Some(sqlite), ..Stmt::new(postgres) }
+    }
+
+    /// PostgreSQL plans it at each run instead of keeping a plan per
+    /// connection: for a join whose best plan changes as a table grows. A
+    /// plan kept from when the table was small scans all of it later.
+    pub fn planned_each_time(mut self) -> Self {
+        self.replan = true;
+        self
+    }
+
+    /// Whether PostgreSQL keeps it prepared (its text is fixed and its plan
+    /// does not go stale).
+    fn prepared(&self) -> bool {
+        !self.is_dynamic() && !self.replan
     }
 
     /// The text for `dialect`.
@@ -220,6 +236,26 @@ pub(crate) fn sqlite_placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
+/// When a PostgreSQL write's commit waits for the disk.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Commit {
+    /// Not: the row locks it takes are let go at once, and the caller waits
+    /// for a durability barrier shared with other writers.
+    Early,
+    /// At the commit, as usual: for a writer that holds no contended lock.
+    Durable,
+}
+
+impl Commit {
+    /// The statement part that sets it for the statement's transaction.
+    pub(crate) fn setting(self) -> &'static str {
+        match self {
+            Commit::Early => "set_config('synchronous_commit', 'off', true)",
+            Commit::Durable => "set_config('synchronous_commit', 'on', true)",
+        }
+    }
+}
+
 /// Statements combined into one on PostgreSQL, at most.
 pub(crate) const MAX_COMBINED: usize = 16;
 
@@ -242,7 +278,7 @@ impl crate::Tx {
         let dialect = self.dialect();
         let mut out = Vec::with_capacity(stmts.len());
         for s in stmts {
-            let mut q = sqlx::query(s.text(dialect)).persistent(!s.is_dynamic());
+            let mut q = sqlx::query(s.text(dialect)).persistent(s.prepared());
             for v in &s.args {
                 q = bind_sqlx(q, v);
             }
@@ -301,19 +337,19 @@ impl Db {
         if stmts.len() > MAX_COMBINED {
             return self.write_postgres_tx(stmts).await;
         }
-        let rows = self.write_postgres_unsynced(stmts).await?;
+        let rows = self.write_postgres_combined(stmts, Commit::Early).await?;
         self.wait_durable().await?;
         Ok(rows)
     }
 
-    /// [`Db::write_postgres`] of a short list, answering before the commit
-    /// is on disk: the caller must [`Db::wait_durable`] before it tells
-    /// anyone the write happened.
-    pub(crate) async fn write_postgres_unsynced(&self, stmts: &[Stmt]) -> Result<Vec<u64>> {
+    /// [`Db::write_postgres`] of a short list as one statement. With
+    /// [`Commit::Early`] it returns before the commit is on disk: the caller
+    /// must [`Db::wait_durable`] before it tells anyone the write happened.
+    pub(crate) async fn write_postgres_combined(&self, stmts: &[Stmt], commit: Commit) -> Result<Vec<u64>> {
         // Committed without waiting for the disk, so the row locks it takes
         // (a tenant's balance) are let go at once instead of after a sync;
         // made durable below before the caller hears "done".
-        let mut sql = String::from("WITH commit_early AS (SELECT set_config('synchronous_commit', 'off', true)), ");
+        let mut sql = format!("WITH commit_early AS (SELECT {}), ", commit.setting());
         let mut args: Vec<&Val> = Vec::new();
         let reasons: Vec<Val> = stmts.iter().filter_map(|s| s.guard).map(Val::from).collect();
         for (i, s) in stmts.iter().enumerate() {
@@ -340,7 +376,7 @@ impl Db {
         // A list with a built statement makes new text each time: preparing
         // and caching it would only push the fixed statements (a send's)
         // out of the connection's statement cache.
-        let mut q = sqlx::query(&sql).persistent(!stmts.iter().any(Stmt::is_dynamic));
+        let mut q = sqlx::query(&sql).persistent(stmts.iter().all(Stmt::prepared));
         for v in args {
             q = bind_sqlx(q, v);
         }
@@ -363,7 +399,7 @@ impl Db {
         let mut tx = self.begin().await?;
         let mut out = Vec::with_capacity(stmts.len());
         for s in stmts {
-            let mut q = sqlx::query(&s.sql).persistent(!s.is_dynamic());
+            let mut q = sqlx::query(&s.sql).persistent(s.prepared());
             for v in &s.args {
                 q = bind_sqlx(q, v);
             }
