@@ -33,7 +33,7 @@ impl<J: Send + 'static> Coalescer<J> {
     pub(crate) fn submit<F, Fut>(self: &Arc<Self>, job: J, run: F)
     where
         F: FnMut(Vec<J>) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send,
+        Fut: Future<Output = ()> + Send + 'static,
     {
         let start = {
             let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -47,7 +47,12 @@ impl<J: Send + 'static> Coalescer<J> {
             tokio::spawn(async move {
                 let mut run = run;
                 while let Some(batch) = runner.take() {
-                    run(batch).await;
+                    // A batch of its own task: if it panics, its callers
+                    // hear their jobs were dropped and the runner goes on
+                    // with what was queued meanwhile.
+                    if let Err(e) = tokio::spawn(run(batch)).await {
+                        tracing::error!(error = %e, "a batch of queued work failed");
+                    }
                 }
             });
         }
@@ -56,8 +61,8 @@ impl<J: Send + 'static> Coalescer<J> {
 
 /// A runner's place in the count. It leaves the count under the same lock
 /// that saw the queue empty (a job queued just after finds no runner and
-/// starts one), or, if it panics, when dropped: its batch's callers then
-/// hear that their job was dropped, and later jobs still find a runner.
+/// starts one), or when dropped (its task was cancelled: a runtime that
+/// shuts down).
 struct Runner<J> {
     of: Arc<Coalescer<J>>,
     counted: bool,
@@ -122,20 +127,23 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panicking_batch_does_not_strand_later_jobs() {
+    async fn a_panicking_batch_does_not_strand_jobs_queued_behind_it() {
         // Quiet: the default hook's backtrace takes minutes in a debug build.
         std::panic::set_hook(Box::new(|_| {}));
-        let c = Arc::new(Coalescer::<tokio::sync::oneshot::Sender<()>>::new(4, 1));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        c.submit(tx, |_batch| async { panic!("boom") });
-        assert!(rx.await.is_err(), "the caller hears its job was dropped");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        c.submit(tx, |batch| async move {
-            for tx in batch {
+        let c = Arc::new(Coalescer::<(bool, tokio::sync::oneshot::Sender<()>)>::new(1, 1));
+        let run = |batch: Vec<(bool, tokio::sync::oneshot::Sender<()>)>| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            for (panics, tx) in batch {
+                assert!(!panics, "boom");
                 let _ = tx.send(());
             }
-        });
-        rx.await.unwrap();
+        };
+        let (tx, first) = tokio::sync::oneshot::channel();
+        c.submit((true, tx), run);
+        // Queued while the first batch runs, behind the one runner.
+        let (tx, second) = tokio::sync::oneshot::channel();
+        c.submit((false, tx), run);
+        assert!(first.await.is_err(), "the caller hears its job was dropped");
+        tokio::time::timeout(std::time::Duration::from_secs(5), second).await.unwrap().unwrap();
     }
 }

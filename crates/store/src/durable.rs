@@ -81,8 +81,18 @@ impl Barrier {
     }
 }
 
+/// A transaction that writes WAL (an update of the barrier's row) and
+/// commits synchronously: its commit flushes the log past every commit
+/// made before it started. Taking a transaction id alone would not do: a
+/// transaction that wrote no WAL before its commit record commits without
+/// a flush.
 async fn flush(pool: &AnyPool) -> Result<()> {
-    sqlx::query("SELECT txid_current()").execute(pool).await?;
+    sqlx::query(
+        "WITH sync AS (SELECT set_config('synchronous_commit', 'on', true)) \
+         UPDATE palisade_barrier SET n = n + 1 WHERE id = 1 AND EXISTS (SELECT 1 FROM sync)",
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -98,8 +108,8 @@ mod tests {
             eprintln!("skipped: PALISADE_TEST_POSTGRES_URL is not set");
             return;
         };
-        sqlx::any::install_default_drivers();
-        let pool = sqlx::any::AnyPoolOptions::new().max_connections(4).connect(&url).await.unwrap();
+        let (db, dropper) = crate::pg_batch::tests::fresh_postgres(&url).await;
+        let pool = db.write_pool().clone();
         let barrier = Barrier::new();
         let mut tasks = Vec::new();
         for _ in 0..200 {
@@ -119,5 +129,34 @@ mod tests {
         // Idle again: the next writer starts a new one.
         barrier.wait(&pool).await.unwrap();
         assert_eq!(barrier.done.borrow().number, barriers + 1);
+        dropper.drop_db(db).await;
+    }
+
+    /// A commit that did not wait for the disk is on disk once a barrier
+    /// started after it returns (the log is flushed past it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_barrier_flushes_earlier_commits() {
+        let Ok(url) = std::env::var("PALISADE_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: PALISADE_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let (db, dropper) = crate::pg_batch::tests::fresh_postgres(&url).await;
+        let pool = db.write_pool().clone();
+        let barrier = Barrier::new();
+        for i in 0..20 {
+            let early = "WITH e AS (SELECT set_config('synchronous_commit', 'off', true)) \
+                INSERT INTO settings (name, value) SELECT $1, 'x' FROM e";
+            sqlx::query(early).bind(format!("k{i}")).execute(&pool).await.unwrap();
+            let written: String =
+                sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text").fetch_one(&pool).await.unwrap();
+            barrier.wait(&pool).await.unwrap();
+            let flushed: bool = sqlx::query_scalar("SELECT pg_current_wal_flush_lsn() >= $1::text::pg_lsn")
+                .bind(&written)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert!(flushed, "the log was not flushed past {written}");
+        }
+        dropper.drop_db(db).await;
     }
 }

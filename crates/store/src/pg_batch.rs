@@ -106,18 +106,70 @@ async fn write_batch(db: &Db, mut batch: Vec<Pending>) {
                 let _ = p.reply.send(Err(StoreError::Commit(e.clone())));
             }
         }
-        Err(Retry) => {
-            // Nothing was written: each list on its own, each its own answer.
-            let mut each = tokio::task::JoinSet::new();
-            for p in batch {
-                let db = db.clone();
-                each.spawn(async move {
-                    let _ = p.reply.send(db.write_postgres(&p.stmts).await);
-                });
-            }
-            while each.join_next().await.is_some() {}
+        Err(Retry) => retry(db, batch).await,
+    }
+}
+
+/// After a merged statement failed (nothing was written): the lists of
+/// each tenant merged again on their own, and one by one where that fails
+/// too. A tenant whose balance is spent (every send refused) thus costs
+/// the other tenants in its batch one failed statement, not their batching.
+async fn retry(db: &Db, batch: Vec<Pending>) {
+    let mut groups: Vec<(String, Vec<Pending>)> = Vec::new();
+    for p in batch {
+        let key = sum_keys(&p.stmts);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, group)) => group.push(p),
+            None => groups.push((key, vec![p])),
         }
     }
+    let alone = groups.len() == 1;
+    let mut each = tokio::task::JoinSet::new();
+    for (_, group) in groups {
+        let db = db.clone();
+        each.spawn(async move {
+            let merged = {
+                let lists: Vec<&[Stmt]> = group.iter().map(|p| p.stmts.as_slice()).collect();
+                Merged::of(&lists)
+            };
+            let outcome = match merged {
+                Some(m) if !alone && group.len() > 1 => m.run(&db).await,
+                _ => Err(Retry),
+            };
+            match outcome {
+                Ok(Ok(())) => {
+                    for p in group {
+                        let _ = p.reply.send(Ok(vec![1; p.stmts.len()]));
+                    }
+                }
+                Ok(Err(e)) => {
+                    let e = e.to_string();
+                    for p in group {
+                        let _ = p.reply.send(Err(StoreError::Commit(e.clone())));
+                    }
+                }
+                Err(Retry) => {
+                    for p in group {
+                        let _ = p.reply.send(db.write_postgres(&p.stmts).await);
+                    }
+                }
+            }
+        });
+    }
+    while each.join_next().await.is_some() {}
+}
+
+/// The rows a list's added-up statements change (a tenant's balance), as
+/// one comparable key.
+fn sum_keys(stmts: &[Stmt]) -> String {
+    let keys: Vec<Vec<Json>> = stmts
+        .iter()
+        .filter_map(|s| match s.merge {
+            Merge::Sum(how) => Some(how.key.iter().map(|&k| s.args().get(k).map_or(Json::Null, json_of)).collect()),
+            _ => None,
+        })
+        .collect();
+    serde_json::to_string(&keys).unwrap_or_default()
 }
 
 /// The merged statement failed on the server: nothing of it was written.
@@ -245,7 +297,23 @@ fn rows_sql_cached(first: &Stmt) -> Option<&'static str> {
 fn rows_sql(insert: &str, ints: &[bool]) -> Option<String> {
     const VALUES: &str = " VALUES (";
     let at = insert.find(VALUES)?;
+    // Values only in the one tuple, nothing after it (no ON CONFLICT).
+    if insert[..at].contains('$') {
+        return None;
+    }
     let tuple = insert[at + VALUES.len()..].trim_end().strip_suffix(')')?;
+    let mut depth = 0i32;
+    for ch in tuple.chars() {
+        depth += match ch {
+            '(' => 1,
+            ')' => -1,
+            _ => 0,
+        };
+        if depth < 0 {
+            // The tuple closed early: something follows it.
+            return None;
+        }
+    }
     Some(format!(
         "{} SELECT {} FROM jsonb_array_elements($1::jsonb) AS r",
         &insert[..at],
@@ -418,6 +486,8 @@ pub(crate) mod tests {
         // A placeholder without a value, or not a plain insert: no merged form.
         assert_eq!(rows_sql("INSERT INTO t (a) VALUES ($2)", &[false]), None);
         assert_eq!(rows_sql("UPDATE t SET a = $1", &[false]), None);
+        assert_eq!(rows_sql("INSERT INTO t (a) VALUES ($1) ON CONFLICT (a) DO UPDATE SET a = ($1)", &[false]), None);
+        assert_eq!(rows_sql("INSERT INTO t (a) SELECT $1 VALUES ($1)", &[false]), None);
     }
 
     static ADD: crate::SumMerge = crate::SumMerge { sql: "UPDATE", key: &[0], add: 1 };
