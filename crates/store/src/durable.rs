@@ -104,11 +104,7 @@ mod tests {
     /// each writer returns only after one that started after its call.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_waits_share_barriers() {
-        let Ok(url) = std::env::var("PALISADE_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: PALISADE_TEST_POSTGRES_URL is not set");
-            return;
-        };
-        let (db, dropper) = crate::pg_batch::tests::fresh_postgres(&url).await;
+        let Some((db, dropper)) = crate::pg_batch::tests::test_postgres().await else { return };
         let pool = db.write_pool().clone();
         let barrier = Barrier::new();
         let mut tasks = Vec::new();
@@ -136,11 +132,7 @@ mod tests {
     /// started after it returns (the log is flushed past it).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_barrier_flushes_earlier_commits() {
-        let Ok(url) = std::env::var("PALISADE_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: PALISADE_TEST_POSTGRES_URL is not set");
-            return;
-        };
-        let (db, dropper) = crate::pg_batch::tests::fresh_postgres(&url).await;
+        let Some((db, dropper)) = crate::pg_batch::tests::test_postgres().await else { return };
         let pool = db.write_pool().clone();
         let barrier = Barrier::new();
         for i in 0..20 {

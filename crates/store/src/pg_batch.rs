@@ -85,6 +85,14 @@ async fn write_batch(db: &Db, mut batch: Vec<Pending>) {
         }
         return;
     }
+    if let Err(batch) = write_merged(db, batch).await {
+        retry(db, batch).await;
+    }
+}
+
+/// Writes the lists as one merged statement and answers their callers;
+/// hands them back when the server refused it (nothing was written).
+async fn write_merged(db: &Db, batch: Vec<Pending>) -> std::result::Result<(), Vec<Pending>> {
     let merged = {
         let lists: Vec<&[Stmt]> = batch.iter().map(|p| p.stmts.as_slice()).collect();
         Merged::of(&lists)
@@ -106,8 +114,9 @@ async fn write_batch(db: &Db, mut batch: Vec<Pending>) {
                 let _ = p.reply.send(Err(StoreError::Commit(e.clone())));
             }
         }
-        Err(Retry) => retry(db, batch).await,
+        Err(Retry) => return Err(batch),
     }
+    Ok(())
 }
 
 /// After a merged statement failed (nothing was written): the lists of
@@ -128,30 +137,10 @@ async fn retry(db: &Db, batch: Vec<Pending>) {
     for (_, group) in groups {
         let db = db.clone();
         each.spawn(async move {
-            let merged = {
-                let lists: Vec<&[Stmt]> = group.iter().map(|p| p.stmts.as_slice()).collect();
-                Merged::of(&lists)
-            };
-            let outcome = match merged {
-                Some(m) if !alone && group.len() > 1 => m.run(&db).await,
-                _ => Err(Retry),
-            };
-            match outcome {
-                Ok(Ok(())) => {
-                    for p in group {
-                        let _ = p.reply.send(Ok(vec![1; p.stmts.len()]));
-                    }
-                }
-                Ok(Err(e)) => {
-                    let e = e.to_string();
-                    for p in group {
-                        let _ = p.reply.send(Err(StoreError::Commit(e.clone())));
-                    }
-                }
-                Err(Retry) => {
-                    for p in group {
-                        let _ = p.reply.send(db.write_postgres(&p.stmts).await);
-                    }
+            let left = if !alone && group.len() > 1 { write_merged(&db, group).await } else { Err(group) };
+            if let Err(group) = left {
+                for p in group {
+                    let _ = p.reply.send(db.write_postgres(&p.stmts).await);
                 }
             }
         });
@@ -377,6 +366,15 @@ pub(crate) mod tests {
         }
     }
 
+    /// A new, migrated database on the test server, if one is configured.
+    pub(crate) async fn test_postgres() -> Option<(Db, Dropper)> {
+        let Ok(url) = std::env::var("PALISADE_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: PALISADE_TEST_POSTGRES_URL is not set");
+            return None;
+        };
+        Some(fresh_postgres(&url).await)
+    }
+
     /// A new, migrated database on the server `url` names.
     pub(crate) async fn fresh_postgres(url: &str) -> (Db, Dropper) {
         let name = format!("palisade_store_{}", uuid::Uuid::new_v4().simple());
@@ -396,11 +394,7 @@ pub(crate) mod tests {
     /// alone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn merged_debits_charge_exactly_what_each_balance_covers() {
-        let Ok(url) = std::env::var("PALISADE_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: PALISADE_TEST_POSTGRES_URL is not set");
-            return;
-        };
-        let (db, dropper) = fresh_postgres(&url).await;
+        let Some((db, dropper)) = test_postgres().await else { return };
         let tenants: Vec<palisade_core::TenantId> = (0..3).map(|_| palisade_core::TenantId::new()).collect();
         for (t, balance) in tenants.iter().zip([10, 25, 1000]) {
             let id = t.to_string();

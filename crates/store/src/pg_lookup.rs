@@ -158,11 +158,7 @@ mod tests {
     /// row (or none), also right after a write.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_caller_gets_its_own_row() {
-        let Ok(url) = std::env::var("PALISADE_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: PALISADE_TEST_POSTGRES_URL is not set");
-            return;
-        };
-        let (db, dropper) = crate::pg_batch::tests::fresh_postgres(&url).await;
+        let Some((db, dropper)) = crate::pg_batch::tests::test_postgres().await else { return };
         #[derive(sqlx::FromRow)]
         struct Setting {
             value: String,
