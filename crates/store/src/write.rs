@@ -93,13 +93,17 @@ pub struct SumMerge {
 
 impl Stmt {
     pub fn new(sql: &'static str) -> Self {
-        Stmt { sql: sql.into(), args: Vec::new(), guard: None, merge: Merge::No, sqlite: None, replan: false }
+        Stmt::of(sql.into())
     }
 
     /// A statement whose text is built at run time (multi-row inserts).
     /// Only from fixed fragments: values are always bound.
     pub fn dynamic(sql: String) -> Self {
-        Stmt { sql: sql.into(), args: Vec::new(), guard: None, merge: Merge::No, sqlite: None, replan: false }
+        Stmt::of(sql.into())
+    }
+
+    fn of(sql: std::borrow::Cow<'static, str>) -> Self {
+        Stmt { sql, args: Vec::new(), guard: None, merge: Merge::No, sqlite: None, replan: false }
     }
 
     /// A statement written twice: for PostgreSQL and for SQLite.
