@@ -324,38 +324,78 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ValidJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        if !is_json(req.headers()) {
-            return Err(ApiError::unsupported_media_type());
-        }
-        let limits = &state.config.limits;
-        let (parts, body) = req.into_parts();
-        let too_large = || ApiError::payload_too_large().with_extra("limit_bytes", limits.max_json_bytes);
-        // A declared oversize body is refused before any of it is read; a
-        // chunked one as soon as it crosses the limit.
-        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limits.max_json_bytes) {
-            return Err(too_large());
-        }
-        let bytes = axum::body::to_bytes(body, limits.max_json_bytes).await.map_err(|e| {
-            if is_length_limit(&e) {
-                too_large()
-            } else {
-                ApiError::validation("body", "The body could not be read.")
-            }
-        })?;
-        if !palisade_guard::input::json_depth_within(&bytes, limits.max_json_depth) {
-            return Err(ApiError::validation("body", format!("JSON nesting deeper than {}", limits.max_json_depth)));
-        }
-        let mut value = palisade_guard::input::parse_json_strict(&bytes).map_err(|e| {
-            let what = if e.is_data() { e.to_string() } else { format!("malformed JSON: {}", json_error(&e)) };
-            ApiError::validation("body", what)
-        })?;
-        palisade_guard::input::sanitize_json(&mut value, limits.max_text_chars).map_err(ApiError::validation_many)?;
-        let ctx = ctx_of(&parts);
-        let caller = parts.extensions.get::<CallerKey>().copied();
+        let (value, ctx, caller) = read_json(req, state).await?;
         state.abuse.check_body(&state.db, state.now_ms(), &value, ctx.client_ip, caller, ctx.audit).await?;
         serde_json::from_value(value).map(ValidJson).map_err(|e| ApiError::validation("body", e.to_string()))
     }
+}
+
+/// A JSON body that passed the input rules but not yet the WAF's body
+/// check. For the routes that cost money, whose admission order puts the
+/// sending identity's kill-switch first (a frozen identity is 423 whatever
+/// its body says): the handler reads the sender from [`peek`](Self::peek),
+/// and gets the body itself only through [`scan`](Self::scan).
+pub struct UnscannedJson<T> {
+    body: T,
+    value: serde_json::Value,
+    ctx: Ctx,
+    caller: Option<CallerKey>,
+}
+
+impl<T> UnscannedJson<T> {
+    pub fn peek(&self) -> &T {
+        &self.body
+    }
+
+    /// The WAF's body check (a refusal counts a violation).
+    pub async fn scan(self, state: &AppState) -> Result<T, ApiError> {
+        let UnscannedJson { body, value, ctx, caller } = self;
+        state.abuse.check_body(&state.db, state.now_ms(), &value, ctx.client_ip, caller, ctx.audit).await?;
+        Ok(body)
+    }
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for UnscannedJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (value, ctx, caller) = read_json(req, state).await?;
+        let body = T::deserialize(&value).map_err(|e| ApiError::validation("body", e.to_string()))?;
+        Ok(UnscannedJson { body, value, ctx, caller })
+    }
+}
+
+/// The body as JSON under the input rules, with who sent it.
+async fn read_json(req: Request, state: &AppState) -> Result<(serde_json::Value, Ctx, Option<CallerKey>), ApiError> {
+    if !is_json(req.headers()) {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let limits = &state.config.limits;
+    let (parts, body) = req.into_parts();
+    let too_large = || ApiError::payload_too_large().with_extra("limit_bytes", limits.max_json_bytes);
+    // A declared oversize body is refused before any of it is read; a
+    // chunked one as soon as it crosses the limit.
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limits.max_json_bytes) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, limits.max_json_bytes).await.map_err(|e| {
+        if is_length_limit(&e) {
+            too_large()
+        } else {
+            ApiError::validation("body", "The body could not be read.")
+        }
+    })?;
+    if !palisade_guard::input::json_depth_within(&bytes, limits.max_json_depth) {
+        return Err(ApiError::validation("body", format!("JSON nesting deeper than {}", limits.max_json_depth)));
+    }
+    let mut value = palisade_guard::input::parse_json_strict(&bytes).map_err(|e| {
+        let what = if e.is_data() { e.to_string() } else { format!("malformed JSON: {}", json_error(&e)) };
+        ApiError::validation("body", what)
+    })?;
+    palisade_guard::input::sanitize_json(&mut value, limits.max_text_chars).map_err(ApiError::validation_many)?;
+    let caller = parts.extensions.get::<CallerKey>().copied();
+    Ok((value, ctx_of(&parts), caller))
 }
 
 /// An optional body: a request with no body and no `Content-Type` is `None`.

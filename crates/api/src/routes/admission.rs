@@ -15,7 +15,7 @@ use palisade_store::identities::IdentityRow;
 use palisade_store::messages::IdempotentResponse;
 use palisade_store::Tx;
 
-use crate::extract::Auth;
+use crate::extract::{Auth, UnscannedJson};
 use crate::state::AppState;
 
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
@@ -97,18 +97,26 @@ pub struct Admitted {
     pub to: E164,
 }
 
+/// A request that sends as one of the tenant's identities.
+pub trait Sending {
+    /// The sending identity: its id or its number.
+    fn from(&self) -> &str;
+    /// The E.164 destination.
+    fn to(&self) -> &str;
+}
+
 /// The checks that need no transaction, in order: the sending identity
-/// (an agent token only as its own), the kill-switch, the destination, the
-/// identity's rate, the destination's country.
-pub async fn admit(
+/// (an agent token only as its own), the kill-switch, the WAF's body check,
+/// the destination, the identity's rate, the destination's country. The
+/// body is returned once it passed the WAF.
+pub async fn admit<R: Sending>(
     state: &AppState,
     auth: &Auth,
     scope: &TenantScope,
-    from: &str,
-    to: &str,
+    body: UnscannedJson<R>,
     now: i64,
-) -> Result<Admitted, ApiError> {
-    let identity = sending_identity(state, scope, from).await?;
+) -> Result<(R, Admitted), ApiError> {
+    let identity = sending_identity(state, scope, body.peek().from()).await?;
     if let PrincipalKind::Agent { identity_id } = auth.principal.kind() {
         if identity_id.to_string() != identity.id {
             return Err(auth.denied("An agent token acts only as its own identity."));
@@ -117,7 +125,8 @@ pub async fn admit(
     if identity.status != "active" {
         return Err(ApiError::frozen());
     }
-    let to = palisade_guard::phone::parse_e164(to.trim()).map_err(|m| ApiError::validation("to", m))?;
+    let req = body.scan(state).await?;
+    let to = palisade_guard::phone::parse_e164(req.to().trim()).map_err(|m| ApiError::validation("to", m))?;
     if let Some(limit) =
         identity.rate_per_second.and_then(|r| Limit::per_second("rate_per_second", u32::try_from(r).ok()?))
     {
@@ -137,7 +146,7 @@ pub async fn admit(
     if !allowed.is_empty() && !allowed.contains(&to.country) {
         return Err(too_many("country_not_allowed", "The identity may not reach this country.", None));
     }
-    Ok(Admitted { identity, to })
+    Ok((req, Admitted { identity, to }))
 }
 
 /// The identity named by `from` (its id or its number), in the tenant.

@@ -21,7 +21,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::admission::{self, Admitted};
 use super::{confine_to_own_identity, own_identity, List, Paging};
-use crate::extract::{Auth, PathId, ValidJson};
+use crate::extract::{Auth, PathId, UnscannedJson};
 use crate::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
@@ -31,6 +31,15 @@ pub struct PlaceCallRequest {
     from: String,
     /// E.164 destination.
     to: String,
+}
+
+impl admission::Sending for PlaceCallRequest {
+    fn from(&self) -> &str {
+        &self.from
+    }
+    fn to(&self) -> &str {
+        &self.to
+    }
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -80,9 +89,10 @@ pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
     headers: HeaderMap,
-    ValidJson(req): ValidJson<PlaceCallRequest>,
+    body: UnscannedJson<PlaceCallRequest>,
 ) -> Result<Response, ApiError> {
     let scope = auth.scope(Permission::CallsWrite).await?;
+    let req = body.peek();
     let key = admission::idempotency_key(&headers)?;
     let request_hash = admission::request_hash(&auth, "POST /v1/calls", &[req.from.trim(), req.to.trim()]);
     let now = state.now_ms();
@@ -92,7 +102,7 @@ pub async fn create(
             return Ok(first);
         }
     }
-    let Admitted { identity, to } = admission::admit(&state, &auth, &scope, &req.from, &req.to, now).await?;
+    let (_, Admitted { identity, to }) = admission::admit(&state, &auth, &scope, body, now).await?;
     let prepaid = state.config.pricing.call_minute;
     let id = uuid::Uuid::now_v7().to_string();
 

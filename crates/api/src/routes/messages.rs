@@ -2,8 +2,8 @@
 //! a carrier is touched), the atomic debit, idempotent retries, delivery
 //! through the carrier, and reading them back.
 //!
-//! Admission order: kill-switch (423 `frozen`) → WAF (the body check of
-//! every JSON request) → identity `rate_per_second` (429) →
+//! Admission order: kill-switch (423 `frozen`) → WAF (the body check,
+//! after the sending identity is known) → identity `rate_per_second` (429) →
 //! `country_not_allowed` (429) → `monthly_budget` (429) → credits (402
 //! `insufficient_credits`). Each refusal charges nothing and sends nothing.
 
@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 
 use super::admission::{self, Admitted};
 use super::{confine_to_own_identity, own_identity, List, Paging};
-use crate::extract::{Auth, PathId, ValidJson};
+use crate::extract::{Auth, PathId, UnscannedJson};
 use crate::reports::Report;
 use crate::state::AppState;
 
@@ -35,6 +35,15 @@ pub struct SendMessageRequest {
     /// E.164 destination.
     to: String,
     body: String,
+}
+
+impl admission::Sending for SendMessageRequest {
+    fn from(&self) -> &str {
+        &self.from
+    }
+    fn to(&self) -> &str {
+        &self.to
+    }
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -85,9 +94,10 @@ pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
     headers: HeaderMap,
-    ValidJson(req): ValidJson<SendMessageRequest>,
+    body: UnscannedJson<SendMessageRequest>,
 ) -> Result<Response, ApiError> {
     let scope = auth.scope(Permission::MessagesWrite).await?;
+    let req = body.peek();
     let key = admission::idempotency_key(&headers)?;
     let request_hash =
         admission::request_hash(&auth, "POST /v1/messages", &[req.from.trim(), req.to.trim(), &req.body]);
@@ -102,7 +112,7 @@ pub async fn create(
     if chars == 0 || chars > MAX_BODY_CHARS {
         return Err(ApiError::validation("body", format!("must be 1 to {MAX_BODY_CHARS} characters")));
     }
-    let Admitted { identity, to } = admission::admit(&state, &auth, &scope, &req.from, &req.to, now).await?;
+    let (req, Admitted { identity, to }) = admission::admit(&state, &auth, &scope, body, now).await?;
     let segments = i64::from(palisade_comms::segments::count(&req.body));
     let cost = segments.saturating_mul(state.config.pricing.message_segment);
     let id = uuid::Uuid::now_v7().to_string();

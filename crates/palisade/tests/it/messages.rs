@@ -99,8 +99,12 @@ async fn send_is_charged_and_delivered(b: Backend) {
 
 /// Refused with `reason`, and nothing was charged or sent.
 async fn refused(x: &Setup, status: u16, reason: &str, cred: &str, to: &str) {
+    refused_body(x, status, reason, cred, to, "hello").await;
+}
+
+async fn refused_body(x: &Setup, status: u16, reason: &str, cred: &str, to: &str, body: &str) {
     let (before, sent) = (balance(&x.s, &x.token).await, count(&x.s, &x.token).await);
-    let r = send(&x.s, cred, to, "hello").await;
+    let r = send(&x.s, cred, to, body).await;
     assert_eq!(r.status, status, "{}", r.text);
     assert_eq!(r.body["reason"], reason, "{}", r.text);
     assert_eq!(balance(&x.s, &x.token).await, before, "{reason} charged");
@@ -139,14 +143,21 @@ async fn each_refusal_costs_nothing(b: Backend) {
 }
 
 async fn refusals_come_in_admission_order(b: Backend) {
-    // Every check would refuse: the kill-switch speaks first, then the rate,
-    // then the country, then the budget, then the credits.
+    // Every check would refuse: the kill-switch speaks first (whatever the
+    // body says), then the WAF, then the rate, then the country, then the
+    // budget, then the credits.
     let policy = json!({"rate_per_second": 1, "allowed_countries": ["FR"], "monthly_budget": 0});
     let x = setup(b, policy, 0).await;
+    let spam =
+        "https://a.example https://b.example https://c.example https://d.example https://e.example https://f.example";
     let freeze = format!("/sysadmin/v1/identities/{}/freeze", x.identity);
     x.s.admin(Method::POST, &freeze, None).await.expect(200);
+    refused_body(&x, 423, "frozen", &x.token, TO, spam).await;
     refused(&x, 423, "frozen", &x.token, TO).await;
     x.s.admin(Method::POST, &freeze.replace("freeze", "unfreeze"), None).await.expect(200);
+    // The WAF's refusals take no token of the identity's rate.
+    refused_body(&x, 400, "blocked", &x.token, TO, spam).await;
+    refused_body(&x, 400, "blocked", &x.token, TO, spam).await;
     refused(&x, 429, "country_not_allowed", &x.token, TO).await;
     refused(&x, 429, "country_not_allowed", &x.token, TO).await;
     refused(&x, 429, "rate_per_second", &x.token, TO).await;
