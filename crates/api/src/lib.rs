@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod middleware;
 mod openapi;
 pub mod ops;
+pub mod recovery;
 pub mod reports;
 pub mod routes;
 pub mod state;

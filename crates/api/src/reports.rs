@@ -14,6 +14,8 @@ use tokio::sync::mpsc;
 
 /// Reports per transaction, at most.
 const MAX_BATCH: usize = 1024;
+/// Tries per batch: the pauses between them add up to about 34 s.
+const WRITE_ATTEMPTS: u32 = 6;
 
 /// What a carrier reported about one message.
 pub struct Report {
@@ -72,15 +74,35 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Report>, wake: std::sync::Arc<tokio:
         let enqueues = stmts.len();
         stmts.extend(palisade_store::messages::set_status_stmts(&latest));
         // A report that arrives after the message settled changes no row.
-        match db.write_all(stmts).await {
-            // The worker is woken only for deliveries to make: most tenants
-            // have no endpoint, and each wake costs it a claim.
-            Ok(rows) if rows.iter().take(enqueues).any(|&n| n > 0) => wake.notify_one(),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, reports = batch.len(), "recording carrier reports failed"),
+        // The worker is woken only for deliveries to make: most tenants
+        // have no endpoint, and each wake costs it a claim.
+        if let Some(rows) = write_with_retries(&db, stmts, batch.len()).await {
+            if rows.iter().take(enqueues).any(|&n| n > 0) {
+                wake.notify_one();
+            }
         }
         batch.clear();
     }
+}
+
+/// Writes a batch, trying again after a failure (the database restarting,
+/// a lost connection): every statement is conditional on the state it
+/// moves from, so a batch that did commit before its error changes
+/// nothing the second time. Reports waiting behind it wait meanwhile.
+async fn write_with_retries(db: &Db, stmts: Vec<palisade_store::Stmt>, reports: usize) -> Option<Vec<u64>> {
+    let mut pause = std::time::Duration::from_millis(100);
+    for attempt in 1..=WRITE_ATTEMPTS {
+        match db.write_all(stmts.clone()).await {
+            Ok(rows) => return Some(rows),
+            Err(e) if attempt < WRITE_ATTEMPTS => {
+                tracing::warn!(error = %e, reports, attempt, "recording carrier reports failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 4;
+            }
+            Err(e) => tracing::error!(error = %e, reports, "recording carrier reports failed; they are lost"),
+        }
+    }
+    None
 }
 
 /// The batch's tenants that have an enabled endpoint (`None` if that

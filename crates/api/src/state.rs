@@ -31,6 +31,9 @@ pub struct Services {
     /// Wakes the delivery worker when something was queued.
     pub webhook_wake: Arc<tokio::sync::Notify>,
     pub webhook_worker: AbortOnDrop,
+    /// This running instance: it drives the calls it placed (see
+    /// [`crate::recovery`]).
+    pub instance_id: String,
 }
 
 /// A background task that ends with the services that started it.

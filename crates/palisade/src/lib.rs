@@ -87,6 +87,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         sealer,
         webhook_wake,
         webhook_worker,
+        instance_id: uuid::Uuid::now_v7().to_string(),
     })))
 }
 
@@ -269,6 +270,8 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
             Some(bound)
         }
     };
+    palisade_api::recovery::register(&state).await.context("cannot register this instance in the database")?;
+    palisade_api::recovery::spawn(state.clone(), rx.clone());
     spawn_housekeeping(state.clone(), rx.clone());
     let interval = std::time::Duration::from_millis(state.config.audit.checkpoint_interval_ms);
     let integrator = state.audit_log.spawn(state.clock.clone(), interval, rx.clone());

@@ -35,13 +35,15 @@ pub struct NewCall<'a> {
     pub to: &'a str,
     pub to_country: &'a str,
     pub prepaid: i64,
+    /// The running instance that drives the call.
+    pub instance: &'a str,
     pub now: i64,
 }
 
 pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, c: &NewCall<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO calls (id, tenant_id, identity_id, from_number, to_number, to_country, status, prepaid, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8)",
+         instance_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $9)",
     )
     .bind(c.id)
     .bind(scope.tenant_id().to_string())
@@ -50,6 +52,7 @@ pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantSco
     .bind(c.to)
     .bind(c.to_country)
     .bind(c.prepaid)
+    .bind(c.instance)
     .bind(c.now)
     .execute(ex)
     .await?;
@@ -258,6 +261,22 @@ pub async fn hourly<'c>(
 }
 
 /// Gives back `amount` of an identity's monthly spend (a refunded call).
+/// Counts minutes a call went on for past what admission prepaid: they
+/// were spent whatever the budget says (the call happened), and count
+/// against the next admissions.
+pub async fn spend<'c>(ex: impl Executor<'c, Database = Any>, identity: &str, month: &str, amount: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO identity_spend (identity_id, month, spent) VALUES ($1, $2, $3) \
+         ON CONFLICT (identity_id, month) DO UPDATE SET spent = identity_spend.spent + excluded.spent",
+    )
+    .bind(identity)
+    .bind(month)
+    .bind(amount)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
 pub async fn unspend<'c>(
     ex: impl Executor<'c, Database = Any>,
     identity: &str,

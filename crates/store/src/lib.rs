@@ -16,6 +16,7 @@ pub mod messages;
 mod pg_batch;
 mod pg_lookup;
 mod read;
+pub mod recovery;
 pub mod settings;
 pub mod tenants;
 pub mod tokens;

@@ -119,6 +119,7 @@ pub async fn create(
         to: &to.number,
         to_country: &to.country,
         prepaid,
+        instance: &state.instance_id,
         now,
     };
     palisade_store::calls::insert(&mut *tx, &scope, &new).await?;
@@ -214,9 +215,7 @@ fn log_end(r: Result<Option<CdrRow>, ApiError>) {
     }
 }
 
-/// Ends a live call in one transaction: its status, its slot, the rest of
-/// its charge (or the refund of an unanswered one), its CDR and the audit
-/// event. `None` when it had already ended.
+/// Ends a live call now; see [`end_at`].
 async fn end(
     state: &AppState,
     scope: &TenantScope,
@@ -225,7 +224,21 @@ async fn end(
     code: Option<&str>,
     by: Option<(Actor, &palisade_audit::Context)>,
 ) -> Result<Option<CdrRow>, ApiError> {
-    let now = state.now_ms();
+    end_at(state, scope, id, status, code, by, state.now_ms()).await
+}
+
+/// Ends a live call as of `now` in one transaction: its status, its slot,
+/// the rest of its charge (or the refund of an unanswered one), its CDR
+/// and the audit event. `None` when it had already ended.
+pub(crate) async fn end_at(
+    state: &AppState,
+    scope: &TenantScope,
+    id: &str,
+    status: &str,
+    code: Option<&str>,
+    by: Option<(Actor, &palisade_audit::Context)>,
+    now: i64,
+) -> Result<Option<CdrRow>, ApiError> {
     let mut tx = state.db.begin().await?;
     let Some(call) = palisade_store::calls::finish(&mut *tx, scope, id, status, code, now).await? else {
         return Ok(None);
@@ -257,6 +270,10 @@ async fn end(
                 0
             }
         };
+        if charged > 0 {
+            let month = &palisade_core::clock::rfc3339(call.created_at)[..7];
+            palisade_store::calls::spend(&mut *tx, &call.identity_id, month, charged).await?;
+        }
         cost += charged;
     }
     let cdr = CdrRow {

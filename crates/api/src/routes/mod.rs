@@ -5,7 +5,7 @@ mod admission;
 mod api_keys;
 mod auth;
 mod billing;
-mod calls;
+pub(crate) mod calls;
 mod events;
 mod health;
 mod identities;

@@ -282,6 +282,17 @@ async fn refunds_restore_the_budget(b: Backend) {
     // Canceled (refunded) or, if the sandbox answered first, one minute.
     let cdr = cdr_of(&s, &t.token, live_id).await;
     assert_eq!(balance(&s, &t.token).await, 100 - cdr["cost"].as_i64().unwrap());
+    // Minutes past the prepaid one count against the budget too.
+    let path = format!("/v1/identities/{id}");
+    let policy = json!({"policy": {"monthly_budget": 30}});
+    s.call(Method::PATCH, &path, Some(&t.token), Some(policy)).await.expect(200);
+    let long = call(&s, &t.token, TO).await.expect(201);
+    let long_id = long.body["id"].as_str().unwrap();
+    wait_call(&s, &t.token, long_id, |st| st == "in_progress").await;
+    s.clock.advance_ms(150_000);
+    s.post(&format!("/v1/calls/{long_id}/hangup"), &t.token, json!({})).await.expect(200);
+    assert_eq!(cdr_of(&s, &t.token, long_id).await["cost"], 30);
+    assert_eq!(call(&s, &t.token, TO).await.expect(429).body["reason"], "monthly_budget");
     // A frozen identity cannot be deleted (and registered again unfrozen).
     s.admin(Method::POST, &format!("/sysadmin/v1/identities/{id}/freeze"), None).await.expect(200);
     s.call(Method::DELETE, &format!("/v1/identities/{id}"), Some(&t.token), None).await.expect(423);

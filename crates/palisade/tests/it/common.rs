@@ -159,6 +159,12 @@ impl TestServer {
     /// process would see the same), with a new clock at the old one's time.
     pub async fn restart(&mut self) {
         self.halt().await;
+        self.resume().await;
+    }
+
+    /// Starts again after [`halt`](Self::halt) (a new instance of the
+    /// server on the same data), with a new clock at the old one's time.
+    pub async fn resume(&mut self) {
         let clock = ManualClock::new(self.clock.now_ms());
         let state = palisade::build_state(self.config.clone(), Arc::new(clock.clone())).await.unwrap();
         let running = palisade::start(state, "127.0.0.1:0".parse().unwrap()).await.unwrap();

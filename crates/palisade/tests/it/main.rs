@@ -17,6 +17,7 @@ mod input;
 mod isolation;
 mod logs;
 mod messages;
+mod recovery;
 mod sysadmin;
 mod tls;
 mod users;
