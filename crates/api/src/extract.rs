@@ -333,8 +333,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ValidJson<T> {
 /// A JSON body that passed the input rules but not yet the WAF's body
 /// check. For the routes that cost money, whose admission order puts the
 /// sending identity's kill-switch first (a frozen identity is 423 whatever
-/// its body says): the handler reads the sender from [`peek`](Self::peek),
-/// and gets the body itself only through [`scan`](Self::scan).
+/// its body says): the handler may look at it through [`peek`](Self::peek)
+/// (the sender, what the idempotency hash needs) and owns it only after
+/// [`scan`](Self::scan).
 pub struct UnscannedJson<T> {
     body: T,
     value: serde_json::Value,

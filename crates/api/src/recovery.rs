@@ -1,10 +1,13 @@
 //! Recovery from a stop: every instance notes that it runs, ends the live
 //! calls of instances no longer seen (nobody else will: their tasks died
-//! with them), and fails and refunds messages that were charged but never
-//! handed to a carrier.
+//! with them), and fails and refunds messages that were charged but not
+//! recorded as handed to a carrier.
 //!
-//! Messages are failed, not sent again: whether the carrier got one before
-//! the stop is unknown, and a refund is better than a message sent twice.
+//! Messages are failed, not sent again: one whose instance stopped just
+//! after the hand-over, before the `sent` report was written, may have
+//! reached the carrier, and a refund is better than a message sent twice.
+//! Instances compare heartbeats written by their own clocks: keep clocks
+//! in sync (NTP).
 
 use std::time::Duration;
 
@@ -18,8 +21,8 @@ use crate::state::AppState;
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// An instance not seen for this long has stopped.
 pub const INSTANCE_GONE_MS: i64 = 60_000;
-/// A message still queued this long after its send was interrupted before
-/// the carrier got it (the hand-over takes moments).
+/// A message still queued this long was not handed over by its instance
+/// (the hand-over and its report take moments).
 pub const UNSENT_AFTER_MS: i64 = 10 * 60_000;
 /// The error code of what a stop interrupted.
 pub const INTERRUPTED: &str = "interrupted";
@@ -32,34 +35,71 @@ pub async fn register(state: &AppState) -> Result<(), palisade_store::StoreError
     palisade_store::recovery::heartbeat(&state.db, &state.instance_id, state.now_ms()).await
 }
 
-/// The heartbeat and the sweeps, until `stop`.
-pub fn spawn(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(HEARTBEAT);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => sweep(&state).await,
-                _ = stop.changed() => break,
+/// The heartbeat and the sweeps, until `stop`. They run apart, so a slow
+/// sweep never delays the heartbeat. The sweeps wait until this instance's
+/// heartbeats have succeeded for [`INSTANCE_GONE_MS`] without a break:
+/// after the database was unreachable, every instance's heartbeat failed,
+/// and the others must have been seen again before anyone counts them gone
+/// (and the carrier reports held back meanwhile must have been written
+/// before a queued message counts as never handed over).
+pub fn spawn(state: AppState, stop: tokio::sync::watch::Receiver<bool>) {
+    let healthy_since = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let every = |state: AppState, mut stop: tokio::sync::watch::Receiver<bool>, job: Job| {
+        let healthy_since = healthy_since.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => job(&state, &healthy_since).await,
+                    _ = stop.changed() => break,
+                }
             }
-        }
+        });
+    };
+    every(state.clone(), stop.clone(), |state, healthy_since| Box::pin(beat(state, healthy_since)));
+    every(state, stop, |state, healthy_since| {
+        Box::pin(async move {
+            let since = healthy_since.load(std::sync::atomic::Ordering::Relaxed);
+            if since != 0 && state.now_ms() - since >= INSTANCE_GONE_MS {
+                sweep(state).await;
+            }
+        })
     });
 }
 
-/// One round: the heartbeat, orphaned calls, unsent messages.
+type Job = for<'a> fn(
+    &'a AppState,
+    &'a std::sync::atomic::AtomicI64,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// Notes that this instance runs; `healthy_since` is when the current run
+/// of successful heartbeats began (0 after a failure).
+async fn beat(state: &AppState, healthy_since: &std::sync::atomic::AtomicI64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = state.now_ms();
+    match palisade_store::recovery::heartbeat(&state.db, &state.instance_id, now).await {
+        Ok(()) => {
+            let _ = healthy_since.compare_exchange(0, now, Relaxed, Relaxed);
+        }
+        Err(e) => {
+            healthy_since.store(0, Relaxed);
+            tracing::warn!(error = %e, "could not note this instance as running");
+        }
+    }
+}
+
+/// One round of both sweeps (the background task runs it only after a
+/// minute of successful heartbeats).
 pub async fn sweep(state: &AppState) {
     let now = state.now_ms();
-    if let Err(e) = palisade_store::recovery::heartbeat(&state.db, &state.instance_id, now).await {
-        tracing::warn!(error = %e, "could not note this instance as running");
+    let calls = end_orphan_calls(state, now).await;
+    if calls > 0 {
+        tracing::warn!(calls, "ended calls whose instance had stopped");
     }
-    match end_orphan_calls(state, now).await {
-        Ok(n) if n > 0 => tracing::warn!(calls = n, "ended calls whose instance had stopped"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "ending orphaned calls failed"),
-    }
-    match fail_unsent_messages(state, now).await {
-        Ok(n) if n > 0 => tracing::warn!(messages = n, "failed and refunded messages a stop kept from the carrier"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "failing unsent messages failed"),
+    let messages = fail_unsent_messages(state, now).await;
+    if messages > 0 {
+        tracing::warn!(messages, "failed and refunded messages not recorded as handed to the carrier");
     }
     if let Err(e) = palisade_store::recovery::forget_instances(&state.db, now - 7 * 86_400_000).await {
         tracing::warn!(error = %e, "forgetting old instances failed");
@@ -72,46 +112,83 @@ fn scope_of(tenant_id: &str) -> Result<TenantScope, ApiError> {
 }
 
 /// Ends, as failed `interrupted`, the live calls of stopped instances, as
-/// of the last moment they were known live (billing stops there).
-async fn end_orphan_calls(state: &AppState, now: i64) -> Result<usize, ApiError> {
-    let mut ended = 0;
+/// of the last moment they were known live (billing stops there). A call
+/// that cannot be ended is logged and skipped until the next round.
+async fn end_orphan_calls(state: &AppState, now: i64) -> usize {
+    let (mut ended, mut cursor) = (0, String::new());
+    let before = now - INSTANCE_GONE_MS;
     loop {
-        let orphans = palisade_store::recovery::orphan_calls(
-            state.db.reader(),
-            &state.instance_id,
-            now - INSTANCE_GONE_MS,
-            BATCH,
-        )
-        .await?;
-        for o in &orphans {
-            let (id, at) = (&o.id, o.last_known().min(now));
-            // The line may still be up at the carrier: bring it down too.
-            if let Err(e) = state.carrier.hang_up(id).await {
-                tracing::warn!(call = id, error = %e, "the carrier could not hang up an orphaned call");
+        let listed =
+            palisade_store::recovery::orphan_calls(state.db.reader(), &state.instance_id, before, &cursor, BATCH).await;
+        let orphans = match listed {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing orphaned calls failed");
+                return ended;
             }
-            let scope = scope_of(&o.tenant_id)?;
-            if crate::routes::calls::end_at(state, &scope, id, "failed", Some(INTERRUPTED), None, at).await?.is_some() {
-                ended += 1;
+        };
+        for o in &orphans {
+            let at = o.last_known().min(now);
+            // The line may still be up at the carrier: bring it down too.
+            if let Err(e) = state.carrier.hang_up(&o.id).await {
+                tracing::warn!(call = o.id, error = %e, "the carrier could not hang up an orphaned call");
+            }
+            let done = match scope_of(&o.tenant_id) {
+                Ok(scope) => {
+                    crate::routes::calls::end_at(
+                        state,
+                        &scope,
+                        &o.id,
+                        "failed",
+                        Some(INTERRUPTED),
+                        None,
+                        (at, Some(before)),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(Some(_)) => ended += 1,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(call = o.id, error = %e, "ending an orphaned call failed"),
             }
         }
-        if orphans.len() < BATCH as usize {
-            return Ok(ended);
+        match orphans.last() {
+            Some(last) if orphans.len() == BATCH as usize => cursor.clone_from(&last.id),
+            _ => return ended,
         }
     }
 }
 
-/// Fails and refunds messages queued since before the hand-over window.
-async fn fail_unsent_messages(state: &AppState, now: i64) -> Result<usize, ApiError> {
-    let mut failed = 0;
+/// Fails and refunds messages queued since before the hand-over window. A
+/// message that cannot be is logged and skipped until the next round.
+async fn fail_unsent_messages(state: &AppState, now: i64) -> usize {
+    let (mut failed, mut cursor) = (0, String::new());
     loop {
-        let unsent = palisade_store::recovery::unsent_messages(state.db.reader(), now - UNSENT_AFTER_MS, BATCH).await?;
+        let listed =
+            palisade_store::recovery::unsent_messages(state.db.reader(), now - UNSENT_AFTER_MS, &cursor, BATCH).await;
+        let unsent = match listed {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing unsent messages failed");
+                return failed;
+            }
+        };
         for (tenant_id, id) in &unsent {
-            if fail_unsent(state, &scope_of(tenant_id)?, id, now).await? {
-                failed += 1;
+            let done = match scope_of(tenant_id) {
+                Ok(scope) => fail_unsent(state, &scope, id, now).await,
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(true) => failed += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(message = id, error = %e, "failing an unsent message failed"),
             }
         }
-        if unsent.len() < BATCH as usize {
-            return Ok(failed);
+        match unsent.last() {
+            Some((_, last)) if unsent.len() == BATCH as usize => cursor.clone_from(last),
+            _ => return failed,
         }
     }
 }

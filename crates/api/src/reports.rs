@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 
 /// Reports per transaction, at most.
 const MAX_BATCH: usize = 1024;
-/// Tries per batch: the pauses between them add up to about 34 s.
-const WRITE_ATTEMPTS: u32 = 6;
+/// The longest pause between two tries of a batch: well under the minute
+/// recovery waits after the database comes back.
+const MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a carrier reported about one message.
 pub struct Report {
@@ -76,33 +77,33 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Report>, wake: std::sync::Arc<tokio:
         // A report that arrives after the message settled changes no row.
         // The worker is woken only for deliveries to make: most tenants
         // have no endpoint, and each wake costs it a claim.
-        if let Some(rows) = write_with_retries(&db, stmts, batch.len()).await {
-            if rows.iter().take(enqueues).any(|&n| n > 0) {
-                wake.notify_one();
-            }
+        let rows = write_with_retries(&db, stmts, batch.len()).await;
+        if rows.iter().take(enqueues).any(|&n| n > 0) {
+            wake.notify_one();
         }
         batch.clear();
     }
 }
 
 /// Writes a batch, trying again after a failure (the database restarting,
-/// a lost connection): every statement is conditional on the state it
-/// moves from, so a batch that did commit before its error changes
-/// nothing the second time. Reports waiting behind it wait meanwhile.
-async fn write_with_retries(db: &Db, stmts: Vec<palisade_store::Stmt>, reports: usize) -> Option<Vec<u64>> {
-    let mut pause = std::time::Duration::from_millis(100);
-    for attempt in 1..=WRITE_ATTEMPTS {
+/// a lost connection) until it is written: a `sent` report left unwritten
+/// would let recovery refund a message the carrier has. Every statement is
+/// conditional on the state it moves from, so a batch that did commit
+/// before its error changes nothing the second time. Reports wait behind
+/// it meanwhile (the channel is bounded).
+async fn write_with_retries(db: &Db, stmts: Vec<palisade_store::Stmt>, reports: usize) -> Vec<u64> {
+    let (mut pause, mut attempt) = (std::time::Duration::from_millis(100), 1u64);
+    loop {
         match db.write_all(stmts.clone()).await {
-            Ok(rows) => return Some(rows),
-            Err(e) if attempt < WRITE_ATTEMPTS => {
+            Ok(rows) => return rows,
+            Err(e) => {
                 tracing::warn!(error = %e, reports, attempt, "recording carrier reports failed; trying again");
                 tokio::time::sleep(pause).await;
-                pause *= 4;
+                pause = (pause * 2).min(MAX_PAUSE);
+                attempt += 1;
             }
-            Err(e) => tracing::error!(error = %e, reports, "recording carrier reports failed; they are lost"),
         }
     }
-    None
 }
 
 /// The batch's tenants that have an enabled endpoint (`None` if that

@@ -133,27 +133,38 @@ pub async fn progress<'c>(
     Ok(r.rows_affected() == 1)
 }
 
-/// Ends a live call: the one caller that gets the row back writes its CDR.
-/// `status` `hangup` means `completed` if it was answered, else
-/// `canceled`, decided in the same statement (an answer may race it).
+/// Ends a live call as of `at`: the one caller that gets the row back
+/// writes its CDR. `status` `hangup` means `completed` if it was answered,
+/// else `canceled`, decided in the same statement (an answer may race it).
+/// With `unseen_since`, only if the call's instance has not been seen
+/// since then (checked in the same statement: a heartbeat that lands after
+/// the orphan was listed keeps its call).
+#[allow(clippy::too_many_arguments)]
 pub async fn finish<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
     id: &str,
     status: &str,
     error_code: Option<&str>,
+    at: i64,
     now: i64,
+    unseen_since: Option<i64>,
 ) -> Result<Option<CallRow>> {
     Ok(sqlx::query_as(&format!(
         "UPDATE calls SET status = CASE WHEN $3 <> 'hangup' THEN $3 WHEN answered_at IS NULL THEN 'canceled' \
-           ELSE 'completed' END, error_code = $4, ended_at = $5, updated_at = $5 \
-         WHERE tenant_id = $1 AND id = $2 AND status IN {LIVE} RETURNING {COLS}"
+           ELSE 'completed' END, error_code = $4, ended_at = $5, updated_at = $6 \
+         WHERE tenant_id = $1 AND id = $2 AND status IN {LIVE} \
+           AND (CAST($7 AS BIGINT) IS NULL OR NOT EXISTS (SELECT 1 FROM instances \
+             WHERE instances.id = calls.instance_id AND instances.seen_at >= CAST($7 AS BIGINT))) \
+         RETURNING {COLS}"
     ))
     .bind(scope.tenant_id().to_string())
     .bind(id)
     .bind(status)
     .bind(error_code)
+    .bind(at)
     .bind(now)
+    .bind(unseen_since)
     .fetch_optional(ex)
     .await?)
 }
@@ -260,7 +271,6 @@ pub async fn hourly<'c>(
     Ok(sqlx::query_as(sql).bind(scope.tenant_id().to_string()).bind(from).bind(to).fetch_all(ex).await?)
 }
 
-/// Gives back `amount` of an identity's monthly spend (a refunded call).
 /// Counts minutes a call went on for past what admission prepaid: they
 /// were spent whatever the budget says (the call happened), and count
 /// against the next admissions.
@@ -277,6 +287,7 @@ pub async fn spend<'c>(ex: impl Executor<'c, Database = Any>, identity: &str, mo
     Ok(())
 }
 
+/// Gives back `amount` of an identity's monthly spend (a refund).
 pub async fn unspend<'c>(
     ex: impl Executor<'c, Database = Any>,
     identity: &str,

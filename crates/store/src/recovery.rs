@@ -48,39 +48,48 @@ impl OrphanCall {
     }
 }
 
-/// Live calls of instances other than `me` not seen since `before` (or
-/// never registered), at most `limit`.
+/// Live calls of instances other than `me` not seen since `before`, after
+/// `cursor` by id, at most `limit`. A call with no instance (placed before
+/// instances were recorded) counts only once it has not changed since
+/// `before` either.
 pub async fn orphan_calls<'c>(
     ex: impl Executor<'c, Database = Any>,
     me: &str,
     before: i64,
+    cursor: &str,
     limit: i64,
 ) -> Result<Vec<OrphanCall>> {
     Ok(sqlx::query_as(&format!(
         "SELECT c.tenant_id, c.id, COALESCE(i.seen_at, 0) AS seen_at, c.updated_at FROM calls c \
          LEFT JOIN instances i ON i.id = c.instance_id \
-         WHERE c.status IN {} AND (c.instance_id IS NULL OR c.instance_id <> $1) \
-           AND (i.id IS NULL OR i.seen_at < $2) \
-         ORDER BY c.id LIMIT $3",
+         WHERE c.status IN {} AND c.id > $3 \
+           AND ((c.instance_id IS NULL AND c.updated_at < $2) \
+             OR (c.instance_id <> $1 AND (i.id IS NULL OR i.seen_at < $2))) \
+         ORDER BY c.id LIMIT $4",
         crate::calls::LIVE
     ))
     .bind(me)
     .bind(before)
+    .bind(cursor)
     .bind(limit)
     .fetch_all(ex)
     .await?)
 }
 
-/// Messages still `queued` since before `before`, at most `limit`.
+/// Messages still `queued` since before `before`, after `cursor` by id,
+/// at most `limit`.
 pub async fn unsent_messages<'c>(
     ex: impl Executor<'c, Database = Any>,
     before: i64,
+    cursor: &str,
     limit: i64,
 ) -> Result<Vec<(String, String)>> {
     Ok(sqlx::query_as(
-        "SELECT tenant_id, id FROM messages WHERE status = 'queued' AND updated_at < $1 ORDER BY updated_at LIMIT $2",
+        "SELECT tenant_id, id FROM messages WHERE status = 'queued' AND updated_at < $1 AND id > $2 \
+         ORDER BY id LIMIT $3",
     )
     .bind(before)
+    .bind(cursor)
     .bind(limit)
     .fetch_all(ex)
     .await?)

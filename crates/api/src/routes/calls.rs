@@ -224,12 +224,15 @@ async fn end(
     code: Option<&str>,
     by: Option<(Actor, &palisade_audit::Context)>,
 ) -> Result<Option<CdrRow>, ApiError> {
-    end_at(state, scope, id, status, code, by, state.now_ms()).await
+    let now = state.now_ms();
+    end_at(state, scope, id, status, code, by, (now, None)).await
 }
 
-/// Ends a live call as of `now` in one transaction: its status, its slot,
-/// the rest of its charge (or the refund of an unanswered one), its CDR
-/// and the audit event. `None` when it had already ended.
+/// Ends a live call in one transaction: its status, its slot, the rest of
+/// its charge (or the refund of an unanswered one), its CDR and the audit
+/// event. `None` when it had already ended. `ended.0` is when it ended
+/// (its duration stops there; the records are written as of now); with
+/// `ended.1`, only if its instance has not been seen since then.
 pub(crate) async fn end_at(
     state: &AppState,
     scope: &TenantScope,
@@ -237,14 +240,16 @@ pub(crate) async fn end_at(
     status: &str,
     code: Option<&str>,
     by: Option<(Actor, &palisade_audit::Context)>,
-    now: i64,
+    ended: (i64, Option<i64>),
 ) -> Result<Option<CdrRow>, ApiError> {
+    let ((at, unseen_since), now) = (ended, state.now_ms());
     let mut tx = state.db.begin().await?;
-    let Some(call) = palisade_store::calls::finish(&mut *tx, scope, id, status, code, now).await? else {
+    let Some(call) = palisade_store::calls::finish(&mut *tx, scope, id, status, code, at, now, unseen_since).await?
+    else {
         return Ok(None);
     };
     palisade_store::calls::release_slot(&mut *tx, scope).await?;
-    let duration_secs = call.answered_at.map_or(0, |a| ((now - a).max(0) + 999) / 1000);
+    let duration_secs = call.answered_at.map_or(0, |a| ((at - a).max(0) + 999) / 1000);
     // Every started minute; an answered call pays at least one.
     let billed_minutes = if call.answered_at.is_some() { ((duration_secs + 59) / 60).max(1) } else { 0 };
     let price = state.config.pricing.call_minute;
@@ -287,7 +292,7 @@ pub(crate) async fn end_at(
         status: call.status.clone(),
         started_at: call.created_at,
         answered_at: call.answered_at,
-        ended_at: now,
+        ended_at: at,
         duration_secs,
         billed_minutes,
         cost,
