@@ -10,7 +10,11 @@ use sqlx::Connection;
 
 use crate::common::{Backend, TestServer};
 
-backend_tests!(calls_of_a_stopped_instance_are_ended, messages_a_stop_kept_from_the_carrier_are_refunded,);
+backend_tests!(
+    calls_of_a_stopped_instance_are_ended,
+    another_live_instance_keeps_its_calls,
+    messages_a_stop_kept_from_the_carrier_are_refunded,
+);
 
 const FROM: &str = "+34612345678";
 const TO: &str = "+34699000111";
@@ -137,5 +141,44 @@ async fn messages_a_stop_kept_from_the_carrier_are_refunded(b: Backend) {
     s.post("/v1/messages", &token, json!({"from": FROM, "to": TO, "body": "three"})).await.expect(201);
     let over = s.post("/v1/messages", &token, json!({"from": FROM, "to": TO, "body": "four"})).await.expect(429);
     assert_eq!(over.body["reason"], "monthly_budget");
+    s.stop().await;
+}
+
+async fn another_live_instance_keeps_its_calls(b: Backend) {
+    let s = server(b).await;
+    let (token, tenant_id) = tenant(&s, json!({})).await;
+    let r = s.post("/v1/calls", &token, json!({"from": FROM, "to": TO})).await.expect(201);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    wait_for(&s, &token, &format!("/v1/calls/{id}"), |c| c["status"] == "in_progress").await;
+    // The call is driven by another instance, seen just now.
+    let db = &s.state().db;
+    let seen = s.clock.now_ms();
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO instances (id, started_at, seen_at) VALUES ('other', $1, $1)")
+        .bind(seen)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE calls SET instance_id = 'other' WHERE id = $1").bind(&id).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+
+    s.clock.advance_ms(30_000);
+    palisade_api::recovery::sweep(s.state()).await;
+    assert_eq!(s.get(&format!("/v1/calls/{id}"), &token).await.expect(200).body["status"], "in_progress");
+    // A sweeper that listed the call before the other's last heartbeat
+    // does not end it: the ending statement checks again.
+    let scope = palisade_core::TenantScope::for_system(tenant_id.parse().unwrap());
+    let mut tx = db.begin().await.unwrap();
+    let ended =
+        palisade_store::calls::finish(&mut *tx, &scope, &id, "failed", None, seen, seen, Some(seen - 1)).await.unwrap();
+    assert!(ended.is_none(), "a call of an instance seen since was ended");
+    drop(tx);
+
+    // Not seen for a minute and a half: gone.
+    s.clock.advance_ms(60_000);
+    palisade_api::recovery::sweep(s.state()).await;
+    let c = s.get(&format!("/v1/calls/{id}"), &token).await.expect(200).body;
+    assert_eq!((c["status"].as_str(), c["error_code"].as_str()), (Some("failed"), Some("interrupted")));
+    assert_eq!(balance(&s, &token).await, 90);
     s.stop().await;
 }
