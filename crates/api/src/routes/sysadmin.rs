@@ -1,15 +1,16 @@
 //! Operator API. Master key only; every action is audited.
 
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use palisade_audit::Event;
 use palisade_core::principal::Actor;
 use palisade_core::{ApiError, ApiKeyId, IdentityId, TenantId, TenantScope};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::List;
+use super::{admission, List};
 use crate::abuse::TenantLimits;
 use crate::extract::{PathId, Sysadmin, ValidJson};
 use crate::ops::{self, NewTenant};
@@ -246,17 +247,21 @@ pub struct BalanceAfter {
     balance: i64,
 }
 
-/// Adds credits to a tenant's balance.
+/// Adds credits to a tenant's balance. With `Idempotency-Key`, a retry
+/// gets the first answer and credits nothing more.
 #[utoipa::path(post, path = "/sysadmin/v1/tenants/{id}/credits", tag = "sysadmin", security(("master_key" = [])),
-    params(("id" = String, Path, description = "Tenant id (UUID)")), request_body = TopUpRequest,
+    params(("id" = String, Path, description = "Tenant id (UUID)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and body get the first response; no second credit")),
+    request_body = TopUpRequest,
     responses((status = 200, body = BalanceAfter), (status = 400, body = palisade_core::Problem),
-        (status = 404, body = palisade_core::Problem)))]
+        (status = 404, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
 pub async fn top_up(
     State(state): State<AppState>,
     admin: Sysadmin,
     PathId(id): PathId<TenantId>,
+    headers: HeaderMap,
     ValidJson(req): ValidJson<TopUpRequest>,
-) -> Result<Json<BalanceAfter>, ApiError> {
+) -> Result<Response, ApiError> {
     if !(1..=1_000_000_000_000).contains(&req.amount) {
         return Err(ApiError::validation("amount", "must be between 1 and 1000000000000 (minor units)"));
     }
@@ -267,6 +272,16 @@ pub async fn top_up(
     let scope = TenantScope::for_sysadmin(&admin.proof, id);
     palisade_store::tenants::get(state.db.reader(), &scope).await?.ok_or_else(ApiError::not_found)?;
     let now = state.now_ms();
+    // The operator's keys live beside the tenant's own, under a prefix a
+    // tenant's key cannot have (a space), so neither can take the other's.
+    let key = admission::idempotency_key(&headers)?.map(|k| format!("sysadmin {k}"));
+    let doc = serde_json::json!(["POST /sysadmin/v1/tenants/{id}/credits", req.amount, reference]);
+    let request_hash = palisade_auth::token::sha256_hex(&doc.to_string());
+    if let Some(k) = &key {
+        if let Some(first) = admission::replay_if_known(&state, &scope, k, &request_hash, now).await? {
+            return Ok(first);
+        }
+    }
     let event = Event::new("credits.topped_up", Some(id), Actor::sysadmin())
         .resource("tenant", id)
         .details(serde_json::json!({ "amount": req.amount }));
@@ -274,9 +289,30 @@ pub async fn top_up(
     let ledger_id = uuid::Uuid::now_v7().to_string();
     let mut stmts = palisade_store::credits::top_up_stmts(&scope, &ledger_id, req.amount, &reference, now);
     stmts.push(audit);
-    state.db.write_all(stmts).await?;
-    let balance = palisade_store::credits::balance(state.db.reader(), &scope).await?;
-    Ok(Json(BalanceAfter { tenant_id: id.to_string(), balance }))
+    let Some(k) = key else {
+        state.db.write_all(stmts).await?;
+        let balance = palisade_store::credits::balance(state.db.reader(), &scope).await?;
+        return Ok(Json(BalanceAfter { tenant_id: id.to_string(), balance }).into_response());
+    };
+    // With a key: the credit, the balance it leads to and the key in one
+    // transaction, so a retry racing the first credits nothing either.
+    let mut tx = state.db.begin().await?;
+    tx.run(&stmts).await?;
+    let after =
+        BalanceAfter { tenant_id: id.to_string(), balance: palisade_store::credits::balance(&mut *tx, &scope).await? };
+    let body = serde_json::to_string(&after).map_err(ApiError::internal)?;
+    let since = now - admission::IDEMPOTENCY_TTL_MS;
+    if let Err(e) =
+        palisade_store::messages::remember(&mut *tx, &scope, &k, &request_hash, 200, &body, now, since).await
+    {
+        if !e.is_unique_violation() {
+            return Err(e.into());
+        }
+        drop(tx);
+        return admission::replay_winner(&state, &scope, &k, &request_hash, now).await;
+    }
+    tx.commit().await?;
+    Ok(Json(after).into_response())
 }
 
 async fn identity_status(

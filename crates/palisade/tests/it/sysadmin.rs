@@ -5,7 +5,12 @@ use serde_json::json;
 
 use crate::common::{Backend, TestServer, PASSWORD};
 
-backend_tests!(create_list_and_validate, frozen_tenant_is_refused_everywhere, operator_reads_every_event);
+backend_tests!(
+    create_list_and_validate,
+    frozen_tenant_is_refused_everywhere,
+    operator_reads_every_event,
+    top_ups_with_a_key_credit_once,
+);
 
 async fn create_list_and_validate(b: Backend) {
     let srv = TestServer::start(b).await;
@@ -113,4 +118,40 @@ async fn operator_reads_every_event(b: Backend) {
     srv.call(Method::GET, "/sysadmin/v1/events", Some(&a.token), None).await.expect(401);
     srv.admin(Method::GET, "/sysadmin/v1/events?tenant_id=nope", None).await.expect(400);
     srv.stop().await;
+}
+
+async fn top_ups_with_a_key_credit_once(b: Backend) {
+    let s = TestServer::start(b).await;
+    let t = s.tenant("Acme").await;
+    let path = format!("/sysadmin/v1/tenants/{}/credits", t.id);
+    let top_up = |key: &str, amount: i64| {
+        let rb = s.request(Method::POST, &path).bearer_auth(s.master_key.clone()).header("idempotency-key", key);
+        TestServer::send(rb.json(&json!({"amount": amount})))
+    };
+    let first = top_up("wire-7", 100).await.expect(200);
+    assert_eq!(first.body["balance"], 100);
+    // A retry, even racing others: the first answer, no second credit.
+    let retries = futures_util::future::join_all((0..5).map(|_| top_up("wire-7", 100))).await;
+    for r in retries {
+        let r = r.expect(200);
+        assert_eq!(r.body, first.body);
+        assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    }
+    assert_eq!(s.get("/v1/balance", &t.token).await.expect(200).body["balance"], 100);
+    // The same key for another amount is refused; another key credits.
+    assert_eq!(top_up("wire-7", 50).await.expect(409).body["reason"], "idempotency_key_reused");
+    let racing = futures_util::future::join_all((0..5).map(|_| top_up("wire-8", 50))).await;
+    assert!(racing.iter().all(|r| r.status == 200 && r.body["balance"] == 150), "{:?}", racing[0].text);
+    assert_eq!(s.get("/v1/balance", &t.token).await.expect(200).body["balance"], 150);
+    // The tenant's own keys are apart from the operator's.
+    s.post("/v1/identities", &t.token, json!({"number": "+34612345678"})).await.expect(201);
+    let send = s
+        .request(Method::POST, "/v1/messages")
+        .bearer_auth(&t.token)
+        .header("idempotency-key", "wire-7")
+        .json(&json!({"from": "+34612345678", "to": "+34699000111", "body": "hi"}));
+    TestServer::send(send).await.expect(201);
+    let events = s.events(&t.token, "action=credits.topped_up").await;
+    assert_eq!(events.len(), 2, "one audit event per credit");
+    s.stop().await;
 }
