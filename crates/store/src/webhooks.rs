@@ -77,6 +77,22 @@ pub fn insert_endpoint_stmts(scope: &TenantScope, e: &NewEndpoint<'_>) -> Vec<St
     stmts
 }
 
+/// Makes the tenant's endpoint creates take turns, in `tx`, before
+/// [`insert_endpoint_stmts`] run in it: PostgreSQL runs transactions side
+/// by side, and each would count the endpoints without the other's insert
+/// (SQLite's write transactions take turns already). The tenant row's
+/// `FOR NO KEY UPDATE` lock leaves the foreign-key checks of other writes
+/// alone.
+pub async fn serialize_endpoint_creates(tx: &mut crate::Tx, scope: &TenantScope) -> Result<()> {
+    if tx.dialect() == crate::Dialect::Postgres {
+        sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(scope.tenant_id().to_string())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 fn subscription_stmts(tenant: &str, endpoint_id: &str, events: &[String]) -> Vec<Stmt> {
     events
         .iter()

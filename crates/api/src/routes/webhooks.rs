@@ -202,9 +202,17 @@ pub async fn create(
     let event =
         event_for("webhook.created", &auth, &id, serde_json::json!({ "events": events, "ed25519": ed.is_some() }));
     stmts.push(palisade_audit::append_stmt(&event, &auth.ctx.audit, now).1);
-    if let Err(reason) = state.db.write_guarded(stmts).await? {
-        debug_assert_eq!(reason, "TOO_MANY_ENDPOINTS");
-        return Err(ApiError::conflict(format!("A tenant has at most {} webhook endpoints.", store::MAX_ENDPOINTS)));
+    let mut tx = state.db.begin().await?;
+    store::serialize_endpoint_creates(&mut tx, &scope).await?;
+    match tx.run(&stmts).await {
+        Ok(_) => tx.commit().await?,
+        Err(palisade_store::StoreError::Refused("TOO_MANY_ENDPOINTS")) => {
+            return Err(ApiError::conflict(format!(
+                "A tenant has at most {} webhook endpoints.",
+                store::MAX_ENDPOINTS
+            )));
+        }
+        Err(e) => return Err(e.into()),
     }
     let row = store::get_endpoint(state.db.reader(), &scope, &id).await?.ok_or_else(ApiError::not_found)?;
     Ok((StatusCode::CREATED, Json(WebhookView::of(row, Some(secret))?)))

@@ -32,6 +32,7 @@ backend_tests!(
     message_status_events_once_each,
     carrier_callback_moves_the_message,
     retention_keeps_pending_deliveries,
+    endpoint_cap_holds_under_racing_creates,
 );
 
 /// One request the receiver saw.
@@ -684,5 +685,21 @@ async fn retention_keeps_pending_deliveries(b: Backend) {
     let kept = deliveries(&srv, &t.token, &failing_id).await;
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0]["attempts"].as_array().unwrap().len(), 1);
+    srv.stop().await;
+}
+
+async fn endpoint_cap_holds_under_racing_creates(b: Backend) {
+    let srv = server(b).await;
+    let t = srv.tenant("Acme").await;
+    let create =
+        || srv.post("/v1/webhooks", &t.token, json!({"url": "http://127.0.0.1:9/hook", "events": ["webhook.test"]}));
+    for _ in 0..20 {
+        create().await.expect(201);
+    }
+    let race = futures_util::future::join_all((0..60).map(|_| create())).await;
+    assert_eq!(race.iter().filter(|r| r.status == 201).count(), 30);
+    assert!(race.iter().all(|r| r.status == 201 || (r.status == 409 && r.body["reason"] == "conflict")));
+    let list = srv.get("/v1/webhooks", &t.token).await.expect(200);
+    assert_eq!(list.body["data"].as_array().unwrap().len(), 50);
     srv.stop().await;
 }
