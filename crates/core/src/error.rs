@@ -92,7 +92,7 @@ impl ApiError {
     }
 
     pub fn frozen() -> Self {
-        Self::new(StatusCode::LOCKED, "frozen", "This account or credential is frozen by the operator.")
+        Self::new(StatusCode::LOCKED, "frozen", "This account, credential or identity is frozen.")
     }
 
     pub fn payload_too_large() -> Self {

@@ -23,10 +23,12 @@ pub struct IdentityRow {
     pub agent_token_prefix: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Who froze it (`sysadmin` or `tenant`), while it is frozen.
+    pub frozen_by: Option<String>,
 }
 
 const COLS: &str = "id, tenant_id, kind, number, country, name, rate_per_second, monthly_budget, \
-    allowed_countries, status, agent_token_prefix, created_at, updated_at";
+    allowed_countries, status, agent_token_prefix, created_at, updated_at, frozen_by";
 
 /// The policy fields, as stored.
 pub struct Policy<'a> {
@@ -144,18 +146,62 @@ pub async fn set_agent_token<'c>(
     Ok(r.rows_affected() == 1)
 }
 
-/// Freeze or unfreeze (operator); the identity's tenant, if it exists.
+/// Freeze or unfreeze (operator): a freeze becomes the operator's, an
+/// unfreeze lifts anyone's. The identity's tenant, if it exists.
 pub async fn set_status<'c>(
     ex: impl Executor<'c, Database = Any>,
     _proof: &SysadminProof,
     id: IdentityId,
     status: &str,
 ) -> Result<Option<String>> {
-    Ok(sqlx::query_scalar("UPDATE identities SET status = $1 WHERE id = $2 RETURNING tenant_id")
-        .bind(status)
-        .bind(id.to_string())
-        .fetch_optional(ex)
-        .await?)
+    Ok(sqlx::query_scalar(
+        "UPDATE identities SET status = $1, frozen_by = CASE WHEN $1 = 'frozen' THEN 'sysadmin' END \
+         WHERE id = $2 RETURNING tenant_id",
+    )
+    .bind(status)
+    .bind(id.to_string())
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// The tenant's own kill-switch: freezes its identity (an operator's
+/// freeze stays the operator's). False if there is no such identity.
+pub async fn freeze_own<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: IdentityId,
+    now: i64,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE identities SET status = 'frozen', frozen_by = COALESCE(frozen_by, 'tenant'), updated_at = $3 \
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(id.to_string())
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Lifts the tenant's own freeze (or does nothing to an active identity);
+/// false if the identity is missing or frozen by the operator.
+pub async fn unfreeze_own<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: IdentityId,
+    now: i64,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE identities SET status = 'active', frozen_by = NULL, updated_at = $3 \
+         WHERE tenant_id = $1 AND id = $2 AND (status = 'active' OR frozen_by = 'tenant')",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(id.to_string())
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
 }
 
 /// What authentication needs about an agent token's identity.
@@ -216,6 +262,7 @@ impl crate::FromSqlite for IdentityRow {
             agent_token_prefix: r.get(10)?,
             created_at: r.get(11)?,
             updated_at: r.get(12)?,
+            frozen_by: r.get(13)?,
         })
     }
 }

@@ -70,6 +70,10 @@ pub struct IdentityView {
     policy: PolicyInput,
     /// `active` or `frozen`.
     status: String,
+    /// Who froze it, while frozen: `tenant` (lifted by the tenant) or
+    /// `sysadmin` (lifted only by the operator).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frozen_by: Option<String>,
     /// First characters of the current agent token, if one was issued.
     #[serde(skip_serializing_if = "Option::is_none")]
     agent_token_prefix: Option<String>,
@@ -93,6 +97,7 @@ impl TryFrom<IdentityRow> for IdentityView {
                 allowed_countries,
             },
             status: r.status,
+            frozen_by: r.frozen_by,
             agent_token_prefix: r.agent_token_prefix,
             created_at: palisade_core::clock::rfc3339(r.created_at),
             updated_at: palisade_core::clock::rfc3339(r.updated_at),
@@ -322,4 +327,61 @@ pub async fn agent_token(
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(AgentTokenView { identity_id: id.to_string(), token, prefix })))
+}
+
+/// The tenant's kill-switch for one of its identities: from this moment it
+/// sends and calls nothing, and its agent token gets 423.
+#[utoipa::path(post, path = "/v1/identities/{id}/freeze", tag = "identities", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Identity id (UUID)")),
+    responses((status = 200, body = IdentityView), (status = 404, body = palisade_core::Problem)))]
+pub async fn freeze(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<IdentityId>,
+) -> Result<Json<IdentityView>, ApiError> {
+    set_own_status(state, auth, id, true).await
+}
+
+/// Lifts the tenant's own freeze; one the operator set stays (423).
+#[utoipa::path(post, path = "/v1/identities/{id}/unfreeze", tag = "identities", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Identity id (UUID)")),
+    responses((status = 200, body = IdentityView), (status = 404, body = palisade_core::Problem),
+        (status = 423, body = palisade_core::Problem)))]
+pub async fn unfreeze(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<IdentityId>,
+) -> Result<Json<IdentityView>, ApiError> {
+    set_own_status(state, auth, id, false).await
+}
+
+async fn set_own_status(
+    state: AppState,
+    auth: Auth,
+    id: IdentityId,
+    frozen: bool,
+) -> Result<Json<IdentityView>, ApiError> {
+    let scope = auth.scope(Permission::IdentitiesManage).await?;
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    let current = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
+    let changed = if frozen {
+        palisade_store::identities::freeze_own(&mut *tx, &scope, id, now).await?
+    } else {
+        palisade_store::identities::unfreeze_own(&mut *tx, &scope, id, now).await?
+    };
+    if !changed {
+        // It exists (read above, in this transaction): the operator froze it.
+        return Err(ApiError::new(
+            StatusCode::LOCKED,
+            "frozen",
+            "The operator froze this identity; only the operator can unfreeze it.",
+        ));
+    }
+    let action = if frozen { "identity.frozen" } else { "identity.unfrozen" };
+    let event = event_for(action, &auth, &current.id, &current.number);
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    let row = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
+    tx.commit().await?;
+    Ok(Json(row.try_into()?))
 }

@@ -49,6 +49,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(identities::create, identities::list))
         .routes(routes!(identities::get, identities::update, identities::remove))
         .routes(routes!(identities::agent_token))
+        .routes(routes!(identities::freeze))
+        .routes(routes!(identities::unfreeze))
         .routes(routes!(billing::balance))
         .routes(routes!(messages::create, messages::list))
         .routes(routes!(messages::get))

@@ -11,6 +11,7 @@ backend_tests!(
     identity_permissions,
     agent_token_acts_as_its_identity_only,
     frozen_identity_refuses_its_agent_token,
+    tenant_kill_switch_cannot_lift_the_operators,
     credits_top_up_and_balance,
 );
 
@@ -170,4 +171,64 @@ async fn credits_top_up_and_balance(b: Backend) {
     let e = s.events(&t.token, "action=credits.topped_up").await;
     assert_eq!(e.len(), 2);
     s.stop().await;
+}
+
+async fn tenant_kill_switch_cannot_lift_the_operators(b: Backend) {
+    let s = TestServer::start(b).await;
+    let t = s.tenant("Acme").await;
+    let id = s.post("/v1/identities", &t.token, json!({"number": "+34612345678"})).await.expect(201).body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", t.id), Some(json!({"amount": 100})))
+        .await
+        .expect(200);
+    let agent = s.post(&format!("/v1/identities/{id}/agent-token"), &t.token, json!({})).await.expect(201).body
+        ["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (freeze, unfreeze) = (format!("/v1/identities/{id}/freeze"), format!("/v1/identities/{id}/unfreeze"));
+
+    // The tenant's own kill-switch: at once, for its keys and its agent token.
+    let frozen = s.post(&freeze, &t.token, json!({})).await.expect(200);
+    assert_eq!((frozen.body["status"].as_str(), frozen.body["frozen_by"].as_str()), (Some("frozen"), Some("tenant")));
+    assert_eq!(send(&s, &t.token).await.expect(423).body["reason"], "frozen");
+    assert_eq!(s.get("/v1/me", &agent).await.expect(423).body["reason"], "frozen");
+    assert_eq!(s.get("/v1/balance", &t.token).await.expect(200).body["balance"], 100, "a refusal costs nothing");
+    // An agent token holds no kill-switch, not even its own.
+    let unfrozen = s.post(&unfreeze, &t.token, json!({})).await.expect(200);
+    assert_eq!(unfrozen.body["status"], "active");
+    assert!(unfrozen.body.get("frozen_by").is_none());
+    s.post(&freeze, &agent, json!({})).await.expect(403);
+    send(&s, &t.token).await.expect(201);
+    let (_, ro) = s.api_key(&t.token, json!({"name": "ro", "role": "read_only"})).await;
+    s.post(&freeze, &ro, json!({})).await.expect(403);
+
+    // The operator's freeze is the operator's to lift, even over the tenant's.
+    s.post(&freeze, &t.token, json!({})).await.expect(200);
+    s.admin(Method::POST, &format!("/sysadmin/v1/identities/{id}/freeze"), None).await.expect(200);
+    let r = s.post(&unfreeze, &t.token, json!({})).await.expect(423);
+    assert_eq!(r.body["reason"], "frozen");
+    let i = s.get(&format!("/v1/identities/{id}"), &t.token).await.expect(200).body;
+    assert_eq!((i["status"].as_str(), i["frozen_by"].as_str()), (Some("frozen"), Some("sysadmin")));
+    // Freezing again does not make it the tenant's.
+    s.post(&freeze, &t.token, json!({})).await.expect(200);
+    s.post(&unfreeze, &t.token, json!({})).await.expect(423);
+    assert_eq!(send(&s, &t.token).await.expect(423).body["reason"], "frozen");
+    s.admin(Method::POST, &format!("/sysadmin/v1/identities/{id}/unfreeze"), None).await.expect(200);
+    send(&s, &t.token).await.expect(201);
+    let actions: Vec<String> = s
+        .events(&t.token, "resource_type=identity")
+        .await
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .filter(|a| a.contains("frozen"))
+        .collect();
+    assert_eq!(actions.iter().filter(|a| *a == "identity.frozen").count(), 4, "{actions:?}");
+    s.stop().await;
+}
+
+async fn send(s: &TestServer, cred: &str) -> crate::common::Resp {
+    s.post("/v1/messages", cred, json!({"from": "+34612345678", "to": "+34699000111", "body": "hi"})).await
 }
