@@ -68,12 +68,20 @@ async fn calls_of_a_stopped_instance_are_ended(b: Backend) {
     s.halt().await;
     s.clock.advance_ms(120_000);
     s.resume().await;
-    // (The background sweep waits for a minute of heartbeats by the clock,
-    // which stands still here.)
+    // The new instance sweeps once its heartbeats have worked for a minute
+    // (by its clock, which stands still here until moved).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let still = s.get(&format!("/v1/calls/{id}"), &token).await.expect(200).body;
     assert_eq!(still["status"], "in_progress");
-    palisade_api::recovery::sweep(s.state()).await;
-    let ended = s.get(&format!("/v1/calls/{id}"), &token).await.expect(200).body;
+    s.clock.advance_ms(61_000);
+    let mut ended = still;
+    for _ in 0..150 {
+        ended = s.get(&format!("/v1/calls/{id}"), &token).await.expect(200).body;
+        if ended["status"] != "in_progress" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!((ended["status"].as_str(), ended["error_code"].as_str()), (Some("failed"), Some("interrupted")));
     // Billed up to the last moment it was known live (its answer), not
     // for the two minutes nobody watched it: the prepaid minute.
