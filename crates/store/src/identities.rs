@@ -164,43 +164,25 @@ pub async fn set_status<'c>(
     .await?)
 }
 
-/// The tenant's own kill-switch: freezes its identity (an operator's
-/// freeze stays the operator's). False if there is no such identity.
-pub async fn freeze_own<'c>(
+/// The tenant's own kill-switch. A freeze keeps an operator's freeze the
+/// operator's; an unfreeze lifts only the tenant's own (and does nothing to
+/// an active identity). False if the identity is missing or, for an
+/// unfreeze, frozen by the operator.
+pub async fn set_own_status<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
     id: IdentityId,
+    frozen: bool,
     now: i64,
 ) -> Result<bool> {
-    let r = sqlx::query(
+    let sql = if frozen {
         "UPDATE identities SET status = 'frozen', frozen_by = COALESCE(frozen_by, 'tenant'), updated_at = $3 \
-         WHERE tenant_id = $1 AND id = $2",
-    )
-    .bind(scope.tenant_id().to_string())
-    .bind(id.to_string())
-    .bind(now)
-    .execute(ex)
-    .await?;
-    Ok(r.rows_affected() == 1)
-}
-
-/// Lifts the tenant's own freeze (or does nothing to an active identity);
-/// false if the identity is missing or frozen by the operator.
-pub async fn unfreeze_own<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-    id: IdentityId,
-    now: i64,
-) -> Result<bool> {
-    let r = sqlx::query(
+         WHERE tenant_id = $1 AND id = $2"
+    } else {
         "UPDATE identities SET status = 'active', frozen_by = NULL, updated_at = $3 \
-         WHERE tenant_id = $1 AND id = $2 AND (status = 'active' OR frozen_by = 'tenant')",
-    )
-    .bind(scope.tenant_id().to_string())
-    .bind(id.to_string())
-    .bind(now)
-    .execute(ex)
-    .await?;
+         WHERE tenant_id = $1 AND id = $2 AND (status = 'active' OR frozen_by = 'tenant')"
+    };
+    let r = sqlx::query(sql).bind(scope.tenant_id().to_string()).bind(id.to_string()).bind(now).execute(ex).await?;
     Ok(r.rows_affected() == 1)
 }
 

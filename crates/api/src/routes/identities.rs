@@ -365,12 +365,7 @@ async fn set_own_status(
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
     let current = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
-    let changed = if frozen {
-        palisade_store::identities::freeze_own(&mut *tx, &scope, id, now).await?
-    } else {
-        palisade_store::identities::unfreeze_own(&mut *tx, &scope, id, now).await?
-    };
-    if !changed {
+    if !palisade_store::identities::set_own_status(&mut *tx, &scope, id, frozen, now).await? {
         // It exists (read above, in this transaction): the operator froze it.
         return Err(ApiError::new(
             StatusCode::LOCKED,
