@@ -23,12 +23,14 @@ pub struct IdentityRow {
     pub agent_token_prefix: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
-    /// Who froze it (`sysadmin` or `tenant`), while it is frozen.
-    pub frozen_by: Option<String>,
+    /// Whether the operator holds a freeze on it (1) or not (0).
+    pub operator_frozen: i64,
+    /// Whether its tenant holds a freeze on it (1) or not (0).
+    pub tenant_frozen: i64,
 }
 
 const COLS: &str = "id, tenant_id, kind, number, country, name, rate_per_second, monthly_budget, \
-    allowed_countries, status, agent_token_prefix, created_at, updated_at, frozen_by";
+    allowed_countries, status, agent_token_prefix, created_at, updated_at, operator_frozen, tenant_frozen";
 
 /// The policy fields, as stored.
 pub struct Policy<'a> {
@@ -113,8 +115,11 @@ pub async fn update<'c>(
     Ok(r.rows_affected() == 1)
 }
 
+/// Deletes an active identity: false if it is missing or frozen (deleting
+/// and registering the number again must not lift a freeze, even one set
+/// while the delete runs).
 pub async fn delete<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, id: IdentityId) -> Result<bool> {
-    let r = sqlx::query("DELETE FROM identities WHERE tenant_id = $1 AND id = $2")
+    let r = sqlx::query("DELETE FROM identities WHERE tenant_id = $1 AND id = $2 AND status = 'active'")
         .bind(scope.tenant_id().to_string())
         .bind(id.to_string())
         .execute(ex)
@@ -146,28 +151,31 @@ pub async fn set_agent_token<'c>(
     Ok(r.rows_affected() == 1)
 }
 
-/// Freeze or unfreeze (operator): a freeze becomes the operator's, an
-/// unfreeze lifts anyone's. The identity's tenant, if it exists.
+/// The operator's freeze, set or lifted; a freeze its tenant holds stays.
+/// The identity's tenant and resulting status, if it exists.
 pub async fn set_status<'c>(
     ex: impl Executor<'c, Database = Any>,
     _proof: &SysadminProof,
     id: IdentityId,
-    status: &str,
-) -> Result<Option<String>> {
-    Ok(sqlx::query_scalar(
-        "UPDATE identities SET status = $1, frozen_by = CASE WHEN $1 = 'frozen' THEN 'sysadmin' END \
-         WHERE id = $2 RETURNING tenant_id",
+    frozen: bool,
+    now: i64,
+) -> Result<Option<(String, String)>> {
+    Ok(sqlx::query_as(
+        "UPDATE identities SET operator_frozen = $1, updated_at = $3, \
+           status = CASE WHEN $1 = 1 OR tenant_frozen = 1 THEN 'frozen' ELSE 'active' END \
+         WHERE id = $2 RETURNING tenant_id, status",
     )
-    .bind(status)
+    .bind(i64::from(frozen))
     .bind(id.to_string())
+    .bind(now)
     .fetch_optional(ex)
     .await?)
 }
 
-/// The tenant's own kill-switch. A freeze keeps an operator's freeze the
-/// operator's; an unfreeze lifts only the tenant's own (and does nothing to
-/// an active identity). False if the identity is missing or, for an
-/// unfreeze, frozen by the operator.
+/// The tenant's own freeze, set or lifted; the operator's stays. Lifting
+/// is refused (false) while the operator holds one; a frozen identity
+/// with neither mark was frozen by the operator before the marks existed.
+/// False also if there is no such identity.
 pub async fn set_own_status<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
@@ -175,14 +183,18 @@ pub async fn set_own_status<'c>(
     frozen: bool,
     now: i64,
 ) -> Result<bool> {
-    let sql = if frozen {
-        "UPDATE identities SET status = 'frozen', frozen_by = COALESCE(frozen_by, 'tenant'), updated_at = $3 \
-         WHERE tenant_id = $1 AND id = $2"
-    } else {
-        "UPDATE identities SET status = 'active', frozen_by = NULL, updated_at = $3 \
-         WHERE tenant_id = $1 AND id = $2 AND (status = 'active' OR frozen_by = 'tenant')"
-    };
-    let r = sqlx::query(sql).bind(scope.tenant_id().to_string()).bind(id.to_string()).bind(now).execute(ex).await?;
+    let r = sqlx::query(
+        "UPDATE identities SET tenant_frozen = $3, updated_at = $4, \
+           status = CASE WHEN $3 = 1 OR operator_frozen = 1 THEN 'frozen' ELSE 'active' END \
+         WHERE tenant_id = $1 AND id = $2 \
+           AND ($3 = 1 OR (operator_frozen = 0 AND (status = 'active' OR tenant_frozen = 1)))",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(id.to_string())
+    .bind(i64::from(frozen))
+    .bind(now)
+    .execute(ex)
+    .await?;
     Ok(r.rows_affected() == 1)
 }
 
@@ -244,7 +256,8 @@ impl crate::FromSqlite for IdentityRow {
             agent_token_prefix: r.get(10)?,
             created_at: r.get(11)?,
             updated_at: r.get(12)?,
-            frozen_by: r.get(13)?,
+            operator_frozen: r.get(13)?,
+            tenant_frozen: r.get(14)?,
         })
     }
 }

@@ -70,10 +70,10 @@ pub struct IdentityView {
     policy: PolicyInput,
     /// `active` or `frozen`.
     status: String,
-    /// Who froze it, while frozen: `tenant` (lifted by the tenant) or
-    /// `sysadmin` (lifted only by the operator).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    frozen_by: Option<String>,
+    /// Who holds a freeze on it: `sysadmin` (lifted only by the operator)
+    /// and/or `tenant` (lifted only by the tenant). Absent when active.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    frozen_by: Vec<String>,
     /// First characters of the current agent token, if one was issued.
     #[serde(skip_serializing_if = "Option::is_none")]
     agent_token_prefix: Option<String>,
@@ -97,7 +97,10 @@ impl TryFrom<IdentityRow> for IdentityView {
                 allowed_countries,
             },
             status: r.status,
-            frozen_by: r.frozen_by,
+            frozen_by: [(r.operator_frozen != 0, "sysadmin"), (r.tenant_frozen != 0, "tenant")]
+                .into_iter()
+                .filter_map(|(held, by)| held.then(|| by.to_owned()))
+                .collect(),
             agent_token_prefix: r.agent_token_prefix,
             created_at: palisade_core::clock::rfc3339(r.created_at),
             updated_at: palisade_core::clock::rfc3339(r.updated_at),
@@ -292,7 +295,10 @@ pub async fn remove(
     if current.status != "active" {
         return Err(ApiError::frozen());
     }
-    palisade_store::identities::delete(&mut *tx, &scope, id).await?;
+    if !palisade_store::identities::delete(&mut *tx, &scope, id).await? {
+        // Frozen since it was read.
+        return Err(ApiError::frozen());
+    }
     let event = event_for("identity.deleted", &auth, &current.id, &current.number);
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await?;
@@ -366,16 +372,20 @@ async fn set_own_status(
     let mut tx = state.db.begin().await?;
     let current = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
     if !palisade_store::identities::set_own_status(&mut *tx, &scope, id, frozen, now).await? {
-        // It exists (read above, in this transaction): the operator froze it.
+        // Gone since it was read, or (an unfreeze) the operator holds a freeze.
+        palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
         return Err(ApiError::new(
             StatusCode::LOCKED,
             "frozen",
             "The operator froze this identity; only the operator can unfreeze it.",
         ));
     }
-    let action = if frozen { "identity.frozen" } else { "identity.unfrozen" };
-    let event = event_for(action, &auth, &current.id, &current.number);
-    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    // Only a change is an event (freezing twice records one freeze).
+    if (current.tenant_frozen != 0) != frozen {
+        let action = if frozen { "identity.frozen" } else { "identity.unfrozen" };
+        let event = event_for(action, &auth, &current.id, &current.number);
+        palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    }
     let row = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
     tx.commit().await?;
     Ok(Json(row.try_into()?))

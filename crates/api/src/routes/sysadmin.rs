@@ -321,17 +321,21 @@ async fn identity_status(
     id: IdentityId,
     frozen: bool,
 ) -> Result<Json<StatusView>, ApiError> {
-    let status = if frozen { "frozen" } else { "active" };
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
-    let tenant = palisade_store::identities::set_status(&mut *tx, &admin.proof, id, status)
+    let (tenant, status) = palisade_store::identities::set_status(&mut *tx, &admin.proof, id, frozen, now)
         .await?
         .ok_or_else(ApiError::not_found)?;
     let tenant = tenant.parse::<TenantId>().map_err(ApiError::internal)?;
     let action = if frozen { "identity.frozen" } else { "identity.unfrozen" };
-    let event = Event::new(action, Some(tenant), Actor::sysadmin()).resource("identity", id);
+    // After the operator's unfreeze the status says whether the tenant
+    // still holds a freeze of its own.
+    let event = Event::new(action, Some(tenant), Actor::sysadmin())
+        .resource("identity", id)
+        .details(serde_json::json!({ "status": status }));
     palisade_audit::append(&mut *tx, &event, &admin.ctx.audit, now).await?;
     tx.commit().await?;
+    let status = if status == "frozen" { "frozen" } else { "active" };
     Ok(Json(StatusView { id: id.to_string(), status }))
 }
 
