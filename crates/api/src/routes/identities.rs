@@ -99,7 +99,8 @@ impl TryFrom<IdentityRow> for IdentityView {
             status: r.status,
             frozen_by: [(r.operator_frozen != 0, "sysadmin"), (r.tenant_frozen != 0, "tenant")]
                 .into_iter()
-                .filter_map(|(held, by)| held.then(|| by.to_owned()))
+                .filter(|&(held, _)| held)
+                .map(|(_, by)| by.to_owned())
                 .collect(),
             agent_token_prefix: r.agent_token_prefix,
             created_at: palisade_core::clock::rfc3339(r.created_at),
