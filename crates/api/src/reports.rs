@@ -29,10 +29,17 @@ pub struct Report {
     pub at_ms: i64,
 }
 
+/// What the writer receives: a report, or a request to say when every
+/// report sent before it is written.
+enum Item {
+    Report(Report),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Where reports go; cheap to clone.
 #[derive(Clone)]
 pub struct Reports {
-    tx: mpsc::Sender<Report>,
+    tx: mpsc::Sender<Item>,
 }
 
 impl Reports {
@@ -49,39 +56,66 @@ impl Reports {
 
     pub async fn record(&self, r: Report) {
         let id = r.message_id.clone();
-        if self.tx.send(r).await.is_err() {
+        if self.tx.send(Item::Report(r)).await.is_err() {
             tracing::error!(message = id, "carrier report dropped: the report writer has stopped");
+        }
+    }
+
+    /// Returns once every report recorded before this call is written.
+    pub async fn flush(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.tx.send(Item::Flush(done)).await.is_ok() {
+            let _ = written.await;
         }
     }
 }
 
-async fn run(db: Db, mut rx: mpsc::Receiver<Report>, wake: std::sync::Arc<tokio::sync::Notify>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let latest = latest_per_message(&batch);
-        // Every report that moves its message is an event for the tenant's
-        // webhooks (a tenant may subscribe to `message.sent` alone), queued
-        // with the status change and before it in the list (its condition
-        // reads the status the change starts from).
-        let mut seen = std::collections::HashSet::with_capacity(batch.len());
-        let listening = tenants_listening(&db, &batch).await;
-        let events: Vec<_> = batch
-            .iter()
-            .filter(|r| listening.as_ref().is_none_or(|l| l.contains(&r.scope.tenant_id().to_string())))
-            .filter(|r| seen.insert((r.message_id.as_str(), r.status)))
-            .map(webhook_event)
-            .collect();
-        let mut stmts = palisade_store::webhooks::enqueue_stmts(&events);
-        let enqueues = stmts.len();
-        stmts.extend(palisade_store::messages::set_status_stmts(&latest));
-        // A report that arrives after the message settled changes no row.
-        // The worker is woken only for deliveries to make: most tenants
-        // have no endpoint, and each wake costs it a claim.
-        let rows = write_with_retries(&db, stmts, batch.len()).await;
-        if rows.iter().take(enqueues).any(|&n| n > 0) {
-            wake.notify_one();
+async fn run(db: Db, mut rx: mpsc::Receiver<Item>, wake: std::sync::Arc<tokio::sync::Notify>) {
+    let (mut items, mut batch, mut flushes) =
+        (Vec::with_capacity(MAX_BATCH), Vec::with_capacity(MAX_BATCH), Vec::new());
+    while rx.recv_many(&mut items, MAX_BATCH).await > 0 {
+        for item in items.drain(..) {
+            match item {
+                Item::Report(r) => batch.push(r),
+                Item::Flush(done) => flushes.push(done),
+            }
         }
-        batch.clear();
+        if !batch.is_empty() {
+            write_batch(&db, &batch, &wake).await;
+            batch.clear();
+        }
+        // Every report received before a flush request is in this batch or
+        // an earlier one.
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// One batch: the webhook events it moves and the status changes.
+async fn write_batch(db: &Db, batch: &[Report], wake: &tokio::sync::Notify) {
+    let latest = latest_per_message(batch);
+    // Every report that moves its message is an event for the tenant's
+    // webhooks (a tenant may subscribe to `message.sent` alone), queued
+    // with the status change and before it in the list (its condition
+    // reads the status the change starts from).
+    let mut seen = std::collections::HashSet::with_capacity(batch.len());
+    let listening = tenants_listening(db, batch).await;
+    let events: Vec<_> = batch
+        .iter()
+        .filter(|r| listening.as_ref().is_none_or(|l| l.contains(&r.scope.tenant_id().to_string())))
+        .filter(|r| seen.insert((r.message_id.as_str(), r.status)))
+        .map(webhook_event)
+        .collect();
+    let mut stmts = palisade_store::webhooks::enqueue_stmts(&events);
+    let enqueues = stmts.len();
+    stmts.extend(palisade_store::messages::set_status_stmts(&latest));
+    // A report that arrives after the message settled changes no row.
+    // The worker is woken only for deliveries to make: most tenants
+    // have no endpoint, and each wake costs it a claim.
+    let rows = write_with_retries(db, stmts, batch.len()).await;
+    if rows.iter().take(enqueues).any(|&n| n > 0) {
+        wake.notify_one();
     }
 }
 

@@ -24,6 +24,9 @@ pub struct Services {
     pub argon2: crate::ops::Argon2Slots,
     pub carrier: Arc<dyn palisade_comms::Carrier>,
     pub reports: crate::reports::Reports,
+    /// Messages being handed to the carrier: a graceful stop waits for them
+    /// (and then for their reports to be written).
+    pub deliveries: tokio_util::task::TaskTracker,
     /// The only way out to tenants' webhook URLs (SSRF-guarded).
     pub webhook_client: Arc<palisade_webhooks::client::WebhookClient>,
     /// Seals endpoint secrets at rest.

@@ -83,6 +83,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         argon2,
         carrier,
         reports,
+        deliveries: tokio_util::task::TaskTracker::new(),
         webhook_client,
         sealer,
         webhook_wake,
@@ -222,6 +223,10 @@ fn audit_log(config: &Config, db: &Db) -> anyhow::Result<Arc<palisade_audit::log
     Ok(palisade_audit::log::AuditLog::new(db.clone(), audit_signer(config)?, checkpoint_file(config)))
 }
 
+/// How long a stop waits for hand-overs to the carrier, then for their
+/// reports to be written.
+const DRAIN: Duration = Duration::from_secs(10);
+
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
@@ -237,6 +242,16 @@ impl Running {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        // No request is in flight any more: let the hand-overs to the
+        // carrier finish and their reports be written, so a deploy leaves
+        // no message that looks never sent (recovery would refund it).
+        self.state.deliveries.close();
+        if tokio::time::timeout(DRAIN, self.state.deliveries.wait()).await.is_err() {
+            tracing::warn!(left = self.state.deliveries.len(), "stopping with messages still being handed over");
+        }
+        if tokio::time::timeout(DRAIN, self.state.reports.flush()).await.is_err() {
+            tracing::warn!("stopping with carrier reports not yet written");
+        }
         // The integrator writes the shutdown checkpoint before it ends.
         let _ = self.integrator.await;
         self.state.db.close().await;

@@ -187,7 +187,8 @@ pub async fn create(
 /// Hands the message to the carrier and records what it reports. Carrier
 /// errors are kept as stable codes; a carrier's own words stay in the log.
 fn deliver(state: AppState, scope: TenantScope, m: OutboundMessage) {
-    tokio::spawn(async move {
+    let tracker = state.deliveries.clone();
+    tracker.spawn(async move {
         let carrier = state.carrier.clone();
         let report = |status, error_code, carrier_ref| Report {
             scope: scope.clone(),

@@ -14,6 +14,7 @@ backend_tests!(
     calls_of_a_stopped_instance_are_ended,
     another_live_instance_keeps_its_calls,
     messages_a_stop_kept_from_the_carrier_are_refunded,
+    a_graceful_stop_lets_messages_reach_the_carrier,
 );
 
 const FROM: &str = "+34612345678";
@@ -188,5 +189,26 @@ async fn another_live_instance_keeps_its_calls(b: Backend) {
     let c = s.get(&format!("/v1/calls/{id}"), &token).await.expect(200).body;
     assert_eq!((c["status"].as_str(), c["error_code"].as_str()), (Some("failed"), Some("interrupted")));
     assert_eq!(balance(&s, &token).await, 90);
+    s.stop().await;
+}
+
+async fn a_graceful_stop_lets_messages_reach_the_carrier(b: Backend) {
+    let mut s = server(b).await;
+    let (token, _) = tenant(&s, json!({})).await;
+    let sends =
+        (0..10).map(|i| s.post("/v1/messages", &token, json!({"from": FROM, "to": TO, "body": format!("m{i}")})));
+    let ids: Vec<String> = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|r| r.expect(201).body["id"].as_str().unwrap().to_owned())
+        .collect();
+    // Stopped at once: the hand-overs finish and their reports are written
+    // before the stop returns.
+    s.halt().await;
+    s.resume().await;
+    for id in &ids {
+        let m = s.get(&format!("/v1/messages/{id}"), &token).await.expect(200).body;
+        assert_eq!(m["status"], "delivered", "{m}");
+    }
     s.stop().await;
 }
