@@ -9,12 +9,15 @@
 //! Instances compare heartbeats written by their own clocks: keep clocks
 //! in sync (NTP).
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_audit::Event;
 use palisade_core::principal::Actor;
 use palisade_core::{ApiError, TenantId, TenantScope};
 
+use crate::routes::calls::{end_at, Ended};
 use crate::state::AppState;
 
 /// How often an instance notes that it runs and looks for what others left.
@@ -43,40 +46,45 @@ pub async fn register(state: &AppState) -> Result<(), palisade_store::StoreError
 /// (and the carrier reports held back meanwhile must have been written
 /// before a queued message counts as never handed over).
 pub fn spawn(state: AppState, stop: tokio::sync::watch::Receiver<bool>) {
-    let healthy_since = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
-    let every = |state: AppState, mut stop: tokio::sync::watch::Receiver<bool>, job: Job| {
-        let healthy_since = healthy_since.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => job(&state, &healthy_since).await,
-                    _ = stop.changed() => break,
-                }
+    let healthy_since = Arc::new(AtomicI64::new(0));
+    let (s, h) = (state.clone(), healthy_since.clone());
+    every_beat(stop.clone(), move || {
+        let (s, h) = (s.clone(), h.clone());
+        async move { beat(&s, &h).await }
+    });
+    every_beat(stop, move || {
+        let (s, h) = (state.clone(), healthy_since.clone());
+        async move {
+            let since = h.load(Ordering::Relaxed);
+            if since != 0 && s.now_ms() - since >= INSTANCE_GONE_MS {
+                sweep(&s).await;
             }
-        });
-    };
-    every(state.clone(), stop.clone(), |state, healthy_since| Box::pin(beat(state, healthy_since)));
-    every(state, stop, |state, healthy_since| {
-        Box::pin(async move {
-            let since = healthy_since.load(std::sync::atomic::Ordering::Relaxed);
-            if since != 0 && state.now_ms() - since >= INSTANCE_GONE_MS {
-                sweep(state).await;
-            }
-        })
+        }
     });
 }
 
-type Job = for<'a> fn(
-    &'a AppState,
-    &'a std::sync::atomic::AtomicI64,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+/// Runs `job` every [`HEARTBEAT`] (the first at once) until `stop`.
+fn every_beat<F, Fut>(mut stop: tokio::sync::watch::Receiver<bool>, mut job: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => job().await,
+                _ = stop.changed() => break,
+            }
+        }
+    });
+}
 
 /// Notes that this instance runs; `healthy_since` is when the current run
 /// of successful heartbeats began (0 after a failure).
-async fn beat(state: &AppState, healthy_since: &std::sync::atomic::AtomicI64) {
-    use std::sync::atomic::Ordering::Relaxed;
+async fn beat(state: &AppState, healthy_since: &AtomicI64) {
+    use Ordering::Relaxed;
     let now = state.now_ms();
     match palisade_store::recovery::heartbeat(&state.db, &state.instance_id, now).await {
         Ok(()) => {
@@ -135,16 +143,8 @@ async fn end_orphan_calls(state: &AppState, now: i64) -> usize {
             }
             let done = match scope_of(&o.tenant_id) {
                 Ok(scope) => {
-                    crate::routes::calls::end_at(
-                        state,
-                        &scope,
-                        &o.id,
-                        "failed",
-                        Some(INTERRUPTED),
-                        None,
-                        (at, Some(before)),
-                    )
-                    .await
+                    let ended = Ended { at, unless_seen_since: Some(before) };
+                    end_at(state, &scope, &o.id, "failed", Some(INTERRUPTED), None, ended).await
                 }
                 Err(e) => Err(e),
             };

@@ -224,15 +224,20 @@ async fn end(
     code: Option<&str>,
     by: Option<(Actor, &palisade_audit::Context)>,
 ) -> Result<Option<CdrRow>, ApiError> {
-    let now = state.now_ms();
-    end_at(state, scope, id, status, code, by, (now, None)).await
+    end_at(state, scope, id, status, code, by, Ended { at: state.now_ms(), unless_seen_since: None }).await
+}
+
+/// When a call ended.
+pub(crate) struct Ended {
+    /// Its duration stops here; its records are written as of now.
+    pub at: i64,
+    /// Recovery: end it only if its instance has not been seen since then.
+    pub unless_seen_since: Option<i64>,
 }
 
 /// Ends a live call in one transaction: its status, its slot, the rest of
 /// its charge (or the refund of an unanswered one), its CDR and the audit
-/// event. `None` when it had already ended. `ended.0` is when it ended
-/// (its duration stops there; the records are written as of now); with
-/// `ended.1`, only if its instance has not been seen since then.
+/// event. `None` when it had already ended.
 pub(crate) async fn end_at(
     state: &AppState,
     scope: &TenantScope,
@@ -240,9 +245,9 @@ pub(crate) async fn end_at(
     status: &str,
     code: Option<&str>,
     by: Option<(Actor, &palisade_audit::Context)>,
-    ended: (i64, Option<i64>),
+    ended: Ended,
 ) -> Result<Option<CdrRow>, ApiError> {
-    let ((at, unseen_since), now) = (ended, state.now_ms());
+    let (Ended { at, unless_seen_since: unseen_since }, now) = (ended, state.now_ms());
     let mut tx = state.db.begin().await?;
     let Some(call) = palisade_store::calls::finish(&mut *tx, scope, id, status, code, at, now, unseen_since).await?
     else {
