@@ -126,15 +126,8 @@ async fn agent_token_acts_as_its_identity_only(b: Backend) {
 async fn frozen_identity_refuses_its_agent_token(b: Backend) {
     let s = TestServer::start(b).await;
     let t = s.tenant("Acme").await;
-    let id = s.post("/v1/identities", &t.token, json!({"number": "+34612345678"})).await.expect(201).body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let token = s.post(&format!("/v1/identities/{id}/agent-token"), &t.token, json!({})).await.expect(201).body
-        ["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = new_identity(&s, &t.token).await;
+    let token = agent_token(&s, &t.token, &id).await;
     s.admin(Method::POST, &format!("/sysadmin/v1/identities/{id}/freeze"), None).await.expect(200);
     let r = s.get("/v1/me", &token).await.expect(423);
     assert_eq!(r.body["reason"], "frozen");
@@ -176,18 +169,11 @@ async fn credits_top_up_and_balance(b: Backend) {
 async fn tenant_kill_switch_cannot_lift_the_operators(b: Backend) {
     let s = TestServer::start(b).await;
     let t = s.tenant("Acme").await;
-    let id = s.post("/v1/identities", &t.token, json!({"number": "+34612345678"})).await.expect(201).body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = new_identity(&s, &t.token).await;
     s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", t.id), Some(json!({"amount": 100})))
         .await
         .expect(200);
-    let agent = s.post(&format!("/v1/identities/{id}/agent-token"), &t.token, json!({})).await.expect(201).body
-        ["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let agent = agent_token(&s, &t.token, &id).await;
     let (freeze, unfreeze) = (format!("/v1/identities/{id}/freeze"), format!("/v1/identities/{id}/unfreeze"));
 
     // The tenant's own kill-switch: at once, for its keys and its agent token.
@@ -240,4 +226,16 @@ async fn tenant_kill_switch_cannot_lift_the_operators(b: Backend) {
 
 async fn send(s: &TestServer, cred: &str) -> crate::common::Resp {
     s.post("/v1/messages", cred, json!({"from": "+34612345678", "to": "+34699000111", "body": "hi"})).await
+}
+
+/// A number identity for the tenant; its id.
+async fn new_identity(s: &TestServer, cred: &str) -> String {
+    let r = s.post("/v1/identities", cred, json!({"number": "+34612345678"})).await.expect(201);
+    r.body["id"].as_str().unwrap().to_owned()
+}
+
+/// A new agent token for identity `id`.
+async fn agent_token(s: &TestServer, cred: &str, id: &str) -> String {
+    let r = s.post(&format!("/v1/identities/{id}/agent-token"), cred, json!({})).await.expect(201);
+    r.body["token"].as_str().unwrap().to_owned()
 }
