@@ -539,7 +539,7 @@ fn caller_key(p: &Principal) -> Key {
     let id = match p.kind() {
         PrincipalKind::User { user_id, .. } => user_id.0,
         PrincipalKind::ApiKey { key_id, .. } => key_id.0,
-        PrincipalKind::Agent { identity_id } => identity_id.0,
+        PrincipalKind::Agent { identity_id, .. } => identity_id.0,
     };
     Key::uuid(Kind::Waf, id)
 }

@@ -10,11 +10,12 @@ use http::{header, HeaderMap};
 use palisade_audit::{Context, Event};
 use palisade_auth::token::{ct_eq, sha256, sha256_hex};
 use palisade_auth::Credential;
-use palisade_core::principal::SysadminProof;
+use palisade_core::principal::{Restrictions, SysadminProof};
 use palisade_core::{
     ApiError, ApiKeyId, IdentityId, Permission, PermissionSet, Principal, PrincipalKind, Role, TenantId, TenantScope,
     UserId,
 };
+use palisade_store::api_keys::Lineage;
 use serde::de::DeserializeOwned;
 
 use crate::abuse::{AddressPass, CallerKey, Class};
@@ -122,7 +123,7 @@ impl FromRequestParts<AppState> for Auth {
                 throttled(state, parts, &ctx, "api_key", checked).await?
             }
             Credential::AgentToken(t) => {
-                throttled(state, parts, &ctx, "agent_token", authenticate_agent(state, t)).await?
+                throttled(state, parts, &ctx, "agent_token", authenticate_agent(state, t, &ctx, &parts.headers)).await?
             }
             // The master key is for /sysadmin only.
             Credential::MasterKey(_) | Credential::Malformed => return Err(ApiError::unauthenticated()),
@@ -214,36 +215,20 @@ async fn authenticate_api_key(
     let row = palisade_store::api_keys::find_by_hash(&state.db, &sha256_hex(key), now)
         .await?
         .ok_or_else(ApiError::unauthenticated)?;
-    if row.revoked_at.is_some() || row.expires_at.is_some_and(|e| e <= now) {
+    if row.revoked_at.is_some() {
         return Err(ApiError::unauthenticated());
     }
-    let ips: Vec<String> = serde_json::from_str(&row.allowed_ips).map_err(ApiError::internal)?;
-    if !ips.is_empty() {
-        let nets = palisade_guard::net::parse_cidrs(ips.iter().map(String::as_str)).map_err(ApiError::internal)?;
-        if !palisade_guard::net::in_any(ctx.client_ip, &nets) {
-            return Err(ApiError::unauthenticated());
-        }
-    }
-    let origins: Vec<String> = serde_json::from_str(&row.allowed_origins).map_err(ApiError::internal)?;
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        if !origins.is_empty() && !origins.iter().any(|o| o.as_bytes() == origin.as_bytes()) {
-            return Err(ApiError::unauthenticated());
-        }
-    }
+    let restrictions = restrictions_of(&row.allowed_ips, &row.allowed_origins, row.expires_at)?;
+    admit(&restrictions, ctx, headers, now)?;
     if row.status != "active" || row.tenant_status.as_deref() != Some("active") {
         return Err(ApiError::frozen());
     }
     let tenant_id = TenantId::from_str(&row.tenant_id).map_err(ApiError::internal)?;
     let key_id = ApiKeyId::from_str(&row.id).map_err(ApiError::internal)?;
-    let names: Vec<String> = serde_json::from_str(&row.permissions).map_err(ApiError::internal)?;
-    let mut permissions = PermissionSet::parse(names.iter().map(String::as_str)).map_err(ApiError::internal)?;
-    // A key never holds more than the person answerable for it holds now:
-    // a demotion narrows their keys, a removal disables them.
-    let owner_user_id = row.owner_user_id.as_deref().map(UserId::from_str).transpose().map_err(ApiError::internal)?;
-    if owner_user_id.is_some() {
-        let owner_role =
-            row.owner_role.as_deref().and_then(|r| Role::from_str(r).ok()).ok_or_else(ApiError::unauthenticated)?;
-        permissions = permissions.intersect(owner_role.permissions());
+    let (owner_user_id, permissions) =
+        answerable(&row.permissions, row.owner_user_id.as_deref(), row.owner_role.as_deref())?;
+    if let Some(parent) = row.parent_key_id.as_deref() {
+        lineage_live(state, tenant_id, parent, now).await?;
     }
     if row.last_used_at.is_none_or(|t| t < now - 60_000) {
         let state = state.clone();
@@ -259,23 +244,104 @@ async fn authenticate_api_key(
             }
         });
     }
-    let principal = Principal::authenticated(tenant_id, PrincipalKind::ApiKey { key_id, owner_user_id }, permissions);
+    let principal = Principal::authenticated(tenant_id, PrincipalKind::ApiKey { key_id, owner_user_id }, permissions)
+        .with_restrictions(restrictions);
     Ok((principal, row.tenant_limits))
 }
 
-/// An agent token acts as its one identity, with the agent permissions.
-/// A frozen identity or tenant is 423 at once.
-async fn authenticate_agent(state: &AppState, token: &str) -> Result<Authenticated, ApiError> {
+/// An agent token acts as its one identity, with at most what its minter
+/// could give it, for as long as its minter may act. A frozen identity or
+/// tenant is 423 at once.
+async fn authenticate_agent(
+    state: &AppState,
+    token: &str,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+) -> Result<Authenticated, ApiError> {
+    let now = state.now_ms();
     let row = palisade_store::identities::find_by_agent_token(state.db.reader(), &sha256_hex(token))
         .await?
         .ok_or_else(ApiError::unauthenticated)?;
+    let restrictions = restrictions_of(&row.allowed_ips, &row.allowed_origins, row.expires_at)?;
+    admit(&restrictions, ctx, headers, now)?;
     if row.status != "active" || row.tenant_status != "active" {
         return Err(ApiError::frozen());
     }
     let tenant_id = TenantId::from_str(&row.tenant_id).map_err(ApiError::internal)?;
     let identity_id = IdentityId::from_str(&row.id).map_err(ApiError::internal)?;
-    let principal = Principal::authenticated(tenant_id, PrincipalKind::Agent { identity_id }, PermissionSet::agent());
+    let (owner_user_id, permissions) =
+        answerable(&row.permissions, row.owner_user_id.as_deref(), row.owner_role.as_deref())?;
+    let minted_by_key = row.key_id.as_deref().map(ApiKeyId::from_str).transpose().map_err(ApiError::internal)?;
+    if let Some(key) = row.key_id.as_deref() {
+        lineage_live(state, tenant_id, key, now).await?;
+    }
+    // Whatever was stored, an agent token never holds more than an agent may.
+    let permissions = permissions.intersect(PermissionSet::agent());
+    let principal = Principal::authenticated(
+        tenant_id,
+        PrincipalKind::Agent { identity_id, owner_user_id, minted_by_key },
+        permissions,
+    )
+    .with_restrictions(restrictions);
     Ok((principal, row.tenant_limits))
+}
+
+/// A credential's stored restrictions.
+fn restrictions_of(ips: &str, origins: &str, expires_at: Option<i64>) -> Result<Restrictions, ApiError> {
+    Ok(Restrictions {
+        allowed_ips: serde_json::from_str(ips).map_err(ApiError::internal)?,
+        allowed_origins: serde_json::from_str(origins).map_err(ApiError::internal)?,
+        expires_at,
+    })
+}
+
+/// An expired credential, or one used from an address outside its
+/// `allowed_ips` or with an `Origin` outside its `allowed_origins`, is
+/// unknown (401).
+fn admit(r: &Restrictions, ctx: &Ctx, headers: &HeaderMap, now: i64) -> Result<(), ApiError> {
+    if r.expires_at.is_some_and(|e| e <= now) {
+        return Err(ApiError::unauthenticated());
+    }
+    if !r.allowed_ips.is_empty() {
+        let nets =
+            palisade_guard::net::parse_cidrs(r.allowed_ips.iter().map(String::as_str)).map_err(ApiError::internal)?;
+        if !palisade_guard::net::in_any(ctx.client_ip, &nets) {
+            return Err(ApiError::unauthenticated());
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        if !r.allowed_origins.is_empty() && !r.allowed_origins.iter().any(|o| o.as_bytes() == origin.as_bytes()) {
+            return Err(ApiError::unauthenticated());
+        }
+    }
+    Ok(())
+}
+
+/// A minted credential never holds more than the person answerable for it
+/// holds now: a demotion narrows it, a removal ends it.
+fn answerable(
+    stored: &str,
+    owner: Option<&str>,
+    owner_role: Option<&str>,
+) -> Result<(Option<UserId>, PermissionSet), ApiError> {
+    let names: Vec<String> = serde_json::from_str(stored).map_err(ApiError::internal)?;
+    let permissions = PermissionSet::parse(names.iter().map(String::as_str)).map_err(ApiError::internal)?;
+    let Some(owner) = owner else { return Ok((None, permissions)) };
+    let owner = UserId::from_str(owner).map_err(ApiError::internal)?;
+    let role = owner_role.and_then(|r| Role::from_str(r).ok()).ok_or_else(ApiError::unauthenticated)?;
+    Ok((Some(owner), permissions.intersect(role.permissions())))
+}
+
+/// The key that minted a credential, and every key above it, still work:
+/// one revoked or expired ends it (401), one frozen suspends it (423).
+async fn lineage_live(state: &AppState, tenant_id: TenantId, key: &str, now: i64) -> Result<(), ApiError> {
+    let key = ApiKeyId::from_str(key).map_err(ApiError::internal)?;
+    let scope = TenantScope::for_system(tenant_id);
+    match palisade_store::api_keys::lineage(state.db.reader(), &scope, key, now).await? {
+        Lineage::Live => Ok(()),
+        Lineage::Frozen => Err(ApiError::frozen()),
+        Lineage::Ended => Err(ApiError::unauthenticated()),
+    }
 }
 
 /// The operator, authenticated by the master key on `/sysadmin` routes only.

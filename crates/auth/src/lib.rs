@@ -2,6 +2,7 @@
 //! and policy, access-token (JWT) signing, and telling credential kinds apart.
 
 pub mod credential;
+pub mod grant;
 pub mod jwt;
 pub mod password;
 pub mod token;

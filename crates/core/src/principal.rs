@@ -11,6 +11,19 @@ pub struct Principal {
     tenant_id: TenantId,
     kind: PrincipalKind,
     permissions: PermissionSet,
+    restrictions: Restrictions,
+}
+
+/// Where and until when a credential works; an empty list is anywhere.
+/// What it mints can reach no further (see `palisade_auth::grant`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restrictions {
+    /// CIDRs, in their canonical form.
+    pub allowed_ips: Vec<String>,
+    /// Exact origins.
+    pub allowed_origins: Vec<String>,
+    /// Milliseconds since the epoch.
+    pub expires_at: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -20,12 +33,33 @@ pub enum PrincipalKind {
     /// An API key; `owner_user_id` is the person answerable for it.
     ApiKey { key_id: ApiKeyId, owner_user_id: Option<UserId> },
     /// An agent token: acts as one identity of the tenant, and only as it.
-    Agent { identity_id: IdentityId },
+    /// `owner_user_id` is the person answerable for it, `minted_by_key` the
+    /// key that minted it, if one did.
+    Agent { identity_id: IdentityId, owner_user_id: Option<UserId>, minted_by_key: Option<ApiKeyId> },
 }
 
 impl Principal {
     pub fn authenticated(tenant_id: TenantId, kind: PrincipalKind, permissions: PermissionSet) -> Self {
-        Self { tenant_id, kind, permissions }
+        Self { tenant_id, kind, permissions, restrictions: Restrictions::default() }
+    }
+
+    /// The credential's own restrictions (a person's are none: what they
+    /// mint answers to them instead).
+    pub fn with_restrictions(mut self, restrictions: Restrictions) -> Self {
+        self.restrictions = restrictions;
+        self
+    }
+
+    pub fn restrictions(&self) -> &Restrictions {
+        &self.restrictions
+    }
+
+    /// The person answerable for what this principal does and mints.
+    pub fn answerable_user(&self) -> Option<UserId> {
+        match &self.kind {
+            PrincipalKind::User { user_id, .. } => Some(*user_id),
+            PrincipalKind::ApiKey { owner_user_id, .. } | PrincipalKind::Agent { owner_user_id, .. } => *owner_user_id,
+        }
     }
 
     pub fn kind(&self) -> &PrincipalKind {
@@ -66,7 +100,7 @@ impl Principal {
         match &self.kind {
             PrincipalKind::User { user_id, .. } => Actor::user(*user_id),
             PrincipalKind::ApiKey { key_id, .. } => Actor::api_key(*key_id),
-            PrincipalKind::Agent { identity_id } => Actor::agent(*identity_id),
+            PrincipalKind::Agent { identity_id, .. } => Actor::agent(*identity_id),
         }
     }
 }

@@ -26,6 +26,8 @@ pub struct ApiKeyRow {
     pub last_used_at: Option<i64>,
     pub created_at: i64,
     pub prev_valid_until: Option<i64>,
+    /// The key that minted this one, if a key did: it works only while that one does.
+    pub parent_key_id: Option<String>,
     /// Filled only by [`find_by_hash`], which authentication uses.
     #[sqlx(default)]
     pub tenant_status: Option<String>,
@@ -39,7 +41,7 @@ pub struct ApiKeyRow {
 
 const COLS: &str =
     "id, tenant_id, name, prefix, permissions, role, created_by_type, created_by_id, owner_user_id, expires_at, \
-    allowed_ips, allowed_origins, status, revoked_at, last_used_at, created_at, prev_valid_until";
+    allowed_ips, allowed_origins, status, revoked_at, last_used_at, created_at, prev_valid_until, parent_key_id";
 
 pub struct NewApiKey<'a> {
     pub id: ApiKeyId,
@@ -52,6 +54,7 @@ pub struct NewApiKey<'a> {
     pub created_by_type: &'a str,
     pub created_by_id: Option<&'a str>,
     pub owner_user_id: Option<&'a str>,
+    pub parent_key_id: Option<&'a str>,
     pub expires_at: Option<i64>,
     /// JSON arrays.
     pub allowed_ips: &'a str,
@@ -64,8 +67,8 @@ pub struct NewApiKey<'a> {
 pub fn insert_stmt(scope: &TenantScope, k: &NewApiKey<'_>) -> crate::Stmt {
     crate::Stmt::new(
         "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, permissions, role, created_by_type, \
-         created_by_id, owner_user_id, expires_at, allowed_ips, allowed_origins, status, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'active', $14)",
+         created_by_id, owner_user_id, expires_at, allowed_ips, allowed_origins, status, created_at, parent_key_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'active', $14, $15)",
     )
     .bind(k.id.to_string())
     .bind(scope.tenant_id().to_string())
@@ -81,6 +84,7 @@ pub fn insert_stmt(scope: &TenantScope, k: &NewApiKey<'_>) -> crate::Stmt {
     .bind(k.allowed_ips)
     .bind(k.allowed_origins)
     .bind(k.now)
+    .bind(k.parent_key_id)
 }
 
 /// Authentication: finds the key by its hash (current, or previous within
@@ -124,9 +128,10 @@ impl crate::FromSqlite for ApiKeyRow {
             last_used_at: r.get(14)?,
             created_at: r.get(15)?,
             prev_valid_until: r.get(16)?,
-            tenant_status: r.get(17)?,
-            owner_role: r.get(18)?,
-            tenant_limits: r.get(19)?,
+            parent_key_id: r.get(17)?,
+            tenant_status: r.get(18)?,
+            owner_role: r.get(19)?,
+            tenant_limits: r.get(20)?,
         })
     }
 }
@@ -174,12 +179,9 @@ pub async fn rotate<'c>(
     Ok(r.rows_affected() == 1)
 }
 
-pub async fn revoke<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-    id: ApiKeyId,
-    now: i64,
-) -> Result<bool> {
+/// Revokes the key and every key below it (minted by it, or by one of
+/// those). False when no such key in the tenant.
+pub async fn revoke(tx: &mut crate::Tx, scope: &TenantScope, id: ApiKeyId, now: i64) -> Result<bool> {
     let r = sqlx::query(
         "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1), prev_key_hash = NULL, prev_valid_until = NULL \
          WHERE tenant_id = $2 AND id = $3",
@@ -187,9 +189,121 @@ pub async fn revoke<'c>(
     .bind(now)
     .bind(scope.tenant_id().to_string())
     .bind(id.to_string())
-    .execute(ex)
+    .execute(&mut **tx)
     .await?;
-    Ok(r.rows_affected() == 1)
+    if r.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "WITH RECURSIVE below (id, depth) AS ( \
+           SELECT id, 1 FROM api_keys WHERE tenant_id = $2 AND parent_key_id = $3 \
+           UNION SELECT k.id, b.depth + 1 FROM api_keys k JOIN below b ON k.parent_key_id = b.id \
+             WHERE k.tenant_id = $2 AND b.depth < $4) \
+         UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1), prev_key_hash = NULL, prev_valid_until = NULL \
+         WHERE tenant_id = $2 AND id IN (SELECT id FROM below)",
+    )
+    .bind(now)
+    .bind(scope.tenant_id().to_string())
+    .bind(id.to_string())
+    .bind(MAX_LINEAGE)
+    .execute(&mut **tx)
+    .await?;
+    Ok(true)
+}
+
+/// How many keys may stand above one (a child of a child …). Deeper
+/// chains are refused at creation; a longer walk means a corrupt chain.
+pub const MAX_LINEAGE: i64 = 8;
+
+/// Whether a key and every key above it still work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lineage {
+    Live,
+    /// One of them is frozen by the operator.
+    Frozen,
+    /// One of them is revoked, expired, missing, or the chain is too long.
+    Ended,
+}
+
+#[derive(sqlx::FromRow)]
+struct Link {
+    parent_key_id: Option<String>,
+    status: String,
+    revoked_at: Option<i64>,
+    expires_at: Option<i64>,
+}
+
+/// Walks from `id` up through the keys that minted it.
+pub async fn lineage<'c, E>(ex: E, scope: &TenantScope, id: ApiKeyId, now: i64) -> Result<Lineage>
+where
+    E: Executor<'c, Database = Any> + Copy,
+{
+    let mut next = Some(id.to_string());
+    let mut frozen = false;
+    for _ in 0..=MAX_LINEAGE {
+        let Some(id) = next else {
+            return Ok(if frozen { Lineage::Frozen } else { Lineage::Live });
+        };
+        let link: Option<Link> = sqlx::query_as(
+            "SELECT parent_key_id, status, revoked_at, expires_at FROM api_keys WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(scope.tenant_id().to_string())
+        .bind(id)
+        .fetch_optional(ex)
+        .await?;
+        let Some(link) = link else { return Ok(Lineage::Ended) };
+        if link.revoked_at.is_some() || link.expires_at.is_some_and(|e| e <= now) {
+            return Ok(Lineage::Ended);
+        }
+        frozen |= link.status != "active";
+        next = link.parent_key_id;
+    }
+    Ok(Lineage::Ended)
+}
+
+/// Whether `ancestor` stands above `id` (minted it, or minted one that did).
+pub async fn is_below<'c, E>(ex: E, scope: &TenantScope, id: ApiKeyId, ancestor: ApiKeyId) -> Result<bool>
+where
+    E: Executor<'c, Database = Any> + Copy,
+{
+    let mut next = parent_of(ex, scope, &id.to_string()).await?;
+    for _ in 0..MAX_LINEAGE {
+        match next {
+            Some(p) if p == ancestor.to_string() => return Ok(true),
+            Some(p) => next = parent_of(ex, scope, &p).await?,
+            None => return Ok(false),
+        }
+    }
+    Ok(false)
+}
+
+async fn parent_of<'c, E>(ex: E, scope: &TenantScope, id: &str) -> Result<Option<String>>
+where
+    E: Executor<'c, Database = Any>,
+{
+    Ok(sqlx::query_scalar::<_, Option<String>>("SELECT parent_key_id FROM api_keys WHERE tenant_id = $1 AND id = $2")
+        .bind(scope.tenant_id().to_string())
+        .bind(id)
+        .fetch_optional(ex)
+        .await?
+        .flatten())
+}
+
+/// How many keys stand above this one.
+pub async fn depth<'c, E>(ex: E, scope: &TenantScope, id: ApiKeyId) -> Result<i64>
+where
+    E: Executor<'c, Database = Any> + Copy,
+{
+    let mut next = Some(id.to_string());
+    let mut depth = -1;
+    while let Some(id) = next {
+        depth += 1;
+        if depth > MAX_LINEAGE {
+            break;
+        }
+        next = parent_of(ex, scope, &id).await?;
+    }
+    Ok(depth)
 }
 
 /// Kill-switch; the operator names the key by id alone. Returns the tenant.

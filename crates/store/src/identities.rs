@@ -127,25 +127,47 @@ pub async fn delete<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantSco
     Ok(r.rows_affected() == 1)
 }
 
-/// Stores the hash of a new agent token, replacing (and so revoking) the
-/// previous one; false when no such identity in the tenant.
+/// A new agent token: its hash, and what it answers to and may do.
+pub struct NewAgentToken<'a> {
+    pub hash: &'a str,
+    pub prefix: &'a str,
+    /// The person answerable for it.
+    pub owner_user_id: Option<&'a str>,
+    /// The key that minted it, if a key did.
+    pub key_id: Option<&'a str>,
+    /// JSON arrays.
+    pub permissions: &'a str,
+    pub allowed_ips: &'a str,
+    pub allowed_origins: &'a str,
+    pub expires_at: Option<i64>,
+}
+
+/// Stores a new agent token, replacing (and so revoking) the previous
+/// one; false when no such identity in the tenant.
 pub async fn set_agent_token<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
     id: IdentityId,
-    hash: &str,
-    prefix: &str,
+    token: &NewAgentToken<'_>,
     now: i64,
 ) -> Result<bool> {
     let r = sqlx::query(
-        "UPDATE identities SET agent_token_hash = $3, agent_token_prefix = $4, updated_at = $5 \
+        "UPDATE identities SET agent_token_hash = $3, agent_token_prefix = $4, updated_at = $5, \
+           agent_token_owner_user_id = $6, agent_token_key_id = $7, agent_token_permissions = $8, \
+           agent_token_allowed_ips = $9, agent_token_allowed_origins = $10, agent_token_expires_at = $11 \
          WHERE tenant_id = $1 AND id = $2",
     )
     .bind(scope.tenant_id().to_string())
     .bind(id.to_string())
-    .bind(hash)
-    .bind(prefix)
+    .bind(token.hash)
+    .bind(token.prefix)
     .bind(now)
+    .bind(token.owner_user_id)
+    .bind(token.key_id)
+    .bind(token.permissions)
+    .bind(token.allowed_ips)
+    .bind(token.allowed_origins)
+    .bind(token.expires_at)
     .execute(ex)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -198,7 +220,33 @@ pub async fn set_own_status<'c>(
     Ok(r.rows_affected() == 1)
 }
 
-/// What authentication needs about an agent token's identity.
+/// What the identity's current agent token holds, if it has one.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AgentTokenBounds {
+    /// JSON arrays.
+    pub permissions: String,
+    pub allowed_ips: String,
+    pub allowed_origins: String,
+    pub expires_at: Option<i64>,
+}
+
+pub async fn agent_token_bounds<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: IdentityId,
+) -> Result<Option<AgentTokenBounds>> {
+    Ok(sqlx::query_as(
+        "SELECT agent_token_permissions AS permissions, agent_token_allowed_ips AS allowed_ips, \
+           agent_token_allowed_origins AS allowed_origins, agent_token_expires_at AS expires_at \
+         FROM identities WHERE tenant_id = $1 AND id = $2 AND agent_token_hash IS NOT NULL",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(id.to_string())
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// What authentication needs about an agent token and its identity.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AgentRow {
     pub id: String,
@@ -206,13 +254,28 @@ pub struct AgentRow {
     pub status: String,
     pub tenant_status: String,
     pub tenant_limits: Option<String>,
+    pub owner_user_id: Option<String>,
+    /// The answerable person's current role, if they are still active.
+    pub owner_role: Option<String>,
+    pub key_id: Option<String>,
+    /// JSON arrays.
+    pub permissions: String,
+    pub allowed_ips: String,
+    pub allowed_origins: String,
+    pub expires_at: Option<i64>,
 }
 
 /// The identity an agent token (by its SHA-256) acts as.
 pub async fn find_by_agent_token<'c>(ex: impl Executor<'c, Database = Any>, hash: &str) -> Result<Option<AgentRow>> {
     Ok(sqlx::query_as(
         "SELECT i.id, i.tenant_id, i.status, t.status AS tenant_status, \
-           (SELECT settings FROM tenant_limits l WHERE l.tenant_id = i.tenant_id) AS tenant_limits \
+           (SELECT settings FROM tenant_limits l WHERE l.tenant_id = i.tenant_id) AS tenant_limits, \
+           i.agent_token_owner_user_id AS owner_user_id, \
+           (SELECT role FROM users u WHERE u.id = i.agent_token_owner_user_id AND u.tenant_id = i.tenant_id \
+              AND u.status = 'active') AS owner_role, \
+           i.agent_token_key_id AS key_id, i.agent_token_permissions AS permissions, \
+           i.agent_token_allowed_ips AS allowed_ips, i.agent_token_allowed_origins AS allowed_origins, \
+           i.agent_token_expires_at AS expires_at \
          FROM identities i JOIN tenants t ON t.id = i.tenant_id WHERE i.agent_token_hash = $1",
     )
     .bind(hash)

@@ -117,7 +117,7 @@ pub async fn admit<R: Sending>(
     now: i64,
 ) -> Result<(R, Admitted), ApiError> {
     let identity = sending_identity(state, scope, body.peek().from()).await?;
-    if let PrincipalKind::Agent { identity_id } = auth.principal.kind() {
+    if let PrincipalKind::Agent { identity_id, .. } = auth.principal.kind() {
         if identity_id.to_string() != identity.id {
             return Err(auth.denied("An agent token acts only as its own identity."));
         }

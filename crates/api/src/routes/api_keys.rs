@@ -4,9 +4,11 @@ use axum::extract::State;
 use axum::Json;
 use http::StatusCode;
 use palisade_audit::Event;
+use palisade_auth::grant::{Asked, Bounds};
 use palisade_auth::token::{new_api_key, sha256_hex};
+use palisade_core::principal::Restrictions;
 use palisade_core::{ApiError, ApiKeyId, FieldError, Permission, PermissionSet, PrincipalKind, Role, TenantScope};
-use palisade_store::api_keys::{ApiKeyRow, NewApiKey};
+use palisade_store::api_keys::{ApiKeyRow, NewApiKey, MAX_LINEAGE};
 use palisade_store::Stmt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -133,36 +135,23 @@ pub async fn create(
             PermissionSet::EMPTY
         }
     };
-    let expires_at = match req.expires_at.as_deref().map(palisade_core::clock::parse_rfc3339) {
-        None => None,
-        Some(Some(t)) if t > now => Some(t),
-        Some(_) => {
-            err("expires_at", "must be an RFC 3339 time in the future");
-            None
-        }
-    };
-    let ips = req.allowed_ips.unwrap_or_default();
-    let nets = match palisade_guard::net::parse_cidrs(ips.iter().map(String::as_str)) {
-        Ok(n) => n.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        Err(e) => {
-            err("allowed_ips", &e);
-            Vec::new()
-        }
-    };
-    let origins: Vec<String> =
-        req.allowed_origins.unwrap_or_default().into_iter().map(|o| o.trim().to_owned()).collect();
-    if let Some(bad) = origins.iter().find(|o| !valid_origin(o)) {
-        err("allowed_origins", &format!("`{bad}` is not an origin like https://app.example.com"));
-    }
-    if nets.len() > 100 || origins.len() > 100 {
-        err("allowed_ips", "at most 100 entries each");
-    }
+    let asked = asked_restrictions(req.expires_at.as_deref(), req.allowed_ips, req.allowed_origins, now, &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::validation_many(errors));
     }
-    if !permissions.is_subset_of(auth.principal.permissions()) {
-        return Err(auth.denied("A key cannot have permissions its creator does not hold."));
+    // Within the creator's permissions, addresses, origins and lifetime;
+    // what is not given is inherited from a creating key.
+    let key_bounds = minter_bounds(&auth).mint(permissions, asked).map_err(|w| auth.denied(w.detail()))?;
+    let parent = match auth.principal.kind() {
+        PrincipalKind::ApiKey { key_id, .. } => Some(*key_id),
+        _ => None,
+    };
+    if let Some(parent) = parent {
+        if palisade_store::api_keys::depth(state.db.reader(), &scope, parent).await? >= MAX_LINEAGE {
+            return Err(auth.denied("Keys minted by keys may be at most 8 levels deep."));
+        }
     }
+    let Restrictions { allowed_ips: nets, allowed_origins: origins, expires_at } = key_bounds.restrictions;
 
     let key = new_api_key();
     let id = ApiKeyId::new();
@@ -170,12 +159,8 @@ pub async fn create(
     let perm_json = serde_json::to_string(&permissions.to_strings()).map_err(ApiError::internal)?;
     let ips_json = serde_json::to_string(&nets).map_err(ApiError::internal)?;
     let origins_json = serde_json::to_string(&origins).map_err(ApiError::internal)?;
-    let owner = match auth.principal.kind() {
-        PrincipalKind::User { user_id, .. } => Some(*user_id),
-        PrincipalKind::ApiKey { owner_user_id, .. } => *owner_user_id,
-        PrincipalKind::Agent { .. } => None,
-    }
-    .map(|u| u.to_string());
+    let owner = auth.principal.answerable_user().map(|u| u.to_string());
+    let parent = parent.map(|p| p.to_string());
     let new = NewApiKey {
         id,
         name: &name,
@@ -186,6 +171,7 @@ pub async fn create(
         created_by_type: &actor.kind,
         created_by_id: actor.id.as_deref(),
         owner_user_id: owner.as_deref(),
+        parent_key_id: parent.as_deref(),
         expires_at,
         allowed_ips: &ips_json,
         allowed_origins: &origins_json,
@@ -258,11 +244,22 @@ pub async fn rotate(
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
     let row = palisade_store::api_keys::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
-    let names: Vec<String> = serde_json::from_str(&row.permissions).map_err(ApiError::internal)?;
-    let key_perms = PermissionSet::parse(names.iter().map(String::as_str)).map_err(ApiError::internal)?;
-    if !key_perms.is_subset_of(auth.principal.permissions()) {
-        return Err(auth.denied("Rotating a key requires holding all of its permissions."));
+    // The new secret goes to the caller while the key stays answerable to
+    // its person and to the keys above it: only that person, the key itself
+    // or a key above it (whose revocation ends it) may receive it.
+    let allowed = match auth.principal.kind() {
+        PrincipalKind::User { user_id, .. } => Some(user_id.to_string()) == row.owner_user_id,
+        PrincipalKind::ApiKey { key_id, .. } => {
+            *key_id == id || palisade_store::api_keys::is_below(state.db.reader(), &scope, id, *key_id).await?
+        }
+        PrincipalKind::Agent { .. } => false,
+    };
+    if !allowed {
+        return Err(
+            auth.denied("Only the person answerable for a key, the key itself or a key above it can rotate it.")
+        );
     }
+    minter_bounds(&auth).covers(&bounds_of(&row)?).map_err(|w| auth.denied(w.detail()))?;
     let key = new_api_key();
     let grace_ms = i64::try_from(grace).unwrap_or(0) * 1000;
     if !palisade_store::api_keys::rotate(&mut *tx, &scope, id, &sha256_hex(&key), &prefix_of(&key), now + grace_ms)
@@ -294,7 +291,13 @@ pub async fn revoke(
     let scope = auth.scope(Permission::KeysManage).await?;
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
-    if !palisade_store::api_keys::revoke(&mut *tx, &scope, id, now).await? {
+    let row = palisade_store::api_keys::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
+    // A key may always revoke itself; any other only if it is no wider.
+    let own_key = matches!(auth.principal.kind(), PrincipalKind::ApiKey { key_id, .. } if *key_id == id);
+    if !own_key {
+        minter_bounds(&auth).covers(&bounds_of(&row)?).map_err(|w| auth.denied(w.detail()))?;
+    }
+    if !palisade_store::api_keys::revoke(&mut tx, &scope, id, now).await? {
         return Err(ApiError::not_found());
     }
     let event = Event::new("api_key.revoked", Some(scope.tenant_id()), auth.principal.actor()).resource("api_key", id);
@@ -304,6 +307,70 @@ pub async fn revoke(
     tx.commit().await?;
     state.webhook_wake.notify_one();
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The restrictions a request asks for a credential, checked for form
+/// (CIDRs, exact origins, a future time); problems go to `errors`.
+pub(crate) fn asked_restrictions(
+    expires_at: Option<&str>,
+    allowed_ips: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+    now: i64,
+    errors: &mut Vec<FieldError>,
+) -> Asked {
+    let mut err = |field: &str, message: &str| errors.push(FieldError { field: field.into(), message: message.into() });
+    let expires_at = match expires_at.map(palisade_core::clock::parse_rfc3339) {
+        None => None,
+        Some(Some(t)) if t > now => Some(t),
+        Some(_) => {
+            err("expires_at", "must be an RFC 3339 time in the future");
+            None
+        }
+    };
+    let nets = allowed_ips.map(|ips| match palisade_guard::net::parse_cidrs(ips.iter().map(String::as_str)) {
+        Ok(n) => n.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        Err(e) => {
+            err("allowed_ips", &e);
+            Vec::new()
+        }
+    });
+    let origins: Option<Vec<String>> = allowed_origins.map(|o| o.into_iter().map(|o| o.trim().to_owned()).collect());
+    if let Some(bad) = origins.iter().flatten().find(|o| !valid_origin(o)) {
+        err("allowed_origins", &format!("`{bad}` is not an origin like https://app.example.com"));
+    }
+    if nets.as_ref().is_some_and(|n| n.len() > 100) || origins.as_ref().is_some_and(|o| o.len() > 100) {
+        err("allowed_ips", "at most 100 entries each");
+    }
+    Asked { allowed_ips: nets, allowed_origins: origins, expires_at }
+}
+
+/// What the caller holds, to mint or touch a credential within.
+pub(crate) fn minter_bounds(auth: &Auth) -> Bounds {
+    Bounds { permissions: auth.principal.permissions(), restrictions: auth.principal.restrictions().clone() }
+}
+
+/// A stored key's own permissions and restrictions.
+fn bounds_of(row: &ApiKeyRow) -> Result<Bounds, ApiError> {
+    stored_bounds(&row.permissions, &row.allowed_ips, &row.allowed_origins, row.expires_at)
+}
+
+/// A stored credential's bounds, from its JSON columns.
+pub(crate) fn stored_bounds(
+    permissions: &str,
+    allowed_ips: &str,
+    allowed_origins: &str,
+    expires_at: Option<i64>,
+) -> Result<Bounds, ApiError> {
+    let list = |s: &str| serde_json::from_str::<Vec<String>>(s).map_err(ApiError::internal);
+    let names = list(permissions)?;
+    Ok(Bounds {
+        permissions: PermissionSet::parse(names.iter().map(String::as_str)).map_err(ApiError::internal)?,
+        restrictions: Restrictions {
+            allowed_ips: list(allowed_ips)?,
+            allowed_origins: list(allowed_origins)?,
+            expires_at,
+        },
+    })
 }
 
 /// A key event for the tenant's webhooks, to queue with the change.

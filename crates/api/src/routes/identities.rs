@@ -7,8 +7,8 @@ use axum::Json;
 use http::StatusCode;
 use palisade_audit::Event;
 use palisade_auth::token::{random_base62, sha256_hex, AGENT_TOKEN_PREFIX};
-use palisade_core::{ApiError, FieldError, IdentityId, Permission};
-use palisade_store::identities::{IdentityRow, NewIdentity, Policy};
+use palisade_core::{ApiError, FieldError, IdentityId, Permission, PermissionSet, PrincipalKind};
+use palisade_store::identities::{IdentityRow, NewAgentToken, NewIdentity, Policy};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -306,34 +306,133 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTokenRequest {
+    /// What the token may do, among `messages:read`, `messages:write`,
+    /// `calls:read`, `calls:write`, `cdrs:read` (always only as this
+    /// identity). Default: all five. You must hold each one.
+    permissions: Option<Vec<String>>,
+    /// RFC 3339; default: that of the minting key, else none.
+    expires_at: Option<String>,
+    /// CIDRs; default: those of the minting key, else any address.
+    allowed_ips: Option<Vec<String>>,
+    /// Exact origins; default: those of the minting key, else any.
+    allowed_origins: Option<Vec<String>>,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct AgentTokenView {
     identity_id: String,
     /// `at_…`: shown in this response only. Acts as this identity alone.
     token: String,
     prefix: String,
+    permissions: Vec<String>,
+    allowed_ips: Vec<String>,
+    allowed_origins: Vec<String>,
+    expires_at: Option<String>,
+    /// The person the token answers to: it works only while they hold a
+    /// role that grants its permissions.
+    answerable_user_id: Option<String>,
 }
 
-/// Issues the identity's agent token, revoking the previous one.
+/// Issues the identity's agent token, revoking the previous one. The token
+/// holds at most what the caller holds, works only where and until when
+/// the caller's credential does, and answers to the caller's person (and
+/// minting key): removed, demoted or revoked, the token ends or narrows.
 #[utoipa::path(post, path = "/v1/identities/{id}/agent-token", tag = "identities", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Identity id (UUID)")),
-    responses((status = 201, body = AgentTokenView), (status = 404, body = palisade_core::Problem)))]
+    params(("id" = String, Path, description = "Identity id (UUID)")), request_body(content = AgentTokenRequest),
+    responses((status = 201, body = AgentTokenView), (status = 400, body = palisade_core::Problem),
+        (status = 403, body = palisade_core::Problem), (status = 404, body = palisade_core::Problem)))]
 pub async fn agent_token(
     State(state): State<AppState>,
     auth: Auth,
     PathId(id): PathId<IdentityId>,
+    body: Option<ValidJson<AgentTokenRequest>>,
 ) -> Result<(StatusCode, Json<AgentTokenView>), ApiError> {
     let scope = auth.scope(Permission::IdentitiesManage).await?;
+    let req = body.map(|b| b.0).unwrap_or_default();
+    let now = state.now_ms();
+    let mut errors = Vec::new();
+    let permissions = match &req.permissions {
+        None => PermissionSet::agent(),
+        Some(names) => match PermissionSet::parse(names.iter().map(String::as_str)) {
+            Ok(p) if !p.is_subset_of(PermissionSet::agent()) || p == PermissionSet::EMPTY => {
+                let message = "a non-empty subset of messages:read, messages:write, calls:read, calls:write, cdrs:read";
+                errors.push(FieldError { field: "permissions".into(), message: message.into() });
+                p
+            }
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(FieldError { field: "permissions".into(), message: e.to_string() });
+                PermissionSet::EMPTY
+            }
+        },
+    };
+    let asked = super::api_keys::asked_restrictions(
+        req.expires_at.as_deref(),
+        req.allowed_ips,
+        req.allowed_origins,
+        now,
+        &mut errors,
+    );
+    if !errors.is_empty() {
+        return Err(ApiError::validation_many(errors));
+    }
+    let bounds = super::api_keys::minter_bounds(&auth).mint(permissions, asked).map_err(|w| auth.denied(w.detail()))?;
+    let minted_by_key = match auth.principal.kind() {
+        PrincipalKind::ApiKey { key_id, .. } => Some(key_id.to_string()),
+        _ => None,
+    };
+    let owner = auth.principal.answerable_user().map(|u| u.to_string());
+    let list = |v: &[String]| serde_json::to_string(v).map_err(ApiError::internal);
+    let r = &bounds.restrictions;
+    let (perms_json, ips_json, origins_json) =
+        (list(&bounds.permissions.to_strings())?, list(&r.allowed_ips)?, list(&r.allowed_origins)?);
     let token = format!("{AGENT_TOKEN_PREFIX}{}", random_base62(32));
     let prefix = token[..8].to_owned();
-    let now = state.now_ms();
+    let hash = sha256_hex(&token);
+    let new = NewAgentToken {
+        hash: &hash,
+        prefix: &prefix,
+        owner_user_id: owner.as_deref(),
+        key_id: minted_by_key.as_deref(),
+        permissions: &perms_json,
+        allowed_ips: &ips_json,
+        allowed_origins: &origins_json,
+        expires_at: r.expires_at,
+    };
     let mut tx = state.db.begin().await?;
     let current = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
-    palisade_store::identities::set_agent_token(&mut *tx, &scope, id, &sha256_hex(&token), &prefix, now).await?;
-    let event = event_for("identity.agent_token_issued", &auth, &current.id, &current.number);
+    // A new token revokes the old one: nobody revokes a token wider than themselves.
+    if let Some(old) = palisade_store::identities::agent_token_bounds(&mut *tx, &scope, id).await? {
+        let old =
+            super::api_keys::stored_bounds(&old.permissions, &old.allowed_ips, &old.allowed_origins, old.expires_at)?;
+        if old.restrictions.expires_at.is_none_or(|e| e > now) {
+            super::api_keys::minter_bounds(&auth).covers(&old).map_err(|w| auth.denied(w.detail()))?;
+        }
+    }
+    palisade_store::identities::set_agent_token(&mut *tx, &scope, id, &new, now).await?;
+    let event =
+        event_for("identity.agent_token_issued", &auth, &current.id, &current.number).details(serde_json::json!({
+            "number": palisade_guard::phone::masked(&current.number),
+            "prefix": prefix,
+            "permissions": bounds.permissions.to_strings(),
+            "expires_at": r.expires_at.map(palisade_core::clock::rfc3339),
+        }));
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(AgentTokenView { identity_id: id.to_string(), token, prefix })))
+    let view = AgentTokenView {
+        identity_id: id.to_string(),
+        token,
+        prefix,
+        permissions: bounds.permissions.to_strings(),
+        allowed_ips: r.allowed_ips.clone(),
+        allowed_origins: r.allowed_origins.clone(),
+        expires_at: r.expires_at.map(palisade_core::clock::rfc3339),
+        answerable_user_id: owner,
+    };
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 /// The tenant's kill-switch for one of its identities: from this moment it

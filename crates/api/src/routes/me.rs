@@ -59,7 +59,7 @@ pub async fn me(State(state): State<AppState>, auth: Auth) -> Result<Json<MeResp
                 .ok_or_else(ApiError::not_found)?;
             MeResponse { kind: "api_key", id: k.id, email: None, name: Some(k.name), role: k.role, permissions, tenant }
         }
-        PrincipalKind::Agent { identity_id } => {
+        PrincipalKind::Agent { identity_id, .. } => {
             let i = palisade_store::identities::get(state.db.reader(), &scope, *identity_id)
                 .await?
                 .ok_or_else(ApiError::not_found)?;

@@ -168,7 +168,7 @@ impl Paging {
 /// The identity an agent token is confined to; `None` for other callers.
 fn own_identity(auth: &crate::extract::Auth) -> Option<palisade_core::IdentityId> {
     match auth.principal.kind() {
-        palisade_core::PrincipalKind::Agent { identity_id } => Some(*identity_id),
+        palisade_core::PrincipalKind::Agent { identity_id, .. } => Some(*identity_id),
         _ => None,
     }
 }

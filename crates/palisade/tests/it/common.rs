@@ -275,6 +275,20 @@ impl TestServer {
         (r.body["access_token"].as_str().unwrap().to_owned(), r.body["refresh_token"].as_str().unwrap().to_owned())
     }
 
+    /// Invites a person with `role` and has them accept and log in;
+    /// returns (user id, access token).
+    pub async fn member(&self, token: &str, email: &str, role: &str) -> (String, String) {
+        let r = self.post("/v1/users", token, json!({"email": email, "role": role})).await.expect(201);
+        assert_eq!(r.body["status"], "invited");
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        let invite = self.mailed_token(email);
+        self.call(Method::POST, "/v1/auth/accept-invite", None, Some(json!({"token": invite, "password": PASSWORD})))
+            .await
+            .expect(200);
+        let (access, _) = self.login(email, PASSWORD).await;
+        (id, access)
+    }
+
     /// Creates an API key; returns (id, key).
     pub async fn api_key(&self, cred: &str, body: Value) -> (String, String) {
         let r = self.post("/v1/api-keys", cred, body).await.expect(201);

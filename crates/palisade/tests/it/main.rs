@@ -12,6 +12,7 @@ mod auth;
 mod calls;
 mod cli;
 mod events;
+mod grants;
 mod identities;
 mod input;
 mod isolation;

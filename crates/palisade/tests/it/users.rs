@@ -13,18 +13,6 @@ backend_tests!(
     owners_racing_keep_one
 );
 
-async fn invite(srv: &TestServer, token: &str, email: &str, role: &str) -> (String, String) {
-    let r = srv.post("/v1/users", token, json!({"email": email, "role": role})).await.expect(201);
-    assert_eq!(r.body["status"], "invited");
-    let id = r.body["id"].as_str().unwrap().to_owned();
-    let invite = srv.mailed_token(email);
-    srv.call(Method::POST, "/v1/auth/accept-invite", None, Some(json!({"token": invite, "password": PASSWORD})))
-        .await
-        .expect(200);
-    let (access, _) = srv.login(email, PASSWORD).await;
-    (id, access)
-}
-
 async fn invite_accept_and_roles(b: Backend) {
     let srv = TestServer::start(b).await;
     let t = srv.tenant("People").await;
@@ -34,7 +22,7 @@ async fn invite_accept_and_roles(b: Backend) {
         .await
         .expect(401);
 
-    let (id, access) = invite(&srv, &t.token, "reader@example.com", "read_only").await;
+    let (id, access) = srv.member(&t.token, "reader@example.com", "read_only").await;
     let me = srv.get("/v1/me", &access).await.expect(200);
     assert_eq!(me.body["role"], "read_only");
     assert_eq!(me.body["tenant"]["id"], t.id.as_str());
@@ -65,7 +53,7 @@ async fn invite_accept_and_roles(b: Backend) {
 async fn nobody_exceeds_themselves(b: Backend) {
     let srv = TestServer::start(b).await;
     let t = srv.tenant("Bounds").await;
-    let (_, admin) = invite(&srv, &t.token, "admin@example.com", "admin").await;
+    let (_, admin) = srv.member(&t.token, "admin@example.com", "admin").await;
     // An admin cannot create an owner, nor touch one.
     srv.post("/v1/users", &admin, json!({"email": "x@example.com", "role": "owner"})).await.expect(403);
     srv.call(Method::PATCH, &format!("/v1/users/{}", t.owner_id), Some(&admin), Some(json!({"role": "read_only"})))
@@ -73,7 +61,7 @@ async fn nobody_exceeds_themselves(b: Backend) {
         .expect(403);
     srv.call(Method::DELETE, &format!("/v1/users/{}", t.owner_id), Some(&admin), None).await.expect(403);
     // Read-only people manage nobody; integration keys do not even list.
-    let (_, reader) = invite(&srv, &t.token, "ro@example.com", "read_only").await;
+    let (_, reader) = srv.member(&t.token, "ro@example.com", "read_only").await;
     srv.post("/v1/users", &reader, json!({"email": "y@example.com", "role": "read_only"})).await.expect(403);
     srv.get("/v1/users", &reader).await.expect(200);
     let (_, integ) = srv.api_key(&t.token, json!({"name": "i", "role": "integration"})).await;
@@ -89,7 +77,7 @@ async fn last_owner_stays(b: Backend) {
     srv.call(Method::PATCH, &format!("/v1/users/{}", t.owner_id), Some(&t.token), Some(json!({"role": "admin"})))
         .await
         .expect(409);
-    let (second, _) = invite(&srv, &t.token, "owner2@example.com", "owner").await;
+    let (second, _) = srv.member(&t.token, "owner2@example.com", "owner").await;
     srv.call(Method::PATCH, &format!("/v1/users/{}", t.owner_id), Some(&t.token), Some(json!({"role": "admin"})))
         .await
         .expect(200);
@@ -100,7 +88,7 @@ async fn last_owner_stays(b: Backend) {
 async fn keys_follow_their_owner(b: Backend) {
     let srv = TestServer::start(b).await;
     let t = srv.tenant("Owned").await;
-    let (admin_id, admin) = invite(&srv, &t.token, "keyholder@example.com", "admin").await;
+    let (admin_id, admin) = srv.member(&t.token, "keyholder@example.com", "admin").await;
     let (_, admin_refresh) = srv.login("keyholder@example.com", PASSWORD).await;
     let (_, key) = srv.api_key(&admin, json!({"name": "admin's", "role": "admin"})).await;
     // A key made by that key answers to the same person.
@@ -129,7 +117,7 @@ async fn keys_follow_their_owner(b: Backend) {
 async fn owners_racing_keep_one(b: Backend) {
     let srv = TestServer::start(b).await;
     let t = srv.tenant("Duel").await;
-    let (second_id, second) = invite(&srv, &t.token, "duel2@example.com", "owner").await;
+    let (second_id, second) = srv.member(&t.token, "duel2@example.com", "owner").await;
     let (path_a, path_b) = (format!("/v1/users/{second_id}"), format!("/v1/users/{}", t.owner_id));
     let a = srv.call(Method::PATCH, &path_a, Some(&t.token), Some(json!({"role": "admin"})));
     let b2 = srv.call(Method::PATCH, &path_b, Some(&second), Some(json!({"role": "admin"})));
