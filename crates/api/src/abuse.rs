@@ -22,7 +22,8 @@ use palisade_core::principal::Actor;
 use palisade_core::{ApiError, Principal, PrincipalKind, TenantId};
 use palisade_guard::limits::{ip_id, Key, Kind, Limit};
 use palisade_guard::state::{
-    AbuseState, Attempt, BlockCheck, Bucket, Decide, Standing, StrikeRule, Verdict, MAX_BUCKETS,
+    AbuseState, BlockCheck, Bucket, Decide, LoginAdmission, LoginKeys, LoginRule, Standing, StrikeRule, Verdict,
+    MAX_BUCKETS,
 };
 use palisade_guard::waf::Finding;
 use serde::{Deserialize, Serialize};
@@ -48,7 +49,8 @@ pub struct Abuse {
     max_urls: usize,
     max_phones: usize,
     waf_rule: StrikeRule,
-    login_rule: StrikeRule,
+    login_rule: LoginRule,
+    trust_ms: i64,
     credential_rule: StrikeRule,
 }
 
@@ -136,7 +138,18 @@ pub struct AddressPass {
 /// A login attempt admitted by [`Abuse::login_attempt`].
 #[derive(Debug, Clone, Copy)]
 pub struct LoginAttempt {
+    partition: u128,
+    keys: LoginKeys,
     started_lock: Option<i64>,
+}
+
+/// What a failed login started, for the audit trail.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoginFailure {
+    /// This failure locked the address out of the account, until then.
+    pub address_locked_until: Option<i64>,
+    /// This failure throttled the account, until then.
+    pub account_throttled_until: Option<i64>,
 }
 
 /// The caller's WAF key, left by authentication for the body check.
@@ -176,11 +189,20 @@ impl Abuse {
                 window_ms: secs(w.violation_window_secs),
                 block_ms: secs(w.block_secs),
             },
-            login_rule: StrikeRule {
-                threshold: l.login_failures,
-                window_ms: secs(l.window_secs),
-                block_ms: secs(l.lock_secs),
+            login_rule: LoginRule {
+                pair: StrikeRule {
+                    threshold: l.login_failures,
+                    window_ms: secs(l.window_secs),
+                    block_ms: secs(l.lock_secs),
+                },
+                account: StrikeRule {
+                    threshold: l.account_login_failures,
+                    window_ms: secs(l.window_secs),
+                    block_ms: secs(l.lock_secs),
+                },
+                spacing_ms: secs(l.account_spacing_secs),
             },
+            trust_ms: secs(l.trusted_address_secs),
             credential_rule: StrikeRule {
                 threshold: l.credential_failures_per_ip,
                 window_ms: secs(l.window_secs),
@@ -443,46 +465,90 @@ impl Abuse {
             .with_extra("field", field))
     }
 
-    fn login_key(email: &str) -> Key {
-        Key::text(Kind::Login, &email.trim().to_lowercase())
+    /// The login keys of `account` (the address as typed, normalized) from
+    /// `client`, and their partition: the account's.
+    fn login_keys(account: &str, client: IpAddr) -> (u128, LoginKeys) {
+        let account = account.trim().to_lowercase();
+        let keys = LoginKeys {
+            pair: Key::text(Kind::Login, &format!("{account}\n{:032x}", ip_id(client))),
+            account: Key::text(Kind::LoginAccount, &account),
+        };
+        (keys.account.id, keys)
     }
 
-    /// Admits a login attempt for `email`, counting it as a failure up
-    /// front (so parallel guesses cannot exceed the threshold); `None` when
-    /// the account is locked. Pass what it returns to [`Self::login_succeeded`].
-    pub async fn login_attempt(&self, email: &str, now_ms: i64) -> Option<LoginAttempt> {
-        let key = Self::login_key(email);
-        match self.state.attempt(key.id, key, self.login_rule, now_ms).await {
-            Attempt::Locked { .. } => {
-                self.metrics.auth_failure("login_locked");
+    /// Admits a login attempt for `account` from `client`, counting it as a
+    /// failure of that pair up front (so parallel guesses cannot exceed the
+    /// threshold); `None` when the pair is locked, or the account is
+    /// throttled and this attempt is not admitted. Pass what it returns to
+    /// [`Self::login_failed`] or [`Self::login_succeeded`].
+    pub async fn login_attempt(&self, account: &str, client: IpAddr, now_ms: i64) -> Option<LoginAttempt> {
+        let (partition, keys) = Self::login_keys(account, client);
+        match self.state.login_attempt(partition, keys, self.login_rule, now_ms).await {
+            LoginAdmission::Refused { pair_locked } => {
+                self.metrics.auth_failure(if pair_locked { "login_locked" } else { "login_throttled" });
                 None
             }
-            Attempt::Counted(o) => Some(LoginAttempt { started_lock: o.blocked_until }),
+            LoginAdmission::Admitted { pair_lock_started } => {
+                Some(LoginAttempt { partition, keys, started_lock: pair_lock_started })
+            }
         }
     }
 
-    /// The attempt failed. Returns until when the account is locked if this
-    /// attempt was the one that locked it.
-    pub fn login_failed(&self, attempt: LoginAttempt) -> Option<i64> {
+    /// The attempt failed: it counts against the account too. Says what
+    /// this failure started.
+    pub async fn login_failed(&self, attempt: LoginAttempt, now_ms: i64) -> LoginFailure {
         self.metrics.auth_failure("login");
         if attempt.started_lock.is_some() {
+            // Kept as `account` (the SPEC's per-account lock, now per address).
             self.metrics.lockout("account");
         }
-        attempt.started_lock
+        let out = self.state.strike(attempt.partition, attempt.keys.account, self.login_rule.account, now_ms).await;
+        if out.blocked_until.is_some() {
+            self.metrics.lockout("account_throttle");
+        }
+        LoginFailure { address_locked_until: attempt.started_lock, account_throttled_until: out.blocked_until }
     }
 
-    /// The password was right: the failures are forgotten (and a lock this
-    /// very attempt started is lifted).
-    pub async fn login_succeeded(&self, email: &str, attempt: LoginAttempt) {
-        let key = Self::login_key(email);
-        self.state.forgive(key.id, key, attempt.started_lock).await;
+    /// The password was right: the pair's failures are forgotten (and a
+    /// lock this very attempt started is lifted).
+    pub async fn login_succeeded(&self, attempt: LoginAttempt) {
+        self.state.forgive(attempt.partition, attempt.keys.pair, attempt.started_lock).await;
+    }
+
+    /// The login went through: its address is trusted for the account, so
+    /// a throttle others cause does not keep the owner out.
+    pub async fn trust_login_address(&self, attempt: LoginAttempt, now_ms: i64) {
+        if self.trust_ms > 0 {
+            let until = now_ms.saturating_add(self.trust_ms);
+            self.state.mark(attempt.partition, attempt.keys.trust(), now_ms, until).await;
+        }
+    }
+
+    /// The account's password was reset from `client`: its throttle and
+    /// failures, and that address's lock, are gone, and the address is
+    /// trusted. Locks of other addresses stay (they are someone else's).
+    pub async fn login_password_reset(&self, account: &str, client: IpAddr, now_ms: i64) {
+        let (partition, keys) = Self::login_keys(account, client);
+        for key in [keys.account, keys.spacing(), keys.pair] {
+            self.state.clear(partition, key).await;
+        }
+        if self.trust_ms > 0 {
+            self.state.mark(partition, keys.trust(), now_ms, now_ms.saturating_add(self.trust_ms)).await;
+        }
     }
 
     /// Whether to audit a refused login for a locked account now (once a
     /// minute per account).
-    pub async fn notice_locked_login(&self, email: &str, now_ms: i64) -> bool {
-        let key = Self::login_key(email);
-        self.state.notice(key.id, Key::new(Kind::Notice, key.id), now_ms, NOTICE_MS).await
+    pub async fn notice_locked_login(&self, account: &str, now_ms: i64) -> bool {
+        let (partition, keys) = Self::login_keys(account, IpAddr::from([0, 0, 0, 0]));
+        self.state.notice(partition, Key::new(Kind::Notice, keys.account.id), now_ms, NOTICE_MS).await
+    }
+
+    /// Whether a password-reset mail may go to `account` now: one a minute,
+    /// so the route cannot be used to flood a mailbox.
+    pub async fn reset_mail_allowed(&self, account: &str, now_ms: i64) -> bool {
+        let (partition, keys) = Self::login_keys(account, IpAddr::from([0, 0, 0, 0]));
+        self.state.notice(partition, Key::new(Kind::Notice, keys.account.id ^ 1), now_ms, NOTICE_MS).await
     }
 
     /// A credential refused because its address is locked out of key

@@ -294,8 +294,18 @@ impl Default for Waf {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Lockout {
-    /// Failed logins for one account within `window_secs` that lock it.
+    /// Failed logins for one account from one client address within
+    /// `window_secs` that lock that address out of the account.
     pub login_failures: u32,
+    /// Failed logins for one account from any addresses within
+    /// `window_secs` that throttle it for `lock_secs`: attempts from
+    /// addresses not trusted for it are then admitted one per
+    /// `account_spacing_secs`, all addresses together.
+    pub account_login_failures: u32,
+    pub account_spacing_secs: u32,
+    /// How long an address where the account's password was right (a
+    /// login, a password reset) stays exempt from its throttle; 0: never.
+    pub trusted_address_secs: u32,
     /// Failed credential checks (API keys, agent tokens, the master key)
     /// from one address within `window_secs` that lock that address out
     /// of credential checks.
@@ -306,7 +316,15 @@ pub struct Lockout {
 
 impl Default for Lockout {
     fn default() -> Self {
-        Self { login_failures: 5, credential_failures_per_ip: 10, window_secs: 900, lock_secs: 900 }
+        Self {
+            login_failures: 5,
+            account_login_failures: 20,
+            account_spacing_secs: 30,
+            trusted_address_secs: 30 * 24 * 3600,
+            credential_failures_per_ip: 10,
+            window_secs: 900,
+            lock_secs: 900,
+        }
     }
 }
 
@@ -595,9 +613,17 @@ impl Config {
             ));
         }
         let l = &self.lockout;
-        if l.login_failures == 0 || l.credential_failures_per_ip == 0 || l.window_secs == 0 || l.lock_secs == 0 {
+        if l.login_failures == 0
+            || l.account_login_failures == 0
+            || l.account_spacing_secs == 0
+            || l.credential_failures_per_ip == 0
+            || l.window_secs == 0
+            || l.lock_secs == 0
+        {
             return Err(ConfigError(
-                "lockout.login_failures, credential_failures_per_ip, window_secs and lock_secs must be above 0".into(),
+                "lockout.login_failures, account_login_failures, account_spacing_secs, credential_failures_per_ip, \
+                 window_secs and lock_secs must be above 0"
+                    .into(),
             ));
         }
         if self.pricing.message_segment < 0 || self.pricing.call_minute < 0 {

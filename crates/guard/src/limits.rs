@@ -107,12 +107,20 @@ pub enum Kind {
     Burst,
     /// WAF violations and the block they lead to.
     Waf,
-    /// Failed logins for one account, and its lock.
+    /// Failed logins for one account from one client address, and the
+    /// lock of that pair.
     Login,
     /// Failed credential checks from one address, and its lock.
     CredentialFailure,
     /// Suppresses repeated audit events for one refused address.
     Notice,
+    /// Failed logins for one account from any address, and its throttle.
+    LoginAccount,
+    /// The one attempt per period a throttled account admits.
+    LoginSpacing,
+    /// An address trusted for one account (the password was right there
+    /// lately): exempt from the account's throttle, not from its own lock.
+    LoginTrust,
 }
 
 /// A key: what it counts and whose. Addresses, ids and emails all fit in

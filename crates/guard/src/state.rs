@@ -113,6 +113,46 @@ pub enum Attempt {
     Counted(StrikeOutcome),
 }
 
+/// The keys of one login attempt, all in the account's partition (so one
+/// step can read and update them together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginKeys {
+    /// The account from this client address.
+    pub pair: Key,
+    /// The account from any address.
+    pub account: Key,
+}
+
+impl LoginKeys {
+    pub fn spacing(&self) -> Key {
+        Key::new(Kind::LoginSpacing, self.account.id)
+    }
+    pub fn trust(&self) -> Key {
+        Key::new(Kind::LoginTrust, self.pair.id)
+    }
+}
+
+/// The login lockout: `pair` failures from one address lock that address
+/// out of the account; `account` failures from anywhere throttle the
+/// account: while throttled, untrusted addresses get one attempt per
+/// `spacing_ms` between them all.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginRule {
+    pub pair: StrikeRule,
+    pub account: StrikeRule,
+    pub spacing_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginAdmission {
+    /// The pair is locked (`pair_locked`), or the account is throttled and
+    /// this attempt is not the one its spacing admits. Nothing was counted.
+    Refused { pair_locked: bool },
+    /// Counted against the pair before its outcome is known; set when this
+    /// strike locked the pair: until when (ms).
+    Admitted { pair_lock_started: Option<i64> },
+}
+
 pub trait AbuseState: Send + Sync + 'static {
     /// Checks the blocks, then the buckets. A refusing block in force charges
     /// nothing. Otherwise every enforced bucket is charged if all admit, and
@@ -134,6 +174,26 @@ pub trait AbuseState: Send + Sync + 'static {
 
     /// True the first time `key` is noted in a period of `period_ms`.
     fn notice(&self, partition: u128, key: Key, now_ms: i64, period_ms: i64) -> BoxFut<'_, bool>;
+
+    /// A login attempt (see [`LoginRule`]): refused if its pair is locked,
+    /// or if the account is throttled, the pair not trusted, and another
+    /// attempt was admitted within the spacing; otherwise counted against
+    /// the pair up front (as [`Self::attempt`]). Failures count against the
+    /// account with [`Self::strike`] once known.
+    fn login_attempt(
+        &self,
+        partition: u128,
+        keys: LoginKeys,
+        rule: LoginRule,
+        now_ms: i64,
+    ) -> BoxFut<'_, LoginAdmission>;
+
+    /// Holds `key` in force until `until_ms` (or later, if it already is):
+    /// a trusted address.
+    fn mark(&self, partition: u128, key: Key, now_ms: i64, until_ms: i64) -> BoxFut<'_, ()>;
+
+    /// Forgets `key` entirely, a block in force included.
+    fn clear(&self, partition: u128, key: Key) -> BoxFut<'_, ()>;
 }
 
 const SHARDS: usize = 64;
@@ -318,6 +378,43 @@ impl LocalState {
         true
     }
 
+    pub fn login_attempt_now(&self, partition: u128, keys: LoginKeys, rule: LoginRule, now_ms: i64) -> LoginAdmission {
+        let mut guard = self.shard(partition);
+        let shard = &mut *guard;
+        let in_force = |shard: &Shard, k: &Key| shard.strikes.get(k).is_some_and(|s| s.blocked_until > now_ms);
+        if in_force(shard, &keys.pair) {
+            return LoginAdmission::Refused { pair_locked: true };
+        }
+        if in_force(shard, &keys.account) && !in_force(shard, &keys.trust()) {
+            let spacing = keys.spacing();
+            if !shard.strikes.contains_key(&spacing) && !make_room_for_strike(shard, now_ms) {
+                return LoginAdmission::Refused { pair_locked: false };
+            }
+            let s = shard.strikes.entry(spacing).or_default();
+            if s.noticed_until > now_ms {
+                return LoginAdmission::Refused { pair_locked: false };
+            }
+            s.noticed_until = now_ms.saturating_add(rule.spacing_ms);
+            s.expires = s.expires.max(s.noticed_until);
+        }
+        LoginAdmission::Admitted { pair_lock_started: strike_in(shard, keys.pair, rule.pair, now_ms).blocked_until }
+    }
+
+    pub fn mark_now(&self, partition: u128, key: Key, now_ms: i64, until_ms: i64) {
+        let mut guard = self.shard(partition);
+        let shard = &mut *guard;
+        if !shard.strikes.contains_key(&key) && !make_room_for_strike(shard, now_ms) {
+            return;
+        }
+        let s = shard.strikes.entry(key).or_default();
+        s.blocked_until = s.blocked_until.max(until_ms);
+        s.expires = s.expires.max(s.blocked_until);
+    }
+
+    pub fn clear_now(&self, partition: u128, key: Key) {
+        self.shard(partition).strikes.remove(&key);
+    }
+
     /// Entries held, for tests and metrics.
     pub fn len(&self) -> usize {
         self.shards
@@ -445,6 +542,26 @@ impl AbuseState for LocalState {
     fn notice(&self, partition: u128, key: Key, now_ms: i64, period_ms: i64) -> BoxFut<'_, bool> {
         Box::pin(std::future::ready(self.notice_now(partition, key, now_ms, period_ms)))
     }
+
+    fn login_attempt(
+        &self,
+        partition: u128,
+        keys: LoginKeys,
+        rule: LoginRule,
+        now_ms: i64,
+    ) -> BoxFut<'_, LoginAdmission> {
+        Box::pin(std::future::ready(self.login_attempt_now(partition, keys, rule, now_ms)))
+    }
+
+    fn mark(&self, partition: u128, key: Key, now_ms: i64, until_ms: i64) -> BoxFut<'_, ()> {
+        self.mark_now(partition, key, now_ms, until_ms);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn clear(&self, partition: u128, key: Key) -> BoxFut<'_, ()> {
+        self.clear_now(partition, key);
+        Box::pin(std::future::ready(()))
+    }
 }
 
 #[cfg(test)]
@@ -557,6 +674,40 @@ mod tests {
         s.forgive_now(7, key, None);
         assert!(matches!(s.attempt_now(7, key, rule, T0 + 59_999), Attempt::Locked { .. }));
         assert!(matches!(s.attempt_now(7, key, rule, T0 + 60_000), Attempt::Counted(_)));
+    }
+
+    #[test]
+    fn logins_lock_pairs_and_space_throttled_accounts() {
+        let s = LocalState::new();
+        let rule = LoginRule {
+            pair: StrikeRule { threshold: 2, window_ms: 60_000, block_ms: 60_000 },
+            account: StrikeRule { threshold: 3, window_ms: 60_000, block_ms: 60_000 },
+            spacing_ms: 10_000,
+        };
+        let keys = |ip: u128| LoginKeys { pair: Key::new(Kind::Login, ip), account: Key::new(Kind::LoginAccount, 1) };
+        let admitted = |a: LoginAdmission| matches!(a, LoginAdmission::Admitted { .. });
+        // Two attempts lock the pair; another address is not affected.
+        assert!(admitted(s.login_attempt_now(1, keys(10), rule, T0)));
+        assert!(admitted(s.login_attempt_now(1, keys(10), rule, T0)));
+        assert_eq!(s.login_attempt_now(1, keys(10), rule, T0), LoginAdmission::Refused { pair_locked: true });
+        assert!(admitted(s.login_attempt_now(1, keys(11), rule, T0)));
+        // Three failures from anywhere throttle the account: one attempt per
+        // 10 s from untrusted addresses, all together.
+        s.mark_now(1, keys(12).trust(), T0, T0 + 3_600_000);
+        for _ in 0..3 {
+            s.strike_now(1, keys(0).account, rule.account, T0);
+        }
+        assert!(admitted(s.login_attempt_now(1, keys(20), rule, T0)));
+        assert_eq!(s.login_attempt_now(1, keys(21), rule, T0 + 9_999), LoginAdmission::Refused { pair_locked: false });
+        assert!(admitted(s.login_attempt_now(1, keys(21), rule, T0 + 10_000)));
+        // A trusted address is not spaced (its own pair still locks).
+        assert!(admitted(s.login_attempt_now(1, keys(12), rule, T0 + 10_001)));
+        assert!(admitted(s.login_attempt_now(1, keys(12), rule, T0 + 10_001)));
+        assert!(!admitted(s.login_attempt_now(1, keys(12), rule, T0 + 10_001)));
+        // Clearing the account ends the throttle.
+        s.clear_now(1, keys(0).account);
+        assert!(admitted(s.login_attempt_now(1, keys(22), rule, T0 + 10_002)));
+        assert!(admitted(s.login_attempt_now(1, keys(23), rule, T0 + 10_002)));
     }
 
     #[test]

@@ -34,15 +34,15 @@ pub async fn insert_email_token<'c>(
     Ok(())
 }
 
-/// A live token's (tenant_id, user_id), without using it up.
+/// A live token, without using it up.
 pub async fn find_email_token<'c>(
     ex: impl Executor<'c, Database = Any>,
     token_hash: &str,
     purpose: &str,
     now: i64,
-) -> Result<Option<(String, String)>> {
+) -> Result<Option<UsedEmailToken>> {
     Ok(sqlx::query_as(
-        "SELECT tenant_id, user_id FROM email_tokens \
+        "SELECT tenant_id, user_id, password_hash FROM email_tokens \
          WHERE token_hash = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > $3",
     )
     .bind(token_hash)
@@ -56,6 +56,8 @@ pub async fn find_email_token<'c>(
 pub struct UsedEmailToken {
     pub tenant_id: String,
     pub user_id: String,
+    /// For a verification token: the password of the sign-up, or `None`
+    /// when the password must be chosen at verification.
     pub password_hash: Option<String>,
 }
 
@@ -95,6 +97,25 @@ pub async fn void_email_tokens<'c>(
     .bind(scope.tenant_id().to_string())
     .bind(user_id.to_string())
     .bind(purpose)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Unbinds the sign-up password from a person's live verification tokens:
+/// once a sign-up was requested twice, whoever verifies must choose the
+/// password, so neither caller's password is activated by a mere click.
+pub async fn unbind_verify_passwords<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    user_id: UserId,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE email_tokens SET password_hash = NULL \
+         WHERE tenant_id = $1 AND user_id = $2 AND purpose = 'verify' AND used_at IS NULL",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(user_id.to_string())
     .execute(ex)
     .await?;
     Ok(())
@@ -193,6 +214,25 @@ pub async fn revoke_family<'c>(
         .execute(ex)
         .await?;
     Ok(())
+}
+
+/// Ends every session of a person: each refresh family, and with it every
+/// access token issued in it (authentication checks the family is live).
+pub async fn revoke_user_families<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    user_id: UserId,
+    now: i64,
+) -> Result<u64> {
+    let r = sqlx::query(
+        "UPDATE token_families SET revoked_at = $1 WHERE tenant_id = $2 AND user_id = $3 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(scope.tenant_id().to_string())
+    .bind(user_id.to_string())
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// Denies an access token until it would have expired anyway.

@@ -87,17 +87,41 @@ pub async fn set_role<'c>(
     Ok(r.rows_affected() == 1)
 }
 
-/// Marks a pending or invited person active, optionally setting the password.
+/// Marks a pending or invited person active with the password given.
 pub async fn activate<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
     id: UserId,
-    password_hash: Option<&str>,
+    password_hash: &str,
     now: i64,
 ) -> Result<bool> {
     let r = sqlx::query(
-        "UPDATE users SET status = 'active', password_hash = COALESCE($1, password_hash), updated_at = $2 \
+        "UPDATE users SET status = 'active', password_hash = $1, updated_at = $2 \
          WHERE tenant_id = $3 AND id = $4 AND status IN ('pending', 'invited')",
+    )
+    .bind(password_hash)
+    .bind(now)
+    .bind(scope.tenant_id().to_string())
+    .bind(id.to_string())
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Sets the password of an active or pending person after a password
+/// reset. A pending sign-up becomes active: the reset proved control of
+/// the mailbox and chose the password. Invited people accept their
+/// invitation instead.
+pub async fn reset_password<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: UserId,
+    password_hash: &str,
+    now: i64,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE users SET status = 'active', password_hash = $1, updated_at = $2 \
+         WHERE tenant_id = $3 AND id = $4 AND status IN ('active', 'pending')",
     )
     .bind(password_hash)
     .bind(now)

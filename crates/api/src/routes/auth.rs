@@ -1,4 +1,5 @@
-//! People: sign-up, email verification, login, refresh, logout, invitations.
+//! People: sign-up, email verification, password reset, login, refresh,
+//! logout, invitations.
 
 use std::str::FromStr;
 
@@ -23,6 +24,7 @@ use crate::ops;
 use crate::state::AppState;
 
 const EMAIL_TOKEN_TTL_MS: i64 = 24 * 3600 * 1000;
+const RESET_TOKEN_TTL_MS: i64 = 30 * 60 * 1000;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -42,8 +44,10 @@ pub struct StatusResponse {
 /// The response is the same whether or not the address is already
 /// registered (that owner gets a notice by mail instead), so sign-up is not
 /// an oracle for who has an account. A repeated sign-up of an address not
-/// yet verified mails a new token bound to the new password; whichever
-/// token is used decides the password, and the others are voided.
+/// yet verified changes nothing the first one set: it mails another token
+/// for the same sign-up, and from then on every token of it needs the
+/// password chosen at verification, so neither caller's password becomes
+/// active by a click on a mail.
 #[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", request_body = SignupRequest,
     responses((status = 201, body = StatusResponse), (status = 400, body = palisade_core::Problem)))]
 pub async fn signup(
@@ -85,7 +89,7 @@ pub async fn signup(
                 Err(e) if e.is_unique_violation() => return Ok(pending()),
                 r => r?,
             }
-            insert_verify_token(&mut tx, &scope, user_id, &token, &hash, now).await?;
+            insert_verify_token(&mut tx, &scope, user_id, &token, Some(&hash), now).await?;
             let event = Event::new("auth.signup", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
             palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
             commit(tx).await?;
@@ -109,12 +113,30 @@ pub async fn signup(
                 .await;
                 return Ok(pending());
             }
+            // The hash of this request is dropped: a second caller's
+            // password must never become active.
             let mut tx = state.db.begin().await?;
-            insert_verify_token(&mut tx, &scope, user_id, &token, &hash, now).await?;
+            palisade_store::tokens::unbind_verify_passwords(&mut *tx, &scope, user_id).await?;
+            insert_verify_token(&mut tx, &scope, user_id, &token, None, now).await?;
             let event =
                 Event::new("auth.signup_repeated", Some(tenant_id), Actor::anonymous()).resource("user", user_id);
             palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
             commit(tx).await?;
+            let body = format!(
+                "Someone asked again to sign up for Palisade with this address, which is\n\
+                 not verified yet. Because the sign-up was requested more than once, you\n\
+                 choose your password when you verify (no password sent with a sign-up\n\
+                 will be used). Your verification token is:\n\n    {token}\n\n\
+                 Verify your address and choose your password with:\n\n    \
+                 curl -X POST {base}/v1/auth/verify-email \\\n      \
+                 -H 'Content-Type: application/json' \\\n      \
+                 -d '{{\"token\":\"{token}\",\"password\":\"YOUR NEW PASSWORD\"}}'\n\n\
+                 Any earlier verification mail for this address needs a password too.\n\
+                 The token expires in 24 hours. If you did not sign up, ignore this message.\n",
+                base = state.config.server.public_url
+            );
+            send_mail(&state, &email, "Verify your Palisade account", body).await;
+            return Ok(pending());
         }
     }
     let body = format!(
@@ -133,14 +155,14 @@ async fn insert_verify_token(
     scope: &TenantScope,
     user_id: UserId,
     token: &str,
-    password_hash: &str,
+    password_hash: Option<&str>,
     now: i64,
 ) -> Result<(), ApiError> {
     let t = NewEmailToken {
         user_id,
         token_hash: &sha256_hex(token),
         purpose: "verify",
-        password_hash: Some(password_hash),
+        password_hash,
         expires_at: now + EMAIL_TOKEN_TTL_MS,
     };
     palisade_store::tokens::insert_email_token(&mut **tx, scope, &t).await?;
@@ -174,39 +196,199 @@ async fn ensure_not_frozen(tx: &mut Tx, scope: &TenantScope) -> Result<(), ApiEr
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TokenRequest {
+pub struct VerifyEmailRequest {
     token: String,
+    /// The password to activate instead of the sign-up's. Required when
+    /// the sign-up was requested more than once.
+    #[serde(default)]
+    password: Option<String>,
 }
 
 /// Activates the account the emailed token was issued for, with the
-/// password chosen in the sign-up that sent it.
-#[utoipa::path(post, path = "/v1/auth/verify-email", tag = "auth", request_body = TokenRequest,
-    responses((status = 200, body = StatusResponse), (status = 400, body = palisade_core::Problem)))]
+/// password chosen here or, when none is and the sign-up was requested
+/// only once, the sign-up's. Ends every session of the account and voids
+/// its other verification tokens.
+#[utoipa::path(post, path = "/v1/auth/verify-email", tag = "auth", request_body = VerifyEmailRequest,
+    responses((status = 200, body = StatusResponse), (status = 400, body = palisade_core::Problem),
+        (status = 423, body = palisade_core::Problem)))]
 pub async fn verify_email(
     State(state): State<AppState>,
     ctx: Ctx,
-    ValidJson(req): ValidJson<TokenRequest>,
+    ValidJson(req): ValidJson<VerifyEmailRequest>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    let invalid = || ApiError::validation("token", "is invalid or expired");
+    let must_choose = || {
+        ApiError::validation(
+            "password",
+            "is required: this sign-up was requested more than once, so the password is chosen at verification",
+        )
+    };
+    if !has_shape(&req.token, EMAIL_TOKEN_PREFIX, 43) {
+        return Err(invalid());
+    }
+    let token_hash = sha256_hex(&req.token);
+    // Look the token up before spending an Argon2 run on a password, and
+    // judge the password against the account's own address.
+    let live = palisade_store::tokens::find_email_token(state.db.reader(), &token_hash, "verify", state.now_ms())
+        .await?
+        .ok_or_else(invalid)?;
+    let (tenant_id, user_id) = parse_ids(&live.tenant_id, &live.user_id)?;
+    let scope = TenantScope::for_system(tenant_id);
+    let chosen = match req.password {
+        Some(pw) => {
+            let user = palisade_store::users::get(state.db.reader(), &scope, user_id).await?.ok_or_else(invalid)?;
+            ops::all_valid([ops::password(&pw, Some(&user.email), "password")])?;
+            Some(state.argon2.hash(pw).await?)
+        }
+        None if live.password_hash.is_none() => return Err(must_choose()),
+        None => None,
+    };
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    let used =
+        palisade_store::tokens::consume_email_token(&mut *tx, &token_hash, "verify", now).await?.ok_or_else(invalid)?;
+    // The sign-up may have been repeated since the look-up: the bound
+    // password, read again in this transaction, is the one that counts.
+    let hash = chosen.as_deref().or(used.password_hash.as_deref()).ok_or_else(must_choose)?;
+    ensure_not_frozen(&mut tx, &scope).await?;
+    if !palisade_store::users::activate(&mut *tx, &scope, user_id, hash, now).await? {
+        return Err(invalid());
+    }
+    palisade_store::tokens::void_email_tokens(&mut *tx, &scope, user_id, "verify", now).await?;
+    palisade_store::tokens::revoke_user_families(&mut *tx, &scope, user_id, now).await?;
+    let event = Event::new("auth.email_verified", Some(tenant_id), Actor::user(user_id))
+        .resource("user", user_id)
+        .details(serde_json::json!({ "password_chosen": chosen.is_some() }));
+    palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
+    commit(tx).await?;
+    Ok(Json(StatusResponse { status: "verified" }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordResetRequest {
+    email: String,
+}
+
+/// Mails a password-reset token (30 minutes, single use) to the address
+/// if it has an account, active or still pending. The answer is the same
+/// whether or not it has one, and the mail is issued off the request path
+/// so the time does not tell either. At most one mail a minute per address;
+/// a new token voids the previous one.
+#[utoipa::path(post, path = "/v1/auth/password-reset", tag = "auth", request_body = PasswordResetRequest,
+    responses((status = 202, body = StatusResponse), (status = 400, body = palisade_core::Problem)))]
+pub async fn password_reset(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    ValidJson(req): ValidJson<PasswordResetRequest>,
+) -> Result<(StatusCode, Json<StatusResponse>), ApiError> {
+    let email = ops::email(&req.email, "email").map_err(|e| ApiError::validation_many(vec![e]))?;
+    let user = palisade_store::users::find_for_login(state.db.reader(), &email).await?;
+    let now = state.now_ms();
+    if let Some(user) = user.filter(|u| u.status == "active" || u.status == "pending") {
+        if state.abuse.reset_mail_allowed(&email, now).await {
+            let state = state.clone();
+            tokio::spawn(async move {
+                if let Err(e) = issue_reset(&state, &ctx, &user, now).await {
+                    tracing::error!(error = %e, "issuing a password reset failed");
+                }
+            });
+        }
+    }
+    Ok((StatusCode::ACCEPTED, Json(StatusResponse { status: "reset_requested" })))
+}
+
+async fn issue_reset(
+    state: &AppState,
+    ctx: &Ctx,
+    user: &palisade_store::users::UserRow,
+    now: i64,
+) -> Result<(), ApiError> {
+    let (tenant_id, user_id) = parse_ids(&user.tenant_id, &user.id)?;
+    let scope = TenantScope::for_system(tenant_id);
+    let token = new_email_token();
+    let mut tx = state.db.begin().await?;
+    palisade_store::tokens::void_email_tokens(&mut *tx, &scope, user_id, "reset", now).await?;
+    let t = NewEmailToken {
+        user_id,
+        token_hash: &sha256_hex(&token),
+        purpose: "reset",
+        password_hash: None,
+        expires_at: now + RESET_TOKEN_TTL_MS,
+    };
+    palisade_store::tokens::insert_email_token(&mut *tx, &scope, &t).await?;
+    let event =
+        Event::new("auth.password_reset_requested", Some(tenant_id), Actor::anonymous()).resource("user", user_id);
+    palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
+    commit(tx).await?;
+    let body = format!(
+        "Someone asked to reset the password of your Palisade account.\n\n\
+         Your reset token is:\n\n    {token}\n\n\
+         Choose a new password with:\n\n    curl -X POST {base}/v1/auth/password-reset/confirm \\\n      \
+         -H 'Content-Type: application/json' \\\n      \
+         -d '{{\"token\":\"{token}\",\"password\":\"YOUR NEW PASSWORD\"}}'\n\n\
+         The token works once and expires in 30 minutes. Resetting ends every\n\
+         session of the account. If you did not ask for this, ignore this message:\n\
+         your password stays as it is.\n",
+        base = state.config.server.public_url
+    );
+    send_mail(state, &user.email, "Reset your Palisade password", body).await;
+    Ok(())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordResetConfirmRequest {
+    token: String,
+    password: String,
+}
+
+/// Sets a new password with a mailed reset token. The token works once;
+/// every session of the account ends (refresh and access tokens), its
+/// login lock and throttle are lifted for this address, and a sign-up not
+/// yet verified becomes active (the mailbox's holder chose the password).
+#[utoipa::path(post, path = "/v1/auth/password-reset/confirm", tag = "auth",
+    request_body = PasswordResetConfirmRequest,
+    responses((status = 200, body = StatusResponse), (status = 400, body = palisade_core::Problem),
+        (status = 423, body = palisade_core::Problem)))]
+pub async fn password_reset_confirm(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    ValidJson(req): ValidJson<PasswordResetConfirmRequest>,
 ) -> Result<Json<StatusResponse>, ApiError> {
     let invalid = || ApiError::validation("token", "is invalid or expired");
     if !has_shape(&req.token, EMAIL_TOKEN_PREFIX, 43) {
         return Err(invalid());
     }
-    let now = state.now_ms();
-    let mut tx = state.db.begin().await?;
-    let used = palisade_store::tokens::consume_email_token(&mut *tx, &sha256_hex(&req.token), "verify", now)
+    let token_hash = sha256_hex(&req.token);
+    let live = palisade_store::tokens::find_email_token(state.db.reader(), &token_hash, "reset", state.now_ms())
         .await?
         .ok_or_else(invalid)?;
-    let (tenant_id, user_id) = parse_ids(&used.tenant_id, &used.user_id)?;
+    let (tenant_id, user_id) = parse_ids(&live.tenant_id, &live.user_id)?;
     let scope = TenantScope::for_system(tenant_id);
+    let user = palisade_store::users::get(state.db.reader(), &scope, user_id).await?.ok_or_else(invalid)?;
+    ops::all_valid([ops::password(&req.password, Some(&user.email), "password")])?;
+    let hash = state.argon2.hash(req.password).await?;
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    // One conditional update: of two racing confirms, one wins.
+    palisade_store::tokens::consume_email_token(&mut *tx, &token_hash, "reset", now).await?.ok_or_else(invalid)?;
     ensure_not_frozen(&mut tx, &scope).await?;
-    if !palisade_store::users::activate(&mut *tx, &scope, user_id, used.password_hash.as_deref(), now).await? {
+    let before = palisade_store::users::get(&mut *tx, &scope, user_id).await?.ok_or_else(invalid)?;
+    if !palisade_store::users::reset_password(&mut *tx, &scope, user_id, &hash, now).await? {
         return Err(invalid());
     }
-    palisade_store::tokens::void_email_tokens(&mut *tx, &scope, user_id, "verify", now).await?;
-    let event = Event::new("auth.email_verified", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
+    for purpose in ["reset", "verify"] {
+        palisade_store::tokens::void_email_tokens(&mut *tx, &scope, user_id, purpose, now).await?;
+    }
+    let sessions = palisade_store::tokens::revoke_user_families(&mut *tx, &scope, user_id, now).await?;
+    let event = Event::new("auth.password_reset", Some(tenant_id), Actor::user(user_id))
+        .resource("user", user_id)
+        .details(serde_json::json!({ "activated": before.status == "pending", "sessions_ended": sessions }));
     palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
     commit(tx).await?;
-    Ok(Json(StatusResponse { status: "verified" }))
+    state.abuse.login_password_reset(&before.email, ctx.client_ip, now).await;
+    Ok(Json(StatusResponse { status: "active" }))
 }
 
 fn parse_ids(tenant: &str, user: &str) -> Result<(TenantId, UserId), ApiError> {
@@ -235,11 +417,10 @@ pub async fn accept_invite(
     let token_hash = sha256_hex(&req.token);
     // Look the token up before spending an Argon2 run on the password, and
     // judge the password against the invitee's own address.
-    let (tenant, user) =
-        palisade_store::tokens::find_email_token(state.db.reader(), &token_hash, "invite", state.now_ms())
-            .await?
-            .ok_or_else(invalid)?;
-    let (tenant_id, user_id) = parse_ids(&tenant, &user)?;
+    let live = palisade_store::tokens::find_email_token(state.db.reader(), &token_hash, "invite", state.now_ms())
+        .await?
+        .ok_or_else(invalid)?;
+    let (tenant_id, user_id) = parse_ids(&live.tenant_id, &live.user_id)?;
     let scope = TenantScope::for_system(tenant_id);
     let invitee = palisade_store::users::get(state.db.reader(), &scope, user_id).await?.ok_or_else(invalid)?;
     ops::all_valid([ops::password(&req.password, Some(&invitee.email), "password")])?;
@@ -248,7 +429,7 @@ pub async fn accept_invite(
     let mut tx = state.db.begin().await?;
     palisade_store::tokens::consume_email_token(&mut *tx, &token_hash, "invite", now).await?.ok_or_else(invalid)?;
     ensure_not_frozen(&mut tx, &scope).await?;
-    if !palisade_store::users::activate(&mut *tx, &scope, user_id, Some(&hash), now).await? {
+    if !palisade_store::users::activate(&mut *tx, &scope, user_id, &hash, now).await? {
         return Err(invalid());
     }
     let event = Event::new("user.invite_accepted", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
@@ -300,7 +481,7 @@ pub async fn login(
         .as_ref()
         .and_then(|u| u.password_hash.clone())
         .unwrap_or_else(|| palisade_auth::password::dummy_hash().to_owned());
-    let Some(attempt) = state.abuse.login_attempt(&account, state.now_ms()).await else {
+    let Some(attempt) = state.abuse.login_attempt(&account, ctx.client_ip, state.now_ms()).await else {
         // Locked: exactly the wrong-password answer, after the same work
         // (the hash is checked against nothing anyone knows), so neither the
         // body nor the time tells a lock from a wrong password.
@@ -332,19 +513,25 @@ pub async fn login(
                 event = event.resource("user", &u.id);
             }
             palisade_audit::record(&state.db, &event, &ctx.audit, now).await?;
-            if let Some(until) = state.abuse.login_failed(attempt) {
-                let mut locked = Event::new("auth.account_locked", tenant, Actor::anonymous())
-                    .details(serde_json::json!({ "until": palisade_core::clock::rfc3339(until) }));
+            let failure = state.abuse.login_failed(attempt, now).await;
+            let started = [
+                ("auth.account_locked", "address", failure.address_locked_until),
+                ("auth.account_throttled", "account", failure.account_throttled_until),
+            ];
+            for (action, scope, until) in started {
+                let Some(until) = until else { continue };
+                let mut e = Event::new(action, tenant, Actor::anonymous())
+                    .details(serde_json::json!({ "scope": scope, "until": palisade_core::clock::rfc3339(until) }));
                 if let Some(u) = &other {
-                    locked = locked.resource("user", &u.id);
+                    e = e.resource("user", &u.id);
                 }
-                palisade_audit::record(&state.db, &locked, &ctx.audit, now).await?;
-                tracing::warn!(target: "palisade::abuse", "failed logins: account locked");
+                palisade_audit::record(&state.db, &e, &ctx.audit, now).await?;
+                tracing::warn!(target: "palisade::abuse", scope, "failed logins: {action}");
             }
             return Err(bad_credentials());
         }
     };
-    state.abuse.login_succeeded(&account, attempt).await;
+    state.abuse.login_succeeded(attempt).await;
     let (tenant_id, user_id) = parse_ids(&user.tenant_id, &user.id)?;
     let scope = TenantScope::for_system(tenant_id);
     if user.status == "pending" {
@@ -366,6 +553,7 @@ pub async fn login(
     let event = Event::new("auth.login", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
     palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
     commit(tx).await?;
+    state.abuse.trust_login_address(attempt, now).await;
     Ok(Json(tokens))
 }
 

@@ -36,6 +36,8 @@ pub fn router(state: AppState) -> Router {
     let (api, doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .routes(routes!(auth::signup))
         .routes(routes!(auth::verify_email))
+        .routes(routes!(auth::password_reset))
+        .routes(routes!(auth::password_reset_confirm))
         .routes(routes!(auth::login))
         .routes(routes!(auth::refresh))
         .routes(routes!(auth::logout))

@@ -20,7 +20,7 @@ backend_tests!(
     racing_refreshes_cannot_both_win,
     expired_revocations_are_purged,
     openapi_document_is_generated,
-    repeated_signup_binds_password_to_token,
+    repeated_signup_keeps_the_first_password,
     email_tokens_expire_and_race,
     stale_signups_free_their_address,
     signups_the_operator_funded_are_kept,
@@ -345,7 +345,7 @@ async fn signup(srv: &TestServer, email: &str, password: &str) {
     .expect(201);
 }
 
-async fn repeated_signup_binds_password_to_token(b: Backend) {
+async fn repeated_signup_keeps_the_first_password(b: Backend) {
     let srv = TestServer::start(b).await;
     let email = "twice@example.com";
     let (mine, theirs) = ("mine mine mine mine", "theirs theirs theirs");
@@ -355,9 +355,16 @@ async fn repeated_signup_binds_password_to_token(b: Backend) {
     signup(&srv, email, theirs).await;
     let their_token = srv.mailed_token(email);
     assert_ne!(my_token, their_token);
-    // Using my own token activates my password, and voids theirs.
-    srv.call(Method::POST, "/v1/auth/verify-email", None, Some(json!({"token": my_token}))).await.expect(200);
-    srv.call(Method::POST, "/v1/auth/verify-email", None, Some(json!({"token": their_token}))).await.expect(400);
+    // Neither token activates a password sent with a sign-up any more; the
+    // one chosen at verification counts, and the other token is void.
+    let r = srv.call(Method::POST, "/v1/auth/verify-email", None, Some(json!({"token": my_token}))).await.expect(400);
+    assert_eq!(r.body["errors"][0]["field"], "password");
+    srv.call(Method::POST, "/v1/auth/verify-email", None, Some(json!({"token": my_token, "password": mine})))
+        .await
+        .expect(200);
+    srv.call(Method::POST, "/v1/auth/verify-email", None, Some(json!({"token": their_token, "password": theirs})))
+        .await
+        .expect(400);
     srv.login(email, mine).await;
     srv.call(Method::POST, "/v1/auth/login", None, Some(json!({"email": email, "password": theirs}))).await.expect(401);
     let tenants = srv.admin(Method::GET, "/sysadmin/v1/tenants", None).await.expect(200);

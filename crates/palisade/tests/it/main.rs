@@ -6,6 +6,7 @@
 mod common;
 
 mod abuse;
+mod accounts;
 mod api_keys;
 mod audit;
 mod auth;
