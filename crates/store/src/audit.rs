@@ -93,7 +93,6 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
-/// A tenant's own events, oldest first, after the cursor.
 /// Whose events to read: one tenant's, or (operator only) the platform's,
 /// optionally narrowed to one tenant.
 pub enum Reader<'a> {
@@ -101,37 +100,78 @@ pub enum Reader<'a> {
     Operator(&'a SysadminProof, Option<TenantId>),
 }
 
+impl Reader<'_> {
+    /// The one tenant read, if any.
+    pub fn tenant(&self) -> Option<TenantId> {
+        match self {
+            Reader::Tenant(scope) => Some(scope.tenant_id()),
+            Reader::Operator(_, tenant) => *tenant,
+        }
+    }
+}
+
+/// The position in the log after the event numbered `$2` (the cursor):
+/// its leaf. A number that is no leaf (a cursor from before the feed
+/// paged by leaf, or made up) starts after the nearest sequenced event
+/// before it; nothing, from the start.
+const CURSOR_LEAF: &str = "COALESCE((SELECT leaf_index FROM audit_leaves WHERE event_seq = $2), \
+    (SELECT leaf_index FROM audit_leaves WHERE event_seq < $2 ORDER BY event_seq DESC LIMIT 1), -1)";
+
+/// The filters of [`AuditFilter`] as `$3`…`$8`. Optional filters are bound
+/// as NULL and short-circuited in SQL, so the statement text is fixed and
+/// every value is a bound parameter.
+const FILTERS: &str = "($3 IS NULL OR e.action = $3) AND ($4 IS NULL OR e.resource_type = $4) \
+    AND ($5 IS NULL OR e.resource_id = $5) AND ($6 IS NULL OR e.actor_id = $6) \
+    AND ($7 IS NULL OR e.ts >= $7) AND ($8 IS NULL OR e.ts < $8)";
+
+/// Events after the cursor, in the log's order (leaf order). Only events
+/// already sequenced into the log are read: a leaf is given to a committed
+/// event only, after every leaf before it, so a reader that follows the
+/// cursor never passes an event that becomes visible later.
 pub async fn list<'c>(
     ex: impl Executor<'c, Database = Any>,
     reader: Reader<'_>,
     f: &AuditFilter,
 ) -> Result<Vec<AuditRow>> {
-    let tenant = match reader {
-        Reader::Tenant(scope) => Some(scope.tenant_id()),
-        Reader::Operator(_, tenant) => tenant,
+    let sql = match reader.tenant() {
+        // The tenant's own leaves, through their index.
+        Some(_) => format!(
+            "SELECT {EVENT_COLS} FROM audit_tenant_leaves t \
+               JOIN audit_leaves l ON l.leaf_index = t.leaf_index JOIN audit_events e ON e.seq = l.event_seq \
+             WHERE t.tenant_id = $1 AND e.tenant_id = $1 AND t.leaf_index > {CURSOR_LEAF} AND {FILTERS} \
+             ORDER BY t.leaf_index LIMIT $9"
+        ),
+        None => format!(
+            "SELECT {EVENT_COLS} FROM audit_leaves l JOIN audit_events e ON e.seq = l.event_seq \
+             WHERE ($1 IS NULL OR e.tenant_id = $1) AND l.leaf_index > {CURSOR_LEAF} AND {FILTERS} \
+             ORDER BY l.leaf_index LIMIT $9"
+        ),
     };
-    // Optional filters are bound as NULL and short-circuited in SQL, so the
-    // statement text is fixed and every value is a bound parameter.
-    Ok(sqlx::query_as(
-        "SELECT seq, id, ts, tenant_id, actor_type, actor_id, action, resource_type, resource_id, source_ip, \
-           user_agent, request_id, details FROM audit_events \
-         WHERE ($1 IS NULL OR tenant_id = $1) AND seq > $2 \
-           AND ($3 IS NULL OR action = $3) AND ($4 IS NULL OR resource_type = $4) \
-           AND ($5 IS NULL OR resource_id = $5) AND ($6 IS NULL OR actor_id = $6) \
-           AND ($7 IS NULL OR ts >= $7) AND ($8 IS NULL OR ts < $8) \
-         ORDER BY seq LIMIT $9",
+    Ok(sqlx::query_as(&sql)
+        .bind(reader.tenant().map(|t| t.to_string()))
+        .bind(f.after_seq.unwrap_or(0))
+        .bind(&f.action)
+        .bind(&f.resource_type)
+        .bind(&f.resource_id)
+        .bind(&f.actor_id)
+        .bind(f.since_ms)
+        .bind(f.until_ms)
+        .bind(f.limit)
+        .fetch_all(ex)
+        .await?)
+}
+
+/// Whether committed events of `tenant` (of anyone when `None`) wait to be
+/// sequenced into the log.
+pub async fn tenant_pending<'c>(ex: impl Executor<'c, Database = Any>, tenant: Option<TenantId>) -> Result<bool> {
+    Ok(sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM audit_pending p WHERE EXISTS \
+           (SELECT 1 FROM audit_events e WHERE e.seq = p.seq AND ($1 IS NULL OR e.tenant_id = $1)) LIMIT 1) x",
     )
     .bind(tenant.map(|t| t.to_string()))
-    .bind(f.after_seq.unwrap_or(0))
-    .bind(&f.action)
-    .bind(&f.resource_type)
-    .bind(&f.resource_id)
-    .bind(&f.actor_id)
-    .bind(f.since_ms)
-    .bind(f.until_ms)
-    .bind(f.limit)
-    .fetch_all(ex)
-    .await?)
+    .fetch_one(ex)
+    .await?
+        > 0)
 }
 
 // ---- The verifiable log: sequencing, nodes, checkpoints ----

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::common::{Backend, TestServer};
 
-backend_tests!(events_are_scoped_paged_and_filtered);
+backend_tests!(events_are_scoped_paged_and_filtered, feed_delivers_an_event_committed_late,);
 
 async fn events_are_scoped_paged_and_filtered(b: Backend) {
     let srv = TestServer::start(b).await;
@@ -70,4 +70,100 @@ async fn events_are_scoped_paged_and_filtered(b: Backend) {
     srv.stop().await;
 }
 
-use palisade_core::Clock;
+/// A client following the feed: reads pages after its cursor until the
+/// end, then keeps the last event's `seq` as its cursor (as clients do).
+struct Follower {
+    after: Option<String>,
+    seen: Vec<Value>,
+}
+
+impl Follower {
+    async fn read(&mut self, srv: &TestServer, token: &str) {
+        loop {
+            let q = match &self.after {
+                Some(c) => format!("/v1/events?limit=2&after={c}"),
+                None => "/v1/events?limit=2".to_owned(),
+            };
+            let r = srv.get(&q, token).await.expect(200);
+            let page = r.body["data"].as_array().unwrap().clone();
+            if let Some(last) = page.last() {
+                self.after = Some(last["seq"].to_string());
+            }
+            self.seen.extend(page);
+            if r.body["next_cursor"].is_null() {
+                return;
+            }
+        }
+    }
+
+    fn has(&self, action: &str) -> bool {
+        self.seen.iter().any(|e| e["action"] == action)
+    }
+}
+
+/// An event whose transaction commits after a later event's still reaches
+/// a client that already paged past the later one (PostgreSQL assigns
+/// `seq` at insert, not at commit; SQLite serialises writers, so there the
+/// later write simply waits).
+async fn feed_delivers_an_event_committed_late(b: Backend) {
+    let srv = TestServer::start(b.clone()).await;
+    let t = srv.tenant("Late").await;
+    let mut client = Follower { after: None, seen: Vec::new() };
+    client.read(&srv, &t.token).await;
+
+    // The slow transaction: an event written the way actions write theirs,
+    // held uncommitted.
+    let state = srv.state().clone();
+    let tenant: TenantId = t.id.parse().unwrap();
+    let mut slow = state.db.begin().await.unwrap();
+    let event = palisade_audit::Event::new("test.slow", Some(tenant), Actor::system());
+    palisade_audit::append(&mut *slow, &event, &palisade_audit::Context::default(), srv.clock.now_ms()).await.unwrap();
+
+    // A later event, committed meanwhile, and read by the client.
+    let later = tokio::spawn(TestServer::send(
+        srv.request(Method::POST, "/v1/api-keys")
+            .bearer_auth(&t.token)
+            .json(&json!({"name": "later", "role": "read_only"})),
+    ));
+    let later = if matches!(b, Backend::Postgres(_)) {
+        later.await.unwrap().expect(201);
+        for _ in 0..50 {
+            client.read(&srv, &t.token).await;
+            if client.has("api_key.created") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(client.has("api_key.created"), "the later event is served: {:?}", client.seen);
+        None
+    } else {
+        // SQLite: the later write waits for the slow one.
+        client.read(&srv, &t.token).await;
+        Some(later)
+    };
+
+    slow.commit().await.unwrap();
+    if let Some(later) = later {
+        later.await.unwrap().expect(201);
+    }
+    for _ in 0..50 {
+        client.read(&srv, &t.token).await;
+        if client.has("test.slow") && client.has("api_key.created") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(client.has("test.slow"), "the late event reaches the client: {:?}", client.seen);
+    let mut ids: Vec<_> = client.seen.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "no event is delivered twice");
+    srv.stop().await;
+}
+
+use std::time::Duration;
+
+use palisade_core::principal::Actor;
+use palisade_core::{Clock, TenantId};
+use serde_json::Value;
