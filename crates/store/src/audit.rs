@@ -43,42 +43,64 @@ pub struct NewAuditRow {
 const INSERT: &str = "INSERT INTO audit_events (id, ts, tenant_id, actor_type, actor_id, action, resource_type, \
     resource_id, source_ip, user_agent, request_id, details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
-pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, r: &NewAuditRow) -> Result<()> {
-    sqlx::query(INSERT)
-        .bind(&r.id)
-        .bind(r.ts)
-        .bind(&r.tenant_id)
-        .bind(&r.actor_type)
-        .bind(&r.actor_id)
-        .bind(&r.action)
-        .bind(&r.resource_type)
-        .bind(&r.resource_id)
-        .bind(&r.source_ip)
-        .bind(&r.user_agent)
-        .bind(&r.request_id)
-        .bind(&r.details)
-        .execute(ex)
-        .await?;
+/// The insert of `n` rows: [`INSERT`] with more value lists.
+fn insert_sql(n: usize) -> String {
+    let mut sql = INSERT.to_owned();
+    for i in 1..n {
+        let marks: Vec<String> = (1..=12).map(|k| format!("${}", i * 12 + k)).collect();
+        sql.push_str(&format!(", ({})", marks.join(", ")));
+    }
+    sql
+}
+
+/// Inserts the rows of one event (usually one row) in one statement.
+pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, rows: &[NewAuditRow]) -> Result<()> {
+    let sql = insert_sql(rows.len());
+    let mut q = sqlx::query(&sql);
+    for r in rows {
+        q = q
+            .bind(&r.id)
+            .bind(r.ts)
+            .bind(&r.tenant_id)
+            .bind(&r.actor_type)
+            .bind(&r.actor_id)
+            .bind(&r.action)
+            .bind(&r.resource_type)
+            .bind(&r.resource_id)
+            .bind(&r.source_ip)
+            .bind(&r.user_agent)
+            .bind(&r.request_id)
+            .bind(&r.details);
+    }
+    q.execute(ex).await?;
     Ok(())
 }
 
 /// [`insert`] as a statement for [`crate::Db::write_all`], so the event
 /// commits with the statements of the action it records.
-pub fn insert_stmt(r: NewAuditRow) -> crate::Stmt {
-    crate::Stmt::new(INSERT)
-        .bind(r.id)
-        .bind(r.ts)
-        .bind(r.tenant_id)
-        .bind(r.actor_type)
-        .bind(r.actor_id)
-        .bind(r.action)
-        .bind(r.resource_type)
-        .bind(r.resource_id)
-        .bind(r.source_ip)
-        .bind(r.user_agent)
-        .bind(r.request_id)
-        .bind(r.details)
-        .merged_as_rows()
+pub fn insert_stmt(rows: Vec<NewAuditRow>) -> crate::Stmt {
+    let one = rows.len() == 1;
+    let st = if one { crate::Stmt::new(INSERT) } else { crate::Stmt::dynamic(insert_sql(rows.len())) };
+    let st = rows.into_iter().fold(st, |st, r| {
+        st.bind(r.id)
+            .bind(r.ts)
+            .bind(r.tenant_id)
+            .bind(r.actor_type)
+            .bind(r.actor_id)
+            .bind(r.action)
+            .bind(r.resource_type)
+            .bind(r.resource_id)
+            .bind(r.source_ip)
+            .bind(r.user_agent)
+            .bind(r.request_id)
+            .bind(r.details)
+    });
+    // Only the one-row form has the fixed text that concurrent lists share.
+    if one {
+        st.merged_as_rows()
+    } else {
+        st
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -130,6 +130,10 @@ async fn page(state: &AppState, reader: Reader<'_>, q: EventQuery) -> Result<Lis
     if let Err(e) = state.audit_log.catch_up(reader.tenant(), state.now_ms()).await {
         tracing::error!(error = %e, "audit integration for the event feed failed");
     }
+    let view = match reader {
+        Reader::Tenant(_) => EventView::for_tenant,
+        Reader::Operator(..) => EventView::from,
+    };
     let mut rows = palisade_store::audit::list(state.db.reader(), reader, &filter).await?;
     // The cursor is the last event's `seq` (as before paging by log order):
     // the feed continues after that event's place in the log.
@@ -139,7 +143,7 @@ async fn page(state: &AppState, reader: Reader<'_>, q: EventQuery) -> Result<Lis
     } else {
         None
     };
-    Ok(List { data: rows.into_iter().map(EventView::from).collect(), next_cursor })
+    Ok(List { data: rows.into_iter().map(view).collect(), next_cursor })
 }
 
 #[derive(Serialize, ToSchema)]
