@@ -59,8 +59,8 @@ pub async fn append<'c>(
     ctx: &Context,
     now_ms: i64,
 ) -> palisade_store::Result<EventId> {
-    let (id, row) = row_of(event, ctx, now_ms);
-    palisade_store::audit::insert(ex, &row).await?;
+    let (id, rows) = rows_of(event, ctx, now_ms);
+    palisade_store::audit::insert(ex, &rows).await?;
     Ok(id)
 }
 
@@ -75,11 +75,45 @@ pub async fn record(db: &Db, event: &Event, ctx: &Context, now_ms: i64) -> palis
 /// The append as a statement for [`Db::write_all`], to commit with the
 /// statements of the action it records.
 pub fn append_stmt(event: &Event, ctx: &Context, now_ms: i64) -> (EventId, palisade_store::Stmt) {
-    let (id, row) = row_of(event, ctx, now_ms);
-    (id, palisade_store::audit::insert_stmt(row))
+    let (id, rows) = rows_of(event, ctx, now_ms);
+    (id, palisade_store::audit::insert_stmt(rows))
 }
 
-/// The one place an event becomes a row.
+/// The action of the platform's record of an operator's request behind a
+/// tenant's event.
+pub const OPERATOR_REQUEST: &str = "sysadmin.tenant_event";
+
+/// The one place an event becomes rows: one, except for an operator's
+/// action recorded under a tenant. The tenant's record then says only that
+/// the operator acted (no address, user agent or request id: the operator's
+/// details are not the tenant's to see, and the record is what a tenant's
+/// inclusion proof shows byte for byte); a second record, the platform's
+/// own (no tenant), keeps where the request came from and names the
+/// tenant's record. Both are in the log, committed together.
+fn rows_of(event: &Event, ctx: &Context, now_ms: i64) -> (EventId, Vec<NewAuditRow>) {
+    let (id, row) = row_of(event, ctx, now_ms);
+    let has_context = ctx.source_ip.is_some() || ctx.user_agent.is_some() || ctx.request_id.is_some();
+    if !(is_operator(&event.actor) && event.tenant_id.is_some() && has_context) {
+        return (id, vec![row]);
+    }
+    let tenant_row = NewAuditRow { source_ip: None, user_agent: None, request_id: None, ..row.clone() };
+    let platform = Event {
+        action: OPERATOR_REQUEST,
+        tenant_id: None,
+        actor: event.actor.clone(),
+        resource_type: event.resource_type,
+        resource_id: event.resource_id.clone(),
+        details: serde_json::json!({ "tenant_id": row.tenant_id, "event_id": row.id, "action": row.action }),
+    };
+    let (_, platform_row) = row_of(&platform, ctx, now_ms);
+    (id, vec![tenant_row, platform_row])
+}
+
+fn is_operator(actor: &Actor) -> bool {
+    actor.kind == Actor::sysadmin().kind
+}
+
+/// An event as one row, with the request's context.
 fn row_of(event: &Event, ctx: &Context, now_ms: i64) -> (EventId, NewAuditRow) {
     let id = EventId::new();
     let row = NewAuditRow {
@@ -116,6 +150,21 @@ pub struct EventView {
     pub request_id: Option<String>,
     #[schema(value_type = Object)]
     pub details: Value,
+}
+
+impl EventView {
+    /// The event as its tenant sees it: an operator's action shows the
+    /// operator (`sysadmin`, no id) and nothing of where its request came
+    /// from. Records written since the operator's details went to the
+    /// platform's record hold none; this covers older ones.
+    pub fn for_tenant(r: AuditRow) -> Self {
+        let mut v = EventView::from(r);
+        if is_operator(&v.actor) {
+            v.actor.id = None;
+            (v.source_ip, v.user_agent, v.request_id) = (None, None, None);
+        }
+        v
+    }
 }
 
 impl From<AuditRow> for EventView {

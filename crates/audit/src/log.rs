@@ -206,6 +206,17 @@ impl AuditLog {
         Ok(signed.pop())
     }
 
+    /// Sequences now the committed events of `tenant` (of anyone when
+    /// `None`) still waiting, if any: the event feed serves sequenced events
+    /// only, and a reader should see its own writes at once rather than
+    /// after the next run.
+    pub async fn catch_up(&self, tenant: Option<palisade_core::TenantId>, now_ms: i64) -> Result<(), LogError> {
+        if palisade_store::audit::tenant_pending(self.db.reader(), tenant).await? {
+            self.integrate(now_ms).await?;
+        }
+        Ok(())
+    }
+
     /// Integrates up to BATCH pending events; the checkpoint and whether the
     /// batch was full. The hashing and signing happen before the write, so
     /// the write itself is one short atomic list that other writers barely

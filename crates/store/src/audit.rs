@@ -43,42 +43,64 @@ pub struct NewAuditRow {
 const INSERT: &str = "INSERT INTO audit_events (id, ts, tenant_id, actor_type, actor_id, action, resource_type, \
     resource_id, source_ip, user_agent, request_id, details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
-pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, r: &NewAuditRow) -> Result<()> {
-    sqlx::query(INSERT)
-        .bind(&r.id)
-        .bind(r.ts)
-        .bind(&r.tenant_id)
-        .bind(&r.actor_type)
-        .bind(&r.actor_id)
-        .bind(&r.action)
-        .bind(&r.resource_type)
-        .bind(&r.resource_id)
-        .bind(&r.source_ip)
-        .bind(&r.user_agent)
-        .bind(&r.request_id)
-        .bind(&r.details)
-        .execute(ex)
-        .await?;
+/// The insert of `n` rows: [`INSERT`] with more value lists.
+fn insert_sql(n: usize) -> String {
+    let mut sql = INSERT.to_owned();
+    for i in 1..n {
+        let marks: Vec<String> = (1..=12).map(|k| format!("${}", i * 12 + k)).collect();
+        sql.push_str(&format!(", ({})", marks.join(", ")));
+    }
+    sql
+}
+
+/// Inserts the rows of one event (usually one row) in one statement.
+pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, rows: &[NewAuditRow]) -> Result<()> {
+    let sql = insert_sql(rows.len());
+    let mut q = sqlx::query(&sql);
+    for r in rows {
+        q = q
+            .bind(&r.id)
+            .bind(r.ts)
+            .bind(&r.tenant_id)
+            .bind(&r.actor_type)
+            .bind(&r.actor_id)
+            .bind(&r.action)
+            .bind(&r.resource_type)
+            .bind(&r.resource_id)
+            .bind(&r.source_ip)
+            .bind(&r.user_agent)
+            .bind(&r.request_id)
+            .bind(&r.details);
+    }
+    q.execute(ex).await?;
     Ok(())
 }
 
 /// [`insert`] as a statement for [`crate::Db::write_all`], so the event
 /// commits with the statements of the action it records.
-pub fn insert_stmt(r: NewAuditRow) -> crate::Stmt {
-    crate::Stmt::new(INSERT)
-        .bind(r.id)
-        .bind(r.ts)
-        .bind(r.tenant_id)
-        .bind(r.actor_type)
-        .bind(r.actor_id)
-        .bind(r.action)
-        .bind(r.resource_type)
-        .bind(r.resource_id)
-        .bind(r.source_ip)
-        .bind(r.user_agent)
-        .bind(r.request_id)
-        .bind(r.details)
-        .merged_as_rows()
+pub fn insert_stmt(rows: Vec<NewAuditRow>) -> crate::Stmt {
+    let one = rows.len() == 1;
+    let st = if one { crate::Stmt::new(INSERT) } else { crate::Stmt::dynamic(insert_sql(rows.len())) };
+    let st = rows.into_iter().fold(st, |st, r| {
+        st.bind(r.id)
+            .bind(r.ts)
+            .bind(r.tenant_id)
+            .bind(r.actor_type)
+            .bind(r.actor_id)
+            .bind(r.action)
+            .bind(r.resource_type)
+            .bind(r.resource_id)
+            .bind(r.source_ip)
+            .bind(r.user_agent)
+            .bind(r.request_id)
+            .bind(r.details)
+    });
+    // Only the one-row form has the fixed text that concurrent lists share.
+    if one {
+        st.merged_as_rows()
+    } else {
+        st
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -93,7 +115,6 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
-/// A tenant's own events, oldest first, after the cursor.
 /// Whose events to read: one tenant's, or (operator only) the platform's,
 /// optionally narrowed to one tenant.
 pub enum Reader<'a> {
@@ -101,37 +122,80 @@ pub enum Reader<'a> {
     Operator(&'a SysadminProof, Option<TenantId>),
 }
 
+impl Reader<'_> {
+    /// The one tenant read, if any.
+    pub fn tenant(&self) -> Option<TenantId> {
+        match self {
+            Reader::Tenant(scope) => Some(scope.tenant_id()),
+            Reader::Operator(_, tenant) => *tenant,
+        }
+    }
+}
+
+/// The position in the log after the event numbered `$2` (the cursor):
+/// its leaf. A number that is no leaf (a cursor from before the feed
+/// paged by leaf, or made up) starts after the nearest sequenced event
+/// before it; nothing, from the start.
+const CURSOR_LEAF: &str = "COALESCE((SELECT leaf_index FROM audit_leaves WHERE event_seq = $2), \
+    (SELECT leaf_index FROM audit_leaves WHERE event_seq < $2 ORDER BY event_seq DESC LIMIT 1), -1)";
+
+/// The filters of [`AuditFilter`] as `$3`…`$8`. Optional filters are bound
+/// as NULL and short-circuited in SQL, so the statement text is fixed and
+/// every value is a bound parameter.
+const FILTERS: &str = "($3 IS NULL OR e.action = $3) AND ($4 IS NULL OR e.resource_type = $4) \
+    AND ($5 IS NULL OR e.resource_id = $5) AND ($6 IS NULL OR e.actor_id = $6) \
+    AND ($7 IS NULL OR e.ts >= $7) AND ($8 IS NULL OR e.ts < $8)";
+
+/// Events after the cursor, in the log's order (leaf order). Only events
+/// already sequenced into the log are read: a leaf is given to a committed
+/// event only, after every leaf before it, so a reader that follows the
+/// cursor never passes an event that becomes visible later.
 pub async fn list<'c>(
     ex: impl Executor<'c, Database = Any>,
     reader: Reader<'_>,
     f: &AuditFilter,
 ) -> Result<Vec<AuditRow>> {
-    let tenant = match reader {
-        Reader::Tenant(scope) => Some(scope.tenant_id()),
-        Reader::Operator(_, tenant) => tenant,
+    let sql = match reader.tenant() {
+        // The tenant's own leaves, through their index. The events' own
+        // tenant is checked too (the index is not hashed), outside: inside,
+        // PostgreSQL counts the tenant twice and walks the whole log.
+        Some(_) => format!(
+            "SELECT * FROM (SELECT {EVENT_COLS} FROM audit_tenant_leaves t \
+               JOIN audit_leaves l ON l.leaf_index = t.leaf_index JOIN audit_events e ON e.seq = l.event_seq \
+             WHERE t.tenant_id = $1 AND t.leaf_index > {CURSOR_LEAF} AND {FILTERS} \
+             ORDER BY t.leaf_index LIMIT $9) page WHERE page.tenant_id = $1"
+        ),
+        None => format!(
+            "SELECT {EVENT_COLS} FROM audit_leaves l JOIN audit_events e ON e.seq = l.event_seq \
+             WHERE ($1 IS NULL OR e.tenant_id = $1) AND l.leaf_index > {CURSOR_LEAF} AND {FILTERS} \
+             ORDER BY l.leaf_index LIMIT $9"
+        ),
     };
-    // Optional filters are bound as NULL and short-circuited in SQL, so the
-    // statement text is fixed and every value is a bound parameter.
-    Ok(sqlx::query_as(
-        "SELECT seq, id, ts, tenant_id, actor_type, actor_id, action, resource_type, resource_id, source_ip, \
-           user_agent, request_id, details FROM audit_events \
-         WHERE ($1 IS NULL OR tenant_id = $1) AND seq > $2 \
-           AND ($3 IS NULL OR action = $3) AND ($4 IS NULL OR resource_type = $4) \
-           AND ($5 IS NULL OR resource_id = $5) AND ($6 IS NULL OR actor_id = $6) \
-           AND ($7 IS NULL OR ts >= $7) AND ($8 IS NULL OR ts < $8) \
-         ORDER BY seq LIMIT $9",
+    Ok(sqlx::query_as(&sql)
+        .bind(reader.tenant().map(|t| t.to_string()))
+        .bind(f.after_seq.unwrap_or(0))
+        .bind(&f.action)
+        .bind(&f.resource_type)
+        .bind(&f.resource_id)
+        .bind(&f.actor_id)
+        .bind(f.since_ms)
+        .bind(f.until_ms)
+        .bind(f.limit)
+        .fetch_all(ex)
+        .await?)
+}
+
+/// Whether committed events of `tenant` (of anyone when `None`) wait to be
+/// sequenced into the log.
+pub async fn tenant_pending<'c>(ex: impl Executor<'c, Database = Any>, tenant: Option<TenantId>) -> Result<bool> {
+    Ok(sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM audit_pending p WHERE EXISTS \
+           (SELECT 1 FROM audit_events e WHERE e.seq = p.seq AND ($1 IS NULL OR e.tenant_id = $1)) LIMIT 1) x",
     )
     .bind(tenant.map(|t| t.to_string()))
-    .bind(f.after_seq.unwrap_or(0))
-    .bind(&f.action)
-    .bind(&f.resource_type)
-    .bind(&f.resource_id)
-    .bind(&f.actor_id)
-    .bind(f.since_ms)
-    .bind(f.until_ms)
-    .bind(f.limit)
-    .fetch_all(ex)
-    .await?)
+    .fetch_one(ex)
+    .await?
+        > 0)
 }
 
 // ---- The verifiable log: sequencing, nodes, checkpoints ----
