@@ -13,6 +13,7 @@ mod calls;
 mod cli;
 mod events;
 mod identities;
+mod inbound;
 mod input;
 mod isolation;
 mod logs;

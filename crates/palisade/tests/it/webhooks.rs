@@ -479,13 +479,13 @@ async fn replay_sends_again_with_the_same_id(b: Backend) {
     srv.stop().await;
 }
 
-const PAY_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const PAY_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn signed(srv: &TestServer, msg_id: &str, ts: i64, body: &str, secret: &str) -> reqwest::RequestBuilder {
     signed_for(srv, "pay", msg_id, ts, body, secret)
 }
 
-fn signed_for(
+pub(crate) fn signed_for(
     srv: &TestServer,
     provider: &str,
     msg_id: &str,
