@@ -19,6 +19,7 @@ use palisade_store::api_keys::Lineage;
 use serde::de::DeserializeOwned;
 
 use crate::abuse::{AddressPass, CallerKey, Class};
+use crate::body::CredentialVerified;
 use crate::middleware::{note_tenant, ClientIp, RequestId};
 use crate::state::{AppState, MasterKey};
 
@@ -137,6 +138,7 @@ impl FromRequestParts<AppState> for Auth {
             .tenant_pass(&state.db, state.now_ms(), &principal, &policy, class, ctx.client_ip, || ctx.audit.clone())
             .await?;
         parts.extensions.insert(caller);
+        parts.extensions.insert(CredentialVerified);
         Ok(Auth { principal, ctx, concurrent_calls: policy.concurrent_calls, state: state.clone() })
     }
 }
@@ -377,6 +379,7 @@ impl FromRequestParts<AppState> for Sysadmin {
             state.abuse.credential_failed(&state.db, "master_key", ctx.client_ip, now, ctx.audit.clone()).await;
             return Err(ApiError::unauthenticated());
         }
+        parts.extensions.insert(CredentialVerified);
         Ok(Sysadmin { proof: SysadminProof::verified(), ctx })
     }
 }
@@ -439,20 +442,7 @@ async fn read_json(req: Request, state: &AppState) -> Result<(serde_json::Value,
     }
     let limits = &state.config.limits;
     let (parts, body) = req.into_parts();
-    let too_large = || ApiError::payload_too_large().with_extra("limit_bytes", limits.max_json_bytes);
-    // A declared oversize body is refused before any of it is read; a
-    // chunked one as soon as it crosses the limit.
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limits.max_json_bytes) {
-        return Err(too_large());
-    }
-    let bytes = axum::body::to_bytes(body, limits.max_json_bytes).await.map_err(|e| {
-        if is_length_limit(&e) {
-            too_large()
-        } else {
-            ApiError::validation("body", "The body could not be read.")
-        }
-    })?;
+    let bytes = crate::body::read(&state.body_reads, &parts, body, limits.max_json_bytes).await?;
     if !palisade_guard::input::json_depth_within(&bytes, limits.max_json_depth) {
         return Err(ApiError::validation("body", format!("JSON nesting deeper than {}", limits.max_json_depth)));
     }
@@ -479,17 +469,6 @@ impl<T: DeserializeOwned> OptionalFromRequest<AppState> for ValidJson<T> {
         }
         <Self as FromRequest<AppState>>::from_request(req, state).await.map(Some)
     }
-}
-
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
 }
 
 fn json_error(e: &serde_json::Error) -> String {

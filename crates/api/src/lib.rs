@@ -2,6 +2,7 @@
 //! document generated from them.
 
 pub mod abuse;
+pub mod body;
 pub mod extract;
 pub mod metrics;
 pub mod middleware;

@@ -22,6 +22,8 @@ pub struct Services {
     pub abuse: crate::abuse::Abuse,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub argon2: crate::ops::Argon2Slots,
+    /// Read slots for bodies sent before authentication.
+    pub body_reads: crate::body::UnauthenticatedReads,
     pub carrier: Arc<dyn palisade_comms::Carrier>,
     pub reports: crate::reports::Reports,
     /// Messages being handed to the carrier: a graceful stop waits for them

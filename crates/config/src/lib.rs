@@ -214,6 +214,14 @@ pub struct Limits {
     pub max_json_bytes: usize,
     pub max_json_depth: usize,
     pub max_text_chars: usize,
+    /// Bodies read at once, across the process, before anyone is
+    /// authenticated (inbound callbacks, `/v1/auth/*`); one more is refused
+    /// at once (503 with `Retry-After`). Bounds their memory to this many
+    /// times `max_json_bytes`.
+    pub unauthenticated_body_reads: usize,
+    /// How long such a body may take to arrive (it holds one of those
+    /// slots meanwhile); slower is 408.
+    pub unauthenticated_body_secs: u64,
 }
 
 /// Request rates (SPEC §7), per minute; 0 turns a limit off. Tenants can
@@ -444,7 +452,14 @@ impl Default for Mail {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_body_bytes: 25 * 1024 * 1024, max_json_bytes: 1024 * 1024, max_json_depth: 32, max_text_chars: 8192 }
+        Self {
+            max_body_bytes: 25 * 1024 * 1024,
+            max_json_bytes: 1024 * 1024,
+            max_json_depth: 32,
+            max_text_chars: 8192,
+            unauthenticated_body_reads: 64,
+            unauthenticated_body_secs: 10,
+        }
     }
 }
 
@@ -654,6 +669,11 @@ impl Config {
                     "webhooks.encryption_key must be 32 random bytes in base64 (`openssl rand -base64 32`)".into(),
                 ));
             }
+        }
+        if self.limits.unauthenticated_body_reads == 0 || self.limits.unauthenticated_body_secs == 0 {
+            return Err(ConfigError(
+                "limits.unauthenticated_body_reads and limits.unauthenticated_body_secs must be above 0".into(),
+            ));
         }
         for (name, p) in &self.inbound.providers {
             let ok_name = !name.is_empty()

@@ -184,6 +184,7 @@ fn title(reason: &str) -> &'static str {
         "idempotency_key_reused" => "Idempotency key reused",
         "internal" => "Internal error",
         "unavailable" => "Service unavailable",
+        "request_timeout" => "Request timeout",
         _ => "Error",
     }
 }

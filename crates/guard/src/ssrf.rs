@@ -14,6 +14,11 @@ use url::{Host, Url};
 /// The longest URL accepted, before and after normalization.
 pub const MAX_URL_LEN: usize = 2048;
 
+/// What is said of a host name that does not resolve, resolves to a refused
+/// address, or is `localhost`: the same words for all, so whoever chose the
+/// name learns nothing of what the platform's DNS answers for it.
+pub const NAME_NOT_PUBLIC: &str = "the host must resolve to a public address";
+
 /// Why an address is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AddrClass {
@@ -98,8 +103,11 @@ pub enum SsrfError {
     MissingHost,
     /// Port 0.
     InvalidPort,
-    /// The URL's address, or one the host resolved to, is not public.
+    /// The URL's address (an IP literal) is not public.
     Forbidden { addr: IpAddr, class: AddrClass },
+    /// The host name resolved to this address, which is not public. Shown
+    /// as [`NAME_NOT_PUBLIC`]; the address and class are for the operator.
+    ResolvedForbidden { addr: IpAddr, class: AddrClass },
     /// The host is `localhost` or a name under `.localhost` (RFC 6761).
     LocalhostName,
     /// The host has no addresses.
@@ -116,15 +124,18 @@ impl SsrfError {
             SsrfError::Credentials => "credentials_in_url",
             SsrfError::MissingHost => "missing_host",
             SsrfError::InvalidPort => "invalid_port",
-            SsrfError::Forbidden { .. } | SsrfError::LocalhostName => "forbidden_address",
-            SsrfError::Unresolvable => "unresolvable_host",
+            SsrfError::Forbidden { .. } => "forbidden_address",
+            SsrfError::ResolvedForbidden { .. } | SsrfError::LocalhostName | SsrfError::Unresolvable => {
+                "host_not_public"
+            }
         }
     }
 
-    /// For a refused address, why.
+    /// For a refused address, why (for a host name: the operator's to know,
+    /// not the tenant's).
     pub fn class(&self) -> Option<AddrClass> {
         match self {
-            SsrfError::Forbidden { class, .. } => Some(*class),
+            SsrfError::Forbidden { class, .. } | SsrfError::ResolvedForbidden { class, .. } => Some(*class),
             SsrfError::LocalhostName => Some(AddrClass::Loopback),
             _ => None,
         }
@@ -144,8 +155,9 @@ impl fmt::Display for SsrfError {
             SsrfError::Forbidden { addr, class } => {
                 write!(f, "the address {addr} is {}", class.describe())
             }
-            SsrfError::LocalhostName => f.write_str("the host localhost is loopback"),
-            SsrfError::Unresolvable => f.write_str("the host does not resolve"),
+            SsrfError::ResolvedForbidden { .. } | SsrfError::LocalhostName | SsrfError::Unresolvable => {
+                f.write_str(NAME_NOT_PUBLIC)
+            }
         }
     }
 }
@@ -396,7 +408,10 @@ impl SsrfPolicy {
         }
         let mut out = Vec::with_capacity(addrs.len());
         for &ip in addrs {
-            self.check_ip(ip)?;
+            self.check_ip(ip).map_err(|e| match e {
+                SsrfError::Forbidden { addr, class } => SsrfError::ResolvedForbidden { addr, class },
+                other => other,
+            })?;
             if !out.contains(&ip) {
                 out.push(ip);
             }
@@ -705,7 +720,7 @@ mod tests {
         // localhost (or a trailing-dot name) resolving to loopback.
         assert_eq!(
             policy.filter_resolved(&[ip("127.0.0.1")]),
-            Err(SsrfError::Forbidden { addr: ip("127.0.0.1"), class: AddrClass::Loopback })
+            Err(SsrfError::ResolvedForbidden { addr: ip("127.0.0.1"), class: AddrClass::Loopback })
         );
         assert_eq!(
             policy.filter_resolved(&[ip("::1"), ip("127.0.0.1")]).unwrap_err().class(),
@@ -714,11 +729,11 @@ mod tests {
         // One public and one private answer: refused as a whole.
         assert_eq!(
             policy.filter_resolved(&[ip("93.184.215.14"), ip("10.0.0.1")]),
-            Err(SsrfError::Forbidden { addr: ip("10.0.0.1"), class: AddrClass::Private })
+            Err(SsrfError::ResolvedForbidden { addr: ip("10.0.0.1"), class: AddrClass::Private })
         );
         assert_eq!(
             policy.filter_resolved(&[ip("169.254.169.254"), ip("93.184.215.14")]).unwrap_err().code(),
-            "forbidden_address"
+            "host_not_public"
         );
         assert_eq!(
             policy.filter_resolved(&[ip("93.184.215.14"), ip("2606:4700::1111"), ip("93.184.215.14")]).unwrap(),
@@ -736,8 +751,12 @@ mod tests {
         assert_eq!(e.to_string(), "the address 169.254.169.254 is link-local");
         assert_eq!(SsrfError::Scheme { https_only: true }.to_string(), "the URL scheme must be https");
         assert_eq!(SsrfError::Credentials.to_string(), "credentials in URLs are not allowed");
-        assert_eq!(SsrfError::Unresolvable.to_string(), "the host does not resolve");
-        assert_eq!(SsrfError::Unresolvable.code(), "unresolvable_host");
+        // A name's refusals read the same, whatever it resolved to.
+        let resolved = SsrfError::ResolvedForbidden { addr: ip("10.0.0.1"), class: AddrClass::Private };
+        for e in [resolved, SsrfError::LocalhostName, SsrfError::Unresolvable] {
+            assert_eq!(e.to_string(), "the host must resolve to a public address", "{e:?}");
+            assert_eq!(e.code(), "host_not_public", "{e:?}");
+        }
         assert_eq!(SsrfError::Credentials.code(), "credentials_in_url");
         assert_eq!(SsrfError::TooLong.code(), "url_too_long");
     }

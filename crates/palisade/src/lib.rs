@@ -46,6 +46,10 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let abuse_state = Arc::new(palisade_guard::state::LocalState::new());
     let abuse = palisade_api::abuse::Abuse::new(&config, abuse_state, metrics.clone());
     let argon2 = palisade_api::ops::Argon2Slots::new(config.auth.argon2_max_concurrent, config.auth.argon2_wait_ms);
+    let body_reads = palisade_api::body::UnauthenticatedReads::new(
+        config.limits.unauthenticated_body_reads,
+        config.limits.unauthenticated_body_secs,
+    );
     let carrier = Arc::new(palisade_comms::SandboxCarrier {
         delay: Duration::from_millis(config.carrier.sandbox_delay_ms),
         call_length: Duration::from_secs(config.carrier.sandbox_call_secs),
@@ -81,6 +85,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         abuse,
         metrics,
         argon2,
+        body_reads,
         carrier,
         reports,
         deliveries: tokio_util::task::TaskTracker::new(),

@@ -5,9 +5,8 @@
 //! (rejected ones too, for forensics); only verified ones act, and a
 //! payment acts once per provider event id.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::Json;
-use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use palisade_audit::Event;
 use palisade_config::InboundKind;
@@ -99,19 +98,21 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
 #[utoipa::path(post, path = "/v1/inbound/{provider}", tag = "inbound",
     params(("provider" = String, Path, description = "Provider name, as configured under inbound.providers")),
     responses((status = 200, body = InboundResult), (status = 401, body = palisade_core::Problem),
-        (status = 404, body = palisade_core::Problem)))]
+        (status = 404, body = palisade_core::Problem), (status = 408, body = palisade_core::Problem),
+        (status = 413, body = palisade_core::Problem), (status = 503, body = palisade_core::Problem)))]
 pub async fn receive(
     State(state): State<AppState>,
     Path(provider): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<Json<InboundResult>, ApiError> {
+    // The provider first, then at most its limit of the body: anyone can
+    // send here, and the body is only the signature's to judge.
     let Some((name, config)) = state.config.inbound.providers.get_key_value(&provider) else {
         return Err(ApiError::not_found());
     };
-    if body.len() > state.config.limits.max_json_bytes {
-        return Err(ApiError::payload_too_large());
-    }
+    let (parts, body) = request.into_parts();
+    let body = crate::body::read(&state.body_reads, &parts, body, state.config.limits.max_json_bytes).await?;
+    let headers = parts.headers;
     let now = state.now_ms();
     let msg_id = header(&headers, "webhook-id");
     let verdict = verify(&state, config, &headers, &body, now);

@@ -129,20 +129,15 @@ fn check_description(raw: &str, errors: &mut Vec<FieldError>) -> String {
     d
 }
 
-/// The SSRF guard's verdict on a URL, as a field error. For a host name,
-/// the refused address is not named: that would map the platform's
-/// internal DNS for the tenant.
+/// The SSRF guard's verdict on a URL, as a field error. A host name that
+/// does not resolve to public addresses only gets one message whatever it
+/// resolved to (see [`palisade_guard::ssrf::NAME_NOT_PUBLIC`]): anything
+/// more would map the platform's internal DNS for the tenant.
 async fn check_url(state: &AppState, raw: &str, errors: &mut Vec<FieldError>) -> String {
     match state.webhook_client.check(raw.trim()).await {
         Ok(checked) => checked.url().to_string(),
         Err(e) => {
-            let named_host =
-                url::Url::parse(raw.trim()).ok().is_some_and(|u| matches!(u.host(), Some(url::Host::Domain(_))));
-            let message = match e.class() {
-                Some(class) if named_host => format!("the host resolves to a non-public address ({})", class.as_str()),
-                _ => e.to_string(),
-            };
-            errors.push(FieldError { field: "url".into(), message });
+            errors.push(FieldError { field: "url".into(), message: e.to_string() });
             String::new()
         }
     }

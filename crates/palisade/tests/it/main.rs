@@ -15,6 +15,7 @@ mod cli;
 mod events;
 mod grants;
 mod identities;
+mod inbound;
 mod input;
 mod isolation;
 mod logs;

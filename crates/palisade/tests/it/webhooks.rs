@@ -19,6 +19,7 @@ backend_tests!(
     create_sign_deliver_and_list,
     secret_is_shown_once_and_sealed_at_rest,
     ssrf_forms_are_refused_at_create,
+    host_names_are_refused_in_one_voice,
     retries_follow_the_schedule_and_survive_a_restart,
     exhausted_schedule_marks_the_delivery_failed,
     rotation_signs_with_both_secrets_during_grace,
@@ -288,6 +289,76 @@ async fn ssrf_forms_are_refused_at_create(b: Backend) {
     srv.stop().await;
 }
 
+/// A name this machine resolves to non-public addresses only, other than
+/// `localhost` (which the guard refuses by name), if there is one.
+async fn name_resolving_to_loopback() -> Option<String> {
+    let own = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    for name in [own.trim(), "ip6-localhost", "localhost.localdomain", "runsc", "vm"] {
+        if name.is_empty() || name.eq_ignore_ascii_case("localhost") {
+            continue;
+        }
+        let Ok(addrs) = tokio::net::lookup_host((name, 443)).await else { continue };
+        let addrs: Vec<_> = addrs.map(|a| a.ip()).collect();
+        if !addrs.is_empty() && addrs.iter().all(|ip| palisade_guard::ssrf::is_forbidden(*ip)) {
+            return Some(name.to_owned());
+        }
+    }
+    None
+}
+
+async fn host_names_are_refused_in_one_voice(b: Backend) {
+    let srv = TestServer::start_with(b, |c| c.webhooks.poll_ms = 25).await;
+    let t = srv.tenant("Oracle").await;
+    let mut names = vec!["http://nonexistent.invalid/hook".to_owned(), "http://localhost/hook".to_owned()];
+    names.push("http://api.localhost/hook".to_owned());
+    match name_resolving_to_loopback().await {
+        Some(n) => names.push(format!("http://{n}/hook")),
+        None => eprintln!("no name here resolves to loopback; checking the others"),
+    }
+    // Create, and update of an existing endpoint: one body for every name.
+    let ep = endpoint(&srv, &t.token, "http://93.184.215.14/hook", json!(["webhook.test"])).await;
+    let id = ep["id"].as_str().unwrap().to_owned();
+    let mut bodies = Vec::new();
+    for url in &names {
+        let r = srv.post("/v1/webhooks", &t.token, json!({"url": url, "events": ["*"]})).await.expect(400);
+        bodies.push((url.clone(), "create", r.problem_shape()));
+        let r = srv.call(Method::PATCH, &format!("/v1/webhooks/{id}"), Some(&t.token), Some(json!({"url": url}))).await;
+        bodies.push((url.clone(), "update", r.expect(400).problem_shape()));
+    }
+    for (url, path, body) in &bodies {
+        assert_eq!(body, &bodies[0].2, "{url} ({path}) differs from {}", bodies[0].0);
+    }
+    assert_eq!(bodies[0].2["errors"][0]["message"], "the host must resolve to a public address");
+    // An address the tenant typed may be named.
+    let r = srv.post("/v1/webhooks", &t.token, json!({"url": "http://127.0.0.1/hook", "events": ["*"]})).await;
+    assert_eq!(r.expect(400).body["errors"][0]["message"], "the address 127.0.0.1 is loopback");
+
+    // At send time (the name's answer changed since it was checked): the
+    // delivery log says the same of a name that no longer resolves and of
+    // one that now resolves to loopback.
+    let Some(loopback) = names.get(3) else {
+        srv.stop().await;
+        return;
+    };
+    let mut errors = Vec::new();
+    for url in [&names[0], loopback] {
+        let ep = endpoint(&srv, &t.token, "http://93.184.215.14/hook", json!(["webhook.test"])).await;
+        let id = ep["id"].as_str().unwrap().to_owned();
+        sqlx::any::install_default_drivers();
+        let mut c = <sqlx::AnyConnection as sqlx::Connection>::connect(&srv.db_url).await.unwrap();
+        sqlx::query(&format!("UPDATE webhook_endpoints SET url = '{url}' WHERE id = '{id}'"))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        send_test(&srv, &t.token, &id).await;
+        let attempt = attempts(&srv, &t.token, &id, 1).await["attempts"][0].clone();
+        errors.push((attempt["error"].clone(), attempt["status_code"].clone(), attempt["response"].clone()));
+    }
+    assert_eq!(errors[0], errors[1], "the delivery log tells the two names apart");
+    assert_eq!(errors[0].0, "dns");
+    srv.stop().await;
+}
+
 async fn retries_follow_the_schedule_and_survive_a_restart(b: Backend) {
     let mut srv = server(b).await;
     let rx = Receiver::start().await;
@@ -479,13 +550,13 @@ async fn replay_sends_again_with_the_same_id(b: Backend) {
     srv.stop().await;
 }
 
-const PAY_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const PAY_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn signed(srv: &TestServer, msg_id: &str, ts: i64, body: &str, secret: &str) -> reqwest::RequestBuilder {
     signed_for(srv, "pay", msg_id, ts, body, secret)
 }
 
-fn signed_for(
+pub(crate) fn signed_for(
     srv: &TestServer,
     provider: &str,
     msg_id: &str,
