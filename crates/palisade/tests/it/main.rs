@@ -11,6 +11,7 @@ mod audit;
 mod auth;
 mod calls;
 mod cli;
+mod concurrency;
 mod events;
 mod identities;
 mod input;
