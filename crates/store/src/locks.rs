@@ -123,6 +123,48 @@ impl StoreError {
 mod tests {
     use super::*;
 
+    /// A conflict runs the transaction again, at most [`ATTEMPTS`] times;
+    /// any other error is the caller's at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conflicts_run_again_other_errors_do_not() {
+        use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+        let Some((db, dropper)) = crate::pg_batch::tests::test_postgres().await else { return };
+        let fail = |code: &'static str| {
+            let db = db.clone();
+            async move {
+                let sql = format!("DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '{code}'; END $$");
+                sqlx::query(&sql).execute(db.reader()).await.map(drop).map_err(StoreError::from)
+            }
+        };
+        let tries = AtomicU32::new(0);
+        let once = |code| {
+            tries.fetch_add(1, Relaxed);
+            fail(code)
+        };
+        assert!(retrying(|| once("40P01")).await.unwrap_err().is_conflict());
+        assert_eq!(tries.swap(0, Relaxed), ATTEMPTS);
+        assert!(retrying(|| once("40001")).await.unwrap_err().is_conflict());
+        assert_eq!(tries.swap(0, Relaxed), ATTEMPTS);
+        assert!(!retrying(|| once("23505")).await.unwrap_err().is_conflict());
+        assert_eq!(tries.swap(0, Relaxed), 1);
+        // Through once the conflict is gone.
+        let n = retrying(|| {
+            let n = tries.fetch_add(1, Relaxed) + 1;
+            let f = fail("40P01");
+            async move {
+                if n < 3 {
+                    f.await.map(|()| n)
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(n, 3);
+        dropper.drop_db(db).await;
+    }
+
     #[test]
     fn pauses_are_short_and_grow() {
         for tried in 1..ATTEMPTS {
