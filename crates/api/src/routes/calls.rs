@@ -465,12 +465,16 @@ pub async fn hangup(
     }
     // Completed if answered, else canceled: decided in the same statement.
     let by = Some((auth.principal.actor(), &auth.ctx.audit));
-    if end(&state, &scope, &id, "hangup", None, by).await?.is_none() {
+    let ended = end(&state, &scope, &id, "hangup", None, by).await;
+    if matches!(ended, Ok(None)) {
         return Err(ApiError::conflict("The call has already ended."));
     }
+    // Ended, or to be ended as of now by the background retry: the line
+    // comes down either way.
     if let Err(e) = state.carrier.hang_up(&id).await {
         tracing::warn!(error = %e, call = id, "the carrier did not confirm the hang-up");
     }
+    ended?;
     let call = palisade_store::calls::get(state.db.reader(), &scope, &id).await?.ok_or_else(ApiError::not_found)?;
     Ok(Json(call.into()))
 }
