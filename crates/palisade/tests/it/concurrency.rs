@@ -278,3 +278,52 @@ async fn a_call_end_takes_the_spend_before_the_balance() {
     })
     .await;
 }
+
+/// Recovery's refund of a message never handed over takes the spend before
+/// the balance too (played as above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_refund_takes_the_spend_before_the_balance() {
+    on_postgres(|b| async move {
+        let s = server(b).await;
+        let (tenant, token, identity) = budgeted(&s).await;
+        let sent = s.post("/v1/messages", &token, json!({"from": FROM, "to": TO, "body": "hi"})).await.expect(201);
+        let id = sent.body["id"].as_str().unwrap().to_owned();
+        for _ in 0..500 {
+            if s.get(&format!("/v1/messages/{id}"), &token).await.expect(200).body["status"] == "delivered" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // As if its instance had stopped before the hand-over, long ago.
+        let mut send = sqlx::AnyConnection::connect(&s.db_url).await.unwrap();
+        sqlx::query("UPDATE messages SET status = 'queued', updated_at = 0 WHERE id = $1")
+            .bind(&id)
+            .execute(&mut send)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN").execute(&mut send).await.unwrap();
+        sqlx::query("SET LOCAL deadlock_timeout = '50ms'").execute(&mut send).await.unwrap();
+        sqlx::query("UPDATE identity_spend SET spent = spent WHERE identity_id = $1")
+            .bind(&identity)
+            .execute(&mut send)
+            .await
+            .unwrap();
+        let sweep = palisade_api::recovery::sweep(s.state());
+        let send_goes_on = async {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let r = sqlx::query("UPDATE balances SET balance = balance WHERE tenant_id = $1")
+                .bind(&tenant)
+                .execute(&mut send)
+                .await;
+            sqlx::query(if r.is_ok() { "COMMIT" } else { "ROLLBACK" }).execute(&mut send).await.unwrap();
+            r.map(drop)
+        };
+        let ((), sent) = tokio::join!(sweep, send_goes_on);
+        assert!(sent.is_ok(), "the send deadlocked with the refund: {sent:?}");
+        let m = s.get(&format!("/v1/messages/{id}"), &token).await.expect(200).body;
+        assert_eq!(m["status"], "failed", "refunded");
+        send.close().await.unwrap();
+        s.stop().await;
+    })
+    .await;
+}
