@@ -194,16 +194,31 @@ async fn fail_unsent_messages(state: &AppState, now: i64) -> usize {
 }
 
 /// One message, in one transaction: failed, its charge and its budget
-/// given back, the audit event and the tenant's `message.failed`.
+/// given back, the audit event and the tenant's `message.failed`. Rows in
+/// the order of [`palisade_store::locks`]: the message, the identity's
+/// spend, the balance. Run again if the database aborts it for a conflict.
 async fn fail_unsent(state: &AppState, scope: &TenantScope, id: &str, now: i64) -> Result<bool, ApiError> {
+    let failed = palisade_store::locks::retrying(|| fail_unsent_once(state, scope, id, now)).await?;
+    if failed {
+        state.webhook_wake.notify_one();
+    }
+    Ok(failed)
+}
+
+async fn fail_unsent_once(
+    state: &AppState,
+    scope: &TenantScope,
+    id: &str,
+    now: i64,
+) -> Result<bool, palisade_store::StoreError> {
     let mut tx = state.db.begin().await?;
     let Some(m) = palisade_store::recovery::fail_unsent(&mut *tx, scope, id, INTERRUPTED, now).await? else {
         return Ok(false);
     };
     if m.cost > 0 {
-        palisade_store::credits::refund(&mut *tx, scope, m.cost, id, now).await?;
         let month = &palisade_core::clock::rfc3339(m.created_at)[..7];
         palisade_store::calls::unspend(&mut *tx, &m.identity_id, month, m.cost).await?;
+        palisade_store::credits::refund(&mut *tx, scope, m.cost, id, now).await?;
     }
     let event = Event::new("message.refunded", Some(scope.tenant_id()), Actor::system())
         .resource("message", id)
@@ -213,6 +228,5 @@ async fn fail_unsent(state: &AppState, scope: &TenantScope, id: &str, now: i64) 
     let failed = palisade_webhooks::events::event(scope.tenant_id(), "message.failed", data, now);
     tx.run(&palisade_store::webhooks::enqueue_stmts(&[failed])).await?;
     tx.commit().await?;
-    state.webhook_wake.notify_one();
     Ok(true)
 }

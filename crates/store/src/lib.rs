@@ -1,6 +1,7 @@
 //! Storage: one layer over SQLite and PostgreSQL (sqlx `Any`), per-dialect
 //! migrations, and repositories. Every function that touches tenant data
 //! takes a [`TenantScope`](palisade_core::TenantScope) and filters by it.
+//! Writes take shared rows in the order [`locks`] sets out.
 
 pub mod api_keys;
 pub mod audit;
@@ -12,6 +13,7 @@ mod durable;
 mod error;
 pub mod group_commit;
 pub mod identities;
+pub mod locks;
 pub mod messages;
 mod pg_batch;
 mod pg_lookup;

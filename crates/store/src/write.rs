@@ -349,7 +349,13 @@ impl Db {
     /// [`Db::write_postgres`] of a short list as one statement. With
     /// [`Commit::Early`] it returns before the commit is on disk: the caller
     /// must [`Db::wait_durable`] before it tells anyone the write happened.
+    /// A statement the server aborted for a conflict (a deadlock) wrote
+    /// nothing and runs again ([`crate::locks::retrying`]).
     pub(crate) async fn write_postgres_combined(&self, stmts: &[Stmt], commit: Commit) -> Result<Vec<u64>> {
+        crate::locks::retrying(|| self.write_postgres_combined_once(stmts, commit)).await
+    }
+
+    async fn write_postgres_combined_once(&self, stmts: &[Stmt], commit: Commit) -> Result<Vec<u64>> {
         // Committed without waiting for the disk, so the row locks it takes
         // (a tenant's balance) are let go at once instead of after a sync;
         // made durable below before the caller hears "done".
@@ -400,6 +406,10 @@ impl Db {
     /// statement by statement. A statement with hundreds of parts would cost
     /// the server more to plan than the round trips it saves.
     async fn write_postgres_tx(&self, stmts: &[Stmt]) -> Result<Vec<u64>> {
+        crate::locks::retrying(|| self.write_postgres_tx_once(stmts)).await
+    }
+
+    async fn write_postgres_tx_once(&self, stmts: &[Stmt]) -> Result<Vec<u64>> {
         let mut tx = self.begin().await?;
         let mut out = Vec::with_capacity(stmts.len());
         for s in stmts {

@@ -13,7 +13,7 @@ use palisade_guard::phone::E164;
 use palisade_guard::state::{Bucket, Decide};
 use palisade_store::identities::IdentityRow;
 use palisade_store::messages::IdempotentResponse;
-use palisade_store::Tx;
+use palisade_store::{StoreError, Tx};
 
 use crate::extract::{Auth, UnscannedJson};
 use crate::state::AppState;
@@ -156,18 +156,25 @@ async fn sending_identity(state: &AppState, scope: &TenantScope, from: &str) -> 
         .ok_or_else(|| ApiError::validation("from", "is not one of your identities (id or number)"))
 }
 
-/// Counts `cost` against the identity's monthly budget, in `tx`.
-pub async fn within_budget(tx: &mut Tx, identity: &IdentityRow, cost: i64, now: i64) -> Result<(), ApiError> {
+/// Counts `cost` against the identity's monthly budget, in `tx`; the
+/// refusal to answer when it would pass it. (A store error, outside, may
+/// be a conflict to run the transaction again for.)
+pub async fn within_budget(
+    tx: &mut Tx,
+    identity: &IdentityRow,
+    cost: i64,
+    now: i64,
+) -> Result<Result<(), ApiError>, StoreError> {
     if let Some(budget) = identity.monthly_budget {
         let month = palisade_core::clock::rfc3339(now)[..7].to_owned();
         if !palisade_store::messages::spend_within_budget(&mut **tx, &identity.id, &month, cost, budget).await? {
-            return Err(too_many("monthly_budget", "The identity's monthly_budget would be exceeded.", None));
+            return Ok(Err(too_many("monthly_budget", "The identity's monthly_budget would be exceeded.", None)));
         }
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
-/// Debits `cost` in `tx`: 402 when the credits do not cover it.
+/// Debits `cost` in `tx`; 402 to answer when the credits do not cover it.
 pub async fn debit(
     tx: &mut Tx,
     scope: &TenantScope,
@@ -175,16 +182,11 @@ pub async fn debit(
     reason: &str,
     reference: &str,
     now: i64,
-) -> Result<(), ApiError> {
+) -> Result<Result<(), ApiError>, StoreError> {
     if cost > 0 && !palisade_store::credits::debit(&mut **tx, scope, cost, reason, reference, now).await? {
-        return Err(ApiError::new(
-            StatusCode::PAYMENT_REQUIRED,
-            "insufficient_credits",
-            "The balance does not cover this.",
-        )
-        .with_extra("cost", cost));
+        return Ok(Err(refusal("insufficient_credits", cost)));
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// The answer for a guard of an atomic list that refused.

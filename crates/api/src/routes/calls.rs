@@ -16,6 +16,7 @@ use palisade_comms::{CallAnswer, OutboundCall};
 use palisade_core::principal::Actor;
 use palisade_core::{ApiError, Permission, TenantScope};
 use palisade_store::calls::{CallRow, CdrRow, NewCall};
+use palisade_store::StoreError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -106,12 +107,6 @@ pub async fn create(
     let prepaid = state.config.pricing.call_minute;
     let id = uuid::Uuid::now_v7().to_string();
 
-    let mut tx = state.db.begin().await?;
-    admission::within_budget(&mut tx, &identity, prepaid, now).await?;
-    if !palisade_store::calls::take_slot(&mut *tx, &scope, i64::from(auth.concurrent_calls)).await? {
-        return Err(admission::too_many("concurrent_calls", "The tenant's concurrent-call quota is reached.", None));
-    }
-    admission::debit(&mut tx, &scope, prepaid, "call", &id, now).await?;
     let new = NewCall {
         id: &id,
         identity_id: &identity.id,
@@ -122,7 +117,6 @@ pub async fn create(
         instance: &state.instance_id,
         now,
     };
-    palisade_store::calls::insert(&mut *tx, &scope, &new).await?;
     let event = Event::new("call.placed", Some(auth.principal.tenant_id()), auth.principal.actor())
         .resource("call", &id)
         .details(serde_json::json!({
@@ -131,24 +125,75 @@ pub async fn create(
             "to_country": to.country,
             "prepaid": prepaid,
         }));
-    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
-    let view =
-        CallView::from(palisade_store::calls::get(&mut *tx, &scope, &id).await?.ok_or_else(ApiError::not_found)?);
-    if let Some(k) = &key {
-        let body = serde_json::to_string(&view).map_err(ApiError::internal)?;
-        let stored =
-            palisade_store::messages::remember(&mut *tx, &scope, k, &request_hash, 201, &body, now, since).await;
-        if let Err(e) = stored {
-            if !e.is_unique_violation() {
-                return Err(e.into());
+    // The call as it is inserted, so the key can be stored first.
+    let view = CallView::from(CallRow {
+        id: id.clone(),
+        tenant_id: scope.tenant_id().to_string(),
+        identity_id: identity.id.clone(),
+        from_number: identity.number.clone(),
+        to_number: to.number.clone(),
+        to_country: to.country.clone(),
+        status: "queued".into(),
+        error_code: None,
+        prepaid,
+        answered_at: None,
+        ended_at: None,
+        created_at: now,
+        updated_at: now,
+    });
+    let stored = match &key {
+        Some(k) => Some((k.as_str(), serde_json::to_string(&view).map_err(ApiError::internal)?)),
+        None => None,
+    };
+    let slots = i64::from(auth.concurrent_calls);
+    let ctx = &auth.ctx.audit;
+    // One transaction, taking rows in the order of `palisade_store::locks`:
+    // the key, the identity's spend, the tenant's slots, its balance. Run
+    // again if the database aborts it for a conflict.
+    let placed = palisade_store::locks::retrying(|| async {
+        let mut tx = state.db.begin().await?;
+        if let Some((k, body)) = &stored {
+            let r = palisade_store::messages::remember(&mut *tx, &scope, k, &request_hash, 201, body, now, since).await;
+            match r {
+                Err(e) if e.is_unique_violation() => return Ok(Err(Refused::KeyTaken)),
+                r => r?,
             }
-            drop(tx);
+        }
+        if let Err(e) = admission::within_budget(&mut tx, &identity, prepaid, now).await? {
+            return Ok(Err(Refused::Answer(e)));
+        }
+        if !palisade_store::calls::take_slot(&mut *tx, &scope, slots).await? {
+            let e = admission::too_many("concurrent_calls", "The tenant's concurrent-call quota is reached.", None);
+            return Ok(Err(Refused::Answer(e)));
+        }
+        if let Err(e) = admission::debit(&mut tx, &scope, prepaid, "call", &id, now).await? {
+            return Ok(Err(Refused::Answer(e)));
+        }
+        palisade_store::calls::insert(&mut *tx, &scope, &new).await?;
+        palisade_audit::append(&mut *tx, &event, ctx, now).await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    })
+    .await?;
+    match placed {
+        Ok(()) => {}
+        Err(Refused::Answer(e)) => return Err(e),
+        // A concurrent request with this key was first: answer as it did.
+        Err(Refused::KeyTaken) => {
+            let k = key.as_deref().unwrap_or_default();
             return admission::replay_winner(&state, &scope, k, &request_hash, now).await;
         }
     }
-    tx.commit().await?;
     run_call(state.clone(), scope, OutboundCall { id, from: identity.number, to: to.number });
     Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// Why a placement wrote nothing.
+enum Refused {
+    /// The answer to give (a budget, the quota, the credits).
+    Answer(ApiError),
+    /// Another request with the Idempotency-Key was first.
+    KeyTaken,
 }
 
 /// The call's life: ringing, answered or not, and, if the carrier ends it,
@@ -162,7 +207,7 @@ fn run_call(state: AppState, scope: TenantScope, call: OutboundCall) {
             async move {
                 let now = state.now_ms();
                 let answered_at = answered.then_some(now);
-                let moved = async {
+                let moved = palisade_store::locks::retrying(|| async {
                     let mut tx = state.db.begin().await?;
                     let moved =
                         palisade_store::calls::progress(&mut *tx, &scope, &id, status, answered_at, now).await?;
@@ -172,12 +217,13 @@ fn run_call(state: AppState, scope: TenantScope, call: OutboundCall) {
                         tx.run(&palisade_store::webhooks::enqueue_stmts(&[started])).await?;
                     }
                     tx.commit().await?;
-                    if moved && answered {
-                        state.webhook_wake.notify_one();
-                    }
-                    Ok::<_, palisade_store::StoreError>(moved)
-                };
-                moved.await.unwrap_or_else(|e| {
+                    Ok(moved)
+                });
+                let moved = moved.await;
+                if matches!(moved, Ok(true)) && answered {
+                    state.webhook_wake.notify_one();
+                }
+                moved.unwrap_or_else(|e| {
                     tracing::error!(error = %e, "recording a call's progress failed");
                     false
                 })
@@ -215,7 +261,8 @@ fn log_end(r: Result<Option<CdrRow>, ApiError>) {
     }
 }
 
-/// Ends a live call now; see [`end_at`].
+/// Ends a live call now; see [`end_at`]. When that fails, the end is
+/// retried in the background until it is written.
 async fn end(
     state: &AppState,
     scope: &TenantScope,
@@ -224,10 +271,50 @@ async fn end(
     code: Option<&str>,
     by: Option<(Actor, &palisade_audit::Context)>,
 ) -> Result<Option<CdrRow>, ApiError> {
-    end_at(state, scope, id, status, code, by, Ended { at: state.now_ms(), unless_seen_since: None }).await
+    let ended = Ended { at: state.now_ms(), unless_seen_since: None };
+    let r = end_at(state, scope, id, status, code, by.clone(), ended).await;
+    if r.is_err() {
+        let by = by.map(|(actor, ctx)| (actor, ctx.clone()));
+        end_later(state.clone(), scope.clone(), id.to_owned(), status.to_owned(), code.map(str::to_owned), by, ended);
+    }
+    r
+}
+
+/// The first pause before a failed end is tried again, and the longest.
+const END_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+const END_RETRY_MOST: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Tries a failed end again, as of when it happened, until it is written
+/// (or the call turns out ended already). A call must never stay live
+/// because its end failed: it would hold its slot and its prepaid minute,
+/// have no CDR, and recovery leaves the calls of a running instance alone.
+/// If this instance stops first, recovery ends the call as an orphan.
+fn end_later(
+    state: AppState,
+    scope: TenantScope,
+    id: String,
+    status: String,
+    code: Option<String>,
+    by: Option<(Actor, palisade_audit::Context)>,
+    ended: Ended,
+) {
+    tokio::spawn(async move {
+        let mut pause = END_RETRY_FIRST;
+        loop {
+            tracing::warn!(call = id, retry_in_ms = pause.as_millis() as u64, "ending a call failed; trying again");
+            tokio::time::sleep(pause).await;
+            let by = by.as_ref().map(|(actor, ctx)| (actor.clone(), ctx));
+            match end_at(&state, &scope, &id, &status, code.as_deref(), by, ended).await {
+                Ok(_) => return,
+                Err(e) => tracing::error!(error = %e, call = id, "ending a call failed again"),
+            }
+            pause = (pause * 2).min(END_RETRY_MOST);
+        }
+    });
 }
 
 /// When a call ended.
+#[derive(Clone, Copy)]
 pub(crate) struct Ended {
     /// Its duration stops here; its records are written as of now.
     pub at: i64,
@@ -237,7 +324,8 @@ pub(crate) struct Ended {
 
 /// Ends a live call in one transaction: its status, its slot, the rest of
 /// its charge (or the refund of an unanswered one), its CDR and the audit
-/// event. `None` when it had already ended.
+/// event. `None` when it had already ended. A transaction the database
+/// aborted for a conflict runs again.
 pub(crate) async fn end_at(
     state: &AppState,
     scope: &TenantScope,
@@ -247,91 +335,109 @@ pub(crate) async fn end_at(
     by: Option<(Actor, &palisade_audit::Context)>,
     ended: Ended,
 ) -> Result<Option<CdrRow>, ApiError> {
-    let (Ended { at, unless_seen_since: unseen_since }, now) = (ended, state.now_ms());
-    let mut tx = state.db.begin().await?;
-    let Some(call) = palisade_store::calls::finish(&mut *tx, scope, id, status, code, at, now, unseen_since).await?
-    else {
-        return Ok(None);
-    };
-    palisade_store::calls::release_slot(&mut *tx, scope).await?;
-    let duration_secs = call.answered_at.map_or(0, |a| ((at - a).max(0) + 999) / 1000);
-    // Every started minute; an answered call pays at least one.
-    let billed_minutes = if call.answered_at.is_some() { ((duration_secs + 59) / 60).max(1) } else { 0 };
-    let price = state.config.pricing.call_minute;
-    let due = billed_minutes.saturating_mul(price);
-    let mut cost = call.prepaid;
-    if due < call.prepaid {
-        palisade_store::credits::refund(&mut *tx, scope, call.prepaid - due, id, now).await?;
-        // The budget gets it back too, in the month the call was paid.
-        let month = &palisade_core::clock::rfc3339(call.created_at)[..7];
-        palisade_store::calls::unspend(&mut *tx, &call.identity_id, month, call.prepaid - due).await?;
-        cost = due;
-    } else if due > call.prepaid {
-        let rest = due - call.prepaid;
-        let reference = format!("{id}-end");
-        // As far as the balance goes: the call has happened.
-        let charged = if palisade_store::credits::debit(&mut *tx, scope, rest, "call", &reference, now).await? {
-            rest
-        } else {
-            let left = palisade_store::credits::balance(&mut *tx, scope).await?.min(rest);
-            if left > 0 && palisade_store::credits::debit(&mut *tx, scope, left, "call", &reference, now).await? {
-                left
-            } else {
-                0
-            }
-        };
-        if charged > 0 {
-            let month = &palisade_core::clock::rfc3339(call.created_at)[..7];
-            palisade_store::calls::spend(&mut *tx, &call.identity_id, month, charged).await?;
-        }
-        cost += charged;
+    let end = Ending { state, scope, id, status, code, by, ended };
+    let cdr = palisade_store::locks::retrying(|| end.once()).await?;
+    if cdr.is_some() {
+        state.webhook_wake.notify_one();
     }
-    let cdr = CdrRow {
-        id: uuid::Uuid::now_v7().to_string(),
-        tenant_id: call.tenant_id.clone(),
-        call_id: call.id.clone(),
-        identity_id: call.identity_id.clone(),
-        from_number: call.from_number.clone(),
-        to_number: call.to_number.clone(),
-        to_country: call.to_country.clone(),
-        status: call.status.clone(),
-        started_at: call.created_at,
-        answered_at: call.answered_at,
-        ended_at: at,
-        duration_secs,
-        billed_minutes,
-        cost,
-    };
-    palisade_store::calls::insert_cdr(&mut *tx, scope, &cdr).await?;
-    // The carrier's events are the system's; a hang-up is its caller's.
-    let default_ctx = palisade_audit::Context::default();
-    let (actor, ctx) = by.unwrap_or((Actor::system(), &default_ctx));
-    let event =
-        Event::new("call.ended", Some(scope.tenant_id()), actor).resource("call", id).details(serde_json::json!({
-            "status": call.status,
-            "error_code": code,
-            "duration_secs": duration_secs,
-            "billed_minutes": billed_minutes,
-            "cost": cost,
-            "cdr_id": cdr.id,
-        }));
-    palisade_audit::append(&mut *tx, &event, ctx, now).await?;
-    let tenant = scope.tenant_id();
-    let ended = serde_json::json!({
-        "id": id, "status": call.status, "error_code": code, "duration_secs": duration_secs, "cost": cost,
-    });
-    let written = serde_json::json!({
-        "id": cdr.id, "call_id": id, "status": call.status, "duration_secs": duration_secs,
-        "billed_minutes": billed_minutes, "cost": cost,
-    });
-    tx.run(&palisade_store::webhooks::enqueue_stmts(&[
-        palisade_webhooks::events::event(tenant, "call.ended", ended, now),
-        palisade_webhooks::events::event(tenant, "cdr.written", written, now),
-    ]))
-    .await?;
-    tx.commit().await?;
-    state.webhook_wake.notify_one();
-    Ok(Some(cdr))
+    Ok(cdr)
+}
+
+/// What [`end_at`] was asked, for each attempt.
+struct Ending<'a> {
+    state: &'a AppState,
+    scope: &'a TenantScope,
+    id: &'a str,
+    status: &'a str,
+    code: Option<&'a str>,
+    by: Option<(Actor, &'a palisade_audit::Context)>,
+    ended: Ended,
+}
+
+impl Ending<'_> {
+    /// One attempt. Rows are taken in the order of
+    /// [`palisade_store::locks`]: the call, the identity's spend, the
+    /// tenant's slots, its balance.
+    async fn once(&self) -> Result<Option<CdrRow>, StoreError> {
+        let (state, scope, id, code) = (self.state, self.scope, self.id, self.code);
+        let (Ended { at, unless_seen_since }, now) = (self.ended, state.now_ms());
+        let mut tx = state.db.begin().await?;
+        let Some(call) =
+            palisade_store::calls::finish(&mut *tx, scope, id, self.status, code, at, now, unless_seen_since).await?
+        else {
+            return Ok(None);
+        };
+        let duration_secs = call.answered_at.map_or(0, |a| ((at - a).max(0) + 999) / 1000);
+        // Every started minute; an answered call pays at least one.
+        let billed_minutes = if call.answered_at.is_some() { ((duration_secs + 59) / 60).max(1) } else { 0 };
+        let due = billed_minutes.saturating_mul(state.config.pricing.call_minute);
+        // The budget of the month the call was paid in.
+        let month = &palisade_core::clock::rfc3339(call.created_at)[..7];
+        if due != call.prepaid {
+            palisade_store::locks::spend(&mut tx, &call.identity_id, month).await?;
+        }
+        palisade_store::calls::release_slot(&mut *tx, scope).await?;
+        let balance = palisade_store::locks::balance(&mut tx, scope).await?;
+        let mut cost = call.prepaid;
+        if due < call.prepaid {
+            palisade_store::credits::refund(&mut *tx, scope, call.prepaid - due, id, now).await?;
+            palisade_store::calls::unspend(&mut *tx, &call.identity_id, month, call.prepaid - due).await?;
+            cost = due;
+        } else if due > call.prepaid {
+            // As far as the balance goes: the call has happened.
+            let charged = (due - call.prepaid).min(balance.max(0));
+            let reference = format!("{id}-end");
+            if charged > 0 && palisade_store::credits::debit(&mut *tx, scope, charged, "call", &reference, now).await? {
+                palisade_store::calls::spend(&mut *tx, &call.identity_id, month, charged).await?;
+                cost += charged;
+            }
+        }
+        let cdr = CdrRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            tenant_id: call.tenant_id.clone(),
+            call_id: call.id.clone(),
+            identity_id: call.identity_id.clone(),
+            from_number: call.from_number.clone(),
+            to_number: call.to_number.clone(),
+            to_country: call.to_country.clone(),
+            status: call.status.clone(),
+            started_at: call.created_at,
+            answered_at: call.answered_at,
+            ended_at: at,
+            duration_secs,
+            billed_minutes,
+            cost,
+        };
+        palisade_store::calls::insert_cdr(&mut *tx, scope, &cdr).await?;
+        // The carrier's events are the system's; a hang-up is its caller's.
+        let default_ctx = palisade_audit::Context::default();
+        let (actor, ctx) = self.by.clone().unwrap_or((Actor::system(), &default_ctx));
+        let event =
+            Event::new("call.ended", Some(scope.tenant_id()), actor).resource("call", id).details(serde_json::json!({
+                "status": call.status,
+                "error_code": code,
+                "duration_secs": duration_secs,
+                "billed_minutes": billed_minutes,
+                "cost": cost,
+                "cdr_id": cdr.id,
+            }));
+        palisade_audit::append(&mut *tx, &event, ctx, now).await?;
+        let tenant = scope.tenant_id();
+        let ended = serde_json::json!({
+            "id": id, "status": call.status, "error_code": code, "duration_secs": duration_secs, "cost": cost,
+        });
+        let written = serde_json::json!({
+            "id": cdr.id, "call_id": id, "status": call.status, "duration_secs": duration_secs,
+            "billed_minutes": billed_minutes, "cost": cost,
+        });
+        tx.run(&palisade_store::webhooks::enqueue_stmts(&[
+            palisade_webhooks::events::event(tenant, "call.ended", ended, now),
+            palisade_webhooks::events::event(tenant, "cdr.written", written, now),
+        ]))
+        .await?;
+        tx.commit().await?;
+        Ok(Some(cdr))
+    }
 }
 
 /// The call, if the caller may see it (an agent token: its identity's only).
@@ -359,12 +465,16 @@ pub async fn hangup(
     }
     // Completed if answered, else canceled: decided in the same statement.
     let by = Some((auth.principal.actor(), &auth.ctx.audit));
-    if end(&state, &scope, &id, "hangup", None, by).await?.is_none() {
+    let ended = end(&state, &scope, &id, "hangup", None, by).await;
+    if matches!(ended, Ok(None)) {
         return Err(ApiError::conflict("The call has already ended."));
     }
+    // Ended, or to be ended as of now by the background retry: the line
+    // comes down either way.
     if let Err(e) = state.carrier.hang_up(&id).await {
         tracing::warn!(error = %e, call = id, "the carrier did not confirm the hang-up");
     }
+    ended?;
     let call = palisade_store::calls::get(state.db.reader(), &scope, &id).await?.ok_or_else(ApiError::not_found)?;
     Ok(Json(call.into()))
 }

@@ -154,8 +154,12 @@ pub async fn create(
     // its audit event, the idempotency key, the budget and the debit (the
     // balance can never go below zero). The guards come last: on PostgreSQL
     // the tenant's balance row stays locked from its update to the commit,
-    // and every send of the tenant waits for that lock. On SQLite the list
-    // joins the group commit.
+    // and every send of the tenant waits for that lock. They take the key,
+    // the identity's spend and the balance in the order every write takes
+    // them (`palisade_store::locks`), so a send never deadlocks with a call
+    // placed or ended meanwhile; a statement aborted for a conflict anyway
+    // wrote nothing and runs again. On SQLite the list joins the group
+    // commit.
     let mut stmts = Vec::with_capacity(8);
     stmts.push(palisade_store::messages::insert_stmt(&scope, &new));
     stmts.push(palisade_audit::append_stmt(&event, &auth.ctx.audit, now).1);

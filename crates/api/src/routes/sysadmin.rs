@@ -295,23 +295,27 @@ pub async fn top_up(
         return Ok(Json(BalanceAfter { tenant_id: id.to_string(), balance }).into_response());
     };
     // With a key: the credit, the balance it leads to and the key in one
-    // transaction, so a retry racing the first credits nothing either.
-    let mut tx = state.db.begin().await?;
-    tx.run(&stmts).await?;
-    let after =
-        BalanceAfter { tenant_id: id.to_string(), balance: palisade_store::credits::balance(&mut *tx, &scope).await? };
-    let body = serde_json::to_string(&after).map_err(ApiError::internal)?;
+    // transaction, so a retry racing the first credits nothing either. The
+    // key comes after the balance, against the order of
+    // `palisade_store::locks`: an operator's keys are no other write's.
     let since = now - admission::IDEMPOTENCY_TTL_MS;
-    if let Err(e) =
-        palisade_store::messages::remember(&mut *tx, &scope, &k, &request_hash, 200, &body, now, since).await
-    {
-        if !e.is_unique_violation() {
-            return Err(e.into());
+    let credited = palisade_store::locks::retrying(|| async {
+        let mut tx = state.db.begin().await?;
+        tx.run(&stmts).await?;
+        let balance = palisade_store::credits::balance(&mut *tx, &scope).await?;
+        let after = BalanceAfter { tenant_id: id.to_string(), balance };
+        let body = serde_json::to_string(&after).map_err(|e| palisade_store::StoreError::Corrupt(e.to_string()))?;
+        match palisade_store::messages::remember(&mut *tx, &scope, &k, &request_hash, 200, &body, now, since).await {
+            Err(e) if e.is_unique_violation() => return Ok(None),
+            r => r?,
         }
-        drop(tx);
+        tx.commit().await?;
+        Ok(Some(after))
+    })
+    .await?;
+    let Some(after) = credited else {
         return admission::replay_winner(&state, &scope, &k, &request_hash, now).await;
-    }
-    tx.commit().await?;
+    };
     Ok(Json(after).into_response())
 }
 

@@ -12,6 +12,7 @@ mod audit;
 mod auth;
 mod calls;
 mod cli;
+mod concurrency;
 mod events;
 mod grants;
 mod identities;
