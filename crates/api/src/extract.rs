@@ -220,17 +220,28 @@ async fn authenticate_api_key(
     if row.revoked_at.is_some() {
         return Err(ApiError::unauthenticated());
     }
-    let restrictions = restrictions_of(&row.allowed_ips, &row.allowed_origins, row.expires_at)?;
+    let mut restrictions = restrictions_of(&row.allowed_ips, &row.allowed_origins, row.expires_at)?;
+    // A previous secret in its grace period only keeps serving: it ends with
+    // the grace period, and so does all it mints; it manages no keys (no
+    // rotation, revocation or child key that would outlive it).
+    let previous = row.by_previous_secret == Some(1);
+    if previous {
+        let grace = row.prev_valid_until.unwrap_or(now);
+        restrictions.expires_at = Some(restrictions.expires_at.map_or(grace, |e| e.min(grace)));
+    }
     admit(&restrictions, ctx, headers, now)?;
     if row.status != "active" || row.tenant_status.as_deref() != Some("active") {
         return Err(ApiError::frozen());
     }
     let tenant_id = TenantId::from_str(&row.tenant_id).map_err(ApiError::internal)?;
     let key_id = ApiKeyId::from_str(&row.id).map_err(ApiError::internal)?;
-    let (owner_user_id, permissions) =
+    let (owner_user_id, mut permissions) =
         answerable(&row.permissions, row.owner_user_id.as_deref(), row.owner_role.as_deref())?;
+    if previous {
+        permissions = permissions.iter().filter(|p| *p != Permission::KeysManage).collect();
+    }
     if let Some(parent) = row.parent_key_id.as_deref() {
-        lineage_live(state, tenant_id, parent, now).await?;
+        lineage_live(state, tenant_id, parent, now, ctx, headers).await?;
     }
     if row.last_used_at.is_none_or(|t| t < now - 60_000) {
         let state = state.clone();
@@ -275,7 +286,7 @@ async fn authenticate_agent(
         answerable(&row.permissions, row.owner_user_id.as_deref(), row.owner_role.as_deref())?;
     let minted_by_key = row.key_id.as_deref().map(ApiKeyId::from_str).transpose().map_err(ApiError::internal)?;
     if let Some(key) = row.key_id.as_deref() {
-        lineage_live(state, tenant_id, key, now).await?;
+        lineage_live(state, tenant_id, key, now, ctx, headers).await?;
     }
     // Whatever was stored, an agent token never holds more than an agent may.
     let permissions = permissions.intersect(PermissionSet::agent());
@@ -335,11 +346,24 @@ fn answerable(
 }
 
 /// The key that minted a credential, and every key above it, still work:
-/// one revoked or expired ends it (401), one frozen suspends it (423).
-async fn lineage_live(state: &AppState, tenant_id: TenantId, key: &str, now: i64) -> Result<(), ApiError> {
+/// one revoked or expired ends it (401), one frozen suspends it (423); and
+/// the request comes from where each of them could act (401 otherwise:
+/// this also holds credentials minted before minting was bounded).
+async fn lineage_live(
+    state: &AppState,
+    tenant_id: TenantId,
+    key: &str,
+    now: i64,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
     let key = ApiKeyId::from_str(key).map_err(ApiError::internal)?;
     let scope = TenantScope::for_system(tenant_id);
-    match palisade_store::api_keys::lineage(state.db.reader(), &scope, key, now).await? {
+    let (lineage, fences) = palisade_store::api_keys::lineage(state.db.reader(), &scope, key, now).await?;
+    for fence in &fences {
+        admit(&restrictions_of(&fence.allowed_ips, &fence.allowed_origins, None)?, ctx, headers, now)?;
+    }
+    match lineage {
         Lineage::Live => Ok(()),
         Lineage::Frozen => Err(ApiError::frozen()),
         Lineage::Ended => Err(ApiError::unauthenticated()),

@@ -37,6 +37,10 @@ pub struct ApiKeyRow {
     /// Filled only by [`find_by_hash`]: the tenant's abuse-control overrides.
     #[sqlx(default)]
     pub tenant_limits: Option<String>,
+    /// Filled only by [`find_by_hash`]: 1 when the previous secret (in its
+    /// rotation's grace period) matched, not the current one.
+    #[sqlx(default)]
+    pub by_previous_secret: Option<i64>,
 }
 
 const COLS: &str =
@@ -96,7 +100,8 @@ pub async fn find_by_hash(db: &crate::Db, hash: &str, now: i64) -> Result<Option
             "SELECT {COLS}, (SELECT status FROM tenants t WHERE t.id = k.tenant_id) AS tenant_status, \
                (SELECT role FROM users u WHERE u.id = k.owner_user_id AND u.tenant_id = k.tenant_id \
                   AND u.status = 'active') AS owner_role, \
-               (SELECT settings FROM tenant_limits l WHERE l.tenant_id = k.tenant_id) AS tenant_limits \
+               (SELECT settings FROM tenant_limits l WHERE l.tenant_id = k.tenant_id) AS tenant_limits, \
+               CAST(CASE WHEN k.key_hash = $1 THEN 0 ELSE 1 END AS BIGINT) AS by_previous_secret \
              FROM api_keys k WHERE key_hash = $1 OR (prev_key_hash = $1 AND prev_valid_until > $2) LIMIT 1"
         )
     });
@@ -107,7 +112,7 @@ pub async fn find_by_hash(db: &crate::Db, hash: &str, now: i64) -> Result<Option
 }
 
 impl crate::FromSqlite for ApiKeyRow {
-    /// By position (by name is a scan per column): `COLS`, then the three
+    /// By position (by name is a scan per column): `COLS`, then the four
     /// columns [`find_by_hash`] adds.
     fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(ApiKeyRow {
@@ -132,6 +137,7 @@ impl crate::FromSqlite for ApiKeyRow {
             tenant_status: r.get(18)?,
             owner_role: r.get(19)?,
             tenant_limits: r.get(20)?,
+            by_previous_secret: r.get(21)?,
         })
     }
 }
@@ -231,34 +237,49 @@ struct Link {
     status: String,
     revoked_at: Option<i64>,
     expires_at: Option<i64>,
+    allowed_ips: String,
+    allowed_origins: String,
 }
 
-/// Walks from `id` up through the keys that minted it.
-pub async fn lineage<'c, E>(ex: E, scope: &TenantScope, id: ApiKeyId, now: i64) -> Result<Lineage>
+/// The address and origin restrictions of a key on the way up (JSON
+/// arrays): what it minted can act only where it could.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub allowed_ips: String,
+    pub allowed_origins: String,
+}
+
+/// Walks from `id` up through the keys that minted it; with the fences of
+/// every key on the way (`id` included).
+pub async fn lineage<'c, E>(ex: E, scope: &TenantScope, id: ApiKeyId, now: i64) -> Result<(Lineage, Vec<Fence>)>
 where
     E: Executor<'c, Database = Any> + Copy,
 {
     let mut next = Some(id.to_string());
     let mut frozen = false;
-    for _ in 0..=MAX_LINEAGE {
+    let mut fences = Vec::new();
+    // The key, up to MAX_LINEAGE above it, and the look that finds no more.
+    for _ in 0..MAX_LINEAGE + 2 {
         let Some(id) = next else {
-            return Ok(if frozen { Lineage::Frozen } else { Lineage::Live });
+            return Ok((if frozen { Lineage::Frozen } else { Lineage::Live }, fences));
         };
         let link: Option<Link> = sqlx::query_as(
-            "SELECT parent_key_id, status, revoked_at, expires_at FROM api_keys WHERE tenant_id = $1 AND id = $2",
+            "SELECT parent_key_id, status, revoked_at, expires_at, allowed_ips, allowed_origins \
+             FROM api_keys WHERE tenant_id = $1 AND id = $2",
         )
         .bind(scope.tenant_id().to_string())
         .bind(id)
         .fetch_optional(ex)
         .await?;
-        let Some(link) = link else { return Ok(Lineage::Ended) };
+        let Some(link) = link else { return Ok((Lineage::Ended, fences)) };
         if link.revoked_at.is_some() || link.expires_at.is_some_and(|e| e <= now) {
-            return Ok(Lineage::Ended);
+            return Ok((Lineage::Ended, fences));
         }
         frozen |= link.status != "active";
         next = link.parent_key_id;
+        fences.push(Fence { allowed_ips: link.allowed_ips, allowed_origins: link.allowed_origins });
     }
-    Ok(Lineage::Ended)
+    Ok((Lineage::Ended, fences))
 }
 
 /// Whether `ancestor` stands above `id` (minted it, or minted one that did).

@@ -143,19 +143,21 @@ pub struct NewAgentToken<'a> {
 }
 
 /// Stores a new agent token, replacing (and so revoking) the previous
-/// one; false when no such identity in the tenant.
+/// one, `replaces` (its hash; none if there was none): false when the
+/// identity is not in the tenant or its token changed since it was read.
 pub async fn set_agent_token<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
     id: IdentityId,
     token: &NewAgentToken<'_>,
+    replaces: Option<&str>,
     now: i64,
 ) -> Result<bool> {
     let r = sqlx::query(
         "UPDATE identities SET agent_token_hash = $3, agent_token_prefix = $4, updated_at = $5, \
            agent_token_owner_user_id = $6, agent_token_key_id = $7, agent_token_permissions = $8, \
            agent_token_allowed_ips = $9, agent_token_allowed_origins = $10, agent_token_expires_at = $11 \
-         WHERE tenant_id = $1 AND id = $2",
+         WHERE tenant_id = $1 AND id = $2 AND COALESCE(agent_token_hash, '') = $12",
     )
     .bind(scope.tenant_id().to_string())
     .bind(id.to_string())
@@ -168,6 +170,7 @@ pub async fn set_agent_token<'c>(
     .bind(token.allowed_ips)
     .bind(token.allowed_origins)
     .bind(token.expires_at)
+    .bind(replaces.unwrap_or(""))
     .execute(ex)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -223,6 +226,8 @@ pub async fn set_own_status<'c>(
 /// What the identity's current agent token holds, if it has one.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AgentTokenBounds {
+    /// Its hash, to replace exactly this token.
+    pub hash: String,
     /// JSON arrays.
     pub permissions: String,
     pub allowed_ips: String,
@@ -236,7 +241,7 @@ pub async fn agent_token_bounds<'c>(
     id: IdentityId,
 ) -> Result<Option<AgentTokenBounds>> {
     Ok(sqlx::query_as(
-        "SELECT agent_token_permissions AS permissions, agent_token_allowed_ips AS allowed_ips, \
+        "SELECT agent_token_hash AS hash, agent_token_permissions AS permissions, agent_token_allowed_ips AS allowed_ips, \
            agent_token_allowed_origins AS allowed_origins, agent_token_expires_at AS expires_at \
          FROM identities WHERE tenant_id = $1 AND id = $2 AND agent_token_hash IS NOT NULL",
     )

@@ -356,19 +356,9 @@ pub async fn password_reset_confirm(
     ctx: Ctx,
     ValidJson(req): ValidJson<PasswordResetConfirmRequest>,
 ) -> Result<Json<StatusResponse>, ApiError> {
-    let invalid = || ApiError::validation("token", "is invalid or expired");
-    if !has_shape(&req.token, EMAIL_TOKEN_PREFIX, 43) {
-        return Err(invalid());
-    }
-    let token_hash = sha256_hex(&req.token);
-    let live = palisade_store::tokens::find_email_token(state.db.reader(), &token_hash, "reset", state.now_ms())
-        .await?
-        .ok_or_else(invalid)?;
-    let (tenant_id, user_id) = parse_ids(&live.tenant_id, &live.user_id)?;
-    let scope = TenantScope::for_system(tenant_id);
-    let user = palisade_store::users::get(state.db.reader(), &scope, user_id).await?.ok_or_else(invalid)?;
-    ops::all_valid([ops::password(&req.password, Some(&user.email), "password")])?;
-    let hash = state.argon2.hash(req.password).await?;
+    let invalid = invalid_token;
+    let MailedToken { token_hash, tenant_id, user_id, scope, hash } =
+        token_with_password(&state, &req.token, "reset", req.password).await?;
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
     // One conditional update: of two racing confirms, one wins.
@@ -391,6 +381,44 @@ pub async fn password_reset_confirm(
     Ok(Json(StatusResponse { status: "active" }))
 }
 
+fn invalid_token() -> ApiError {
+    ApiError::validation("token", "is invalid or expired")
+}
+
+/// A live mailed token and the new password of its person.
+struct MailedToken {
+    token_hash: String,
+    tenant_id: TenantId,
+    user_id: UserId,
+    scope: TenantScope,
+    /// The Argon2id hash of the new password.
+    hash: String,
+}
+
+/// Looks the token of `purpose` up before spending an Argon2 run on the
+/// password, and judges the password against the person's own address.
+/// The token is used up later, in the transaction that acts on it.
+async fn token_with_password(
+    state: &AppState,
+    token: &str,
+    purpose: &str,
+    password: String,
+) -> Result<MailedToken, ApiError> {
+    if !has_shape(token, EMAIL_TOKEN_PREFIX, 43) {
+        return Err(invalid_token());
+    }
+    let token_hash = sha256_hex(token);
+    let live = palisade_store::tokens::find_email_token(state.db.reader(), &token_hash, purpose, state.now_ms())
+        .await?
+        .ok_or_else(invalid_token)?;
+    let (tenant_id, user_id) = parse_ids(&live.tenant_id, &live.user_id)?;
+    let scope = TenantScope::for_system(tenant_id);
+    let user = palisade_store::users::get(state.db.reader(), &scope, user_id).await?.ok_or_else(invalid_token)?;
+    ops::all_valid([ops::password(&password, Some(&user.email), "password")])?;
+    let hash = state.argon2.hash(password).await?;
+    Ok(MailedToken { token_hash, tenant_id, user_id, scope, hash })
+}
+
 fn parse_ids(tenant: &str, user: &str) -> Result<(TenantId, UserId), ApiError> {
     Ok((TenantId::from_str(tenant).map_err(ApiError::internal)?, UserId::from_str(user).map_err(ApiError::internal)?))
 }
@@ -410,21 +438,9 @@ pub async fn accept_invite(
     ctx: Ctx,
     ValidJson(req): ValidJson<AcceptInviteRequest>,
 ) -> Result<Json<StatusResponse>, ApiError> {
-    let invalid = || ApiError::validation("token", "is invalid or expired");
-    if !has_shape(&req.token, EMAIL_TOKEN_PREFIX, 43) {
-        return Err(invalid());
-    }
-    let token_hash = sha256_hex(&req.token);
-    // Look the token up before spending an Argon2 run on the password, and
-    // judge the password against the invitee's own address.
-    let live = palisade_store::tokens::find_email_token(state.db.reader(), &token_hash, "invite", state.now_ms())
-        .await?
-        .ok_or_else(invalid)?;
-    let (tenant_id, user_id) = parse_ids(&live.tenant_id, &live.user_id)?;
-    let scope = TenantScope::for_system(tenant_id);
-    let invitee = palisade_store::users::get(state.db.reader(), &scope, user_id).await?.ok_or_else(invalid)?;
-    ops::all_valid([ops::password(&req.password, Some(&invitee.email), "password")])?;
-    let hash = state.argon2.hash(req.password).await?;
+    let invalid = invalid_token;
+    let MailedToken { token_hash, tenant_id, user_id, scope, hash } =
+        token_with_password(&state, &req.token, "invite", req.password).await?;
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
     palisade_store::tokens::consume_email_token(&mut *tx, &token_hash, "invite", now).await?.ok_or_else(invalid)?;

@@ -405,14 +405,19 @@ pub async fn agent_token(
     let mut tx = state.db.begin().await?;
     let current = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
     // A new token revokes the old one: nobody revokes a token wider than themselves.
-    if let Some(old) = palisade_store::identities::agent_token_bounds(&mut *tx, &scope, id).await? {
-        let old =
+    let old = palisade_store::identities::agent_token_bounds(&mut *tx, &scope, id).await?;
+    if let Some(old) = &old {
+        let bounds =
             super::api_keys::stored_bounds(&old.permissions, &old.allowed_ips, &old.allowed_origins, old.expires_at)?;
-        if old.restrictions.expires_at.is_none_or(|e| e > now) {
-            super::api_keys::minter_bounds(&auth).covers(&old).map_err(|w| auth.denied(w.detail()))?;
+        if bounds.restrictions.expires_at.is_none_or(|e| e > now) {
+            super::api_keys::minter_bounds(&auth).covers(&bounds).map_err(|w| auth.denied(w.detail()))?;
         }
     }
-    palisade_store::identities::set_agent_token(&mut *tx, &scope, id, &new, now).await?;
+    // Exactly the token checked: one issued meanwhile (PostgreSQL) is not replaced unchecked.
+    let replaces = old.as_ref().map(|o| o.hash.as_str());
+    if !palisade_store::identities::set_agent_token(&mut *tx, &scope, id, &new, replaces, now).await? {
+        return Err(ApiError::conflict("The identity's agent token changed meanwhile; try again."));
+    }
     let event =
         event_for("identity.agent_token_issued", &auth, &current.id, &current.number).details(serde_json::json!({
             "number": palisade_guard::phone::masked(&current.number),

@@ -16,6 +16,8 @@ backend_tests!(
     child_keys_are_bounded_by_and_end_with_their_parent,
     rotation_only_by_the_answerable_person,
     revocation_is_capped_like_creation,
+    a_previous_secret_only_keeps_serving,
+    every_key_above_fences_what_it_minted,
 );
 
 async fn identity(s: &TestServer, cred: &str, number: &str) -> String {
@@ -328,5 +330,63 @@ async fn revocation_is_capped_like_creation(b: Backend) {
     // The owner revokes anything.
     s.call(Method::DELETE, &format!("/v1/api-keys/{owner_key_id}"), Some(&t.token), None).await.expect(204);
     s.get("/v1/me", &owner_key).await.expect(401);
+    s.stop().await;
+}
+
+async fn a_previous_secret_only_keeps_serving(b: Backend) {
+    let s = TestServer::start(b).await;
+    let t = s.tenant("Grace").await;
+    let id = identity(&s, &t.token, "+34612345678").await;
+    let (key_id, old) = s.api_key(&t.token, json!({"name": "leaked", "role": "admin"})).await;
+    let path = format!("/v1/api-keys/{key_id}/rotate");
+    let new = s.post(&path, &t.token, json!({"grace_seconds": 600})).await.expect(200).body["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.get("/v1/me", &old).await.expect(200);
+    // The old secret cannot take the key over or make what outlives it.
+    s.post(&path, &old, json!({"grace_seconds": 0})).await.expect(403);
+    s.post("/v1/api-keys", &old, json!({"name": "c", "role": "read_only"})).await.expect(403);
+    s.call(Method::DELETE, &format!("/v1/api-keys/{key_id}"), Some(&old), None).await.expect(403);
+    let agent = token(&mint(&s, &old, &id, json!({})).await.expect(201));
+    s.get("/v1/me", &new).await.expect(200);
+    // Whatever it minted ends with the grace period.
+    s.clock.advance_ms(601_000);
+    s.get("/v1/me", &old).await.expect(401);
+    s.get("/v1/me", &agent).await.expect(401);
+    s.get("/v1/me", &new).await.expect(200);
+    s.stop().await;
+}
+
+async fn every_key_above_fences_what_it_minted(b: Backend) {
+    let s = TestServer::start(b).await;
+    let t = s.tenant("Fences").await;
+    let id = identity(&s, &t.token, "+34612345678").await;
+    let (parent_id, parent) = s.api_key(&t.token, json!({"name": "p", "role": "admin"})).await;
+    let (_, child) = s.api_key(&parent, json!({"name": "c", "role": "admin"})).await;
+    let agent = token(&mint(&s, &child, &id, json!({})).await.expect(201));
+    s.get("/v1/me", &child).await.expect(200);
+    s.get("/v1/me", &agent).await.expect(200);
+    // As if the child had been made before minting was bounded: the parent
+    // is fenced, the child is not; the parent's fence holds for it anyway.
+    let mut tx = s.state().db.begin().await.unwrap();
+    sqlx::query("UPDATE api_keys SET allowed_ips = '[\"10.0.0.0/8\"]' WHERE id = $1")
+        .bind(&parent_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    s.get("/v1/me", &parent).await.expect(401);
+    s.get("/v1/me", &child).await.expect(401);
+    s.get("/v1/me", &agent).await.expect(401);
+
+    // A token minted by a key at the deepest level allowed works.
+    let mut key = s.api_key(&t.token, json!({"name": "k0", "role": "admin"})).await.1;
+    for depth in 1..=8 {
+        key = s.api_key(&key, json!({"name": format!("k{depth}"), "role": "admin"})).await.1;
+    }
+    s.post("/v1/api-keys", &key, json!({"name": "k9", "role": "admin"})).await.expect(403);
+    let deep = token(&mint(&s, &key, &id, json!({})).await.expect(201));
+    s.get("/v1/me", &deep).await.expect(200);
     s.stop().await;
 }
