@@ -95,17 +95,7 @@ pub async fn activate<'c>(
     password_hash: &str,
     now: i64,
 ) -> Result<bool> {
-    let r = sqlx::query(
-        "UPDATE users SET status = 'active', password_hash = $1, updated_at = $2 \
-         WHERE tenant_id = $3 AND id = $4 AND status IN ('pending', 'invited')",
-    )
-    .bind(password_hash)
-    .bind(now)
-    .bind(scope.tenant_id().to_string())
-    .bind(id.to_string())
-    .execute(ex)
-    .await?;
-    Ok(r.rows_affected() == 1)
+    set_password(ex, scope, id, password_hash, now, ["pending", "invited"]).await
 }
 
 /// Sets the password of an active or pending person after a password
@@ -119,14 +109,28 @@ pub async fn reset_password<'c>(
     password_hash: &str,
     now: i64,
 ) -> Result<bool> {
+    set_password(ex, scope, id, password_hash, now, ["active", "pending"]).await
+}
+
+/// The person's new password, which leaves them active, if their status is one of `from`.
+async fn set_password<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: UserId,
+    password_hash: &str,
+    now: i64,
+    from: [&str; 2],
+) -> Result<bool> {
     let r = sqlx::query(
         "UPDATE users SET status = 'active', password_hash = $1, updated_at = $2 \
-         WHERE tenant_id = $3 AND id = $4 AND status IN ('active', 'pending')",
+         WHERE tenant_id = $3 AND id = $4 AND status IN ($5, $6)",
     )
     .bind(password_hash)
     .bind(now)
     .bind(scope.tenant_id().to_string())
     .bind(id.to_string())
+    .bind(from[0])
+    .bind(from[1])
     .execute(ex)
     .await?;
     Ok(r.rows_affected() == 1)
