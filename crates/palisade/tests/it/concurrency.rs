@@ -251,26 +251,9 @@ async fn a_call_end_takes_the_spend_before_the_balance() {
         // Past the prepaid minute: the end charges the balance and the spend.
         s.clock.advance_ms(150_000);
         let mut send = sqlx::AnyConnection::connect(&s.db_url).await.unwrap();
-        sqlx::query("BEGIN").execute(&mut send).await.unwrap();
-        sqlx::query("SET LOCAL deadlock_timeout = '50ms'").execute(&mut send).await.unwrap();
-        sqlx::query("UPDATE identity_spend SET spent = spent WHERE identity_id = $1")
-            .bind(&identity)
-            .execute(&mut send)
-            .await
-            .unwrap();
         let path = format!("/v1/calls/{id}/hangup");
         let hangup = s.post(&path, &token, json!({}));
-        let send_goes_on = async {
-            // The end is under way by then, waiting for the spend row.
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            let r = sqlx::query("UPDATE balances SET balance = balance WHERE tenant_id = $1")
-                .bind(&tenant)
-                .execute(&mut send)
-                .await;
-            sqlx::query(if r.is_ok() { "COMMIT" } else { "ROLLBACK" }).execute(&mut send).await.unwrap();
-            r.map(drop)
-        };
-        let (hangup, sent) = tokio::join!(hangup, send_goes_on);
+        let (hangup, sent) = as_a_send(&mut send, &identity, &tenant, hangup).await;
         assert!(sent.is_ok(), "the send deadlocked with the call's end: {sent:?}");
         hangup.expect(200);
         send.close().await.unwrap();
@@ -301,24 +284,8 @@ async fn a_recovery_refund_takes_the_spend_before_the_balance() {
             .execute(&mut send)
             .await
             .unwrap();
-        sqlx::query("BEGIN").execute(&mut send).await.unwrap();
-        sqlx::query("SET LOCAL deadlock_timeout = '50ms'").execute(&mut send).await.unwrap();
-        sqlx::query("UPDATE identity_spend SET spent = spent WHERE identity_id = $1")
-            .bind(&identity)
-            .execute(&mut send)
-            .await
-            .unwrap();
         let sweep = palisade_api::recovery::sweep(s.state());
-        let send_goes_on = async {
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            let r = sqlx::query("UPDATE balances SET balance = balance WHERE tenant_id = $1")
-                .bind(&tenant)
-                .execute(&mut send)
-                .await;
-            sqlx::query(if r.is_ok() { "COMMIT" } else { "ROLLBACK" }).execute(&mut send).await.unwrap();
-            r.map(drop)
-        };
-        let ((), sent) = tokio::join!(sweep, send_goes_on);
+        let ((), sent) = as_a_send(&mut send, &identity, &tenant, sweep).await;
         assert!(sent.is_ok(), "the send deadlocked with the refund: {sent:?}");
         let m = s.get(&format!("/v1/messages/{id}"), &token).await.expect(200).body;
         assert_eq!(m["status"], "failed", "refunded");
@@ -326,4 +293,33 @@ async fn a_recovery_refund_takes_the_spend_before_the_balance() {
         s.stop().await;
     })
     .await;
+}
+
+/// Plays a send on `send`, step by step, while `other` runs: it takes the
+/// identity's spend row, waits until `other` is under way (and waiting for
+/// that row), then wants the balance. The send's outcome is an error if
+/// PostgreSQL found a deadlock.
+async fn as_a_send<F: std::future::Future>(
+    send: &mut sqlx::AnyConnection,
+    identity: &str,
+    tenant: &str,
+    other: F,
+) -> (F::Output, Result<(), sqlx::Error>) {
+    sqlx::query("BEGIN").execute(&mut *send).await.unwrap();
+    sqlx::query("SET LOCAL deadlock_timeout = '50ms'").execute(&mut *send).await.unwrap();
+    sqlx::query("UPDATE identity_spend SET spent = spent WHERE identity_id = $1")
+        .bind(identity)
+        .execute(&mut *send)
+        .await
+        .unwrap();
+    let send_goes_on = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let r = sqlx::query("UPDATE balances SET balance = balance WHERE tenant_id = $1")
+            .bind(tenant)
+            .execute(&mut *send)
+            .await;
+        sqlx::query(if r.is_ok() { "COMMIT" } else { "ROLLBACK" }).execute(&mut *send).await.unwrap();
+        r.map(drop)
+    };
+    tokio::join!(other, send_goes_on)
 }
