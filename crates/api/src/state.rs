@@ -33,6 +33,8 @@ pub struct Services {
     pub webhook_client: Arc<palisade_webhooks::client::WebhookClient>,
     /// Seals endpoint secrets at rest.
     pub sealer: Arc<palisade_webhooks::seal::Sealer>,
+    /// Keys the hashes of codes that prove control of a number.
+    pub number_codes: palisade_auth::code::CodeKey,
     /// Wakes the delivery worker when something was queued.
     pub webhook_wake: Arc<tokio::sync::Notify>,
     pub webhook_worker: AbortOnDrop,
@@ -69,5 +71,10 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// Whether identities send and call only with a verified number.
+    pub fn requires_verified_numbers(&self) -> bool {
+        self.config.numbers.require_verified || self.carrier.reaches_phones()
     }
 }

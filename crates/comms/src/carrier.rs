@@ -72,6 +72,15 @@ pub trait Carrier: Send + Sync + 'static {
     /// Whether a message the carrier accepted reached the handset (the
     /// delivery report).
     fn delivery_report<'a>(&'a self, m: &'a OutboundMessage) -> BoxFut<'a, Result<(), CarrierError>>;
+
+    /// Delivers a text from the platform itself (a one-time code proving
+    /// control of a number), not from any tenant's identity.
+    fn send_code<'a>(&'a self, to: &'a str, text: &'a str) -> BoxFut<'a, Result<(), CarrierError>>;
+
+    /// Whether what it sends reaches real phones. A carrier that does
+    /// lets an identity send only once its number is verified: a number
+    /// shown as the sender must be its tenant's to show.
+    fn reaches_phones(&self) -> bool;
 }
 
 /// Numbers the sandbox treats specially: North American 555-01XX numbers,
@@ -92,6 +101,9 @@ pub mod magic {
 pub struct SandboxCarrier {
     pub delay: Duration,
     pub call_length: Duration,
+    /// Where the sandbox's handsets receive the platform's codes, one file
+    /// each (mode 0600), as the dev outbox receives mail; none: dropped.
+    pub handset_dir: Option<std::path::PathBuf>,
 }
 
 impl Carrier for SandboxCarrier {
@@ -135,4 +147,44 @@ impl Carrier for SandboxCarrier {
             }
         })
     }
+
+    fn send_code<'a>(&'a self, to: &'a str, text: &'a str) -> BoxFut<'a, Result<(), CarrierError>> {
+        Box::pin(async move {
+            match to {
+                magic::TIMES_OUT => return Err(CarrierError::Timeout),
+                magic::FAILS => return Err(CarrierError::Undeliverable),
+                _ => {}
+            }
+            let Some(dir) = self.handset_dir.clone() else { return Ok(()) };
+            let content = format!("To: {to}\n\n{text}\n");
+            tokio::task::spawn_blocking(move || write_private(&dir, content.as_bytes()))
+                .await
+                .map_err(|_| CarrierError::Unavailable)?
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "the sandbox could not write a code to its handset folder");
+                    CarrierError::Unavailable
+                })
+        })
+    }
+
+    fn reaches_phones(&self) -> bool {
+        false
+    }
+}
+
+/// A new file in `dir` (created 0700) that only the server can read.
+fn write_private(dir: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        opts.mode(0o600);
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let name = format!("sms-{now}-{}.txt", uuid::Uuid::now_v7());
+    opts.open(dir.join(name))?.write_all(bytes)
 }

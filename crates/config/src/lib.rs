@@ -50,6 +50,7 @@ pub struct Config {
     pub metrics: Metrics,
     pub pricing: Pricing,
     pub carrier: CarrierConfig,
+    pub numbers: Numbers,
     pub log: Log,
     pub audit: Audit,
     pub webhooks: Webhooks,
@@ -371,6 +372,38 @@ impl Default for CarrierConfig {
     }
 }
 
+/// Proving control of a number: a code the carrier delivers to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Numbers {
+    /// Whether an identity sends and calls only once its number is
+    /// verified. A carrier that reaches real phones always requires it;
+    /// the sandbox reaches none, so by default it does not.
+    pub require_verified: bool,
+    /// How long a code stays valid.
+    pub code_ttl_secs: u64,
+    /// Wrong codes before the code is dead and the identity waits `lock_secs`.
+    pub code_attempts: u32,
+    pub lock_secs: u64,
+    /// Least time between two codes for one identity.
+    pub resend_secs: u64,
+    /// Most codes for one identity in 24 hours.
+    pub codes_per_day: u32,
+}
+
+impl Default for Numbers {
+    fn default() -> Self {
+        Self {
+            require_verified: false,
+            code_ttl_secs: 600,
+            code_attempts: 5,
+            lock_secs: 900,
+            resend_secs: 60,
+            codes_per_day: 5,
+        }
+    }
+}
+
 /// Prometheus metrics.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -591,6 +624,12 @@ impl Config {
     /// Checks that hold in every mode, then the production refusals.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        let n = &self.numbers;
+        if !(60..=3600).contains(&n.code_ttl_secs) || !(1..=10).contains(&n.code_attempts) || n.codes_per_day == 0 {
+            return Err(ConfigError(
+                "numbers: code_ttl_secs must be 60 to 3600, code_attempts 1 to 10 and codes_per_day at least 1".into(),
+            ));
+        }
         if self.auth.access_token_ttl_secs == 0 || self.auth.access_token_ttl_secs > 24 * 3600 {
             return Err(ConfigError("auth.access_token_ttl_secs must be between 1 and 86400 (24 h)".into()));
         }

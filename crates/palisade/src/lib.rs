@@ -53,10 +53,14 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let carrier = Arc::new(palisade_comms::SandboxCarrier {
         delay: Duration::from_millis(config.carrier.sandbox_delay_ms),
         call_length: Duration::from_secs(config.carrier.sandbox_call_secs),
+        // Beside the dev outbox's mail: a sandbox number is nobody's phone.
+        handset_dir: Some(config.server.data_dir.join("outbox")),
     });
     let webhook_wake = Arc::new(tokio::sync::Notify::new());
     let reports = palisade_api::reports::Reports::start(db.clone(), webhook_wake.clone());
-    let sealer = Arc::new(palisade_webhooks::seal::Sealer::new(&webhook_key(&config)?));
+    let data_key = webhook_key(&config)?;
+    let sealer = Arc::new(palisade_webhooks::seal::Sealer::new(&data_key));
+    let number_codes = palisade_auth::code::CodeKey::derive(&data_key, "number verification");
     let webhook_client = Arc::new(webhook_client(&config)?);
     let worker = Arc::new(palisade_webhooks::worker::Worker {
         db: db.clone(),
@@ -91,6 +95,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         deliveries: tokio_util::task::TaskTracker::new(),
         webhook_client,
         sealer,
+        number_codes,
         webhook_wake,
         webhook_worker,
         instance_id: uuid::Uuid::now_v7().to_string(),

@@ -27,10 +27,15 @@ pub struct IdentityRow {
     pub operator_frozen: i64,
     /// Whether its tenant holds a freeze on it (1) or not (0).
     pub tenant_frozen: i64,
+    /// When control of the number was proved, and how (`carrier`: a code
+    /// it delivered; `operator`: the operator vouched); none: not yet.
+    pub number_verified_at: Option<i64>,
+    pub number_verified_by: Option<String>,
 }
 
 const COLS: &str = "id, tenant_id, kind, number, country, name, rate_per_second, monthly_budget, \
-    allowed_countries, status, agent_token_prefix, created_at, updated_at, operator_frozen, tenant_frozen";
+    allowed_countries, status, agent_token_prefix, created_at, updated_at, operator_frozen, tenant_frozen, \
+    number_verified_at, number_verified_by";
 
 /// The policy fields, as stored.
 pub struct Policy<'a> {
@@ -49,8 +54,9 @@ pub struct NewIdentity<'a> {
     pub now: i64,
 }
 
-/// Fails with a unique violation on `identities_number_key` when the
-/// number is taken.
+/// Fails with a unique violation when the tenant has the number already.
+/// Other tenants may have registered it too: only a verified number is
+/// unique on the platform (see [`verify_number`]).
 pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, i: &NewIdentity<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO identities (id, tenant_id, kind, number, country, name, rate_per_second, monthly_budget, \
@@ -223,6 +229,60 @@ pub async fn set_own_status<'c>(
     Ok(r.rows_affected() == 1)
 }
 
+/// How control of a number was proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifiedBy {
+    /// The tenant entered the code the carrier delivered to the number.
+    Carrier,
+    /// The operator assigned the number to the tenant.
+    Operator,
+}
+
+impl VerifiedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifiedBy::Carrier => "carrier",
+            VerifiedBy::Operator => "operator",
+        }
+    }
+}
+
+/// Marks the tenant's identity's number verified. Fails with a unique
+/// violation when another identity holds the number verified; false when
+/// the identity is gone.
+pub async fn verify_number<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: IdentityId,
+    by: VerifiedBy,
+    now: i64,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE identities SET number_verified_at = COALESCE(number_verified_at, $3), \
+           number_verified_by = COALESCE(number_verified_by, $4), updated_at = $3 \
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(id.to_string())
+    .bind(now)
+    .bind(by.as_str())
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// The tenant an identity belongs to, for the operator.
+pub async fn tenant_of<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    _proof: &SysadminProof,
+    id: IdentityId,
+) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar("SELECT tenant_id FROM identities WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(ex)
+        .await?)
+}
+
 /// What the identity's current agent token holds, if it has one.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AgentTokenBounds {
@@ -326,6 +386,8 @@ impl crate::FromSqlite for IdentityRow {
             updated_at: r.get(12)?,
             operator_frozen: r.get(13)?,
             tenant_frozen: r.get(14)?,
+            number_verified_at: r.get(15)?,
+            number_verified_by: r.get(16)?,
         })
     }
 }

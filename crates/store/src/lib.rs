@@ -15,6 +15,7 @@ pub mod group_commit;
 pub mod identities;
 pub mod locks;
 pub mod messages;
+pub mod number_verifications;
 mod pg_batch;
 mod pg_lookup;
 mod read;

@@ -27,6 +27,7 @@
 //! | call end (hang-up, the carrier, recovery) | call, spend, slots, balance |
 //! | recovery's refund of an unsent message | message, spend, balance |
 //! | top-up (payment, operator) | balance, then an operator's key |
+//! | number verification code | the identity's code row, balance |
 //!
 //! An operator's idempotency keys live apart from tenants' (a prefix a
 //! tenant's key cannot have), so the one key taken after a balance is one

@@ -106,7 +106,8 @@ pub trait Sending {
 }
 
 /// The checks that need no transaction, in order: the sending identity
-/// (an agent token only as its own), the kill-switch, the WAF's body check,
+/// (an agent token only as its own), the kill-switch, a verified number
+/// where the carrier requires one, the WAF's body check,
 /// the destination, the identity's rate, the destination's country. The
 /// body is returned once it passed the WAF.
 pub async fn admit<R: Sending>(
@@ -124,6 +125,14 @@ pub async fn admit<R: Sending>(
     }
     if identity.status != "active" {
         return Err(ApiError::frozen());
+    }
+    // A number shown as the sender must be the tenant's to show.
+    if identity.number_verified_at.is_none() && state.requires_verified_numbers() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "number_not_verified",
+            "The identity's number is not verified; verify it with POST /v1/identities/{id}/verification.",
+        ));
     }
     let req = body.scan(state).await?;
     let to = palisade_guard::phone::parse_e164(req.to().trim()).map_err(|m| ApiError::validation("to", m))?;

@@ -74,6 +74,14 @@ pub struct IdentityView {
     /// and/or `tenant` (lifted only by the tenant). Absent when active.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     frozen_by: Vec<String>,
+    /// Whether control of the number was proved (a code the carrier
+    /// delivered to it, or the operator's assignment). Until then other
+    /// tenants may register it too and, with a carrier that reaches real
+    /// phones, the identity sends and calls nothing.
+    number_verified: bool,
+    /// `carrier` or `operator`; absent until verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    number_verified_by: Option<String>,
     /// First characters of the current agent token, if one was issued.
     #[serde(skip_serializing_if = "Option::is_none")]
     agent_token_prefix: Option<String>,
@@ -102,6 +110,8 @@ impl TryFrom<IdentityRow> for IdentityView {
                 .filter(|&(held, _)| held)
                 .map(|(_, by)| by.to_owned())
                 .collect(),
+            number_verified: r.number_verified_at.is_some(),
+            number_verified_by: r.number_verified_by,
             agent_token_prefix: r.agent_token_prefix,
             created_at: palisade_core::clock::rfc3339(r.created_at),
             updated_at: palisade_core::clock::rfc3339(r.updated_at),
@@ -204,7 +214,10 @@ pub async fn create(
     };
     let mut tx = state.db.begin().await?;
     match palisade_store::identities::insert(&mut *tx, &scope, &new).await {
-        Err(e) if e.is_unique_violation() => return Err(ApiError::conflict("This number is already registered.")),
+        Err(e) if e.is_unique_violation() => {
+            // Only the tenant's own numbers: whether another tenant registered it stays unsaid.
+            return Err(ApiError::conflict("This tenant has registered this number already."));
+        }
         r => r?,
     }
     let event = event_for("identity.created", &auth, &id.to_string(), &number.number);
@@ -300,6 +313,7 @@ pub async fn remove(
         // Frozen since it was read.
         return Err(ApiError::frozen());
     }
+    palisade_store::number_verifications::clear(&mut *tx, &scope, id).await?;
     let event = event_for("identity.deleted", &auth, &current.id, &current.number);
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await?;

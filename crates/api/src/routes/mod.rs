@@ -12,6 +12,7 @@ mod identities;
 mod inbound;
 mod me;
 mod messages;
+mod number_verification;
 mod sysadmin;
 mod users;
 mod webhooks;
@@ -53,6 +54,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(identities::agent_token))
         .routes(routes!(identities::freeze))
         .routes(routes!(identities::unfreeze))
+        .routes(routes!(number_verification::send_code))
+        .routes(routes!(number_verification::confirm))
         .routes(routes!(billing::balance))
         .routes(routes!(messages::create, messages::list))
         .routes(routes!(messages::get))
@@ -83,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(sysadmin::top_up))
         .routes(routes!(sysadmin::freeze_identity))
         .routes(routes!(sysadmin::unfreeze_identity))
+        .routes(routes!(number_verification::operator_verify))
         .split_for_parts();
     let doc_json: Arc<[u8]> = serde_json::to_vec(&doc).unwrap_or_default().into();
 
