@@ -211,7 +211,13 @@ impl AuditLog {
     /// only, and a reader should see its own writes at once rather than
     /// after the next run.
     pub async fn catch_up(&self, tenant: Option<palisade_core::TenantId>, now_ms: i64) -> Result<(), LogError> {
-        if palisade_store::audit::tenant_pending(self.db.reader(), tenant).await? {
+        // A run that loses the race to another integrator (this instance's
+        // background one, or another instance) may have read its batch
+        // before these events committed: look again, a bounded number of times.
+        for _ in 0..8 {
+            if !palisade_store::audit::tenant_pending(self.db.reader(), tenant).await? {
+                break;
+            }
             self.integrate(now_ms).await?;
         }
         Ok(())
@@ -251,8 +257,8 @@ impl AuditLog {
             .map_err(|e| LogError::Store(StoreError::Corrupt(format!("integration task: {e}"))))?;
         match self.db.write_guarded(stmts).await {
             Ok(Ok(_)) => Ok(Some((cp, full))),
-            // Another instance integrated first (its leaves may be met before
-            // the head's guard): its checkpoint covers these.
+            // Another integrator moved the head first (its leaves may be met
+            // before the head's guard); what its batch left is for the next run.
             Ok(Err(_moved)) => Ok(None),
             Err(e) if e.is_unique_violation() => Ok(None),
             Err(e) => Err(e.into()),

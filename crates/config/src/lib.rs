@@ -387,8 +387,15 @@ pub struct Numbers {
     pub lock_secs: u64,
     /// Least time between two codes for one identity.
     pub resend_secs: u64,
-    /// Most codes for one identity in 24 hours.
+    /// Most codes a tenant sends one number in a day (per day since the
+    /// first; deleting and registering the number again resets nothing).
     pub codes_per_day: u32,
+    /// Most codes one number receives in a day, whoever asks; beyond it
+    /// codes are silently not sent (no charge).
+    pub codes_per_number_per_day: u32,
+    /// Most tries at codes for one number compared in a day, whoever
+    /// tries; beyond it tries are refused as wrong.
+    pub tries_per_number_per_day: u32,
 }
 
 impl Default for Numbers {
@@ -400,6 +407,8 @@ impl Default for Numbers {
             lock_secs: 900,
             resend_secs: 60,
             codes_per_day: 5,
+            codes_per_number_per_day: 10,
+            tries_per_number_per_day: 20,
         }
     }
 }
@@ -625,9 +634,16 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         let n = &self.numbers;
-        if !(60..=3600).contains(&n.code_ttl_secs) || !(1..=10).contains(&n.code_attempts) || n.codes_per_day == 0 {
+        if !(60..=3600).contains(&n.code_ttl_secs)
+            || !(1..=10).contains(&n.code_attempts)
+            || n.codes_per_day == 0
+            || n.codes_per_number_per_day == 0
+            || n.tries_per_number_per_day == 0
+        {
             return Err(ConfigError(
-                "numbers: code_ttl_secs must be 60 to 3600, code_attempts 1 to 10 and codes_per_day at least 1".into(),
+                "numbers: code_ttl_secs must be 60 to 3600, code_attempts 1 to 10, and codes_per_day, \
+                 codes_per_number_per_day and tries_per_number_per_day at least 1"
+                    .into(),
             ));
         }
         if self.auth.access_token_ttl_secs == 0 || self.auth.access_token_ttl_secs > 24 * 3600 {

@@ -249,7 +249,7 @@ impl VerifiedBy {
 
 /// Marks the tenant's identity's number verified. Fails with a unique
 /// violation when another identity holds the number verified; false when
-/// the identity is gone.
+/// the identity is gone (or, verified by a code, frozen meanwhile).
 pub async fn verify_number<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
@@ -260,7 +260,7 @@ pub async fn verify_number<'c>(
     let r = sqlx::query(
         "UPDATE identities SET number_verified_at = COALESCE(number_verified_at, $3), \
            number_verified_by = COALESCE(number_verified_by, $4), updated_at = $3 \
-         WHERE tenant_id = $1 AND id = $2",
+         WHERE tenant_id = $1 AND id = $2 AND (status = 'active' OR $4 = 'operator')",
     )
     .bind(scope.tenant_id().to_string())
     .bind(id.to_string())

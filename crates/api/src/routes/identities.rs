@@ -313,7 +313,6 @@ pub async fn remove(
         // Frozen since it was read.
         return Err(ApiError::frozen());
     }
-    palisade_store::number_verifications::clear(&mut *tx, &scope, id).await?;
     let event = event_for("identity.deleted", &auth, &current.id, &current.number);
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await?;

@@ -12,7 +12,7 @@ use palisade_auth::code::CodeKey;
 use palisade_core::principal::Actor;
 use palisade_core::{ApiError, IdentityId, Permission, TenantId, TenantScope};
 use palisade_store::identities::{IdentityRow, VerifiedBy};
-use palisade_store::number_verifications::{self as codes, Attempt, Bounds};
+use palisade_store::number_verifications::{self as codes, Attempt, Bounds, Target};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -30,6 +30,8 @@ fn bounds(state: &AppState) -> Bounds {
         per_day: i64::from(n.codes_per_day),
         attempts: i64::from(n.code_attempts),
         lock_ms: ms(n.lock_secs),
+        number_codes_per_day: i64::from(n.codes_per_number_per_day),
+        number_tries_per_day: i64::from(n.tries_per_number_per_day),
     }
 }
 
@@ -78,34 +80,69 @@ pub async fn send_code(
 ) -> Result<(StatusCode, Json<VerificationSent>), ApiError> {
     let scope = auth.scope(Permission::IdentitiesManage).await?;
     let identity = unverified(&state, &scope, id).await?;
+    let target = Target { scope: &scope, number: &identity.number, identity: id };
     let b = bounds(&state);
     let code = CodeKey::new_code();
     let hash = state.number_codes.digest(&identity.id, &code);
     let cost = state.config.pricing.message_segment;
     let reference = format!("nv_{}", uuid::Uuid::now_v7().simple());
     let now = state.now_ms();
+    let sent = VerificationSent { expires_in: b.ttl_ms as u64 / 1000, resend_after: secs_ceil(b.resend_ms) };
     let mut tx = state.db.begin().await?;
-    if let Err(wait) = codes::record_code(&mut tx, &scope, id, &hash, b, now).await? {
-        let secs = secs_ceil(wait);
-        return Err(too_many("rate_limited", "A code was sent recently; wait before asking again.", Some(secs)));
+    match codes::record_code(&mut tx, target, &hash, b, now).await? {
+        Ok(()) => {}
+        // Frozen, verified or deleted since it was read.
+        Err(0) => return Err(ApiError::conflict("The identity changed meanwhile; read it again.")),
+        Err(wait) => {
+            let secs = secs_ceil(wait);
+            return Err(too_many("rate_limited", "A code was sent recently; wait before asking again.", Some(secs)));
+        }
+    }
+    // Whoever asks, one phone gets only so many codes a day. Past that the
+    // answer is the same, but nothing is sent or charged: a refusal would
+    // tell this tenant that others text the number.
+    if !codes::count_code_to_number(&mut tx, target, b, now).await? {
+        tx.commit().await?;
+        tracing::warn!(identity = %identity.id, "a verification code was suppressed: the number's daily cap is reached");
+        return Ok((StatusCode::ACCEPTED, Json(sent)));
     }
     super::admission::debit(&mut tx, &scope, cost, "number_verification", &reference, now).await??;
     palisade_audit::append(&mut *tx, &event("identity.verification_sent", &auth, &identity), &auth.ctx.audit, now)
         .await?;
     tx.commit().await?;
 
-    let text =
-        format!("Your verification code is {code}. It proves this number is yours to send from; do not share it.");
-    if let Err(e) = state.carrier.send_code(&identity.number, &text).await {
-        tracing::warn!(identity = %identity.id, error = e.code(), "a verification code was not delivered");
-        // Not sent, not charged; the spacing still holds (no hammering).
-        let mut tx = state.db.begin().await?;
-        palisade_store::credits::refund(&mut *tx, &scope, cost, &reference, state.now_ms()).await?;
+    // Charged and recorded: the hand-over runs to its end even if the
+    // client goes away, so a failure is always answered with its refund.
+    let task_state = state.clone();
+    let number = identity.number.clone();
+    let delivery = tokio::spawn(async move {
+        let text =
+            format!("Your verification code is {code}. It proves this number is yours to send from; do not share it.");
+        let Err(e) = task_state.carrier.send_code(&number, &text).await else { return Ok(()) };
+        // The code is void either way: nobody guesses at a code that may
+        // never have reached the phone. Only a definite refusal is
+        // refunded: a timeout may have delivered it.
+        let refund = e == palisade_comms::CarrierError::Undeliverable;
+        let mut tx = task_state.db.begin().await?;
+        codes::void(&mut tx, Target { scope: &scope, number: &number, identity: id }).await?;
+        if refund {
+            palisade_store::credits::refund(&mut *tx, &scope, cost, &reference, task_state.now_ms()).await?;
+        }
         tx.commit().await?;
-        return Err(ApiError::new(StatusCode::BAD_GATEWAY, e.code(), "The code could not be delivered to the number."));
+        Err::<(), ApiError>(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            e.code(),
+            "The code could not be delivered to the number; it is void.",
+        ))
+    });
+    match delivery.await {
+        Ok(Ok(())) => Ok((StatusCode::ACCEPTED, Json(sent))),
+        Ok(Err(e)) => {
+            tracing::warn!(identity = %identity.id, reason = e.reason(), "a verification code was not delivered");
+            Err(e)
+        }
+        Err(e) => Err(ApiError::internal(e)),
     }
-    let view = VerificationSent { expires_in: b.ttl_ms as u64 / 1000, resend_after: secs_ceil(b.resend_ms) };
-    Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -133,6 +170,7 @@ pub async fn confirm(
 ) -> Result<Json<IdentityView>, ApiError> {
     let scope = auth.scope(Permission::IdentitiesManage).await?;
     let identity = unverified(&state, &scope, id).await?;
+    let target = Target { scope: &scope, number: &identity.number, identity: id };
     let code = req.code.trim();
     if code.len() != 6 || !code.bytes().all(|c| c.is_ascii_digit()) {
         return Err(ApiError::validation("code", "must be the six digits delivered to the number"));
@@ -140,7 +178,7 @@ pub async fn confirm(
     let b = bounds(&state);
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
-    let (stored, last) = match codes::take_attempt(&mut tx, &scope, id, b, now).await? {
+    let (stored, last) = match codes::take_attempt(&mut tx, target, b, now).await? {
         Attempt::Take { code_hash, last } => (code_hash, last),
         Attempt::Locked(wait) => {
             let secs = secs_ceil(wait);
@@ -150,7 +188,7 @@ pub async fn confirm(
     };
     if !state.number_codes.matches(&identity.id, code, &stored) {
         if last {
-            codes::lock(&mut tx, &scope, id, b, now).await?;
+            codes::lock(&mut tx, target, b, now).await?;
         }
         palisade_audit::append(
             &mut *tx,
@@ -168,7 +206,7 @@ pub async fn confirm(
         Ok(false) => return Err(ApiError::not_found()),
         r => r?,
     };
-    codes::clear(&mut *tx, &scope, id).await?;
+    codes::void(&mut tx, target).await?;
     palisade_audit::append(&mut *tx, &event("identity.number_verified", &auth, &identity), &auth.ctx.audit, now)
         .await?;
     let row = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
@@ -218,7 +256,6 @@ pub async fn operator_verify(
         Ok(false) => return Err(ApiError::not_found()),
         r => r?,
     };
-    codes::clear(&mut *tx, &scope, id).await?;
     let row = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
     let event = Event::new("identity.number_verified", Some(tenant), Actor::sysadmin())
         .resource("identity", id)

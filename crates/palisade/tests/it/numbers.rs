@@ -15,6 +15,9 @@ backend_tests!(
     codes_are_spaced_counted_and_expire,
     a_code_costs_a_segment_and_a_failed_delivery_is_refunded,
     the_operator_assigns_a_number,
+    an_undelivered_code_is_void,
+    deleting_and_registering_again_resets_no_bound,
+    one_phone_gets_few_codes_and_few_tries_whoever_asks,
 );
 
 const NUMBER: &str = "+34612345678";
@@ -236,5 +239,105 @@ async fn the_operator_assigns_a_number(b: Backend) {
     let events = s.events(&other, "action=identity.number_verified").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["actor"]["type"], "sysadmin", "{}", events[0]);
+    s.stop().await;
+}
+
+fn texts_to(s: &TestServer, number: &str) -> usize {
+    std::fs::read_dir(s.data_dir.join("outbox"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| std::fs::read_to_string(e.path()).unwrap().contains(&format!("To: {number}")))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+async fn an_undelivered_code_is_void(b: Backend) {
+    let s = server(b).await;
+    let (_, key, _) = tenant_with(&s, "Acme", NUMBER, 5).await;
+    let failing = s.post("/v1/identities", &key, json!({"number": "+12025550101"})).await.expect(201);
+    let failing = failing.body["id"].as_str().unwrap().to_owned();
+    send_code(&s, &key, &failing).await.expect(502);
+    assert_eq!(balance(&s, &key).await, 5, "refunded");
+    // Refunded, so nobody may guess at it: no try is ever compared.
+    for _ in 0..6 {
+        confirm(&s, &key, &failing, "123456").await.expect(400);
+    }
+    assert!(s.events(&key, "action=identity.verification_failed").await.is_empty());
+    s.stop().await;
+}
+
+async fn deleting_and_registering_again_resets_no_bound(b: Backend) {
+    let s = server(b).await;
+    let (_, key, id) = tenant_with(&s, "Acme", NUMBER, 1000).await;
+    send_code(&s, &key, &id).await.expect(202);
+    let old_code = delivered_code(&s, NUMBER);
+    s.call(Method::DELETE, &format!("/v1/identities/{id}"), Some(&key), None).await.expect(204);
+    let id = s.post("/v1/identities", &key, json!({"number": NUMBER})).await.expect(201).body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The spacing holds for the number, and the old code proves nothing for the new identity.
+    send_code(&s, &key, &id).await.expect(429);
+    confirm(&s, &key, &id, &old_code).await.expect(400);
+    assert_eq!(texts_to(&s, NUMBER), 1);
+    // Wrong tries lock the tenant's number, whatever identity holds it.
+    s.clock.advance_ms(61_000);
+    send_code(&s, &key, &id).await.expect(202);
+    let code = delivered_code(&s, NUMBER);
+    for _ in 0..5 {
+        confirm(&s, &key, &id, &other_code(&code)).await.expect(400);
+    }
+    s.call(Method::DELETE, &format!("/v1/identities/{id}"), Some(&key), None).await.expect(204);
+    let id = s.post("/v1/identities", &key, json!({"number": NUMBER})).await.expect(201).body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    send_code(&s, &key, &id).await.expect(429);
+    s.stop().await;
+}
+
+async fn one_phone_gets_few_codes_and_few_tries_whoever_asks(b: Backend) {
+    let s = TestServer::start_with(b, |c| {
+        c.numbers.require_verified = true;
+        c.numbers.codes_per_number_per_day = 3;
+        c.numbers.tries_per_number_per_day = 4;
+    })
+    .await;
+    let mut tenants = Vec::new();
+    for name in ["A", "B", "C", "D"] {
+        tenants.push(tenant_with(&s, name, NUMBER, 100).await);
+    }
+    // Four tenants ask; the phone receives three codes. The fourth is told
+    // the same as the others and is not charged.
+    for (_, key, id) in &tenants {
+        send_code(&s, key, id).await.expect(202);
+    }
+    assert_eq!(texts_to(&s, NUMBER), 3);
+    let (_, d_key, d_id) = &tenants[3];
+    assert_eq!(balance(&s, d_key).await, 100);
+    // Nothing is pending for the fourth: its tries are refused as wrong.
+    confirm(&s, d_key, d_id, "000000").await.expect(400);
+    // Four tries at the number are compared in a day, whoever tries.
+    for (_, key, id) in &tenants[..2] {
+        for _ in 0..2 {
+            confirm(&s, key, id, "999999").await.expect(400);
+        }
+    }
+    let (_, c_key, c_id) = &tenants[2];
+    let right = delivered_code(&s, NUMBER);
+    confirm(&s, c_key, c_id, &right).await.expect(400);
+    let compared: usize = futures_util::future::join_all(
+        tenants.iter().map(|(_, key, _)| s.events(key, "action=identity.verification_failed")),
+    )
+    .await
+    .iter()
+    .map(Vec::len)
+    .sum();
+    assert_eq!(compared, 4);
+    // A day later the phone may be texted and tried again.
+    s.clock.advance_ms(24 * 3600 * 1000 + 1000);
+    send_code(&s, c_key, c_id).await.expect(202);
+    confirm(&s, c_key, c_id, &delivered_code(&s, NUMBER)).await.expect(200);
     s.stop().await;
 }

@@ -12,16 +12,31 @@ ALTER TABLE identities ADD COLUMN number_verified_at BIGINT;
 ALTER TABLE identities ADD COLUMN number_verified_by TEXT CHECK (number_verified_by IN ('carrier', 'operator'));
 CREATE UNIQUE INDEX identities_verified_number_key ON identities (number) WHERE number_verified_at IS NOT NULL;
 
--- The pending code of each identity (one at a time), as a keyed hash, and
--- what bounds sending codes: spacing, a daily count, a lock after wrong tries.
+-- Codes that prove control, bounded per tenant and number (not per
+-- identity: deleting and registering the number again resets nothing):
+-- the pending code (a keyed hash, bound to the identity it proves),
+-- spacing, a daily count and a lock after wrong tries.
 CREATE TABLE number_verifications (
-    identity_id TEXT PRIMARY KEY,
     tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    number TEXT NOT NULL,
+    identity_id TEXT,
     code_hash TEXT,
     expires_at BIGINT NOT NULL DEFAULT 0,
     failed_attempts INTEGER NOT NULL DEFAULT 0,
     last_sent_at BIGINT NOT NULL,
     window_start BIGINT NOT NULL,
     sent_in_window INTEGER NOT NULL DEFAULT 0,
-    locked_until BIGINT NOT NULL DEFAULT 0
+    locked_until BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, number)
+);
+
+-- What one phone receives and how often its codes are tried, whoever
+-- asks, per day: beyond the caps codes are silently not sent and tries
+-- not compared (a visible refusal would tell a tenant that others text
+-- the number).
+CREATE TABLE number_code_totals (
+    number TEXT PRIMARY KEY,
+    window_start BIGINT NOT NULL,
+    codes_sent INTEGER NOT NULL DEFAULT 0,
+    tries INTEGER NOT NULL DEFAULT 0
 );
