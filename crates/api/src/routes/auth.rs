@@ -598,6 +598,7 @@ async fn issue_tokens(
         jti: uuid::Uuid::new_v4().to_string(),
         sid: family_id.to_owned(),
         iat,
+        nbf: None,
         exp: iat + i64::try_from(ttl).unwrap_or(3600),
     };
     let access_token = state.jwt.sign(&claims).map_err(ApiError::internal)?;
