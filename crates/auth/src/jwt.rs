@@ -102,8 +102,8 @@ impl JwtKeys {
     /// a token from the future was minted by a clock (or a key) we cannot
     /// trust, and would otherwise outlive its stated lifetime.
     pub fn verify(&self, token: &str, now_secs: i64, skew_secs: i64) -> Result<AccessClaims, Refused> {
-        let data =
-            jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation).map_err(|_| Refused::Invalid)?;
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation)
+            .map_err(|_| Refused::Invalid)?;
         let c = data.claims;
         let latest = now_secs.saturating_add(skew_secs);
         if c.iat > latest || c.nbf.is_some_and(|nbf| nbf > latest) {

@@ -42,7 +42,6 @@ async fn events_are_scoped_paged_and_filtered(b: Backend) {
     }
     assert!(all.windows(2).all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64()));
 
-
     // Paging two at a time walks the same sequence.
     let mut paged = Vec::new();
     let mut cursor = String::new();
