@@ -177,7 +177,11 @@ type Authenticated = (Principal, Option<String>);
 
 async fn authenticate_jwt(state: &AppState, token: &str) -> Result<Authenticated, ApiError> {
     let now = state.now_ms();
-    let claims = state.jwt.verify(token, now / 1000).ok_or_else(ApiError::unauthenticated)?;
+    let skew = i64::try_from(state.config.auth.clock_skew_secs).unwrap_or(0);
+    let claims = state.jwt.verify(token, now / 1000, skew).map_err(|r| match r {
+        palisade_auth::Refused::Expired => ApiError::token_expired(),
+        palisade_auth::Refused::Invalid => ApiError::unauthenticated(),
+    })?;
     let tenant_id = TenantId::from_str(&claims.tenant_id).map_err(|_| ApiError::unauthenticated())?;
     let user_id = UserId::from_str(&claims.sub).map_err(|_| ApiError::unauthenticated())?;
     let scope = TenantScope::for_system(tenant_id);

@@ -37,13 +37,16 @@ pub struct ClientIp(pub IpAddr);
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-static SECURITY_HEADERS: [(HeaderName, &str); 7] = [
+static SECURITY_HEADERS: [(HeaderName, &str); 8] = [
     (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000; includeSubDomains"),
     (header::CONTENT_SECURITY_POLICY, "default-src 'none'; frame-ancestors 'none'"),
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     (header::X_FRAME_OPTIONS, "DENY"),
     (header::REFERRER_POLICY, "strict-origin-when-cross-origin"),
     (HeaderName::from_static("permissions-policy"), "camera=(), microphone=(), geolocation=()"),
+    // `0` turns off the legacy XSS auditor, whose filtering could itself be
+    // abused to blank or alter parts of a page; CSP is the protection.
+    (HeaderName::from_static("x-xss-protection"), "0"),
     (header::CACHE_CONTROL, "no-store"),
 ];
 

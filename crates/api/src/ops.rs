@@ -3,8 +3,9 @@
 use palisade_audit::{Context, Event};
 use palisade_core::principal::{Actor, SysadminProof};
 use palisade_core::{ApiError, FieldError, Role, TenantId, TenantScope, UserId};
-use palisade_store::users::NewUser;
+use palisade_store::users::{NewUser, UserRow};
 use palisade_store::Db;
+use sqlx::{Any, Executor};
 
 pub struct NewTenant {
     pub name: String,
@@ -28,9 +29,75 @@ pub fn tenant_name(raw: &str, field: &str) -> Result<String, FieldError> {
     Ok(name)
 }
 
+/// An address to look someone up by (login, password reset): its stored form.
 pub fn email(raw: &str, field: &str) -> Result<String, FieldError> {
-    palisade_guard::input::normalize_email(raw)
+    palisade_guard::email::normalize(raw)
         .ok_or_else(|| FieldError { field: field.into(), message: "must be a valid email address".into() })
+}
+
+/// An address for a new account: also refused when it mixes scripts or
+/// holds characters that let it pass for another (UTS #39). This depends on
+/// the address alone, so the refusal tells nothing about accounts.
+pub fn new_email(raw: &str, field: &str) -> Result<String, FieldError> {
+    palisade_guard::email::check_new(raw).map_err(|m| FieldError { field: field.into(), message: m.into() })
+}
+
+/// Whether an address, or one that passes for it, has an account.
+pub enum Registered {
+    No,
+    /// The same address (equal canonical forms).
+    Same(UserRow),
+    /// Another address a reader cannot tell from it.
+    LookAlike(UserRow),
+}
+
+impl Registered {
+    /// The account of this very address, if any: only that one logs in or
+    /// resets a password.
+    pub fn same(self) -> Option<UserRow> {
+        match self {
+            Registered::Same(u) => Some(u),
+            _ => None,
+        }
+    }
+}
+
+/// Looks up a [`email`]-normalized address among every tenant's people.
+pub async fn registered<'c>(ex: impl Executor<'c, Database = Any>, email: &str) -> Result<Registered, ApiError> {
+    use palisade_guard::email::{likeness, skeleton, Likeness};
+    let mut rows = palisade_store::users::find_by_email(ex, email, &skeleton(email)).await?;
+    if let Some(i) = rows.iter().position(|r| r.email == email) {
+        return Ok(Registered::Same(rows.swap_remove(i)));
+    }
+    let mut look_alike = None;
+    for row in rows {
+        match likeness(email, &row.email) {
+            Likeness::Same => return Ok(Registered::Same(row)),
+            Likeness::LookAlike if look_alike.is_none() => look_alike = Some(row),
+            _ => {}
+        }
+    }
+    Ok(look_alike.map_or(Registered::No, Registered::LookAlike))
+}
+
+/// Fills in the skeleton of every address stored without one: rows from
+/// before migration 0018, or written by an older instance in an upgrade.
+/// Returns how many.
+pub async fn backfill_email_skeletons(db: &Db) -> palisade_store::Result<u64> {
+    let mut after = String::new();
+    let mut filled = 0;
+    loop {
+        let batch = palisade_store::users::without_skeleton(db.reader(), &after, 500).await?;
+        let Some((last, _)) = batch.last() else { return Ok(filled) };
+        after = last.clone();
+        let mut tx = db.begin().await?;
+        for (id, email) in &batch {
+            let skeleton = palisade_guard::email::skeleton(email);
+            palisade_store::users::set_skeleton(&mut *tx, id, email, &skeleton).await?;
+            filled += 1;
+        }
+        tx.commit().await?;
+    }
 }
 
 pub fn password(raw: &str, email: Option<&str>, field: &str) -> Result<(), FieldError> {
@@ -109,7 +176,7 @@ pub async fn create_tenant(
     now: i64,
 ) -> Result<CreatedTenant, ApiError> {
     let name = tenant_name(&input.name, "name");
-    let owner_email = email(&input.owner_email, "owner.email");
+    let owner_email = new_email(&input.owner_email, "owner.email");
     let pw = password(&input.owner_password, owner_email.as_deref().ok(), "owner.password");
     let (name, owner_email) = match (name, owner_email, pw) {
         (Ok(n), Ok(e), Ok(())) => (n, e),
@@ -117,6 +184,14 @@ pub async fn create_tenant(
             return Err(ApiError::validation_many([n.err(), e.err(), p.err()].into_iter().flatten().collect()))
         }
     };
+    // The operator may hear which: the sysadmin sees every account anyway.
+    match registered(db.reader(), &owner_email).await? {
+        Registered::No => {}
+        Registered::Same(_) => return Err(ApiError::validation("owner.email", "is already registered")),
+        Registered::LookAlike(_) => {
+            return Err(ApiError::validation("owner.email", "looks like a registered address but is not the same"))
+        }
+    }
     let hash = argon2.hash(input.owner_password).await?;
     let id = TenantId::new();
     let owner_id = UserId::new();
@@ -126,6 +201,7 @@ pub async fn create_tenant(
     let user = NewUser {
         id: owner_id,
         email: &owner_email,
+        email_skeleton: &palisade_guard::email::skeleton(&owner_email),
         password_hash: Some(&hash),
         role: Role::Owner.as_str(),
         status: "active",

@@ -199,6 +199,9 @@ use crate::merkle::{self, Frontier, Hash};
 pub struct Report {
     pub records: u64,
     pub checkpoints: u64,
+    /// Events written but not yet integrated: not in `records`, covered by
+    /// no checkpoint, and so not vouched for by this verification.
+    pub pending: u64,
     /// What is wrong, the first bad record first. Empty when intact.
     pub problems: Vec<String>,
 }
@@ -355,6 +358,7 @@ pub async fn verify_log(
     }
     report.records = frontier.size();
     report.checkpoints = signed.len() as u64;
+    report.pending = u64::try_from(palisade_store::audit::pending_count(db.reader()).await?).unwrap_or(0);
     progress(report.records);
 
     if report.problems.is_empty() {

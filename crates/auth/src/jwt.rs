@@ -17,7 +17,21 @@ pub struct AccessClaims {
     /// The refresh-token family (session) this token belongs to.
     pub sid: String,
     pub iat: i64,
+    /// Not before; we issue none, but one presented is honoured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     pub exp: i64,
+}
+
+/// Why a presented access token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not ours, tampered, malformed, or claiming to be issued (or valid
+    /// from) a time still in the future: one answer for all of them.
+    Invalid,
+    /// Ours (the signature proves it) and past its `exp`. Anyone holding the
+    /// token can read `exp` from it, so saying so tells nothing.
+    Expired,
 }
 
 pub struct JwtKeys {
@@ -83,10 +97,22 @@ impl JwtKeys {
         jsonwebtoken::encode(&Header::new(self.alg), claims, &self.encoding).map_err(|e| KeyError(e.to_string()))
     }
 
-    /// Verifies signature, algorithm, issuer and expiry (against `now_secs`).
-    pub fn verify(&self, token: &str, now_secs: i64) -> Option<AccessClaims> {
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation).ok()?;
-        (data.claims.exp > now_secs).then_some(data.claims)
+    /// Verifies signature, algorithm, issuer, expiry (against `now_secs`)
+    /// and that neither `iat` nor `nbf` lies more than `skew_secs` ahead:
+    /// a token from the future was minted by a clock (or a key) we cannot
+    /// trust, and would otherwise outlive its stated lifetime.
+    pub fn verify(&self, token: &str, now_secs: i64, skew_secs: i64) -> Result<AccessClaims, Refused> {
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation)
+            .map_err(|_| Refused::Invalid)?;
+        let c = data.claims;
+        let latest = now_secs.saturating_add(skew_secs);
+        if c.iat > latest || c.nbf.is_some_and(|nbf| nbf > latest) {
+            return Err(Refused::Invalid);
+        }
+        if c.exp <= now_secs {
+            return Err(Refused::Expired);
+        }
+        Ok(c)
     }
 }
 
@@ -104,6 +130,7 @@ mod tests {
             jti: "j".into(),
             sid: "s".into(),
             iat: 0,
+            nbf: None,
             exp,
         }
     }
@@ -112,8 +139,31 @@ mod tests {
     fn eddsa_round_trip_and_expiry() {
         let keys = JwtKeys::ed25519_from_pem(&JwtKeys::generate_ed25519_pem().unwrap(), "palisade").unwrap();
         let t = keys.sign(&claims(100)).unwrap();
-        assert_eq!(keys.verify(&t, 99), Some(claims(100)));
-        assert_eq!(keys.verify(&t, 100), None);
+        assert_eq!(keys.verify(&t, 99, 60), Ok(claims(100)));
+        assert_eq!(keys.verify(&t, 100, 60), Err(Refused::Expired));
+        // Expiry has no leeway: the skew is only for tokens from the future.
+        assert_eq!(keys.verify(&t, 101, 3600), Err(Refused::Expired));
+    }
+
+    #[test]
+    fn tokens_from_the_future_are_refused_past_the_skew() {
+        let keys = JwtKeys::hs256(&[7u8; 32], "palisade").unwrap();
+        let now = 1_000;
+        let at = |iat: i64, nbf: Option<i64>| {
+            let mut c = claims(now + 3600);
+            c.iat = iat;
+            c.nbf = nbf;
+            keys.verify(&keys.sign(&c).unwrap(), now, 60)
+        };
+        assert!(at(now, None).is_ok());
+        assert!(at(now + 60, None).is_ok(), "within the skew");
+        assert_eq!(at(now + 61, None), Err(Refused::Invalid));
+        assert!(at(now, Some(now + 60)).is_ok());
+        assert_eq!(at(now, Some(now + 61)), Err(Refused::Invalid));
+        // An expired token that also claims a future iat is not ours to explain.
+        let mut c = claims(now - 1);
+        c.iat = now + 61;
+        assert_eq!(keys.verify(&keys.sign(&c).unwrap(), now, 60), Err(Refused::Invalid));
     }
 
     #[test]
@@ -121,18 +171,20 @@ mod tests {
         let a = JwtKeys::ed25519_from_pem(&JwtKeys::generate_ed25519_pem().unwrap(), "palisade").unwrap();
         let b = JwtKeys::ed25519_from_pem(&JwtKeys::generate_ed25519_pem().unwrap(), "palisade").unwrap();
         let t = a.sign(&claims(100)).unwrap();
-        assert!(b.verify(&t, 0).is_none());
+        assert_eq!(b.verify(&t, 0, 60), Err(Refused::Invalid));
         let hs = JwtKeys::hs256(&[7u8; 32], "palisade").unwrap();
-        assert!(a.verify(&hs.sign(&claims(100)).unwrap(), 0).is_none());
+        assert_eq!(a.verify(&hs.sign(&claims(100)).unwrap(), 0, 60), Err(Refused::Invalid));
         let mut evil = claims(100);
         evil.iss = "evil".into();
-        assert!(hs.verify(&hs.sign(&evil).unwrap(), 0).is_none());
+        assert_eq!(hs.verify(&hs.sign(&evil).unwrap(), 0, 60), Err(Refused::Invalid));
+        // Expired and signed by another key: unknown, not "expired".
+        assert_eq!(b.verify(&t, 200, 60), Err(Refused::Invalid));
         // Tampered payload.
         let mut parts: Vec<&str> = t.split('.').collect();
         let forged = a.sign(&claims(999)).unwrap();
         parts[1] = forged.split('.').nth(1).unwrap();
-        assert!(a.verify(&parts.join("."), 0).is_none());
+        assert_eq!(a.verify(&parts.join("."), 0, 60), Err(Refused::Invalid));
         // alg=none
-        assert!(a.verify("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1In0.", 0).is_none());
+        assert_eq!(a.verify("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1In0.", 0, 60), Err(Refused::Invalid));
     }
 }

@@ -9,4 +9,4 @@ pub mod password;
 pub mod token;
 
 pub use credential::Credential;
-pub use jwt::{AccessClaims, JwtKeys};
+pub use jwt::{AccessClaims, JwtKeys, Refused};

@@ -184,6 +184,10 @@ pub struct Auth {
     pub issuer: String,
     pub access_token_ttl_secs: u64,
     pub refresh_token_ttl_secs: u64,
+    /// How far in the future an access token's `iat` or `nbf` may lie
+    /// (instances' clocks differ a little); past it the token is refused.
+    /// At most 300.
+    pub clock_skew_secs: u64,
     /// Password hashes computed at once (each takes 19 MiB and a core for
     /// tens of milliseconds). 0: twice the number of cores.
     pub argon2_max_concurrent: usize,
@@ -480,6 +484,7 @@ impl Default for Auth {
             issuer: "palisade".into(),
             access_token_ttl_secs: 3600,
             refresh_token_ttl_secs: 7 * 24 * 3600,
+            clock_skew_secs: 60,
             argon2_max_concurrent: 0,
             argon2_wait_ms: 2000,
         }
@@ -648,6 +653,9 @@ impl Config {
         }
         if self.auth.access_token_ttl_secs == 0 || self.auth.access_token_ttl_secs > 24 * 3600 {
             return Err(ConfigError("auth.access_token_ttl_secs must be between 1 and 86400 (24 h)".into()));
+        }
+        if self.auth.clock_skew_secs > 300 {
+            return Err(ConfigError("auth.clock_skew_secs must be at most 300 (5 min)".into()));
         }
         if let Some(s) = &self.auth.jwt_secret {
             if s.expose().len() < 32 {

@@ -77,6 +77,16 @@ fn ttl_is_capped() {
 }
 
 #[test]
+fn clock_skew_is_capped() {
+    let mut c = Config::default();
+    assert_eq!(c.auth.clock_skew_secs, 60);
+    c.auth.clock_skew_secs = 301;
+    assert!(refusal(&c).contains("clock_skew_secs"));
+    c.auth.clock_skew_secs = 300;
+    c.validate().unwrap();
+}
+
+#[test]
 fn postgres_url_rules() {
     assert!(postgres_url_is_safe("postgres://h/db?sslmode=verify-full"));
     assert!(postgres_url_is_safe("postgres:///db?host=/var/run/postgresql"));

@@ -64,6 +64,22 @@ impl ApiError {
             .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
     }
 
+    /// A presented access token that is ours and past its expiry (RFC 6750
+    /// `invalid_token`). Its signature proves we issued it and anyone holding
+    /// it can read its `exp`, so naming the cause tells nothing; it tells a
+    /// client to refresh rather than to log in again.
+    pub fn token_expired() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "The access token has expired; refresh it or log in again.",
+        )
+        .with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer error="invalid_token", error_description="The access token expired""#),
+        )
+    }
+
     pub fn forbidden(permission: Permission) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", format!("This credential lacks the `{permission}` permission."))
     }

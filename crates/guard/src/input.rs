@@ -122,20 +122,10 @@ pub fn json_depth_within(bytes: &[u8], limit: usize) -> bool {
     true
 }
 
-/// A plausible email address: one `@`, non-empty local part, a dotted domain,
-/// no spaces, at most 254 characters. Returned lower-cased.
+/// A plausible email address, in the form stored and mailed: see
+/// [`crate::email::normalize`].
 pub fn normalize_email(s: &str) -> Option<String> {
-    let e = sanitize_line(s).to_lowercase();
-    let (local, domain) = e.split_once('@')?;
-    let ok = e.len() <= 254
-        && !local.is_empty()
-        && local.len() <= 64
-        && !domain.contains('@')
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !e.chars().any(|c| c.is_whitespace() || c == '<' || c == '>' || c == ',' || c == ';' || c == '"');
-    ok.then_some(e)
+    crate::email::normalize(s)
 }
 
 #[cfg(test)]

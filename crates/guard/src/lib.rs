@@ -1,6 +1,7 @@
 //! Request guards that need no database: input sanitization and limits,
 //! log redaction, client-IP resolution and CIDR lists.
 
+pub mod email;
 pub mod input;
 pub mod limits;
 pub mod net;

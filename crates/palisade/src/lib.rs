@@ -27,6 +27,10 @@ pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
     create_private_dir(&config.server.data_dir)?;
     let db = Db::connect(&config.database_url(), config.database.max_connections).await?;
     db.migrate().await?;
+    let filled = palisade_api::ops::backfill_email_skeletons(&db).await?;
+    if filled > 0 {
+        tracing::info!(filled, "computed the look-alike key of stored email addresses");
+    }
     Ok(db)
 }
 

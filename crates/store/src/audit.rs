@@ -332,6 +332,13 @@ pub async fn any_pending<'c>(ex: impl Executor<'c, Database = Any>) -> Result<bo
         > 0)
 }
 
+/// Events written but not yet integrated into the tree (and so covered by
+/// no checkpoint): normal for a moment on a live server, and what a crash
+/// leaves until the next start integrates them.
+pub async fn pending_count<'c>(ex: impl Executor<'c, Database = Any>) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM audit_pending").fetch_one(ex).await?)
+}
+
 pub async fn all_checkpoints<'c>(ex: impl Executor<'c, Database = Any>) -> Result<Vec<CheckpointRow>> {
     Ok(sqlx::query_as(
         "SELECT tree_size, root_hash, ts, body, signature, key_id FROM audit_checkpoints ORDER BY tree_size",

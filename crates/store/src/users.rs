@@ -22,6 +22,8 @@ const COLS: &str = "id, tenant_id, email, password_hash, role, status, created_a
 pub struct NewUser<'a> {
     pub id: UserId,
     pub email: &'a str,
+    /// The UTS #39 skeleton of the address (`palisade_guard::email::skeleton`).
+    pub email_skeleton: &'a str,
     pub password_hash: Option<&'a str>,
     pub role: &'a str,
     pub status: &'a str,
@@ -30,8 +32,8 @@ pub struct NewUser<'a> {
 
 pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, u: &NewUser<'_>) -> Result<()> {
     sqlx::query(
-        "INSERT INTO users (id, tenant_id, email, password_hash, role, status, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        "INSERT INTO users (id, tenant_id, email, password_hash, role, status, created_at, updated_at, email_skeleton) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
     )
     .bind(u.id.to_string())
     .bind(scope.tenant_id().to_string())
@@ -40,15 +42,60 @@ pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantSco
     .bind(u.role)
     .bind(u.status)
     .bind(u.now)
+    .bind(u.email_skeleton)
     .execute(ex)
     .await?;
     Ok(())
 }
 
-/// Login looks people up by email before any tenant is known; this is the
-/// one unscoped user query, and it feeds only the password check.
-pub async fn find_for_login<'c>(ex: impl Executor<'c, Database = Any>, email: &str) -> Result<Option<UserRow>> {
-    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM users WHERE email = $1")).bind(email).fetch_optional(ex).await?)
+/// The people whose address is `email` or shares its `skeleton`, oldest
+/// first: the candidates for "the same address" and "a look-alike", for the
+/// caller to tell apart. Sign-up, login and password reset look people up
+/// by address before any tenant is known: this is the one unscoped user
+/// query. A row whose skeleton is not filled in yet is found by its address.
+pub async fn find_by_email<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    email: &str,
+    skeleton: &str,
+) -> Result<Vec<UserRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLS} FROM users WHERE email = $1 OR email_skeleton = $2 ORDER BY created_at, id LIMIT 50"
+    ))
+    .bind(email)
+    .bind(skeleton)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Up to `limit` people after id `after` whose address has no skeleton
+/// yet: `(id, email)`, by id.
+pub async fn without_skeleton<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as("SELECT id, email FROM users WHERE email_skeleton IS NULL AND id > $1 ORDER BY id LIMIT $2")
+        .bind(after)
+        .bind(limit)
+        .fetch_all(ex)
+        .await?)
+}
+
+/// Fills in a skeleton computed from `email`, unless the address changed
+/// since it was read.
+pub async fn set_skeleton<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    id: &str,
+    email: &str,
+    skeleton: &str,
+) -> Result<()> {
+    sqlx::query("UPDATE users SET email_skeleton = $1 WHERE id = $2 AND email = $3")
+        .bind(skeleton)
+        .bind(id)
+        .bind(email)
+        .execute(ex)
+        .await?;
+    Ok(())
 }
 
 pub async fn get<'c>(

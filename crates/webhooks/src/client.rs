@@ -570,12 +570,7 @@ mod tests {
     }
 
     async fn spawn_receiver(ip: &str) -> (SocketAddr, Arc<Seen>) {
-        let seen = Arc::new(Seen::default());
-        let app = axum::Router::new().fallback(receiver).with_state(seen.clone());
-        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (addr, seen)
+        serve(tokio::net::TcpListener::bind((ip, 0)).await.unwrap())
     }
 
     /// Answers from a script: each call takes the next answer, the last
@@ -758,40 +753,64 @@ mod tests {
         assert_eq!(resolver.calls(), ["rebind.test", "rebind.test"]);
     }
 
+    /// A receiver on a second loopback address and, on the same port of
+    /// 127.0.0.1, a decoy: what the system resolver would give for
+    /// `localhost`. Linux routes all of 127/8; elsewhere ::1 serves.
+    async fn receiver_and_decoy() -> (SocketAddr, Arc<Seen>, Arc<Seen>) {
+        for _ in 0..20 {
+            for ip in ["127.0.0.2", "::1"] {
+                let Ok(probe) = tokio::net::TcpListener::bind((ip, 0)).await else { continue };
+                let port = probe.local_addr().unwrap().port();
+                drop(probe);
+                let (Ok(named), Ok(decoy)) = (
+                    tokio::net::TcpListener::bind((ip, port)).await,
+                    tokio::net::TcpListener::bind(("127.0.0.1", port)).await,
+                ) else {
+                    continue;
+                };
+                let (addr, seen) = serve(named);
+                let (_, decoy_seen) = serve(decoy);
+                return (addr, seen, decoy_seen);
+            }
+        }
+        panic!("this test needs a second loopback address (127.0.0.2 or ::1) to tell the checked address apart");
+    }
+
+    fn serve(listener: tokio::net::TcpListener) -> (SocketAddr, Arc<Seen>) {
+        let seen = Arc::new(Seen::default());
+        let app = axum::Router::new().fallback(receiver).with_state(seen.clone());
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (addr, seen)
+    }
+
     #[tokio::test]
     async fn client_connects_to_the_checked_address() {
-        // Two receivers on the same port range; the name points at the second.
-        let (addr1, seen1) = spawn_receiver("127.0.0.1").await;
-        let (addr2, seen2) = match tokio::net::TcpListener::bind(("127.0.0.2", 0)).await {
-            Ok(probe) => {
-                drop(probe);
-                spawn_receiver("127.0.0.2").await
-            }
-            // Not every sandbox routes all of 127/8; fall back to the first.
-            Err(_) => (addr1, seen1.clone()),
-        };
-        let ip = addr2.ip().to_string();
-        let resolver = ScriptedResolver::with(&[("good.test", &[&[ip.as_str()]])]);
-        let c = client(&["127.0.0.0/8"], resolver.clone());
-        let url = format!("http://good.test:{}/ok", addr2.port());
+        // `localhost` is checked as the scripted resolver answers it: the
+        // receiver's address. Dialing what the system says (127.0.0.1, the
+        // decoy on the same port) would be a connection nobody checked.
+        let (addr, seen, decoy) = receiver_and_decoy().await;
+        let ip = addr.ip().to_string();
+        let resolver = ScriptedResolver::with(&[("localhost", &[&[ip.as_str()]])]);
+        let c = client(&["127.0.0.0/8", "::1/128"], resolver.clone());
+        let url = format!("http://localhost:{}/ok", addr.port());
 
         assert!(c.check(&url).await.is_ok());
         let attempt = c.post(&url, HeaderMap::new(), Bytes::from_static(b"{}")).await;
 
         assert_eq!(attempt.status, Some(200), "{attempt:?}");
-        assert_eq!(seen2.hits(), 1);
-        if addr1 != addr2 {
-            assert_eq!(seen1.hits(), 0);
-        }
-        let (got, _) = seen2.last.lock().unwrap().clone().unwrap();
-        assert_eq!(got.get(http::header::HOST).unwrap(), &format!("good.test:{}", addr2.port()));
+        assert_eq!(seen.hits(), 1);
+        assert_eq!(decoy.hits(), 0, "the client dialed an address it did not check");
+        let (got, _) = seen.last.lock().unwrap().clone().unwrap();
+        assert_eq!(got.get(http::header::HOST).unwrap(), &format!("localhost:{}", addr.port()));
 
         // A second post reuses the pooled connection: no new lookup needed,
         // and it still lands on the same receiver.
         let before = resolver.calls().len();
         let attempt = c.post(&url, HeaderMap::new(), Bytes::new()).await;
         assert_eq!(attempt.status, Some(200));
-        assert_eq!(seen2.hits(), 2);
+        assert_eq!(seen.hits(), 2);
+        assert_eq!(decoy.hits(), 0);
         assert!(resolver.calls().len() <= before + 1);
     }
 

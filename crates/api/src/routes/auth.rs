@@ -55,7 +55,7 @@ pub async fn signup(
     ctx: Ctx,
     ValidJson(req): ValidJson<SignupRequest>,
 ) -> Result<(StatusCode, Json<StatusResponse>), ApiError> {
-    let email = ops::email(&req.email, "email");
+    let email = ops::new_email(&req.email, "email");
     let name = ops::tenant_name(&req.tenant_name, "tenant_name");
     let pw = ops::password(&req.password, email.as_deref().ok(), "password");
     let (email, name) = match (email, name, pw) {
@@ -68,8 +68,8 @@ pub async fn signup(
     let now = state.now_ms();
     let token = new_email_token();
 
-    match palisade_store::users::find_for_login(state.db.reader(), &email).await? {
-        None => {
+    match ops::registered(state.db.reader(), &email).await? {
+        ops::Registered::No => {
             let (tenant_id, user_id) = (TenantId::new(), UserId::new());
             let scope = TenantScope::for_system(tenant_id);
             let mut tx = state.db.begin().await?;
@@ -77,6 +77,7 @@ pub async fn signup(
             let user = NewUser {
                 id: user_id,
                 email: &email,
+                email_skeleton: &palisade_guard::email::skeleton(&email),
                 // Kept so that logging in before verifying says why it fails;
                 // verification applies the hash bound to the token used.
                 password_hash: Some(&hash),
@@ -94,16 +95,39 @@ pub async fn signup(
             palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
             commit(tx).await?;
         }
-        Some(existing) => {
+        // An address that passes for a registered one gets the answer a
+        // registered one gets, and changes nothing; its owner hears of it.
+        ops::Registered::LookAlike(existing) => {
+            let (tenant_id, user_id) = parse_ids(&existing.tenant_id, &existing.id)?;
+            let event =
+                Event::new("auth.signup_look_alike", Some(tenant_id), Actor::anonymous()).resource("user", user_id);
+            palisade_audit::record(&state.db, &event, &ctx.audit, now).await?;
+            send_mail(
+                &state,
+                &existing.email,
+                "Palisade sign-up attempt",
+                "Someone tried to sign up for Palisade with an address that looks like\n\
+                 this one but is not the same (it differs in characters that look alike).\n\
+                 No account was created for it.\n\n\
+                 Nothing has changed for your account. If you did not try this yourself,\n\
+                 someone may be trying to pass as you: you can ignore this message.\n"
+                    .into(),
+            )
+            .await;
+            return Ok(pending());
+        }
+        ops::Registered::Same(existing) => {
             let (tenant_id, user_id) = parse_ids(&existing.tenant_id, &existing.id)?;
             let scope = TenantScope::for_system(tenant_id);
+            // The account's own address, should the one typed differ in form.
+            let email = existing.email.as_str();
             if existing.status != "pending" {
                 let event = Event::new("auth.signup_for_existing_account", Some(tenant_id), Actor::anonymous())
                     .resource("user", user_id);
                 palisade_audit::record(&state.db, &event, &ctx.audit, now).await?;
                 send_mail(
                     &state,
-                    &email,
+                    email,
                     "Palisade sign-up attempt",
                     "Someone tried to sign up for Palisade with this address,\n\
                      which already has an account.\n\n\
@@ -135,7 +159,7 @@ pub async fn signup(
                  The token expires in 24 hours. If you did not sign up, ignore this message.\n",
                 base = state.config.server.public_url
             );
-            send_mail(&state, &email, "Verify your Palisade account", body).await;
+            send_mail(&state, email, "Verify your Palisade account", body).await;
             return Ok(pending());
         }
     }
@@ -283,10 +307,10 @@ pub async fn password_reset(
     ValidJson(req): ValidJson<PasswordResetRequest>,
 ) -> Result<(StatusCode, Json<StatusResponse>), ApiError> {
     let email = ops::email(&req.email, "email").map_err(|e| ApiError::validation_many(vec![e]))?;
-    let user = palisade_store::users::find_for_login(state.db.reader(), &email).await?;
+    let user = ops::registered(state.db.reader(), &email).await?.same();
     let now = state.now_ms();
     if let Some(user) = user.filter(|u| u.status == "active" || u.status == "pending") {
-        if state.abuse.reset_mail_allowed(&email, now).await {
+        if state.abuse.reset_mail_allowed(&palisade_guard::email::canonical(&user.email), now).await {
             let state = state.clone();
             tokio::spawn(async move {
                 if let Err(e) = issue_reset(&state, &ctx, &user, now).await {
@@ -377,7 +401,7 @@ pub async fn password_reset_confirm(
         .details(serde_json::json!({ "activated": before.status == "pending", "sessions_ended": sessions }));
     palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
     commit(tx).await?;
-    state.abuse.login_password_reset(&before.email, ctx.client_ip, now).await;
+    state.abuse.login_password_reset(&palisade_guard::email::canonical(&before.email), ctx.client_ip, now).await;
     Ok(Json(StatusResponse { status: "active" }))
 }
 
@@ -485,12 +509,14 @@ pub async fn login(
     ctx: Ctx,
     ValidJson(req): ValidJson<LoginRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let email = palisade_guard::input::normalize_email(&req.email);
-    // Locks are per address as typed (normalized when it parses), whether
-    // or not an account has it, so a lock tells nothing about accounts.
-    let account = email.clone().unwrap_or_else(|| req.email.trim().to_lowercase());
+    let email = palisade_guard::email::normalize(&req.email);
+    // Locks are per address as typed (in canonical form when it parses, so
+    // that another spelling of it is the same lock), whether or not an
+    // account has it, so a lock tells nothing about accounts.
+    let account =
+        email.as_deref().map(palisade_guard::email::canonical).unwrap_or_else(|| req.email.trim().to_lowercase());
     let user = match &email {
-        Some(e) => palisade_store::users::find_for_login(state.db.reader(), e).await?,
+        Some(e) => ops::registered(state.db.reader(), e).await?.same(),
         None => None,
     };
     let phc = user
@@ -598,6 +624,7 @@ async fn issue_tokens(
         jti: uuid::Uuid::new_v4().to_string(),
         sid: family_id.to_owned(),
         iat,
+        nbf: None,
         exp: iat + i64::try_from(ttl).unwrap_or(3600),
     };
     let access_token = state.jwt.sign(&claims).map_err(ApiError::internal)?;

@@ -79,15 +79,29 @@ pub async fn invite(
     ValidJson(req): ValidJson<InviteRequest>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let scope = auth.scope(Permission::UsersManage).await?;
-    let email = ops::email(&req.email, "email").map_err(|e| ApiError::validation_many(vec![e]))?;
+    let email = ops::new_email(&req.email, "email").map_err(|e| ApiError::validation_many(vec![e]))?;
     ensure_can_grant(&auth, req.role)?;
+    let cannot = || ApiError::conflict("This email address cannot be invited.");
+    // Registered here or elsewhere, or a look-alike of such: one answer.
+    if !matches!(ops::registered(state.db.reader(), &email).await?, ops::Registered::No) {
+        return Err(cannot());
+    }
     let now = state.now_ms();
     let id = UserId::new();
     let token = new_email_token();
     let mut tx = state.db.begin().await?;
-    let user = NewUser { id, email: &email, password_hash: None, role: req.role.as_str(), status: "invited", now };
+    let skeleton = palisade_guard::email::skeleton(&email);
+    let user = NewUser {
+        id,
+        email: &email,
+        email_skeleton: &skeleton,
+        password_hash: None,
+        role: req.role.as_str(),
+        status: "invited",
+        now,
+    };
     match palisade_store::users::insert(&mut *tx, &scope, &user).await {
-        Err(e) if e.is_unique_violation() => return Err(ApiError::conflict("This email address cannot be invited.")),
+        Err(e) if e.is_unique_violation() => return Err(cannot()),
         r => r?,
     }
     let invite = NewEmailToken {

@@ -17,6 +17,8 @@ backend_tests!(
     reset_activates_a_pending_signup,
     lockout_is_per_address,
     spread_failures_do_not_lock_the_owner_out,
+    look_alike_addresses_make_no_second_account,
+    addresses_stored_before_skeletons_get_one_at_start,
 );
 
 const ATTACKER: &str = "attacker attacker chosen";
@@ -343,5 +345,108 @@ async fn spread_failures_do_not_lock_the_owner_out(b: Backend) {
         .await
         .expect(200);
     assert!(!started.body["data"].as_array().unwrap().is_empty());
+    srv.stop().await;
+}
+
+async fn count(srv: &TestServer, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(srv.state().db.reader()).await.unwrap()
+}
+
+/// A tenant whose owner's address has a whole-script Cyrillic look-alike:
+/// `ѕсоре` (Cyrillic dze, es, o, er, ie) passes for `scope`.
+const LATIN: &str = "scope@looks.example.com";
+const CYRILLIC: &str = "\u{455}\u{441}\u{43E}\u{440}\u{435}@looks.example.com";
+
+async fn scope_owner(srv: &TestServer) -> String {
+    let owner = json!({"email": LATIN, "password": PASSWORD});
+    srv.admin(Method::POST, "/sysadmin/v1/tenants", Some(json!({"name": "Scope", "owner": owner}))).await.expect(201);
+    srv.login(LATIN, PASSWORD).await.0
+}
+
+/// An invisible soft hyphen or a fullwidth `ｏ` in a registered address, or
+/// an address in another script that reads the same, makes no new account,
+/// and sign-up answers exactly as it does for the registered address itself
+/// (no oracle); the owner hears of it. Mixed scripts and lone combining
+/// marks are refused outright, for what they are.
+async fn look_alike_addresses_make_no_second_account(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let token = scope_owner(&srv).await;
+    let signup_as = |email: String| {
+        let body = json!({"email": email, "password": PASSWORD, "tenant_name": "Impostor"});
+        srv.call(Method::POST, "/v1/auth/signup", None, Some(body))
+    };
+    let users = || count(&srv, "SELECT COUNT(*) FROM users");
+    let before = users().await;
+    let registered = signup_as(LATIN.into()).await.expect(201);
+
+    for (what, email) in [
+        ("soft hyphen", "sco\u{AD}pe@looks.example.com"),
+        ("fullwidth o", "sc\u{FF4F}pe@looks.example.com"),
+        ("upper case", "SCOPE@Looks.Example.COM"),
+        ("Cyrillic", CYRILLIC),
+    ] {
+        let r = signup_as(email.into()).await.expect(201);
+        assert_eq!(r.body, registered.body, "{what}");
+        assert_eq!(users().await, before, "{what}: {email:?} made an account");
+        // Only the owner of the registered address is told.
+        let notice = srv.last_mail_to(LATIN);
+        let expected = if what == "Cyrillic" { "looks like" } else { "already has an account" };
+        assert!(notice.contains(expected), "{what}: {notice}");
+    }
+    let outbox = std::fs::read_dir(srv.data_dir.join("outbox")).unwrap();
+    let to_cyrillic =
+        outbox.filter_map(Result::ok).any(|e| std::fs::read_to_string(e.path()).unwrap().contains("\u{455}\u{441}"));
+    assert!(!to_cyrillic, "nothing is mailed to the look-alike");
+
+    // The same address in another form logs in; a look-alike is nobody.
+    srv.login("sc\u{FF4F}pe@looks.example.com", PASSWORD).await;
+    let r =
+        srv.call(Method::POST, "/v1/auth/login", None, Some(json!({"email": CYRILLIC, "password": PASSWORD}))).await;
+    r.expect(401);
+
+    // Nor can a look-alike be invited, or given a tenant by the operator.
+    let taken = srv.post("/v1/users", &token, json!({"email": LATIN, "role": "read_only"})).await.expect(409);
+    let look_alike = srv.post("/v1/users", &token, json!({"email": CYRILLIC, "role": "read_only"})).await;
+    assert_eq!(look_alike.expect(409).problem_shape(), taken.problem_shape());
+    let owner = json!({"email": CYRILLIC, "password": PASSWORD});
+    let r = srv.admin(Method::POST, "/sysadmin/v1/tenants", Some(json!({"name": "Impostor", "owner": owner}))).await;
+    assert_eq!(r.expect(400).body["errors"][0]["field"], "owner.email");
+    assert_eq!(users().await, before);
+
+    // Refused for what they are, whoever is registered: Latin mixed with
+    // Cyrillic (in the local part or a domain label), or a combining mark
+    // with nothing under it.
+    for bad in [
+        "sc\u{43E}pe@looks.example.com",
+        "scope@l\u{43E}\u{43E}ks.example.com",
+        "\u{301}@example.com",
+        "a.\u{301}@example.com",
+    ] {
+        let r = signup_as(bad.into()).await.expect(400);
+        assert_eq!(r.body["reason"], "validation_failed", "{bad:?}");
+        assert_eq!(r.body["errors"][0]["field"], "email", "{bad:?}");
+    }
+    // A single script other than Latin is fine when nobody looks like it.
+    signup_as("\u{438}\u{432}\u{430}\u{43D}@example.com".into()).await.expect(201);
+    assert_eq!(users().await, before + 1);
+    srv.stop().await;
+}
+
+/// Addresses stored before migration 0018 (or by an older instance) get
+/// their skeleton when the server starts, and are protected from then on.
+async fn addresses_stored_before_skeletons_get_one_at_start(b: Backend) {
+    let mut srv = TestServer::start(b).await;
+    scope_owner(&srv).await;
+    let mut tx = srv.state().db.begin().await.unwrap();
+    sqlx::query("UPDATE users SET email_skeleton = NULL").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    // Found by its address meanwhile.
+    srv.login(LATIN, PASSWORD).await;
+    srv.restart().await;
+    assert_eq!(count(&srv, "SELECT COUNT(*) FROM users WHERE email_skeleton IS NULL").await, 0);
+    let before = count(&srv, "SELECT COUNT(*) FROM users").await;
+    signup(&srv, CYRILLIC, PASSWORD, "Impostor").await;
+    assert_eq!(count(&srv, "SELECT COUNT(*) FROM users").await, before);
+    assert!(srv.last_mail_to(LATIN).contains("looks like"));
     srv.stop().await;
 }

@@ -1,6 +1,7 @@
 //! People: sign-up, verification, login, refresh rotation and reuse,
 //! logout, expiry, and which credential works where.
 
+use palisade_auth::AccessClaims;
 use reqwest::Method;
 use serde_json::json;
 
@@ -199,9 +200,18 @@ async fn access_token_expires(b: Backend) {
     let srv = TestServer::start(b).await;
     let t = srv.tenant("Expiry").await;
     srv.get("/v1/me", &t.token).await.expect(200);
+    let unknown = srv.call(Method::GET, "/v1/me", Some("garbage"), None).await.expect(401);
     srv.clock.advance_ms(3600 * 1000 + 1000);
     let r = srv.get("/v1/me", &t.token).await.expect(401);
     assert_eq!(r.body["reason"], "unauthenticated");
+    // Ours (signed) and expired: RFC 6750 says so, and so does the problem,
+    // so the client refreshes instead of sending the person to log in.
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer error="invalid_token", error_description="The access token expired""#)
+    );
+    assert!(r.body["detail"].as_str().unwrap().contains("expired"), "{}", r.body);
+    assert_ne!(r.problem_shape(), unknown.problem_shape());
     // The refresh token (7 days) still works and gives a valid access token.
     let r =
         srv.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": t.refresh}))).await.expect(200);
@@ -245,6 +255,30 @@ async fn bad_tokens_all_look_alike(b: Backend) {
     parts[2] = parts[2].chars().rev().collect();
     let tampered = parts.join(".");
     let unknown_key = palisade_auth::token::new_api_key();
+    let now = srv.clock.now_ms() / 1000;
+    let claims = srv.state().jwt.verify(&t.token, now, 60).unwrap();
+    // Signed with the server's own key, but issued (or valid) only from a
+    // time past the allowed clock skew: a clock or a key we cannot trust.
+    let skew = i64::try_from(srv.state().config.auth.clock_skew_secs).unwrap();
+    let future_iat = srv.state().jwt.sign(&AccessClaims { iat: now + skew + 5, ..claims.clone() }).unwrap();
+    let future_nbf = srv.state().jwt.sign(&AccessClaims { nbf: Some(now + skew + 5), ..claims.clone() }).unwrap();
+    // Expired, but not ours: unknown, not "expired".
+    let other_keys = palisade_auth::JwtKeys::ed25519_from_pem(
+        &palisade_auth::JwtKeys::generate_ed25519_pem().unwrap(),
+        srv.state().jwt.issuer(),
+    )
+    .unwrap();
+    let foreign_expired = other_keys.sign(&AccessClaims { exp: now - 10, ..claims.clone() }).unwrap();
+    // Within the skew is fine.
+    let near = srv.state().jwt.sign(&AccessClaims { iat: now + skew, ..claims.clone() }).unwrap();
+    srv.get("/v1/me", &near).await.expect(200);
+    // Revoked: logged out.
+    let login = srv
+        .call(Method::POST, "/v1/auth/login", None, Some(json!({"email": t.email, "password": t.password})))
+        .await
+        .expect(200);
+    let revoked = login.body["access_token"].as_str().unwrap().to_owned();
+    srv.call(Method::POST, "/v1/auth/logout", Some(&revoked), None).await.expect(204);
     let cases: Vec<Option<String>> = vec![
         None,
         Some("garbage".into()),
@@ -253,12 +287,18 @@ async fn bad_tokens_all_look_alike(b: Backend) {
         Some(unknown_key),
         Some("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.e30".into()),
         Some(format!("at_{}", "a".repeat(32))),
+        Some(future_iat),
+        Some(future_nbf),
+        Some(foreign_expired),
+        Some(revoked),
     ];
-    let first = srv.call(Method::GET, "/v1/me", None, None).await.expect(401).problem_shape();
-    assert_eq!(first["type"], "urn:palisade:problem:unauthenticated");
+    let first = srv.call(Method::GET, "/v1/me", None, None).await.expect(401);
+    assert_eq!(first.body["type"], "urn:palisade:problem:unauthenticated");
+    assert_eq!(first.header("www-authenticate"), Some("Bearer"));
     for c in cases {
         let r = srv.call(Method::GET, "/v1/me", c.as_deref(), None).await.expect(401);
-        assert_eq!(r.problem_shape(), first, "credential {c:?}");
+        assert_eq!(r.problem_shape(), first.problem_shape(), "credential {c:?}");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"), "credential {c:?}");
         assert_eq!(r.header("content-type"), Some("application/problem+json"));
     }
     srv.stop().await;
@@ -464,7 +504,7 @@ async fn hs256_when_configured(b: Backend) {
     srv.get("/v1/me", &t.token).await.expect(200);
     // A token with the same claims signed under another secret is nothing.
     let forged_keys = palisade_auth::JwtKeys::hs256(&[b'x'; 48], "palisade").unwrap();
-    let claims = srv.state().jwt.verify(&t.token, srv.clock.now_ms() / 1000).unwrap();
+    let claims = srv.state().jwt.verify(&t.token, srv.clock.now_ms() / 1000, 60).unwrap();
     srv.get("/v1/me", &forged_keys.sign(&claims).unwrap()).await.expect(401);
     srv.stop().await;
 }

@@ -17,11 +17,9 @@ macro_rules! backend_tests {
                 super::$name(crate::common::Backend::Sqlite).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(not(postgres_tests), ignore = "PALISADE_TEST_POSTGRES_URL is not set")]
             async fn postgres() {
-                match crate::common::Backend::postgres() {
-                    Some(b) => super::$name(b).await,
-                    None => eprintln!("skipped: PALISADE_TEST_POSTGRES_URL is not set"),
-                }
+                super::$name(crate::common::Backend::required_postgres()).await
             }
         }
     )*};
@@ -36,6 +34,13 @@ pub enum Backend {
 impl Backend {
     pub fn postgres() -> Option<Backend> {
         std::env::var("PALISADE_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()).map(Backend::Postgres)
+    }
+
+    /// For a PostgreSQL test that runs: it was built with the variable set
+    /// (see build.rs) or asked for with `--run-ignored`, and never passes
+    /// without a database.
+    pub fn required_postgres() -> Backend {
+        Self::postgres().expect("PALISADE_TEST_POSTGRES_URL must be set to run the PostgreSQL tests")
     }
 }
 

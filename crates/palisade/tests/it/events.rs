@@ -56,16 +56,36 @@ async fn events_are_scoped_paged_and_filtered(b: Backend) {
     }
     assert_eq!(paged, all);
 
+    // Each record names the request that caused it: the X-Request-Id its
+    // response carried, generated or echoed.
+    let made = srv.post("/v1/api-keys", &a.token, json!({"name": "traced", "role": "read_only"})).await.expect(201);
+    let generated = made.header("x-request-id").unwrap().to_owned();
+    let key_id = made.body["id"].as_str().unwrap();
+    let rec = srv.events(&a.token, &format!("resource_id={key_id}")).await;
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0]["request_id"], generated.as_str(), "{}", rec[0]);
+    let echoed = TestServer::send(
+        srv.request(Method::POST, "/v1/api-keys")
+            .bearer_auth(&a.token)
+            .header("X-Request-Id", "client-chosen.42")
+            .json(&json!({"name": "traced-too", "role": "read_only"})),
+    )
+    .await
+    .expect(201);
+    assert_eq!(echoed.header("x-request-id"), Some("client-chosen.42"));
+    let rec = srv.events(&a.token, &format!("resource_id={}", echoed.body["id"].as_str().unwrap())).await;
+    assert_eq!(rec[0]["request_id"], "client-chosen.42", "{}", rec[0]);
+
     let created = srv.events(&a.token, "action=api_key.created").await;
-    assert_eq!(created.len(), 5);
+    assert_eq!(created.len(), 7);
     assert!(created.iter().all(|e| e["actor"]["type"] == "user" && e["actor"]["id"] == a.owner_id.as_str()));
     let by_actor = srv.events(&a.token, &format!("actor_id={}&action=api_key.created", a.owner_id)).await;
-    assert_eq!(by_actor.len(), 5);
+    assert_eq!(by_actor.len(), 7);
     let one = created[2]["resource_id"].as_str().unwrap();
     assert_eq!(srv.events(&a.token, &format!("resource_id={one}")).await.len(), 1);
     let future = palisade_core::clock::rfc3339(srv.clock.now_ms() + 3_600_000);
     assert!(srv.events(&a.token, &format!("since={future}")).await.is_empty());
-    assert_eq!(srv.events(&a.token, &format!("until={future}&action=api_key.created")).await.len(), 5);
+    assert_eq!(srv.events(&a.token, &format!("until={future}&action=api_key.created")).await.len(), 7);
     // Another tenant's filter values find nothing here.
     assert!(srv.events(&a.token, &format!("actor_id={}", other.owner_id)).await.is_empty());
     for bad in ["limit=0", "limit=501", "after=abc", "since=yesterday", "bogus=1"] {

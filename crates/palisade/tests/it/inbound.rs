@@ -14,7 +14,11 @@ use tokio::net::TcpStream;
 use crate::common::{Backend, TestServer};
 use crate::webhooks::{signed_for, PAY_SECRET};
 
-backend_tests!(oversize_and_unknown_are_answered_without_the_body, unauthenticated_body_reads_are_bounded);
+backend_tests!(
+    oversize_and_unknown_are_answered_without_the_body,
+    the_hard_body_cap_holds_where_no_route_cap_does,
+    unauthenticated_body_reads_are_bounded,
+);
 
 /// Past this, an answer that needed the unsent rest of a body is late.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
@@ -108,6 +112,63 @@ async fn oversize_and_unknown_are_answered_without_the_body(b: Backend) {
     assert_eq!(status, 413);
     assert_eq!(problem["reason"], "payload_too_large");
 
+    assert_eq!(stored_callbacks(&srv).await, 0, "nothing of a refused body is stored");
+    srv.stop().await;
+}
+
+/// The 25 MiB cap (SPEC §6) is the server's, not the routes': a route that
+/// never reads its body, or one whose own limit is set above it, still sees
+/// no more than it.
+async fn the_hard_body_cap_holds_where_no_route_cap_does(b: Backend) {
+    // A provider limit above the hard cap leaves the hard cap the only one.
+    let srv = TestServer::start_with(b, |c| {
+        with_pay(c);
+        c.limits.max_json_bytes = 64 * 1024 * 1024;
+    })
+    .await;
+    let hard = srv.state().config.limits.max_body_bytes;
+    assert_eq!(hard, 25 * 1024 * 1024);
+
+    // Declared over it, to a route that reads no body (unknown provider:
+    // 404 just under the cap, as the test above shows).
+    let framing = format!("Content-Length: {}\r\n", hard + 1);
+    let mut s = start_post(&srv, "/v1/inbound/nobody", &framing, b"{\"type\":").await;
+    let (status, _, problem) = answer(&mut s).await.expect("a declared oversize body must be refused unread");
+    assert_eq!(status, 413);
+    assert_eq!(problem["reason"], "payload_too_large");
+
+    // Chunked past it, to a route that would read up to 64 MiB: cut off.
+    let addr = srv.url.trim_start_matches("http://").to_owned();
+    let s = TcpStream::connect(&addr).await.unwrap();
+    let (mut rx, mut tx) = s.into_split();
+    let head = format!(
+        "POST /v1/inbound/pay HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n"
+    );
+    let writer = tokio::spawn(async move {
+        let piece = chunk(&vec![b' '; 1024 * 1024]);
+        tx.write_all(head.as_bytes()).await?;
+        tx.write_all(&chunk(b"{\"type\":\"payment.succeeded\",\"pad\":\"")).await?;
+        // 26 MiB, and the body never ends: only the cap can answer.
+        for _ in 0..26 {
+            tx.write_all(&piece).await?;
+        }
+        Ok::<_, std::io::Error>(tx)
+    });
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match rx.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    read.await.expect("a chunked body past the hard cap must be cut off");
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    assert!(head.starts_with("HTTP/1.1 413 "), "{head}");
+    writer.abort();
     assert_eq!(stored_callbacks(&srv).await, 0, "nothing of a refused body is stored");
     srv.stop().await;
 }

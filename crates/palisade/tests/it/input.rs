@@ -153,6 +153,7 @@ async fn security_headers_and_request_id(b: Backend) {
         ("x-frame-options", "DENY"),
         ("referrer-policy", "strict-origin-when-cross-origin"),
         ("permissions-policy", "camera=(), microphone=(), geolocation=()"),
+        ("x-xss-protection", "0"),
         ("cache-control", "no-store"),
     ];
     for r in [
