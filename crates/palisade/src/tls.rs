@@ -32,6 +32,9 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> anyhow::Result<Arc<Se
         .with_single_cert(certs, key)
         .context("server.tls: the certificate and key do not match or are unsupported")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server's order of suites (strongest first), not the client's: a
+    // client cannot steer the handshake to the weakest suite both support.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

@@ -14,9 +14,16 @@ fn fixture(name: &str) -> std::path::PathBuf {
 }
 
 fn client(versions: &[&'static rustls::SupportedProtocolVersion]) -> tokio_rustls::TlsConnector {
+    client_with(rustls::crypto::ring::default_provider(), versions)
+}
+
+fn client_with(
+    provider: rustls::crypto::CryptoProvider,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::TlsConnector {
     let mut roots = RootCertStore::empty();
     roots.add(CertificateDer::from_pem_file(fixture("ca.pem")).unwrap()).unwrap();
-    let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let config = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
@@ -52,5 +59,30 @@ async fn serves_tls_1_3_and_1_2_only_over_tls() {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
     assert!(!String::from_utf8_lossy(&out).contains("200 OK"));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_picks_the_cipher_suite() {
+    let srv = TestServer::start_with(Backend::Sqlite, |c| {
+        c.server.tls.cert_file = Some(fixture("server.pem"));
+        c.server.tls.key_file = Some(fixture("server.key"));
+    })
+    .await;
+    let addr = srv.url.trim_start_matches("http://").to_owned();
+    // A client that prefers the suites the server ranks last still gets
+    // the server's first choice.
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.reverse();
+    for (versions, expected) in [
+        (&[&rustls::version::TLS13][..], rustls::CipherSuite::TLS13_AES_256_GCM_SHA384),
+        (&[&rustls::version::TLS12][..], rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let connector = client_with(provider.clone(), versions);
+        let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+        let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+        assert_eq!(suite, Some(expected));
+    }
     srv.stop().await;
 }
