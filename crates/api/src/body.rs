@@ -4,7 +4,9 @@
 //! callbacks, `/v1/auth/*`) also needs one of a fixed number of read slots
 //! and must arrive within a deadline: however many clients send at once,
 //! the server holds at most slots × limit bytes of such bodies, and a slow
-//! sender cannot keep a slot.
+//! sender cannot keep a slot. Every body, authenticated or not, also has
+//! the connection's deadline (`server.body_timeout_secs`, enforced where
+//! connections are served); past it, reading ends with [`BodyTimedOut`].
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,7 +5,8 @@
 //!   closed as soon as it is accepted, so the accepted ones never wait;
 //! - a TLS handshake, a request's headers and a request's body each have a
 //!   deadline, and so has the wait for a next request on a kept-alive
-//!   connection.
+//!   connection, and for a client to take its answer (a client that reads
+//!   nothing, e.g. HTTP/2 with a zero window, is idle too).
 //!
 //! hyper's own `header_read_timeout` cannot do the last: its clock starts
 //! as soon as a response is sent, so the idle wait could never be longer
@@ -256,6 +257,12 @@ struct Activity {
     start: Instant,
     /// Requests whose response has not been sent whole yet.
     in_flight: AtomicU32,
+    /// Of those, the ones still being answered (the handler runs).
+    answering: AtomicU32,
+    /// When an answer was last ready or taken further: a response body
+    /// gave a frame to send. (Not any write: an HTTP/2 client's pings
+    /// make the server write too.)
+    sent_at: AtomicU64,
     /// When the last request in flight ended.
     idle_since: AtomicU64,
     /// One more than when the first byte of a next request arrived; 0:
@@ -270,6 +277,8 @@ impl Activity {
         Activity {
             start: Instant::now(),
             in_flight: AtomicU32::new(0),
+            answering: AtomicU32::new(0),
+            sent_at: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(1),
             wake: Notify::new(),
@@ -290,18 +299,27 @@ impl Activity {
         }
     }
 
-    fn request_started(self: &Arc<Self>) -> Busy {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Busy(self.clone())
+    fn sent(&self) {
+        self.sent_at.store(self.now(), Ordering::Release);
     }
 
-    /// The deadline that applies now, and the limit it enforces; none
-    /// while a request is in flight (its body has its own).
+    fn request_started(self: &Arc<Self>) -> (Busy, Answering) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.answering.fetch_add(1, Ordering::AcqRel);
+        (Busy(self.clone()), Answering(self.clone()))
+    }
+
+    /// The deadline that applies now, and the limit it enforces. None
+    /// while a handler runs (its body has its own); once every answer is
+    /// ready, the client must take some of it within the idle deadline.
     fn deadline(&self, header: Duration, idle: Duration) -> Option<(Instant, &'static str)> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
-        }
         let ms = Duration::from_millis;
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            if self.answering.load(Ordering::Acquire) > 0 {
+                return None;
+            }
+            return Some((self.start + ms(self.sent_at.load(Ordering::Acquire)) + idle, "idle_timeout"));
+        }
         Some(match self.head_since.load(Ordering::Acquire) {
             0 => (self.start + ms(self.idle_since.load(Ordering::Acquire)) + idle, "idle_timeout"),
             head => (self.start + ms(head - 1) + header, "header_timeout"),
@@ -333,6 +351,19 @@ impl Activity {
 /// A request in flight; it ends when its response body is dropped, i.e.
 /// sent whole or abandoned.
 struct Busy(Arc<Activity>);
+
+/// A request whose handler runs; it ends with the handler.
+struct Answering(Arc<Activity>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        let a = &self.0;
+        if a.answering.fetch_sub(1, Ordering::AcqRel) == 1 {
+            a.sent();
+            a.wake.notify_one();
+        }
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -407,7 +438,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        let busy = self.activity.request_started();
+        let (busy, answering) = self.activity.request_started();
         req.extensions_mut().insert(ConnectInfo(self.peer));
         let (allowed, min_rate) = self.body;
         let metrics = self.metrics.clone();
@@ -417,7 +448,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let app = self.app.clone();
         Box::pin(async move {
             let resp = app.oneshot(req).await?;
-            Ok(resp.map(|body| Body::new(Sending { body, _busy: busy })))
+            drop(answering);
+            Ok(resp.map(|body| Body::new(Sending { body, busy })))
         })
     }
 }
@@ -425,7 +457,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 /// A response body; the request stays in flight until it is dropped.
 struct Sending {
     body: Body,
-    _busy: Busy,
+    busy: Busy,
 }
 
 impl HttpBody for Sending {
@@ -433,7 +465,12 @@ impl HttpBody for Sending {
     type Error = axum::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = r {
+            this.busy.0.sent();
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -518,7 +555,7 @@ pub fn raise_open_file_limit(max_connections: usize) {
         let mut limit = getrlimit(Resource::Nofile);
         if limit.current < limit.maximum {
             limit.current = limit.maximum;
-            if let Err(e) = setrlimit(Resource::Nofile, limit.clone()) {
+            if let Err(e) = setrlimit(Resource::Nofile, limit) {
                 tracing::debug!(error = %e, "cannot raise the open-file limit");
             }
         }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -26,7 +26,7 @@ async fn connect(srv: &TestServer) -> TcpStream {
 
 /// How long until the server closed `s` (reading and dropping whatever
 /// it sends); `None` if it is still open after `within`.
-async fn closed_within(s: &mut TcpStream, within: Duration) -> Option<Duration> {
+async fn closed_within(s: &mut (impl AsyncRead + Unpin), within: Duration) -> Option<Duration> {
     let t = Instant::now();
     let mut buf = [0u8; 4096];
     loop {
@@ -112,15 +112,7 @@ async fn b_headers_sent_slowly_are_cut_off_at_the_deadline() {
         Ok::<_, std::io::Error>(())
     });
     served(&srv).await;
-    let t = Instant::now();
-    let mut buf = [0u8; 1024];
-    let closed = loop {
-        match tokio::time::timeout(5 * SEC, rd.read(&mut buf)).await {
-            Err(_) => break None,
-            Ok(Ok(0) | Err(_)) => break Some(t.elapsed()),
-            Ok(Ok(_)) => {}
-        }
-    };
+    let closed = closed_within(&mut rd, 5 * SEC).await;
     trickle.abort();
     assert_closed_about(closed, SEC);
     srv.stop().await;
@@ -321,5 +313,47 @@ async fn g_a_stalled_tls_handshake_is_closed_at_its_deadline() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_closed_about(silent, SEC);
     assert_closed_about(half, SEC);
+    srv.stop().await;
+}
+
+/// An HTTP/2 frame: length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d_a_client_that_reads_no_answer_is_closed_at_the_idle_deadline() {
+    let srv = server(|c| c.server.idle_timeout_secs = 2).await;
+    let mut s = connect(&srv).await;
+    // HTTP/2 with a flow-control window of 0: the server may not send a
+    // byte of any answer until the client allows it, which it never does.
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[0x00, 0x04, 0, 0, 0, 0])); // SETTINGS_INITIAL_WINDOW_SIZE = 0
+                                                                // GET http://localhost/healthz, HPACK: indexed :method GET, :scheme http,
+                                                                // then literal :path and :authority.
+    let mut block = vec![0x82, 0x86, 0x44, 8];
+    block.extend_from_slice(b"/healthz");
+    block.extend_from_slice(&[0x41, 9]);
+    block.extend_from_slice(b"localhost");
+    out.extend(h2_frame(0x1, 0x5, 1, &block)); // HEADERS, END_STREAM | END_HEADERS
+    s.write_all(&out).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    // Pings every 300 ms: the client is alive, it just reads nothing.
+    let pinger = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            wr.write_all(&h2_frame(0x6, 0, 0, b"12345678")).await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<_, std::io::Error>(())
+    });
+    served(&srv).await;
+    let closed = closed_within(&mut rd, 6 * SEC).await;
+    pinger.abort();
+    assert_closed_about(closed, 2 * SEC);
     srv.stop().await;
 }
