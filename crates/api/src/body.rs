@@ -4,7 +4,9 @@
 //! callbacks, `/v1/auth/*`) also needs one of a fixed number of read slots
 //! and must arrive within a deadline: however many clients send at once,
 //! the server holds at most slots × limit bytes of such bodies, and a slow
-//! sender cannot keep a slot.
+//! sender cannot keep a slot. Every body, authenticated or not, also has
+//! the connection's deadline (`server.body_timeout_secs`, enforced where
+//! connections are served); past it, reading ends with [`BodyTimedOut`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +51,8 @@ pub async fn read(reads: &UnauthenticatedReads, parts: &Parts, body: Body, limit
         axum::body::to_bytes(body, limit).await.map_err(|e| {
             if is_length_limit(&e) {
                 too_large()
+            } else if caused_by::<BodyTimedOut>(&e) {
+                timed_out()
             } else {
                 ApiError::validation("body", "The body could not be read.")
             }
@@ -67,15 +71,35 @@ pub async fn read(reads: &UnauthenticatedReads, parts: &Parts, body: Body, limit
         .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
         .with_extra("retry_after", 1));
     };
-    tokio::time::timeout(reads.deadline, read).await.unwrap_or_else(|_| {
-        Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "The request body did not arrive in time."))
-    })
+    tokio::time::timeout(reads.deadline, read).await.unwrap_or_else(|_| Err(timed_out()))
 }
 
+fn timed_out() -> ApiError {
+    ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "The request body did not arrive in time.")
+}
+
+/// The error a body gives when it arrives slower than the server allows
+/// (`server.body_timeout_secs`, `server.body_min_bytes_per_sec`); the
+/// connection serving it enforces this for every request.
+#[derive(Debug)]
+pub struct BodyTimedOut;
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body did not arrive in time")
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
 fn is_length_limit(e: &axum::Error) -> bool {
+    caused_by::<http_body_util::LengthLimitError>(e)
+}
+
+fn caused_by<E: std::error::Error + 'static>(e: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
+        if err.is::<E>() {
             return true;
         }
         source = err.source();

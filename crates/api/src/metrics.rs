@@ -36,6 +36,7 @@ pub struct Metrics {
     waf_refusals: Family<KindLabels, Counter>,
     lockouts: Family<KindLabels, Counter>,
     bursts: Family<KindLabels, Counter>,
+    connections_cut: Family<KindLabels, Counter>,
     /// Route templates as static strings, so labels cost no allocation.
     /// Only matched routes arrive here, so the set is the router's.
     routes: RwLock<HashMap<Box<str>, &'static str>>,
@@ -49,7 +50,7 @@ impl Metrics {
             // 100 µs to about 6.5 s.
             Histogram::new(exponential_buckets(0.0001, 2.0, 17))
         });
-        let [auth_failures, rate_limited, waf_refusals, lockouts, bursts] =
+        let [auth_failures, rate_limited, waf_refusals, lockouts, bursts, connections_cut] =
             std::array::from_fn(|_| Family::<KindLabels, Counter>::default());
         registry.register("http_requests", "HTTP requests by route and status", requests.clone());
         registry.register("http_request_duration_seconds", "Time to answer a request", latency.clone());
@@ -58,8 +59,24 @@ impl Metrics {
         registry.register("waf_refusals", "Requests refused by a WAF rule or block, by rule", waf_refusals.clone());
         registry.register("lockouts", "Locks and blocks started, by kind", lockouts.clone());
         registry.register("bursts_detected", "Request spikes detected, by scope", bursts.clone());
+        registry.register(
+            "connections_cut",
+            "Connections refused or closed by a connection limit, by limit",
+            connections_cut.clone(),
+        );
         let routes = RwLock::default();
-        Metrics { registry, requests, latency, auth_failures, rate_limited, waf_refusals, lockouts, bursts, routes }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            auth_failures,
+            rate_limited,
+            waf_refusals,
+            lockouts,
+            bursts,
+            connections_cut,
+            routes,
+        }
     }
 
     fn route(&self, route: Option<&str>) -> &'static str {
@@ -105,6 +122,12 @@ impl Metrics {
 
     pub fn burst(&self, scope: &'static str) {
         self.bursts.get_or_create(&KindLabels { kind: scope }).inc();
+    }
+
+    /// `max_connections`, `max_connections_per_address`, `header_timeout`,
+    /// `idle_timeout`, `body_timeout` or `handshake_timeout`.
+    pub fn connection_cut(&self, limit: &'static str) {
+        self.connections_cut.get_or_create(&KindLabels { kind: limit }).inc();
     }
 
     /// The text exposition format.

@@ -149,13 +149,37 @@ pub struct Server {
     pub tls: Tls,
     /// Base URL used in links sent by mail.
     pub public_url: String,
+    /// Connections open at once, all clients together; one more is closed
+    /// as soon as it is accepted. Keep it below the open-file limit.
+    pub max_connections: usize,
+    /// Connections open at once from one socket address (IPv6: one /64).
+    /// A trusted proxy (`trust_proxy`) counts toward the total only.
+    pub max_connections_per_address: usize,
+    /// Time for a request's headers to arrive, from the connection's start
+    /// or from the first byte of a next request.
+    pub header_timeout_secs: u64,
+    /// How long a connection may wait, between requests, for the next one.
+    pub idle_timeout_secs: u64,
+    /// Time for a request body to arrive, extended by one second per
+    /// `body_min_bytes_per_sec` bytes received (a minimum average rate).
+    pub body_timeout_secs: u64,
+    /// 0: the whole body within `body_timeout_secs`.
+    pub body_min_bytes_per_sec: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Tls {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// Time for a TLS handshake to complete after the connection opened.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self { cert_file: None, key_file: None, handshake_timeout_secs: 10 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -465,6 +489,12 @@ impl Default for Server {
             trust_proxy: Vec::new(),
             tls: Tls::default(),
             public_url: "http://127.0.0.1:8080".into(),
+            max_connections: 4096,
+            max_connections_per_address: 64,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            body_timeout_secs: 20,
+            body_min_bytes_per_sec: 1024,
         }
     }
 }
@@ -732,6 +762,20 @@ impl Config {
                     "webhooks.encryption_key must be 32 random bytes in base64 (`openssl rand -base64 32`)".into(),
                 ));
             }
+        }
+        let sv = &self.server;
+        if sv.max_connections == 0
+            || sv.max_connections_per_address == 0
+            || sv.header_timeout_secs == 0
+            || sv.idle_timeout_secs == 0
+            || sv.body_timeout_secs == 0
+            || sv.tls.handshake_timeout_secs == 0
+        {
+            return Err(ConfigError(
+                "server.max_connections, max_connections_per_address, header_timeout_secs, idle_timeout_secs, \
+                 body_timeout_secs and tls.handshake_timeout_secs must be above 0"
+                    .into(),
+            ));
         }
         if self.limits.unauthenticated_body_reads == 0 || self.limits.unauthenticated_body_secs == 0 {
             return Err(ConfigError(

@@ -173,3 +173,22 @@ fn webhook_key_must_be_32_bytes() {
     c.webhooks.encryption_key = None;
     assert!(refusal(&c).contains("webhooks.encryption_key"));
 }
+
+#[test]
+#[allow(clippy::result_large_err)]
+fn connection_limits_from_env_and_checked() {
+    figment::Jail::expect_with(|jail| {
+        let c = Config::load(None).map_err(|e| e.0)?;
+        let s = &c.server;
+        assert_eq!((s.header_timeout_secs, s.idle_timeout_secs, s.tls.handshake_timeout_secs), (10, 60, 10));
+        assert_eq!((s.max_connections, s.max_connections_per_address), (4096, 64));
+        jail.set_env("PALISADE_SERVER__MAX_CONNECTIONS_PER_ADDRESS", "8");
+        jail.set_env("PALISADE_SERVER__TLS__HANDSHAKE_TIMEOUT_SECS", "3");
+        let c = Config::load(None).map_err(|e| e.0)?;
+        assert_eq!((c.server.max_connections_per_address, c.server.tls.handshake_timeout_secs), (8, 3));
+        Ok(())
+    });
+    let mut c = prod();
+    c.server.idle_timeout_secs = 0;
+    assert!(refusal(&c).contains("idle_timeout_secs"));
+}

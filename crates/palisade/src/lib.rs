@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod logging;
+pub mod serve;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -276,12 +277,14 @@ impl Running {
 pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let (tx, mut rx) = tokio::sync::watch::channel(false);
-    let app = palisade_api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let app = palisade_api::router(state.clone());
     let tls = match (&state.config.server.tls.cert_file, &state.config.server.tls.key_file) {
-        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(cert, key)?)),
         _ => None,
     };
+    let limits = serve::Limits::from_config(&state.config.server);
+    serve::raise_open_file_limit(limits.max_connections);
     let metrics_addr = match state.config.metrics.listen.as_str() {
         "" => None,
         addr => {
@@ -289,13 +292,7 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
                 TcpListener::bind(addr).await.with_context(|| format!("metrics.listen: cannot listen on {addr}"))?;
             let bound = l.local_addr()?;
             let app = palisade_api::metrics::router(state.metrics.clone());
-            let mut stop = rx.clone();
-            tokio::spawn(async move {
-                let stopped = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                axum::serve(l, app).with_graceful_shutdown(stopped).await
-            });
+            tokio::spawn(serve::serve(l, None, app, limits.clone(), state.metrics.clone(), rx.clone()));
             Some(bound)
         }
     };
@@ -304,17 +301,7 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
     spawn_housekeeping(state.clone(), rx.clone());
     let interval = std::time::Duration::from_millis(state.config.audit.checkpoint_interval_ms);
     let integrator = state.audit_log.spawn(state.clock.clone(), interval, rx.clone());
-    let stopped = async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let task = match tls {
-        Some(config) => {
-            use axum::serve::ListenerExt;
-            let listener = tls::TlsListener::new(listener, config)?.tap_io(|_| ());
-            tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await })
-        }
-        None => tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await }),
-    };
+    let task = tokio::spawn(serve::serve(listener, tls, app, limits, state.metrics.clone(), rx));
     Ok(Running { addr, metrics_addr, state, shutdown: tx, task, integrator })
 }
 

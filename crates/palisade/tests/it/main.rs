@@ -14,6 +14,7 @@ mod auth;
 mod calls;
 mod cli;
 mod concurrency;
+mod connections;
 mod events;
 mod grants;
 mod identities;

@@ -9,11 +9,11 @@ use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 use crate::common::{Backend, TestServer};
 
-fn fixture(name: &str) -> std::path::PathBuf {
+pub(crate) fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures").join(name)
 }
 
-fn client(versions: &[&'static rustls::SupportedProtocolVersion]) -> tokio_rustls::TlsConnector {
+pub(crate) fn client(versions: &[&'static rustls::SupportedProtocolVersion]) -> tokio_rustls::TlsConnector {
     client_with(rustls::crypto::ring::default_provider(), versions)
 }
 
