@@ -117,6 +117,8 @@ impl TestServer {
         (r.ip_per_minute, r.auth_ip_per_minute, r.key_per_minute, r.tenant_per_minute) =
             (1 << 20, 1 << 20, 1 << 20, 1 << 20);
         (r.burst_ip_per_second, r.burst_tenant_per_second) = (1 << 20, 1 << 20);
+        // Every test client is one address; the connection tests set their own caps.
+        config.server.max_connections_per_address = config.server.max_connections;
         let mut pg = None;
         if let Backend::Postgres(base) = &backend {
             let (url, name) = fresh_postgres_db(base).await;
