@@ -490,7 +490,7 @@ impl Default for Server {
             tls: Tls::default(),
             public_url: "http://127.0.0.1:8080".into(),
             max_connections: 4096,
-            max_connections_per_address: 64,
+            max_connections_per_address: 256,
             header_timeout_secs: 10,
             idle_timeout_secs: 60,
             body_timeout_secs: 20,

@@ -181,7 +181,7 @@ fn connection_limits_from_env_and_checked() {
         let c = Config::load(None).map_err(|e| e.0)?;
         let s = &c.server;
         assert_eq!((s.header_timeout_secs, s.idle_timeout_secs, s.tls.handshake_timeout_secs), (10, 60, 10));
-        assert_eq!((s.max_connections, s.max_connections_per_address), (4096, 64));
+        assert_eq!((s.max_connections, s.max_connections_per_address), (4096, 256));
         jail.set_env("PALISADE_SERVER__MAX_CONNECTIONS_PER_ADDRESS", "8");
         jail.set_env("PALISADE_SERVER__TLS__HANDSHAKE_TIMEOUT_SECS", "3");
         let c = Config::load(None).map_err(|e| e.0)?;
