@@ -21,6 +21,7 @@ mod input;
 mod isolation;
 mod logs;
 mod messages;
+mod openapi;
 mod recovery;
 mod sysadmin;
 mod tls;
