@@ -60,28 +60,52 @@ pub struct Abuse {
 #[serde(deny_unknown_fields)]
 pub struct TenantLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 1_000_000)]
     pub key_per_minute: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 1_000_000)]
     pub tenant_per_minute: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 1_000_000)]
     pub message_create_per_minute: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 1_000_000)]
     pub call_create_per_minute: Option<u32>,
     /// Calls live at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 1_000_000)]
     pub concurrent_calls: Option<u32>,
     /// When not empty, only these addresses (CIDRs) may use the tenant's
     /// credentials.
     #[serde(default)]
+    #[schema(max_items = 100)]
     pub ip_allow: Vec<String>,
     /// These addresses may not.
     #[serde(default)]
+    #[schema(max_items = 100)]
     pub ip_deny: Vec<String>,
 }
 
+/// The highest value of each of a tenant's limits: far above any real use,
+/// and the bound the OpenAPI document states.
+const MAX_TENANT_LIMIT: u32 = 1_000_000;
+
 impl TenantLimits {
-    /// Checks the address lists; the error names the bad entry.
+    /// Checks the limits' range and the address lists; the error names the
+    /// bad entry.
     pub fn validate(&self) -> Result<(), ApiError> {
+        let limits = [
+            ("key_per_minute", self.key_per_minute),
+            ("tenant_per_minute", self.tenant_per_minute),
+            ("message_create_per_minute", self.message_create_per_minute),
+            ("call_create_per_minute", self.call_create_per_minute),
+            ("concurrent_calls", self.concurrent_calls),
+        ];
+        for (field, value) in limits {
+            if value.is_some_and(|v| v > MAX_TENANT_LIMIT) {
+                return Err(ApiError::validation(field, format!("must be between 0 and {MAX_TENANT_LIMIT}")));
+            }
+        }
         for (field, list) in [("ip_allow", &self.ip_allow), ("ip_deny", &self.ip_deny)] {
             palisade_guard::net::parse_cidrs(list.iter().map(String::as_str))
                 .map_err(|m| ApiError::validation(field, m))?;

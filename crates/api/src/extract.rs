@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, OptionalFromRequest, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, OptionalFromRequest, Path, Query, Request};
 use http::request::Parts;
 use http::{header, HeaderMap};
 use palisade_audit::{Context, Event};
@@ -479,8 +479,28 @@ async fn read_json(req: Request, state: &AppState) -> Result<(serde_json::Value,
         ApiError::validation("body", what)
     })?;
     palisade_guard::input::sanitize_json(&mut value, limits.max_text_chars).map_err(ApiError::validation_many)?;
+    whole_numbers_as_integers(&mut value);
     let caller = parts.extensions.get::<CallerKey>().copied();
     Ok((value, ctx_of(&parts), caller))
+}
+
+/// JSON has one kind of number: `5.0` is the integer 5, as JSON Schema's
+/// `integer` (the OpenAPI document's) counts it. Such numbers become
+/// integers before the body is read into its type, so that a field of an
+/// integer type takes them; `5.5` stays what it is and is refused there.
+/// (Below 2^53, where every whole number is exact as a double.)
+fn whole_numbers_as_integers(v: &mut serde_json::Value) {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < EXACT) {
+                *n = serde_json::Number::from(f as i64);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        serde_json::Value::Object(map) => map.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
+    }
 }
 
 /// An optional body: a request with no body and no `Content-Type` is `None`.
@@ -518,6 +538,21 @@ fn is_json(h: &HeaderMap) -> bool {
         !p.starts_with("charset=") || p == "charset=utf-8" || p == "charset=\"utf-8\""
     });
     json && charset_ok
+}
+
+/// Query parameters. A query that does not fit is a `validation_failed`
+/// problem naming the query, like a body that does not.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Query(q) = Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::validation("query", e.body_text()))?;
+        Ok(QueryParams(q))
+    }
 }
 
 /// A UUID path id; anything else is the same 404 as a missing resource.

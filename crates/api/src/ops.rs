@@ -208,8 +208,9 @@ pub async fn create_tenant(
         now,
     };
     match palisade_store::users::insert(&mut *tx, &scope, &user).await {
+        // A well-formed request that collides with what exists: a conflict.
         Err(e) if e.is_unique_violation() => {
-            return Err(ApiError::validation("owner.email", "is already registered"));
+            return Err(ApiError::conflict("The owner's email address is already registered."));
         }
         r => r?,
     }

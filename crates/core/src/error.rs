@@ -26,20 +26,27 @@ pub struct ApiError {
     headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
-/// RFC 9457 problem document.
+/// RFC 9457 problem document. Members that help the caller act on it
+/// (`retry_after`, `limit`, `cost`, `limit_bytes`) come beside these.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// `urn:palisade:problem:` and the reason.
     #[serde(rename = "type")]
+    #[schema(pattern = "^urn:palisade:problem:[a-z_]+$")]
     pub kind: String,
     pub title: String,
+    #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
     pub detail: String,
+    /// What went wrong, as a word for programs (`validation_failed`, …).
+    #[schema(pattern = "^[a-z_]+$")]
     pub reason: String,
     pub request_id: Option<String>,
+    /// With `validation_failed`: each field that failed, and why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
     #[serde(flatten)]
-    #[schema(value_type = Object)]
+    #[schema(ignore)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 

@@ -22,15 +22,21 @@ const MAX_GRACE_SECONDS: u64 = 7 * 24 * 3600;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
     /// A role name; or give `permissions` instead.
     role: Option<Role>,
+    /// The permissions, each one the caller holds; or give `role` instead.
+    #[schema(schema_with = crate::openapi::permissions)]
     permissions: Option<Vec<String>>,
     /// RFC 3339; must be in the future.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
     /// CIDRs; requests from elsewhere get 401.
+    #[schema(max_items = 100)]
     allowed_ips: Option<Vec<String>>,
     /// Exact origins (`https://app.example.com`); a request with another `Origin` gets 401.
+    #[schema(schema_with = crate::openapi::origins)]
     allowed_origins: Option<Vec<String>>,
 }
 
@@ -205,7 +211,7 @@ pub async fn list(State(state): State<AppState>, auth: Auth) -> Result<List<KeyV
 }
 
 #[utoipa::path(get, path = "/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Key id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Key id (UUID)")),
     responses((status = 200, body = KeyView), (status = 404, body = palisade_core::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -221,13 +227,14 @@ pub async fn get(
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
     /// How long the previous key keeps working (0 to 604800 seconds; default 0).
+    #[schema(maximum = 604800)]
     grace_seconds: Option<u64>,
 }
 
 /// Issues a new secret for the key. Whoever rotates must hold every
 /// permission of the key, since they receive its new secret.
 #[utoipa::path(post, path = "/v1/api-keys/{id}/rotate", tag = "api-keys", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Key id (UUID)")), request_body = RotateRequest,
+    params(("id" = uuid::Uuid, Path, description = "Key id (UUID)")), request_body = Option<RotateRequest>,
     responses((status = 200, body = KeyWithSecret), (status = 404, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
 pub async fn rotate(
     State(state): State<AppState>,
@@ -281,7 +288,7 @@ pub async fn rotate(
 
 /// Revokes the key at once (and any previous secret still in its grace period).
 #[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Key id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Key id (UUID)")),
     responses((status = 204), (status = 404, body = palisade_core::Problem)))]
 pub async fn revoke(
     State(state): State<AppState>,

@@ -29,8 +29,11 @@ const RESET_TOKEN_TTL_MS: i64 = 30 * 60 * 1000;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignupRequest {
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    #[schema(min_length = 12, max_length = 256)]
     password: String,
+    #[schema(min_length = 1, max_length = 200)]
     tenant_name: String,
 }
 
@@ -221,10 +224,13 @@ async fn ensure_not_frozen(tx: &mut Tx, scope: &TenantScope) -> Result<(), ApiEr
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyEmailRequest {
+    /// The mailed token (`et_…`).
+    #[schema(pattern = "^et_[A-Za-z0-9]{43}$")]
     token: String,
     /// The password to activate instead of the sign-up's. Required when
     /// the sign-up was requested more than once.
     #[serde(default)]
+    #[schema(min_length = 12, max_length = 256)]
     password: Option<String>,
 }
 
@@ -291,6 +297,7 @@ pub async fn verify_email(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordResetRequest {
+    #[schema(format = Email, max_length = 254)]
     email: String,
 }
 
@@ -363,7 +370,9 @@ async fn issue_reset(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordResetConfirmRequest {
+    #[schema(pattern = "^et_[A-Za-z0-9]{43}$")]
     token: String,
+    #[schema(min_length = 12, max_length = 256)]
     password: String,
 }
 
@@ -450,13 +459,16 @@ fn parse_ids(tenant: &str, user: &str) -> Result<(TenantId, UserId), ApiError> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcceptInviteRequest {
+    #[schema(pattern = "^et_[A-Za-z0-9]{43}$")]
     token: String,
+    #[schema(min_length = 12, max_length = 256)]
     password: String,
 }
 
 /// Sets the password of an invited person and activates them.
 #[utoipa::path(post, path = "/v1/auth/accept-invite", tag = "auth", request_body = AcceptInviteRequest,
-    responses((status = 200, body = StatusResponse), (status = 400, body = palisade_core::Problem)))]
+    responses((status = 200, body = StatusResponse), (status = 400, body = palisade_core::Problem),
+        (status = 423, body = palisade_core::Problem)))]
 pub async fn accept_invite(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -503,7 +515,8 @@ fn bad_credentials() -> ApiError {
 /// Exchanges email and password for an access and a refresh token. A
 /// failure never says whether the email exists, and takes as long either way.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = TokenResponse), (status = 401, body = palisade_core::Problem)))]
+    responses((status = 200, body = TokenResponse), (status = 401, body = palisade_core::Problem),
+        (status = 423, body = palisade_core::Problem)))]
 pub async fn login(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -645,13 +658,15 @@ async fn issue_tokens(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
+    #[schema(pattern = "^rt_[A-Za-z0-9]{43}$")]
     refresh_token: String,
 }
 
 /// Rotates both tokens. A refresh token works once; presenting a used one
 /// again revokes its whole family (every session token derived from it).
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
-    responses((status = 200, body = TokenResponse), (status = 401, body = palisade_core::Problem)))]
+    responses((status = 200, body = TokenResponse), (status = 401, body = palisade_core::Problem),
+        (status = 423, body = palisade_core::Problem)))]
 pub async fn refresh(
     State(state): State<AppState>,
     ctx: Ctx,

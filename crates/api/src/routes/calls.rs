@@ -7,7 +7,7 @@
 //! is charged, as far as the balance goes, and a call never answered gets
 //! its first minute back. The CDR holds what was charged.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::{HeaderMap, StatusCode};
@@ -22,15 +22,17 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::admission::{self, Admitted};
 use super::{confine_to_own_identity, own_identity, List, Paging};
-use crate::extract::{Auth, PathId, UnscannedJson};
+use crate::extract::{Auth, PathId, QueryParams, UnscannedJson};
 use crate::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceCallRequest {
     /// The calling identity: its id or its number.
+    #[schema(min_length = 1, max_length = 64)]
     from: String,
     /// E.164 destination.
+    #[schema(pattern = r"^\s*\+[0-9]{8,15}\s*$")]
     to: String,
 }
 
@@ -82,7 +84,7 @@ impl From<CallRow> for CallView {
 
 /// Places a call as one of the tenant's identities.
 #[utoipa::path(post, path = "/v1/calls", tag = "calls", security(("bearer" = [])), request_body = PlaceCallRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and body get the first response; no second call or charge")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retries with the same key and body get the first response; no second call or charge")),
     responses((status = 201, body = CallView), (status = 400, body = palisade_core::Problem),
         (status = 402, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem),
         (status = 423, body = palisade_core::Problem), (status = 429, body = palisade_core::Problem)))]
@@ -449,7 +451,7 @@ async fn visible_call(state: &AppState, auth: &Auth, scope: &TenantScope, id: &s
 
 /// Ends a live call now; its CDR is written before the answer.
 #[utoipa::path(post, path = "/v1/calls/{id}/hangup", tag = "calls", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Call id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Call id (UUID)")),
     responses((status = 200, body = CallView), (status = 404, body = palisade_core::Problem),
         (status = 409, body = palisade_core::Problem)))]
 pub async fn hangup(
@@ -484,7 +486,7 @@ pub async fn hangup(
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
-    Query(p): Query<Paging>,
+    QueryParams(p): QueryParams<Paging>,
 ) -> Result<List<CallView>, ApiError> {
     let scope = auth.scope(Permission::CallsRead).await?;
     let rows = palisade_store::calls::list(state.db.reader(), &scope, own_identity(&auth), p.limit()?).await?;
@@ -492,7 +494,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/v1/calls/{id}", tag = "calls", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Call id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Call id (UUID)")),
     responses((status = 200, body = CallView), (status = 404, body = palisade_core::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -550,7 +552,7 @@ impl From<CdrRow> for CdrView {
 pub async fn list_cdrs(
     State(state): State<AppState>,
     auth: Auth,
-    Query(p): Query<Paging>,
+    QueryParams(p): QueryParams<Paging>,
 ) -> Result<List<CdrView>, ApiError> {
     let scope = auth.scope(Permission::CdrsRead).await?;
     let rows = palisade_store::calls::list_cdrs(state.db.reader(), &scope, own_identity(&auth), p.limit()?).await?;
@@ -558,7 +560,7 @@ pub async fn list_cdrs(
 }
 
 #[utoipa::path(get, path = "/v1/cdrs/{id}", tag = "calls", security(("bearer" = [])),
-    params(("id" = String, Path, description = "CDR id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "CDR id (UUID)")),
     responses((status = 200, body = CdrView), (status = 404, body = palisade_core::Problem)))]
 pub async fn get_cdr(
     State(state): State<AppState>,
@@ -574,14 +576,25 @@ pub async fn get_cdr(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     /// Only `hour` (the default).
-    granularity: Option<String>,
+    #[param(inline)]
+    #[allow(dead_code)] // One value: read only to refuse others.
+    granularity: Option<Granularity>,
     /// RFC 3339; default 24 hours before `until`.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// RFC 3339; default now. At most 31 days after `since`.
+    #[param(format = DateTime)]
     until: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    Hour,
 }
 
 #[derive(Serialize, ToSchema, Default)]
@@ -605,12 +618,9 @@ pub struct UsageHour {
 pub async fn usage(
     State(state): State<AppState>,
     auth: Auth,
-    Query(q): Query<UsageQuery>,
+    QueryParams(q): QueryParams<UsageQuery>,
 ) -> Result<List<UsageHour>, ApiError> {
     let scope = auth.scope(Permission::BillingRead).await?;
-    if q.granularity.as_deref().is_some_and(|g| g != "hour") {
-        return Err(ApiError::validation("granularity", "must be `hour`"));
-    }
     let parse = |v: &Option<String>, field: &str| {
         v.as_deref()
             .map(|s| {

@@ -18,6 +18,7 @@ use crate::extract::{Auth, PathId, Sysadmin};
 use crate::state::AppState;
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventQuery {
     /// Cursor: the `next_cursor` of the previous page, or the `seq` of the
@@ -26,16 +27,25 @@ pub struct EventQuery {
     /// sequenced into the log, at most `audit.checkpoint_interval_ms` after
     /// it is written, and at once for the reader's own writes), so a client
     /// following the cursor never misses one.
+    #[param(pattern = r"^[0-9]{1,18}$")]
     after: Option<String>,
     /// Page size, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// Only events of this action (`auth.login`, …).
+    #[param(max_length = 200)]
     action: Option<String>,
+    #[param(max_length = 200)]
     resource_type: Option<String>,
+    #[param(max_length = 200)]
     resource_id: Option<String>,
+    #[param(max_length = 200)]
     actor_id: Option<String>,
     /// RFC 3339, inclusive.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// RFC 3339, exclusive.
+    #[param(format = DateTime)]
     until: Option<String>,
 }
 
@@ -55,17 +65,28 @@ pub async fn list(
 /// The tenant query plus `tenant_id`. (Spelled out: `serde(flatten)` loses
 /// the number types of query strings.)
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct OperatorEventQuery {
     /// Only this tenant's events; all events (platform ones too) when absent.
+    #[param(value_type = Option<uuid::Uuid>)]
     tenant_id: Option<String>,
+    /// As for `GET /v1/events`.
+    #[param(pattern = r"^[0-9]{1,18}$")]
     after: Option<String>,
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    #[param(max_length = 200)]
     action: Option<String>,
+    #[param(max_length = 200)]
     resource_type: Option<String>,
+    #[param(max_length = 200)]
     resource_id: Option<String>,
+    #[param(max_length = 200)]
     actor_id: Option<String>,
+    #[param(format = DateTime)]
     since: Option<String>,
+    #[param(format = DateTime)]
     until: Option<String>,
 }
 
@@ -99,6 +120,11 @@ pub async fn list_all(
     page(&state, Reader::Operator(&admin.proof, tenant), rest).await
 }
 
+/// Digits of a cursor: every `seq` fits, as does every i64 of that many digits.
+const MAX_CURSOR_DIGITS: usize = 18;
+/// The longest filter value: longer than any action, type or id.
+const MAX_FILTER_CHARS: usize = 200;
+
 async fn page(state: &AppState, reader: Reader<'_>, q: EventQuery) -> Result<List<EventView>, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
@@ -110,10 +136,24 @@ async fn page(state: &AppState, reader: Reader<'_>, q: EventQuery) -> Result<Lis
         })
         .transpose()
     };
+    // A cursor is a `seq`: digits only (no sign), as the document says.
     let after = q
         .after
-        .map(|c| c.parse::<i64>().map_err(|_| ApiError::validation("after", "is not a cursor from this API")))
+        .map(|c| match c.parse::<i64>() {
+            Ok(seq) if c.len() <= MAX_CURSOR_DIGITS && c.bytes().all(|b| b.is_ascii_digit()) => Ok(seq),
+            _ => Err(ApiError::validation("after", "is not a cursor from this API")),
+        })
         .transpose()?;
+    for (field, value) in [
+        ("action", &q.action),
+        ("resource_type", &q.resource_type),
+        ("resource_id", &q.resource_id),
+        ("actor_id", &q.actor_id),
+    ] {
+        if value.as_ref().is_some_and(|v| v.chars().count() > MAX_FILTER_CHARS) {
+            return Err(ApiError::validation(field, format!("must be at most {MAX_FILTER_CHARS} characters")));
+        }
+    }
     let filter = AuditFilter {
         after_seq: after,
         action: q.action,
@@ -168,8 +208,9 @@ pub struct ProofView {
 /// An inclusion proof of one of the tenant's events against the latest
 /// signed checkpoint, checkable offline (see docs/audit.md).
 #[utoipa::path(get, path = "/v1/events/{id}/proof", tag = "events", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Event id (UUID)")),
-    responses((status = 200, body = ProofView), (status = 404, body = palisade_core::Problem)))]
+    params(("id" = uuid::Uuid, Path, description = "Event id (UUID)")),
+    responses((status = 200, body = ProofView), (status = 404, body = palisade_core::Problem),
+        (status = 409, body = palisade_core::Problem)))]
 pub async fn proof(
     State(state): State<AppState>,
     auth: Auth,

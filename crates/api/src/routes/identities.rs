@@ -25,9 +25,11 @@ const MAX_BUDGET: i64 = 1_000_000_000_000;
 pub struct PolicyInput {
     /// Messages and calls per second as this identity; absent: no own limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10000)]
     rate_per_second: Option<u32>,
     /// Spending per calendar month (UTC), in minor units; absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     monthly_budget: Option<i64>,
     /// ISO 3166-1 alpha-2 codes of the destinations allowed; empty or
     /// absent: every country.
@@ -39,11 +41,14 @@ pub struct PolicyInput {
 #[serde(deny_unknown_fields)]
 pub struct CreateIdentityRequest {
     /// E.164, e.g. `+34612345678`; checked against the numbering plan.
+    #[schema(pattern = r"^\s*\+[0-9]{8,15}\s*$")]
     number: String,
     /// `number` (default) or `agent` (an AI agent's mobile identity).
     #[serde(default)]
+    #[schema(pattern = "^(number|agent)$")]
     kind: Option<String>,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100)]
     name: Option<String>,
     #[serde(default)]
     policy: Option<PolicyInput>,
@@ -53,6 +58,7 @@ pub struct CreateIdentityRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateIdentityRequest {
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100)]
     name: Option<String>,
     /// Replaces the whole policy.
     #[serde(default)]
@@ -237,7 +243,7 @@ pub async fn list(State(state): State<AppState>, auth: Auth) -> Result<List<Iden
 }
 
 #[utoipa::path(get, path = "/v1/identities/{id}", tag = "identities", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Identity id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Identity id (UUID)")),
     responses((status = 200, body = IdentityView), (status = 404, body = palisade_core::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -251,7 +257,7 @@ pub async fn get(
 
 /// Renames an identity or replaces its policy.
 #[utoipa::path(patch, path = "/v1/identities/{id}", tag = "identities", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Identity id (UUID)")), request_body = UpdateIdentityRequest,
+    params(("id" = uuid::Uuid, Path, description = "Identity id (UUID)")), request_body = UpdateIdentityRequest,
     responses((status = 200, body = IdentityView), (status = 400, body = palisade_core::Problem),
         (status = 404, body = palisade_core::Problem)))]
 pub async fn update(
@@ -294,7 +300,7 @@ pub async fn update(
 }
 
 #[utoipa::path(delete, path = "/v1/identities/{id}", tag = "identities", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Identity id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Identity id (UUID)")),
     responses((status = 204), (status = 404, body = palisade_core::Problem)))]
 pub async fn remove(
     State(state): State<AppState>,
@@ -325,12 +331,16 @@ pub struct AgentTokenRequest {
     /// What the token may do, among `messages:read`, `messages:write`,
     /// `calls:read`, `calls:write`, `cdrs:read` (always only as this
     /// identity). Default: all five. You must hold each one.
+    #[schema(schema_with = crate::openapi::agent_permissions)]
     permissions: Option<Vec<String>>,
     /// RFC 3339; default: that of the minting key, else none.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
     /// CIDRs; default: those of the minting key, else any address.
+    #[schema(max_items = 100)]
     allowed_ips: Option<Vec<String>>,
     /// Exact origins; default: those of the minting key, else any.
+    #[schema(schema_with = crate::openapi::origins)]
     allowed_origins: Option<Vec<String>>,
 }
 
@@ -354,9 +364,10 @@ pub struct AgentTokenView {
 /// the caller's credential does, and answers to the caller's person (and
 /// minting key): removed, demoted or revoked, the token ends or narrows.
 #[utoipa::path(post, path = "/v1/identities/{id}/agent-token", tag = "identities", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Identity id (UUID)")), request_body(content = AgentTokenRequest),
+    params(("id" = uuid::Uuid, Path, description = "Identity id (UUID)")), request_body(content = Option<AgentTokenRequest>),
     responses((status = 201, body = AgentTokenView), (status = 400, body = palisade_core::Problem),
-        (status = 403, body = palisade_core::Problem), (status = 404, body = palisade_core::Problem)))]
+        (status = 403, body = palisade_core::Problem), (status = 404, body = palisade_core::Problem),
+        (status = 409, body = palisade_core::Problem)))]
 pub async fn agent_token(
     State(state): State<AppState>,
     auth: Auth,
@@ -456,7 +467,7 @@ pub async fn agent_token(
 /// The tenant's kill-switch for one of its identities: from this moment it
 /// sends and calls nothing, and its agent token gets 423.
 #[utoipa::path(post, path = "/v1/identities/{id}/freeze", tag = "identities", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Identity id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Identity id (UUID)")),
     responses((status = 200, body = IdentityView), (status = 404, body = palisade_core::Problem)))]
 pub async fn freeze(
     State(state): State<AppState>,
@@ -468,7 +479,7 @@ pub async fn freeze(
 
 /// Lifts the tenant's own freeze; one the operator set stays (423).
 #[utoipa::path(post, path = "/v1/identities/{id}/unfreeze", tag = "identities", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Identity id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Identity id (UUID)")),
     responses((status = 200, body = IdentityView), (status = 404, body = palisade_core::Problem),
         (status = 423, body = palisade_core::Problem)))]
 pub async fn unfreeze(

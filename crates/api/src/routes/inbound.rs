@@ -97,6 +97,9 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
 /// Receives one callback from a configured provider.
 #[utoipa::path(post, path = "/v1/inbound/{provider}", tag = "inbound",
     params(("provider" = String, Path, description = "Provider name, as configured under inbound.providers")),
+    request_body(content = Object, description = "The provider's event, exactly as signed (Standard Webhooks headers \
+        `webhook-id`, `webhook-timestamp`, `webhook-signature`): `message.status` from a carrier, \
+        `payment.succeeded` from a payment provider; anything else is stored and ignored."),
     responses((status = 200, body = InboundResult), (status = 401, body = palisade_core::Problem),
         (status = 404, body = palisade_core::Problem), (status = 408, body = palisade_core::Problem),
         (status = 413, body = palisade_core::Problem), (status = 503, body = palisade_core::Problem)))]
@@ -281,7 +284,7 @@ async fn carrier_status(state: &AppState, body: &[u8], now: i64) -> Result<&'sta
 /// Acts again on a stored, verified callback (a payment still credits
 /// once). Rejected callbacks never act.
 #[utoipa::path(post, path = "/sysadmin/v1/inbound/{id}/replay", tag = "sysadmin", security(("master_key" = [])),
-    params(("id" = String, Path, description = "Stored callback id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Stored callback id (UUID)")),
     responses((status = 200, body = InboundResult), (status = 404, body = palisade_core::Problem),
         (status = 409, body = palisade_core::Problem)))]
 pub async fn replay(

@@ -7,7 +7,7 @@
 //! `country_not_allowed` (429) → `monthly_budget` (429) → credits (402
 //! `insufficient_credits`). Each refusal charges nothing and sends nothing.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::{HeaderMap, StatusCode};
@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 
 use super::admission::{self, Admitted};
 use super::{confine_to_own_identity, own_identity, List, Paging};
-use crate::extract::{Auth, PathId, UnscannedJson};
+use crate::extract::{Auth, PathId, QueryParams, UnscannedJson};
 use crate::reports::Report;
 use crate::state::AppState;
 
@@ -31,9 +31,13 @@ const MAX_BODY_CHARS: usize = 1600;
 #[serde(deny_unknown_fields)]
 pub struct SendMessageRequest {
     /// The sending identity: its id or its number.
+    #[schema(min_length = 1, max_length = 64)]
     from: String,
     /// E.164 destination.
+    #[schema(pattern = r"^\s*\+[0-9]{8,15}\s*$")]
     to: String,
+    /// 1 to 1600 characters.
+    #[schema(min_length = 1, max_length = 1600)]
     body: String,
 }
 
@@ -86,7 +90,7 @@ impl From<MessageRow> for MessageView {
 /// Sends a message as one of the tenant's identities.
 #[utoipa::path(post, path = "/v1/messages", tag = "messages", security(("bearer" = [])),
     request_body = SendMessageRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and body get the first response; no second charge")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retries with the same key and body get the first response; no second charge")),
     responses((status = 201, body = MessageView), (status = 400, body = palisade_core::Problem),
         (status = 402, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem),
         (status = 423, body = palisade_core::Problem), (status = 429, body = palisade_core::Problem)))]
@@ -222,7 +226,7 @@ fn deliver(state: AppState, scope: TenantScope, m: OutboundMessage) {
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
-    Query(p): Query<Paging>,
+    QueryParams(p): QueryParams<Paging>,
 ) -> Result<List<MessageView>, ApiError> {
     let scope = auth.scope(Permission::MessagesRead).await?;
     let rows = palisade_store::messages::list(state.db.reader(), &scope, own_identity(&auth), p.limit()?).await?;
@@ -230,7 +234,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Message id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Message id (UUID)")),
     responses((status = 200, body = MessageView), (status = 404, body = palisade_core::Problem)))]
 pub async fn get(
     State(state): State<AppState>,

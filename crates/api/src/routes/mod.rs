@@ -88,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(sysadmin::unfreeze_identity))
         .routes(routes!(number_verification::operator_verify))
         .split_for_parts();
+    let doc = crate::openapi::document(doc, state.config.limits.max_text_chars);
     let doc_json: Arc<[u8]> = serde_json::to_vec(&doc).unwrap_or_default().into();
 
     let mut app = api
@@ -155,9 +156,11 @@ impl<T: serde::Serialize> IntoResponse for List<T> {
 
 /// Paging of the newest-first lists (messages, calls, CDRs).
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Paging {
     /// At most this many, newest first (1–100, default 50).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 

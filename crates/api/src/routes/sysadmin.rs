@@ -19,13 +19,16 @@ use crate::state::AppState;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OwnerInput {
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    #[schema(min_length = 12, max_length = 256)]
     password: String,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenantRequest {
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
     owner: OwnerInput,
 }
@@ -61,7 +64,8 @@ pub struct StatusView {
 /// Creates a tenant with an active owner (the operator vouches for it).
 #[utoipa::path(post, path = "/sysadmin/v1/tenants", tag = "sysadmin", security(("master_key" = [])),
     request_body = CreateTenantRequest,
-    responses((status = 201, body = CreatedTenantView), (status = 400, body = palisade_core::Problem), (status = 401, body = palisade_core::Problem)))]
+    responses((status = 201, body = CreatedTenantView), (status = 409, body = palisade_core::Problem),
+        (status = 503, body = palisade_core::Problem)))]
 pub async fn create_tenant(
     State(state): State<AppState>,
     admin: Sysadmin,
@@ -111,7 +115,7 @@ async fn tenant_status(
 
 /// Kill-switch: every request of the tenant is refused with 423 from now on.
 #[utoipa::path(post, path = "/sysadmin/v1/tenants/{id}/freeze", tag = "sysadmin", security(("master_key" = [])),
-    params(("id" = String, Path, description = "Tenant id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Tenant id (UUID)")),
     responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
 pub async fn freeze_tenant(
     State(state): State<AppState>,
@@ -122,7 +126,7 @@ pub async fn freeze_tenant(
 }
 
 #[utoipa::path(post, path = "/sysadmin/v1/tenants/{id}/unfreeze", tag = "sysadmin", security(("master_key" = [])),
-    params(("id" = String, Path, description = "Tenant id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Tenant id (UUID)")),
     responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
 pub async fn unfreeze_tenant(
     State(state): State<AppState>,
@@ -154,7 +158,7 @@ async fn key_status(
 
 /// Kill-switch for one API key: its requests get 423 from now on.
 #[utoipa::path(post, path = "/sysadmin/v1/api-keys/{id}/freeze", tag = "sysadmin", security(("master_key" = [])),
-    params(("id" = String, Path, description = "API key id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "API key id (UUID)")),
     responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
 pub async fn freeze_api_key(
     State(state): State<AppState>,
@@ -165,7 +169,7 @@ pub async fn freeze_api_key(
 }
 
 #[utoipa::path(post, path = "/sysadmin/v1/api-keys/{id}/unfreeze", tag = "sysadmin", security(("master_key" = [])),
-    params(("id" = String, Path, description = "API key id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "API key id (UUID)")),
     responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
 pub async fn unfreeze_api_key(
     State(state): State<AppState>,
@@ -178,7 +182,7 @@ pub async fn unfreeze_api_key(
 /// A tenant's abuse-control overrides: absent fields use the configured
 /// defaults.
 #[utoipa::path(get, path = "/sysadmin/v1/tenants/{id}/limits", tag = "sysadmin", security(("master_key" = [])),
-    params(("id" = String, Path, description = "Tenant id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Tenant id (UUID)")),
     responses((status = 200, body = TenantLimits), (status = 404, body = palisade_core::Problem)))]
 pub async fn get_tenant_limits(
     State(state): State<AppState>,
@@ -201,7 +205,7 @@ pub async fn get_tenant_limits(
 /// turning one off; address allow and deny lists). They apply from the
 /// tenant's next request. An empty document restores the defaults.
 #[utoipa::path(put, path = "/sysadmin/v1/tenants/{id}/limits", tag = "sysadmin", security(("master_key" = [])),
-    params(("id" = String, Path, description = "Tenant id (UUID)")), request_body = TenantLimits,
+    params(("id" = uuid::Uuid, Path, description = "Tenant id (UUID)")), request_body = TenantLimits,
     responses((status = 200, body = TenantLimits), (status = 400, body = palisade_core::Problem),
         (status = 404, body = palisade_core::Problem)))]
 pub async fn put_tenant_limits(
@@ -235,9 +239,11 @@ pub async fn put_tenant_limits(
 #[serde(deny_unknown_fields)]
 pub struct TopUpRequest {
     /// Minor units to add, 1 to 10^12.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     amount: i64,
     /// Free text for the ledger (an invoice number, say).
     #[serde(default)]
+    #[schema(max_length = 200)]
     reference: Option<String>,
 }
 
@@ -250,8 +256,8 @@ pub struct BalanceAfter {
 /// Adds credits to a tenant's balance. With `Idempotency-Key`, a retry
 /// gets the first answer and credits nothing more.
 #[utoipa::path(post, path = "/sysadmin/v1/tenants/{id}/credits", tag = "sysadmin", security(("master_key" = [])),
-    params(("id" = String, Path, description = "Tenant id (UUID)"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and body get the first response; no second credit")),
+    params(("id" = uuid::Uuid, Path, description = "Tenant id (UUID)"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retries with the same key and body get the first response; no second credit")),
     request_body = TopUpRequest,
     responses((status = 200, body = BalanceAfter), (status = 400, body = palisade_core::Problem),
         (status = 404, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
@@ -345,7 +351,7 @@ async fn identity_status(
 
 /// Kill-switch for one identity (and its agent token).
 #[utoipa::path(post, path = "/sysadmin/v1/identities/{id}/freeze", tag = "sysadmin", security(("master_key" = [])),
-    params(("id" = String, Path, description = "Identity id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Identity id (UUID)")),
     responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
 pub async fn freeze_identity(
     State(state): State<AppState>,
@@ -356,7 +362,7 @@ pub async fn freeze_identity(
 }
 
 #[utoipa::path(post, path = "/sysadmin/v1/identities/{id}/unfreeze", tag = "sysadmin", security(("master_key" = [])),
-    params(("id" = String, Path, description = "Identity id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Identity id (UUID)")),
     responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
 pub async fn unfreeze_identity(
     State(state): State<AppState>,

@@ -51,7 +51,7 @@ pub async fn list(State(state): State<AppState>, auth: Auth) -> Result<List<User
 }
 
 #[utoipa::path(get, path = "/v1/users/{id}", tag = "users", security(("bearer" = [])),
-    params(("id" = String, Path, description = "User id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "User id (UUID)")),
     responses((status = 200, body = UserView), (status = 404, body = palisade_core::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -66,6 +66,7 @@ pub async fn get(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InviteRequest {
+    #[schema(format = Email, max_length = 254)]
     email: String,
     role: Role,
 }
@@ -156,7 +157,7 @@ pub struct UpdateUserRequest {
 
 /// Changes a person's role; it takes effect on their next request.
 #[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", security(("bearer" = [])),
-    params(("id" = String, Path, description = "User id (UUID)")), request_body = UpdateUserRequest,
+    params(("id" = uuid::Uuid, Path, description = "User id (UUID)")), request_body = UpdateUserRequest,
     responses((status = 200, body = UserView), (status = 404, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
 pub async fn update(
     State(state): State<AppState>,
@@ -199,7 +200,7 @@ async fn ensure_other_owner(
 
 /// Removes a person and ends their sessions.
 #[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", security(("bearer" = [])),
-    params(("id" = String, Path, description = "User id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "User id (UUID)")),
     responses((status = 204), (status = 404, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
 pub async fn remove(
     State(state): State<AppState>,

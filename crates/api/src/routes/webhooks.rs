@@ -2,7 +2,7 @@
 //! period, optional Ed25519 signing, and the record of deliveries with
 //! replay. The secret is shown once (create, rotate) and sealed at rest.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use http::StatusCode;
 use palisade_audit::Event;
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{List, Paging};
-use crate::extract::{Auth, PathId, ValidJson};
+use crate::extract::{Auth, PathId, QueryParams, ValidJson};
 use crate::state::AppState;
 
 const MAX_EVENTS: usize = 20;
@@ -24,10 +24,13 @@ const MAX_EVENTS: usize = 20;
 pub struct CreateWebhookRequest {
     /// Where deliveries go: https (http only outside production); checked
     /// by the SSRF guard now and before every delivery.
+    #[schema(format = "uri")]
     url: String,
     /// Event types (see `docs/webhooks.md`), or `["*"]` for all.
+    #[schema(schema_with = crate::openapi::webhook_events)]
     events: Vec<String>,
     #[serde(default)]
+    #[schema(max_length = 200)]
     description: Option<String>,
     /// Also sign with an Ed25519 key (`v1a,` signatures); its public key is
     /// returned so receivers need no shared secret.
@@ -39,13 +42,17 @@ pub struct CreateWebhookRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateWebhookRequest {
     #[serde(default)]
+    #[schema(format = "uri")]
     url: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::optional_webhook_events)]
     events: Option<Vec<String>>,
     #[serde(default)]
+    #[schema(max_length = 200)]
     description: Option<String>,
-    /// `true` re-enables a disabled endpoint.
+    /// `true` re-enables a disabled endpoint (nothing else is accepted).
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::only_true)]
     enabled: Option<bool>,
 }
 
@@ -223,7 +230,7 @@ pub async fn list(State(state): State<AppState>, auth: Auth) -> Result<List<Webh
 }
 
 #[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Webhook endpoint id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Webhook endpoint id (UUID)")),
     responses((status = 200, body = WebhookView), (status = 404, body = palisade_core::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -236,7 +243,7 @@ pub async fn get(
 
 /// Changes the URL, events or description, or re-enables the endpoint.
 #[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Webhook endpoint id (UUID)")), request_body = UpdateWebhookRequest,
+    params(("id" = uuid::Uuid, Path, description = "Webhook endpoint id (UUID)")), request_body = UpdateWebhookRequest,
     responses((status = 200, body = WebhookView), (status = 400, body = palisade_core::Problem),
         (status = 404, body = palisade_core::Problem)))]
 pub async fn update(
@@ -280,7 +287,7 @@ pub async fn update(
 }
 
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Webhook endpoint id (UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "Webhook endpoint id (UUID)")),
     responses((status = 204), (status = 404, body = palisade_core::Problem)))]
 pub async fn remove(
     State(state): State<AppState>,
@@ -309,8 +316,9 @@ pub async fn remove(
 /// `webhooks.rotation_grace_secs` (default 24 h), so receivers can switch
 /// without losing a delivery.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Webhook endpoint id (UUID)")),
-    responses((status = 200, body = WebhookView), (status = 404, body = palisade_core::Problem)))]
+    params(("id" = uuid::Uuid, Path, description = "Webhook endpoint id (UUID)")),
+    responses((status = 200, body = WebhookView), (status = 404, body = palisade_core::Problem),
+        (status = 409, body = palisade_core::Problem)))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     auth: Auth,
@@ -375,13 +383,13 @@ pub struct DeliveryView {
 
 /// The endpoint's deliveries, newest first, each with its attempts.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Webhook endpoint id (UUID)"), Paging),
+    params(("id" = uuid::Uuid, Path, description = "Webhook endpoint id (UUID)"), Paging),
     responses((status = 200, body = List<DeliveryView>), (status = 404, body = palisade_core::Problem)))]
 pub async fn deliveries(
     State(state): State<AppState>,
     auth: Auth,
     PathId(id): PathId<uuid::Uuid>,
-    Query(paging): Query<Paging>,
+    QueryParams(paging): QueryParams<Paging>,
 ) -> Result<List<DeliveryView>, ApiError> {
     let scope = auth.scope(Permission::WebhooksRead).await?;
     let limit = paging.limit()?;
@@ -418,9 +426,9 @@ pub async fn deliveries(
 /// Sends a delivery again now, whatever its state.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/replay", tag = "webhooks",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Webhook endpoint id (UUID)"),
-        ("delivery_id" = String, Path, description = "Delivery (event) id (UUID)")),
-    responses((status = 202), (status = 404, body = palisade_core::Problem)))]
+    params(("id" = uuid::Uuid, Path, description = "Webhook endpoint id (UUID)"),
+        ("delivery_id" = uuid::Uuid, Path, description = "Delivery (event) id (UUID)")),
+    responses((status = 202), (status = 404, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
 pub async fn replay(
     State(state): State<AppState>,
     auth: Auth,
@@ -449,15 +457,23 @@ pub async fn replay(
     Ok(StatusCode::ACCEPTED)
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct TestDelivery {
+    /// The delivery's id (its `webhook-id`), for `…/deliveries`.
+    id: String,
+    /// `pending`.
+    status: &'static str,
+}
+
 /// Queues a `webhook.test` event for this endpoint alone.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Webhook endpoint id (UUID)")),
-    responses((status = 202), (status = 404, body = palisade_core::Problem)))]
+    params(("id" = uuid::Uuid, Path, description = "Webhook endpoint id (UUID)")),
+    responses((status = 202, body = TestDelivery), (status = 404, body = palisade_core::Problem)))]
 pub async fn test(
     State(state): State<AppState>,
     auth: Auth,
     PathId(id): PathId<uuid::Uuid>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<TestDelivery>), ApiError> {
     let scope = auth.scope(Permission::WebhooksManage).await?;
     let endpoint = load(&state, &scope, id).await?;
     let now = state.now_ms();
@@ -475,5 +491,5 @@ pub async fn test(
         return Err(ApiError::not_found());
     }
     state.webhook_wake.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "id": event_id, "status": "pending" }))))
+    Ok((StatusCode::ACCEPTED, Json(TestDelivery { id: event_id, status: "pending" })))
 }

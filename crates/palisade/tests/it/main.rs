@@ -24,6 +24,7 @@ mod isolation;
 mod logs;
 mod messages;
 mod numbers;
+mod openapi;
 mod recovery;
 mod sysadmin;
 mod tls;

@@ -50,8 +50,8 @@ async fn create_list_and_validate(b: Backend) {
             Some(json!({"name": "Op2", "owner": {"email": "op@example.com", "password": PASSWORD}})),
         )
         .await
-        .expect(400);
-    assert_eq!(dup.body["errors"][0]["field"], "owner.email");
+        .expect(409);
+    assert_eq!(dup.body["reason"], "conflict");
     srv.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/freeze", uuid::Uuid::new_v4()), None).await.expect(404);
     srv.admin(Method::POST, "/sysadmin/v1/tenants/not-a-uuid/freeze", None).await.expect(404);
     srv.call(Method::POST, "/sysadmin/v1/tenants", None, Some(json!({}))).await.expect(401);
