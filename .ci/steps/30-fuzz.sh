@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 FUZZ_VERSION=0.13.2
-SECS=${FUZZ_SECS:-25}
+SECS=${FUZZ_SECS:-20}
 
 if [ "$(cargo fuzz --version 2>/dev/null || true)" != "cargo-fuzz $FUZZ_VERSION" ]; then
   timeout 900 cargo install cargo-fuzz --version "$FUZZ_VERSION" --locked
