@@ -49,7 +49,6 @@ NOT_IN_SCHEMA = {
     "POST /v1/auth/verify-email": fields(UNKNOWN_TOKEN, ("password", PASSWORD_POLICY)),
     "POST /v1/auth/password-reset/confirm": fields(UNKNOWN_TOKEN, ("password", PASSWORD_POLICY)),
     "POST /v1/auth/accept-invite": fields(UNKNOWN_TOKEN, ("password", PASSWORD_POLICY)),
-    "POST /sysadmin/v1/tenants": fields(("owner.password", PASSWORD_POLICY)),
     # The sender must be one of the tenant's identities (state); the
     # destination must exist in the numbering plan.
     "POST /v1/messages": fields(("from", "is not one of your identities"), ("to", NUMBERING_PLAN)),
@@ -68,10 +67,21 @@ NOT_IN_SCHEMA = {
     # `since` before `until`, at most 31 days apart: a rule across two
     # parameters, which OpenAPI cannot state.
     "GET /v1/usage": fields(("since", "must be before `until`, at most 31 days")),
+    # The code must be the one the carrier delivered to the number: state,
+    # not form (the schema holds the six digits).
+    "POST /v1/identities/{id}/verification/confirm": fields(("code", "is wrong or expired")),
+    # An address registered already, or a look-alike of one (UTS #39
+    # skeleton): state, not form.
+    "POST /sysadmin/v1/tenants": fields(("owner.password", PASSWORD_POLICY),
+                                        ("owner.email", ("is already registered", "looks like a registered address"))),
 }
 
 # Rejected valid data with another status: (operation, status).
 OTHER_REFUSALS = {
+    # A frozen identity is verified by nobody but the operator; the run
+    # freezes identities.
+    ("POST /v1/identities/{id}/verification/confirm", 423),
+    ("POST /v1/identities/{id}/verification", 423),
     # A frozen identity cannot be deleted (deleting and registering the
     # number again would lift the kill-switch); the run freezes identities.
     ("DELETE /v1/identities/{id}", 423),
