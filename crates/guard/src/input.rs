@@ -11,20 +11,20 @@ pub fn sanitize_text(s: &str) -> String {
     if !needs_work {
         return s.to_owned();
     }
-    s.replace("\r\n", "\n").nfc().filter(|c| !c.is_control() || *c == '\t' || *c == '\n').collect()
+    // Removed before normalizing: a control character between a letter and
+    // a combining mark would otherwise leave the pair uncomposed, and the
+    // text would change again when sanitized a second time.
+    s.chars().filter(|c| !c.is_control() || *c == '\t' || *c == '\n').nfc().collect()
 }
 
 /// For one-line fields (names, emails): no control characters at all, no
 /// invisible bidi or zero-width formatting (which can disguise a name in a
 /// UI or the audit trail), trimmed.
 pub fn sanitize_line(s: &str) -> String {
-    sanitize_text(s)
-        .chars()
-        .map(|c| if c == '\t' || c == '\n' { ' ' } else { c })
-        .filter(|c| !is_invisible_format(*c))
-        .collect::<String>()
-        .trim()
-        .to_owned()
+    // Invisible characters go before normalizing, for the same reason as
+    // control characters in `sanitize_text`.
+    let visible: String = s.chars().filter(|c| !is_invisible_format(*c)).collect();
+    sanitize_text(&visible).replace(['\t', '\n'], " ").trim().to_owned()
 }
 
 fn is_invisible_format(c: char) -> bool {
@@ -140,6 +140,21 @@ mod tests {
         assert_eq!(sanitize_line("ad\u{202E}nimda\u{200B}"), "adnimda");
     }
 
+    // Found by the fuzzer (fuzz/fuzz_targets/text.rs): a character removed
+    // between a letter and a combining mark must not leave them apart, or a
+    // second sanitization changes the text again.
+    #[test]
+    fn removal_then_normalization() {
+        assert_eq!(sanitize_text("N\u{7}\u{301}"), "\u{143}");
+        assert_eq!(sanitize_text("e\r\u{301}"), "\u{e9}");
+        assert_eq!(sanitize_line("e\u{200B}\u{301}"), "\u{e9}");
+        assert_eq!(sanitize_line("e\u{0}\u{301} "), "\u{e9}");
+        for s in ["N\u{7}\u{301}", "e\u{200B}\u{301}", "a\u{0}\u{308}\tb"] {
+            assert_eq!(sanitize_text(&sanitize_text(s)), sanitize_text(s));
+            assert_eq!(sanitize_line(&sanitize_line(s)), sanitize_line(s));
+        }
+    }
+
     #[test]
     fn json_walk_limits_and_cleans() {
         let mut v = serde_json::json!({"name": "x\u{0}y", "tags": ["ok", "z".repeat(10)], "n\u{0}k": 1});
@@ -168,6 +183,15 @@ mod tests {
         for bad in ["", "a", "a@b", "@b.c", "a@b@c.d", "a b@c.d", "a@.c", "<a@b.c>"] {
             assert!(normalize_email(bad).is_none(), "{bad}");
         }
+    }
+
+    // Found by the fuzzer (fuzz/fuzz_targets/email.rs): the normalized
+    // address normalizes to itself.
+    #[test]
+    fn email_normalization_is_idempotent() {
+        let e = normalize_email("\u{130}\u{73e}nfo@example.com").unwrap();
+        assert_eq!(e, "i\u{73e}\u{307}nfo@example.com");
+        assert_eq!(normalize_email(&e), Some(e));
     }
 }
 
