@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../.."
 
 SCHEMATHESIS_VERSION=4.32.5
 EXAMPLES="${SCHEMATHESIS_EXAMPLES:-25}"
-RUN_SECS="${SCHEMATHESIS_RUN_SECS:-100}"
+RUN_SECS="${SCHEMATHESIS_RUN_SECS:-80}"
 
 work="$(mktemp -d)"
 server_pid=""
