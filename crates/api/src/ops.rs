@@ -187,9 +187,12 @@ pub async fn create_tenant(
     // The operator may hear which: the sysadmin sees every account anyway.
     match registered(db.reader(), &owner_email).await? {
         Registered::No => {}
-        Registered::Same(_) => return Err(ApiError::validation("owner.email", "is already registered")),
+        // A well-formed request that collides with what exists: a conflict.
+        Registered::Same(_) => return Err(ApiError::conflict("The owner's email address is already registered.")),
         Registered::LookAlike(_) => {
-            return Err(ApiError::validation("owner.email", "looks like a registered address but is not the same"))
+            return Err(ApiError::conflict(
+                "The owner's email address looks like a registered one but is not the same.",
+            ))
         }
     }
     let hash = argon2.hash(input.owner_password).await?;
