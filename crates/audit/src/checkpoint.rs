@@ -196,6 +196,33 @@ mod tests {
         .unwrap();
         assert!(other.verifier().verify(&cp).is_none());
     }
+
+    #[test]
+    fn notes_of_another_log_or_kind_do_not_verify() {
+        let s = signer();
+        let v = s.verifier();
+        let cp = s.sign(3, &[1u8; 32], 5);
+        assert!(!cp.is_expiry() && cp.expiry().is_none());
+        assert_eq!(v.verify_expiry(&cp), None);
+        let ex = s.sign_expiry(10, 6);
+        assert!(ex.is_expiry());
+        assert_eq!((ex.expiry(), v.verify_expiry(&ex)), (Some((10, 6)), Some((10, 6))));
+        assert_eq!((ex.head(), v.verify(&ex)), (None, None));
+        // The same key, another origin.
+        let elsewhere = Verifier::from_public_b64(&v.public_key_b64(), "other.example").unwrap();
+        assert_eq!(elsewhere.key_id(), v.key_id());
+        assert_eq!((elsewhere.verify(&cp), elsewhere.verify_expiry(&ex)), (None, None));
+        // A forged statement, or one with a broken signature.
+        let mut forged = ex.clone();
+        forged.body = forged.body.replace("\n10\n", "\n11\n");
+        assert_eq!(v.verify_expiry(&forged), None);
+        let mut broken = cp.clone();
+        broken.signature = "not base64".into();
+        assert_eq!(v.verify(&broken), None);
+        assert!(Verifier::from_public_b64("AAAA", "test.example").is_none());
+        assert_eq!(v.key_id(), cp.key_id);
+        assert_eq!(v.key_id().len(), 16);
+    }
 }
 
 #[cfg(test)]

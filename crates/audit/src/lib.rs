@@ -185,3 +185,96 @@ impl From<AuditRow> for EventView {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use palisade_core::UserId;
+
+    use super::*;
+
+    fn ctx(ip: bool, ua: bool, rid: bool) -> Context {
+        Context {
+            source_ip: ip.then(|| "192.0.2.1".to_owned()),
+            user_agent: ua.then(|| "curl/8".to_owned()),
+            request_id: rid.then(|| "r1".to_owned()),
+        }
+    }
+
+    #[test]
+    fn one_row_with_its_context() {
+        let tenant = TenantId::new();
+        let user = UserId::new();
+        let e = Event::new("api_key.created", Some(tenant), Actor::user(user))
+            .resource("api_key", "k1")
+            .details(serde_json::json!({"name": "ci"}));
+        let (id, rows) = rows_of(&e, &ctx(true, true, true), 42);
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!((r.id.clone(), r.ts, r.tenant_id.clone()), (id.to_string(), 42, Some(tenant.to_string())));
+        assert_eq!((r.actor_type.as_str(), r.actor_id.clone()), ("user", Some(user.to_string())));
+        assert_eq!(
+            (r.action.as_str(), r.resource_type.as_deref(), r.resource_id.as_deref()),
+            ("api_key.created", Some("api_key"), Some("k1"))
+        );
+        assert_eq!(
+            (r.source_ip.as_deref(), r.user_agent.as_deref(), r.request_id.as_deref()),
+            (Some("192.0.2.1"), Some("curl/8"), Some("r1"))
+        );
+        assert_eq!(r.details, r#"{"name":"ci"}"#);
+        let bare = rows_of(&Event::new("x", None, Actor::system()), &Context::default(), 1).1;
+        assert_eq!(bare[0].details, "{}");
+        let long = Context { user_agent: Some("u".repeat(600)), ..Context::default() };
+        assert_eq!(rows_of(&e, &long, 1).1[0].user_agent.as_ref().map(String::len), Some(512));
+    }
+
+    #[test]
+    fn an_operators_request_context_goes_to_the_platforms_record() {
+        let tenant = TenantId::new();
+        let e = Event::new("tenant.frozen", Some(tenant), Actor::sysadmin()).resource("tenant", tenant);
+        for c in [ctx(true, false, false), ctx(false, true, false), ctx(false, false, true)] {
+            let (id, rows) = rows_of(&e, &c, 7);
+            assert_eq!(rows.len(), 2, "{c:?}");
+            let (mine, platform) = (&rows[0], &rows[1]);
+            assert_eq!((mine.id.clone(), mine.tenant_id.clone()), (id.to_string(), Some(tenant.to_string())));
+            assert_eq!((&mine.source_ip, &mine.user_agent, &mine.request_id), (&None, &None, &None), "{c:?}");
+            assert_eq!((platform.action.as_str(), &platform.tenant_id), (OPERATOR_REQUEST, &None));
+            assert_eq!(
+                (&platform.source_ip, &platform.user_agent, &platform.request_id),
+                (&c.source_ip, &c.user_agent, &c.request_id)
+            );
+            let d: Value = serde_json::from_str(&platform.details).unwrap();
+            assert_eq!(
+                d,
+                serde_json::json!({"tenant_id": tenant.to_string(), "event_id": id.to_string(), "action": "tenant.frozen"})
+            );
+        }
+        // No context (the CLI), or no tenant: one record.
+        assert_eq!(rows_of(&e, &Context::default(), 7).1.len(), 1);
+        let platform_only = Event::new("sysadmin.login", None, Actor::sysadmin());
+        assert_eq!(rows_of(&platform_only, &ctx(true, true, true), 7).1.len(), 1);
+    }
+
+    #[test]
+    fn tenants_see_no_operator_details() {
+        let row = |actor_type: &str| AuditRow {
+            seq: 1,
+            id: "e".into(),
+            ts: 0,
+            tenant_id: Some("t".into()),
+            actor_type: actor_type.into(),
+            actor_id: Some("a".into()),
+            action: "x".into(),
+            resource_type: None,
+            resource_id: None,
+            source_ip: Some("192.0.2.1".into()),
+            user_agent: Some("ua".into()),
+            request_id: Some("r".into()),
+            details: r#"{"k":1}"#.into(),
+        };
+        let v = EventView::for_tenant(row("sysadmin"));
+        assert_eq!((v.actor.id, v.source_ip, v.user_agent, v.request_id), (None, None, None, None));
+        let v = EventView::for_tenant(row("user"));
+        assert_eq!((v.actor.id.as_deref(), v.source_ip.as_deref()), (Some("a"), Some("192.0.2.1")));
+        assert_eq!((v.ts.as_str(), v.details), ("1970-01-01T00:00:00Z", serde_json::json!({"k": 1})));
+    }
+}

@@ -252,7 +252,18 @@ mod tests {
                 assert!(verify_inclusion(&all[m], m as u64, n as u64, &path, &root), "m={m} n={n}");
                 if n > 1 {
                     assert!(!verify_inclusion(&all[(m + 1) % n], m as u64, n as u64, &path, &root));
+                    assert!(!verify_inclusion(&all[m], ((m + 1) % n) as u64, n as u64, &path, &root), "m={m} n={n}");
+                    assert!(!verify_inclusion(&all[m], m as u64, n as u64, &path[1..], &root), "m={m} n={n}");
+                    let mut wrong = path.clone();
+                    wrong[0] = all[m];
+                    assert!(!verify_inclusion(&all[m], m as u64, n as u64, &wrong, &root), "m={m} n={n}");
                 }
+                // A path one hash too long, an index past the size, another root.
+                let mut long = path.clone();
+                long.push(all[0]);
+                assert!(!verify_inclusion(&all[m], m as u64, n as u64, &long, &root), "m={m} n={n}");
+                assert!(!verify_inclusion(&all[m], n as u64, n as u64, &path, &root), "m={m} n={n}");
+                assert!(!verify_inclusion(&all[m], m as u64, n as u64, &path, &empty_root()), "m={m} n={n}");
             }
         }
     }

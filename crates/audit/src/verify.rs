@@ -385,3 +385,136 @@ pub async fn verify_log(
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use palisade_store::audit::FIELD_SEP;
+
+    use super::*;
+
+    fn row() -> AuditRow {
+        AuditRow {
+            seq: 5,
+            id: "e5".into(),
+            ts: 1_700_000_000_000,
+            tenant_id: Some("t1".into()),
+            actor_type: "user".into(),
+            actor_id: None,
+            action: "key.created".into(),
+            resource_type: Some("api_key".into()),
+            resource_id: Some("".into()),
+            source_ip: Some("192.0.2.1".into()),
+            user_agent: None,
+            request_id: Some("r1".into()),
+            details: r#"{"a":"b"}"#.into(),
+        }
+    }
+
+    /// A record as `leaf_fields_chunk` frames it.
+    fn fields_record(index: u64, r: &AuditRow, hash: &Hash) -> String {
+        let tag = |v: &Option<String>| v.as_ref().map_or("0".to_owned(), |s| format!("1{s}"));
+        [
+            index.to_string(),
+            r.seq.to_string(),
+            hex::encode(hash),
+            r.seq.to_string(),
+            r.id.clone(),
+            r.ts.to_string(),
+            tag(&r.tenant_id),
+            r.actor_type.clone(),
+            tag(&r.actor_id),
+            r.action.clone(),
+            tag(&r.resource_type),
+            tag(&r.resource_id),
+            tag(&r.source_ip),
+            tag(&r.user_agent),
+            tag(&r.request_id),
+            r.details.clone(),
+        ]
+        .join(&FIELD_SEP.to_string())
+    }
+
+    #[test]
+    fn nullable_columns_are_tagged() {
+        assert_eq!(nullable("0"), Ok(None));
+        assert_eq!(nullable("1"), Ok(Some("")));
+        assert_eq!(nullable("10"), Ok(Some("0")));
+        for bad in ["", "00", "01", "2x", "x"] {
+            assert_eq!(nullable(bad), Err(()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_fast_path_rehashes_the_fields() {
+        let r = row();
+        let h = leaf_hash_of(&r);
+        let mut buf = Vec::new();
+        assert_eq!(check_fields(&fields_record(7, &r, &h), &mut buf), Ok((7, h, None, false)));
+        let sep = FIELD_SEP.to_string();
+        let deleted = ["7", "5", &hex::encode(h), "-"].join(&sep);
+        let problem = Some("record seq 5 (leaf 7) was deleted".to_owned());
+        assert_eq!(check_fields(&deleted, &mut buf), Ok((7, h, problem, true)));
+        // Anything else goes to the slow path: an edit, a NULL turned into
+        // an empty value, a field too many or too few, a malformed number.
+        let edited = AuditRow { details: r#"{"a":"c"}"#.into(), ..row() };
+        let emptied = AuditRow { user_agent: Some(String::new()), ..row() };
+        let full = fields_record(7, &r, &h);
+        for bad in [
+            fields_record(7, &edited, &h),
+            fields_record(7, &emptied, &h),
+            format!("{full}{sep}x"),
+            full.rsplit_once(FIELD_SEP).unwrap().0.to_owned(),
+            ["7", "5", &hex::encode(h), "5"].join(&sep),
+            full.replacen('7', "x", 1),
+        ] {
+            assert_eq!(check_fields(&bad, &mut buf), Err(()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_slow_path_decodes_the_record() {
+        let r = row();
+        let h = leaf_hash_of(&r);
+        let exact = String::from_utf8(crate::log::leaf_data(&r)).unwrap();
+        // PostgreSQL writes its JSON with spaces: other bytes, the same fields.
+        let spaced = exact.replace(',', ", ");
+        for record in [&exact, &spaced] {
+            let line = format!("7 5 {} {record}", hex::encode(h));
+            let leaf = parse_line(&line).unwrap();
+            assert_eq!((leaf.index, leaf.seq, leaf.hash, leaf.record), (7, 5, h, Some(record.as_str())));
+            assert_eq!(check_record(&leaf), Ok(()));
+        }
+        let check = |record: &str| check_record(&parse_line(&format!("7 5 {} {record}", hex::encode(h))).unwrap());
+        let altered = exact.replace("key.created", "key.deleted");
+        assert_eq!(check(&altered), Err("record seq 5 (id e5, leaf 7) was altered".into()));
+        assert_eq!(check(r#"["short"]"#), Err("record seq 5 (id ?, leaf 7) was altered".into()));
+        assert_eq!(check("-"), Err("record seq 5 (leaf 7) was deleted".into()));
+        let gone = format!("7 5 {} -", hex::encode(h));
+        assert_eq!(parse_line(&gone).unwrap().record, None);
+        assert!(parse_line("7 5 nothex -").is_none());
+        assert!(decode_record(&exact[..exact.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn reports_and_checkpoint_files() {
+        let mut report = Report::default();
+        assert!(report.intact());
+        report.problems.push("x".into());
+        assert!(!report.intact());
+
+        let dir = std::env::temp_dir().join(format!("palisade-audit-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("checkpoints.jsonl");
+        assert!(read_checkpoint_file(&path).unwrap().is_none());
+        let cp = Checkpoint { body: "b\n".into(), signature: "s".into(), key_id: "k".into() };
+        let line = serde_json::to_string(&cp).unwrap();
+        std::fs::write(&path, format!("{line}\n\n  \nnot json\n{line}\n")).unwrap();
+        let read = read_checkpoint_file(&path).unwrap().unwrap();
+        assert_eq!(read.len(), 3);
+        assert_eq!((&read[0], &read[2]), (&cp, &cp));
+        assert_eq!((read[1].body.as_str(), read[1].signature.as_str()), ("", ""));
+        // Not a file: an error, not "no checkpoints".
+        assert!(read_checkpoint_file(&dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -80,6 +80,11 @@ mod tests {
     }
 
     #[test]
+    fn the_key_never_shows() {
+        assert_eq!(format!("{:?}", CodeKey::derive(&[7; 32], "number")), "CodeKey(redacted)");
+    }
+
+    #[test]
     fn codes_spread_over_the_whole_range() {
         let codes: std::collections::HashSet<String> = (0..200).map(|_| CodeKey::new_code()).collect();
         assert!(codes.len() > 190);

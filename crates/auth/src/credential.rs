@@ -54,4 +54,28 @@ mod tests {
             assert_eq!(Credential::classify(bad), Credential::Malformed, "{bad}");
         }
     }
+
+    #[test]
+    fn master_keys_and_jwts_by_their_alphabets() {
+        let mk = format!("mk_{}-{}_", "c".repeat(21), "d".repeat(20));
+        assert_eq!(Credential::classify(&mk), Credential::MasterKey(&mk));
+        let longest = format!("mk_{}", "e".repeat(253));
+        assert_eq!(Credential::classify(&longest), Credential::MasterKey(&longest));
+        let jwt = "eyJ-a_b.c-d_e.f_g-h";
+        assert_eq!(Credential::classify(jwt), Credential::Jwt(jwt));
+        let too_long_jwt = format!("a.b.{}", "c".repeat(8189));
+        assert_eq!(Credential::classify(&too_long_jwt[..8192]), Credential::Jwt(&too_long_jwt[..8192]));
+        for bad in [
+            // Long enough for a master key, without its prefix.
+            "x".repeat(50),
+            format!("mk_{}!", "c".repeat(43)),
+            format!("mk_{}.{}", "c".repeat(21), "c".repeat(21)),
+            format!("mk_{}", "e".repeat(254)),
+            "a.b!.c".to_owned(),
+            "a.b.c d".to_owned(),
+            too_long_jwt.clone(),
+        ] {
+            assert_eq!(Credential::classify(&bad), Credential::Malformed, "{bad}");
+        }
+    }
 }

@@ -142,6 +142,18 @@ mod tests {
     }
 
     #[test]
+    fn each_refusal_says_what_is_wider() {
+        for (w, word) in [
+            (Wider::Permissions, "permissions"),
+            (Wider::Addresses, "allowed_ips"),
+            (Wider::Origins, "allowed_origins"),
+            (Wider::Lifetime, "expires_at"),
+        ] {
+            assert!(w.detail().contains(word), "{w:?}");
+        }
+    }
+
+    #[test]
     fn covers_origins_and_lifetimes() {
         let user = Bounds::unrestricted(Role::Owner.permissions());
         let key = bounds(Role::Admin.permissions(), &["10.0.0.0/8"], &["https://a.example"], Some(5));

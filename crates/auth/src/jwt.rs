@@ -167,6 +167,16 @@ mod tests {
     }
 
     #[test]
+    fn key_facts() {
+        let ed = JwtKeys::ed25519_from_pem(&JwtKeys::generate_ed25519_pem().unwrap(), "palisade").unwrap();
+        assert_eq!((ed.algorithm(), ed.issuer()), ("EdDSA", "palisade"));
+        let hs = JwtKeys::hs256(&[7u8; 32], "other").unwrap();
+        assert_eq!((hs.algorithm(), hs.issuer()), ("HS256", "other"));
+        assert!(JwtKeys::hs256(&[7u8; 31], "palisade").is_err());
+        assert!(JwtKeys::ed25519_from_pem("not a key", "palisade").is_err());
+    }
+
+    #[test]
     fn rejects_other_keys_algorithms_and_issuers() {
         let a = JwtKeys::ed25519_from_pem(&JwtKeys::generate_ed25519_pem().unwrap(), "palisade").unwrap();
         let b = JwtKeys::ed25519_from_pem(&JwtKeys::generate_ed25519_pem().unwrap(), "palisade").unwrap();

@@ -95,4 +95,32 @@ mod tests {
         assert!(policy_violation("violet tram ocean ninety", None).is_none());
         assert!(policy_violation("Tr0ub4dor&3-extended", None).is_none());
     }
+
+    #[test]
+    fn policy_edges() {
+        // Length: 12 to 256 characters (not bytes).
+        assert_eq!(policy_violation("violet-tram9", None), None);
+        assert_eq!(policy_violation("violet-tra9", None), Some("must be at least 12 characters"));
+        let max = format!("violet tram {}", "é".repeat(MAX_LENGTH - 12));
+        assert_eq!(policy_violation(&max, None), None);
+        assert_eq!(policy_violation(&format!("{max}x"), None), Some("must be at most 256 characters"));
+        // Short list entries padded with digits are not refused as common;
+        // the list's comment lines are not entries.
+        assert_eq!(policy_violation("hello1234567!", None), None);
+        let comment = COMMON.lines().nth(1).unwrap();
+        assert_eq!(comment, comment.to_lowercase());
+        assert!(comment.starts_with('#'));
+        assert_eq!(policy_violation(comment, None), None);
+        assert_eq!(policy_violation("iloveyou2024!", None), Some("is too common; choose another"));
+        // The email's local part counts from four characters.
+        assert_eq!(policy_violation("bob-in-wonderland", Some("bob@example.com")), None);
+        assert_eq!(policy_violation("zzzzzzzzzzzzz", None), Some("must not be one repeated character"));
+    }
+
+    #[test]
+    fn the_dummy_hash_is_a_real_hash_of_nothing_known() {
+        let h = dummy_hash();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert!(!verify("", h));
+    }
 }

@@ -73,7 +73,24 @@ mod tests {
     }
 
     #[test]
+    fn every_token_has_its_prefix_and_length() {
+        for (t, prefix, len) in [
+            (new_api_key(), API_KEY_PREFIX, 32),
+            (new_master_key(), MASTER_KEY_PREFIX, 43),
+            (new_refresh_token(), REFRESH_PREFIX, 43),
+            (new_email_token(), EMAIL_TOKEN_PREFIX, 43),
+        ] {
+            assert!(has_shape(&t, prefix, len), "{t}");
+        }
+        assert_ne!(new_refresh_token(), new_refresh_token());
+        assert_ne!(new_email_token(), new_email_token());
+        assert_eq!(random_base62(0), "");
+    }
+
+    #[test]
     fn hashing_and_comparison() {
+        assert_eq!(sha256_hex_bytes(b"abc"), sha256_hex("abc"));
+        assert_eq!(hex::encode(sha256("abc")), sha256_hex("abc"));
         assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert!(ct_eq(b"abc", b"abc"));
         assert!(!ct_eq(b"abc", b"abd"));

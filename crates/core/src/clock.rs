@@ -67,6 +67,23 @@ mod tests {
     }
 
     #[test]
+    fn rfc3339_is_utc_with_milliseconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(parse_rfc3339("2023-11-14T23:13:20.123+01:00"), Some(1_700_000_000_123));
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), Some(-1_000));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn the_system_clock_is_now_and_never_goes_back() {
+        let a = SystemClock.now_ms();
+        // After 2023-11-14, before 2100.
+        assert!(a > 1_700_000_000_000 && a < 4_102_444_800_000, "{a}");
+        assert!(SystemClock.now_ms() >= a);
+    }
+
+    #[test]
     fn manual_clock_moves_only_when_told() {
         let c = ManualClock::new(5);
         assert_eq!(c.now_ms(), 5);

@@ -256,6 +256,81 @@ mod tests {
     }
 
     #[test]
+    fn bare_statuses_get_their_problem() {
+        for (status, reason, title) in [
+            (400, "validation_failed", "Validation failed"),
+            (401, "unauthenticated", "Unauthenticated"),
+            (404, "not_found", "Not found"),
+            (405, "method_not_allowed", "Method not allowed"),
+            (413, "payload_too_large", "Payload too large"),
+            (415, "unsupported_media_type", "Unsupported media type"),
+            (418, "error", "Error"),
+            (500, "internal", "Internal error"),
+            (502, "internal", "Internal error"),
+            (503, "unavailable", "Service unavailable"),
+        ] {
+            let e = ApiError::from_status(StatusCode::from_u16(status).unwrap());
+            assert_eq!((e.status().as_u16(), e.reason()), (status, reason), "{status}");
+            assert_eq!(e.to_problem(None).title, title, "{status}");
+        }
+        assert_eq!(ApiError::from_status(StatusCode::IM_A_TEAPOT).to_problem(None).detail, "I'm a teapot");
+    }
+
+    #[test]
+    fn every_reason_has_its_title() {
+        for (reason, title) in [
+            ("unauthenticated", "Unauthenticated"),
+            ("forbidden", "Forbidden"),
+            ("not_found", "Not found"),
+            ("validation_failed", "Validation failed"),
+            ("payload_too_large", "Payload too large"),
+            ("unsupported_media_type", "Unsupported media type"),
+            ("conflict", "Conflict"),
+            ("frozen", "Frozen"),
+            ("method_not_allowed", "Method not allowed"),
+            ("rate_limited", "Too many requests"),
+            ("blocked", "Blocked"),
+            ("rate_per_second", "Identity rate exceeded"),
+            ("monthly_budget", "Monthly budget exceeded"),
+            ("country_not_allowed", "Country not allowed"),
+            ("concurrent_calls", "Too many concurrent calls"),
+            ("insufficient_credits", "Insufficient credits"),
+            ("idempotency_key_reused", "Idempotency key reused"),
+            ("internal", "Internal error"),
+            ("unavailable", "Service unavailable"),
+            ("request_timeout", "Request timeout"),
+            ("anything_else", "Error"),
+        ] {
+            assert_eq!(ApiError::new(StatusCode::BAD_REQUEST, reason, "d").to_problem(None).title, title);
+        }
+    }
+
+    #[test]
+    fn accessors_and_display() {
+        let e = ApiError::validation("email", "bad");
+        assert_eq!(e.errors(), &[FieldError { field: "email".into(), message: "bad".into() }]);
+        assert_eq!(e.to_string(), "400 validation_failed: The request is not valid; see `errors`.");
+        let e = ApiError::forbidden(Permission::KeysManage);
+        assert_eq!((e.status(), e.reason()), (StatusCode::FORBIDDEN, "forbidden"));
+        assert_eq!(e.to_problem(None).detail, "This credential lacks the `keys:manage` permission.");
+    }
+
+    #[tokio::test]
+    async fn the_response_is_the_problem() {
+        let e = ApiError::unauthenticated().with_extra("retry_after", 3);
+        let resp = REQUEST_ID.sync_scope("r9".to_owned(), || e.into_response());
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], PROBLEM_CONTENT_TYPE);
+        assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["reason"], "unauthenticated");
+        assert_eq!(v["request_id"], "r9");
+        assert_eq!(v["retry_after"], 3);
+        assert!(v.get("errors").is_none());
+    }
+
+    #[test]
     fn internal_hides_cause() {
         let p = ApiError::internal("SELECT * FROM secrets at /etc/x").to_problem(None);
         let s = serde_json::to_string(&p).unwrap();

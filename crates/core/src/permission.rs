@@ -88,9 +88,7 @@ impl PermissionSet {
     /// identity).
     pub fn agent() -> Self {
         use Permission::*;
-        PermissionSet(
-            [MessagesRead, MessagesWrite, CallsRead, CallsWrite, CdrsRead].iter().fold(0, |acc, p| acc | p.bit()),
-        )
+        [MessagesRead, MessagesWrite, CallsRead, CallsWrite, CdrsRead].into_iter().collect()
     }
 
     pub fn all() -> Self {
@@ -180,6 +178,37 @@ mod tests {
             assert_eq!(p.as_str().parse::<Permission>(), Ok(*p));
         }
         assert!("keys:delete_everything".parse::<Permission>().is_err());
+    }
+
+    #[test]
+    fn sets_and_their_forms() {
+        use Permission::*;
+        assert_eq!(KeysRead.to_string(), "keys:read");
+        assert_eq!(serde_json::to_string(&KeysRead).unwrap(), r#""keys:read""#);
+        assert_eq!(serde_json::from_str::<Permission>(r#""keys:manage""#).unwrap(), KeysManage);
+        assert!(serde_json::from_str::<Permission>(r#""keys:all""#).is_err());
+        let agent = PermissionSet::agent();
+        assert_eq!(agent.iter().collect::<Vec<_>>(), [MessagesRead, MessagesWrite, CallsRead, CallsWrite, CdrsRead]);
+        let twice: PermissionSet = [KeysRead, KeysRead, UsersRead].into_iter().collect();
+        assert_eq!(twice.to_strings(), ["keys:read", "users:read"]);
+        assert_eq!(PermissionSet::parse(["users:read", "keys:read"]), Ok(twice));
+        assert!(PermissionSet::parse(["keys:read", "keys:all"]).is_err());
+        assert_eq!(twice.intersect(PermissionSet::from_iter([UsersRead, UsersManage])).to_strings(), ["users:read"]);
+        assert_eq!(PermissionSet::all().iter().count(), Permission::ALL.len());
+        assert_eq!(PermissionSet::EMPTY.to_strings(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn role_names_and_the_admin() {
+        for r in [Role::Owner, Role::Admin, Role::ReadOnly, Role::Integration] {
+            assert_eq!(r.as_str().parse::<Role>(), Ok(r));
+        }
+        assert_eq!(Role::ReadOnly.as_str(), "read_only");
+        assert!("root".parse::<Role>().is_err());
+        let admin = Role::Admin.permissions();
+        assert!(admin.contains(Permission::KeysManage) && admin.contains(Permission::UsersManage));
+        assert!(!admin.contains(Permission::TenantManage));
+        assert_eq!(admin.iter().count(), Permission::ALL.len() - 1);
     }
 
     #[test]

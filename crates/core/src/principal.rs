@@ -176,6 +176,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn who_acts_and_who_answers() {
+        let (tenant, user, key, identity) = (TenantId::new(), UserId::new(), ApiKeyId::new(), IdentityId::new());
+        let person = Principal::authenticated(
+            tenant,
+            PrincipalKind::User {
+                user_id: user,
+                role: Role::Admin,
+                jti: "j".into(),
+                family_id: "f".into(),
+                expires_at_ms: 1,
+            },
+            Role::Admin.permissions(),
+        );
+        assert_eq!((person.user_id(), person.answerable_user()), (Some(user), Some(user)));
+        assert_eq!(person.actor(), Actor { kind: "user".into(), id: Some(user.to_string()) });
+        assert_eq!(person.permissions(), Role::Admin.permissions());
+        assert_eq!(person.own_scope().tenant_id(), tenant);
+        let restrictions =
+            Restrictions { allowed_ips: vec!["10.0.0.0/8".into()], allowed_origins: vec![], expires_at: Some(5) };
+        let api_key = Principal::authenticated(
+            tenant,
+            PrincipalKind::ApiKey { key_id: key, owner_user_id: Some(user) },
+            PermissionSet::EMPTY,
+        )
+        .with_restrictions(restrictions.clone());
+        assert_eq!(api_key.restrictions(), &restrictions);
+        assert_eq!((api_key.user_id(), api_key.answerable_user()), (None, Some(user)));
+        assert_eq!(api_key.actor(), Actor { kind: "api_key".into(), id: Some(key.to_string()) });
+        let agent = Principal::authenticated(
+            tenant,
+            PrincipalKind::Agent { identity_id: identity, owner_user_id: None, minted_by_key: Some(key) },
+            PermissionSet::agent(),
+        );
+        assert_eq!((agent.user_id(), agent.answerable_user()), (None, None));
+        assert_eq!(agent.actor(), Actor { kind: "agent".into(), id: Some(identity.to_string()) });
+        assert!(matches!(agent.kind(), PrincipalKind::Agent { .. }));
+        for (a, kind) in
+            [(Actor::sysadmin(), "sysadmin"), (Actor::system(), "system"), (Actor::anonymous(), "anonymous")]
+        {
+            assert_eq!((a.kind.as_str(), a.id), (kind, None));
+        }
+        let t = TenantId::new();
+        assert_eq!(TenantScope::for_system(t).tenant_id(), t);
+        assert_eq!(TenantScope::for_sysadmin(&SysadminProof::verified(), t).tenant_id(), t);
+    }
+
+    #[test]
     fn scope_requires_permission() {
         let p = Principal::authenticated(
             TenantId::new(),

@@ -193,6 +193,78 @@ mod tests {
         assert_eq!(e, "i\u{73e}\u{307}nfo@example.com");
         assert_eq!(normalize_email(&e), Some(e));
     }
+
+    /// Each rule alone refuses an address the others would accept.
+    #[test]
+    fn each_email_rule_bites_alone() {
+        let local64 = "a".repeat(64);
+        let at_limit = format!("{local64}@{}.example", "b".repeat(254 - 64 - 1 - 8));
+        assert_eq!(at_limit.len(), 254);
+        for good in ["a@b.c", "a.b+c@d.e", local64.as_str(), at_limit.as_str()] {
+            let good = if good.contains('@') { good.to_owned() } else { format!("{good}@b.c") };
+            assert_eq!(normalize_email(&good).as_deref(), Some(good.as_str()), "{good}");
+        }
+        let long = format!("{local64}@{}.example", "b".repeat(254 - 64 - 8));
+        let bad = [
+            "a<b@c.d",
+            "a>b@c.d",
+            "a,b@c.d",
+            "a;b@c.d",
+            "\"a\"@b.c",
+            "a\u{a0}b@c.d",
+            "a@b.c.",
+            "a@.b.c",
+            "@b.c",
+            "a@b",
+            "a@b@c.d",
+            &format!("{local64}a@b.c"),
+            &long,
+        ];
+        for bad in bad {
+            assert_eq!(normalize_email(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn text_keeps_what_free_text_needs() {
+        // Pure ASCII without controls comes back as is, controls or not elsewhere.
+        assert_eq!(sanitize_text("plain text"), "plain text");
+        assert_eq!(sanitize_text("\u{0}"), "");
+        assert_eq!(sanitize_text("tab\there\nnew\r\nline"), "tab\there\nnew\nline");
+        assert_eq!(sanitize_text("caf\u{e9}\u{7f}\u{85}"), "caf\u{e9}");
+        // Text without a single ASCII character is normalized too.
+        assert_eq!(sanitize_text("\u{435}\u{308}"), "\u{451}");
+        // Every C0 control but tab and newline goes; a lone CR too.
+        let c0: String = (0u8..0x20).map(char::from).collect();
+        assert_eq!(sanitize_text(&c0), "\t\n");
+        assert_eq!(sanitize_line("a\rb"), "ab");
+        assert_eq!(sanitize_line("\u{FEFF}\u{2066}x\u{2069}\u{061C}"), "x");
+    }
+
+    #[test]
+    fn json_length_limit_is_inclusive() {
+        let mut v = serde_json::json!({"a": "12345", "b": ["e\u{301}bcde"]});
+        assert_eq!(sanitize_json(&mut v, 5), Ok(()));
+        let mut v = serde_json::json!(["123456"]);
+        assert_eq!(sanitize_json(&mut v, 5).unwrap_err()[0].field, "0");
+        let mut v = serde_json::json!("123456");
+        assert_eq!(sanitize_json(&mut v, 5).unwrap_err()[0].field, "body");
+    }
+
+    #[test]
+    fn depth_scan_follows_strings_and_closings() {
+        // Siblings do not add up: closing brackets lower the depth.
+        assert!(json_depth_within(b"[[],[],{},[[]]]", 3));
+        assert!(json_depth_within(br#"{"a":{},"b":{},"c":{}}"#, 2));
+        assert!(!json_depth_within(b"[[],[[[]]]]", 3));
+        // An escaped quote does not end the string; the escape ends after one byte.
+        assert!(json_depth_within(br#"["\"[[[["]"#, 1));
+        assert!(!json_depth_within(br#"["\"",[[1]]]"#, 2));
+        assert!(!json_depth_within(br#"["\\",[[1]]]"#, 2));
+        assert!(json_depth_within(br#"["\\\"[[["]"#, 1));
+        // Brackets inside a key are text.
+        assert!(json_depth_within(br#"{"[[[[":1}"#, 1));
+    }
 }
 
 /// Parses JSON like `serde_json::from_slice::<Value>`, but refuses an object
@@ -229,9 +301,6 @@ pub fn parse_json_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {
         }
         fn visit_str<E: Error>(self, v: &str) -> Result<Value, E> {
             Ok(Value::String(v.to_owned()))
-        }
-        fn visit_string<E: Error>(self, v: String) -> Result<Value, E> {
-            Ok(Value::String(v))
         }
         fn visit_unit<E: Error>(self) -> Result<Value, E> {
             Ok(Value::Null)
@@ -270,8 +339,9 @@ mod strict_tests {
     fn duplicates_are_refused_at_any_depth() {
         assert!(parse_json_strict(br#"{"role":"owner","role":"integration"}"#).is_err());
         assert!(parse_json_strict(br#"{"a":[{"b":1,"b":2}]}"#).is_err());
-        let v = parse_json_strict(br#"{"a":[1,"x",{"b":null}],"c":true,"d":-1.5}"#).unwrap();
-        assert_eq!(v, serde_json::json!({"a":[1,"x",{"b":null}],"c":true,"d":-1.5}));
+        let v =
+            parse_json_strict(br#"{"a":[1,"x",{"b":null}],"c":true,"d":-1.5,"e":-2,"f":"q\"t","g":false}"#).unwrap();
+        assert_eq!(v, serde_json::json!({"a":[1,"x",{"b":null}],"c":true,"d":-1.5,"e":-2,"f":"q\"t","g":false}));
         assert!(parse_json_strict(b"{} trailing").is_err());
     }
 }

@@ -235,5 +235,9 @@ mod tests {
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         assert_eq!(Key::ip(Kind::Ip, v4), Key::ip(Kind::Ip, mapped));
         assert_ne!(Key::ip(Kind::Ip, v4), Key::ip(Kind::AuthIp, v4));
+        // The /64 itself, with the interface bits cleared.
+        let prefix: std::net::Ipv6Addr = "2001:db8:1:2::".parse().unwrap();
+        assert_eq!(ip_id(b), u128::from(prefix));
+        assert_eq!(ip_id(v4), 0xc000_0201);
     }
 }

@@ -108,6 +108,19 @@ mod tests {
     }
 
     #[test]
+    fn cards_by_the_luhn_check() {
+        // Test numbers whose doubled digits pass 9 (Mastercard, Visa, Amex).
+        for card in ["5555 5555 5555 4444", "4012 8888 8888 1881", "3782 822463 10005", "6011-1111-1111-1117"] {
+            assert_eq!(redact(&format!("card {card} ok")), "card [card] ok", "{card}");
+        }
+        // One digit off fails the check; twelve digits are too few for a card.
+        for not_card in ["5555 5555 5555 4445", "4012 8888 8888 1882", "4111 1111 1119"] {
+            let line = format!("card {not_card} ok");
+            assert_eq!(redact(&line), line, "{not_card}");
+        }
+    }
+
+    #[test]
     fn leaves_ordinary_text_alone() {
         let line = r#"{"status":200,"latency_ms":12,"request_id":"0190a5b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b","route":"/v1/api-keys/{id}"}"#;
         assert_eq!(redact(line), line);

@@ -239,10 +239,6 @@ fn classify_v6(ip: Ipv6Addr) -> Option<AddrClass> {
     if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
         return classify_v4(low_v4(&s));
     }
-    // Local-use NAT64 64:ff9b:1::/48 translates into a private network.
-    if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
-        return Some(AddrClass::Reserved);
-    }
     let class = match s[0] {
         // Teredo 2001::/32 before the rest of 2001::/23.
         0x2001 if s[1] == 0 => AddrClass::Tunnel,
@@ -260,7 +256,8 @@ fn classify_v6(ip: Ipv6Addr) -> Option<AddrClass> {
         x if (x & 0xffc0) == 0xfe80 => AddrClass::LinkLocal,
         x if (x & 0xffc0) == 0xfec0 => AddrClass::SiteLocal,
         x if (x & 0xff00) == 0xff00 => AddrClass::Multicast,
-        // Only 2000::/3 is global unicast (100::/64 discard, 5f00::/16 SRv6, …).
+        // Only 2000::/3 is global unicast (100::/64 discard, 5f00::/16 SRv6,
+        // local-use NAT64 64:ff9b:1::/48 into a private network, …).
         x if (x & 0xe000) != 0x2000 => AddrClass::Reserved,
         _ => return None,
     };
@@ -492,6 +489,9 @@ mod tests {
             ("64:ff9b::127.0.0.1", Loopback),
             ("64:ff9b::10.1.2.3", Private),
             ("64:ff9b:1::8.8.8.8", Reserved),
+            // Anything else in ::/8, whatever its low bits.
+            ("::1:0:7f00:1", Reserved),
+            ("::1:0:808:808", Reserved),
             // 6to4.
             ("2002:a9fe:a9fe::", LinkLocal),
             ("2002:7f00:1::1", Loopback),
@@ -540,8 +540,12 @@ mod tests {
             "2002:5db8:d70e::1",
             "2001:4860:4860::8888",
             "2001:200::1",
+            // Outside 2001::/23, and not NAT64 for all its 64:ff9b-like parts.
+            "2001:ff9b:1::1",
+            "2606:4700:1::1",
         ] {
             assert_eq!(classify(ip(s)), None, "{s}");
+            assert!(!is_forbidden(ip(s)), "{s}");
             assert!(policy.check_ip(ip(s)).is_ok(), "{s}");
         }
     }
@@ -555,7 +559,9 @@ mod tests {
         for s in ["10.0.0.1", "::ffff:10.0.0.1", "::10.0.0.1", "fd00::5"] {
             assert!(policy.check_ip(ip(s)).is_ok(), "{s}");
         }
-        for s in ["127.0.0.1", "192.168.0.1", "::ffff:192.168.0.1", "fc00::1", "64:ff9b::10.0.0.1"] {
+        // Only IPv4-mapped and IPv4-compatible forms stand for the allowed
+        // IPv4 address; another range with the same low bits does not.
+        for s in ["127.0.0.1", "192.168.0.1", "::ffff:192.168.0.1", "fc00::1", "64:ff9b::10.0.0.1", "fc00::a00:1"] {
             assert!(policy.check_ip(ip(s)).is_err(), "{s}");
         }
         assert!(policy.check_url("https://10.1.2.3:8443/hook").is_ok());
@@ -672,6 +678,12 @@ mod tests {
         for (p, url, err) in cases {
             assert_eq!(p.check_url(url).as_ref(), Err(err), "{url}");
         }
+        // The limit is inclusive, before and after normalization; a long
+        // fragment counts before it is dropped.
+        let at_limit = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN - 20));
+        assert_eq!(policy.check_url(&at_limit).unwrap().url().as_str().len(), MAX_URL_LEN);
+        let fragment = format!("https://example.com/#{}", "a".repeat(MAX_URL_LEN));
+        assert_eq!(policy.check_url(&fragment), Err(SsrfError::TooLong));
         // The scheme is checked before credentials, so the strict policy says https.
         assert_eq!(strict.check_url("http://u:p@example.com/"), Err(SsrfError::Scheme { https_only: true }));
     }
@@ -758,6 +770,8 @@ mod tests {
             assert_eq!(e.code(), "host_not_public", "{e:?}");
         }
         assert_eq!(SsrfError::Credentials.code(), "credentials_in_url");
+        assert_eq!(SsrfError::LocalhostName.class(), Some(AddrClass::Loopback));
+        assert_eq!(SsrfError::Unresolvable.class(), None);
         assert_eq!(SsrfError::TooLong.code(), "url_too_long");
     }
 }

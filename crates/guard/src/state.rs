@@ -440,10 +440,8 @@ fn strike_in(shard: &mut Shard, key: Key, rule: StrikeRule, now_ms: i64) -> Stri
     s.times.retain(|t| *t > now_ms - rule.window_ms);
     s.times.push(now_ms);
     let keep = rule.threshold.max(1) as usize;
-    if s.times.len() > keep {
-        let extra = s.times.len() - keep;
-        s.times.drain(..extra);
-    }
+    let extra = s.times.len().saturating_sub(keep);
+    s.times.drain(..extra);
     let count = u32::try_from(s.times.len()).unwrap_or(u32::MAX);
     let mut blocked_until = None;
     if count >= rule.threshold && s.blocked_until <= now_ms {
@@ -750,6 +748,8 @@ mod tests {
             decide(&s, T0, &[], &[b]);
         }
         assert!(s.len() <= SHARD_CAP, "{}", s.len());
+        // Live buckets are dropped a quarter at a time, not all at once.
+        assert!(s.len() > SHARD_CAP / 2, "{}", s.len());
         // Idle buckets are swept: a minute later new keys replace them.
         for id in 0..10_000u128 {
             let b = Bucket::enforce(Key::new(Kind::Ip, 1 << 100 | id), l);
@@ -772,5 +772,189 @@ mod tests {
             hs.into_iter().map(|h| h.join().unwrap()).sum()
         });
         assert_eq!(admitted, 100);
+    }
+
+    #[test]
+    fn a_strike_one_window_old_no_longer_counts() {
+        let s = LocalState::new();
+        let key = Key::new(Kind::Waf, 1);
+        let rule = StrikeRule { threshold: 3, window_ms: 60_000, block_ms: 1_000 };
+        assert_eq!(s.strike_now(7, key, rule, T0).count, 1);
+        assert_eq!(s.strike_now(7, key, rule, T0 + 30_000).count, 2);
+        assert_eq!(s.strike_now(7, key, rule, T0 + 60_000), StrikeOutcome { count: 2, blocked_until: None });
+        assert_eq!(
+            s.strike_now(7, key, rule, T0 + 60_001),
+            StrikeOutcome { count: 3, blocked_until: Some(T0 + 61_001) }
+        );
+        // During the block strikes still count, up to the threshold, and
+        // start no second block.
+        for count in [1, 2, 3, 3, 3] {
+            assert_eq!(s.strike_now(7, key, rule, T0 + 60_002), StrikeOutcome { count, blocked_until: None });
+        }
+        // The block ends on time, and the strikes made meanwhile start the next.
+        assert_eq!(s.strike_now(7, key, rule, T0 + 61_001).blocked_until, Some(T0 + 62_001));
+        // A threshold of one: each strike during its block counts once.
+        let one = StrikeRule { threshold: 1, window_ms: 60_000, block_ms: 60_000 };
+        let k = Key::new(Kind::CredentialFailure, 2);
+        assert_eq!(s.strike_now(7, k, one, T0).blocked_until, Some(T0 + 60_000));
+        assert_eq!(s.strike_now(7, k, one, T0 + 1).count, 1);
+        assert_eq!(s.strike_now(7, k, one, T0 + 2).count, 1);
+    }
+
+    #[test]
+    fn a_pair_lock_ends_on_time() {
+        let s = LocalState::new();
+        let rule = LoginRule {
+            pair: StrikeRule { threshold: 1, window_ms: 60_000, block_ms: 60_000 },
+            account: StrikeRule { threshold: 100, window_ms: 60_000, block_ms: 60_000 },
+            spacing_ms: 10_000,
+        };
+        let keys = LoginKeys { pair: Key::new(Kind::Login, 1), account: Key::new(Kind::LoginAccount, 1) };
+        assert_eq!(
+            s.login_attempt_now(1, keys, rule, T0),
+            LoginAdmission::Admitted { pair_lock_started: Some(T0 + 60_000) }
+        );
+        assert_eq!(s.login_attempt_now(1, keys, rule, T0 + 59_999), LoginAdmission::Refused { pair_locked: true });
+        assert!(matches!(s.login_attempt_now(1, keys, rule, T0 + 60_000), LoginAdmission::Admitted { .. }));
+    }
+
+    #[test]
+    fn of_equal_refusals_the_first_is_named() {
+        let s = LocalState::new();
+        let a = Bucket::enforce(Key::new(Kind::Credential, 1), lim("key", 1));
+        let b = Bucket::enforce(Key::new(Kind::Tenant, 1), lim("tenant", 1));
+        assert!(decide(&s, T0, &[], &[a, b]).refused.is_none());
+        let v = decide(&s, T0, &[], &[a, b]);
+        assert_eq!(v.standings[0].retry_after_ns, v.standings[1].retry_after_ns);
+        assert_eq!(v.refused, Some(0));
+    }
+
+    #[test]
+    fn decisions_of_zero_to_four_buckets() {
+        let s = LocalState::new();
+        let v = decide(&s, T0, &[], &[]);
+        assert!(v.refused.is_none() && v.blocked.is_none() && v.spike.is_none());
+        let b = |kind, n| Bucket::enforce(Key::new(kind, 1), lim("x", n));
+        let three = [b(Kind::Ip, 10), b(Kind::Credential, 10), b(Kind::Tenant, 1)];
+        assert!(decide(&s, T0, &[], &three).refused.is_none());
+        assert_eq!(decide(&s, T0, &[], &three).refused, Some(2));
+        let four = [three[0], three[1], b(Kind::MessageCreate, 10), b(Kind::CallCreate, 10)];
+        let v = decide(&s, T0, &[], &four);
+        assert!(v.refused.is_none());
+        // The refusal charged none of the three: two requests each so far.
+        assert_eq!([0, 1, 2, 3].map(|i| four[i].limit.remaining(v.standings[i].reset_ns)), [8, 8, 9, 9]);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "names one bucket twice")]
+    fn naming_a_bucket_twice_is_a_mistake() {
+        let s = LocalState::new();
+        let b = Bucket::enforce(Key::new(Kind::Ip, 1), lim("ip", 10));
+        let other = Bucket::enforce(Key::new(Kind::Tenant, 1), lim("tenant", 10));
+        decide(&s, T0, &[], &[other, b, b]);
+    }
+
+    #[test]
+    fn sweeps_keep_charged_and_noticed_buckets() {
+        let s = LocalState::new();
+        let l = lim("ip", 10);
+        let hot = Bucket::enforce(Key::new(Kind::Ip, u128::MAX), l);
+        for _ in 0..10 {
+            assert!(decide(&s, T0, &[], &[hot]).refused.is_none());
+        }
+        let burst = Bucket::observe(Key::new(Kind::Burst, u128::MAX), Limit::per_second("burst", 2).unwrap());
+        assert_eq!((0..20).filter(|_| decide(&s, T0, &[], &[burst]).spike.is_some()).count(), 1);
+        // Enough other keys to sweep the shard, once the burst bucket is idle.
+        for id in 0..3_000u128 {
+            decide(&s, T0 + 5_000, &[], &[Bucket::enforce(Key::new(Kind::Ip, id), l)]);
+        }
+        // The charged bucket still refuses; the spike was already noted.
+        assert!(decide(&s, T0 + 5_000, &[], &[hot]).refused.is_some());
+        assert_eq!((0..20).filter(|_| decide(&s, T0 + 10_000, &[], &[burst]).spike.is_some()).count(), 0);
+    }
+
+    #[test]
+    fn entries_are_counted() {
+        let s = LocalState::new();
+        assert!(s.is_empty());
+        s.strike_now(7, Key::new(Kind::Waf, 1), StrikeRule { threshold: 3, window_ms: 1, block_ms: 1 }, T0);
+        assert!(!s.is_empty());
+        assert_eq!(s.len(), 1);
+        decide(&s, T0, &[], &[Bucket::enforce(Key::new(Kind::Ip, 1), lim("ip", 10))]);
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn a_shard_full_of_blocks_takes_nothing_more() {
+        let s = LocalState::new();
+        let block = StrikeRule { threshold: 1, window_ms: 60_000, block_ms: 3_600_000 };
+        let rule = LoginRule {
+            pair: StrikeRule { threshold: 5, window_ms: 60_000, block_ms: 60_000 },
+            account: block,
+            spacing_ms: 10_000,
+        };
+        let keys = LoginKeys { pair: Key::new(Kind::Login, 1), account: Key::new(Kind::LoginAccount, 1) };
+        // An IPv6 client's partition: its /64 in the high bits.
+        let p = 1u128 << 64;
+        // The account is throttled, then blocks fill its shard.
+        s.strike_now(p, keys.account, block, T0);
+        for id in 0..SHARD_CAP as u128 {
+            s.strike_now(p, Key::new(Kind::Waf, id), block, T0);
+        }
+        assert_eq!(s.len(), SHARD_CAP);
+        // Nothing new is tracked there: no strike, notice, mark or spacing.
+        let new = Key::new(Kind::Waf, u128::MAX);
+        assert_eq!(s.strike_now(p, new, block, T0), StrikeOutcome { count: 0, blocked_until: None });
+        assert!(!s.notice_now(p, Key::new(Kind::Notice, 1), T0, 60_000));
+        s.mark_now(p, keys.trust(), T0, T0 + 60_000);
+        assert_eq!(s.login_attempt_now(p, keys, rule, T0), LoginAdmission::Refused { pair_locked: false });
+        assert_eq!(s.len(), SHARD_CAP);
+        // The blocks hold.
+        assert!(matches!(s.attempt_now(p, Key::new(Kind::Waf, 5), block, T0 + 1), Attempt::Locked { .. }));
+        // Other partitions live in other shards, with room of their own.
+        assert!((2..18u128).any(|n| s.strike_now(n << 64, new, block, T0).count == 1));
+    }
+
+    #[test]
+    fn sweeps_drop_what_has_expired_and_only_that() {
+        let s = LocalState::new();
+        let rule = StrikeRule { threshold: 2, window_ms: 1_000, block_ms: 1_000 };
+        for id in 0..1_500u128 {
+            s.strike_now(7, Key::new(Kind::CredentialFailure, id), rule, T0);
+        }
+        // Below the cap nothing live is dropped, cheap or not.
+        assert_eq!(s.strike_now(7, Key::new(Kind::CredentialFailure, 0), rule, T0).blocked_until, Some(T0 + 1_000));
+        // At their expiry all of them go at the next sweep.
+        for id in 0..600u128 {
+            s.strike_now(7, Key::new(Kind::Waf, id), rule, T0 + 1_000);
+        }
+        assert!(s.len() < 1_000, "{}", s.len());
+    }
+
+    /// A flood of new keys of `kind` lifts no block in force, but forgets
+    /// one that ends at that instant.
+    fn flood_keeps_blocks(kind: Kind) {
+        let s = LocalState::new();
+        let held = Key::new(kind, u128::MAX);
+        let ending = Key::new(kind, u128::MAX - 1);
+        let long = StrikeRule { threshold: 1, window_ms: 1_000, block_ms: 900_000 };
+        let short = StrikeRule { threshold: 2, window_ms: 900_000, block_ms: 1_000 };
+        s.strike_now(7, held, long, T0);
+        s.strike_now(7, ending, short, T0 - 1_000);
+        assert_eq!(s.strike_now(7, ending, short, T0 - 1_000).blocked_until, Some(T0));
+        assert_eq!(s.strike_now(7, ending, short, T0 - 500).count, 1);
+        let flood = StrikeRule { threshold: 5, window_ms: 900_000, block_ms: 900_000 };
+        for id in 0..(SHARD_CAP as u128 + 100) {
+            s.strike_now(7, Key::new(kind, id), flood, T0);
+        }
+        assert!(matches!(s.attempt_now(7, held, long, T0), Attempt::Locked { .. }), "{kind:?}");
+        assert_eq!(s.strike_now(7, ending, short, T0), StrikeOutcome { count: 1, blocked_until: None }, "{kind:?}");
+    }
+
+    #[test]
+    fn floods_lift_no_block() {
+        flood_keeps_blocks(Kind::CredentialFailure);
+        flood_keeps_blocks(Kind::Login);
     }
 }

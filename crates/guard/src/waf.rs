@@ -112,7 +112,8 @@ fn url_count(t: &str) -> usize {
     if schemes > 0 {
         return schemes;
     }
-    if t.as_bytes().get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"www.")) && t.len() > 4 {
+    // Tokens end in no dot, so a name follows `www.`.
+    if t.as_bytes().get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"www.")) {
         return 1;
     }
     if t.contains('@') {
@@ -158,11 +159,9 @@ pub fn count_phone_numbers(s: &str) -> usize {
                     pending = false;
                 }
                 b'+' if i == start => {}
-                b'+' if b.get(i + 1).is_some_and(u8::is_ascii_digit) && b[i - 1] == b' ' => {
-                    // `+34… +34…`: a new number starts here.
-                    break;
-                }
                 b' ' | b'-' | b'.' | b'(' | b')' | b'/' => pending = true,
+                // Anything else ends the run; a later `+` too (`+34… +34…`:
+                // a new number starts there).
                 _ => break,
             }
             i += 1;
@@ -170,7 +169,7 @@ pub fn count_phone_numbers(s: &str) -> usize {
         let run = &s[start..end];
         if (7..=15).contains(&digits) && !is_iso_date(run) {
             count += 1;
-        } else if digits > 15 && separators > 0 {
+        } else if digits >= 16 && separators > 0 {
             count += digits / 10;
         }
     }
@@ -211,6 +210,45 @@ mod tests {
         // Numbers run together with only separators between them.
         assert_eq!(count_phone_numbers("555-123-4567 555-123-4568 555-123-4569 555-123-4560"), 4);
         assert_eq!(count_phone_numbers("+34600000001 +34600000002"), 2);
+    }
+
+    #[test]
+    fn url_shapes() {
+        // `www.` names count whatever their top-level label.
+        assert_eq!(count_urls("visit www.shop24 now"), 1);
+        // Empty labels, or characters no host name has, are not hosts.
+        assert_eq!(count_urls("a..test a_b.test .test x.t3st"), 0);
+        assert_eq!(count_urls("a-b.test A1.Test"), 2);
+    }
+
+    #[test]
+    fn phone_number_shapes() {
+        // A `+` starts a new number even with a space before it.
+        assert_eq!(count_phone_numbers("+4930123 +4930124"), 2);
+        // Ten digits in a row are a number, however they are split.
+        assert_eq!(count_phone_numbers("call 5551234567"), 1);
+        assert_eq!(count_phone_numbers("call 5551234-567"), 1);
+        // A date is not a number, but a date after a `+` is.
+        assert_eq!(count_phone_numbers("on 2026-11-23"), 0);
+        assert_eq!(count_phone_numbers("on +2026-11-23"), 1);
+        // A run of 16 digits with a separator is more than one number.
+        assert_eq!(count_phone_numbers("1234567890 123456"), 1);
+        assert_eq!(count_phone_numbers("12345678901 234567890"), 2);
+    }
+
+    #[test]
+    fn rules_and_short_texts() {
+        assert_eq!(Rule::Urls.as_str(), "too_many_urls");
+        assert_eq!(Rule::PhoneNumbers.as_str(), "too_many_phone_numbers");
+        // Under 16 bytes nothing is counted; from 16 on it is.
+        assert_eq!(check_text("a.b c.d e.f", 0, 0), None);
+        assert_eq!(check_text("a.bc d.ef g.hi j", 2, 3), Some((Rule::Urls, 3)));
+        // A soft hyphen or a zero-width space inside a name hides nothing.
+        let hidden = "a\u{AD}.test b\u{200B}.test c\u{2060}.test d\u{FEFF}.test e\u{200D}.test f\u{61C}.test";
+        assert_eq!(check_text(hidden, 5, 3), Some((Rule::Urls, 6)));
+        assert_eq!(scan_json(&json!("1.test 2.test 3.test 4.test 5.test 6.test"), 5, 3).unwrap().field, "/");
+        let v = json!({"a/b~c": "1.test 2.test 3.test 4.test 5.test 6.test"});
+        assert_eq!(scan_json(&v, 5, 3).unwrap().field, "/a~1b~0c");
     }
 
     #[test]

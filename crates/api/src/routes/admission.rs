@@ -210,3 +210,54 @@ pub fn refusal(reason: &'static str, cost: i64) -> ApiError {
         other => ApiError::internal(format!("unexpected refusal `{other}`")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_kept_a_day() {
+        assert_eq!(IDEMPOTENCY_TTL_MS, 86_400_000);
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii() {
+        let key = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert("idempotency-key", HeaderValue::from_bytes(v).unwrap());
+            idempotency_key(&h)
+        };
+        assert_eq!(idempotency_key(&HeaderMap::new()).unwrap(), None);
+        let longest = "k".repeat(255);
+        for ok in ["a", "order-1234", "~!#", longest.as_str()] {
+            assert_eq!(key(ok.as_bytes()).unwrap().as_deref(), Some(ok));
+        }
+        for bad in [&b""[..], b"a b", b"\t", "k".repeat(256).as_bytes(), "caf\u{e9}".as_bytes()] {
+            let e = key(bad).unwrap_err();
+            assert_eq!((e.reason(), e.errors()[0].field.as_str()), ("validation_failed", "Idempotency-Key"));
+        }
+    }
+
+    #[test]
+    fn a_replay_is_the_first_answer_or_a_conflict() {
+        let stored =
+            || IdempotentResponse { request_hash: "h1".into(), status: 201, response: r#"{"id":"m1"}"#.into() };
+        let resp = replay(stored(), "h1").unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(resp.headers()["idempotent-replayed"], "true");
+        let e = replay(stored(), "h2").unwrap_err();
+        assert_eq!((e.status(), e.reason()), (StatusCode::CONFLICT, "idempotency_key_reused"));
+    }
+
+    #[test]
+    fn refusals_by_reason() {
+        let e = refusal("insufficient_credits", 12);
+        assert_eq!((e.status(), e.to_problem(None).extra["cost"].clone()), (StatusCode::PAYMENT_REQUIRED, 12.into()));
+        for r in ["monthly_budget", "concurrent_calls"] {
+            assert_eq!((refusal(r, 1).status(), refusal(r, 1).reason()), (StatusCode::TOO_MANY_REQUESTS, r));
+        }
+        assert_eq!(refusal("other", 1).reason(), "internal");
+        let e = too_many("rate_per_second", "slow down", Some(3));
+        assert_eq!(e.to_problem(None).extra["retry_after"], 3);
+    }
+}
