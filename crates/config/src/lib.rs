@@ -911,10 +911,11 @@ pub fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// TLS to the database is required unless the connection is a unix socket.
+/// TLS to the database is required unless the connection stays on this
+/// machine: a unix socket or a loopback address, where there is no network
+/// to protect.
 pub fn postgres_url_is_safe(url: &str) -> bool {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let is_path = |h: &str| h.starts_with('/') || h.starts_with("%2F") || h.starts_with("%2f");
     let mut host_param = None;
     let mut tls = false;
     for pair in query.split('&') {
@@ -925,17 +926,31 @@ pub fn postgres_url_is_safe(url: &str) -> bool {
             _ => {}
         }
     }
-    // A `host=` parameter overrides the authority; only a path is a socket.
-    let socket = match host_param {
-        Some(h) => is_path(h),
+    // A `host=` parameter overrides the authority.
+    let host = match host_param {
+        Some(h) => h,
         None => {
             let authority = base.split("://").nth(1).unwrap_or("");
             let host = authority.split('/').next().unwrap_or("");
-            let host = host.rsplit('@').next().unwrap_or("");
-            host.is_empty() || is_path(host)
+            host.rsplit('@').next().unwrap_or("")
         }
     };
-    tls || socket
+    tls || is_local_host(host)
+}
+
+/// A unix socket path (or no host: the default socket), or a loopback
+/// name or address, with or without a port.
+fn is_local_host(host: &str) -> bool {
+    if host.is_empty() || host.starts_with('/') || host.starts_with("%2F") || host.starts_with("%2f") {
+        return true;
+    }
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

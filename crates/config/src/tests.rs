@@ -95,6 +95,17 @@ fn postgres_url_rules() {
     assert!(!postgres_url_is_safe("postgres://h/db"));
     assert!(!postgres_url_is_safe("postgres://u:p@/db?host=db.example.com"));
     assert!(!postgres_url_is_safe("postgres:///db?host=db.example.com&sslmode=disable"));
+    // Loopback never leaves the machine.
+    assert!(postgres_url_is_safe("postgres://postgres@127.0.0.1:5432/test"));
+    assert!(postgres_url_is_safe("postgres://u:p@localhost/db"));
+    assert!(postgres_url_is_safe("postgres://u:p@[::1]:5432/db"));
+    assert!(postgres_url_is_safe("postgres:///db?host=127.0.0.2"));
+    // Names that only look local are not.
+    assert!(!postgres_url_is_safe("postgres://u:p@127.0.0.1.example.com/db"));
+    assert!(!postgres_url_is_safe("postgres://u:p@localhost.example.com:5432/db"));
+    assert!(!postgres_url_is_safe("postgres://u:p@[::2]:5432/db"));
+    assert!(!postgres_url_is_safe("postgres://u:p@10.0.0.1:5432/db"));
+    assert!(!postgres_url_is_safe("postgres://localhost@db.example.com/db"));
 }
 
 #[test]

@@ -127,9 +127,10 @@ mod tests {
     /// A conflict runs the transaction again, at most [`ATTEMPTS`] times;
     /// any other error is the caller's at once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(not(postgres_tests), ignore = "PALISADE_TEST_POSTGRES_URL is not set")]
     async fn conflicts_run_again_other_errors_do_not() {
         use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
-        let Some((db, dropper)) = crate::pg_batch::tests::test_postgres().await else { return };
+        let (db, dropper) = crate::pg_batch::tests::test_postgres().await;
         let fail = |code: &'static str| {
             let db = db.clone();
             async move {
