@@ -180,6 +180,45 @@ impl TestServer {
         self.running = Some(running);
     }
 
+    /// Another instance of the same deployment, as a load balancer would
+    /// see it: the same database, keys and configuration, its own data dir
+    /// (outbox, checkpoint file), and the same clock. Stopping it leaves
+    /// the database to the first instance.
+    pub async fn peer(&self) -> TestServer {
+        self.peer_with(|_| {}).await
+    }
+
+    pub async fn peer_with(&self, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        // What every instance must share (README, "Running several instances").
+        for shared in ["master.key", "jwt-ed25519.pem", "audit-ed25519.pem", "webhook-secrets.key"] {
+            let from = self.data_dir.join(shared);
+            if from.exists() {
+                std::fs::copy(&from, data_dir.join(shared)).unwrap();
+            }
+        }
+        let mut config = self.config.clone();
+        config.server.data_dir = data_dir.clone();
+        tweak(&mut config);
+        let clock = self.clock.clone();
+        let state = palisade::build_state(config.clone(), Arc::new(clock.clone())).await.unwrap();
+        let running = palisade::start(state, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        TestServer {
+            url: format!("http://{}", running.addr),
+            client: self.client.clone(),
+            master_key: self.master_key.clone(),
+            clock,
+            data_dir,
+            db_url: self.db_url.clone(),
+            running: Some(running),
+            config,
+            pg: None,
+            _dir: dir,
+        }
+    }
+
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
         self.running.as_ref()?.metrics_addr
     }

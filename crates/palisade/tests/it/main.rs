@@ -13,6 +13,7 @@ mod audit;
 mod auth;
 mod calls;
 mod cli;
+mod cluster;
 mod concurrency;
 mod connections;
 mod db_tls;
