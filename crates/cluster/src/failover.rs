@@ -149,7 +149,8 @@ fn strictest(modes: impl Iterator<Item = FailMode>) -> FailMode {
 impl<S: AbuseState> AbuseState for Failover<S> {
     /// Closed when any bucket, or any refusing block, is of a closed class.
     fn decide<'a>(&'a self, d: Decide<'a>) -> Answer<'a, Verdict> {
-        let kinds = d.buckets.iter().map(|b| b.key.kind).chain(d.blocks.iter().filter(|b| b.refuses).map(|b| b.key.kind));
+        let kinds =
+            d.buckets.iter().map(|b| b.key.kind).chain(d.blocks.iter().filter(|b| b.refuses).map(|b| b.key.kind));
         let mode = strictest(kinds.map(|k| self.mode(k)));
         Box::pin(self.run(mode, move || self.shared.decide(d), move |l| l.decide_now(&d)))
     }

@@ -44,3 +44,10 @@ pub fn connect(config: &RedisConfig) -> Result<ConnectionManager, ConfigError> {
     ConnectionManager::new_lazy_with_config(client(config)?, settings)
         .map_err(|e| ConfigError(format!("cannot set up the Redis connection ({:?})", e.kind())))
 }
+
+/// Whether Redis answers a PING within `timeout`.
+pub async fn ping(conn: &ConnectionManager, timeout: Duration) -> bool {
+    let mut conn = conn.clone();
+    let cmd = redis::cmd("PING");
+    matches!(tokio::time::timeout(timeout, cmd.query_async::<String>(&mut conn)).await, Ok(Ok(_)))
+}

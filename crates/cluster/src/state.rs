@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use palisade_guard::limits::Key;
 use palisade_guard::state::{
-    AbuseState, Answer, Attempt, Bucket, Decide, Health, LoginAdmission, LoginKeys, LoginRule, Standing,
-    StrikeOutcome, StrikeRule, Unavailable, Verdict, MAX_BUCKETS,
+    AbuseState, Answer, Attempt, Bucket, Decide, Health, LoginAdmission, LoginKeys, LoginRule, Standing, StrikeOutcome,
+    StrikeRule, Unavailable, Verdict, MAX_BUCKETS,
 };
 use redis::aio::ConnectionManager;
 use redis::Script;

@@ -179,10 +179,7 @@ async fn logins_lock_pairs_and_space_throttled_accounts(s: &dyn AbuseState) {
     let keys = |ip: u128| LoginKeys { pair: Key::new(Kind::Login, ip), account: Key::new(Kind::LoginAccount, 1) };
     let admitted = |a: LoginAdmission| matches!(a, LoginAdmission::Admitted { .. });
     assert!(admitted(login(s, keys(10), rule, T0).await));
-    assert_eq!(
-        login(s, keys(10), rule, T0).await,
-        LoginAdmission::Admitted { pair_lock_started: Some(T0 + 60_000) }
-    );
+    assert_eq!(login(s, keys(10), rule, T0).await, LoginAdmission::Admitted { pair_lock_started: Some(T0 + 60_000) });
     assert_eq!(login(s, keys(10), rule, T0).await, LoginAdmission::Refused { pair_locked: true });
     assert!(admitted(login(s, keys(11), rule, T0).await));
     s.mark(1, keys(12).trust(), T0, T0 + 3_600_000).await.unwrap();

@@ -109,7 +109,12 @@ pub struct RedisFailure {
 
 impl Default for RedisFailure {
     fn default() -> Self {
-        Self { rate_limits: FailMode::Local, waf: FailMode::Local, auth: FailMode::Closed, credentials: FailMode::Closed }
+        Self {
+            rate_limits: FailMode::Local,
+            waf: FailMode::Local,
+            auth: FailMode::Closed,
+            credentials: FailMode::Closed,
+        }
     }
 }
 
