@@ -52,6 +52,8 @@ pub struct Abuse {
     login_rule: LoginRule,
     trust_ms: i64,
     credential_rule: StrikeRule,
+    /// `Retry-After` when the shared state is unreachable.
+    unavailable_secs: u64,
 }
 
 /// A tenant's overrides of the configured limits, set by the operator.
@@ -232,7 +234,20 @@ impl Abuse {
                 window_ms: secs(l.window_secs),
                 block_ms: secs(l.lock_secs),
             },
+            unavailable_secs: config.redis.retry_ms.div_ceil(1000).max(1),
         }
+    }
+
+    /// The shared state is unreachable and its failure policy keeps this
+    /// closed: refused for now, never a 500.
+    pub fn unavailable(&self) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "A service this request needs is unreachable; retry shortly.",
+        )
+        .with_header(http::header::RETRY_AFTER, HeaderValue::from(self.unavailable_secs))
+        .with_extra("retry_after", self.unavailable_secs)
     }
 
     /// The tenant's policy from its stored overrides (JSON), if any. An
@@ -305,7 +320,8 @@ impl Abuse {
         let v = self
             .state
             .decide(Decide { partition, now_ms, blocks: &blocks, buckets: &buckets[..n], notice_ms: NOTICE_MS })
-            .await;
+            .await
+            .map_err(|_| self.unavailable())?;
         if let Some((_, until)) = v.blocked {
             let refusal =
                 Refusal { partition, notice: Key::ip(Kind::Notice, client), tenant: None, actor: Actor::anonymous() };
@@ -362,7 +378,8 @@ impl Abuse {
         let v = self
             .state
             .decide(Decide { partition, now_ms, blocks: &blocks, buckets: &buckets[..n], notice_ms: NOTICE_MS })
-            .await;
+            .await
+            .map_err(|_| self.unavailable())?;
         if let Some((_, until)) = v.blocked {
             let refusal = Refusal {
                 partition,
@@ -394,7 +411,7 @@ impl Abuse {
             (_, Some(_)) => "blocked_key",
         };
         self.metrics.waf_refusal(kind);
-        if self.state.notice(r.partition, r.notice, now_ms, NOTICE_MS).await {
+        if self.state.notice(r.partition, r.notice, now_ms, NOTICE_MS).await.unwrap_or(false) {
             audit_later(db, Event::new(action, r.tenant, r.actor).details(details), ctx(), now_ms);
         }
         blocked()
@@ -471,7 +488,7 @@ impl Abuse {
             strikes.push((c.tenant.0.as_u128(), c.key, "credential"));
         }
         for (partition, key, target) in strikes {
-            let out = self.state.strike(partition, key, self.waf_rule, now_ms).await;
+            let out = self.state.strike(partition, key, self.waf_rule, now_ms).await.map_err(|_| self.unavailable())?;
             if let Some(until) = out.blocked_until {
                 self.metrics.lockout(if target == "address" { "waf_address" } else { "waf_credential" });
                 tracing::warn!(target: "palisade::abuse", block = target, "WAF violations: blocked");
@@ -504,10 +521,18 @@ impl Abuse {
     /// failure of that pair up front (so parallel guesses cannot exceed the
     /// threshold); `None` when the pair is locked, or the account is
     /// throttled and this attempt is not admitted. Pass what it returns to
-    /// [`Self::login_failed`] or [`Self::login_succeeded`].
-    pub async fn login_attempt(&self, account: &str, client: IpAddr, now_ms: i64) -> Option<LoginAttempt> {
+    /// [`Self::login_failed`] or [`Self::login_succeeded`]. An error when
+    /// the lockout state cannot be reached (logins fail closed).
+    pub async fn login_attempt(
+        &self,
+        account: &str,
+        client: IpAddr,
+        now_ms: i64,
+    ) -> Result<Option<LoginAttempt>, ApiError> {
         let (partition, keys) = Self::login_keys(account, client);
-        match self.state.login_attempt(partition, keys, self.login_rule, now_ms).await {
+        let admission =
+            self.state.login_attempt(partition, keys, self.login_rule, now_ms).await.map_err(|_| self.unavailable())?;
+        Ok(match admission {
             LoginAdmission::Refused { pair_locked } => {
                 self.metrics.auth_failure(if pair_locked { "login_locked" } else { "login_throttled" });
                 None
@@ -515,28 +540,35 @@ impl Abuse {
             LoginAdmission::Admitted { pair_lock_started } => {
                 Some(LoginAttempt { partition, keys, started_lock: pair_lock_started })
             }
-        }
+        })
     }
 
     /// The attempt failed: it counts against the account too. Says what
     /// this failure started.
-    pub async fn login_failed(&self, attempt: LoginAttempt, now_ms: i64) -> LoginFailure {
+    pub async fn login_failed(&self, attempt: LoginAttempt, now_ms: i64) -> Result<LoginFailure, ApiError> {
         self.metrics.auth_failure("login");
         if attempt.started_lock.is_some() {
             // Kept as `account` (the SPEC's per-account lock, now per address).
             self.metrics.lockout("account");
         }
-        let out = self.state.strike(attempt.partition, attempt.keys.account, self.login_rule.account, now_ms).await;
+        let out = self
+            .state
+            .strike(attempt.partition, attempt.keys.account, self.login_rule.account, now_ms)
+            .await
+            .map_err(|_| self.unavailable())?;
         if out.blocked_until.is_some() {
             self.metrics.lockout("account_throttle");
         }
-        LoginFailure { address_locked_until: attempt.started_lock, account_throttled_until: out.blocked_until }
+        Ok(LoginFailure { address_locked_until: attempt.started_lock, account_throttled_until: out.blocked_until })
     }
 
     /// The password was right: the pair's failures are forgotten (and a
     /// lock this very attempt started is lifted).
-    pub async fn login_succeeded(&self, attempt: LoginAttempt) {
-        self.state.forgive(attempt.partition, attempt.keys.pair, attempt.started_lock).await;
+    pub async fn login_succeeded(&self, attempt: LoginAttempt) -> Result<(), ApiError> {
+        self.state
+            .forgive(attempt.partition, attempt.keys.pair, attempt.started_lock)
+            .await
+            .map_err(|_| self.unavailable())
     }
 
     /// The login went through: its address is trusted for the account, so
@@ -544,7 +576,11 @@ impl Abuse {
     pub async fn trust_login_address(&self, attempt: LoginAttempt, now_ms: i64) {
         if self.trust_ms > 0 {
             let until = now_ms.saturating_add(self.trust_ms);
-            self.state.mark(attempt.partition, attempt.keys.trust(), now_ms, until).await;
+            // The login is done; without the mark the address is only not
+            // exempt from a throttle.
+            if self.state.mark(attempt.partition, attempt.keys.trust(), now_ms, until).await.is_err() {
+                tracing::warn!(target: "palisade::abuse", "could not mark the login address trusted");
+            }
         }
     }
 
@@ -553,11 +589,18 @@ impl Abuse {
     /// trusted. Locks of other addresses stay (they are someone else's).
     pub async fn login_password_reset(&self, account: &str, client: IpAddr, now_ms: i64) {
         let (partition, keys) = Self::login_keys(account, client);
+        // The password is reset already: what cannot be cleared now ends
+        // on its own.
+        let mut done = true;
         for key in [keys.account, keys.spacing(), keys.pair] {
-            self.state.clear(partition, key).await;
+            done &= self.state.clear(partition, key).await.is_ok();
         }
         if self.trust_ms > 0 {
-            self.state.mark(partition, keys.trust(), now_ms, now_ms.saturating_add(self.trust_ms)).await;
+            let until = now_ms.saturating_add(self.trust_ms);
+            done &= self.state.mark(partition, keys.trust(), now_ms, until).await.is_ok();
+        }
+        if !done {
+            tracing::warn!(target: "palisade::abuse", "could not lift the login locks after a password reset");
         }
     }
 
@@ -565,14 +608,16 @@ impl Abuse {
     /// minute per account).
     pub async fn notice_locked_login(&self, account: &str, now_ms: i64) -> bool {
         let (partition, keys) = Self::login_keys(account, IpAddr::from([0, 0, 0, 0]));
-        self.state.notice(partition, Key::new(Kind::Notice, keys.account.id), now_ms, NOTICE_MS).await
+        self.state.notice(partition, Key::new(Kind::Notice, keys.account.id), now_ms, NOTICE_MS).await.unwrap_or(false)
     }
 
     /// Whether a password-reset mail may go to `account` now: one a minute,
     /// so the route cannot be used to flood a mailbox.
     pub async fn reset_mail_allowed(&self, account: &str, now_ms: i64) -> bool {
         let (partition, keys) = Self::login_keys(account, IpAddr::from([0, 0, 0, 0]));
-        self.state.notice(partition, Key::new(Kind::Notice, keys.account.id ^ 1), now_ms, NOTICE_MS).await
+        // Unknown: no mail (mailboxes are not to be flooded).
+        let key = Key::new(Kind::Notice, keys.account.id ^ 1);
+        self.state.notice(partition, key, now_ms, NOTICE_MS).await.unwrap_or(false)
     }
 
     /// A credential refused because its address is locked out of key
@@ -580,7 +625,7 @@ impl Abuse {
     pub async fn credential_refused_locked(&self, db: &palisade_store::Db, client: IpAddr, now_ms: i64, ctx: Context) {
         self.metrics.auth_failure("credential_address_locked");
         let notice = Key::new(Kind::Notice, ip_id(client) ^ 1);
-        if self.state.notice(ip_id(client), notice, now_ms, NOTICE_MS).await {
+        if self.state.notice(ip_id(client), notice, now_ms, NOTICE_MS).await.unwrap_or(false) {
             let event = Event::new("abuse.blocked_request", None, Actor::anonymous())
                 .details(serde_json::json!({ "block": "credential_address" }));
             audit_later(db, event, ctx, now_ms);
@@ -588,7 +633,8 @@ impl Abuse {
     }
 
     /// Counts a failed credential from `client`; the one that reaches the
-    /// threshold locks the address out of credential checks.
+    /// threshold locks the address out of credential checks. An error when
+    /// the failure cannot be counted and the policy keeps that closed.
     pub async fn credential_failed(
         &self,
         db: &palisade_store::Db,
@@ -596,10 +642,14 @@ impl Abuse {
         client: IpAddr,
         now_ms: i64,
         ctx: Context,
-    ) {
+    ) -> Result<(), ApiError> {
         self.metrics.auth_failure(kind);
         let key = Key::ip(Kind::CredentialFailure, client);
-        let out = self.state.strike(ip_id(client), key, self.credential_rule, now_ms).await;
+        let out = self
+            .state
+            .strike(ip_id(client), key, self.credential_rule, now_ms)
+            .await
+            .map_err(|_| self.unavailable())?;
         if let Some(until) = out.blocked_until {
             self.metrics.lockout("credential_address");
             tracing::warn!(target: "palisade::abuse", "failed credentials: address locked out");
@@ -607,6 +657,7 @@ impl Abuse {
                 .details(serde_json::json!({ "failures": out.count, "until": until }));
             audit_later(db, event, ctx, now_ms);
         }
+        Ok(())
     }
 }
 

@@ -159,7 +159,7 @@ async fn throttled(
     }
     match check.await {
         Err(e) if e.status() == http::StatusCode::UNAUTHORIZED => {
-            state.abuse.credential_failed(&state.db, kind, ctx.client_ip, now, ctx.audit.clone()).await;
+            state.abuse.credential_failed(&state.db, kind, ctx.client_ip, now, ctx.audit.clone()).await?;
             Err(e)
         }
         r => r,
@@ -404,7 +404,7 @@ impl FromRequestParts<AppState> for Sysadmin {
         };
         if !valid {
             let now = state.now_ms();
-            state.abuse.credential_failed(&state.db, "master_key", ctx.client_ip, now, ctx.audit.clone()).await;
+            state.abuse.credential_failed(&state.db, "master_key", ctx.client_ip, now, ctx.audit.clone()).await?;
             return Err(ApiError::unauthenticated());
         }
         parts.extensions.insert(CredentialVerified);

@@ -7,6 +7,7 @@ use std::sync::{PoisonError, RwLock};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -37,6 +38,8 @@ pub struct Metrics {
     lockouts: Family<KindLabels, Counter>,
     bursts: Family<KindLabels, Counter>,
     connections_cut: Family<KindLabels, Counter>,
+    redis_failures: Counter,
+    redis_degraded: Gauge,
     /// Route templates as static strings, so labels cost no allocation.
     /// Only matched routes arrive here, so the set is the router's.
     routes: RwLock<HashMap<Box<str>, &'static str>>,
@@ -64,6 +67,13 @@ impl Metrics {
             "Connections refused or closed by a connection limit, by limit",
             connections_cut.clone(),
         );
+        let (redis_failures, redis_degraded) = (Counter::default(), Gauge::default());
+        registry.register("redis_failures", "Calls to Redis that failed or timed out", redis_failures.clone());
+        registry.register(
+            "redis_degraded",
+            "1 while Redis is unreachable and the failure policy applies",
+            redis_degraded.clone(),
+        );
         let routes = RwLock::default();
         Metrics {
             registry,
@@ -75,6 +85,8 @@ impl Metrics {
             lockouts,
             bursts,
             connections_cut,
+            redis_failures,
+            redis_degraded,
             routes,
         }
     }
@@ -130,6 +142,14 @@ impl Metrics {
         self.connections_cut.get_or_create(&KindLabels { kind: limit }).inc();
     }
 
+    pub fn redis_failure(&self) {
+        self.redis_failures.inc();
+    }
+
+    pub fn redis_degraded(&self, degraded: bool) {
+        self.redis_degraded.set(i64::from(degraded));
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -169,7 +189,11 @@ mod tests {
         m.request(&http::Method::GET, Some("/v1/me"), 200, 0.002);
         m.request(&http::Method::GET, None, 404, 0.001);
         m.rate_limited("key");
+        m.redis_failure();
+        m.redis_degraded(true);
         let text = m.render();
+        assert!(text.contains("palisade_redis_failures_total 1"), "{text}");
+        assert!(text.contains("palisade_redis_degraded 1"), "{text}");
         assert!(text.contains(r#"palisade_http_requests_total{method="GET",route="/v1/me",status="200"} 1"#), "{text}");
         assert!(text.contains(r#"route="unmatched""#), "{text}");
         assert!(text.contains(r#"palisade_rate_limited_total{kind="key"} 1"#), "{text}");

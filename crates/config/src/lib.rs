@@ -55,6 +55,77 @@ pub struct Config {
     pub audit: Audit,
     pub webhooks: Webhooks,
     pub inbound: Inbound,
+    pub redis: Redis,
+}
+
+/// Redis, shared by several instances: rate-limit buckets, WAF counters
+/// and blocks, login and credential lockouts. Unset: all of that is kept
+/// in this process (one instance).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Redis {
+    /// `redis://[user:password@]host[:port][/db]`, or `rediss://…` for TLS.
+    pub url: Option<Secret>,
+    /// Starts every key, so deployments (and test runs) can share a Redis.
+    pub key_prefix: String,
+    /// How long one call may take before it counts as a failure.
+    pub timeout_ms: u64,
+    /// How long connecting may take.
+    pub connect_timeout_ms: u64,
+    /// After a failure, calls go to the failure policy without trying
+    /// Redis for this long; then one call tries again.
+    pub retry_ms: u64,
+    /// What each class does while Redis is unreachable.
+    pub on_failure: RedisFailure,
+}
+
+impl Default for Redis {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_prefix: "palisade".into(),
+            timeout_ms: 250,
+            connect_timeout_ms: 1000,
+            retry_ms: 1000,
+            on_failure: RedisFailure::default(),
+        }
+    }
+}
+
+/// The failure policy, per class of state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisFailure {
+    /// Per-address, per-credential, per-tenant, endpoint-class and
+    /// identity buckets, burst detection and audit notices.
+    pub rate_limits: FailMode,
+    /// WAF violation counters and blocks.
+    pub waf: FailMode,
+    /// `/v1/auth/*` buckets, login lockouts and throttles.
+    pub auth: FailMode,
+    /// Failed-credential counters and the address lock they lead to.
+    pub credentials: FailMode,
+}
+
+impl Default for RedisFailure {
+    fn default() -> Self {
+        Self {
+            rate_limits: FailMode::Local,
+            waf: FailMode::Local,
+            auth: FailMode::Closed,
+            credentials: FailMode::Closed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Answer from this process's own state (limits N times looser with N
+    /// instances).
+    Local,
+    /// Refuse the request (503 `unavailable`, with `Retry-After`).
+    Closed,
 }
 
 /// Outbound webhooks (SPEC §10).
@@ -812,6 +883,7 @@ impl Config {
                 )));
             }
         }
+        self.redis.validate()?;
         if self.mode == Mode::Production {
             self.production_refusals()?;
         }
@@ -861,6 +933,11 @@ impl Config {
             }
             _ => {}
         }
+        if let Some(url) = &self.redis.url {
+            if redis_url_info(url.expose()).is_ok_and(|i| !i.tls && !i.loopback) {
+                return refuse("redis.url must use TLS (rediss://) unless Redis is on this host");
+            }
+        }
         if !self.tls_enabled() && self.server.trust_proxy.is_empty() {
             return refuse(
                 "configure server.tls (cert_file, key_file) or server.trust_proxy for the TLS-terminating proxy",
@@ -886,6 +963,75 @@ impl Config {
             _ => format!("sqlite://{}", self.server.data_dir.join("palisade.db").display()),
         }
     }
+}
+
+impl Redis {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.url {
+            // The message never repeats the URL: it may hold a password.
+            redis_url_info(url.expose()).map_err(|m| ConfigError(format!("redis.url: {m}")))?;
+        }
+        let p = &self.key_prefix;
+        let ok = !p.is_empty()
+            && p.len() <= 64
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+        if !ok {
+            return Err(ConfigError("redis.key_prefix must be 1 to 64 of A-Z, a-z, 0-9, -, _, . and :".into()));
+        }
+        if !(1..=10_000).contains(&self.timeout_ms)
+            || !(1..=60_000).contains(&self.connect_timeout_ms)
+            || !(1..=60_000).contains(&self.retry_ms)
+        {
+            return Err(ConfigError(
+                "redis.timeout_ms must be 1 to 10000, connect_timeout_ms and retry_ms 1 to 60000".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a Redis URL says about its transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisUrlInfo {
+    pub tls: bool,
+    pub loopback: bool,
+}
+
+/// Checks a Redis URL's shape: `redis://` or `rediss://`, a host, an
+/// optional port and database number. Errors never include the URL.
+pub fn redis_url_info(url: &str) -> Result<RedisUrlInfo, &'static str> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("rediss://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("redis://") {
+        (false, r)
+    } else {
+        return Err("must start with redis:// or rediss:// (TLS)");
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    if !path.is_empty() && path.parse::<u16>().is_err() {
+        return Err("the path must be a database number, like /0");
+    }
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6.split_once(']').ok_or("an IPv6 host needs its closing ]")?;
+            (h, after.strip_prefix(':'))
+        }
+        None => match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        },
+    };
+    if host.is_empty() {
+        return Err("no host");
+    }
+    if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return Err("the port must be a number from 1 to 65535");
+    }
+    let loopback =
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    Ok(RedisUrlInfo { tls, loopback })
 }
 
 fn env_provider() -> Env {

@@ -203,3 +203,54 @@ fn connection_limits_from_env_and_checked() {
     c.server.idle_timeout_secs = 0;
     assert!(refusal(&c).contains("idle_timeout_secs"));
 }
+
+#[test]
+#[allow(clippy::result_large_err)]
+fn redis_section_from_env_and_checked() {
+    figment::Jail::expect_with(|jail| {
+        let c = Config::load(None).map_err(|e| e.0)?;
+        assert!(c.redis.url.is_none());
+        assert_eq!((c.redis.key_prefix.as_str(), c.redis.timeout_ms), ("palisade", 250));
+        assert_eq!(c.redis.on_failure.auth, FailMode::Closed);
+        assert_eq!(c.redis.on_failure.rate_limits, FailMode::Local);
+        jail.set_env("PALISADE_REDIS__URL", "rediss://app:s3cret-pw@redis.example:6380/2");
+        jail.set_env("PALISADE_REDIS__KEY_PREFIX", "blue");
+        jail.set_env("PALISADE_REDIS__ON_FAILURE__WAF", "closed");
+        let c = Config::load(None).map_err(|e| e.0)?;
+        assert_eq!(c.redis.url.as_ref().map(Secret::expose), Some("rediss://app:s3cret-pw@redis.example:6380/2"));
+        assert_eq!(c.redis.key_prefix, "blue");
+        assert_eq!(c.redis.on_failure.waf, FailMode::Closed);
+        // The URL holds a password: it never prints.
+        assert!(!format!("{c:?}").contains("s3cret-pw"));
+        jail.set_env("PALISADE_REDIS__URL", "http://app:s3cret-pw@redis.example");
+        let e = Config::load(None).unwrap_err().0;
+        assert!(e.contains("redis.url") && !e.contains("s3cret-pw"), "{e}");
+        Ok(())
+    });
+}
+
+#[test]
+fn redis_urls() {
+    let ok = |u: &str| redis_url_info(u).unwrap();
+    assert_eq!(ok("redis://127.0.0.1:6379"), RedisUrlInfo { tls: false, loopback: true });
+    assert_eq!(ok("redis://:pw@localhost/0"), RedisUrlInfo { tls: false, loopback: true });
+    assert_eq!(ok("rediss://user:pw@cache.example:6380/3"), RedisUrlInfo { tls: true, loopback: false });
+    assert_eq!(ok("redis://[::1]:6379"), RedisUrlInfo { tls: false, loopback: true });
+    for bad in ["", "redis://", "redis://:pw@", "redis://h:0", "redis://h:x", "redis://h/db", "unix:///tmp/r.sock"] {
+        assert!(redis_url_info(bad).is_err(), "{bad}");
+    }
+    let mut c = Config::default();
+    c.redis.key_prefix = "a{b}".into();
+    assert!(c.validate().unwrap_err().0.contains("key_prefix"));
+    c.redis.key_prefix = "ok".into();
+    c.redis.timeout_ms = 0;
+    assert!(c.validate().unwrap_err().0.contains("timeout_ms"));
+    // Production wants TLS to a Redis on another host.
+    let mut c = prod();
+    c.redis.url = Some(Secret::new("redis://:pw@cache.example:6379".into()));
+    assert!(refusal(&c).contains("rediss://"));
+    c.redis.url = Some(Secret::new("rediss://:pw@cache.example:6379".into()));
+    c.validate().unwrap();
+    c.redis.url = Some(Secret::new("redis://127.0.0.1:6379".into()));
+    c.validate().unwrap();
+}

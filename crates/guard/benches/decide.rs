@@ -111,7 +111,7 @@ fn through_trait(c: &mut Criterion) {
             let id = u128::from(id);
             let buckets = [Bucket::enforce(Key::new(Kind::Credential, id), limit)];
             let d = Decide { partition: id, now_ms, blocks: &[], buckets: &buckets, notice_ms: NOTICE_MS };
-            now_or_never(state.decide(d))
+            now_or_never(state.decide(d)).expect("in process")
         })
     });
 }

@@ -15,6 +15,44 @@ use crate::limits::{Key, Kind, Limit, Step};
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A shared state could not answer (unreachable, too slow). The in-process
+/// state never says this; a shared one says it only for what its failure
+/// policy keeps closed, and answers the rest from per-process state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the shared abuse state is unavailable")
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+pub type Answer<'a, T> = BoxFut<'a, Result<T, Unavailable>>;
+
+/// Where the state is kept, for readiness checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// In this process only (no shared state configured).
+    InProcess,
+    /// Shared, and reachable.
+    Shared,
+    /// Shared but unreachable: answering from per-process state, or
+    /// refusing, as the failure policy says.
+    Degraded,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::InProcess => "in_process",
+            Health::Shared => "shared",
+            Health::Degraded => "degraded",
+        }
+    }
+}
+
 /// Most buckets one decision may name.
 pub const MAX_BUCKETS: usize = 4;
 
@@ -67,7 +105,7 @@ pub struct Standing {
     pub retry_after_ns: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Verdict {
     /// Bit i: `blocks[i]` is in force.
     pub active_blocks: u32,
@@ -157,23 +195,23 @@ pub trait AbuseState: Send + Sync + 'static {
     /// Checks the blocks, then the buckets. A refusing block in force charges
     /// nothing. Otherwise every enforced bucket is charged if all admit, and
     /// none is if any refuses.
-    fn decide<'a>(&'a self, d: Decide<'a>) -> BoxFut<'a, Verdict>;
+    fn decide<'a>(&'a self, d: Decide<'a>) -> Answer<'a, Verdict>;
 
     /// Records a strike on `key`; the one that reaches the threshold blocks it.
-    fn strike(&self, partition: u128, key: Key, rule: StrikeRule, now_ms: i64) -> BoxFut<'_, StrikeOutcome>;
+    fn strike(&self, partition: u128, key: Key, rule: StrikeRule, now_ms: i64) -> Answer<'_, StrikeOutcome>;
 
     /// An attempt that may fail (a login): refused if `key` is blocked,
     /// otherwise counted as a strike *before* the outcome is known, so
     /// attempts racing in parallel cannot exceed the threshold.
-    fn attempt(&self, partition: u128, key: Key, rule: StrikeRule, now_ms: i64) -> BoxFut<'_, Attempt>;
+    fn attempt(&self, partition: u128, key: Key, rule: StrikeRule, now_ms: i64) -> Answer<'_, Attempt>;
 
     /// The attempt succeeded: forgets the key's strikes, and lifts the block
     /// that this attempt's own strike started (`started_block`), if any.
     /// Any other block in force stays.
-    fn forgive(&self, partition: u128, key: Key, started_block: Option<i64>) -> BoxFut<'_, ()>;
+    fn forgive(&self, partition: u128, key: Key, started_block: Option<i64>) -> Answer<'_, ()>;
 
     /// True the first time `key` is noted in a period of `period_ms`.
-    fn notice(&self, partition: u128, key: Key, now_ms: i64, period_ms: i64) -> BoxFut<'_, bool>;
+    fn notice(&self, partition: u128, key: Key, now_ms: i64, period_ms: i64) -> Answer<'_, bool>;
 
     /// A login attempt (see [`LoginRule`]): refused if its pair is locked,
     /// or if the account is throttled, the pair not trusted, and another
@@ -186,14 +224,19 @@ pub trait AbuseState: Send + Sync + 'static {
         keys: LoginKeys,
         rule: LoginRule,
         now_ms: i64,
-    ) -> BoxFut<'_, LoginAdmission>;
+    ) -> Answer<'_, LoginAdmission>;
 
     /// Holds `key` in force until `until_ms` (or later, if it already is):
     /// a trusted address.
-    fn mark(&self, partition: u128, key: Key, now_ms: i64, until_ms: i64) -> BoxFut<'_, ()>;
+    fn mark(&self, partition: u128, key: Key, now_ms: i64, until_ms: i64) -> Answer<'_, ()>;
 
     /// Forgets `key` entirely, a block in force included.
-    fn clear(&self, partition: u128, key: Key) -> BoxFut<'_, ()>;
+    fn clear(&self, partition: u128, key: Key) -> Answer<'_, ()>;
+
+    /// Where the state is kept and whether it is reachable.
+    fn health(&self) -> Health {
+        Health::InProcess
+    }
 }
 
 const SHARDS: usize = 64;
@@ -519,26 +562,24 @@ fn make_room_for_strike(shard: &mut Shard, now_ms: i64) -> bool {
 }
 
 impl AbuseState for LocalState {
-    fn decide<'a>(&'a self, d: Decide<'a>) -> BoxFut<'a, Verdict> {
-        let v = self.decide_now(&d);
-        Box::pin(std::future::ready(v))
+    fn decide<'a>(&'a self, d: Decide<'a>) -> Answer<'a, Verdict> {
+        ready(self.decide_now(&d))
     }
 
-    fn strike(&self, partition: u128, key: Key, rule: StrikeRule, now_ms: i64) -> BoxFut<'_, StrikeOutcome> {
-        Box::pin(std::future::ready(self.strike_now(partition, key, rule, now_ms)))
+    fn strike(&self, partition: u128, key: Key, rule: StrikeRule, now_ms: i64) -> Answer<'_, StrikeOutcome> {
+        ready(self.strike_now(partition, key, rule, now_ms))
     }
 
-    fn attempt(&self, partition: u128, key: Key, rule: StrikeRule, now_ms: i64) -> BoxFut<'_, Attempt> {
-        Box::pin(std::future::ready(self.attempt_now(partition, key, rule, now_ms)))
+    fn attempt(&self, partition: u128, key: Key, rule: StrikeRule, now_ms: i64) -> Answer<'_, Attempt> {
+        ready(self.attempt_now(partition, key, rule, now_ms))
     }
 
-    fn forgive(&self, partition: u128, key: Key, started_block: Option<i64>) -> BoxFut<'_, ()> {
-        self.forgive_now(partition, key, started_block);
-        Box::pin(std::future::ready(()))
+    fn forgive(&self, partition: u128, key: Key, started_block: Option<i64>) -> Answer<'_, ()> {
+        ready(self.forgive_now(partition, key, started_block))
     }
 
-    fn notice(&self, partition: u128, key: Key, now_ms: i64, period_ms: i64) -> BoxFut<'_, bool> {
-        Box::pin(std::future::ready(self.notice_now(partition, key, now_ms, period_ms)))
+    fn notice(&self, partition: u128, key: Key, now_ms: i64, period_ms: i64) -> Answer<'_, bool> {
+        ready(self.notice_now(partition, key, now_ms, period_ms))
     }
 
     fn login_attempt(
@@ -547,19 +588,21 @@ impl AbuseState for LocalState {
         keys: LoginKeys,
         rule: LoginRule,
         now_ms: i64,
-    ) -> BoxFut<'_, LoginAdmission> {
-        Box::pin(std::future::ready(self.login_attempt_now(partition, keys, rule, now_ms)))
+    ) -> Answer<'_, LoginAdmission> {
+        ready(self.login_attempt_now(partition, keys, rule, now_ms))
     }
 
-    fn mark(&self, partition: u128, key: Key, now_ms: i64, until_ms: i64) -> BoxFut<'_, ()> {
-        self.mark_now(partition, key, now_ms, until_ms);
-        Box::pin(std::future::ready(()))
+    fn mark(&self, partition: u128, key: Key, now_ms: i64, until_ms: i64) -> Answer<'_, ()> {
+        ready(self.mark_now(partition, key, now_ms, until_ms))
     }
 
-    fn clear(&self, partition: u128, key: Key) -> BoxFut<'_, ()> {
-        self.clear_now(partition, key);
-        Box::pin(std::future::ready(()))
+    fn clear(&self, partition: u128, key: Key) -> Answer<'_, ()> {
+        ready(self.clear_now(partition, key))
     }
+}
+
+fn ready<'a, T: Send + 'a>(v: T) -> Answer<'a, T> {
+    Box::pin(std::future::ready(Ok(v)))
 }
 
 #[cfg(test)]

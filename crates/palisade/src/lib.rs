@@ -47,8 +47,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     };
     let audit_log = audit_log(&config, &db)?;
     let metrics = Arc::new(palisade_api::metrics::Metrics::new());
-    // The in-process state; a shared one comes with `redis.url`.
-    let abuse_state = Arc::new(palisade_guard::state::LocalState::new());
+    let abuse_state = abuse_state(&config, &metrics).await?;
     let abuse = palisade_api::abuse::Abuse::new(&config, abuse_state, metrics.clone());
     let argon2 = palisade_api::ops::Argon2Slots::new(config.auth.argon2_max_concurrent, config.auth.argon2_wait_ms);
     let body_reads = palisade_api::body::UnauthenticatedReads::new(
@@ -105,6 +104,40 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         webhook_worker,
         instance_id: uuid::Uuid::now_v7().to_string(),
     })))
+}
+
+/// The abuse state: in this process, or with `redis.url` shared through
+/// Redis under the configured failure policy.
+async fn abuse_state(
+    config: &Config,
+    metrics: &Arc<palisade_api::metrics::Metrics>,
+) -> anyhow::Result<Arc<dyn palisade_guard::state::AbuseState>> {
+    let r = &config.redis;
+    if r.url.is_none() {
+        return Ok(Arc::new(palisade_guard::state::LocalState::new()));
+    }
+    let conn = palisade_cluster::redis::connect(r)?;
+    if palisade_cluster::redis::ping(&conn, Duration::from_millis(r.connect_timeout_ms)).await {
+        tracing::info!(prefix = %r.key_prefix, "abuse state shared through Redis");
+    } else {
+        // Started anyway, degraded: the failure policy applies until it answers.
+        tracing::error!(prefix = %r.key_prefix, "Redis does not answer; starting with the failure policy in force");
+    }
+    let shared = palisade_cluster::RedisState::new(conn, &r.key_prefix, Duration::from_millis(r.timeout_ms));
+    let observer = Arc::new(RedisMetrics(metrics.clone()));
+    Ok(Arc::new(palisade_cluster::Failover::new(shared, r.on_failure, Duration::from_millis(r.retry_ms), observer)))
+}
+
+/// Redis failures, counted in the metrics.
+struct RedisMetrics(Arc<palisade_api::metrics::Metrics>);
+
+impl palisade_cluster::Observer for RedisMetrics {
+    fn failure(&self) {
+        self.0.redis_failure();
+    }
+    fn degraded(&self, degraded: bool) {
+        self.0.redis_degraded(degraded);
+    }
 }
 
 /// The key that seals webhook secrets: configured, or in dev mode generated

@@ -145,7 +145,8 @@ pub async fn admit<R: Sending>(
             .abuse
             .state
             .decide(Decide { partition: id.as_u128(), now_ms: now, blocks: &[], buckets: &bucket, notice_ms: 60_000 })
-            .await;
+            .await
+            .map_err(|_| state.abuse.unavailable())?;
         if let Some(i) = v.refused {
             let secs = v.standings[i].retry_after_ns.div_ceil(1_000_000_000).max(1);
             return Err(too_many("rate_per_second", "The identity's rate_per_second is exceeded.", Some(secs)));

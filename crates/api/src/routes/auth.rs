@@ -536,7 +536,7 @@ pub async fn login(
         .as_ref()
         .and_then(|u| u.password_hash.clone())
         .unwrap_or_else(|| palisade_auth::password::dummy_hash().to_owned());
-    let Some(attempt) = state.abuse.login_attempt(&account, ctx.client_ip, state.now_ms()).await else {
+    let Some(attempt) = state.abuse.login_attempt(&account, ctx.client_ip, state.now_ms()).await? else {
         // Locked: exactly the wrong-password answer, after the same work
         // (the hash is checked against nothing anyone knows), so neither the
         // body nor the time tells a lock from a wrong password.
@@ -568,7 +568,7 @@ pub async fn login(
                 event = event.resource("user", &u.id);
             }
             palisade_audit::record(&state.db, &event, &ctx.audit, now).await?;
-            let failure = state.abuse.login_failed(attempt, now).await;
+            let failure = state.abuse.login_failed(attempt, now).await?;
             let started = [
                 ("auth.account_locked", "address", failure.address_locked_until),
                 ("auth.account_throttled", "account", failure.account_throttled_until),
@@ -586,7 +586,7 @@ pub async fn login(
             return Err(bad_credentials());
         }
     };
-    state.abuse.login_succeeded(attempt).await;
+    state.abuse.login_succeeded(attempt).await?;
     let (tenant_id, user_id) = parse_ids(&user.tenant_id, &user.id)?;
     let scope = TenantScope::for_system(tenant_id);
     if user.status == "pending" {

@@ -28,6 +28,7 @@ mod messages;
 mod numbers;
 mod openapi;
 mod recovery;
+mod redis_state;
 mod sysadmin;
 mod tls;
 mod users;

@@ -1,0 +1,427 @@
+//! The same assertions against the in-process state and the Redis state:
+//! the two must not differ in anything a caller can see. The Redis
+//! variants need PALISADE_TEST_REDIS_URL (at build time, else they are
+//! ignored, and so reported as skipped); each test uses its own key prefix.
+
+use std::time::Duration;
+
+use palisade_cluster::RedisState;
+use palisade_guard::limits::{Key, Kind, Limit};
+use palisade_guard::state::{
+    AbuseState, Attempt, BlockCheck, Bucket, Decide, LocalState, LoginAdmission, LoginKeys, LoginRule, StrikeOutcome,
+    StrikeRule, Verdict,
+};
+
+const T0: i64 = 1_700_000_000_000;
+
+fn local() -> LocalState {
+    LocalState::new()
+}
+
+/// A Redis state under a fresh random key prefix.
+async fn redis() -> RedisState {
+    let url = std::env::var("PALISADE_TEST_REDIS_URL").expect("PALISADE_TEST_REDIS_URL is not set");
+    let mut config = palisade_config::Redis::default();
+    config.url = Some(palisade_config::Secret::new(url));
+    config.key_prefix = format!("test-{:016x}", rand::random::<u64>());
+    let conn = palisade_cluster::redis::connect(&config).expect("connect");
+    RedisState::new(conn, &config.key_prefix, Duration::from_secs(5))
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod in_process {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(&super::local()).await
+                }
+            )*
+        }
+        mod in_redis {
+            $(
+                #[tokio::test]
+                #[cfg_attr(not(redis_tests), ignore = "PALISADE_TEST_REDIS_URL was not set at build time")]
+                async fn $name() {
+                    super::$name(&super::redis().await).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    a_refusal_charges_no_bucket,
+    the_longest_refusal_wins,
+    strikes_block_and_blocks_stop_decisions,
+    informational_blocks_do_not_stop,
+    attempts_count_first_and_success_forgives,
+    logins_lock_pairs_and_space_throttled_accounts,
+    spikes_are_reported_once_per_period_and_never_refuse,
+    notices_once_per_period,
+    a_strike_one_window_old_no_longer_counts,
+    a_pair_lock_ends_on_time,
+    of_equal_refusals_the_first_is_named,
+    decisions_of_zero_to_four_buckets,
+    marks_hold_and_clears_forget,
+    per_second_limits_refill_by_the_nanosecond,
+    concurrent_decisions_never_over_admit,
+);
+
+fn lim(name: &'static str, per_min: u32) -> Limit {
+    Limit::per_minute(name, per_min).unwrap()
+}
+
+async fn decide(s: &dyn AbuseState, now: i64, blocks: &[BlockCheck], buckets: &[Bucket]) -> Verdict {
+    s.decide(Decide { partition: 7, now_ms: now, blocks, buckets, notice_ms: 60_000 }).await.unwrap()
+}
+
+async fn strike(s: &dyn AbuseState, p: u128, key: Key, rule: StrikeRule, now: i64) -> StrikeOutcome {
+    s.strike(p, key, rule, now).await.unwrap()
+}
+
+async fn attempt(s: &dyn AbuseState, key: Key, rule: StrikeRule, now: i64) -> Attempt {
+    s.attempt(7, key, rule, now).await.unwrap()
+}
+
+async fn login(s: &dyn AbuseState, keys: LoginKeys, rule: LoginRule, now: i64) -> LoginAdmission {
+    s.login_attempt(1, keys, rule, now).await.unwrap()
+}
+
+async fn a_refusal_charges_no_bucket(s: &dyn AbuseState) {
+    let tight = Bucket::enforce(Key::new(Kind::Credential, 1), lim("key", 2));
+    let loose = Bucket::enforce(Key::new(Kind::Tenant, 1), lim("tenant", 100));
+    for _ in 0..2 {
+        assert!(decide(s, T0, &[], &[loose, tight]).await.refused.is_none());
+    }
+    for _ in 0..10 {
+        assert_eq!(decide(s, T0, &[], &[loose, tight]).await.refused, Some(1));
+    }
+    let v = decide(s, T0, &[], &[loose]).await;
+    assert_eq!(loose.limit.remaining(v.standings[0].reset_ns), 100 - 3);
+}
+
+async fn the_longest_refusal_wins(s: &dyn AbuseState) {
+    let a = Bucket::enforce(Key::new(Kind::Credential, 1), lim("key", 1));
+    let b = Bucket::enforce(Key::new(Kind::Tenant, 1), lim("tenant", 2));
+    assert!(decide(s, T0, &[], &[a]).await.refused.is_none());
+    assert!(decide(s, T0, &[], &[b]).await.refused.is_none());
+    assert!(decide(s, T0, &[], &[b]).await.refused.is_none());
+    let v = decide(s, T0, &[], &[b, a]).await;
+    assert_eq!(v.refused, Some(1));
+    assert_eq!(v.standings[1].retry_after_ns, 60_000_000_000);
+    assert_eq!(v.standings[0].retry_after_ns, 30_000_000_000);
+    assert!(v.refusal_is_new);
+    assert!(!decide(s, T0 + 1, &[], &[b, a]).await.refusal_is_new);
+    assert!(decide(s, T0 + 60_001, &[], &[b, a]).await.refused.is_none());
+}
+
+async fn strikes_block_and_blocks_stop_decisions(s: &dyn AbuseState) {
+    let key = Key::new(Kind::Waf, 9);
+    let rule = StrikeRule { threshold: 3, window_ms: 60_000, block_ms: 900_000 };
+    for i in 0..5 {
+        assert_eq!(strike(s, 7, key, rule, T0 + i * 40_000).await.blocked_until, None);
+    }
+    let t = T0 + 500_000;
+    assert_eq!(strike(s, 7, key, rule, t).await.count, 1);
+    assert_eq!(strike(s, 7, key, rule, t + 1).await.count, 2);
+    assert_eq!(strike(s, 7, key, rule, t + 2).await.blocked_until, Some(t + 2 + 900_000));
+    let bucket = Bucket::enforce(Key::new(Kind::Ip, 9), lim("ip", 10));
+    let blocks = [BlockCheck { key: Key::new(Kind::Login, 9), refuses: false }, BlockCheck { key, refuses: true }];
+    let v = decide(s, t + 3, &blocks, &[bucket]).await;
+    assert_eq!(v.blocked, Some((1, t + 2 + 900_000)));
+    assert!(v.block_active(1) && !v.block_active(0));
+    let v = decide(s, t + 2 + 900_000, &blocks, &[bucket]).await;
+    assert_eq!(v.blocked, None);
+    assert_eq!(bucket.limit.remaining(v.standings[0].reset_ns), 9);
+}
+
+async fn informational_blocks_do_not_stop(s: &dyn AbuseState) {
+    let key = Key::new(Kind::CredentialFailure, 1);
+    let rule = StrikeRule { threshold: 1, window_ms: 1000, block_ms: 1000 };
+    strike(s, 7, key, rule, T0).await;
+    let bucket = Bucket::enforce(Key::new(Kind::Ip, 1), lim("ip", 10));
+    let v = decide(s, T0, &[BlockCheck { key, refuses: false }], &[bucket]).await;
+    assert!(v.block_active(0) && v.blocked.is_none() && v.refused.is_none());
+}
+
+async fn attempts_count_first_and_success_forgives(s: &dyn AbuseState) {
+    let key = Key::new(Kind::Login, 1);
+    let rule = StrikeRule { threshold: 3, window_ms: 60_000, block_ms: 60_000 };
+    let counted = |a: Attempt| match a {
+        Attempt::Counted(o) => o,
+        Attempt::Locked { .. } => panic!("locked"),
+    };
+    counted(attempt(s, key, rule, T0).await);
+    counted(attempt(s, key, rule, T0).await);
+    let ok = counted(attempt(s, key, rule, T0).await);
+    assert!(ok.blocked_until.is_some());
+    s.forgive(7, key, ok.blocked_until).await.unwrap();
+    assert_eq!(counted(attempt(s, key, rule, T0).await).count, 1);
+    counted(attempt(s, key, rule, T0).await);
+    let third = counted(attempt(s, key, rule, T0).await);
+    assert!(third.blocked_until.is_some());
+    assert_eq!(attempt(s, key, rule, T0).await, Attempt::Locked { until: T0 + 60_000 });
+    s.forgive(7, key, None).await.unwrap();
+    assert!(matches!(attempt(s, key, rule, T0 + 59_999).await, Attempt::Locked { .. }));
+    assert!(matches!(attempt(s, key, rule, T0 + 60_000).await, Attempt::Counted(_)));
+    // Forgiving what was never counted changes nothing.
+    s.forgive(7, Key::new(Kind::Login, 99), Some(T0)).await.unwrap();
+    assert_eq!(counted(attempt(s, Key::new(Kind::Login, 99), rule, T0).await).count, 1);
+}
+
+async fn logins_lock_pairs_and_space_throttled_accounts(s: &dyn AbuseState) {
+    let rule = LoginRule {
+        pair: StrikeRule { threshold: 2, window_ms: 60_000, block_ms: 60_000 },
+        account: StrikeRule { threshold: 3, window_ms: 60_000, block_ms: 60_000 },
+        spacing_ms: 10_000,
+    };
+    let keys = |ip: u128| LoginKeys { pair: Key::new(Kind::Login, ip), account: Key::new(Kind::LoginAccount, 1) };
+    let admitted = |a: LoginAdmission| matches!(a, LoginAdmission::Admitted { .. });
+    assert!(admitted(login(s, keys(10), rule, T0).await));
+    assert_eq!(login(s, keys(10), rule, T0).await, LoginAdmission::Admitted { pair_lock_started: Some(T0 + 60_000) });
+    assert_eq!(login(s, keys(10), rule, T0).await, LoginAdmission::Refused { pair_locked: true });
+    assert!(admitted(login(s, keys(11), rule, T0).await));
+    s.mark(1, keys(12).trust(), T0, T0 + 3_600_000).await.unwrap();
+    for _ in 0..3 {
+        strike(s, 1, keys(0).account, rule.account, T0).await;
+    }
+    assert!(admitted(login(s, keys(20), rule, T0).await));
+    assert_eq!(login(s, keys(21), rule, T0 + 9_999).await, LoginAdmission::Refused { pair_locked: false });
+    assert!(admitted(login(s, keys(21), rule, T0 + 10_000).await));
+    assert!(admitted(login(s, keys(12), rule, T0 + 10_001).await));
+    assert!(admitted(login(s, keys(12), rule, T0 + 10_001).await));
+    assert!(!admitted(login(s, keys(12), rule, T0 + 10_001).await));
+    s.clear(1, keys(0).account).await.unwrap();
+    assert!(admitted(login(s, keys(22), rule, T0 + 10_002).await));
+    assert!(admitted(login(s, keys(23), rule, T0 + 10_002).await));
+}
+
+async fn spikes_are_reported_once_per_period_and_never_refuse(s: &dyn AbuseState) {
+    let burst = Bucket::observe(Key::new(Kind::Burst, 1), Limit::per_second("burst", 2).unwrap());
+    let mut spikes = 0;
+    for _ in 0..20 {
+        let v = decide(s, T0, &[], &[burst]).await;
+        assert!(v.refused.is_none());
+        spikes += usize::from(v.spike.is_some());
+    }
+    assert_eq!(spikes, 1);
+    // An observed bucket beside an enforced one: the spike is reported, the
+    // request admitted and charged.
+    let key = Bucket::enforce(Key::new(Kind::Credential, 1), lim("key", 100));
+    let v = decide(s, T0 + 60_000, &[], &[key, burst]).await;
+    assert_eq!((v.refused, v.spike), (None, None));
+    assert_eq!(key.limit.remaining(v.standings[0].reset_ns), 99);
+}
+
+async fn notices_once_per_period(s: &dyn AbuseState) {
+    let key = Key::new(Kind::Notice, 1);
+    assert!(s.notice(7, key, T0, 60_000).await.unwrap());
+    assert!(!s.notice(7, key, T0 + 59_999, 60_000).await.unwrap());
+    assert!(s.notice(7, key, T0 + 60_000, 60_000).await.unwrap());
+    // Another partition is another key.
+    assert!(s.notice(8, key, T0, 60_000).await.unwrap());
+}
+
+async fn a_strike_one_window_old_no_longer_counts(s: &dyn AbuseState) {
+    let key = Key::new(Kind::Waf, 1);
+    let rule = StrikeRule { threshold: 3, window_ms: 60_000, block_ms: 1_000 };
+    assert_eq!(strike(s, 7, key, rule, T0).await.count, 1);
+    assert_eq!(strike(s, 7, key, rule, T0 + 30_000).await.count, 2);
+    assert_eq!(strike(s, 7, key, rule, T0 + 60_000).await, StrikeOutcome { count: 2, blocked_until: None });
+    assert_eq!(
+        strike(s, 7, key, rule, T0 + 60_001).await,
+        StrikeOutcome { count: 3, blocked_until: Some(T0 + 61_001) }
+    );
+    for count in [1, 2, 3, 3, 3] {
+        assert_eq!(strike(s, 7, key, rule, T0 + 60_002).await, StrikeOutcome { count, blocked_until: None });
+    }
+    assert_eq!(strike(s, 7, key, rule, T0 + 61_001).await.blocked_until, Some(T0 + 62_001));
+    let one = StrikeRule { threshold: 1, window_ms: 60_000, block_ms: 60_000 };
+    let k = Key::new(Kind::CredentialFailure, 2);
+    assert_eq!(strike(s, 7, k, one, T0).await.blocked_until, Some(T0 + 60_000));
+    assert_eq!(strike(s, 7, k, one, T0 + 1).await.count, 1);
+    assert_eq!(strike(s, 7, k, one, T0 + 2).await.count, 1);
+}
+
+async fn a_pair_lock_ends_on_time(s: &dyn AbuseState) {
+    let rule = LoginRule {
+        pair: StrikeRule { threshold: 1, window_ms: 60_000, block_ms: 60_000 },
+        account: StrikeRule { threshold: 100, window_ms: 60_000, block_ms: 60_000 },
+        spacing_ms: 10_000,
+    };
+    let keys = LoginKeys { pair: Key::new(Kind::Login, 1), account: Key::new(Kind::LoginAccount, 1) };
+    assert_eq!(login(s, keys, rule, T0).await, LoginAdmission::Admitted { pair_lock_started: Some(T0 + 60_000) });
+    assert_eq!(login(s, keys, rule, T0 + 59_999).await, LoginAdmission::Refused { pair_locked: true });
+    assert!(matches!(login(s, keys, rule, T0 + 60_000).await, LoginAdmission::Admitted { .. }));
+}
+
+async fn of_equal_refusals_the_first_is_named(s: &dyn AbuseState) {
+    let a = Bucket::enforce(Key::new(Kind::Credential, 1), lim("key", 1));
+    let b = Bucket::enforce(Key::new(Kind::Tenant, 1), lim("tenant", 1));
+    assert!(decide(s, T0, &[], &[a, b]).await.refused.is_none());
+    let v = decide(s, T0, &[], &[a, b]).await;
+    assert_eq!(v.standings[0].retry_after_ns, v.standings[1].retry_after_ns);
+    assert_eq!(v.refused, Some(0));
+}
+
+async fn decisions_of_zero_to_four_buckets(s: &dyn AbuseState) {
+    let v = decide(s, T0, &[], &[]).await;
+    assert_eq!(v, Verdict::default());
+    let b = |kind, n| Bucket::enforce(Key::new(kind, 1), lim("x", n));
+    let three = [b(Kind::Ip, 10), b(Kind::Credential, 10), b(Kind::Tenant, 1)];
+    assert!(decide(s, T0, &[], &three).await.refused.is_none());
+    assert_eq!(decide(s, T0, &[], &three).await.refused, Some(2));
+    let four = [three[0], three[1], b(Kind::MessageCreate, 10), b(Kind::CallCreate, 10)];
+    let v = decide(s, T0, &[], &four).await;
+    assert!(v.refused.is_none());
+    let left = [0, 1, 2, 3].map(|i| four[i].limit.remaining(v.standings[i].reset_ns));
+    assert_eq!(left, [8, 8, 9, 9]);
+}
+
+async fn marks_hold_and_clears_forget(s: &dyn AbuseState) {
+    let key = Key::new(Kind::Waf, 3);
+    let check = [BlockCheck { key, refuses: true }];
+    let ip = Bucket::enforce(Key::new(Kind::Ip, 3), lim("ip", 10));
+    s.mark(7, key, T0, T0 + 5_000).await.unwrap();
+    // A shorter mark does not shorten it.
+    s.mark(7, key, T0, T0 + 1_000).await.unwrap();
+    assert_eq!(decide(s, T0 + 4_999, &check, &[ip]).await.blocked, Some((0, T0 + 5_000)));
+    s.clear(7, key).await.unwrap();
+    assert_eq!(decide(s, T0 + 4_999, &check, &[ip]).await.blocked, None);
+    // Clearing what is not there is fine.
+    s.clear(7, Key::new(Kind::Waf, 4)).await.unwrap();
+}
+
+async fn per_second_limits_refill_by_the_nanosecond(s: &dyn AbuseState) {
+    // 7 per second: an interval of 142,857,142 ns, not a whole millisecond.
+    let l = Limit::per_second("ident", 7).unwrap();
+    let b = Bucket::enforce(Key::new(Kind::IdentityRate, 1), l);
+    let mut admitted = 0;
+    for _ in 0..20 {
+        admitted += usize::from(decide(s, T0, &[], &[b]).await.refused.is_none());
+    }
+    assert_eq!(admitted, 14);
+    let v = decide(s, T0, &[], &[b]).await;
+    assert_eq!(v.standings[0].retry_after_ns, l.interval_ns);
+    assert_eq!(v.standings[0].reset_ns, 14 * l.interval_ns);
+    assert_eq!(decide(s, T0 + 142, &[], &[b]).await.refused, Some(0));
+    let v = decide(s, T0 + 143, &[], &[b]).await;
+    assert_eq!(v.refused, None);
+    assert_eq!(v.standings[0].reset_ns, 14 * l.interval_ns - 143_000_000 + l.interval_ns);
+}
+
+async fn concurrent_decisions_never_over_admit(s: &dyn AbuseState) {
+    let b = Bucket::enforce(Key::new(Kind::Tenant, 5), lim("tenant", 100));
+    let bs = [b];
+    let calls = (0..300).map(|_| decide(s, T0, &[], &bs));
+    let verdicts = futures_join(calls).await;
+    assert_eq!(verdicts.iter().filter(|v| v.refused.is_none()).count(), 100);
+}
+
+/// Runs the futures concurrently (on one task: what matters is that
+/// their round trips overlap).
+async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set: Vec<std::pin::Pin<Box<F>>> = fs.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+/// A random run of every operation, against both states at once: every
+/// answer must be the same.
+#[tokio::test]
+#[cfg_attr(not(redis_tests), ignore = "PALISADE_TEST_REDIS_URL was not set at build time")]
+async fn redis_answers_as_the_local_state_does() {
+    use rand::{Rng, SeedableRng};
+    let (l, r) = (local(), redis().await);
+    let seed = rand::random::<u64>();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let limits = [lim("a", 3), lim("b", 10), Limit::per_second("c", 7).unwrap(), Limit::per_second("d", 1).unwrap()];
+    let strike_rule = StrikeRule { threshold: 3, window_ms: 5_000, block_ms: 7_000 };
+    let login_rule = LoginRule {
+        pair: StrikeRule { threshold: 2, window_ms: 5_000, block_ms: 6_000 },
+        account: StrikeRule { threshold: 3, window_ms: 5_000, block_ms: 8_000 },
+        spacing_ms: 1_500,
+    };
+    let kinds = [Kind::Ip, Kind::Credential, Kind::Tenant, Kind::Burst];
+    let mut now = T0;
+    for step in 0..3_000 {
+        now += rng.gen_range(0..400);
+        let p = rng.gen_range(0..2u128);
+        let id = rng.gen_range(0..3u128);
+        let ctx = format!("seed {seed}, step {step}");
+        match rng.gen_range(0..8) {
+            0..=2 => {
+                let n = rng.gen_range(0..=4);
+                let buckets: Vec<Bucket> = (0..n)
+                    .map(|i| {
+                        let key = Key::new(kinds[i], id + i as u128);
+                        if rng.gen_bool(0.2) {
+                            Bucket::observe(key, limits[i])
+                        } else {
+                            Bucket::enforce(key, limits[i])
+                        }
+                    })
+                    .collect();
+                let blocks = [
+                    BlockCheck { key: Key::new(Kind::Waf, id), refuses: rng.gen_bool(0.5) },
+                    BlockCheck { key: Key::new(Kind::CredentialFailure, id), refuses: false },
+                ];
+                let d = Decide { partition: p, now_ms: now, blocks: &blocks, buckets: &buckets, notice_ms: 2_000 };
+                assert_eq!(l.decide(d).await, r.decide(d).await, "{ctx}");
+            }
+            3 => {
+                let key = Key::new([Kind::Waf, Kind::CredentialFailure][rng.gen_range(0..2)], id);
+                assert_eq!(l.strike(p, key, strike_rule, now).await, r.strike(p, key, strike_rule, now).await, "{ctx}");
+            }
+            4 => {
+                let key = Key::new(Kind::Waf, id);
+                let a = l.attempt(p, key, strike_rule, now).await;
+                assert_eq!(a, r.attempt(p, key, strike_rule, now).await, "{ctx}");
+                if let (Ok(Attempt::Counted(o)), true) = (a, rng.gen_bool(0.3)) {
+                    l.forgive(p, key, o.blocked_until).await.unwrap();
+                    r.forgive(p, key, o.blocked_until).await.unwrap();
+                }
+            }
+            5 => {
+                let keys = LoginKeys { pair: Key::new(Kind::Login, id), account: Key::new(Kind::LoginAccount, p) };
+                let a = l.login_attempt(p, keys, login_rule, now).await;
+                assert_eq!(a, r.login_attempt(p, keys, login_rule, now).await, "{ctx}");
+                if rng.gen_bool(0.5) {
+                    let x = l.strike(p, keys.account, login_rule.account, now).await;
+                    assert_eq!(x, r.strike(p, keys.account, login_rule.account, now).await, "{ctx}");
+                } else if rng.gen_bool(0.3) {
+                    let until = now + 3_000;
+                    l.mark(p, keys.trust(), now, until).await.unwrap();
+                    r.mark(p, keys.trust(), now, until).await.unwrap();
+                }
+            }
+            6 => {
+                let key = Key::new(Kind::Notice, id);
+                assert_eq!(l.notice(p, key, now, 1_000).await, r.notice(p, key, now, 1_000).await, "{ctx}");
+            }
+            _ => {
+                let key = Key::new([Kind::Waf, Kind::LoginAccount, Kind::Login][rng.gen_range(0..3)], id);
+                l.clear(p, key).await.unwrap();
+                r.clear(p, key).await.unwrap();
+            }
+        }
+    }
+}
