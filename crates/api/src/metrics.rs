@@ -37,6 +37,7 @@ pub struct Metrics {
     lockouts: Family<KindLabels, Counter>,
     bursts: Family<KindLabels, Counter>,
     connections_cut: Family<KindLabels, Counter>,
+    credential_cache: Family<KindLabels, Counter>,
     /// Route templates as static strings, so labels cost no allocation.
     /// Only matched routes arrive here, so the set is the router's.
     routes: RwLock<HashMap<Box<str>, &'static str>>,
@@ -64,6 +65,12 @@ impl Metrics {
             "Connections refused or closed by a connection limit, by limit",
             connections_cut.clone(),
         );
+        let credential_cache = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "credential_cache",
+            "Verified-credential cache: hit, miss, invalidation (a tenant's entries dropped), flush (all dropped)",
+            credential_cache.clone(),
+        );
         let routes = RwLock::default();
         Metrics {
             registry,
@@ -75,6 +82,7 @@ impl Metrics {
             lockouts,
             bursts,
             connections_cut,
+            credential_cache,
             routes,
         }
     }
@@ -128,6 +136,17 @@ impl Metrics {
     /// `idle_timeout`, `body_timeout` or `handshake_timeout`.
     pub fn connection_cut(&self, limit: &'static str) {
         self.connections_cut.get_or_create(&KindLabels { kind: limit }).inc();
+    }
+
+    /// The cache's counters (it counts without a look-up per request).
+    pub fn credential_cache_counters(&self) -> crate::credentials::cache::CacheCounters {
+        let c = |kind| self.credential_cache.get_or_create(&KindLabels { kind }).clone();
+        crate::credentials::cache::CacheCounters {
+            hits: c("hit"),
+            misses: c("miss"),
+            invalidations: c("invalidation"),
+            flushes: c("flush"),
+        }
     }
 
     /// The text exposition format.

@@ -27,7 +27,7 @@ pub mod users;
 pub mod webhooks;
 pub mod write;
 
-pub use db::{create_private_dir, Db, Dialect, Tx};
+pub use db::{create_private_dir, CredentialHook, Db, Dialect, Tx};
 pub use error::StoreError;
 pub use read::FromSqlite;
 pub use rusqlite;
