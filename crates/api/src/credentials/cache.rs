@@ -247,6 +247,10 @@ impl CredentialCache {
         }
     }
 
+    pub fn counters(&self) -> &CacheCounters {
+        &self.counters
+    }
+
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).map.len()).sum()
     }

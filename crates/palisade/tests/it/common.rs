@@ -180,6 +180,38 @@ impl TestServer {
         self.running = Some(running);
     }
 
+    /// Another instance on this one's database, with its signing and data
+    /// keys (copied into a data dir of its own) and its own clock. Stopping
+    /// it leaves the database to the first.
+    pub async fn second_instance(&self, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        for key in ["jwt-ed25519.pem", "webhook-secrets.key", "audit-ed25519.pem"] {
+            if self.data_dir.join(key).exists() {
+                std::fs::copy(self.data_dir.join(key), data_dir.join(key)).unwrap();
+            }
+        }
+        let mut config = self.config.clone();
+        config.server.data_dir = data_dir.clone();
+        tweak(&mut config);
+        let clock = ManualClock::new(self.clock.now_ms());
+        let state = palisade::build_state(config.clone(), Arc::new(clock.clone())).await.unwrap();
+        let running = palisade::start(state, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        TestServer {
+            url: format!("http://{}", running.addr),
+            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+            master_key: self.master_key.clone(),
+            clock,
+            data_dir,
+            db_url: self.db_url.clone(),
+            running: Some(running),
+            config,
+            pg: None,
+            _dir: dir,
+        }
+    }
+
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
         self.running.as_ref()?.metrics_addr
     }

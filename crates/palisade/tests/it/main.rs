@@ -15,6 +15,7 @@ mod calls;
 mod cli;
 mod concurrency;
 mod connections;
+mod credential_cache;
 mod events;
 mod grants;
 mod identities;
