@@ -27,6 +27,9 @@ pub mod users;
 pub mod webhooks;
 pub mod write;
 
+#[cfg(test)]
+mod credential_writes;
+
 pub use db::{create_private_dir, CredentialHook, Db, Dialect, Tx};
 pub use error::StoreError;
 pub use read::FromSqlite;
