@@ -127,7 +127,19 @@ pub(crate) async fn credentials_for(addr: SocketAddr, master: &str, n: usize) ->
 /// Requests per second over `seconds`, from `conns` connections each
 /// sending one request at a time.
 async fn load(addr: SocketAddr, cred: &str, conns: usize, seconds: u64) -> anyhow::Result<f64> {
-    let request = format!("GET /v1/me HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {cred}\r\n\r\n").into_bytes();
+    load_path(addr, "/v1/me", Some(cred), conns, seconds).await
+}
+
+/// [`load`] of any path, with or without a credential.
+pub(crate) async fn load_path(
+    addr: SocketAddr,
+    path: &str,
+    cred: Option<&str>,
+    conns: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let auth = cred.map(|c| format!("Authorization: Bearer {c}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n{auth}\r\n").into_bytes();
     let request: Arc<[u8]> = request.into();
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);

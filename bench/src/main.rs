@@ -11,9 +11,13 @@
 //! `cargo run --release -p palisade-bench -- http [SECONDS]` measures what
 //! the middleware costs (see `http.rs`).
 //!
+//! `cargo run --release -p palisade-bench -- auth [SECONDS]` measures an
+//! authenticated request against `/healthz` (see `auth.rs`).
+//!
 //! `cargo run --release -p palisade-bench -- webhooks [SECONDS]` measures
 //! webhook deliveries (see `webhooks.rs`).
 
+mod auth;
 mod http;
 mod sends;
 mod webhooks;
@@ -50,6 +54,10 @@ async fn main() -> anyhow::Result<()> {
         let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
         return webhooks::run(seconds).await;
     }
+    if what == "auth" {
+        let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
+        return auth::run(seconds).await;
+    }
     if what == "http" {
         let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
         return http::run(seconds).await;
@@ -57,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     let records: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
     anyhow::ensure!(
         what == "audit",
-        "usage: palisade-bench audit [RECORDS] | http [SECONDS] | sends [SECONDS] | webhooks [SECONDS]"
+        "usage: palisade-bench audit [RECORDS] | auth [SECONDS] | http [SECONDS] | sends [SECONDS] | webhooks [SECONDS]"
     );
     let dir = tempfile::tempdir()?;
     let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());

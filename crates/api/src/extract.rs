@@ -7,6 +7,7 @@ use std::str::FromStr;
 use axum::extract::{FromRequest, FromRequestParts, MatchedPath, OptionalFromRequest, Path, Query, Request};
 use http::request::Parts;
 use http::{header, HeaderMap};
+use ipnet::IpNet;
 use palisade_audit::{Context, Event};
 use palisade_auth::token::{ct_eq, sha256, sha256_hex};
 use palisade_auth::Credential;
@@ -15,11 +16,14 @@ use palisade_core::{
     ApiError, ApiKeyId, IdentityId, Permission, PermissionSet, Principal, PrincipalKind, Role, TenantId, TenantScope,
     UserId,
 };
-use palisade_store::api_keys::Lineage;
+use palisade_store::api_keys::{Chain, Lineage};
 use serde::de::DeserializeOwned;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
-use crate::abuse::{AddressPass, CallerKey, Class};
+use crate::abuse::{AddressPass, CallerKey, Class, TenantPolicy};
 use crate::body::CredentialVerified;
+use crate::credentials::{Key, Kind};
 use crate::middleware::{note_tenant, ClientIp, RequestId};
 use crate::state::{AppState, MasterKey};
 
@@ -115,7 +119,7 @@ impl FromRequestParts<AppState> for Auth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let ctx = ctx_of(parts);
         let cred = bearer(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
-        let (principal, limits) = match Credential::classify(cred) {
+        let (principal, policy) = match Credential::classify(cred) {
             Credential::Jwt(t) => {
                 authenticate_jwt(state, t).await.inspect_err(|_| state.metrics.auth_failure("jwt"))?
             }
@@ -130,7 +134,6 @@ impl FromRequestParts<AppState> for Auth {
             Credential::MasterKey(_) | Credential::Malformed => return Err(ApiError::unauthenticated()),
         };
         note_tenant(principal.tenant_id().0);
-        let policy = state.abuse.tenant_policy(limits.as_deref());
         let route = parts.extensions.get::<MatchedPath>().map(MatchedPath::as_str);
         let class = Class::of(&parts.method, route);
         let caller = state
@@ -172,8 +175,57 @@ fn credentials_locked(parts: &Parts) -> bool {
     parts.extensions.get::<AddressPass>().is_some_and(|p| p.credentials_locked)
 }
 
-/// The principal, and its tenant's stored limit overrides.
-type Authenticated = (Principal, Option<String>);
+/// The principal, and its tenant's abuse-control policy.
+type Authenticated = (Principal, Arc<TenantPolicy>);
+
+/// The cache's entry for `key`, or what `load` reads (kept if the cache
+/// may keep it). Only credentials the database knows are loaded, so an
+/// unknown one leaves nothing behind.
+async fn cached<T, F>(state: &AppState, key: Key, load: F) -> Result<Arc<T>, ApiError>
+where
+    T: Grant,
+    F: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let cache = &state.credentials.cache;
+    if let Some(hit) = cache.get::<T>(&key, state.now_ms()) {
+        return Ok(hit);
+    }
+    // Before the read: a change committed during it keeps it out.
+    let ticket = cache.ticket();
+    let grant = Arc::new(load.await?);
+    cache.put(key, ticket, grant.tenant_id(), grant.clone(), grant.size(), state.now_ms());
+    Ok(grant)
+}
+
+/// What authentication read about one credential, as stored: what depends
+/// on time or on the request is judged at each use.
+trait Grant: Send + Sync + 'static {
+    fn tenant_id(&self) -> TenantId;
+    /// About what it occupies in memory.
+    fn size(&self) -> usize;
+}
+
+/// A person's access-token session.
+struct SessionGrant {
+    tenant_id: TenantId,
+    /// The family or token is revoked, or the person is not active.
+    ended: bool,
+    tenant_active: bool,
+    role: Role,
+    policy: Arc<TenantPolicy>,
+}
+
+impl Grant for SessionGrant {
+    fn tenant_id(&self) -> TenantId {
+        self.tenant_id
+    }
+    fn size(&self) -> usize {
+        std::mem::size_of::<Self>() + POLICY_SIZE
+    }
+}
+
+/// About what a tenant policy occupies (its address lists are short).
+const POLICY_SIZE: usize = 512;
 
 async fn authenticate_jwt(state: &AppState, token: &str) -> Result<Authenticated, ApiError> {
     let now = state.now_ms();
@@ -184,19 +236,32 @@ async fn authenticate_jwt(state: &AppState, token: &str) -> Result<Authenticated
     })?;
     let tenant_id = TenantId::from_str(&claims.tenant_id).map_err(|_| ApiError::unauthenticated())?;
     let user_id = UserId::from_str(&claims.sub).map_err(|_| ApiError::unauthenticated())?;
-    let scope = TenantScope::for_system(tenant_id);
-    let s = palisade_store::users::session_state(state.db.reader(), &scope, user_id, &claims.sid, &claims.jti)
-        .await?
-        .ok_or_else(ApiError::unauthenticated)?;
-    if s.family_revoked != 0 || s.jti_revoked != 0 || s.user_status != "active" {
+    // Only a token signed by this server gets here: its session names the entry.
+    let name = format!("{tenant_id}\n{user_id}\n{}\n{}", claims.sid, claims.jti);
+    let key = Key { kind: Kind::Session, hash: sha256(&name) };
+    let s = cached(state, key, async {
+        let scope = TenantScope::for_system(tenant_id);
+        let s = palisade_store::users::session_state(state.db.reader(), &scope, user_id, &claims.sid, &claims.jti)
+            .await?
+            .ok_or_else(ApiError::unauthenticated)?;
+        Ok(SessionGrant {
+            tenant_id,
+            ended: s.family_revoked != 0 || s.jti_revoked != 0 || s.user_status != "active",
+            tenant_active: s.tenant_status == "active",
+            role: Role::from_str(&s.role).map_err(|_| ApiError::internal("stored role is invalid"))?,
+            policy: Arc::new(state.abuse.tenant_policy(s.tenant_limits.as_deref())),
+        })
+    })
+    .await?;
+    if s.ended {
         return Err(ApiError::unauthenticated());
     }
-    if s.tenant_status != "active" {
+    if !s.tenant_active {
         return Err(ApiError::frozen());
     }
     // The role is read from the database, not the token, so a demotion or
     // removal takes effect on the next request.
-    let role = Role::from_str(&s.role).map_err(|_| ApiError::internal("stored role is invalid"))?;
+    let role = s.role;
     let principal = Principal::authenticated(
         tenant_id,
         PrincipalKind::User {
@@ -208,22 +273,45 @@ async fn authenticate_jwt(state: &AppState, token: &str) -> Result<Authenticated
         },
         role.permissions(),
     );
-    Ok((principal, s.tenant_limits))
+    Ok((principal, s.policy.clone()))
 }
 
-async fn authenticate_api_key(
-    state: &AppState,
-    key: &str,
-    ctx: &Ctx,
-    headers: &HeaderMap,
-) -> Result<Authenticated, ApiError> {
-    let now = state.now_ms();
-    let row = palisade_store::api_keys::find_by_hash(&state.db, &sha256_hex(key), now)
-        .await?
-        .ok_or_else(ApiError::unauthenticated)?;
-    if row.revoked_at.is_some() {
-        return Err(ApiError::unauthenticated());
+/// An API key as stored, with the keys above it.
+struct KeyGrant {
+    tenant_id: TenantId,
+    key_id: ApiKeyId,
+    revoked: bool,
+    /// The key and its tenant are active (not frozen).
+    active: bool,
+    /// Its own restrictions; for a previous secret, the grace period's end
+    /// is its expiry.
+    restrictions: Restrictions,
+    fence: Fence,
+    /// The person answerable and what the key may do now; `None` when
+    /// that person is gone (or no longer active).
+    answerable: Option<(Option<UserId>, PermissionSet)>,
+    above: Option<Above>,
+    policy: Arc<TenantPolicy>,
+    /// Last recorded use, so a cached key records one a minute too.
+    last_used_at: AtomicI64,
+}
+
+impl Grant for KeyGrant {
+    fn tenant_id(&self) -> TenantId {
+        self.tenant_id
     }
+    fn size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.restrictions.size()
+            + self.fence.size()
+            + self.above.as_ref().map_or(0, Above::size)
+            + POLICY_SIZE
+    }
+}
+
+async fn load_key(state: &AppState, hash: &str, now: i64) -> Result<KeyGrant, ApiError> {
+    let row =
+        palisade_store::api_keys::find_by_hash(&state.db, hash, now).await?.ok_or_else(ApiError::unauthenticated)?;
     let mut restrictions = restrictions_of(&row.allowed_ips, &row.allowed_origins, row.expires_at)?;
     // A previous secret in its grace period only keeps serving: it ends with
     // the grace period, and so does all it mints; it manages no keys (no
@@ -233,23 +321,53 @@ async fn authenticate_api_key(
         let grace = row.prev_valid_until.unwrap_or(now);
         restrictions.expires_at = Some(restrictions.expires_at.map_or(grace, |e| e.min(grace)));
     }
-    admit(&restrictions, ctx, headers, now)?;
-    if row.status != "active" || row.tenant_status.as_deref() != Some("active") {
+    let tenant_id = TenantId::from_str(&row.tenant_id).map_err(ApiError::internal)?;
+    let mut answerable = answerable(&row.permissions, row.owner_user_id.as_deref(), row.owner_role.as_deref())?;
+    if let (true, Some((_, permissions))) = (previous, answerable.as_mut()) {
+        *permissions = permissions.iter().filter(|p| *p != Permission::KeysManage).collect();
+    }
+    Ok(KeyGrant {
+        tenant_id,
+        key_id: ApiKeyId::from_str(&row.id).map_err(ApiError::internal)?,
+        revoked: row.revoked_at.is_some(),
+        active: row.status == "active" && row.tenant_status.as_deref() == Some("active"),
+        fence: Fence::of(&restrictions)?,
+        restrictions,
+        answerable,
+        above: match row.parent_key_id.as_deref() {
+            Some(parent) => Some(Above::load(state, tenant_id, parent).await?),
+            None => None,
+        },
+        policy: Arc::new(state.abuse.tenant_policy(row.tenant_limits.as_deref())),
+        last_used_at: AtomicI64::new(row.last_used_at.unwrap_or(i64::MIN)),
+    })
+}
+
+async fn authenticate_api_key(
+    state: &AppState,
+    key: &str,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+) -> Result<Authenticated, ApiError> {
+    let now = state.now_ms();
+    let hash = sha256(key);
+    let g = cached(state, Key { kind: Kind::ApiKey, hash }, load_key(state, &hex::encode(hash), now)).await?;
+    if g.revoked {
+        return Err(ApiError::unauthenticated());
+    }
+    admit(g.restrictions.expires_at, &g.fence, ctx, headers, now)?;
+    if !g.active {
         return Err(ApiError::frozen());
     }
-    let tenant_id = TenantId::from_str(&row.tenant_id).map_err(ApiError::internal)?;
-    let key_id = ApiKeyId::from_str(&row.id).map_err(ApiError::internal)?;
-    let (owner_user_id, mut permissions) =
-        answerable(&row.permissions, row.owner_user_id.as_deref(), row.owner_role.as_deref())?;
-    if previous {
-        permissions = permissions.iter().filter(|p| *p != Permission::KeysManage).collect();
+    let (owner_user_id, permissions) = g.answerable.ok_or_else(ApiError::unauthenticated)?;
+    if let Some(above) = &g.above {
+        above.live(ctx, headers, now)?;
     }
-    if let Some(parent) = row.parent_key_id.as_deref() {
-        lineage_live(state, tenant_id, parent, now, ctx, headers).await?;
-    }
-    if row.last_used_at.is_none_or(|t| t < now - 60_000) {
+    let last = g.last_used_at.load(Ordering::Relaxed);
+    // One task records the use: the one that moved the mark.
+    if last < now - 60_000 && g.last_used_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
         let state = state.clone();
-        let scope = TenantScope::for_system(tenant_id);
+        let (scope, key_id) = (TenantScope::for_system(g.tenant_id), g.key_id);
         tokio::spawn(async move {
             let touched = async {
                 let mut tx = state.db.begin().await?;
@@ -261,9 +379,59 @@ async fn authenticate_api_key(
             }
         });
     }
-    let principal = Principal::authenticated(tenant_id, PrincipalKind::ApiKey { key_id, owner_user_id }, permissions)
-        .with_restrictions(restrictions);
-    Ok((principal, row.tenant_limits))
+    let principal =
+        Principal::authenticated(g.tenant_id, PrincipalKind::ApiKey { key_id: g.key_id, owner_user_id }, permissions)
+            .with_restrictions(g.restrictions.clone());
+    Ok((principal, g.policy.clone()))
+}
+
+/// An agent token as stored, with its identity and the keys above it.
+struct AgentGrant {
+    tenant_id: TenantId,
+    identity_id: IdentityId,
+    /// The identity and its tenant are active (not frozen).
+    active: bool,
+    restrictions: Restrictions,
+    fence: Fence,
+    answerable: Option<(Option<UserId>, PermissionSet)>,
+    minted_by_key: Option<ApiKeyId>,
+    above: Option<Above>,
+    policy: Arc<TenantPolicy>,
+}
+
+impl Grant for AgentGrant {
+    fn tenant_id(&self) -> TenantId {
+        self.tenant_id
+    }
+    fn size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.restrictions.size()
+            + self.fence.size()
+            + self.above.as_ref().map_or(0, Above::size)
+            + POLICY_SIZE
+    }
+}
+
+async fn load_agent(state: &AppState, hash: &str) -> Result<AgentGrant, ApiError> {
+    let row = palisade_store::identities::find_by_agent_token(state.db.reader(), hash)
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+    let restrictions = restrictions_of(&row.allowed_ips, &row.allowed_origins, row.expires_at)?;
+    let tenant_id = TenantId::from_str(&row.tenant_id).map_err(ApiError::internal)?;
+    Ok(AgentGrant {
+        tenant_id,
+        identity_id: IdentityId::from_str(&row.id).map_err(ApiError::internal)?,
+        active: row.status == "active" && row.tenant_status == "active",
+        fence: Fence::of(&restrictions)?,
+        restrictions,
+        answerable: answerable(&row.permissions, row.owner_user_id.as_deref(), row.owner_role.as_deref())?,
+        minted_by_key: row.key_id.as_deref().map(ApiKeyId::from_str).transpose().map_err(ApiError::internal)?,
+        above: match row.key_id.as_deref() {
+            Some(key) => Some(Above::load(state, tenant_id, key).await?),
+            None => None,
+        },
+        policy: Arc::new(state.abuse.tenant_policy(row.tenant_limits.as_deref())),
+    })
 }
 
 /// An agent token acts as its one identity, with at most what its minter
@@ -276,31 +444,25 @@ async fn authenticate_agent(
     headers: &HeaderMap,
 ) -> Result<Authenticated, ApiError> {
     let now = state.now_ms();
-    let row = palisade_store::identities::find_by_agent_token(state.db.reader(), &sha256_hex(token))
-        .await?
-        .ok_or_else(ApiError::unauthenticated)?;
-    let restrictions = restrictions_of(&row.allowed_ips, &row.allowed_origins, row.expires_at)?;
-    admit(&restrictions, ctx, headers, now)?;
-    if row.status != "active" || row.tenant_status != "active" {
+    let hash = sha256(token);
+    let g = cached(state, Key { kind: Kind::AgentToken, hash }, load_agent(state, &hex::encode(hash))).await?;
+    admit(g.restrictions.expires_at, &g.fence, ctx, headers, now)?;
+    if !g.active {
         return Err(ApiError::frozen());
     }
-    let tenant_id = TenantId::from_str(&row.tenant_id).map_err(ApiError::internal)?;
-    let identity_id = IdentityId::from_str(&row.id).map_err(ApiError::internal)?;
-    let (owner_user_id, permissions) =
-        answerable(&row.permissions, row.owner_user_id.as_deref(), row.owner_role.as_deref())?;
-    let minted_by_key = row.key_id.as_deref().map(ApiKeyId::from_str).transpose().map_err(ApiError::internal)?;
-    if let Some(key) = row.key_id.as_deref() {
-        lineage_live(state, tenant_id, key, now, ctx, headers).await?;
+    let (owner_user_id, permissions) = g.answerable.ok_or_else(ApiError::unauthenticated)?;
+    if let Some(above) = &g.above {
+        above.live(ctx, headers, now)?;
     }
     // Whatever was stored, an agent token never holds more than an agent may.
     let permissions = permissions.intersect(PermissionSet::agent());
     let principal = Principal::authenticated(
-        tenant_id,
-        PrincipalKind::Agent { identity_id, owner_user_id, minted_by_key },
+        g.tenant_id,
+        PrincipalKind::Agent { identity_id: g.identity_id, owner_user_id, minted_by_key: g.minted_by_key },
         permissions,
     )
-    .with_restrictions(restrictions);
-    Ok((principal, row.tenant_limits))
+    .with_restrictions(g.restrictions.clone());
+    Ok((principal, g.policy.clone()))
 }
 
 /// A credential's stored restrictions.
@@ -312,22 +474,48 @@ fn restrictions_of(ips: &str, origins: &str, expires_at: Option<i64>) -> Result<
     })
 }
 
+trait Size {
+    fn size(&self) -> usize;
+}
+
+impl Size for Restrictions {
+    fn size(&self) -> usize {
+        self.allowed_ips.iter().chain(&self.allowed_origins).map(|s| s.len() + 24).sum()
+    }
+}
+
+/// Where a credential may be used from, parsed once.
+struct Fence {
+    nets: Vec<IpNet>,
+    origins: Vec<String>,
+}
+
+impl Fence {
+    fn of(r: &Restrictions) -> Result<Fence, ApiError> {
+        Ok(Fence {
+            nets: palisade_guard::net::parse_cidrs(r.allowed_ips.iter().map(String::as_str))
+                .map_err(ApiError::internal)?,
+            origins: r.allowed_origins.clone(),
+        })
+    }
+
+    fn size(&self) -> usize {
+        self.nets.len() * std::mem::size_of::<IpNet>() + self.origins.iter().map(|s| s.len() + 24).sum::<usize>()
+    }
+}
+
 /// An expired credential, or one used from an address outside its
 /// `allowed_ips` or with an `Origin` outside its `allowed_origins`, is
 /// unknown (401).
-fn admit(r: &Restrictions, ctx: &Ctx, headers: &HeaderMap, now: i64) -> Result<(), ApiError> {
-    if r.expires_at.is_some_and(|e| e <= now) {
+fn admit(expires_at: Option<i64>, f: &Fence, ctx: &Ctx, headers: &HeaderMap, now: i64) -> Result<(), ApiError> {
+    if expires_at.is_some_and(|e| e <= now) {
         return Err(ApiError::unauthenticated());
     }
-    if !r.allowed_ips.is_empty() {
-        let nets =
-            palisade_guard::net::parse_cidrs(r.allowed_ips.iter().map(String::as_str)).map_err(ApiError::internal)?;
-        if !palisade_guard::net::in_any(ctx.client_ip, &nets) {
-            return Err(ApiError::unauthenticated());
-        }
+    if !f.nets.is_empty() && !palisade_guard::net::in_any(ctx.client_ip, &f.nets) {
+        return Err(ApiError::unauthenticated());
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
-        if !r.allowed_origins.is_empty() && !r.allowed_origins.iter().any(|o| o.as_bytes() == origin.as_bytes()) {
+        if !f.origins.is_empty() && !f.origins.iter().any(|o| o.as_bytes() == origin.as_bytes()) {
             return Err(ApiError::unauthenticated());
         }
     }
@@ -335,42 +523,61 @@ fn admit(r: &Restrictions, ctx: &Ctx, headers: &HeaderMap, now: i64) -> Result<(
 }
 
 /// A minted credential never holds more than the person answerable for it
-/// holds now: a demotion narrows it, a removal ends it.
+/// holds now: a demotion narrows it, a removal ends it (`None`).
+#[allow(clippy::type_complexity)]
 fn answerable(
     stored: &str,
     owner: Option<&str>,
     owner_role: Option<&str>,
-) -> Result<(Option<UserId>, PermissionSet), ApiError> {
+) -> Result<Option<(Option<UserId>, PermissionSet)>, ApiError> {
     let names: Vec<String> = serde_json::from_str(stored).map_err(ApiError::internal)?;
     let permissions = PermissionSet::parse(names.iter().map(String::as_str)).map_err(ApiError::internal)?;
-    let Some(owner) = owner else { return Ok((None, permissions)) };
+    let Some(owner) = owner else { return Ok(Some((None, permissions))) };
     let owner = UserId::from_str(owner).map_err(ApiError::internal)?;
-    let role = owner_role.and_then(|r| Role::from_str(r).ok()).ok_or_else(ApiError::unauthenticated)?;
-    Ok((Some(owner), permissions.intersect(role.permissions())))
+    let Some(role) = owner_role.and_then(|r| Role::from_str(r).ok()) else { return Ok(None) };
+    Ok(Some((Some(owner), permissions.intersect(role.permissions()))))
 }
 
-/// The key that minted a credential, and every key above it, still work:
-/// one revoked or expired ends it (401), one frozen suspends it (423); and
-/// the request comes from where each of them could act (401 otherwise:
-/// this also holds credentials minted before minting was bounded).
-async fn lineage_live(
-    state: &AppState,
-    tenant_id: TenantId,
-    key: &str,
-    now: i64,
-    ctx: &Ctx,
-    headers: &HeaderMap,
-) -> Result<(), ApiError> {
-    let key = ApiKeyId::from_str(key).map_err(ApiError::internal)?;
-    let scope = TenantScope::for_system(tenant_id);
-    let (lineage, fences) = palisade_store::api_keys::lineage(state.db.reader(), &scope, key, now).await?;
-    for fence in &fences {
-        admit(&restrictions_of(&fence.allowed_ips, &fence.allowed_origins, None)?, ctx, headers, now)?;
+/// The key that minted a credential, and every key above it, as stored.
+struct Above {
+    chain: Chain,
+    fences: Vec<Fence>,
+}
+
+impl Above {
+    async fn load(state: &AppState, tenant_id: TenantId, key: &str) -> Result<Above, ApiError> {
+        let key = ApiKeyId::from_str(key).map_err(ApiError::internal)?;
+        let scope = TenantScope::for_system(tenant_id);
+        let chain = palisade_store::api_keys::chain(state.db.reader(), &scope, key).await?;
+        let fences = chain
+            .fences
+            .iter()
+            .map(|f| Fence::of(&restrictions_of(&f.allowed_ips, &f.allowed_origins, None)?))
+            .collect::<Result<_, ApiError>>()?;
+        Ok(Above { chain, fences })
     }
-    match lineage {
-        Lineage::Live => Ok(()),
-        Lineage::Frozen => Err(ApiError::frozen()),
-        Lineage::Ended => Err(ApiError::unauthenticated()),
+
+    fn size(&self) -> usize {
+        self.chain.size() + self.fences.iter().map(Fence::size).sum::<usize>()
+    }
+
+    /// They all still work: one revoked or expired ends the credential
+    /// (401), one frozen suspends it (423); and the request comes from
+    /// where each of them could act (401 otherwise: this also holds
+    /// credentials minted before minting was bounded).
+    fn live(&self, ctx: &Ctx, headers: &HeaderMap, now: i64) -> Result<(), ApiError> {
+        match self.chain.lineage(now) {
+            Lineage::Ended => Err(ApiError::unauthenticated()),
+            lineage => {
+                for fence in &self.fences {
+                    admit(None, fence, ctx, headers, now)?;
+                }
+                match lineage {
+                    Lineage::Frozen => Err(ApiError::frozen()),
+                    _ => Ok(()),
+                }
+            }
+        }
     }
 }
 

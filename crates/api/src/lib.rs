@@ -3,6 +3,7 @@
 
 pub mod abuse;
 pub mod body;
+pub mod credentials;
 pub mod extract;
 pub mod metrics;
 pub mod middleware;

@@ -40,6 +40,7 @@ pub struct Metrics {
     connections_cut: Family<KindLabels, Counter>,
     redis_failures: Counter,
     redis_degraded: Gauge,
+    credential_cache: Family<KindLabels, Counter>,
     /// Route templates as static strings, so labels cost no allocation.
     /// Only matched routes arrive here, so the set is the router's.
     routes: RwLock<HashMap<Box<str>, &'static str>>,
@@ -74,6 +75,12 @@ impl Metrics {
             "1 while Redis is unreachable and the failure policy applies",
             redis_degraded.clone(),
         );
+        let credential_cache = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "credential_cache",
+            "Verified-credential cache: hit, miss, invalidation (a tenant's entries dropped), flush (all dropped)",
+            credential_cache.clone(),
+        );
         let routes = RwLock::default();
         Metrics {
             registry,
@@ -87,6 +94,7 @@ impl Metrics {
             connections_cut,
             redis_failures,
             redis_degraded,
+            credential_cache,
             routes,
         }
     }
@@ -148,6 +156,17 @@ impl Metrics {
 
     pub fn redis_degraded(&self, degraded: bool) {
         self.redis_degraded.set(i64::from(degraded));
+    }
+
+    /// The cache's counters (it counts without a look-up per request).
+    pub fn credential_cache_counters(&self) -> crate::credentials::cache::CacheCounters {
+        let c = |kind| self.credential_cache.get_or_create(&KindLabels { kind }).clone();
+        crate::credentials::cache::CacheCounters {
+            hits: c("hit"),
+            misses: c("miss"),
+            invalidations: c("invalidation"),
+            flushes: c("flush"),
+        }
     }
 
     /// The text exposition format.

@@ -237,7 +237,7 @@ pub async fn set_tenant_frozen(
     let scope = TenantScope::for_sysadmin(proof, id);
     let mut tx = db.begin().await?;
     let status = if frozen { "frozen" } else { "active" };
-    if !palisade_store::tenants::set_status(&mut *tx, &scope, status).await? {
+    if !palisade_store::tenants::set_status(&mut tx, &scope, status).await? {
         return Ok(false);
     }
     let action = if frozen { "tenant.frozen" } else { "tenant.unfrozen" };

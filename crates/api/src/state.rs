@@ -20,6 +20,8 @@ pub struct Services {
     pub clock: Arc<dyn Clock>,
     pub audit_log: Arc<AuditLog>,
     pub abuse: crate::abuse::Abuse,
+    /// Verified credentials kept in memory, and what drops them.
+    pub credentials: crate::credentials::Credentials,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub argon2: crate::ops::Argon2Slots,
     /// Read slots for bodies sent before authentication.

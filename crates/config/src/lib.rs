@@ -288,6 +288,17 @@ pub struct Auth {
     pub argon2_max_concurrent: usize,
     /// How long a request waits for a free slot before a 503.
     pub argon2_wait_ms: u64,
+    /// How long a verified credential (key, agent token, session) is used
+    /// from memory before it is read again. Changes reach every instance
+    /// within a second anyway; this bounds a lost message. 0: no cache.
+    /// At most 60.
+    pub credential_cache_ttl_secs: u64,
+    /// How many verified credentials an instance keeps in memory.
+    pub credential_cache_max_entries: usize,
+    /// Hear other instances' credential changes (PostgreSQL LISTEN). Off,
+    /// only the TTL bounds how long another instance's revocation takes
+    /// here: for tests of that bound, never for several instances.
+    pub credential_cache_listen: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -588,6 +599,9 @@ impl Default for Auth {
             clock_skew_secs: 60,
             argon2_max_concurrent: 0,
             argon2_wait_ms: 2000,
+            credential_cache_ttl_secs: 5,
+            credential_cache_max_entries: 100_000,
+            credential_cache_listen: true,
         }
     }
 }
@@ -754,6 +768,9 @@ impl Config {
         }
         if self.auth.access_token_ttl_secs == 0 || self.auth.access_token_ttl_secs > 24 * 3600 {
             return Err(ConfigError("auth.access_token_ttl_secs must be between 1 and 86400 (24 h)".into()));
+        }
+        if self.auth.credential_cache_ttl_secs > 60 {
+            return Err(ConfigError("auth.credential_cache_ttl_secs must be at most 60".into()));
         }
         if self.auth.clock_skew_secs > 300 {
             return Err(ConfigError("auth.clock_skew_secs must be at most 300 (5 min)".into()));

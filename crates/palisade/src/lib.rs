@@ -49,6 +49,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let metrics = Arc::new(palisade_api::metrics::Metrics::new());
     let abuse_state = abuse_state(&config, &metrics).await?;
     let abuse = palisade_api::abuse::Abuse::new(&config, abuse_state, metrics.clone());
+    let credentials = palisade_api::credentials::Credentials::start(&config, &db, &metrics);
     let argon2 = palisade_api::ops::Argon2Slots::new(config.auth.argon2_max_concurrent, config.auth.argon2_wait_ms);
     let body_reads = palisade_api::body::UnauthenticatedReads::new(
         config.limits.unauthenticated_body_reads,
@@ -91,6 +92,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         clock,
         audit_log,
         abuse,
+        credentials,
         metrics,
         argon2,
         body_reads,

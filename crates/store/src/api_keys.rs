@@ -163,8 +163,8 @@ pub async fn list<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope
 
 /// Replaces the key's secret; the old one stays valid until `grace_until`.
 /// Only a live key can be rotated.
-pub async fn rotate<'c>(
-    ex: impl Executor<'c, Database = Any>,
+pub async fn rotate(
+    tx: &mut crate::Tx,
     scope: &TenantScope,
     id: ApiKeyId,
     new_hash: &str,
@@ -180,8 +180,9 @@ pub async fn rotate<'c>(
     .bind(new_prefix)
     .bind(scope.tenant_id().to_string())
     .bind(id.to_string())
-    .execute(ex)
+    .execute(&mut **tx)
     .await?;
+    tx.credentials_changed(&scope.tenant_id().to_string());
     Ok(r.rows_affected() == 1)
 }
 
@@ -200,6 +201,7 @@ pub async fn revoke(tx: &mut crate::Tx, scope: &TenantScope, id: ApiKeyId, now: 
     if r.rows_affected() != 1 {
         return Ok(false);
     }
+    tx.credentials_changed(&scope.tenant_id().to_string());
     sqlx::query(
         "WITH RECURSIVE below (id, depth) AS ( \
            SELECT id, 1 FROM api_keys WHERE tenant_id = $2 AND parent_key_id = $3 \
@@ -249,20 +251,52 @@ pub struct Fence {
     pub allowed_origins: String,
 }
 
-/// Walks from `id` up through the keys that minted it; with the fences of
-/// every key on the way (`id` included).
-pub async fn lineage<'c, E>(ex: E, scope: &TenantScope, id: ApiKeyId, now: i64) -> Result<(Lineage, Vec<Fence>)>
+/// A key and the keys above it as stored, without the time: what a cache
+/// may keep (expiry is judged at each use, by [`Chain::lineage`]).
+#[derive(Debug, Clone)]
+pub struct Chain {
+    /// One of them is revoked or missing, or the chain is too long.
+    pub broken: bool,
+    /// One of them is frozen by the operator.
+    pub frozen: bool,
+    /// The earliest expiry among them.
+    pub expires_at: Option<i64>,
+    /// The fences of every key on the way (the first included).
+    pub fences: Vec<Fence>,
+}
+
+impl Chain {
+    pub fn lineage(&self, now: i64) -> Lineage {
+        if self.broken || self.expires_at.is_some_and(|e| e <= now) {
+            Lineage::Ended
+        } else if self.frozen {
+            Lineage::Frozen
+        } else {
+            Lineage::Live
+        }
+    }
+
+    /// Roughly what it occupies in memory.
+    pub fn size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self
+                .fences
+                .iter()
+                .map(|f| std::mem::size_of::<Fence>() + f.allowed_ips.len() + f.allowed_origins.len())
+                .sum::<usize>()
+    }
+}
+
+/// Walks from `id` up through the keys that minted it.
+pub async fn chain<'c, E>(ex: E, scope: &TenantScope, id: ApiKeyId) -> Result<Chain>
 where
     E: Executor<'c, Database = Any> + Copy,
 {
     let mut next = Some(id.to_string());
-    let mut frozen = false;
-    let mut fences = Vec::new();
+    let mut chain = Chain { broken: false, frozen: false, expires_at: None, fences: Vec::new() };
     // The key, up to MAX_LINEAGE above it, and the look that finds no more.
     for _ in 0..MAX_LINEAGE + 2 {
-        let Some(id) = next else {
-            return Ok((if frozen { Lineage::Frozen } else { Lineage::Live }, fences));
-        };
+        let Some(id) = next else { return Ok(chain) };
         let link: Option<Link> = sqlx::query_as(
             "SELECT parent_key_id, status, revoked_at, expires_at, allowed_ips, allowed_origins \
              FROM api_keys WHERE tenant_id = $1 AND id = $2",
@@ -271,15 +305,20 @@ where
         .bind(id)
         .fetch_optional(ex)
         .await?;
-        let Some(link) = link else { return Ok((Lineage::Ended, fences)) };
-        if link.revoked_at.is_some() || link.expires_at.is_some_and(|e| e <= now) {
-            return Ok((Lineage::Ended, fences));
-        }
-        frozen |= link.status != "active";
+        let Some(link) = link.filter(|l| l.revoked_at.is_none()) else {
+            chain.broken = true;
+            return Ok(chain);
+        };
+        chain.frozen |= link.status != "active";
+        chain.expires_at = match (chain.expires_at, link.expires_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         next = link.parent_key_id;
-        fences.push(Fence { allowed_ips: link.allowed_ips, allowed_origins: link.allowed_origins });
+        chain.fences.push(Fence { allowed_ips: link.allowed_ips, allowed_origins: link.allowed_origins });
     }
-    Ok((Lineage::Ended, fences))
+    chain.broken = true;
+    Ok(chain)
 }
 
 /// Whether `ancestor` stands above `id` (minted it, or minted one that did).
@@ -328,17 +367,22 @@ where
 }
 
 /// Kill-switch; the operator names the key by id alone. Returns the tenant.
-pub async fn set_status<'c>(
-    ex: impl Executor<'c, Database = Any>,
+pub async fn set_status(
+    tx: &mut crate::Tx,
     _proof: &SysadminProof,
     id: ApiKeyId,
     status: &str,
 ) -> Result<Option<String>> {
-    Ok(sqlx::query_scalar("UPDATE api_keys SET status = $1 WHERE id = $2 RETURNING tenant_id")
-        .bind(status)
-        .bind(id.to_string())
-        .fetch_optional(ex)
-        .await?)
+    let tenant: Option<String> =
+        sqlx::query_scalar("UPDATE api_keys SET status = $1 WHERE id = $2 RETURNING tenant_id")
+            .bind(status)
+            .bind(id.to_string())
+            .fetch_optional(&mut **tx)
+            .await?;
+    if let Some(t) = &tenant {
+        tx.credentials_changed(t);
+    }
+    Ok(tenant)
 }
 
 /// Records use, at most once a minute per key so reads stay reads.

@@ -1,5 +1,5 @@
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -25,6 +25,24 @@ pub struct Tx {
     /// Always `Some` until `commit`, `rollback` or `drop` takes it.
     inner: Option<sqlx::Transaction<'static, Any>>,
     lock: Option<OwnedMutexGuard<()>>,
+    hook: HookSlot,
+    /// Tenants whose credentials this transaction changed: told to the hook
+    /// once it commits (not before: a reader could cache the old rows again).
+    changed: Vec<String>,
+}
+
+/// Told, after a commit, the tenant whose credentials (keys, tokens,
+/// sessions, roles, freezes, limits) changed. Set once, by the server.
+pub type CredentialHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Holds the [`CredentialHook`], once set.
+#[derive(Clone, Default)]
+struct HookSlot(Arc<OnceLock<CredentialHook>>);
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "HookSlot(set)" } else { "HookSlot(unset)" })
+    }
 }
 
 impl Tx {
@@ -39,7 +57,19 @@ impl Tx {
 
     pub async fn commit(mut self) -> Result<()> {
         let inner = self.inner.take().ok_or(StoreError::Closed)?;
-        Ok(inner.commit().await?)
+        inner.commit().await?;
+        if let Some(hook) = self.hook.0.get() {
+            self.changed.iter().for_each(|t| hook(t));
+        }
+        Ok(())
+    }
+
+    /// Marks the tenant's credentials changed by this transaction. Every
+    /// store function that writes what authentication reads calls it.
+    pub(crate) fn credentials_changed(&mut self, tenant: &str) {
+        if !self.changed.iter().any(|t| t == tenant) {
+            self.changed.push(tenant.to_owned());
+        }
     }
 
     pub async fn rollback(mut self) -> Result<()> {
@@ -110,6 +140,7 @@ pub struct Db {
     pub(crate) batcher: Arc<crate::pg_batch::Batcher>,
     /// PostgreSQL: reads concurrent point lookups together.
     pub(crate) lookups: Arc<crate::pg_lookup::Lookups>,
+    credential_hook: HookSlot,
 }
 
 impl Db {
@@ -142,6 +173,7 @@ impl Db {
                     durable: crate::durable::Barrier::new(),
                     batcher: Arc::default(),
                     lookups: Arc::default(),
+                    credential_hook: HookSlot::default(),
                 })
             }
             Dialect::Postgres => {
@@ -172,6 +204,7 @@ impl Db {
                     durable: crate::durable::Barrier::new(),
                     batcher: Arc::default(),
                     lookups: Arc::default(),
+                    credential_hook: HookSlot::default(),
                 })
             }
         }
@@ -215,7 +248,20 @@ impl Db {
             ),
             None => None,
         };
-        Ok(Tx { inner: Some(self.write.begin().await?), lock })
+        Ok(Tx { inner: Some(self.write.begin().await?), lock, hook: self.credential_hook.clone(), changed: Vec::new() })
+    }
+
+    /// Sets the hook told of committed credential changes (once; later
+    /// calls are ignored).
+    pub fn on_credential_change(&self, hook: CredentialHook) {
+        let _ = self.credential_hook.0.set(hook);
+    }
+
+    /// Tells the hook a commit changed the tenant's credentials.
+    pub(crate) fn credentials_changed(&self, tenant: &str) {
+        if let Some(hook) = self.credential_hook.0.get() {
+            hook(tenant);
+        }
     }
 
     /// SQLite only: runs `f` in the group-commit writer (see

@@ -124,12 +124,13 @@ pub async fn update<'c>(
 /// Deletes an active identity: false if it is missing or frozen (deleting
 /// and registering the number again must not lift a freeze, even one set
 /// while the delete runs).
-pub async fn delete<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, id: IdentityId) -> Result<bool> {
+pub async fn delete(tx: &mut crate::Tx, scope: &TenantScope, id: IdentityId) -> Result<bool> {
     let r = sqlx::query("DELETE FROM identities WHERE tenant_id = $1 AND id = $2 AND status = 'active'")
         .bind(scope.tenant_id().to_string())
         .bind(id.to_string())
-        .execute(ex)
+        .execute(&mut **tx)
         .await?;
+    tx.credentials_changed(&scope.tenant_id().to_string());
     Ok(r.rows_affected() == 1)
 }
 
@@ -151,8 +152,8 @@ pub struct NewAgentToken<'a> {
 /// Stores a new agent token, replacing (and so revoking) the previous
 /// one, `replaces` (its hash; none if there was none): false when the
 /// identity is not in the tenant or its token changed since it was read.
-pub async fn set_agent_token<'c>(
-    ex: impl Executor<'c, Database = Any>,
+pub async fn set_agent_token(
+    tx: &mut crate::Tx,
     scope: &TenantScope,
     id: IdentityId,
     token: &NewAgentToken<'_>,
@@ -177,21 +178,22 @@ pub async fn set_agent_token<'c>(
     .bind(token.allowed_origins)
     .bind(token.expires_at)
     .bind(replaces.unwrap_or(""))
-    .execute(ex)
+    .execute(&mut **tx)
     .await?;
+    tx.credentials_changed(&scope.tenant_id().to_string());
     Ok(r.rows_affected() == 1)
 }
 
 /// The operator's freeze, set or lifted; a freeze its tenant holds stays.
 /// The identity's tenant and resulting status, if it exists.
-pub async fn set_status<'c>(
-    ex: impl Executor<'c, Database = Any>,
+pub async fn set_status(
+    tx: &mut crate::Tx,
     _proof: &SysadminProof,
     id: IdentityId,
     frozen: bool,
     now: i64,
 ) -> Result<Option<(String, String)>> {
-    Ok(sqlx::query_as(
+    let r: Option<(String, String)> = sqlx::query_as(
         "UPDATE identities SET operator_frozen = $1, updated_at = $3, \
            status = CASE WHEN $1 = 1 OR tenant_frozen = 1 THEN 'frozen' ELSE 'active' END \
          WHERE id = $2 RETURNING tenant_id, status",
@@ -199,16 +201,20 @@ pub async fn set_status<'c>(
     .bind(i64::from(frozen))
     .bind(id.to_string())
     .bind(now)
-    .fetch_optional(ex)
-    .await?)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some((tenant, _)) = &r {
+        tx.credentials_changed(tenant);
+    }
+    Ok(r)
 }
 
 /// The tenant's own freeze, set or lifted; the operator's stays. Lifting
 /// is refused (false) while the operator holds one; a frozen identity
 /// with neither mark was frozen by the operator before the marks existed.
 /// False also if there is no such identity.
-pub async fn set_own_status<'c>(
-    ex: impl Executor<'c, Database = Any>,
+pub async fn set_own_status(
+    tx: &mut crate::Tx,
     scope: &TenantScope,
     id: IdentityId,
     frozen: bool,
@@ -224,8 +230,9 @@ pub async fn set_own_status<'c>(
     .bind(id.to_string())
     .bind(i64::from(frozen))
     .bind(now)
-    .execute(ex)
+    .execute(&mut **tx)
     .await?;
+    tx.credentials_changed(&scope.tenant_id().to_string());
     Ok(r.rows_affected() == 1)
 }
 

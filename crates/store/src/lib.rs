@@ -27,7 +27,10 @@ pub mod users;
 pub mod webhooks;
 pub mod write;
 
-pub use db::{create_private_dir, Db, Dialect, Tx};
+#[cfg(test)]
+mod credential_writes;
+
+pub use db::{create_private_dir, CredentialHook, Db, Dialect, Tx};
 pub use error::StoreError;
 pub use read::FromSqlite;
 pub use rusqlite;

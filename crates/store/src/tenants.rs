@@ -36,12 +36,13 @@ pub async fn get<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope)
 }
 
 /// Returns false when no such tenant exists.
-pub async fn set_status<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, status: &str) -> Result<bool> {
+pub async fn set_status(tx: &mut crate::Tx, scope: &TenantScope, status: &str) -> Result<bool> {
     let r = sqlx::query("UPDATE tenants SET status = $1 WHERE id = $2")
         .bind(status)
         .bind(scope.tenant_id().to_string())
-        .execute(ex)
+        .execute(&mut **tx)
         .await?;
+    tx.credentials_changed(&scope.tenant_id().to_string());
     Ok(r.rows_affected() == 1)
 }
 
@@ -76,4 +77,5 @@ pub fn set_limits_stmt(scope: &TenantScope, settings: Option<&str>, now: i64) ->
         .bind(now),
         None => crate::Stmt::new("DELETE FROM tenant_limits WHERE tenant_id = $1").bind(scope.tenant_id().to_string()),
     }
+    .changes_credentials_of(scope.tenant_id().to_string())
 }

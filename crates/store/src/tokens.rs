@@ -201,41 +201,35 @@ pub async fn use_refresh(tx: &mut crate::Tx, token_hash: &str, now: i64) -> Resu
     })
 }
 
-pub async fn revoke_family<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-    family_id: &str,
-    now: i64,
-) -> Result<()> {
+pub async fn revoke_family(tx: &mut crate::Tx, scope: &TenantScope, family_id: &str, now: i64) -> Result<()> {
     sqlx::query("UPDATE token_families SET revoked_at = $1 WHERE tenant_id = $2 AND id = $3 AND revoked_at IS NULL")
         .bind(now)
         .bind(scope.tenant_id().to_string())
         .bind(family_id)
-        .execute(ex)
+        .execute(&mut **tx)
         .await?;
+    tx.credentials_changed(&scope.tenant_id().to_string());
     Ok(())
 }
 
 /// Ends every session of a person: each refresh family, and with it every
 /// access token issued in it (authentication checks the family is live).
-pub async fn revoke_user_families<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-    user_id: UserId,
-    now: i64,
-) -> Result<u64> {
+pub async fn revoke_user_families(tx: &mut crate::Tx, scope: &TenantScope, user_id: UserId, now: i64) -> Result<u64> {
     let r = sqlx::query(
         "UPDATE token_families SET revoked_at = $1 WHERE tenant_id = $2 AND user_id = $3 AND revoked_at IS NULL",
     )
     .bind(now)
     .bind(scope.tenant_id().to_string())
     .bind(user_id.to_string())
-    .execute(ex)
+    .execute(&mut **tx)
     .await?;
+    tx.credentials_changed(&scope.tenant_id().to_string());
     Ok(r.rows_affected())
 }
 
-/// Denies an access token until it would have expired anyway.
+/// Denies an access token until it would have expired anyway. It names no
+/// tenant: callers revoke its family too ([`revoke_family`]), which tells
+/// the credential caches.
 pub async fn revoke_jti<'c>(ex: impl Executor<'c, Database = Any>, jti: &str, expires_at: i64) -> Result<()> {
     sqlx::query("INSERT INTO revoked_jtis (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
         .bind(jti)

@@ -117,51 +117,46 @@ pub async fn list<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope
         .await?)
 }
 
-pub async fn set_role<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-    id: UserId,
-    role: &str,
-    now: i64,
-) -> Result<bool> {
+pub async fn set_role(tx: &mut crate::Tx, scope: &TenantScope, id: UserId, role: &str, now: i64) -> Result<bool> {
     let r = sqlx::query("UPDATE users SET role = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4")
         .bind(role)
         .bind(now)
         .bind(scope.tenant_id().to_string())
         .bind(id.to_string())
-        .execute(ex)
+        .execute(&mut **tx)
         .await?;
+    tx.credentials_changed(&scope.tenant_id().to_string());
     Ok(r.rows_affected() == 1)
 }
 
 /// Marks a pending or invited person active with the password given.
-pub async fn activate<'c>(
-    ex: impl Executor<'c, Database = Any>,
+pub async fn activate(
+    tx: &mut crate::Tx,
     scope: &TenantScope,
     id: UserId,
     password_hash: &str,
     now: i64,
 ) -> Result<bool> {
-    set_password(ex, scope, id, password_hash, now, ["pending", "invited"]).await
+    set_password(tx, scope, id, password_hash, now, ["pending", "invited"]).await
 }
 
 /// Sets the password of an active or pending person after a password
 /// reset. A pending sign-up becomes active: the reset proved control of
 /// the mailbox and chose the password. Invited people accept their
 /// invitation instead.
-pub async fn reset_password<'c>(
-    ex: impl Executor<'c, Database = Any>,
+pub async fn reset_password(
+    tx: &mut crate::Tx,
     scope: &TenantScope,
     id: UserId,
     password_hash: &str,
     now: i64,
 ) -> Result<bool> {
-    set_password(ex, scope, id, password_hash, now, ["active", "pending"]).await
+    set_password(tx, scope, id, password_hash, now, ["active", "pending"]).await
 }
 
 /// The person's new password, which leaves them active, if their status is one of `from`.
-async fn set_password<'c>(
-    ex: impl Executor<'c, Database = Any>,
+async fn set_password(
+    tx: &mut crate::Tx,
     scope: &TenantScope,
     id: UserId,
     password_hash: &str,
@@ -178,17 +173,20 @@ async fn set_password<'c>(
     .bind(id.to_string())
     .bind(from[0])
     .bind(from[1])
-    .execute(ex)
+    .execute(&mut **tx)
     .await?;
+    // Sessions end with a password change; a pending person becomes active.
+    tx.credentials_changed(&scope.tenant_id().to_string());
     Ok(r.rows_affected() == 1)
 }
 
-pub async fn delete<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, id: UserId) -> Result<bool> {
+pub async fn delete(tx: &mut crate::Tx, scope: &TenantScope, id: UserId) -> Result<bool> {
     let r = sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND id = $2")
         .bind(scope.tenant_id().to_string())
         .bind(id.to_string())
-        .execute(ex)
+        .execute(&mut **tx)
         .await?;
+    tx.credentials_changed(&scope.tenant_id().to_string());
     Ok(r.rows_affected() == 1)
 }
 

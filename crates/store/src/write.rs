@@ -61,6 +61,8 @@ pub struct Stmt {
     sqlite: Option<&'static str>,
     /// Planned at each run rather than prepared once per connection.
     replan: bool,
+    /// The tenant whose credentials it changes (see [`crate::Db::on_credential_change`]).
+    credentials_of: Option<String>,
 }
 
 /// How one statement of many concurrent lists becomes one statement on
@@ -103,7 +105,7 @@ impl Stmt {
     }
 
     fn of(sql: std::borrow::Cow<'static, str>) -> Self {
-        Stmt { sql, args: Vec::new(), guard: None, merge: Merge::No, sqlite: None, replan: false }
+        Stmt { sql, args: Vec::new(), guard: None, merge: Merge::No, sqlite: None, replan: false, credentials_of: None }
     }
 
     /// A statement written twice: for PostgreSQL and for SQLite.
@@ -116,6 +118,13 @@ impl Stmt {
     /// plan kept from when the table was small scans all of it later.
     pub fn planned_each_time(mut self) -> Self {
         self.replan = true;
+        self
+    }
+
+    /// It changes what the tenant's credentials may do: the hook hears of
+    /// it once the list commits.
+    pub(crate) fn changes_credentials_of(mut self, tenant: String) -> Self {
+        self.credentials_of = Some(tenant);
         self
     }
 
@@ -287,6 +296,9 @@ impl crate::Tx {
                 q = bind_sqlx(q, v);
             }
             out.push(s.check(q.execute(&mut **self).await?.rows_affected())?);
+            if let Some(t) = &s.credentials_of {
+                self.credentials_changed(t);
+            }
         }
         Ok(out)
     }
@@ -319,6 +331,13 @@ impl Db {
     /// one statement ([`Db::write_postgres`]), so the statements must not
     /// depend on each other's effects.
     pub async fn write_all(&self, stmts: Vec<Stmt>) -> Result<Vec<u64>> {
+        let changed: Vec<String> = stmts.iter().filter_map(|s| s.credentials_of.clone()).collect();
+        let rows = self.write_list(stmts).await?;
+        changed.iter().for_each(|t| self.credentials_changed(t));
+        Ok(rows)
+    }
+
+    async fn write_list(&self, stmts: Vec<Stmt>) -> Result<Vec<u64>> {
         match self.dialect() {
             Dialect::Sqlite => self
                 .write_sqlite(move |c| stmts.iter().map(|s| s.run_sqlite(c).and_then(|n| s.check(n))).collect())

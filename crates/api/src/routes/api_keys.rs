@@ -269,7 +269,7 @@ pub async fn rotate(
     minter_bounds(&auth).covers(&bounds_of(&row)?).map_err(|w| auth.denied(w.detail()))?;
     let key = new_api_key();
     let grace_ms = i64::try_from(grace).unwrap_or(0) * 1000;
-    if !palisade_store::api_keys::rotate(&mut *tx, &scope, id, &sha256_hex(&key), &prefix_of(&key), now + grace_ms)
+    if !palisade_store::api_keys::rotate(&mut tx, &scope, id, &sha256_hex(&key), &prefix_of(&key), now + grace_ms)
         .await?
     {
         return Err(ApiError::conflict("A revoked key cannot be rotated."));

@@ -281,11 +281,11 @@ pub async fn verify_email(
     // password, read again in this transaction, is the one that counts.
     let hash = chosen.as_deref().or(used.password_hash.as_deref()).ok_or_else(must_choose)?;
     ensure_not_frozen(&mut tx, &scope).await?;
-    if !palisade_store::users::activate(&mut *tx, &scope, user_id, hash, now).await? {
+    if !palisade_store::users::activate(&mut tx, &scope, user_id, hash, now).await? {
         return Err(invalid());
     }
     palisade_store::tokens::void_email_tokens(&mut *tx, &scope, user_id, "verify", now).await?;
-    palisade_store::tokens::revoke_user_families(&mut *tx, &scope, user_id, now).await?;
+    palisade_store::tokens::revoke_user_families(&mut tx, &scope, user_id, now).await?;
     let event = Event::new("auth.email_verified", Some(tenant_id), Actor::user(user_id))
         .resource("user", user_id)
         .details(serde_json::json!({ "password_chosen": chosen.is_some() }));
@@ -398,13 +398,13 @@ pub async fn password_reset_confirm(
     palisade_store::tokens::consume_email_token(&mut *tx, &token_hash, "reset", now).await?.ok_or_else(invalid)?;
     ensure_not_frozen(&mut tx, &scope).await?;
     let before = palisade_store::users::get(&mut *tx, &scope, user_id).await?.ok_or_else(invalid)?;
-    if !palisade_store::users::reset_password(&mut *tx, &scope, user_id, &hash, now).await? {
+    if !palisade_store::users::reset_password(&mut tx, &scope, user_id, &hash, now).await? {
         return Err(invalid());
     }
     for purpose in ["reset", "verify"] {
         palisade_store::tokens::void_email_tokens(&mut *tx, &scope, user_id, purpose, now).await?;
     }
-    let sessions = palisade_store::tokens::revoke_user_families(&mut *tx, &scope, user_id, now).await?;
+    let sessions = palisade_store::tokens::revoke_user_families(&mut tx, &scope, user_id, now).await?;
     let event = Event::new("auth.password_reset", Some(tenant_id), Actor::user(user_id))
         .resource("user", user_id)
         .details(serde_json::json!({ "activated": before.status == "pending", "sessions_ended": sessions }));
@@ -481,7 +481,7 @@ pub async fn accept_invite(
     let mut tx = state.db.begin().await?;
     palisade_store::tokens::consume_email_token(&mut *tx, &token_hash, "invite", now).await?.ok_or_else(invalid)?;
     ensure_not_frozen(&mut tx, &scope).await?;
-    if !palisade_store::users::activate(&mut *tx, &scope, user_id, &hash, now).await? {
+    if !palisade_store::users::activate(&mut tx, &scope, user_id, &hash, now).await? {
         return Err(invalid());
     }
     let event = Event::new("user.invite_accepted", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
@@ -703,7 +703,7 @@ pub async fn refresh(
         RefreshUse::Reused { tenant_id, family_id } => {
             let tenant_id = TenantId::from_str(&tenant_id).map_err(ApiError::internal)?;
             let scope = TenantScope::for_system(tenant_id);
-            palisade_store::tokens::revoke_family(&mut *tx, &scope, &family_id, now).await?;
+            palisade_store::tokens::revoke_family(&mut tx, &scope, &family_id, now).await?;
             let event = Event::new("auth.refresh_reused", Some(tenant_id), Actor::anonymous())
                 .resource("session", &family_id)
                 .details(serde_json::json!({ "outcome": "family_revoked" }));
@@ -727,7 +727,7 @@ pub async fn logout(State(state): State<AppState>, auth: Auth) -> Result<StatusC
     let scope = auth.principal.own_scope();
     let mut tx = state.db.begin().await?;
     palisade_store::tokens::revoke_jti(&mut *tx, jti, *expires_at_ms).await?;
-    palisade_store::tokens::revoke_family(&mut *tx, &scope, family_id, now).await?;
+    palisade_store::tokens::revoke_family(&mut tx, &scope, family_id, now).await?;
     let event = Event::new("auth.logout", Some(scope.tenant_id()), Actor::user(*user_id)).resource("user", user_id);
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     commit(tx).await?;

@@ -315,7 +315,7 @@ pub async fn remove(
     if current.status != "active" {
         return Err(ApiError::frozen());
     }
-    if !palisade_store::identities::delete(&mut *tx, &scope, id).await? {
+    if !palisade_store::identities::delete(&mut tx, &scope, id).await? {
         // Frozen since it was read.
         return Err(ApiError::frozen());
     }
@@ -439,7 +439,7 @@ pub async fn agent_token(
     }
     // Exactly the token checked: one issued meanwhile (PostgreSQL) is not replaced unchecked.
     let replaces = old.as_ref().map(|o| o.hash.as_str());
-    if !palisade_store::identities::set_agent_token(&mut *tx, &scope, id, &new, replaces, now).await? {
+    if !palisade_store::identities::set_agent_token(&mut tx, &scope, id, &new, replaces, now).await? {
         return Err(ApiError::conflict("The identity's agent token changed meanwhile; try again."));
     }
     let event =
@@ -500,7 +500,7 @@ async fn set_own_status(
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
     let current = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
-    if !palisade_store::identities::set_own_status(&mut *tx, &scope, id, frozen, now).await? {
+    if !palisade_store::identities::set_own_status(&mut tx, &scope, id, frozen, now).await? {
         // Gone since it was read, or (an unfreeze) the operator holds a freeze.
         palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
         return Err(ApiError::new(

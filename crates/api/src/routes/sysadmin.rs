@@ -145,7 +145,7 @@ async fn key_status(
     let status = if frozen { "frozen" } else { "active" };
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
-    let tenant = palisade_store::api_keys::set_status(&mut *tx, &admin.proof, id, status)
+    let tenant = palisade_store::api_keys::set_status(&mut tx, &admin.proof, id, status)
         .await?
         .ok_or_else(ApiError::not_found)?;
     let tenant = tenant.parse::<TenantId>().map_err(ApiError::internal)?;
@@ -333,7 +333,7 @@ async fn identity_status(
 ) -> Result<Json<StatusView>, ApiError> {
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
-    let (tenant, status) = palisade_store::identities::set_status(&mut *tx, &admin.proof, id, frozen, now)
+    let (tenant, status) = palisade_store::identities::set_status(&mut tx, &admin.proof, id, frozen, now)
         .await?
         .ok_or_else(ApiError::not_found)?;
     let tenant = tenant.parse::<TenantId>().map_err(ApiError::internal)?;

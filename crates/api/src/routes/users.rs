@@ -175,7 +175,7 @@ pub async fn update(
     if old == Role::Owner && req.role != Role::Owner {
         ensure_other_owner(&mut tx, &scope, &target).await?;
     }
-    palisade_store::users::set_role(&mut *tx, &scope, id, req.role.as_str(), now).await?;
+    palisade_store::users::set_role(&mut tx, &scope, id, req.role.as_str(), now).await?;
     let event = Event::new("user.role_changed", Some(scope.tenant_id()), auth.principal.actor())
         .resource("user", id)
         .details(serde_json::json!({ "from": old.as_str(), "to": req.role.as_str() }));
@@ -216,7 +216,7 @@ pub async fn remove(
     if role == Role::Owner {
         ensure_other_owner(&mut tx, &scope, &target).await?;
     }
-    palisade_store::users::delete(&mut *tx, &scope, id).await?;
+    palisade_store::users::delete(&mut tx, &scope, id).await?;
     let event = Event::new("user.removed", Some(scope.tenant_id()), auth.principal.actor())
         .resource("user", id)
         .details(serde_json::json!({ "role": role.as_str() }));

@@ -16,6 +16,7 @@ mod cli;
 mod cluster;
 mod concurrency;
 mod connections;
+mod credential_cache;
 mod db_tls;
 mod events;
 mod grants;
