@@ -1,10 +1,12 @@
 //! Several instances of one deployment behind a load balancer: two
-//! servers on one PostgreSQL database behave as one.
+//! servers on one PostgreSQL database (and, for the abuse state, one Redis
+//! under a key prefix of the test's own) behave as one.
 
+use palisade_config::{Config, Secret};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::common::{Backend, TestServer};
+use crate::common::{Backend, TestServer, PASSWORD};
 
 const FROM: &str = "+34612345678";
 const TO: &str = "+34699000111";
@@ -14,6 +16,102 @@ async fn pair() -> (TestServer, TestServer) {
     let a = TestServer::start_with(Backend::required_postgres(), |c| c.carrier.sandbox_delay_ms = 20).await;
     let b = a.peer().await;
     (a, b)
+}
+
+/// Two instances on a fresh PostgreSQL database and one Redis.
+async fn pair_on_redis(tweak: impl Fn(&mut Config)) -> (TestServer, TestServer) {
+    let url = std::env::var("PALISADE_TEST_REDIS_URL").expect("PALISADE_TEST_REDIS_URL must be set");
+    let prefix = format!("it-{}", uuid::Uuid::new_v4().simple());
+    let a = TestServer::start_with(Backend::required_postgres(), |c| {
+        c.redis.url = Some(Secret::new(url.clone()));
+        c.redis.key_prefix = prefix.clone();
+        tweak(c);
+    })
+    .await;
+    let b = a.peer().await;
+    (a, b)
+}
+
+/// A request from a client address of the test's choosing (the test
+/// servers trust the loopback proxy).
+async fn from(
+    s: &TestServer,
+    ip: &str,
+    method: Method,
+    path: &str,
+    cred: &str,
+    body: Option<Value>,
+) -> crate::common::Resp {
+    let mut rb = s.request(method, path).bearer_auth(cred).header("x-forwarded-for", ip);
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    TestServer::send(rb).await
+}
+
+/// A key limit of N a minute, requests alternating between the
+/// instances: exactly N pass, wherever they land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(postgres_tests, redis_tests)),
+    ignore = "PALISADE_TEST_POSTGRES_URL or PALISADE_TEST_REDIS_URL is not set"
+)]
+async fn a_key_limit_holds_across_instances() {
+    let (a, b) = pair_on_redis(|c| c.rate_limits.key_per_minute = 7).await;
+    let t = a.tenant("Acme").await;
+    let (_, key) = a.api_key(&t.token, json!({"name": "k", "role": "read_only"})).await;
+    let mut passed = 0;
+    for i in 0..20 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        let r = s.get("/v1/me", &key).await;
+        match r.status {
+            200 => passed += 1,
+            429 => assert_eq!(r.body["limit"], "key", "{}", r.text),
+            other => panic!("unexpected {other}: {}", r.text),
+        }
+    }
+    assert_eq!(passed, 7);
+    b.stop().await;
+    a.stop().await;
+}
+
+/// A login lockout started on one instance holds on the other, and so
+/// does a WAF block of a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(postgres_tests, redis_tests)),
+    ignore = "PALISADE_TEST_POSTGRES_URL or PALISADE_TEST_REDIS_URL is not set"
+)]
+async fn lockouts_and_blocks_hold_across_instances() {
+    let (a, b) = pair_on_redis(|_| {}).await;
+    let t = a.tenant("Acme").await;
+    async fn login(s: &TestServer, email: &str, password: &str) -> crate::common::Resp {
+        s.call(Method::POST, "/v1/auth/login", None, Some(json!({"email": email, "password": password}))).await
+    }
+    // Five failures spread over both instances lock the account.
+    for i in 0..5 {
+        login(if i % 2 == 0 { &a } else { &b }, &t.email, "not the password at all").await.expect(401);
+    }
+    login(&b, &t.email, PASSWORD).await.expect(401);
+    login(&a, &t.email, PASSWORD).await.expect(401);
+    a.clock.advance_ms(15 * 60_000);
+    login(&b, &t.email, PASSWORD).await.expect(200);
+
+    // Ten WAF violations with one key, alternating instances and
+    // addresses: the key is blocked on both.
+    let (_, key) = a.api_key(&t.token, json!({"name": "k", "role": "admin"})).await;
+    let links = (0..6).map(|i| format!("https://l{i}.example/x")).collect::<Vec<_>>().join(" ");
+    for i in 0..10 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        let body = json!({"name": links, "role": "read_only"});
+        from(s, &format!("203.0.113.{i}"), Method::POST, "/v1/api-keys", &key, Some(body)).await.expect(400);
+    }
+    for s in [&a, &b] {
+        let r = from(s, "198.51.100.1", Method::GET, "/v1/me", &key, None).await.expect(403);
+        assert_eq!(r.body["reason"], "blocked");
+    }
+    b.stop().await;
+    a.stop().await;
 }
 
 async fn balance(s: &TestServer, cred: &str) -> i64 {
