@@ -8,6 +8,7 @@
 //! its TLS and its connection handling are kept in one place that other
 //! shared things (an invalidation bus) can reuse.
 
+pub mod broadcast;
 pub mod failover;
 pub mod redis;
 pub mod state;

@@ -295,7 +295,8 @@ pub struct Auth {
     pub credential_cache_ttl_secs: u64,
     /// How many verified credentials an instance keeps in memory.
     pub credential_cache_max_entries: usize,
-    /// Hear other instances' credential changes (PostgreSQL LISTEN). Off,
+    /// Hear other instances' credential changes (Redis pub/sub with
+    /// `redis.url`, else PostgreSQL LISTEN). Off,
     /// only the TTL bounds how long another instance's revocation takes
     /// here: for tests of that bound, never for several instances.
     pub credential_cache_listen: bool,

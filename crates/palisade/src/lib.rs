@@ -49,7 +49,8 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let metrics = Arc::new(palisade_api::metrics::Metrics::new());
     let abuse_state = abuse_state(&config, &metrics).await?;
     let abuse = palisade_api::abuse::Abuse::new(&config, abuse_state, metrics.clone());
-    let credentials = palisade_api::credentials::Credentials::start(&config, &db, &metrics);
+    let credentials =
+        palisade_api::credentials::Credentials::start(&config, &db, &metrics, shared_invalidations(&config)?);
     let argon2 = palisade_api::ops::Argon2Slots::new(config.auth.argon2_max_concurrent, config.auth.argon2_wait_ms);
     let body_reads = palisade_api::body::UnauthenticatedReads::new(
         config.limits.unauthenticated_body_reads,
@@ -128,6 +129,45 @@ async fn abuse_state(
     let shared = palisade_cluster::RedisState::new(conn, &r.key_prefix, Duration::from_millis(r.timeout_ms));
     let observer = Arc::new(RedisMetrics(metrics.clone()));
     Ok(Arc::new(palisade_cluster::Failover::new(shared, r.on_failure, Duration::from_millis(r.retry_ms), observer)))
+}
+
+/// With `redis.url`, credential changes travel between instances over
+/// Redis pub/sub (the channel `<key_prefix>:credentials`); without it, over
+/// PostgreSQL `LISTEN`/`NOTIFY` (or not at all, on SQLite).
+fn shared_invalidations(config: &Config) -> anyhow::Result<Option<Arc<dyn palisade_api::credentials::Invalidations>>> {
+    if config.redis.url.is_none() || !config.auth.credential_cache_listen {
+        return Ok(None);
+    }
+    let bus = palisade_cluster::broadcast::Broadcast::new(&config.redis, "credentials")?;
+    Ok(Some(Arc::new(RedisInvalidations(Arc::new(bus)))))
+}
+
+struct RedisInvalidations(Arc<palisade_cluster::broadcast::Broadcast>);
+
+impl palisade_api::credentials::Invalidations for RedisInvalidations {
+    fn publish(&self, tenant: &str) {
+        self.0.publish(tenant);
+    }
+
+    fn subscribe(
+        self: Arc<Self>,
+        cache: Arc<palisade_api::credentials::CredentialCache>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        // Off until subscribed: changes made meanwhile would be missed.
+        cache.set_live(false);
+        Some(self.0.clone().listen(Arc::new(CacheListener(cache))))
+    }
+}
+
+struct CacheListener(Arc<palisade_api::credentials::CredentialCache>);
+
+impl palisade_cluster::broadcast::Listener for CacheListener {
+    fn live(&self, live: bool) {
+        self.0.set_live(live);
+    }
+    fn message(&self, tenant: &str) {
+        self.0.invalidate_named(tenant);
+    }
 }
 
 /// Redis failures, counted in the metrics.

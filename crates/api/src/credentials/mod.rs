@@ -27,8 +27,14 @@ pub struct Credentials {
 impl Credentials {
     /// The cache configured by `auth.credential_cache_*`, told of every
     /// credential change this instance commits (through the store's hook)
-    /// and of the other instances' (PostgreSQL `LISTEN`).
-    pub fn start(config: &Config, db: &Db, metrics: &crate::metrics::Metrics) -> Credentials {
+    /// and of the other instances': through `shared` when given (Redis
+    /// pub/sub with `redis.url`), else PostgreSQL `LISTEN`.
+    pub fn start(
+        config: &Config,
+        db: &Db,
+        metrics: &crate::metrics::Metrics,
+        shared: Option<Arc<dyn Invalidations>>,
+    ) -> Credentials {
         let a = &config.auth;
         let cache = Arc::new(CredentialCache::new(
             a.credential_cache_ttl_secs,
@@ -36,8 +42,11 @@ impl Credentials {
             MAX_BYTES,
             metrics.credential_cache_counters(),
         ));
-        let bus: Arc<dyn Invalidations> = match db.dialect() {
-            Dialect::Postgres if a.credential_cache_listen => Arc::new(notify::Postgres { url: config.database_url() }),
+        let bus: Arc<dyn Invalidations> = match (shared, db.dialect()) {
+            (Some(bus), _) => bus,
+            (None, Dialect::Postgres) if a.credential_cache_listen => {
+                Arc::new(notify::Postgres { url: config.database_url() })
+            }
             _ => Arc::new(notify::InProcess),
         };
         Credentials::with_bus(cache, db, bus)

@@ -153,3 +153,93 @@ async fn idempotent_retries_on_both_instances_charge_once() {
     b.stop().await;
     a.stop().await;
 }
+
+/// With Redis, credential changes travel over its pub/sub (no PostgreSQL
+/// listener is started): a revocation, a logout, a demotion and a tenant
+/// freeze made on A refuse on B, whose cache was warm, within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(postgres_tests, redis_tests)),
+    ignore = "PALISADE_TEST_POSTGRES_URL or PALISADE_TEST_REDIS_URL is not set"
+)]
+async fn credential_changes_reach_the_other_instance_over_redis() {
+    use sqlx::Connection;
+    use std::time::{Duration, Instant};
+    let (a, b) = pair_on_redis(|_| {}).await;
+    let mut c = sqlx::PgConnection::connect(&a.db_url).await.unwrap();
+    let listeners: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(listeners, 0, "the Redis bus replaces LISTEN");
+
+    fn hits(s: &TestServer) -> u64 {
+        s.state().credentials.cache.counters().hits.get()
+    }
+    async fn warm(s: &TestServer, cred: String) {
+        for _ in 0..100 {
+            let before = hits(s);
+            s.get("/v1/me", &cred).await.expect(200);
+            if hits(s) > before {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never served from memory");
+    }
+    async fn refused(s: &TestServer, cred: String, status: u16, start: Instant) -> Duration {
+        loop {
+            let r = s.get("/v1/me", &cred).await;
+            if r.status == status {
+                return start.elapsed();
+            }
+            assert_eq!(r.status, 200, "{}", r.text);
+            assert!(start.elapsed() < Duration::from_secs(3), "still accepted after 3 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let t = a.tenant("Acme").await;
+    let mut times = vec![];
+
+    let (key_id, key) = a.api_key(&t.token, json!({"name": "k", "role": "admin"})).await;
+    warm(&b, key.clone()).await;
+    let start = Instant::now();
+    a.call(Method::DELETE, &format!("/v1/api-keys/{key_id}"), Some(&t.token), None).await.expect(204);
+    times.push(("key revoked", refused(&b, key, 401, start).await));
+
+    let (token, _) = a.login(&t.email, &t.password).await;
+    warm(&b, token.clone()).await;
+    let start = Instant::now();
+    a.call(Method::POST, "/v1/auth/logout", Some(&token), None).await.expect(204);
+    times.push(("logout", refused(&b, token, 401, start).await));
+
+    let (member, member_token) = a.member(&t.token, "m@acme.example.com", "admin").await;
+    warm(&b, member_token.clone()).await;
+    let start = Instant::now();
+    a.call(Method::PATCH, &format!("/v1/users/{member}"), Some(&t.token), Some(json!({"role": "read_only"})))
+        .await
+        .expect(200);
+    let demoted = loop {
+        let r = b.get("/v1/me", &member_token).await.expect(200);
+        if r.body["role"] == "read_only" {
+            break start.elapsed();
+        }
+        assert!(start.elapsed() < Duration::from_secs(3), "still admin after 3 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    times.push(("demoted", demoted));
+
+    warm(&b, t.token.clone()).await;
+    let start = Instant::now();
+    a.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/freeze", t.id), None).await.expect(200);
+    times.push(("tenant frozen", refused(&b, t.token.clone(), 423, start).await));
+
+    for (what, took) in &times {
+        eprintln!("propagation over Redis: {what}: {} ms", took.as_millis());
+        assert!(*took < Duration::from_secs(1), "{what}: took {took:?}");
+    }
+    b.stop().await;
+    a.stop().await;
+}
