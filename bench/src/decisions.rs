@@ -42,10 +42,12 @@ fn now_ms() -> i64 {
 }
 
 pub async fn run(seconds: u64) -> anyhow::Result<()> {
-    let mut config = Redis::default();
     let url = std::env::var("PALISADE_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    config.url = Some(Secret::new(url));
-    config.key_prefix = format!("bench-{:016x}", rand::random::<u64>());
+    let config = Redis {
+        url: Some(Secret::new(url)),
+        key_prefix: format!("bench-{:016x}", rand::random::<u64>()),
+        ..Default::default()
+    };
     let conn = palisade_cluster::redis::connect(&config)?;
     anyhow::ensure!(palisade_cluster::redis::ping(&conn, Duration::from_secs(2)).await, "Redis does not answer");
     let shared = RedisState::new(conn, &config.key_prefix, Duration::from_millis(config.timeout_ms));
