@@ -16,8 +16,12 @@
 //!
 //! `cargo run --release -p palisade-bench -- webhooks [SECONDS]` measures
 //! webhook deliveries (see `webhooks.rs`).
+//!
+//! `cargo run --release -p palisade-bench -- decisions [SECONDS]` measures
+//! rate-limit decisions with the state in Redis (see `decisions.rs`).
 
 mod auth;
+mod decisions;
 mod http;
 mod sends;
 mod webhooks;
@@ -58,6 +62,10 @@ async fn main() -> anyhow::Result<()> {
         let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
         return auth::run(seconds).await;
     }
+    if what == "decisions" {
+        let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
+        return decisions::run(seconds).await;
+    }
     if what == "http" {
         let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
         return http::run(seconds).await;
@@ -65,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
     let records: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
     anyhow::ensure!(
         what == "audit",
-        "usage: palisade-bench audit [RECORDS] | auth [SECONDS] | http [SECONDS] | sends [SECONDS] | webhooks [SECONDS]"
+        "usage: palisade-bench audit [RECORDS] | auth [SECONDS] | decisions [SECONDS] | http [SECONDS] | sends [SECONDS] | webhooks [SECONDS]"
     );
     let dir = tempfile::tempdir()?;
     let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());

@@ -56,7 +56,11 @@ impl RedisState {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 // Unreachable, or answering nonsense: either way not to be used.
-                tracing::debug!(target: "palisade::redis", kind = ?e.kind(), "Redis call failed");
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    tracing::debug!(target: "palisade::redis", kind = ?e.kind(), "Redis call failed");
+                } else {
+                    tracing::warn!(target: "palisade::redis", kind = ?e.kind(), "Redis refused a call");
+                }
                 Err(Unavailable)
             }
             Err(_) => {

@@ -21,9 +21,11 @@ fn local() -> LocalState {
 /// A Redis state under a fresh random key prefix.
 async fn redis() -> RedisState {
     let url = std::env::var("PALISADE_TEST_REDIS_URL").expect("PALISADE_TEST_REDIS_URL is not set");
-    let mut config = palisade_config::Redis::default();
-    config.url = Some(palisade_config::Secret::new(url));
-    config.key_prefix = format!("test-{:016x}", rand::random::<u64>());
+    let config = palisade_config::Redis {
+        url: Some(palisade_config::Secret::new(url)),
+        key_prefix: format!("test-{:016x}", rand::random::<u64>()),
+        ..Default::default()
+    };
     let conn = palisade_cluster::redis::connect(&config).expect("connect");
     RedisState::new(conn, &config.key_prefix, Duration::from_secs(5))
 }

@@ -575,7 +575,8 @@ impl AbuseState for LocalState {
     }
 
     fn forgive(&self, partition: u128, key: Key, started_block: Option<i64>) -> Answer<'_, ()> {
-        ready(self.forgive_now(partition, key, started_block))
+        self.forgive_now(partition, key, started_block);
+        ready(())
     }
 
     fn notice(&self, partition: u128, key: Key, now_ms: i64, period_ms: i64) -> Answer<'_, bool> {
@@ -593,11 +594,13 @@ impl AbuseState for LocalState {
     }
 
     fn mark(&self, partition: u128, key: Key, now_ms: i64, until_ms: i64) -> Answer<'_, ()> {
-        ready(self.mark_now(partition, key, now_ms, until_ms))
+        self.mark_now(partition, key, now_ms, until_ms);
+        ready(())
     }
 
     fn clear(&self, partition: u128, key: Key) -> Answer<'_, ()> {
-        ready(self.clear_now(partition, key))
+        self.clear_now(partition, key);
+        ready(())
     }
 }
 
