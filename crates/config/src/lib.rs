@@ -295,11 +295,25 @@ pub struct Auth {
     pub credential_cache_ttl_secs: u64,
     /// How many verified credentials an instance keeps in memory.
     pub credential_cache_max_entries: usize,
-    /// Hear other instances' credential changes (Redis pub/sub with
-    /// `redis.url`, else PostgreSQL LISTEN). Off,
-    /// only the TTL bounds how long another instance's revocation takes
-    /// here: for tests of that bound, never for several instances.
+    /// Hear other instances' credential changes. Off, only the TTL bounds
+    /// how long another instance's revocation takes here: for tests of
+    /// that bound, never for several instances.
     pub credential_cache_listen: bool,
+    /// How they travel: `postgres` (the database announces every committed
+    /// change, whoever made it: servers, the CLI, an operator's SQL),
+    /// `redis` (pub/sub under `redis.key_prefix`, published by the servers
+    /// after each commit: for connection poolers that cannot LISTEN), or
+    /// `auto`: `postgres` on PostgreSQL, else nothing to hear.
+    pub credential_bus: CredentialBus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialBus {
+    #[default]
+    Auto,
+    Postgres,
+    Redis,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -603,6 +617,7 @@ impl Default for Auth {
             credential_cache_ttl_secs: 5,
             credential_cache_max_entries: 100_000,
             credential_cache_listen: true,
+            credential_bus: CredentialBus::Auto,
         }
     }
 }
@@ -769,6 +784,15 @@ impl Config {
         }
         if self.auth.access_token_ttl_secs == 0 || self.auth.access_token_ttl_secs > 24 * 3600 {
             return Err(ConfigError("auth.access_token_ttl_secs must be between 1 and 86400 (24 h)".into()));
+        }
+        match self.auth.credential_bus {
+            CredentialBus::Redis if self.redis.url.is_none() => {
+                return Err(ConfigError("auth.credential_bus = \"redis\" needs redis.url".into()))
+            }
+            CredentialBus::Postgres if !is_postgres(&self.database_url()) => {
+                return Err(ConfigError("auth.credential_bus = \"postgres\" needs a PostgreSQL database.url".into()))
+            }
+            _ => {}
         }
         if self.auth.credential_cache_ttl_secs > 60 {
             return Err(ConfigError("auth.credential_cache_ttl_secs must be at most 60".into()));

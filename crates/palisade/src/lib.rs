@@ -131,11 +131,11 @@ async fn abuse_state(
     Ok(Arc::new(palisade_cluster::Failover::new(shared, r.on_failure, Duration::from_millis(r.retry_ms), observer)))
 }
 
-/// With `redis.url`, credential changes travel between instances over
-/// Redis pub/sub (the channel `<key_prefix>:credentials`); without it, over
-/// PostgreSQL `LISTEN`/`NOTIFY` (or not at all, on SQLite).
+/// With `auth.credential_bus = "redis"`, credential changes travel between
+/// instances over Redis pub/sub (the channel `<key_prefix>:credentials`);
+/// otherwise over PostgreSQL `LISTEN`/`NOTIFY` (or not at all, on SQLite).
 fn shared_invalidations(config: &Config) -> anyhow::Result<Option<Arc<dyn palisade_api::credentials::Invalidations>>> {
-    if config.redis.url.is_none() || !config.auth.credential_cache_listen {
+    if config.auth.credential_bus != palisade_config::CredentialBus::Redis || !config.auth.credential_cache_listen {
         return Ok(None);
     }
     let bus = palisade_cluster::broadcast::Broadcast::new(&config.redis, "credentials")?;

@@ -28,7 +28,7 @@ impl Credentials {
     /// The cache configured by `auth.credential_cache_*`, told of every
     /// credential change this instance commits (through the store's hook)
     /// and of the other instances': through `shared` when given (Redis
-    /// pub/sub with `redis.url`), else PostgreSQL `LISTEN`.
+    /// pub/sub, `auth.credential_bus = "redis"`), else PostgreSQL `LISTEN`.
     pub fn start(
         config: &Config,
         db: &Db,

@@ -35,36 +35,35 @@ pub struct MeResponse {
     responses((status = 200, body = MeResponse), (status = 401, body = palisade_core::Problem)))]
 pub async fn me(State(state): State<AppState>, auth: Auth) -> Result<Json<MeResponse>, ApiError> {
     let scope = auth.principal.own_scope();
-    let tenant = palisade_store::tenants::get(state.db.reader(), &scope).await?.ok_or_else(ApiError::not_found)?;
-    let tenant = TenantRef { id: tenant.id, name: tenant.name, status: tenant.status };
     let permissions = auth.principal.permissions().to_strings();
-    let resp = match auth.principal.kind() {
-        PrincipalKind::User { user_id, .. } => {
-            let u = palisade_store::users::get(state.db.reader(), &scope, *user_id)
-                .await?
-                .ok_or_else(ApiError::not_found)?;
-            MeResponse {
-                kind: "user",
-                id: u.id,
-                email: Some(u.email),
-                name: None,
-                role: Some(u.role),
-                permissions,
-                tenant,
-            }
-        }
-        PrincipalKind::ApiKey { key_id, .. } => {
-            let k = palisade_store::api_keys::get(state.db.reader(), &scope, *key_id)
-                .await?
-                .ok_or_else(ApiError::not_found)?;
-            MeResponse { kind: "api_key", id: k.id, email: None, name: Some(k.name), role: k.role, permissions, tenant }
-        }
-        PrincipalKind::Agent { identity_id, .. } => {
-            let i = palisade_store::identities::get(state.db.reader(), &scope, *identity_id)
-                .await?
-                .ok_or_else(ApiError::not_found)?;
-            MeResponse { kind: "agent", id: i.id, email: None, name: Some(i.name), role: None, permissions, tenant }
-        }
+    // The tenant and the principal's own row are read at once: on
+    // PostgreSQL each read is a round trip.
+    let tenant = async {
+        let t = palisade_store::tenants::get(state.db.reader(), &scope).await?.ok_or_else(ApiError::not_found)?;
+        Ok::<_, ApiError>(TenantRef { id: t.id, name: t.name, status: t.status })
     };
-    Ok(Json(resp))
+    let own = async {
+        Ok::<_, ApiError>(match auth.principal.kind() {
+            PrincipalKind::User { user_id, .. } => {
+                let u = palisade_store::users::get(state.db.reader(), &scope, *user_id)
+                    .await?
+                    .ok_or_else(ApiError::not_found)?;
+                ("user", u.id, Some(u.email), None, Some(u.role))
+            }
+            PrincipalKind::ApiKey { key_id, .. } => {
+                let k = palisade_store::api_keys::get(state.db.reader(), &scope, *key_id)
+                    .await?
+                    .ok_or_else(ApiError::not_found)?;
+                ("api_key", k.id, None, Some(k.name), k.role)
+            }
+            PrincipalKind::Agent { identity_id, .. } => {
+                let i = palisade_store::identities::get(state.db.reader(), &scope, *identity_id)
+                    .await?
+                    .ok_or_else(ApiError::not_found)?;
+                ("agent", i.id, None, Some(i.name), None)
+            }
+        })
+    };
+    let (tenant, (kind, id, email, name, role)) = tokio::try_join!(tenant, own)?;
+    Ok(Json(MeResponse { kind, id, email, name, role, permissions, tenant }))
 }

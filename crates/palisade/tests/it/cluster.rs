@@ -154,9 +154,10 @@ async fn idempotent_retries_on_both_instances_charge_once() {
     a.stop().await;
 }
 
-/// With Redis, credential changes travel over its pub/sub (no PostgreSQL
-/// listener is started): a revocation, a logout, a demotion and a tenant
-/// freeze made on A refuse on B, whose cache was warm, within a second.
+/// With `auth.credential_bus = "redis"`, credential changes travel over
+/// Redis pub/sub (no PostgreSQL listener is started): a revocation, a
+/// logout, a demotion and a tenant freeze made on A refuse on B, whose
+/// cache was warm, within a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(all(postgres_tests, redis_tests)),
@@ -165,7 +166,7 @@ async fn idempotent_retries_on_both_instances_charge_once() {
 async fn credential_changes_reach_the_other_instance_over_redis() {
     use sqlx::Connection;
     use std::time::{Duration, Instant};
-    let (a, b) = pair_on_redis(|_| {}).await;
+    let (a, b) = pair_on_redis(|c| c.auth.credential_bus = palisade_config::CredentialBus::Redis).await;
     let mut c = sqlx::PgConnection::connect(&a.db_url).await.unwrap();
     let listeners: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
@@ -174,6 +175,30 @@ async fn credential_changes_reach_the_other_instance_over_redis() {
     .await
     .unwrap();
     assert_eq!(listeners, 0, "the Redis bus replaces LISTEN");
+    // The default on PostgreSQL is the database's own announcements, even
+    // with Redis configured: they cover changes made outside a server.
+    let (c1, c2) = pair_on_redis(|_| {}).await;
+    let mut conn = sqlx::PgConnection::connect(&c1.db_url).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let listeners: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if listeners == 2 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            let all: Vec<(Option<String>, Option<String>)> =
+                sqlx::query_as("SELECT datname::text, query FROM pg_stat_activity").fetch_all(&mut conn).await.unwrap();
+            panic!("{listeners} listeners, not one per instance: {all:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c2.stop().await;
+    c1.stop().await;
 
     fn hits(s: &TestServer) -> u64 {
         s.state().credentials.cache.counters().hits.get()
