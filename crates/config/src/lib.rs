@@ -1040,40 +1040,36 @@ pub struct RedisUrlInfo {
 }
 
 /// Checks a Redis URL's shape: `redis://` or `rediss://`, a host, an
-/// optional port and database number. Errors never include the URL.
+/// optional port and database number. Read with the URL parser the Redis
+/// client uses, so the host judged here is the host it connects to. Errors
+/// never include the URL.
 pub fn redis_url_info(url: &str) -> Result<RedisUrlInfo, &'static str> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("rediss://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("redis://") {
-        (false, r)
-    } else {
-        return Err("must start with redis:// or rediss:// (TLS)");
+    let u = url::Url::parse(url).map_err(|_| "not a URL")?;
+    let tls = match u.scheme() {
+        "rediss" => true,
+        "redis" => false,
+        _ => return Err("must start with redis:// or rediss:// (TLS)"),
     };
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    // `#insecure` turns certificate checks off in the client; a fragment or
+    // query means nothing else to it.
+    if u.fragment().is_some() || u.query().is_some() {
+        return Err("no ?query or #fragment (the client would read `#insecure` as: do not verify)");
+    }
+    let host = u.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
+    if u.port() == Some(0) {
+        return Err("the port must be a number from 1 to 65535");
+    }
+    let path = u.path().trim_start_matches('/');
     if !path.is_empty() && path.parse::<u16>().is_err() {
         return Err("the path must be a database number, like /0");
     }
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = match host_port.strip_prefix('[') {
-        Some(v6) => {
-            let (h, after) = v6.split_once(']').ok_or("an IPv6 host needs its closing ]")?;
-            (h, after.strip_prefix(':'))
-        }
-        None => match host_port.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (host_port, None),
-        },
-    };
-    if host.is_empty() {
-        return Err("no host");
-    }
-    if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
-        return Err("the port must be a number from 1 to 65535");
-    }
-    let loopback =
-        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    Ok(RedisUrlInfo { tls, loopback })
+    Ok(RedisUrlInfo { tls, loopback: is_loopback_name(host) })
+}
+
+/// `localhost` or a loopback address (IPv6 with or without brackets).
+fn is_loopback_name(host: &str) -> bool {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    bare.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn env_provider() -> Env {
@@ -1101,44 +1097,47 @@ pub fn is_postgres(url: &str) -> bool {
 
 /// TLS to the database is required unless the connection stays on this
 /// machine: a unix socket or a loopback address, where there is no network
-/// to protect.
+/// to protect. The URL is read as the database client reads it (decoded
+/// query keys, the last of a repeated key, `host=` over the authority), and
+/// anything that could make the two disagree is refused: a fragment,
+/// `hostaddr`, several hosts, a host left to the environment.
 pub fn postgres_url_is_safe(url: &str) -> bool {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let mut host_param = None;
-    let mut tls = false;
-    for pair in query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "sslmode" => tls = matches!(v, "require" | "verify-full" | "verify-ca"),
-            "host" => host_param = Some(v),
+    let Ok(u) = url::Url::parse(url) else { return false };
+    if u.fragment().is_some() {
+        return false;
+    }
+    let (mut host_param, mut tls) = (None, false);
+    for (k, v) in u.query_pairs() {
+        match &*k {
+            "sslmode" | "ssl-mode" => tls = matches!(&*v, "require" | "verify-full" | "verify-ca"),
+            "host" => host_param = Some(v.into_owned()),
+            "hostaddr" => return false,
             _ => {}
         }
     }
-    // A `host=` parameter overrides the authority.
+    if tls {
+        return true;
+    }
     let host = match host_param {
         Some(h) => h,
         None => {
-            let authority = base.split("://").nth(1).unwrap_or("");
-            let host = authority.split('/').next().unwrap_or("");
-            host.rsplit('@').next().unwrap_or("")
+            let raw = u.host_str().unwrap_or("");
+            match url::form_urlencoded::parse(format!("h={raw}").as_bytes()).next() {
+                Some((_, h)) => h.into_owned(),
+                None => String::new(),
+            }
         }
     };
-    tls || is_local_host(host)
+    if host.is_empty() {
+        // The client takes the host from PGHOST, else the local default.
+        return std::env::var("PGHOST").map_or(true, |h| is_local_host(&h)) && std::env::var_os("PGHOSTADDR").is_none();
+    }
+    is_local_host(&host)
 }
 
-/// A unix socket path (or no host: the default socket), or a loopback
-/// name or address, with or without a port.
+/// A unix socket path, or a loopback name or address.
 fn is_local_host(host: &str) -> bool {
-    if host.is_empty() || host.starts_with('/') || host.starts_with("%2F") || host.starts_with("%2f") {
-        return true;
-    }
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => host
-            .rsplit_once(':')
-            .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host }),
-    };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.starts_with('/') || is_loopback_name(host)
 }
 
 #[cfg(test)]

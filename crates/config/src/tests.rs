@@ -106,6 +106,21 @@ fn postgres_url_rules() {
     assert!(!postgres_url_is_safe("postgres://u:p@[::2]:5432/db"));
     assert!(!postgres_url_is_safe("postgres://u:p@10.0.0.1:5432/db"));
     assert!(!postgres_url_is_safe("postgres://localhost@db.example.com/db"));
+    // Read as the client reads it: no way to point it elsewhere in clear.
+    for bad in [
+        "postgres://localhost/db?hostaddr=203.0.113.9",
+        "postgres://localhost/db?%68ost=evil.example",
+        "postgres://evil.example/db?sslmode=require&ssl-mode=disable",
+        "postgres://evil.example/db?sslmode=require&sslmode=disable",
+        "postgres://u:p@evil.example#@localhost/db",
+        "postgres://u:p@evil.example?@localhost/db",
+        "postgres://localhost/db?host=a.example,localhost",
+        "postgres://localhost/db#x",
+    ] {
+        assert!(!postgres_url_is_safe(bad), "{bad}");
+    }
+    assert!(postgres_url_is_safe("postgres://evil.example/db?sslmode=disable&ssl-mode=verify-full"));
+    assert!(postgres_url_is_safe("postgres://u@%2Fvar%2Frun%2Fpostgresql/db"));
 }
 
 #[test]
@@ -236,7 +251,20 @@ fn redis_urls() {
     assert_eq!(ok("redis://:pw@localhost/0"), RedisUrlInfo { tls: false, loopback: true });
     assert_eq!(ok("rediss://user:pw@cache.example:6380/3"), RedisUrlInfo { tls: true, loopback: false });
     assert_eq!(ok("redis://[::1]:6379"), RedisUrlInfo { tls: false, loopback: true });
-    for bad in ["", "redis://", "redis://:pw@", "redis://h:0", "redis://h:x", "redis://h/db", "unix:///tmp/r.sock"] {
+    // The host the client connects to is the one judged.
+    assert_eq!(ok("redis://evil.example/0").loopback, false);
+    for bad in [
+        "",
+        "redis://",
+        "redis://:pw@",
+        "redis://h:0",
+        "redis://h:x",
+        "redis://h/db",
+        "unix:///tmp/r.sock",
+        "redis://evil.example?@127.0.0.1/0",
+        "redis://evil.example#@127.0.0.1",
+        "rediss://cache.example/#insecure",
+    ] {
         assert!(redis_url_info(bad).is_err(), "{bad}");
     }
     let mut c = Config::default();
