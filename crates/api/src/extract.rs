@@ -190,10 +190,11 @@ where
     if let Some(hit) = cache.get::<T>(&key, state.now_ms()) {
         return Ok(hit);
     }
-    // Before the read: a change committed during it keeps it out.
-    let ticket = cache.ticket();
+    // Before the read: a change committed during it keeps it out, and the
+    // entry's age counts from here (a slow read does not lengthen its life).
+    let (ticket, read_at) = (cache.ticket(), state.now_ms());
     let grant = Arc::new(load.await?);
-    cache.put(key, ticket, grant.tenant_id(), grant.clone(), grant.size(), state.now_ms());
+    cache.put(key, ticket, grant.tenant_id(), grant.clone(), grant.size(), read_at);
     Ok(grant)
 }
 
