@@ -308,16 +308,12 @@ async fn run(
     // 3. Full verification, as `palisade audit verify` runs it
     //    (BENCH_VERIFY_REPEAT extra runs first, for profiling).
     for _ in 0..env_or("BENCH_VERIFY_REPEAT", 0) {
-        palisade_audit::verify::verify_log(&db, log.signer().verifier(), None, |_| {}).await?;
+        palisade_audit::verify::verify_log(&db, log.signer().verifier(), &[], |_| {}).await?;
     }
     let started = Instant::now();
-    let report = palisade_audit::verify::verify_log(
-        &db,
-        log.signer().verifier(),
-        Some(&dir.join(format!("{name}.jsonl"))),
-        |_| {},
-    )
-    .await?;
+    let report =
+        palisade_audit::verify::verify_log(&db, log.signer().verifier(), &[&dir.join(format!("{name}.jsonl"))], |_| {})
+            .await?;
     let secs = started.elapsed().as_secs_f64();
     anyhow::ensure!(report.intact(), "verification failed: {:?}", report.problems);
     println!("verify: {} records in {secs:.2} s = {:.0} records/s", report.records, report.records as f64 / secs);

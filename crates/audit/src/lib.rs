@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod log;
 pub mod merkle;
+pub mod sequencer;
 pub mod verify;
 
 use palisade_core::principal::Actor;

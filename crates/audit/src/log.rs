@@ -1,7 +1,9 @@
 //! The integrator: sequences committed events into the Merkle tree in
-//! batches and signs a checkpoint after each batch. Checkpoints go to the
-//! database and to an append-only file in the data directory, so editing
-//! the audit tables alone cannot erase them.
+//! batches and signs a checkpoint after each batch. The database holds the
+//! checkpoints every instance and auditor reads; the leading instance also
+//! copies them to an append-only witness file in its data directory, so
+//! editing the audit tables alone cannot erase them. One integration runs
+//! at a time in the whole cluster (see [`crate::sequencer`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -125,6 +127,7 @@ pub struct AuditLog {
     file_max_size: std::sync::atomic::AtomicU64,
     wake: Notify,
     file_lock: tokio::sync::Mutex<()>,
+    sequencer: crate::sequencer::Sequencer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +169,7 @@ impl AuditLog {
             file_max_size: file_max.into(),
             wake: Notify::new(),
             file_lock: Default::default(),
+            sequencer: Default::default(),
         })
     }
 
@@ -183,27 +187,64 @@ impl AuditLog {
         self.wake.notify_one();
     }
 
-    /// Sequences everything pending; one signed checkpoint per batch.
-    /// Returns the last checkpoint written, if any.
+    /// Sequences everything pending; one signed checkpoint per batch, into
+    /// the database. Waits for any integration running elsewhere in the
+    /// cluster first. Returns the last checkpoint signed, if any.
     pub async fn integrate(&self, now_ms: i64) -> Result<Option<Checkpoint>, LogError> {
-        let mut signed = Vec::new();
+        let exclusive = self.sequencer.exclusive(&self.db).await?;
+        let mut last = None;
         // Full batches, then the partial one, then stop: events that keep
         // arriving meanwhile wait for the next run instead of making a
         // stream of tiny checkpoints.
-        while let Some((cp, full)) = self.integrate_batch(now_ms).await? {
-            signed.push(cp);
-            if !full {
-                break;
+        let result = loop {
+            match self.integrate_batch(now_ms).await {
+                Ok(Some((cp, full))) => {
+                    last = Some(cp);
+                    if !full {
+                        break Ok(());
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
             }
-        }
-        if signed.is_empty() {
-            return Ok(None);
-        }
+        };
+        exclusive.release().await;
+        result?;
+        Ok(last)
+    }
+
+    /// Whether this instance leads the cluster's log now (trying to take
+    /// the lead if nobody holds it).
+    pub async fn lead(&self) -> bool {
+        self.sequencer.lead(&self.db).await
+    }
+
+    /// Whether this instance led at its last check.
+    pub fn leading(&self) -> bool {
+        self.sequencer.leading()
+    }
+
+    /// Copies to this instance's witness file every signed checkpoint in
+    /// the database that the file lacks, whoever signed it, in order.
+    /// Returns how many were added.
+    pub async fn sync_file(&self) -> Result<usize, LogError> {
         // The file must never vouch for a batch a crash could still take
-        // back from the database: make the batches durable first, once.
+        // back from the database.
         self.db.make_durable().await?;
-        self.append_to_file(&signed).await?;
-        Ok(signed.pop())
+        let _guard = self.file_lock.lock().await;
+        let from = i64::try_from(self.file_max_size()).unwrap_or(i64::MAX);
+        let verifier = self.signer.verifier();
+        let new: Vec<Checkpoint> = palisade_store::audit::checkpoints_after(self.db.reader(), from)
+            .await?
+            .into_iter()
+            .map(|r| (r.tree_size, Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id }))
+            .filter(|(size, cp)| verifier.verify(cp).is_some_and(|h| h.tree_size as i64 == *size))
+            .map(|(_, cp)| cp)
+            .collect();
+        if !new.is_empty() {
+            self.write_file(&new).await?;
+        }
+        Ok(new.len())
     }
 
     /// Sequences now the committed events of `tenant` (of anyone when
@@ -268,6 +309,11 @@ impl AuditLog {
     /// One JSON line per checkpoint, file mode 0600, opened in append mode.
     async fn append_to_file(&self, cps: &[Checkpoint]) -> Result<(), LogError> {
         let _guard = self.file_lock.lock().await;
+        self.write_file(cps).await
+    }
+
+    /// [`Self::append_to_file`] with the file lock held.
+    async fn write_file(&self, cps: &[Checkpoint]) -> Result<(), LogError> {
         let lines: String = cps.iter().map(|cp| serde_json::to_string(cp).unwrap_or_default() + "\n").collect();
         let path = self.checkpoint_file.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -372,6 +418,9 @@ impl AuditLog {
     /// Runs the integrator until `stop` fires, then once more (the
     /// shutdown checkpoint). Runs start at least `interval` apart, so a
     /// busy log signs a few large batches rather than one per request.
+    /// Only the cluster's leader integrates and keeps its witness file;
+    /// the others try to take the lead at each turn (at least once a
+    /// second), so a leader that stops or dies is replaced within seconds.
     pub fn spawn(
         self: &Arc<Self>,
         clock: Arc<dyn palisade_core::Clock>,
@@ -383,29 +432,46 @@ impl AuditLog {
             loop {
                 tokio::select! {
                     _ = log.wake.notified() => {}
-                    _ = tokio::time::sleep(interval.max(Duration::from_secs(1))) => {}
+                    _ = tokio::time::sleep(interval.clamp(Duration::from_millis(10), Duration::from_secs(1))) => {}
                     _ = stop.changed() => break,
                 }
-                if let Err(e) = log.integrate(clock.now_ms()).await {
-                    tracing::error!(error = %e, "audit integration failed");
+                if log.lead().await {
+                    log.run_once(clock.now_ms()).await;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(interval.max(Duration::from_millis(10))) => {}
                     _ = stop.changed() => break,
                 }
             }
-            // Shutdown: everything pending, in as many batches as it takes.
-            loop {
-                match log.integrate(clock.now_ms()).await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::error!(error = %e, "final audit integration failed");
-                        break;
+            // Shutdown: everything pending, in as many batches as it takes,
+            // if this instance leads (a follower's events are the leader's
+            // to sequence); then hand the lead over at once.
+            if log.lead().await {
+                loop {
+                    match log.integrate(clock.now_ms()).await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::error!(error = %e, "final audit integration failed");
+                            break;
+                        }
                     }
                 }
+                if let Err(e) = log.sync_file().await {
+                    tracing::error!(error = %e, "audit witness file not written");
+                }
             }
+            log.sequencer.resign().await;
         })
+    }
+
+    async fn run_once(&self, now_ms: i64) {
+        if let Err(e) = self.integrate(now_ms).await {
+            tracing::error!(error = %e, "audit integration failed");
+        }
+        if let Err(e) = self.sync_file().await {
+            tracing::error!(error = %e, "audit witness file not written");
+        }
     }
 }
 

@@ -212,7 +212,6 @@ impl Report {
     }
 }
 
-/// Reads checkpoints from the JSON-lines file (missing file: none).
 /// Reads the JSON-lines file. `None` when the file does not exist; a line
 /// that is not a signed note is returned as a note with an empty signature,
 /// so it is reported rather than skipped.
@@ -235,15 +234,62 @@ pub fn read_checkpoint_file(path: &Path) -> std::io::Result<Option<Vec<Checkpoin
     }
 }
 
+/// Writes every signed checkpoint and retention statement in the database
+/// whose signature verifies, in order, to `path` (created 0600, replaced if
+/// it exists) as JSON lines: a witness copy of the whole cluster's chain,
+/// for `palisade audit verify --witness`. Returns (notes written, notes
+/// skipped because they do not verify).
+pub async fn export_checkpoints(db: &Db, verifier: &Verifier, path: &Path) -> Result<(usize, usize), LogError> {
+    let mut notes: Vec<(u64, Checkpoint)> = Vec::new();
+    let mut skipped = 0;
+    for r in palisade_store::audit::all_checkpoints(db.reader()).await? {
+        let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
+        match verifier.verify(&cp) {
+            Some(h) if h.tree_size as i64 == r.tree_size => notes.push((h.tree_size, cp)),
+            _ => skipped += 1,
+        }
+    }
+    for r in palisade_store::audit::all_expiries(db.reader()).await? {
+        let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
+        match verifier.verify_expiry(&cp) {
+            Some((up_to, _)) => notes.push((up_to, cp)),
+            None => skipped += 1,
+        }
+    }
+    // Stable: a statement follows the checkpoint of the same size.
+    notes.sort_by_key(|(size, _)| *size);
+    let text: String = notes.iter().map(|(_, cp)| serde_json::to_string(cp).unwrap_or_default() + "\n").collect();
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })
+    .await
+    .map_err(|e| LogError::File(std::io::Error::other(e)))??;
+    Ok((notes.len(), skipped))
+}
+
+/// Verifies the whole log: the records in the database against the signed
+/// checkpoints in the database and in each witness file given (a file that
+/// does not exist is reported, unless the log is empty).
 pub async fn verify_log(
     db: &Db,
     verifier: &Verifier,
-    checkpoint_file: Option<&Path>,
+    witness_files: &[&Path],
     mut progress: impl FnMut(u64),
 ) -> Result<Report, LogError> {
     let mut report = Report::default();
 
-    // Signed statements, from both places. A checkpoint that does not
+    // Signed statements, from every place. A checkpoint that does not
     // verify is itself evidence of tampering.
     let mut signed: BTreeMap<u64, Hash> = BTreeMap::new();
     let mut all: Vec<(String, Checkpoint)> = palisade_store::audit::all_checkpoints(db.reader())
@@ -251,11 +297,12 @@ pub async fn verify_log(
         .into_iter()
         .map(|r| ("database".to_owned(), Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id }))
         .collect();
-    if let Some(path) = checkpoint_file {
+    let db_has_log = !all.is_empty() || palisade_store::audit::max_leaf_index(db.reader()).await?.is_some();
+    for path in witness_files {
         match read_checkpoint_file(path)? {
             Some(notes) => all.extend(notes.into_iter().map(|c| ("checkpoint file".to_owned(), c))),
             // Without the file, only the database vouches for itself.
-            None if !all.is_empty() || palisade_store::audit::max_leaf_index(db.reader()).await?.is_some() => {
+            None if db_has_log => {
                 report.problems.push(format!(
                     "the checkpoint file {} is missing: the log cannot be checked against it",
                     path.display()

@@ -325,6 +325,20 @@ pub async fn latest_checkpoints<'c>(ex: impl Executor<'c, Database = Any>, n: i6
     .await?)
 }
 
+/// The checkpoint rows above `tree_size`, smallest first.
+pub async fn checkpoints_after<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    tree_size: i64,
+) -> Result<Vec<CheckpointRow>> {
+    Ok(sqlx::query_as(
+        "SELECT tree_size, root_hash, ts, body, signature, key_id FROM audit_checkpoints \
+         WHERE tree_size > $1 ORDER BY tree_size",
+    )
+    .bind(tree_size)
+    .fetch_all(ex)
+    .await?)
+}
+
 pub async fn any_pending<'c>(ex: impl Executor<'c, Database = Any>) -> Result<bool> {
     Ok(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM (SELECT 1 FROM audit_pending LIMIT 1) p")
         .fetch_one(ex)

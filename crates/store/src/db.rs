@@ -248,6 +248,13 @@ impl Db {
         Ok(())
     }
 
+    /// A connection of the caller's own, out of the pool: it is closed when
+    /// dropped, never handed to anyone else. For session state that must
+    /// end with its holder (PostgreSQL advisory locks).
+    pub async fn dedicated(&self) -> Result<AnyConnection> {
+        Ok(self.read.acquire().await?.detach())
+    }
+
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
     }

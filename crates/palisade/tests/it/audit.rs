@@ -15,6 +15,8 @@ use sqlx::Connection;
 
 use crate::common::{Backend, TestServer};
 
+mod cluster;
+
 backend_tests!(
     intact_log_verifies,
     pending_events_are_not_called_intact,

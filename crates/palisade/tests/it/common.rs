@@ -180,6 +180,38 @@ impl TestServer {
         self.running = Some(running);
     }
 
+    /// Another instance on this one's database, with the same keys (copied
+    /// into a data directory of its own, as an operator would share them).
+    /// Stopping it leaves the database to the first.
+    pub async fn second_instance(&self) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        palisade_store::create_private_dir(&data_dir).unwrap();
+        for key in ["audit-ed25519.pem", "jwt-ed25519.pem", "webhook-secrets.key"] {
+            let from = self.data_dir.join(key);
+            if from.exists() {
+                std::fs::copy(&from, data_dir.join(key)).unwrap();
+            }
+        }
+        let mut config = self.config.clone();
+        config.server.data_dir = data_dir.clone();
+        let clock = ManualClock::new(self.clock.now_ms());
+        let state = palisade::build_state(config.clone(), Arc::new(clock.clone())).await.unwrap();
+        let running = palisade::start(state, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        TestServer {
+            url: format!("http://{}", running.addr),
+            client: self.client.clone(),
+            master_key: self.master_key.clone(),
+            clock,
+            data_dir,
+            db_url: self.db_url.clone(),
+            running: Some(running),
+            config,
+            pg: None,
+            _dir: dir,
+        }
+    }
+
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
         self.running.as_ref()?.metrics_addr
     }
