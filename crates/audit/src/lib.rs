@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod log;
 pub mod merkle;
 pub mod sequencer;
+pub mod tenant;
 pub mod verify;
 
 use palisade_core::principal::Actor;

@@ -54,6 +54,13 @@ impl Exclusive<'_> {
 }
 
 impl Sequencer {
+    /// On SQLite the one process leads from the start.
+    pub fn new(db: &Db) -> Self {
+        let s = Self::default();
+        s.leading.store(db.dialect() == Dialect::Sqlite, Ordering::Relaxed);
+        s
+    }
+
     /// Whether this instance leads now; a follower tries to take the lead.
     pub async fn lead(&self, db: &Db) -> bool {
         if db.dialect() == Dialect::Sqlite {

@@ -110,6 +110,18 @@ pub struct Db {
     pub(crate) batcher: Arc<crate::pg_batch::Batcher>,
     /// PostgreSQL: reads concurrent point lookups together.
     pub(crate) lookups: Arc<crate::pg_lookup::Lookups>,
+    /// PostgreSQL: how to open a native connection (bulk export).
+    url: Url,
+}
+
+/// The database URL; it may hold a password, so it never prints.
+#[derive(Clone)]
+struct Url(Arc<str>);
+
+impl std::fmt::Debug for Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<database url>")
+    }
 }
 
 impl Db {
@@ -142,6 +154,7 @@ impl Db {
                     durable: crate::durable::Barrier::new(),
                     batcher: Arc::default(),
                     lookups: Arc::default(),
+                    url: Url(url.into()),
                 })
             }
             Dialect::Postgres => {
@@ -172,6 +185,7 @@ impl Db {
                     durable: crate::durable::Barrier::new(),
                     batcher: Arc::default(),
                     lookups: Arc::default(),
+                    url: Url(url.into()),
                 })
             }
         }
@@ -253,6 +267,15 @@ impl Db {
     /// end with its holder (PostgreSQL advisory locks).
     pub async fn dedicated(&self) -> Result<AnyConnection> {
         Ok(self.read.acquire().await?.detach())
+    }
+
+    /// PostgreSQL only: a native connection of the caller's own, for what
+    /// the `Any` driver cannot do (`COPY … TO STDOUT`).
+    pub async fn native_postgres(&self) -> Option<Result<sqlx::PgConnection>> {
+        if self.dialect != Dialect::Postgres {
+            return None;
+        }
+        Some(<sqlx::PgConnection as sqlx::Connection>::connect(&self.url.0).await.map_err(Into::into))
     }
 
     pub async fn ping(&self) -> bool {
