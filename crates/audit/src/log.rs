@@ -194,6 +194,11 @@ impl AuditLog {
         &self.signer
     }
 
+    /// This instance's witness file.
+    pub fn checkpoint_file(&self) -> &std::path::Path {
+        &self.checkpoint_file
+    }
+
     /// The largest tree size a checkpoint in this instance's file vouches for.
     pub fn file_max_size(&self) -> u64 {
         self.file_max_size.load(std::sync::atomic::Ordering::Relaxed)

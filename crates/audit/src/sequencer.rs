@@ -123,7 +123,13 @@ impl Sequencer {
         }
         let mut conn = match slot.take() {
             Some(c) => c,
-            None => db.dedicated().await?,
+            None => {
+                let mut c = db.dedicated().await?;
+                // A reader waiting to see its own writes waits a bounded
+                // time for an integration elsewhere that hangs.
+                sqlx::query("SET lock_timeout = '10s'").execute(&mut c).await?;
+                c
+            }
         };
         sqlx::query("SELECT pg_advisory_lock($1)").bind(SEQUENCE_LOCK).execute(&mut conn).await?;
         Ok(Exclusive { slot, conn: Some(conn) })

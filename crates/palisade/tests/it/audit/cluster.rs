@@ -43,6 +43,12 @@ async fn two_instances_write_one_signed_chain() {
     assert_eq!(on_a, on_b, "both instances serve the same log");
     let v = b.get("/v1/events/verify", &t.token).await.expect(200).body;
     assert_eq!(v["status"], "intact", "{v}");
+    // The operator's full verification, on either instance, sees one chain.
+    for srv in [&a, &b] {
+        let v = srv.admin(reqwest::Method::GET, "/sysadmin/v1/events/verify", None).await.expect(200).body;
+        assert_eq!(v["status"], "intact", "{v}");
+        assert!(v["records"].as_u64().unwrap() >= 9, "{v}");
+    }
 
     // The follower keeps no witness file: the leader writes the chain.
     assert!(!b.data_dir.join("audit-checkpoints.jsonl").exists(), "only the leader writes a witness file");
