@@ -78,6 +78,11 @@ impl Checkpoint {
     }
 }
 
+/// The origin line of a tenant tree's checkpoints.
+pub fn tenant_origin(origin: &str, tenant: &str) -> String {
+    format!("{origin}/tenants/{tenant}")
+}
+
 pub struct Signer {
     key: SigningKey,
     verifier: Verifier,
@@ -103,6 +108,14 @@ impl Signer {
 
     pub fn sign(&self, tree_size: u64, root: &Hash, ts_ms: i64) -> Checkpoint {
         self.sign_body(format!("{FORMAT}\n{}\n{tree_size}\n{}\n{ts_ms}\n", self.origin, B64.encode(root)))
+    }
+
+    /// A checkpoint of one tenant's tree: the same five lines, with the
+    /// origin `<origin>/tenants/<tenant id>`, so it never passes for the
+    /// log's (or another tenant's).
+    pub fn sign_tenant(&self, tenant: &str, tree_size: u64, root: &Hash, ts_ms: i64) -> Checkpoint {
+        let origin = tenant_origin(&self.origin, tenant);
+        self.sign_body(format!("{FORMAT}\n{origin}\n{tree_size}\n{}\n{ts_ms}\n", B64.encode(root)))
     }
 
     pub fn sign_expiry(&self, up_to_leaf: u64, ts_ms: i64) -> Checkpoint {
@@ -139,6 +152,11 @@ impl Verifier {
         &self.key_id
     }
 
+    /// The log's name, as its checkpoints state it.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
     /// The raw 32-byte public key, base64.
     pub fn public_key_b64(&self) -> String {
         B64.encode(self.key.as_bytes())
@@ -146,6 +164,12 @@ impl Verifier {
 
     pub fn verify(&self, cp: &Checkpoint) -> Option<Head> {
         self.signed(cp).then(|| cp.head()).flatten().filter(|h| h.origin == self.origin)
+    }
+
+    /// A verified checkpoint of `tenant`'s tree.
+    pub fn verify_tenant(&self, cp: &Checkpoint, tenant: &str) -> Option<Head> {
+        let origin = tenant_origin(&self.origin, tenant);
+        self.signed(cp).then(|| cp.head()).flatten().filter(|h| h.origin == origin)
     }
 
     /// A verified retention statement's `(up_to_leaf, ts_ms)`.
@@ -195,6 +219,21 @@ mod tests {
         )
         .unwrap();
         assert!(other.verifier().verify(&cp).is_none());
+    }
+
+    #[test]
+    fn tenant_checkpoints_are_their_tenants_only() {
+        let s = signer();
+        let v = s.verifier();
+        let cp = s.sign_tenant("t1", 4, &[2u8; 32], 9);
+        assert!(cp.body.starts_with("palisade-audit/v1\ntest.example/tenants/t1\n4\n"), "{}", cp.body);
+        assert_eq!(v.verify_tenant(&cp, "t1").map(|h| (h.tree_size, h.root)), Some((4, [2u8; 32])));
+        // Not the log's, not another tenant's; and the log's is no tenant's.
+        assert_eq!((v.verify(&cp), v.verify_tenant(&cp, "t2")), (None, None));
+        assert_eq!(v.verify_tenant(&s.sign(4, &[2u8; 32], 9), "t1"), None);
+        let mut forged = cp.clone();
+        forged.body = forged.body.replace("\n4\n", "\n5\n");
+        assert_eq!(v.verify_tenant(&forged, "t1"), None);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 pub mod checkpoint;
 pub mod log;
 pub mod merkle;
+pub mod sequencer;
+pub mod tenant;
 pub mod verify;
 
 use palisade_core::principal::Actor;

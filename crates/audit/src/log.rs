@@ -1,7 +1,9 @@
 //! The integrator: sequences committed events into the Merkle tree in
-//! batches and signs a checkpoint after each batch. Checkpoints go to the
-//! database and to an append-only file in the data directory, so editing
-//! the audit tables alone cannot erase them.
+//! batches and signs a checkpoint after each batch. The database holds the
+//! checkpoints every instance and auditor reads; the leading instance also
+//! copies them to an append-only witness file in its data directory, so
+//! editing the audit tables alone cannot erase them. One integration runs
+//! at a time in the whole cluster (see [`crate::sequencer`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,6 +20,9 @@ use crate::merkle::{self, Frontier, Hash};
 /// Events per signed checkpoint: large enough that a busy log signs a few
 /// checkpoints a second, small enough that each write is short.
 const BATCH: i64 = 500;
+
+/// The first value of a leaf's array.
+pub const LEAF: &str = "palisade-audit-leaf/v1";
 
 /// The fields a leaf commits to, borrowed from wherever they were read.
 #[derive(Debug, Clone, Copy)]
@@ -61,8 +66,15 @@ impl<'a> LeafFields<'a> {
     /// output is what serde_json writes for the same array, byte for byte;
     /// written by hand because full verification encodes millions.
     pub fn encode(&self, buf: &mut Vec<u8>) {
+        self.encode_as(LEAF, buf)
+    }
+
+    /// [`Self::encode`] with another first value (a tenant leaf's).
+    pub fn encode_as(&self, tag: &str, buf: &mut Vec<u8>) {
         buf.clear();
-        buf.extend_from_slice(b"[\"palisade-audit-leaf/v1\",");
+        buf.push(b'[');
+        string(buf, tag);
+        buf.push(b',');
         int(buf, self.seq);
         buf.push(b',');
         string(buf, self.id);
@@ -117,6 +129,13 @@ pub fn leaf_hash_of(r: &AuditRow) -> Hash {
     merkle::leaf_hash(&leaf_data(r))
 }
 
+/// Which tree a proof is in.
+#[derive(Debug, Clone, Copy)]
+enum Tree<'a> {
+    Log,
+    Tenant(&'a str),
+}
+
 pub struct AuditLog {
     db: Db,
     signer: Arc<Signer>,
@@ -125,6 +144,7 @@ pub struct AuditLog {
     file_max_size: std::sync::atomic::AtomicU64,
     wake: Notify,
     file_lock: tokio::sync::Mutex<()>,
+    sequencer: crate::sequencer::Sequencer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +180,7 @@ impl AuditLog {
             .max()
             .unwrap_or(0);
         Arc::new(Self {
+            sequencer: crate::sequencer::Sequencer::new(&db),
             db,
             signer: Arc::new(signer),
             checkpoint_file,
@@ -173,6 +194,11 @@ impl AuditLog {
         &self.signer
     }
 
+    /// This instance's witness file.
+    pub fn checkpoint_file(&self) -> &std::path::Path {
+        &self.checkpoint_file
+    }
+
     /// The largest tree size a checkpoint in this instance's file vouches for.
     pub fn file_max_size(&self) -> u64 {
         self.file_max_size.load(std::sync::atomic::Ordering::Relaxed)
@@ -183,27 +209,68 @@ impl AuditLog {
         self.wake.notify_one();
     }
 
-    /// Sequences everything pending; one signed checkpoint per batch.
-    /// Returns the last checkpoint written, if any.
+    /// Sequences everything pending; one signed checkpoint per batch, into
+    /// the database. Waits for any integration running elsewhere in the
+    /// cluster first. Returns the last checkpoint signed, if any.
     pub async fn integrate(&self, now_ms: i64) -> Result<Option<Checkpoint>, LogError> {
-        let mut signed = Vec::new();
+        let exclusive = self.sequencer.exclusive(&self.db).await?;
+        let mut last = None;
         // Full batches, then the partial one, then stop: events that keep
         // arriving meanwhile wait for the next run instead of making a
         // stream of tiny checkpoints.
-        while let Some((cp, full)) = self.integrate_batch(now_ms).await? {
-            signed.push(cp);
-            if !full {
-                break;
+        let result = loop {
+            match self.integrate_batch(now_ms).await {
+                Ok(Some((cp, full))) => {
+                    last = cp.or(last);
+                    if !full {
+                        break Ok(());
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
             }
+        };
+        exclusive.release().await;
+        result?;
+        // The leader's witness file gets each checkpoint as it is signed.
+        if last.is_some() && self.leading() {
+            self.sync_file().await?;
         }
-        if signed.is_empty() {
-            return Ok(None);
-        }
+        Ok(last)
+    }
+
+    /// Whether this instance leads the cluster's log now (trying to take
+    /// the lead if nobody holds it).
+    pub async fn lead(&self) -> bool {
+        self.sequencer.lead(&self.db).await
+    }
+
+    /// Whether this instance led at its last check.
+    pub fn leading(&self) -> bool {
+        self.sequencer.leading()
+    }
+
+    /// Copies to this instance's witness file every signed checkpoint in
+    /// the database that the file lacks, whoever signed it, in order.
+    /// Returns how many were added.
+    pub async fn sync_file(&self) -> Result<usize, LogError> {
         // The file must never vouch for a batch a crash could still take
-        // back from the database: make the batches durable first, once.
+        // back from the database.
         self.db.make_durable().await?;
-        self.append_to_file(&signed).await?;
-        Ok(signed.pop())
+        let _guard = self.file_lock.lock().await;
+        let from = i64::try_from(self.file_max_size()).unwrap_or(i64::MAX);
+        let verifier = self.signer.verifier();
+        let new: Vec<Checkpoint> = palisade_store::audit::checkpoints_after(self.db.reader(), from)
+            .await?
+            .into_iter()
+            .map(|r| (r.tree_size, Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id }))
+            .filter(|(size, cp)| verifier.verify(cp).is_some_and(|h| h.tree_size as i64 == *size))
+            .map(|(_, cp)| cp)
+            .collect();
+        if !new.is_empty() {
+            self.write_file(&new).await?;
+        }
+        Ok(new.len())
     }
 
     /// Sequences now the committed events of `tenant` (of anyone when
@@ -215,7 +282,9 @@ impl AuditLog {
         // background one, or another instance) may have read its batch
         // before these events committed: look again, a bounded number of times.
         for _ in 0..8 {
-            if !palisade_store::audit::tenant_pending(self.db.reader(), tenant).await? {
+            let reader = self.db.reader();
+            let (size, _, placed) = palisade_store::audit::read_head_full(reader).await?;
+            if placed >= size && !palisade_store::audit::tenant_pending(reader, tenant).await? {
                 break;
             }
             self.integrate(now_ms).await?;
@@ -224,15 +293,20 @@ impl AuditLog {
     }
 
     /// Integrates up to BATCH pending events; the checkpoint and whether the
-    /// batch was full. The hashing and signing happen before the write, so
-    /// the write itself is one short atomic list that other writers barely
-    /// wait for; it moves the head only from where this step started.
-    async fn integrate_batch(&self, now_ms: i64) -> Result<Option<(Checkpoint, bool)>, LogError> {
+    /// batch was full (or, while the tenant trees catch up with an older
+    /// log, no checkpoint and `true`). The hashing and signing happen
+    /// before the write, so the write itself is one short atomic list that
+    /// other writers barely wait for; it moves the head only from where
+    /// this step started.
+    async fn integrate_batch(&self, now_ms: i64) -> Result<Option<(Option<Checkpoint>, bool)>, LogError> {
         let reader = self.db.reader();
+        let (size, frontier, placed) = palisade_store::audit::read_head_full(reader).await?;
+        if placed < size {
+            return self.place_in_tenant_trees(placed, size, now_ms).await;
+        }
         if !palisade_store::audit::any_pending(reader).await? {
             return Ok(None);
         }
-        let (size, frontier) = palisade_store::audit::read_head(reader).await?;
         let batch = palisade_store::audit::pending_batch(reader, BATCH).await?;
         if batch.is_empty() {
             return Ok(None);
@@ -251,14 +325,52 @@ impl AuditLog {
                 return Err(LogError::CorruptHead);
             }
         }
+        // Read after the head: a step that moved the tenant heads since
+        // moved the head too, and this step's write is then refused.
+        let heads = palisade_store::audit::tenant_heads(reader, &crate::tenant::tenants_of(batch.iter())).await?;
         let signer = self.signer.clone();
-        let (cp, stmts) = tokio::task::spawn_blocking(move || extend(f, size, &batch, &signer, now_ms))
+        let (cp, stmts) = tokio::task::spawn_blocking(move || extend(f, size, &batch, heads, &signer, now_ms))
             .await
-            .map_err(|e| LogError::Store(StoreError::Corrupt(format!("integration task: {e}"))))?;
+            .map_err(|e| LogError::Store(StoreError::Corrupt(format!("integration task: {e}"))))??;
         match self.db.write_guarded(stmts).await {
-            Ok(Ok(_)) => Ok(Some((cp, full))),
+            Ok(Ok(_)) => Ok(Some((Some(cp), full))),
             // Another integrator moved the head first (its leaves may be met
             // before the head's guard); what its batch left is for the next run.
+            Ok(Err(_moved)) => Ok(None),
+            Err(e) if e.is_unique_violation() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Places leaves `[from, to)` of the log (at most BATCH) in their
+    /// tenants' trees: the leaves of a log sequenced before tenant trees
+    /// existed. A leaf whose record retention removed has no tenant tree
+    /// leaf (its record can no longer be shown to anyone).
+    async fn place_in_tenant_trees(
+        &self,
+        from: i64,
+        size: i64,
+        now_ms: i64,
+    ) -> Result<Option<(Option<Checkpoint>, bool)>, LogError> {
+        let reader = self.db.reader();
+        let to = (from + BATCH).min(size);
+        let rows = palisade_store::audit::tenant_events_at_leaves(reader, from, to).await?;
+        let heads =
+            palisade_store::audit::tenant_heads(reader, &crate::tenant::tenants_of(rows.iter().map(|r| &r.1))).await?;
+        let signer = self.signer.clone();
+        let stmts = tokio::task::spawn_blocking(move || -> Result<Vec<palisade_store::Stmt>, LogError> {
+            let mut trees = crate::tenant::TenantTrees::new(heads)?;
+            for (leaf, row) in &rows {
+                trees.push(*leaf, row);
+            }
+            let mut stmts = vec![palisade_store::audit::tenant_catch_up_stmt(from, to)];
+            stmts.extend(trees.finish(&signer, now_ms));
+            Ok(stmts)
+        })
+        .await
+        .map_err(|e| LogError::Store(StoreError::Corrupt(format!("integration task: {e}"))))??;
+        match self.db.write_guarded(stmts).await {
+            Ok(Ok(_)) => Ok(Some((None, true))),
             Ok(Err(_moved)) => Ok(None),
             Err(e) if e.is_unique_violation() => Ok(None),
             Err(e) => Err(e.into()),
@@ -268,6 +380,11 @@ impl AuditLog {
     /// One JSON line per checkpoint, file mode 0600, opened in append mode.
     async fn append_to_file(&self, cps: &[Checkpoint]) -> Result<(), LogError> {
         let _guard = self.file_lock.lock().await;
+        self.write_file(cps).await
+    }
+
+    /// [`Self::append_to_file`] with the file lock held.
+    async fn write_file(&self, cps: &[Checkpoint]) -> Result<(), LogError> {
         let lines: String = cps.iter().map(|cp| serde_json::to_string(cp).unwrap_or_default() + "\n").collect();
         let path = self.checkpoint_file.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -334,28 +451,40 @@ impl AuditLog {
         Ok(None)
     }
 
-    /// The hash of leaves `[start, start + len)` from stored leaves and nodes.
-    async fn subtree(&self, start: u64, len: u64) -> Result<Hash, LogError> {
+    /// The hash of leaves `[start, start + len)` of `tree` from stored
+    /// leaves and nodes.
+    async fn subtree(&self, tree: Tree<'_>, start: u64, len: u64) -> Result<Hash, LogError> {
         if len.is_power_of_two() && start.is_multiple_of(len) {
             let level = len.trailing_zeros();
-            let stored = if level == 0 {
-                palisade_store::audit::leaf_hash_at(self.db.reader(), start as i64).await?
-            } else {
-                palisade_store::audit::node_hash_at(self.db.reader(), i64::from(level), (start >> level) as i64).await?
+            let (r, at) = (self.db.reader(), (start >> level) as i64);
+            let stored = match (tree, level) {
+                (Tree::Log, 0) => palisade_store::audit::leaf_hash_at(r, at).await?,
+                (Tree::Log, _) => palisade_store::audit::node_hash_at(r, i64::from(level), at).await?,
+                (Tree::Tenant(t), 0) => palisade_store::audit::tenant_leaf_hash_at(r, t, at).await?,
+                (Tree::Tenant(t), _) => palisade_store::audit::tenant_node_hash_at(r, t, i64::from(level), at).await?,
             };
             return stored
                 .as_deref()
                 .and_then(merkle::decode_hash)
-                .ok_or_else(|| LogError::MissingNode(format!("{level}/{}", start >> level)));
+                .ok_or_else(|| LogError::MissingNode(format!("{level}/{at}")));
         }
         let k = merkle::split_point(len);
-        let left = Box::pin(self.subtree(start, k)).await?;
-        let right = Box::pin(self.subtree(start + k, len - k)).await?;
+        let left = Box::pin(self.subtree(tree, start, k)).await?;
+        let right = Box::pin(self.subtree(tree, start + k, len - k)).await?;
         Ok(merkle::node_hash(&left, &right))
     }
 
-    /// Audit path for leaf `index` in the tree of `size` leaves.
+    /// Audit path for leaf `index` in the log's tree of `size` leaves.
     pub async fn inclusion_path(&self, index: u64, size: u64) -> Result<Vec<Hash>, LogError> {
+        self.path_in(Tree::Log, index, size).await
+    }
+
+    /// Audit path for leaf `index` in `tenant`'s tree of `size` leaves.
+    pub async fn tenant_inclusion_path(&self, tenant: &str, index: u64, size: u64) -> Result<Vec<Hash>, LogError> {
+        self.path_in(Tree::Tenant(tenant), index, size).await
+    }
+
+    async fn path_in(&self, tree: Tree<'_>, index: u64, size: u64) -> Result<Vec<Hash>, LogError> {
         // Collect the subtrees the path needs, then fetch them.
         let mut wanted = Vec::new();
         let _ = merkle::inclusion_path(index, 0, size, &mut |s, l| {
@@ -364,14 +493,33 @@ impl AuditLog {
         });
         let mut out = Vec::with_capacity(wanted.len());
         for (s, l) in wanted {
-            out.push(self.subtree(s, l).await?);
+            out.push(self.subtree(tree, s, l).await?);
         }
         Ok(out)
+    }
+
+    /// The newest checkpoint of `tenant`'s tree whose signature verifies
+    /// and whose signed size is the row's.
+    pub async fn latest_tenant_checkpoint(
+        &self,
+        tenant: palisade_core::TenantId,
+    ) -> Result<Option<Checkpoint>, LogError> {
+        let id = tenant.to_string();
+        for r in palisade_store::audit::latest_tenant_checkpoints(self.db.reader(), tenant, 16).await? {
+            let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
+            if self.signer.verifier().verify_tenant(&cp, &id).is_some_and(|h| h.tree_size as i64 == r.tree_size) {
+                return Ok(Some(cp));
+            }
+        }
+        Ok(None)
     }
 
     /// Runs the integrator until `stop` fires, then once more (the
     /// shutdown checkpoint). Runs start at least `interval` apart, so a
     /// busy log signs a few large batches rather than one per request.
+    /// Only the cluster's leader integrates and keeps its witness file;
+    /// the others try to take the lead at each turn (at least once a
+    /// second), so a leader that stops or dies is replaced within seconds.
     pub fn spawn(
         self: &Arc<Self>,
         clock: Arc<dyn palisade_core::Clock>,
@@ -383,41 +531,61 @@ impl AuditLog {
             loop {
                 tokio::select! {
                     _ = log.wake.notified() => {}
-                    _ = tokio::time::sleep(interval.max(Duration::from_secs(1))) => {}
+                    _ = tokio::time::sleep(interval.clamp(Duration::from_millis(10), Duration::from_secs(1))) => {}
                     _ = stop.changed() => break,
                 }
-                if let Err(e) = log.integrate(clock.now_ms()).await {
-                    tracing::error!(error = %e, "audit integration failed");
+                if log.lead().await {
+                    log.run_once(clock.now_ms()).await;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(interval.max(Duration::from_millis(10))) => {}
                     _ = stop.changed() => break,
                 }
             }
-            // Shutdown: everything pending, in as many batches as it takes.
-            loop {
-                match log.integrate(clock.now_ms()).await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::error!(error = %e, "final audit integration failed");
-                        break;
+            // Shutdown: everything pending, in as many batches as it takes,
+            // if this instance leads (a follower's events are the leader's
+            // to sequence); then hand the lead over at once.
+            if log.lead().await {
+                loop {
+                    match log.integrate(clock.now_ms()).await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::error!(error = %e, "final audit integration failed");
+                            break;
+                        }
                     }
                 }
+                if let Err(e) = log.sync_file().await {
+                    tracing::error!(error = %e, "audit witness file not written");
+                }
             }
+            log.sequencer.resign().await;
         })
+    }
+
+    async fn run_once(&self, now_ms: i64) {
+        if let Err(e) = self.integrate(now_ms).await {
+            tracing::error!(error = %e, "audit integration failed");
+        }
+        if let Err(e) = self.sync_file().await {
+            tracing::error!(error = %e, "audit witness file not written");
+        }
     }
 }
 
-/// Adds `batch` to the tree `f` (of `size` leaves) and signs the result:
-/// the checkpoint and the atomic list that stores it.
+/// Adds `batch` to the tree `f` (of `size` leaves) and to the tenant trees
+/// (from their `tenant_heads`), and signs the results: the log's checkpoint
+/// and the atomic list that stores it all.
 fn extend(
     mut f: Frontier,
     size: i64,
     batch: &[AuditRow],
+    tenant_heads: Vec<(String, i64, String)>,
     signer: &Signer,
     now_ms: i64,
-) -> (Checkpoint, Vec<palisade_store::Stmt>) {
+) -> Result<(Checkpoint, Vec<palisade_store::Stmt>), LogError> {
+    let mut trees = crate::tenant::TenantTrees::new(tenant_heads)?;
     let mut leaves = Vec::with_capacity(batch.len());
     let mut nodes = Vec::with_capacity(batch.len());
     for row in batch {
@@ -425,6 +593,7 @@ fn extend(
         let h = leaf_hash_of(row);
         f.push(h, |level, idx, node| nodes.push((i64::from(level), idx as i64, hex::encode(node))));
         leaves.push((index, row.seq, hex::encode(h)));
+        trees.push(index, row);
     }
     let root = f.root();
     let cp = signer.sign(f.size(), &root, now_ms);
@@ -436,8 +605,9 @@ fn extend(
         signature: cp.signature.clone(),
         key_id: cp.key_id.clone(),
     };
-    let stmts = palisade_store::audit::integrate_stmts(size, &f.encode(), &leaves, &nodes, row);
-    (cp, stmts)
+    let mut stmts = palisade_store::audit::integrate_stmts(size, &f.encode(), &leaves, &nodes, row);
+    stmts.extend(trees.finish(signer, now_ms));
+    Ok((cp, stmts))
 }
 
 #[cfg(test)]

@@ -36,7 +36,14 @@ fn nullable(s: &str) -> Result<Option<&str>, ()> {
     }
 }
 
-fn check_fields(record: &str, buf: &mut Vec<u8>) -> Result<Checked, ()> {
+/// Leaf index of the log -> (tenant, tenant leaf hash).
+type TenantEntries = std::collections::HashMap<i64, (String, String)>;
+
+/// The parts of a fast-path record: leaf index, event seq, leaf hash and
+/// the event's fields (`None` when the event row is gone).
+type Parsed<'a> = (u64, i64, Hash, Option<LeafFields<'a>>);
+
+fn parse_fields(record: &str) -> Result<Parsed<'_>, ()> {
     use palisade_store::audit::FIELD_SEP;
     let opt = nullable;
     let mut f = [""; 16];
@@ -49,12 +56,12 @@ fn check_fields(record: &str, buf: &mut Vec<u8>) -> Result<Checked, ()> {
     let event_seq: i64 = f[1].parse().map_err(|_| ())?;
     let hash = merkle::decode_hash(f[2]).ok_or(())?;
     if n == 4 && f[3] == "-" {
-        return Ok((index, hash, Some(format!("record seq {event_seq} (leaf {index}) was deleted")), true));
+        return Ok((index, event_seq, hash, None));
     }
     if n != 16 {
         return Err(());
     }
-    LeafFields {
+    let fields = LeafFields {
         seq: f[3].parse().map_err(|_| ())?,
         id: f[4],
         ts: f[5].parse().map_err(|_| ())?,
@@ -68,14 +75,30 @@ fn check_fields(record: &str, buf: &mut Vec<u8>) -> Result<Checked, ()> {
         user_agent: opt(f[13])?,
         request_id: opt(f[14])?,
         details: f[15],
-    }
-    .encode(buf);
+    };
+    Ok((index, event_seq, hash, Some(fields)))
+}
+
+fn check_fields(record: &str, buf: &mut Vec<u8>) -> Result<Checked, ()> {
+    let (index, event_seq, hash, fields) = parse_fields(record)?;
+    let Some(fields) = fields else {
+        return Ok((index, hash, Some(format!("record seq {event_seq} (leaf {index}) was deleted")), true));
+    };
+    fields.encode(buf);
     if merkle::leaf_hash(buf) != hash {
         // Let the slow path judge (and word) it: a value holding a field
         // separator lands here as well as a real edit.
         return Err(());
     }
     Ok((index, hash, None, false))
+}
+
+/// The record of leaf `index` decoded the slow way (the fast path could
+/// not read it, yet it hashes to its leaf).
+async fn slow_row(db: &Db, index: u64) -> Result<Option<AuditRow>, LogError> {
+    let i = index as i64;
+    let chunk = palisade_store::audit::leaf_chunk(db, i, i + 1).await?;
+    Ok(chunk.lines().next().and_then(parse_line).and_then(|l| l.record.and_then(decode_record)))
 }
 
 /// Checks one record of a [`palisade_store::audit::leaf_fields_chunk`].
@@ -212,7 +235,6 @@ impl Report {
     }
 }
 
-/// Reads checkpoints from the JSON-lines file (missing file: none).
 /// Reads the JSON-lines file. `None` when the file does not exist; a line
 /// that is not a signed note is returned as a note with an empty signature,
 /// so it is reported rather than skipped.
@@ -235,15 +257,62 @@ pub fn read_checkpoint_file(path: &Path) -> std::io::Result<Option<Vec<Checkpoin
     }
 }
 
+/// Writes every signed checkpoint and retention statement in the database
+/// whose signature verifies, in order, to `path` (created 0600, replaced if
+/// it exists) as JSON lines: a witness copy of the whole cluster's chain,
+/// for `palisade audit verify --witness`. Returns (notes written, notes
+/// skipped because they do not verify).
+pub async fn export_checkpoints(db: &Db, verifier: &Verifier, path: &Path) -> Result<(usize, usize), LogError> {
+    let mut notes: Vec<(u64, Checkpoint)> = Vec::new();
+    let mut skipped = 0;
+    for r in palisade_store::audit::all_checkpoints(db.reader()).await? {
+        let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
+        match verifier.verify(&cp) {
+            Some(h) if h.tree_size as i64 == r.tree_size => notes.push((h.tree_size, cp)),
+            _ => skipped += 1,
+        }
+    }
+    for r in palisade_store::audit::all_expiries(db.reader()).await? {
+        let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
+        match verifier.verify_expiry(&cp) {
+            Some((up_to, _)) => notes.push((up_to, cp)),
+            None => skipped += 1,
+        }
+    }
+    // Stable: a statement follows the checkpoint of the same size.
+    notes.sort_by_key(|(size, _)| *size);
+    let text: String = notes.iter().map(|(_, cp)| serde_json::to_string(cp).unwrap_or_default() + "\n").collect();
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })
+    .await
+    .map_err(|e| LogError::File(std::io::Error::other(e)))??;
+    Ok((notes.len(), skipped))
+}
+
+/// Verifies the whole log: the records in the database against the signed
+/// checkpoints in the database and in each witness file given (a file that
+/// does not exist is reported, unless the log is empty).
 pub async fn verify_log(
     db: &Db,
     verifier: &Verifier,
-    checkpoint_file: Option<&Path>,
+    witness_files: &[&Path],
     mut progress: impl FnMut(u64),
 ) -> Result<Report, LogError> {
     let mut report = Report::default();
 
-    // Signed statements, from both places. A checkpoint that does not
+    // Signed statements, from every place. A checkpoint that does not
     // verify is itself evidence of tampering.
     let mut signed: BTreeMap<u64, Hash> = BTreeMap::new();
     let mut all: Vec<(String, Checkpoint)> = palisade_store::audit::all_checkpoints(db.reader())
@@ -251,11 +320,12 @@ pub async fn verify_log(
         .into_iter()
         .map(|r| ("database".to_owned(), Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id }))
         .collect();
-    if let Some(path) = checkpoint_file {
+    let db_has_log = !all.is_empty() || palisade_store::audit::max_leaf_index(db.reader()).await?.is_some();
+    for path in witness_files {
         match read_checkpoint_file(path)? {
             Some(notes) => all.extend(notes.into_iter().map(|c| ("checkpoint file".to_owned(), c))),
             // Without the file, only the database vouches for itself.
-            None if !all.is_empty() || palisade_store::audit::max_leaf_index(db.reader()).await?.is_some() => {
+            None if db_has_log => {
                 report.problems.push(format!(
                     "the checkpoint file {} is missing: the log cannot be checked against it",
                     path.display()
@@ -302,14 +372,23 @@ pub async fn verify_log(
         }
     }
 
+    // The tenant trees are rebuilt alongside, from the same records.
+    let placed = u64::try_from(palisade_store::audit::tenant_size(db.reader()).await?).unwrap_or(0);
+    let tenant_checkpoints = palisade_store::audit::all_tenant_checkpoints(db.reader()).await?;
+    let mut tenants = crate::tenant::Rebuild::new(tenant_checkpoints, verifier);
+    // The stored tenant leaves of the chunk being read, once one of its
+    // records turns out expired.
+    let mut expired_entries: Option<(i64, TenantEntries)> = None;
+
     // Rebuild the tree from the records themselves, a chunk at a time.
     let mut frontier = Frontier::default();
     let mut last_good_size = 0u64;
     let last = palisade_store::audit::max_leaf_index(db.reader()).await?.unwrap_or(-1);
-    let mut from = 0i64;
     let mut buf = Vec::with_capacity(1024);
-    'scan: while from <= last {
-        let chunk = palisade_store::audit::leaf_fields_chunk(db, from, from + CHUNK).await?;
+    // Read one chunk ahead while this one is checked.
+    let mut chunks = palisade_store::audit_copy::leaf_chunks(db, last, CHUNK);
+    'scan: while let Some(next) = chunks.recv().await {
+        let (from, chunk) = next?;
         let Some(records) = split_records(&chunk) else {
             report.problems.push(format!("leaves from {from} are unreadable"));
             break 'scan;
@@ -336,6 +415,29 @@ pub async fn verify_log(
                     report.problems.push(problem);
                     break 'scan;
                 }
+                // The record is gone: its tenant leaf is taken as stored
+                // (the tenant's signed roots still vouch for it).
+                if index < placed {
+                    if expired_entries.as_ref().is_none_or(|(f, _)| *f != from) {
+                        let entries =
+                            palisade_store::audit::tenant_tree_entries(db.reader(), from, from + CHUNK).await?;
+                        expired_entries = Some((from, entries));
+                    }
+                    if let Some((tenant, h)) = expired_entries.as_ref().and_then(|(_, e)| e.get(&(index as i64))) {
+                        match merkle::decode_hash(h) {
+                            Some(h) => tenants.push_hash(tenant, h),
+                            None => tenants.fail(tenant, format!("tenant leaf of leaf {index} is unreadable")),
+                        }
+                    }
+                }
+            } else if index < placed {
+                match parse_fields(record) {
+                    Ok((_, _, _, Some(fields))) => tenants.push(&fields),
+                    _ => match slow_row(db, index).await? {
+                        Some(row) => tenants.push(&LeafFields::of(&row)),
+                        None => report.problems.push(format!("leaf {index}: its record is unreadable")),
+                    },
+                }
             }
             frontier.push(leaf.1, |_, _, _| {});
             let size = frontier.size();
@@ -354,7 +456,6 @@ pub async fn verify_log(
                 progress(size);
             }
         }
-        from += CHUNK;
     }
     report.records = frontier.size();
     report.checkpoints = signed.len() as u64;
@@ -382,6 +483,11 @@ pub async fn verify_log(
                 .problems
                 .push(format!("record seq {seq} is not part of the log: it was inserted behind the log's back"));
         }
+    }
+    // The tenant trees, once the log itself holds up (a problem of the log
+    // shows in its tenants' trees too; it is named once, as the log's).
+    if report.problems.is_empty() {
+        report.problems.extend(tenants.finish());
     }
     Ok(report)
 }

@@ -252,7 +252,7 @@ fn redis_urls() {
     assert_eq!(ok("rediss://user:pw@cache.example:6380/3"), RedisUrlInfo { tls: true, loopback: false });
     assert_eq!(ok("redis://[::1]:6379"), RedisUrlInfo { tls: false, loopback: true });
     // The host the client connects to is the one judged.
-    assert_eq!(ok("redis://evil.example/0").loopback, false);
+    assert!(!ok("redis://evil.example/0").loopback);
     for bad in [
         "",
         "redis://",

@@ -103,10 +103,20 @@ pub enum AuditCommand {
         /// an auditor's machine that must not hold the private key.
         #[arg(long)]
         public_key: Option<String>,
+        /// Check against this witness file (as `audit export-checkpoints`
+        /// writes it, or a server's `audit-checkpoints.jsonl`) instead of
+        /// the data directory's checkpoint file; repeat for several.
+        #[arg(long, value_name = "FILE")]
+        witness: Vec<PathBuf>,
     },
     /// Print the latest signed checkpoint (for an external witness), after
     /// sequencing anything pending.
     Checkpoint,
+    /// Write every signed checkpoint and retention statement of the
+    /// cluster's log, from the database, to FILE (JSON lines, mode 0600):
+    /// a witness copy to keep outside the database.
+    #[command(name = "export-checkpoints")]
+    ExportCheckpoints { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -213,16 +223,17 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Audit { command: AuditCommand::Verify { public_key } } => {
+        Command::Audit { command: AuditCommand::Verify { public_key, witness } } => {
             let db = crate::open_db(&config).await?;
             let verifier = match public_key {
                 Some(b64) => palisade_audit::checkpoint::Verifier::from_public_b64(&b64, &config.audit.origin)
                     .context("--public-key must be a base64 Ed25519 public key (32 bytes)")?,
                 None => crate::audit_signer(&config)?.verifier().clone(),
             };
-            let file = crate::checkpoint_file(&config);
+            let files = if witness.is_empty() { vec![crate::checkpoint_file(&config)] } else { witness };
+            let files: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
             let started = std::time::Instant::now();
-            let report = palisade_audit::verify::verify_log(&db, &verifier, Some(&file), |n| {
+            let report = palisade_audit::verify::verify_log(&db, &verifier, &files, |n| {
                 eprintln!("palisade: verified {n} records ({:.1} s)", started.elapsed().as_secs_f64());
             })
             .await?;
@@ -251,6 +262,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<i32> {
             let log =
                 palisade_audit::log::AuditLog::new(db, crate::audit_signer(&config)?, crate::checkpoint_file(&config));
             log.integrate(clock.now_ms()).await?;
+            log.sync_file().await?;
             match log.latest_checkpoint().await? {
                 Some(cp) => {
                     println!("{}", serde_json::to_string_pretty(&cp)?);
@@ -262,6 +274,18 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<i32> {
                     Ok(1)
                 }
             }
+        }
+        Command::Audit { command: AuditCommand::ExportCheckpoints { file } } => {
+            let db = crate::open_db(&config).await?;
+            let verifier = crate::audit_signer(&config)?.verifier().clone();
+            let (written, skipped) = palisade_audit::verify::export_checkpoints(&db, &verifier, &file).await?;
+            println!("{written} signed notes written to {}", file.display());
+            if skipped > 0 {
+                // Not copied: a witness holds genuine notes only.
+                println!("TAMPERED: {skipped} notes in the database do not verify; `audit verify` names them");
+                return Ok(1);
+            }
+            Ok(0)
         }
         Command::Keys { command: KeysCommand::Hash } => {
             let mut key = String::new();

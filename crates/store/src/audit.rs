@@ -155,17 +155,26 @@ pub async fn list<'c>(
     reader: Reader<'_>,
     f: &AuditFilter,
 ) -> Result<Vec<AuditRow>> {
-    let sql = match reader.tenant() {
-        // The tenant's own leaves, through their index. The events' own
-        // tenant is checked too (the index is not hashed), outside: inside,
+    let sql = match reader {
+        // The tenant's own tree, in its order, numbered by it: `seq` is the
+        // event's place in the tenant's sequence (its tenant leaf + 1), and
+        // the cursor is such a number. The events' own tenant is checked
+        // too (the tree's column is not hashed), outside: inside,
         // PostgreSQL counts the tenant twice and walks the whole log.
-        Some(_) => format!(
-            "SELECT * FROM (SELECT {EVENT_COLS} FROM audit_tenant_leaves t \
+        Reader::Tenant(_) => format!(
+            "SELECT * FROM (SELECT t.tenant_index + 1 AS seq, {EVENT_FIELDS} FROM audit_tenant_tree t \
+               JOIN audit_leaves l ON l.leaf_index = t.leaf_index JOIN audit_events e ON e.seq = l.event_seq \
+             WHERE t.tenant_id = $1 AND t.tenant_index >= $2 AND {FILTERS} \
+             ORDER BY t.tenant_index LIMIT $9) page WHERE page.tenant_id = $1"
+        ),
+        // The operator reads the platform's numbers, in the log's order.
+        Reader::Operator(_, Some(_)) => format!(
+            "SELECT * FROM (SELECT {EVENT_COLS} FROM audit_tenant_tree t \
                JOIN audit_leaves l ON l.leaf_index = t.leaf_index JOIN audit_events e ON e.seq = l.event_seq \
              WHERE t.tenant_id = $1 AND t.leaf_index > {CURSOR_LEAF} AND {FILTERS} \
              ORDER BY t.leaf_index LIMIT $9) page WHERE page.tenant_id = $1"
         ),
-        None => format!(
+        Reader::Operator(_, None) => format!(
             "SELECT {EVENT_COLS} FROM audit_leaves l JOIN audit_events e ON e.seq = l.event_seq \
              WHERE ($1 IS NULL OR e.tenant_id = $1) AND l.leaf_index > {CURSOR_LEAF} AND {FILTERS} \
              ORDER BY l.leaf_index LIMIT $9"
@@ -200,6 +209,10 @@ pub async fn tenant_pending<'c>(ex: impl Executor<'c, Database = Any>, tenant: O
 
 // ---- The verifiable log: sequencing, nodes, checkpoints ----
 
+/// [`EVENT_COLS`] but `seq`.
+const EVENT_FIELDS: &str = "e.id, e.ts, e.tenant_id, e.actor_type, e.actor_id, e.action, e.resource_type, \
+    e.resource_id, e.source_ip, e.user_agent, e.request_id, e.details";
+
 const EVENT_COLS: &str = "e.seq, e.id, e.ts, e.tenant_id, e.actor_type, e.actor_id, e.action, e.resource_type, \
     e.resource_id, e.source_ip, e.user_agent, e.request_id, e.details";
 
@@ -219,6 +232,11 @@ pub async fn head<'c>(ex: impl Executor<'c, Database = Any>) -> Result<(i64, Str
     )
     .fetch_one(ex)
     .await?)
+}
+
+/// The current head: (tree size, frontier, leaves placed in tenant trees).
+pub async fn read_head_full<'c>(ex: impl Executor<'c, Database = Any>) -> Result<(i64, String, i64)> {
+    Ok(sqlx::query_as("SELECT tree_size, frontier, tenant_size FROM audit_head WHERE id = 1").fetch_one(ex).await?)
 }
 
 /// The current head: (tree size, frontier).
@@ -259,11 +277,16 @@ pub fn integrate_stmts(
     nodes: &[(i64, i64, String)],
     checkpoint: CheckpointRow,
 ) -> Vec<crate::Stmt> {
-    let head = crate::Stmt::new("UPDATE audit_head SET tree_size = $1, frontier = $2 WHERE id = 1 AND tree_size = $3")
-        .bind(checkpoint.tree_size)
-        .bind(frontier)
-        .bind(old_size)
-        .or_refuse(HEAD_MOVED);
+    // The leaves go to their tenants' trees in the same write, so the
+    // tenant trees must be caught up with the log (`tenant_size`).
+    let head = crate::Stmt::new(
+        "UPDATE audit_head SET tree_size = $1, frontier = $2, tenant_size = $1 \
+         WHERE id = 1 AND tree_size = $3 AND tenant_size = $3",
+    )
+    .bind(checkpoint.tree_size)
+    .bind(frontier)
+    .bind(old_size)
+    .or_refuse(HEAD_MOVED);
     let mut out = vec![head];
     out.extend(insert_many("audit_leaves (leaf_index, event_seq, leaf_hash)", leaves));
     out.extend(insert_many("audit_nodes (level, node_index, hash)", nodes));
@@ -305,6 +328,243 @@ fn insert_many(table_cols: &str, rows: &[(i64, i64, String)]) -> Vec<crate::Stmt
         .collect()
 }
 
+// ---- Tenant trees ----
+
+/// A signed checkpoint of one tenant's tree.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TenantCheckpointRow {
+    pub tenant_id: String,
+    pub tree_size: i64,
+    pub root_hash: String,
+    pub ts: i64,
+    pub body: String,
+    pub signature: String,
+    pub key_id: String,
+}
+
+/// One step of the tenant trees, as statements for the integration's
+/// atomic list: leaves `(tenant, tenant_index, leaf_index, hash)`, nodes
+/// `(tenant, level, index, hash)`, new heads `(tenant, size, frontier)`
+/// and the checkpoints signing them.
+pub fn tenant_stmts(
+    leaves: &[(String, i64, i64, String)],
+    nodes: &[(String, i64, i64, String)],
+    heads: &[(String, i64, String)],
+    checkpoints: &[TenantCheckpointRow],
+) -> Vec<crate::Stmt> {
+    let mut out = insert_many4("audit_tenant_tree (tenant_id, tenant_index, leaf_index, leaf_hash)", leaves);
+    out.extend(insert_many4("audit_tenant_nodes (tenant_id, level, node_index, hash)", nodes));
+    // One statement per chunk of heads (each tenant once: an upsert may not
+    // touch a row twice).
+    for chunk in heads.chunks(ROWS_PER_INSERT) {
+        let mut sql = "INSERT INTO audit_tenant_heads (tenant_id, tree_size, frontier) VALUES ".to_owned();
+        for i in 0..chunk.len() {
+            sql.push_str(&format!("{}(${}, ${}, ${})", if i > 0 { "," } else { "" }, i * 3 + 1, i * 3 + 2, i * 3 + 3));
+        }
+        sql.push_str(
+            " ON CONFLICT (tenant_id) DO UPDATE SET tree_size = excluded.tree_size, frontier = excluded.frontier",
+        );
+        out.push(chunk.iter().fold(crate::Stmt::dynamic(sql), |st, (tenant, size, frontier)| {
+            st.bind(tenant.as_str()).bind(*size).bind(frontier.as_str())
+        }));
+    }
+    for chunk in checkpoints.chunks(ROWS_PER_INSERT / 2) {
+        let mut sql = "INSERT INTO audit_tenant_checkpoints (tenant_id, tree_size, root_hash, ts, body, signature, key_id) VALUES ".to_owned();
+        for i in 0..chunk.len() {
+            let marks: Vec<String> = (1..=7).map(|k| format!("${}", i * 7 + k)).collect();
+            sql.push_str(&format!("{}({})", if i > 0 { "," } else { "" }, marks.join(", ")));
+        }
+        out.push(chunk.iter().fold(crate::Stmt::dynamic(sql), |st, c| {
+            st.bind(c.tenant_id.as_str())
+                .bind(c.tree_size)
+                .bind(c.root_hash.as_str())
+                .bind(c.ts)
+                .bind(c.body.as_str())
+                .bind(c.signature.as_str())
+                .bind(c.key_id.as_str())
+        }));
+    }
+    out
+}
+
+/// Places leaves `[from, to)` of the log in tenant trees (the log's older
+/// leaves, when tenant trees were introduced): guarded on the marker.
+pub fn tenant_catch_up_stmt(from: i64, to: i64) -> crate::Stmt {
+    crate::Stmt::new("UPDATE audit_head SET tenant_size = $1 WHERE id = 1 AND tenant_size = $2 AND tree_size >= $1")
+        .bind(to)
+        .bind(from)
+        .or_refuse(HEAD_MOVED)
+}
+
+fn insert_many4(table_cols: &str, rows: &[(String, i64, i64, String)]) -> Vec<crate::Stmt> {
+    rows.chunks(ROWS_PER_INSERT)
+        .map(|chunk| {
+            let mut sql = format!("INSERT INTO {table_cols} VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("(${}, ${}, ${}, ${})", i * 4 + 1, i * 4 + 2, i * 4 + 3, i * 4 + 4));
+            }
+            chunk.iter().fold(crate::Stmt::dynamic(sql), |st, (t, a, b, c)| {
+                st.bind(t.as_str()).bind(*a).bind(*b).bind(c.as_str())
+            })
+        })
+        .collect()
+}
+
+/// The heads `(tenant, size, frontier)` of these tenants' trees (a tenant
+/// without a tree has none).
+pub async fn tenant_heads<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    tenants: &[String],
+) -> Result<Vec<(String, i64, String)>> {
+    if tenants.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (1..=tenants.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT tenant_id, tree_size, frontier FROM audit_tenant_heads WHERE tenant_id IN ({})",
+        marks.join(", ")
+    );
+    let q = tenants.iter().fold(sqlx::query_as(&sql), |q, t| q.bind(t));
+    Ok(q.fetch_all(ex).await?)
+}
+
+/// One tenant's head: (size, frontier, tenant leaves present, highest leaf
+/// of the log among them), read in one statement.
+pub async fn tenant_head<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    tenant: TenantId,
+) -> Result<(i64, String, i64, Option<i64>)> {
+    Ok(sqlx::query_as(
+        "SELECT COALESCE((SELECT tree_size FROM audit_tenant_heads WHERE tenant_id = $1), 0), \
+           COALESCE((SELECT frontier FROM audit_tenant_heads WHERE tenant_id = $1), ''), \
+           (SELECT COALESCE(MAX(tenant_index) + 1, 0) FROM audit_tenant_tree WHERE tenant_id = $1), \
+           (SELECT MAX(leaf_index) FROM audit_tenant_tree WHERE tenant_id = $1)",
+    )
+    .bind(tenant.to_string())
+    .fetch_one(ex)
+    .await?)
+}
+
+#[derive(sqlx::FromRow)]
+struct LeafAndEvent {
+    leaf_index: i64,
+    #[sqlx(flatten)]
+    row: AuditRow,
+}
+
+/// The tenants' events among leaves `[from, to)` of the log, in order.
+pub async fn tenant_events_at_leaves<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    from: i64,
+    to: i64,
+) -> Result<Vec<(i64, AuditRow)>> {
+    let rows: Vec<LeafAndEvent> = sqlx::query_as(&format!(
+        "SELECT l.leaf_index, {EVENT_COLS} FROM audit_leaves l JOIN audit_events e ON e.seq = l.event_seq \
+         WHERE l.leaf_index >= $1 AND l.leaf_index < $2 AND e.tenant_id IS NOT NULL ORDER BY l.leaf_index"
+    ))
+    .bind(from)
+    .bind(to)
+    .fetch_all(ex)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.leaf_index, r.row)).collect())
+}
+
+/// The newest `n` checkpoints of one tenant's tree, newest first.
+pub async fn latest_tenant_checkpoints<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    tenant: TenantId,
+    n: i64,
+) -> Result<Vec<TenantCheckpointRow>> {
+    Ok(sqlx::query_as(
+        "SELECT tenant_id, tree_size, root_hash, ts, body, signature, key_id FROM audit_tenant_checkpoints \
+         WHERE tenant_id = $1 ORDER BY tree_size DESC LIMIT $2",
+    )
+    .bind(tenant.to_string())
+    .bind(n)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Every tenant's newest checkpoint and the (size, root) of all of them,
+/// for full verification.
+pub async fn all_tenant_checkpoints<'c>(ex: impl Executor<'c, Database = Any>) -> Result<Vec<TenantCheckpointRow>> {
+    Ok(sqlx::query_as(
+        "SELECT tenant_id, tree_size, root_hash, ts, body, signature, key_id FROM audit_tenant_checkpoints \
+         ORDER BY tenant_id, tree_size",
+    )
+    .fetch_all(ex)
+    .await?)
+}
+
+/// An event's place in its tenant's tree: (tenant index, tenant leaf hash).
+pub async fn tenant_leaf_of_event<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    tenant: TenantId,
+    event_seq: i64,
+) -> Result<Option<(i64, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT t.tenant_index, t.leaf_hash FROM audit_leaves l JOIN audit_tenant_tree t ON t.leaf_index = l.leaf_index \
+         WHERE l.event_seq = $1 AND t.tenant_id = $2",
+    )
+    .bind(event_seq)
+    .bind(tenant.to_string())
+    .fetch_optional(ex)
+    .await?)
+}
+
+pub async fn tenant_leaf_hash_at<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    tenant: &str,
+    index: i64,
+) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar("SELECT leaf_hash FROM audit_tenant_tree WHERE tenant_id = $1 AND tenant_index = $2")
+        .bind(tenant)
+        .bind(index)
+        .fetch_optional(ex)
+        .await?)
+}
+
+pub async fn tenant_node_hash_at<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    tenant: &str,
+    level: i64,
+    index: i64,
+) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT hash FROM audit_tenant_nodes WHERE tenant_id = $1 AND level = $2 AND node_index = $3",
+    )
+    .bind(tenant)
+    .bind(level)
+    .bind(index)
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// The tenant tree entries of leaves `[from, to)` of the log:
+/// leaf index -> (tenant, tenant leaf hash).
+pub async fn tenant_tree_entries<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    from: i64,
+    to: i64,
+) -> Result<std::collections::HashMap<i64, (String, String)>> {
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT leaf_index, tenant_id, leaf_hash FROM audit_tenant_tree WHERE leaf_index >= $1 AND leaf_index < $2",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(ex)
+    .await?;
+    Ok(rows.into_iter().map(|(l, t, h)| (l, (t, h))).collect())
+}
+
+/// Leaves of the log placed in tenant trees.
+pub async fn tenant_size<'c>(ex: impl Executor<'c, Database = Any>) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT tenant_size FROM audit_head WHERE id = 1").fetch_one(ex).await?)
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CheckpointRow {
     pub tree_size: i64,
@@ -321,6 +581,20 @@ pub async fn latest_checkpoints<'c>(ex: impl Executor<'c, Database = Any>, n: i6
         "SELECT tree_size, root_hash, ts, body, signature, key_id FROM audit_checkpoints ORDER BY tree_size DESC LIMIT $1",
     )
     .bind(n)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// The checkpoint rows above `tree_size`, smallest first.
+pub async fn checkpoints_after<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    tree_size: i64,
+) -> Result<Vec<CheckpointRow>> {
+    Ok(sqlx::query_as(
+        "SELECT tree_size, root_hash, ts, body, signature, key_id FROM audit_checkpoints \
+         WHERE tree_size > $1 ORDER BY tree_size",
+    )
+    .bind(tree_size)
     .fetch_all(ex)
     .await?)
 }
@@ -371,24 +645,29 @@ pub async fn event_of_tenant<'c>(
 struct EventWithLeaf {
     #[sqlx(flatten)]
     row: AuditRow,
+    tenant_index: Option<i64>,
     leaf_hash: Option<String>,
 }
 
-/// The tenant's most recent events (newest first), for spot verification.
+/// The tenant's most recent events (newest first), for spot verification,
+/// each with its place in the tenant's tree once it has one:
+/// (tenant index, tenant leaf hash).
 pub async fn recent_of_tenant<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
     limit: i64,
-) -> Result<Vec<(AuditRow, Option<String>)>> {
+) -> Result<Vec<(AuditRow, Option<(i64, String)>)>> {
     let rows: Vec<EventWithLeaf> = sqlx::query_as(&format!(
-        "SELECT {EVENT_COLS}, l.leaf_hash FROM audit_events e LEFT JOIN audit_leaves l ON l.event_seq = e.seq \
+        "SELECT {EVENT_COLS}, t.tenant_index, t.leaf_hash FROM audit_events e \
+           LEFT JOIN audit_leaves l ON l.event_seq = e.seq \
+           LEFT JOIN audit_tenant_tree t ON t.leaf_index = l.leaf_index AND t.tenant_id = $1 \
          WHERE e.tenant_id = $1 ORDER BY e.seq DESC LIMIT $2"
     ))
     .bind(scope.tenant_id().to_string())
     .bind(limit)
     .fetch_all(ex)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.row, r.leaf_hash)).collect())
+    Ok(rows.into_iter().map(|r| (r.row, r.tenant_index.zip(r.leaf_hash))).collect())
 }
 
 pub async fn leaf_by_seq<'c>(ex: impl Executor<'c, Database = Any>, seq: i64) -> Result<Option<LeafOfEvent>> {

@@ -141,6 +141,18 @@ pub struct Db {
     /// PostgreSQL: reads concurrent point lookups together.
     pub(crate) lookups: Arc<crate::pg_lookup::Lookups>,
     credential_hook: HookSlot,
+    /// PostgreSQL: how to open a native connection (bulk export).
+    url: Url,
+}
+
+/// The database URL; it may hold a password, so it never prints.
+#[derive(Clone)]
+struct Url(Arc<str>);
+
+impl std::fmt::Debug for Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<database url>")
+    }
 }
 
 impl Db {
@@ -174,6 +186,7 @@ impl Db {
                     batcher: Arc::default(),
                     lookups: Arc::default(),
                     credential_hook: HookSlot::default(),
+                    url: Url(url.into()),
                 })
             }
             Dialect::Postgres => {
@@ -205,6 +218,7 @@ impl Db {
                     batcher: Arc::default(),
                     lookups: Arc::default(),
                     credential_hook: HookSlot::default(),
+                    url: Url(url.into()),
                 })
             }
         }
@@ -292,6 +306,22 @@ impl Db {
             sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&self.write).await?;
         }
         Ok(())
+    }
+
+    /// A connection of the caller's own, out of the pool: it is closed when
+    /// dropped, never handed to anyone else. For session state that must
+    /// end with its holder (PostgreSQL advisory locks).
+    pub async fn dedicated(&self) -> Result<AnyConnection> {
+        Ok(self.read.acquire().await?.detach())
+    }
+
+    /// PostgreSQL only: a native connection of the caller's own, for what
+    /// the `Any` driver cannot do (`COPY … TO STDOUT`).
+    pub async fn native_postgres(&self) -> Option<Result<sqlx::PgConnection>> {
+        if self.dialect != Dialect::Postgres {
+            return None;
+        }
+        Some(<sqlx::PgConnection as sqlx::Connection>::connect(&self.url.0).await.map_err(Into::into))
     }
 
     pub async fn ping(&self) -> bool {

@@ -5,6 +5,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod audit_copy;
 pub mod calls;
 mod coalesce;
 pub mod credits;

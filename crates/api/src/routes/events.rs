@@ -2,7 +2,6 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
 use palisade_audit::checkpoint::Checkpoint;
-use palisade_audit::log::{leaf_data, leaf_hash_of};
 use palisade_audit::merkle;
 use palisade_audit::EventView;
 use palisade_core::{ApiError, Permission};
@@ -189,9 +188,10 @@ async fn page(state: &AppState, reader: Reader<'_>, q: EventQuery) -> Result<Lis
 #[derive(Serialize, ToSchema)]
 pub struct ProofView {
     event_id: String,
-    /// Position of the event in the log's Merkle tree.
+    /// Position of the event in the tenant's own Merkle tree (its `seq`
+    /// minus one): the tree holds the tenant's events only.
     leaf_index: u64,
-    /// Size of the tree the proof is for (that of `checkpoint`).
+    /// Size of the tenant's tree the proof is for (that of `checkpoint`).
     tree_size: u64,
     /// The exact bytes (UTF-8 JSON) whose leaf hash is in the tree.
     leaf_data: String,
@@ -199,14 +199,17 @@ pub struct ProofView {
     leaf_hash: String,
     /// RFC 9162 inclusion path, nearest sibling first, hex.
     audit_path: Vec<String>,
+    /// The signed checkpoint of the tenant's tree (origin
+    /// `<audit.origin>/tenants/<tenant id>`).
     checkpoint: Checkpoint,
     /// Ed25519 public key (raw 32 bytes, base64) that signs checkpoints.
     /// Pin it from a trusted channel rather than trusting this field.
     public_key: String,
 }
 
-/// An inclusion proof of one of the tenant's events against the latest
-/// signed checkpoint, checkable offline (see docs/audit.md).
+/// An inclusion proof of one of the tenant's events in the tenant's own
+/// tree against its latest signed checkpoint, checkable offline (see
+/// docs/audit.md).
 #[utoipa::path(get, path = "/v1/events/{id}/proof", tag = "events", security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "Event id (UUID)")),
     responses((status = 200, body = ProofView), (status = 404, body = palisade_core::Problem),
@@ -217,34 +220,38 @@ pub async fn proof(
     PathId(id): PathId<EventId>,
 ) -> Result<Json<ProofView>, ApiError> {
     let scope = auth.scope(Permission::EventsRead).await?;
+    let tenant = scope.tenant_id();
     let event = palisade_store::audit::event_of_tenant(state.db.reader(), &scope, &id.to_string())
         .await?
         .ok_or_else(ApiError::not_found)?;
     let log = &state.audit_log;
-    let mut leaf = palisade_store::audit::leaf_by_seq(state.db.reader(), event.seq).await?;
+    let mut leaf = palisade_store::audit::tenant_leaf_of_event(state.db.reader(), tenant, event.seq).await?;
     if leaf.is_none() {
         // Not sequenced yet: do it now rather than make the caller wait.
-        log.integrate(state.now_ms()).await.map_err(ApiError::internal)?;
-        leaf = palisade_store::audit::leaf_by_seq(state.db.reader(), event.seq).await?;
+        log.catch_up(Some(tenant), state.now_ms()).await.map_err(ApiError::internal)?;
+        leaf = palisade_store::audit::tenant_leaf_of_event(state.db.reader(), tenant, event.seq).await?;
     }
-    let leaf = leaf.ok_or_else(|| ApiError::conflict("The event is not in a signed checkpoint yet; retry shortly."))?;
+    let not_yet = || ApiError::conflict("The event is not in a signed checkpoint yet; retry shortly.");
+    let (index, leaf_hash) = leaf.ok_or_else(not_yet)?;
     let checkpoint = log
-        .latest_checkpoint()
+        .latest_tenant_checkpoint(tenant)
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::internal("no checkpoint although the event is sequenced"))?;
     let head = checkpoint.head().ok_or_else(|| ApiError::internal("stored checkpoint is malformed"))?;
-    let index = u64::try_from(leaf.leaf_index).map_err(ApiError::internal)?;
+    let index = u64::try_from(index).map_err(ApiError::internal)?;
     if index >= head.tree_size {
-        return Err(ApiError::conflict("The event is not in a signed checkpoint yet; retry shortly."));
+        return Err(not_yet());
     }
-    let path = log.inclusion_path(index, head.tree_size).await.map_err(ApiError::internal)?;
+    let path =
+        log.tenant_inclusion_path(&tenant.to_string(), index, head.tree_size).await.map_err(ApiError::internal)?;
+    let data = palisade_audit::tenant::tenant_leaf_data(&event, index as i64 + 1);
     Ok(Json(ProofView {
         event_id: event.id.clone(),
         leaf_index: index,
         tree_size: head.tree_size,
-        leaf_data: String::from_utf8(leaf_data(&event)).map_err(ApiError::internal)?,
-        leaf_hash: leaf.leaf_hash,
+        leaf_data: String::from_utf8(data).map_err(ApiError::internal)?,
+        leaf_hash,
         audit_path: path.iter().map(hex::encode).collect(),
         public_key: log.signer().verifier().public_key_b64(),
         checkpoint,
@@ -256,42 +263,47 @@ pub struct VerifyView {
     /// `intact` or `tampered`.
     status: &'static str,
     /// How many of the tenant's most recent events were re-hashed and
-    /// found in the tree.
+    /// found in the tenant's tree.
     checked_events: u64,
     /// Events not yet sequenced into a checkpoint.
     pending_events: u64,
+    /// Size of the tenant's own tree (its events only).
     tree_size: u64,
     root_hash: String,
+    /// The latest signed checkpoint of the tenant's tree.
     checkpoint: Option<Checkpoint>,
     problems: Vec<String>,
 }
 
 const VERIFY_RECENT: i64 = 1000;
 
-/// What the tenant can check of the log cheaply: the latest checkpoint's
-/// signature; that the stored tree is that tree, has no gaps and is not
-/// shorter than the checkpoint file says; that its 1,000 most recent events
-/// still hash to their leaves; and an inclusion proof of the newest one.
-/// (Full verification: `palisade audit verify`.)
+/// What the tenant can check of the log cheaply: the latest checkpoint of
+/// the log and of the tenant's own tree verify; the stored trees are those
+/// signed, have no gaps and are not shorter than the checkpoint file says;
+/// the tenant's 1,000 most recent events still hash to their leaves; and
+/// the newest one is provably in the tenant's signed tree. (Full
+/// verification: `palisade audit verify`.) Nothing here reveals the size
+/// of the platform's log.
 #[utoipa::path(get, path = "/v1/events/verify", tag = "events", security(("bearer" = [])),
     responses((status = 200, body = VerifyView)))]
 pub async fn verify(State(state): State<AppState>, auth: Auth) -> Result<Json<VerifyView>, ApiError> {
     let scope = auth.scope(Permission::EventsRead).await?;
+    let tenant = scope.tenant_id();
     let log = &state.audit_log;
+    let verifier = log.signer().verifier();
     let mut problems = Vec::new();
     // Read in this order so that an integration running meanwhile can only
     // make later reads larger, never raise a false alarm.
     let file_max = log.file_max_size();
-    let checkpoint = log.latest_checkpoint().await.map_err(ApiError::internal)?;
-    let head = checkpoint.as_ref().and_then(|c| log.signer().verifier().verify(c));
-    if checkpoint.is_some() && head.is_none() {
-        problems.push("the latest checkpoint's signature does not verify".to_owned());
-    }
-    // The tree as stored must be the tree last signed, no smaller than
-    // what the checkpoint file has vouched for, and without gaps.
+    let log_checkpoint = log.latest_checkpoint().await.map_err(ApiError::internal)?;
+    let log_head = log_checkpoint.as_ref().and_then(|c| verifier.verify(c));
+    let checkpoint = log.latest_tenant_checkpoint(tenant).await.map_err(ApiError::internal)?;
+    let head = checkpoint.as_ref().and_then(|c| verifier.verify_tenant(c, &tenant.to_string()));
+    // The log as stored must be the tree last signed, no smaller than what
+    // the checkpoint file has vouched for, and without gaps.
     let (size, frontier, leaves) = palisade_store::audit::head(state.db.reader()).await?;
     let (size, leaves) = (u64::try_from(size).unwrap_or(0), u64::try_from(leaves).unwrap_or(0));
-    if let Some(h) = &head {
+    if let Some(h) = &log_head {
         let stored_root = merkle::Frontier::decode(size, &frontier).map(|f| f.root());
         if h.tree_size == size && stored_root != Some(h.root) {
             problems.push("the stored tree does not match the latest signed checkpoint".to_owned());
@@ -303,32 +315,51 @@ pub async fn verify(State(state): State<AppState>, auth: Auth) -> Result<Json<Ve
     if file_max > size {
         problems.push("the log is shorter than a checkpoint already written to the checkpoint file".to_owned());
     }
+    // The same of the tenant's own tree, which must also lie within the log.
+    let (t_size, t_frontier, t_leaves, t_last) = palisade_store::audit::tenant_head(state.db.reader(), tenant).await?;
+    let (t_size, t_leaves) = (u64::try_from(t_size).unwrap_or(0), u64::try_from(t_leaves).unwrap_or(0));
+    if let Some(h) = &head {
+        let stored_root = merkle::Frontier::decode(t_size, &t_frontier).map(|f| f.root());
+        if h.tree_size == t_size && stored_root != Some(h.root) {
+            problems.push("the tenant's stored tree does not match its latest signed checkpoint".to_owned());
+        }
+        if h.tree_size > t_size || t_leaves != t_size {
+            problems.push("leaves were removed from or added to the tenant's tree".to_owned());
+        }
+    }
+    if t_last.is_some_and(|l| u64::try_from(l).unwrap_or(u64::MAX) >= size) {
+        problems.push("the tenant's tree holds events the log no longer has".to_owned());
+    }
     let (mut checked, mut pending) = (0, 0);
-    let mut newest_leaf = None;
+    let mut newest = None;
     for (row, stored) in palisade_store::audit::recent_of_tenant(state.db.reader(), &scope, VERIFY_RECENT).await? {
         match stored {
             None => pending += 1,
-            Some(h) if merkle::decode_hash(&h) == Some(leaf_hash_of(&row)) => {
+            Some((index, h))
+                if merkle::decode_hash(&h) == Some(palisade_audit::tenant::tenant_leaf_hash(&row, index + 1)) =>
+            {
                 checked += 1;
-                newest_leaf.get_or_insert(row.seq);
+                newest.get_or_insert((index, h));
             }
             Some(_) => problems.push(format!("event {} no longer matches its logged hash", row.id)),
         }
     }
-    // The newest of them must be provably in the signed tree.
-    if let (Some(seq), Some(h)) = (newest_leaf, &head) {
-        if let Some(leaf) = palisade_store::audit::leaf_by_seq(state.db.reader(), seq).await? {
-            let index = leaf.leaf_index as u64;
-            let proven = index < h.tree_size
-                && match log.inclusion_path(index, h.tree_size).await {
-                    Ok(path) => merkle::decode_hash(&leaf.leaf_hash)
-                        .is_some_and(|lh| merkle::verify_inclusion(&lh, index, h.tree_size, &path, &h.root)),
-                    Err(_) => false,
-                };
-            if !proven && index < h.tree_size {
+    // The newest of them must be provably in the tenant's signed tree.
+    if let (Some((index, leaf_hash)), Some(h)) = (newest, &head) {
+        let index = index as u64;
+        if index < h.tree_size {
+            let proven = match log.tenant_inclusion_path(&tenant.to_string(), index, h.tree_size).await {
+                Ok(path) => merkle::decode_hash(&leaf_hash)
+                    .is_some_and(|lh| merkle::verify_inclusion(&lh, index, h.tree_size, &path, &h.root)),
+                Err(_) => false,
+            };
+            if !proven {
                 problems.push("the tenant's newest event is not provably in the signed tree".to_owned());
             }
         }
+    }
+    if checkpoint.is_some() && head.is_none() || log_checkpoint.is_some() && log_head.is_none() {
+        problems.push("the latest checkpoint's signature does not verify".to_owned());
     }
     Ok(Json(VerifyView {
         status: if problems.is_empty() { "intact" } else { "tampered" },
@@ -338,5 +369,44 @@ pub async fn verify(State(state): State<AppState>, auth: Auth) -> Result<Json<Ve
         root_hash: head.as_ref().map(|h| hex::encode(h.root)).unwrap_or_default(),
         checkpoint,
         problems,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LogVerifyView {
+    /// `intact` or `tampered`.
+    status: &'static str,
+    /// Records re-hashed into the rebuilt tree.
+    records: u64,
+    /// Distinct signed tree sizes checked.
+    checkpoints: u64,
+    /// Events written but not yet sequenced (covered by no checkpoint).
+    pending_events: u64,
+    problems: Vec<String>,
+}
+
+/// Full verification of the whole cluster's log, as `palisade audit
+/// verify` runs it, against the checkpoints in the database and this
+/// instance's witness file (when it has one): every record is re-hashed,
+/// the log's and every tenant's tree rebuilt. It reads the whole log, so it
+/// takes as long as the log is large.
+#[utoipa::path(get, path = "/sysadmin/v1/events/verify", tag = "sysadmin", security(("master_key" = [])),
+    responses((status = 200, body = LogVerifyView)))]
+pub async fn verify_all(State(state): State<AppState>, admin: Sysadmin) -> Result<Json<LogVerifyView>, ApiError> {
+    let event =
+        palisade_audit::Event::new("sysadmin.audit_verified", None, palisade_core::principal::Actor::sysadmin());
+    palisade_audit::record(&state.db, &event, &admin.ctx.audit, state.now_ms()).await?;
+    let log = &state.audit_log;
+    let file = log.checkpoint_file();
+    let files: Vec<&std::path::Path> = if file.exists() { vec![file] } else { Vec::new() };
+    let report = palisade_audit::verify::verify_log(&state.db, log.signer().verifier(), &files, |_| {})
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(LogVerifyView {
+        status: if report.intact() { "intact" } else { "tampered" },
+        records: report.records,
+        checkpoints: report.checkpoints,
+        pending_events: report.pending,
+        problems: report.problems,
     }))
 }

@@ -78,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(events::proof))
         .routes(routes!(sysadmin::create_tenant, sysadmin::list_tenants))
         .routes(routes!(events::list_all))
+        .routes(routes!(events::verify_all))
         .routes(routes!(sysadmin::freeze_tenant))
         .routes(routes!(sysadmin::unfreeze_tenant))
         .routes(routes!(sysadmin::freeze_api_key))

@@ -15,6 +15,8 @@ use sqlx::Connection;
 
 use crate::common::{Backend, TestServer};
 
+mod cluster;
+
 backend_tests!(
     intact_log_verifies,
     pending_events_are_not_called_intact,
@@ -33,6 +35,8 @@ backend_tests!(
     retention_never_blesses_tampering,
     missing_or_garbled_checkpoint_file_is_reported,
     integrator_refuses_a_rewritten_head,
+    tenant_sequence_reveals_nothing_of_others,
+    forged_tenant_checkpoint_is_detected,
 );
 
 /// A server with some history, stopped, so the CLI owns the data.
@@ -352,8 +356,10 @@ async fn inclusion_proof_checks_out_independently(b: Backend) {
         // The leaf is the record the tenant reads, byte for byte hashed.
         let data = p["leaf_data"].as_str().unwrap();
         let fields: Value = serde_json::from_str(data).unwrap();
-        assert_eq!(fields[0], "palisade-audit-leaf/v1");
+        // A leaf of the tenant's own tree: its number is the tenant's `seq`.
+        assert_eq!(fields[0], "palisade-audit-tenant-leaf/v1");
         assert_eq!(fields[1], ev["seq"]);
+        assert_eq!(p["leaf_index"].as_u64().unwrap() + 1, ev["seq"].as_u64().unwrap());
         assert_eq!(fields[2], ev["id"]);
         assert_eq!(fields[7], ev["action"]);
         let leaf = sha256(&[&[0], data.as_bytes()]);
@@ -374,6 +380,7 @@ async fn inclusion_proof_checks_out_independently(b: Backend) {
         key.verify_strict(body.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig)).expect("checkpoint signature");
         let lines: Vec<&str> = body.lines().collect();
         assert_eq!(lines[0], "palisade-audit/v1");
+        assert_eq!(lines[1], format!("palisade/tenants/{}", t.id), "the tenant's tree, not the log");
         assert_eq!(lines[2].parse::<u64>().unwrap(), size);
         assert_eq!(b64.decode(lines[3]).unwrap(), root.to_vec(), "the path leads to the signed root");
 
@@ -605,5 +612,62 @@ async fn same_bytes_as_a_blob_is_detected() {
         1
     );
     assert_tampered(verify(&srv), "was altered");
+    srv.stop().await;
+}
+
+/// A tenant's numbers count its own events only: its `seq`s run 1, 2, 3…
+/// and its tree does not grow when another tenant (or the platform) writes.
+async fn tenant_sequence_reveals_nothing_of_others(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let quiet = srv.tenant("Quiet").await;
+    let busy = srv.tenant("Busy").await;
+    srv.api_key(&quiet.token, json!({"name": "q", "role": "read_only"})).await;
+    // (The feed sequences the reader's own pending events first.)
+    let mine = srv.events(&quiet.token, "limit=500").await;
+    let before = srv.get("/v1/events/verify", &quiet.token).await.expect(200).body;
+    assert_eq!(before["status"], "intact", "{before}");
+    let seqs: Vec<u64> = mine.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=mine.len() as u64).collect::<Vec<_>>(), "the tenant's own sequence, without gaps");
+    assert_eq!(before["tree_size"].as_u64().unwrap(), mine.len() as u64);
+
+    for i in 0..5 {
+        srv.api_key(&busy.token, json!({"name": format!("b{i}"), "role": "read_only"})).await;
+    }
+    srv.admin(Method::GET, "/sysadmin/v1/events?limit=1", None).await.expect(200);
+    assert!(srv.events(&busy.token, "limit=500").await.len() >= 5);
+    let after = srv.get("/v1/events/verify", &quiet.token).await.expect(200).body;
+    assert_eq!(after["tree_size"], before["tree_size"], "others' writes do not move the tenant's tree");
+    assert_eq!(after["checkpoint"], before["checkpoint"]);
+    // Its proofs are in its own tree, and its cursor is its own number.
+    let last = mine.last().unwrap();
+    let p = srv.get(&format!("/v1/events/{}/proof", last["id"].as_str().unwrap()), &quiet.token).await.expect(200);
+    assert_eq!(p.body["tree_size"], before["tree_size"]);
+    assert_eq!(p.body["leaf_index"].as_u64().unwrap() + 1, last["seq"].as_u64().unwrap());
+    let rest = srv.events(&quiet.token, &format!("after={}", mine[0]["seq"])).await;
+    assert_eq!(rest, mine[1..].to_vec());
+    // The operator still reads the platform's numbers.
+    let all = srv.admin(Method::GET, &format!("/sysadmin/v1/events?tenant_id={}&limit=500", quiet.id), None).await;
+    let platform = all.expect(200).body["data"].as_array().unwrap().clone();
+    let platform_ids: Vec<&Value> = platform.iter().map(|e| &e["id"]).collect();
+    let mine_ids: Vec<&Value> = mine.iter().map(|e| &e["id"]).collect();
+    assert_eq!(platform_ids[..mine_ids.len()], mine_ids[..], "the same events, in the same order");
+    srv.stop().await;
+}
+
+async fn forged_tenant_checkpoint_is_detected(b: Backend) {
+    let srv = with_history(b).await;
+    assert_eq!(verify(&srv).0, 0);
+    let size = scalar(&srv, "SELECT MAX(tree_size) FROM audit_tenant_checkpoints").await;
+    let sql = format!(
+        "UPDATE audit_tenant_checkpoints SET signature = 'AAAA' WHERE tree_size = {size} \
+         AND tenant_id = (SELECT MIN(tenant_id) FROM audit_tenant_checkpoints WHERE tree_size = {size})"
+    );
+    let disarm = if srv.db_url.starts_with("sqlite") {
+        "DROP TRIGGER IF EXISTS audit_tenant_checkpoints_no_update"
+    } else {
+        "SELECT 1"
+    };
+    tamper(&srv, &[disarm, &sql]).await;
+    assert_tampered(verify(&srv), "has an invalid signature");
     srv.stop().await;
 }

@@ -1,0 +1,195 @@
+//! Tenant trees: each tenant's events as a Merkle tree of its own, in the
+//! log's order, so a tenant's sequence numbers, proofs and tree sizes count
+//! its own events only. A tenant leaf is the event's record with the
+//! tenant's sequence number in place of the platform's (see docs/audit.md).
+
+use std::collections::{BTreeMap, HashMap};
+
+use palisade_store::audit::{AuditRow, TenantCheckpointRow};
+
+use crate::checkpoint::{tenant_origin, Checkpoint, Signer, Verifier};
+use crate::log::{LeafFields, LogError};
+use crate::merkle::{self, Frontier, Hash};
+
+/// The first value of a tenant leaf's array.
+pub const TENANT_LEAF: &str = "palisade-audit-tenant-leaf/v1";
+
+/// The bytes a tenant leaf commits to: the record with `tenant_seq`.
+pub fn tenant_leaf_data(r: &AuditRow, tenant_seq: i64) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(256);
+    LeafFields { seq: tenant_seq, ..LeafFields::of(r) }.encode_as(TENANT_LEAF, &mut buf);
+    buf
+}
+
+pub fn tenant_leaf_hash(r: &AuditRow, tenant_seq: i64) -> Hash {
+    merkle::leaf_hash(&tenant_leaf_data(r, tenant_seq))
+}
+
+/// One integration step's growth of the tenant trees.
+#[derive(Default)]
+pub(crate) struct TenantTrees {
+    /// Frontier per tenant, and whether this step grew it.
+    trees: BTreeMap<String, (Frontier, bool)>,
+    leaves: Vec<(String, i64, i64, String)>,
+    nodes: Vec<(String, i64, i64, String)>,
+    buf: Vec<u8>,
+}
+
+impl TenantTrees {
+    /// Starts from the stored heads `(tenant, size, frontier)`.
+    pub(crate) fn new(heads: Vec<(String, i64, String)>) -> Result<Self, LogError> {
+        let mut trees = BTreeMap::new();
+        for (tenant, size, frontier) in heads {
+            let size = u64::try_from(size).map_err(|_| LogError::CorruptHead)?;
+            let f = Frontier::decode(size, &frontier).ok_or(LogError::CorruptHead)?;
+            trees.insert(tenant, (f, false));
+        }
+        Ok(Self { trees, ..Self::default() })
+    }
+
+    /// Adds the event at `leaf_index` of the log to its tenant's tree.
+    pub(crate) fn push(&mut self, leaf_index: i64, row: &AuditRow) {
+        let Some(tenant) = row.tenant_id.as_deref() else { return };
+        let (f, grown) = self.trees.entry(tenant.to_owned()).or_default();
+        *grown = true;
+        let index = f.size() as i64;
+        LeafFields { seq: index + 1, ..LeafFields::of(row) }.encode_as(TENANT_LEAF, &mut self.buf);
+        let h = merkle::leaf_hash(&self.buf);
+        let nodes = &mut self.nodes;
+        f.push(h, |level, idx, node| {
+            nodes.push((tenant.to_owned(), i64::from(level), idx as i64, hex::encode(node)));
+        });
+        self.leaves.push((tenant.to_owned(), index, leaf_index, hex::encode(h)));
+    }
+
+    /// The statements that store this step, one signed checkpoint per
+    /// tree it grew.
+    pub(crate) fn finish(self, signer: &Signer, now_ms: i64) -> Vec<palisade_store::Stmt> {
+        let mut heads = Vec::new();
+        let mut checkpoints = Vec::new();
+        for (tenant, (f, grown)) in self.trees {
+            if !grown {
+                continue;
+            }
+            let root = f.root();
+            let cp = signer.sign_tenant(&tenant, f.size(), &root, now_ms);
+            heads.push((tenant.clone(), f.size() as i64, f.encode()));
+            checkpoints.push(TenantCheckpointRow {
+                tenant_id: tenant,
+                tree_size: f.size() as i64,
+                root_hash: hex::encode(root),
+                ts: now_ms,
+                body: cp.body,
+                signature: cp.signature,
+                key_id: cp.key_id,
+            });
+        }
+        palisade_store::audit::tenant_stmts(&self.leaves, &self.nodes, &heads, &checkpoints)
+    }
+}
+
+/// The distinct tenants of these rows.
+pub(crate) fn tenants_of<'a>(rows: impl Iterator<Item = &'a AuditRow>) -> Vec<String> {
+    let mut out: Vec<String> = rows.filter_map(|r| r.tenant_id.clone()).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Full verification of the tenant trees: rebuilt from the log's records in
+/// the log's order and checked against the signed tenant checkpoints. Every
+/// stored root must match the rebuilt tree; the newest checkpoint of each
+/// tenant must carry a valid signature (checking all of them would cost
+/// more than the rest of verification: the log's own checkpoints, all
+/// signature-checked, already vouch for every record).
+pub(crate) struct Rebuild {
+    trees: HashMap<String, Rebuilt>,
+    buf: Vec<u8>,
+    problems: Vec<String>,
+}
+
+#[derive(Default)]
+struct Rebuilt {
+    f: Frontier,
+    roots: BTreeMap<u64, Hash>,
+    broken: bool,
+}
+
+impl Rebuild {
+    pub(crate) fn new(rows: Vec<TenantCheckpointRow>, verifier: &Verifier) -> Self {
+        let mut trees: HashMap<String, Rebuilt> = HashMap::new();
+        let mut problems = Vec::new();
+        let mut newest: HashMap<String, TenantCheckpointRow> = HashMap::new();
+        for r in rows {
+            let cp = Checkpoint { body: r.body.clone(), signature: r.signature.clone(), key_id: r.key_id.clone() };
+            let origin = tenant_origin(verifier.origin(), &r.tenant_id);
+            match cp.head().filter(|h| h.origin == origin && h.tree_size as i64 == r.tree_size) {
+                Some(h) => {
+                    trees.entry(r.tenant_id.clone()).or_default().roots.insert(h.tree_size, h.root);
+                }
+                None => problems.push(format!("a checkpoint of tenant {}'s tree has an invalid format", r.tenant_id)),
+            }
+            let e = newest.entry(r.tenant_id.clone()).or_insert_with(|| r.clone());
+            if r.tree_size > e.tree_size {
+                *e = r;
+            }
+        }
+        for (tenant, r) in newest {
+            let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
+            if verifier.verify_tenant(&cp, &tenant).is_none_or(|h| h.tree_size as i64 != r.tree_size) {
+                problems.push(format!("the newest checkpoint of tenant {tenant}'s tree has an invalid signature"));
+            }
+        }
+        Self { trees, buf: Vec::with_capacity(1024), problems }
+    }
+
+    /// The next leaf of the log, if it is a tenant's.
+    pub(crate) fn push(&mut self, fields: &LeafFields<'_>) {
+        let Some(tenant) = fields.tenant_id else { return };
+        let seq = self.trees.get(tenant).map_or(0, |t| t.f.size()) as i64 + 1;
+        LeafFields { seq, ..*fields }.encode_as(TENANT_LEAF, &mut self.buf);
+        let h = merkle::leaf_hash(&self.buf);
+        self.push_hash(tenant, h);
+    }
+
+    pub(crate) fn push_hash(&mut self, tenant: &str, h: Hash) {
+        if !self.trees.contains_key(tenant) {
+            self.trees.insert(tenant.to_owned(), Rebuilt::default());
+        }
+        let Some(t) = self.trees.get_mut(tenant) else { return };
+        if t.broken {
+            return;
+        }
+        t.f.push(h, |_, _, _| {});
+        let size = t.f.size();
+        if t.roots.get(&size).is_some_and(|root| *root != t.f.root()) {
+            t.broken = true;
+            self.problems.push(format!(
+                "tenant {tenant}'s tree at size {size} does not match its signed checkpoint: \
+                 its records were altered, reordered or replaced"
+            ));
+        }
+    }
+
+    pub(crate) fn fail(&mut self, tenant: &str, problem: String) {
+        self.trees.entry(tenant.to_owned()).or_default().broken = true;
+        self.problems.push(problem);
+    }
+
+    pub(crate) fn finish(self) -> Vec<String> {
+        let mut problems = self.problems;
+        let mut tenants: Vec<_> = self.trees.into_iter().collect();
+        tenants.sort_by(|a, b| a.0.cmp(&b.0));
+        for (tenant, t) in tenants {
+            let max = t.roots.keys().next_back().copied().unwrap_or(0);
+            if !t.broken && max > t.f.size() {
+                problems.push(format!(
+                    "tenant {tenant}'s tree was truncated: a signed checkpoint covers {max} of its events, \
+                     the log holds {}",
+                    t.f.size()
+                ));
+            }
+        }
+        problems
+    }
+}
