@@ -432,7 +432,9 @@ pub async fn tenant_heads<'c>(
 }
 
 /// One tenant's head: (size, frontier, tenant leaves present, highest leaf
-/// of the log among them), read in one statement.
+/// of the log among them), read in one statement. Every part walks the
+/// tenant's own rows by the primary key (tenant order is log order), never
+/// the platform's log: a tenant's cost does not grow with others' activity.
 pub async fn tenant_head<'c>(
     ex: impl Executor<'c, Database = Any>,
     tenant: TenantId,
@@ -441,7 +443,8 @@ pub async fn tenant_head<'c>(
         "SELECT COALESCE((SELECT tree_size FROM audit_tenant_heads WHERE tenant_id = $1), 0), \
            COALESCE((SELECT frontier FROM audit_tenant_heads WHERE tenant_id = $1), ''), \
            (SELECT COALESCE(MAX(tenant_index) + 1, 0) FROM audit_tenant_tree WHERE tenant_id = $1), \
-           (SELECT MAX(leaf_index) FROM audit_tenant_tree WHERE tenant_id = $1)",
+           (SELECT leaf_index FROM audit_tenant_tree WHERE tenant_id = $1 \
+              ORDER BY tenant_index DESC LIMIT 1)",
     )
     .bind(tenant.to_string())
     .fetch_one(ex)

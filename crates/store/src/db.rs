@@ -311,8 +311,19 @@ impl Db {
     /// A connection of the caller's own, out of the pool: it is closed when
     /// dropped, never handed to anyone else. For session state that must
     /// end with its holder (PostgreSQL advisory locks).
+    ///
+    /// On PostgreSQL the server probes the connection every few seconds
+    /// while it is idle, so a holder whose host died or was cut off loses
+    /// its session (and its locks) within about 25 s, not the two hours of
+    /// the system's keepalive defaults.
     pub async fn dedicated(&self) -> Result<AnyConnection> {
-        Ok(self.read.acquire().await?.detach())
+        let mut conn = self.read.acquire().await?.detach();
+        if self.dialect == Dialect::Postgres {
+            use sqlx::Executor;
+            conn.execute("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3")
+                .await?;
+        }
+        Ok(conn)
     }
 
     /// PostgreSQL only: a native connection of the caller's own, for what

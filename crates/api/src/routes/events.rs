@@ -391,8 +391,13 @@ pub struct LogVerifyView {
 /// the log's and every tenant's tree rebuilt. It reads the whole log, so it
 /// takes as long as the log is large.
 #[utoipa::path(get, path = "/sysadmin/v1/events/verify", tag = "sysadmin", security(("master_key" = [])),
-    responses((status = 200, body = LogVerifyView)))]
+    responses((status = 200, body = LogVerifyView), (status = 409, body = palisade_core::Problem)))]
 pub async fn verify_all(State(state): State<AppState>, admin: Sysadmin) -> Result<Json<LogVerifyView>, ApiError> {
+    // One at a time per instance: each reads the whole log.
+    static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let Ok(_running) = RUNNING.try_lock() else {
+        return Err(ApiError::conflict("a full verification is already running; try again when it ends"));
+    };
     let event =
         palisade_audit::Event::new("sysadmin.audit_verified", None, palisade_core::principal::Actor::sysadmin());
     palisade_audit::record(&state.db, &event, &admin.ctx.audit, state.now_ms()).await?;
