@@ -50,7 +50,12 @@ export CARGO_TARGET_DIR
 CARGO_TARGET_DIR=$(mkdir -p "${CARGO_TARGET_DIR:-target}" && cd "${CARGO_TARGET_DIR:-target}" && pwd)
 args=("${pkgs[@]}" --in-diff "$tmp/diff" -j 1 --timeout "$PER_MUTANT" -o "$tmp")
 
-count=$(cargo mutants --list "${args[@]}" 2>/dev/null | grep -c . || true)
+if ! cargo mutants --list "${args[@]}" >"$tmp/list" 2>"$tmp/list.err"; then
+  echo "FAIL: cargo-mutants could not list the mutants of the diff:" >&2
+  cat "$tmp/list.err" >&2
+  exit 1
+fi
+count=$(grep -c . "$tmp/list" || true)
 echo "mutants: $count in the changed code (of ${PACKAGES[*]})"
 if [ "$count" -eq 0 ]; then
   echo "mutants: the changes hold no mutable code (tests, comments, declarations)"
@@ -111,4 +116,4 @@ if [ "$fail" -ne 0 ]; then
     "with its reason in $ACCEPTED (docs/mutants.md)" >&2
   exit 1
 fi
-echo "mutants: no unaccepted survivor"
+echo "mutants: no unaccepted survivor among the $tested tested"
