@@ -75,9 +75,28 @@ async fn appended_events_become_a_signed_log_that_verifies() {
     assert_eq!(log.file_max_size(), 2);
     assert!(log.integrate(2_001).await.unwrap().is_none(), "nothing pending, nothing signed");
 
+    assert_eq!(log.latest_checkpoint().await.unwrap().map(|c| c.body), Some(cp.body.clone()));
+
+    // Each leaf's inclusion proof leads to the signed root.
+    for index in 0..2u64 {
+        let leaf = palisade_store::audit::leaf_hash_at(db.reader(), index as i64).await.unwrap().unwrap();
+        let leaf = crate::merkle::decode_hash(&leaf).unwrap();
+        let path = log.inclusion_path(index, 2).await.unwrap();
+        assert_eq!(path.len(), 1);
+        assert!(crate::merkle::verify_inclusion(&leaf, index, 2, &path, &head.root), "leaf {index}");
+    }
+
+    // A reader's catch-up sequences its tenant's waiting events at once.
+    let other = Event::new("api_key.revoked", Some(tenant), Actor::system());
+    record(&db, &other, &ctx, 2_002).await.unwrap();
+    assert_eq!(pending(&db).await, 1);
+    log.catch_up(Some(tenant), 2_003).await.unwrap();
+    assert_eq!(pending(&db).await, 0);
+    assert_eq!(log.file_max_size(), 3);
+
     let report = verify_log(&db, log.signer().verifier(), Some(&file), |_| {}).await.unwrap();
     assert!(report.intact(), "{:?}", report.problems);
-    assert_eq!((report.records, report.pending), (2, 0));
+    assert_eq!((report.records, report.pending), (3, 0));
     assert!(report.checkpoints >= 1);
 
     // An edited record no longer matches what the checkpoint signed.
