@@ -3,6 +3,8 @@
 //! message body, password, token, key or full phone number.
 
 pub mod checkpoint;
+#[cfg(test)]
+mod db_tests;
 pub mod log;
 pub mod merkle;
 pub mod sequencer;

@@ -617,8 +617,20 @@ mod tests {
     /// The hand-written encoder must equal serde_json's array encoding.
     #[test]
     fn leaf_encoding_equals_serde_json() {
-        let odd =
-            ["", "plain", "q\"uote", "back\\slash", "tab\tnew\nline\u{1f}\u{0}", "ünï\u{2028}cödé 🙂", "\u{7f}/<>&"];
+        let odd = [
+            "",
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "tab\tnew\nline\u{1f}\u{0}",
+            "ünï\u{2028}cödé 🙂",
+            "\u{7f}/<>&",
+            // Nothing but one kind of escaped byte: the fast path's test
+            // must look at each condition.
+            "\"\"",
+            "\\\\",
+            "\u{1}\u{1f}",
+        ];
         for (i, s) in odd.iter().enumerate() {
             let row = AuditRow {
                 seq: i as i64 - 3,
