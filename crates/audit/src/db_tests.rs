@@ -94,14 +94,14 @@ async fn appended_events_become_a_signed_log_that_verifies() {
     assert_eq!(pending(&db).await, 0);
     assert_eq!(log.file_max_size(), 3);
 
-    let report = verify_log(&db, log.signer().verifier(), Some(&file), |_| {}).await.unwrap();
+    let report = verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}).await.unwrap();
     assert!(report.intact(), "{:?}", report.problems);
     assert_eq!((report.records, report.pending), (3, 0));
     assert!(report.checkpoints >= 1);
 
     // An edited record no longer matches what the checkpoint signed.
     tamper(dir.path(), "UPDATE audit_events SET action = 'api_key.revoked' WHERE action = 'api_key.created'").await;
-    let report = verify_log(&db, log.signer().verifier(), Some(&file), |_| {}).await.unwrap();
+    let report = verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}).await.unwrap();
     assert!(!report.intact());
     assert!(report.problems.iter().any(|p| p.contains("record seq")), "{:?}", report.problems);
 }

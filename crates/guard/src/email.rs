@@ -206,7 +206,8 @@ mod tests {
         // Different addresses keep different skeletons: the stored column
         // finds look-alikes, not every account.
         assert_ne!(skeleton(alice), skeleton("bob@example.com"));
-        assert!(skeleton(alice).ends_with(".com"), "{}", skeleton(alice));
+        // The skeleton itself: UTS #39 maps `m` to `rn`.
+        assert_eq!(skeleton(alice), "alice@exarnple.corn");
         // ASCII against ASCII: different mailboxes, however alike.
         assert_eq!(likeness("bob1@example.com", "bobl@example.com"), Likeness::Distinct);
         assert_eq!(likeness("modern@example.com", "rnodern@example.com"), Likeness::Distinct);
