@@ -200,48 +200,24 @@ async fn credential_changes_reach_the_other_instance_over_redis() {
     c2.stop().await;
     c1.stop().await;
 
-    fn hits(s: &TestServer) -> u64 {
-        s.state().credentials.cache.counters().hits.get()
-    }
-    async fn warm(s: &TestServer, cred: String) {
-        for _ in 0..100 {
-            let before = hits(s);
-            s.get("/v1/me", &cred).await.expect(200);
-            if hits(s) > before {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("never served from memory");
-    }
-    async fn refused(s: &TestServer, cred: String, status: u16, start: Instant) -> Duration {
-        loop {
-            let r = s.get("/v1/me", &cred).await;
-            if r.status == status {
-                return start.elapsed();
-            }
-            assert_eq!(r.status, 200, "{}", r.text);
-            assert!(start.elapsed() < Duration::from_secs(3), "still accepted after 3 s");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    use crate::credential_cache::{refused_within as refused, warm};
     let t = a.tenant("Acme").await;
     let mut times = vec![];
 
     let (key_id, key) = a.api_key(&t.token, json!({"name": "k", "role": "admin"})).await;
-    warm(&b, key.clone()).await;
+    warm(&b, &key).await;
     let start = Instant::now();
     a.call(Method::DELETE, &format!("/v1/api-keys/{key_id}"), Some(&t.token), None).await.expect(204);
-    times.push(("key revoked", refused(&b, key, 401, start).await));
+    times.push(("key revoked", refused(&b, &key, 401, start).await));
 
     let (token, _) = a.login(&t.email, &t.password).await;
-    warm(&b, token.clone()).await;
+    warm(&b, &token).await;
     let start = Instant::now();
     a.call(Method::POST, "/v1/auth/logout", Some(&token), None).await.expect(204);
-    times.push(("logout", refused(&b, token, 401, start).await));
+    times.push(("logout", refused(&b, &token, 401, start).await));
 
     let (member, member_token) = a.member(&t.token, "m@acme.example.com", "admin").await;
-    warm(&b, member_token.clone()).await;
+    warm(&b, &member_token).await;
     let start = Instant::now();
     a.call(Method::PATCH, &format!("/v1/users/{member}"), Some(&t.token), Some(json!({"role": "read_only"})))
         .await
@@ -256,10 +232,10 @@ async fn credential_changes_reach_the_other_instance_over_redis() {
     };
     times.push(("demoted", demoted));
 
-    warm(&b, t.token.clone()).await;
+    warm(&b, &t.token).await;
     let start = Instant::now();
     a.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/freeze", t.id), None).await.expect(200);
-    times.push(("tenant frozen", refused(&b, t.token.clone(), 423, start).await));
+    times.push(("tenant frozen", refused(&b, &t.token, 423, start).await));
 
     for (what, took) in &times {
         eprintln!("propagation over Redis: {what}: {} ms", took.as_millis());

@@ -26,7 +26,7 @@ fn hits(s: &TestServer) -> u64 {
 /// Requests with `cred` until one is served from memory. (On PostgreSQL
 /// the database's own announcement of the last change reaches this
 /// instance too, a moment later, and may drop the first entry again.)
-async fn warm(s: &TestServer, cred: &str) {
+pub(crate) async fn warm(s: &TestServer, cred: &str) {
     for _ in 0..100 {
         let before = hits(s);
         s.get("/v1/me", cred).await.expect(200);
@@ -164,7 +164,7 @@ async fn unknown_credentials_are_not_kept(b: Backend) {
 }
 
 /// How long `cred` keeps working on `s` after the change: polled every 10 ms.
-async fn refused_within(s: &TestServer, cred: &str, status: u16, start: Instant) -> Duration {
+pub(crate) async fn refused_within(s: &TestServer, cred: &str, status: u16, start: Instant) -> Duration {
     loop {
         let r = s.get("/v1/me", cred).await;
         if r.status == status {
