@@ -26,7 +26,7 @@ fn hits(s: &TestServer) -> u64 {
 /// Requests with `cred` until one is served from memory. (On PostgreSQL
 /// the database's own announcement of the last change reaches this
 /// instance too, a moment later, and may drop the first entry again.)
-pub(crate) async fn warm(s: &TestServer, cred: &str) {
+async fn warm(s: &TestServer, cred: &str) {
     for _ in 0..100 {
         let before = hits(s);
         s.get("/v1/me", cred).await.expect(200);
@@ -164,7 +164,7 @@ async fn unknown_credentials_are_not_kept(b: Backend) {
 }
 
 /// How long `cred` keeps working on `s` after the change: polled every 10 ms.
-pub(crate) async fn refused_within(s: &TestServer, cred: &str, status: u16, start: Instant) -> Duration {
+async fn refused_within(s: &TestServer, cred: &str, status: u16, start: Instant) -> Duration {
     loop {
         let r = s.get("/v1/me", cred).await;
         if r.status == status {
@@ -183,52 +183,7 @@ pub(crate) async fn refused_within(s: &TestServer, cred: &str, status: u16, star
 async fn changes_on_one_instance_refuse_on_another_within_a_second() {
     let a = TestServer::start(Backend::required_postgres()).await;
     let b = a.peer_with(|_| {}).await;
-    let t = a.tenant("Acme").await;
-    let mut times = Vec::new();
-
-    let (key_id, key) = a.api_key(&t.token, json!({"name": "k", "role": "admin"})).await;
-    warm(&b, &key).await;
-    let start = Instant::now();
-    a.call(Method::DELETE, &format!("/v1/api-keys/{key_id}"), Some(&t.token), None).await.expect(204);
-    times.push(("key revoked", refused_within(&b, &key, 401, start).await));
-
-    let (token, _) = a.login(&t.email, &t.password).await;
-    warm(&b, &token).await;
-    let start = Instant::now();
-    a.call(Method::POST, "/v1/auth/logout", Some(&token), None).await.expect(204);
-    times.push(("logout", refused_within(&b, &token, 401, start).await));
-
-    let (member, member_token) = a.member(&t.token, "m@acme.example.com", "admin").await;
-    warm(&b, &member_token).await;
-    let start = Instant::now();
-    a.call(Method::PATCH, &format!("/v1/users/{member}"), Some(&t.token), Some(json!({"role": "read_only"})))
-        .await
-        .expect(200);
-    let demoted = loop {
-        let r = b.get("/v1/me", &member_token).await.expect(200);
-        if r.body["role"] == "read_only" {
-            break start.elapsed();
-        }
-        assert!(start.elapsed() < Duration::from_secs(3), "still admin after 3 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    times.push(("demoted", demoted));
-
-    let (key_id, key) = a.api_key(&t.token, json!({"name": "k2", "role": "admin"})).await;
-    warm(&b, &key).await;
-    let start = Instant::now();
-    a.admin(Method::POST, &format!("/sysadmin/v1/api-keys/{key_id}/freeze"), None).await.expect(200);
-    times.push(("key frozen", refused_within(&b, &key, 423, start).await));
-
-    warm(&b, &t.token).await;
-    let start = Instant::now();
-    a.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/freeze", t.id), None).await.expect(200);
-    times.push(("tenant frozen", refused_within(&b, &t.token, 423, start).await));
-
-    for (what, took) in &times {
-        eprintln!("propagation to the other instance: {what}: {} ms", took.as_millis());
-        assert!(*took < Duration::from_secs(1), "{what}: took {took:?}");
-    }
+    changes_reach_the_other_instance(&a, &b, "LISTEN").await;
     b.stop().await;
     a.stop().await;
 }
@@ -290,4 +245,56 @@ async fn a_lost_listener_connection_flushes_and_reconnects() {
     warm(&b, &key).await;
     b.stop().await;
     a.stop().await;
+}
+
+/// A revocation, a logout, a demotion, a key freeze and a tenant freeze
+/// made through `a` refuse on `b`, whose cache was warm, within a second
+/// (`how` names the bus in the printed times).
+pub(crate) async fn changes_reach_the_other_instance(a: &TestServer, b: &TestServer, how: &str) {
+    let t = a.tenant("Acme").await;
+    let mut times = Vec::new();
+
+    let (key_id, key) = a.api_key(&t.token, json!({"name": "k", "role": "admin"})).await;
+    warm(&b, &key).await;
+    let start = Instant::now();
+    a.call(Method::DELETE, &format!("/v1/api-keys/{key_id}"), Some(&t.token), None).await.expect(204);
+    times.push(("key revoked", refused_within(&b, &key, 401, start).await));
+
+    let (token, _) = a.login(&t.email, &t.password).await;
+    warm(&b, &token).await;
+    let start = Instant::now();
+    a.call(Method::POST, "/v1/auth/logout", Some(&token), None).await.expect(204);
+    times.push(("logout", refused_within(&b, &token, 401, start).await));
+
+    let (member, member_token) = a.member(&t.token, "m@acme.example.com", "admin").await;
+    warm(&b, &member_token).await;
+    let start = Instant::now();
+    a.call(Method::PATCH, &format!("/v1/users/{member}"), Some(&t.token), Some(json!({"role": "read_only"})))
+        .await
+        .expect(200);
+    let demoted = loop {
+        let r = b.get("/v1/me", &member_token).await.expect(200);
+        if r.body["role"] == "read_only" {
+            break start.elapsed();
+        }
+        assert!(start.elapsed() < Duration::from_secs(3), "still admin after 3 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    times.push(("demoted", demoted));
+
+    let (key_id, key) = a.api_key(&t.token, json!({"name": "k2", "role": "admin"})).await;
+    warm(&b, &key).await;
+    let start = Instant::now();
+    a.admin(Method::POST, &format!("/sysadmin/v1/api-keys/{key_id}/freeze"), None).await.expect(200);
+    times.push(("key frozen", refused_within(&b, &key, 423, start).await));
+
+    warm(&b, &t.token).await;
+    let start = Instant::now();
+    a.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/freeze", t.id), None).await.expect(200);
+    times.push(("tenant frozen", refused_within(&b, &t.token, 423, start).await));
+
+    for (what, took) in &times {
+        eprintln!("propagation to the other instance ({how}): {what}: {} ms", took.as_millis());
+        assert!(*took < Duration::from_secs(1), "{what}: took {took:?}");
+    }
 }
