@@ -255,19 +255,19 @@ pub(crate) async fn changes_reach_the_other_instance(a: &TestServer, b: &TestSer
     let mut times = Vec::new();
 
     let (key_id, key) = a.api_key(&t.token, json!({"name": "k", "role": "admin"})).await;
-    warm(&b, &key).await;
+    warm(b, &key).await;
     let start = Instant::now();
     a.call(Method::DELETE, &format!("/v1/api-keys/{key_id}"), Some(&t.token), None).await.expect(204);
-    times.push(("key revoked", refused_within(&b, &key, 401, start).await));
+    times.push(("key revoked", refused_within(b, &key, 401, start).await));
 
     let (token, _) = a.login(&t.email, &t.password).await;
-    warm(&b, &token).await;
+    warm(b, &token).await;
     let start = Instant::now();
     a.call(Method::POST, "/v1/auth/logout", Some(&token), None).await.expect(204);
-    times.push(("logout", refused_within(&b, &token, 401, start).await));
+    times.push(("logout", refused_within(b, &token, 401, start).await));
 
     let (member, member_token) = a.member(&t.token, "m@acme.example.com", "admin").await;
-    warm(&b, &member_token).await;
+    warm(b, &member_token).await;
     let start = Instant::now();
     a.call(Method::PATCH, &format!("/v1/users/{member}"), Some(&t.token), Some(json!({"role": "read_only"})))
         .await
@@ -283,15 +283,15 @@ pub(crate) async fn changes_reach_the_other_instance(a: &TestServer, b: &TestSer
     times.push(("demoted", demoted));
 
     let (key_id, key) = a.api_key(&t.token, json!({"name": "k2", "role": "admin"})).await;
-    warm(&b, &key).await;
+    warm(b, &key).await;
     let start = Instant::now();
     a.admin(Method::POST, &format!("/sysadmin/v1/api-keys/{key_id}/freeze"), None).await.expect(200);
-    times.push(("key frozen", refused_within(&b, &key, 423, start).await));
+    times.push(("key frozen", refused_within(b, &key, 423, start).await));
 
-    warm(&b, &t.token).await;
+    warm(b, &t.token).await;
     let start = Instant::now();
     a.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/freeze", t.id), None).await.expect(200);
-    times.push(("tenant frozen", refused_within(&b, &t.token, 423, start).await));
+    times.push(("tenant frozen", refused_within(b, &t.token, 423, start).await));
 
     for (what, took) in &times {
         eprintln!("propagation to the other instance ({how}): {what}: {} ms", took.as_millis());
