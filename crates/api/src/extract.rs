@@ -64,7 +64,33 @@ pub struct Auth {
     pub ctx: Ctx,
     /// The tenant's concurrent-call quota (its override or the default).
     pub concurrent_calls: u32,
+    /// Names, as authentication read them with the credential.
+    pub profile: Arc<Profile>,
     state: AppState,
+}
+
+/// What `GET /v1/me` shows beyond the principal, read with the credential
+/// and cached with it (a change to any of it invalidates the tenant's
+/// cached credentials, like a revocation).
+#[derive(Debug)]
+pub struct Profile {
+    pub tenant_name: String,
+    pub tenant_status: String,
+    /// The key's or the agent identity's name.
+    pub name: Option<String>,
+    /// The person's address.
+    pub email: Option<String>,
+    /// The person's role, or the key's role label.
+    pub role: Option<String>,
+}
+
+impl Profile {
+    fn size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.tenant_name.len()
+            + self.tenant_status.len()
+            + [&self.name, &self.email, &self.role].iter().map(|s| s.as_ref().map_or(0, String::len)).sum::<usize>()
+    }
 }
 
 impl Auth {
@@ -119,7 +145,7 @@ impl FromRequestParts<AppState> for Auth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let ctx = ctx_of(parts);
         let cred = bearer(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
-        let (principal, policy) = match Credential::classify(cred) {
+        let (principal, policy, profile) = match Credential::classify(cred) {
             Credential::Jwt(t) => {
                 authenticate_jwt(state, t).await.inspect_err(|_| state.metrics.auth_failure("jwt"))?
             }
@@ -142,7 +168,7 @@ impl FromRequestParts<AppState> for Auth {
             .await?;
         parts.extensions.insert(caller);
         parts.extensions.insert(CredentialVerified);
-        Ok(Auth { principal, ctx, concurrent_calls: policy.concurrent_calls, state: state.clone() })
+        Ok(Auth { principal, ctx, concurrent_calls: policy.concurrent_calls, profile, state: state.clone() })
     }
 }
 
@@ -175,8 +201,8 @@ fn credentials_locked(parts: &Parts) -> bool {
     parts.extensions.get::<AddressPass>().is_some_and(|p| p.credentials_locked)
 }
 
-/// The principal, and its tenant's abuse-control policy.
-type Authenticated = (Principal, Arc<TenantPolicy>);
+/// The principal, its tenant's abuse-control policy, and its names.
+type Authenticated = (Principal, Arc<TenantPolicy>, Arc<Profile>);
 
 /// The cache's entry for `key`, or what `load` reads (kept if the cache
 /// may keep it). Only credentials the database knows are loaded, so an
@@ -214,6 +240,7 @@ struct SessionGrant {
     tenant_active: bool,
     role: Role,
     policy: Arc<TenantPolicy>,
+    profile: Arc<Profile>,
 }
 
 impl Grant for SessionGrant {
@@ -221,7 +248,7 @@ impl Grant for SessionGrant {
         self.tenant_id
     }
     fn size(&self) -> usize {
-        std::mem::size_of::<Self>() + POLICY_SIZE
+        std::mem::size_of::<Self>() + POLICY_SIZE + self.profile.size()
     }
 }
 
@@ -251,6 +278,13 @@ async fn authenticate_jwt(state: &AppState, token: &str) -> Result<Authenticated
             tenant_active: s.tenant_status == "active",
             role: Role::from_str(&s.role).map_err(|_| ApiError::internal("stored role is invalid"))?,
             policy: Arc::new(state.abuse.tenant_policy(s.tenant_limits.as_deref())),
+            profile: Arc::new(Profile {
+                tenant_name: s.tenant_name,
+                tenant_status: s.tenant_status,
+                name: None,
+                email: Some(s.email),
+                role: Some(s.role),
+            }),
         })
     })
     .await?;
@@ -274,7 +308,7 @@ async fn authenticate_jwt(state: &AppState, token: &str) -> Result<Authenticated
         },
         role.permissions(),
     );
-    Ok((principal, s.policy.clone()))
+    Ok((principal, s.policy.clone(), s.profile.clone()))
 }
 
 /// An API key as stored, with the keys above it.
@@ -293,6 +327,7 @@ struct KeyGrant {
     answerable: Option<(Option<UserId>, PermissionSet)>,
     above: Option<Above>,
     policy: Arc<TenantPolicy>,
+    profile: Arc<Profile>,
     /// Last recorded use, so a cached key records one a minute too.
     last_used_at: AtomicI64,
 }
@@ -307,6 +342,7 @@ impl Grant for KeyGrant {
             + self.fence.size()
             + self.above.as_ref().map_or(0, Above::size)
             + POLICY_SIZE
+            + self.profile.size()
     }
 }
 
@@ -340,6 +376,13 @@ async fn load_key(state: &AppState, hash: &str, now: i64) -> Result<KeyGrant, Ap
             None => None,
         },
         policy: Arc::new(state.abuse.tenant_policy(row.tenant_limits.as_deref())),
+        profile: Arc::new(Profile {
+            tenant_name: row.tenant_name.unwrap_or_default(),
+            tenant_status: row.tenant_status.unwrap_or_default(),
+            name: Some(row.name),
+            email: None,
+            role: row.role,
+        }),
         last_used_at: AtomicI64::new(row.last_used_at.unwrap_or(i64::MIN)),
     })
 }
@@ -383,7 +426,7 @@ async fn authenticate_api_key(
     let principal =
         Principal::authenticated(g.tenant_id, PrincipalKind::ApiKey { key_id: g.key_id, owner_user_id }, permissions)
             .with_restrictions(g.restrictions.clone());
-    Ok((principal, g.policy.clone()))
+    Ok((principal, g.policy.clone(), g.profile.clone()))
 }
 
 /// An agent token as stored, with its identity and the keys above it.
@@ -398,6 +441,7 @@ struct AgentGrant {
     minted_by_key: Option<ApiKeyId>,
     above: Option<Above>,
     policy: Arc<TenantPolicy>,
+    profile: Arc<Profile>,
 }
 
 impl Grant for AgentGrant {
@@ -410,6 +454,7 @@ impl Grant for AgentGrant {
             + self.fence.size()
             + self.above.as_ref().map_or(0, Above::size)
             + POLICY_SIZE
+            + self.profile.size()
     }
 }
 
@@ -432,6 +477,13 @@ async fn load_agent(state: &AppState, hash: &str) -> Result<AgentGrant, ApiError
             None => None,
         },
         policy: Arc::new(state.abuse.tenant_policy(row.tenant_limits.as_deref())),
+        profile: Arc::new(Profile {
+            tenant_name: row.tenant_name,
+            tenant_status: row.tenant_status,
+            name: Some(row.name),
+            email: None,
+            role: None,
+        }),
     })
 }
 
@@ -463,7 +515,7 @@ async fn authenticate_agent(
         permissions,
     )
     .with_restrictions(g.restrictions.clone());
-    Ok((principal, g.policy.clone()))
+    Ok((principal, g.policy.clone(), g.profile.clone()))
 }
 
 /// A credential's stored restrictions.

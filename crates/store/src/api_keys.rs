@@ -37,6 +37,9 @@ pub struct ApiKeyRow {
     /// Filled only by [`find_by_hash`]: the tenant's abuse-control overrides.
     #[sqlx(default)]
     pub tenant_limits: Option<String>,
+    /// Filled only by [`find_by_hash`]: what `/v1/me` shows of the tenant.
+    #[sqlx(default)]
+    pub tenant_name: Option<String>,
     /// Filled only by [`find_by_hash`]: 1 when the previous secret (in its
     /// rotation's grace period) matched, not the current one.
     #[sqlx(default)]
@@ -101,7 +104,8 @@ pub async fn find_by_hash(db: &crate::Db, hash: &str, now: i64) -> Result<Option
                (SELECT role FROM users u WHERE u.id = k.owner_user_id AND u.tenant_id = k.tenant_id \
                   AND u.status = 'active') AS owner_role, \
                (SELECT settings FROM tenant_limits l WHERE l.tenant_id = k.tenant_id) AS tenant_limits, \
-               CAST(CASE WHEN k.key_hash = $1 THEN 0 ELSE 1 END AS BIGINT) AS by_previous_secret \
+               CAST(CASE WHEN k.key_hash = $1 THEN 0 ELSE 1 END AS BIGINT) AS by_previous_secret, \
+               (SELECT name FROM tenants t WHERE t.id = k.tenant_id) AS tenant_name \
              FROM api_keys k WHERE key_hash = $1 OR (prev_key_hash = $1 AND prev_valid_until > $2) LIMIT 1"
         )
     });
@@ -112,7 +116,7 @@ pub async fn find_by_hash(db: &crate::Db, hash: &str, now: i64) -> Result<Option
 }
 
 impl crate::FromSqlite for ApiKeyRow {
-    /// By position (by name is a scan per column): `COLS`, then the four
+    /// By position (by name is a scan per column): `COLS`, then the five
     /// columns [`find_by_hash`] adds.
     fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(ApiKeyRow {
@@ -138,6 +142,7 @@ impl crate::FromSqlite for ApiKeyRow {
             owner_role: r.get(19)?,
             tenant_limits: r.get(20)?,
             by_previous_secret: r.get(21)?,
+            tenant_name: r.get(22)?,
         })
     }
 }

@@ -33,8 +33,7 @@ const EXEMPT: &[&str] = &[
     "tokens::purge_expired",
     // A family's expiry, which authentication does not read (the access token's own does).
     "tokens::extend_family",
-    // Name and sending policy.
-    "identities::update",
+    // A number's verification: not read by authentication.
     "identities::verify_number",
 ];
 

@@ -97,8 +97,8 @@ pub async fn get<'c>(
 }
 
 /// Replaces name and policy; false when no such identity in the tenant.
-pub async fn update<'c>(
-    ex: impl Executor<'c, Database = Any>,
+pub async fn update(
+    tx: &mut crate::Tx,
     scope: &TenantScope,
     id: IdentityId,
     name: &str,
@@ -116,8 +116,10 @@ pub async fn update<'c>(
     .bind(policy.monthly_budget)
     .bind(policy.allowed_countries)
     .bind(now)
-    .execute(ex)
+    .execute(&mut **tx)
     .await?;
+    // An agent's `/v1/me` shows the identity's name from its verified grant.
+    tx.credentials_changed(&scope.tenant_id().to_string());
     Ok(r.rows_affected() == 1)
 }
 
@@ -323,6 +325,8 @@ pub async fn agent_token_bounds<'c>(
 pub struct AgentRow {
     pub id: String,
     pub tenant_id: String,
+    pub name: String,
+    pub tenant_name: String,
     pub status: String,
     pub tenant_status: String,
     pub tenant_limits: Option<String>,
@@ -340,7 +344,7 @@ pub struct AgentRow {
 /// The identity an agent token (by its SHA-256) acts as.
 pub async fn find_by_agent_token<'c>(ex: impl Executor<'c, Database = Any>, hash: &str) -> Result<Option<AgentRow>> {
     Ok(sqlx::query_as(
-        "SELECT i.id, i.tenant_id, i.status, t.status AS tenant_status, \
+        "SELECT i.id, i.tenant_id, i.name, t.name AS tenant_name, i.status, t.status AS tenant_status, \
            (SELECT settings FROM tenant_limits l WHERE l.tenant_id = i.tenant_id) AS tenant_limits, \
            i.agent_token_owner_user_id AS owner_user_id, \
            (SELECT role FROM users u WHERE u.id = i.agent_token_owner_user_id AND u.tenant_id = i.tenant_id \

@@ -203,6 +203,8 @@ pub async fn count_active_owners<'c>(ex: impl Executor<'c, Database = Any>, scop
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SessionState {
     pub role: String,
+    pub email: String,
+    pub tenant_name: String,
     pub user_status: String,
     pub tenant_status: String,
     pub family_revoked: i64,
@@ -219,7 +221,7 @@ pub async fn session_state<'c>(
     jti: &str,
 ) -> Result<Option<SessionState>> {
     Ok(sqlx::query_as(
-        "SELECT u.role, u.status AS user_status, t.status AS tenant_status, \
+        "SELECT u.role, u.email, t.name AS tenant_name, u.status AS user_status, t.status AS tenant_status, \
            (SELECT COUNT(*) FROM token_families f WHERE f.id = $3 AND f.user_id = u.id AND f.revoked_at IS NULL) AS family_revoked, \
            (SELECT COUNT(*) FROM revoked_jtis r WHERE r.jti = $4) AS jti_revoked, \
            (SELECT settings FROM tenant_limits l WHERE l.tenant_id = u.tenant_id) AS tenant_limits \

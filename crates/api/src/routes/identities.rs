@@ -291,7 +291,7 @@ pub async fn update(
         monthly_budget: policy.monthly_budget,
         allowed_countries: &policy.allowed_countries,
     };
-    palisade_store::identities::update(&mut *tx, &scope, id, &name, &stored, now).await?;
+    palisade_store::identities::update(&mut tx, &scope, id, &name, &stored, now).await?;
     let event = event_for("identity.updated", &auth, &current.id, &current.number);
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     let row = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;

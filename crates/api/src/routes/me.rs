@@ -1,11 +1,9 @@
-use axum::extract::State;
 use axum::Json;
 use palisade_core::{ApiError, PrincipalKind};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::extract::Auth;
-use crate::state::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct TenantRef {
@@ -33,37 +31,26 @@ pub struct MeResponse {
 /// The calling principal and its tenant.
 #[utoipa::path(get, path = "/v1/me", tag = "me", security(("bearer" = [])),
     responses((status = 200, body = MeResponse), (status = 401, body = palisade_core::Problem)))]
-pub async fn me(State(state): State<AppState>, auth: Auth) -> Result<Json<MeResponse>, ApiError> {
-    let scope = auth.principal.own_scope();
-    let permissions = auth.principal.permissions().to_strings();
-    // The tenant and the principal's own row are read at once: on
-    // PostgreSQL each read is a round trip.
-    let tenant = async {
-        let t = palisade_store::tenants::get(state.db.reader(), &scope).await?.ok_or_else(ApiError::not_found)?;
-        Ok::<_, ApiError>(TenantRef { id: t.id, name: t.name, status: t.status })
+pub async fn me(auth: Auth) -> Result<Json<MeResponse>, ApiError> {
+    // Answered from what authentication verified, with no database read:
+    // the names are cached with the credential and invalidated with it.
+    let p = &auth.profile;
+    let (kind, id) = match auth.principal.kind() {
+        PrincipalKind::User { user_id, .. } => ("user", user_id.to_string()),
+        PrincipalKind::ApiKey { key_id, .. } => ("api_key", key_id.to_string()),
+        PrincipalKind::Agent { identity_id, .. } => ("agent", identity_id.to_string()),
     };
-    let own = async {
-        Ok::<_, ApiError>(match auth.principal.kind() {
-            PrincipalKind::User { user_id, .. } => {
-                let u = palisade_store::users::get(state.db.reader(), &scope, *user_id)
-                    .await?
-                    .ok_or_else(ApiError::not_found)?;
-                ("user", u.id, Some(u.email), None, Some(u.role))
-            }
-            PrincipalKind::ApiKey { key_id, .. } => {
-                let k = palisade_store::api_keys::get(state.db.reader(), &scope, *key_id)
-                    .await?
-                    .ok_or_else(ApiError::not_found)?;
-                ("api_key", k.id, None, Some(k.name), k.role)
-            }
-            PrincipalKind::Agent { identity_id, .. } => {
-                let i = palisade_store::identities::get(state.db.reader(), &scope, *identity_id)
-                    .await?
-                    .ok_or_else(ApiError::not_found)?;
-                ("agent", i.id, None, Some(i.name), None)
-            }
-        })
-    };
-    let (tenant, (kind, id, email, name, role)) = tokio::try_join!(tenant, own)?;
-    Ok(Json(MeResponse { kind, id, email, name, role, permissions, tenant }))
+    Ok(Json(MeResponse {
+        kind,
+        id,
+        email: p.email.clone(),
+        name: p.name.clone(),
+        role: p.role.clone(),
+        permissions: auth.principal.permissions().to_strings(),
+        tenant: TenantRef {
+            id: auth.principal.tenant_id().to_string(),
+            name: p.tenant_name.clone(),
+            status: p.tenant_status.clone(),
+        },
+    }))
 }

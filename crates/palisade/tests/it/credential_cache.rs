@@ -140,6 +140,10 @@ async fn agent_token_changes_refuse_the_next_request(b: Backend) {
     let second = s.post(&path, &t.token, json!({})).await.expect(201).body["token"].as_str().unwrap().to_owned();
     s.get("/v1/me", &first).await.expect(401);
     warm(&s, &second).await;
+    // `/v1/me` is answered from the cached grant: a rename shows at once.
+    let renamed = json!({"name": "Front desk"});
+    s.call(Method::PATCH, &format!("/v1/identities/{id}"), Some(&t.token), Some(renamed)).await.expect(200);
+    assert_eq!(s.get("/v1/me", &second).await.expect(200).body["name"], "Front desk");
     // The tenant's own freeze, then the operator's.
     s.post(&format!("/v1/identities/{id}/freeze"), &t.token, json!({})).await.expect(200);
     s.get("/v1/me", &second).await.expect(423);
@@ -287,6 +291,26 @@ pub(crate) async fn changes_reach_the_other_instance(a: &TestServer, b: &TestSer
     let start = Instant::now();
     a.admin(Method::POST, &format!("/sysadmin/v1/api-keys/{key_id}/freeze"), None).await.expect(200);
     times.push(("key frozen", refused_within(b, &key, 423, start).await));
+
+    let r = a.post("/v1/identities", &t.token, json!({"number": "+34612345678", "kind": "agent"})).await.expect(201);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let agent = a.post(&format!("/v1/identities/{id}/agent-token"), &t.token, json!({})).await.expect(201).body
+        ["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    warm(b, &agent).await;
+    let start = Instant::now();
+    let renamed = json!({"name": "Front desk"});
+    a.call(Method::PATCH, &format!("/v1/identities/{id}"), Some(&t.token), Some(renamed)).await.expect(200);
+    let shown = loop {
+        if b.get("/v1/me", &agent).await.expect(200).body["name"] == "Front desk" {
+            break start.elapsed();
+        }
+        assert!(start.elapsed() < Duration::from_secs(3), "old name after 3 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    times.push(("identity renamed", shown));
 
     warm(b, &t.token).await;
     let start = Instant::now();
