@@ -108,8 +108,11 @@ if [ -f "$out/missed.txt" ]; then
 fi
 
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-  echo "NOT CHECKED: $((count - tested)) of $count mutants (the step's $LIMIT s ran out);" \
+  # Untested security code does not land: a change too large to check here
+  # is checked locally (docs/mutants.md), then the base moves past it.
+  echo "FAIL: $((count - tested)) of $count mutants not checked (the step's $LIMIT s ran out);" \
     "run docs/mutants.md's command locally, then move .ci/mutants-base forward" >&2
+  fail=1
 fi
 if [ "$fail" -ne 0 ]; then
   echo "FAIL: mutants survived the unit tests: add a test that kills each, or list it" \
