@@ -3,6 +3,8 @@
 //! (limits N times looser with N instances) or refuses ([`Unavailable`]),
 //! as configured. After a failure, Redis is left alone for `retry_ms`,
 //! then one call tries it again; the first success ends the degraded state.
+//! The first retry of an outage comes sooner ([`FIRST_RETRY_MS`]), so one
+//! lost reply does not refuse logins for a whole `retry_ms`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +17,10 @@ use palisade_guard::state::{
     AbuseState, Answer, Attempt, Decide, Health, LocalState, LoginAdmission, LoginKeys, LoginRule, StrikeOutcome,
     StrikeRule, Unavailable, Verdict,
 };
+
+/// After the failure that starts an outage, the first retry comes this
+/// soon (or after `retry_ms`, if shorter); the next ones every `retry_ms`.
+pub const FIRST_RETRY_MS: u64 = 20;
 
 /// Told about Redis failures (metrics).
 pub trait Observer: Send + Sync + 'static {
@@ -99,7 +105,9 @@ impl<S: AbuseState> Failover<S> {
 
     fn failed(&self) {
         self.observer.failure();
-        self.link.retry_at.store(self.link.now() + self.link.retry_ms, Ordering::Release);
+        let starts = !self.link.degraded.load(Ordering::Acquire);
+        let wait = if starts { self.link.retry_ms.min(FIRST_RETRY_MS) } else { self.link.retry_ms };
+        self.link.retry_at.store(self.link.now() + wait, Ordering::Release);
         if !self.link.degraded.swap(true, Ordering::AcqRel) {
             tracing::error!(target: "palisade::redis", "Redis is unreachable: shared limits are degraded");
             self.observer.degraded(true);
@@ -322,6 +330,34 @@ mod tests {
         assert_eq!(f.health(), Health::Shared);
         assert!(!seen.degraded.load(Ordering::SeqCst));
         assert!(matches!(f.login_attempt(1, keys, login, T0).await, Ok(LoginAdmission::Admitted { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_lone_failure_degrades_briefly_an_outage_retries_at_its_pace() {
+        let flaky = Arc::new(Flaky::default());
+        let f = Failover::new(Handle(flaky.clone()), RedisFailure::default(), Duration::from_secs(60), Arc::new(()));
+        let ip = [Bucket::enforce(Key::new(Kind::Ip, 1), Limit::per_minute("ip", 100).unwrap())];
+        // One lost reply: Redis is tried again after FIRST_RETRY_MS, not 60 s.
+        flaky.down.store(true, Ordering::SeqCst);
+        assert!(f.decide(decision(&ip)).await.is_ok());
+        assert_eq!(f.health(), Health::Degraded);
+        flaky.down.store(false, Ordering::SeqCst);
+        assert!(f.decide(decision(&ip)).await.is_ok());
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 1, "retried before FIRST_RETRY_MS");
+        tokio::time::sleep(Duration::from_millis(FIRST_RETRY_MS + 10)).await;
+        assert!(f.decide(decision(&ip)).await.is_ok());
+        assert_eq!(f.health(), Health::Shared);
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 2);
+        // A real outage: after the early retry fails too, the next waits retry_ms.
+        flaky.down.store(true, Ordering::SeqCst);
+        assert!(f.decide(decision(&ip)).await.is_ok());
+        tokio::time::sleep(Duration::from_millis(FIRST_RETRY_MS + 10)).await;
+        assert!(f.decide(decision(&ip)).await.is_ok());
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 4);
+        tokio::time::sleep(Duration::from_millis(FIRST_RETRY_MS + 10)).await;
+        assert!(f.decide(decision(&ip)).await.is_ok());
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 4, "retried before retry_ms");
+        assert_eq!(f.health(), Health::Degraded);
     }
 
     #[tokio::test]
