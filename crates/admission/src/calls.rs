@@ -123,8 +123,8 @@ impl Service {
             }
             if let Some(budget) = identity.monthly_budget {
                 let month = &palisade_core::clock::rfc3339(now)[..7];
-                let ok =
-                    palisade_store::messages::spend_within_budget(&mut *tx, &identity.id, month, prepaid, budget).await?;
+                let ok = palisade_store::messages::spend_within_budget(&mut *tx, &identity.id, month, prepaid, budget)
+                    .await?;
                 if !ok {
                     return Ok(Err(Unwritten::Refused(Refusal::MonthlyBudget)));
                 }
@@ -219,7 +219,11 @@ impl Service {
         tokio::spawn(async move {
             let mut pause = END_RETRY_FIRST;
             loop {
-                tracing::warn!(call = e.id, retry_in_ms = pause.as_millis() as u64, "ending a call failed; trying again");
+                tracing::warn!(
+                    call = e.id,
+                    retry_in_ms = pause.as_millis() as u64,
+                    "ending a call failed; trying again"
+                );
                 tokio::time::sleep(pause).await;
                 let by = e.by.as_ref().map(|(actor, ctx)| (actor.clone(), ctx));
                 match self.end_call_at(&e.scope, &e.id, &e.status, e.code.as_deref(), by, e.ended).await {

@@ -36,7 +36,13 @@ pub enum Known {
 }
 
 /// Looks `key` up among the tenant's live keys.
-pub async fn look_up(db: &Db, scope: &TenantScope, key: &str, request_hash: &str, now: i64) -> Result<Known, StoreError> {
+pub async fn look_up(
+    db: &Db,
+    scope: &TenantScope,
+    key: &str,
+    request_hash: &str,
+    now: i64,
+) -> Result<Known, StoreError> {
     let stored = palisade_store::messages::idempotent(db.reader(), scope, key, now - TTL_MS).await?;
     Ok(match stored {
         None => Known::New,

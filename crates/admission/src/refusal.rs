@@ -4,7 +4,10 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal<W> {
     /// A field of the request is not acceptable.
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     /// An agent token sends only as its own identity.
     NotOwnIdentity,
     /// The identity is frozen (the kill-switch).
@@ -14,12 +17,16 @@ pub enum Refusal<W> {
     /// The transport's body screen (the WAF) refused, with its own answer.
     Screened(W),
     /// The identity's `rate_per_second`; seconds to wait.
-    RatePerSecond { retry_after: u64 },
+    RatePerSecond {
+        retry_after: u64,
+    },
     CountryNotAllowed,
     MonthlyBudget,
     ConcurrentCalls,
     /// The balance does not cover `cost`.
-    InsufficientCredits { cost: i64 },
+    InsufficientCredits {
+        cost: i64,
+    },
     /// The Idempotency-Key came with another request.
     KeyReused,
     /// A concurrent request with the key was first and is not done.

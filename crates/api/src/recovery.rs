@@ -17,8 +17,8 @@ use palisade_audit::Event;
 use palisade_core::principal::Actor;
 use palisade_core::{ApiError, TenantId, TenantScope};
 
-use palisade_admission::calls::Ended;
 use crate::state::AppState;
+use palisade_admission::calls::Ended;
 
 /// How often an instance notes that it runs and looks for what others left.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -126,8 +126,14 @@ async fn end_orphan_calls(state: &AppState, now: i64) -> usize {
     let (mut ended, mut cursor) = (0, String::new());
     let before = now - INSTANCE_GONE_MS;
     loop {
-        let listed =
-            palisade_store::recovery::orphan_calls(state.db.reader(), &state.admission.instance_id, before, &cursor, BATCH).await;
+        let listed = palisade_store::recovery::orphan_calls(
+            state.db.reader(),
+            &state.admission.instance_id,
+            before,
+            &cursor,
+            BATCH,
+        )
+        .await;
         let orphans = match listed {
             Ok(o) => o,
             Err(e) => {
@@ -144,7 +150,11 @@ async fn end_orphan_calls(state: &AppState, now: i64) -> usize {
             let done = match scope_of(&o.tenant_id) {
                 Ok(scope) => {
                     let ended = Ended { at, unless_seen_since: Some(before) };
-                    state.admission.end_call_at(&scope, &o.id, "failed", Some(INTERRUPTED), None, ended).await.map_err(ApiError::from)
+                    state
+                        .admission
+                        .end_call_at(&scope, &o.id, "failed", Some(INTERRUPTED), None, ended)
+                        .await
+                        .map_err(ApiError::from)
                 }
                 Err(e) => Err(e),
             };

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use palisade_audit::Context;
 use palisade_config::Pricing;
-use palisade_core::{ApiKeyId, IdentityId, ManualClock, PermissionSet, Principal, PrincipalKind, TenantId, TenantScope};
+use palisade_core::{
+    ApiKeyId, IdentityId, ManualClock, PermissionSet, Principal, PrincipalKind, TenantId, TenantScope,
+};
 use palisade_store::calls::CallRow;
 use palisade_store::identities::{NewIdentity, Policy};
 use palisade_store::messages::MessageRow;

@@ -91,7 +91,11 @@ fn refused(
 }
 
 fn key_reused() -> ApiError {
-    ApiError::new(StatusCode::CONFLICT, "idempotency_key_reused", "This Idempotency-Key was used with a different request.")
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_key_reused",
+        "This Idempotency-Key was used with a different request.",
+    )
 }
 
 fn key_in_progress() -> ApiError {
@@ -136,9 +140,7 @@ pub async fn replay_winner(
     request_hash: &str,
     now: i64,
 ) -> Result<Response, ApiError> {
-    replay_if_known(state, scope, key, request_hash, now)
-        .await?
-        .ok_or_else(key_in_progress)
+    replay_if_known(state, scope, key, request_hash, now).await?.ok_or_else(key_in_progress)
 }
 
 /// Debits `cost` in `tx`; 402 to answer when the credits do not cover it.
@@ -214,7 +216,11 @@ mod tests {
             (Refusal::KeyReused, StatusCode::CONFLICT, "idempotency_key_reused"),
             (Refusal::KeyInProgress, StatusCode::CONFLICT, "conflict"),
             (Refusal::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            (Refusal::Screened(ApiError::new(StatusCode::BAD_REQUEST, "blocked", "x")), StatusCode::BAD_REQUEST, "blocked"),
+            (
+                Refusal::Screened(ApiError::new(StatusCode::BAD_REQUEST, "blocked", "x")),
+                StatusCode::BAD_REQUEST,
+                "blocked",
+            ),
         ];
         for (r, status, reason) in statuses {
             let e = problem(r);

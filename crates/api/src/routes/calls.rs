@@ -8,7 +8,6 @@ use axum::Json;
 use http::{HeaderMap, StatusCode};
 use palisade_admission::calls::Call;
 use palisade_comms::{CallAnswer, OutboundCall};
-use palisade_core::principal::Actor;
 use palisade_core::{ApiError, Permission, TenantScope};
 use palisade_store::calls::{CallRow, CdrRow};
 use palisade_store::StoreError;

@@ -89,8 +89,10 @@ pub async fn create(
     let m = Message { from: req.from.clone(), to: req.to.clone(), body: req.body.clone(), key };
     let screen = async { body.scan(&state).await.map(drop) };
     let caller = admission::caller(&auth, &scope);
-    let outcome =
-        state.admission.send_message(&caller, m, screen, |row| admission::created(MessageView::from(row.clone()))).await?;
+    let outcome = state
+        .admission
+        .send_message(&caller, m, screen, |row| admission::created(MessageView::from(row.clone())))
+        .await?;
     admission::respond(&state, &auth, outcome, |row| {
         let m = OutboundMessage {
             id: row.id.clone(),
