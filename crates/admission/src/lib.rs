@@ -10,6 +10,7 @@
 //! Each refusal charges nothing and sends nothing.
 
 pub mod calls;
+pub mod ending;
 pub mod idempotency;
 pub mod messages;
 mod refusal;

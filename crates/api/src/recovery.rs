@@ -18,7 +18,7 @@ use palisade_core::principal::Actor;
 use palisade_core::{ApiError, TenantId, TenantScope};
 
 use crate::state::AppState;
-use palisade_admission::calls::Ended;
+use palisade_admission::ending::Ended;
 
 /// How often an instance notes that it runs and looks for what others left.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);

@@ -1,5 +1,5 @@
 use super::*;
-use crate::calls::Ended;
+use crate::ending::Ended;
 use crate::Refusal;
 
 /// A webhook endpoint of the tenant that wants every event.
@@ -181,4 +181,18 @@ async fn recovery_ends_a_call_as_of_when_it_was_last_known() {
     let ended = Ended { at: START + 90_000, unless_seen_since: None };
     let cdr = w.svc.end_call_at(&w.scope, &c.id, "failed", Some("interrupted"), None, ended).await.unwrap().unwrap();
     assert_eq!((cdr.duration_secs, cdr.billed_minutes, cdr.ended_at), (90, 2, START + 90_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_with_one_key_are_placed_once() {
+    let mut w = world().await;
+    w.slots = 10;
+    let id = w.identity(Id::default()).await;
+    for k in ["k1", "k2", "k3", "k4"] {
+        let (a, b) = tokio::join!(w.call(&id, US, Some(k)), w.call(&id, US, Some(k)));
+        let mut words = [word(&a), word(&b)];
+        words.sort_unstable();
+        assert!(matches!(words, ["admitted", "replayed"] | ["admitted", "conflict"]), "{words:?}");
+    }
+    assert_eq!((w.debits().await, w.count("calls", "1 = 1").await), (4, 4));
 }

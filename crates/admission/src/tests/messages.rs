@@ -209,3 +209,17 @@ async fn a_replay_comes_before_any_other_check() {
     assert_eq!(word(&w.send(&id, US, "x", Some("k")).await), "replayed");
     assert_eq!(word(&w.send(&id, US, "x", Some("k2")).await), "monthly_budget");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_key_are_charged_once() {
+    let w = world().await;
+    let id = w.identity(Id::default()).await;
+    for k in ["k1", "k2", "k3", "k4"] {
+        let (a, b) = tokio::join!(w.send(&id, US, "x", Some(k)), w.send(&id, US, "x", Some(k)));
+        let mut words = [word(&a), word(&b)];
+        words.sort_unstable();
+        // The second waits for the first, or finds it in progress.
+        assert!(matches!(words, ["admitted", "replayed"] | ["admitted", "conflict"]), "{words:?}");
+    }
+    assert_eq!((w.debits().await, w.count("messages", "1 = 1").await), (4, 4));
+}
