@@ -66,7 +66,7 @@ impl Service {
                     Ok(_) => return,
                     Err(err) => tracing::error!(error = %err, call = e.id, "ending a call failed again"),
                 }
-                pause = (pause * 2).min(END_RETRY_MOST);
+                pause = next_pause(pause);
             }
         });
     }
@@ -198,6 +198,11 @@ fn billed_minutes(answered: bool, duration_secs: i64) -> i64 {
 const END_RETRY_FIRST: Duration = Duration::from_millis(500);
 const END_RETRY_MOST: Duration = Duration::from_secs(30);
 
+/// Twice the last pause, up to the longest.
+fn next_pause(pause: Duration) -> Duration {
+    (pause * 2).min(END_RETRY_MOST)
+}
+
 /// When a call ended.
 #[derive(Debug, Clone, Copy)]
 pub struct Ended {
@@ -215,4 +220,25 @@ struct Ending {
     code: Option<String>,
     by: Option<(Actor, Context)>,
     ended: Ended,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_end_is_tried_again_less_and_less_often() {
+        assert_eq!(next_pause(END_RETRY_FIRST), Duration::from_secs(1));
+        assert_eq!(next_pause(Duration::from_secs(20)), END_RETRY_MOST);
+        assert_eq!(next_pause(END_RETRY_MOST), END_RETRY_MOST);
+        assert!(END_RETRY_FIRST < END_RETRY_MOST);
+    }
+
+    #[test]
+    fn every_started_minute_is_billed() {
+        assert_eq!(billed_minutes(false, 100), 0);
+        assert_eq!(billed_minutes(true, 0), 1);
+        assert_eq!(billed_minutes(true, 60), 1);
+        assert_eq!(billed_minutes(true, 61), 2);
+    }
 }

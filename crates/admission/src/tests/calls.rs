@@ -196,3 +196,70 @@ async fn concurrent_calls_with_one_key_are_placed_once() {
     }
     assert_eq!((w.debits().await, w.count("calls", "1 = 1").await), (4, 4));
 }
+
+/// Whether the webhook worker was woken since the last look.
+async fn woken(w: &World) -> bool {
+    tokio::time::timeout(std::time::Duration::from_millis(20), w.svc.webhook_wake.notified()).await.is_ok()
+}
+
+#[tokio::test]
+async fn the_webhook_worker_is_woken_only_for_what_was_queued() {
+    let w = world().await;
+    let id = w.identity(Id::default()).await;
+    let c = admitted(w.call(&id, US, None).await);
+    assert!(w.svc.call_progress(&w.scope, &c.id, "ringing", false).await.unwrap());
+    assert!(!woken(&w).await);
+    assert!(w.svc.call_progress(&w.scope, &c.id, "in_progress", true).await.unwrap());
+    assert!(woken(&w).await);
+    w.svc.end_call(&w.scope, &c.id, "completed", None, None).await.unwrap().unwrap();
+    assert!(woken(&w).await);
+    assert!(w.svc.end_call(&w.scope, &c.id, "completed", None, None).await.unwrap().is_none());
+    assert!(!woken(&w).await);
+}
+
+#[tokio::test]
+async fn a_call_key_is_kept_a_day() {
+    let w = world().await;
+    let id = w.identity(Id::default()).await;
+    let first = admitted(w.call(&id, US, Some("k")).await);
+    w.svc.end_call(&w.scope, &first.id, "failed", None, None).await.unwrap();
+    w.clock.advance_ms(crate::idempotency::TTL_MS);
+    assert_eq!(word(&w.call(&id, US, Some("k")).await), "replayed");
+    w.clock.advance_ms(1);
+    assert_eq!(word(&w.call(&id, US, Some("k")).await), "admitted");
+}
+
+#[tokio::test]
+async fn a_store_error_is_not_a_refusal() {
+    let w = world().await;
+    let id = w.identity(Id::default()).await;
+    let fail = "CREATE TRIGGER no_keys BEFORE INSERT ON idempotency_keys BEGIN SELECT RAISE(ABORT, 'no'); END";
+    w.svc.db.write_all(vec![palisade_store::Stmt::new(fail)]).await.unwrap();
+    let c = Call { from: id, to: US.into(), key: Some("k".into()) };
+    let answer = |_: &CallRow| Answer { status: 201, body: "{}".into() };
+    let r = w.svc.place_call(&w.caller(), c, async { Ok::<(), ()>(()) }, answer).await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!((w.balance().await, w.count("calls", "1 = 1").await), (100, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_end_is_written_later_as_of_when_it_happened() {
+    let w = world().await;
+    let id = w.identity(Id::default()).await;
+    let c = admitted(w.call(&id, US, None).await);
+    let fail = "CREATE TRIGGER no_cdrs BEFORE INSERT ON cdrs BEGIN SELECT RAISE(ABORT, 'no'); END";
+    w.svc.db.write_all(vec![palisade_store::Stmt::new(fail)]).await.unwrap();
+    w.clock.advance_ms(5_000);
+    assert!(w.svc.end_call(&w.scope, &c.id, "failed", Some("x"), None).await.is_err());
+    w.svc.db.write_all(vec![palisade_store::Stmt::new("DROP TRIGGER no_cdrs")]).await.unwrap();
+    w.clock.advance_ms(60_000);
+    for _ in 0..50 {
+        if w.count("cdrs", "1 = 1").await > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let at = format!("ended_at = {} AND status = 'failed'", START + 5_000);
+    assert_eq!(w.count("cdrs", &at).await, 1);
+    assert_eq!(w.count("call_slots", "active = 0").await, 1);
+}
