@@ -156,6 +156,25 @@ async fn a_call_of_one_minute_pays_one() {
     let cdr = w.svc.end_call(&w.scope, &c.id, "completed", None, None).await.unwrap().unwrap();
     assert_eq!((cdr.duration_secs, cdr.billed_minutes, cdr.cost), (60, 1, 10));
     assert_eq!(w.balance().await, 90);
+    // Paid at admission: no refund line, and the spend is not touched.
+    assert_eq!(w.count("credit_ledger", "reason = 'refund'").await, 0);
+    assert_eq!(w.count("identity_spend", "1 = 1").await, 0);
+}
+
+#[tokio::test]
+async fn a_call_prepaid_at_a_higher_price_gets_the_difference_back() {
+    let mut w = world_with(false, Pricing { message_segment: 5, call_minute: 25 }).await;
+    let id = w.identity(Id { budget: Some(100), ..Id::default() }).await;
+    let c = admitted(w.call(&id, US, None).await);
+    assert_eq!((c.prepaid, w.balance().await), (25, 75));
+    // The price fell while the call was live.
+    Arc::get_mut(&mut w.svc).unwrap().pricing.call_minute = 10;
+    w.svc.call_progress(&w.scope, &c.id, "in_progress", true).await.unwrap();
+    w.clock.advance_ms(30_000);
+    let cdr = w.svc.end_call(&w.scope, &c.id, "completed", None, None).await.unwrap().unwrap();
+    assert_eq!((cdr.billed_minutes, cdr.cost), (1, 10));
+    assert_eq!(w.balance().await, 90);
+    assert_eq!(w.count("identity_spend", "spent = 10").await, 1);
 }
 
 #[tokio::test]
@@ -262,4 +281,18 @@ async fn a_failed_end_is_written_later_as_of_when_it_happened() {
     let at = format!("ended_at = {} AND status = 'failed'", START + 5_000);
     assert_eq!(w.count("cdrs", &at).await, 1);
     assert_eq!(w.count("call_slots", "active = 0").await, 1);
+}
+
+#[tokio::test]
+async fn an_empty_balance_pays_nothing_more_and_writes_no_charge() {
+    let w = world().await;
+    let id = w.identity(Id::default()).await;
+    let c = admitted(w.call(&id, US, None).await);
+    w.svc.call_progress(&w.scope, &c.id, "in_progress", true).await.unwrap();
+    w.svc.db.write_all(vec![palisade_store::Stmt::new("UPDATE balances SET balance = 0")]).await.unwrap();
+    w.clock.advance_ms(2 * 60_000);
+    let cdr = w.svc.end_call(&w.scope, &c.id, "completed", None, None).await.unwrap().unwrap();
+    assert_eq!((cdr.billed_minutes, cdr.cost), (2, 10));
+    assert_eq!((w.debits().await, w.count("credit_ledger", "reference LIKE '%-end'").await), (1, 0));
+    assert_eq!(w.count("identity_spend", "spent > 0").await, 0);
 }
