@@ -17,8 +17,8 @@ use palisade_audit::Event;
 use palisade_core::principal::Actor;
 use palisade_core::{ApiError, TenantId, TenantScope};
 
-use crate::routes::calls::{end_at, Ended};
 use crate::state::AppState;
+use palisade_admission::ending::Ended;
 
 /// How often an instance notes that it runs and looks for what others left.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -35,7 +35,7 @@ const BATCH: i64 = 100;
 /// Registers this instance, before it serves: a call it places must never
 /// look like an orphan to another instance.
 pub async fn register(state: &AppState) -> Result<(), palisade_store::StoreError> {
-    palisade_store::recovery::heartbeat(&state.db, &state.instance_id, state.now_ms()).await
+    palisade_store::recovery::heartbeat(&state.db, &state.admission.instance_id, state.now_ms()).await
 }
 
 /// The heartbeat and the sweeps, until `stop`. They run apart, so a slow
@@ -86,7 +86,7 @@ where
 async fn beat(state: &AppState, healthy_since: &AtomicI64) {
     use Ordering::Relaxed;
     let now = state.now_ms();
-    match palisade_store::recovery::heartbeat(&state.db, &state.instance_id, now).await {
+    match palisade_store::recovery::heartbeat(&state.db, &state.admission.instance_id, now).await {
         Ok(()) => {
             let _ = healthy_since.compare_exchange(0, now, Relaxed, Relaxed);
         }
@@ -126,8 +126,14 @@ async fn end_orphan_calls(state: &AppState, now: i64) -> usize {
     let (mut ended, mut cursor) = (0, String::new());
     let before = now - INSTANCE_GONE_MS;
     loop {
-        let listed =
-            palisade_store::recovery::orphan_calls(state.db.reader(), &state.instance_id, before, &cursor, BATCH).await;
+        let listed = palisade_store::recovery::orphan_calls(
+            state.db.reader(),
+            &state.admission.instance_id,
+            before,
+            &cursor,
+            BATCH,
+        )
+        .await;
         let orphans = match listed {
             Ok(o) => o,
             Err(e) => {
@@ -144,7 +150,11 @@ async fn end_orphan_calls(state: &AppState, now: i64) -> usize {
             let done = match scope_of(&o.tenant_id) {
                 Ok(scope) => {
                     let ended = Ended { at, unless_seen_since: Some(before) };
-                    end_at(state, &scope, &o.id, "failed", Some(INTERRUPTED), None, ended).await
+                    state
+                        .admission
+                        .end_call_at(&scope, &o.id, "failed", Some(INTERRUPTED), None, ended)
+                        .await
+                        .map_err(ApiError::from)
                 }
                 Err(e) => Err(e),
             };

@@ -40,9 +40,10 @@ pub struct Services {
     /// Wakes the delivery worker when something was queued.
     pub webhook_wake: Arc<tokio::sync::Notify>,
     pub webhook_worker: AbortOnDrop,
-    /// This running instance: it drives the calls it placed (see
-    /// [`crate::recovery`]).
-    pub instance_id: String,
+    /// Admission of messages and calls, and the calls' lives after it. Its
+    /// `instance_id` is this running instance: it drives the calls it
+    /// placed (see [`crate::recovery`]).
+    pub admission: Arc<palisade_admission::Service>,
 }
 
 /// A background task that ends with the services that started it.
@@ -77,6 +78,6 @@ impl AppState {
 
     /// Whether identities send and call only with a verified number.
     pub fn requires_verified_numbers(&self) -> bool {
-        self.config.numbers.require_verified || self.carrier.reaches_phones()
+        self.admission.verified_numbers
     }
 }

@@ -84,6 +84,15 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         wake: webhook_wake.clone(),
     });
     let webhook_worker = palisade_api::state::AbortOnDrop(worker.start());
+    let admission = Arc::new(palisade_admission::Service {
+        db: db.clone(),
+        clock: clock.clone(),
+        limits: abuse.state.clone(),
+        pricing: config.pricing.clone(),
+        verified_numbers: config.numbers.require_verified || palisade_comms::Carrier::reaches_phones(carrier.as_ref()),
+        instance_id: uuid::Uuid::now_v7().to_string(),
+        webhook_wake: webhook_wake.clone(),
+    });
     Ok(AppState(Arc::new(Services {
         db,
         config,
@@ -105,7 +114,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         number_codes,
         webhook_wake,
         webhook_worker,
-        instance_id: uuid::Uuid::now_v7().to_string(),
+        admission,
     })))
 }
 

@@ -1,26 +1,20 @@
-//! Calls: admission (as for messages, plus the tenant's concurrent-call
-//! quota), the call's life through the carrier, hang-up, and the CDR
-//! written once when it ends.
-//!
-//! Billing: admission charges the first minute (so a call that cannot pay
-//! for one never rings); when the call ends, every further started minute
-//! is charged, as far as the balance goes, and a call never answered gets
-//! its first minute back. The CDR holds what was charged.
+//! Calls over HTTP: admission, progress and the end (CDR, billing,
+//! webhooks) through [`palisade_admission`]; the call's life through the
+//! carrier, hang-up, and reading calls, CDRs and usage back.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::{HeaderMap, StatusCode};
-use palisade_audit::Event;
+use palisade_admission::calls::Call;
 use palisade_comms::{CallAnswer, OutboundCall};
-use palisade_core::principal::Actor;
 use palisade_core::{ApiError, Permission, TenantScope};
-use palisade_store::calls::{CallRow, CdrRow, NewCall};
+use palisade_store::calls::{CallRow, CdrRow};
 use palisade_store::StoreError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::admission::{self, Admitted};
+use super::admission;
 use super::{confine_to_own_identity, own_identity, List, Paging};
 use crate::extract::{Auth, PathId, QueryParams, UnscannedJson};
 use crate::state::AppState;
@@ -34,15 +28,6 @@ pub struct PlaceCallRequest {
     /// E.164 destination.
     #[schema(pattern = r"^\s*\+[0-9]{8,15}\s*$")]
     to: String,
-}
-
-impl admission::Sending for PlaceCallRequest {
-    fn from(&self) -> &str {
-        &self.from
-    }
-    fn to(&self) -> &str {
-        &self.to
-    }
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -95,107 +80,18 @@ pub async fn create(
     body: UnscannedJson<PlaceCallRequest>,
 ) -> Result<Response, ApiError> {
     let scope = auth.scope(Permission::CallsWrite).await?;
-    let req = body.peek();
     let key = admission::idempotency_key(&headers)?;
-    let request_hash = admission::request_hash(&auth, "POST /v1/calls", &[req.from.trim(), req.to.trim()]);
-    let now = state.now_ms();
-    let since = now - admission::IDEMPOTENCY_TTL_MS;
-    if let Some(k) = &key {
-        if let Some(first) = admission::replay_if_known(&state, &scope, k, &request_hash, now).await? {
-            return Ok(first);
-        }
-    }
-    let (_, Admitted { identity, to }) = admission::admit(&state, &auth, &scope, body, now).await?;
-    let prepaid = state.config.pricing.call_minute;
-    let id = uuid::Uuid::now_v7().to_string();
-
-    let new = NewCall {
-        id: &id,
-        identity_id: &identity.id,
-        from: &identity.number,
-        to: &to.number,
-        to_country: &to.country,
-        prepaid,
-        instance: &state.instance_id,
-        now,
-    };
-    let event = Event::new("call.placed", Some(auth.principal.tenant_id()), auth.principal.actor())
-        .resource("call", &id)
-        .details(serde_json::json!({
-            "identity_id": identity.id,
-            "to": palisade_guard::phone::masked(&to.number),
-            "to_country": to.country,
-            "prepaid": prepaid,
-        }));
-    // The call as it is inserted, so the key can be stored first.
-    let view = CallView::from(CallRow {
-        id: id.clone(),
-        tenant_id: scope.tenant_id().to_string(),
-        identity_id: identity.id.clone(),
-        from_number: identity.number.clone(),
-        to_number: to.number.clone(),
-        to_country: to.country.clone(),
-        status: "queued".into(),
-        error_code: None,
-        prepaid,
-        answered_at: None,
-        ended_at: None,
-        created_at: now,
-        updated_at: now,
-    });
-    let stored = match &key {
-        Some(k) => Some((k.as_str(), serde_json::to_string(&view).map_err(ApiError::internal)?)),
-        None => None,
-    };
-    let slots = i64::from(auth.concurrent_calls);
-    let ctx = &auth.ctx.audit;
-    // One transaction, taking rows in the order of `palisade_store::locks`:
-    // the key, the identity's spend, the tenant's slots, its balance. Run
-    // again if the database aborts it for a conflict.
-    let placed = palisade_store::locks::retrying(|| async {
-        let mut tx = state.db.begin().await?;
-        if let Some((k, body)) = &stored {
-            let r = palisade_store::messages::remember(&mut *tx, &scope, k, &request_hash, 201, body, now, since).await;
-            match r {
-                Err(e) if e.is_unique_violation() => return Ok(Err(Refused::KeyTaken)),
-                r => r?,
-            }
-        }
-        if let Err(e) = admission::within_budget(&mut tx, &identity, prepaid, now).await? {
-            return Ok(Err(Refused::Answer(e)));
-        }
-        if !palisade_store::calls::take_slot(&mut *tx, &scope, slots).await? {
-            let e = admission::too_many("concurrent_calls", "The tenant's concurrent-call quota is reached.", None);
-            return Ok(Err(Refused::Answer(e)));
-        }
-        if let Err(e) = admission::debit(&mut tx, &scope, prepaid, "call", &id, now).await? {
-            return Ok(Err(Refused::Answer(e)));
-        }
-        palisade_store::calls::insert(&mut *tx, &scope, &new).await?;
-        palisade_audit::append(&mut *tx, &event, ctx, now).await?;
-        tx.commit().await?;
-        Ok(Ok(()))
+    let req = body.peek();
+    let c = Call { from: req.from.clone(), to: req.to.clone(), key };
+    let screen = async { body.scan(&state).await.map(drop) };
+    let caller = admission::caller(&auth, &scope);
+    let outcome =
+        state.admission.place_call(&caller, c, screen, |row| admission::created(CallView::from(row.clone()))).await?;
+    admission::respond(&state, &auth, outcome, |row| {
+        let call = OutboundCall { id: row.id.clone(), from: row.from_number.clone(), to: row.to_number.clone() };
+        run_call(state.clone(), scope.clone(), call);
+        (StatusCode::CREATED, Json(CallView::from(row))).into_response()
     })
-    .await?;
-    match placed {
-        Ok(()) => {}
-        Err(Refused::Answer(e)) => return Err(e),
-        // A concurrent request with this key was first: answer as it did.
-        Err(Refused::KeyTaken) => {
-            let k = key.as_deref().unwrap_or_default();
-            return admission::replay_winner(&state, &scope, k, &request_hash, now).await;
-        }
-    }
-    run_call(state.clone(), scope, OutboundCall { id, from: identity.number, to: to.number });
-    Ok((StatusCode::CREATED, Json(view)).into_response())
-}
-
-/// Why a placement wrote nothing.
-enum Refused {
-    /// The answer to give (a budget, the quota, the credits).
-    Answer(ApiError),
-    /// Another request with the Idempotency-Key was first.
-    KeyTaken,
 }
 
 /// The call's life: ringing, answered or not, and, if the carrier ends it,
@@ -207,25 +103,7 @@ fn run_call(state: AppState, scope: TenantScope, call: OutboundCall) {
         let step = |status: &'static str, answered: bool| {
             let (state, scope, id) = (state.clone(), scope.clone(), call.id.clone());
             async move {
-                let now = state.now_ms();
-                let answered_at = answered.then_some(now);
-                let moved = palisade_store::locks::retrying(|| async {
-                    let mut tx = state.db.begin().await?;
-                    let moved =
-                        palisade_store::calls::progress(&mut *tx, &scope, &id, status, answered_at, now).await?;
-                    if moved && answered {
-                        let data = serde_json::json!({ "id": id, "status": status });
-                        let started = palisade_webhooks::events::event(scope.tenant_id(), "call.started", data, now);
-                        tx.run(&palisade_store::webhooks::enqueue_stmts(&[started])).await?;
-                    }
-                    tx.commit().await?;
-                    Ok(moved)
-                });
-                let moved = moved.await;
-                if matches!(moved, Ok(true)) && answered {
-                    state.webhook_wake.notify_one();
-                }
-                moved.unwrap_or_else(|e| {
+                state.admission.call_progress(&scope, &id, status, answered).await.unwrap_or_else(|e| {
                     tracing::error!(error = %e, "recording a call's progress failed");
                     false
                 })
@@ -235,210 +113,31 @@ fn run_call(state: AppState, scope: TenantScope, call: OutboundCall) {
         // ends it as failed, which does nothing if it is over already,
         // rather than leave it live (holding its slot and prepaid minute).
         if !step("ringing", false).await {
-            log_end(end(&state, &scope, &call.id, "failed", Some("interrupted"), None).await);
+            log_end(state.admission.end_call(&scope, &call.id, "failed", Some("interrupted"), None).await);
             return;
         }
         match carrier.place_call(&call).await {
-            Err(e) => log_end(end(&state, &scope, &call.id, "failed", Some(e.code()), None).await),
-            Ok(CallAnswer::Busy) => log_end(end(&state, &scope, &call.id, "busy", None, None).await),
+            Err(e) => log_end(state.admission.end_call(&scope, &call.id, "failed", Some(e.code()), None).await),
+            Ok(CallAnswer::Busy) => log_end(state.admission.end_call(&scope, &call.id, "busy", None, None).await),
             Ok(CallAnswer::Answered) => {
                 if !step("in_progress", true).await {
                     // Over already (hung up), or not recordable: make sure.
                     let _ = carrier.hang_up(&call.id).await;
-                    log_end(end(&state, &scope, &call.id, "failed", Some("interrupted"), None).await);
+                    log_end(state.admission.end_call(&scope, &call.id, "failed", Some("interrupted"), None).await);
                     return;
                 }
                 if let Some(after) = carrier.callee_hangs_up_after() {
                     tokio::time::sleep(after).await;
-                    log_end(end(&state, &scope, &call.id, "completed", None, None).await);
+                    log_end(state.admission.end_call(&scope, &call.id, "completed", None, None).await);
                 }
             }
         }
     });
 }
 
-fn log_end(r: Result<Option<CdrRow>, ApiError>) {
+fn log_end(r: Result<Option<CdrRow>, StoreError>) {
     if let Err(e) = r {
         tracing::error!(error = %e, "ending a call failed");
-    }
-}
-
-/// Ends a live call now; see [`end_at`]. When that fails, the end is
-/// retried in the background until it is written.
-async fn end(
-    state: &AppState,
-    scope: &TenantScope,
-    id: &str,
-    status: &str,
-    code: Option<&str>,
-    by: Option<(Actor, &palisade_audit::Context)>,
-) -> Result<Option<CdrRow>, ApiError> {
-    let ended = Ended { at: state.now_ms(), unless_seen_since: None };
-    let r = end_at(state, scope, id, status, code, by.clone(), ended).await;
-    if r.is_err() {
-        let by = by.map(|(actor, ctx)| (actor, ctx.clone()));
-        end_later(state.clone(), scope.clone(), id.to_owned(), status.to_owned(), code.map(str::to_owned), by, ended);
-    }
-    r
-}
-
-/// The first pause before a failed end is tried again, and the longest.
-const END_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
-const END_RETRY_MOST: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Tries a failed end again, as of when it happened, until it is written
-/// (or the call turns out ended already). A call must never stay live
-/// because its end failed: it would hold its slot and its prepaid minute,
-/// have no CDR, and recovery leaves the calls of a running instance alone.
-/// If this instance stops first, recovery ends the call as an orphan.
-fn end_later(
-    state: AppState,
-    scope: TenantScope,
-    id: String,
-    status: String,
-    code: Option<String>,
-    by: Option<(Actor, palisade_audit::Context)>,
-    ended: Ended,
-) {
-    tokio::spawn(async move {
-        let mut pause = END_RETRY_FIRST;
-        loop {
-            tracing::warn!(call = id, retry_in_ms = pause.as_millis() as u64, "ending a call failed; trying again");
-            tokio::time::sleep(pause).await;
-            let by = by.as_ref().map(|(actor, ctx)| (actor.clone(), ctx));
-            match end_at(&state, &scope, &id, &status, code.as_deref(), by, ended).await {
-                Ok(_) => return,
-                Err(e) => tracing::error!(error = %e, call = id, "ending a call failed again"),
-            }
-            pause = (pause * 2).min(END_RETRY_MOST);
-        }
-    });
-}
-
-/// When a call ended.
-#[derive(Clone, Copy)]
-pub(crate) struct Ended {
-    /// Its duration stops here; its records are written as of now.
-    pub at: i64,
-    /// Recovery: end it only if its instance has not been seen since then.
-    pub unless_seen_since: Option<i64>,
-}
-
-/// Ends a live call in one transaction: its status, its slot, the rest of
-/// its charge (or the refund of an unanswered one), its CDR and the audit
-/// event. `None` when it had already ended. A transaction the database
-/// aborted for a conflict runs again.
-pub(crate) async fn end_at(
-    state: &AppState,
-    scope: &TenantScope,
-    id: &str,
-    status: &str,
-    code: Option<&str>,
-    by: Option<(Actor, &palisade_audit::Context)>,
-    ended: Ended,
-) -> Result<Option<CdrRow>, ApiError> {
-    let end = Ending { state, scope, id, status, code, by, ended };
-    let cdr = palisade_store::locks::retrying(|| end.once()).await?;
-    if cdr.is_some() {
-        state.webhook_wake.notify_one();
-    }
-    Ok(cdr)
-}
-
-/// What [`end_at`] was asked, for each attempt.
-struct Ending<'a> {
-    state: &'a AppState,
-    scope: &'a TenantScope,
-    id: &'a str,
-    status: &'a str,
-    code: Option<&'a str>,
-    by: Option<(Actor, &'a palisade_audit::Context)>,
-    ended: Ended,
-}
-
-impl Ending<'_> {
-    /// One attempt. Rows are taken in the order of
-    /// [`palisade_store::locks`]: the call, the identity's spend, the
-    /// tenant's slots, its balance.
-    async fn once(&self) -> Result<Option<CdrRow>, StoreError> {
-        let (state, scope, id, code) = (self.state, self.scope, self.id, self.code);
-        let (Ended { at, unless_seen_since }, now) = (self.ended, state.now_ms());
-        let mut tx = state.db.begin().await?;
-        let Some(call) =
-            palisade_store::calls::finish(&mut *tx, scope, id, self.status, code, at, now, unless_seen_since).await?
-        else {
-            return Ok(None);
-        };
-        let duration_secs = call.answered_at.map_or(0, |a| ((at - a).max(0) + 999) / 1000);
-        // Every started minute; an answered call pays at least one.
-        let billed_minutes = if call.answered_at.is_some() { ((duration_secs + 59) / 60).max(1) } else { 0 };
-        let due = billed_minutes.saturating_mul(state.config.pricing.call_minute);
-        // The budget of the month the call was paid in.
-        let month = &palisade_core::clock::rfc3339(call.created_at)[..7];
-        if due != call.prepaid {
-            palisade_store::locks::spend(&mut tx, &call.identity_id, month).await?;
-        }
-        palisade_store::calls::release_slot(&mut *tx, scope).await?;
-        let balance = palisade_store::locks::balance(&mut tx, scope).await?;
-        let mut cost = call.prepaid;
-        if due < call.prepaid {
-            palisade_store::credits::refund(&mut *tx, scope, call.prepaid - due, id, now).await?;
-            palisade_store::calls::unspend(&mut *tx, &call.identity_id, month, call.prepaid - due).await?;
-            cost = due;
-        } else if due > call.prepaid {
-            // As far as the balance goes: the call has happened.
-            let charged = (due - call.prepaid).min(balance.max(0));
-            let reference = format!("{id}-end");
-            if charged > 0 && palisade_store::credits::debit(&mut *tx, scope, charged, "call", &reference, now).await? {
-                palisade_store::calls::spend(&mut *tx, &call.identity_id, month, charged).await?;
-                cost += charged;
-            }
-        }
-        let cdr = CdrRow {
-            id: uuid::Uuid::now_v7().to_string(),
-            tenant_id: call.tenant_id.clone(),
-            call_id: call.id.clone(),
-            identity_id: call.identity_id.clone(),
-            from_number: call.from_number.clone(),
-            to_number: call.to_number.clone(),
-            to_country: call.to_country.clone(),
-            status: call.status.clone(),
-            started_at: call.created_at,
-            answered_at: call.answered_at,
-            ended_at: at,
-            duration_secs,
-            billed_minutes,
-            cost,
-        };
-        palisade_store::calls::insert_cdr(&mut *tx, scope, &cdr).await?;
-        // The carrier's events are the system's; a hang-up is its caller's.
-        let default_ctx = palisade_audit::Context::default();
-        let (actor, ctx) = self.by.clone().unwrap_or((Actor::system(), &default_ctx));
-        let event =
-            Event::new("call.ended", Some(scope.tenant_id()), actor).resource("call", id).details(serde_json::json!({
-                "status": call.status,
-                "error_code": code,
-                "duration_secs": duration_secs,
-                "billed_minutes": billed_minutes,
-                "cost": cost,
-                "cdr_id": cdr.id,
-            }));
-        palisade_audit::append(&mut *tx, &event, ctx, now).await?;
-        let tenant = scope.tenant_id();
-        let ended = serde_json::json!({
-            "id": id, "status": call.status, "error_code": code, "duration_secs": duration_secs, "cost": cost,
-        });
-        let written = serde_json::json!({
-            "id": cdr.id, "call_id": id, "status": call.status, "duration_secs": duration_secs,
-            "billed_minutes": billed_minutes, "cost": cost,
-        });
-        tx.run(&palisade_store::webhooks::enqueue_stmts(&[
-            palisade_webhooks::events::event(tenant, "call.ended", ended, now),
-            palisade_webhooks::events::event(tenant, "cdr.written", written, now),
-        ]))
-        .await?;
-        tx.commit().await?;
-        Ok(Some(cdr))
     }
 }
 
@@ -467,7 +166,7 @@ pub async fn hangup(
     }
     // Completed if answered, else canceled: decided in the same statement.
     let by = Some((auth.principal.actor(), &auth.ctx.audit));
-    let ended = end(&state, &scope, &id, "hangup", None, by).await;
+    let ended = state.admission.end_call(&scope, &id, "hangup", None, by).await;
     if matches!(ended, Ok(None)) {
         return Err(ApiError::conflict("The call has already ended."));
     }

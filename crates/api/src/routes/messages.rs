@@ -1,31 +1,23 @@
-//! Messages: admission (every spending and abuse control, in order, before
-//! a carrier is touched), the atomic debit, idempotent retries, delivery
-//! through the carrier, and reading them back.
-//!
-//! Admission order: kill-switch (423 `frozen`) → WAF (the body check,
-//! after the sending identity is known) → identity `rate_per_second` (429) →
-//! `country_not_allowed` (429) → `monthly_budget` (429) → credits (402
-//! `insufficient_credits`). Each refusal charges nothing and sends nothing.
+//! Messages over HTTP: admission through [`palisade_admission`] (every
+//! spending and abuse control, in order, before a carrier is touched),
+//! delivery through the carrier, and reading them back.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::{HeaderMap, StatusCode};
-use palisade_audit::Event;
+use palisade_admission::messages::Message;
 use palisade_comms::OutboundMessage;
 use palisade_core::{ApiError, Permission, TenantScope};
-use palisade_store::messages::{MessageRow, NewMessage};
+use palisade_store::messages::MessageRow;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::admission::{self, Admitted};
+use super::admission;
 use super::{confine_to_own_identity, own_identity, List, Paging};
 use crate::extract::{Auth, PathId, QueryParams, UnscannedJson};
 use crate::reports::Report;
 use crate::state::AppState;
-
-/// Ten segments of Unicode text, a little more of GSM text.
-const MAX_BODY_CHARS: usize = 1600;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -39,15 +31,6 @@ pub struct SendMessageRequest {
     /// 1 to 1600 characters.
     #[schema(min_length = 1, max_length = 1600)]
     body: String,
-}
-
-impl admission::Sending for SendMessageRequest {
-    fn from(&self) -> &str {
-        &self.from
-    }
-    fn to(&self) -> &str {
-        &self.to
-    }
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -101,95 +84,25 @@ pub async fn create(
     body: UnscannedJson<SendMessageRequest>,
 ) -> Result<Response, ApiError> {
     let scope = auth.scope(Permission::MessagesWrite).await?;
-    let req = body.peek();
     let key = admission::idempotency_key(&headers)?;
-    let request_hash =
-        admission::request_hash(&auth, "POST /v1/messages", &[req.from.trim(), req.to.trim(), &req.body]);
-    let now = state.now_ms();
-    if let Some(k) = &key {
-        if let Some(first) = admission::replay_if_known(&state, &scope, k, &request_hash, now).await? {
-            return Ok(first);
-        }
-    }
-
-    let chars = req.body.chars().count();
-    if chars == 0 || chars > MAX_BODY_CHARS {
-        return Err(ApiError::validation("body", format!("must be 1 to {MAX_BODY_CHARS} characters")));
-    }
-    let (req, Admitted { identity, to }) = admission::admit(&state, &auth, &scope, body, now).await?;
-    let segments = i64::from(palisade_comms::segments::count(&req.body));
-    let cost = segments.saturating_mul(state.config.pricing.message_segment);
-    let id = uuid::Uuid::now_v7().to_string();
-
-    let new = NewMessage {
-        id: &id,
-        identity_id: &identity.id,
-        from: &identity.number,
-        to: &to.number,
-        to_country: &to.country,
-        body: &req.body,
-        segments,
-        cost,
-        now,
-    };
-    let view = MessageView {
-        id: id.clone(),
-        identity_id: identity.id.clone(),
-        from: identity.number.clone(),
-        to: to.number.clone(),
-        body: req.body.clone(),
-        status: "queued".into(),
-        error_code: None,
-        segments,
-        cost,
-        created_at: palisade_core::clock::rfc3339(now),
-        updated_at: palisade_core::clock::rfc3339(now),
-    };
-    let event = Event::new("message.sent", Some(auth.principal.tenant_id()), auth.principal.actor())
-        .resource("message", &id)
-        .details(serde_json::json!({
-            "identity_id": identity.id,
-            "to": palisade_guard::phone::masked(&to.number),
-            "to_country": to.country,
-            "segments": segments,
-            "cost": cost,
-        }));
-    // One atomic list, with the conditional updates as guards: the record,
-    // its audit event, the idempotency key, the budget and the debit (the
-    // balance can never go below zero). The guards come last: on PostgreSQL
-    // the tenant's balance row stays locked from its update to the commit,
-    // and every send of the tenant waits for that lock. They take the key,
-    // the identity's spend and the balance in the order every write takes
-    // them (`palisade_store::locks`), so a send never deadlocks with a call
-    // placed or ended meanwhile; a statement aborted for a conflict anyway
-    // wrote nothing and runs again. On SQLite the list joins the group
-    // commit.
-    let mut stmts = Vec::with_capacity(8);
-    stmts.push(palisade_store::messages::insert_stmt(&scope, &new));
-    stmts.push(palisade_audit::append_stmt(&event, &auth.ctx.audit, now).1);
-    if let Some(k) = &key {
-        let body = serde_json::to_string(&view).map_err(ApiError::internal)?;
-        let since = now - admission::IDEMPOTENCY_TTL_MS;
-        stmts.extend(palisade_store::messages::remember_stmts(&scope, k, &request_hash, 201, body, now, since));
-    }
-    if let Some(budget) = identity.monthly_budget {
-        let month = &palisade_core::clock::rfc3339(now)[..7];
-        stmts.extend(palisade_store::messages::budget_stmts(&identity.id, month, cost, budget));
-    }
-    if cost > 0 {
-        stmts.extend(palisade_store::credits::debit_stmts(&scope, cost, "message", &id, now));
-    }
-    match state.db.write_guarded(stmts).await? {
-        Ok(_) => {}
-        Err(palisade_store::messages::KEY_TAKEN) => {
-            // A concurrent request with this key was first: answer as it did.
-            let k = key.as_deref().unwrap_or_default();
-            return admission::replay_winner(&state, &scope, k, &request_hash, now).await;
-        }
-        Err(reason) => return Err(admission::refusal(reason, cost)),
-    }
-    deliver(state.clone(), scope, OutboundMessage { id, from: identity.number, to: to.number, body: req.body });
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    let req = body.peek();
+    let m = Message { from: req.from.clone(), to: req.to.clone(), body: req.body.clone(), key };
+    let screen = async { body.scan(&state).await.map(drop) };
+    let caller = admission::caller(&auth, &scope);
+    let outcome = state
+        .admission
+        .send_message(&caller, m, screen, |row| admission::created(MessageView::from(row.clone())))
+        .await?;
+    admission::respond(&state, &auth, outcome, |row| {
+        let m = OutboundMessage {
+            id: row.id.clone(),
+            from: row.from_number.clone(),
+            to: row.to_number.clone(),
+            body: row.body.clone(),
+        };
+        deliver(state.clone(), scope.clone(), m);
+        (StatusCode::CREATED, Json(MessageView::from(row))).into_response()
+    })
 }
 
 /// Hands the message to the carrier and records what it reports. Carrier
