@@ -316,4 +316,52 @@ mod tests {
         // A NULL where the schema allows none: the careful path decides.
         assert_eq!(records[2], "?");
     }
+
+    /// The join done here gives exactly what PostgreSQL's join gives:
+    /// leaves out of sequence order, a leaf whose event is gone, an event
+    /// in no leaf, escaped characters and NULLs, and events far apart (the
+    /// SQL join then), whatever the chunk size.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(not(postgres_tests), ignore = "PALISADE_TEST_POSTGRES_URL is not set")]
+    async fn the_client_join_equals_the_sql_join() {
+        let (db, _dropper) = crate::pg_batch::tests::test_postgres().await;
+        for seq in [1i64, 2, 3, 4, 5, 6, 5000] {
+            let agent = (seq % 2 == 0).then(|| format!("ua\t{seq}\\x\ny\u{1f}"));
+            sqlx::query(
+                "INSERT INTO audit_events (seq, id, ts, tenant_id, actor_type, action, user_agent, details) \
+                 OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, 't1', 'system', 'x.y', $4, '{\"a\":1}')",
+            )
+            .bind(seq)
+            .bind(format!("e{seq}"))
+            .bind(1_700_000_000_000 + seq)
+            .bind(agent)
+            .execute(db.reader())
+            .await
+            .unwrap();
+        }
+        // Leaf -> event; event 99 does not exist, event 6 is in no leaf.
+        for (leaf, seq) in [(0, 2), (1, 1), (2, 99), (3, 3), (4, 5000), (5, 4), (6, 5)] {
+            sqlx::query("INSERT INTO audit_leaves (leaf_index, event_seq, leaf_hash) VALUES ($1, $2, $3)")
+                .bind(leaf as i64)
+                .bind(seq as i64)
+                .bind(format!("{leaf:064x}"))
+                .execute(db.reader())
+                .await
+                .unwrap();
+        }
+        let mut conn = db.native_postgres().await.unwrap().unwrap();
+        let mut scratch = Scratch::default();
+        for chunk in [1, 2, 3, 4, 100] {
+            let mut chunks = leaf_chunks(&db, 6, chunk);
+            let mut records = 0;
+            while let Some(next) = chunks.recv().await {
+                let (from, text) = next.unwrap();
+                let reference = copy_joined(&mut conn, from, from + chunk, &mut scratch.events).await.unwrap();
+                assert_eq!(text, reference, "chunk {chunk} from {from}");
+                assert!(!text.contains('?'), "{text}");
+                records += crate::audit::split_records(&text).unwrap().len();
+            }
+            assert_eq!(records, 7, "chunk {chunk}");
+        }
+    }
 }
