@@ -8,6 +8,10 @@
 //!   share of a whole write request (POST /v1/api-keys over HTTP);
 //! - `audit verify` speed over the whole log.
 //!
+//! With BENCH_KEEP=DIR the PostgreSQL database is kept and DIR records how
+//! to reach it; `cargo run --release -p palisade-bench -- audit-verify DIR`
+//! then times full verification of it alone (BENCH_VERIFY_RUNS times).
+//!
 //! `cargo run --release -p palisade-bench -- http [SECONDS]` measures what
 //! the middleware costs (see `http.rs`).
 //!
@@ -70,6 +74,10 @@ async fn main() -> anyhow::Result<()> {
         let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
         return http::run(seconds).await;
     }
+    if what == "audit-verify" {
+        let dir = std::path::PathBuf::from(args.next().unwrap_or_else(|| ".".into()));
+        return verify_kept(&dir).await;
+    }
     let records: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
     anyhow::ensure!(
         what == "audit",
@@ -86,7 +94,19 @@ async fn main() -> anyhow::Result<()> {
         let (http_url, http_name) = fresh_postgres_db(&base).await?;
         let result = run("PostgreSQL", &url, Some(http_url), dir.path(), records).await;
         let mut c = sqlx::AnyConnection::connect(&base).await?;
-        for n in [name, http_name] {
+        let mut drop = vec![http_name];
+        match std::env::var("BENCH_KEEP") {
+            Ok(keep) if result.is_ok() => {
+                let keep = std::path::Path::new(&keep);
+                std::fs::create_dir_all(keep)?;
+                std::fs::write(keep.join("url"), &url)?;
+                std::fs::copy(dir.path().join("PostgreSQL.pem"), keep.join("key.pem"))?;
+                std::fs::copy(dir.path().join("PostgreSQL.jsonl"), keep.join("checkpoints.jsonl"))?;
+                println!("kept {name} ({})", keep.display());
+            }
+            _ => drop.push(name),
+        }
+        for n in drop {
             sqlx::query(&format!("DROP DATABASE IF EXISTS {n} WITH (FORCE)")).execute(&mut c).await?;
         }
         result?;
@@ -134,6 +154,7 @@ async fn run(
     let db = Db::connect(url, 16).await?;
     db.migrate().await?;
     let pem = palisade_auth::JwtKeys::generate_ed25519_pem()?;
+    std::fs::write(dir.join(format!("{name}.pem")), &pem)?;
     let log = AuditLog::new(db.clone(), Signer::from_pem(&pem, "bench")?, dir.join(format!("{name}.jsonl")));
     if std::env::var("BENCH_RAW").is_ok() {
         // Raw cost of appends in one transaction, no integrator.
@@ -344,6 +365,23 @@ async fn run(
     let secs = started.elapsed().as_secs_f64();
     anyhow::ensure!(report.intact(), "verification failed: {:?}", report.problems);
     println!("verify: {} records in {secs:.2} s = {:.0} records/s", report.records, report.records as f64 / secs);
+    db.close().await;
+    Ok(())
+}
+
+/// Full verification of a database kept by BENCH_KEEP.
+async fn verify_kept(dir: &std::path::Path) -> anyhow::Result<()> {
+    let url = std::fs::read_to_string(dir.join("url"))?;
+    let signer = Signer::from_pem(&std::fs::read_to_string(dir.join("key.pem"))?, "bench")?;
+    let db = Db::connect(url.trim(), 16).await?;
+    let file = dir.join("checkpoints.jsonl");
+    for _ in 0..env_or("BENCH_VERIFY_RUNS", 2) {
+        let started = Instant::now();
+        let report = palisade_audit::verify::verify_log(&db, signer.verifier(), &[&file], |_| {}).await?;
+        let secs = started.elapsed().as_secs_f64();
+        anyhow::ensure!(report.intact(), "verification failed: {:?}", report.problems);
+        println!("verify: {} records in {secs:.2} s = {:.0} records/s", report.records, report.records as f64 / secs);
+    }
     db.close().await;
     Ok(())
 }

@@ -146,10 +146,15 @@ impl Rebuild {
     /// The next leaf of the log, if it is a tenant's.
     pub(crate) fn push(&mut self, fields: &LeafFields<'_>) {
         let Some(tenant) = fields.tenant_id else { return };
-        let seq = self.trees.get(tenant).map_or(0, |t| t.f.size()) as i64 + 1;
+        if !self.trees.contains_key(tenant) {
+            self.trees.insert(tenant.to_owned(), Rebuilt::default());
+        }
+        // One lookup per leaf: full verification pushes millions.
+        let Some(t) = self.trees.get_mut(tenant) else { return };
+        let seq = t.f.size() as i64 + 1;
         LeafFields { seq, ..*fields }.encode_as(TENANT_LEAF, &mut self.buf);
         let h = merkle::leaf_hash(&self.buf);
-        self.push_hash(tenant, h);
+        Self::grow(t, &mut self.problems, tenant, h);
     }
 
     pub(crate) fn push_hash(&mut self, tenant: &str, h: Hash) {
@@ -157,6 +162,10 @@ impl Rebuild {
             self.trees.insert(tenant.to_owned(), Rebuilt::default());
         }
         let Some(t) = self.trees.get_mut(tenant) else { return };
+        Self::grow(t, &mut self.problems, tenant, h);
+    }
+
+    fn grow(t: &mut Rebuilt, problems: &mut Vec<String>, tenant: &str, h: Hash) {
         if t.broken {
             return;
         }
@@ -164,7 +173,7 @@ impl Rebuild {
         let size = t.f.size();
         if t.roots.get(&size).is_some_and(|root| *root != t.f.root()) {
             t.broken = true;
-            self.problems.push(format!(
+            problems.push(format!(
                 "tenant {tenant}'s tree at size {size} does not match its signed checkpoint: \
                  its records were altered, reordered or replaced"
             ));
