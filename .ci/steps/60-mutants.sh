@@ -10,8 +10,8 @@ MUTANTS_VERSION=27.1.0
 # Whole run, and each mutant's test run (the unit suites take seconds).
 LIMIT=${MUTANTS_SECS:-900}
 PER_MUTANT=${MUTANTS_TEST_SECS:-120}
-PACKAGES=(palisade-guard palisade-auth palisade-core palisade-audit)
-SOURCES=(crates/guard/src crates/auth/src crates/core/src crates/audit/src)
+PACKAGES=(palisade-guard palisade-auth palisade-core palisade-audit palisade-admission)
+SOURCES=(crates/guard/src crates/auth/src crates/core/src crates/audit/src crates/admission/src)
 ACCEPTED=.ci/mutants-accepted.txt
 
 if [ "$(cargo mutants --version 2>/dev/null || true)" != "cargo-mutants $MUTANTS_VERSION" ]; then
