@@ -622,6 +622,14 @@ mod tests {
         s.decide_now(&Decide { partition: 7, now_ms: now, blocks, buckets, notice_ms: 60_000 })
     }
 
+    /// Readiness reports and logs print these words.
+    #[test]
+    fn health_and_unavailability_are_named() {
+        let names = [Health::InProcess, Health::Shared, Health::Degraded].map(Health::as_str);
+        assert_eq!(names, ["in_process", "shared", "degraded"]);
+        assert_eq!(Unavailable.to_string(), "the shared abuse state is unavailable");
+    }
+
     #[test]
     fn a_refusal_charges_no_bucket() {
         let s = LocalState::new();
