@@ -928,6 +928,30 @@ mod tests {
         assert_eq!((0..20).filter(|_| decide(&s, T0 + 10_000, &[], &[burst]).spike.is_some()).count(), 0);
     }
 
+    /// A bucket full again at the sweep's instant (its arrival time, or the
+    /// end of its notice, is now) is the same as none: the sweep drops it.
+    #[test]
+    fn sweeps_drop_buckets_full_at_that_instant() {
+        let s = LocalState::new();
+        let ip = |id: u128| Bucket::enforce(Key::new(Kind::Ip, id), lim("ip", 10));
+        // One request each: full again 6 s later. The next new key sweeps.
+        for id in 0..1_024u128 {
+            decide(&s, T0, &[], &[ip(id)]);
+        }
+        let t1 = T0 + 6_000;
+        decide(&s, t1, &[], &[ip(5_000)]);
+        assert_eq!(s.len(), 1);
+        // A burst bucket full again after 2 s, its spike noted for 60 s.
+        let burst = Bucket::observe(Key::new(Kind::Burst, 1), Limit::per_second("burst", 2).unwrap());
+        assert_eq!((0..20).filter(|_| decide(&s, t1, &[], &[burst]).spike.is_some()).count(), 1);
+        for id in 0..1_022u128 {
+            decide(&s, t1, &[], &[ip(id)]);
+        }
+        assert_eq!(s.len(), 1_024);
+        decide(&s, t1 + 60_000, &[], &[ip(6_000)]);
+        assert_eq!(s.len(), 1);
+    }
+
     #[test]
     fn entries_are_counted() {
         let s = LocalState::new();
