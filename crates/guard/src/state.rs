@@ -952,6 +952,32 @@ mod tests {
         assert_eq!(s.len(), 1);
     }
 
+    /// After a sweep that keeps many live buckets, the next waits until the
+    /// map has doubled: sweeps stay rare, their cost spread over inserts.
+    #[test]
+    fn sweeps_wait_for_the_map_to_double() {
+        let s = LocalState::new();
+        let short = |id: u128| Bucket::enforce(Key::new(Kind::Ip, id), Limit::per_second("ip", 1_000).unwrap());
+        let long = |id: u128| Bucket::enforce(Key::new(Kind::Tenant, id), lim("tenant", 10));
+        // 424 buckets full again after 1 ms, 600 after 6 s.
+        for id in 0..424u128 {
+            decide(&s, T0, &[], &[short(id)]);
+        }
+        for id in 0..600u128 {
+            decide(&s, T0, &[], &[long(id)]);
+        }
+        // The sweep keeps the 600: the next is due at 1 200 entries.
+        decide(&s, T0 + 1_000, &[], &[short(10_000)]);
+        assert_eq!(s.len(), 601);
+        for id in 0..423u128 {
+            decide(&s, T0 + 1_000, &[], &[short(20_000 + id)]);
+        }
+        assert_eq!(s.len(), 1_024);
+        // 424 idle buckets, but no sweep yet.
+        decide(&s, T0 + 2_000, &[], &[short(30_000)]);
+        assert_eq!(s.len(), 1_025);
+    }
+
     #[test]
     fn entries_are_counted() {
         let s = LocalState::new();
