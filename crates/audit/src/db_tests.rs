@@ -14,13 +14,13 @@ use crate::log::AuditLog;
 use crate::verify::verify_log;
 use crate::{append, record, Context, Event};
 
-async fn open(dir: &Path) -> Db {
+pub(crate) async fn open(dir: &Path) -> Db {
     let db = Db::connect(&format!("sqlite://{}/audit.db", dir.display()), 4).await.unwrap();
     db.migrate().await.unwrap();
     db
 }
 
-fn signer() -> Signer {
+pub(crate) fn signer() -> Signer {
     let pem = SigningKey::from_bytes(&[3u8; 32]).to_pkcs8_pem(Default::default()).unwrap();
     Signer::from_pem(&pem, "palisade").unwrap()
 }
@@ -34,7 +34,16 @@ async fn tamper(dir: &Path, sql: &str) {
     use sqlx::Connection;
     let url = format!("sqlite://{}/audit.db", dir.display());
     let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
-    for t in ["audit_events", "audit_leaves", "audit_nodes", "audit_checkpoints"] {
+    let tables = [
+        "audit_events",
+        "audit_leaves",
+        "audit_nodes",
+        "audit_checkpoints",
+        "audit_tenant_tree",
+        "audit_tenant_nodes",
+        "audit_tenant_checkpoints",
+    ];
+    for t in tables {
         for s in [format!("DROP TRIGGER IF EXISTS {t}_no_update"), format!("DROP TRIGGER IF EXISTS {t}_no_delete")] {
             sqlx::query(&s).execute(&mut c).await.unwrap();
         }
@@ -104,4 +113,188 @@ async fn appended_events_become_a_signed_log_that_verifies() {
     let report = verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}).await.unwrap();
     assert!(!report.intact());
     assert!(report.problems.iter().any(|p| p.contains("record seq")), "{:?}", report.problems);
+}
+
+/// `n` events in one transaction, `ts` from `ts0` on (of one tenant, so
+/// the tenant trees grow too).
+async fn events(db: &Db, n: usize, tenant: TenantId, ts0: i64) {
+    let mut tx = db.begin().await.unwrap();
+    for i in 0..n {
+        let event = Event::new("message.created", Some(tenant), Actor::system()).resource("message", i);
+        append(&mut *tx, &event, &Context::default(), ts0 + i as i64).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+async fn head(db: &Db) -> (i64, String, i64) {
+    palisade_store::audit::read_head_full(db.reader()).await.unwrap()
+}
+
+async fn signed_size(log: &AuditLog) -> u64 {
+    let cp = log.latest_checkpoint().await.unwrap().unwrap();
+    log.signer().verifier().verify(&cp).unwrap().tree_size
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_run_integrates_full_batches_then_the_partial_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    // One more than a batch (500): two batches, both in one run.
+    events(&db, 501, TenantId::new(), 1_000).await;
+    let log = AuditLog::new(db.clone(), signer(), dir.path().join("checkpoints"));
+    let cp = log.integrate(2_000).await.unwrap().unwrap();
+    assert_eq!(log.signer().verifier().verify(&cp).unwrap().tree_size, 501);
+    assert_eq!(pending(&db).await, 0);
+    assert_eq!(palisade_store::audit::all_checkpoints(db.reader()).await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inclusion_proofs_of_every_leaf_in_trees_of_1_to_20() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    events(&db, 20, TenantId::new(), 1_000).await;
+    let log = AuditLog::new(db.clone(), signer(), dir.path().join("checkpoints"));
+    log.integrate(2_000).await.unwrap().unwrap();
+    let mut leaves = Vec::new();
+    for i in 0..20 {
+        let h = palisade_store::audit::leaf_hash_at(db.reader(), i).await.unwrap().unwrap();
+        leaves.push(crate::merkle::decode_hash(&h).unwrap());
+    }
+    // Proofs in the older, smaller trees too: their subtrees are of every
+    // shape (unaligned, not a power of two, stored nodes above level 0).
+    let mut f = crate::merkle::Frontier::default();
+    for n in 1..=20u64 {
+        f.push(leaves[n as usize - 1], |_, _, _| {});
+        for m in 0..n {
+            let path = log.inclusion_path(m, n).await.unwrap();
+            assert!(crate::merkle::verify_inclusion(&leaves[m as usize], m, n, &path, &f.root()), "m={m} n={n}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_expires_old_records_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let tenant = TenantId::new();
+    events(&db, 3, tenant, 1_000).await;
+    events(&db, 2, tenant, 5_000).await;
+    let file = dir.path().join("checkpoints");
+    let log = AuditLog::new(db.clone(), signer(), file.clone());
+    log.integrate(6_000).await.unwrap().unwrap();
+    // Nothing is older than the first record: nothing to expire.
+    assert_eq!(log.expire(1_000, 7_000).await.unwrap(), None);
+    // The three records before 5000: leaves [0, 3).
+    assert_eq!(log.expire(5_000, 7_000).await.unwrap(), Some((3, 3)));
+    assert_eq!(palisade_store::audit::all_expiries(db.reader()).await.unwrap().len(), 1);
+    // Already expired: nothing more, and no second statement.
+    assert_eq!(log.expire(5_000, 8_000).await.unwrap(), None);
+    assert_eq!(palisade_store::audit::all_expiries(db.reader()).await.unwrap().len(), 1);
+    // Its own record (audit.expired) is in the log, which still verifies.
+    log.integrate(9_000).await.unwrap().unwrap();
+    let report = verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}).await.unwrap();
+    assert!(report.intact(), "{:?}", report.problems);
+    assert_eq!(report.records, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_is_not_the_signed_tree_is_not_extended() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let tenant = TenantId::new();
+    events(&db, 2, tenant, 1_000).await;
+    let log = AuditLog::new(db.clone(), signer(), dir.path().join("checkpoints"));
+    log.integrate(2_000).await.unwrap().unwrap();
+    // Same size, another root.
+    let other = hex::encode([7u8; 32]);
+    tamper(dir.path(), &format!("UPDATE audit_head SET frontier = '1:{other}' WHERE id = 1")).await;
+    events(&db, 1, tenant, 3_000).await;
+    assert!(matches!(log.integrate(4_000).await, Err(crate::log::LogError::CorruptHead)));
+    assert_eq!(pending(&db).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_cut_short_of_the_witness_file_is_not_extended() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let tenant = TenantId::new();
+    events(&db, 2, tenant, 1_000).await;
+    let log = AuditLog::new(db.clone(), signer(), dir.path().join("checkpoints"));
+    log.integrate(2_000).await.unwrap().unwrap();
+    assert_eq!(log.file_max_size(), 2);
+    // The head reset to the empty tree: the file still vouches for two leaves.
+    tamper(dir.path(), "UPDATE audit_head SET tree_size = 0, frontier = '', tenant_size = 0 WHERE id = 1").await;
+    events(&db, 1, tenant, 3_000).await;
+    assert!(matches!(log.integrate(4_000).await, Err(crate::log::LogError::CorruptHead)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_with_a_new_witness_file_extends_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let tenant = TenantId::new();
+    events(&db, 2, tenant, 1_000).await;
+    let a = AuditLog::new(db.clone(), signer(), dir.path().join("a"));
+    a.integrate(2_000).await.unwrap().unwrap();
+    // Another instance (its file empty so far) finds nothing to do: it
+    // signs nothing, so its file stays as it is.
+    let b = AuditLog::new(db.clone(), signer(), dir.path().join("b"));
+    assert!(b.integrate(2_500).await.unwrap().is_none());
+    assert_eq!(b.file_max_size(), 0);
+    // With events pending it extends the tree the checkpoint signed, and
+    // its file gets every checkpoint from the start.
+    events(&db, 1, tenant, 3_000).await;
+    b.integrate(4_000).await.unwrap().unwrap();
+    assert_eq!(signed_size(&b).await, 3);
+    assert_eq!(b.file_max_size(), 3);
+    assert_eq!(crate::verify::read_checkpoint_file(&dir.path().join("b")).unwrap().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_trees_catch_up_with_an_older_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let tenant = TenantId::new();
+    events(&db, 3, tenant, 1_000).await;
+    let log = AuditLog::new(db.clone(), signer(), dir.path().join("checkpoints"));
+    log.integrate(2_000).await.unwrap().unwrap();
+    let signed = log.latest_tenant_checkpoint(tenant).await.unwrap().unwrap();
+    // A log sequenced before tenant trees existed: none placed yet.
+    for t in ["audit_tenant_tree", "audit_tenant_nodes", "audit_tenant_heads", "audit_tenant_checkpoints"] {
+        tamper(dir.path(), &format!("DELETE FROM {t}")).await;
+    }
+    tamper(dir.path(), "UPDATE audit_head SET tenant_size = 0 WHERE id = 1").await;
+    assert!(log.latest_tenant_checkpoint(tenant).await.unwrap().is_none());
+    // The next run places the three leaves, with nothing pending.
+    log.integrate(3_000).await.unwrap();
+    assert_eq!(head(&db).await.2, 3);
+    let cp = log.latest_tenant_checkpoint(tenant).await.unwrap().unwrap();
+    let h = log.signer().verifier().verify_tenant(&cp, &tenant.to_string()).unwrap();
+    assert_eq!(h.tree_size, 3);
+    assert_eq!(h.root, log.signer().verifier().verify_tenant(&signed, &tenant.to_string()).unwrap().root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_race_is_left_for_the_next_run_and_other_failures_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let tenant = TenantId::new();
+    events(&db, 2, tenant, 1_000).await;
+    let log = AuditLog::new(db.clone(), signer(), dir.path().join("checkpoints"));
+    log.integrate(2_000).await.unwrap().unwrap();
+    // Another integrator wrote leaf 2 (its head not yet moved): this run's
+    // write meets it, and leaves its event to the next run.
+    tamper(dir.path(), "INSERT INTO audit_leaves (leaf_index, event_seq, leaf_hash) VALUES (2, 1000000, 'x')").await;
+    events(&db, 1, tenant, 3_000).await;
+    assert!(log.integrate(4_000).await.unwrap().is_none());
+    assert_eq!(pending(&db).await, 1);
+    // A write that fails for any other reason is an error.
+    tamper(dir.path(), "DELETE FROM audit_leaves WHERE leaf_index = 2").await;
+    tamper(
+        dir.path(),
+        "CREATE TRIGGER refuse BEFORE INSERT ON audit_checkpoints BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+    .await;
+    assert!(log.integrate(5_000).await.is_err());
+    assert_eq!(pending(&db).await, 1);
 }

@@ -693,6 +693,16 @@ mod tests {
         }
     }
 
+    /// Writers poke the integrator so it runs at once, not at its next turn.
+    #[tokio::test]
+    async fn a_poke_wakes_the_integrator() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db_tests::open(dir.path()).await;
+        let log = AuditLog::new(db, crate::db_tests::signer(), dir.path().join("checkpoints"));
+        log.poke();
+        tokio::time::timeout(Duration::from_secs(10), log.wake.notified()).await.expect("woken");
+    }
+
     /// The worked example of docs/audit.md, computed there independently.
     #[test]
     fn leaf_encoding_matches_the_documented_example() {

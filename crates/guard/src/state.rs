@@ -622,6 +622,14 @@ mod tests {
         s.decide_now(&Decide { partition: 7, now_ms: now, blocks, buckets, notice_ms: 60_000 })
     }
 
+    /// Readiness reports and logs print these words.
+    #[test]
+    fn health_and_unavailability_are_named() {
+        let names = [Health::InProcess, Health::Shared, Health::Degraded].map(Health::as_str);
+        assert_eq!(names, ["in_process", "shared", "degraded"]);
+        assert_eq!(Unavailable.to_string(), "the shared abuse state is unavailable");
+    }
+
     #[test]
     fn a_refusal_charges_no_bucket() {
         let s = LocalState::new();
@@ -918,6 +926,56 @@ mod tests {
         // The charged bucket still refuses; the spike was already noted.
         assert!(decide(&s, T0 + 5_000, &[], &[hot]).refused.is_some());
         assert_eq!((0..20).filter(|_| decide(&s, T0 + 10_000, &[], &[burst]).spike.is_some()).count(), 0);
+    }
+
+    /// A bucket full again at the sweep's instant (its arrival time, or the
+    /// end of its notice, is now) is the same as none: the sweep drops it.
+    #[test]
+    fn sweeps_drop_buckets_full_at_that_instant() {
+        let s = LocalState::new();
+        let ip = |id: u128| Bucket::enforce(Key::new(Kind::Ip, id), lim("ip", 10));
+        // One request each: full again 6 s later. The next new key sweeps.
+        for id in 0..1_024u128 {
+            decide(&s, T0, &[], &[ip(id)]);
+        }
+        let t1 = T0 + 6_000;
+        decide(&s, t1, &[], &[ip(5_000)]);
+        assert_eq!(s.len(), 1);
+        // A burst bucket full again after 2 s, its spike noted for 60 s.
+        let burst = Bucket::observe(Key::new(Kind::Burst, 1), Limit::per_second("burst", 2).unwrap());
+        assert_eq!((0..20).filter(|_| decide(&s, t1, &[], &[burst]).spike.is_some()).count(), 1);
+        for id in 0..1_022u128 {
+            decide(&s, t1, &[], &[ip(id)]);
+        }
+        assert_eq!(s.len(), 1_024);
+        decide(&s, t1 + 60_000, &[], &[ip(6_000)]);
+        assert_eq!(s.len(), 1);
+    }
+
+    /// After a sweep that keeps many live buckets, the next waits until the
+    /// map has doubled: sweeps stay rare, their cost spread over inserts.
+    #[test]
+    fn sweeps_wait_for_the_map_to_double() {
+        let s = LocalState::new();
+        let short = |id: u128| Bucket::enforce(Key::new(Kind::Ip, id), Limit::per_second("ip", 1_000).unwrap());
+        let long = |id: u128| Bucket::enforce(Key::new(Kind::Tenant, id), lim("tenant", 10));
+        // 424 buckets full again after 1 ms, 600 after 6 s.
+        for id in 0..424u128 {
+            decide(&s, T0, &[], &[short(id)]);
+        }
+        for id in 0..600u128 {
+            decide(&s, T0, &[], &[long(id)]);
+        }
+        // The sweep keeps the 600: the next is due at 1 200 entries.
+        decide(&s, T0 + 1_000, &[], &[short(10_000)]);
+        assert_eq!(s.len(), 601);
+        for id in 0..423u128 {
+            decide(&s, T0 + 1_000, &[], &[short(20_000 + id)]);
+        }
+        assert_eq!(s.len(), 1_024);
+        // 424 idle buckets, but no sweep yet.
+        decide(&s, T0 + 2_000, &[], &[short(30_000)]);
+        assert_eq!(s.len(), 1_025);
     }
 
     #[test]
