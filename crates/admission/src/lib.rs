@@ -51,14 +51,23 @@ impl Service {
     }
 }
 
-/// Who asks, as the transport authenticated them.
+/// Who asks, as the transport authenticated them. Built only by
+/// [`Caller::new`], which holds the scope to the principal's own tenant: a
+/// transport cannot charge one tenant for another's principal.
 pub struct Caller<'a> {
-    pub principal: &'a Principal,
-    pub scope: &'a TenantScope,
+    pub(crate) principal: &'a Principal,
+    pub(crate) scope: &'a TenantScope,
     /// Client address, user agent and request id, for the audit trail.
-    pub audit: &'a Context,
+    pub(crate) audit: &'a Context,
     /// The tenant's concurrent-call quota.
-    pub call_slots: u32,
+    pub(crate) call_slots: u32,
+}
+
+impl<'a> Caller<'a> {
+    /// `None` when `scope` is not the principal's tenant.
+    pub fn new(principal: &'a Principal, scope: &'a TenantScope, audit: &'a Context, call_slots: u32) -> Option<Self> {
+        (scope.tenant_id() == principal.tenant_id()).then_some(Caller { principal, scope, audit, call_slots })
+    }
 }
 
 /// What became of a request. `W` is the transport's own refusal from its

@@ -20,7 +20,11 @@ use palisade_guard::state::{
 
 /// After the failure that starts an outage, the first retry comes this
 /// soon (or after `retry_ms`, if shorter); the next ones every `retry_ms`.
+/// An outage that starts within `retry_ms` of the last one's end gets no
+/// quick retry: a Redis that keeps failing does not flap every 20 ms.
 pub const FIRST_RETRY_MS: u64 = 20;
+
+const NEVER: u64 = u64::MAX;
 
 /// Told about Redis failures (metrics).
 pub trait Observer: Send + Sync + 'static {
@@ -51,6 +55,9 @@ struct Link {
     degraded: AtomicBool,
     /// While degraded: when (ms since `origin`) the next call may try.
     retry_at: AtomicU64,
+    /// When (ms since `origin`) the last outage ended: a failure soon after
+    /// (a Redis that keeps failing) waits `retry_ms`, not the quick retry.
+    recovered_at: AtomicU64,
 }
 
 impl Link {
@@ -77,6 +84,7 @@ impl<S: AbuseState> Failover<S> {
             retry_ms: u64::try_from(retry.as_millis()).unwrap_or(1000).max(1),
             degraded: AtomicBool::new(false),
             retry_at: AtomicU64::new(0),
+            recovered_at: AtomicU64::new(NEVER),
         };
         Failover { shared, local: LocalState::new(), policy, link, observer }
     }
@@ -105,9 +113,12 @@ impl<S: AbuseState> Failover<S> {
 
     fn failed(&self) {
         self.observer.failure();
+        let now = self.link.now();
+        let recovered = self.link.recovered_at.load(Ordering::Acquire);
+        let settled = recovered == NEVER || now.saturating_sub(recovered) >= self.link.retry_ms;
         let starts = !self.link.degraded.load(Ordering::Acquire);
-        let wait = if starts { self.link.retry_ms.min(FIRST_RETRY_MS) } else { self.link.retry_ms };
-        self.link.retry_at.store(self.link.now() + wait, Ordering::Release);
+        let wait = if starts && settled { self.link.retry_ms.min(FIRST_RETRY_MS) } else { self.link.retry_ms };
+        self.link.retry_at.store(now + wait, Ordering::Release);
         if !self.link.degraded.swap(true, Ordering::AcqRel) {
             tracing::error!(target: "palisade::redis", "Redis is unreachable: shared limits are degraded");
             self.observer.degraded(true);
@@ -116,6 +127,7 @@ impl<S: AbuseState> Failover<S> {
 
     fn succeeded(&self) {
         if self.link.degraded.load(Ordering::Acquire) && self.link.degraded.swap(false, Ordering::AcqRel) {
+            self.link.recovered_at.store(self.link.now(), Ordering::Release);
             tracing::warn!(target: "palisade::redis", "Redis answers again: shared limits restored");
             self.observer.degraded(false);
         }
@@ -348,15 +360,25 @@ mod tests {
         assert!(f.decide(decision(&ip)).await.is_ok());
         assert_eq!(f.health(), Health::Shared);
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 2);
-        // A real outage: after the early retry fails too, the next waits retry_ms.
+        // Failing again right after: no quick retry (no flapping every 20 ms).
         flaky.down.store(true, Ordering::SeqCst);
         assert!(f.decide(decision(&ip)).await.is_ok());
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
         tokio::time::sleep(Duration::from_millis(FIRST_RETRY_MS + 10)).await;
         assert!(f.decide(decision(&ip)).await.is_ok());
-        assert_eq!(flaky.calls.load(Ordering::SeqCst), 4);
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 3, "a recent outage retried quickly");
+        assert_eq!(f.health(), Health::Degraded);
+        // A real outage from the start: after the early retry fails too, the next waits retry_ms.
+        let flaky = Arc::new(Flaky::default());
+        flaky.down.store(true, Ordering::SeqCst);
+        let f = Failover::new(Handle(flaky.clone()), RedisFailure::default(), Duration::from_secs(60), Arc::new(()));
+        assert!(f.decide(decision(&ip)).await.is_ok());
         tokio::time::sleep(Duration::from_millis(FIRST_RETRY_MS + 10)).await;
         assert!(f.decide(decision(&ip)).await.is_ok());
-        assert_eq!(flaky.calls.load(Ordering::SeqCst), 4, "retried before retry_ms");
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(Duration::from_millis(FIRST_RETRY_MS + 10)).await;
+        assert!(f.decide(decision(&ip)).await.is_ok());
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 2, "retried before retry_ms");
         assert_eq!(f.health(), Health::Degraded);
     }
 

@@ -103,6 +103,17 @@ async fn copy_into(conn: &mut sqlx::PgConnection, sql: &str, out: &mut Vec<u8>) 
 /// a number that does not parse, a duplicate) takes the SQL join, whose
 /// output is the reference.
 async fn copy_chunk(conn: &mut sqlx::PgConnection, from: i64, to: i64, s: &mut Scratch) -> Result<String> {
+    // Both reads in one snapshot: a retention run committing between them
+    // would show leaves whose events are gone (a false alarm).
+    sqlx::Executor::execute(&mut *conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    let read = copy_chunk_in(conn, from, to, s).await;
+    let ended = sqlx::Executor::execute(&mut *conn, if read.is_ok() { "COMMIT" } else { "ROLLBACK" }).await;
+    let out = read?;
+    ended?;
+    Ok(out)
+}
+
+async fn copy_chunk_in(conn: &mut sqlx::PgConnection, from: i64, to: i64, s: &mut Scratch) -> Result<String> {
     // COPY takes no parameters; these are integers.
     let sql = format!(
         "COPY (SELECT leaf_index, event_seq, leaf_hash FROM audit_leaves \

@@ -105,21 +105,31 @@ pub async fn update(
     policy: &Policy<'_>,
     now: i64,
 ) -> Result<bool> {
+    // The name apart, and only when it changes: an agent's `/v1/me` shows it
+    // from the verified grant, so a rename drops the tenant's cached
+    // credentials (here and, by migration 0021's trigger, everywhere); a
+    // policy edit must not.
+    let renamed = sqlx::query("UPDATE identities SET name = $3 WHERE tenant_id = $1 AND id = $2 AND name <> $3")
+        .bind(scope.tenant_id().to_string())
+        .bind(id.to_string())
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
+    if renamed.rows_affected() == 1 {
+        tx.credentials_changed(&scope.tenant_id().to_string());
+    }
     let r = sqlx::query(
-        "UPDATE identities SET name = $3, rate_per_second = $4, monthly_budget = $5, allowed_countries = $6, \
-         updated_at = $7 WHERE tenant_id = $1 AND id = $2",
+        "UPDATE identities SET rate_per_second = $3, monthly_budget = $4, allowed_countries = $5, updated_at = $6 \
+         WHERE tenant_id = $1 AND id = $2",
     )
     .bind(scope.tenant_id().to_string())
     .bind(id.to_string())
-    .bind(name)
     .bind(policy.rate_per_second)
     .bind(policy.monthly_budget)
     .bind(policy.allowed_countries)
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    // An agent's `/v1/me` shows the identity's name from its verified grant.
-    tx.credentials_changed(&scope.tenant_id().to_string());
     Ok(r.rows_affected() == 1)
 }
 

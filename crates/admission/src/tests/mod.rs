@@ -84,7 +84,7 @@ pub async fn world_with(verified_numbers: bool, pricing: Pricing) -> World {
 
 impl World {
     pub fn caller(&self) -> Caller<'_> {
-        Caller { principal: &self.principal, scope: &self.scope, audit: &self.ctx, call_slots: self.slots }
+        Caller::new(&self.principal, &self.scope, &self.ctx, self.slots).expect("the principal's own tenant")
     }
 
     pub async fn identity(&self, p: Id) -> String {
@@ -176,4 +176,13 @@ pub fn admitted<T: std::fmt::Debug, W: std::fmt::Debug>(o: Outcome<T, W>) -> T {
         Outcome::Admitted(t) => t,
         other => panic!("not admitted: {other:?}"),
     }
+}
+
+/// A transport cannot pair a principal with another tenant's scope.
+#[tokio::test]
+async fn a_caller_is_held_to_its_principals_tenant() {
+    let w = world().await;
+    let other = TenantScope::for_system(TenantId::new());
+    assert!(Caller::new(&w.principal, &other, &w.ctx, 1).is_none());
+    assert!(Caller::new(&w.principal, &w.scope, &w.ctx, 1).is_some());
 }

@@ -35,8 +35,9 @@ pub fn idempotency_key(h: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// The caller of an admission, as authenticated.
-pub fn caller<'a>(auth: &'a Auth, scope: &'a TenantScope) -> Caller<'a> {
-    Caller { principal: &auth.principal, scope, audit: &auth.ctx.audit, call_slots: auth.concurrent_calls }
+pub fn caller<'a>(auth: &'a Auth, scope: &'a TenantScope) -> Result<Caller<'a>, ApiError> {
+    Caller::new(&auth.principal, scope, &auth.ctx.audit, auth.concurrent_calls)
+        .ok_or_else(|| ApiError::internal("admission scope is not the principal's tenant"))
 }
 
 /// How a record is stored with its key: 201 and its view.

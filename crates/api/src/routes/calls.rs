@@ -84,7 +84,7 @@ pub async fn create(
     let req = body.peek();
     let c = Call { from: req.from.clone(), to: req.to.clone(), key };
     let screen = async { body.scan(&state).await.map(drop) };
-    let caller = admission::caller(&auth, &scope);
+    let caller = admission::caller(&auth, &scope)?;
     let outcome =
         state.admission.place_call(&caller, c, screen, |row| admission::created(CallView::from(row.clone()))).await?;
     admission::respond(&state, &auth, outcome, |row| {

@@ -88,7 +88,7 @@ pub async fn create(
     let req = body.peek();
     let m = Message { from: req.from.clone(), to: req.to.clone(), body: req.body.clone(), key };
     let screen = async { body.scan(&state).await.map(drop) };
-    let caller = admission::caller(&auth, &scope);
+    let caller = admission::caller(&auth, &scope)?;
     let outcome = state
         .admission
         .send_message(&caller, m, screen, |row| admission::created(MessageView::from(row.clone())))
