@@ -202,3 +202,84 @@ impl Rebuild {
         problems
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> AuditRow {
+        AuditRow {
+            seq: 41,
+            id: "e41".into(),
+            ts: 1_700_000_000_000,
+            tenant_id: Some("t1".into()),
+            actor_type: "user".into(),
+            actor_id: None,
+            action: "key.created".into(),
+            resource_type: None,
+            resource_id: None,
+            source_ip: None,
+            user_agent: None,
+            request_id: None,
+            details: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn a_tenant_leaf_is_the_record_with_the_tenants_own_number() {
+        let data = tenant_leaf_data(&row(), 3);
+        let text = std::str::from_utf8(&data).unwrap();
+        assert!(text.starts_with(r#"["palisade-audit-tenant-leaf/v1",3,"e41",1700000000000,"t1","user""#), "{text}");
+        assert_ne!(tenant_leaf_data(&row(), 4), data);
+        assert_eq!(tenant_leaf_hash(&row(), 3), merkle::leaf_hash(&data));
+        assert_ne!(tenant_leaf_hash(&row(), 3), tenant_leaf_hash(&row(), 4));
+    }
+
+    fn leaf(n: u8) -> Hash {
+        merkle::leaf_hash(&[n])
+    }
+
+    /// A rebuild that expects tenant `a`'s tree to have these roots.
+    fn rebuild(roots: &[(u64, Hash)]) -> Rebuild {
+        let mut t = Rebuilt::default();
+        t.roots.extend(roots.iter().copied());
+        Rebuild { trees: HashMap::from([("a".to_owned(), t)]), buf: Vec::new(), problems: Vec::new() }
+    }
+
+    fn root_of(n: u8) -> Hash {
+        let mut f = Frontier::default();
+        (1..=n).for_each(|i| f.push(leaf(i), |_, _, _| {}));
+        f.root()
+    }
+
+    #[test]
+    fn rebuilt_trees_are_checked_against_their_roots() {
+        let mut r = rebuild(&[(2, root_of(2))]);
+        r.push_hash("a", leaf(1));
+        r.push_hash("a", leaf(2));
+        r.push_hash("a", leaf(3));
+        // Longer than its newest checkpoint: fine.
+        assert!(r.finish().is_empty());
+        let mut r = rebuild(&[(2, root_of(2))]);
+        r.push_hash("a", leaf(1));
+        r.push_hash("a", leaf(9));
+        let problems = r.finish();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("does not match its signed checkpoint"));
+    }
+
+    #[test]
+    fn a_truncated_tree_is_reported_unless_already_broken() {
+        let mut r = rebuild(&[(3, root_of(3))]);
+        r.push_hash("a", leaf(1));
+        r.push_hash("a", leaf(2));
+        let problems = r.finish();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("truncated"), "{problems:?}");
+        // A tree already failed reports that, not a truncation too.
+        let mut r = rebuild(&[(3, root_of(3))]);
+        r.push_hash("a", leaf(1));
+        r.fail("a", "unreadable".into());
+        assert_eq!(r.finish(), vec!["unreadable".to_owned()]);
+    }
+}
