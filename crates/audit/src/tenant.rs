@@ -254,11 +254,15 @@ mod tests {
 
     #[test]
     fn rebuilt_trees_are_checked_against_their_roots() {
+        // Exactly as long as its newest checkpoint, or longer: fine.
+        let mut r = rebuild(&[(2, root_of(2))]);
+        r.push_hash("a", leaf(1));
+        r.push_hash("a", leaf(2));
+        assert!(r.finish().is_empty());
         let mut r = rebuild(&[(2, root_of(2))]);
         r.push_hash("a", leaf(1));
         r.push_hash("a", leaf(2));
         r.push_hash("a", leaf(3));
-        // Longer than its newest checkpoint: fine.
         assert!(r.finish().is_empty());
         let mut r = rebuild(&[(2, root_of(2))]);
         r.push_hash("a", leaf(1));
@@ -266,6 +270,25 @@ mod tests {
         let problems = r.finish();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("does not match its signed checkpoint"));
+    }
+
+    /// Records are pushed as leaves numbered in the tenant's own sequence.
+    #[test]
+    fn records_become_leaves_with_the_tenants_own_numbers() {
+        let (first, second) = (row(), AuditRow { seq: 57, id: "e57".into(), tenant_id: Some("a".into()), ..row() });
+        let first = AuditRow { tenant_id: Some("a".into()), ..first };
+        let mut f = Frontier::default();
+        f.push(tenant_leaf_hash(&first, 1), |_, _, _| {});
+        f.push(tenant_leaf_hash(&second, 2), |_, _, _| {});
+        let mut r = rebuild(&[(2, f.root())]);
+        r.push(&LeafFields::of(&first));
+        r.push(&LeafFields::of(&second));
+        assert!(r.finish().is_empty());
+        // Swapped: the rebuilt tree no longer matches.
+        let mut r = rebuild(&[(2, f.root())]);
+        r.push(&LeafFields::of(&second));
+        r.push(&LeafFields::of(&first));
+        assert_eq!(r.finish().len(), 1);
     }
 
     #[test]
