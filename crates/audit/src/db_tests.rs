@@ -298,3 +298,39 @@ async fn a_lost_race_is_left_for_the_next_run_and_other_failures_are_errors() {
     assert!(log.integrate(5_000).await.is_err());
     assert_eq!(pending(&db).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_refuses_to_sign_away_a_tampered_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let tenant = TenantId::new();
+    events(&db, 3, tenant, 1_000).await;
+    events(&db, 2, tenant, 5_000).await;
+    let log = AuditLog::new(db.clone(), signer(), dir.path().join("checkpoints"));
+    log.integrate(6_000).await.unwrap().unwrap();
+    tamper(dir.path(), "UPDATE audit_events SET action = 'x' WHERE seq = (SELECT MIN(seq) FROM audit_events)").await;
+    assert!(matches!(log.expire(5_000, 7_000).await, Err(crate::log::LogError::Tampered(_))));
+    assert!(palisade_store::audit::all_expiries(db.reader()).await.unwrap().is_empty());
+}
+
+/// A value holding the field separator cannot take the fast path; the
+/// slow path reads it, for the log and for its tenant's tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_holding_the_field_separator_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let tenant = TenantId::new();
+    events(&db, 2, tenant, 1_000).await;
+    let agent = format!("agent{}x", palisade_store::audit::FIELD_SEP);
+    let ctx = Context { user_agent: Some(agent), ..Context::default() };
+    let mut tx = db.begin().await.unwrap();
+    append(&mut *tx, &Event::new("key.created", Some(tenant), Actor::system()), &ctx, 1_500).await.unwrap();
+    tx.commit().await.unwrap();
+    events(&db, 2, tenant, 2_000).await;
+    let file = dir.path().join("checkpoints");
+    let log = AuditLog::new(db.clone(), signer(), file.clone());
+    log.integrate(3_000).await.unwrap().unwrap();
+    let report = verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}).await.unwrap();
+    assert!(report.intact(), "{:?}", report.problems);
+    assert_eq!(report.records, 5);
+}
