@@ -68,6 +68,7 @@ conformance!(
     marks_hold_and_clears_forget,
     per_second_limits_refill_by_the_nanosecond,
     concurrent_decisions_never_over_admit,
+    a_keys_bucket_and_its_strikes_are_apart,
 );
 
 fn lim(name: &'static str, per_min: u32) -> Limit {
@@ -281,6 +282,24 @@ async fn decisions_of_zero_to_four_buckets(s: &dyn AbuseState) {
     assert_eq!(left, [8, 8, 9, 9]);
 }
 
+/// A key's rate bucket and its strikes, marks and notices are two
+/// entries: noting one does not touch the other.
+async fn a_keys_bucket_and_its_strikes_are_apart(s: &dyn AbuseState) {
+    let key = Key::new(Kind::Credential, 9);
+    let b = Bucket::enforce(key, lim("key", 1));
+    assert!(decide(s, T0, &[], &[b]).await.refused.is_none());
+    // A notice, a strike and a clear of the same key.
+    assert!(s.notice(7, key, T0, 60_000).await.unwrap());
+    strike(s, 7, key, StrikeRule { threshold: 5, window_ms: 60_000, block_ms: 60_000 }, T0).await;
+    s.clear(7, key).await.unwrap();
+    // The bucket still holds its one charge, and its first refusal is new.
+    let v = decide(s, T0 + 1, &[], &[b]).await;
+    assert_eq!(v.refused, Some(0));
+    assert!(v.refusal_is_new);
+    // And the notice of the bucket did not take the key's own.
+    assert!(s.notice(7, Key::new(Kind::Credential, 10), T0 + 1, 60_000).await.unwrap());
+}
+
 async fn marks_hold_and_clears_forget(s: &dyn AbuseState) {
     let key = Key::new(Kind::Waf, 3);
     let check = [BlockCheck { key, refuses: true }];
@@ -426,4 +445,56 @@ async fn redis_answers_as_the_local_state_does() {
             }
         }
     }
+}
+
+/// Redis only: every bucket write gives the key a life long enough for
+/// what it holds, and a later write never cuts it short.
+#[tokio::test]
+#[cfg_attr(not(redis_tests), ignore = "PALISADE_TEST_REDIS_URL was not set at build time")]
+async fn bucket_entries_expire_and_live_long_enough() {
+    let s = redis().await;
+    let url = std::env::var("PALISADE_TEST_REDIS_URL").unwrap();
+    let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let key = Key::new(Kind::Credential, 5);
+    let name = s.bucket_key(7, key);
+    let ttl = |c: &mut redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        let name = name.clone();
+        async move { redis::cmd("PTTL").arg(&name).query_async::<i64>(&mut c).await.unwrap() }
+    };
+    // 2 a minute: one charge is 30 s of arrival time.
+    let b = Bucket::enforce(key, lim("key", 2));
+    assert!(s
+        .decide(Decide { partition: 7, now_ms: now, blocks: &[], buckets: &[b], notice_ms: 600_000 })
+        .await
+        .unwrap()
+        .refused
+        .is_none());
+    let first = ttl(&mut conn).await;
+    assert!((30_000..=32_000).contains(&first), "life after one charge: {first} ms");
+    assert!(s
+        .decide(Decide { partition: 7, now_ms: now, blocks: &[], buckets: &[b], notice_ms: 600_000 })
+        .await
+        .unwrap()
+        .refused
+        .is_none());
+    let second = ttl(&mut conn).await;
+    assert!((60_000..=62_000).contains(&second), "life after two charges: {second} ms");
+    // A refusal is noted for the notice period (10 min): the entry lives
+    // as long, or a repeated refusal would count as new.
+    let v =
+        s.decide(Decide { partition: 7, now_ms: now, blocks: &[], buckets: &[b], notice_ms: 600_000 }).await.unwrap();
+    assert!(v.refused.is_some() && v.refusal_is_new);
+    let noted = ttl(&mut conn).await;
+    assert!((600_000..=602_000).contains(&noted), "life after a noted refusal: {noted} ms");
+    // A later charge (a minute on, the bucket has room) keeps the notice's life.
+    let later = now + 60_000;
+    assert!(s
+        .decide(Decide { partition: 7, now_ms: later, blocks: &[], buckets: &[b], notice_ms: 600_000 })
+        .await
+        .unwrap()
+        .refused
+        .is_none());
+    assert!(ttl(&mut conn).await >= noted - 61_000);
 }

@@ -1,12 +1,13 @@
 -- KEYS: the blocks to check, then the buckets.
--- ARGV: now_ms, notice_ms, number of blocks, each block's refuses (0/1),
--- then each bucket's interval_ns, tolerance_ns, observe_only (0/1).
+-- ARGV: now_ms, notice_ms, number of blocks (numbers in hexadecimal, as
+-- below), each block's refuses (0/1), then each bucket's interval_ns,
+-- tolerance_ns and observe_only (0/1).
 -- Returns: active blocks (bits), blocked index (-1), blocked until,
 -- refused index (-1), refusal is new (0/1), spike index (-1), then each
 -- bucket's reset_ns and retry_after_ns.
-local now = tonumber(ARGV[1])
-local notice = tonumber(ARGV[2])
-local nb = tonumber(ARGV[3])
+local now = tonumber(ARGV[1], 16)
+local notice = tonumber(ARGV[2], 16)
+local nb = tonumber(ARGV[3], 16)
 local active, bi, bu = 0, -1, 0
 for i = 1, nb do
   local b = num(redis.call('HGET', KEYS[i], 'b'))
@@ -19,25 +20,30 @@ for i = 1, nb do
   end
 end
 if bi >= 0 then return {active, bi, bu, -1, 0, -1} end
--- A bucket: m and s (theoretical arrival time, ms and the ns past it),
--- n (noticed until, ms).
+-- A bucket is one string key, "m s" or "m s n" in hexadecimal: its
+-- theoretical arrival time (ms, and the ns past it) and until when its
+-- refusals are noticed (ms; absent when that has passed). All are read at
+-- once. Hexadecimal because converting numbers is most of a script's cost,
+-- and strtoul and %x cost a fraction of strtod and %.0f.
 local nk = #KEYS - nb
 local base = 3 + nb
 local out = {active, -1, 0, -1, 0, -1}
 local rel, admit, exists, noticed, obs = {}, {}, {}, {}, {}
 local refused, worst, spike = -1, 0, -1
+local got = nk > 0 and redis.call('MGET', unpack(KEYS, nb + 1)) or {}
 for j = 1, nk do
   local a = base + 3 * (j - 1)
-  local interval, tol = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local interval, tol = tonumber(ARGV[a + 1], 16), tonumber(ARGV[a + 2], 16)
   obs[j] = ARGV[a + 3] == '1'
-  local h = redis.call('HMGET', KEYS[nb + j], 'm', 's', 'n')
+  local m, s, n
+  if got[j] then m, s, n = string.match(got[j], '^(%x+) (%x+) ?(%x*)$') end
   local r = 0
-  exists[j] = h[1] ~= false
+  exists[j] = m ~= nil
   noticed[j] = 0
   if exists[j] then
-    r = (tonumber(h[1]) - now) * 1000000 + num(h[2])
+    r = (tonumber(m, 16) - now) * 1000000 + tonumber(s, 16)
     if r < 0 then r = 0 end
-    noticed[j] = num(h[3])
+    if n ~= '' then noticed[j] = tonumber(n, 16) end
   end
   rel[j] = r
   local ahead = r + interval
@@ -71,19 +77,25 @@ if refused > 0 then
   if noted(refused) then out[5] = 1 end
 end
 if spike > 0 and noted(spike) then out[6] = spike - 1 end
--- Charge every bucket if none refused; observed ones always.
+-- Charge every bucket if none refused; observed ones always. A write sets
+-- the key's life to when it stops mattering; that only moves later (the
+-- arrival time and the notice only grow), so it never cuts a life short
+-- (given the instances' clocks agree within SLACK).
 for j = 1, nk do
-  local k = KEYS[nb + j]
   local charge = admit[j] and (refused < 0 or obs[j])
-  local tat = rel[j]
-  if charge then
-    local ms = math.floor(admit[j] / 1000000)
-    redis.call('HSET', k, 'm', fmt(now + ms), 's', fmt(admit[j] - ms * 1000000))
-    tat = admit[j]
-  end
-  if newn[j] then redis.call('HSET', k, 'n', fmt(newn[j])) end
   if charge or newn[j] then
-    keep(k, now, math.max(now + math.ceil(tat / 1000000), newn[j] or noticed[j]))
+    local tat = rel[j]
+    if charge then tat = admit[j] end
+    local ms = math.floor(tat / 1000000)
+    local n = newn[j] or noticed[j]
+    local v
+    if n > now then
+      v = string.format('%x %x %x', now + ms, tat - ms * 1000000, n)
+    else
+      v = string.format('%x %x', now + ms, tat - ms * 1000000)
+    end
+    local life = math.max(ms + 1, n - now) + SLACK
+    redis.call('SET', KEYS[nb + j], v, 'PX', string.format('%d', life))
   end
 end
 return out
