@@ -30,7 +30,7 @@ async fn pending(db: &Db) -> i64 {
 }
 
 /// Runs SQL as an attacker with write access would: triggers dropped.
-async fn tamper(dir: &Path, sql: &str) {
+pub(crate) async fn tamper(dir: &Path, sql: &str) {
     use sqlx::Connection;
     let url = format!("sqlite://{}/audit.db", dir.display());
     let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
@@ -117,7 +117,7 @@ async fn appended_events_become_a_signed_log_that_verifies() {
 
 /// `n` events in one transaction, `ts` from `ts0` on (of one tenant, so
 /// the tenant trees grow too).
-async fn events(db: &Db, n: usize, tenant: TenantId, ts0: i64) {
+pub(crate) async fn events(db: &Db, n: usize, tenant: TenantId, ts0: i64) {
     let mut tx = db.begin().await.unwrap();
     for i in 0..n {
         let event = Event::new("message.created", Some(tenant), Actor::system()).resource("message", i);

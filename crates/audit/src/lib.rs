@@ -10,6 +10,8 @@ pub mod merkle;
 pub mod sequencer;
 pub mod tenant;
 pub mod verify;
+#[cfg(test)]
+mod verify_tests;
 
 use palisade_core::principal::Actor;
 use palisade_core::{EventId, TenantId};

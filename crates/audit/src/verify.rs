@@ -310,14 +310,37 @@ pub async fn export_checkpoints(db: &Db, verifier: &Verifier, path: &Path) -> Re
     Ok((notes.len(), skipped))
 }
 
+/// How [`verify_log`] paces its scan: leaves read per chunk, and leaves
+/// between two calls of its progress callback.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    pub(crate) chunk: i64,
+    pub(crate) progress_every: u64,
+}
+
+const PACE: Pace = Pace { chunk: CHUNK, progress_every: 100_000 };
+
 /// Verifies the whole log: the records in the database against the signed
 /// checkpoints in the database and in each witness file given (a file that
-/// does not exist is reported, unless the log is empty).
+/// does not exist is reported, unless the log is empty). `progress` gets
+/// the number of leaves checked every 100 000 leaves, and at the end.
 pub async fn verify_log(
     db: &Db,
     verifier: &Verifier,
     witness_files: &[&Path],
+    progress: impl FnMut(u64),
+) -> Result<Report, LogError> {
+    verify_log_paced(db, verifier, witness_files, progress, PACE).await
+}
+
+/// [`verify_log`] at another pace (the unit tests read a few leaves per
+/// chunk, so a small log spans several).
+pub(crate) async fn verify_log_paced(
+    db: &Db,
+    verifier: &Verifier,
+    witness_files: &[&Path],
     mut progress: impl FnMut(u64),
+    pace: Pace,
 ) -> Result<Report, LogError> {
     let mut report = Report::default();
 
@@ -395,7 +418,7 @@ pub async fn verify_log(
     let last = palisade_store::audit::max_leaf_index(db.reader()).await?.unwrap_or(-1);
     let mut buf = Vec::with_capacity(1024);
     // Read one chunk ahead while this one is checked.
-    let mut chunks = palisade_store::audit_copy::leaf_chunks(db, last, CHUNK);
+    let mut chunks = palisade_store::audit_copy::leaf_chunks(db, last, pace.chunk);
     'scan: while let Some(next) = chunks.recv().await {
         let (from, chunk) = next?;
         let Some(records) = split_records(&chunk) else {
@@ -437,7 +460,7 @@ pub async fn verify_log(
                 if index < placed {
                     if expired_entries.as_ref().is_none_or(|(f, _)| *f != from) {
                         let entries =
-                            palisade_store::audit::tenant_tree_entries(db.reader(), from, from + CHUNK).await?;
+                            palisade_store::audit::tenant_tree_entries(db.reader(), from, from + pace.chunk).await?;
                         expired_entries = Some((from, entries));
                     }
                     if let Some((tenant, h)) = expired_entries.as_ref().and_then(|(_, e)| e.get(&(index as i64))) {
@@ -469,7 +492,7 @@ pub async fn verify_log(
                 }
                 last_good_size = size;
             }
-            if size % 100_000 == 0 {
+            if size % pace.progress_every == 0 {
                 progress(size);
             }
         }
