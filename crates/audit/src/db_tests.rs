@@ -2,6 +2,8 @@
 //! integration suite checks through the server, pinned in this crate.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use ed25519_dalek::SigningKey;
@@ -25,7 +27,40 @@ pub(crate) fn signer() -> Signer {
     Signer::from_pem(&pem, "palisade").unwrap()
 }
 
-async fn pending(db: &Db) -> i64 {
+/// A database of its own on the PostgreSQL server of
+/// `PALISADE_TEST_POSTGRES_URL`, migrated, dropped by [`Dropper::drop_db`].
+/// The tests that call this are built as ignored without the variable
+/// (build.rs), so one that runs fails rather than passes without a server.
+pub(crate) async fn postgres() -> (Db, Dropper) {
+    let url = std::env::var("PALISADE_TEST_POSTGRES_URL")
+        .expect("PALISADE_TEST_POSTGRES_URL must be set to run the PostgreSQL tests");
+    let name = format!("palisade_audit_{}", uuid::Uuid::new_v4().simple());
+    let admin = Db::connect(&url, 2).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.reader()).await.unwrap();
+    let (head, query) = url.split_once('?').map_or((url.as_str(), None), |(h, q)| (h, Some(q)));
+    let base = head.rsplit_once('/').map_or(head, |(b, _)| b);
+    let db =
+        Db::connect(&format!("{base}/{name}{}", query.map(|q| format!("?{q}")).unwrap_or_default()), 8).await.unwrap();
+    db.migrate().await.unwrap();
+    (db, Dropper { admin, name })
+}
+
+/// Drops a test database once its test is done with it.
+pub(crate) struct Dropper {
+    admin: Db,
+    name: String,
+}
+
+impl Dropper {
+    pub(crate) async fn drop_db(self, db: Db) {
+        db.close().await;
+        let sql = format!("DROP DATABASE {} WITH (FORCE)", self.name);
+        sqlx::query(&sql).execute(self.admin.reader()).await.unwrap();
+        self.admin.close().await;
+    }
+}
+
+pub(crate) async fn pending(db: &Db) -> i64 {
     palisade_store::audit::pending_count(db.reader()).await.unwrap()
 }
 
@@ -126,7 +161,7 @@ pub(crate) async fn events(db: &Db, n: usize, tenant: TenantId, ts0: i64) {
     tx.commit().await.unwrap();
 }
 
-async fn head(db: &Db) -> (i64, String, i64) {
+pub(crate) async fn head(db: &Db) -> (i64, String, i64) {
     palisade_store::audit::read_head_full(db.reader()).await.unwrap()
 }
 
@@ -187,6 +222,12 @@ async fn retention_expires_old_records_once() {
     // The three records before 5000: leaves [0, 3).
     assert_eq!(log.expire(5_000, 7_000).await.unwrap(), Some((3, 3)));
     assert_eq!(palisade_store::audit::all_expiries(db.reader()).await.unwrap().len(), 1);
+    // The signed statement is in the witness file too.
+    let in_file = crate::verify::read_checkpoint_file(&file).unwrap().unwrap();
+    assert_eq!(
+        in_file.iter().filter_map(|c| log.signer().verifier().verify_expiry(c)).collect::<Vec<_>>(),
+        [(3, 7_000)]
+    );
     // Already expired: nothing more, and no second statement.
     assert_eq!(log.expire(5_000, 8_000).await.unwrap(), None);
     assert_eq!(palisade_store::audit::all_expiries(db.reader()).await.unwrap().len(), 1);
@@ -333,4 +374,178 @@ async fn a_record_holding_the_field_separator_verifies() {
     let report = verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}).await.unwrap();
     assert!(report.intact(), "{:?}", report.problems);
     assert_eq!(report.records, 5);
+}
+
+/// The background integrator: it sequences what writers poke it about,
+/// and at shutdown everything still pending, copies the checkpoints to its
+/// witness file and hands the lead over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_integrator_runs_until_stopped_then_once_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let tenant = TenantId::new();
+    let file = dir.path().join("checkpoints");
+    let log = AuditLog::new(db.clone(), signer(), file.clone());
+    let clock = palisade_core::ManualClock::new(10_000);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    events(&db, 2, tenant, 1_000).await;
+    // A long interval: after its first run (at once, poked), it waits.
+    let task = log.spawn(Arc::new(clock.clone()), Duration::from_secs(3600), stopped);
+    log.poke();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while pending(&db).await > 0 || log.file_max_size() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the integrator did not run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(signed_size(&log).await, 2);
+    assert_eq!(crate::verify::read_checkpoint_file(&file).unwrap().unwrap().len(), 1);
+
+    // Left for the shutdown run, which is then signed at the clock's time.
+    events(&db, 3, tenant, 2_000).await;
+    clock.advance_ms(5_000);
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), task).await.expect("stops").unwrap();
+    assert_eq!(pending(&db).await, 0);
+    let cp = log.latest_checkpoint().await.unwrap().unwrap();
+    let head = log.signer().verifier().verify(&cp).unwrap();
+    assert_eq!((head.tree_size, head.ts_ms), (5, 15_000));
+    assert_eq!(log.file_max_size(), 5);
+    assert_eq!(crate::verify::read_checkpoint_file(&file).unwrap().unwrap().len(), 2);
+    assert!(!log.leading(), "the lead is handed over");
+}
+
+/// On PostgreSQL one instance leads: a follower integrates for its readers
+/// but keeps no witness file; the leader's file gets what the follower
+/// signed at its next sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(postgres_tests), ignore = "PALISADE_TEST_POSTGRES_URL is not set")]
+async fn on_postgres_only_the_leader_keeps_a_witness_file() {
+    let (db, dropper) = postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = TenantId::new();
+    let a = AuditLog::new(db.clone(), signer(), dir.path().join("a"));
+    let b = AuditLog::new(db.clone(), signer(), dir.path().join("b"));
+    assert!(a.lead().await);
+    assert!(!b.lead().await, "one leader");
+    assert!(!b.leading());
+
+    events(&db, 2, tenant, 1_000).await;
+    b.catch_up(Some(tenant), 2_000).await.unwrap();
+    assert_eq!(pending(&db).await, 0);
+    assert_eq!(signed_size(&b).await, 2);
+    assert_eq!(b.file_max_size(), 0);
+    assert!(!dir.path().join("b").exists(), "a follower writes no witness file");
+    assert_eq!(a.sync_file().await.unwrap(), 1);
+    assert_eq!(a.file_max_size(), 2);
+
+    // The leader's own runs go to its file as they are signed.
+    events(&db, 1, tenant, 3_000).await;
+    a.integrate(4_000).await.unwrap().unwrap();
+    assert_eq!(a.file_max_size(), 3);
+    assert_eq!(crate::verify::read_checkpoint_file(&dir.path().join("a")).unwrap().unwrap().len(), 2);
+    assert!(!dir.path().join("b").exists());
+    dropper.drop_db(db).await;
+}
+
+/// Syncing copies to a witness file each verified checkpoint it lacks, in
+/// order, and says how many; a new instance reads what its file vouches for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_file_gets_what_it_lacks_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let tenant = TenantId::new();
+    let a = AuditLog::new(db.clone(), signer(), dir.path().join("a"));
+    assert_eq!(a.checkpoint_file(), dir.path().join("a"));
+    for run in 0..3 {
+        events(&db, 1, tenant, 1_000 + run).await;
+        a.integrate(2_000 + run).await.unwrap().unwrap();
+    }
+    assert_eq!(a.sync_file().await.unwrap(), 0, "a's file has them all");
+    let b = AuditLog::new(db.clone(), signer(), dir.path().join("b"));
+    assert_eq!(b.file_max_size(), 0);
+    assert_eq!(b.sync_file().await.unwrap(), 3);
+    assert_eq!(b.file_max_size(), 3);
+    assert_eq!(b.sync_file().await.unwrap(), 0);
+    let sizes: Vec<u64> = crate::verify::read_checkpoint_file(&dir.path().join("b"))
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(|c| b.signer().verifier().verify(c).unwrap().tree_size)
+        .collect();
+    assert_eq!(sizes, [1, 2, 3]);
+    // Restarted, an instance knows what its file vouches for; a file
+    // signed by another key vouches for nothing.
+    assert_eq!(AuditLog::new(db.clone(), signer(), dir.path().join("b")).file_max_size(), 3);
+    let other_key = SigningKey::from_bytes(&[4u8; 32]).to_pkcs8_pem(Default::default()).unwrap();
+    let other = Signer::from_pem(&other_key, "palisade").unwrap();
+    assert_eq!(AuditLog::new(db.clone(), other, dir.path().join("b")).file_max_size(), 0);
+}
+
+/// Inclusion proofs in a tenant's tree, whose leaves are not the log's
+/// (another tenant's events sit between them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inclusion_proofs_in_a_tenant_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let (t, other) = (TenantId::new(), TenantId::new());
+    events(&db, 3, t, 1_000).await;
+    events(&db, 2, other, 1_100).await;
+    events(&db, 2, t, 1_200).await;
+    let log = AuditLog::new(db.clone(), signer(), dir.path().join("checkpoints"));
+    log.integrate(2_000).await.unwrap().unwrap();
+    let cp = log.latest_tenant_checkpoint(t).await.unwrap().unwrap();
+    let h = log.signer().verifier().verify_tenant(&cp, &t.to_string()).unwrap();
+    assert_eq!(h.tree_size, 5);
+    for m in 0..5u64 {
+        let leaf = palisade_store::audit::tenant_leaf_hash_at(db.reader(), &t.to_string(), m as i64).await.unwrap();
+        let leaf = crate::merkle::decode_hash(&leaf.unwrap()).unwrap();
+        let path = log.tenant_inclusion_path(&t.to_string(), m, 5).await.unwrap();
+        assert!(!path.is_empty());
+        assert!(crate::merkle::verify_inclusion(&leaf, m, 5, &path, &h.root), "leaf {m}");
+        // Not a proof in the log's tree.
+        assert_ne!(path, log.inclusion_path(m, 7).await.unwrap(), "leaf {m}");
+    }
+}
+
+/// Removes the tenant trees, as a log sequenced before they existed has none.
+async fn forget_tenant_trees(dir: &Path) {
+    for t in ["audit_tenant_tree", "audit_tenant_nodes", "audit_tenant_heads", "audit_tenant_checkpoints"] {
+        tamper(dir, &format!("DELETE FROM {t}")).await;
+    }
+    tamper(dir, "UPDATE audit_head SET tenant_size = 0 WHERE id = 1").await;
+}
+
+/// While the tenant trees catch up with an older log, a lost race is left
+/// for the next run and any other failure is an error; a reader's
+/// catch-up places the leaves even with nothing pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_trees_catching_up_lose_races_and_fail_like_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let tenant = TenantId::new();
+    events(&db, 3, tenant, 1_000).await;
+    let log = AuditLog::new(db.clone(), signer(), dir.path().join("checkpoints"));
+    log.integrate(2_000).await.unwrap().unwrap();
+    forget_tenant_trees(dir.path()).await;
+    // Another integrator placed leaf 0 (its marker not yet moved).
+    tamper(
+        dir.path(),
+        "INSERT INTO audit_tenant_tree (tenant_id, tenant_index, leaf_index, leaf_hash) VALUES ('x', 0, 0, 'x')",
+    )
+    .await;
+    assert!(log.integrate(3_000).await.unwrap().is_none());
+    assert_eq!(head(&db).await.2, 0);
+    tamper(dir.path(), "DELETE FROM audit_tenant_tree").await;
+    tamper(
+        dir.path(),
+        "CREATE TRIGGER refuse BEFORE INSERT ON audit_tenant_checkpoints BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+    .await;
+    assert!(log.integrate(4_000).await.is_err());
+    assert_eq!(head(&db).await.2, 0);
+    tamper(dir.path(), "DROP TRIGGER refuse").await;
+    log.catch_up(Some(tenant), 5_000).await.unwrap();
+    assert_eq!(head(&db).await.2, 3);
+    assert_eq!(pending(&db).await, 0);
+    assert!(log.latest_tenant_checkpoint(tenant).await.unwrap().is_some());
 }

@@ -655,6 +655,11 @@ mod tests {
             "\"\"",
             "\\\\",
             "\u{1}\u{1f}",
+            // Each control character with a short escape of its own.
+            "\r",
+            "\u{8}",
+            "\u{c}",
+            "cr\rbs\u{8}ff\u{c}tab\tnl\n",
         ];
         for (i, s) in odd.iter().enumerate() {
             let row = AuditRow {
@@ -701,6 +706,31 @@ mod tests {
         let log = AuditLog::new(db, crate::db_tests::signer(), dir.path().join("checkpoints"));
         log.poke();
         tokio::time::timeout(Duration::from_secs(10), log.wake.notified()).await.expect("woken");
+    }
+
+    /// A reader with nothing waiting returns at once, even while an
+    /// integration runs; with an event of its tenant waiting, it waits for
+    /// that integration and then sequences the event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_catch_up_waits_only_when_something_waits() {
+        use crate::db_tests::{events, pending};
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db_tests::open(dir.path()).await;
+        let tenant = palisade_core::TenantId::new();
+        events(&db, 2, tenant, 1_000).await;
+        let log = AuditLog::new(db.clone(), crate::db_tests::signer(), dir.path().join("checkpoints"));
+        log.integrate(2_000).await.unwrap().unwrap();
+        let running = log.sequencer.exclusive(&db).await.unwrap();
+        let soon = Duration::from_secs(5);
+        tokio::time::timeout(soon, log.catch_up(Some(tenant), 3_000)).await.expect("no wait").unwrap();
+        tokio::time::timeout(soon, log.catch_up(None, 3_000)).await.expect("no wait").unwrap();
+        events(&db, 1, tenant, 3_000).await;
+        let waiting = log.catch_up(Some(tenant), 4_000);
+        tokio::pin!(waiting);
+        assert!(tokio::time::timeout(Duration::from_millis(300), &mut waiting).await.is_err());
+        running.release().await;
+        tokio::time::timeout(Duration::from_secs(20), waiting).await.expect("its turn").unwrap();
+        assert_eq!(pending(&db).await, 0);
     }
 
     /// The worked example of docs/audit.md, computed there independently.
