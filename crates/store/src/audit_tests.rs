@@ -555,3 +555,32 @@ async fn an_empty_log_and_events_behind_its_back() {
     assert_eq!(unlogged_events(l.db.reader(), 10).await.unwrap(), vec![6, 8]);
     assert_eq!(unlogged_events(l.db.reader(), 1).await.unwrap(), vec![6]);
 }
+
+/// A schema altered behind the store's back (an attacker with write access
+/// to the database): a NULL where the schema forbids one, or an integer
+/// where only text is stored, makes a record the verifier's fast path
+/// refuses, never one that passes for a genuine value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_the_schema_forbids_go_to_the_careful_path() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let mut c = sqlx::AnyConnection::connect(&format!("sqlite://{}/audit.db", dir.path().display())).await.unwrap();
+    for sql in [
+        "ALTER TABLE audit_events RENAME TO audit_events_old",
+        // No types: no NOT NULL, and no TEXT affinity turning integers into text.
+        "CREATE TABLE audit_events (seq INTEGER PRIMARY KEY, id, ts, tenant_id, actor_type, actor_id, action, \
+         resource_type, resource_id, source_ip, user_agent, request_id, details)",
+        "INSERT INTO audit_events (seq, id, ts, actor_type, action, details) VALUES (1, 'e1', 5, 'user', 'x', NULL)",
+        "INSERT INTO audit_events (seq, id, ts, actor_type, action, details) VALUES (2, 7, 5, 'user', 'x', '{}')",
+        "INSERT INTO audit_events (seq, id, ts, actor_type, action, details) VALUES (3, 'e3', 5, 'user', 'x', '{}')",
+        "INSERT INTO audit_leaves (leaf_index, event_seq, leaf_hash) VALUES (0, 1, 'h0'), (1, 2, 'h1'), (2, 3, 'h2')",
+    ] {
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    }
+    c.close().await.unwrap();
+    let chunk = leaf_fields_chunk(&db, 0, 3).await.unwrap();
+    let genuine = ["2", "3", "h2", "3", "e3", "5", "0", "user", "0", "x", "0", "0", "0", "0", "0", "{}"]
+        .join(&FIELD_SEP.to_string());
+    assert_eq!(split_records(&chunk).unwrap(), vec!["?", "?", genuine.as_str()]);
+}
