@@ -29,7 +29,11 @@ pub mod webhooks;
 pub mod write;
 
 #[cfg(test)]
+mod audit_tests;
+#[cfg(test)]
 mod credential_writes;
+#[cfg(test)]
+mod credits_tests;
 
 pub use db::{create_private_dir, CredentialHook, Db, Dialect, Tx};
 pub use error::StoreError;
