@@ -20,7 +20,7 @@ pub struct Credentials {
     pub response: String,
     pub algorithm: Algorithm,
     pub cnonce: String,
-    /// The 8 hex digits as sent.
+    /// The 8 hex digits, lowercased (so one count has one spelling).
     pub nc: String,
     pub opaque: Option<String>,
 }
@@ -39,6 +39,12 @@ pub enum HeaderError {
     Qop,
     Nc,
     Response,
+}
+
+/// Control characters (tab aside) have no place in any field: they end
+/// lines, strings and log entries where they land.
+fn is_control(c: char) -> bool {
+    c.is_control() && c != '\t'
 }
 
 fn is_token(b: u8) -> bool {
@@ -63,11 +69,10 @@ fn param(s: &str) -> Result<(&str, String, bool, &str), HeaderError> {
             match c {
                 '"' => return Ok((name, value, true, &q[i + 1..])),
                 '\\' => match chars.next() {
-                    // quoted-pair: any character but CR and LF.
-                    Some((_, e)) if e != '\r' && e != '\n' => value.push(e),
+                    Some((_, e)) if !is_control(e) => value.push(e),
                     _ => return Err(HeaderError::Syntax),
                 },
-                '\r' | '\n' => return Err(HeaderError::Syntax),
+                c if is_control(c) => return Err(HeaderError::Syntax),
                 c => value.push(c),
             }
         }
@@ -241,6 +246,14 @@ mod tests {
             (&GOOD.replace("uri=\"sip:acme.example\"", "uri=\"sip:acme.example"), HeaderError::Syntax),
             (&GOOD.replace(", uri", " uri"), HeaderError::Syntax),
             (&GOOD.replace("realm=\"acme.example\"", "realm=\"a\r\nb\""), HeaderError::Syntax),
+            (&GOOD.replace("realm=\"acme.example\"", "realm=\"a\\\rb\""), HeaderError::Syntax),
+            (&GOOD.replace("realm=\"acme.example\"", "realm=\"a\\\nb\""), HeaderError::Syntax),
+            (&GOOD.replace("username=\"alice\"", "username=\"al\0ice\""), HeaderError::Syntax),
+            (&GOOD.replace("username=\"alice\"", "username=\"al\u{1b}ice\""), HeaderError::Syntax),
+            (&GOOD.replace("uri=\"sip:acme.example\"", "uri=\"sip:a\\\u{7f}\""), HeaderError::Syntax),
+            (&GOOD.replace("nonce=\"abc\"", "nonce=\"\""), HeaderError::Syntax),
+            (&GOOD.replace("cnonce=\"0a4f113b\"", "cnonce=\"\""), HeaderError::Syntax),
+            (&GOOD.replace("uri=\"sip:acme.example\"", "uri=\"\""), HeaderError::Syntax),
             (&format!("{GOOD},"), HeaderError::Syntax),
             (&format!("{GOOD}, x"), HeaderError::Syntax),
         ];
@@ -256,5 +269,12 @@ mod tests {
         assert_eq!(parse(&format!("{GOOD}{many}")), Err(HeaderError::Syntax));
         let long = format!("{GOOD}, x=\"{}\"", "a".repeat(MAX_LEN));
         assert_eq!(parse(&long), Err(HeaderError::TooLong));
+        // Exactly MAX_LEN is read.
+        let pad = MAX_LEN - GOOD.len() - ", x=\"\"".len();
+        let exact = format!("{GOOD}, x=\"{}\"", "a".repeat(pad));
+        assert_eq!(exact.len(), MAX_LEN);
+        assert!(parse(&exact).is_ok());
+        // A tab inside a quoted string is fine.
+        assert_eq!(parse(&GOOD.replace("username=\"alice\"", "username=\"al\tice\"")).unwrap().username, "al\tice");
     }
 }

@@ -82,13 +82,21 @@ fn quote(s: &str) -> String {
 /// A realm's digest settings: the key its nonces are made with, the
 /// algorithms it offers (the preferred first) and how long a nonce lives.
 pub struct Realm<'a> {
-    pub key: &'a NonceKey,
-    pub name: &'a str,
-    pub offered: &'a [Algorithm],
-    pub nonce_ttl_ms: u64,
+    key: &'a NonceKey,
+    name: &'a str,
+    offered: &'a [Algorithm],
+    nonce_ttl_ms: u64,
 }
 
-impl Realm<'_> {
+impl<'a> Realm<'a> {
+    /// `None` for a name that is empty or holds a control character (it
+    /// goes into a header as a quoted string, where CR or LF would end the
+    /// header), or when no algorithm is offered.
+    pub fn new(key: &'a NonceKey, name: &'a str, offered: &'a [Algorithm], nonce_ttl_ms: u64) -> Option<Realm<'a>> {
+        let ok = !name.is_empty() && !name.chars().any(char::is_control) && !offered.is_empty();
+        ok.then_some(Realm { key, name, offered, nonce_ttl_ms })
+    }
+
     /// The challenge header values (`WWW-Authenticate` in a 401,
     /// `Proxy-Authenticate` in a 407), one per algorithm offered, the
     /// preferred first (RFC 8760 §2.4), each with a fresh nonce.
@@ -132,7 +140,9 @@ impl Realm<'_> {
             return Verdict::Refused(Refusal::Response);
         }
         match state {
-            NonceState::Live { .. } => Verdict::Accepted,
+            NonceState::Live { issued_ms } => {
+                Verdict::Accepted { replay_until_ms: NonceKey::replay_until_ms(issued_ms, self.nonce_ttl_ms) }
+            }
             _ => Verdict::Stale,
         }
     }
@@ -140,10 +150,12 @@ impl Realm<'_> {
 
 /// What a response proves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "an accepted response still has to be consumed once"]
 pub enum Verdict {
-    /// The password is right and the nonce ours and alive. The caller
-    /// still accepts each `(nonce, nc)` only once.
-    Accepted,
+    /// The password is right and the nonce ours and alive. Not yet a
+    /// login: the caller accepts each `(nonce, nc)` only once, remembered
+    /// (on every instance) until `replay_until_ms`.
+    Accepted { replay_until_ms: u64 },
     /// The password is right but the nonce has expired: challenge again
     /// with `stale=true`. Not a failed attempt (RFC 7616 §3.3).
     Stale,
@@ -155,7 +167,8 @@ pub enum Verdict {
 pub enum Refusal {
     /// For another realm than the one asked about.
     Realm,
-    /// An algorithm not offered, or one the credential has no HA1 for.
+    /// An algorithm not offered. (A user with no HA1 for the algorithm is
+    /// refused as [`Refusal::Response`], like an unknown one.)
     Algorithm,
     /// A nonce we did not make (forged, altered, for another realm or
     /// algorithm).

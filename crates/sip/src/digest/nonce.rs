@@ -54,10 +54,10 @@ impl NonceKey {
     /// future).
     pub fn check(&self, nonce: &str, realm: &str, algorithm: Algorithm, now_ms: u64, ttl_ms: u64) -> NonceState {
         let mut raw = [0u8; LEN];
-        // Exactly LEN bytes: decode_slice refuses longer input.
-        match URL_SAFE_NO_PAD.decode_slice(nonce.as_bytes(), &mut raw) {
-            Ok(LEN) if nonce.len() == URL_SAFE_NO_PAD.encode(raw).len() => {}
-            _ => return NonceState::Foreign,
+        // Exactly LEN bytes: decode_slice refuses longer input, and only
+        // canonical 54-character strings decode to 40 bytes.
+        if URL_SAFE_NO_PAD.decode_slice(nonce.as_bytes(), &mut raw) != Ok(LEN) {
+            return NonceState::Foreign;
         }
         let tag = self.tag(&raw[..8], &raw[8..8 + RANDOM], realm, algorithm);
         if tag.verify_truncated_left(&raw[8 + RANDOM..]).is_err() {
@@ -67,17 +67,36 @@ impl NonceKey {
         if issued > now_ms.saturating_add(SKEW_MS) {
             return NonceState::Foreign;
         }
-        if now_ms.saturating_sub(issued) > ttl_ms {
+        let age = now_ms.saturating_sub(issued);
+        if age > ttl_ms.saturating_mul(2) {
+            // Long dead: a captured header is worth nothing, not even the
+            // news that its password still holds.
+            return NonceState::Foreign;
+        }
+        if age > ttl_ms {
             return NonceState::Stale { issued_ms: issued };
         }
         NonceState::Live { issued_ms: issued }
+    }
+
+    /// Until when a use of a nonce issued at `issued_ms` must be
+    /// remembered to refuse its replay: its whole life, counted from a
+    /// time up to the skew ahead of ours.
+    pub fn replay_until_ms(issued_ms: u64, ttl_ms: u64) -> u64 {
+        issued_ms.saturating_add(ttl_ms).saturating_add(SKEW_MS)
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceState {
-    Live { issued_ms: u64 },
-    Stale { issued_ms: u64 },
+    Live {
+        issued_ms: u64,
+    },
+    /// Older than its life, younger than twice that.
+    Stale {
+        issued_ms: u64,
+    },
+    /// Not ours, or older than twice its life.
     Foreign,
 }
 
@@ -109,6 +128,13 @@ mod tests {
             k.check(&n, "acme.sip.example", Algorithm::Sha256, at_end + 1, 300_000),
             NonceState::Stale { issued_ms: NOW }
         );
+        let dead = NOW + 600_000;
+        assert_eq!(
+            k.check(&n, "acme.sip.example", Algorithm::Sha256, dead, 300_000),
+            NonceState::Stale { issued_ms: NOW }
+        );
+        assert_eq!(k.check(&n, "acme.sip.example", Algorithm::Sha256, dead + 1, 300_000), NonceState::Foreign);
+        assert_eq!(NonceKey::replay_until_ms(NOW, 300_000), NOW + 300_000 + SKEW_MS);
     }
 
     #[test]

@@ -44,8 +44,10 @@ const KEY: [u8; 32] = [9u8; 32];
 const BOTH: &[Algorithm] = &[Algorithm::Sha256, Algorithm::Md5];
 
 fn realm<'a>(key: &'a NonceKey, offered: &'a [Algorithm]) -> Realm<'a> {
-    Realm { key, name: "acme.sip.example", offered, nonce_ttl_ms: TTL }
+    Realm::new(key, "acme.sip.example", offered, TTL).unwrap()
 }
+
+const ACCEPTED: Verdict = Verdict::Accepted { replay_until_ms: NOW + TTL + 5_000 };
 
 /// What a client that knows the password answers to `challenge`.
 fn answer(challenge: &str, password: &str, method: &str, nc: &str) -> Credentials {
@@ -84,8 +86,13 @@ fn challenges_offer_sha256_first_then_md5_with_fresh_nonces() {
     assert!(r.challenges(true, NOW).iter().all(|c| c.ends_with(", stale=true")));
     assert!(!ch.iter().any(|c| c.contains("stale")));
     // A realm holding a quote or backslash stays one quoted string.
-    let odd = Realm { key: &key, name: "a\"b\\c", offered: &[Algorithm::Md5], nonce_ttl_ms: TTL };
+    let odd = Realm::new(&key, "a\"b\\c", &[Algorithm::Md5], TTL).unwrap();
     assert!(odd.challenges(false, NOW)[0].starts_with(r#"Digest realm="a\"b\\c", "#));
+    // A realm that would break the header, or a realm offering nothing, is no realm.
+    for bad in ["", "a\r\nX-Injected: 1", "a\u{0}b"] {
+        assert!(Realm::new(&key, bad, BOTH, TTL).is_none(), "{bad:?}");
+    }
+    assert!(Realm::new(&key, "acme", &[], TTL).is_none());
 }
 
 #[test]
@@ -108,7 +115,7 @@ fn the_right_password_is_accepted_with_either_algorithm() {
             c.nc
         );
         assert_eq!(parse(&sent).unwrap(), c);
-        assert_eq!(r.verify(&c, "REGISTER", Some(&stored), NOW + 1_000), Verdict::Accepted, "{ch}");
+        assert_eq!(r.verify(&c, "REGISTER", Some(&stored), NOW + 1_000), ACCEPTED, "{ch}");
     }
 }
 
@@ -148,7 +155,7 @@ fn nonces_realms_and_algorithms_not_ours_are_refused() {
     let stored = |a| ha1(a, "alice", "acme.sip.example", "pw");
     let ch = &r.challenges(false, NOW)[1];
     let c = answer(ch, "pw", "REGISTER", "00000001");
-    assert_eq!(r.verify(&c, "REGISTER", Some(&stored(Algorithm::Md5)), NOW), Verdict::Accepted);
+    assert_eq!(r.verify(&c, "REGISTER", Some(&stored(Algorithm::Md5)), NOW), ACCEPTED);
     // Another instance's key, or a nonce made up by the client.
     let other = NonceKey::new([1u8; 32]);
     assert_eq!(
@@ -174,7 +181,7 @@ fn nonces_realms_and_algorithms_not_ours_are_refused() {
         Verdict::Refused(Refusal::Nonce)
     );
     // Another realm (another tenant's).
-    let other_realm = Realm { key: &key, name: "evil.sip.example", offered: BOTH, nonce_ttl_ms: TTL };
+    let other_realm = Realm::new(&key, "evil.sip.example", BOTH, TTL).unwrap();
     assert_eq!(
         other_realm.verify(&c, "REGISTER", Some(&stored(Algorithm::Md5)), NOW),
         Verdict::Refused(Refusal::Realm)
@@ -190,8 +197,10 @@ fn an_expired_nonce_is_stale_only_with_the_right_password() {
     let later = NOW + TTL + 1;
     let right = ha1(Algorithm::Sha256, "alice", "acme.sip.example", "pw");
     let wrong = ha1(Algorithm::Sha256, "alice", "acme.sip.example", "px");
-    assert_eq!(r.verify(&c, "REGISTER", Some(&right), NOW + TTL), Verdict::Accepted);
+    assert_eq!(r.verify(&c, "REGISTER", Some(&right), NOW + TTL), ACCEPTED);
     assert_eq!(r.verify(&c, "REGISTER", Some(&right), later), Verdict::Stale);
+    // Long dead: not even stale (a captured header tells nothing).
+    assert_eq!(r.verify(&c, "REGISTER", Some(&right), NOW + 2 * TTL + 1), Verdict::Refused(Refusal::Nonce));
     assert_eq!(r.verify(&c, "REGISTER", Some(&wrong), later), Verdict::Refused(Refusal::Response));
     assert_eq!(r.verify(&c, "REGISTER", None, later), Verdict::Refused(Refusal::Response));
 }
