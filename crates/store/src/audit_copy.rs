@@ -78,6 +78,9 @@ struct Scratch {
     leaf_rows: Vec<(usize, usize, i64)>,
     /// Per event seq from the smallest one: (start, end) in `events`.
     slots: Vec<(u32, u32)>,
+    /// Chunks that took the SQL join (its output is the same; only the
+    /// tests look, to see that the client join is what runs).
+    fallbacks: u32,
 }
 
 const NO_SLOT: (u32, u32) = (u32::MAX, u32::MAX);
@@ -145,6 +148,7 @@ async fn copy_chunk_in(conn: &mut sqlx::PgConnection, from: i64, to: i64, s: &mu
     // that committed late).
     let span = max.saturating_sub(min).saturating_add(1);
     if !regular || span > 4 * (to - from).max(1) + 1024 {
+        s.fallbacks += 1;
         return copy_joined(conn, from, to, &mut s.events).await;
     }
     let sql = format!(
@@ -164,7 +168,10 @@ async fn copy_chunk_in(conn: &mut sqlx::PgConnection, from: i64, to: i64, s: &mu
         match (slot, u32::try_from(at), u32::try_from(end)) {
             (Some(slot), Ok(a), Ok(e)) if *slot == NO_SLOT => *slot = (a, e),
             // A duplicate number or a line out of place.
-            _ => return copy_joined(conn, from, to, &mut s.events).await,
+            _ => {
+                s.fallbacks += 1;
+                return copy_joined(conn, from, to, &mut s.events).await;
+            }
         }
         at = end + 1;
     }
@@ -373,6 +380,20 @@ mod tests {
                 records += crate::audit::split_records(&text).unwrap().len();
             }
             assert_eq!(records, 7, "chunk {chunk}");
+        }
+        // The client join is what runs: the SQL join only for a chunk whose
+        // events lie far apart (leaf 4's event 5000 with other leaves' of
+        // 1..=5, beyond 4 x chunk + 1024), and either gives the same records.
+        for (chunk, fallbacks) in [(1i64, 0), (2, 1), (3, 1), (4, 1), (100, 1), (1500, 0)] {
+            let mut s = Scratch::default();
+            let mut from = 0;
+            while from <= 6 {
+                let text = copy_chunk(&mut conn, from, from + chunk, &mut s).await.unwrap();
+                let reference = copy_joined(&mut conn, from, from + chunk, &mut scratch.events).await.unwrap();
+                assert_eq!(text, reference, "chunk {chunk} from {from}");
+                from += chunk;
+            }
+            assert_eq!(s.fallbacks, fallbacks, "chunk {chunk}");
         }
     }
 }
