@@ -68,10 +68,15 @@ impl Link {
     /// True when this call should go to Redis: always while it answers;
     /// while it does not, one call per `retry_ms`.
     fn should_try(&self) -> bool {
+        self.should_try_at(self.now())
+    }
+
+    /// [`Link::should_try`] at `now` (ms since `origin`).
+    fn should_try_at(&self, now: u64) -> bool {
         if !self.degraded.load(Ordering::Acquire) {
             return true;
         }
-        let (now, at) = (self.now(), self.retry_at.load(Ordering::Acquire));
+        let at = self.retry_at.load(Ordering::Acquire);
         now >= at
             && self.retry_at.compare_exchange(at, now + self.retry_ms, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
@@ -380,6 +385,49 @@ mod tests {
         assert!(f.decide(decision(&ip)).await.is_ok());
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 2, "retried before retry_ms");
         assert_eq!(f.health(), Health::Degraded);
+    }
+
+    /// While degraded, the call that finds the retry time past tries, and
+    /// moves it a period on: the calls made meanwhile (while its try is
+    /// on its way) do not try too.
+    #[test]
+    fn one_call_a_period_tries_while_degraded() {
+        let link = |retry_ms| Link {
+            origin: Instant::now(),
+            retry_ms,
+            degraded: AtomicBool::new(true),
+            retry_at: AtomicU64::new(5),
+            recovered_at: AtomicU64::new(NEVER),
+        };
+        let l = link(1000);
+        assert!(!l.should_try_at(4));
+        assert!(l.should_try_at(5));
+        assert!(!l.should_try_at(5));
+        assert!(!l.should_try_at(1004));
+        assert!(l.should_try_at(1005));
+        assert!(!l.should_try_at(1005));
+        let l = link(1);
+        assert!(l.should_try_at(5));
+        assert!(!l.should_try_at(5));
+        assert!(l.should_try_at(6));
+        // Not degraded: every call tries.
+        l.degraded.store(false, Ordering::SeqCst);
+        assert!(l.should_try_at(0) && l.should_try_at(0));
+    }
+
+    /// What the fallback counted is in the state `local()` shows: the
+    /// state the server's sweeps and readiness look at.
+    #[tokio::test]
+    async fn local_is_the_state_that_answers_during_an_outage() {
+        let flaky = Arc::new(Flaky::default());
+        flaky.down.store(true, Ordering::SeqCst);
+        let f = Failover::new(Handle(flaky), RedisFailure::default(), Duration::from_secs(60), Arc::new(()));
+        let rule = StrikeRule { threshold: 5, window_ms: 60_000, block_ms: 60_000 };
+        let key = Key::new(Kind::Waf, 1);
+        assert_eq!(f.strike(1, key, rule, T0).await.unwrap().count, 1);
+        assert_eq!(f.strike(1, key, rule, T0).await.unwrap().count, 2);
+        assert_eq!(f.local().strike_now(1, key, rule, T0).count, 3);
+        assert_eq!(f.strike(1, key, rule, T0).await.unwrap().count, 4);
     }
 
     #[tokio::test]

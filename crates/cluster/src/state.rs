@@ -240,3 +240,36 @@ impl AbuseState for RedisState {
         Health::Shared
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_guard::limits::{Kind, Limit};
+
+    fn bucket(kind: Kind, id: u128) -> Bucket {
+        Bucket::enforce(Key::new(kind, id), Limit::per_minute("x", 10).unwrap())
+    }
+
+    /// A decision that names one bucket twice is cut to its first (as in
+    /// process); `distinct` is what notices it.
+    #[test]
+    fn distinct_finds_a_bucket_named_twice() {
+        let (a, b, c) = (bucket(Kind::Ip, 1), bucket(Kind::Ip, 2), bucket(Kind::Tenant, 1));
+        assert!(distinct(&[]));
+        assert!(distinct(&[a]));
+        assert!(distinct(&[a, b, c]));
+        assert!(!distinct(&[a, a]));
+        assert!(!distinct(&[a, b, a]));
+        assert!(!distinct(&[a, b, c, b]));
+        // The same id under another kind is another bucket.
+        assert!(distinct(&[bucket(Kind::Ip, 1), bucket(Kind::Credential, 1)]));
+    }
+
+    #[test]
+    fn times_go_to_the_scripts_in_hexadecimal_and_never_negative() {
+        assert_eq!(hex(0), "0");
+        assert_eq!(hex(255), "ff");
+        assert_eq!(hex(1_700_000_000_000), "18bcfe56800");
+        assert_eq!(hex(-5), "0");
+    }
+}
