@@ -174,7 +174,12 @@ impl RedisState {
 /// failover counts and reports it; an error Redis answered (a script
 /// refused, a wrong reply) is a warning, as it needs a person.
 fn on_the_way(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
+    if e.is_io_error() {
+        return true;
+    }
+    // Caused by an I/O error without saying so in its kind: redis 1.8 has
+    // no such error, another version may.
+    e.is_connection_dropped() || e.is_timeout()
 }
 
 /// A time for a script in hexadecimal; a time before 1970 (never a
