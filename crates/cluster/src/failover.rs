@@ -415,6 +415,52 @@ mod tests {
         assert!(l.should_try_at(0) && l.should_try_at(0));
     }
 
+    /// Each kind of key is of one class, and follows that class's mode
+    /// only: the login and credential counters fail closed by default,
+    /// whatever the rate limits do.
+    #[test]
+    fn every_kind_follows_its_own_class() {
+        use FailMode::{Closed, Local};
+        let classes: [(&str, &[Kind]); 4] = [
+            ("auth", &[Kind::AuthIp, Kind::Login, Kind::LoginAccount, Kind::LoginSpacing, Kind::LoginTrust]),
+            ("credentials", &[Kind::CredentialFailure]),
+            ("waf", &[Kind::Waf]),
+            (
+                "rate_limits",
+                &[
+                    Kind::Ip,
+                    Kind::Credential,
+                    Kind::Tenant,
+                    Kind::MessageCreate,
+                    Kind::CallCreate,
+                    Kind::IdentityRate,
+                    Kind::Burst,
+                    Kind::Notice,
+                ],
+            ),
+        ];
+        for (closed, _) in classes {
+            let mode = |c: &str| if c == closed { Closed } else { Local };
+            let policy = RedisFailure {
+                auth: mode("auth"),
+                credentials: mode("credentials"),
+                waf: mode("waf"),
+                rate_limits: mode("rate_limits"),
+            };
+            let f = Failover::new(LocalState::new(), policy, Duration::from_secs(1), Arc::new(()));
+            for (class, kinds) in classes {
+                for &kind in kinds {
+                    assert_eq!(f.mode(kind), mode(class), "{kind:?} with {closed} closed");
+                }
+            }
+        }
+        let f = Failover::new(LocalState::new(), RedisFailure::default(), Duration::from_secs(1), Arc::new(()));
+        for kind in [Kind::AuthIp, Kind::Login, Kind::LoginAccount, Kind::LoginSpacing, Kind::LoginTrust] {
+            assert_eq!(f.mode(kind), Closed, "{kind:?}");
+        }
+        assert_eq!(f.mode(Kind::CredentialFailure), Closed);
+    }
+
     /// What the fallback counted is in the state `local()` shows: the
     /// state the server's sweeps and readiness look at.
     #[tokio::test]
@@ -450,6 +496,14 @@ mod tests {
         // A refusing WAF block check is closed too; an informational one not.
         let checks = [palisade_guard::state::BlockCheck { key: Key::new(Kind::Waf, 1), refuses: true }];
         let d = Decide { partition: 1, now_ms: T0, blocks: &checks, buckets: &[], notice_ms: 1 };
+        assert_eq!(f.decide(d).await, Err(Unavailable));
+        let checks = [palisade_guard::state::BlockCheck { key: Key::new(Kind::Waf, 1), refuses: false }];
+        let login = [Bucket::enforce(Key::new(Kind::AuthIp, 1), Limit::per_minute("auth_ip", 1).unwrap())];
+        let d = Decide { partition: 1, now_ms: T0, blocks: &checks, buckets: &login, notice_ms: 1 };
+        assert!(f.decide(d).await.is_ok());
+        // A closed class among local ones closes the decision.
+        let both = [login[0], ip[0]];
+        let d = Decide { partition: 1, now_ms: T0, blocks: &[], buckets: &both, notice_ms: 1 };
         assert_eq!(f.decide(d).await, Err(Unavailable));
     }
 }
