@@ -151,7 +151,7 @@ mod tests {
         RedisConfig {
             url: Some(palisade_config::Secret::new(url)),
             key_prefix: prefix.to_owned(),
-            timeout_ms: 200,
+            timeout_ms: 400,
             ..Default::default()
         }
     }
@@ -182,8 +182,9 @@ mod tests {
         task.abort();
     }
 
-    /// Subscribing through a link that answers late (250 ms, more than one
-    /// `timeout` of 200 ms) still succeeds: it may take four.
+    /// Subscribing through a link that answers late (300 ms, more than a
+    /// quarter of the 400 ms `timeout`) succeeds: subscribing may take
+    /// four timeouts.
     #[tokio::test]
     #[cfg_attr(not(redis_tests), ignore = "PALISADE_TEST_REDIS_URL was not set at build time")]
     async fn a_slow_subscription_is_waited_for() {
@@ -195,7 +196,7 @@ mod tests {
                 let (mut client, _) = proxy.accept().await.unwrap();
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
                     let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                 });
@@ -205,7 +206,7 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let b = Arc::new(Broadcast::new(&config(format!("redis://127.0.0.1:{port}"), &prefix), "bus").unwrap());
         let task = b.listen(Arc::new(Heard(Mutex::new(tx))));
-        let subscribed = tokio::time::timeout(Duration::from_millis(900), rx.recv()).await;
+        let subscribed = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await;
         assert_eq!(subscribed.ok().flatten(), Some(None), "not subscribed in time");
         task.abort();
         relay.abort();
