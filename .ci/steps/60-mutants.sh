@@ -10,11 +10,11 @@ MUTANTS_VERSION=27.1.0
 # Whole run, and each mutant's test run (the unit suites take seconds).
 LIMIT=${MUTANTS_SECS:-900}
 PER_MUTANT=${MUTANTS_TEST_SECS:-120}
-PACKAGES=(palisade-guard palisade-auth palisade-core palisade-audit palisade-admission palisade-store)
+PACKAGES=(palisade-guard palisade-auth palisade-core palisade-audit palisade-admission palisade-store palisade-sip)
 # Of palisade-store, only the credit and audit store code: its own unit tests
 # (credits_tests, audit_tests) pin it; the rest of the crate is not run yet.
 SOURCES=(crates/guard/src crates/auth/src crates/core/src crates/audit/src crates/admission/src
-  crates/store/src/credits.rs crates/store/src/audit.rs)
+  crates/store/src/credits.rs crates/store/src/audit.rs crates/sip/src)
 ACCEPTED=.ci/mutants-accepted.txt
 
 if [ "$(cargo mutants --version 2>/dev/null || true)" != "cargo-mutants $MUTANTS_VERSION" ]; then

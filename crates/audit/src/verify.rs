@@ -366,6 +366,13 @@ pub(crate) async fn verify_log_paced(
             None => {}
         }
     }
+    // The leaves are read after the checkpoints of the database and the
+    // files, never before: a log growing meanwhile then shows leaves past
+    // its newest checkpoint read, never a checkpoint past its last leaf
+    // (which is what a truncated log shows). The reader starts now, so the
+    // first chunks arrive while the signatures below are checked.
+    let last = palisade_store::audit::max_leaf_index(db.reader()).await?.unwrap_or(-1);
+    let mut chunks = palisade_store::audit_copy::leaf_chunks(db, last, pace.chunk);
     let mut all_expiries: Vec<(String, Checkpoint)> = palisade_store::audit::all_expiries(db.reader())
         .await?
         .into_iter()
@@ -415,88 +422,95 @@ pub(crate) async fn verify_log_paced(
     // Rebuild the tree from the records themselves, a chunk at a time.
     let mut frontier = Frontier::default();
     let mut last_good_size = 0u64;
-    let last = palisade_store::audit::max_leaf_index(db.reader()).await?.unwrap_or(-1);
     let mut buf = Vec::with_capacity(1024);
-    // Read one chunk ahead while this one is checked.
-    let mut chunks = palisade_store::audit_copy::leaf_chunks(db, last, pace.chunk);
-    'scan: while let Some(next) = chunks.recv().await {
-        let (from, chunk) = next?;
-        let Some(records) = split_records(&chunk) else {
-            report.problems.push(format!("leaves from {from} are unreadable"));
-            break 'scan;
-        };
-        for record in records {
-            let index = frontier.size();
-            // Parsed once: the tenant leaf below reuses the fields.
-            let parsed = parse_fields(record).ok();
-            let fast = parsed.as_ref().map(|p| check_parsed(p, &mut buf));
-            let checked = match fast {
-                Some(Ok(checked)) => Ok(checked),
-                // Not the expected shape, or not matching: the slow way decides.
-                _ => slow_check(db, index).await?,
-            };
-            let leaf = match checked {
-                Ok(l) => l,
-                Err(problem) => {
-                    report.problems.push(problem);
-                    break 'scan;
-                }
-            };
-            if leaf.0 != index {
-                report.problems.push(format!(
-                    "leaf {index} is missing: records were deleted from the tree (next present is leaf {})",
-                    leaf.0
-                ));
+    // The check for records outside the log reads both tables whole: run
+    // beside the scan, the database does it while the records are checked.
+    let strays = palisade_store::audit::unlogged_events(db.reader(), 10);
+    let scan = async {
+        'scan: while let Some(next) = chunks.recv().await {
+            let (from, chunk) = next?;
+            let Some(records) = split_records(&chunk) else {
+                report.problems.push(format!("leaves from {from} are unreadable"));
                 break 'scan;
-            }
-            if let Some(problem) = leaf.2 {
-                let expired = leaf.3 && index < expired_below;
-                if !expired {
-                    report.problems.push(problem);
-                    break 'scan;
-                }
-                // The record is gone: its tenant leaf is taken as stored
-                // (the tenant's signed roots still vouch for it).
-                if index < placed {
-                    if expired_entries.as_ref().is_none_or(|(f, _)| *f != from) {
-                        let entries =
-                            palisade_store::audit::tenant_tree_entries(db.reader(), from, from + pace.chunk).await?;
-                        expired_entries = Some((from, entries));
+            };
+            for record in records {
+                let index = frontier.size();
+                // Parsed once: the tenant leaf below reuses the fields.
+                let parsed = parse_fields(record).ok();
+                let fast = parsed.as_ref().map(|p| check_parsed(p, &mut buf));
+                let checked = match fast {
+                    Some(Ok(checked)) => Ok(checked),
+                    // Not the expected shape, or not matching: the slow way decides.
+                    _ => slow_check(db, index).await?,
+                };
+                let leaf = match checked {
+                    Ok(l) => l,
+                    Err(problem) => {
+                        report.problems.push(problem);
+                        break 'scan;
                     }
-                    if let Some((tenant, h)) = expired_entries.as_ref().and_then(|(_, e)| e.get(&(index as i64))) {
-                        match merkle::decode_hash(h) {
-                            Some(h) => tenants.push_hash(tenant, h),
-                            None => tenants.fail(tenant, format!("tenant leaf of leaf {index} is unreadable")),
-                        }
-                    }
-                }
-            } else if index < placed {
-                match &parsed {
-                    Some((_, _, _, Some(fields))) => tenants.push(fields),
-                    _ => match slow_row(db, index).await? {
-                        Some(row) => tenants.push(&LeafFields::of(&row)),
-                        None => report.problems.push(format!("leaf {index}: its record is unreadable")),
-                    },
-                }
-            }
-            frontier.push(leaf.1, |_, _, _| {});
-            let size = frontier.size();
-            if let Some(root) = signed.get(&size) {
-                if *root != frontier.root() {
+                };
+                if leaf.0 != index {
                     report.problems.push(format!(
-                        "the tree at size {size} does not match its signed checkpoint: records among leaves \
-                         {last_good_size}..{} were altered, reordered or replaced",
-                        size - 1
+                        "leaf {index} is missing: records were deleted from the tree (next present is leaf {})",
+                        leaf.0
                     ));
                     break 'scan;
                 }
-                last_good_size = size;
-            }
-            if size % pace.progress_every == 0 {
-                progress(size);
+                if let Some(problem) = leaf.2 {
+                    let expired = leaf.3 && index < expired_below;
+                    if !expired {
+                        report.problems.push(problem);
+                        break 'scan;
+                    }
+                    // The record is gone: its tenant leaf is taken as stored
+                    // (the tenant's signed roots still vouch for it).
+                    if index < placed {
+                        if expired_entries.as_ref().is_none_or(|(f, _)| *f != from) {
+                            let entries =
+                                palisade_store::audit::tenant_tree_entries(db.reader(), from, from + pace.chunk)
+                                    .await?;
+                            expired_entries = Some((from, entries));
+                        }
+                        if let Some((tenant, h)) = expired_entries.as_ref().and_then(|(_, e)| e.get(&(index as i64))) {
+                            match merkle::decode_hash(h) {
+                                Some(h) => tenants.push_hash(tenant, h),
+                                None => tenants.fail(tenant, format!("tenant leaf of leaf {index} is unreadable")),
+                            }
+                        }
+                    }
+                } else if index < placed {
+                    match &parsed {
+                        Some((_, _, _, Some(fields))) => tenants.push(fields),
+                        _ => match slow_row(db, index).await? {
+                            Some(row) => tenants.push(&LeafFields::of(&row)),
+                            None => report.problems.push(format!("leaf {index}: its record is unreadable")),
+                        },
+                    }
+                }
+                frontier.push(leaf.1, |_, _, _| {});
+                let size = frontier.size();
+                if let Some(root) = signed.get(&size) {
+                    if *root != frontier.root() {
+                        report.problems.push(format!(
+                            "the tree at size {size} does not match its signed checkpoint: records among leaves \
+                         {last_good_size}..{} were altered, reordered or replaced",
+                            size - 1
+                        ));
+                        break 'scan;
+                    }
+                    last_good_size = size;
+                }
+                if size % pace.progress_every == 0 {
+                    progress(size);
+                }
             }
         }
-    }
+        Ok::<(), LogError>(())
+    };
+    let (scanned, strays) = tokio::join!(scan, strays);
+    scanned?;
+    let strays = strays?;
     report.records = frontier.size();
     report.checkpoints = signed.len() as u64;
     report.pending = u64::try_from(palisade_store::audit::pending_count(db.reader()).await?).unwrap_or(0);
@@ -517,8 +531,7 @@ pub(crate) async fn verify_log_paced(
                 report.records - 1
             ));
         }
-        let stray = palisade_store::audit::unlogged_events(db.reader(), 10).await?;
-        if let Some(seq) = stray.first() {
+        if let Some(seq) = strays.first() {
             report
                 .problems
                 .push(format!("record seq {seq} is not part of the log: it was inserted behind the log's back"));

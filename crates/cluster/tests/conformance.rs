@@ -578,3 +578,20 @@ async fn strike_and_mark_entries_live_as_long_as_they_matter() {
     let life = ttl(s.key(7, marked)).await;
     assert!((120_000..=121_000).contains(&life), "a mark's life: {life} ms");
 }
+
+/// Redis only: a bucket whose stored value is not one the script wrote is
+/// an error (left to the failure policy), never read as an empty bucket.
+#[tokio::test]
+#[cfg_attr(not(redis_tests), ignore = "PALISADE_TEST_REDIS_URL was not set at build time")]
+async fn an_unreadable_bucket_is_an_error_not_a_fresh_bucket() {
+    let s = redis().await;
+    let url = std::env::var("PALISADE_TEST_REDIS_URL").unwrap();
+    let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let key = Key::new(Kind::Credential, 6);
+    let b = Bucket::enforce(key, lim("key", 1));
+    assert!(decide(&s, T0, &[], &[b]).await.refused.is_none());
+    assert_eq!(decide(&s, T0, &[], &[b]).await.refused, Some(0));
+    redis::cmd("SET").arg(s.bucket_key(7, key)).arg("garbage").query_async::<()>(&mut conn).await.unwrap();
+    let d = Decide { partition: 7, now_ms: T0, blocks: &[], buckets: &[b], notice_ms: 60_000 };
+    assert!(s.decide(d).await.is_err());
+}

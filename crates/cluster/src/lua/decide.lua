@@ -36,7 +36,11 @@ for j = 1, nk do
   local interval, tol = tonumber(ARGV[a + 1], 16), tonumber(ARGV[a + 2], 16)
   obs[j] = ARGV[a + 3] == '1'
   local m, s, n
-  if got[j] then m, s, n = string.match(got[j], '^(%x+) (%x+) ?(%x*)$') end
+  if got[j] then
+    m, s, n = string.match(got[j], '^(%x+) (%x+) ?(%x*)$')
+    -- Not ours: an error (the failure policy decides), never a fresh bucket.
+    if not m then return redis.error_reply('a rate bucket is unreadable') end
+  end
   local r = 0
   exists[j] = m ~= nil
   noticed[j] = 0

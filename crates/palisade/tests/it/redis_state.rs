@@ -68,9 +68,10 @@ pub async fn limits_and_lockouts_live_in_redis() {
     // Locked: the right password is refused.
     login(&s, &t.email, PASSWORD).await.expect(401);
     // The state is in Redis, under this server's prefix: a key bucket
-    // (kind 3), a login pair (kind 10) and the account's count (kind 13).
+    // (`b` and kind 3), a login pair (kind 10) and the account's count
+    // (kind 13).
     let keys = redis_keys(&url, &prefix).await;
-    for kind in [":3:", ":10:", ":13:"] {
+    for kind in [":b3:", ":10:", ":13:"] {
         assert!(keys.iter().any(|k| k.contains(kind)), "{kind} in {keys:?}");
     }
     // A new process has no state of its own: the limit and the lock hold.
