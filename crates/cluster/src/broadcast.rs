@@ -68,9 +68,15 @@ impl Broadcast {
                 }
                 listener.live(false);
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = next_backoff(backoff);
             }
         })
+    }
+
+    /// How long subscribing may take: connecting, and the SUBSCRIBE's
+    /// answer, each a round trip of up to `timeout`.
+    fn subscribe_timeout(&self) -> Duration {
+        self.timeout * 4
     }
 
     /// One subscription: returns when its connection ends.
@@ -80,7 +86,7 @@ impl Broadcast {
             pubsub.subscribe(&self.channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
-        let pubsub = tokio::time::timeout(self.timeout * 4, connecting)
+        let pubsub = tokio::time::timeout(self.subscribe_timeout(), connecting)
             .await
             .map_err(|_| "timed out".to_owned())?
             .map_err(|e| format!("{:?}", e.kind()))?;
@@ -92,5 +98,117 @@ impl Broadcast {
             }
         }
         Ok(())
+    }
+}
+
+/// The pause before the next subscription after one is lost: twice the
+/// last, at most 5 s.
+fn next_backoff(backoff: Duration) -> Duration {
+    (backoff * 2).min(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::sync::mpsc;
+
+    #[test]
+    fn the_pause_doubles_up_to_five_seconds() {
+        assert_eq!(next_backoff(Duration::from_millis(100)), Duration::from_millis(200));
+        assert_eq!(next_backoff(Duration::from_millis(1600)), Duration::from_millis(3200));
+        assert_eq!(next_backoff(Duration::from_millis(3200)), Duration::from_secs(5));
+        assert_eq!(next_backoff(Duration::from_secs(5)), Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn subscribing_may_take_four_round_trips() {
+        let config = RedisConfig {
+            url: Some(palisade_config::Secret::new("redis://127.0.0.1:1".to_owned())),
+            timeout_ms: 250,
+            ..Default::default()
+        };
+        let b = Broadcast::new(&config, "t").unwrap();
+        assert_eq!(b.subscribe_timeout(), Duration::from_millis(1000));
+        assert_eq!(b.channel, format!("{}:t", config.key_prefix));
+    }
+
+    /// Reports what the listener hears on a channel.
+    struct Heard(Mutex<mpsc::UnboundedSender<Option<String>>>);
+
+    impl Listener for Heard {
+        fn live(&self, live: bool) {
+            if live {
+                let _ = self.0.lock().unwrap().send(None);
+            }
+        }
+        fn message(&self, payload: &str) {
+            let _ = self.0.lock().unwrap().send(Some(payload.to_owned()));
+        }
+    }
+
+    fn config(url: String, prefix: &str) -> RedisConfig {
+        RedisConfig {
+            url: Some(palisade_config::Secret::new(url)),
+            key_prefix: prefix.to_owned(),
+            timeout_ms: 400,
+            ..Default::default()
+        }
+    }
+
+    fn test_url() -> String {
+        std::env::var("PALISADE_TEST_REDIS_URL").expect("PALISADE_TEST_REDIS_URL is not set")
+    }
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<Option<String>>) -> Option<String> {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("nothing heard").expect("closed")
+    }
+
+    /// A message published by one instance reaches the listener of
+    /// another under the same prefix and name, and no other.
+    #[tokio::test]
+    #[cfg_attr(not(redis_tests), ignore = "PALISADE_TEST_REDIS_URL was not set at build time")]
+    async fn a_published_message_reaches_the_listeners() {
+        let prefix = format!("test-{:016x}", rand::random::<u64>());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let listening = Arc::new(Broadcast::new(&config(test_url(), &prefix), "bus").unwrap());
+        let task = listening.listen(Arc::new(Heard(Mutex::new(tx))));
+        assert_eq!(next(&mut rx).await, None, "subscribed");
+        let other = Broadcast::new(&config(test_url(), &format!("{prefix}-other")), "bus").unwrap();
+        other.publish("not for you");
+        let sender = Broadcast::new(&config(test_url(), &prefix), "bus").unwrap();
+        sender.publish("revoked 42");
+        assert_eq!(next(&mut rx).await.as_deref(), Some("revoked 42"));
+        task.abort();
+    }
+
+    /// Subscribing through a link that answers late (300 ms, more than a
+    /// quarter of the 400 ms `timeout`) succeeds: subscribing may take
+    /// four timeouts.
+    #[tokio::test]
+    #[cfg_attr(not(redis_tests), ignore = "PALISADE_TEST_REDIS_URL was not set at build time")]
+    async fn a_slow_subscription_is_waited_for() {
+        let upstream = test_url().trim_start_matches("redis://").split('/').next().unwrap().to_owned();
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = proxy.local_addr().unwrap().port();
+        let relay = tokio::spawn(async move {
+            loop {
+                let (mut client, _) = proxy.accept().await.unwrap();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+        let prefix = format!("test-{:016x}", rand::random::<u64>());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let b = Arc::new(Broadcast::new(&config(format!("redis://127.0.0.1:{port}"), &prefix), "bus").unwrap());
+        let task = b.listen(Arc::new(Heard(Mutex::new(tx))));
+        let subscribed = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await;
+        assert_eq!(subscribed.ok().flatten(), Some(None), "not subscribed in time");
+        task.abort();
+        relay.abort();
     }
 }

@@ -68,10 +68,15 @@ impl Link {
     /// True when this call should go to Redis: always while it answers;
     /// while it does not, one call per `retry_ms`.
     fn should_try(&self) -> bool {
+        self.should_try_at(self.now())
+    }
+
+    /// [`Link::should_try`] at `now` (ms since `origin`).
+    fn should_try_at(&self, now: u64) -> bool {
         if !self.degraded.load(Ordering::Acquire) {
             return true;
         }
-        let (now, at) = (self.now(), self.retry_at.load(Ordering::Acquire));
+        let at = self.retry_at.load(Ordering::Acquire);
         now >= at
             && self.retry_at.compare_exchange(at, now + self.retry_ms, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
@@ -382,6 +387,95 @@ mod tests {
         assert_eq!(f.health(), Health::Degraded);
     }
 
+    /// While degraded, the call that finds the retry time past tries, and
+    /// moves it a period on: the calls made meanwhile (while its try is
+    /// on its way) do not try too.
+    #[test]
+    fn one_call_a_period_tries_while_degraded() {
+        let link = |retry_ms| Link {
+            origin: Instant::now(),
+            retry_ms,
+            degraded: AtomicBool::new(true),
+            retry_at: AtomicU64::new(5),
+            recovered_at: AtomicU64::new(NEVER),
+        };
+        let l = link(1000);
+        assert!(!l.should_try_at(4));
+        assert!(l.should_try_at(5));
+        assert!(!l.should_try_at(5));
+        assert!(!l.should_try_at(1004));
+        assert!(l.should_try_at(1005));
+        assert!(!l.should_try_at(1005));
+        let l = link(1);
+        assert!(l.should_try_at(5));
+        assert!(!l.should_try_at(5));
+        assert!(l.should_try_at(6));
+        // Not degraded: every call tries.
+        l.degraded.store(false, Ordering::SeqCst);
+        assert!(l.should_try_at(0) && l.should_try_at(0));
+    }
+
+    /// Each kind of key is of one class, and follows that class's mode
+    /// only: the login and credential counters fail closed by default,
+    /// whatever the rate limits do.
+    #[test]
+    fn every_kind_follows_its_own_class() {
+        use FailMode::{Closed, Local};
+        let classes: [(&str, &[Kind]); 4] = [
+            ("auth", &[Kind::AuthIp, Kind::Login, Kind::LoginAccount, Kind::LoginSpacing, Kind::LoginTrust]),
+            ("credentials", &[Kind::CredentialFailure]),
+            ("waf", &[Kind::Waf]),
+            (
+                "rate_limits",
+                &[
+                    Kind::Ip,
+                    Kind::Credential,
+                    Kind::Tenant,
+                    Kind::MessageCreate,
+                    Kind::CallCreate,
+                    Kind::IdentityRate,
+                    Kind::Burst,
+                    Kind::Notice,
+                ],
+            ),
+        ];
+        for (closed, _) in classes {
+            let mode = |c: &str| if c == closed { Closed } else { Local };
+            let policy = RedisFailure {
+                auth: mode("auth"),
+                credentials: mode("credentials"),
+                waf: mode("waf"),
+                rate_limits: mode("rate_limits"),
+            };
+            let f = Failover::new(LocalState::new(), policy, Duration::from_secs(1), Arc::new(()));
+            for (class, kinds) in classes {
+                for &kind in kinds {
+                    assert_eq!(f.mode(kind), mode(class), "{kind:?} with {closed} closed");
+                }
+            }
+        }
+        let f = Failover::new(LocalState::new(), RedisFailure::default(), Duration::from_secs(1), Arc::new(()));
+        for kind in [Kind::AuthIp, Kind::Login, Kind::LoginAccount, Kind::LoginSpacing, Kind::LoginTrust] {
+            assert_eq!(f.mode(kind), Closed, "{kind:?}");
+        }
+        assert_eq!(f.mode(Kind::CredentialFailure), Closed);
+    }
+
+    /// What the fallback counted is in the state `local()` shows: the
+    /// state the server's sweeps and readiness look at.
+    #[tokio::test]
+    async fn local_is_the_state_that_answers_during_an_outage() {
+        let flaky = Arc::new(Flaky::default());
+        flaky.down.store(true, Ordering::SeqCst);
+        let f = Failover::new(Handle(flaky), RedisFailure::default(), Duration::from_secs(60), Arc::new(()));
+        let rule = StrikeRule { threshold: 5, window_ms: 60_000, block_ms: 60_000 };
+        let key = Key::new(Kind::Waf, 1);
+        assert_eq!(f.strike(1, key, rule, T0).await.unwrap().count, 1);
+        assert_eq!(f.strike(1, key, rule, T0).await.unwrap().count, 2);
+        assert_eq!(f.local().strike_now(1, key, rule, T0).count, 3);
+        assert_eq!(f.strike(1, key, rule, T0).await.unwrap().count, 4);
+    }
+
     #[tokio::test]
     async fn the_policy_is_per_class() {
         let flaky = Arc::new(Flaky::default());
@@ -402,6 +496,14 @@ mod tests {
         // A refusing WAF block check is closed too; an informational one not.
         let checks = [palisade_guard::state::BlockCheck { key: Key::new(Kind::Waf, 1), refuses: true }];
         let d = Decide { partition: 1, now_ms: T0, blocks: &checks, buckets: &[], notice_ms: 1 };
+        assert_eq!(f.decide(d).await, Err(Unavailable));
+        let checks = [palisade_guard::state::BlockCheck { key: Key::new(Kind::Waf, 1), refuses: false }];
+        let login = [Bucket::enforce(Key::new(Kind::AuthIp, 1), Limit::per_minute("auth_ip", 1).unwrap())];
+        let d = Decide { partition: 1, now_ms: T0, blocks: &checks, buckets: &login, notice_ms: 1 };
+        assert!(f.decide(d).await.is_ok());
+        // A closed class among local ones closes the decision.
+        let both = [login[0], ip[0]];
+        let d = Decide { partition: 1, now_ms: T0, blocks: &[], buckets: &both, notice_ms: 1 };
         assert_eq!(f.decide(d).await, Err(Unavailable));
     }
 }

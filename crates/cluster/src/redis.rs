@@ -51,3 +51,43 @@ pub async fn ping(conn: &ConnectionManager, timeout: Duration) -> bool {
     let cmd = redis::cmd("PING");
     matches!(tokio::time::timeout(timeout, cmd.query_async::<String>(&mut conn)).await, Ok(Ok(_)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_config::Secret;
+
+    fn config(url: &str) -> RedisConfig {
+        RedisConfig {
+            url: Some(Secret::new(url.to_owned())),
+            connect_timeout_ms: 500,
+            timeout_ms: 500,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn config_errors_show_their_message_and_never_the_url() {
+        assert_eq!(ConfigError("redis.url is not set".into()).to_string(), "redis.url is not set");
+        let e = client(&RedisConfig::default()).expect_err("no url");
+        assert_eq!(e.to_string(), "redis.url is not set");
+        let e = client(&config("http://user:hunter2@127.0.0.1/")).expect_err("not a Redis URL");
+        assert!(e.to_string().starts_with("redis.url"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    /// Nothing listens on port 1: the ping fails, within its timeout.
+    #[tokio::test]
+    async fn ping_is_false_when_nothing_answers() {
+        let conn = connect(&config("redis://127.0.0.1:1")).unwrap();
+        assert!(!ping(&conn, Duration::from_millis(500)).await);
+    }
+
+    #[tokio::test]
+    #[cfg_attr(not(redis_tests), ignore = "PALISADE_TEST_REDIS_URL was not set at build time")]
+    async fn ping_is_true_when_redis_answers() {
+        let url = std::env::var("PALISADE_TEST_REDIS_URL").expect("PALISADE_TEST_REDIS_URL is not set");
+        let conn = connect(&config(&url)).unwrap();
+        assert!(ping(&conn, Duration::from_secs(5)).await);
+    }
+}

@@ -63,7 +63,7 @@ impl RedisState {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 // Unreachable, or answering nonsense: either way not to be used.
-                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                if on_the_way(&e) {
                     tracing::debug!(target: "palisade::redis", kind = ?e.kind(), "Redis call failed");
                 } else {
                     tracing::warn!(target: "palisade::redis", kind = ?e.kind(), "Redis refused a call");
@@ -169,6 +169,19 @@ impl RedisState {
     }
 }
 
+/// Whether a call failed on its way (Redis unreachable, the connection
+/// dropped, no answer in time), not in Redis: logged at debug level, as the
+/// failover counts and reports it; an error Redis answered (a script
+/// refused, a wrong reply) is a warning, as it needs a person.
+fn on_the_way(e: &redis::RedisError) -> bool {
+    if e.is_io_error() {
+        return true;
+    }
+    // Caused by an I/O error without saying so in its kind: redis 1.8 has
+    // no such error, another version may.
+    e.is_connection_dropped() || e.is_timeout()
+}
+
 /// A time for a script in hexadecimal; a time before 1970 (never a
 /// clock's) as 0, which the script's arithmetic treats as long past.
 fn hex(ms: i64) -> String {
@@ -238,5 +251,56 @@ impl AbuseState for RedisState {
 
     fn health(&self) -> Health {
         Health::Shared
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_guard::limits::{Kind, Limit};
+
+    fn bucket(kind: Kind, id: u128) -> Bucket {
+        Bucket::enforce(Key::new(kind, id), Limit::per_minute("x", 10).unwrap())
+    }
+
+    /// A decision that names one bucket twice is cut to its first (as in
+    /// process); `distinct` is what notices it.
+    #[test]
+    fn distinct_finds_a_bucket_named_twice() {
+        let (a, b, c) = (bucket(Kind::Ip, 1), bucket(Kind::Ip, 2), bucket(Kind::Tenant, 1));
+        assert!(distinct(&[]));
+        assert!(distinct(&[a]));
+        assert!(distinct(&[a, b, c]));
+        assert!(!distinct(&[a, a]));
+        assert!(!distinct(&[a, b, a]));
+        assert!(!distinct(&[a, b, c, b]));
+        // The same id under another kind is another bucket.
+        assert!(distinct(&[bucket(Kind::Ip, 1), bucket(Kind::Credential, 1)]));
+    }
+
+    #[test]
+    fn link_failures_are_told_from_errors_redis_answered() {
+        use std::io;
+        let kinds = [
+            io::ErrorKind::Other,
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionRefused,
+        ];
+        for kind in kinds {
+            assert!(on_the_way(&redis::RedisError::from(io::Error::new(kind, "x"))), "{kind:?}");
+        }
+        assert!(on_the_way(&redis::RedisError::from((redis::ErrorKind::Io, "dropped"))));
+        for kind in [redis::ErrorKind::Extension, redis::ErrorKind::UnexpectedReturnType, redis::ErrorKind::Parse] {
+            assert!(!on_the_way(&redis::RedisError::from((kind, "refused"))), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn times_go_to_the_scripts_in_hexadecimal_and_never_negative() {
+        assert_eq!(hex(0), "0");
+        assert_eq!(hex(255), "ff");
+        assert_eq!(hex(1_700_000_000_000), "18bcfe56800");
+        assert_eq!(hex(-5), "0");
     }
 }

@@ -69,6 +69,9 @@ conformance!(
     per_second_limits_refill_by_the_nanosecond,
     concurrent_decisions_never_over_admit,
     a_keys_bucket_and_its_strikes_are_apart,
+    of_refusing_blocks_the_first_is_named,
+    a_refusal_is_new_again_when_its_notice_ends,
+    a_stale_success_does_not_lift_a_later_block,
 );
 
 fn lim(name: &'static str, per_min: u32) -> Limit {
@@ -300,6 +303,60 @@ async fn a_keys_bucket_and_its_strikes_are_apart(s: &dyn AbuseState) {
     assert!(s.notice(7, Key::new(Kind::Credential, 10), T0 + 1, 60_000).await.unwrap());
 }
 
+async fn of_refusing_blocks_the_first_is_named(s: &dyn AbuseState) {
+    let (a, b, c) = (Key::new(Kind::Waf, 21), Key::new(Kind::Waf, 22), Key::new(Kind::Waf, 23));
+    s.mark(7, a, T0, T0 + 5_000).await.unwrap();
+    s.mark(7, b, T0, T0 + 9_000).await.unwrap();
+    s.mark(7, c, T0, T0 + 7_000).await.unwrap();
+    let checks = [BlockCheck { key: a, refuses: true }, BlockCheck { key: b, refuses: true }];
+    let v = decide(s, T0 + 1, &checks, &[]).await;
+    assert_eq!(v.blocked, Some((0, T0 + 5_000)));
+    assert!(v.block_active(0) && v.block_active(1));
+    let checks = [BlockCheck { key: a, refuses: false }, checks[1], BlockCheck { key: c, refuses: true }];
+    let v = decide(s, T0 + 1, &checks, &[]).await;
+    assert_eq!(v.blocked, Some((1, T0 + 9_000)));
+    // The first block over, the next refusing one is named.
+    let v = decide(s, T0 + 5_000, &[BlockCheck { key: a, refuses: true }, checks[2]], &[]).await;
+    assert_eq!(v.blocked, Some((1, T0 + 7_000)));
+    assert!(!v.block_active(0));
+}
+
+/// A refusal is reported as new once per notice period: again at the
+/// very millisecond the period ends.
+async fn a_refusal_is_new_again_when_its_notice_ends(s: &dyn AbuseState) {
+    let b = Bucket::enforce(Key::new(Kind::Credential, 31), lim("key", 1));
+    let at =
+        |now| Decide { partition: 7, now_ms: now, blocks: &[], buckets: std::slice::from_ref(&b), notice_ms: 1_000 };
+    assert!(s.decide(at(T0)).await.unwrap().refused.is_none());
+    let v = s.decide(at(T0 + 1)).await.unwrap();
+    assert_eq!((v.refused, v.refusal_is_new), (Some(0), true));
+    let v = s.decide(at(T0 + 1_000)).await.unwrap();
+    assert_eq!((v.refused, v.refusal_is_new), (Some(0), false));
+    let v = s.decide(at(T0 + 1_001)).await.unwrap();
+    assert_eq!((v.refused, v.refusal_is_new), (Some(0), true));
+}
+
+/// A success forgives the block its own attempt started, not one started
+/// since by other attempts.
+async fn a_stale_success_does_not_lift_a_later_block(s: &dyn AbuseState) {
+    let key = Key::new(Kind::Login, 41);
+    let rule = StrikeRule { threshold: 1, window_ms: 60_000, block_ms: 60_000 };
+    let first = match attempt(s, key, rule, T0).await {
+        Attempt::Counted(o) => o.blocked_until,
+        Attempt::Locked { .. } => panic!("locked"),
+    };
+    assert_eq!(first, Some(T0 + 60_000));
+    let second = match attempt(s, key, rule, T0 + 60_000).await {
+        Attempt::Counted(o) => o.blocked_until,
+        Attempt::Locked { .. } => panic!("locked"),
+    };
+    assert_eq!(second, Some(T0 + 120_000));
+    s.forgive(7, key, first).await.unwrap();
+    assert_eq!(attempt(s, key, rule, T0 + 60_001).await, Attempt::Locked { until: T0 + 120_000 });
+    s.forgive(7, key, second).await.unwrap();
+    assert!(matches!(attempt(s, key, rule, T0 + 60_002).await, Attempt::Counted(_)));
+}
+
 async fn marks_hold_and_clears_forget(s: &dyn AbuseState) {
     let key = Key::new(Kind::Waf, 3);
     let check = [BlockCheck { key, refuses: true }];
@@ -497,6 +554,29 @@ async fn bucket_entries_expire_and_live_long_enough() {
         .refused
         .is_none());
     assert!(ttl(&mut conn).await >= noted - 61_000);
+}
+
+/// Redis only: a strike's entry lives at least its window, a mark's until
+/// its end (each with the scripts' second of slack), no longer.
+#[tokio::test]
+#[cfg_attr(not(redis_tests), ignore = "PALISADE_TEST_REDIS_URL was not set at build time")]
+async fn strike_and_mark_entries_live_as_long_as_they_matter() {
+    let s = redis().await;
+    let url = std::env::var("PALISADE_TEST_REDIS_URL").unwrap();
+    let conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let ttl = |name: String| {
+        let mut c = conn.clone();
+        async move { redis::cmd("PTTL").arg(&name).query_async::<i64>(&mut c).await.unwrap() }
+    };
+    let strikes = Key::new(Kind::Waf, 51);
+    strike(&s, 7, strikes, StrikeRule { threshold: 5, window_ms: 60_000, block_ms: 600_000 }, now).await;
+    let life = ttl(s.key(7, strikes)).await;
+    assert!((60_000..=61_000).contains(&life), "a strike's life: {life} ms");
+    let marked = Key::new(Kind::LoginTrust, 52);
+    s.mark(7, marked, now, now + 120_000).await.unwrap();
+    let life = ttl(s.key(7, marked)).await;
+    assert!((120_000..=121_000).contains(&life), "a mark's life: {life} ms");
 }
 
 /// Redis only: a bucket whose stored value is not one the script wrote is
