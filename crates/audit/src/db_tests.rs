@@ -27,37 +27,12 @@ pub(crate) fn signer() -> Signer {
     Signer::from_pem(&pem, "palisade").unwrap()
 }
 
+pub(crate) use palisade_store::testing::Dropper;
+
 /// A database of its own on the PostgreSQL server of
 /// `PALISADE_TEST_POSTGRES_URL`, migrated, dropped by [`Dropper::drop_db`].
-/// The tests that call this are built as ignored without the variable
-/// (build.rs), so one that runs fails rather than passes without a server.
 pub(crate) async fn postgres() -> (Db, Dropper) {
-    let url = std::env::var("PALISADE_TEST_POSTGRES_URL")
-        .expect("PALISADE_TEST_POSTGRES_URL must be set to run the PostgreSQL tests");
-    let name = format!("palisade_audit_{}", uuid::Uuid::new_v4().simple());
-    let admin = Db::connect(&url, 2).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.reader()).await.unwrap();
-    let (head, query) = url.split_once('?').map_or((url.as_str(), None), |(h, q)| (h, Some(q)));
-    let base = head.rsplit_once('/').map_or(head, |(b, _)| b);
-    let db =
-        Db::connect(&format!("{base}/{name}{}", query.map(|q| format!("?{q}")).unwrap_or_default()), 8).await.unwrap();
-    db.migrate().await.unwrap();
-    (db, Dropper { admin, name })
-}
-
-/// Drops a test database once its test is done with it.
-pub(crate) struct Dropper {
-    admin: Db,
-    name: String,
-}
-
-impl Dropper {
-    pub(crate) async fn drop_db(self, db: Db) {
-        db.close().await;
-        let sql = format!("DROP DATABASE {} WITH (FORCE)", self.name);
-        sqlx::query(&sql).execute(self.admin.reader()).await.unwrap();
-        self.admin.close().await;
-    }
+    palisade_store::testing::test_postgres("palisade_audit").await
 }
 
 pub(crate) async fn pending(db: &Db) -> i64 {

@@ -23,6 +23,8 @@ mod read;
 pub mod recovery;
 pub mod settings;
 pub mod tenants;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod tokens;
 pub mod users;
 pub mod webhooks;

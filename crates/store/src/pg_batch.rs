@@ -352,40 +352,10 @@ pub(crate) fn json_of(v: &Val) -> Json {
 pub(crate) mod tests {
     use super::*;
 
-    /// Drops a test database once its test is done with it.
-    pub(crate) struct Dropper {
-        admin: Db,
-        name: String,
-    }
+    pub(crate) use crate::testing::Dropper;
 
-    impl Dropper {
-        pub(crate) async fn drop_db(self, db: Db) {
-            db.close().await;
-            let sql = format!("DROP DATABASE {} WITH (FORCE)", self.name);
-            sqlx::query(&sql).execute(self.admin.reader()).await.unwrap();
-        }
-    }
-
-    /// A new, migrated database on the test server. The tests that call
-    /// this are built as ignored without one (build.rs), so one that runs
-    /// fails rather than passes when it is missing.
     pub(crate) async fn test_postgres() -> (Db, Dropper) {
-        let url = std::env::var("PALISADE_TEST_POSTGRES_URL")
-            .expect("PALISADE_TEST_POSTGRES_URL must be set to run the PostgreSQL tests");
-        fresh_postgres(&url).await
-    }
-
-    /// A new, migrated database on the server `url` names.
-    pub(crate) async fn fresh_postgres(url: &str) -> (Db, Dropper) {
-        let name = format!("palisade_store_{}", uuid::Uuid::new_v4().simple());
-        let admin = Db::connect(url, 2).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.reader()).await.unwrap();
-        let (head, query) = url.split_once('?').map_or((url, None), |(h, q)| (h, Some(q)));
-        let base = head.rsplit_once('/').map_or(head, |(b, _)| b);
-        let db_url = format!("{base}/{name}{}", query.map(|q| format!("?{q}")).unwrap_or_default());
-        let db = Db::connect(&db_url, 8).await.unwrap();
-        db.migrate().await.unwrap();
-        (db, Dropper { admin, name })
+        crate::testing::test_postgres("palisade_store").await
     }
 
     /// 300 concurrent debits over three tenants whose balances cover 10,
