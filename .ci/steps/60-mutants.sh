@@ -10,14 +10,14 @@ MUTANTS_VERSION=27.1.0
 # Whole run, and each mutant's test run (the unit suites take seconds).
 LIMIT=${MUTANTS_SECS:-900}
 PER_MUTANT=${MUTANTS_TEST_SECS:-120}
-PACKAGES=(palisade-guard palisade-auth palisade-core palisade-audit palisade-admission palisade-store palisade-sip
+PACKAGES=(palisade-guard palisade-auth palisade-core palisade-audit palisade-admission palisade-store palisade-digest
   palisade-cluster)
 # Of palisade-store, only the credit and audit store code: its own unit tests
 # (credits_tests, audit_tests, audit_copy's) pin it; the rest of the crate is
 # not run yet. The cluster and audit_copy tests need Redis and PostgreSQL
 # (PALISADE_TEST_REDIS_URL, PALISADE_TEST_POSTGRES_URL, set by .ci/run).
 SOURCES=(crates/guard/src crates/auth/src crates/core/src crates/audit/src crates/admission/src
-  crates/store/src/credits.rs crates/store/src/audit.rs crates/store/src/audit_copy.rs crates/sip/src
+  crates/store/src/credits.rs crates/store/src/audit.rs crates/store/src/audit_copy.rs crates/digest/src
   crates/cluster/src)
 ACCEPTED=.ci/mutants-accepted.txt
 

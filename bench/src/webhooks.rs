@@ -337,7 +337,7 @@ async fn per_delivery_costs() -> anyhow::Result<()> {
     let sign = ns_per(200_000, || {
         black_box(signature::sign_v1(&secret, "msg_2a7Yp0", 1_700_000_000, black_box(&body)));
     });
-    let sealer = palisade_webhooks::seal::Sealer::new(&[7; 32]);
+    let sealer = palisade_seal::Sealer::new(&[7; 32]);
     let sealed = sealer.seal(secret.to_string_whsec().as_bytes(), b"webhook-endpoint/t/e");
     let open = ns_per(200_000, || {
         black_box(sealer.open(black_box(&sealed), b"webhook-endpoint/t/e").is_ok());

@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         (name = "api-keys", description = "API keys of the tenant"),
         (name = "users", description = "People of the tenant"),
         (name = "events", description = "The tenant's audit trail"),
+        (name = "sip", description = "SIP credentials and registrations of an identity"),
         (name = "sysadmin", description = "Operator API, master key only"),
     ),
     components(schemas(palisade_core::Problem, palisade_core::FieldError))

@@ -34,7 +34,7 @@ pub struct Services {
     /// The only way out to tenants' webhook URLs (SSRF-guarded).
     pub webhook_client: Arc<palisade_webhooks::client::WebhookClient>,
     /// Seals endpoint secrets at rest.
-    pub sealer: Arc<palisade_webhooks::seal::Sealer>,
+    pub sealer: Arc<palisade_seal::Sealer>,
     /// Keys the hashes of codes that prove control of a number.
     pub number_codes: palisade_auth::code::CodeKey,
     /// Wakes the delivery worker when something was queued.

@@ -105,7 +105,9 @@ impl<S: AbuseState> Failover<S> {
             Kind::AuthIp | Kind::Login | Kind::LoginAccount | Kind::LoginSpacing | Kind::LoginTrust => p.auth,
             Kind::CredentialFailure => p.credentials,
             Kind::Waf => p.waf,
-            Kind::Ip
+            Kind::SipNonce | Kind::SipAuth | Kind::SipAuthUser | Kind::SipBlockCount => p.sip,
+            Kind::SipFlood
+            | Kind::Ip
             | Kind::Credential
             | Kind::Tenant
             | Kind::MessageCreate
@@ -421,10 +423,11 @@ mod tests {
     #[test]
     fn every_kind_follows_its_own_class() {
         use FailMode::{Closed, Local};
-        let classes: [(&str, &[Kind]); 4] = [
+        let classes: [(&str, &[Kind]); 5] = [
             ("auth", &[Kind::AuthIp, Kind::Login, Kind::LoginAccount, Kind::LoginSpacing, Kind::LoginTrust]),
             ("credentials", &[Kind::CredentialFailure]),
             ("waf", &[Kind::Waf]),
+            ("sip", &[Kind::SipNonce, Kind::SipAuth, Kind::SipAuthUser, Kind::SipBlockCount]),
             (
                 "rate_limits",
                 &[
@@ -436,6 +439,7 @@ mod tests {
                     Kind::IdentityRate,
                     Kind::Burst,
                     Kind::Notice,
+                    Kind::SipFlood,
                 ],
             ),
         ];
@@ -446,6 +450,7 @@ mod tests {
                 credentials: mode("credentials"),
                 waf: mode("waf"),
                 rate_limits: mode("rate_limits"),
+                sip: mode("sip"),
             };
             let f = Failover::new(LocalState::new(), policy, Duration::from_secs(1), Arc::new(()));
             for (class, kinds) in classes {
@@ -459,6 +464,9 @@ mod tests {
             assert_eq!(f.mode(kind), Closed, "{kind:?}");
         }
         assert_eq!(f.mode(Kind::CredentialFailure), Closed);
+        for kind in [Kind::SipNonce, Kind::SipAuth, Kind::SipAuthUser, Kind::SipBlockCount] {
+            assert_eq!(f.mode(kind), Closed, "{kind:?}");
+        }
     }
 
     /// What the fallback counted is in the state `local()` shows: the
@@ -485,6 +493,7 @@ mod tests {
             waf: FailMode::Closed,
             auth: FailMode::Local,
             credentials: FailMode::Local,
+            sip: FailMode::Local,
         };
         let f = Failover::new(Handle(flaky), policy, Duration::from_secs(60), Arc::new(()));
         let ip = [Bucket::enforce(Key::new(Kind::Ip, 1), Limit::per_minute("ip", 1).unwrap())];

@@ -61,6 +61,8 @@ conformance!(
     logins_lock_pairs_and_space_throttled_accounts,
     spikes_are_reported_once_per_period_and_never_refuse,
     notices_once_per_period,
+    one_time_values_are_used_once,
+    concurrent_uses_of_one_value_admit_one,
     a_strike_one_window_old_no_longer_counts,
     a_pair_lock_ends_on_time,
     of_equal_refusals_the_first_is_named,
@@ -227,6 +229,22 @@ async fn notices_once_per_period(s: &dyn AbuseState) {
     assert!(s.notice(7, key, T0 + 60_000, 60_000).await.unwrap());
     // Another partition is another key.
     assert!(s.notice(8, key, T0, 60_000).await.unwrap());
+}
+
+async fn one_time_values_are_used_once(s: &dyn AbuseState) {
+    let key = Key::new(Kind::SipNonce, 1);
+    assert!(s.consume_once(7, key, T0, T0 + 300_000).await.unwrap());
+    assert!(!s.consume_once(7, key, T0 + 299_999, T0 + 300_000).await.unwrap());
+    assert!(s.consume_once(7, Key::new(Kind::SipNonce, 2), T0, T0 + 300_000).await.unwrap());
+    assert!(s.consume_once(8, key, T0, T0 + 300_000).await.unwrap());
+}
+
+/// A replay racing its original: exactly one of them is accepted.
+async fn concurrent_uses_of_one_value_admit_one(s: &dyn AbuseState) {
+    let key = Key::new(Kind::SipNonce, 3);
+    let tries = (0..16).map(|_| s.consume_once(7, key, T0, T0 + 300_000));
+    let firsts = futures_join(tries).await.into_iter().filter(|r| *r == Ok(true)).count();
+    assert_eq!(firsts, 1);
 }
 
 async fn a_strike_one_window_old_no_longer_counts(s: &dyn AbuseState) {

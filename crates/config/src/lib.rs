@@ -3,6 +3,7 @@
 //! come from files (`*_file` keys) and never print in `Debug` output.
 
 mod secret;
+mod sip;
 mod substitute;
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub use secret::Secret;
+pub use sip::{BruteForce, Pike, Sip};
 pub use substitute::substitute_env;
 
 /// Master keys and JWT secrets that appear in our docs and examples. Production refuses them.
@@ -56,6 +58,7 @@ pub struct Config {
     pub webhooks: Webhooks,
     pub inbound: Inbound,
     pub redis: Redis,
+    pub sip: Sip,
 }
 
 /// Redis, shared by several instances: rate-limit buckets, WAF counters
@@ -105,6 +108,10 @@ pub struct RedisFailure {
     pub auth: FailMode,
     /// Failed-credential counters and the address lock they lead to.
     pub credentials: FailMode,
+    /// SIP digest state: used (nonce, nc) pairs, failure counters and the
+    /// blocks they lead to. Closed by default: a per-process fallback would
+    /// let a replayed digest pass on another instance.
+    pub sip: FailMode,
 }
 
 impl Default for RedisFailure {
@@ -114,6 +121,7 @@ impl Default for RedisFailure {
             waf: FailMode::Local,
             auth: FailMode::Closed,
             credentials: FailMode::Closed,
+            sip: FailMode::Closed,
         }
     }
 }
@@ -706,7 +714,7 @@ impl std::str::FromStr for Net {
     }
 }
 
-fn nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+pub(crate) fn nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
     Ok(list_or_csv::<D, Net>(d)?.into_iter().map(|n| n.0).collect())
 }
 
@@ -769,6 +777,7 @@ impl Config {
     /// Checks that hold in every mode, then the production refusals.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.sip.validate()?;
         let n = &self.numbers;
         if !(60..=3600).contains(&n.code_ttl_secs)
             || !(1..=10).contains(&n.code_attempts)

@@ -228,6 +228,7 @@ fn redis_section_from_env_and_checked() {
         assert_eq!((c.redis.key_prefix.as_str(), c.redis.timeout_ms), ("palisade", 250));
         assert_eq!(c.redis.on_failure.auth, FailMode::Closed);
         assert_eq!(c.redis.on_failure.rate_limits, FailMode::Local);
+        assert_eq!(c.redis.on_failure.sip, FailMode::Closed);
         jail.set_env("PALISADE_REDIS__URL", "rediss://app:s3cret-pw@redis.example:6380/2");
         jail.set_env("PALISADE_REDIS__KEY_PREFIX", "blue");
         jail.set_env("PALISADE_REDIS__ON_FAILURE__WAF", "closed");
@@ -281,4 +282,40 @@ fn redis_urls() {
     c.validate().unwrap();
     c.redis.url = Some(Secret::new("redis://127.0.0.1:6379".into()));
     c.validate().unwrap();
+}
+
+#[test]
+#[allow(clippy::result_large_err)]
+fn sip_section_is_off_by_default_and_checked() {
+    figment::Jail::expect_with(|jail| {
+        let c = Config::load(None).map_err(|e| e.0)?;
+        assert!(!c.sip.enabled());
+        assert_eq!(c.sip.digest_algorithms, ["SHA-256", "MD5"]);
+        assert_eq!((c.sip.bruteforce.threshold, c.sip.bruteforce.block_secs), (5, 900));
+        let loopback: Vec<String> = c.sip.plaintext_allowed_cidrs.iter().map(|n| n.to_string()).collect();
+        assert_eq!(loopback, ["127.0.0.1/32", "::1/128"]);
+        c.validate().map_err(|e| e.0)?;
+        jail.set_env("PALISADE_SIP__UDP_LISTEN", "127.0.0.1:5060");
+        jail.set_env("PALISADE_SIP__PLAINTEXT_ALLOWED_CIDRS", "10.0.0.0/8,127.0.0.1/32");
+        let c = Config::load(None).map_err(|e| e.0)?;
+        assert!(c.sip.enabled());
+        assert_eq!(c.sip.plaintext_allowed_cidrs.len(), 2);
+        c.validate().map_err(|e| e.0)?;
+        for (key, value, says) in [
+            ("PALISADE_SIP__UDP_LISTEN", "pbx.example:5060", "sip.udp_listen"),
+            ("PALISADE_SIP__TLS_LISTEN", "0.0.0.0:5061", "tls_cert_file"),
+            ("PALISADE_SIP__DIGEST_ALGORITHMS", "[\"SHA-512\"]", "digest_algorithms"),
+            ("PALISADE_SIP__DIGEST_ALGORITHMS", "[]", "digest_algorithms"),
+            ("PALISADE_SIP__MIN_EXPIRES_SECS", "7200", "min_expires_secs"),
+            ("PALISADE_SIP__DOMAIN", "a b", "sip.domain"),
+            ("PALISADE_SIP__MAX_MESSAGE_BYTES", "100", "max_message_bytes"),
+        ] {
+            jail.set_env(key, value);
+            // Loading validates.
+            let e = Config::load(None).unwrap_err().0;
+            assert!(e.contains(says), "{key}={value}: {e}");
+            std::env::remove_var(key);
+        }
+        Ok(())
+    });
 }

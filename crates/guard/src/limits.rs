@@ -121,6 +121,17 @@ pub enum Kind {
     /// An address trusted for one account (the password was right there
     /// lately): exempt from the account's throttle, not from its own lock.
     LoginTrust,
+    /// A SIP digest (nonce, nc) pair already accepted: replays are refused.
+    SipNonce,
+    /// Failed SIP digest authentications from one address, and its block.
+    SipAuth,
+    /// Failed SIP digest authentications for one username from anywhere
+    /// (a guesser spread over many addresses).
+    SipAuthUser,
+    /// Blocks one address has earned lately: each new one lasts longer.
+    SipBlockCount,
+    /// Requests from one address to the SIP edge (the flood guard).
+    SipFlood,
 }
 
 /// A key: what it counts and whose. Addresses, ids and emails all fit in

@@ -213,6 +213,13 @@ pub trait AbuseState: Send + Sync + 'static {
     /// True the first time `key` is noted in a period of `period_ms`.
     fn notice(&self, partition: u128, key: Key, now_ms: i64, period_ms: i64) -> Answer<'_, bool>;
 
+    /// True the first time `key` is used before `until_ms`, false ever
+    /// after until then: a one-time value (a SIP digest's nonce and count).
+    /// Kept until `until_ms`, so the value must be worthless after it.
+    fn consume_once(&self, partition: u128, key: Key, now_ms: i64, until_ms: i64) -> Answer<'_, bool> {
+        self.notice(partition, key, now_ms, until_ms.saturating_sub(now_ms).max(1))
+    }
+
     /// A login attempt (see [`LoginRule`]): refused if its pair is locked,
     /// or if the account is throttled, the pair not trusted, and another
     /// attempt was admitted within the spacing; otherwise counted against
@@ -555,7 +562,8 @@ fn make_room_for_strike(shard: &mut Shard, now_ms: i64) -> bool {
             .retain(|k, s| s.blocked_until > now_ms || !matches!(k.kind, Kind::Notice | Kind::CredentialFailure));
     }
     if shard.strikes.len() >= SHARD_CAP {
-        shard.strikes.retain(|_, s| s.blocked_until > now_ms);
+        // Used one-time values stay too: forgetting one would let it replay.
+        shard.strikes.retain(|k, s| s.blocked_until > now_ms || (k.kind == Kind::SipNonce && s.noticed_until > now_ms));
     }
     shard.sweep_strikes_at = (shard.strikes.len() * 2).min(SHARD_CAP);
     shard.strikes.len() < SHARD_CAP
@@ -790,6 +798,42 @@ mod tests {
         assert!(s.notice_now(7, key, T0, 60_000));
         assert!(!s.notice_now(7, key, T0 + 59_999, 60_000));
         assert!(s.notice_now(7, key, T0 + 60_000, 60_000));
+    }
+
+    /// The in-process state answers at once: its futures are ready.
+    fn now<T>(mut f: Answer<'_, T>) -> Result<T, Unavailable> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the in-process state waited"),
+        }
+    }
+
+    #[test]
+    fn a_one_time_value_is_used_once_until_it_lapses() {
+        let s = LocalState::new();
+        let key = Key::new(Kind::SipNonce, 1);
+        assert_eq!(now(s.consume_once(7, key, T0, T0 + 300_000)), Ok(true));
+        assert_eq!(now(s.consume_once(7, key, T0 + 299_999, T0 + 300_000)), Ok(false));
+        // Another value, or the same one in another partition, is new.
+        assert_eq!(now(s.consume_once(7, Key::new(Kind::SipNonce, 2), T0, T0 + 300_000)), Ok(true));
+        assert_eq!(now(s.consume_once(8, key, T0, T0 + 300_000)), Ok(true));
+        // Past its life the value is worthless (the nonce has expired), so
+        // forgetting it is safe.
+        assert_eq!(now(s.consume_once(7, key, T0 + 300_000, T0 + 600_000)), Ok(true));
+    }
+
+    #[test]
+    fn a_flood_of_strikes_does_not_forget_used_one_time_values() {
+        let s = LocalState::new();
+        let rule = StrikeRule { threshold: 100, window_ms: 60_000, block_ms: 1 };
+        let used = Key::new(Kind::SipNonce, u128::MAX);
+        assert!(s.notice_now(7, used, T0, 300_000));
+        // One partition, so one shard fills up with other entries.
+        for id in 0..(SHARD_CAP as u128 + 10) {
+            s.strike_now(7, Key::new(Kind::SipAuth, id), rule, T0);
+        }
+        assert!(!s.notice_now(7, used, T0 + 1, 300_000), "a used value was forgotten under pressure");
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let webhook_wake = Arc::new(tokio::sync::Notify::new());
     let reports = palisade_api::reports::Reports::start(db.clone(), webhook_wake.clone());
     let data_key = webhook_key(&config)?;
-    let sealer = Arc::new(palisade_webhooks::seal::Sealer::new(&data_key));
+    let sealer = Arc::new(palisade_seal::Sealer::new(&data_key));
     let number_codes = palisade_auth::code::CodeKey::derive(&data_key, "number verification");
     let webhook_client = Arc::new(webhook_client(&config)?);
     let worker = Arc::new(palisade_webhooks::worker::Worker {

@@ -1,6 +1,4 @@
-//! The SIP edge. So far its digest authentication: challenges, the
-//! `Authorization` header, our own keyed nonces and the check of a
-//! response, all pure (no I/O), so that the transports, the registrar and
-//! the calls built on them (docs/plans/sip-edge.md) share one rule.
-
-pub mod digest;
+//! The SIP edge: listeners, the flood guard and message limits in front of
+//! a maintained SIP stack, then REGISTER and INVITE translated to and from
+//! the transport-neutral services (`palisade-voice`, `palisade-admission`).
+//! Digest authentication is `palisade-digest`'s.

@@ -142,6 +142,9 @@ pub async fn delete(tx: &mut crate::Tx, scope: &TenantScope, id: IdentityId) -> 
         .bind(id.to_string())
         .execute(&mut **tx)
         .await?;
+    if r.rows_affected() == 1 {
+        crate::sip::forget_identity(tx, scope, id).await?;
+    }
     tx.credentials_changed(&scope.tenant_id().to_string());
     Ok(r.rows_affected() == 1)
 }

@@ -22,6 +22,7 @@ mod pg_lookup;
 mod read;
 pub mod recovery;
 pub mod settings;
+pub mod sip;
 pub mod tenants;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

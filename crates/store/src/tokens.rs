@@ -240,7 +240,7 @@ pub async fn revoke_jti<'c>(ex: impl Executor<'c, Database = Any>, jti: &str, ex
 }
 
 /// Deletes what can no longer matter: revocations of expired tokens, expired
-/// refresh tokens, families and email tokens. Returns rows removed.
+/// refresh tokens, families, email tokens and lapsed SIP registrations. Returns rows removed.
 pub async fn purge_expired(db: &crate::Db, now: i64) -> Result<u64> {
     let mut n = 0;
     for sql in [
@@ -248,6 +248,8 @@ pub async fn purge_expired(db: &crate::Db, now: i64) -> Result<u64> {
         "DELETE FROM refresh_tokens WHERE expires_at < $1",
         "DELETE FROM token_families WHERE expires_at < $1",
         "DELETE FROM email_tokens WHERE expires_at < $1",
+        // SIP contacts whose registration lapsed.
+        "DELETE FROM sip_registrations WHERE expires_at < $1",
         // Sign-ups never verified and invitations never accepted free their
         // address once no live token is left for them.
         "DELETE FROM users WHERE status IN ('pending', 'invited') \

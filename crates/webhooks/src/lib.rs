@@ -4,6 +4,5 @@
 
 pub mod client;
 pub mod events;
-pub mod seal;
 pub mod signature;
 pub mod worker;

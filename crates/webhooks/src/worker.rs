@@ -15,8 +15,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::client::{AttemptError, Outcome, WebhookClient};
-use crate::seal::Sealer;
 use crate::signature::{self, Ed25519Signer, WebhookSecret};
+use palisade_seal::Sealer;
 
 /// How often a frozen tenant's deliveries look again.
 const FROZEN_RECHECK_MS: i64 = 60_000;

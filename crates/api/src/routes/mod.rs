@@ -13,6 +13,7 @@ mod inbound;
 mod me;
 mod messages;
 mod number_verification;
+mod sip;
 mod sysadmin;
 mod users;
 mod webhooks;
@@ -54,6 +55,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(identities::agent_token))
         .routes(routes!(identities::freeze))
         .routes(routes!(identities::unfreeze))
+        .routes(routes!(sip::create_credential, sip::list_credentials))
+        .routes(routes!(sip::revoke_credential))
+        .routes(routes!(sip::registrations))
         .routes(routes!(number_verification::send_code))
         .routes(routes!(number_verification::confirm))
         .routes(routes!(billing::balance))

@@ -25,6 +25,7 @@ struct Victim {
     cdr_id: String,
     webhook_id: String,
     delivery_id: String,
+    sip_username: String,
 }
 
 impl Victim {
@@ -44,7 +45,7 @@ impl Victim {
         }
     }
 
-    fn ids(&self) -> [&str; 11] {
+    fn ids(&self) -> [&str; 12] {
         [
             &self.tenant_id,
             &self.key_id,
@@ -57,6 +58,7 @@ impl Victim {
             &self.cdr_id,
             &self.webhook_id,
             &self.delivery_id,
+            &self.sip_username,
         ]
     }
 }
@@ -71,6 +73,8 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
         .await
         .expect(201);
     let identity = srv.post("/v1/identities", &a.token, json!({"number": "+34612000111"})).await.expect(201);
+    let identity_id = identity.body["id"].as_str().unwrap().to_owned();
+    let sip = srv.post(&format!("/v1/identities/{identity_id}/sip-credentials"), &a.token, json!({})).await.expect(201);
     srv.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", a.id), Some(json!({"amount": 100})))
         .await
         .expect(200);
@@ -103,6 +107,7 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
         cdr_id: cdr.body["data"][0]["id"].as_str().unwrap().to_owned(),
         webhook_id,
         delivery_id: test.body["id"].as_str().unwrap().to_owned(),
+        sip_username: sip.body["username"].as_str().unwrap().to_owned(),
     };
     let b_tenant = srv.tenant("Attacker").await;
     let (_, b_key) = srv.api_key(&b_tenant.token, json!({"name": "attacker key", "role": "owner"})).await;
@@ -136,6 +141,8 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
     let i = srv.get(&format!("/v1/identities/{}", victim.identity_id), &victim.token).await.expect(200);
     assert_eq!(i.body["number"], "+34612000111");
     assert!(i.body.get("agent_token_prefix").is_none());
+    let sip = srv.get(&format!("/v1/identities/{}/sip-credentials", victim.identity_id), &victim.token).await;
+    assert_eq!(sip.expect(200).body["data"][0]["username"], victim.sip_username.as_str());
     srv.stop().await;
 }
 
@@ -144,8 +151,14 @@ async fn check_route(srv: &TestServer, v: &Victim, cred: &str, method: &Method, 
         // Authenticated by the provider's signature, not a tenant's
         // credential; it names no tenant resource in its path.
     } else if path.contains('{') {
-        let target = path.replace("{id}", v.id_for(path)).replace("{delivery_id}", &v.delivery_id);
-        let random = path.replace("{id}", &uuid::Uuid::new_v4().to_string()).replace("{delivery_id}", &v.delivery_id);
+        let target = path
+            .replace("{id}", v.id_for(path))
+            .replace("{delivery_id}", &v.delivery_id)
+            .replace("{username}", &v.sip_username);
+        let random = path
+            .replace("{id}", &uuid::Uuid::new_v4().to_string())
+            .replace("{delivery_id}", &v.delivery_id)
+            .replace("{username}", &v.sip_username);
         let theirs = srv.call(method.clone(), &target, Some(cred), body.clone()).await;
         let missing = srv.call(method.clone(), &random, Some(cred), body).await;
         assert_eq!(theirs.status, 404, "{method} {path} on another tenant's id: {}", theirs.text);

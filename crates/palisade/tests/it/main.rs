@@ -30,6 +30,7 @@ mod numbers;
 mod openapi;
 mod recovery;
 mod redis_state;
+mod sip;
 mod sysadmin;
 mod tls;
 mod users;

@@ -1,8 +1,9 @@
-//! Endpoint secrets encrypted at rest with AES-256-GCM.
+//! Secrets encrypted at rest with AES-256-GCM (webhook endpoint secrets,
+//! SIP digest keys).
 //!
 //! A sealed blob is `version (1) || nonce (12 bytes, random) || ciphertext
-//! and tag`. The caller's AAD (`"{tenant_id}/{endpoint_id}"`) binds the blob
-//! to its row: copied to another row, it no longer opens.
+//! and tag`. The caller's AAD (for a webhook `"{tenant_id}/{endpoint_id}"`)
+//! binds the blob to its row: copied to another row, it no longer opens.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};

@@ -1,5 +1,7 @@
 //! Digest authentication for SIP (RFC 3261 §22, RFC 7616, RFC 8760):
-//! SHA-256 and MD5, `qop=auth` only, nonces of our own ([`nonce`]).
+//! SHA-256 and MD5, `qop=auth` only, nonces of our own ([`nonce`]). Pure
+//! (no I/O), so that the registrar, the calls and the credential store
+//! share one rule.
 //!
 //! What a stored credential keeps is HA1 = H(username:realm:password) per
 //! algorithm, never the password. Whether an `(nonce, nc)` pair was seen

@@ -1,0 +1,213 @@
+//! The SIP edge (`[sip]`, env `PALISADE_SIP__*`). Off unless a listener is
+//! set. See docs/sip.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sip {
+    /// `ip:port` listeners; each unset one is off.
+    pub udp_listen: Option<String>,
+    pub tcp_listen: Option<String>,
+    pub tls_listen: Option<String>,
+    /// PEM files for the TLS listener.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// CA whose client certificates are accepted (optional).
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// With a client CA: refuse clients without a certificate.
+    pub tls_require_client_cert: bool,
+    /// Sources served over UDP and TCP; any other gets no answer. TLS
+    /// serves everyone.
+    #[serde(deserialize_with = "crate::nets")]
+    pub plaintext_allowed_cidrs: Vec<IpNet>,
+    /// Our name in `Via`, `Contact` and `Warning` headers.
+    pub public_host: String,
+    /// Realms are `<tenant id>.<domain>`.
+    pub domain: String,
+    /// Offered in this order: `SHA-256`, `MD5`.
+    pub digest_algorithms: Vec<String>,
+    pub nonce_ttl_secs: u64,
+    pub min_expires_secs: u32,
+    pub max_expires_secs: u32,
+    pub default_expires_secs: u32,
+    pub max_contacts_per_identity: u32,
+    /// Bounds on one message and on what one source may hold.
+    pub max_message_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    pub tls_handshake_timeout_ms: u64,
+    pub idle_timeout_secs: u64,
+    pub max_transactions_per_source: usize,
+    pub pike: Pike,
+    pub bruteforce: BruteForce,
+}
+
+impl Default for Sip {
+    fn default() -> Self {
+        Self {
+            udp_listen: None,
+            tcp_listen: None,
+            tls_listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_require_client_cert: false,
+            plaintext_allowed_cidrs: vec![
+                "127.0.0.1/32".parse().unwrap_or_default(),
+                "::1/128".parse().unwrap_or_default(),
+            ],
+            public_host: "localhost".into(),
+            domain: "sip.palisade.invalid".into(),
+            digest_algorithms: vec!["SHA-256".into(), "MD5".into()],
+            nonce_ttl_secs: 300,
+            min_expires_secs: 60,
+            max_expires_secs: 3600,
+            default_expires_secs: 3600,
+            max_contacts_per_identity: 5,
+            max_message_bytes: 8192,
+            max_headers: 64,
+            max_header_bytes: 2048,
+            max_connections: 4096,
+            max_connections_per_address: 16,
+            tls_handshake_timeout_ms: 5000,
+            idle_timeout_secs: 180,
+            max_transactions_per_source: 64,
+            pike: Pike::default(),
+            bruteforce: BruteForce::default(),
+        }
+    }
+}
+
+/// The flood guard: more than `max_requests` in `window_ms` from one
+/// address, and it gets no answer until it slows down.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Pike {
+    pub window_ms: u64,
+    pub max_requests: u32,
+}
+
+impl Default for Pike {
+    fn default() -> Self {
+        Self { window_ms: 2000, max_requests: 30 }
+    }
+}
+
+/// Failed digest authentications: `threshold` from one address block it
+/// for `block_secs`, each further block of the day `escalation_factor`
+/// times longer up to `max_block_secs`; `per_username_threshold` failures
+/// for one username in `per_username_window_secs` block the username.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BruteForce {
+    pub threshold: u32,
+    pub block_secs: u64,
+    pub escalation_factor: u32,
+    pub max_block_secs: u64,
+    pub per_username_threshold: u32,
+    pub per_username_window_secs: u64,
+}
+
+impl Default for BruteForce {
+    fn default() -> Self {
+        Self {
+            threshold: 5,
+            block_secs: 900,
+            escalation_factor: 2,
+            max_block_secs: 86_400,
+            per_username_threshold: 20,
+            per_username_window_secs: 900,
+        }
+    }
+}
+
+impl Sip {
+    /// Whether any listener is configured.
+    pub fn enabled(&self) -> bool {
+        self.udp_listen.is_some() || self.tcp_listen.is_some() || self.tls_listen.is_some()
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        for (name, v) in
+            [("udp_listen", &self.udp_listen), ("tcp_listen", &self.tcp_listen), ("tls_listen", &self.tls_listen)]
+        {
+            if let Some(v) = v {
+                v.parse::<SocketAddr>()
+                    .map_err(|_| ConfigError(format!("sip.{name} must be ip:port (e.g. 0.0.0.0:5060), not {v:?}")))?;
+            }
+        }
+        if self.tls_listen.is_some() && (self.tls_cert_file.is_none() || self.tls_key_file.is_none()) {
+            return Err(ConfigError("sip.tls_listen needs sip.tls_cert_file and sip.tls_key_file".into()));
+        }
+        if self.tls_require_client_cert && self.tls_client_ca_file.is_none() {
+            return Err(ConfigError("sip.tls_require_client_cert needs sip.tls_client_ca_file".into()));
+        }
+        let host_ok = |h: &str| {
+            !h.is_empty() && h.len() <= 253 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        };
+        if !host_ok(&self.public_host) || !host_ok(&self.domain) || self.domain.contains(':') {
+            return Err(ConfigError(
+                "sip.public_host and sip.domain must be host names (letters, digits, '-' and '.')".into(),
+            ));
+        }
+        let mut seen = Vec::new();
+        for a in &self.digest_algorithms {
+            if !(a == "SHA-256" || a == "MD5") || seen.contains(&a) {
+                return Err(ConfigError(format!(
+                    "sip.digest_algorithms: {a:?} is not \"SHA-256\" or \"MD5\", or is listed twice"
+                )));
+            }
+            seen.push(a);
+        }
+        if seen.is_empty() {
+            return Err(ConfigError("sip.digest_algorithms must name at least one of \"SHA-256\", \"MD5\"".into()));
+        }
+        if !(30..=3600).contains(&self.nonce_ttl_secs) {
+            return Err(ConfigError("sip.nonce_ttl_secs must be 30 to 3600".into()));
+        }
+        if self.min_expires_secs == 0
+            || self.min_expires_secs > self.default_expires_secs
+            || self.default_expires_secs > self.max_expires_secs
+            || self.max_expires_secs > 86_400
+        {
+            return Err(ConfigError(
+                "sip: expects 1 <= min_expires_secs <= default_expires_secs <= max_expires_secs <= 86400".into(),
+            ));
+        }
+        let b = &self.bruteforce;
+        if self.max_contacts_per_identity == 0
+            || !(512..=65_535).contains(&self.max_message_bytes)
+            || self.max_headers == 0
+            || self.max_header_bytes < 128
+            || self.max_connections == 0
+            || self.max_connections_per_address == 0
+            || self.tls_handshake_timeout_ms == 0
+            || self.idle_timeout_secs == 0
+            || self.max_transactions_per_source == 0
+            || self.pike.window_ms == 0
+            || self.pike.max_requests == 0
+            || b.threshold == 0
+            || b.block_secs == 0
+            || b.escalation_factor == 0
+            || b.max_block_secs < b.block_secs
+            || b.per_username_threshold == 0
+            || b.per_username_window_secs == 0
+        {
+            return Err(ConfigError(
+                "sip: limits must be at least 1 (max_message_bytes 512 to 65535, max_header_bytes at least 128, \
+                 bruteforce.max_block_secs at least bruteforce.block_secs)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}

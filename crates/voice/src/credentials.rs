@@ -1,0 +1,149 @@
+//! SIP digest credentials. A credential is a username and password for one
+//! identity; only HA1 = H(username:realm:password) per algorithm is kept,
+//! sealed and bound to its row. The password is shown once, at creation.
+//!
+//! The realm names the tenant: `<tenant id>.<domain>` (the `sip.domain`
+//! setting), so a device's realm tells which tenant it belongs to, and a
+//! credential answers for its own realm only.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use palisade_core::{IdentityId, TenantId, TenantScope};
+use palisade_digest::Algorithm;
+use palisade_seal::Sealer;
+use palisade_store::sip::{NewSipCredential, SipCredentialRow};
+
+use crate::{Result, VoiceError};
+
+/// Live credentials one identity may hold (one per device, or a few).
+pub const MAX_PER_IDENTITY: i64 = 10;
+
+/// Username length after its `u` prefix: lowercase letters and digits, so
+/// it is safe in a SIP URI's user part without escaping.
+const USERNAME_LEN: usize = 15;
+/// Password length (base62, about 143 bits).
+const PASSWORD_LEN: usize = 24;
+
+/// The realm of a tenant's SIP devices.
+pub fn realm(tenant: TenantId, domain: &str) -> String {
+    format!("{tenant}.{domain}")
+}
+
+/// A new credential, the password in clear this once.
+#[derive(Debug)]
+pub struct Created {
+    pub id: String,
+    pub username: String,
+    pub password: String,
+    pub realm: String,
+    /// `sip:<username>@<realm>`.
+    pub aor: String,
+}
+
+/// What went into the sealed HA1 of one algorithm: the row's tenant, id
+/// and the algorithm, so a blob copied to another row or column does not open.
+fn aad(tenant: &str, credential_id: &str, algorithm: Algorithm) -> Vec<u8> {
+    format!("sip_credentials/{tenant}/{credential_id}/{}", algorithm.name()).into_bytes()
+}
+
+/// Not a secret (it names the account), but not guessable either: the
+/// password alone stands between a guesser and the account.
+fn lower_alnum(n: usize) -> String {
+    palisade_auth::token::random_base62(n).to_ascii_lowercase()
+}
+
+/// Makes a credential for an active identity of the tenant, in the
+/// caller's transaction (with its audit event). `None`: no such identity,
+/// it is frozen, or it holds [`MAX_PER_IDENTITY`] already.
+pub async fn create(
+    tx: &mut palisade_store::Tx,
+    sealer: &Sealer,
+    scope: &TenantScope,
+    identity: IdentityId,
+    domain: &str,
+    now: i64,
+) -> Result<Option<Created>> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let tenant = scope.tenant_id().to_string();
+    let realm = realm(scope.tenant_id(), domain);
+    let username = format!("u{}", lower_alnum(USERNAME_LEN));
+    let password = palisade_auth::token::random_base62(PASSWORD_LEN);
+    let sealed = |alg: Algorithm| {
+        let ha1 = palisade_digest::ha1(alg, &username, &realm, &password);
+        B64.encode(sealer.seal(ha1.as_bytes(), &aad(&tenant, &id, alg)))
+    };
+    let (md5, sha256) = (sealed(Algorithm::Md5), sealed(Algorithm::Sha256));
+    let new = NewSipCredential {
+        id: &id,
+        identity_id: identity,
+        username: &username,
+        realm: &realm,
+        ha1_md5_sealed: &md5,
+        ha1_sha256_sealed: &sha256,
+        now,
+    };
+    if !palisade_store::sip::insert_credential(tx, scope, &new, MAX_PER_IDENTITY).await? {
+        return Ok(None);
+    }
+    let aor = format!("sip:{username}@{realm}");
+    Ok(Some(Created { id, username, password, realm, aor }))
+}
+
+/// A credential as the digest check needs it: whose it is and its HA1s.
+pub struct DigestUser {
+    pub credential_id: String,
+    pub tenant: TenantId,
+    pub identity: IdentityId,
+    pub realm: String,
+    ha1_md5: String,
+    ha1_sha256: String,
+}
+
+impl DigestUser {
+    /// The HA1 of one algorithm (lowercase hex).
+    pub fn ha1(&self, algorithm: Algorithm) -> &str {
+        match algorithm {
+            Algorithm::Md5 => &self.ha1_md5,
+            Algorithm::Sha256 => &self.ha1_sha256,
+        }
+    }
+
+    /// The tenant the credential belongs to: the SIP edge acts in it alone.
+    pub fn scope(&self) -> TenantScope {
+        TenantScope::for_system(self.tenant)
+    }
+}
+
+impl std::fmt::Debug for DigestUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DigestUser")
+            .field("credential_id", &self.credential_id)
+            .field("tenant", &self.tenant)
+            .field("identity", &self.identity)
+            .field("realm", &self.realm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The live credential of `username`, its HA1s opened. `None` when there
+/// is none (revoked, or never made).
+pub async fn for_digest(db: &palisade_store::Db, sealer: &Sealer, username: &str) -> Result<Option<DigestUser>> {
+    let Some(row) = palisade_store::sip::credential_by_username(db.reader(), username).await? else {
+        return Ok(None);
+    };
+    open(sealer, row).map(Some)
+}
+
+fn open(sealer: &Sealer, row: SipCredentialRow) -> Result<DigestUser> {
+    let bad = |what: &str| VoiceError::Sealed(format!("credential {}: {what}", row.id));
+    let tenant: TenantId = row.tenant_id.parse().map_err(|_| bad("tenant id"))?;
+    let identity: IdentityId = row.identity_id.parse().map_err(|_| bad("identity id"))?;
+    let unseal = |blob: &str, alg: Algorithm| -> Result<String> {
+        let bytes = B64.decode(blob).map_err(|_| bad("not base64"))?;
+        let plain = sealer.open(&bytes, &aad(&row.tenant_id, &row.id, alg)).map_err(|e| bad(&e.to_string()))?;
+        String::from_utf8(plain).map_err(|_| bad("not text"))
+    };
+    let ha1_md5 = unseal(&row.ha1_md5_sealed, Algorithm::Md5)?;
+    let ha1_sha256 = unseal(&row.ha1_sha256_sealed, Algorithm::Sha256)?;
+    Ok(DigestUser { credential_id: row.id, tenant, identity, realm: row.realm, ha1_md5, ha1_sha256 })
+}
