@@ -35,6 +35,8 @@ pub struct Services {
     pub webhook_client: Arc<palisade_webhooks::client::WebhookClient>,
     /// Seals endpoint secrets at rest.
     pub sealer: Arc<palisade_seal::Sealer>,
+    /// SIP digest authentication and its abuse rules (the SIP edge's).
+    pub sip_auth: Arc<palisade_voice::auth::DigestAuth>,
     /// Keys the hashes of codes that prove control of a number.
     pub number_codes: palisade_auth::code::CodeKey,
     /// Wakes the delivery worker when something was queued.

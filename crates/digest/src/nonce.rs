@@ -26,6 +26,14 @@ impl NonceKey {
         NonceKey(key)
     }
 
+    /// The nonce key derived from a key every instance holds (so a nonce
+    /// one instance made, another checks), kept apart from its other uses.
+    pub fn derive(root: &[u8; 32]) -> NonceKey {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(root).expect("HMAC takes any key length");
+        mac.update(b"palisade sip nonce key\0");
+        NonceKey(mac.finalize().into_bytes().into())
+    }
+
     fn tag(&self, issued: &[u8], random: &[u8], realm: &str, algorithm: Algorithm) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(CONTEXT);

@@ -67,6 +67,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let data_key = webhook_key(&config)?;
     let sealer = Arc::new(palisade_seal::Sealer::new(&data_key));
     let number_codes = palisade_auth::code::CodeKey::derive(&data_key, "number verification");
+    let sip_auth = Arc::new(sip_auth(&config, &db, &sealer, &data_key, abuse.state.clone())?);
     let webhook_client = Arc::new(webhook_client(&config)?);
     let worker = Arc::new(palisade_webhooks::worker::Worker {
         db: db.clone(),
@@ -111,11 +112,50 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         deliveries: tokio_util::task::TaskTracker::new(),
         webhook_client,
         sealer,
+        sip_auth,
         number_codes,
         webhook_wake,
         webhook_worker,
         admission,
     })))
+}
+
+/// SIP digest authentication: nonces keyed from the data key (every
+/// instance holds it, so any instance checks another's nonce), the abuse
+/// state shared like the rest.
+fn sip_auth(
+    config: &Config,
+    db: &Db,
+    sealer: &Arc<palisade_seal::Sealer>,
+    data_key: &[u8; 32],
+    state: Arc<dyn palisade_guard::state::AbuseState>,
+) -> anyhow::Result<palisade_voice::auth::DigestAuth> {
+    let s = &config.sip;
+    let algorithms = s
+        .digest_algorithms
+        .iter()
+        .map(|a| palisade_digest::Algorithm::parse(a).context("sip.digest_algorithms"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let b = &s.bruteforce;
+    Ok(palisade_voice::auth::DigestAuth {
+        db: db.clone(),
+        sealer: sealer.clone(),
+        nonces: palisade_digest::NonceKey::derive(data_key),
+        algorithms,
+        nonce_ttl_ms: s.nonce_ttl_secs.saturating_mul(1000),
+        domain: s.domain.clone(),
+        state,
+        rules: palisade_voice::auth::Rules {
+            threshold: b.threshold,
+            block_ms: ms(b.block_secs),
+            escalation_factor: b.escalation_factor,
+            max_block_ms: ms(b.max_block_secs),
+            per_username_threshold: b.per_username_threshold,
+            per_username_window_ms: ms(b.per_username_window_secs),
+        },
+        stats: Default::default(),
+    })
 }
 
 /// The abuse state: in this process, or with `redis.url` shared through
@@ -332,6 +372,8 @@ pub struct Running {
     /// The metrics listener's address, when `metrics.listen` is set.
     pub metrics_addr: Option<SocketAddr>,
     pub state: AppState,
+    /// The SIP edge, when a SIP listener is configured.
+    pub sip: Option<palisade_sip::Edge>,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     integrator: tokio::task::JoinHandle<()>,
@@ -339,6 +381,9 @@ pub struct Running {
 
 impl Running {
     pub async fn stop(self) {
+        if let Some(sip) = &self.sip {
+            sip.shutdown();
+        }
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
         // No request is in flight any more: let the hand-overs to the
@@ -385,8 +430,19 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
     spawn_housekeeping(state.clone(), rx.clone());
     let interval = std::time::Duration::from_millis(state.config.audit.checkpoint_interval_ms);
     let integrator = state.audit_log.spawn(state.clock.clone(), interval, rx.clone());
+    let sip = palisade_sip::start(
+        &state.config.sip,
+        palisade_sip::Services {
+            auth: state.sip_auth.clone(),
+            db: state.db.clone(),
+            clock: state.clock.clone(),
+            instance_id: state.admission.instance_id.clone(),
+        },
+    )
+    .await
+    .context("cannot start the SIP listeners (sip.*_listen)")?;
     let task = tokio::spawn(serve::serve(listener, tls, app, limits, state.metrics.clone(), rx));
-    Ok(Running { addr, metrics_addr, state, shutdown: tx, task, integrator })
+    Ok(Running { addr, metrics_addr, state, sip, shutdown: tx, task, integrator })
 }
 
 /// Removes audit records older than `audit.retention_days` (0: never).

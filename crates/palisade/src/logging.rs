@@ -36,6 +36,9 @@ where
     M: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The SIP stack logs whole messages (Authorization headers included)
+    // at info and debug: only its warnings, whatever the level asked.
+    let filter = filter.add_directive("rsipstack=warn".parse().expect("a valid directive"));
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)

@@ -1,4 +1,11 @@
 //! The SIP edge: listeners, the flood guard and message limits in front of
-//! a maintained SIP stack, then REGISTER and INVITE translated to and from
-//! the transport-neutral services (`palisade-voice`, `palisade-admission`).
-//! Digest authentication is `palisade-digest`'s.
+//! a maintained SIP stack (rsipstack, used here only), then REGISTER (and
+//! next INVITE) translated to and from the transport-neutral services
+//! (`palisade-voice`, `palisade-admission`). Digest authentication is
+//! `palisade-digest`'s, its abuse rules `palisade-voice`'s.
+
+pub mod edge;
+pub mod gate;
+pub mod message;
+
+pub use edge::{start, Edge, Services};

@@ -92,6 +92,7 @@ pub async fn create(
 /// A credential as the digest check needs it: whose it is and its HA1s.
 pub struct DigestUser {
     pub credential_id: String,
+    pub username: String,
     pub tenant: TenantId,
     pub identity: IdentityId,
     pub realm: String,
@@ -145,5 +146,13 @@ fn open(sealer: &Sealer, row: SipCredentialRow) -> Result<DigestUser> {
     };
     let ha1_md5 = unseal(&row.ha1_md5_sealed, Algorithm::Md5)?;
     let ha1_sha256 = unseal(&row.ha1_sha256_sealed, Algorithm::Sha256)?;
-    Ok(DigestUser { credential_id: row.id, tenant, identity, realm: row.realm, ha1_md5, ha1_sha256 })
+    Ok(DigestUser {
+        credential_id: row.id,
+        username: row.username,
+        tenant,
+        identity,
+        realm: row.realm,
+        ha1_md5,
+        ha1_sha256,
+    })
 }

@@ -1,8 +1,10 @@
 //! The SIP rules behind both the HTTP routes and the SIP edge: digest
-//! credentials ([`credentials`]) and registrations ([`registrar`]). No
+//! credentials ([`credentials`]), digest authentication and its abuse
+//! rules ([`auth`]) and registrations ([`registrar`]). No
 //! transport here: each side only translates its protocol to and from
 //! these functions.
 
+pub mod auth;
 pub mod credentials;
 pub mod registrar;
 

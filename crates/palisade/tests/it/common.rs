@@ -223,6 +223,15 @@ impl TestServer {
         self.running.as_ref()?.metrics_addr
     }
 
+    /// The SIP edge's UDP and TCP addresses (when configured).
+    pub fn sip_udp(&self) -> std::net::SocketAddr {
+        self.running.as_ref().and_then(|r| r.sip.as_ref()).and_then(|s| s.udp_addr).expect("sip.udp_listen set")
+    }
+
+    pub fn sip_tcp(&self) -> std::net::SocketAddr {
+        self.running.as_ref().and_then(|r| r.sip.as_ref()).and_then(|s| s.tcp_addr).expect("sip.tcp_listen set")
+    }
+
     pub fn state(&self) -> &palisade_api::AppState {
         &self.running.as_ref().unwrap().state
     }

@@ -31,6 +31,8 @@ mod openapi;
 mod recovery;
 mod redis_state;
 mod sip;
+mod sip_edge;
+mod sip_ua;
 mod sysadmin;
 mod tls;
 mod users;

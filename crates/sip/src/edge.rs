@@ -1,0 +1,446 @@
+//! The listeners and the request loop: our sockets and gates in front of
+//! the stack's transaction layer, then each request translated to the
+//! transport-neutral services and their answer back to SIP.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use palisade_config::Sip;
+use palisade_core::Clock;
+use palisade_voice::auth::{DigestAuth, Outcome};
+use palisade_voice::registrar::{self, Bounds};
+use rsipstack::sip::{Header, Method, StatusCode};
+use rsipstack::transaction::endpoint::TransportEventInspector;
+use rsipstack::transaction::Transaction;
+use rsipstack::transport::connection::TransportEvent;
+use rsipstack::transport::tcp::TcpConnection;
+use rsipstack::transport::udp::UdpConnection;
+use rsipstack::transport::{SipAddr, SipConnection, TransportLayer};
+use rsipstack::EndpointBuilder;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::gate::Gate;
+use crate::message::{self, Contact, Fields, Limits};
+
+/// What the edge needs from the running server.
+pub struct Services {
+    pub auth: Arc<DigestAuth>,
+    pub db: palisade_store::Db,
+    pub clock: Arc<dyn Clock>,
+    pub instance_id: String,
+}
+
+/// The running edge; dropping it does not stop it, [`Edge::shutdown`] does.
+pub struct Edge {
+    cancel: CancellationToken,
+    pub udp_addr: Option<SocketAddr>,
+    pub tcp_addr: Option<SocketAddr>,
+}
+
+impl Edge {
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+}
+
+const ALLOW: &str = "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE";
+
+/// Requests handled at once; more wait (the stack retransmits over UDP).
+const IN_FLIGHT: usize = 256;
+
+struct Handler {
+    services: Services,
+    bounds: Bounds,
+    limits: Limits,
+    public_host: String,
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+    max_per_source: usize,
+}
+
+/// Starts the listeners the configuration names; `None` when it names none.
+pub async fn start(cfg: &Sip, services: Services) -> std::io::Result<Option<Edge>> {
+    if !cfg.enabled() {
+        return Ok(None);
+    }
+    let cancel = CancellationToken::new();
+    let gate = Arc::new(Gate::new(cfg.plaintext_allowed_cidrs.clone(), cfg.pike.max_requests, cfg.pike.window_ms));
+    let layer = TransportLayer::new(cancel.child_token());
+    layer.set_stream_idle_timeout(Duration::from_secs(cfg.idle_timeout_secs));
+    let clock = services.clock.clone();
+    {
+        // UDP: before the datagram is even parsed.
+        let (gate, clock) = (gate.clone(), clock.clone());
+        layer.set_whitelist(move |ip: IpAddr| {
+            let ok = gate.plaintext_allowed(ip) && gate.admit(ip, clock.now_ms());
+            async move { ok }
+        });
+    }
+    let io = |e: rsipstack::Error| std::io::Error::other(e.to_string());
+    let mut edge = Edge { cancel: cancel.clone(), udp_addr: None, tcp_addr: None };
+    if let Some(addr) = &cfg.udp_listen {
+        let addr: SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+        let udp = UdpConnection::create_connection(addr, None, Some(cancel.child_token())).await.map_err(io)?;
+        edge.udp_addr = udp.get_addr().get_socketaddr().ok();
+        layer.add_transport(udp.into());
+    }
+    let streams = Arc::new(Streams::new(cfg.max_connections, cfg.max_connections_per_address));
+    let endpoint = EndpointBuilder::new()
+        .with_cancel_token(cancel.child_token())
+        .with_transport_layer(layer)
+        .with_user_agent("Palisade")
+        .with_transport_inspector(Box::new(Inspector {
+            gate: gate.clone(),
+            clock: clock.clone(),
+            streams: streams.clone(),
+        }))
+        .build();
+    if let Some(addr) = &cfg.tcp_listen {
+        let listener = TcpListener::bind(addr.as_str()).await?;
+        edge.tcp_addr = Some(listener.local_addr()?);
+        tokio::spawn(accept_tcp(listener, endpoint.inner.clone(), gate.clone(), streams.clone(), cancel.child_token()));
+    }
+    let mut incoming = endpoint.incoming_transactions().map_err(io)?;
+    let handler = Arc::new(Handler {
+        services,
+        bounds: Bounds {
+            min_expires_secs: cfg.min_expires_secs,
+            max_expires_secs: cfg.max_expires_secs,
+            default_expires_secs: cfg.default_expires_secs,
+            max_contacts: cfg.max_contacts_per_identity,
+        },
+        limits: Limits {
+            max_message_bytes: cfg.max_message_bytes,
+            max_headers: cfg.max_headers,
+            max_header_bytes: cfg.max_header_bytes,
+        },
+        public_host: cfg.public_host.clone(),
+        per_source: Mutex::new(HashMap::new()),
+        max_per_source: cfg.max_transactions_per_source,
+    });
+    let serve_cancel = cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = endpoint.serve() => {}
+            () = serve_cancel.cancelled() => endpoint.shutdown(),
+        }
+    });
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let loop_cancel = cancel.clone();
+    tokio::spawn(async move {
+        loop {
+            let tx = tokio::select! {
+                tx = incoming.recv() => match tx { Some(tx) => tx, None => break },
+                () = loop_cancel.cancelled() => break,
+            };
+            let Ok(permit) = slots.clone().acquire_owned().await else { break };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                handler.handle(tx).await;
+                drop(permit);
+            });
+        }
+    });
+    Ok(Some(edge))
+}
+
+/// Stream connections held, in all and per address.
+struct Streams {
+    max: usize,
+    per_address: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Streams {
+    fn new(max: usize, per_address: usize) -> Streams {
+        Streams { max, per_address, held: Mutex::new(HashMap::new()) }
+    }
+
+    fn try_hold(&self, ip: IpAddr) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let total: usize = held.values().sum();
+        let mine = held.get(&ip).copied().unwrap_or(0);
+        if total >= self.max || mine >= self.per_address {
+            return false;
+        }
+        held.insert(ip, mine + 1);
+        true
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&ip);
+            }
+        }
+    }
+}
+
+async fn accept_tcp(
+    listener: TcpListener,
+    endpoint: rsipstack::transaction::endpoint::EndpointInnerRef,
+    gate: Arc<Gate>,
+    streams: Arc<Streams>,
+    cancel: CancellationToken,
+) {
+    let local = match listener.local_addr() {
+        Ok(a) => SipAddr { r#type: Some(rsipstack::sip::transport::Transport::Tcp), addr: a.into() },
+        Err(_) => return,
+    };
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            () = cancel.cancelled() => return,
+        };
+        let ip = palisade_guard::net::canonical(peer.ip());
+        // Plaintext from elsewhere gets no service: closed unread.
+        if !gate.plaintext_allowed(ip) || !streams.try_hold(ip) {
+            drop(stream);
+            continue;
+        }
+        match TcpConnection::from_stream(stream, local.clone(), Some(cancel.child_token())) {
+            Ok(conn) => {
+                let conn: SipConnection = conn.into();
+                // Registers the connection and serves it.
+                endpoint.transport_layer.add_connection(conn);
+            }
+            Err(_) => streams.release(ip),
+        }
+    }
+}
+
+/// Sees every parsed message before the transaction layer: the flood guard
+/// for stream transports (UDP met it before parsing), and the release of a
+/// closed connection's slot.
+struct Inspector {
+    gate: Arc<Gate>,
+    clock: Arc<dyn Clock>,
+    streams: Arc<Streams>,
+}
+
+#[async_trait::async_trait]
+impl TransportEventInspector for Inspector {
+    async fn handle(&self, event: TransportEvent) -> Option<TransportEvent> {
+        match &event {
+            TransportEvent::Incoming(_, conn, from) if conn.is_reliable() => {
+                let ip = from.get_socketaddr().ok()?.ip();
+                if !self.gate.admit(ip, self.clock.now_ms()) {
+                    return None;
+                }
+            }
+            TransportEvent::Closed(conn) if conn.is_reliable() => {
+                if let Some(addr) = conn.get_remote_addr().and_then(|a| a.get_socketaddr().ok()) {
+                    self.streams.release(palisade_guard::net::canonical(addr.ip()));
+                }
+            }
+            _ => {}
+        }
+        Some(event)
+    }
+}
+
+/// One request of a source being handled; released however it ends.
+struct Held<'a> {
+    map: &'a Mutex<HashMap<IpAddr, usize>>,
+    ip: IpAddr,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut held = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A response: status, extra headers.
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    fn new(status: u16) -> Reply {
+        Reply { status, headers: Vec::new() }
+    }
+
+    fn with(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+impl Handler {
+    fn warning(&self, status: u16, reason: &str) -> Reply {
+        // RFC 3261 §20.43: our own host as the agent, the reason quoted.
+        Reply::new(status).with("Warning", format!("399 {} \"{reason}\"", self.public_host))
+    }
+
+    async fn handle(&self, mut tx: Transaction) {
+        let source = tx.connection.as_ref().and_then(|c| c.get_remote_addr()).and_then(|a| a.get_socketaddr().ok());
+        let Some(source) = source else { return };
+        let ip = palisade_guard::net::canonical(source.ip());
+        if tx.original.method == Method::Ack {
+            return;
+        }
+        // One source holds only so many requests at once.
+        let busy = {
+            let mut held = self.per_source.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = held.entry(ip).or_insert(0);
+            let busy = *n >= self.max_per_source;
+            if !busy {
+                *n += 1;
+            }
+            busy
+        };
+        if busy {
+            self.send(&mut tx, Reply::new(503).with("Retry-After", "5")).await;
+            return;
+        }
+        let held = Held { map: &self.per_source, ip };
+        let reply = self.answer(&tx, source).await;
+        drop(held);
+        self.send(&mut tx, reply).await;
+    }
+
+    async fn send(&self, tx: &mut Transaction, reply: Reply) {
+        let headers = reply.headers.into_iter().map(|(n, v)| Header::Other(n.to_owned(), v)).collect();
+        if let Err(e) = tx.reply_with(StatusCode::from(reply.status), headers, None).await {
+            tracing::debug!(target: "palisade::sip", error = %e, "SIP reply not sent");
+        }
+    }
+
+    async fn answer(&self, tx: &Transaction, source: SocketAddr) -> Reply {
+        let req = &tx.original;
+        let method = req.method.to_string();
+        let lines: Vec<String> = req.headers.iter().map(ToString::to_string).collect();
+        let fields = Fields::from_lines(lines.iter().map(String::as_str));
+        let size = lines.iter().map(|l| l.len() + 2).sum::<usize>() + req.body.len();
+        let checked = match fields.check(&method, size, &self.limits) {
+            Ok(c) => c,
+            Err(m) => return self.warning(m.status, m.reason),
+        };
+        match req.method {
+            Method::Register => self.register(tx, &fields, checked.cseq, source).await,
+            Method::Options => Reply::new(200).with("Allow", ALLOW),
+            Method::Bye | Method::Cancel => Reply::new(481),
+            Method::Invite => self.warning(501, "calls_not_yet_over_sip"),
+            _ => Reply::new(405).with("Allow", ALLOW),
+        }
+    }
+
+    async fn register(&self, tx: &Transaction, fields: &Fields, cseq: i64, source: SocketAddr) -> Reply {
+        let Some((to_user, aor_host)) = fields.one("to").and_then(message::uri_of).and_then(message::user_host) else {
+            return self.warning(400, "to");
+        };
+        let authorization = {
+            let mut it = fields.all("authorization");
+            let first = it.next();
+            if it.next().is_some() {
+                return self.warning(400, "authorization");
+            }
+            first
+        };
+        let now = self.services.clock.now_ms();
+        let request =
+            palisade_voice::auth::Request { method: "REGISTER", aor_host, authorization, source: source.ip() };
+        let user = match self.services.auth.authenticate(&request, now).await {
+            Outcome::Authenticated(user) => user,
+            Outcome::Challenge { challenges, .. } => {
+                let mut r = Reply::new(401);
+                for c in challenges {
+                    r = r.with("WWW-Authenticate", c);
+                }
+                return r;
+            }
+            Outcome::Blocked { started, until_ms } => {
+                if let Some(s) = started {
+                    self.audit_block(source, s.nth, until_ms, now);
+                }
+                return self.warning(403, "blocked");
+            }
+            Outcome::UnknownRealm => return self.warning(404, "unknown_realm"),
+            Outcome::Unavailable => return self.warning(503, "unavailable").with("Retry-After", "5"),
+        };
+        // The address of record is the credential's own.
+        if to_user != Some(user.username.as_str()) {
+            return self.warning(403, "aor_mismatch");
+        }
+        let contacts = match message::contacts(fields.all("contact")) {
+            Ok(c) => c,
+            Err(m) => return self.warning(m.status, m.reason),
+        };
+        let expires = match message::expires(fields.one("expires")) {
+            Ok(e) => e,
+            Err(m) => return self.warning(m.status, m.reason),
+        };
+        let contacts: Vec<registrar::Contact<'_>> = contacts
+            .iter()
+            .map(|c| match c {
+                Contact::Star => registrar::Contact::All,
+                Contact::Uri { uri, expires } => registrar::Contact::Uri { uri, expires: *expires },
+            })
+            .collect();
+        let transport = match tx.connection.as_ref().map(SipConnection::transport) {
+            Some(rsipstack::sip::transport::Transport::Tcp) => "tcp",
+            Some(rsipstack::sip::transport::Transport::Tls) => "tls",
+            _ => "udp",
+        };
+        let source_text = source.to_string();
+        let req = registrar::Request {
+            user: &user,
+            contacts: &contacts,
+            expires,
+            call_id: fields.one("call-id").unwrap_or_default(),
+            cseq,
+            transport,
+            source: &source_text,
+            instance: &self.services.instance_id,
+            user_agent: fields.one("user-agent"),
+        };
+        match registrar::register(&self.services.db, &self.bounds, &req, now).await {
+            Ok(registrar::Outcome::Bound(rows)) => {
+                let mut r = Reply::new(200);
+                for row in rows {
+                    let left = (row.expires_at - now).max(0) / 1000;
+                    r = r.with("Contact", format!("<{}>;expires={left}", row.contact_uri));
+                }
+                r
+            }
+            Ok(registrar::Outcome::TooBrief { min_expires_secs }) => {
+                Reply::new(423).with("Min-Expires", min_expires_secs.to_string())
+            }
+            Ok(registrar::Outcome::Frozen) => self.warning(403, "frozen"),
+            Ok(registrar::Outcome::TooManyContacts) => self.warning(403, "too_many_contacts"),
+            Ok(registrar::Outcome::BadWildcard) => self.warning(400, "contact"),
+            Ok(registrar::Outcome::OutOfOrder) => self.warning(400, "out_of_order"),
+            Err(e) => {
+                tracing::error!(target: "palisade::sip", error = %e, "registration failed");
+                self.warning(500, "internal")
+            }
+        }
+    }
+
+    /// Once per block, not per failure.
+    fn audit_block(&self, source: SocketAddr, nth: u32, until_ms: i64, now: i64) {
+        tracing::warn!(target: "palisade::sip", ip = %source.ip(), nth, "SIP authentication failures: address blocked");
+        let event = palisade_audit::Event::new("sip.address_blocked", None, palisade_core::principal::Actor::system())
+            .details(serde_json::json!({ "until": palisade_core::clock::rfc3339(until_ms), "nth_today": nth }));
+        let ctx = palisade_audit::Context { source_ip: Some(source.ip().to_string()), ..Default::default() };
+        let db = self.services.db.clone();
+        tokio::spawn(async move {
+            if let Err(e) = palisade_audit::record(&db, &event, &ctx, now).await {
+                tracing::error!(error = %e, "audit append failed");
+            }
+        });
+    }
+}

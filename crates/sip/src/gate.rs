@@ -1,0 +1,86 @@
+//! The first gate, before a request is parsed or a connection served:
+//! plaintext only from the allowed networks, and the flood guard (like
+//! Kamailio's pike): an address sending more than its rate gets no answer
+//! at all until it slows down. Kept in this process on purpose: it runs
+//! for every datagram, before anything costs a round trip.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use palisade_guard::limits::{Key, Kind, Limit};
+use palisade_guard::state::{Bucket, Decide, LocalState};
+
+pub struct Gate {
+    plaintext: Vec<IpNet>,
+    flood: Option<Limit>,
+    state: LocalState,
+}
+
+impl Gate {
+    /// `max_requests` per `window_ms` from one address (an IPv6 /64).
+    pub fn new(plaintext: Vec<IpNet>, max_requests: u32, window_ms: u64) -> Gate {
+        let window_secs = u32::try_from(window_ms.div_ceil(1000).max(1)).unwrap_or(u32::MAX);
+        Gate { plaintext, flood: Limit::new("sip_flood", max_requests, window_secs), state: LocalState::new() }
+    }
+
+    /// Whether a plaintext (UDP/TCP) peer at `ip` may be served at all.
+    pub fn plaintext_allowed(&self, ip: IpAddr) -> bool {
+        let ip = palisade_guard::net::canonical(ip);
+        self.plaintext.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Counts one request from `ip`: false when it is flooding.
+    pub fn admit(&self, ip: IpAddr, now_ms: i64) -> bool {
+        let Some(limit) = self.flood else { return true };
+        let key = Key::ip(Kind::SipFlood, ip);
+        let buckets = [Bucket::enforce(key, limit)];
+        let v = self.state.decide_now(&Decide {
+            partition: key.id,
+            now_ms,
+            blocks: &[],
+            buckets: &buckets,
+            notice_ms: 60_000,
+        });
+        if v.refused.is_some() && v.refusal_is_new {
+            tracing::warn!(target: "palisade::sip", %ip, "SIP flood: this address gets no answer until it slows down");
+        }
+        v.refused.is_none()
+    }
+
+    /// Entries held (for tests and sweeps).
+    pub fn tracked(&self) -> usize {
+        self.state.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_700_000_000_000;
+
+    #[test]
+    fn plaintext_only_from_the_allowed_networks() {
+        let g = Gate::new(vec!["127.0.0.1/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()], 30, 2000);
+        assert!(g.plaintext_allowed("127.0.0.1".parse().unwrap()));
+        assert!(g.plaintext_allowed("10.1.2.3".parse().unwrap()));
+        // The IPv4-mapped form of an allowed address is that address.
+        assert!(g.plaintext_allowed("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!g.plaintext_allowed("127.0.0.2".parse().unwrap()));
+        assert!(!g.plaintext_allowed("::1".parse().unwrap()));
+        assert!(!Gate::new(vec![], 30, 2000).plaintext_allowed("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_flooding_address_is_cut_off_and_others_are_not() {
+        let g = Gate::new(vec![], 30, 2000);
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let admitted = (0..100).filter(|_| g.admit(a, T0)).count();
+        // A burst of the rate (bucket size twice the per-second rate), then nothing.
+        assert_eq!(admitted, 30);
+        assert!(g.admit(b, T0));
+        // It refills at the rate: 15 per second.
+        assert!(!g.admit(a, T0 + 10));
+        assert!(g.admit(a, T0 + 1000));
+    }
+}
