@@ -438,6 +438,7 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
             clock: state.clock.clone(),
             instance_id: state.admission.instance_id.clone(),
         },
+        tls::sip_config(&state.config.sip)?,
     )
     .await
     .context("cannot start the SIP listeners (sip.*_listen)")?;

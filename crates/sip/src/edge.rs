@@ -11,11 +11,13 @@ use palisade_config::Sip;
 use palisade_core::Clock;
 use palisade_voice::auth::{DigestAuth, Outcome};
 use palisade_voice::registrar::{self, Bounds};
+use rsipstack::sip::transport::Transport;
 use rsipstack::sip::{Header, Method, StatusCode};
 use rsipstack::transaction::endpoint::TransportEventInspector;
 use rsipstack::transaction::Transaction;
 use rsipstack::transport::connection::TransportEvent;
 use rsipstack::transport::tcp::TcpConnection;
+use rsipstack::transport::tls::TlsConnection;
 use rsipstack::transport::udp::UdpConnection;
 use rsipstack::transport::{SipAddr, SipConnection, TransportLayer};
 use rsipstack::EndpointBuilder;
@@ -39,6 +41,7 @@ pub struct Edge {
     cancel: CancellationToken,
     pub udp_addr: Option<SocketAddr>,
     pub tcp_addr: Option<SocketAddr>,
+    pub tls_addr: Option<SocketAddr>,
 }
 
 impl Edge {
@@ -62,7 +65,12 @@ struct Handler {
 }
 
 /// Starts the listeners the configuration names; `None` when it names none.
-pub async fn start(cfg: &Sip, services: Services) -> std::io::Result<Option<Edge>> {
+/// `tls` is the TLS listener's configuration (certificate, client CAs).
+pub async fn start(
+    cfg: &Sip,
+    services: Services,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+) -> std::io::Result<Option<Edge>> {
     if !cfg.enabled() {
         return Ok(None);
     }
@@ -80,7 +88,7 @@ pub async fn start(cfg: &Sip, services: Services) -> std::io::Result<Option<Edge
         });
     }
     let io = |e: rsipstack::Error| std::io::Error::other(e.to_string());
-    let mut edge = Edge { cancel: cancel.clone(), udp_addr: None, tcp_addr: None };
+    let mut edge = Edge { cancel: cancel.clone(), udp_addr: None, tcp_addr: None, tls_addr: None };
     if let Some(addr) = &cfg.udp_listen {
         let addr: SocketAddr = addr.parse().map_err(std::io::Error::other)?;
         let udp = UdpConnection::create_connection(addr, None, Some(cancel.child_token())).await.map_err(io)?;
@@ -98,10 +106,23 @@ pub async fn start(cfg: &Sip, services: Services) -> std::io::Result<Option<Edge
             streams: streams.clone(),
         }))
         .build();
+    let accepting = |tls| Accept {
+        endpoint: endpoint.inner.clone(),
+        gate: gate.clone(),
+        streams: streams.clone(),
+        cancel: cancel.child_token(),
+        tls,
+        handshake: Duration::from_millis(cfg.tls_handshake_timeout_ms),
+    };
     if let Some(addr) = &cfg.tcp_listen {
         let listener = TcpListener::bind(addr.as_str()).await?;
         edge.tcp_addr = Some(listener.local_addr()?);
-        tokio::spawn(accept_tcp(listener, endpoint.inner.clone(), gate.clone(), streams.clone(), cancel.child_token()));
+        tokio::spawn(accepting(None).run(listener));
+    }
+    if let (Some(addr), Some(tls)) = (&cfg.tls_listen, tls) {
+        let listener = TcpListener::bind(addr.as_str()).await?;
+        edge.tls_addr = Some(listener.local_addr()?);
+        tokio::spawn(accepting(Some(tokio_rustls::TlsAcceptor::from(tls))).run(listener));
     }
     let mut incoming = endpoint.incoming_transactions().map_err(io)?;
     let handler = Arc::new(Handler {
@@ -181,36 +202,66 @@ impl Streams {
     }
 }
 
-async fn accept_tcp(
-    listener: TcpListener,
+/// A stream listener's accept loop: caps per address and in all, then
+/// plaintext only from the allowed networks, or a TLS handshake under a
+/// deadline (TLS serves every address).
+struct Accept {
     endpoint: rsipstack::transaction::endpoint::EndpointInnerRef,
     gate: Arc<Gate>,
     streams: Arc<Streams>,
     cancel: CancellationToken,
-) {
-    let local = match listener.local_addr() {
-        Ok(a) => SipAddr { r#type: Some(rsipstack::sip::transport::Transport::Tcp), addr: a.into() },
-        Err(_) => return,
-    };
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-            () = cancel.cancelled() => return,
-        };
-        let ip = palisade_guard::net::canonical(peer.ip());
-        // Plaintext from elsewhere gets no service: closed unread.
-        if !gate.plaintext_allowed(ip) || !streams.try_hold(ip) {
-            drop(stream);
-            continue;
-        }
-        match TcpConnection::from_stream(stream, local.clone(), Some(cancel.child_token())) {
-            Ok(conn) => {
-                let conn: SipConnection = conn.into();
-                // Registers the connection and serves it.
-                endpoint.transport_layer.add_connection(conn);
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handshake: Duration,
+}
+
+impl Accept {
+    async fn run(self, listener: TcpListener) {
+        let Ok(local) = listener.local_addr() else { return };
+        let transport = if self.tls.is_some() { Transport::Tls } else { Transport::Tcp };
+        let local = SipAddr { r#type: Some(transport), addr: local.into() };
+        let this = Arc::new(self);
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                () = this.cancel.cancelled() => return,
+            };
+            let ip = palisade_guard::net::canonical(peer.ip());
+            // Plaintext from elsewhere gets no service: closed unread.
+            if (this.tls.is_none() && !this.gate.plaintext_allowed(ip)) || !this.streams.try_hold(ip) {
+                drop(stream);
+                continue;
             }
-            Err(_) => streams.release(ip),
+            let (this, local) = (this.clone(), local.clone());
+            tokio::spawn(async move {
+                if !this.serve(stream, peer, local).await {
+                    this.streams.release(ip);
+                }
+            });
         }
+    }
+
+    /// Hands the connection to the stack; false when it never got there.
+    async fn serve(&self, stream: tokio::net::TcpStream, peer: SocketAddr, local: SipAddr) -> bool {
+        let token = Some(self.cancel.child_token());
+        let conn: SipConnection = match &self.tls {
+            None => match TcpConnection::from_stream(stream, local, token) {
+                Ok(c) => c.into(),
+                Err(_) => return false,
+            },
+            Some(acceptor) => {
+                let Ok(Ok(tls)) = tokio::time::timeout(self.handshake, acceptor.accept(stream)).await else {
+                    return false;
+                };
+                let remote = SipAddr { r#type: Some(Transport::Tls), addr: peer.into() };
+                match TlsConnection::from_server_stream(tls, local, remote, token).await {
+                    Ok(c) => c.into(),
+                    Err(_) => return false,
+                }
+            }
+        };
+        // Registers the connection and serves it.
+        self.endpoint.transport_layer.add_connection(conn);
+        true
     }
 }
 
@@ -391,8 +442,8 @@ impl Handler {
             })
             .collect();
         let transport = match tx.connection.as_ref().map(SipConnection::transport) {
-            Some(rsipstack::sip::transport::Transport::Tcp) => "tcp",
-            Some(rsipstack::sip::transport::Transport::Tls) => "tls",
+            Some(Transport::Tcp) => "tcp",
+            Some(Transport::Tls) => "tls",
             _ => "udp",
         };
         let source_text = source.to_string();

@@ -232,6 +232,10 @@ impl TestServer {
         self.running.as_ref().and_then(|r| r.sip.as_ref()).and_then(|s| s.tcp_addr).expect("sip.tcp_listen set")
     }
 
+    pub fn sip_tls(&self) -> std::net::SocketAddr {
+        self.running.as_ref().and_then(|r| r.sip.as_ref()).and_then(|s| s.tls_addr).expect("sip.tls_listen set")
+    }
+
     pub fn state(&self) -> &palisade_api::AppState {
         &self.running.as_ref().unwrap().state
     }

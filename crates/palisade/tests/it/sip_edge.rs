@@ -240,6 +240,42 @@ async fn malformed_requests_get_400_or_nothing_and_the_edge_stays_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_every_address_with_its_connection_caps() {
+    let s = server_with(Backend::Sqlite, |c| {
+        c.sip.tls_listen = Some("127.0.0.1:0".into());
+        c.sip.tls_cert_file = Some(crate::tls::fixture("server.pem"));
+        c.sip.tls_key_file = Some(crate::tls::fixture("server.key"));
+        // TLS is served outside the plaintext networks.
+        c.sip.plaintext_allowed_cidrs = vec![];
+        c.sip.max_connections_per_address = 2;
+        c.sip.tls_handshake_timeout_ms = 500;
+    })
+    .await;
+    let tls_addr = s.sip_tls();
+    let p = phone(&s, "Acme").await;
+    let mut ua = Ua::tls(tls_addr, &p.user, &p.realm).await;
+    let (ok, _) = register(&mut ua, &p.password, "SHA-256").await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    let regs = s.get(&format!("/v1/identities/{}/registrations", p.identity), &p.token).await.expect(200);
+    assert_eq!(regs.body["data"][0]["transport"], "tls");
+    // A client that never finishes its handshake holds its slot only until
+    // the deadline; a third connection from one address is closed at once.
+    let idle = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let closed =
+        tokio::time::timeout(Duration::from_secs(2), tokio::io::AsyncReadExt::read(&mut third, &mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "a connection over the per-address cap was kept: {closed:?}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    drop(idle);
+    drop(ua);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = Ua::tls(tls_addr, &p.user, &p.realm).await;
+    assert_eq!(again.request("OPTIONS", &[]).await.map(|m| m.status), Some(200));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_address_gets_no_answer() {
     let s = server_with(Backend::Sqlite, |c| {
         c.sip.pike.max_requests = 10;

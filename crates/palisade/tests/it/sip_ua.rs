@@ -42,9 +42,12 @@ impl Msg {
     }
 }
 
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
 enum Link {
     Udp(UdpSocket),
     Tcp(TcpStream, Vec<u8>),
+    Tls(Box<Tls>, Vec<u8>),
 }
 
 pub struct Ua {
@@ -74,6 +77,16 @@ impl Ua {
         Ua::new(Link::Tcp(s, Vec::new()), server, local, user, realm)
     }
 
+    /// Over TLS, trusting the test CA (tests/it/fixtures).
+    pub async fn tls(server: SocketAddr, user: &str, realm: &str) -> Ua {
+        let s = TcpStream::connect(server).await.unwrap();
+        let local = s.local_addr().unwrap();
+        let versions = [&tokio_rustls::rustls::version::TLS13, &tokio_rustls::rustls::version::TLS12];
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = crate::tls::client(&versions).connect(name, s).await.unwrap();
+        Ua::new(Link::Tls(Box::new(tls), Vec::new()), server, local, user, realm)
+    }
+
     fn new(link: Link, server: SocketAddr, local: SocketAddr, user: &str, realm: &str) -> Ua {
         Ua {
             link,
@@ -90,6 +103,7 @@ impl Ua {
         match self.link {
             Link::Udp(_) => "UDP",
             Link::Tcp(..) => "TCP",
+            Link::Tls(..) => "TLS",
         }
     }
 
@@ -121,6 +135,7 @@ impl Ua {
                 s.send_to(raw, self.server).await.unwrap();
             }
             Link::Tcp(s, _) => s.write_all(raw).await.unwrap(),
+            Link::Tls(s, _) => s.write_all(raw).await.unwrap(),
         }
     }
 
@@ -144,28 +159,8 @@ impl Ua {
                 let (n, _) = s.recv_from(&mut buf).await.ok()?;
                 Some(String::from_utf8_lossy(&buf[..n]).into_owned())
             }
-            Link::Tcp(s, pending) => loop {
-                if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
-                        })
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    if pending.len() >= end + 4 + len {
-                        let msg: Vec<u8> = pending.drain(..end + 4 + len).collect();
-                        return Some(String::from_utf8_lossy(&msg).into_owned());
-                    }
-                }
-                let mut buf = [0u8; 4096];
-                let n = s.read(&mut buf).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                pending.extend_from_slice(&buf[..n]);
-            },
+            Link::Tcp(s, pending) => read_framed(s, pending).await,
+            Link::Tls(s, pending) => read_framed(s.as_mut(), pending).await,
         }
     }
 
@@ -187,6 +182,30 @@ impl Ua {
         let nonce = param(&c, "nonce").unwrap();
         let realm = param(&c, "realm").unwrap();
         answer(alg, &self.user, &realm, password, "REGISTER", &format!("sip:{}", self.realm), &nonce, nc)
+    }
+}
+
+/// One message from a stream, framed by its Content-Length.
+async fn read_framed(s: &mut (impl tokio::io::AsyncRead + Unpin), pending: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if pending.len() >= end + 4 + len {
+                let msg: Vec<u8> = pending.drain(..end + 4 + len).collect();
+                return Some(String::from_utf8_lossy(&msg).into_owned());
+            }
+        }
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&buf[..n]);
     }
 }
 
