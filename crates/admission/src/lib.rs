@@ -12,6 +12,7 @@
 pub mod calls;
 pub mod ending;
 pub mod idempotency;
+pub mod life;
 pub mod messages;
 mod refusal;
 mod sender;

@@ -437,6 +437,9 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
             db: state.db.clone(),
             clock: state.clock.clone(),
             instance_id: state.admission.instance_id.clone(),
+            admission: state.admission.clone(),
+            carrier: state.carrier.clone(),
+            call_slots: call_slots(&state),
         },
         tls::sip_config(&state.config.sip)?,
     )
@@ -444,6 +447,26 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
     .context("cannot start the SIP listeners (sip.*_listen)")?;
     let task = tokio::spawn(serve::serve(listener, tls, app, limits, state.metrics.clone(), rx));
     Ok(Running { addr, metrics_addr, state, sip, shutdown: tx, task, integrator })
+}
+
+/// A tenant's concurrent-call quota for the SIP edge, by the rule the API
+/// applies (the tenant's stored limits over the defaults). Unreadable: no
+/// slot (calls are refused, not let through).
+fn call_slots(state: &AppState) -> palisade_sip::calls::CallSlots {
+    let state = state.clone();
+    Arc::new(move |tenant| {
+        let state = state.clone();
+        Box::pin(async move {
+            let scope = palisade_core::TenantScope::for_system(tenant);
+            match palisade_store::tenants::limits(state.db.reader(), &scope).await {
+                Ok(stored) => state.abuse.tenant_policy(stored.as_deref()).concurrent_calls,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading a tenant's limits failed");
+                    0
+                }
+            }
+        })
+    })
 }
 
 /// Removes audit records older than `audit.retention_days` (0: never).

@@ -11,6 +11,8 @@ use palisade_config::Sip;
 use palisade_core::Clock;
 use palisade_voice::auth::{DigestAuth, Outcome};
 use palisade_voice::registrar::{self, Bounds};
+use rsipstack::dialog::dialog::Dialog;
+use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::sip::transport::Transport;
 use rsipstack::sip::{Header, Method, StatusCode};
 use rsipstack::transaction::endpoint::TransportEventInspector;
@@ -34,6 +36,10 @@ pub struct Services {
     pub db: palisade_store::Db,
     pub clock: Arc<dyn Clock>,
     pub instance_id: String,
+    /// Admission and the life of calls, shared with `POST /v1/calls`.
+    pub admission: Arc<palisade_admission::Service>,
+    pub carrier: Arc<dyn palisade_comms::Carrier>,
+    pub call_slots: crate::calls::CallSlots,
 }
 
 /// The running edge; dropping it does not stop it, [`Edge::shutdown`] does.
@@ -57,6 +63,7 @@ const IN_FLIGHT: usize = 256;
 
 struct Handler {
     services: Services,
+    dialogs: Arc<DialogLayer>,
     bounds: Bounds,
     limits: Limits,
     public_host: String,
@@ -127,6 +134,7 @@ pub async fn start(
     let mut incoming = endpoint.incoming_transactions().map_err(io)?;
     let handler = Arc::new(Handler {
         services,
+        dialogs: Arc::new(DialogLayer::new(endpoint.inner.clone())),
         bounds: Bounds {
             min_expires_secs: cfg.min_expires_secs,
             max_expires_secs: cfg.max_expires_secs,
@@ -313,6 +321,12 @@ impl Drop for Held<'_> {
     }
 }
 
+/// What a request gets: a response now, or a call whose dialog answers.
+enum Answered {
+    Reply(Reply),
+    Call(Box<crate::calls::Placed>),
+}
+
 /// A response: status, extra headers.
 struct Reply {
     status: u16,
@@ -343,6 +357,13 @@ impl Handler {
         if tx.original.method == Method::Ack {
             return;
         }
+        // A request within a call (BYE, re-INVITE) goes to its dialog.
+        if let Some(Dialog::Invite(mut dialog)) = self.dialogs.match_dialog(&tx) {
+            if let Err(e) = dialog.handle(&mut tx).await {
+                tracing::debug!(target: "palisade::sip", error = %e, "an in-dialog request failed");
+            }
+            return;
+        }
         // One source holds only so many requests at once.
         let busy = {
             let mut held = self.per_source.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -358,9 +379,12 @@ impl Handler {
             return;
         }
         let held = Held { map: &self.per_source, ip };
-        let reply = self.answer(&tx, source).await;
+        let answered = self.answer(&tx, source).await;
         drop(held);
-        self.send(&mut tx, reply).await;
+        match answered {
+            Answered::Reply(reply) => self.send(&mut tx, reply).await,
+            Answered::Call(placed) => self.start_call(tx, *placed),
+        }
     }
 
     async fn send(&self, tx: &mut Transaction, reply: Reply) {
@@ -370,7 +394,36 @@ impl Handler {
         }
     }
 
-    async fn answer(&self, tx: &Transaction, source: SocketAddr) -> Reply {
+    /// An admitted call: its dialog answers the INVITE from now on.
+    fn start_call(&self, mut tx: Transaction, placed: crate::calls::Placed) {
+        let (states_tx, states_rx) = self.dialogs.new_dialog_state_channel();
+        let contact = tx.connection.as_ref().and_then(|c| format!("sip:{}", c.get_addr().addr).parse().ok());
+        let dialog = match self.dialogs.get_or_create_server_invite(&tx, states_tx, None, contact) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(target: "palisade::sip", error = %e, "no dialog for an admitted call");
+                let (admission, scope, id) = (placed.admission.clone(), placed.scope.clone(), placed.call.id.clone());
+                let reply = self.warning(500, "internal");
+                let headers = reply.headers.into_iter().map(|(n, v)| Header::Other(n.to_owned(), v)).collect();
+                tokio::spawn(async move {
+                    // Ended as failed: the first minute comes back.
+                    let _ = admission.end_call(&scope, &id, "failed", Some("interrupted"), None).await;
+                    let _ = tx.reply_with(StatusCode::ServerInternalError, headers, None).await;
+                });
+                return;
+            }
+        };
+        let sdp = crate::calls::sdp_answer(&self.public_host);
+        crate::calls::run(placed, self.dialogs.clone(), dialog.clone(), states_rx, sdp);
+        let mut dialog = dialog;
+        tokio::spawn(async move {
+            if let Err(e) = dialog.handle(&mut tx).await {
+                tracing::debug!(target: "palisade::sip", error = %e, "an INVITE's dialog ended with an error");
+            }
+        });
+    }
+
+    async fn answer(&self, tx: &Transaction, source: SocketAddr) -> Answered {
         let req = &tx.original;
         let method = req.method.to_string();
         let lines: Vec<String> = req.headers.iter().map(ToString::to_string).collect();
@@ -378,14 +431,106 @@ impl Handler {
         let size = lines.iter().map(|l| l.len() + 2).sum::<usize>() + req.body.len();
         let checked = match fields.check(&method, size, &self.limits) {
             Ok(c) => c,
-            Err(m) => return self.warning(m.status, m.reason),
+            Err(m) => return Answered::Reply(self.warning(m.status, m.reason)),
         };
-        match req.method {
+        Answered::Reply(match req.method {
             Method::Register => self.register(tx, &fields, checked.cseq, source).await,
+            Method::Invite => return self.invite(tx, &fields, source).await,
             Method::Options => Reply::new(200).with("Allow", ALLOW),
             Method::Bye | Method::Cancel => Reply::new(481),
-            Method::Invite => self.warning(501, "calls_not_yet_over_sip"),
             _ => Reply::new(405).with("Allow", ALLOW),
+        })
+    }
+
+    /// A new call: the caller authenticated (407), then admitted.
+    async fn invite(&self, tx: &Transaction, fields: &Fields, source: SocketAddr) -> Answered {
+        let reply = |r: Reply| Answered::Reply(r);
+        // A re-INVITE of a dialog we do not have.
+        if fields.one("to").is_some_and(|t| t.contains(";tag=")) {
+            return reply(Reply::new(481));
+        }
+        let Some((from_user, aor_host)) = fields.one("from").and_then(message::uri_of).and_then(message::user_host)
+        else {
+            return reply(self.warning(400, "from"));
+        };
+        // Where the caller is reached within the call (RFC 3261 §8.1.1.8).
+        match message::contacts(fields.all("contact")).as_deref() {
+            Ok([message::Contact::Uri { .. }]) => {}
+            _ => return reply(self.warning(400, "contact")),
+        }
+        let mut it = fields.all("proxy-authorization");
+        let authorization = it.next();
+        if it.next().is_some() {
+            return reply(self.warning(400, "proxy_authorization"));
+        }
+        let now = self.services.clock.now_ms();
+        let request = palisade_voice::auth::Request { method: "INVITE", aor_host, authorization, source: source.ip() };
+        let user = match self.authenticated(&request, source, now, true).await {
+            Ok(user) => user,
+            Err(r) => return reply(r),
+        };
+        if from_user != Some(user.username.as_str()) {
+            return reply(self.warning(403, "aor_mismatch"));
+        }
+        let uri = tx.original.uri.to_string();
+        let dialed = message::user_host(&uri).and_then(|(user, _)| crate::calls::dialed_number(user));
+        let Some(to) = dialed else { return reply(self.warning(404, "not_a_number")) };
+        let scope = user.scope();
+        let principal = crate::calls::principal(user.tenant, user.identity);
+        let audit = palisade_audit::Context {
+            source_ip: Some(source.ip().to_string()),
+            user_agent: fields.one("user-agent").map(|u| u.chars().take(256).collect()),
+            request_id: None,
+        };
+        let slots = (self.services.call_slots)(user.tenant).await;
+        let s = &self.services;
+        let identity = user.identity.to_string();
+        match crate::calls::admit(&s.admission, &principal, &scope, &audit, slots, &identity, to).await {
+            Ok(call) => Answered::Call(Box::new(crate::calls::Placed {
+                admission: s.admission.clone(),
+                carrier: s.carrier.clone(),
+                scope,
+                call,
+                principal,
+                audit,
+            })),
+            Err((status, reason, retry)) => {
+                let r = self.warning(status, reason);
+                reply(match retry {
+                    Some(secs) => r.with("Retry-After", secs.to_string()),
+                    None => r,
+                })
+            }
+        }
+    }
+
+    /// Digest authentication as SIP: the user, or the answer to send
+    /// (401/407 with challenges, 403 blocked, 404, 503).
+    async fn authenticated(
+        &self,
+        request: &palisade_voice::auth::Request<'_>,
+        source: SocketAddr,
+        now: i64,
+        proxy: bool,
+    ) -> Result<Box<palisade_voice::credentials::DigestUser>, Reply> {
+        match self.services.auth.authenticate(request, now).await {
+            Outcome::Authenticated(user) => Ok(user),
+            Outcome::Challenge { challenges, .. } => {
+                let (status, name) = if proxy { (407, "Proxy-Authenticate") } else { (401, "WWW-Authenticate") };
+                let mut r = Reply::new(status);
+                for c in challenges {
+                    r = r.with(name, c);
+                }
+                Err(r)
+            }
+            Outcome::Blocked { started, until_ms } => {
+                if let Some(s) = started {
+                    self.audit_block(source, s.nth, until_ms, now);
+                }
+                Err(self.warning(403, "blocked"))
+            }
+            Outcome::UnknownRealm => Err(self.warning(404, "unknown_realm")),
+            Outcome::Unavailable => Err(self.warning(503, "unavailable").with("Retry-After", "5")),
         }
     }
 
@@ -404,23 +549,9 @@ impl Handler {
         let now = self.services.clock.now_ms();
         let request =
             palisade_voice::auth::Request { method: "REGISTER", aor_host, authorization, source: source.ip() };
-        let user = match self.services.auth.authenticate(&request, now).await {
-            Outcome::Authenticated(user) => user,
-            Outcome::Challenge { challenges, .. } => {
-                let mut r = Reply::new(401);
-                for c in challenges {
-                    r = r.with("WWW-Authenticate", c);
-                }
-                return r;
-            }
-            Outcome::Blocked { started, until_ms } => {
-                if let Some(s) = started {
-                    self.audit_block(source, s.nth, until_ms, now);
-                }
-                return self.warning(403, "blocked");
-            }
-            Outcome::UnknownRealm => return self.warning(404, "unknown_realm"),
-            Outcome::Unavailable => return self.warning(503, "unavailable").with("Retry-After", "5"),
+        let user = match self.authenticated(&request, source, now, false).await {
+            Ok(user) => user,
+            Err(r) => return r,
         };
         // The address of record is the credential's own.
         if to_user != Some(user.username.as_str()) {

@@ -4,6 +4,7 @@
 //! (`palisade-voice`, `palisade-admission`). Digest authentication is
 //! `palisade-digest`'s, its abuse rules `palisade-voice`'s.
 
+pub mod calls;
 pub mod edge;
 pub mod gate;
 pub mod message;

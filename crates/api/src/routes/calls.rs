@@ -7,10 +7,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::{HeaderMap, StatusCode};
 use palisade_admission::calls::Call;
-use palisade_comms::{CallAnswer, OutboundCall};
+use palisade_comms::OutboundCall;
 use palisade_core::{ApiError, Permission, TenantScope};
 use palisade_store::calls::{CallRow, CdrRow};
-use palisade_store::StoreError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -89,7 +88,7 @@ pub async fn create(
         state.admission.place_call(&caller, c, screen, |row| admission::created(CallView::from(row.clone()))).await?;
     admission::respond(&state, &auth, outcome, |row| {
         let call = OutboundCall { id: row.id.clone(), from: row.from_number.clone(), to: row.to_number.clone() };
-        run_call(state.clone(), scope.clone(), call);
+        state.admission.run_call(state.carrier.clone(), scope.clone(), call, std::sync::Arc::new(()));
         (StatusCode::CREATED, Json(CallView::from(row))).into_response()
     })
 }
@@ -97,51 +96,6 @@ pub async fn create(
 /// The call's life: ringing, answered or not, and, if the carrier ends it,
 /// the end. A hang-up through the API may end it first; then every later
 /// step finds it over and does nothing.
-fn run_call(state: AppState, scope: TenantScope, call: OutboundCall) {
-    tokio::spawn(async move {
-        let carrier = state.carrier.clone();
-        let step = |status: &'static str, answered: bool| {
-            let (state, scope, id) = (state.clone(), scope.clone(), call.id.clone());
-            async move {
-                state.admission.call_progress(&scope, &id, status, answered).await.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "recording a call's progress failed");
-                    false
-                })
-            }
-        };
-        // A step that finds the call over (hung up) or cannot be recorded
-        // ends it as failed, which does nothing if it is over already,
-        // rather than leave it live (holding its slot and prepaid minute).
-        if !step("ringing", false).await {
-            log_end(state.admission.end_call(&scope, &call.id, "failed", Some("interrupted"), None).await);
-            return;
-        }
-        match carrier.place_call(&call).await {
-            Err(e) => log_end(state.admission.end_call(&scope, &call.id, "failed", Some(e.code()), None).await),
-            Ok(CallAnswer::Busy) => log_end(state.admission.end_call(&scope, &call.id, "busy", None, None).await),
-            Ok(CallAnswer::Answered) => {
-                if !step("in_progress", true).await {
-                    // Over already (hung up), or not recordable: make sure.
-                    let _ = carrier.hang_up(&call.id).await;
-                    log_end(state.admission.end_call(&scope, &call.id, "failed", Some("interrupted"), None).await);
-                    return;
-                }
-                if let Some(after) = carrier.callee_hangs_up_after() {
-                    tokio::time::sleep(after).await;
-                    log_end(state.admission.end_call(&scope, &call.id, "completed", None, None).await);
-                }
-            }
-        }
-    });
-}
-
-fn log_end(r: Result<Option<CdrRow>, StoreError>) {
-    if let Err(e) = r {
-        tracing::error!(error = %e, "ending a call failed");
-    }
-}
-
-/// The call, if the caller may see it (an agent token: its identity's only).
 async fn visible_call(state: &AppState, auth: &Auth, scope: &TenantScope, id: &str) -> Result<CallRow, ApiError> {
     let call = palisade_store::calls::get(state.db.reader(), scope, id).await?.ok_or_else(ApiError::not_found)?;
     confine_to_own_identity(auth, &call.identity_id)?;

@@ -9,9 +9,10 @@ use serde_json::json;
 use crate::common::{Backend, TestServer};
 use crate::sip_ua::{Msg, Ua};
 
-backend_tests!(register_with_sha256_and_md5_and_refuse_replays);
+backend_tests!(register_with_sha256_and_md5_and_refuse_replays, invite_is_admitted_like_post_v1_calls_and_bye_ends_it);
 
 struct Phone {
+    tenant: String,
     identity: String,
     user: String,
     password: String,
@@ -37,7 +38,8 @@ async fn phone(s: &TestServer, tenant: &str) -> Phone {
         .to_owned();
     let c = s.post(&format!("/v1/identities/{id}/sip-credentials"), &t.token, json!({})).await.expect(201);
     let text = |k: &str| c.body[k].as_str().unwrap().to_owned();
-    Phone { identity: id, user: text("username"), password: text("password"), realm: text("realm"), token: t.token }
+    let (user, password, realm) = (text("username"), text("password"), text("realm"));
+    Phone { tenant: t.id, identity: id, user, password, realm, token: t.token }
 }
 
 fn rand_digits() -> u32 {
@@ -294,4 +296,135 @@ async fn a_flooding_address_gets_no_answer() {
     }
     assert_eq!(answered, 10);
     s.stop().await;
+}
+
+/// An INVITE to `to` answered with `password` (407 first), then whatever
+/// final answer follows; also the challenge.
+async fn invite(ua: &mut Ua, to: &str, password: &str) -> Msg {
+    let challenge = ua.request_to("INVITE", to, &[]).await.expect("a challenge");
+    assert_eq!(challenge.status, 407, "{}", challenge.raw);
+    let offered = challenge.all("proxy-authenticate");
+    assert!(offered.len() == 2 && offered[0].contains("algorithm=SHA-256"), "{}", challenge.raw);
+    let c = offered[0];
+    let (nonce, realm) = (crate::sip_ua::param(c, "nonce").unwrap(), crate::sip_ua::param(c, "realm").unwrap());
+    let uri = format!("sip:{to}@{}", ua.realm);
+    let auth = crate::sip_ua::answer("SHA-256", &ua.user, &realm, password, "INVITE", &uri, &nonce, 1).replacen(
+        "Authorization:",
+        "Proxy-Authorization:",
+        1,
+    );
+    ua.request_to("INVITE", to, &[auth]).await.expect("an answer")
+}
+
+async fn calls(s: &TestServer, token: &str) -> Vec<serde_json::Value> {
+    s.get("/v1/calls", token).await.expect(200).body["data"].as_array().unwrap().clone()
+}
+
+async fn invite_is_admitted_like_post_v1_calls_and_bye_ends_it(b: Backend) {
+    let s = server_with(b, |c| c.carrier.sandbox_call_secs = 600).await;
+    let p = phone(&s, "Acme").await;
+    let tenant = p.tenant.clone();
+    s.admin(reqwest::Method::POST, &format!("/sysadmin/v1/tenants/{tenant}/credits"), Some(json!({"amount": 100})))
+        .await
+        .expect(200);
+    let mut ua = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
+    let ok = invite(&mut ua, "+34612000222", &p.password).await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    assert!(ok.raw.contains("application/sdp") && ok.raw.contains("m=audio"), "{}", ok.raw);
+    let to_tag = ok.header("to").unwrap().split(";tag=").nth(1).unwrap().to_owned();
+    ua.send_in_dialog("ACK", "+34612000222", &to_tag, ua.cseq).await;
+    let list = calls(&s, &p.token).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!((list[0]["to"].as_str(), list[0]["status"].as_str()), (Some("+34612000222"), Some("in_progress")));
+    assert_eq!(list[0]["identity_id"], p.identity.as_str());
+    // The caller hangs up: 200 to the BYE, the call completed, billed, its CDR written.
+    ua.cseq += 1;
+    ua.send_in_dialog("BYE", "+34612000222", &to_tag, ua.cseq).await;
+    let bye = ua.recv(Duration::from_secs(3)).await.expect("an answer to the BYE");
+    assert_eq!(bye.status, 200, "{}", bye.raw);
+    let id = list[0]["id"].as_str().unwrap();
+    let mut status = String::new();
+    for _ in 0..50 {
+        status = s.get(&format!("/v1/calls/{id}"), &p.token).await.expect(200).body["status"].as_str().unwrap().into();
+        if status == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "completed");
+    let cdrs = s.get("/v1/cdrs", &p.token).await.expect(200);
+    assert_eq!(cdrs.body["data"].as_array().unwrap().len(), 1, "{}", cdrs.text);
+    let placed = s.events(&p.token, "action=call.placed").await;
+    assert_eq!(placed[0]["actor"]["type"], "agent", "{placed:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_invite_says_why_and_charges_nothing() {
+    let s = server_with(Backend::Sqlite, |c| c.carrier.sandbox_call_secs = 600).await;
+    let p = phone(&s, "Acme").await;
+    let tenant = p.tenant.clone();
+    let mut ua = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
+    let refused = |m: &Msg| (m.status, m.warning().map(str::to_owned));
+    // No credit: 402.
+    let r = invite(&mut ua, "+34612000222", &p.password).await;
+    assert_eq!(refused(&r), (402, Some("insufficient_credits".into())), "{}", r.raw);
+    s.admin(reqwest::Method::POST, &format!("/sysadmin/v1/tenants/{tenant}/credits"), Some(json!({"amount": 100})))
+        .await
+        .expect(200);
+    // Not a number: 404.
+    let r = invite(&mut ua, "alice", &p.password).await;
+    assert_eq!(refused(&r), (404, Some("not_a_number".into())), "{}", r.raw);
+    // A country the identity may not reach: 403.
+    let path = format!("/v1/identities/{}", p.identity);
+    s.call(reqwest::Method::PATCH, &path, Some(&p.token), Some(json!({"policy": {"allowed_countries": ["FR"]}})))
+        .await
+        .expect(200);
+    let r = invite(&mut ua, "+34612000222", &p.password).await;
+    assert_eq!(refused(&r), (403, Some("country_not_allowed".into())), "{}", r.raw);
+    // Over the monthly budget: 403.
+    s.call(reqwest::Method::PATCH, &path, Some(&p.token), Some(json!({"policy": {"monthly_budget": 0}})))
+        .await
+        .expect(200);
+    let r = invite(&mut ua, "+34612000222", &p.password).await;
+    assert_eq!(refused(&r), (403, Some("monthly_budget".into())), "{}", r.raw);
+    // The identity's own rate: 503 with Retry-After.
+    s.call(reqwest::Method::PATCH, &path, Some(&p.token), Some(json!({"policy": {"rate_per_second": 1}})))
+        .await
+        .expect(200);
+    s.admin(
+        reqwest::Method::PUT,
+        &format!("/sysadmin/v1/tenants/{tenant}/limits"),
+        Some(json!({"concurrent_calls": 1})),
+    )
+    .await
+    .expect(200);
+    let first = invite(&mut ua, "+34612000222", &p.password).await;
+    assert_eq!(first.status, 200, "{}", first.raw);
+    let r = invite(&mut ua, "+34612000223", &p.password).await;
+    assert!(
+        refused(&r) == (503, Some("rate_per_second".into())) || refused(&r) == (486, Some("concurrent_calls".into())),
+        "{}",
+        r.raw
+    );
+    if r.status == 503 {
+        assert!(r.header("retry-after").is_some(), "{}", r.raw);
+        s.clock.advance_ms(2_000);
+        // Past the rate: the second concurrent call finds no slot: 486.
+        let r = invite(&mut ua, "+34612000223", &p.password).await;
+        assert_eq!(refused(&r), (486, Some("concurrent_calls".into())), "{}", r.raw);
+    }
+    // A frozen identity: 403.
+    s.post(&format!("{path}/freeze"), &p.token, json!({})).await.expect(200);
+    let r = invite(&mut ua, "+34612000224", &p.password).await;
+    assert_eq!(refused(&r), (403, Some("frozen".into())), "{}", r.raw);
+    // Only the one admitted call exists, and only it was charged.
+    assert_eq!(calls(&s, &p.token).await.len(), 1);
+    let balance = s.get("/v1/balance", &p.token).await.expect(200);
+    assert_eq!(balance.body["balance"].as_i64().unwrap(), 100 - first_minute(&s));
+    s.stop().await;
+}
+
+fn first_minute(s: &TestServer) -> i64 {
+    s.state().config.pricing.call_minute
 }

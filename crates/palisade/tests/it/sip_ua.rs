@@ -109,13 +109,26 @@ impl Ua {
 
     /// A request with the usual headers, then `extra` lines.
     pub fn build(&mut self, method: &str, extra: &[String]) -> String {
-        self.cseq += 1;
+        let target = self.realm.clone();
+        self.build_to(method, &format!("sip:{target}"), None, extra)
+    }
+
+    /// A request to `uri`, within a dialog when `to_tag` is given (then at
+    /// the current CSeq, else at the next).
+    pub fn build_to(&mut self, method: &str, uri: &str, to_tag: Option<&str>, extra: &[String]) -> String {
+        if to_tag.is_none() {
+            self.cseq += 1;
+        }
         let branch = format!("z9hG4bK{}", uuid::Uuid::new_v4().simple());
         let aor = format!("sip:{}@{}", self.user, self.realm);
+        let to = match to_tag {
+            Some(tag) => format!("<{uri}>;tag={tag}"),
+            None if method == "REGISTER" => format!("<{aor}>"),
+            None => format!("<{uri}>"),
+        };
         let mut m = format!(
-            "{method} sip:{realm} SIP/2.0\r\nVia: SIP/2.0/{t} {local};branch={branch};rport\r\nMax-Forwards: 70\r\n\
-             From: <{aor}>;tag=ua1\r\nTo: <{aor}>\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\nUser-Agent: palisade-test\r\n",
-            realm = self.realm,
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/{t} {local};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+             From: <{aor}>;tag=ua1\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\nUser-Agent: palisade-test\r\n",
             t = self.transport(),
             local = self.local,
             cid = self.call_id,
@@ -162,6 +175,32 @@ impl Ua {
             Link::Tcp(s, pending) => read_framed(s, pending).await,
             Link::Tls(s, pending) => read_framed(s.as_mut(), pending).await,
         }
+    }
+
+    /// A request to the number `to` in our realm (a new call's INVITE: a new Call-ID).
+    pub async fn request_to(&mut self, method: &str, to: &str, extra: &[String]) -> Option<Msg> {
+        if method == "INVITE" && extra.is_empty() {
+            // A new call: a new Call-ID (the answer to its challenge keeps it).
+            self.call_id = format!("{}@test", uuid::Uuid::new_v4());
+        }
+        let uri = format!("sip:{to}@{}", self.realm);
+        let mut lines = extra.to_vec();
+        if method == "INVITE" {
+            lines.push(format!("Contact: <sip:{}@{}>", self.user, self.local));
+        }
+        let m = self.build_to(method, &uri, None, &lines);
+        self.send_raw(m.as_bytes()).await;
+        self.recv(Duration::from_secs(5)).await
+    }
+
+    /// ACK or BYE of the current call.
+    pub async fn send_in_dialog(&mut self, method: &str, to: &str, to_tag: &str, cseq: u32) {
+        let uri = format!("sip:{to}@{}", self.realm);
+        let saved = self.cseq;
+        self.cseq = cseq;
+        let m = self.build_to(method, &uri, Some(to_tag), &[]);
+        self.cseq = saved;
+        self.send_raw(m.as_bytes()).await;
     }
 
     pub async fn request(&mut self, method: &str, extra: &[String]) -> Option<Msg> {
