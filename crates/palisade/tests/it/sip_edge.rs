@@ -428,3 +428,72 @@ async fn a_refused_invite_says_why_and_charges_nothing() {
 fn first_minute(s: &TestServer) -> i64 {
     s.state().config.pricing.call_minute
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_before_the_answer_charges_nothing_and_the_callee_hangs_up_with_a_bye() {
+    let s = server_with(Backend::Sqlite, |c| {
+        c.carrier.sandbox_delay_ms = 1500;
+        c.carrier.sandbox_call_secs = 1;
+    })
+    .await;
+    let p = phone(&s, "Acme").await;
+    s.admin(reqwest::Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", p.tenant), Some(json!({"amount": 100})))
+        .await
+        .expect(200);
+    let mut ua = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
+    // Ringing for 1.5 s: canceled meanwhile.
+    let challenge = ua.request_to("INVITE", "+34612000222", &[]).await.unwrap();
+    let c = challenge.all("proxy-authenticate")[0].to_owned();
+    let (nonce, realm) = (crate::sip_ua::param(&c, "nonce").unwrap(), crate::sip_ua::param(&c, "realm").unwrap());
+    let uri = format!("sip:+34612000222@{}", ua.realm);
+    let auth = crate::sip_ua::answer("SHA-256", &ua.user, &realm, &p.password, "INVITE", &uri, &nonce, 1).replacen(
+        "Authorization:",
+        "Proxy-Authorization:",
+        1,
+    );
+    let mut lines = vec![auth, format!("Contact: <sip:{}@127.0.0.1:5999>", ua.user)];
+    let sent = ua.build_to("INVITE", &uri, None, &lines);
+    ua.send_raw(sent.as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // CANCEL: the INVITE's request line, Via (branch), Call-ID and CSeq number.
+    let cancel = sent
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace(&format!("CSeq: {} INVITE", ua.cseq), &format!("CSeq: {} CANCEL", ua.cseq));
+    let mut cancel: String = cancel
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("Proxy-Authorization") && !l.starts_with("Contact"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    cancel.push_str("\r\n");
+    ua.send_raw(cancel.as_bytes()).await;
+    let mut got = Vec::new();
+    while let Some(m) = ua.recv(Duration::from_secs(3)).await {
+        got.push(m.status);
+        if m.status == 487 {
+            break;
+        }
+    }
+    assert!(got.contains(&487), "the INVITE was not ended by the CANCEL: {got:?}");
+    let mut status = String::new();
+    for _ in 0..50 {
+        let list = calls(&s, &p.token).await;
+        status = list[0]["status"].as_str().unwrap().to_owned();
+        if status == "canceled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "canceled");
+    let balance = s.get("/v1/balance", &p.token).await.expect(200);
+    assert_eq!(balance.body["balance"], 100, "a canceled call was charged");
+
+    // Answered, then the callee hangs up after a second: we send the BYE.
+    lines.clear();
+    let ok = invite(&mut ua, "+34612000333", &p.password).await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    let to_tag = ok.header("to").unwrap().split(";tag=").nth(1).unwrap().to_owned();
+    ua.send_in_dialog("ACK", "+34612000333", &to_tag, ua.cseq).await;
+    let bye = ua.recv_request(Duration::from_secs(5)).await.expect("a BYE from the edge");
+    assert!(bye.starts_with("BYE "), "{bye}");
+    s.stop().await;
+}

@@ -165,6 +165,17 @@ impl Ua {
         }
     }
 
+    /// The next request the edge sends us (a BYE), raw.
+    pub async fn recv_request(&mut self, wait: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let raw = tokio::time::timeout_at(deadline, self.recv_one()).await.ok()??;
+            if !raw.starts_with("SIP/2.0 ") {
+                return Some(raw);
+            }
+        }
+    }
+
     async fn recv_one(&mut self) -> Option<String> {
         match &mut self.link {
             Link::Udp(s) => {
