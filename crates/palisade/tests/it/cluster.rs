@@ -203,3 +203,41 @@ async fn listen_sessions(c: &mut sqlx::PgConnection) -> i64 {
     .await
     .unwrap()
 }
+
+/// SIP digest state is the cluster's: a (nonce, nc) accepted by one
+/// instance is refused by the other, and an address blocked by failures
+/// on both is blocked on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(postgres_tests, redis_tests)),
+    ignore = "PALISADE_TEST_POSTGRES_URL or PALISADE_TEST_REDIS_URL is not set"
+)]
+async fn sip_replays_and_blocks_hold_across_instances() {
+    use crate::sip_edge::{contact, phone, register};
+    use crate::sip_ua::Ua;
+    let (a, b) = pair_on_redis(|c| c.sip.udp_listen = Some("127.0.0.1:0".into())).await;
+    let p = phone(&a, "Acme").await;
+    let mut on_a = Ua::udp(a.sip_udp(), &p.user, &p.realm).await;
+    let mut on_b = Ua::udp(b.sip_udp(), &p.user, &p.realm).await;
+    // A nonce made by one instance is good on the other; its (nonce, nc)
+    // is accepted once across both.
+    let challenge = on_a.request("REGISTER", &contact(&on_a, 600)).await.unwrap();
+    let auth = on_a.authorization(&challenge, "SHA-256", &p.password, 1);
+    let mut lines = contact(&on_b, 600);
+    lines.push(auth);
+    assert_eq!(on_b.request("REGISTER", &lines).await.unwrap().status, 200);
+    let replay = on_a.request("REGISTER", &lines).await.unwrap();
+    assert_eq!(replay.status, 401, "a (nonce, nc) accepted on one instance was accepted on the other");
+    // Failures alternating between the instances block the address on both
+    // (the replay was the first of five).
+    for i in 0..4 {
+        let ua = if i % 2 == 0 { &mut on_a } else { &mut on_b };
+        register(ua, "wrong password", "MD5").await;
+    }
+    for ua in [&mut on_a, &mut on_b] {
+        let r = ua.request("REGISTER", &contact(ua, 600)).await.unwrap();
+        assert_eq!((r.status, r.warning()), (403, Some("blocked")), "{}", r.raw);
+    }
+    b.stop().await;
+    a.stop().await;
+}

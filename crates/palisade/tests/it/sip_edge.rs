@@ -11,13 +11,13 @@ use crate::sip_ua::{Msg, Ua};
 
 backend_tests!(register_with_sha256_and_md5_and_refuse_replays, invite_is_admitted_like_post_v1_calls_and_bye_ends_it);
 
-struct Phone {
-    tenant: String,
-    identity: String,
-    user: String,
-    password: String,
-    realm: String,
-    token: String,
+pub(crate) struct Phone {
+    pub(crate) tenant: String,
+    pub(crate) identity: String,
+    pub(crate) user: String,
+    pub(crate) password: String,
+    pub(crate) realm: String,
+    pub(crate) token: String,
 }
 
 async fn server_with(b: Backend, tweak: impl FnOnce(&mut palisade_config::Config)) -> TestServer {
@@ -29,7 +29,7 @@ async fn server_with(b: Backend, tweak: impl FnOnce(&mut palisade_config::Config
     .await
 }
 
-async fn phone(s: &TestServer, tenant: &str) -> Phone {
+pub(crate) async fn phone(s: &TestServer, tenant: &str) -> Phone {
     let t = s.tenant(tenant).await;
     let number = format!("+3461{:07}", rand_digits());
     let id = s.post("/v1/identities", &t.token, json!({"number": number})).await.expect(201).body["id"]
@@ -46,12 +46,12 @@ fn rand_digits() -> u32 {
     uuid::Uuid::new_v4().as_u128() as u32 % 10_000_000
 }
 
-fn contact(ua: &Ua, expires: u32) -> Vec<String> {
+pub(crate) fn contact(ua: &Ua, expires: u32) -> Vec<String> {
     vec![format!("Contact: <sip:{}@127.0.0.1:5999>;expires={expires}", ua.user)]
 }
 
 /// REGISTER, answer the challenge, return the final answer and the challenge.
-async fn register(ua: &mut Ua, password: &str, alg: &str) -> (Msg, Msg) {
+pub(crate) async fn register(ua: &mut Ua, password: &str, alg: &str) -> (Msg, Msg) {
     let challenge = ua.request("REGISTER", &contact(ua, 600)).await.expect("a challenge");
     assert_eq!(challenge.status, 401, "{}", challenge.raw);
     let mut lines = contact(ua, 600);
