@@ -172,6 +172,11 @@ impl ApiError {
         &self.errors
     }
 
+    /// Seconds to wait, when the refusal says (`retry_after`).
+    pub fn retry_after(&self) -> Option<u64> {
+        self.extra.get("retry_after").and_then(serde_json::Value::as_u64)
+    }
+
     pub fn to_problem(&self, request_id: Option<String>) -> Problem {
         Problem {
             kind: format!("urn:palisade:problem:{}", self.reason),

@@ -439,7 +439,7 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
             instance_id: state.admission.instance_id.clone(),
             admission: state.admission.clone(),
             carrier: state.carrier.clone(),
-            call_slots: call_slots(&state),
+            tenant_gate: tenant_gate(&state),
         },
         tls::sip_config(&state.config.sip)?,
     )
@@ -449,21 +449,39 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
     Ok(Running { addr, metrics_addr, state, sip, shutdown: tx, task, integrator })
 }
 
-/// A tenant's concurrent-call quota for the SIP edge, by the rule the API
-/// applies (the tenant's stored limits over the defaults). Unreadable: no
-/// slot (calls are refused, not let through).
-fn call_slots(state: &AppState) -> palisade_sip::calls::CallSlots {
+/// The tenant's pass for a SIP call, by the rules of `POST /v1/calls`:
+/// the tenant's address lists and its key, tenant and call-creation
+/// limits (the API's `tenant_pass`), then its concurrent-call quota.
+/// Unreadable limits refuse.
+fn tenant_gate(state: &AppState) -> palisade_sip::calls::TenantGate {
     let state = state.clone();
-    Arc::new(move |tenant| {
+    Arc::new(move |principal, client| {
         let state = state.clone();
         Box::pin(async move {
-            let scope = palisade_core::TenantScope::for_system(tenant);
-            match palisade_store::tenants::limits(state.db.reader(), &scope).await {
-                Ok(stored) => state.abuse.tenant_policy(stored.as_deref()).concurrent_calls,
+            let gated = |e: &palisade_core::ApiError| palisade_sip::calls::Gated {
+                // A rate limit is "try later" in SIP.
+                status: if e.status().as_u16() == 429 { 503 } else { e.status().as_u16() },
+                reason: e.reason(),
+                retry_after: e.retry_after(),
+            };
+            let scope = palisade_core::TenantScope::for_system(principal.tenant_id());
+            let stored = match palisade_store::tenants::limits(state.db.reader(), &scope).await {
+                Ok(stored) => stored,
                 Err(e) => {
                     tracing::error!(error = %e, "reading a tenant's limits failed");
-                    0
+                    return Err(palisade_sip::calls::Gated {
+                        status: 503,
+                        reason: "unavailable",
+                        retry_after: Some(5),
+                    });
                 }
+            };
+            let policy = state.abuse.tenant_policy(stored.as_deref());
+            let class = Some(palisade_api::abuse::Class::CallCreate);
+            let ctx = || palisade_audit::Context { source_ip: Some(client.to_string()), ..Default::default() };
+            match state.abuse.tenant_pass(&state.db, state.now_ms(), &principal, &policy, class, client, ctx).await {
+                Ok(_) => Ok(policy.concurrent_calls),
+                Err(e) => Err(gated(&e)),
             }
         })
     })

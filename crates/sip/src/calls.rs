@@ -13,14 +13,26 @@ use palisade_admission::{Answer, Caller, Outcome, Refusal};
 use palisade_comms::{Carrier, OutboundCall};
 use palisade_core::principal::Principal;
 use palisade_core::{PermissionSet, PrincipalKind, TenantId, TenantScope};
+
 use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TerminatedReason};
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::{Header, StatusCode};
 
-/// The tenant's concurrent-call quota, as the API computes it from the
-/// tenant's limits (one rule, kept there).
-pub type CallSlots = Arc<dyn Fn(TenantId) -> Pin<Box<dyn Future<Output = u32> + Send>> + Send + Sync>;
+/// The tenant's pass for a new call, by the rules the API applies to
+/// `POST /v1/calls` (the tenant's address lists, its key, tenant and
+/// call-creation rate limits; kept there, one rule): the tenant's
+/// concurrent-call quota, or the refusal as (status, reason, Retry-After).
+pub type TenantGate =
+    Arc<dyn Fn(Principal, std::net::IpAddr) -> Pin<Box<dyn Future<Output = Result<u32, Gated>> + Send>> + Send + Sync>;
+
+/// A refusal of the tenant's pass: the SIP status, reason word and wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gated {
+    pub status: u16,
+    pub reason: &'static str,
+    pub retry_after: Option<u64>,
+}
 
 /// A refusal as SIP: status, reason word for `Warning`, `Retry-After`.
 pub fn refusal_status<W>(r: &Refusal<W>) -> (u16, Option<u64>) {

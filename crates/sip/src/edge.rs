@@ -39,7 +39,7 @@ pub struct Services {
     /// Admission and the life of calls, shared with `POST /v1/calls`.
     pub admission: Arc<palisade_admission::Service>,
     pub carrier: Arc<dyn palisade_comms::Carrier>,
-    pub call_slots: crate::calls::CallSlots,
+    pub tenant_gate: crate::calls::TenantGate,
 }
 
 /// The running edge; dropping it does not stop it, [`Edge::shutdown`] does.
@@ -482,7 +482,16 @@ impl Handler {
             user_agent: fields.one("user-agent").map(|u| u.chars().take(256).collect()),
             request_id: None,
         };
-        let slots = (self.services.call_slots)(user.tenant).await;
+        let slots = match (self.services.tenant_gate)(principal.clone(), source.ip()).await {
+            Ok(slots) => slots,
+            Err(g) => {
+                let r = self.warning(g.status, g.reason);
+                return reply(match g.retry_after {
+                    Some(secs) => r.with("Retry-After", secs.to_string()),
+                    None => r,
+                });
+            }
+        };
         let s = &self.services;
         let identity = user.identity.to_string();
         match crate::calls::admit(&s.admission, &principal, &scope, &audit, slots, &identity, to).await {

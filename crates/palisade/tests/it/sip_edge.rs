@@ -497,3 +497,22 @@ async fn a_cancel_before_the_answer_charges_nothing_and_the_callee_hangs_up_with
     assert!(bye.starts_with("BYE "), "{bye}");
     s.stop().await;
 }
+
+/// The tenant's limits of `POST /v1/calls` hold for SIP calls too: its
+/// call-creation rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenants_call_rate_holds_over_sip() {
+    let s = server_with(Backend::Sqlite, |c| c.carrier.sandbox_call_secs = 600).await;
+    let p = phone(&s, "Acme").await;
+    let credits = format!("/sysadmin/v1/tenants/{}/credits", p.tenant);
+    s.admin(reqwest::Method::POST, &credits, Some(json!({"amount": 100}))).await.expect(200);
+    let limits = format!("/sysadmin/v1/tenants/{}/limits", p.tenant);
+    s.admin(reqwest::Method::PUT, &limits, Some(json!({"call_create_per_minute": 1}))).await.expect(200);
+    let mut ua = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
+    assert_eq!(invite(&mut ua, "+34612000222", &p.password).await.status, 200);
+    let r = invite(&mut ua, "+34612000223", &p.password).await;
+    assert_eq!((r.status, r.warning()), (503, Some("rate_limited")), "{}", r.raw);
+    assert!(r.header("retry-after").is_some(), "{}", r.raw);
+    assert_eq!(calls(&s, &p.token).await.len(), 1);
+    s.stop().await;
+}
