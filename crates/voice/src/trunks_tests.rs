@@ -100,8 +100,7 @@ fn a_uri_has_no_control_characters_and_a_length_bound() {
     assert!(parse_uri("sip:carrier.example\r\nX-Evil: 1").unwrap_err().contains("control"));
     assert!(parse_uri("sip:carrier\u{7f}.example").unwrap_err().contains("control"));
     // 255 bytes pass; 256 do not, whatever else they hold.
-    let labels = |n: usize| format!("sip:{}{}", "a.".repeat((n - 5) / 2), if n % 2 == 0 { "bc" } else { "b" });
-    let (ok, long) = (labels(255), labels(256));
+    let (ok, long) = (format!("sip:{}b", "a.".repeat(125)), format!("sip:{}bc", "a.".repeat(125)));
     assert_eq!((ok.len(), long.len()), (255, 256));
     assert!(parse_uri(&ok).is_ok());
     assert!(parse_uri(&long).unwrap_err().contains("at most 255"));
