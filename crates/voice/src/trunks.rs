@@ -520,8 +520,8 @@ impl TrunkTable {
         let trunks: Vec<Trunk> = trunks.into_iter().filter(|t| t.enabled).collect();
         let mut nets: Vec<(IpNet, usize)> =
             trunks.iter().enumerate().flat_map(|(i, t)| t.source_cidrs.iter().map(move |n| (*n, i))).collect();
-        // Stable: equal prefixes keep the trunks' order.
-        nets.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
+        // Equal prefixes: the older trunk (lower index) first.
+        nets.sort_by_key(|&(n, i)| (std::cmp::Reverse(n.prefix_len()), i));
         TrunkTable { trunks, nets }
     }
 
