@@ -10,6 +10,7 @@ backend_tests!(
     trunk_lifecycle_never_shows_the_password,
     trunk_input_is_refused_field_by_field,
     tenant_credentials_cannot_touch_trunks,
+    the_document_holds_the_trunk_rules,
 );
 
 const SECRET: &str = "carrier-secret-8c1f";
@@ -186,5 +187,46 @@ async fn tenant_credentials_cannot_touch_trunks(b: Backend) {
     }
     let list = srv.admin(Method::GET, "/sysadmin/v1/trunks", None).await.expect(200);
     assert_eq!(list.body["data"], json!([made.body]), "nothing changed");
+    srv.stop().await;
+}
+
+/// The schemas are as strict as the validation (Schemathesis judges the
+/// rest against them, .ci/schemathesis_hooks.py).
+async fn the_document_holds_the_trunk_rules(b: Backend) {
+    let srv = TestServer::start(b).await;
+    let doc = srv.call(Method::GET, "/v1/openapi.json", None, None).await.expect(200).body;
+    let schema = |name: &str| doc["components"]["schemas"][name].clone();
+    let create = schema("CreateTrunkRequest");
+    let p = &create["properties"];
+    assert_eq!(create["required"], json!(["name", "uri", "transport", "source_cidrs"]));
+    assert_eq!(
+        (p["name"]["maxLength"].as_u64(), p["name"]["pattern"].as_str()),
+        (Some(64), Some("^[A-Za-z0-9 _.-]{1,64}$"))
+    );
+    assert_eq!(p["uri"]["maxLength"], 255);
+    assert!(p["uri"]["pattern"].as_str().unwrap().starts_with("^sips?:"));
+    assert_eq!((p["source_cidrs"]["minItems"].as_u64(), p["source_cidrs"]["maxItems"].as_u64()), (Some(1), Some(32)));
+    assert_eq!(p["source_cidrs"]["items"]["maxLength"], 49);
+    assert_eq!(schema("TrunkTransport")["enum"], json!(["udp", "tcp", "tls"]));
+    let auth = schema("TrunkAuthInput");
+    assert_eq!(auth["required"], json!(["username", "password"]));
+    assert_eq!(
+        (auth["properties"]["password"]["minLength"].as_u64(), auth["properties"]["password"]["maxLength"].as_u64()),
+        (Some(8), Some(128))
+    );
+    // In a change, `auth` may be null (removes the credentials).
+    let patch_auth = schema("UpdateTrunkRequest")["properties"]["auth"].to_string();
+    assert!(patch_auth.contains("null") && patch_auth.contains("TrunkAuthInput"), "{patch_auth}");
+    let view = schema("TrunkView");
+    assert!(view["properties"].get("password").is_none() && view["properties"].get("auth_password").is_none());
+    for (path, methods) in
+        [("/sysadmin/v1/trunks", &["get", "post"][..]), ("/sysadmin/v1/trunks/{id}", &["get", "patch", "delete"])]
+    {
+        for m in methods {
+            let op = &doc["paths"][path][m];
+            assert_eq!(op["security"], json!([{"master_key": []}]), "{m} {path}");
+            assert!(op["responses"].get("401").is_some(), "{m} {path}");
+        }
+    }
     srv.stop().await;
 }
