@@ -235,6 +235,9 @@ pub async fn create(
     responses((status = 200, body = List<TrunkView>)))]
 pub async fn list(State(state): State<AppState>, admin: Sysadmin) -> Result<List<TrunkView>, ApiError> {
     let all = trunks::list(&state.db, &admin.proof).await.map_err(voice_error)?;
+    // Every operator call is audited, reads too.
+    let event = Event::new("sysadmin.trunks_listed", None, Actor::sysadmin());
+    palisade_audit::record(&state.db, &event, &admin.ctx.audit, state.now_ms()).await?;
     Ok(List { data: all.iter().map(TrunkView::from).collect(), next_cursor: None })
 }
 
@@ -246,8 +249,13 @@ pub async fn get(
     admin: Sysadmin,
     PathId(id): PathId<uuid::Uuid>,
 ) -> Result<Json<TrunkView>, ApiError> {
-    let trunk = trunks::get(&state.db, &admin.proof, &id.to_string()).await.map_err(voice_error)?;
-    trunk.map(|t| Json(TrunkView::from(&t))).ok_or_else(ApiError::not_found)
+    let trunk = trunks::get(&state.db, &admin.proof, &id.to_string())
+        .await
+        .map_err(voice_error)?
+        .ok_or_else(ApiError::not_found)?;
+    let event = Event::new("trunk.read", None, Actor::sysadmin()).resource("sip_trunk", &trunk.id);
+    palisade_audit::record(&state.db, &event, &admin.ctx.audit, state.now_ms()).await?;
+    Ok(Json(TrunkView::from(&trunk)))
 }
 
 /// Changes a trunk; absent members stay as they are. The result is checked

@@ -101,9 +101,11 @@ async fn trunk_lifecycle_never_shows_the_password(b: Backend) {
     let text = serde_json::to_string(&events).unwrap();
     assert!(!text.contains("another-secret-1"));
     let actions: Vec<&str> = events.iter().map(|e| e["action"].as_str().unwrap()).collect();
-    for action in ["trunk.created", "trunk.updated", "trunk.deleted"] {
+    for action in ["trunk.created", "trunk.read", "trunk.updated", "trunk.deleted"] {
         assert!(actions.contains(&action), "{action} in {actions:?}");
     }
+    let listed = srv.admin(Method::GET, "/sysadmin/v1/events?action=sysadmin.trunks_listed", None).await.expect(200);
+    assert!(!listed.body["data"].as_array().unwrap().is_empty(), "listing is audited");
     let created = events.iter().find(|e| e["action"] == "trunk.created").unwrap();
     assert_eq!(created["resource_id"], id.as_str(), "{created}");
     assert_eq!(created["resource_type"], "sip_trunk");
