@@ -109,3 +109,80 @@ pub async fn enabled_trunks<'c>(ex: impl Executor<'c, Database = Any>) -> Result
         .fetch_all(ex)
         .await?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Db;
+
+    fn row(id: &str, name: &str, enabled: bool, created_at: i64) -> TrunkRow {
+        TrunkRow {
+            id: id.into(),
+            name: name.into(),
+            uri: "sip:carrier.example".into(),
+            transport: "udp".into(),
+            auth_username: None,
+            auth_password_sealed: None,
+            source_cidrs: r#"["192.0.2.0/24"]"#.into(),
+            enabled: i64::from(enabled),
+            created_at,
+            updated_at: created_at,
+        }
+    }
+
+    /// The same on both dialects: the table's constraints, and the edge's
+    /// view (enabled only, oldest first).
+    async fn exercise(db: &Db) {
+        let proof = SysadminProof::verified();
+        insert(db.reader(), &proof, &row("b", "Second", true, 2)).await.unwrap();
+        insert(db.reader(), &proof, &row("a", "First", true, 1)).await.unwrap();
+        insert(db.reader(), &proof, &row("c", "Off", false, 0)).await.unwrap();
+        let dup = insert(db.reader(), &proof, &row("d", "First", true, 3)).await.unwrap_err();
+        assert!(dup.is_unique_violation(), "{dup}");
+        let mut bad = row("e", "Bad transport", true, 4);
+        bad.transport = "ws".into();
+        assert!(insert(db.reader(), &proof, &bad).await.is_err());
+        let mut half = row("f", "Half credentials", true, 4);
+        half.auth_username = Some("u".into());
+        assert!(insert(db.reader(), &proof, &half).await.is_err(), "a username needs its sealed password");
+
+        let ids = |rows: Vec<TrunkRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(enabled_trunks(db.reader()).await.unwrap()), ["a", "b"]);
+        assert_eq!(ids(list(db.reader(), &proof).await.unwrap()), ["a", "c", "b"], "by name");
+
+        let mut changed = row("c", "ignored", true, 0);
+        changed.auth_username = Some("u".into());
+        changed.auth_password_sealed = Some("c2VhbGVk".into());
+        changed.updated_at = 9;
+        assert!(update(db.reader(), &proof, &changed).await.unwrap());
+        let got = get(db.reader(), &proof, "c").await.unwrap().unwrap();
+        assert_eq!((got.name.as_str(), got.enabled, got.updated_at), ("Off", 1, 9), "the name stays");
+        assert_eq!(ids(enabled_trunks(db.reader()).await.unwrap()), ["c", "a", "b"]);
+        assert!(!update(db.reader(), &proof, &row("zz", "None", true, 0)).await.unwrap());
+
+        let mut tx = db.begin().await.unwrap();
+        assert_eq!(lock(&mut tx, &proof, "a").await.unwrap().unwrap().name, "First");
+        assert!(lock(&mut tx, &proof, "zz").await.unwrap().is_none());
+        drop(tx);
+
+        assert_eq!(delete(db.reader(), &proof, "a").await.unwrap().as_deref(), Some("First"));
+        assert_eq!(delete(db.reader(), &proof, "a").await.unwrap(), None);
+        assert_eq!(ids(enabled_trunks(db.reader()).await.unwrap()), ["c", "b"]);
+    }
+
+    #[tokio::test]
+    async fn sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}/t.db", dir.path().display()), 4).await.unwrap();
+        db.migrate().await.unwrap();
+        exercise(&db).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(not(postgres_tests), ignore = "PALISADE_TEST_POSTGRES_URL is not set")]
+    async fn postgres() {
+        let (db, dropper) = crate::testing::test_postgres("palisade_store").await;
+        exercise(&db).await;
+        dropper.drop_db(db).await;
+    }
+}
