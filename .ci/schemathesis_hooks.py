@@ -32,6 +32,12 @@ NUMBERING_PLAN = ("is not a phone number", "is not a valid number in its country
 # CIDR syntax (IPv4 and IPv6, with or without a prefix) has no JSON Schema
 # format.
 CIDR = "is not a CIDR"
+# A SIP trunk's URI: the host's form (DNS labels of at most 63 characters,
+# IPv4 octets, an IPv6 address), a port from 1 to 65535; the schema's pattern
+# holds the characters only. And `sips:` needs `tls`, a rule across two
+# members; a CIDR must not admit every address (`0.0.0.0/0`, `::/0`).
+TRUNK = fields(("uri", "must be `sip:` or `sips:`"), ("transport", "must be `tls` for a `sips:` URI"),
+               ("source_cidrs", (CIDR, "admits every address")))
 # "In the future" depends on the clock when the request arrives.
 FUTURE = "must be an RFC 3339 time in the future"
 
@@ -71,6 +77,8 @@ NOT_IN_SCHEMA = {
     # not form (the schema holds the six digits).
     "POST /v1/identities/{id}/verification/confirm": fields(("code", "is wrong or expired")),
     "POST /sysadmin/v1/tenants": fields(("owner.password", PASSWORD_POLICY)),
+    "POST /sysadmin/v1/trunks": TRUNK,
+    "PATCH /sysadmin/v1/trunks/{id}": TRUNK,
 }
 
 # Rejected valid data with another status: (operation, status).

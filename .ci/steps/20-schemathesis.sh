@@ -98,6 +98,8 @@ delivery="$(api POST "/v1/webhooks/$webhook/test" "$token" | field '["id"]')"
 user="$(api POST /v1/users "$token" '{"email":"invited@conformance.example.com","role":"read_only"}' | field '["id"]')"
 spare_key="$(api POST /v1/api-keys "$token" '{"name":"spare","role":"read_only"}' | field '["id"]')"
 event="$(api GET '/v1/events?limit=1' "$token" | field '["data"][0]["id"]')"
+trunk="$(api POST /sysadmin/v1/trunks "$master_key" \
+  '{"name":"Conformance","uri":"sip:carrier.example","transport":"udp","source_cidrs":["192.0.2.0/24"]}' | field '["id"]')"
 
 # The settings, with these records as values Schemathesis draws from
 # (half of the time) for the ids of the operations that read them.
@@ -125,6 +127,7 @@ dictionary users "\"$user\""
 dictionary keys "\"$spare_key\""
 dictionary events "\"$event\""
 dictionary tenants "\"$tenant\""
+dictionary trunks "\"$trunk\""
 for path in /v1/messages /v1/calls; do
   bind "^$path\$" body.from senders
   bind "^$path\$" body.to destinations
@@ -141,6 +144,7 @@ bind '^/v1/events/\{id\}/' path.id events
 bind '^/sysadmin/v1/tenants/\{id\}' path.id tenants
 bind '^/sysadmin/v1/api-keys/\{id\}' path.id keys
 bind '^/sysadmin/v1/identities/\{id\}' path.id identities
+bind '^/sysadmin/v1/trunks/\{id\}$' path.id trunks '["GET", "PATCH"]'
 
 export PALISADE_ST_EXCUSED="$work/excused.txt"
 run() { # LABEL CREDENTIAL ARGS...

@@ -23,6 +23,7 @@ mod read;
 pub mod recovery;
 pub mod settings;
 pub mod sip;
+pub mod sip_trunks;
 pub mod tenants;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

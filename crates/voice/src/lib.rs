@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod credentials;
 pub mod registrar;
+pub mod trunks;
 
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,7 @@ mod messages;
 mod number_verification;
 mod sip;
 mod sysadmin;
+mod trunks;
 mod users;
 mod webhooks;
 
@@ -92,6 +93,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(sysadmin::freeze_identity))
         .routes(routes!(sysadmin::unfreeze_identity))
         .routes(routes!(number_verification::operator_verify))
+        .routes(routes!(trunks::create, trunks::list))
+        .routes(routes!(trunks::get, trunks::update, trunks::remove))
         .split_for_parts();
     let doc = crate::openapi::document(doc, state.config.limits.max_text_chars);
     let doc_json: Arc<[u8]> = serde_json::to_vec(&doc).unwrap_or_default().into();

@@ -35,6 +35,7 @@ mod sip_edge;
 mod sip_ua;
 mod sysadmin;
 mod tls;
+mod trunks;
 mod users;
 mod webhook_cli;
 mod webhooks;
