@@ -2,6 +2,7 @@
 //! so that a mutated comparison or arm fails here, fast.
 
 mod calls;
+mod life;
 mod messages;
 
 use std::sync::Arc;

@@ -1,0 +1,152 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use palisade_comms::carrier::{magic, BoxFut};
+use palisade_comms::{CallAnswer, Carrier, CarrierError, OutboundCall, OutboundMessage, SandboxCarrier};
+
+use super::*;
+use crate::life::CallObserver;
+
+/// The sandbox, counting hang-ups.
+struct Counting {
+    inner: SandboxCarrier,
+    hangups: AtomicUsize,
+}
+
+impl Carrier for Counting {
+    fn place_call<'a>(&'a self, c: &'a OutboundCall) -> BoxFut<'a, Result<CallAnswer, CarrierError>> {
+        self.inner.place_call(c)
+    }
+    fn callee_hangs_up_after(&self) -> Option<Duration> {
+        self.inner.callee_hangs_up_after()
+    }
+    fn hang_up<'a>(&'a self, call_id: &'a str) -> BoxFut<'a, Result<(), CarrierError>> {
+        self.hangups.fetch_add(1, Ordering::SeqCst);
+        self.inner.hang_up(call_id)
+    }
+    fn send_message<'a>(&'a self, m: &'a OutboundMessage) -> BoxFut<'a, Result<String, CarrierError>> {
+        self.inner.send_message(m)
+    }
+    fn delivery_report<'a>(&'a self, m: &'a OutboundMessage) -> BoxFut<'a, Result<(), CarrierError>> {
+        self.inner.delivery_report(m)
+    }
+    fn send_code<'a>(&'a self, to: &'a str, text: &'a str) -> BoxFut<'a, Result<(), CarrierError>> {
+        self.inner.send_code(to, text)
+    }
+    fn reaches_phones(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Default)]
+struct Heard(Mutex<Vec<String>>);
+
+impl CallObserver for Heard {
+    fn answered(&self) {
+        self.0.lock().unwrap().push("answered".into());
+    }
+    fn ended(&self, status: &str) {
+        self.0.lock().unwrap().push(format!("ended {status}"));
+    }
+}
+
+fn carrier(delay_ms: u64, call_ms: u64) -> Arc<Counting> {
+    let inner = SandboxCarrier {
+        delay: Duration::from_millis(delay_ms),
+        call_length: Duration::from_millis(call_ms),
+        handset_dir: None,
+    };
+    Arc::new(Counting { inner, hangups: AtomicUsize::new(0) })
+}
+
+/// Places a call to `to` and runs its life; waits until the observer has
+/// heard it end (or 3 s).
+async fn live(w: &World, carrier: Arc<Counting>, to: &str) -> (String, Vec<String>) {
+    let id = w.identity(Id::default()).await;
+    let c = admitted(w.call(&id, to, None).await);
+    let heard = Arc::new(Heard::default());
+    let call = OutboundCall { id: c.id.clone(), from: c.from_number.clone(), to: c.to_number.clone() };
+    w.svc.run_call(carrier, w.scope.clone(), call, heard.clone());
+    for _ in 0..300 {
+        if heard.0.lock().unwrap().iter().any(|h| h.starts_with("ended")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = heard.0.lock().unwrap().clone();
+    (c.id, seen)
+}
+
+async fn status(w: &World, id: &str) -> (String, Option<String>) {
+    let c = palisade_store::calls::get(w.svc.db.reader(), &w.scope, id).await.unwrap().unwrap();
+    (c.status, c.error_code)
+}
+
+#[tokio::test]
+async fn an_answered_call_is_heard_answered_then_ended_by_the_callee() {
+    let w = world().await;
+    let (id, heard) = live(&w, carrier(1, 20), US).await;
+    assert_eq!(heard, ["answered", "ended completed"]);
+    assert_eq!(status(&w, &id).await, ("completed".into(), None));
+    assert_eq!(w.count("calls", "answered_at IS NOT NULL").await, 1);
+}
+
+#[tokio::test]
+async fn a_busy_or_failed_callee_ends_the_call_unanswered() {
+    let w = world().await;
+    let (busy, heard) = live(&w, carrier(1, 20), magic::BUSY).await;
+    assert_eq!(heard, ["ended busy"]);
+    assert_eq!(status(&w, &busy).await, ("busy".into(), None));
+    let (failed, heard) = live(&w, carrier(1, 20), magic::TIMES_OUT).await;
+    assert_eq!(heard, ["ended failed"]);
+    assert_eq!(status(&w, &failed).await, ("failed".into(), Some("carrier_timeout".into())));
+    // Both minutes came back.
+    assert_eq!(w.balance().await, 100);
+}
+
+#[tokio::test]
+async fn a_call_hung_up_while_it_rings_is_not_answered_and_the_line_comes_down() {
+    let w = world().await;
+    let c = carrier(200, 10_000);
+    let id = w.identity(Id::default()).await;
+    let placed = admitted(w.call(&id, US, None).await);
+    let heard = Arc::new(Heard::default());
+    let call = OutboundCall { id: placed.id.clone(), from: placed.from_number.clone(), to: placed.to_number.clone() };
+    w.svc.run_call(c.clone(), w.scope.clone(), call, heard.clone());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(w.svc.end_call(&w.scope, &placed.id, "hangup", None, None).await.unwrap().is_some());
+    for _ in 0..100 {
+        if !heard.0.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The answer came after the hang-up: not recorded, the carrier told.
+    assert_eq!(heard.0.lock().unwrap().clone(), ["ended failed"]);
+    assert_eq!(c.hangups.load(Ordering::SeqCst), 1);
+    assert_eq!(status(&w, &placed.id).await.0, "canceled");
+    assert_eq!(w.balance().await, 100);
+}
+
+#[tokio::test]
+async fn a_call_over_before_it_rings_is_ended_as_failed() {
+    let w = world().await;
+    let id = w.identity(Id::default()).await;
+    let placed = admitted(w.call(&id, US, None).await);
+    assert!(w.svc.end_call(&w.scope, &placed.id, "hangup", None, None).await.unwrap().is_some());
+    let heard = Arc::new(Heard::default());
+    let call = OutboundCall { id: placed.id.clone(), from: placed.from_number.clone(), to: placed.to_number.clone() };
+    let c = carrier(1, 10);
+    w.svc.run_call(c.clone(), w.scope.clone(), call, heard.clone());
+    for _ in 0..100 {
+        if !heard.0.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(heard.0.lock().unwrap().clone(), ["ended failed"]);
+    // Never placed with the carrier.
+    assert_eq!(c.hangups.load(Ordering::SeqCst), 0);
+    assert_eq!(status(&w, &placed.id).await.0, "canceled");
+}
