@@ -11,12 +11,12 @@ use crate::sip_ua::{Msg, Ua};
 
 backend_tests!(register_with_sha256_and_md5_and_refuse_replays);
 
-struct Phone {
-    identity: String,
-    user: String,
-    password: String,
-    realm: String,
-    token: String,
+pub(crate) struct Phone {
+    pub(crate) identity: String,
+    pub(crate) user: String,
+    pub(crate) password: String,
+    pub(crate) realm: String,
+    pub(crate) token: String,
 }
 
 async fn server_with(b: Backend, tweak: impl FnOnce(&mut palisade_config::Config)) -> TestServer {
@@ -28,7 +28,7 @@ async fn server_with(b: Backend, tweak: impl FnOnce(&mut palisade_config::Config
     .await
 }
 
-async fn phone(s: &TestServer, tenant: &str) -> Phone {
+pub(crate) async fn phone(s: &TestServer, tenant: &str) -> Phone {
     let t = s.tenant(tenant).await;
     let number = format!("+3461{:07}", rand_digits());
     let id = s.post("/v1/identities", &t.token, json!({"number": number})).await.expect(201).body["id"]
