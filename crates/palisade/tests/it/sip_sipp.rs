@@ -64,8 +64,10 @@ async fn sipp(
         .arg(&messages)
         .current_dir(dir.path())
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        // Files, not pipes: nobody reads a pipe while we wait, and a full
+        // one would stall sipp.
+        .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
         .spawn()
         .expect("sipp runs (build.rs found it on PATH)");
     // tokio's process feature is not in the workspace: poll instead.
@@ -81,13 +83,13 @@ async fn sipp(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let output = child.wait_with_output().unwrap();
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
     let log = format!(
         "scenario {scenario} from {source} over {transport}: {status:?}\n--- stdout (tail)\n{}\n--- stderr\n{}\n--- errors\n{}\n--- messages (tail)\n{}",
-        tail(&String::from_utf8_lossy(&output.stdout), 30),
-        String::from_utf8_lossy(&output.stderr),
-        std::fs::read_to_string(&errors).unwrap_or_default(),
-        tail(&std::fs::read_to_string(&messages).unwrap_or_default(), 80),
+        tail(&read("stdout"), 30),
+        read("stderr"),
+        read("errors.log"),
+        tail(&read("messages.log"), 80),
     );
     Run { code: status.and_then(|s| s.code()), log }
 }
