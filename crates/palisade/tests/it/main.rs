@@ -32,6 +32,7 @@ mod recovery;
 mod redis_state;
 mod sip;
 mod sip_edge;
+mod sip_sipp;
 mod sip_ua;
 mod sysadmin;
 mod tls;
