@@ -44,6 +44,9 @@ pub struct Service {
     pub instance_id: String,
     /// Wakes the webhook delivery worker when events were queued.
     pub webhook_wake: Arc<tokio::sync::Notify>,
+    /// How often an answered call pays its next minute ahead (a minute;
+    /// shorter only in tests).
+    pub minute: std::time::Duration,
 }
 
 impl Service {

@@ -23,7 +23,77 @@ pub trait CallObserver: Send + Sync + 'static {
 
 impl CallObserver for () {}
 
+/// What paying a live call's next minute came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    /// Paid: the call goes on.
+    Paid,
+    /// The call is over already.
+    Over,
+    /// It cannot be paid (the reason word: `insufficient_credits` or
+    /// `monthly_budget`): the call must end now.
+    Unpaid(&'static str),
+}
+
 impl Service {
+    /// Pays an answered call's next minute ahead, as its first was paid at
+    /// admission: the identity's monthly budget and the tenant's balance
+    /// must cover it, or nothing is charged and the call must end.
+    pub async fn extend_call(&self, scope: &TenantScope, id: &str) -> Result<Extension, StoreError> {
+        let minute = self.pricing.call_minute;
+        if minute <= 0 {
+            return Ok(Extension::Paid);
+        }
+        palisade_store::locks::retrying(|| async {
+            let now = self.now_ms();
+            let mut tx = self.db.begin().await?;
+            // The call's row first (the order of `palisade_store::locks`).
+            if !palisade_store::calls::add_prepaid(&mut *tx, scope, id, minute, now).await? {
+                return Ok(Extension::Over);
+            }
+            let Some(call) = palisade_store::calls::get(&mut *tx, scope, id).await? else {
+                return Ok(Extension::Over);
+            };
+            let identity = match call.identity_id.parse() {
+                Ok(identity) => palisade_store::identities::get(&mut *tx, scope, identity).await?,
+                Err(_) => None,
+            };
+            if let Some(budget) = identity.and_then(|i| i.monthly_budget) {
+                // The budget of the month the call was placed in, as its end is billed.
+                let month = &palisade_core::clock::rfc3339(call.created_at)[..7];
+                let within =
+                    palisade_store::messages::spend_within_budget(&mut *tx, &call.identity_id, month, minute, budget);
+                if !within.await? {
+                    return Ok(Extension::Unpaid("monthly_budget"));
+                }
+            }
+            let minutes = call.prepaid / minute;
+            let reference = format!("{id}-m{minutes}");
+            if !palisade_store::credits::debit(&mut *tx, scope, minute, "call", &reference, now).await? {
+                return Ok(Extension::Unpaid("insufficient_credits"));
+            }
+            tx.commit().await?;
+            Ok(Extension::Paid)
+        })
+        .await
+    }
+
+    /// Pays the call's minutes one ahead while it lasts; returns the reason
+    /// word when one cannot be paid (the call must end), `None` when the
+    /// call is over.
+    async fn pay_as_it_goes(&self, scope: &TenantScope, id: &str) -> Option<&'static str> {
+        loop {
+            tokio::time::sleep(self.minute).await;
+            match self.extend_call(scope, id).await {
+                Ok(Extension::Paid) => {}
+                Ok(Extension::Over) => return None,
+                Ok(Extension::Unpaid(reason)) => return Some(reason),
+                // Tried again at the next minute; the end bills what is due.
+                Err(e) => tracing::error!(error = %e, "paying a call's next minute failed"),
+            }
+        }
+    }
+
     /// Drives a call admitted by [`Service::place_call`] in the background.
     pub fn run_call(
         self: &Arc<Self>,
@@ -68,9 +138,21 @@ impl Service {
                         return;
                     }
                     observer.answered();
-                    if let Some(after) = carrier.callee_hangs_up_after() {
-                        tokio::time::sleep(after).await;
-                        end("completed", None).await;
+                    let callee = async {
+                        match carrier.callee_hangs_up_after() {
+                            Some(after) => tokio::time::sleep(after).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        () = callee => end("completed", None).await,
+                        unpaid = svc.pay_as_it_goes(&scope, &call.id) => {
+                            if let Some(reason) = unpaid {
+                                // Out of credit or budget: the line comes down now.
+                                let _ = carrier.hang_up(&call.id).await;
+                                end("completed", Some(reason)).await;
+                            }
+                        }
                     }
                 }
             }

@@ -562,6 +562,11 @@ fn make_room_for_strike(shard: &mut Shard, now_ms: i64) -> bool {
             .retain(|k, s| s.blocked_until > now_ms || !matches!(k.kind, Kind::Notice | Kind::CredentialFailure));
     }
     if shard.strikes.len() >= SHARD_CAP {
+        // Trust marks next: losing one only loses an exemption, and they are
+        // cheap to make in bulk (one success per address).
+        shard.strikes.retain(|k, _| k.kind != Kind::LoginTrust);
+    }
+    if shard.strikes.len() >= SHARD_CAP {
         // Used one-time values stay too: forgetting one would let it replay.
         shard.strikes.retain(|k, s| s.blocked_until > now_ms || (k.kind == Kind::SipNonce && s.noticed_until > now_ms));
     }
@@ -834,6 +839,22 @@ mod tests {
             s.strike_now(7, Key::new(Kind::SipAuth, id), rule, T0);
         }
         assert!(!s.notice_now(7, used, T0 + 1, 300_000), "a used value was forgotten under pressure");
+    }
+
+    #[test]
+    fn trust_marks_make_room_before_counting_stops() {
+        let s = LocalState::new();
+        let rule = StrikeRule { threshold: 5, window_ms: 60_000, block_ms: 60_000 };
+        // One partition full of trust marks (each held for a month).
+        for id in 0..SHARD_CAP as u128 {
+            s.mark_now(7, Key::new(Kind::LoginTrust, id), T0, T0 + 30 * 86_400_000);
+        }
+        // Failures are still counted there, up to the block.
+        let key = Key::new(Kind::SipAuth, u128::MAX);
+        for n in 1..=5 {
+            assert_eq!(s.strike_now(7, key, rule, T0).count, n, "strike {n} was not counted");
+        }
+        assert!(matches!(s.attempt_now(7, key, rule, T0 + 1), Attempt::Locked { .. }));
     }
 
     #[test]

@@ -93,6 +93,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         verified_numbers: config.numbers.require_verified || palisade_comms::Carrier::reaches_phones(carrier.as_ref()),
         instance_id: uuid::Uuid::now_v7().to_string(),
         webhook_wake: webhook_wake.clone(),
+        minute: Duration::from_secs(60),
     });
     Ok(AppState(Arc::new(Services {
         db,

@@ -120,6 +120,7 @@ pub async fn start(
         cancel: cancel.child_token(),
         tls,
         handshake: Duration::from_millis(cfg.tls_handshake_timeout_ms),
+        clock: clock.clone(),
     };
     if let Some(addr) = &cfg.tcp_listen {
         let listener = TcpListener::bind(addr.as_str()).await?;
@@ -165,7 +166,12 @@ pub async fn start(
                 tx = incoming.recv() => match tx { Some(tx) => tx, None => break },
                 () = loop_cancel.cancelled() => break,
             };
-            let Ok(permit) = slots.clone().acquire_owned().await else { break };
+            // Full: the request is dropped (a UDP client retransmits),
+            // never queued behind the ones in progress.
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(target: "palisade::sip", "SIP edge at its limit of requests in progress: one dropped");
+                continue;
+            };
             let handler = handler.clone();
             tokio::spawn(async move {
                 handler.handle(tx).await;
@@ -188,7 +194,13 @@ impl Streams {
         Streams { max, per_address, held: Mutex::new(HashMap::new()) }
     }
 
+    /// Counted per address as the other rules count: an IPv6 /64 is one.
+    fn key(ip: IpAddr) -> IpAddr {
+        IpAddr::from(palisade_guard::limits::ip_id(ip).to_be_bytes())
+    }
+
     fn try_hold(&self, ip: IpAddr) -> bool {
+        let ip = Self::key(ip);
         let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let total: usize = held.values().sum();
         let mine = held.get(&ip).copied().unwrap_or(0);
@@ -200,6 +212,7 @@ impl Streams {
     }
 
     fn release(&self, ip: IpAddr) {
+        let ip = Self::key(ip);
         let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(n) = held.get_mut(&ip) {
             *n -= 1;
@@ -220,6 +233,7 @@ struct Accept {
     cancel: CancellationToken,
     tls: Option<tokio_rustls::TlsAcceptor>,
     handshake: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 impl Accept {
@@ -234,8 +248,11 @@ impl Accept {
                 () = this.cancel.cancelled() => return,
             };
             let ip = palisade_guard::net::canonical(peer.ip());
-            // Plaintext from elsewhere gets no service: closed unread.
-            if (this.tls.is_none() && !this.gate.plaintext_allowed(ip)) || !this.streams.try_hold(ip) {
+            // Plaintext from elsewhere gets no service: closed unread. A new
+            // connection counts against the address's rate like a request,
+            // so handshakes cannot be had for free.
+            let plaintext_refused = this.tls.is_none() && !this.gate.plaintext_allowed(ip);
+            if plaintext_refused || !this.gate.admit(ip, this.clock.now_ms()) || !this.streams.try_hold(ip) {
                 drop(stream);
                 continue;
             }
@@ -353,18 +370,12 @@ impl Handler {
     async fn handle(&self, mut tx: Transaction) {
         let source = tx.connection.as_ref().and_then(|c| c.get_remote_addr()).and_then(|a| a.get_socketaddr().ok());
         let Some(source) = source else { return };
-        let ip = palisade_guard::net::canonical(source.ip());
         if tx.original.method == Method::Ack {
             return;
         }
-        // A request within a call (BYE, re-INVITE) goes to its dialog.
-        if let Some(Dialog::Invite(mut dialog)) = self.dialogs.match_dialog(&tx) {
-            if let Err(e) = dialog.handle(&mut tx).await {
-                tracing::debug!(target: "palisade::sip", error = %e, "an in-dialog request failed");
-            }
-            return;
-        }
-        // One source holds only so many requests at once.
+        // One source (an IPv6 /64) holds only so many requests at once,
+        // those within a call included.
+        let ip = IpAddr::from(palisade_guard::limits::ip_id(source.ip()).to_be_bytes());
         let busy = {
             let mut held = self.per_source.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let n = held.entry(ip).or_insert(0);
@@ -379,11 +390,33 @@ impl Handler {
             return;
         }
         let held = Held { map: &self.per_source, ip };
-        let answered = self.answer(&tx, source).await;
+        // Every request is checked before any rule, those within a call too.
+        let req = &tx.original;
+        let method = req.method.to_string();
+        let lines: Vec<String> = req.headers.iter().map(ToString::to_string).collect();
+        let fields = Fields::from_lines(lines.iter().map(String::as_str));
+        let size = lines.iter().map(|l| l.len() + 2).sum::<usize>() + req.body.len();
+        let checked = match fields.check(&method, size, &self.limits) {
+            Ok(c) => c,
+            Err(m) => {
+                let reply = self.warning(m.status, m.reason);
+                self.send(&mut tx, reply).await;
+                return;
+            }
+        };
+        // A request within a call (BYE, re-INVITE) goes to its dialog.
+        if let Some(Dialog::Invite(mut dialog)) = self.dialogs.match_dialog(&tx) {
+            if let Err(e) = dialog.handle(&mut tx).await {
+                tracing::debug!(target: "palisade::sip", error = %e, "an in-dialog request failed");
+            }
+            drop(held);
+            return;
+        }
+        let answered = self.answer(&tx, &fields, checked, source).await;
         drop(held);
         match answered {
             Answered::Reply(reply) => self.send(&mut tx, reply).await,
-            Answered::Call(placed) => self.start_call(tx, *placed),
+            Answered::Call(placed) => self.start_call(tx, *placed, source),
         }
     }
 
@@ -395,7 +428,22 @@ impl Handler {
     }
 
     /// An admitted call: its dialog answers the INVITE from now on.
-    fn start_call(&self, mut tx: Transaction, placed: crate::calls::Placed) {
+    fn start_call(&self, mut tx: Transaction, placed: crate::calls::Placed, source: SocketAddr) {
+        // Requests we send within the call (our BYE) go back where the
+        // INVITE came from, never to a host the caller names: its Contact
+        // is replaced by its source address and its Record-Route dropped.
+        let transport = match tx.connection.as_ref().map(SipConnection::transport) {
+            Some(Transport::Tcp) => ";transport=tcp",
+            Some(Transport::Tls) => ";transport=tls",
+            _ => "",
+        };
+        let host = match source {
+            SocketAddr::V4(a) => a.to_string(),
+            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        };
+        let pinned = format!("<sip:{host}{transport}>");
+        tx.original.headers.retain(|h| !matches!(h, Header::Contact(_) | Header::RecordRoute(_)));
+        tx.original.headers.push(Header::Contact(pinned.into()));
         let (states_tx, states_rx) = self.dialogs.new_dialog_state_channel();
         let contact = tx.connection.as_ref().and_then(|c| format!("sip:{}", c.get_addr().addr).parse().ok());
         let dialog = match self.dialogs.get_or_create_server_invite(&tx, states_tx, None, contact) {
@@ -423,19 +471,16 @@ impl Handler {
         });
     }
 
-    async fn answer(&self, tx: &Transaction, source: SocketAddr) -> Answered {
-        let req = &tx.original;
-        let method = req.method.to_string();
-        let lines: Vec<String> = req.headers.iter().map(ToString::to_string).collect();
-        let fields = Fields::from_lines(lines.iter().map(String::as_str));
-        let size = lines.iter().map(|l| l.len() + 2).sum::<usize>() + req.body.len();
-        let checked = match fields.check(&method, size, &self.limits) {
-            Ok(c) => c,
-            Err(m) => return Answered::Reply(self.warning(m.status, m.reason)),
-        };
-        Answered::Reply(match req.method {
-            Method::Register => self.register(tx, &fields, checked.cseq, source).await,
-            Method::Invite => return self.invite(tx, &fields, source).await,
+    async fn answer(
+        &self,
+        tx: &Transaction,
+        fields: &Fields,
+        checked: message::Checked,
+        source: SocketAddr,
+    ) -> Answered {
+        Answered::Reply(match tx.original.method {
+            Method::Register => self.register(tx, fields, checked.cseq, source).await,
+            Method::Invite => return self.invite(tx, fields, source).await,
             Method::Options => Reply::new(200).with("Allow", ALLOW),
             Method::Bye | Method::Cancel => Reply::new(481),
             _ => Reply::new(405).with("Allow", ALLOW),
@@ -464,7 +509,9 @@ impl Handler {
             return reply(self.warning(400, "proxy_authorization"));
         }
         let now = self.services.clock.now_ms();
-        let request = palisade_voice::auth::Request { method: "INVITE", aor_host, authorization, source: source.ip() };
+        let uri = tx.original.uri.to_string();
+        let request =
+            palisade_voice::auth::Request { method: "INVITE", uri: &uri, aor_host, authorization, source: source.ip() };
         let user = match self.authenticated(&request, source, now, true).await {
             Ok(user) => user,
             Err(r) => return reply(r),
@@ -472,7 +519,6 @@ impl Handler {
         if from_user != Some(user.username.as_str()) {
             return reply(self.warning(403, "aor_mismatch"));
         }
-        let uri = tx.original.uri.to_string();
         let dialed = message::user_host(&uri).and_then(|(user, _)| crate::calls::dialed_number(user));
         let Some(to) = dialed else { return reply(self.warning(404, "not_a_number")) };
         let scope = user.scope();
@@ -556,8 +602,14 @@ impl Handler {
             first
         };
         let now = self.services.clock.now_ms();
-        let request =
-            palisade_voice::auth::Request { method: "REGISTER", aor_host, authorization, source: source.ip() };
+        let uri = tx.original.uri.to_string();
+        let request = palisade_voice::auth::Request {
+            method: "REGISTER",
+            uri: &uri,
+            aor_host,
+            authorization,
+            source: source.ip(),
+        };
         let user = match self.authenticated(&request, source, now, false).await {
             Ok(user) => user,
             Err(r) => return r,

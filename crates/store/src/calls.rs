@@ -110,6 +110,29 @@ pub async fn release_slot<'c>(ex: impl Executor<'c, Database = Any>, scope: &Ten
     Ok(())
 }
 
+/// Adds `amount` to an answered live call's prepaid charge (its next
+/// minute); false when it is no longer in progress. Takes the call's row
+/// first, in the order of [`crate::locks`].
+pub async fn add_prepaid<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: &str,
+    amount: i64,
+    now: i64,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE calls SET prepaid = prepaid + $3, updated_at = $4 \
+         WHERE tenant_id = $1 AND id = $2 AND status = 'in_progress'",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(id)
+    .bind(amount)
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
 /// A live call moves to `status` (ringing, in_progress); false if it is over.
 pub async fn progress<'c>(
     ex: impl Executor<'c, Database = Any>,

@@ -25,6 +25,7 @@
 //! | merged sends (one statement) | balances, sorted by tenant |
 //! | call placement | key, spend, slots, balance |
 //! | call end (hang-up, the carrier, recovery) | call, spend, slots, balance |
+//! | a live call's next minute | call, spend, balance |
 //! | recovery's refund of an unsent message | message, spend, balance |
 //! | top-up (payment, operator) | balance, then an operator's key |
 //! | number verification code | the identity's code row, balance |

@@ -90,6 +90,10 @@ pub struct Started {
 pub struct Request<'a> {
     /// `REGISTER`, `INVITE`, ...
     pub method: &'a str,
+    /// The Request-URI: for anything but a REGISTER the response's `uri`
+    /// must be it, so a captured answer cannot be replayed for another
+    /// target.
+    pub uri: &'a str,
     /// The host of the address of record (To of a REGISTER, From of an
     /// INVITE): names the realm asked for.
     pub aor_host: &'a str,
@@ -171,13 +175,25 @@ impl DigestAuth {
             .await
             .map_err(|_| Unreachable)?;
         if v.block_active(0) && !v.block_active(1) {
+            // The username is closed to new addresses: refused, but not
+            // counted against this address (it may be the owner's new one).
+            self.state.forgive(part, addr, started_block).await.map_err(|_| Unreachable)?;
+            return Ok(Outcome::Blocked { until_ms: now_ms, started: None });
+        }
+        // For a call the target is in the Request-URI: an answer is good
+        // for its own only. (A REGISTER's target is its To, checked by the
+        // edge; and some clients, SIPp among them, answer it with the
+        // registrar's address as `uri`.)
+        if req.method != "REGISTER" && creds.uri != req.uri {
             return self.failed(req, Some(&creds), started_block, realm, now_ms).await;
         }
         let user = match crate::credentials::for_digest(&self.db, &self.sealer, &creds.username).await {
             Ok(u) => u.filter(|u| u.realm == realm),
             Err(e) => {
+                // Our fault, not the caller's: no strike, no answer yet.
                 tracing::error!(target: "palisade::sip", error = %e, "SIP credential lookup failed");
-                None
+                self.state.forgive(part, addr, started_block).await.map_err(|_| Unreachable)?;
+                return Ok(Outcome::Unavailable);
             }
         };
         let Some(realm_rules) = Realm::new(&self.nonces, realm, &self.algorithms, self.nonce_ttl_ms) else {

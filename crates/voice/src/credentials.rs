@@ -29,8 +29,7 @@ pub fn realm(tenant: TenantId, domain: &str) -> String {
     format!("{tenant}.{domain}")
 }
 
-/// A new credential, the password in clear this once.
-#[derive(Debug)]
+/// A new credential, the password in clear this once (not in `Debug`).
 pub struct Created {
     pub id: String,
     pub username: String,
@@ -38,6 +37,12 @@ pub struct Created {
     pub realm: String,
     /// `sip:<username>@<realm>`.
     pub aor: String,
+}
+
+impl std::fmt::Debug for Created {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Created").field("id", &self.id).field("username", &self.username).finish_non_exhaustive()
+    }
 }
 
 /// What went into the sealed HA1 of one algorithm: the row's tenant, id

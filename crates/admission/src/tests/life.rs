@@ -150,3 +150,44 @@ async fn a_call_over_before_it_rings_is_ended_as_failed() {
     assert_eq!(c.hangups.load(Ordering::SeqCst), 0);
     assert_eq!(status(&w, &placed.id).await.0, "canceled");
 }
+
+#[tokio::test]
+async fn a_live_call_pays_each_minute_ahead_and_ends_when_it_cannot() {
+    let mut w = world().await;
+    // A minute of 100 ms for the test; the price stays 10 a minute.
+    Arc::get_mut(&mut w.svc).expect("not shared yet").minute = Duration::from_millis(100);
+    // 100 in the balance: the first minute at admission, then nine more.
+    let c = carrier(1, 60_000);
+    let (id, heard) = live(&w, c.clone(), US).await;
+    assert_eq!(heard, ["answered", "ended completed"]);
+    let call = palisade_store::calls::get(w.svc.db.reader(), &w.scope, &id).await.unwrap().unwrap();
+    assert_eq!((call.status.as_str(), call.error_code.as_deref()), ("completed", Some("insufficient_credits")));
+    // Ten minutes paid ahead, until the balance ran out...
+    assert_eq!(call.prepaid, 100);
+    // ...and the end bills what the call used by the service's clock (the
+    // test's, which stood still: one minute); the rest comes back.
+    assert_eq!(w.balance().await, 90);
+    // The line came down at the carrier too.
+    assert_eq!(c.hangups.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn paying_the_next_minute_holds_the_budget_and_the_balance() {
+    let w = world().await;
+    let id = w.identity(Id { budget: Some(25), ..Id::default() }).await;
+    let c = admitted(w.call(&id, US, None).await);
+    // Not answered yet: nothing to pay.
+    assert_eq!(w.svc.extend_call(&w.scope, &c.id).await.unwrap(), crate::life::Extension::Over);
+    assert!(w.svc.call_progress(&w.scope, &c.id, "in_progress", true).await.unwrap());
+    assert_eq!(w.svc.extend_call(&w.scope, &c.id).await.unwrap(), crate::life::Extension::Paid);
+    // 20 of 25 spent: the third minute is over the budget; nothing charged.
+    let unpaid = w.svc.extend_call(&w.scope, &c.id).await.unwrap();
+    assert_eq!(unpaid, crate::life::Extension::Unpaid("monthly_budget"));
+    assert_eq!(w.balance().await, 80);
+    let call = palisade_store::calls::get(w.svc.db.reader(), &w.scope, &c.id).await.unwrap().unwrap();
+    assert_eq!(call.prepaid, 20);
+    // Over: nothing more is paid.
+    w.svc.end_call(&w.scope, &c.id, "hangup", None, None).await.unwrap().unwrap();
+    assert_eq!(w.svc.extend_call(&w.scope, &c.id).await.unwrap(), crate::life::Extension::Over);
+    assert_eq!(w.balance().await, 90, "the end bills one minute and refunds the other");
+}

@@ -72,7 +72,8 @@ fn ip(n: u8) -> IpAddr {
 
 impl World {
     async fn ask(&self, authorization: Option<&str>, from: IpAddr, now: i64) -> Outcome {
-        let req = Request { method: "REGISTER", aor_host: &self.realm, authorization, source: from };
+        let uri = format!("sip:{}", self.realm);
+        let req = Request { method: "REGISTER", uri: &uri, aor_host: &self.realm, authorization, source: from };
         self.auth.authenticate(&req, now).await
     }
 
@@ -83,20 +84,23 @@ impl World {
         c.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap().to_owned()
     }
 
-    /// A client's answer, computed here from the password.
+    /// A client's answer to a REGISTER, computed here from the password.
     fn answer(&self, alg: Algorithm, nonce: &str, nc: u32, password: &str) -> String {
+        self.answer_for(alg, nonce, nc, password, "REGISTER", &format!("sip:{}", self.realm))
+    }
+
+    fn answer_for(&self, alg: Algorithm, nonce: &str, nc: u32, password: &str, method: &str, uri: &str) -> String {
         let head = format!(
-            "Digest username=\"{}\", realm=\"{}\", nonce=\"{nonce}\", uri=\"sip:{}\", algorithm={}, qop=auth, \
+            "Digest username=\"{}\", realm=\"{}\", nonce=\"{nonce}\", uri=\"{uri}\", algorithm={}, qop=auth, \
              nc={nc:08x}, cnonce=\"c0ffee\"",
             self.username,
-            self.realm,
             self.realm,
             alg.name()
         );
         let dummy = "0".repeat(alg.hex_len());
         let creds = palisade_digest::parse(&format!("{head}, response=\"{dummy}\"")).unwrap();
         let ha1 = palisade_digest::ha1(alg, &self.username, &self.realm, password);
-        format!("{head}, response=\"{}\"", palisade_digest::response(alg, &ha1, &creds, "REGISTER"))
+        format!("{head}, response=\"{}\"", palisade_digest::response(alg, &ha1, &creds, method))
     }
 }
 
@@ -117,7 +121,7 @@ async fn challenges_offer_sha256_then_md5_for_our_realms_only() {
     assert!(challenges[0].contains("algorithm=SHA-256") && challenges[1].contains("algorithm=MD5"));
     assert!(challenges.iter().all(|c| c.contains(&format!("realm=\"{}\"", w.realm)) && c.contains("qop=\"auth\"")));
     for host in ["example.com", DOMAIN, "not-a-uuid.sip.example.net", "x.evil.example"] {
-        let req = Request { method: "REGISTER", aor_host: host, authorization: None, source: ip(1) };
+        let req = Request { method: "REGISTER", uri: "sip:x", aor_host: host, authorization: None, source: ip(1) };
         assert!(matches!(w.auth.authenticate(&req, NOW).await, Outcome::UnknownRealm), "{host}");
     }
 }
@@ -233,11 +237,36 @@ async fn a_username_guessed_from_many_addresses_stays_open_to_its_own_devices() 
         let o = w.ask(Some(&w.answer(Algorithm::Sha256, &nonce, 100 + u32::from(n), "guess")), ip(n), NOW).await;
         assert!(failed(&o), "{n}: {o:?}");
     }
-    // ...but the username now answers a new address with a failure, even
-    // with the right password, while the device's address still gets in.
+    // ...but the username now refuses a new address, even with the right
+    // password, without counting it against that address (it may be the
+    // owner's new one); the device's usual address still gets in.
     let right = |n: u32| w.answer(Algorithm::Sha256, &nonce, n, &w.password);
-    assert!(failed(&w.ask(Some(&right(200)), ip(100), NOW).await));
-    assert!(authenticated(&w.ask(Some(&right(201)), ip(200), NOW).await));
+    for n in 0..10 {
+        let o = w.ask(Some(&right(200 + n)), ip(100), NOW).await;
+        assert!(matches!(o, Outcome::Blocked { started: None, .. }), "{o:?}");
+    }
+    assert!(authenticated(&w.ask(Some(&right(300)), ip(200), NOW).await));
+    // Once the username's window has passed, the new address is fine: it
+    // was never blocked itself.
+    let later = NOW + 900_001;
+    let nonce = w.nonce(Algorithm::Sha256, later).await;
+    assert!(authenticated(&w.ask(Some(&w.answer(Algorithm::Sha256, &nonce, 1, &w.password)), ip(100), later).await));
+}
+
+#[tokio::test]
+async fn an_answer_for_another_request_uri_is_a_failure() {
+    let w = world().await;
+    let nonce = w.nonce(Algorithm::Sha256, NOW).await;
+    let target = format!("sip:+34611111111@{}", w.realm);
+    let answer = w.answer_for(Algorithm::Sha256, &nonce, 1, &w.password, "INVITE", &target);
+    let (realm, auth) = (w.realm.as_str(), answer.as_str());
+    let invite = |uri| Request { method: "INVITE", uri, aor_host: realm, authorization: Some(auth), source: ip(1) };
+    // The same answer presented for another target (a captured INVITE
+    // re-sent to another number): a failure.
+    let other = format!("sip:+34600000000@{}", w.realm);
+    assert!(failed(&w.auth.authenticate(&invite(&other), NOW).await));
+    // It was not consumed: presented for its own target it still works.
+    assert!(authenticated(&w.auth.authenticate(&invite(&target), NOW).await));
 }
 
 /// A shared state that cannot be reached (the failure policy closed).
