@@ -133,7 +133,25 @@ pub fn run(
     placed.admission.run_call(placed.carrier.clone(), placed.scope.clone(), call, observer);
     tokio::spawn(async move {
         while let Some(state) = states.recv().await {
-            let DialogState::Terminated(id, reason) = state else { continue };
+            // Requests within the call we do not serve are answered at once,
+            // so none waits on us (media changes come with media).
+            let (id, reason) = match state {
+                DialogState::Terminated(id, reason) => (id, reason),
+                DialogState::Updated(_, _, handle) => {
+                    let _ = handle.reply(StatusCode::NotAcceptableHere).await;
+                    continue;
+                }
+                DialogState::Info(_, _, handle)
+                | DialogState::Options(_, _, handle)
+                | DialogState::Message(_, _, handle)
+                | DialogState::Refer(_, _, handle)
+                | DialogState::Notify(_, _, handle)
+                | DialogState::Publish(_, _, handle) => {
+                    let _ = handle.reply(StatusCode::MethodNotAllowed).await;
+                    continue;
+                }
+                _ => continue,
+            };
             let status = match reason {
                 TerminatedReason::UacBye | TerminatedReason::UacCancel => Some("hangup"),
                 TerminatedReason::Timeout => Some("failed"),

@@ -516,3 +516,26 @@ async fn the_tenants_call_rate_holds_over_sip() {
     assert_eq!(calls(&s, &p.token).await.len(), 1);
     s.stop().await;
 }
+
+/// A request within the call that we do not serve (a re-INVITE) is
+/// answered at once, not left waiting on us.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reinvite_within_a_call_is_answered_at_once() {
+    let s = server_with(Backend::Sqlite, |c| c.carrier.sandbox_call_secs = 600).await;
+    let p = phone(&s, "Acme").await;
+    let credits = format!("/sysadmin/v1/tenants/{}/credits", p.tenant);
+    s.admin(reqwest::Method::POST, &credits, Some(json!({"amount": 100}))).await.expect(200);
+    let mut ua = Ua::tcp(s.sip_tcp(), &p.user, &p.realm).await;
+    let ok = invite(&mut ua, "+34612000222", &p.password).await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    let to_tag = ok.header("to").unwrap().split(";tag=").nth(1).unwrap().to_owned();
+    ua.send_in_dialog("ACK", "+34612000222", &to_tag, ua.cseq).await;
+    ua.cseq += 1;
+    ua.send_in_dialog("INVITE", "+34612000222", &to_tag, ua.cseq).await;
+    let r = ua.recv(Duration::from_secs(2)).await.expect("an answer to the re-INVITE");
+    assert_eq!(r.status, 488, "{}", r.raw);
+    ua.cseq += 1;
+    ua.send_in_dialog("BYE", "+34612000222", &to_tag, ua.cseq).await;
+    assert_eq!(ua.recv(Duration::from_secs(3)).await.map(|m| m.status), Some(200));
+    s.stop().await;
+}
