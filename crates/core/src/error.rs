@@ -250,6 +250,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn retry_after_is_read_back_from_the_problem() {
+        let e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down").with_extra("retry_after", 7u64);
+        assert_eq!(e.retry_after(), Some(7));
+        assert_eq!(ApiError::not_found().retry_after(), None);
+        let odd = ApiError::not_found().with_extra("retry_after", "soon");
+        assert_eq!(odd.retry_after(), None);
+    }
+
+    #[test]
     fn problem_shape() {
         let p = ApiError::validation("email", "bad").to_problem(Some("r1".into()));
         let v = serde_json::to_value(&p).unwrap();

@@ -842,6 +842,18 @@ mod tests {
     }
 
     #[test]
+    fn only_used_one_time_values_outlive_a_full_shard() {
+        let s = LocalState::new();
+        let rule = StrikeRule { threshold: 100, window_ms: 60_000, block_ms: 1 };
+        // A shard full of live notices of another kind: they make room.
+        for id in 0..SHARD_CAP as u128 {
+            assert!(s.notice_now(7, Key::new(Kind::SipAuth, id), T0, 300_000));
+        }
+        let key = Key::new(Kind::SipAuthUser, 1);
+        assert_eq!(s.strike_now(7, key, rule, T0 + 1).count, 1, "no room was made");
+    }
+
+    #[test]
     fn trust_marks_make_room_before_counting_stops() {
         let s = LocalState::new();
         let rule = StrikeRule { threshold: 5, window_ms: 60_000, block_ms: 60_000 };
