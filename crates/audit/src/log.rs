@@ -71,11 +71,13 @@ impl<'a> LeafFields<'a> {
 
     /// [`Self::encode`] with another first value (a tenant leaf's).
     pub fn encode_as(&self, tag: &str, buf: &mut Vec<u8>) {
-        buf.clear();
-        buf.push(b'[');
-        string(buf, tag);
-        buf.push(b',');
-        int(buf, self.seq);
+        encode_head(tag, self.seq, buf);
+        self.encode_rest(buf);
+    }
+
+    /// What follows the head (see [`encode_head`]), appended to `buf`: the
+    /// same in a log leaf and its tenant leaf, so encoded once for both.
+    pub fn encode_rest(&self, buf: &mut Vec<u8>) {
         buf.push(b',');
         string(buf, self.id);
         buf.push(b',');
@@ -100,6 +102,16 @@ impl<'a> LeafFields<'a> {
         }
         buf.push(b']');
     }
+}
+
+/// The start of a leaf's array, `["<tag>",<seq>` (into `buf`, cleared
+/// first): the only part in which a tenant leaf differs from its log leaf.
+pub fn encode_head(tag: &str, seq: i64, buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.push(b'[');
+    string(buf, tag);
+    buf.push(b',');
+    int(buf, seq);
 }
 
 fn int(buf: &mut Vec<u8>, n: i64) {

@@ -13,6 +13,15 @@ pub fn leaf_hash(data: &[u8]) -> Hash {
     h.finalize().into()
 }
 
+/// [`leaf_hash`] of `head` followed by `rest`, without joining them.
+pub fn leaf_hash_parts(head: &[u8], rest: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(head);
+    h.update(rest);
+    h.finalize().into()
+}
+
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
     let mut h = Sha256::new();
     h.update([1u8]);
@@ -181,6 +190,15 @@ mod tests {
 
     fn leaves(n: usize) -> Vec<Hash> {
         (0..n).map(|i| leaf_hash(format!("leaf {i}").as_bytes())).collect()
+    }
+
+    #[test]
+    fn a_leaf_hashed_in_two_parts_is_the_leaf_hashed_whole() {
+        let data = b"[\"tag\",1,\"rest of a record that spans more than one block of sha-256 input\"]";
+        for cut in [0, 1, 55, 63, 64, data.len()] {
+            assert_eq!(leaf_hash_parts(&data[..cut], &data[cut..]), leaf_hash(data), "{cut}");
+        }
+        assert_ne!(leaf_hash_parts(b"a", b"b"), leaf_hash(b"a"));
     }
 
     #[test]

@@ -157,6 +157,27 @@ impl Rebuild {
         Self::grow(t, &mut self.problems, tenant, h);
     }
 
+    /// The next leaf of the log, its tenant leaf hashed ahead (by the
+    /// verifier's hashing stage) as that tenant's leaf `seq`. Nothing is
+    /// done unless `seq` is the tenant's next number; then `Err` gives that
+    /// number, and the caller pushes the fields instead.
+    pub(crate) fn push_hashed(&mut self, tenant: &str, seq: i64, h: Hash) -> Result<(), i64> {
+        let t = match self.trees.get_mut(tenant) {
+            Some(t) => t,
+            None => self.trees.entry(tenant.to_owned()).or_default(),
+        };
+        let next = t.f.size() as i64 + 1;
+        if t.broken {
+            // A broken tree no longer grows: nothing to check.
+            return Ok(());
+        }
+        if seq != next {
+            return Err(next);
+        }
+        Self::grow(t, &mut self.problems, tenant, h);
+        Ok(())
+    }
+
     pub(crate) fn push_hash(&mut self, tenant: &str, h: Hash) {
         if !self.trees.contains_key(tenant) {
             self.trees.insert(tenant.to_owned(), Rebuilt::default());
@@ -289,6 +310,24 @@ mod tests {
         r.push(&LeafFields::of(&second));
         r.push(&LeafFields::of(&first));
         assert_eq!(r.finish().len(), 1);
+    }
+
+    /// A leaf hashed ahead counts only under the tenant's next number.
+    #[test]
+    fn a_leaf_hashed_ahead_must_carry_the_next_number() {
+        let mut r = rebuild(&[(2, root_of(2))]);
+        assert_eq!(r.push_hashed("a", 2, leaf(1)), Err(1));
+        assert_eq!(r.push_hashed("a", 1, leaf(1)), Ok(()));
+        assert_eq!(r.push_hashed("a", 1, leaf(2)), Err(2));
+        assert_eq!(r.push_hashed("a", 3, leaf(2)), Err(2));
+        assert_eq!(r.push_hashed("a", 2, leaf(2)), Ok(()));
+        assert!(r.finish().is_empty());
+        // A new tenant starts at 1; a broken tree takes anything, unchecked.
+        let mut r = rebuild(&[]);
+        assert_eq!(r.push_hashed("b", 2, leaf(1)), Err(1));
+        r.fail("b", "unreadable".into());
+        assert_eq!(r.push_hashed("b", 7, leaf(1)), Ok(()));
+        assert_eq!(r.finish(), vec!["unreadable".to_owned()]);
     }
 
     #[test]
