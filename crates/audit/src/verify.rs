@@ -567,6 +567,7 @@ pub(crate) async fn verify_log_paced(
     // The check for records outside the log reads both tables whole: run
     // beside the scan, the database does it while the records are checked.
     let strays = palisade_store::audit::unlogged_events(db.reader(), 10);
+    let mut upcoming = signed.iter().peekable();
     let scan = async {
         'scan: while let Some(next) = chunks.recv().await {
             let Staged { from, chunk, pres } = next?;
@@ -652,7 +653,10 @@ pub(crate) async fn verify_log_paced(
                 };
                 frontier.push(hash, |_, _, _| {});
                 let size = frontier.size();
-                if let Some(root) = signed.get(&size) {
+                // The tree grows by one: the next signed size is the only
+                // one it can reach.
+                while upcoming.next_if(|(s, _)| **s < size).is_some() {}
+                if let Some((_, root)) = upcoming.next_if(|(s, _)| **s == size) {
                     if *root != frontier.root() {
                         report.problems.push(format!(
                             "the tree at size {size} does not match its signed checkpoint: records among leaves \
