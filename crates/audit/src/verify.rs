@@ -512,7 +512,7 @@ pub(crate) async fn verify_log_paced(
     // (which is what a truncated log shows). The reader starts now, so the
     // first chunks arrive while the signatures below are checked.
     let last = palisade_store::audit::max_leaf_index(db.reader()).await?.unwrap_or(-1);
-    let chunks = palisade_store::audit_copy::leaf_chunks(db, last, pace.chunk);
+    let (chunks, spent) = palisade_store::audit_copy::leaf_chunks(db, last, pace.chunk);
     let mut all_expiries: Vec<(String, Checkpoint)> = palisade_store::audit::all_expiries(db.reader())
         .await?
         .into_iter()
@@ -672,6 +672,7 @@ pub(crate) async fn verify_log_paced(
                 }
             }
             let _ = back.send(Back::Pres(pres));
+            let _ = spent.send(chunk);
         }
         Ok::<(), LogError>(())
     };
