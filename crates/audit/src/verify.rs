@@ -486,7 +486,6 @@ pub(crate) async fn verify_log_paced(
 
     // Signed statements, from every place. A checkpoint that does not
     // verify is itself evidence of tampering.
-    let mut signed: BTreeMap<u64, Hash> = BTreeMap::new();
     let mut all: Vec<(String, Checkpoint)> = palisade_store::audit::all_checkpoints(db.reader())
         .await?
         .into_iter()
@@ -520,40 +519,52 @@ pub(crate) async fn verify_log_paced(
         .collect();
     all_expiries.extend(all.iter().filter(|(_, c)| c.is_expiry()).cloned());
     all.retain(|(_, c)| !c.is_expiry());
-    // Records below this leaf may be gone: a signed retention statement says so.
-    let mut expired_below = 0u64;
-    for (source, st) in &all_expiries {
-        match verifier.verify_expiry(st) {
-            Some((up_to, _)) => expired_below = expired_below.max(up_to),
-            None => report
-                .problems
-                .push(format!("a retention statement in the {source} has an invalid signature or format")),
-        }
-    }
-    // The database and the file hold the same notes: check each once
-    // (signature checks dominate verification of a log with many batches).
-    let mut seen = std::collections::HashSet::new();
-    for (source, cp) in &all {
-        if !seen.insert((cp.body.as_str(), cp.signature.as_str(), cp.key_id.as_str())) {
-            continue;
-        }
-        match verifier.verify(cp) {
-            Some(head) => {
-                if let Some(prev) = signed.insert(head.tree_size, head.root) {
-                    if prev != head.root {
-                        report
-                            .problems
-                            .push(format!("two signed checkpoints disagree about the tree at size {}", head.tree_size));
-                    }
+    // The signatures are checked on a thread of their own while the tenant
+    // checkpoints are read (both take a while with many batches).
+    let checked = {
+        let verifier = verifier.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut problems = Vec::new();
+            let mut signed: BTreeMap<u64, Hash> = BTreeMap::new();
+            // Records below this leaf may be gone: a signed retention statement says so.
+            let mut expired_below = 0u64;
+            for (source, st) in &all_expiries {
+                match verifier.verify_expiry(st) {
+                    Some((up_to, _)) => expired_below = expired_below.max(up_to),
+                    None => problems
+                        .push(format!("a retention statement in the {source} has an invalid signature or format")),
                 }
             }
-            None => report.problems.push(format!("a checkpoint in the {source} has an invalid signature or format")),
-        }
-    }
+            // The database and the file hold the same notes: check each once
+            // (signature checks dominate verification of a log with many batches).
+            let mut seen = std::collections::HashSet::new();
+            for (source, cp) in &all {
+                if !seen.insert((cp.body.as_str(), cp.signature.as_str(), cp.key_id.as_str())) {
+                    continue;
+                }
+                match verifier.verify(cp) {
+                    Some(head) => {
+                        if let Some(prev) = signed.insert(head.tree_size, head.root) {
+                            if prev != head.root {
+                                problems.push(format!(
+                                    "two signed checkpoints disagree about the tree at size {}",
+                                    head.tree_size
+                                ));
+                            }
+                        }
+                    }
+                    None => problems.push(format!("a checkpoint in the {source} has an invalid signature or format")),
+                }
+            }
+            (expired_below, signed, problems)
+        })
+    };
 
     // The tenant trees are rebuilt alongside, from the same records.
     let placed = u64::try_from(palisade_store::audit::tenant_size(db.reader()).await?).unwrap_or(0);
     let tenant_checkpoints = palisade_store::audit::all_tenant_checkpoints(db.reader()).await?;
+    let (expired_below, signed, problems) = checked.await.map_err(|e| LogError::File(std::io::Error::other(e)))?;
+    report.problems.extend(problems);
     let mut tenants = crate::tenant::Rebuild::new(tenant_checkpoints, verifier);
     let (mut chunks, back) = stage(chunks, placed);
     // The stored tenant leaves of the chunk being read, once one of its
