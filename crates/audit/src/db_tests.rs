@@ -429,6 +429,33 @@ async fn on_postgres_only_the_leader_keeps_a_witness_file() {
     dropper.drop_db(db).await;
 }
 
+/// Full verification on PostgreSQL: an intact log verifies, and an event
+/// inserted behind the log's back is found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(postgres_tests), ignore = "PALISADE_TEST_POSTGRES_URL is not set")]
+async fn on_postgres_verification_finds_events_outside_the_log() {
+    let (db, dropper) = postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("checkpoints");
+    let log = AuditLog::new(db.clone(), signer(), file.clone());
+    assert!(log.lead().await);
+    events(&db, 5, TenantId::new(), 1_000).await;
+    log.integrate(2_000).await.unwrap().unwrap();
+    let report = verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}).await.unwrap();
+    assert!(report.intact(), "{:?}", report.problems);
+    assert_eq!(report.records, 5);
+    // Written, then taken out of the queue without becoming a leaf.
+    events(&db, 1, TenantId::new(), 3_000).await;
+    let seq: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM audit_pending").fetch_one(db.reader()).await.unwrap();
+    sqlx::query("DELETE FROM audit_pending").execute(db.reader()).await.unwrap();
+    let report = verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}).await.unwrap();
+    assert_eq!(
+        report.problems,
+        [format!("record seq {seq} is not part of the log: it was inserted behind the log's back")]
+    );
+    dropper.drop_db(db).await;
+}
+
 /// Syncing copies to a witness file each verified checkpoint it lacks, in
 /// order, and says how many; a new instance reads what its file vouches for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -577,7 +577,7 @@ pub(crate) async fn verify_log_paced(
     let mut buf = Vec::with_capacity(1024);
     // The check for records outside the log reads both tables whole: run
     // beside the scan, the database does it while the records are checked.
-    let strays = palisade_store::audit::unlogged_events(db.reader(), 10);
+    let strays = palisade_store::audit::unlogged_events_serial(db, 10);
     let mut upcoming = signed.iter().peekable();
     let scan = async {
         'scan: while let Some(next) = chunks.recv().await {
