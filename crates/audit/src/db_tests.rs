@@ -342,13 +342,20 @@ async fn a_record_holding_the_field_separator_verifies() {
     let mut tx = db.begin().await.unwrap();
     append(&mut *tx, &Event::new("key.created", Some(tenant), Actor::system()), &ctx, 1_500).await.unwrap();
     tx.commit().await.unwrap();
-    events(&db, 2, tenant, 2_000).await;
+    events(&db, 6, tenant, 2_000).await;
     let file = dir.path().join("checkpoints");
     let log = AuditLog::new(db.clone(), signer(), file.clone());
     log.integrate(3_000).await.unwrap().unwrap();
     let report = verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}).await.unwrap();
     assert!(report.intact(), "{:?}", report.problems);
-    assert_eq!(report.records, 5);
+    assert_eq!(report.records, 9);
+    // Two leaves a chunk: the tenant's later leaves, hashed ahead before
+    // and after the scan tells the hashing stage of the one it missed.
+    let small = crate::verify::Pace { chunk: 2, progress_every: 2 };
+    let report =
+        crate::verify::verify_log_paced(&db, log.signer().verifier(), &[file.as_path()], |_| {}, small).await.unwrap();
+    assert!(report.intact(), "{:?}", report.problems);
+    assert_eq!(report.records, 9);
 }
 
 /// The background integrator: it sequences what writers poke it about,
@@ -419,6 +426,33 @@ async fn on_postgres_only_the_leader_keeps_a_witness_file() {
     assert_eq!(a.file_max_size(), 3);
     assert_eq!(crate::verify::read_checkpoint_file(&dir.path().join("a")).unwrap().unwrap().len(), 2);
     assert!(!dir.path().join("b").exists());
+    dropper.drop_db(db).await;
+}
+
+/// Full verification on PostgreSQL: an intact log verifies, and an event
+/// inserted behind the log's back is found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(postgres_tests), ignore = "PALISADE_TEST_POSTGRES_URL is not set")]
+async fn on_postgres_verification_finds_events_outside_the_log() {
+    let (db, dropper) = postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("checkpoints");
+    let log = AuditLog::new(db.clone(), signer(), file.clone());
+    assert!(log.lead().await);
+    events(&db, 5, TenantId::new(), 1_000).await;
+    log.integrate(2_000).await.unwrap().unwrap();
+    let report = verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}).await.unwrap();
+    assert!(report.intact(), "{:?}", report.problems);
+    assert_eq!(report.records, 5);
+    // Written, then taken out of the queue without becoming a leaf.
+    events(&db, 1, TenantId::new(), 3_000).await;
+    let seq: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM audit_pending").fetch_one(db.reader()).await.unwrap();
+    sqlx::query("DELETE FROM audit_pending").execute(db.reader()).await.unwrap();
+    let report = verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}).await.unwrap();
+    assert_eq!(
+        report.problems,
+        [format!("record seq {seq} is not part of the log: it was inserted behind the log's back")]
+    );
     dropper.drop_db(db).await;
 }
 

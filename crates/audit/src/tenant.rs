@@ -113,30 +113,49 @@ struct Rebuilt {
     f: Frontier,
     roots: BTreeMap<u64, Hash>,
     broken: bool,
+    /// The smallest size in `roots` not below the tree's (`u64::MAX`:
+    /// none), found again only once the tree passes it: one lookup per
+    /// checkpoint rather than per leaf.
+    next_root: u64,
 }
 
 impl Rebuild {
     pub(crate) fn new(rows: Vec<TenantCheckpointRow>, verifier: &Verifier) -> Self {
         let mut trees: HashMap<String, Rebuilt> = HashMap::new();
         let mut problems = Vec::new();
-        let mut newest: HashMap<String, TenantCheckpointRow> = HashMap::new();
+        // Per tenant: its newest checkpoint and that one's size. Rows are
+        // moved, not cloned, and the origin made once per tenant: a log
+        // holds a checkpoint per batch of each tenant.
+        let mut newest: HashMap<String, (i64, Checkpoint)> = HashMap::new();
+        let mut origin = (String::new(), String::new());
         for r in rows {
-            let cp = Checkpoint { body: r.body.clone(), signature: r.signature.clone(), key_id: r.key_id.clone() };
-            let origin = tenant_origin(verifier.origin(), &r.tenant_id);
-            match cp.head().filter(|h| h.origin == origin && h.tree_size as i64 == r.tree_size) {
+            let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
+            if origin.0 != r.tenant_id || origin.1.is_empty() {
+                origin = (r.tenant_id.clone(), tenant_origin(verifier.origin(), &r.tenant_id));
+            }
+            match cp.head().filter(|h| h.origin == origin.1 && h.tree_size as i64 == r.tree_size) {
                 Some(h) => {
-                    trees.entry(r.tenant_id.clone()).or_default().roots.insert(h.tree_size, h.root);
+                    let t = match trees.get_mut(&r.tenant_id) {
+                        Some(t) => t,
+                        None => trees.entry(r.tenant_id.clone()).or_default(),
+                    };
+                    t.roots.insert(h.tree_size, h.root);
                 }
                 None => problems.push(format!("a checkpoint of tenant {}'s tree has an invalid format", r.tenant_id)),
             }
-            let e = newest.entry(r.tenant_id.clone()).or_insert_with(|| r.clone());
-            if r.tree_size > e.tree_size {
-                *e = r;
+            match newest.get_mut(&r.tenant_id) {
+                Some(e) => {
+                    if r.tree_size > e.0 {
+                        *e = (r.tree_size, cp);
+                    }
+                }
+                None => {
+                    newest.insert(r.tenant_id, (r.tree_size, cp));
+                }
             }
         }
-        for (tenant, r) in newest {
-            let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
-            if verifier.verify_tenant(&cp, &tenant).is_none_or(|h| h.tree_size as i64 != r.tree_size) {
+        for (tenant, (size, cp)) in newest {
+            if verifier.verify_tenant(&cp, &tenant).is_none_or(|h| h.tree_size as i64 != size) {
                 problems.push(format!("the newest checkpoint of tenant {tenant}'s tree has an invalid signature"));
             }
         }
@@ -157,6 +176,27 @@ impl Rebuild {
         Self::grow(t, &mut self.problems, tenant, h);
     }
 
+    /// The next leaf of the log, its tenant leaf hashed ahead (by the
+    /// verifier's hashing stage) as that tenant's leaf `seq`. Nothing is
+    /// done unless `seq` is the tenant's next number; then `Err` gives that
+    /// number, and the caller pushes the fields instead.
+    pub(crate) fn push_hashed(&mut self, tenant: &str, seq: i64, h: Hash) -> Result<(), i64> {
+        let t = match self.trees.get_mut(tenant) {
+            Some(t) => t,
+            None => self.trees.entry(tenant.to_owned()).or_default(),
+        };
+        let next = t.f.size() as i64 + 1;
+        if t.broken {
+            // A broken tree no longer grows: nothing to check.
+            return Ok(());
+        }
+        if seq != next {
+            return Err(next);
+        }
+        Self::grow(t, &mut self.problems, tenant, h);
+        Ok(())
+    }
+
     pub(crate) fn push_hash(&mut self, tenant: &str, h: Hash) {
         if !self.trees.contains_key(tenant) {
             self.trees.insert(tenant.to_owned(), Rebuilt::default());
@@ -171,7 +211,10 @@ impl Rebuild {
         }
         t.f.push(h, |_, _, _| {});
         let size = t.f.size();
-        if t.roots.get(&size).is_some_and(|root| *root != t.f.root()) {
+        if t.next_root < size {
+            t.next_root = t.roots.range(size..).next().map_or(u64::MAX, |(s, _)| *s);
+        }
+        if t.next_root == size && t.roots.get(&size).is_some_and(|root| *root != t.f.root()) {
             t.broken = true;
             problems.push(format!(
                 "tenant {tenant}'s tree at size {size} does not match its signed checkpoint: \
@@ -289,6 +332,74 @@ mod tests {
         r.push(&LeafFields::of(&second));
         r.push(&LeafFields::of(&first));
         assert_eq!(r.finish().len(), 1);
+    }
+
+    /// The stored roots are read from every checkpoint in the right format;
+    /// only each tenant's newest has its signature checked.
+    #[test]
+    fn checkpoints_are_read_and_each_tenants_newest_is_verified() {
+        let signer = crate::db_tests::signer();
+        let row = |tenant: &str, size: u64, root: &Hash| {
+            let cp = signer.sign_tenant(tenant, size, root, 5);
+            TenantCheckpointRow {
+                tenant_id: tenant.into(),
+                tree_size: size as i64,
+                root_hash: hex::encode(root),
+                ts: 5,
+                body: cp.body,
+                signature: cp.signature,
+                key_id: cp.key_id,
+            }
+        };
+        let forged = |mut r: TenantCheckpointRow| {
+            r.signature = "AAAA".into();
+            r
+        };
+        let mut other_size = row("c", 3, &root_of(3));
+        other_size.tree_size = 4;
+        let rows = vec![
+            forged(row("a", 1, &root_of(1))),
+            row("a", 2, &root_of(2)),
+            row("b", 1, &root_of(1)),
+            forged(row("b", 2, &root_of(2))),
+            // Signed for another tenant: the origin does not match.
+            TenantCheckpointRow { tenant_id: "c".into(), ..row("a", 3, &root_of(3)) },
+            other_size,
+        ];
+        let r = Rebuild::new(rows, signer.verifier());
+        let roots = |t: &str| r.trees.get(t).map(|t| t.roots.clone().into_iter().collect::<Vec<_>>());
+        assert_eq!(roots("a"), Some(vec![(1, root_of(1)), (2, root_of(2))]));
+        assert_eq!(roots("b"), Some(vec![(1, root_of(1)), (2, root_of(2))]));
+        assert_eq!(roots("c"), None);
+        let mut problems = r.problems.clone();
+        problems.sort();
+        assert_eq!(
+            problems,
+            [
+                "a checkpoint of tenant c's tree has an invalid format",
+                "a checkpoint of tenant c's tree has an invalid format",
+                "the newest checkpoint of tenant b's tree has an invalid signature",
+                "the newest checkpoint of tenant c's tree has an invalid signature",
+            ]
+        );
+    }
+
+    /// A leaf hashed ahead counts only under the tenant's next number.
+    #[test]
+    fn a_leaf_hashed_ahead_must_carry_the_next_number() {
+        let mut r = rebuild(&[(2, root_of(2))]);
+        assert_eq!(r.push_hashed("a", 2, leaf(1)), Err(1));
+        assert_eq!(r.push_hashed("a", 1, leaf(1)), Ok(()));
+        assert_eq!(r.push_hashed("a", 1, leaf(2)), Err(2));
+        assert_eq!(r.push_hashed("a", 3, leaf(2)), Err(2));
+        assert_eq!(r.push_hashed("a", 2, leaf(2)), Ok(()));
+        assert!(r.finish().is_empty());
+        // A new tenant starts at 1; a broken tree takes anything, unchecked.
+        let mut r = rebuild(&[]);
+        assert_eq!(r.push_hashed("b", 2, leaf(1)), Err(1));
+        r.fail("b", "unreadable".into());
+        assert_eq!(r.push_hashed("b", 7, leaf(1)), Ok(()));
+        assert_eq!(r.finish(), vec!["unreadable".to_owned()]);
     }
 
     #[test]

@@ -225,6 +225,146 @@ fn decode_record(record: &str) -> Option<AuditRow> {
         details: s(13)?,
     })
 }
+/// A record as the hashing stage left it.
+struct Pre {
+    /// Its bytes in the chunk.
+    start: usize,
+    end: usize,
+    /// Leaf index and hash, when the record is present and re-hashes to
+    /// its leaf (the fast path's verdict, taken ahead of the scan).
+    good: Option<(u64, Hash)>,
+    /// Its tenant leaf, when good, a tenant's and placed.
+    tenant: Option<TenantPre>,
+}
+
+struct TenantPre {
+    /// The tenant id's bytes in the chunk.
+    start: usize,
+    end: usize,
+    /// The tenant's records the stage counted up to this one.
+    counted: i64,
+    /// The tenant leaf number it was hashed as, and its hash.
+    seq: i64,
+    hash: Hash,
+}
+
+/// A chunk with its records checked ahead; `pres` is `None` when the
+/// chunk's framing is broken.
+struct Staged {
+    from: i64,
+    chunk: String,
+    pres: Option<Vec<Pre>>,
+}
+
+/// From the scan back to the stage.
+enum Back {
+    /// A record list to reuse.
+    Pres(Vec<Pre>),
+    /// A tenant's leaves the stage did not count (the careful path pushed
+    /// them), as of some leaf: the tenant's next number minus the stage's
+    /// count. Grows along the log, so the largest reported is the one.
+    Missed(String, i64),
+}
+
+/// Per tenant: records counted, leaves missed.
+type Counts = std::collections::HashMap<String, (i64, i64)>;
+
+/// The records' ranges in a [`split_records`] chunk; `false` if its
+/// framing is broken (then `out` holds nothing to use).
+fn record_ranges(chunk: &str, out: &mut Vec<Pre>) -> bool {
+    out.clear();
+    let mut at = 0;
+    while at < chunk.len() {
+        let Some(colon) = memchr::memchr(b':', &chunk.as_bytes()[at..]) else { return false };
+        let Ok(len) = chunk[at..at + colon].parse::<usize>() else { return false };
+        let start = at + colon + 1;
+        let Some(end) = start.checked_add(len).filter(|&e| chunk.get(start..e).is_some()) else { return false };
+        out.push(Pre { start, end, good: None, tenant: None });
+        at = end;
+    }
+    true
+}
+
+/// The per-record work that needs no state but a count per tenant, done
+/// ahead of the scan on a thread of its own: parse, re-encode and hash
+/// each record, and its tenant leaf as the tenant's next one by the
+/// stage's count (the scan checks that number). The rest of the record
+/// is encoded once for both leaves.
+fn stage_chunk(
+    chunk: &str,
+    placed: u64,
+    counts: &mut Counts,
+    out: &mut Vec<Pre>,
+    bufs: &mut (Vec<u8>, Vec<u8>),
+) -> bool {
+    if !record_ranges(chunk, out) {
+        return false;
+    }
+    let (head, rest) = bufs;
+    for pre in out.iter_mut() {
+        let record = &chunk[pre.start..pre.end];
+        let Ok((index, _, hash, Some(fields))) = parse_fields(record) else { continue };
+        rest.clear();
+        fields.encode_rest(rest);
+        crate::log::encode_head(crate::log::LEAF, fields.seq, head);
+        if merkle::leaf_hash_parts(head, rest) != hash {
+            continue;
+        }
+        pre.good = Some((index, hash));
+        let Some(tenant) = fields.tenant_id.filter(|_| index < placed) else { continue };
+        let c = match counts.get_mut(tenant) {
+            Some(c) => c,
+            None => counts.entry(tenant.to_owned()).or_default(),
+        };
+        c.0 += 1;
+        let seq = c.0 + c.1;
+        crate::log::encode_head(crate::tenant::TENANT_LEAF, seq, head);
+        let start = tenant.as_ptr() as usize - chunk.as_ptr() as usize;
+        pre.tenant = Some(TenantPre {
+            start,
+            end: start + tenant.len(),
+            counted: c.0,
+            seq,
+            hash: merkle::leaf_hash_parts(head, rest),
+        });
+    }
+    true
+}
+
+/// Runs [`stage_chunk`] over the chunks as they come, one ahead of the scan.
+fn stage(
+    mut chunks: tokio::sync::mpsc::Receiver<palisade_store::Result<(i64, String)>>,
+    placed: u64,
+) -> (tokio::sync::mpsc::Receiver<palisade_store::Result<Staged>>, std::sync::mpsc::Sender<Back>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (back_tx, back) = std::sync::mpsc::channel();
+    tokio::task::spawn_blocking(move || {
+        let mut counts = Counts::new();
+        let mut spare = Vec::new();
+        let mut bufs = (Vec::with_capacity(64), Vec::with_capacity(1024));
+        while let Some(next) = chunks.blocking_recv() {
+            for b in back.try_iter() {
+                match b {
+                    Back::Pres(v) => spare = v,
+                    Back::Missed(tenant, n) => {
+                        let c = counts.entry(tenant).or_default();
+                        c.1 = c.1.max(n);
+                    }
+                }
+            }
+            let staged = next.map(|(from, chunk)| {
+                let mut pres = std::mem::take(&mut spare);
+                let ok = stage_chunk(&chunk, placed, &mut counts, &mut pres, &mut bufs);
+                Staged { from, chunk, pres: ok.then_some(pres) }
+            });
+            if tx.blocking_send(staged).is_err() {
+                break;
+            }
+        }
+    });
+    (rx, back_tx)
+}
+
 use crate::merkle::{self, Frontier, Hash};
 
 #[derive(Debug, Default)]
@@ -346,7 +486,6 @@ pub(crate) async fn verify_log_paced(
 
     // Signed statements, from every place. A checkpoint that does not
     // verify is itself evidence of tampering.
-    let mut signed: BTreeMap<u64, Hash> = BTreeMap::new();
     let mut all: Vec<(String, Checkpoint)> = palisade_store::audit::all_checkpoints(db.reader())
         .await?
         .into_iter()
@@ -372,7 +511,7 @@ pub(crate) async fn verify_log_paced(
     // (which is what a truncated log shows). The reader starts now, so the
     // first chunks arrive while the signatures below are checked.
     let last = palisade_store::audit::max_leaf_index(db.reader()).await?.unwrap_or(-1);
-    let mut chunks = palisade_store::audit_copy::leaf_chunks(db, last, pace.chunk);
+    let (chunks, spent) = palisade_store::audit_copy::leaf_chunks(db, last, pace.chunk);
     let mut all_expiries: Vec<(String, Checkpoint)> = palisade_store::audit::all_expiries(db.reader())
         .await?
         .into_iter()
@@ -380,41 +519,54 @@ pub(crate) async fn verify_log_paced(
         .collect();
     all_expiries.extend(all.iter().filter(|(_, c)| c.is_expiry()).cloned());
     all.retain(|(_, c)| !c.is_expiry());
-    // Records below this leaf may be gone: a signed retention statement says so.
-    let mut expired_below = 0u64;
-    for (source, st) in &all_expiries {
-        match verifier.verify_expiry(st) {
-            Some((up_to, _)) => expired_below = expired_below.max(up_to),
-            None => report
-                .problems
-                .push(format!("a retention statement in the {source} has an invalid signature or format")),
-        }
-    }
-    // The database and the file hold the same notes: check each once
-    // (signature checks dominate verification of a log with many batches).
-    let mut seen = std::collections::HashSet::new();
-    for (source, cp) in &all {
-        if !seen.insert((cp.body.as_str(), cp.signature.as_str(), cp.key_id.as_str())) {
-            continue;
-        }
-        match verifier.verify(cp) {
-            Some(head) => {
-                if let Some(prev) = signed.insert(head.tree_size, head.root) {
-                    if prev != head.root {
-                        report
-                            .problems
-                            .push(format!("two signed checkpoints disagree about the tree at size {}", head.tree_size));
-                    }
+    // The signatures are checked on a thread of their own while the tenant
+    // checkpoints are read (both take a while with many batches).
+    let checked = {
+        let verifier = verifier.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut problems = Vec::new();
+            let mut signed: BTreeMap<u64, Hash> = BTreeMap::new();
+            // Records below this leaf may be gone: a signed retention statement says so.
+            let mut expired_below = 0u64;
+            for (source, st) in &all_expiries {
+                match verifier.verify_expiry(st) {
+                    Some((up_to, _)) => expired_below = expired_below.max(up_to),
+                    None => problems
+                        .push(format!("a retention statement in the {source} has an invalid signature or format")),
                 }
             }
-            None => report.problems.push(format!("a checkpoint in the {source} has an invalid signature or format")),
-        }
-    }
+            // The database and the file hold the same notes: check each once
+            // (signature checks dominate verification of a log with many batches).
+            let mut seen = std::collections::HashSet::new();
+            for (source, cp) in &all {
+                if !seen.insert((cp.body.as_str(), cp.signature.as_str(), cp.key_id.as_str())) {
+                    continue;
+                }
+                match verifier.verify(cp) {
+                    Some(head) => {
+                        if let Some(prev) = signed.insert(head.tree_size, head.root) {
+                            if prev != head.root {
+                                problems.push(format!(
+                                    "two signed checkpoints disagree about the tree at size {}",
+                                    head.tree_size
+                                ));
+                            }
+                        }
+                    }
+                    None => problems.push(format!("a checkpoint in the {source} has an invalid signature or format")),
+                }
+            }
+            (expired_below, signed, problems)
+        })
+    };
 
     // The tenant trees are rebuilt alongside, from the same records.
     let placed = u64::try_from(palisade_store::audit::tenant_size(db.reader()).await?).unwrap_or(0);
     let tenant_checkpoints = palisade_store::audit::all_tenant_checkpoints(db.reader()).await?;
+    let (expired_below, signed, problems) = checked.await.map_err(|e| LogError::File(std::io::Error::other(e)))?;
+    report.problems.extend(problems);
     let mut tenants = crate::tenant::Rebuild::new(tenant_checkpoints, verifier);
+    let (mut chunks, back) = stage(chunks, placed);
     // The stored tenant leaves of the chunk being read, once one of its
     // records turns out expired.
     let mut expired_entries: Option<(i64, TenantEntries)> = None;
@@ -425,72 +577,97 @@ pub(crate) async fn verify_log_paced(
     let mut buf = Vec::with_capacity(1024);
     // The check for records outside the log reads both tables whole: run
     // beside the scan, the database does it while the records are checked.
-    let strays = palisade_store::audit::unlogged_events(db.reader(), 10);
+    let strays = palisade_store::audit::unlogged_events_serial(db, 10);
+    let mut upcoming = signed.iter().peekable();
     let scan = async {
         'scan: while let Some(next) = chunks.recv().await {
-            let (from, chunk) = next?;
-            let Some(records) = split_records(&chunk) else {
+            let Staged { from, chunk, pres } = next?;
+            let Some(pres) = pres else {
                 report.problems.push(format!("leaves from {from} are unreadable"));
                 break 'scan;
             };
-            for record in records {
+            for pre in &pres {
+                let record = &chunk[pre.start..pre.end];
                 let index = frontier.size();
-                // Parsed once: the tenant leaf below reuses the fields.
-                let parsed = parse_fields(record).ok();
-                let fast = parsed.as_ref().map(|p| check_parsed(p, &mut buf));
-                let checked = match fast {
-                    Some(Ok(checked)) => Ok(checked),
-                    // Not the expected shape, or not matching: the slow way decides.
-                    _ => slow_check(db, index).await?,
-                };
-                let leaf = match checked {
-                    Ok(l) => l,
-                    Err(problem) => {
-                        report.problems.push(problem);
-                        break 'scan;
-                    }
-                };
-                if leaf.0 != index {
-                    report.problems.push(format!(
-                        "leaf {index} is missing: records were deleted from the tree (next present is leaf {})",
-                        leaf.0
-                    ));
-                    break 'scan;
-                }
-                if let Some(problem) = leaf.2 {
-                    let expired = leaf.3 && index < expired_below;
-                    if !expired {
-                        report.problems.push(problem);
-                        break 'scan;
-                    }
-                    // The record is gone: its tenant leaf is taken as stored
-                    // (the tenant's signed roots still vouch for it).
-                    if index < placed {
-                        if expired_entries.as_ref().is_none_or(|(f, _)| *f != from) {
-                            let entries =
-                                palisade_store::audit::tenant_tree_entries(db.reader(), from, from + pace.chunk)
-                                    .await?;
-                            expired_entries = Some((from, entries));
+                let hash = if let Some((i, hash)) = pre.good.filter(|(i, _)| *i == index) {
+                    // Checked ahead: the record is present and hashes to
+                    // its leaf. Its tenant leaf counts only if hashed with
+                    // the tenant's next number.
+                    if let Some(t) = pre.tenant.as_ref().filter(|_| i < placed) {
+                        let tenant = &chunk[t.start..t.end];
+                        if let Err(next) = tenants.push_hashed(tenant, t.seq, t.hash) {
+                            match parse_fields(record) {
+                                Ok((_, _, _, Some(fields))) => tenants.push(&fields),
+                                _ => report.problems.push(format!("leaf {index}: its record is unreadable")),
+                            }
+                            let _ = back.send(Back::Missed(tenant.to_owned(), next - t.counted));
                         }
-                        if let Some((tenant, h)) = expired_entries.as_ref().and_then(|(_, e)| e.get(&(index as i64))) {
-                            match merkle::decode_hash(h) {
-                                Some(h) => tenants.push_hash(tenant, h),
-                                None => tenants.fail(tenant, format!("tenant leaf of leaf {index} is unreadable")),
+                    }
+                    hash
+                } else {
+                    // Parsed once: the tenant leaf below reuses the fields.
+                    let parsed = parse_fields(record).ok();
+                    let fast = parsed.as_ref().map(|p| check_parsed(p, &mut buf));
+                    let checked = match fast {
+                        Some(Ok(checked)) => Ok(checked),
+                        // Not the expected shape, or not matching: the slow way decides.
+                        _ => slow_check(db, index).await?,
+                    };
+                    let leaf = match checked {
+                        Ok(l) => l,
+                        Err(problem) => {
+                            report.problems.push(problem);
+                            break 'scan;
+                        }
+                    };
+                    if leaf.0 != index {
+                        report.problems.push(format!(
+                            "leaf {index} is missing: records were deleted from the tree (next present is leaf {})",
+                            leaf.0
+                        ));
+                        break 'scan;
+                    }
+                    if let Some(problem) = leaf.2 {
+                        let expired = leaf.3 && index < expired_below;
+                        if !expired {
+                            report.problems.push(problem);
+                            break 'scan;
+                        }
+                        // The record is gone: its tenant leaf is taken as stored
+                        // (the tenant's signed roots still vouch for it).
+                        if index < placed {
+                            if expired_entries.as_ref().is_none_or(|(f, _)| *f != from) {
+                                let entries =
+                                    palisade_store::audit::tenant_tree_entries(db.reader(), from, from + pace.chunk)
+                                        .await?;
+                                expired_entries = Some((from, entries));
+                            }
+                            if let Some((tenant, h)) =
+                                expired_entries.as_ref().and_then(|(_, e)| e.get(&(index as i64)))
+                            {
+                                match merkle::decode_hash(h) {
+                                    Some(h) => tenants.push_hash(tenant, h),
+                                    None => tenants.fail(tenant, format!("tenant leaf of leaf {index} is unreadable")),
+                                }
                             }
                         }
+                    } else if index < placed {
+                        match &parsed {
+                            Some((_, _, _, Some(fields))) => tenants.push(fields),
+                            _ => match slow_row(db, index).await? {
+                                Some(row) => tenants.push(&LeafFields::of(&row)),
+                                None => report.problems.push(format!("leaf {index}: its record is unreadable")),
+                            },
+                        }
                     }
-                } else if index < placed {
-                    match &parsed {
-                        Some((_, _, _, Some(fields))) => tenants.push(fields),
-                        _ => match slow_row(db, index).await? {
-                            Some(row) => tenants.push(&LeafFields::of(&row)),
-                            None => report.problems.push(format!("leaf {index}: its record is unreadable")),
-                        },
-                    }
-                }
-                frontier.push(leaf.1, |_, _, _| {});
+                    leaf.1
+                };
+                frontier.push(hash, |_, _, _| {});
                 let size = frontier.size();
-                if let Some(root) = signed.get(&size) {
+                // The tree grows by one: the next signed size is the only
+                // one it can reach.
+                while upcoming.next_if(|(s, _)| **s < size).is_some() {}
+                if let Some((_, root)) = upcoming.next_if(|(s, _)| **s == size) {
                     if *root != frontier.root() {
                         report.problems.push(format!(
                             "the tree at size {size} does not match its signed checkpoint: records among leaves \
@@ -505,6 +682,8 @@ pub(crate) async fn verify_log_paced(
                     progress(size);
                 }
             }
+            let _ = back.send(Back::Pres(pres));
+            let _ = spent.send(chunk);
         }
         Ok::<(), LogError>(())
     };
@@ -628,6 +807,58 @@ mod tests {
         ] {
             assert_eq!(check_fields(&bad, &mut buf), Err(()), "{bad:?}");
         }
+    }
+
+    fn framed(records: &[String]) -> String {
+        records.iter().map(|r| format!("{}:{r}", r.len())).collect()
+    }
+
+    /// The stage's verdicts and hashes are the fast path's and
+    /// `tenant_leaf_hash`'s: each tenant's leaves numbered by its own
+    /// count plus what the scan reported missed, records past the placed
+    /// ones or without a tenant given no tenant leaf, and anything the
+    /// fast path refuses left to the scan.
+    #[test]
+    fn the_stage_hashes_records_and_tenant_leaves_like_the_reference() {
+        let a = |seq: i64| AuditRow { seq, id: format!("e{seq}"), tenant_id: Some("a".into()), ..row() };
+        let b = |seq: i64| AuditRow { seq, id: format!("e{seq}"), tenant_id: Some("b\"\u{1}".into()), ..row() };
+        let none = AuditRow { tenant_id: None, ..row() };
+        let edited = AuditRow { details: "{}".into(), ..a(14) };
+        let rows = [a(10), b(11), none, a(13), edited.clone(), b(15), a(16), a(17)];
+        let mut records: Vec<String> =
+            rows.iter().enumerate().map(|(i, r)| fields_record(i as u64, r, &leaf_hash_of(r))).collect();
+        // Leaf 4's record was edited after hashing.
+        records[4] = fields_record(4, &edited, &leaf_hash_of(&a(14)));
+        let sep = FIELD_SEP.to_string();
+        records.push(["8", "18", &hex::encode([7u8; 32]), "-"].join(&sep));
+        let chunk = framed(&records);
+        let mut counts = Counts::new();
+        // The scan reported one leaf of `b` it pushed itself.
+        counts.insert("b\"\u{1}".into(), (0, 1));
+        let (mut out, mut bufs) = (Vec::new(), (Vec::new(), Vec::new()));
+        // Leaves from 7 on are not placed in the tenant trees yet.
+        assert!(stage_chunk(&chunk, 7, &mut counts, &mut out, &mut bufs));
+        assert_eq!(out.len(), 9);
+        let expected = [(0, Some(1)), (1, Some(2)), (2, None), (3, Some(2)), (5, Some(3)), (6, Some(3)), (7, None)];
+        for (i, tenant_seq) in expected {
+            let (pre, r) = (&out[i], &rows[i]);
+            assert_eq!(&chunk[pre.start..pre.end], records[i], "{i}");
+            assert_eq!(pre.good, Some((i as u64, leaf_hash_of(r))), "{i}");
+            let t = pre.tenant.as_ref().map(|t| (&chunk[t.start..t.end], t.seq, t.hash));
+            let reference =
+                tenant_seq.map(|n| (r.tenant_id.as_deref().unwrap(), n, crate::tenant::tenant_leaf_hash(r, n)));
+            assert_eq!(t, reference, "{i}");
+        }
+        for i in [4, 8] {
+            assert!(out[i].good.is_none() && out[i].tenant.is_none(), "{i}");
+        }
+        assert_eq!(out[5].tenant.as_ref().map(|t| t.counted), Some(2));
+        assert_eq!(counts["a"], (3, 0));
+        // Broken framing: nothing to use.
+        for bad in [format!("{chunk}x"), format!("{chunk}9:ab"), "x:1".to_owned()] {
+            assert!(!stage_chunk(&bad, 7, &mut Counts::new(), &mut out, &mut bufs), "{bad:?}");
+        }
+        assert!(stage_chunk("", 7, &mut Counts::new(), &mut out, &mut bufs) && out.is_empty());
     }
 
     #[test]

@@ -709,6 +709,22 @@ pub async fn unlogged_events<'c>(ex: impl Executor<'c, Database = Any>, limit: i
     .await?)
 }
 
+/// [`unlogged_events`] as full verification runs it, beside its scan of
+/// the log: on PostgreSQL without parallel workers. They would triple the
+/// CPU it costs (each builds the shared hash of a whole table) to finish
+/// sooner a query that is not what verification waits for; alone it
+/// merges the two tables' indexes.
+pub async fn unlogged_events_serial(db: &crate::Db, limit: i64) -> Result<Vec<i64>> {
+    if db.dialect() == crate::Dialect::Sqlite {
+        return unlogged_events(db.reader(), limit).await;
+    }
+    let mut tx = db.reader().begin().await?;
+    sqlx::query("SET LOCAL max_parallel_workers_per_gather = 0").execute(&mut *tx).await?;
+    let out = unlogged_events(&mut *tx, limit).await?;
+    tx.rollback().await?;
+    Ok(out)
+}
+
 /// Leaves `[from, to)` as text, one line per leaf in order:
 /// `<leaf_index> <event_seq> <leaf_hash> <record>`, where `<record>` is the
 /// event as a JSON array in leaf-field order, encoded by the database (`-`

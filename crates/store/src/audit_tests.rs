@@ -554,6 +554,7 @@ async fn an_empty_log_and_events_behind_its_back() {
     l.db.write_all(vec![Stmt::new("DELETE FROM audit_pending WHERE seq IN (6, 8)")]).await.unwrap();
     assert_eq!(unlogged_events(l.db.reader(), 10).await.unwrap(), vec![6, 8]);
     assert_eq!(unlogged_events(l.db.reader(), 1).await.unwrap(), vec![6]);
+    assert_eq!(unlogged_events_serial(&l.db, 10).await.unwrap(), vec![6, 8]);
 }
 
 /// A schema altered behind the store's back (an attacker with write access
