@@ -231,6 +231,11 @@ mod tests {
                 expected[at / 2] = if at % 2 == 0 { (v << 4) | (h[at / 2] & 15) } else { (h[at / 2] & 0xf0) | v };
                 assert_eq!(decode_hash(&s), valid.then_some(expected), "{c} at {at}");
             }
+            // Both digits of one byte the same non-digit: still refused.
+            if !valid && c.is_ascii() {
+                let s = format!("{}{}", c as char, c as char) + &good[2..];
+                assert_eq!(decode_hash(&s), None, "{c}{c}");
+            }
         }
     }
 

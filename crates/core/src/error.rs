@@ -251,7 +251,8 @@ mod tests {
 
     #[test]
     fn retry_after_is_read_back_from_the_problem() {
-        let e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down").with_extra("retry_after", 7u64);
+        let e =
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down").with_extra("retry_after", 7u64);
         assert_eq!(e.retry_after(), Some(7));
         assert_eq!(ApiError::not_found().retry_after(), None);
         let odd = ApiError::not_found().with_extra("retry_after", "soon");

@@ -2,9 +2,8 @@
 //! the stack's transaction layer, then each request translated to the
 //! transport-neutral services and their answer back to SIP.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_config::Sip;
@@ -27,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::counts::Counts;
 use crate::gate::Gate;
 use crate::message::{self, Contact, Fields, Limits};
 
@@ -67,8 +67,8 @@ struct Handler {
     bounds: Bounds,
     limits: Limits,
     public_host: String,
-    per_source: Mutex<HashMap<IpAddr, usize>>,
-    max_per_source: usize,
+    /// Requests in progress per source.
+    per_source: Counts,
 }
 
 /// Starts the listeners the configuration names; `None` when it names none.
@@ -102,7 +102,7 @@ pub async fn start(
         edge.udp_addr = udp.get_addr().get_socketaddr().ok();
         layer.add_transport(udp.into());
     }
-    let streams = Arc::new(Streams::new(cfg.max_connections, cfg.max_connections_per_address));
+    let streams = Arc::new(Counts::new(cfg.max_connections, cfg.max_connections_per_address));
     let endpoint = EndpointBuilder::new()
         .with_cancel_token(cancel.child_token())
         .with_transport_layer(layer)
@@ -148,8 +148,7 @@ pub async fn start(
             max_header_bytes: cfg.max_header_bytes,
         },
         public_host: cfg.public_host.clone(),
-        per_source: Mutex::new(HashMap::new()),
-        max_per_source: cfg.max_transactions_per_source,
+        per_source: Counts::new(usize::MAX, cfg.max_transactions_per_source),
     });
     let serve_cancel = cancel.clone();
     tokio::spawn(async move {
@@ -182,54 +181,13 @@ pub async fn start(
     Ok(Some(edge))
 }
 
-/// Stream connections held, in all and per address.
-struct Streams {
-    max: usize,
-    per_address: usize,
-    held: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl Streams {
-    fn new(max: usize, per_address: usize) -> Streams {
-        Streams { max, per_address, held: Mutex::new(HashMap::new()) }
-    }
-
-    /// Counted per address as the other rules count: an IPv6 /64 is one.
-    fn key(ip: IpAddr) -> IpAddr {
-        IpAddr::from(palisade_guard::limits::ip_id(ip).to_be_bytes())
-    }
-
-    fn try_hold(&self, ip: IpAddr) -> bool {
-        let ip = Self::key(ip);
-        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let total: usize = held.values().sum();
-        let mine = held.get(&ip).copied().unwrap_or(0);
-        if total >= self.max || mine >= self.per_address {
-            return false;
-        }
-        held.insert(ip, mine + 1);
-        true
-    }
-
-    fn release(&self, ip: IpAddr) {
-        let ip = Self::key(ip);
-        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = held.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&ip);
-            }
-        }
-    }
-}
-
 /// A stream listener's accept loop: caps per address and in all, then
 /// plaintext only from the allowed networks, or a TLS handshake under a
 /// deadline (TLS serves every address).
 struct Accept {
     endpoint: rsipstack::transaction::endpoint::EndpointInnerRef,
     gate: Arc<Gate>,
-    streams: Arc<Streams>,
+    streams: Arc<Counts>,
     cancel: CancellationToken,
     tls: Option<tokio_rustls::TlsAcceptor>,
     handshake: Duration,
@@ -296,7 +254,7 @@ impl Accept {
 struct Inspector {
     gate: Arc<Gate>,
     clock: Arc<dyn Clock>,
-    streams: Arc<Streams>,
+    streams: Arc<Counts>,
 }
 
 #[async_trait::async_trait]
@@ -317,24 +275,6 @@ impl TransportEventInspector for Inspector {
             _ => {}
         }
         Some(event)
-    }
-}
-
-/// One request of a source being handled; released however it ends.
-struct Held<'a> {
-    map: &'a Mutex<HashMap<IpAddr, usize>>,
-    ip: IpAddr,
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        let mut held = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = held.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.ip);
-            }
-        }
     }
 }
 
@@ -373,23 +313,12 @@ impl Handler {
         if tx.original.method == Method::Ack {
             return;
         }
-        // One source (an IPv6 /64) holds only so many requests at once,
-        // those within a call included.
-        let ip = IpAddr::from(palisade_guard::limits::ip_id(source.ip()).to_be_bytes());
-        let busy = {
-            let mut held = self.per_source.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let n = held.entry(ip).or_insert(0);
-            let busy = *n >= self.max_per_source;
-            if !busy {
-                *n += 1;
-            }
-            busy
-        };
-        if busy {
+        // One source holds only so many requests at once, those within a
+        // call included.
+        let Some(held) = self.per_source.hold(source.ip()) else {
             self.send(&mut tx, Reply::new(503).with("Retry-After", "5")).await;
             return;
-        }
-        let held = Held { map: &self.per_source, ip };
+        };
         // Every request is checked before any rule, those within a call too.
         let req = &tx.original;
         let method = req.method.to_string();

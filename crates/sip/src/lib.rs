@@ -5,6 +5,7 @@
 //! `palisade-digest`'s, its abuse rules `palisade-voice`'s.
 
 pub mod calls;
+pub mod counts;
 pub mod edge;
 pub mod gate;
 pub mod message;

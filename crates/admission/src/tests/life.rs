@@ -180,6 +180,8 @@ async fn paying_the_next_minute_holds_the_budget_and_the_balance() {
     assert_eq!(w.svc.extend_call(&w.scope, &c.id).await.unwrap(), crate::life::Extension::Over);
     assert!(w.svc.call_progress(&w.scope, &c.id, "in_progress", true).await.unwrap());
     assert_eq!(w.svc.extend_call(&w.scope, &c.id).await.unwrap(), crate::life::Extension::Paid);
+    // The ledger names the minute paid: the call's second.
+    assert_eq!(w.count("credit_ledger", &format!("reference = '{}-m2'", c.id)).await, 1);
     // 20 of 25 spent: the third minute is over the budget; nothing charged.
     let unpaid = w.svc.extend_call(&w.scope, &c.id).await.unwrap();
     assert_eq!(unpaid, crate::life::Extension::Unpaid("monthly_budget"));
