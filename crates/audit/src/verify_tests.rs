@@ -298,3 +298,25 @@ async fn tenant_trees_are_rebuilt_from_the_placed_leaves_only() {
         );
     }
 }
+
+/// Two leaves swapped with their records: each record still hashes to its
+/// leaf, so only the rebuilt root, compared with the signed checkpoint,
+/// shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaves_reordered_with_their_records_break_the_signed_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, log, file) = log_of(dir.path(), 4, TenantId::new()).await;
+    tamper(
+        dir.path(),
+        "UPDATE audit_leaves SET leaf_index = -1 WHERE leaf_index = 1; \
+         UPDATE audit_leaves SET leaf_index = 1 WHERE leaf_index = 2; \
+         UPDATE audit_leaves SET leaf_index = 2 WHERE leaf_index = -1",
+    )
+    .await;
+    let report = verify(&db, &log, &[file.as_path()]).await;
+    assert_eq!(
+        report.problems,
+        ["the tree at size 4 does not match its signed checkpoint: records among leaves 0..3 were altered, \
+          reordered or replaced"]
+    );
+}

@@ -854,6 +854,21 @@ mod tests {
     }
 
     #[test]
+    fn trust_marks_stay_while_there_is_room() {
+        let s = LocalState::new();
+        let trusted = Key::new(Kind::LoginTrust, u128::MAX);
+        s.mark_now(7, trusted, T0, T0 + 86_400_000);
+        // Past the sweep threshold, far below the cap: sweeps run, trust
+        // stays (only a full shard gives it up).
+        for id in 0..4096u128 {
+            s.notice_now(7, Key::new(Kind::SipAuth, id), T0, 300_000);
+        }
+        let blocks = [BlockCheck { key: trusted, refuses: false }];
+        let v = s.decide_now(&Decide { partition: 7, now_ms: T0 + 1, blocks: &blocks, buckets: &[], notice_ms: 0 });
+        assert!(v.block_active(0), "a trust mark was dropped with room to spare");
+    }
+
+    #[test]
     fn trust_marks_make_room_before_counting_stops() {
         let s = LocalState::new();
         let rule = StrikeRule { threshold: 5, window_ms: 60_000, block_ms: 60_000 };
