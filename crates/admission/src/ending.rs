@@ -87,8 +87,9 @@ impl Service {
         ended: Ended,
     ) -> Result<Option<CdrRow>, StoreError> {
         let cdr = palisade_store::locks::retrying(|| self.end_once(scope, id, status, code, by.clone(), ended)).await?;
-        if cdr.is_some() {
+        if let Some(cdr) = &cdr {
             self.webhook_wake.notify_one();
+            self.watchers.ended(id, &cdr.status);
         }
         Ok(cdr)
     }

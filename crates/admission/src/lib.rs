@@ -47,6 +47,8 @@ pub struct Service {
     /// How often an answered call pays its next minute ahead (a minute;
     /// shorter only in tests).
     pub minute: std::time::Duration,
+    /// The observers of the calls this instance drives.
+    pub watchers: life::Watchers,
 }
 
 impl Service {

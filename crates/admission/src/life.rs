@@ -16,12 +16,31 @@ use crate::Service;
 pub trait CallObserver: Send + Sync + 'static {
     /// The callee answered (the call is `in_progress`).
     fn answered(&self) {}
-    /// The call ended on the far side or failed: `completed` (the callee
-    /// hung up), `busy` or `failed`.
+    /// The call ended, however: `completed` (answered), `canceled`
+    /// (hung up before the answer), `busy` or `failed`.
     fn ended(&self, _status: &str) {}
 }
 
 impl CallObserver for () {}
+
+/// The observers of the calls this instance drives, told once when their
+/// call ends, whoever ends it (the far side, the caller, an API hang-up).
+#[derive(Default)]
+pub struct Watchers(std::sync::Mutex<std::collections::HashMap<String, Arc<dyn CallObserver>>>);
+
+impl Watchers {
+    fn watch(&self, id: &str, observer: Arc<dyn CallObserver>) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.to_owned(), observer);
+    }
+
+    /// Tells the call's observer it ended (`status`), once.
+    pub(crate) fn ended(&self, id: &str, status: &str) {
+        let observer = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
+        if let Some(o) = observer {
+            o.ended(status);
+        }
+    }
+}
 
 /// What paying a live call's next minute came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,11 +132,14 @@ impl Service {
                     })
                 }
             };
+            svc.watchers.watch(&call.id, observer.clone());
             let end = |status: &'static str, code: Option<&'static str>| {
-                let (svc, scope, id, observer) = (svc.clone(), scope.clone(), call.id.clone(), observer.clone());
+                let (svc, scope, id) = (svc.clone(), scope.clone(), call.id.clone());
                 async move {
                     log_end(svc.end_call(&scope, &id, status, code, None).await);
-                    observer.ended(status);
+                    // Written: its observer was told (as the CDR says). Over
+                    // already or not written yet: told now.
+                    svc.watchers.ended(&id, status);
                 }
             };
             // A step that finds the call over (hung up) or cannot be recorded

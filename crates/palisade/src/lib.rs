@@ -94,6 +94,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         instance_id: uuid::Uuid::now_v7().to_string(),
         webhook_wake: webhook_wake.clone(),
         minute: Duration::from_secs(60),
+        watchers: Default::default(),
     });
     Ok(AppState(Arc::new(Services {
         db,

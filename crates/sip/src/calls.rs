@@ -99,9 +99,11 @@ impl CallObserver for DialogObserver {
 
     fn ended(&self, status: &str) {
         let dialog = self.dialog.clone();
+        // Not answered: the INVITE fails; answered: we hang up.
         let code = match status {
             "busy" => Some(StatusCode::BusyHere),
             "failed" => Some(StatusCode::TemporarilyUnavailable),
+            "canceled" => Some(StatusCode::RequestTerminated),
             _ => None,
         };
         tokio::spawn(async move {

@@ -67,6 +67,7 @@ pub async fn world_with(verified_numbers: bool, pricing: Pricing) -> World {
         instance_id: "i1".into(),
         webhook_wake: Arc::new(tokio::sync::Notify::new()),
         minute: std::time::Duration::from_secs(60),
+        watchers: Default::default(),
     });
     let kind = PrincipalKind::ApiKey { key_id: ApiKeyId::new(), owner_user_id: None };
     let principal = Principal::authenticated(tenant, kind, PermissionSet::all());

@@ -539,3 +539,23 @@ async fn a_reinvite_within_a_call_is_answered_at_once() {
     assert_eq!(ua.recv(Duration::from_secs(3)).await.map(|m| m.status), Some(200));
     s.stop().await;
 }
+
+/// A SIP call hung up over the API: the caller gets our BYE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_hung_up_over_the_api_ends_the_callers_dialog() {
+    let s = server_with(Backend::Sqlite, |c| c.carrier.sandbox_call_secs = 600).await;
+    let p = phone(&s, "Acme").await;
+    let credits = format!("/sysadmin/v1/tenants/{}/credits", p.tenant);
+    s.admin(reqwest::Method::POST, &credits, Some(json!({"amount": 100}))).await.expect(200);
+    let mut ua = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
+    let ok = invite(&mut ua, "+34612000222", &p.password).await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    let to_tag = ok.header("to").unwrap().split(";tag=").nth(1).unwrap().to_owned();
+    ua.send_in_dialog("ACK", "+34612000222", &to_tag, ua.cseq).await;
+    let id = calls(&s, &p.token).await[0]["id"].as_str().unwrap().to_owned();
+    let r = s.post(&format!("/v1/calls/{id}/hangup"), &p.token, json!({})).await.expect(200);
+    assert_eq!(r.body["status"], "completed");
+    let bye = ua.recv_request(Duration::from_secs(5)).await.expect("a BYE from the edge");
+    assert!(bye.starts_with("BYE "), "{bye}");
+    s.stop().await;
+}
