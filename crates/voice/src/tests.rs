@@ -12,13 +12,14 @@ const DOMAIN: &str = "sip.example.net";
 const BOUNDS: Bounds =
     Bounds { min_expires_secs: 60, max_expires_secs: 3600, default_expires_secs: 1800, max_contacts: 2 };
 
-struct World {
+/// A fresh SQLite database and a sealer (the trunk tests use it too).
+pub(crate) struct World {
     _dir: tempfile::TempDir,
-    db: Db,
-    sealer: Sealer,
+    pub(crate) db: Db,
+    pub(crate) sealer: Sealer,
 }
 
-async fn world() -> World {
+pub(crate) async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::connect(&format!("sqlite://{}/v.db", dir.path().display()), 4).await.unwrap();
     db.migrate().await.unwrap();

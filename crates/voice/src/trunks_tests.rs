@@ -2,9 +2,9 @@ use std::net::IpAddr;
 
 use palisade_core::principal::SysadminProof;
 use palisade_seal::Sealer;
-use palisade_store::Db;
 
 use super::*;
+use crate::tests::{world, World};
 
 const NOW: i64 = 1_700_000_000_000;
 
@@ -241,21 +241,8 @@ fn disabled_trunks_match_nothing() {
     assert!(table.trunk_for(ip("10.1.0.1")).is_none());
 }
 
-struct World {
-    _dir: tempfile::TempDir,
-    db: Db,
-    sealer: Sealer,
-}
-
-async fn world() -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::connect(&format!("sqlite://{}/t.db", dir.path().display()), 4).await.unwrap();
-    db.migrate().await.unwrap();
-    World { _dir: dir, db, sealer: Sealer::new(&[5; 32]) }
-}
-
 impl World {
-    async fn create(&self, t: NewTrunk) -> Result<Trunk, TrunkError> {
+    async fn create_trunk(&self, t: NewTrunk) -> Result<Trunk, TrunkError> {
         let mut tx = self.db.begin().await.unwrap();
         let r = create(&mut tx, &self.sealer, &SysadminProof::verified(), t, NOW).await;
         if r.is_ok() {
@@ -279,7 +266,7 @@ async fn the_password_is_sealed_to_its_row() {
     let w = world().await;
     let mut t = new("Carrier", &["192.0.2.0/24"]);
     t.auth = Some(creds("trunkuser", "s3cret-password"));
-    let made = w.create(t).await.unwrap();
+    let made = w.create_trunk(t).await.unwrap();
     assert!(made.has_auth());
     assert_eq!(open_password(&w.sealer, &made).unwrap().as_deref(), Some("s3cret-password"));
     assert!(!format!("{made:?}").contains("s3cret"));
@@ -291,7 +278,7 @@ async fn the_password_is_sealed_to_its_row() {
     // Read back from the store, it opens; moved to another trunk, it does not.
     let read = get(&w.db, &SysadminProof::verified(), &made.id).await.unwrap().unwrap();
     assert_eq!(open_password(&w.sealer, &read).unwrap().as_deref(), Some("s3cret-password"));
-    let mut other = w.create(new("Other", &["198.51.100.0/24"])).await.unwrap();
+    let mut other = w.create_trunk(new("Other", &["198.51.100.0/24"])).await.unwrap();
     assert_eq!(open_password(&w.sealer, &other).unwrap(), None);
     other.auth_password_sealed = Some(sealed);
     assert!(matches!(open_password(&w.sealer, &other), Err(VoiceError::Sealed(_))));
@@ -301,9 +288,9 @@ async fn the_password_is_sealed_to_its_row() {
 #[tokio::test]
 async fn names_are_unique() {
     let w = world().await;
-    w.create(new("Carrier", &["192.0.2.0/24"])).await.unwrap();
-    assert!(matches!(w.create(new("Carrier", &["198.51.100.0/24"])).await, Err(TrunkError::DuplicateName)));
-    assert!(w.create(new("Carrier 2", &["198.51.100.0/24"])).await.is_ok());
+    w.create_trunk(new("Carrier", &["192.0.2.0/24"])).await.unwrap();
+    assert!(matches!(w.create_trunk(new("Carrier", &["198.51.100.0/24"])).await, Err(TrunkError::DuplicateName)));
+    assert!(w.create_trunk(new("Carrier 2", &["198.51.100.0/24"])).await.is_ok());
 }
 
 #[tokio::test]
@@ -311,7 +298,7 @@ async fn updates_are_checked_as_a_whole() {
     let w = world().await;
     let mut t = new("Carrier", &["192.0.2.0/24"]);
     t.auth = Some(creds("trunkuser", "first-password"));
-    let made = w.create(t).await.unwrap();
+    let made = w.create_trunk(t).await.unwrap();
 
     // sips: with the stored udp transport is refused, and nothing changes.
     let e = w.update(&made.id, Changes { uri: Some("sips:carrier.example".into()), ..Default::default() }).await;
@@ -356,10 +343,10 @@ async fn the_table_reloads_enabled_trunks() {
     let w = world().await;
     let mut table = TrunkTable::load(&w.db).await.unwrap();
     assert!(table.is_empty());
-    let a = w.create(new("A", &["192.0.2.0/24"])).await.unwrap();
+    let a = w.create_trunk(new("A", &["192.0.2.0/24"])).await.unwrap();
     let mut off = new("B", &["198.51.100.0/24"]);
     off.enabled = false;
-    let b = w.create(off).await.unwrap();
+    let b = w.create_trunk(off).await.unwrap();
     // Until reloaded, the table is what it was.
     assert!(table.trunk_for(ip("192.0.2.1")).is_none());
     table.reload(&w.db).await.unwrap();
