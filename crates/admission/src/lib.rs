@@ -39,7 +39,7 @@ pub struct Service {
     pub limits: Arc<dyn AbuseState>,
     pub pricing: Pricing,
     /// Identities send and call only once their number is verified.
-    pub verified_numbers: bool,
+    pub verified_numbers: NumberRule,
     /// This running instance: it drives the calls it placed.
     pub instance_id: String,
     /// Wakes the webhook delivery worker when events were queued.
@@ -49,6 +49,20 @@ pub struct Service {
     pub minute: std::time::Duration,
     /// The observers of the calls this instance drives.
     pub watchers: life::Watchers,
+}
+
+/// When identities send and call only with a verified number: the operator
+/// says so, or the carrier reaches real phones now (a trunk added at run
+/// time makes it so), where a number shown as the caller must be theirs.
+pub struct NumberRule {
+    pub required: bool,
+    pub carrier: Option<Arc<dyn palisade_comms::Carrier>>,
+}
+
+impl NumberRule {
+    pub fn applies(&self) -> bool {
+        self.required || self.carrier.as_ref().is_some_and(|c| c.reaches_phones())
+    }
 }
 
 impl Service {

@@ -14,8 +14,9 @@ use crate::Service;
 
 /// What the transport that placed a call hears of its life.
 pub trait CallObserver: Send + Sync + 'static {
-    /// The callee answered (the call is `in_progress`).
-    fn answered(&self) {}
+    /// The callee answered (the call is `in_progress`), with its session
+    /// description if it sent one.
+    fn answered(&self, _sdp: Option<&[u8]>) {}
     /// The call ended, however: `completed` (answered), `canceled`
     /// (hung up before the answer), `busy` or `failed`.
     fn ended(&self, _status: &str) {}
@@ -152,28 +153,21 @@ impl Service {
             match carrier.place_call(&call).await {
                 Err(e) => end("failed", Some(e.code())).await,
                 Ok(CallAnswer::Busy) => end("busy", None).await,
-                Ok(CallAnswer::Answered) => {
+                Ok(CallAnswer::Answered { sdp }) => {
                     if !step("in_progress", true).await {
                         // Over already (hung up), or not recordable: make sure.
                         let _ = carrier.hang_up(&call.id).await;
                         end("failed", Some("interrupted")).await;
                         return;
                     }
-                    observer.answered();
-                    let callee = async {
-                        match carrier.callee_hangs_up_after() {
-                            Some(after) => tokio::time::sleep(after).await,
-                            None => std::future::pending().await,
-                        }
-                    };
+                    observer.answered(sdp.as_deref());
                     tokio::select! {
-                        () = callee => end("completed", None).await,
+                        () = carrier.callee_hangs_up(&call.id) => end("completed", None).await,
                         unpaid = svc.pay_as_it_goes(&scope, &call.id) => {
-                            if let Some(reason) = unpaid {
-                                // Out of credit or budget: the line comes down now.
-                                let _ = carrier.hang_up(&call.id).await;
-                                end("completed", Some(reason)).await;
-                            }
+                            // Out of credit or budget, or ended elsewhere (a
+                            // hang-up on another instance): the line comes down now.
+                            let _ = carrier.hang_up(&call.id).await;
+                            end("completed", unpaid).await;
                         }
                     }
                 }

@@ -43,7 +43,7 @@ pub(crate) async fn check<W>(
         return Err(Refusal::Frozen.into());
     }
     // A number shown as the sender must be the tenant's to show.
-    if identity.number_verified_at.is_none() && svc.verified_numbers {
+    if identity.number_verified_at.is_none() && svc.verified_numbers.applies() {
         return Err(Refusal::NumberNotVerified.into());
     }
     screen.await.map_err(Refusal::Screened)?;

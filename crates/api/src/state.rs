@@ -27,6 +27,9 @@ pub struct Services {
     /// Read slots for bodies sent before authentication.
     pub body_reads: crate::body::UnauthenticatedReads,
     pub carrier: Arc<dyn palisade_comms::Carrier>,
+    /// The same carrier's SIP side (palisade-sip's trunk carrier), handed to
+    /// the SIP edge when it starts; opaque here, HTTP has no business with it.
+    pub sip_carrier: Arc<dyn std::any::Any + Send + Sync>,
     pub reports: crate::reports::Reports,
     /// Messages being handed to the carrier: a graceful stop waits for them
     /// (and then for their reports to be written).
@@ -80,6 +83,6 @@ impl AppState {
 
     /// Whether identities send and call only with a verified number.
     pub fn requires_verified_numbers(&self) -> bool {
-        self.admission.verified_numbers
+        self.admission.verified_numbers.applies()
     }
 }

@@ -45,12 +45,18 @@ pub struct OutboundCall {
     pub id: String,
     pub from: String,
     pub to: String,
+    /// The caller's session description (SDP), passed through as it is:
+    /// none from the API.
+    pub offer: Option<Vec<u8>>,
 }
 
 /// How the callee answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallAnswer {
-    Answered,
+    /// With the callee's session description, if it sent one.
+    Answered {
+        sdp: Option<Vec<u8>>,
+    },
     Busy,
 }
 
@@ -58,9 +64,10 @@ pub trait Carrier: Send + Sync + 'static {
     /// Places the call and waits until it is answered or refused.
     fn place_call<'a>(&'a self, c: &'a OutboundCall) -> BoxFut<'a, Result<CallAnswer, CarrierError>>;
 
-    /// How long an answered call lasts before the callee hangs up, if the
-    /// carrier decides that (the sandbox does).
-    fn callee_hangs_up_after(&self) -> Option<Duration>;
+    /// Resolves when the callee of an answered call hangs up (the sandbox's
+    /// after its call length; a trunk's when its BYE comes); never when
+    /// nothing ends it from the far side.
+    fn callee_hangs_up<'a>(&'a self, call_id: &'a str) -> BoxFut<'a, ()>;
 
     /// Ends the call at the carrier (a hang-up through the API): billing
     /// stops in the database, so the line must stop too.
@@ -114,13 +121,13 @@ impl Carrier for SandboxCarrier {
                 magic::BUSY => Ok(CallAnswer::Busy),
                 magic::FAILS => Err(CarrierError::Undeliverable),
                 magic::TIMES_OUT => Err(CarrierError::Timeout),
-                _ => Ok(CallAnswer::Answered),
+                _ => Ok(CallAnswer::Answered { sdp: None }),
             }
         })
     }
 
-    fn callee_hangs_up_after(&self) -> Option<Duration> {
-        Some(self.call_length)
+    fn callee_hangs_up<'a>(&'a self, _call_id: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(tokio::time::sleep(self.call_length))
     }
 
     fn hang_up<'a>(&'a self, _call_id: &'a str) -> BoxFut<'a, Result<(), CarrierError>> {

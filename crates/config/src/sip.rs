@@ -49,6 +49,14 @@ pub struct Sip {
     pub max_transactions_per_source: usize,
     pub pike: Pike,
     pub bruteforce: BruteForce,
+    /// How often each instance rereads the trunks (a change made on one
+    /// reaches every instance within it).
+    pub trunk_reload_ms: u64,
+    /// How long a call through a trunk may ring before we give up.
+    pub trunk_ring_timeout_secs: u64,
+    /// CAs whose certificates trunks reached over TLS may present (PEM);
+    /// without it, TLS trunks cannot be called.
+    pub trunk_ca_file: Option<PathBuf>,
 }
 
 impl Default for Sip {
@@ -83,6 +91,9 @@ impl Default for Sip {
             max_transactions_per_source: 64,
             pike: Pike::default(),
             bruteforce: BruteForce::default(),
+            trunk_reload_ms: 2000,
+            trunk_ring_timeout_secs: 60,
+            trunk_ca_file: None,
         }
     }
 }
@@ -181,6 +192,11 @@ impl Sip {
         {
             return Err(ConfigError(
                 "sip: expects 1 <= min_expires_secs <= default_expires_secs <= max_expires_secs <= 86400".into(),
+            ));
+        }
+        if !(100..=60_000).contains(&self.trunk_reload_ms) || !(5..=600).contains(&self.trunk_ring_timeout_secs) {
+            return Err(ConfigError(
+                "sip: trunk_reload_ms must be 100 to 60000 and trunk_ring_timeout_secs 5 to 600".into(),
             ));
         }
         let b = &self.bruteforce;

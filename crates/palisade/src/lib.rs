@@ -56,7 +56,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         config.limits.unauthenticated_body_reads,
         config.limits.unauthenticated_body_secs,
     );
-    let carrier = Arc::new(palisade_comms::SandboxCarrier {
+    let sandbox = Arc::new(palisade_comms::SandboxCarrier {
         delay: Duration::from_millis(config.carrier.sandbox_delay_ms),
         call_length: Duration::from_secs(config.carrier.sandbox_call_secs),
         // Beside the dev outbox's mail: a sandbox number is nobody's phone.
@@ -66,6 +66,15 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let reports = palisade_api::reports::Reports::start(db.clone(), webhook_wake.clone());
     let data_key = webhook_key(&config)?;
     let sealer = Arc::new(palisade_seal::Sealer::new(&data_key));
+    // Calls go out through the operator's SIP trunk once the edge runs and
+    // one is enabled; through the sandbox until then.
+    let trunk_carrier = Arc::new(palisade_sip::trunk::TrunkCarrier::new(
+        sandbox,
+        Arc::default(),
+        sealer.clone(),
+        Duration::from_secs(config.sip.trunk_ring_timeout_secs),
+    ));
+    let carrier: Arc<dyn palisade_comms::Carrier> = trunk_carrier.clone();
     let number_codes = palisade_auth::code::CodeKey::derive(&data_key, "number verification");
     let sip_auth = Arc::new(sip_auth(&config, &db, &sealer, &data_key, abuse.state.clone())?);
     let webhook_client = Arc::new(webhook_client(&config)?);
@@ -90,7 +99,10 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         clock: clock.clone(),
         limits: abuse.state.clone(),
         pricing: config.pricing.clone(),
-        verified_numbers: config.numbers.require_verified || palisade_comms::Carrier::reaches_phones(carrier.as_ref()),
+        verified_numbers: palisade_admission::NumberRule {
+            required: config.numbers.require_verified,
+            carrier: Some(carrier.clone()),
+        },
         instance_id: uuid::Uuid::now_v7().to_string(),
         webhook_wake: webhook_wake.clone(),
         minute: Duration::from_secs(60),
@@ -110,6 +122,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         argon2,
         body_reads,
         carrier,
+        sip_carrier: trunk_carrier,
         reports,
         deliveries: tokio_util::task::TaskTracker::new(),
         webhook_client,
@@ -440,7 +453,11 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
             clock: state.clock.clone(),
             instance_id: state.admission.instance_id.clone(),
             admission: state.admission.clone(),
-            carrier: state.carrier.clone(),
+            carrier: state
+                .sip_carrier
+                .clone()
+                .downcast::<palisade_sip::trunk::TrunkCarrier>()
+                .map_err(|_| anyhow::anyhow!("the SIP carrier is not the trunk carrier"))?,
             tenant_gate: tenant_gate(&state),
         },
         tls::sip_config(&state.config.sip)?,

@@ -86,13 +86,15 @@ pub struct Placed {
 /// Drives the caller's dialog from the call's life.
 struct DialogObserver {
     dialog: InviteDialog,
+    /// Ours, when the callee sends none.
     sdp: Vec<u8>,
 }
 
 impl CallObserver for DialogObserver {
-    fn answered(&self) {
+    fn answered(&self, sdp: Option<&[u8]>) {
         let headers = vec![Header::ContentType("application/sdp".into())];
-        if let Err(e) = self.dialog.accept(Some(headers), Some(self.sdp.clone())) {
+        let sdp = sdp.map_or_else(|| self.sdp.clone(), <[u8]>::to_vec);
+        if let Err(e) = self.dialog.accept(Some(headers), Some(sdp)) {
             tracing::debug!(target: "palisade::sip", error = %e, "the caller's dialog could not be answered");
         }
     }
@@ -119,29 +121,25 @@ impl CallObserver for DialogObserver {
     }
 }
 
-/// Starts the call's life and watches its dialog: a BYE or CANCEL from the
-/// caller ends the call as a hang-up (canceled and refunded before the
-/// answer, completed and billed after it).
-pub fn run(
-    placed: Placed,
-    dialogs: Arc<DialogLayer>,
-    dialog: InviteDialog,
-    mut states: DialogStateReceiver,
-    sdp: Vec<u8>,
-) {
-    let observer = Arc::new(DialogObserver { dialog, sdp });
-    let row = &placed.call;
-    let call = OutboundCall { id: row.id.clone(), from: row.from_number.clone(), to: row.to_number.clone() };
-    placed.admission.run_call(placed.carrier.clone(), placed.scope.clone(), call, observer);
+/// Serves a dialog's states until it ends: requests within the call that
+/// we do not serve are answered at once, so none waits on us (media
+/// changes come with media); at its end the dialog leaves the layer and
+/// `ended` runs with the reason.
+pub(crate) fn serve_dialog_states<F, Fut>(dialogs: Arc<DialogLayer>, mut states: DialogStateReceiver, ended: F)
+where
+    F: FnOnce(TerminatedReason) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     tokio::spawn(async move {
         while let Some(state) = states.recv().await {
-            // Requests within the call we do not serve are answered at once,
-            // so none waits on us (media changes come with media).
-            let (id, reason) = match state {
-                DialogState::Terminated(id, reason) => (id, reason),
+            match state {
+                DialogState::Terminated(id, reason) => {
+                    dialogs.remove_dialog(&id);
+                    ended(reason).await;
+                    return;
+                }
                 DialogState::Updated(_, _, handle) => {
                     let _ = handle.reply(StatusCode::NotAcceptableHere).await;
-                    continue;
                 }
                 DialogState::Info(_, _, handle)
                 | DialogState::Options(_, _, handle)
@@ -150,30 +148,44 @@ pub fn run(
                 | DialogState::Notify(_, _, handle)
                 | DialogState::Publish(_, _, handle) => {
                     let _ = handle.reply(StatusCode::MethodNotAllowed).await;
-                    continue;
                 }
-                _ => continue,
-            };
-            let status = match reason {
-                TerminatedReason::UacBye | TerminatedReason::UacCancel => Some("hangup"),
-                TerminatedReason::Timeout => Some("failed"),
-                _ => None,
-            };
-            if let Some(status) = status {
-                let by = Some((placed.principal.actor(), &placed.audit));
-                let id = &placed.call.id;
-                match placed.admission.end_call(&placed.scope, id, status, None, by).await {
-                    Ok(Some(_)) => {
-                        if let Err(e) = placed.carrier.hang_up(id).await {
-                            tracing::warn!(target: "palisade::sip", error = %e, "the carrier did not confirm the hang-up");
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::error!(target: "palisade::sip", error = %e, "ending a SIP call failed"),
+                _ => {}
+            }
+        }
+    });
+}
+
+/// Starts the call's life and watches its dialog: a BYE or CANCEL from the
+/// caller ends the call as a hang-up (canceled and refunded before the
+/// answer, completed and billed after it).
+pub fn run(
+    placed: Placed,
+    dialogs: Arc<DialogLayer>,
+    dialog: InviteDialog,
+    states: DialogStateReceiver,
+    sdp: Vec<u8>,
+    offer: Option<Vec<u8>>,
+) {
+    let observer = Arc::new(DialogObserver { dialog, sdp });
+    let row = &placed.call;
+    let call = OutboundCall { id: row.id.clone(), from: row.from_number.clone(), to: row.to_number.clone(), offer };
+    placed.admission.run_call(placed.carrier.clone(), placed.scope.clone(), call, observer);
+    serve_dialog_states(dialogs, states, move |reason| async move {
+        let status = match reason {
+            TerminatedReason::UacBye | TerminatedReason::UacCancel => "hangup",
+            TerminatedReason::Timeout => "failed",
+            _ => return,
+        };
+        let by = Some((placed.principal.actor(), &placed.audit));
+        let id = &placed.call.id;
+        match placed.admission.end_call(&placed.scope, id, status, None, by).await {
+            Ok(Some(_)) => {
+                if let Err(e) = placed.carrier.hang_up(id).await {
+                    tracing::warn!(target: "palisade::sip", error = %e, "the carrier did not confirm the hang-up");
                 }
             }
-            dialogs.remove_dialog(&id);
-            break;
+            Ok(None) => {}
+            Err(e) => tracing::error!(target: "palisade::sip", error = %e, "ending a SIP call failed"),
         }
     });
 }

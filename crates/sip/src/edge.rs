@@ -38,7 +38,9 @@ pub struct Services {
     pub instance_id: String,
     /// Admission and the life of calls, shared with `POST /v1/calls`.
     pub admission: Arc<palisade_admission::Service>,
-    pub carrier: Arc<dyn palisade_comms::Carrier>,
+    /// Calls go out through the operator's trunk, or the configured
+    /// carrier without one.
+    pub carrier: Arc<crate::trunk::TrunkCarrier>,
     pub tenant_gate: crate::calls::TenantGate,
 }
 
@@ -82,9 +84,22 @@ pub async fn start(
         return Ok(None);
     }
     let cancel = CancellationToken::new();
-    let gate = Arc::new(Gate::new(cfg.plaintext_allowed_cidrs.clone(), cfg.pike.max_requests, cfg.pike.window_ms));
+    let trunks = services.carrier.trunks().clone();
+    trunks.reload(&services.db).await;
+    trunks.keep_fresh(services.db.clone(), Duration::from_millis(cfg.trunk_reload_ms), cancel.child_token());
+    let gate = Arc::new(Gate::new(
+        cfg.plaintext_allowed_cidrs.clone(),
+        cfg.pike.max_requests,
+        cfg.pike.window_ms,
+        trunks.clone(),
+    ));
     let layer = TransportLayer::new(cancel.child_token());
     layer.set_stream_idle_timeout(Duration::from_secs(cfg.idle_timeout_secs));
+    if let Some(file) = &cfg.trunk_ca_file {
+        // Trunks reached over TLS must present a certificate from these.
+        let ca_certs = Some(std::fs::read(file)?);
+        layer.set_tls_config(rsipstack::transport::tls::TlsConfig { ca_certs, ..Default::default() });
+    }
     let clock = services.clock.clone();
     {
         // UDP: before the datagram is even parsed.
@@ -133,9 +148,17 @@ pub async fn start(
         tokio::spawn(accepting(Some(tokio_rustls::TlsAcceptor::from(tls))).run(listener));
     }
     let mut incoming = endpoint.incoming_transactions().map_err(io)?;
+    let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+    let reach = crate::trunk::Reach {
+        udp: edge.udp_addr,
+        tcp: edge.tcp_addr,
+        tls: edge.tls_addr,
+        public_host: cfg.public_host.clone(),
+    };
+    services.carrier.attach(dialogs.clone(), reach);
     let handler = Arc::new(Handler {
         services,
-        dialogs: Arc::new(DialogLayer::new(endpoint.inner.clone())),
+        dialogs,
         bounds: Bounds {
             min_expires_secs: cfg.min_expires_secs,
             max_expires_secs: cfg.max_expires_secs,
@@ -391,7 +414,8 @@ impl Handler {
             }
         };
         let sdp = crate::calls::sdp_answer(&self.public_host);
-        crate::calls::run(placed, self.dialogs.clone(), dialog.clone(), states_rx, sdp);
+        let offer = (!tx.original.body.is_empty()).then(|| tx.original.body.clone());
+        crate::calls::run(placed, self.dialogs.clone(), dialog.clone(), states_rx, sdp, offer);
         let mut dialog = dialog;
         tokio::spawn(async move {
             if let Err(e) = dialog.handle(&mut tx).await {

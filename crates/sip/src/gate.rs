@@ -2,9 +2,12 @@
 //! plaintext only from the allowed networks, and the flood guard (like
 //! Kamailio's pike): an address sending more than its rate gets no answer
 //! at all until it slows down. Kept in this process on purpose: it runs
-//! for every datagram, before anything costs a round trip.
+//! for every datagram, before anything costs a round trip. A trunk's
+//! source addresses are the operator's carriers: served in plaintext and
+//! not held to the flood guard (a carrier's traffic is many callers').
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use palisade_guard::limits::{Key, Kind, Limit};
@@ -14,24 +17,29 @@ pub struct Gate {
     plaintext: Vec<IpNet>,
     flood: Option<Limit>,
     state: LocalState,
+    trunks: Arc<crate::trunk::Trunks>,
 }
 
 impl Gate {
     /// `max_requests` per `window_ms` from one address (an IPv6 /64).
-    pub fn new(plaintext: Vec<IpNet>, max_requests: u32, window_ms: u64) -> Gate {
+    pub fn new(plaintext: Vec<IpNet>, max_requests: u32, window_ms: u64, trunks: Arc<crate::trunk::Trunks>) -> Gate {
         let window_secs = u32::try_from(window_ms.div_ceil(1000).max(1)).unwrap_or(u32::MAX);
-        Gate { plaintext, flood: Limit::new("sip_flood", max_requests, window_secs), state: LocalState::new() }
+        let flood = Limit::new("sip_flood", max_requests, window_secs);
+        Gate { plaintext, flood, state: LocalState::new(), trunks }
     }
 
     /// Whether a plaintext (UDP/TCP) peer at `ip` may be served at all.
     pub fn plaintext_allowed(&self, ip: IpAddr) -> bool {
         let ip = palisade_guard::net::canonical(ip);
-        self.plaintext.iter().any(|n| n.contains(&ip))
+        self.plaintext.iter().any(|n| n.contains(&ip)) || self.trunks.is_trunk(ip)
     }
 
     /// Counts one request from `ip`: false when it is flooding.
     pub fn admit(&self, ip: IpAddr, now_ms: i64) -> bool {
         let Some(limit) = self.flood else { return true };
+        if self.trunks.is_trunk(ip) {
+            return true;
+        }
         let key = Key::ip(Kind::SipFlood, ip);
         let buckets = [Bucket::enforce(key, limit)];
         let v = self.state.decide_now(&Decide {
@@ -59,21 +67,27 @@ mod tests {
 
     const T0: i64 = 1_700_000_000_000;
 
+    use palisade_voice::trunks::Transport;
+
+    fn no_trunks() -> Arc<crate::trunk::Trunks> {
+        Arc::default()
+    }
+
     #[test]
     fn plaintext_only_from_the_allowed_networks() {
-        let g = Gate::new(vec!["127.0.0.1/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()], 30, 2000);
+        let g = Gate::new(vec!["127.0.0.1/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()], 30, 2000, no_trunks());
         assert!(g.plaintext_allowed("127.0.0.1".parse().unwrap()));
         assert!(g.plaintext_allowed("10.1.2.3".parse().unwrap()));
         // The IPv4-mapped form of an allowed address is that address.
         assert!(g.plaintext_allowed("::ffff:127.0.0.1".parse().unwrap()));
         assert!(!g.plaintext_allowed("127.0.0.2".parse().unwrap()));
         assert!(!g.plaintext_allowed("::1".parse().unwrap()));
-        assert!(!Gate::new(vec![], 30, 2000).plaintext_allowed("127.0.0.1".parse().unwrap()));
+        assert!(!Gate::new(vec![], 30, 2000, no_trunks()).plaintext_allowed("127.0.0.1".parse().unwrap()));
     }
 
     #[test]
     fn a_flooding_address_is_cut_off_and_others_are_not() {
-        let g = Gate::new(vec![], 30, 2000);
+        let g = Gate::new(vec![], 30, 2000, no_trunks());
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         let admitted = (0..100).filter(|_| g.admit(a, T0)).count();
         // A burst of the rate (bucket size twice the per-second rate), then nothing.
@@ -82,5 +96,19 @@ mod tests {
         // It refills at the rate: 15 per second.
         assert!(!g.admit(a, T0 + 10));
         assert!(g.admit(a, T0 + 1000));
+    }
+
+    #[test]
+    fn a_trunks_sources_are_served_in_plaintext_and_not_cut_off() {
+        let trunks = no_trunks();
+        let g = Gate::new(vec![], 30, 2000, trunks.clone());
+        let carrier: IpAddr = "203.0.113.9".parse().unwrap();
+        assert!(!g.plaintext_allowed(carrier));
+        let nets = vec!["203.0.113.0/28".parse().unwrap()];
+        let t = palisade_voice::trunks::Trunk::without_auth("carrier", "sip:203.0.113.1", Transport::Udp, nets);
+        trunks.set(palisade_voice::trunks::TrunkTable::new(vec![t]));
+        assert!(g.plaintext_allowed(carrier));
+        assert!(!g.plaintext_allowed("203.0.113.16".parse().unwrap()));
+        assert_eq!((0..100).filter(|_| g.admit(carrier, T0)).count(), 100);
     }
 }

@@ -9,5 +9,6 @@ pub mod counts;
 pub mod edge;
 pub mod gate;
 pub mod message;
+pub mod trunk;
 
 pub use edge::{start, Edge, Services};

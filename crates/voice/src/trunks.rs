@@ -70,6 +70,23 @@ pub struct Trunk {
 }
 
 impl Trunk {
+    /// A trunk without credentials, as the edge sees it (for tests and
+    /// tools; stored trunks come from [`create`]).
+    pub fn without_auth(id: &str, uri: &str, transport: Transport, source_cidrs: Vec<IpNet>) -> Trunk {
+        Trunk {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            uri: uri.to_owned(),
+            transport,
+            auth_username: None,
+            auth_password_sealed: None,
+            source_cidrs,
+            enabled: true,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
     pub fn has_auth(&self) -> bool {
         self.auth_password_sealed.is_some()
     }
@@ -541,6 +558,11 @@ impl TrunkTable {
     pub fn trunk_for(&self, ip: IpAddr) -> Option<&Trunk> {
         let ip = canonical_ip(ip);
         self.nets.iter().find(|(n, _)| n.contains(&ip)).map(|(_, i)| &self.trunks[*i])
+    }
+
+    /// The trunk calls go out through: the oldest enabled one.
+    pub fn outbound(&self) -> Option<&Trunk> {
+        self.trunks.first()
     }
 
     pub fn len(&self) -> usize {

@@ -18,8 +18,8 @@ impl Carrier for Counting {
     fn place_call<'a>(&'a self, c: &'a OutboundCall) -> BoxFut<'a, Result<CallAnswer, CarrierError>> {
         self.inner.place_call(c)
     }
-    fn callee_hangs_up_after(&self) -> Option<Duration> {
-        self.inner.callee_hangs_up_after()
+    fn callee_hangs_up<'a>(&'a self, call_id: &'a str) -> BoxFut<'a, ()> {
+        self.inner.callee_hangs_up(call_id)
     }
     fn hang_up<'a>(&'a self, call_id: &'a str) -> BoxFut<'a, Result<(), CarrierError>> {
         self.hangups.fetch_add(1, Ordering::SeqCst);
@@ -43,7 +43,7 @@ impl Carrier for Counting {
 struct Heard(Mutex<Vec<String>>);
 
 impl CallObserver for Heard {
-    fn answered(&self) {
+    fn answered(&self, _sdp: Option<&[u8]>) {
         self.0.lock().unwrap().push("answered".into());
     }
     fn ended(&self, status: &str) {
@@ -66,7 +66,7 @@ async fn live(w: &World, carrier: Arc<Counting>, to: &str) -> (String, Vec<Strin
     let id = w.identity(Id::default()).await;
     let c = admitted(w.call(&id, to, None).await);
     let heard = Arc::new(Heard::default());
-    let call = OutboundCall { id: c.id.clone(), from: c.from_number.clone(), to: c.to_number.clone() };
+    let call = OutboundCall { id: c.id.clone(), from: c.from_number.clone(), to: c.to_number.clone(), offer: None };
     w.svc.run_call(carrier, w.scope.clone(), call, heard.clone());
     for _ in 0..300 {
         if heard.0.lock().unwrap().iter().any(|h| h.starts_with("ended")) {
@@ -112,7 +112,12 @@ async fn a_call_hung_up_while_it_rings_is_not_answered_and_the_line_comes_down()
     let id = w.identity(Id::default()).await;
     let placed = admitted(w.call(&id, US, None).await);
     let heard = Arc::new(Heard::default());
-    let call = OutboundCall { id: placed.id.clone(), from: placed.from_number.clone(), to: placed.to_number.clone() };
+    let call = OutboundCall {
+        id: placed.id.clone(),
+        from: placed.from_number.clone(),
+        to: placed.to_number.clone(),
+        offer: None,
+    };
     w.svc.run_call(c.clone(), w.scope.clone(), call, heard.clone());
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(w.svc.end_call(&w.scope, &placed.id, "hangup", None, None).await.unwrap().is_some());
@@ -143,7 +148,12 @@ async fn a_call_over_before_it_rings_is_ended_as_failed() {
     let placed = admitted(w.call(&id, US, None).await);
     assert!(w.svc.end_call(&w.scope, &placed.id, "hangup", None, None).await.unwrap().is_some());
     let heard = Arc::new(Heard::default());
-    let call = OutboundCall { id: placed.id.clone(), from: placed.from_number.clone(), to: placed.to_number.clone() };
+    let call = OutboundCall {
+        id: placed.id.clone(),
+        from: placed.from_number.clone(),
+        to: placed.to_number.clone(),
+        offer: None,
+    };
     let c = carrier(1, 10);
     w.svc.run_call(c.clone(), w.scope.clone(), call, heard.clone());
     for _ in 0..100 {

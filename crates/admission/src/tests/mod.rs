@@ -19,6 +19,7 @@ use palisade_store::Db;
 
 use crate::calls::Call;
 use crate::messages::Message;
+use crate::NumberRule;
 use crate::{Answer, Caller, Outcome, Service};
 
 /// 2026-06-15: mid-month, so a test never crosses into the next.
@@ -63,7 +64,7 @@ pub async fn world_with(verified_numbers: bool, pricing: Pricing) -> World {
         clock: Arc::new(clock.clone()),
         limits: Arc::new(palisade_guard::state::LocalState::new()),
         pricing,
-        verified_numbers,
+        verified_numbers: NumberRule { required: verified_numbers, carrier: None },
         instance_id: "i1".into(),
         webhook_wake: Arc::new(tokio::sync::Notify::new()),
         minute: std::time::Duration::from_secs(60),

@@ -87,7 +87,8 @@ pub async fn create(
     let outcome =
         state.admission.place_call(&caller, c, screen, |row| admission::created(CallView::from(row.clone()))).await?;
     admission::respond(&state, &auth, outcome, |row| {
-        let call = OutboundCall { id: row.id.clone(), from: row.from_number.clone(), to: row.to_number.clone() };
+        let call =
+            OutboundCall { id: row.id.clone(), from: row.from_number.clone(), to: row.to_number.clone(), offer: None };
         state.admission.run_call(state.carrier.clone(), scope.clone(), call, std::sync::Arc::new(()));
         (StatusCode::CREATED, Json(CallView::from(row))).into_response()
     })

@@ -300,7 +300,7 @@ async fn a_flooding_address_gets_no_answer() {
 
 /// An INVITE to `to` answered with `password` (407 first), then whatever
 /// final answer follows; also the challenge.
-async fn invite(ua: &mut Ua, to: &str, password: &str) -> Msg {
+pub(crate) async fn invite(ua: &mut Ua, to: &str, password: &str) -> Msg {
     let challenge = ua.request_to("INVITE", to, &[]).await.expect("a challenge");
     assert_eq!(challenge.status, 407, "{}", challenge.raw);
     let offered = challenge.all("proxy-authenticate");
@@ -316,7 +316,7 @@ async fn invite(ua: &mut Ua, to: &str, password: &str) -> Msg {
     ua.request_to("INVITE", to, &[auth]).await.expect("an answer")
 }
 
-async fn calls(s: &TestServer, token: &str) -> Vec<serde_json::Value> {
+pub(crate) async fn calls(s: &TestServer, token: &str) -> Vec<serde_json::Value> {
     s.get("/v1/calls", token).await.expect(200).body["data"].as_array().unwrap().clone()
 }
 

@@ -53,7 +53,7 @@ enum Link {
 pub struct Ua {
     link: Link,
     server: SocketAddr,
-    local: SocketAddr,
+    pub local: SocketAddr,
     pub user: String,
     pub realm: String,
     pub call_id: String,

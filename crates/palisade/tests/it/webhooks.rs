@@ -38,21 +38,21 @@ backend_tests!(
 
 /// One request the receiver saw.
 #[derive(Clone, Debug)]
-struct Seen {
-    headers: axum::http::HeaderMap,
-    body: Vec<u8>,
+pub(crate) struct Seen {
+    pub(crate) headers: axum::http::HeaderMap,
+    pub(crate) body: Vec<u8>,
 }
 
 /// A local HTTP receiver answering the queued statuses in order (then 200).
 #[derive(Clone)]
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     answers: Arc<Mutex<Vec<u16>>>,
 }
 
 impl Receiver {
-    async fn start() -> Receiver {
+    pub(crate) async fn start() -> Receiver {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let answers: Arc<Mutex<Vec<u16>>> = Arc::default();
         let (s, a) = (seen.clone(), answers.clone());
@@ -85,7 +85,7 @@ impl Receiver {
     }
 
     /// Waits (real time) until `n` requests arrived.
-    async fn wait_for(&self, n: usize) -> Vec<Seen> {
+    pub(crate) async fn wait_for(&self, n: usize) -> Vec<Seen> {
         for _ in 0..400 {
             if self.seen.lock().unwrap().len() >= n {
                 return self.seen();

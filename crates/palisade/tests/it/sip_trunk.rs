@@ -1,0 +1,347 @@
+//! Calls out through an operator's SIP trunk: the edge as a back-to-back
+//! user agent towards a carrier played by a raw UDP socket on 127.0.0.3
+//! (outside the plaintext networks: served because it is the trunk's).
+
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::common::{Backend, TestServer};
+use crate::sip_ua::Ua;
+
+backend_tests!(an_api_call_goes_out_through_the_trunk_and_the_trunk_hangs_up);
+
+const TRUNK_SECRET: &str = "trunk-secret-5f2a";
+const TRUNK_USER: &str = "palisade-out";
+
+async fn server(b: Backend) -> TestServer {
+    TestServer::start_with(b, |c| {
+        c.sip.udp_listen = Some("127.0.0.1:0".into());
+        c.sip.trunk_reload_ms = 100;
+        c.webhooks.allowed_private_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
+        c.webhooks.poll_ms = 25;
+    })
+    .await
+}
+
+/// The carrier: a UDP socket on 127.0.0.3, configured as the only trunk
+/// (with credentials when `auth`); waits until the edge has read it.
+async fn carrier(s: &TestServer, auth: bool) -> Ua {
+    let trunk = Ua::udp_from("127.0.0.3:0", s.sip_udp(), "carrier", "carrier.test").await;
+    let mut body = json!({
+        "name": "carrier",
+        "uri": format!("sip:{}", trunk.local),
+        "transport": "udp",
+        "source_cidrs": ["127.0.0.3/32"],
+    });
+    if auth {
+        body["auth"] = json!({"username": TRUNK_USER, "password": TRUNK_SECRET});
+    }
+    s.admin(Method::POST, "/sysadmin/v1/trunks", Some(body)).await.expect(201);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    trunk
+}
+
+/// A tenant whose identity's number is verified (a trunk reaches real
+/// phones, so only a number proved theirs may call), with credit.
+async fn caller(s: &TestServer) -> crate::sip_edge::Phone {
+    let p = crate::sip_edge::phone(s, "Acme").await;
+    s.admin(Method::POST, &format!("/sysadmin/v1/identities/{}/verify", p.identity), None).await.expect(200);
+    s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", p.tenant), Some(json!({"amount": 100})))
+        .await
+        .expect(200);
+    p
+}
+
+fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
+    raw.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The next request of `method` the edge sends the carrier (others skipped).
+async fn next(trunk: &mut Ua, method: &str) -> String {
+    loop {
+        let raw = trunk.recv_request(Duration::from_secs(5)).await.unwrap_or_else(|| panic!("no {method} came"));
+        if raw.starts_with(&format!("{method} ")) {
+            return raw;
+        }
+    }
+}
+
+/// The carrier's response to `req`: its Via, From, Call-ID and CSeq, its
+/// To with our tag, then `extra` lines and `body`.
+fn response(req: &str, status: &str, extra: &[String], body: &str) -> String {
+    let mut m = format!("SIP/2.0 {status}\r\n");
+    for l in req.lines().filter(|l| l.starts_with("Via:")) {
+        m.push_str(&format!("{l}\r\n"));
+    }
+    let to = header(req, "to").unwrap();
+    let to = if to.contains(";tag=") { to.to_owned() } else { format!("{to};tag=trk1") };
+    m.push_str(&format!(
+        "From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n",
+        header(req, "from").unwrap(),
+        header(req, "call-id").unwrap(),
+        header(req, "cseq").unwrap()
+    ));
+    for l in extra {
+        m.push_str(&format!("{l}\r\n"));
+    }
+    if !body.is_empty() {
+        m.push_str("Content-Type: application/sdp\r\n");
+    }
+    m.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    m
+}
+
+const TRUNK_SDP: &str = "v=0\r\no=carrier 1 1 IN IP4 127.0.0.3\r\ns=carrier-answer\r\nc=IN IP4 127.0.0.3\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+
+/// Answers `invite` with 200 and the carrier's SDP; returns the 200.
+async fn answer(trunk: &mut Ua, invite: &str) -> String {
+    let contact = format!("Contact: <sip:carrier@{}>", trunk.local);
+    let ok = response(invite, "200 OK", &[contact], TRUNK_SDP);
+    trunk.send_raw(ok.as_bytes()).await;
+    ok
+}
+
+/// The carrier hangs up the call it answered with `ok` (to `invite`).
+async fn carrier_bye(trunk: &mut Ua, invite: &str, ok: &str) {
+    let target = header(invite, "contact").unwrap().trim_matches(|c| c == '<' || c == '>');
+    let bye = format!(
+        "BYE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK{};rport\r\nMax-Forwards: 70\r\n\
+         From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        trunk.local,
+        uuid::Uuid::new_v4().simple(),
+        header(ok, "to").unwrap(),
+        header(ok, "from").unwrap(),
+        header(ok, "call-id").unwrap(),
+    );
+    trunk.send_raw(bye.as_bytes()).await;
+}
+
+async fn status_becomes(s: &TestServer, token: &str, id: &str, want: &str) -> Value {
+    let mut call = Value::Null;
+    for _ in 0..60 {
+        call = s.get(&format!("/v1/calls/{id}"), token).await.expect(200).body;
+        if call["status"] == want {
+            return call;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("call {id} did not become {want}: {call}");
+}
+
+fn md5_hex(s: &str) -> String {
+    Md5::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn param(h: &str, name: &str) -> String {
+    crate::sip_ua::param(h, name).unwrap_or_else(|| panic!("no {name} in {h}"))
+}
+
+async fn an_api_call_goes_out_through_the_trunk_and_the_trunk_hangs_up(b: Backend) {
+    let s = server(b).await;
+    let mut trunk = carrier(&s, true).await;
+    let p = caller(&s).await;
+    let rx = crate::webhooks::Receiver::start().await;
+    s.post("/v1/webhooks", &p.token, json!({"url": rx.url, "events": ["call.ended", "cdr.written"]})).await.expect(201);
+    let number = s.get(&format!("/v1/identities/{}", p.identity), &p.token).await.expect(200).body["number"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let placed = s.post("/v1/calls", &p.token, json!({"from": number, "to": "+34612000333"})).await.expect(201);
+    let id = placed.body["id"].as_str().unwrap().to_owned();
+
+    // The carrier asks for its credentials; the edge answers them.
+    let first = next(&mut trunk, "INVITE").await;
+    assert!(first.starts_with(&format!("INVITE sip:+34612000333@{} SIP/2.0", trunk.local)), "{first}");
+    let challenge = "Proxy-Authenticate: Digest realm=\"carrier.test\", nonce=\"c4rr13r\", algorithm=MD5";
+    trunk.send_raw(response(&first, "407 Proxy Authentication Required", &[challenge.into()], "").as_bytes()).await;
+    let invite = next(&mut trunk, "INVITE").await;
+    let auth = header(&invite, "proxy-authorization").expect("the INVITE answers the challenge");
+    assert_eq!(param(auth, "username"), TRUNK_USER);
+    let ha1 = md5_hex(&format!("{TRUNK_USER}:carrier.test:{TRUNK_SECRET}"));
+    let ha2 = md5_hex(&format!("INVITE:{}", param(auth, "uri")));
+    let expected = match crate::sip_ua::param(auth, "qop") {
+        Some(qop) => md5_hex(&format!("{ha1}:c4rr13r:{}:{}:{qop}:{ha2}", param(auth, "nc"), param(auth, "cnonce"))),
+        None => md5_hex(&format!("{ha1}:c4rr13r:{ha2}")),
+    };
+    assert_eq!(param(auth, "response"), expected, "{invite}");
+
+    // Our dialog towards the carrier: the caller's number, nothing else of
+    // the tenant's (no ids, no Call-ID of ours, no SIP username, no API
+    // address), and an offer since the API brings none.
+    assert!(header(&invite, "from").unwrap().contains(&number), "{invite}");
+    assert_ne!(header(&invite, "call-id"), Some(id.as_str()));
+    for leak in
+        [id.as_str(), &p.tenant, &p.identity, &p.user, &p.realm, s.url.trim_start_matches("http://"), TRUNK_SECRET]
+    {
+        assert!(!invite.contains(leak), "{leak:?} reached the carrier:\n{invite}");
+    }
+    assert!(invite.contains("m=audio"), "{invite}");
+    trunk.send_raw(response(&invite, "180 Ringing", &[], "").as_bytes()).await;
+    status_becomes(&s, &p.token, &id, "ringing").await;
+    let ok = answer(&mut trunk, &invite).await;
+    next(&mut trunk, "ACK").await;
+    status_becomes(&s, &p.token, &id, "in_progress").await;
+
+    // The callee hangs up at the carrier: the call ends, billed, its CDR
+    // written and its webhooks sent.
+    carrier_bye(&mut trunk, &invite, &ok).await;
+    let answered = trunk.recv(Duration::from_secs(3)).await.expect("an answer to the carrier's BYE");
+    assert_eq!(answered.status, 200, "{}", answered.raw);
+    let call = status_becomes(&s, &p.token, &id, "completed").await;
+    assert_eq!(call["error_code"], Value::Null, "{call}");
+    let cdrs = s.get("/v1/cdrs", &p.token).await.expect(200).body;
+    assert_eq!(cdrs["data"].as_array().unwrap().len(), 1, "{cdrs}");
+    let seen = rx.wait_for(2).await;
+    let types: Vec<String> = seen
+        .iter()
+        .map(|w| serde_json::from_slice::<Value>(&w.body).unwrap()["type"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(types.contains(&"call.ended".to_owned()) && types.contains(&"cdr.written".to_owned()), "{types:?}");
+    let balance = s.get("/v1/balance", &p.token).await.expect(200).body;
+    assert!(balance["balance"].as_i64().unwrap() < 100, "the call was not billed: {balance}");
+    s.stop().await;
+}
+
+/// A SIP phone's call goes out through the trunk: the carrier's answer
+/// (its SDP) reaches the phone, the phone's BYE reaches the carrier; a
+/// CANCEL while ringing reaches it too, and a busy carrier makes the call
+/// busy. Nothing is charged for the calls that were not answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_calls_through_the_trunk_and_each_end_reaches_the_other() {
+    let s = server(Backend::Sqlite).await;
+    let mut trunk = carrier(&s, false).await;
+    let p = caller(&s).await;
+    let mut ua = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
+
+    // Answered: the carrier's SDP comes through; the phone hangs up.
+    let phone = tokio::spawn(async move {
+        let ok = crate::sip_edge::invite(&mut ua, "+34612000444", &p.password).await;
+        (ua, p, ok)
+    });
+    let invite = next(&mut trunk, "INVITE").await;
+    assert!(header(&invite, "proxy-authorization").is_none(), "no credentials configured, none sent");
+    answer(&mut trunk, &invite).await;
+    let (mut ua, p, ok) = phone.await.unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    assert!(ok.raw.contains("s=carrier-answer"), "the carrier's SDP did not reach the phone:\n{}", ok.raw);
+    next(&mut trunk, "ACK").await;
+    let to_tag = ok.header("to").unwrap().split(";tag=").nth(1).unwrap().to_owned();
+    ua.send_in_dialog("ACK", "+34612000444", &to_tag, ua.cseq).await;
+    let list = crate::sip_edge::calls(&s, &p.token).await;
+    let first = list[0]["id"].as_str().unwrap().to_owned();
+    status_becomes(&s, &p.token, &first, "in_progress").await;
+    ua.cseq += 1;
+    ua.send_in_dialog("BYE", "+34612000444", &to_tag, ua.cseq).await;
+    let bye = next(&mut trunk, "BYE").await;
+    assert_eq!(header(&bye, "call-id"), header(&invite, "call-id"), "{bye}");
+    trunk.send_raw(response(&bye, "200 OK", &[], "").as_bytes()).await;
+    let bye_ok = ua.recv(Duration::from_secs(3)).await.expect("an answer to the phone's BYE");
+    assert_eq!(bye_ok.status, 200, "{}", bye_ok.raw);
+    status_becomes(&s, &p.token, &first, "completed").await;
+    let after_first = s.get("/v1/balance", &p.token).await.expect(200).body["balance"].as_i64().unwrap();
+
+    // Busy at the carrier: busy for the phone, nothing charged.
+    let phone = tokio::spawn(async move {
+        let busy = crate::sip_edge::invite(&mut ua, "+34612000555", &p.password).await;
+        (ua, p, busy)
+    });
+    let invite = next(&mut trunk, "INVITE").await;
+    trunk.send_raw(response(&invite, "486 Busy Here", &[], "").as_bytes()).await;
+    let (mut ua, p, busy) = phone.await.unwrap();
+    assert_eq!(busy.status, 486, "{}", busy.raw);
+
+    // Canceled while the carrier rings: the CANCEL reaches the carrier.
+    let challenge = ua.request_to("INVITE", "+34612000666", &[]).await.unwrap();
+    let c = challenge.all("proxy-authenticate")[0].to_owned();
+    let (nonce, realm) = (param(&c, "nonce"), param(&c, "realm"));
+    let uri = format!("sip:+34612000666@{}", ua.realm);
+    let auth = crate::sip_ua::answer("SHA-256", &ua.user, &realm, &p.password, "INVITE", &uri, &nonce, 1).replacen(
+        "Authorization:",
+        "Proxy-Authorization:",
+        1,
+    );
+    let sent = ua.build_to("INVITE", &uri, None, &[auth, format!("Contact: <sip:{}@127.0.0.1:5999>", ua.user)]);
+    ua.send_raw(sent.as_bytes()).await;
+    let invite = next(&mut trunk, "INVITE").await;
+    trunk.send_raw(response(&invite, "180 Ringing", &[], "").as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancel: String = sent
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace(&format!("CSeq: {} INVITE", ua.cseq), &format!("CSeq: {} CANCEL", ua.cseq))
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("Proxy-Authorization") && !l.starts_with("Contact"))
+        .map(|l| format!("{l}\r\n"))
+        .chain(std::iter::once("\r\n".to_owned()))
+        .collect();
+    ua.send_raw(cancel.as_bytes()).await;
+    let theirs = next(&mut trunk, "CANCEL").await;
+    assert_eq!(header(&theirs, "call-id"), header(&invite, "call-id"), "{theirs}");
+    trunk.send_raw(response(&theirs, "200 OK", &[], "").as_bytes()).await;
+    trunk.send_raw(response(&invite, "487 Request Terminated", &[], "").as_bytes()).await;
+    let mut got = Vec::new();
+    while let Some(m) = ua.recv(Duration::from_secs(3)).await {
+        got.push(m.status);
+        if m.status == 487 {
+            break;
+        }
+    }
+    assert!(got.contains(&487), "the phone's INVITE was not ended: {got:?}");
+    let list = crate::sip_edge::calls(&s, &p.token).await;
+    let statuses: Vec<&str> = list.iter().map(|c| c["status"].as_str().unwrap()).collect();
+    assert!(statuses.contains(&"busy") && statuses.contains(&"canceled"), "{statuses:?}");
+    let balance = s.get("/v1/balance", &p.token).await.expect(200).body["balance"].as_i64().unwrap();
+    assert_eq!(balance, after_first, "an unanswered call was charged");
+    s.stop().await;
+}
+
+/// A call hung up over the API while it rings at the carrier is canceled
+/// there; without an enabled trunk, calls stay with the sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_hang_up_cancels_the_trunk_leg_and_a_disabled_trunk_is_not_used() {
+    let s = server(Backend::Sqlite).await;
+    let mut trunk = carrier(&s, false).await;
+    let p = caller(&s).await;
+    let number = s.get(&format!("/v1/identities/{}", p.identity), &p.token).await.expect(200).body["number"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id = s.post("/v1/calls", &p.token, json!({"from": number, "to": "+34612000777"})).await.expect(201).body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let invite = next(&mut trunk, "INVITE").await;
+    trunk.send_raw(response(&invite, "180 Ringing", &[], "").as_bytes()).await;
+    status_becomes(&s, &p.token, &id, "ringing").await;
+    s.post(&format!("/v1/calls/{id}/hangup"), &p.token, json!({})).await.expect(200);
+    let cancel = next(&mut trunk, "CANCEL").await;
+    assert_eq!(header(&cancel, "call-id"), header(&invite, "call-id"));
+    trunk.send_raw(response(&cancel, "200 OK", &[], "").as_bytes()).await;
+    trunk.send_raw(response(&invite, "487 Request Terminated", &[], "").as_bytes()).await;
+
+    // Disabled: the next call is the sandbox's; the carrier hears nothing.
+    let trunks = s.admin(Method::GET, "/sysadmin/v1/trunks", None).await.expect(200).body;
+    let trunk_id = trunks["data"][0]["id"].as_str().unwrap().to_owned();
+    s.admin(Method::PATCH, &format!("/sysadmin/v1/trunks/{trunk_id}"), Some(json!({"enabled": false})))
+        .await
+        .expect(200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let id = s.post("/v1/calls", &p.token, json!({"from": number, "to": "+34612000888"})).await.expect(201).body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    status_becomes(&s, &p.token, &id, "in_progress").await;
+    loop {
+        match trunk.recv_request(Duration::from_millis(500)).await {
+            Some(r) if r.starts_with("INVITE ") => panic!("a disabled trunk got a call:\n{r}"),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    s.stop().await;
+}
