@@ -12,6 +12,7 @@ use palisade_voice::auth::{DigestAuth, Outcome};
 use palisade_voice::registrar::{self, Bounds};
 use rsipstack::dialog::dialog::Dialog;
 use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::transport::Transport;
 use rsipstack::sip::{Header, Method, StatusCode};
 use rsipstack::transaction::endpoint::TransportEventInspector;
@@ -69,6 +70,10 @@ struct Handler {
     bounds: Bounds,
     limits: Limits,
     public_host: String,
+    /// Where devices reach us, per transport.
+    reach: crate::trunk::Reach,
+    /// How long a call may ring.
+    ring: Duration,
     /// Requests in progress per source.
     per_source: Counts,
 }
@@ -155,8 +160,10 @@ pub async fn start(
         tls: edge.tls_addr,
         public_host: cfg.public_host.clone(),
     };
-    services.carrier.attach(dialogs.clone(), reach);
+    services.carrier.attach(dialogs.clone(), reach.clone());
     let handler = Arc::new(Handler {
+        reach,
+        ring: Duration::from_secs(cfg.trunk_ring_timeout_secs),
         services,
         dialogs,
         bounds: Bounds {
@@ -301,10 +308,12 @@ impl TransportEventInspector for Inspector {
     }
 }
 
-/// What a request gets: a response now, or a call whose dialog answers.
+/// What a request gets: a response now, a call whose dialog answers, or
+/// a trunk's call relayed to a device (our INVITE to it).
 enum Answered {
     Reply(Reply),
     Call(Box<crate::calls::Placed>),
+    Inbound(Box<rsipstack::dialog::invitation::InviteOption>),
 }
 
 /// A response: status, extra headers.
@@ -369,6 +378,14 @@ impl Handler {
         match answered {
             Answered::Reply(reply) => self.send(&mut tx, reply).await,
             Answered::Call(placed) => self.start_call(tx, *placed, source),
+            Answered::Inbound(opt) => {
+                if let Some((dialog, states)) = self.server_dialog(&mut tx, source) {
+                    crate::inbound::relay(self.dialogs.clone(), dialog.clone(), states, *opt, self.ring);
+                    self.serve_invite(tx, dialog);
+                } else {
+                    self.send(&mut tx, self.warning(500, "internal")).await;
+                }
+            }
         }
     }
 
@@ -379,11 +396,15 @@ impl Handler {
         }
     }
 
-    /// An admitted call: its dialog answers the INVITE from now on.
-    fn start_call(&self, mut tx: Transaction, placed: crate::calls::Placed, source: SocketAddr) {
-        // Requests we send within the call (our BYE) go back where the
-        // INVITE came from, never to a host the caller names: its Contact
-        // is replaced by its source address and its Record-Route dropped.
+    /// The dialog that answers an INVITE from now on. Requests we send
+    /// within it (our BYE) go back where the INVITE came from, never to a
+    /// host the caller names: its Contact is replaced by its source address
+    /// and its Record-Route dropped.
+    fn server_dialog(
+        &self,
+        tx: &mut Transaction,
+        source: SocketAddr,
+    ) -> Option<(InviteDialog, rsipstack::dialog::dialog::DialogStateReceiver)> {
         let transport = match tx.connection.as_ref().map(SipConnection::transport) {
             Some(Transport::Tcp) => ";transport=tcp",
             Some(Transport::Tls) => ";transport=tls",
@@ -398,30 +419,41 @@ impl Handler {
         tx.original.headers.push(Header::Contact(pinned.into()));
         let (states_tx, states_rx) = self.dialogs.new_dialog_state_channel();
         let contact = tx.connection.as_ref().and_then(|c| format!("sip:{}", c.get_addr().addr).parse().ok());
-        let dialog = match self.dialogs.get_or_create_server_invite(&tx, states_tx, None, contact) {
-            Ok(d) => d,
+        match self.dialogs.get_or_create_server_invite(tx, states_tx, None, contact) {
+            Ok(d) => Some((d, states_rx)),
             Err(e) => {
-                tracing::error!(target: "palisade::sip", error = %e, "no dialog for an admitted call");
-                let (admission, scope, id) = (placed.admission.clone(), placed.scope.clone(), placed.call.id.clone());
-                let reply = self.warning(500, "internal");
-                let headers = reply.headers.into_iter().map(|(n, v)| Header::Other(n.to_owned(), v)).collect();
-                tokio::spawn(async move {
-                    // Ended as failed: the first minute comes back.
-                    let _ = admission.end_call(&scope, &id, "failed", Some("interrupted"), None).await;
-                    let _ = tx.reply_with(StatusCode::ServerInternalError, headers, None).await;
-                });
-                return;
+                tracing::error!(target: "palisade::sip", error = %e, "no dialog for an INVITE");
+                None
             }
-        };
-        let sdp = crate::calls::sdp_answer(&self.public_host);
-        let offer = (!tx.original.body.is_empty()).then(|| tx.original.body.clone());
-        crate::calls::run(placed, self.dialogs.clone(), dialog.clone(), states_rx, sdp, offer);
-        let mut dialog = dialog;
+        }
+    }
+
+    /// The INVITE's transaction, served by its dialog until it ends.
+    fn serve_invite(&self, mut tx: Transaction, mut dialog: InviteDialog) {
         tokio::spawn(async move {
             if let Err(e) = dialog.handle(&mut tx).await {
                 tracing::debug!(target: "palisade::sip", error = %e, "an INVITE's dialog ended with an error");
             }
         });
+    }
+
+    /// An admitted call: its dialog answers the INVITE from now on.
+    fn start_call(&self, mut tx: Transaction, placed: crate::calls::Placed, source: SocketAddr) {
+        let Some((dialog, states_rx)) = self.server_dialog(&mut tx, source) else {
+            let (admission, scope, id) = (placed.admission.clone(), placed.scope.clone(), placed.call.id.clone());
+            let reply = self.warning(500, "internal");
+            let headers = reply.headers.into_iter().map(|(n, v)| Header::Other(n.to_owned(), v)).collect();
+            tokio::spawn(async move {
+                // Ended as failed: the first minute comes back.
+                let _ = admission.end_call(&scope, &id, "failed", Some("interrupted"), None).await;
+                let _ = tx.reply_with(StatusCode::ServerInternalError, headers, None).await;
+            });
+            return;
+        };
+        let sdp = crate::calls::sdp_answer(&self.public_host);
+        let offer = (!tx.original.body.is_empty()).then(|| tx.original.body.clone());
+        crate::calls::run(placed, self.dialogs.clone(), dialog.clone(), states_rx, sdp, offer);
+        self.serve_invite(tx, dialog);
     }
 
     async fn answer(
@@ -446,6 +478,10 @@ impl Handler {
         // A re-INVITE of a dialog we do not have.
         if fields.one("to").is_some_and(|t| t.contains(";tag=")) {
             return reply(Reply::new(481));
+        }
+        // A trunk's call: the trunk is known by its address, not by digest.
+        if self.services.carrier.trunks().is_trunk(source.ip()) {
+            return self.inbound(tx, fields, source).await;
         }
         let Some((from_user, aor_host)) = fields.one("from").and_then(message::uri_of).and_then(message::user_host)
         else {
@@ -510,6 +546,49 @@ impl Handler {
                 })
             }
         }
+    }
+
+    /// A call a trunk brings in, for the identity holding the dialed
+    /// number verified: relayed to its device, or refused with the reason.
+    async fn inbound(&self, tx: &Transaction, fields: &Fields, source: SocketAddr) -> Answered {
+        use palisade_voice::inbound::Callee;
+        let uri = tx.original.uri.to_string();
+        let dialed = message::user_host(&uri).and_then(|(user, _)| crate::calls::dialed_number(user));
+        let Some(to) = dialed else { return Answered::Reply(self.warning(404, "not_a_number")) };
+        let from = fields
+            .one("from")
+            .and_then(message::uri_of)
+            .and_then(message::user_host)
+            .and_then(|(user, _)| crate::calls::dialed_number(user))
+            .unwrap_or_else(|| "anonymous".to_owned());
+        let now = self.services.clock.now_ms();
+        let (scope, identity, binding) = match palisade_voice::inbound::callee(&self.services.db, &to, now).await {
+            Ok(Callee::Device { scope, identity, binding }) => (scope, identity, binding),
+            Ok(Callee::Unknown) => return Answered::Reply(self.warning(404, "unknown_number")),
+            Ok(Callee::Frozen) => return Answered::Reply(self.warning(403, "frozen")),
+            Ok(Callee::NotRegistered) => return Answered::Reply(self.warning(480, "not_registered")),
+            Err(e) => {
+                tracing::error!(target: "palisade::sip", error = %e, "finding an inbound call's callee failed");
+                return Answered::Reply(self.warning(503, "unavailable").with("Retry-After", "5"));
+            }
+        };
+        let offer = (!tx.original.body.is_empty()).then(|| tx.original.body.clone());
+        let Some(opt) = crate::inbound::leg_to(&binding, &from, &self.reach, offer) else {
+            return Answered::Reply(self.warning(480, "not_registered"));
+        };
+        let event = palisade_audit::Event::new(
+            "sip.inbound_call",
+            Some(scope.tenant_id()),
+            palisade_core::principal::Actor::system(),
+        )
+        .resource("identity", identity)
+        .details(serde_json::json!({ "from": from, "to": to }));
+        let ctx = palisade_audit::Context { source_ip: Some(source.ip().to_string()), ..Default::default() };
+        if let Err(e) = palisade_audit::record(&self.services.db, &event, &ctx, now).await {
+            tracing::error!(error = %e, "audit append failed");
+            return Answered::Reply(self.warning(503, "unavailable").with("Retry-After", "5"));
+        }
+        Answered::Inbound(Box::new(opt))
     }
 
     /// Digest authentication as SIP: the user, or the answer to send

@@ -8,6 +8,7 @@ pub mod calls;
 pub mod counts;
 pub mod edge;
 pub mod gate;
+mod inbound;
 pub mod message;
 pub mod trunk;
 

@@ -83,7 +83,7 @@ pub struct Reach {
 
 impl Reach {
     /// Our Contact over `transport`; none without a listener for it.
-    fn contact(&self, transport: Transport) -> Option<String> {
+    pub(crate) fn contact(&self, transport: Transport) -> Option<String> {
         let (addr, param) = match transport {
             Transport::Udp => (self.udp?, ""),
             Transport::Tcp => (self.tcp?, ";transport=tcp"),

@@ -169,6 +169,33 @@ pub async fn list_registrations<'c>(
     .await?)
 }
 
+/// The holder of a verified number (one on the platform): its tenant,
+/// identity, and whether both are active (neither frozen nor gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberHolder {
+    pub tenant_id: String,
+    pub identity_id: String,
+    pub active: bool,
+}
+
+/// Who holds `number` verified, across tenants: the callee of a call a
+/// trunk brings in. An unverified number is nobody's here (several tenants
+/// may claim it).
+pub async fn verified_holder<'c>(ex: impl Executor<'c, Database = Any>, number: &str) -> Result<Option<NumberHolder>> {
+    let row: Option<(String, String, String, String)> = sqlx::query_as(
+        "SELECT i.tenant_id, i.id, i.status, t.status FROM identities i JOIN tenants t ON t.id = i.tenant_id \
+         WHERE i.number = $1 AND i.number_verified_at IS NOT NULL",
+    )
+    .bind(number)
+    .fetch_optional(ex)
+    .await?;
+    Ok(row.map(|(tenant_id, identity_id, i, t)| NumberHolder {
+        tenant_id,
+        identity_id,
+        active: i == "active" && t == "active",
+    }))
+}
+
 pub struct Binding<'a> {
     pub identity_id: IdentityId,
     pub credential_id: &'a str,

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod credentials;
+pub mod inbound;
 pub mod registrar;
 pub mod trunks;
 

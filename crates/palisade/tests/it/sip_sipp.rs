@@ -147,3 +147,84 @@ async fn sipp_from_outside_the_plaintext_networks_gets_no_answer() {
     assert!(outside.log.contains("receive timeout"), "{}", outside.log);
     s.stop().await;
 }
+
+/// A call through a trunk answered by a sipp UAS (its built-in `uas`
+/// scenario on 127.0.0.3): placed over the API, answered, hung up over the
+/// API (our BYE ends sipp's call), with its CDR and webhooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(sipp_tests), ignore = "sipp is not installed")]
+async fn sipp_answers_a_call_through_the_trunk() {
+    let s = TestServer::start_with(crate::common::Backend::Sqlite, |c| {
+        c.sip.udp_listen = Some("127.0.0.1:0".into());
+        c.sip.trunk_reload_ms = 100;
+        c.webhooks.allowed_private_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
+        c.webhooks.poll_ms = 25;
+    })
+    .await;
+    let port = std::net::UdpSocket::bind("127.0.0.3:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut uas = Command::new("sipp")
+        .args(["-sn", "uas", "-i", "127.0.0.3", "-p", &port.to_string(), "-m", "1", "-t", "u1", "-nostdin"])
+        .args(["-timeout", "30s", "-timeout_error", "-trace_err", "-error_file"])
+        .arg(dir.path().join("errors.log"))
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+        .spawn()
+        .expect("sipp runs");
+    let trunk = serde_json::json!({
+        "name": "sipp", "uri": format!("sip:127.0.0.3:{port}"), "transport": "udp", "source_cidrs": ["127.0.0.3/32"],
+    });
+    s.admin(reqwest::Method::POST, "/sysadmin/v1/trunks", Some(trunk)).await.expect(201);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let p = phone(&s, "Acme").await;
+    s.admin(reqwest::Method::POST, &format!("/sysadmin/v1/identities/{}/verify", p.identity), None).await.expect(200);
+    let credits = serde_json::json!({"amount": 100});
+    s.admin(reqwest::Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", p.tenant), Some(credits))
+        .await
+        .expect(200);
+    let rx = crate::webhooks::Receiver::start().await;
+    let hooks = serde_json::json!({"url": rx.url, "events": ["call.ended", "cdr.written"]});
+    s.post("/v1/webhooks", &p.token, hooks).await.expect(201);
+    let number = s.get(&format!("/v1/identities/{}", p.identity), &p.token).await.expect(200).body["number"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let placed = serde_json::json!({"from": number, "to": "+34612000999"});
+    let id = s.post("/v1/calls", &p.token, placed).await.expect(201).body["id"].as_str().unwrap().to_owned();
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = s.get(&format!("/v1/calls/{id}"), &p.token).await.expect(200).body["status"].as_str().unwrap().into();
+        if status == "in_progress" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    assert_eq!(status, "in_progress", "sipp did not answer:\n{}\n{}", tail(&read("stdout"), 30), read("errors.log"));
+    s.post(&format!("/v1/calls/{id}/hangup"), &p.token, serde_json::json!({})).await.expect(200);
+    let started = Instant::now();
+    let code = loop {
+        if let Some(st) = uas.try_wait().unwrap() {
+            break st.code();
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = uas.kill();
+            let _ = uas.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        code,
+        Some(0),
+        "sipp's call did not end cleanly:\n{}\n{}",
+        tail(&read("stdout"), 30),
+        read("errors.log")
+    );
+    let cdrs = s.get("/v1/cdrs", &p.token).await.expect(200).body;
+    assert_eq!(cdrs["data"].as_array().unwrap().len(), 1, "{cdrs}");
+    rx.wait_for(2).await;
+    s.stop().await;
+}

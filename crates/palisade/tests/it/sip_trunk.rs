@@ -345,3 +345,141 @@ async fn an_api_hang_up_cancels_the_trunk_leg_and_a_disabled_trunk_is_not_used()
     }
     s.stop().await;
 }
+
+/// A request from the carrier outside any dialog of ours, or within one
+/// (`to_tag`): `lines` after the usual headers, then `body`.
+fn carrier_request(trunk: &Ua, method: &str, uri: &str, call: &str, to: &str, lines: &[String], body: &str) -> String {
+    let mut m = format!(
+        "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{b};rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:+34699000111@carrier.test>;tag=c1\r\nTo: {to}\r\nCall-ID: {call}\r\n",
+        local = trunk.local,
+        b = uuid::Uuid::new_v4().simple(),
+    );
+    for l in lines {
+        m.push_str(&format!("{l}\r\n"));
+    }
+    if !body.is_empty() {
+        m.push_str("Content-Type: application/sdp\r\n");
+    }
+    m.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    m
+}
+
+/// A call the carrier brings in reaches the device the number's identity
+/// registered, at the address it registered from; each end's answer and
+/// hang-up cross over. Numbers nobody holds verified, holders with no
+/// device, and callers that are not the trunk get nothing through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunks_call_reaches_the_registered_device_and_no_one_else_calls_in() {
+    let s = server(Backend::Sqlite).await;
+    let mut trunk = carrier(&s, false).await;
+    let p = caller(&s).await;
+    let number = s.get(&format!("/v1/identities/{}", p.identity), &p.token).await.expect(200).body["number"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut device = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
+    let (ok, _) = crate::sip_edge::register(&mut device, &p.password, "SHA-256").await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+
+    let uri = format!("sip:{number}@{}", s.sip_udp());
+    let to = format!("<{uri}>");
+    let contact = format!("Contact: <sip:carrier@{}>", trunk.local);
+    let invite = carrier_request(
+        &trunk,
+        "INVITE",
+        &uri,
+        "in-1@carrier",
+        &to,
+        &["CSeq: 1 INVITE".into(), contact.clone()],
+        TRUNK_SDP,
+    );
+    trunk.send_raw(invite.as_bytes()).await;
+    let ringing = device.recv_request(Duration::from_secs(5)).await.expect("the device is called");
+    // Our dialog with the device: at the contact it registered (sent to the
+    // address it registered from), the caller's number, the carrier's offer,
+    // none of the carrier's identifiers.
+    assert!(ringing.starts_with(&format!("INVITE sip:{}@127.0.0.1:5999", p.user)), "{ringing}");
+    assert!(header(&ringing, "from").unwrap().contains("+34699000111"), "{ringing}");
+    assert!(ringing.contains("s=carrier-answer"), "{ringing}");
+    assert!(!ringing.contains("in-1@carrier") && !ringing.contains(&trunk.local.to_string()), "{ringing}");
+    let device_sdp = TRUNK_SDP.replace("carrier-answer", "device-answer");
+    let answer = response(&ringing, "200 OK", &[format!("Contact: <sip:{}@{}>", p.user, device.local)], &device_sdp);
+    device.send_raw(answer.as_bytes()).await;
+    let ok = trunk.recv(Duration::from_secs(5)).await.expect("the carrier hears the answer");
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    assert!(ok.raw.contains("s=device-answer"), "{}", ok.raw);
+    let ours = ok.header("contact").unwrap().trim_matches(|c| c == '<' || c == '>').to_owned();
+    let to_tagged = ok.header("to").unwrap().to_owned();
+    let ack = carrier_request(&trunk, "ACK", &ours, "in-1@carrier", &to_tagged, &["CSeq: 1 ACK".into()], "");
+    trunk.send_raw(ack.as_bytes()).await;
+    let acked = device.recv_request(Duration::from_secs(5)).await.expect("the device's 200 is acknowledged");
+    assert!(acked.starts_with("ACK "), "{acked}");
+
+    // The device hangs up: the carrier gets our BYE.
+    let bye_target = header(&ringing, "contact").unwrap().trim_matches(|c| c == '<' || c == '>').to_owned();
+    let bye = format!(
+        "BYE {bye_target} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK{};rport\r\nMax-Forwards: 70\r\n\
+         From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        device.local,
+        uuid::Uuid::new_v4().simple(),
+        header(&answer, "to").unwrap(),
+        header(&answer, "from").unwrap(),
+        header(&answer, "call-id").unwrap(),
+    );
+    device.send_raw(bye.as_bytes()).await;
+    let theirs = next(&mut trunk, "BYE").await;
+    assert_eq!(header(&theirs, "call-id"), Some("in-1@carrier"), "{theirs}");
+    trunk.send_raw(response(&theirs, "200 OK", &[], "").as_bytes()).await;
+    let bye_ok = device.recv(Duration::from_secs(3)).await.expect("an answer to the device's BYE");
+    assert_eq!(bye_ok.status, 200, "{}", bye_ok.raw);
+    let events = s.events(&p.token, "action=sip.inbound_call").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+
+    // Nobody holds the number verified: 404; a holder with no device: 480.
+    let other = crate::sip_edge::phone(&s, "Other").await;
+    s.admin(Method::POST, &format!("/sysadmin/v1/identities/{}/verify", other.identity), None).await.expect(200);
+    let other_number = s.get(&format!("/v1/identities/{}", other.identity), &other.token).await.expect(200).body
+        ["number"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (dialed, status, reason) in
+        [("+34699999999", 404, "unknown_number"), (other_number.as_str(), 480, "not_registered")]
+    {
+        let uri = format!("sip:{dialed}@{}", s.sip_udp());
+        let call = format!("in-{dialed}@carrier");
+        let m = carrier_request(
+            &trunk,
+            "INVITE",
+            &uri,
+            &call,
+            &format!("<{uri}>"),
+            &["CSeq: 1 INVITE".into(), contact.clone()],
+            TRUNK_SDP,
+        );
+        trunk.send_raw(m.as_bytes()).await;
+        let got = trunk.recv(Duration::from_secs(3)).await.expect("an answer");
+        assert_eq!((got.status, got.warning()), (status, Some(reason)), "{}", got.raw);
+    }
+
+    // The same INVITE from an address that is not the trunk's is a caller
+    // like any other: refused (its realm is none of ours), and the device
+    // hears nothing.
+    let mut impostor = Ua::udp(s.sip_udp(), "carrier", "carrier.test").await;
+    let uri = format!("sip:{number}@{}", s.sip_udp());
+    let m = carrier_request(
+        &impostor,
+        "INVITE",
+        &uri,
+        "in-2@carrier",
+        &format!("<{uri}>"),
+        &["CSeq: 1 INVITE".into(), contact],
+        TRUNK_SDP,
+    );
+    impostor.send_raw(m.as_bytes()).await;
+    let got = impostor.recv(Duration::from_secs(3)).await.expect("an answer");
+    assert_eq!((got.status, got.warning()), (404, Some("unknown_realm")), "{}", got.raw);
+    assert!(device.recv_request(Duration::from_millis(500)).await.is_none(), "the impostor reached the device");
+    s.stop().await;
+}

@@ -1,0 +1,168 @@
+//! Calls a trunk brings in, relayed to the callee's registered device as a
+//! back-to-back user agent: the trunk's dialog on one side, ours with the
+//! device on the other, each end's answer and hang-up carried across. The
+//! device is reached where its registration came from, never at a host
+//! its Contact names (a device cannot point us at another host).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_store::sip::RegistrationRow;
+use rsipstack::dialog::dialog::DialogStateReceiver;
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::dialog::invitation::InviteOption;
+use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::sip::{Header, StatusCode, StatusCodeKind};
+use rsipstack::transport::SipAddr;
+use tokio::sync::watch;
+
+use crate::trunk::Reach;
+use palisade_voice::trunks::Transport;
+
+/// Our INVITE to the device of `binding`, from `caller` (an E.164 number
+/// or `anonymous`), carrying the trunk's offer; none when the binding
+/// cannot be reached (no listener of its transport, an unreadable address).
+pub(crate) fn leg_to(
+    binding: &RegistrationRow,
+    caller: &str,
+    reach: &Reach,
+    offer: Option<Vec<u8>>,
+) -> Option<InviteOption> {
+    let transport = Transport::parse(&binding.transport)?;
+    let source: std::net::SocketAddr = binding.source_addr.parse().ok()?;
+    let destination = SipAddr {
+        r#type: Some(match transport {
+            Transport::Udp => rsipstack::sip::Transport::Udp,
+            Transport::Tcp => rsipstack::sip::Transport::Tcp,
+            Transport::Tls => rsipstack::sip::Transport::Tls,
+        }),
+        addr: source.into(),
+    };
+    Some(InviteOption {
+        caller: format!("sip:{caller}@{}", reach.public_host).parse().ok()?,
+        callee: binding.contact_uri.parse().ok()?,
+        destination: Some(destination),
+        contact: reach.contact(transport)?.parse().ok()?,
+        content_type: offer.as_ref().map(|_| "application/sdp".to_owned()),
+        offer,
+        ..Default::default()
+    })
+}
+
+/// The trunk's status for the device's final answer (not 2xx): busy and
+/// refusals carried across; a challenge or anything odd is "unavailable".
+fn carried(code: &StatusCode) -> StatusCode {
+    match u16::from(code.clone()) {
+        401 | 407 => StatusCode::TemporarilyUnavailable,
+        400..=699 => code.clone(),
+        _ => StatusCode::TemporarilyUnavailable,
+    }
+}
+
+/// Until the dialog behind `end` has ended.
+async fn ended(end: &mut watch::Receiver<bool>) {
+    let _ = end.wait_for(|e| *e).await;
+}
+
+/// Rings the device and carries each side's answer and hang-up to the
+/// other; the trunk's CANCEL cancels the device's INVITE.
+pub(crate) fn relay(
+    dialogs: Arc<DialogLayer>,
+    trunk: InviteDialog,
+    trunk_states: DialogStateReceiver,
+    opt: InviteOption,
+    ring: Duration,
+) {
+    let (trunk_end_tx, mut trunk_end) = watch::channel(false);
+    crate::calls::serve_dialog_states(dialogs.clone(), trunk_states, move |_| async move {
+        let _ = trunk_end_tx.send(true);
+    });
+    tokio::spawn(async move {
+        let (device_tx, device_states) = dialogs.new_dialog_state_channel();
+        let (device_end_tx, mut device_end) = watch::channel(false);
+        crate::calls::serve_dialog_states(dialogs.clone(), device_states, move |_| async move {
+            let _ = device_end_tx.send(true);
+        });
+        let outcome = tokio::select! {
+            r = dialogs.do_invite(opt, device_tx) => r,
+            // Dropping the device's INVITE cancels it.
+            () = ended(&mut trunk_end) => return,
+            () = tokio::time::sleep(ring) => {
+                let _ = trunk.reject(Some(StatusCode::RequestTimeout), None);
+                return;
+            }
+        };
+        let device = match outcome {
+            Ok((device, Some(resp))) if resp.status_code.kind() == StatusCodeKind::Successful => {
+                let headers = vec![Header::ContentType("application/sdp".into())];
+                let sdp = (!resp.body.is_empty()).then(|| resp.body.clone());
+                if let Err(e) = trunk.accept(Some(headers), sdp) {
+                    tracing::debug!(target: "palisade::sip", error = %e, "the trunk's call could not be answered");
+                    let _ = device.hangup().await;
+                    return;
+                }
+                device
+            }
+            Ok((_, Some(resp))) => {
+                let _ = trunk.reject(Some(carried(&resp.status_code)), None);
+                return;
+            }
+            Ok((_, None)) | Err(_) => {
+                let _ = trunk.reject(Some(StatusCode::TemporarilyUnavailable), None);
+                return;
+            }
+        };
+        tokio::select! {
+            () = ended(&mut trunk_end) => {
+                let _ = device.hangup().await;
+            }
+            () = ended(&mut device_end) => {
+                let _ = trunk.bye().await;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(contact: &str, transport: &str, source: &str) -> RegistrationRow {
+        RegistrationRow {
+            identity_id: "i".into(),
+            credential_id: "c".into(),
+            contact_uri: contact.into(),
+            transport: transport.into(),
+            source_addr: source.into(),
+            instance_id: "x".into(),
+            call_id: "c".into(),
+            cseq: 1,
+            user_agent: None,
+            expires_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_device_is_reached_where_it_registered_from() {
+        let reach = Reach {
+            udp: Some("127.0.0.1:5060".parse().unwrap()),
+            public_host: "sip.test".into(),
+            ..Default::default()
+        };
+        let b = binding("sip:alice@10.9.9.9:5999", "udp", "127.0.0.1:40000");
+        let opt = leg_to(&b, "+34612000111", &reach, None).unwrap();
+        assert_eq!(opt.destination.unwrap().addr.to_string(), "127.0.0.1:40000");
+        assert_eq!(opt.callee.to_string(), "sip:alice@10.9.9.9:5999");
+        assert_eq!(opt.caller.to_string(), "sip:+34612000111@sip.test");
+        // No listener of the binding's transport: unreachable.
+        assert!(leg_to(&binding("sip:a@h", "tcp", "127.0.0.1:1"), "anonymous", &reach, None).is_none());
+    }
+
+    #[test]
+    fn a_devices_refusal_is_carried_and_a_challenge_is_not() {
+        assert_eq!(carried(&StatusCode::BusyHere), StatusCode::BusyHere);
+        assert_eq!(carried(&StatusCode::Decline), StatusCode::Decline);
+        assert_eq!(carried(&StatusCode::ProxyAuthenticationRequired), StatusCode::TemporarilyUnavailable);
+    }
+}
