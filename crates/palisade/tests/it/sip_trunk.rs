@@ -55,6 +55,11 @@ async fn caller(s: &TestServer) -> crate::sip_edge::Phone {
     p
 }
 
+async fn number_of(s: &TestServer, p: &crate::sip_edge::Phone) -> String {
+    let identity = s.get(&format!("/v1/identities/{}", p.identity), &p.token).await.expect(200).body;
+    identity["number"].as_str().unwrap().to_owned()
+}
+
 fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
     raw.lines().find_map(|l| {
         let (n, v) = l.split_once(':')?;
@@ -148,10 +153,7 @@ async fn an_api_call_goes_out_through_the_trunk_and_the_trunk_hangs_up(b: Backen
     let p = caller(&s).await;
     let rx = crate::webhooks::Receiver::start().await;
     s.post("/v1/webhooks", &p.token, json!({"url": rx.url, "events": ["call.ended", "cdr.written"]})).await.expect(201);
-    let number = s.get(&format!("/v1/identities/{}", p.identity), &p.token).await.expect(200).body["number"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let number = number_of(&s, &p).await;
     let placed = s.post("/v1/calls", &p.token, json!({"from": number, "to": "+34612000333"})).await.expect(201);
     let id = placed.body["id"].as_str().unwrap().to_owned();
 
@@ -307,10 +309,7 @@ async fn an_api_hang_up_cancels_the_trunk_leg_and_a_disabled_trunk_is_not_used()
     let s = server(Backend::Sqlite).await;
     let mut trunk = carrier(&s, false).await;
     let p = caller(&s).await;
-    let number = s.get(&format!("/v1/identities/{}", p.identity), &p.token).await.expect(200).body["number"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let number = number_of(&s, &p).await;
     let id = s.post("/v1/calls", &p.token, json!({"from": number, "to": "+34612000777"})).await.expect(201).body["id"]
         .as_str()
         .unwrap()
@@ -374,10 +373,7 @@ async fn a_trunks_call_reaches_the_registered_device_and_no_one_else_calls_in() 
     let s = server(Backend::Sqlite).await;
     let mut trunk = carrier(&s, false).await;
     let p = caller(&s).await;
-    let number = s.get(&format!("/v1/identities/{}", p.identity), &p.token).await.expect(200).body["number"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let number = number_of(&s, &p).await;
     let mut device = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
     let (ok, _) = crate::sip_edge::register(&mut device, &p.password, "SHA-256").await;
     assert_eq!(ok.status, 200, "{}", ok.raw);
@@ -439,11 +435,7 @@ async fn a_trunks_call_reaches_the_registered_device_and_no_one_else_calls_in() 
     // Nobody holds the number verified: 404; a holder with no device: 480.
     let other = crate::sip_edge::phone(&s, "Other").await;
     s.admin(Method::POST, &format!("/sysadmin/v1/identities/{}/verify", other.identity), None).await.expect(200);
-    let other_number = s.get(&format!("/v1/identities/{}", other.identity), &other.token).await.expect(200).body
-        ["number"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let other_number = number_of(&s, &other).await;
     for (dialed, status, reason) in
         [("+34699999999", 404, "unknown_number"), (other_number.as_str(), 480, "not_registered")]
     {
