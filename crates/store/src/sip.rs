@@ -41,6 +41,11 @@ pub async fn insert_credential(
     c: &NewSipCredential<'_>,
     max_per_identity: i64,
 ) -> Result<bool> {
+    // Creations for one identity run one at a time (its row is locked on
+    // PostgreSQL), so racing ones cannot all see room under the cap.
+    if !lock_active_identity(tx, scope, c.identity_id).await? {
+        return Ok(false);
+    }
     let r = sqlx::query(
         "INSERT INTO sip_credentials (id, tenant_id, identity_id, username, realm, ha1_md5_sealed, \
          ha1_sha256_sealed, created_at) \

@@ -6,7 +6,11 @@ use serde_json::json;
 
 use crate::common::{Backend, TestServer};
 
-backend_tests!(sip_credentials_are_shown_once_and_revocable, sip_credentials_need_the_right_and_an_active_identity);
+backend_tests!(
+    sip_credentials_are_shown_once_and_revocable,
+    sip_credentials_need_the_right_and_an_active_identity,
+    the_credential_cap_holds_under_racing_creations
+);
 
 async fn sip_credentials_are_shown_once_and_revocable(b: Backend) {
     let s = TestServer::start(b).await;
@@ -70,5 +74,27 @@ async fn sip_credentials_need_the_right_and_an_active_identity(b: Backend) {
         s.post(&path, &t.token, json!({})).await.expect(201);
     }
     s.post(&path, &t.token, json!({})).await.expect(409);
+    s.stop().await;
+}
+
+/// Twenty creations at once for one identity: never more than its cap of
+/// ten live credentials.
+async fn the_credential_cap_holds_under_racing_creations(b: Backend) {
+    let s = TestServer::start(b).await;
+    let t = s.tenant("Acme").await;
+    let id = s.post("/v1/identities", &t.token, json!({"number": "+34612345678"})).await.expect(201).body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/identities/{id}/sip-credentials");
+    let tries = (0..20).map(|_| {
+        let rb = s.request(Method::POST, &path).bearer_auth(&t.token).json(&json!({}));
+        async move { TestServer::send(rb).await.status }
+    });
+    let statuses = futures_util::future::join_all(tries).await;
+    let made = statuses.iter().filter(|&&st| st == 201).count();
+    let live = s.get(&path, &t.token).await.expect(200).body["data"].as_array().unwrap().len();
+    assert_eq!(live, made, "{statuses:?}");
+    assert_eq!(live, 10, "the cap of ten did not hold: {statuses:?}");
     s.stop().await;
 }
