@@ -210,3 +210,43 @@ async fn paying_the_next_minute_holds_the_budget_and_the_balance() {
     assert_eq!(w.svc.extend_call(&w.scope, &c.id).await.unwrap(), crate::life::Extension::Over);
     assert_eq!(w.balance().await, 90, "the end bills one minute and refunds the other");
 }
+
+/// The sandbox, or a carrier that reaches real phones (a trunk).
+struct Reaching(bool);
+
+impl Carrier for Reaching {
+    fn place_call<'a>(&'a self, _: &'a OutboundCall) -> BoxFut<'a, Result<CallAnswer, CarrierError>> {
+        Box::pin(std::future::ready(Err(CarrierError::Unavailable)))
+    }
+    fn callee_hangs_up<'a>(&'a self, _: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
+    fn hang_up<'a>(&'a self, _: &'a str) -> BoxFut<'a, Result<(), CarrierError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn send_message<'a>(&'a self, _: &'a OutboundMessage) -> BoxFut<'a, Result<String, CarrierError>> {
+        Box::pin(std::future::ready(Err(CarrierError::Unavailable)))
+    }
+    fn delivery_report<'a>(&'a self, _: &'a OutboundMessage) -> BoxFut<'a, Result<(), CarrierError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn send_code<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFut<'a, Result<(), CarrierError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn reaches_phones(&self) -> bool {
+        self.0
+    }
+}
+
+#[test]
+fn numbers_must_be_verified_when_the_operator_says_so_or_the_carrier_reaches_phones() {
+    let rule = |required: bool, carrier: Option<bool>| crate::NumberRule {
+        required,
+        carrier: carrier.map(|r| Arc::new(Reaching(r)) as Arc<dyn Carrier>),
+    };
+    assert!(!rule(false, None).applies());
+    assert!(!rule(false, Some(false)).applies());
+    assert!(rule(false, Some(true)).applies());
+    assert!(rule(true, None).applies());
+    assert!(rule(true, Some(false)).applies());
+}
