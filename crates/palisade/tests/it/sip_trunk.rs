@@ -475,3 +475,61 @@ async fn a_trunks_call_reaches_the_registered_device_and_no_one_else_calls_in() 
     assert!(device.recv_request(Duration::from_millis(500)).await.is_none(), "the impostor reached the device");
     s.stop().await;
 }
+
+/// A trunk reached over TLS: the edge dials it, checks its certificate
+/// against `sip.trunk_ca_file`, and carries the call on that connection (here
+/// the carrier is busy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_trunk_is_dialed_with_its_certificate_checked() {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
+        c.sip.udp_listen = Some("127.0.0.1:0".into());
+        c.sip.tls_listen = Some("127.0.0.1:0".into());
+        c.sip.tls_cert_file = Some(crate::tls::fixture("server.pem"));
+        c.sip.tls_key_file = Some(crate::tls::fixture("server.key"));
+        c.sip.trunk_ca_file = Some(crate::tls::fixture("ca.pem"));
+        c.sip.trunk_reload_ms = 100;
+    })
+    .await;
+    let certs = vec![CertificateDer::from_pem_file(crate::tls::fixture("server.pem")).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(crate::tls::fixture("server.key")).unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let trunk = json!({
+        "name": "tls-carrier", "uri": format!("sips:localhost:{port}"), "transport": "tls",
+        "source_cidrs": ["127.0.0.3/32"],
+    });
+    s.admin(Method::POST, "/sysadmin/v1/trunks", Some(trunk)).await.expect(201);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let p = caller(&s).await;
+    let number = number_of(&s, &p).await;
+    let id = s.post("/v1/calls", &p.token, json!({"from": number, "to": "+34612000123"})).await.expect(201).body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (tcp, _) =
+        tokio::time::timeout(Duration::from_secs(5), listener.accept()).await.expect("the edge dials").unwrap();
+    let mut tls = acceptor.accept(tcp).await.expect("the edge trusts the carrier's certificate");
+    let mut pending = Vec::new();
+    let invite = loop {
+        let m = crate::sip_ua::read_framed(&mut tls, &mut pending).await.expect("a request over TLS");
+        if m.starts_with("INVITE ") {
+            break m;
+        }
+    };
+    assert!(invite.starts_with("INVITE sips:+34612000123@localhost:"), "{invite}");
+    use tokio::io::AsyncWriteExt;
+    tls.write_all(response(&invite, "486 Busy Here", &[], "").as_bytes()).await.unwrap();
+    status_becomes(&s, &p.token, &id, "busy").await;
+    s.stop().await;
+}

@@ -236,7 +236,7 @@ impl Ua {
 }
 
 /// One message from a stream, framed by its Content-Length.
-async fn read_framed(s: &mut (impl tokio::io::AsyncRead + Unpin), pending: &mut Vec<u8>) -> Option<String> {
+pub(crate) async fn read_framed(s: &mut (impl tokio::io::AsyncRead + Unpin), pending: &mut Vec<u8>) -> Option<String> {
     loop {
         if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
