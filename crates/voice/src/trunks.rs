@@ -25,6 +25,9 @@ pub const USERNAME_MAX: usize = 64;
 pub const PASSWORD_MIN: usize = 8;
 pub const PASSWORD_MAX: usize = 128;
 pub const MAX_CIDRS: usize = 32;
+/// The widest source network a trunk may list.
+pub const MIN_PREFIX_V4: u8 = 8;
+pub const MIN_PREFIX_V6: u8 = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -355,6 +358,12 @@ pub fn parse_cidrs(items: &[String]) -> Result<Vec<IpNet>, String> {
         let net = canonical_net(net);
         if net.prefix_len() == 0 {
             return Err(format!("`{s}` admits every address: list the carrier's own ranges"));
+        }
+        // A carrier's own ranges are never this wide; a few such CIDRs
+        // would otherwise cover the whole address space.
+        let widest = if net.addr().is_ipv4() { MIN_PREFIX_V4 } else { MIN_PREFIX_V6 };
+        if net.prefix_len() < widest {
+            return Err(format!("`{s}` is too wide: at most /{MIN_PREFIX_V4} for IPv4, /{MIN_PREFIX_V6} for IPv6"));
         }
         if !out.contains(&net) {
             out.push(net);

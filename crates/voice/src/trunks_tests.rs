@@ -154,7 +154,12 @@ fn no_cidr_admits_every_address() {
         let e = parse_cidrs(&strings(&["192.0.2.0/24", open])).unwrap_err();
         assert!(e.contains("every address"), "{open}: {e}");
     }
-    assert!(parse_cidrs(&strings(&["0.0.0.0/1"])).is_ok());
+    // Two halves would cover it all: anything wider than /8 or /32 is refused.
+    for wide in ["0.0.0.0/1", "128.0.0.0/1", "10.0.0.0/7", "2000::/31", "::ffff:10.0.0.0/103"] {
+        let e = parse_cidrs(&strings(&[wide])).unwrap_err();
+        assert!(e.contains("too wide"), "{wide}: {e}");
+    }
+    assert!(parse_cidrs(&strings(&["10.0.0.0/8", "2001:db8::/32", "::ffff:10.0.0.0/104"])).is_ok());
 }
 
 #[test]
