@@ -47,12 +47,12 @@ def fields(*pairs):
 # A SIP trunk's URI: the host's form (DNS labels of at most 63 characters,
 # IPv4 octets, an IPv6 address), a port from 1 to 65535; the schema's pattern
 # holds the characters only. And `sips:` needs `tls`, a rule across two
-# members; a CIDR must not admit every address (`0.0.0.0/0`, `::/0`). The
+# members; a CIDR must be no wider than /8 (IPv4) or /32 (IPv6). The
 # password towards the carrier is kept as given, so it is refused, not
 # cleaned, when it holds a control character (the schema cannot say "no
 # control character" in a way every generator follows).
 TRUNK = fields(("uri", "must be `sip:` or `sips:`"), ("transport", "must be `tls` for a `sips:` URI"),
-               ("source_cidrs", (CIDR, "admits every address")),
+               ("source_cidrs", (CIDR, "admits every address", "is too wide")),
                ("auth.password", "must not hold control characters"))
 
 NOT_IN_SCHEMA = {
