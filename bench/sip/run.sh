@@ -44,10 +44,10 @@ SERVERS=${SERVERS:-"kamailio palisade"}
 OUT=${OUT:-$(mktemp -d /tmp/sip-bench.XXXXXX)}
 mkdir -p "$OUT"
 
-for tool in sipp kamailio curl jq python3; do
+has() { case " $SERVERS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+for tool in sipp curl jq python3 $(has kamailio && echo kamailio); do
     command -v "$tool" >/dev/null || { echo "run.sh: $tool is not installed" >&2; exit 2; }
 done
-has() { case " $SERVERS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 ! has palisade || [ -x "$PALISADE_BIN" ] || { echo "run.sh: no $PALISADE_BIN (cargo build --release -p palisade)" >&2; exit 2; }
 
 free_port() { # $1: udp or tcp
