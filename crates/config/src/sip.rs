@@ -57,6 +57,12 @@ pub struct Sip {
     /// CAs whose certificates trunks reached over TLS may present (PEM);
     /// without it, TLS trunks cannot be called.
     pub trunk_ca_file: Option<PathBuf>,
+    /// The longest a call through the edge may last (a backstop when a BYE
+    /// is lost).
+    pub max_call_secs: u64,
+    /// Calls coming in from trunks relayed at once, in all and per identity.
+    pub max_inbound_calls: usize,
+    pub max_inbound_calls_per_identity: usize,
 }
 
 impl Default for Sip {
@@ -94,6 +100,9 @@ impl Default for Sip {
             trunk_reload_ms: 2000,
             trunk_ring_timeout_secs: 60,
             trunk_ca_file: None,
+            max_call_secs: 14_400,
+            max_inbound_calls: 1000,
+            max_inbound_calls_per_identity: 8,
         }
     }
 }
@@ -105,11 +114,13 @@ impl Default for Sip {
 pub struct Pike {
     pub window_ms: u64,
     pub max_requests: u32,
+    /// From a trunk's source address (a carrier's traffic is many callers').
+    pub trunk_max_requests: u32,
 }
 
 impl Default for Pike {
     fn default() -> Self {
-        Self { window_ms: 2000, max_requests: 30 }
+        Self { window_ms: 2000, max_requests: 30, trunk_max_requests: 3000 }
     }
 }
 
@@ -197,6 +208,17 @@ impl Sip {
         if !(100..=60_000).contains(&self.trunk_reload_ms) || !(5..=600).contains(&self.trunk_ring_timeout_secs) {
             return Err(ConfigError(
                 "sip: trunk_reload_ms must be 100 to 60000 and trunk_ring_timeout_secs 5 to 600".into(),
+            ));
+        }
+        if !(60..=86_400).contains(&self.max_call_secs)
+            || self.max_inbound_calls == 0
+            || self.max_inbound_calls_per_identity == 0
+            || self.pike.trunk_max_requests == 0
+        {
+            return Err(ConfigError(
+                "sip: max_call_secs must be 60 to 86400; max_inbound_calls, max_inbound_calls_per_identity and \
+                 pike.trunk_max_requests at least 1"
+                    .into(),
             ));
         }
         let b = &self.bruteforce;

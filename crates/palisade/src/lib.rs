@@ -72,7 +72,10 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         sandbox,
         Arc::default(),
         sealer.clone(),
-        Duration::from_secs(config.sip.trunk_ring_timeout_secs),
+        palisade_sip::trunk::Durations {
+            ring: Duration::from_secs(config.sip.trunk_ring_timeout_secs),
+            call: Duration::from_secs(config.sip.max_call_secs),
+        },
     ));
     let carrier: Arc<dyn palisade_comms::Carrier> = trunk_carrier.clone();
     let number_codes = palisade_auth::code::CodeKey::derive(&data_key, "number verification");

@@ -10,6 +10,7 @@ use palisade_config::Sip;
 use palisade_core::Clock;
 use palisade_voice::auth::{DigestAuth, Outcome};
 use palisade_voice::registrar::{self, Bounds};
+use palisade_voice::trunks::Transport as Kind;
 use rsipstack::dialog::dialog::Dialog;
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::dialog::invite_dialog::InviteDialog;
@@ -72,8 +73,8 @@ struct Handler {
     public_host: String,
     /// Where devices reach us, per transport.
     reach: crate::trunk::Reach,
-    /// How long a call may ring.
-    ring: Duration,
+    /// Calls coming in from trunks, relayed now.
+    inbound_live: Arc<crate::inbound::Live>,
     /// Requests in progress per source.
     per_source: Counts,
 }
@@ -91,13 +92,8 @@ pub async fn start(
     let cancel = CancellationToken::new();
     let trunks = services.carrier.trunks().clone();
     trunks.reload(&services.db).await;
-    trunks.keep_fresh(services.db.clone(), Duration::from_millis(cfg.trunk_reload_ms), cancel.child_token());
-    let gate = Arc::new(Gate::new(
-        cfg.plaintext_allowed_cidrs.clone(),
-        cfg.pike.max_requests,
-        cfg.pike.window_ms,
-        trunks.clone(),
-    ));
+    services.carrier.keep_fresh(services.db.clone(), Duration::from_millis(cfg.trunk_reload_ms), cancel.child_token());
+    let gate = Arc::new(Gate::new(cfg.plaintext_allowed_cidrs.clone(), cfg.pike, trunks.clone()));
     let layer = TransportLayer::new(cancel.child_token());
     layer.set_stream_idle_timeout(Duration::from_secs(cfg.idle_timeout_secs));
     if let Some(file) = &cfg.trunk_ca_file {
@@ -110,7 +106,7 @@ pub async fn start(
         // UDP: before the datagram is even parsed.
         let (gate, clock) = (gate.clone(), clock.clone());
         layer.set_whitelist(move |ip: IpAddr| {
-            let ok = gate.plaintext_allowed(ip) && gate.admit(ip, clock.now_ms());
+            let ok = gate.plaintext_allowed(ip, Kind::Udp) && gate.admit(ip, clock.now_ms());
             async move { ok }
         });
     }
@@ -131,6 +127,7 @@ pub async fn start(
             gate: gate.clone(),
             clock: clock.clone(),
             streams: streams.clone(),
+            trunks: trunks.clone(),
         }))
         .build();
     let accepting = |tls| Accept {
@@ -163,7 +160,7 @@ pub async fn start(
     services.carrier.attach(dialogs.clone(), reach.clone());
     let handler = Arc::new(Handler {
         reach,
-        ring: Duration::from_secs(cfg.trunk_ring_timeout_secs),
+        inbound_live: Arc::new(crate::inbound::Live::new(cfg.max_inbound_calls, cfg.max_inbound_calls_per_identity)),
         services,
         dialogs,
         bounds: Bounds {
@@ -239,7 +236,7 @@ impl Accept {
             // Plaintext from elsewhere gets no service: closed unread. A new
             // connection counts against the address's rate like a request,
             // so handshakes cannot be had for free.
-            let plaintext_refused = this.tls.is_none() && !this.gate.plaintext_allowed(ip);
+            let plaintext_refused = this.tls.is_none() && !this.gate.plaintext_allowed(ip, Kind::Tcp);
             if plaintext_refused || !this.gate.admit(ip, this.clock.now_ms()) || !this.streams.try_hold(ip) {
                 drop(stream);
                 continue;
@@ -279,22 +276,64 @@ impl Accept {
 }
 
 /// Sees every parsed message before the transaction layer: the flood guard
-/// for stream transports (UDP met it before parsing), and the release of a
-/// closed connection's slot.
+/// for stream transports (UDP met it before parsing), the release of a
+/// closed connection's slot, and where we answer: see [`pin_to_source`].
 struct Inspector {
     gate: Arc<Gate>,
     clock: Arc<dyn Clock>,
     streams: Arc<Counts>,
+    trunks: Arc<crate::trunk::Trunks>,
+}
+
+/// The transport of a connection, as trunks name them.
+fn kind_of(conn: &SipConnection) -> Kind {
+    match conn.transport() {
+        Transport::Tcp => Kind::Tcp,
+        Transport::Tls => Kind::Tls,
+        _ => Kind::Udp,
+    }
+}
+
+/// A device (anyone but a trunk) is answered, and sent our requests within
+/// a call, where its messages come from: its Contact (in requests and in
+/// its answers to ours) is replaced by its source address and its
+/// Record-Route dropped, so a device cannot point the edge at another host.
+/// A REGISTER keeps its Contact: that is the binding (the registrar keeps
+/// the source apart and sends there).
+fn pin_to_source(msg: &mut rsipstack::sip::SipMessage, from: SocketAddr, kind: Kind) {
+    let headers = match msg {
+        rsipstack::sip::SipMessage::Request(r) if r.method == Method::Register => return,
+        rsipstack::sip::SipMessage::Request(r) => &mut r.headers,
+        rsipstack::sip::SipMessage::Response(r) => &mut r.headers,
+    };
+    let had_contact = headers.iter().any(|h| matches!(h, Header::Contact(_)));
+    headers.retain(|h| !matches!(h, Header::Contact(_) | Header::RecordRoute(_)));
+    if had_contact {
+        let host = match from {
+            SocketAddr::V4(a) => a.to_string(),
+            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        };
+        let transport = match kind {
+            Kind::Udp => "",
+            Kind::Tcp => ";transport=tcp",
+            Kind::Tls => ";transport=tls",
+        };
+        headers.push(Header::Contact(format!("<sip:{host}{transport}>").into()));
+    }
 }
 
 #[async_trait::async_trait]
 impl TransportEventInspector for Inspector {
-    async fn handle(&self, event: TransportEvent) -> Option<TransportEvent> {
-        match &event {
-            TransportEvent::Incoming(_, conn, from) if conn.is_reliable() => {
-                let ip = from.get_socketaddr().ok()?.ip();
-                if !self.gate.admit(ip, self.clock.now_ms()) {
+    async fn handle(&self, mut event: TransportEvent) -> Option<TransportEvent> {
+        match &mut event {
+            TransportEvent::Incoming(msg, conn, from) => {
+                let from = from.get_socketaddr().ok()?;
+                if conn.is_reliable() && !self.gate.admit(from.ip(), self.clock.now_ms()) {
                     return None;
+                }
+                let kind = kind_of(conn);
+                if !self.trunks.is_trunk_on(from.ip(), kind) {
+                    pin_to_source(msg, from, kind);
                 }
             }
             TransportEvent::Closed(conn) if conn.is_reliable() => {
@@ -313,7 +352,7 @@ impl TransportEventInspector for Inspector {
 enum Answered {
     Reply(Reply),
     Call(Box<crate::calls::Placed>),
-    Inbound(Box<rsipstack::dialog::invitation::InviteOption>),
+    Inbound(Box<(rsipstack::dialog::invitation::InviteOption, crate::inbound::Hold)>),
 }
 
 /// A response: status, extra headers.
@@ -378,9 +417,10 @@ impl Handler {
         match answered {
             Answered::Reply(reply) => self.send(&mut tx, reply).await,
             Answered::Call(placed) => self.start_call(tx, *placed, source),
-            Answered::Inbound(opt) => {
+            Answered::Inbound(relayed) => {
+                let (opt, hold) = *relayed;
                 if let Some((dialog, states)) = self.server_dialog(&mut tx, source) {
-                    crate::inbound::relay(self.dialogs.clone(), dialog.clone(), states, *opt, self.ring);
+                    crate::inbound::relay(self.dialogs.clone(), dialog.clone(), states, opt, hold);
                     self.serve_invite(tx, dialog);
                 } else {
                     self.send(&mut tx, self.warning(500, "internal")).await;
@@ -418,7 +458,10 @@ impl Handler {
         tx.original.headers.retain(|h| !matches!(h, Header::Contact(_) | Header::RecordRoute(_)));
         tx.original.headers.push(Header::Contact(pinned.into()));
         let (states_tx, states_rx) = self.dialogs.new_dialog_state_channel();
-        let contact = tx.connection.as_ref().and_then(|c| format!("sip:{}", c.get_addr().addr).parse().ok());
+        // Our listener of its transport (our public name where it listens
+        // on an unspecified address).
+        let kind = tx.connection.as_ref().map_or(Kind::Udp, kind_of);
+        let contact = self.reach.contact(kind).and_then(|c| c.parse().ok());
         match self.dialogs.get_or_create_server_invite(tx, states_tx, None, contact) {
             Ok(d) => Some((d, states_rx)),
             Err(e) => {
@@ -479,9 +522,13 @@ impl Handler {
         if fields.one("to").is_some_and(|t| t.contains(";tag=")) {
             return reply(Reply::new(481));
         }
-        // A trunk's call: the trunk is known by its address, not by digest.
-        if self.services.carrier.trunks().is_trunk(source.ip()) {
-            return self.inbound(tx, fields, source).await;
+        // A trunk's call: the trunk is known by its address (over its own
+        // transport), not by digest.
+        let kind = tx.connection.as_ref().map_or(Kind::Udp, kind_of);
+        if let Some(trunk) = self.services.carrier.trunks().now().trunk_for(source.ip()).filter(|t| t.transport == kind)
+        {
+            let trunk = trunk.id.clone();
+            return self.inbound(tx, fields, source, &trunk).await;
         }
         let Some((from_user, aor_host)) = fields.one("from").and_then(message::uri_of).and_then(message::user_host)
         else {
@@ -550,11 +597,16 @@ impl Handler {
 
     /// A call a trunk brings in, for the identity holding the dialed
     /// number verified: relayed to its device, or refused with the reason.
-    async fn inbound(&self, tx: &Transaction, fields: &Fields, source: SocketAddr) -> Answered {
+    async fn inbound(&self, tx: &Transaction, fields: &Fields, source: SocketAddr, trunk: &str) -> Answered {
         use palisade_voice::inbound::Callee;
+        // The carrier hears plain codes: nothing of a tenant's state.
+        let refuse = |status: u16, why: &str| {
+            tracing::debug!(target: "palisade::sip", %source, status, why, "a trunk's call is refused");
+            Answered::Reply(Reply::new(status))
+        };
         let uri = tx.original.uri.to_string();
         let dialed = message::user_host(&uri).and_then(|(user, _)| crate::calls::dialed_number(user));
-        let Some(to) = dialed else { return Answered::Reply(self.warning(404, "not_a_number")) };
+        let Some(to) = dialed else { return refuse(404, "not_a_number") };
         let from = fields
             .one("from")
             .and_then(message::uri_of)
@@ -564,17 +616,20 @@ impl Handler {
         let now = self.services.clock.now_ms();
         let (scope, identity, binding) = match palisade_voice::inbound::callee(&self.services.db, &to, now).await {
             Ok(Callee::Device { scope, identity, binding }) => (scope, identity, binding),
-            Ok(Callee::Unknown) => return Answered::Reply(self.warning(404, "unknown_number")),
-            Ok(Callee::Frozen) => return Answered::Reply(self.warning(403, "frozen")),
-            Ok(Callee::NotRegistered) => return Answered::Reply(self.warning(480, "not_registered")),
+            Ok(Callee::Unknown) => return refuse(404, "unknown_number"),
+            Ok(Callee::Frozen) => return refuse(480, "frozen"),
+            Ok(Callee::NotRegistered) => return refuse(480, "not_registered"),
             Err(e) => {
                 tracing::error!(target: "palisade::sip", error = %e, "finding an inbound call's callee failed");
-                return Answered::Reply(self.warning(503, "unavailable").with("Retry-After", "5"));
+                return refuse(500, "unavailable");
             }
         };
         let offer = (!tx.original.body.is_empty()).then(|| tx.original.body.clone());
         let Some(opt) = crate::inbound::leg_to(&binding, &from, &self.reach, offer) else {
-            return Answered::Reply(self.warning(480, "not_registered"));
+            return refuse(480, "unreachable");
+        };
+        let Some(live) = self.inbound_live.hold(&identity.to_string()) else {
+            return refuse(486, "too_many_calls");
         };
         let event = palisade_audit::Event::new(
             "sip.inbound_call",
@@ -586,9 +641,12 @@ impl Handler {
         let ctx = palisade_audit::Context { source_ip: Some(source.ip().to_string()), ..Default::default() };
         if let Err(e) = palisade_audit::record(&self.services.db, &event, &ctx, now).await {
             tracing::error!(error = %e, "audit append failed");
-            return Answered::Reply(self.warning(503, "unavailable").with("Retry-After", "5"));
+            return refuse(500, "unavailable");
         }
-        Answered::Inbound(Box::new(opt))
+        let carrier = &self.services.carrier;
+        let hold =
+            crate::inbound::Hold { _live: live, trunk: carrier.relay_started(trunk), durations: carrier.durations() };
+        Answered::Inbound(Box::new((opt, hold)))
     }
 
     /// Digest authentication as SIP: the user, or the answer to send

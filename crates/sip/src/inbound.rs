@@ -4,7 +4,8 @@
 //! device is reached where its registration came from, never at a host
 //! its Contact names (a device cannot point us at another host).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use palisade_store::sip::RegistrationRow;
@@ -50,13 +51,70 @@ pub(crate) fn leg_to(
 }
 
 /// The trunk's status for the device's final answer (not 2xx): busy and
-/// refusals carried across; a challenge or anything odd is "unavailable".
+/// the device's refusals (4xx, 6xx) carried across; a challenge, a server
+/// error (a 503 upstream would take the whole trunk out of service, RFC
+/// 3261 §16.7) or anything odd is "unavailable".
 fn carried(code: &StatusCode) -> StatusCode {
     match u16::from(code.clone()) {
         401 | 407 => StatusCode::TemporarilyUnavailable,
-        400..=699 => code.clone(),
+        400..=499 | 600..=699 => code.clone(),
         _ => StatusCode::TemporarilyUnavailable,
     }
+}
+
+/// Calls coming in relayed at once, in all and per identity (this
+/// instance): a carrier, or whoever poses as one, cannot ring a tenant's
+/// devices without bound.
+pub(crate) struct Live {
+    max_total: usize,
+    per_identity: usize,
+    held: Mutex<(usize, HashMap<String, usize>)>,
+}
+
+impl Live {
+    pub(crate) fn new(max_total: usize, per_identity: usize) -> Live {
+        Live { max_total, per_identity, held: Mutex::default() }
+    }
+
+    /// One more call for `identity`; none over either cap.
+    pub(crate) fn hold(self: &Arc<Self>, identity: &str) -> Option<LiveGuard> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let (total, map) = &mut *held;
+        let mine = map.get(identity).copied().unwrap_or(0);
+        if *total >= self.max_total || mine >= self.per_identity {
+            return None;
+        }
+        map.insert(identity.to_owned(), mine + 1);
+        *total += 1;
+        Some(LiveGuard { live: self.clone(), identity: identity.to_owned() })
+    }
+}
+
+pub(crate) struct LiveGuard {
+    live: Arc<Live>,
+    identity: String,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        let mut held = self.live.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let (total, map) = &mut *held;
+        if let Some(n) = map.get_mut(&self.identity) {
+            *n -= 1;
+            *total -= 1;
+            if *n == 0 {
+                map.remove(&self.identity);
+            }
+        }
+    }
+}
+
+/// What keeps a relayed call counted and tells it to end.
+pub(crate) struct Hold {
+    /// Held for its drop: the call counts while it lasts.
+    pub(crate) _live: LiveGuard,
+    pub(crate) trunk: crate::trunk::RelayGuard,
+    pub(crate) durations: crate::trunk::Durations,
 }
 
 /// Until the dialog behind `end` has ended.
@@ -71,8 +129,9 @@ pub(crate) fn relay(
     trunk: InviteDialog,
     trunk_states: DialogStateReceiver,
     opt: InviteOption,
-    ring: Duration,
+    hold: Hold,
 ) {
+    let ring: Duration = hold.durations.ring;
     let (trunk_end_tx, mut trunk_end) = watch::channel(false);
     crate::calls::serve_dialog_states(dialogs.clone(), trunk_states, move |_| async move {
         let _ = trunk_end_tx.send(true);
@@ -83,10 +142,15 @@ pub(crate) fn relay(
         crate::calls::serve_dialog_states(dialogs.clone(), device_states, move |_| async move {
             let _ = device_end_tx.send(true);
         });
+        let gone = hold.trunk.end.clone();
         let outcome = tokio::select! {
             r = dialogs.do_invite(opt, device_tx) => r,
             // Dropping the device's INVITE cancels it.
             () = ended(&mut trunk_end) => return,
+            () = gone.cancelled() => {
+                let _ = trunk.reject(Some(StatusCode::TemporarilyUnavailable), None);
+                return;
+            }
             () = tokio::time::sleep(ring) => {
                 let _ = trunk.reject(Some(StatusCode::RequestTimeout), None);
                 return;
@@ -119,7 +183,18 @@ pub(crate) fn relay(
             () = ended(&mut device_end) => {
                 let _ = trunk.bye().await;
             }
+            // The trunk is gone, or the call reached the longest a call may
+            // last: both sides are hung up.
+            () = gone.cancelled() => {
+                let _ = device.hangup().await;
+                let _ = trunk.bye().await;
+            }
+            () = tokio::time::sleep(hold.durations.call) => {
+                let _ = device.hangup().await;
+                let _ = trunk.bye().await;
+            }
         }
+        drop(hold);
     });
 }
 
@@ -160,9 +235,23 @@ mod tests {
     }
 
     #[test]
-    fn a_devices_refusal_is_carried_and_a_challenge_is_not() {
+    fn a_devices_refusal_is_carried_and_a_challenge_or_server_error_is_not() {
         assert_eq!(carried(&StatusCode::BusyHere), StatusCode::BusyHere);
         assert_eq!(carried(&StatusCode::Decline), StatusCode::Decline);
         assert_eq!(carried(&StatusCode::ProxyAuthenticationRequired), StatusCode::TemporarilyUnavailable);
+        assert_eq!(carried(&StatusCode::ServiceUnavailable), StatusCode::TemporarilyUnavailable);
+        assert_eq!(carried(&StatusCode::ServerInternalError), StatusCode::TemporarilyUnavailable);
+    }
+
+    #[test]
+    fn live_calls_are_capped_in_all_and_per_identity() {
+        let live = Arc::new(Live::new(3, 2));
+        let a1 = live.hold("a").unwrap();
+        let _a2 = live.hold("a").unwrap();
+        assert!(live.hold("a").is_none(), "over the identity's cap");
+        let _b1 = live.hold("b").unwrap();
+        assert!(live.hold("c").is_none(), "over the total");
+        drop(a1);
+        assert!(live.hold("a").is_some(), "a call ended gives its place back");
     }
 }

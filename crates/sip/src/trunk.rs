@@ -44,9 +44,11 @@ impl Trunks {
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
     }
 
-    /// Whether `ip` is one of an enabled trunk's source addresses.
-    pub fn is_trunk(&self, ip: IpAddr) -> bool {
-        self.now().trunk_for(ip).is_some()
+    /// Whether `ip` is one of an enabled trunk's source addresses, over
+    /// the trunk's own transport: a trunk set up over TLS is not believed
+    /// over plaintext UDP (where a source address is easy to forge).
+    pub fn is_trunk_on(&self, ip: IpAddr, transport: Transport) -> bool {
+        self.now().trunk_for(ip).is_some_and(|t| t.transport == transport)
     }
 
     /// Reads the trunks as stored now; on an error the table stays.
@@ -55,19 +57,6 @@ impl Trunks {
             Ok(table) => self.set(table),
             Err(e) => tracing::error!(target: "palisade::sip", error = %e, "reading the SIP trunks failed"),
         }
-    }
-
-    /// Reloads every `every` until `cancel`.
-    pub fn keep_fresh(self: &Arc<Self>, db: palisade_store::Db, every: Duration, cancel: CancellationToken) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(every) => this.reload(&db).await,
-                    () = cancel.cancelled() => return,
-                }
-            }
-        });
     }
 }
 
@@ -111,28 +100,135 @@ enum Leg {
     /// Placed with the fallback carrier.
     Fallback,
     Trunk {
+        /// The trunk it went through.
+        trunk: String,
         /// Hung up while ringing: the INVITE is canceled.
         cancel: CancellationToken,
         /// Our dialog with the trunk, once answered.
         dialog: Arc<Mutex<Option<InviteDialog>>>,
-        /// True once the dialog ended, however.
+        /// True once the dialog ended, however (or we hung it up).
         ended: watch::Receiver<bool>,
+        end: Arc<watch::Sender<bool>>,
     },
 }
+
+/// How long a call may last, ringing and talking.
+#[derive(Debug, Clone, Copy)]
+pub struct Durations {
+    pub ring: Duration,
+    pub call: Duration,
+}
+
+/// Calls hung up lately that no leg held yet (the hang-up came before the
+/// INVITE left): the INVITE must not leave. Bounded; old ones drop out.
+const TOMBSTONES: usize = 4096;
 
 pub struct TrunkCarrier {
     fallback: Arc<dyn Carrier>,
     trunks: Arc<Trunks>,
     sealer: Arc<Sealer>,
-    /// How long a trunk call may ring before we give up.
-    ring_timeout: Duration,
+    durations: Durations,
     edge: OnceLock<Edge>,
     legs: Mutex<HashMap<String, Leg>>,
+    hung_up: Mutex<std::collections::VecDeque<String>>,
+    /// Calls coming in from trunks, by trunk: ended when their trunk goes.
+    relays: Mutex<HashMap<u64, (String, CancellationToken)>>,
+    next_relay: std::sync::atomic::AtomicU64,
 }
 
 impl TrunkCarrier {
-    pub fn new(fallback: Arc<dyn Carrier>, trunks: Arc<Trunks>, sealer: Arc<Sealer>, ring_timeout: Duration) -> Self {
-        TrunkCarrier { fallback, trunks, sealer, ring_timeout, edge: OnceLock::new(), legs: Mutex::default() }
+    pub fn new(fallback: Arc<dyn Carrier>, trunks: Arc<Trunks>, sealer: Arc<Sealer>, durations: Durations) -> Self {
+        TrunkCarrier {
+            fallback,
+            trunks,
+            sealer,
+            durations,
+            edge: OnceLock::new(),
+            legs: Mutex::default(),
+            hung_up: Mutex::default(),
+            relays: Mutex::default(),
+            next_relay: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn durations(&self) -> Durations {
+        self.durations
+    }
+
+    /// Rereads the trunks every `every` until `cancel`; calls through a
+    /// trunk that is gone or disabled end then (its requests are no longer
+    /// served, so its BYE could not reach us).
+    pub fn keep_fresh(self: &Arc<Self>, db: palisade_store::Db, every: Duration, cancel: CancellationToken) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {
+                        this.trunks.reload(&db).await;
+                        this.end_orphans().await;
+                    }
+                    () = cancel.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    /// Ends the calls of trunks no longer enabled.
+    async fn end_orphans(self: &Arc<Self>) {
+        let table = self.trunks.now();
+        let live = |id: &str| table.has(id);
+        let orphans: Vec<String> = self
+            .legs()
+            .iter()
+            .filter_map(|(call, leg)| match leg {
+                Leg::Trunk { trunk, .. } if !live(trunk) => Some(call.clone()),
+                _ => None,
+            })
+            .collect();
+        for call in orphans {
+            tracing::info!(target: "palisade::sip", call, "ending a call: its trunk is gone");
+            // Not waited for: a carrier that no longer answers us holds its
+            // BYE's transaction until it times out.
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _ = this.hang_up(&call).await;
+            });
+        }
+        let relays = self.relays.lock().unwrap_or_else(PoisonError::into_inner);
+        for (trunk, end) in relays.values() {
+            if !live(trunk) {
+                end.cancel();
+            }
+        }
+    }
+
+    /// Registers a call coming in from `trunk`: cancelled when the trunk
+    /// goes; the guard forgets it.
+    pub(crate) fn relay_started(self: &Arc<Self>, trunk: &str) -> RelayGuard {
+        let id = self.next_relay.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let end = CancellationToken::new();
+        self.relays.lock().unwrap_or_else(PoisonError::into_inner).insert(id, (trunk.to_owned(), end.clone()));
+        RelayGuard { carrier: self.clone(), id, end }
+    }
+
+    /// Whether the call was hung up before its INVITE left (and forget it).
+    fn was_hung_up(&self, call_id: &str) -> bool {
+        let mut dead = self.hung_up.lock().unwrap_or_else(PoisonError::into_inner);
+        match dead.iter().position(|c| c == call_id) {
+            Some(i) => {
+                dead.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remember_hung_up(&self, call_id: &str) {
+        let mut dead = self.hung_up.lock().unwrap_or_else(PoisonError::into_inner);
+        if dead.len() >= TOMBSTONES {
+            dead.pop_front();
+        }
+        dead.push_back(call_id.to_owned());
     }
 
     pub fn trunks(&self) -> &Arc<Trunks> {
@@ -159,10 +255,16 @@ impl TrunkCarrier {
         let opt = self.invite_option(edge, trunk, c)?;
         let (states_tx, states) = edge.dialogs.new_dialog_state_channel();
         let (ended_tx, ended) = watch::channel(false);
+        let ended_tx = Arc::new(ended_tx);
         let cancel = CancellationToken::new();
         let slot = Arc::new(Mutex::new(None));
-        let leg = Leg::Trunk { cancel: cancel.clone(), dialog: slot.clone(), ended };
+        let end = ended_tx.clone();
+        let leg = Leg::Trunk { trunk: trunk.id.clone(), cancel: cancel.clone(), dialog: slot.clone(), ended, end };
         self.legs().insert(c.id.clone(), leg);
+        if self.was_hung_up(&c.id) {
+            self.legs().remove(&c.id);
+            return Err(CarrierError::Unavailable);
+        }
         crate::calls::serve_dialog_states(edge.dialogs.clone(), states, move |_| async move {
             let _ = ended_tx.send(true);
         });
@@ -170,7 +272,7 @@ impl TrunkCarrier {
             r = edge.dialogs.do_invite(opt, states_tx) => r,
             // Dropping the INVITE's future cancels it (CANCEL once it rings).
             () = cancel.cancelled() => return Err(CarrierError::Unavailable),
-            () = tokio::time::sleep(self.ring_timeout) => {
+            () = tokio::time::sleep(self.durations.ring) => {
                 self.legs().remove(&c.id);
                 return Err(CarrierError::Timeout);
             }
@@ -239,6 +341,8 @@ impl TrunkCarrier {
             offer: Some(offer),
             contact: parse(contact)?,
             credential,
+            // Ours, naming no host and no library.
+            call_id: Some(uuid::Uuid::new_v4().simple().to_string()),
             ..Default::default()
         })
     }
@@ -276,8 +380,17 @@ impl Carrier for TrunkCarrier {
             let leg = self.legs().get(call_id).cloned();
             match leg {
                 Some(Leg::Fallback) => self.fallback.callee_hangs_up(call_id).await,
-                Some(Leg::Trunk { mut ended, .. }) => {
-                    let _ = ended.wait_for(|e| *e).await;
+                Some(Leg::Trunk { mut ended, dialog, .. }) => {
+                    let over = tokio::time::timeout(self.durations.call, async {
+                        let _ = ended.wait_for(|e| *e).await;
+                    });
+                    if over.await.is_err() {
+                        // At the longest a call may last: we hang up.
+                        let answered = dialog.lock().unwrap_or_else(PoisonError::into_inner).take();
+                        if let Some(d) = answered {
+                            let _ = d.hangup().await;
+                        }
+                    }
                 }
                 // Not ours (over already): nothing to wait for.
                 None => return,
@@ -290,8 +403,10 @@ impl Carrier for TrunkCarrier {
         Box::pin(async move {
             let leg = self.legs().remove(call_id);
             match leg {
-                Some(Leg::Trunk { cancel, dialog, .. }) => {
+                Some(Leg::Trunk { cancel, dialog, end, .. }) => {
                     cancel.cancel();
+                    // Over for us now, whenever the carrier confirms.
+                    let _ = end.send(true);
                     let answered = dialog.lock().unwrap_or_else(PoisonError::into_inner).take();
                     match answered {
                         Some(d) => d.hangup().await.map_err(|e| {
@@ -301,7 +416,12 @@ impl Carrier for TrunkCarrier {
                         None => Ok(()),
                     }
                 }
-                _ => self.fallback.hang_up(call_id).await,
+                Some(Leg::Fallback) => self.fallback.hang_up(call_id).await,
+                None => {
+                    // Perhaps not placed yet: its INVITE must not leave.
+                    self.remember_hung_up(call_id);
+                    self.fallback.hang_up(call_id).await
+                }
             }
         })
     }
@@ -321,6 +441,20 @@ impl Carrier for TrunkCarrier {
     /// Through a trunk, calls reach real phones.
     fn reaches_phones(&self) -> bool {
         self.fallback.reaches_phones() || self.route().is_some()
+    }
+}
+
+/// A call coming in from a trunk, known to the carrier while it lasts.
+pub(crate) struct RelayGuard {
+    carrier: Arc<TrunkCarrier>,
+    id: u64,
+    /// Cancelled when the trunk goes.
+    pub(crate) end: CancellationToken,
+}
+
+impl Drop for RelayGuard {
+    fn drop(&mut self) {
+        self.carrier.relays.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
     }
 }
 

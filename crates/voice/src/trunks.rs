@@ -569,6 +569,11 @@ impl TrunkTable {
         self.nets.iter().find(|(n, _)| n.contains(&ip)).map(|(_, i)| &self.trunks[*i])
     }
 
+    /// Whether the trunk `id` is enabled.
+    pub fn has(&self, id: &str) -> bool {
+        self.trunks.iter().any(|t| t.id == id)
+    }
+
     /// The trunk calls go out through: the oldest enabled one.
     pub fn outbound(&self) -> Option<&Trunk> {
         self.trunks.first()
