@@ -55,6 +55,17 @@ async fn caller(s: &TestServer) -> crate::sip_edge::Phone {
     p
 }
 
+/// `POST /v1/calls` from `number` to `to`: the call's id.
+async fn place(s: &TestServer, p: &crate::sip_edge::Phone, number: &str, to: &str) -> String {
+    let r = s.post("/v1/calls", &p.token, json!({"from": number, "to": to})).await.expect(201);
+    r.body["id"].as_str().unwrap().to_owned()
+}
+
+/// Disables the server's one trunk.
+async fn disable_the_trunk(s: &TestServer) {
+    disable_the_trunk(&s).await;
+}
+
 async fn number_of(s: &TestServer, p: &crate::sip_edge::Phone) -> String {
     let identity = s.get(&format!("/v1/identities/{}", p.identity), &p.token).await.expect(200).body;
     identity["number"].as_str().unwrap().to_owned()
@@ -310,10 +321,7 @@ async fn an_api_hang_up_cancels_the_trunk_leg_and_a_disabled_trunk_is_not_used()
     let mut trunk = carrier(&s, false).await;
     let p = caller(&s).await;
     let number = number_of(&s, &p).await;
-    let id = s.post("/v1/calls", &p.token, json!({"from": number, "to": "+34612000777"})).await.expect(201).body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = place(&s, &p, &number, "+34612000777").await;
     let invite = next(&mut trunk, "INVITE").await;
     trunk.send_raw(response(&invite, "180 Ringing", &[], "").as_bytes()).await;
     status_becomes(&s, &p.token, &id, "ringing").await;
@@ -324,16 +332,9 @@ async fn an_api_hang_up_cancels_the_trunk_leg_and_a_disabled_trunk_is_not_used()
     trunk.send_raw(response(&invite, "487 Request Terminated", &[], "").as_bytes()).await;
 
     // Disabled: the next call is the sandbox's; the carrier hears nothing.
-    let trunks = s.admin(Method::GET, "/sysadmin/v1/trunks", None).await.expect(200).body;
-    let trunk_id = trunks["data"][0]["id"].as_str().unwrap().to_owned();
-    s.admin(Method::PATCH, &format!("/sysadmin/v1/trunks/{trunk_id}"), Some(json!({"enabled": false})))
-        .await
-        .expect(200);
+    disable_the_trunk(&s).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let id = s.post("/v1/calls", &p.token, json!({"from": number, "to": "+34612000888"})).await.expect(201).body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = place(&s, &p, &number, "+34612000888").await;
     status_becomes(&s, &p.token, &id, "in_progress").await;
     loop {
         match trunk.recv_request(Duration::from_millis(500)).await {
@@ -512,10 +513,7 @@ async fn a_tls_trunk_is_dialed_with_its_certificate_checked() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let p = caller(&s).await;
     let number = number_of(&s, &p).await;
-    let id = s.post("/v1/calls", &p.token, json!({"from": number, "to": "+34612000123"})).await.expect(201).body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = place(&s, &p, &number, "+34612000123").await;
     let (tcp, _) =
         tokio::time::timeout(Duration::from_secs(5), listener.accept()).await.expect("the edge dials").unwrap();
     let mut tls = acceptor.accept(tcp).await.expect("the edge trusts the carrier's certificate");
@@ -611,19 +609,12 @@ async fn a_call_ends_when_its_trunk_is_disabled() {
     let mut trunk = carrier(&s, false).await;
     let p = caller(&s).await;
     let number = number_of(&s, &p).await;
-    let id = s.post("/v1/calls", &p.token, json!({"from": number, "to": "+34612000321"})).await.expect(201).body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = place(&s, &p, &number, "+34612000321").await;
     let invite = next(&mut trunk, "INVITE").await;
     answer(&mut trunk, &invite).await;
     next(&mut trunk, "ACK").await;
     status_becomes(&s, &p.token, &id, "in_progress").await;
-    let trunks = s.admin(Method::GET, "/sysadmin/v1/trunks", None).await.expect(200).body;
-    let trunk_id = trunks["data"][0]["id"].as_str().unwrap().to_owned();
-    s.admin(Method::PATCH, &format!("/sysadmin/v1/trunks/{trunk_id}"), Some(json!({"enabled": false})))
-        .await
-        .expect(200);
+    disable_the_trunk(&s).await;
     let bye = next(&mut trunk, "BYE").await;
     assert_eq!(header(&bye, "call-id"), header(&invite, "call-id"));
     status_becomes(&s, &p.token, &id, "completed").await;
