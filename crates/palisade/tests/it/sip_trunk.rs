@@ -63,7 +63,11 @@ async fn place(s: &TestServer, p: &crate::sip_edge::Phone, number: &str, to: &st
 
 /// Disables the server's one trunk.
 async fn disable_the_trunk(s: &TestServer) {
-    disable_the_trunk(&s).await;
+    let trunks = s.admin(Method::GET, "/sysadmin/v1/trunks", None).await.expect(200).body;
+    let trunk_id = trunks["data"][0]["id"].as_str().unwrap().to_owned();
+    s.admin(Method::PATCH, &format!("/sysadmin/v1/trunks/{trunk_id}"), Some(json!({"enabled": false})))
+        .await
+        .expect(200);
 }
 
 async fn number_of(s: &TestServer, p: &crate::sip_edge::Phone) -> String {
