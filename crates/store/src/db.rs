@@ -349,7 +349,10 @@ impl Db {
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(10);
 
 fn sqlite_pool(max: u32) -> AnyPoolOptions {
-    AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30)).after_connect(|conn, _| {
+    // A local file does not go away under an open connection: no ping
+    // before each use (a hop to the connection's thread and back per query).
+    let opts = AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30));
+    opts.test_before_acquire(false).after_connect(|conn, _| {
         Box::pin(async move {
             conn.execute("PRAGMA journal_mode = WAL").await?;
             conn.execute("PRAGMA synchronous = NORMAL").await?;

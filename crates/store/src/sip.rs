@@ -5,7 +5,8 @@
 use palisade_core::{IdentityId, TenantScope};
 use sqlx::{Any, Executor};
 
-use crate::Result;
+use crate::{Result, StoreError};
+use rusqlite::OptionalExtension as _;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SipCredentialRow {
@@ -304,4 +305,136 @@ pub async fn lock_active_identity(tx: &mut crate::Tx, scope: &TenantScope, ident
         .fetch_optional(&mut **tx)
         .await?;
     Ok(row.is_some())
+}
+
+/// One contact of a REGISTER, owned (for the SQLite writer thread).
+#[derive(Debug, Clone)]
+pub enum BindingChange {
+    /// Add or refresh, until `expires_at`.
+    Bind { contact_uri: String, expires_at: i64 },
+    /// `Expires: 0`: remove it (`None`: all of the identity's, `Contact: *`).
+    Remove { contact_uri: Option<String> },
+}
+
+/// A whole REGISTER's changes to an identity's bindings.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub identity_id: IdentityId,
+    pub credential_id: String,
+    pub transport: String,
+    pub source_addr: String,
+    pub instance_id: String,
+    pub call_id: String,
+    pub cseq: i64,
+    pub user_agent: Option<String>,
+    pub changes: Vec<BindingChange>,
+    pub max_contacts: i64,
+}
+
+/// Why a REGISTER changed nothing (the writes were undone).
+pub const FROZEN: &str = "frozen";
+pub const OUT_OF_ORDER: &str = "out_of_order";
+pub const TOO_MANY_CONTACTS: &str = "too_many_contacts";
+
+/// SQLite: the whole REGISTER in one hop to the group-commit writer, all of
+/// it or nothing (its savepoint): the bindings in force after it, or
+/// [`StoreError::Refused`] with [`FROZEN`], [`OUT_OF_ORDER`] or
+/// [`TOO_MANY_CONTACTS`]. `None` on PostgreSQL (use a transaction there).
+/// The same rules as the transaction path: identity and tenant active, the
+/// upsert's order rule, the cap counted after the changes.
+pub async fn register_sqlite(
+    db: &crate::Db,
+    scope: &TenantScope,
+    r: Registration,
+    now: i64,
+) -> Option<Result<Vec<RegistrationRow>>> {
+    let tenant = scope.tenant_id().to_string();
+    db.write_sqlite(move |c| {
+        let identity = r.identity_id.to_string();
+        let active: Option<i64> = c
+            .query_row(
+                "SELECT 1 FROM identities i JOIN tenants t ON t.id = i.tenant_id \
+                 WHERE i.tenant_id = ?1 AND i.id = ?2 AND i.status = 'active' AND t.status = 'active'",
+                rusqlite::params![tenant, identity],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if active.is_none() {
+            return Err(StoreError::Refused(FROZEN));
+        }
+        for change in &r.changes {
+            match change {
+                BindingChange::Remove { contact_uri: Some(uri) } => {
+                    c.execute(
+                        "DELETE FROM sip_registrations WHERE tenant_id = ?1 AND identity_id = ?2 AND contact_uri = ?3",
+                        rusqlite::params![tenant, identity, uri],
+                    )?;
+                }
+                BindingChange::Remove { contact_uri: None } => {
+                    c.execute(
+                        "DELETE FROM sip_registrations WHERE tenant_id = ?1 AND identity_id = ?2",
+                        rusqlite::params![tenant, identity],
+                    )?;
+                }
+                BindingChange::Bind { contact_uri, expires_at } => {
+                    let n = c.execute(
+                        "INSERT INTO sip_registrations (tenant_id, identity_id, credential_id, contact_uri, \
+                         transport, source_addr, instance_id, call_id, cseq, user_agent, expires_at, updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                         ON CONFLICT (identity_id, contact_uri) DO UPDATE SET credential_id = excluded.credential_id, \
+                         transport = excluded.transport, source_addr = excluded.source_addr, \
+                         instance_id = excluded.instance_id, call_id = excluded.call_id, cseq = excluded.cseq, \
+                         user_agent = excluded.user_agent, expires_at = excluded.expires_at, \
+                         updated_at = excluded.updated_at \
+                         WHERE sip_registrations.tenant_id = excluded.tenant_id \
+                         AND (sip_registrations.call_id <> excluded.call_id \
+                         OR sip_registrations.cseq < excluded.cseq OR sip_registrations.expires_at <= ?12)",
+                        rusqlite::params![
+                            tenant,
+                            identity,
+                            r.credential_id,
+                            contact_uri,
+                            r.transport,
+                            r.source_addr,
+                            r.instance_id,
+                            r.call_id,
+                            r.cseq,
+                            r.user_agent,
+                            expires_at,
+                            now
+                        ],
+                    )?;
+                    if n != 1 {
+                        return Err(StoreError::Refused(OUT_OF_ORDER));
+                    }
+                }
+            }
+        }
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT {REG_COLS} FROM sip_registrations WHERE tenant_id = ?1 AND identity_id = ?2 \
+             AND expires_at > ?3 ORDER BY contact_uri"
+        ))?;
+        let rows = stmt
+            .query_map(rusqlite::params![tenant, identity, now], |row| {
+                Ok(RegistrationRow {
+                    identity_id: row.get(0)?,
+                    credential_id: row.get(1)?,
+                    contact_uri: row.get(2)?,
+                    transport: row.get(3)?,
+                    source_addr: row.get(4)?,
+                    instance_id: row.get(5)?,
+                    call_id: row.get(6)?,
+                    cseq: row.get(7)?,
+                    user_agent: row.get(8)?,
+                    expires_at: row.get(9)?,
+                    updated_at: row.get(10)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        if i64::try_from(rows.len()).unwrap_or(i64::MAX) > r.max_contacts {
+            return Err(StoreError::Refused(TOO_MANY_CONTACTS));
+        }
+        Ok(rows)
+    })
+    .await
 }

@@ -3,7 +3,8 @@
 //! contacts; the rules are here: expiry bounds, the contact cap, `*`,
 //! and that a frozen identity or tenant registers nothing.
 
-use palisade_store::sip::{Binding, RegistrationRow};
+use palisade_store::sip::{Binding, BindingChange, Registration, RegistrationRow};
+use palisade_store::StoreError;
 
 use crate::credentials::DigestUser;
 use crate::Result;
@@ -92,6 +93,39 @@ pub async fn register(db: &palisade_store::Db, b: &Bounds, req: &Request<'_>, no
     };
     let scope = req.user.scope();
     let identity = req.user.identity;
+    // SQLite: the whole REGISTER in one hop to its writer.
+    let changes = asked
+        .iter()
+        .map(|(uri, secs)| match secs {
+            0 => BindingChange::Remove { contact_uri: uri.map(str::to_owned) },
+            secs => BindingChange::Bind {
+                contact_uri: uri.unwrap_or_default().to_owned(),
+                expires_at: now_ms.saturating_add(i64::from(*secs) * 1000),
+            },
+        })
+        .collect();
+    let registration = Registration {
+        identity_id: identity,
+        credential_id: req.user.credential_id.clone(),
+        transport: req.transport.to_owned(),
+        source_addr: req.source.to_owned(),
+        instance_id: req.instance.to_owned(),
+        call_id: req.call_id.to_owned(),
+        cseq: req.cseq,
+        user_agent: req.user_agent.map(str::to_owned),
+        changes,
+        max_contacts: i64::from(b.max_contacts),
+    };
+    if let Some(done) = palisade_store::sip::register_sqlite(db, &scope, registration, now_ms).await {
+        return match done {
+            Ok(bound) => Ok(Outcome::Bound(bound)),
+            Err(StoreError::Refused(palisade_store::sip::FROZEN)) => Ok(Outcome::Frozen),
+            Err(StoreError::Refused(palisade_store::sip::OUT_OF_ORDER)) => Ok(Outcome::OutOfOrder),
+            Err(StoreError::Refused(palisade_store::sip::TOO_MANY_CONTACTS)) => Ok(Outcome::TooManyContacts),
+            Err(e) => Err(e.into()),
+        };
+    }
+    // PostgreSQL: a transaction, the identity's row locked.
     let mut tx = db.begin().await?;
     if !palisade_store::sip::lock_active_identity(&mut tx, &scope, identity).await? {
         return Ok(Outcome::Frozen);
