@@ -227,7 +227,15 @@ impl DigestAuth {
         if req.method != "REGISTER" && creds.uri != req.uri {
             return self.failed(req, Some(&creds), count, realm, now_ms).await;
         }
-        let user = match crate::credentials::for_digest(&self.db, &self.sealer, &creds.username).await {
+        // A credential that answered rightly a moment ago is not read again.
+        let ticket = crate::credentials::ticket();
+        let recent = crate::credentials::recent(&creds.username, now_ms);
+        let fresh = recent.is_none();
+        let found = match recent {
+            Some(u) => Ok(Some(u)),
+            None => crate::credentials::for_digest(&self.db, &self.sealer, &creds.username).await,
+        };
+        let user = match found {
             Ok(u) => u.filter(|u| u.realm == realm),
             Err(e) => {
                 // Our fault, not the caller's: no strike, no answer yet.
@@ -265,7 +273,12 @@ impl DigestAuth {
                     let _ = self.state.mark(part, renewed, now_ms, now_ms.saturating_add(DAY_MS)).await;
                 }
                 match user {
-                    Some(u) => Ok(Outcome::Authenticated(Box::new(u))),
+                    Some(u) => {
+                        if fresh {
+                            crate::credentials::remember(ticket, &u, now_ms);
+                        }
+                        Ok(Outcome::Authenticated(Box::new(u)))
+                    }
                     None => Ok(Outcome::Unavailable),
                 }
             }

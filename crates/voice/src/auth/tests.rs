@@ -500,3 +500,50 @@ async fn a_trusted_address_is_still_blocked_after_five_failures_in_a_row() {
     let Outcome::Blocked { until_ms, started: Some(Started { nth: 2, .. }) } = started[0] else { panic!() };
     assert_eq!(*until_ms, later + 1_800_000);
 }
+
+/// Revokes the live credential of `username` in `realm`.
+async fn revoke(db: &Db, realm: &str, username: &str) {
+    let row = palisade_store::sip::credential_by_username(db.reader(), username).await.unwrap().unwrap();
+    let scope = TenantScope::for_system(realm.split('.').next().unwrap().parse().unwrap());
+    let identity: IdentityId = row.identity_id.parse().unwrap();
+    let mut tx = db.begin().await.unwrap();
+    palisade_store::sip::revoke_credential(&mut tx, &scope, identity, username, NOW).await.unwrap().unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_revoked_credential_fails_at_once_here_and_within_a_moment_elsewhere() {
+    let w = world().await;
+    // Revoked through this instance: the next answer fails.
+    let nonce = w.nonce(Algorithm::Sha256, NOW).await;
+    let right = |n: u32| w.answer(Algorithm::Sha256, &nonce, n, &w.password);
+    assert!(authenticated(&w.ask(Some(&right(1)), ip(1), NOW).await));
+    assert!(authenticated(&w.ask(Some(&right(2)), ip(1), NOW + 1).await));
+    revoke(&w.auth.db, &w.realm, &w.username).await;
+    crate::credentials::forget(&w.username);
+    assert!(failed(&w.ask(Some(&right(3)), ip(1), NOW + 2).await));
+    // Revoked through another instance (nothing forgotten here): the
+    // credential opened a moment ago still answers, for a moment only.
+    let (realm, username, password) = w.other_tenant().await;
+    let nonce = NonceKey::new([3; 32]).mint(&realm, Algorithm::Sha256, NOW as u64);
+    let uri = format!("sip:{realm}");
+    let ask = |n: u32, now: i64| {
+        let answer = answer_as(&realm, &username, Algorithm::Sha256, &nonce, n, &password, "REGISTER", &uri);
+        let (w, realm, uri) = (&w, realm.clone(), uri.clone());
+        async move {
+            let req = Request {
+                method: "REGISTER",
+                uri: &uri,
+                aor_host: &realm,
+                authorization: Some(&answer),
+                source: ip(2),
+            };
+            w.auth.authenticate(&req, now).await
+        }
+    };
+    assert!(authenticated(&ask(1, NOW).await));
+    revoke(&w.auth.db, &realm, &username).await;
+    let ttl = crate::credentials::RECENT_TTL_MS;
+    assert!(authenticated(&ask(2, NOW + ttl - 1).await));
+    assert!(failed(&ask(3, NOW + ttl).await));
+}
