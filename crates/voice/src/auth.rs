@@ -4,6 +4,13 @@
 //! day), and a username under attack from many addresses open only to the
 //! addresses it last authenticated from.
 //!
+//! An address's attempts are counted before their outcome is known, so
+//! guesses sent in parallel cannot get past the threshold, unless the
+//! address is trusted in the realm (it authenticated there, any username,
+//! within 30 days): then only its failures count, once known, and a
+//! success resets the count. A PBX registering many phones at once from
+//! one address is not blocked by its own requests in flight.
+//!
 //! The SIP edge turns a [`Outcome`] into 401/407, 403 or 503; the rules
 //! are all here.
 
@@ -20,7 +27,8 @@ use palisade_store::Db;
 use crate::credentials::DigestUser;
 
 /// How long an address a device authenticated from stays trusted for its
-/// username (exempt from the username's block, not from its own).
+/// username (exempt from the username's block, not from its own), and an
+/// address stays trusted in a realm (its failures counted once known).
 const TRUST_MS: i64 = 30 * 24 * 3600 * 1000;
 /// Blocks of one address counted for escalation within this window, and
 /// failures in a row counted within it (a success resets them).
@@ -108,6 +116,17 @@ impl DigestAuth {
         (id, Key::new(Kind::SipAuth, id))
     }
 
+    /// The address's trust in `realm`, and a mark that it was set (again)
+    /// within the day: trust is renewed by a success once a day, so an
+    /// address in steady use never falls back to counting up front.
+    /// Both in the address's partition.
+    fn address_trust(realm: &str, ip: IpAddr) -> (Key, Key) {
+        let id = ip_id(ip);
+        let trust = Key::text(Kind::LoginTrust, &format!("sip-address\n{realm}\n{id:032x}"));
+        let renewed = Key::text(Kind::LoginTrust, &format!("sip-address-renewed\n{realm}\n{id:032x}"));
+        (trust, renewed)
+    }
+
     fn user_keys(username: &str, ip: IpAddr) -> (u128, Key, Key) {
         let user = Key::text(Kind::SipAuthUser, username);
         let trust = Key::text(Kind::LoginTrust, &format!("sip\n{username}\n{:032x}", ip_id(ip)));
@@ -155,20 +174,41 @@ impl DigestAuth {
             }
             return Ok(Outcome::Challenge { challenges: self.challenges(realm, false, now_ms), failed: false });
         };
-        // Counted before the outcome is known: guesses sent in parallel
-        // cannot get past the threshold.
-        let rule = StrikeRule { threshold: self.rules.threshold, window_ms: DAY_MS, block_ms: self.rules.block_ms };
-        let started_block = match self.state.attempt(part, addr, rule, now_ms).await.map_err(|_| Unreachable)? {
-            Attempt::Locked { until } => return Ok(Outcome::Blocked { until_ms: until, started: None }),
-            Attempt::Counted(o) => o.blocked_until,
+        // Is the address blocked, and is it trusted in this realm?
+        let (trust, renewed) = Self::address_trust(realm, req.source);
+        let checks = [
+            BlockCheck { key: addr, refuses: true },
+            BlockCheck { key: trust, refuses: false },
+            BlockCheck { key: renewed, refuses: false },
+        ];
+        let v = self
+            .state
+            .decide(Decide { partition: part, now_ms, blocks: &checks, buckets: &[], notice_ms: 0 })
+            .await
+            .map_err(|_| Unreachable)?;
+        if let Some((_, until_ms)) = v.blocked {
+            return Ok(Outcome::Blocked { until_ms, started: None });
+        }
+        let renew_trust = !v.block_active(2);
+        let count = if v.block_active(1) {
+            // Trusted: its failures count once known (a PBX's phones
+            // registering in parallel are not guesses).
+            Count::After
+        } else {
+            // Counted before the outcome is known: guesses sent in
+            // parallel cannot get past the threshold.
+            match self.state.attempt(part, addr, self.address_rule(), now_ms).await.map_err(|_| Unreachable)? {
+                Attempt::Locked { until } => return Ok(Outcome::Blocked { until_ms: until, started: None }),
+                Attempt::Counted(o) => Count::Before { started_block: o.blocked_until },
+            }
         };
         let creds = match palisade_digest::parse(header) {
             Ok(c) => c,
-            Err(_) => return self.failed(req, None, started_block, realm, now_ms).await,
+            Err(_) => return self.failed(req, None, count, realm, now_ms).await,
         };
         // A username under attack answers only the addresses it trusts.
-        let (upart, ukey, trust) = Self::user_keys(&creds.username, req.source);
-        let checks = [BlockCheck { key: ukey, refuses: false }, BlockCheck { key: trust, refuses: false }];
+        let (upart, ukey, user_trust) = Self::user_keys(&creds.username, req.source);
+        let checks = [BlockCheck { key: ukey, refuses: false }, BlockCheck { key: user_trust, refuses: false }];
         let v = self
             .state
             .decide(Decide { partition: upart, now_ms, blocks: &checks, buckets: &[], notice_ms: 0 })
@@ -177,7 +217,7 @@ impl DigestAuth {
         if v.block_active(0) && !v.block_active(1) {
             // The username is closed to new addresses: refused, but not
             // counted against this address (it may be the owner's new one).
-            self.state.forgive(part, addr, started_block).await.map_err(|_| Unreachable)?;
+            self.uncount(part, addr, count).await?;
             return Ok(Outcome::Blocked { until_ms: now_ms, started: None });
         }
         // For a call the target is in the Request-URI: an answer is good
@@ -185,14 +225,22 @@ impl DigestAuth {
         // edge; and some clients, SIPp among them, answer it with the
         // registrar's address as `uri`.)
         if req.method != "REGISTER" && creds.uri != req.uri {
-            return self.failed(req, Some(&creds), started_block, realm, now_ms).await;
+            return self.failed(req, Some(&creds), count, realm, now_ms).await;
         }
-        let user = match crate::credentials::for_digest(&self.db, &self.sealer, &creds.username).await {
+        // A credential that answered rightly a moment ago is not read again.
+        let ticket = crate::credentials::ticket();
+        let recent = crate::credentials::recent(&creds.username, now_ms);
+        let fresh = recent.is_none();
+        let found = match recent {
+            Some(u) => Ok(Some(u)),
+            None => crate::credentials::for_digest(&self.db, &self.sealer, &creds.username).await,
+        };
+        let user = match found {
             Ok(u) => u.filter(|u| u.realm == realm),
             Err(e) => {
                 // Our fault, not the caller's: no strike, no answer yet.
                 tracing::error!(target: "palisade::sip", error = %e, "SIP credential lookup failed");
-                self.state.forgive(part, addr, started_block).await.map_err(|_| Unreachable)?;
+                self.uncount(part, addr, count).await?;
                 return Ok(Outcome::Unavailable);
             }
         };
@@ -208,38 +256,70 @@ impl DigestAuth {
                 let partition = Key::text(Kind::SipNonce, &creds.nonce).id;
                 if !self.state.consume_once(partition, once, now_ms, until).await.map_err(|_| Unreachable)? {
                     self.stats.replays.fetch_add(1, Ordering::Relaxed);
-                    return self.failed(req, Some(&creds), started_block, realm, now_ms).await;
+                    return self.failed(req, Some(&creds), count, realm, now_ms).await;
                 }
+                // A success resets the address's failures in a row (and
+                // lifts a block its own count started).
+                let started_block = match count {
+                    Count::Before { started_block } => started_block,
+                    Count::After => None,
+                };
                 self.state.forgive(part, addr, started_block).await.map_err(|_| Unreachable)?;
-                // Best effort: without it the address is only not exempt
-                // from a block of its username.
-                let _ = self.state.mark(upart, trust, now_ms, now_ms.saturating_add(TRUST_MS)).await;
+                // Best effort: without them the address is only not exempt
+                // from a block of its username, or counted up front.
+                let _ = self.state.mark(upart, user_trust, now_ms, now_ms.saturating_add(TRUST_MS)).await;
+                if renew_trust {
+                    let _ = self.state.mark(part, trust, now_ms, now_ms.saturating_add(TRUST_MS)).await;
+                    let _ = self.state.mark(part, renewed, now_ms, now_ms.saturating_add(DAY_MS)).await;
+                }
                 match user {
-                    Some(u) => Ok(Outcome::Authenticated(Box::new(u))),
+                    Some(u) => {
+                        if fresh {
+                            crate::credentials::remember(ticket, &u, now_ms);
+                        }
+                        Ok(Outcome::Authenticated(Box::new(u)))
+                    }
                     None => Ok(Outcome::Unavailable),
                 }
             }
             Verdict::Stale => {
                 // The password is right; only the nonce is old (RFC 7616
                 // §3.3): not a failure.
-                self.state.forgive(part, addr, started_block).await.map_err(|_| Unreachable)?;
+                self.uncount(part, addr, count).await?;
                 Ok(Outcome::Challenge { challenges: self.challenges(realm, true, now_ms), failed: false })
             }
-            Verdict::Refused(_) => self.failed(req, Some(&creds), started_block, realm, now_ms).await,
+            Verdict::Refused(_) => self.failed(req, Some(&creds), count, realm, now_ms).await,
         }
     }
 
-    /// A failed attempt (already counted against the address): counts
-    /// against the username too, escalates a block it started.
+    /// `threshold` failures of an address in a row (within the day) block it.
+    fn address_rule(&self) -> StrikeRule {
+        StrikeRule { threshold: self.rules.threshold, window_ms: DAY_MS, block_ms: self.rules.block_ms }
+    }
+
+    /// The attempt neither failed nor succeeded: takes back what was
+    /// counted up front (the count is reset, as after a success).
+    async fn uncount(&self, part: u128, addr: Key, count: Count) -> Result<(), Unreachable> {
+        match count {
+            Count::Before { started_block } => {
+                self.state.forgive(part, addr, started_block).await.map_err(|_| Unreachable)
+            }
+            Count::After => Ok(()),
+        }
+    }
+
+    /// A failed attempt: counts against the address (unless it was counted
+    /// up front) and the username, escalates a block it started.
     async fn failed(
         &self,
         req: &Request<'_>,
         creds: Option<&Credentials>,
-        started_block: Option<i64>,
+        count: Count,
         realm: &str,
         now_ms: i64,
     ) -> Result<Outcome, Unreachable> {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        let (part, addr) = self.address(req.source);
         if let Some(c) = creds {
             let (upart, ukey, _) = Self::user_keys(&c.username, req.source);
             let rule = StrikeRule {
@@ -249,16 +329,25 @@ impl DigestAuth {
             };
             self.state.strike(upart, ukey, rule, now_ms).await.map_err(|_| Unreachable)?;
         }
+        let started_block = match count {
+            Count::Before { started_block } => started_block,
+            // A trusted address's failure, counted now: a parallel one may
+            // have started the block already.
+            Count::After => match self.state.attempt(part, addr, self.address_rule(), now_ms).await {
+                Ok(Attempt::Counted(o)) => o.blocked_until,
+                Ok(Attempt::Locked { until }) => return Ok(Outcome::Blocked { until_ms: until, started: None }),
+                Err(_) => return Err(Unreachable),
+            },
+        };
         let Some(until) = started_block else {
             return Ok(Outcome::Challenge { challenges: self.challenges(realm, false, now_ms), failed: true });
         };
         self.stats.blocks.fetch_add(1, Ordering::Relaxed);
         // Which block of the day: each one lasts `escalation_factor` times
         // the last, up to the maximum.
-        let (part, addr) = self.address(req.source);
-        let count = Key::new(Kind::SipBlockCount, addr.id);
+        let nth_key = Key::new(Kind::SipBlockCount, addr.id);
         let rule = StrikeRule { threshold: u32::MAX, window_ms: DAY_MS, block_ms: 0 };
-        let nth = self.state.strike(part, count, rule, now_ms).await.map_err(|_| Unreachable)?.count.max(1);
+        let nth = self.state.strike(part, nth_key, rule, now_ms).await.map_err(|_| Unreachable)?.count.max(1);
         let until = escalated(&self.rules, nth, now_ms).max(until);
         if until > now_ms.saturating_add(self.rules.block_ms) {
             self.state.mark(part, addr, now_ms, until).await.map_err(|_| Unreachable)?;
@@ -280,6 +369,16 @@ fn escalated(r: &Rules, nth: u32, now_ms: i64) -> i64 {
 }
 
 struct Unreachable;
+
+/// How this attempt counts against its address.
+#[derive(Debug, Clone, Copy)]
+enum Count {
+    /// Counted before its outcome was known (an untrusted address); set
+    /// when that count started a block: until when.
+    Before { started_block: Option<i64> },
+    /// To be counted only if it fails (an address trusted in the realm).
+    After,
+}
 
 #[cfg(test)]
 mod tests;

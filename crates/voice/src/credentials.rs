@@ -6,6 +6,10 @@
 //! setting), so a device's realm tells which tenant it belongs to, and a
 //! credential answers for its own realm only.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use palisade_core::{IdentityId, TenantId, TenantScope};
@@ -95,6 +99,7 @@ pub async fn create(
 }
 
 /// A credential as the digest check needs it: whose it is and its HA1s.
+#[derive(Clone)]
 pub struct DigestUser {
     pub credential_id: String,
     pub username: String,
@@ -160,4 +165,77 @@ fn open(sealer: &Sealer, row: SipCredentialRow) -> Result<DigestUser> {
         ha1_md5,
         ha1_sha256,
     })
+}
+
+/// How long an opened credential is reused without reading it again: the
+/// longest a credential revoked (or its identity deleted) through another
+/// instance, or by other means than [`forget`], still authenticates here.
+pub const RECENT_TTL_MS: i64 = 2_000;
+/// Most credentials kept opened.
+const RECENT_MAX: usize = 10_000;
+
+/// Credentials that answered a digest challenge rightly lately, opened, by
+/// username, in this process: a device re-registering or calling again
+/// within [`RECENT_TTL_MS`] costs no database read. Only a right answer
+/// puts one here, so guessers cannot fill it, and an unknown username is
+/// never remembered (a new credential works at once).
+struct Recent {
+    entries: Mutex<HashMap<String, (i64, DigestUser)>>,
+    /// Moves on every [`forget`]: a read that began before it is not kept.
+    generation: AtomicU64,
+}
+
+static RECENT: LazyLock<Recent> =
+    LazyLock::new(|| Recent { entries: Mutex::new(HashMap::new()), generation: AtomicU64::new(0) });
+
+fn entries() -> std::sync::MutexGuard<'static, HashMap<String, (i64, DigestUser)>> {
+    RECENT.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Taken before reading a credential, handed to [`remember`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket(u64);
+
+pub(crate) fn ticket() -> Ticket {
+    Ticket(RECENT.generation.load(Ordering::Acquire))
+}
+
+/// The credential of `username` if it answered rightly within the TTL.
+pub(crate) fn recent(username: &str, now_ms: i64) -> Option<DigestUser> {
+    let entries = entries();
+    let (at, user) = entries.get(username)?;
+    (*at <= now_ms && now_ms < at.saturating_add(RECENT_TTL_MS)).then(|| user.clone())
+}
+
+/// Keeps a credential that just answered rightly, unless something was
+/// forgotten since `ticket` was taken (the read may predate a revocation).
+pub(crate) fn remember(ticket: Ticket, user: &DigestUser, now_ms: i64) {
+    let mut entries = entries();
+    if RECENT.generation.load(Ordering::Acquire) != ticket.0 {
+        return;
+    }
+    if entries.len() >= RECENT_MAX && !entries.contains_key(&user.username) {
+        entries.retain(|_, (at, _)| *at <= now_ms && now_ms < at.saturating_add(RECENT_TTL_MS));
+        if entries.len() >= RECENT_MAX {
+            // All fresh: start again rather than grow; each costs one read.
+            entries.clear();
+        }
+    }
+    entries.insert(user.username.clone(), (now_ms, user.clone()));
+}
+
+/// Forgets the credential of `username` in this process at once: call it
+/// when it is revoked. Other instances forget it within [`RECENT_TTL_MS`].
+pub fn forget(username: &str) {
+    let mut entries = entries();
+    RECENT.generation.fetch_add(1, Ordering::AcqRel);
+    entries.remove(username);
+}
+
+/// Forgets every credential of an identity in this process at once: call
+/// it when the identity is deleted.
+pub fn forget_identity(identity: IdentityId) {
+    let mut entries = entries();
+    RECENT.generation.fetch_add(1, Ordering::AcqRel);
+    entries.retain(|_, (_, u)| u.identity != identity);
 }

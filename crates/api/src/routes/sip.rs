@@ -148,6 +148,9 @@ pub async fn revoke_credential(
     let event = event_for("sip_credential.revoked", &auth, &id.to_string(), &username);
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await?;
+    // The SIP edge of this instance stops accepting it at once (others
+    // within `palisade_voice::credentials::RECENT_TTL_MS`).
+    palisade_voice::credentials::forget(&username);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -66,6 +66,47 @@ async fn world() -> World {
     world_with(Arc::new(LocalState::new())).await
 }
 
+/// A world whose abuse state answers each call a moment later (as a
+/// shared one does), letting every other ready task run first: requests
+/// sent at once then reach each step together, whatever the database does.
+async fn world_at_a_distance() -> Arc<World> {
+    Arc::new(world_with(Arc::new(Distant(LocalState::new()))).await)
+}
+
+struct Distant(LocalState);
+
+impl AbuseState for Distant {
+    fn decide<'a>(&'a self, d: Decide<'a>) -> Answer<'a, Verdict> {
+        Box::pin(async move { later(|| self.0.decide_now(&d)).await })
+    }
+    fn strike(&self, p: u128, key: Key, rule: StrikeRule, now: i64) -> Answer<'_, StrikeOutcome> {
+        Box::pin(later(move || self.0.strike_now(p, key, rule, now)))
+    }
+    fn attempt(&self, p: u128, key: Key, rule: StrikeRule, now: i64) -> Answer<'_, Attempt> {
+        Box::pin(later(move || self.0.attempt_now(p, key, rule, now)))
+    }
+    fn forgive(&self, p: u128, key: Key, started: Option<i64>) -> Answer<'_, ()> {
+        Box::pin(later(move || self.0.forgive_now(p, key, started)))
+    }
+    fn notice(&self, p: u128, key: Key, now: i64, period: i64) -> Answer<'_, bool> {
+        Box::pin(later(move || self.0.notice_now(p, key, now, period)))
+    }
+    fn login_attempt(&self, p: u128, keys: LoginKeys, rule: LoginRule, now: i64) -> Answer<'_, LoginAdmission> {
+        Box::pin(later(move || self.0.login_attempt_now(p, keys, rule, now)))
+    }
+    fn mark(&self, p: u128, key: Key, now: i64, until: i64) -> Answer<'_, ()> {
+        Box::pin(later(move || self.0.mark_now(p, key, now, until)))
+    }
+    fn clear(&self, p: u128, key: Key) -> Answer<'_, ()> {
+        Box::pin(later(move || self.0.clear_now(p, key)))
+    }
+}
+
+async fn later<T>(f: impl FnOnce() -> T) -> Result<T, Unavailable> {
+    tokio::task::yield_now().await;
+    Ok(f())
+}
+
 fn ip(n: u8) -> IpAddr {
     IpAddr::from([192, 0, 2, n])
 }
@@ -90,18 +131,68 @@ impl World {
     }
 
     fn answer_for(&self, alg: Algorithm, nonce: &str, nc: u32, password: &str, method: &str, uri: &str) -> String {
-        let head = format!(
-            "Digest username=\"{}\", realm=\"{}\", nonce=\"{nonce}\", uri=\"{uri}\", algorithm={}, qop=auth, \
-             nc={nc:08x}, cnonce=\"c0ffee\"",
-            self.username,
-            self.realm,
-            alg.name()
-        );
-        let dummy = "0".repeat(alg.hex_len());
-        let creds = palisade_digest::parse(&format!("{head}, response=\"{dummy}\"")).unwrap();
-        let ha1 = palisade_digest::ha1(alg, &self.username, &self.realm, password);
-        format!("{head}, response=\"{}\"", palisade_digest::response(alg, &ha1, &creds, method))
+        answer_as(&self.realm, &self.username, alg, nonce, nc, password, method, uri)
     }
+
+    /// A credential of another tenant: (realm, username, password).
+    async fn other_tenant(&self) -> (String, String, String) {
+        let tenant = TenantId::new();
+        palisade_store::tenants::insert(self.auth.db.reader(), tenant, "u", NOW).await.unwrap();
+        let scope = TenantScope::for_system(tenant);
+        let id = IdentityId::new();
+        let policy = Policy { rate_per_second: None, monthly_budget: None, allowed_countries: "[]" };
+        let new =
+            NewIdentity { id, kind: "number", number: "+12025550101", country: "US", name: "n", policy, now: NOW };
+        palisade_store::identities::insert(self.auth.db.reader(), &scope, &new).await.unwrap();
+        let mut tx = self.auth.db.begin().await.unwrap();
+        let c = crate::credentials::create(&mut tx, &self.auth.sealer, &scope, id, DOMAIN, NOW).await.unwrap().unwrap();
+        tx.commit().await.unwrap();
+        (c.realm, c.username, c.password)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn answer_as(
+    realm: &str,
+    username: &str,
+    alg: Algorithm,
+    nonce: &str,
+    nc: u32,
+    password: &str,
+    method: &str,
+    uri: &str,
+) -> String {
+    let head = format!(
+        "Digest username=\"{username}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", algorithm={}, \
+         qop=auth, nc={nc:08x}, cnonce=\"c0ffee\"",
+        alg.name()
+    );
+    let dummy = "0".repeat(alg.hex_len());
+    let creds = palisade_digest::parse(&format!("{head}, response=\"{dummy}\"")).unwrap();
+    let ha1 = palisade_digest::ha1(alg, username, realm, password);
+    format!("{head}, response=\"{}\"", palisade_digest::response(alg, &ha1, &creds, method))
+}
+
+/// Sends REGISTERs with these answers to `realm` from `from`, all at once
+/// (each is in flight before any is answered), and their outcomes in order.
+async fn in_parallel(w: &Arc<World>, realm: &str, answers: Vec<String>, from: IpAddr, now: i64) -> Vec<Outcome> {
+    let tasks: Vec<_> = answers
+        .into_iter()
+        .map(|a| {
+            let (w, realm) = (w.clone(), realm.to_owned());
+            tokio::spawn(async move {
+                let uri = format!("sip:{realm}");
+                let req =
+                    Request { method: "REGISTER", uri: &uri, aor_host: &realm, authorization: Some(&a), source: from };
+                w.auth.authenticate(&req, now).await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    outcomes
 }
 
 fn authenticated(o: &Outcome) -> bool {
@@ -306,4 +397,153 @@ async fn without_the_shared_state_nothing_is_authenticated() {
     let right = w.answer(Algorithm::Sha256, &nonce, 1, &w.password);
     assert!(matches!(w.ask(Some(&right), ip(1), NOW).await, Outcome::Unavailable));
     assert!(matches!(w.ask(None, ip(1), NOW).await, Outcome::Unavailable));
+}
+
+#[tokio::test]
+async fn after_one_success_an_address_authenticates_many_at_once() {
+    // A PBX registering its phones from one address, many in flight.
+    let w = world_at_a_distance().await;
+    let nonce = w.nonce(Algorithm::Sha256, NOW).await;
+    assert!(authenticated(&w.ask(Some(&w.answer(Algorithm::Sha256, &nonce, 1, &w.password)), ip(1), NOW).await));
+    let answers = (2..22).map(|n| w.answer(Algorithm::Sha256, &nonce, n, &w.password)).collect();
+    let outcomes = in_parallel(&w, &w.realm, answers, ip(1), NOW + 1).await;
+    assert!(outcomes.iter().all(authenticated), "{outcomes:?}");
+    // Still trusted the next day, and 29 days on (a success renews the
+    // trust once a day)...
+    let mut now = NOW;
+    for days in [1, 29, 58] {
+        now = NOW + days * 86_400_000;
+        let nonce = w.nonce(Algorithm::Sha256, now).await;
+        let answers = (1..21).map(|n| w.answer(Algorithm::Sha256, &nonce, n, &w.password)).collect();
+        let outcomes = in_parallel(&w, &w.realm, answers, ip(1), now).await;
+        assert!(outcomes.iter().all(authenticated), "day {days}: {outcomes:?}");
+    }
+    // ...but not once unused for longer than the trust lasts.
+    let later = now + super::TRUST_MS + 1;
+    let nonce = w.nonce(Algorithm::Sha256, later).await;
+    let answers = (1..21).map(|n| w.answer(Algorithm::Sha256, &nonce, n, &w.password)).collect();
+    let outcomes = in_parallel(&w, &w.realm, answers, ip(1), later).await;
+    assert!(outcomes.iter().any(|o| matches!(o, Outcome::Blocked { .. })), "{outcomes:?}");
+}
+
+/// Twenty wrong guesses at once from `from`: only the first `threshold`
+/// are even checked; then the right password is refused.
+async fn parallel_guesses_stop_at_the_threshold(
+    w: &Arc<World>,
+    realm: &str,
+    username: &str,
+    password: &str,
+    from: IpAddr,
+) {
+    let nonce = NonceKey::new([3; 32]).mint(realm, Algorithm::Sha256, NOW as u64);
+    let uri = format!("sip:{realm}");
+    let answer = |n: u32, p: &str| answer_as(realm, username, Algorithm::Sha256, &nonce, n, p, "REGISTER", &uri);
+    let failures = || w.auth.stats.failures.load(std::sync::atomic::Ordering::Relaxed);
+    let before = failures();
+    let outcomes = in_parallel(w, realm, (1..=20).map(|n| answer(n, "guess")).collect(), from, NOW + 10).await;
+    assert_eq!(failures() - before, 5, "checked: {outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| failed(o)).count(), 4, "{outcomes:?}");
+    let started = outcomes.iter().filter(|o| matches!(o, Outcome::Blocked { started: Some(_), .. })).count();
+    assert_eq!(started, 1, "{outcomes:?}");
+    let req = Request { method: "REGISTER", uri: &uri, aor_host: realm, authorization: None, source: from };
+    let right = answer(21, password);
+    let o = w.auth.authenticate(&Request { authorization: Some(&right), ..req }, NOW + 20).await;
+    assert!(matches!(o, Outcome::Blocked { started: None, .. }), "{o:?}");
+}
+
+#[tokio::test]
+async fn an_untrusted_address_gets_no_more_guesses_in_parallel_than_the_threshold() {
+    let w = world_at_a_distance().await;
+    parallel_guesses_stop_at_the_threshold(&w, &w.realm, &w.username, &w.password, ip(1)).await;
+}
+
+#[tokio::test]
+async fn trust_in_one_realm_gives_no_parallel_guesses_in_another() {
+    // An address that authenticates with its own tenant's credential...
+    let w = world_at_a_distance().await;
+    let nonce = w.nonce(Algorithm::Sha256, NOW).await;
+    assert!(authenticated(&w.ask(Some(&w.answer(Algorithm::Sha256, &nonce, 1, &w.password)), ip(1), NOW).await));
+    // ...is counted up front against another tenant's usernames.
+    let (realm, username, password) = w.other_tenant().await;
+    parallel_guesses_stop_at_the_threshold(&w, &realm, &username, &password, ip(1)).await;
+}
+
+#[tokio::test]
+async fn a_trusted_address_is_still_blocked_after_five_failures_in_a_row() {
+    let w = world_at_a_distance().await;
+    let nonce = w.nonce(Algorithm::Md5, NOW).await;
+    assert!(authenticated(&w.ask(Some(&w.answer(Algorithm::Md5, &nonce, 1, &w.password)), ip(1), NOW).await));
+    let mut last = None;
+    for n in 2..=6 {
+        let o = w.ask(Some(&w.answer(Algorithm::Md5, &nonce, n, "wrong")), ip(1), NOW + 1).await;
+        if n < 6 {
+            assert!(failed(&o), "{n}: {o:?}");
+        }
+        last = Some(o);
+    }
+    let Some(Outcome::Blocked { until_ms, started: Some(Started { nth: 1, .. }) }) = last else { panic!("{last:?}") };
+    assert_eq!(until_ms, NOW + 1 + 900_000);
+    // The right password is refused while it lasts, without being checked.
+    let right = w.answer(Algorithm::Md5, &nonce, 7, &w.password);
+    assert!(matches!(w.ask(Some(&right), ip(1), NOW + 2).await, Outcome::Blocked { started: None, .. }));
+    assert!(matches!(w.ask(None, ip(1), NOW + 2).await, Outcome::Blocked { .. }));
+    // Failures sent at once from a trusted address: one starts the block,
+    // the others find it started.
+    let later = until_ms;
+    let nonce = w.nonce(Algorithm::Md5, later).await;
+    let answers = (1..=12).map(|n| w.answer(Algorithm::Md5, &nonce, n, "wrong")).collect();
+    let outcomes = in_parallel(&w, &w.realm, answers, ip(1), later).await;
+    let started: Vec<_> = outcomes.iter().filter(|o| matches!(o, Outcome::Blocked { started: Some(_), .. })).collect();
+    assert_eq!(started.len(), 1, "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| failed(o)).count(), 4, "{outcomes:?}");
+    // The second block of the day is longer.
+    let Outcome::Blocked { until_ms, started: Some(Started { nth: 2, .. }) } = started[0] else { panic!() };
+    assert_eq!(*until_ms, later + 1_800_000);
+}
+
+/// Revokes the live credential of `username` in `realm`.
+async fn revoke(db: &Db, realm: &str, username: &str) {
+    let row = palisade_store::sip::credential_by_username(db.reader(), username).await.unwrap().unwrap();
+    let scope = TenantScope::for_system(realm.split('.').next().unwrap().parse().unwrap());
+    let identity: IdentityId = row.identity_id.parse().unwrap();
+    let mut tx = db.begin().await.unwrap();
+    palisade_store::sip::revoke_credential(&mut tx, &scope, identity, username, NOW).await.unwrap().unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_revoked_credential_fails_at_once_here_and_within_a_moment_elsewhere() {
+    let w = world().await;
+    // Revoked through this instance: the next answer fails.
+    let nonce = w.nonce(Algorithm::Sha256, NOW).await;
+    let right = |n: u32| w.answer(Algorithm::Sha256, &nonce, n, &w.password);
+    assert!(authenticated(&w.ask(Some(&right(1)), ip(1), NOW).await));
+    assert!(authenticated(&w.ask(Some(&right(2)), ip(1), NOW + 1).await));
+    revoke(&w.auth.db, &w.realm, &w.username).await;
+    crate::credentials::forget(&w.username);
+    assert!(failed(&w.ask(Some(&right(3)), ip(1), NOW + 2).await));
+    // Revoked through another instance (nothing forgotten here): the
+    // credential opened a moment ago still answers, for a moment only.
+    let (realm, username, password) = w.other_tenant().await;
+    let nonce = NonceKey::new([3; 32]).mint(&realm, Algorithm::Sha256, NOW as u64);
+    let uri = format!("sip:{realm}");
+    let ask = |n: u32, now: i64| {
+        let answer = answer_as(&realm, &username, Algorithm::Sha256, &nonce, n, &password, "REGISTER", &uri);
+        let (w, realm, uri) = (&w, realm.clone(), uri.clone());
+        async move {
+            let req = Request {
+                method: "REGISTER",
+                uri: &uri,
+                aor_host: &realm,
+                authorization: Some(&answer),
+                source: ip(2),
+            };
+            w.auth.authenticate(&req, now).await
+        }
+    };
+    assert!(authenticated(&ask(1, NOW).await));
+    revoke(&w.auth.db, &realm, &username).await;
+    let ttl = crate::credentials::RECENT_TTL_MS;
+    assert!(authenticated(&ask(2, NOW + ttl - 1).await));
+    assert!(failed(&ask(3, NOW + ttl).await));
 }
