@@ -322,6 +322,8 @@ pub async fn remove(
     let event = event_for("identity.deleted", &auth, &current.id, &current.number);
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await?;
+    // Its SIP credentials stop answering on this instance at once.
+    palisade_voice::credentials::forget_identity(id);
     Ok(StatusCode::NO_CONTENT)
 }
 
