@@ -239,3 +239,45 @@ pub fn forget_identity(identity: IdentityId) {
     RECENT.generation.fetch_add(1, Ordering::AcqRel);
     entries.retain(|_, (_, u)| u.identity != identity);
 }
+
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+
+    fn user(n: usize, identity: IdentityId) -> DigestUser {
+        DigestUser {
+            credential_id: format!("c{n}"),
+            username: format!("u{n}"),
+            tenant: TenantId::new(),
+            identity,
+            realm: "r".into(),
+            ha1_md5: String::new(),
+            ha1_sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn recent_credentials_are_bounded_and_forgotten_by_name_or_identity() {
+        const T: i64 = 1_700_000_000_000;
+        let (one, other) = (IdentityId::new(), IdentityId::new());
+        for n in 0..RECENT_MAX + 10 {
+            remember(ticket(), &user(n, other), T);
+        }
+        assert!(entries().len() <= RECENT_MAX);
+        let last = RECENT_MAX + 9;
+        assert!(recent(&format!("u{last}"), T + RECENT_TTL_MS - 1).is_some());
+        assert!(recent(&format!("u{last}"), T + RECENT_TTL_MS).is_none());
+        assert!(recent(&format!("u{last}"), T - 1).is_none(), "the clock went back");
+        // A read that began before a revocation is not kept.
+        let before = ticket();
+        forget("u0");
+        remember(before, &user(0, one), T);
+        assert!(recent("u0", T).is_none());
+        remember(ticket(), &user(0, one), T);
+        remember(ticket(), &user(1, one), T);
+        forget("u0");
+        assert!(recent("u0", T).is_none() && recent("u1", T).is_some());
+        forget_identity(one);
+        assert!(recent("u1", T).is_none() && recent(&format!("u{last}"), T).is_some());
+    }
+}
