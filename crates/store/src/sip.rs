@@ -351,13 +351,13 @@ pub async fn register_sqlite(
     let tenant = scope.tenant_id().to_string();
     db.write_sqlite(move |c| {
         let identity = r.identity_id.to_string();
+        // Cached statements: a REGISTER's SQL is parsed once per connection.
         let active: Option<i64> = c
-            .query_row(
+            .prepare_cached(
                 "SELECT 1 FROM identities i JOIN tenants t ON t.id = i.tenant_id \
                  WHERE i.tenant_id = ?1 AND i.id = ?2 AND i.status = 'active' AND t.status = 'active'",
-                rusqlite::params![tenant, identity],
-                |row| row.get(0),
-            )
+            )?
+            .query_row(rusqlite::params![tenant, identity], |row| row.get(0))
             .optional()?;
         if active.is_none() {
             return Err(StoreError::Refused(FROZEN));
@@ -365,20 +365,19 @@ pub async fn register_sqlite(
         for change in &r.changes {
             match change {
                 BindingChange::Remove { contact_uri: Some(uri) } => {
-                    c.execute(
+                    c.prepare_cached(
                         "DELETE FROM sip_registrations WHERE tenant_id = ?1 AND identity_id = ?2 AND contact_uri = ?3",
-                        rusqlite::params![tenant, identity, uri],
-                    )?;
+                    )?
+                    .execute(rusqlite::params![tenant, identity, uri])?;
                 }
                 BindingChange::Remove { contact_uri: None } => {
-                    c.execute(
-                        "DELETE FROM sip_registrations WHERE tenant_id = ?1 AND identity_id = ?2",
-                        rusqlite::params![tenant, identity],
-                    )?;
+                    c.prepare_cached("DELETE FROM sip_registrations WHERE tenant_id = ?1 AND identity_id = ?2")?
+                        .execute(rusqlite::params![tenant, identity])?;
                 }
                 BindingChange::Bind { contact_uri, expires_at } => {
-                    let n = c.execute(
-                        "INSERT INTO sip_registrations (tenant_id, identity_id, credential_id, contact_uri, \
+                    let n = c
+                        .prepare_cached(
+                            "INSERT INTO sip_registrations (tenant_id, identity_id, credential_id, contact_uri, \
                          transport, source_addr, instance_id, call_id, cseq, user_agent, expires_at, updated_at) \
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
                          ON CONFLICT (identity_id, contact_uri) DO UPDATE SET credential_id = excluded.credential_id, \
@@ -389,7 +388,8 @@ pub async fn register_sqlite(
                          WHERE sip_registrations.tenant_id = excluded.tenant_id \
                          AND (sip_registrations.call_id <> excluded.call_id \
                          OR sip_registrations.cseq < excluded.cseq OR sip_registrations.expires_at <= ?12)",
-                        rusqlite::params![
+                        )?
+                        .execute(rusqlite::params![
                             tenant,
                             identity,
                             r.credential_id,
@@ -402,8 +402,7 @@ pub async fn register_sqlite(
                             r.user_agent,
                             expires_at,
                             now
-                        ],
-                    )?;
+                        ])?;
                     if n != 1 {
                         return Err(StoreError::Refused(OUT_OF_ORDER));
                     }
