@@ -154,8 +154,26 @@ pub struct RegistrationRow {
     pub updated_at: i64,
 }
 
-const REG_COLS: &str = "identity_id, credential_id, contact_uri, transport, source_addr, instance_id, call_id, \
-    cseq, user_agent, expires_at, updated_at";
+// The registrar's statements, shared by the transaction path (sqlx) and the
+// SQLite writer (rusqlite, where `$N` are numbered in order of appearance).
+const LIST_BINDINGS: &str = "SELECT identity_id, credential_id, contact_uri, transport, source_addr, instance_id, \
+    call_id, cseq, user_agent, expires_at, updated_at FROM sip_registrations WHERE tenant_id = $1 \
+    AND identity_id = $2 AND expires_at > $3 ORDER BY contact_uri";
+const REMOVE_ONE: &str = "DELETE FROM sip_registrations WHERE tenant_id = $1 AND identity_id = $2 AND contact_uri = $3";
+const REMOVE_ALL: &str = "DELETE FROM sip_registrations WHERE tenant_id = $1 AND identity_id = $2";
+const ACTIVE_IDENTITY: &str = "SELECT 1 FROM identities i JOIN tenants t ON t.id = i.tenant_id \
+    WHERE i.tenant_id = $1 AND i.id = $2 AND i.status = 'active' AND t.status = 'active'";
+/// Adds or refreshes a binding; a binding of the same Call-ID with a CSeq
+/// not above the stored one is left alone (RFC 3261 §10.3 step 7).
+const UPSERT_BINDING: &str = "INSERT INTO sip_registrations (tenant_id, identity_id, credential_id, contact_uri, \
+    transport, source_addr, instance_id, call_id, cseq, user_agent, expires_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+    ON CONFLICT (identity_id, contact_uri) DO UPDATE SET credential_id = excluded.credential_id, \
+    transport = excluded.transport, source_addr = excluded.source_addr, instance_id = excluded.instance_id, \
+    call_id = excluded.call_id, cseq = excluded.cseq, user_agent = excluded.user_agent, \
+    expires_at = excluded.expires_at, updated_at = excluded.updated_at \
+    WHERE sip_registrations.tenant_id = excluded.tenant_id AND (sip_registrations.call_id <> excluded.call_id \
+    OR sip_registrations.cseq < excluded.cseq OR sip_registrations.expires_at <= $12)";
 
 /// The identity's bindings in force at `now`, soonest to expire last.
 pub async fn list_registrations<'c>(
@@ -164,15 +182,12 @@ pub async fn list_registrations<'c>(
     identity: IdentityId,
     now: i64,
 ) -> Result<Vec<RegistrationRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {REG_COLS} FROM sip_registrations WHERE tenant_id = $1 AND identity_id = $2 \
-         AND expires_at > $3 ORDER BY contact_uri"
-    ))
-    .bind(scope.tenant_id().to_string())
-    .bind(identity.to_string())
-    .bind(now)
-    .fetch_all(ex)
-    .await?)
+    Ok(sqlx::query_as(LIST_BINDINGS)
+        .bind(scope.tenant_id().to_string())
+        .bind(identity.to_string())
+        .bind(now)
+        .fetch_all(ex)
+        .await?)
 }
 
 /// The holder of a verified number (one on the platform): its tenant,
@@ -219,31 +234,21 @@ pub struct Binding<'a> {
 /// not above the stored one is left alone (a retransmission or a request
 /// out of order, RFC 3261 §10.3 step 7): false then.
 pub async fn upsert_registration(tx: &mut crate::Tx, scope: &TenantScope, b: &Binding<'_>, now: i64) -> Result<bool> {
-    let r = sqlx::query(
-        "INSERT INTO sip_registrations (tenant_id, identity_id, credential_id, contact_uri, transport, source_addr, \
-         instance_id, call_id, cseq, user_agent, expires_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-         ON CONFLICT (identity_id, contact_uri) DO UPDATE SET credential_id = excluded.credential_id, \
-         transport = excluded.transport, source_addr = excluded.source_addr, instance_id = excluded.instance_id, \
-         call_id = excluded.call_id, cseq = excluded.cseq, user_agent = excluded.user_agent, \
-         expires_at = excluded.expires_at, updated_at = excluded.updated_at \
-         WHERE sip_registrations.tenant_id = excluded.tenant_id AND (sip_registrations.call_id <> excluded.call_id \
-         OR sip_registrations.cseq < excluded.cseq OR sip_registrations.expires_at <= $12)",
-    )
-    .bind(scope.tenant_id().to_string())
-    .bind(b.identity_id.to_string())
-    .bind(b.credential_id)
-    .bind(b.contact_uri)
-    .bind(b.transport)
-    .bind(b.source_addr)
-    .bind(b.instance_id)
-    .bind(b.call_id)
-    .bind(b.cseq)
-    .bind(b.user_agent)
-    .bind(b.expires_at)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    let r = sqlx::query(UPSERT_BINDING)
+        .bind(scope.tenant_id().to_string())
+        .bind(b.identity_id.to_string())
+        .bind(b.credential_id)
+        .bind(b.contact_uri)
+        .bind(b.transport)
+        .bind(b.source_addr)
+        .bind(b.instance_id)
+        .bind(b.call_id)
+        .bind(b.cseq)
+        .bind(b.user_agent)
+        .bind(b.expires_at)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
     Ok(r.rows_affected() == 1)
 }
 
@@ -256,8 +261,8 @@ pub async fn remove_registrations(
     contact: Option<&str>,
 ) -> Result<u64> {
     let q = match contact {
-        Some(_) => "DELETE FROM sip_registrations WHERE tenant_id = $1 AND identity_id = $2 AND contact_uri = $3",
-        None => "DELETE FROM sip_registrations WHERE tenant_id = $1 AND identity_id = $2",
+        Some(_) => REMOVE_ONE,
+        None => REMOVE_ALL,
     };
     let mut q = sqlx::query(q).bind(scope.tenant_id().to_string()).bind(identity.to_string());
     if let Some(c) = contact {
@@ -353,10 +358,7 @@ pub async fn register_sqlite(
         let identity = r.identity_id.to_string();
         // Cached statements: a REGISTER's SQL is parsed once per connection.
         let active: Option<i64> = c
-            .prepare_cached(
-                "SELECT 1 FROM identities i JOIN tenants t ON t.id = i.tenant_id \
-                 WHERE i.tenant_id = ?1 AND i.id = ?2 AND i.status = 'active' AND t.status = 'active'",
-            )?
+            .prepare_cached(ACTIVE_IDENTITY)?
             .query_row(rusqlite::params![tenant, identity], |row| row.get(0))
             .optional()?;
         if active.is_none() {
@@ -365,54 +367,33 @@ pub async fn register_sqlite(
         for change in &r.changes {
             match change {
                 BindingChange::Remove { contact_uri: Some(uri) } => {
-                    c.prepare_cached(
-                        "DELETE FROM sip_registrations WHERE tenant_id = ?1 AND identity_id = ?2 AND contact_uri = ?3",
-                    )?
-                    .execute(rusqlite::params![tenant, identity, uri])?;
+                    c.prepare_cached(REMOVE_ONE)?.execute(rusqlite::params![tenant, identity, uri])?;
                 }
                 BindingChange::Remove { contact_uri: None } => {
-                    c.prepare_cached("DELETE FROM sip_registrations WHERE tenant_id = ?1 AND identity_id = ?2")?
-                        .execute(rusqlite::params![tenant, identity])?;
+                    c.prepare_cached(REMOVE_ALL)?.execute(rusqlite::params![tenant, identity])?;
                 }
                 BindingChange::Bind { contact_uri, expires_at } => {
-                    let n = c
-                        .prepare_cached(
-                            "INSERT INTO sip_registrations (tenant_id, identity_id, credential_id, contact_uri, \
-                         transport, source_addr, instance_id, call_id, cseq, user_agent, expires_at, updated_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
-                         ON CONFLICT (identity_id, contact_uri) DO UPDATE SET credential_id = excluded.credential_id, \
-                         transport = excluded.transport, source_addr = excluded.source_addr, \
-                         instance_id = excluded.instance_id, call_id = excluded.call_id, cseq = excluded.cseq, \
-                         user_agent = excluded.user_agent, expires_at = excluded.expires_at, \
-                         updated_at = excluded.updated_at \
-                         WHERE sip_registrations.tenant_id = excluded.tenant_id \
-                         AND (sip_registrations.call_id <> excluded.call_id \
-                         OR sip_registrations.cseq < excluded.cseq OR sip_registrations.expires_at <= ?12)",
-                        )?
-                        .execute(rusqlite::params![
-                            tenant,
-                            identity,
-                            r.credential_id,
-                            contact_uri,
-                            r.transport,
-                            r.source_addr,
-                            r.instance_id,
-                            r.call_id,
-                            r.cseq,
-                            r.user_agent,
-                            expires_at,
-                            now
-                        ])?;
+                    let n = c.prepare_cached(UPSERT_BINDING)?.execute(rusqlite::params![
+                        tenant,
+                        identity,
+                        r.credential_id,
+                        contact_uri,
+                        r.transport,
+                        r.source_addr,
+                        r.instance_id,
+                        r.call_id,
+                        r.cseq,
+                        r.user_agent,
+                        expires_at,
+                        now
+                    ])?;
                     if n != 1 {
                         return Err(StoreError::Refused(OUT_OF_ORDER));
                     }
                 }
             }
         }
-        let mut stmt = c.prepare_cached(&format!(
-            "SELECT {REG_COLS} FROM sip_registrations WHERE tenant_id = ?1 AND identity_id = ?2 \
-             AND expires_at > ?3 ORDER BY contact_uri"
-        ))?;
+        let mut stmt = c.prepare_cached(LIST_BINDINGS)?;
         let rows = stmt
             .query_map(rusqlite::params![tenant, identity, now], |row| {
                 Ok(RegistrationRow {
