@@ -559,3 +559,25 @@ async fn a_call_hung_up_over_the_api_ends_the_callers_dialog() {
     assert!(bye.starts_with("BYE "), "{bye}");
     s.stop().await;
 }
+
+/// A credential revoked, or its identity deleted, answers no more at once,
+/// though it answered rightly a moment before (and so would be reused
+/// without a store read for a short while).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_credential_answers_no_more_at_once() {
+    let s = server_with(Backend::Sqlite, |_| {}).await;
+    for how in ["revoke", "delete the identity"] {
+        let p = phone(&s, "Acme").await;
+        let mut ua = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
+        let (ok, _) = register(&mut ua, &p.password, "SHA-256").await;
+        assert_eq!(ok.status, 200, "{}", ok.raw);
+        let path = match how {
+            "revoke" => format!("/v1/identities/{}/sip-credentials/{}", p.identity, p.user),
+            _ => format!("/v1/identities/{}", p.identity),
+        };
+        s.call(reqwest::Method::DELETE, &path, Some(&p.token), None).await.expect(204);
+        let (after, _) = register(&mut ua, &p.password, "SHA-256").await;
+        assert_ne!(after.status, 200, "{how}: the credential still answered: {}", after.raw);
+    }
+    s.stop().await;
+}
