@@ -307,19 +307,27 @@ fn pin_to_source(msg: &mut rsipstack::sip::SipMessage, from: SocketAddr, kind: K
         rsipstack::sip::SipMessage::Response(r) => &mut r.headers,
     };
     let had_contact = headers.iter().any(|h| matches!(h, Header::Contact(_)));
-    headers.retain(|h| !matches!(h, Header::Contact(_) | Header::RecordRoute(_)));
     if had_contact {
-        let host = match from {
-            SocketAddr::V4(a) => a.to_string(),
-            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-        };
-        let transport = match kind {
-            Kind::Udp => "",
-            Kind::Tcp => ";transport=tcp",
-            Kind::Tls => ";transport=tls",
-        };
-        headers.push(Header::Contact(format!("<sip:{host}{transport}>").into()));
+        pin_contact(headers, from, kind);
+    } else {
+        headers.retain(|h| !matches!(h, Header::RecordRoute(_)));
     }
+}
+
+/// Replaces a message's Contact by its source address (over `kind`) and
+/// drops its Record-Route.
+fn pin_contact(headers: &mut rsipstack::sip::Headers, from: SocketAddr, kind: Kind) {
+    let host = match from {
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    };
+    let transport = match kind {
+        Kind::Udp => "",
+        Kind::Tcp => ";transport=tcp",
+        Kind::Tls => ";transport=tls",
+    };
+    headers.retain(|h| !matches!(h, Header::Contact(_) | Header::RecordRoute(_)));
+    headers.push(Header::Contact(format!("<sip:{host}{transport}>").into()));
 }
 
 #[async_trait::async_trait]
@@ -445,22 +453,11 @@ impl Handler {
         tx: &mut Transaction,
         source: SocketAddr,
     ) -> Option<(InviteDialog, rsipstack::dialog::dialog::DialogStateReceiver)> {
-        let transport = match tx.connection.as_ref().map(SipConnection::transport) {
-            Some(Transport::Tcp) => ";transport=tcp",
-            Some(Transport::Tls) => ";transport=tls",
-            _ => "",
-        };
-        let host = match source {
-            SocketAddr::V4(a) => a.to_string(),
-            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-        };
-        let pinned = format!("<sip:{host}{transport}>");
-        tx.original.headers.retain(|h| !matches!(h, Header::Contact(_) | Header::RecordRoute(_)));
-        tx.original.headers.push(Header::Contact(pinned.into()));
+        let kind = tx.connection.as_ref().map_or(Kind::Udp, kind_of);
+        pin_contact(&mut tx.original.headers, source, kind);
         let (states_tx, states_rx) = self.dialogs.new_dialog_state_channel();
         // Our listener of its transport (our public name where it listens
         // on an unspecified address).
-        let kind = tx.connection.as_ref().map_or(Kind::Udp, kind_of);
         let contact = self.reach.contact(kind).and_then(|c| c.parse().ok());
         match self.dialogs.get_or_create_server_invite(tx, states_tx, None, contact) {
             Ok(d) => Some((d, states_rx)),

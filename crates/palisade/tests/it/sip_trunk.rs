@@ -17,11 +17,17 @@ const TRUNK_SECRET: &str = "trunk-secret-5f2a";
 const TRUNK_USER: &str = "palisade-out";
 
 async fn server(b: Backend) -> TestServer {
+    server_with(b, |_| {}).await
+}
+
+/// SIP over UDP, trunks reread every 100 ms, webhooks to loopback; then `tweak`.
+async fn server_with(b: Backend, tweak: impl FnOnce(&mut palisade_config::Config)) -> TestServer {
     TestServer::start_with(b, |c| {
         c.sip.udp_listen = Some("127.0.0.1:0".into());
         c.sip.trunk_reload_ms = 100;
         c.webhooks.allowed_private_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
         c.webhooks.poll_ms = 25;
+        tweak(c);
     })
     .await
 }
@@ -488,13 +494,11 @@ async fn a_tls_trunk_is_dialed_with_its_certificate_checked() {
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let s = TestServer::start_with(Backend::Sqlite, |c| {
-        c.sip.udp_listen = Some("127.0.0.1:0".into());
+    let s = server_with(Backend::Sqlite, |c| {
         c.sip.tls_listen = Some("127.0.0.1:0".into());
         c.sip.tls_cert_file = Some(crate::tls::fixture("server.pem"));
         c.sip.tls_key_file = Some(crate::tls::fixture("server.key"));
         c.sip.trunk_ca_file = Some(crate::tls::fixture("ca.pem"));
-        c.sip.trunk_reload_ms = 100;
     })
     .await;
     let certs = vec![CertificateDer::from_pem_file(crate::tls::fixture("server.pem")).unwrap()];
@@ -580,12 +584,7 @@ async fn a_device_cannot_point_the_edge_at_another_host() {
 /// TCP, for a UDP trunk, is not served in plaintext.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trunk_is_believed_over_its_own_transport_only() {
-    let s = TestServer::start_with(Backend::Sqlite, |c| {
-        c.sip.udp_listen = Some("127.0.0.1:0".into());
-        c.sip.tcp_listen = Some("127.0.0.1:0".into());
-        c.sip.trunk_reload_ms = 100;
-    })
-    .await;
+    let s = server_with(Backend::Sqlite, |c| c.sip.tcp_listen = Some("127.0.0.1:0".into())).await;
     let _trunk = carrier(&s, false).await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
