@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use palisade_store::audit::{AuditRow, TenantCheckpointRow};
 
-use crate::checkpoint::{tenant_origin, Checkpoint, Signer, Verifier};
+use crate::checkpoint::{Checkpoint, Signer, Verifier};
 use crate::log::{LeafFields, LogError};
 use crate::merkle::{self, Frontier, Hash};
 
@@ -96,6 +96,10 @@ pub(crate) fn tenants_of<'a>(rows: impl Iterator<Item = &'a AuditRow>) -> Vec<St
     out
 }
 
+/// A map by tenant id. Full verification looks one up per record; the ids
+/// are the platform's own, so a fast hash (seeded per process) is enough.
+pub(crate) type Tenants<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// Full verification of the tenant trees: rebuilt from the log's records in
 /// the log's order and checked against the signed tenant checkpoints. Every
 /// stored root must match the rebuilt tree; the newest checkpoint of each
@@ -103,7 +107,7 @@ pub(crate) fn tenants_of<'a>(rows: impl Iterator<Item = &'a AuditRow>) -> Vec<St
 /// more than the rest of verification: the log's own checkpoints, all
 /// signature-checked, already vouch for every record).
 pub(crate) struct Rebuild {
-    trees: HashMap<String, Rebuilt>,
+    trees: Tenants<Rebuilt>,
     buf: Vec<u8>,
     problems: Vec<String>,
 }
@@ -121,19 +125,20 @@ struct Rebuilt {
 
 impl Rebuild {
     pub(crate) fn new(rows: Vec<TenantCheckpointRow>, verifier: &Verifier) -> Self {
-        let mut trees: HashMap<String, Rebuilt> = HashMap::new();
+        let mut trees: Tenants<Rebuilt> = Tenants::default();
         let mut problems = Vec::new();
         // Per tenant: its newest checkpoint and that one's size. Rows are
-        // moved, not cloned, and the origin made once per tenant: a log
-        // holds a checkpoint per batch of each tenant.
-        let mut newest: HashMap<String, (i64, Checkpoint)> = HashMap::new();
-        let mut origin = (String::new(), String::new());
+        // moved, not cloned: a log holds a checkpoint per batch of each
+        // tenant.
+        let mut newest: Tenants<(i64, Checkpoint)> = Tenants::default();
+        // The rows come in no order: each one's origin is compared in
+        // pieces rather than built per row.
+        let origin_of = |o: &str, tenant: &str| {
+            o.strip_prefix(verifier.origin()).and_then(|o| o.strip_prefix("/tenants/")) == Some(tenant)
+        };
         for r in rows {
             let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
-            if origin.0 != r.tenant_id || origin.1.is_empty() {
-                origin = (r.tenant_id.clone(), tenant_origin(verifier.origin(), &r.tenant_id));
-            }
-            match cp.head().filter(|h| h.origin == origin.1 && h.tree_size as i64 == r.tree_size) {
+            match cp.head().filter(|h| origin_of(&h.origin, &r.tenant_id) && h.tree_size as i64 == r.tree_size) {
                 Some(h) => {
                     let t = match trees.get_mut(&r.tenant_id) {
                         Some(t) => t,
@@ -286,7 +291,7 @@ mod tests {
     fn rebuild(roots: &[(u64, Hash)]) -> Rebuild {
         let mut t = Rebuilt::default();
         t.roots.extend(roots.iter().copied());
-        Rebuild { trees: HashMap::from([("a".to_owned(), t)]), buf: Vec::new(), problems: Vec::new() }
+        Rebuild { trees: Tenants::from_iter([("a".to_owned(), t)]), buf: Vec::new(), problems: Vec::new() }
     }
 
     fn root_of(n: u8) -> Hash {
