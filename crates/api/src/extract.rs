@@ -172,6 +172,28 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
+/// A stable name for the credential of a request (its SHA-256, never the
+/// credential), to count what one credential holds open.
+pub(crate) fn credential_id(headers: &HeaderMap) -> String {
+    bearer(headers).map(sha256_hex).unwrap_or_default()
+}
+
+/// Whether the credential of a request still authenticates with
+/// `permission`: a long-lived stream asks at intervals, so that revoking,
+/// freezing or logging out reaches it (through the credential cache, whose
+/// entries every instance drops on such a change). No rate-limit or lockout
+/// accounting: it is no new request.
+pub(crate) async fn still_holds(state: &AppState, headers: &HeaderMap, ctx: &Ctx, permission: Permission) -> bool {
+    let Some(cred) = bearer(headers) else { return false };
+    let checked = match Credential::classify(cred) {
+        Credential::Jwt(t) => authenticate_jwt(state, t).await,
+        Credential::ApiKey(k) => authenticate_api_key(state, k, ctx, headers).await,
+        Credential::AgentToken(t) => authenticate_agent(state, t, ctx, headers).await,
+        Credential::MasterKey(_) | Credential::Malformed => return false,
+    };
+    checked.is_ok_and(|(principal, _, _)| principal.require(permission).is_ok())
+}
+
 /// A key-like credential check under the per-address lockout: refused
 /// unseen while the address is locked out; a failure counts towards it.
 async fn throttled(

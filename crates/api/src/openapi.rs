@@ -81,6 +81,7 @@ const PROBLEMS: &[(u16, &str, &str)] = &[
     (413, "PayloadTooLarge", "`payload_too_large`: the body is over the size limit (`limit_bytes`)."),
     (415, "UnsupportedMediaType", "`unsupported_media_type`: send the body as `application/json` (UTF-8)."),
     (423, "Locked", "`frozen`: the tenant, credential or identity is frozen (kill-switch)."),
+    (426, "UpgradeRequired", "`upgrade_required`: a WebSocket endpoint asked without the WebSocket handshake."),
     (
         429,
         "TooManyRequests",
@@ -186,6 +187,10 @@ fn add_problems(path: &str, op: &mut Value) {
             // must arrive in time (see `crate::body`).
             statuses.extend([408, 503]);
         }
+    }
+    if op.pointer("/responses/101").is_some() {
+        // A WebSocket endpoint: asked without the handshake.
+        statuses.insert(426);
     }
     let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { return };
     for (status, name, _) in PROBLEMS {

@@ -49,6 +49,8 @@ pub struct Services {
     /// `instance_id` is this running instance: it drives the calls it
     /// placed (see [`crate::recovery`]).
     pub admission: Arc<palisade_admission::Service>,
+    /// Open WebSocket streams, counted against their caps.
+    pub streams: crate::routes::streams::OpenStreams,
 }
 
 /// A background task that ends with the services that started it.

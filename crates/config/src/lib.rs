@@ -59,6 +59,50 @@ pub struct Config {
     pub inbound: Inbound,
     pub redis: Redis,
     pub sip: Sip,
+    pub streams: Streams,
+}
+
+/// WebSocket streams (`GET /v1/events/stream`): what one connection may
+/// hold and how fast it notices a credential that ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Streams {
+    /// Largest message either way; a larger one closes with 1009.
+    pub max_message_bytes: usize,
+    /// Bytes one connection may carry in each direction; then it closes
+    /// with 1008 and the client reconnects.
+    pub max_connection_bytes: u64,
+    /// Longest life of a connection (1008 with a reason; reconnect).
+    pub max_duration_secs: u64,
+    /// How often a stream looks for new events.
+    pub poll_ms: u64,
+    /// How often a stream checks that its credential still holds (revoked,
+    /// frozen, logged out): the most a kill-switch waits to reach it.
+    pub recheck_ms: u64,
+    /// A connection that neither sends nor answers a ping this long closes.
+    pub idle_timeout_secs: u64,
+    /// Longest wait for a client to take a message; a slower reader is cut
+    /// off rather than buffered for.
+    pub send_timeout_ms: u64,
+    /// Open streams at once per tenant, and per credential.
+    pub max_per_tenant: usize,
+    pub max_per_credential: usize,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1 << 20,
+            max_connection_bytes: 100 << 20,
+            max_duration_secs: 3600,
+            poll_ms: 250,
+            recheck_ms: 500,
+            idle_timeout_secs: 60,
+            send_timeout_ms: 10_000,
+            max_per_tenant: 100,
+            max_per_credential: 10,
+        }
+    }
 }
 
 /// Redis, shared by several instances: rate-limit buckets, WAF counters

@@ -213,6 +213,7 @@ fn title(reason: &str) -> &'static str {
         "internal" => "Internal error",
         "unavailable" => "Service unavailable",
         "request_timeout" => "Request timeout",
+        "upgrade_required" => "Upgrade required",
         _ => "Error",
     }
 }

@@ -135,6 +135,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         webhook_wake,
         webhook_worker,
         admission,
+        streams: Default::default(),
     })))
 }
 

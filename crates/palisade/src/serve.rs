@@ -161,7 +161,8 @@ async fn connection<I>(
         metrics: metrics.clone(),
     };
     let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(Watched { io, activity: activity.clone() }), service);
+    let conn =
+        builder.serve_connection_with_upgrades(TokioIo::new(Watched { io, activity: activity.clone() }), service);
     tokio::pin!(conn);
     let watchdog = activity.watchdog(limits.header, limits.idle);
     tokio::pin!(watchdog);

@@ -27,25 +27,25 @@ pub struct EventQuery {
     /// it is written, and at once for the reader's own writes), so a client
     /// following the cursor never misses one.
     #[param(pattern = r"^[0-9]{1,18}$")]
-    after: Option<String>,
+    pub(crate) after: Option<String>,
     /// Page size, 1 to 500 (default 100).
     #[param(minimum = 1, maximum = 500)]
-    limit: Option<i64>,
+    pub(crate) limit: Option<i64>,
     /// Only events of this action (`auth.login`, …).
     #[param(max_length = 200)]
-    action: Option<String>,
+    pub(crate) action: Option<String>,
     #[param(max_length = 200)]
-    resource_type: Option<String>,
+    pub(crate) resource_type: Option<String>,
     #[param(max_length = 200)]
-    resource_id: Option<String>,
+    pub(crate) resource_id: Option<String>,
     #[param(max_length = 200)]
-    actor_id: Option<String>,
+    pub(crate) actor_id: Option<String>,
     /// RFC 3339, inclusive.
     #[param(format = DateTime)]
-    since: Option<String>,
+    pub(crate) since: Option<String>,
     /// RFC 3339, exclusive.
     #[param(format = DateTime)]
-    until: Option<String>,
+    pub(crate) until: Option<String>,
 }
 
 /// The tenant's own audit events, oldest first.
@@ -125,6 +125,33 @@ const MAX_CURSOR_DIGITS: usize = 18;
 const MAX_FILTER_CHARS: usize = 200;
 
 async fn page(state: &AppState, reader: Reader<'_>, q: EventQuery) -> Result<List<EventView>, ApiError> {
+    let filter = filter(q)?;
+    let limit = filter.limit - 1;
+    // The feed serves sequenced events only; what the reader wrote a moment
+    // ago is sequenced now. A failure here only delays events (the log
+    // refuses to grow when tampered with; verification says why).
+    if let Err(e) = state.audit_log.catch_up(reader.tenant(), state.now_ms()).await {
+        tracing::error!(error = %e, "audit integration for the event feed failed");
+    }
+    let view = match reader {
+        Reader::Tenant(_) => EventView::for_tenant,
+        Reader::Operator(..) => EventView::from,
+    };
+    let mut rows = palisade_store::audit::list(state.db.reader(), reader, &filter).await?;
+    // The cursor is the last event's `seq` (as before paging by log order):
+    // the feed continues after that event's place in the log.
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| r.seq.to_string())
+    } else {
+        None
+    };
+    Ok(List { data: rows.into_iter().map(view).collect(), next_cursor })
+}
+
+/// The store's filter for a query (one more than the page size, to see
+/// whether a next page exists). Shared with the live stream.
+pub(crate) fn filter(q: EventQuery) -> Result<AuditFilter, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::validation("limit", "must be between 1 and 500"));
@@ -153,7 +180,7 @@ async fn page(state: &AppState, reader: Reader<'_>, q: EventQuery) -> Result<Lis
             return Err(ApiError::validation(field, format!("must be at most {MAX_FILTER_CHARS} characters")));
         }
     }
-    let filter = AuditFilter {
+    Ok(AuditFilter {
         after_seq: after,
         action: q.action,
         resource_type: q.resource_type,
@@ -162,27 +189,7 @@ async fn page(state: &AppState, reader: Reader<'_>, q: EventQuery) -> Result<Lis
         since_ms: time("since", q.since)?,
         until_ms: time("until", q.until)?,
         limit: limit + 1,
-    };
-    // The feed serves sequenced events only; what the reader wrote a moment
-    // ago is sequenced now. A failure here only delays events (the log
-    // refuses to grow when tampered with; verification says why).
-    if let Err(e) = state.audit_log.catch_up(reader.tenant(), state.now_ms()).await {
-        tracing::error!(error = %e, "audit integration for the event feed failed");
-    }
-    let view = match reader {
-        Reader::Tenant(_) => EventView::for_tenant,
-        Reader::Operator(..) => EventView::from,
-    };
-    let mut rows = palisade_store::audit::list(state.db.reader(), reader, &filter).await?;
-    // The cursor is the last event's `seq` (as before paging by log order):
-    // the feed continues after that event's place in the log.
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.seq.to_string())
-    } else {
-        None
-    };
-    Ok(List { data: rows.into_iter().map(view).collect(), next_cursor })
+    })
 }
 
 #[derive(Serialize, ToSchema)]

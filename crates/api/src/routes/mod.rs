@@ -14,6 +14,7 @@ mod me;
 mod messages;
 mod number_verification;
 mod sip;
+pub mod streams;
 mod sysadmin;
 mod trunks;
 mod users;
@@ -81,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(events::list))
         .routes(routes!(events::verify))
         .routes(routes!(events::proof))
+        .routes(routes!(streams::events))
         .routes(routes!(sysadmin::create_tenant, sysadmin::list_tenants))
         .routes(routes!(events::list_all))
         .routes(routes!(events::verify_all))

@@ -35,6 +35,7 @@ mod sip_edge;
 mod sip_sipp;
 mod sip_trunk;
 mod sip_ua;
+mod streams;
 mod sysadmin;
 mod tls;
 mod trunks;

@@ -1,0 +1,319 @@
+//! Live streams over WebSocket (SPEC §14). `GET /v1/events/stream`: the
+//! tenant's audit events as they are sequenced, with the filters and the
+//! cursor of `GET /v1/events`. Everything is decided before the upgrade
+//! (no 101 without a credential that holds); afterwards the stream checks
+//! at intervals that it still does, and closes when it does not.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, RawQuery, State};
+use axum::response::Response;
+use http::HeaderMap;
+use palisade_audit::EventView;
+use palisade_auth::Credential;
+use palisade_core::{ApiError, Permission, TenantScope};
+use palisade_store::audit::{AuditFilter, Reader};
+
+use super::events::EventQuery;
+use crate::extract::{still_holds, Auth, Ctx};
+use crate::state::AppState;
+
+/// Events read per look unless `limit` says otherwise: a stream behind by
+/// more catches up over several.
+const BATCH: i64 = 500;
+
+/// Query parameter names that carry credentials elsewhere. Such a request
+/// is refused before anything else reads it: query strings end up in
+/// proxies' and browsers' histories.
+const CREDENTIAL_PARAMS: [&str; 9] =
+    ["api_key", "apikey", "key", "token", "access_token", "auth", "authorization", "bearer", "jwt"];
+
+/// The tenant's audit events, live (WebSocket), with the filters and cursor
+/// of `GET /v1/events` (`after`: resume after that event's `cursor`; nothing
+/// is lost or sent twice across a reconnect). Send the credential in the
+/// `Authorization` header; one in the query string is refused. Each event
+/// is a text message `{"type": "event", "cursor": "…", "event": {…}}`;
+/// reconnect with `after=<cursor>` to resume. Closes with 1008 when the
+/// credential no longer holds (revoked, frozen, logged out) or the
+/// connection reached its limits, 1009 for a message over the size limit.
+#[utoipa::path(get, path = "/v1/events/stream", tag = "events", security(("bearer" = [])), params(EventQuery),
+    responses((status = 101, description = "Switching to the WebSocket protocol")))]
+pub async fn events(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    auth: Result<Auth, ApiError>,
+    query: Result<Query<EventQuery>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    if raw.as_deref().is_some_and(credential_in_query) {
+        return Err(ApiError::new(
+            http::StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Credentials are not accepted in the query string: send an Authorization header.",
+        )
+        .with_header(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer")));
+    }
+    let auth = auth?;
+    let scope = auth.scope(Permission::EventsRead).await?;
+    let Query(q) = query.map_err(|e| ApiError::validation("query", e.body_text()))?;
+    // The filters and cursor of `GET /v1/events`; `limit` is how many
+    // events one look reads.
+    let filter = super::events::filter(EventQuery { limit: Some(q.limit.unwrap_or(BATCH)), ..q })?;
+    // A plain request (no WebSocket handshake): 426, naming the protocol.
+    let ws = ws.map_err(|_| {
+        ApiError::new(
+            http::StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "This is a WebSocket endpoint: open it with a WebSocket handshake.",
+        )
+        .with_header(http::header::UPGRADE, http::HeaderValue::from_static("websocket"))
+    })?;
+    let limits = &state.config.streams;
+    let credential = crate::extract::credential_id(&headers);
+    let Some(slot) = state.streams.admit(&scope, &credential, limits.max_per_tenant, limits.max_per_credential) else {
+        return Err(ApiError::new(
+            http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "Too many open streams; close one first.",
+        ));
+    };
+    let max = limits.max_message_bytes;
+    let actor = auth.principal.actor();
+    let stream = EventStream { state: state.clone(), scope, actor, filter, headers, ctx: auth.ctx, _slot: slot };
+    Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| stream.run(socket)))
+}
+
+/// Whether the query string carries something that looks like a
+/// credential: a parameter named like one, or a value of a credential's
+/// form (an API key, agent token, master key or JWT).
+fn credential_in_query(raw: &str) -> bool {
+    url::form_urlencoded::parse(raw.as_bytes()).any(|(k, v)| {
+        CREDENTIAL_PARAMS.iter().any(|c| k.eq_ignore_ascii_case(c))
+            || !matches!(Credential::classify(v.trim()), Credential::Malformed)
+            || v.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
+    })
+}
+
+/// Open streams per tenant and per credential, in this instance.
+#[derive(Default)]
+pub struct OpenStreams {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl OpenStreams {
+    fn admit(&self, scope: &TenantScope, credential: &str, per_tenant: usize, per_credential: usize) -> Option<Slot> {
+        let keys = [format!("t:{}", scope.tenant_id()), format!("c:{credential}")];
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let full = |k: &String, cap: usize| counts.get(k).copied().unwrap_or(0) >= cap;
+        if full(&keys[0], per_tenant) || full(&keys[1], per_credential) {
+            return None;
+        }
+        for k in &keys {
+            *counts.entry(k.clone()).or_default() += 1;
+        }
+        Some(Slot { counts: self.counts.clone(), keys })
+    }
+}
+
+/// One open stream's place in the counts, given back when it ends.
+struct Slot {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    keys: [String; 2],
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        for k in &self.keys {
+            if let Some(n) = counts.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(k);
+                }
+            }
+        }
+    }
+}
+
+struct EventStream {
+    state: AppState,
+    scope: TenantScope,
+    actor: palisade_core::principal::Actor,
+    filter: AuditFilter,
+    headers: HeaderMap,
+    ctx: Ctx,
+    _slot: Slot,
+}
+
+/// Why a stream ended: its close code and reason, and the audit's word.
+struct End {
+    code: u16,
+    reason: &'static str,
+}
+
+const POLICY: u16 = 1008;
+const TOO_BIG: u16 = 1009;
+const NORMAL: u16 = 1000;
+const GOING_AWAY: u16 = 1001;
+
+impl EventStream {
+    async fn run(mut self, mut socket: WebSocket) {
+        let limits = self.state.config.streams.clone();
+        let started = tokio::time::Instant::now();
+        let (mut sent, mut received) = (0u64, 0u64);
+        self.audit("stream.opened", serde_json::json!({ "stream": "events" }));
+        let mut poll = tokio::time::interval(Duration::from_millis(limits.poll_ms.max(10)));
+        let mut recheck = tokio::time::interval(Duration::from_millis(limits.recheck_ms.max(10)));
+        recheck.tick().await;
+        let deadline = started + Duration::from_secs(limits.max_duration_secs);
+        let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
+        let mut heard = tokio::time::Instant::now();
+        let mut pinged = false;
+        let send_timeout = Duration::from_millis(limits.send_timeout_ms.max(1));
+        let end = loop {
+            tokio::select! {
+                _ = poll.tick() => {
+                    match self.next_events().await {
+                        Ok(messages) => {
+                            let mut failed = None;
+                            for m in messages {
+                                sent += m.len() as u64;
+                                if sent > limits.max_connection_bytes {
+                                    failed = Some(End { code: POLICY, reason: "connection byte limit reached; reconnect" });
+                                    break;
+                                }
+                                match tokio::time::timeout(send_timeout, socket.send(Message::Text(m.into()))).await {
+                                    Ok(Ok(())) => {}
+                                    Ok(Err(_)) => { failed = Some(End { code: GOING_AWAY, reason: "client gone" }); break; }
+                                    Err(_) => { failed = Some(End { code: POLICY, reason: "client too slow" }); break; }
+                                }
+                            }
+                            if let Some(end) = failed { break end; }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "event stream read failed");
+                            break End { code: 1011, reason: "internal error" };
+                        }
+                    }
+                    // Idle: a ping first, then the cut.
+                    if heard.elapsed() > idle {
+                        if pinged {
+                            break End { code: POLICY, reason: "idle timeout" };
+                        }
+                        pinged = true;
+                        let _ = socket.send(Message::Ping(Default::default())).await;
+                    }
+                }
+                _ = recheck.tick() => {
+                    if !still_holds(&self.state, &self.headers, &self.ctx, Permission::EventsRead).await {
+                        break End { code: POLICY, reason: "credential no longer valid" };
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    break End { code: POLICY, reason: "maximum stream duration reached; reconnect" };
+                }
+                msg = socket.recv() => match msg {
+                    None => break End { code: GOING_AWAY, reason: "client gone" },
+                    Some(Err(e)) => {
+                        let too_big = std::error::Error::source(&e)
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| e.to_string())
+                            .to_ascii_lowercase()
+                            .contains("too long");
+                        if too_big {
+                            break End { code: TOO_BIG, reason: "message too big" };
+                        }
+                        break End { code: GOING_AWAY, reason: "client gone" };
+                    }
+                    Some(Ok(Message::Close(_))) => break End { code: NORMAL, reason: "closed by the client" },
+                    Some(Ok(m)) => {
+                        heard = tokio::time::Instant::now();
+                        pinged = false;
+                        received += message_len(&m);
+                        if received > limits.max_connection_bytes {
+                            break End { code: POLICY, reason: "connection byte limit reached; reconnect" };
+                        }
+                    }
+                }
+            }
+        };
+        if end.code != GOING_AWAY {
+            let frame = CloseFrame { code: end.code, reason: end.reason.into() };
+            let _ = tokio::time::timeout(send_timeout, socket.send(Message::Close(Some(frame)))).await;
+        }
+        self.audit(
+            "stream.closed",
+            serde_json::json!({
+                "stream": "events",
+                "code": end.code,
+                "reason": end.reason,
+                "bytes_sent": sent,
+                "bytes_received": received,
+                "seconds": started.elapsed().as_secs(),
+            }),
+        );
+    }
+
+    /// The events after the cursor, as messages; moves the cursor.
+    async fn next_events(&mut self) -> palisade_store::Result<Vec<String>> {
+        let rows =
+            palisade_store::audit::list(self.state.db.reader(), Reader::Tenant(&self.scope), &self.filter).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        let limit = usize::try_from(self.filter.limit - 1).unwrap_or(0);
+        for row in rows.into_iter().take(limit) {
+            let cursor = row.seq.to_string();
+            self.filter.after_seq = Some(row.seq);
+            let message = serde_json::json!({ "type": "event", "cursor": cursor, "event": EventView::for_tenant(row) });
+            out.push(message.to_string());
+        }
+        Ok(out)
+    }
+
+    fn audit(&self, action: &'static str, details: serde_json::Value) {
+        let event =
+            palisade_audit::Event::new(action, Some(self.scope.tenant_id()), self.actor.clone()).details(details);
+        let (state, ctx) = (self.state.clone(), self.ctx.audit.clone());
+        tokio::spawn(async move {
+            if let Err(e) = palisade_audit::record(&state.db, &event, &ctx, state.now_ms()).await {
+                tracing::error!(error = %e, "audit append failed");
+            }
+        });
+    }
+}
+
+fn message_len(m: &Message) -> u64 {
+    (match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_) => 0,
+    }) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_the_query_string_are_found() {
+        let key = format!("ak_{}", "a".repeat(40));
+        for raw in [
+            format!("api_key={key}"),
+            format!("after=5&x={key}"),
+            "token=anything".to_owned(),
+            "Access_Token=x".to_owned(),
+            "a=Bearer%20xyz".to_owned(),
+            "jwt=e30.e30.sig".to_owned(),
+            "after=e30.e30.sig".to_owned(),
+        ] {
+            assert!(credential_in_query(&raw), "{raw}");
+        }
+        for raw in ["", "after=12&action=auth.login", "resource_id=key_1", "since=2026-01-01T00:00:00Z"] {
+            assert!(!credential_in_query(raw), "{raw}");
+        }
+    }
+}
