@@ -405,6 +405,8 @@ impl Running {
         }
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        // Upgraded connections are no longer the server's: close them.
+        self.state.streams.close_all(DRAIN).await;
         // No request is in flight any more: let the hand-overs to the
         // carrier finish and their reports be written, so a deploy leaves
         // no message that looks never sent (recovery would refund it).

@@ -82,6 +82,9 @@ pub async fn events(
             "Too many open streams; close one first.",
         ));
     };
+    if state.streams.stopping.is_cancelled() {
+        return Err(ApiError::new(http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", "The server is stopping."));
+    }
     let max = limits.max_message_bytes;
     let actor = auth.principal.actor();
     let stream = EventStream { state: state.clone(), scope, actor, filter, headers, ctx: auth.ctx, _slot: slot };
@@ -99,13 +102,26 @@ fn credential_in_query(raw: &str) -> bool {
     })
 }
 
-/// Open streams per tenant and per credential, in this instance.
+/// Open streams per tenant and per credential, in this instance, and what
+/// closes them all when the server stops.
 #[derive(Default)]
 pub struct OpenStreams {
     counts: Arc<Mutex<HashMap<String, usize>>>,
+    stopping: tokio_util::sync::CancellationToken,
+    running: tokio_util::task::TaskTracker,
 }
 
 impl OpenStreams {
+    /// Closes every open stream (1001) and waits, at most `wait`, for them
+    /// to have said so and written their audit event.
+    pub async fn close_all(&self, wait: Duration) {
+        self.stopping.cancel();
+        self.running.close();
+        if tokio::time::timeout(wait, self.running.wait()).await.is_err() {
+            tracing::warn!(left = self.running.len(), "stopping with streams still closing");
+        }
+    }
+
     fn admit(&self, scope: &TenantScope, credential: &str, per_tenant: usize, per_credential: usize) -> Option<Slot> {
         let keys = [format!("t:{}", scope.tenant_id()), format!("c:{credential}")];
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
@@ -160,9 +176,13 @@ const POLICY: u16 = 1008;
 const TOO_BIG: u16 = 1009;
 const NORMAL: u16 = 1000;
 const GOING_AWAY: u16 = 1001;
+/// The client went without a close: nothing to send it.
+const CLIENT_GONE: &str = "client gone";
 
 impl EventStream {
     async fn run(mut self, mut socket: WebSocket) {
+        let _running = self.state.streams.running.token();
+        let stopping = self.state.streams.stopping.clone();
         let limits = self.state.config.streams.clone();
         let started = tokio::time::Instant::now();
         let (mut sent, mut received) = (0u64, 0u64);
@@ -189,7 +209,7 @@ impl EventStream {
                                 }
                                 match tokio::time::timeout(send_timeout, socket.send(Message::Text(m.into()))).await {
                                     Ok(Ok(())) => {}
-                                    Ok(Err(_)) => { failed = Some(End { code: GOING_AWAY, reason: "client gone" }); break; }
+                                    Ok(Err(_)) => { failed = Some(End { code: GOING_AWAY, reason: CLIENT_GONE }); break; }
                                     Err(_) => { failed = Some(End { code: POLICY, reason: "client too slow" }); break; }
                                 }
                             }
@@ -214,11 +234,14 @@ impl EventStream {
                         break End { code: POLICY, reason: "credential no longer valid" };
                     }
                 }
+                _ = stopping.cancelled() => {
+                    break End { code: GOING_AWAY, reason: "server stopping" };
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     break End { code: POLICY, reason: "maximum stream duration reached; reconnect" };
                 }
                 msg = socket.recv() => match msg {
-                    None => break End { code: GOING_AWAY, reason: "client gone" },
+                    None => break End { code: GOING_AWAY, reason: CLIENT_GONE },
                     Some(Err(e)) => {
                         let too_big = std::error::Error::source(&e)
                             .map(|s| s.to_string())
@@ -228,7 +251,7 @@ impl EventStream {
                         if too_big {
                             break End { code: TOO_BIG, reason: "message too big" };
                         }
-                        break End { code: GOING_AWAY, reason: "client gone" };
+                        break End { code: GOING_AWAY, reason: CLIENT_GONE };
                     }
                     Some(Ok(Message::Close(_))) => break End { code: NORMAL, reason: "closed by the client" },
                     Some(Ok(m)) => {
@@ -242,7 +265,7 @@ impl EventStream {
                 }
             }
         };
-        if end.code != GOING_AWAY {
+        if end.reason != CLIENT_GONE {
             let frame = CloseFrame { code: end.code, reason: end.reason.into() };
             let _ = tokio::time::timeout(send_timeout, socket.send(Message::Close(Some(frame)))).await;
         }

@@ -201,3 +201,22 @@ async fn the_limits_close_a_stream() {
     assert_eq!(closed.0, 1008);
     assert!(closed.1.contains("duration"), "{closed:?}");
 }
+
+/// A stopping server closes its streams (1001) rather than leaving them to
+/// a process that is going away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_closes_its_streams() {
+    let srv = TestServer::start(Backend::Sqlite).await;
+    let t = srv.tenant("Stop").await;
+    let mut ws = open(&srv, "/v1/events/stream", Some(&t.token)).await.expect("upgraded");
+    next(&mut ws, Duration::from_secs(15)).await.unwrap();
+    let stopping = tokio::spawn(srv.stop());
+    let closed = loop {
+        match next(&mut ws, Duration::from_secs(10)).await {
+            Ok(_) => continue,
+            Err(close) => break close,
+        }
+    };
+    assert_eq!(closed, (1001, "server stopping".to_owned()));
+    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("the server stopped").unwrap();
+}
