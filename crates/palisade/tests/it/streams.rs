@@ -28,9 +28,22 @@ fn ws_url(srv: &TestServer, path_and_query: &str) -> String {
 
 /// Opens a stream, or the HTTP status it was refused with.
 async fn open(srv: &TestServer, path_and_query: &str, cred: Option<&str>) -> Result<Ws, (u16, String)> {
+    open_from(srv, path_and_query, cred, None).await
+}
+
+/// [`open`] from a page of `origin` (a browser sends it).
+async fn open_from(
+    srv: &TestServer,
+    path_and_query: &str,
+    cred: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Ws, (u16, String)> {
     let mut req = ws_url(srv, path_and_query).into_client_request().unwrap();
     if let Some(c) = cred {
         req.headers_mut().insert("authorization", format!("Bearer {c}").parse().unwrap());
+    }
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
     }
     match tokio_tungstenite::connect_async(req).await {
         Ok((ws, resp)) => {
@@ -93,6 +106,13 @@ async fn nothing_is_upgraded_without_a_credential_that_holds(b: Backend) {
     assert_eq!(open(&srv, &format!("{path}?after=-1"), Some(&key)).await.err().map(|e| e.0), Some(400));
     assert_eq!(open(&srv, &format!("{path}?limit=0"), Some(&key)).await.err().map(|e| e.0), Some(400));
     assert_eq!(open(&srv, &format!("{path}?page=2"), Some(&key)).await.err().map(|e| e.0), Some(400));
+    // A key held to one origin streams to pages of that origin only.
+    let (_, fenced) = srv
+        .api_key(&t.token, json!({"name": "web", "role": "read_only", "allowed_origins": ["https://app.example"]}))
+        .await;
+    let evil = open_from(&srv, path, Some(&fenced), Some("https://evil.example")).await;
+    assert_eq!(evil.err().map(|e| e.0), Some(401));
+    open_from(&srv, path, Some(&fenced), Some("https://app.example")).await.expect("upgraded");
     // With the header: the upgrade.
     let mut ws = open(&srv, path, Some(&key)).await.expect("upgraded");
     let first = next(&mut ws, Duration::from_secs(15)).await.unwrap();
