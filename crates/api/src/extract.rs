@@ -172,26 +172,30 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
-/// A stable name for the credential of a request (its SHA-256, never the
-/// credential), to count what one credential holds open.
-pub(crate) fn credential_id(headers: &HeaderMap) -> String {
-    bearer(headers).map(sha256_hex).unwrap_or_default()
-}
-
 /// Whether the credential of a request still authenticates with
 /// `permission`: a long-lived stream asks at intervals, so that revoking,
 /// freezing or logging out reaches it (through the credential cache, whose
 /// entries every instance drops on such a change). No rate-limit or lockout
-/// accounting: it is no new request.
-pub(crate) async fn still_holds(state: &AppState, headers: &HeaderMap, ctx: &Ctx, permission: Permission) -> bool {
-    let Some(cred) = bearer(headers) else { return false };
+/// accounting: it is no new request. `Err` when that could not be told (the
+/// database did not answer): the caller waits rather than cut everyone off.
+pub(crate) async fn still_holds(
+    state: &AppState,
+    headers: &HeaderMap,
+    ctx: &Ctx,
+    permission: Permission,
+) -> Result<bool, ()> {
+    let Some(cred) = bearer(headers) else { return Ok(false) };
     let checked = match Credential::classify(cred) {
         Credential::Jwt(t) => authenticate_jwt(state, t).await,
         Credential::ApiKey(k) => authenticate_api_key(state, k, ctx, headers).await,
         Credential::AgentToken(t) => authenticate_agent(state, t, ctx, headers).await,
-        Credential::MasterKey(_) | Credential::Malformed => return false,
+        Credential::MasterKey(_) | Credential::Malformed => return Ok(false),
     };
-    checked.is_ok_and(|(principal, _, _)| principal.require(permission).is_ok())
+    match checked {
+        Ok((principal, _, _)) => Ok(principal.require(permission).is_ok()),
+        Err(e) if e.status().is_server_error() => Err(()),
+        Err(_) => Ok(false),
+    }
 }
 
 /// A key-like credential check under the per-address lockout: refused

@@ -16,3 +16,10 @@ pub mod state;
 
 pub use routes::router;
 pub use state::{AppState, MasterKey, Services};
+
+/// A connection's place under the listener's caps (connections in total and
+/// per address), put in each request's extensions by the server: a request
+/// that turns its connection into a WebSocket holds it for as long as the
+/// stream lives, so an upgraded connection still counts.
+#[derive(Clone)]
+pub struct ConnectionHold(pub std::sync::Arc<dyn std::any::Any + Send + Sync>);

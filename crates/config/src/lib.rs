@@ -84,7 +84,9 @@ pub struct Streams {
     /// Longest wait for a client to take a message; a slower reader is cut
     /// off rather than buffered for.
     pub send_timeout_ms: u64,
-    /// Open streams at once per tenant, and per credential.
+    /// Open streams at once in this instance, per tenant, and per acting
+    /// person, key or identity.
+    pub max_total: usize,
     pub max_per_tenant: usize,
     pub max_per_credential: usize,
 }
@@ -99,6 +101,7 @@ impl Default for Streams {
             recheck_ms: 500,
             idle_timeout_secs: 60,
             send_timeout_ms: 10_000,
+            max_total: 10_000,
             max_per_tenant: 100,
             max_per_credential: 10,
         }

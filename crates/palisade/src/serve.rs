@@ -14,6 +14,7 @@
 //! knows whether a request is in flight and when the first byte of the next
 //! one arrived.
 
+use palisade_api::ConnectionHold;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -116,9 +117,11 @@ pub async fn serve(
         let (tls, app, limits, metrics, mut stop) =
             (tls.clone(), app.clone(), limits.clone(), metrics.clone(), stop.clone());
         conns.spawn(async move {
-            let _slot = slot;
+            // Shared with what an upgraded connection (a WebSocket) becomes:
+            // the place is given back when both have ended.
+            let slot = ConnectionHold(Arc::new(slot));
             let Some(acceptor) = tls else {
-                return connection(tcp, peer, app, &limits, metrics, stop).await;
+                return connection(tcp, peer, app, &limits, metrics, stop, slot).await;
             };
             let handshake = tokio::time::timeout(limits.handshake, acceptor.accept(tcp));
             let stream = tokio::select! {
@@ -132,7 +135,7 @@ pub async fn serve(
                 },
                 _ = stop.wait_for(|s| *s) => return,
             };
-            connection(stream, peer, app, &limits, metrics, stop).await
+            connection(stream, peer, app, &limits, metrics, stop, slot).await
         });
     }
     drop(listener);
@@ -149,6 +152,7 @@ async fn connection<I>(
     limits: &Limits,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
+    hold: ConnectionHold,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -159,6 +163,7 @@ async fn connection<I>(
         activity: activity.clone(),
         body: (limits.body, limits.body_min_rate),
         metrics: metrics.clone(),
+        hold,
     };
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn =
@@ -431,6 +436,7 @@ struct ConnService {
     activity: Arc<Activity>,
     body: (Duration, u64),
     metrics: Arc<Metrics>,
+    hold: ConnectionHold,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -441,6 +447,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let (busy, answering) = self.activity.request_started();
         req.extensions_mut().insert(ConnectInfo(self.peer));
+        req.extensions_mut().insert(self.hold.clone());
         let (allowed, min_rate) = self.body;
         let metrics = self.metrics.clone();
         let req = req.map(|inner| {

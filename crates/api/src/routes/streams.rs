@@ -29,8 +29,24 @@ const BATCH: i64 = 500;
 /// Query parameter names that carry credentials elsewhere. Such a request
 /// is refused before anything else reads it: query strings end up in
 /// proxies' and browsers' histories.
-const CREDENTIAL_PARAMS: [&str; 9] =
-    ["api_key", "apikey", "key", "token", "access_token", "auth", "authorization", "bearer", "jwt"];
+const CREDENTIAL_PARAMS: [&str; 13] = [
+    "api_key",
+    "apikey",
+    "x-api-key",
+    "key",
+    "token",
+    "access_token",
+    "refresh_token",
+    "auth",
+    "authorization",
+    "bearer",
+    "jwt",
+    "password",
+    "secret",
+];
+
+/// Prefixes of the platform's other secrets (refresh tokens, e-mail tokens).
+const SECRET_PREFIXES: [&str; 2] = [palisade_auth::token::REFRESH_PREFIX, palisade_auth::token::EMAIL_TOKEN_PREFIX];
 
 /// The tenant's audit events, live (WebSocket), with the filters and cursor
 /// of `GET /v1/events` (`after`: resume after that event's `cursor`; nothing
@@ -48,6 +64,7 @@ pub async fn events(
     headers: HeaderMap,
     auth: Result<Auth, ApiError>,
     query: Result<Query<EventQuery>, QueryRejection>,
+    hold: Option<axum::Extension<crate::ConnectionHold>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     if raw.as_deref().is_some_and(credential_in_query) {
@@ -73,21 +90,32 @@ pub async fn events(
         )
         .with_header(http::header::UPGRADE, http::HeaderValue::from_static("websocket"))
     })?;
+    if state.streams.stopping.is_cancelled() {
+        return Err(ApiError::new(http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", "The server is stopping."));
+    }
     let limits = &state.config.streams;
-    let credential = crate::extract::credential_id(&headers);
-    let Some(slot) = state.streams.admit(&scope, &credential, limits.max_per_tenant, limits.max_per_credential) else {
+    // Counted by who acts (a person, key or identity), not by the token:
+    // logging in again or refreshing gives no more streams.
+    let actor = auth.principal.actor();
+    let who = format!("{}:{}", actor.kind, actor.id.as_deref().unwrap_or(""));
+    let Some(slot) = state.streams.admit(&scope, &who, limits) else {
         return Err(ApiError::new(
             http::StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             "Too many open streams; close one first.",
         ));
     };
-    if state.streams.stopping.is_cancelled() {
-        return Err(ApiError::new(http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", "The server is stopping."));
-    }
     let max = limits.max_message_bytes;
-    let actor = auth.principal.actor();
-    let stream = EventStream { state: state.clone(), scope, actor, filter, headers, ctx: auth.ctx, _slot: slot };
+    let stream = EventStream {
+        state: state.clone(),
+        scope,
+        actor,
+        filter,
+        headers,
+        ctx: auth.ctx,
+        _slot: slot,
+        _hold: hold.map(|axum::Extension(h)| h.0),
+    };
     Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| stream.run(socket)))
 }
 
@@ -99,6 +127,7 @@ fn credential_in_query(raw: &str) -> bool {
         CREDENTIAL_PARAMS.iter().any(|c| k.eq_ignore_ascii_case(c))
             || !matches!(Credential::classify(v.trim()), Credential::Malformed)
             || v.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
+            || SECRET_PREFIXES.iter().any(|p| v.trim().starts_with(p))
     })
 }
 
@@ -122,11 +151,11 @@ impl OpenStreams {
         }
     }
 
-    fn admit(&self, scope: &TenantScope, credential: &str, per_tenant: usize, per_credential: usize) -> Option<Slot> {
-        let keys = [format!("t:{}", scope.tenant_id()), format!("c:{credential}")];
+    fn admit(&self, scope: &TenantScope, who: &str, limits: &palisade_config::Streams) -> Option<Slot> {
+        let keys = [String::new(), format!("t:{}", scope.tenant_id()), format!("c:{who}")];
+        let caps = [limits.max_total, limits.max_per_tenant, limits.max_per_credential];
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let full = |k: &String, cap: usize| counts.get(k).copied().unwrap_or(0) >= cap;
-        if full(&keys[0], per_tenant) || full(&keys[1], per_credential) {
+        if keys.iter().zip(caps).any(|(k, cap)| counts.get(k).copied().unwrap_or(0) >= cap) {
             return None;
         }
         for k in &keys {
@@ -139,7 +168,8 @@ impl OpenStreams {
 /// One open stream's place in the counts, given back when it ends.
 struct Slot {
     counts: Arc<Mutex<HashMap<String, usize>>>,
-    keys: [String; 2],
+    /// All streams (""), the tenant's, the actor's.
+    keys: [String; 3],
 }
 
 impl Drop for Slot {
@@ -164,7 +194,19 @@ struct EventStream {
     headers: HeaderMap,
     ctx: Ctx,
     _slot: Slot,
+    /// The connection's place under the listener's caps.
+    _hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
+
+/// Bytes a stream carried each way.
+struct Io {
+    sent: u64,
+    received: u64,
+}
+
+/// How long a stream waits for the database to answer its credential check
+/// before it closes (1011): meanwhile it sends nothing.
+const UNSURE_AT_MOST: Duration = Duration::from_secs(10);
 
 /// Why a stream ended: its close code and reason, and the audit's word.
 struct End {
@@ -185,11 +227,13 @@ impl EventStream {
         let stopping = self.state.streams.stopping.clone();
         let limits = self.state.config.streams.clone();
         let started = tokio::time::Instant::now();
-        let (mut sent, mut received) = (0u64, 0u64);
+        let mut io = Io { sent: 0, received: 0 };
         self.audit("stream.opened", serde_json::json!({ "stream": "events" }));
         let mut poll = tokio::time::interval(Duration::from_millis(limits.poll_ms.max(10)));
-        let mut recheck = tokio::time::interval(Duration::from_millis(limits.recheck_ms.max(10)));
-        recheck.tick().await;
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let recheck = Duration::from_millis(limits.recheck_ms.max(10));
+        let mut checked = tokio::time::Instant::now();
+        let mut unsure_since: Option<tokio::time::Instant> = None;
         let deadline = started + Duration::from_secs(limits.max_duration_secs);
         let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
         let mut heard = tokio::time::Instant::now();
@@ -198,27 +242,33 @@ impl EventStream {
         let end = loop {
             tokio::select! {
                 _ = poll.tick() => {
-                    match self.next_events().await {
-                        Ok(messages) => {
-                            let mut failed = None;
-                            for m in messages {
-                                sent += m.len() as u64;
-                                if sent > limits.max_connection_bytes {
-                                    failed = Some(End { code: POLICY, reason: "connection byte limit reached; reconnect" });
-                                    break;
+                    // Checked here, before anything is sent, whichever branch
+                    // the select favours: the credential when due, the age.
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        break End { code: POLICY, reason: "maximum stream duration reached; reconnect" };
+                    }
+                    if now.duration_since(checked) >= recheck {
+                        match still_holds(&self.state, &self.headers, &self.ctx, Permission::EventsRead).await {
+                            Ok(true) => (checked, unsure_since) = (now, None),
+                            Ok(false) => break End { code: POLICY, reason: "credential no longer valid" },
+                            // The database did not answer: nothing is sent
+                            // until it does, and not for long.
+                            Err(()) => {
+                                let since = *unsure_since.get_or_insert(now);
+                                if now.duration_since(since) > UNSURE_AT_MOST {
+                                    break End { code: 1011, reason: "internal error" };
                                 }
-                                match tokio::time::timeout(send_timeout, socket.send(Message::Text(m.into()))).await {
-                                    Ok(Ok(())) => {}
-                                    Ok(Err(_)) => { failed = Some(End { code: GOING_AWAY, reason: CLIENT_GONE }); break; }
-                                    Err(_) => { failed = Some(End { code: POLICY, reason: "client too slow" }); break; }
-                                }
+                                continue;
                             }
-                            if let Some(end) = failed { break end; }
                         }
-                        Err(e) => {
-                            tracing::error!(error = %e, "event stream read failed");
-                            break End { code: 1011, reason: "internal error" };
-                        }
+                    }
+                    // A batch ends by the next check: a reader just fast
+                    // enough cannot keep the stream away from it.
+                    let until = (checked + recheck).min(deadline);
+                    match self.deliver(&mut socket, &mut io, until, send_timeout, &limits).await {
+                        Ok(()) => {}
+                        Err(end) => break end,
                     }
                     // Idle: a ping first, then the cut.
                     if heard.elapsed() > idle {
@@ -226,12 +276,10 @@ impl EventStream {
                             break End { code: POLICY, reason: "idle timeout" };
                         }
                         pinged = true;
-                        let _ = socket.send(Message::Ping(Default::default())).await;
-                    }
-                }
-                _ = recheck.tick() => {
-                    if !still_holds(&self.state, &self.headers, &self.ctx, Permission::EventsRead).await {
-                        break End { code: POLICY, reason: "credential no longer valid" };
+                        let ping = tokio::time::timeout(send_timeout, socket.send(Message::Ping(Default::default())));
+                        if !matches!(ping.await, Ok(Ok(()))) {
+                            break End { code: POLICY, reason: "client too slow" };
+                        }
                     }
                 }
                 _ = stopping.cancelled() => {
@@ -257,8 +305,8 @@ impl EventStream {
                     Some(Ok(m)) => {
                         heard = tokio::time::Instant::now();
                         pinged = false;
-                        received += message_len(&m);
-                        if received > limits.max_connection_bytes {
+                        io.received += message_len(&m);
+                        if io.received > limits.max_connection_bytes {
                             break End { code: POLICY, reason: "connection byte limit reached; reconnect" };
                         }
                     }
@@ -275,26 +323,49 @@ impl EventStream {
                 "stream": "events",
                 "code": end.code,
                 "reason": end.reason,
-                "bytes_sent": sent,
-                "bytes_received": received,
+                "bytes_sent": io.sent,
+                "bytes_received": io.received,
                 "seconds": started.elapsed().as_secs(),
             }),
         );
     }
 
-    /// The events after the cursor, as messages; moves the cursor.
-    async fn next_events(&mut self) -> palisade_store::Result<Vec<String>> {
-        let rows =
-            palisade_store::audit::list(self.state.db.reader(), Reader::Tenant(&self.scope), &self.filter).await?;
-        let mut out = Vec::with_capacity(rows.len());
+    /// Sends the events after the cursor, moving it past each one sent,
+    /// until `until`; what is left goes at the next look.
+    async fn deliver(
+        &mut self,
+        socket: &mut WebSocket,
+        io: &mut Io,
+        until: tokio::time::Instant,
+        send_timeout: Duration,
+        limits: &palisade_config::Streams,
+    ) -> Result<(), End> {
+        let rows = palisade_store::audit::list(self.state.db.reader(), Reader::Tenant(&self.scope), &self.filter)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "event stream read failed");
+                End { code: 1011, reason: "internal error" }
+            })?;
         let limit = usize::try_from(self.filter.limit - 1).unwrap_or(0);
         for row in rows.into_iter().take(limit) {
-            let cursor = row.seq.to_string();
-            self.filter.after_seq = Some(row.seq);
-            let message = serde_json::json!({ "type": "event", "cursor": cursor, "event": EventView::for_tenant(row) });
-            out.push(message.to_string());
+            if tokio::time::Instant::now() >= until {
+                break;
+            }
+            let seq = row.seq;
+            let message =
+                serde_json::json!({ "type": "event", "cursor": seq.to_string(), "event": EventView::for_tenant(row) })
+                    .to_string();
+            io.sent += message.len() as u64;
+            if io.sent > limits.max_connection_bytes {
+                return Err(End { code: POLICY, reason: "connection byte limit reached; reconnect" });
+            }
+            match tokio::time::timeout(send_timeout, socket.send(Message::Text(message.into()))).await {
+                Ok(Ok(())) => self.filter.after_seq = Some(seq),
+                Ok(Err(_)) => return Err(End { code: GOING_AWAY, reason: CLIENT_GONE }),
+                Err(_) => return Err(End { code: POLICY, reason: "client too slow" }),
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn audit(&self, action: &'static str, details: serde_json::Value) {

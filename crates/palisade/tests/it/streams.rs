@@ -207,10 +207,13 @@ async fn the_limits_close_a_stream() {
         }
     };
     assert_eq!(closed.0, 1009, "{closed:?}");
-    // Two open at once per credential; a third is refused before the upgrade.
+    // Two open at once per person; a third is refused before the upgrade,
+    // with a token of a new login too.
     let mut a = open(&srv, "/v1/events/stream", Some(&t.token)).await.expect("upgraded");
     let _b = open(&srv, "/v1/events/stream", Some(&t.token)).await.expect("upgraded");
     assert_eq!(open(&srv, "/v1/events/stream", Some(&t.token)).await.err().map(|e| e.0), Some(429));
+    let (again, _) = srv.login(&t.email, &t.password).await;
+    assert_eq!(open(&srv, "/v1/events/stream", Some(&again)).await.err().map(|e| e.0), Some(429));
     // The duration limit: 1008 with its reason.
     let closed = loop {
         match next(&mut a, Duration::from_secs(5)).await {
@@ -239,4 +242,26 @@ async fn a_stopping_server_closes_its_streams() {
     };
     assert_eq!(closed, (1001, "server stopping".to_owned()));
     tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("the server stopped").unwrap();
+}
+
+/// An upgraded connection still counts against the listener's caps: one
+/// address cannot hold more streams than it may hold connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_count_as_connections() {
+    let srv = TestServer::start_with(Backend::Sqlite, |c| c.server.max_connections_per_address = 3).await;
+    let t = srv.tenant("Conns").await;
+    let (_, key) = srv.api_key(&t.token, json!({"name": "k", "role": "read_only"})).await;
+    let mut open_streams = Vec::new();
+    for _ in 0..5 {
+        let mut req = ws_url(&srv, "/v1/events/stream").into_client_request().unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+        if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(req).await {
+            // Upgraded and serving (not merely accepted).
+            if next(&mut ws, Duration::from_secs(5)).await.is_ok() {
+                open_streams.push(ws);
+            }
+        }
+    }
+    assert!(!open_streams.is_empty());
+    assert!(open_streams.len() <= 3, "{} streams from one address with room for 3 connections", open_streams.len());
 }
