@@ -13,10 +13,6 @@ use crate::log::{leaf_hash_of, LeafFields, LogError};
 
 const CHUNK: i64 = 20_000;
 
-/// Chunks the hashing stage may run ahead of the scan (a chunk of
-/// [`CHUNK`] records is a few megabytes).
-const STAGED_AHEAD: usize = 8;
-
 struct Leaf<'a> {
     index: u64,
     seq: i64,
@@ -271,7 +267,7 @@ enum Back {
 }
 
 /// Per tenant: records counted, leaves missed.
-type Counts = crate::tenant::Tenants<(i64, i64)>;
+type Counts = std::collections::HashMap<String, (i64, i64)>;
 
 /// The records' ranges in a [`split_records`] chunk; `false` if its
 /// framing is broken (then `out` holds nothing to use).
@@ -340,19 +336,16 @@ fn stage(
     mut chunks: tokio::sync::mpsc::Receiver<palisade_store::Result<(i64, String)>>,
     placed: u64,
 ) -> (tokio::sync::mpsc::Receiver<palisade_store::Result<Staged>>, std::sync::mpsc::Sender<Back>) {
-    // Room for the chunks staged while the tenants' checkpoints load.
-    let (tx, rx) = tokio::sync::mpsc::channel(STAGED_AHEAD);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
     let (back_tx, back) = std::sync::mpsc::channel();
     tokio::task::spawn_blocking(move || {
-        let mut counts = Counts::default();
-        // Record lists given back, kept for reuse (see `leaf_chunks`).
-        let mut spares = Vec::new();
+        let mut counts = Counts::new();
+        let mut spare = Vec::new();
         let mut bufs = (Vec::with_capacity(64), Vec::with_capacity(1024));
         while let Some(next) = chunks.blocking_recv() {
             for b in back.try_iter() {
                 match b {
-                    Back::Pres(v) if spares.len() <= STAGED_AHEAD + 2 => spares.push(v),
-                    Back::Pres(_) => {}
+                    Back::Pres(v) => spare = v,
                     Back::Missed(tenant, n) => {
                         let c = counts.entry(tenant).or_default();
                         c.1 = c.1.max(n);
@@ -360,7 +353,7 @@ fn stage(
                 }
             }
             let staged = next.map(|(from, chunk)| {
-                let mut pres = spares.pop().unwrap_or_default();
+                let mut pres = std::mem::take(&mut spare);
                 let ok = stage_chunk(&chunk, placed, &mut counts, &mut pres, &mut bufs);
                 Staged { from, chunk, pres: ok.then_some(pres) }
             });
@@ -841,7 +834,7 @@ mod tests {
         let sep = FIELD_SEP.to_string();
         records.push(["8", "18", &hex::encode([7u8; 32]), "-"].join(&sep));
         let chunk = framed(&records);
-        let mut counts = Counts::default();
+        let mut counts = Counts::new();
         // The scan reported one leaf of `b` it pushed itself.
         counts.insert("b\"\u{1}".into(), (0, 1));
         let (mut out, mut bufs) = (Vec::new(), (Vec::new(), Vec::new()));
@@ -865,9 +858,9 @@ mod tests {
         assert_eq!(counts["a"], (3, 0));
         // Broken framing: nothing to use.
         for bad in [format!("{chunk}x"), format!("{chunk}9:ab"), "x:1".to_owned()] {
-            assert!(!stage_chunk(&bad, 7, &mut Counts::default(), &mut out, &mut bufs), "{bad:?}");
+            assert!(!stage_chunk(&bad, 7, &mut Counts::new(), &mut out, &mut bufs), "{bad:?}");
         }
-        assert!(stage_chunk("", 7, &mut Counts::default(), &mut out, &mut bufs) && out.is_empty());
+        assert!(stage_chunk("", 7, &mut Counts::new(), &mut out, &mut bufs) && out.is_empty());
     }
 
     #[test]

@@ -315,6 +315,7 @@ mod tests {
             ("internal", "Internal error"),
             ("unavailable", "Service unavailable"),
             ("request_timeout", "Request timeout"),
+            ("upgrade_required", "Upgrade required"),
             ("anything_else", "Error"),
         ] {
             assert_eq!(ApiError::new(StatusCode::BAD_REQUEST, reason, "d").to_problem(None).title, title);

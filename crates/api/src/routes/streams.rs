@@ -394,7 +394,7 @@ mod tests {
 
     #[test]
     fn credentials_in_the_query_string_are_found() {
-        let key = format!("ak_{}", "a".repeat(40));
+        let key = format!("ak_{}", "a".repeat(32));
         for raw in [
             format!("api_key={key}"),
             format!("after=5&x={key}"),
@@ -403,6 +403,8 @@ mod tests {
             "a=Bearer%20xyz".to_owned(),
             "jwt=e30.e30.sig".to_owned(),
             "after=e30.e30.sig".to_owned(),
+            format!("x=rt_{}", "b".repeat(32)),
+            "refresh_token=1".to_owned(),
         ] {
             assert!(credential_in_query(&raw), "{raw}");
         }
