@@ -97,6 +97,14 @@ OTHER_REFUSALS = {
     ("DELETE /v1/identities/{id}", 423),
     # A frozen identity gets no SIP credential; the run freezes identities.
     ("POST /v1/identities/{id}/sip-credentials", 423),
+    # A frozen identity places no call and sends nothing (the kill-switch);
+    # the stateful phase freezes identities, then uses them.
+    ("POST /v1/calls", 423),
+    ("POST /v1/messages", 423),
+    # A WebSocket endpoint (its 101 is documented): a plain HTTP request,
+    # which is all schemathesis sends, gets 426 Upgrade Required. The
+    # stream itself is tested with a WebSocket client (tests/it/streams.rs).
+    ("GET /v1/events/stream", 426),
 }
 
 
