@@ -395,6 +395,37 @@ impl Abuse {
         Ok(CallerKey { tenant, key: caller })
     }
 
+    /// Whether a caller admitted earlier still would be, by the address
+    /// lists (the platform's and the tenant's) and the blocks on its address
+    /// and credential: asked at intervals by a long-lived stream. Charges no
+    /// bucket and audits nothing (no new request). `Err` when the state
+    /// could not be read.
+    pub async fn still_admitted(
+        &self,
+        now_ms: i64,
+        principal: &Principal,
+        policy: &TenantPolicy,
+        client: IpAddr,
+    ) -> Result<bool, ()> {
+        let listed_out = |deny: &[IpNet], allow: &[IpNet]| {
+            palisade_guard::net::in_any(client, deny)
+                || (!allow.is_empty() && !palisade_guard::net::in_any(client, allow))
+        };
+        if listed_out(&self.deny, &self.allow) || policy.unreadable || listed_out(&policy.deny, &policy.allow) {
+            return Ok(false);
+        }
+        let checks =
+            [(ip_id(client), Key::ip(Kind::Waf, client)), (principal.tenant_id().0.as_u128(), caller_key(principal))];
+        for (partition, key) in checks {
+            let blocks = [BlockCheck { key, refuses: true }];
+            let decide = Decide { partition, now_ms, blocks: &blocks, buckets: &[], notice_ms: NOTICE_MS };
+            if self.state.decide(decide).await.map_err(|_| ())?.blocked.is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// A 403 `blocked`: counted, and audited once per notice period.
     async fn refuse(
         &self,

@@ -191,11 +191,16 @@ pub(crate) async fn still_holds(
         Credential::AgentToken(t) => authenticate_agent(state, t, ctx, headers).await,
         Credential::MasterKey(_) | Credential::Malformed => return Ok(false),
     };
-    match checked {
-        Ok((principal, _, _)) => Ok(principal.require(permission).is_ok()),
-        Err(e) if e.status().is_server_error() => Err(()),
-        Err(_) => Ok(false),
+    let (principal, policy, _) = match checked {
+        Ok(a) => a,
+        Err(e) if e.status().is_server_error() => return Err(()),
+        Err(_) => return Ok(false),
+    };
+    if principal.require(permission).is_err() {
+        return Ok(false);
     }
+    // The address lists and blocks the request passed when it came in.
+    state.abuse.still_admitted(state.now_ms(), &principal, &policy, ctx.client_ip).await
 }
 
 /// A key-like credential check under the per-address lockout: refused

@@ -186,6 +186,22 @@ async fn a_freeze_closes_an_open_stream(b: Backend) {
     assert!(frozen_at.elapsed() < Duration::from_millis(1500), "closed after {:?}", frozen_at.elapsed());
     // And it cannot open again.
     assert_eq!(open(&srv, "/v1/events/stream", Some(&key)).await.err().map(|e| e.0), Some(423));
+
+    // The tenant's address list, changed while a stream is open, reaches it
+    // too: the stream's address is no longer allowed.
+    let mut ws = open(&srv, "/v1/events/stream", Some(&t.token)).await.expect("upgraded");
+    next(&mut ws, Duration::from_secs(15)).await.unwrap();
+    let limits = json!({"ip_deny": ["127.0.0.0/8"]});
+    srv.admin(Method::PUT, &format!("/sysadmin/v1/tenants/{}/limits", t.id), Some(limits)).await.expect(200);
+    let listed_at = std::time::Instant::now();
+    let closed = loop {
+        match next(&mut ws, Duration::from_secs(5)).await {
+            Ok(_) => continue,
+            Err(close) => break close,
+        }
+    };
+    assert_eq!(closed.0, u16::from(CloseCode::Policy), "{closed:?}");
+    assert!(listed_at.elapsed() < Duration::from_millis(1500), "closed after {:?}", listed_at.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
