@@ -75,6 +75,15 @@ async fn next(ws: &mut Ws, wait: Duration) -> Result<Value, (u16, String)> {
     }
 }
 
+/// The close frame's code and reason, skipping what comes before it.
+async fn closing(ws: &mut Ws, wait: Duration) -> (u16, String) {
+    loop {
+        if let Err(close) = next(ws, wait).await {
+            return close;
+        }
+    }
+}
+
 /// Events of `action` until `n` have come; returns every event seen.
 async fn collect(ws: &mut Ws, action: &str, n: usize) -> Vec<Value> {
     let mut seen = Vec::new();
@@ -176,12 +185,7 @@ async fn a_freeze_closes_an_open_stream(b: Backend) {
     next(&mut ws, Duration::from_secs(15)).await.unwrap();
     srv.admin(Method::POST, &format!("/sysadmin/v1/api-keys/{id}/freeze"), None).await.expect(200);
     let frozen_at = std::time::Instant::now();
-    let closed = loop {
-        match next(&mut ws, Duration::from_secs(5)).await {
-            Ok(_) => continue,
-            Err(close) => break close,
-        }
-    };
+    let closed = closing(&mut ws, Duration::from_secs(5)).await;
     assert_eq!(closed.0, u16::from(CloseCode::Policy), "{closed:?}");
     assert!(frozen_at.elapsed() < Duration::from_millis(1500), "closed after {:?}", frozen_at.elapsed());
     // And it cannot open again.
@@ -194,12 +198,7 @@ async fn a_freeze_closes_an_open_stream(b: Backend) {
     let limits = json!({"ip_deny": ["127.0.0.0/8"]});
     srv.admin(Method::PUT, &format!("/sysadmin/v1/tenants/{}/limits", t.id), Some(limits)).await.expect(200);
     let listed_at = std::time::Instant::now();
-    let closed = loop {
-        match next(&mut ws, Duration::from_secs(5)).await {
-            Ok(_) => continue,
-            Err(close) => break close,
-        }
-    };
+    let closed = closing(&mut ws, Duration::from_secs(5)).await;
     assert_eq!(closed.0, u16::from(CloseCode::Policy), "{closed:?}");
     assert!(listed_at.elapsed() < Duration::from_millis(1500), "closed after {:?}", listed_at.elapsed());
 }
@@ -216,12 +215,7 @@ async fn the_limits_close_a_stream() {
     // A message over the limit: 1009.
     let mut ws = open(&srv, "/v1/events/stream", Some(&t.token)).await.expect("upgraded");
     ws.send(Message::Text("x".repeat(2000).into())).await.unwrap();
-    let closed = loop {
-        match next(&mut ws, Duration::from_secs(5)).await {
-            Ok(_) => continue,
-            Err(close) => break close,
-        }
-    };
+    let closed = closing(&mut ws, Duration::from_secs(5)).await;
     assert_eq!(closed.0, 1009, "{closed:?}");
     // Two open at once per person; a third is refused before the upgrade,
     // with a token of a new login too.
@@ -231,12 +225,7 @@ async fn the_limits_close_a_stream() {
     let (again, _) = srv.login(&t.email, &t.password).await;
     assert_eq!(open(&srv, "/v1/events/stream", Some(&again)).await.err().map(|e| e.0), Some(429));
     // The duration limit: 1008 with its reason.
-    let closed = loop {
-        match next(&mut a, Duration::from_secs(5)).await {
-            Ok(_) => continue,
-            Err(close) => break close,
-        }
-    };
+    let closed = closing(&mut a, Duration::from_secs(5)).await;
     assert_eq!(closed.0, 1008);
     assert!(closed.1.contains("duration"), "{closed:?}");
 }
@@ -250,12 +239,7 @@ async fn a_stopping_server_closes_its_streams() {
     let mut ws = open(&srv, "/v1/events/stream", Some(&t.token)).await.expect("upgraded");
     next(&mut ws, Duration::from_secs(15)).await.unwrap();
     let stopping = tokio::spawn(srv.stop());
-    let closed = loop {
-        match next(&mut ws, Duration::from_secs(10)).await {
-            Ok(_) => continue,
-            Err(close) => break close,
-        }
-    };
+    let closed = closing(&mut ws, Duration::from_secs(10)).await;
     assert_eq!(closed, (1001, "server stopping".to_owned()));
     tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("the server stopped").unwrap();
 }
