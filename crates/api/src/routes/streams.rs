@@ -291,12 +291,9 @@ impl EventStream {
                 msg = socket.recv() => match msg {
                     None => break End { code: GOING_AWAY, reason: CLIENT_GONE },
                     Some(Err(e)) => {
-                        let too_big = std::error::Error::source(&e)
-                            .map(|s| s.to_string())
-                            .unwrap_or_else(|| e.to_string())
-                            .to_ascii_lowercase()
-                            .contains("too long");
-                        if too_big {
+                        use tokio_tungstenite::tungstenite::Error as WsError;
+                        let cause = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<WsError>());
+                        if matches!(cause, Some(WsError::Capacity(_))) {
                             break End { code: TOO_BIG, reason: "message too big" };
                         }
                         break End { code: GOING_AWAY, reason: CLIENT_GONE };
@@ -351,10 +348,16 @@ impl EventStream {
             if tokio::time::Instant::now() >= until {
                 break;
             }
-            let seq = row.seq;
-            let message =
+            let (seq, id) = (row.seq, row.id.clone());
+            let mut message =
                 serde_json::json!({ "type": "event", "cursor": seq.to_string(), "event": EventView::for_tenant(row) })
                     .to_string();
+            // Never more than the limit either way: an event too large for
+            // one message is named, to be read from `GET /v1/events`.
+            if message.len() > limits.max_message_bytes {
+                message =
+                    serde_json::json!({ "type": "event_too_large", "cursor": seq.to_string(), "id": id }).to_string();
+            }
             io.sent += message.len() as u64;
             if io.sent > limits.max_connection_bytes {
                 return Err(End { code: POLICY, reason: "connection byte limit reached; reconnect" });

@@ -206,14 +206,19 @@ async fn a_freeze_closes_an_open_stream(b: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limits_close_a_stream() {
     let srv = TestServer::start_with(Backend::Sqlite, |c| {
-        c.streams.max_message_bytes = 1024;
+        c.streams.max_message_bytes = 200;
         c.streams.max_duration_secs = 2;
         c.streams.max_per_credential = 2;
     })
     .await;
     let t = srv.tenant("Limits").await;
-    // A message over the limit: 1009.
     let mut ws = open(&srv, "/v1/events/stream", Some(&t.token)).await.expect("upgraded");
+    // The server keeps the limit too: an event too large for a message is
+    // named by its id and cursor instead.
+    let m = next(&mut ws, Duration::from_secs(15)).await.unwrap();
+    assert_eq!(m["type"], "event_too_large", "{m}");
+    assert!(m["id"].is_string() && m["cursor"].is_string(), "{m}");
+    // A message over the limit from the client: 1009.
     ws.send(Message::Text("x".repeat(2000).into())).await.unwrap();
     let closed = closing(&mut ws, Duration::from_secs(5)).await;
     assert_eq!(closed.0, 1009, "{closed:?}");
