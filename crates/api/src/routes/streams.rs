@@ -115,6 +115,8 @@ pub async fn events(
         ctx: auth.ctx,
         _slot: slot,
         _hold: hold.map(|axum::Extension(h)| h.0),
+        // Taken before the upgrade: a stop waits for this stream too.
+        _running: state.streams.running.token(),
     };
     Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| stream.run(socket)))
 }
@@ -196,6 +198,7 @@ struct EventStream {
     _slot: Slot,
     /// The connection's place under the listener's caps.
     _hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    _running: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
 /// Bytes a stream carried each way.
@@ -207,6 +210,10 @@ struct Io {
 /// How long a stream waits for the database to answer its credential check
 /// before it closes (1011): meanwhile it sends nothing.
 const UNSURE_AT_MOST: Duration = Duration::from_secs(10);
+
+/// The longest one credential check may take; longer counts as no answer
+/// (the stream is not polled for its other events meanwhile).
+const CHECK_AT_MOST: Duration = Duration::from_secs(2);
 
 /// Why a stream ended: its close code and reason, and the audit's word.
 struct End {
@@ -223,7 +230,6 @@ const CLIENT_GONE: &str = "client gone";
 
 impl EventStream {
     async fn run(mut self, mut socket: WebSocket) {
-        let _running = self.state.streams.running.token();
         let stopping = self.state.streams.stopping.clone();
         let limits = self.state.config.streams.clone();
         let started = tokio::time::Instant::now();
@@ -249,11 +255,12 @@ impl EventStream {
                         break End { code: POLICY, reason: "maximum stream duration reached; reconnect" };
                     }
                     if now.duration_since(checked) >= recheck {
-                        match still_holds(&self.state, &self.headers, &self.ctx, Permission::EventsRead).await {
-                            Ok(true) => (checked, unsure_since) = (now, None),
+                        let check = still_holds(&self.state, &self.headers, &self.ctx, Permission::EventsRead);
+                        match tokio::time::timeout(CHECK_AT_MOST, check).await.unwrap_or(Err(())) {
+                            Ok(true) => (checked, unsure_since) = (tokio::time::Instant::now(), None),
                             Ok(false) => break End { code: POLICY, reason: "credential no longer valid" },
-                            // The database did not answer: nothing is sent
-                            // until it does, and not for long.
+                            // The database did not answer (in time): nothing
+                            // is sent until it does, and not for long.
                             Err(()) => {
                                 let since = *unsure_since.get_or_insert(now);
                                 if now.duration_since(since) > UNSURE_AT_MOST {
@@ -267,7 +274,14 @@ impl EventStream {
                     // enough cannot keep the stream away from it.
                     let until = (checked + recheck).min(deadline);
                     match self.deliver(&mut socket, &mut io, until, send_timeout, &limits).await {
-                        Ok(()) => {}
+                        Ok(true) => {}
+                        // The log could not be read: as for the check.
+                        Ok(false) => {
+                            let since = *unsure_since.get_or_insert(now);
+                            if now.duration_since(since) > UNSURE_AT_MOST {
+                                break End { code: 1011, reason: "internal error" };
+                            }
+                        }
                         Err(end) => break end,
                     }
                     // Idle: a ping first, then the cut.
@@ -328,7 +342,8 @@ impl EventStream {
     }
 
     /// Sends the events after the cursor, moving it past each one sent,
-    /// until `until`; what is left goes at the next look.
+    /// until `until`; what is left goes at the next look. `false` when the
+    /// log could not be read.
     async fn deliver(
         &mut self,
         socket: &mut WebSocket,
@@ -336,13 +351,15 @@ impl EventStream {
         until: tokio::time::Instant,
         send_timeout: Duration,
         limits: &palisade_config::Streams,
-    ) -> Result<(), End> {
-        let rows = palisade_store::audit::list(self.state.db.reader(), Reader::Tenant(&self.scope), &self.filter)
-            .await
-            .map_err(|e| {
+    ) -> Result<bool, End> {
+        let read = palisade_store::audit::list(self.state.db.reader(), Reader::Tenant(&self.scope), &self.filter);
+        let rows = match read.await {
+            Ok(rows) => rows,
+            Err(e) => {
                 tracing::error!(error = %e, "event stream read failed");
-                End { code: 1011, reason: "internal error" }
-            })?;
+                return Ok(false);
+            }
+        };
         let limit = usize::try_from(self.filter.limit - 1).unwrap_or(0);
         for row in rows.into_iter().take(limit) {
             if tokio::time::Instant::now() >= until {
@@ -368,7 +385,7 @@ impl EventStream {
                 Err(_) => return Err(End { code: POLICY, reason: "client too slow" }),
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn audit(&self, action: &'static str, details: serde_json::Value) {
