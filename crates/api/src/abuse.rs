@@ -297,9 +297,7 @@ impl Abuse {
         ctx: impl FnOnce() -> Context,
     ) -> Result<AddressPass, ApiError> {
         let partition = ip_id(client);
-        let listed_out = palisade_guard::net::in_any(client, &self.deny)
-            || (!self.allow.is_empty() && !palisade_guard::net::in_any(client, &self.allow));
-        if listed_out {
+        if listed_out(client, &self.deny, &self.allow) {
             let refusal =
                 Refusal { partition, notice: Key::ip(Kind::Notice, client), tenant: None, actor: Actor::anonymous() };
             return Err(self
@@ -348,10 +346,7 @@ impl Abuse {
         let tenant = principal.tenant_id();
         let partition = tenant.0.as_u128();
         let caller = caller_key(principal);
-        let listed_out = policy.unreadable
-            || palisade_guard::net::in_any(client, &policy.deny)
-            || (!policy.allow.is_empty() && !palisade_guard::net::in_any(client, &policy.allow));
-        if listed_out {
+        if policy.unreadable || listed_out(client, &policy.deny, &policy.allow) {
             // Keyed by tenant and address: one tenant's refusals must not
             // silence another's.
             let notice = Key::new(Kind::Notice, ip_id(client) ^ partition.rotate_left(1));
@@ -407,11 +402,8 @@ impl Abuse {
         policy: &TenantPolicy,
         client: IpAddr,
     ) -> Result<bool, ()> {
-        let listed_out = |deny: &[IpNet], allow: &[IpNet]| {
-            palisade_guard::net::in_any(client, deny)
-                || (!allow.is_empty() && !palisade_guard::net::in_any(client, allow))
-        };
-        if listed_out(&self.deny, &self.allow) || policy.unreadable || listed_out(&policy.deny, &policy.allow) {
+        let (global, tenant) = ((&self.deny, &self.allow), (&policy.deny, &policy.allow));
+        if listed_out(client, global.0, global.1) || policy.unreadable || listed_out(client, tenant.0, tenant.1) {
             return Ok(false);
         }
         let checks =
@@ -707,6 +699,13 @@ fn compact<const N: usize>(items: [Option<Bucket>; N]) -> ([Bucket; MAX_BUCKETS]
 }
 
 /// The credential's own key: API key id or person id.
+/// Whether an address list refuses `client`: denied, or not among the
+/// allowed when there are any. The one rule of the platform's and the
+/// tenants' lists, at a request and at a stream's re-check.
+fn listed_out(client: IpAddr, deny: &[IpNet], allow: &[IpNet]) -> bool {
+    palisade_guard::net::in_any(client, deny) || (!allow.is_empty() && !palisade_guard::net::in_any(client, allow))
+}
+
 fn caller_key(p: &Principal) -> Key {
     let id = match p.kind() {
         PrincipalKind::User { user_id, .. } => user_id.0,
