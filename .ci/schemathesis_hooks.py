@@ -204,6 +204,11 @@ def _excuse(failure, case, response):
             return "the WAF's content rule (SPEC §7), which no schema states"
     if code == "ST201" and _decided_by_reading(case):  # schema-violating request accepted
         return "valid once text is normalized"
+    # A frozen resource is refused (423) before its body is read: the
+    # kill-switch answers first, whatever the body. Refused, not accepted.
+    if code == "ST201" and response.status_code == 423 and (operation, 423) in OTHER_REFUSALS \
+            and _reason(response) == "frozen":
+        return "refused with 423 before the body is read"
     # DELETE of an API key revokes it; the key stays readable, with status
     # `revoked`, so that its history (who, when) remains visible.
     if code == "ST301" and case.operation.path.startswith("/v1/api-keys/{id}") and response.status_code == 200:
