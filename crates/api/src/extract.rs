@@ -42,7 +42,7 @@ impl FromRequestParts<AppState> for Ctx {
     }
 }
 
-fn ctx_of(parts: &Parts) -> Ctx {
+pub(crate) fn ctx_of(parts: &Parts) -> Ctx {
     let client_ip = parts.extensions.get::<ClientIp>().map(|c| c.0).unwrap_or(IpAddr::from([127, 0, 0, 1]));
     Ctx {
         audit: Context {
@@ -159,6 +159,19 @@ impl FromRequestParts<AppState> for Auth {
             // The master key is for /sysadmin only.
             Credential::MasterKey(_) | Credential::Malformed => return Err(ApiError::unauthenticated()),
         };
+        Auth::admitted(parts, state, ctx, (principal, policy, profile)).await
+    }
+}
+
+impl Auth {
+    /// An authenticated principal through the tenant's abuse controls (the
+    /// route's rate-limit class, address lists): the request's `Auth`.
+    pub(crate) async fn admitted(
+        parts: &mut Parts,
+        state: &AppState,
+        ctx: Ctx,
+        (principal, policy, profile): Authenticated,
+    ) -> Result<Auth, ApiError> {
         note_tenant(principal.tenant_id().0);
         let route = parts.extensions.get::<MatchedPath>().map(MatchedPath::as_str);
         let class = Class::of(&parts.method, route);
@@ -172,7 +185,66 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
-/// Whether the credential of a request still authenticates with
+/// Which credential acts, without its secret: an API key's or agent
+/// token's SHA-256 (the form the database keeps), or a person's session
+/// (its access token's claims, none of them secret). What a credential
+/// mints for later (a stream ticket) and what a long-lived stream checks
+/// again is this, authenticated anew at each use as the credential itself
+/// would be.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Minter {
+    ApiKey { hash: String },
+    AgentToken { hash: String },
+    Session { tenant_id: String, sub: String, sid: String, jti: String, exp: i64 },
+}
+
+impl Minter {
+    /// The request's own credential (`Authorization` or `X-API-Key`), once
+    /// `Auth` accepted it.
+    pub(crate) fn of_request(state: &AppState, headers: &HeaderMap) -> Option<Minter> {
+        let cred = bearer(headers)?;
+        match Credential::classify(cred) {
+            Credential::ApiKey(k) => Some(Minter::ApiKey { hash: sha256_hex(k) }),
+            Credential::AgentToken(t) => Some(Minter::AgentToken { hash: sha256_hex(t) }),
+            Credential::Jwt(t) => {
+                let skew = i64::try_from(state.config.auth.clock_skew_secs).unwrap_or(0);
+                let c = state.jwt.verify(t, state.now_ms() / 1000, skew).ok()?;
+                Some(Minter::Session { tenant_id: c.tenant_id, sub: c.sub, sid: c.sid, jti: c.jti, exp: c.exp })
+            }
+            Credential::MasterKey(_) | Credential::Malformed => None,
+        }
+    }
+
+    /// Authenticates it as its credential would be, from where `ctx` and
+    /// `headers` (`Origin`) say the request comes.
+    pub(crate) async fn authenticate(
+        &self,
+        state: &AppState,
+        ctx: &Ctx,
+        headers: &HeaderMap,
+    ) -> Result<Authenticated, ApiError> {
+        let hash = |h: &str| -> Result<[u8; 32], ApiError> {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(h, &mut out).map_err(|_| ApiError::unauthenticated())?;
+            Ok(out)
+        };
+        match self {
+            Minter::ApiKey { hash: h } => authenticate_key_hash(state, hash(h)?, ctx, headers).await,
+            Minter::AgentToken { hash: h } => authenticate_agent_hash(state, hash(h)?, ctx, headers).await,
+            Minter::Session { tenant_id, sub, sid, jti, exp } => {
+                let skew = i64::try_from(state.config.auth.clock_skew_secs).unwrap_or(0);
+                // The access token's own expiry, as its signature check would judge it.
+                if exp.saturating_add(skew) <= state.now_ms() / 1000 {
+                    return Err(ApiError::token_expired());
+                }
+                authenticate_session(state, tenant_id, sub, sid, jti, *exp).await
+            }
+        }
+    }
+}
+
+/// Whether the credential that opened a stream still authenticates with
 /// `permission`: a long-lived stream asks at intervals, so that revoking,
 /// freezing or logging out reaches it (through the credential cache, whose
 /// entries every instance drops on such a change). No rate-limit or lockout
@@ -180,18 +252,12 @@ impl FromRequestParts<AppState> for Auth {
 /// database did not answer): the caller waits rather than cut everyone off.
 pub(crate) async fn still_holds(
     state: &AppState,
+    minter: &Minter,
     headers: &HeaderMap,
     ctx: &Ctx,
     permission: Permission,
 ) -> Result<bool, ()> {
-    let Some(cred) = bearer(headers) else { return Ok(false) };
-    let checked = match Credential::classify(cred) {
-        Credential::Jwt(t) => authenticate_jwt(state, t).await,
-        Credential::ApiKey(k) => authenticate_api_key(state, k, ctx, headers).await,
-        Credential::AgentToken(t) => authenticate_agent(state, t, ctx, headers).await,
-        Credential::MasterKey(_) | Credential::Malformed => return Ok(false),
-    };
-    let (principal, policy, _) = match checked {
+    let (principal, policy, _) = match minter.authenticate(state, ctx, headers).await {
         Ok(a) => a,
         Err(e) if e.status().is_server_error() => return Err(()),
         Err(_) => return Ok(false),
@@ -205,7 +271,7 @@ pub(crate) async fn still_holds(
 
 /// A key-like credential check under the per-address lockout: refused
 /// unseen while the address is locked out; a failure counts towards it.
-async fn throttled(
+pub(crate) async fn throttled(
     state: &AppState,
     parts: &Parts,
     ctx: &Ctx,
@@ -233,7 +299,7 @@ fn credentials_locked(parts: &Parts) -> bool {
 }
 
 /// The principal, its tenant's abuse-control policy, and its names.
-type Authenticated = (Principal, Arc<TenantPolicy>, Arc<Profile>);
+pub(crate) type Authenticated = (Principal, Arc<TenantPolicy>, Arc<Profile>);
 
 /// The cache's entry for `key`, or what `load` reads (kept if the cache
 /// may keep it). Only credentials the database knows are loaded, so an
@@ -293,14 +359,27 @@ async fn authenticate_jwt(state: &AppState, token: &str) -> Result<Authenticated
         palisade_auth::Refused::Expired => ApiError::token_expired(),
         palisade_auth::Refused::Invalid => ApiError::unauthenticated(),
     })?;
-    let tenant_id = TenantId::from_str(&claims.tenant_id).map_err(|_| ApiError::unauthenticated())?;
-    let user_id = UserId::from_str(&claims.sub).map_err(|_| ApiError::unauthenticated())?;
-    // Only a token signed by this server gets here: its session names the entry.
-    let name = format!("{tenant_id}\n{user_id}\n{}\n{}", claims.sid, claims.jti);
+    authenticate_session(state, &claims.tenant_id, &claims.sub, &claims.sid, &claims.jti, claims.exp).await
+}
+
+/// A person's session, named by its access token's claims (signed by this
+/// server, or stored by it for a ticket): it must still be live.
+async fn authenticate_session(
+    state: &AppState,
+    tenant_id: &str,
+    sub: &str,
+    sid: &str,
+    jti: &str,
+    exp: i64,
+) -> Result<Authenticated, ApiError> {
+    let tenant_id = TenantId::from_str(tenant_id).map_err(|_| ApiError::unauthenticated())?;
+    let user_id = UserId::from_str(sub).map_err(|_| ApiError::unauthenticated())?;
+    // Only claims this server signed get here: the session names the entry.
+    let name = format!("{tenant_id}\n{user_id}\n{sid}\n{jti}");
     let key = Key { kind: Kind::Session, hash: sha256(&name) };
     let s = cached(state, key, async {
         let scope = TenantScope::for_system(tenant_id);
-        let s = palisade_store::users::session_state(state.db.reader(), &scope, user_id, &claims.sid, &claims.jti)
+        let s = palisade_store::users::session_state(state.db.reader(), &scope, user_id, sid, jti)
             .await?
             .ok_or_else(ApiError::unauthenticated)?;
         Ok(SessionGrant {
@@ -333,9 +412,9 @@ async fn authenticate_jwt(state: &AppState, token: &str) -> Result<Authenticated
         PrincipalKind::User {
             user_id,
             role,
-            jti: claims.jti,
-            family_id: claims.sid,
-            expires_at_ms: claims.exp.saturating_mul(1000),
+            jti: jti.to_owned(),
+            family_id: sid.to_owned(),
+            expires_at_ms: exp.saturating_mul(1000),
         },
         role.permissions(),
     );
@@ -424,8 +503,16 @@ async fn authenticate_api_key(
     ctx: &Ctx,
     headers: &HeaderMap,
 ) -> Result<Authenticated, ApiError> {
+    authenticate_key_hash(state, sha256(key), ctx, headers).await
+}
+
+async fn authenticate_key_hash(
+    state: &AppState,
+    hash: [u8; 32],
+    ctx: &Ctx,
+    headers: &HeaderMap,
+) -> Result<Authenticated, ApiError> {
     let now = state.now_ms();
-    let hash = sha256(key);
     let g = cached(state, Key { kind: Kind::ApiKey, hash }, load_key(state, &hex::encode(hash), now)).await?;
     if g.revoked {
         return Err(ApiError::unauthenticated());
@@ -527,8 +614,16 @@ async fn authenticate_agent(
     ctx: &Ctx,
     headers: &HeaderMap,
 ) -> Result<Authenticated, ApiError> {
+    authenticate_agent_hash(state, sha256(token), ctx, headers).await
+}
+
+async fn authenticate_agent_hash(
+    state: &AppState,
+    hash: [u8; 32],
+    ctx: &Ctx,
+    headers: &HeaderMap,
+) -> Result<Authenticated, ApiError> {
     let now = state.now_ms();
-    let hash = sha256(token);
     let g = cached(state, Key { kind: Kind::AgentToken, hash }, load_agent(state, &hex::encode(hash))).await?;
     admit(g.restrictions.expires_at, &g.fence, ctx, headers, now)?;
     if !g.active {

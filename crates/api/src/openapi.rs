@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
         (name = "users", description = "People of the tenant"),
         (name = "events", description = "The tenant's audit trail"),
         (name = "sip", description = "SIP credentials and registrations of an identity"),
+        (name = "streams", description = "Tickets that open a WebSocket stream from a browser"),
         (name = "sysadmin", description = "Operator API, master key only"),
     ),
     components(schemas(palisade_core::Problem, palisade_core::FieldError))

@@ -1,4 +1,4 @@
-//! Opaque secrets: `ak_`, `at_`, `mk_`, refresh and email tokens.
+//! Opaque secrets: `ak_`, `at_`, `mk_`, refresh and email tokens, stream tickets.
 
 use rand::rngs::OsRng;
 use rand::Rng;
@@ -12,6 +12,7 @@ pub const AGENT_TOKEN_PREFIX: &str = "at_";
 pub const MASTER_KEY_PREFIX: &str = "mk_";
 pub const REFRESH_PREFIX: &str = "rt_";
 pub const EMAIL_TOKEN_PREFIX: &str = "et_";
+pub const STREAM_TICKET_PREFIX: &str = "st_";
 
 /// `n` random base62 characters from the OS CSPRNG (rejection-free: 62
 /// values are drawn uniformly by `gen_range`).
@@ -34,6 +35,10 @@ pub fn new_refresh_token() -> String {
 
 pub fn new_email_token() -> String {
     format!("{EMAIL_TOKEN_PREFIX}{}", random_base62(43))
+}
+
+pub fn new_stream_ticket() -> String {
+    format!("{STREAM_TICKET_PREFIX}{}", random_base62(43))
 }
 
 /// Lower-case hex SHA-256, the at-rest form of every high-entropy token.

@@ -1,9 +1,16 @@
 //! Carriers behind one trait, and the built-in sandbox carrier that makes
 //! everything work with no account.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::media::{tone_frame, Attached, MediaLeg, Playback, FRAME_MS};
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -88,6 +95,24 @@ pub trait Carrier: Send + Sync + 'static {
     /// lets an identity send only once its number is verified: a number
     /// shown as the sender must be its tenant's to show.
     fn reaches_phones(&self) -> bool;
+
+    /// Attaches a stream to a call's audio (queued up to `playback_frames`
+    /// frames towards the far end). Audio flows once the call is answered
+    /// and ends with it.
+    fn attach_media(&self, _call_id: &str, _playback_frames: usize) -> Result<MediaLeg, NoMedia> {
+        Err(NoMedia::NotThrough)
+    }
+}
+
+/// Why a call's audio cannot be streamed from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoMedia {
+    /// The call is not live on this instance (over, or placed by another).
+    NotHere,
+    /// Its media does not pass through this server (a trunk's flows end to end).
+    NotThrough,
+    /// Another stream holds it.
+    Taken,
 }
 
 /// Numbers the sandbox treats specially: North American 555-01XX numbers,
@@ -104,6 +129,8 @@ pub mod magic {
 /// Accepts every message at once and reports delivery after `delay`;
 /// answers calls after `delay` and hangs up after `call_length`; except for
 /// the [`magic`] numbers.
+/// Its answered calls' far end plays a 400 Hz tone, and plays back (echoes)
+/// what a stream sends it.
 #[derive(Debug, Clone)]
 pub struct SandboxCarrier {
     pub delay: Duration,
@@ -111,28 +138,118 @@ pub struct SandboxCarrier {
     /// Where the sandbox's handsets receive the platform's codes, one file
     /// each (mode 0600), as the dev outbox receives mail; none: dropped.
     pub handset_dir: Option<std::path::PathBuf>,
+    lines: Lines,
+}
+
+impl SandboxCarrier {
+    pub fn new(delay: Duration, call_length: Duration, handset_dir: Option<std::path::PathBuf>) -> Self {
+        Self { delay, call_length, handset_dir, lines: Lines::default() }
+    }
+}
+
+/// The sandbox's calls in this process, from placing to hang-up.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<HashMap<String, Line>>>);
+
+impl std::fmt::Debug for Lines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lines")
+    }
+}
+
+struct Line {
+    answered: watch::Sender<bool>,
+    attached: Arc<AtomicBool>,
+}
+
+impl Lines {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Line>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn ring(&self, id: &str) {
+        let line = Line { answered: watch::channel(false).0, attached: Arc::default() };
+        self.map().insert(id.to_owned(), line);
+    }
+
+    fn answer(&self, id: &str) {
+        if let Some(line) = self.map().get(id) {
+            line.answered.send_replace(true);
+        }
+    }
+
+    /// Over: its audio ends (the watch's sender goes).
+    fn end(&self, id: &str) {
+        self.map().remove(id);
+    }
 }
 
 impl Carrier for SandboxCarrier {
     fn place_call<'a>(&'a self, c: &'a OutboundCall) -> BoxFut<'a, Result<CallAnswer, CarrierError>> {
         Box::pin(async move {
+            self.lines.ring(&c.id);
             tokio::time::sleep(self.delay).await;
-            match c.to.as_str() {
+            let answer = match c.to.as_str() {
                 magic::BUSY => Ok(CallAnswer::Busy),
                 magic::FAILS => Err(CarrierError::Undeliverable),
                 magic::TIMES_OUT => Err(CarrierError::Timeout),
                 _ => Ok(CallAnswer::Answered { sdp: None }),
+            };
+            match answer {
+                Ok(CallAnswer::Answered { .. }) => self.lines.answer(&c.id),
+                _ => self.lines.end(&c.id),
             }
+            answer
         })
     }
 
-    fn callee_hangs_up<'a>(&'a self, _call_id: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(tokio::time::sleep(self.call_length))
+    fn callee_hangs_up<'a>(&'a self, call_id: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            tokio::time::sleep(self.call_length).await;
+            self.lines.end(call_id);
+        })
     }
 
-    fn hang_up<'a>(&'a self, _call_id: &'a str) -> BoxFut<'a, Result<(), CarrierError>> {
-        // The sandbox's calls exist only in the database.
+    fn hang_up<'a>(&'a self, call_id: &'a str) -> BoxFut<'a, Result<(), CarrierError>> {
+        self.lines.end(call_id);
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn attach_media(&self, call_id: &str, playback_frames: usize) -> Result<MediaLeg, NoMedia> {
+        let (mut answered, attached) = {
+            let map = self.lines.map();
+            let line = map.get(call_id).ok_or(NoMedia::NotHere)?;
+            if line.attached.swap(true, Ordering::AcqRel) {
+                return Err(NoMedia::Taken);
+            }
+            (line.answered.subscribe(), line.attached.clone())
+        };
+        let (playback, marks) = Playback::new(playback_frames);
+        // A second of audio: a stream further behind loses frames.
+        let (tx, audio) = mpsc::channel(50);
+        let far_end = playback.clone();
+        tokio::spawn(async move {
+            if answered.wait_for(|a| *a).await.is_err() {
+                return;
+            }
+            let tone = tone_frame();
+            let mut tick = tokio::time::interval(Duration::from_millis(FRAME_MS));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    // The line's sender went: the call is over.
+                    _ = answered.changed() => break,
+                    () = tx.closed() => break,
+                }
+                // What it was sent comes back, as from a handset held to a speaker.
+                let frame = far_end.next_frame().map_or_else(|| tone.to_vec(), |f| f.to_vec());
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(frame) {
+                    break;
+                }
+            }
+        });
+        Ok(MediaLeg { audio, playback, marks, attached: Attached(attached) })
     }
 
     fn send_message<'a>(&'a self, m: &'a OutboundMessage) -> BoxFut<'a, Result<String, CarrierError>> {

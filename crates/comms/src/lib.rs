@@ -2,6 +2,8 @@
 //! deliver messages and place calls.
 
 pub mod carrier;
+pub mod media;
 pub mod segments;
 
-pub use carrier::{CallAnswer, Carrier, CarrierError, OutboundCall, OutboundMessage, SandboxCarrier};
+pub use carrier::{CallAnswer, Carrier, CarrierError, NoMedia, OutboundCall, OutboundMessage, SandboxCarrier};
+pub use media::MediaLeg;

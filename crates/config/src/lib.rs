@@ -89,6 +89,16 @@ pub struct Streams {
     pub max_total: usize,
     pub max_per_tenant: usize,
     pub max_per_credential: usize,
+    /// Messages a client may send per second on one stream (a burst of
+    /// twice as many); beyond, the stream closes with 1008. A call's
+    /// audio is 50 frames a second.
+    pub max_client_messages_per_sec: u32,
+    /// Audio a call stream may queue ahead towards the far end; what would
+    /// go beyond is refused (an `error` message), not buffered.
+    pub playback_buffer_secs: u64,
+    /// Life of a stream ticket (`POST /v1/stream-tickets`), at most its
+    /// minter's.
+    pub ticket_ttl_secs: u64,
 }
 
 impl Default for Streams {
@@ -104,6 +114,9 @@ impl Default for Streams {
             max_total: 10_000,
             max_per_tenant: 100,
             max_per_credential: 10,
+            max_client_messages_per_sec: 100,
+            playback_buffer_secs: 60,
+            ticket_ttl_secs: 60,
         }
     }
 }
@@ -835,6 +848,17 @@ impl Config {
             return Err(ConfigError(
                 "numbers: code_ttl_secs must be 60 to 3600, code_attempts 1 to 10, and codes_per_day, \
                  codes_per_number_per_day and tries_per_number_per_day at least 1"
+                    .into(),
+            ));
+        }
+        let st = &self.streams;
+        if !(1..=3600).contains(&st.ticket_ttl_secs)
+            || st.max_client_messages_per_sec == 0
+            || !(1..=3600).contains(&st.playback_buffer_secs)
+        {
+            return Err(ConfigError(
+                "streams: ticket_ttl_secs must be 1 to 3600, max_client_messages_per_sec at least 1, \
+                 playback_buffer_secs 1 to 3600"
                     .into(),
             ));
         }

@@ -56,12 +56,12 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         config.limits.unauthenticated_body_reads,
         config.limits.unauthenticated_body_secs,
     );
-    let sandbox = Arc::new(palisade_comms::SandboxCarrier {
-        delay: Duration::from_millis(config.carrier.sandbox_delay_ms),
-        call_length: Duration::from_secs(config.carrier.sandbox_call_secs),
+    let sandbox = Arc::new(palisade_comms::SandboxCarrier::new(
+        Duration::from_millis(config.carrier.sandbox_delay_ms),
+        Duration::from_secs(config.carrier.sandbox_call_secs),
         // Beside the dev outbox's mail: a sandbox number is nobody's phone.
-        handset_dir: Some(config.server.data_dir.join("outbox")),
-    });
+        Some(config.server.data_dir.join("outbox")),
+    ));
     let webhook_wake = Arc::new(tokio::sync::Notify::new());
     let reports = palisade_api::reports::Reports::start(db.clone(), webhook_wake.clone());
     let data_key = webhook_key(&config)?;

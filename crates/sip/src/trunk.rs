@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use palisade_comms::carrier::BoxFut;
-use palisade_comms::{CallAnswer, Carrier, CarrierError, OutboundCall, OutboundMessage};
+use palisade_comms::{CallAnswer, Carrier, CarrierError, NoMedia, OutboundCall, OutboundMessage};
 use palisade_seal::Sealer;
 use palisade_voice::trunks::{self, Transport, Trunk, TrunkTable};
 use rsipstack::dialog::authenticate::Credential;
@@ -441,6 +441,17 @@ impl Carrier for TrunkCarrier {
     /// Through a trunk, calls reach real phones.
     fn reaches_phones(&self) -> bool {
         self.fallback.reaches_phones() || self.route().is_some()
+    }
+
+    /// A call through a trunk passes its SDP through as it is: its media
+    /// flows between the caller and the carrier, never through us.
+    fn attach_media(&self, call_id: &str, playback_frames: usize) -> Result<palisade_comms::MediaLeg, NoMedia> {
+        let leg = self.legs().get(call_id).map(|l| matches!(l, Leg::Fallback));
+        match leg {
+            Some(true) => self.fallback.attach_media(call_id, playback_frames),
+            Some(false) => Err(NoMedia::NotThrough),
+            None => Err(NoMedia::NotHere),
+        }
     }
 }
 

@@ -24,6 +24,7 @@ pub mod recovery;
 pub mod settings;
 pub mod sip;
 pub mod sip_trunks;
+pub mod stream_tickets;
 pub mod tenants;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

@@ -52,11 +52,7 @@ impl CallObserver for Heard {
 }
 
 fn carrier(delay_ms: u64, call_ms: u64) -> Arc<Counting> {
-    let inner = SandboxCarrier {
-        delay: Duration::from_millis(delay_ms),
-        call_length: Duration::from_millis(call_ms),
-        handset_dir: None,
-    };
+    let inner = SandboxCarrier::new(Duration::from_millis(delay_ms), Duration::from_millis(call_ms), None);
     Arc::new(Counting { inner, hangups: AtomicUsize::new(0) })
 }
 

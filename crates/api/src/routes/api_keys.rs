@@ -100,7 +100,7 @@ fn prefix_of(key: &str) -> String {
 
 /// Origins are compared byte for byte with the browser's `Origin` header,
 /// so they must be in its exact form: scheme, host, optional port.
-fn valid_origin(o: &str) -> bool {
+pub(crate) fn valid_origin(o: &str) -> bool {
     let Some((scheme, rest)) = o.split_once("://") else {
         return false;
     };

@@ -11,6 +11,7 @@ mod accounts;
 mod api_keys;
 mod audit;
 mod auth;
+mod call_streams;
 mod calls;
 mod cli;
 mod cluster;

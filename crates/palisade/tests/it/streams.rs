@@ -20,19 +20,19 @@ backend_tests!(
     a_freeze_closes_an_open_stream,
 );
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn ws_url(srv: &TestServer, path_and_query: &str) -> String {
     format!("{}{path_and_query}", srv.url.replacen("http://", "ws://", 1))
 }
 
 /// Opens a stream, or the HTTP status it was refused with.
-async fn open(srv: &TestServer, path_and_query: &str, cred: Option<&str>) -> Result<Ws, (u16, String)> {
+pub(crate) async fn open(srv: &TestServer, path_and_query: &str, cred: Option<&str>) -> Result<Ws, (u16, String)> {
     open_from(srv, path_and_query, cred, None).await
 }
 
 /// [`open`] from a page of `origin` (a browser sends it).
-async fn open_from(
+pub(crate) async fn open_from(
     srv: &TestServer,
     path_and_query: &str,
     cred: Option<&str>,
@@ -60,7 +60,7 @@ async fn open_from(
 
 /// The next event message (skipping pings), or the close frame's code and
 /// reason when the server closes.
-async fn next(ws: &mut Ws, wait: Duration) -> Result<Value, (u16, String)> {
+pub(crate) async fn next(ws: &mut Ws, wait: Duration) -> Result<Value, (u16, String)> {
     loop {
         let msg = tokio::time::timeout(wait, ws.next()).await.expect("nothing from the stream in time");
         match msg {
@@ -76,7 +76,7 @@ async fn next(ws: &mut Ws, wait: Duration) -> Result<Value, (u16, String)> {
 }
 
 /// The close frame's code and reason, skipping what comes before it.
-async fn closing(ws: &mut Ws, wait: Duration) -> (u16, String) {
+pub(crate) async fn closing(ws: &mut Ws, wait: Duration) -> (u16, String) {
     loop {
         if let Err(close) = next(ws, wait).await {
             return close;
