@@ -105,6 +105,10 @@ OTHER_REFUSALS = {
     # which is all schemathesis sends, gets 426 Upgrade Required. The
     # stream itself is tested with a WebSocket client (tests/it/streams.rs).
     ("GET /v1/events/stream", 426),
+    ("GET /v1/calls/{id}/stream", 426),
+    # A call's audio streams while the call lives; the run's sandbox calls
+    # end after a second, so a linked call id is mostly one that ended.
+    ("GET /v1/calls/{id}/stream", 409),
 }
 
 

@@ -21,6 +21,9 @@
 //! `cargo run --release -p palisade-bench -- webhooks [SECONDS]` measures
 //! webhook deliveries (see `webhooks.rs`).
 //!
+//! `cargo run --release -p palisade-bench -- streams [STREAMS] [SECONDS]`
+//! measures concurrent call-audio streams (see `streams.rs`).
+//!
 //! `cargo run --release -p palisade-bench -- decisions [SECONDS]` measures
 //! rate-limit decisions with the state in Redis (see `decisions.rs`).
 
@@ -28,6 +31,7 @@ mod auth;
 mod decisions;
 mod http;
 mod sends;
+mod streams;
 mod webhooks;
 
 // The same allocator as the server binary.
@@ -57,6 +61,14 @@ async fn main() -> anyhow::Result<()> {
     if what == "sends" {
         let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
         return sends::run(seconds).await;
+    }
+    if what == "streams" {
+        let n = args.next().map(|s| s.parse()).transpose()?.unwrap_or(500);
+        let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
+        return streams::run(n, seconds).await;
+    }
+    if what == "streams-server" {
+        return streams::serve().await;
     }
     if what == "webhooks" {
         let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);

@@ -233,9 +233,9 @@ impl Minter {
             Minter::ApiKey { hash: h } => authenticate_key_hash(state, hash(h)?, ctx, headers).await,
             Minter::AgentToken { hash: h } => authenticate_agent_hash(state, hash(h)?, ctx, headers).await,
             Minter::Session { tenant_id, sub, sid, jti, exp } => {
-                let skew = i64::try_from(state.config.auth.clock_skew_secs).unwrap_or(0);
-                // The access token's own expiry, as its signature check would judge it.
-                if exp.saturating_add(skew) <= state.now_ms() / 1000 {
+                // The access token's own expiry, as its signature check
+                // judges it (no allowance for skew on `exp`).
+                if *exp <= state.now_ms() / 1000 {
                     return Err(ApiError::token_expired());
                 }
                 authenticate_session(state, tenant_id, sub, sid, jti, *exp).await

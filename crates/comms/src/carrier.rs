@@ -229,8 +229,12 @@ impl Carrier for SandboxCarrier {
         let (tx, audio) = mpsc::channel(50);
         let far_end = playback.clone();
         tokio::spawn(async move {
-            if answered.wait_for(|a| *a).await.is_err() {
-                return;
+            // Until the answer, unless the call or the stream ends first.
+            tokio::select! {
+                a = answered.wait_for(|a| *a) => if a.is_err() {
+                    return;
+                },
+                () = tx.closed() => return,
             }
             let tone = tone_frame();
             let mut tick = tokio::time::interval(Duration::from_millis(FRAME_MS));

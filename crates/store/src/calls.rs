@@ -67,6 +67,24 @@ pub async fn get<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope,
         .await?)
 }
 
+/// A call's status and its identity's (`active`, `frozen`): what a stream
+/// of its audio checks while open. `None`: no such call (or identity).
+pub async fn stream_state<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: &str,
+) -> Result<Option<(String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT c.status, i.status FROM calls c \
+         JOIN identities i ON i.tenant_id = c.tenant_id AND i.id = c.identity_id \
+         WHERE c.tenant_id = $1 AND c.id = $2",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(id)
+    .fetch_optional(ex)
+    .await?)
+}
+
 pub async fn list<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,

@@ -16,10 +16,8 @@ pub struct NewTicket<'a> {
     pub expires_at: i64,
 }
 
-/// Records a ticket, and forgets those that expired (used or not: neither
-/// can open anything any more).
-pub async fn insert(tx: &mut crate::Tx, scope: &TenantScope, t: &NewTicket<'_>, now: i64) -> Result<()> {
-    sqlx::query("DELETE FROM stream_tickets WHERE expires_at <= $1").bind(now).execute(&mut **tx).await?;
+/// Records a ticket (housekeeping deletes it once expired).
+pub async fn insert(tx: &mut crate::Tx, scope: &TenantScope, t: &NewTicket<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO stream_tickets (ticket_hash, tenant_id, resource, origin, minter, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -43,8 +41,25 @@ pub struct Redeemed {
     pub minter: String,
 }
 
+/// Whether a live, unused ticket has this hash: a read, so that guesses
+/// cost no write.
+pub async fn live<'c>(ex: impl Executor<'c, Database = Any>, ticket_hash: &str, now: i64) -> Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM stream_tickets WHERE ticket_hash = $1 AND used_at IS NULL AND expires_at > $2",
+    )
+    .bind(ticket_hash)
+    .bind(now)
+    .fetch_optional(ex)
+    .await?;
+    Ok(found.is_some())
+}
+
 /// Uses the ticket up, if it is live and unused: `None` otherwise.
-pub async fn redeem<'c>(ex: impl Executor<'c, Database = Any>, ticket_hash: &str, now: i64) -> Result<Option<Redeemed>> {
+pub async fn redeem<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    ticket_hash: &str,
+    now: i64,
+) -> Result<Option<Redeemed>> {
     Ok(sqlx::query_as(
         "UPDATE stream_tickets SET used_at = $2 \
          WHERE ticket_hash = $1 AND used_at IS NULL AND expires_at > $2 \

@@ -240,7 +240,8 @@ pub async fn revoke_jti<'c>(ex: impl Executor<'c, Database = Any>, jti: &str, ex
 }
 
 /// Deletes what can no longer matter: revocations of expired tokens, expired
-/// refresh tokens, families, email tokens and lapsed SIP registrations. Returns rows removed.
+/// refresh tokens, families, email tokens, stream tickets and lapsed SIP
+/// registrations. Returns rows removed.
 pub async fn purge_expired(db: &crate::Db, now: i64) -> Result<u64> {
     let mut n = 0;
     for sql in [
@@ -248,6 +249,8 @@ pub async fn purge_expired(db: &crate::Db, now: i64) -> Result<u64> {
         "DELETE FROM refresh_tokens WHERE expires_at < $1",
         "DELETE FROM token_families WHERE expires_at < $1",
         "DELETE FROM email_tokens WHERE expires_at < $1",
+        // Stream tickets open nothing once expired, used or not.
+        "DELETE FROM stream_tickets WHERE expires_at < $1",
         // SIP contacts whose registration lapsed.
         "DELETE FROM sip_registrations WHERE expires_at < $1",
         // Sign-ups never verified and invitations never accepted free their
@@ -266,7 +269,8 @@ pub async fn purge_expired(db: &crate::Db, now: i64) -> Result<u64> {
            AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.tenant_id = tenants.id) \
            AND NOT EXISTS (SELECT 1 FROM calls x WHERE x.tenant_id = tenants.id) \
            AND NOT EXISTS (SELECT 1 FROM cdrs r WHERE r.tenant_id = tenants.id) \
-           AND NOT EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.tenant_id = tenants.id)",
+           AND NOT EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.tenant_id = tenants.id) \
+           AND NOT EXISTS (SELECT 1 FROM stream_tickets st WHERE st.tenant_id = tenants.id)",
     ] {
         // One transaction per statement: housekeeping never holds the write
         // lock for long.

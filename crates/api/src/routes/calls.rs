@@ -97,7 +97,12 @@ pub async fn create(
 /// The call's life: ringing, answered or not, and, if the carrier ends it,
 /// the end. A hang-up through the API may end it first; then every later
 /// step finds it over and does nothing.
-pub(super) async fn visible_call(state: &AppState, auth: &Auth, scope: &TenantScope, id: &str) -> Result<CallRow, ApiError> {
+pub(super) async fn visible_call(
+    state: &AppState,
+    auth: &Auth,
+    scope: &TenantScope,
+    id: &str,
+) -> Result<CallRow, ApiError> {
     let call = palisade_store::calls::get(state.db.reader(), scope, id).await?.ok_or_else(ApiError::not_found)?;
     confine_to_own_identity(auth, &call.identity_id)?;
     Ok(call)

@@ -132,7 +132,9 @@ async fn the_far_end_plays_back_what_the_agent_sends(b: Backend) {
     assert!(cleared_at.elapsed() < Duration::from_secs(2), "{:?}", cleared_at.elapsed());
 
     // What cannot be acted on is answered with an error and changes nothing.
-    for bad in [json!("not an object"), json!({"event": "media", "media": {"payload": "***"}}), json!({"event": "dance"})] {
+    for bad in
+        [json!("not an object"), json!({"event": "media", "media": {"payload": "***"}}), json!({"event": "dance"})]
+    {
         send(&mut ws, bad).await;
         let e = next_event(&mut ws, "error").await;
         assert_eq!(e["error"]["reason"], "invalid_message", "{e}");
@@ -211,6 +213,15 @@ async fn nobody_hears_a_call_that_is_not_theirs(b: Backend) {
     let mut ws = again.expect("the call's audio was let go");
     next_event(&mut ws, "media").await;
     ws.close(None).await.unwrap();
+    // A frozen identity's call: its stream closes within a second, whoever
+    // opened it, and none opens.
+    let mut owner_ws = open(&s, &path(&sibling), Some(&token)).await.expect("upgraded");
+    next_event(&mut owner_ws, "media").await;
+    s.post(&format!("/v1/identities/{other_id}/freeze"), &token, json!({})).await.expect(200);
+    let frozen_at = std::time::Instant::now();
+    assert_eq!(closing(&mut owner_ws, WAIT).await, (1008, "identity frozen".to_owned()));
+    assert!(frozen_at.elapsed() < Duration::from_millis(1500), "closed after {:?}", frozen_at.elapsed());
+    assert_eq!(open(&s, &path(&sibling), Some(&token)).await.err().map(|e| e.0), Some(423));
     // Freezing the identity closes its agent's stream within a second.
     let mut ws = None;
     for _ in 0..20 {
@@ -265,7 +276,8 @@ async fn a_ticket_opens_one_stream_once_from_one_origin(b: Backend) {
     assert_eq!(open_from(&s, &q, None, Some("https://evil.example")).await.err().map(|e| e.0), Some(401));
     assert_eq!(open_from(&s, &q, None, Some(app)).await.err().map(|e| e.0), Some(401));
     // A fresh one: opens once, from its page.
-    let ticket = mint(key.clone(), json!({"resource": events}), Some(app)).await.1["ticket"].as_str().unwrap().to_owned();
+    let ticket =
+        mint(key.clone(), json!({"resource": events}), Some(app)).await.1["ticket"].as_str().unwrap().to_owned();
     let q = format!("{events}?ticket={ticket}&action=api_key.created");
     let mut ws = open_from(&s, &q, None, Some(app)).await.expect("upgraded");
     assert_eq!(open_from(&s, &q, None, Some(app)).await.err().map(|e| e.0), Some(401), "single use");
@@ -286,7 +298,10 @@ async fn a_ticket_opens_one_stream_once_from_one_origin(b: Backend) {
     assert_eq!(theirs.0, 404, "{}", theirs.1);
     let (_, reader) = s.api_key(&token, json!({"name": "r", "role": "read_only"})).await;
     assert_eq!(mint(reader, json!({"resource": format!("/v1/calls/{call_a}/stream")}), None).await.0, 403);
-    assert_eq!(mint(key.clone(), json!({"resource": events, "origin": "https://evil.example"}), Some(app)).await.0, 400);
+    assert_eq!(
+        mint(key.clone(), json!({"resource": events, "origin": "https://evil.example"}), Some(app)).await.0,
+        400
+    );
     assert_eq!(mint(key.clone(), json!({"resource": "/v1/api-keys"}), None).await.0, 400);
     // A key held to its origins mints for those only.
     let (_, fenced) = s.api_key(&token, json!({"name": "f", "role": "read_only", "allowed_origins": [app]})).await;

@@ -55,8 +55,14 @@ pub async fn call(
     caller.opens(&resource(&id))?;
     let scope = caller.auth.scope(PERMISSION).await?;
     let call = crate::routes::calls::visible_call(&state, &caller.auth, &scope, &id).await?;
-    if !matches!(call.status.as_str(), "queued" | "ringing" | "in_progress") {
-        return Err(ApiError::conflict("The call has already ended."));
+    match palisade_store::calls::stream_state(state.db.reader(), &scope, &id)
+        .await?
+        .as_ref()
+        .map(|(c, i)| (c.as_str(), i.as_str()))
+    {
+        Some((_, "frozen")) => return Err(ApiError::frozen()),
+        Some(("queued" | "ringing" | "in_progress", _)) => {}
+        _ => return Err(ApiError::conflict("The call has already ended.")),
     }
     if !caller.query.is_empty() {
         return Err(ApiError::validation("query", "takes no parameter but `ticket`"));
@@ -65,13 +71,14 @@ pub async fn call(
     let details = json!({ "call_id": id });
     let session = Session::open(
         &state,
-        Opening { caller, scope, permission: PERMISSION, kind: "call", details, hold },
+        Opening { caller, scope, permission: PERMISSION, kind: "call", details, call: Some(id.clone()), hold },
     )?;
     let frames = usize::try_from(state.config.streams.playback_buffer_secs.saturating_mul(1000 / FRAME_MS))
         .unwrap_or(usize::MAX);
     let leg = attach(&state, &id, frames, call.status == "in_progress").await?;
     let max = state.config.streams.max_message_bytes;
-    let stream = CallStream { id, from: call.from_number, to: call.to_number, sid: uuid::Uuid::now_v7().to_string(), seq: 0 };
+    let stream =
+        CallStream { id, from: call.from_number, to: call.to_number, sid: uuid::Uuid::now_v7().to_string(), seq: 0 };
     Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| run(session, stream, leg, socket)))
 }
 
@@ -131,14 +138,15 @@ async fn run(mut s: Session, mut c: CallStream, mut leg: MediaLeg, mut socket: W
         Err(end) => end,
         Ok(()) => loop {
             tokio::select! {
+                // The stop and the checks before any traffic.
+                biased;
                 _ = stopping.cancelled() => break End { code: super::GOING_AWAY, reason: "server stopping" },
                 _ = tick.tick() => if let Err(end) = s.due(&mut socket).await {
                     break end;
                 },
                 frame = leg.audio.recv() => {
                     let Some(frame) = frame else {
-                        let stop = c.message("stop", "stop", json!({ "callSid": c.id, "reason": "call ended" }));
-                        break s.send(&mut socket, stop).await.err().unwrap_or(End { code: super::NORMAL, reason: "call ended" });
+                        break End { code: super::NORMAL, reason: super::CALL_ENDED };
                     };
                     chunk += 1;
                     // Unconfirmed credential: the audio is not heard meanwhile.
@@ -149,7 +157,8 @@ async fn run(mut s: Session, mut c: CallStream, mut leg: MediaLeg, mut socket: W
                         break end;
                     }
                 }
-                Some(name) = leg.marks.recv() => {
+                // Held back while the credential is unconfirmed.
+                Some(name) = leg.marks.recv(), if !s.paused() => {
                     let mark = c.message("mark", "mark", json!({ "name": name }));
                     if let Err(end) = s.send(&mut socket, mark).await {
                         break end;
@@ -157,13 +166,23 @@ async fn run(mut s: Session, mut c: CallStream, mut leg: MediaLeg, mut socket: W
                 }
                 msg = socket.recv() => match s.received(msg) {
                     Err(end) => break end,
+                    // Nothing a client says is acted on while its credential
+                    // is unconfirmed.
                     Ok(None) => {}
+                    Ok(Some(_)) if s.paused() => {}
                     Ok(Some(m)) => if let Err(end) = heard(&mut s, &mut c, &leg, &mut socket, m).await {
                         break end;
                     },
                 },
             }
         },
+    };
+    let end = match end {
+        End { reason: super::CALL_ENDED, .. } => {
+            let stop = c.message("stop", "stop", json!({ "callSid": c.id, "reason": super::CALL_ENDED }));
+            s.send(&mut socket, stop).await.err().unwrap_or(end)
+        }
+        end => end,
     };
     s.close(&mut socket, end).await;
 }
@@ -223,7 +242,13 @@ struct AgentMark {
 /// Acts on the agent's message. A message that cannot be acted on changes
 /// nothing and is answered with an `error` message; binary messages close
 /// the stream (1003): the protocol is JSON text.
-async fn heard(s: &mut Session, c: &mut CallStream, leg: &MediaLeg, socket: &mut WebSocket, m: Message) -> Result<(), End> {
+async fn heard(
+    s: &mut Session,
+    c: &mut CallStream,
+    leg: &MediaLeg,
+    socket: &mut WebSocket,
+    m: Message,
+) -> Result<(), End> {
     let Message::Text(text) = m else {
         return Err(End { code: super::UNSUPPORTED, reason: "binary messages are not accepted; send JSON text" });
     };
@@ -251,9 +276,9 @@ fn act(c: &CallStream, leg: &MediaLeg, text: &str) -> Result<(), Refusal> {
             let audio = base64::engine::general_purpose::STANDARD
                 .decode(payload.as_bytes())
                 .map_err(|_| invalid("`media.payload` is not base64."))?;
-            leg.playback.push_audio(&audio).map_err(|_| {
-                Refusal("playback_buffer_full", "Too much audio is queued; wait for marks, or `clear`.")
-            })
+            leg.playback
+                .push_audio(&audio)
+                .map_err(|_| Refusal("playback_buffer_full", "Too much audio is queued; wait for marks, or `clear`."))
         }
         "mark" => {
             let name = m.mark.ok_or_else(|| invalid("`mark.name` is required."))?.name;

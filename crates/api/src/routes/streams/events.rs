@@ -41,7 +41,8 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     caller.opens(RESOURCE)?;
     let scope = caller.auth.scope(Permission::EventsRead).await?;
-    let uri: http::Uri = format!("/?{}", caller.query).parse().map_err(|_| ApiError::validation("query", "is not valid"))?;
+    let uri: http::Uri =
+        format!("/?{}", caller.query).parse().map_err(|_| ApiError::validation("query", "is not valid"))?;
     let Query(q) = Query::<EventQuery>::try_from_uri(&uri).map_err(|e| ApiError::validation("query", e.body_text()))?;
     // The filters and cursor of `GET /v1/events`; `limit` is how many
     // events one look reads.
@@ -55,6 +56,7 @@ pub async fn events(
             permission: Permission::EventsRead,
             kind: "events",
             details: serde_json::json!({}),
+            call: None,
             hold,
         },
     )?;

@@ -203,6 +203,15 @@ const UNSUPPORTED: u16 = 1003;
 const INTERNAL: u16 = 1011;
 /// The client went without a close: nothing to send it.
 const CLIENT_GONE: &str = "client gone";
+/// A call's stream ends with its call.
+const CALL_ENDED: &str = "call ended";
+
+/// How soon a check that got no answer is tried again.
+const RETRY: Duration = Duration::from_millis(250);
+
+fn limits_recheck(limits: &palisade_config::Streams) -> u64 {
+    limits.recheck_ms.max(10)
+}
 
 /// How long a stream waits for the database to answer its credential check
 /// before it closes (1011): meanwhile it sends nothing.
@@ -226,9 +235,13 @@ struct Session {
     /// What the audit calls it (`events`, `call`).
     kind: &'static str,
     details: serde_json::Value,
+    /// A call's audio: the call, whose status and identity are checked
+    /// with the credential.
+    call: Option<String>,
     started: Instant,
     deadline: Instant,
-    checked: Instant,
+    /// When the credential is checked next.
+    next_check_at: Instant,
     unsure_since: Option<Instant>,
     heard: Instant,
     pinged: bool,
@@ -250,6 +263,7 @@ struct Opening {
     permission: Permission,
     kind: &'static str,
     details: serde_json::Value,
+    call: Option<String>,
     hold: Option<axum::Extension<crate::ConnectionHold>>,
 }
 
@@ -286,8 +300,9 @@ impl Session {
             limits,
             kind: o.kind,
             details: o.details,
+            call: o.call,
             started: now,
-            checked: now,
+            next_check_at: now + Duration::from_millis(limits_recheck(&state.config.streams)),
             unsure_since: None,
             heard: now,
             pinged: false,
@@ -302,7 +317,7 @@ impl Session {
     }
 
     fn recheck(&self) -> Duration {
-        Duration::from_millis(self.limits.recheck_ms.max(10))
+        Duration::from_millis(limits_recheck(&self.limits))
     }
 
     fn send_timeout(&self) -> Duration {
@@ -311,7 +326,7 @@ impl Session {
 
     /// When the next credential check is due (or the stream's end, if sooner).
     fn next_check(&self) -> Instant {
-        (self.checked + self.recheck()).min(self.deadline)
+        self.next_check_at.min(self.deadline)
     }
 
     /// The credential has not been confirmed lately (the database did not
@@ -327,13 +342,8 @@ impl Session {
         if now >= self.deadline {
             return Err(End { code: POLICY, reason: "maximum stream duration reached; reconnect" });
         }
-        if now.duration_since(self.checked) >= self.recheck() {
-            let check = still_holds(&self.state, &self.minter, &self.headers, &self.ctx, self.permission);
-            match tokio::time::timeout(CHECK_AT_MOST, check).await.unwrap_or(Err(())) {
-                Ok(true) => (self.checked, self.unsure_since) = (Instant::now(), None),
-                Ok(false) => return Err(End { code: POLICY, reason: "credential no longer valid" }),
-                Err(()) => self.unsure(now)?,
-            }
+        if now >= self.next_check_at {
+            self.check().await?;
         }
         if self.heard.elapsed() > Duration::from_secs(self.limits.idle_timeout_secs.max(1)) {
             if self.pinged {
@@ -346,6 +356,36 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Checks that the credential still holds (and, for a call's audio,
+    /// that the call is live and its identity not frozen). Unanswered: the
+    /// stream pauses, and asks again soon.
+    async fn check(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        let check = async {
+            if !still_holds(&self.state, &self.minter, &self.headers, &self.ctx, self.permission).await? {
+                return Ok(Some(End { code: POLICY, reason: "credential no longer valid" }));
+            }
+            let Some(id) = &self.call else { return Ok(None) };
+            let call = palisade_store::calls::stream_state(self.state.db.reader(), &self.scope, id).await;
+            Ok(match call.map_err(|_| ())?.as_ref().map(|(c, i)| (c.as_str(), i.as_str())) {
+                Some(("queued" | "ringing" | "in_progress", "active")) => None,
+                Some((_, "frozen")) => Some(End { code: POLICY, reason: "identity frozen" }),
+                _ => Some(End { code: NORMAL, reason: CALL_ENDED }),
+            })
+        };
+        match tokio::time::timeout(CHECK_AT_MOST, check).await.unwrap_or(Err(())) {
+            Ok(None) => {
+                (self.next_check_at, self.unsure_since) = (Instant::now() + self.recheck(), None);
+                Ok(())
+            }
+            Ok(Some(end)) => Err(end),
+            Err(()) => {
+                self.next_check_at = now + self.recheck().min(RETRY);
+                self.unsure(now)
+            }
+        }
     }
 
     /// Something the stream depends on did not answer: it waits, not long.
@@ -397,10 +437,23 @@ impl Session {
         if self.sent > self.limits.max_connection_bytes {
             return Err(End { code: POLICY, reason: "connection byte limit reached; reconnect" });
         }
-        match tokio::time::timeout(self.send_timeout(), socket.send(Message::Text(text.into()))).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End { code: GOING_AWAY, reason: CLIENT_GONE }),
-            Err(_) => Err(End { code: POLICY, reason: "client too slow" }),
+        let send = tokio::time::timeout(self.send_timeout(), socket.send(Message::Text(text.into())));
+        tokio::pin!(send);
+        // A reader slow to take the message does not hold the checks back.
+        loop {
+            tokio::select! {
+                sent = &mut send => return match sent {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(End { code: GOING_AWAY, reason: CLIENT_GONE }),
+                    Err(_) => Err(End { code: POLICY, reason: "client too slow" }),
+                },
+                () = tokio::time::sleep_until(self.next_check()) => {
+                    if Instant::now() >= self.deadline {
+                        return Err(End { code: POLICY, reason: "maximum stream duration reached; reconnect" });
+                    }
+                    self.check().await?;
+                }
+            }
         }
     }
 
@@ -476,9 +529,13 @@ mod tests {
             assert!(credential_in_query(&raw), "{raw}");
         }
         let ticket = palisade_auth::token::new_stream_ticket();
-        for raw in
-            ["", "after=12&action=auth.login", "resource_id=key_1", "since=2026-01-01T00:00:00Z", &format!("ticket={ticket}")]
-        {
+        for raw in [
+            "",
+            "after=12&action=auth.login",
+            "resource_id=key_1",
+            "since=2026-01-01T00:00:00Z",
+            &format!("ticket={ticket}"),
+        ] {
             assert!(!credential_in_query(raw), "{raw}");
         }
     }

@@ -65,8 +65,8 @@ pub async fn create_ticket(
     if let Some(id) = call {
         crate::routes::calls::visible_call(&state, &auth, &scope, &id).await?;
     }
-    let origin = ticket_origin(&auth, &headers, req.origin)?;
     let minter = Minter::of_request(&state, &headers).ok_or_else(ApiError::unauthenticated)?;
+    let origin = ticket_origin(&state, &auth, &minter, &headers, req.origin).await?;
     let now = state.now_ms();
     // Never longer than its minter lives.
     let ttl = i64::try_from(state.config.streams.ticket_ttl_secs.max(1)).unwrap_or(60) * 1000;
@@ -90,7 +90,7 @@ pub async fn create_ticket(
         minter: &minter_json,
         expires_at,
     };
-    palisade_store::stream_tickets::insert(&mut tx, &scope, &new, now).await?;
+    palisade_store::stream_tickets::insert(&mut tx, &scope, &new).await?;
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await?;
     let view = TicketView { ticket, expires_in: (expires_at - now).max(0) / 1000, resource: req.resource, origin };
@@ -115,8 +115,14 @@ fn resource_of(resource: &str) -> Result<(Permission, Option<String>), ApiError>
 
 /// The origin the ticket is bound to: the one asked for, which a browser
 /// request (one with an `Origin`) cannot make another than its own; it
-/// must be one the credential may be used from.
-fn ticket_origin(auth: &Auth, headers: &HeaderMap, asked: Option<String>) -> Result<Option<String>, ApiError> {
+/// must be one the credential, and every key above it, may be used from.
+async fn ticket_origin(
+    state: &AppState,
+    auth: &Auth,
+    minter: &Minter,
+    headers: &HeaderMap,
+    asked: Option<String>,
+) -> Result<Option<String>, ApiError> {
     let own = headers.get(http::header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_owned);
     let origin = match (asked.map(|o| o.trim().to_owned()), own) {
         (Some(a), Some(o)) if a != o => {
@@ -129,8 +135,11 @@ fn ticket_origin(auth: &Auth, headers: &HeaderMap, asked: Option<String>) -> Res
         if !crate::routes::api_keys::valid_origin(o) {
             return Err(ApiError::validation("origin", "is not an origin like https://app.example.com"));
         }
-        let allowed = &auth.principal.restrictions().allowed_origins;
-        if !allowed.is_empty() && !allowed.contains(o) {
+        // As if the page itself used the credential.
+        let mut from_page = headers.clone();
+        let value = http::HeaderValue::from_str(o).map_err(|_| ApiError::validation("origin", "is not valid"))?;
+        from_page.insert(http::header::ORIGIN, value);
+        if minter.authenticate(state, &auth.ctx, &from_page).await.is_err() {
             return Err(auth.denied("the origin is not one this credential may be used from"));
         }
     }
@@ -141,7 +150,11 @@ fn ticket_origin(auth: &Auth, headers: &HeaderMap, asked: Option<String>) -> Res
 /// this request comes: the stream's `Auth`, what it checks again, and the
 /// resource the ticket opens. An unknown, used or expired ticket counts as
 /// a failed credential (the address's lockout).
-pub(super) async fn redeem(parts: &mut Parts, state: &AppState, ticket: &str) -> Result<(Auth, Minter, String), ApiError> {
+pub(super) async fn redeem(
+    parts: &mut Parts,
+    state: &AppState,
+    ticket: &str,
+) -> Result<(Auth, Minter, String), ApiError> {
     if parts.headers.contains_key(http::header::AUTHORIZATION) || parts.headers.contains_key("x-api-key") {
         return Err(ApiError::validation(PARAM, "send either a ticket or an Authorization header, not both"));
     }
@@ -174,6 +187,9 @@ async fn use_up(state: &AppState, ticket: &str) -> Result<Option<palisade_store:
         return Ok(None);
     }
     let hash = palisade_auth::token::sha256_hex(ticket);
+    if !palisade_store::stream_tickets::live(state.db.reader(), &hash, state.now_ms()).await? {
+        return Ok(None);
+    }
     let mut tx = state.db.begin().await?;
     let t = palisade_store::stream_tickets::redeem(&mut *tx, &hash, state.now_ms()).await?;
     tx.commit().await?;
