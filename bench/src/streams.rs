@@ -200,7 +200,7 @@ async fn stream(
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let mut req = format!("ws://{addr}/v1/calls/{call}/stream").into_client_request()?;
     req.headers_mut().insert("authorization", format!("Bearer {key}").parse()?);
-    let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
     let (mut tx, mut rx) = ws.split();
     let opened = Instant::now();
     // Frames sent, by number: when.
@@ -220,14 +220,14 @@ async fn stream(
                 tx.send(Message::Text(m.into())).await?;
                 n += 1;
             }
-            tx.close().await?;
             anyhow::Ok(())
         })
     };
     // (arrival minus the frame's timestamp, in ms), measured frames only.
     let mut offsets = Vec::new();
     let mut echoes = Vec::new();
-    while let Some(msg) = rx.next().await {
+    // Until the end of the run; how the connection then ends is no measure.
+    while let Ok(Some(msg)) = tokio::time::timeout_at(until.into(), rx.next()).await {
         let Message::Text(text) = msg? else { continue };
         let now = Instant::now();
         let m: Value = serde_json::from_str(&text)?;
@@ -250,7 +250,7 @@ async fn stream(
             break;
         }
     }
-    sender.await??;
+    sender.abort();
     let best = offsets.iter().copied().fold(f64::INFINITY, f64::min);
     Ok((offsets.into_iter().map(|o| o - best).collect(), echoes))
 }

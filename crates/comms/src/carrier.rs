@@ -238,7 +238,8 @@ impl Carrier for SandboxCarrier {
             }
             let tone = tone_frame();
             let mut tick = tokio::time::interval(Duration::from_millis(FRAME_MS));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            // The far end's clock does not slip: a late tick is caught up.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}

@@ -104,6 +104,11 @@ pub async fn serve(
                 continue;
             }
         };
+        // Responses and stream messages go out as written: Nagle's wait for
+        // an acknowledgement would hold a small message back for up to 40 ms.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
         let slot = match slots.take(peer.ip()) {
             Ok(s) => s,
             Err(limit) => {

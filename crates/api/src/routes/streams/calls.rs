@@ -76,10 +76,9 @@ pub async fn call(
     let frames = usize::try_from(state.config.streams.playback_buffer_secs.saturating_mul(1000 / FRAME_MS))
         .unwrap_or(usize::MAX);
     let leg = attach(&state, &id, frames, call.status == "in_progress").await?;
-    let max = state.config.streams.max_message_bytes;
     let stream =
         CallStream { id, from: call.from_number, to: call.to_number, sid: uuid::Uuid::now_v7().to_string(), seq: 0 };
-    Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| run(session, stream, leg, socket)))
+    Ok(super::bounded(ws, &state.config.streams).on_upgrade(move |socket| run(session, stream, leg, socket)))
 }
 
 /// Attaches to the call's audio. A call just created is handed to its

@@ -60,8 +60,7 @@ pub async fn events(
             hold,
         },
     )?;
-    let max = state.config.streams.max_message_bytes;
-    Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| run(session, filter, socket)))
+    Ok(super::bounded(ws, &state.config.streams).on_upgrade(move |socket| run(session, filter, socket)))
 }
 
 async fn run(mut s: Session, mut filter: AuditFilter, mut socket: WebSocket) {

@@ -134,6 +134,19 @@ fn upgrade(
     })
 }
 
+/// Bytes read from a stream's socket at a time. Tungstenite allocates its
+/// read buffer up front (128 KiB by default): per open stream that is most
+/// of its memory, while the messages here are small (a call's frame is
+/// about 300 bytes). Larger messages are still read whole, in pieces.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// The WebSocket's bounds: the message size limit (1009 beyond) and the
+/// read buffer.
+fn bounded(ws: WebSocketUpgrade, limits: &palisade_config::Streams) -> WebSocketUpgrade {
+    let max = limits.max_message_bytes;
+    ws.max_message_size(max).max_frame_size(max).read_buffer_size(READ_BUFFER)
+}
+
 /// Open streams per tenant and per credential, in this instance, and what
 /// closes them all when the server stops.
 #[derive(Default)]
