@@ -352,3 +352,56 @@ async fn expired_tickets_and_message_floods() {
     assert_eq!(closed.0, 1008, "{closed:?}");
     assert!(closed.1.contains("rate"), "{closed:?}");
 }
+
+/// The byte limit and the idle limit close a stream (1008, with the
+/// reason); a frozen tenant's streams close within a second; every kind of
+/// bad credential is refused before the upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_and_idle_limits_tenant_freeze_and_bad_credentials() {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
+        c.streams.max_connection_bytes = 4000;
+        c.streams.idle_timeout_secs = 1;
+        c.carrier.sandbox_delay_ms = 20;
+        c.carrier.sandbox_call_secs = 3600;
+    })
+    .await;
+    let (token, _) = tenant(&s, "Bounds", FROM).await;
+    // A call's frames add up: past 4,000 bytes sent, 1008.
+    let id = place(&s, &token, FROM).await;
+    let mut ws = open(&s, &format!("/v1/calls/{id}/stream"), Some(&token)).await.expect("upgraded");
+    let closed = closing(&mut ws, WAIT).await;
+    assert_eq!(closed.0, 1008, "{closed:?}");
+    assert!(closed.1.contains("byte limit"), "{closed:?}");
+    // A client that reads nothing (so answers no ping): pinged, then cut.
+    let mut ws = open(&s, "/v1/events/stream?action=api_key.created", Some(&token)).await.expect("upgraded");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let closed = closing(&mut ws, WAIT).await;
+    assert_eq!(closed, (1008, "idle timeout".to_owned()));
+
+    // Bad credentials of every kind: no upgrade.
+    let path = "/v1/events/stream";
+    let (key_id, key) = s.api_key(&token, json!({"name": "k", "role": "read_only"})).await;
+    s.call(Method::DELETE, &format!("/v1/api-keys/{key_id}"), Some(&token), None).await.expect(204);
+    let forged_jwt = format!("{}x", &token[..token.len() - 1]);
+    for (cred, why) in [
+        (key.as_str(), "a revoked key"),
+        (forged_jwt.as_str(), "a JWT with a bad signature"),
+        ("at_00000000000000000000000000000000", "an unknown agent token"),
+        ("garbage", "a malformed credential"),
+    ] {
+        assert_eq!(open(&s, path, Some(cred)).await.err().map(|e| e.0), Some(401), "{why}");
+    }
+    // The master key is for /sysadmin only.
+    let master = s.master_key.clone();
+    assert_eq!(open(&s, path, Some(&master)).await.err().map(|e| e.0), Some(401));
+
+    // Freezing the tenant closes its streams within a second.
+    let t = s.tenant("Frozen").await;
+    let mut ws = open(&s, path, Some(&t.token)).await.expect("upgraded");
+    next(&mut ws, WAIT).await.unwrap();
+    s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/freeze", t.id), None).await.expect(200);
+    let frozen_at = std::time::Instant::now();
+    assert_eq!(closing(&mut ws, WAIT).await.0, 1008);
+    assert!(frozen_at.elapsed() < Duration::from_millis(1500), "closed after {:?}", frozen_at.elapsed());
+    assert_eq!(open(&s, path, Some(&t.token)).await.err().map(|e| e.0), Some(423));
+}
