@@ -78,6 +78,11 @@ NOT_IN_SCHEMA = {
     # `since` before `until`, at most 31 days apart: a rule across two
     # parameters, which OpenAPI cannot state.
     "GET /v1/usage": fields(("since", "must be before `until`, at most 31 days")),
+    # A stream is opened with an Authorization header or a ticket, not both:
+    # a rule across a header and a parameter, which OpenAPI cannot state
+    # (the run always sends its credential in the header).
+    "GET /v1/events/stream": fields(("ticket", "send either a ticket or an Authorization header")),
+    "GET /v1/calls/{id}/stream": fields(("ticket", "send either a ticket or an Authorization header")),
     # The code must be the one the carrier delivered to the number: state,
     # not form (the schema holds the six digits).
     "POST /v1/identities/{id}/verification/confirm": fields(("code", "is wrong or expired")),

@@ -39,7 +39,10 @@ impl Drop for Attached {
     }
 }
 
-/// Audio queued for the far end, bounded in frames.
+/// Marks queued at once: a mark's name may be far larger than a frame.
+pub const MAX_MARKS: usize = 100;
+
+/// Audio queued for the far end, bounded in frames (and marks).
 pub struct Playback {
     queue: Mutex<Queue>,
     cap_frames: usize,
@@ -51,6 +54,7 @@ struct Queue {
     items: VecDeque<Item>,
     /// Audio frames queued (marks are not audio).
     frames: usize,
+    marks: usize,
     /// A frame's worth not yet complete: sent audio need not be cut at 20 ms.
     partial: Vec<u8>,
 }
@@ -98,9 +102,10 @@ impl Playback {
     /// Queues a mark after the audio queued so far.
     pub fn mark(&self, name: String) -> Result<(), Full> {
         let mut q = self.lock();
-        if q.items.len() >= self.cap_frames {
+        if q.items.len() >= self.cap_frames || q.marks >= MAX_MARKS {
             return Err(Full);
         }
+        q.marks += 1;
         q.items.push_back(Item::Mark(name));
         Ok(())
     }
@@ -109,7 +114,7 @@ impl Playback {
     pub fn clear(&self) {
         let mut q = self.lock();
         q.partial.clear();
-        q.frames = 0;
+        (q.frames, q.marks) = (0, 0);
         for item in q.items.drain(..) {
             if let Item::Mark(name) = item {
                 let _ = self.marks.send(name);
@@ -124,6 +129,7 @@ impl Playback {
         while let Some(item) = q.items.pop_front() {
             match item {
                 Item::Mark(name) => {
+                    q.marks -= 1;
                     let _ = self.marks.send(name);
                 }
                 Item::Frame(f) => {
@@ -222,5 +228,22 @@ mod tests {
         assert_eq!(p.queued_frames(), 0);
         assert!(p.next_frame().is_none());
         p.push_audio(&[0; FRAME_BYTES * 3]).unwrap();
+    }
+
+    #[test]
+    fn marks_are_bounded_on_their_own() {
+        let (p, mut marks) = Playback::new(10_000);
+        for i in 0..MAX_MARKS {
+            p.mark(i.to_string()).unwrap();
+        }
+        assert_eq!(p.mark("one too many".into()), Err(Full));
+        // Played through: room again.
+        assert!(p.next_frame().is_none());
+        assert_eq!(marks.try_recv().unwrap(), "0");
+        p.mark("again".into()).unwrap();
+        p.clear();
+        for _ in 0..MAX_MARKS {
+            p.mark("x".into()).unwrap();
+        }
     }
 }

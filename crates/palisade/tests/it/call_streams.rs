@@ -166,6 +166,20 @@ async fn the_far_end_plays_back_what_the_agent_sends(b: Backend) {
     assert!(d["bytes_sent"].as_u64().unwrap() > 0, "{d}");
     // An ended call has no stream.
     assert_eq!(open(&s, &format!("/v1/calls/{id}/stream"), Some(&token)).await.err().map(|e| e.0), Some(409));
+
+    // A call ended where this instance's carrier does not hear of it (a
+    // hang-up on another instance): the stream's own check of the call
+    // ends it, with `stop`, within about a second.
+    let id = place(&s, &token, FROM).await;
+    let mut ws = open(&s, &format!("/v1/calls/{id}/stream"), Some(&token)).await.expect("upgraded");
+    next_event(&mut ws, "media").await;
+    sqlx::any::install_default_drivers();
+    let mut db = <sqlx::AnyConnection as sqlx::Connection>::connect(&s.db_url).await.unwrap();
+    sqlx::query("UPDATE calls SET status = 'completed' WHERE id = $1").bind(&id).execute(&mut db).await.unwrap();
+    let ended_at = std::time::Instant::now();
+    assert_eq!(next_event(&mut ws, "stop").await["stop"]["callSid"], id.as_str());
+    assert_eq!(closing(&mut ws, WAIT).await, (1000, "call ended".to_owned()));
+    assert!(ended_at.elapsed() < Duration::from_millis(1500), "ended after {:?}", ended_at.elapsed());
 }
 
 async fn nobody_hears_a_call_that_is_not_theirs(b: Backend) {
@@ -288,8 +302,11 @@ async fn a_ticket_opens_one_stream_once_from_one_origin(b: Backend) {
     // A ticket for one call opens no other stream.
     let call_a = place(&s, &token, FROM).await;
     let call_b = place(&s, &token, FROM).await;
-    let for_a = mint(key.clone(), json!({"resource": format!("/v1/calls/{call_a}/stream")}), None).await;
+    // (Its id in any case: the ticket names it as the stream's path does.)
+    let upper = call_a.to_uppercase();
+    let for_a = mint(key.clone(), json!({"resource": format!("/v1/calls/{upper}/stream")}), None).await;
     assert_eq!(for_a.0, 201, "{}", for_a.1);
+    assert_eq!(for_a.1["resource"], format!("/v1/calls/{call_a}/stream"));
     let ta = for_a.1["ticket"].as_str().unwrap();
     assert_eq!(open(&s, &format!("/v1/calls/{call_b}/stream?ticket={ta}"), None).await.err().map(|e| e.0), Some(401));
     // Minting: another tenant's call is 404, a reader gets no call ticket,

@@ -137,11 +137,22 @@ async fn run(mut s: Session, mut c: CallStream, mut leg: MediaLeg, mut socket: W
         Err(end) => end,
         Ok(()) => loop {
             tokio::select! {
-                // The stop and the checks before any traffic.
+                // The stop and the checks first, then what the client says
+                // (rate-limited), then traffic towards it.
                 biased;
                 _ = stopping.cancelled() => break End { code: super::GOING_AWAY, reason: "server stopping" },
                 _ = tick.tick() => if let Err(end) = s.due(&mut socket).await {
                     break end;
+                },
+                msg = socket.recv() => match s.received(msg) {
+                    Err(end) => break end,
+                    // Nothing a client says is acted on while its credential
+                    // is unconfirmed.
+                    Ok(None) => {}
+                    Ok(Some(_)) if s.paused() => {}
+                    Ok(Some(m)) => if let Err(end) = heard(&mut s, &mut c, &leg, &mut socket, m).await {
+                        break end;
+                    },
                 },
                 frame = leg.audio.recv() => {
                     let Some(frame) = frame else {
@@ -163,16 +174,6 @@ async fn run(mut s: Session, mut c: CallStream, mut leg: MediaLeg, mut socket: W
                         break end;
                     }
                 }
-                msg = socket.recv() => match s.received(msg) {
-                    Err(end) => break end,
-                    // Nothing a client says is acted on while its credential
-                    // is unconfirmed.
-                    Ok(None) => {}
-                    Ok(Some(_)) if s.paused() => {}
-                    Ok(Some(m)) => if let Err(end) = heard(&mut s, &mut c, &leg, &mut socket, m).await {
-                        break end;
-                    },
-                },
             }
         },
     };
@@ -206,6 +207,9 @@ async fn send_frame(
         });
         let start = c.message("start", "start", start);
         s.send(socket, start).await?;
+        if s.paused() {
+            return Ok(());
+        }
     }
     let media = json!({
         "track": "inbound",

@@ -363,10 +363,7 @@ impl Session {
                 return Err(End { code: POLICY, reason: "idle timeout" });
             }
             self.pinged = true;
-            let ping = tokio::time::timeout(self.send_timeout(), socket.send(Message::Ping(Default::default())));
-            if !matches!(ping.await, Ok(Ok(()))) {
-                return Err(End { code: POLICY, reason: "client too slow" });
-            }
+            self.send_message(socket, Message::Ping(Default::default())).await?;
         }
         Ok(())
     }
@@ -388,14 +385,22 @@ impl Session {
                 _ => Some(End { code: NORMAL, reason: CALL_ENDED }),
             })
         };
-        match tokio::time::timeout(CHECK_AT_MOST, check).await.unwrap_or(Err(())) {
+        let outcome = tokio::time::timeout(CHECK_AT_MOST, check).await.unwrap_or(Err(()));
+        let after = Instant::now();
+        match outcome {
             Ok(None) => {
-                (self.next_check_at, self.unsure_since) = (Instant::now() + self.recheck(), None);
+                (self.next_check_at, self.unsure_since) = (after + self.recheck(), None);
                 Ok(())
             }
-            Ok(Some(end)) => Err(end),
+            Ok(Some(end)) => {
+                // Decided: what is still said before the close (a call's
+                // `stop`) goes without checking again.
+                self.next_check_at = self.deadline;
+                Err(end)
+            }
             Err(()) => {
-                self.next_check_at = now + self.recheck().min(RETRY);
+                // Counted from the answer (or the timeout), not from the ask.
+                self.next_check_at = after + self.recheck().min(RETRY);
                 self.unsure(now)
             }
         }
@@ -450,7 +455,13 @@ impl Session {
         if self.sent > self.limits.max_connection_bytes {
             return Err(End { code: POLICY, reason: "connection byte limit reached; reconnect" });
         }
-        let send = tokio::time::timeout(self.send_timeout(), socket.send(Message::Text(text.into())));
+        self.send_message(socket, Message::Text(text.into())).await
+    }
+
+    /// Sends one message within the send timeout, running the checks that
+    /// fall due meanwhile.
+    async fn send_message(&mut self, socket: &mut WebSocket, message: Message) -> Result<(), End> {
+        let send = tokio::time::timeout(self.send_timeout(), socket.send(message));
         tokio::pin!(send);
         // A reader slow to take the message does not hold the checks back.
         loop {

@@ -60,7 +60,7 @@ pub async fn create_ticket(
     headers: HeaderMap,
     ValidJson(req): ValidJson<CreateTicketRequest>,
 ) -> Result<(StatusCode, Json<TicketView>), ApiError> {
-    let (permission, call) = resource_of(&req.resource)?;
+    let Resource { permission, call, path: resource } = resource_of(&req.resource)?;
     let scope = auth.scope(permission).await?;
     if let Some(id) = call {
         crate::routes::calls::visible_call(&state, &auth, &scope, &id).await?;
@@ -81,11 +81,11 @@ pub async fn create_ticket(
     let hash = palisade_auth::token::sha256_hex(&ticket);
     let minter_json = serde_json::to_string(&minter).map_err(ApiError::internal)?;
     let event = palisade_audit::Event::new("stream_ticket.created", Some(scope.tenant_id()), auth.principal.actor())
-        .details(serde_json::json!({ "resource": req.resource, "origin": origin }));
+        .details(serde_json::json!({ "resource": resource, "origin": origin }));
     let mut tx = state.db.begin().await?;
     let new = palisade_store::stream_tickets::NewTicket {
         ticket_hash: &hash,
-        resource: &req.resource,
+        resource: &resource,
         origin: origin.as_deref(),
         minter: &minter_json,
         expires_at,
@@ -93,22 +93,33 @@ pub async fn create_ticket(
     palisade_store::stream_tickets::insert(&mut tx, &scope, &new).await?;
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await?;
-    let view = TicketView { ticket, expires_in: (expires_at - now).max(0) / 1000, resource: req.resource, origin };
+    let view = TicketView { ticket, expires_in: (expires_at - now).max(0) / 1000, resource, origin };
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-/// The permission a stream needs, and the call it names, if any.
-fn resource_of(resource: &str) -> Result<(Permission, Option<String>), ApiError> {
+/// A stream a ticket may name: the permission it needs, the call it is
+/// of (if any), and its path in the form the stream compares (a call id in
+/// lower case, as the stream's own path reads it).
+struct Resource {
+    permission: Permission,
+    call: Option<String>,
+    path: String,
+}
+
+fn resource_of(resource: &str) -> Result<Resource, ApiError> {
     if resource == super::events::RESOURCE {
-        return Ok((Permission::EventsRead, None));
+        return Ok(Resource { permission: Permission::EventsRead, call: None, path: resource.to_owned() });
     }
     let call = resource
         .strip_prefix("/v1/calls/")
         .and_then(|r| r.strip_suffix("/stream"))
-        .and_then(|id| uuid::Uuid::parse_str(id).ok())
-        .filter(|id| resource == super::calls::resource(&id.to_string()));
+        .filter(|id| id.len() == 36)
+        .and_then(|id| uuid::Uuid::parse_str(id).ok());
     match call {
-        Some(id) => Ok((super::calls::PERMISSION, Some(id.to_string()))),
+        Some(id) => {
+            let id = id.to_string();
+            Ok(Resource { permission: super::calls::PERMISSION, path: super::calls::resource(&id), call: Some(id) })
+        }
         None => Err(ApiError::validation("resource", "must be `/v1/events/stream` or `/v1/calls/{id}/stream`")),
     }
 }
@@ -139,8 +150,12 @@ async fn ticket_origin(
         let mut from_page = headers.clone();
         let value = http::HeaderValue::from_str(o).map_err(|_| ApiError::validation("origin", "is not valid"))?;
         from_page.insert(http::header::ORIGIN, value);
-        if minter.authenticate(state, &auth.ctx, &from_page).await.is_err() {
-            return Err(auth.denied("the origin is not one this credential may be used from"));
+        match minter.authenticate(state, &auth.ctx, &from_page).await {
+            Ok(_) => {}
+            Err(e) if e.status() == http::StatusCode::UNAUTHORIZED => {
+                return Err(auth.denied("the origin is not one this credential may be used from"));
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(origin)
