@@ -220,6 +220,17 @@ impl CredentialCache {
         }
     }
 
+    /// Where the tenant's invalidations stand: it changes whenever one of
+    /// its credentials, identities or limits may have changed, on any
+    /// instance. `None` while invalidations are not being heard.
+    pub fn mark(&self, tenant: TenantId) -> Option<u64> {
+        if !self.live.load(Ordering::SeqCst) {
+            return None;
+        }
+        let marks = self.marks.read().unwrap_or_else(PoisonError::into_inner);
+        Some(marks.flushed.max(marks.tenants.get(&tenant).copied().unwrap_or(0)))
+    }
+
     /// Drops everything (messages may have been lost).
     pub fn flush(&self) {
         self.counters.flushes.inc();

@@ -168,8 +168,8 @@ async fn the_far_end_plays_back_what_the_agent_sends(b: Backend) {
     assert_eq!(open(&s, &format!("/v1/calls/{id}/stream"), Some(&token)).await.err().map(|e| e.0), Some(409));
 
     // A call ended where this instance's carrier does not hear of it (a
-    // hang-up on another instance): the stream's own check of the call
-    // ends it, with `stop`, within about a second.
+    // hang-up on another instance): the stream's own reading of the call
+    // ends it, with `stop`, within its 5 s.
     let id = place(&s, &token, FROM).await;
     let mut ws = open(&s, &format!("/v1/calls/{id}/stream"), Some(&token)).await.expect("upgraded");
     next_event(&mut ws, "media").await;
@@ -179,7 +179,7 @@ async fn the_far_end_plays_back_what_the_agent_sends(b: Backend) {
     let ended_at = std::time::Instant::now();
     assert_eq!(next_event(&mut ws, "stop").await["stop"]["callSid"], id.as_str());
     assert_eq!(closing(&mut ws, WAIT).await, (1000, "call ended".to_owned()));
-    assert!(ended_at.elapsed() < Duration::from_millis(1500), "ended after {:?}", ended_at.elapsed());
+    assert!(ended_at.elapsed() < Duration::from_millis(6500), "ended after {:?}", ended_at.elapsed());
 }
 
 async fn nobody_hears_a_call_that_is_not_theirs(b: Backend) {

@@ -241,3 +241,47 @@ async fn sip_replays_and_blocks_hold_across_instances() {
     b.stop().await;
     a.stop().await;
 }
+
+/// Streams across instances: a ticket minted on one opens a stream on the
+/// other, once in all; a call's audio is on the instance that placed the
+/// call (409 on the other); a freeze made through the other instance closes
+/// the call's stream within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(postgres_tests), ignore = "PALISADE_TEST_POSTGRES_URL is not set")]
+async fn streams_across_instances() {
+    use crate::streams::{closing, next, open};
+    use std::time::{Duration, Instant};
+    let a = TestServer::start_with(Backend::required_postgres(), |c| {
+        c.carrier.sandbox_delay_ms = 20;
+        c.carrier.sandbox_call_secs = 3600;
+    })
+    .await;
+    let b = a.peer().await;
+    let t = a.tenant("Streams").await;
+    let i = a.post("/v1/identities", &t.token, json!({"number": FROM})).await.expect(201);
+    let identity = i.body["id"].as_str().unwrap().to_owned();
+    a.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", t.id), Some(json!({"amount": 1000})))
+        .await
+        .expect(200);
+    let r = a.post("/v1/stream-tickets", &t.token, json!({"resource": "/v1/events/stream"})).await.expect(201);
+    let q = format!("/v1/events/stream?ticket={}", r.body["ticket"].as_str().unwrap());
+    let mut ws = open(&b, &q, None).await.expect("opened on the other instance");
+    next(&mut ws, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(open(&a, &q, None).await.err().map(|e| e.0), Some(401), "used up on every instance");
+
+    let call = a.post("/v1/calls", &t.token, json!({"from": FROM, "to": TO})).await.expect(201);
+    let path = format!("/v1/calls/{}/stream", call.body["id"].as_str().unwrap());
+    assert_eq!(open(&b, &path, Some(&t.token)).await.err().map(|e| e.0), Some(409));
+    let mut ws = open(&a, &path, Some(&t.token)).await.expect("upgraded where the call is");
+    loop {
+        if next(&mut ws, Duration::from_secs(10)).await.unwrap()["event"] == "media" {
+            break;
+        }
+    }
+    b.post(&format!("/v1/identities/{identity}/freeze"), &t.token, json!({})).await.expect(200);
+    let frozen_at = Instant::now();
+    assert_eq!(closing(&mut ws, Duration::from_secs(10)).await, (1008, "identity frozen".to_owned()));
+    assert!(frozen_at.elapsed() < Duration::from_millis(1500), "closed after {:?}", frozen_at.elapsed());
+    b.stop().await;
+    a.stop().await;
+}

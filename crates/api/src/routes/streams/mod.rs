@@ -219,6 +219,9 @@ const CLIENT_GONE: &str = "client gone";
 /// A call's stream ends with its call.
 const CALL_ENDED: &str = "call ended";
 
+/// The longest a call stream goes without reading its call.
+const CALL_AT_LEAST: Duration = Duration::from_secs(5);
+
 /// How soon a check that got no answer is tried again.
 const RETRY: Duration = Duration::from_millis(250);
 
@@ -251,6 +254,8 @@ struct Session {
     /// A call's audio: the call, whose status and identity are checked
     /// with the credential.
     call: Option<String>,
+    /// The tenant's invalidation mark and the time of the call's last check.
+    call_checked: Option<(Option<u64>, Instant)>,
     started: Instant,
     deadline: Instant,
     /// When the credential is checked next.
@@ -314,6 +319,7 @@ impl Session {
             kind: o.kind,
             details: o.details,
             call: o.call,
+            call_checked: None,
             started: now,
             next_check_at: now + Duration::from_millis(limits_recheck(&state.config.streams)),
             unsure_since: None,
@@ -377,13 +383,7 @@ impl Session {
             if !still_holds(&self.state, &self.minter, &self.headers, &self.ctx, self.permission).await? {
                 return Ok(Some(End { code: POLICY, reason: "credential no longer valid" }));
             }
-            let Some(id) = &self.call else { return Ok(None) };
-            let call = palisade_store::calls::stream_state(self.state.db.reader(), &self.scope, id).await;
-            Ok(match call.map_err(|_| ())?.as_ref().map(|(c, i)| (c.as_str(), i.as_str())) {
-                Some(("queued" | "ringing" | "in_progress", "active")) => None,
-                Some((_, "frozen")) => Some(End { code: POLICY, reason: "identity frozen" }),
-                _ => Some(End { code: NORMAL, reason: CALL_ENDED }),
-            })
+            self.check_call().await
         };
         let outcome = tokio::time::timeout(CHECK_AT_MOST, check).await.unwrap_or(Err(()));
         let after = Instant::now();
@@ -404,6 +404,30 @@ impl Session {
                 self.unsure(now)
             }
         }
+    }
+
+    /// For a call's audio: whether the call is still live and its identity
+    /// not frozen. Read again when something of the tenant changed (every
+    /// instance hears of a freeze at once), and at least every
+    /// `CALL_AT_LEAST` (a hang-up on another instance); never while
+    /// invalidations are not being heard.
+    async fn check_call(&mut self) -> Result<Option<End>, ()> {
+        let Some(id) = &self.call else { return Ok(None) };
+        let mark = self.state.credentials.cache.mark(self.scope.tenant_id());
+        let fresh =
+            self.call_checked.is_some_and(|(m, at)| mark.is_some() && m == mark && at.elapsed() < CALL_AT_LEAST);
+        if fresh {
+            return Ok(None);
+        }
+        let read_at = Instant::now();
+        let call =
+            palisade_store::calls::stream_state(self.state.db.reader(), &self.scope, id).await.map_err(|_| ())?;
+        self.call_checked = Some((mark, read_at));
+        Ok(match call.as_ref().map(|(c, i)| (c.as_str(), i.as_str())) {
+            Some(("queued" | "ringing" | "in_progress", "active")) => None,
+            Some((_, "frozen")) => Some(End { code: POLICY, reason: "identity frozen" }),
+            _ => Some(End { code: NORMAL, reason: CALL_ENDED }),
+        })
     }
 
     /// Something the stream depends on did not answer: it waits, not long.
