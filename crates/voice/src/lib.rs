@@ -1,12 +1,14 @@
 //! The SIP rules behind both the HTTP routes and the SIP edge: digest
 //! credentials ([`credentials`]), digest authentication and its abuse
-//! rules ([`auth`]) and registrations ([`registrar`]). No
+//! rules ([`auth`]), registrations ([`registrar`]) and the media security
+//! of offers and answers ([`media`]). No
 //! transport here: each side only translates its protocol to and from
 //! these functions.
 
 pub mod auth;
 pub mod credentials;
 pub mod inbound;
+pub mod media;
 pub mod registrar;
 pub mod trunks;
 
