@@ -81,6 +81,8 @@ pub struct Placed {
     pub call: palisade_store::calls::CallRow,
     pub principal: Principal,
     pub audit: palisade_audit::Context,
+    /// The caller's offer's media security, as its policy admitted it.
+    pub media: palisade_voice::media::Security,
 }
 
 /// Drives the caller's dialog from the call's life.

@@ -490,8 +490,9 @@ impl Handler {
             });
             return;
         };
-        let sdp = crate::calls::sdp_answer(&self.public_host);
         let offer = (!tx.original.body.is_empty()).then(|| tx.original.body.clone());
+        // Ours when the callee sends none: never weaker than the offer.
+        let sdp = palisade_voice::media::declining_answer(&self.public_host, &placed.media, offer.as_deref());
         crate::calls::run(placed, self.dialogs.clone(), dialog.clone(), states_rx, sdp, offer);
         self.serve_invite(tx, dialog);
     }
@@ -555,6 +556,12 @@ impl Handler {
         let dialed = message::user_host(&uri).and_then(|(user, _)| crate::calls::dialed_number(user));
         let Some(to) = dialed else { return reply(self.warning(404, "not_a_number")) };
         let scope = user.scope();
+        // The media the identity's policy admits, before anything is charged.
+        let offer = (!tx.original.body.is_empty()).then_some(tx.original.body.as_slice());
+        let media = match self.media_of(&scope, user.identity, offer, kind == Kind::Tls).await {
+            Ok(media) => media,
+            Err(r) => return reply(r),
+        };
         let principal = crate::calls::principal(user.tenant, user.identity);
         let audit = palisade_audit::Context {
             source_ip: Some(source.ip().to_string()),
@@ -581,6 +588,7 @@ impl Handler {
                 call,
                 principal,
                 audit,
+                media,
             })),
             Err((status, reason, retry)) => {
                 let r = self.warning(status, reason);
@@ -590,6 +598,29 @@ impl Handler {
                 })
             }
         }
+    }
+
+    /// The security of a device's offer, if the identity's media policy
+    /// admits it on this transport; the refusal (488, or 400 for SDP that
+    /// does not parse) with its reason otherwise.
+    async fn media_of(
+        &self,
+        scope: &palisade_core::TenantScope,
+        identity: palisade_core::IdentityId,
+        offer: Option<&[u8]>,
+        encrypted: bool,
+    ) -> Result<palisade_voice::media::Security, Reply> {
+        use palisade_voice::media::{check_offer, SrtpPolicy};
+        let row = match palisade_store::identities::get(self.services.db.reader(), scope, identity).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return Err(self.warning(403, "frozen")),
+            Err(e) => {
+                tracing::error!(target: "palisade::sip", error = %e, "reading an identity's media policy failed");
+                return Err(self.warning(500, "internal"));
+            }
+        };
+        let policy = SrtpPolicy::parse(&row.srtp).unwrap_or(SrtpPolicy::Required);
+        check_offer(policy, offer, encrypted).map_err(|r| self.warning(r.status(), r.reason()))
     }
 
     /// A call a trunk brings in, for the identity holding the dialed

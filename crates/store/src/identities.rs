@@ -31,17 +31,20 @@ pub struct IdentityRow {
     /// it delivered; `operator`: the operator vouched); none: not yet.
     pub number_verified_at: Option<i64>,
     pub number_verified_by: Option<String>,
+    /// Media policy of its SIP calls: `required`, `preferred` or `off`.
+    pub srtp: String,
 }
 
 const COLS: &str = "id, tenant_id, kind, number, country, name, rate_per_second, monthly_budget, \
     allowed_countries, status, agent_token_prefix, created_at, updated_at, operator_frozen, tenant_frozen, \
-    number_verified_at, number_verified_by";
+    number_verified_at, number_verified_by, srtp";
 
 /// The policy fields, as stored.
 pub struct Policy<'a> {
     pub rate_per_second: Option<i64>,
     pub monthly_budget: Option<i64>,
     pub allowed_countries: &'a str,
+    pub srtp: &'a str,
 }
 
 pub struct NewIdentity<'a> {
@@ -60,7 +63,8 @@ pub struct NewIdentity<'a> {
 pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, i: &NewIdentity<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO identities (id, tenant_id, kind, number, country, name, rate_per_second, monthly_budget, \
-         allowed_countries, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $10)",
+         allowed_countries, status, created_at, updated_at, srtp) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $10, $11)",
     )
     .bind(i.id.to_string())
     .bind(scope.tenant_id().to_string())
@@ -72,6 +76,7 @@ pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantSco
     .bind(i.policy.monthly_budget)
     .bind(i.policy.allowed_countries)
     .bind(i.now)
+    .bind(i.policy.srtp)
     .execute(ex)
     .await?;
     Ok(())
@@ -119,8 +124,8 @@ pub async fn update(
         tx.credentials_changed(&scope.tenant_id().to_string());
     }
     let r = sqlx::query(
-        "UPDATE identities SET rate_per_second = $3, monthly_budget = $4, allowed_countries = $5, updated_at = $6 \
-         WHERE tenant_id = $1 AND id = $2",
+        "UPDATE identities SET rate_per_second = $3, monthly_budget = $4, allowed_countries = $5, updated_at = $6, \
+         srtp = $7 WHERE tenant_id = $1 AND id = $2",
     )
     .bind(scope.tenant_id().to_string())
     .bind(id.to_string())
@@ -128,6 +133,7 @@ pub async fn update(
     .bind(policy.monthly_budget)
     .bind(policy.allowed_countries)
     .bind(now)
+    .bind(policy.srtp)
     .execute(&mut **tx)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -412,6 +418,7 @@ impl crate::FromSqlite for IdentityRow {
             tenant_frozen: r.get(14)?,
             number_verified_at: r.get(15)?,
             number_verified_by: r.get(16)?,
+            srtp: r.get(17)?,
         })
     }
 }

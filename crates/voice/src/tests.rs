@@ -35,7 +35,7 @@ impl World {
 
     async fn identity(&self, scope: &TenantScope, number: &str) -> IdentityId {
         let id = IdentityId::new();
-        let policy = Policy { rate_per_second: None, monthly_budget: None, allowed_countries: "[]" };
+        let policy = Policy { rate_per_second: None, monthly_budget: None, allowed_countries: "[]", srtp: "preferred" };
         let new = NewIdentity { id, kind: "number", number, country: "US", name: "n", policy, now: NOW };
         palisade_store::identities::insert(self.db.reader(), scope, &new).await.unwrap();
         id

@@ -96,7 +96,12 @@ impl World {
         let n = self.numbers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let number = format!("+1202555{:04}", 1000 + n);
         let countries = if p.countries.is_empty() { "[]" } else { p.countries };
-        let policy = Policy { rate_per_second: p.rate, monthly_budget: p.budget, allowed_countries: countries };
+        let policy = Policy {
+            rate_per_second: p.rate,
+            monthly_budget: p.budget,
+            allowed_countries: countries,
+            srtp: "preferred",
+        };
         let new = NewIdentity { id, kind: "number", number: &number, country: "US", name: "n", policy, now: START };
         palisade_store::identities::insert(self.svc.db.reader(), &self.scope, &new).await.unwrap();
         let mut tx = self.svc.db.begin().await.unwrap();

@@ -35,6 +35,11 @@ pub struct PolicyInput {
     /// absent: every country.
     #[serde(default)]
     allowed_countries: Vec<String>,
+    /// Media its SIP devices must offer: `required` (SRTP, SDES over TLS or
+    /// DTLS, or the call is refused with 488), `preferred` (default) or `off`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(required|preferred|off)$")]
+    srtp: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -109,6 +114,7 @@ impl TryFrom<IdentityRow> for IdentityView {
                 rate_per_second: r.rate_per_second.and_then(|v| u32::try_from(v).ok()),
                 monthly_budget: r.monthly_budget,
                 allowed_countries,
+                srtp: Some(r.srtp),
             },
             status: r.status,
             frozen_by: [(r.operator_frozen != 0, "sysadmin"), (r.tenant_frozen != 0, "tenant")]
@@ -130,6 +136,7 @@ struct CheckedPolicy {
     rate_per_second: Option<i64>,
     monthly_budget: Option<i64>,
     allowed_countries: String,
+    srtp: String,
 }
 
 fn check_policy(p: PolicyInput, errors: &mut Vec<FieldError>) -> CheckedPolicy {
@@ -155,10 +162,15 @@ fn check_policy(p: PolicyInput, errors: &mut Vec<FieldError>) -> CheckedPolicy {
     if countries.len() > 250 {
         field("allowed_countries", "at most 250 entries");
     }
+    let srtp = p.srtp.as_deref().map(str::trim).unwrap_or("preferred");
+    if palisade_voice::media::SrtpPolicy::parse(srtp).is_none() {
+        field("srtp", "must be `required`, `preferred` or `off`");
+    }
     CheckedPolicy {
         rate_per_second: p.rate_per_second.map(i64::from),
         monthly_budget: p.monthly_budget,
         allowed_countries: serde_json::to_string(&countries).unwrap_or_else(|_| "[]".into()),
+        srtp: srtp.to_owned(),
     }
 }
 
@@ -215,6 +227,7 @@ pub async fn create(
             rate_per_second: policy.rate_per_second,
             monthly_budget: policy.monthly_budget,
             allowed_countries: &policy.allowed_countries,
+            srtp: &policy.srtp,
         },
         now,
     };
@@ -281,6 +294,7 @@ pub async fn update(
             rate_per_second: current.rate_per_second,
             monthly_budget: current.monthly_budget,
             allowed_countries: current.allowed_countries.clone(),
+            srtp: current.srtp.clone(),
         },
     };
     if !errors.is_empty() {
@@ -290,6 +304,7 @@ pub async fn update(
         rate_per_second: policy.rate_per_second,
         monthly_budget: policy.monthly_budget,
         allowed_countries: &policy.allowed_countries,
+        srtp: &policy.srtp,
     };
     palisade_store::identities::update(&mut tx, &scope, id, &name, &stored, now).await?;
     let event = event_for("identity.updated", &auth, &current.id, &current.number);

@@ -581,3 +581,74 @@ async fn a_revoked_credential_answers_no_more_at_once() {
     }
     s.stop().await;
 }
+
+/// The identity's media policy at the INVITE (SPEC §13): SDES keys never
+/// over a plaintext transport, a `required` policy refuses plain RTP, weak
+/// suites are refused (488 with the reason, nothing charged), and an SRTP
+/// offer is never answered in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_policy_refuses_weak_or_exposed_srtp_and_never_answers_weaker() {
+    let s = server_with(Backend::Sqlite, |c| {
+        c.carrier.sandbox_call_secs = 600;
+        c.sip.tls_listen = Some("127.0.0.1:0".into());
+        c.sip.tls_cert_file = Some(crate::tls::fixture("server.pem"));
+        c.sip.tls_key_file = Some(crate::tls::fixture("server.key"));
+    })
+    .await;
+    let p = phone(&s, "Media").await;
+    s.admin(reqwest::Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", p.tenant), Some(json!({"amount": 100})))
+        .await
+        .expect(200);
+    let sdp = |media: &str| format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n{media}");
+    let key = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVzcyBzaWd1";
+    let sdes = |suite: &str| sdp(&format!("m=audio 40000 RTP/SAVP 0\r\na=crypto:1 {suite} {key}\r\n"));
+    let plain = sdp("m=audio 40000 RTP/AVP 0\r\n");
+    let refused = |m: &Msg| (m.status, m.warning().map(str::to_owned));
+
+    // SDES over UDP: its keys would travel in the clear.
+    let mut udp = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
+    udp.offer = Some(sdes("AES_CM_128_HMAC_SHA1_80"));
+    let r = invite(&mut udp, "+34612000222", &p.password).await;
+    assert_eq!(refused(&r), (488, Some("sdes_plaintext".into())), "{}", r.raw);
+    // Over TLS: a weak suite is refused; a good one is admitted and answered
+    // in its own profile (declined: the sandbox carries no media), never
+    // with plain RTP.
+    let mut tls = Ua::tls(s.sip_tls(), &p.user, &p.realm).await;
+    tls.offer = Some(sdes("AES_CM_128_HMAC_SHA1_32"));
+    let r = invite(&mut tls, "+34612000222", &p.password).await;
+    assert_eq!(refused(&r), (488, Some("srtp_suite".into())), "{}", r.raw);
+    tls.offer = Some(sdes("AEAD_AES_256_GCM"));
+    let ok = invite(&mut tls, "+34612000222", &p.password).await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    assert!(ok.raw.contains("m=audio 0 RTP/SAVP 0"), "{}", ok.raw);
+    assert!(!ok.raw.contains("RTP/AVP"), "{}", ok.raw);
+    // SDP that does not parse: 400.
+    tls.offer = Some("v=0\r\nnonsense\r\n".into());
+    let r = invite(&mut tls, "+34612000223", &p.password).await;
+    assert_eq!(refused(&r), (400, Some("sdp".into())), "{}", r.raw);
+
+    // The identity requires SRTP: plain RTP, or no offer, is refused.
+    let path = format!("/v1/identities/{}", p.identity);
+    let patched = s
+        .call(reqwest::Method::PATCH, &path, Some(&p.token), Some(json!({"policy": {"srtp": "required"}})))
+        .await
+        .expect(200);
+    assert_eq!(patched.body["policy"]["srtp"], "required");
+    s.call(reqwest::Method::PATCH, &path, Some(&p.token), Some(json!({"policy": {"srtp": "always"}})))
+        .await
+        .expect(400);
+    tls.offer = Some(plain.clone());
+    let r = invite(&mut tls, "+34612000224", &p.password).await;
+    assert_eq!(refused(&r), (488, Some("srtp_required".into())), "{}", r.raw);
+    tls.offer = None;
+    let r = invite(&mut tls, "+34612000224", &p.password).await;
+    assert_eq!(refused(&r), (488, Some("srtp_required".into())), "{}", r.raw);
+    // DTLS-SRTP needs no key in the SDP: fine over any transport.
+    udp.offer = Some(sdp("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=fingerprint:sha-256 AB:CD:EF\r\na=setup:actpass\r\n"));
+    let ok = invite(&mut udp, "+34612000225", &p.password).await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    assert!(ok.raw.contains("m=audio 0 UDP/TLS/RTP/SAVPF"), "{}", ok.raw);
+    // Only the two admitted calls exist.
+    assert_eq!(calls(&s, &p.token).await.len(), 2);
+    s.stop().await;
+}

@@ -58,6 +58,8 @@ pub struct Ua {
     pub realm: String,
     pub call_id: String,
     pub cseq: u32,
+    /// The SDP offer its INVITEs carry, if any.
+    pub offer: Option<String>,
 }
 
 impl Ua {
@@ -96,6 +98,7 @@ impl Ua {
             realm: realm.into(),
             call_id: format!("{}@test", uuid::Uuid::new_v4()),
             cseq: 0,
+            offer: None,
         }
     }
 
@@ -138,7 +141,12 @@ impl Ua {
             m.push_str(l);
             m.push_str("\r\n");
         }
-        m.push_str("Content-Length: 0\r\n\r\n");
+        match self.offer.as_deref().filter(|_| method == "INVITE") {
+            Some(sdp) => {
+                m.push_str(&format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len()));
+            }
+            None => m.push_str("Content-Length: 0\r\n\r\n"),
+        }
         m
     }
 

@@ -41,7 +41,7 @@ async fn world_with(state: Arc<dyn AbuseState>) -> World {
     palisade_store::tenants::insert(db.reader(), tenant, "t", NOW).await.unwrap();
     let scope = TenantScope::for_system(tenant);
     let id = IdentityId::new();
-    let policy = Policy { rate_per_second: None, monthly_budget: None, allowed_countries: "[]" };
+    let policy = Policy { rate_per_second: None, monthly_budget: None, allowed_countries: "[]", srtp: "preferred" };
     let new = NewIdentity { id, kind: "number", number: "+12025550100", country: "US", name: "n", policy, now: NOW };
     palisade_store::identities::insert(db.reader(), &scope, &new).await.unwrap();
     let sealer = Arc::new(Sealer::new(&[9; 32]));
@@ -140,7 +140,7 @@ impl World {
         palisade_store::tenants::insert(self.auth.db.reader(), tenant, "u", NOW).await.unwrap();
         let scope = TenantScope::for_system(tenant);
         let id = IdentityId::new();
-        let policy = Policy { rate_per_second: None, monthly_budget: None, allowed_countries: "[]" };
+        let policy = Policy { rate_per_second: None, monthly_budget: None, allowed_countries: "[]", srtp: "preferred" };
         let new =
             NewIdentity { id, kind: "number", number: "+12025550101", country: "US", name: "n", policy, now: NOW };
         palisade_store::identities::insert(self.auth.db.reader(), &scope, &new).await.unwrap();
