@@ -33,6 +33,13 @@ pub enum CarrierError {
     Timeout,
     #[error("the carrier is unavailable")]
     Unavailable,
+    /// The callee answered an SRTP offer with weaker media (plain RTP, or a
+    /// suite not offered): the call is not connected.
+    #[error("the callee's media was weaker than offered")]
+    MediaDowngrade,
+    /// SDES keys would have gone to the carrier over a plaintext transport.
+    #[error("the offer's keys cannot go to the carrier in the clear")]
+    KeysInTheClear,
 }
 
 impl CarrierError {
@@ -42,6 +49,8 @@ impl CarrierError {
             CarrierError::Undeliverable => "undeliverable",
             CarrierError::Timeout => "carrier_timeout",
             CarrierError::Unavailable => "carrier_unavailable",
+            CarrierError::MediaDowngrade => "srtp_downgrade",
+            CarrierError::KeysInTheClear => "sdes_plaintext",
         }
     }
 }

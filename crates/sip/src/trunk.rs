@@ -252,6 +252,11 @@ impl TrunkCarrier {
     }
 
     async fn place_through(&self, edge: &Edge, trunk: &Trunk, c: &OutboundCall) -> Result<CallAnswer, CarrierError> {
+        // SDES keys travel in the SDP: only to a trunk reached over TLS.
+        let offered = c.offer.as_deref().map(palisade_voice::media::security_of);
+        if matches!(offered, Some(Ok(palisade_voice::media::Security::Sdes(_)))) && trunk.transport != Transport::Tls {
+            return Err(CarrierError::KeysInTheClear);
+        }
         let opt = self.invite_option(edge, trunk, c)?;
         let (states_tx, states) = edge.dialogs.new_dialog_state_channel();
         let (ended_tx, ended) = watch::channel(false);
@@ -286,6 +291,14 @@ impl TrunkCarrier {
                     return Err(CarrierError::Unavailable);
                 }
                 let sdp = (!resp.body.is_empty()).then(|| resp.body.clone());
+                // Never connected weaker than the caller offered: the
+                // carrier's leg comes down and the call fails.
+                if let Err(r) = answer_kept(c.offer.as_deref(), sdp.as_deref()) {
+                    tracing::info!(target: "palisade::sip", trunk = %trunk.name, reason = r.reason(), "a trunk's answer was refused");
+                    let _ = dialog.hangup().await;
+                    self.legs().remove(&c.id);
+                    return Err(CarrierError::MediaDowngrade);
+                }
                 return Ok(CallAnswer::Answered { sdp });
             }
             Ok((_, Some(resp))) => refused(&resp.status_code),
@@ -346,6 +359,14 @@ impl TrunkCarrier {
             ..Default::default()
         })
     }
+}
+
+/// Whether the callee's answer keeps the media security of the caller's
+/// offer (an offer the edge admitted; none: ours, plain).
+fn answer_kept(offer: Option<&[u8]>, answer: Option<&[u8]>) -> Result<(), palisade_voice::media::Refused> {
+    use palisade_voice::media::{check_answer, security_of, Security};
+    let offered = offer.map_or(Ok(Security::None), security_of)?;
+    check_answer(&offered, answer).map(|_| ())
 }
 
 /// A final answer other than 2xx, as the call's outcome.

@@ -623,3 +623,59 @@ async fn a_call_ends_when_its_trunk_is_disabled() {
     status_becomes(&s, &p.token, &id, "completed").await;
     s.stop().await;
 }
+
+/// A carrier answering an SRTP offer with plain RTP does not get the call:
+/// its leg comes down, the phone's INVITE fails, the call ends failed with
+/// `srtp_downgrade` and nothing is charged. SDES keys are never sent to a
+/// trunk over a plaintext transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_answering_weaker_media_does_not_get_the_call() {
+    let s = server_with(Backend::Sqlite, |c| {
+        c.sip.tls_listen = Some("127.0.0.1:0".into());
+        c.sip.tls_cert_file = Some(crate::tls::fixture("server.pem"));
+        c.sip.tls_key_file = Some(crate::tls::fixture("server.key"));
+    })
+    .await;
+    let mut trunk = carrier(&s, false).await;
+    let p = caller(&s).await;
+    let before = s.get("/v1/balance", &p.token).await.expect(200).body["balance"].as_i64().unwrap();
+    let dtls = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=fingerprint:sha-256 AB:CD:EF\r\na=setup:actpass\r\n";
+    let mut ua = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
+    ua.offer = Some(dtls.to_owned());
+    let phone = tokio::spawn(async move {
+        let r = crate::sip_edge::invite(&mut ua, "+34612000444", &p.password).await;
+        (ua, p, r)
+    });
+    let invite = next(&mut trunk, "INVITE").await;
+    assert!(invite.contains("UDP/TLS/RTP/SAVPF"), "the offer goes to the carrier as it is:\n{invite}");
+    // The carrier answers in the clear.
+    answer(&mut trunk, &invite).await;
+    let bye = next(&mut trunk, "BYE").await;
+    trunk.send_raw(response(&bye, "200 OK", &[], "").as_bytes()).await;
+    let (_, p, r) = phone.await.unwrap();
+    assert!(r.status >= 400, "the phone's INVITE must fail:\n{}", r.raw);
+    assert!(!r.raw.contains("RTP/AVP"), "the carrier's plain answer must not reach the phone:\n{}", r.raw);
+    let list = crate::sip_edge::calls(&s, &p.token).await;
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    let call = status_becomes(&s, &p.token, &id, "failed").await;
+    assert_eq!(call["error_code"], "srtp_downgrade", "{call}");
+    let after = s.get("/v1/balance", &p.token).await.expect(200).body["balance"].as_i64().unwrap();
+    assert_eq!(after, before, "a call never connected costs nothing");
+
+    // SDES from a TLS phone towards this UDP trunk: the keys never leave.
+    let mut tls = Ua::tls(s.sip_tls(), &p.user, &p.realm).await;
+    let key = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVzcyBzaWd1";
+    tls.offer = Some(format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio 40000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 {key}\r\n"
+    ));
+    let r = crate::sip_edge::invite(&mut tls, "+34612000445", &p.password).await;
+    assert!(r.status >= 400, "{}", r.raw);
+    assert!(trunk.recv_request(Duration::from_millis(500)).await.is_none_or(|m| !m.contains("a=crypto")));
+    let list = crate::sip_edge::calls(&s, &p.token).await;
+    let second = list.iter().find(|c| c["to"] == "+34612000445").expect("the call was admitted, then refused");
+    let call = status_becomes(&s, &p.token, second["id"].as_str().unwrap(), "failed").await;
+    assert_eq!(call["error_code"], "sdes_plaintext", "{call}");
+    s.stop().await;
+}
