@@ -79,6 +79,7 @@ impl Service {
             ended_at: None,
             created_at: now,
             updated_at: now,
+            media: "none".into(),
         };
         let new = NewCall {
             id: &row.id,

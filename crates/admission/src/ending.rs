@@ -152,6 +152,7 @@ impl Service {
             duration_secs,
             billed_minutes,
             cost,
+            media: call.media.clone(),
         };
         palisade_store::calls::insert_cdr(&mut *tx, scope, &cdr).await?;
         // The carrier's events are the system's; a hang-up is its caller's.

@@ -581,15 +581,27 @@ impl Handler {
         let s = &self.services;
         let identity = user.identity.to_string();
         match crate::calls::admit(&s.admission, &principal, &scope, &audit, slots, &identity, to).await {
-            Ok(call) => Answered::Call(Box::new(crate::calls::Placed {
-                admission: s.admission.clone(),
-                carrier: s.carrier.clone(),
-                scope,
-                call,
-                principal,
-                audit,
-                media,
-            })),
+            Ok(mut call) => {
+                // On the call and, when it ends, its CDR.
+                call.media = media.label();
+                let recorded = async {
+                    let mut tx = s.db.begin().await?;
+                    palisade_store::calls::set_media(&mut *tx, &scope, &call.id, &call.media).await?;
+                    tx.commit().await
+                };
+                if let Err(e) = recorded.await {
+                    tracing::error!(target: "palisade::sip", error = %e, "recording a call's media security failed");
+                }
+                Answered::Call(Box::new(crate::calls::Placed {
+                    admission: s.admission.clone(),
+                    carrier: s.carrier.clone(),
+                    scope,
+                    call,
+                    principal,
+                    audit,
+                    media,
+                }))
+            }
             Err((status, reason, retry)) => {
                 let r = self.warning(status, reason);
                 reply(match retry {

@@ -20,10 +20,12 @@ pub struct CallRow {
     pub ended_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Its media security: the SDES suite, `dtls`, or `none`.
+    pub media: String,
 }
 
 const COLS: &str = "id, tenant_id, identity_id, from_number, to_number, to_country, status, error_code, prepaid, \
-    answered_at, ended_at, created_at, updated_at";
+    answered_at, ended_at, created_at, updated_at, media";
 
 /// Statuses of a call that is not over.
 pub const LIVE: &str = "('queued', 'ringing', 'in_progress')";
@@ -83,6 +85,23 @@ pub async fn stream_state<'c>(
     .bind(id)
     .fetch_optional(ex)
     .await?)
+}
+
+/// Records the media security a live call was admitted with (the SIP edge
+/// knows it from the caller's offer).
+pub async fn set_media<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    id: &str,
+    media: &str,
+) -> Result<()> {
+    sqlx::query(&format!("UPDATE calls SET media = $3 WHERE tenant_id = $1 AND id = $2 AND status IN {LIVE}"))
+        .bind(scope.tenant_id().to_string())
+        .bind(id)
+        .bind(media)
+        .execute(ex)
+        .await?;
+    Ok(())
 }
 
 pub async fn list<'c>(
@@ -226,14 +245,16 @@ pub struct CdrRow {
     pub duration_secs: i64,
     pub billed_minutes: i64,
     pub cost: i64,
+    /// The call's media security, as on the call.
+    pub media: String,
 }
 
 const CDR_COLS: &str = "id, tenant_id, call_id, identity_id, from_number, to_number, to_country, status, started_at, \
-    answered_at, ended_at, duration_secs, billed_minutes, cost";
+    answered_at, ended_at, duration_secs, billed_minutes, cost, media";
 
 pub async fn insert_cdr<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, c: &CdrRow) -> Result<()> {
     sqlx::query(&format!(
-        "INSERT INTO cdrs ({CDR_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        "INSERT INTO cdrs ({CDR_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
     ))
     .bind(&c.id)
     .bind(scope.tenant_id().to_string())
@@ -249,6 +270,7 @@ pub async fn insert_cdr<'c>(ex: impl Executor<'c, Database = Any>, scope: &Tenan
     .bind(c.duration_secs)
     .bind(c.billed_minutes)
     .bind(c.cost)
+    .bind(&c.media)
     .execute(ex)
     .await?;
     Ok(())

@@ -47,6 +47,10 @@ pub struct CallView {
     #[serde(skip_serializing_if = "Option::is_none")]
     ended_at: Option<String>,
     created_at: String,
+    /// Media security: the SRTP suite (SDES), `dtls`, or `none` (plain RTP,
+    /// or a call placed through the API).
+    #[serde(default)]
+    media: String,
 }
 
 impl From<CallRow> for CallView {
@@ -62,6 +66,7 @@ impl From<CallRow> for CallView {
             answered_at: c.answered_at.map(palisade_core::clock::rfc3339),
             ended_at: c.ended_at.map(palisade_core::clock::rfc3339),
             created_at: palisade_core::clock::rfc3339(c.created_at),
+            media: c.media,
         }
     }
 }
@@ -182,6 +187,8 @@ pub struct CdrView {
     billed_minutes: i64,
     /// Minor units charged for the call in all.
     cost: i64,
+    /// Media security: the SRTP suite (SDES), `dtls`, or `none`.
+    media: String,
 }
 
 impl From<CdrRow> for CdrView {
@@ -200,6 +207,7 @@ impl From<CdrRow> for CdrView {
             duration_secs: c.duration_secs,
             billed_minutes: c.billed_minutes,
             cost: c.cost,
+            media: c.media,
         }
     }
 }

@@ -648,7 +648,16 @@ async fn media_policy_refuses_weak_or_exposed_srtp_and_never_answers_weaker() {
     let ok = invite(&mut udp, "+34612000225", &p.password).await;
     assert_eq!(ok.status, 200, "{}", ok.raw);
     assert!(ok.raw.contains("m=audio 0 UDP/TLS/RTP/SAVPF"), "{}", ok.raw);
-    // Only the two admitted calls exist.
-    assert_eq!(calls(&s, &p.token).await.len(), 2);
+    // Only the two admitted calls exist, each with its media security,
+    // which its CDR keeps.
+    let list = calls(&s, &p.token).await;
+    let media: Vec<_> = list.iter().map(|c| c["media"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(media.len(), 2, "{list:?}");
+    assert!(media.contains(&"AEAD_AES_256_GCM".to_owned()) && media.contains(&"dtls".to_owned()), "{media:?}");
+    let id = list.iter().find(|c| c["media"] == "dtls").unwrap()["id"].as_str().unwrap().to_owned();
+    s.post(&format!("/v1/calls/{id}/hangup"), &p.token, json!({})).await.expect(200);
+    let cdrs = s.get("/v1/cdrs", &p.token).await.expect(200);
+    let cdr = cdrs.body["data"].as_array().unwrap().iter().find(|c| c["call_id"] == id.as_str()).cloned();
+    assert_eq!(cdr.expect("the call's CDR")["media"], "dtls");
     s.stop().await;
 }
