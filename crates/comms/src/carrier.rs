@@ -40,6 +40,9 @@ pub enum CarrierError {
     /// SDES keys would have gone to the carrier over a plaintext transport.
     #[error("the offer's keys cannot go to the carrier in the clear")]
     KeysInTheClear,
+    /// The carrier's leg must be SRTP and the offer is not.
+    #[error("the carrier requires SRTP")]
+    SrtpRequired,
 }
 
 impl CarrierError {
@@ -51,6 +54,7 @@ impl CarrierError {
             CarrierError::Unavailable => "carrier_unavailable",
             CarrierError::MediaDowngrade => "srtp_downgrade",
             CarrierError::KeysInTheClear => "sdes_plaintext",
+            CarrierError::SrtpRequired => "srtp_required",
         }
     }
 }

@@ -525,8 +525,8 @@ impl Handler {
         let kind = tx.connection.as_ref().map_or(Kind::Udp, kind_of);
         if let Some(trunk) = self.services.carrier.trunks().now().trunk_for(source.ip()).filter(|t| t.transport == kind)
         {
-            let trunk = trunk.id.clone();
-            return self.inbound(tx, fields, source, &trunk).await;
+            let (id, policy) = (trunk.id.clone(), trunk.srtp);
+            return self.inbound(tx, fields, source, &id, policy).await;
         }
         let Some((from_user, aor_host)) = fields.one("from").and_then(message::uri_of).and_then(message::user_host)
         else {
@@ -637,7 +637,14 @@ impl Handler {
 
     /// A call a trunk brings in, for the identity holding the dialed
     /// number verified: relayed to its device, or refused with the reason.
-    async fn inbound(&self, tx: &Transaction, fields: &Fields, source: SocketAddr, trunk: &str) -> Answered {
+    async fn inbound(
+        &self,
+        tx: &Transaction,
+        fields: &Fields,
+        source: SocketAddr,
+        trunk: &str,
+        policy: palisade_voice::media::SrtpPolicy,
+    ) -> Answered {
         use palisade_voice::inbound::Callee;
         // The carrier hears plain codes: nothing of a tenant's state.
         let refuse = |status: u16, why: &str| {
@@ -665,6 +672,15 @@ impl Handler {
             }
         };
         let offer = (!tx.original.body.is_empty()).then(|| tx.original.body.clone());
+        // The trunk's media policy and the callee identity's, on the
+        // trunk's transport.
+        let encrypted = tx.connection.as_ref().map_or(Kind::Udp, kind_of) == Kind::Tls;
+        if let Err(r) = palisade_voice::media::check_offer(policy, offer.as_deref(), encrypted) {
+            return refuse(r.status(), r.reason());
+        }
+        if let Err(r) = self.media_of(&scope, identity, offer.as_deref(), encrypted).await {
+            return refuse(r.status, "the callee's media policy");
+        }
         let Some(opt) = crate::inbound::leg_to(&binding, &from, &self.reach, offer) else {
             return refuse(480, "unreachable");
         };

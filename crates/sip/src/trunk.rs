@@ -257,6 +257,12 @@ impl TrunkCarrier {
         if matches!(offered, Some(Ok(palisade_voice::media::Security::Sdes(_)))) && trunk.transport != Transport::Tls {
             return Err(CarrierError::KeysInTheClear);
         }
+        // A trunk whose policy requires SRTP gets no plain offer (ours, for
+        // an API call, is plain).
+        let srtp = matches!(&offered, Some(Ok(s)) if s.is_srtp());
+        if trunk.srtp == palisade_voice::media::SrtpPolicy::Required && !srtp {
+            return Err(CarrierError::SrtpRequired);
+        }
         let opt = self.invite_option(edge, trunk, c)?;
         let (states_tx, states) = edge.dialogs.new_dialog_state_channel();
         let (ended_tx, ended) = watch::channel(false);

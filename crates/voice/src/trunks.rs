@@ -17,6 +17,7 @@ use palisade_seal::Sealer;
 use palisade_store::sip_trunks::{self, TrunkRow};
 use palisade_store::StoreError;
 
+use crate::media::SrtpPolicy;
 use crate::VoiceError;
 
 pub const NAME_MAX: usize = 64;
@@ -70,6 +71,8 @@ pub struct Trunk {
     pub enabled: bool,
     pub created_at: i64,
     pub updated_at: i64,
+    /// What the carrier's leg must carry.
+    pub srtp: SrtpPolicy,
 }
 
 impl Trunk {
@@ -87,6 +90,7 @@ impl Trunk {
             enabled: true,
             created_at: 0,
             updated_at: 0,
+            srtp: SrtpPolicy::default(),
         }
     }
 
@@ -99,6 +103,7 @@ impl Trunk {
         let transport = Transport::parse(&row.transport).ok_or_else(|| bad("transport"))?;
         let cidrs: Vec<String> = serde_json::from_str(&row.source_cidrs).map_err(|_| bad("source_cidrs"))?;
         let source_cidrs = parse_cidrs(&cidrs).map_err(|_| bad("source_cidrs"))?;
+        let srtp = SrtpPolicy::parse(&row.srtp).ok_or_else(|| bad("srtp"))?;
         Ok(Trunk {
             id: row.id,
             name: row.name,
@@ -110,6 +115,7 @@ impl Trunk {
             enabled: row.enabled != 0,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            srtp,
         })
     }
 
@@ -126,6 +132,7 @@ impl Trunk {
             enabled: i64::from(self.enabled),
             created_at: self.created_at,
             updated_at: self.updated_at,
+            srtp: self.srtp.as_str().to_owned(),
         }
     }
 }
@@ -166,6 +173,8 @@ pub struct NewTrunk {
     pub source_cidrs: Vec<String>,
     pub auth: Option<Credentials>,
     pub enabled: bool,
+    /// `required`, `preferred` (default) or `off`.
+    pub srtp: Option<String>,
 }
 
 /// A change to a trunk; `None` leaves a field as it is. `auth: Some(None)`
@@ -177,6 +186,7 @@ pub struct Changes {
     pub source_cidrs: Option<Vec<String>>,
     pub enabled: Option<bool>,
     pub auth: Option<Option<Credentials>>,
+    pub srtp: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -466,8 +476,8 @@ pub async fn create(
     new: NewTrunk,
     now: i64,
 ) -> Result<Trunk, TrunkError> {
-    let c = check(Some(&new.name), &new.uri, &new.transport, &new.source_cidrs, new.auth.as_ref())
-        .map_err(TrunkError::Invalid)?;
+    let checked = check(Some(&new.name), &new.uri, &new.transport, &new.source_cidrs, new.auth.as_ref());
+    let (c, srtp) = with_srtp(checked, new.srtp.as_deref(), SrtpPolicy::default()).map_err(TrunkError::Invalid)?;
     let id = uuid::Uuid::now_v7().to_string();
     let trunk = Trunk {
         auth_username: new.auth.as_ref().map(|a| a.username.clone()),
@@ -480,6 +490,7 @@ pub async fn create(
         enabled: new.enabled,
         created_at: now,
         updated_at: now,
+        srtp,
     };
     match sip_trunks::insert(&mut **tx, proof, &trunk.to_row()).await {
         Err(e) if e.is_unique_violation() => Err(TrunkError::DuplicateName),
@@ -504,7 +515,9 @@ pub async fn update(
     let transport = changes.transport.unwrap_or_else(|| trunk.transport.as_str().to_owned());
     let cidrs = changes.source_cidrs.unwrap_or_else(|| trunk.source_cidrs.iter().map(ToString::to_string).collect());
     let new_auth = changes.auth.as_ref().and_then(Option::as_ref);
-    let c = check(None, &uri, &transport, &cidrs, new_auth).map_err(TrunkError::Invalid)?;
+    let checked = check(None, &uri, &transport, &cidrs, new_auth);
+    let (c, srtp) = with_srtp(checked, changes.srtp.as_deref(), trunk.srtp).map_err(TrunkError::Invalid)?;
+    trunk.srtp = srtp;
     trunk.uri = c.uri;
     trunk.transport = c.transport;
     trunk.source_cidrs = c.source_cidrs;
@@ -520,6 +533,28 @@ pub async fn update(
         return Ok(None);
     }
     Ok(Some(trunk))
+}
+
+/// The rest of the checks with the media policy's (`asked`, else `current`).
+fn with_srtp<C>(
+    checked: Result<C, Vec<FieldError>>,
+    asked: Option<&str>,
+    current: SrtpPolicy,
+) -> Result<(C, SrtpPolicy), Vec<FieldError>> {
+    let srtp = asked.map(|a| SrtpPolicy::parse(a.trim()).ok_or(())).transpose();
+    match (checked, srtp) {
+        (Ok(c), Ok(p)) => Ok((c, p.unwrap_or(current))),
+        (checked, srtp) => {
+            let mut errors = checked.err().unwrap_or_default();
+            if srtp.is_err() {
+                errors.push(FieldError {
+                    field: "srtp".into(),
+                    message: "must be `required`, `preferred` or `off`".into(),
+                });
+            }
+            Err(errors)
+        }
+    }
 }
 
 pub async fn list(db: &palisade_store::Db, proof: &SysadminProof) -> Result<Vec<Trunk>, VoiceError> {

@@ -20,6 +20,7 @@ fn new(name: &str, cidrs: &[&str]) -> NewTrunk {
         source_cidrs: strings(cidrs),
         auth: None,
         enabled: true,
+        srtp: None,
     }
 }
 
@@ -194,6 +195,7 @@ fn trunk(id: &str, cidrs: &[&str], enabled: bool) -> Trunk {
         enabled,
         created_at: NOW,
         updated_at: NOW,
+        srtp: crate::media::SrtpPolicy::default(),
     }
 }
 

@@ -79,6 +79,11 @@ pub struct CreateTrunkRequest {
     /// Default true.
     #[serde(default)]
     enabled: Option<bool>,
+    /// What the carrier's leg must carry: `required` (SRTP both ways, or the
+    /// call is refused), `preferred` (default) or `off`.
+    #[serde(default)]
+    #[schema(pattern = "^(required|preferred|off)$")]
+    srtp: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -103,6 +108,9 @@ pub struct UpdateTrunkRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<TrunkAuthInput>)]
     auth: Option<Option<TrunkAuthInput>>,
+    #[serde(default)]
+    #[schema(pattern = "^(required|preferred|off)$")]
+    srtp: Option<String>,
 }
 
 /// A member given (even as `null`), as opposed to absent.
@@ -148,6 +156,8 @@ pub struct TrunkView {
     enabled: bool,
     /// Whether the trunk has digest credentials.
     has_auth: bool,
+    /// Media policy: `required`, `preferred` or `off`.
+    srtp: String,
     auth_username: Option<String>,
     #[schema(format = DateTime)]
     created_at: String,
@@ -165,6 +175,7 @@ impl From<&Trunk> for TrunkView {
             source_cidrs: t.source_cidrs.iter().map(ToString::to_string).collect(),
             enabled: t.enabled,
             has_auth: t.has_auth(),
+            srtp: t.srtp.as_str().to_owned(),
             auth_username: t.auth_username.clone(),
             created_at: palisade_core::clock::rfc3339(t.created_at),
             updated_at: palisade_core::clock::rfc3339(t.updated_at),
@@ -183,6 +194,7 @@ fn details(t: &Trunk) -> serde_json::Value {
         "source_cidrs": v.source_cidrs,
         "enabled": v.enabled,
         "has_auth": v.has_auth,
+        "srtp": v.srtp,
         "auth_username": v.auth_username,
     })
 }
@@ -219,6 +231,7 @@ pub async fn create(
         source_cidrs: req.source_cidrs.iter().map(|c| line(c)).collect(),
         auth: req.auth.map(Into::into),
         enabled: req.enabled.unwrap_or(true),
+        srtp: req.srtp,
     };
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
@@ -278,6 +291,7 @@ pub async fn update(
         ("source_cidrs", req.source_cidrs.is_some()),
         ("enabled", req.enabled.is_some()),
         ("auth", req.auth.is_some()),
+        ("srtp", req.srtp.is_some()),
     ] {
         if given {
             changed.push(field);
@@ -289,6 +303,7 @@ pub async fn update(
         source_cidrs: req.source_cidrs.map(|cs| cs.iter().map(|c| line(c)).collect()),
         enabled: req.enabled,
         auth: req.auth.map(|a| a.map(Into::into)),
+        srtp: req.srtp,
     };
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;

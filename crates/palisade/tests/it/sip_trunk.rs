@@ -679,3 +679,51 @@ async fn a_carrier_answering_weaker_media_does_not_get_the_call() {
     assert_eq!(call["error_code"], "sdes_plaintext", "{call}");
     s.stop().await;
 }
+
+/// A trunk's own media policy: `required` refuses a plain offer towards it
+/// (an API call offers plain RTP: the call fails with `srtp_required`) and
+/// from it (488 to the carrier), and an invalid policy is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_requiring_srtp_carries_no_plain_call() {
+    let s = server(Backend::Sqlite).await;
+    let mut trunk = carrier(&s, false).await;
+    let list = s.admin(Method::GET, "/sysadmin/v1/trunks", None).await.expect(200);
+    let id = list.body["data"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(list.body["data"][0]["srtp"], "preferred");
+    let path = format!("/sysadmin/v1/trunks/{id}");
+    s.admin(Method::PATCH, &path, Some(json!({"srtp": "sometimes"}))).await.expect(400);
+    let r = s.admin(Method::PATCH, &path, Some(json!({"srtp": "required"}))).await.expect(200);
+    assert_eq!(r.body["srtp"], "required");
+    // The edge rereads its trunks every 100 ms.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let p = caller(&s).await;
+    let number = number_of(&s, &p).await;
+    let call = place(&s, &p, &number, "+34612000123").await;
+    let call = status_becomes(&s, &p.token, &call, "failed").await;
+    assert_eq!(call["error_code"], "srtp_required", "{call}");
+    assert!(trunk.recv_request(Duration::from_millis(300)).await.is_none(), "nothing reaches the carrier");
+
+    // From the carrier, a plain offer: 488, and no device is rung.
+    let mut device = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
+    let (ok, _) = crate::sip_edge::register(&mut device, &p.password, "SHA-256").await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    let uri = format!("sip:{number}@{}", s.sip_udp());
+    let contact = format!("Contact: <sip:carrier@{}>", trunk.local);
+    let lines = ["CSeq: 1 INVITE".to_owned(), contact];
+    let invite = carrier_request(&trunk, "INVITE", &uri, "in-srtp@carrier", &format!("<{uri}>"), &lines, TRUNK_SDP);
+    trunk.send_raw(invite.as_bytes()).await;
+    let mut refused = None;
+    for _ in 0..5 {
+        match trunk.recv(Duration::from_secs(2)).await {
+            Some(m) if m.status >= 200 => {
+                refused = Some(m.status);
+                break;
+            }
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    assert_eq!(refused, Some(488));
+    assert!(device.recv_request(Duration::from_millis(300)).await.is_none(), "the device is not rung");
+    s.stop().await;
+}
