@@ -136,6 +136,13 @@ pub(crate) fn relay(
     crate::calls::serve_dialog_states(dialogs.clone(), trunk_states, move |_| async move {
         let _ = trunk_end_tx.send(true);
     });
+    // What the carrier offered (checked at the INVITE): the device's answer
+    // may not be weaker.
+    let offered = opt
+        .offer
+        .as_deref()
+        .map_or(Ok(palisade_voice::media::Security::None), palisade_voice::media::security_of)
+        .unwrap_or(palisade_voice::media::Security::None);
     tokio::spawn(async move {
         let (device_tx, device_states) = dialogs.new_dialog_state_channel();
         let (device_end_tx, mut device_end) = watch::channel(false);
@@ -160,6 +167,12 @@ pub(crate) fn relay(
             Ok((device, Some(resp))) if resp.status_code.kind() == StatusCodeKind::Successful => {
                 let headers = vec![Header::ContentType("application/sdp".into())];
                 let sdp = (!resp.body.is_empty()).then(|| resp.body.clone());
+                if palisade_voice::media::check_answer(&offered, sdp.as_deref()).is_err() {
+                    tracing::info!(target: "palisade::sip", "a device answered a trunk's SRTP offer with weaker media");
+                    let _ = trunk.reject(Some(StatusCode::NotAcceptableHere), None);
+                    let _ = device.hangup().await;
+                    return;
+                }
                 if let Err(e) = trunk.accept(Some(headers), sdp) {
                     tracing::debug!(target: "palisade::sip", error = %e, "the trunk's call could not be answered");
                     let _ = device.hangup().await;

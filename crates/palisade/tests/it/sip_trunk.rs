@@ -727,3 +727,54 @@ async fn a_trunk_requiring_srtp_carries_no_plain_call() {
     assert!(device.recv_request(Duration::from_millis(300)).await.is_none(), "the device is not rung");
     s.stop().await;
 }
+
+/// A device answering a carrier's SRTP offer with plain RTP: the carrier
+/// gets 488, never the plain answer, and the device is hung up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_answering_weaker_media_is_not_connected_to_the_carrier() {
+    let s = server(Backend::Sqlite).await;
+    let mut trunk = carrier(&s, false).await;
+    let p = caller(&s).await;
+    let number = number_of(&s, &p).await;
+    let mut device = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
+    let (ok, _) = crate::sip_edge::register(&mut device, &p.password, "SHA-256").await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    let dtls = "v=0\r\no=carrier 1 1 IN IP4 127.0.0.3\r\ns=-\r\nc=IN IP4 127.0.0.3\r\nt=0 0\r\n\
+                m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=fingerprint:sha-256 AB:CD:EF\r\na=setup:actpass\r\n";
+    let uri = format!("sip:{number}@{}", s.sip_udp());
+    let contact = format!("Contact: <sip:carrier@{}>", trunk.local);
+    let lines = ["CSeq: 1 INVITE".to_owned(), contact];
+    let invite = carrier_request(&trunk, "INVITE", &uri, "in-dtls@carrier", &format!("<{uri}>"), &lines, dtls);
+    trunk.send_raw(invite.as_bytes()).await;
+    let ringing = device.recv_request(Duration::from_secs(5)).await.expect("the device is called");
+    assert!(ringing.contains("UDP/TLS/RTP/SAVPF"), "{ringing}");
+    let answer = response(&ringing, "200 OK", &[format!("Contact: <sip:{}@{}>", p.user, device.local)], TRUNK_SDP);
+    device.send_raw(answer.as_bytes()).await;
+    let mut final_status = None;
+    for _ in 0..5 {
+        match trunk.recv(Duration::from_secs(2)).await {
+            Some(m) if m.status >= 200 => {
+                assert!(!m.raw.contains("RTP/AVP"), "{}", m.raw);
+                final_status = Some(m.status);
+                break;
+            }
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    assert_eq!(final_status, Some(488));
+    // The device's leg comes down.
+    let mut bye = false;
+    for _ in 0..5 {
+        match device.recv_request(Duration::from_secs(2)).await {
+            Some(r) if r.starts_with("BYE ") => {
+                bye = true;
+                break;
+            }
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    assert!(bye, "the device was not hung up");
+    s.stop().await;
+}
