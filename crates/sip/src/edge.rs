@@ -681,6 +681,12 @@ impl Handler {
         if let Err(r) = self.media_of(&scope, identity, offer.as_deref(), encrypted).await {
             return refuse(r.status, "the callee's media policy");
         }
+        // Keys cross to the device only over TLS too (its answer's way back
+        // as well): both legs encrypted, or no keys either way.
+        let keys_allowed = encrypted && binding.transport == "tls";
+        if !keys_allowed && offer.as_deref().is_some_and(palisade_voice::media::has_keys) {
+            return refuse(488, "sdes_plaintext");
+        }
         let Some(opt) = crate::inbound::leg_to(&binding, &from, &self.reach, offer) else {
             return refuse(480, "unreachable");
         };
@@ -701,7 +707,12 @@ impl Handler {
         }
         let carrier = &self.services.carrier;
         let hold =
-            crate::inbound::Hold { _live: live, trunk: carrier.relay_started(trunk), durations: carrier.durations() };
+            crate::inbound::Hold {
+                _live: live,
+                trunk: carrier.relay_started(trunk),
+                durations: carrier.durations(),
+                keys_allowed,
+            };
         Answered::Inbound(Box::new((opt, hold)))
     }
 

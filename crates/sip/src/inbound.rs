@@ -115,6 +115,9 @@ pub(crate) struct Hold {
     pub(crate) _live: LiveGuard,
     pub(crate) trunk: crate::trunk::RelayGuard,
     pub(crate) durations: crate::trunk::Durations,
+    /// Both legs are TLS: SDES keys may cross (an offer the device makes in
+    /// its answer, to a trunk INVITE without one, too).
+    pub(crate) keys_allowed: bool,
 }
 
 /// Until the dialog behind `end` has ended.
@@ -167,7 +170,8 @@ pub(crate) fn relay(
             Ok((device, Some(resp))) if resp.status_code.kind() == StatusCodeKind::Successful => {
                 let headers = vec![Header::ContentType("application/sdp".into())];
                 let sdp = (!resp.body.is_empty()).then(|| resp.body.clone());
-                if palisade_voice::media::check_answer(&offered, sdp.as_deref()).is_err() {
+                let keys = !hold.keys_allowed && sdp.as_deref().is_some_and(palisade_voice::media::has_keys);
+                if keys || palisade_voice::media::check_answer(&offered, sdp.as_deref()).is_err() {
                     tracing::info!(target: "palisade::sip", "a device answered a trunk's SRTP offer with weaker media");
                     let _ = trunk.reject(Some(StatusCode::NotAcceptableHere), None);
                     let _ = device.hangup().await;

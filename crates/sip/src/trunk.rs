@@ -253,10 +253,10 @@ impl TrunkCarrier {
 
     async fn place_through(&self, edge: &Edge, trunk: &Trunk, c: &OutboundCall) -> Result<CallAnswer, CarrierError> {
         // SDES keys travel in the SDP: only to a trunk reached over TLS.
-        let offered = c.offer.as_deref().map(palisade_voice::media::security_of);
-        if matches!(offered, Some(Ok(palisade_voice::media::Security::Sdes(_)))) && trunk.transport != Transport::Tls {
+        if c.offer.as_deref().is_some_and(palisade_voice::media::has_keys) && trunk.transport != Transport::Tls {
             return Err(CarrierError::KeysInTheClear);
         }
+        let offered = c.offer.as_deref().map(palisade_voice::media::security_of);
         // A trunk whose policy requires SRTP gets no plain offer (ours, for
         // an API call, is plain).
         let srtp = matches!(&offered, Some(Ok(s)) if s.is_srtp());

@@ -113,10 +113,25 @@ impl Refused {
 /// stream must be protected the same way: one plain stream beside an
 /// SRTP one is refused (it would carry the call in the clear).
 pub fn security_of(sdp: &[u8]) -> Result<Security, Refused> {
+    // Only CRLF or LF line ends and no other control bytes: a bare CR is a
+    // line end to some parsers and not to ours, and would hide a line.
+    let mut bytes = sdp.iter().peekable();
+    while let Some(&b) = bytes.next() {
+        let bad = match b {
+            b'\r' => bytes.peek() != Some(&&b'\n'),
+            b'\n' | b'\t' => false,
+            _ => b < 0x20 || b == 0x7f,
+        };
+        if bad {
+            return Err(Refused::Sdp);
+        }
+    }
     let desc = SessionDescription::unmarshal(&mut Cursor::new(sdp)).map_err(|_| Refused::Sdp)?;
     let session_fingerprint = desc.attribute("fingerprint").map(String::as_str);
     let mut found: Option<Security> = None;
-    for m in desc.media_descriptions.iter().filter(|m| m.media_name.media == "audio" && m.media_name.port.value != 0) {
+    // Every active stream, not only audio: video, text (the conversation
+    // itself) and fax are media too.
+    for m in desc.media_descriptions.iter().filter(|m| m.media_name.port.value != 0) {
         let s = stream_security(m, session_fingerprint)?;
         match &found {
             None => found = Some(s),
@@ -125,6 +140,16 @@ pub fn security_of(sdp: &[u8]) -> Result<Security, Refused> {
         }
     }
     Ok(found.unwrap_or(Security::None))
+}
+
+/// Whether the SDP carries keys anywhere (`a=crypto` at any level or in
+/// any profile, an RFC 5939 capability holding one, a `k=` line): such a
+/// description may travel only over TLS, whatever its streams say.
+pub fn has_keys(sdp: &[u8]) -> bool {
+    String::from_utf8_lossy(sdp).split(['\r', '\n']).any(|line| {
+        let l = line.trim_start().to_ascii_lowercase();
+        l.starts_with("k=") || l.starts_with("a=crypto") || (l.starts_with("a=acap") && l.contains("crypto"))
+    })
 }
 
 fn stream_security(m: &MediaDescription, session_fingerprint: Option<&str>) -> Result<Security, Refused> {
@@ -148,22 +173,47 @@ fn stream_security(m: &MediaDescription, session_fingerprint: Option<&str>) -> R
                 _ => Err(Refused::SrtpSuite),
             }
         }
-        _ => Err(Refused::SrtpSuite),
+        // Not RTP (fax over UDPTL, BFCP, MSRP): not protected by SRTP.
+        _ => Ok(Security::None),
     }
 }
 
-/// `tag suite key-params …` (RFC 4568 §9.1): the suite, if accepted and
-/// given an inline key.
+/// Session parameters (RFC 4568 §6.3) that switch protection off.
+const WEAKENING: [&str; 3] = ["UNENCRYPTED_SRTP", "UNENCRYPTED_SRTCP", "UNAUTHENTICATED_SRTP"];
+
+/// `tag suite key-params [session-params]` (RFC 4568 §9.1): the suite, if
+/// accepted, with one inline key of its length (key and salt) and nothing
+/// that switches protection off.
 fn sdes_suite(value: &str) -> Result<String, Refused> {
     let mut parts = value.split_ascii_whitespace();
     let (Some(tag), Some(suite), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(Refused::SrtpSuite);
     };
     let tag_ok = !tag.is_empty() && tag.len() <= 10 && tag.bytes().all(|b| b.is_ascii_digit());
-    if !tag_ok || !SDES_SUITES.contains(&suite) || !key.starts_with("inline:") {
+    let suite = suite.to_ascii_uppercase();
+    let Some(key_len) = key_length(&suite) else { return Err(Refused::SrtpSuite) };
+    let inline_ok = key
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("inline:"))
+        .and_then(|_| key[7..].split('|').next())
+        .and_then(|k| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, k).ok())
+        .is_some_and(|k| k.len() == key_len);
+    let weakened = parts.any(|p| WEAKENING.iter().any(|w| p.eq_ignore_ascii_case(w)));
+    if !tag_ok || !inline_ok || weakened {
         return Err(Refused::SrtpSuite);
     }
-    Ok(suite.to_owned())
+    Ok(suite)
+}
+
+/// Master key and salt of an accepted suite, in bytes.
+fn key_length(suite: &str) -> Option<usize> {
+    match suite {
+        "AES_CM_128_HMAC_SHA1_80" => Some(30),
+        "AES_256_CM_HMAC_SHA1_80" => Some(46),
+        "AEAD_AES_128_GCM" => Some(28),
+        "AEAD_AES_256_GCM" => Some(44),
+        _ => None,
+    }
 }
 
 /// `hash-func fingerprint` with an accepted hash.
@@ -182,13 +232,17 @@ fn fingerprint_ok(value: &str) -> bool {
 /// `policy` on a transport that is `encrypted` (TLS) or not; its security
 /// when it is.
 pub fn check_offer(policy: SrtpPolicy, offer: Option<&[u8]>, encrypted: bool) -> Result<Security, Refused> {
-    let security = match offer {
-        Some(sdp) => security_of(sdp)?,
-        None => Security::None,
-    };
-    if matches!(security, Security::Sdes(_)) && !encrypted {
+    if offer.is_some_and(has_keys) && !encrypted {
         return Err(Refused::SdesPlaintext);
     }
+    let security = match offer.map(security_of) {
+        Some(Ok(s)) => s,
+        // Not understood, and not asked to hold to anything: it carries no
+        // key (above), so it is passed as it is.
+        Some(Err(Refused::Sdp)) if policy != SrtpPolicy::Required => Security::None,
+        Some(Err(e)) => return Err(e),
+        None => Security::None,
+    };
     if policy == SrtpPolicy::Required && !security.is_srtp() {
         return Err(Refused::SrtpRequired);
     }
@@ -244,8 +298,14 @@ mod tests {
 
     const KEY: &str = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVzcyBzaWd1";
 
+    /// An inline key of the suite's length (30 bytes for unknown suites).
+    fn key(suite: &str) -> String {
+        let len = key_length(suite).unwrap_or(30);
+        format!("inline:{}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, vec![7u8; len]))
+    }
+
     fn sdes(suite: &str) -> Vec<u8> {
-        sdp(&format!("m=audio 49170 RTP/SAVP 0\r\na=crypto:1 {suite} {KEY}\r\n"))
+        sdp(&format!("m=audio 49170 RTP/SAVP 0\r\na=crypto:1 {suite} {}\r\n", key(suite)))
     }
 
     fn dtls(hash: &str) -> Vec<u8> {
@@ -264,8 +324,11 @@ mod tests {
         // No audio at all: nothing to protect.
         assert_eq!(security_of(&sdp("m=video 5000 RTP/AVP 96\r\n")), Ok(Security::None));
         // A declined stream does not count.
-        let declined =
-            sdp(&format!("m=audio 0 RTP/AVP 0\r\nm=audio 5000 RTP/SAVP 0\r\na=crypto:1 {} {KEY}\r\n", SDES_SUITES[0]));
+        let declined = sdp(&format!(
+            "m=audio 0 RTP/AVP 0\r\nm=audio 5000 RTP/SAVP 0\r\na=crypto:1 {} {}\r\n",
+            SDES_SUITES[0],
+            key(SDES_SUITES[0])
+        ));
         assert!(security_of(&declined).unwrap().is_srtp());
     }
 
@@ -303,6 +366,61 @@ mod tests {
     }
 
     #[test]
+    fn keys_anywhere_count_and_weakened_sessions_are_refused() {
+        // Keys outside an SRTP profile still travel in the SDP.
+        for keyed in [
+            sdp(&format!("m=audio 49170 RTP/AVP 0\r\na=crypto:1 {} {KEY}\r\n", SDES_SUITES[0])),
+            sdp("m=audio 49170 RTP/AVP 0\r\na=acap:1 crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x\r\n"),
+            sdp("m=audio 49170 RTP/AVP 0\r\nk=clear:secret\r\n"),
+            sdp(&format!("m=video 5000 RTP/SAVP 96\r\na=crypto:1 {} {KEY}\r\n", SDES_SUITES[0])),
+        ] {
+            assert!(has_keys(&keyed), "{}", String::from_utf8_lossy(&keyed));
+            for p in [SrtpPolicy::Required, SrtpPolicy::Preferred, SrtpPolicy::Off] {
+                assert_eq!(check_offer(p, Some(&keyed), false), Err(Refused::SdesPlaintext));
+            }
+        }
+        assert!(!has_keys(&sdp(PLAIN)) && !has_keys(&dtls("sha-256")));
+        // Session parameters that switch protection off, a key of the wrong
+        // length, a key that is not base64.
+        for bad in [
+            format!("{} UNENCRYPTED_SRTP", key(SDES_SUITES[0])),
+            format!("{} unauthenticated_srtp", key(SDES_SUITES[0])),
+            format!("{} UNENCRYPTED_SRTCP", key(SDES_SUITES[0])),
+            key(SDES_SUITES[1]),
+            "inline:%%%".to_owned(),
+            "INLINE".to_owned(),
+        ] {
+            let offer = sdp(&format!("m=audio 49170 RTP/SAVP 0\r\na=crypto:1 {} {bad}\r\n", SDES_SUITES[0]));
+            assert_eq!(security_of(&offer), Err(Refused::SrtpSuite), "{bad}");
+        }
+        // Names and the key's prefix in any case; a lifetime and MKI are fine.
+        let offer = sdp(&format!(
+            "m=audio 49170 RTP/SAVP 0\r\na=crypto:1 aes_cm_128_hmac_sha1_80 INLINE:{}|2^20|1:4 FEC_ORDER=FEC_SRTP\r\n",
+            &key(SDES_SUITES[0])[7..]
+        ));
+        assert_eq!(security_of(&offer), Ok(Security::Sdes(vec![SDES_SUITES[0].to_owned()])));
+        // A bare CR hides a line from us, not from every parser.
+        let hidden = sdp(&format!(
+            "m=audio 49170 RTP/SAVP 0\r\na=ptime:20\rm=audio 6000 RTP/AVP 0\r\na=crypto:1 {} {}\r\n",
+            SDES_SUITES[0],
+            key(SDES_SUITES[0])
+        ));
+        assert_eq!(security_of(&hidden), Err(Refused::Sdp));
+        assert_eq!(security_of(&sdp("m=audio 49170 RTP/AVP 0\r\na=x:\0\r\n")), Err(Refused::Sdp));
+        // Every active stream counts: SRTP audio beside plain video is refused.
+        let video = sdp(&format!(
+            "m=audio 49170 RTP/SAVP 0\r\na=crypto:1 {} {}\r\nm=video 5000 RTP/AVP 96\r\n",
+            SDES_SUITES[0],
+            key(SDES_SUITES[0])
+        ));
+        assert_eq!(security_of(&video), Err(Refused::SrtpSuite));
+        // What the parser does not understand passes only where nothing is
+        // required of it, and only without keys.
+        assert_eq!(check_offer(SrtpPolicy::Preferred, Some(b"v=0\r\nnonsense\r\n"), false), Ok(Security::None));
+        assert_eq!(check_offer(SrtpPolicy::Required, Some(b"v=0\r\nnonsense\r\n"), true), Err(Refused::Sdp));
+    }
+
+    #[test]
     fn the_policy_and_the_transport_decide() {
         let (plain, keyed, dtls) = (sdp(PLAIN), sdes(SDES_SUITES[1]), dtls("sha-256"));
         let check = |p, o: &[u8], tls| check_offer(p, Some(o), tls);
@@ -315,7 +433,7 @@ mod tests {
         for p in [SrtpPolicy::Required, SrtpPolicy::Preferred, SrtpPolicy::Off] {
             assert_eq!(check(p, &keyed, false), Err(Refused::SdesPlaintext), "{p:?}");
         }
-        assert_eq!(check_offer(SrtpPolicy::Off, Some(b"junk"), true), Err(Refused::Sdp));
+        assert_eq!(check_offer(SrtpPolicy::Required, Some(b"junk"), true), Err(Refused::Sdp));
         assert_eq!(Refused::SrtpRequired.status(), 488);
         assert_eq!(Refused::Sdp.status(), 400);
         for p in ["required", "preferred", "off"] {
@@ -328,8 +446,11 @@ mod tests {
     #[test]
     fn an_answer_is_never_weaker_than_its_offer() {
         let offered = security_of(&sdp(&format!(
-            "m=audio 49170 RTP/SAVP 0\r\na=crypto:1 {} {KEY}\r\na=crypto:2 {} {KEY}\r\n",
-            SDES_SUITES[0], SDES_SUITES[2]
+            "m=audio 49170 RTP/SAVP 0\r\na=crypto:1 {} {}\r\na=crypto:2 {} {}\r\n",
+            SDES_SUITES[0],
+            key(SDES_SUITES[0]),
+            SDES_SUITES[2],
+            key(SDES_SUITES[2])
         )))
         .unwrap();
         let answer = sdes(SDES_SUITES[2]);

@@ -600,8 +600,15 @@ async fn media_policy_refuses_weak_or_exposed_srtp_and_never_answers_weaker() {
         .await
         .expect(200);
     let sdp = |media: &str| format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n{media}");
-    let key = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVzcyBzaWd1";
-    let sdes = |suite: &str| sdp(&format!("m=audio 40000 RTP/SAVP 0\r\na=crypto:1 {suite} {key}\r\n"));
+    // Inline keys of each suite's length (key and salt).
+    let key = |suite: &str| {
+        if suite.starts_with("AEAD_AES_256") {
+            "inline:BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="
+        } else {
+            "inline:BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcH"
+        }
+    };
+    let sdes = |suite: &str| sdp(&format!("m=audio 40000 RTP/SAVP 0\r\na=crypto:1 {suite} {}\r\n", key(suite)));
     let plain = sdp("m=audio 40000 RTP/AVP 0\r\n");
     let refused = |m: &Msg| (m.status, m.warning().map(str::to_owned));
 

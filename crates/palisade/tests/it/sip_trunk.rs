@@ -665,7 +665,7 @@ async fn a_carrier_answering_weaker_media_does_not_get_the_call() {
 
     // SDES from a TLS phone towards this UDP trunk: the keys never leave.
     let mut tls = Ua::tls(s.sip_tls(), &p.user, &p.realm).await;
-    let key = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVzcyBzaWd1";
+    let key = "inline:BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcH";
     tls.offer = Some(format!(
         "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
          m=audio 40000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 {key}\r\n"
