@@ -706,13 +706,12 @@ impl Handler {
             return refuse(500, "unavailable");
         }
         let carrier = &self.services.carrier;
-        let hold =
-            crate::inbound::Hold {
-                _live: live,
-                trunk: carrier.relay_started(trunk),
-                durations: carrier.durations(),
-                keys_allowed,
-            };
+        let hold = crate::inbound::Hold {
+            _live: live,
+            trunk: carrier.relay_started(trunk),
+            durations: carrier.durations(),
+            keys_allowed,
+        };
         Answered::Inbound(Box::new((opt, hold)))
     }
 

@@ -372,6 +372,10 @@ impl TrunkCarrier {
 fn answer_kept(offer: Option<&[u8]>, answer: Option<&[u8]>) -> Result<(), palisade_voice::media::Refused> {
     use palisade_voice::media::{check_answer, security_of, Security};
     let offered = offer.map_or(Ok(Security::None), security_of)?;
+    // Keys in an answer to an offer that had none answer nothing asked.
+    if answer.is_some_and(palisade_voice::media::has_keys) && !matches!(offered, Security::Sdes(_)) {
+        return Err(palisade_voice::media::Refused::SrtpDowngrade);
+    }
     check_answer(&offered, answer).map(|_| ())
 }
 

@@ -27,7 +27,7 @@ async fn identity_lifecycle(b: Backend) {
     assert_eq!(r.body["status"], "active");
     assert_eq!(
         r.body["policy"],
-        json!({"rate_per_second": 5, "monthly_budget": 10000, "allowed_countries": ["ES", "FR"]})
+        json!({"rate_per_second": 5, "monthly_budget": 10000, "allowed_countries": ["ES", "FR"], "srtp": "preferred"})
     );
     let list = s.get("/v1/identities", &t.token).await.expect(200);
     assert_eq!(list.body["data"].as_array().unwrap().len(), 1);
@@ -36,7 +36,7 @@ async fn identity_lifecycle(b: Backend) {
         .call(Method::PATCH, &path, Some(&t.token), Some(json!({"policy": {"allowed_countries": []}})))
         .await
         .expect(200);
-    assert_eq!(r.body["policy"], json!({"allowed_countries": []}));
+    assert_eq!(r.body["policy"], json!({"allowed_countries": [], "srtp": "preferred"}));
     assert_eq!(r.body["name"], "Support line");
     // A tenant registers a number once; another tenant may too (see numbers.rs).
     s.post("/v1/identities", &t.token, json!({"number": "+34612345678"})).await.expect(409);

@@ -776,5 +776,41 @@ async fn a_device_answering_weaker_media_is_not_connected_to_the_carrier() {
         }
     }
     assert!(bye, "the device was not hung up");
+
+    // A carrier's offer with keys over UDP: refused, the device not rung.
+    let keyed = "v=0\r\no=carrier 1 1 IN IP4 127.0.0.3\r\ns=-\r\nc=IN IP4 127.0.0.3\r\nt=0 0\r\n\
+                 m=audio 4000 RTP/AVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcH\r\n";
+    let invite = carrier_request(&trunk, "INVITE", &uri, "in-keys@carrier", &format!("<{uri}>"), &lines, keyed);
+    trunk.send_raw(invite.as_bytes()).await;
+    assert_eq!(final_answer(&mut trunk).await, Some(488));
+    assert!(device.recv_request(Duration::from_millis(300)).await.is_none_or(|r| !r.starts_with("INVITE ")));
+    // No offer from the carrier, and the device's offer in its answer holds
+    // keys: they would go back over UDP, so the carrier gets 488.
+    let invite = carrier_request(&trunk, "INVITE", &uri, "in-late@carrier", &format!("<{uri}>"), &lines, "");
+    trunk.send_raw(invite.as_bytes()).await;
+    let ringing = loop {
+        let r = device.recv_request(Duration::from_secs(5)).await.expect("the device is called");
+        if r.starts_with("INVITE ") {
+            break r;
+        }
+    };
+    let contact = format!("Contact: <sip:{}@{}>", p.user, device.local);
+    device.send_raw(response(&ringing, "200 OK", &[contact], keyed).as_bytes()).await;
+    assert_eq!(final_answer(&mut trunk).await, Some(488));
     s.stop().await;
+}
+
+/// The carrier's final answer (1xx skipped).
+async fn final_answer(trunk: &mut Ua) -> Option<u16> {
+    for _ in 0..5 {
+        match trunk.recv(Duration::from_secs(2)).await {
+            Some(m) if m.status >= 200 => {
+                assert!(!m.raw.contains("a=crypto"), "keys reached the carrier over UDP:\n{}", m.raw);
+                return Some(m.status);
+            }
+            Some(_) => continue,
+            None => return None,
+        }
+    }
+    None
 }
