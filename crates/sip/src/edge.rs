@@ -562,6 +562,14 @@ impl Handler {
             Ok(media) => media,
             Err(r) => return reply(r),
         };
+        // Where it will go out through a trunk, that trunk's rules too, now:
+        // refused with its reason and nothing charged.
+        if let Some(trunk) = self.services.carrier.outbound_trunk() {
+            let tls = trunk.transport == Kind::Tls;
+            if let Err(r) = palisade_voice::media::check_towards_trunk(trunk.srtp, offer, tls) {
+                return reply(self.warning(r.status(), r.reason()));
+            }
+        }
         let principal = crate::calls::principal(user.tenant, user.identity);
         let audit = palisade_audit::Context {
             source_ip: Some(source.ip().to_string()),

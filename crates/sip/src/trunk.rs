@@ -242,6 +242,11 @@ impl TrunkCarrier {
 
     /// The trunk for a new call: the oldest enabled one, with the edge to
     /// reach it.
+    /// The trunk a call would go out through now, if any.
+    pub(crate) fn outbound_trunk(&self) -> Option<Trunk> {
+        self.route().map(|(_, t)| t)
+    }
+
     fn route(&self) -> Option<(&Edge, Trunk)> {
         let edge = self.edge.get()?;
         Some((edge, self.trunks.now().outbound()?.clone()))
@@ -252,16 +257,14 @@ impl TrunkCarrier {
     }
 
     async fn place_through(&self, edge: &Edge, trunk: &Trunk, c: &OutboundCall) -> Result<CallAnswer, CarrierError> {
-        // SDES keys travel in the SDP: only to a trunk reached over TLS.
-        if c.offer.as_deref().is_some_and(palisade_voice::media::has_keys) && trunk.transport != Transport::Tls {
-            return Err(CarrierError::KeysInTheClear);
-        }
-        let offered = c.offer.as_deref().map(palisade_voice::media::security_of);
-        // A trunk whose policy requires SRTP gets no plain offer (ours, for
-        // an API call, is plain).
-        let srtp = matches!(&offered, Some(Ok(s)) if s.is_srtp());
-        if trunk.srtp == palisade_voice::media::SrtpPolicy::Required && !srtp {
-            return Err(CarrierError::SrtpRequired);
+        // SDES keys only over TLS; SRTP where the trunk requires it (our
+        // own offer, for an API call, is plain). A device's INVITE was
+        // checked so before admission already.
+        use palisade_voice::media::{check_towards_trunk, Refused};
+        match check_towards_trunk(trunk.srtp, c.offer.as_deref(), trunk.transport == Transport::Tls) {
+            Ok(()) => {}
+            Err(Refused::SdesPlaintext) => return Err(CarrierError::KeysInTheClear),
+            Err(_) => return Err(CarrierError::SrtpRequired),
         }
         let opt = self.invite_option(edge, trunk, c)?;
         let (states_tx, states) = edge.dialogs.new_dialog_state_channel();

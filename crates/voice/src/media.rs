@@ -249,6 +249,19 @@ pub fn check_offer(policy: SrtpPolicy, offer: Option<&[u8]>, encrypted: bool) ->
     Ok(security)
 }
 
+/// Whether an offer may go to a trunk: SDES keys only over TLS, and SRTP
+/// when the trunk's policy requires it (an offer of none is plain).
+pub fn check_towards_trunk(policy: SrtpPolicy, offer: Option<&[u8]>, trunk_tls: bool) -> Result<(), Refused> {
+    if offer.is_some_and(has_keys) && !trunk_tls {
+        return Err(Refused::SdesPlaintext);
+    }
+    let srtp = offer.map(security_of).is_some_and(|s| s.is_ok_and(|s| s.is_srtp()));
+    if policy == SrtpPolicy::Required && !srtp {
+        return Err(Refused::SrtpRequired);
+    }
+    Ok(())
+}
+
 /// Whether an answer keeps what its offer asked: never plain against an
 /// SRTP offer, never another kind, and an SDES suite the offer offered.
 pub fn check_answer(offered: &Security, answer: Option<&[u8]>) -> Result<Security, Refused> {
@@ -441,6 +454,19 @@ mod tests {
         }
         assert_eq!(SrtpPolicy::parse("maybe"), None);
         assert_eq!(SrtpPolicy::default(), SrtpPolicy::Preferred);
+    }
+
+    #[test]
+    fn what_goes_to_a_trunk() {
+        let (plain, keyed, dtls) = (sdp(PLAIN), sdes(SDES_SUITES[0]), dtls("sha-256"));
+        let check = check_towards_trunk;
+        assert_eq!(check(SrtpPolicy::Preferred, Some(&keyed), false), Err(Refused::SdesPlaintext));
+        assert_eq!(check(SrtpPolicy::Preferred, Some(&keyed), true), Ok(()));
+        assert_eq!(check(SrtpPolicy::Required, Some(&plain), true), Err(Refused::SrtpRequired));
+        assert_eq!(check(SrtpPolicy::Required, None, true), Err(Refused::SrtpRequired));
+        assert_eq!(check(SrtpPolicy::Required, Some(&dtls), false), Ok(()));
+        assert_eq!(check(SrtpPolicy::Preferred, Some(&plain), false), Ok(()));
+        assert_eq!(check(SrtpPolicy::Off, None, false), Ok(()));
     }
 
     #[test]
