@@ -284,20 +284,26 @@ pub fn check_answer(offered: &Security, answer: Option<&[u8]>) -> Result<Securit
     }
 }
 
-/// Our own answer for a call whose media we do not carry: the offer's first
-/// audio stream declined (port 0) in the offer's own profile when it is
-/// SRTP (never answered in the clear), inactive plain RTP otherwise.
+/// Our own answer for a call whose media we do not carry. To an SRTP offer:
+/// every offered stream declined (port 0) in its own profile, one line per
+/// offered line as RFC 3264 §6 asks, never a stream in the clear. To a
+/// plain offer (or none): an inactive plain audio stream.
 pub fn declining_answer(host: &str, offered: &Security, offer: Option<&[u8]>) -> Vec<u8> {
-    let proto = offer
+    let lines: Option<String> = offer
+        .filter(|_| offered.is_srtp())
         .and_then(|sdp| SessionDescription::unmarshal(&mut Cursor::new(sdp)).ok())
-        .and_then(|d| {
-            d.media_descriptions.iter().find(|m| m.media_name.media == "audio").map(|m| m.media_name.protos.join("/"))
+        .map(|d| {
+            d.media_descriptions
+                .iter()
+                .map(|m| {
+                    let n = &m.media_name;
+                    let format = n.formats.first().map_or("0", String::as_str);
+                    format!("m={} 0 {} {format}\r\n", n.media, n.protos.join("/"))
+                })
+                .collect()
         })
-        .filter(|_| offered.is_srtp());
-    let media = match proto {
-        Some(p) => format!("m=audio 0 {p} 0\r\n"),
-        None => "m=audio 9 RTP/AVP 0\r\na=inactive\r\n".to_owned(),
-    };
+        .filter(|l: &String| !l.is_empty());
+    let media = lines.unwrap_or_else(|| "m=audio 9 RTP/AVP 0\r\na=inactive\r\n".to_owned());
     format!("v=0\r\no=palisade 0 0 IN IP4 {host}\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n{media}").into_bytes()
 }
 
@@ -519,6 +525,15 @@ mod tests {
         assert!(text.contains("m=audio 0 RTP/SAVP 0"), "{text}");
         // Declined, so not weaker: no active stream in the clear.
         assert_eq!(security_of(&ours), Ok(Security::None));
+        // One line per offered line, each declined in its own profile.
+        let two = sdp(&format!(
+            "m=audio 49170 RTP/SAVP 0\r\na=crypto:1 {s} {k}\r\nm=video 5000 RTP/SAVP 96\r\na=crypto:1 {s} {k}\r\n",
+            s = SDES_SUITES[0],
+            k = key(SDES_SUITES[0])
+        ));
+        let ours =
+            String::from_utf8(declining_answer("edge.example", &security_of(&two).unwrap(), Some(&two))).unwrap();
+        assert!(ours.contains("m=audio 0 RTP/SAVP 0\r\nm=video 0 RTP/SAVP 96\r\n"), "{ours}");
         let plain = declining_answer("edge.example", &Security::None, Some(&sdp(PLAIN)));
         assert!(String::from_utf8(plain).unwrap().contains("m=audio 9 RTP/AVP 0\r\na=inactive"));
         assert_eq!(Security::None.label(), "none");
