@@ -124,6 +124,20 @@ pub(crate) async fn credentials_for(addr: SocketAddr, master: &str, n: usize) ->
     Ok((key["key"].as_str().unwrap_or_default().to_owned(), token))
 }
 
+/// A new `integration` key named `name`, made with `token`.
+pub(crate) async fn integration_key(addr: SocketAddr, token: &str, name: &str) -> anyhow::Result<String> {
+    let key: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/api-keys"))
+        .bearer_auth(token)
+        .json(&json!({"name": name, "role": "integration"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(key["key"].as_str().unwrap_or_default().to_owned())
+}
+
 /// Requests per second over `seconds`, from `conns` connections each
 /// sending one request at a time.
 async fn load(addr: SocketAddr, cred: &str, conns: usize, seconds: u64) -> anyhow::Result<f64> {

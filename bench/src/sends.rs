@@ -109,16 +109,7 @@ async fn sender_request(addr: SocketAddr, master: &str, n: usize) -> anyhow::Res
     let (_, token) = crate::http::credentials_for(addr, master, n).await?;
     let c = reqwest::Client::new();
     let base = format!("http://{addr}");
-    let key: serde_json::Value = c
-        .post(format!("{base}/v1/api-keys"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "sender", "role": "integration"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let key = key["key"].as_str().unwrap_or_default().to_owned();
+    let key = crate::http::integration_key(addr, &token, "sender").await?;
     let tenant: serde_json::Value =
         c.get(format!("{base}/v1/me")).bearer_auth(&token).send().await?.error_for_status()?.json().await?;
     let tenant_id = tenant["tenant"]["id"].as_str().unwrap_or_default().to_owned();

@@ -162,16 +162,7 @@ async fn setup(addr: SocketAddr, master: &str, n: usize) -> anyhow::Result<(Stri
         .send()
         .await?
         .error_for_status()?;
-    let key: Value = c
-        .post(format!("{base}/v1/api-keys"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "agents", "role": "integration"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let key = key["key"].as_str().unwrap_or_default().to_owned();
+    let key = crate::http::integration_key(addr, &token, "agents").await?;
     let mut calls = Vec::with_capacity(n);
     for _ in 0..n {
         let call: Value = c

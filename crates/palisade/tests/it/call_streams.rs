@@ -66,6 +66,17 @@ async fn next_event(ws: &mut Ws, event: &str) -> Value {
     }
 }
 
+/// Opens a call's stream once the stream before it has let go (within 2 s).
+async fn open_when_free(s: &TestServer, path: &str, cred: &str) -> Ws {
+    for _ in 0..20 {
+        if let Ok(ws) = open(s, path, Some(cred)).await {
+            return ws;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the call's audio was not let go");
+}
+
 async fn send(ws: &mut Ws, m: Value) {
     ws.send(Message::Text(m.to_string().into())).await.unwrap();
 }
@@ -216,15 +227,7 @@ async fn nobody_hears_a_call_that_is_not_theirs(b: Backend) {
     ws.send(Message::Binary(vec![0u8; 10].into())).await.unwrap();
     assert_eq!(closing(&mut ws, WAIT).await.0, 1003);
     // Let go: another stream may attach.
-    let mut again = None;
-    for _ in 0..20 {
-        if let Ok(ws) = open(&s, &path(&mine), Some(&token)).await {
-            again = Some(ws);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut ws = again.expect("the call's audio was let go");
+    let mut ws = open_when_free(&s, &path(&mine), &token).await;
     next_event(&mut ws, "media").await;
     ws.close(None).await.unwrap();
     // A frozen identity's call: its stream closes within a second, whoever
@@ -237,15 +240,7 @@ async fn nobody_hears_a_call_that_is_not_theirs(b: Backend) {
     assert!(frozen_at.elapsed() < Duration::from_millis(1500), "closed after {:?}", frozen_at.elapsed());
     assert_eq!(open(&s, &path(&sibling), Some(&token)).await.err().map(|e| e.0), Some(423));
     // Freezing the identity closes its agent's stream within a second.
-    let mut ws = None;
-    for _ in 0..20 {
-        if let Ok(w) = open(&s, &path(&mine), Some(&agent)).await {
-            ws = Some(w);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut ws = ws.expect("the agent streams again");
+    let mut ws = open_when_free(&s, &path(&mine), &agent).await;
     next_event(&mut ws, "media").await;
     s.post(&format!("/v1/identities/{identity}/freeze"), &token, json!({})).await.expect(200);
     let frozen_at = std::time::Instant::now();
