@@ -105,7 +105,7 @@ impl<S: AbuseState> Failover<S> {
             Kind::AuthIp | Kind::Login | Kind::LoginAccount | Kind::LoginSpacing | Kind::LoginTrust => p.auth,
             Kind::CredentialFailure => p.credentials,
             Kind::Waf => p.waf,
-            Kind::SipNonce | Kind::SipAuth | Kind::SipAuthUser | Kind::SipBlockCount => p.sip,
+            Kind::SipNonce | Kind::SipAuth | Kind::SipAuthUser | Kind::SipBlockCount | Kind::StirPassport => p.sip,
             Kind::SipFlood
             | Kind::Ip
             | Kind::Credential
@@ -427,7 +427,7 @@ mod tests {
             ("auth", &[Kind::AuthIp, Kind::Login, Kind::LoginAccount, Kind::LoginSpacing, Kind::LoginTrust]),
             ("credentials", &[Kind::CredentialFailure]),
             ("waf", &[Kind::Waf]),
-            ("sip", &[Kind::SipNonce, Kind::SipAuth, Kind::SipAuthUser, Kind::SipBlockCount]),
+            ("sip", &[Kind::SipNonce, Kind::SipAuth, Kind::SipAuthUser, Kind::SipBlockCount, Kind::StirPassport]),
             (
                 "rate_limits",
                 &[

@@ -132,6 +132,8 @@ pub enum Kind {
     SipBlockCount,
     /// Requests from one address to the SIP edge (the flood guard).
     SipFlood,
+    /// A STIR PASSporT already believed: replays are refused.
+    StirPassport,
 }
 
 /// A key: what it counts and whose. Addresses, ids and emails all fit in
