@@ -26,6 +26,28 @@ pub struct Call {
     pub key: Option<String>,
 }
 
+/// How far we vouch for a tenant's caller ID when we sign its call
+/// (STIR/SHAKEN): the caller is always authenticated here (an API
+/// credential or SIP digest), so `A` when the tenant holds the calling
+/// number verified, `B` when not.
+pub fn attestation(identity: &palisade_store::identities::IdentityRow) -> palisade_stir::Attestation {
+    if identity.number_verified_at.is_some() {
+        palisade_stir::Attestation::A
+    } else {
+        palisade_stir::Attestation::B
+    }
+}
+
+/// A call a trunk brings in, as the edge received it.
+pub struct Incoming<'a> {
+    pub identity: palisade_core::IdentityId,
+    /// The caller's number (E.164) or `anonymous`.
+    pub from: &'a str,
+    /// The dialed number: the identity's.
+    pub to: &'a str,
+    pub verification: &'a palisade_stir::Verification,
+}
+
 /// Why a placement wrote nothing.
 enum Unwritten<W> {
     Refused(Refusal<W>),
@@ -80,6 +102,10 @@ impl Service {
             created_at: now,
             updated_at: now,
             media: "none".into(),
+            direction: "outbound".into(),
+            verstat: None,
+            verstat_reason: None,
+            attestation: Some(attestation(&identity).as_str().to_owned()),
         };
         let new = NewCall {
             id: &row.id,
@@ -90,6 +116,10 @@ impl Service {
             prepaid,
             instance: &self.instance_id,
             now,
+            direction: "outbound",
+            verstat: None,
+            verstat_reason: None,
+            attestation: row.attestation.as_deref(),
         };
         let event = Event::new("call.placed", Some(caller.principal.tenant_id()), caller.principal.actor())
             .resource("call", &row.id)
@@ -144,6 +174,80 @@ impl Service {
                 Ok(self.known(scope, k, &hash, now).await?.unwrap_or(Outcome::Refused(Refusal::KeyInProgress)))
             }
         }
+    }
+
+    /// Records a call coming in (ringing) with its caller-ID verification,
+    /// the `call.received` audit event and webhook. Nothing is charged: an
+    /// inbound call takes no slot and no credit.
+    pub async fn receive_call(
+        &self,
+        scope: &TenantScope,
+        c: Incoming<'_>,
+        audit: &palisade_audit::Context,
+    ) -> Result<CallRow, StoreError> {
+        let now = self.now_ms();
+        let v = c.verification;
+        let country = palisade_guard::phone::parse_e164(c.to).map(|e| e.country).unwrap_or_default();
+        let row = CallRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            tenant_id: scope.tenant_id().to_string(),
+            identity_id: c.identity.to_string(),
+            from_number: c.from.to_owned(),
+            to_number: c.to.to_owned(),
+            to_country: country,
+            status: "ringing".into(),
+            error_code: None,
+            prepaid: 0,
+            answered_at: None,
+            ended_at: None,
+            created_at: now,
+            updated_at: now,
+            media: "none".into(),
+            direction: "inbound".into(),
+            verstat: Some(v.verstat.as_str().to_owned()),
+            verstat_reason: v.failure.map(|f| f.reason().to_owned()),
+            attestation: v.attestation.map(|a| a.as_str().to_owned()),
+        };
+        let new = NewCall {
+            id: &row.id,
+            identity_id: &row.identity_id,
+            from: &row.from_number,
+            to: &row.to_number,
+            to_country: &row.to_country,
+            prepaid: 0,
+            instance: &self.instance_id,
+            now,
+            direction: "inbound",
+            verstat: row.verstat.as_deref(),
+            verstat_reason: row.verstat_reason.as_deref(),
+            attestation: row.attestation.as_deref(),
+        };
+        let stir = serde_json::json!({
+            "verstat": row.verstat, "verstat_reason": row.verstat_reason, "attestation": row.attestation,
+        });
+        let event = Event::new("call.received", Some(scope.tenant_id()), palisade_core::principal::Actor::system())
+            .resource("call", &row.id)
+            .details(serde_json::json!({
+                "identity_id": row.identity_id,
+                "from": palisade_guard::phone::masked(&row.from_number),
+                "stir": stir,
+            }));
+        let data = serde_json::json!({
+            "id": row.id, "status": row.status, "direction": "inbound", "from": row.from_number, "to": row.to_number,
+            "identity_id": row.identity_id, "verstat": row.verstat, "verstat_reason": row.verstat_reason,
+            "attestation": row.attestation,
+        });
+        palisade_store::locks::retrying(|| async {
+            let mut tx = self.db.begin().await?;
+            palisade_store::calls::insert(&mut *tx, scope, &new).await?;
+            palisade_audit::append(&mut *tx, &event, audit, now).await?;
+            let received = palisade_webhooks::events::event(scope.tenant_id(), "call.received", data.clone(), now);
+            tx.run(&palisade_store::webhooks::enqueue_stmts(&[received])).await?;
+            tx.commit().await
+        })
+        .await?;
+        self.webhook_wake.notify_one();
+        Ok(row)
     }
 
     /// Records the call's progress (`ringing`, or `in_progress` once

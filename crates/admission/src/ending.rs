@@ -114,14 +114,18 @@ impl Service {
             return Ok(None);
         };
         let duration_secs = call.answered_at.map_or(0, |a| ((at - a).max(0) + 999) / 1000);
-        let billed_minutes = billed_minutes(call.answered_at.is_some(), duration_secs);
+        // A call coming in is not the tenant's to pay, and held no slot.
+        let inbound = call.direction == "inbound";
+        let billed_minutes = if inbound { 0 } else { billed_minutes(call.answered_at.is_some(), duration_secs) };
         let due = billed_minutes.saturating_mul(self.pricing.call_minute);
         // The budget of the month the call was paid in.
         let month = &palisade_core::clock::rfc3339(call.created_at)[..7];
         if due != call.prepaid {
             palisade_store::locks::spend(&mut tx, &call.identity_id, month).await?;
         }
-        palisade_store::calls::release_slot(&mut *tx, scope).await?;
+        if !inbound {
+            palisade_store::calls::release_slot(&mut *tx, scope).await?;
+        }
         let balance = palisade_store::locks::balance(&mut tx, scope).await?;
         let mut cost = call.prepaid;
         if due < call.prepaid {
@@ -153,6 +157,10 @@ impl Service {
             billed_minutes,
             cost,
             media: call.media.clone(),
+            direction: call.direction.clone(),
+            verstat: call.verstat.clone(),
+            verstat_reason: call.verstat_reason.clone(),
+            attestation: call.attestation.clone(),
         };
         palisade_store::calls::insert_cdr(&mut *tx, scope, &cdr).await?;
         // The carrier's events are the system's; a hang-up is its caller's.
@@ -171,10 +179,12 @@ impl Service {
         let tenant = scope.tenant_id();
         let ended = serde_json::json!({
             "id": id, "status": call.status, "error_code": code, "duration_secs": duration_secs, "cost": cost,
+            "direction": call.direction,
         });
         let written = serde_json::json!({
             "id": cdr.id, "call_id": id, "status": call.status, "duration_secs": duration_secs,
-            "billed_minutes": billed_minutes, "cost": cost,
+            "billed_minutes": billed_minutes, "cost": cost, "direction": cdr.direction, "verstat": cdr.verstat,
+            "verstat_reason": cdr.verstat_reason, "attestation": cdr.attestation,
         });
         tx.run(&palisade_store::webhooks::enqueue_stmts(&[
             palisade_webhooks::events::event(tenant, "call.ended", ended, now),

@@ -68,6 +68,9 @@ pub struct OutboundCall {
     /// The caller's session description (SDP), passed through as it is:
     /// none from the API.
     pub offer: Option<Vec<u8>>,
+    /// How far the platform vouches for the caller ID (SHAKEN `A`, `B` or
+    /// `C`), for a carrier that signs calls (a trunk with STIR/SHAKEN).
+    pub attestation: Option<String>,
 }
 
 /// How the callee answered.

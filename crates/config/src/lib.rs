@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub use secret::Secret;
-pub use sip::{BruteForce, Pike, Sip};
+pub use sip::{BruteForce, Pike, Sip, Stir};
 pub use substitute::substitute_env;
 
 /// Master keys and JWT secrets that appear in our docs and examples. Production refuses them.
@@ -822,6 +822,11 @@ impl Config {
         if self.webhooks.encryption_key.is_none() {
             if let Some(p) = &self.webhooks.encryption_key_file {
                 self.webhooks.encryption_key = Some(read(p, "webhooks.encryption_key_file")?);
+            }
+        }
+        if self.sip.stir.signing_key.is_none() {
+            if let Some(p) = &self.sip.stir.signing_key_file {
+                self.sip.stir.signing_key = Some(read(p, "sip.stir.signing_key_file")?);
             }
         }
         for (name, p) in self.inbound.providers.iter_mut() {

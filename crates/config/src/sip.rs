@@ -63,6 +63,79 @@ pub struct Sip {
     /// Calls coming in from trunks relayed at once, in all and per identity.
     pub max_inbound_calls: usize,
     pub max_inbound_calls_per_identity: usize,
+    /// STIR/SHAKEN: signing calls going out, verifying calls coming in.
+    pub stir: Stir,
+}
+
+/// STIR/SHAKEN (`[sip.stir]`, env `PALISADE_SIP__STIR__*`). Keys and
+/// certificates come from here only, never from a tenant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Stir {
+    /// Our signing key: an ECDSA P-256 key, PKCS#8 PEM, as a file or as
+    /// the PEM text itself (`signing_key`, e.g. `${STIR_KEY}`).
+    pub signing_key_file: Option<PathBuf>,
+    pub signing_key: Option<crate::Secret>,
+    /// Where our certificate chain is served (`x5u` and `info`), https.
+    pub certificate_url: Option<String>,
+    /// The STI-CA roots whose certificates we believe (PEM). Without them no
+    /// inbound PASSporT can pass.
+    pub trust_anchors_file: Option<PathBuf>,
+    /// How far a PASSporT's `iat` may be from now.
+    pub iat_window_secs: u64,
+    /// Fetched certificates are kept this long.
+    pub cert_cache_secs: u64,
+    pub cert_max_bytes: usize,
+    pub cert_fetch_timeout_ms: u64,
+    /// Non-public networks certificates may be fetched from anyway (the
+    /// SSRF guard refuses them otherwise).
+    #[serde(deserialize_with = "crate::nets")]
+    pub allowed_private_cidrs: Vec<IpNet>,
+}
+
+impl Default for Stir {
+    fn default() -> Self {
+        Stir {
+            signing_key_file: None,
+            signing_key: None,
+            certificate_url: None,
+            trust_anchors_file: None,
+            iat_window_secs: 60,
+            cert_cache_secs: 3600,
+            cert_max_bytes: 16 * 1024,
+            cert_fetch_timeout_ms: 2000,
+            allowed_private_cidrs: Vec::new(),
+        }
+    }
+}
+
+impl Stir {
+    /// Whether calls going out are signed.
+    pub fn signs(&self) -> bool {
+        self.signing_key_file.is_some() || self.signing_key.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.signs() != self.certificate_url.is_some() {
+            return Err(ConfigError(
+                "sip.stir: a signing key needs certificate_url (the https URL of its certificate chain), and \
+                 certificate_url needs a signing key"
+                    .into(),
+            ));
+        }
+        if !(10..=600).contains(&self.iat_window_secs)
+            || !(60..=86_400).contains(&self.cert_cache_secs)
+            || !(1024..=1024 * 1024).contains(&self.cert_max_bytes)
+            || !(100..=30_000).contains(&self.cert_fetch_timeout_ms)
+        {
+            return Err(ConfigError(
+                "sip.stir: iat_window_secs must be 10 to 600, cert_cache_secs 60 to 86400, cert_max_bytes 1024 to \
+                 1048576 and cert_fetch_timeout_ms 100 to 30000"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Sip {
@@ -103,6 +176,7 @@ impl Default for Sip {
             max_call_secs: 14_400,
             max_inbound_calls: 1000,
             max_inbound_calls_per_identity: 8,
+            stir: Stir::default(),
         }
     }
 }
@@ -246,6 +320,6 @@ impl Sip {
                     .into(),
             ));
         }
-        Ok(())
+        self.stir.validate()
     }
 }

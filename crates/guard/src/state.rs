@@ -568,7 +568,10 @@ fn make_room_for_strike(shard: &mut Shard, now_ms: i64) -> bool {
     }
     if shard.strikes.len() >= SHARD_CAP {
         // Used one-time values stay too: forgetting one would let it replay.
-        shard.strikes.retain(|k, s| s.blocked_until > now_ms || (matches!(k.kind, Kind::SipNonce | Kind::StirPassport) && s.noticed_until > now_ms));
+        shard.strikes.retain(|k, s| {
+            s.blocked_until > now_ms
+                || (matches!(k.kind, Kind::SipNonce | Kind::StirPassport) && s.noticed_until > now_ms)
+        });
     }
     shard.sweep_strikes_at = (shard.strikes.len() * 2).min(SHARD_CAP);
     shard.strikes.len() < SHARD_CAP

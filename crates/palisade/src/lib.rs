@@ -68,7 +68,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let sealer = Arc::new(palisade_seal::Sealer::new(&data_key));
     // Calls go out through the operator's SIP trunk once the edge runs and
     // one is enabled; through the sandbox until then.
-    let trunk_carrier = Arc::new(palisade_sip::trunk::TrunkCarrier::new(
+    let mut trunk_carrier = palisade_sip::trunk::TrunkCarrier::new(
         sandbox,
         Arc::default(),
         sealer.clone(),
@@ -76,7 +76,11 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
             ring: Duration::from_secs(config.sip.trunk_ring_timeout_secs),
             call: Duration::from_secs(config.sip.max_call_secs),
         },
-    ));
+    );
+    if let Some(signer) = stir_signer(&config)? {
+        trunk_carrier = trunk_carrier.with_signer(signer, clock.clone());
+    }
+    let trunk_carrier = Arc::new(trunk_carrier);
     let carrier: Arc<dyn palisade_comms::Carrier> = trunk_carrier.clone();
     let number_codes = palisade_auth::code::CodeKey::derive(&data_key, "number verification");
     let sip_auth = Arc::new(sip_auth(&config, &db, &sealer, &data_key, abuse.state.clone())?);
@@ -268,6 +272,69 @@ fn webhook_key(config: &Config) -> anyhow::Result<[u8; 32]> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     palisade_config::decode_key32(&text)
         .with_context(|| format!("{} does not hold a 32-byte base64 key", path.display()))
+}
+
+/// Our STIR/SHAKEN signer, when `sip.stir` has a key.
+fn stir_signer(config: &Config) -> anyhow::Result<Option<Arc<palisade_stir::Signer>>> {
+    let stir = &config.sip.stir;
+    let (Some(key), Some(url)) = (&stir.signing_key, &stir.certificate_url) else { return Ok(None) };
+    if config.mode == Mode::Production && !url.starts_with("https://") {
+        anyhow::bail!("sip.stir.certificate_url must be an https URL in production");
+    }
+    let signer = palisade_stir::Signer::new(key.expose().as_bytes(), url)
+        .map_err(|e| anyhow::anyhow!("sip.stir.signing_key: {e}"))?;
+    Ok(Some(Arc::new(signer)))
+}
+
+/// Certificates behind `info` come through the outbound guard.
+struct CertFetch(palisade_webhooks::client::WebhookClient);
+
+impl palisade_stir::Fetch for CertFetch {
+    fn fetch<'a>(&'a self, url: &'a str) -> palisade_stir::verifier::BoxFut<'a, Option<Vec<u8>>> {
+        Box::pin(self.0.get(url))
+    }
+}
+
+/// The verifier of calls coming in: the configured STI-CA anchors (none:
+/// no PASSporT can pass), certificates fetched through the SSRF guard
+/// (https only in production), replays remembered in the shared state.
+fn stir_verifier(state: &AppState) -> anyhow::Result<Arc<palisade_stir::Verifier>> {
+    let config = &state.config;
+    let stir = &config.sip.stir;
+    let anchors = match &stir.trust_anchors_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("sip.stir.trust_anchors_file: cannot read {}", path.display()))?;
+            palisade_stir::certs::Anchors::from_pem(&pem).map_err(|e| {
+                anyhow::anyhow!(
+                    "sip.stir.trust_anchors_file: {} {e} (give the STI-CA root certificates, PEM)",
+                    path.display()
+                )
+            })?
+        }
+        None => palisade_stir::certs::Anchors::default(),
+    };
+    let production = config.mode == Mode::Production;
+    let timeout = Duration::from_millis(stir.cert_fetch_timeout_ms);
+    let settings = palisade_webhooks::client::ClientSettings {
+        policy: palisade_guard::ssrf::SsrfPolicy {
+            allowed_private: stir.allowed_private_cidrs.clone(),
+            require_https: production,
+        },
+        connect_timeout: timeout,
+        total_timeout: timeout,
+        max_response_bytes: stir.cert_max_bytes,
+        user_agent: format!("Palisade-STIR/{}", env!("CARGO_PKG_VERSION")),
+    };
+    let client = palisade_webhooks::client::WebhookClient::with_system_resolver(settings)?;
+    let settings = palisade_stir::Settings {
+        iat_window_secs: i64::try_from(stir.iat_window_secs).unwrap_or(60),
+        cert_cache_secs: i64::try_from(stir.cert_cache_secs).unwrap_or(3600),
+        require_https: production,
+        ..Default::default()
+    };
+    let fetch = Arc::new(CertFetch(client));
+    Ok(Arc::new(palisade_stir::Verifier::new(anchors, fetch, state.abuse.state.clone(), settings)))
 }
 
 /// The outbound client: private networks only as configured, https only in
@@ -465,6 +532,7 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
                 .downcast::<palisade_sip::trunk::TrunkCarrier>()
                 .map_err(|_| anyhow::anyhow!("the SIP carrier is not the trunk carrier"))?,
             tenant_gate: tenant_gate(&state),
+            stir: stir_verifier(&state)?,
         },
         tls::sip_config(&state.config.sip)?,
     )

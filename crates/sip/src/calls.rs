@@ -170,7 +170,13 @@ pub fn run(
 ) {
     let observer = Arc::new(DialogObserver { dialog, sdp });
     let row = &placed.call;
-    let call = OutboundCall { id: row.id.clone(), from: row.from_number.clone(), to: row.to_number.clone(), offer };
+    let call = OutboundCall {
+        id: row.id.clone(),
+        from: row.from_number.clone(),
+        to: row.to_number.clone(),
+        offer,
+        attestation: row.attestation.clone(),
+    };
     placed.admission.run_call(placed.carrier.clone(), placed.scope.clone(), call, observer);
     serve_dialog_states(dialogs, states, move |reason| async move {
         let status = match reason {

@@ -44,6 +44,8 @@ pub struct Services {
     /// carrier without one.
     pub carrier: Arc<crate::trunk::TrunkCarrier>,
     pub tenant_gate: crate::calls::TenantGate,
+    /// Caller-ID verification of calls coming in (STIR/SHAKEN).
+    pub stir: Arc<palisade_stir::Verifier>,
 }
 
 /// The running edge; dropping it does not stop it, [`Edge::shutdown`] does.
@@ -431,6 +433,7 @@ impl Handler {
                     crate::inbound::relay(self.dialogs.clone(), dialog.clone(), states, opt, hold);
                     self.serve_invite(tx, dialog);
                 } else {
+                    hold.call.ended("failed", Some("internal")).await;
                     self.send(&mut tx, self.warning(500, "internal")).await;
                 }
             }
@@ -525,8 +528,8 @@ impl Handler {
         let kind = tx.connection.as_ref().map_or(Kind::Udp, kind_of);
         if let Some(trunk) = self.services.carrier.trunks().now().trunk_for(source.ip()).filter(|t| t.transport == kind)
         {
-            let (id, policy) = (trunk.id.clone(), trunk.srtp);
-            return self.inbound(tx, fields, source, &id, policy).await;
+            let (id, policy, stir) = (trunk.id.clone(), trunk.srtp, trunk.stir_inbound);
+            return self.inbound(tx, fields, source, &id, policy, stir).await;
         }
         let Some((from_user, aor_host)) = fields.one("from").and_then(message::uri_of).and_then(message::user_host)
         else {
@@ -652,6 +655,7 @@ impl Handler {
         source: SocketAddr,
         trunk: &str,
         policy: palisade_voice::media::SrtpPolicy,
+        stir: palisade_voice::trunks::StirInbound,
     ) -> Answered {
         use palisade_voice::inbound::Callee;
         // The carrier hears plain codes: nothing of a tenant's state.
@@ -701,24 +705,35 @@ impl Handler {
         let Some(live) = self.inbound_live.hold(&identity.to_string()) else {
             return refuse(486, "too_many_calls");
         };
-        let event = palisade_audit::Event::new(
-            "sip.inbound_call",
-            Some(scope.tenant_id()),
-            palisade_core::principal::Actor::system(),
-        )
-        .resource("identity", identity)
-        .details(serde_json::json!({ "from": from, "to": to }));
-        let ctx = palisade_audit::Context { source_ip: Some(source.ip().to_string()), ..Default::default() };
-        if let Err(e) = palisade_audit::record(&self.services.db, &event, &ctx, now).await {
-            tracing::error!(error = %e, "audit append failed");
-            return refuse(500, "unavailable");
+        // Who vouches for the caller's number: the trunk's policy decides
+        // what a call without a good PASSporT gets.
+        let identities: Vec<&str> = fields.all("identity").collect();
+        let caller = (from != "anonymous").then_some(from.as_str());
+        let verification = self.services.stir.verify(&identities, caller, &to, now).await;
+        if stir == palisade_voice::trunks::StirInbound::Reject {
+            match (verification.verstat, verification.failure) {
+                (palisade_stir::Verstat::Passed, _) => {}
+                (_, Some(why)) => return Answered::Reply(self.warning(438, why.reason())),
+                (_, None) => return Answered::Reply(self.warning(428, "identity_required")),
+            }
         }
+        let ctx = palisade_audit::Context { source_ip: Some(source.ip().to_string()), ..Default::default() };
+        let incoming =
+            palisade_admission::calls::Incoming { identity, from: &from, to: &to, verification: &verification };
+        let call = match self.services.admission.receive_call(&scope, incoming, &ctx).await {
+            Ok(call) => call,
+            Err(e) => {
+                tracing::error!(target: "palisade::sip", error = %e, "recording an inbound call failed");
+                return refuse(500, "unavailable");
+            }
+        };
         let carrier = &self.services.carrier;
         let hold = crate::inbound::Hold {
             _live: live,
             trunk: carrier.relay_started(trunk),
             durations: carrier.durations(),
             keys_allowed,
+            call: crate::inbound::Recorded { admission: self.services.admission.clone(), scope, id: call.id },
         };
         Answered::Inbound(Box::new((opt, hold)))
     }

@@ -118,6 +118,30 @@ pub(crate) struct Hold {
     /// Both legs are TLS: SDES keys may cross (an offer the device makes in
     /// its answer, to a trunk INVITE without one, too).
     pub(crate) keys_allowed: bool,
+    /// The call's record, moved along as the relay goes.
+    pub(crate) call: Recorded,
+}
+
+/// An inbound call as the API shows it: answered, then ended, through
+/// admission (its CDR and webhooks, as for calls going out).
+pub(crate) struct Recorded {
+    pub(crate) admission: std::sync::Arc<palisade_admission::Service>,
+    pub(crate) scope: palisade_core::TenantScope,
+    pub(crate) id: String,
+}
+
+impl Recorded {
+    async fn answered(&self) {
+        if let Err(e) = self.admission.call_progress(&self.scope, &self.id, "in_progress", true).await {
+            tracing::error!(target: "palisade::sip", error = %e, call = self.id, "recording an answer failed");
+        }
+    }
+
+    /// `hangup`: completed once answered, canceled before.
+    pub(crate) async fn ended(&self, status: &str, code: Option<&str>) {
+        // A failed end is retried in the background by admission.
+        let _ = self.admission.end_call(&self.scope, &self.id, status, code, None).await;
+    }
 }
 
 /// Until the dialog behind `end` has ended.
@@ -153,16 +177,22 @@ pub(crate) fn relay(
             let _ = device_end_tx.send(true);
         });
         let gone = hold.trunk.end.clone();
+        let call = &hold.call;
         let outcome = tokio::select! {
             r = dialogs.do_invite(opt, device_tx) => r,
             // Dropping the device's INVITE cancels it.
-            () = ended(&mut trunk_end) => return,
+            () = ended(&mut trunk_end) => {
+                call.ended("hangup", None).await;
+                return;
+            }
             () = gone.cancelled() => {
                 let _ = trunk.reject(Some(StatusCode::TemporarilyUnavailable), None);
+                call.ended("failed", Some("trunk_gone")).await;
                 return;
             }
             () = tokio::time::sleep(ring) => {
                 let _ = trunk.reject(Some(StatusCode::RequestTimeout), None);
+                call.ended("failed", Some("no_answer")).await;
                 return;
             }
         };
@@ -175,21 +205,30 @@ pub(crate) fn relay(
                     tracing::info!(target: "palisade::sip", "a device answered a trunk's SRTP offer with weaker media");
                     let _ = trunk.reject(Some(StatusCode::NotAcceptableHere), None);
                     let _ = device.hangup().await;
+                    call.ended("failed", Some("srtp_downgrade")).await;
                     return;
                 }
                 if let Err(e) = trunk.accept(Some(headers), sdp) {
                     tracing::debug!(target: "palisade::sip", error = %e, "the trunk's call could not be answered");
                     let _ = device.hangup().await;
+                    call.ended("failed", Some("carrier_unavailable")).await;
                     return;
                 }
+                call.answered().await;
                 device
             }
             Ok((_, Some(resp))) => {
-                let _ = trunk.reject(Some(carried(&resp.status_code)), None);
+                let status = carried(&resp.status_code);
+                let _ = trunk.reject(Some(status.clone()), None);
+                match u16::from(status) {
+                    486 | 600 => call.ended("busy", None).await,
+                    _ => call.ended("failed", Some("declined")).await,
+                }
                 return;
             }
             Ok((_, None)) | Err(_) => {
                 let _ = trunk.reject(Some(StatusCode::TemporarilyUnavailable), None);
+                call.ended("failed", Some("unreachable")).await;
                 return;
             }
         };
@@ -211,6 +250,7 @@ pub(crate) fn relay(
                 let _ = trunk.bye().await;
             }
         }
+        call.ended("hangup", None).await;
         drop(hold);
     });
 }

@@ -45,6 +45,8 @@ fn long_name(name: &str) -> &str {
         "k" => "supported",
         "s" => "subject",
         "e" => "content-encoding",
+        // RFC 8224 §7.4.
+        "y" => "identity",
         other => other,
     }
 }

@@ -134,6 +134,8 @@ pub struct TrunkCarrier {
     /// Calls coming in from trunks, by trunk: ended when their trunk goes.
     relays: Mutex<HashMap<u64, (String, CancellationToken)>>,
     next_relay: std::sync::atomic::AtomicU64,
+    /// Signs calls going out (STIR/SHAKEN), when configured.
+    signer: Option<(Arc<palisade_stir::Signer>, Arc<dyn palisade_core::Clock>)>,
 }
 
 impl TrunkCarrier {
@@ -148,7 +150,23 @@ impl TrunkCarrier {
             hung_up: Mutex::default(),
             relays: Mutex::default(),
             next_relay: std::sync::atomic::AtomicU64::new(0),
+            signer: None,
         }
+    }
+
+    /// Calls through a trunk carry an `Identity` header signed by `signer`.
+    pub fn with_signer(mut self, signer: Arc<palisade_stir::Signer>, clock: Arc<dyn palisade_core::Clock>) -> Self {
+        self.signer = Some((signer, clock));
+        self
+    }
+
+    /// Our `Identity` header for the call, when we sign and the platform
+    /// vouches for its caller.
+    fn identity(&self, c: &OutboundCall) -> Option<rsipstack::sip::Header> {
+        let (signer, clock) = self.signer.as_ref()?;
+        let attest = palisade_stir::Attestation::parse(c.attestation.as_deref()?)?;
+        let value = signer.identity(&c.from, &c.to, attest, clock.now_ms())?;
+        Some(rsipstack::sip::Header::Other("Identity".into(), value))
     }
 
     pub fn durations(&self) -> Durations {
@@ -356,6 +374,7 @@ impl TrunkCarrier {
         // An API call brings no offer: ours, holding no media yet.
         let offer = c.offer.clone().unwrap_or_else(|| crate::calls::sdp_answer(&edge.reach.public_host));
         Ok(InviteOption {
+            headers: self.identity(c).map(|h| vec![h]),
             caller,
             callee,
             destination: Some(destination),

@@ -158,7 +158,8 @@ mod tests {
         assert_eq!(d.claims.iat, 1_443_208_345);
         assert_eq!(d.claims.origid, "123e4567-e89b-12d3-a456-426655440000");
         // In an Identity header as RFC 8224 §4.1 writes one.
-        let value = format!("{};info=<https://cert.example.org/passport.cer>;alg=ES256;ppt=\"shaken\"", rfc8588_example());
+        let value =
+            format!("{};info=<https://cert.example.org/passport.cer>;alg=ES256;ppt=\"shaken\"", rfc8588_example());
         let h = crate::header::parse(&value).unwrap();
         assert_eq!(h.info, d.x5u);
         assert_eq!(h.ppt, Some("shaken"));

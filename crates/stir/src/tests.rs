@@ -157,8 +157,8 @@ async fn what_we_sign_verifies_here_and_with_a_second_library() {
 
     // RustCrypto's P-256, with the key taken from the certificate itself.
     use p256::ecdsa::signature::Verifier as _;
-    let cert = x509_cert::Certificate::from_der(&rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap())
-        .unwrap();
+    let cert =
+        x509_cert::Certificate::from_der(&rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap()).unwrap();
     let point = cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes();
     let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(point).unwrap();
     let sig = p256::ecdsa::Signature::from_slice(&B64.decode(parts[2]).unwrap()).unwrap();

@@ -112,11 +112,8 @@ mod tests {
 
     #[test]
     fn numbers_and_ranges_cover_what_they_list() {
-        let list = TnAuthList {
-            spcs: vec![],
-            ones: vec!["34612000111".into()],
-            ranges: vec![("12155550100".into(), 100)],
-        };
+        let list =
+            TnAuthList { spcs: vec![], ones: vec!["34612000111".into()], ranges: vec![("12155550100".into(), 100)] };
         assert!(list.covers("34612000111"));
         assert!(list.covers("12155550100"));
         assert!(list.covers("12155550199"));

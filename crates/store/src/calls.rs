@@ -22,10 +22,19 @@ pub struct CallRow {
     pub updated_at: i64,
     /// Its media security: the SDES suite, `dtls`, or `none`.
     pub media: String,
+    /// `outbound` (placed by the tenant) or `inbound` (a trunk brought it).
+    pub direction: String,
+    /// Caller-ID verification of an inbound call: `passed`, `failed` or
+    /// `no_signature`; why it failed.
+    pub verstat: Option<String>,
+    pub verstat_reason: Option<String>,
+    /// The SHAKEN attestation: the one we sign an outbound call with, or the
+    /// one an inbound call's verified PASSporT carries.
+    pub attestation: Option<String>,
 }
 
 const COLS: &str = "id, tenant_id, identity_id, from_number, to_number, to_country, status, error_code, prepaid, \
-    answered_at, ended_at, created_at, updated_at, media";
+    answered_at, ended_at, created_at, updated_at, media, direction, verstat, verstat_reason, attestation";
 
 /// Statuses of a call that is not over.
 pub const LIVE: &str = "('queued', 'ringing', 'in_progress')";
@@ -40,12 +49,19 @@ pub struct NewCall<'a> {
     /// The running instance that drives the call.
     pub instance: &'a str,
     pub now: i64,
+    /// `outbound` calls start `queued`, `inbound` ones `ringing`.
+    pub direction: &'a str,
+    pub verstat: Option<&'a str>,
+    pub verstat_reason: Option<&'a str>,
+    pub attestation: Option<&'a str>,
 }
 
 pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, c: &NewCall<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO calls (id, tenant_id, identity_id, from_number, to_number, to_country, status, prepaid, \
-         instance_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $9)",
+         instance_id, created_at, updated_at, direction, verstat, verstat_reason, attestation) \
+         VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $10 = 'inbound' THEN 'ringing' ELSE 'queued' END, $7, $8, $9, $9, \
+           $10, $11, $12, $13)",
     )
     .bind(c.id)
     .bind(scope.tenant_id().to_string())
@@ -56,6 +72,10 @@ pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantSco
     .bind(c.prepaid)
     .bind(c.instance)
     .bind(c.now)
+    .bind(c.direction)
+    .bind(c.verstat)
+    .bind(c.verstat_reason)
+    .bind(c.attestation)
     .execute(ex)
     .await?;
     Ok(())
@@ -247,14 +267,20 @@ pub struct CdrRow {
     pub cost: i64,
     /// The call's media security, as on the call.
     pub media: String,
+    /// As on the call.
+    pub direction: String,
+    pub verstat: Option<String>,
+    pub verstat_reason: Option<String>,
+    pub attestation: Option<String>,
 }
 
 const CDR_COLS: &str = "id, tenant_id, call_id, identity_id, from_number, to_number, to_country, status, started_at, \
-    answered_at, ended_at, duration_secs, billed_minutes, cost, media";
+    answered_at, ended_at, duration_secs, billed_minutes, cost, media, direction, verstat, verstat_reason, attestation";
 
 pub async fn insert_cdr<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, c: &CdrRow) -> Result<()> {
     sqlx::query(&format!(
-        "INSERT INTO cdrs ({CDR_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        "INSERT INTO cdrs ({CDR_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+         $16, $17, $18, $19)"
     ))
     .bind(&c.id)
     .bind(scope.tenant_id().to_string())
@@ -271,6 +297,10 @@ pub async fn insert_cdr<'c>(ex: impl Executor<'c, Database = Any>, scope: &Tenan
     .bind(c.billed_minutes)
     .bind(c.cost)
     .bind(&c.media)
+    .bind(&c.direction)
+    .bind(&c.verstat)
+    .bind(&c.verstat_reason)
+    .bind(&c.attestation)
     .execute(ex)
     .await?;
     Ok(())

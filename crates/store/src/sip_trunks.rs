@@ -25,15 +25,17 @@ pub struct TrunkRow {
     pub updated_at: i64,
     /// Media policy: `required`, `preferred` or `off`.
     pub srtp: String,
+    /// Calls without a verified PASSporT: `mark` them or `reject` them.
+    pub stir_inbound: String,
 }
 
 const COLS: &str = "id, name, uri, transport, auth_username, auth_password_sealed, source_cidrs, enabled, \
-    created_at, updated_at, srtp";
+    created_at, updated_at, srtp, stir_inbound";
 
 /// Stores a new trunk (`created_at` and `updated_at` as given). A name
 /// taken already is a unique violation.
 pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, _proof: &SysadminProof, t: &TrunkRow) -> Result<()> {
-    sqlx::query(&format!("INSERT INTO sip_trunks ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"))
+    sqlx::query(&format!("INSERT INTO sip_trunks ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"))
         .bind(&t.id)
         .bind(&t.name)
         .bind(&t.uri)
@@ -45,6 +47,7 @@ pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, _proof: &Sysadmin
         .bind(t.created_at)
         .bind(t.updated_at)
         .bind(&t.srtp)
+        .bind(&t.stir_inbound)
         .execute(ex)
         .await?;
     Ok(())
@@ -79,7 +82,8 @@ pub async fn lock(tx: &mut crate::Tx, _proof: &SysadminProof, id: &str) -> Resul
 pub async fn update<'c>(ex: impl Executor<'c, Database = Any>, _proof: &SysadminProof, t: &TrunkRow) -> Result<bool> {
     let r = sqlx::query(
         "UPDATE sip_trunks SET uri = $2, transport = $3, auth_username = $4, auth_password_sealed = $5, \
-         source_cidrs = $6, enabled = $7, updated_at = $8, srtp = $9 WHERE id = $1",
+         source_cidrs = $6, enabled = $7, updated_at = $8, srtp = $9, \
+         stir_inbound = $10 WHERE id = $1",
     )
     .bind(&t.id)
     .bind(&t.uri)
@@ -90,6 +94,7 @@ pub async fn update<'c>(ex: impl Executor<'c, Database = Any>, _proof: &Sysadmin
     .bind(t.enabled)
     .bind(t.updated_at)
     .bind(&t.srtp)
+    .bind(&t.stir_inbound)
     .execute(ex)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -132,6 +137,7 @@ mod tests {
             created_at,
             updated_at: created_at,
             srtp: "preferred".into(),
+            stir_inbound: "mark".into(),
         }
     }
 

@@ -56,6 +56,33 @@ impl Transport {
     }
 }
 
+/// What the edge does with a trunk's call whose caller ID is not verified
+/// (no PASSporT, or one that fails): mark it (`verstat` on the call) or
+/// reject it (428 without one, 438 with a bad one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StirInbound {
+    #[default]
+    Mark,
+    Reject,
+}
+
+impl StirInbound {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StirInbound::Mark => "mark",
+            StirInbound::Reject => "reject",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<StirInbound> {
+        match s {
+            "mark" => Some(StirInbound::Mark),
+            "reject" => Some(StirInbound::Reject),
+            _ => None,
+        }
+    }
+}
+
 /// A trunk as the edge and the operator see it. The password stays sealed
 /// until [`open_password`].
 #[derive(Clone, PartialEq, Eq)]
@@ -73,6 +100,7 @@ pub struct Trunk {
     pub updated_at: i64,
     /// What the carrier's leg must carry.
     pub srtp: SrtpPolicy,
+    pub stir_inbound: StirInbound,
 }
 
 impl Trunk {
@@ -91,6 +119,7 @@ impl Trunk {
             created_at: 0,
             updated_at: 0,
             srtp: SrtpPolicy::default(),
+            stir_inbound: StirInbound::default(),
         }
     }
 
@@ -104,6 +133,7 @@ impl Trunk {
         let cidrs: Vec<String> = serde_json::from_str(&row.source_cidrs).map_err(|_| bad("source_cidrs"))?;
         let source_cidrs = parse_cidrs(&cidrs).map_err(|_| bad("source_cidrs"))?;
         let srtp = SrtpPolicy::parse(&row.srtp).ok_or_else(|| bad("srtp"))?;
+        let stir_inbound = StirInbound::parse(&row.stir_inbound).ok_or_else(|| bad("stir_inbound"))?;
         Ok(Trunk {
             id: row.id,
             name: row.name,
@@ -116,6 +146,7 @@ impl Trunk {
             created_at: row.created_at,
             updated_at: row.updated_at,
             srtp,
+            stir_inbound,
         })
     }
 
@@ -133,6 +164,7 @@ impl Trunk {
             created_at: self.created_at,
             updated_at: self.updated_at,
             srtp: self.srtp.as_str().to_owned(),
+            stir_inbound: self.stir_inbound.as_str().to_owned(),
         }
     }
 }
@@ -175,6 +207,8 @@ pub struct NewTrunk {
     pub enabled: bool,
     /// `required`, `preferred` (default) or `off`.
     pub srtp: Option<String>,
+    /// `mark` (default) or `reject`.
+    pub stir_inbound: Option<String>,
 }
 
 /// A change to a trunk; `None` leaves a field as it is. `auth: Some(None)`
@@ -187,6 +221,7 @@ pub struct Changes {
     pub enabled: Option<bool>,
     pub auth: Option<Option<Credentials>>,
     pub srtp: Option<String>,
+    pub stir_inbound: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -477,7 +512,9 @@ pub async fn create(
     now: i64,
 ) -> Result<Trunk, TrunkError> {
     let checked = check(Some(&new.name), &new.uri, &new.transport, &new.source_cidrs, new.auth.as_ref());
-    let (c, srtp) = with_srtp(checked, new.srtp.as_deref(), SrtpPolicy::default()).map_err(TrunkError::Invalid)?;
+    let asked = Policies { srtp: new.srtp.as_deref(), stir_inbound: new.stir_inbound.as_deref() };
+    let (c, srtp, stir_inbound) =
+        with_policies(checked, asked, SrtpPolicy::default(), StirInbound::default()).map_err(TrunkError::Invalid)?;
     let id = uuid::Uuid::now_v7().to_string();
     let trunk = Trunk {
         auth_username: new.auth.as_ref().map(|a| a.username.clone()),
@@ -491,6 +528,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
         srtp,
+        stir_inbound,
     };
     match sip_trunks::insert(&mut **tx, proof, &trunk.to_row()).await {
         Err(e) if e.is_unique_violation() => Err(TrunkError::DuplicateName),
@@ -516,8 +554,11 @@ pub async fn update(
     let cidrs = changes.source_cidrs.unwrap_or_else(|| trunk.source_cidrs.iter().map(ToString::to_string).collect());
     let new_auth = changes.auth.as_ref().and_then(Option::as_ref);
     let checked = check(None, &uri, &transport, &cidrs, new_auth);
-    let (c, srtp) = with_srtp(checked, changes.srtp.as_deref(), trunk.srtp).map_err(TrunkError::Invalid)?;
+    let asked = Policies { srtp: changes.srtp.as_deref(), stir_inbound: changes.stir_inbound.as_deref() };
+    let (c, srtp, stir_inbound) =
+        with_policies(checked, asked, trunk.srtp, trunk.stir_inbound).map_err(TrunkError::Invalid)?;
     trunk.srtp = srtp;
+    trunk.stir_inbound = stir_inbound;
     trunk.uri = c.uri;
     trunk.transport = c.transport;
     trunk.source_cidrs = c.source_cidrs;
@@ -535,22 +576,33 @@ pub async fn update(
     Ok(Some(trunk))
 }
 
-/// The rest of the checks with the media policy's (`asked`, else `current`).
-fn with_srtp<C>(
+/// The policies asked for; `None` keeps the current one.
+struct Policies<'a> {
+    srtp: Option<&'a str>,
+    stir_inbound: Option<&'a str>,
+}
+
+/// The rest of the checks with the policies' (`asked`, else `current`).
+fn with_policies<C>(
     checked: Result<C, Vec<FieldError>>,
-    asked: Option<&str>,
-    current: SrtpPolicy,
-) -> Result<(C, SrtpPolicy), Vec<FieldError>> {
-    let srtp = asked.map(|a| SrtpPolicy::parse(a.trim()).ok_or(())).transpose();
-    match (checked, srtp) {
-        (Ok(c), Ok(p)) => Ok((c, p.unwrap_or(current))),
-        (checked, srtp) => {
+    asked: Policies<'_>,
+    srtp_now: SrtpPolicy,
+    stir_now: StirInbound,
+) -> Result<(C, SrtpPolicy, StirInbound), Vec<FieldError>> {
+    let srtp = asked.srtp.map(|a| SrtpPolicy::parse(a.trim()).ok_or(())).transpose();
+    let stir = asked.stir_inbound.map(|a| StirInbound::parse(a.trim()).ok_or(())).transpose();
+    match (checked, srtp, stir) {
+        (Ok(c), Ok(p), Ok(s)) => Ok((c, p.unwrap_or(srtp_now), s.unwrap_or(stir_now))),
+        (checked, srtp, stir) => {
             let mut errors = checked.err().unwrap_or_default();
             if srtp.is_err() {
                 errors.push(FieldError {
                     field: "srtp".into(),
                     message: "must be `required`, `preferred` or `off`".into(),
                 });
+            }
+            if stir.is_err() {
+                errors.push(FieldError { field: "stir.inbound".into(), message: "must be `mark` or `reject`".into() });
             }
             Err(errors)
         }

@@ -21,6 +21,7 @@ fn new(name: &str, cidrs: &[&str]) -> NewTrunk {
         auth: None,
         enabled: true,
         srtp: None,
+        stir_inbound: None,
     }
 }
 
@@ -196,6 +197,7 @@ fn trunk(id: &str, cidrs: &[&str], enabled: bool) -> Trunk {
         created_at: NOW,
         updated_at: NOW,
         srtp: crate::media::SrtpPolicy::default(),
+        stir_inbound: StirInbound::default(),
     }
 }
 
@@ -298,6 +300,26 @@ async fn names_are_unique() {
     w.create_trunk(new("Carrier", &["192.0.2.0/24"])).await.unwrap();
     assert!(matches!(w.create_trunk(new("Carrier", &["198.51.100.0/24"])).await, Err(TrunkError::DuplicateName)));
     assert!(w.create_trunk(new("Carrier 2", &["198.51.100.0/24"])).await.is_ok());
+}
+
+#[tokio::test]
+async fn the_stir_policy_is_mark_unless_set_to_reject() {
+    let w = world().await;
+    let made = w.create_trunk(new("Carrier", &["192.0.2.0/24"])).await.unwrap();
+    assert_eq!(made.stir_inbound, StirInbound::Mark);
+    let mut t = new("Strict", &["198.51.100.0/24"]);
+    t.stir_inbound = Some("reject".into());
+    assert_eq!(w.create_trunk(t).await.unwrap().stir_inbound, StirInbound::Reject);
+    let mut t = new("Odd", &["203.0.113.0/24"]);
+    t.stir_inbound = Some("drop".into());
+    assert_eq!(
+        fields(w.create_trunk(t).await.unwrap_err()),
+        vec![("stir.inbound".into(), "must be `mark` or `reject`".into())]
+    );
+    let changed = w.update(&made.id, Changes { stir_inbound: Some("reject".into()), ..Default::default() }).await;
+    assert_eq!(changed.unwrap().unwrap().stir_inbound, StirInbound::Reject);
+    let stored = get(&w.db, &SysadminProof::verified(), &made.id).await.unwrap().unwrap();
+    assert_eq!(stored.stir_inbound, StirInbound::Reject, "stored as set");
 }
 
 #[tokio::test]

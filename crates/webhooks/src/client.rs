@@ -339,6 +339,48 @@ impl WebhookClient {
     }
 }
 
+impl WebhookClient {
+    /// GETs `url` through the same guard (and the same time bound): the
+    /// body of a 200 no longer than the response bound, or none. For
+    /// documents others publish (a STIR certificate chain).
+    pub async fn get(&self, url: &str) -> Option<Vec<u8>> {
+        let checked = match self.policy.check_url(url) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "a fetch was refused by the SSRF guard");
+                return None;
+            }
+        };
+        let deadline = Instant::now() + self.total_timeout;
+        let response = match tokio::time::timeout_at(deadline, self.http.get(checked.into_url()).send()).await {
+            Ok(Ok(r)) if r.status() == reqwest::StatusCode::OK => r,
+            Ok(Ok(r)) => {
+                tracing::debug!(status = r.status().as_u16(), "a fetch was answered with an error");
+                return None;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(class = classify(&e).class(), error = ?e.without_url(), "a fetch failed");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let mut response = response;
+        let mut body = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => {
+                    if body.len() + chunk.len() > self.max_response_bytes {
+                        return None;
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(Ok(None)) => return Some(body),
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+}
+
 /// What [`read_limited`] read.
 struct BodyRead {
     /// The first ≤ EXCERPT_BYTES bytes.

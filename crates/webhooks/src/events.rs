@@ -10,6 +10,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "message.sent",
     "message.delivered",
     "message.failed",
+    "call.received",
     "call.started",
     "call.ended",
     "cdr.written",

@@ -62,7 +62,13 @@ async fn live(w: &World, carrier: Arc<Counting>, to: &str) -> (String, Vec<Strin
     let id = w.identity(Id::default()).await;
     let c = admitted(w.call(&id, to, None).await);
     let heard = Arc::new(Heard::default());
-    let call = OutboundCall { id: c.id.clone(), from: c.from_number.clone(), to: c.to_number.clone(), offer: None };
+    let call = OutboundCall {
+        id: c.id.clone(),
+        from: c.from_number.clone(),
+        to: c.to_number.clone(),
+        offer: None,
+        attestation: None,
+    };
     w.svc.run_call(carrier, w.scope.clone(), call, heard.clone());
     for _ in 0..300 {
         if heard.0.lock().unwrap().iter().any(|h| h.starts_with("ended")) {
@@ -113,6 +119,7 @@ async fn a_call_hung_up_while_it_rings_is_not_answered_and_the_line_comes_down()
         from: placed.from_number.clone(),
         to: placed.to_number.clone(),
         offer: None,
+        attestation: None,
     };
     w.svc.run_call(c.clone(), w.scope.clone(), call, heard.clone());
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -149,6 +156,7 @@ async fn a_call_over_before_it_rings_is_ended_as_failed() {
         from: placed.from_number.clone(),
         to: placed.to_number.clone(),
         offer: None,
+        attestation: None,
     };
     let c = carrier(1, 10);
     w.svc.run_call(c.clone(), w.scope.clone(), call, heard.clone());

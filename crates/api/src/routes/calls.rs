@@ -51,6 +51,25 @@ pub struct CallView {
     /// or a call placed through the API).
     #[serde(default)]
     media: String,
+    /// `outbound` (placed by the tenant) or `inbound` (brought by a trunk).
+    #[serde(default = "outbound")]
+    #[schema(pattern = "^(outbound|inbound)$")]
+    direction: String,
+    /// Caller-ID verification (STIR/SHAKEN) of an inbound call: `passed`,
+    /// `failed` or `no_signature`; `null` for an outbound call.
+    #[serde(default)]
+    verstat: Option<String>,
+    /// Why the verification failed (`iat_stale`, `tn_not_covered`, …).
+    #[serde(default)]
+    verstat_reason: Option<String>,
+    /// SHAKEN attestation (`A`, `B` or `C`): what we sign an outbound call
+    /// with, or what an inbound call's verified PASSporT says.
+    #[serde(default)]
+    attestation: Option<String>,
+}
+
+fn outbound() -> String {
+    "outbound".into()
 }
 
 impl From<CallRow> for CallView {
@@ -67,6 +86,10 @@ impl From<CallRow> for CallView {
             ended_at: c.ended_at.map(palisade_core::clock::rfc3339),
             created_at: palisade_core::clock::rfc3339(c.created_at),
             media: c.media,
+            direction: c.direction,
+            verstat: c.verstat,
+            verstat_reason: c.verstat_reason,
+            attestation: c.attestation,
         }
     }
 }
@@ -92,8 +115,13 @@ pub async fn create(
     let outcome =
         state.admission.place_call(&caller, c, screen, |row| admission::created(CallView::from(row.clone()))).await?;
     admission::respond(&state, &auth, outcome, |row| {
-        let call =
-            OutboundCall { id: row.id.clone(), from: row.from_number.clone(), to: row.to_number.clone(), offer: None };
+        let call = OutboundCall {
+            id: row.id.clone(),
+            from: row.from_number.clone(),
+            to: row.to_number.clone(),
+            offer: None,
+            attestation: row.attestation.clone(),
+        };
         state.admission.run_call(state.carrier.clone(), scope.clone(), call, std::sync::Arc::new(()));
         (StatusCode::CREATED, Json(CallView::from(row))).into_response()
     })
@@ -189,6 +217,11 @@ pub struct CdrView {
     cost: i64,
     /// Media security: the SRTP suite (SDES), `dtls`, or `none`.
     media: String,
+    /// As on the call.
+    direction: String,
+    verstat: Option<String>,
+    verstat_reason: Option<String>,
+    attestation: Option<String>,
 }
 
 impl From<CdrRow> for CdrView {
@@ -208,6 +241,10 @@ impl From<CdrRow> for CdrView {
             billed_minutes: c.billed_minutes,
             cost: c.cost,
             media: c.media,
+            direction: c.direction,
+            verstat: c.verstat,
+            verstat_reason: c.verstat_reason,
+            attestation: c.attestation,
         }
     }
 }

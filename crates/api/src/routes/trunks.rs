@@ -84,6 +84,28 @@ pub struct CreateTrunkRequest {
     #[serde(default)]
     #[schema(pattern = "^(required|preferred|off)$")]
     srtp: Option<String>,
+    /// Caller-ID verification of the trunk's calls (STIR/SHAKEN).
+    #[serde(default)]
+    stir: Option<TrunkStirInput>,
+}
+
+/// STIR/SHAKEN for a trunk's calls.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkStirInput {
+    /// A call whose PASSporT is missing or fails: `mark` it (default; its
+    /// `verstat` says so) or `reject` it (428 without one, 438 with a bad
+    /// one).
+    #[serde(default)]
+    #[schema(pattern = "^(mark|reject)$")]
+    inbound: Option<String>,
+}
+
+/// A trunk's STIR/SHAKEN policy.
+#[derive(Serialize, ToSchema)]
+pub struct TrunkStirView {
+    /// `mark` or `reject`.
+    inbound: String,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -111,6 +133,8 @@ pub struct UpdateTrunkRequest {
     #[serde(default)]
     #[schema(pattern = "^(required|preferred|off)$")]
     srtp: Option<String>,
+    #[serde(default)]
+    stir: Option<TrunkStirInput>,
 }
 
 /// A member given (even as `null`), as opposed to absent.
@@ -158,6 +182,7 @@ pub struct TrunkView {
     has_auth: bool,
     /// Media policy: `required`, `preferred` or `off`.
     srtp: String,
+    stir: TrunkStirView,
     auth_username: Option<String>,
     #[schema(format = DateTime)]
     created_at: String,
@@ -176,6 +201,7 @@ impl From<&Trunk> for TrunkView {
             enabled: t.enabled,
             has_auth: t.has_auth(),
             srtp: t.srtp.as_str().to_owned(),
+            stir: TrunkStirView { inbound: t.stir_inbound.as_str().to_owned() },
             auth_username: t.auth_username.clone(),
             created_at: palisade_core::clock::rfc3339(t.created_at),
             updated_at: palisade_core::clock::rfc3339(t.updated_at),
@@ -195,6 +221,7 @@ fn details(t: &Trunk) -> serde_json::Value {
         "enabled": v.enabled,
         "has_auth": v.has_auth,
         "srtp": v.srtp,
+        "stir": { "inbound": v.stir.inbound },
         "auth_username": v.auth_username,
     })
 }
@@ -232,6 +259,7 @@ pub async fn create(
         auth: req.auth.map(Into::into),
         enabled: req.enabled.unwrap_or(true),
         srtp: req.srtp,
+        stir_inbound: req.stir.and_then(|s| s.inbound),
     };
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
@@ -292,6 +320,7 @@ pub async fn update(
         ("enabled", req.enabled.is_some()),
         ("auth", req.auth.is_some()),
         ("srtp", req.srtp.is_some()),
+        ("stir", req.stir.is_some()),
     ] {
         if given {
             changed.push(field);
@@ -304,6 +333,7 @@ pub async fn update(
         enabled: req.enabled,
         auth: req.auth.map(|a| a.map(Into::into)),
         srtp: req.srtp,
+        stir_inbound: req.stir.and_then(|s| s.inbound),
     };
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
