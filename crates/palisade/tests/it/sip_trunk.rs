@@ -21,7 +21,7 @@ async fn server(b: Backend) -> TestServer {
 }
 
 /// SIP over UDP, trunks reread every 100 ms, webhooks to loopback; then `tweak`.
-async fn server_with(b: Backend, tweak: impl FnOnce(&mut palisade_config::Config)) -> TestServer {
+pub(crate) async fn server_with(b: Backend, tweak: impl FnOnce(&mut palisade_config::Config)) -> TestServer {
     TestServer::start_with(b, |c| {
         c.sip.udp_listen = Some("127.0.0.1:0".into());
         c.sip.trunk_reload_ms = 100;
@@ -34,7 +34,7 @@ async fn server_with(b: Backend, tweak: impl FnOnce(&mut palisade_config::Config
 
 /// The carrier: a UDP socket on 127.0.0.3, configured as the only trunk
 /// (with credentials when `auth`); waits until the edge has read it.
-async fn carrier(s: &TestServer, auth: bool) -> Ua {
+pub(crate) async fn carrier(s: &TestServer, auth: bool) -> Ua {
     let trunk = Ua::udp_from("127.0.0.3:0", s.sip_udp(), "carrier", "carrier.test").await;
     let mut body = json!({
         "name": "carrier",
@@ -52,7 +52,7 @@ async fn carrier(s: &TestServer, auth: bool) -> Ua {
 
 /// A tenant whose identity's number is verified (a trunk reaches real
 /// phones, so only a number proved theirs may call), with credit.
-async fn caller(s: &TestServer) -> crate::sip_edge::Phone {
+pub(crate) async fn caller(s: &TestServer) -> crate::sip_edge::Phone {
     let p = crate::sip_edge::phone(s, "Acme").await;
     s.admin(Method::POST, &format!("/sysadmin/v1/identities/{}/verify", p.identity), None).await.expect(200);
     s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", p.tenant), Some(json!({"amount": 100})))
@@ -62,7 +62,7 @@ async fn caller(s: &TestServer) -> crate::sip_edge::Phone {
 }
 
 /// `POST /v1/calls` from `number` to `to`: the call's id.
-async fn place(s: &TestServer, p: &crate::sip_edge::Phone, number: &str, to: &str) -> String {
+pub(crate) async fn place(s: &TestServer, p: &crate::sip_edge::Phone, number: &str, to: &str) -> String {
     let r = s.post("/v1/calls", &p.token, json!({"from": number, "to": to})).await.expect(201);
     r.body["id"].as_str().unwrap().to_owned()
 }
@@ -76,12 +76,12 @@ async fn disable_the_trunk(s: &TestServer) {
         .expect(200);
 }
 
-async fn number_of(s: &TestServer, p: &crate::sip_edge::Phone) -> String {
+pub(crate) async fn number_of(s: &TestServer, p: &crate::sip_edge::Phone) -> String {
     let identity = s.get(&format!("/v1/identities/{}", p.identity), &p.token).await.expect(200).body;
     identity["number"].as_str().unwrap().to_owned()
 }
 
-fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
     raw.lines().find_map(|l| {
         let (n, v) = l.split_once(':')?;
         n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
@@ -89,7 +89,7 @@ fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// The next request of `method` the edge sends the carrier (others skipped).
-async fn next(trunk: &mut Ua, method: &str) -> String {
+pub(crate) async fn next(trunk: &mut Ua, method: &str) -> String {
     loop {
         let raw = trunk.recv_request(Duration::from_secs(5)).await.unwrap_or_else(|| panic!("no {method} came"));
         if raw.starts_with(&format!("{method} ")) {
@@ -100,7 +100,7 @@ async fn next(trunk: &mut Ua, method: &str) -> String {
 
 /// The carrier's response to `req`: its Via, From, Call-ID and CSeq, its
 /// To with our tag, then `extra` lines and `body`.
-fn response(req: &str, status: &str, extra: &[String], body: &str) -> String {
+pub(crate) fn response(req: &str, status: &str, extra: &[String], body: &str) -> String {
     let mut m = format!("SIP/2.0 {status}\r\n");
     for l in req.lines().filter(|l| l.starts_with("Via:")) {
         m.push_str(&format!("{l}\r\n"));
@@ -123,10 +123,10 @@ fn response(req: &str, status: &str, extra: &[String], body: &str) -> String {
     m
 }
 
-const TRUNK_SDP: &str = "v=0\r\no=carrier 1 1 IN IP4 127.0.0.3\r\ns=carrier-answer\r\nc=IN IP4 127.0.0.3\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+pub(crate) const TRUNK_SDP: &str = "v=0\r\no=carrier 1 1 IN IP4 127.0.0.3\r\ns=carrier-answer\r\nc=IN IP4 127.0.0.3\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
 
 /// Answers `invite` with 200 and the carrier's SDP; returns the 200.
-async fn answer(trunk: &mut Ua, invite: &str) -> String {
+pub(crate) async fn answer(trunk: &mut Ua, invite: &str) -> String {
     let contact = format!("Contact: <sip:carrier@{}>", trunk.local);
     let ok = response(invite, "200 OK", &[contact], TRUNK_SDP);
     trunk.send_raw(ok.as_bytes()).await;
@@ -148,7 +148,7 @@ async fn carrier_bye(trunk: &mut Ua, invite: &str, ok: &str) {
     trunk.send_raw(bye.as_bytes()).await;
 }
 
-async fn status_becomes(s: &TestServer, token: &str, id: &str, want: &str) -> Value {
+pub(crate) async fn status_becomes(s: &TestServer, token: &str, id: &str, want: &str) -> Value {
     let mut call = Value::Null;
     for _ in 0..60 {
         call = s.get(&format!("/v1/calls/{id}"), token).await.expect(200).body;
@@ -358,7 +358,15 @@ async fn an_api_hang_up_cancels_the_trunk_leg_and_a_disabled_trunk_is_not_used()
 
 /// A request from the carrier outside any dialog of ours, or within one
 /// (`to_tag`): `lines` after the usual headers, then `body`.
-fn carrier_request(trunk: &Ua, method: &str, uri: &str, call: &str, to: &str, lines: &[String], body: &str) -> String {
+pub(crate) fn carrier_request(
+    trunk: &Ua,
+    method: &str,
+    uri: &str,
+    call: &str,
+    to: &str,
+    lines: &[String],
+    body: &str,
+) -> String {
     let mut m = format!(
         "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{b};rport\r\nMax-Forwards: 70\r\n\
          From: <sip:+34699000111@carrier.test>;tag=c1\r\nTo: {to}\r\nCall-ID: {call}\r\n",
@@ -373,6 +381,19 @@ fn carrier_request(trunk: &Ua, method: &str, uri: &str, call: &str, to: &str, li
     }
     m.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     m
+}
+
+/// The newest call of the tenant once it has ended.
+pub(crate) async fn wait_for_call_end(s: &TestServer, token: &str) -> serde_json::Value {
+    for _ in 0..100 {
+        let calls = s.get("/v1/calls", token).await.expect(200).body;
+        let newest = calls["data"][0].clone();
+        if newest["ended_at"].is_string() {
+            return newest;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the call did not end");
 }
 
 /// A call the carrier brings in reaches the device the number's identity
@@ -440,8 +461,22 @@ async fn a_trunks_call_reaches_the_registered_device_and_no_one_else_calls_in() 
     trunk.send_raw(response(&theirs, "200 OK", &[], "").as_bytes()).await;
     let bye_ok = device.recv(Duration::from_secs(3)).await.expect("an answer to the device's BYE");
     assert_eq!(bye_ok.status, 200, "{}", bye_ok.raw);
-    let events = s.events(&p.token, "action=sip.inbound_call").await;
+    let events = s.events(&p.token, "action=call.received").await;
     assert_eq!(events.len(), 1, "{events:?}");
+    // On the callee's list of calls: inbound, answered, ended, free; its
+    // caller ID unverified (the carrier sent no PASSporT), and so its CDR.
+    let call = wait_for_call_end(&s, &p.token).await;
+    assert_eq!(
+        (call["direction"].as_str(), call["status"].as_str(), call["from"].as_str(), call["to"].as_str()),
+        (Some("inbound"), Some("completed"), Some("+34699000111"), Some(number.as_str())),
+        "{call}"
+    );
+    assert_eq!((call["verstat"].as_str(), call["prepaid"].as_i64()), (Some("no_signature"), Some(0)), "{call}");
+    assert!(call["answered_at"].is_string(), "{call}");
+    let cdrs = s.get("/v1/cdrs", &p.token).await.expect(200).body;
+    let cdr = &cdrs["data"][0];
+    assert_eq!((cdr["call_id"].as_str(), cdr["direction"].as_str()), (call["id"].as_str(), Some("inbound")), "{cdr}");
+    assert_eq!((cdr["verstat"].as_str(), cdr["cost"].as_i64()), (Some("no_signature"), Some(0)), "{cdr}");
 
     // Nobody holds the number verified: 404; a holder with no device: 480.
     let other = crate::sip_edge::phone(&s, "Other").await;
