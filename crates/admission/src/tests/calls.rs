@@ -296,3 +296,74 @@ async fn an_empty_balance_pays_nothing_more_and_writes_no_charge() {
     assert_eq!((w.debits().await, w.count("credit_ledger", "reference LIKE '%-end'").await), (1, 0));
     assert_eq!(w.count("identity_spend", "spent > 0").await, 0);
 }
+
+#[tokio::test]
+async fn a_call_is_vouched_for_with_a_only_from_a_verified_number() {
+    let w = world().await;
+    let verified = w.identity(Id { verified: true, ..Id::default() }).await;
+    let unverified = w.identity(Id::default()).await;
+    let a = admitted(w.call(&verified, US, None).await);
+    let b = admitted(w.call(&unverified, US, None).await);
+    assert_eq!((a.attestation.as_deref(), b.attestation.as_deref()), (Some("A"), Some("B")));
+    let stored = palisade_store::calls::get(w.svc.db.reader(), &w.scope, &a.id).await.unwrap().unwrap();
+    assert_eq!((stored.attestation.as_deref(), stored.direction.as_str()), (Some("A"), "outbound"));
+    assert!(stored.verstat.is_none());
+}
+
+fn verification(v: palisade_stir::Verstat) -> palisade_stir::Verification {
+    match v {
+        palisade_stir::Verstat::Passed => palisade_stir::Verification::passed(palisade_stir::Attestation::B),
+        palisade_stir::Verstat::Failed => palisade_stir::Verification::failed(palisade_stir::Failure::Stale),
+        palisade_stir::Verstat::NoSignature => palisade_stir::Verification::no_signature(),
+    }
+}
+
+/// A call a trunk brings in: ringing, free, with its verification, audited
+/// and announced; its end writes a CDR that copies it, charges nothing and
+/// frees no slot it never took.
+#[tokio::test]
+async fn an_inbound_call_is_recorded_with_its_verification_and_costs_nothing() {
+    let w = world().await;
+    endpoint(&w).await;
+    let id: IdentityId = w.identity(Id::default()).await.parse().unwrap();
+    // One outbound call holds a slot throughout.
+    let out = admitted(w.call(&id.to_string(), US, None).await);
+    let (balance, debits) = (w.balance().await, w.debits().await);
+    let v = verification(palisade_stir::Verstat::Passed);
+    let incoming = crate::calls::Incoming { identity: id, from: FR, to: "+12025551000", verification: &v };
+    let c = w.svc.receive_call(&w.scope, incoming, &w.ctx).await.unwrap();
+    assert_eq!((c.status.as_str(), c.direction.as_str(), c.prepaid), ("ringing", "inbound", 0));
+    assert_eq!((c.verstat.as_deref(), c.attestation.as_deref(), c.verstat_reason), (Some("passed"), Some("B"), None));
+    assert_eq!(c.to_country, "US");
+    let stored = palisade_store::calls::get(w.svc.db.reader(), &w.scope, &c.id).await.unwrap().unwrap();
+    assert_eq!((stored.status.as_str(), stored.verstat.as_deref()), ("ringing", Some("passed")));
+    let audited = format!("action = 'call.received' AND resource_id = '{}' AND request_id = 'req-1'", c.id);
+    assert_eq!(w.count("audit_events", &audited).await, 1);
+    assert_eq!(w.count("webhook_events", "event_type = 'call.received'").await, 1);
+    assert!(woken(&w).await);
+
+    assert!(w.svc.call_progress(&w.scope, &c.id, "in_progress", true).await.unwrap());
+    w.clock.advance_ms(125_000);
+    let cdr = w.svc.end_call(&w.scope, &c.id, "hangup", None, None).await.unwrap().unwrap();
+    assert_eq!((cdr.status.as_str(), cdr.duration_secs, cdr.billed_minutes, cdr.cost), ("completed", 125, 0, 0));
+    assert_eq!(
+        (cdr.direction.as_str(), cdr.verstat.as_deref(), cdr.attestation.as_deref()),
+        ("inbound", Some("passed"), Some("B"))
+    );
+    assert_eq!((w.balance().await, w.debits().await), (balance, debits), "nothing charged or refunded");
+    assert_eq!(w.count("call_slots", "active = 1").await, 1, "the outbound call's slot is still held");
+    let cdr = w.svc.end_call(&w.scope, &out.id, "failed", None, None).await.unwrap().unwrap();
+    assert_eq!(cdr.direction, "outbound");
+    assert_eq!(w.count("call_slots", "active = 0").await, 1);
+
+    // A failed verification keeps its reason, on the call and its CDR.
+    let v = verification(palisade_stir::Verstat::Failed);
+    let incoming = crate::calls::Incoming { identity: id, from: "anonymous", to: "+12025551000", verification: &v };
+    let c = w.svc.receive_call(&w.scope, incoming, &w.ctx).await.unwrap();
+    assert_eq!(
+        (c.verstat.as_deref(), c.verstat_reason.as_deref(), c.attestation),
+        (Some("failed"), Some("iat_stale"), None)
+    );
+    let cdr = w.svc.end_call(&w.scope, &c.id, "hangup", None, None).await.unwrap().unwrap();
+    assert_eq!((cdr.status.as_str(), cdr.verstat_reason.as_deref()), ("canceled", Some("iat_stale")));
+}
