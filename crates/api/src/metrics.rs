@@ -41,6 +41,7 @@ pub struct Metrics {
     redis_failures: Counter,
     redis_degraded: Gauge,
     credential_cache: Family<KindLabels, Counter>,
+    media_packets: Family<KindLabels, Counter>,
     /// Route templates as static strings, so labels cost no allocation.
     /// Only matched routes arrive here, so the set is the router's.
     routes: RwLock<HashMap<Box<str>, &'static str>>,
@@ -81,6 +82,12 @@ impl Metrics {
             "Verified-credential cache: hit, miss, invalidation (a tenant's entries dropped), flush (all dropped)",
             credential_cache.clone(),
         );
+        let media_packets = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "media_packets",
+            "Media packets at the sandbox's SRTP echo: echoed, or dropped (not_srtp: plain RTP, forged or replayed)",
+            media_packets.clone(),
+        );
         let routes = RwLock::default();
         Metrics {
             registry,
@@ -95,6 +102,7 @@ impl Metrics {
             redis_failures,
             redis_degraded,
             credential_cache,
+            media_packets,
             routes,
         }
     }
@@ -181,6 +189,12 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl palisade_comms::srtp_echo::MediaEvents for Metrics {
+    fn packet(&self, outcome: &'static str) {
+        self.media_packets.get_or_create(&KindLabels { kind: outcome }).inc();
     }
 }
 

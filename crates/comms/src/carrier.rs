@@ -155,11 +155,38 @@ pub struct SandboxCarrier {
     /// each (mode 0600), as the dev outbox receives mail; none: dropped.
     pub handset_dir: Option<std::path::PathBuf>,
     lines: Lines,
+    /// Where the far end's SRTP echo listens, and where it counts packets.
+    media_ip: std::net::IpAddr,
+    media_events: Events,
+}
+
+/// Where the echo counts its packets.
+#[derive(Clone)]
+struct Events(Arc<dyn crate::srtp_echo::MediaEvents>);
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Events")
+    }
 }
 
 impl SandboxCarrier {
     pub fn new(delay: Duration, call_length: Duration, handset_dir: Option<std::path::PathBuf>) -> Self {
-        Self { delay, call_length, handset_dir, lines: Lines::default() }
+        Self {
+            delay,
+            call_length,
+            handset_dir,
+            lines: Lines::default(),
+            media_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            media_events: Events(Arc::new(crate::srtp_echo::Uncounted)),
+        }
+    }
+
+    /// The SRTP echo listens on `ip` and counts its packets in `events`.
+    pub fn with_media(mut self, ip: std::net::IpAddr, events: Arc<dyn crate::srtp_echo::MediaEvents>) -> Self {
+        self.media_ip = ip;
+        self.media_events = Events(events);
+        self
     }
 }
 
@@ -176,6 +203,8 @@ impl std::fmt::Debug for Lines {
 struct Line {
     answered: watch::Sender<bool>,
     attached: Arc<AtomicBool>,
+    /// The SRTP echo of a caller that offered SDES; it stops with the line.
+    echo: Option<crate::srtp_echo::EchoLeg>,
 }
 
 impl Lines {
@@ -184,13 +213,20 @@ impl Lines {
     }
 
     fn ring(&self, id: &str) {
-        let line = Line { answered: watch::channel(false).0, attached: Arc::default() };
+        let line = Line { answered: watch::channel(false).0, attached: Arc::default(), echo: None };
         self.map().insert(id.to_owned(), line);
     }
 
-    fn answer(&self, id: &str) {
-        if let Some(line) = self.map().get(id) {
-            line.answered.send_replace(true);
+    /// Answered: with the echo, if any; false when the line is gone (hung
+    /// up meanwhile).
+    fn answer(&self, id: &str, echo: Option<crate::srtp_echo::EchoLeg>) -> bool {
+        match self.map().get_mut(id) {
+            Some(line) => {
+                line.echo = echo;
+                line.answered.send_replace(true);
+                true
+            }
+            None => false,
         }
     }
 
@@ -211,11 +247,20 @@ impl Carrier for SandboxCarrier {
                 magic::TIMES_OUT => Err(CarrierError::Timeout),
                 _ => Ok(CallAnswer::Answered { sdp: None }),
             };
-            match answer {
-                Ok(CallAnswer::Answered { .. }) => self.lines.answer(&c.id),
-                _ => self.lines.end(&c.id),
+            if !matches!(answer, Ok(CallAnswer::Answered { .. })) {
+                self.lines.end(&c.id);
+                return answer;
             }
-            answer
+            // An SDES offer is answered with SRTP of its suite, and echoed.
+            let echo = match &c.offer {
+                Some(offer) => {
+                    crate::srtp_echo::EchoLeg::start(offer, self.media_ip, self.media_events.0.clone()).await
+                }
+                None => None,
+            };
+            let sdp = echo.as_ref().map(|e| e.answer.clone());
+            self.lines.answer(&c.id, echo);
+            Ok(CallAnswer::Answered { sdp })
         })
     }
 

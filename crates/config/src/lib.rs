@@ -557,11 +557,19 @@ pub struct CarrierConfig {
     pub sandbox_delay_ms: u64,
     /// How long a sandbox call lasts before the callee hangs up.
     pub sandbox_call_secs: u64,
+    /// Where the sandbox's SRTP echo listens (for SIP callers that offer
+    /// SRTP); the address SIP devices reach it at.
+    pub sandbox_media_ip: std::net::IpAddr,
 }
 
 impl Default for CarrierConfig {
     fn default() -> Self {
-        Self { kind: "sandbox".into(), sandbox_delay_ms: 200, sandbox_call_secs: 10 }
+        Self {
+            kind: "sandbox".into(),
+            sandbox_delay_ms: 200,
+            sandbox_call_secs: 10,
+            sandbox_media_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        }
     }
 }
 

@@ -91,6 +91,11 @@ pub struct Stir {
     /// SSRF guard refuses them otherwise).
     #[serde(deserialize_with = "crate::nets")]
     pub allowed_private_cidrs: Vec<IpNet>,
+    /// The only hosts certificates are fetched from (your STI-CAs' and
+    /// carriers' certificate repositories); empty: any public host.
+    pub cert_hosts: Vec<String>,
+    /// Certificate fetches in flight at once per instance.
+    pub max_concurrent_fetches: usize,
 }
 
 impl Default for Stir {
@@ -105,6 +110,8 @@ impl Default for Stir {
             cert_max_bytes: 16 * 1024,
             cert_fetch_timeout_ms: 2000,
             allowed_private_cidrs: Vec::new(),
+            cert_hosts: Vec::new(),
+            max_concurrent_fetches: 16,
         }
     }
 }
@@ -127,10 +134,11 @@ impl Stir {
             || !(60..=86_400).contains(&self.cert_cache_secs)
             || !(1024..=1024 * 1024).contains(&self.cert_max_bytes)
             || !(100..=30_000).contains(&self.cert_fetch_timeout_ms)
+            || !(1..=1024).contains(&self.max_concurrent_fetches)
         {
             return Err(ConfigError(
                 "sip.stir: iat_window_secs must be 10 to 600, cert_cache_secs 60 to 86400, cert_max_bytes 1024 to \
-                 1048576 and cert_fetch_timeout_ms 100 to 30000"
+                 1048576, cert_fetch_timeout_ms 100 to 30000 and max_concurrent_fetches 1 to 1024"
                     .into(),
             ));
         }

@@ -56,12 +56,15 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         config.limits.unauthenticated_body_reads,
         config.limits.unauthenticated_body_secs,
     );
-    let sandbox = Arc::new(palisade_comms::SandboxCarrier::new(
-        Duration::from_millis(config.carrier.sandbox_delay_ms),
-        Duration::from_secs(config.carrier.sandbox_call_secs),
-        // Beside the dev outbox's mail: a sandbox number is nobody's phone.
-        Some(config.server.data_dir.join("outbox")),
-    ));
+    let sandbox = Arc::new(
+        palisade_comms::SandboxCarrier::new(
+            Duration::from_millis(config.carrier.sandbox_delay_ms),
+            Duration::from_secs(config.carrier.sandbox_call_secs),
+            // Beside the dev outbox's mail: a sandbox number is nobody's phone.
+            Some(config.server.data_dir.join("outbox")),
+        )
+        .with_media(config.carrier.sandbox_media_ip, metrics.clone()),
+    );
     let webhook_wake = Arc::new(tokio::sync::Notify::new());
     let reports = palisade_api::reports::Reports::start(db.clone(), webhook_wake.clone());
     let data_key = webhook_key(&config)?;
@@ -324,13 +327,16 @@ fn stir_verifier(state: &AppState) -> anyhow::Result<Arc<palisade_stir::Verifier
         connect_timeout: timeout,
         total_timeout: timeout,
         max_response_bytes: stir.cert_max_bytes,
-        user_agent: format!("Palisade-STIR/{}", env!("CARGO_PKG_VERSION")),
+        // No version: a caller choosing the URL learns nothing of ours.
+        user_agent: "Palisade-STIR".into(),
     };
     let client = palisade_webhooks::client::WebhookClient::with_system_resolver(settings)?;
     let settings = palisade_stir::Settings {
         iat_window_secs: i64::try_from(stir.iat_window_secs).unwrap_or(60),
         cert_cache_secs: i64::try_from(stir.cert_cache_secs).unwrap_or(3600),
         require_https: production,
+        max_concurrent_fetches: stir.max_concurrent_fetches,
+        allowed_hosts: stir.cert_hosts.clone(),
         ..Default::default()
     };
     let fetch = Arc::new(CertFetch(client));

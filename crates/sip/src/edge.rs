@@ -666,12 +666,9 @@ impl Handler {
         let uri = tx.original.uri.to_string();
         let dialed = message::user_host(&uri).and_then(|(user, _)| crate::calls::dialed_number(user));
         let Some(to) = dialed else { return refuse(404, "not_a_number") };
-        let from = fields
-            .one("from")
-            .and_then(message::uri_of)
-            .and_then(message::user_host)
-            .and_then(|(user, _)| crate::calls::dialed_number(user))
-            .unwrap_or_else(|| "anonymous".to_owned());
+        let from_user =
+            fields.one("from").and_then(message::uri_of).and_then(message::user_host).and_then(|(user, _)| user);
+        let from = crate::calls::dialed_number(from_user).unwrap_or_else(|| "anonymous".to_owned());
         let now = self.services.clock.now_ms();
         let (scope, identity, binding) = match palisade_voice::inbound::callee(&self.services.db, &to, now).await {
             Ok(Callee::Device { scope, identity, binding }) => (scope, identity, binding),
@@ -707,17 +704,34 @@ impl Handler {
         };
         // Who vouches for the caller's number: the trunk's policy decides
         // what a call without a good PASSporT gets.
+        // The From user as the carrier wrote it (`+` or not: PASSporTs hold
+        // digits only).
         let identities: Vec<&str> = fields.all("identity").collect();
-        let caller = (from != "anonymous").then_some(from.as_str());
+        let caller = from_user.map(|u| u.split(';').next().unwrap_or(u));
         let verification = self.services.stir.verify(&identities, caller, &to, now).await;
-        if stir == palisade_voice::trunks::StirInbound::Reject {
-            match (verification.verstat, verification.failure) {
-                (palisade_stir::Verstat::Passed, _) => {}
-                (_, Some(why)) => return Answered::Reply(self.warning(438, why.reason())),
-                (_, None) => return Answered::Reply(self.warning(428, "identity_required")),
-            }
-        }
         let ctx = palisade_audit::Context { source_ip: Some(source.ip().to_string()), ..Default::default() };
+        if stir == palisade_voice::trunks::StirInbound::Reject && verification.verstat != palisade_stir::Verstat::Passed
+        {
+            let (status, reason) = match verification.failure {
+                // Our shared state did not answer: not the caller's fault.
+                Some(palisade_stir::Failure::Unverifiable) => (503, "verification_unavailable"),
+                Some(why) => (438, why.reason()),
+                None => (428, "identity_required"),
+            };
+            // Seen by the callee's tenant: who tried to reach them, refused why.
+            let event = palisade_audit::Event::new(
+                "call.refused_unverified",
+                Some(scope.tenant_id()),
+                palisade_core::principal::Actor::system(),
+            )
+            .resource("identity", identity)
+            .details(serde_json::json!({ "from": palisade_guard::phone::masked(&from), "reason": reason }));
+            if let Err(e) = palisade_audit::record(&self.services.db, &event, &ctx, now).await {
+                tracing::error!(target: "palisade::sip", error = %e, "audit append failed");
+            }
+            let reply = self.warning(status, reason);
+            return Answered::Reply(if status == 503 { reply.with("Retry-After", "5") } else { reply });
+        }
         let incoming =
             palisade_admission::calls::Incoming { identity, from: &from, to: &to, verification: &verification };
         let call = match self.services.admission.receive_call(&scope, incoming, &ctx).await {
@@ -730,7 +744,7 @@ impl Handler {
         let carrier = &self.services.carrier;
         let hold = crate::inbound::Hold {
             _live: live,
-            trunk: carrier.relay_started(trunk),
+            trunk: carrier.relay_started(trunk, &call.id),
             durations: carrier.durations(),
             keys_allowed,
             call: crate::inbound::Recorded { admission: self.services.admission.clone(), scope, id: call.id },

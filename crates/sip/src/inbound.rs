@@ -39,10 +39,26 @@ pub(crate) fn leg_to(
         }),
         addr: source.into(),
     };
+    // Every request of the INVITE's transaction goes where the device
+    // registered from too: the CANCEL is built from the INVITE and has no
+    // destination of its own, so a Route names it (never the host of the
+    // Contact the device wrote).
+    let host = match source.ip() {
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let route = match transport {
+        Transport::Udp => format!("<sip:{host}:{};lr>", source.port()),
+        Transport::Tcp => format!("<sip:{host}:{};transport=tcp;lr>", source.port()),
+        Transport::Tls => format!("<sips:{host}:{};transport=tls;lr>", source.port()),
+    };
     Some(InviteOption {
         caller: format!("sip:{caller}@{}", reach.public_host).parse().ok()?,
         callee: binding.contact_uri.parse().ok()?,
         destination: Some(destination),
+        headers: Some(vec![Header::Route(route.into())]),
+        // Ours, naming no host and no library.
+        call_id: Some(uuid::Uuid::new_v4().simple().to_string()),
         contact: reach.contact(transport)?.parse().ok()?,
         content_type: offer.as_ref().map(|_| "application/sdp".to_owned()),
         offer,
@@ -287,6 +303,10 @@ mod tests {
         assert_eq!(opt.destination.unwrap().addr.to_string(), "127.0.0.1:40000");
         assert_eq!(opt.callee.to_string(), "sip:alice@10.9.9.9:5999");
         assert_eq!(opt.caller.to_string(), "sip:+34612000111@sip.test");
+        // Its CANCEL follows the INVITE there, not to the Contact's host.
+        let route = opt.headers.unwrap()[0].to_string();
+        assert_eq!(route, "Route: <sip:127.0.0.1:40000;lr>");
+        assert!(!opt.call_id.unwrap().contains('@'));
         // No listener of the binding's transport: unreachable.
         assert!(leg_to(&binding("sip:a@h", "tcp", "127.0.0.1:1"), "anonymous", &reach, None).is_none());
     }

@@ -131,8 +131,9 @@ pub struct TrunkCarrier {
     edge: OnceLock<Edge>,
     legs: Mutex<HashMap<String, Leg>>,
     hung_up: Mutex<std::collections::VecDeque<String>>,
-    /// Calls coming in from trunks, by trunk: ended when their trunk goes.
-    relays: Mutex<HashMap<u64, (String, CancellationToken)>>,
+    /// Calls coming in from trunks: their trunk, their call id, what ends
+    /// them (their trunk going, or a hang-up through the API).
+    relays: Mutex<HashMap<u64, (String, String, CancellationToken)>>,
     next_relay: std::sync::atomic::AtomicU64,
     /// Signs calls going out (STIR/SHAKEN), when configured.
     signer: Option<(Arc<palisade_stir::Signer>, Arc<dyn palisade_core::Clock>)>,
@@ -213,20 +214,31 @@ impl TrunkCarrier {
             });
         }
         let relays = self.relays.lock().unwrap_or_else(PoisonError::into_inner);
-        for (trunk, end) in relays.values() {
+        for (trunk, _, end) in relays.values() {
             if !live(trunk) {
                 end.cancel();
             }
         }
     }
 
-    /// Registers a call coming in from `trunk`: cancelled when the trunk
-    /// goes; the guard forgets it.
-    pub(crate) fn relay_started(self: &Arc<Self>, trunk: &str) -> RelayGuard {
+    /// Registers the call `call` coming in from `trunk`: cancelled when the
+    /// trunk goes or the call is hung up; the guard forgets it.
+    pub(crate) fn relay_started(self: &Arc<Self>, trunk: &str, call: &str) -> RelayGuard {
         let id = self.next_relay.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let end = CancellationToken::new();
-        self.relays.lock().unwrap_or_else(PoisonError::into_inner).insert(id, (trunk.to_owned(), end.clone()));
+        let entry = (trunk.to_owned(), call.to_owned(), end.clone());
+        self.relays.lock().unwrap_or_else(PoisonError::into_inner).insert(id, entry);
         RelayGuard { carrier: self.clone(), id, end }
+    }
+
+    /// Ends the relayed call `call`, if it is one of ours.
+    fn end_relay(&self, call: &str) -> bool {
+        let relays = self.relays.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = relays.values().find(|(_, c, _)| c == call);
+        if let Some((_, _, end)) = found {
+            end.cancel();
+        }
+        found.is_some()
     }
 
     /// Whether the call was hung up before its INVITE left (and forget it).
@@ -470,6 +482,8 @@ impl Carrier for TrunkCarrier {
                     }
                 }
                 Some(Leg::Fallback) => self.fallback.hang_up(call_id).await,
+                // A call a trunk brought in: both its legs come down.
+                None if self.end_relay(call_id) => Ok(()),
                 None => {
                     // Perhaps not placed yet: its INVITE must not leave.
                     self.remember_hung_up(call_id);

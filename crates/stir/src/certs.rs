@@ -12,8 +12,10 @@ use x509_cert::der::Decode;
 use crate::tn::{TnAuthList, TN_AUTH_LIST_OID};
 use crate::Failure;
 
-/// The most certificates a fetched chain may hold.
-pub const MAX_CHAIN: usize = 8;
+/// The most certificates a fetched chain may hold: the signer's and two
+/// intermediates (SHAKEN chains have at most one), so a hostile chain
+/// cannot make path building expensive.
+pub const MAX_CHAIN: usize = 3;
 
 const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
 const P256: &str = "1.2.840.10045.3.1.7";

@@ -47,6 +47,10 @@ impl Attestation {
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
     alg: String,
+    /// Extensions the signer says must be understood (RFC 7515 §4.1.11):
+    /// none is, so a PASSporT naming any is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crit: Option<serde_json::Value>,
     ppt: Option<String>,
     typ: Option<String>,
     x5u: Option<String>,
@@ -75,7 +79,8 @@ pub struct Orig {
 /// The JWS of `claims`, signed by `sign` (which gets the signing input and
 /// returns the raw `r || s`).
 pub fn encode(x5u: &str, claims: &Claims, sign: impl FnOnce(&[u8]) -> Vec<u8>) -> String {
-    let header = Header { alg: ALG.into(), ppt: Some(PPT.into()), typ: Some(TYP.into()), x5u: Some(x5u.into()) };
+    let header =
+        Header { alg: ALG.into(), crit: None, ppt: Some(PPT.into()), typ: Some(TYP.into()), x5u: Some(x5u.into()) };
     // Plain structs of strings and numbers: serializing cannot fail.
     let h = B64.encode(serde_json::to_vec(&header).unwrap_or_default());
     let p = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
@@ -117,7 +122,11 @@ pub fn decode(jws: &str) -> Result<Decoded, Failure> {
     if p.is_empty() {
         return Err(Failure::Unsupported);
     }
-    if header.alg != ALG || header.ppt.as_deref() != Some(PPT) || header.typ.as_deref().is_some_and(|t| t != TYP) {
+    if header.alg != ALG
+        || header.crit.is_some()
+        || header.ppt.as_deref() != Some(PPT)
+        || header.typ.as_deref().is_some_and(|t| t != TYP)
+    {
         return Err(Failure::Unsupported);
     }
     let x5u = header.x5u.ok_or(Failure::Malformed)?;
@@ -205,6 +214,9 @@ mod tests {
         assert_eq!(decode(&none).unwrap_err(), Failure::Unsupported);
         let div = format!("{}.{p}.{s}", h(r#"{"alg":"ES256","ppt":"div","typ":"passport","x5u":"u"}"#));
         assert_eq!(decode(&div).unwrap_err(), Failure::Unsupported);
+        let crit =
+            format!("{}.{p}.{s}", h(r#"{"alg":"ES256","crit":["x"],"ppt":"shaken","typ":"passport","x5u":"u"}"#));
+        assert_eq!(decode(&crit).unwrap_err(), Failure::Unsupported);
         let compact = format!("{}..{s}", h(r#"{"alg":"ES256","ppt":"shaken","typ":"passport","x5u":"u"}"#));
         assert_eq!(decode(&compact).unwrap_err(), Failure::Unsupported);
         let bad_attest = B64.encode(r#"{"attest":"D","dest":{"tn":["1"]},"iat":1,"orig":{"tn":"2"},"origid":"x"}"#);

@@ -286,3 +286,54 @@ fn only_p256_pkcs8_keys_and_http_urls_make_a_signer() {
     assert!(Signer::new(ed.serialize_pem().as_bytes(), URL).is_err());
     assert!(Anchors::from_pem(b"").is_err());
 }
+
+#[tokio::test]
+async fn one_fetch_per_request_from_allowed_hosts_that_did_not_fail_lately() {
+    let root = ca("Test STI-CA", None);
+    let (pem, key) = leaf(&root, Some(tn_list(&[spc("709J")])), 2028, &[]);
+    let w = world(&root);
+    w.serve(URL, &pem);
+    w.serve("https://other.test/shaken.pem", &pem);
+    let s = signer(&key, URL);
+    let a = Attestation::A;
+    // Two headers whose certificates are not kept: only the first is fetched.
+    let slow = signer(&key, "https://tarpit.test/a.pem").identity(CALLER, CALLEE, a, NOW).unwrap();
+    let good = s.identity(CALLER, CALLEE, a, NOW).unwrap();
+    let v = w.verifier.verify(&[&slow, &good], Some(CALLER), CALLEE, NOW).await;
+    assert_eq!(v, failed(Failure::CertUnavailable));
+    assert_eq!(w.served.fetches.load(Ordering::SeqCst), 1);
+    // A host that failed is not asked again for a while, whatever the URL.
+    let other_path = signer(&key, "https://tarpit.test/b.pem").identity(CALLER, CALLEE, a, NOW).unwrap();
+    assert_eq!(w.check(&other_path, NOW + 1_000).await, failed(Failure::CertUnavailable));
+    assert_eq!(w.served.fetches.load(Ordering::SeqCst), 1);
+    // Once the first is kept, the second header's turn comes.
+    assert_eq!(w.check(&good, NOW).await, Verification::passed(a));
+
+    // Only the listed hosts, when the operator lists them.
+    let served = Arc::new(Served::default());
+    served.files.lock().unwrap().insert("https://other.test/shaken.pem".into(), pem.clone());
+    let anchors = Anchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+    let settings = Settings { allowed_hosts: vec!["cert.test".into()], ..Settings::default() };
+    let only = Verifier::new(anchors, served.clone(), Arc::new(LocalState::new()), settings);
+    let h = signer(&key, "https://other.test/shaken.pem").identity(CALLER, CALLEE, a, NOW).unwrap();
+    assert_eq!(only.verify(&[&h], Some(CALLER), CALLEE, NOW).await, failed(Failure::CertUnavailable));
+    assert_eq!(served.fetches.load(Ordering::SeqCst), 0);
+    // No fetch at all past the bound on fetches in flight.
+    let anchors = Anchors::from_pem(root.cert.pem().as_bytes()).unwrap();
+    let settings = Settings { max_concurrent_fetches: 0, ..Settings::default() };
+    let none = Verifier::new(anchors, served.clone(), Arc::new(LocalState::new()), settings);
+    assert_eq!(none.verify(&[&h], Some(CALLER), CALLEE, NOW).await, failed(Failure::CertUnavailable));
+    assert_eq!(served.fetches.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn without_trust_anchors_nothing_is_fetched_or_passes() {
+    let root = ca("Test STI-CA", None);
+    let (pem, key) = leaf(&root, Some(tn_list(&[spc("709J")])), 2028, &[]);
+    let served = Arc::new(Served::default());
+    served.files.lock().unwrap().insert(URL.into(), pem);
+    let v = Verifier::new(Anchors::default(), served.clone(), Arc::new(LocalState::new()), Settings::default());
+    let h = signer(&key, URL).identity(CALLER, CALLEE, Attestation::A, NOW).unwrap();
+    assert_eq!(v.verify(&[&h], Some(CALLER), CALLEE, NOW).await, failed(Failure::Untrusted));
+    assert_eq!(served.fetches.load(Ordering::SeqCst), 0);
+}

@@ -34,11 +34,17 @@ pub struct Settings {
     /// How long a fetched certificate is kept (its chain is checked anew at
     /// each use).
     pub cert_cache_secs: i64,
-    /// How long a failed fetch is not tried again.
+    /// How long a host whose fetch failed is not asked again.
     pub failed_fetch_secs: i64,
     pub max_cached: usize,
     /// Only `https` certificate URLs (production).
     pub require_https: bool,
+    /// Fetches in flight at once, on this instance; past it a certificate
+    /// not kept already is unavailable.
+    pub max_concurrent_fetches: usize,
+    /// The only hosts certificates are fetched from (the STI-CAs' and
+    /// carriers' repositories); empty: any host the SSRF guard allows.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for Settings {
@@ -49,12 +55,14 @@ impl Default for Settings {
             failed_fetch_secs: 30,
             max_cached: 1000,
             require_https: true,
+            max_concurrent_fetches: 16,
+            allowed_hosts: Vec::new(),
         }
     }
 }
 
 struct Cached {
-    pem: Option<Arc<Vec<u8>>>,
+    pem: Arc<Vec<u8>>,
     until_ms: i64,
 }
 
@@ -63,20 +71,29 @@ pub struct Verifier {
     fetch: Arc<dyn Fetch>,
     state: Arc<dyn AbuseState>,
     settings: Settings,
+    /// Certificates fetched, by URL.
     cache: Mutex<HashMap<String, Cached>>,
+    /// Hosts whose fetch failed lately, until when: a slow or broken host
+    /// costs one fetch per `failed_fetch_secs`, whatever its URLs.
+    failed: Mutex<HashMap<String, i64>>,
+    fetches: tokio::sync::Semaphore,
 }
 
 impl Verifier {
     pub fn new(anchors: Anchors, fetch: Arc<dyn Fetch>, state: Arc<dyn AbuseState>, settings: Settings) -> Verifier {
-        Verifier { anchors, fetch, state, settings, cache: Mutex::default() }
+        let fetches = tokio::sync::Semaphore::new(settings.max_concurrent_fetches);
+        Verifier { anchors, fetch, state, settings, cache: Mutex::default(), failed: Mutex::default(), fetches }
     }
 
     /// The verification of a request's `Identity` headers, for a call from
     /// `from` (the From header's number, if any) to `to` (the dialed one).
+    /// At most one certificate is fetched per request (the others must be
+    /// kept already), so a request costs at most one fetch's time.
     pub async fn verify(&self, identities: &[&str], from: Option<&str>, to: &str, now_ms: i64) -> Verification {
         let mut first = None;
+        let mut fetched = false;
         for value in identities.iter().take(MAX_HEADERS) {
-            match self.verify_one(value, from, to, now_ms).await {
+            match self.verify_one(value, from, to, now_ms, &mut fetched).await {
                 Ok(attestation) => return Verification::passed(attestation),
                 Err(why) => {
                     first.get_or_insert(why);
@@ -86,7 +103,14 @@ impl Verifier {
         first.map_or_else(Verification::no_signature, Verification::failed)
     }
 
-    async fn verify_one(&self, value: &str, from: Option<&str>, to: &str, now_ms: i64) -> Result<Attestation, Failure> {
+    async fn verify_one(
+        &self,
+        value: &str,
+        from: Option<&str>,
+        to: &str,
+        now_ms: i64,
+        fetched: &mut bool,
+    ) -> Result<Attestation, Failure> {
         let h = header::parse(value)?;
         if h.alg.is_some_and(|a| a != passport::ALG) || h.ppt.is_some_and(|p| p != passport::PPT) {
             return Err(Failure::Unsupported);
@@ -111,7 +135,7 @@ impl Verifier {
         if self.anchors.is_empty() {
             return Err(Failure::Untrusted);
         }
-        let pem = self.certificate(h.info, now_ms).await.ok_or(Failure::CertUnavailable)?;
+        let pem = self.certificate(h.info, now_ms, fetched).await.ok_or(Failure::CertUnavailable)?;
         let signer = certs::check_chain(&pem, &self.anchors, now_ms)?;
         if !signer.tns.covers(&d.claims.orig.tn) {
             return Err(Failure::NotCovered);
@@ -132,29 +156,53 @@ impl Verifier {
         }
     }
 
-    /// The certificate chain at `url`: kept a while, a failed fetch too.
-    async fn certificate(&self, url: &str, now_ms: i64) -> Option<Arc<Vec<u8>>> {
+    /// The certificate chain at `url`: kept a while. Fetched only if this
+    /// request fetched nothing yet, from an allowed host that did not fail
+    /// lately, within the instance's bound on fetches in flight.
+    async fn certificate(&self, url: &str, now_ms: i64, fetched: &mut bool) -> Option<Arc<Vec<u8>>> {
         if self.settings.require_https && !url.starts_with("https://") {
             return None;
         }
         if let Some(c) = self.cache().get(url).filter(|c| c.until_ms > now_ms) {
-            return c.pem.clone();
+            return Some(c.pem.clone());
         }
-        let pem = self.fetch.fetch(url).await.map(Arc::new);
-        let keep_secs = if pem.is_some() { self.settings.cert_cache_secs } else { self.settings.failed_fetch_secs };
-        let until_ms = now_ms.saturating_add(keep_secs.saturating_mul(1000));
+        let host = url::Url::parse(url).ok()?.host_str()?.to_ascii_lowercase();
+        let allowed = &self.settings.allowed_hosts;
+        if *fetched || (!allowed.is_empty() && !allowed.iter().any(|h| h.eq_ignore_ascii_case(&host))) {
+            return None;
+        }
+        if self.failed().get(&host).is_some_and(|until| *until > now_ms) {
+            return None;
+        }
+        let _permit = self.fetches.try_acquire().ok()?;
+        *fetched = true;
+        let Some(pem) = self.fetch.fetch(url).await.map(Arc::new) else {
+            let mut failed = self.failed();
+            if failed.len() >= self.settings.max_cached {
+                failed.retain(|_, until| *until > now_ms);
+            }
+            if failed.len() < self.settings.max_cached {
+                failed.insert(host, now_ms.saturating_add(self.settings.failed_fetch_secs.saturating_mul(1000)));
+            }
+            return None;
+        };
+        let until_ms = now_ms.saturating_add(self.settings.cert_cache_secs.saturating_mul(1000));
         let mut cache = self.cache();
         if cache.len() >= self.settings.max_cached {
             cache.retain(|_, c| c.until_ms > now_ms);
         }
         if cache.len() >= self.settings.max_cached {
-            // Full of live entries: one goes (any: a fetch brings it back).
-            if let Some(k) = cache.keys().next().cloned() {
+            // Full of live entries: the one that would expire first goes.
+            if let Some(k) = cache.iter().min_by_key(|(_, c)| c.until_ms).map(|(k, _)| k.clone()) {
                 cache.remove(&k);
             }
         }
         cache.insert(url.to_owned(), Cached { pem: pem.clone(), until_ms });
-        pem
+        Some(pem)
+    }
+
+    fn failed(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        self.failed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {

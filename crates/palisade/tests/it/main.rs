@@ -34,6 +34,7 @@ mod redis_state;
 mod sip;
 mod sip_edge;
 mod sip_sipp;
+mod sip_srtp;
 mod sip_stir;
 mod sip_trunk;
 mod sip_ua;

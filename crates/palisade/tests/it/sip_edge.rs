@@ -20,7 +20,7 @@ pub(crate) struct Phone {
     pub(crate) token: String,
 }
 
-async fn server_with(b: Backend, tweak: impl FnOnce(&mut palisade_config::Config)) -> TestServer {
+pub(crate) async fn server_with(b: Backend, tweak: impl FnOnce(&mut palisade_config::Config)) -> TestServer {
     TestServer::start_with(b, |c| {
         c.sip.udp_listen = Some("127.0.0.1:0".into());
         c.sip.tcp_listen = Some("127.0.0.1:0".into());
@@ -618,7 +618,7 @@ async fn media_policy_refuses_weak_or_exposed_srtp_and_never_answers_weaker() {
     let r = invite(&mut udp, "+34612000222", &p.password).await;
     assert_eq!(refused(&r), (488, Some("sdes_plaintext".into())), "{}", r.raw);
     // Over TLS: a weak suite is refused; a good one is admitted and answered
-    // in its own profile (declined: the sandbox carries no media), never
+    // in its own profile (the sandbox's SRTP echo, see sip_srtp.rs), never
     // with plain RTP.
     let mut tls = Ua::tls(s.sip_tls(), &p.user, &p.realm).await;
     tls.offer = Some(sdes("AES_CM_128_HMAC_SHA1_32"));
@@ -627,7 +627,7 @@ async fn media_policy_refuses_weak_or_exposed_srtp_and_never_answers_weaker() {
     tls.offer = Some(sdes("AEAD_AES_256_GCM"));
     let ok = invite(&mut tls, "+34612000222", &p.password).await;
     assert_eq!(ok.status, 200, "{}", ok.raw);
-    assert!(ok.raw.contains("m=audio 0 RTP/SAVP 0"), "{}", ok.raw);
+    assert!(ok.raw.contains(" RTP/SAVP 0\r\na=crypto:1 AEAD_AES_256_GCM inline:"), "{}", ok.raw);
     assert!(!ok.raw.contains("RTP/AVP"), "{}", ok.raw);
 
     // The identity requires SRTP: plain RTP, or no offer, is refused.

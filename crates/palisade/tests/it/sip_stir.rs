@@ -270,6 +270,32 @@ async fn calls_coming_in_are_verified_and_the_result_is_on_the_call_and_its_cdr(
     assert_eq!(third["verstat"], "no_signature", "{third}");
     // The certificate was fetched once and kept.
     assert_eq!(t.hits.load(Ordering::SeqCst), fetched, "the certificate is cached");
+
+    // An inbound call hung up through the API while it rings: the device's
+    // INVITE is canceled and the carrier hears that the call is over.
+    let fresh = identity(&t.pki.key, &t.url, &number, palisade_stir::Attestation::A, s.clock.now_ms());
+    trunk.send_raw(invite(&trunk, &number, s, "in-4@carrier", &[format!("Identity: {fresh}")]).as_bytes()).await;
+    let ringing = loop {
+        let r = device.recv_request(Duration::from_secs(5)).await.expect("the device is called");
+        if r.starts_with("INVITE ") {
+            break r;
+        }
+    };
+    // It rings (a CANCEL may follow only a provisional answer, RFC 3261 §9.1).
+    device.send_raw(response(&ringing, "180 Ringing", &[], "").as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let live = s.get("/v1/calls", &p.token).await.expect(200).body["data"][0].clone();
+    assert_eq!((live["status"].as_str(), live["direction"].as_str()), (Some("ringing"), Some("inbound")), "{live}");
+    let id = live["id"].as_str().unwrap().to_owned();
+    s.post(&format!("/v1/calls/{id}/hangup"), &p.token, json!({})).await.expect(200);
+    let over = final_status(&mut trunk).await;
+    assert!(over.status >= 400, "{}", over.raw);
+    let cancel = device.recv_request(Duration::from_secs(5)).await;
+    let cancel = cancel.unwrap_or_else(|| panic!("the device's INVITE is not canceled; it got:\n{ringing}"));
+    assert!(cancel.starts_with("CANCEL "), "{cancel}");
+    assert_eq!(header(&cancel, "call-id"), header(&ringing, "call-id"));
+    let ended = s.get(&format!("/v1/calls/{id}"), &p.token).await.expect(200).body;
+    assert_eq!(ended["status"], "canceled", "{ended}");
     t.s.stop().await;
 }
 
@@ -316,6 +342,10 @@ async fn a_trunk_that_rejects_refuses_each_unverified_call_with_its_reason() {
     }
     let heard = device.recv_request(Duration::from_millis(300)).await;
     assert!(heard.is_none(), "a refused call rang the device: {heard:?}");
+    // Each refusal is on the callee's audit trail, with its reason.
+    let refused = s.events(&p.token, "action=call.refused_unverified").await;
+    assert_eq!(refused.len(), cases.len(), "{refused:?}");
+    assert!(refused.iter().any(|e| e["details"]["reason"] == "bad_signature"), "{refused:?}");
     // A good one rings (in compact form `y`); the same PASSporT again is a replay.
     trunk.send_raw(invite(&trunk, &number, s, "good@carrier", &[format!("y: {good}")]).as_bytes()).await;
     device_is_called(&mut device).await;
