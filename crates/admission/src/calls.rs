@@ -107,20 +107,7 @@ impl Service {
             verstat_reason: None,
             attestation: Some(attestation(&identity).as_str().to_owned()),
         };
-        let new = NewCall {
-            id: &row.id,
-            identity_id: &row.identity_id,
-            from: &row.from_number,
-            to: &row.to_number,
-            to_country: &row.to_country,
-            prepaid,
-            instance: &self.instance_id,
-            now,
-            direction: "outbound",
-            verstat: None,
-            verstat_reason: None,
-            attestation: row.attestation.as_deref(),
-        };
+        let new = NewCall::of(&row, &self.instance_id);
         let event = Event::new("call.placed", Some(caller.principal.tenant_id()), caller.principal.actor())
             .resource("call", &row.id)
             .details(serde_json::json!({
@@ -208,20 +195,7 @@ impl Service {
             verstat_reason: v.failure.map(|f| f.reason().to_owned()),
             attestation: v.attestation.map(|a| a.as_str().to_owned()),
         };
-        let new = NewCall {
-            id: &row.id,
-            identity_id: &row.identity_id,
-            from: &row.from_number,
-            to: &row.to_number,
-            to_country: &row.to_country,
-            prepaid: 0,
-            instance: &self.instance_id,
-            now,
-            direction: "inbound",
-            verstat: row.verstat.as_deref(),
-            verstat_reason: row.verstat_reason.as_deref(),
-            attestation: row.attestation.as_deref(),
-        };
+        let new = NewCall::of(&row, &self.instance_id);
         let stir = serde_json::json!({
             "verstat": row.verstat, "verstat_reason": row.verstat_reason, "attestation": row.attestation,
         });

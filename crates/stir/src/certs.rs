@@ -103,7 +103,7 @@ pub fn check_chain(pem: &[u8], anchors: &Anchors, now_ms: i64) -> Result<Signer,
     let point = spki.subject_public_key.raw_bytes().to_vec();
     let extension = tbs.extensions.iter().flatten().find(|e| e.extn_id == oid(TN_AUTH_LIST_OID));
     let tns = extension
-        .map(|e| TnAuthList::from_der(e.extn_value.as_bytes()).map_err(|()| Failure::NotCovered))
+        .map(|e| TnAuthList::from_der(e.extn_value.as_bytes()).ok_or(Failure::NotCovered))
         .transpose()?
         .ok_or(Failure::NotCovered)?;
     Ok(Signer { point, tns })

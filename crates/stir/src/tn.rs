@@ -44,48 +44,45 @@ impl TnAuthList {
     }
 
     /// The extension's value (DER): `SEQUENCE OF TNEntry`, each entry an
-    /// EXPLICIT `[0]` SPC, `[1]` range or `[2]` number.
-    pub fn from_der(der: &[u8]) -> Result<TnAuthList, ()> {
-        let entries = Vec::<Any>::from_der(der).map_err(drop)?;
+    /// EXPLICIT `[0]` SPC, `[1]` range or `[2]` number; none if it does
+    /// not read so.
+    pub fn from_der(der: &[u8]) -> Option<TnAuthList> {
+        let entries = Vec::<Any>::from_der(der).ok()?;
         if entries.is_empty() {
-            return Err(());
+            return None;
         }
         let mut list = TnAuthList::default();
         for entry in entries {
-            let Tag::ContextSpecific { constructed: true, number } = entry.tag() else { return Err(()) };
+            let Tag::ContextSpecific { constructed: true, number } = entry.tag() else { return None };
             let inner = entry.value();
             match number.value() {
-                0 => list.spcs.push(ia5(Any::from_der(inner).map_err(drop)?)?),
+                0 => list.spcs.push(ia5(Any::from_der(inner).ok()?)?),
                 1 => {
-                    let parts = Vec::<Any>::from_der(inner).map_err(drop)?;
-                    let [start, count, ..] = parts.as_slice() else { return Err(()) };
+                    let parts = Vec::<Any>::from_der(inner).ok()?;
+                    let [start, count, ..] = parts.as_slice() else { return None };
                     let start = tn_of(ia5(start.clone())?)?;
-                    let count: u64 = count.decode_as().map_err(drop)?;
+                    let count: u64 = count.decode_as().ok()?;
                     if count < 2 {
-                        return Err(());
+                        return None;
                     }
                     list.ranges.push((start, count));
                 }
-                2 => list.ones.push(tn_of(ia5(Any::from_der(inner).map_err(drop)?)?)?),
-                _ => return Err(()),
+                2 => list.ones.push(tn_of(ia5(Any::from_der(inner).ok()?)?)?),
+                _ => return None,
             }
         }
-        Ok(list)
+        Some(list)
     }
 }
 
-fn ia5(any: Any) -> Result<String, ()> {
-    any.decode_as::<Ia5StringRef<'_>>().map(|s| s.as_str().to_owned()).map_err(drop)
+fn ia5(any: Any) -> Option<String> {
+    any.decode_as::<Ia5StringRef<'_>>().ok().map(|s| s.as_str().to_owned())
 }
 
 /// A TelephoneNumber: 1 to 15 of `0-9`, `#`, `*`.
-fn tn_of(s: String) -> Result<String, ()> {
+fn tn_of(s: String) -> Option<String> {
     let ok = (1..=15).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit() || b == b'#' || b == b'*');
-    if ok {
-        Ok(s)
-    } else {
-        Err(())
-    }
+    ok.then_some(s)
 }
 
 #[cfg(test)]
@@ -124,10 +121,10 @@ mod tests {
 
     #[test]
     fn unreadable_lists_are_refused() {
-        assert!(TnAuthList::from_der(&[0x30, 0x00]).is_err(), "empty");
-        assert!(TnAuthList::from_der(&[0x30, 0x03, 0x16, 0x01, b'1']).is_err(), "untagged");
+        assert!(TnAuthList::from_der(&[0x30, 0x00]).is_none(), "empty");
+        assert!(TnAuthList::from_der(&[0x30, 0x03, 0x16, 0x01, b'1']).is_none(), "untagged");
         // [2] holding a number with a letter.
-        assert!(TnAuthList::from_der(&[0x30, 0x05, 0xa2, 0x03, 0x16, 0x01, b'x']).is_err());
-        assert!(TnAuthList::from_der(b"not der").is_err());
+        assert!(TnAuthList::from_der(&[0x30, 0x05, 0xa2, 0x03, 0x16, 0x01, b'x']).is_none());
+        assert!(TnAuthList::from_der(b"not der").is_none());
     }
 }

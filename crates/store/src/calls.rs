@@ -56,6 +56,26 @@ pub struct NewCall<'a> {
     pub attestation: Option<&'a str>,
 }
 
+impl<'a> NewCall<'a> {
+    /// The row as it is inserted, driven by `instance`.
+    pub fn of(row: &'a CallRow, instance: &'a str) -> NewCall<'a> {
+        NewCall {
+            id: &row.id,
+            identity_id: &row.identity_id,
+            from: &row.from_number,
+            to: &row.to_number,
+            to_country: &row.to_country,
+            prepaid: row.prepaid,
+            instance,
+            now: row.created_at,
+            direction: &row.direction,
+            verstat: row.verstat.as_deref(),
+            verstat_reason: row.verstat_reason.as_deref(),
+            attestation: row.attestation.as_deref(),
+        }
+    }
+}
+
 pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, c: &NewCall<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO calls (id, tenant_id, identity_id, from_number, to_number, to_country, status, prepaid, \
