@@ -422,6 +422,17 @@ impl Handler {
             drop(held);
             return;
         }
+        // A trunk's INVITE may wait on a certificate fetch (STIR): the
+        // carrier hears 100 Trying at once, so it neither retransmits nor
+        // gives up on us meanwhile.
+        if tx.original.method == Method::Invite {
+            let kind = tx.connection.as_ref().map_or(Kind::Udp, kind_of);
+            if self.services.carrier.trunks().is_trunk_on(source.ip(), kind) {
+                if let Err(e) = tx.send_trying().await {
+                    tracing::debug!(target: "palisade::sip", error = %e, "100 Trying not sent");
+                }
+            }
+        }
         let answered = self.answer(&tx, &fields, checked, source).await;
         drop(held);
         match answered {
