@@ -42,6 +42,7 @@ pub struct Metrics {
     redis_degraded: Gauge,
     credential_cache: Family<KindLabels, Counter>,
     media_packets: Family<KindLabels, Counter>,
+    mail: Family<KindLabels, Counter>,
     /// Route templates as static strings, so labels cost no allocation.
     /// Only matched routes arrive here, so the set is the router's.
     routes: RwLock<HashMap<Box<str>, &'static str>>,
@@ -88,6 +89,12 @@ impl Metrics {
             "Media packets at the sandbox's SRTP echo: echoed, or dropped (not_srtp: plain RTP, forged or replayed)",
             media_packets.clone(),
         );
+        let mail = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "mail",
+            "Mail through the SMTP relay: sent, failed (an attempt, tried again later), dropped (given up)",
+            mail.clone(),
+        );
         let routes = RwLock::default();
         Metrics {
             registry,
@@ -103,6 +110,7 @@ impl Metrics {
             redis_degraded,
             credential_cache,
             media_packets,
+            mail,
             routes,
         }
     }
@@ -195,6 +203,12 @@ impl Default for Metrics {
 impl palisade_comms::srtp_echo::MediaEvents for Metrics {
     fn packet(&self, outcome: &'static str) {
         self.media_packets.get_or_create(&KindLabels { kind: outcome }).inc();
+    }
+}
+
+impl palisade_mail::relay::MailEvents for Metrics {
+    fn mail(&self, outcome: &'static str) {
+        self.mail.get_or_create(&KindLabels { kind: outcome }).inc();
     }
 }
 

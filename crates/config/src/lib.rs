@@ -397,6 +397,51 @@ pub struct Mail {
     /// `smtps://user:pass@host:465` or `smtp://user:pass@host:587?tls=required`.
     pub smtp_url: Option<Secret>,
     pub from: String,
+    /// A relay on this host without TLS (`smtp://127.0.0.1:25`): refused
+    /// unless set; never for another host.
+    pub smtp_allow_plaintext: bool,
+    /// Seconds between a failed attempt and the next; after the last, the
+    /// mail is given up (logged and counted).
+    pub retry_schedule_secs: Vec<u64>,
+    /// How often the mail worker looks for mail due, when nothing wakes it.
+    pub poll_ms: u64,
+    /// The longest one SMTP delivery may take.
+    pub send_timeout_secs: u64,
+}
+
+impl Mail {
+    /// TLS to the relay: `smtps://` (implicit TLS) or STARTTLS required
+    /// (`smtp://…?tls=required`); a plaintext relay only on loopback and
+    /// only when the operator says so.
+    fn check_smtp_url(&self) -> Result<(), ConfigError> {
+        let Some(raw) = &self.smtp_url else { return Ok(()) };
+        let bad = |why: &str| ConfigError(format!("mail.smtp_url {why}"));
+        let url = url::Url::parse(raw.expose()).map_err(|_| bad("is not a valid smtp:// or smtps:// URL"))?;
+        let tls = url.query_pairs().filter(|(k, _)| k == "tls").map(|(_, v)| v.into_owned()).collect::<Vec<_>>();
+        match (url.scheme(), tls.as_slice()) {
+            ("smtps", []) => Ok(()),
+            ("smtp", [t]) if t == "required" => Ok(()),
+            ("smtp", [] | [_]) if tls.iter().all(|t| t == "opportunistic" || t == "none") => {
+                let loopback = match url.host() {
+                    // smtp: is not a special scheme: an IPv4 address reads as a name.
+                    Some(url::Host::Domain(d)) => {
+                        d.eq_ignore_ascii_case("localhost")
+                            || d.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                    }
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    None => false,
+                };
+                if self.smtp_allow_plaintext && loopback {
+                    Ok(())
+                } else {
+                    Err(bad("must use TLS: smtps://…, or smtp://…?tls=required (STARTTLS); a relay on this host \
+                         may go without with mail.smtp_allow_plaintext = true"))
+                }
+            }
+            _ => Err(bad("must be smtps://… or smtp://… with at most one tls= (required)")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -700,7 +745,14 @@ impl Default for Auth {
 
 impl Default for Mail {
     fn default() -> Self {
-        Self { smtp_url: None, from: "Palisade <noreply@localhost>".into() }
+        Self {
+            smtp_url: None,
+            from: "Palisade <noreply@localhost>".into(),
+            smtp_allow_plaintext: false,
+            retry_schedule_secs: vec![30, 120, 600, 1800, 3600, 7200, 21_600],
+            poll_ms: 1000,
+            send_timeout_secs: 30,
+        }
     }
 }
 
@@ -851,6 +903,18 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.sip.validate()?;
+        self.mail.check_smtp_url()?;
+        if self.mail.retry_schedule_secs.is_empty()
+            || self.mail.retry_schedule_secs.len() > 50
+            || self.mail.poll_ms == 0
+            || !(1..=600).contains(&self.mail.send_timeout_secs)
+        {
+            return Err(ConfigError(
+                "mail: retry_schedule_secs must list 1 to 50 delays, poll_ms be at least 1 and send_timeout_secs \
+                 1 to 600"
+                    .into(),
+            ));
+        }
         let n = &self.numbers;
         if !(60..=3600).contains(&n.code_ttl_secs)
             || !(1..=10).contains(&n.code_attempts)
@@ -1057,16 +1121,10 @@ impl Config {
                 return refuse("database.url must use sslmode=require or verify-full (or a unix socket)");
             }
         }
-        match &self.mail.smtp_url {
-            None => {
-                return refuse(
-                    "mail.smtp_url is not set; production sends real mail (smtps://… or smtp://…?tls=required)",
-                )
-            }
-            Some(u) if !(u.expose().starts_with("smtps://") || u.expose().contains("tls=required")) => {
-                return refuse("mail.smtp_url must use TLS: smtps://… or smtp://…?tls=required")
-            }
-            _ => {}
+        // TLS, or a plaintext relay on this host by explicit choice, is
+        // checked in every mode (Config::validate).
+        if self.mail.smtp_url.is_none() {
+            return refuse("mail.smtp_url is not set; production sends real mail (smtps://… or smtp://…?tls=required)");
         }
         if let Some(url) = &self.redis.url {
             if redis_url_info(url.expose()).is_ok_and(|i| !i.tls && !i.loopback) {

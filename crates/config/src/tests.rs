@@ -319,3 +319,34 @@ fn sip_section_is_off_by_default_and_checked() {
         Ok(())
     });
 }
+
+#[test]
+fn mail_goes_over_tls_unless_a_local_relay_is_chosen_in_the_clear() {
+    let with = |url: &str, plaintext: bool| {
+        let mut c = Config::default();
+        c.mail.smtp_url = Some(Secret::new(url.into()));
+        c.mail.smtp_allow_plaintext = plaintext;
+        c.validate().map_err(|e| e.0)
+    };
+    assert!(with("smtps://u:p@mail.example.com", false).is_ok());
+    assert!(with("smtp://u:p@mail.example.com:587?tls=required", false).is_ok());
+    // In every mode, not only production: the mail holds one-time tokens.
+    for url in [
+        "smtp://u:p@mail.example.com",
+        "smtp://mail.example.com?tls=opportunistic",
+        "smtp://127.0.0.1:25",
+        "smtp://mail.example.com?x=notls=required",
+    ] {
+        assert!(with(url, false).unwrap_err().contains("TLS"), "{url}");
+    }
+    // A relay on this host, in the clear, by choice; never another host.
+    assert!(with("smtp://127.0.0.1:25", true).is_ok());
+    assert!(with("smtp://localhost:2525", true).is_ok());
+    assert!(with("smtp://[::1]:25", true).is_ok());
+    assert!(with("smtp://mail.example.com:25", true).is_err());
+    assert!(with("smtp://127.0.0.1?tls=required&tls=opportunistic", false).is_err());
+    assert!(with("http://mail.example.com", false).is_err());
+    let mut c = Config::default();
+    c.mail.retry_schedule_secs.clear();
+    assert!(c.validate().is_err());
+}

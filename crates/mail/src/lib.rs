@@ -1,16 +1,23 @@
-//! Outgoing mail: SMTP when configured, otherwise (dev) `.eml` files in the
-//! outbox directory, mode 0600. Mail contents are never logged.
+//! Outgoing mail: through the SMTP relay when configured, queued durably
+//! ([`relay`]); otherwise (dev) `.eml` files in the outbox directory, mode
+//! 0600. Mail contents are never logged.
+
+pub mod relay;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use lettre::message::header::{ContentTransferEncoding, ContentType};
-use lettre::message::{Body, Mailbox};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::message::Mailbox;
+use lettre::Message;
 
 #[derive(Clone)]
 pub enum Mailer {
     Outbox { dir: PathBuf, from: Mailbox },
-    Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, from: Mailbox },
+    Smtp(Arc<relay::Relay>),
+}
+
+pub(crate) fn message(from: Mailbox, to: &str, subject: &str, body: String) -> anyhow::Result<Message> {
+    relay::build(from, to, subject, body)
 }
 
 impl Mailer {
@@ -18,35 +25,15 @@ impl Mailer {
         Ok(Mailer::Outbox { dir, from: from.parse()? })
     }
 
-    /// `smtps://user:pass@host` (implicit TLS) or `smtp://...?tls=required` (STARTTLS).
-    pub fn smtp(url: &str, from: &str) -> anyhow::Result<Self> {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-            .map_err(|_| anyhow::anyhow!("mail.smtp_url is not a valid smtp:// or smtps:// URL"))?
-            .build();
-        Ok(Mailer::Smtp { transport, from: from.parse()? })
-    }
-
+    /// Sends (dev: writes) or queues the mail; a relay that is down does
+    /// not fail this.
     pub async fn send(&self, to: &str, subject: &str, body: String) -> anyhow::Result<()> {
-        let from = match self {
-            Mailer::Outbox { from, .. } | Mailer::Smtp { from, .. } => from.clone(),
-        };
-        let msg = Message::builder()
-            .from(from)
-            .to(to.parse()?)
-            .subject(subject)
-            .header(ContentType::TEXT_PLAIN)
-            // Plain 8bit keeps tokens readable and copyable as they are; bodies
-            // with lines over 76 characters fall back to an encoding.
-            .body(
-                Body::new_with_encoding(body.clone(), ContentTransferEncoding::EightBit)
-                    .unwrap_or_else(|_| Body::new(body)),
-            )?;
         match self {
-            Mailer::Outbox { dir, .. } => write_eml(dir.clone(), msg.formatted()).await,
-            Mailer::Smtp { transport, .. } => {
-                transport.send(msg).await?;
-                Ok(())
+            Mailer::Outbox { dir, from } => {
+                let msg = message(from.clone(), to, subject, body)?;
+                write_eml(dir.clone(), msg.formatted()).await
             }
+            Mailer::Smtp(relay) => relay.send(to, subject, body).await,
         }
     }
 }

@@ -40,11 +40,6 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let db = open_db(&config).await?;
     let master_key = master_key(&config, &db).await?;
     let jwt = jwt_keys(&config)?;
-    let mailer = match &config.mail.smtp_url {
-        Some(url) => Mailer::smtp(url.expose(), &config.mail.from)?,
-        // Production refuses to start without SMTP, so this is dev only.
-        None => Mailer::outbox(config.server.data_dir.join("outbox"), &config.mail.from)?,
-    };
     let audit_log = audit_log(&config, &db)?;
     let metrics = Arc::new(palisade_api::metrics::Metrics::new());
     let abuse_state = abuse_state(&config, &metrics).await?;
@@ -69,6 +64,23 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let reports = palisade_api::reports::Reports::start(db.clone(), webhook_wake.clone());
     let data_key = webhook_key(&config)?;
     let sealer = Arc::new(palisade_seal::Sealer::new(&data_key));
+    let mailer = match &config.mail.smtp_url {
+        Some(url) => {
+            let m = &config.mail;
+            let settings = palisade_mail::relay::Settings {
+                url: url.expose().to_owned(),
+                from: m.from.clone(),
+                schedule_secs: m.retry_schedule_secs.clone(),
+                poll: Duration::from_millis(m.poll_ms),
+                send_timeout: Duration::from_secs(m.send_timeout_secs),
+            };
+            let relay =
+                palisade_mail::relay::Relay::new(settings, db.clone(), sealer.clone(), clock.clone(), metrics.clone())?;
+            Mailer::Smtp(Arc::new(relay))
+        }
+        // Production refuses to start without SMTP, so this is dev only.
+        None => Mailer::outbox(config.server.data_dir.join("outbox"), &config.mail.from)?,
+    };
     // Calls go out through the operator's SIP trunk once the edge runs and
     // one is enabled; through the sandbox until then.
     let mut trunk_carrier = palisade_sip::trunk::TrunkCarrier::new(
@@ -522,6 +534,15 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
     palisade_api::recovery::register(&state).await.context("cannot register this instance in the database")?;
     palisade_api::recovery::spawn(state.clone(), rx.clone());
     spawn_housekeeping(state.clone(), rx.clone());
+    if let Mailer::Smtp(relay) = &state.mailer {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        relay.start(cancel.clone());
+        let mut stop = rx.clone();
+        tokio::spawn(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            cancel.cancel();
+        });
+    }
     let interval = std::time::Duration::from_millis(state.config.audit.checkpoint_interval_ms);
     let integrator = state.audit_log.spawn(state.clock.clone(), interval, rx.clone());
     let sip = palisade_sip::start(

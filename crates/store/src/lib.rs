@@ -15,6 +15,7 @@ mod error;
 pub mod group_commit;
 pub mod identities;
 pub mod locks;
+pub mod mail_outbox;
 pub mod messages;
 pub mod number_verifications;
 mod pg_batch;

@@ -26,6 +26,7 @@ mod inbound;
 mod input;
 mod isolation;
 mod logs;
+mod mail;
 mod messages;
 mod numbers;
 mod openapi;
