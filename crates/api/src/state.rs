@@ -42,6 +42,8 @@ pub struct Services {
     pub sip_auth: Arc<palisade_voice::auth::DigestAuth>,
     /// Keys the hashes of codes that prove control of a number.
     pub number_codes: palisade_auth::code::CodeKey,
+    /// Keys the hashes of sign-in codes sent by mail.
+    pub email_codes: palisade_auth::code::CodeKey,
     /// Wakes the delivery worker when something was queued.
     pub webhook_wake: Arc<tokio::sync::Notify>,
     pub webhook_worker: AbortOnDrop,

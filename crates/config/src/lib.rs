@@ -373,6 +373,28 @@ pub struct Auth {
     /// after each commit: for connection poolers that cannot LISTEN), or
     /// `auto`: `postgres` on PostgreSQL, else nothing to hear.
     pub credential_bus: CredentialBus,
+    /// Sign-in codes by mail (`POST /v1/auth/email-code`).
+    pub email_code: EmailCode,
+}
+
+/// Six-digit sign-in codes sent by mail.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailCode {
+    /// How long a code is good for.
+    pub ttl_secs: u64,
+    /// Wrong tries that kill a code; then the address waits `lockout_secs`.
+    pub max_tries: u32,
+    pub lockout_secs: u64,
+    /// Codes one address may be sent per `send_window_secs`.
+    pub max_sends: u32,
+    pub send_window_secs: u64,
+}
+
+impl Default for EmailCode {
+    fn default() -> Self {
+        EmailCode { ttl_secs: 600, max_tries: 5, lockout_secs: 900, max_sends: 5, send_window_secs: 3600 }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -739,6 +761,7 @@ impl Default for Auth {
             credential_cache_max_entries: 100_000,
             credential_cache_listen: true,
             credential_bus: CredentialBus::Auto,
+            email_code: EmailCode::default(),
         }
     }
 }
@@ -904,6 +927,19 @@ impl Config {
         self.listen_addr()?;
         self.sip.validate()?;
         self.mail.check_smtp_url()?;
+        let e = &self.auth.email_code;
+        if !(60..=3600).contains(&e.ttl_secs)
+            || !(1..=10).contains(&e.max_tries)
+            || !(60..=86_400).contains(&e.lockout_secs)
+            || !(1..=100).contains(&e.max_sends)
+            || !(60..=86_400).contains(&e.send_window_secs)
+        {
+            return Err(ConfigError(
+                "auth.email_code: ttl_secs must be 60 to 3600, max_tries 1 to 10, lockout_secs 60 to 86400, \
+                 max_sends 1 to 100 and send_window_secs 60 to 86400"
+                    .into(),
+            ));
+        }
         if self.mail.retry_schedule_secs.is_empty()
             || self.mail.retry_schedule_secs.len() > 50
             || self.mail.poll_ms == 0

@@ -98,6 +98,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let trunk_carrier = Arc::new(trunk_carrier);
     let carrier: Arc<dyn palisade_comms::Carrier> = trunk_carrier.clone();
     let number_codes = palisade_auth::code::CodeKey::derive(&data_key, "number verification");
+    let email_codes = palisade_auth::code::CodeKey::derive(&data_key, "email sign-in");
     let sip_auth = Arc::new(sip_auth(&config, &db, &sealer, &data_key, abuse.state.clone())?);
     let webhook_client = Arc::new(webhook_client(&config)?);
     let worker = Arc::new(palisade_webhooks::worker::Worker {
@@ -151,6 +152,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         sealer,
         sip_auth,
         number_codes,
+        email_codes,
         webhook_wake,
         webhook_worker,
         admission,
@@ -623,6 +625,14 @@ pub async fn apply_audit_retention(state: &AppState) -> anyhow::Result<Option<(u
 
 /// Every ten minutes: expired revocations and tokens, old idempotency keys,
 /// audit and webhook retention.
+/// Sign-in code rows a day past their code, lock and send window.
+async fn purge_email_codes(state: &AppState, before: i64) -> Result<u64, palisade_store::StoreError> {
+    let mut tx = state.db.begin().await?;
+    let n = palisade_store::email_codes::purge(&mut *tx, before).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
 fn spawn_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(600));
@@ -635,6 +645,9 @@ fn spawn_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
                         Err(e) => tracing::warn!(error = %e, "purging expired tokens failed"),
                     }
                     let day_ago = state.now_ms() - 24 * 3600 * 1000;
+                    if let Err(e) = purge_email_codes(&state, day_ago).await {
+                        tracing::warn!(error = %e, "purging sign-in codes failed");
+                    }
                     if let Err(e) = palisade_store::messages::purge_idempotency_keys(&state.db, day_ago).await {
                         tracing::warn!(error = %e, "purging idempotency keys failed");
                     }

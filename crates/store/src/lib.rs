@@ -11,6 +11,7 @@ mod coalesce;
 pub mod credits;
 mod db;
 mod durable;
+pub mod email_codes;
 mod error;
 pub mod group_commit;
 pub mod identities;

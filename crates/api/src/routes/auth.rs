@@ -39,8 +39,8 @@ pub struct SignupRequest {
 
 #[derive(Serialize, ToSchema)]
 pub struct StatusResponse {
-    /// `pending_verification`, `verified` or `active`.
-    status: &'static str,
+    /// `pending_verification`, `verified`, `active` or `sent`.
+    pub(super) status: &'static str,
 }
 
 /// Creates a tenant and its owner, inactive until the email is verified.
@@ -201,7 +201,7 @@ fn pending() -> (StatusCode, Json<StatusResponse>) {
 }
 
 /// Mail failures are logged, never shown: the response must not depend on them.
-async fn send_mail(state: &AppState, to: &str, subject: &str, body: String) {
+pub(super) async fn send_mail(state: &AppState, to: &str, subject: &str, body: String) {
     if let Err(e) = state.mailer.send(to, subject, body).await {
         tracing::error!(error = %e, "sending mail failed");
     }
@@ -507,7 +507,7 @@ pub struct TokenResponse {
     expires_in: u64,
 }
 
-fn bad_credentials() -> ApiError {
+pub(super) fn bad_credentials() -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Invalid email or password.")
         .with_header(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"))
 }
@@ -587,6 +587,21 @@ pub async fn login(
         }
     };
     state.abuse.login_succeeded(attempt).await?;
+    let tokens = sign_in(&state, &ctx, &user, "password", now).await?;
+    state.abuse.trust_login_address(attempt, now).await;
+    Ok(Json(tokens))
+}
+
+/// A person who proved who they are (`method`: `password`, `email_code`)
+/// gets a new session: refused while their sign-up is pending, their
+/// account not active or their tenant frozen; audited as `auth.login`.
+pub(super) async fn sign_in(
+    state: &AppState,
+    ctx: &Ctx,
+    user: &palisade_store::users::UserRow,
+    method: &str,
+    now: i64,
+) -> Result<TokenResponse, ApiError> {
     let (tenant_id, user_id) = parse_ids(&user.tenant_id, &user.id)?;
     let scope = TenantScope::for_system(tenant_id);
     if user.status == "pending" {
@@ -602,14 +617,15 @@ pub async fn login(
     let role = Role::from_str(&user.role).map_err(|_| ApiError::internal("stored role is invalid"))?;
     let family_id = uuid::Uuid::new_v4().to_string();
     let mut tx = state.db.begin().await?;
-    let family_expiry = now + refresh_ttl_ms(&state) + 24 * 3600 * 1000;
+    let family_expiry = now + refresh_ttl_ms(state) + 24 * 3600 * 1000;
     palisade_store::tokens::create_family(&mut *tx, &scope, &family_id, user_id, now, family_expiry).await?;
-    let tokens = issue_tokens(&state, &mut tx, &scope, user_id, role, &family_id, now).await?;
-    let event = Event::new("auth.login", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
+    let tokens = issue_tokens(state, &mut tx, &scope, user_id, role, &family_id, now).await?;
+    let event = Event::new("auth.login", Some(tenant_id), Actor::user(user_id))
+        .resource("user", user_id)
+        .details(serde_json::json!({ "method": method }));
     palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
     commit(tx).await?;
-    state.abuse.trust_login_address(attempt, now).await;
-    Ok(Json(tokens))
+    Ok(tokens)
 }
 
 fn refresh_ttl_ms(state: &AppState) -> i64 {

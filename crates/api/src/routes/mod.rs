@@ -6,6 +6,7 @@ mod api_keys;
 mod auth;
 mod billing;
 pub(crate) mod calls;
+mod email_code;
 mod events;
 mod health;
 mod identities;
@@ -43,6 +44,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(auth::password_reset))
         .routes(routes!(auth::password_reset_confirm))
         .routes(routes!(auth::login))
+        .routes(routes!(email_code::request))
+        .routes(routes!(email_code::verify))
         .routes(routes!(auth::refresh))
         .routes(routes!(auth::logout))
         .routes(routes!(auth::accept_invite))

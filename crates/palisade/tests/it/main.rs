@@ -19,6 +19,7 @@ mod concurrency;
 mod connections;
 mod credential_cache;
 mod db_tls;
+mod email_code;
 mod events;
 mod grants;
 mod identities;

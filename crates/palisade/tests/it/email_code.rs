@@ -1,0 +1,143 @@
+//! Signing in with a code sent by mail (the dev outbox is the mailbox):
+//! same answer for any address, a keyed hash at rest, one use, ten
+//! minutes, five wrong tries kill the code and the address waits fifteen
+//! minutes, parallel guesses get no more tries, sends per address capped.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::common::{Backend, TestServer};
+
+/// The mails in the dev outbox addressed to `to`.
+fn mails_to(s: &TestServer, to: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(s.data_dir.join("outbox")) else { return Vec::new() };
+    dir.filter_map(|e| e.ok())
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .filter(|m| m.contains(&format!("To: {to}")))
+        .collect()
+}
+
+/// The code in the newest mail to `to`.
+fn mailed_code(s: &TestServer, to: &str) -> String {
+    let mail = s.last_mail_to(to);
+    let at = mail.find("sign-in code is ").expect("a code in the mail") + "sign-in code is ".len();
+    mail[at..at + 6].to_owned()
+}
+
+async fn ask(s: &TestServer, email: &str) {
+    let r = s.call(Method::POST, "/v1/auth/email-code", None, Some(json!({"email": email}))).await.expect(202);
+    assert_eq!(r.body, json!({"status": "sent"}));
+}
+
+async fn try_code(s: &TestServer, email: &str, code: &str) -> crate::common::Resp {
+    s.call(Method::POST, "/v1/auth/email-code/verify", None, Some(json!({"email": email, "code": code}))).await
+}
+
+/// A code that is not `code`.
+fn other(code: &str) -> String {
+    format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000)
+}
+
+#[tokio::test]
+async fn a_mailed_code_signs_in_once_and_is_kept_only_as_a_keyed_hash() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let t = s.tenant("Acme").await;
+    ask(&s, &t.email).await;
+    let code = mailed_code(&s, &t.email);
+    // At rest: neither the code nor the address.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&s.db_url).await.unwrap();
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT email_key, code_hash FROM email_codes").fetch_all(&pool).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let (key, hash) = &rows[0];
+    assert!(!key.contains('@') && !key.contains("acme"), "{key}");
+    let hash = hash.clone().unwrap();
+    assert!(!hash.contains(&code) && hash.len() == 64, "{hash}");
+    // The login response; the token works.
+    let r = try_code(&s, &t.email, &code).await.expect(200);
+    let token = r.body["access_token"].as_str().unwrap().to_owned();
+    assert!(r.body["refresh_token"].is_string());
+    s.get("/v1/me", &token).await.expect(200);
+    let logins = s.events(&t.token, "action=auth.login").await;
+    assert!(logins.iter().any(|e| e["details"]["method"] == "email_code"), "{logins:?}");
+    // Once.
+    try_code(&s, &t.email, &code).await.expect(401);
+    pool.close().await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn any_address_gets_the_same_answer_and_only_an_account_gets_mail() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let nobody = "nobody@unknown.example.com";
+    ask(&s, nobody).await;
+    assert!(mails_to(&s, nobody).is_empty());
+    try_code(&s, nobody, "123456").await.expect(401);
+    // Not an address at all: a 400 that says nothing of accounts.
+    let r = s.call(Method::POST, "/v1/auth/email-code", None, Some(json!({"email": "not an address"}))).await;
+    r.expect(400);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn five_wrong_tries_kill_the_code_and_the_address_waits() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let t = s.tenant("Acme").await;
+    ask(&s, &t.email).await;
+    let code = mailed_code(&s, &t.email);
+    for _ in 0..5 {
+        try_code(&s, &t.email, &other(&code)).await.expect(401);
+    }
+    // Dead: the right code no longer works.
+    try_code(&s, &t.email, &code).await.expect(401);
+    let locked = s.events(&t.token, "action=auth.email_code_locked").await;
+    assert_eq!(locked.len(), 1, "{locked:?}");
+    // The address waits: a new request is answered the same, and sends nothing.
+    let sent = mails_to(&s, &t.email).len();
+    ask(&s, &t.email).await;
+    assert_eq!(mails_to(&s, &t.email).len(), sent, "a code was sent during the lock");
+    s.clock.advance_ms(15 * 60 * 1000 + 1000);
+    ask(&s, &t.email).await;
+    assert_eq!(mails_to(&s, &t.email).len(), sent + 1);
+    let code = mailed_code(&s, &t.email);
+    try_code(&s, &t.email, &code).await.expect(200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_get_no_more_tries_than_one_guesser() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let t = s.tenant("Acme").await;
+    ask(&s, &t.email).await;
+    let code = mailed_code(&s, &t.email);
+    let wrong: Vec<String> =
+        (1..=12).map(|i| format!("{:06}", (code.parse::<u32>().unwrap() + i) % 1_000_000)).collect();
+    let guesses = wrong.iter().map(|w| try_code(&s, &t.email, w));
+    for r in futures_util::future::join_all(guesses).await {
+        r.expect(401);
+    }
+    // Twelve at once spent the five tries: the code is dead.
+    try_code(&s, &t.email, &code).await.expect(401);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_code_lasts_ten_minutes_and_sends_per_address_are_capped() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let t = s.tenant("Acme").await;
+    ask(&s, &t.email).await;
+    let code = mailed_code(&s, &t.email);
+    s.clock.advance_ms(10 * 60 * 1000 + 1);
+    try_code(&s, &t.email, &code).await.expect(401);
+    // A new code replaces the old one; five sends an hour, then none.
+    for _ in 0..4 {
+        ask(&s, &t.email).await;
+    }
+    assert_eq!(mails_to(&s, &t.email).iter().filter(|m| m.contains("sign-in code")).count(), 5);
+    ask(&s, &t.email).await;
+    assert_eq!(mails_to(&s, &t.email).iter().filter(|m| m.contains("sign-in code")).count(), 5, "over the cap");
+    let last = mailed_code(&s, &t.email);
+    try_code(&s, &t.email, &last).await.expect(200);
+    s.stop().await;
+}
