@@ -443,7 +443,7 @@ impl Mail {
         match (url.scheme(), tls.as_slice()) {
             ("smtps", []) => Ok(()),
             ("smtp", [t]) if t == "required" => Ok(()),
-            ("smtp", [] | [_]) if tls.iter().all(|t| t == "opportunistic" || t == "none") => {
+            ("smtp", [] | [_]) if tls.iter().all(|t| t == "opportunistic") => {
                 let loopback = match url.host() {
                     // smtp: is not a special scheme: an IPv4 address reads as a name.
                     Some(url::Host::Domain(d)) => {
@@ -942,11 +942,12 @@ impl Config {
         }
         if self.mail.retry_schedule_secs.is_empty()
             || self.mail.retry_schedule_secs.len() > 50
+            || self.mail.retry_schedule_secs.iter().any(|&d| d == 0 || d > 7 * 86_400)
             || self.mail.poll_ms == 0
             || !(1..=600).contains(&self.mail.send_timeout_secs)
         {
             return Err(ConfigError(
-                "mail: retry_schedule_secs must list 1 to 50 delays, poll_ms be at least 1 and send_timeout_secs \
+                "mail: retry_schedule_secs must list 1 to 50 delays of 1 s to 7 days, poll_ms be at least 1 and send_timeout_secs \
                  1 to 600"
                     .into(),
             ));

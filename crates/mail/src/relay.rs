@@ -128,10 +128,12 @@ impl Relay {
 
     /// One pass: every mail due now that no other instance holds.
     pub async fn deliver_due(&self) -> Result<(), palisade_store::StoreError> {
-        let now = self.clock.now_ms();
-        for row in mail_outbox::due(self.db.reader(), now, BATCH).await? {
-            // Held past one delivery's longest time, so no one else sends it.
-            let lease = now + i64::try_from(self.send_timeout.as_millis()).unwrap_or(i64::MAX / 2) + 30_000;
+        for row in mail_outbox::due(self.db.reader(), self.clock.now_ms(), BATCH).await? {
+            // Held well past one delivery's longest time (which the timeout
+            // below enforces), so no one else sends it meanwhile.
+            let now = self.clock.now_ms();
+            let lease =
+                now + i64::try_from(self.send_timeout.as_millis()).unwrap_or(i64::MAX / 4).saturating_mul(2) + 30_000;
             let mut tx = self.db.begin().await?;
             let claimed = mail_outbox::claim(&mut *tx, &row.id, now, lease).await?;
             tx.commit().await?;
@@ -156,7 +158,12 @@ impl Relay {
             return self.forget(&row.id).await;
         };
         let sent = match self.message(&row, body) {
-            Ok(m) => self.transport.send(m).await.map(drop).map_err(|e| classify(&e)),
+            // lettre bounds the connect only: the whole conversation is
+            // bounded here, or a relay that goes quiet holds the worker.
+            Ok(m) => match tokio::time::timeout(self.send_timeout, self.transport.send(m)).await {
+                Ok(r) => r.map(drop).map_err(|e| classify(&e)),
+                Err(_) => Err("timeout"),
+            },
             Err(_) => Err("message"),
         };
         match sent {

@@ -29,31 +29,34 @@ pub async fn issue(tx: &mut crate::Tx, key: &str, code_hash: &str, now: i64, r: 
     .bind(key)
     .execute(&mut **tx)
     .await?;
-    let row: Option<(i64, i64, i64)> =
-        sqlx::query_as("SELECT locked_until, window_start, sends FROM email_codes WHERE email_key = $1")
+    let (locked_until, start, sends, tries): (i64, i64, i64, i64) =
+        sqlx::query_as("SELECT locked_until, window_start, sends, tries FROM email_codes WHERE email_key = $1")
             .bind(key)
-            .fetch_optional(&mut **tx)
+            .fetch_one(&mut **tx)
             .await?;
-    let (window_start, sends) = match row {
-        Some((locked_until, _, _)) if locked_until > now => return Ok(false),
-        Some((_, start, sends)) if now - start < r.send_window_ms => {
-            if sends >= r.max_sends {
-                return Ok(false);
-            }
-            (start, sends + 1)
-        }
-        _ => (now, 1),
+    if locked_until > now {
+        return Ok(false);
+    }
+    // Wrong tries count for the address, not for one code: a new code does
+    // not give them back (only the wait after a lock does, or a new window).
+    let (start, sends, tries) = if now - start >= r.send_window_ms {
+        (now, 1, 0)
+    } else if sends >= r.max_sends {
+        return Ok(false);
+    } else {
+        (start, sends + 1, if locked_until != 0 { 0 } else { tries })
     };
     sqlx::query(
-        "INSERT INTO email_codes (email_key, code_hash, expires_at, tries, locked_until, window_start, sends) \
-         VALUES ($1, $2, $3, 0, 0, $4, $5) ON CONFLICT (email_key) DO UPDATE SET code_hash = $2, expires_at = $3, \
-         tries = 0, locked_until = 0, window_start = $4, sends = $5",
+        "UPDATE email_codes SET code_hash = $2, expires_at = $3, tries = $4, locked_until = 0, window_start = $5, \
+         sends = $6, locks = CASE WHEN $5 = $7 THEN 0 ELSE locks END WHERE email_key = $1",
     )
     .bind(key)
     .bind(code_hash)
     .bind(now + r.ttl_ms)
-    .bind(window_start)
+    .bind(tries)
+    .bind(start)
     .bind(sends)
+    .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(true)
@@ -89,14 +92,25 @@ pub async fn consume<'c>(ex: impl Executor<'c, Database = Any>, key: &str, code_
     Ok(r.rows_affected() == 1)
 }
 
-/// Too many wrong tries: the code dies and the address waits.
-pub async fn lock<'c>(ex: impl Executor<'c, Database = Any>, key: &str, until: i64) -> Result<()> {
-    sqlx::query("UPDATE email_codes SET code_hash = NULL, locked_until = $2 WHERE email_key = $1")
+/// Too many wrong tries: the code dies and the address waits, twice as
+/// long for each lock since its send window began (at most a day). Until
+/// when.
+pub async fn lock(tx: &mut crate::Tx, key: &str, now: i64, r: Rules) -> Result<i64> {
+    let locks: i64 = sqlx::query_scalar(
+        "UPDATE email_codes SET code_hash = NULL, locks = locks + 1 WHERE email_key = $1 RETURNING locks",
+    )
+    .bind(key)
+    .fetch_optional(&mut **tx)
+    .await?
+    .unwrap_or(1);
+    let wait = r.lockout_ms.saturating_mul(1i64 << (locks - 1).clamp(0, 16)).min(86_400_000);
+    let until = now + wait;
+    sqlx::query("UPDATE email_codes SET locked_until = $2 WHERE email_key = $1")
         .bind(key)
         .bind(until)
-        .execute(ex)
+        .execute(&mut **tx)
         .await?;
-    Ok(())
+    Ok(until)
 }
 
 /// Housekeeping: rows past their code, lock and send window.

@@ -48,14 +48,17 @@ pub async fn due<'c>(ex: impl Executor<'c, Database = Any>, now: i64, limit: i64
     .await?)
 }
 
-/// Takes the mail until `until`: false when another instance holds it.
+/// Takes the mail until `until`: false when another instance holds it, or
+/// it is not due (a stale read).
 pub async fn claim<'c>(ex: impl Executor<'c, Database = Any>, id: &str, now: i64, until: i64) -> Result<bool> {
-    let r = sqlx::query("UPDATE mail_outbox SET lease_until = $3 WHERE id = $1 AND lease_until <= $2")
-        .bind(id)
-        .bind(now)
-        .bind(until)
-        .execute(ex)
-        .await?;
+    let r = sqlx::query(
+        "UPDATE mail_outbox SET lease_until = $3 WHERE id = $1 AND lease_until <= $2 AND next_attempt_at <= $2",
+    )
+    .bind(id)
+    .bind(now)
+    .bind(until)
+    .execute(ex)
+    .await?;
     Ok(r.rows_affected() == 1)
 }
 

@@ -25,14 +25,14 @@ use crate::state::AppState;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailCodeRequest {
-    #[schema(max_length = 254)]
+    #[schema(format = Email, max_length = 254)]
     email: String,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailCodeVerifyRequest {
-    #[schema(max_length = 254)]
+    #[schema(format = Email, max_length = 254)]
     email: String,
     /// The six digits from the mail.
     #[schema(pattern = r"^\s*[0-9]{6}\s*$")]
@@ -58,10 +58,10 @@ fn account(email: &str) -> Result<String, ApiError> {
     })
 }
 
-/// What the table keys the address by: its SHA-256, so it holds no
-/// address that has no account.
-fn key(account: &str) -> String {
-    palisade_auth::token::sha256_hex(account)
+/// What the table keys the address by: a keyed hash, so the table holds
+/// no address, nor a way to test a list of them against it.
+fn key(state: &AppState, account: &str) -> String {
+    state.email_codes.digest(account, "address")
 }
 
 fn wrong_code() -> ApiError {
@@ -82,26 +82,45 @@ pub async fn request(
     let account = account(&req.email)?;
     let now = state.now_ms();
     let code = palisade_auth::code::CodeKey::new_code();
-    // A code is issued for any address (the same work either way); only
-    // an account's address is mailed.
+    // A code is issued for any address (the same work either way); looking
+    // the account up, mailing and auditing happen after the answer, so its
+    // time tells nothing of accounts.
     let mut tx = state.db.begin().await?;
-    let issued =
-        email_codes::issue(&mut tx, &key(&account), &state.email_codes.digest(&account, &code), now, rules(&state))
-            .await?;
+    let hash = state.email_codes.digest(&account, &code);
+    let issued = email_codes::issue(&mut tx, &key(&state, &account), &hash, now, rules(&state)).await?;
     tx.commit().await?;
-    let user = ops::registered(state.db.reader(), &account).await?.same();
-    if let (true, Some(user)) = (issued, user.filter(|u| u.status == "active")) {
-        let minutes = state.config.auth.email_code.ttl_secs / 60;
-        let body = format!(
-            "Your Palisade sign-in code is {code}\n\nIt works once, for {minutes} minutes. If you did not ask for it, \
-             ignore this mail: nobody can sign in without it."
-        );
-        send_mail(&state, &user.email, "Your Palisade sign-in code", body).await;
-        let tenant = TenantId::from_str(&user.tenant_id).ok();
-        let event = Event::new("auth.email_code_sent", tenant, Actor::anonymous()).resource("user", &user.id);
-        palisade_audit::record(&state.db, &event, &ctx.audit, now).await?;
+    if issued {
+        let (state, audit) = (state.clone(), ctx.audit.clone());
+        tokio::spawn(async move {
+            if let Err(e) = mail_code(&state, &account, &code, &audit, now).await {
+                tracing::error!(error = %e, "mailing a sign-in code failed");
+            }
+        });
     }
     Ok((StatusCode::ACCEPTED, Json(StatusResponse { status: "sent" })))
+}
+
+/// Mails `code` to the account of `account`, if it is an active one.
+async fn mail_code(
+    state: &AppState,
+    account: &str,
+    code: &str,
+    audit: &palisade_audit::Context,
+    now: i64,
+) -> Result<(), ApiError> {
+    let Some(user) = ops::registered(state.db.reader(), account).await?.same().filter(|u| u.status == "active") else {
+        return Ok(());
+    };
+    let minutes = state.config.auth.email_code.ttl_secs / 60;
+    let body = format!(
+        "Your Palisade sign-in code is {code}\n\nIt works once, for {minutes} minutes. If you did not ask for it, \
+         ignore this mail: nobody can sign in without it."
+    );
+    send_mail(state, &user.email, "Your Palisade sign-in code", body).await;
+    let tenant = TenantId::from_str(&user.tenant_id).ok();
+    let event = Event::new("auth.email_code_sent", tenant, Actor::anonymous()).resource("user", &user.id);
+    palisade_audit::record(&state.db, &event, audit, now).await?;
+    Ok(())
 }
 
 /// Exchanges the address and its mailed code for the login response.
@@ -115,7 +134,7 @@ pub async fn verify(
     ValidJson(req): ValidJson<EmailCodeVerifyRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let account = account(&req.email)?;
-    let (key, rules, now) = (key(&account), rules(&state), state.now_ms());
+    let (key, rules, now) = (key(&state, &account), rules(&state), state.now_ms());
     let mut tx = state.db.begin().await?;
     let taken = email_codes::take_try(&mut *tx, &key, now, rules).await?;
     tx.commit().await?;
@@ -123,6 +142,17 @@ pub async fn verify(
     let user = ops::registered(state.db.reader(), &account).await?.same();
     let tenant = user.as_ref().and_then(|u| TenantId::from_str(&u.tenant_id).ok());
     let Some((stored, _)) = matched else {
+        // The last try spent: the code dies and the address waits (longer
+        // each time within the window), before anything else can fail.
+        let locked = match taken.filter(|(_, t)| *t >= rules.max_tries) {
+            Some((_, tries)) => {
+                let mut tx = state.db.begin().await?;
+                let until = email_codes::lock(&mut tx, &key, now, rules).await?;
+                tx.commit().await?;
+                Some((tries, until))
+            }
+            None => None,
+        };
         let mut event = Event::new("auth.login_failed", tenant, Actor::anonymous());
         if let Some(u) = &user {
             event = event.resource("user", &u.id);
@@ -134,12 +164,7 @@ pub async fn verify(
             now,
         )
         .await?;
-        // The last try spent: the code dies and the address waits.
-        if let Some((_, tries)) = taken.filter(|(_, t)| *t >= rules.max_tries) {
-            let until = now + rules.lockout_ms;
-            let mut tx = state.db.begin().await?;
-            email_codes::lock(&mut *tx, &key, until).await?;
-            tx.commit().await?;
+        if let Some((tries, until)) = locked {
             let mut e = Event::new("auth.email_code_locked", tenant, Actor::anonymous())
                 .details(serde_json::json!({ "tries": tries, "until": palisade_core::clock::rfc3339(until) }));
             if let Some(u) = &user {

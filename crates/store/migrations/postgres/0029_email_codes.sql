@@ -12,6 +12,8 @@ CREATE TABLE email_codes (
     locked_until BIGINT NOT NULL DEFAULT 0,
     -- Codes sent in the current window, for the per-address limit.
     window_start BIGINT NOT NULL,
-    sends INTEGER NOT NULL DEFAULT 0
+    sends INTEGER NOT NULL DEFAULT 0,
+    -- Locks since the window began: each waits twice as long.
+    locks INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX email_codes_expiry ON email_codes (expires_at);
