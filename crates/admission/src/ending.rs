@@ -89,7 +89,7 @@ impl Service {
         let cdr = palisade_store::locks::retrying(|| self.end_once(scope, id, status, code, by.clone(), ended)).await?;
         if let Some(cdr) = &cdr {
             self.webhook_wake.notify_one();
-            self.watchers.ended(id, &cdr.status);
+            self.watchers.ended(id, &cdr.status, code);
         }
         Ok(cdr)
     }

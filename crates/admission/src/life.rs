@@ -18,8 +18,9 @@ pub trait CallObserver: Send + Sync + 'static {
     /// description if it sent one.
     fn answered(&self, _sdp: Option<&[u8]>) {}
     /// The call ended, however: `completed` (answered), `canceled`
-    /// (hung up before the answer), `busy` or `failed`.
-    fn ended(&self, _status: &str) {}
+    /// (hung up before the answer), `busy` or `failed`, with the error code
+    /// of a failure (`srtp_downgrade`, `carrier_timeout`, …).
+    fn ended(&self, _status: &str, _code: Option<&str>) {}
 }
 
 impl CallObserver for () {}
@@ -34,11 +35,11 @@ impl Watchers {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.to_owned(), observer);
     }
 
-    /// Tells the call's observer it ended (`status`), once.
-    pub(crate) fn ended(&self, id: &str, status: &str) {
+    /// Tells the call's observer it ended (`status`, `code`), once.
+    pub(crate) fn ended(&self, id: &str, status: &str, code: Option<&str>) {
         let observer = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
         if let Some(o) = observer {
-            o.ended(status);
+            o.ended(status, code);
         }
     }
 }
@@ -140,7 +141,7 @@ impl Service {
                     log_end(svc.end_call(&scope, &id, status, code, None).await);
                     // Written: its observer was told (as the CDR says). Over
                     // already or not written yet: told now.
-                    svc.watchers.ended(&id, status);
+                    svc.watchers.ended(&id, status, code);
                 }
             };
             // A step that finds the call over (hung up) or cannot be recorded

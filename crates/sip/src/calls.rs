@@ -101,20 +101,25 @@ impl CallObserver for DialogObserver {
         }
     }
 
-    fn ended(&self, status: &str) {
+    fn ended(&self, status: &str, error: Option<&str>) {
         let dialog = self.dialog.clone();
-        // Not answered: the INVITE fails; answered: we hang up.
-        let code = match status {
-            "busy" => Some(StatusCode::BusyHere),
-            "failed" => Some(StatusCode::TemporarilyUnavailable),
-            "canceled" => Some(StatusCode::RequestTerminated),
+        // Not answered: the INVITE fails; answered: we hang up. A media
+        // refusal says why (RFC 3326 Reason): the caller's offer was not
+        // kept by the far end, or could not go to it.
+        let media = error.filter(|e| matches!(*e, "srtp_downgrade" | "srtp_required" | "sdes_plaintext"));
+        let code = match (status, media) {
+            ("failed", Some(_)) => Some(StatusCode::NotAcceptableHere),
+            ("busy", _) => Some(StatusCode::BusyHere),
+            ("failed", None) => Some(StatusCode::TemporarilyUnavailable),
+            ("canceled", _) => Some(StatusCode::RequestTerminated),
             _ => None,
         };
+        let reason = media.map(|m| format!("SIP;cause=488;text=\"{m}\""));
         tokio::spawn(async move {
             // Answered: the callee hung up, so we do; else the INVITE fails.
             let r = match code {
                 None => dialog.bye().await,
-                Some(code) => dialog.reject(Some(code), None),
+                Some(code) => dialog.reject(Some(code), reason),
             };
             if let Err(e) = r {
                 tracing::debug!(target: "palisade::sip", error = %e, "the caller's dialog could not be ended");

@@ -534,6 +534,11 @@ impl Handler {
         if fields.one("to").is_some_and(|t| t.contains(";tag=")) {
             return reply(Reply::new(481));
         }
+        // A body is an offer only as SDP: anything else (a multipart body
+        // included) is refused rather than read as one (RFC 3261 §21.4.13).
+        if !tx.original.body.is_empty() && !message::is_sdp(fields.one("content-type")) {
+            return reply(Reply::new(415).with("Accept", "application/sdp"));
+        }
         // A trunk's call: the trunk is known by its address (over its own
         // transport), not by digest.
         let kind = tx.connection.as_ref().map_or(Kind::Udp, kind_of);

@@ -234,3 +234,8 @@ pub fn expires(value: Option<&str>) -> Result<Option<u32>, Malformed> {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether a Content-Type names SDP (`application/sdp`, any parameters).
+pub fn is_sdp(content_type: Option<&str>) -> bool {
+    content_type.and_then(|ct| ct.split(';').next()).is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+}

@@ -46,7 +46,7 @@ impl CallObserver for Heard {
     fn answered(&self, _sdp: Option<&[u8]>) {
         self.0.lock().unwrap().push("answered".into());
     }
-    fn ended(&self, status: &str) {
+    fn ended(&self, status: &str, _code: Option<&str>) {
         self.0.lock().unwrap().push(format!("ended {status}"));
     }
 }

@@ -612,6 +612,17 @@ async fn media_policy_refuses_weak_or_exposed_srtp_and_never_answers_weaker() {
     let plain = sdp("m=audio 40000 RTP/AVP 0\r\n");
     let refused = |m: &Msg| (m.status, m.warning().map(str::to_owned));
 
+    // A body that is not SDP (a multipart one) is no offer: 415, nothing read.
+    let mut mp = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
+    let body = "--x\r\nContent-Type: application/sdp\r\n\r\nv=0\r\n--x--\r\n";
+    let raw = mp.build_to("INVITE", &format!("sip:+34612000222@{}", p.realm), None, &[]).replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!("Content-Type: multipart/mixed;boundary=x\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+    );
+    mp.send_raw(raw.as_bytes()).await;
+    let r = mp.recv(std::time::Duration::from_secs(3)).await.expect("an answer");
+    assert_eq!((r.status, r.header("accept")), (415, Some("application/sdp")), "{}", r.raw);
+
     // SDES over UDP: its keys would travel in the clear.
     let mut udp = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
     udp.offer = Some(sdes("AES_CM_128_HMAC_SHA1_80"));

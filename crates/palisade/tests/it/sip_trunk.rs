@@ -689,7 +689,10 @@ async fn a_carrier_answering_weaker_media_does_not_get_the_call() {
     let bye = next(&mut trunk, "BYE").await;
     trunk.send_raw(response(&bye, "200 OK", &[], "").as_bytes()).await;
     let (_, p, r) = phone.await.unwrap();
-    assert!(r.status >= 400, "the phone's INVITE must fail:\n{}", r.raw);
+    // It fails as a media refusal, with the reason (RFC 3326), not as an
+    // unreachable callee.
+    assert_eq!(r.status, 488, "the phone's INVITE must fail:\n{}", r.raw);
+    assert!(r.header("reason").is_some_and(|v| v.contains("srtp_downgrade")), "{}", r.raw);
     assert!(!r.raw.contains("RTP/AVP"), "the carrier's plain answer must not reach the phone:\n{}", r.raw);
     let list = crate::sip_edge::calls(&s, &p.token).await;
     let id = list[0]["id"].as_str().unwrap().to_owned();

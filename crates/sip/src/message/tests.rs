@@ -122,3 +122,12 @@ fn expires_is_delta_seconds() {
     assert!(expires(Some("Thu, 01 Dec 1994 16:00:00 GMT")).is_err());
     assert!(expires(Some("-1")).is_err());
 }
+
+#[test]
+fn only_sdp_bodies_are_offers() {
+    assert!(is_sdp(Some("application/sdp")));
+    assert!(is_sdp(Some("Application/SDP; charset=utf-8")));
+    assert!(!is_sdp(Some("multipart/mixed;boundary=x")));
+    assert!(!is_sdp(Some("application/sdpx")));
+    assert!(!is_sdp(None));
+}
