@@ -88,6 +88,10 @@ pub enum Refused {
     SdesPlaintext,
     /// An answer weaker than its offer.
     SrtpDowngrade,
+    /// DTLS-SRTP where SRTP is required, over plaintext signalling: its
+    /// fingerprint could be replaced on the way, and with it the media's
+    /// protection (RFC 5763 §8).
+    DtlsPlaintext,
 }
 
 impl Refused {
@@ -98,6 +102,7 @@ impl Refused {
             Refused::SrtpSuite => "srtp_suite",
             Refused::SdesPlaintext => "sdes_plaintext",
             Refused::SrtpDowngrade => "srtp_downgrade",
+            Refused::DtlsPlaintext => "dtls_plaintext",
         }
     }
 
@@ -246,6 +251,9 @@ pub fn check_offer(policy: SrtpPolicy, offer: Option<&[u8]>, encrypted: bool) ->
     if policy == SrtpPolicy::Required && !security.is_srtp() {
         return Err(Refused::SrtpRequired);
     }
+    if policy == SrtpPolicy::Required && security == Security::Dtls && !encrypted {
+        return Err(Refused::DtlsPlaintext);
+    }
     Ok(security)
 }
 
@@ -255,9 +263,12 @@ pub fn check_towards_trunk(policy: SrtpPolicy, offer: Option<&[u8]>, trunk_tls: 
     if offer.is_some_and(has_keys) && !trunk_tls {
         return Err(Refused::SdesPlaintext);
     }
-    let srtp = offer.map(security_of).is_some_and(|s| s.is_ok_and(|s| s.is_srtp()));
-    if policy == SrtpPolicy::Required && !srtp {
+    let security = offer.map(security_of).and_then(Result::ok);
+    if policy == SrtpPolicy::Required && !security.as_ref().is_some_and(Security::is_srtp) {
         return Err(Refused::SrtpRequired);
+    }
+    if policy == SrtpPolicy::Required && security == Some(Security::Dtls) && !trunk_tls {
+        return Err(Refused::DtlsPlaintext);
     }
     Ok(())
 }
@@ -446,7 +457,10 @@ mod tests {
         assert_eq!(check(SrtpPolicy::Required, &plain, true), Err(Refused::SrtpRequired));
         assert_eq!(check_offer(SrtpPolicy::Required, None, true), Err(Refused::SrtpRequired));
         assert!(check(SrtpPolicy::Required, &keyed, true).is_ok());
-        assert!(check(SrtpPolicy::Required, &dtls, false).is_ok(), "DTLS keys never travel in the SDP");
+        assert!(check(SrtpPolicy::Preferred, &dtls, false).is_ok(), "DTLS keys never travel in the SDP");
+        // But where SRTP is required, its fingerprint must not travel where it can be replaced.
+        assert_eq!(check(SrtpPolicy::Required, &dtls, false), Err(Refused::DtlsPlaintext));
+        assert!(check(SrtpPolicy::Required, &dtls, true).is_ok());
         assert!(check(SrtpPolicy::Preferred, &plain, false).is_ok());
         assert!(check(SrtpPolicy::Off, &plain, false).is_ok());
         for p in [SrtpPolicy::Required, SrtpPolicy::Preferred, SrtpPolicy::Off] {
@@ -470,7 +484,9 @@ mod tests {
         assert_eq!(check(SrtpPolicy::Preferred, Some(&keyed), true), Ok(()));
         assert_eq!(check(SrtpPolicy::Required, Some(&plain), true), Err(Refused::SrtpRequired));
         assert_eq!(check(SrtpPolicy::Required, None, true), Err(Refused::SrtpRequired));
-        assert_eq!(check(SrtpPolicy::Required, Some(&dtls), false), Ok(()));
+        assert_eq!(check(SrtpPolicy::Required, Some(&dtls), false), Err(Refused::DtlsPlaintext));
+        assert_eq!(check(SrtpPolicy::Required, Some(&dtls), true), Ok(()));
+        assert_eq!(check(SrtpPolicy::Preferred, Some(&dtls), false), Ok(()));
         assert_eq!(check(SrtpPolicy::Preferred, Some(&plain), false), Ok(()));
         assert_eq!(check(SrtpPolicy::Off, None, false), Ok(()));
     }

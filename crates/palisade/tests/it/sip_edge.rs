@@ -661,9 +661,14 @@ async fn media_policy_refuses_weak_or_exposed_srtp_and_never_answers_weaker() {
     tls.offer = Some("v=0\r\nnonsense\r\n".into());
     let r = invite(&mut tls, "+34612000223", &p.password).await;
     assert_eq!(refused(&r), (400, Some("sdp".into())), "{}", r.raw);
-    // DTLS-SRTP needs no key in the SDP: fine over any transport.
-    udp.offer = Some(sdp("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=fingerprint:sha-256 AB:CD:EF\r\na=setup:actpass\r\n"));
-    let ok = invite(&mut udp, "+34612000225", &p.password).await;
+    // DTLS-SRTP needs no key in the SDP, but where SRTP is required its
+    // fingerprint must not travel in the clear (it could be replaced).
+    let dtls = sdp("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=fingerprint:sha-256 AB:CD:EF\r\na=setup:actpass\r\n");
+    udp.offer = Some(dtls.clone());
+    let r = invite(&mut udp, "+34612000225", &p.password).await;
+    assert_eq!(refused(&r), (488, Some("dtls_plaintext".into())), "{}", r.raw);
+    tls.offer = Some(dtls);
+    let ok = invite(&mut tls, "+34612000225", &p.password).await;
     assert_eq!(ok.status, 200, "{}", ok.raw);
     assert!(ok.raw.contains("m=audio 0 UDP/TLS/RTP/SAVPF"), "{}", ok.raw);
     // Only the two admitted calls exist, each with its media security,
