@@ -131,10 +131,17 @@ async fn mail_code(
 pub async fn verify(
     State(state): State<AppState>,
     ctx: Ctx,
+    pass: Option<axum::Extension<crate::abuse::AddressPass>>,
     ValidJson(req): ValidJson<EmailCodeVerifyRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let account = account(&req.email)?;
     let (key, rules, now) = (key(&state, &account), rules(&state), state.now_ms());
+    // A client address that failed too many credentials of any kind (wrong
+    // codes for many addresses included) is refused unseen: no try is taken.
+    if pass.is_some_and(|p| p.credentials_locked) {
+        state.abuse.credential_refused_locked(&state.db, ctx.client_ip, now, ctx.audit.clone()).await;
+        return Err(wrong_code());
+    }
     let mut tx = state.db.begin().await?;
     let taken = email_codes::take_try(&mut *tx, &key, now, rules).await?;
     tx.commit().await?;
@@ -142,6 +149,9 @@ pub async fn verify(
     let user = ops::registered(state.db.reader(), &account).await?.same();
     let tenant = user.as_ref().and_then(|u| TenantId::from_str(&u.tenant_id).ok());
     let Some((stored, _)) = matched else {
+        // A wrong code counts against the client address too, whatever
+        // address it tried.
+        state.abuse.credential_failed(&state.db, "email_code", ctx.client_ip, now, ctx.audit.clone()).await?;
         // The last try spent: the code dies and the address waits (longer
         // each time within the window), before anything else can fail.
         let locked = match taken.filter(|(_, t)| *t >= rules.max_tries) {

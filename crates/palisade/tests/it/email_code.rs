@@ -133,7 +133,7 @@ async fn parallel_guesses_get_no_more_tries_than_one_guesser() {
     for r in futures_util::future::join_all(guesses).await {
         r.expect(401);
     }
-    // Twelve at once spent the five tries: the code is dead.
+    // They spent the five tries: the code is dead.
     try_code(&s, &t.email, &code).await.expect(401);
     s.stop().await;
 }
@@ -184,5 +184,26 @@ async fn a_new_code_does_not_give_wrong_tries_back() {
     ask_expecting(&s, &t.email, false).await;
     s.clock.advance_ms(15 * 60 * 1000);
     ask(&s, &t.email).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_codes_for_many_addresses_lock_the_client_address() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let t = s.tenant("Acme").await;
+    ask(&s, &t.email).await;
+    let code = mailed_code(&s, &t.email).await;
+    // Ten wrong codes, each for another address: no address reaches its own
+    // limit, but the client address has failed ten credentials.
+    for i in 0..10 {
+        try_code(&s, &format!("probe{i}@guess.example.com"), "000000").await.expect(401);
+    }
+    // Locked out: even the right code is refused, and takes no try.
+    try_code(&s, &t.email, &code).await.expect(401);
+    // Once the address's lock (15 minutes) is over, a code works again.
+    s.clock.advance_ms(15 * 60 * 1000 + 1000);
+    ask(&s, &t.email).await;
+    let code = mailed_code(&s, &t.email).await;
+    try_code(&s, &t.email, &code).await.expect(200);
     s.stop().await;
 }
