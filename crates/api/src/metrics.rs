@@ -92,7 +92,7 @@ impl Metrics {
         let mail = Family::<KindLabels, Counter>::default();
         registry.register(
             "mail",
-            "Mail through the SMTP relay: sent, failed (an attempt, tried again later), dropped (given up)",
+            "Mail through the SMTP relay: sent, failed (an attempt, tried again later), dropped (given up), expired",
             mail.clone(),
         );
         let routes = RwLock::default();

@@ -28,12 +28,24 @@ impl Mailer {
     /// Sends (dev: writes) or queues the mail; a relay that is down does
     /// not fail this.
     pub async fn send(&self, to: &str, subject: &str, body: String) -> anyhow::Result<()> {
+        self.send_until(to, subject, body, None).await
+    }
+
+    /// As [`Self::send`], for a mail worthless after `expires_at` (ms): the
+    /// relay's queue drops it then rather than send it late.
+    pub async fn send_until(
+        &self,
+        to: &str,
+        subject: &str,
+        body: String,
+        expires_at: Option<i64>,
+    ) -> anyhow::Result<()> {
         match self {
             Mailer::Outbox { dir, from } => {
                 let msg = message(from.clone(), to, subject, body)?;
                 write_eml(dir.clone(), msg.formatted()).await
             }
-            Mailer::Smtp(relay) => relay.send(to, subject, body).await,
+            Mailer::Smtp(relay) => relay.send(to, subject, body, expires_at).await,
         }
     }
 }

@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Where deliveries are counted (the server's metrics).
 pub trait MailEvents: Send + Sync + 'static {
-    /// `sent`, `failed` (an attempt; tried again later) or `dropped` (the
-    /// last attempt failed).
+    /// `sent`, `failed` (an attempt; tried again later), `dropped` (the
+    /// last attempt failed) or `expired` (worthless before it could go).
     fn mail(&self, outcome: &'static str);
 }
 
@@ -88,8 +88,9 @@ impl Relay {
         })
     }
 
-    /// Queues a mail (sealed) and wakes the worker.
-    pub async fn send(&self, to: &str, subject: &str, body: String) -> anyhow::Result<()> {
+    /// Queues a mail (sealed) and wakes the worker; one worthless after
+    /// `expires_at` is dropped rather than sent late.
+    pub async fn send(&self, to: &str, subject: &str, body: String, expires_at: Option<i64>) -> anyhow::Result<()> {
         let _: Mailbox = to.parse()?;
         let id = uuid::Uuid::now_v7().to_string();
         let now = self.clock.now_ms();
@@ -101,6 +102,7 @@ impl Relay {
             attempts: 0,
             next_attempt_at: now,
             created_at: now,
+            expires_at,
         };
         let mut tx = self.db.begin().await?;
         mail_outbox::insert(&mut *tx, &row).await?;
@@ -146,6 +148,10 @@ impl Relay {
     }
 
     async fn deliver(&self, row: MailRow) -> Result<(), palisade_store::StoreError> {
+        if row.expires_at.is_some_and(|at| at <= self.clock.now_ms()) {
+            self.events.mail("expired");
+            return self.forget(&row.id).await;
+        }
         let body = B64
             .decode(&row.body_sealed)
             .ok()

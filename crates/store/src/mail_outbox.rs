@@ -17,12 +17,14 @@ pub struct MailRow {
     pub attempts: i64,
     pub next_attempt_at: i64,
     pub created_at: i64,
+    /// Worthless after this: dropped rather than sent late.
+    pub expires_at: Option<i64>,
 }
 
-const COLS: &str = "id, recipient, subject, body_sealed, attempts, next_attempt_at, created_at";
+const COLS: &str = "id, recipient, subject, body_sealed, attempts, next_attempt_at, created_at, expires_at";
 
 pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, m: &MailRow) -> Result<()> {
-    sqlx::query(&format!("INSERT INTO mail_outbox ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"))
+    sqlx::query(&format!("INSERT INTO mail_outbox ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"))
         .bind(&m.id)
         .bind(&m.recipient)
         .bind(&m.subject)
@@ -30,6 +32,7 @@ pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, m: &MailRow) -> R
         .bind(m.attempts)
         .bind(m.next_attempt_at)
         .bind(m.created_at)
+        .bind(m.expires_at)
         .execute(ex)
         .await?;
     Ok(())

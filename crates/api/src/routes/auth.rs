@@ -201,7 +201,7 @@ fn pending() -> (StatusCode, Json<StatusResponse>) {
 }
 
 /// Mail failures are logged, never shown: the response must not depend on them.
-pub(super) async fn send_mail(state: &AppState, to: &str, subject: &str, body: String) {
+async fn send_mail(state: &AppState, to: &str, subject: &str, body: String) {
     if let Err(e) = state.mailer.send(to, subject, body).await {
         tracing::error!(error = %e, "sending mail failed");
     }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use std::str::FromStr;
 use utoipa::ToSchema;
 
-use super::auth::{send_mail, sign_in, StatusResponse, TokenResponse};
+use super::auth::{sign_in, StatusResponse, TokenResponse};
 use crate::extract::{Ctx, ValidJson};
 use crate::ops;
 use crate::state::AppState;
@@ -116,7 +116,11 @@ async fn mail_code(
         "Your Palisade sign-in code is {code}\n\nIt works once, for {minutes} minutes. If you did not ask for it, \
          ignore this mail: nobody can sign in without it."
     );
-    send_mail(state, &user.email, "Your Palisade sign-in code", body).await;
+    // Worthless once the code has expired: never sent late.
+    let until = now + rules(state).ttl_ms;
+    if let Err(e) = state.mailer.send_until(&user.email, "Your Palisade sign-in code", body, Some(until)).await {
+        tracing::error!(error = %e, "sending mail failed");
+    }
     let tenant = TenantId::from_str(&user.tenant_id).ok();
     let event = Event::new("auth.email_code_sent", tenant, Actor::anonymous()).resource("user", &user.id);
     palisade_audit::record(&state.db, &event, audit, now).await?;

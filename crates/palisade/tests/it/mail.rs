@@ -179,3 +179,23 @@ async fn without_starttls_nothing_is_sent_in_the_clear_and_the_mail_is_given_up(
     assert!(!heard.lock().unwrap().commands.contains(&"MAIL".to_owned()));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_code_is_never_mailed_after_it_expired() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let s = server(format!("smtp://127.0.0.1:{port}"), true, vec![60, 600]).await;
+    let t = s.tenant("Coded").await;
+    s.call(Method::POST, "/v1/auth/email-code", None, Some(json!({"email": t.email}))).await.expect(202);
+    assert_eq!(counted(&s, "failed").await, 1, "the relay is down");
+    // The relay comes up only after the code has expired: the mail is
+    // dropped as worthless, not sent late.
+    let heard = relay(tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap());
+    s.clock.advance_ms(11 * 60 * 1000);
+    assert_eq!(counted(&s, "expired").await, 1);
+    assert!(outbox(&s).await.is_empty());
+    assert!(heard.lock().unwrap().mails.is_empty(), "an expired code was mailed");
+    assert_eq!(metric(&s, "sent").await, 0);
+    s.stop().await;
+}

@@ -12,6 +12,8 @@ CREATE TABLE mail_outbox (
     -- An instance sending it holds it until then.
     lease_until BIGINT NOT NULL DEFAULT 0,
     last_error TEXT,
-    created_at BIGINT NOT NULL
+    created_at BIGINT NOT NULL,
+    -- Worthless after this (a sign-in code's mail): dropped, not sent late.
+    expires_at BIGINT
 );
 CREATE INDEX mail_outbox_due ON mail_outbox (next_attempt_at);
