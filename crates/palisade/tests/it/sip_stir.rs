@@ -223,11 +223,7 @@ async fn calls_coming_in_are_verified_and_the_result_is_on_the_call_and_its_cdr(
     let t = stir_server(&rogue).await;
     let s = &t.s;
     let mut trunk = carrier(s, false).await;
-    let p = crate::sip_trunk::caller(s).await;
-    let number = number_of(s, &p).await;
-    let mut device = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
-    let (ok, _) = crate::sip_edge::register(&mut device, &p.password, "SHA-256").await;
-    assert_eq!(ok.status, 200, "{}", ok.raw);
+    let (p, number, mut device) = crate::sip_trunk::registered_callee(s).await;
 
     // A good PASSporT: passed, with its attestation, on the call, the CDR,
     // the audit event and the webhook's data.
@@ -317,11 +313,7 @@ async fn a_trunk_that_rejects_refuses_each_unverified_call_with_its_reason() {
         .await
         .expect(400);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let p = crate::sip_trunk::caller(s).await;
-    let number = number_of(s, &p).await;
-    let mut device = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
-    let (ok, _) = crate::sip_edge::register(&mut device, &p.password, "SHA-256").await;
-    assert_eq!(ok.status, 200, "{}", ok.raw);
+    let (p, number, mut device) = crate::sip_trunk::registered_callee(s).await;
     let now = s.clock.now_ms();
     let a = palisade_stir::Attestation::A;
     let good = identity(&t.pki.key, &t.url, &number, a, now);

@@ -67,6 +67,17 @@ pub(crate) async fn place(s: &TestServer, p: &crate::sip_edge::Phone, number: &s
     r.body["id"].as_str().unwrap().to_owned()
 }
 
+/// A caller (as [`caller`]) whose device is registered over UDP: the
+/// callee of a trunk's call, its number, its device.
+pub(crate) async fn registered_callee(s: &TestServer) -> (crate::sip_edge::Phone, String, Ua) {
+    let p = caller(s).await;
+    let number = number_of(s, &p).await;
+    let mut device = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
+    let (ok, _) = crate::sip_edge::register(&mut device, &p.password, "SHA-256").await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    (p, number, device)
+}
+
 /// Disables the server's one trunk.
 async fn disable_the_trunk(s: &TestServer) {
     let trunks = s.admin(Method::GET, "/sysadmin/v1/trunks", None).await.expect(200).body;
@@ -404,11 +415,7 @@ pub(crate) async fn wait_for_call_end(s: &TestServer, token: &str) -> serde_json
 async fn a_trunks_call_reaches_the_registered_device_and_no_one_else_calls_in() {
     let s = server(Backend::Sqlite).await;
     let mut trunk = carrier(&s, false).await;
-    let p = caller(&s).await;
-    let number = number_of(&s, &p).await;
-    let mut device = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
-    let (ok, _) = crate::sip_edge::register(&mut device, &p.password, "SHA-256").await;
-    assert_eq!(ok.status, 200, "{}", ok.raw);
+    let (p, number, mut device) = registered_callee(&s).await;
 
     let uri = format!("sip:{number}@{}", s.sip_udp());
     let to = format!("<{uri}>");
@@ -581,11 +588,7 @@ async fn a_tls_trunk_is_dialed_with_its_certificate_checked() {
 async fn a_device_cannot_point_the_edge_at_another_host() {
     let s = server(Backend::Sqlite).await;
     let mut trunk = carrier(&s, false).await;
-    let p = caller(&s).await;
-    let number = number_of(&s, &p).await;
-    let mut device = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
-    let (ok, _) = crate::sip_edge::register(&mut device, &p.password, "SHA-256").await;
-    assert_eq!(ok.status, 200, "{}", ok.raw);
+    let (_, number, mut device) = registered_callee(&s).await;
     let udp_victim = tokio::net::UdpSocket::bind("127.0.0.9:0").await.unwrap();
     let tcp_victim = tokio::net::TcpListener::bind("127.0.0.9:0").await.unwrap();
     let (u, t) = (udp_victim.local_addr().unwrap(), tcp_victim.local_addr().unwrap());
@@ -764,11 +767,7 @@ async fn a_trunk_requiring_srtp_carries_no_plain_call() {
 async fn a_device_answering_weaker_media_is_not_connected_to_the_carrier() {
     let s = server(Backend::Sqlite).await;
     let mut trunk = carrier(&s, false).await;
-    let p = caller(&s).await;
-    let number = number_of(&s, &p).await;
-    let mut device = Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
-    let (ok, _) = crate::sip_edge::register(&mut device, &p.password, "SHA-256").await;
-    assert_eq!(ok.status, 200, "{}", ok.raw);
+    let (p, number, mut device) = registered_callee(&s).await;
     let dtls = "v=0\r\no=carrier 1 1 IN IP4 127.0.0.3\r\ns=-\r\nc=IN IP4 127.0.0.3\r\nt=0 0\r\n\
                 m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=fingerprint:sha-256 AB:CD:EF\r\na=setup:actpass\r\n";
     let uri = format!("sip:{number}@{}", s.sip_udp());
