@@ -507,8 +507,13 @@ pub struct TokenResponse {
     expires_in: u64,
 }
 
-pub(super) fn bad_credentials() -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Invalid email or password.")
+fn bad_credentials() -> ApiError {
+    sign_in_refused("Invalid email or password.")
+}
+
+/// A sign-in that did not prove who it is: one 401 for every reason.
+pub(super) fn sign_in_refused(detail: &'static str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", detail)
         .with_header(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"))
 }
 

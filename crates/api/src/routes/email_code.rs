@@ -65,8 +65,7 @@ fn key(state: &AppState, account: &str) -> String {
 }
 
 fn wrong_code() -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Invalid email or code.")
-        .with_header(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"))
+    super::auth::sign_in_refused("Invalid email or code.")
 }
 
 /// Mails a sign-in code to the address, if it has an active account.

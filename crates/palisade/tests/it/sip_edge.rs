@@ -316,6 +316,24 @@ pub(crate) async fn invite(ua: &mut Ua, to: &str, password: &str) -> Msg {
     ua.request_to("INVITE", to, &[auth]).await.expect("an answer")
 }
 
+/// A server with a TLS listener whose sandbox calls last 10 minutes, and a
+/// phone with credit: where SRTP offers may carry keys. `tweak` after.
+pub(crate) async fn media_server(tweak: impl FnOnce(&mut palisade_config::Config)) -> (TestServer, Phone) {
+    let s = server_with(Backend::Sqlite, |c| {
+        c.carrier.sandbox_call_secs = 600;
+        c.sip.tls_listen = Some("127.0.0.1:0".into());
+        c.sip.tls_cert_file = Some(crate::tls::fixture("server.pem"));
+        c.sip.tls_key_file = Some(crate::tls::fixture("server.key"));
+        tweak(c);
+    })
+    .await;
+    let p = phone(&s, "Media").await;
+    s.admin(reqwest::Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", p.tenant), Some(json!({"amount": 100})))
+        .await
+        .expect(200);
+    (s, p)
+}
+
 pub(crate) async fn calls(s: &TestServer, token: &str) -> Vec<serde_json::Value> {
     s.get("/v1/calls", token).await.expect(200).body["data"].as_array().unwrap().clone()
 }
@@ -588,17 +606,7 @@ async fn a_revoked_credential_answers_no_more_at_once() {
 /// offer is never answered in the clear.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_policy_refuses_weak_or_exposed_srtp_and_never_answers_weaker() {
-    let s = server_with(Backend::Sqlite, |c| {
-        c.carrier.sandbox_call_secs = 600;
-        c.sip.tls_listen = Some("127.0.0.1:0".into());
-        c.sip.tls_cert_file = Some(crate::tls::fixture("server.pem"));
-        c.sip.tls_key_file = Some(crate::tls::fixture("server.key"));
-    })
-    .await;
-    let p = phone(&s, "Media").await;
-    s.admin(reqwest::Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", p.tenant), Some(json!({"amount": 100})))
-        .await
-        .expect(200);
+    let (s, p) = media_server(|_| {}).await;
     let sdp = |media: &str| format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n{media}");
     // Inline keys of each suite's length (key and salt).
     let key = |suite: &str| {

@@ -10,10 +10,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rtc_srtp::context::Context;
 use rtc_srtp::protection_profile::ProtectionProfile;
-use serde_json::json;
 
-use crate::common::Backend;
-use crate::sip_edge::{calls, invite, phone, server_with};
+use crate::sip_edge::{calls, invite, media_server};
 use crate::sip_ua::Ua;
 
 /// An RTP packet: version 2, payload type 0, the sequence number, 160 bytes
@@ -41,18 +39,7 @@ async fn media_metric(addr: std::net::SocketAddr, kind: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_srtp_call_is_answered_with_srtp_and_echoed_and_plain_rtp_is_dropped() {
-    let s = server_with(Backend::Sqlite, |c| {
-        c.carrier.sandbox_call_secs = 600;
-        c.metrics.listen = "127.0.0.1:0".into();
-        c.sip.tls_listen = Some("127.0.0.1:0".into());
-        c.sip.tls_cert_file = Some(crate::tls::fixture("server.pem"));
-        c.sip.tls_key_file = Some(crate::tls::fixture("server.key"));
-    })
-    .await;
-    let p = phone(&s, "Media").await;
-    s.admin(reqwest::Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", p.tenant), Some(json!({"amount": 100})))
-        .await
-        .expect(200);
+    let (s, p) = media_server(|c| c.metrics.listen = "127.0.0.1:0".into()).await;
     for (suite, profile, key_len, salt_len) in [
         ("AES_CM_128_HMAC_SHA1_80", ProtectionProfile::Aes128CmHmacSha1_80, 16, 14),
         ("AEAD_AES_256_GCM", ProtectionProfile::AeadAes256Gcm, 32, 12),
