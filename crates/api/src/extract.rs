@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use palisade_audit::{Context, Event};
 use palisade_auth::token::{ct_eq, sha256, sha256_hex};
 use palisade_auth::Credential;
-use palisade_core::principal::{Restrictions, SysadminProof};
+use palisade_core::principal::{Restrictions, SecondFactor, SysadminProof};
 use palisade_core::{
     ApiError, ApiKeyId, IdentityId, Permission, PermissionSet, Principal, PrincipalKind, Role, TenantId, TenantScope,
     UserId,
@@ -100,6 +100,27 @@ impl Auth {
         self.principal
             .require(permission)
             .inspect_err(|_| self.audit_denial(serde_json::json!({ "permission": permission.as_str() })))
+    }
+
+    /// The tenant scope for a sensitive operation (admin keys, roles,
+    /// secrets shown, deletions): the permission, and for a person with a
+    /// second factor (or whose tenant requires one) a recent one.
+    pub async fn sensitive_scope(&self, permission: Permission) -> Result<TenantScope, ApiError> {
+        let within = i64::try_from(self.state.config.auth.mfa.step_up_secs).unwrap_or(600) * 1000;
+        self.principal.require_recent_factor(permission, self.state.now_ms(), within).inspect_err(|e| {
+            self.audit_denial(serde_json::json!({ "permission": permission.as_str(), "reason": e.reason() }))
+        })
+    }
+
+    /// One's own scope, if this session gave a second factor within
+    /// `auth.mfa.step_up_secs` (changing one's own second factors).
+    pub fn recent_factor_scope(&self) -> Result<TenantScope, ApiError> {
+        let within = i64::try_from(self.state.config.auth.mfa.step_up_secs).unwrap_or(600) * 1000;
+        if self.principal.second_factor().given_within(self.state.now_ms(), within) {
+            Ok(self.principal.own_scope())
+        } else {
+            Err(ApiError::mfa_required(palisade_core::principal::STEP_UP))
+        }
     }
 
     /// A 403 for a rule other than a missing permission (granting more than
@@ -194,9 +215,22 @@ impl Auth {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum Minter {
-    ApiKey { hash: String },
-    AgentToken { hash: String },
-    Session { tenant_id: String, sub: String, sid: String, jti: String, exp: i64 },
+    ApiKey {
+        hash: String,
+    },
+    AgentToken {
+        hash: String,
+    },
+    Session {
+        tenant_id: String,
+        sub: String,
+        sid: String,
+        jti: String,
+        exp: i64,
+        /// When the session last gave a second factor (seconds).
+        #[serde(default)]
+        mfa_time: Option<i64>,
+    },
 }
 
 impl Minter {
@@ -210,7 +244,14 @@ impl Minter {
             Credential::Jwt(t) => {
                 let skew = i64::try_from(state.config.auth.clock_skew_secs).unwrap_or(0);
                 let c = state.jwt.verify(t, state.now_ms() / 1000, skew).ok()?;
-                Some(Minter::Session { tenant_id: c.tenant_id, sub: c.sub, sid: c.sid, jti: c.jti, exp: c.exp })
+                Some(Minter::Session {
+                    tenant_id: c.tenant_id,
+                    sub: c.sub,
+                    sid: c.sid,
+                    jti: c.jti,
+                    exp: c.exp,
+                    mfa_time: c.mfa_time,
+                })
             }
             Credential::MasterKey(_) | Credential::Malformed => None,
         }
@@ -232,13 +273,14 @@ impl Minter {
         match self {
             Minter::ApiKey { hash: h } => authenticate_key_hash(state, hash(h)?, ctx, headers).await,
             Minter::AgentToken { hash: h } => authenticate_agent_hash(state, hash(h)?, ctx, headers).await,
-            Minter::Session { tenant_id, sub, sid, jti, exp } => {
+            Minter::Session { tenant_id, sub, sid, jti, exp, mfa_time } => {
                 // The access token's own expiry, as its signature check
                 // judges it (no allowance for skew on `exp`).
                 if *exp <= state.now_ms() / 1000 {
                     return Err(ApiError::token_expired());
                 }
-                authenticate_session(state, tenant_id, sub, sid, jti, *exp).await
+                let session = SessionClaims { tenant_id, sub, sid, jti, exp: *exp, mfa_time: *mfa_time };
+                authenticate_session(state, session).await
             }
         }
     }
@@ -338,6 +380,10 @@ struct SessionGrant {
     role: Role,
     policy: Arc<TenantPolicy>,
     profile: Arc<Profile>,
+    /// The tenant requires a second factor of owners and admins.
+    tenant_requires_mfa: bool,
+    /// The person has a confirmed second factor.
+    mfa_enrolled: bool,
 }
 
 impl Grant for SessionGrant {
@@ -359,19 +405,31 @@ async fn authenticate_jwt(state: &AppState, token: &str) -> Result<Authenticated
         palisade_auth::Refused::Expired => ApiError::token_expired(),
         palisade_auth::Refused::Invalid => ApiError::unauthenticated(),
     })?;
-    authenticate_session(state, &claims.tenant_id, &claims.sub, &claims.sid, &claims.jti, claims.exp).await
+    let session = SessionClaims {
+        tenant_id: &claims.tenant_id,
+        sub: &claims.sub,
+        sid: &claims.sid,
+        jti: &claims.jti,
+        exp: claims.exp,
+        mfa_time: claims.mfa_time,
+    };
+    authenticate_session(state, session).await
 }
 
-/// A person's session, named by its access token's claims (signed by this
-/// server, or stored by it for a ticket): it must still be live.
-async fn authenticate_session(
-    state: &AppState,
-    tenant_id: &str,
-    sub: &str,
-    sid: &str,
-    jti: &str,
+/// What names a person's session: its access token's claims (signed by
+/// this server, or stored by it for a ticket).
+struct SessionClaims<'a> {
+    tenant_id: &'a str,
+    sub: &'a str,
+    sid: &'a str,
+    jti: &'a str,
     exp: i64,
-) -> Result<Authenticated, ApiError> {
+    mfa_time: Option<i64>,
+}
+
+/// A person's session: it must still be live.
+async fn authenticate_session(state: &AppState, c: SessionClaims<'_>) -> Result<Authenticated, ApiError> {
+    let SessionClaims { tenant_id, sub, sid, jti, exp, mfa_time } = c;
     let tenant_id = TenantId::from_str(tenant_id).map_err(|_| ApiError::unauthenticated())?;
     let user_id = UserId::from_str(sub).map_err(|_| ApiError::unauthenticated())?;
     // Only claims this server signed get here: the session names the entry.
@@ -387,6 +445,8 @@ async fn authenticate_session(
             ended: s.family_revoked != 0 || s.jti_revoked != 0 || s.user_status != "active",
             tenant_active: s.tenant_status == "active",
             role: Role::from_str(&s.role).map_err(|_| ApiError::internal("stored role is invalid"))?,
+            tenant_requires_mfa: s.tenant_mfa_required == 1,
+            mfa_enrolled: s.mfa_enrolled > 0,
             policy: Arc::new(state.abuse.tenant_policy(s.tenant_limits.as_deref())),
             profile: Arc::new(Profile {
                 tenant_name: s.tenant_name,
@@ -417,8 +477,17 @@ async fn authenticate_session(
             expires_at_ms: exp.saturating_mul(1000),
         },
         role.permissions(),
-    );
+    )
+    .with_second_factor(second_factor(&s, mfa_time));
     Ok((principal, s.policy.clone(), s.profile.clone()))
+}
+
+/// What the session has shown of a second factor, against what its person
+/// and tenant expect: the rule itself is `Principal::require`.
+fn second_factor(s: &SessionGrant, mfa_time: Option<i64>) -> SecondFactor {
+    let policy = s.tenant_requires_mfa && matches!(s.role, Role::Owner | Role::Admin);
+    let given_at_ms = mfa_time.map(|t| t.saturating_mul(1000));
+    SecondFactor { expected: policy || s.mfa_enrolled, missing: policy && given_at_ms.is_none(), given_at_ms }
 }
 
 /// An API key as stored, with the keys above it.

@@ -21,6 +21,16 @@ pub struct AccessClaims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
     pub exp: i64,
+    /// How the person proved who they are (RFC 8176): `pwd`, `email`
+    /// (a code by mail), `otp` (TOTP), `rec` (a recovery code), `mfa`.
+    #[serde(default)]
+    pub amr: Vec<String>,
+    /// When they signed in (seconds), kept across refreshes.
+    #[serde(default)]
+    pub auth_time: i64,
+    /// When this session last gave a second factor (seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfa_time: Option<i64>,
 }
 
 /// Why a presented access token was refused.
@@ -132,6 +142,9 @@ mod tests {
             iat: 0,
             nbf: None,
             exp,
+            amr: vec!["pwd".into()],
+            auth_time: 0,
+            mfa_time: None,
         }
     }
 

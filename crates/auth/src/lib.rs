@@ -7,6 +7,7 @@ pub mod grant;
 pub mod jwt;
 pub mod password;
 pub mod token;
+pub mod totp;
 
 pub use credential::Credential;
 pub use jwt::{AccessClaims, JwtKeys, Refused};

@@ -13,6 +13,7 @@ pub const MASTER_KEY_PREFIX: &str = "mk_";
 pub const REFRESH_PREFIX: &str = "rt_";
 pub const EMAIL_TOKEN_PREFIX: &str = "et_";
 pub const STREAM_TICKET_PREFIX: &str = "st_";
+pub const MFA_TOKEN_PREFIX: &str = "mfa_";
 
 /// `n` random base62 characters from the OS CSPRNG (rejection-free: 62
 /// values are drawn uniformly by `gen_range`).
@@ -35,6 +36,11 @@ pub fn new_refresh_token() -> String {
 
 pub fn new_email_token() -> String {
     format!("{EMAIL_TOKEN_PREFIX}{}", random_base62(43))
+}
+
+/// Names a sign-in waiting for its second factor.
+pub fn new_mfa_token() -> String {
+    format!("{MFA_TOKEN_PREFIX}{}", random_base62(43))
 }
 
 pub fn new_stream_ticket() -> String {

@@ -375,6 +375,39 @@ pub struct Auth {
     pub credential_bus: CredentialBus,
     /// Sign-in codes by mail (`POST /v1/auth/email-code`).
     pub email_code: EmailCode,
+    /// Second factors (TOTP, recovery codes) and step-up.
+    pub mfa: Mfa,
+}
+
+/// Second factors: TOTP (RFC 6238) with one-time recovery codes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mfa {
+    /// The issuer an authenticator app shows next to the account.
+    pub issuer: String,
+    /// How long the `mfa_token` a sign-in gets instead of tokens lives.
+    pub challenge_ttl_secs: u64,
+    /// Wrong second factors in a row (over every challenge and step-up of
+    /// a person) before the second factor waits `lockout_secs`.
+    pub max_tries: u32,
+    pub lockout_secs: u64,
+    /// How recent a second factor must be for a sensitive operation.
+    pub step_up_secs: u64,
+    /// How recent the sign-in must be to enrol a second factor.
+    pub enrol_within_secs: u64,
+}
+
+impl Default for Mfa {
+    fn default() -> Self {
+        Mfa {
+            issuer: "Palisade".into(),
+            challenge_ttl_secs: 300,
+            max_tries: 5,
+            lockout_secs: 900,
+            step_up_secs: 600,
+            enrol_within_secs: 900,
+        }
+    }
 }
 
 /// Six-digit sign-in codes sent by mail.
@@ -762,6 +795,7 @@ impl Default for Auth {
             credential_cache_listen: true,
             credential_bus: CredentialBus::Auto,
             email_code: EmailCode::default(),
+            mfa: Mfa::default(),
         }
     }
 }
@@ -937,6 +971,22 @@ impl Config {
             return Err(ConfigError(
                 "auth.email_code: ttl_secs must be 60 to 3600, max_tries 1 to 10, lockout_secs 60 to 86400, \
                  max_sends 1 to 100 and send_window_secs 60 to 86400"
+                    .into(),
+            ));
+        }
+        let m = &self.auth.mfa;
+        if !(30..=1800).contains(&m.challenge_ttl_secs)
+            || !(1..=10).contains(&m.max_tries)
+            || !(60..=86_400).contains(&m.lockout_secs)
+            || !(30..=86_400).contains(&m.step_up_secs)
+            || !(60..=86_400).contains(&m.enrol_within_secs)
+            || m.issuer.trim().is_empty()
+            || m.issuer.contains(':')
+            || m.issuer.len() > 64
+        {
+            return Err(ConfigError(
+                "auth.mfa: challenge_ttl_secs must be 30 to 1800, max_tries 1 to 10, lockout_secs 60 to 86400, \
+                 step_up_secs 30 to 86400, enrol_within_secs 60 to 86400, and issuer 1 to 64 characters without ':'"
                     .into(),
             ));
         }

@@ -91,6 +91,11 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", format!("This credential lacks the `{permission}` permission."))
     }
 
+    /// A second factor is missing, or not recent enough for this operation.
+    pub fn mfa_required(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "mfa_required", detail)
+    }
+
     pub fn forbidden_because(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
     }

@@ -12,7 +12,33 @@ pub struct Principal {
     kind: PrincipalKind,
     permissions: PermissionSet,
     restrictions: Restrictions,
+    second_factor: SecondFactor,
 }
+
+/// What a person's session has shown of a second factor. Not people
+/// (keys, agents) have nothing to show and are asked for nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SecondFactor {
+    /// The person has a second factor, or their tenant requires one of
+    /// them: sensitive operations need a recent one.
+    pub expected: bool,
+    /// Their tenant requires one and this session never gave one: nothing
+    /// that needs a permission is allowed until it does.
+    pub missing: bool,
+    /// When this session last gave one (ms).
+    pub given_at_ms: Option<i64>,
+}
+
+impl SecondFactor {
+    /// Whether the session gave one within `within_ms` of `now_ms`.
+    pub fn given_within(&self, now_ms: i64, within_ms: i64) -> bool {
+        self.given_at_ms.is_some_and(|at| now_ms.saturating_sub(at) <= within_ms)
+    }
+}
+
+/// What a refused sensitive operation tells the person to do.
+pub const STEP_UP: &str =
+    "This operation needs a recent second factor: give it at POST /v1/auth/step-up, then repeat the request.";
 
 /// Where and until when a credential works; an empty list is anywhere.
 /// What it mints can reach no further (see `palisade_auth::grant`).
@@ -40,7 +66,23 @@ pub enum PrincipalKind {
 
 impl Principal {
     pub fn authenticated(tenant_id: TenantId, kind: PrincipalKind, permissions: PermissionSet) -> Self {
-        Self { tenant_id, kind, permissions, restrictions: Restrictions::default() }
+        Self {
+            tenant_id,
+            kind,
+            permissions,
+            restrictions: Restrictions::default(),
+            second_factor: SecondFactor::default(),
+        }
+    }
+
+    /// What the person's session has shown of a second factor.
+    pub fn with_second_factor(mut self, second_factor: SecondFactor) -> Self {
+        self.second_factor = second_factor;
+        self
+    }
+
+    pub fn second_factor(&self) -> SecondFactor {
+        self.second_factor
     }
 
     /// The credential's own restrictions (a person's are none: what they
@@ -83,12 +125,36 @@ impl Principal {
 
     /// The only way to obtain a tenant scope for data access: prove the
     /// permission first. A missing permission inside one's own tenant is 403.
+    /// A person whose tenant requires a second factor they have not given
+    /// gets `mfa_required` for everything.
     pub fn require(&self, permission: Permission) -> Result<TenantScope, ApiError> {
+        if self.second_factor.missing {
+            return Err(ApiError::mfa_required(
+                "Your tenant requires a second factor: enrol one (POST /v1/me/mfa/totp), then sign in again.",
+            ));
+        }
         if self.permissions.contains(permission) {
             Ok(TenantScope { tenant_id: self.tenant_id })
         } else {
             Err(ApiError::forbidden(permission))
         }
+    }
+
+    /// As [`require`](Self::require), for a sensitive operation: a person
+    /// with a second factor (or whose tenant requires one) must have given
+    /// it within `within_ms` of `now_ms` (step-up).
+    pub fn require_recent_factor(
+        &self,
+        permission: Permission,
+        now_ms: i64,
+        within_ms: i64,
+    ) -> Result<TenantScope, ApiError> {
+        let scope = self.require(permission)?;
+        let f = self.second_factor;
+        if f.expected && !f.given_within(now_ms, within_ms) {
+            return Err(ApiError::mfa_required(STEP_UP));
+        }
+        Ok(scope)
     }
 
     /// Scope for reading one's own principal record (`/v1/me`), which needs no permission.
@@ -233,5 +299,50 @@ mod tests {
         let err = p.require(Permission::KeysManage).unwrap_err();
         assert_eq!(err.status().as_u16(), 403);
         assert_eq!(p.require(Permission::EventsRead).unwrap().tenant_id(), p.tenant_id());
+    }
+
+    fn owner(second_factor: SecondFactor) -> Principal {
+        let kind = PrincipalKind::User {
+            user_id: UserId::new(),
+            role: Role::Owner,
+            jti: "j".into(),
+            family_id: "f".into(),
+            expires_at_ms: 1,
+        };
+        Principal::authenticated(TenantId::new(), kind, Role::Owner.permissions()).with_second_factor(second_factor)
+    }
+
+    #[test]
+    fn a_missing_second_factor_refuses_every_permission() {
+        let p = owner(SecondFactor { expected: true, missing: true, given_at_ms: None });
+        for perm in Permission::ALL {
+            assert_eq!(p.require(*perm).unwrap_err().reason(), "mfa_required");
+        }
+        let p = owner(SecondFactor { expected: true, missing: false, given_at_ms: None });
+        assert!(p.require(Permission::KeysManage).is_ok());
+    }
+
+    #[test]
+    fn sensitive_operations_need_a_recent_factor_when_one_is_expected() {
+        let (now, window) = (1_000_000, 600_000);
+        let recent = owner(SecondFactor { expected: true, missing: false, given_at_ms: Some(now - window) });
+        assert!(recent.require_recent_factor(Permission::KeysManage, now, window).is_ok());
+        let stale = owner(SecondFactor { expected: true, missing: false, given_at_ms: Some(now - window - 1) });
+        let e = stale.require_recent_factor(Permission::KeysManage, now, window).unwrap_err();
+        assert_eq!((e.status().as_u16(), e.reason()), (403, "mfa_required"));
+        let never = owner(SecondFactor { expected: true, missing: false, given_at_ms: None });
+        assert_eq!(
+            never.require_recent_factor(Permission::KeysManage, now, window).unwrap_err().reason(),
+            "mfa_required"
+        );
+        // Nobody expects one of a person without a factor or a policy.
+        let none = owner(SecondFactor::default());
+        assert!(none.require_recent_factor(Permission::KeysManage, now, window).is_ok());
+        // The permission is still checked first.
+        let reader = Principal::authenticated(TenantId::new(), none.kind().clone(), Role::ReadOnly.permissions());
+        assert_eq!(
+            reader.require_recent_factor(Permission::KeysManage, now, window).unwrap_err().reason(),
+            "forbidden"
+        );
     }
 }

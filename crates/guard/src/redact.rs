@@ -10,7 +10,7 @@ fn pattern() -> &'static Regex {
     RE.get_or_init(|| {
         Regex::new(concat!(
             r"(?P<jwt>eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)",
-            r"|(?P<secret>\b(?:ak|at|mk|rt|et)_[A-Za-z0-9_-]{8,})",
+            r"|(?P<secret>\b(?:ak|at|mk|rt|et|st|mfa)_[A-Za-z0-9_-]{8,})",
             r"|(?P<whsec>\bwhsec_[A-Za-z0-9+/=_-]{8,})",
             r"|(?P<email>[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})",
             r"|(?P<phone>\+[0-9][0-9 ().-]{6,20}[0-9])",
@@ -94,14 +94,22 @@ mod tests {
         let line = concat!(
             "user alice.smith+x@example.co.uk key ak_AbCdEfGhIjKlMnOpQrStUvWxYz012345 ",
             "agent at_AbCdEfGhIjKlMnOpQrStUvWxYz012345 master mk_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG ",
-            "hook whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw ",
+            "hook whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw challenge mfa_Zq8RtY6uIoPlKjHgFdSaQwErTyUiOpAsDfGhJkLzXcV ",
             "jwt eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl ",
             "phone +14155550123 or +34 612 34 56 78 card 4111 1111 1111 1111 and 4111111111111111"
         );
         let out = redact(line);
-        for secret in
-            ["alice.smith", "AbCdEfGh", "abcdefghijklmnop", "MfKQ9r8", "eyJhbGci", "4155550123", "612 34", "4111"]
-        {
+        for secret in [
+            "alice.smith",
+            "AbCdEfGh",
+            "abcdefghijklmnop",
+            "MfKQ9r8",
+            "Zq8RtY6u",
+            "eyJhbGci",
+            "4155550123",
+            "612 34",
+            "4111",
+        ] {
             assert!(!out.contains(secret), "{secret} survived in {out}");
         }
         assert!(out.contains("ak_[redacted]") && out.contains("[card]") && out.contains("[phone]"));

@@ -99,6 +99,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let carrier: Arc<dyn palisade_comms::Carrier> = trunk_carrier.clone();
     let number_codes = palisade_auth::code::CodeKey::derive(&data_key, "number verification");
     let email_codes = palisade_auth::code::CodeKey::derive(&data_key, "email sign-in");
+    let recovery_codes = palisade_auth::code::CodeKey::derive(&data_key, "mfa recovery codes");
     let sip_auth = Arc::new(sip_auth(&config, &db, &sealer, &data_key, abuse.state.clone())?);
     let webhook_client = Arc::new(webhook_client(&config)?);
     let worker = Arc::new(palisade_webhooks::worker::Worker {
@@ -153,6 +154,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         sip_auth,
         number_codes,
         email_codes,
+        recovery_codes,
         webhook_wake,
         webhook_worker,
         admission,

@@ -18,6 +18,7 @@ pub mod identities;
 pub mod locks;
 pub mod mail_outbox;
 pub mod messages;
+pub mod mfa;
 pub mod number_verifications;
 mod pg_batch;
 mod pg_lookup;

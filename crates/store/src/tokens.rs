@@ -121,6 +121,16 @@ pub async fn unbind_verify_passwords<'c>(
     Ok(())
 }
 
+/// How a session began: how the person proved who they are (RFC 8176
+/// `amr` values, space-separated), when (ms), and when it last gave a
+/// second factor (ms).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SessionFactors {
+    pub amr: String,
+    pub auth_time: i64,
+    pub mfa_at: Option<i64>,
+}
+
 pub async fn create_family<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
@@ -128,18 +138,62 @@ pub async fn create_family<'c>(
     user_id: UserId,
     now: i64,
     expires_at: i64,
+    factors: &SessionFactors,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO token_families (id, tenant_id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO token_families (id, tenant_id, user_id, created_at, expires_at, amr, auth_time, mfa_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(family_id)
     .bind(scope.tenant_id().to_string())
     .bind(user_id.to_string())
     .bind(now)
     .bind(expires_at)
+    .bind(&factors.amr)
+    .bind(factors.auth_time)
+    .bind(factors.mfa_at)
     .execute(ex)
     .await?;
     Ok(())
+}
+
+/// How the session began (for its refreshed tokens).
+pub async fn family_factors<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    family_id: &str,
+) -> Result<Option<SessionFactors>> {
+    Ok(sqlx::query_as("SELECT amr, auth_time, mfa_at FROM token_families WHERE tenant_id = $1 AND id = $2")
+        .bind(scope.tenant_id().to_string())
+        .bind(family_id)
+        .fetch_optional(ex)
+        .await?)
+}
+
+/// The live session gave a second factor (`amr`, e.g. `otp`) at `now`:
+/// its next tokens say so. `None` if the session is not live.
+pub async fn family_gave_factor<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    family_id: &str,
+    user_id: UserId,
+    amr: &str,
+    now: i64,
+) -> Result<Option<SessionFactors>> {
+    // `amr` keeps the first factor and adds the second: "pwd otp mfa".
+    Ok(sqlx::query_as(
+        "UPDATE token_families SET mfa_at = $4, \
+           amr = CASE WHEN amr LIKE '% mfa' THEN amr ELSE amr || ' ' || $5 || ' mfa' END \
+         WHERE tenant_id = $1 AND id = $2 AND user_id = $3 AND revoked_at IS NULL \
+         RETURNING amr, auth_time, mfa_at",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(family_id)
+    .bind(user_id.to_string())
+    .bind(now)
+    .bind(amr)
+    .fetch_optional(ex)
+    .await?)
 }
 
 pub async fn insert_refresh<'c>(
@@ -249,6 +303,7 @@ pub async fn purge_expired(db: &crate::Db, now: i64) -> Result<u64> {
         "DELETE FROM refresh_tokens WHERE expires_at < $1",
         "DELETE FROM token_families WHERE expires_at < $1",
         "DELETE FROM email_tokens WHERE expires_at < $1",
+        "DELETE FROM mfa_challenges WHERE expires_at < $1",
         // Stream tickets open nothing once expired, used or not.
         "DELETE FROM stream_tickets WHERE expires_at < $1",
         // SIP contacts whose registration lapsed.

@@ -211,6 +211,10 @@ pub struct SessionState {
     pub jti_revoked: i64,
     /// The tenant's abuse-control overrides (JSON), if any.
     pub tenant_limits: Option<String>,
+    /// The tenant requires a second factor of owners and admins (1).
+    pub tenant_mfa_required: i64,
+    /// The person has a confirmed second factor (1).
+    pub mfa_enrolled: i64,
 }
 
 pub async fn session_state<'c>(
@@ -224,7 +228,9 @@ pub async fn session_state<'c>(
         "SELECT u.role, u.email, t.name AS tenant_name, u.status AS user_status, t.status AS tenant_status, \
            (SELECT COUNT(*) FROM token_families f WHERE f.id = $3 AND f.user_id = u.id AND f.revoked_at IS NULL) AS family_revoked, \
            (SELECT COUNT(*) FROM revoked_jtis r WHERE r.jti = $4) AS jti_revoked, \
-           (SELECT settings FROM tenant_limits l WHERE l.tenant_id = u.tenant_id) AS tenant_limits \
+           (SELECT settings FROM tenant_limits l WHERE l.tenant_id = u.tenant_id) AS tenant_limits, \
+           t.mfa_required AS tenant_mfa_required, \
+           (SELECT COUNT(*) FROM user_totp m WHERE m.user_id = u.id AND m.confirmed_at IS NOT NULL) AS mfa_enrolled \
          FROM users u JOIN tenants t ON t.id = u.tenant_id \
          WHERE u.tenant_id = $1 AND u.id = $2",
     )

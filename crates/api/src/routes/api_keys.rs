@@ -145,6 +145,12 @@ pub async fn create(
     if !errors.is_empty() {
         return Err(ApiError::validation_many(errors));
     }
+    // A key that manages anything (keys, people, identities, webhooks, the
+    // tenant) is an admin's key: a person needs a recent second factor.
+    let everyday = Role::Integration.permissions().iter().chain(Role::ReadOnly.permissions().iter()).collect();
+    if !permissions.is_subset_of(everyday) {
+        auth.sensitive_scope(Permission::KeysManage).await?;
+    }
     // Within the creator's permissions, addresses, origins and lifetime;
     // what is not given is inherited from a creating key.
     let key_bounds = minter_bounds(&auth).mint(permissions, asked).map_err(|w| auth.denied(w.detail()))?;

@@ -13,7 +13,7 @@ use palisade_auth::token::{
 use palisade_auth::AccessClaims;
 use palisade_core::principal::Actor;
 use palisade_core::{ApiError, PrincipalKind, Role, TenantId, TenantScope, UserId};
-use palisade_store::tokens::{NewEmailToken, RefreshUse};
+use palisade_store::tokens::{NewEmailToken, RefreshUse, SessionFactors};
 use palisade_store::users::NewUser;
 use palisade_store::Tx;
 use serde::{Deserialize, Serialize};
@@ -201,7 +201,7 @@ fn pending() -> (StatusCode, Json<StatusResponse>) {
 }
 
 /// Mail failures are logged, never shown: the response must not depend on them.
-async fn send_mail(state: &AppState, to: &str, subject: &str, body: String) {
+pub(super) async fn send_mail(state: &AppState, to: &str, subject: &str, body: String) {
     if let Err(e) = state.mailer.send(to, subject, body).await {
         tracing::error!(error = %e, "sending mail failed");
     }
@@ -499,7 +499,7 @@ pub struct LoginRequest {
 
 #[derive(Serialize, ToSchema)]
 pub struct TokenResponse {
-    access_token: String,
+    pub(super) access_token: String,
     refresh_token: String,
     /// Always `Bearer`.
     token_type: &'static str,
@@ -597,9 +597,11 @@ pub async fn login(
     Ok(Json(tokens))
 }
 
-/// A person who proved who they are (`method`: `password`, `email_code`)
-/// gets a new session: refused while their sign-up is pending, their
-/// account not active or their tenant frozen; audited as `auth.login`.
+/// A person who proved who they are (`method`: `password`, `email_code`):
+/// refused while their sign-up is pending, their account not active or
+/// their tenant frozen. With a second factor enrolled they get a challenge
+/// (403 `mfa_required` with an `mfa_token`) instead of a session; without
+/// one, a new session, audited as `auth.login`.
 pub(super) async fn sign_in(
     state: &AppState,
     ctx: &Ctx,
@@ -609,25 +611,54 @@ pub(super) async fn sign_in(
 ) -> Result<TokenResponse, ApiError> {
     let (tenant_id, user_id) = parse_ids(&user.tenant_id, &user.id)?;
     let scope = TenantScope::for_system(tenant_id);
+    ensure_may_sign_in(state, &scope, user).await?;
+    let first_factor = if method == "email_code" { "email" } else { "pwd" };
+    if super::mfa::enrolled(state, &scope, user_id).await? {
+        return Err(super::mfa::challenge(state, ctx, &scope, user_id, first_factor, now).await?);
+    }
+    let factors = SessionFactors { amr: first_factor.to_owned(), auth_time: now, mfa_at: None };
+    open_session(state, ctx, user, &factors, serde_json::json!({ "method": method }), now).await
+}
+
+/// Sessions are for active people of active tenants only.
+pub(super) async fn ensure_may_sign_in(
+    state: &AppState,
+    scope: &TenantScope,
+    user: &palisade_store::users::UserRow,
+) -> Result<(), ApiError> {
     if user.status == "pending" {
         return Err(ApiError::forbidden_because("Verify your email address before logging in."));
     }
     if user.status != "active" {
         return Err(bad_credentials());
     }
-    let tenant = palisade_store::tenants::get(state.db.reader(), &scope).await?.ok_or_else(bad_credentials)?;
+    let tenant = palisade_store::tenants::get(state.db.reader(), scope).await?.ok_or_else(bad_credentials)?;
     if tenant.status != "active" {
         return Err(ApiError::frozen());
     }
+    Ok(())
+}
+
+/// A new session for a person who proved who they are as `factors` say,
+/// audited as `auth.login` with `details`.
+pub(super) async fn open_session(
+    state: &AppState,
+    ctx: &Ctx,
+    user: &palisade_store::users::UserRow,
+    factors: &SessionFactors,
+    details: serde_json::Value,
+    now: i64,
+) -> Result<TokenResponse, ApiError> {
+    let (tenant_id, user_id) = parse_ids(&user.tenant_id, &user.id)?;
+    let scope = TenantScope::for_system(tenant_id);
     let role = Role::from_str(&user.role).map_err(|_| ApiError::internal("stored role is invalid"))?;
     let family_id = uuid::Uuid::new_v4().to_string();
     let mut tx = state.db.begin().await?;
     let family_expiry = now + refresh_ttl_ms(state) + 24 * 3600 * 1000;
-    palisade_store::tokens::create_family(&mut *tx, &scope, &family_id, user_id, now, family_expiry).await?;
-    let tokens = issue_tokens(state, &mut tx, &scope, user_id, role, &family_id, now).await?;
-    let event = Event::new("auth.login", Some(tenant_id), Actor::user(user_id))
-        .resource("user", user_id)
-        .details(serde_json::json!({ "method": method }));
+    palisade_store::tokens::create_family(&mut *tx, &scope, &family_id, user_id, now, family_expiry, factors).await?;
+    let tokens = issue_tokens(state, &mut tx, &scope, user_id, role, &family_id, factors, now).await?;
+    let event =
+        Event::new("auth.login", Some(tenant_id), Actor::user(user_id)).resource("user", user_id).details(details);
     palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
     commit(tx).await?;
     Ok(tokens)
@@ -638,6 +669,7 @@ fn refresh_ttl_ms(state: &AppState) -> i64 {
 }
 
 /// A new access token and a new refresh token in the same family.
+#[allow(clippy::too_many_arguments)]
 async fn issue_tokens(
     state: &AppState,
     tx: &mut Tx,
@@ -645,8 +677,50 @@ async fn issue_tokens(
     user_id: UserId,
     role: Role,
     family_id: &str,
+    factors: &SessionFactors,
     now: i64,
 ) -> Result<TokenResponse, ApiError> {
+    let access = access_token(state, scope, user_id, role, family_id, factors, now)?;
+    let refresh_token = new_refresh_token();
+    palisade_store::tokens::insert_refresh(
+        &mut **tx,
+        scope,
+        &sha256_hex(&refresh_token),
+        family_id,
+        user_id,
+        now,
+        now + refresh_ttl_ms(state),
+    )
+    .await?;
+    Ok(TokenResponse {
+        access_token: access.access_token,
+        refresh_token,
+        token_type: "Bearer",
+        expires_in: access.expires_in,
+    })
+}
+
+/// An access token alone, without a refresh token.
+#[derive(Serialize, ToSchema)]
+pub struct AccessTokenResponse {
+    pub(super) access_token: String,
+    /// Always `Bearer`.
+    pub(super) token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub(super) expires_in: u64,
+}
+
+/// A signed access token of the session, saying how it began (`amr`,
+/// `auth_time`) and when it last gave a second factor (`mfa_time`).
+pub(super) fn access_token(
+    state: &AppState,
+    scope: &TenantScope,
+    user_id: UserId,
+    role: Role,
+    family_id: &str,
+    factors: &SessionFactors,
+    now: i64,
+) -> Result<AccessTokenResponse, ApiError> {
     let ttl = state.config.auth.access_token_ttl_secs;
     let iat = now / 1000;
     let claims = AccessClaims {
@@ -660,20 +734,12 @@ async fn issue_tokens(
         iat,
         nbf: None,
         exp: iat + i64::try_from(ttl).unwrap_or(3600),
+        amr: factors.amr.split_whitespace().map(str::to_owned).collect(),
+        auth_time: factors.auth_time / 1000,
+        mfa_time: factors.mfa_at.map(|ms| ms / 1000),
     };
     let access_token = state.jwt.sign(&claims).map_err(ApiError::internal)?;
-    let refresh_token = new_refresh_token();
-    palisade_store::tokens::insert_refresh(
-        &mut **tx,
-        scope,
-        &sha256_hex(&refresh_token),
-        family_id,
-        user_id,
-        now,
-        now + refresh_ttl_ms(state),
-    )
-    .await?;
-    Ok(TokenResponse { access_token, refresh_token, token_type: "Bearer", expires_in: ttl })
+    Ok(AccessTokenResponse { access_token, token_type: "Bearer", expires_in: ttl })
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -714,7 +780,10 @@ pub async fn refresh(
             let role = Role::from_str(&user.role).map_err(|_| ApiError::internal("stored role is invalid"))?;
             let family_expiry = now + refresh_ttl_ms(&state) + 24 * 3600 * 1000;
             palisade_store::tokens::extend_family(&mut *tx, &scope, &family_id, family_expiry).await?;
-            let tokens = issue_tokens(&state, &mut tx, &scope, user_id, role, &family_id, now).await?;
+            let factors = palisade_store::tokens::family_factors(&mut *tx, &scope, &family_id)
+                .await?
+                .ok_or_else(ApiError::unauthenticated)?;
+            let tokens = issue_tokens(&state, &mut tx, &scope, user_id, role, &family_id, &factors, now).await?;
             let event =
                 Event::new("auth.token_refreshed", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);
             palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;

@@ -322,7 +322,7 @@ pub async fn remove(
     auth: Auth,
     PathId(id): PathId<IdentityId>,
 ) -> Result<StatusCode, ApiError> {
-    let scope = auth.scope(Permission::IdentitiesManage).await?;
+    let scope = auth.sensitive_scope(Permission::IdentitiesManage).await?;
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
     let current = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;

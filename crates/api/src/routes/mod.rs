@@ -13,6 +13,7 @@ mod identities;
 mod inbound;
 mod me;
 mod messages;
+mod mfa;
 mod number_verification;
 mod sip;
 pub mod streams;
@@ -46,10 +47,17 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(auth::login))
         .routes(routes!(email_code::request))
         .routes(routes!(email_code::verify))
+        .routes(routes!(mfa::complete))
+        .routes(routes!(mfa::step_up))
         .routes(routes!(auth::refresh))
         .routes(routes!(auth::logout))
         .routes(routes!(auth::accept_invite))
         .routes(routes!(me::me))
+        .routes(routes!(mfa::status))
+        .routes(routes!(mfa::enrol, mfa::remove))
+        .routes(routes!(mfa::confirm))
+        .routes(routes!(mfa::new_recovery_codes))
+        .routes(routes!(mfa::get_security, mfa::put_security))
         .routes(routes!(api_keys::create, api_keys::list))
         .routes(routes!(api_keys::get, api_keys::revoke))
         .routes(routes!(api_keys::rotate))

@@ -165,7 +165,7 @@ pub async fn update(
     PathId(id): PathId<UserId>,
     ValidJson(req): ValidJson<UpdateUserRequest>,
 ) -> Result<Json<UserView>, ApiError> {
-    let scope = auth.scope(Permission::UsersManage).await?;
+    let scope = auth.sensitive_scope(Permission::UsersManage).await?;
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
     palisade_store::tenants::lock(&mut *tx, &scope).await?;
@@ -207,7 +207,7 @@ pub async fn remove(
     auth: Auth,
     PathId(id): PathId<UserId>,
 ) -> Result<StatusCode, ApiError> {
-    let scope = auth.scope(Permission::UsersManage).await?;
+    let scope = auth.sensitive_scope(Permission::UsersManage).await?;
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
     palisade_store::tenants::lock(&mut *tx, &scope).await?;

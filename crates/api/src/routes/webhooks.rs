@@ -294,7 +294,7 @@ pub async fn remove(
     auth: Auth,
     PathId(id): PathId<uuid::Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    let scope = auth.scope(Permission::WebhooksManage).await?;
+    let scope = auth.sensitive_scope(Permission::WebhooksManage).await?;
     let now = state.now_ms();
     let id = id.to_string();
     let mut stmts = store::delete_endpoint_stmts(&scope, &id);
@@ -324,7 +324,7 @@ pub async fn rotate_secret(
     auth: Auth,
     PathId(id): PathId<uuid::Uuid>,
 ) -> Result<Json<WebhookView>, ApiError> {
-    let scope = auth.scope(Permission::WebhooksManage).await?;
+    let scope = auth.sensitive_scope(Permission::WebhooksManage).await?;
     let current = load(&state, &scope, id).await?;
     let now = state.now_ms();
     let secret = WebhookSecret::generate().to_string_whsec();

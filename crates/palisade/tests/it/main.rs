@@ -29,6 +29,7 @@ mod isolation;
 mod logs;
 mod mail;
 mod messages;
+mod mfa;
 mod numbers;
 mod openapi;
 mod recovery;

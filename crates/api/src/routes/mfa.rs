@@ -1,0 +1,563 @@
+//! Second factors: TOTP enrolment and one-time recovery codes, the second
+//! step of a sign-in, step-up for sensitive operations, and the tenant's
+//! rule that owners and admins have one. A wrong factor is counted before
+//! it is compared, per person over every challenge and step-up; too many in
+//! a row and the second factor waits. A TOTP code works once.
+
+use std::str::FromStr;
+
+use axum::extract::State;
+use axum::Json;
+use base64::Engine as _;
+use http::StatusCode;
+use palisade_audit::Event;
+use palisade_auth::token::{has_shape, new_mfa_token, sha256_hex, MFA_TOKEN_PREFIX};
+use palisade_auth::totp::{self, Totp};
+use palisade_core::principal::Actor;
+use palisade_core::{ApiError, FieldError, Permission, PrincipalKind, Role, TenantScope, UserId};
+use palisade_store::mfa;
+use palisade_store::tokens::SessionFactors;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::auth::{
+    access_token, ensure_may_sign_in, open_session, send_mail, sign_in_refused, AccessTokenResponse, TokenResponse,
+};
+use crate::extract::{Auth, Ctx, ValidJson};
+use crate::state::AppState;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+fn secs_ms(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX / 1000) * 1000
+}
+
+/// What the sealed secret is bound to: this person of this tenant.
+fn aad(scope: &TenantScope, user: UserId) -> Vec<u8> {
+    format!("user_totp\0{}\0{user}", scope.tenant_id()).into_bytes()
+}
+
+/// Whether the person has a confirmed second factor.
+pub(super) async fn enrolled(state: &AppState, scope: &TenantScope, user: UserId) -> Result<bool, ApiError> {
+    Ok(mfa::totp(state.db.reader(), scope, user).await?.is_some_and(|t| t.confirmed_at.is_some()))
+}
+
+/// Opens a challenge for a person who proved their first factor: the 403
+/// `mfa_required` that carries its `mfa_token`.
+pub(super) async fn challenge(
+    state: &AppState,
+    ctx: &Ctx,
+    scope: &TenantScope,
+    user: UserId,
+    first_factor: &str,
+    now: i64,
+) -> Result<ApiError, ApiError> {
+    let token = new_mfa_token();
+    let ttl = state.config.auth.mfa.challenge_ttl_secs;
+    let mut tx = state.db.begin().await?;
+    mfa::create_challenge(&mut *tx, scope, user, &sha256_hex(&token), first_factor, now, now + secs_ms(ttl)).await?;
+    let event = Event::new("auth.mfa_challenged", Some(scope.tenant_id()), Actor::user(user))
+        .resource("user", user)
+        .details(serde_json::json!({ "first_factor": first_factor }));
+    palisade_audit::append(&mut *tx, &event, &ctx.audit, now).await?;
+    tx.commit().await?;
+    Ok(ApiError::mfa_required("Give your second factor at POST /v1/auth/mfa with this mfa_token.")
+        .with_extra("mfa_token", token)
+        .with_extra("methods", serde_json::json!(["totp", "recovery_code"]))
+        .with_extra("expires_in", ttl))
+}
+
+/// A second factor as given: a TOTP code or a recovery code.
+enum Factor<'a> {
+    Totp(&'a str),
+    Recovery(&'a str),
+}
+
+impl Factor<'_> {
+    fn method(&self) -> &'static str {
+        match self {
+            Factor::Totp(_) => "totp",
+            Factor::Recovery(_) => "recovery_code",
+        }
+    }
+}
+
+/// Exactly one of `code` and `recovery_code`.
+fn factor<'a>(code: &'a Option<String>, recovery_code: &'a Option<String>) -> Result<Factor<'a>, ApiError> {
+    match (code, recovery_code) {
+        (Some(c), None) => Ok(Factor::Totp(c)),
+        (None, Some(r)) => Ok(Factor::Recovery(r)),
+        _ => Err(ApiError::validation_many(vec![FieldError {
+            field: "code".into(),
+            message: "give either `code` (from your authenticator app) or `recovery_code`".into(),
+        }])),
+    }
+}
+
+/// Which enrolment a factor may prove.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Enrolment {
+    /// A confirmed one (sign-in, step-up).
+    Confirmed,
+    /// The one being confirmed (its first code).
+    Pending,
+}
+
+fn wrong_factor() -> ApiError {
+    sign_in_refused("Invalid code.")
+}
+
+/// Checks the person's second factor, counted before it is compared and
+/// used once: its `amr` value (`otp` or `rec`), or 401. A wrong one counts
+/// against the client address too; the last allowed one locks the second
+/// factor for a while.
+async fn prove(
+    state: &AppState,
+    ctx: &Ctx,
+    scope: &TenantScope,
+    user: UserId,
+    given: &Factor<'_>,
+    enrolment: Enrolment,
+) -> Result<&'static str, ApiError> {
+    let now = state.now_ms();
+    let rules = &state.config.auth.mfa;
+    let lock_until = now + secs_ms(rules.lockout_secs);
+    let mut tx = state.db.begin().await?;
+    let row = mfa::take_try(&mut *tx, scope, user, now, i64::from(rules.max_tries), lock_until).await?;
+    tx.commit().await?;
+    let fits = |r: &mfa::TotpRow| (r.confirmed_at.is_some()) == (enrolment == Enrolment::Confirmed);
+    let proved = match (&row, given) {
+        (Some(r), Factor::Totp(code)) if fits(r) => {
+            let secret = B64
+                .decode(&r.secret_sealed)
+                .ok()
+                .and_then(|b| state.sealer.open(&b, &aad(scope, user)).ok())
+                .ok_or_else(|| ApiError::internal("a TOTP secret does not open"))?;
+            let generator = Totp::new(secret, &rules.issuer, "-").ok_or_else(|| ApiError::internal("TOTP secret"))?;
+            match generator.step_of(code, u64::try_from(now / 1000).unwrap_or(0)) {
+                Some(step) => {
+                    let step = i64::try_from(step).unwrap_or(i64::MAX);
+                    let mut tx = state.db.begin().await?;
+                    let fresh = mfa::accept_step(&mut *tx, scope, user, step, now).await?;
+                    tx.commit().await?;
+                    fresh.then_some("otp")
+                }
+                None => None,
+            }
+        }
+        (Some(r), Factor::Recovery(code)) if fits(r) && enrolment == Enrolment::Confirmed => {
+            match totp::normalize_recovery_code(code) {
+                Some(code) => {
+                    let hash = state.recovery_codes.digest(&user.to_string(), &code);
+                    let mut tx = state.db.begin().await?;
+                    let unused = mfa::use_recovery_code(&mut *tx, scope, user, &hash, now).await?;
+                    if unused {
+                        mfa::reset_tries(&mut *tx, scope, user).await?;
+                    }
+                    tx.commit().await?;
+                    unused.then_some("rec")
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    if let Some(amr) = proved {
+        return Ok(amr);
+    }
+    state.abuse.credential_failed(&state.db, "second_factor", ctx.client_ip, now, ctx.audit.clone()).await?;
+    let tenant = Some(scope.tenant_id());
+    let failed = Event::new("auth.mfa_failed", tenant, Actor::user(user))
+        .resource("user", user)
+        .details(serde_json::json!({ "method": given.method(), "locked": row.is_none() }));
+    palisade_audit::record(&state.db, &failed, &ctx.audit, now).await?;
+    // This try used the last one allowed: the second factor now waits.
+    if let Some(r) = row.filter(|r| r.locked_until != 0) {
+        let locked = Event::new("auth.mfa_locked", tenant, Actor::user(user))
+            .resource("user", user)
+            .details(serde_json::json!({ "tries": r.tries, "until": palisade_core::clock::rfc3339(r.locked_until) }));
+        palisade_audit::record(&state.db, &locked, &ctx.audit, now).await?;
+    }
+    Err(wrong_factor())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MfaRequest {
+    /// From the 403 `mfa_required` of the sign-in.
+    #[schema(pattern = "^mfa_[A-Za-z0-9]{43}$")]
+    mfa_token: String,
+    /// The six digits of the authenticator app.
+    #[schema(pattern = r"^\s*[0-9]{6}\s*$")]
+    code: Option<String>,
+    /// One of the recovery codes (each works once).
+    #[schema(max_length = 20)]
+    recovery_code: Option<String>,
+}
+
+/// The second step of a sign-in: the `mfa_token` of the first and a second
+/// factor give the login response. The token works once, for
+/// `auth.mfa.challenge_ttl_secs`.
+#[utoipa::path(post, path = "/v1/auth/mfa", tag = "auth", request_body = MfaRequest,
+    responses((status = 200, body = TokenResponse), (status = 400, body = palisade_core::Problem),
+        (status = 401, body = palisade_core::Problem), (status = 423, body = palisade_core::Problem)))]
+pub async fn complete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    pass: Option<axum::Extension<crate::abuse::AddressPass>>,
+    ValidJson(req): ValidJson<MfaRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let given = factor(&req.code, &req.recovery_code)?;
+    if !has_shape(&req.mfa_token, MFA_TOKEN_PREFIX, 43) {
+        return Err(wrong_factor());
+    }
+    let now = state.now_ms();
+    if pass.is_some_and(|p| p.credentials_locked) {
+        state.abuse.credential_refused_locked(&state.db, ctx.client_ip, now, ctx.audit.clone()).await;
+        return Err(wrong_factor());
+    }
+    let token_hash = sha256_hex(&req.mfa_token);
+    let c = mfa::challenge(state.db.reader(), &token_hash, now).await?.ok_or_else(wrong_factor)?;
+    let tenant_id = palisade_core::TenantId::from_str(&c.tenant_id).map_err(ApiError::internal)?;
+    let user_id = UserId::from_str(&c.user_id).map_err(ApiError::internal)?;
+    let scope = TenantScope::for_system(tenant_id);
+    let amr = prove(&state, &ctx, &scope, user_id, &given, Enrolment::Confirmed).await?;
+    let mut tx = state.db.begin().await?;
+    let live = mfa::consume_challenge(&mut *tx, &token_hash, state.now_ms()).await?;
+    tx.commit().await?;
+    if !live {
+        return Err(wrong_factor());
+    }
+    let user = palisade_store::users::get(state.db.reader(), &scope, user_id).await?.ok_or_else(wrong_factor)?;
+    ensure_may_sign_in(&state, &scope, &user).await?;
+    let now = state.now_ms();
+    let factors =
+        SessionFactors { amr: format!("{} {amr} mfa", c.first_factor), auth_time: c.created_at, mfa_at: Some(now) };
+    let method = if c.first_factor == "email" { "email_code" } else { "password" };
+    let details = serde_json::json!({ "method": method, "second_factor": given.method() });
+    let tokens = open_session(&state, &ctx, &user, &factors, details, now).await?;
+    if amr == "rec" {
+        recovery_code_used_notice(&state, &scope, &user).await?;
+    }
+    Ok(Json(tokens))
+}
+
+async fn recovery_code_used_notice(
+    state: &AppState,
+    scope: &TenantScope,
+    user: &palisade_store::users::UserRow,
+) -> Result<(), ApiError> {
+    let user_id = UserId::from_str(&user.id).map_err(ApiError::internal)?;
+    let left = mfa::recovery_codes_left(state.db.reader(), scope, user_id).await?;
+    let body = format!(
+        "A recovery code was used to sign in to your Palisade account.\n\n\
+         You have {left} recovery codes left. If this was not you, change your password\n\
+         and make new recovery codes at once.\n"
+    );
+    send_mail(state, &user.email, "A Palisade recovery code was used", body).await;
+    Ok(())
+}
+
+/// The person of a session; other credentials have no second factor.
+fn person(auth: &Auth) -> Result<(UserId, &str, Role), ApiError> {
+    match auth.principal.kind() {
+        PrincipalKind::User { user_id, family_id, role, .. } => Ok((*user_id, family_id.as_str(), *role)),
+        _ => Err(ApiError::forbidden_because("Only a person's session has a second factor.")),
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepUpRequest {
+    /// The six digits of the authenticator app.
+    #[schema(pattern = r"^\s*[0-9]{6}\s*$")]
+    code: Option<String>,
+    /// One of the recovery codes (each works once).
+    #[schema(max_length = 20)]
+    recovery_code: Option<String>,
+}
+
+/// Gives a second factor within a session: the new access token (the
+/// refresh token stays) lets sensitive operations through for
+/// `auth.mfa.step_up_secs`.
+#[utoipa::path(post, path = "/v1/auth/step-up", tag = "auth", request_body = StepUpRequest, security(("bearer" = [])),
+    responses((status = 200, body = AccessTokenResponse), (status = 400, body = palisade_core::Problem),
+        (status = 401, body = palisade_core::Problem), (status = 403, body = palisade_core::Problem)))]
+pub async fn step_up(
+    State(state): State<AppState>,
+    auth: Auth,
+    ValidJson(req): ValidJson<StepUpRequest>,
+) -> Result<Json<AccessTokenResponse>, ApiError> {
+    let given = factor(&req.code, &req.recovery_code)?;
+    let (user_id, family_id, _) = person(&auth)?;
+    let scope = auth.principal.own_scope();
+    if !enrolled(&state, &scope, user_id).await? {
+        return Err(ApiError::conflict("No second factor is enrolled (POST /v1/me/mfa/totp)."));
+    }
+    let amr = prove(&state, &auth.ctx, &scope, user_id, &given, Enrolment::Confirmed).await?;
+    let token = gave_factor(&state, &auth, amr).await?;
+    let event = Event::new("auth.step_up", Some(scope.tenant_id()), auth.principal.actor())
+        .resource("session", family_id)
+        .details(serde_json::json!({ "second_factor": given.method() }));
+    palisade_audit::record(&state.db, &event, &auth.ctx.audit, state.now_ms()).await?;
+    Ok(Json(token))
+}
+
+/// The session gave a second factor now: its new access token.
+async fn gave_factor(state: &AppState, auth: &Auth, amr: &str) -> Result<AccessTokenResponse, ApiError> {
+    let (user_id, family_id, role) = person(auth)?;
+    let scope = auth.principal.own_scope();
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    let factors = palisade_store::tokens::family_gave_factor(&mut *tx, &scope, family_id, user_id, amr, now)
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+    tx.commit().await?;
+    access_token(state, &scope, user_id, role, family_id, &factors, now)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MfaStatus {
+    /// `off`, `pending` (enrolment not confirmed yet) or `on`.
+    totp: &'static str,
+    /// Unused recovery codes.
+    recovery_codes_left: i64,
+    /// Whether your tenant requires a second factor of you.
+    required: bool,
+}
+
+/// Your second factors.
+#[utoipa::path(get, path = "/v1/me/mfa", tag = "me", security(("bearer" = [])),
+    responses((status = 200, body = MfaStatus), (status = 401, body = palisade_core::Problem)))]
+pub async fn status(State(state): State<AppState>, auth: Auth) -> Result<Json<MfaStatus>, ApiError> {
+    let (user_id, _, role) = person(&auth)?;
+    let scope = auth.principal.own_scope();
+    let row = mfa::totp(state.db.reader(), &scope, user_id).await?;
+    let totp = match &row {
+        None => "off",
+        Some(r) if r.confirmed_at.is_none() => "pending",
+        Some(_) => "on",
+    };
+    let left = mfa::recovery_codes_left(state.db.reader(), &scope, user_id).await?;
+    let required = matches!(role, Role::Owner | Role::Admin) && mfa::tenant_requires(state.db.reader(), &scope).await?;
+    Ok(Json(MfaStatus { totp, recovery_codes_left: left, required }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TotpEnrolment {
+    /// The secret as base 32, to type into an app; shown this once.
+    secret: String,
+    /// `otpauth://totp/…`, for an app to read (as text or a QR code).
+    otpauth_uri: String,
+}
+
+/// Starts a TOTP enrolment (replacing one not yet confirmed). The secret is
+/// shown once; confirm with a first code. Needs a sign-in within
+/// `auth.mfa.enrol_within_secs`, so a stolen older session cannot add a
+/// factor of its own.
+#[utoipa::path(post, path = "/v1/me/mfa/totp", tag = "me", security(("bearer" = [])),
+    responses((status = 201, body = TotpEnrolment), (status = 401, body = palisade_core::Problem),
+        (status = 403, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
+pub async fn enrol(State(state): State<AppState>, auth: Auth) -> Result<(StatusCode, Json<TotpEnrolment>), ApiError> {
+    let (user_id, family_id, _) = person(&auth)?;
+    let scope = auth.principal.own_scope();
+    let now = state.now_ms();
+    let factors = palisade_store::tokens::family_factors(state.db.reader(), &scope, family_id)
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+    if now - factors.auth_time > secs_ms(state.config.auth.mfa.enrol_within_secs) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "reauthentication_required",
+            "Sign in again to enrol a second factor.",
+        ));
+    }
+    let email = auth.profile.email.clone().unwrap_or_default();
+    let secret = Totp::new_secret();
+    let sealed = B64.encode(state.sealer.seal(&secret, &aad(&scope, user_id)));
+    let generator = Totp::new(secret, &state.config.auth.mfa.issuer, &email)
+        .ok_or_else(|| ApiError::internal("a new TOTP secret was refused"))?;
+    let mut tx = state.db.begin().await?;
+    if !mfa::begin(&mut tx, &scope, user_id, &sealed, now).await? {
+        return Err(ApiError::conflict("A TOTP is already enrolled; remove it first (DELETE /v1/me/mfa/totp)."));
+    }
+    let event = Event::new("auth.mfa_enrolment_started", Some(scope.tenant_id()), auth.principal.actor())
+        .resource("user", user_id);
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(TotpEnrolment { secret: generator.secret_base32(), otpauth_uri: generator.uri() })))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmRequest {
+    /// A code the app shows for the new secret.
+    #[schema(pattern = r"^\s*[0-9]{6}\s*$")]
+    code: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Enrolled {
+    /// Ten one-time codes for when the app is lost; shown this once.
+    recovery_codes: Vec<String>,
+    /// A new access token of this session, with the second factor given.
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+}
+
+/// Confirms the enrolment with a first code: the second factor is on, and
+/// the recovery codes are shown once.
+#[utoipa::path(post, path = "/v1/me/mfa/totp/confirm", tag = "me", request_body = ConfirmRequest,
+    security(("bearer" = [])),
+    responses((status = 200, body = Enrolled), (status = 400, body = palisade_core::Problem),
+        (status = 401, body = palisade_core::Problem)))]
+pub async fn confirm(
+    State(state): State<AppState>,
+    auth: Auth,
+    ValidJson(req): ValidJson<ConfirmRequest>,
+) -> Result<Json<Enrolled>, ApiError> {
+    let (user_id, _, _) = person(&auth)?;
+    let scope = auth.principal.own_scope();
+    let amr = prove(&state, &auth.ctx, &scope, user_id, &Factor::Totp(&req.code), Enrolment::Pending).await?;
+    let codes = replace_recovery_codes(&state, &scope, user_id).await?;
+    let token = gave_factor(&state, &auth, amr).await?;
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    mfa::changed(&mut tx, &scope);
+    let event = Event::new("auth.mfa_enrolled", Some(scope.tenant_id()), auth.principal.actor())
+        .resource("user", user_id)
+        .details(serde_json::json!({ "method": "totp" }));
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    tx.commit().await?;
+    notice(&state, &auth, "A second factor was added to your Palisade account").await;
+    Ok(Json(Enrolled {
+        recovery_codes: codes,
+        access_token: token.access_token,
+        token_type: token.token_type,
+        expires_in: token.expires_in,
+    }))
+}
+
+/// New recovery codes for the person, the old ones void.
+async fn replace_recovery_codes(state: &AppState, scope: &TenantScope, user: UserId) -> Result<Vec<String>, ApiError> {
+    let codes = totp::new_recovery_codes();
+    let subject = user.to_string();
+    let hashes: Vec<String> = codes
+        .iter()
+        .filter_map(|c| totp::normalize_recovery_code(c))
+        .map(|c| state.recovery_codes.digest(&subject, &c))
+        .collect();
+    let mut tx = state.db.begin().await?;
+    mfa::replace_recovery_codes(&mut tx, scope, user, &hashes).await?;
+    tx.commit().await?;
+    Ok(codes)
+}
+
+/// Tells the person by mail that their second factors changed.
+async fn notice(state: &AppState, auth: &Auth, subject: &str) {
+    if let Some(email) = auth.profile.email.as_deref() {
+        let body = format!(
+            "{subject}.\n\nIf this was not you, sign in, change your password and check your\n\
+             second factors at once.\n"
+        );
+        send_mail(state, email, subject, body).await;
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RecoveryCodes {
+    /// Ten one-time codes; shown this once. Earlier ones no longer work.
+    recovery_codes: Vec<String>,
+}
+
+/// New recovery codes (the old ones stop working). Needs a recent second
+/// factor.
+#[utoipa::path(post, path = "/v1/me/mfa/recovery-codes", tag = "me", security(("bearer" = [])),
+    responses((status = 200, body = RecoveryCodes), (status = 401, body = palisade_core::Problem),
+        (status = 403, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
+pub async fn new_recovery_codes(State(state): State<AppState>, auth: Auth) -> Result<Json<RecoveryCodes>, ApiError> {
+    let (user_id, _, _) = person(&auth)?;
+    let scope = auth.recent_factor_scope()?;
+    if !enrolled(&state, &scope, user_id).await? {
+        return Err(ApiError::conflict("Enrol a TOTP first."));
+    }
+    let codes = replace_recovery_codes(&state, &scope, user_id).await?;
+    let event = Event::new("auth.mfa_recovery_codes_replaced", Some(scope.tenant_id()), auth.principal.actor())
+        .resource("user", user_id);
+    palisade_audit::record(&state.db, &event, &auth.ctx.audit, state.now_ms()).await?;
+    notice(&state, &auth, "New recovery codes were made for your Palisade account").await;
+    Ok(Json(RecoveryCodes { recovery_codes: codes }))
+}
+
+/// Removes the TOTP and the recovery codes. Needs a recent second factor;
+/// refused while the tenant requires one of the person.
+#[utoipa::path(delete, path = "/v1/me/mfa/totp", tag = "me", security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = palisade_core::Problem),
+        (status = 403, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
+pub async fn remove(State(state): State<AppState>, auth: Auth) -> Result<StatusCode, ApiError> {
+    let (user_id, _, role) = person(&auth)?;
+    let scope = auth.recent_factor_scope()?;
+    if matches!(role, Role::Owner | Role::Admin) && mfa::tenant_requires(state.db.reader(), &scope).await? {
+        return Err(ApiError::conflict("Your tenant requires a second factor of owners and admins."));
+    }
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    if !mfa::remove(&mut tx, &scope, user_id).await? {
+        return Err(ApiError::not_found());
+    }
+    mfa::void_challenges(&mut *tx, &scope, user_id, now).await?;
+    let event =
+        Event::new("auth.mfa_removed", Some(scope.tenant_id()), auth.principal.actor()).resource("user", user_id);
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    tx.commit().await?;
+    notice(&state, &auth, "The second factor of your Palisade account was removed").await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSecurity {
+    /// Owners and admins must have a second factor: until they give one,
+    /// everything but enrolling answers 403 `mfa_required`.
+    mfa_required: bool,
+}
+
+/// The tenant's sign-in rules.
+#[utoipa::path(get, path = "/v1/tenant/security", tag = "tenant", security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = TenantSecurity), (status = 403, body = palisade_core::Problem)))]
+pub async fn get_security(State(state): State<AppState>, auth: Auth) -> Result<Json<TenantSecurity>, ApiError> {
+    let scope = auth.scope(Permission::UsersRead).await?;
+    Ok(Json(TenantSecurity { mfa_required: mfa::tenant_requires(state.db.reader(), &scope).await? }))
+}
+
+/// Changes the tenant's sign-in rules (`tenant:manage`, and a recent
+/// second factor). Turning `mfa_required` on needs one of your own.
+#[utoipa::path(patch, path = "/v1/tenant/security", tag = "tenant", request_body = TenantSecurity,
+    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = TenantSecurity), (status = 400, body = palisade_core::Problem),
+        (status = 403, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
+pub async fn put_security(
+    State(state): State<AppState>,
+    auth: Auth,
+    ValidJson(req): ValidJson<TenantSecurity>,
+) -> Result<Json<TenantSecurity>, ApiError> {
+    let scope = auth.sensitive_scope(Permission::TenantManage).await?;
+    if req.mfa_required {
+        // A person would shut themselves out of everything but enrolling.
+        if let PrincipalKind::User { user_id, .. } = auth.principal.kind() {
+            if !enrolled(&state, &scope, *user_id).await? {
+                return Err(ApiError::conflict("Enrol a second factor yourself before requiring one."));
+            }
+        }
+    }
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    let before = mfa::tenant_requires(&mut *tx, &scope).await?;
+    mfa::set_tenant_requires(&mut tx, &scope, req.mfa_required).await?;
+    let event = Event::new("tenant.security_changed", Some(scope.tenant_id()), auth.principal.actor())
+        .details(serde_json::json!({ "mfa_required": { "from": before, "to": req.mfa_required } }));
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    tx.commit().await?;
+    Ok(Json(TenantSecurity { mfa_required: req.mfa_required }))
+}
