@@ -487,7 +487,9 @@ async fn authenticate_session(state: &AppState, c: SessionClaims<'_>) -> Result<
 fn second_factor(s: &SessionGrant, mfa_time: Option<i64>) -> SecondFactor {
     let policy = s.tenant_requires_mfa && matches!(s.role, Role::Owner | Role::Admin);
     let given_at_ms = mfa_time.map(|t| t.saturating_mul(1000));
-    SecondFactor { expected: policy || s.mfa_enrolled, missing: policy && given_at_ms.is_none(), given_at_ms }
+    // A factor given once and removed since is none.
+    let given = s.mfa_enrolled && given_at_ms.is_some();
+    SecondFactor { expected: policy || s.mfa_enrolled, missing: policy && !given, given_at_ms }
 }
 
 /// An API key as stored, with the keys above it.

@@ -60,6 +60,41 @@ pub struct Config {
     pub redis: Redis,
     pub sip: Sip,
     pub streams: Streams,
+    pub oidc: Oidc,
+}
+
+/// Single sign-on: the OpenID Connect providers people may sign in with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Oidc {
+    /// `[[oidc.providers]]` tables.
+    pub providers: Vec<OidcProvider>,
+    /// An ID token signed by a key we do not know makes us read the
+    /// provider's keys again (it rotated them), at most this often.
+    pub key_refetch_secs: u64,
+}
+
+impl Default for Oidc {
+    fn default() -> Self {
+        Oidc { providers: Vec::new(), key_refetch_secs: 30 }
+    }
+}
+
+/// One provider. Our callback is `{server.public_url}/v1/auth/oidc/{name}/callback`:
+/// register it with the provider.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProvider {
+    /// In our paths: 1 to 32 of a-z, 0-9 and `-`.
+    pub name: String,
+    /// Exactly as the provider names itself (`https://accounts.google.com`).
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub client_secret_file: Option<PathBuf>,
+    /// Email domains whose people may sign in through it; empty: any.
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
 }
 
 /// WebSocket streams (`GET /v1/events/stream`): what one connection may
@@ -393,20 +428,11 @@ pub struct Mfa {
     pub lockout_secs: u64,
     /// How recent a second factor must be for a sensitive operation.
     pub step_up_secs: u64,
-    /// How recent the sign-in must be to enrol a second factor.
-    pub enrol_within_secs: u64,
 }
 
 impl Default for Mfa {
     fn default() -> Self {
-        Mfa {
-            issuer: "Palisade".into(),
-            challenge_ttl_secs: 300,
-            max_tries: 5,
-            lockout_secs: 900,
-            step_up_secs: 600,
-            enrol_within_secs: 900,
-        }
+        Mfa { issuer: "Palisade".into(), challenge_ttl_secs: 300, max_tries: 5, lockout_secs: 900, step_up_secs: 600 }
     }
 }
 
@@ -946,11 +972,53 @@ impl Config {
                 self.sip.stir.signing_key = Some(read(p, "sip.stir.signing_key_file")?);
             }
         }
+        for p in self.oidc.providers.iter_mut() {
+            if p.client_secret.is_none() {
+                if let Some(f) = &p.client_secret_file {
+                    p.client_secret = Some(read(f, &format!("oidc.providers.{}.client_secret_file", p.name))?);
+                }
+            }
+        }
         for (name, p) in self.inbound.providers.iter_mut() {
             if p.secret.is_none() {
                 if let Some(f) = &p.secret_file {
                     p.secret = Some(read(f, &format!("inbound.providers.{name}.secret_file"))?);
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Providers: plain names, once each, an issuer URL (https in
+    /// production), a client id and a secret.
+    fn check_oidc(&self) -> Result<(), ConfigError> {
+        if self.oidc.key_refetch_secs > 3600 {
+            return Err(ConfigError("oidc.key_refetch_secs must be at most 3600".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.oidc.providers {
+            let name = &p.name;
+            let ok_name = (1..=32).contains(&name.len())
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok_name || !seen.insert(name.as_str()) {
+                return Err(ConfigError(format!(
+                    "oidc.providers: name {name:?} must be 1 to 32 of a-z, 0-9 and -, and given once"
+                )));
+            }
+            let scheme_ok = match url::Url::parse(&p.issuer) {
+                Ok(u) if u.scheme() == "https" => true,
+                Ok(u) if u.scheme() == "http" => self.mode != Mode::Production,
+                _ => false,
+            };
+            if !scheme_ok {
+                return Err(ConfigError(format!(
+                    "oidc.providers.{name}.issuer must be an https URL (http only outside production)"
+                )));
+            }
+            if p.client_id.trim().is_empty() || p.client_secret.as_ref().is_none_or(|s| s.expose().is_empty()) {
+                return Err(ConfigError(format!(
+                    "oidc.providers.{name}: set client_id, and client_secret or client_secret_file"
+                )));
             }
         }
         Ok(())
@@ -977,16 +1045,15 @@ impl Config {
         let m = &self.auth.mfa;
         if !(30..=1800).contains(&m.challenge_ttl_secs)
             || !(1..=10).contains(&m.max_tries)
-            || !(60..=86_400).contains(&m.lockout_secs)
+            || !(300..=86_400).contains(&m.lockout_secs)
             || !(30..=86_400).contains(&m.step_up_secs)
-            || !(60..=86_400).contains(&m.enrol_within_secs)
             || m.issuer.trim().is_empty()
             || m.issuer.contains(':')
             || m.issuer.len() > 64
         {
             return Err(ConfigError(
-                "auth.mfa: challenge_ttl_secs must be 30 to 1800, max_tries 1 to 10, lockout_secs 60 to 86400, \
-                 step_up_secs 30 to 86400, enrol_within_secs 60 to 86400, and issuer 1 to 64 characters without ':'"
+                "auth.mfa: challenge_ttl_secs must be 30 to 1800, max_tries 1 to 10, lockout_secs 300 to 86400, \
+                 step_up_secs 30 to 86400, and issuer 1 to 64 characters without ':'"
                     .into(),
             ));
         }
@@ -1139,6 +1206,7 @@ impl Config {
                 "limits.unauthenticated_body_reads and limits.unauthenticated_body_secs must be above 0".into(),
             ));
         }
+        self.check_oidc()?;
         for (name, p) in &self.inbound.providers {
             let ok_name = !name.is_empty()
                 && name.len() <= 40

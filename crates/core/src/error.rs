@@ -219,6 +219,8 @@ fn title(reason: &str) -> &'static str {
         "unavailable" => "Service unavailable",
         "request_timeout" => "Request timeout",
         "upgrade_required" => "Upgrade required",
+        "mfa_required" => "Second factor required",
+        "reauthentication_required" => "Sign in again",
         _ => "Error",
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod logging;
+mod oidc_http;
 pub mod serve;
 pub mod tls;
 
@@ -100,6 +101,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let number_codes = palisade_auth::code::CodeKey::derive(&data_key, "number verification");
     let email_codes = palisade_auth::code::CodeKey::derive(&data_key, "email sign-in");
     let recovery_codes = palisade_auth::code::CodeKey::derive(&data_key, "mfa recovery codes");
+    let oidc = oidc_http::providers(&config)?;
     let sip_auth = Arc::new(sip_auth(&config, &db, &sealer, &data_key, abuse.state.clone())?);
     let webhook_client = Arc::new(webhook_client(&config)?);
     let worker = Arc::new(palisade_webhooks::worker::Worker {
@@ -155,6 +157,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         number_codes,
         email_codes,
         recovery_codes,
+        oidc,
         webhook_wake,
         webhook_worker,
         admission,

@@ -20,6 +20,7 @@ pub mod mail_outbox;
 pub mod messages;
 pub mod mfa;
 pub mod number_verifications;
+pub mod oidc;
 mod pg_batch;
 mod pg_lookup;
 mod read;

@@ -64,6 +64,7 @@ pub async fn take_try<'c>(
     now: i64,
     max_tries: i64,
     lock_until: i64,
+    confirmed: bool,
 ) -> Result<Option<TotpRow>> {
     // A lock that has run out starts the count again.
     Ok(sqlx::query_as(&format!(
@@ -71,6 +72,7 @@ pub async fn take_try<'c>(
            tries = CASE WHEN locked_until <> 0 THEN 1 ELSE tries + 1 END, \
            locked_until = CASE WHEN (CASE WHEN locked_until <> 0 THEN 1 ELSE tries + 1 END) >= $4 THEN $5 ELSE 0 END \
          WHERE tenant_id = $1 AND user_id = $2 AND locked_until <= $3 \
+           AND (CASE WHEN confirmed_at IS NULL THEN 0 ELSE 1 END) = $6 \
          RETURNING {COLUMNS}"
     ))
     .bind(scope.tenant_id().to_string())
@@ -78,36 +80,47 @@ pub async fn take_try<'c>(
     .bind(now)
     .bind(max_tries)
     .bind(lock_until)
+    .bind(i64::from(confirmed))
     .fetch_optional(ex)
     .await?)
 }
 
-/// Accepts the code of `step` if it is newer than every code accepted
-/// before (a code works once), confirming an enrolment not yet confirmed;
-/// the tries start again. `false` if the step was used already.
+/// Accepts the code of `step` for a confirmed enrolment if it is newer
+/// than every code accepted before (a code works once); the tries start
+/// again. `false` if the step was used already.
 pub async fn accept_step<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
     user: UserId,
     step: i64,
-    now: i64,
 ) -> Result<bool> {
     let r = sqlx::query(
-        "UPDATE user_totp SET last_step = $3, tries = 0, locked_until = 0, confirmed_at = COALESCE(confirmed_at, $4) \
-         WHERE tenant_id = $1 AND user_id = $2 AND last_step < $3",
+        "UPDATE user_totp SET last_step = $3, tries = 0, locked_until = 0 \
+         WHERE tenant_id = $1 AND user_id = $2 AND last_step < $3 AND confirmed_at IS NOT NULL",
     )
     .bind(scope.tenant_id().to_string())
     .bind(user.to_string())
     .bind(step)
-    .bind(now)
     .execute(ex)
     .await?;
     Ok(r.rows_affected() == 1)
 }
 
-/// The person's second factor changed: cached sessions are read again.
-pub fn changed(tx: &mut crate::Tx, scope: &TenantScope) {
+/// Confirms a pending enrolment with the code of `step`: from now on the
+/// person has a second factor. `false` if it was confirmed meanwhile.
+pub async fn confirm(tx: &mut crate::Tx, scope: &TenantScope, user: UserId, step: i64, now: i64) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE user_totp SET confirmed_at = $4, last_step = $3, tries = 0, locked_until = 0 \
+         WHERE tenant_id = $1 AND user_id = $2 AND confirmed_at IS NULL AND last_step < $3",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(user.to_string())
+    .bind(step)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
     tx.credentials_changed(&scope.tenant_id().to_string());
+    Ok(r.rows_affected() == 1)
 }
 
 /// The tries start again (a recovery code was accepted).
@@ -129,6 +142,12 @@ pub async fn remove(tx: &mut crate::Tx, scope: &TenantScope, user: UserId) -> Re
         .execute(&mut **tx)
         .await?;
     let r = sqlx::query("DELETE FROM user_totp WHERE tenant_id = $1 AND user_id = $2")
+        .bind(&t)
+        .bind(&u)
+        .execute(&mut **tx)
+        .await?;
+    // A factor given before is no longer one the person has.
+    sqlx::query("UPDATE token_families SET mfa_at = NULL WHERE tenant_id = $1 AND user_id = $2")
         .bind(&t)
         .bind(&u)
         .execute(&mut **tx)
@@ -285,6 +304,26 @@ pub async fn tenant_requires<'c>(ex: impl Executor<'c, Database = Any>, scope: &
 
 pub async fn set_tenant_requires(tx: &mut crate::Tx, scope: &TenantScope, required: bool) -> Result<()> {
     sqlx::query("UPDATE tenants SET mfa_required = $2 WHERE id = $1")
+        .bind(scope.tenant_id().to_string())
+        .bind(i64::from(required))
+        .execute(&mut **tx)
+        .await?;
+    tx.credentials_changed(&scope.tenant_id().to_string());
+    Ok(())
+}
+
+/// Whether the tenant's people (owners excepted) must sign in with single
+/// sign-on.
+pub async fn tenant_requires_sso<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<bool> {
+    let v: Option<i64> = sqlx::query_scalar("SELECT sso_required FROM tenants WHERE id = $1")
+        .bind(scope.tenant_id().to_string())
+        .fetch_optional(ex)
+        .await?;
+    Ok(v == Some(1))
+}
+
+pub async fn set_tenant_requires_sso(tx: &mut crate::Tx, scope: &TenantScope, required: bool) -> Result<()> {
+    sqlx::query("UPDATE tenants SET sso_required = $2 WHERE id = $1")
         .bind(scope.tenant_id().to_string())
         .bind(i64::from(required))
         .execute(&mut **tx)

@@ -281,6 +281,29 @@ pub async fn revoke_user_families(tx: &mut crate::Tx, scope: &TenantScope, user_
     Ok(r.rows_affected())
 }
 
+/// Ends every session of a person but `keep` (their second factor changed
+/// in it): how many ended.
+pub async fn revoke_other_families(
+    tx: &mut crate::Tx,
+    scope: &TenantScope,
+    user_id: UserId,
+    keep: &str,
+    now: i64,
+) -> Result<u64> {
+    let r = sqlx::query(
+        "UPDATE token_families SET revoked_at = $1 \
+         WHERE tenant_id = $2 AND user_id = $3 AND id <> $4 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(scope.tenant_id().to_string())
+    .bind(user_id.to_string())
+    .bind(keep)
+    .execute(&mut **tx)
+    .await?;
+    tx.credentials_changed(&scope.tenant_id().to_string());
+    Ok(r.rows_affected())
+}
+
 /// Denies an access token until it would have expired anyway. It names no
 /// tenant: callers revoke its family too ([`revoke_family`]), which tells
 /// the credential caches.
@@ -304,6 +327,7 @@ pub async fn purge_expired(db: &crate::Db, now: i64) -> Result<u64> {
         "DELETE FROM token_families WHERE expires_at < $1",
         "DELETE FROM email_tokens WHERE expires_at < $1",
         "DELETE FROM mfa_challenges WHERE expires_at < $1",
+        "DELETE FROM oidc_logins WHERE expires_at < $1",
         // Stream tickets open nothing once expired, used or not.
         "DELETE FROM stream_tickets WHERE expires_at < $1",
         // SIP contacts whose registration lapsed.

@@ -248,7 +248,7 @@ pub async fn rotate(
     PathId(id): PathId<ApiKeyId>,
     body: Option<ValidJson<RotateRequest>>,
 ) -> Result<Json<KeyWithSecret>, ApiError> {
-    let scope = auth.scope(Permission::KeysManage).await?;
+    let scope = auth.sensitive_scope(Permission::KeysManage).await?;
     let req = body.map(|b| b.0).unwrap_or_default();
     let grace = req.grace_seconds.unwrap_or(0);
     if grace > MAX_GRACE_SECONDS {

@@ -286,6 +286,7 @@ pub async fn verify_email(
     }
     palisade_store::tokens::void_email_tokens(&mut *tx, &scope, user_id, "verify", now).await?;
     palisade_store::tokens::revoke_user_families(&mut tx, &scope, user_id, now).await?;
+    palisade_store::mfa::void_challenges(&mut *tx, &scope, user_id, now).await?;
     let event = Event::new("auth.email_verified", Some(tenant_id), Actor::user(user_id))
         .resource("user", user_id)
         .details(serde_json::json!({ "password_chosen": chosen.is_some() }));
@@ -405,6 +406,8 @@ pub async fn password_reset_confirm(
         palisade_store::tokens::void_email_tokens(&mut *tx, &scope, user_id, purpose, now).await?;
     }
     let sessions = palisade_store::tokens::revoke_user_families(&mut tx, &scope, user_id, now).await?;
+    // A sign-in half done with the old password ends too.
+    palisade_store::mfa::void_challenges(&mut *tx, &scope, user_id, now).await?;
     let event = Event::new("auth.password_reset", Some(tenant_id), Actor::user(user_id))
         .resource("user", user_id)
         .details(serde_json::json!({ "activated": before.status == "pending", "sessions_ended": sessions }));
@@ -597,6 +600,38 @@ pub async fn login(
     Ok(Json(tokens))
 }
 
+/// A signed-in person proves their password again (to enrol a second
+/// factor): the lockouts of a login apply, and a wrong password counts as
+/// a failed login. Refused: 403 `reauthentication_required`.
+pub(super) async fn check_password(
+    state: &AppState,
+    ctx: &Ctx,
+    user: &palisade_store::users::UserRow,
+    password: String,
+) -> Result<(), ApiError> {
+    let wrong = || {
+        ApiError::new(StatusCode::FORBIDDEN, "reauthentication_required", "Give your current password (`password`).")
+    };
+    let account = palisade_guard::email::canonical(&user.email);
+    let dummy = || palisade_auth::password::dummy_hash().to_owned();
+    let Some(attempt) = state.abuse.login_attempt(&account, ctx.client_ip, state.now_ms()).await? else {
+        state.argon2.verify(password, dummy()).await?;
+        return Err(wrong());
+    };
+    let verified = state.argon2.verify(password, user.password_hash.clone().unwrap_or_else(dummy)).await?;
+    if verified && user.password_hash.is_some() {
+        state.abuse.login_succeeded(attempt).await?;
+        return Ok(());
+    }
+    let now = state.now_ms();
+    state.abuse.login_failed(attempt, now).await?;
+    let tenant = TenantId::from_str(&user.tenant_id).ok();
+    let event = Event::new("auth.password_check_failed", tenant, Actor::user(parse_ids(&user.tenant_id, &user.id)?.1))
+        .resource("user", &user.id);
+    palisade_audit::record(&state.db, &event, &ctx.audit, now).await?;
+    Err(wrong())
+}
+
 /// A person who proved who they are (`method`: `password`, `email_code`):
 /// refused while their sign-up is pending, their account not active or
 /// their tenant frozen. With a second factor enrolled they get a challenge
@@ -612,7 +647,24 @@ pub(super) async fn sign_in(
     let (tenant_id, user_id) = parse_ids(&user.tenant_id, &user.id)?;
     let scope = TenantScope::for_system(tenant_id);
     ensure_may_sign_in(state, &scope, user).await?;
-    let first_factor = if method == "email_code" { "email" } else { "pwd" };
+    // A tenant that signs in with single sign-on: no password or mailed
+    // code (checked after they were proved, so it tells nothing). Owners
+    // keep the password for the day the provider fails.
+    if method != "oidc"
+        && user.role != Role::Owner.as_str()
+        && palisade_store::mfa::tenant_requires_sso(state.db.reader(), &scope).await?
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "sso_required",
+            "Your tenant signs in with single sign-on (GET /v1/auth/oidc/providers).",
+        ));
+    }
+    let first_factor = match method {
+        "email_code" => "email",
+        "oidc" => "fed",
+        _ => "pwd",
+    };
     if super::mfa::enrolled(state, &scope, user_id).await? {
         return Err(super::mfa::challenge(state, ctx, &scope, user_id, first_factor, now).await?);
     }

@@ -391,7 +391,7 @@ pub async fn agent_token(
     PathId(id): PathId<IdentityId>,
     body: Option<ValidJson<AgentTokenRequest>>,
 ) -> Result<(StatusCode, Json<AgentTokenView>), ApiError> {
-    let scope = auth.scope(Permission::IdentitiesManage).await?;
+    let scope = auth.sensitive_scope(Permission::IdentitiesManage).await?;
     let req = body.map(|b| b.0).unwrap_or_default();
     let now = state.now_ms();
     let mut errors = Vec::new();

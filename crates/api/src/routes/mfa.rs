@@ -94,89 +94,123 @@ fn factor<'a>(code: &'a Option<String>, recovery_code: &'a Option<String>) -> Re
     }
 }
 
-/// Which enrolment a factor may prove.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Enrolment {
-    /// A confirmed one (sign-in, step-up).
-    Confirmed,
-    /// The one being confirmed (its first code).
-    Pending,
-}
-
 fn wrong_factor() -> ApiError {
     sign_in_refused("Invalid code.")
 }
 
-/// Checks the person's second factor, counted before it is compared and
-/// used once: its `amr` value (`otp` or `rec`), or 401. A wrong one counts
-/// against the client address too; the last allowed one locks the second
-/// factor for a while.
+/// What a right factor proved.
+enum Proof {
+    /// A TOTP code of this step, accepted (a confirmed enrolment), or to be
+    /// accepted by the caller (confirming a pending one).
+    Totp(i64),
+    /// A recovery code, used up.
+    Recovery,
+}
+
+impl Proof {
+    /// Its RFC 8176 `amr` value.
+    fn amr(&self) -> &'static str {
+        match self {
+            Proof::Totp(_) => "otp",
+            Proof::Recovery => "rec",
+        }
+    }
+}
+
+/// Checks a person's second factor, or 401. A TOTP code is counted before
+/// it is compared (per person, over every challenge and step-up; the try
+/// that uses the last one allowed locks TOTP for a while, and the person is
+/// told) and, for a confirmed enrolment, accepted once. A recovery code (60
+/// bits: no guessing) is not held back by that lock, so a stranger who has
+/// the password cannot keep its owner out. Every wrong factor counts
+/// against the client address as a failed credential.
 async fn prove(
     state: &AppState,
     ctx: &Ctx,
     scope: &TenantScope,
     user: UserId,
     given: &Factor<'_>,
-    enrolment: Enrolment,
-) -> Result<&'static str, ApiError> {
+    confirmed: bool,
+) -> Result<Proof, ApiError> {
     let now = state.now_ms();
     let rules = &state.config.auth.mfa;
-    let lock_until = now + secs_ms(rules.lockout_secs);
-    let mut tx = state.db.begin().await?;
-    let row = mfa::take_try(&mut *tx, scope, user, now, i64::from(rules.max_tries), lock_until).await?;
-    tx.commit().await?;
-    let fits = |r: &mfa::TotpRow| (r.confirmed_at.is_some()) == (enrolment == Enrolment::Confirmed);
-    let proved = match (&row, given) {
-        (Some(r), Factor::Totp(code)) if fits(r) => {
-            let secret = B64
-                .decode(&r.secret_sealed)
-                .ok()
-                .and_then(|b| state.sealer.open(&b, &aad(scope, user)).ok())
-                .ok_or_else(|| ApiError::internal("a TOTP secret does not open"))?;
-            let generator = Totp::new(secret, &rules.issuer, "-").ok_or_else(|| ApiError::internal("TOTP secret"))?;
-            match generator.step_of(code, u64::try_from(now / 1000).unwrap_or(0)) {
-                Some(step) => {
-                    let step = i64::try_from(step).unwrap_or(i64::MAX);
-                    let mut tx = state.db.begin().await?;
-                    let fresh = mfa::accept_step(&mut *tx, scope, user, step, now).await?;
-                    tx.commit().await?;
-                    fresh.then_some("otp")
-                }
-                None => None,
-            }
-        }
-        (Some(r), Factor::Recovery(code)) if fits(r) && enrolment == Enrolment::Confirmed => {
-            match totp::normalize_recovery_code(code) {
-                Some(code) => {
-                    let hash = state.recovery_codes.digest(&user.to_string(), &code);
-                    let mut tx = state.db.begin().await?;
-                    let unused = mfa::use_recovery_code(&mut *tx, scope, user, &hash, now).await?;
-                    if unused {
-                        mfa::reset_tries(&mut *tx, scope, user).await?;
+    let (mut lock, mut unseen) = (None, false);
+    let proved = match given {
+        Factor::Totp(code) => {
+            let lock_until = now + secs_ms(rules.lockout_secs);
+            let mut tx = state.db.begin().await?;
+            let row =
+                mfa::take_try(&mut *tx, scope, user, now, i64::from(rules.max_tries), lock_until, confirmed).await?;
+            tx.commit().await?;
+            lock = row.as_ref().filter(|r| r.locked_until != 0).map(|r| (r.tries, r.locked_until));
+            unseen = row.is_none();
+            match row {
+                Some(r) => {
+                    let secret = B64
+                        .decode(&r.secret_sealed)
+                        .ok()
+                        .and_then(|b| state.sealer.open(&b, &aad(scope, user)).ok())
+                        .ok_or_else(|| ApiError::internal("a TOTP secret does not open"))?;
+                    let generator =
+                        Totp::new(secret, &rules.issuer, "-").ok_or_else(|| ApiError::internal("TOTP secret"))?;
+                    match generator.step_of(code, u64::try_from(now / 1000).unwrap_or(0)) {
+                        Some(step) if confirmed => {
+                            let step = i64::try_from(step).unwrap_or(i64::MAX);
+                            let mut tx = state.db.begin().await?;
+                            let fresh = mfa::accept_step(&mut *tx, scope, user, step).await?;
+                            tx.commit().await?;
+                            fresh.then_some(Proof::Totp(step))
+                        }
+                        Some(step) => Some(Proof::Totp(i64::try_from(step).unwrap_or(i64::MAX))),
+                        None => None,
                     }
-                    tx.commit().await?;
-                    unused.then_some("rec")
                 }
                 None => None,
             }
         }
-        _ => None,
+        Factor::Recovery(code) if confirmed => match totp::normalize_recovery_code(code) {
+            Some(code) => {
+                let hash = state.recovery_codes.digest(&user.to_string(), &code);
+                let mut tx = state.db.begin().await?;
+                let unused = mfa::use_recovery_code(&mut *tx, scope, user, &hash, now).await?;
+                if unused {
+                    mfa::reset_tries(&mut *tx, scope, user).await?;
+                }
+                tx.commit().await?;
+                unused.then_some(Proof::Recovery)
+            }
+            None => None,
+        },
+        Factor::Recovery(_) => None,
     };
-    if let Some(amr) = proved {
-        return Ok(amr);
+    if let Some(proof) = proved {
+        return Ok(proof);
     }
     state.abuse.credential_failed(&state.db, "second_factor", ctx.client_ip, now, ctx.audit.clone()).await?;
     let tenant = Some(scope.tenant_id());
-    let failed = Event::new("auth.mfa_failed", tenant, Actor::user(user))
-        .resource("user", user)
-        .details(serde_json::json!({ "method": given.method(), "locked": row.is_none() }));
+    let failed =
+        Event::new("auth.mfa_failed", tenant, Actor::user(user)).resource("user", user).details(serde_json::json!({
+            "method": given.method(),
+            // Refused unseen: TOTP was locked before this try.
+            "locked": unseen,
+        }));
     palisade_audit::record(&state.db, &failed, &ctx.audit, now).await?;
-    // This try used the last one allowed: the second factor now waits.
-    if let Some(r) = row.filter(|r| r.locked_until != 0) {
+    // This try used the last one allowed: TOTP now waits, and its owner hears.
+    if let Some((tries, until)) = lock {
         let locked = Event::new("auth.mfa_locked", tenant, Actor::user(user))
             .resource("user", user)
-            .details(serde_json::json!({ "tries": r.tries, "until": palisade_core::clock::rfc3339(r.locked_until) }));
+            .details(serde_json::json!({ "tries": tries, "until": palisade_core::clock::rfc3339(until) }));
         palisade_audit::record(&state.db, &locked, &ctx.audit, now).await?;
+        if let Some(u) = palisade_store::users::get(state.db.reader(), scope, user).await? {
+            let body = format!(
+                "Several wrong codes were given for your Palisade account's second factor, so it\n\
+                 waits {} minutes before it takes codes again (recovery codes still work).\n\n\
+                 Only someone who knows your password (or holds a session of yours) can try\n\
+                 codes: if this was not you, change your password.\n",
+                rules.lockout_secs / 60
+            );
+            send_mail(state, &u.email, "Your Palisade second factor is locked for a while", body).await;
+        }
     }
     Err(wrong_factor())
 }
@@ -221,7 +255,7 @@ pub async fn complete(
     let tenant_id = palisade_core::TenantId::from_str(&c.tenant_id).map_err(ApiError::internal)?;
     let user_id = UserId::from_str(&c.user_id).map_err(ApiError::internal)?;
     let scope = TenantScope::for_system(tenant_id);
-    let amr = prove(&state, &ctx, &scope, user_id, &given, Enrolment::Confirmed).await?;
+    let amr = prove(&state, &ctx, &scope, user_id, &given, true).await?.amr();
     let mut tx = state.db.begin().await?;
     let live = mfa::consume_challenge(&mut *tx, &token_hash, state.now_ms()).await?;
     tx.commit().await?;
@@ -233,7 +267,11 @@ pub async fn complete(
     let now = state.now_ms();
     let factors =
         SessionFactors { amr: format!("{} {amr} mfa", c.first_factor), auth_time: c.created_at, mfa_at: Some(now) };
-    let method = if c.first_factor == "email" { "email_code" } else { "password" };
+    let method = match c.first_factor.as_str() {
+        "email" => "email_code",
+        "fed" => "oidc",
+        _ => "password",
+    };
     let details = serde_json::json!({ "method": method, "second_factor": given.method() });
     let tokens = open_session(&state, &ctx, &user, &factors, details, now).await?;
     if amr == "rec" {
@@ -286,6 +324,7 @@ pub struct StepUpRequest {
 pub async fn step_up(
     State(state): State<AppState>,
     auth: Auth,
+    pass: Option<axum::Extension<crate::abuse::AddressPass>>,
     ValidJson(req): ValidJson<StepUpRequest>,
 ) -> Result<Json<AccessTokenResponse>, ApiError> {
     let given = factor(&req.code, &req.recovery_code)?;
@@ -294,8 +333,15 @@ pub async fn step_up(
     if !enrolled(&state, &scope, user_id).await? {
         return Err(ApiError::conflict("No second factor is enrolled (POST /v1/me/mfa/totp)."));
     }
-    let amr = prove(&state, &auth.ctx, &scope, user_id, &given, Enrolment::Confirmed).await?;
-    let token = gave_factor(&state, &auth, amr).await?;
+    if pass.is_some_and(|p| p.credentials_locked) {
+        let now = state.now_ms();
+        state.abuse.credential_refused_locked(&state.db, auth.ctx.client_ip, now, auth.ctx.audit.clone()).await;
+        return Err(wrong_factor());
+    }
+    let amr = prove(&state, &auth.ctx, &scope, user_id, &given, true).await?.amr();
+    let mut tx = state.db.begin().await?;
+    let token = gave_factor(&state, &mut tx, &auth, amr).await?;
+    tx.commit().await?;
     let event = Event::new("auth.step_up", Some(scope.tenant_id()), auth.principal.actor())
         .resource("session", family_id)
         .details(serde_json::json!({ "second_factor": given.method() }));
@@ -304,15 +350,18 @@ pub async fn step_up(
 }
 
 /// The session gave a second factor now: its new access token.
-async fn gave_factor(state: &AppState, auth: &Auth, amr: &str) -> Result<AccessTokenResponse, ApiError> {
+async fn gave_factor(
+    state: &AppState,
+    tx: &mut palisade_store::Tx,
+    auth: &Auth,
+    amr: &str,
+) -> Result<AccessTokenResponse, ApiError> {
     let (user_id, family_id, role) = person(auth)?;
     let scope = auth.principal.own_scope();
     let now = state.now_ms();
-    let mut tx = state.db.begin().await?;
-    let factors = palisade_store::tokens::family_gave_factor(&mut *tx, &scope, family_id, user_id, amr, now)
+    let factors = palisade_store::tokens::family_gave_factor(&mut **tx, &scope, family_id, user_id, amr, now)
         .await?
         .ok_or_else(ApiError::unauthenticated)?;
-    tx.commit().await?;
     access_token(state, &scope, user_id, role, family_id, &factors, now)
 }
 
@@ -351,31 +400,33 @@ pub struct TotpEnrolment {
     otpauth_uri: String,
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolRequest {
+    /// Your password: a session alone (a stolen one) cannot add a factor.
+    #[schema(max_length = 256)]
+    password: String,
+}
+
 /// Starts a TOTP enrolment (replacing one not yet confirmed). The secret is
-/// shown once; confirm with a first code. Needs a sign-in within
-/// `auth.mfa.enrol_within_secs`, so a stolen older session cannot add a
-/// factor of its own.
-#[utoipa::path(post, path = "/v1/me/mfa/totp", tag = "me", security(("bearer" = [])),
-    responses((status = 201, body = TotpEnrolment), (status = 401, body = palisade_core::Problem),
+/// shown once; confirm with a first code. Needs the person's password, with
+/// the login lockouts of a sign-in.
+#[utoipa::path(post, path = "/v1/me/mfa/totp", tag = "me", request_body = EnrolRequest, security(("bearer" = [])),
+    responses((status = 201, body = TotpEnrolment), (status = 400, body = palisade_core::Problem),
         (status = 403, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
-pub async fn enrol(State(state): State<AppState>, auth: Auth) -> Result<(StatusCode, Json<TotpEnrolment>), ApiError> {
-    let (user_id, family_id, _) = person(&auth)?;
+pub async fn enrol(
+    State(state): State<AppState>,
+    auth: Auth,
+    ValidJson(req): ValidJson<EnrolRequest>,
+) -> Result<(StatusCode, Json<TotpEnrolment>), ApiError> {
+    let (user_id, _, _) = person(&auth)?;
     let scope = auth.principal.own_scope();
+    let user = palisade_store::users::get(state.db.reader(), &scope, user_id).await?.ok_or_else(ApiError::not_found)?;
+    super::auth::check_password(&state, &auth.ctx, &user, req.password).await?;
     let now = state.now_ms();
-    let factors = palisade_store::tokens::family_factors(state.db.reader(), &scope, family_id)
-        .await?
-        .ok_or_else(ApiError::unauthenticated)?;
-    if now - factors.auth_time > secs_ms(state.config.auth.mfa.enrol_within_secs) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "reauthentication_required",
-            "Sign in again to enrol a second factor.",
-        ));
-    }
-    let email = auth.profile.email.clone().unwrap_or_default();
     let secret = Totp::new_secret();
     let sealed = B64.encode(state.sealer.seal(&secret, &aad(&scope, user_id)));
-    let generator = Totp::new(secret, &state.config.auth.mfa.issuer, &email)
+    let generator = Totp::new(secret, &state.config.auth.mfa.issuer, &user.email)
         .ok_or_else(|| ApiError::internal("a new TOTP secret was refused"))?;
     let mut tx = state.db.begin().await?;
     if !mfa::begin(&mut tx, &scope, user_id, &sealed, now).await? {
@@ -417,17 +468,30 @@ pub async fn confirm(
     auth: Auth,
     ValidJson(req): ValidJson<ConfirmRequest>,
 ) -> Result<Json<Enrolled>, ApiError> {
-    let (user_id, _, _) = person(&auth)?;
+    let (user_id, family_id, _) = person(&auth)?;
     let scope = auth.principal.own_scope();
-    let amr = prove(&state, &auth.ctx, &scope, user_id, &Factor::Totp(&req.code), Enrolment::Pending).await?;
-    let codes = replace_recovery_codes(&state, &scope, user_id).await?;
-    let token = gave_factor(&state, &auth, amr).await?;
+    match mfa::totp(state.db.reader(), &scope, user_id).await? {
+        None => return Err(ApiError::conflict("Start an enrolment first (POST /v1/me/mfa/totp).")),
+        Some(r) if r.confirmed_at.is_some() => return Err(ApiError::conflict("The TOTP is already confirmed.")),
+        Some(_) => {}
+    }
+    let Proof::Totp(step) = prove(&state, &auth.ctx, &scope, user_id, &Factor::Totp(&req.code), false).await? else {
+        return Err(wrong_factor());
+    };
+    // All or nothing: the factor, its recovery codes, this session's token,
+    // the other sessions ended.
+    let (codes, hashes) = recovery_codes(&state, user_id);
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
-    mfa::changed(&mut tx, &scope);
+    if !mfa::confirm(&mut tx, &scope, user_id, step, now).await? {
+        return Err(wrong_factor());
+    }
+    mfa::replace_recovery_codes(&mut tx, &scope, user_id, &hashes).await?;
+    let token = gave_factor(&state, &mut tx, &auth, "otp").await?;
+    let ended = palisade_store::tokens::revoke_other_families(&mut tx, &scope, user_id, family_id, now).await?;
     let event = Event::new("auth.mfa_enrolled", Some(scope.tenant_id()), auth.principal.actor())
         .resource("user", user_id)
-        .details(serde_json::json!({ "method": "totp" }));
+        .details(serde_json::json!({ "method": "totp", "other_sessions_ended": ended }));
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await?;
     notice(&state, &auth, "A second factor was added to your Palisade account").await;
@@ -439,19 +503,16 @@ pub async fn confirm(
     }))
 }
 
-/// New recovery codes for the person, the old ones void.
-async fn replace_recovery_codes(state: &AppState, scope: &TenantScope, user: UserId) -> Result<Vec<String>, ApiError> {
+/// Ten new recovery codes for the person, and what is stored of them.
+fn recovery_codes(state: &AppState, user: UserId) -> (Vec<String>, Vec<String>) {
     let codes = totp::new_recovery_codes();
     let subject = user.to_string();
-    let hashes: Vec<String> = codes
+    let hashes = codes
         .iter()
         .filter_map(|c| totp::normalize_recovery_code(c))
         .map(|c| state.recovery_codes.digest(&subject, &c))
         .collect();
-    let mut tx = state.db.begin().await?;
-    mfa::replace_recovery_codes(&mut tx, scope, user, &hashes).await?;
-    tx.commit().await?;
-    Ok(codes)
+    (codes, hashes)
 }
 
 /// Tells the person by mail that their second factors changed.
@@ -482,10 +543,13 @@ pub async fn new_recovery_codes(State(state): State<AppState>, auth: Auth) -> Re
     if !enrolled(&state, &scope, user_id).await? {
         return Err(ApiError::conflict("Enrol a TOTP first."));
     }
-    let codes = replace_recovery_codes(&state, &scope, user_id).await?;
+    let (codes, hashes) = recovery_codes(&state, user_id);
+    let mut tx = state.db.begin().await?;
+    mfa::replace_recovery_codes(&mut tx, &scope, user_id, &hashes).await?;
     let event = Event::new("auth.mfa_recovery_codes_replaced", Some(scope.tenant_id()), auth.principal.actor())
         .resource("user", user_id);
-    palisade_audit::record(&state.db, &event, &auth.ctx.audit, state.now_ms()).await?;
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, state.now_ms()).await?;
+    tx.commit().await?;
     notice(&state, &auth, "New recovery codes were made for your Palisade account").await;
     Ok(Json(RecoveryCodes { recovery_codes: codes }))
 }
@@ -515,12 +579,29 @@ pub async fn remove(State(state): State<AppState>, auth: Auth) -> Result<StatusC
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Serialize, ToSchema)]
 pub struct TenantSecurity {
     /// Owners and admins must have a second factor: until they give one,
     /// everything but enrolling answers 403 `mfa_required`.
     mfa_required: bool,
+    /// People sign in with single sign-on only (owners keep the password,
+    /// for the day the provider fails); a password or mailed code answers
+    /// 403 `sso_required`.
+    sso_required: bool,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSecurityChange {
+    mfa_required: Option<bool>,
+    sso_required: Option<bool>,
+}
+
+async fn read_security(state: &AppState, scope: &TenantScope) -> Result<TenantSecurity, ApiError> {
+    Ok(TenantSecurity {
+        mfa_required: mfa::tenant_requires(state.db.reader(), scope).await?,
+        sso_required: mfa::tenant_requires_sso(state.db.reader(), scope).await?,
+    })
 }
 
 /// The tenant's sign-in rules.
@@ -528,36 +609,53 @@ pub struct TenantSecurity {
     responses((status = 200, body = TenantSecurity), (status = 403, body = palisade_core::Problem)))]
 pub async fn get_security(State(state): State<AppState>, auth: Auth) -> Result<Json<TenantSecurity>, ApiError> {
     let scope = auth.scope(Permission::UsersRead).await?;
-    Ok(Json(TenantSecurity { mfa_required: mfa::tenant_requires(state.db.reader(), &scope).await? }))
+    Ok(Json(read_security(&state, &scope).await?))
 }
 
-/// Changes the tenant's sign-in rules (`tenant:manage`, and a recent
-/// second factor). Turning `mfa_required` on needs one of your own.
-#[utoipa::path(patch, path = "/v1/tenant/security", tag = "tenant", request_body = TenantSecurity,
-    security(("bearer" = []), ("api_key" = [])),
+/// Changes the tenant's sign-in rules (`tenant:manage`, a person's
+/// session, and a recent second factor); a field not given stays.
+#[utoipa::path(patch, path = "/v1/tenant/security", tag = "tenant", request_body = TenantSecurityChange,
+    security(("bearer" = [])),
     responses((status = 200, body = TenantSecurity), (status = 400, body = palisade_core::Problem),
         (status = 403, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
 pub async fn put_security(
     State(state): State<AppState>,
     auth: Auth,
-    ValidJson(req): ValidJson<TenantSecurity>,
+    ValidJson(req): ValidJson<TenantSecurityChange>,
 ) -> Result<Json<TenantSecurity>, ApiError> {
     let scope = auth.sensitive_scope(Permission::TenantManage).await?;
-    if req.mfa_required {
-        // A person would shut themselves out of everything but enrolling.
-        if let PrincipalKind::User { user_id, .. } = auth.principal.kind() {
-            if !enrolled(&state, &scope, *user_id).await? {
-                return Err(ApiError::conflict("Enrol a second factor yourself before requiring one."));
-            }
-        }
+    // A key has no second factor to give: the rules about people are
+    // changed by people.
+    let PrincipalKind::User { user_id, .. } = auth.principal.kind() else {
+        return Err(auth.denied("Only a person's session can change the tenant's sign-in rules."));
+    };
+    // A person would shut themselves out of everything but enrolling.
+    if req.mfa_required == Some(true) && !enrolled(&state, &scope, *user_id).await? {
+        return Err(ApiError::conflict("Enrol a second factor yourself before requiring one."));
     }
+    if req.sso_required == Some(true) && state.oidc.is_empty() {
+        return Err(ApiError::conflict("No single sign-on provider is configured (oidc.providers)."));
+    }
+    let before = read_security(&state, &scope).await?;
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
-    let before = mfa::tenant_requires(&mut *tx, &scope).await?;
-    mfa::set_tenant_requires(&mut tx, &scope, req.mfa_required).await?;
-    let event = Event::new("tenant.security_changed", Some(scope.tenant_id()), auth.principal.actor())
-        .details(serde_json::json!({ "mfa_required": { "from": before, "to": req.mfa_required } }));
+    if let Some(on) = req.mfa_required {
+        mfa::set_tenant_requires(&mut tx, &scope, on).await?;
+    }
+    if let Some(on) = req.sso_required {
+        mfa::set_tenant_requires_sso(&mut tx, &scope, on).await?;
+    }
+    let after = TenantSecurity {
+        mfa_required: req.mfa_required.unwrap_or(before.mfa_required),
+        sso_required: req.sso_required.unwrap_or(before.sso_required),
+    };
+    let event = Event::new("tenant.security_changed", Some(scope.tenant_id()), auth.principal.actor()).details(
+        serde_json::json!({
+            "mfa_required": { "from": before.mfa_required, "to": after.mfa_required },
+            "sso_required": { "from": before.sso_required, "to": after.sso_required },
+        }),
+    );
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await?;
-    Ok(Json(TenantSecurity { mfa_required: req.mfa_required }))
+    Ok(Json(after))
 }

@@ -15,6 +15,7 @@ mod me;
 mod messages;
 mod mfa;
 mod number_verification;
+mod oidc;
 mod sip;
 pub mod streams;
 mod sysadmin;
@@ -47,6 +48,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(auth::login))
         .routes(routes!(email_code::request))
         .routes(routes!(email_code::verify))
+        .routes(routes!(oidc::providers))
+        .routes(routes!(oidc::start))
+        .routes(routes!(oidc::callback))
         .routes(routes!(mfa::complete))
         .routes(routes!(mfa::step_up))
         .routes(routes!(auth::refresh))
@@ -63,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(api_keys::rotate))
         .routes(routes!(users::invite, users::list))
         .routes(routes!(users::get, users::update, users::remove))
+        .routes(routes!(users::reset_mfa))
         .routes(routes!(identities::create, identities::list))
         .routes(routes!(identities::get, identities::update, identities::remove))
         .routes(routes!(identities::agent_token))

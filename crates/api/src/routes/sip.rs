@@ -68,7 +68,7 @@ pub async fn create_credential(
     auth: Auth,
     PathId(id): PathId<IdentityId>,
 ) -> Result<(StatusCode, Json<SipCredentialCreated>), ApiError> {
-    let scope = auth.scope(Permission::IdentitiesManage).await?;
+    let scope = auth.sensitive_scope(Permission::IdentitiesManage).await?;
     let identity =
         palisade_store::identities::get(state.db.reader(), &scope, id).await?.ok_or_else(ApiError::not_found)?;
     if identity.status != "active" {

@@ -79,7 +79,7 @@ pub async fn invite(
     auth: Auth,
     ValidJson(req): ValidJson<InviteRequest>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
-    let scope = auth.scope(Permission::UsersManage).await?;
+    let scope = auth.sensitive_scope(Permission::UsersManage).await?;
     let email = ops::new_email(&req.email, "email").map_err(|e| ApiError::validation_many(vec![e]))?;
     ensure_can_grant(&auth, req.role)?;
     let cannot = || ApiError::conflict("This email address cannot be invited.");
@@ -183,6 +183,42 @@ pub async fn update(
     let row = palisade_store::users::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
     tx.commit().await?;
     Ok(Json(row.into()))
+}
+
+/// Removes a person's second factor (they lost it and their recovery
+/// codes): their sessions end, they sign in with the password alone and
+/// enrol again. Nobody resets the factor of someone above them.
+#[utoipa::path(delete, path = "/v1/users/{id}/mfa", tag = "users", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "User id (UUID)")),
+    responses((status = 204), (status = 403, body = palisade_core::Problem), (status = 404, body = palisade_core::Problem)))]
+pub async fn reset_mfa(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathId(id): PathId<UserId>,
+) -> Result<StatusCode, ApiError> {
+    let scope = auth.sensitive_scope(Permission::UsersManage).await?;
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    let target = palisade_store::users::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
+    ensure_can_manage(&auth, &target)?;
+    if !palisade_store::mfa::remove(&mut tx, &scope, id).await? {
+        return Err(ApiError::not_found());
+    }
+    palisade_store::mfa::void_challenges(&mut *tx, &scope, id, now).await?;
+    let sessions = palisade_store::tokens::revoke_user_families(&mut tx, &scope, id, now).await?;
+    let event = Event::new("user.mfa_reset", Some(scope.tenant_id()), auth.principal.actor())
+        .resource("user", id)
+        .details(serde_json::json!({ "sessions_ended": sessions }));
+    palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
+    tx.commit().await?;
+    let body = "The second factor of your Palisade account was removed by an administrator of\n\
+                your tenant, and your sessions were ended. Sign in with your password and enrol\n\
+                a second factor again. If you did not ask for this, tell your administrator.\n"
+        .to_owned();
+    if let Err(e) = state.mailer.send(&target.email, "Your Palisade second factor was reset", body).await {
+        tracing::error!(error = %e, "sending mail failed");
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn ensure_other_owner(

@@ -176,7 +176,7 @@ pub async fn create(
     auth: Auth,
     ValidJson(req): ValidJson<CreateWebhookRequest>,
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
-    let scope = auth.scope(Permission::WebhooksManage).await?;
+    let scope = auth.sensitive_scope(Permission::WebhooksManage).await?;
     let mut errors = Vec::new();
     let events = check_events(&req.events, &mut errors);
     let description = check_description(req.description.as_deref().unwrap_or(""), &mut errors);
@@ -252,7 +252,7 @@ pub async fn update(
     PathId(id): PathId<uuid::Uuid>,
     ValidJson(req): ValidJson<UpdateWebhookRequest>,
 ) -> Result<Json<WebhookView>, ApiError> {
-    let scope = auth.scope(Permission::WebhooksManage).await?;
+    let scope = auth.sensitive_scope(Permission::WebhooksManage).await?;
     let current = load(&state, &scope, id).await?;
     let mut errors = Vec::new();
     let events = match &req.events {

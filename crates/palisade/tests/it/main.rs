@@ -31,6 +31,7 @@ mod mail;
 mod messages;
 mod mfa;
 mod numbers;
+mod oidc;
 mod openapi;
 mod recovery;
 mod redis_state;

@@ -41,7 +41,8 @@ impl App {
 /// Enrols `token`'s person; returns their app, the recovery codes and the
 /// new access token.
 async fn enrol(s: &TestServer, token: &str) -> (App, Vec<String>, String) {
-    let r = s.call(Method::POST, "/v1/me/mfa/totp", Some(token), None).await.expect(201);
+    let body = json!({"password": crate::common::PASSWORD});
+    let r = s.call(Method::POST, "/v1/me/mfa/totp", Some(token), Some(body)).await.expect(201);
     let uri = r.body["otpauth_uri"].as_str().unwrap();
     assert!(uri.starts_with("otpauth://totp/Palisade:"), "{uri}");
     let secret = r.body["secret"].as_str().unwrap();
@@ -260,7 +261,7 @@ async fn sensitive_operations_need_a_recent_second_factor(backend: Backend) {
     let r = second_factor(&s, &mfa_token, json!({"code": app.code(&s)})).await.expect(200);
     let (fresh, refresh) =
         (r.body["access_token"].as_str().unwrap().to_owned(), r.body["refresh_token"].as_str().unwrap().to_owned());
-    s.api_key(&fresh, json!({"name": "admin 2", "role": "admin"})).await;
+    let (admin_key_id, _) = s.api_key(&fresh, json!({"name": "admin 2", "role": "admin"})).await;
     let (member, _) = s.member(&fresh, "member@acme.example.com", "read_only").await;
     // Eleven minutes later the session's factor is too old for them.
     s.clock.advance_ms(11 * 60_000);
@@ -273,6 +274,10 @@ async fn sensitive_operations_need_a_recent_second_factor(backend: Backend) {
         s.call(Method::DELETE, &format!("/v1/users/{member}"), Some(&stale), None).await,
         s.call(Method::DELETE, "/v1/me/mfa/totp", Some(&stale), None).await,
         s.call(Method::POST, "/v1/me/mfa/recovery-codes", Some(&stale), None).await,
+        s.post("/v1/users", &stale, json!({"email": "new@acme.example.com", "role": "read_only"})).await,
+        s.call(Method::POST, &format!("/v1/api-keys/{admin_key_id}/rotate"), Some(&stale), None).await,
+        s.call(Method::DELETE, &format!("/v1/users/{member}/mfa"), Some(&stale), None).await,
+        s.call(Method::PATCH, "/v1/tenant/security", Some(&stale), Some(json!({"mfa_required": false}))).await,
     ];
     for r in refused {
         assert_eq!((r.status, r.body["reason"].as_str()), (403, Some("mfa_required")), "{}", r.text);
@@ -305,33 +310,95 @@ async fn sensitive_operations_need_a_recent_second_factor(backend: Backend) {
     s.post("/v1/auth/step-up", &stepped, json!({"code": app.code(&s)})).await.expect(409);
 }
 
+/// Starts an enrolment; returns the app of its secret.
+async fn begin(s: &TestServer, token: &str) -> App {
+    let body = json!({"password": crate::common::PASSWORD});
+    let r = s.call(Method::POST, "/v1/me/mfa/totp", Some(token), Some(body)).await.expect(201);
+    App(Totp::new(base32_decode(r.body["secret"].as_str().unwrap()), "Palisade", "x").unwrap())
+}
+
 #[tokio::test]
-async fn enrolling_needs_a_recent_sign_in_and_a_pending_enrolment_is_no_factor() {
+async fn enrolling_needs_the_password_and_ends_the_other_sessions() {
     let s = TestServer::start(Backend::Sqlite).await;
     let t = s.tenant("Acme").await;
-    // An old session (refreshed, so its token is new) cannot add a factor.
-    s.clock.advance_ms(16 * 60_000);
-    let r = s.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": t.refresh}))).await.expect(200);
-    let old = r.body["access_token"].as_str().unwrap().to_owned();
-    let r = s.call(Method::POST, "/v1/me/mfa/totp", Some(&old), None).await.expect(403);
-    assert_eq!(r.body["reason"], "reauthentication_required");
-    // A new sign-in can; until confirmed, sign-in does not ask for it.
-    let (token, _) = s.login(&t.email, &t.password).await;
-    let r = s.call(Method::POST, "/v1/me/mfa/totp", Some(&token), None).await.expect(201);
-    let app = App(Totp::new(base32_decode(r.body["secret"].as_str().unwrap()), "Palisade", "x").unwrap());
-    assert_eq!(s.get("/v1/me/mfa", &token).await.expect(200).body["totp"], "pending");
-    login(&s, &t.email, &t.password).await.expect(200);
-    // Nor does its code step up.
-    s.post("/v1/auth/step-up", &token, json!({"code": app.code(&s)})).await.expect(409);
-    // A second enrolment replaces a pending one; a confirmed one is kept.
-    let r = s.call(Method::POST, "/v1/me/mfa/totp", Some(&token), None).await.expect(201);
-    let app2 = App(Totp::new(base32_decode(r.body["secret"].as_str().unwrap()), "Palisade", "x").unwrap());
-    s.post("/v1/me/mfa/totp/confirm", &token, json!({"code": app.code(&s)})).await.expect(401);
-    let r = s.post("/v1/me/mfa/totp/confirm", &token, json!({"code": app2.code(&s)})).await.expect(200);
+    // A session alone (a stolen token) cannot put its own factor on the
+    // account; a wrong password counts as a failed login.
+    for body in [json!({"password": "not the password at all"}), json!({})] {
+        let r = s.call(Method::POST, "/v1/me/mfa/totp", Some(&t.token), Some(body)).await;
+        assert!(r.status == 403 || r.status == 400, "{}", r.text);
+    }
+    let r =
+        s.call(Method::POST, "/v1/me/mfa/totp", Some(&t.token), Some(json!({"password": "wrong password 1"}))).await;
+    assert_eq!(r.expect(403).body["reason"], "reauthentication_required");
+    assert!(!s.events(&t.token, "action=auth.password_check_failed").await.is_empty());
+    // Until confirmed, sign-in does not ask for it, nor does its code step up.
+    let app = begin(&s, &t.token).await;
+    assert_eq!(s.get("/v1/me/mfa", &t.token).await.expect(200).body["totp"], "pending");
+    let (other, other_refresh) = s.login(&t.email, &t.password).await;
+    s.post("/v1/auth/step-up", &t.token, json!({"code": app.code(&s)})).await.expect(409);
+    // A second enrolment replaces a pending one.
+    let app2 = begin(&s, &t.token).await;
+    s.post("/v1/me/mfa/totp/confirm", &t.token, json!({"code": app.code(&s)})).await.expect(401);
+    let r = s.post("/v1/me/mfa/totp/confirm", &t.token, json!({"code": app2.code(&s)})).await.expect(200);
     let stepped = r.body["access_token"].as_str().unwrap().to_owned();
-    s.call(Method::POST, "/v1/me/mfa/totp", Some(&stepped), None).await.expect(409);
+    // The other session (signed in without the factor) is over.
+    s.get("/v1/me", &other).await.expect(401);
+    s.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": other_refresh}))).await.expect(401);
+    s.get("/v1/me", &stepped).await.expect(200);
+    // A confirmed one is kept, and confirming again is no factor check.
+    let body = json!({"password": crate::common::PASSWORD});
+    s.call(Method::POST, "/v1/me/mfa/totp", Some(&stepped), Some(body)).await.expect(409);
     next_step(&s);
-    s.post("/v1/me/mfa/totp/confirm", &stepped, json!({"code": app2.code(&s)})).await.expect(401);
+    s.post("/v1/me/mfa/totp/confirm", &stepped, json!({"code": app2.code(&s)})).await.expect(409);
+}
+
+#[tokio::test]
+async fn a_locked_totp_leaves_recovery_codes_and_an_admin_can_reset_a_lost_factor() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let t = s.tenant("Acme").await;
+    let (_, member_token) = s.member(&t.token, "member@acme.example.com", "admin").await;
+    let (app, codes, _) = enrol(&s, &member_token).await;
+    next_step(&s);
+    let m = Tenant {
+        id: t.id.clone(),
+        owner_id: String::new(),
+        email: "member@acme.example.com".into(),
+        password: crate::common::PASSWORD.into(),
+        token: String::new(),
+        refresh: String::new(),
+    };
+    // Someone with the password spends the tries: TOTP locks, the person
+    // is told, and their recovery code still lets them in.
+    let token = first_factor(&s, &m).await;
+    for _ in 0..5 {
+        second_factor(&s, &token, json!({"code": "000000"})).await.expect(401);
+    }
+    second_factor(&s, &token, json!({"code": app.code(&s)})).await.expect(401);
+    assert!(s.last_mail_to(&m.email).contains("second factor is locked"), "{}", s.last_mail_to(&m.email));
+    second_factor(&s, &token, json!({"recovery_code": codes[0]})).await.expect(200);
+    // The phone is lost: an owner resets the factor (a person above them,
+    // with no factor of their own: not asked to step up).
+    let member_id = s.get("/v1/users", &t.token).await.expect(200).body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == m.email.as_str())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.call(Method::DELETE, &format!("/v1/users/{member_id}/mfa"), Some(&t.token), None).await.expect(204);
+    s.call(Method::DELETE, &format!("/v1/users/{member_id}/mfa"), Some(&t.token), None).await.expect(404);
+    assert!(s.last_mail_to(&m.email).contains("was removed by an administrator"));
+    // Their sessions ended; the password alone signs in again.
+    s.get("/v1/me", &member_token).await.expect(401);
+    let (fresh, _) = s.login(&m.email, &m.password).await;
+    // An admin cannot reset an owner's.
+    let owner_app = enrol(&s, &t.token).await;
+    let _ = owner_app;
+    let r = s.call(Method::DELETE, &format!("/v1/users/{}/mfa", t.owner_id), Some(&fresh), None).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert!(!s.events(&fresh, "action=user.mfa_reset").await.is_empty());
 }
 
 async fn a_tenant_can_require_a_second_factor_of_owners_and_admins(backend: Backend) {
@@ -372,7 +439,13 @@ async fn a_tenant_can_require_a_second_factor_of_owners_and_admins(backend: Back
     s.call(Method::PATCH, "/v1/tenant/security", Some(&stepped), Some(json!({"mfa_required": false})))
         .await
         .expect(200);
-    s.get("/v1/api-keys", &admin).await.expect(200);
+    // The admin's session from before the enrolment ended with it.
+    s.get("/v1/me", &admin).await.expect(401);
+    s.get("/v1/api-keys", &admin3).await.expect(200);
+    // A key, even the owner's with every permission, cannot change the rules.
+    let (_, key) = s.api_key(&stepped, json!({"name": "owner key", "role": "owner"})).await;
+    let r = s.call(Method::PATCH, "/v1/tenant/security", Some(&key), Some(json!({"mfa_required": false}))).await;
+    assert_eq!(r.expect(403).body["reason"], "forbidden");
     let changes = s.events(&stepped, "action=tenant.security_changed").await;
     assert_eq!(changes.len(), 2, "{changes:?}");
 }

@@ -47,3 +47,10 @@ ALTER TABLE token_families ADD COLUMN mfa_at BIGINT;
 
 -- The tenant's rule: owners and admins must have a second factor.
 ALTER TABLE tenants ADD COLUMN mfa_required INTEGER NOT NULL DEFAULT 0;
+
+-- Every instance's credential cache hears of the rule and of enrolments
+-- (migration 0020).
+CREATE TRIGGER tenants_mfa_credentials AFTER UPDATE OF mfa_required ON tenants FOR EACH ROW
+  WHEN (OLD.mfa_required IS DISTINCT FROM NEW.mfa_required) EXECUTE FUNCTION palisade_credentials_changed('id');
+CREATE TRIGGER user_totp_credentials AFTER DELETE OR UPDATE OF confirmed_at ON user_totp
+  FOR EACH ROW EXECUTE FUNCTION palisade_credentials_changed('tenant_id');
