@@ -91,12 +91,14 @@ mod tests {
             (new_refresh_token(), REFRESH_PREFIX, 43),
             (new_email_token(), EMAIL_TOKEN_PREFIX, 43),
             (new_stream_ticket(), STREAM_TICKET_PREFIX, 43),
+            (new_mfa_token(), MFA_TOKEN_PREFIX, 43),
         ] {
             assert!(has_shape(&t, prefix, len), "{t}");
         }
         assert_ne!(new_refresh_token(), new_refresh_token());
         assert_ne!(new_email_token(), new_email_token());
         assert_ne!(new_stream_ticket(), new_stream_ticket());
+        assert_ne!(new_mfa_token(), new_mfa_token());
         assert_eq!(random_base62(0), "");
     }
 

@@ -221,6 +221,7 @@ fn title(reason: &str) -> &'static str {
         "upgrade_required" => "Upgrade required",
         "mfa_required" => "Second factor required",
         "reauthentication_required" => "Sign in again",
+        "sso_required" => "Single sign-on required",
         _ => "Error",
     }
 }
@@ -323,10 +324,18 @@ mod tests {
             ("unavailable", "Service unavailable"),
             ("request_timeout", "Request timeout"),
             ("upgrade_required", "Upgrade required"),
+            ("mfa_required", "Second factor required"),
+            ("reauthentication_required", "Sign in again"),
+            ("sso_required", "Single sign-on required"),
             ("anything_else", "Error"),
         ] {
             assert_eq!(ApiError::new(StatusCode::BAD_REQUEST, reason, "d").to_problem(None).title, title);
         }
+        let e = ApiError::mfa_required("step up");
+        assert_eq!(
+            (e.status().as_u16(), e.reason(), e.to_problem(None).detail.as_str()),
+            (403, "mfa_required", "step up")
+        );
     }
 
     #[test]

@@ -318,8 +318,9 @@ mod tests {
         for perm in Permission::ALL {
             assert_eq!(p.require(*perm).unwrap_err().reason(), "mfa_required");
         }
-        let p = owner(SecondFactor { expected: true, missing: false, given_at_ms: None });
+        let p = owner(SecondFactor { expected: true, missing: false, given_at_ms: Some(7) });
         assert!(p.require(Permission::KeysManage).is_ok());
+        assert_eq!(p.second_factor(), SecondFactor { expected: true, missing: false, given_at_ms: Some(7) });
     }
 
     #[test]

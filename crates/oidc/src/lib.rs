@@ -28,7 +28,7 @@ pub trait Http: Send + Sync + 'static {
 }
 
 /// One provider, as the operator configured it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// Its name in our paths (`/v1/auth/oidc/{name}/…`).
     pub name: String,
@@ -48,6 +48,17 @@ pub struct Settings {
     /// (a token naming keys that do not exist must not make us hammer the
     /// provider).
     pub key_refetch_secs: u64,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("name", &self.name)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

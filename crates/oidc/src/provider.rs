@@ -12,6 +12,8 @@ use crate::{code_challenge, random_token, Error, Http, Identity, Settings, Start
 
 /// How long a discovery document or key set is used before it is read again.
 const FRESH: Duration = Duration::from_secs(3600);
+/// After a failed read, how long the last good one serves before another try.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Deserialize)]
 struct Discovery {
@@ -125,9 +127,11 @@ impl Provider {
                 *kept = Some(Kept { value: d.clone(), at: Instant::now() });
                 Ok(d)
             }
-            Err(e) => match kept.as_ref() {
+            Err(e) => match kept.as_mut() {
                 Some(k) => {
                     tracing::warn!(provider = %self.settings.name, error = %e, "OIDC discovery failed; using the last one");
+                    // Asked again in a while, not by every sign-in meanwhile.
+                    k.at = Instant::now().checked_sub(FRESH - RETRY_AFTER).unwrap_or_else(Instant::now);
                     Ok(k.value.clone())
                 }
                 None => Err(e),
@@ -171,7 +175,15 @@ impl Provider {
         let d = self.discovery().await?;
         let fetched = async {
             let body = self.http.get(&d.jwks_uri).await.map_err(Error::Unavailable)?;
-            serde_json::from_slice::<JwkSet>(&body).map_err(|_| Error::Unavailable("the key set is not one".into()))
+            #[derive(Deserialize)]
+            struct Loose {
+                keys: Vec<serde_json::Value>,
+            }
+            let loose: Loose =
+                serde_json::from_slice(&body).map_err(|_| Error::Unavailable("the key set is not one".into()))?;
+            // A key of a kind we do not read is skipped, not the whole set.
+            let keys = loose.keys.into_iter().filter_map(|k| serde_json::from_value(k).ok()).collect();
+            Ok(JwkSet { keys })
         }
         .await;
         match fetched {
@@ -183,7 +195,7 @@ impl Provider {
                 Some(k) => {
                     tracing::warn!(provider = %self.settings.name, error = %e, "OIDC keys could not be read; using the last ones");
                     // Not asked again at once for every token.
-                    k.at = Instant::now().checked_sub(FRESH - refetch_after).unwrap_or_else(Instant::now);
+                    k.at = Instant::now().checked_sub(FRESH - RETRY_AFTER).unwrap_or_else(Instant::now);
                     Ok(k.value.clone())
                 }
                 None => Err(e),

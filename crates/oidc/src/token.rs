@@ -80,13 +80,13 @@ pub(crate) async fn verify(p: &Provider, token: &str, nonce: &str, now: i64) -> 
             })
         })?
         .claims;
-    if c.exp + s.leeway_secs <= now {
+    if c.exp.saturating_add(s.leeway_secs) <= now {
         return Err(Error::Rejected("expired"));
     }
-    if c.iat > now + s.leeway_secs {
+    if c.iat > now.saturating_add(s.leeway_secs) {
         return Err(Error::Rejected("issued_in_future"));
     }
-    if now - c.iat > s.max_age_secs {
+    if now.saturating_sub(c.iat) > s.max_age_secs {
         return Err(Error::Rejected("too_old"));
     }
     // Core §3.1.3.7 (4, 5): several audiences need `azp`, and an `azp` must be us.

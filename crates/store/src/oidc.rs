@@ -50,3 +50,76 @@ pub async fn take<'c>(ex: impl Executor<'c, Database = Any>, state_hash: &str, n
     .fetch_optional(ex)
     .await?)
 }
+
+/// The providers the tenant lets its people sign in with.
+pub async fn tenant_providers<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &palisade_core::TenantScope,
+) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar("SELECT provider FROM tenant_sso_providers WHERE tenant_id = $1 ORDER BY provider")
+        .bind(scope.tenant_id().to_string())
+        .fetch_all(ex)
+        .await?)
+}
+
+pub async fn set_tenant_providers(
+    tx: &mut crate::Tx,
+    scope: &palisade_core::TenantScope,
+    providers: &[String],
+) -> Result<()> {
+    let t = scope.tenant_id().to_string();
+    sqlx::query("DELETE FROM tenant_sso_providers WHERE tenant_id = $1").bind(&t).execute(&mut **tx).await?;
+    for p in providers {
+        sqlx::query("INSERT INTO tenant_sso_providers (tenant_id, provider) VALUES ($1, $2)")
+            .bind(&t)
+            .bind(p)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// What linking a provider's account to a person found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// The person's account at the provider is this one (now or before).
+    Same,
+    /// The person is linked to another account there, or this account to
+    /// another person.
+    Other,
+}
+
+/// Links the provider's `subject` to the person at their first sign-in
+/// through it; afterwards only that subject is them.
+pub async fn link(
+    tx: &mut crate::Tx,
+    scope: &palisade_core::TenantScope,
+    user: palisade_core::UserId,
+    provider: &str,
+    subject: &str,
+    now: i64,
+) -> Result<Link> {
+    let inserted = sqlx::query(
+        "INSERT INTO sso_links (user_id, tenant_id, provider, subject, created_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(user.to_string())
+    .bind(scope.tenant_id().to_string())
+    .bind(provider)
+    .bind(subject)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Link::Same);
+    }
+    let linked: Option<String> =
+        sqlx::query_scalar("SELECT subject FROM sso_links WHERE tenant_id = $1 AND user_id = $2 AND provider = $3")
+            .bind(scope.tenant_id().to_string())
+            .bind(user.to_string())
+            .bind(provider)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(if linked.as_deref() == Some(subject) { Link::Same } else { Link::Other })
+}

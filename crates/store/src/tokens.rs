@@ -304,6 +304,32 @@ pub async fn revoke_other_families(
     Ok(r.rows_affected())
 }
 
+/// Ends the sessions of the tenant's people but owners that did not begin
+/// with single sign-on (its rule was turned on), and their sign-ins waiting
+/// for a second factor: how many sessions ended.
+pub async fn revoke_non_sso_sessions(tx: &mut crate::Tx, scope: &TenantScope, now: i64) -> Result<u64> {
+    let t = scope.tenant_id().to_string();
+    let people = "SELECT id FROM users WHERE tenant_id = $2 AND role <> 'owner'";
+    let r = sqlx::query(&format!(
+        "UPDATE token_families SET revoked_at = $1 \
+         WHERE tenant_id = $2 AND revoked_at IS NULL AND amr NOT LIKE 'fed%' AND user_id IN ({people})"
+    ))
+    .bind(now)
+    .bind(&t)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(&format!(
+        "UPDATE mfa_challenges SET used_at = $1 \
+         WHERE tenant_id = $2 AND used_at IS NULL AND first_factor <> 'fed' AND user_id IN ({people})"
+    ))
+    .bind(now)
+    .bind(&t)
+    .execute(&mut **tx)
+    .await?;
+    tx.credentials_changed(&t);
+    Ok(r.rows_affected())
+}
+
 /// Denies an access token until it would have expired anyway. It names no
 /// tenant: callers revoke its family too ([`revoke_family`]), which tells
 /// the credential caches.

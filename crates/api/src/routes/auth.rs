@@ -595,7 +595,7 @@ pub async fn login(
         }
     };
     state.abuse.login_succeeded(attempt).await?;
-    let tokens = sign_in(&state, &ctx, &user, "password", now).await?;
+    let tokens = sign_in(&state, &ctx, &user, "password", serde_json::Value::Null, now).await?;
     state.abuse.trust_login_address(attempt, now).await;
     Ok(Json(tokens))
 }
@@ -642,17 +642,42 @@ pub(super) async fn sign_in(
     ctx: &Ctx,
     user: &palisade_store::users::UserRow,
     method: &str,
+    extra: serde_json::Value,
     now: i64,
 ) -> Result<TokenResponse, ApiError> {
     let (tenant_id, user_id) = parse_ids(&user.tenant_id, &user.id)?;
     let scope = TenantScope::for_system(tenant_id);
     ensure_may_sign_in(state, &scope, user).await?;
-    // A tenant that signs in with single sign-on: no password or mailed
-    // code (checked after they were proved, so it tells nothing). Owners
-    // keep the password for the day the provider fails.
-    if method != "oidc"
-        && user.role != Role::Owner.as_str()
-        && palisade_store::mfa::tenant_requires_sso(state.db.reader(), &scope).await?
+    let first_factor = match method {
+        "email_code" => "email",
+        "oidc" => "fed",
+        _ => "pwd",
+    };
+    // Checked after the password or code was proved: it tells nothing.
+    ensure_sso_allows(state, &scope, &user.role, first_factor).await?;
+    if super::mfa::enrolled(state, &scope, user_id).await? {
+        return Err(super::mfa::challenge(state, ctx, &scope, user_id, first_factor, now).await?);
+    }
+    let factors = SessionFactors { amr: first_factor.to_owned(), auth_time: now, mfa_at: None };
+    let mut details = serde_json::json!({ "method": method });
+    if let (Some(d), serde_json::Value::Object(more)) = (details.as_object_mut(), extra) {
+        d.extend(more);
+    }
+    open_session(state, ctx, user, &factors, details, now).await
+}
+
+/// A tenant that signs in with single sign-on: no session begun by a
+/// password or mailed code (`first_factor` other than `fed`). Owners keep
+/// the password, for the day the provider fails.
+pub(super) async fn ensure_sso_allows(
+    state: &AppState,
+    scope: &TenantScope,
+    role: &str,
+    first_factor: &str,
+) -> Result<(), ApiError> {
+    if first_factor != "fed"
+        && role != Role::Owner.as_str()
+        && palisade_store::mfa::tenant_requires_sso(state.db.reader(), scope).await?
     {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -660,16 +685,7 @@ pub(super) async fn sign_in(
             "Your tenant signs in with single sign-on (GET /v1/auth/oidc/providers).",
         ));
     }
-    let first_factor = match method {
-        "email_code" => "email",
-        "oidc" => "fed",
-        _ => "pwd",
-    };
-    if super::mfa::enrolled(state, &scope, user_id).await? {
-        return Err(super::mfa::challenge(state, ctx, &scope, user_id, first_factor, now).await?);
-    }
-    let factors = SessionFactors { amr: first_factor.to_owned(), auth_time: now, mfa_at: None };
-    open_session(state, ctx, user, &factors, serde_json::json!({ "method": method }), now).await
+    Ok(())
 }
 
 /// Sessions are for active people of active tenants only.
@@ -835,6 +851,11 @@ pub async fn refresh(
             let factors = palisade_store::tokens::family_factors(&mut *tx, &scope, &family_id)
                 .await?
                 .ok_or_else(ApiError::unauthenticated)?;
+            // A session a tenant's single sign-on rule no longer allows.
+            let first = factors.amr.split_whitespace().next().unwrap_or_default();
+            if ensure_sso_allows(&state, &scope, &user.role, first).await.is_err() {
+                return Err(ApiError::unauthenticated());
+            }
             let tokens = issue_tokens(&state, &mut tx, &scope, user_id, role, &family_id, &factors, now).await?;
             let event =
                 Event::new("auth.token_refreshed", Some(tenant_id), Actor::user(user_id)).resource("user", user_id);

@@ -195,5 +195,5 @@ pub async fn verify(
         (true, Some(user)) => user,
         _ => return Err(wrong_code()),
     };
-    Ok(Json(sign_in(&state, &ctx, &user, "email_code", now).await?))
+    Ok(Json(sign_in(&state, &ctx, &user, "email_code", serde_json::Value::Null, now).await?))
 }

@@ -264,6 +264,8 @@ pub async fn complete(
     }
     let user = palisade_store::users::get(state.db.reader(), &scope, user_id).await?.ok_or_else(wrong_factor)?;
     ensure_may_sign_in(&state, &scope, &user).await?;
+    // The tenant's single sign-on rule may have been turned on meanwhile.
+    super::auth::ensure_sso_allows(&state, &scope, &user.role, &c.first_factor).await?;
     let now = state.now_ms();
     let factors =
         SessionFactors { amr: format!("{} {amr} mfa", c.first_factor), auth_time: c.created_at, mfa_at: Some(now) };
@@ -588,6 +590,9 @@ pub struct TenantSecurity {
     /// for the day the provider fails); a password or mailed code answers
     /// 403 `sso_required`.
     sso_required: bool,
+    /// The configured single sign-on providers the tenant's people may
+    /// sign in with (none unless the tenant names them).
+    sso_providers: Vec<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -595,12 +600,15 @@ pub struct TenantSecurity {
 pub struct TenantSecurityChange {
     mfa_required: Option<bool>,
     sso_required: Option<bool>,
+    #[schema(max_items = 16)]
+    sso_providers: Option<Vec<String>>,
 }
 
 async fn read_security(state: &AppState, scope: &TenantScope) -> Result<TenantSecurity, ApiError> {
     Ok(TenantSecurity {
         mfa_required: mfa::tenant_requires(state.db.reader(), scope).await?,
         sso_required: mfa::tenant_requires_sso(state.db.reader(), scope).await?,
+        sso_providers: palisade_store::oidc::tenant_providers(state.db.reader(), scope).await?,
     })
 }
 
@@ -633,26 +641,53 @@ pub async fn put_security(
     if req.mfa_required == Some(true) && !enrolled(&state, &scope, *user_id).await? {
         return Err(ApiError::conflict("Enrol a second factor yourself before requiring one."));
     }
-    if req.sso_required == Some(true) && state.oidc.is_empty() {
-        return Err(ApiError::conflict("No single sign-on provider is configured (oidc.providers)."));
+    if let Some(names) = &req.sso_providers {
+        if names.len() > 16 {
+            return Err(ApiError::validation("sso_providers", "at most 16"));
+        }
+        if let Some(n) = names.iter().find(|n| !state.oidc.iter().any(|p| &p.settings().name == *n)) {
+            return Err(ApiError::validation("sso_providers", format!("{n} is not a configured provider")));
+        }
     }
     let before = read_security(&state, &scope).await?;
+    let providers = req.sso_providers.clone().unwrap_or_else(|| before.sso_providers.clone());
+    let sso_after = req.sso_required.unwrap_or(before.sso_required);
+    if sso_after && providers.is_empty() {
+        return Err(ApiError::conflict("Name the providers first (sso_providers) to require single sign-on."));
+    }
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
     if let Some(on) = req.mfa_required {
         mfa::set_tenant_requires(&mut tx, &scope, on).await?;
     }
+    if let Some(names) = &req.sso_providers {
+        let mut names = names.clone();
+        names.sort();
+        names.dedup();
+        palisade_store::oidc::set_tenant_providers(&mut tx, &scope, &names).await?;
+    }
+    let mut sessions_ended = 0;
     if let Some(on) = req.sso_required {
         mfa::set_tenant_requires_sso(&mut tx, &scope, on).await?;
+        // Sessions begun with a password or code end with the rule.
+        if on && !before.sso_required {
+            sessions_ended = palisade_store::tokens::revoke_non_sso_sessions(&mut tx, &scope, now).await?;
+        }
     }
+    let mut sso_providers = providers;
+    sso_providers.sort();
+    sso_providers.dedup();
     let after = TenantSecurity {
         mfa_required: req.mfa_required.unwrap_or(before.mfa_required),
-        sso_required: req.sso_required.unwrap_or(before.sso_required),
+        sso_required: sso_after,
+        sso_providers,
     };
     let event = Event::new("tenant.security_changed", Some(scope.tenant_id()), auth.principal.actor()).details(
         serde_json::json!({
             "mfa_required": { "from": before.mfa_required, "to": after.mfa_required },
             "sso_required": { "from": before.sso_required, "to": after.sso_required },
+            "sso_providers": { "from": before.sso_providers, "to": after.sso_providers },
+            "sessions_ended": sessions_ended,
         }),
     );
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;

@@ -5,6 +5,8 @@
 //! ID token must prove a verified address of an existing person. The rest
 //! is a sign-in like any other (second factor, lockouts, frozen tenants).
 
+use std::str::FromStr;
+
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -173,11 +175,34 @@ pub async fn callback(
         Err(palisade_oidc::Error::Rejected(reason)) => return Err(refused(reason).await),
         Err(e @ palisade_oidc::Error::Unavailable(_)) => return Err(unavailable(e)),
     };
-    let user = ops::registered(state.db.reader(), &identity.email).await?.same();
-    let Some(user) = user.filter(|u| u.status == "active" || u.status == "pending") else {
+    // The address as login reads it, and exactly the person's own: forms
+    // that only fold to it (other letters, other scripts) are other mailboxes.
+    let Some(email) = palisade_guard::email::normalize(&identity.email).filter(|e| *e == identity.email) else {
         return Err(refused("no_account").await);
     };
-    let tokens = sign_in(&state, &ctx, &user, "oidc", state.now_ms()).await?;
+    let user = ops::registered(state.db.reader(), &email).await?.same();
+    let Some(user) = user.filter(|u| u.email == email && (u.status == "active" || u.status == "pending")) else {
+        return Err(refused("no_account").await);
+    };
+    let (tenant_id, user_id) = (
+        palisade_core::TenantId::from_str(&user.tenant_id).map_err(ApiError::internal)?,
+        palisade_core::UserId::from_str(&user.id).map_err(ApiError::internal)?,
+    );
+    let scope = palisade_core::TenantScope::for_system(tenant_id);
+    // Only a provider the person's tenant chose speaks for its people.
+    if !oidc::tenant_providers(state.db.reader(), &scope).await?.contains(&name) {
+        return Err(refused("provider_not_enabled").await);
+    }
+    // The provider's account that first signed the person in is the only
+    // one that does: another account given the same address later is not.
+    let mut tx = state.db.begin().await?;
+    let link = oidc::link(&mut tx, &scope, user_id, &name, &identity.subject, state.now_ms()).await?;
+    tx.commit().await?;
+    if link == oidc::Link::Other {
+        return Err(refused("subject_mismatch").await);
+    }
+    let who = serde_json::json!({ "provider": name, "subject": identity.subject });
+    let tokens = sign_in(&state, &ctx, &user, "oidc", who, state.now_ms()).await?;
     let mut r = Json(tokens).into_response();
     let clear = format!("{COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax");
     r.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&clear).map_err(ApiError::internal)?);
@@ -188,10 +213,13 @@ pub async fn callback(
 /// A sign-in the provider's answer did not prove: 401 with the reason
 /// word (`oidc_error`), audited.
 async fn refuse(state: &AppState, ctx: &Ctx, provider: &str, reason: &'static str) -> ApiError {
-    let event = Event::new("auth.sso_failed", None, Actor::anonymous())
-        .details(serde_json::json!({ "provider": provider, "reason": reason }));
-    if let Err(e) = palisade_audit::record(&state.db, &event, &ctx.audit, state.now_ms()).await {
-        tracing::error!(error = %e, "audit append failed");
+    // A callback naming no live sign-in is anyone's noise: not audited.
+    if !matches!(reason, "state_missing" | "state_unknown") {
+        let event = Event::new("auth.sso_failed", None, Actor::anonymous())
+            .details(serde_json::json!({ "provider": provider, "reason": reason }));
+        if let Err(e) = palisade_audit::record(&state.db, &event, &ctx.audit, state.now_ms()).await {
+            tracing::error!(error = %e, "audit append failed");
+        }
     }
     ApiError::new(
         StatusCode::UNAUTHORIZED,

@@ -161,6 +161,9 @@ async fn check_route(
     if path.starts_with("/v1/inbound/") {
         // Authenticated by the provider's signature, not a tenant's
         // credential; it names no tenant resource in its path.
+    } else if path.starts_with("/v1/auth/") {
+        // Session endpoints act on the caller's own credentials; their only
+        // path parameter is a configured single sign-on provider's name.
     } else if path.contains('{') {
         let target = path
             .replace("{id}", v.id_for(path))
@@ -175,8 +178,6 @@ async fn check_route(
         assert_eq!(theirs.status, 404, "{method} {path} on another tenant's id: {}", theirs.text);
         assert_eq!(theirs.problem_shape(), missing.problem_shape(), "{method} {path}: body differs from a random id");
         assert_no_leak(&theirs, v, method, path);
-    } else if path.starts_with("/v1/auth/") {
-        // Session endpoints act on the caller's own credentials; they take no ids.
     } else {
         let r = srv.call(method.clone(), path, Some(cred), body).await;
         assert!(r.status < 500, "{method} {path}: {}", r.text);

@@ -177,6 +177,13 @@ async fn callback(s: &TestServer, b: &Browser, code: &str, with_cookie: bool) ->
     TestServer::send(rb).await
 }
 
+/// The tenant lets its people sign in through the provider.
+async fn enable(s: &TestServer, owner_token: &str) {
+    let body = json!({"sso_providers": ["idp"]});
+    let r = s.call(Method::PATCH, "/v1/tenant/security", Some(owner_token), Some(body)).await.expect(200);
+    assert_eq!(r.body["sso_providers"], json!(["idp"]));
+}
+
 fn refused(r: Resp) -> String {
     let r = r.expect(401);
     assert_eq!(r.body["reason"], "unauthenticated");
@@ -198,6 +205,9 @@ async fn a_verified_address_signs_its_person_in_once(backend: Backend) {
     let t = s.tenant("Acme").await;
     let list = s.call(Method::GET, "/v1/auth/oidc/providers", None, None).await.expect(200);
     assert_eq!(list.body["data"][0]["name"], "idp");
+    // Until the tenant names the provider, it speaks for none of its people.
+    assert_eq!(refused(sso(&s, &idp, &t.email, |_| {}).await), "provider_not_enabled");
+    enable(&s, &t.token).await;
     let b = start(&s).await;
     let c = claims(&s, &idp, &b, &t.email.to_uppercase());
     let code = palisade_auth::token::random_base62(24);
@@ -225,6 +235,7 @@ async fn an_id_token_that_does_not_prove_the_person_signs_nobody_in() {
     let idp = provider().await;
     let s = server(Backend::Sqlite, &idp).await;
     let t = s.tenant("Acme").await;
+    enable(&s, &t.token).await;
     let email = t.email.clone();
     let cases: Vec<(&str, Box<dyn FnOnce(&mut Value)>)> = vec![
         ("wrong_audience", Box::new(|c| c["aud"] = json!("another-client"))),
@@ -251,6 +262,15 @@ async fn an_id_token_that_does_not_prove_the_person_signs_nobody_in() {
     let _ = failed; // tenant-less: seen by the operator
     let all = s.admin(Method::GET, "/sysadmin/v1/events?action=auth.sso_failed&limit=100", None).await.expect(200);
     assert!(all.body["data"].as_array().unwrap().len() >= 8, "{}", all.text);
+    // The first account that signed the person in is theirs; another
+    // account of the provider given the same address later is not.
+    sso(&s, &idp, &email, |_| {}).await.expect(200);
+    assert_eq!(refused(sso(&s, &idp, &email, |c| c["sub"] = json!("someone-else")).await), "subject_mismatch");
+    // A look-alike of the address (a script e folds to e) is another mailbox.
+    let look_alike = email.replacen('e', "\u{212f}", 1);
+    assert_ne!(look_alike, email);
+    let why = refused(sso(&s, &idp, &look_alike, |_| {}).await);
+    assert!(why == "no_account" || why == "email_not_verified", "{why}");
     // An unknown provider.
     s.call(Method::GET, "/v1/auth/oidc/nope/start", None, None).await.expect(404);
 }
@@ -260,6 +280,7 @@ async fn a_rotated_signing_key_is_fetched_and_a_second_factor_still_asked() {
     let idp = provider().await;
     let s = server(Backend::Sqlite, &idp).await;
     let t = s.tenant("Acme").await;
+    enable(&s, &t.token).await;
     sso(&s, &idp, &t.email, |_| {}).await.expect(200);
     // The provider rotates: a new key signs, the old one is withdrawn.
     {
@@ -284,9 +305,28 @@ async fn a_tenant_can_require_single_sign_on_with_the_owner_kept_as_break_glass(
     let s = server(Backend::Sqlite, &idp).await;
     let t = s.tenant("Acme").await;
     let member = "member@acme.example.com";
-    s.member(&t.token, member, "admin").await;
+    let (_, member_token) = s.member(&t.token, member, "admin").await;
     let r = s.call(Method::PATCH, "/v1/tenant/security", Some(&t.token), Some(json!({"sso_required": true}))).await;
-    assert_eq!(r.expect(200).body, json!({"mfa_required": false, "sso_required": true}));
+    assert_eq!(r.expect(409).body["reason"], "conflict", "no provider named yet");
+    let member_refresh = s
+        .call(Method::POST, "/v1/auth/login", None, Some(json!({"email": member, "password": crate::common::PASSWORD})))
+        .await
+        .expect(200)
+        .body["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = json!({"sso_required": true, "sso_providers": ["idp"]});
+    let r = s.call(Method::PATCH, "/v1/tenant/security", Some(&t.token), Some(body)).await;
+    assert_eq!(r.expect(200).body, json!({"mfa_required": false, "sso_required": true, "sso_providers": ["idp"]}));
+    // The member's sessions begun with the password ended with the rule;
+    // the owner's did not.
+    s.get("/v1/me", &member_token).await.expect(401);
+    s.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": member_refresh}))).await.expect(401);
+    s.get("/v1/me", &t.token).await.expect(200);
+    let r =
+        s.call(Method::PATCH, "/v1/tenant/security", Some(&t.token), Some(json!({"sso_providers": ["nope"]}))).await;
+    assert_eq!(r.expect(400).body["reason"], "validation_failed");
     // The member's password is right and still refused; SSO signs them in.
     let r = s
         .call(Method::POST, "/v1/auth/login", None, Some(json!({"email": member, "password": crate::common::PASSWORD})))
