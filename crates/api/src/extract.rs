@@ -178,7 +178,9 @@ impl FromRequestParts<AppState> for Auth {
                 throttled(state, parts, &ctx, "agent_token", authenticate_agent(state, t, &ctx, &parts.headers)).await?
             }
             // The master key is for /sysadmin only.
-            Credential::MasterKey(_) | Credential::Malformed => return Err(ApiError::unauthenticated()),
+            Credential::MasterKey(_) | Credential::Operator(_) | Credential::Malformed => {
+                return Err(ApiError::unauthenticated())
+            }
         };
         Auth::admitted(parts, state, ctx, (principal, policy, profile)).await
     }
@@ -253,7 +255,7 @@ impl Minter {
                     mfa_time: c.mfa_time,
                 })
             }
-            Credential::MasterKey(_) | Credential::Malformed => None,
+            Credential::MasterKey(_) | Credential::Operator(_) | Credential::Malformed => None,
         }
     }
 
@@ -833,8 +835,11 @@ impl Above {
 
 /// The operator, authenticated by the master key on `/sysadmin` routes only.
 pub struct Sysadmin {
+    /// Names who acts: an operator account, or the master key (break-glass).
     pub proof: SysadminProof,
     pub ctx: Ctx,
+    /// An operator's session token's hash (to sign out).
+    pub operator_session: Option<String>,
 }
 
 impl FromRequestParts<AppState> for Sysadmin {
@@ -842,30 +847,49 @@ impl FromRequestParts<AppState> for Sysadmin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let ctx = ctx_of(parts);
-        let Some(Credential::MasterKey(key)) = bearer(&parts.headers).map(Credential::classify) else {
+        let cred = bearer(&parts.headers).map(Credential::classify);
+        if !matches!(cred, Some(Credential::MasterKey(_) | Credential::Operator(_))) {
             return Err(ApiError::unauthenticated());
-        };
+        }
         if credentials_locked(parts) {
             state.abuse.credential_refused_locked(&state.db, ctx.client_ip, state.now_ms(), ctx.audit.clone()).await;
             return Err(ApiError::unauthenticated());
         }
-        let valid = match &state.master_key {
-            MasterKey::Configured(hash) => ct_eq(&sha256(key), hash),
-            MasterKey::Stored => {
-                let stored =
-                    palisade_store::settings::get(state.db.reader(), palisade_store::settings::MASTER_KEY_SHA256)
+        let now = state.now_ms();
+        let (actor, operator_session) = match cred {
+            Some(Credential::Operator(token)) => {
+                let hash = sha256_hex(token);
+                match palisade_store::operators::session(state.db.reader(), &hash, now).await? {
+                    Some((id, _)) => (Some(SysadminProof::operator(&id)), Some(hash)),
+                    None => (None, None),
+                }
+            }
+            Some(Credential::MasterKey(key)) => {
+                let valid = match &state.master_key {
+                    MasterKey::Configured(hash) => ct_eq(&sha256(key), hash),
+                    MasterKey::Stored => {
+                        let stored = palisade_store::settings::get(
+                            state.db.reader(),
+                            palisade_store::settings::MASTER_KEY_SHA256,
+                        )
                         .await?
                         .unwrap_or_default();
-                !stored.is_empty() && ct_eq(sha256_hex(key).as_bytes(), stored.as_bytes())
+                        !stored.is_empty() && ct_eq(sha256_hex(key).as_bytes(), stored.as_bytes())
+                    }
+                    // Operators only: the key opens nothing, whatever it is.
+                    MasterKey::Disabled => false,
+                };
+                (valid.then(SysadminProof::verified), None)
             }
+            _ => (None, None),
         };
-        if !valid {
-            let now = state.now_ms();
-            state.abuse.credential_failed(&state.db, "master_key", ctx.client_ip, now, ctx.audit.clone()).await?;
+        let Some(proof) = actor else {
+            let kind = if matches!(cred, Some(Credential::Operator(_))) { "operator_token" } else { "master_key" };
+            state.abuse.credential_failed(&state.db, kind, ctx.client_ip, now, ctx.audit.clone()).await?;
             return Err(ApiError::unauthenticated());
-        }
+        };
         parts.extensions.insert(CredentialVerified);
-        Ok(Sysadmin { proof: SysadminProof::verified(), ctx })
+        Ok(Sysadmin { proof, ctx, operator_session })
     }
 }
 

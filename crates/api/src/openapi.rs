@@ -47,7 +47,16 @@ impl Modify for Security {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The sysadmin master key (`mk_…`)."))
+                    .description(Some("The sysadmin master key (`mk_…`): break-glass, or disabled."))
+                    .build(),
+            ),
+        );
+        c.add_security_scheme(
+            "operator",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An operator's session (`op_…`) from `POST /sysadmin/v1/auth/login`."))
                     .build(),
             ),
         );

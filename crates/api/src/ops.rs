@@ -1,7 +1,7 @@
 //! Operations shared by the HTTP API and the CLI.
 
 use palisade_audit::{Context, Event};
-use palisade_core::principal::{Actor, SysadminProof};
+use palisade_core::principal::SysadminProof;
 use palisade_core::{ApiError, FieldError, Role, TenantId, TenantScope, UserId};
 use palisade_store::users::{NewUser, UserRow};
 use palisade_store::Db;
@@ -170,7 +170,7 @@ impl Argon2Slots {
 pub async fn create_tenant(
     db: &Db,
     argon2: &Argon2Slots,
-    _proof: &SysadminProof,
+    proof: &SysadminProof,
     input: NewTenant,
     ctx: &Context,
     now: i64,
@@ -217,7 +217,7 @@ pub async fn create_tenant(
         }
         r => r?,
     }
-    let event = Event::new("tenant.created", Some(id), Actor::sysadmin())
+    let event = Event::new("tenant.created", Some(id), proof.actor())
         .resource("tenant", id)
         .details(serde_json::json!({ "owner_id": owner_id.to_string() }));
     palisade_audit::append(&mut *tx, &event, ctx, now).await?;
@@ -241,7 +241,7 @@ pub async fn set_tenant_frozen(
         return Ok(false);
     }
     let action = if frozen { "tenant.frozen" } else { "tenant.unfrozen" };
-    let event = Event::new(action, Some(id), Actor::sysadmin()).resource("tenant", id);
+    let event = Event::new(action, Some(id), proof.actor()).resource("tenant", id);
     palisade_audit::append(&mut *tx, &event, ctx, now).await?;
     tx.commit().await?;
     Ok(true)

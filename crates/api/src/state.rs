@@ -75,6 +75,8 @@ pub enum MasterKey {
     /// The generated key's hash in the database, read on each use so a
     /// rotation takes effect at once on every instance.
     Stored,
+    /// `admin.master_key = "disabled"`: operator accounts only.
+    Disabled,
 }
 
 impl std::ops::Deref for AppState {

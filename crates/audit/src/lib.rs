@@ -116,7 +116,7 @@ fn rows_of(event: &Event, ctx: &Context, now_ms: i64) -> (EventId, Vec<NewAuditR
 }
 
 fn is_operator(actor: &Actor) -> bool {
-    actor.kind == Actor::sysadmin().kind
+    actor.kind == Actor::sysadmin().kind || actor.kind == "operator"
 }
 
 /// An event as one row, with the request's context.
@@ -258,6 +258,9 @@ mod tests {
         assert_eq!(rows_of(&e, &Context::default(), 7).1.len(), 1);
         let platform_only = Event::new("sysadmin.login", None, Actor::sysadmin());
         assert_eq!(rows_of(&platform_only, &ctx(true, true, true), 7).1.len(), 1);
+        // An operator account's request is split the same way.
+        let by_operator = Event::new("tenant.frozen", Some(tenant), Actor::operator("op-1"));
+        assert_eq!(rows_of(&by_operator, &ctx(true, true, true), 7).1.len(), 2);
     }
 
     #[test]
@@ -277,8 +280,10 @@ mod tests {
             request_id: Some("r".into()),
             details: r#"{"k":1}"#.into(),
         };
-        let v = EventView::for_tenant(row("sysadmin"));
-        assert_eq!((v.actor.id, v.source_ip, v.user_agent, v.request_id), (None, None, None, None));
+        for operator in ["sysadmin", "operator"] {
+            let v = EventView::for_tenant(row(operator));
+            assert_eq!((v.actor.id, v.source_ip, v.user_agent, v.request_id), (None, None, None, None), "{operator}");
+        }
         let v = EventView::for_tenant(row("user"));
         assert_eq!((v.actor.id.as_deref(), v.source_ip.as_deref()), (Some("a"), Some("192.0.2.1")));
         assert_eq!((v.ts.as_str(), v.details), ("1970-01-01T00:00:00Z", serde_json::json!({"k": 1})));

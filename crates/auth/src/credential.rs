@@ -1,6 +1,6 @@
 //! The credential's form says what it is (SPEC §2).
 
-use crate::token::{has_shape, AGENT_TOKEN_PREFIX, API_KEY_PREFIX, MASTER_KEY_PREFIX};
+use crate::token::{has_shape, AGENT_TOKEN_PREFIX, API_KEY_PREFIX, MASTER_KEY_PREFIX, OPERATOR_TOKEN_PREFIX};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential<'a> {
@@ -8,6 +8,8 @@ pub enum Credential<'a> {
     ApiKey(&'a str),
     AgentToken(&'a str),
     MasterKey(&'a str),
+    /// An operator's session (`/sysadmin` only).
+    Operator(&'a str),
     Malformed,
 }
 
@@ -17,6 +19,8 @@ impl<'a> Credential<'a> {
             Credential::ApiKey(s)
         } else if has_shape(s, AGENT_TOKEN_PREFIX, 32) {
             Credential::AgentToken(s)
+        } else if has_shape(s, OPERATOR_TOKEN_PREFIX, 43) {
+            Credential::Operator(s)
         } else if s.starts_with(MASTER_KEY_PREFIX)
             && s.len() >= 46
             && s.len() <= 256
@@ -49,6 +53,9 @@ mod tests {
         assert_eq!(Credential::classify(&at), Credential::AgentToken(&at));
         let mk = format!("mk_{}", "c".repeat(43));
         assert_eq!(Credential::classify(&mk), Credential::MasterKey(&mk));
+        let op = format!("op_{}", "d".repeat(43));
+        assert_eq!(Credential::classify(&op), Credential::Operator(&op));
+        assert_eq!(Credential::classify(&format!("op_{}", "d".repeat(42))), Credential::Malformed);
         assert_eq!(Credential::classify("a.b.c"), Credential::Jwt("a.b.c"));
         for bad in ["", "ak_short", "mk_short", "a.b", "a..c", "a.b.c.d", &format!("ak_{}!", "a".repeat(31))] {
             assert_eq!(Credential::classify(bad), Credential::Malformed, "{bad}");

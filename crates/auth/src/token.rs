@@ -14,6 +14,7 @@ pub const REFRESH_PREFIX: &str = "rt_";
 pub const EMAIL_TOKEN_PREFIX: &str = "et_";
 pub const STREAM_TICKET_PREFIX: &str = "st_";
 pub const MFA_TOKEN_PREFIX: &str = "mfa_";
+pub const OPERATOR_TOKEN_PREFIX: &str = "op_";
 
 /// `n` random base62 characters from the OS CSPRNG (rejection-free: 62
 /// values are drawn uniformly by `gen_range`).
@@ -36,6 +37,11 @@ pub fn new_refresh_token() -> String {
 
 pub fn new_email_token() -> String {
     format!("{EMAIL_TOKEN_PREFIX}{}", random_base62(43))
+}
+
+/// An operator's session on `/sysadmin`.
+pub fn new_operator_token() -> String {
+    format!("{OPERATOR_TOKEN_PREFIX}{}", random_base62(43))
 }
 
 /// Names a sign-in waiting for its second factor.
@@ -92,6 +98,7 @@ mod tests {
             (new_email_token(), EMAIL_TOKEN_PREFIX, 43),
             (new_stream_ticket(), STREAM_TICKET_PREFIX, 43),
             (new_mfa_token(), MFA_TOKEN_PREFIX, 43),
+            (new_operator_token(), OPERATOR_TOKEN_PREFIX, 43),
         ] {
             assert!(has_shape(&t, prefix, len), "{t}");
         }
@@ -99,6 +106,7 @@ mod tests {
         assert_ne!(new_email_token(), new_email_token());
         assert_ne!(new_stream_ticket(), new_stream_ticket());
         assert_ne!(new_mfa_token(), new_mfa_token());
+        assert_ne!(new_operator_token(), new_operator_token());
         assert_eq!(random_base62(0), "");
     }
 

@@ -364,11 +364,28 @@ pub struct Database {
     pub max_connections: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Admin {
+    /// The break-glass key for `/sysadmin`; `"disabled"` refuses it (once
+    /// an operator account exists: `palisade admin operator create`).
     pub master_key: Option<Secret>,
     pub master_key_file: Option<PathBuf>,
+    /// How long an operator's sign-in lasts.
+    pub operator_session_secs: u64,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin { master_key: None, master_key_file: None, operator_session_secs: 900 }
+    }
+}
+
+impl Admin {
+    /// `admin.master_key = "disabled"`: operators only.
+    pub fn master_key_disabled(&self) -> bool {
+        self.master_key.as_ref().is_some_and(|k| k.expose() == "disabled")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1207,6 +1224,9 @@ impl Config {
             ));
         }
         self.check_oidc()?;
+        if !(60..=43_200).contains(&self.admin.operator_session_secs) {
+            return Err(ConfigError("admin.operator_session_secs must be 60 to 43200".into()));
+        }
         for (name, p) in &self.inbound.providers {
             let ok_name = !name.is_empty()
                 && name.len() <= 40
@@ -1248,6 +1268,7 @@ impl Config {
         let refuse = |m: &str| Err(ConfigError(format!("refusing to start in production: {m}")));
         match &self.admin.master_key {
             None => return refuse("no master key; set PALISADE_ADMIN__MASTER_KEY or admin.master_key_file"),
+            Some(_) if self.admin.master_key_disabled() => {}
             Some(k) if is_known_default(k.expose()) || !k.expose().starts_with("mk_") || k.expose().len() < 46 => {
                 return refuse("the master key is a known default or too weak; generate one with `palisade admin master-key rotate`")
             }

@@ -196,15 +196,29 @@ impl TenantScope {
     }
 }
 
-/// Returned only by the master-key check; required to build sysadmin scopes.
+/// Returned only by the sysadmin check (an operator's session or the master
+/// key); required to build sysadmin scopes. It names who acts, so every
+/// operation done with it is audited under them.
 #[derive(Debug, Clone)]
-pub struct SysadminProof(());
+pub struct SysadminProof {
+    actor: Actor,
+}
 
 impl SysadminProof {
     /// Called by the sysadmin extractor after the master key verified, and
     /// by the CLI, whose caller has direct access to the database anyway.
     pub fn verified() -> Self {
-        SysadminProof(())
+        SysadminProof { actor: Actor::sysadmin() }
+    }
+
+    /// Called by the sysadmin extractor for a live operator session.
+    pub fn operator(id: &str) -> Self {
+        SysadminProof { actor: Actor::operator(id) }
+    }
+
+    /// Who acts.
+    pub fn actor(&self) -> Actor {
+        self.actor.clone()
     }
 }
 
@@ -226,8 +240,13 @@ impl Actor {
     pub fn agent(identity: IdentityId) -> Self {
         Self { kind: "agent".into(), id: Some(identity.to_string()) }
     }
+    /// The master key (break-glass): nobody in particular.
     pub fn sysadmin() -> Self {
         Self { kind: "sysadmin".into(), id: None }
+    }
+    /// An operator account, by its id.
+    pub fn operator(id: &str) -> Self {
+        Self { kind: "operator".into(), id: Some(id.to_owned()) }
     }
     pub fn system() -> Self {
         Self { kind: "system".into(), id: None }

@@ -10,7 +10,7 @@ fn pattern() -> &'static Regex {
     RE.get_or_init(|| {
         Regex::new(concat!(
             r"(?P<jwt>eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)",
-            r"|(?P<secret>\b(?:ak|at|mk|rt|et|st|mfa)_[A-Za-z0-9_-]{8,})",
+            r"|(?P<secret>\b(?:ak|at|mk|rt|et|st|op|mfa)_[A-Za-z0-9_-]{8,})",
             r"|(?P<whsec>\bwhsec_[A-Za-z0-9+/=_-]{8,})",
             r"|(?P<email>[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})",
             r"|(?P<phone>\+[0-9][0-9 ().-]{6,20}[0-9])",

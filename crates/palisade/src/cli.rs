@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use base64::Engine as _;
 use clap::{Parser, Subcommand};
 use palisade_api::ops::{self, NewTenant};
 use palisade_audit::Context;
@@ -65,6 +66,28 @@ pub enum AdminCommand {
     MasterKey {
         #[command(subcommand)]
         command: MasterKeyCommand,
+    },
+    /// Operator accounts: sign in to /sysadmin with a password and TOTP.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum OperatorCommand {
+    /// Create one; the password comes from PALISADE_OPERATOR_PASSWORD or
+    /// standard input. Prints the TOTP secret and its otpauth URI once.
+    Create {
+        #[arg(long)]
+        email: String,
+    },
+    /// List them.
+    List,
+    /// Disable one and end its sessions.
+    Disable {
+        #[arg(long)]
+        email: String,
     },
 }
 
@@ -208,6 +231,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Admin { command: AdminCommand::Operator { command } } => operator(&config, command, &cli_ctx).await,
         Command::Admin { command: AdminCommand::MasterKey { command: MasterKeyCommand::Rotate } } => {
             let db = crate::open_db(&config).await?;
             let path = crate::rotate_master_key(&config, &db).await?;
@@ -419,6 +443,76 @@ async fn set_frozen(
     } else {
         eprintln!("palisade: no tenant {id}");
         Ok(1)
+    }
+}
+
+async fn operator(config: &Config, command: OperatorCommand, ctx: &Context) -> anyhow::Result<i32> {
+    let db = crate::open_db(config).await?;
+    let now = SystemClock.now_ms();
+    match command {
+        OperatorCommand::Create { email } => {
+            let Some(email) = palisade_guard::email::normalize(&email) else {
+                eprintln!("palisade: `{email}` is not an email address");
+                return Ok(1);
+            };
+            let password = match std::env::var("PALISADE_OPERATOR_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => read_password()?,
+            };
+            if let Err(e) = ops::password(&password, Some(&email), "password") {
+                eprintln!("palisade: the password {}", e.message);
+                return Ok(1);
+            }
+            let hash = ops::Argon2Slots::new(1, 0).hash(password).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let id = uuid::Uuid::new_v4().to_string();
+            let secret = palisade_auth::totp::Totp::new_secret();
+            let sealer = palisade_seal::Sealer::new(&crate::webhook_key(config)?);
+            let sealed = base64::engine::general_purpose::STANDARD
+                .encode(sealer.seal(&secret, &palisade_api::routes::operators_totp_aad(&id)));
+            let totp = palisade_auth::totp::Totp::new(secret, &config.auth.mfa.issuer, &email)
+                .ok_or_else(|| anyhow::anyhow!("a new TOTP secret was refused"))?;
+            let mut tx = db.begin().await?;
+            if let Err(e) = palisade_store::operators::insert(&mut *tx, &id, &email, &hash, &sealed, now).await {
+                if e.is_unique_violation() {
+                    eprintln!("palisade: an operator with this address exists");
+                    return Ok(1);
+                }
+                return Err(e.into());
+            }
+            let event =
+                palisade_audit::Event::new("operator.created", None, palisade_core::principal::Actor::sysadmin())
+                    .details(serde_json::json!({ "operator_id": id }));
+            palisade_audit::append(&mut *tx, &event, ctx, now).await?;
+            tx.commit().await?;
+            println!(
+                "{}",
+                serde_json::json!({"id": id, "email": email, "totp_secret": totp.secret_base32(), "otpauth_uri": totp.uri()})
+            );
+            eprintln!("palisade: add the TOTP secret to the operator's authenticator app now; it is not shown again");
+            Ok(0)
+        }
+        OperatorCommand::List => {
+            for o in palisade_store::operators::list(db.reader()).await? {
+                let status = if o.disabled_at.is_some() { "disabled" } else { "active" };
+                println!("{}\t{}\t{}", o.id, status, o.email);
+            }
+            Ok(0)
+        }
+        OperatorCommand::Disable { email } => {
+            let email = palisade_guard::email::normalize(&email).unwrap_or(email);
+            let mut tx = db.begin().await?;
+            if !palisade_store::operators::disable(&mut tx, &email, now).await? {
+                eprintln!("palisade: no active operator has this address");
+                return Ok(1);
+            }
+            let event =
+                palisade_audit::Event::new("operator.disabled", None, palisade_core::principal::Actor::sysadmin())
+                    .details(serde_json::json!({ "email": email }));
+            palisade_audit::append(&mut *tx, &event, ctx, now).await?;
+            tx.commit().await?;
+            println!("disabled");
+            Ok(0)
+        }
     }
 }
 

@@ -278,7 +278,7 @@ impl palisade_cluster::Observer for RedisMetrics {
 
 /// The key that seals webhook secrets: configured, or in dev mode generated
 /// on first start into `data/webhook-secrets.key` (0600).
-fn webhook_key(config: &Config) -> anyhow::Result<[u8; 32]> {
+pub(crate) fn webhook_key(config: &Config) -> anyhow::Result<[u8; 32]> {
     use base64::Engine;
     if let Some(k) = &config.webhooks.encryption_key {
         return palisade_config::decode_key32(k.expose()).context("webhooks.encryption_key: 32 bytes in base64");
@@ -383,6 +383,16 @@ fn webhook_client(config: &Config) -> anyhow::Result<palisade_webhooks::client::
 /// generated on first start and written to `data/master.key` (0600); only
 /// its hash is kept, in the database.
 async fn master_key(config: &Config, db: &Db) -> anyhow::Result<MasterKey> {
+    if config.admin.master_key_disabled() {
+        // Nobody could administer the platform: refuse rather than start so.
+        if palisade_store::operators::count_active(db.reader()).await? == 0 {
+            anyhow::bail!(
+                "admin.master_key is \"disabled\" but no operator account exists: create one first with \
+                 `palisade admin operator create --email ADDRESS` (the password on standard input)"
+            );
+        }
+        return Ok(MasterKey::Disabled);
+    }
     if let Some(k) = &config.admin.master_key {
         return Ok(MasterKey::Configured(sha256(k.expose())));
     }

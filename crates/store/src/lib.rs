@@ -21,6 +21,7 @@ pub mod messages;
 pub mod mfa;
 pub mod number_verifications;
 pub mod oidc;
+pub mod operators;
 mod pg_batch;
 mod pg_lookup;
 mod read;

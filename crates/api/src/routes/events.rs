@@ -91,7 +91,7 @@ pub struct OperatorEventQuery {
 
 /// Every audit event of the platform, including those that belong to no
 /// tenant (operator actions, failed logins for unknown addresses).
-#[utoipa::path(get, path = "/sysadmin/v1/events", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(get, path = "/sysadmin/v1/events", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     params(OperatorEventQuery),
     responses((status = 200, body = List<EventView>), (status = 400, body = palisade_core::Problem)))]
 pub async fn list_all(
@@ -114,7 +114,7 @@ pub async fn list_all(
         since: q.since,
         until: q.until,
     };
-    let event = palisade_audit::Event::new("sysadmin.events_read", tenant, palisade_core::principal::Actor::sysadmin());
+    let event = palisade_audit::Event::new("sysadmin.events_read", tenant, admin.proof.actor());
     palisade_audit::record(&state.db, &event, &admin.ctx.audit, state.now_ms()).await?;
     page(&state, Reader::Operator(&admin.proof, tenant), rest).await
 }
@@ -397,7 +397,7 @@ pub struct LogVerifyView {
 /// instance's witness file (when it has one): every record is re-hashed,
 /// the log's and every tenant's tree rebuilt. It reads the whole log, so it
 /// takes as long as the log is large.
-#[utoipa::path(get, path = "/sysadmin/v1/events/verify", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(get, path = "/sysadmin/v1/events/verify", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     responses((status = 200, body = LogVerifyView), (status = 409, body = palisade_core::Problem)))]
 pub async fn verify_all(State(state): State<AppState>, admin: Sysadmin) -> Result<Json<LogVerifyView>, ApiError> {
     // One at a time per instance: each reads the whole log.
@@ -405,8 +405,7 @@ pub async fn verify_all(State(state): State<AppState>, admin: Sysadmin) -> Resul
     let Ok(_running) = RUNNING.try_lock() else {
         return Err(ApiError::conflict("a full verification is already running; try again when it ends"));
     };
-    let event =
-        palisade_audit::Event::new("sysadmin.audit_verified", None, palisade_core::principal::Actor::sysadmin());
+    let event = palisade_audit::Event::new("sysadmin.audit_verified", None, admin.proof.actor());
     palisade_audit::record(&state.db, &event, &admin.ctx.audit, state.now_ms()).await?;
     let log = &state.audit_log;
     let file = log.checkpoint_file();

@@ -283,7 +283,7 @@ async fn carrier_status(state: &AppState, body: &[u8], now: i64) -> Result<&'sta
 
 /// Acts again on a stored, verified callback (a payment still credits
 /// once). Rejected callbacks never act.
-#[utoipa::path(post, path = "/sysadmin/v1/inbound/{id}/replay", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(post, path = "/sysadmin/v1/inbound/{id}/replay", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     params(("id" = uuid::Uuid, Path, description = "Stored callback id (UUID)")),
     responses((status = 200, body = InboundResult), (status = 404, body = palisade_core::Problem),
         (status = 409, body = palisade_core::Problem)))]
@@ -309,7 +309,7 @@ pub async fn replay(
     };
     let now = state.now_ms();
     let (outcome, effect) = act(&state, name, config.kind, &id, row.provider_event_id.as_deref(), &body, now).await?;
-    let event = Event::new("inbound.replayed", None, Actor::sysadmin())
+    let event = Event::new("inbound.replayed", None, admin.proof.actor())
         .resource("inbound_callback", &id)
         .details(serde_json::json!({ "provider": name, "outcome": outcome }));
     let mut stmts = vec![store::set_inbound_outcome_stmt(&id, outcome)];

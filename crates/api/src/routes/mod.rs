@@ -16,6 +16,8 @@ mod messages;
 mod mfa;
 mod number_verification;
 mod oidc;
+mod operators;
+pub use operators::totp_aad as operators_totp_aad;
 mod sip;
 pub mod streams;
 mod sysadmin;
@@ -101,6 +103,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(streams::events::events))
         .routes(routes!(streams::calls::call))
         .routes(routes!(streams::tickets::create_ticket))
+        .routes(routes!(operators::login))
+        .routes(routes!(operators::logout))
         .routes(routes!(sysadmin::create_tenant, sysadmin::list_tenants))
         .routes(routes!(events::list_all))
         .routes(routes!(events::verify_all))

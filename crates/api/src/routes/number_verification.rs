@@ -9,7 +9,6 @@ use axum::Json;
 use http::StatusCode;
 use palisade_audit::Event;
 use palisade_auth::code::CodeKey;
-use palisade_core::principal::Actor;
 use palisade_core::{ApiError, IdentityId, Permission, TenantId, TenantScope};
 use palisade_store::identities::{IdentityRow, VerifiedBy};
 use palisade_store::number_verifications::{self as codes, Attempt, Bounds, Target};
@@ -234,7 +233,7 @@ pub struct OperatorVerified {
 
 /// The operator assigns the number to the identity's tenant: verified
 /// without a code.
-#[utoipa::path(post, path = "/sysadmin/v1/identities/{id}/verify", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(post, path = "/sysadmin/v1/identities/{id}/verify", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     params(("id" = String, Path, description = "Identity id (UUID)")),
     responses((status = 200, body = OperatorVerified), (status = 404, body = palisade_core::Problem),
         (status = 409, body = palisade_core::Problem)))]
@@ -257,7 +256,7 @@ pub async fn operator_verify(
         r => r?,
     };
     let row = palisade_store::identities::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
-    let event = Event::new("identity.number_verified", Some(tenant), Actor::sysadmin())
+    let event = Event::new("identity.number_verified", Some(tenant), admin.proof.actor())
         .resource("identity", id)
         .details(serde_json::json!({
             "number": palisade_guard::phone::masked(&row.number),

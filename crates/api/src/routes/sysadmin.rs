@@ -5,7 +5,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::{HeaderMap, StatusCode};
 use palisade_audit::Event;
-use palisade_core::principal::Actor;
 use palisade_core::{ApiError, ApiKeyId, IdentityId, TenantId, TenantScope};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -62,7 +61,7 @@ pub struct StatusView {
 }
 
 /// Creates a tenant with an active owner (the operator vouches for it).
-#[utoipa::path(post, path = "/sysadmin/v1/tenants", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(post, path = "/sysadmin/v1/tenants", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     request_body = CreateTenantRequest,
     responses((status = 201, body = CreatedTenantView), (status = 409, body = palisade_core::Problem),
         (status = 503, body = palisade_core::Problem)))]
@@ -83,7 +82,7 @@ pub async fn create_tenant(
     ))
 }
 
-#[utoipa::path(get, path = "/sysadmin/v1/tenants", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(get, path = "/sysadmin/v1/tenants", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     responses((status = 200, body = List<TenantView>), (status = 401, body = palisade_core::Problem)))]
 pub async fn list_tenants(State(state): State<AppState>, admin: Sysadmin) -> Result<List<TenantView>, ApiError> {
     let rows = palisade_store::tenants::list(state.db.reader(), &admin.proof).await?;
@@ -96,7 +95,7 @@ pub async fn list_tenants(State(state): State<AppState>, admin: Sysadmin) -> Res
             created_at: palisade_core::clock::rfc3339(t.created_at),
         })
         .collect();
-    let event = Event::new("sysadmin.tenants_listed", None, Actor::sysadmin());
+    let event = Event::new("sysadmin.tenants_listed", None, admin.proof.actor());
     palisade_audit::record(&state.db, &event, &admin.ctx.audit, state.now_ms()).await?;
     Ok(List { data, next_cursor: None })
 }
@@ -114,7 +113,7 @@ async fn tenant_status(
 }
 
 /// Kill-switch: every request of the tenant is refused with 423 from now on.
-#[utoipa::path(post, path = "/sysadmin/v1/tenants/{id}/freeze", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(post, path = "/sysadmin/v1/tenants/{id}/freeze", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     params(("id" = uuid::Uuid, Path, description = "Tenant id (UUID)")),
     responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
 pub async fn freeze_tenant(
@@ -125,7 +124,7 @@ pub async fn freeze_tenant(
     tenant_status(state, admin, id, true).await
 }
 
-#[utoipa::path(post, path = "/sysadmin/v1/tenants/{id}/unfreeze", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(post, path = "/sysadmin/v1/tenants/{id}/unfreeze", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     params(("id" = uuid::Uuid, Path, description = "Tenant id (UUID)")),
     responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
 pub async fn unfreeze_tenant(
@@ -150,14 +149,14 @@ async fn key_status(
         .ok_or_else(ApiError::not_found)?;
     let tenant = tenant.parse::<TenantId>().map_err(ApiError::internal)?;
     let action = if frozen { "api_key.frozen" } else { "api_key.unfrozen" };
-    let event = Event::new(action, Some(tenant), Actor::sysadmin()).resource("api_key", id);
+    let event = Event::new(action, Some(tenant), admin.proof.actor()).resource("api_key", id);
     palisade_audit::append(&mut *tx, &event, &admin.ctx.audit, now).await?;
     tx.commit().await?;
     Ok(Json(StatusView { id: id.to_string(), status }))
 }
 
 /// Kill-switch for one API key: its requests get 423 from now on.
-#[utoipa::path(post, path = "/sysadmin/v1/api-keys/{id}/freeze", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(post, path = "/sysadmin/v1/api-keys/{id}/freeze", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     params(("id" = uuid::Uuid, Path, description = "API key id (UUID)")),
     responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
 pub async fn freeze_api_key(
@@ -168,7 +167,7 @@ pub async fn freeze_api_key(
     key_status(state, admin, id, true).await
 }
 
-#[utoipa::path(post, path = "/sysadmin/v1/api-keys/{id}/unfreeze", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(post, path = "/sysadmin/v1/api-keys/{id}/unfreeze", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     params(("id" = uuid::Uuid, Path, description = "API key id (UUID)")),
     responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
 pub async fn unfreeze_api_key(
@@ -181,7 +180,7 @@ pub async fn unfreeze_api_key(
 
 /// A tenant's abuse-control overrides: absent fields use the configured
 /// defaults.
-#[utoipa::path(get, path = "/sysadmin/v1/tenants/{id}/limits", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(get, path = "/sysadmin/v1/tenants/{id}/limits", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     params(("id" = uuid::Uuid, Path, description = "Tenant id (UUID)")),
     responses((status = 200, body = TenantLimits), (status = 404, body = palisade_core::Problem)))]
 pub async fn get_tenant_limits(
@@ -196,7 +195,7 @@ pub async fn get_tenant_limits(
         Some(s) => serde_json::from_str(&s).map_err(ApiError::internal)?,
         None => TenantLimits::default(),
     };
-    let event = Event::new("tenant.limits_read", Some(id), Actor::sysadmin()).resource("tenant", id);
+    let event = Event::new("tenant.limits_read", Some(id), admin.proof.actor()).resource("tenant", id);
     palisade_audit::record(&state.db, &event, &admin.ctx.audit, state.now_ms()).await?;
     Ok(Json(limits))
 }
@@ -204,7 +203,7 @@ pub async fn get_tenant_limits(
 /// Replaces a tenant's abuse-control overrides (rate limits per minute, 0
 /// turning one off; address allow and deny lists). They apply from the
 /// tenant's next request. An empty document restores the defaults.
-#[utoipa::path(put, path = "/sysadmin/v1/tenants/{id}/limits", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(put, path = "/sysadmin/v1/tenants/{id}/limits", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     params(("id" = uuid::Uuid, Path, description = "Tenant id (UUID)")), request_body = TenantLimits,
     responses((status = 200, body = TenantLimits), (status = 400, body = palisade_core::Problem),
         (status = 404, body = palisade_core::Problem)))]
@@ -227,7 +226,7 @@ pub async fn put_tenant_limits(
         .then(|| serde_json::to_string(&limits))
         .transpose()
         .map_err(ApiError::internal)?;
-    let event = Event::new("tenant.limits_updated", Some(id), Actor::sysadmin())
+    let event = Event::new("tenant.limits_updated", Some(id), admin.proof.actor())
         .resource("tenant", id)
         .details(serde_json::to_value(&limits).map_err(ApiError::internal)?);
     let (_, audit) = palisade_audit::append_stmt(&event, &admin.ctx.audit, now);
@@ -255,7 +254,7 @@ pub struct BalanceAfter {
 
 /// Adds credits to a tenant's balance. With `Idempotency-Key`, a retry
 /// gets the first answer and credits nothing more.
-#[utoipa::path(post, path = "/sysadmin/v1/tenants/{id}/credits", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(post, path = "/sysadmin/v1/tenants/{id}/credits", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     params(("id" = uuid::Uuid, Path, description = "Tenant id (UUID)"),
         ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retries with the same key and body get the first response; no second credit")),
     request_body = TopUpRequest,
@@ -288,7 +287,7 @@ pub async fn top_up(
             return Ok(first);
         }
     }
-    let event = Event::new("credits.topped_up", Some(id), Actor::sysadmin())
+    let event = Event::new("credits.topped_up", Some(id), admin.proof.actor())
         .resource("tenant", id)
         .details(serde_json::json!({ "amount": req.amount }));
     let (_, audit) = palisade_audit::append_stmt(&event, &admin.ctx.audit, now);
@@ -340,7 +339,7 @@ async fn identity_status(
     let action = if frozen { "identity.frozen" } else { "identity.unfrozen" };
     // After the operator's unfreeze the status says whether the tenant
     // still holds a freeze of its own.
-    let event = Event::new(action, Some(tenant), Actor::sysadmin())
+    let event = Event::new(action, Some(tenant), admin.proof.actor())
         .resource("identity", id)
         .details(serde_json::json!({ "status": status }));
     palisade_audit::append(&mut *tx, &event, &admin.ctx.audit, now).await?;
@@ -350,7 +349,7 @@ async fn identity_status(
 }
 
 /// Kill-switch for one identity (and its agent token).
-#[utoipa::path(post, path = "/sysadmin/v1/identities/{id}/freeze", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(post, path = "/sysadmin/v1/identities/{id}/freeze", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     params(("id" = uuid::Uuid, Path, description = "Identity id (UUID)")),
     responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
 pub async fn freeze_identity(
@@ -361,7 +360,7 @@ pub async fn freeze_identity(
     identity_status(state, admin, id, true).await
 }
 
-#[utoipa::path(post, path = "/sysadmin/v1/identities/{id}/unfreeze", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(post, path = "/sysadmin/v1/identities/{id}/unfreeze", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     params(("id" = uuid::Uuid, Path, description = "Identity id (UUID)")),
     responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
 pub async fn unfreeze_identity(

@@ -6,7 +6,6 @@ use axum::extract::State;
 use axum::Json;
 use http::StatusCode;
 use palisade_audit::Event;
-use palisade_core::principal::Actor;
 use palisade_core::ApiError;
 use palisade_voice::trunks::{self, Changes, Credentials, NewTrunk, Trunk, TrunkError};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -241,7 +240,7 @@ fn voice_error(e: palisade_voice::VoiceError) -> ApiError {
 
 /// Adds an upstream carrier. Requests from its source CIDRs are taken as
 /// the trunk's; its password is kept sealed and never shown.
-#[utoipa::path(post, path = "/sysadmin/v1/trunks", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(post, path = "/sysadmin/v1/trunks", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     request_body = CreateTrunkRequest,
     responses((status = 201, body = TrunkView), (status = 400, body = palisade_core::Problem),
         (status = 409, body = palisade_core::Problem)))]
@@ -264,25 +263,26 @@ pub async fn create(
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
     let trunk = trunks::create(&mut tx, &state.sealer, &admin.proof, new, now).await.map_err(trunk_error)?;
-    let event =
-        Event::new("trunk.created", None, Actor::sysadmin()).resource("sip_trunk", &trunk.id).details(details(&trunk));
+    let event = Event::new("trunk.created", None, admin.proof.actor())
+        .resource("sip_trunk", &trunk.id)
+        .details(details(&trunk));
     palisade_audit::append(&mut *tx, &event, &admin.ctx.audit, now).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(TrunkView::from(&trunk))))
 }
 
 /// Every trunk, by name.
-#[utoipa::path(get, path = "/sysadmin/v1/trunks", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(get, path = "/sysadmin/v1/trunks", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     responses((status = 200, body = List<TrunkView>)))]
 pub async fn list(State(state): State<AppState>, admin: Sysadmin) -> Result<List<TrunkView>, ApiError> {
     let all = trunks::list(&state.db, &admin.proof).await.map_err(voice_error)?;
     // Every operator call is audited, reads too.
-    let event = Event::new("sysadmin.trunks_listed", None, Actor::sysadmin());
+    let event = Event::new("sysadmin.trunks_listed", None, admin.proof.actor());
     palisade_audit::record(&state.db, &event, &admin.ctx.audit, state.now_ms()).await?;
     Ok(List { data: all.iter().map(TrunkView::from).collect(), next_cursor: None })
 }
 
-#[utoipa::path(get, path = "/sysadmin/v1/trunks/{id}", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(get, path = "/sysadmin/v1/trunks/{id}", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     params(("id" = uuid::Uuid, Path, description = "Trunk id (UUID)")),
     responses((status = 200, body = TrunkView), (status = 404, body = palisade_core::Problem)))]
 pub async fn get(
@@ -294,14 +294,14 @@ pub async fn get(
         .await
         .map_err(voice_error)?
         .ok_or_else(ApiError::not_found)?;
-    let event = Event::new("trunk.read", None, Actor::sysadmin()).resource("sip_trunk", &trunk.id);
+    let event = Event::new("trunk.read", None, admin.proof.actor()).resource("sip_trunk", &trunk.id);
     palisade_audit::record(&state.db, &event, &admin.ctx.audit, state.now_ms()).await?;
     Ok(Json(TrunkView::from(&trunk)))
 }
 
 /// Changes a trunk; absent members stay as they are. The result is checked
 /// as a whole (a `sips:` URI needs `tls`, whichever of the two changed).
-#[utoipa::path(patch, path = "/sysadmin/v1/trunks/{id}", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(patch, path = "/sysadmin/v1/trunks/{id}", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     params(("id" = uuid::Uuid, Path, description = "Trunk id (UUID)")), request_body = UpdateTrunkRequest,
     responses((status = 200, body = TrunkView), (status = 400, body = palisade_core::Problem),
         (status = 404, body = palisade_core::Problem)))]
@@ -343,14 +343,14 @@ pub async fn update(
         .ok_or_else(ApiError::not_found)?;
     let mut d = details(&trunk);
     d["changed"] = serde_json::json!(changed);
-    let event = Event::new("trunk.updated", None, Actor::sysadmin()).resource("sip_trunk", &trunk.id).details(d);
+    let event = Event::new("trunk.updated", None, admin.proof.actor()).resource("sip_trunk", &trunk.id).details(d);
     palisade_audit::append(&mut *tx, &event, &admin.ctx.audit, now).await?;
     tx.commit().await?;
     Ok(Json(TrunkView::from(&trunk)))
 }
 
 /// Removes a trunk: its sources are no longer taken as a carrier's.
-#[utoipa::path(delete, path = "/sysadmin/v1/trunks/{id}", tag = "sysadmin", security(("master_key" = [])),
+#[utoipa::path(delete, path = "/sysadmin/v1/trunks/{id}", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     params(("id" = uuid::Uuid, Path, description = "Trunk id (UUID)")),
     responses((status = 204), (status = 404, body = palisade_core::Problem)))]
 pub async fn remove(
@@ -363,7 +363,7 @@ pub async fn remove(
     let mut tx = state.db.begin().await?;
     let name =
         palisade_store::sip_trunks::delete(&mut *tx, &admin.proof, &id).await?.ok_or_else(ApiError::not_found)?;
-    let event = Event::new("trunk.deleted", None, Actor::sysadmin())
+    let event = Event::new("trunk.deleted", None, admin.proof.actor())
         .resource("sip_trunk", &id)
         .details(serde_json::json!({ "name": name }));
     palisade_audit::append(&mut *tx, &event, &admin.ctx.audit, now).await?;

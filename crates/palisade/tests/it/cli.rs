@@ -141,3 +141,40 @@ fn first_dev_start_writes_the_master_key_and_prints_only_its_path() {
     assert!(!printed.contains(key.trim()), "the key itself must not be printed");
     assert_eq!(printed.matches("generated a sysadmin master key").count(), 1);
 }
+
+#[test]
+fn operators_are_created_listed_and_disabled_and_a_disabled_master_key_needs_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // With the master key off and no operator, the server does not start.
+    let out =
+        palisade(dir.path(), &["serve", "--listen", "127.0.0.1:0"], &[("PALISADE_ADMIN__MASTER_KEY", "disabled")]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no operator account exists"), "{}", stderr(&out));
+    let create = |email: &str, password: &str| {
+        palisade(
+            dir.path(),
+            &["admin", "operator", "create", "--email", email],
+            &[("PALISADE_OPERATOR_PASSWORD", password)],
+        )
+    };
+    assert_eq!(create("ops@example.com", "short").status.code(), Some(1));
+    let out = create("Ops@Example.com", PASSWORD);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["email"], "ops@example.com");
+    let uri = made["otpauth_uri"].as_str().unwrap();
+    assert!(uri.starts_with("otpauth://totp/Palisade:ops%40example.com?secret="), "{uri}");
+    assert_eq!(made["totp_secret"].as_str().unwrap().len(), 32);
+    assert_eq!(create("ops@example.com", PASSWORD).status.code(), Some(1), "once per address");
+    let out = palisade(dir.path(), &["admin", "operator", "list"], &[]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("active\tops@example.com"), "{listed}");
+    let out = palisade(dir.path(), &["admin", "operator", "disable", "--email", "ops@example.com"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = palisade(dir.path(), &["admin", "operator", "list"], &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("disabled\tops@example.com"));
+    assert_eq!(
+        palisade(dir.path(), &["admin", "operator", "disable", "--email", "ops@example.com"], &[]).status.code(),
+        Some(1)
+    );
+}

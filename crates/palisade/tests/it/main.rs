@@ -33,6 +33,7 @@ mod mfa;
 mod numbers;
 mod oidc;
 mod openapi;
+mod operators;
 mod recovery;
 mod redis_state;
 mod sip;
