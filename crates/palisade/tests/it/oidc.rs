@@ -237,7 +237,8 @@ async fn an_id_token_that_does_not_prove_the_person_signs_nobody_in() {
     let t = s.tenant("Acme").await;
     enable(&s, &t.token).await;
     let email = t.email.clone();
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Value)>)> = vec![
+    type Edit = Box<dyn FnOnce(&mut Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("wrong_audience", Box::new(|c| c["aud"] = json!("another-client"))),
         ("wrong_issuer", Box::new(|c| c["iss"] = json!("https://evil.example"))),
         ("expired", Box::new(|c| c["exp"] = json!(c["iat"].as_i64().unwrap() - 120))),
