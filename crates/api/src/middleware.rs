@@ -68,7 +68,8 @@ pub async fn request(State(state): State<AppState>, mut req: Request, next: Next
     let path = req.uri().path();
     // Probes stay outside the limits: a load balancer must always reach them.
     let guarded = path != "/healthz" && path != "/readyz";
-    let auth_route = path.starts_with("/v1/auth/");
+    // Sign-ins, people's and operators', get the tighter limit.
+    let auth_route = path.starts_with("/v1/auth/") || path.starts_with("/sysadmin/v1/auth/");
     req.extensions_mut().insert(ClientIp(client));
     req.extensions_mut().insert(RequestId(request_id.clone()));
 

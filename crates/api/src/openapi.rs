@@ -21,7 +21,7 @@ use utoipa::{Modify, OpenApi};
         (name = "events", description = "The tenant's audit trail"),
         (name = "sip", description = "SIP credentials and registrations of an identity"),
         (name = "streams", description = "Tickets that open a WebSocket stream from a browser"),
-        (name = "sysadmin", description = "Operator API, master key only"),
+        (name = "sysadmin", description = "Operator API: operator sessions, or the master key (break-glass)"),
     ),
     components(schemas(palisade_core::Problem, palisade_core::FieldError))
 )]

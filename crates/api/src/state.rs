@@ -44,6 +44,8 @@ pub struct Services {
     pub number_codes: palisade_auth::code::CodeKey,
     /// Keys the hashes of sign-in codes sent by mail.
     pub email_codes: palisade_auth::code::CodeKey,
+    /// Passkeys' relying party, when it can be named (see `auth.webauthn`).
+    pub webauthn: Option<Arc<webauthn_rs::Webauthn>>,
     /// The single sign-on providers, as configured.
     pub oidc: Arc<[Arc<palisade_oidc::Provider>]>,
     /// Keys recovery codes' hashes (second factors).

@@ -99,10 +99,12 @@ pub const OPERATOR_REQUEST: &str = "sysadmin.tenant_event";
 fn rows_of(event: &Event, ctx: &Context, now_ms: i64) -> (EventId, Vec<NewAuditRow>) {
     let (id, row) = row_of(event, ctx, now_ms);
     let has_context = ctx.source_ip.is_some() || ctx.user_agent.is_some() || ctx.request_id.is_some();
-    if !(is_operator(&event.actor) && event.tenant_id.is_some() && has_context) {
+    // Which operator acted is the platform's to know, not the tenant's.
+    let named = event.actor.id.is_some();
+    if !(is_operator(&event.actor) && event.tenant_id.is_some() && (has_context || named)) {
         return (id, vec![row]);
     }
-    let tenant_row = NewAuditRow { source_ip: None, user_agent: None, request_id: None, ..row.clone() };
+    let tenant_row = NewAuditRow { source_ip: None, user_agent: None, request_id: None, actor_id: None, ..row.clone() };
     let platform = Event {
         action: OPERATOR_REQUEST,
         tenant_id: None,
@@ -258,9 +260,14 @@ mod tests {
         assert_eq!(rows_of(&e, &Context::default(), 7).1.len(), 1);
         let platform_only = Event::new("sysadmin.login", None, Actor::sysadmin());
         assert_eq!(rows_of(&platform_only, &ctx(true, true, true), 7).1.len(), 1);
-        // An operator account's request is split the same way.
+        // An operator account's request is split the same way, and the
+        // tenant's record does not name the operator (the platform's does).
         let by_operator = Event::new("tenant.frozen", Some(tenant), Actor::operator("op-1"));
-        assert_eq!(rows_of(&by_operator, &ctx(true, true, true), 7).1.len(), 2);
+        for c in [ctx(true, true, true), Context::default()] {
+            let rows = rows_of(&by_operator, &c, 7).1;
+            assert_eq!(rows.len(), 2);
+            assert_eq!((rows[0].actor_id.as_deref(), rows[1].actor_id.as_deref()), (None, Some("op-1")));
+        }
     }
 
     #[test]

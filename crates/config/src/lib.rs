@@ -429,6 +429,28 @@ pub struct Auth {
     pub email_code: EmailCode,
     /// Second factors (TOTP, recovery codes) and step-up.
     pub mfa: Mfa,
+    /// Passkeys (WebAuthn).
+    pub webauthn: Webauthn,
+}
+
+/// Passkeys (WebAuthn): who the relying party is. Unset, both come from
+/// `server.public_url` (whose host must then be a name, not an address).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Webauthn {
+    /// The domain passkeys are bound to (`example.com`); the origin's host
+    /// or a parent of it.
+    pub rp_id: Option<String>,
+    /// Where the pages that use passkeys are served (`https://app.example.com`).
+    pub origin: Option<String>,
+    /// The name an authenticator shows.
+    pub rp_name: String,
+}
+
+impl Default for Webauthn {
+    fn default() -> Self {
+        Webauthn { rp_id: None, origin: None, rp_name: "Palisade".into() }
+    }
 }
 
 /// Second factors: TOTP (RFC 6238) with one-time recovery codes.
@@ -839,6 +861,7 @@ impl Default for Auth {
             credential_bus: CredentialBus::Auto,
             email_code: EmailCode::default(),
             mfa: Mfa::default(),
+            webauthn: Webauthn::default(),
         }
     }
 }

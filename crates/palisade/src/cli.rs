@@ -233,6 +233,12 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<i32> {
         }
         Command::Admin { command: AdminCommand::Operator { command } } => operator(&config, command, &cli_ctx).await,
         Command::Admin { command: AdminCommand::MasterKey { command: MasterKeyCommand::Rotate } } => {
+            if config.admin.master_key_disabled() {
+                eprintln!(
+                    "palisade: admin.master_key is \"disabled\"; no master key is made (operators sign in instead)"
+                );
+                return Ok(1);
+            }
             let db = crate::open_db(&config).await?;
             let path = crate::rotate_master_key(&config, &db).await?;
             let event = palisade_audit::Event::new(
@@ -455,9 +461,14 @@ async fn operator(config: &Config, command: OperatorCommand, ctx: &Context) -> a
                 eprintln!("palisade: `{email}` is not an email address");
                 return Ok(1);
             };
+            // Never the owner password variable `tenant create` reads.
             let password = match std::env::var("PALISADE_OPERATOR_PASSWORD") {
                 Ok(p) => p,
-                Err(_) => read_password()?,
+                Err(_) => {
+                    let mut s = String::new();
+                    std::io::stdin().read_line(&mut s).context("reading the operator password from standard input")?;
+                    s.trim_end_matches(['\r', '\n']).to_owned()
+                }
             };
             if let Err(e) = ops::password(&password, Some(&email), "password") {
                 eprintln!("palisade: the password {}", e.message);
@@ -500,6 +511,11 @@ async fn operator(config: &Config, command: OperatorCommand, ctx: &Context) -> a
         }
         OperatorCommand::Disable { email } => {
             let email = palisade_guard::email::normalize(&email).unwrap_or(email);
+            // With the master key off, the last operator is the only way in.
+            if config.admin.master_key_disabled() && palisade_store::operators::count_active(db.reader()).await? <= 1 {
+                eprintln!("palisade: refusing to disable the last operator while admin.master_key is \"disabled\"");
+                return Ok(1);
+            }
             let mut tx = db.begin().await?;
             if !palisade_store::operators::disable(&mut tx, &email, now).await? {
                 eprintln!("palisade: no active operator has this address");

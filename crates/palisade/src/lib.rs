@@ -102,6 +102,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let email_codes = palisade_auth::code::CodeKey::derive(&data_key, "email sign-in");
     let recovery_codes = palisade_auth::code::CodeKey::derive(&data_key, "mfa recovery codes");
     let oidc = oidc_http::providers(&config)?;
+    let webauthn = webauthn(&config)?;
     let sip_auth = Arc::new(sip_auth(&config, &db, &sealer, &data_key, abuse.state.clone())?);
     let webhook_client = Arc::new(webhook_client(&config)?);
     let worker = Arc::new(palisade_webhooks::worker::Worker {
@@ -158,6 +159,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         email_codes,
         recovery_codes,
         oidc,
+        webauthn,
         webhook_wake,
         webhook_worker,
         admission,
@@ -274,6 +276,28 @@ impl palisade_cluster::Observer for RedisMetrics {
     fn degraded(&self, degraded: bool) {
         self.0.redis_degraded(degraded);
     }
+}
+
+/// Passkeys' relying party: `auth.webauthn`, or named after
+/// `server.public_url`. `None` (passkeys answer 409) when the URL's host is
+/// an address: a passkey is bound to a domain name.
+fn webauthn(config: &Config) -> anyhow::Result<Option<Arc<webauthn_rs::Webauthn>>> {
+    let w = &config.auth.webauthn;
+    let origin_text = w.origin.as_deref().unwrap_or(&config.server.public_url);
+    let origin =
+        url::Url::parse(origin_text).with_context(|| format!("auth.webauthn.origin: {origin_text} is not a URL"))?;
+    let rp_id = match (&w.rp_id, origin.host()) {
+        (Some(id), _) => id.clone(),
+        (None, Some(url::Host::Domain(d))) => d.to_owned(),
+        (None, _) => {
+            tracing::info!("passkeys are off: server.public_url names no domain (set auth.webauthn.rp_id and origin)");
+            return Ok(None);
+        }
+    };
+    let built = webauthn_rs::WebauthnBuilder::new(&rp_id, &origin)
+        .and_then(|b| b.rp_name(&w.rp_name).build())
+        .map_err(|e| anyhow::anyhow!("auth.webauthn: rp_id {rp_id} does not fit origin {origin} ({e})"))?;
+    Ok(Some(Arc::new(built)))
 }
 
 /// The key that seals webhook secrets: configured, or in dev mode generated

@@ -20,6 +20,8 @@ const CHANGES: &[&str] = &[
     "DELETE FROM token_families",
     "UPDATE user_totp SET",
     "DELETE FROM user_totp",
+    "INTO passkeys",
+    "DELETE FROM passkeys",
 ];
 
 /// Functions that write those tables but nothing a credential depends on,
@@ -53,6 +55,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("identities", include_str!("identities.rs")),
     ("tokens", include_str!("tokens.rs")),
     ("mfa", include_str!("mfa.rs")),
+    ("passkeys", include_str!("passkeys.rs")),
 ];
 
 #[test]

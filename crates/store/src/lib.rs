@@ -22,6 +22,7 @@ pub mod mfa;
 pub mod number_verifications;
 pub mod oidc;
 pub mod operators;
+pub mod passkeys;
 mod pg_batch;
 mod pg_lookup;
 mod read;

@@ -355,6 +355,7 @@ pub async fn purge_expired(db: &crate::Db, now: i64) -> Result<u64> {
         "DELETE FROM mfa_challenges WHERE expires_at < $1",
         "DELETE FROM oidc_logins WHERE expires_at < $1",
         "DELETE FROM operator_sessions WHERE expires_at < $1",
+        "DELETE FROM webauthn_ceremonies WHERE expires_at < $1",
         // Stream tickets open nothing once expired, used or not.
         "DELETE FROM stream_tickets WHERE expires_at < $1",
         // SIP contacts whose registration lapsed.

@@ -230,7 +230,8 @@ pub async fn session_state<'c>(
            (SELECT COUNT(*) FROM revoked_jtis r WHERE r.jti = $4) AS jti_revoked, \
            (SELECT settings FROM tenant_limits l WHERE l.tenant_id = u.tenant_id) AS tenant_limits, \
            t.mfa_required AS tenant_mfa_required, \
-           (SELECT COUNT(*) FROM user_totp m WHERE m.user_id = u.id AND m.confirmed_at IS NOT NULL) AS mfa_enrolled \
+           (SELECT COUNT(*) FROM user_totp m WHERE m.user_id = u.id AND m.confirmed_at IS NOT NULL) \
+             + (SELECT COUNT(*) FROM passkeys k WHERE k.user_id = u.id) AS mfa_enrolled \
          FROM users u JOIN tenants t ON t.id = u.tenant_id \
          WHERE u.tenant_id = $1 AND u.id = $2",
     )

@@ -23,6 +23,7 @@ use utoipa::ToSchema;
 use super::auth::{
     access_token, ensure_may_sign_in, open_session, send_mail, sign_in_refused, AccessTokenResponse, TokenResponse,
 };
+use super::passkeys::PasskeyAnswer;
 use crate::extract::{Auth, Ctx, ValidJson};
 use crate::state::AppState;
 
@@ -39,7 +40,19 @@ fn aad(scope: &TenantScope, user: UserId) -> Vec<u8> {
 
 /// Whether the person has a confirmed second factor.
 pub(super) async fn enrolled(state: &AppState, scope: &TenantScope, user: UserId) -> Result<bool, ApiError> {
-    Ok(mfa::totp(state.db.reader(), scope, user).await?.is_some_and(|t| t.confirmed_at.is_some()))
+    Ok(!methods(state, scope, user).await?.is_empty())
+}
+
+/// The second factors the person has: `totp` and `recovery_code`, `passkey`.
+async fn methods(state: &AppState, scope: &TenantScope, user: UserId) -> Result<Vec<&'static str>, ApiError> {
+    let mut m = Vec::new();
+    if mfa::totp(state.db.reader(), scope, user).await?.is_some_and(|t| t.confirmed_at.is_some()) {
+        m.extend(["totp", "recovery_code"]);
+    }
+    if !palisade_store::passkeys::list(state.db.reader(), scope, user).await?.is_empty() {
+        m.push("passkey");
+    }
+    Ok(m)
 }
 
 /// Opens a challenge for a person who proved their first factor: the 403
@@ -63,14 +76,15 @@ pub(super) async fn challenge(
     tx.commit().await?;
     Ok(ApiError::mfa_required("Give your second factor at POST /v1/auth/mfa with this mfa_token.")
         .with_extra("mfa_token", token)
-        .with_extra("methods", serde_json::json!(["totp", "recovery_code"]))
+        .with_extra("methods", serde_json::json!(methods(state, scope, user).await?))
         .with_extra("expires_in", ttl))
 }
 
-/// A second factor as given: a TOTP code or a recovery code.
+/// A second factor as given: a TOTP code, a recovery code or a passkey.
 enum Factor<'a> {
     Totp(&'a str),
     Recovery(&'a str),
+    Passkey(&'a PasskeyAnswer),
 }
 
 impl Factor<'_> {
@@ -78,18 +92,24 @@ impl Factor<'_> {
         match self {
             Factor::Totp(_) => "totp",
             Factor::Recovery(_) => "recovery_code",
+            Factor::Passkey(_) => "passkey",
         }
     }
 }
 
-/// Exactly one of `code` and `recovery_code`.
-fn factor<'a>(code: &'a Option<String>, recovery_code: &'a Option<String>) -> Result<Factor<'a>, ApiError> {
-    match (code, recovery_code) {
-        (Some(c), None) => Ok(Factor::Totp(c)),
-        (None, Some(r)) => Ok(Factor::Recovery(r)),
+/// Exactly one of `code`, `recovery_code` and `passkey`.
+fn factor<'a>(
+    code: &'a Option<String>,
+    recovery_code: &'a Option<String>,
+    passkey: &'a Option<PasskeyAnswer>,
+) -> Result<Factor<'a>, ApiError> {
+    match (code, recovery_code, passkey) {
+        (Some(c), None, None) => Ok(Factor::Totp(c)),
+        (None, Some(r), None) => Ok(Factor::Recovery(r)),
+        (None, None, Some(p)) => Ok(Factor::Passkey(p)),
         _ => Err(ApiError::validation_many(vec![FieldError {
             field: "code".into(),
-            message: "give either `code` (from your authenticator app) or `recovery_code`".into(),
+            message: "give one of `code` (from your authenticator app), `recovery_code` or `passkey`".into(),
         }])),
     }
 }
@@ -105,6 +125,8 @@ enum Proof {
     Totp(i64),
     /// A recovery code, used up.
     Recovery,
+    /// A passkey's assertion, checked.
+    Passkey,
 }
 
 impl Proof {
@@ -113,6 +135,7 @@ impl Proof {
         match self {
             Proof::Totp(_) => "otp",
             Proof::Recovery => "rec",
+            Proof::Passkey => "hwk",
         }
     }
 }
@@ -131,6 +154,7 @@ async fn prove(
     user: UserId,
     given: &Factor<'_>,
     confirmed: bool,
+    ceremony: (&str, &str),
 ) -> Result<Proof, ApiError> {
     let now = state.now_ms();
     let rules = &state.config.auth.mfa;
@@ -182,6 +206,11 @@ async fn prove(
             None => None,
         },
         Factor::Recovery(_) => None,
+        Factor::Passkey(answer) if confirmed => {
+            let (purpose, bound_to) = ceremony;
+            super::passkeys::verify(state, scope, user, answer, purpose, bound_to).await?.then_some(Proof::Passkey)
+        }
+        Factor::Passkey(_) => None,
     };
     if let Some(proof) = proved {
         return Ok(proof);
@@ -227,6 +256,8 @@ pub struct MfaRequest {
     /// One of the recovery codes (each works once).
     #[schema(max_length = 20)]
     recovery_code: Option<String>,
+    /// A passkey's answer (options from `POST /v1/auth/mfa/passkey`).
+    passkey: Option<PasskeyAnswer>,
 }
 
 /// The second step of a sign-in: the `mfa_token` of the first and a second
@@ -241,7 +272,7 @@ pub async fn complete(
     pass: Option<axum::Extension<crate::abuse::AddressPass>>,
     ValidJson(req): ValidJson<MfaRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let given = factor(&req.code, &req.recovery_code)?;
+    let given = factor(&req.code, &req.recovery_code, &req.passkey)?;
     if !has_shape(&req.mfa_token, MFA_TOKEN_PREFIX, 43) {
         return Err(wrong_factor());
     }
@@ -255,7 +286,7 @@ pub async fn complete(
     let tenant_id = palisade_core::TenantId::from_str(&c.tenant_id).map_err(ApiError::internal)?;
     let user_id = UserId::from_str(&c.user_id).map_err(ApiError::internal)?;
     let scope = TenantScope::for_system(tenant_id);
-    let amr = prove(&state, &ctx, &scope, user_id, &given, true).await?.amr();
+    let amr = prove(&state, &ctx, &scope, user_id, &given, true, ("second_factor", &token_hash)).await?.amr();
     let mut tx = state.db.begin().await?;
     let live = mfa::consume_challenge(&mut *tx, &token_hash, state.now_ms()).await?;
     tx.commit().await?;
@@ -315,6 +346,8 @@ pub struct StepUpRequest {
     /// One of the recovery codes (each works once).
     #[schema(max_length = 20)]
     recovery_code: Option<String>,
+    /// A passkey's answer (options from `POST /v1/auth/step-up/passkey`).
+    passkey: Option<PasskeyAnswer>,
 }
 
 /// Gives a second factor within a session: the new access token (the
@@ -329,7 +362,7 @@ pub async fn step_up(
     pass: Option<axum::Extension<crate::abuse::AddressPass>>,
     ValidJson(req): ValidJson<StepUpRequest>,
 ) -> Result<Json<AccessTokenResponse>, ApiError> {
-    let given = factor(&req.code, &req.recovery_code)?;
+    let given = factor(&req.code, &req.recovery_code, &req.passkey)?;
     let (user_id, family_id, _) = person(&auth)?;
     let scope = auth.principal.own_scope();
     if !enrolled(&state, &scope, user_id).await? {
@@ -340,7 +373,7 @@ pub async fn step_up(
         state.abuse.credential_refused_locked(&state.db, auth.ctx.client_ip, now, auth.ctx.audit.clone()).await;
         return Err(wrong_factor());
     }
-    let amr = prove(&state, &auth.ctx, &scope, user_id, &given, true).await?.amr();
+    let amr = prove(&state, &auth.ctx, &scope, user_id, &given, true, ("step_up", family_id)).await?.amr();
     let mut tx = state.db.begin().await?;
     let token = gave_factor(&state, &mut tx, &auth, amr).await?;
     tx.commit().await?;
@@ -373,6 +406,8 @@ pub struct MfaStatus {
     totp: &'static str,
     /// Unused recovery codes.
     recovery_codes_left: i64,
+    /// Registered passkeys.
+    passkeys: usize,
     /// Whether your tenant requires a second factor of you.
     required: bool,
 }
@@ -391,7 +426,8 @@ pub async fn status(State(state): State<AppState>, auth: Auth) -> Result<Json<Mf
     };
     let left = mfa::recovery_codes_left(state.db.reader(), &scope, user_id).await?;
     let required = matches!(role, Role::Owner | Role::Admin) && mfa::tenant_requires(state.db.reader(), &scope).await?;
-    Ok(Json(MfaStatus { totp, recovery_codes_left: left, required }))
+    let passkeys = palisade_store::passkeys::list(state.db.reader(), &scope, user_id).await?.len();
+    Ok(Json(MfaStatus { totp, recovery_codes_left: left, passkeys, required }))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -477,7 +513,9 @@ pub async fn confirm(
         Some(r) if r.confirmed_at.is_some() => return Err(ApiError::conflict("The TOTP is already confirmed.")),
         Some(_) => {}
     }
-    let Proof::Totp(step) = prove(&state, &auth.ctx, &scope, user_id, &Factor::Totp(&req.code), false).await? else {
+    let Proof::Totp(step) =
+        prove(&state, &auth.ctx, &scope, user_id, &Factor::Totp(&req.code), false, ("", "")).await?
+    else {
         return Err(wrong_factor());
     };
     // All or nothing: the factor, its recovery codes, this session's token,
@@ -564,7 +602,11 @@ pub async fn new_recovery_codes(State(state): State<AppState>, auth: Auth) -> Re
 pub async fn remove(State(state): State<AppState>, auth: Auth) -> Result<StatusCode, ApiError> {
     let (user_id, _, role) = person(&auth)?;
     let scope = auth.recent_factor_scope()?;
-    if matches!(role, Role::Owner | Role::Admin) && mfa::tenant_requires(state.db.reader(), &scope).await? {
+    let keeps_passkey = !palisade_store::passkeys::list(state.db.reader(), &scope, user_id).await?.is_empty();
+    if !keeps_passkey
+        && matches!(role, Role::Owner | Role::Admin)
+        && mfa::tenant_requires(state.db.reader(), &scope).await?
+    {
         return Err(ApiError::conflict("Your tenant requires a second factor of owners and admins."));
     }
     let now = state.now_ms();

@@ -17,6 +17,7 @@ mod mfa;
 mod number_verification;
 mod oidc;
 mod operators;
+mod passkeys;
 pub use operators::totp_aad as operators_totp_aad;
 mod sip;
 pub mod streams;
@@ -53,6 +54,10 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(oidc::providers))
         .routes(routes!(oidc::start))
         .routes(routes!(oidc::callback))
+        .routes(routes!(passkeys::challenge_options))
+        .routes(routes!(passkeys::step_up_options))
+        .routes(routes!(passkeys::sign_in_start))
+        .routes(routes!(passkeys::sign_in))
         .routes(routes!(mfa::complete))
         .routes(routes!(mfa::step_up))
         .routes(routes!(auth::refresh))
@@ -60,6 +65,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(auth::accept_invite))
         .routes(routes!(me::me))
         .routes(routes!(mfa::status))
+        .routes(routes!(passkeys::register_start))
+        .routes(routes!(passkeys::register_finish, passkeys::list))
+        .routes(routes!(passkeys::remove))
         .routes(routes!(mfa::enrol, mfa::remove))
         .routes(routes!(mfa::confirm))
         .routes(routes!(mfa::new_recovery_codes))

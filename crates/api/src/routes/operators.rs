@@ -52,10 +52,18 @@ pub async fn login(
     ValidJson(req): ValidJson<OperatorLogin>,
 ) -> Result<Json<AccessTokenResponse>, ApiError> {
     let email = palisade_guard::email::normalize(&req.email).unwrap_or_else(|| req.email.trim().to_lowercase());
-    let account = format!("operator:{email}");
+    // Locks of their own: no address a person can type (input holds no
+    // control characters) names the same lock.
+    let account = format!("\u{0}operator\u{0}{email}");
     let dummy = || palisade_auth::password::dummy_hash().to_owned();
     let Some(attempt) = state.abuse.login_attempt(&account, ctx.client_ip, state.now_ms()).await? else {
         state.argon2.verify(req.password, dummy()).await?;
+        let now = state.now_ms();
+        if state.abuse.notice_locked_login(&account, now).await {
+            let event = Event::new("operator.login_refused_locked", None, Actor::anonymous())
+                .details(serde_json::json!({ "email": email }));
+            palisade_audit::record(&state.db, &event, &ctx.audit, now).await?;
+        }
         return Err(refused());
     };
     let operator = palisade_store::operators::by_email(state.db.reader(), &email).await?;
@@ -67,7 +75,7 @@ pub async fn login(
         None => {
             state.abuse.login_failed(attempt, now).await?;
             let event = Event::new("operator.login_failed", None, Actor::anonymous())
-                .details(serde_json::json!({ "reason": "password" }));
+                .details(serde_json::json!({ "reason": "password", "email": email }));
             palisade_audit::record(&state.db, &event, &ctx.audit, now).await?;
             return Err(refused());
         }
@@ -103,13 +111,16 @@ pub async fn login(
         None => false,
     };
     if !accepted {
-        state.abuse.credential_failed(&state.db, "operator_code", ctx.client_ip, now, ctx.audit.clone()).await?;
+        // Counted like a wrong password (never a different lock), so the
+        // answer and its side effects do not tell a right password.
+        state.abuse.login_failed(attempt, now).await?;
         let event = Event::new("operator.login_failed", None, Actor::operator(&operator.id))
             .details(serde_json::json!({ "reason": "code", "locked": row.is_none() }));
         palisade_audit::record(&state.db, &event, &ctx.audit, now).await?;
         return Err(refused());
     }
     state.abuse.login_succeeded(attempt).await?;
+    state.abuse.trust_login_address(attempt, now).await;
     let token = new_operator_token();
     let ttl = state.config.admin.operator_session_secs;
     let mut tx = state.db.begin().await?;

@@ -201,7 +201,9 @@ pub async fn reset_mfa(
     let mut tx = state.db.begin().await?;
     let target = palisade_store::users::get(&mut *tx, &scope, id).await?.ok_or_else(ApiError::not_found)?;
     ensure_can_manage(&auth, &target)?;
-    if !palisade_store::mfa::remove(&mut tx, &scope, id).await? {
+    let had_totp = palisade_store::mfa::remove(&mut tx, &scope, id).await?;
+    let passkeys = palisade_store::passkeys::remove_all(&mut tx, &scope, id).await?;
+    if !had_totp && passkeys == 0 {
         return Err(ApiError::not_found());
     }
     palisade_store::mfa::void_challenges(&mut *tx, &scope, id, now).await?;

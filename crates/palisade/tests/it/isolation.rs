@@ -41,6 +41,8 @@ impl Victim {
             "calls" => &self.call_id,
             "cdrs" => &self.cdr_id,
             "webhooks" => &self.webhook_id,
+            // `/v1/me/passkeys/{id}`: the caller's own only; any id of A's.
+            "me" => &self.user_id,
             other => panic!("the isolation walker has no fixture for `/v1/{other}/{{id}}` ({path}): add one"),
         }
     }
@@ -182,7 +184,7 @@ async fn check_route(
         let r = srv.call(method.clone(), path, Some(cred), body).await;
         assert!(r.status < 500, "{method} {path}: {}", r.text);
         // A person's own second factors: a key has none (403).
-        let person_only = path == "/v1/me/mfa" && cred.starts_with("ak_");
+        let person_only = (path == "/v1/me/mfa" || path == "/v1/me/passkeys") && cred.starts_with("ak_");
         if *method == Method::GET {
             let expected = if websocket {
                 426

@@ -34,6 +34,7 @@ mod numbers;
 mod oidc;
 mod openapi;
 mod operators;
+mod passkeys;
 mod recovery;
 mod redis_state;
 mod sip;

@@ -226,7 +226,7 @@ async fn the_document_holds_the_trunk_rules(b: Backend) {
     {
         for m in methods {
             let op = &doc["paths"][path][m];
-            assert_eq!(op["security"], json!([{"master_key": []}]), "{m} {path}");
+            assert_eq!(op["security"], json!([{"operator": []}, {"master_key": []}]), "{m} {path}");
             assert!(op["responses"].get("401").is_some(), "{m} {path}");
         }
     }
