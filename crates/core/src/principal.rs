@@ -365,4 +365,10 @@ mod tests {
             "forbidden"
         );
     }
+
+    #[test]
+    fn a_sysadmin_proof_names_who_acts() {
+        assert_eq!(SysadminProof::verified().actor(), Actor::sysadmin());
+        assert_eq!(SysadminProof::operator("op-1").actor(), Actor { kind: "operator".into(), id: Some("op-1".into()) });
+    }
 }
