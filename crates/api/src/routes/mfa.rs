@@ -47,7 +47,10 @@ pub(super) async fn enrolled(state: &AppState, scope: &TenantScope, user: UserId
 async fn methods(state: &AppState, scope: &TenantScope, user: UserId) -> Result<Vec<&'static str>, ApiError> {
     let mut m = Vec::new();
     if mfa::totp(state.db.reader(), scope, user).await?.is_some_and(|t| t.confirmed_at.is_some()) {
-        m.extend(["totp", "recovery_code"]);
+        m.push("totp");
+    }
+    if mfa::recovery_codes_left(state.db.reader(), scope, user).await? > 0 {
+        m.push("recovery_code");
     }
     if !palisade_store::passkeys::list(state.db.reader(), scope, user).await?.is_empty() {
         m.push("passkey");
@@ -265,7 +268,8 @@ pub struct MfaRequest {
 /// `auth.mfa.challenge_ttl_secs`.
 #[utoipa::path(post, path = "/v1/auth/mfa", tag = "auth", request_body = MfaRequest,
     responses((status = 200, body = TokenResponse), (status = 400, body = palisade_core::Problem),
-        (status = 401, body = palisade_core::Problem), (status = 423, body = palisade_core::Problem)))]
+        (status = 401, body = palisade_core::Problem), (status = 403, body = palisade_core::Problem),
+        (status = 409, body = palisade_core::Problem), (status = 423, body = palisade_core::Problem)))]
 pub async fn complete(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -355,7 +359,8 @@ pub struct StepUpRequest {
 /// `auth.mfa.step_up_secs`.
 #[utoipa::path(post, path = "/v1/auth/step-up", tag = "auth", request_body = StepUpRequest, security(("bearer" = [])),
     responses((status = 200, body = AccessTokenResponse), (status = 400, body = palisade_core::Problem),
-        (status = 401, body = palisade_core::Problem), (status = 403, body = palisade_core::Problem)))]
+        (status = 401, body = palisade_core::Problem), (status = 403, body = palisade_core::Problem),
+        (status = 409, body = palisade_core::Problem)))]
 pub async fn step_up(
     State(state): State<AppState>,
     auth: Auth,
@@ -459,6 +464,11 @@ pub async fn enrol(
 ) -> Result<(StatusCode, Json<TotpEnrolment>), ApiError> {
     let (user_id, _, _) = person(&auth)?;
     let scope = auth.principal.own_scope();
+    // A person who has a second factor adds another only with it, recently
+    // given: the password and a session are not enough.
+    if enrolled(&state, &scope, user_id).await? {
+        auth.recent_factor_scope()?;
+    }
     let user = palisade_store::users::get(state.db.reader(), &scope, user_id).await?.ok_or_else(ApiError::not_found)?;
     super::auth::check_password(&state, &auth.ctx, &user, req.password).await?;
     let now = state.now_ms();
@@ -500,7 +510,7 @@ pub struct Enrolled {
 #[utoipa::path(post, path = "/v1/me/mfa/totp/confirm", tag = "me", request_body = ConfirmRequest,
     security(("bearer" = [])),
     responses((status = 200, body = Enrolled), (status = 400, body = palisade_core::Problem),
-        (status = 401, body = palisade_core::Problem)))]
+        (status = 401, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
 pub async fn confirm(
     State(state): State<AppState>,
     auth: Auth,
@@ -581,7 +591,7 @@ pub async fn new_recovery_codes(State(state): State<AppState>, auth: Auth) -> Re
     let (user_id, _, _) = person(&auth)?;
     let scope = auth.recent_factor_scope()?;
     if !enrolled(&state, &scope, user_id).await? {
-        return Err(ApiError::conflict("Enrol a TOTP first."));
+        return Err(ApiError::conflict("Enrol a second factor first (TOTP or a passkey)."));
     }
     let (codes, hashes) = recovery_codes(&state, user_id);
     let mut tx = state.db.begin().await?;
@@ -688,7 +698,7 @@ pub async fn put_security(
             return Err(ApiError::validation("sso_providers", "at most 16"));
         }
         if let Some(n) = names.iter().find(|n| !state.oidc.iter().any(|p| &p.settings().name == *n)) {
-            return Err(ApiError::validation("sso_providers", format!("{n} is not a configured provider")));
+            return Err(ApiError::conflict(format!("sso_providers: {n} is not a configured provider")));
         }
     }
     let before = read_security(&state, &scope).await?;

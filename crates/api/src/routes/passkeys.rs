@@ -6,7 +6,7 @@
 
 use std::str::FromStr;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use base64::Engine as _;
 use http::StatusCode;
@@ -24,7 +24,7 @@ use webauthn_rs::prelude::{
 };
 
 use super::auth::{ensure_may_sign_in, ensure_sso_allows, open_session, send_mail, TokenResponse};
-use crate::extract::{Auth, Ctx, ValidJson};
+use crate::extract::{Auth, Ctx, PathId, ValidJson};
 use crate::state::AppState;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -38,27 +38,35 @@ pub(super) fn rp(state: &AppState) -> Result<&Webauthn, ApiError> {
     })
 }
 
-fn aad(passkey_id: &str) -> Vec<u8> {
-    format!("passkeys\0{passkey_id}").into_bytes()
+/// What a stored passkey is sealed to: its tenant, person, row and
+/// credential id, so a row moved to another person does not open.
+fn aad(tenant: &str, user: &str, passkey_id: &str, credential_id: &str) -> Vec<u8> {
+    format!("passkeys\0{tenant}\0{user}\0{passkey_id}\0{credential_id}").into_bytes()
 }
 
 fn user_uuid(user: UserId) -> Uuid {
     user.0
 }
 
-/// A passkey as stored, opened.
-pub(super) fn open(state: &AppState, row: &passkeys::PasskeyRow) -> Result<Passkey, ApiError> {
+/// A passkey as stored, opened (of the person in `tenant`), and its
+/// credential id checked against the row's.
+pub(super) fn open(state: &AppState, tenant: &str, row: &passkeys::PasskeyRow) -> Result<Passkey, ApiError> {
     let plain = B64
         .decode(&row.passkey_sealed)
         .ok()
-        .and_then(|b| state.sealer.open(&b, &aad(&row.id)).ok())
+        .and_then(|b| state.sealer.open(&b, &aad(tenant, &row.user_id, &row.id, &row.credential_id)).ok())
         .ok_or_else(|| ApiError::internal("a passkey does not open"))?;
-    serde_json::from_slice(&plain).map_err(ApiError::internal)
+    let key: Passkey = serde_json::from_slice(&plain).map_err(ApiError::internal)?;
+    let id_bytes: &[u8] = key.cred_id().as_ref();
+    if URL.encode(id_bytes) != row.credential_id {
+        return Err(ApiError::internal("a passkey's credential id differs from its row's"));
+    }
+    Ok(key)
 }
 
-fn seal(state: &AppState, id: &str, p: &Passkey) -> Result<String, ApiError> {
+fn seal(state: &AppState, tenant: &str, row: &passkeys::PasskeyRow, p: &Passkey) -> Result<String, ApiError> {
     let json = serde_json::to_vec(p).map_err(ApiError::internal)?;
-    Ok(B64.encode(state.sealer.seal(&json, &aad(id))))
+    Ok(B64.encode(state.sealer.seal(&json, &aad(tenant, &row.user_id, &row.id, &row.credential_id))))
 }
 
 /// Starts a ceremony: its id (to the client) and its state (kept here).
@@ -157,9 +165,9 @@ pub(super) async fn verify(
     if tenant != scope.tenant_id().to_string() || row.user_id != user.to_string() {
         return Ok(false);
     }
-    let mut key = open(state, &row)?;
+    let mut key = open(state, &tenant, &row)?;
     if key.update_credential(&result).is_some() {
-        let sealed = seal(state, &row.id, &key)?;
+        let sealed = seal(state, &tenant, &row, &key)?;
         let mut tx = state.db.begin().await?;
         passkeys::used(&mut *tx, scope, &row.id, &sealed, state.now_ms()).await?;
         tx.commit().await?;
@@ -176,10 +184,11 @@ pub(super) async fn options_for(
     bound_to: String,
 ) -> Result<CeremonyStart, ApiError> {
     let rp = rp(state)?;
+    let tenant = scope.tenant_id().to_string();
     let keys: Vec<Passkey> = passkeys::list(state.db.reader(), scope, user)
         .await?
         .iter()
-        .map(|r| open(state, r))
+        .map(|r| open(state, &tenant, r))
         .collect::<Result<_, _>>()?;
     if keys.is_empty() {
         return Err(ApiError::conflict("No passkey is registered."));
@@ -218,12 +227,18 @@ pub async fn register_start(
     let rp = rp(&state)?;
     let (user_id, family) = person(&auth)?;
     let scope = auth.principal.own_scope();
+    // A person who has a second factor adds another only with it, recently
+    // given: the password and a session are not enough.
+    if super::mfa::enrolled(&state, &scope, user_id).await? {
+        auth.recent_factor_scope()?;
+    }
     let user = palisade_store::users::get(state.db.reader(), &scope, user_id).await?.ok_or_else(ApiError::not_found)?;
     super::auth::check_password(&state, &auth.ctx, &user, req.password).await?;
+    let tenant = scope.tenant_id().to_string();
     let existing: Vec<Passkey> = passkeys::list(state.db.reader(), &scope, user_id)
         .await?
         .iter()
-        .map(|r| open(&state, r))
+        .map(|r| open(&state, &tenant, r))
         .collect::<Result<_, _>>()?;
     let exclude = Some(existing.iter().map(|k| k.cred_id().clone()).collect());
     let (options, st): (_, PasskeyRegistration) = rp
@@ -298,9 +313,20 @@ pub async fn register_finish(
     let key = rp.finish_passkey_registration(&cred, &st).map_err(|_| invalid())?;
     let id = uuid::Uuid::new_v4().to_string();
     let now = state.now_ms();
-    let sealed = seal(&state, &id, &key)?;
     let id_bytes: &[u8] = key.cred_id().as_ref();
     let cred_id = URL.encode(id_bytes);
+    let tenant = scope.tenant_id().to_string();
+    let mut row = passkeys::PasskeyRow {
+        id: id.clone(),
+        user_id: user_id.to_string(),
+        name: name.clone(),
+        credential_id: cred_id.clone(),
+        passkey_sealed: String::new(),
+        created_at: now,
+        last_used_at: None,
+    };
+    let sealed = seal(&state, &tenant, &row, &key)?;
+    row.passkey_sealed = sealed.clone();
     let new = NewPasskey { id: &id, user: user_id, name: &name, credential_id: &cred_id, passkey_sealed: &sealed, now };
     let mut tx = state.db.begin().await?;
     match passkeys::insert(&mut tx, &scope, &new).await {
@@ -324,15 +350,6 @@ pub async fn register_finish(
     };
     let token = super::auth::access_token(&state, &scope, user_id, role, family, &factors, now)?;
     notice(&state, &auth, "A passkey was added to your Palisade account").await;
-    let row = passkeys::PasskeyRow {
-        id,
-        user_id: user_id.to_string(),
-        name,
-        credential_id: cred_id,
-        passkey_sealed: String::new(),
-        created_at: now,
-        last_used_at: None,
-    };
     Ok((
         StatusCode::CREATED,
         Json(Registered {
@@ -370,7 +387,7 @@ pub async fn list(State(state): State<AppState>, auth: Auth) -> Result<super::Li
 pub async fn remove(
     State(state): State<AppState>,
     auth: Auth,
-    Path(id): Path<uuid::Uuid>,
+    PathId(id): PathId<uuid::Uuid>,
 ) -> Result<StatusCode, ApiError> {
     // A credential that is no person has no passkeys: none of them is found.
     let Ok((user_id, _)) = person(&auth) else { return Err(ApiError::not_found()) };
@@ -396,8 +413,16 @@ pub async fn remove(
     if required && !left_totp && !left_keys && second_factor.expected {
         return Err(ApiError::conflict("Your tenant requires a second factor of owners and admins."));
     }
-    let event =
-        Event::new("auth.passkey_removed", Some(scope.tenant_id()), auth.principal.actor()).resource("passkey", &id);
+    // The last factor gone: recovery codes would stand in for none.
+    if !left_totp && !left_keys {
+        palisade_store::mfa::replace_recovery_codes(&mut tx, &scope, user_id, &[]).await?;
+    }
+    // Sessions the lost device may have opened end (this one gave a factor just now).
+    let (_, family) = person(&auth)?;
+    let ended = palisade_store::tokens::revoke_other_families(&mut tx, &scope, user_id, family, now).await?;
+    let event = Event::new("auth.passkey_removed", Some(scope.tenant_id()), auth.principal.actor())
+        .resource("passkey", &id)
+        .details(serde_json::json!({ "other_sessions_ended": ended }));
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await?;
     notice(&state, &auth, "A passkey was removed from your Palisade account").await;
@@ -457,7 +482,8 @@ pub async fn sign_in_start(State(state): State<AppState>) -> Result<Json<Ceremon
 /// factors: possession of the key and the person's verification on it).
 #[utoipa::path(post, path = "/v1/auth/passkey", tag = "auth", request_body = PasskeyAnswer,
     responses((status = 200, body = TokenResponse), (status = 401, body = palisade_core::Problem),
-        (status = 403, body = palisade_core::Problem), (status = 423, body = palisade_core::Problem)))]
+        (status = 403, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem),
+        (status = 423, body = palisade_core::Problem)))]
 pub async fn sign_in(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -480,7 +506,7 @@ pub async fn sign_in(
         if row.user_id != uuid.to_string() {
             return Err(());
         }
-        let mut key = open(&state, &row).map_err(|_| ())?;
+        let mut key = open(&state, &tenant, &row).map_err(|_| ())?;
         let result = rp.finish_discoverable_authentication_v2(&cred, st, &key).map_err(|_| ())?;
         let changed = key.update_credential(&result).is_some();
         Ok::<_, ()>((tenant, row, changed.then_some(key)))
@@ -494,7 +520,7 @@ pub async fn sign_in(
     };
     let scope = TenantScope::for_system(TenantId::from_str(&tenant).map_err(ApiError::internal)?);
     if let Some(key) = updated {
-        let sealed = seal(&state, &row.id, &key)?;
+        let sealed = seal(&state, &tenant, &row, &key)?;
         let mut tx = state.db.begin().await?;
         passkeys::used(&mut *tx, &scope, &row.id, &sealed, now).await?;
         tx.commit().await?;

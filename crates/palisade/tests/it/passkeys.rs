@@ -123,6 +123,11 @@ async fn a_passkey_is_a_second_factor_and_a_sign_in_of_its_own() {
     s.clock.advance_ms(11 * 60_000);
     let refused = s.post("/v1/api-keys", &signed, json!({"name": "admin", "role": "admin"})).await.expect(403);
     assert_eq!(refused.body["reason"], "mfa_required");
+    // Nor can a stale session (with the password) add a factor of its own.
+    let r = s.post("/v1/me/passkeys/register", &signed, json!({"password": PASSWORD})).await.expect(403);
+    assert_eq!(r.body["reason"], "mfa_required");
+    let r = s.post("/v1/me/mfa/totp", &signed, json!({"password": PASSWORD})).await.expect(403);
+    assert_eq!(r.body["reason"], "mfa_required");
     let start = s.call(Method::POST, "/v1/auth/step-up/passkey", Some(&signed), None).await.expect(200);
     let ans = answer(&mut d, &start.body, ORIGIN).await;
     let r = s.post("/v1/auth/step-up", &signed, json!({"passkey": ans})).await.expect(200);
