@@ -327,7 +327,7 @@ async fn a_tenant_can_require_single_sign_on_with_the_owner_kept_as_break_glass(
     s.get("/v1/me", &t.token).await.expect(200);
     let r =
         s.call(Method::PATCH, "/v1/tenant/security", Some(&t.token), Some(json!({"sso_providers": ["nope"]}))).await;
-    assert_eq!(r.expect(400).body["reason"], "validation_failed");
+    assert_eq!(r.expect(409).body["reason"], "conflict");
     // The member's password is right and still refused; SSO signs them in.
     let r = s
         .call(Method::POST, "/v1/auth/login", None, Some(json!({"email": member, "password": crate::common::PASSWORD})))
