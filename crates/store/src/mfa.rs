@@ -23,6 +23,13 @@ pub struct TotpRow {
 
 const COLUMNS: &str = "secret_sealed, confirmed_at, last_step, tries, locked_until";
 
+/// A TOTP try counted before its code is compared (people's and
+/// operators'): a lock that has run out starts the count again, and the
+/// try that reaches the most allowed (`$4`) locks until `$5`, in the same
+/// statement, so parallel guesses get no more.
+pub(crate) const COUNT_TRY: &str = "tries = CASE WHEN locked_until <> 0 THEN 1 ELSE tries + 1 END, \
+     locked_until = CASE WHEN (CASE WHEN locked_until <> 0 THEN 1 ELSE tries + 1 END) >= $4 THEN $5 ELSE 0 END";
+
 pub async fn totp<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
@@ -68,9 +75,7 @@ pub async fn take_try<'c>(
 ) -> Result<Option<TotpRow>> {
     // A lock that has run out starts the count again.
     Ok(sqlx::query_as(&format!(
-        "UPDATE user_totp SET \
-           tries = CASE WHEN locked_until <> 0 THEN 1 ELSE tries + 1 END, \
-           locked_until = CASE WHEN (CASE WHEN locked_until <> 0 THEN 1 ELSE tries + 1 END) >= $4 THEN $5 ELSE 0 END \
+        "UPDATE user_totp SET {COUNT_TRY} \
          WHERE tenant_id = $1 AND user_id = $2 AND locked_until <= $3 \
            AND (CASE WHEN confirmed_at IS NULL THEN 0 ELSE 1 END) = $6 \
          RETURNING {COLUMNS}"
@@ -293,41 +298,57 @@ pub async fn void_challenges<'c>(
     Ok(())
 }
 
-/// Whether the tenant requires a second factor of its owners and admins.
-pub async fn tenant_requires<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<bool> {
-    let v: Option<i64> = sqlx::query_scalar("SELECT mfa_required FROM tenants WHERE id = $1")
+/// A rule a tenant sets for its people's sign-ins.
+#[derive(Debug, Clone, Copy)]
+enum Rule {
+    /// Owners and admins must have a second factor.
+    Mfa,
+    /// People (owners excepted) sign in with single sign-on only.
+    Sso,
+}
+
+impl Rule {
+    fn column(self) -> &'static str {
+        match self {
+            Rule::Mfa => "mfa_required",
+            Rule::Sso => "sso_required",
+        }
+    }
+}
+
+async fn rule<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, rule: Rule) -> Result<bool> {
+    let v: Option<i64> = sqlx::query_scalar(&format!("SELECT {} FROM tenants WHERE id = $1", rule.column()))
         .bind(scope.tenant_id().to_string())
         .fetch_optional(ex)
         .await?;
     Ok(v == Some(1))
 }
 
-pub async fn set_tenant_requires(tx: &mut crate::Tx, scope: &TenantScope, required: bool) -> Result<()> {
-    sqlx::query("UPDATE tenants SET mfa_required = $2 WHERE id = $1")
+async fn set_rule(tx: &mut crate::Tx, scope: &TenantScope, rule: Rule, on: bool) -> Result<()> {
+    sqlx::query(&format!("UPDATE tenants SET {} = $2 WHERE id = $1", rule.column()))
         .bind(scope.tenant_id().to_string())
-        .bind(i64::from(required))
+        .bind(i64::from(on))
         .execute(&mut **tx)
         .await?;
     tx.credentials_changed(&scope.tenant_id().to_string());
     Ok(())
+}
+
+/// Whether the tenant requires a second factor of its owners and admins.
+pub async fn tenant_requires<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<bool> {
+    rule(ex, scope, Rule::Mfa).await
+}
+
+pub async fn set_tenant_requires(tx: &mut crate::Tx, scope: &TenantScope, required: bool) -> Result<()> {
+    set_rule(tx, scope, Rule::Mfa, required).await
 }
 
 /// Whether the tenant's people (owners excepted) must sign in with single
 /// sign-on.
 pub async fn tenant_requires_sso<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<bool> {
-    let v: Option<i64> = sqlx::query_scalar("SELECT sso_required FROM tenants WHERE id = $1")
-        .bind(scope.tenant_id().to_string())
-        .fetch_optional(ex)
-        .await?;
-    Ok(v == Some(1))
+    rule(ex, scope, Rule::Sso).await
 }
 
 pub async fn set_tenant_requires_sso(tx: &mut crate::Tx, scope: &TenantScope, required: bool) -> Result<()> {
-    sqlx::query("UPDATE tenants SET sso_required = $2 WHERE id = $1")
-        .bind(scope.tenant_id().to_string())
-        .bind(i64::from(required))
-        .execute(&mut **tx)
-        .await?;
-    tx.credentials_changed(&scope.tenant_id().to_string());
-    Ok(())
+    set_rule(tx, scope, Rule::Sso, required).await
 }

@@ -74,8 +74,9 @@ pub async fn disable(tx: &mut crate::Tx, email: &str, now: i64) -> Result<bool> 
 }
 
 /// Counts a TOTP try before the code is compared; the try that uses the
-/// last one allowed locks it until `lock_until` (in the same statement).
-/// `None`: locked, disabled or unknown.
+/// last one allowed locks it until `lock_until` (in the same statement,
+/// as people's: `mfa::COUNT_TRY`, whose `$4` and `$5` it binds; the id is
+/// bound twice to keep those numbers). `None`: locked, disabled or unknown.
 pub async fn take_try<'c>(
     ex: impl Executor<'c, Database = Any>,
     id: &str,
@@ -84,12 +85,12 @@ pub async fn take_try<'c>(
     lock_until: i64,
 ) -> Result<Option<OperatorRow>> {
     Ok(sqlx::query_as(&format!(
-        "UPDATE operators SET \
-           tries = CASE WHEN locked_until <> 0 THEN 1 ELSE tries + 1 END, \
-           locked_until = CASE WHEN (CASE WHEN locked_until <> 0 THEN 1 ELSE tries + 1 END) >= $3 THEN $4 ELSE 0 END \
-         WHERE id = $1 AND locked_until <= $2 AND disabled_at IS NULL \
-         RETURNING {COLUMNS}"
+        "UPDATE operators SET {} \
+         WHERE id = $1 AND id = $2 AND locked_until <= $3 AND disabled_at IS NULL \
+         RETURNING {COLUMNS}",
+        crate::mfa::COUNT_TRY
     ))
+    .bind(id)
     .bind(id)
     .bind(now)
     .bind(max_tries)

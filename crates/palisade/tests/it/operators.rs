@@ -77,9 +77,10 @@ async fn an_operator_signs_in_with_password_and_code_and_acts_under_their_name()
     s.get("/sysadmin/v1/tenants", &second).await.expect(401);
 }
 
-#[tokio::test]
-async fn wrong_codes_lock_an_operators_second_factor() {
-    let s = TestServer::start(Backend::Sqlite).await;
+backend_tests!(wrong_codes_lock_an_operators_second_factor);
+
+async fn wrong_codes_lock_an_operators_second_factor(backend: Backend) {
+    let s = TestServer::start(backend).await;
     let (_, app) = operator(&s, "ops@palisade.example").await;
     for _ in 0..5 {
         login(&s, "ops@palisade.example", PASSWORD, "000000").await.expect(401);
