@@ -100,27 +100,41 @@ pub async fn by_credential<'c>(
     Ok(r.map(|r| (r.tenant_id, r.p)))
 }
 
-/// After a use: the credential as updated (its counter), and when.
+/// After a use: the credential as updated (its counter), and when; only
+/// over the record it was read from (`was`), so two uses at once cannot
+/// put an older counter back.
 pub async fn used<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
     id: &str,
+    was: &str,
     passkey_sealed: &str,
     now: i64,
 ) -> Result<()> {
-    sqlx::query("UPDATE passkeys SET passkey_sealed = $3, last_used_at = $4 WHERE tenant_id = $1 AND id = $2")
-        .bind(scope.tenant_id().to_string())
-        .bind(id)
-        .bind(passkey_sealed)
-        .bind(now)
-        .execute(ex)
-        .await?;
+    sqlx::query(
+        "UPDATE passkeys SET passkey_sealed = $4, last_used_at = $5 \
+         WHERE tenant_id = $1 AND id = $2 AND passkey_sealed = $3",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(id)
+    .bind(was)
+    .bind(passkey_sealed)
+    .bind(now)
+    .execute(ex)
+    .await?;
     Ok(())
 }
 
-/// Removes one of the person's passkeys: whether it was theirs.
+/// Removes one of the person's passkeys: whether it was theirs. The
+/// person's row is locked first, so two removals at once see each other
+/// (the last factor under the tenant's rule is checked after).
 pub async fn remove(tx: &mut crate::Tx, scope: &TenantScope, user: UserId, id: &str) -> Result<bool> {
     let t = scope.tenant_id().to_string();
+    sqlx::query("UPDATE users SET updated_at = updated_at WHERE tenant_id = $1 AND id = $2")
+        .bind(&t)
+        .bind(user.to_string())
+        .execute(&mut **tx)
+        .await?;
     let r = sqlx::query("DELETE FROM passkeys WHERE tenant_id = $1 AND user_id = $2 AND id = $3")
         .bind(&t)
         .bind(user.to_string())

@@ -141,7 +141,8 @@ pub async fn receive(
             format!("The callback's signature does not verify: {reason}."),
         ));
     }
-    let (outcome, effect) = act(&state, name, config.kind, &id, provider_event_id.as_deref(), &body, now).await?;
+    let (outcome, effect) =
+        act(&state, name, config.kind, &id, provider_event_id.as_deref(), &body, now, Actor::system()).await?;
     row.outcome = Some(outcome);
     let mut stmts = vec![store::insert_inbound_stmt(&row)];
     stmts.extend(effect);
@@ -192,6 +193,7 @@ fn verify(
 
 /// What a verified callback does: its outcome and the statements that do
 /// it (to commit with the stored callback).
+#[allow(clippy::too_many_arguments)]
 async fn act(
     state: &AppState,
     provider: &str,
@@ -200,6 +202,9 @@ async fn act(
     provider_event_id: Option<&str>,
     body: &[u8],
     now: i64,
+    // Who makes it happen: the provider's call (the system), or an
+    // operator's replay of it.
+    actor: Actor,
 ) -> Result<(&'static str, Vec<Stmt>), ApiError> {
     match kind {
         InboundKind::Carrier => carrier_status(state, body, now).await.map(|o| (o, Vec::new())),
@@ -230,7 +235,7 @@ async fn act(
             stmts.extend(palisade_store::credits::top_up_stmts(&scope, &ledger_id, data.amount, &reference, now));
             let details =
                 serde_json::json!({ "amount": data.amount, "provider": provider, "provider_event_id": event_id });
-            let event = Event::new("credits.topped_up", Some(tenant), Actor::system())
+            let event = Event::new("credits.topped_up", Some(tenant), actor.clone())
                 .resource("tenant", tenant)
                 .details(details.clone());
             stmts.push(palisade_audit::append_stmt(&event, &Default::default(), now).1);
@@ -308,7 +313,8 @@ pub async fn replay(
         None => row.payload.clone().into_bytes(),
     };
     let now = state.now_ms();
-    let (outcome, effect) = act(&state, name, config.kind, &id, row.provider_event_id.as_deref(), &body, now).await?;
+    let (outcome, effect) =
+        act(&state, name, config.kind, &id, row.provider_event_id.as_deref(), &body, now, admin.proof.actor()).await?;
     let event = Event::new("inbound.replayed", None, admin.proof.actor())
         .resource("inbound_callback", &id)
         .details(serde_json::json!({ "provider": name, "outcome": outcome }));

@@ -356,7 +356,7 @@ pub struct StepUpRequest {
 
 /// Gives a second factor within a session: the new access token (the
 /// refresh token stays) lets sensitive operations through for
-/// `auth.mfa.step_up_secs`.
+/// `auth.mfa.step_up_secs`. Tokens refreshed later do not carry it.
 #[utoipa::path(post, path = "/v1/auth/step-up", tag = "auth", request_body = StepUpRequest, security(("bearer" = [])),
     responses((status = 200, body = AccessTokenResponse), (status = 400, body = palisade_core::Problem),
         (status = 401, body = palisade_core::Problem), (status = 403, body = palisade_core::Problem),
@@ -379,9 +379,21 @@ pub async fn step_up(
         return Err(wrong_factor());
     }
     let amr = prove(&state, &auth.ctx, &scope, user_id, &given, true, ("step_up", family_id)).await?.amr();
-    let mut tx = state.db.begin().await?;
-    let token = gave_factor(&state, &mut tx, &auth, amr).await?;
-    tx.commit().await?;
+    // The factor is this access token's only: the session does not keep it,
+    // so whoever else holds its refresh token gets no step-up from it.
+    let mut factors = palisade_store::tokens::family_factors(state.db.reader(), &scope, family_id)
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+    if !factors.amr.split_whitespace().any(|a| a == "mfa") {
+        factors.amr = format!("{} {amr} mfa", factors.amr);
+    }
+    let now = state.now_ms();
+    factors.mfa_at = Some(now);
+    let role = match auth.principal.kind() {
+        PrincipalKind::User { role, .. } => *role,
+        _ => return Err(ApiError::unauthenticated()),
+    };
+    let token = access_token(&state, &scope, user_id, role, family_id, &factors, now)?;
     let event = Event::new("auth.step_up", Some(scope.tenant_id()), auth.principal.actor())
         .resource("session", family_id)
         .details(serde_json::json!({ "second_factor": given.method() }));

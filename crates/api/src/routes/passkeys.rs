@@ -169,7 +169,7 @@ pub(super) async fn verify(
     if key.update_credential(&result).is_some() {
         let sealed = seal(state, &tenant, &row, &key)?;
         let mut tx = state.db.begin().await?;
-        passkeys::used(&mut *tx, scope, &row.id, &sealed, state.now_ms()).await?;
+        passkeys::used(&mut *tx, scope, &row.id, &row.passkey_sealed, &sealed, state.now_ms()).await?;
         tx.commit().await?;
     }
     Ok(true)
@@ -522,7 +522,7 @@ pub async fn sign_in(
     if let Some(key) = updated {
         let sealed = seal(&state, &tenant, &row, &key)?;
         let mut tx = state.db.begin().await?;
-        passkeys::used(&mut *tx, &scope, &row.id, &sealed, now).await?;
+        passkeys::used(&mut *tx, &scope, &row.id, &row.passkey_sealed, &sealed, now).await?;
         tx.commit().await?;
     }
     let user_id = UserId::from_str(&row.user_id).map_err(ApiError::internal)?;

@@ -267,6 +267,7 @@ async fn sensitive_operations_need_a_recent_second_factor(backend: Backend) {
     s.clock.advance_ms(11 * 60_000);
     let r = s.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": refresh}))).await.expect(200);
     let stale = r.body["access_token"].as_str().unwrap().to_owned();
+    let refresh2 = r.body["refresh_token"].as_str().unwrap().to_owned();
     let refused = [
         s.post("/v1/api-keys", &stale, json!({"name": "admin 3", "role": "admin"})).await,
         s.post("/v1/api-keys", &stale, json!({"name": "keys", "permissions": ["keys:manage"]})).await,
@@ -292,6 +293,13 @@ async fn sensitive_operations_need_a_recent_second_factor(backend: Backend) {
     assert!(r.body.get("refresh_token").is_none());
     let stepped = r.body["access_token"].as_str().unwrap().to_owned();
     assert_eq!(claims(&stepped)["mfa_time"].as_u64(), Some(now_secs(&s)));
+    assert!(r.body.get("refresh_token").is_none());
+    // A step-up is that token's: a refresh of the session does not carry it.
+    let again = s.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": refresh2}))).await;
+    let refreshed = again.expect(200).body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(claims(&refreshed)["mfa_time"], claims(&stale)["mfa_time"]);
+    let r = s.post("/v1/api-keys", &refreshed, json!({"name": "admin 4", "role": "admin"})).await.expect(403);
+    assert_eq!(r.body["reason"], "mfa_required");
     s.api_key(&stepped, json!({"name": "admin 3", "role": "admin"})).await;
     s.call(Method::PATCH, &format!("/v1/users/{member}"), Some(&stepped), Some(json!({"role": "admin"})))
         .await
