@@ -185,9 +185,10 @@ pub async fn update(
     Ok(Json(row.into()))
 }
 
-/// Removes a person's second factor (they lost it and their recovery
+/// Removes a person's second factors (they lost them and their recovery
 /// codes): their sessions end, they sign in with the password alone and
-/// enrol again. Nobody resets the factor of someone above them.
+/// enrol again. Nobody resets the factors of someone above them. A person
+/// with none: nothing changes.
 #[utoipa::path(delete, path = "/v1/users/{id}/mfa", tag = "users", security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "User id (UUID)")),
     responses((status = 204), (status = 403, body = palisade_core::Problem), (status = 404, body = palisade_core::Problem)))]
@@ -203,8 +204,10 @@ pub async fn reset_mfa(
     ensure_can_manage(&auth, &target)?;
     let had_totp = palisade_store::mfa::remove(&mut tx, &scope, id).await?;
     let passkeys = palisade_store::passkeys::remove_all(&mut tx, &scope, id).await?;
+    // Nothing to remove: nothing changes (the same answer, so a reset is
+    // safe to repeat).
     if !had_totp && passkeys == 0 {
-        return Err(ApiError::not_found());
+        return Ok(StatusCode::NO_CONTENT);
     }
     palisade_store::mfa::void_challenges(&mut *tx, &scope, id, now).await?;
     let sessions = palisade_store::tokens::revoke_user_families(&mut tx, &scope, id, now).await?;
