@@ -268,6 +268,7 @@ async fn sensitive_operations_need_a_recent_second_factor(backend: Backend) {
     let r = s.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": refresh}))).await.expect(200);
     let stale = r.body["access_token"].as_str().unwrap().to_owned();
     let refresh2 = r.body["refresh_token"].as_str().unwrap().to_owned();
+    let any = uuid::Uuid::new_v4();
     let refused = [
         s.post("/v1/api-keys", &stale, json!({"name": "admin 3", "role": "admin"})).await,
         s.post("/v1/api-keys", &stale, json!({"name": "keys", "permissions": ["keys:manage"]})).await,
@@ -279,6 +280,14 @@ async fn sensitive_operations_need_a_recent_second_factor(backend: Backend) {
         s.call(Method::POST, &format!("/v1/api-keys/{admin_key_id}/rotate"), Some(&stale), None).await,
         s.call(Method::DELETE, &format!("/v1/users/{member}/mfa"), Some(&stale), None).await,
         s.call(Method::PATCH, "/v1/tenant/security", Some(&stale), Some(json!({"mfa_required": false}))).await,
+        // Secrets shown, data sent elsewhere, data deleted: refused before
+        // anything is looked up (so any id does).
+        s.post("/v1/webhooks", &stale, json!({"url": "https://hooks.example.com/x", "events": ["*"]})).await,
+        s.call(Method::POST, &format!("/v1/webhooks/{any}/rotate-secret"), Some(&stale), None).await,
+        s.call(Method::DELETE, &format!("/v1/webhooks/{any}"), Some(&stale), None).await,
+        s.call(Method::DELETE, &format!("/v1/identities/{any}"), Some(&stale), None).await,
+        s.call(Method::POST, &format!("/v1/identities/{any}/agent-token"), Some(&stale), None).await,
+        s.call(Method::POST, &format!("/v1/identities/{any}/sip-credentials"), Some(&stale), None).await,
     ];
     for r in refused {
         assert_eq!((r.status, r.body["reason"].as_str()), (403, Some("mfa_required")), "{}", r.text);
