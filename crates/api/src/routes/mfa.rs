@@ -578,7 +578,7 @@ fn recovery_codes(state: &AppState, user: UserId) -> (Vec<String>, Vec<String>) 
 }
 
 /// Tells the person by mail that their second factors changed.
-async fn notice(state: &AppState, auth: &Auth, subject: &str) {
+pub(super) async fn notice(state: &AppState, auth: &Auth, subject: &str) {
     if let Some(email) = auth.profile.email.as_deref() {
         let body = format!(
             "{subject}.\n\nIf this was not you, sign in, change your password and check your\n\

@@ -23,7 +23,7 @@ use webauthn_rs::prelude::{
     RegisterPublicKeyCredential, Uuid, Webauthn,
 };
 
-use super::auth::{ensure_may_sign_in, ensure_sso_allows, open_session, send_mail, TokenResponse};
+use super::auth::{ensure_may_sign_in, ensure_sso_allows, open_session, TokenResponse};
 use crate::extract::{Auth, Ctx, PathId, ValidJson};
 use crate::state::AppState;
 
@@ -349,7 +349,7 @@ pub async fn register_finish(
         _ => return Err(ApiError::unauthenticated()),
     };
     let token = super::auth::access_token(&state, &scope, user_id, role, family, &factors, now)?;
-    notice(&state, &auth, "A passkey was added to your Palisade account").await;
+    super::mfa::notice(&state, &auth, "A passkey was added to your Palisade account").await;
     Ok((
         StatusCode::CREATED,
         Json(Registered {
@@ -359,14 +359,6 @@ pub async fn register_finish(
             expires_in: token.expires_in,
         }),
     ))
-}
-
-async fn notice(state: &AppState, auth: &Auth, subject: &str) {
-    if let Some(email) = auth.profile.email.as_deref() {
-        let body =
-            format!("{subject}.\n\nIf this was not you, sign in, change your password and check your passkeys.\n");
-        send_mail(state, email, subject, body).await;
-    }
 }
 
 /// Your passkeys.
@@ -425,7 +417,7 @@ pub async fn remove(
         .details(serde_json::json!({ "other_sessions_ended": ended }));
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await?;
-    notice(&state, &auth, "A passkey was removed from your Palisade account").await;
+    super::mfa::notice(&state, &auth, "A passkey was removed from your Palisade account").await;
     Ok(StatusCode::NO_CONTENT)
 }
 
