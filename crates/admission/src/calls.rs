@@ -123,10 +123,13 @@ impl Service {
         // `palisade_store::locks`: the key, the identity's spend, the
         // tenant's slots, its balance. Run again if the database aborts it
         // for a conflict.
+        // Before the transaction: making a tenant's first key writes.
+        let keys = self.keys.of(scope).await?;
         let placed = palisade_store::locks::retrying(|| async {
             let mut tx = self.db.begin().await?;
             if let Some((k, a)) = &stored {
-                let r = palisade_store::messages::remember(&mut *tx, scope, k, &hash, a.status, &a.body, now, since);
+                let r =
+                    palisade_store::messages::remember(&mut *tx, scope, &keys, k, &hash, a.status, &a.body, now, since);
                 match r.await {
                     Err(e) if e.is_unique_violation() => return Ok(Err(Unwritten::KeyTaken)),
                     r => r?,

@@ -38,12 +38,14 @@ pub enum Known {
 /// Looks `key` up among the tenant's live keys.
 pub async fn look_up(
     db: &Db,
+    keys: &palisade_keys::Keyring,
     scope: &TenantScope,
     key: &str,
     request_hash: &str,
     now: i64,
 ) -> Result<Known, StoreError> {
-    let stored = palisade_store::messages::idempotent(db.reader(), scope, key, now - TTL_MS).await?;
+    let ring = keys.of(scope).await?;
+    let stored = palisade_store::messages::idempotent(db.reader(), scope, &ring, key, now - TTL_MS).await?;
     Ok(match stored {
         None => Known::New,
         Some(s) if s.request_hash != request_hash => Known::Reused,

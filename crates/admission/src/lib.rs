@@ -49,6 +49,8 @@ pub struct Service {
     pub minute: std::time::Duration,
     /// The observers of the calls this instance drives.
     pub watchers: life::Watchers,
+    /// Tenants' data keys: bodies and stored answers are sealed under them.
+    pub keys: Arc<palisade_keys::Keyring>,
 }
 
 /// When identities send and call only with a verified number: the operator

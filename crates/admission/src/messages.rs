@@ -110,13 +110,14 @@ impl Service {
         // placed or ended meanwhile; a statement aborted for a conflict
         // anyway wrote nothing and runs again. On SQLite the list joins the
         // group commit.
+        let keys = self.keys.of(scope).await?;
         let mut stmts = Vec::with_capacity(8);
-        stmts.push(palisade_store::messages::insert_stmt(scope, &new));
+        stmts.push(palisade_store::messages::insert_stmt(scope, &keys, &new)?);
         stmts.push(palisade_audit::append_stmt(&event, caller.audit, now).1);
         if let Some(k) = &m.key {
             let Answer { status, body } = answer(&row);
             let since = now - idempotency::TTL_MS;
-            stmts.extend(palisade_store::messages::remember_stmts(scope, k, &hash, status, body, now, since));
+            stmts.extend(palisade_store::messages::remember_stmts(scope, &keys, k, &hash, status, body, now, since)?);
         }
         if let Some(budget) = identity.monthly_budget {
             let month = &palisade_core::clock::rfc3339(now)[..7];
@@ -144,7 +145,7 @@ impl Service {
         hash: &str,
         now: i64,
     ) -> Result<Option<Outcome<T, W>>, StoreError> {
-        Ok(match idempotency::look_up(&self.db, scope, key, hash, now).await? {
+        Ok(match idempotency::look_up(&self.db, &self.keys, scope, key, hash, now).await? {
             Known::Replay(a) => Some(Outcome::Replayed(a)),
             Known::Reused => Some(Outcome::Refused(Refusal::KeyReused)),
             Known::New => None,

@@ -226,6 +226,35 @@ pub async fn create_tenant(
 }
 
 /// Freezes or unfreezes a tenant. Returns false if it does not exist.
+/// Tenant erasure's crypto-shredding: the tenant, frozen first, loses its
+/// data keys for good (and is marked erased, so it never gets one again and
+/// stays frozen). `None` when there is no such tenant; the number of keys
+/// destroyed otherwise. Copies of the database from before stay readable
+/// for it until the KEK versions of then are retired (`palisade keys
+/// rotate`, then `retire`).
+pub async fn erase_tenant(
+    state: &crate::state::AppState,
+    proof: &SysadminProof,
+    id: TenantId,
+    ctx: &Context,
+    now: i64,
+) -> Result<Option<u64>, ApiError> {
+    let scope = TenantScope::for_sysadmin(proof, id);
+    let Some(tenant) = palisade_store::tenants::get(state.db.reader(), &scope).await? else { return Ok(None) };
+    if tenant.status != "frozen" {
+        return Err(ApiError::conflict("Freeze the tenant first (and offer its export): erasure cannot be undone."));
+    }
+    let mut tx = state.db.begin().await?;
+    let destroyed = state.keys.destroy(&mut tx, &scope).await?;
+    let event = Event::new("tenant.erased", Some(id), proof.actor())
+        .resource("tenant", id)
+        .details(serde_json::json!({ "keys_destroyed": destroyed }));
+    palisade_audit::append(&mut *tx, &event, ctx, now).await?;
+    tx.commit().await?;
+    state.keys.forget(&id.to_string());
+    Ok(Some(destroyed))
+}
+
 pub async fn set_tenant_frozen(
     db: &Db,
     proof: &SysadminProof,
@@ -235,6 +264,9 @@ pub async fn set_tenant_frozen(
     now: i64,
 ) -> Result<bool, ApiError> {
     let scope = TenantScope::for_sysadmin(proof, id);
+    if !frozen && palisade_store::tenant_keys::erased_at(db.reader(), &scope).await?.is_some() {
+        return Err(ApiError::conflict("An erased tenant stays frozen: its keys are destroyed."));
+    }
     let mut tx = db.begin().await?;
     let status = if frozen { "frozen" } else { "active" };
     if !palisade_store::tenants::set_status(&mut tx, &scope, status).await? {

@@ -38,6 +38,9 @@ pub struct Services {
     pub webhook_client: Arc<palisade_webhooks::client::WebhookClient>,
     /// Seals endpoint secrets at rest.
     pub sealer: Arc<palisade_seal::Sealer>,
+    /// Tenants' data keys: message bodies and stored answers are sealed
+    /// under them.
+    pub keys: Arc<palisade_keys::Keyring>,
     /// SIP digest authentication and its abuse rules (the SIP edge's).
     pub sip_auth: Arc<palisade_voice::auth::DigestAuth>,
     /// Keys the hashes of codes that prove control of a number.

@@ -61,6 +61,31 @@ pub struct Config {
     pub sip: Sip,
     pub streams: Streams,
     pub oidc: Oidc,
+    pub keys: Keys,
+}
+
+/// Envelope encryption (docs/security.md "Data protection"): each tenant's
+/// data keys are wrapped by this key-encryption key, which never enters
+/// the database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Keys {
+    /// KEK versions, `v<N>:<base64 of 32 bytes>`, one per line (or
+    /// separated by commas); the newest wraps, every one listed unwraps.
+    /// Dev mode keeps one in the data dir (`kek`) when unset.
+    pub kek: Option<Secret>,
+    pub kek_file: Option<PathBuf>,
+    /// How long an instance keeps a tenant's unwrapped keys in memory.
+    pub cache_secs: u64,
+    /// How often the job that seals old message bodies again (written
+    /// before encryption, or under an older data key) runs; 0: never.
+    pub reseal_interval_secs: u64,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys { kek: None, kek_file: None, cache_secs: 60, reseal_interval_secs: 3600 }
+    }
 }
 
 /// Single sign-on: the OpenID Connect providers people may sign in with.
@@ -1007,6 +1032,11 @@ impl Config {
                 self.webhooks.encryption_key = Some(read(p, "webhooks.encryption_key_file")?);
             }
         }
+        if self.keys.kek.is_none() {
+            if let Some(p) = &self.keys.kek_file {
+                self.keys.kek = Some(read(p, "keys.kek_file")?);
+            }
+        }
         if self.sip.stir.signing_key.is_none() {
             if let Some(p) = &self.sip.stir.signing_key_file {
                 self.sip.stir.signing_key = Some(read(p, "sip.stir.signing_key_file")?);
@@ -1067,6 +1097,15 @@ impl Config {
     /// Checks that hold in every mode, then the production refusals.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        if !(1..=3600).contains(&self.keys.cache_secs) {
+            return Err(ConfigError("keys.cache_secs must be 1 to 3600".into()));
+        }
+        if let Some(kek) = &self.keys.kek {
+            // The message names the entry, never its key.
+            palisade_seal::envelope::LocalKek::parse(kek.expose()).map_err(|e| {
+                ConfigError(format!("keys.kek: {e} (`palisade keys new-kek` prints a fresh entry)"))
+            })?;
+        }
         self.sip.validate()?;
         self.mail.check_smtp_url()?;
         let e = &self.auth.email_code;
@@ -1311,6 +1350,9 @@ impl Config {
         }
         if self.webhooks.encryption_key.is_none() {
             return refuse("no webhooks.encryption_key (32 random bytes, base64) to encrypt endpoint secrets at rest");
+        }
+        if self.keys.kek.is_none() {
+            return refuse("no keys.kek (a line v1:<32 random bytes, base64>) to wrap the tenants' data keys");
         }
         if self.cors.allowed_origins.iter().any(|o| o.trim() == "*") {
             return refuse("cors.allowed_origins contains `*`; list the exact origins");

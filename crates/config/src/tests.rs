@@ -8,7 +8,21 @@ fn prod() -> Config {
     c.mail.smtp_url = Some(Secret::new("smtps://u:p@mail.example.com".into()));
     c.audit.signing_key_file = Some("/etc/palisade/audit.pem".into());
     c.webhooks.encryption_key = Some(Secret::new("A".repeat(43) + "="));
+    c.keys.kek = Some(Secret::new(format!("v1:{}A=", "B".repeat(42))));
     c
+}
+
+#[test]
+fn the_kek_is_required_in_production_and_checked_in_every_mode() {
+    let mut c = prod();
+    c.keys.kek = None;
+    assert!(refusal(&c).contains("keys.kek"));
+    for bad in ["v1:c2hvcnQ=", "1:AAAA", "v1:x,v1:y"] {
+        let mut c = Config::default();
+        c.keys.kek = Some(Secret::new(bad.into()));
+        let e = refusal(&c);
+        assert!(e.contains("keys.kek") && !e.contains("c2hvcnQ"), "{bad}: {e}");
+    }
 }
 
 fn refusal(c: &Config) -> String {

@@ -148,6 +148,22 @@ pub enum KeysCommand {
     Hash,
     /// Print a new Ed25519 private key (PEM) for auth.jwt_private_key_file.
     GenerateJwtKey,
+    /// A new key-encryption key version: added to dev mode's KEK file, or
+    /// printed to add to `keys.kek` on every instance.
+    NewKek,
+    /// Re-wrap every tenant's data keys under the newest KEK version (data
+    /// is not re-encrypted), then list the versions no key needs any more.
+    Rotate {
+        /// Also give every tenant a new data key version for new writes (the
+        /// re-sealing job moves old values to it).
+        #[arg(long)]
+        data_keys: bool,
+    },
+    /// Remove the KEK versions no key is wrapped under: from dev mode's KEK
+    /// file, or name them to remove from `keys.kek`. Copies of the database
+    /// from before an erasure are unreadable for that tenant only once the
+    /// versions they used are retired.
+    Retire,
 }
 
 #[derive(Subcommand)]
@@ -317,17 +333,86 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Keys { command: KeysCommand::Hash } => {
+        Command::Keys { command } => keys(command, &config).await,
+        Command::Webhook { command } => Ok(webhook(command)),
+    }
+}
+
+/// `palisade keys new-kek | rotate | retire`.
+async fn keys(command: KeysCommand, config: &Config) -> anyhow::Result<i32> {
+    use palisade_keys::Kek as _;
+    match command {
+        KeysCommand::Hash => {
             let mut key = String::new();
             std::io::stdin().read_to_string(&mut key)?;
             println!("{}", palisade_auth::token::sha256_hex(key.trim()));
-            Ok(0)
+            return Ok(0);
         }
-        Command::Keys { command: KeysCommand::GenerateJwtKey } => {
+        KeysCommand::GenerateJwtKey => {
             print!("{}", palisade_auth::JwtKeys::generate_ed25519_pem()?);
+            return Ok(0);
+        }
+        _ => {}
+    }
+    let kek = crate::kek(config)?;
+    // Dev mode's own KEK file: the CLI keeps it. A configured KEK is the
+    // operator's to change, on every instance.
+    let own_file = config.keys.kek.is_none().then(|| crate::dev_kek_path(config));
+    let proof = SysadminProof::verified();
+    match command {
+        KeysCommand::NewKek => {
+            let line = palisade_keys::LocalKek::new_line(kek.newest() + 1);
+            match own_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)?;
+                    crate::write_private(&path, format!("{}\n{line}\n", text.trim_end()).as_bytes())?;
+                    println!("added KEK v{} to {}; now run `palisade keys rotate`", kek.newest() + 1, path.display());
+                }
+                None => println!("{line}"),
+            }
             Ok(0)
         }
-        Command::Webhook { command } => Ok(webhook(command)),
+        KeysCommand::Rotate { data_keys } => {
+            let db = crate::open_db(config).await?;
+            let ring = palisade_keys::Keyring::new(Arc::new(kek), db, palisade_keys::DEFAULT_TTL);
+            let done = ring.rotate(&proof, data_keys).await?;
+            let retirable = ring.retirable(&proof).await?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "kek_version": ring.kek().newest(),
+                    "rewrapped": done.rewrapped,
+                    "new_data_keys": done.new_data_keys,
+                    "retirable_kek_versions": retirable,
+                })
+            );
+            Ok(0)
+        }
+        KeysCommand::Retire => {
+            let db = crate::open_db(config).await?;
+            let ring = palisade_keys::Keyring::new(Arc::new(kek), db, palisade_keys::DEFAULT_TTL);
+            let retirable = ring.retirable(&proof).await?;
+            let stale: Vec<u32> = ring.kek().versions().into_iter().filter(|v| *v != ring.kek().newest()).collect();
+            if stale.iter().any(|v| !retirable.contains(v)) {
+                eprintln!("palisade: some keys are still wrapped under an older KEK version; run `palisade keys rotate` first");
+                return Ok(1);
+            }
+            match own_file {
+                Some(path) if !retirable.is_empty() => {
+                    let text = std::fs::read_to_string(&path)?;
+                    let kept: Vec<&str> = text
+                        .lines()
+                        .filter(|l| !retirable.iter().any(|v| l.trim_start().starts_with(&format!("v{v}:"))))
+                        .collect();
+                    crate::write_private(&path, format!("{}\n", kept.join("\n")).as_bytes())?;
+                    println!("removed KEK versions {retirable:?} from {}", path.display());
+                }
+                Some(_) => println!("no KEK version to retire"),
+                None => println!("remove KEK versions {retirable:?} from keys.kek on every instance"),
+            }
+            Ok(0)
+        }
+        KeysCommand::Hash | KeysCommand::GenerateJwtKey => Ok(0),
     }
 }
 

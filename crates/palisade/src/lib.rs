@@ -65,6 +65,11 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let reports = palisade_api::reports::Reports::start(db.clone(), webhook_wake.clone());
     let data_key = webhook_key(&config)?;
     let sealer = Arc::new(palisade_seal::Sealer::new(&data_key));
+    let keys = Arc::new(palisade_keys::Keyring::new(
+        Arc::new(kek(&config)?),
+        db.clone(),
+        Duration::from_secs(config.keys.cache_secs),
+    ));
     let mailer = match &config.mail.smtp_url {
         Some(url) => {
             let m = &config.mail;
@@ -134,6 +139,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         webhook_wake: webhook_wake.clone(),
         minute: Duration::from_secs(60),
         watchers: Default::default(),
+        keys: keys.clone(),
     });
     Ok(AppState(Arc::new(Services {
         db,
@@ -154,6 +160,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         deliveries: tokio_util::task::TaskTracker::new(),
         webhook_client,
         sealer,
+        keys,
         sip_auth,
         number_codes,
         email_codes,
@@ -318,6 +325,27 @@ pub(crate) fn webhook_key(config: &Config) -> anyhow::Result<[u8; 32]> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     palisade_config::decode_key32(&text)
         .with_context(|| format!("{} does not hold a 32-byte base64 key", path.display()))
+}
+
+/// Where dev mode keeps its KEK when `keys.kek` is unset.
+pub(crate) fn dev_kek_path(config: &Config) -> std::path::PathBuf {
+    config.server.data_dir.join("kek")
+}
+
+/// The key-encryption key: `keys.kek` (or its file), or in dev mode the one
+/// kept in the data dir, made on first start.
+pub(crate) fn kek(config: &Config) -> anyhow::Result<palisade_keys::LocalKek> {
+    if let Some(k) = &config.keys.kek {
+        return palisade_keys::LocalKek::parse(k.expose()).map_err(|e| anyhow::anyhow!("keys.kek: {e}"));
+    }
+    anyhow::ensure!(config.mode == Mode::Dev, "no keys.kek configured");
+    let path = dev_kek_path(config);
+    if !path.exists() {
+        let line = palisade_keys::LocalKek::new_line(1);
+        write_private(&path, format!("# Palisade's key-encryption key (dev mode): keep it with backups apart from the database.\n{line}\n").as_bytes())?;
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    palisade_keys::LocalKek::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Our STIR/SHAKEN signer, when `sip.stir` has a key.
@@ -575,6 +603,7 @@ pub async fn start(state: AppState, listen: SocketAddr) -> anyhow::Result<Runnin
     palisade_api::recovery::register(&state).await.context("cannot register this instance in the database")?;
     palisade_api::recovery::spawn(state.clone(), rx.clone());
     spawn_housekeeping(state.clone(), rx.clone());
+    spawn_resealing(state.clone(), rx.clone());
     if let Mailer::Smtp(relay) = &state.mailer {
         let cancel = tokio_util::sync::CancellationToken::new();
         relay.start(cancel.clone());
@@ -670,6 +699,31 @@ async fn purge_email_codes(state: &AppState, before: i64) -> Result<u64, palisad
     let n = palisade_store::email_codes::purge(&mut *tx, before).await?;
     tx.commit().await?;
     Ok(n)
+}
+
+/// Seals old message bodies again (written before encryption, or under an
+/// older data key), at start and every `keys.reseal_interval_secs`.
+fn spawn_resealing(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let every = state.config.keys.reseal_interval_secs;
+    if every == 0 {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(every));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let proof = palisade_core::principal::SysadminProof::verified();
+                    match state.keys.reseal_messages(&proof).await {
+                        Ok(n) if n > 0 => tracing::info!(sealed = n, "message bodies sealed with their tenant's newest key"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "sealing message bodies again failed"),
+                    }
+                }
+                _ = stop.changed() => break,
+            }
+        }
+    });
 }
 
 fn spawn_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {

@@ -4,6 +4,10 @@
 //! A sealed blob is `version (1) || nonce (12 bytes, random) || ciphertext
 //! and tag`. The caller's AAD (for a webhook `"{tenant_id}/{endpoint_id}"`)
 //! binds the blob to its row: copied to another row, it no longer opens.
+//!
+//! [`envelope`] builds tenants' data keys and their key-encryption key on it.
+
+pub mod envelope;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};

@@ -27,10 +27,12 @@ mod pg_batch;
 mod pg_lookup;
 mod read;
 pub mod recovery;
+mod sealed;
 pub mod settings;
 pub mod sip;
 pub mod sip_trunks;
 pub mod stream_tickets;
+pub mod tenant_keys;
 pub mod tenants;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

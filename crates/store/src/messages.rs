@@ -2,9 +2,27 @@
 //! message, and idempotency keys.
 
 use palisade_core::{IdentityId, TenantScope};
+use palisade_seal::envelope::{Place, TenantKeys};
 use sqlx::{Any, Executor};
 
+use crate::sealed::{open, seal};
 use crate::Result;
+
+/// Where a message's body is sealed.
+fn body_place(id: &str) -> Place<'_> {
+    Place { table: "messages", column: "body", row: id }
+}
+
+/// Where an idempotent request's stored answer is sealed (it may hold a
+/// message body).
+fn answer_place(key: &str) -> Place<'_> {
+    Place { table: "idempotency_keys", column: "response", row: key }
+}
+
+fn opened(scope: &TenantScope, keys: &TenantKeys, mut m: MessageRow) -> Result<MessageRow> {
+    m.body = open(scope, keys, body_place(&m.id), &m.body)?;
+    Ok(m)
+}
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MessageRow {
@@ -42,29 +60,33 @@ pub struct NewMessage<'a> {
 pub async fn list<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
+    keys: &TenantKeys,
     identity: Option<IdentityId>,
     limit: i64,
 ) -> Result<Vec<MessageRow>> {
-    Ok(sqlx::query_as(&format!(
+    let rows: Vec<MessageRow> = sqlx::query_as(&format!(
         "SELECT {COLS} FROM messages WHERE tenant_id = $1 AND ($2 = '' OR identity_id = $2) ORDER BY id DESC LIMIT $3"
     ))
     .bind(scope.tenant_id().to_string())
     .bind(identity.map(|i| i.to_string()).unwrap_or_default())
     .bind(limit)
     .fetch_all(ex)
-    .await?)
+    .await?;
+    rows.into_iter().map(|m| opened(scope, keys, m)).collect()
 }
 
 pub async fn get<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
+    keys: &TenantKeys,
     id: &str,
 ) -> Result<Option<MessageRow>> {
-    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM messages WHERE tenant_id = $1 AND id = $2"))
+    let row: Option<MessageRow> = sqlx::query_as(&format!("SELECT {COLS} FROM messages WHERE tenant_id = $1 AND id = $2"))
         .bind(scope.tenant_id().to_string())
         .bind(id)
         .fetch_optional(ex)
-        .await?)
+        .await?;
+    row.map(|m| opened(scope, keys, m)).transpose()
 }
 
 /// The tenant a message belongs to, for a carrier's verified status
@@ -107,17 +129,23 @@ pub struct IdempotentResponse {
 pub async fn idempotent<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
+    keys: &TenantKeys,
     key: &str,
     since: i64,
 ) -> Result<Option<IdempotentResponse>> {
-    Ok(sqlx::query_as(
+    let row: Option<IdempotentResponse> = sqlx::query_as(
         "SELECT request_hash, status, response FROM idempotency_keys WHERE tenant_id = $1 AND idem_key = $2 AND created_at >= $3",
     )
     .bind(scope.tenant_id().to_string())
     .bind(key)
     .bind(since)
     .fetch_optional(ex)
-    .await?)
+    .await?;
+    row.map(|mut r| {
+        r.response = open(scope, keys, answer_place(key), &r.response)?;
+        Ok(r)
+    })
+    .transpose()
 }
 
 /// Stores the response; a unique violation means another request with
@@ -126,6 +154,7 @@ pub async fn idempotent<'c>(
 pub async fn remember<'c, E>(
     ex: &mut E,
     scope: &TenantScope,
+    keys: &TenantKeys,
     key: &str,
     request_hash: &str,
     status: i64,
@@ -136,6 +165,7 @@ pub async fn remember<'c, E>(
 where
     for<'e> &'e mut E: Executor<'e, Database = Any>,
 {
+    let response = seal(scope, keys, answer_place(key), response)?;
     sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND idem_key = $2 AND created_at < $3")
         .bind(scope.tenant_id().to_string())
         .bind(key)
@@ -150,7 +180,7 @@ where
     .bind(key)
     .bind(request_hash)
     .bind(status)
-    .bind(response)
+    .bind(&response)
     .bind(now)
     .execute(&mut *ex)
     .await?;
@@ -181,9 +211,10 @@ pub fn budget_stmts(identity: &str, month: &str, cost: i64, budget: i64) -> Vec<
     .or_refuse("monthly_budget")]
 }
 
-/// Records a new message (queued).
-pub fn insert_stmt(scope: &TenantScope, m: &NewMessage<'_>) -> crate::Stmt {
-    crate::Stmt::new(
+/// Records a new message (queued), its body sealed.
+pub fn insert_stmt(scope: &TenantScope, keys: &TenantKeys, m: &NewMessage<'_>) -> Result<crate::Stmt> {
+    let body = seal(scope, keys, body_place(m.id), m.body)?;
+    Ok(crate::Stmt::new(
         "INSERT INTO messages (id, tenant_id, identity_id, from_number, to_number, to_country, body, segments, cost, \
          status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', $10, $10)",
     )
@@ -193,26 +224,29 @@ pub fn insert_stmt(scope: &TenantScope, m: &NewMessage<'_>) -> crate::Stmt {
     .bind(m.from)
     .bind(m.to)
     .bind(m.to_country)
-    .bind(m.body)
+    .bind(body)
     .bind(m.segments)
     .bind(m.cost)
     .bind(m.now)
-    .merged_as_rows()
+    .merged_as_rows())
 }
 
 /// [`remember`] as one guarded statement.
+#[allow(clippy::too_many_arguments)]
 pub fn remember_stmts(
     scope: &TenantScope,
+    keys: &TenantKeys,
     key: &str,
     request_hash: &str,
     status: i64,
     response: String,
     now: i64,
     expired_before: i64,
-) -> Vec<crate::Stmt> {
+) -> Result<Vec<crate::Stmt>> {
+    let response = seal(scope, keys, answer_place(key), &response)?;
     // Takes the key, or an expired record of it; refused (`KEY_TAKEN`) when a
     // live record holds it: another request with the key was first.
-    vec![crate::Stmt::new(
+    Ok(vec![crate::Stmt::new(
         "INSERT INTO idempotency_keys (tenant_id, idem_key, request_hash, status, response, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (tenant_id, idem_key) DO UPDATE SET request_hash = excluded.request_hash, \
@@ -226,7 +260,7 @@ pub fn remember_stmts(
     .bind(response)
     .bind(now)
     .bind(expired_before)
-    .or_refuse(KEY_TAKEN)]
+    .or_refuse(KEY_TAKEN)])
 }
 
 /// Refusal of [`remember_stmts`]: a live record holds the key.
@@ -286,4 +320,39 @@ pub fn set_status_stmts(reports: &[StatusReport<'_>]) -> Vec<crate::Stmt> {
     vec![crate::Stmt::per_dialect(POSTGRES.as_str(), SQLITE.as_str())
         .bind(serde_json::Value::Array(rows).to_string())
         .planned_each_time()]
+}
+
+/// Messages after `after` (by id) of every tenant, at most `limit`, as
+/// `(id, tenant_id, body as stored)`: the re-sealing job's pass.
+pub async fn stored_bodies_after<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    _proof: &palisade_core::principal::SysadminProof,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<(String, String, String)>> {
+    Ok(sqlx::query_as("SELECT id, tenant_id, body FROM messages WHERE id > $1 ORDER BY id LIMIT $2")
+        .bind(after)
+        .bind(limit)
+        .fetch_all(ex)
+        .await?)
+}
+
+/// Seals a body again with the tenant's newest key, if it is still as
+/// `stored` (a plaintext body from before encryption, or an older key's).
+pub async fn reseal_body<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    keys: &TenantKeys,
+    id: &str,
+    stored: &str,
+) -> Result<bool> {
+    let body = seal(scope, keys, body_place(id), &open(scope, keys, body_place(id), stored)?)?;
+    let r = sqlx::query("UPDATE messages SET body = $1 WHERE tenant_id = $2 AND id = $3 AND body = $4")
+        .bind(body)
+        .bind(scope.tenant_id().to_string())
+        .bind(id)
+        .bind(stored)
+        .execute(ex)
+        .await?;
+    Ok(r.rows_affected() == 1)
 }

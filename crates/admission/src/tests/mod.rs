@@ -59,7 +59,10 @@ pub async fn world_with(verified_numbers: bool, pricing: Pricing) -> World {
     let tenant = TenantId::new();
     palisade_store::tenants::insert(db.reader(), tenant, "t", START).await.unwrap();
     let clock = ManualClock::new(START);
+    let kek = palisade_keys::LocalKek::parse(&palisade_keys::LocalKek::new_line(1)).unwrap();
+    let keys = Arc::new(palisade_keys::Keyring::new(Arc::new(kek), db.clone(), palisade_keys::DEFAULT_TTL));
     let svc = Arc::new(Service {
+        keys,
         db,
         clock: Arc::new(clock.clone()),
         limits: Arc::new(palisade_guard::state::LocalState::new()),

@@ -126,7 +126,7 @@ pub async fn replay_if_known(
     request_hash: &str,
     now: i64,
 ) -> Result<Option<Response>, ApiError> {
-    match idempotency::look_up(&state.db, scope, key, request_hash, now).await? {
+    match idempotency::look_up(&state.db, &state.keys, scope, key, request_hash, now).await? {
         Known::New => Ok(None),
         Known::Replay(a) => replay(a).map(Some),
         Known::Reused => Err(key_reused()),

@@ -142,7 +142,9 @@ pub async fn list(
     QueryParams(p): QueryParams<Paging>,
 ) -> Result<List<MessageView>, ApiError> {
     let scope = auth.scope(Permission::MessagesRead).await?;
-    let rows = palisade_store::messages::list(state.db.reader(), &scope, own_identity(&auth), p.limit()?).await?;
+    let keys = state.keys.of(&scope).await?;
+    let rows =
+        palisade_store::messages::list(state.db.reader(), &scope, &keys, own_identity(&auth), p.limit()?).await?;
     Ok(List { data: rows.into_iter().map(MessageView::from).collect(), next_cursor: None })
 }
 
@@ -155,7 +157,8 @@ pub async fn get(
     PathId(id): PathId<uuid::Uuid>,
 ) -> Result<Json<MessageView>, ApiError> {
     let scope = auth.scope(Permission::MessagesRead).await?;
-    let row = palisade_store::messages::get(state.db.reader(), &scope, &id.to_string())
+    let keys = state.keys.of(&scope).await?;
+    let row = palisade_store::messages::get(state.db.reader(), &scope, &keys, &id.to_string())
         .await?
         .ok_or_else(ApiError::not_found)?;
     confine_to_own_identity(&auth, &row.identity_id)?;

@@ -118,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(events::verify_all))
         .routes(routes!(sysadmin::freeze_tenant))
         .routes(routes!(sysadmin::unfreeze_tenant))
+        .routes(routes!(sysadmin::erase_tenant))
         .routes(routes!(sysadmin::freeze_api_key))
         .routes(routes!(sysadmin::unfreeze_api_key))
         .routes(routes!(sysadmin::get_tenant_limits, sysadmin::put_tenant_limits))

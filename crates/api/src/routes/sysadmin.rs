@@ -124,9 +124,50 @@ pub async fn freeze_tenant(
     tenant_status(state, admin, id, true).await
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EraseTenantRequest {
+    /// The tenant's id again: erasure cannot be undone.
+    confirm: uuid::Uuid,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErasedView {
+    id: String,
+    status: &'static str,
+    /// Data keys destroyed: everything sealed under them no longer opens.
+    keys_destroyed: u64,
+}
+
+/// Tenant erasure (crypto-shredding): a frozen tenant's data keys are
+/// destroyed, so its message bodies and other sealed data no longer open;
+/// it stays frozen for good. Copies of the database taken before stay
+/// readable for it until the KEK versions of then are retired (`palisade
+/// keys rotate`, then `palisade keys retire`).
+#[utoipa::path(post, path = "/sysadmin/v1/tenants/{id}/erase", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Tenant id (UUID)")),
+    request_body = EraseTenantRequest,
+    responses((status = 200, body = ErasedView), (status = 400, body = palisade_core::Problem),
+        (status = 404, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
+pub async fn erase_tenant(
+    State(state): State<AppState>,
+    admin: Sysadmin,
+    PathId(id): PathId<TenantId>,
+    ValidJson(req): ValidJson<EraseTenantRequest>,
+) -> Result<Json<ErasedView>, ApiError> {
+    if req.confirm.to_string() != id.to_string() {
+        return Err(ApiError::validation("confirm", "must be the id of the tenant to erase"));
+    }
+    let destroyed = ops::erase_tenant(&state, &admin.proof, id, &admin.ctx.audit, state.now_ms())
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(ErasedView { id: id.to_string(), status: "erased", keys_destroyed: destroyed }))
+}
+
 #[utoipa::path(post, path = "/sysadmin/v1/tenants/{id}/unfreeze", tag = "sysadmin", security(("operator" = []), ("master_key" = [])),
     params(("id" = uuid::Uuid, Path, description = "Tenant id (UUID)")),
-    responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem)))]
+    responses((status = 200, body = StatusView), (status = 404, body = palisade_core::Problem),
+        (status = 409, body = palisade_core::Problem)))]
 pub async fn unfreeze_tenant(
     State(state): State<AppState>,
     admin: Sysadmin,
@@ -304,13 +345,15 @@ pub async fn top_up(
     // key comes after the balance, against the order of
     // `palisade_store::locks`: an operator's keys are no other write's.
     let since = now - admission::IDEMPOTENCY_TTL_MS;
+    // Before the transaction: making a tenant's first key writes.
+    let keys = state.keys.of(&scope).await?;
     let credited = palisade_store::locks::retrying(|| async {
         let mut tx = state.db.begin().await?;
         tx.run(&stmts).await?;
         let balance = palisade_store::credits::balance(&mut *tx, &scope).await?;
         let after = BalanceAfter { tenant_id: id.to_string(), balance };
         let body = serde_json::to_string(&after).map_err(|e| palisade_store::StoreError::Corrupt(e.to_string()))?;
-        match palisade_store::messages::remember(&mut *tx, &scope, &k, &request_hash, 200, &body, now, since).await {
+        match palisade_store::messages::remember(&mut *tx, &scope, &keys, &k, &request_hash, 200, &body, now, since).await {
             Err(e) if e.is_unique_violation() => return Ok(None),
             r => r?,
         }

@@ -30,6 +30,7 @@ fn production_refuses_unsafe_config_with_exit_2() {
         ("PALISADE_MAIL__SMTP_URL", "smtps://u:p@mail.example.com"),
         ("PALISADE_AUDIT__SIGNING_KEY_FILE", "/nonexistent/audit.pem"),
         ("PALISADE_WEBHOOKS__ENCRYPTION_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        ("PALISADE_KEYS__KEK", "v1:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBA="),
     ];
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case> = vec![
@@ -43,6 +44,8 @@ fn production_refuses_unsafe_config_with_exit_2() {
         ("no audit key", vec![("PALISADE_AUDIT__SIGNING_KEY_FILE", "")], "audit signing key"),
         ("no webhook key", vec![("PALISADE_WEBHOOKS__ENCRYPTION_KEY", "")], "webhooks.encryption_key"),
         ("short webhook key", vec![("PALISADE_WEBHOOKS__ENCRYPTION_KEY", "c2hvcnQ=")], "webhooks.encryption_key"),
+        ("no kek", vec![("PALISADE_KEYS__KEK", "")], "keys.kek"),
+        ("short kek", vec![("PALISADE_KEYS__KEK", "v1:c2hvcnQ=")], "keys.kek"),
         ("plain smtp", vec![("PALISADE_MAIL__SMTP_URL", "smtp://u:p@mail.example.com")], "tls"),
         ("postgres host param", vec![("PALISADE_DATABASE__URL", "postgres://u@/x?host=db.example")], "sslmode"),
     ];

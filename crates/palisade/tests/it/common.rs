@@ -193,7 +193,7 @@ impl TestServer {
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).unwrap();
         // What every instance must share (README, "Running several instances").
-        for shared in ["master.key", "jwt-ed25519.pem", "audit-ed25519.pem", "webhook-secrets.key"] {
+        for shared in ["master.key", "jwt-ed25519.pem", "audit-ed25519.pem", "webhook-secrets.key", "kek"] {
             let from = self.data_dir.join(shared);
             if from.exists() {
                 std::fs::copy(&from, data_dir.join(shared)).unwrap();

@@ -18,6 +18,7 @@ mod cluster;
 mod concurrency;
 mod connections;
 mod credential_cache;
+mod data_protection;
 mod db_tls;
 mod email_code;
 mod events;

@@ -1,0 +1,214 @@
+//! Data protection: message bodies and stored answers sealed under the
+//! tenant's own keys, KEK rotation from the CLI, and tenant erasure by
+//! crypto-shredding, including for a copy of the database from before.
+
+use std::process::Command;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use sqlx::Connection;
+
+use crate::common::{Backend, TestServer};
+
+backend_tests!(bodies_and_stored_answers_are_sealed_at_rest, erasing_a_tenant_shreds_its_keys_only,);
+
+const FROM: &str = "+34612345678";
+const TO: &str = "+34699000111";
+const BODY: &str = "the vault code is 4711 (a known body)";
+
+/// A tenant with an identity and credits; its owner token.
+async fn sender(s: &TestServer, name: &str) -> (String, String) {
+    let t = s.tenant(name).await;
+    s.post("/v1/identities", &t.token, json!({"number": FROM})).await.expect(201);
+    s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", t.id), Some(json!({"amount": 100})))
+        .await
+        .expect(200);
+    (t.token, t.id)
+}
+
+async fn send(s: &TestServer, token: &str, body: &str, key: Option<&str>) -> Value {
+    let mut rb = s.request(Method::POST, "/v1/messages").bearer_auth(token);
+    if let Some(k) = key {
+        rb = rb.header("idempotency-key", k);
+    }
+    let r = rb.json(&json!({"from": FROM, "to": TO, "body": body})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    r.json().await.unwrap()
+}
+
+async fn stored(s: &TestServer, sql: &str) -> Vec<String> {
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(&s.db_url).await.unwrap();
+    let rows: Vec<String> = sqlx::query_scalar(sql).fetch_all(&mut db).await.unwrap();
+    db.close().await.unwrap();
+    rows
+}
+
+/// Every file of the SQLite database (main file, WAL), as bytes.
+fn sqlite_bytes(s: &TestServer) -> Vec<u8> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(&s.data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().contains(".db") {
+            all.extend(std::fs::read(path).unwrap());
+        }
+    }
+    assert!(!all.is_empty(), "no database file in {}", s.data_dir.display());
+    all
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+async fn bodies_and_stored_answers_are_sealed_at_rest(backend: Backend) {
+    let sqlite = matches!(backend, Backend::Sqlite);
+    let s = TestServer::start(backend).await;
+    let (token, _) = sender(&s, "Acme").await;
+    let m = send(&s, &token, BODY, Some("k-1")).await;
+    // The API gives it back...
+    let id = m["id"].as_str().unwrap();
+    assert_eq!(s.get(&format!("/v1/messages/{id}"), &token).await.expect(200).body["body"], BODY);
+    assert_eq!(s.get("/v1/messages", &token).await.expect(200).body["data"][0]["body"], BODY);
+    // ...and a retry with the key gets the first answer, body and all.
+    assert_eq!(send(&s, &token, BODY, Some("k-1")).await["id"], m["id"]);
+    // The database holds neither the body nor an answer with it in clear.
+    let bodies = stored(&s, "SELECT body FROM messages").await;
+    let answers = stored(&s, "SELECT response FROM idempotency_keys").await;
+    for v in bodies.iter().chain(&answers) {
+        assert!(v.starts_with("pk1:1:") && !v.contains("4711"), "{v}");
+    }
+    assert_eq!((bodies.len(), answers.len()), (1, 1));
+    if sqlite {
+        assert!(!contains(&sqlite_bytes(&s), "vault code"), "the body is in the SQLite file");
+    }
+    // Another tenant cannot open it: a sealed body copied into its row
+    // does not decrypt (its keys and the row's place differ).
+    let (other, _) = sender(&s, "Other").await;
+    let theirs = send(&s, &other, "their own", None).await;
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(&s.db_url).await.unwrap();
+    sqlx::query("UPDATE messages SET body = $1 WHERE id = $2")
+        .bind(&bodies[0])
+        .bind(theirs["id"].as_str().unwrap())
+        .execute(&mut db)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    let r = s.get(&format!("/v1/messages/{}", theirs["id"].as_str().unwrap()), &other).await;
+    assert_eq!(r.status, 500, "a moved ciphertext must not open: {}", r.text);
+    assert!(!r.text.contains("4711"));
+    s.stop().await;
+}
+
+async fn erase(s: &TestServer, id: &str, confirm: &str) -> crate::common::Resp {
+    s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{id}/erase"), Some(json!({ "confirm": confirm }))).await
+}
+
+async fn erasing_a_tenant_shreds_its_keys_only(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (gone, gone_id) = sender(&s, "Gone").await;
+    let (kept, _) = sender(&s, "Kept").await;
+    let m = send(&s, &gone, BODY, None).await;
+    send(&s, &kept, "kept body", None).await;
+    // Not while it is active; not without naming it again; not a stranger.
+    erase(&s, &gone_id, &gone_id).await.expect(409);
+    s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{gone_id}/freeze"), None).await.expect(200);
+    erase(&s, &gone_id, &uuid::Uuid::new_v4().to_string()).await.expect(400);
+    let stranger = uuid::Uuid::new_v4().to_string();
+    erase(&s, &stranger, &stranger).await.expect(404);
+    // Erased: its keys are gone, and it stays frozen.
+    let r = erase(&s, &gone_id, &gone_id).await.expect(200);
+    assert_eq!((r.body["status"].as_str(), r.body["keys_destroyed"].as_u64()), (Some("erased"), Some(1)));
+    s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{gone_id}/unfreeze"), None).await.expect(409);
+    let keys = stored(&s, &format!("SELECT CAST(version AS TEXT) FROM tenant_keys WHERE tenant_id = '{gone_id}'")).await;
+    assert!(keys.is_empty());
+    // Its body stays sealed in the database, under a key that is no more.
+    let body = stored(&s, &format!("SELECT body FROM messages WHERE id = '{}'", m["id"].as_str().unwrap())).await;
+    assert!(body[0].starts_with("pk1:"));
+    // The other tenant is untouched.
+    assert_eq!(s.get("/v1/messages", &kept).await.expect(200).body["data"][0]["body"], "kept body");
+    let events = s.admin(Method::GET, "/sysadmin/v1/events?action=tenant.erased", None).await.expect(200);
+    assert_eq!(events.body["data"].as_array().unwrap().len(), 1, "{}", events.text);
+    s.stop().await;
+}
+
+fn palisade(s: &TestServer, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(args)
+        .env_remove("PALISADE_MODE")
+        .env_remove("PALISADE_ADMIN__MASTER_KEY")
+        .env("PALISADE_SERVER__DATA_DIR", &s.data_dir)
+        .env("PALISADE_DATABASE__URL", &s.db_url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The whole erasure procedure of docs/security.md on a dev install, by the
+/// CLI: a copy of the database taken before the erasure yields, with the
+/// key material that remains afterwards, none of the erased tenant's bodies
+/// and all of the other tenant's.
+#[tokio::test]
+async fn a_backup_from_before_an_erasure_keeps_only_the_other_tenants_bodies() {
+    let mut s = TestServer::start(Backend::Sqlite).await;
+    let (gone, gone_id) = sender(&s, "Gone").await;
+    let (kept, kept_id) = sender(&s, "Kept").await;
+    send(&s, &gone, "erased tenant's body", None).await;
+    send(&s, &kept, "kept tenant's body", None).await;
+    // The backup.
+    let backup = s.data_dir.parent().unwrap().join("backup.db");
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(&s.db_url).await.unwrap();
+    sqlx::query(&format!("VACUUM INTO '{}'", backup.display())).execute(&mut db).await.unwrap();
+    db.close().await.unwrap();
+    // Erase, then a new KEK version, every key re-wrapped, the old retired.
+    s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{gone_id}/freeze"), None).await.expect(200);
+    s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{gone_id}/erase"), Some(json!({ "confirm": gone_id })))
+        .await
+        .expect(200);
+    s.halt().await;
+    assert!(palisade(&s, &["keys", "new-kek"]).contains("added KEK v2"));
+    let rotated: Value = serde_json::from_str(&palisade(&s, &["keys", "rotate"])).unwrap();
+    assert_eq!(rotated["rewrapped"], 1, "{rotated}");
+    assert_eq!(rotated["retirable_kek_versions"], json!([1]));
+    assert!(palisade(&s, &["keys", "retire"]).contains("removed KEK versions [1]"));
+    let kek = std::fs::read_to_string(s.data_dir.join("kek")).unwrap();
+    assert!(kek.contains("v2:") && !kek.contains("v1:"), "{kek}");
+    // The server comes back with the new KEK: the kept tenant's data opens.
+    s.resume().await;
+    assert_eq!(s.get("/v1/messages", &kept).await.expect(200).body["data"][0]["body"], "kept tenant's body");
+
+    // What remains: the live key table and the KEK file. With them, the
+    // backup's ciphertexts open for the kept tenant and not for the other.
+    let remaining = palisade_keys::LocalKek::parse(&kek).unwrap();
+    let live = palisade_store::Db::connect(&s.db_url, 2).await.unwrap();
+    let ring = palisade_keys::Keyring::new(std::sync::Arc::new(remaining), live, palisade_keys::DEFAULT_TTL);
+    let mut copy = sqlx::AnyConnection::connect(&format!("sqlite://{}", backup.display())).await.unwrap();
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT id, tenant_id, body FROM messages").fetch_all(&mut copy).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let mut opened = Vec::new();
+    for (id, tenant, body) in &rows {
+        let scope = palisade_core::TenantScope::for_system(tenant.parse().unwrap());
+        let place = palisade_seal::envelope::Place { table: "messages", column: "body", row: id };
+        if let Ok(keys) = ring.of(&scope).await {
+            if let Ok(text) = keys.open_text(place, body) {
+                opened.push((tenant.clone(), text));
+            }
+        }
+    }
+    assert_eq!(opened, vec![(kept_id.clone(), "kept tenant's body".to_owned())]);
+    // Nor does the backup's own key table help: it is wrapped under v1.
+    let from_copy = palisade_store::Db::connect(&format!("sqlite://{}", backup.display()), 2).await.unwrap();
+    let old_table = palisade_keys::Keyring::new(
+        std::sync::Arc::new(palisade_keys::LocalKek::parse(&kek).unwrap()),
+        from_copy,
+        palisade_keys::DEFAULT_TTL,
+    );
+    let gone_scope = palisade_core::TenantScope::for_system(gone_id.parse().unwrap());
+    assert!(old_table.of(&gone_scope).await.is_err());
+    copy.close().await.unwrap();
+    s.stop().await;
+}
