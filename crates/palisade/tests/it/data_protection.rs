@@ -10,7 +10,11 @@ use sqlx::Connection;
 
 use crate::common::{Backend, TestServer};
 
-backend_tests!(bodies_and_stored_answers_are_sealed_at_rest, erasing_a_tenant_shreds_its_keys_only,);
+backend_tests!(
+    bodies_and_stored_answers_are_sealed_at_rest,
+    erasing_a_tenant_shreds_its_keys_only,
+    bodies_from_before_encryption_are_sealed_by_the_job,
+);
 
 const FROM: &str = "+34612345678";
 const TO: &str = "+34699000111";
@@ -130,6 +134,41 @@ async fn erasing_a_tenant_shreds_its_keys_only(backend: Backend) {
     assert_eq!(s.get("/v1/messages", &kept).await.expect(200).body["data"][0]["body"], "kept body");
     let events = s.admin(Method::GET, "/sysadmin/v1/events?action=tenant.erased", None).await.expect(200);
     assert_eq!(events.body["data"].as_array().unwrap().len(), 1, "{}", events.text);
+    s.stop().await;
+}
+
+async fn execute(s: &TestServer, sql: &str, args: &[&str]) {
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(&s.db_url).await.unwrap();
+    let mut q = sqlx::query(sql);
+    for a in args {
+        q = q.bind(*a);
+    }
+    q.execute(&mut db).await.unwrap();
+    db.close().await.unwrap();
+}
+
+async fn bodies_from_before_encryption_are_sealed_by_the_job(backend: Backend) {
+    let mut s = TestServer::start(backend).await;
+    let (token, _) = sender(&s, "Acme").await;
+    let m = send(&s, &token, "sealed from the start", None).await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    // As an older version wrote it: in clear.
+    execute(&s, "UPDATE messages SET body = $1 WHERE id = $2", &["written in clear", &id]).await;
+    assert_eq!(s.get(&format!("/v1/messages/{id}"), &token).await.expect(200).body["body"], "written in clear");
+    // The job runs at start (and every `keys.reseal_interval_secs`).
+    s.restart().await;
+    let sql = format!("SELECT body FROM messages WHERE id = '{id}'");
+    let mut body = String::new();
+    for _ in 0..200 {
+        body = stored(&s, &sql).await.remove(0);
+        if body.starts_with("pk1:") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(body.starts_with("pk1:1:"), "{body}");
+    assert_eq!(s.get(&format!("/v1/messages/{id}"), &token).await.expect(200).body["body"], "written in clear");
     s.stop().await;
 }
 
