@@ -245,7 +245,10 @@ pub async fn erase_tenant(
         return Err(ApiError::conflict("Freeze the tenant first (and offer its export): erasure cannot be undone."));
     }
     let mut tx = state.db.begin().await?;
-    let destroyed = state.keys.destroy(&mut tx, &scope).await?;
+    let Some(destroyed) = state.keys.destroy(&mut tx, &scope).await? else {
+        // Unfrozen or erased meanwhile.
+        return Err(ApiError::conflict("The tenant is no longer frozen, or was erased already."));
+    };
     let event = Event::new("tenant.erased", Some(id), proof.actor())
         .resource("tenant", id)
         .details(serde_json::json!({ "keys_destroyed": destroyed }));
@@ -264,12 +267,14 @@ pub async fn set_tenant_frozen(
     now: i64,
 ) -> Result<bool, ApiError> {
     let scope = TenantScope::for_sysadmin(proof, id);
-    if !frozen && palisade_store::tenant_keys::erased_at(db.reader(), &scope).await?.is_some() {
-        return Err(ApiError::conflict("An erased tenant stays frozen: its keys are destroyed."));
-    }
     let mut tx = db.begin().await?;
     let status = if frozen { "frozen" } else { "active" };
     if !palisade_store::tenants::set_status(&mut tx, &scope, status).await? {
+        drop(tx);
+        // The update is what decides (an erasure may commit meanwhile).
+        if palisade_store::tenant_keys::erased_at(db.reader(), &scope).await?.is_some() {
+            return Err(ApiError::conflict("An erased tenant stays frozen: its keys are destroyed."));
+        }
         return Ok(false);
     }
     let action = if frozen { "tenant.frozen" } else { "tenant.unfrozen" };

@@ -32,10 +32,16 @@ pub const INTERRUPTED: &str = "interrupted";
 /// Rows per sweep.
 const BATCH: i64 = 100;
 
+/// The KEK versions this instance holds, as the instances table keeps them.
+fn kek_versions(state: &AppState) -> String {
+    state.keys.kek().versions().iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
 /// Registers this instance, before it serves: a call it places must never
 /// look like an orphan to another instance.
 pub async fn register(state: &AppState) -> Result<(), palisade_store::StoreError> {
-    palisade_store::recovery::heartbeat(&state.db, &state.admission.instance_id, state.now_ms()).await
+    palisade_store::recovery::heartbeat(&state.db, &state.admission.instance_id, state.now_ms(), &kek_versions(state))
+        .await
 }
 
 /// The heartbeat and the sweeps, until `stop`. They run apart, so a slow
@@ -86,7 +92,8 @@ where
 async fn beat(state: &AppState, healthy_since: &AtomicI64) {
     use Ordering::Relaxed;
     let now = state.now_ms();
-    match palisade_store::recovery::heartbeat(&state.db, &state.admission.instance_id, now).await {
+    match palisade_store::recovery::heartbeat(&state.db, &state.admission.instance_id, now, &kek_versions(state)).await
+    {
         Ok(()) => {
             let _ = healthy_since.compare_exchange(0, now, Relaxed, Relaxed);
         }

@@ -1102,9 +1102,8 @@ impl Config {
         }
         if let Some(kek) = &self.keys.kek {
             // The message names the entry, never its key.
-            palisade_seal::envelope::LocalKek::parse(kek.expose()).map_err(|e| {
-                ConfigError(format!("keys.kek: {e} (`palisade keys new-kek` prints a fresh entry)"))
-            })?;
+            palisade_seal::envelope::LocalKek::parse(kek.expose())
+                .map_err(|e| ConfigError(format!("keys.kek: {e} (`palisade keys new-kek` prints a fresh entry)")))?;
         }
         self.sip.validate()?;
         self.mail.check_smtp_url()?;

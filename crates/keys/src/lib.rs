@@ -27,6 +27,9 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 /// Tenants kept in memory at most; past it the cache starts again.
 const MAX_TENANTS: usize = 100_000;
 
+/// Slack for the clocks of several instances.
+const CLOCK_SLACK_MS: i64 = 5_000;
+
 pub struct Keyring {
     kek: Arc<dyn Kek>,
     db: Db,
@@ -79,6 +82,8 @@ impl Keyring {
         let tenant = scope.tenant_id().to_string();
         let (kek_version, wrapped) = self.kek.wrap(&tenant, version, &random_key());
         let mut tx = self.db.begin().await?;
+        // Waits for an erasure under way: it updates the tenant row first.
+        palisade_store::tenants::lock(&mut *tx, scope).await?;
         let added = palisade_store::tenant_keys::add(
             &mut *tx,
             scope,
@@ -93,7 +98,11 @@ impl Keyring {
         Ok(added)
     }
 
-    fn unwrap_rows(&self, tenant: &str, rows: &[palisade_store::tenant_keys::KeyRow]) -> palisade_store::Result<TenantKeys> {
+    fn unwrap_rows(
+        &self,
+        tenant: &str,
+        rows: &[palisade_store::tenant_keys::KeyRow],
+    ) -> palisade_store::Result<TenantKeys> {
         let mut keys = Vec::with_capacity(rows.len());
         for r in rows {
             let corrupt = |e: String| StoreError::Corrupt(format!("data key v{} of tenant {tenant}: {e}", r.version));
@@ -101,9 +110,15 @@ impl Keyring {
             let kek_version = u32::try_from(r.kek_version).map_err(|e| corrupt(e.to_string()))?;
             let wrapped = B64.decode(&r.wrapped).map_err(|e| corrupt(e.to_string()))?;
             let key = self.kek.unwrap(kek_version, tenant, version, &wrapped).map_err(|e| corrupt(e.to_string()))?;
-            keys.push((version, key));
+            keys.push((version, key, r.created_at));
         }
-        Ok(TenantKeys::new(tenant, keys))
+        // A version seals only once every instance can have loaded it (its
+        // cache of the tenant's keys lasts `ttl`): until then, the one
+        // before it seals, and the new one only opens.
+        let settled = now_ms() - i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX) - CLOCK_SLACK_MS;
+        let oldest = keys.iter().map(|(v, _, _)| *v).min().unwrap_or(0);
+        let sealing = keys.iter().filter(|(_, _, at)| *at <= settled).map(|(v, _, _)| *v).max().unwrap_or(oldest);
+        Ok(TenantKeys::new(tenant, keys.into_iter().map(|(v, k, _)| (v, k))).sealing_with(sealing))
     }
 
     /// Drops the tenant's keys from this instance's memory.
@@ -111,13 +126,20 @@ impl Keyring {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(tenant);
     }
 
-    /// Crypto-shredding: destroys the tenant's keys in `tx` (and marks it
-    /// erased, so none is made again). Everything sealed under them stops
-    /// opening once `tx` commits, on this instance at once, on the others
-    /// within the cache's time to live. Copies of the database taken before
-    /// hold the keys wrapped under the KEK of then: they stay readable
-    /// until that KEK version is retired (see [`rotate`]).
-    pub async fn destroy(&self, tx: &mut palisade_store::Tx, scope: &TenantScope) -> palisade_store::Result<u64> {
+    /// Crypto-shredding of a frozen tenant: destroys its keys in `tx`, marks
+    /// it erased (so none is made again and it stays frozen) and removes
+    /// what it held in clear or under the static key (values from before
+    /// encryption, stored answers, SIP credentials, webhook secrets).
+    /// Everything sealed under its keys stops opening once `tx` commits,
+    /// on this instance at once, on the others within the cache's time to
+    /// live. Copies of the database taken before hold the keys wrapped under
+    /// the KEK of then: they stay readable until that KEK version is
+    /// retired (see [`rotate`]). `None`: not frozen, or erased already.
+    pub async fn destroy(
+        &self,
+        tx: &mut palisade_store::Tx,
+        scope: &TenantScope,
+    ) -> palisade_store::Result<Option<u64>> {
         let n = palisade_store::tenant_keys::destroy(tx, scope, now_ms()).await?;
         self.forget(&scope.tenant_id().to_string());
         Ok(n)

@@ -39,8 +39,13 @@ impl Keyring {
             }
             let mut tx = self.db.begin().await?;
             for (scope, keys, id, stored) in &work {
-                if palisade_store::messages::reseal_body(&mut *tx, scope, keys, id, stored).await? {
-                    done += 1;
+                // One body that does not open (altered, or under a key this
+                // instance does not hold yet) holds up no other.
+                match palisade_store::messages::reseal_body(&mut *tx, scope, keys, id, stored).await {
+                    Ok(true) => done += 1,
+                    Ok(false) => {}
+                    Err(StoreError::Corrupt(e)) => tracing::warn!(error = %e, "a message body does not open"),
+                    Err(e) => return Err(e),
                 }
             }
             tx.commit().await?;

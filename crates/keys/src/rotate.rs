@@ -84,6 +84,34 @@ impl Keyring {
         Ok(made)
     }
 
+    /// The running instances (seen since `since`) that do not hold KEK
+    /// `version`: a key wrapped under it would not open there.
+    pub async fn instances_without(
+        &self,
+        proof: &SysadminProof,
+        since: i64,
+        version: u32,
+    ) -> palisade_store::Result<Vec<String>> {
+        let live = palisade_store::recovery::kek_versions_of_live(self.db.reader(), proof, since).await?;
+        Ok(live.into_iter().filter(|(_, v)| !versions(v.as_deref()).contains(&version)).map(|(id, _)| id).collect())
+    }
+
+    /// The running instances that wrap new keys under one of `versions`
+    /// (their newest): those versions cannot be retired yet.
+    pub async fn instances_wrapping_with(
+        &self,
+        proof: &SysadminProof,
+        since: i64,
+        retiring: &[u32],
+    ) -> palisade_store::Result<Vec<String>> {
+        let live = palisade_store::recovery::kek_versions_of_live(self.db.reader(), proof, since).await?;
+        Ok(live
+            .into_iter()
+            .filter(|(_, v)| versions(v.as_deref()).last().is_none_or(|newest| retiring.contains(newest)))
+            .map(|(id, _)| id)
+            .collect())
+    }
+
     /// `palisade keys rotate`: every data key re-wrapped under the newest
     /// KEK version, and with `data_keys`, a new data key version per tenant.
     pub async fn rotate(&self, proof: &SysadminProof, data_keys: bool) -> palisade_store::Result<Rotated> {
@@ -95,8 +123,16 @@ impl Keyring {
     /// The configured KEK versions no key is wrapped under any more: safe to
     /// remove from configuration (the newest stays: it wraps new keys).
     pub async fn retirable(&self, proof: &SysadminProof) -> palisade_store::Result<Vec<u32>> {
-        let used: Vec<i64> = tenant_keys::kek_versions(self.db.reader(), proof).await?.into_iter().map(|(v, _)| v).collect();
+        let used: Vec<i64> =
+            tenant_keys::kek_versions(self.db.reader(), proof).await?.into_iter().map(|(v, _)| v).collect();
         let newest = self.kek.newest();
         Ok(self.kek.versions().into_iter().filter(|v| *v != newest && !used.contains(&i64::from(*v))).collect())
     }
+}
+
+/// An instance's KEK versions as the instances table keeps them.
+fn versions(list: Option<&str>) -> Vec<u32> {
+    let mut v: Vec<u32> = list.unwrap_or("").split(',').filter_map(|v| v.trim().parse().ok()).collect();
+    v.sort_unstable();
+    v
 }

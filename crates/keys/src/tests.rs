@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use palisade_core::principal::SysadminProof;
 use palisade_core::{TenantId, TenantScope};
-use palisade_seal::envelope::Place;
+use palisade_seal::envelope::{Place, TenantKeys};
 use palisade_store::{Db, StoreError};
 
 use super::*;
@@ -26,6 +26,12 @@ async fn tenant(db: &Db) -> TenantScope {
     TenantScope::for_system(id)
 }
 
+async fn freeze(db: &Db, scope: &TenantScope) {
+    let mut tx = db.begin().await.unwrap();
+    assert!(palisade_store::tenants::set_status(&mut tx, scope, "frozen").await.unwrap());
+    tx.commit().await.unwrap();
+}
+
 fn place(row: &str) -> Place<'_> {
     Place { table: "messages", column: "body", row }
 }
@@ -40,7 +46,8 @@ async fn a_tenant_gets_one_key_that_every_instance_shares() {
     let dir = tempfile::tempdir().unwrap();
     let db = db_at(&dir.path().join("a.db")).await;
     let scope = tenant(&db).await;
-    let (a, b) = (Keyring::new(kek(&[(1, 1)]), db.clone(), DEFAULT_TTL), Keyring::new(kek(&[(1, 1)]), db.clone(), DEFAULT_TTL));
+    let (a, b) =
+        (Keyring::new(kek(&[(1, 1)]), db.clone(), DEFAULT_TTL), Keyring::new(kek(&[(1, 1)]), db.clone(), DEFAULT_TTL));
     let (ka, kb) = tokio::join!(a.of(&scope), b.of(&scope));
     let (ka, kb) = (ka.unwrap(), kb.unwrap());
     let sealed = ka.seal_text(place("m1"), "hello");
@@ -90,11 +97,20 @@ async fn a_new_data_key_seals_new_values_and_old_ones_still_open() {
     let db = db_at(&dir.path().join("a.db")).await;
     let proof = SysadminProof::verified();
     let scope = tenant(&db).await;
-    let ring = Keyring::new(kek(&[(1, 1)]), db.clone(), DEFAULT_TTL);
+    // A cache of zero: every call reads the rows (the activation delay is
+    // the cache's time to live plus a slack for clocks).
+    let ring = Keyring::new(kek(&[(1, 1)]), db.clone(), Duration::ZERO);
     let v1 = ring.of(&scope).await.unwrap();
     assert_eq!(ring.rotate(&proof, true).await.unwrap().new_data_keys, 1);
     let keys = ring.of(&scope).await.unwrap();
-    assert_eq!((v1.newest(), keys.newest()), (1, 2));
+    // v2 is too new to seal with: another instance may not know it yet.
+    assert_eq!((v1.newest(), keys.newest()), (1, 1));
+    let sealed_by_v2 = TenantKeys::new(scope.tenant_id().to_string(), [(2, [0; 32])]);
+    assert!(keys.open_text(place("m"), &sealed_by_v2.seal_text(place("m"), "x")).is_err(), "another key");
+    // Once settled, it seals; the old version still opens.
+    sqlx::query("UPDATE tenant_keys SET created_at = 0").execute(db.reader()).await.unwrap();
+    let keys = ring.of(&scope).await.unwrap();
+    assert_eq!(keys.newest(), 2);
     assert_eq!(keys.open_text(place("m"), &v1.seal_text(place("m"), "old")).unwrap(), "old");
     assert!(keys.seal_text(place("m"), "new").starts_with("pk1:2:"));
 }
@@ -107,7 +123,17 @@ async fn an_erased_tenant_keeps_no_key_and_never_gets_one_again() {
     let ring = Keyring::new(kek(&[(1, 1)]), db.clone(), DEFAULT_TTL);
     let sealed = ring.of(&scope).await.unwrap().seal_text(place("m"), "secret");
     let mut tx = db.begin().await.unwrap();
-    assert_eq!(ring.destroy(&mut tx, &scope).await.unwrap(), 1);
+    assert_eq!(ring.destroy(&mut tx, &scope).await.unwrap(), None, "only a frozen tenant");
+    tx.commit().await.unwrap();
+    freeze(&db, &scope).await;
+    let mut tx = db.begin().await.unwrap();
+    assert_eq!(ring.destroy(&mut tx, &scope).await.unwrap(), Some(1));
+    tx.commit().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    assert_eq!(ring.destroy(&mut tx, &scope).await.unwrap(), None, "once");
+    tx.commit().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    assert!(!palisade_store::tenants::set_status(&mut tx, &scope, "active").await.unwrap(), "stays frozen");
     tx.commit().await.unwrap();
     assert!(matches!(ring.of(&scope).await, Err(StoreError::Refused("tenant_erased"))));
     let other_instance = Keyring::new(kek(&[(1, 1)]), db.clone(), Duration::ZERO);
@@ -136,6 +162,7 @@ async fn a_backup_from_before_an_erasure_yields_nothing_of_the_erased_tenant() {
     let backup_path = dir.path().join("backup.db");
     sqlx::query(&format!("VACUUM INTO '{}'", backup_path.display())).execute(db.reader()).await.unwrap();
     // Erase, then rotate to a new KEK version and retire the old one.
+    freeze(&db, &erased).await;
     let mut tx = db.begin().await.unwrap();
     ring.destroy(&mut tx, &erased).await.unwrap();
     tx.commit().await.unwrap();

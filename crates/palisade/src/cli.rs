@@ -338,6 +338,11 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<i32> {
     }
 }
 
+/// Instances seen since this moment are running.
+fn live_since() -> i64 {
+    SystemClock.now_ms() - palisade_api::recovery::INSTANCE_GONE_MS
+}
+
 /// `palisade keys new-kek | rotate | retire`.
 async fn keys(command: KeysCommand, config: &Config) -> anyhow::Result<i32> {
     use palisade_keys::Kek as _;
@@ -354,13 +359,13 @@ async fn keys(command: KeysCommand, config: &Config) -> anyhow::Result<i32> {
         }
         _ => {}
     }
-    let kek = crate::kek(config)?;
     // Dev mode's own KEK file: the CLI keeps it. A configured KEK is the
     // operator's to change, on every instance.
     let own_file = config.keys.kek.is_none().then(|| crate::dev_kek_path(config));
     let proof = SysadminProof::verified();
     match command {
         KeysCommand::NewKek => {
+            let kek = crate::kek(config)?;
             let line = palisade_keys::LocalKek::new_line(kek.newest() + 1);
             match own_file {
                 Some(path) => {
@@ -374,7 +379,17 @@ async fn keys(command: KeysCommand, config: &Config) -> anyhow::Result<i32> {
         }
         KeysCommand::Rotate { data_keys } => {
             let db = crate::open_db(config).await?;
+            let kek = crate::kek_for(config, &db).await?;
             let ring = palisade_keys::Keyring::new(Arc::new(kek), db, palisade_keys::DEFAULT_TTL);
+            let newest = ring.kek().newest();
+            let lacking = ring.instances_without(&proof, live_since(), newest).await?;
+            if !lacking.is_empty() {
+                eprintln!(
+                    "palisade: running instances do not hold KEK v{newest} yet (restart them with it first): {}",
+                    lacking.join(", ")
+                );
+                return Ok(1);
+            }
             let done = ring.rotate(&proof, data_keys).await?;
             let retirable = ring.retirable(&proof).await?;
             println!(
@@ -390,6 +405,7 @@ async fn keys(command: KeysCommand, config: &Config) -> anyhow::Result<i32> {
         }
         KeysCommand::Retire => {
             let db = crate::open_db(config).await?;
+            let kek = crate::kek_for(config, &db).await?;
             let ring = palisade_keys::Keyring::new(Arc::new(kek), db, palisade_keys::DEFAULT_TTL);
             let retirable = ring.retirable(&proof).await?;
             let stale: Vec<u32> = ring.kek().versions().into_iter().filter(|v| *v != ring.kek().newest()).collect();
@@ -397,14 +413,29 @@ async fn keys(command: KeysCommand, config: &Config) -> anyhow::Result<i32> {
                 eprintln!("palisade: some keys are still wrapped under an older KEK version; run `palisade keys rotate` first");
                 return Ok(1);
             }
+            let wrapping = ring.instances_wrapping_with(&proof, live_since(), &retirable).await?;
+            if !wrapping.is_empty() {
+                eprintln!(
+                    "palisade: running instances still wrap new keys under a version to retire (restart them with the new KEK first): {}",
+                    wrapping.join(", ")
+                );
+                return Ok(1);
+            }
             match own_file {
                 Some(path) if !retirable.is_empty() => {
                     let text = std::fs::read_to_string(&path)?;
+                    // Entry by entry (a line may hold several, comma-separated).
                     let kept: Vec<&str> = text
                         .lines()
-                        .filter(|l| !retirable.iter().any(|v| l.trim_start().starts_with(&format!("v{v}:"))))
+                        .flat_map(|l| if l.trim_start().starts_with('#') { vec![l] } else { l.split(',').collect() })
+                        .map(str::trim)
+                        .filter(|e| !e.is_empty())
+                        .filter(|e| !retirable.iter().any(|v| e.starts_with(&format!("v{v}:"))))
                         .collect();
-                    crate::write_private(&path, format!("{}\n", kept.join("\n")).as_bytes())?;
+                    let text = format!("{}\n", kept.join("\n"));
+                    // Never leave a file that opens nothing.
+                    palisade_keys::LocalKek::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    crate::write_private(&path, text.as_bytes())?;
                     println!("removed KEK versions {retirable:?} from {}", path.display());
                 }
                 Some(_) => println!("no KEK version to retire"),

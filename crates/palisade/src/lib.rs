@@ -66,7 +66,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let data_key = webhook_key(&config)?;
     let sealer = Arc::new(palisade_seal::Sealer::new(&data_key));
     let keys = Arc::new(palisade_keys::Keyring::new(
-        Arc::new(kek(&config)?),
+        Arc::new(kek_for(&config, &db).await?),
         db.clone(),
         Duration::from_secs(config.keys.cache_secs),
     ));
@@ -108,13 +108,14 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
     let recovery_codes = palisade_auth::code::CodeKey::derive(&data_key, "mfa recovery codes");
     let oidc = oidc_http::providers(&config)?;
     let webauthn = webauthn(&config)?;
-    let sip_auth = Arc::new(sip_auth(&config, &db, &sealer, &data_key, abuse.state.clone())?);
+    let sip_auth = Arc::new(sip_auth(&config, &db, &sealer, &keys, &data_key, abuse.state.clone())?);
     let webhook_client = Arc::new(webhook_client(&config)?);
     let worker = Arc::new(palisade_webhooks::worker::Worker {
         db: db.clone(),
         clock: clock.clone(),
         client: webhook_client.clone(),
         sealer: sealer.clone(),
+        keys: keys.clone(),
         schedule: palisade_webhooks::worker::Schedule {
             delays_secs: config.webhooks.retry_schedule_secs.clone(),
             disable_after_ms: i64::try_from(config.webhooks.disable_after_secs).unwrap_or(i64::MAX / 1000) * 1000,
@@ -181,6 +182,7 @@ fn sip_auth(
     config: &Config,
     db: &Db,
     sealer: &Arc<palisade_seal::Sealer>,
+    keys: &Arc<palisade_keys::Keyring>,
     data_key: &[u8; 32],
     state: Arc<dyn palisade_guard::state::AbuseState>,
 ) -> anyhow::Result<palisade_voice::auth::DigestAuth> {
@@ -195,6 +197,7 @@ fn sip_auth(
     Ok(palisade_voice::auth::DigestAuth {
         db: db.clone(),
         sealer: sealer.clone(),
+        keys: keys.clone(),
         nonces: palisade_digest::NonceKey::derive(data_key),
         algorithms,
         nonce_ttl_ms: s.nonce_ttl_secs.saturating_mul(1000),
@@ -333,7 +336,22 @@ pub(crate) fn dev_kek_path(config: &Config) -> std::path::PathBuf {
 }
 
 /// The key-encryption key: `keys.kek` (or its file), or in dev mode the one
-/// kept in the data dir, made on first start.
+/// kept in the data dir, made on first start (never over keys that exist:
+/// a lost KEK file is to be restored, not replaced).
+pub(crate) async fn kek_for(config: &Config, db: &Db) -> anyhow::Result<palisade_keys::LocalKek> {
+    if config.keys.kek.is_none() && !dev_kek_path(config).exists() {
+        let proof = palisade_core::principal::SysadminProof::verified();
+        let wrapped = palisade_store::tenant_keys::kek_versions(db.reader(), &proof).await?;
+        anyhow::ensure!(
+            wrapped.is_empty(),
+            "{} is missing but tenants' keys exist, wrapped by it: restore the file from where it was kept",
+            dev_kek_path(config).display()
+        );
+    }
+    kek(config)
+}
+
+/// [`kek_for`] without the check (the CLI, with the database not open yet).
 pub(crate) fn kek(config: &Config) -> anyhow::Result<palisade_keys::LocalKek> {
     if let Some(k) = &config.keys.kek {
         return palisade_keys::LocalKek::parse(k.expose()).map_err(|e| anyhow::anyhow!("keys.kek: {e}"));
@@ -342,7 +360,13 @@ pub(crate) fn kek(config: &Config) -> anyhow::Result<palisade_keys::LocalKek> {
     let path = dev_kek_path(config);
     if !path.exists() {
         let line = palisade_keys::LocalKek::new_line(1);
-        write_private(&path, format!("# Palisade's key-encryption key (dev mode): keep it with backups apart from the database.\n{line}\n").as_bytes())?;
+        write_private(
+            &path,
+            format!(
+                "# Palisade's key-encryption key (dev mode): keep it with backups apart from the database.\n{line}\n"
+            )
+            .as_bytes(),
+        )?;
     }
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     palisade_keys::LocalKek::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
@@ -573,6 +597,9 @@ impl Running {
         }
         // The integrator writes the shutdown checkpoint before it ends.
         let _ = self.integrator.await;
+        if let Err(e) = palisade_store::recovery::leave(&self.state.db, &self.state.admission.instance_id).await {
+            tracing::warn!(error = %e, "could not mark this instance stopped");
+        }
         self.state.db.close().await;
     }
 }

@@ -132,12 +132,27 @@ pub fn random_key() -> [u8; 32] {
 pub struct TenantKeys {
     tenant: String,
     keys: BTreeMap<u32, Sealer>,
+    /// The version new values are sealed with.
+    sealing: u32,
 }
 
 impl TenantKeys {
-    /// `keys` holds at least one version (the caller creates the first).
+    /// `keys` holds at least one version (the caller creates the first);
+    /// the newest seals.
     pub fn new(tenant: impl Into<String>, keys: impl IntoIterator<Item = (u32, [u8; 32])>) -> TenantKeys {
-        TenantKeys { tenant: tenant.into(), keys: keys.into_iter().map(|(v, k)| (v, Sealer::new(&k))).collect() }
+        let keys: BTreeMap<u32, Sealer> = keys.into_iter().map(|(v, k)| (v, Sealer::new(&k))).collect();
+        let sealing = keys.keys().next_back().copied().unwrap_or(0);
+        TenantKeys { tenant: tenant.into(), keys, sealing }
+    }
+
+    /// Seals with `version` rather than the newest (a version too new for
+    /// every instance to know yet only opens). Ignored for a version it
+    /// does not hold.
+    pub fn sealing_with(mut self, version: u32) -> TenantKeys {
+        if self.keys.contains_key(&version) {
+            self.sealing = version;
+        }
+        self
     }
 
     pub fn tenant(&self) -> &str {
@@ -146,12 +161,12 @@ impl TenantKeys {
 
     /// The version new values are sealed with.
     pub fn newest(&self) -> u32 {
-        self.keys.keys().next_back().copied().unwrap_or(0)
+        self.sealing
     }
 
     pub fn seal(&self, place: Place<'_>, plaintext: &[u8]) -> String {
-        let (v, sealer) = self.keys.iter().next_back().expect("a tenant's keys are never empty");
-        format!("{PREFIX}{v}:{}", B64.encode(sealer.seal(plaintext, &place.aad(&self.tenant))))
+        let sealer = self.keys.get(&self.sealing).expect("a tenant's keys are never empty");
+        format!("{PREFIX}{}:{}", self.sealing, B64.encode(sealer.seal(plaintext, &place.aad(&self.tenant))))
     }
 
     pub fn seal_text(&self, place: Place<'_>, plaintext: &str) -> String {
@@ -164,15 +179,34 @@ impl TenantKeys {
         Ok(sealer.open(&blob, &place.aad(&self.tenant))?)
     }
 
-    /// A text column: sealed values open; a value without the prefix was
-    /// written before encryption and is returned as it is (the re-sealing
-    /// job turns it into a sealed one).
+    /// A text column: sealed values open; a value not of the sealed form
+    /// (`pk1:<version>:<base64>`) was written in clear before encryption
+    /// and is returned as it is (the re-sealing job seals it). Every value
+    /// written since is sealed, so only such an old value reads this way.
     pub fn open_text(&self, place: Place<'_>, stored: &str) -> Result<String, KeyError> {
-        if !is_sealed(stored) {
+        if split(stored).is_none() {
             return Ok(stored.to_owned());
         }
         String::from_utf8(self.open(place, stored)?).map_err(|_| KeyError::Malformed)
     }
+}
+
+/// A tenant's secret as stored: sealed under its data keys (`pk1:`), or,
+/// written by an older version, under the platform's one static key (the
+/// base64 of a [`Sealer`] blob with `legacy_aad`). New values are always
+/// sealed with [`TenantKeys::seal`].
+pub fn open_secret(
+    keys: &TenantKeys,
+    legacy: &Sealer,
+    place: Place<'_>,
+    legacy_aad: &[u8],
+    stored: &str,
+) -> Result<Vec<u8>, KeyError> {
+    if is_sealed(stored) {
+        return keys.open(place, stored);
+    }
+    let blob = B64.decode(stored).map_err(|_| KeyError::Malformed)?;
+    Ok(legacy.open(&blob, legacy_aad)?)
 }
 
 impl std::fmt::Debug for TenantKeys {
@@ -264,6 +298,11 @@ mod tests {
         assert_eq!(both.open_text(BODY, &sealed_old).unwrap(), "a");
         assert_eq!(old.open_text(BODY, &sealed_new), Err(KeyError::UnknownDataKey(2)));
         assert_eq!(both.newest(), 2);
+        // Held back: v2 opens but v1 still seals.
+        let held = TenantKeys::new("t1", [(1, [1; 32]), (2, [2; 32])]).sealing_with(1);
+        assert!(held.seal_text(BODY, "c").starts_with("pk1:1:"));
+        assert_eq!(held.open_text(BODY, &sealed_new).unwrap(), "b");
+        assert_eq!(TenantKeys::new("t1", [(1, [1; 32])]).sealing_with(7).newest(), 1);
     }
 
     #[test]
@@ -271,9 +310,27 @@ mod tests {
         let keys = TenantKeys::new("t1", [(1, [1; 32])]);
         assert_eq!(keys.open_text(BODY, "written in 2025").unwrap(), "written in 2025");
         assert_eq!(version_of("written in 2025"), None);
-        for junk in ["pk1:", "pk1:1", "pk1:x:AAAA", "pk1:1:!!!", "pk1:1:AAAA"] {
+        // An old body that merely starts like a sealed one is still text.
+        for text in ["pk1:", "pk1:1", "pk1:x:AAAA", "pk1:1:!!!"] {
+            assert_eq!(keys.open_text(BODY, text).unwrap(), text);
+        }
+        // Of the sealed form but not sealed by us: refused.
+        for junk in ["pk1:1:AAAA", "pk1:2:AAAA"] {
             assert!(keys.open_text(BODY, junk).is_err(), "{junk}");
         }
+    }
+
+    #[test]
+    fn a_secret_opens_under_the_tenant_keys_or_as_the_static_key_sealed_it() {
+        let keys = TenantKeys::new("t1", [(1, [1; 32])]);
+        let legacy = Sealer::new(&[9; 32]);
+        let old = B64.encode(legacy.seal(b"whsec_old", b"t1/e1"));
+        assert_eq!(open_secret(&keys, &legacy, BODY, b"t1/e1", &old).unwrap(), b"whsec_old");
+        assert!(open_secret(&keys, &legacy, BODY, b"t2/e1", &old).is_err());
+        let new = keys.seal(BODY, b"whsec_new");
+        assert_eq!(open_secret(&keys, &legacy, BODY, b"t1/e1", &new).unwrap(), b"whsec_new");
+        assert!(open_secret(&keys, &legacy, Place { row: "m2", ..BODY }, b"t1/e1", &new).is_err());
+        assert!(open_secret(&keys, &legacy, BODY, b"t1/e1", "not base64!").is_err());
     }
 
     #[test]

@@ -39,6 +39,11 @@ impl StoreError {
 impl From<StoreError> for ApiError {
     #[track_caller]
     fn from(e: StoreError) -> Self {
-        ApiError::internal(e)
+        match e {
+            // An erased tenant stays frozen; a request that reaches its
+            // keys anyway is answered as for a frozen one.
+            StoreError::Refused("tenant_erased") => ApiError::frozen(),
+            e => ApiError::internal(e),
+        }
     }
 }

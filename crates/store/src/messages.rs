@@ -81,11 +81,12 @@ pub async fn get<'c>(
     keys: &TenantKeys,
     id: &str,
 ) -> Result<Option<MessageRow>> {
-    let row: Option<MessageRow> = sqlx::query_as(&format!("SELECT {COLS} FROM messages WHERE tenant_id = $1 AND id = $2"))
-        .bind(scope.tenant_id().to_string())
-        .bind(id)
-        .fetch_optional(ex)
-        .await?;
+    let row: Option<MessageRow> =
+        sqlx::query_as(&format!("SELECT {COLS} FROM messages WHERE tenant_id = $1 AND id = $2"))
+            .bind(scope.tenant_id().to_string())
+            .bind(id)
+            .fetch_optional(ex)
+            .await?;
     row.map(|m| opened(scope, keys, m)).transpose()
 }
 

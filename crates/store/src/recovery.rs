@@ -6,16 +6,43 @@ use sqlx::{Any, Executor};
 
 use crate::Result;
 
-/// Notes that `instance` is running (its first call registers it).
-pub async fn heartbeat(db: &crate::Db, instance: &str, now: i64) -> Result<()> {
+/// Notes that `instance` is running (its first call registers it), with
+/// the KEK versions it holds (comma-separated, newest last).
+pub async fn heartbeat(db: &crate::Db, instance: &str, now: i64, kek_versions: &str) -> Result<()> {
     db.write_all(vec![crate::Stmt::new(
-        "INSERT INTO instances (id, started_at, seen_at) VALUES ($1, $2, $2) \
-         ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
+        "INSERT INTO instances (id, started_at, seen_at, kek_versions) VALUES ($1, $2, $2, $3) \
+         ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at, kek_versions = excluded.kek_versions",
     )
     .bind(instance)
-    .bind(now)])
+    .bind(now)
+    .bind(kek_versions)])
         .await?;
     Ok(())
+}
+
+/// A clean stop: the instance is forgotten at once unless it still drives
+/// a live call (recovery takes those over once it counts as gone).
+pub async fn leave(db: &crate::Db, instance: &str) -> Result<()> {
+    db.write_all(vec![crate::Stmt::dynamic(format!(
+        "DELETE FROM instances WHERE id = $1 AND NOT EXISTS \
+         (SELECT 1 FROM calls WHERE calls.instance_id = instances.id AND calls.status IN {})",
+        crate::calls::LIVE
+    ))
+    .bind(instance)])
+        .await?;
+    Ok(())
+}
+
+/// The KEK versions of the instances seen since `since`: `(id, versions)`.
+pub async fn kek_versions_of_live<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    _proof: &palisade_core::principal::SysadminProof,
+    since: i64,
+) -> Result<Vec<(String, Option<String>)>> {
+    Ok(sqlx::query_as("SELECT id, kek_versions FROM instances WHERE seen_at >= $1 ORDER BY id")
+        .bind(since)
+        .fetch_all(ex)
+        .await?)
 }
 
 /// Forgets instances not seen since `before` that drive no live call.

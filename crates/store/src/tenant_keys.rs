@@ -73,7 +73,10 @@ pub async fn wrapped_under_older<'c>(
 }
 
 /// The KEK versions keys are wrapped under, with how many each.
-pub async fn kek_versions<'c>(ex: impl Executor<'c, Database = Any>, _proof: &SysadminProof) -> Result<Vec<(i64, i64)>> {
+pub async fn kek_versions<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    _proof: &SysadminProof,
+) -> Result<Vec<(i64, i64)>> {
     Ok(sqlx::query_as("SELECT kek_version, COUNT(*) FROM tenant_keys GROUP BY kek_version ORDER BY kek_version")
         .fetch_all(ex)
         .await?)
@@ -107,18 +110,35 @@ pub async fn rewrap<'c>(
     Ok(r.rows_affected() == 1)
 }
 
-/// Crypto-shredding: the tenant's keys are destroyed and the tenant marked
-/// erased, so none is made again. The number of keys destroyed.
-pub async fn destroy(tx: &mut crate::Tx, scope: &TenantScope, now: i64) -> Result<u64> {
+/// Crypto-shredding of a frozen tenant: marked erased (first: a key being
+/// made waits for this row), its keys destroyed, and what it held in clear
+/// or under the platform's static key removed: message bodies from before
+/// encryption, stored answers, SIP credentials and webhook secrets. The
+/// number of keys destroyed; `None` when the tenant is not frozen or was
+/// erased already (nothing changes).
+pub async fn destroy(tx: &mut crate::Tx, scope: &TenantScope, now: i64) -> Result<Option<u64>> {
     let tenant = scope.tenant_id().to_string();
-    sqlx::query("UPDATE tenants SET erased_at = $1 WHERE id = $2 AND erased_at IS NULL")
-        .bind(now)
-        .bind(&tenant)
-        .execute(&mut **tx)
-        .await?;
+    let marked =
+        sqlx::query("UPDATE tenants SET erased_at = $1 WHERE id = $2 AND status = 'frozen' AND erased_at IS NULL")
+            .bind(now)
+            .bind(&tenant)
+            .execute(&mut **tx)
+            .await?;
+    if marked.rows_affected() != 1 {
+        return Ok(None);
+    }
     let r = sqlx::query("DELETE FROM tenant_keys WHERE tenant_id = $1").bind(&tenant).execute(&mut **tx).await?;
+    for sql in [
+        "UPDATE messages SET body = '' WHERE tenant_id = $1 AND body NOT LIKE 'pk1:%'",
+        "DELETE FROM idempotency_keys WHERE tenant_id = $1",
+        "DELETE FROM sip_credentials WHERE tenant_id = $1",
+        "UPDATE webhook_endpoints SET secret_sealed = '', previous_secret_sealed = NULL, ed25519_sealed = NULL \
+         WHERE tenant_id = $1",
+    ] {
+        sqlx::query(sql).bind(&tenant).execute(&mut **tx).await?;
+    }
     tx.credentials_changed(&tenant);
-    Ok(r.rows_affected())
+    Ok(Some(r.rows_affected()))
 }
 
 /// When the tenant was erased, if it was.

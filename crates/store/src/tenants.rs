@@ -37,7 +37,8 @@ pub async fn get<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope)
 
 /// Returns false when no such tenant exists.
 pub async fn set_status(tx: &mut crate::Tx, scope: &TenantScope, status: &str) -> Result<bool> {
-    let r = sqlx::query("UPDATE tenants SET status = $1 WHERE id = $2")
+    // An erased tenant stays frozen.
+    let r = sqlx::query("UPDATE tenants SET status = $1 WHERE id = $2 AND ($1 = 'frozen' OR erased_at IS NULL)")
         .bind(status)
         .bind(scope.tenant_id().to_string())
         .execute(&mut **tx)

@@ -48,7 +48,10 @@ pub struct Rules {
 /// What the digest check needs from the running server.
 pub struct DigestAuth {
     pub db: Db,
+    /// Opens HA1s sealed by the static key before tenants had keys.
     pub sealer: Arc<Sealer>,
+    /// Tenants' data keys: HA1s are sealed under them.
+    pub keys: Arc<palisade_keys::Keyring>,
     pub nonces: NonceKey,
     /// Offered in this order.
     pub algorithms: Vec<Algorithm>,
@@ -233,7 +236,7 @@ impl DigestAuth {
         let fresh = recent.is_none();
         let found = match recent {
             Some(u) => Ok(Some(u)),
-            None => crate::credentials::for_digest(&self.db, &self.sealer, &creds.username).await,
+            None => crate::credentials::for_digest(&self.db, &self.keys, &self.sealer, &creds.username).await,
         };
         let user = match found {
             Ok(u) => u.filter(|u| u.realm == realm),

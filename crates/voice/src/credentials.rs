@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use palisade_core::{IdentityId, TenantId, TenantScope};
 use palisade_digest::Algorithm;
+use palisade_keys::{Keyring, TenantKeys};
+use palisade_seal::envelope::{open_secret, Place};
 use palisade_seal::Sealer;
 use palisade_store::sip::{NewSipCredential, SipCredentialRow};
 
@@ -49,8 +49,18 @@ impl std::fmt::Debug for Created {
     }
 }
 
-/// What went into the sealed HA1 of one algorithm: the row's tenant, id
-/// and the algorithm, so a blob copied to another row or column does not open.
+/// Where the HA1 of one algorithm is sealed under the tenant's keys: a
+/// blob copied to another row, column or tenant does not open.
+fn place(credential_id: &str, algorithm: Algorithm) -> Place<'_> {
+    let column = match algorithm {
+        Algorithm::Md5 => "ha1_md5",
+        Algorithm::Sha256 => "ha1_sha256",
+    };
+    Place { table: "sip_credentials", column, row: credential_id }
+}
+
+/// The AAD of a HA1 sealed by the static key (before tenants had keys):
+/// the row's tenant, id and the algorithm.
 fn aad(tenant: &str, credential_id: &str, algorithm: Algorithm) -> Vec<u8> {
     format!("sip_credentials/{tenant}/{credential_id}/{}", algorithm.name()).into_bytes()
 }
@@ -66,20 +76,22 @@ fn lower_alnum(n: usize) -> String {
 /// it is frozen, or it holds [`MAX_PER_IDENTITY`] already.
 pub async fn create(
     tx: &mut palisade_store::Tx,
-    sealer: &Sealer,
+    keys: &TenantKeys,
     scope: &TenantScope,
     identity: IdentityId,
     domain: &str,
     now: i64,
 ) -> Result<Option<Created>> {
+    if keys.tenant() != scope.tenant_id().to_string() {
+        return Err(VoiceError::Sealed("another tenant's keys were given".into()));
+    }
     let id = uuid::Uuid::now_v7().to_string();
-    let tenant = scope.tenant_id().to_string();
     let realm = realm(scope.tenant_id(), domain);
     let username = format!("u{}", lower_alnum(USERNAME_LEN));
     let password = palisade_auth::token::random_base62(PASSWORD_LEN);
     let sealed = |alg: Algorithm| {
         let ha1 = palisade_digest::ha1(alg, &username, &realm, &password);
-        B64.encode(sealer.seal(ha1.as_bytes(), &aad(&tenant, &id, alg)))
+        keys.seal(place(&id, alg), ha1.as_bytes())
     };
     let (md5, sha256) = (sealed(Algorithm::Md5), sealed(Algorithm::Sha256));
     let new = NewSipCredential {
@@ -138,20 +150,29 @@ impl std::fmt::Debug for DigestUser {
 
 /// The live credential of `username`, its HA1s opened. `None` when there
 /// is none (revoked, or never made).
-pub async fn for_digest(db: &palisade_store::Db, sealer: &Sealer, username: &str) -> Result<Option<DigestUser>> {
+/// `legacy` opens HA1s sealed by the static key before tenants had keys.
+pub async fn for_digest(
+    db: &palisade_store::Db,
+    keys: &Keyring,
+    legacy: &Sealer,
+    username: &str,
+) -> Result<Option<DigestUser>> {
     let Some(row) = palisade_store::sip::credential_by_username(db.reader(), username).await? else {
         return Ok(None);
     };
-    open(sealer, row).map(Some)
+    let tenant: TenantId =
+        row.tenant_id.parse().map_err(|_| VoiceError::Sealed(format!("credential {}: tenant id", row.id)))?;
+    let tenant_keys = keys.of(&TenantScope::for_system(tenant)).await?;
+    open(&tenant_keys, legacy, tenant, row).map(Some)
 }
 
-fn open(sealer: &Sealer, row: SipCredentialRow) -> Result<DigestUser> {
+fn open(keys: &TenantKeys, legacy: &Sealer, tenant: TenantId, row: SipCredentialRow) -> Result<DigestUser> {
     let bad = |what: &str| VoiceError::Sealed(format!("credential {}: {what}", row.id));
-    let tenant: TenantId = row.tenant_id.parse().map_err(|_| bad("tenant id"))?;
     let identity: IdentityId = row.identity_id.parse().map_err(|_| bad("identity id"))?;
-    let unseal = |blob: &str, alg: Algorithm| -> Result<String> {
-        let bytes = B64.decode(blob).map_err(|_| bad("not base64"))?;
-        let plain = sealer.open(&bytes, &aad(&row.tenant_id, &row.id, alg)).map_err(|e| bad(&e.to_string()))?;
+    let unseal = |stored: &str, alg: Algorithm| -> Result<String> {
+        let legacy_aad = aad(&row.tenant_id, &row.id, alg);
+        let plain =
+            open_secret(keys, legacy, place(&row.id, alg), &legacy_aad, stored).map_err(|e| bad(&e.to_string()))?;
         String::from_utf8(plain).map_err(|_| bad("not text"))
     };
     let ha1_md5 = unseal(&row.ha1_md5_sealed, Algorithm::Md5)?;

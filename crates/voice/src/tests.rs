@@ -1,5 +1,6 @@
 use palisade_core::{IdentityId, TenantId, TenantScope};
 use palisade_digest::Algorithm;
+use palisade_keys::{Keyring, LocalKek};
 use palisade_seal::Sealer;
 use palisade_store::identities::{NewIdentity, Policy};
 use palisade_store::Db;
@@ -17,13 +18,21 @@ pub(crate) struct World {
     _dir: tempfile::TempDir,
     pub(crate) db: Db,
     pub(crate) sealer: Sealer,
+    pub(crate) keys: Keyring,
+}
+
+/// A keyring over `db` with a KEK of `byte`s.
+pub(crate) fn keyring(db: &Db, byte: u8) -> Keyring {
+    use base64::Engine as _;
+    let line = format!("v1:{}", base64::engine::general_purpose::STANDARD.encode([byte; 32]));
+    Keyring::new(std::sync::Arc::new(LocalKek::parse(&line).unwrap()), db.clone(), palisade_keys::DEFAULT_TTL)
 }
 
 pub(crate) async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::connect(&format!("sqlite://{}/v.db", dir.path().display()), 4).await.unwrap();
     db.migrate().await.unwrap();
-    World { _dir: dir, db, sealer: Sealer::new(&[9; 32]) }
+    World { _dir: dir, keys: keyring(&db, 5), db, sealer: Sealer::new(&[9; 32]) }
 }
 
 impl World {
@@ -42,8 +51,9 @@ impl World {
     }
 
     async fn create(&self, scope: &TenantScope, identity: IdentityId) -> Option<credentials::Created> {
+        let keys = self.keys.of(scope).await.unwrap();
         let mut tx = self.db.begin().await.unwrap();
-        let c = credentials::create(&mut tx, &self.sealer, scope, identity, DOMAIN, NOW).await.unwrap();
+        let c = credentials::create(&mut tx, &keys, scope, identity, DOMAIN, NOW).await.unwrap();
         tx.commit().await.unwrap();
         c
     }
@@ -53,7 +63,7 @@ impl World {
     }
 
     async fn user(&self, username: &str) -> Option<DigestUser> {
-        credentials::for_digest(&self.db, &self.sealer, username).await.unwrap()
+        credentials::for_digest(&self.db, &self.keys, &self.sealer, username).await.unwrap()
     }
 }
 
@@ -80,8 +90,8 @@ async fn a_credential_keeps_only_sealed_ha1s_of_its_own_realm() {
         assert!(!stored.contains(user.ha1(Algorithm::Md5)) && !stored.contains(user.ha1(Algorithm::Sha256)));
     }
     assert!(!format!("{user:?}").contains(user.ha1(Algorithm::Md5)), "HA1 in Debug output");
-    // Another key opens nothing.
-    let other = credentials::for_digest(&w.db, &Sealer::new(&[1; 32]), &c.username).await;
+    // Another KEK opens nothing.
+    let other = credentials::for_digest(&w.db, &keyring(&w.db, 1), &w.sealer, &c.username).await;
     assert!(other.is_err());
     assert!(w.user("unknown").await.is_none());
 }
@@ -101,9 +111,9 @@ async fn sealed_ha1s_do_not_open_in_another_row_or_column() {
         sqlx::query(&sql).bind(value).bind(user).execute(db.reader()).await.unwrap();
     };
     swap(set("ha1_md5_sealed"), row_a.ha1_md5_sealed.clone(), b.username.clone()).await;
-    assert!(credentials::for_digest(&w.db, &w.sealer, &b.username).await.is_err());
+    assert!(credentials::for_digest(&w.db, &w.keys, &w.sealer, &b.username).await.is_err());
     swap(set("ha1_sha256_sealed"), row_a.ha1_md5_sealed.clone(), a.username.clone()).await;
-    assert!(credentials::for_digest(&w.db, &w.sealer, &a.username).await.is_err());
+    assert!(credentials::for_digest(&w.db, &w.keys, &w.sealer, &a.username).await.is_err());
 }
 
 #[tokio::test]

@@ -41,14 +41,25 @@ pub struct Worker {
     pub db: Db,
     pub clock: Arc<dyn Clock>,
     pub client: Arc<WebhookClient>,
+    /// Opens secrets sealed before tenants had keys of their own.
     pub sealer: Arc<Sealer>,
+    /// Tenants' data keys: endpoint secrets are sealed under them.
+    pub keys: Arc<palisade_keys::Keyring>,
     pub schedule: Schedule,
     /// Notified when something was queued, so deliveries start at once.
     pub wake: Arc<Notify>,
 }
 
-/// The additional authenticated data of an endpoint's sealed secrets: a
-/// ciphertext copied to another row does not open.
+/// Where an endpoint's secrets are sealed under the tenant's keys. One
+/// place for the current, previous and Ed25519 secrets: a rotation moves
+/// the current ciphertext to the previous column as it is.
+pub fn secret_place(endpoint_id: &str) -> palisade_seal::envelope::Place<'_> {
+    palisade_seal::envelope::Place { table: "webhook_endpoints", column: "secrets", row: endpoint_id }
+}
+
+/// The additional authenticated data of an endpoint's secrets sealed by the
+/// static key (before tenants had keys): a ciphertext copied to another row
+/// does not open.
 pub fn seal_context(tenant: &str, endpoint_id: &str) -> Vec<u8> {
     format!("webhook-endpoint/{tenant}/{endpoint_id}").into_bytes()
 }
@@ -134,7 +145,8 @@ impl Worker {
             let rec = unsent("endpoint_disabled", "skipped");
             return self.write(store::finish_stmts(&scope, c, lease_until, &rec, Next::Failed)).await;
         }
-        let headers = match self.sign(&scope, c, &job, started) {
+        let keys = self.keys.of(&scope).await.map_err(|e| e.to_string());
+        let headers = match keys.and_then(|keys| self.sign(&scope, &keys, c, &job, started)) {
             Ok(h) => h,
             Err(e) => {
                 // A secret that does not open is the operator's problem
@@ -189,15 +201,17 @@ impl Worker {
     fn sign(
         &self,
         scope: &TenantScope,
+        keys: &palisade_seal::envelope::TenantKeys,
         c: &Claimed,
         job: &DeliveryJob,
         now_ms: i64,
     ) -> Result<http::HeaderMap, String> {
         let aad = seal_context(&scope.tenant_id().to_string(), &c.endpoint_id);
         let open = |sealed: &str| -> Result<String, String> {
-            let blob = base64_decode(sealed)?;
-            let plain = self.sealer.open(&blob, &aad).map_err(|e| e.to_string())?;
-            String::from_utf8(plain.to_vec()).map_err(|e| e.to_string())
+            let plain =
+                palisade_seal::envelope::open_secret(keys, &self.sealer, secret_place(&c.endpoint_id), &aad, sealed)
+                    .map_err(|e| e.to_string())?;
+            String::from_utf8(plain).map_err(|e| e.to_string())
         };
         let mut secrets = vec![WebhookSecret::parse(&open(&job.secret_sealed)?).map_err(|e| e.to_string())?];
         if let (Some(prev), Some(until)) = (&job.previous_secret_sealed, job.previous_secret_until) {
@@ -270,11 +284,6 @@ pub fn next_attempt(delays_secs: &[u64], n: i64, retry_after: Option<Duration>, 
     let spread = (base_ms as f64 * 0.1 * jitter.clamp(-1.0, 1.0)) as i64;
     let asked = retry_after.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX).min(86_400_000));
     Next::RetryAt(now + (base_ms + spread).max(asked))
-}
-
-fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -76,10 +76,11 @@ pub async fn create_credential(
     }
     let now = state.now_ms();
     let domain = &state.config.sip.domain;
+    // Before the transaction: making a tenant's first key writes.
+    let keys = state.keys.of(&scope).await?;
     let mut tx = state.db.begin().await?;
-    let Some(c) = palisade_voice::credentials::create(&mut tx, &state.sealer, &scope, id, domain, now)
-        .await
-        .map_err(voice_error)?
+    let Some(c) =
+        palisade_voice::credentials::create(&mut tx, &keys, &scope, id, domain, now).await.map_err(voice_error)?
     else {
         drop(tx);
         // Active a moment ago: frozen, deleted or filled up since, or full.

@@ -353,7 +353,9 @@ pub async fn top_up(
         let balance = palisade_store::credits::balance(&mut *tx, &scope).await?;
         let after = BalanceAfter { tenant_id: id.to_string(), balance };
         let body = serde_json::to_string(&after).map_err(|e| palisade_store::StoreError::Corrupt(e.to_string()))?;
-        match palisade_store::messages::remember(&mut *tx, &scope, &keys, &k, &request_hash, 200, &body, now, since).await {
+        match palisade_store::messages::remember(&mut *tx, &scope, &keys, &k, &request_hash, 200, &body, now, since)
+            .await
+        {
             Err(e) if e.is_unique_violation() => return Ok(None),
             r => r?,
         }

@@ -9,7 +9,6 @@ use palisade_audit::Event;
 use palisade_core::{ApiError, FieldError, Permission, TenantScope};
 use palisade_store::webhooks::{self as store, EndpointRow, NewEndpoint};
 use palisade_webhooks::signature::{Ed25519Signer, WebhookSecret};
-use palisade_webhooks::worker::seal_context;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -150,10 +149,8 @@ async fn check_url(state: &AppState, raw: &str, errors: &mut Vec<FieldError>) ->
     }
 }
 
-fn seal(state: &AppState, scope: &TenantScope, endpoint_id: &str, plain: &str) -> String {
-    use base64::Engine;
-    let aad = seal_context(&scope.tenant_id().to_string(), endpoint_id);
-    base64::engine::general_purpose::STANDARD.encode(state.sealer.seal(plain.as_bytes(), &aad))
+fn seal(keys: &palisade_keys::TenantKeys, endpoint_id: &str, plain: &str) -> String {
+    keys.seal(palisade_webhooks::worker::secret_place(endpoint_id), plain.as_bytes())
 }
 
 fn event_for(action: &'static str, auth: &Auth, id: &str, details: serde_json::Value) -> Event {
@@ -187,7 +184,8 @@ pub async fn create(
     let id = uuid::Uuid::now_v7().to_string();
     let secret = WebhookSecret::generate().to_string_whsec();
     let ed = req.ed25519.then(Ed25519Signer::generate);
-    let ed_sealed = ed.as_ref().map(|k| seal(&state, &scope, &id, &k.secret_string()));
+    let keys = state.keys.of(&scope).await?;
+    let ed_sealed = ed.as_ref().map(|k| seal(&keys, &id, &k.secret_string()));
     let ed_public = ed.as_ref().map(Ed25519Signer::public_key_string);
     let now = state.now_ms();
     let new = NewEndpoint {
@@ -195,7 +193,7 @@ pub async fn create(
         url: &url,
         description: &description,
         events: &events,
-        secret_sealed: &seal(&state, &scope, &id, &secret),
+        secret_sealed: &seal(&keys, &id, &secret),
         ed25519_sealed: ed_sealed.as_deref(),
         ed25519_public: ed_public.as_deref(),
         now,
@@ -329,11 +327,12 @@ pub async fn rotate_secret(
     let now = state.now_ms();
     let secret = WebhookSecret::generate().to_string_whsec();
     let grace_ms = i64::try_from(state.config.webhooks.rotation_grace_secs).unwrap_or(0).saturating_mul(1000);
+    let keys = state.keys.of(&scope).await?;
     // The stored ciphertext moves as it is: it is bound to this endpoint.
     let stmt = store::rotate_secret_stmt(
         &scope,
         &current.id,
-        &seal(&state, &scope, &current.id, &secret),
+        &seal(&keys, &current.id, &secret),
         &current.secret_sealed,
         now + grace_ms,
         now,

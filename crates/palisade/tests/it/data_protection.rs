@@ -125,7 +125,8 @@ async fn erasing_a_tenant_shreds_its_keys_only(backend: Backend) {
     let r = erase(&s, &gone_id, &gone_id).await.expect(200);
     assert_eq!((r.body["status"].as_str(), r.body["keys_destroyed"].as_u64()), (Some("erased"), Some(1)));
     s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{gone_id}/unfreeze"), None).await.expect(409);
-    let keys = stored(&s, &format!("SELECT CAST(version AS TEXT) FROM tenant_keys WHERE tenant_id = '{gone_id}'")).await;
+    let keys =
+        stored(&s, &format!("SELECT CAST(version AS TEXT) FROM tenant_keys WHERE tenant_id = '{gone_id}'")).await;
     assert!(keys.is_empty());
     // Its body stays sealed in the database, under a key that is no more.
     let body = stored(&s, &format!("SELECT body FROM messages WHERE id = '{}'", m["id"].as_str().unwrap())).await;
@@ -172,17 +173,29 @@ async fn bodies_from_before_encryption_are_sealed_by_the_job(backend: Backend) {
     s.stop().await;
 }
 
-fn palisade(s: &TestServer, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+fn run(s: &TestServer, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args(args)
         .env_remove("PALISADE_MODE")
         .env_remove("PALISADE_ADMIN__MASTER_KEY")
         .env("PALISADE_SERVER__DATA_DIR", &s.data_dir)
         .env("PALISADE_DATABASE__URL", &s.db_url)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn palisade(s: &TestServer, args: &[&str]) -> String {
+    let out = run(s, args);
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// The CLI refuses what would leave a key that some instance cannot open.
+fn refused(s: &TestServer, args: &[&str], needle: &str) {
+    let out = run(s, args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: {err}");
 }
 
 /// The whole erasure procedure of docs/security.md on a dev install, by the
@@ -207,14 +220,24 @@ async fn a_backup_from_before_an_erasure_keeps_only_the_other_tenants_bodies() {
     s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{gone_id}/erase"), Some(json!({ "confirm": gone_id })))
         .await
         .expect(200);
-    s.halt().await;
     assert!(palisade(&s, &["keys", "new-kek"]).contains("added KEK v2"));
+    // The running server holds v1 only: keys re-wrapped under v2 would
+    // not open there.
+    refused(&s, &["keys", "rotate"], "do not hold KEK v2");
+    s.halt().await;
     let rotated: Value = serde_json::from_str(&palisade(&s, &["keys", "rotate"])).unwrap();
     assert_eq!(rotated["rewrapped"], 1, "{rotated}");
     assert_eq!(rotated["retirable_kek_versions"], json!([1]));
     assert!(palisade(&s, &["keys", "retire"]).contains("removed KEK versions [1]"));
     let kek = std::fs::read_to_string(s.data_dir.join("kek")).unwrap();
     assert!(kek.contains("v2:") && !kek.contains("v1:"), "{kek}");
+    // A lost KEK file is not replaced by a new one over existing keys.
+    let saved = s.data_dir.join("kek.saved");
+    std::fs::rename(s.data_dir.join("kek"), &saved).unwrap();
+    let out = run(&s, &["keys", "rotate"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("restore the file"), "{out:?}");
+    assert!(!s.data_dir.join("kek").exists());
+    std::fs::rename(&saved, s.data_dir.join("kek")).unwrap();
     // The server comes back with the new KEK: the kept tenant's data opens.
     s.resume().await;
     assert_eq!(s.get("/v1/messages", &kept).await.expect(200).body["data"][0]["body"], "kept tenant's body");

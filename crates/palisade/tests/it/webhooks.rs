@@ -249,7 +249,9 @@ async fn secret_is_shown_once_and_sealed_at_rest(b: Backend) {
         .await
         .unwrap();
     assert!(!stored.contains(&secret[6..]) && !stored.contains(secret));
-    let raw = base64::engine::general_purpose::STANDARD.decode(&stored).unwrap();
+    // Sealed under the tenant's own data key (v1).
+    let sealed = stored.strip_prefix("pk1:1:").expect("sealed under the tenant's key");
+    let raw = base64::engine::general_purpose::STANDARD.decode(sealed).unwrap();
     assert!(raw.len() > secret.len(), "sealed: version, nonce, ciphertext and tag");
     srv.stop().await;
 }

@@ -14,3 +14,8 @@ CREATE INDEX tenant_keys_kek ON tenant_keys (kek_version);
 
 -- When a tenant was erased (its keys destroyed): no key is made for it again.
 ALTER TABLE tenants ADD COLUMN erased_at BIGINT;
+
+-- The KEK versions each running instance holds (comma-separated, newest
+-- last): a rotation waits until every instance has the new version, and a
+-- version is retired only when no instance still wraps with it.
+ALTER TABLE instances ADD COLUMN kek_versions TEXT;

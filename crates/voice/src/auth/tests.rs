@@ -45,12 +45,15 @@ async fn world_with(state: Arc<dyn AbuseState>) -> World {
     let new = NewIdentity { id, kind: "number", number: "+12025550100", country: "US", name: "n", policy, now: NOW };
     palisade_store::identities::insert(db.reader(), &scope, &new).await.unwrap();
     let sealer = Arc::new(Sealer::new(&[9; 32]));
+    let keys = Arc::new(crate::tests::keyring(&db, 5));
+    let tenant_keys = keys.of(&scope).await.unwrap();
     let mut tx = db.begin().await.unwrap();
-    let c = crate::credentials::create(&mut tx, &sealer, &scope, id, DOMAIN, NOW).await.unwrap().unwrap();
+    let c = crate::credentials::create(&mut tx, &tenant_keys, &scope, id, DOMAIN, NOW).await.unwrap().unwrap();
     tx.commit().await.unwrap();
     let auth = DigestAuth {
         db,
         sealer,
+        keys,
         nonces: NonceKey::new([3; 32]),
         algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
         nonce_ttl_ms: 300_000,
@@ -144,8 +147,9 @@ impl World {
         let new =
             NewIdentity { id, kind: "number", number: "+12025550101", country: "US", name: "n", policy, now: NOW };
         palisade_store::identities::insert(self.auth.db.reader(), &scope, &new).await.unwrap();
+        let tenant_keys = self.auth.keys.of(&scope).await.unwrap();
         let mut tx = self.auth.db.begin().await.unwrap();
-        let c = crate::credentials::create(&mut tx, &self.auth.sealer, &scope, id, DOMAIN, NOW).await.unwrap().unwrap();
+        let c = crate::credentials::create(&mut tx, &tenant_keys, &scope, id, DOMAIN, NOW).await.unwrap().unwrap();
         tx.commit().await.unwrap();
         (c.realm, c.username, c.password)
     }
