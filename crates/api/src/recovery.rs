@@ -23,7 +23,7 @@ use palisade_admission::ending::Ended;
 /// How often an instance notes that it runs and looks for what others left.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// An instance not seen for this long has stopped.
-pub const INSTANCE_GONE_MS: i64 = 60_000;
+pub use palisade_store::recovery::INSTANCE_GONE_MS;
 /// A message still queued this long was not handed over by its instance
 /// (the hand-over and its report take moments).
 pub const UNSENT_AFTER_MS: i64 = 10 * 60_000;

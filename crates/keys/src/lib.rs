@@ -27,8 +27,10 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 /// Tenants kept in memory at most; past it the cache starts again.
 const MAX_TENANTS: usize = 100_000;
 
-/// Slack for the clocks of several instances.
-const CLOCK_SLACK_MS: i64 = 5_000;
+/// How long a new data key version only opens before it seals: longer than
+/// any instance keeps a tenant's keys (`keys.cache_secs` is at most an
+/// hour, whatever each instance was given), plus slack for clocks.
+pub const SETTLE_MS: i64 = 3600 * 1000 + 5_000;
 
 pub struct Keyring {
     kek: Arc<dyn Kek>,
@@ -80,7 +82,13 @@ impl Keyring {
     /// then, or when the tenant is erased or gone).
     pub(crate) async fn add_version(&self, scope: &TenantScope, version: u32) -> palisade_store::Result<bool> {
         let tenant = scope.tenant_id().to_string();
-        let (kek_version, wrapped) = self.kek.wrap(&tenant, version, &random_key());
+        // Under a KEK version every running instance holds (during a rolling
+        // restart that adds one, the older), so every instance opens it.
+        let wrap_with = self.common_kek_version().await?;
+        let (kek_version, wrapped) = self
+            .kek
+            .wrap_with(wrap_with, &tenant, version, &random_key())
+            .map_err(|e| StoreError::Setup(format!("KEK: {e}")))?;
         let mut tx = self.db.begin().await?;
         // Waits for an erasure under way: it updates the tenant row first.
         palisade_store::tenants::lock(&mut *tx, scope).await?;
@@ -115,10 +123,38 @@ impl Keyring {
         // A version seals only once every instance can have loaded it (its
         // cache of the tenant's keys lasts `ttl`): until then, the one
         // before it seals, and the new one only opens.
-        let settled = now_ms() - i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX) - CLOCK_SLACK_MS;
+        let settled = now_ms() - SETTLE_MS;
         let oldest = keys.iter().map(|(v, _, _)| *v).min().unwrap_or(0);
         let sealing = keys.iter().filter(|(_, _, at)| *at <= settled).map(|(v, _, _)| *v).max().unwrap_or(oldest);
         Ok(TenantKeys::new(tenant, keys.into_iter().map(|(v, k, _)| (v, k))).sealing_with(sealing))
+    }
+
+    /// The newest KEK version this instance and every other running one
+    /// hold (this instance's newest when it runs alone).
+    async fn common_kek_version(&self) -> palisade_store::Result<u32> {
+        let proof = palisade_core::principal::SysadminProof::verified();
+        let since = now_ms() - palisade_store::recovery::INSTANCE_GONE_MS;
+        let live = palisade_store::recovery::kek_versions_of_live(self.db.reader(), &proof, since).await?;
+        let mut mine = self.kek.versions();
+        mine.retain(|v| {
+            live.iter().all(|(_, theirs)| {
+                theirs.as_deref().is_none_or(|t| t.split(',').any(|x| x.trim().parse::<u32>().ok() == Some(*v)))
+            })
+        });
+        Ok(mine.last().copied().unwrap_or_else(|| self.kek.newest()))
+    }
+
+    /// The tenant's keys if it has any; never makes one (for paths an
+    /// unauthenticated caller reaches).
+    pub async fn existing(&self, scope: &TenantScope) -> palisade_store::Result<Option<Arc<TenantKeys>>> {
+        match self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&scope.tenant_id().to_string()) {
+            Some((keys, at)) if at.elapsed() < self.ttl => return Ok(Some(keys.clone())),
+            _ => {}
+        }
+        if palisade_store::tenant_keys::list(self.db.reader(), scope).await?.is_empty() {
+            return Ok(None);
+        }
+        self.of(scope).await.map(Some)
     }
 
     /// Drops the tenant's keys from this instance's memory.

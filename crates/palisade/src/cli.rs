@@ -365,7 +365,8 @@ async fn keys(command: KeysCommand, config: &Config) -> anyhow::Result<i32> {
     let proof = SysadminProof::verified();
     match command {
         KeysCommand::NewKek => {
-            let kek = crate::kek(config)?;
+            // A lost dev KEK file is restored, never replaced over keys.
+            let kek = crate::kek_for(config, &crate::open_db(config).await?).await?;
             let line = palisade_keys::LocalKek::new_line(kek.newest() + 1);
             match own_file {
                 Some(path) => {

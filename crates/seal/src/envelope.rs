@@ -55,6 +55,14 @@ pub trait Kek: Send + Sync {
     fn versions(&self) -> Vec<u32>;
     /// `key` wrapped under the newest version, bound to its tenant and version.
     fn wrap(&self, tenant: &str, version: u32, key: &[u8; 32]) -> (u32, Vec<u8>);
+    /// `key` wrapped under KEK version `kek_version` (one it holds).
+    fn wrap_with(
+        &self,
+        kek_version: u32,
+        tenant: &str,
+        version: u32,
+        key: &[u8; 32],
+    ) -> Result<(u32, Vec<u8>), KeyError>;
     fn unwrap(&self, kek_version: u32, tenant: &str, version: u32, wrapped: &[u8]) -> Result<[u8; 32], KeyError>;
 }
 
@@ -106,6 +114,17 @@ impl Kek for LocalKek {
     fn wrap(&self, tenant: &str, version: u32, key: &[u8; 32]) -> (u32, Vec<u8>) {
         let (&v, sealer) = self.versions.iter().next_back().expect("parse refuses an empty KEK");
         (v, sealer.seal(key, &wrap_aad(tenant, version)))
+    }
+
+    fn wrap_with(
+        &self,
+        kek_version: u32,
+        tenant: &str,
+        version: u32,
+        key: &[u8; 32],
+    ) -> Result<(u32, Vec<u8>), KeyError> {
+        let sealer = self.versions.get(&kek_version).ok_or(KeyError::UnknownKek(kek_version))?;
+        Ok((kek_version, sealer.seal(key, &wrap_aad(tenant, version))))
     }
 
     fn unwrap(&self, kek_version: u32, tenant: &str, version: u32, wrapped: &[u8]) -> Result<[u8; 32], KeyError> {
@@ -194,16 +213,17 @@ impl TenantKeys {
 /// A tenant's secret as stored: sealed under its data keys (`pk1:`), or,
 /// written by an older version, under the platform's one static key (the
 /// base64 of a [`Sealer`] blob with `legacy_aad`). New values are always
-/// sealed with [`TenantKeys::seal`].
+/// sealed with [`TenantKeys::seal`]. `keys` is `None` for a tenant that has
+/// none yet: only a value from before them opens.
 pub fn open_secret(
-    keys: &TenantKeys,
+    keys: Option<&TenantKeys>,
     legacy: &Sealer,
     place: Place<'_>,
     legacy_aad: &[u8],
     stored: &str,
 ) -> Result<Vec<u8>, KeyError> {
     if is_sealed(stored) {
-        return keys.open(place, stored);
+        return keys.ok_or(KeyError::UnknownDataKey(version_of(stored).unwrap_or(0)))?.open(place, stored);
     }
     let blob = B64.decode(stored).map_err(|_| KeyError::Malformed)?;
     Ok(legacy.open(&blob, legacy_aad)?)
@@ -268,6 +288,10 @@ mod tests {
         assert_eq!(k.unwrap(3, "t1", 1, &wrapped), Err(KeyError::UnknownKek(3)));
         // Retired: the version is no longer configured.
         assert_eq!(kek(&[3]).unwrap(2, "t1", 1, &wrapped), Err(KeyError::UnknownKek(2)));
+        // Wrapped under an older version on purpose (a rolling restart).
+        let (v, older) = k.wrap_with(1, "t1", 1, &key).unwrap();
+        assert_eq!((v, k.unwrap(1, "t1", 1, &older).unwrap()), (1, key));
+        assert_eq!(k.wrap_with(9, "t1", 1, &key), Err(KeyError::UnknownKek(9)));
     }
 
     #[test]
@@ -325,12 +349,15 @@ mod tests {
         let keys = TenantKeys::new("t1", [(1, [1; 32])]);
         let legacy = Sealer::new(&[9; 32]);
         let old = B64.encode(legacy.seal(b"whsec_old", b"t1/e1"));
-        assert_eq!(open_secret(&keys, &legacy, BODY, b"t1/e1", &old).unwrap(), b"whsec_old");
-        assert!(open_secret(&keys, &legacy, BODY, b"t2/e1", &old).is_err());
+        assert_eq!(open_secret(Some(&keys), &legacy, BODY, b"t1/e1", &old).unwrap(), b"whsec_old");
+        assert!(open_secret(Some(&keys), &legacy, BODY, b"t2/e1", &old).is_err());
         let new = keys.seal(BODY, b"whsec_new");
-        assert_eq!(open_secret(&keys, &legacy, BODY, b"t1/e1", &new).unwrap(), b"whsec_new");
-        assert!(open_secret(&keys, &legacy, Place { row: "m2", ..BODY }, b"t1/e1", &new).is_err());
-        assert!(open_secret(&keys, &legacy, BODY, b"t1/e1", "not base64!").is_err());
+        assert_eq!(open_secret(Some(&keys), &legacy, BODY, b"t1/e1", &new).unwrap(), b"whsec_new");
+        assert!(open_secret(Some(&keys), &legacy, Place { row: "m2", ..BODY }, b"t1/e1", &new).is_err());
+        assert!(open_secret(Some(&keys), &legacy, BODY, b"t1/e1", "not base64!").is_err());
+        // A tenant without keys yet: only the old form opens.
+        assert_eq!(open_secret(None, &legacy, BODY, b"t1/e1", &old).unwrap(), b"whsec_old");
+        assert!(open_secret(None, &legacy, BODY, b"t1/e1", &new).is_err());
     }
 
     #[test]

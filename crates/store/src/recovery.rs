@@ -6,6 +6,10 @@ use sqlx::{Any, Executor};
 
 use crate::Result;
 
+/// An instance not seen for this long has stopped (its heartbeat runs far
+/// more often).
+pub const INSTANCE_GONE_MS: i64 = 60_000;
+
 /// Notes that `instance` is running (its first call registers it), with
 /// the KEK versions it holds (comma-separated, newest last).
 pub async fn heartbeat(db: &crate::Db, instance: &str, now: i64, kek_versions: &str) -> Result<()> {

@@ -112,8 +112,8 @@ pub async fn rewrap<'c>(
 
 /// Crypto-shredding of a frozen tenant: marked erased (first: a key being
 /// made waits for this row), its keys destroyed, and what it held in clear
-/// or under the platform's static key removed: message bodies from before
-/// encryption, stored answers, SIP credentials and webhook secrets. The
+/// or under the platform's static key removed: message bodies, stored
+/// answers, TOTP secrets, SIP credentials and webhook secrets. The
 /// number of keys destroyed; `None` when the tenant is not frozen or was
 /// erased already (nothing changes).
 pub async fn destroy(tx: &mut crate::Tx, scope: &TenantScope, now: i64) -> Result<Option<u64>> {
@@ -129,7 +129,9 @@ pub async fn destroy(tx: &mut crate::Tx, scope: &TenantScope, now: i64) -> Resul
     }
     let r = sqlx::query("DELETE FROM tenant_keys WHERE tenant_id = $1").bind(&tenant).execute(&mut **tx).await?;
     for sql in [
-        "UPDATE messages SET body = '' WHERE tenant_id = $1 AND body NOT LIKE 'pk1:%'",
+        // Sealed bodies no longer open; older ones in clear must go too.
+        "UPDATE messages SET body = '' WHERE tenant_id = $1",
+        "DELETE FROM user_totp WHERE tenant_id = $1",
         "DELETE FROM idempotency_keys WHERE tenant_id = $1",
         "DELETE FROM sip_credentials WHERE tenant_id = $1",
         "UPDATE webhook_endpoints SET secret_sealed = '', previous_secret_sealed = NULL, ed25519_sealed = NULL \

@@ -162,11 +162,12 @@ pub async fn for_digest(
     };
     let tenant: TenantId =
         row.tenant_id.parse().map_err(|_| VoiceError::Sealed(format!("credential {}: tenant id", row.id)))?;
-    let tenant_keys = keys.of(&TenantScope::for_system(tenant)).await?;
-    open(&tenant_keys, legacy, tenant, row).map(Some)
+    // Reached before the caller is authenticated: never makes a key.
+    let tenant_keys = keys.existing(&TenantScope::for_system(tenant)).await?;
+    open(tenant_keys.as_deref(), legacy, tenant, row).map(Some)
 }
 
-fn open(keys: &TenantKeys, legacy: &Sealer, tenant: TenantId, row: SipCredentialRow) -> Result<DigestUser> {
+fn open(keys: Option<&TenantKeys>, legacy: &Sealer, tenant: TenantId, row: SipCredentialRow) -> Result<DigestUser> {
     let bad = |what: &str| VoiceError::Sealed(format!("credential {}: {what}", row.id));
     let identity: IdentityId = row.identity_id.parse().map_err(|_| bad("identity id"))?;
     let unseal = |stored: &str, alg: Algorithm| -> Result<String> {

@@ -50,11 +50,17 @@ pub struct Worker {
     pub wake: Arc<Notify>,
 }
 
-/// Where an endpoint's secrets are sealed under the tenant's keys. One
-/// place for the current, previous and Ed25519 secrets: a rotation moves
-/// the current ciphertext to the previous column as it is.
+/// Where an endpoint's HMAC secrets are sealed under the tenant's keys: one
+/// place for the current and previous ones (a rotation moves the current
+/// ciphertext to the previous column as it is).
 pub fn secret_place(endpoint_id: &str) -> palisade_seal::envelope::Place<'_> {
     palisade_seal::envelope::Place { table: "webhook_endpoints", column: "secrets", row: endpoint_id }
+}
+
+/// Where an endpoint's Ed25519 signing key is sealed: apart from the HMAC
+/// secrets, so neither can stand in for the other.
+pub fn ed25519_place(endpoint_id: &str) -> palisade_seal::envelope::Place<'_> {
+    palisade_seal::envelope::Place { table: "webhook_endpoints", column: "ed25519", row: endpoint_id }
 }
 
 /// The additional authenticated data of an endpoint's secrets sealed by the
@@ -207,12 +213,12 @@ impl Worker {
         now_ms: i64,
     ) -> Result<http::HeaderMap, String> {
         let aad = seal_context(&scope.tenant_id().to_string(), &c.endpoint_id);
-        let open = |sealed: &str| -> Result<String, String> {
-            let plain =
-                palisade_seal::envelope::open_secret(keys, &self.sealer, secret_place(&c.endpoint_id), &aad, sealed)
-                    .map_err(|e| e.to_string())?;
+        let open_at = |place, sealed: &str| -> Result<String, String> {
+            let plain = palisade_seal::envelope::open_secret(Some(keys), &self.sealer, place, &aad, sealed)
+                .map_err(|e| e.to_string())?;
             String::from_utf8(plain).map_err(|e| e.to_string())
         };
+        let open = |sealed: &str| open_at(secret_place(&c.endpoint_id), sealed);
         let mut secrets = vec![WebhookSecret::parse(&open(&job.secret_sealed)?).map_err(|e| e.to_string())?];
         if let (Some(prev), Some(until)) = (&job.previous_secret_sealed, job.previous_secret_until) {
             if until > now_ms {
@@ -220,7 +226,10 @@ impl Worker {
             }
         }
         let ed = match &job.ed25519_sealed {
-            Some(s) => Some(Ed25519Signer::from_secret_string(&open(s)?).map_err(|e| e.to_string())?),
+            Some(s) => Some(
+                Ed25519Signer::from_secret_string(&open_at(ed25519_place(&c.endpoint_id), s)?)
+                    .map_err(|e| e.to_string())?,
+            ),
             None => None,
         };
         let ts = now_ms.div_euclid(1000);

@@ -153,6 +153,10 @@ fn seal(keys: &palisade_keys::TenantKeys, endpoint_id: &str, plain: &str) -> Str
     keys.seal(palisade_webhooks::worker::secret_place(endpoint_id), plain.as_bytes())
 }
 
+fn seal_ed25519(keys: &palisade_keys::TenantKeys, endpoint_id: &str, plain: &str) -> String {
+    keys.seal(palisade_webhooks::worker::ed25519_place(endpoint_id), plain.as_bytes())
+}
+
 fn event_for(action: &'static str, auth: &Auth, id: &str, details: serde_json::Value) -> Event {
     Event::new(action, Some(auth.principal.tenant_id()), auth.principal.actor())
         .resource("webhook", id)
@@ -185,7 +189,7 @@ pub async fn create(
     let secret = WebhookSecret::generate().to_string_whsec();
     let ed = req.ed25519.then(Ed25519Signer::generate);
     let keys = state.keys.of(&scope).await?;
-    let ed_sealed = ed.as_ref().map(|k| seal(&keys, &id, &k.secret_string()));
+    let ed_sealed = ed.as_ref().map(|k| seal_ed25519(&keys, &id, &k.secret_string()));
     let ed_public = ed.as_ref().map(Ed25519Signer::public_key_string);
     let now = state.now_ms();
     let new = NewEndpoint {
