@@ -123,6 +123,20 @@ impl Auth {
         }
     }
 
+    /// One's own data (a person's export): no permission, but the
+    /// second-factor rules of a sensitive operation. Only a person has any.
+    pub fn own_sensitive_scope(&self) -> Result<(TenantScope, palisade_core::UserId), ApiError> {
+        let palisade_core::principal::PrincipalKind::User { user_id, .. } = self.principal.kind() else {
+            return Err(self.denied("Only a person's session has data of its own to export."));
+        };
+        let f = self.principal.second_factor();
+        let within = i64::try_from(self.state.config.auth.mfa.step_up_secs).unwrap_or(600) * 1000;
+        if f.missing || (f.expected && !f.given_within(self.state.now_ms(), within)) {
+            return Err(ApiError::mfa_required(palisade_core::principal::STEP_UP));
+        }
+        Ok((self.principal.own_scope(), *user_id))
+    }
+
     /// A 403 for a rule other than a missing permission (granting more than
     /// one holds), audited like one.
     pub fn denied(&self, detail: &'static str) -> ApiError {

@@ -781,6 +781,14 @@ fn spawn_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
                     if let Err(e) = apply_audit_retention(&state).await {
                         tracing::warn!(error = %e, "audit retention failed");
                     }
+                    if let Err(e) = palisade_store::exports::purge_expired(&state.db, state.now_ms()).await {
+                        tracing::warn!(error = %e, "removing expired exports failed");
+                    }
+                    // Exports a stop interrupted (their lease ran out).
+                    let exports = palisade_exports::Exports { db: state.db.clone(), keys: state.keys.clone() };
+                    if let Err(e) = exports.resume(state.now_ms()).await {
+                        tracing::warn!(error = %e, "resuming exports failed");
+                    }
                 }
                 _ = stop.changed() => break,
             }

@@ -13,6 +13,7 @@ mod db;
 mod durable;
 pub mod email_codes;
 mod error;
+pub mod exports;
 pub mod group_commit;
 pub mod identities;
 pub mod locks;

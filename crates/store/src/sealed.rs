@@ -24,3 +24,13 @@ pub(crate) fn open(scope: &TenantScope, keys: &TenantKeys, place: Place<'_>, sto
         .open_text(place, stored)
         .map_err(|e| StoreError::Corrupt(format!("{}.{} of {}: {e}", place.table, place.column, place.row)))
 }
+
+pub(crate) fn seal_bytes(scope: &TenantScope, keys: &TenantKeys, place: Place<'_>, bytes: &[u8]) -> Result<String> {
+    Ok(own(scope, keys)?.seal(place, bytes))
+}
+
+pub(crate) fn open_bytes(scope: &TenantScope, keys: &TenantKeys, place: Place<'_>, stored: &str) -> Result<Vec<u8>> {
+    own(scope, keys)?
+        .open(place, stored)
+        .map_err(|e| StoreError::Corrupt(format!("{}.{} of {}: {e}", place.table, place.column, place.row)))
+}

@@ -8,6 +8,7 @@ mod billing;
 pub(crate) mod calls;
 mod email_code;
 mod events;
+mod exports;
 mod health;
 mod identities;
 mod inbound;
@@ -78,6 +79,10 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(users::invite, users::list))
         .routes(routes!(users::get, users::update, users::remove))
         .routes(routes!(users::reset_mfa))
+        .routes(routes!(exports::create_for_user))
+        .routes(routes!(exports::create))
+        .routes(routes!(exports::get))
+        .routes(routes!(exports::download))
         .routes(routes!(identities::create, identities::list))
         .routes(routes!(identities::get, identities::update, identities::remove))
         .routes(routes!(identities::agent_token))

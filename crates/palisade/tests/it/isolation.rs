@@ -26,6 +26,7 @@ struct Victim {
     webhook_id: String,
     delivery_id: String,
     sip_username: String,
+    export_id: String,
 }
 
 impl Victim {
@@ -41,13 +42,14 @@ impl Victim {
             "calls" => &self.call_id,
             "cdrs" => &self.cdr_id,
             "webhooks" => &self.webhook_id,
+            "exports" => &self.export_id,
             // `/v1/me/passkeys/{id}`: the caller's own only; any id of A's.
             "me" => &self.user_id,
             other => panic!("the isolation walker has no fixture for `/v1/{other}/{{id}}` ({path}): add one"),
         }
     }
 
-    fn ids(&self) -> [&str; 12] {
+    fn ids(&self) -> [&str; 13] {
         [
             &self.tenant_id,
             &self.key_id,
@@ -61,6 +63,7 @@ impl Victim {
             &self.webhook_id,
             &self.delivery_id,
             &self.sip_username,
+            &self.export_id,
         ]
     }
 }
@@ -95,6 +98,7 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
         .expect(201);
     let webhook_id = webhook.body["id"].as_str().unwrap().to_owned();
     let test = srv.post(&format!("/v1/webhooks/{webhook_id}/test"), &a.token, json!({})).await.expect(202);
+    let export = srv.post("/v1/exports", &a.token, json!({})).await.expect(202);
     let victim = Victim {
         tenant_id: a.id.clone(),
         token: a.token.clone(),
@@ -110,6 +114,7 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
         webhook_id,
         delivery_id: test.body["id"].as_str().unwrap().to_owned(),
         sip_username: sip.body["username"].as_str().unwrap().to_owned(),
+        export_id: export.body["id"].as_str().unwrap().to_owned(),
     };
     let b_tenant = srv.tenant("Attacker").await;
     let (_, b_key) = srv.api_key(&b_tenant.token, json!({"name": "attacker key", "role": "owner"})).await;

@@ -22,6 +22,7 @@ mod data_protection;
 mod db_tls;
 mod email_code;
 mod events;
+mod exports;
 mod grants;
 mod identities;
 mod inbound;
