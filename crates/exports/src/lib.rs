@@ -23,6 +23,9 @@ pub const LEASE_MS: i64 = 10 * 60_000;
 /// The largest archive (it is kept sealed in the database).
 pub const MAX_ARCHIVE_BYTES: usize = 64 << 20;
 
+/// Exports built at once by this instance: each is built in memory.
+static BUILDING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// Who the export is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {
@@ -33,14 +36,19 @@ pub enum Subject {
 pub struct Exports {
     pub db: Db,
     pub keys: Arc<Keyring>,
+    pub clock: Arc<dyn palisade_core::Clock>,
 }
 
 impl Exports {
     /// Builds the export `id` of the tenant if it is still pending and no
-    /// other worker holds it; records the outcome (and its audit event).
-    pub async fn run(&self, scope: &TenantScope, id: &str, now: i64) -> palisade_store::Result<()> {
+    /// other worker holds it; records the outcome (and its audit event)
+    /// unless another worker took it over meanwhile.
+    pub async fn run(&self, scope: &TenantScope, id: &str) -> palisade_store::Result<()> {
+        let Ok(_slot) = BUILDING.acquire().await else { return Ok(()) };
+        let now = self.clock.now_ms();
+        let token = uuid_like();
         let mut tx = self.db.begin().await?;
-        let mine = palisade_store::exports::claim(&mut *tx, scope, id, now, now + LEASE_MS).await?;
+        let mine = palisade_store::exports::claim(&mut *tx, scope, id, &token, now, now + LEASE_MS).await?;
         tx.commit().await?;
         if !mine {
             return Ok(());
@@ -50,48 +58,67 @@ impl Exports {
             ("user", Some(u)) => Subject::User(u),
             _ => Subject::Tenant,
         };
-        let keys = self.keys.of(scope).await?;
-        let built = match archive(&self.db, &keys, scope, &subject, id, now).await {
-            Ok(a) if a.len() > MAX_ARCHIVE_BYTES => Err(format!("larger than {} MiB", MAX_ARCHIVE_BYTES >> 20)),
-            Ok(a) => Ok(a),
-            Err(e) => {
-                tracing::error!(error = %e, export = id, "export failed");
-                Err("could not be built".to_owned())
-            }
+        // Built, checked and sealed before the write (it can be large).
+        let built = match self.keys.of(scope).await {
+            Ok(keys) => match archive(&self.db, &keys, scope, &subject, id, now).await {
+                Ok(a) if a.len() > MAX_ARCHIVE_BYTES => Err(format!("larger than {} MiB", MAX_ARCHIVE_BYTES >> 20)),
+                Ok(a) => palisade_store::exports::seal_archive(scope, &keys, id, &a)
+                    .map(|sealed| (hex::encode(Sha256::digest(&a)), a.len(), sealed))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
         };
+        let end = self.clock.now_ms();
         let tenant = Some(scope.tenant_id());
         let mut tx = self.db.begin().await?;
-        let event = match built {
-            Ok(archive) => {
-                let sha = hex::encode(Sha256::digest(&archive));
-                palisade_store::exports::finish(&mut *tx, scope, &keys, id, &archive, &sha, now).await?;
-                Event::new("export.ready", tenant, Actor::system())
+        let (recorded, event) = match &built {
+            Ok((sha, size, sealed)) => {
+                let done = palisade_store::exports::Finished { sealed, size: *size, sha256: sha };
+                let recorded = palisade_store::exports::finish(&mut *tx, scope, id, &token, &done, end).await?;
+                let event = Event::new("export.ready", tenant, Actor::system())
                     .resource("export", id)
-                    .details(serde_json::json!({ "size": archive.len(), "sha256": sha }))
+                    .details(serde_json::json!({ "size": size, "sha256": sha }));
+                (recorded, event)
             }
             Err(e) => {
-                palisade_store::exports::fail(&mut *tx, scope, id, &e, now).await?;
-                Event::new("export.failed", tenant, Actor::system())
+                tracing::error!(error = %e, export = id, "export failed");
+                let said = if e.starts_with("larger than") { e.clone() } else { "could not be built".to_owned() };
+                let recorded = palisade_store::exports::fail(&mut *tx, scope, id, &token, &said, end).await?;
+                let event = Event::new("export.failed", tenant, Actor::system())
                     .resource("export", id)
-                    .details(serde_json::json!({ "error": e }))
+                    .details(serde_json::json!({ "error": said }));
+                (recorded, event)
             }
         };
-        palisade_audit::append(&mut *tx, &event, &Context::default(), now).await?;
+        if recorded {
+            palisade_audit::append(&mut *tx, &event, &Context::default(), end).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Builds the pending exports nobody holds (interrupted by a restart).
-    pub async fn resume(&self, now: i64) -> palisade_store::Result<u64> {
+    /// Builds the pending exports nobody holds (interrupted by a stop). One
+    /// that fails to build is recorded as failed; an error here is logged
+    /// and the next is tried.
+    pub async fn resume(&self) -> palisade_store::Result<u64> {
         let proof = SysadminProof::verified();
         let mut done = 0;
-        for (tenant, id) in palisade_store::exports::unclaimed(self.db.reader(), &proof, now, 20).await? {
-            let tenant: TenantId = tenant.parse().map_err(|_| StoreError::Corrupt(format!("tenant id {tenant}")))?;
-            self.run(&TenantScope::for_system(tenant), &id, now).await?;
-            done += 1;
+        let pending = palisade_store::exports::unclaimed(self.db.reader(), &proof, self.clock.now_ms(), 20).await?;
+        for (tenant, id) in pending {
+            let Ok(tenant) = tenant.parse::<TenantId>() else { continue };
+            match self.run(&TenantScope::for_system(tenant), &id).await {
+                Ok(()) => done += 1,
+                Err(e) => tracing::warn!(error = %e, export = %id, "resuming an export failed"),
+            }
         }
         Ok(done)
     }
+}
+
+/// A worker's claim token.
+fn uuid_like() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// One file of the archive.
@@ -169,6 +196,8 @@ fn write_tar(files: &[File], scope: &TenantScope, subject: &Subject, id: &str, n
         "format": "one JSON object per line; times in milliseconds since 1970 unless named *_at in RFC 3339",
         "files": files.iter().zip(&sums).map(|(f, (_, sha))| serde_json::json!({
             "name": f.name, "records": f.records, "bytes": f.bytes.len(), "sha256": sha,
+            // The file stopped at the most an export holds of one table.
+            "truncated": f.records >= usize::try_from(palisade_store::exports::MAX_ROWS).unwrap_or(usize::MAX),
         })).collect::<Vec<_>>(),
     });
     let manifest = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?;

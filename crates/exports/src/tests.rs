@@ -93,3 +93,30 @@ async fn a_person_export_holds_only_that_person() {
     let names: Vec<String> = files(&archive).into_iter().map(|(n, _)| n).collect();
     assert!(names.contains(&"user.jsonl".to_owned()) && !names.contains(&"messages.jsonl".to_owned()));
 }
+
+#[tokio::test]
+async fn one_export_of_a_tenant_is_built_at_a_time_and_each_once() {
+    let (_dir, db, keys, scope, user) = world().await;
+    let new = |id: &'static str| palisade_store::exports::NewExport {
+        id,
+        subject: "tenant",
+        user_id: None,
+        requested_by: "x",
+        now: 0,
+        expires_at: i64::MAX,
+    };
+    assert!(palisade_store::exports::insert(db.reader(), &scope, &new("e1")).await.unwrap());
+    assert!(!palisade_store::exports::insert(db.reader(), &scope, &new("e2")).await.unwrap(), "one pending");
+    let exports = Exports { db: db.clone(), keys, clock: Arc::new(palisade_core::SystemClock) };
+    // Two workers: one builds, the other finds it taken or done.
+    let (a, b) = tokio::join!(exports.run(&scope, "e1"), exports.run(&scope, "e1"));
+    a.unwrap();
+    b.unwrap();
+    let row = palisade_store::exports::get(db.reader(), &scope, "e1").await.unwrap().unwrap();
+    assert_eq!(row.status, "ready");
+    let events = palisade_store::exports::events(db.reader(), &scope, None).await.unwrap();
+    assert_eq!(events.iter().filter(|e| e["action"] == "export.ready").count(), 1, "built once");
+    // Done: the next may start.
+    assert!(palisade_store::exports::insert(db.reader(), &scope, &new("e2")).await.unwrap());
+    assert_eq!(user.to_string().len(), 36);
+}

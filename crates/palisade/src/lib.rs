@@ -784,11 +784,17 @@ fn spawn_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
                     if let Err(e) = palisade_store::exports::purge_expired(&state.db, state.now_ms()).await {
                         tracing::warn!(error = %e, "removing expired exports failed");
                     }
-                    // Exports a stop interrupted (their lease ran out).
-                    let exports = palisade_exports::Exports { db: state.db.clone(), keys: state.keys.clone() };
-                    if let Err(e) = exports.resume(state.now_ms()).await {
-                        tracing::warn!(error = %e, "resuming exports failed");
-                    }
+                    // Exports a stop interrupted (their lease ran out), off this loop.
+                    let exports = palisade_exports::Exports {
+                        db: state.db.clone(),
+                        keys: state.keys.clone(),
+                        clock: state.clock.clone(),
+                    };
+                    state.deliveries.spawn(async move {
+                        if let Err(e) = exports.resume().await {
+                            tracing::warn!(error = %e, "resuming exports failed");
+                        }
+                    });
                 }
                 _ = stop.changed() => break,
             }

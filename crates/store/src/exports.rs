@@ -42,10 +42,13 @@ pub struct NewExport<'a> {
     pub expires_at: i64,
 }
 
-pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, e: &NewExport<'_>) -> Result<()> {
-    sqlx::query(
+/// Records a requested export, unless the tenant has one pending already
+/// (false then: one at a time per tenant).
+pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, e: &NewExport<'_>) -> Result<bool> {
+    let r = sqlx::query(
         "INSERT INTO exports (id, tenant_id, subject, user_id, requested_by, status, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7)",
+         SELECT $1, $2, $3, $4, $5, 'pending', $6, $7 \
+         WHERE NOT EXISTS (SELECT 1 FROM exports WHERE tenant_id = $2 AND status = 'pending')",
     )
     .bind(e.id)
     .bind(scope.tenant_id().to_string())
@@ -56,7 +59,7 @@ pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantSco
     .bind(e.expires_at)
     .execute(ex)
     .await?;
-    Ok(())
+    Ok(r.rows_affected() == 1)
 }
 
 pub async fn get<'c>(
@@ -71,26 +74,34 @@ pub async fn get<'c>(
         .await?)
 }
 
-/// Takes a pending export for `until` (the worker's lease); false when it
-/// is not pending or another worker holds it.
+/// Takes a pending export for `until` (the worker's lease) with the
+/// worker's `token`; false when it is not pending or another worker holds it.
 pub async fn claim<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
     id: &str,
+    token: &str,
     now: i64,
     until: i64,
 ) -> Result<bool> {
     let r = sqlx::query(
-        "UPDATE exports SET claimed_until = $1 WHERE tenant_id = $2 AND id = $3 AND status = 'pending' \
+        "UPDATE exports SET claimed_until = $1, claim = $5 WHERE tenant_id = $2 AND id = $3 AND status = 'pending' \
          AND (claimed_until IS NULL OR claimed_until < $4)",
     )
     .bind(until)
     .bind(scope.tenant_id().to_string())
     .bind(id)
     .bind(now)
+    .bind(token)
     .execute(ex)
     .await?;
     Ok(r.rows_affected() == 1)
+}
+
+/// The archive sealed under the tenant's key, as [`finish`] stores it
+/// (sealed before the write: it can be large).
+pub fn seal_archive(scope: &TenantScope, keys: &TenantKeys, id: &str, archive: &[u8]) -> Result<String> {
+    seal_bytes(scope, keys, archive_place(id), archive)
 }
 
 /// Pending exports nobody holds (a restart interrupted them): `(tenant, id)`.
@@ -110,51 +121,61 @@ pub async fn unclaimed<'c>(
     .await?)
 }
 
-/// Stores the finished archive, sealed under the tenant's key.
-#[allow(clippy::too_many_arguments)]
+/// What a finished build stores.
+pub struct Finished<'a> {
+    /// From [`seal_archive`].
+    pub sealed: &'a str,
+    pub size: usize,
+    pub sha256: &'a str,
+}
+
+/// Stores the finished archive, if `token` still holds the export; false
+/// when another worker took it over.
 pub async fn finish<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
-    keys: &TenantKeys,
     id: &str,
-    archive: &[u8],
-    sha256: &str,
+    token: &str,
+    done: &Finished<'_>,
     now: i64,
 ) -> Result<bool> {
-    let sealed = seal_bytes(scope, keys, archive_place(id), archive)?;
     let r = sqlx::query(
         "UPDATE exports SET status = 'ready', archive_sealed = $1, size = $2, sha256 = $3, finished_at = $4, \
-         claimed_until = NULL WHERE tenant_id = $5 AND id = $6 AND status = 'pending'",
+         claimed_until = NULL WHERE tenant_id = $5 AND id = $6 AND status = 'pending' AND claim = $7",
     )
-    .bind(sealed)
-    .bind(i64::try_from(archive.len()).unwrap_or(i64::MAX))
-    .bind(sha256)
+    .bind(done.sealed)
+    .bind(i64::try_from(done.size).unwrap_or(i64::MAX))
+    .bind(done.sha256)
     .bind(now)
     .bind(scope.tenant_id().to_string())
     .bind(id)
+    .bind(token)
     .execute(ex)
     .await?;
     Ok(r.rows_affected() == 1)
 }
 
+/// Records a failed build, if `token` still holds the export.
 pub async fn fail<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
     id: &str,
+    token: &str,
     error: &str,
     now: i64,
-) -> Result<()> {
-    sqlx::query(
+) -> Result<bool> {
+    let r = sqlx::query(
         "UPDATE exports SET status = 'failed', error = $1, finished_at = $2, claimed_until = NULL \
-         WHERE tenant_id = $3 AND id = $4 AND status = 'pending'",
+         WHERE tenant_id = $3 AND id = $4 AND status = 'pending' AND claim = $5",
     )
     .bind(error)
     .bind(now)
     .bind(scope.tenant_id().to_string())
     .bind(id)
+    .bind(token)
     .execute(ex)
     .await?;
-    Ok(())
+    Ok(r.rows_affected() == 1)
 }
 
 /// The ready archive, opened.
@@ -174,7 +195,7 @@ pub async fn archive<'c>(
     open_bytes(scope, keys, archive_place(id), &stored).map(Some)
 }
 
-/// Removes archives past their expiry (the rows stay, as `expired` views).
+/// Forgets exports past their expiry, archive and row.
 pub async fn purge_expired(db: &crate::Db, now: i64) -> Result<u64> {
     let n = db.write_all(vec![crate::Stmt::new("DELETE FROM exports WHERE expires_at < $1").bind(now)]).await?;
     Ok(n.first().copied().unwrap_or(0))
@@ -254,8 +275,9 @@ pub const USER_TABLES: &[Table] = &[
     },
 ];
 
-/// At most this many rows of one table go into an export.
-pub const MAX_ROWS: i64 = 1_000_000;
+/// At most this many rows of one table go into an export (the manifest
+/// says when a file stopped there): an export is built in memory.
+pub const MAX_ROWS: i64 = 50_000;
 
 /// The table's rows of the tenant (of one person: `user_column` = `user`),
 /// each a JSON object of the named columns.
@@ -285,9 +307,14 @@ pub async fn events<'c>(
     scope: &TenantScope,
     user: Option<&str>,
 ) -> Result<Vec<serde_json::Value>> {
+    // In a person's export, who else acted on them and from where is not
+    // theirs to see: those fields only for their own actions.
     let found = sqlx::query(
-        "SELECT id, ts, actor_type, actor_id, action, resource_type, resource_id, source_ip, user_agent, request_id, \
-         details FROM audit_events WHERE tenant_id = $1 AND ($2 = '' OR actor_id = $2 OR resource_id = $2) \
+        "SELECT id, ts, actor_type, CASE WHEN $2 = '' OR actor_id = $2 THEN actor_id END AS actor_id, action, \
+         resource_type, resource_id, CASE WHEN $2 = '' OR actor_id = $2 THEN source_ip END AS source_ip, \
+         CASE WHEN $2 = '' OR actor_id = $2 THEN user_agent END AS user_agent, \
+         CASE WHEN $2 = '' OR actor_id = $2 THEN request_id END AS request_id, details \
+         FROM audit_events WHERE tenant_id = $1 AND ($2 = '' OR actor_id = $2 OR resource_id = $2) \
          ORDER BY seq LIMIT $3",
     )
     .bind(scope.tenant_id().to_string())

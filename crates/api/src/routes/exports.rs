@@ -83,13 +83,18 @@ async fn request(
         .resource("export", &id)
         .details(serde_json::json!({ "subject": subject, "user_id": user_id }));
     let mut tx = state.db.begin().await?;
-    palisade_store::exports::insert(&mut *tx, &scope, &new).await?;
+    // The tenant row lock orders two requests racing on PostgreSQL.
+    palisade_store::tenants::lock(&mut *tx, &scope).await?;
+    if !palisade_store::exports::insert(&mut *tx, &scope, &new).await? {
+        return Err(ApiError::conflict("An export of the tenant is being built: wait for it to finish."));
+    }
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await?;
     let (job, job_scope, job_id) = (state.clone(), scope.clone(), id.clone());
     state.deliveries.spawn(async move {
-        let exports = palisade_exports::Exports { db: job.db.clone(), keys: job.keys.clone() };
-        if let Err(e) = exports.run(&job_scope, &job_id, job.now_ms()).await {
+        let exports =
+            palisade_exports::Exports { db: job.db.clone(), keys: job.keys.clone(), clock: job.clock.clone() };
+        if let Err(e) = exports.run(&job_scope, &job_id).await {
             tracing::error!(error = %e, export = %job_id, "export job failed");
         }
     });
@@ -100,7 +105,8 @@ async fn request(
 /// Exports everything the platform holds about the tenant (no secrets:
 /// no key or password hash, sealed secret or token).
 #[utoipa::path(post, path = "/v1/exports", tag = "exports", security(("bearer" = [])),
-    responses((status = 202, body = ExportView), (status = 403, body = palisade_core::Problem)))]
+    responses((status = 202, body = ExportView), (status = 403, body = palisade_core::Problem),
+        (status = 409, body = palisade_core::Problem)))]
 pub async fn create(State(state): State<AppState>, auth: Auth) -> Result<(StatusCode, Json<ExportView>), ApiError> {
     let scope = auth.sensitive_scope(Permission::TenantManage).await?;
     request(&state, &auth, scope, None).await
@@ -112,29 +118,44 @@ pub async fn create(State(state): State<AppState>, auth: Auth) -> Result<(Status
 #[utoipa::path(post, path = "/v1/users/{id}/export", tag = "exports", security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "User id (UUID)")),
     responses((status = 202, body = ExportView), (status = 403, body = palisade_core::Problem),
-        (status = 404, body = palisade_core::Problem)))]
+        (status = 404, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
 pub async fn create_for_user(
     State(state): State<AppState>,
     auth: Auth,
     PathId(id): PathId<UserId>,
 ) -> Result<(StatusCode, Json<ExportView>), ApiError> {
-    let scope = match auth.own_sensitive_scope() {
-        Ok((scope, me)) if me == id => scope,
-        _ => auth.sensitive_scope(Permission::TenantManage).await?,
+    let asks_for_self = matches!(auth.principal.kind(), palisade_core::principal::PrincipalKind::User { user_id, .. } if *user_id == id);
+    let scope = if asks_for_self {
+        auth.own_sensitive_scope()?.0
+    } else {
+        auth.sensitive_scope(Permission::TenantManage).await?
     };
     palisade_store::users::get(state.db.reader(), &scope, id).await?.ok_or_else(ApiError::not_found)?;
     request(&state, &auth, scope, Some(id)).await
 }
 
-/// The export if the caller may see it: `tenant:manage`, or the person a
-/// person's export is about. Anything else is a 404.
-async fn visible(state: &AppState, auth: &Auth, id: uuid::Uuid) -> Result<(TenantScope, ExportRow), ApiError> {
-    let (scope, me) = match auth.scope(Permission::TenantManage).await {
-        Ok(scope) => (scope, None),
-        Err(denied) => match auth.own_sensitive_scope() {
+/// The export if the caller may see it: `tenant:manage` (for the archive
+/// itself with a recent second factor, like asking for it), or the person
+/// a person's export is about. Anything else is a 404.
+async fn visible(
+    state: &AppState,
+    auth: &Auth,
+    id: uuid::Uuid,
+    archive: bool,
+) -> Result<(TenantScope, ExportRow), ApiError> {
+    let (scope, me) = if auth.principal.permissions().contains(Permission::TenantManage) {
+        let scope = if archive {
+            auth.sensitive_scope(Permission::TenantManage).await?
+        } else {
+            auth.scope(Permission::TenantManage).await?
+        };
+        (scope, None)
+    } else {
+        match auth.own_sensitive_scope() {
             Ok((scope, me)) => (scope, Some(me.to_string())),
-            Err(_) => return Err(denied),
-        },
+            Err(e) if e.status() == StatusCode::FORBIDDEN && e.reason() == "mfa_required" => return Err(e),
+            Err(_) => return Err(auth.scope(Permission::TenantManage).await.err().unwrap_or_else(ApiError::not_found)),
+        }
     };
     let row = palisade_store::exports::get(state.db.reader(), &scope, &id.to_string())
         .await?
@@ -151,7 +172,7 @@ pub async fn get(
     auth: Auth,
     PathId(id): PathId<uuid::Uuid>,
 ) -> Result<Json<ExportView>, ApiError> {
-    let (_, row) = visible(&state, &auth, id).await?;
+    let (_, row) = visible(&state, &auth, id, false).await?;
     Ok(Json(view(row, state.now_ms())))
 }
 
@@ -165,7 +186,7 @@ pub async fn download(
     auth: Auth,
     PathId(id): PathId<uuid::Uuid>,
 ) -> Result<Response, ApiError> {
-    let (scope, row) = visible(&state, &auth, id).await?;
+    let (scope, row) = visible(&state, &auth, id, true).await?;
     let now = state.now_ms();
     if row.status != "ready" || row.expires_at < now {
         return Err(ApiError::conflict(format!("The export is {}, not ready.", view(row, now).status)));

@@ -11,6 +11,8 @@ CREATE TABLE exports (
     status TEXT NOT NULL CHECK (status IN ('pending', 'ready', 'failed')),
     -- A worker holds a pending export until then (another takes it after).
     claimed_until BIGINT,
+    -- The claiming worker's token: only it records the outcome.
+    claim TEXT,
     archive_sealed TEXT,
     size BIGINT,
     sha256 TEXT,
