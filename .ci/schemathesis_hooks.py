@@ -78,6 +78,9 @@ NOT_IN_SCHEMA = {
     # `since` before `until`, at most 31 days apart: a rule across two
     # parameters, which OpenAPI cannot state.
     "GET /v1/usage": fields(("since", "must be before `until`, at most 31 days")),
+    # A tenant's retention period lies within bounds the operator
+    # configures: the schema states the widest the server accepts.
+    "PUT /v1/tenant/retention": fields(("messages_days", "the operator's bounds")),
     # An erasure names its tenant twice (path and `confirm`): a rule across
     # a parameter and the body, which OpenAPI cannot state.
     "POST /sysadmin/v1/tenants/{id}/erase": fields(("confirm", "must be the id of the tenant to erase")),

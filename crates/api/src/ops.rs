@@ -1,7 +1,7 @@
 //! Operations shared by the HTTP API and the CLI.
 
 use palisade_audit::{Context, Event};
-use palisade_core::principal::SysadminProof;
+use palisade_core::principal::{Actor, SysadminProof};
 use palisade_core::{ApiError, FieldError, Role, TenantId, TenantScope, UserId};
 use palisade_store::users::{NewUser, UserRow};
 use palisade_store::Db;
@@ -282,4 +282,64 @@ pub async fn set_tenant_frozen(
     palisade_audit::append(&mut *tx, &event, ctx, now).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// The tenant's period for messages: its own choice within the operator's
+/// bounds (a choice outside bounds changed since is clamped), else the
+/// operator's default.
+pub fn message_days(rules: &palisade_config::Retention, own: Option<i64>) -> i64 {
+    own.map_or(i64::from(rules.messages_days), |d| {
+        d.clamp(i64::from(rules.messages_min_days), i64::from(rules.messages_max_days))
+    })
+}
+
+/// One pass of message retention over every tenant: soft deletion past the
+/// tenant's period, removal past the grace period, in batches of
+/// `retention.batch` (one short transaction each). A tenant's counts are
+/// recorded in its audit trail (`retention.applied`). `(soft deleted, removed)`.
+pub async fn apply_message_retention(
+    db: &Db,
+    rules: &palisade_config::Retention,
+    proof: &SysadminProof,
+    now: i64,
+) -> Result<(u64, u64), palisade_store::StoreError> {
+    const DAY_MS: i64 = 86_400_000;
+    let batch = i64::from(rules.batch);
+    let (mut soft_total, mut removed_total) = (0, 0);
+    for (tenant, own) in palisade_store::retention::tenants(db.reader(), proof).await? {
+        let Ok(id) = tenant.parse::<TenantId>() else { continue };
+        let scope = TenantScope::for_sysadmin(proof, id);
+        let days = message_days(rules, own);
+        let (mut soft, mut removed) = (0, 0);
+        loop {
+            let mut tx = db.begin().await?;
+            let n = palisade_store::retention::soft_delete_messages(&mut tx, &scope, now - days * DAY_MS, now, batch)
+                .await?;
+            tx.commit().await?;
+            soft += n;
+            if n < u64::try_from(batch).unwrap_or(u64::MAX) {
+                break;
+            }
+        }
+        let grace = i64::from(rules.grace_days) * DAY_MS;
+        loop {
+            let mut tx = db.begin().await?;
+            palisade_store::tenants::lock(&mut *tx, &scope).await?;
+            let n = palisade_store::retention::purge_messages(&mut tx, &scope, now - grace, batch).await?;
+            tx.commit().await?;
+            removed += n;
+            if n < u64::try_from(batch).unwrap_or(u64::MAX) {
+                break;
+            }
+        }
+        if soft + removed > 0 {
+            let event = Event::new("retention.applied", Some(id), Actor::system()).details(serde_json::json!({
+                "messages": { "soft_deleted": soft, "removed": removed, "days": days, "grace_days": rules.grace_days },
+            }));
+            palisade_audit::record(db, &event, &Context::default(), now).await?;
+        }
+        soft_total += soft;
+        removed_total += removed;
+    }
+    Ok((soft_total, removed_total))
 }

@@ -62,8 +62,29 @@ pub struct Config {
     pub streams: Streams,
     pub oidc: Oidc,
     pub keys: Keys,
+    pub retention: Retention,
 }
 
+/// How long data is kept (docs/security.md "Retention"): the operator's
+/// default and bounds; each tenant may choose within them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Messages (body and record): soft deleted after this many days.
+    pub messages_days: u32,
+    pub messages_min_days: u32,
+    pub messages_max_days: u32,
+    /// Between soft deletion (restorable by the operator) and removal.
+    pub grace_days: u32,
+    /// Rows per transaction of the sweeper.
+    pub batch: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { messages_days: 365, messages_min_days: 1, messages_max_days: 3650, grace_days: 30, batch: 500 }
+    }
+}
 /// Envelope encryption (docs/security.md "Data protection"): each tenant's
 /// data keys are wrapped by this key-encryption key, which never enters
 /// the database.
@@ -1097,6 +1118,17 @@ impl Config {
     /// Checks that hold in every mode, then the production refusals.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        let r = &self.retention;
+        if r.messages_min_days == 0
+            || r.messages_min_days > r.messages_days
+            || r.messages_days > r.messages_max_days
+            || !(1..=10_000).contains(&r.batch)
+        {
+            return Err(ConfigError(
+                "retention: need 1 <= messages_min_days <= messages_days <= messages_max_days, and batch 1 to 10000"
+                    .into(),
+            ));
+        }
         if !(1..=3600).contains(&self.keys.cache_secs) {
             return Err(ConfigError("keys.cache_secs must be 1 to 3600".into()));
         }

@@ -364,3 +364,15 @@ fn mail_goes_over_tls_unless_a_local_relay_is_chosen_in_the_clear() {
     c.mail.retry_schedule_secs.clear();
     assert!(c.validate().is_err());
 }
+
+#[test]
+fn retention_bounds_must_hold_together() {
+    assert!(Config::default().validate().is_ok());
+    for (min, days, max, batch) in [(0, 365, 3650, 500), (400, 365, 3650, 500), (1, 4000, 3650, 500), (1, 365, 3650, 0)]
+    {
+        let mut c = Config::default();
+        (c.retention.messages_min_days, c.retention.messages_days, c.retention.messages_max_days, c.retention.batch) =
+            (min, days, max, batch);
+        assert!(refusal(&c).contains("retention"), "{min} {days} {max} {batch}");
+    }
+}

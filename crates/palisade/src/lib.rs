@@ -718,6 +718,13 @@ pub async fn apply_audit_retention(state: &AppState) -> anyhow::Result<Option<(u
     Ok(expired)
 }
 
+/// Message retention (`retention.*`, each tenant's own period): soft
+/// deletion, then removal after the grace period. `(soft deleted, removed)`.
+pub async fn apply_retention(state: &AppState) -> Result<(u64, u64), palisade_store::StoreError> {
+    let proof = palisade_core::principal::SysadminProof::verified();
+    palisade_api::ops::apply_message_retention(&state.db, &state.config.retention, &proof, state.now_ms()).await
+}
+
 /// Every ten minutes: expired revocations and tokens, old idempotency keys,
 /// audit and webhook retention.
 /// Sign-in code rows a day past their code, lock and send window.
@@ -780,6 +787,9 @@ fn spawn_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
                     }
                     if let Err(e) = apply_audit_retention(&state).await {
                         tracing::warn!(error = %e, "audit retention failed");
+                    }
+                    if let Err(e) = apply_retention(&state).await {
+                        tracing::warn!(error = %e, "message retention failed");
                     }
                     if let Err(e) = palisade_store::exports::purge_expired(&state.db, state.now_ms()).await {
                         tracing::warn!(error = %e, "removing expired exports failed");

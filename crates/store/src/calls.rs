@@ -377,9 +377,15 @@ pub async fn hourly<'c>(
            CAST(SUM(billed_minutes) AS BIGINT) AS units, CAST(SUM(cost) AS BIGINT) AS cost \
          FROM cdrs WHERE tenant_id = $1 AND ended_at >= $2 AND ended_at < $3 GROUP BY 1 ORDER BY 1"
     } else {
-        "SELECT (created_at / 3600000) * 3600000 AS hour, COUNT(*) AS count, \
-           CAST(SUM(segments) AS BIGINT) AS units, CAST(SUM(cost) AS BIGINT) AS cost \
-         FROM messages WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1 ORDER BY 1"
+        // Removed messages (retention) count through the hourly archive.
+        "SELECT hour, CAST(SUM(count) AS BIGINT) AS count, CAST(SUM(units) AS BIGINT) AS units, \
+           CAST(SUM(cost) AS BIGINT) AS cost FROM ( \
+           SELECT (created_at / 3600000) * 3600000 AS hour, COUNT(*) AS count, \
+             CAST(SUM(segments) AS BIGINT) AS units, CAST(SUM(cost) AS BIGINT) AS cost \
+           FROM messages WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1 \
+           UNION ALL SELECT hour, count, units, cost FROM usage_archive \
+           WHERE tenant_id = $1 AND kind = 'messages' AND hour >= $2 AND hour < $3) u \
+         GROUP BY hour ORDER BY hour"
     };
     Ok(sqlx::query_as(sql).bind(scope.tenant_id().to_string()).bind(from).bind(to).fetch_all(ex).await?)
 }

@@ -28,6 +28,7 @@ mod pg_batch;
 mod pg_lookup;
 mod read;
 pub mod recovery;
+pub mod retention;
 mod sealed;
 pub mod settings;
 pub mod sip;

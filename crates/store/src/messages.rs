@@ -65,7 +65,8 @@ pub async fn list<'c>(
     limit: i64,
 ) -> Result<Vec<MessageRow>> {
     let rows: Vec<MessageRow> = sqlx::query_as(&format!(
-        "SELECT {COLS} FROM messages WHERE tenant_id = $1 AND ($2 = '' OR identity_id = $2) ORDER BY id DESC LIMIT $3"
+        "SELECT {COLS} FROM messages WHERE tenant_id = $1 AND ($2 = '' OR identity_id = $2) AND deleted_at IS NULL \
+         ORDER BY id DESC LIMIT $3"
     ))
     .bind(scope.tenant_id().to_string())
     .bind(identity.map(|i| i.to_string()).unwrap_or_default())
@@ -82,7 +83,7 @@ pub async fn get<'c>(
     id: &str,
 ) -> Result<Option<MessageRow>> {
     let row: Option<MessageRow> =
-        sqlx::query_as(&format!("SELECT {COLS} FROM messages WHERE tenant_id = $1 AND id = $2"))
+        sqlx::query_as(&format!("SELECT {COLS} FROM messages WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL"))
             .bind(scope.tenant_id().to_string())
             .bind(id)
             .fetch_optional(ex)

@@ -19,6 +19,7 @@ mod number_verification;
 mod oidc;
 mod operators;
 mod passkeys;
+mod retention;
 pub use operators::totp_aad as operators_totp_aad;
 mod sip;
 pub mod streams;
@@ -73,6 +74,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(mfa::confirm))
         .routes(routes!(mfa::new_recovery_codes))
         .routes(routes!(mfa::get_security, mfa::put_security))
+        .routes(routes!(retention::get, retention::put))
+        .routes(routes!(retention::restore))
         .routes(routes!(api_keys::create, api_keys::list))
         .routes(routes!(api_keys::get, api_keys::revoke))
         .routes(routes!(api_keys::rotate))

@@ -39,6 +39,7 @@ mod operators;
 mod passkeys;
 mod recovery;
 mod redis_state;
+mod retention;
 mod sip;
 mod sip_edge;
 mod sip_sipp;
