@@ -293,53 +293,73 @@ pub fn message_days(rules: &palisade_config::Retention, own: Option<i64>) -> i64
     })
 }
 
-/// One pass of message retention over every tenant: soft deletion past the
-/// tenant's period, removal past the grace period, in batches of
-/// `retention.batch` (one short transaction each). A tenant's counts are
-/// recorded in its audit trail (`retention.applied`). `(soft deleted, removed)`.
+/// One pass of message retention over every active tenant: soft deletion
+/// past the tenant's period, removal past the grace period, in batches of
+/// `retention.batch` (one short transaction each; none for a tenant with
+/// nothing due). A tenant's counts are recorded in its audit trail
+/// (`retention.applied`); a tenant that fails is logged and the pass goes
+/// on. `(soft deleted, removed)`.
 pub async fn apply_message_retention(
     db: &Db,
     rules: &palisade_config::Retention,
     proof: &SysadminProof,
+    clock: &dyn palisade_core::Clock,
+) -> Result<(u64, u64), palisade_store::StoreError> {
+    let (mut soft_total, mut removed_total) = (0, 0);
+    for (tenant, own) in palisade_store::retention::tenants(db.reader(), proof).await? {
+        let Ok(id) = tenant.parse::<TenantId>() else { continue };
+        match retain_tenant(db, rules, proof, id, message_days(rules, own), clock.now_ms()).await {
+            Ok((soft, removed)) => {
+                soft_total += soft;
+                removed_total += removed;
+            }
+            Err(e) => tracing::warn!(error = %e, tenant = %id, "message retention failed for a tenant"),
+        }
+    }
+    Ok((soft_total, removed_total))
+}
+
+async fn retain_tenant(
+    db: &Db,
+    rules: &palisade_config::Retention,
+    proof: &SysadminProof,
+    id: TenantId,
+    days: i64,
     now: i64,
 ) -> Result<(u64, u64), palisade_store::StoreError> {
     const DAY_MS: i64 = 86_400_000;
     let batch = i64::from(rules.batch);
-    let (mut soft_total, mut removed_total) = (0, 0);
-    for (tenant, own) in palisade_store::retention::tenants(db.reader(), proof).await? {
-        let Ok(id) = tenant.parse::<TenantId>() else { continue };
-        let scope = TenantScope::for_sysadmin(proof, id);
-        let days = message_days(rules, own);
-        let (mut soft, mut removed) = (0, 0);
-        loop {
-            let mut tx = db.begin().await?;
-            let n = palisade_store::retention::soft_delete_messages(&mut tx, &scope, now - days * DAY_MS, now, batch)
-                .await?;
-            tx.commit().await?;
-            soft += n;
-            if n < u64::try_from(batch).unwrap_or(u64::MAX) {
-                break;
-            }
-        }
-        let grace = i64::from(rules.grace_days) * DAY_MS;
-        loop {
-            let mut tx = db.begin().await?;
-            palisade_store::tenants::lock(&mut *tx, &scope).await?;
-            let n = palisade_store::retention::purge_messages(&mut tx, &scope, now - grace, batch).await?;
-            tx.commit().await?;
-            removed += n;
-            if n < u64::try_from(batch).unwrap_or(u64::MAX) {
-                break;
-            }
-        }
-        if soft + removed > 0 {
-            let event = Event::new("retention.applied", Some(id), Actor::system()).details(serde_json::json!({
-                "messages": { "soft_deleted": soft, "removed": removed, "days": days, "grace_days": rules.grace_days },
-            }));
-            palisade_audit::record(db, &event, &Context::default(), now).await?;
-        }
-        soft_total += soft;
-        removed_total += removed;
+    let full = u64::try_from(batch).unwrap_or(u64::MAX);
+    let scope = TenantScope::for_sysadmin(proof, id);
+    let (soft_before, purge_before) = (now - days * DAY_MS, now - i64::from(rules.grace_days) * DAY_MS);
+    if !palisade_store::retention::messages_due(db.reader(), &scope, soft_before, purge_before).await? {
+        return Ok((0, 0));
     }
-    Ok((soft_total, removed_total))
+    let (mut soft, mut removed) = (0, 0);
+    loop {
+        let mut tx = db.begin().await?;
+        let n = palisade_store::retention::soft_delete_messages(&mut tx, &scope, soft_before, now, batch).await?;
+        tx.commit().await?;
+        soft += n;
+        if n < full {
+            break;
+        }
+    }
+    loop {
+        let mut tx = db.begin().await?;
+        palisade_store::tenants::lock(&mut *tx, &scope).await?;
+        let n = palisade_store::retention::purge_messages(&mut tx, &scope, purge_before, batch).await?;
+        tx.commit().await?;
+        removed += n;
+        if n < full {
+            break;
+        }
+    }
+    if soft + removed > 0 {
+        let event = Event::new("retention.applied", Some(id), Actor::system()).details(serde_json::json!({
+            "messages": { "soft_deleted": soft, "removed": removed, "days": days, "grace_days": rules.grace_days },
+        }));
+        palisade_audit::record(db, &event, &Context::default(), now).await?;
+    }
+    Ok((soft, removed))
 }

@@ -1123,9 +1123,11 @@ impl Config {
             || r.messages_min_days > r.messages_days
             || r.messages_days > r.messages_max_days
             || !(1..=10_000).contains(&r.batch)
+            || r.grace_days == 0
         {
             return Err(ConfigError(
-                "retention: need 1 <= messages_min_days <= messages_days <= messages_max_days, and batch 1 to 10000"
+                "retention: need 1 <= messages_min_days <= messages_days <= messages_max_days, grace_days >= 1 \
+                 and batch 1 to 10000"
                     .into(),
             ));
         }

@@ -368,6 +368,9 @@ fn mail_goes_over_tls_unless_a_local_relay_is_chosen_in_the_clear() {
 #[test]
 fn retention_bounds_must_hold_together() {
     assert!(Config::default().validate().is_ok());
+    let mut c = Config::default();
+    c.retention.grace_days = 0;
+    assert!(refusal(&c).contains("grace_days"));
     for (min, days, max, batch) in [(0, 365, 3650, 500), (400, 365, 3650, 500), (1, 4000, 3650, 500), (1, 365, 3650, 0)]
     {
         let mut c = Config::default();

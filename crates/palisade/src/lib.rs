@@ -722,7 +722,7 @@ pub async fn apply_audit_retention(state: &AppState) -> anyhow::Result<Option<(u
 /// deletion, then removal after the grace period. `(soft deleted, removed)`.
 pub async fn apply_retention(state: &AppState) -> Result<(u64, u64), palisade_store::StoreError> {
     let proof = palisade_core::principal::SysadminProof::verified();
-    palisade_api::ops::apply_message_retention(&state.db, &state.config.retention, &proof, state.now_ms()).await
+    palisade_api::ops::apply_message_retention(&state.db, &state.config.retention, &proof, state.clock.as_ref()).await
 }
 
 /// Every ten minutes: expired revocations and tokens, old idempotency keys,

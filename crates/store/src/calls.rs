@@ -384,7 +384,7 @@ pub async fn hourly<'c>(
              CAST(SUM(segments) AS BIGINT) AS units, CAST(SUM(cost) AS BIGINT) AS cost \
            FROM messages WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1 \
            UNION ALL SELECT hour, count, units, cost FROM usage_archive \
-           WHERE tenant_id = $1 AND kind = 'messages' AND hour >= $2 AND hour < $3) u \
+           WHERE tenant_id = $1 AND kind = 'messages' AND hour > $2 - 3600000 AND hour < $3) u \
          GROUP BY hour ORDER BY hour"
     };
     Ok(sqlx::query_as(sql).bind(scope.tenant_id().to_string()).bind(from).bind(to).fetch_all(ex).await?)

@@ -32,15 +32,42 @@ pub async fn set_messages_days<'c>(
 }
 
 /// Every tenant with its own period (`None`: the default), for the sweeper.
+/// A frozen tenant is skipped: its data is held while the operator looks
+/// into it (an erased one has nothing left to read).
 pub async fn tenants<'c>(
     ex: impl Executor<'c, Database = Any>,
     _proof: &SysadminProof,
 ) -> Result<Vec<(String, Option<i64>)>> {
-    Ok(sqlx::query_as("SELECT id, retention_messages_days FROM tenants ORDER BY id").fetch_all(ex).await?)
+    Ok(sqlx::query_as("SELECT id, retention_messages_days FROM tenants WHERE status = 'active' ORDER BY id")
+        .fetch_all(ex)
+        .await?)
+}
+
+/// Whether the tenant has messages to soft delete (sent before
+/// `soft_before`) or to remove (soft deleted before `purge_before`): the
+/// sweeper opens no transaction for a tenant with neither.
+pub async fn messages_due<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    soft_before: i64,
+    purge_before: i64,
+) -> Result<bool> {
+    Ok(sqlx::query_scalar::<_, i64>(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM messages WHERE tenant_id = $1 AND deleted_at IS NULL \
+           AND created_at < $2) OR EXISTS (SELECT 1 FROM messages WHERE tenant_id = $1 \
+           AND deleted_at IS NOT NULL AND deleted_at < $3) THEN 1 ELSE 0 END",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(soft_before)
+    .bind(purge_before)
+    .fetch_one(ex)
+    .await?
+        == 1)
 }
 
 /// Soft deletes up to `limit` of the tenant's messages sent before
-/// `before`; how many.
+/// `before` whose fate is known (not queued; a `sent` one waits a day
+/// more for its delivery report); how many.
 pub async fn soft_delete_messages(
     tx: &mut crate::Tx,
     scope: &TenantScope,
@@ -50,7 +77,8 @@ pub async fn soft_delete_messages(
 ) -> Result<u64> {
     let r = sqlx::query(
         "UPDATE messages SET deleted_at = $1 WHERE id IN (SELECT id FROM messages WHERE tenant_id = $2 \
-         AND deleted_at IS NULL AND created_at < $3 AND status <> 'queued' ORDER BY created_at LIMIT $4)",
+         AND deleted_at IS NULL AND created_at < $3 AND status <> 'queued' \
+         AND (status <> 'sent' OR created_at < $3 - 86400000) ORDER BY created_at LIMIT $4)",
     )
     .bind(now)
     .bind(scope.tenant_id().to_string())

@@ -34,9 +34,16 @@ pub struct TenantRetention {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantRetentionChange {
-    /// Within `messages_bounds`; `null` goes back to the operator's default.
-    #[schema(minimum = 1, maximum = 36500)]
+    /// Within `messages_bounds`; `null` goes back to the operator's
+    /// default. Required: a request that forgot it changes nothing.
+    #[serde(deserialize_with = "present")]
+    #[schema(required = true, nullable, value_type = Option<i64>, minimum = 1, maximum = 36500)]
     messages_days: Option<i64>,
+}
+
+/// A member that must be there, `null` allowed.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Option::<i64>::deserialize(d)
 }
 
 async fn read(state: &AppState, scope: &TenantScope) -> Result<TenantRetention, ApiError> {

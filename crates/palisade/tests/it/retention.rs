@@ -46,10 +46,9 @@ async fn messages_leave_after_the_tenants_period_and_usage_stays(backend: Backen
     let (token, tenant_id) = sender(&s, "Short").await;
     let (other, _) = sender(&s, "Default").await;
     // The operator's bounds (1 to 3650 days) hold.
-    for bad in [0, 3651] {
-        s.call(Method::PUT, "/v1/tenant/retention", Some(&token), Some(json!({"messages_days": bad})))
-            .await
-            .expect(400);
+    // A forgotten member is a 400, not a silent return to the default.
+    for bad in [json!({"messages_days": 0}), json!({"messages_days": 3651}), json!({})] {
+        s.call(Method::PUT, "/v1/tenant/retention", Some(&token), Some(bad)).await.expect(400);
     }
     let r = s.call(Method::PUT, "/v1/tenant/retention", Some(&token), Some(json!({"messages_days": 1}))).await;
     let r = r.expect(200);
