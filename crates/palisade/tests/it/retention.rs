@@ -64,8 +64,9 @@ async fn messages_leave_after_the_tenants_period_and_usage_stays(backend: Backen
     let before = usage(&s, &token, &hour).await;
     assert_eq!(before["count"], 2);
 
-    // Two days later: hidden (soft deleted), the other tenant's kept.
-    s.clock.advance_ms(2 * DAY_MS);
+    // Three days later (a `sent` message waits a day more for its report):
+    // hidden (soft deleted), the other tenant's kept.
+    s.clock.advance_ms(3 * DAY_MS);
     assert_eq!(palisade::apply_retention(s.state()).await.unwrap(), (2, 0));
     assert_eq!((listed(&s, &token).await, listed(&s, &other).await), (0, 1));
     s.get(&format!("/v1/messages/{id}"), &token).await.expect(404);
