@@ -10,7 +10,11 @@ use sha2::{Digest, Sha256};
 
 use crate::common::{Backend, TestServer};
 
-backend_tests!(a_tenant_export_holds_its_data_and_no_secret, people_export_their_own_data_only,);
+backend_tests!(
+    a_tenant_export_holds_its_data_and_no_secret,
+    people_export_their_own_data_only,
+    a_stale_second_factor_gets_no_archive,
+);
 
 const FROM: &str = "+34612345678";
 
@@ -129,6 +133,27 @@ async fn people_export_their_own_data_only(backend: Backend) {
     // The owner may export any person of the tenant (a subject's request).
     s.call(Method::POST, &format!("/v1/users/{other_id}/export"), Some(&t.token), None).await.expect(202);
     s.call(Method::POST, &format!("/v1/users/{}/export", uuid::Uuid::new_v4()), Some(&t.token), None).await.expect(404);
+    s.stop().await;
+}
+
+/// Asking for the tenant's archive, and fetching it, need a recent second
+/// factor of a person who has one: a session stolen later gets neither.
+async fn a_stale_second_factor_gets_no_archive(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.tenant("Acme").await;
+    let (_, _, fresh) = crate::mfa::enrol(&s, &t.token).await;
+    let r = s.call(Method::POST, "/v1/exports", Some(&fresh), None).await.expect(202);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let url = finished(&s, &fresh, &id).await["download_url"].as_str().unwrap().to_owned();
+    assert_eq!(download(&s, &fresh, &url).await.0, 200);
+    // Eleven minutes on, the same session: the status still, not the archive.
+    s.clock.advance_ms(11 * 60_000);
+    s.get(&format!("/v1/exports/{id}"), &fresh).await.expect(200);
+    let (status, body, _) = download(&s, &fresh, &url).await;
+    assert_eq!(status, 403);
+    assert!(String::from_utf8_lossy(&body).contains("mfa_required"));
+    let r = s.call(Method::POST, "/v1/exports", Some(&fresh), None).await;
+    assert_eq!((r.status, r.body["reason"].as_str()), (403, Some("mfa_required")));
     s.stop().await;
 }
 

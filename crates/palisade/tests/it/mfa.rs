@@ -30,17 +30,17 @@ fn now_secs(s: &TestServer) -> u64 {
 }
 
 /// A person's authenticator app.
-struct App(Totp);
+pub(crate) struct App(Totp);
 
 impl App {
-    fn code(&self, s: &TestServer) -> String {
+    pub(crate) fn code(&self, s: &TestServer) -> String {
         self.0.code_at(now_secs(s))
     }
 }
 
 /// Enrols `token`'s person; returns their app, the recovery codes and the
 /// new access token.
-async fn enrol(s: &TestServer, token: &str) -> (App, Vec<String>, String) {
+pub(crate) async fn enrol(s: &TestServer, token: &str) -> (App, Vec<String>, String) {
     let body = json!({"password": crate::common::PASSWORD});
     let r = s.call(Method::POST, "/v1/me/mfa/totp", Some(token), Some(body)).await.expect(201);
     let uri = r.body["otpauth_uri"].as_str().unwrap();
