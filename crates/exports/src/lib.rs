@@ -46,7 +46,7 @@ impl Exports {
     pub async fn run(&self, scope: &TenantScope, id: &str) -> palisade_store::Result<()> {
         let Ok(_slot) = BUILDING.acquire().await else { return Ok(()) };
         let now = self.clock.now_ms();
-        let token = uuid_like();
+        let token = uuid::Uuid::new_v4().to_string();
         let mut tx = self.db.begin().await?;
         let mine = palisade_store::exports::claim(&mut *tx, scope, id, &token, now, now + LEASE_MS).await?;
         tx.commit().await?;
@@ -114,11 +114,6 @@ impl Exports {
         }
         Ok(done)
     }
-}
-
-/// A worker's claim token.
-fn uuid_like() -> String {
-    uuid::Uuid::new_v4().to_string()
 }
 
 /// One file of the archive.

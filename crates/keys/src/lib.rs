@@ -137,9 +137,7 @@ impl Keyring {
         let live = palisade_store::recovery::kek_versions_of_live(self.db.reader(), &proof, since).await?;
         let mut mine = self.kek.versions();
         mine.retain(|v| {
-            live.iter().all(|(_, theirs)| {
-                theirs.as_deref().is_none_or(|t| t.split(',').any(|x| x.trim().parse::<u32>().ok() == Some(*v)))
-            })
+            live.iter().all(|(_, theirs)| theirs.is_none() || rotate::versions(theirs.as_deref()).contains(v))
         });
         Ok(mine.last().copied().unwrap_or_else(|| self.kek.newest()))
     }
@@ -183,10 +181,7 @@ impl Keyring {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    palisade_core::Clock::now_ms(&palisade_core::SystemClock)
 }
 
 impl std::fmt::Debug for Keyring {

@@ -131,7 +131,7 @@ impl Keyring {
 }
 
 /// An instance's KEK versions as the instances table keeps them.
-fn versions(list: Option<&str>) -> Vec<u32> {
+pub(crate) fn versions(list: Option<&str>) -> Vec<u32> {
     let mut v: Vec<u32> = list.unwrap_or("").split(',').filter_map(|v| v.trim().parse().ok()).collect();
     v.sort_unstable();
     v
