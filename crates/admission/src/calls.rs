@@ -24,6 +24,8 @@ pub struct Call {
     /// The E.164 destination.
     pub to: String,
     pub key: Option<String>,
+    /// Record it (the carrier keeps its audio; see [`Service::keep_recording`]).
+    pub record: bool,
 }
 
 /// How far we vouch for a tenant's caller ID when we sign its call
@@ -77,7 +79,10 @@ impl Service {
         answer: impl FnOnce(&CallRow) -> Answer,
     ) -> Result<Outcome<CallRow, W>, Stop<W>> {
         let scope = caller.scope;
-        let hash = idempotency::request_hash(caller.principal, OPERATION, &[c.from.trim(), c.to.trim()]);
+        // A recorded call is another request than an unrecorded one (keys
+        // stored before recordings keep their hash).
+        let parts = [c.from.trim(), c.to.trim(), "record"];
+        let hash = idempotency::request_hash(caller.principal, OPERATION, &parts[..if c.record { 3 } else { 2 }]);
         let now = self.now_ms();
         let since = now - idempotency::TTL_MS;
         if let Some(k) = &c.key {
@@ -106,6 +111,7 @@ impl Service {
             verstat: None,
             verstat_reason: None,
             attestation: Some(attestation(&identity).as_str().to_owned()),
+            record: i64::from(c.record),
         };
         let new = NewCall::of(&row, &self.instance_id);
         let event = Event::new("call.placed", Some(caller.principal.tenant_id()), caller.principal.actor())
@@ -115,6 +121,7 @@ impl Service {
                 "to": palisade_guard::phone::masked(&row.to_number),
                 "to_country": row.to_country,
                 "prepaid": prepaid,
+                "record": c.record,
             }));
         // The key's answer is the call as it is inserted, so it is stored first.
         let stored = c.key.as_deref().map(|k| (k, answer(&row)));
@@ -197,6 +204,7 @@ impl Service {
             verstat: Some(v.verstat.as_str().to_owned()),
             verstat_reason: v.failure.map(|f| f.reason().to_owned()),
             attestation: v.attestation.map(|a| a.as_str().to_owned()),
+            record: 0,
         };
         let new = NewCall::of(&row, &self.instance_id);
         let stir = serde_json::json!({

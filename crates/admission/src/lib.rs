@@ -14,6 +14,7 @@ pub mod ending;
 pub mod idempotency;
 pub mod life;
 pub mod messages;
+mod recording;
 mod refusal;
 mod sender;
 
@@ -51,6 +52,8 @@ pub struct Service {
     pub watchers: life::Watchers,
     /// Tenants' data keys: bodies and stored answers are sealed under them.
     pub keys: Arc<palisade_keys::Keyring>,
+    /// Where recordings' sealed audio is kept.
+    pub recordings: Arc<dyn palisade_recordings::Storage>,
 }
 
 /// When identities send and call only with a verified number: the operator

@@ -134,7 +134,11 @@ impl Service {
                     })
                 }
             };
-            svc.watchers.watch(&call.id, observer.clone());
+            // Told when the call ends however it ends, here too: a hang-up
+            // through the API must not leave this task waiting.
+            let (over_tx, over) = tokio::sync::oneshot::channel();
+            let watched = Arc::new(Watched { inner: observer.clone(), over: std::sync::Mutex::new(Some(over_tx)) });
+            svc.watchers.watch(&call.id, watched);
             let end = |status: &'static str, code: Option<&'static str>| {
                 let (svc, scope, id) = (svc.clone(), scope.clone(), call.id.clone());
                 async move {
@@ -170,10 +174,44 @@ impl Service {
                             let _ = carrier.hang_up(&call.id).await;
                             end("completed", unpaid).await;
                         }
+                        // Ended on this instance (a hang-up): its line is down.
+                        _ = over => {
+                            let _ = carrier.hang_up(&call.id).await;
+                        }
+                    }
+                    if call.record {
+                        svc.record(&*carrier, &scope, &call.id).await;
                     }
                 }
             }
         });
+    }
+
+    /// Keeps the recording the carrier made of the call, if it made one.
+    async fn record(&self, carrier: &dyn Carrier, scope: &TenantScope, id: &str) {
+        let Some(audio) = carrier.take_recording(id) else { return };
+        if let Err(e) = self.keep_recording(scope, id, &audio).await {
+            tracing::error!(error = %e, call = id, "keeping a call's recording failed");
+        }
+    }
+}
+
+/// The transport's observer, and word to the call's task that it ended.
+struct Watched {
+    inner: Arc<dyn CallObserver>,
+    over: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl CallObserver for Watched {
+    fn answered(&self, sdp: Option<&[u8]>) {
+        self.inner.answered(sdp);
+    }
+
+    fn ended(&self, status: &str, code: Option<&str>) {
+        self.inner.ended(status, code);
+        if let Some(tx) = self.over.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            let _ = tx.send(());
+        }
     }
 }
 

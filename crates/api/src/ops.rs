@@ -255,6 +255,7 @@ pub async fn erase_tenant(
     palisade_audit::append(&mut *tx, &event, ctx, now).await?;
     tx.commit().await?;
     state.keys.forget(&id.to_string());
+    state.admission.erase_recording_files(&scope).await;
     Ok(Some(destroyed))
 }
 
@@ -291,6 +292,52 @@ pub fn message_days(rules: &palisade_config::Retention, own: Option<i64>) -> i64
     own.map_or(i64::from(rules.messages_days), |d| {
         d.clamp(i64::from(rules.messages_min_days), i64::from(rules.messages_max_days))
     })
+}
+
+/// The tenant's period for recordings, as [`message_days`] for messages.
+pub fn recording_days(rules: &palisade_config::Retention, own: Option<i64>) -> i64 {
+    own.map_or(i64::from(rules.recordings_days), |d| {
+        d.clamp(i64::from(rules.recordings_min_days), i64::from(rules.recordings_max_days))
+    })
+}
+
+/// One pass of recording retention over every active tenant: recordings
+/// older than the tenant's period are removed for good (row, key and
+/// file; there is no soft delete of audio), in batches of
+/// `retention.batch`, with the count in the tenant's audit trail. How many.
+pub async fn apply_recording_retention(
+    admission: &palisade_admission::Service,
+    rules: &palisade_config::Retention,
+    proof: &SysadminProof,
+) -> Result<u64, palisade_store::StoreError> {
+    const DAY_MS: i64 = 86_400_000;
+    let mut total = 0;
+    for (tenant, own) in palisade_store::retention::recording_tenants(admission.db.reader(), proof).await? {
+        let Ok(id) = tenant.parse::<TenantId>() else { continue };
+        let scope = TenantScope::for_sysadmin(proof, id);
+        let days = recording_days(rules, own);
+        let now = admission.now_ms();
+        let mut removed = 0;
+        let pass = async {
+            loop {
+                let n = admission.expire_recordings(&scope, now - days * DAY_MS, i64::from(rules.batch)).await?;
+                removed += n;
+                if n < u64::from(rules.batch) {
+                    return Ok::<_, palisade_store::StoreError>(());
+                }
+            }
+        };
+        if let Err(e) = pass.await {
+            tracing::warn!(error = %e, tenant = %id, "recording retention failed for a tenant");
+        }
+        if removed > 0 {
+            let event = Event::new("retention.applied", Some(id), Actor::system())
+                .details(serde_json::json!({ "recordings": { "removed": removed, "days": days } }));
+            palisade_audit::record(&admission.db, &event, &Context::default(), now).await?;
+        }
+        total += removed;
+    }
+    Ok(total)
 }
 
 /// One pass of message retention over every active tenant: soft deletion

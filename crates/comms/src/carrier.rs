@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::media::{tone_frame, Attached, MediaLeg, Playback, FRAME_MS};
+use crate::media::{tone_frame, Attached, MediaLeg, Playback, FRAME_BYTES, FRAME_MS};
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -71,6 +71,8 @@ pub struct OutboundCall {
     /// How far the platform vouches for the caller ID (SHAKEN `A`, `B` or
     /// `C`), for a carrier that signs calls (a trunk with STIR/SHAKEN).
     pub attestation: Option<String>,
+    /// Record the call: the carrier keeps its audio for [`Carrier::take_recording`].
+    pub record: bool,
 }
 
 /// How the callee answered.
@@ -118,6 +120,13 @@ pub trait Carrier: Send + Sync + 'static {
     fn attach_media(&self, _call_id: &str, _playback_frames: usize) -> Result<MediaLeg, NoMedia> {
         Err(NoMedia::NotThrough)
     }
+
+    /// The audio of a recorded call that is over (8 kHz G.711 µ-law, mono),
+    /// once: `None` when the carrier has none (not answered, not
+    /// recorded, or its media never passed through us).
+    fn take_recording(&self, _call_id: &str) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// Why a call's audio cannot be streamed from here.
@@ -146,7 +155,8 @@ pub mod magic {
 /// answers calls after `delay` and hangs up after `call_length`; except for
 /// the [`magic`] numbers.
 /// Its answered calls' far end plays a 400 Hz tone, and plays back (echoes)
-/// what a stream sends it.
+/// what a stream sends it; a recorded call's recording is what the far end
+/// played (at most [`MAX_RECORDED_FRAMES`]).
 #[derive(Debug, Clone)]
 pub struct SandboxCarrier {
     pub delay: Duration,
@@ -190,9 +200,13 @@ impl SandboxCarrier {
     }
 }
 
-/// The sandbox's calls in this process, from placing to hang-up.
+/// The longest recording the sandbox keeps: an hour of frames.
+pub const MAX_RECORDED_FRAMES: usize = 3600 * 1000 / FRAME_MS as usize;
+
+/// The sandbox's calls in this process, from placing to hang-up, and the
+/// recordings of those over, until taken.
 #[derive(Clone, Default)]
-struct Lines(Arc<Mutex<HashMap<String, Line>>>);
+struct Lines(Arc<Mutex<HashMap<String, Line>>>, Arc<Mutex<HashMap<String, Vec<u8>>>>);
 
 impl std::fmt::Debug for Lines {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -205,6 +219,26 @@ struct Line {
     attached: Arc<AtomicBool>,
     /// The SRTP echo of a caller that offered SDES; it stops with the line.
     echo: Option<crate::srtp_echo::EchoLeg>,
+    /// A recorded call: when it was answered, and what its far end played
+    /// to a stream (none attached: its tone, for as long as it lasted).
+    recorder: Option<Recorder>,
+}
+
+#[derive(Default)]
+struct Recorder {
+    answered: Option<tokio::time::Instant>,
+    played: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Recorder {
+    fn audio(&self, attached: bool) -> Option<Vec<u8>> {
+        let answered = self.answered?;
+        if attached {
+            return Some(std::mem::take(&mut *self.played.lock().unwrap_or_else(PoisonError::into_inner)));
+        }
+        let frames = (answered.elapsed().as_millis() / u128::from(FRAME_MS)) as usize;
+        Some(tone_frame().repeat(frames.min(MAX_RECORDED_FRAMES)))
+    }
 }
 
 impl Lines {
@@ -212,8 +246,9 @@ impl Lines {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn ring(&self, id: &str) {
-        let line = Line { answered: watch::channel(false).0, attached: Arc::default(), echo: None };
+    fn ring(&self, id: &str, record: bool) {
+        let recorder = record.then(Recorder::default);
+        let line = Line { answered: watch::channel(false).0, attached: Arc::default(), echo: None, recorder };
         self.map().insert(id.to_owned(), line);
     }
 
@@ -223,6 +258,9 @@ impl Lines {
         match self.map().get_mut(id) {
             Some(line) => {
                 line.echo = echo;
+                if let Some(r) = &mut line.recorder {
+                    r.answered = Some(tokio::time::Instant::now());
+                }
                 line.answered.send_replace(true);
                 true
             }
@@ -230,16 +268,25 @@ impl Lines {
         }
     }
 
-    /// Over: its audio ends (the watch's sender goes).
+    /// Over: its audio ends (the watch's sender goes); a recorded call's
+    /// recording waits to be taken.
     fn end(&self, id: &str) {
-        self.map().remove(id);
+        let Some(line) = self.map().remove(id) else { return };
+        let attached = line.attached.load(Ordering::Acquire);
+        if let Some(audio) = line.recorder.and_then(|r| r.audio(attached)) {
+            self.recordings().insert(id.to_owned(), audio);
+        }
+    }
+
+    fn recordings(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<u8>>> {
+        self.1.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Carrier for SandboxCarrier {
     fn place_call<'a>(&'a self, c: &'a OutboundCall) -> BoxFut<'a, Result<CallAnswer, CarrierError>> {
         Box::pin(async move {
-            self.lines.ring(&c.id);
+            self.lines.ring(&c.id, c.record);
             tokio::time::sleep(self.delay).await;
             let answer = match c.to.as_str() {
                 magic::BUSY => Ok(CallAnswer::Busy),
@@ -277,13 +324,13 @@ impl Carrier for SandboxCarrier {
     }
 
     fn attach_media(&self, call_id: &str, playback_frames: usize) -> Result<MediaLeg, NoMedia> {
-        let (mut answered, attached) = {
+        let (mut answered, attached, recording) = {
             let map = self.lines.map();
             let line = map.get(call_id).ok_or(NoMedia::NotHere)?;
             if line.attached.swap(true, Ordering::AcqRel) {
                 return Err(NoMedia::Taken);
             }
-            (line.answered.subscribe(), line.attached.clone())
+            (line.answered.subscribe(), line.attached.clone(), line.recorder.as_ref().map(|r| r.played.clone()))
         };
         let (playback, marks) = Playback::new(playback_frames);
         // A second of audio: a stream further behind loses frames.
@@ -310,12 +357,22 @@ impl Carrier for SandboxCarrier {
                 }
                 // What it was sent comes back, as from a handset held to a speaker.
                 let frame = far_end.next_frame().map_or_else(|| tone.to_vec(), |f| f.to_vec());
+                if let Some(r) = &recording {
+                    let mut played = r.lock().unwrap_or_else(PoisonError::into_inner);
+                    if played.len() < MAX_RECORDED_FRAMES * FRAME_BYTES {
+                        played.extend_from_slice(&frame);
+                    }
+                }
                 if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(frame) {
                     break;
                 }
             }
         });
         Ok(MediaLeg { audio, playback, marks, attached: Attached(attached) })
+    }
+
+    fn take_recording(&self, call_id: &str) -> Option<Vec<u8>> {
+        self.lines.recordings().remove(call_id)
     }
 
     fn send_message<'a>(&'a self, m: &'a OutboundMessage) -> BoxFut<'a, Result<String, CarrierError>> {

@@ -63,6 +63,15 @@ pub struct Config {
     pub oidc: Oidc,
     pub keys: Keys,
     pub retention: Retention,
+    pub recordings: Recordings,
+}
+
+/// Where recordings' sealed audio is kept.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Recordings {
+    /// A folder (one sub-folder per tenant); default `<data_dir>/recordings`.
+    pub dir: Option<PathBuf>,
 }
 
 /// How long data is kept (docs/security.md "Retention"): the operator's
@@ -74,6 +83,10 @@ pub struct Retention {
     pub messages_days: u32,
     pub messages_min_days: u32,
     pub messages_max_days: u32,
+    /// Recordings: removed (audio and record) after this many days.
+    pub recordings_days: u32,
+    pub recordings_min_days: u32,
+    pub recordings_max_days: u32,
     /// Between soft deletion (restorable by the operator) and removal.
     pub grace_days: u32,
     /// Rows per transaction of the sweeper.
@@ -82,7 +95,16 @@ pub struct Retention {
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { messages_days: 365, messages_min_days: 1, messages_max_days: 3650, grace_days: 30, batch: 500 }
+        Retention {
+            messages_days: 365,
+            messages_min_days: 1,
+            messages_max_days: 3650,
+            recordings_days: 90,
+            recordings_min_days: 1,
+            recordings_max_days: 3650,
+            grace_days: 30,
+            batch: 500,
+        }
     }
 }
 /// Envelope encryption (docs/security.md "Data protection"): each tenant's
@@ -1122,12 +1144,15 @@ impl Config {
         if r.messages_min_days == 0
             || r.messages_min_days > r.messages_days
             || r.messages_days > r.messages_max_days
+            || r.recordings_min_days == 0
+            || r.recordings_min_days > r.recordings_days
+            || r.recordings_days > r.recordings_max_days
             || !(1..=10_000).contains(&r.batch)
             || r.grace_days == 0
         {
             return Err(ConfigError(
-                "retention: need 1 <= messages_min_days <= messages_days <= messages_max_days, grace_days >= 1 \
-                 and batch 1 to 10000"
+                "retention: need 1 <= messages_min_days <= messages_days <= messages_max_days, the same of \
+                 recordings_*, grace_days >= 1 and batch 1 to 10000"
                     .into(),
             ));
         }

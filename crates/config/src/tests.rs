@@ -378,4 +378,10 @@ fn retention_bounds_must_hold_together() {
             (min, days, max, batch);
         assert!(refusal(&c).contains("retention"), "{min} {days} {max} {batch}");
     }
+    for (min, days, max) in [(0, 90, 3650), (100, 90, 3650), (1, 4000, 3650)] {
+        let mut c = Config::default();
+        (c.retention.recordings_min_days, c.retention.recordings_days, c.retention.recordings_max_days) =
+            (min, days, max);
+        assert!(refusal(&c).contains("recordings_"), "recordings {min} {days} {max}");
+    }
 }

@@ -141,6 +141,9 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         minute: Duration::from_secs(60),
         watchers: Default::default(),
         keys: keys.clone(),
+        recordings: Arc::new(palisade_recordings::local::LocalStorage::new(
+            config.recordings.dir.clone().unwrap_or_else(|| config.server.data_dir.join("recordings")),
+        )),
     });
     Ok(AppState(Arc::new(Services {
         db,
@@ -725,6 +728,13 @@ pub async fn apply_retention(state: &AppState) -> Result<(u64, u64), palisade_st
     palisade_api::ops::apply_message_retention(&state.db, &state.config.retention, &proof, state.clock.as_ref()).await
 }
 
+/// Recording retention (`retention.recordings_*`, each tenant's own
+/// period): recordings past it removed for good. How many.
+pub async fn apply_recording_retention(state: &AppState) -> Result<u64, palisade_store::StoreError> {
+    let proof = palisade_core::principal::SysadminProof::verified();
+    palisade_api::ops::apply_recording_retention(&state.admission, &state.config.retention, &proof).await
+}
+
 /// Every ten minutes: expired revocations and tokens, old idempotency keys,
 /// audit and webhook retention.
 /// Sign-in code rows a day past their code, lock and send window.
@@ -790,6 +800,9 @@ fn spawn_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
                     }
                     if let Err(e) = apply_retention(&state).await {
                         tracing::warn!(error = %e, "message retention failed");
+                    }
+                    if let Err(e) = apply_recording_retention(&state).await {
+                        tracing::warn!(error = %e, "recording retention failed");
                     }
                     if let Err(e) = palisade_store::exports::purge_expired(&state.db, state.now_ms()).await {
                         tracing::warn!(error = %e, "removing expired exports failed");

@@ -181,6 +181,7 @@ pub fn run(
         to: row.to_number.clone(),
         offer,
         attestation: row.attestation.clone(),
+        record: row.record == 1,
     };
     placed.admission.run_call(placed.carrier.clone(), placed.scope.clone(), call, observer);
     serve_dialog_states(dialogs, states, move |reason| async move {
@@ -213,11 +214,12 @@ pub async fn admit(
     slots: u32,
     identity: &str,
     to: String,
+    record: bool,
 ) -> Result<palisade_store::calls::CallRow, (u16, &'static str, Option<u64>)> {
     let Some(caller) = Caller::new(principal, scope, audit, slots) else {
         return Err((500, "internal", None));
     };
-    let c = Call { from: identity.to_owned(), to, key: None };
+    let c = Call { from: identity.to_owned(), to, key: None, record };
     let screen = async { Ok::<(), ()>(()) };
     let answer = |_: &palisade_store::calls::CallRow| Answer { status: 201, body: String::new() };
     match admission.place_call(&caller, c, screen, answer).await {

@@ -574,6 +574,12 @@ impl Handler {
         }
         let dialed = message::user_host(&uri).and_then(|(user, _)| crate::calls::dialed_number(user));
         let Some(to) = dialed else { return reply(self.warning(404, "not_a_number")) };
+        // Recording, as `record` on `POST /v1/calls` asks for it.
+        let record = match fields.one("palisade-record").map(str::trim) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return reply(self.warning(400, "palisade_record")),
+        };
         let scope = user.scope();
         // The media the identity's policy admits, before anything is charged.
         let offer = (!tx.original.body.is_empty()).then_some(tx.original.body.as_slice());
@@ -607,7 +613,7 @@ impl Handler {
         };
         let s = &self.services;
         let identity = user.identity.to_string();
-        match crate::calls::admit(&s.admission, &principal, &scope, &audit, slots, &identity, to).await {
+        match crate::calls::admit(&s.admission, &principal, &scope, &audit, slots, &identity, to, record).await {
             Ok(mut call) => {
                 // On the call and, when it ends, its CDR.
                 call.media = media.label();

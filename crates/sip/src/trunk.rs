@@ -510,6 +510,11 @@ impl Carrier for TrunkCarrier {
         self.fallback.reaches_phones() || self.route().is_some()
     }
 
+    /// Only the sandbox records (a trunk's media never passes through us).
+    fn take_recording(&self, call_id: &str) -> Option<Vec<u8>> {
+        self.fallback.take_recording(call_id)
+    }
+
     /// A call through a trunk passes its SDP through as it is: its media
     /// flows between the caller and the carrier, never through us.
     fn attach_media(&self, call_id: &str, playback_frames: usize) -> Result<palisade_comms::MediaLeg, NoMedia> {

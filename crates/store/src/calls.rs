@@ -31,10 +31,12 @@ pub struct CallRow {
     /// The SHAKEN attestation: the one we sign an outbound call with, or the
     /// one an inbound call's verified PASSporT carries.
     pub attestation: Option<String>,
+    /// 1 when the call is to be recorded.
+    pub record: i64,
 }
 
 const COLS: &str = "id, tenant_id, identity_id, from_number, to_number, to_country, status, error_code, prepaid, \
-    answered_at, ended_at, created_at, updated_at, media, direction, verstat, verstat_reason, attestation";
+    answered_at, ended_at, created_at, updated_at, media, direction, verstat, verstat_reason, attestation, record";
 
 /// Statuses of a call that is not over.
 pub const LIVE: &str = "('queued', 'ringing', 'in_progress')";
@@ -54,6 +56,7 @@ pub struct NewCall<'a> {
     pub verstat: Option<&'a str>,
     pub verstat_reason: Option<&'a str>,
     pub attestation: Option<&'a str>,
+    pub record: bool,
 }
 
 impl<'a> NewCall<'a> {
@@ -72,6 +75,7 @@ impl<'a> NewCall<'a> {
             verstat: row.verstat.as_deref(),
             verstat_reason: row.verstat_reason.as_deref(),
             attestation: row.attestation.as_deref(),
+            record: row.record == 1,
         }
     }
 }
@@ -79,9 +83,9 @@ impl<'a> NewCall<'a> {
 pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, c: &NewCall<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO calls (id, tenant_id, identity_id, from_number, to_number, to_country, status, prepaid, \
-         instance_id, created_at, updated_at, direction, verstat, verstat_reason, attestation) \
+         instance_id, created_at, updated_at, direction, verstat, verstat_reason, attestation, record) \
          VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $10 = 'inbound' THEN 'ringing' ELSE 'queued' END, $7, $8, $9, $9, \
-           $10, $11, $12, $13)",
+           $10, $11, $12, $13, $14)",
     )
     .bind(c.id)
     .bind(scope.tenant_id().to_string())
@@ -96,6 +100,7 @@ pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantSco
     .bind(c.verstat)
     .bind(c.verstat_reason)
     .bind(c.attestation)
+    .bind(i64::from(c.record))
     .execute(ex)
     .await?;
     Ok(())

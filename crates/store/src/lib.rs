@@ -27,6 +27,7 @@ pub mod passkeys;
 mod pg_batch;
 mod pg_lookup;
 mod read;
+pub mod recordings;
 pub mod recovery;
 pub mod retention;
 mod sealed;

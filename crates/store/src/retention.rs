@@ -31,6 +31,40 @@ pub async fn set_messages_days<'c>(
     Ok(r.rows_affected() == 1)
 }
 
+/// The tenant's own period for recordings, if it chose one.
+pub async fn recordings_days<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar::<_, Option<i64>>("SELECT retention_recordings_days FROM tenants WHERE id = $1")
+        .bind(scope.tenant_id().to_string())
+        .fetch_optional(ex)
+        .await?
+        .flatten())
+}
+
+/// Sets (or with `None` clears) the tenant's period for recordings.
+pub async fn set_recordings_days<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    days: Option<i64>,
+) -> Result<bool> {
+    let r = sqlx::query("UPDATE tenants SET retention_recordings_days = $1 WHERE id = $2")
+        .bind(days)
+        .bind(scope.tenant_id().to_string())
+        .execute(ex)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Every active tenant with its own period for recordings (`None`: the
+/// default), for the sweeper; frozen ones are held, as for messages.
+pub async fn recording_tenants<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    _proof: &SysadminProof,
+) -> Result<Vec<(String, Option<i64>)>> {
+    Ok(sqlx::query_as("SELECT id, retention_recordings_days FROM tenants WHERE status = 'active' ORDER BY id")
+        .fetch_all(ex)
+        .await?)
+}
+
 /// Every tenant with its own period (`None`: the default), for the sweeper.
 /// A frozen tenant is skipped: its data is held while the operator looks
 /// into it (an erased one has nothing left to read).

@@ -113,7 +113,8 @@ pub async fn rewrap<'c>(
 /// Crypto-shredding of a frozen tenant: marked erased (first: a key being
 /// made waits for this row), its keys destroyed, and what it held in clear
 /// or under the platform's static key removed: message bodies, stored
-/// answers, TOTP secrets, SIP credentials and webhook secrets. The
+/// answers, TOTP secrets, SIP credentials, webhook secrets and recordings'
+/// keys. The
 /// number of keys destroyed; `None` when the tenant is not frozen or was
 /// erased already (nothing changes).
 pub async fn destroy(tx: &mut crate::Tx, scope: &TenantScope, now: i64) -> Result<Option<u64>> {
@@ -134,6 +135,8 @@ pub async fn destroy(tx: &mut crate::Tx, scope: &TenantScope, now: i64) -> Resul
         "DELETE FROM user_totp WHERE tenant_id = $1",
         "DELETE FROM idempotency_keys WHERE tenant_id = $1",
         "DELETE FROM sip_credentials WHERE tenant_id = $1",
+        // Their audio's keys: the files are removed after the commit.
+        "DELETE FROM recordings WHERE tenant_id = $1",
         "UPDATE webhook_endpoints SET secret_sealed = '', previous_secret_sealed = NULL, ed25519_sealed = NULL \
          WHERE tenant_id = $1",
     ] {

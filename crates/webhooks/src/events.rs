@@ -14,6 +14,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "call.started",
     "call.ended",
     "cdr.written",
+    "recording.completed",
     "api_key.created",
     "api_key.revoked",
     "api_key.rotated",

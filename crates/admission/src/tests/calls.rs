@@ -254,7 +254,7 @@ async fn a_store_error_is_not_a_refusal() {
     let id = w.identity(Id::default()).await;
     let fail = "CREATE TRIGGER no_keys BEFORE INSERT ON idempotency_keys BEGIN SELECT RAISE(ABORT, 'no'); END";
     w.svc.db.write_all(vec![palisade_store::Stmt::new(fail)]).await.unwrap();
-    let c = Call { from: id, to: US.into(), key: Some("k".into()) };
+    let c = Call { from: id, to: US.into(), key: Some("k".into()), record: false };
     let answer = |_: &CallRow| Answer { status: 201, body: "{}".into() };
     let r = w.svc.place_call(&w.caller(), c, async { Ok::<(), ()>(()) }, answer).await;
     assert!(r.is_err(), "{r:?}");

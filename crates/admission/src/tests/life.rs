@@ -68,6 +68,7 @@ async fn live(w: &World, carrier: Arc<Counting>, to: &str) -> (String, Vec<Strin
         to: c.to_number.clone(),
         offer: None,
         attestation: None,
+        record: false,
     };
     w.svc.run_call(carrier, w.scope.clone(), call, heard.clone());
     for _ in 0..300 {
@@ -120,6 +121,7 @@ async fn a_call_hung_up_while_it_rings_is_not_answered_and_the_line_comes_down()
         to: placed.to_number.clone(),
         offer: None,
         attestation: None,
+        record: false,
     };
     w.svc.run_call(c.clone(), w.scope.clone(), call, heard.clone());
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -157,6 +159,7 @@ async fn a_call_over_before_it_rings_is_ended_as_failed() {
         to: placed.to_number.clone(),
         offer: None,
         attestation: None,
+        record: false,
     };
     let c = carrier(1, 10);
     w.svc.run_call(c.clone(), w.scope.clone(), call, heard.clone());

@@ -72,6 +72,7 @@ pub async fn world_with(verified_numbers: bool, pricing: Pricing) -> World {
         webhook_wake: Arc::new(tokio::sync::Notify::new()),
         minute: std::time::Duration::from_secs(60),
         watchers: Default::default(),
+        recordings: Arc::new(palisade_recordings::local::LocalStorage::new(dir.path().join("recordings"))),
     });
     let kind = PrincipalKind::ApiKey { key_id: ApiKeyId::new(), owner_user_id: None };
     let principal = Principal::authenticated(tenant, kind, PermissionSet::all());
@@ -168,7 +169,7 @@ impl World {
         key: Option<&str>,
         screen: Result<(), &'static str>,
     ) -> Outcome<CallRow, &'static str> {
-        let c = Call { from: from.into(), to: to.into(), key: key.map(Into::into) };
+        let c = Call { from: from.into(), to: to.into(), key: key.map(Into::into), record: false };
         let answer = |r: &CallRow| Answer { status: 201, body: format!("{{\"id\":\"{}\"}}", r.id) };
         self.svc.place_call(&self.caller(), c, async { screen }, answer).await.unwrap()
     }

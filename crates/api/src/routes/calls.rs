@@ -27,6 +27,9 @@ pub struct PlaceCallRequest {
     /// E.164 destination.
     #[schema(pattern = r"^\s*\+[0-9]{8,15}\s*$")]
     to: String,
+    /// Record the call: once it ends, its audio is at `/v1/recordings`.
+    #[serde(default)]
+    record: bool,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -66,6 +69,9 @@ pub struct CallView {
     /// with, or what an inbound call's verified PASSporT says.
     #[serde(default)]
     attestation: Option<String>,
+    /// Whether the call is recorded.
+    #[serde(default)]
+    record: bool,
 }
 
 fn outbound() -> String {
@@ -90,6 +96,7 @@ impl From<CallRow> for CallView {
             verstat: c.verstat,
             verstat_reason: c.verstat_reason,
             attestation: c.attestation,
+            record: c.record == 1,
         }
     }
 }
@@ -109,7 +116,7 @@ pub async fn create(
     let scope = auth.scope(Permission::CallsWrite).await?;
     let key = admission::idempotency_key(&headers)?;
     let req = body.peek();
-    let c = Call { from: req.from.clone(), to: req.to.clone(), key };
+    let c = Call { from: req.from.clone(), to: req.to.clone(), key, record: req.record };
     let screen = async { body.scan(&state).await.map(drop) };
     let caller = admission::caller(&auth, &scope)?;
     let outcome =
@@ -121,6 +128,7 @@ pub async fn create(
             to: row.to_number.clone(),
             offer: None,
             attestation: row.attestation.clone(),
+            record: row.record == 1,
         };
         state.admission.run_call(state.carrier.clone(), scope.clone(), call, std::sync::Arc::new(()));
         (StatusCode::CREATED, Json(CallView::from(row))).into_response()

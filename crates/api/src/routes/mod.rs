@@ -19,6 +19,7 @@ mod number_verification;
 mod oidc;
 mod operators;
 mod passkeys;
+mod recordings;
 mod retention;
 pub use operators::totp_aad as operators_totp_aad;
 mod sip;
@@ -105,6 +106,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(calls::list_cdrs))
         .routes(routes!(calls::get_cdr))
         .routes(routes!(calls::usage))
+        .routes(routes!(recordings::list))
+        .routes(routes!(recordings::get, recordings::remove))
+        .routes(routes!(recordings::audio))
         .routes(routes!(webhooks::create, webhooks::list))
         .routes(routes!(webhooks::get, webhooks::update, webhooks::remove))
         .routes(routes!(webhooks::rotate_secret))

@@ -1,4 +1,4 @@
-//! Retention over HTTP: the tenant's period for messages within the
+//! Retention over HTTP: the tenant's periods (messages, recordings) within the
 //! operator's bounds, and the operator's restore of soft-deleted messages.
 //! The sweeper itself is [`crate::ops::apply_message_retention`].
 
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::extract::{Auth, PathId, Sysadmin, ValidJson};
-use crate::ops::message_days;
+use crate::ops::{message_days, recording_days};
 use crate::state::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -28,28 +28,57 @@ pub struct TenantRetention {
     /// Whether `messages_days` is the tenant's own choice.
     messages_chosen: bool,
     messages_bounds: Bounds,
+    /// Recordings (audio and record) are removed after this many days.
+    recordings_days: i64,
+    recordings_chosen: bool,
+    recordings_bounds: Bounds,
     grace_days: u32,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct TenantRetentionChange {
     /// Within `messages_bounds`; `null` goes back to the operator's
-    /// default. Required: a request that forgot it changes nothing.
-    #[serde(deserialize_with = "present")]
-    #[schema(required = true, nullable, value_type = Option<i64>, minimum = 1, maximum = 36500)]
-    messages_days: Option<i64>,
+    /// default; absent: unchanged.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable, value_type = Option<i64>, minimum = 1, maximum = 36500)]
+    messages_days: Option<Option<i64>>,
+    /// Within `recordings_bounds`, as `messages_days`. At least one of the
+    /// two is given: a request that names neither changes nothing.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable, value_type = Option<i64>, minimum = 1, maximum = 36500)]
+    recordings_days: Option<Option<i64>>,
 }
 
-/// A member that must be there, `null` allowed.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    Option::<i64>::deserialize(d)
+/// A member that is there (its value, `null` allowed), told apart from
+/// one left out (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+    Option::<i64>::deserialize(d).map(Some)
+}
+
+/// A chosen period within the operator's bounds.
+fn within(field: &str, days: Option<Option<i64>>, min: u32, max: u32) -> Result<(), ApiError> {
+    if let Some(Some(d)) = days {
+        if !(i64::from(min)..=i64::from(max)).contains(&d) {
+            return Err(ApiError::validation(field, format!("must be {min} to {max} (the operator's bounds)")));
+        }
+    }
+    Ok(())
 }
 
 async fn read(state: &AppState, scope: &TenantScope) -> Result<TenantRetention, ApiError> {
     let rules = &state.config.retention;
     let own = palisade_store::retention::messages_days(state.db.reader(), scope).await?;
+    let own_recordings = palisade_store::retention::recordings_days(state.db.reader(), scope).await?;
     Ok(TenantRetention {
+        recordings_days: recording_days(rules, own_recordings),
+        recordings_chosen: own_recordings.is_some(),
+        recordings_bounds: Bounds {
+            min_days: rules.recordings_min_days,
+            max_days: rules.recordings_max_days,
+            default_days: rules.recordings_days,
+        },
         messages_days: message_days(rules, own),
         messages_chosen: own.is_some(),
         messages_bounds: Bounds {
@@ -69,7 +98,7 @@ pub async fn get(State(state): State<AppState>, auth: Auth) -> Result<Json<Tenan
     Ok(Json(read(&state, &scope).await?))
 }
 
-/// Sets how long the tenant's messages are kept (`tenant:manage`, a recent
+/// Sets how long the tenant's messages and recordings are kept (`tenant:manage`, a recent
 /// second factor: a shorter period deletes data).
 #[utoipa::path(put, path = "/v1/tenant/retention", tag = "tenant", request_body = TenantRetentionChange,
     security(("bearer" = [])),
@@ -82,21 +111,25 @@ pub async fn put(
 ) -> Result<Json<TenantRetention>, ApiError> {
     let scope = auth.sensitive_scope(Permission::TenantManage).await?;
     let rules = &state.config.retention;
-    if let Some(d) = req.messages_days {
-        let (min, max) = (i64::from(rules.messages_min_days), i64::from(rules.messages_max_days));
-        if !(min..=max).contains(&d) {
-            return Err(ApiError::validation(
-                "messages_days",
-                format!("must be {min} to {max} (the operator's bounds)"),
-            ));
-        }
+    if req.messages_days.is_none() && req.recordings_days.is_none() {
+        return Err(ApiError::validation("messages_days", "give messages_days, recordings_days or both"));
     }
+    within("messages_days", req.messages_days, rules.messages_min_days, rules.messages_max_days)?;
+    within("recordings_days", req.recordings_days, rules.recordings_min_days, rules.recordings_max_days)?;
     let before = read(&state, &scope).await?;
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
-    palisade_store::retention::set_messages_days(&mut *tx, &scope, req.messages_days).await?;
+    let mut details = serde_json::Map::new();
+    if let Some(days) = req.messages_days {
+        palisade_store::retention::set_messages_days(&mut *tx, &scope, days).await?;
+        details.insert("messages_days".into(), serde_json::json!({ "from": before.messages_days, "to": days }));
+    }
+    if let Some(days) = req.recordings_days {
+        palisade_store::retention::set_recordings_days(&mut *tx, &scope, days).await?;
+        details.insert("recordings_days".into(), serde_json::json!({ "from": before.recordings_days, "to": days }));
+    }
     let event = Event::new("tenant.retention_changed", Some(scope.tenant_id()), auth.principal.actor())
-        .details(serde_json::json!({ "messages_days": { "from": before.messages_days, "to": req.messages_days } }));
+        .details(serde_json::Value::Object(details));
     palisade_audit::append(&mut *tx, &event, &auth.ctx.audit, now).await?;
     tx.commit().await?;
     Ok(Json(read(&state, &scope).await?))

@@ -27,6 +27,7 @@ struct Victim {
     delivery_id: String,
     sip_username: String,
     export_id: String,
+    recording_id: String,
 }
 
 impl Victim {
@@ -43,13 +44,14 @@ impl Victim {
             "cdrs" => &self.cdr_id,
             "webhooks" => &self.webhook_id,
             "exports" => &self.export_id,
+            "recordings" => &self.recording_id,
             // `/v1/me/passkeys/{id}`: the caller's own only; any id of A's.
             "me" => &self.user_id,
             other => panic!("the isolation walker has no fixture for `/v1/{other}/{{id}}` ({path}): add one"),
         }
     }
 
-    fn ids(&self) -> [&str; 13] {
+    fn ids(&self) -> [&str; 14] {
         [
             &self.tenant_id,
             &self.key_id,
@@ -64,8 +66,30 @@ impl Victim {
             &self.delivery_id,
             &self.sip_username,
             &self.export_id,
+            &self.recording_id,
         ]
     }
+}
+
+/// A recorded call, answered then hung up: its recording's id.
+async fn recording(srv: &TestServer, token: &str) -> String {
+    let body = json!({"from": "+34612000111", "to": "+34612000222", "record": true});
+    let call = srv.post("/v1/calls", token, body).await.expect(201).body["id"].as_str().unwrap().to_owned();
+    for _ in 0..200 {
+        if srv.get(&format!("/v1/calls/{call}"), token).await.expect(200).body["status"] == "in_progress" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    srv.post(&format!("/v1/calls/{call}/hangup"), token, json!({})).await.expect(200);
+    for _ in 0..200 {
+        let list = srv.get(&format!("/v1/recordings?call_id={call}"), token).await.expect(200).body;
+        if let Some(id) = list["data"][0]["id"].as_str() {
+            return id.to_owned();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the recorded call has no recording");
 }
 
 async fn every_v1_route_hides_other_tenants(b: Backend) {
@@ -91,6 +115,7 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
     let call_id = call.body["id"].as_str().unwrap().to_owned();
     srv.post(&format!("/v1/calls/{call_id}/hangup"), &a.token, json!({})).await.expect(200);
     let cdr = srv.get("/v1/cdrs", &a.token).await.expect(200);
+    let recording_id = recording(&srv, &a.token).await;
     // An endpoint nobody listens on: its delivery stays queued.
     let webhook = srv
         .post("/v1/webhooks", &a.token, json!({"url": "http://127.0.0.1:9/hook", "events": ["webhook.test"]}))
@@ -115,6 +140,7 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
         delivery_id: test.body["id"].as_str().unwrap().to_owned(),
         sip_username: sip.body["username"].as_str().unwrap().to_owned(),
         export_id: export.body["id"].as_str().unwrap().to_owned(),
+        recording_id,
     };
     let b_tenant = srv.tenant("Attacker").await;
     let (_, b_key) = srv.api_key(&b_tenant.token, json!({"name": "attacker key", "role": "owner"})).await;

@@ -37,6 +37,7 @@ mod oidc;
 mod openapi;
 mod operators;
 mod passkeys;
+mod recordings;
 mod recovery;
 mod redis_state;
 mod retention;

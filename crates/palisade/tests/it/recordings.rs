@@ -1,0 +1,265 @@
+//! Recordings (issue: data protection): a call placed with `record` keeps
+//! its audio as WAV, sealed at rest under the tenant's prefix; metadata,
+//! the audio with Range requests, deletion; agents confined to their
+//! identity; downloads and deletions audited; retention removes them.
+
+use palisade_config::Config;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::common::{Backend, TestServer};
+
+backend_tests!(
+    a_recorded_call_keeps_its_audio_sealed_at_rest,
+    ranges_of_the_audio,
+    agents_hear_their_own_identitys_recordings_only,
+    deleting_a_recording_removes_its_audio,
+    retention_removes_old_recordings,
+);
+
+const FROM: &str = "+34612345678";
+const OTHER: &str = "+34612345679";
+const TO: &str = "+34699000111";
+
+async fn server(b: Backend) -> TestServer {
+    TestServer::start_with(b, |c: &mut Config| {
+        c.carrier.sandbox_delay_ms = 20;
+        // The callee hangs up after a second: a short recording.
+        c.carrier.sandbox_call_secs = 1;
+    })
+    .await
+}
+
+/// A tenant with credit and two identities: (owner token, tenant id, identity, other identity).
+async fn tenant(s: &TestServer) -> (String, String, String, String) {
+    let t = s.tenant("Acme").await;
+    let i = s.post("/v1/identities", &t.token, json!({"number": FROM})).await.expect(201);
+    let o = s.post("/v1/identities", &t.token, json!({"number": OTHER})).await.expect(201);
+    s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", t.id), Some(json!({"amount": 1000})))
+        .await
+        .expect(200);
+    let id = |r: &crate::common::Resp| r.body["id"].as_str().unwrap().to_owned();
+    (t.token, t.id, id(&i), id(&o))
+}
+
+/// Places a recorded call from `from` and waits for its recording.
+async fn recorded(s: &TestServer, cred: &str, from: &str) -> Value {
+    let call = s.post("/v1/calls", cred, json!({"from": from, "to": TO, "record": true})).await.expect(201);
+    assert_eq!(call.body["record"], true);
+    let id = call.body["id"].as_str().unwrap();
+    for _ in 0..300 {
+        let list = s.get(&format!("/v1/recordings?call_id={id}"), cred).await.expect(200).body;
+        if let Some(r) = list["data"].as_array().unwrap().first() {
+            return r.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("call {id} has no recording");
+}
+
+async fn audio(s: &TestServer, cred: &str, id: &str, range: Option<&str>) -> reqwest::Response {
+    let mut rb = s.request(Method::GET, &format!("/v1/recordings/{id}/audio")).bearer_auth(cred);
+    if let Some(r) = range {
+        rb = rb.header("Range", r);
+    }
+    rb.send().await.unwrap()
+}
+
+/// The sandbox's tone as the WAV holds it: one 20 ms frame of 16-bit PCM.
+fn tone_pcm() -> Vec<u8> {
+    palisade_comms::media::tone_frame()
+        .iter()
+        .flat_map(|&u| palisade_recordings::wav::linear(u).to_le_bytes())
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every file under `dir`, as bytes.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(path).unwrap()));
+        }
+    }
+    out
+}
+
+async fn a_recorded_call_keeps_its_audio_sealed_at_rest(b: Backend) {
+    let sqlite = matches!(b, Backend::Sqlite);
+    let s = server(b).await;
+    let (token, tenant_id, identity, _) = tenant(&s).await;
+    // An unrecorded call has none.
+    let plain = s.post("/v1/calls", &token, json!({"from": FROM, "to": TO})).await.expect(201);
+    assert_eq!(plain.body["record"], false);
+    let r = recorded(&s, &token, FROM).await;
+    assert_eq!(r["identity_id"], identity.as_str());
+    let duration = r["duration_ms"].as_i64().unwrap();
+    assert!((800..=2500).contains(&duration), "a call of about a second: {duration} ms");
+    let size = r["size"].as_i64().unwrap();
+    assert_eq!(size, 44 + duration * 16, "8 kHz 16-bit mono");
+    let id = r["id"].as_str().unwrap().to_owned();
+    assert_eq!(r["audio_url"], format!("/v1/recordings/{id}/audio"));
+    assert_eq!(s.get(&format!("/v1/recordings/{id}"), &token).await.expect(200).body, r);
+    let list = s.get("/v1/recordings", &token).await.expect(200).body;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "only the recorded call: {list}");
+
+    let res = audio(&s, &token, &id, None).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "audio/wav");
+    assert_eq!(res.headers()["accept-ranges"], "bytes");
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let wav = res.bytes().await.unwrap().to_vec();
+    assert_eq!(wav.len() as i64, size);
+    assert_eq!(&wav[..4], b"RIFF");
+    assert_eq!(&wav[8..12], b"WAVE");
+    // Real audio: the far end's tone, frame after frame.
+    let tone = tone_pcm();
+    assert_eq!(&wav[44..44 + tone.len()], tone.as_slice());
+
+    // At rest: the file under the tenant's prefix holds neither the WAV
+    // header nor the audio; nor does the database.
+    let dir = s.data_dir.join("recordings").join(&tenant_id);
+    let files = files_under(&dir);
+    assert_eq!(files.len(), 1, "one file under the tenant's prefix");
+    assert!(files[0].0.ends_with(format!("{id}.pkr")));
+    assert!(!contains(&files[0].1, b"RIFF"));
+    assert!(!contains(&files[0].1, &tone[..64]));
+    assert!(!contains(&files[0].1, &palisade_comms::media::tone_frame()[..32]));
+    if sqlite {
+        let mut db = Vec::new();
+        for (path, bytes) in files_under(&s.data_dir) {
+            if path.to_string_lossy().contains(".db") {
+                db.extend(bytes);
+            }
+        }
+        assert!(!db.is_empty());
+        assert!(!contains(&db, &tone[..64]));
+    }
+    let created = s.events(&token, "action=recording.created").await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["resource_id"], id.as_str());
+    let downloaded = s.events(&token, "action=recording.downloaded").await;
+    assert_eq!(downloaded.len(), 1);
+    assert_eq!(downloaded[0]["details"]["to"], size);
+    s.stop().await;
+}
+
+async fn ranges_of_the_audio(b: Backend) {
+    let s = server(b).await;
+    let (token, _, _, _) = tenant(&s).await;
+    let r = recorded(&s, &token, FROM).await;
+    let (id, size) = (r["id"].as_str().unwrap(), r["size"].as_u64().unwrap());
+    let whole = audio(&s, &token, id, None).await.bytes().await.unwrap().to_vec();
+    for (range, from, to) in [
+        ("bytes=0-3", 0, 4),
+        ("bytes=40-99", 40, 100),
+        (&format!("bytes={}-", size - 7) as &str, size - 7, size),
+        ("bytes=-10", size - 10, size),
+        (&format!("bytes=100-{}", size + 50), 100, size),
+    ] {
+        let res = audio(&s, &token, id, Some(range)).await;
+        assert_eq!(res.status(), 206, "{range}");
+        assert_eq!(res.headers()["content-range"], format!("bytes {from}-{}/{size}", to - 1), "{range}");
+        assert_eq!(res.bytes().await.unwrap().as_ref(), &whole[from as usize..to as usize], "{range}");
+    }
+    for bad in
+        [format!("bytes={size}-"), format!("bytes={}-{}", size + 1, size + 9), "bytes=9-2".into(), "pages=1-2".into()]
+    {
+        let res = audio(&s, &token, id, Some(&bad)).await;
+        assert_eq!(res.status(), 416, "{bad}");
+        assert_eq!(res.headers()["content-range"], format!("bytes */{size}"), "{bad}");
+    }
+    // Several ranges: the whole file, as HTTP allows.
+    let res = audio(&s, &token, id, Some("bytes=0-1,10-11")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().len() as u64, size);
+    // Every request for audio is audited, with its range.
+    let downloaded = s.events(&token, "action=recording.downloaded").await;
+    assert_eq!(downloaded.len(), 7);
+    s.stop().await;
+}
+
+async fn agents_hear_their_own_identitys_recordings_only(b: Backend) {
+    let s = server(b).await;
+    let (token, _, identity, other) = tenant(&s).await;
+    let agent = s.post(&format!("/v1/identities/{identity}/agent-token"), &token, json!({})).await.expect(201).body
+        ["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mine = recorded(&s, &agent, FROM).await;
+    let theirs = recorded(&s, &token, &other).await;
+    let theirs_id = theirs["id"].as_str().unwrap();
+    let seen = s.get("/v1/recordings", &agent).await.expect(200).body["data"].as_array().unwrap().clone();
+    assert_eq!(seen, vec![mine.clone()]);
+    assert_eq!(s.get("/v1/recordings", &token).await.expect(200).body["data"].as_array().unwrap().len(), 2);
+    s.get(&format!("/v1/recordings/{theirs_id}"), &agent).await.expect(404);
+    assert_eq!(audio(&s, &agent, theirs_id, None).await.status(), 404);
+    s.call(Method::DELETE, &format!("/v1/recordings/{theirs_id}"), Some(&agent), None).await.expect(404);
+    assert_eq!(audio(&s, &agent, mine["id"].as_str().unwrap(), None).await.status(), 200);
+    // A read-only person can listen, not delete.
+    let (_, reader) = s.member(&token, "reader@example.com", "read_only").await;
+    assert_eq!(audio(&s, &reader, theirs_id, None).await.status(), 200);
+    s.call(Method::DELETE, &format!("/v1/recordings/{theirs_id}"), Some(&reader), None).await.expect(403);
+    assert_eq!(audio(&s, &token, theirs_id, None).await.status(), 200, "still there");
+    s.stop().await;
+}
+
+async fn deleting_a_recording_removes_its_audio(b: Backend) {
+    let s = server(b).await;
+    let (token, tenant_id, _, _) = tenant(&s).await;
+    let r = recorded(&s, &token, FROM).await;
+    let id = r["id"].as_str().unwrap();
+    let file = s.data_dir.join("recordings").join(&tenant_id).join(format!("{id}.pkr"));
+    assert!(file.exists());
+    s.call(Method::DELETE, &format!("/v1/recordings/{id}"), Some(&token), None).await.expect(204);
+    assert!(!file.exists());
+    s.get(&format!("/v1/recordings/{id}"), &token).await.expect(404);
+    assert_eq!(audio(&s, &token, id, None).await.status(), 404);
+    s.call(Method::DELETE, &format!("/v1/recordings/{id}"), Some(&token), None).await.expect(404);
+    let deleted = s.events(&token, "action=recording.deleted").await;
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0]["actor"]["type"], "user");
+    s.stop().await;
+}
+
+async fn retention_removes_old_recordings(b: Backend) {
+    let s = server(b).await;
+    let t = s.tenant("Keeper").await;
+    s.post("/v1/identities", &t.token, json!({"number": FROM})).await.expect(201);
+    s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", t.id), Some(json!({"amount": 1000})))
+        .await
+        .expect(200);
+    // An owner's API key: sessions end long before the days pass.
+    let (_, key) = s.api_key(&t.token, json!({"name": "ops", "role": "owner"})).await;
+    let r = s.call(Method::PUT, "/v1/tenant/retention", Some(&key), Some(json!({"recordings_days": 2}))).await;
+    let r = r.expect(200).body;
+    assert_eq!((r["recordings_days"].as_i64(), r["recordings_chosen"].as_bool()), (Some(2), Some(true)));
+    assert_eq!(r["messages_days"], 365, "messages unchanged");
+    assert_eq!(r["recordings_bounds"]["default_days"], 90);
+    let bad = s.call(Method::PUT, "/v1/tenant/retention", Some(&key), Some(json!({"recordings_days": 0}))).await;
+    assert_eq!(bad.expect(400).body["errors"][0]["field"], "recordings_days");
+    let old = recorded(&s, &key, FROM).await;
+    s.clock.advance_ms(86_400_000 + 1);
+    let young = recorded(&s, &key, FROM).await;
+    assert_eq!(palisade::apply_recording_retention(s.state()).await.unwrap(), 0, "none is two days old yet");
+    s.clock.advance_ms(86_400_000);
+    assert_eq!(palisade::apply_recording_retention(s.state()).await.unwrap(), 1);
+    let left: Vec<Value> = s.get("/v1/recordings", &key).await.expect(200).body["data"].as_array().unwrap().clone();
+    assert_eq!(left, vec![young.clone()]);
+    let old_id = old["id"].as_str().unwrap();
+    assert!(!s.data_dir.join("recordings").join(&t.id).join(format!("{old_id}.pkr")).exists());
+    let applied = s.events(&key, "action=retention.applied").await;
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0]["details"]["recordings"], json!({"removed": 1, "days": 2}));
+    assert_eq!(palisade::apply_recording_retention(s.state()).await.unwrap(), 0, "nothing left to do");
+    s.stop().await;
+}
