@@ -11,6 +11,7 @@ mod openapi;
 pub mod ops;
 pub mod recovery;
 pub mod reports;
+pub mod retention;
 pub mod routes;
 pub mod state;
 

@@ -83,6 +83,10 @@ pub struct Retention {
     pub messages_days: u32,
     pub messages_min_days: u32,
     pub messages_max_days: u32,
+    /// Calls and CDRs: soft deleted after this many days.
+    pub calls_days: u32,
+    pub calls_min_days: u32,
+    pub calls_max_days: u32,
     /// Recordings: removed (audio and record) after this many days.
     pub recordings_days: u32,
     pub recordings_min_days: u32,
@@ -99,6 +103,9 @@ impl Default for Retention {
             messages_days: 365,
             messages_min_days: 1,
             messages_max_days: 3650,
+            calls_days: 730,
+            calls_min_days: 1,
+            calls_max_days: 3650,
             recordings_days: 90,
             recordings_min_days: 1,
             recordings_max_days: 3650,
@@ -1144,6 +1151,9 @@ impl Config {
         if r.messages_min_days == 0
             || r.messages_min_days > r.messages_days
             || r.messages_days > r.messages_max_days
+            || r.calls_min_days == 0
+            || r.calls_min_days > r.calls_days
+            || r.calls_days > r.calls_max_days
             || r.recordings_min_days == 0
             || r.recordings_min_days > r.recordings_days
             || r.recordings_days > r.recordings_max_days
@@ -1152,7 +1162,7 @@ impl Config {
         {
             return Err(ConfigError(
                 "retention: need 1 <= messages_min_days <= messages_days <= messages_max_days, the same of \
-                 recordings_*, grace_days >= 1 and batch 1 to 10000"
+                 calls_* and recordings_*, grace_days >= 1 and batch 1 to 10000"
                     .into(),
             ));
         }

@@ -378,6 +378,11 @@ fn retention_bounds_must_hold_together() {
             (min, days, max, batch);
         assert!(refusal(&c).contains("retention"), "{min} {days} {max} {batch}");
     }
+    for (min, days, max) in [(0, 730, 3650), (800, 730, 3650), (1, 4000, 3650)] {
+        let mut c = Config::default();
+        (c.retention.calls_min_days, c.retention.calls_days, c.retention.calls_max_days) = (min, days, max);
+        assert!(refusal(&c).contains("calls_"), "calls {min} {days} {max}");
+    }
     for (min, days, max) in [(0, 90, 3650), (100, 90, 3650), (1, 4000, 3650)] {
         let mut c = Config::default();
         (c.retention.recordings_min_days, c.retention.recordings_days, c.retention.recordings_max_days) =

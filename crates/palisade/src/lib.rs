@@ -725,14 +725,25 @@ pub async fn apply_audit_retention(state: &AppState) -> anyhow::Result<Option<(u
 /// deletion, then removal after the grace period. `(soft deleted, removed)`.
 pub async fn apply_retention(state: &AppState) -> Result<(u64, u64), palisade_store::StoreError> {
     let proof = palisade_core::principal::SysadminProof::verified();
-    palisade_api::ops::apply_message_retention(&state.db, &state.config.retention, &proof, state.clock.as_ref()).await
+    palisade_api::retention::apply_message_retention(&state.db, &state.config.retention, &proof, state.clock.as_ref())
+        .await
+}
+
+/// Call retention (`retention.calls_*`, each tenant's own period): calls
+/// soft deleted and CDRs hidden, then both removed after the grace period.
+pub async fn apply_call_retention(
+    state: &AppState,
+) -> Result<palisade_api::retention::CallsSwept, palisade_store::StoreError> {
+    let proof = palisade_core::principal::SysadminProof::verified();
+    palisade_api::retention::apply_call_retention(&state.db, &state.config.retention, &proof, state.clock.as_ref())
+        .await
 }
 
 /// Recording retention (`retention.recordings_*`, each tenant's own
 /// period): recordings past it removed for good. How many.
 pub async fn apply_recording_retention(state: &AppState) -> Result<u64, palisade_store::StoreError> {
     let proof = palisade_core::principal::SysadminProof::verified();
-    palisade_api::ops::apply_recording_retention(&state.admission, &state.config.retention, &proof).await
+    palisade_api::retention::apply_recording_retention(&state.admission, &state.config.retention, &proof).await
 }
 
 /// Every ten minutes: expired revocations and tokens, old idempotency keys,
@@ -800,6 +811,9 @@ fn spawn_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
                     }
                     if let Err(e) = apply_retention(&state).await {
                         tracing::warn!(error = %e, "message retention failed");
+                    }
+                    if let Err(e) = apply_call_retention(&state).await {
+                        tracing::warn!(error = %e, "call retention failed");
                     }
                     if let Err(e) = apply_recording_retention(&state).await {
                         tracing::warn!(error = %e, "recording retention failed");

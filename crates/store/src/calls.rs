@@ -107,7 +107,7 @@ pub async fn insert<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantSco
 }
 
 pub async fn get<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, id: &str) -> Result<Option<CallRow>> {
-    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM calls WHERE tenant_id = $1 AND id = $2"))
+    Ok(sqlx::query_as(&format!("SELECT {COLS} FROM calls WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL"))
         .bind(scope.tenant_id().to_string())
         .bind(id)
         .fetch_optional(ex)
@@ -156,7 +156,8 @@ pub async fn list<'c>(
     limit: i64,
 ) -> Result<Vec<CallRow>> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {COLS} FROM calls WHERE tenant_id = $1 AND ($2 = '' OR identity_id = $2) ORDER BY id DESC LIMIT $3"
+        "SELECT {COLS} FROM calls WHERE tenant_id = $1 AND ($2 = '' OR identity_id = $2) AND deleted_at IS NULL \
+         ORDER BY id DESC LIMIT $3"
     ))
     .bind(scope.tenant_id().to_string())
     .bind(identity.map(|i| i.to_string()).unwrap_or_default())
@@ -299,6 +300,9 @@ pub struct CdrRow {
     pub attestation: Option<String>,
 }
 
+/// A CDR the API shows: not hidden by retention (`$1` is the tenant).
+const CDR_SHOWN: &str = "ended_at >= COALESCE((SELECT cdrs_hidden_before FROM tenants WHERE id = $1), 0)";
+
 const CDR_COLS: &str = "id, tenant_id, call_id, identity_id, from_number, to_number, to_country, status, started_at, \
     answered_at, ended_at, duration_secs, billed_minutes, cost, media, direction, verstat, verstat_reason, attestation";
 
@@ -336,7 +340,7 @@ pub async fn get_cdr<'c>(
     scope: &TenantScope,
     id: &str,
 ) -> Result<Option<CdrRow>> {
-    Ok(sqlx::query_as(&format!("SELECT {CDR_COLS} FROM cdrs WHERE tenant_id = $1 AND id = $2"))
+    Ok(sqlx::query_as(&format!("SELECT {CDR_COLS} FROM cdrs WHERE tenant_id = $1 AND id = $2 AND {CDR_SHOWN}"))
         .bind(scope.tenant_id().to_string())
         .bind(id)
         .fetch_optional(ex)
@@ -350,7 +354,8 @@ pub async fn list_cdrs<'c>(
     limit: i64,
 ) -> Result<Vec<CdrRow>> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {CDR_COLS} FROM cdrs WHERE tenant_id = $1 AND ($2 = '' OR identity_id = $2) ORDER BY id DESC LIMIT $3"
+        "SELECT {CDR_COLS} FROM cdrs WHERE tenant_id = $1 AND ($2 = '' OR identity_id = $2) AND {CDR_SHOWN} \
+         ORDER BY id DESC LIMIT $3"
     ))
     .bind(scope.tenant_id().to_string())
     .bind(identity.map(|i| i.to_string()).unwrap_or_default())
@@ -377,22 +382,30 @@ pub async fn hourly<'c>(
     from: i64,
     to: i64,
 ) -> Result<Vec<UsageRow>> {
-    let sql = if of_calls {
-        "SELECT (ended_at / 3600000) * 3600000 AS hour, COUNT(*) AS count, \
-           CAST(SUM(billed_minutes) AS BIGINT) AS units, CAST(SUM(cost) AS BIGINT) AS cost \
-         FROM cdrs WHERE tenant_id = $1 AND ended_at >= $2 AND ended_at < $3 GROUP BY 1 ORDER BY 1"
+    // Rows removed by retention count through the hourly archive.
+    let (rows, kind) = if of_calls {
+        (
+            "SELECT (ended_at / 3600000) * 3600000 AS hour, COUNT(*) AS count, \
+               CAST(SUM(billed_minutes) AS BIGINT) AS units, CAST(SUM(cost) AS BIGINT) AS cost \
+             FROM cdrs WHERE tenant_id = $1 AND ended_at >= $2 AND ended_at < $3 GROUP BY 1",
+            "calls",
+        )
     } else {
-        // Removed messages (retention) count through the hourly archive.
-        "SELECT hour, CAST(SUM(count) AS BIGINT) AS count, CAST(SUM(units) AS BIGINT) AS units, \
-           CAST(SUM(cost) AS BIGINT) AS cost FROM ( \
-           SELECT (created_at / 3600000) * 3600000 AS hour, COUNT(*) AS count, \
-             CAST(SUM(segments) AS BIGINT) AS units, CAST(SUM(cost) AS BIGINT) AS cost \
-           FROM messages WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1 \
-           UNION ALL SELECT hour, count, units, cost FROM usage_archive \
-           WHERE tenant_id = $1 AND kind = 'messages' AND hour > $2 - 3600000 AND hour < $3) u \
-         GROUP BY hour ORDER BY hour"
+        (
+            "SELECT (created_at / 3600000) * 3600000 AS hour, COUNT(*) AS count, \
+               CAST(SUM(segments) AS BIGINT) AS units, CAST(SUM(cost) AS BIGINT) AS cost \
+             FROM messages WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY 1",
+            "messages",
+        )
     };
-    Ok(sqlx::query_as(sql).bind(scope.tenant_id().to_string()).bind(from).bind(to).fetch_all(ex).await?)
+    let sql = format!(
+        "SELECT hour, CAST(SUM(count) AS BIGINT) AS count, CAST(SUM(units) AS BIGINT) AS units, \
+           CAST(SUM(cost) AS BIGINT) AS cost FROM ({rows} \
+           UNION ALL SELECT hour, count, units, cost FROM usage_archive \
+           WHERE tenant_id = $1 AND kind = '{kind}' AND hour > $2 - 3600000 AND hour < $3) u \
+         GROUP BY hour ORDER BY hour"
+    );
+    Ok(sqlx::query_as(&sql).bind(scope.tenant_id().to_string()).bind(from).bind(to).fetch_all(ex).await?)
 }
 
 /// Counts minutes a call went on for past what admission prepaid: they

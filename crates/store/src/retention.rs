@@ -1,6 +1,7 @@
-//! Retention of messages: the tenant's period, soft deletion past it,
-//! removal past the grace period (its counts folded into the hourly usage
-//! archive in the same transaction), and the operator's restore.
+//! Retention: the tenant's periods; for messages and calls soft deletion
+//! past the period, removal past the grace period (counts folded into the
+//! hourly usage archive in the same transaction) and the operator's
+//! restore. Recordings are removed at once (`recordings`).
 
 use palisade_core::principal::SysadminProof;
 use palisade_core::TenantScope;
@@ -8,22 +9,41 @@ use sqlx::{Any, Executor};
 
 use crate::Result;
 
-/// The tenant's own period for messages, if it chose one.
-pub async fn messages_days<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<Option<i64>> {
-    Ok(sqlx::query_scalar::<_, Option<i64>>("SELECT retention_messages_days FROM tenants WHERE id = $1")
+/// What a tenant keeps for a period of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Messages,
+    Calls,
+    Recordings,
+}
+
+impl Kind {
+    fn column(self) -> &'static str {
+        match self {
+            Kind::Messages => "retention_messages_days",
+            Kind::Calls => "retention_calls_days",
+            Kind::Recordings => "retention_recordings_days",
+        }
+    }
+}
+
+/// The tenant's own period for `kind`, if it chose one.
+pub async fn days<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope, kind: Kind) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar::<_, Option<i64>>(&format!("SELECT {} FROM tenants WHERE id = $1", kind.column()))
         .bind(scope.tenant_id().to_string())
         .fetch_optional(ex)
         .await?
         .flatten())
 }
 
-/// Sets (or with `None` clears) the tenant's period for messages.
-pub async fn set_messages_days<'c>(
+/// Sets (or with `None` clears) the tenant's period for `kind`.
+pub async fn set_days<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
+    kind: Kind,
     days: Option<i64>,
 ) -> Result<bool> {
-    let r = sqlx::query("UPDATE tenants SET retention_messages_days = $1 WHERE id = $2")
+    let r = sqlx::query(&format!("UPDATE tenants SET {} = $1 WHERE id = $2", kind.column()))
         .bind(days)
         .bind(scope.tenant_id().to_string())
         .execute(ex)
@@ -31,48 +51,15 @@ pub async fn set_messages_days<'c>(
     Ok(r.rows_affected() == 1)
 }
 
-/// The tenant's own period for recordings, if it chose one.
-pub async fn recordings_days<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<Option<i64>> {
-    Ok(sqlx::query_scalar::<_, Option<i64>>("SELECT retention_recordings_days FROM tenants WHERE id = $1")
-        .bind(scope.tenant_id().to_string())
-        .fetch_optional(ex)
-        .await?
-        .flatten())
-}
-
-/// Sets (or with `None` clears) the tenant's period for recordings.
-pub async fn set_recordings_days<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-    days: Option<i64>,
-) -> Result<bool> {
-    let r = sqlx::query("UPDATE tenants SET retention_recordings_days = $1 WHERE id = $2")
-        .bind(days)
-        .bind(scope.tenant_id().to_string())
-        .execute(ex)
-        .await?;
-    Ok(r.rows_affected() == 1)
-}
-
-/// Every active tenant with its own period for recordings (`None`: the
-/// default), for the sweeper; frozen ones are held, as for messages.
-pub async fn recording_tenants<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    _proof: &SysadminProof,
-) -> Result<Vec<(String, Option<i64>)>> {
-    Ok(sqlx::query_as("SELECT id, retention_recordings_days FROM tenants WHERE status = 'active' ORDER BY id")
-        .fetch_all(ex)
-        .await?)
-}
-
-/// Every tenant with its own period (`None`: the default), for the sweeper.
-/// A frozen tenant is skipped: its data is held while the operator looks
-/// into it (an erased one has nothing left to read).
+/// Every tenant with its own period for `kind` (`None`: the default), for
+/// the sweeper. A frozen tenant is skipped: its data is held while the
+/// operator looks into it (an erased one has nothing left to read).
 pub async fn tenants<'c>(
     ex: impl Executor<'c, Database = Any>,
     _proof: &SysadminProof,
+    kind: Kind,
 ) -> Result<Vec<(String, Option<i64>)>> {
-    Ok(sqlx::query_as("SELECT id, retention_messages_days FROM tenants WHERE status = 'active' ORDER BY id")
+    Ok(sqlx::query_as(&format!("SELECT id, {} FROM tenants WHERE status = 'active' ORDER BY id", kind.column()))
         .fetch_all(ex)
         .await?)
 }
@@ -160,4 +147,146 @@ pub async fn restore_messages(tx: &mut crate::Tx, scope: &TenantScope) -> Result
         .execute(&mut **tx)
         .await?;
     Ok(r.rows_affected())
+}
+
+/// Whether the tenant has calls or CDRs due: calls made before
+/// `soft_before` not yet soft deleted, or soft deleted before
+/// `purge_before`; CDRs that ended before `soft_before` not hidden yet, or
+/// before `cdr_purge_before`.
+pub async fn calls_due<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    soft_before: i64,
+    purge_before: i64,
+    cdr_purge_before: i64,
+) -> Result<bool> {
+    Ok(sqlx::query_scalar::<_, i64>(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM calls WHERE tenant_id = $1 AND deleted_at IS NULL \
+           AND created_at < $2) OR EXISTS (SELECT 1 FROM calls WHERE tenant_id = $1 \
+           AND deleted_at IS NOT NULL AND deleted_at < $3) \
+           OR EXISTS (SELECT 1 FROM cdrs WHERE tenant_id = $1 AND ended_at < $4) \
+           OR EXISTS (SELECT 1 FROM cdrs WHERE tenant_id = $1 AND ended_at < $2 AND ended_at >= \
+             COALESCE((SELECT cdrs_hidden_before FROM tenants WHERE id = $1), 0)) THEN 1 ELSE 0 END",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(soft_before)
+    .bind(purge_before)
+    .bind(cdr_purge_before)
+    .fetch_one(ex)
+    .await?
+        == 1)
+}
+
+/// Soft deletes up to `limit` of the tenant's ended calls made before
+/// `before`; how many.
+pub async fn soft_delete_calls(
+    tx: &mut crate::Tx,
+    scope: &TenantScope,
+    before: i64,
+    now: i64,
+    limit: i64,
+) -> Result<u64> {
+    let r = sqlx::query(&format!(
+        "UPDATE calls SET deleted_at = $1 WHERE id IN (SELECT id FROM calls WHERE tenant_id = $2 \
+         AND deleted_at IS NULL AND created_at < $3 AND status NOT IN {} ORDER BY created_at LIMIT $4)",
+        crate::calls::LIVE
+    ))
+    .bind(now)
+    .bind(scope.tenant_id().to_string())
+    .bind(before)
+    .bind(limit)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Hides the tenant's CDRs that ended before `before` from the API (the
+/// mark only moves forward); how many were newly hidden.
+pub async fn hide_cdrs(tx: &mut crate::Tx, scope: &TenantScope, before: i64) -> Result<u64> {
+    let tenant = scope.tenant_id().to_string();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM cdrs WHERE tenant_id = $1 AND ended_at < $2 \
+         AND ended_at >= COALESCE((SELECT cdrs_hidden_before FROM tenants WHERE id = $1), 0)",
+    )
+    .bind(&tenant)
+    .bind(before)
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE tenants SET cdrs_hidden_before = $2 WHERE id = $1 \
+         AND (cdrs_hidden_before IS NULL OR cdrs_hidden_before < $2)",
+    )
+    .bind(&tenant)
+    .bind(before)
+    .execute(&mut **tx)
+    .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Removes up to `limit` of the tenant's calls soft deleted before
+/// `before`; how many.
+pub async fn purge_calls(tx: &mut crate::Tx, scope: &TenantScope, before: i64, limit: i64) -> Result<u64> {
+    let r = sqlx::query(
+        "DELETE FROM calls WHERE id IN (SELECT id FROM calls WHERE tenant_id = $1 AND deleted_at IS NOT NULL \
+         AND deleted_at < $2 ORDER BY id LIMIT $3)",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(before)
+    .bind(limit)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Removes up to `limit` of the tenant's CDRs that ended before `before`:
+/// first the expiry that lets the database delete them (append-only), then
+/// their hours added to the usage archive, then the rows. How many.
+pub async fn purge_cdrs(tx: &mut crate::Tx, scope: &TenantScope, before: i64, now: i64, limit: i64) -> Result<u64> {
+    let tenant = scope.tenant_id().to_string();
+    sqlx::query("INSERT INTO cdr_expiries (tenant_id, ended_before, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(&tenant)
+        .bind(before)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    let batch = "SELECT id FROM cdrs WHERE tenant_id = $1 AND ended_at < $2 ORDER BY id LIMIT $3";
+    sqlx::query(&format!(
+        "INSERT INTO usage_archive (tenant_id, kind, hour, count, units, cost) \
+         SELECT tenant_id, 'calls', (ended_at / 3600000) * 3600000, COUNT(*), CAST(SUM(billed_minutes) AS BIGINT), \
+           CAST(SUM(cost) AS BIGINT) FROM cdrs WHERE id IN ({batch}) GROUP BY tenant_id, 3 \
+         ON CONFLICT (tenant_id, kind, hour) DO UPDATE SET count = usage_archive.count + excluded.count, \
+           units = usage_archive.units + excluded.units, cost = usage_archive.cost + excluded.cost"
+    ))
+    .bind(&tenant)
+    .bind(before)
+    .bind(limit)
+    .execute(&mut **tx)
+    .await?;
+    let r = sqlx::query(&format!("DELETE FROM cdrs WHERE id IN ({batch})"))
+        .bind(&tenant)
+        .bind(before)
+        .bind(limit)
+        .execute(&mut **tx)
+        .await?;
+    Ok(r.rows_affected())
+}
+
+/// The operator's restore of calls: soft-deleted calls and hidden CDRs
+/// visible again (those not removed yet). `(calls, cdrs)`.
+pub async fn restore_calls(tx: &mut crate::Tx, scope: &TenantScope) -> Result<(u64, u64)> {
+    let tenant = scope.tenant_id().to_string();
+    let calls = sqlx::query("UPDATE calls SET deleted_at = NULL WHERE tenant_id = $1 AND deleted_at IS NOT NULL")
+        .bind(&tenant)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    let cdrs: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM cdrs WHERE tenant_id = $1 \
+         AND ended_at < COALESCE((SELECT cdrs_hidden_before FROM tenants WHERE id = $1), 0)",
+    )
+    .bind(&tenant)
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE tenants SET cdrs_hidden_before = NULL WHERE id = $1").bind(&tenant).execute(&mut **tx).await?;
+    Ok((calls, u64::try_from(cdrs).unwrap_or(0)))
 }

@@ -77,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(mfa::get_security, mfa::put_security))
         .routes(routes!(retention::get, retention::put))
         .routes(routes!(retention::restore))
+        .routes(routes!(retention::restore_calls))
         .routes(routes!(api_keys::create, api_keys::list))
         .routes(routes!(api_keys::get, api_keys::revoke))
         .routes(routes!(api_keys::rotate))

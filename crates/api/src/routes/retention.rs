@@ -1,6 +1,6 @@
 //! Retention over HTTP: the tenant's periods (messages, recordings) within the
 //! operator's bounds, and the operator's restore of soft-deleted messages.
-//! The sweeper itself is [`crate::ops::apply_message_retention`].
+//! The sweeper itself is [`crate::retention`].
 
 use axum::extract::State;
 use axum::Json;
@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::extract::{Auth, PathId, Sysadmin, ValidJson};
-use crate::ops::{message_days, recording_days};
+use palisade_store::retention::Kind;
+
+use crate::retention::{period, period_rule};
 use crate::state::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -28,6 +30,11 @@ pub struct TenantRetention {
     /// Whether `messages_days` is the tenant's own choice.
     messages_chosen: bool,
     messages_bounds: Bounds,
+    /// Calls and CDRs are hidden after this many days, and removed
+    /// `grace_days` later (usage keeps their hours).
+    calls_days: i64,
+    calls_chosen: bool,
+    calls_bounds: Bounds,
     /// Recordings (audio and record) are removed after this many days.
     recordings_days: i64,
     recordings_chosen: bool,
@@ -40,12 +47,16 @@ pub struct TenantRetention {
 #[schema(min_properties = 1)]
 pub struct TenantRetentionChange {
     /// Within `messages_bounds`; `null` goes back to the operator's
-    /// default; absent: unchanged.
+    /// default; absent: unchanged. At least one member is given: a request
+    /// that names none changes nothing.
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable, value_type = Option<i64>, minimum = 1, maximum = 36500)]
     messages_days: Option<Option<i64>>,
-    /// Within `recordings_bounds`, as `messages_days`. At least one of the
-    /// two is given: a request that names neither changes nothing.
+    /// Within `calls_bounds`, as `messages_days`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable, value_type = Option<i64>, minimum = 1, maximum = 36500)]
+    calls_days: Option<Option<i64>>,
+    /// Within `recordings_bounds`, as `messages_days`.
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable, value_type = Option<i64>, minimum = 1, maximum = 36500)]
     recordings_days: Option<Option<i64>>,
@@ -57,38 +68,33 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>
     Option::<i64>::deserialize(d).map(Some)
 }
 
-/// A chosen period within the operator's bounds.
-fn within(field: &str, days: Option<Option<i64>>, min: u32, max: u32) -> Result<(), ApiError> {
-    if let Some(Some(d)) = days {
-        if !(i64::from(min)..=i64::from(max)).contains(&d) {
-            return Err(ApiError::validation(field, format!("must be {min} to {max} (the operator's bounds)")));
-        }
-    }
-    Ok(())
+fn bounds(rules: &palisade_config::Retention, kind: Kind) -> Bounds {
+    let (default_days, min_days, max_days) = period_rule(rules, kind);
+    Bounds { min_days, max_days, default_days }
 }
 
 async fn read(state: &AppState, scope: &TenantScope) -> Result<TenantRetention, ApiError> {
     let rules = &state.config.retention;
-    let own = palisade_store::retention::messages_days(state.db.reader(), scope).await?;
-    let own_recordings = palisade_store::retention::recordings_days(state.db.reader(), scope).await?;
+    let mut own = [None; 3];
+    for (slot, kind) in own.iter_mut().zip(KINDS) {
+        *slot = palisade_store::retention::days(state.db.reader(), scope, kind).await?;
+    }
+    let [messages, calls, recordings] = own;
     Ok(TenantRetention {
-        recordings_days: recording_days(rules, own_recordings),
-        recordings_chosen: own_recordings.is_some(),
-        recordings_bounds: Bounds {
-            min_days: rules.recordings_min_days,
-            max_days: rules.recordings_max_days,
-            default_days: rules.recordings_days,
-        },
-        messages_days: message_days(rules, own),
-        messages_chosen: own.is_some(),
-        messages_bounds: Bounds {
-            min_days: rules.messages_min_days,
-            max_days: rules.messages_max_days,
-            default_days: rules.messages_days,
-        },
+        messages_days: period(rules, Kind::Messages, messages),
+        messages_chosen: messages.is_some(),
+        messages_bounds: bounds(rules, Kind::Messages),
+        calls_days: period(rules, Kind::Calls, calls),
+        calls_chosen: calls.is_some(),
+        calls_bounds: bounds(rules, Kind::Calls),
+        recordings_days: period(rules, Kind::Recordings, recordings),
+        recordings_chosen: recordings.is_some(),
+        recordings_bounds: bounds(rules, Kind::Recordings),
         grace_days: rules.grace_days,
     })
 }
+
+const KINDS: [Kind; 3] = [Kind::Messages, Kind::Calls, Kind::Recordings];
 
 /// How long the tenant's data is kept.
 #[utoipa::path(get, path = "/v1/tenant/retention", tag = "tenant", security(("bearer" = [])),
@@ -98,8 +104,8 @@ pub async fn get(State(state): State<AppState>, auth: Auth) -> Result<Json<Tenan
     Ok(Json(read(&state, &scope).await?))
 }
 
-/// Sets how long the tenant's messages and recordings are kept (`tenant:manage`, a recent
-/// second factor: a shorter period deletes data).
+/// Sets how long the tenant's messages, calls and recordings are kept
+/// (`tenant:manage`, a recent second factor: a shorter period deletes data).
 #[utoipa::path(put, path = "/v1/tenant/retention", tag = "tenant", request_body = TenantRetentionChange,
     security(("bearer" = [])),
     responses((status = 200, body = TenantRetention), (status = 400, body = palisade_core::Problem),
@@ -111,22 +117,31 @@ pub async fn put(
 ) -> Result<Json<TenantRetention>, ApiError> {
     let scope = auth.sensitive_scope(Permission::TenantManage).await?;
     let rules = &state.config.retention;
-    if req.messages_days.is_none() && req.recordings_days.is_none() {
-        return Err(ApiError::validation("messages_days", "give messages_days, recordings_days or both"));
+    let changes = [
+        ("messages_days", Kind::Messages, req.messages_days),
+        ("calls_days", Kind::Calls, req.calls_days),
+        ("recordings_days", Kind::Recordings, req.recordings_days),
+    ];
+    if changes.iter().all(|(_, _, days)| days.is_none()) {
+        return Err(ApiError::validation("messages_days", "give messages_days, calls_days or recordings_days"));
     }
-    within("messages_days", req.messages_days, rules.messages_min_days, rules.messages_max_days)?;
-    within("recordings_days", req.recordings_days, rules.recordings_min_days, rules.recordings_max_days)?;
-    let before = read(&state, &scope).await?;
+    for (field, kind, days) in changes {
+        let (_, min, max) = period_rule(rules, kind);
+        if let Some(Some(d)) = days {
+            if !(i64::from(min)..=i64::from(max)).contains(&d) {
+                return Err(ApiError::validation(field, format!("must be {min} to {max} (the operator's bounds)")));
+            }
+        }
+    }
+    let before = serde_json::to_value(read(&state, &scope).await?).unwrap_or_default();
     let now = state.now_ms();
     let mut tx = state.db.begin().await?;
     let mut details = serde_json::Map::new();
-    if let Some(days) = req.messages_days {
-        palisade_store::retention::set_messages_days(&mut *tx, &scope, days).await?;
-        details.insert("messages_days".into(), serde_json::json!({ "from": before.messages_days, "to": days }));
-    }
-    if let Some(days) = req.recordings_days {
-        palisade_store::retention::set_recordings_days(&mut *tx, &scope, days).await?;
-        details.insert("recordings_days".into(), serde_json::json!({ "from": before.recordings_days, "to": days }));
+    for (field, kind, days) in changes {
+        if let Some(days) = days {
+            palisade_store::retention::set_days(&mut *tx, &scope, kind, days).await?;
+            details.insert(field.into(), serde_json::json!({ "from": before[field], "to": days }));
+        }
     }
     let event = Event::new("tenant.retention_changed", Some(scope.tenant_id()), auth.principal.actor())
         .details(serde_json::Value::Object(details));
@@ -166,4 +181,38 @@ pub async fn restore(
     palisade_audit::append(&mut *tx, &event, &admin.ctx.audit, now).await?;
     tx.commit().await?;
     Ok(Json(Restored { tenant_id: id.to_string(), messages: n }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RestoredCalls {
+    tenant_id: String,
+    /// Soft-deleted calls visible again.
+    calls: u64,
+    /// Hidden CDRs visible again.
+    cdrs: u64,
+}
+
+/// The operator's restore of calls: the tenant's soft-deleted calls and
+/// hidden CDRs (within the grace period) visible again, as for messages.
+#[utoipa::path(post, path = "/sysadmin/v1/tenants/{id}/restore-calls", tag = "sysadmin",
+    security(("operator" = []), ("master_key" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Tenant id (UUID)")),
+    responses((status = 200, body = RestoredCalls), (status = 404, body = palisade_core::Problem)))]
+pub async fn restore_calls(
+    State(state): State<AppState>,
+    admin: Sysadmin,
+    PathId(id): PathId<TenantId>,
+) -> Result<Json<RestoredCalls>, ApiError> {
+    let scope = TenantScope::for_sysadmin(&admin.proof, id);
+    palisade_store::tenants::get(state.db.reader(), &scope).await?.ok_or_else(ApiError::not_found)?;
+    let now = state.now_ms();
+    let mut tx = state.db.begin().await?;
+    palisade_store::tenants::lock(&mut *tx, &scope).await?;
+    let (calls, cdrs) = palisade_store::retention::restore_calls(&mut tx, &scope).await?;
+    let event = Event::new("retention.restored", Some(id), admin.proof.actor())
+        .resource("tenant", id)
+        .details(serde_json::json!({ "calls": calls, "cdrs": cdrs }));
+    palisade_audit::append(&mut *tx, &event, &admin.ctx.audit, now).await?;
+    tx.commit().await?;
+    Ok(Json(RestoredCalls { tenant_id: id.to_string(), calls, cdrs }))
 }

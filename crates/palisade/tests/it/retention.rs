@@ -1,6 +1,8 @@
-//! Retention of messages: the tenant's period within the operator's
-//! bounds, soft deletion (hidden, restorable by the operator), removal
-//! after the grace period with usage kept, each pass audited.
+//! Retention of messages and of calls and CDRs: the tenant's period within
+//! the operator's bounds, soft deletion (hidden, restorable by the
+//! operator), removal after the grace period with usage kept, CDRs
+//! immutable until their expiry, each pass audited. (Recordings:
+//! `recordings.rs`.)
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -8,7 +10,10 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::common::{Backend, TestServer};
 
-backend_tests!(messages_leave_after_the_tenants_period_and_usage_stays,);
+backend_tests!(
+    messages_leave_after_the_tenants_period_and_usage_stays,
+    calls_and_cdrs_leave_after_the_tenants_period_and_usage_stays,
+);
 
 const FROM: &str = "+34612345678";
 const DAY_MS: i64 = 86_400_000;
@@ -35,10 +40,14 @@ async fn listed(s: &TestServer, token: &str) -> usize {
 }
 
 async fn usage(s: &TestServer, token: &str, hour: &str) -> Value {
+    usage_of(s, token, hour, "messages").await
+}
+
+async fn usage_of(s: &TestServer, token: &str, hour: &str, kind: &str) -> Value {
     let start = time::OffsetDateTime::parse(hour, &Rfc3339).unwrap();
     let end = (start + time::Duration::hours(1)).format(&Rfc3339).unwrap();
     let r = s.get(&format!("/v1/usage?granularity=hour&since={hour}&until={end}"), token).await.expect(200);
-    r.body["data"][0]["messages"].clone()
+    r.body["data"][0][kind].clone()
 }
 
 async fn messages_leave_after_the_tenants_period_and_usage_stays(backend: Backend) {
@@ -91,4 +100,102 @@ async fn messages_leave_after_the_tenants_period_and_usage_stays(backend: Backen
     let r = s.call(Method::PUT, "/v1/tenant/retention", Some(&token), Some(json!({"messages_days": null}))).await;
     assert_eq!(r.expect(200).body["messages_days"], 365);
     s.stop().await;
+}
+
+async fn count(s: &TestServer, token: &str, path: &str) -> usize {
+    s.get(path, token).await.expect(200).body["data"].as_array().unwrap().len()
+}
+
+/// A call answered, then hung up: its id, once its CDR is written.
+async fn finished_call(s: &TestServer, token: &str) -> String {
+    let id = s.post("/v1/calls", token, json!({"from": FROM, "to": "+34699000111"})).await.expect(201).body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..250 {
+        if s.get(&format!("/v1/calls/{id}"), token).await.expect(200).body["status"] == "in_progress" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    s.post(&format!("/v1/calls/{id}/hangup"), token, json!({})).await.expect(200);
+    id
+}
+
+async fn calls_and_cdrs_leave_after_the_tenants_period_and_usage_stays(backend: Backend) {
+    let s = TestServer::start_with(backend, |c| {
+        c.carrier.sandbox_delay_ms = 20;
+        c.carrier.sandbox_call_secs = 3600;
+    })
+    .await;
+    let (token, tenant_id) = sender(&s, "Short").await;
+    let (other, _) = sender(&s, "Default").await;
+    for bad in [json!({"calls_days": 0}), json!({"calls_days": 3651}), json!({"calls_days": "2"})] {
+        s.call(Method::PUT, "/v1/tenant/retention", Some(&token), Some(bad)).await.expect(400);
+    }
+    let r = s.call(Method::PUT, "/v1/tenant/retention", Some(&token), Some(json!({"calls_days": 2}))).await;
+    let r = r.expect(200).body;
+    assert_eq!((r["calls_days"].as_i64(), r["calls_chosen"].as_bool()), (Some(2), Some(true)));
+    assert_eq!((r["messages_days"].as_i64(), r["recordings_days"].as_i64()), (Some(365), Some(90)));
+    assert_eq!(s.get("/v1/tenant/retention", &other).await.expect(200).body["calls_days"], 730);
+    let call = finished_call(&s, &token).await;
+    finished_call(&s, &other).await;
+    let cdr = s.get("/v1/cdrs", &token).await.expect(200).body["data"][0]["id"].as_str().unwrap().to_owned();
+    let hour = s.get("/v1/usage?granularity=hour", &token).await.expect(200).body["data"][0]["hour"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = usage_of(&s, &token, &hour, "calls").await;
+    assert_eq!(before["count"], 1);
+    // A live call is never touched.
+    let live = s.post("/v1/calls", &token, json!({"from": FROM, "to": "+34699000111"})).await.expect(201).body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Past the period: the call soft deleted, its CDR hidden; the other tenant's kept.
+    s.clock.advance_ms(3 * DAY_MS);
+    let swept = palisade::apply_call_retention(s.state()).await.unwrap();
+    assert_eq!((swept.calls_soft_deleted, swept.cdrs_hidden, swept.calls_removed, swept.cdrs_removed), (1, 1, 0, 0));
+    assert_eq!((count(&s, &token, "/v1/calls").await, count(&s, &token, "/v1/cdrs").await), (1, 0));
+    assert_eq!((count(&s, &other, "/v1/calls").await, count(&s, &other, "/v1/cdrs").await), (1, 1));
+    s.get(&format!("/v1/calls/{call}"), &token).await.expect(404);
+    s.get(&format!("/v1/cdrs/{cdr}"), &token).await.expect(404);
+    s.get(&format!("/v1/calls/{live}"), &token).await.expect(200);
+    // The CDR is still immutable: no expiry covers it yet.
+    assert!(delete_cdr(&s, &cdr).await.is_err(), "a hidden CDR cannot be deleted before its expiry");
+    // The operator brings them back within the grace period.
+    let r = s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{tenant_id}/restore-calls"), None).await;
+    let r = r.expect(200).body;
+    assert_eq!((r["calls"].as_u64(), r["cdrs"].as_u64()), (Some(1), Some(1)));
+    s.get(&format!("/v1/cdrs/{cdr}"), &token).await.expect(200);
+    // Hidden again at the next pass; removed after the 30-day grace.
+    let swept = palisade::apply_call_retention(s.state()).await.unwrap();
+    assert_eq!((swept.calls_soft_deleted, swept.cdrs_hidden), (1, 1));
+    s.clock.advance_ms(31 * DAY_MS);
+    let swept = palisade::apply_call_retention(s.state()).await.unwrap();
+    assert_eq!((swept.calls_removed, swept.cdrs_removed), (1, 1));
+    let swept = palisade::apply_call_retention(s.state()).await.unwrap();
+    assert_eq!(swept, Default::default(), "nothing left to do");
+    // Usage keeps the hour; the other tenant's CDR is still there and
+    // still immutable.
+    assert_eq!(usage_of(&s, &token, &hour, "calls").await, before);
+    assert_eq!(count(&s, &other, "/v1/cdrs").await, 1);
+    let theirs = s.get("/v1/cdrs", &other).await.expect(200).body["data"][0]["id"].as_str().unwrap().to_owned();
+    assert!(delete_cdr(&s, &theirs).await.is_err());
+    let passes = s.events(&token, "action=retention.applied").await;
+    assert!(passes.iter().any(|e| e["details"]["cdrs"]["removed"] == 1), "{passes:?}");
+    assert!(passes.iter().any(|e| e["details"]["calls"]["removed"] == 1), "{passes:?}");
+    s.post(&format!("/v1/calls/{live}/hangup"), &token, json!({})).await.expect(200);
+    s.stop().await;
+}
+
+/// Deletes a CDR row straight in the database, as an intruder would try.
+async fn delete_cdr(s: &TestServer, id: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(&s.db_url).await.unwrap();
+    let r = sqlx::query("DELETE FROM cdrs WHERE id = $1").bind(id).execute(&mut db).await.map(drop);
+    db.close().await.unwrap();
+    r
 }

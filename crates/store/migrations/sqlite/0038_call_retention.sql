@@ -1,0 +1,35 @@
+-- Retention of calls and CDRs. A call past the tenant's period is soft
+-- deleted (hidden, restorable by the operator) and removed after the
+-- grace period. CDRs stay immutable: past the period they are hidden by
+-- the tenant's mark (`cdrs_hidden_before`, restorable), and a CDR row can
+-- be deleted only once an append-only expiry of its tenant covers it,
+-- after its hour was folded into the usage archive.
+ALTER TABLE calls ADD COLUMN deleted_at BIGINT;
+CREATE INDEX calls_live_age ON calls (tenant_id, created_at) WHERE deleted_at IS NULL;
+CREATE INDEX calls_deleted ON calls (tenant_id, deleted_at);
+ALTER TABLE tenants ADD COLUMN retention_calls_days INTEGER;
+ALTER TABLE tenants ADD COLUMN cdrs_hidden_before BIGINT;
+CREATE INDEX cdrs_tenant_end ON cdrs (tenant_id, ended_at);
+
+CREATE TABLE cdr_expiries (
+    tenant_id TEXT NOT NULL,
+    -- CDRs of the tenant that ended before this may be deleted.
+    ended_before BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, ended_before)
+);
+CREATE TRIGGER cdr_expiries_no_update BEFORE UPDATE ON cdr_expiries
+BEGIN
+    SELECT RAISE(ABORT, 'cdr_expiries is append-only');
+END;
+CREATE TRIGGER cdr_expiries_no_delete BEFORE DELETE ON cdr_expiries
+BEGIN
+    SELECT RAISE(ABORT, 'cdr_expiries is append-only');
+END;
+
+DROP TRIGGER cdrs_no_delete;
+CREATE TRIGGER cdrs_no_delete BEFORE DELETE ON cdrs
+WHEN OLD.ended_at >= (SELECT COALESCE(MAX(ended_before), 0) FROM cdr_expiries WHERE tenant_id = OLD.tenant_id)
+BEGIN
+    SELECT RAISE(ABORT, 'cdrs are immutable');
+END;
