@@ -240,7 +240,15 @@ pub const TENANT_TABLES: &[Table] = &[
         name: "calls",
         sql_table: "calls",
         columns: "id, identity_id, direction, from_number, to_number, to_country, status, error_code, prepaid, \
-                  answered_at, ended_at, created_at, updated_at",
+                  answered_at, ended_at, created_at, updated_at, record",
+        order: "id",
+    },
+    // What each recording is; its audio is downloaded from the API (its
+    // key, sealed, is not exported).
+    Table {
+        name: "recordings",
+        sql_table: "recordings",
+        columns: "id, call_id, identity_id, created_at, duration_ms, size",
         order: "id",
     },
     Table {

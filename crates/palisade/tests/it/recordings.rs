@@ -15,6 +15,7 @@ backend_tests!(
     agents_hear_their_own_identitys_recordings_only,
     deleting_a_recording_removes_its_audio,
     retention_removes_old_recordings,
+    erasing_a_tenant_removes_its_recordings_only,
 );
 
 const FROM: &str = "+34612345678";
@@ -261,5 +262,34 @@ async fn retention_removes_old_recordings(b: Backend) {
     assert_eq!(applied.len(), 1);
     assert_eq!(applied[0]["details"]["recordings"], json!({"removed": 1, "days": 2}));
     assert_eq!(palisade::apply_recording_retention(s.state()).await.unwrap(), 0, "nothing left to do");
+    s.stop().await;
+}
+
+async fn erasing_a_tenant_removes_its_recordings_only(b: Backend) {
+    let s = server(b).await;
+    let (gone, gone_id, _, _) = tenant(&s).await;
+    let (kept, kept_id, _, _) = tenant(&s).await;
+    recorded(&s, &gone, FROM).await;
+    let theirs = recorded(&s, &kept, FROM).await;
+    let root = s.data_dir.join("recordings");
+    assert_eq!(files_under(&root.join(&gone_id)).len(), 1);
+    s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{gone_id}/freeze"), None).await.expect(200);
+    let path = format!("/sysadmin/v1/tenants/{gone_id}/erase");
+    s.admin(Method::POST, &path, Some(json!({"confirm": gone_id}))).await.expect(200);
+    assert!(!root.join(&gone_id).exists(), "the erased tenant's prefix is gone");
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(&s.db_url).await.unwrap();
+    let rows: Vec<String> = sqlx::query_scalar("SELECT id FROM recordings WHERE tenant_id = $1")
+        .bind(&gone_id)
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    assert!(rows.is_empty(), "its recordings' keys are gone with its data keys");
+    assert_eq!(files_under(&root.join(&kept_id)).len(), 1);
+    let res = audio(&s, &kept, theirs["id"].as_str().unwrap(), None).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(&res.bytes().await.unwrap()[..4], b"RIFF");
     s.stop().await;
 }
