@@ -16,7 +16,44 @@ backend_tests!(
     deleting_a_recording_removes_its_audio,
     retention_removes_old_recordings,
     erasing_a_tenant_removes_its_recordings_only,
+    what_a_stream_plays_is_recorded,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sip_caller_asks_for_recording_with_a_header() {
+    use crate::sip_edge::{invite_with, phone, server_with};
+    let s = server_with(Backend::Sqlite, |c| {
+        c.carrier.sandbox_delay_ms = 20;
+        c.carrier.sandbox_call_secs = 1;
+    })
+    .await;
+    let p = phone(&s, "Acme").await;
+    s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{}/credits", p.tenant), Some(json!({"amount": 100})))
+        .await
+        .expect(200);
+    let mut ua = crate::sip_ua::Ua::udp(s.sip_udp(), &p.user, &p.realm).await;
+    let bad = invite_with(&mut ua, "+34612000222", &p.password, &["Palisade-Record: maybe".into()]).await;
+    assert_eq!(bad.status, 400, "{}", bad.raw);
+    assert!(bad.warning().unwrap_or_default().contains("palisade_record"), "{}", bad.raw);
+    let ok = invite_with(&mut ua, "+34612000222", &p.password, &["Palisade-Record: true".into()]).await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    let to_tag = ok.header("to").unwrap().split(";tag=").nth(1).unwrap().to_owned();
+    ua.send_in_dialog("ACK", "+34612000222", &to_tag, ua.cseq).await;
+    // The callee hangs up after a second; the recording follows.
+    let call = crate::sip_edge::calls(&s, &p.token).await[0].clone();
+    assert_eq!(call["record"], true);
+    let mut found = Value::Null;
+    for _ in 0..300 {
+        found = s.get("/v1/recordings", &p.token).await.expect(200).body["data"][0].clone();
+        if !found.is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(found["call_id"], call["id"]);
+    assert_eq!(found["identity_id"], p.identity.as_str());
+    s.stop().await;
+}
 
 const FROM: &str = "+34612345678";
 const OTHER: &str = "+34612345679";
@@ -291,5 +328,51 @@ async fn erasing_a_tenant_removes_its_recordings_only(b: Backend) {
     let res = audio(&s, &kept, theirs["id"].as_str().unwrap(), None).await;
     assert_eq!(res.status(), 200);
     assert_eq!(&res.bytes().await.unwrap()[..4], b"RIFF");
+    s.stop().await;
+}
+
+async fn what_a_stream_plays_is_recorded(b: Backend) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = TestServer::start_with(b, |c: &mut Config| {
+        c.carrier.sandbox_delay_ms = 20;
+        c.carrier.sandbox_call_secs = 3600;
+    })
+    .await;
+    let (token, _, _, _) = tenant(&s).await;
+    let call = s.post("/v1/calls", &token, json!({"from": FROM, "to": TO, "record": true})).await.expect(201);
+    let id = call.body["id"].as_str().unwrap().to_owned();
+    let mut ws = crate::streams::open(&s, &format!("/v1/calls/{id}/stream"), Some(&token)).await.expect("upgraded");
+    // Until the call is answered and its audio flows.
+    loop {
+        let m = crate::streams::next(&mut ws, std::time::Duration::from_secs(10)).await.unwrap();
+        if m["event"] == "media" {
+            break;
+        }
+    }
+    // Five frames of the agent's audio: the far end plays them back, and
+    // the recording holds them.
+    let payload = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0x11u8; 800]);
+    ws.send(Message::Text(json!({"event": "media", "media": {"payload": payload}}).to_string().into())).await.unwrap();
+    ws.send(Message::Text(json!({"event": "mark", "mark": {"name": "said"}}).to_string().into())).await.unwrap();
+    loop {
+        let m = crate::streams::next(&mut ws, std::time::Duration::from_secs(10)).await.unwrap();
+        if m["event"] == "mark" {
+            break;
+        }
+    }
+    s.post(&format!("/v1/calls/{id}/hangup"), &token, json!({})).await.expect(200);
+    let mut found = Value::Null;
+    for _ in 0..300 {
+        found = s.get(&format!("/v1/recordings?call_id={id}"), &token).await.expect(200).body["data"][0].clone();
+        if !found.is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let wav = audio(&s, &token, found["id"].as_str().unwrap(), None).await.bytes().await.unwrap().to_vec();
+    let said: Vec<u8> = [0x11u8; 800].iter().flat_map(|&u| palisade_recordings::wav::linear(u).to_le_bytes()).collect();
+    assert!(contains(&wav, &said), "the five frames the stream sent are in the recording");
+    assert!(contains(&wav, &tone_pcm()), "and the tone around them");
     s.stop().await;
 }

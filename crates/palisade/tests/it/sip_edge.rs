@@ -301,7 +301,12 @@ async fn a_flooding_address_gets_no_answer() {
 /// An INVITE to `to` answered with `password` (407 first), then whatever
 /// final answer follows; also the challenge.
 pub(crate) async fn invite(ua: &mut Ua, to: &str, password: &str) -> Msg {
-    let challenge = ua.request_to("INVITE", to, &[]).await.expect("a challenge");
+    invite_with(ua, to, password, &[]).await
+}
+
+/// [`invite`] with `extra` header lines on both requests.
+pub(crate) async fn invite_with(ua: &mut Ua, to: &str, password: &str, extra: &[String]) -> Msg {
+    let challenge = ua.request_to("INVITE", to, extra).await.expect("a challenge");
     assert_eq!(challenge.status, 407, "{}", challenge.raw);
     let offered = challenge.all("proxy-authenticate");
     assert!(offered.len() == 2 && offered[0].contains("algorithm=SHA-256"), "{}", challenge.raw);
@@ -313,7 +318,8 @@ pub(crate) async fn invite(ua: &mut Ua, to: &str, password: &str) -> Msg {
         "Proxy-Authorization:",
         1,
     );
-    ua.request_to("INVITE", to, &[auth]).await.expect("an answer")
+    let lines: Vec<String> = extra.iter().cloned().chain([auth]).collect();
+    ua.request_to("INVITE", to, &lines).await.expect("an answer")
 }
 
 /// A server with a TLS listener whose sandbox calls last 10 minutes, and a
