@@ -66,12 +66,37 @@ pub struct Config {
     pub recordings: Recordings,
 }
 
-/// Where recordings' sealed audio is kept.
+/// Where recordings' sealed audio is kept: a folder, or an S3-compatible
+/// bucket when `[recordings.s3]` is set.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Recordings {
     /// A folder (one sub-folder per tenant); default `<data_dir>/recordings`.
     pub dir: Option<PathBuf>,
+    pub s3: Option<RecordingsS3>,
+}
+
+/// An S3-compatible bucket; each tenant's recordings under `<prefix>/<tenant>/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingsS3 {
+    /// For S3-compatible servers (MinIO, Ceph, ...); none: AWS.
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: Option<Secret>,
+    pub secret_access_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub prefix: String,
+    /// Plain `http://` to the endpoint (a server on the same host); production refuses it.
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
 }
 
 /// How long data is kept (docs/security.md "Retention"): the operator's
@@ -1082,6 +1107,13 @@ impl Config {
                 self.webhooks.encryption_key = Some(read(p, "webhooks.encryption_key_file")?);
             }
         }
+        if let Some(s3) = &mut self.recordings.s3 {
+            if s3.secret_access_key.is_none() {
+                if let Some(p) = &s3.secret_access_key_file {
+                    s3.secret_access_key = Some(read(p, "recordings.s3.secret_access_key_file")?);
+                }
+            }
+        }
         if self.keys.kek.is_none() {
             if let Some(p) = &self.keys.kek_file {
                 self.keys.kek = Some(read(p, "keys.kek_file")?);
@@ -1165,6 +1197,14 @@ impl Config {
                  calls_* and recordings_*, grace_days >= 1 and batch 1 to 10000"
                     .into(),
             ));
+        }
+        if let Some(s3) = &self.recordings.s3 {
+            if s3.bucket.is_empty() || s3.secret_access_key.is_none() {
+                return Err(ConfigError(
+                    "recordings.s3 needs bucket, access_key_id and secret_access_key (or secret_access_key_file)"
+                        .into(),
+                ));
+            }
         }
         if !(1..=3600).contains(&self.keys.cache_secs) {
             return Err(ConfigError("keys.cache_secs must be 1 to 3600".into()));
@@ -1412,6 +1452,9 @@ impl Config {
                 return refuse("auth.jwt_secret is a known default; generate a random one")
             }
             _ => {}
+        }
+        if self.recordings.s3.as_ref().is_some_and(|s3| s3.allow_http) {
+            return refuse("recordings.s3.allow_http sends recordings' requests in clear; use an https endpoint");
         }
         if self.audit.signing_key_file.is_none() {
             return refuse("no audit signing key; set audit.signing_key_file (Ed25519 PEM, `palisade keys generate-jwt-key` makes one)");

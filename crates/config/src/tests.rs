@@ -390,3 +390,32 @@ fn retention_bounds_must_hold_together() {
         assert!(refusal(&c).contains("recordings_"), "recordings {min} {days} {max}");
     }
 }
+
+#[test]
+fn recordings_in_s3_need_their_secret_and_https_in_production() {
+    let mut c = Config::default();
+    c.recordings.s3 = Some(RecordingsS3 {
+        endpoint: Some("http://127.0.0.1:9000".into()),
+        bucket: "rec".into(),
+        region: "us-east-1".into(),
+        access_key_id: "id".into(),
+        secret_access_key: None,
+        secret_access_key_file: None,
+        prefix: String::new(),
+        allow_http: true,
+    });
+    assert!(refusal(&c).contains("secret_access_key"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s3-secret");
+    std::fs::write(&file, "shh-its-secret\n").unwrap();
+    c.recordings.s3.as_mut().unwrap().secret_access_key_file = Some(file);
+    c.resolve_files().unwrap();
+    assert_eq!(c.recordings.s3.as_ref().unwrap().secret_access_key.as_ref().unwrap().expose(), "shh-its-secret");
+    assert!(c.validate().is_ok());
+    assert!(!format!("{c:?}").contains("shh-its-secret"), "the secret never prints");
+    let mut p = prod();
+    p.recordings = c.recordings.clone();
+    assert!(refusal(&p).contains("allow_http"));
+    p.recordings.s3.as_mut().unwrap().allow_http = false;
+    p.validate().unwrap();
+}

@@ -141,9 +141,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         minute: Duration::from_secs(60),
         watchers: Default::default(),
         keys: keys.clone(),
-        recordings: Arc::new(palisade_recordings::local::LocalStorage::new(
-            config.recordings.dir.clone().unwrap_or_else(|| config.server.data_dir.join("recordings")),
-        )),
+        recordings: recording_storage(&config)?,
     });
     Ok(AppState(Arc::new(Services {
         db,
@@ -727,6 +725,27 @@ pub async fn apply_retention(state: &AppState) -> Result<(u64, u64), palisade_st
     let proof = palisade_core::principal::SysadminProof::verified();
     palisade_api::retention::apply_message_retention(&state.db, &state.config.retention, &proof, state.clock.as_ref())
         .await
+}
+
+/// Where recordings are kept: the S3 bucket if one is configured, else the folder.
+fn recording_storage(config: &Config) -> anyhow::Result<Arc<dyn palisade_recordings::Storage>> {
+    let r = &config.recordings;
+    let Some(s3) = &r.s3 else {
+        let dir = r.dir.clone().unwrap_or_else(|| config.server.data_dir.join("recordings"));
+        return Ok(Arc::new(palisade_recordings::local::LocalStorage::new(dir)));
+    };
+    let settings = palisade_recordings::s3::S3Settings {
+        endpoint: s3.endpoint.clone(),
+        bucket: s3.bucket.clone(),
+        region: s3.region.clone(),
+        access_key_id: s3.access_key_id.clone(),
+        secret_access_key: s3.secret_access_key.as_ref().map(|k| k.expose().to_owned()).unwrap_or_default(),
+        prefix: s3.prefix.clone(),
+        allow_http: s3.allow_http,
+    };
+    let storage = palisade_recordings::s3::S3Storage::new(settings)
+        .map_err(|e| anyhow::anyhow!("recordings.s3: {e} (check endpoint, bucket and prefix)"))?;
+    Ok(Arc::new(storage))
 }
 
 /// Call retention (`retention.calls_*`, each tenant's own period): calls

@@ -8,9 +8,12 @@
 //!   prefix ([`ObjectKey`]); [`local::LocalStorage`] (a folder) is the default.
 
 pub mod local;
+pub mod s3;
 pub mod sealed;
 pub mod wav;
 
+#[cfg(test)]
+mod s3_tests;
 #[cfg(test)]
 mod tests;
 

@@ -20,6 +20,48 @@ backend_tests!(
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(s3_tests), ignore = "PALISADE_TEST_S3_URL is not set")]
+async fn recordings_can_live_in_an_s3_bucket() {
+    let url = std::env::var("PALISADE_TEST_S3_URL").expect("PALISADE_TEST_S3_URL");
+    let bucket = format!("palisade-it-{}", uuid::Uuid::new_v4().simple());
+    let http = reqwest::Client::new();
+    // moto takes any credentials; the bucket has to exist.
+    assert!(http.put(format!("{url}/{bucket}")).send().await.unwrap().status().is_success());
+    let (endpoint, b2) = (url.clone(), bucket.clone());
+    let s = TestServer::start_with(Backend::Sqlite, move |c: &mut Config| {
+        c.carrier.sandbox_delay_ms = 20;
+        c.carrier.sandbox_call_secs = 1;
+        c.recordings.s3 = Some(palisade_config::RecordingsS3 {
+            endpoint: Some(endpoint),
+            bucket: b2,
+            region: "us-east-1".into(),
+            access_key_id: "it".into(),
+            secret_access_key: Some(palisade_config::Secret::new("it-secret".into())),
+            secret_access_key_file: None,
+            prefix: "rec".into(),
+            allow_http: true,
+        });
+    })
+    .await;
+    let (token, tenant_id, _, _) = tenant(&s).await;
+    let r = recorded(&s, &token, FROM).await;
+    let id = r["id"].as_str().unwrap();
+    let listing =
+        || async { http.get(format!("{url}/{bucket}?list-type=2")).send().await.unwrap().text().await.unwrap() };
+    let key = format!("rec/{tenant_id}/{id}.pkr");
+    assert!(listing().await.contains(&key), "under the tenant's prefix in the bucket");
+    assert!(!s.data_dir.join("recordings").exists(), "nothing in the local folder");
+    let object = http.get(format!("{url}/{bucket}/{key}")).send().await.unwrap().bytes().await.unwrap();
+    assert!(!contains(&object, b"RIFF"), "sealed in the bucket");
+    let res = audio(&s, &token, id, Some("bytes=0-3")).await;
+    assert_eq!(res.status(), 206);
+    assert_eq!(res.bytes().await.unwrap().as_ref(), b"RIFF");
+    s.call(Method::DELETE, &format!("/v1/recordings/{id}"), Some(&token), None).await.expect(204);
+    assert!(!listing().await.contains(&key), "deleted from the bucket");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sip_caller_asks_for_recording_with_a_header() {
     use crate::sip_edge::{invite_with, phone, server_with};
     let s = server_with(Backend::Sqlite, |c| {
