@@ -2,10 +2,15 @@
 //! with an older data key version, sealed again with the tenant's newest
 //! key, in small batches (the write lock is held for one batch at a time).
 //! Bodies of an erased tenant are left as they are: nothing opens them.
+//! Secrets sealed by the platform's static key before tenants had keys are
+//! moved under the tenant's keys the same way ([`StaticSealed`]).
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use palisade_core::principal::SysadminProof;
 use palisade_core::{TenantId, TenantScope};
-use palisade_seal::envelope::version_of;
+use palisade_seal::envelope::{version_of, Place};
+use palisade_seal::Sealer;
 use palisade_store::StoreError;
 
 use crate::Keyring;
@@ -50,5 +55,71 @@ impl Keyring {
             }
             tx.commit().await?;
         }
+    }
+}
+
+/// A column whose older values were sealed by the platform's static key:
+/// where it is, where a value lives under the tenant's keys (its AAD), and
+/// the AAD the static key sealed it with.
+pub struct StaticSealed {
+    pub column: palisade_store::static_sealed::Column,
+    pub place: for<'a> fn(&'a str) -> Place<'a>,
+    pub legacy_aad: fn(&str, &str) -> Vec<u8>,
+}
+
+impl Keyring {
+    /// One pass over `columns`: every value the static key sealed is
+    /// opened and sealed again under its tenant's newest data key, so that
+    /// a database copy holds nothing the static key alone opens. A value
+    /// that does not open is logged and left; an erased tenant's are left
+    /// (its erasure blanked them). How many were sealed again.
+    pub async fn reseal_static(
+        &self,
+        proof: &SysadminProof,
+        legacy: &Sealer,
+        columns: &[StaticSealed],
+    ) -> palisade_store::Result<u64> {
+        use palisade_store::static_sealed;
+        let mut done = 0;
+        for c in columns {
+            let mut after = String::new();
+            loop {
+                let rows = static_sealed::after(self.db.reader(), proof, &c.column, &after, BATCH).await?;
+                let Some(last) = rows.last() else { break };
+                after = last.0.clone();
+                let mut work = Vec::new();
+                for (id, tenant, stored) in rows {
+                    let Ok(tenant_id) = tenant.parse::<TenantId>() else { continue };
+                    let scope = TenantScope::for_system(tenant_id);
+                    let keys = match self.of(&scope).await {
+                        Ok(keys) => keys,
+                        Err(StoreError::Refused("tenant_erased")) => continue,
+                        Err(e) => return Err(e),
+                    };
+                    let opened = B64
+                        .decode(&stored)
+                        .ok()
+                        .and_then(|blob| legacy.open(&blob, &(c.legacy_aad)(&tenant, &id)).ok());
+                    match opened {
+                        Some(plain) => {
+                            let sealed = keys.seal((c.place)(&id), &plain);
+                            work.push((scope, id, stored, sealed));
+                        }
+                        None => tracing::warn!(table = c.column.table, row = id, "a static-key value does not open"),
+                    }
+                }
+                if work.is_empty() {
+                    continue;
+                }
+                let mut tx = self.db.begin().await?;
+                for (scope, id, old, new) in &work {
+                    if static_sealed::replace(&mut *tx, scope, &c.column, id, old, new).await? {
+                        done += 1;
+                    }
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(done)
     }
 }

@@ -777,6 +777,18 @@ async fn purge_email_codes(state: &AppState, before: i64) -> Result<u64, palisad
 
 /// Seals old message bodies again (written before encryption, or under an
 /// older data key), at start and every `keys.reseal_interval_secs`.
+/// One pass moving tenants' secrets sealed by the platform's static key
+/// (webhook secrets, SIP HA1s, TOTP secrets) under their tenant's keys.
+pub async fn reseal_static(state: &AppState) -> Result<u64, palisade_store::StoreError> {
+    let columns: Vec<palisade_keys::reseal::StaticSealed> = palisade_webhooks::worker::STATIC_SEALED
+        .into_iter()
+        .chain(palisade_voice::credentials::STATIC_SEALED)
+        .chain([palisade_api::routes::TOTP_STATIC_SEALED])
+        .collect();
+    let proof = palisade_core::principal::SysadminProof::verified();
+    state.keys.reseal_static(&proof, &state.sealer, &columns).await
+}
+
 fn spawn_resealing(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let every = state.config.keys.reseal_interval_secs;
     if every == 0 {
@@ -792,6 +804,11 @@ fn spawn_resealing(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>
                         Ok(n) if n > 0 => tracing::info!(sealed = n, "message bodies sealed with their tenant's newest key"),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "sealing message bodies again failed"),
+                    }
+                    match reseal_static(&state).await {
+                        Ok(n) if n > 0 => tracing::info!(sealed = n, "secrets moved from the static key to their tenant's keys"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "moving secrets from the static key failed"),
                     }
                 }
                 _ = stop.changed() => break,

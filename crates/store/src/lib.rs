@@ -32,6 +32,7 @@ pub mod recovery;
 pub mod retention;
 mod sealed;
 pub mod settings;
+pub mod static_sealed;
 pub mod sip;
 pub mod sip_trunks;
 pub mod stream_tickets;

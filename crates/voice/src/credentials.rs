@@ -65,6 +65,31 @@ fn aad(tenant: &str, credential_id: &str, algorithm: Algorithm) -> Vec<u8> {
     format!("sip_credentials/{tenant}/{credential_id}/{}", algorithm.name()).into_bytes()
 }
 
+/// HA1s the static key sealed before tenants had keys, for the re-sealing job.
+pub const STATIC_SEALED: [palisade_keys::reseal::StaticSealed; 2] = {
+    use palisade_keys::reseal::StaticSealed;
+    use palisade_store::static_sealed::Column;
+    fn md5_place(id: &str) -> Place<'_> {
+        place(id, Algorithm::Md5)
+    }
+    fn sha256_place(id: &str) -> Place<'_> {
+        place(id, Algorithm::Sha256)
+    }
+    fn md5_aad(tenant: &str, id: &str) -> Vec<u8> {
+        aad(tenant, id, Algorithm::Md5)
+    }
+    fn sha256_aad(tenant: &str, id: &str) -> Vec<u8> {
+        aad(tenant, id, Algorithm::Sha256)
+    }
+    const fn column(column: &'static str) -> Column {
+        Column { table: "sip_credentials", id: "id", column }
+    }
+    [
+        StaticSealed { column: column("ha1_md5_sealed"), place: md5_place, legacy_aad: md5_aad },
+        StaticSealed { column: column("ha1_sha256_sealed"), place: sha256_place, legacy_aad: sha256_aad },
+    ]
+};
+
 /// Not a secret (it names the account), but not guessable either: the
 /// password alone stands between a guesser and the account.
 fn lower_alnum(n: usize) -> String {

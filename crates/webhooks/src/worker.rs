@@ -70,6 +70,21 @@ pub fn seal_context(tenant: &str, endpoint_id: &str) -> Vec<u8> {
     format!("webhook-endpoint/{tenant}/{endpoint_id}").into_bytes()
 }
 
+/// Endpoint secrets the static key sealed before tenants had keys, for
+/// the re-sealing job.
+pub const STATIC_SEALED: [palisade_keys::reseal::StaticSealed; 3] = {
+    use palisade_keys::reseal::StaticSealed;
+    use palisade_store::static_sealed::Column;
+    const fn column(column: &'static str) -> Column {
+        Column { table: "webhook_endpoints", id: "id", column }
+    }
+    [
+        StaticSealed { column: column("secret_sealed"), place: secret_place, legacy_aad: seal_context },
+        StaticSealed { column: column("previous_secret_sealed"), place: secret_place, legacy_aad: seal_context },
+        StaticSealed { column: column("ed25519_sealed"), place: ed25519_place, legacy_aad: seal_context },
+    ]
+};
+
 impl Worker {
     /// Runs until the task is dropped or aborted (which aborts the attempts
     /// in flight; their leases run out and they are retried). Each delivery

@@ -8,7 +8,6 @@ use std::str::FromStr;
 
 use axum::extract::State;
 use axum::Json;
-use base64::Engine as _;
 use http::StatusCode;
 use palisade_audit::Event;
 use palisade_auth::token::{has_shape, new_mfa_token, sha256_hex, MFA_TOKEN_PREFIX};
@@ -27,15 +26,42 @@ use super::passkeys::PasskeyAnswer;
 use crate::extract::{Auth, Ctx, ValidJson};
 use crate::state::AppState;
 
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
 fn secs_ms(secs: u64) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX / 1000) * 1000
 }
 
 /// What the sealed secret is bound to: this person of this tenant.
-fn aad(scope: &TenantScope, user: UserId) -> Vec<u8> {
-    format!("user_totp\0{}\0{user}", scope.tenant_id()).into_bytes()
+/// The AAD a TOTP secret was sealed with by the platform's static key,
+/// before tenants had keys.
+fn legacy_aad(tenant: &str, user: &str) -> Vec<u8> {
+    format!("user_totp\0{tenant}\0{user}").into_bytes()
+}
+
+/// Where a TOTP secret lives under the tenant's keys.
+fn place(user: &str) -> palisade_seal::envelope::Place<'_> {
+    palisade_seal::envelope::Place { table: "user_totp", column: "secret", row: user }
+}
+
+/// TOTP secrets the static key sealed, for the re-sealing job.
+pub const STATIC_SEALED: palisade_keys::reseal::StaticSealed = palisade_keys::reseal::StaticSealed {
+    column: palisade_store::static_sealed::Column { table: "user_totp", id: "user_id", column: "secret_sealed" },
+    place,
+    legacy_aad,
+};
+
+/// A person's TOTP secret as stored: under the tenant's keys, or (enrolled
+/// before them) under the static key.
+async fn open_totp(state: &AppState, scope: &TenantScope, user: UserId, stored: &str) -> Result<Vec<u8>, ApiError> {
+    let keys = state.keys.existing(scope).await?;
+    let (tenant, user) = (scope.tenant_id().to_string(), user.to_string());
+    palisade_seal::envelope::open_secret(
+        keys.as_deref(),
+        &state.sealer,
+        place(&user),
+        &legacy_aad(&tenant, &user),
+        stored,
+    )
+    .map_err(|_| ApiError::internal("a TOTP secret does not open"))
 }
 
 /// Whether the person has a confirmed second factor.
@@ -173,11 +199,7 @@ async fn prove(
             unseen = row.is_none();
             match row {
                 Some(r) => {
-                    let secret = B64
-                        .decode(&r.secret_sealed)
-                        .ok()
-                        .and_then(|b| state.sealer.open(&b, &aad(scope, user)).ok())
-                        .ok_or_else(|| ApiError::internal("a TOTP secret does not open"))?;
+                    let secret = open_totp(state, scope, user, &r.secret_sealed).await?;
                     let generator =
                         Totp::new(secret, &rules.issuer, "-").ok_or_else(|| ApiError::internal("TOTP secret"))?;
                     match generator.step_of(code, u64::try_from(now / 1000).unwrap_or(0)) {
@@ -485,7 +507,8 @@ pub async fn enrol(
     super::auth::check_password(&state, &auth.ctx, &user, req.password).await?;
     let now = state.now_ms();
     let secret = Totp::new_secret();
-    let sealed = B64.encode(state.sealer.seal(&secret, &aad(&scope, user_id)));
+    let keys = state.keys.of(&scope).await?;
+    let sealed = keys.seal(place(&user_id.to_string()), &secret);
     let generator = Totp::new(secret, &state.config.auth.mfa.issuer, &user.email)
         .ok_or_else(|| ApiError::internal("a new TOTP secret was refused"))?;
     let mut tx = state.db.begin().await?;

@@ -14,6 +14,7 @@ backend_tests!(
     bodies_and_stored_answers_are_sealed_at_rest,
     erasing_a_tenant_shreds_its_keys_only,
     bodies_from_before_encryption_are_sealed_by_the_job,
+    secrets_under_the_static_key_move_to_the_tenants_keys,
 );
 
 const FROM: &str = "+34612345678";
@@ -273,5 +274,100 @@ async fn a_backup_from_before_an_erasure_keeps_only_the_other_tenants_bodies() {
     let gone_scope = palisade_core::TenantScope::for_system(gone_id.parse().unwrap());
     assert!(old_table.of(&gone_scope).await.is_err());
     copy.close().await.unwrap();
+    s.stop().await;
+}
+
+/// Tenants' secrets sealed by the platform's static key (as versions before
+/// tenant keys wrote them) keep working, and the job moves every one under
+/// the tenant's keys: afterwards nothing the static key opens is left.
+async fn secrets_under_the_static_key_move_to_the_tenants_keys(backend: Backend) {
+    use base64::Engine;
+    use palisade_seal::envelope::Place;
+    let s =
+        TestServer::start_with(backend, |c| c.webhooks.allowed_private_cidrs = vec!["127.0.0.0/8".parse().unwrap()])
+            .await;
+    let t = s.tenant("Acme").await;
+    let (app, _, token) = crate::mfa::enrol(&s, &t.token).await;
+    let identity = s.post("/v1/identities", &token, json!({"number": FROM})).await.expect(201).body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sip = s.post(&format!("/v1/identities/{identity}/sip-credentials"), &token, json!({})).await.expect(201);
+    let sip_username = sip.body["username"].as_str().unwrap().to_owned();
+    let hook = s
+        .post("/v1/webhooks", &token, json!({"url": "http://127.0.0.1:9/hook", "events": ["message.sent"]}))
+        .await
+        .expect(201);
+    let hook_id = hook.body["id"].as_str().unwrap().to_owned();
+    let sip_id =
+        stored(&s, &format!("SELECT id FROM sip_credentials WHERE username = '{sip_username}'")).await[0].clone();
+    // (table, id column, id, column, place, AAD the static key used)
+    let user = t.owner_id.clone();
+    let columns: Vec<(&str, &str, String, &str, Place<'static>, String)> = vec![
+        (
+            "user_totp",
+            "user_id",
+            user.clone(),
+            "secret_sealed",
+            Place { table: "user_totp", column: "secret", row: "" },
+            format!("user_totp\0{}\0{user}", t.id),
+        ),
+        (
+            "webhook_endpoints",
+            "id",
+            hook_id.clone(),
+            "secret_sealed",
+            Place { table: "webhook_endpoints", column: "secrets", row: "" },
+            format!("webhook-endpoint/{}/{hook_id}", t.id),
+        ),
+        (
+            "sip_credentials",
+            "id",
+            sip_id.clone(),
+            "ha1_md5_sealed",
+            Place { table: "sip_credentials", column: "ha1_md5", row: "" },
+            format!("sip_credentials/{}/{sip_id}/MD5", t.id),
+        ),
+        (
+            "sip_credentials",
+            "id",
+            sip_id.clone(),
+            "ha1_sha256_sealed",
+            Place { table: "sip_credentials", column: "ha1_sha256", row: "" },
+            format!("sip_credentials/{}/{sip_id}/SHA-256", t.id),
+        ),
+    ];
+    let scope = palisade_core::TenantScope::for_system(t.id.parse().unwrap());
+    let keys = s.state().keys.of(&scope).await.unwrap();
+    let sealer = &s.state().sealer;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut plains = Vec::new();
+    for (table, id_col, id, column, place, legacy_aad) in &columns {
+        let now = stored(&s, &format!("SELECT {column} FROM {table} WHERE {id_col} = '{id}'")).await[0].clone();
+        assert!(now.starts_with("pk1:"), "{table}.{column} is sealed under the tenant's keys: {now}");
+        let plain = keys.open(Place { row: id, ..*place }, &now).unwrap();
+        // As an older version stored it.
+        let legacy = b64.encode(sealer.seal(&plain, legacy_aad.as_bytes()));
+        execute(&s, &format!("UPDATE {table} SET {column} = $1 WHERE {id_col} = $2"), &[&legacy, id]).await;
+        plains.push(plain);
+    }
+    let sign_in = || async {
+        let r = s.call(Method::POST, "/v1/auth/login", None, Some(json!({"email": t.email, "password": t.password})));
+        let mfa_token = r.await.expect(403).body["mfa_token"].as_str().unwrap().to_owned();
+        s.clock.advance_ms(30_000);
+        let body = json!({"mfa_token": mfa_token, "code": app.code(&s)});
+        s.call(Method::POST, "/v1/auth/mfa", None, Some(body)).await.status
+    };
+    assert_eq!(sign_in().await, 200, "a TOTP secret under the static key still works");
+    assert_eq!(palisade::reseal_static(s.state()).await.unwrap(), 4);
+    assert_eq!(palisade::reseal_static(s.state()).await.unwrap(), 0, "nothing left");
+    for ((table, id_col, id, column, place, legacy_aad), plain) in columns.iter().zip(&plains) {
+        let now = stored(&s, &format!("SELECT {column} FROM {table} WHERE {id_col} = '{id}'")).await[0].clone();
+        assert!(now.starts_with("pk1:"), "{table}.{column} moved: {now}");
+        assert_eq!(&keys.open(Place { row: id, ..*place }, &now).unwrap(), plain, "{table}.{column}");
+        let blob = b64.decode(now.rsplit(':').next().unwrap()).unwrap();
+        assert!(sealer.open(&blob, legacy_aad.as_bytes()).is_err(), "the static key opens nothing");
+    }
+    assert_eq!(sign_in().await, 200, "and works under the tenant's keys");
     s.stop().await;
 }

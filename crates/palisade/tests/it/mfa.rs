@@ -107,11 +107,13 @@ async fn a_confirmed_totp_makes_sign_in_ask_for_it_and_each_code_works_once(back
     let st = s.get("/v1/me/mfa", &token).await.expect(200);
     assert_eq!((st.body["totp"].as_str(), st.body["recovery_codes_left"].as_i64()), (Some("on"), Some(10)));
     assert!(s.last_mail_to(&t.email).contains("A second factor was added"));
-    // At rest the secret is sealed, and no recovery code is stored as typed.
+    // At rest the secret is sealed under the tenant's keys, and no recovery
+    // code is stored as typed.
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&s.db_url).await.unwrap();
     let (sealed,): (String,) = sqlx::query_as("SELECT secret_sealed FROM user_totp").fetch_one(&pool).await.unwrap();
-    let raw = base64::engine::general_purpose::STANDARD.decode(&sealed).unwrap();
+    assert!(sealed.starts_with("pk1:"), "{sealed}");
+    let raw = base64::engine::general_purpose::STANDARD.decode(sealed.rsplit(':').next().unwrap()).unwrap();
     let secret = base32_decode(app.0.secret_base32().as_str());
     assert!(!raw.windows(secret.len()).any(|w| w == secret.as_slice()));
     let hashes: Vec<(String,)> = sqlx::query_as("SELECT code_hash FROM recovery_codes").fetch_all(&pool).await.unwrap();
