@@ -52,8 +52,10 @@ pub struct Service {
     pub watchers: life::Watchers,
     /// Tenants' data keys: bodies and stored answers are sealed under them.
     pub keys: Arc<palisade_keys::Keyring>,
-    /// Where recordings' sealed audio is kept.
+    /// Where recordings' sealed audio is kept, and how much of it a tenant
+    /// may have in all.
     pub recordings: Arc<dyn palisade_recordings::Storage>,
+    pub recording_quota: u64,
 }
 
 /// When identities send and call only with a verified number: the operator

@@ -162,6 +162,8 @@ impl Service {
                     if !step("in_progress", true).await {
                         // Over already (hung up), or not recordable: make sure.
                         let _ = carrier.hang_up(&call.id).await;
+                        // Nothing to keep of a call never recorded as answered.
+                        drop(carrier.take_recording(&call.id));
                         end("failed", Some("interrupted")).await;
                         return;
                     }

@@ -16,7 +16,8 @@ use crate::Service;
 
 impl Service {
     /// Keeps the audio (8 kHz µ-law) of the tenant's call `call_id`.
-    /// `None` when the call is unknown.
+    /// `None` when the call is unknown, or the tenant's recordings are at
+    /// their quota (`recording.refused`).
     pub async fn keep_recording(
         &self,
         scope: &TenantScope,
@@ -31,6 +32,20 @@ impl Service {
         let id = uuid::Uuid::now_v7();
         let object = ObjectKey::new(scope.tenant_id(), id);
         let audio = wav::from_ulaw(ulaw);
+        // Storage is shared: one tenant's recordings must not fill it.
+        let held = palisade_store::recordings::total_size(self.db.reader(), scope).await?;
+        if u64::try_from(held).unwrap_or(0).saturating_add(audio.len() as u64) > self.recording_quota {
+            tracing::warn!(
+                call = call_id,
+                held,
+                "a recording was not kept: the tenant's recordings are at their quota"
+            );
+            let event = Event::new("recording.refused", Some(scope.tenant_id()), Actor::system())
+                .resource("call", call_id)
+                .details(serde_json::json!({ "reason": "quota", "held": held, "size": audio.len() }));
+            palisade_audit::record(&self.db, &event, &Context::default(), self.now_ms()).await?;
+            return Ok(None);
+        }
         let (file_key, size) = palisade_recordings::keep(&*self.recordings, &object, &audio)
             .await
             .map_err(|e| StoreError::Setup(format!("storing a recording: {e}")))?;

@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         (name = "api-keys", description = "API keys of the tenant"),
         (name = "users", description = "People of the tenant"),
         (name = "events", description = "The tenant's audit trail"),
+        (name = "recordings", description = "Call recordings: metadata, audio with Range requests, deletion"),
         (name = "exports", description = "Data exports (GDPR): the tenant's or a person's data as an archive"),
         (name = "sip", description = "SIP credentials and registrations of an identity"),
         (name = "streams", description = "Tickets that open a WebSocket stream from a browser"),

@@ -159,9 +159,11 @@ async fn retain_calls(
 ) -> Result<CallsSwept, StoreError> {
     let grace = i64::from(rules.grace_days) * DAY_MS;
     let (soft_before, purge_before) = (now - days * DAY_MS, now - grace);
-    // A CDR is hidden when it ended before `soft_before`: removed a grace period later.
-    let cdr_purge_before = soft_before - grace;
-    if !store::calls_due(db.reader(), scope, soft_before, purge_before, cdr_purge_before).await? {
+    // The CDRs' mark moves by whole hours (few moves to remember); they go
+    // a grace period after they were hidden, not after they ended.
+    let cdr_hide_before = soft_before - soft_before.rem_euclid(3_600_000);
+    let cdr_purge_before = store::cdrs_removable_before(db.reader(), scope, purge_before).await?;
+    if !store::calls_due(db.reader(), scope, soft_before, purge_before, cdr_hide_before, cdr_purge_before).await? {
         return Ok(CallsSwept::default());
     }
     let calls_soft_deleted = in_batches(rules, |batch| async move {
@@ -172,7 +174,7 @@ async fn retain_calls(
     })
     .await?;
     let mut tx = db.begin().await?;
-    let cdrs_hidden = store::hide_cdrs(&mut tx, scope, soft_before).await?;
+    let cdrs_hidden = store::hide_cdrs(&mut tx, scope, cdr_hide_before, now).await?;
     tx.commit().await?;
     let calls_removed = in_batches(rules, |batch| async move {
         let mut tx = db.begin().await?;
@@ -182,13 +184,18 @@ async fn retain_calls(
         Ok(n)
     })
     .await?;
-    let cdrs_removed = in_batches(rules, |batch| async move {
-        let mut tx = db.begin().await?;
-        let n = store::purge_cdrs(&mut tx, scope, cdr_purge_before, now, batch).await?;
-        tx.commit().await?;
-        Ok(n)
-    })
-    .await?;
+    let cdrs_removed = if cdr_purge_before > 0 {
+        in_batches(rules, |batch| async move {
+            let mut tx = db.begin().await?;
+            palisade_store::tenants::lock(&mut *tx, scope).await?;
+            let n = store::purge_cdrs(&mut tx, scope, cdr_purge_before, now, batch).await?;
+            tx.commit().await?;
+            Ok(n)
+        })
+        .await?
+    } else {
+        0
+    };
     let swept = CallsSwept { calls_soft_deleted, calls_removed, cdrs_hidden, cdrs_removed };
     if swept != CallsSwept::default() {
         let details = serde_json::json!({

@@ -68,12 +68,21 @@ pub struct Config {
 
 /// Where recordings' sealed audio is kept: a folder, or an S3-compatible
 /// bucket when `[recordings.s3]` is set.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Recordings {
     /// A folder (one sub-folder per tenant); default `<data_dir>/recordings`.
     pub dir: Option<PathBuf>,
     pub s3: Option<RecordingsS3>,
+    /// What one tenant's recordings may take in all; a recording past it is
+    /// not kept (audited as `recording.refused`).
+    pub max_bytes_per_tenant: u64,
+}
+
+impl Default for Recordings {
+    fn default() -> Self {
+        Recordings { dir: None, s3: None, max_bytes_per_tenant: 10 << 30 }
+    }
 }
 
 /// An S3-compatible bucket; each tenant's recordings under `<prefix>/<tenant>/`.

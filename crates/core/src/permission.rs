@@ -42,6 +42,9 @@ permissions! {
     EventsRead => "events:read",
     BillingRead => "billing:read",
     TenantManage => "tenant:manage",
+    // Last, so the bits of those before keep their values.
+    RecordingsRead => "recordings:read",
+    RecordingsManage => "recordings:manage",
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,10 +88,10 @@ impl PermissionSet {
 
     /// What an agent token holds: sending and calling as its identity and
     /// reading that identity's results (the routes narrow every read to the
-    /// identity).
+    /// identity). Never deleting recordings: they are evidence of its calls.
     pub fn agent() -> Self {
         use Permission::*;
-        [MessagesRead, MessagesWrite, CallsRead, CallsWrite, CdrsRead].into_iter().collect()
+        [MessagesRead, MessagesWrite, CallsRead, CallsWrite, CdrsRead, RecordingsRead].into_iter().collect()
     }
 
     pub fn all() -> Self {
@@ -149,7 +152,9 @@ impl Role {
             Role::Admin => PermissionSet::all().iter().filter(|p| *p != TenantManage).collect(),
             Role::ReadOnly => PermissionSet::all().iter().filter(|p| p.is_read()).collect(),
             Role::Integration => {
-                [MessagesRead, MessagesWrite, CallsRead, CallsWrite, CdrsRead, IdentitiesRead].into_iter().collect()
+                [MessagesRead, MessagesWrite, CallsRead, CallsWrite, CdrsRead, IdentitiesRead, RecordingsRead]
+                    .into_iter()
+                    .collect()
             }
         }
     }
@@ -188,7 +193,10 @@ mod tests {
         assert_eq!(serde_json::from_str::<Permission>(r#""keys:manage""#).unwrap(), KeysManage);
         assert!(serde_json::from_str::<Permission>(r#""keys:all""#).is_err());
         let agent = PermissionSet::agent();
-        assert_eq!(agent.iter().collect::<Vec<_>>(), [MessagesRead, MessagesWrite, CallsRead, CallsWrite, CdrsRead]);
+        assert_eq!(
+            agent.iter().collect::<Vec<_>>(),
+            [MessagesRead, MessagesWrite, CallsRead, CallsWrite, CdrsRead, RecordingsRead]
+        );
         let twice: PermissionSet = [KeysRead, KeysRead, UsersRead].into_iter().collect();
         assert_eq!(twice.to_strings(), ["keys:read", "users:read"]);
         assert_eq!(PermissionSet::parse(["users:read", "keys:read"]), Ok(twice));

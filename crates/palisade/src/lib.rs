@@ -142,6 +142,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
         watchers: Default::default(),
         keys: keys.clone(),
         recordings: recording_storage(&config)?,
+        recording_quota: config.recordings.max_bytes_per_tenant,
     });
     Ok(AppState(Arc::new(Services {
         db,

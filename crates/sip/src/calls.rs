@@ -212,14 +212,11 @@ pub async fn admit(
     scope: &TenantScope,
     audit: &palisade_audit::Context,
     slots: u32,
-    identity: &str,
-    to: String,
-    record: bool,
+    c: Call,
 ) -> Result<palisade_store::calls::CallRow, (u16, &'static str, Option<u64>)> {
     let Some(caller) = Caller::new(principal, scope, audit, slots) else {
         return Err((500, "internal", None));
     };
-    let c = Call { from: identity.to_owned(), to, key: None, record };
     let screen = async { Ok::<(), ()>(()) };
     let answer = |_: &palisade_store::calls::CallRow| Answer { status: 201, body: String::new() };
     match admission.place_call(&caller, c, screen, answer).await {

@@ -575,10 +575,12 @@ impl Handler {
         let dialed = message::user_host(&uri).and_then(|(user, _)| crate::calls::dialed_number(user));
         let Some(to) = dialed else { return reply(self.warning(404, "not_a_number")) };
         // Recording, as `record` on `POST /v1/calls` asks for it.
-        let record = match fields.one("palisade-record").map(str::trim) {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(_) => return reply(self.warning(400, "palisade_record")),
+        let asked: Vec<&str> = fields.all("palisade-record").map(str::trim).collect();
+        let record = match asked.as_slice() {
+            [] | ["false"] => false,
+            ["true"] => true,
+            // Anything else, or the header twice.
+            _ => return reply(self.warning(400, "palisade_record")),
         };
         let scope = user.scope();
         // The media the identity's policy admits, before anything is charged.
@@ -612,8 +614,8 @@ impl Handler {
             }
         };
         let s = &self.services;
-        let identity = user.identity.to_string();
-        match crate::calls::admit(&s.admission, &principal, &scope, &audit, slots, &identity, to, record).await {
+        let call = palisade_admission::calls::Call { from: user.identity.to_string(), to, key: None, record };
+        match crate::calls::admit(&s.admission, &principal, &scope, &audit, slots, call).await {
             Ok(mut call) => {
                 // On the call and, when it ends, its CDR.
                 call.media = media.label();

@@ -209,19 +209,22 @@ pub struct Table {
     /// The columns shown: none is a hash, a sealed secret or a token.
     pub columns: &'static str,
     pub order: &'static str,
+    /// Rows retention has hidden stay out, as they are out of the API.
+    pub shown: &'static str,
 }
 
 /// What a tenant's export holds besides its messages (read with their
 /// bodies opened) and its audit events.
 pub const TENANT_TABLES: &[Table] = &[
-    Table { name: "tenant", sql_table: "tenants", columns: "id, name, status, created_at", order: "id" },
-    Table { name: "users", sql_table: "users", columns: "id, email, role, status, created_at", order: "id" },
+    Table { name: "tenant", sql_table: "tenants", columns: "id, name, status, created_at", order: "id", shown: "" },
+    Table { name: "users", sql_table: "users", columns: "id, email, role, status, created_at", order: "id", shown: "" },
     Table {
         name: "identities",
         sql_table: "identities",
         columns: "id, kind, number, country, name, rate_per_second, monthly_budget, allowed_countries, status, \
                   srtp, created_at, updated_at",
         order: "id",
+        shown: "",
     },
     Table {
         name: "api_keys",
@@ -229,12 +232,14 @@ pub const TENANT_TABLES: &[Table] = &[
         columns: "id, name, prefix, permissions, role, created_by_type, created_by_id, owner_user_id, expires_at, \
                   allowed_ips, allowed_origins, status, revoked_at, last_used_at, created_at",
         order: "id",
+        shown: "",
     },
     Table {
         name: "webhooks",
         sql_table: "webhook_endpoints",
         columns: "id, url, description, events, ed25519_public, status, disabled_reason, created_at, updated_at",
         order: "id",
+        shown: "",
     },
     Table {
         name: "calls",
@@ -242,6 +247,7 @@ pub const TENANT_TABLES: &[Table] = &[
         columns: "id, identity_id, direction, from_number, to_number, to_country, status, error_code, prepaid, \
                   answered_at, ended_at, created_at, updated_at, record",
         order: "id",
+        shown: " AND deleted_at IS NULL",
     },
     // What each recording is; its audio is downloaded from the API (its
     // key, sealed, is not exported).
@@ -250,6 +256,7 @@ pub const TENANT_TABLES: &[Table] = &[
         sql_table: "recordings",
         columns: "id, call_id, identity_id, created_at, duration_ms, size",
         order: "id",
+        shown: "",
     },
     Table {
         name: "cdrs",
@@ -257,29 +264,33 @@ pub const TENANT_TABLES: &[Table] = &[
         columns: "id, call_id, identity_id, direction, from_number, to_number, to_country, status, started_at, \
                   answered_at, ended_at, duration_secs, billed_minutes, cost",
         order: "id",
+        shown: " AND ended_at >= COALESCE((SELECT cdrs_hidden_before FROM tenants WHERE id = $1), 0)",
     },
     Table {
         name: "credits",
         sql_table: "credit_ledger",
         columns: "id, amount, reason, reference, created_at",
         order: "id",
+        shown: "",
     },
 ];
 
 /// A person's own rows besides their audit events.
 pub const USER_TABLES: &[Table] = &[
-    Table { name: "user", sql_table: "users", columns: "id, email, role, status, created_at", order: "id" },
+    Table { name: "user", sql_table: "users", columns: "id, email, role, status, created_at", order: "id", shown: "" },
     Table {
         name: "sessions",
         sql_table: "token_families",
         columns: "id, created_at, expires_at, revoked_at",
         order: "id",
+        shown: "",
     },
     Table {
         name: "api_keys",
         sql_table: "api_keys",
         columns: "id, name, prefix, permissions, role, expires_at, status, revoked_at, last_used_at, created_at",
         order: "id",
+        shown: "",
     },
 ];
 
@@ -301,8 +312,8 @@ pub async fn rows<'c>(
         None => (" AND $2 = ''".to_owned(), String::new()),
     };
     let sql = format!(
-        "SELECT {} FROM {} WHERE {tenant_col} = $1{filter} ORDER BY {} LIMIT $3",
-        table.columns, table.sql_table, table.order
+        "SELECT {} FROM {} WHERE {tenant_col} = $1{filter}{} ORDER BY {} LIMIT $3",
+        table.columns, table.sql_table, table.shown, table.order
     );
     let found = sqlx::query(&sql).bind(scope.tenant_id().to_string()).bind(person).bind(MAX_ROWS).fetch_all(ex).await?;
     Ok(found.iter().map(json_of).collect())

@@ -128,3 +128,12 @@ pub async fn older_than<'c>(
     .fetch_all(ex)
     .await?)
 }
+
+/// Bytes the tenant's recordings take in all.
+pub async fn total_size<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<i64> {
+    Ok(sqlx::query_scalar::<_, Option<i64>>("SELECT CAST(SUM(size) AS BIGINT) FROM recordings WHERE tenant_id = $1")
+        .bind(scope.tenant_id().to_string())
+        .fetch_one(ex)
+        .await?
+        .unwrap_or(0))
+}

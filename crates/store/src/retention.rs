@@ -151,26 +151,28 @@ pub async fn restore_messages(tx: &mut crate::Tx, scope: &TenantScope) -> Result
 
 /// Whether the tenant has calls or CDRs due: calls made before
 /// `soft_before` not yet soft deleted, or soft deleted before
-/// `purge_before`; CDRs that ended before `soft_before` not hidden yet, or
-/// before `cdr_purge_before`.
+/// `purge_before`; CDRs that ended before `cdr_hide_before` not hidden yet,
+/// or before `cdr_purge_before`.
 pub async fn calls_due<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
     soft_before: i64,
     purge_before: i64,
+    cdr_hide_before: i64,
     cdr_purge_before: i64,
 ) -> Result<bool> {
     Ok(sqlx::query_scalar::<_, i64>(
         "SELECT CASE WHEN EXISTS (SELECT 1 FROM calls WHERE tenant_id = $1 AND deleted_at IS NULL \
            AND created_at < $2) OR EXISTS (SELECT 1 FROM calls WHERE tenant_id = $1 \
            AND deleted_at IS NOT NULL AND deleted_at < $3) \
-           OR EXISTS (SELECT 1 FROM cdrs WHERE tenant_id = $1 AND ended_at < $4) \
-           OR EXISTS (SELECT 1 FROM cdrs WHERE tenant_id = $1 AND ended_at < $2 AND ended_at >= \
+           OR EXISTS (SELECT 1 FROM cdrs WHERE tenant_id = $1 AND ended_at < $5) \
+           OR EXISTS (SELECT 1 FROM cdrs WHERE tenant_id = $1 AND ended_at < $4 AND ended_at >= \
              COALESCE((SELECT cdrs_hidden_before FROM tenants WHERE id = $1), 0)) THEN 1 ELSE 0 END",
     )
     .bind(scope.tenant_id().to_string())
     .bind(soft_before)
     .bind(purge_before)
+    .bind(cdr_hide_before)
     .bind(cdr_purge_before)
     .fetch_one(ex)
     .await?
@@ -200,9 +202,11 @@ pub async fn soft_delete_calls(
     Ok(r.rows_affected())
 }
 
-/// Hides the tenant's CDRs that ended before `before` from the API (the
-/// mark only moves forward); how many were newly hidden.
-pub async fn hide_cdrs(tx: &mut crate::Tx, scope: &TenantScope, before: i64) -> Result<u64> {
+/// Hides the tenant's CDRs that ended before `before` from the API: the
+/// mark only moves forward, and each move is kept with its time (the
+/// caller rounds `before` to the hour, so there are few). How many were
+/// newly hidden.
+pub async fn hide_cdrs(tx: &mut crate::Tx, scope: &TenantScope, before: i64, now: i64) -> Result<u64> {
     let tenant = scope.tenant_id().to_string();
     let n: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM cdrs WHERE tenant_id = $1 AND ended_at < $2 \
@@ -212,7 +216,7 @@ pub async fn hide_cdrs(tx: &mut crate::Tx, scope: &TenantScope, before: i64) -> 
     .bind(before)
     .fetch_one(&mut **tx)
     .await?;
-    sqlx::query(
+    let moved = sqlx::query(
         "UPDATE tenants SET cdrs_hidden_before = $2 WHERE id = $1 \
          AND (cdrs_hidden_before IS NULL OR cdrs_hidden_before < $2)",
     )
@@ -220,7 +224,32 @@ pub async fn hide_cdrs(tx: &mut crate::Tx, scope: &TenantScope, before: i64) -> 
     .bind(before)
     .execute(&mut **tx)
     .await?;
+    if moved.rows_affected() == 1 {
+        sqlx::query("INSERT INTO cdr_hides (tenant_id, hidden_before, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(&tenant)
+            .bind(before)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// How far the tenant's CDRs may be removed: the furthest mark that has
+/// hidden them since `hidden_by` (a grace period ago) or earlier. `0`: none.
+pub async fn cdrs_removable_before<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    hidden_by: i64,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT MAX(hidden_before) FROM cdr_hides WHERE tenant_id = $1 AND at <= $2",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(hidden_by)
+    .fetch_one(ex)
+    .await?
+    .unwrap_or(0))
 }
 
 /// Removes up to `limit` of the tenant's calls soft deleted before
@@ -238,11 +267,20 @@ pub async fn purge_calls(tx: &mut crate::Tx, scope: &TenantScope, before: i64, l
     Ok(r.rows_affected())
 }
 
-/// Removes up to `limit` of the tenant's CDRs that ended before `before`:
-/// first the expiry that lets the database delete them (append-only), then
-/// their hours added to the usage archive, then the rows. How many.
+/// Removes up to `limit` of the tenant's CDRs that ended before `before`
+/// (from [`cdrs_removable_before`]): first the expiry that lets the
+/// database delete them (append-only, never past the hidden mark), then
+/// their hours added to the usage archive, then the rows. The caller holds
+/// the tenant's row lock, so two sweepers never archive one batch twice.
+/// How many.
 pub async fn purge_cdrs(tx: &mut crate::Tx, scope: &TenantScope, before: i64, now: i64, limit: i64) -> Result<u64> {
     let tenant = scope.tenant_id().to_string();
+    // Older moves of the mark are covered by this one.
+    sqlx::query("DELETE FROM cdr_hides WHERE tenant_id = $1 AND hidden_before < $2")
+        .bind(&tenant)
+        .bind(before)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query("INSERT INTO cdr_expiries (tenant_id, ended_before, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(&tenant)
         .bind(before)
@@ -288,5 +326,7 @@ pub async fn restore_calls(tx: &mut crate::Tx, scope: &TenantScope) -> Result<(u
     .fetch_one(&mut **tx)
     .await?;
     sqlx::query("UPDATE tenants SET cdrs_hidden_before = NULL WHERE id = $1").bind(&tenant).execute(&mut **tx).await?;
+    // Hidden again later, they wait a whole grace period again.
+    sqlx::query("DELETE FROM cdr_hides WHERE tenant_id = $1").bind(&tenant).execute(&mut **tx).await?;
     Ok((calls, u64::try_from(cdrs).unwrap_or(0)))
 }

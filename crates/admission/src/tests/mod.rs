@@ -73,6 +73,7 @@ pub async fn world_with(verified_numbers: bool, pricing: Pricing) -> World {
         minute: std::time::Duration::from_secs(60),
         watchers: Default::default(),
         recordings: Arc::new(palisade_recordings::local::LocalStorage::new(dir.path().join("recordings"))),
+        recording_quota: 1 << 30,
     });
     let kind = PrincipalKind::ApiKey { key_id: ApiKeyId::new(), owner_user_id: None };
     let principal = Principal::authenticated(tenant, kind, PermissionSet::all());

@@ -31,7 +31,15 @@ async fn key_is_shown_once_and_hashed(b: Backend) {
     assert_eq!(used.body["type"], "api_key");
     assert_eq!(
         used.body["permissions"],
-        json!(["messages:read", "messages:write", "calls:read", "calls:write", "cdrs:read", "identities:read"])
+        json!([
+            "messages:read",
+            "messages:write",
+            "calls:read",
+            "calls:write",
+            "cdrs:read",
+            "identities:read",
+            "recordings:read"
+        ])
     );
 
     let hash = palisade_auth::token::sha256_hex(&key);

@@ -108,7 +108,7 @@ async fn agent_token_holds_only_what_its_minter_holds(b: Backend) {
     let r = mint(&s, &t.token, &id, json!({})).await.expect(201);
     assert_eq!(
         r.body["permissions"],
-        json!(["messages:read", "messages:write", "calls:read", "calls:write", "cdrs:read"])
+        json!(["messages:read", "messages:write", "calls:read", "calls:write", "cdrs:read", "recordings:read"])
     );
     assert_eq!(r.body["answerable_user_id"], t.owner_id.as_str());
     s.stop().await;

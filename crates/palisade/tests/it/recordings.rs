@@ -17,6 +17,7 @@ backend_tests!(
     retention_removes_old_recordings,
     erasing_a_tenant_removes_its_recordings_only,
     what_a_stream_plays_is_recorded,
+    a_tenant_at_its_quota_keeps_no_more_recordings,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,12 +284,22 @@ async fn agents_hear_their_own_identitys_recordings_only(b: Backend) {
     assert_eq!(s.get("/v1/recordings", &token).await.expect(200).body["data"].as_array().unwrap().len(), 2);
     s.get(&format!("/v1/recordings/{theirs_id}"), &agent).await.expect(404);
     assert_eq!(audio(&s, &agent, theirs_id, None).await.status(), 404);
-    s.call(Method::DELETE, &format!("/v1/recordings/{theirs_id}"), Some(&agent), None).await.expect(404);
-    assert_eq!(audio(&s, &agent, mine["id"].as_str().unwrap(), None).await.status(), 200);
-    // A read-only person can listen, not delete.
+    let mine_id = mine["id"].as_str().unwrap();
+    assert_eq!(audio(&s, &agent, mine_id, None).await.status(), 200);
+    // An agent never deletes a recording, not even its own: they are the
+    // evidence of its calls.
+    for id in [mine_id, theirs_id] {
+        let r = s.call(Method::DELETE, &format!("/v1/recordings/{id}"), Some(&agent), None).await.expect(403);
+        assert_eq!(r.body["reason"], "forbidden");
+    }
+    // A read-only person and an integration key can listen, not delete.
     let (_, reader) = s.member(&token, "reader@example.com", "read_only").await;
-    assert_eq!(audio(&s, &reader, theirs_id, None).await.status(), 200);
-    s.call(Method::DELETE, &format!("/v1/recordings/{theirs_id}"), Some(&reader), None).await.expect(403);
+    let (_, integration) = s.api_key(&token, json!({"name": "crm", "role": "integration"})).await;
+    for cred in [&reader, &integration] {
+        assert_eq!(audio(&s, cred, theirs_id, None).await.status(), 200);
+        s.call(Method::DELETE, &format!("/v1/recordings/{theirs_id}"), Some(cred), None).await.expect(403);
+    }
+    assert_eq!(audio(&s, &token, mine_id, None).await.status(), 200, "still there");
     assert_eq!(audio(&s, &token, theirs_id, None).await.status(), 200, "still there");
     s.stop().await;
 }
@@ -416,5 +427,32 @@ async fn what_a_stream_plays_is_recorded(b: Backend) {
     let said: Vec<u8> = [0x11u8; 800].iter().flat_map(|&u| palisade_recordings::wav::linear(u).to_le_bytes()).collect();
     assert!(contains(&wav, &said), "the five frames the stream sent are in the recording");
     assert!(contains(&wav, &tone_pcm()), "and the tone around them");
+    s.stop().await;
+}
+
+async fn a_tenant_at_its_quota_keeps_no_more_recordings(b: Backend) {
+    let s = TestServer::start_with(b, |c: &mut Config| {
+        c.carrier.sandbox_delay_ms = 20;
+        c.carrier.sandbox_call_secs = 1;
+        // Room for one recording of about a second (16 KB), not two.
+        c.recordings.max_bytes_per_tenant = 30_000;
+    })
+    .await;
+    let (token, _, _, _) = tenant(&s).await;
+    recorded(&s, &token, FROM).await;
+    let call = s.post("/v1/calls", &token, json!({"from": FROM, "to": TO, "record": true})).await.expect(201);
+    let id = call.body["id"].as_str().unwrap().to_owned();
+    let mut refused = Vec::new();
+    for _ in 0..300 {
+        refused = s.events(&token, "action=recording.refused").await;
+        if !refused.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused.len(), 1, "the second recording is refused");
+    assert_eq!(refused[0]["resource_id"], id.as_str());
+    assert_eq!(refused[0]["details"]["reason"], "quota");
+    assert_eq!(s.get("/v1/recordings", &token).await.expect(200).body["data"].as_array().unwrap().len(), 1);
     s.stop().await;
 }

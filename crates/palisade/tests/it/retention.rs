@@ -133,11 +133,6 @@ async fn calls_and_cdrs_leave_after_the_tenants_period_and_usage_stays(backend: 
     for bad in [json!({"calls_days": 0}), json!({"calls_days": 3651}), json!({"calls_days": "2"})] {
         s.call(Method::PUT, "/v1/tenant/retention", Some(&token), Some(bad)).await.expect(400);
     }
-    let r = s.call(Method::PUT, "/v1/tenant/retention", Some(&token), Some(json!({"calls_days": 2}))).await;
-    let r = r.expect(200).body;
-    assert_eq!((r["calls_days"].as_i64(), r["calls_chosen"].as_bool()), (Some(2), Some(true)));
-    assert_eq!((r["messages_days"].as_i64(), r["recordings_days"].as_i64()), (Some(365), Some(90)));
-    assert_eq!(s.get("/v1/tenant/retention", &other).await.expect(200).body["calls_days"], 730);
     let call = finished_call(&s, &token).await;
     finished_call(&s, &other).await;
     let cdr = s.get("/v1/cdrs", &token).await.expect(200).body["data"][0]["id"].as_str().unwrap().to_owned();
@@ -152,9 +147,19 @@ async fn calls_and_cdrs_leave_after_the_tenants_period_and_usage_stays(backend: 
         .as_str()
         .unwrap()
         .to_owned();
+    // Kept for two years by default: forty days on, nothing moves.
+    s.clock.advance_ms(40 * DAY_MS);
+    assert_eq!(palisade::apply_call_retention(s.state()).await.unwrap(), Default::default());
+    // The tenant shortens its period to two days.
+    let r = s.call(Method::PUT, "/v1/tenant/retention", Some(&token), Some(json!({"calls_days": 2}))).await;
+    let r = r.expect(200).body;
+    assert_eq!((r["calls_days"].as_i64(), r["calls_chosen"].as_bool()), (Some(2), Some(true)));
+    assert_eq!((r["messages_days"].as_i64(), r["recordings_days"].as_i64()), (Some(365), Some(90)));
+    assert_eq!(s.get("/v1/tenant/retention", &other).await.expect(200).body["calls_days"], 730);
 
-    // Past the period: the call soft deleted, its CDR hidden; the other tenant's kept.
-    s.clock.advance_ms(3 * DAY_MS);
+    // Past the period: the call soft deleted, its CDR hidden, not removed,
+    // though it ended long ago: the grace period runs from now. The other
+    // tenant's are kept.
     let swept = palisade::apply_call_retention(s.state()).await.unwrap();
     assert_eq!((swept.calls_soft_deleted, swept.cdrs_hidden, swept.calls_removed, swept.cdrs_removed), (1, 1, 0, 0));
     assert_eq!((count(&s, &token, "/v1/calls").await, count(&s, &token, "/v1/cdrs").await), (1, 0));
@@ -162,8 +167,12 @@ async fn calls_and_cdrs_leave_after_the_tenants_period_and_usage_stays(backend: 
     s.get(&format!("/v1/calls/{call}"), &token).await.expect(404);
     s.get(&format!("/v1/cdrs/{cdr}"), &token).await.expect(404);
     s.get(&format!("/v1/calls/{live}"), &token).await.expect(200);
-    // The CDR is still immutable: no expiry covers it yet.
+    // The CDR is still immutable: no expiry covers it yet, and none can be
+    // written past the hidden mark.
     assert!(delete_cdr(&s, &cdr).await.is_err(), "a hidden CDR cannot be deleted before its expiry");
+    let forged =
+        sql(&s, "INSERT INTO cdr_expiries (tenant_id, ended_before, at) VALUES ($1, 9000000000000000, 0)", &tenant_id);
+    assert!(forged.await.is_err(), "an expiry past the mark is refused");
     // The operator brings them back within the grace period.
     let r = s.admin(Method::POST, &format!("/sysadmin/v1/tenants/{tenant_id}/restore-calls"), None).await;
     let r = r.expect(200).body;
@@ -192,10 +201,15 @@ async fn calls_and_cdrs_leave_after_the_tenants_period_and_usage_stays(backend: 
 
 /// Deletes a CDR row straight in the database, as an intruder would try.
 async fn delete_cdr(s: &TestServer, id: &str) -> Result<(), sqlx::Error> {
+    sql(s, "DELETE FROM cdrs WHERE id = $1", id).await
+}
+
+/// One statement straight in the database, with one argument.
+async fn sql(s: &TestServer, statement: &str, arg: &str) -> Result<(), sqlx::Error> {
     use sqlx::Connection;
     sqlx::any::install_default_drivers();
     let mut db = sqlx::AnyConnection::connect(&s.db_url).await.unwrap();
-    let r = sqlx::query("DELETE FROM cdrs WHERE id = $1").bind(id).execute(&mut db).await.map(drop);
+    let r = sqlx::query(statement).bind(arg).execute(&mut db).await.map(drop);
     db.close().await.unwrap();
     r
 }

@@ -1,15 +1,23 @@
 -- Retention of calls and CDRs. A call past the tenant's period is soft
 -- deleted (hidden, restorable by the operator) and removed after the
 -- grace period. CDRs stay immutable: past the period they are hidden by
--- the tenant's mark (`cdrs_hidden_before`, restorable), and a CDR row can
--- be deleted only once an append-only expiry of its tenant covers it,
--- after its hour was folded into the usage archive.
+-- the tenant's mark (`cdrs_hidden_before`, restorable; each move of the
+-- mark kept in `cdr_hides` with its time, so removal waits the grace
+-- period from when a CDR was hidden), and a CDR row can be deleted only
+-- once an append-only expiry of its tenant covers it, after its hour was
+-- folded into the usage archive. An expiry never reaches past the mark.
 ALTER TABLE calls ADD COLUMN deleted_at BIGINT;
 CREATE INDEX calls_live_age ON calls (tenant_id, created_at) WHERE deleted_at IS NULL;
 CREATE INDEX calls_deleted ON calls (tenant_id, deleted_at);
 ALTER TABLE tenants ADD COLUMN retention_calls_days INTEGER;
 ALTER TABLE tenants ADD COLUMN cdrs_hidden_before BIGINT;
 CREATE INDEX cdrs_tenant_end ON cdrs (tenant_id, ended_at);
+CREATE TABLE cdr_hides (
+    tenant_id TEXT NOT NULL,
+    hidden_before BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, hidden_before)
+);
 
 CREATE TABLE cdr_expiries (
     tenant_id TEXT NOT NULL,
@@ -18,6 +26,11 @@ CREATE TABLE cdr_expiries (
     at BIGINT NOT NULL,
     PRIMARY KEY (tenant_id, ended_before)
 );
+CREATE TRIGGER cdr_expiries_within_the_mark BEFORE INSERT ON cdr_expiries
+WHEN NEW.ended_before > COALESCE((SELECT cdrs_hidden_before FROM tenants WHERE id = NEW.tenant_id), 0)
+BEGIN
+    SELECT RAISE(ABORT, 'a CDR expiry reaches past the hidden mark');
+END;
 CREATE TRIGGER cdr_expiries_no_update BEFORE UPDATE ON cdr_expiries
 BEGIN
     SELECT RAISE(ABORT, 'cdr_expiries is append-only');
