@@ -4,6 +4,7 @@
 pub mod abuse;
 pub mod body;
 pub mod credentials;
+pub mod erasure;
 pub mod extract;
 pub mod metrics;
 pub mod middleware;

@@ -92,6 +92,11 @@ const PROBLEMS: &[(u16, &str, &str)] = &[
     (409, "Conflict", "`conflict`: the resource's state forbids this now; or `idempotency_key_reused`."),
     (413, "PayloadTooLarge", "`payload_too_large`: the body is over the size limit (`limit_bytes`)."),
     (415, "UnsupportedMediaType", "`unsupported_media_type`: send the body as `application/json` (UTF-8)."),
+    (
+        416,
+        "RangeNotSatisfiable",
+        "`range_not_satisfiable`: the `Range` asked for is not within the file (`Content-Range: bytes */<size>`).",
+    ),
     (423, "Locked", "`frozen`: the tenant, credential or identity is frozen (kill-switch)."),
     (426, "UpgradeRequired", "`upgrade_required`: a WebSocket endpoint asked without the WebSocket handshake."),
     (
@@ -122,6 +127,7 @@ pub fn document(doc: utoipa::openapi::OpenApi, max_text_chars: usize) -> Value {
             let header = match status {
                 401 => Some(("WWW-Authenticate", "`Bearer`, when a credential was expected.")),
                 429 | 503 => Some(("Retry-After", "Seconds to wait before retrying, when known.")),
+                416 => Some(("Content-Range", "`bytes */<size>`: how long the file is.")),
                 _ => None,
             };
             if let Some((name, description)) = header {

@@ -12,6 +12,7 @@ pub mod credits;
 mod db;
 mod durable;
 pub mod email_codes;
+pub mod erasure;
 mod error;
 pub mod exports;
 pub mod group_commit;

@@ -137,3 +137,19 @@ pub async fn total_size<'c>(ex: impl Executor<'c, Database = Any>, scope: &Tenan
         .await?
         .unwrap_or(0))
 }
+
+/// The tenant's recordings of ended calls to or from `number`.
+pub(crate) async fn of_calls_with<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    number: &str,
+) -> Result<Vec<RecordingRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLS} FROM recordings WHERE tenant_id = $1 AND call_id IN (SELECT id FROM calls \
+         WHERE tenant_id = $1 AND (to_number = $2 OR from_number = $2)) ORDER BY id"
+    ))
+    .bind(scope.tenant_id().to_string())
+    .bind(number)
+    .fetch_all(ex)
+    .await?)
+}

@@ -4,6 +4,7 @@
 mod calls;
 mod life;
 mod messages;
+mod recording;
 
 use std::sync::Arc;
 
@@ -52,7 +53,16 @@ pub async fn world() -> World {
     world_with(false, Pricing::default()).await
 }
 
+/// A world whose tenant may keep `quota` bytes of recordings.
+pub async fn world_quota(quota: u64) -> World {
+    world_full(false, Pricing::default(), quota).await
+}
+
 pub async fn world_with(verified_numbers: bool, pricing: Pricing) -> World {
+    world_full(verified_numbers, pricing, 1 << 30).await
+}
+
+async fn world_full(verified_numbers: bool, pricing: Pricing, recording_quota: u64) -> World {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::connect(&format!("sqlite://{}/a.db", dir.path().display()), 4).await.unwrap();
     db.migrate().await.unwrap();
@@ -73,7 +83,7 @@ pub async fn world_with(verified_numbers: bool, pricing: Pricing) -> World {
         minute: std::time::Duration::from_secs(60),
         watchers: Default::default(),
         recordings: Arc::new(palisade_recordings::local::LocalStorage::new(dir.path().join("recordings"))),
-        recording_quota: 1 << 30,
+        recording_quota,
     });
     let kind = PrincipalKind::ApiKey { key_id: ApiKeyId::new(), owner_user_id: None };
     let principal = Principal::authenticated(tenant, kind, PermissionSet::all());

@@ -7,6 +7,7 @@ mod auth;
 mod billing;
 pub(crate) mod calls;
 mod email_code;
+mod erasure;
 mod events;
 mod exports;
 mod health;
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(retention::get, retention::put))
         .routes(routes!(retention::restore))
         .routes(routes!(retention::restore_calls))
+        .routes(routes!(erasure::erase_number))
         .routes(routes!(api_keys::create, api_keys::list))
         .routes(routes!(api_keys::get, api_keys::revoke))
         .routes(routes!(api_keys::rotate))

@@ -50,6 +50,7 @@ impl From<RecordingRow> for RecordingView {
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RecordingQuery {
     /// At most this many, newest first (1–100, default 50).
     #[param(minimum = 1, maximum = 100)]

@@ -15,6 +15,7 @@ backend_tests!(
     erasing_a_tenant_shreds_its_keys_only,
     bodies_from_before_encryption_are_sealed_by_the_job,
     secrets_under_the_static_key_move_to_the_tenants_keys,
+    a_numbers_data_is_erased_within_its_tenant,
 );
 
 const FROM: &str = "+34612345678";
@@ -369,5 +370,70 @@ async fn secrets_under_the_static_key_move_to_the_tenants_keys(backend: Backend)
         assert!(sealer.open(&blob, legacy_aad.as_bytes()).is_err(), "the static key opens nothing");
     }
     assert_eq!(sign_in().await, 200, "and works under the tenant's keys");
+    s.stop().await;
+}
+
+/// Someone the tenant wrote to and called asks to be forgotten: their
+/// message bodies and numbers go from messages and calls, the calls'
+/// recordings go; other numbers and other tenants keep theirs; CDRs keep
+/// the number (immutable billing records).
+async fn a_numbers_data_is_erased_within_its_tenant(backend: Backend) {
+    let s = TestServer::start_with(backend, |c| {
+        c.carrier.sandbox_delay_ms = 20;
+        c.carrier.sandbox_call_secs = 1;
+    })
+    .await;
+    let (token, tenant_id) = sender(&s, "Acme").await;
+    let (other, _) = sender(&s, "Other").await;
+    let forget = TO;
+    let keep = "+34699000222";
+    let m1 = send(&s, &token, "first private note", None).await;
+    send(&s, &token, "second private note", None).await;
+    let kept = s.post("/v1/messages", &token, json!({"from": FROM, "to": keep, "body": "stays"})).await.expect(201);
+    send(&s, &other, "another tenant's", None).await;
+    let call = s.post("/v1/calls", &token, json!({"from": FROM, "to": forget, "record": true})).await.expect(201);
+    let call_id = call.body["id"].as_str().unwrap().to_owned();
+    let mut recording = Value::Null;
+    for _ in 0..300 {
+        recording =
+            s.get(&format!("/v1/recordings?call_id={call_id}"), &token).await.expect(200).body["data"][0].clone();
+        if !recording.is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!recording.is_null(), "the call was recorded");
+
+    // Not one of the tenant's own numbers; not a malformed one; not without tenant:manage.
+    let erase = |cred: String, number: &str| {
+        let body = json!({"number": number});
+        let s = &s;
+        async move { s.post("/v1/erasures", &cred, body).await }
+    };
+    erase(token.clone(), FROM).await.expect(409);
+    erase(token.clone(), "0612345678").await.expect(400);
+    let (_, reader) = s.member(&token, "reader@example.com", "read_only").await;
+    erase(reader.clone(), forget).await.expect(403);
+
+    let r = erase(token.clone(), forget).await.expect(200).body;
+    assert_eq!(r, json!({"number": "…0111", "messages": 2, "calls": 1, "recordings": 1}));
+    let m = s.get(&format!("/v1/messages/{}", m1["id"].as_str().unwrap()), &token).await.expect(200).body;
+    assert_eq!((m["body"].as_str(), m["to"].as_str()), (Some(""), Some("…0111")));
+    let c = s.get(&format!("/v1/calls/{call_id}"), &token).await.expect(200).body;
+    assert_eq!(c["to"], "…0111");
+    s.get(&format!("/v1/recordings/{}", recording["id"].as_str().unwrap()), &token).await.expect(404);
+    let k = s.get(&format!("/v1/messages/{}", kept.body["id"].as_str().unwrap()), &token).await.expect(200).body;
+    assert_eq!((k["body"].as_str(), k["to"].as_str()), (Some("stays"), Some(keep)));
+    let theirs = s.get("/v1/messages", &other).await.expect(200).body;
+    assert_eq!(theirs["data"][0]["to"], forget, "another tenant's records are its own");
+    let sql = format!("SELECT id FROM messages WHERE tenant_id = '{tenant_id}' AND to_number = '{forget}'");
+    assert!(stored(&s, &sql).await.is_empty());
+    // Done once: repeating finds nothing more.
+    let again = erase(token.clone(), forget).await.expect(200).body;
+    assert_eq!(again, json!({"number": "…0111", "messages": 0, "calls": 0, "recordings": 0}));
+    let events = s.events(&token, "action=number.erased").await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["details"]["number"], "…0111");
+    assert!(!events.iter().any(|e| e.to_string().contains(forget)), "the audit log holds no full number");
     s.stop().await;
 }
