@@ -973,6 +973,11 @@ async fn read_json(req: Request, state: &AppState) -> Result<(serde_json::Value,
         let what = if e.is_data() { e.to_string() } else { format!("malformed JSON: {}", json_error(&e)) };
         ApiError::validation("body", what)
     })?;
+    // Every request body is an object (serde would also read a struct
+    // from an array, by position).
+    if !value.is_object() {
+        return Err(ApiError::validation("body", "must be a JSON object"));
+    }
     palisade_guard::input::sanitize_json(&mut value, limits.max_text_chars).map_err(ApiError::validation_many)?;
     whole_numbers_as_integers(&mut value);
     let caller = parts.extensions.get::<CallerKey>().copied();
