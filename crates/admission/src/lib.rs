@@ -14,7 +14,7 @@ pub mod ending;
 pub mod idempotency;
 pub mod life;
 pub mod messages;
-mod recording;
+pub mod recording;
 mod refusal;
 mod sender;
 

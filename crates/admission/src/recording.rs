@@ -14,6 +14,14 @@ use palisade_store::StoreError;
 
 use crate::Service;
 
+/// Recordings' own keys, for the re-sealing job (moved to the tenant's
+/// newest data key; the audio is not sealed again).
+pub const SEALED_COLUMNS: palisade_keys::reseal::SealedColumn = palisade_keys::reseal::SealedColumn {
+    column: palisade_store::static_sealed::Column { table: "recordings", id: "id", column: "file_key" },
+    place: palisade_store::recordings::key_place,
+    legacy_aad: None,
+};
+
 impl Service {
     /// Keeps the audio (8 kHz µ-law) of the tenant's call `call_id`.
     /// `None` when the call is unknown, or the tenant's recordings are at

@@ -2,8 +2,9 @@
 //! with an older data key version, sealed again with the tenant's newest
 //! key, in small batches (the write lock is held for one batch at a time).
 //! Bodies of an erased tenant are left as they are: nothing opens them.
-//! Secrets sealed by the platform's static key before tenants had keys are
-//! moved under the tenant's keys the same way ([`StaticSealed`]).
+//! Other sealed columns ([`SealedColumn`]: secrets, recordings' keys) are
+//! moved the same way, from an older data key version or from the
+//! platform's static key, which sealed secrets before tenants had keys.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -58,26 +59,27 @@ impl Keyring {
     }
 }
 
-/// A column whose older values were sealed by the platform's static key:
-/// where it is, where a value lives under the tenant's keys (its AAD), and
-/// the AAD the static key sealed it with.
-pub struct StaticSealed {
+/// A column sealed under tenants' keys: where it is, where a value lives
+/// (its AAD), and, for a column whose older values the platform's static
+/// key sealed, the AAD it sealed them with.
+pub struct SealedColumn {
     pub column: palisade_store::static_sealed::Column,
     pub place: for<'a> fn(&'a str) -> Place<'a>,
-    pub legacy_aad: fn(&str, &str) -> Vec<u8>,
+    pub legacy_aad: Option<fn(&str, &str) -> Vec<u8>>,
 }
 
 impl Keyring {
-    /// One pass over `columns`: every value the static key sealed is
-    /// opened and sealed again under its tenant's newest data key, so that
-    /// a database copy holds nothing the static key alone opens. A value
-    /// that does not open is logged and left; an erased tenant's are left
-    /// (its erasure blanked them). How many were sealed again.
-    pub async fn reseal_static(
+    /// One pass over `columns`: every value the static key sealed, or
+    /// sealed under an older data key version, is opened and sealed again
+    /// under its tenant's newest key, so that a database copy holds nothing
+    /// the static key alone opens and an old data key can be let go. A
+    /// value that does not open is logged and left; an erased tenant's are
+    /// left (its erasure removed them). How many were sealed again.
+    pub async fn reseal_columns(
         &self,
         proof: &SysadminProof,
         legacy: &Sealer,
-        columns: &[StaticSealed],
+        columns: &[SealedColumn],
     ) -> palisade_store::Result<u64> {
         use palisade_store::static_sealed;
         let mut done = 0;
@@ -96,16 +98,21 @@ impl Keyring {
                         Err(StoreError::Refused("tenant_erased")) => continue,
                         Err(e) => return Err(e),
                     };
-                    let opened = B64
-                        .decode(&stored)
-                        .ok()
-                        .and_then(|blob| legacy.open(&blob, &(c.legacy_aad)(&tenant, &id)).ok());
+                    let opened = match (version_of(&stored), c.legacy_aad) {
+                        // Under the key new values get already (a newer one has not settled).
+                        (Some(v), _) if v == keys.newest() => continue,
+                        (Some(_), _) => keys.open((c.place)(&id), &stored).ok(),
+                        (None, Some(aad)) => {
+                            B64.decode(&stored).ok().and_then(|blob| legacy.open(&blob, &aad(&tenant, &id)).ok())
+                        }
+                        (None, None) => None,
+                    };
                     match opened {
                         Some(plain) => {
                             let sealed = keys.seal((c.place)(&id), &plain);
                             work.push((scope, id, stored, sealed));
                         }
-                        None => tracing::warn!(table = c.column.table, row = id, "a static-key value does not open"),
+                        None => tracing::warn!(table = c.column.table, row = id, "a sealed value does not open"),
                     }
                 }
                 if work.is_empty() {

@@ -187,3 +187,42 @@ async fn a_backup_from_before_an_erasure_yields_nothing_of_the_erased_tenant() {
     let with_old = Keyring::new(kek(&[(1, 1)]), backup, DEFAULT_TTL);
     assert_eq!(read(&with_old, &erased, "m", &stored[0]).await.as_deref(), Some("erased body"));
 }
+
+/// A sealed column follows a new data key once it has settled: the job
+/// seals its values again under it, once; the old version is then needed
+/// by nothing in it.
+#[tokio::test]
+async fn sealed_columns_move_to_a_settled_new_data_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_at(&dir.path().join("a.db")).await;
+    let proof = SysadminProof::verified();
+    let scope = tenant(&db).await;
+    let ring = Keyring::new(kek(&[(1, 1)]), db.clone(), Duration::ZERO);
+    let v1 = ring.of(&scope).await.unwrap();
+    let new = palisade_store::recordings::NewRecording {
+        id: "r1",
+        call_id: "c1",
+        identity_id: "i1",
+        now: 0,
+        duration_ms: 0,
+        size: 0,
+        file_key: &[7; 32],
+    };
+    palisade_store::recordings::insert(db.reader(), &scope, &v1, &new).await.unwrap();
+    let columns = [reseal::SealedColumn {
+        column: palisade_store::static_sealed::Column { table: "recordings", id: "id", column: "file_key" },
+        place: palisade_store::recordings::key_place,
+        legacy_aad: None,
+    }];
+    let legacy = palisade_seal::Sealer::new(&[9; 32]);
+    assert_eq!(ring.reseal_columns(&proof, &legacy, &columns).await.unwrap(), 0, "under the newest already");
+    ring.rotate(&proof, true).await.unwrap();
+    assert_eq!(ring.reseal_columns(&proof, &legacy, &columns).await.unwrap(), 0, "v2 has not settled");
+    sqlx::query("UPDATE tenant_keys SET created_at = 0").execute(db.reader()).await.unwrap();
+    assert_eq!(ring.reseal_columns(&proof, &legacy, &columns).await.unwrap(), 1);
+    assert_eq!(ring.reseal_columns(&proof, &legacy, &columns).await.unwrap(), 0, "once");
+    let stored: String = sqlx::query_scalar("SELECT file_key FROM recordings").fetch_one(db.reader()).await.unwrap();
+    assert!(stored.starts_with("pk1:2:"), "{stored}");
+    let row = palisade_store::recordings::get(db.reader(), &scope, "r1").await.unwrap().unwrap();
+    assert_eq!(row.file_key(&scope, &ring.of(&scope).await.unwrap()).unwrap(), vec![7; 32]);
+}

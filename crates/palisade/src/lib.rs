@@ -778,16 +778,18 @@ async fn purge_email_codes(state: &AppState, before: i64) -> Result<u64, palisad
 
 /// Seals old message bodies again (written before encryption, or under an
 /// older data key), at start and every `keys.reseal_interval_secs`.
-/// One pass moving tenants' secrets sealed by the platform's static key
-/// (webhook secrets, SIP HA1s, TOTP secrets) under their tenant's keys.
-pub async fn reseal_static(state: &AppState) -> Result<u64, palisade_store::StoreError> {
-    let columns: Vec<palisade_keys::reseal::StaticSealed> = palisade_webhooks::worker::STATIC_SEALED
+/// One pass moving tenants' sealed secrets and recordings' keys under
+/// their tenant's newest data key: from an older version, or from the
+/// platform's static key (webhook secrets, SIP HA1s, TOTP secrets written
+/// before tenants had keys).
+pub async fn reseal_columns(state: &AppState) -> Result<u64, palisade_store::StoreError> {
+    let columns: Vec<palisade_keys::reseal::SealedColumn> = palisade_webhooks::worker::SEALED_COLUMNS
         .into_iter()
-        .chain(palisade_voice::credentials::STATIC_SEALED)
-        .chain([palisade_api::routes::TOTP_STATIC_SEALED])
+        .chain(palisade_voice::credentials::SEALED_COLUMNS)
+        .chain([palisade_api::routes::TOTP_SEALED, palisade_admission::recording::SEALED_COLUMNS])
         .collect();
     let proof = palisade_core::principal::SysadminProof::verified();
-    state.keys.reseal_static(&proof, &state.sealer, &columns).await
+    state.keys.reseal_columns(&proof, &state.sealer, &columns).await
 }
 
 fn spawn_resealing(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -806,10 +808,10 @@ fn spawn_resealing(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "sealing message bodies again failed"),
                     }
-                    match reseal_static(&state).await {
-                        Ok(n) if n > 0 => tracing::info!(sealed = n, "secrets moved from the static key to their tenant's keys"),
+                    match reseal_columns(&state).await {
+                        Ok(n) if n > 0 => tracing::info!(sealed = n, "secrets and recordings' keys sealed with their tenant's newest key"),
                         Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "moving secrets from the static key failed"),
+                        Err(e) => tracing::warn!(error = %e, "sealing secrets again failed"),
                     }
                 }
                 _ = stop.changed() => break,

@@ -23,7 +23,8 @@ pub struct RecordingRow {
 
 const COLS: &str = "id, tenant_id, call_id, identity_id, created_at, duration_ms, size, file_key";
 
-fn key_place(id: &str) -> Place<'_> {
+/// Where a recording's own key is sealed (its AAD).
+pub fn key_place(id: &str) -> Place<'_> {
     Place { table: "recordings", column: "file_key", row: id }
 }
 

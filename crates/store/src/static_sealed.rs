@@ -1,7 +1,9 @@
-//! Values sealed by the platform's static key before tenants had keys
-//! (webhook secrets, SIP HA1s, TOTP secrets): found in batches and
-//! replaced by the re-sealing job (`palisade_keys::reseal`). Table and
-//! column names come from the owning crates' constants, never from input.
+//! Sealed columns the re-sealing job (`palisade_keys::reseal`) moves to
+//! their tenant's newest data key: values the platform's static key sealed
+//! before tenants had keys (webhook secrets, SIP HA1s, TOTP secrets), and
+//! values under an older data key version (those and recordings' keys).
+//! Table and column names come from the owning crates' constants, never
+//! from input.
 
 use palisade_core::principal::SysadminProof;
 use palisade_core::TenantScope;
@@ -17,8 +19,9 @@ pub struct Column {
     pub column: &'static str,
 }
 
-/// Rows after `after` (by id) whose value is not of the tenant-key form
-/// (`pk1:`) and not empty: `(id, tenant, value)`.
+/// Rows after `after` (by id) whose value is not under its tenant's newest
+/// data key version (static-key values, older versions), not empty:
+/// `(id, tenant, value)`.
 pub async fn after<'c>(
     ex: impl Executor<'c, Database = Any>,
     _proof: &SysadminProof,
@@ -28,8 +31,9 @@ pub async fn after<'c>(
 ) -> Result<Vec<(String, String, String)>> {
     let Column { table, id, column } = c;
     Ok(sqlx::query_as(&format!(
-        "SELECT {id}, tenant_id, {column} FROM {table} WHERE {id} > $1 AND {column} IS NOT NULL \
-         AND {column} <> '' AND {column} NOT LIKE 'pk1:%' ORDER BY {id} LIMIT $2"
+        "SELECT {id}, tenant_id, {column} FROM {table} t WHERE {id} > $1 AND {column} IS NOT NULL \
+         AND {column} <> '' AND {column} NOT LIKE 'pk1:' || COALESCE((SELECT CAST(MAX(k.version) AS TEXT) \
+           FROM tenant_keys k WHERE k.tenant_id = t.tenant_id), '0') || ':%' ORDER BY {id} LIMIT $2"
     ))
     .bind(after)
     .bind(limit)

@@ -65,9 +65,9 @@ fn aad(tenant: &str, credential_id: &str, algorithm: Algorithm) -> Vec<u8> {
     format!("sip_credentials/{tenant}/{credential_id}/{}", algorithm.name()).into_bytes()
 }
 
-/// HA1s the static key sealed before tenants had keys, for the re-sealing job.
-pub const STATIC_SEALED: [palisade_keys::reseal::StaticSealed; 2] = {
-    use palisade_keys::reseal::StaticSealed;
+/// HA1s, for the re-sealing job (older ones were sealed by the static key).
+pub const SEALED_COLUMNS: [palisade_keys::reseal::SealedColumn; 2] = {
+    use palisade_keys::reseal::SealedColumn;
     use palisade_store::static_sealed::Column;
     fn md5_place(id: &str) -> Place<'_> {
         place(id, Algorithm::Md5)
@@ -85,8 +85,8 @@ pub const STATIC_SEALED: [palisade_keys::reseal::StaticSealed; 2] = {
         Column { table: "sip_credentials", id: "id", column }
     }
     [
-        StaticSealed { column: column("ha1_md5_sealed"), place: md5_place, legacy_aad: md5_aad },
-        StaticSealed { column: column("ha1_sha256_sealed"), place: sha256_place, legacy_aad: sha256_aad },
+        SealedColumn { column: column("ha1_md5_sealed"), place: md5_place, legacy_aad: Some(md5_aad) },
+        SealedColumn { column: column("ha1_sha256_sealed"), place: sha256_place, legacy_aad: Some(sha256_aad) },
     ]
 };
 

@@ -70,18 +70,18 @@ pub fn seal_context(tenant: &str, endpoint_id: &str) -> Vec<u8> {
     format!("webhook-endpoint/{tenant}/{endpoint_id}").into_bytes()
 }
 
-/// Endpoint secrets the static key sealed before tenants had keys, for
-/// the re-sealing job.
-pub const STATIC_SEALED: [palisade_keys::reseal::StaticSealed; 3] = {
-    use palisade_keys::reseal::StaticSealed;
+/// Endpoint secrets, for the re-sealing job (older ones were sealed by the
+/// static key).
+pub const SEALED_COLUMNS: [palisade_keys::reseal::SealedColumn; 3] = {
+    use palisade_keys::reseal::SealedColumn;
     use palisade_store::static_sealed::Column;
     const fn column(column: &'static str) -> Column {
         Column { table: "webhook_endpoints", id: "id", column }
     }
     [
-        StaticSealed { column: column("secret_sealed"), place: secret_place, legacy_aad: seal_context },
-        StaticSealed { column: column("previous_secret_sealed"), place: secret_place, legacy_aad: seal_context },
-        StaticSealed { column: column("ed25519_sealed"), place: ed25519_place, legacy_aad: seal_context },
+        SealedColumn { column: column("secret_sealed"), place: secret_place, legacy_aad: Some(seal_context) },
+        SealedColumn { column: column("previous_secret_sealed"), place: secret_place, legacy_aad: Some(seal_context) },
+        SealedColumn { column: column("ed25519_sealed"), place: ed25519_place, legacy_aad: Some(seal_context) },
     ]
 };
 

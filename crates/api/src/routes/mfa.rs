@@ -42,11 +42,12 @@ fn place(user: &str) -> palisade_seal::envelope::Place<'_> {
     palisade_seal::envelope::Place { table: "user_totp", column: "secret", row: user }
 }
 
-/// TOTP secrets the static key sealed, for the re-sealing job.
-pub const STATIC_SEALED: palisade_keys::reseal::StaticSealed = palisade_keys::reseal::StaticSealed {
+/// TOTP secrets, for the re-sealing job (older ones were sealed by the
+/// static key).
+pub const SEALED_COLUMNS: palisade_keys::reseal::SealedColumn = palisade_keys::reseal::SealedColumn {
     column: palisade_store::static_sealed::Column { table: "user_totp", id: "user_id", column: "secret_sealed" },
     place,
-    legacy_aad,
+    legacy_aad: Some(legacy_aad),
 };
 
 /// A person's TOTP secret as stored: under the tenant's keys, or (enrolled

@@ -22,7 +22,7 @@ mod operators;
 mod passkeys;
 mod recordings;
 mod retention;
-pub use mfa::STATIC_SEALED as TOTP_STATIC_SEALED;
+pub use mfa::SEALED_COLUMNS as TOTP_SEALED;
 pub use operators::totp_aad as operators_totp_aad;
 mod sip;
 pub mod streams;

@@ -360,8 +360,8 @@ async fn secrets_under_the_static_key_move_to_the_tenants_keys(backend: Backend)
         s.call(Method::POST, "/v1/auth/mfa", None, Some(body)).await.status
     };
     assert_eq!(sign_in().await, 200, "a TOTP secret under the static key still works");
-    assert_eq!(palisade::reseal_static(s.state()).await.unwrap(), 4);
-    assert_eq!(palisade::reseal_static(s.state()).await.unwrap(), 0, "nothing left");
+    assert_eq!(palisade::reseal_columns(s.state()).await.unwrap(), 4);
+    assert_eq!(palisade::reseal_columns(s.state()).await.unwrap(), 0, "nothing left");
     for ((table, id_col, id, column, place, legacy_aad), plain) in columns.iter().zip(&plains) {
         let now = stored(&s, &format!("SELECT {column} FROM {table} WHERE {id_col} = '{id}'")).await[0].clone();
         assert!(now.starts_with("pk1:"), "{table}.{column} moved: {now}");
