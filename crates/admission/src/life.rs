@@ -204,11 +204,8 @@ struct Watched {
     over: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
+/// Only told of the end: the answer goes to the transport's observer itself.
 impl CallObserver for Watched {
-    fn answered(&self, sdp: Option<&[u8]>) {
-        self.inner.answered(sdp);
-    }
-
     fn ended(&self, status: &str, code: Option<&str>) {
         self.inner.ended(status, code);
         if let Some(tx) = self.over.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {

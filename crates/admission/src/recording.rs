@@ -24,8 +24,8 @@ pub const SEALED_COLUMNS: palisade_keys::reseal::SealedColumn = palisade_keys::r
 
 impl Service {
     /// Keeps the audio (8 kHz µ-law) of the tenant's call `call_id`.
-    /// `None` when the call is unknown, or the tenant's recordings are at
-    /// their quota (`recording.refused`).
+    /// `None` when the call is unknown, the tenant's recordings are at
+    /// their quota, or the call's number was erased (`recording.refused`).
     pub async fn keep_recording(
         &self,
         scope: &TenantScope,
@@ -77,19 +77,33 @@ impl Service {
         });
         let written = palisade_store::locks::retrying(|| async {
             let mut tx = self.db.begin().await?;
-            palisade_store::recordings::insert(&mut *tx, scope, &keys, &new).await?;
+            if !palisade_store::recordings::insert_unless_erased(&mut tx, scope, &keys, &new).await? {
+                return Ok(false);
+            }
             palisade_audit::append(&mut *tx, &event, &Context::default(), now).await?;
             let completed =
                 palisade_webhooks::events::event(scope.tenant_id(), "recording.completed", data.clone(), now);
             tx.run(&palisade_store::webhooks::enqueue_stmts(&[completed])).await?;
-            tx.commit().await
+            tx.commit().await?;
+            Ok(true)
         })
         .await;
-        if let Err(e) = written {
+        if !matches!(written, Ok(true)) {
             if let Err(d) = self.recordings.delete(&object).await {
                 tracing::error!(error = %d, recording = id, "removing an unrecorded recording's file failed");
             }
-            return Err(e);
+        }
+        match written {
+            Err(e) => return Err(e),
+            // The call's number was erased while the audio was stored.
+            Ok(false) => {
+                let event = Event::new("recording.refused", Some(scope.tenant_id()), Actor::system())
+                    .resource("call", call_id)
+                    .details(serde_json::json!({ "reason": "erased" }));
+                palisade_audit::record(&self.db, &event, &Context::default(), self.now_ms()).await?;
+                return Ok(None);
+            }
+            Ok(true) => {}
         }
         self.webhook_wake.notify_one();
         palisade_store::recordings::get(self.db.reader(), scope, &id).await

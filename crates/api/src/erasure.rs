@@ -1,9 +1,10 @@
 //! A phone number's erasure within one tenant: someone the tenant wrote to
-//! or called asks to be forgotten. Their recordings go, message bodies are
-//! blanked and the number masked in messages and calls, in batches (one
-//! short transaction each; a request cut short is finished by repeating
-//! it). CDRs keep the number: immutable billing records, they leave by
-//! retention. Audited as `number.erased` with the masked number.
+//! or called asks to be forgotten. Message bodies are blanked and the
+//! number masked in messages and calls (live ones too), then the
+//! recordings of masked calls go, in batches (one short transaction each;
+//! a request cut short is finished by repeating it). CDRs written before
+//! keep the number: immutable billing records, they leave by retention.
+//! Audited as `number.erased` with the masked number, however far it got.
 
 use palisade_audit::{Context, Event};
 use palisade_core::principal::Actor;
@@ -28,34 +29,56 @@ pub async fn erase_number(
     ctx: &Context,
 ) -> Result<Erased, StoreError> {
     let masked = palisade_guard::phone::masked(number);
-    let batch = i64::from(state.config.retention.batch);
     let mut erased = Erased::default();
-    // First: they are found through the calls' numbers.
-    for r in palisade_store::erasure::recordings(state.db.reader(), scope, number).await? {
-        if state.admission.remove_recording(scope, &r, actor.clone(), ctx).await? {
-            erased.recordings += 1;
-        }
-    }
+    let done = erase(state, scope, number, &masked, &actor, ctx, &mut erased).await;
+    // Recorded however far it got: what was changed was changed.
+    let event = Event::new("number.erased", Some(scope.tenant_id()), actor)
+        .details(serde_json::json!({ "number": masked, "erased": erased, "complete": done.is_ok() }));
+    palisade_audit::record(&state.db, &event, ctx, state.now_ms()).await?;
+    done.map(|()| erased)
+}
+
+async fn erase(
+    state: &AppState,
+    scope: &TenantScope,
+    number: &str,
+    masked: &str,
+    actor: &Actor,
+    ctx: &Context,
+    erased: &mut Erased,
+) -> Result<(), StoreError> {
+    let batch = i64::from(state.config.retention.batch);
+    let full = u64::from(state.config.retention.batch);
     loop {
         let mut tx = state.db.begin().await?;
-        let n = palisade_store::erasure::messages(&mut tx, scope, number, &masked, batch).await?;
+        let n = palisade_store::erasure::messages(&mut tx, scope, number, masked, batch).await?;
         tx.commit().await?;
         erased.messages += n;
-        if n < u64::from(state.config.retention.batch) {
+        if n < full {
             break;
         }
     }
     loop {
         let mut tx = state.db.begin().await?;
-        let n = palisade_store::erasure::calls(&mut tx, scope, number, &masked, batch).await?;
+        let n = palisade_store::erasure::calls(&mut tx, scope, number, masked, batch).await?;
         tx.commit().await?;
         erased.calls += n;
-        if n < u64::from(state.config.retention.batch) {
+        if n < full {
             break;
         }
     }
-    let event = Event::new("number.erased", Some(scope.tenant_id()), actor)
-        .details(serde_json::json!({ "number": masked, "erased": erased }));
-    palisade_audit::record(&state.db, &event, ctx, state.now_ms()).await?;
-    Ok(erased)
+    // After the calls: a recording kept meanwhile is found too, and one
+    // being kept now sees its call masked and keeps nothing.
+    loop {
+        let found = palisade_store::erasure::recordings(state.db.reader(), scope, batch).await?;
+        let n = found.len() as u64;
+        for r in found {
+            if state.admission.remove_recording(scope, &r, actor.clone(), ctx).await? {
+                erased.recordings += 1;
+            }
+        }
+        if n < full {
+            return Ok(());
+        }
+    }
 }

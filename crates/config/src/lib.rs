@@ -1208,9 +1208,16 @@ impl Config {
             ));
         }
         if let Some(s3) = &self.recordings.s3 {
-            if s3.bucket.is_empty() || s3.secret_access_key.is_none() {
+            if s3.bucket.is_empty() || s3.access_key_id.is_empty() || s3.secret_access_key.is_none() {
                 return Err(ConfigError(
                     "recordings.s3 needs bucket, access_key_id and secret_access_key (or secret_access_key_file)"
+                        .into(),
+                ));
+            }
+            let plain = s3.endpoint.as_deref().is_some_and(|e| e.to_ascii_lowercase().starts_with("http://"));
+            if plain && !s3.allow_http {
+                return Err(ConfigError(
+                    "recordings.s3.endpoint is http://: use https://, or set allow_http for a server on this host"
                         .into(),
                 ));
             }

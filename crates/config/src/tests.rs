@@ -405,6 +405,11 @@ fn recordings_in_s3_need_their_secret_and_https_in_production() {
         allow_http: true,
     });
     assert!(refusal(&c).contains("secret_access_key"));
+    c.recordings.s3.as_mut().unwrap().allow_http = false;
+    c.recordings.s3.as_mut().unwrap().secret_access_key = Some(Secret::new("x".into()));
+    assert!(refusal(&c).contains("http://"), "an http endpoint needs allow_http");
+    c.recordings.s3.as_mut().unwrap().allow_http = true;
+    c.recordings.s3.as_mut().unwrap().secret_access_key = None;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("s3-secret");
     std::fs::write(&file, "shh-its-secret\n").unwrap();
@@ -416,6 +421,7 @@ fn recordings_in_s3_need_their_secret_and_https_in_production() {
     let mut p = prod();
     p.recordings = c.recordings.clone();
     assert!(refusal(&p).contains("allow_http"));
-    p.recordings.s3.as_mut().unwrap().allow_http = false;
+    let s3 = p.recordings.s3.as_mut().unwrap();
+    (s3.allow_http, s3.endpoint) = (false, Some("https://s3.example.com".into()));
     p.validate().unwrap();
 }

@@ -96,7 +96,12 @@ impl Keyring {
                     let keys = match self.of(&scope).await {
                         Ok(keys) => keys,
                         Err(StoreError::Refused("tenant_erased")) => continue,
-                        Err(e) => return Err(e),
+                        // One tenant's keys that do not open (a KEK version
+                        // this instance lacks) hold up no other tenant.
+                        Err(e) => {
+                            tracing::warn!(error = %e, tenant, "a tenant's keys did not open; its values wait");
+                            continue;
+                        }
                     };
                     let opened = match (version_of(&stored), c.legacy_aad) {
                         // Under the key new values get already (a newer one has not settled).

@@ -1,8 +1,10 @@
 //! A phone number's erasure within one tenant (someone the tenant wrote to
 //! or called asks to be forgotten): message bodies blanked and the number
-//! replaced by its masked form in messages and calls, the recordings of
-//! those calls found for removal. CDRs keep the number: they are immutable
-//! billing records and leave by retention.
+//! replaced by its masked form (`…1234`) in messages and calls, live ones
+//! too, and the recordings of calls with a masked number found for
+//! removal. A recording is kept only while its call's numbers are not
+//! masked (`recordings::insert_unless_erased`). CDRs written before keep
+//! the number: they are immutable billing records and leave by retention.
 
 use palisade_core::TenantScope;
 use sqlx::{Any, Executor};
@@ -16,8 +18,8 @@ pub async fn messages(tx: &mut crate::Tx, scope: &TenantScope, number: &str, mas
         "UPDATE messages SET body = '', \
            to_number = CASE WHEN to_number = $2 THEN $3 ELSE to_number END, \
            from_number = CASE WHEN from_number = $2 THEN $3 ELSE from_number END \
-         WHERE id IN (SELECT id FROM messages WHERE tenant_id = $1 AND (to_number = $2 OR from_number = $2) \
-           ORDER BY id LIMIT $4)",
+         WHERE tenant_id = $1 AND id IN (SELECT id FROM messages WHERE tenant_id = $1 \
+           AND (to_number = $2 OR from_number = $2) LIMIT $4)",
     )
     .bind(scope.tenant_id().to_string())
     .bind(number)
@@ -29,16 +31,16 @@ pub async fn messages(tx: &mut crate::Tx, scope: &TenantScope, number: &str, mas
 }
 
 /// Puts `masked` in place of `number` in up to `limit` of the tenant's
-/// ended calls; how many. A live call keeps it until it ends.
+/// calls, live ones too (a live call's CDR is then written with the masked
+/// number); how many.
 pub async fn calls(tx: &mut crate::Tx, scope: &TenantScope, number: &str, masked: &str, limit: i64) -> Result<u64> {
-    let r = sqlx::query(&format!(
+    let r = sqlx::query(
         "UPDATE calls SET \
            to_number = CASE WHEN to_number = $2 THEN $3 ELSE to_number END, \
            from_number = CASE WHEN from_number = $2 THEN $3 ELSE from_number END \
-         WHERE id IN (SELECT id FROM calls WHERE tenant_id = $1 AND (to_number = $2 OR from_number = $2) \
-           AND status NOT IN {} ORDER BY id LIMIT $4)",
-        crate::calls::LIVE
-    ))
+         WHERE tenant_id = $1 AND id IN (SELECT id FROM calls WHERE tenant_id = $1 \
+           AND (to_number = $2 OR from_number = $2) LIMIT $4)",
+    )
     .bind(scope.tenant_id().to_string())
     .bind(number)
     .bind(masked)
@@ -48,12 +50,13 @@ pub async fn calls(tx: &mut crate::Tx, scope: &TenantScope, number: &str, masked
     Ok(r.rows_affected())
 }
 
-/// The tenant's recordings of calls to or from `number` (before the calls
-/// are masked).
+/// Up to `limit` of the tenant's recordings of calls whose number was
+/// masked by an erasure (after the calls are masked: a recording kept
+/// meanwhile is found too).
 pub async fn recordings<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
-    number: &str,
+    limit: i64,
 ) -> Result<Vec<crate::recordings::RecordingRow>> {
-    crate::recordings::of_calls_with(ex, scope, number).await
+    crate::recordings::of_erased_calls(ex, scope, limit).await
 }

@@ -45,6 +45,30 @@ pub struct NewRecording<'a> {
     pub file_key: &'a [u8],
 }
 
+/// Records a recording in `tx`, unless its call's number was erased
+/// meanwhile (false then): the call's row is taken first, so an erasure
+/// either comes after and finds the recording, or came before and this
+/// keeps nothing.
+pub async fn insert_unless_erased(
+    tx: &mut crate::Tx,
+    scope: &TenantScope,
+    keys: &TenantKeys,
+    r: &NewRecording<'_>,
+) -> Result<bool> {
+    let taken = sqlx::query(&format!(
+        "UPDATE calls SET updated_at = updated_at WHERE tenant_id = $1 AND id = $2 AND NOT ({MASKED})"
+    ))
+    .bind(scope.tenant_id().to_string())
+    .bind(r.call_id)
+    .execute(&mut **tx)
+    .await?;
+    if taken.rows_affected() != 1 {
+        return Ok(false);
+    }
+    insert(&mut **tx, scope, keys, r).await?;
+    Ok(true)
+}
+
 pub async fn insert<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
@@ -139,18 +163,22 @@ pub async fn total_size<'c>(ex: impl Executor<'c, Database = Any>, scope: &Tenan
         .unwrap_or(0))
 }
 
-/// The tenant's recordings of ended calls to or from `number`.
-pub(crate) async fn of_calls_with<'c>(
+/// Up to `limit` of the tenant's recordings of calls whose number an
+/// erasure masked (`…1234`).
+pub(crate) async fn of_erased_calls<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
-    number: &str,
+    limit: i64,
 ) -> Result<Vec<RecordingRow>> {
     Ok(sqlx::query_as(&format!(
         "SELECT {COLS} FROM recordings WHERE tenant_id = $1 AND call_id IN (SELECT id FROM calls \
-         WHERE tenant_id = $1 AND (to_number = $2 OR from_number = $2)) ORDER BY id"
+         WHERE tenant_id = $1 AND ({MASKED})) ORDER BY id LIMIT $2"
     ))
     .bind(scope.tenant_id().to_string())
-    .bind(number)
+    .bind(limit)
     .fetch_all(ex)
     .await?)
 }
+
+/// A call whose number an erasure masked.
+const MASKED: &str = "to_number LIKE '…%' OR from_number LIKE '…%'";

@@ -102,6 +102,11 @@ async fn world_full(verified_numbers: bool, pricing: Pricing, recording_quota: u
 }
 
 impl World {
+    /// The world's folder (its database, its recordings).
+    pub fn svc_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub fn caller(&self) -> Caller<'_> {
         Caller::new(&self.principal, &self.scope, &self.ctx, self.slots).expect("the principal's own tenant")
     }

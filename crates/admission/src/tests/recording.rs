@@ -140,3 +140,20 @@ async fn record_is_part_of_what_a_key_stands_for() {
     let other = w.svc.place_call(&w.caller(), call(false), async { Ok::<(), ()>(()) }, answer).await.unwrap();
     assert_eq!(word(&other), "idempotency_key_reused");
 }
+
+/// A call whose number was erased while its audio was being stored keeps
+/// no recording: the erasure came first, and found nothing to remove.
+#[tokio::test]
+async fn no_recording_is_kept_of_a_call_whose_number_was_erased() {
+    let w = world().await;
+    let call = placed(&w).await;
+    let mut tx = w.svc.db.begin().await.unwrap();
+    assert_eq!(palisade_store::erasure::calls(&mut tx, &w.scope, US, "…0123", 10).await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    assert!(w.svc.keep_recording(&w.scope, &call, &SECOND).await.unwrap().is_none());
+    assert_eq!(w.count("recordings", "1 = 1").await, 0);
+    assert_eq!(w.count("audit_events", "action = 'recording.refused'").await, 1);
+    // Nor its file.
+    let dir = std::fs::read_dir(w.svc_dir().join("recordings").join(w.scope.tenant_id().to_string()));
+    assert!(dir.map(|d| d.count()).unwrap_or(0) == 0);
+}

@@ -24,7 +24,7 @@ pub struct NumberErased {
     number: String,
     /// Messages whose body was blanked and the number masked.
     messages: u64,
-    /// Ended calls whose number was masked (a live call keeps it until it ends).
+    /// Calls whose number was masked.
     calls: u64,
     /// Recordings of those calls, removed.
     recordings: u64,
@@ -33,8 +33,8 @@ pub struct NumberErased {
 /// Erases what the tenant holds about a phone number that is not one of
 /// its own (`tenant:manage`, a recent second factor): message bodies
 /// blanked, the number masked in messages and calls, the calls' recordings
-/// removed. CDRs keep it (immutable billing records) until their retention
-/// ends. Repeating the request finishes one cut short.
+/// removed. CDRs written before keep it (immutable billing records) until
+/// their retention ends. Repeating the request finishes one cut short.
 #[utoipa::path(post, path = "/v1/erasures", tag = "tenant", request_body = NumberErasure, security(("bearer" = [])),
     responses((status = 200, body = NumberErased), (status = 400, body = palisade_core::Problem),
         (status = 403, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]

@@ -399,7 +399,9 @@ pub async fn agent_token(
         None => PermissionSet::agent(),
         Some(names) => match PermissionSet::parse(names.iter().map(String::as_str)) {
             Ok(p) if !p.is_subset_of(PermissionSet::agent()) || p == PermissionSet::EMPTY => {
-                let message = "a non-empty subset of messages:read, messages:write, calls:read, calls:write, cdrs:read";
+                let message =
+                    "a non-empty subset of messages:read, messages:write, calls:read, calls:write, cdrs:read, \
+                               recordings:read";
                 errors.push(FieldError { field: "permissions".into(), message: message.into() });
                 p
             }
