@@ -77,7 +77,7 @@ async fn retention_takes_the_oldest_first_in_batches() {
     let w = world().await;
     let call = placed(&w).await;
     let mut made = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         made.push(w.svc.keep_recording(&w.scope, &call, &SECOND).await.unwrap().unwrap());
         w.clock.advance_ms(1000);
     }
@@ -86,9 +86,12 @@ async fn retention_takes_the_oldest_first_in_batches() {
     assert_eq!(w.svc.expire_recordings(&w.scope, cutoff, 1).await.unwrap(), 1);
     assert_eq!(w.svc.expire_recordings(&w.scope, cutoff, 5).await.unwrap(), 1);
     assert_eq!(w.svc.expire_recordings(&w.scope, cutoff, 5).await.unwrap(), 0);
-    let left: Vec<String> = sqlx::query_scalar("SELECT id FROM recordings").fetch_all(w.svc.db.reader()).await.unwrap();
-    assert_eq!(left, vec![made[2].id.clone()]);
-    assert_eq!(w.svc.erase_recording_files(&w.scope).await, 1);
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM recordings ORDER BY id").fetch_all(w.svc.db.reader()).await.unwrap();
+    assert_eq!(left, vec![made[2].id.clone(), made[3].id.clone()]);
+    // The tenant's erasure: every file under its prefix.
+    assert_eq!(w.svc.erase_recording_files(&w.scope).await, 2);
+    assert_eq!(w.svc.erase_recording_files(&w.scope).await, 0);
 }
 
 /// A recorded call through the sandbox: answered, over after its length,
