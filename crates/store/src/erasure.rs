@@ -14,33 +14,33 @@ use crate::Result;
 /// Blanks the bodies of up to `limit` of the tenant's messages to or from
 /// `number` and puts `masked` in its place; how many.
 pub async fn messages(tx: &mut crate::Tx, scope: &TenantScope, number: &str, masked: &str, limit: i64) -> Result<u64> {
-    let r = sqlx::query(
-        "UPDATE messages SET body = '', \
-           to_number = CASE WHEN to_number = $2 THEN $3 ELSE to_number END, \
-           from_number = CASE WHEN from_number = $2 THEN $3 ELSE from_number END \
-         WHERE tenant_id = $1 AND id IN (SELECT id FROM messages WHERE tenant_id = $1 \
-           AND (to_number = $2 OR from_number = $2) LIMIT $4)",
-    )
-    .bind(scope.tenant_id().to_string())
-    .bind(number)
-    .bind(masked)
-    .bind(limit)
-    .execute(&mut **tx)
-    .await?;
-    Ok(r.rows_affected())
+    mask(tx, scope, "messages", "body = '', ", number, masked, limit).await
 }
 
 /// Puts `masked` in place of `number` in up to `limit` of the tenant's
 /// calls, live ones too (a live call's CDR is then written with the masked
 /// number); how many.
 pub async fn calls(tx: &mut crate::Tx, scope: &TenantScope, number: &str, masked: &str, limit: i64) -> Result<u64> {
-    let r = sqlx::query(
-        "UPDATE calls SET \
+    mask(tx, scope, "calls", "", number, masked, limit).await
+}
+
+/// `table` and `also` (what else to set) are constants of this module.
+async fn mask(
+    tx: &mut crate::Tx,
+    scope: &TenantScope,
+    table: &'static str,
+    also: &'static str,
+    number: &str,
+    masked: &str,
+    limit: i64,
+) -> Result<u64> {
+    let r = sqlx::query(&format!(
+        "UPDATE {table} SET {also}\
            to_number = CASE WHEN to_number = $2 THEN $3 ELSE to_number END, \
            from_number = CASE WHEN from_number = $2 THEN $3 ELSE from_number END \
-         WHERE tenant_id = $1 AND id IN (SELECT id FROM calls WHERE tenant_id = $1 \
-           AND (to_number = $2 OR from_number = $2) LIMIT $4)",
-    )
+         WHERE tenant_id = $1 AND id IN (SELECT id FROM {table} WHERE tenant_id = $1 \
+           AND (to_number = $2 OR from_number = $2) LIMIT $4)"
+    ))
     .bind(scope.tenant_id().to_string())
     .bind(number)
     .bind(masked)
