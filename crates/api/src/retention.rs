@@ -16,9 +16,12 @@ use palisade_store::{Db, StoreError};
 
 const DAY_MS: i64 = 86_400_000;
 
-/// The operator's `(default, min, max)` days for `kind`.
-pub fn period_rule(rules: &palisade_config::Retention, kind: Kind) -> (u32, u32, u32) {
+/// The operator's `(default, min, max)` days for `kind` (a default of 0
+/// for webhook deliveries keeps them).
+pub fn period_rule(config: &palisade_config::Config, kind: Kind) -> (u32, u32, u32) {
+    let rules = &config.retention;
     match kind {
+        Kind::Webhooks => (config.webhooks.retention_days, rules.webhooks_min_days, rules.webhooks_max_days),
         Kind::Messages => (rules.messages_days, rules.messages_min_days, rules.messages_max_days),
         Kind::Calls => (rules.calls_days, rules.calls_min_days, rules.calls_max_days),
         Kind::Recordings => (rules.recordings_days, rules.recordings_min_days, rules.recordings_max_days),
@@ -28,8 +31,8 @@ pub fn period_rule(rules: &palisade_config::Retention, kind: Kind) -> (u32, u32,
 /// The tenant's period for `kind`: its own choice within the operator's
 /// bounds (a choice outside bounds changed since is clamped), else the
 /// operator's default.
-pub fn period(rules: &palisade_config::Retention, kind: Kind, own: Option<i64>) -> i64 {
-    let (default, min, max) = period_rule(rules, kind);
+pub fn period(config: &palisade_config::Config, kind: Kind, own: Option<i64>) -> i64 {
+    let (default, min, max) = period_rule(config, kind);
     own.map_or(i64::from(default), |d| d.clamp(i64::from(min), i64::from(max)))
 }
 
@@ -60,14 +63,15 @@ async fn record(db: &Db, id: TenantId, details: serde_json::Value, now: i64) -> 
 /// (hours folded into the usage archive). `(soft deleted, removed)`.
 pub async fn apply_message_retention(
     db: &Db,
-    rules: &palisade_config::Retention,
+    config: &palisade_config::Config,
     proof: &SysadminProof,
     clock: &dyn palisade_core::Clock,
 ) -> Result<(u64, u64), StoreError> {
+    let rules = &config.retention;
     let mut totals = (0, 0);
     for (tenant, own) in store::tenants(db.reader(), proof, Kind::Messages).await? {
         let Ok(id) = tenant.parse::<TenantId>() else { continue };
-        let days = period(rules, Kind::Messages, own);
+        let days = period(config, Kind::Messages, own);
         match retain_messages(db, rules, &TenantScope::for_sysadmin(proof, id), days, clock.now_ms()).await {
             Ok((soft, removed)) => {
                 totals.0 += soft;
@@ -129,14 +133,15 @@ pub struct CallsSwept {
 /// usage archive (usage keeps every hour).
 pub async fn apply_call_retention(
     db: &Db,
-    rules: &palisade_config::Retention,
+    config: &palisade_config::Config,
     proof: &SysadminProof,
     clock: &dyn palisade_core::Clock,
 ) -> Result<CallsSwept, StoreError> {
+    let rules = &config.retention;
     let mut all = CallsSwept::default();
     for (tenant, own) in store::tenants(db.reader(), proof, Kind::Calls).await? {
         let Ok(id) = tenant.parse::<TenantId>() else { continue };
-        let days = period(rules, Kind::Calls, own);
+        let days = period(config, Kind::Calls, own);
         match retain_calls(db, rules, &TenantScope::for_sysadmin(proof, id), days, clock.now_ms()).await {
             Ok(s) => {
                 all.calls_soft_deleted += s.calls_soft_deleted;
@@ -212,14 +217,15 @@ async fn retain_calls(
 /// has no soft delete). How many.
 pub async fn apply_recording_retention(
     admission: &palisade_admission::Service,
-    rules: &palisade_config::Retention,
+    config: &palisade_config::Config,
     proof: &SysadminProof,
 ) -> Result<u64, StoreError> {
+    let rules = &config.retention;
     let mut total = 0;
     for (tenant, own) in store::tenants(admission.db.reader(), proof, Kind::Recordings).await? {
         let Ok(id) = tenant.parse::<TenantId>() else { continue };
         let scope = TenantScope::for_sysadmin(proof, id);
-        let days = period(rules, Kind::Recordings, own);
+        let days = period(config, Kind::Recordings, own);
         let now = admission.now_ms();
         let removed = in_batches(rules, |batch| admission.expire_recordings(&scope, now - days * DAY_MS, batch)).await;
         match removed {
@@ -231,6 +237,41 @@ pub async fn apply_recording_retention(
             }
             Err(e) => tracing::warn!(error = %e, tenant = %id, "recording retention failed for a tenant"),
         }
+    }
+    Ok(total)
+}
+
+/// Finished webhook deliveries (their attempts and events): removed after
+/// the tenant's period (0, the operator's default, keeps them); pending ones
+/// stay. Inbound callbacks, which are no tenant's, go after
+/// `webhooks.retention_days`. How many rows.
+pub async fn apply_webhook_retention(
+    db: &Db,
+    config: &palisade_config::Config,
+    proof: &SysadminProof,
+    clock: &dyn palisade_core::Clock,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    for (tenant, own) in store::tenants(db.reader(), proof, Kind::Webhooks).await? {
+        let Ok(id) = tenant.parse::<TenantId>() else { continue };
+        let days = period(config, Kind::Webhooks, own);
+        if days <= 0 {
+            continue;
+        }
+        let now = clock.now_ms();
+        let scope = TenantScope::for_sysadmin(proof, id);
+        match palisade_store::webhooks::purge_deliveries(db, Some(&scope), now - days * DAY_MS).await {
+            Ok(0) => {}
+            Ok(n) => {
+                record(db, id, serde_json::json!({ "webhooks": { "removed": n, "days": days } }), now).await?;
+                total += n;
+            }
+            Err(e) => tracing::warn!(error = %e, tenant = %id, "webhook retention failed for a tenant"),
+        }
+    }
+    let days = i64::from(config.webhooks.retention_days);
+    if days > 0 {
+        total += palisade_store::webhooks::purge_inbound(db, clock.now_ms() - days * DAY_MS).await?;
     }
     Ok(total)
 }

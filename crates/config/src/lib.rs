@@ -125,6 +125,10 @@ pub struct Retention {
     pub recordings_days: u32,
     pub recordings_min_days: u32,
     pub recordings_max_days: u32,
+    /// A tenant's own period for finished webhook deliveries lies within
+    /// these (the default is `webhooks.retention_days`).
+    pub webhooks_min_days: u32,
+    pub webhooks_max_days: u32,
     /// Between soft deletion (restorable by the operator) and removal.
     pub grace_days: u32,
     /// Rows per transaction of the sweeper.
@@ -143,6 +147,8 @@ impl Default for Retention {
             recordings_days: 90,
             recordings_min_days: 1,
             recordings_max_days: 3650,
+            webhooks_min_days: 1,
+            webhooks_max_days: 365,
             grace_days: 30,
             batch: 500,
         }
@@ -1195,6 +1201,10 @@ impl Config {
             || r.calls_min_days == 0
             || r.calls_min_days > r.calls_days
             || r.calls_days > r.calls_max_days
+            || r.webhooks_min_days == 0
+            || r.webhooks_min_days > r.webhooks_max_days
+            || (self.webhooks.retention_days != 0
+                && !(r.webhooks_min_days..=r.webhooks_max_days).contains(&self.webhooks.retention_days))
             || r.recordings_min_days == 0
             || r.recordings_min_days > r.recordings_days
             || r.recordings_days > r.recordings_max_days
@@ -1203,7 +1213,8 @@ impl Config {
         {
             return Err(ConfigError(
                 "retention: need 1 <= messages_min_days <= messages_days <= messages_max_days, the same of \
-                 calls_* and recordings_*, grace_days >= 1 and batch 1 to 10000"
+                 calls_* and recordings_*, webhooks_min_days <= webhooks.retention_days (unless 0) <= \
+                 webhooks_max_days, grace_days >= 1 and batch 1 to 10000"
                     .into(),
             ));
         }

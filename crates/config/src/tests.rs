@@ -378,6 +378,16 @@ fn retention_bounds_must_hold_together() {
             (min, days, max, batch);
         assert!(refusal(&c).contains("retention"), "{min} {days} {max} {batch}");
     }
+    // The operator's default for webhook deliveries lies within the tenant
+    // bounds, unless it keeps them (0).
+    for (min, days, max) in [(0, 30, 365), (40, 30, 365), (1, 400, 365), (10, 0, 5)] {
+        let mut c = Config::default();
+        (c.retention.webhooks_min_days, c.webhooks.retention_days, c.retention.webhooks_max_days) = (min, days, max);
+        assert!(refusal(&c).contains("webhooks_"), "webhooks {min} {days} {max}");
+    }
+    let mut keep = Config::default();
+    keep.webhooks.retention_days = 0;
+    assert!(keep.validate().is_ok(), "0 keeps them");
     for (min, days, max) in [(0, 730, 3650), (800, 730, 3650), (1, 4000, 3650)] {
         let mut c = Config::default();
         (c.retention.calls_min_days, c.retention.calls_days, c.retention.calls_max_days) = (min, days, max);

@@ -724,8 +724,7 @@ pub async fn apply_audit_retention(state: &AppState) -> anyhow::Result<Option<(u
 /// deletion, then removal after the grace period. `(soft deleted, removed)`.
 pub async fn apply_retention(state: &AppState) -> Result<(u64, u64), palisade_store::StoreError> {
     let proof = palisade_core::principal::SysadminProof::verified();
-    palisade_api::retention::apply_message_retention(&state.db, &state.config.retention, &proof, state.clock.as_ref())
-        .await
+    palisade_api::retention::apply_message_retention(&state.db, &state.config, &proof, state.clock.as_ref()).await
 }
 
 /// Where recordings are kept: the S3 bucket if one is configured, else the folder.
@@ -755,15 +754,21 @@ pub async fn apply_call_retention(
     state: &AppState,
 ) -> Result<palisade_api::retention::CallsSwept, palisade_store::StoreError> {
     let proof = palisade_core::principal::SysadminProof::verified();
-    palisade_api::retention::apply_call_retention(&state.db, &state.config.retention, &proof, state.clock.as_ref())
-        .await
+    palisade_api::retention::apply_call_retention(&state.db, &state.config, &proof, state.clock.as_ref()).await
+}
+
+/// Webhook retention (`webhooks.retention_days`, each tenant's own period
+/// within `retention.webhooks_*`): finished deliveries removed. How many rows.
+pub async fn apply_webhook_retention(state: &AppState) -> Result<u64, palisade_store::StoreError> {
+    let proof = palisade_core::principal::SysadminProof::verified();
+    palisade_api::retention::apply_webhook_retention(&state.db, &state.config, &proof, state.clock.as_ref()).await
 }
 
 /// Recording retention (`retention.recordings_*`, each tenant's own
 /// period): recordings past it removed for good. How many.
 pub async fn apply_recording_retention(state: &AppState) -> Result<u64, palisade_store::StoreError> {
     let proof = palisade_core::principal::SysadminProof::verified();
-    palisade_api::retention::apply_recording_retention(&state.admission, &state.config.retention, &proof).await
+    palisade_api::retention::apply_recording_retention(&state.admission, &state.config, &proof).await
 }
 
 /// Every ten minutes: expired revocations and tokens, old idempotency keys,
@@ -838,12 +843,8 @@ fn spawn_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
                     if let Err(e) = palisade_store::messages::purge_idempotency_keys(&state.db, day_ago).await {
                         tracing::warn!(error = %e, "purging idempotency keys failed");
                     }
-                    let days = i64::from(state.config.webhooks.retention_days);
-                    if days > 0 {
-                        let before = state.now_ms() - days * 86_400_000;
-                        if let Err(e) = palisade_store::webhooks::purge(&state.db, before).await {
-                            tracing::warn!(error = %e, "webhook retention failed");
-                        }
+                    if let Err(e) = apply_webhook_retention(&state).await {
+                        tracing::warn!(error = %e, "webhook retention failed");
                     }
                     if let Err(e) = apply_audit_retention(&state).await {
                         tracing::warn!(error = %e, "audit retention failed");

@@ -15,6 +15,8 @@ pub enum Kind {
     Messages,
     Calls,
     Recordings,
+    /// Finished webhook deliveries, their attempts and events.
+    Webhooks,
 }
 
 impl Kind {
@@ -23,6 +25,7 @@ impl Kind {
             Kind::Messages => "retention_messages_days",
             Kind::Calls => "retention_calls_days",
             Kind::Recordings => "retention_recordings_days",
+            Kind::Webhooks => "retention_webhooks_days",
         }
     }
 }

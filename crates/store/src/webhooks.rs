@@ -694,19 +694,37 @@ pub fn set_inbound_outcome_stmt(id: &str, outcome: &str) -> Stmt {
 /// make a payment act once (`inbound_effects`). One statement per
 /// transaction, so housekeeping never holds the write lock for long.
 pub async fn purge(db: &crate::Db, before: i64) -> Result<u64> {
+    Ok(purge_deliveries(db, None, before).await? + purge_inbound(db, before).await?)
+}
+
+/// Finished deliveries (with their attempts) and events no delivery needs,
+/// older than `before`: of one tenant, or of all (`None`). How many rows.
+pub async fn purge_deliveries(db: &crate::Db, scope: Option<&TenantScope>, before: i64) -> Result<u64> {
+    let tenant = scope.map(|s| s.tenant_id().to_string()).unwrap_or_default();
     let mut n = 0;
     for sql in [
-        "DELETE FROM webhook_attempts WHERE EXISTS (SELECT 1 FROM webhook_deliveries d \
+        "DELETE FROM webhook_attempts WHERE ($2 = '' OR tenant_id = $2) AND EXISTS (SELECT 1 FROM webhook_deliveries d \
            WHERE d.tenant_id = webhook_attempts.tenant_id AND d.endpoint_id = webhook_attempts.endpoint_id \
            AND d.event_id = webhook_attempts.event_id AND d.status <> 'pending' AND d.updated_at < $1)",
-        "DELETE FROM webhook_deliveries WHERE status <> 'pending' AND updated_at < $1",
-        "DELETE FROM webhook_events WHERE created_at < $1 \
+        "DELETE FROM webhook_deliveries WHERE ($2 = '' OR tenant_id = $2) AND status <> 'pending' AND updated_at < $1",
+        "DELETE FROM webhook_events WHERE ($2 = '' OR tenant_id = $2) AND created_at < $1 \
            AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = webhook_events.id)",
-        "DELETE FROM inbound_callbacks WHERE received_at < $1",
     ] {
         let mut tx = db.begin().await?;
-        n += sqlx::query(sql).bind(before).execute(&mut *tx).await?.rows_affected();
+        n += sqlx::query(sql).bind(before).bind(&tenant).execute(&mut *tx).await?.rows_affected();
         tx.commit().await?;
     }
+    Ok(n)
+}
+
+/// Inbound callbacks (a provider's, not a tenant's) older than `before`.
+pub async fn purge_inbound(db: &crate::Db, before: i64) -> Result<u64> {
+    let mut tx = db.begin().await?;
+    let n = sqlx::query("DELETE FROM inbound_callbacks WHERE received_at < $1")
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
     Ok(n)
 }

@@ -39,6 +39,11 @@ pub struct TenantRetention {
     recordings_days: i64,
     recordings_chosen: bool,
     recordings_bounds: Bounds,
+    /// Finished webhook deliveries (with their attempts and events) are
+    /// removed after this many days; 0 keeps them.
+    webhooks_days: i64,
+    webhooks_chosen: bool,
+    webhooks_bounds: Bounds,
     grace_days: u32,
 }
 
@@ -60,6 +65,10 @@ pub struct TenantRetentionChange {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable, value_type = Option<i64>, minimum = 1, maximum = 36500)]
     recordings_days: Option<Option<i64>>,
+    /// Within `webhooks_bounds`, as `messages_days`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable, value_type = Option<i64>, minimum = 1, maximum = 36500)]
+    webhooks_days: Option<Option<i64>>,
 }
 
 /// A member that is there (its value, `null` allowed), told apart from
@@ -68,33 +77,36 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>
     Option::<i64>::deserialize(d).map(Some)
 }
 
-fn bounds(rules: &palisade_config::Retention, kind: Kind) -> Bounds {
-    let (default_days, min_days, max_days) = period_rule(rules, kind);
+fn bounds(config: &palisade_config::Config, kind: Kind) -> Bounds {
+    let (default_days, min_days, max_days) = period_rule(config, kind);
     Bounds { min_days, max_days, default_days }
 }
 
 async fn read(state: &AppState, scope: &TenantScope) -> Result<TenantRetention, ApiError> {
-    let rules = &state.config.retention;
-    let mut own = [None; 3];
+    let c = &state.config;
+    let mut own = [None; 4];
     for (slot, kind) in own.iter_mut().zip(KINDS) {
         *slot = palisade_store::retention::days(state.db.reader(), scope, kind).await?;
     }
-    let [messages, calls, recordings] = own;
+    let [messages, calls, recordings, webhooks] = own;
     Ok(TenantRetention {
-        messages_days: period(rules, Kind::Messages, messages),
+        messages_days: period(c, Kind::Messages, messages),
         messages_chosen: messages.is_some(),
-        messages_bounds: bounds(rules, Kind::Messages),
-        calls_days: period(rules, Kind::Calls, calls),
+        messages_bounds: bounds(c, Kind::Messages),
+        calls_days: period(c, Kind::Calls, calls),
         calls_chosen: calls.is_some(),
-        calls_bounds: bounds(rules, Kind::Calls),
-        recordings_days: period(rules, Kind::Recordings, recordings),
+        calls_bounds: bounds(c, Kind::Calls),
+        recordings_days: period(c, Kind::Recordings, recordings),
         recordings_chosen: recordings.is_some(),
-        recordings_bounds: bounds(rules, Kind::Recordings),
-        grace_days: rules.grace_days,
+        recordings_bounds: bounds(c, Kind::Recordings),
+        webhooks_days: period(c, Kind::Webhooks, webhooks),
+        webhooks_chosen: webhooks.is_some(),
+        webhooks_bounds: bounds(c, Kind::Webhooks),
+        grace_days: c.retention.grace_days,
     })
 }
 
-const KINDS: [Kind; 3] = [Kind::Messages, Kind::Calls, Kind::Recordings];
+const KINDS: [Kind; 4] = [Kind::Messages, Kind::Calls, Kind::Recordings, Kind::Webhooks];
 
 /// How long the tenant's data is kept.
 #[utoipa::path(get, path = "/v1/tenant/retention", tag = "tenant", security(("bearer" = [])),
@@ -116,17 +128,20 @@ pub async fn put(
     ValidJson(req): ValidJson<TenantRetentionChange>,
 ) -> Result<Json<TenantRetention>, ApiError> {
     let scope = auth.sensitive_scope(Permission::TenantManage).await?;
-    let rules = &state.config.retention;
     let changes = [
         ("messages_days", Kind::Messages, req.messages_days),
         ("calls_days", Kind::Calls, req.calls_days),
         ("recordings_days", Kind::Recordings, req.recordings_days),
+        ("webhooks_days", Kind::Webhooks, req.webhooks_days),
     ];
     if changes.iter().all(|(_, _, days)| days.is_none()) {
-        return Err(ApiError::validation("messages_days", "give messages_days, calls_days or recordings_days"));
+        return Err(ApiError::validation(
+            "messages_days",
+            "give messages_days, calls_days, recordings_days or webhooks_days",
+        ));
     }
     for (field, kind, days) in changes {
-        let (_, min, max) = period_rule(rules, kind);
+        let (_, min, max) = period_rule(&state.config, kind);
         if let Some(Some(d)) = days {
             if !(i64::from(min)..=i64::from(max)).contains(&d) {
                 return Err(ApiError::validation(field, format!("must be {min} to {max} (the operator's bounds)")));

@@ -33,6 +33,7 @@ backend_tests!(
     message_status_events_once_each,
     carrier_callback_moves_the_message,
     retention_keeps_pending_deliveries,
+    each_tenant_keeps_its_deliveries_for_its_own_period,
     endpoint_cap_holds_under_racing_creates,
 );
 
@@ -774,5 +775,38 @@ async fn endpoint_cap_holds_under_racing_creates(b: Backend) {
     assert!(race.iter().all(|r| r.status == 201 || (r.status == 409 && r.body["reason"] == "conflict")));
     let list = srv.get("/v1/webhooks", &t.token).await.expect(200);
     assert_eq!(list.body["data"].as_array().unwrap().len(), 50);
+    srv.stop().await;
+}
+
+/// A tenant may keep its finished deliveries for less (or more) than the
+/// operator's default, within the operator's bounds; another tenant keeps
+/// the default. Each removal is in the tenant's audit trail.
+async fn each_tenant_keeps_its_deliveries_for_its_own_period(b: Backend) {
+    let srv = server(b).await;
+    let rx = Receiver::start().await;
+    let (short, default) = (srv.tenant("Short").await, srv.tenant("Default").await);
+    let mut keys = Vec::new();
+    for t in [&short, &default] {
+        let id = test_endpoint(&srv, &t.token, &rx).await;
+        send_test(&srv, &t.token, &id).await;
+        assert_eq!(attempts(&srv, &t.token, &id, 1).await["status"], "delivered");
+        // An owner's key: sessions end long before the days pass.
+        let (_, key) = srv.api_key(&t.token, json!({"name": "ops", "role": "owner"})).await;
+        keys.push((key, id));
+    }
+    let key = keys[0].0.clone();
+    let put = |body: Value| srv.call(Method::PUT, "/v1/tenant/retention", Some(&key), Some(body));
+    put(json!({"webhooks_days": 366})).await.expect(400);
+    let r = put(json!({"webhooks_days": 1})).await.expect(200).body;
+    assert_eq!((r["webhooks_days"].as_i64(), r["webhooks_chosen"].as_bool()), (Some(1), Some(true)));
+    assert_eq!(r["webhooks_bounds"], json!({"min_days": 1, "max_days": 365, "default_days": 30}));
+    srv.clock.advance_ms(2 * 86_400_000);
+    let removed = palisade::apply_webhook_retention(srv.state()).await.unwrap();
+    assert_eq!(removed, 3, "the short tenant's attempt, delivery and event");
+    assert!(deliveries(&srv, &keys[0].0, &keys[0].1).await.is_empty());
+    assert_eq!(deliveries(&srv, &keys[1].0, &keys[1].1).await.len(), 1, "the other keeps the default 30 days");
+    let applied = srv.events(&keys[0].0, "action=retention.applied").await;
+    assert_eq!(applied[0]["details"]["webhooks"], json!({"removed": 3, "days": 1}));
+    assert!(srv.events(&keys[1].0, "action=retention.applied").await.is_empty());
     srv.stop().await;
 }
