@@ -99,11 +99,27 @@ pub async fn soft_delete_messages(
     now: i64,
     limit: i64,
 ) -> Result<u64> {
-    let r = sqlx::query(
-        "UPDATE messages SET deleted_at = $1 WHERE id IN (SELECT id FROM messages WHERE tenant_id = $2 \
-         AND deleted_at IS NULL AND created_at < $3 AND status <> 'queued' \
-         AND (status <> 'sent' OR created_at < $3 - 86400000) ORDER BY created_at LIMIT $4)",
-    )
+    // Its fate is known: not queued, and a `sent` one a day older.
+    let settled = "status <> 'queued' AND (status <> 'sent' OR created_at < $3 - 86400000)";
+    soft_delete(tx, scope, "messages", settled, before, now, limit).await
+}
+
+/// Sets `deleted_at` on up to `limit` of the tenant's live rows of `table`
+/// made before `$3` (`before`) for which `settled` holds, oldest first.
+/// `table` and `settled` are constants of this module. How many.
+async fn soft_delete(
+    tx: &mut crate::Tx,
+    scope: &TenantScope,
+    table: &'static str,
+    settled: &str,
+    before: i64,
+    now: i64,
+    limit: i64,
+) -> Result<u64> {
+    let r = sqlx::query(&format!(
+        "UPDATE {table} SET deleted_at = $1 WHERE id IN (SELECT id FROM {table} WHERE tenant_id = $2 \
+         AND deleted_at IS NULL AND created_at < $3 AND {settled} ORDER BY created_at LIMIT $4)"
+    ))
     .bind(now)
     .bind(scope.tenant_id().to_string())
     .bind(before)
@@ -118,22 +134,55 @@ pub async fn soft_delete_messages(
 /// holds the tenant's row lock (a restore cannot change the set between
 /// the two statements). How many.
 pub async fn purge_messages(tx: &mut crate::Tx, scope: &TenantScope, before: i64, limit: i64) -> Result<u64> {
-    let batch = "SELECT id FROM messages WHERE tenant_id = $1 AND deleted_at IS NOT NULL AND deleted_at < $2 \
-                 ORDER BY id LIMIT $3";
+    const MESSAGES: Archived = Archived {
+        kind: "messages",
+        table: "messages",
+        hour_of: "created_at",
+        units: "segments",
+        batch: "SELECT id FROM messages WHERE tenant_id = $1 AND deleted_at IS NOT NULL AND deleted_at < $2 \
+                ORDER BY id LIMIT $3",
+    };
+    archive_and_delete(tx, scope, &MESSAGES, before, limit).await
+}
+
+/// Rows removed by retention, counted first in the hourly usage archive.
+/// Every field is a constant of this module.
+struct Archived {
+    /// The usage kind (`messages`, `calls`).
+    kind: &'static str,
+    table: &'static str,
+    /// The column whose hour the row counts in, and its units.
+    hour_of: &'static str,
+    units: &'static str,
+    /// The ids of one batch: `$1` tenant, `$2` before, `$3` limit.
+    batch: &'static str,
+}
+
+/// Adds one batch's hours to the usage archive, then deletes the batch;
+/// how many rows went.
+async fn archive_and_delete(
+    tx: &mut crate::Tx,
+    scope: &TenantScope,
+    a: &Archived,
+    before: i64,
+    limit: i64,
+) -> Result<u64> {
+    let Archived { kind, table, hour_of, units, batch } = a;
+    let tenant = scope.tenant_id().to_string();
     sqlx::query(&format!(
         "INSERT INTO usage_archive (tenant_id, kind, hour, count, units, cost) \
-         SELECT tenant_id, 'messages', (created_at / 3600000) * 3600000, COUNT(*), CAST(SUM(segments) AS BIGINT), \
-           CAST(SUM(cost) AS BIGINT) FROM messages WHERE id IN ({batch}) GROUP BY tenant_id, 3 \
+         SELECT tenant_id, '{kind}', ({hour_of} / 3600000) * 3600000, COUNT(*), CAST(SUM({units}) AS BIGINT), \
+           CAST(SUM(cost) AS BIGINT) FROM {table} WHERE id IN ({batch}) GROUP BY tenant_id, 3 \
          ON CONFLICT (tenant_id, kind, hour) DO UPDATE SET count = usage_archive.count + excluded.count, \
            units = usage_archive.units + excluded.units, cost = usage_archive.cost + excluded.cost"
     ))
-    .bind(scope.tenant_id().to_string())
+    .bind(&tenant)
     .bind(before)
     .bind(limit)
     .execute(&mut **tx)
     .await?;
-    let r = sqlx::query(&format!("DELETE FROM messages WHERE id IN ({batch})"))
-        .bind(scope.tenant_id().to_string())
+    let r = sqlx::query(&format!("DELETE FROM {table} WHERE id IN ({batch})"))
+        .bind(&tenant)
         .bind(before)
         .bind(limit)
         .execute(&mut **tx)
@@ -191,18 +240,8 @@ pub async fn soft_delete_calls(
     now: i64,
     limit: i64,
 ) -> Result<u64> {
-    let r = sqlx::query(&format!(
-        "UPDATE calls SET deleted_at = $1 WHERE id IN (SELECT id FROM calls WHERE tenant_id = $2 \
-         AND deleted_at IS NULL AND created_at < $3 AND status NOT IN {} ORDER BY created_at LIMIT $4)",
-        crate::calls::LIVE
-    ))
-    .bind(now)
-    .bind(scope.tenant_id().to_string())
-    .bind(before)
-    .bind(limit)
-    .execute(&mut **tx)
-    .await?;
-    Ok(r.rows_affected())
+    let settled = format!("status NOT IN {}", crate::calls::LIVE);
+    soft_delete(tx, scope, "calls", &settled, before, now, limit).await
 }
 
 /// Hides the tenant's CDRs that ended before `before` from the API: the
@@ -290,26 +329,14 @@ pub async fn purge_cdrs(tx: &mut crate::Tx, scope: &TenantScope, before: i64, no
         .bind(now)
         .execute(&mut **tx)
         .await?;
-    let batch = "SELECT id FROM cdrs WHERE tenant_id = $1 AND ended_at < $2 ORDER BY id LIMIT $3";
-    sqlx::query(&format!(
-        "INSERT INTO usage_archive (tenant_id, kind, hour, count, units, cost) \
-         SELECT tenant_id, 'calls', (ended_at / 3600000) * 3600000, COUNT(*), CAST(SUM(billed_minutes) AS BIGINT), \
-           CAST(SUM(cost) AS BIGINT) FROM cdrs WHERE id IN ({batch}) GROUP BY tenant_id, 3 \
-         ON CONFLICT (tenant_id, kind, hour) DO UPDATE SET count = usage_archive.count + excluded.count, \
-           units = usage_archive.units + excluded.units, cost = usage_archive.cost + excluded.cost"
-    ))
-    .bind(&tenant)
-    .bind(before)
-    .bind(limit)
-    .execute(&mut **tx)
-    .await?;
-    let r = sqlx::query(&format!("DELETE FROM cdrs WHERE id IN ({batch})"))
-        .bind(&tenant)
-        .bind(before)
-        .bind(limit)
-        .execute(&mut **tx)
-        .await?;
-    Ok(r.rows_affected())
+    const CDRS: Archived = Archived {
+        kind: "calls",
+        table: "cdrs",
+        hour_of: "ended_at",
+        units: "billed_minutes",
+        batch: "SELECT id FROM cdrs WHERE tenant_id = $1 AND ended_at < $2 ORDER BY id LIMIT $3",
+    };
+    archive_and_delete(tx, scope, &CDRS, before, limit).await
 }
 
 /// The operator's restore of calls: soft-deleted calls and hidden CDRs
