@@ -16,8 +16,11 @@ use palisade_store::{Db, StoreError};
 
 const DAY_MS: i64 = 86_400_000;
 
-/// The operator's `(default, min, max)` days for `kind` (a default of 0
-/// for webhook deliveries keeps them).
+const HOUR_MS: i64 = 3_600_000;
+
+/// The operator's `(default, min, max)` for `kind`, in days (sessions: in
+/// hours). A default of 0 keeps webhook deliveries, and audit records
+/// (`audit.retention_days = 0`).
 pub fn period_rule(config: &palisade_config::Config, kind: Kind) -> (u32, u32, u32) {
     let rules = &config.retention;
     match kind {
@@ -25,6 +28,12 @@ pub fn period_rule(config: &palisade_config::Config, kind: Kind) -> (u32, u32, u
         Kind::Messages => (rules.messages_days, rules.messages_min_days, rules.messages_max_days),
         Kind::Calls => (rules.calls_days, rules.calls_min_days, rules.calls_max_days),
         Kind::Recordings => (rules.recordings_days, rules.recordings_min_days, rules.recordings_max_days),
+        Kind::Sessions => (rules.sessions_hours, rules.sessions_min_hours, rules.sessions_max_hours),
+        // A tenant may keep its trail a shorter time than the platform, never longer.
+        Kind::Audit => {
+            let platform = config.audit.retention_days;
+            (platform, rules.audit_min_days, if platform == 0 { 36_500 } else { platform })
+        }
     }
 }
 
@@ -272,6 +281,79 @@ pub async fn apply_webhook_retention(
     let days = i64::from(config.webhooks.retention_days);
     if days > 0 {
         total += palisade_store::webhooks::purge_inbound(db, clock.now_ms() - days * DAY_MS).await?;
+    }
+    Ok(total)
+}
+
+/// Ended sessions (signed out, revoked or expired): removed the tenant's
+/// period (in hours) after they ended, with their refresh tokens. How many.
+pub async fn apply_session_retention(
+    db: &Db,
+    config: &palisade_config::Config,
+    proof: &SysadminProof,
+    clock: &dyn palisade_core::Clock,
+) -> Result<u64, StoreError> {
+    let rules = &config.retention;
+    let mut total = 0;
+    for (tenant, own) in store::tenants(db.reader(), proof, Kind::Sessions).await? {
+        let Ok(id) = tenant.parse::<TenantId>() else { continue };
+        let hours = period(config, Kind::Sessions, own);
+        let scope = TenantScope::for_sysadmin(proof, id);
+        let now = clock.now_ms();
+        let removed = in_batches(rules, |batch| {
+            let scope = &scope;
+            async move {
+                let mut tx = db.begin().await?;
+                let n = store::remove_sessions(&mut tx, scope, now - hours * HOUR_MS, batch).await?;
+                tx.commit().await?;
+                Ok(n)
+            }
+        })
+        .await;
+        match removed {
+            Ok(0) => {}
+            Ok(n) => {
+                record(db, id, serde_json::json!({ "sessions": { "removed": n, "hours": hours } }), now).await?;
+                total += n;
+            }
+            Err(e) => tracing::warn!(error = %e, tenant = %id, "session retention failed for a tenant"),
+        }
+    }
+    Ok(total)
+}
+
+/// Audit records of tenants that chose a period shorter than the
+/// platform's (`audit.retention_days` removes everyone's older ones): each
+/// such tenant's older records go under a signed statement of its own, so
+/// the log and every tenant's tree still verify. How many records.
+pub async fn apply_audit_retention(
+    log: &palisade_audit::log::AuditLog,
+    db: &Db,
+    config: &palisade_config::Config,
+    proof: &SysadminProof,
+    clock: &dyn palisade_core::Clock,
+) -> Result<u64, palisade_audit::log::LogError> {
+    let platform = i64::from(config.audit.retention_days);
+    let mut total = 0;
+    for (tenant, own) in store::tenants(db.reader(), proof, Kind::Audit).await? {
+        let Ok(id) = tenant.parse::<TenantId>() else { continue };
+        if own.is_none() {
+            continue;
+        }
+        let days = period(config, Kind::Audit, own);
+        if platform != 0 && days >= platform {
+            continue;
+        }
+        let now = clock.now_ms();
+        let scope = TenantScope::for_sysadmin(proof, id);
+        match log.expire_tenant(&scope, now - days * DAY_MS, now, i64::from(config.retention.batch)).await {
+            Ok(0) => {}
+            Ok(n) => {
+                record(db, id, serde_json::json!({ "audit": { "removed": n, "days": days } }), now).await?;
+                total += n;
+            }
+            Err(e) => tracing::warn!(error = %e, tenant = %id, "audit retention failed for a tenant"),
+        }
     }
     Ok(total)
 }

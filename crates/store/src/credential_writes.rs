@@ -35,6 +35,8 @@ const EXEMPT: &[&str] = &[
     "tenants::lock",
     // Expired or never-active rows only: nothing that can authenticate.
     "tokens::purge_expired",
+    // Ended sessions only (revoked, or past their expiry): refused already.
+    "retention::remove_sessions",
     // A family's expiry, which authentication does not read (the access token's own does).
     "tokens::extend_family",
     // A number's verification: not read by authentication.

@@ -17,6 +17,10 @@ pub enum Kind {
     Recordings,
     /// Finished webhook deliveries, their attempts and events.
     Webhooks,
+    /// Ended sessions (token families and their refresh tokens), in hours.
+    Sessions,
+    /// The tenant's audit records (a period shorter than the platform's).
+    Audit,
 }
 
 impl Kind {
@@ -26,6 +30,8 @@ impl Kind {
             Kind::Calls => "retention_calls_days",
             Kind::Recordings => "retention_recordings_days",
             Kind::Webhooks => "retention_webhooks_days",
+            Kind::Sessions => "retention_sessions_hours",
+            Kind::Audit => "retention_audit_days",
         }
     }
 }
@@ -359,4 +365,25 @@ pub async fn restore_calls(tx: &mut crate::Tx, scope: &TenantScope) -> Result<(u
     // Hidden again later, they wait a whole grace period again.
     sqlx::query("DELETE FROM cdr_hides WHERE tenant_id = $1").bind(&tenant).execute(&mut **tx).await?;
     Ok((calls, u64::try_from(cdrs).unwrap_or(0)))
+}
+
+/// Removes at most `limit` of the tenant's sessions that ended (signed out,
+/// revoked or expired) before `ended_before`, with their refresh tokens.
+/// A session gone is a session refused: access tokens check their family.
+pub async fn remove_sessions(tx: &mut crate::Tx, scope: &TenantScope, ended_before: i64, limit: i64) -> Result<u64> {
+    let due = "SELECT id FROM token_families WHERE tenant_id = $1 AND (revoked_at < $2 OR expires_at < $2) \
+               ORDER BY id LIMIT $3";
+    sqlx::query(&format!("DELETE FROM refresh_tokens WHERE tenant_id = $1 AND family_id IN ({due})"))
+        .bind(scope.tenant_id().to_string())
+        .bind(ended_before)
+        .bind(limit)
+        .execute(&mut **tx)
+        .await?;
+    let r = sqlx::query(&format!("DELETE FROM token_families WHERE id IN ({due})"))
+        .bind(scope.tenant_id().to_string())
+        .bind(ended_before)
+        .bind(limit)
+        .execute(&mut **tx)
+        .await?;
+    Ok(r.rows_affected())
 }

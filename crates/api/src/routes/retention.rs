@@ -1,4 +1,4 @@
-//! Retention over HTTP: the tenant's periods (messages, recordings) within the
+//! Retention over HTTP: the tenant's periods (per data type) within the
 //! operator's bounds, and the operator's restore of soft-deleted messages.
 //! The sweeper itself is [`crate::retention`].
 
@@ -23,6 +23,13 @@ pub struct Bounds {
 }
 
 #[derive(Serialize, ToSchema)]
+pub struct HourBounds {
+    min_hours: u32,
+    max_hours: u32,
+    default_hours: u32,
+}
+
+#[derive(Serialize, ToSchema)]
 pub struct TenantRetention {
     /// Messages (body and record) are hidden after this many days, and
     /// removed `grace_days` later.
@@ -44,6 +51,17 @@ pub struct TenantRetention {
     webhooks_days: i64,
     webhooks_chosen: bool,
     webhooks_bounds: Bounds,
+    /// Ended sessions (signed out, revoked or expired, with their refresh
+    /// tokens) are removed this many hours after they ended.
+    sessions_hours: i64,
+    sessions_chosen: bool,
+    sessions_bounds: HourBounds,
+    /// The tenant's audit records are removed after this many days, under
+    /// a signed statement (the log still verifies); 0 keeps them. Never
+    /// longer than the platform's period (`audit_bounds.max_days`).
+    audit_days: i64,
+    audit_chosen: bool,
+    audit_bounds: Bounds,
     grace_days: u32,
 }
 
@@ -69,6 +87,14 @@ pub struct TenantRetentionChange {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable, value_type = Option<i64>, minimum = 1, maximum = 36500)]
     webhooks_days: Option<Option<i64>>,
+    /// Within `sessions_bounds` (hours), as `messages_days`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable, value_type = Option<i64>, minimum = 1, maximum = 876000)]
+    sessions_hours: Option<Option<i64>>,
+    /// Within `audit_bounds`, as `messages_days`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable, value_type = Option<i64>, minimum = 1, maximum = 36500)]
+    audit_days: Option<Option<i64>>,
 }
 
 /// A member that is there (its value, `null` allowed), told apart from
@@ -84,11 +110,12 @@ fn bounds(config: &palisade_config::Config, kind: Kind) -> Bounds {
 
 async fn read(state: &AppState, scope: &TenantScope) -> Result<TenantRetention, ApiError> {
     let c = &state.config;
-    let mut own = [None; 4];
+    let mut own = [None; 6];
     for (slot, kind) in own.iter_mut().zip(KINDS) {
         *slot = palisade_store::retention::days(state.db.reader(), scope, kind).await?;
     }
-    let [messages, calls, recordings, webhooks] = own;
+    let [messages, calls, recordings, webhooks, sessions, audit] = own;
+    let (default_hours, min_hours, max_hours) = period_rule(c, Kind::Sessions);
     Ok(TenantRetention {
         messages_days: period(c, Kind::Messages, messages),
         messages_chosen: messages.is_some(),
@@ -102,11 +129,17 @@ async fn read(state: &AppState, scope: &TenantScope) -> Result<TenantRetention, 
         webhooks_days: period(c, Kind::Webhooks, webhooks),
         webhooks_chosen: webhooks.is_some(),
         webhooks_bounds: bounds(c, Kind::Webhooks),
+        sessions_hours: period(c, Kind::Sessions, sessions),
+        sessions_chosen: sessions.is_some(),
+        sessions_bounds: HourBounds { min_hours, max_hours, default_hours },
+        audit_days: period(c, Kind::Audit, audit),
+        audit_chosen: audit.is_some(),
+        audit_bounds: bounds(c, Kind::Audit),
         grace_days: c.retention.grace_days,
     })
 }
 
-const KINDS: [Kind; 4] = [Kind::Messages, Kind::Calls, Kind::Recordings, Kind::Webhooks];
+const KINDS: [Kind; 6] = [Kind::Messages, Kind::Calls, Kind::Recordings, Kind::Webhooks, Kind::Sessions, Kind::Audit];
 
 /// How long the tenant's data is kept.
 #[utoipa::path(get, path = "/v1/tenant/retention", tag = "tenant", security(("bearer" = [])),
@@ -116,8 +149,9 @@ pub async fn get(State(state): State<AppState>, auth: Auth) -> Result<Json<Tenan
     Ok(Json(read(&state, &scope).await?))
 }
 
-/// Sets how long the tenant's messages, calls and recordings are kept
-/// (`tenant:manage`, a recent second factor: a shorter period deletes data).
+/// Sets how long the tenant's messages, calls, recordings, webhook
+/// deliveries, ended sessions and audit records are kept (`tenant:manage`,
+/// a recent second factor: a shorter period deletes data).
 #[utoipa::path(put, path = "/v1/tenant/retention", tag = "tenant", request_body = TenantRetentionChange,
     security(("bearer" = [])),
     responses((status = 200, body = TenantRetention), (status = 400, body = palisade_core::Problem),
@@ -133,11 +167,13 @@ pub async fn put(
         ("calls_days", Kind::Calls, req.calls_days),
         ("recordings_days", Kind::Recordings, req.recordings_days),
         ("webhooks_days", Kind::Webhooks, req.webhooks_days),
+        ("sessions_hours", Kind::Sessions, req.sessions_hours),
+        ("audit_days", Kind::Audit, req.audit_days),
     ];
     if changes.iter().all(|(_, _, days)| days.is_none()) {
         return Err(ApiError::validation(
             "messages_days",
-            "give messages_days, calls_days, recordings_days or webhooks_days",
+            "give messages_days, calls_days, recordings_days, webhooks_days, sessions_hours or audit_days",
         ));
     }
     for (field, kind, days) in changes {

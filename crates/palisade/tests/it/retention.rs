@@ -13,6 +13,7 @@ use crate::common::{Backend, TestServer};
 backend_tests!(
     messages_leave_after_the_tenants_period_and_usage_stays,
     calls_and_cdrs_leave_after_the_tenants_period_and_usage_stays,
+    ended_sessions_leave_after_the_tenants_hours,
 );
 
 const FROM: &str = "+34612345678";
@@ -214,4 +215,55 @@ async fn sql(s: &TestServer, statement: &str, arg: &str) -> Result<(), sqlx::Err
     let r = sqlx::query(statement).bind(arg).execute(&mut db).await.map(drop);
     db.close().await.unwrap();
     r
+}
+
+async fn sessions_of(s: &TestServer, tenant: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM token_families WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(s.state().db.reader())
+        .await
+        .unwrap()
+}
+
+/// Signed-out sessions leave the tenant's period (hours) after they ended;
+/// a live one stays and still refreshes.
+async fn ended_sessions_leave_after_the_tenants_hours(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let keep = s.tenant("Keeping").await;
+    let brief = s.tenant("Brief").await;
+    let (_, key) = s.api_key(&keep.token, json!({"name": "retention", "role": "owner"})).await;
+    // The operator's bounds: 1 to 720 hours.
+    for bad in [json!({"sessions_hours": 0}), json!({"sessions_hours": 721})] {
+        s.call(Method::PUT, "/v1/tenant/retention", Some(&key), Some(bad)).await.expect(400);
+    }
+    let r = s.call(Method::PUT, "/v1/tenant/retention", Some(&key), Some(json!({"sessions_hours": 3}))).await;
+    let r = r.expect(200);
+    assert_eq!((r.body["sessions_hours"].as_i64(), r.body["sessions_chosen"].as_bool()), (Some(3), Some(true)));
+    assert_eq!(r.body["sessions_bounds"], json!({"min_hours": 1, "max_hours": 720, "default_hours": 1}));
+    assert_eq!(s.get("/v1/tenant/retention", &brief.token).await.expect(200).body["sessions_hours"], 1);
+    // Each tenant signs out of one session and keeps another.
+    let (_, live_refresh) = s.login(&keep.email, &keep.password).await;
+    for t in [&keep, &brief] {
+        s.call(Method::POST, "/v1/auth/logout", Some(&t.token), None).await.expect(204);
+    }
+    s.login(&brief.email, &brief.password).await;
+    assert_eq!((sessions_of(&s, &keep.id).await, sessions_of(&s, &brief.id).await), (2, 2));
+
+    // Two hours on: the default tenant's ended session is gone, not the other's.
+    s.clock.advance_ms(2 * 3_600_000);
+    assert_eq!(palisade::apply_session_retention(s.state()).await.unwrap(), 1);
+    assert_eq!((sessions_of(&s, &keep.id).await, sessions_of(&s, &brief.id).await), (2, 1));
+    // Two more: its own goes too; the live one stays and refreshes.
+    s.clock.advance_ms(2 * 3_600_000);
+    assert_eq!(palisade::apply_session_retention(s.state()).await.unwrap(), 1);
+    assert_eq!(palisade::apply_session_retention(s.state()).await.unwrap(), 0, "nothing left to do");
+    assert_eq!(sessions_of(&s, &keep.id).await, 1);
+    s.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": live_refresh}))).await.expect(200);
+    // The removed session's refresh token opens nothing.
+    s.call(Method::POST, "/v1/auth/refresh", None, Some(json!({"refresh_token": keep.refresh}))).await.expect(401);
+    // Audited with the count.
+    let passes = s.events(&key, "action=retention.applied").await;
+    assert_eq!(passes.len(), 1, "{passes:?}");
+    assert_eq!(passes[0]["details"]["sessions"], json!({"removed": 1, "hours": 3}));
+    s.stop().await;
 }
