@@ -435,3 +435,55 @@ fn recordings_in_s3_need_their_secret_and_https_in_production() {
     (s3.allow_http, s3.endpoint) = (false, Some("https://s3.example.com".into()));
     p.validate().unwrap();
 }
+
+#[test]
+#[allow(clippy::result_large_err)]
+fn email_code_settings_load_and_are_checked() {
+    figment::Jail::expect_with(|jail| {
+        let e = Config::load(None).map_err(|e| e.0)?.auth.email_code;
+        assert_eq!((e.ttl_secs, e.max_tries, e.lockout_secs, e.max_sends, e.send_window_secs), (600, 5, 900, 5, 3600));
+        // The file, then the environment over it; the rest keep their defaults.
+        jail.create_file("palisade.toml", "[auth.email_code]\nttl_secs = 300\nmax_tries = 3\nmax_sends = 9\n")?;
+        jail.set_env("PALISADE_AUTH__EMAIL_CODE__MAX_SENDS", "2");
+        jail.set_env("PALISADE_AUTH__EMAIL_CODE__LOCKOUT_SECS", "1800");
+        let e = Config::load(None).map_err(|e| e.0)?.auth.email_code;
+        assert_eq!((e.ttl_secs, e.max_tries, e.lockout_secs, e.max_sends, e.send_window_secs), (300, 3, 1800, 2, 3600));
+        // Loading validates: a code that can never be tried is refused.
+        jail.set_env("PALISADE_AUTH__EMAIL_CODE__MAX_TRIES", "0");
+        let err = Config::load(None).unwrap_err().0;
+        assert!(err.contains("auth.email_code"), "{err}");
+        // A misspelt key is an error, not a silent default.
+        jail.create_file("palisade.toml", "[auth.email_code]\nttl = 300\n")?;
+        let err = Config::load(None).unwrap_err().0;
+        assert!(err.contains("ttl"), "{err}");
+        Ok(())
+    });
+    // Each bound, at its edge and just past it.
+    type Edit = fn(&mut EmailCode);
+    let cases: [(Edit, bool); 16] = [
+        (|e| e.ttl_secs = 60, true),
+        (|e| e.ttl_secs = 59, false),
+        (|e| e.ttl_secs = 3600, true),
+        (|e| e.ttl_secs = 3601, false),
+        (|e| e.max_tries = 1, true),
+        (|e| e.max_tries = 0, false),
+        (|e| e.max_tries = 10, true),
+        (|e| e.max_tries = 11, false),
+        (|e| e.lockout_secs = 59, false),
+        (|e| e.lockout_secs = 86_401, false),
+        (|e| e.max_sends = 100, true),
+        (|e| e.max_sends = 0, false),
+        (|e| e.max_sends = 101, false),
+        (|e| e.send_window_secs = 60, true),
+        (|e| e.send_window_secs = 59, false),
+        (|e| e.send_window_secs = 86_401, false),
+    ];
+    for (i, (edit, ok)) in cases.into_iter().enumerate() {
+        let mut c = Config::default();
+        edit(&mut c.auth.email_code);
+        match c.validate() {
+            Ok(()) => assert!(ok, "case {i}: {:?} was accepted", c.auth.email_code),
+            Err(e) => assert!(!ok && e.0.contains("auth.email_code"), "case {i}: {:?}: {}", c.auth.email_code, e.0),
+        }
+    }
+}

@@ -207,3 +207,37 @@ async fn wrong_codes_for_many_addresses_lock_the_client_address() {
     try_code(&s, &t.email, &code).await.expect(200);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_tenant_that_requires_single_sign_on_takes_no_code_but_the_owners() {
+    // A provider named in the configuration (never reached: the rule is
+    // checked before anything is asked of it).
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
+        c.oidc.providers = vec![palisade_config::OidcProvider {
+            name: "idp".into(),
+            issuer: "http://127.0.0.1:9".into(),
+            client_id: "palisade-client".into(),
+            client_secret: Some(palisade_config::Secret::new("idp-client-secret".into())),
+            client_secret_file: None,
+            allowed_domains: vec![],
+        }];
+    })
+    .await;
+    let t = s.tenant("Acme").await;
+    let member = "member@acme.example.com";
+    s.member(&t.token, member, "admin").await;
+    let body = json!({"sso_required": true, "sso_providers": ["idp"]});
+    s.call(Method::PATCH, "/v1/tenant/security", Some(&t.token), Some(body)).await.expect(200);
+    // The member's right code is refused: the code is a first factor, not
+    // the provider's word.
+    ask(&s, member).await;
+    let code = mailed_code(&s, member).await;
+    let r = try_code(&s, member, &code).await.expect(403);
+    assert_eq!(r.body["reason"], "sso_required");
+    assert!(r.body.get("access_token").is_none(), "{}", r.text);
+    // The owner keeps the code for the day the provider fails.
+    ask(&s, &t.email).await;
+    let code = mailed_code(&s, &t.email).await;
+    try_code(&s, &t.email, &code).await.expect(200);
+    s.stop().await;
+}

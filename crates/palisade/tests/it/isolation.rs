@@ -7,8 +7,9 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use crate::common::{Backend, Resp, TestServer};
+use crate::mfa::enrol;
 
-backend_tests!(every_v1_route_hides_other_tenants);
+backend_tests!(every_v1_route_hides_other_tenants, a_step_up_proves_only_the_callers_own_factor);
 
 /// What tenant A owns, for the walker to aim at.
 struct Victim {
@@ -146,7 +147,7 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
     let (_, b_key) = srv.api_key(&b_tenant.token, json!({"name": "attacker key", "role": "owner"})).await;
 
     let doc = srv.call(Method::GET, "/v1/openapi.json", None, None).await.expect(200).body;
-    let mut walked = 0;
+    let (mut walked, mut walked_paths) = (0, std::collections::BTreeSet::new());
     for (path, item) in doc["paths"].as_object().unwrap() {
         if !path.starts_with("/v1/") {
             continue;
@@ -156,16 +157,19 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
                 continue;
             };
             let body = op.pointer("/requestBody/content/application~1json/schema").map(|s| example(s, &doc));
-            // A WebSocket route answers a plain request 426 (its stream
-            // tests check its scoping).
-            let websocket = op.pointer("/responses/101").is_some();
             for cred in [&b_tenant.token, &b_key] {
-                walked += 1;
-                check_route(&srv, &victim, cred, &method, path, body.clone(), websocket).await;
+                if check_route(&srv, &victim, cred, &method, path, body.clone(), op).await {
+                    walked += 1;
+                    walked_paths.insert(path.as_str());
+                }
             }
         }
     }
     assert!(walked >= 20, "the walker saw only {walked} route/credential pairs");
+    // The session routes that act with the caller's token are among them.
+    for path in ["/v1/auth/step-up", "/v1/auth/step-up/passkey"] {
+        assert!(walked_paths.contains(path), "{path} was not walked");
+    }
 
     // A's resources are untouched by everything B did.
     let k = srv.get(&format!("/v1/api-keys/{}", victim.key_id), &victim.token).await.expect(200);
@@ -182,6 +186,46 @@ async fn every_v1_route_hides_other_tenants(b: Backend) {
     srv.stop().await;
 }
 
+/// A step-up acts on the caller's own person only: another tenant's
+/// person cannot give the victim's factor through it, nor lock it.
+async fn a_step_up_proves_only_the_callers_own_factor(b: Backend) {
+    // Every failure here is from one client address: its own lockout
+    // (tested elsewhere) is out of the way.
+    let s = TestServer::start_with(b, |c| c.lockout.credential_failures_per_ip = 1000).await;
+    let a = s.tenant("Victim").await;
+    let (member, _) = s.member(&a.token, "victim-user@example.com", "read_only").await;
+    let (a_app, a_codes, a_token) = enrol(&s, &a.token).await;
+    let b_tenant = s.tenant("Attacker").await;
+    let (b_app, _, _) = enrol(&s, &b_tenant.token).await;
+    // A fresh step where the two apps' codes differ (they agree once in a
+    // million steps).
+    s.clock.advance_ms(30_000);
+    while a_app.code(&s) == b_app.code(&s) {
+        s.clock.advance_ms(30_000);
+    }
+    for theirs in [json!({"code": a_app.code(&s)}), json!({"recovery_code": a_codes[0]})] {
+        s.post("/v1/auth/step-up", &b_tenant.token, theirs).await.expect(401);
+    }
+    // Stepped up with their own factor, the attacker still reaches none of
+    // the victim's people.
+    let r = s.post("/v1/auth/step-up", &b_tenant.token, json!({"code": b_app.code(&s)})).await.expect(200);
+    let b_stepped = r.body["access_token"].as_str().unwrap().to_owned();
+    let path = format!("/v1/users/{member}");
+    s.call(Method::PATCH, &path, Some(&b_stepped), Some(json!({"role": "admin"}))).await.expect(404);
+    assert_eq!(s.get(&path, &a_token).await.expect(200).body["role"], "read_only");
+    // The attacker's wrong codes lock the attacker's factor, not the victim's.
+    let wrong = format!("{:06}", (b_app.code(&s).parse::<u32>().unwrap() + 1) % 1_000_000);
+    for _ in 0..5 {
+        s.post("/v1/auth/step-up", &b_tenant.token, json!({"code": wrong})).await.expect(401);
+    }
+    s.clock.advance_ms(30_000);
+    s.post("/v1/auth/step-up", &b_tenant.token, json!({"code": b_app.code(&s)})).await.expect(401);
+    s.post("/v1/auth/step-up", &a_token, json!({"code": a_app.code(&s)})).await.expect(200);
+    assert_eq!(s.get("/v1/me/mfa", &a_token).await.expect(200).body["recovery_codes_left"], 10);
+}
+
+/// Calls one route as the other tenant; whether it was walked (some are
+/// not a tenant credential's to call).
 async fn check_route(
     srv: &TestServer,
     v: &Victim,
@@ -189,14 +233,22 @@ async fn check_route(
     method: &Method,
     path: &str,
     body: Option<Value>,
-    websocket: bool,
-) {
+    op: &Value,
+) -> bool {
+    // A WebSocket route answers a plain request 426 (its stream tests
+    // check its scoping).
+    let websocket = op.pointer("/responses/101").is_some();
+    let bearer = op["security"].as_array().is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some()));
     if path.starts_with("/v1/inbound/") {
         // Authenticated by the provider's signature, not a tenant's
         // credential; it names no tenant resource in its path.
-    } else if path.starts_with("/v1/auth/") {
-        // Session endpoints act on the caller's own credentials; their only
-        // path parameter is a configured single sign-on provider's name.
+        return false;
+    } else if path.starts_with("/v1/auth/") && (!bearer || path == "/v1/auth/logout") {
+        // Sign-in endpoints take no credential; their only path parameter
+        // is a configured single sign-on provider's name. Those that take
+        // the caller's token (step-up) are walked below; logout would end
+        // the walker's own credential.
+        return false;
     } else if path.contains('{') {
         let target = path
             .replace("{id}", v.id_for(path))
@@ -228,6 +280,7 @@ async fn check_route(
         }
         assert_no_leak(&r, v, method, path);
     }
+    true
 }
 
 fn assert_no_leak(r: &Resp, v: &Victim, method: &Method, path: &str) {

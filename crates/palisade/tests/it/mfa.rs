@@ -14,6 +14,7 @@ use crate::common::{Backend, Resp, Tenant, TestServer};
 
 backend_tests!(
     a_confirmed_totp_makes_sign_in_ask_for_it_and_each_code_works_once,
+    a_challenge_past_its_lifetime_is_refused,
     a_tenant_can_require_a_second_factor_of_owners_and_admins,
     parallel_guesses_get_no_more_tries_than_allowed,
     sensitive_operations_need_a_recent_second_factor,
@@ -232,6 +233,19 @@ async fn wrong_second_factors_in_a_row_lock_it_over_every_challenge() {
     second_factor(&s, &third, json!({"code": app.code(&s)})).await.expect(200);
 }
 
+async fn a_challenge_past_its_lifetime_is_refused(backend: Backend) {
+    // A lifetime shorter than the default (300 s): the configured one rules.
+    let s = TestServer::start_with(backend, |c| c.auth.mfa.challenge_ttl_secs = 60).await;
+    let t = s.tenant("Acme").await;
+    let (app, _, _) = enrol(&s, &t.token).await;
+    let late = first_factor(&s, &t).await;
+    s.clock.advance_ms(61_000);
+    second_factor(&s, &late, json!({"code": app.code(&s)})).await.expect(401);
+    // The code itself was good (and not spent): a live challenge takes it.
+    let live = first_factor(&s, &t).await;
+    second_factor(&s, &live, json!({"code": app.code(&s)})).await.expect(200);
+}
+
 async fn parallel_guesses_get_no_more_tries_than_allowed(backend: Backend) {
     // From one address the tenth wrong credential locks the address out
     // (tested elsewhere), refusing later guesses before they are counted
@@ -293,6 +307,9 @@ async fn sensitive_operations_need_a_recent_second_factor(backend: Backend) {
         s.call(Method::DELETE, &format!("/v1/identities/{any}"), Some(&stale), None).await,
         s.call(Method::POST, &format!("/v1/identities/{any}/agent-token"), Some(&stale), None).await,
         s.call(Method::POST, &format!("/v1/identities/{any}/sip-credentials"), Some(&stale), None).await,
+        s.call(Method::DELETE, &format!("/v1/recordings/{any}"), Some(&stale), None).await,
+        s.post("/v1/erasures", &stale, json!({"number": "+34612000999"})).await,
+        s.call(Method::PUT, "/v1/tenant/retention", Some(&stale), Some(json!({"messages_days": 30}))).await,
     ];
     for r in refused {
         assert_eq!((r.status, r.body["reason"].as_str()), (403, Some("mfa_required")), "{}", r.text);
@@ -318,6 +335,13 @@ async fn sensitive_operations_need_a_recent_second_factor(backend: Backend) {
     s.call(Method::PATCH, &format!("/v1/users/{member}"), Some(&stepped), Some(json!({"role": "admin"})))
         .await
         .expect(200);
+    // Deleting data passes too; the recording is then looked up, and is
+    // not there (the step-up check comes first).
+    s.call(Method::DELETE, &format!("/v1/recordings/{any}"), Some(&stepped), None).await.expect(404);
+    let r = s.post("/v1/erasures", &stepped, json!({"number": "+34612000999"})).await.expect(200);
+    assert_eq!(r.body["messages"], 0);
+    let r = s.call(Method::PUT, "/v1/tenant/retention", Some(&stepped), Some(json!({"messages_days": 30}))).await;
+    assert_eq!(r.expect(200).body["messages_days"], 30);
     assert!(!s.events(&stepped, "action=auth.step_up").await.is_empty());
     // Refused ones were audited.
     let denied = s.events(&stepped, "action=permission.denied").await;

@@ -277,7 +277,7 @@ async fn an_id_token_that_does_not_prove_the_person_signs_nobody_in() {
 }
 
 #[tokio::test]
-async fn a_rotated_signing_key_is_fetched_and_a_second_factor_still_asked() {
+async fn a_rotated_signing_key_is_fetched_and_an_unpublished_one_refused() {
     let idp = provider().await;
     let s = server(Backend::Sqlite, &idp).await;
     let t = s.tenant("Acme").await;
@@ -298,6 +298,31 @@ async fn a_rotated_signing_key_is_fetched_and_a_second_factor_still_asked() {
         keys[0] = Key { jwk: published, ..forged };
     }
     assert_eq!(refused(sso(&s, &idp, &t.email, |_| {}).await), "bad_signature");
+}
+
+#[tokio::test]
+async fn a_person_with_a_second_factor_still_gives_it_after_the_provider() {
+    let idp = provider().await;
+    let s = server(Backend::Sqlite, &idp).await;
+    let t = s.tenant("Acme").await;
+    enable(&s, &t.token).await;
+    let (app, _, _) = crate::mfa::enrol(&s, &t.token).await;
+    // The next step: the code that confirmed the enrolment is spent.
+    s.clock.advance_ms(30_000);
+    // The provider's word is the first factor only: a challenge, no tokens.
+    let r = sso(&s, &idp, &t.email, |_| {}).await.expect(403);
+    assert_eq!(r.body["reason"], "mfa_required");
+    assert!(r.body.get("access_token").is_none() && r.body.get("refresh_token").is_none(), "{}", r.text);
+    let body = json!({"mfa_token": r.body["mfa_token"], "code": app.code(&s)});
+    let r = s.call(Method::POST, "/v1/auth/mfa", None, Some(body)).await.expect(200);
+    let access = r.body["access_token"].as_str().unwrap().to_owned();
+    let payload = access.split('.').nth(1).unwrap();
+    let claims: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    assert_eq!(claims["amr"], json!(["fed", "otp", "mfa"]));
+    let logins = s.events(&access, "action=auth.login").await;
+    let with_both = logins.iter().any(|e| e["details"]["method"] == "oidc" && e["details"]["second_factor"] == "totp");
+    assert!(with_both, "{logins:?}");
 }
 
 #[tokio::test]

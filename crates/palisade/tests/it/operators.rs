@@ -34,6 +34,19 @@ async fn login(s: &TestServer, email: &str, password: &str, code: &str) -> Resp 
     s.call(Method::POST, "/sysadmin/v1/auth/login", None, Some(body)).await
 }
 
+/// The `tenant.created` event of `tenant` and the platform's record of the
+/// request behind it.
+async fn tenant_created(s: &TestServer, tenant: &str) -> (Value, Value) {
+    let events =
+        s.admin(Method::GET, &format!("/sysadmin/v1/events?tenant_id={tenant}&action=tenant.created"), None).await;
+    let event = events.expect(200).body["data"][0].clone();
+    let platform =
+        s.admin(Method::GET, "/sysadmin/v1/events?action=sysadmin.tenant_event&limit=100", None).await.expect(200);
+    let mine =
+        platform.body["data"].as_array().unwrap().iter().find(|e| e["details"]["event_id"] == event["id"]).cloned();
+    (event, mine.expect("the platform's record"))
+}
+
 #[tokio::test]
 async fn an_operator_signs_in_with_password_and_code_and_acts_under_their_name() {
     let s = TestServer::start(Backend::Sqlite).await;
@@ -55,18 +68,18 @@ async fn an_operator_signs_in_with_password_and_code_and_acts_under_their_name()
     let body = json!({"name": "Made by ops", "owner": {"email": "owner@made.example.com", "password": PASSWORD}});
     let created = s.call(Method::POST, "/sysadmin/v1/tenants", Some(&token), Some(body)).await.expect(201);
     let tenant = created.body["id"].as_str().unwrap().to_owned();
-    let events =
-        s.admin(Method::GET, &format!("/sysadmin/v1/events?tenant_id={tenant}&action=tenant.created"), None).await;
-    let event: &Value = &events.expect(200).body["data"][0];
+    let (event, platform) = tenant_created(&s, &tenant).await;
     // The tenant's record says an operator acted; the platform's says who.
     assert_eq!(event["actor"], json!({"type": "operator", "id": null}), "{event}");
-    let platform =
-        s.admin(Method::GET, "/sysadmin/v1/events?action=sysadmin.tenant_event&limit=100", None).await.expect(200);
-    let mine =
-        platform.body["data"].as_array().unwrap().iter().find(|e| e["details"]["event_id"] == event["id"]).cloned();
-    assert_eq!(mine.expect("the platform's record")["actor"], json!({"type": "operator", "id": id}));
-    // The master key still works (break-glass), audited as the sysadmin.
+    assert_eq!(platform["actor"], json!({"type": "operator", "id": id}));
+    // The master key still works (break-glass), audited as the sysadmin:
+    // nobody in particular, not the operator signed in meanwhile.
     s.admin(Method::GET, "/sysadmin/v1/tenants", None).await.expect(200);
+    let body = json!({"name": "Made by the key", "owner": {"email": "owner@key.example.com", "password": PASSWORD}});
+    let by_key = s.admin(Method::POST, "/sysadmin/v1/tenants", Some(body)).await.expect(201);
+    let (event, platform) = tenant_created(&s, by_key.body["id"].as_str().unwrap()).await;
+    assert_eq!(event["actor"], json!({"type": "sysadmin", "id": null}), "{event}");
+    assert_eq!(platform["actor"], json!({"type": "sysadmin", "id": null}), "{platform}");
     // The session ends at logout, and at its expiry.
     s.call(Method::POST, "/sysadmin/v1/auth/logout", Some(&token), None).await.expect(204);
     s.get("/sysadmin/v1/tenants", &token).await.expect(401);
