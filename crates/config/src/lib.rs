@@ -650,6 +650,9 @@ pub struct Mail {
     /// Seconds between a failed attempt and the next; after the last, the
     /// mail is given up (logged and counted).
     pub retry_schedule_secs: Vec<u64>,
+    /// PEM certificates trusted for the relay besides the public roots (a
+    /// relay whose certificate a private CA signed).
+    pub smtp_ca_file: Option<PathBuf>,
     /// How often the mail worker looks for mail due, when nothing wakes it.
     pub poll_ms: u64,
     /// The longest one SMTP delivery may take.
@@ -999,6 +1002,7 @@ impl Default for Mail {
             smtp_url: None,
             from: "Palisade <noreply@localhost>".into(),
             smtp_allow_plaintext: false,
+            smtp_ca_file: None,
             retry_schedule_secs: vec![30, 120, 600, 1800, 3600, 7200, 21_600],
             poll_ms: 1000,
             send_timeout_secs: 30,

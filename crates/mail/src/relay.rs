@@ -47,6 +47,9 @@ pub struct Settings {
     pub schedule_secs: Vec<u64>,
     pub poll: Duration,
     pub send_timeout: Duration,
+    /// PEM certificates trusted for the relay besides the public roots (a
+    /// relay with a private CA's certificate).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// What a row's body is bound to: its table, row and column.
@@ -62,6 +65,29 @@ fn masked(to: &str) -> String {
     }
 }
 
+/// The URL's TLS mode again, with `pem`'s certificates trusted besides the
+/// public roots.
+fn with_roots(
+    builder: lettre::transport::smtp::AsyncSmtpTransportBuilder,
+    url: &str,
+    pem: &[u8],
+) -> anyhow::Result<lettre::transport::smtp::AsyncSmtpTransportBuilder> {
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    let parsed = url::Url::parse(url).map_err(|_| anyhow::anyhow!("mail.smtp_url is not a valid URL"))?;
+    let host = parsed.host_str().ok_or_else(|| anyhow::anyhow!("mail.smtp_url names no host"))?;
+    let roots =
+        Certificate::from_pem(pem).map_err(|_| anyhow::anyhow!("mail.smtp_ca_file holds no PEM certificate"))?;
+    let params = TlsParameters::builder(host.to_owned()).add_root_certificate(roots).build_rustls()?;
+    let mode = parsed.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v.into_owned());
+    Ok(match (parsed.scheme(), mode.as_deref()) {
+        ("smtps", _) => builder.tls(Tls::Wrapper(params)),
+        (_, Some("required")) => builder.tls(Tls::Required(params)),
+        (_, Some("opportunistic")) => builder.tls(Tls::Opportunistic(params)),
+        // Plaintext to a local relay: no TLS to trust anything for.
+        _ => builder,
+    })
+}
+
 impl Relay {
     pub fn new(
         s: Settings,
@@ -70,10 +96,13 @@ impl Relay {
         clock: Arc<dyn Clock>,
         events: Arc<dyn MailEvents>,
     ) -> anyhow::Result<Relay> {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&s.url)
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&s.url)
             .map_err(|_| anyhow::anyhow!("mail.smtp_url is not a valid smtp:// or smtps:// URL"))?
-            .timeout(Some(s.send_timeout))
-            .build();
+            .timeout(Some(s.send_timeout));
+        if let Some(pem) = &s.ca_pem {
+            builder = with_roots(builder, &s.url, pem)?;
+        }
+        let transport = builder.build();
         Ok(Relay {
             transport,
             from: s.from.parse()?,

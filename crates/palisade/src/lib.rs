@@ -79,6 +79,12 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> anyhow::Resul
                 schedule_secs: m.retry_schedule_secs.clone(),
                 poll: Duration::from_millis(m.poll_ms),
                 send_timeout: Duration::from_secs(m.send_timeout_secs),
+                ca_pem: match &m.smtp_ca_file {
+                    Some(path) => Some(std::fs::read(path).map_err(|e| {
+                        anyhow::anyhow!("mail.smtp_ca_file {}: {e} (a PEM file of CA certificates)", path.display())
+                    })?),
+                    None => None,
+                },
             };
             let relay =
                 palisade_mail::relay::Relay::new(settings, db.clone(), sealer.clone(), clock.clone(), metrics.clone())?;

@@ -199,3 +199,126 @@ async fn a_sign_in_code_is_never_mailed_after_it_expired() {
     assert_eq!(metric(&s, "sent").await, 0);
     s.stop().await;
 }
+
+/// One SMTP conversation on `stream`; when `starttls` is offered and asked
+/// for, answers 220 and hands the stream back for the TLS handshake.
+async fn converse<S>(stream: S, h: &Mutex<Heard>, starttls: bool) -> Option<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut s = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if s.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        let verb = line.trim_end().split([' ', ':']).next().unwrap_or_default().to_ascii_uppercase();
+        h.lock().unwrap().commands.push(verb.clone());
+        let reply: &[u8] = match verb.as_str() {
+            "EHLO" if starttls => b"250-relay.test\r\n250 STARTTLS\r\n",
+            "EHLO" => b"250-relay.test\r\n250 8BITMIME\r\n",
+            "STARTTLS" if starttls => {
+                s.get_mut().write_all(b"220 go ahead\r\n").await.ok()?;
+                return Some(s.into_inner());
+            }
+            "DATA" => {
+                s.get_mut().write_all(b"354 go on\r\n").await.ok()?;
+                let mut data = String::new();
+                loop {
+                    line.clear();
+                    if s.read_line(&mut line).await.ok()? == 0 || line.trim_end() == "." {
+                        break;
+                    }
+                    data.push_str(&line);
+                }
+                h.lock().unwrap().mails.push(data);
+                b"250 queued\r\n"
+            }
+            "QUIT" => {
+                let _ = s.get_mut().write_all(b"221 bye\r\n").await;
+                return None;
+            }
+            _ => b"250 ok\r\n",
+        };
+        s.get_mut().write_all(reply).await.ok()?;
+    }
+}
+
+/// A relay that offers STARTTLS and then speaks only over TLS, with the
+/// test CA's certificate for `localhost`.
+fn tls_relay(listener: tokio::net::TcpListener) -> Arc<Mutex<Heard>> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = vec![CertificateDer::from_pem_file(crate::tls::fixture("server.pem")).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(crate::tls::fixture("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let heard = Arc::new(Mutex::new(Heard::default()));
+    let h = heard.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let (h, acceptor) = (h.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                if conn.write_all(b"220 relay.test ESMTP\r\n").await.is_err() {
+                    return;
+                }
+                let Some(plain) = converse(conn, &h, true).await else { return };
+                match acceptor.accept(plain).await {
+                    Ok(tls) => {
+                        h.lock().unwrap().commands.push("TLS".into());
+                        converse(tls, &h, false).await;
+                    }
+                    Err(_) => h.lock().unwrap().commands.push("TLS_FAILED".into()),
+                }
+            });
+        }
+    });
+    heard
+}
+
+/// A relay whose certificate a private CA signed: trusted through
+/// `mail.smtp_ca_file`, the mail goes over STARTTLS; without it, the
+/// certificate is refused and nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_with_a_private_cas_certificate_gets_the_mail_over_starttls() {
+    for trusted in [true, false] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heard = tls_relay(listener);
+        let s = TestServer::start_with(Backend::Sqlite, move |c| {
+            c.mail.smtp_url = Some(palisade_config::Secret::new(format!("smtp://localhost:{port}?tls=required")));
+            c.mail.smtp_ca_file = trusted.then(|| crate::tls::fixture("ca.pem"));
+            c.mail.retry_schedule_secs = vec![600];
+            c.mail.poll_ms = 50;
+            c.mail.send_timeout_secs = 5;
+            c.metrics.listen = "127.0.0.1:0".into();
+        })
+        .await;
+        let email = "tls@mailed.example.com";
+        signup(&s, email).await;
+        if trusted {
+            until("the mail reaches the relay", || !heard.lock().unwrap().mails.is_empty()).await;
+            let mail = heard.lock().unwrap().mails[0].clone();
+            assert!(mail.contains(&format!("To: {email}")), "{mail}");
+            // Every mail command came after the handshake.
+            let commands = heard.lock().unwrap().commands.clone();
+            let tls_at = commands.iter().position(|c| c == "TLS").expect("a TLS handshake");
+            let mail_at = commands.iter().position(|c| c == "MAIL").expect("a MAIL command");
+            assert!(commands[tls_at - 1] == "STARTTLS" && tls_at < mail_at, "{commands:?}");
+            assert_eq!(counted(&s, "sent").await, 1);
+        } else {
+            assert_eq!(counted(&s, "failed").await, 1);
+            let commands = heard.lock().unwrap().commands.clone();
+            assert!(commands.contains(&"TLS_FAILED".to_owned()), "{commands:?}");
+            assert!(!commands.contains(&"MAIL".to_owned()) && heard.lock().unwrap().mails.is_empty(), "{commands:?}");
+        }
+        s.stop().await;
+    }
+}
