@@ -27,10 +27,6 @@ pub const FORMAT: &str = "palisade-audit/v1";
 /// <up_to_leaf, decimal>
 /// <unix time in milliseconds>
 /// ```
-///
-/// A tenant's own retention statement has the same lines with the tenant
-/// tree's origin (`<origin>/tenants/<tenant id>`): "that tenant's records
-/// among leaves [0, up_to_leaf) may be removed", and no one else's.
 pub const EXPIRY_FORMAT: &str = "palisade-audit-expiry/v1";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -126,13 +122,6 @@ impl Signer {
         self.sign_body(format!("{EXPIRY_FORMAT}\n{}\n{up_to_leaf}\n{ts_ms}\n", self.origin))
     }
 
-    /// A retention statement of one tenant's records (its period is shorter
-    /// than the platform's).
-    pub fn sign_tenant_expiry(&self, tenant: &str, up_to_leaf: u64, ts_ms: i64) -> Checkpoint {
-        let origin = tenant_origin(&self.origin, tenant);
-        self.sign_body(format!("{EXPIRY_FORMAT}\n{origin}\n{up_to_leaf}\n{ts_ms}\n"))
-    }
-
     fn sign_body(&self, body: String) -> Checkpoint {
         let signature = B64.encode(self.key.sign(body.as_bytes()).to_bytes());
         Checkpoint { body, signature, key_id: self.verifier.key_id.clone() }
@@ -191,16 +180,6 @@ impl Verifier {
         cp.expiry()
     }
 
-    /// A verified tenant retention statement's `(tenant, up_to_leaf, ts_ms)`.
-    pub fn verify_tenant_expiry(&self, cp: &Checkpoint) -> Option<(String, u64, i64)> {
-        let prefix = tenant_origin(&self.origin, "");
-        let tenant = cp.body.split('\n').nth(1)?.strip_prefix(prefix.as_str())?;
-        if tenant.is_empty() || tenant.contains('/') || !self.signed(cp) {
-            return None;
-        }
-        cp.expiry().map(|(up_to, ts)| (tenant.to_owned(), up_to, ts))
-    }
-
     fn signed(&self, cp: &Checkpoint) -> bool {
         let Some(sig) = B64.decode(&cp.signature).ok().and_then(|s| <[u8; 64]>::try_from(s).ok()) else {
             return false;
@@ -255,27 +234,6 @@ mod tests {
         let mut forged = cp.clone();
         forged.body = forged.body.replace("\n4\n", "\n5\n");
         assert_eq!(v.verify_tenant(&forged, "t1"), None);
-    }
-
-    #[test]
-    fn tenant_expiries_are_their_tenants_only() {
-        let s = signer();
-        let v = s.verifier();
-        let ex = s.sign_tenant_expiry("t1", 7, 9);
-        assert!(ex.body.starts_with("palisade-audit-expiry/v1\ntest.example/tenants/t1\n7\n"), "{}", ex.body);
-        assert_eq!(v.verify_tenant_expiry(&ex), Some(("t1".to_owned(), 7, 9)));
-        // Never the platform's statement, and the platform's is no tenant's.
-        assert_eq!(v.verify_expiry(&ex), None);
-        assert_eq!(v.verify_tenant_expiry(&s.sign_expiry(7, 9)), None);
-        // A tenant checkpoint is no statement; a changed tenant or leaf breaks the signature.
-        assert_eq!(v.verify_tenant_expiry(&s.sign_tenant("t1", 7, &[2u8; 32], 9)), None);
-        for (from, to) in [("/tenants/t1\n", "/tenants/t2\n"), ("\n7\n", "\n8\n")] {
-            let forged = Checkpoint { body: ex.body.replace(from, to), ..ex.clone() };
-            assert_eq!(v.verify_tenant_expiry(&forged), None);
-        }
-        // Another log's tenant.
-        let elsewhere = Verifier::from_public_b64(&v.public_key_b64(), "other.example").unwrap();
-        assert_eq!(elsewhere.verify_tenant_expiry(&ex), None);
     }
 
     #[test]

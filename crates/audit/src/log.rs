@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_core::TenantScope;
 use palisade_store::audit::{AuditRow, CheckpointRow};
 use palisade_store::{Db, StoreError};
 use tokio::sync::Notify;
@@ -456,8 +455,8 @@ impl AuditLog {
     pub async fn expire(&self, cutoff_ms: i64, now_ms: i64) -> Result<Option<(u64, u64)>, LogError> {
         let mut tx = self.db.begin().await?;
         palisade_store::audit::lock_head(&mut tx).await?;
-        let up_to = palisade_store::audit::first_leaf_not_before(&mut *tx, cutoff_ms).await?;
-        let already = palisade_store::audit::expired_up_to(&mut *tx).await?;
+        let up_to = palisade_store::audit::first_leaf_not_before(&mut tx, cutoff_ms).await?;
+        let already = palisade_store::audit::expired_up_to(&mut tx).await?;
         if up_to <= already {
             return Ok(None);
         }
@@ -481,59 +480,6 @@ impl AuditLog {
         self.append_to_file(std::slice::from_ref(&statement)).await?;
         self.poke();
         Ok(Some((up_to as u64, removed)))
-    }
-
-    /// A tenant's own retention, shorter than the platform's: signs a
-    /// statement that the tenant's records among the leaves older than
-    /// `cutoff_ms` may go (once the range is checked untampered), then
-    /// removes them, `batch` rows per transaction. A pass stopped midway
-    /// resumes at the next: the statement already covers what is left.
-    /// Returns the rows removed.
-    pub async fn expire_tenant(
-        &self,
-        scope: &TenantScope,
-        cutoff_ms: i64,
-        now_ms: i64,
-        batch: i64,
-    ) -> Result<u64, LogError> {
-        let reader = self.db.reader();
-        let up_to = palisade_store::audit::first_leaf_not_before(reader, cutoff_ms).await?;
-        let own = palisade_store::audit::tenant_expired_up_to(reader, scope).await?;
-        // Records below the platform's statement are gone already.
-        let from = own.max(palisade_store::audit::expired_up_to(reader).await?);
-        if up_to > from {
-            // Read without the write lock held: the first range may be long.
-            if let Some(problem) = crate::verify::check_range(&self.db, from as u64, up_to as u64).await? {
-                return Err(LogError::Tampered(problem));
-            }
-            let statement = self.signer.sign_tenant_expiry(&scope.tenant_id().to_string(), up_to as u64, now_ms);
-            let row = palisade_store::audit::ExpiryRow {
-                up_to_leaf: up_to,
-                ts: now_ms,
-                body: statement.body.clone(),
-                signature: statement.signature.clone(),
-                key_id: statement.key_id.clone(),
-            };
-            let mut tx = self.db.begin().await?;
-            palisade_store::audit::lock_head(&mut tx).await?;
-            // Another instance may have signed as far meanwhile.
-            if palisade_store::audit::tenant_expired_up_to(&mut *tx, scope).await? < up_to {
-                palisade_store::audit::record_tenant_expiry(&mut tx, scope, &row).await?;
-                tx.commit().await?;
-                self.db.make_durable().await?;
-                self.append_to_file(std::slice::from_ref(&statement)).await?;
-            }
-        }
-        let mut removed = 0;
-        loop {
-            let mut tx = self.db.begin().await?;
-            let n = palisade_store::audit::remove_tenant_expired(&mut tx, scope, batch).await?;
-            tx.commit().await?;
-            removed += n;
-            if n < batch.max(1) as u64 {
-                return Ok(removed);
-            }
-        }
     }
 
     /// The newest checkpoint whose signature verifies and whose signed size

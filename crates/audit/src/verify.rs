@@ -2,7 +2,7 @@
 //! file, trusting only the audit public key: every record is re-hashed, the
 //! tree is rebuilt, and every signed checkpoint must match it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use palisade_store::audit::{split_records, AuditRow};
@@ -127,22 +127,18 @@ async fn check_piece(
 /// Checks that leaves `[from, to)` are all present with records that still
 /// hash to them. Retention runs this before signing a range away, so rows
 /// deleted or edited behind the log's back are never blessed.
-/// A record already gone under a statement (the platform's, or its own
-/// tenant's: a tenant with a shorter period) is no sign of tampering.
 pub async fn check_range(db: &Db, from: u64, to: u64) -> Result<Option<String>, LogError> {
     let mut buf = Vec::with_capacity(1024);
     let mut expected = from;
     let mut start = from as i64;
-    let mut gone_by_tenant: Option<HashMap<String, i64>> = None;
     while (start as u64) < to {
         let end = (start + CHUNK).min(to as i64);
         let chunk = palisade_store::audit::leaf_fields_chunk(db, start, end).await?;
         let Some(records) = split_records(&chunk) else {
             return Ok(Some(format!("leaves from {start} are unreadable")));
         };
-        let mut entries: Option<TenantEntries> = None;
         for record in records {
-            let (index, _, problem, gone) = match check_piece(db, record, expected, &mut buf).await? {
+            let (index, _, problem, _) = match check_piece(db, record, expected, &mut buf).await? {
                 Ok(checked) => checked,
                 Err(problem) => return Ok(Some(problem)),
             };
@@ -150,27 +146,7 @@ pub async fn check_range(db: &Db, from: u64, to: u64) -> Result<Option<String>, 
                 return Ok(Some(format!("leaf {expected} is missing")));
             }
             if let Some(problem) = problem {
-                if !gone {
-                    return Ok(Some(problem));
-                }
-                if gone_by_tenant.is_none() {
-                    let mut below = HashMap::new();
-                    below.insert(String::new(), palisade_store::audit::expired_up_to(db.reader()).await?);
-                    for (tenant, r) in palisade_store::audit::all_tenant_expiries(db.reader()).await? {
-                        let b = below.entry(tenant).or_default();
-                        *b = (*b).max(r.up_to_leaf);
-                    }
-                    gone_by_tenant = Some(below);
-                }
-                if entries.is_none() {
-                    entries = Some(palisade_store::audit::tenant_tree_entries(db.reader(), start, end).await?);
-                }
-                let tenant = entries.as_ref().and_then(|e| e.get(&(index as i64))).map_or("", |(t, _)| t.as_str());
-                let covered =
-                    |t: &str| gone_by_tenant.as_ref().and_then(|b| b.get(t)).is_some_and(|b| (index as i64) < *b);
-                if !covered("") && (tenant.is_empty() || !covered(tenant)) {
-                    return Ok(Some(problem));
-                }
+                return Ok(Some(problem));
             }
             expected += 1;
         }
@@ -452,13 +428,6 @@ pub async fn export_checkpoints(db: &Db, verifier: &Verifier, path: &Path) -> Re
             None => skipped += 1,
         }
     }
-    for (_, r) in palisade_store::audit::all_tenant_expiries(db.reader()).await? {
-        let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
-        match verifier.verify_tenant_expiry(&cp) {
-            Some((_, up_to, _)) => notes.push((up_to, cp)),
-            None => skipped += 1,
-        }
-    }
     // Stable: a statement follows the checkpoint of the same size.
     notes.sort_by_key(|(size, _)| *size);
     let text: String = notes.iter().map(|(_, cp)| serde_json::to_string(cp).unwrap_or_default() + "\n").collect();
@@ -552,11 +521,6 @@ pub(crate) async fn verify_log_paced(
         .into_iter()
         .map(|r| ("database".to_owned(), Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id }))
         .collect();
-    all_expiries.extend(
-        palisade_store::audit::all_tenant_expiries(db.reader()).await?.into_iter().map(|(_, r)| {
-            ("database".to_owned(), Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id })
-        }),
-    );
     all_expiries.extend(all.iter().filter(|(_, c)| c.is_expiry()).cloned());
     all.retain(|(_, c)| !c.is_expiry());
     // The signatures are checked on a thread of their own while the tenant
@@ -568,16 +532,11 @@ pub(crate) async fn verify_log_paced(
             let mut signed: BTreeMap<u64, Hash> = BTreeMap::new();
             // Records below this leaf may be gone: a signed retention statement says so.
             let mut expired_below = 0u64;
-            // A tenant's own statements: its records below the leaf may be gone.
-            let mut tenant_expired: HashMap<String, u64> = HashMap::new();
             for (source, st) in &all_expiries {
-                if let Some((up_to, _)) = verifier.verify_expiry(st) {
-                    expired_below = expired_below.max(up_to);
-                } else if let Some((tenant, up_to, _)) = verifier.verify_tenant_expiry(st) {
-                    let below = tenant_expired.entry(tenant).or_default();
-                    *below = (*below).max(up_to);
-                } else {
-                    problems.push(format!("a retention statement in the {source} has an invalid signature or format"));
+                match verifier.verify_expiry(st) {
+                    Some((up_to, _)) => expired_below = expired_below.max(up_to),
+                    None => problems
+                        .push(format!("a retention statement in the {source} has an invalid signature or format")),
                 }
             }
             // The database and the file hold the same notes: check each once
@@ -601,14 +560,13 @@ pub(crate) async fn verify_log_paced(
                     None => problems.push(format!("a checkpoint in the {source} has an invalid signature or format")),
                 }
             }
-            (expired_below, tenant_expired, signed, problems)
+            (expired_below, signed, problems)
         })
     };
 
     // The tenant trees are rebuilt alongside, from the same records.
     let tenant_checkpoints = palisade_store::audit::all_tenant_checkpoints(db.reader()).await?;
-    let (expired_below, tenant_expired, signed, problems) =
-        checked.await.map_err(|e| LogError::File(std::io::Error::other(e)))?;
+    let (expired_below, signed, problems) = checked.await.map_err(|e| LogError::File(std::io::Error::other(e)))?;
     report.problems.extend(problems);
     let mut tenants = crate::tenant::Rebuild::new(tenant_checkpoints, verifier);
     // The stored tenant leaves of the chunk being read, once one of its
@@ -672,33 +630,27 @@ pub(crate) async fn verify_log_paced(
                         break 'scan;
                     }
                     if let Some(problem) = leaf.2 {
-                        // A record that is gone: its tenant leaf as stored.
-                        if leaf.3 && index < placed && expired_entries.as_ref().is_none_or(|(f, _)| *f != from) {
-                            let entries =
-                                palisade_store::audit::tenant_tree_entries(db.reader(), from, from + pace.chunk)
-                                    .await?;
-                            expired_entries = Some((from, entries));
-                        }
-                        let entry = expired_entries
-                            .as_ref()
-                            .filter(|_| leaf.3 && index < placed)
-                            .and_then(|(_, e)| e.get(&(index as i64)));
-                        // Gone by the platform's statement, or by its own
-                        // tenant's (a stored tenant naming another tenant
-                        // puts the leaf in that tenant's tree, whose signed
-                        // roots then fail).
-                        let by_tenant =
-                            entry.is_some_and(|(t, _)| tenant_expired.get(t).is_some_and(|below| index < *below));
-                        let expired = leaf.3 && (index < expired_below || by_tenant);
+                        let expired = leaf.3 && index < expired_below;
                         if !expired {
                             report.problems.push(problem);
                             break 'scan;
                         }
-                        // The tenant's signed roots still vouch for its leaf.
-                        if let Some((tenant, h)) = entry {
-                            match merkle::decode_hash(h) {
-                                Some(h) => tenants.push_hash(tenant, h),
-                                None => tenants.fail(tenant, format!("tenant leaf of leaf {index} is unreadable")),
+                        // The record is gone: its tenant leaf is taken as stored
+                        // (the tenant's signed roots still vouch for it).
+                        if index < placed {
+                            if expired_entries.as_ref().is_none_or(|(f, _)| *f != from) {
+                                let entries =
+                                    palisade_store::audit::tenant_tree_entries(db.reader(), from, from + pace.chunk)
+                                        .await?;
+                                expired_entries = Some((from, entries));
+                            }
+                            if let Some((tenant, h)) =
+                                expired_entries.as_ref().and_then(|(_, e)| e.get(&(index as i64)))
+                            {
+                                match merkle::decode_hash(h) {
+                                    Some(h) => tenants.push_hash(tenant, h),
+                                    None => tenants.fail(tenant, format!("tenant leaf of leaf {index} is unreadable")),
+                                }
                             }
                         }
                     } else if index < placed {

@@ -344,13 +344,17 @@ pub async fn revoke_jti<'c>(ex: impl Executor<'c, Database = Any>, jti: &str, ex
 
 /// Deletes what can no longer matter: revocations of expired tokens, expired
 /// refresh tokens, email tokens, stream tickets and lapsed SIP
-/// registrations. Returns rows removed. Ended sessions (token families)
-/// go by their tenant's retention (`retention::remove_sessions`).
+/// registrations. Returns rows removed. An active tenant's ended sessions
+/// (token families) go by its retention (`retention::remove_sessions`).
 pub async fn purge_expired(db: &crate::Db, now: i64) -> Result<u64> {
     let mut n = 0;
     for sql in [
         "DELETE FROM revoked_jtis WHERE expires_at < $1",
         "DELETE FROM refresh_tokens WHERE expires_at < $1",
+        // Active tenants' ended sessions go by their retention; a frozen
+        // tenant's (which the sweeper skips) once expired, as always.
+        "DELETE FROM token_families WHERE expires_at < $1 \
+           AND tenant_id NOT IN (SELECT id FROM tenants WHERE status = 'active')",
         "DELETE FROM email_tokens WHERE expires_at < $1",
         "DELETE FROM mfa_challenges WHERE expires_at < $1",
         "DELETE FROM oidc_logins WHERE expires_at < $1",
