@@ -27,6 +27,14 @@ pub const FORMAT: &str = "palisade-audit/v1";
 /// <up_to_leaf, decimal>
 /// <unix time in milliseconds>
 /// ```
+///
+/// A tenant's own retention statement has the tenant tree's origin
+/// (`<origin>/tenants/<tenant id>`) and two more lines, the tenant's tree
+/// at the cut: its size and root (base64). "That tenant's records among
+/// leaves [0, up_to_leaf) may be removed; they are the first <size>
+/// leaves of its tree, whose root is this." The root is what makes a
+/// statement excuse the tenant's own records only: a record of anyone else
+/// counted as the tenant's changes that tree.
 pub const EXPIRY_FORMAT: &str = "palisade-audit-expiry/v1";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -78,6 +86,17 @@ impl Checkpoint {
     }
 }
 
+/// A tenant's retention statement, verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantExpiry {
+    pub tenant: String,
+    pub up_to_leaf: u64,
+    pub ts_ms: i64,
+    /// The tenant's leaves among `[0, up_to_leaf)`, and their tree's root.
+    pub size: u64,
+    pub root: Hash,
+}
+
 /// The origin line of a tenant tree's checkpoints.
 pub fn tenant_origin(origin: &str, tenant: &str) -> String {
     format!("{origin}/tenants/{tenant}")
@@ -120,6 +139,13 @@ impl Signer {
 
     pub fn sign_expiry(&self, up_to_leaf: u64, ts_ms: i64) -> Checkpoint {
         self.sign_body(format!("{EXPIRY_FORMAT}\n{}\n{up_to_leaf}\n{ts_ms}\n", self.origin))
+    }
+
+    /// A retention statement of one tenant's records (its period is shorter
+    /// than the platform's), with its tree's first `size` leaves' root.
+    pub fn sign_tenant_expiry(&self, tenant: &str, up_to_leaf: u64, ts_ms: i64, size: u64, root: &Hash) -> Checkpoint {
+        let origin = tenant_origin(&self.origin, tenant);
+        self.sign_body(format!("{EXPIRY_FORMAT}\n{origin}\n{up_to_leaf}\n{ts_ms}\n{size}\n{}\n", B64.encode(root)))
     }
 
     fn sign_body(&self, body: String) -> Checkpoint {
@@ -180,6 +206,26 @@ impl Verifier {
         cp.expiry()
     }
 
+    /// A verified tenant retention statement.
+    pub fn verify_tenant_expiry(&self, cp: &Checkpoint) -> Option<TenantExpiry> {
+        let mut lines = cp.body.strip_suffix('\n')?.split('\n');
+        if lines.next()? != EXPIRY_FORMAT {
+            return None;
+        }
+        let tenant = lines.next()?.strip_prefix(tenant_origin(&self.origin, "").as_str())?;
+        if tenant.is_empty() || tenant.contains('/') {
+            return None;
+        }
+        let up_to_leaf = lines.next()?.parse().ok()?;
+        let ts_ms = lines.next()?.parse().ok()?;
+        let size = lines.next()?.parse().ok()?;
+        let root = B64.decode(lines.next()?).ok()?.try_into().ok()?;
+        if lines.next().is_some() || !self.signed(cp) {
+            return None;
+        }
+        Some(TenantExpiry { tenant: tenant.to_owned(), up_to_leaf, ts_ms, size, root })
+    }
+
     fn signed(&self, cp: &Checkpoint) -> bool {
         let Some(sig) = B64.decode(&cp.signature).ok().and_then(|s| <[u8; 64]>::try_from(s).ok()) else {
             return false;
@@ -234,6 +280,29 @@ mod tests {
         let mut forged = cp.clone();
         forged.body = forged.body.replace("\n4\n", "\n5\n");
         assert_eq!(v.verify_tenant(&forged, "t1"), None);
+    }
+
+    #[test]
+    fn tenant_expiries_are_their_tenants_only() {
+        let s = signer();
+        let v = s.verifier();
+        let ex = s.sign_tenant_expiry("t1", 7, 9, 3, &[4u8; 32]);
+        assert!(ex.body.starts_with("palisade-audit-expiry/v1\ntest.example/tenants/t1\n7\n9\n3\n"), "{}", ex.body);
+        let expected = TenantExpiry { tenant: "t1".into(), up_to_leaf: 7, ts_ms: 9, size: 3, root: [4u8; 32] };
+        assert_eq!(v.verify_tenant_expiry(&ex), Some(expected));
+        // Never the platform's statement (nor its checkpoint), and the platform's is no tenant's.
+        assert_eq!((v.verify_expiry(&ex), ex.expiry(), ex.head()), (None, None, None));
+        assert_eq!(v.verify_tenant_expiry(&s.sign_expiry(7, 9)), None);
+        // A tenant checkpoint is no statement; a changed tenant, leaf, size or root breaks the signature.
+        assert_eq!(v.verify_tenant_expiry(&s.sign_tenant("t1", 7, &[2u8; 32], 9)), None);
+        for (from, to) in [("/tenants/t1\n", "/tenants/t2\n"), ("\n7\n", "\n8\n"), ("\n3\n", "\n4\n")] {
+            let forged = Checkpoint { body: ex.body.replacen(from, to, 1), ..ex.clone() };
+            assert_ne!(forged.body, ex.body);
+            assert_eq!(v.verify_tenant_expiry(&forged), None);
+        }
+        // Another log's tenant.
+        let elsewhere = Verifier::from_public_b64(&v.public_key_b64(), "other.example").unwrap();
+        assert_eq!(elsewhere.verify_tenant_expiry(&ex), None);
     }
 
     #[test]

@@ -213,6 +213,157 @@ async fn retention_expires_old_records_once() {
     assert_eq!(report.records, 6);
 }
 
+/// Tenant `a` keeps its records a shorter time than the platform: its old
+/// records go under a statement of its own, nobody else's do, and the log
+/// and every tenant's tree still verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_retention_removes_its_records_only() {
+    use palisade_core::principal::SysadminProof;
+    use palisade_core::TenantScope;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let (a, b) = (TenantId::new(), TenantId::new());
+    for ts in [1_000, 2_000] {
+        events(&db, 3, a, ts).await;
+        events(&db, 2, b, ts + 500).await;
+    }
+    events(&db, 2, a, 5_000).await;
+    let file = dir.path().join("checkpoints");
+    let log = AuditLog::new(db.clone(), signer(), file.clone());
+    log.integrate(6_000).await.unwrap().unwrap();
+    let scope = TenantScope::for_sysadmin(&SysadminProof::verified(), a);
+    // Batches of 4: all six of a's old records, none of b's.
+    assert_eq!(log.expire_tenant(&scope, 5_000, 7_000, 4).await.unwrap(), 6);
+    let left = |t: TenantId| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_events WHERE tenant_id = $1")
+                .bind(t.to_string())
+                .fetch_one(db.reader())
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!((left(a).await, left(b).await), (2, 4));
+    // One signed statement, of a's, in the database and the file; nothing
+    // more to do the second time.
+    let v = log.signer().verifier();
+    let stored = palisade_store::audit::all_tenant_expiries(db.reader()).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!((stored[0].0.as_str(), stored[0].1.up_to_leaf), (a.to_string().as_str(), 10));
+    let in_file = crate::verify::read_checkpoint_file(&file).unwrap().unwrap();
+    let signed: Vec<_> = in_file.iter().filter_map(|c| v.verify_tenant_expiry(c)).collect();
+    assert_eq!(signed.len(), 1);
+    // a's first six leaves, up to leaf 10 of the log.
+    assert_eq!((signed[0].tenant.as_str(), signed[0].up_to_leaf, signed[0].size), (a.to_string().as_str(), 10, 6));
+    assert_eq!(log.expire_tenant(&scope, 5_000, 8_000, 4).await.unwrap(), 0);
+    assert_eq!(palisade_store::audit::all_tenant_expiries(db.reader()).await.unwrap().len(), 1);
+    log.integrate(9_000).await.unwrap();
+    let report = verify_log(&db, v, &[file.as_path()], |_| {}).await.unwrap();
+    assert!(report.intact(), "{:?}", report.problems);
+    // The statement lets only a's rows go: b's stay append-only.
+    let mut tx = db.begin().await.unwrap();
+    let refused =
+        sqlx::query("DELETE FROM audit_events WHERE tenant_id = $1").bind(b.to_string()).execute(&mut *tx).await;
+    assert!(refused.is_err());
+    drop(tx);
+    // The platform's retention signs over a's gone records (they are no
+    // sign of tampering) and the log still verifies.
+    assert_eq!(log.expire(5_000, 10_000).await.unwrap(), Some((10, 4)));
+    log.integrate(11_000).await.unwrap();
+    let report = verify_log(&db, v, &[file.as_path()], |_| {}).await.unwrap();
+    assert!(report.intact(), "{:?}", report.problems);
+}
+
+/// A record deleted behind the log's back is not excused by another
+/// tenant's statement, even when the stored tenant tree is rewritten to
+/// name that tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_statement_excuses_no_deleted_record() {
+    use palisade_core::principal::SysadminProof;
+    use palisade_core::TenantScope;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let (a, b) = (TenantId::new(), TenantId::new());
+    events(&db, 2, a, 1_000).await;
+    events(&db, 2, b, 1_500).await;
+    events(&db, 1, a, 5_000).await;
+    let file = dir.path().join("checkpoints");
+    let log = AuditLog::new(db.clone(), signer(), file.clone());
+    log.integrate(6_000).await.unwrap().unwrap();
+    let scope = TenantScope::for_sysadmin(&SysadminProof::verified(), a);
+    assert_eq!(log.expire_tenant(&scope, 5_000, 7_000, 10).await.unwrap(), 2);
+    let v = log.signer().verifier();
+    // b's first record (leaf 2) deleted: a's statement reaches leaf 4, but
+    // the leaf is b's.
+    tamper(
+        dir.path(),
+        "DELETE FROM audit_events WHERE seq = (SELECT event_seq FROM audit_leaves WHERE leaf_index = 2)",
+    )
+    .await;
+    let report = verify_log(&db, v, &[file.as_path()], |_| {}).await.unwrap();
+    assert!(report.problems.iter().any(|p| p.contains("leaf 2")), "{:?}", report.problems);
+    // Nor does any retention sign it away.
+    assert!(matches!(log.expire(5_000, 8_000).await, Err(crate::log::LogError::Tampered(_))));
+    // The stored tenant tree rewritten to call the leaf a's (and a's and
+    // b's checkpoints out of the way, as such a writer would): a's
+    // statement signed how many of its leaves lie before leaf 4.
+    tamper(
+        dir.path(),
+        &format!("UPDATE audit_tenant_tree SET tenant_id = '{a}', tenant_index = 99 WHERE leaf_index = 2"),
+    )
+    .await;
+    tamper(dir.path(), "DELETE FROM audit_tenant_checkpoints").await;
+    let report = verify_log(&db, v, &[file.as_path()], |_| {}).await.unwrap();
+    let a = format!("tenant {a}'s tree holds 3 leaves before leaf 4, its retention statement signed 2");
+    assert!(report.problems.iter().any(|p| p.starts_with(&a)), "{:?}", report.problems);
+}
+
+/// A statement row is believed for what its signed body says: one copied
+/// under another tenant (which opens the database's guard for that
+/// tenant) excuses nothing and is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_row_under_another_tenant_excuses_nothing() {
+    use palisade_core::principal::SysadminProof;
+    use palisade_core::TenantScope;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let (a, b) = (TenantId::new(), TenantId::new());
+    events(&db, 2, a, 1_000).await;
+    events(&db, 2, b, 1_500).await;
+    events(&db, 1, a, 5_000).await;
+    let file = dir.path().join("checkpoints");
+    let log = AuditLog::new(db.clone(), signer(), file.clone());
+    log.integrate(6_000).await.unwrap().unwrap();
+    let scope = TenantScope::for_sysadmin(&SysadminProof::verified(), a);
+    assert_eq!(log.expire_tenant(&scope, 5_000, 7_000, 10).await.unwrap(), 2);
+    // a's genuine statement copied into a row of b's reaching far: the
+    // guard (which reads the row) now lets b's records go.
+    let genuine = palisade_store::audit::all_tenant_expiries(db.reader()).await.unwrap().remove(0).1;
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO audit_tenant_expiries (tenant_id, up_to_leaf, ts, body, signature, key_id) VALUES ($1, 1000, 1, $2, $3, $4)")
+        .bind(b.to_string())
+        .bind(&genuine.body)
+        .bind(&genuine.signature)
+        .bind(&genuine.key_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_events WHERE tenant_id = $1").bind(b.to_string()).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let v = log.signer().verifier();
+    let report = verify_log(&db, v, &[file.as_path()], |_| {}).await.unwrap();
+    assert!(report.problems.iter().any(|p| p.contains(&format!("tenant {b} claims"))), "{:?}", report.problems);
+    assert!(report.problems.iter().any(|p| p.contains("leaf 2")), "{:?}", report.problems);
+    // No retention signs b's deleted records away.
+    assert!(matches!(log.expire(5_000, 8_000).await, Err(crate::log::LogError::Tampered(_))));
+    let b_scope = TenantScope::for_sysadmin(&SysadminProof::verified(), b);
+    assert!(matches!(
+        log.expire_tenant(&b_scope, 5_000, 200_000_000, 10).await,
+        Err(crate::log::LogError::Tampered(_))
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_that_is_not_the_signed_tree_is_not_extended() {
     let dir = tempfile::tempdir().unwrap();

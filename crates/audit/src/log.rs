@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use palisade_core::TenantScope;
 use palisade_store::audit::{AuditRow, CheckpointRow};
 use palisade_store::{Db, StoreError};
 use tokio::sync::Notify;
@@ -455,12 +456,13 @@ impl AuditLog {
     pub async fn expire(&self, cutoff_ms: i64, now_ms: i64) -> Result<Option<(u64, u64)>, LogError> {
         let mut tx = self.db.begin().await?;
         palisade_store::audit::lock_head(&mut tx).await?;
-        let up_to = palisade_store::audit::first_leaf_not_before(&mut tx, cutoff_ms).await?;
-        let already = palisade_store::audit::expired_up_to(&mut tx).await?;
+        let up_to = palisade_store::audit::first_leaf_not_before(&mut *tx, cutoff_ms).await?;
+        let already = palisade_store::audit::expired_up_to(&mut *tx).await?;
         if up_to <= already {
             return Ok(None);
         }
-        if let Some(problem) = crate::verify::check_range(&self.db, already as u64, up_to as u64).await? {
+        let verifier = self.signer.verifier();
+        if let Some(problem) = crate::verify::check_range(&self.db, verifier, already as u64, up_to as u64).await? {
             return Err(LogError::Tampered(problem));
         }
         let statement = self.signer.sign_expiry(up_to as u64, now_ms);
@@ -480,6 +482,115 @@ impl AuditLog {
         self.append_to_file(std::slice::from_ref(&statement)).await?;
         self.poke();
         Ok(Some((up_to as u64, removed)))
+    }
+
+    /// A tenant's own retention, shorter than the platform's: at most once a
+    /// day, signs a statement that the tenant's records among the leaves
+    /// older than `cutoff_ms` may go, with its tree's root over them (once
+    /// the range is checked untampered), then removes them, `batch` rows
+    /// per transaction. Leftovers of a pass that stopped midway go at the
+    /// next. Returns the rows removed.
+    pub async fn expire_tenant(
+        &self,
+        scope: &TenantScope,
+        cutoff_ms: i64,
+        now_ms: i64,
+        batch: i64,
+    ) -> Result<u64, LogError> {
+        const DAY_MS: i64 = 86_400_000;
+        let tenant = scope.tenant_id().to_string();
+        let verifier = self.signer.verifier();
+        let reader = self.db.reader();
+        // The tenant's statements as signed (a row's columns vouch for nothing).
+        let own: Vec<crate::checkpoint::TenantExpiry> = palisade_store::audit::all_tenant_expiries(reader)
+            .await?
+            .into_iter()
+            .filter(|(t, _)| *t == tenant)
+            .filter_map(|(_, r)| {
+                verifier.verify_tenant_expiry(&Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id })
+            })
+            .filter(|e| e.tenant == tenant)
+            .collect();
+        let own_up_to = own.iter().map(|e| e.up_to_leaf).max().unwrap_or(0) as i64;
+        let mut removed = 0;
+        if own.iter().all(|e| e.ts_ms <= now_ms - DAY_MS) {
+            if let Some(up_to) = self.sign_tenant_cut(&tenant, scope, own_up_to, cutoff_ms, now_ms).await? {
+                removed += self.remove_tenant_records(scope, batch).await?;
+                tracing::debug!(tenant = %tenant, up_to, removed, "a tenant's audit records past its period removed");
+                return Ok(removed);
+            }
+        }
+        // A pass that stopped between the statement and the removal.
+        if own_up_to > 0 && palisade_store::audit::oldest_leaf_of(reader, scope).await?.is_some_and(|l| l < own_up_to) {
+            removed += self.remove_tenant_records(scope, batch).await?;
+        }
+        Ok(removed)
+    }
+
+    /// Signs and stores the tenant's statement for the leaves older than
+    /// `cutoff_ms`, if that reaches past `own_up_to` and holds any of its
+    /// leaves. The leaf it reaches to.
+    async fn sign_tenant_cut(
+        &self,
+        tenant: &str,
+        scope: &TenantScope,
+        own_up_to: i64,
+        cutoff_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<i64>, LogError> {
+        let reader = self.db.reader();
+        let verifier = self.signer.verifier();
+        // Only leaves already in the tenants' trees.
+        let placed = palisade_store::audit::tenant_size(reader).await?;
+        let up_to = palisade_store::audit::first_leaf_not_before(reader, cutoff_ms).await?.min(placed);
+        let platform = crate::verify::signed_cuts(&self.db, verifier).await?.get("").copied().unwrap_or(0) as i64;
+        let from = own_up_to.max(platform);
+        if up_to <= from {
+            return Ok(None);
+        }
+        let size = palisade_store::audit::tenant_leaves_before(reader, scope, up_to).await?;
+        let before = palisade_store::audit::tenant_leaves_before(reader, scope, from).await?;
+        if size <= before {
+            return Ok(None);
+        }
+        // Read without the write lock held: the first range may be long.
+        if let Some(problem) = crate::verify::check_range(&self.db, verifier, from as u64, up_to as u64).await? {
+            return Err(LogError::Tampered(problem));
+        }
+        let root = self.subtree(Tree::Tenant(tenant), 0, size as u64).await?;
+        let statement = self.signer.sign_tenant_expiry(tenant, up_to as u64, now_ms, size as u64, &root);
+        let row = palisade_store::audit::ExpiryRow {
+            up_to_leaf: up_to,
+            ts: now_ms,
+            body: statement.body.clone(),
+            signature: statement.signature.clone(),
+            key_id: statement.key_id.clone(),
+        };
+        let mut tx = self.db.begin().await?;
+        palisade_store::audit::lock_head(&mut tx).await?;
+        // Another instance may have signed as far meanwhile.
+        if palisade_store::audit::tenant_expired_up_to(&mut *tx, scope).await? >= up_to {
+            return Ok(None);
+        }
+        palisade_store::audit::record_tenant_expiry(&mut tx, scope, &row).await?;
+        tx.commit().await?;
+        self.db.make_durable().await?;
+        self.append_to_file(std::slice::from_ref(&statement)).await?;
+        Ok(Some(up_to))
+    }
+
+    /// Removes the tenant's records its statements cover, in batches.
+    async fn remove_tenant_records(&self, scope: &TenantScope, batch: i64) -> Result<u64, LogError> {
+        let mut removed = 0;
+        loop {
+            let mut tx = self.db.begin().await?;
+            let n = palisade_store::audit::remove_tenant_expired(&mut tx, scope, batch).await?;
+            tx.commit().await?;
+            removed += n;
+            if n < batch.max(1) as u64 {
+                return Ok(removed);
+            }
+        }
     }
 
     /// The newest checkpoint whose signature verifies and whose signed size

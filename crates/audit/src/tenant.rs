@@ -167,6 +167,25 @@ impl Rebuild {
         Self { trees, buf: Vec::with_capacity(1024), problems }
     }
 
+    /// A signed root of `tenant`'s tree at `size` from a retention
+    /// statement: checked like its checkpoints (it wins over an unsigned
+    /// stored one of the same size).
+    pub(crate) fn trust(&mut self, tenant: &str, size: u64, root: Hash) {
+        self.trees.entry(tenant.to_owned()).or_default().roots.insert(size, root);
+    }
+
+    /// At leaf `at` of the log, a retention statement says `tenant`'s tree
+    /// holds `size` leaves: a problem if the rebuilt tree disagrees.
+    pub(crate) fn cut(&self, tenant: &str, at: u64, size: u64) -> Option<String> {
+        let held = self.trees.get(tenant).map_or(0, |t| t.f.size());
+        (held != size).then(|| {
+            format!(
+                "tenant {tenant}'s tree holds {held} leaves before leaf {at}, its retention statement signed {size}: \
+                 another's record was counted as the tenant's"
+            )
+        })
+    }
+
     /// The next leaf of the log, if it is a tenant's.
     pub(crate) fn push(&mut self, fields: &LeafFields<'_>) {
         let Some(tenant) = fields.tenant_id else { return };

@@ -2,7 +2,7 @@
 //! file, trusting only the audit public key: every record is re-hashed, the
 //! tree is rebuilt, and every signed checkpoint must match it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use palisade_store::audit::{split_records, AuditRow};
@@ -127,18 +127,52 @@ async fn check_piece(
 /// Checks that leaves `[from, to)` are all present with records that still
 /// hash to them. Retention runs this before signing a range away, so rows
 /// deleted or edited behind the log's back are never blessed.
-pub async fn check_range(db: &Db, from: u64, to: u64) -> Result<Option<String>, LogError> {
+/// How far the retention statements in the database reach, from their
+/// signed bodies only (a row's columns open the database's guard but vouch
+/// for nothing): the platform's cut under `""`, each tenant's under its id.
+pub(crate) async fn signed_cuts(db: &Db, verifier: &Verifier) -> Result<HashMap<String, u64>, LogError> {
+    let mut cuts: HashMap<String, u64> = HashMap::new();
+    for r in palisade_store::audit::all_expiries(db.reader()).await? {
+        let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
+        if let Some((up_to, _)) = verifier.verify_expiry(&cp) {
+            let c = cuts.entry(String::new()).or_default();
+            *c = (*c).max(up_to);
+        }
+    }
+    for (_, r) in palisade_store::audit::all_tenant_expiries(db.reader()).await? {
+        let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
+        if let Some(e) = verifier.verify_tenant_expiry(&cp) {
+            let c = cuts.entry(e.tenant).or_default();
+            *c = (*c).max(e.up_to_leaf);
+        }
+    }
+    Ok(cuts)
+}
+
+/// Checks that leaves `[from, to)` are all present with records that still
+/// hash to them. Retention runs this before signing a range away, so rows
+/// deleted or edited behind the log's back are never blessed. A record
+/// already gone under a signed statement (the platform's, or that of the
+/// tenant the stored tenant tree names for its leaf) is no sign of
+/// tampering here; whether the tenant tree was rewritten to name another
+/// tenant is for `verify_log`, which rebuilds each tenant's tree against
+/// its statements' roots.
+pub async fn check_range(db: &Db, verifier: &Verifier, from: u64, to: u64) -> Result<Option<String>, LogError> {
     let mut buf = Vec::with_capacity(1024);
     let mut expected = from;
     let mut start = from as i64;
+    // Read at the first gone record; once more if one seems uncovered (a
+    // statement another instance signed meanwhile).
+    let mut cuts: Option<(HashMap<String, u64>, bool)> = None;
     while (start as u64) < to {
         let end = (start + CHUNK).min(to as i64);
         let chunk = palisade_store::audit::leaf_fields_chunk(db, start, end).await?;
         let Some(records) = split_records(&chunk) else {
             return Ok(Some(format!("leaves from {start} are unreadable")));
         };
+        let mut entries: Option<TenantEntries> = None;
         for record in records {
-            let (index, _, problem, _) = match check_piece(db, record, expected, &mut buf).await? {
+            let (index, _, problem, gone) = match check_piece(db, record, expected, &mut buf).await? {
                 Ok(checked) => checked,
                 Err(problem) => return Ok(Some(problem)),
             };
@@ -146,7 +180,28 @@ pub async fn check_range(db: &Db, from: u64, to: u64) -> Result<Option<String>, 
                 return Ok(Some(format!("leaf {expected} is missing")));
             }
             if let Some(problem) = problem {
-                return Ok(Some(problem));
+                if !gone {
+                    return Ok(Some(problem));
+                }
+                if entries.is_none() {
+                    entries = Some(palisade_store::audit::tenant_tree_entries(db.reader(), start, end).await?);
+                }
+                let tenant = entries.as_ref().and_then(|e| e.get(&(index as i64))).map_or("", |(t, _)| t.as_str());
+                loop {
+                    let (c, reloaded) = match cuts.as_mut() {
+                        Some(c) => c,
+                        None => cuts.insert((signed_cuts(db, verifier).await?, false)),
+                    };
+                    let covered = |t: &str| c.get(t).is_some_and(|b| index < *b);
+                    if covered("") || (!tenant.is_empty() && covered(tenant)) {
+                        break;
+                    }
+                    if *reloaded {
+                        return Ok(Some(problem));
+                    }
+                    *c = signed_cuts(db, verifier).await?;
+                    *reloaded = true;
+                }
             }
             expected += 1;
         }
@@ -428,6 +483,13 @@ pub async fn export_checkpoints(db: &Db, verifier: &Verifier, path: &Path) -> Re
             None => skipped += 1,
         }
     }
+    for (_, r) in palisade_store::audit::all_tenant_expiries(db.reader()).await? {
+        let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
+        match verifier.verify_tenant_expiry(&cp) {
+            Some(e) => notes.push((e.up_to_leaf, cp)),
+            None => skipped += 1,
+        }
+    }
     // Stable: a statement follows the checkpoint of the same size.
     notes.sort_by_key(|(size, _)| *size);
     let text: String = notes.iter().map(|(_, cp)| serde_json::to_string(cp).unwrap_or_default() + "\n").collect();
@@ -521,6 +583,22 @@ pub(crate) async fn verify_log_paced(
         .into_iter()
         .map(|r| ("database".to_owned(), Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id }))
         .collect();
+    // A statement row whose columns (what the database's guard reads) say
+    // more than its signed body is a forged row.
+    for r in palisade_store::audit::all_expiries(db.reader()).await? {
+        let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
+        if verifier.verify_expiry(&cp).is_some_and(|(up_to, _)| up_to as i64 != r.up_to_leaf) {
+            report.problems.push(format!("a retention statement row claims leaf {} its body does not", r.up_to_leaf));
+        }
+    }
+    for (tenant, r) in palisade_store::audit::all_tenant_expiries(db.reader()).await? {
+        let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
+        if verifier.verify_tenant_expiry(&cp).is_some_and(|e| e.up_to_leaf as i64 != r.up_to_leaf || e.tenant != tenant)
+        {
+            report.problems.push(format!("a retention statement row of tenant {tenant} claims what its body does not"));
+        }
+        all_expiries.push(("database".to_owned(), cp));
+    }
     all_expiries.extend(all.iter().filter(|(_, c)| c.is_expiry()).cloned());
     all.retain(|(_, c)| !c.is_expiry());
     // The signatures are checked on a thread of their own while the tenant
@@ -532,11 +610,19 @@ pub(crate) async fn verify_log_paced(
             let mut signed: BTreeMap<u64, Hash> = BTreeMap::new();
             // Records below this leaf may be gone: a signed retention statement says so.
             let mut expired_below = 0u64;
+            // A tenant's own statements: its records below the leaf may be
+            // gone, and its tree's first leaves must have the signed root.
+            let mut tenant_expired: HashMap<String, u64> = HashMap::new();
+            let mut tenant_roots: Vec<crate::checkpoint::TenantExpiry> = Vec::new();
             for (source, st) in &all_expiries {
-                match verifier.verify_expiry(st) {
-                    Some((up_to, _)) => expired_below = expired_below.max(up_to),
-                    None => problems
-                        .push(format!("a retention statement in the {source} has an invalid signature or format")),
+                if let Some((up_to, _)) = verifier.verify_expiry(st) {
+                    expired_below = expired_below.max(up_to);
+                } else if let Some(e) = verifier.verify_tenant_expiry(st) {
+                    let below = tenant_expired.entry(e.tenant.clone()).or_default();
+                    *below = (*below).max(e.up_to_leaf);
+                    tenant_roots.push(e);
+                } else {
+                    problems.push(format!("a retention statement in the {source} has an invalid signature or format"));
                 }
             }
             // The database and the file hold the same notes: check each once
@@ -560,15 +646,22 @@ pub(crate) async fn verify_log_paced(
                     None => problems.push(format!("a checkpoint in the {source} has an invalid signature or format")),
                 }
             }
-            (expired_below, signed, problems)
+            (expired_below, tenant_expired, tenant_roots, signed, problems)
         })
     };
 
     // The tenant trees are rebuilt alongside, from the same records.
     let tenant_checkpoints = palisade_store::audit::all_tenant_checkpoints(db.reader()).await?;
-    let (expired_below, signed, problems) = checked.await.map_err(|e| LogError::File(std::io::Error::other(e)))?;
+    let (expired_below, tenant_expired, tenant_roots, signed, problems) =
+        checked.await.map_err(|e| LogError::File(std::io::Error::other(e)))?;
     report.problems.extend(problems);
     let mut tenants = crate::tenant::Rebuild::new(tenant_checkpoints, verifier);
+    // A tenant statement's root is a signed checkpoint of the tenant's tree:
+    // a record of anyone else counted as the tenant's (to excuse its
+    // removal) changes the tree it vouches for.
+    for e in &tenant_roots {
+        tenants.trust(&e.tenant, e.size, e.root);
+    }
     // The stored tenant leaves of the chunk being read, once one of its
     // records turns out expired.
     let mut expired_entries: Option<(i64, TenantEntries)> = None;
@@ -581,6 +674,13 @@ pub(crate) async fn verify_log_paced(
     // beside the scan, the database does it while the records are checked.
     let strays = palisade_store::audit::unlogged_events_serial(db, 10);
     let mut upcoming = signed.iter().peekable();
+    // Where each tenant statement cuts the log, the tenant's tree must hold
+    // exactly its signed number of leaves: a record of anyone else counted
+    // as the tenant's (to excuse its removal) makes one too many.
+    let mut cuts: Vec<(u64, String, u64)> =
+        tenant_roots.iter().map(|e| (e.up_to_leaf, e.tenant.clone(), e.size)).collect();
+    cuts.sort_unstable();
+    let mut cuts = cuts.into_iter().peekable();
     let scan = async {
         'scan: while let Some(next) = chunks.recv().await {
             let Staged { from, chunk, pres } = next?;
@@ -591,6 +691,12 @@ pub(crate) async fn verify_log_paced(
             for pre in &pres {
                 let record = &chunk[pre.start..pre.end];
                 let index = frontier.size();
+                while let Some((at, tenant, size)) = cuts.next_if(|c| c.0 <= index) {
+                    if let Some(problem) = tenants.cut(&tenant, at, size) {
+                        report.problems.push(problem);
+                        break 'scan;
+                    }
+                }
                 let hash = if let Some((i, hash)) = pre.good.filter(|(i, _)| *i == index) {
                     // Checked ahead: the record is present and hashes to
                     // its leaf. Its tenant leaf counts only if hashed with
@@ -630,27 +736,33 @@ pub(crate) async fn verify_log_paced(
                         break 'scan;
                     }
                     if let Some(problem) = leaf.2 {
-                        let expired = leaf.3 && index < expired_below;
+                        // A record that is gone: its tenant leaf as stored.
+                        if leaf.3 && index < placed && expired_entries.as_ref().is_none_or(|(f, _)| *f != from) {
+                            let entries =
+                                palisade_store::audit::tenant_tree_entries(db.reader(), from, from + pace.chunk)
+                                    .await?;
+                            expired_entries = Some((from, entries));
+                        }
+                        let entry = expired_entries
+                            .as_ref()
+                            .filter(|_| leaf.3 && index < placed)
+                            .and_then(|(_, e)| e.get(&(index as i64)));
+                        // Gone by the platform's statement, or by its own
+                        // tenant's (a stored tenant naming another tenant
+                        // puts the leaf in that tenant's tree, whose signed
+                        // roots then fail).
+                        let by_tenant =
+                            entry.is_some_and(|(t, _)| tenant_expired.get(t).is_some_and(|below| index < *below));
+                        let expired = leaf.3 && (index < expired_below || by_tenant);
                         if !expired {
                             report.problems.push(problem);
                             break 'scan;
                         }
-                        // The record is gone: its tenant leaf is taken as stored
-                        // (the tenant's signed roots still vouch for it).
-                        if index < placed {
-                            if expired_entries.as_ref().is_none_or(|(f, _)| *f != from) {
-                                let entries =
-                                    palisade_store::audit::tenant_tree_entries(db.reader(), from, from + pace.chunk)
-                                        .await?;
-                                expired_entries = Some((from, entries));
-                            }
-                            if let Some((tenant, h)) =
-                                expired_entries.as_ref().and_then(|(_, e)| e.get(&(index as i64)))
-                            {
-                                match merkle::decode_hash(h) {
-                                    Some(h) => tenants.push_hash(tenant, h),
-                                    None => tenants.fail(tenant, format!("tenant leaf of leaf {index} is unreadable")),
-                                }
+                        // The tenant's signed roots still vouch for its leaf.
+                        if let Some((tenant, h)) = entry {
+                            match merkle::decode_hash(h) {
+                                Some(h) => tenants.push_hash(tenant, h),
+                                None => tenants.fail(tenant, format!("tenant leaf of leaf {index} is unreadable")),
                             }
                         }
                     } else if index < placed {
@@ -692,6 +804,19 @@ pub(crate) async fn verify_log_paced(
     let (scanned, strays) = tokio::join!(scan, strays);
     scanned?;
     let strays = strays?;
+    if report.problems.is_empty() {
+        for (at, tenant, size) in cuts {
+            let problem = if at > frontier.size() {
+                Some(format!("a retention statement of tenant {tenant} reaches past the log (leaf {at})"))
+            } else {
+                tenants.cut(&tenant, at, size)
+            };
+            if let Some(problem) = problem {
+                report.problems.push(problem);
+                break;
+            }
+        }
+    }
     report.records = frontier.size();
     report.checkpoints = signed.len() as u64;
     report.pending = u64::try_from(palisade_store::audit::pending_count(db.reader()).await?).unwrap_or(0);

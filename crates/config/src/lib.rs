@@ -134,6 +134,9 @@ pub struct Retention {
     pub sessions_hours: u32,
     pub sessions_min_hours: u32,
     pub sessions_max_hours: u32,
+    /// A tenant's own audit period is at least this; at most (and by
+    /// default) `audit.retention_days`.
+    pub audit_min_days: u32,
     /// Between soft deletion (restorable by the operator) and removal.
     pub grace_days: u32,
     /// Rows per transaction of the sweeper.
@@ -157,6 +160,7 @@ impl Default for Retention {
             sessions_hours: 1,
             sessions_min_hours: 1,
             sessions_max_hours: 720,
+            audit_min_days: 365,
             grace_days: 30,
             batch: 500,
         }
@@ -1223,13 +1227,16 @@ impl Config {
             || r.sessions_min_hours == 0
             || r.sessions_min_hours > r.sessions_hours
             || r.sessions_hours > r.sessions_max_hours
+            || r.audit_min_days == 0
+            || (self.audit.retention_days != 0 && r.audit_min_days > self.audit.retention_days)
             || !(1..=10_000).contains(&r.batch)
             || r.grace_days == 0
         {
             return Err(ConfigError(
                 "retention: need 1 <= messages_min_days <= messages_days <= messages_max_days, the same of \
                  calls_*, recordings_* and sessions_*_hours, webhooks_min_days <= webhooks.retention_days \
-                 (unless 0) <= webhooks_max_days, grace_days >= 1 and batch 1 to 10000"
+                 (unless 0) <= webhooks_max_days, 1 <= audit_min_days <= audit.retention_days (unless 0), \
+                 grace_days >= 1 and batch 1 to 10000"
                     .into(),
             ));
         }

@@ -726,6 +726,20 @@ pub async fn apply_audit_retention(state: &AppState) -> anyhow::Result<Option<(u
     Ok(expired)
 }
 
+/// Audit records of tenants whose own period is shorter than the
+/// platform's, under a signed statement of each. How many.
+pub async fn apply_tenant_audit_retention(state: &AppState) -> Result<u64, palisade_audit::log::LogError> {
+    let proof = palisade_core::principal::SysadminProof::verified();
+    palisade_api::retention::apply_audit_retention(
+        &state.audit_log,
+        &state.db,
+        &state.config,
+        &proof,
+        state.clock.as_ref(),
+    )
+    .await
+}
+
 /// Ended sessions past their tenant's period (`retention.sessions_*`,
 /// hours). How many.
 pub async fn apply_session_retention(state: &AppState) -> Result<u64, palisade_store::StoreError> {
@@ -861,6 +875,9 @@ fn spawn_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
                     }
                     if let Err(e) = apply_audit_retention(&state).await {
                         tracing::warn!(error = %e, "audit retention failed");
+                    }
+                    if let Err(e) = apply_tenant_audit_retention(&state).await {
+                        tracing::warn!(error = %e, "tenants' audit retention failed");
                     }
                     if let Err(e) = apply_session_retention(&state).await {
                         tracing::warn!(error = %e, "session retention failed");

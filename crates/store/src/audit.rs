@@ -913,23 +913,20 @@ pub async fn all_expiries<'c>(ex: impl Executor<'c, Database = Any>) -> Result<V
 
 /// The first leaf (in tree order) whose record is not older than `cutoff_ms`,
 /// or the tree size if all are: leaves before it form the expirable range.
-pub async fn first_leaf_not_before(tx: &mut crate::Tx, cutoff_ms: i64) -> Result<i64> {
-    let first: Option<i64> = sqlx::query_scalar(
-        "SELECT MIN(l.leaf_index) FROM audit_leaves l JOIN audit_events e ON e.seq = l.event_seq WHERE e.ts >= $1",
+pub async fn first_leaf_not_before<'c>(ex: impl Executor<'c, Database = Any>, cutoff_ms: i64) -> Result<i64> {
+    // One statement: the range and the tree size in the same snapshot.
+    Ok(sqlx::query_scalar(
+        "SELECT COALESCE((SELECT MIN(l.leaf_index) FROM audit_leaves l JOIN audit_events e ON e.seq = l.event_seq \
+                          WHERE e.ts >= $1), \
+                         (SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM audit_leaves))",
     )
     .bind(cutoff_ms)
-    .fetch_one(&mut **tx)
-    .await?;
-    match first {
-        Some(i) => Ok(i),
-        None => Ok(sqlx::query_scalar("SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM audit_leaves")
-            .fetch_one(&mut **tx)
-            .await?),
-    }
+    .fetch_one(ex)
+    .await?)
 }
 
-pub async fn expired_up_to(tx: &mut crate::Tx) -> Result<i64> {
-    Ok(sqlx::query_scalar("SELECT COALESCE(MAX(up_to_leaf), 0) FROM audit_expiries").fetch_one(&mut **tx).await?)
+pub async fn expired_up_to<'c>(ex: impl Executor<'c, Database = Any>) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT COALESCE(MAX(up_to_leaf), 0) FROM audit_expiries").fetch_one(ex).await?)
 }
 
 /// Records the signed statement, then removes the covered event rows.
@@ -949,4 +946,89 @@ pub async fn expire(tx: &mut crate::Tx, statement: &ExpiryRow) -> Result<u64> {
             .execute(&mut **tx)
             .await?;
     Ok(r.rows_affected())
+}
+
+// ---- A tenant's own retention ----
+
+/// How far the tenant's own retention statements reach (0: none).
+pub async fn tenant_expired_up_to<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT COALESCE(MAX(up_to_leaf), 0) FROM audit_tenant_expiries WHERE tenant_id = $1")
+        .bind(scope.tenant_id().to_string())
+        .fetch_one(ex)
+        .await?)
+}
+
+/// Records the tenant's signed statement; its records go afterwards, in
+/// batches ([`remove_tenant_expired`]).
+pub async fn record_tenant_expiry(tx: &mut crate::Tx, scope: &TenantScope, statement: &ExpiryRow) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_tenant_expiries (tenant_id, up_to_leaf, ts, body, signature, key_id) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(statement.up_to_leaf)
+    .bind(statement.ts)
+    .bind(&statement.body)
+    .bind(&statement.signature)
+    .bind(&statement.key_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Removes at most `limit` of the tenant's records that its own statements
+/// cover. How many went.
+pub async fn remove_tenant_expired(tx: &mut crate::Tx, scope: &TenantScope, limit: i64) -> Result<u64> {
+    let r = sqlx::query(
+        "DELETE FROM audit_events WHERE seq IN (\
+           SELECT e.seq FROM audit_events e JOIN audit_leaves l ON l.event_seq = e.seq \
+           WHERE e.tenant_id = $1 \
+             AND l.leaf_index < (SELECT COALESCE(MAX(x.up_to_leaf), 0) FROM audit_tenant_expiries x \
+                                 WHERE x.tenant_id = $1) \
+           ORDER BY e.seq LIMIT $2)",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(limit)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Every tenant's retention statements, `(tenant id, statement)`.
+pub async fn all_tenant_expiries<'c>(ex: impl Executor<'c, Database = Any>) -> Result<Vec<(String, ExpiryRow)>> {
+    let rows: Vec<(String, i64, i64, String, String, String)> = sqlx::query_as(
+        "SELECT tenant_id, up_to_leaf, ts, body, signature, key_id FROM audit_tenant_expiries \
+         ORDER BY tenant_id, up_to_leaf",
+    )
+    .fetch_all(ex)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(t, up_to_leaf, ts, body, signature, key_id)| (t, ExpiryRow { up_to_leaf, ts, body, signature, key_id }))
+        .collect())
+}
+
+/// How many of the tenant's leaves lie before leaf `up_to`: its tree's size
+/// at that point of the log.
+pub async fn tenant_leaves_before<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    up_to: i64,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM audit_tenant_tree WHERE tenant_id = $1 AND leaf_index < $2")
+        .bind(scope.tenant_id().to_string())
+        .bind(up_to)
+        .fetch_one(ex)
+        .await?)
+}
+
+/// The leaf of the tenant's oldest record still present (by event order).
+pub async fn oldest_leaf_of<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT l.leaf_index FROM audit_events e JOIN audit_leaves l ON l.event_seq = e.seq \
+         WHERE e.tenant_id = $1 ORDER BY e.seq LIMIT 1",
+    )
+    .bind(scope.tenant_id().to_string())
+    .fetch_optional(ex)
+    .await?)
 }

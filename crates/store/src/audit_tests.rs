@@ -506,18 +506,18 @@ async fn retention_removes_only_what_a_signed_statement_covers() {
     let l = log().await;
     let db = &l.db;
     let mut tx = db.begin().await.unwrap();
-    assert_eq!(first_leaf_not_before(&mut tx, 0).await.unwrap(), 0);
-    assert_eq!(first_leaf_not_before(&mut tx, 1002).await.unwrap(), 2);
-    assert_eq!(first_leaf_not_before(&mut tx, 1003).await.unwrap(), 3);
+    assert_eq!(first_leaf_not_before(&mut *tx, 0).await.unwrap(), 0);
+    assert_eq!(first_leaf_not_before(&mut *tx, 1002).await.unwrap(), 2);
+    assert_eq!(first_leaf_not_before(&mut *tx, 1003).await.unwrap(), 3);
     // All older (e5 is no leaf yet): the tree's size.
-    assert_eq!(first_leaf_not_before(&mut tx, 1004).await.unwrap(), 4);
-    assert_eq!(expired_up_to(&mut tx).await.unwrap(), 0);
+    assert_eq!(first_leaf_not_before(&mut *tx, 1004).await.unwrap(), 4);
+    assert_eq!(expired_up_to(&mut *tx).await.unwrap(), 0);
     tx.rollback().await.unwrap();
 
     let mut tx = db.begin().await.unwrap();
     let statement = ExpiryRow { up_to_leaf: 3, ts: 9, body: "b".into(), signature: "s".into(), key_id: "k".into() };
     assert_eq!(expire(&mut tx, &statement).await.unwrap(), 3);
-    assert_eq!(expired_up_to(&mut tx).await.unwrap(), 3);
+    assert_eq!(expired_up_to(&mut *tx).await.unwrap(), 3);
     tx.commit().await.unwrap();
     let left: Vec<i64> =
         sqlx::query_scalar("SELECT seq FROM audit_events ORDER BY seq").fetch_all(db.reader()).await.unwrap();
@@ -543,7 +543,7 @@ async fn an_empty_log_and_events_behind_its_back() {
     let db = open(dir.path()).await;
     assert_eq!(max_leaf_index(db.reader()).await.unwrap(), None);
     let mut tx = db.begin().await.unwrap();
-    assert_eq!(first_leaf_not_before(&mut tx, 0).await.unwrap(), 0);
+    assert_eq!(first_leaf_not_before(&mut *tx, 0).await.unwrap(), 0);
     tx.rollback().await.unwrap();
     assert!(!any_pending(db.reader()).await.unwrap());
     assert!(unlogged_events(db.reader(), 10).await.unwrap().is_empty());

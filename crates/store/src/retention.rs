@@ -19,6 +19,8 @@ pub enum Kind {
     Webhooks,
     /// Ended sessions (token families and their refresh tokens), in hours.
     Sessions,
+    /// The tenant's audit records (a period shorter than the platform's).
+    Audit,
 }
 
 impl Kind {
@@ -29,6 +31,7 @@ impl Kind {
             Kind::Recordings => "retention_recordings_days",
             Kind::Webhooks => "retention_webhooks_days",
             Kind::Sessions => "retention_sessions_hours",
+            Kind::Audit => "retention_audit_days",
         }
     }
 }

@@ -56,6 +56,12 @@ pub struct TenantRetention {
     sessions_hours: i64,
     sessions_chosen: bool,
     sessions_bounds: HourBounds,
+    /// The tenant's audit records are removed after this many days, under
+    /// a signed statement (the log still verifies); 0 keeps them. Never
+    /// longer than the platform's period (`audit_bounds.max_days`).
+    audit_days: i64,
+    audit_chosen: bool,
+    audit_bounds: Bounds,
     grace_days: u32,
 }
 
@@ -85,6 +91,10 @@ pub struct TenantRetentionChange {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable, value_type = Option<i64>, minimum = 1, maximum = 876000)]
     sessions_hours: Option<Option<i64>>,
+    /// Within `audit_bounds`, as `messages_days`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable, value_type = Option<i64>, minimum = 1, maximum = 36500)]
+    audit_days: Option<Option<i64>>,
 }
 
 /// A member that is there (its value, `null` allowed), told apart from
@@ -100,11 +110,11 @@ fn bounds(config: &palisade_config::Config, kind: Kind) -> Bounds {
 
 async fn read(state: &AppState, scope: &TenantScope) -> Result<TenantRetention, ApiError> {
     let c = &state.config;
-    let mut own = [None; 5];
+    let mut own = [None; 6];
     for (slot, kind) in own.iter_mut().zip(KINDS) {
         *slot = palisade_store::retention::days(state.db.reader(), scope, kind).await?;
     }
-    let [messages, calls, recordings, webhooks, sessions] = own;
+    let [messages, calls, recordings, webhooks, sessions, audit] = own;
     let (default_hours, min_hours, max_hours) = period_rule(c, Kind::Sessions);
     Ok(TenantRetention {
         messages_days: period(c, Kind::Messages, messages),
@@ -122,11 +132,14 @@ async fn read(state: &AppState, scope: &TenantScope) -> Result<TenantRetention, 
         sessions_hours: period(c, Kind::Sessions, sessions),
         sessions_chosen: sessions.is_some(),
         sessions_bounds: HourBounds { min_hours, max_hours, default_hours },
+        audit_days: period(c, Kind::Audit, audit),
+        audit_chosen: audit.is_some(),
+        audit_bounds: bounds(c, Kind::Audit),
         grace_days: c.retention.grace_days,
     })
 }
 
-const KINDS: [Kind; 5] = [Kind::Messages, Kind::Calls, Kind::Recordings, Kind::Webhooks, Kind::Sessions];
+const KINDS: [Kind; 6] = [Kind::Messages, Kind::Calls, Kind::Recordings, Kind::Webhooks, Kind::Sessions, Kind::Audit];
 
 /// How long the tenant's data is kept.
 #[utoipa::path(get, path = "/v1/tenant/retention", tag = "tenant", security(("bearer" = [])),
@@ -137,7 +150,7 @@ pub async fn get(State(state): State<AppState>, auth: Auth) -> Result<Json<Tenan
 }
 
 /// Sets how long the tenant's messages, calls, recordings, webhook
-/// deliveries and ended sessions are kept (`tenant:manage`,
+/// deliveries, ended sessions and audit records are kept (`tenant:manage`,
 /// a recent second factor: a shorter period deletes data).
 #[utoipa::path(put, path = "/v1/tenant/retention", tag = "tenant", request_body = TenantRetentionChange,
     security(("bearer" = [])),
@@ -155,11 +168,12 @@ pub async fn put(
         ("recordings_days", Kind::Recordings, req.recordings_days),
         ("webhooks_days", Kind::Webhooks, req.webhooks_days),
         ("sessions_hours", Kind::Sessions, req.sessions_hours),
+        ("audit_days", Kind::Audit, req.audit_days),
     ];
     if changes.iter().all(|(_, _, days)| days.is_none()) {
         return Err(ApiError::validation(
             "messages_days",
-            "give messages_days, calls_days, recordings_days, webhooks_days or sessions_hours",
+            "give messages_days, calls_days, recordings_days, webhooks_days, sessions_hours or audit_days",
         ));
     }
     for (field, kind, days) in changes {

@@ -37,6 +37,7 @@ backend_tests!(
     integrator_refuses_a_rewritten_head,
     tenant_sequence_reveals_nothing_of_others,
     forged_tenant_checkpoint_is_detected,
+    a_tenants_shorter_audit_period_removes_its_records_only,
 );
 
 /// A server with some history, stopped, so the CLI owns the data.
@@ -669,5 +670,72 @@ async fn forged_tenant_checkpoint_is_detected(b: Backend) {
     };
     tamper(&srv, &[disarm, &sql]).await;
     assert_tampered(verify(&srv), "has an invalid signature");
+    srv.stop().await;
+}
+
+/// A tenant that keeps its trail a shorter time than the platform: its old
+/// records go under a signed statement of its own, another tenant's stay,
+/// and the whole log (and each tenant's tree) still verifies.
+async fn a_tenants_shorter_audit_period_removes_its_records_only(b: Backend) {
+    let mut srv = TestServer::start(b).await;
+    let brief = srv.tenant("Brief").await;
+    let lasting = srv.tenant("Lasting").await;
+    // Owner keys outlive the year the test skips.
+    let (_, short) = srv.api_key(&brief.token, json!({"name": "short", "role": "owner"})).await;
+    let (_, long) = srv.api_key(&lasting.token, json!({"name": "long", "role": "owner"})).await;
+    // At least `retention.audit_min_days` (365), at most the platform's period (2557).
+    for bad in [364, 2558] {
+        srv.call(Method::PUT, "/v1/tenant/retention", Some(&short), Some(json!({"audit_days": bad}))).await.expect(400);
+    }
+    let r = srv.call(Method::PUT, "/v1/tenant/retention", Some(&short), Some(json!({"audit_days": 365}))).await;
+    let r = r.expect(200);
+    assert_eq!((r.body["audit_days"].as_i64(), r.body["audit_chosen"].as_bool()), (Some(365), Some(true)));
+    assert_eq!(r.body["audit_bounds"], json!({"min_days": 365, "max_days": 2557, "default_days": 2557}));
+    let other = srv.get("/v1/tenant/retention", &long).await.expect(200);
+    assert_eq!((other.body["audit_days"].as_i64(), other.body["audit_chosen"].as_bool()), (Some(2557), Some(false)));
+    for i in 0..3 {
+        srv.api_key(&short, json!({"name": format!("old{i}"), "role": "read_only"})).await;
+        srv.api_key(&long, json!({"name": format!("old{i}"), "role": "read_only"})).await;
+    }
+    let state = srv.state().clone();
+    state.audit_log.integrate(srv.clock.now_ms()).await.unwrap();
+    let ids =
+        |events: Vec<Value>| -> Vec<String> { events.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect() };
+    let old_short = ids(srv.events(&short, "limit=500").await);
+    let old_long = ids(srv.events(&long, "limit=500").await);
+    // Nothing is old enough yet.
+    assert_eq!(palisade::apply_tenant_audit_retention(&state).await.unwrap(), 0);
+
+    srv.clock.advance_ms(366 * 24 * 3600 * 1000);
+    srv.api_key(&short, json!({"name": "new", "role": "read_only"})).await;
+    srv.api_key(&long, json!({"name": "new", "role": "read_only"})).await;
+    state.audit_log.integrate(srv.clock.now_ms()).await.unwrap();
+    let removed = palisade::apply_tenant_audit_retention(&state).await.unwrap();
+    assert_eq!(removed as usize, old_short.len());
+    let now_short = ids(srv.events(&short, "limit=500").await);
+    assert!(now_short.iter().all(|id| !old_short.contains(id)), "the tenant's old records are gone");
+    let now_long = ids(srv.events(&long, "limit=500").await);
+    assert!(old_long.iter().all(|id| now_long.contains(id)), "another tenant's old records stay");
+    // Audited in the tenant's own trail, once; a second pass has nothing to do.
+    let passes = srv.events(&short, "action=retention.applied").await;
+    assert_eq!(passes.len(), 1, "{passes:?}");
+    assert_eq!(passes[0]["details"]["audit"]["removed"], removed);
+    assert_eq!(palisade::apply_tenant_audit_retention(&state).await.unwrap(), 0);
+    state.audit_log.integrate(srv.clock.now_ms()).await.unwrap();
+    let v = srv.get("/v1/events/verify", &short).await.expect(200);
+    assert_eq!(v.body["status"], "intact", "{}", v.body);
+
+    srv.halt().await;
+    let (code, text) = verify(&srv);
+    assert_eq!(code, 0, "a log with a tenant's signed expiry verifies: {text}");
+    // The other tenant's records are no less protected: deleting one of
+    // its old records is tampering.
+    let seq = scalar(
+        &srv,
+        &format!("SELECT MIN(seq) FROM audit_events WHERE tenant_id = '{}' AND action = 'api_key.created'", lasting.id),
+    )
+    .await;
+    tamper(&srv, &[&format!("DELETE FROM audit_events WHERE seq = {seq}")]).await;
+    assert_tampered(verify(&srv), &format!("record seq {seq} "));
     srv.stop().await;
 }
