@@ -1,9 +1,10 @@
 //! A phone number's erasure within one tenant: someone the tenant wrote to
 //! or called asks to be forgotten. Message bodies are blanked and the
-//! number masked in messages and calls (live ones too), then the
-//! recordings of masked calls go, in batches (one short transaction each;
-//! a request cut short is finished by repeating it). CDRs written before
-//! keep the number: immutable billing records, they leave by retention.
+//! number masked in messages, calls (live ones too), CDRs (only the
+//! number: a CDR's amounts and times stay as written) and webhook event
+//! payloads, then the recordings
+//! of masked calls go, in batches (one short transaction each; a request
+//! cut short is finished by repeating it).
 //! Audited as `number.erased` with the masked number, however far it got.
 
 use palisade_audit::{Context, Event};
@@ -18,6 +19,8 @@ use crate::state::AppState;
 pub struct Erased {
     pub messages: u64,
     pub calls: u64,
+    pub cdrs: u64,
+    pub webhook_events: u64,
     pub recordings: u64,
 }
 
@@ -63,6 +66,25 @@ async fn erase(
         let n = palisade_store::erasure::calls(&mut tx, scope, number, masked, batch).await?;
         tx.commit().await?;
         erased.calls += n;
+        if n < full {
+            break;
+        }
+    }
+    // After the calls: a live call's CDR is written with the masked number.
+    loop {
+        let mut tx = state.db.begin().await?;
+        let n = palisade_store::erasure::cdrs(&mut tx, scope, number, masked, batch).await?;
+        tx.commit().await?;
+        erased.cdrs += n;
+        if n < full {
+            break;
+        }
+    }
+    loop {
+        let mut tx = state.db.begin().await?;
+        let n = palisade_store::erasure::webhook_events(&mut tx, scope, number, masked, batch).await?;
+        tx.commit().await?;
+        erased.webhook_events += n;
         if n < full {
             break;
         }

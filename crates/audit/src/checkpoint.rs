@@ -29,12 +29,14 @@ pub const FORMAT: &str = "palisade-audit/v1";
 /// ```
 ///
 /// A tenant's own retention statement has the tenant tree's origin
-/// (`<origin>/tenants/<tenant id>`) and two more lines, the tenant's tree
-/// at the cut: its size and root (base64). "That tenant's records among
-/// leaves [0, up_to_leaf) may be removed; they are the first <size>
-/// leaves of its tree, whose root is this." The root is what makes a
-/// statement excuse the tenant's own records only: a record of anyone else
-/// counted as the tenant's changes that tree.
+/// (`<origin>/tenants/<tenant id>`) and three more lines, the tenant's tree
+/// at the cut: its size, its root (base64) and where its leaves lie (base64
+/// SHA-256 of their log leaf numbers, 8 bytes big-endian each, in order).
+/// "That tenant's records among leaves [0, up_to_leaf) may be removed; they
+/// are the first <size> leaves of its tree, with this root, at these
+/// leaves of the log." Size, root and places together make a statement
+/// excuse the tenant's own records only: a record of anyone else counted
+/// as the tenant's, or a tenant leaf moved, changes one of them.
 pub const EXPIRY_FORMAT: &str = "palisade-audit-expiry/v1";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -92,9 +94,17 @@ pub struct TenantExpiry {
     pub tenant: String,
     pub up_to_leaf: u64,
     pub ts_ms: i64,
-    /// The tenant's leaves among `[0, up_to_leaf)`, and their tree's root.
+    pub tree: TenantCut,
+}
+
+/// A tenant's tree where a retention statement cuts the log: how many of
+/// its leaves lie before the cut, their root, and the SHA-256 of their
+/// places in the log (leaf numbers, 8 bytes big-endian each, in order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantCut {
     pub size: u64,
     pub root: Hash,
+    pub places: Hash,
 }
 
 /// The origin line of a tenant tree's checkpoints.
@@ -143,9 +153,10 @@ impl Signer {
 
     /// A retention statement of one tenant's records (its period is shorter
     /// than the platform's), with its tree's first `size` leaves' root.
-    pub fn sign_tenant_expiry(&self, tenant: &str, up_to_leaf: u64, ts_ms: i64, size: u64, root: &Hash) -> Checkpoint {
+    pub fn sign_tenant_expiry(&self, tenant: &str, up_to_leaf: u64, ts_ms: i64, tree: &TenantCut) -> Checkpoint {
         let origin = tenant_origin(&self.origin, tenant);
-        self.sign_body(format!("{EXPIRY_FORMAT}\n{origin}\n{up_to_leaf}\n{ts_ms}\n{size}\n{}\n", B64.encode(root)))
+        let (root, places) = (B64.encode(tree.root), B64.encode(tree.places));
+        self.sign_body(format!("{EXPIRY_FORMAT}\n{origin}\n{up_to_leaf}\n{ts_ms}\n{}\n{root}\n{places}\n", tree.size))
     }
 
     fn sign_body(&self, body: String) -> Checkpoint {
@@ -220,10 +231,11 @@ impl Verifier {
         let ts_ms = lines.next()?.parse().ok()?;
         let size = lines.next()?.parse().ok()?;
         let root = B64.decode(lines.next()?).ok()?.try_into().ok()?;
+        let places = B64.decode(lines.next()?).ok()?.try_into().ok()?;
         if lines.next().is_some() || !self.signed(cp) {
             return None;
         }
-        Some(TenantExpiry { tenant: tenant.to_owned(), up_to_leaf, ts_ms, size, root })
+        Some(TenantExpiry { tenant: tenant.to_owned(), up_to_leaf, ts_ms, tree: TenantCut { size, root, places } })
     }
 
     fn signed(&self, cp: &Checkpoint) -> bool {
@@ -286,9 +298,10 @@ mod tests {
     fn tenant_expiries_are_their_tenants_only() {
         let s = signer();
         let v = s.verifier();
-        let ex = s.sign_tenant_expiry("t1", 7, 9, 3, &[4u8; 32]);
+        let tree = TenantCut { size: 3, root: [4u8; 32], places: [5u8; 32] };
+        let ex = s.sign_tenant_expiry("t1", 7, 9, &tree);
         assert!(ex.body.starts_with("palisade-audit-expiry/v1\ntest.example/tenants/t1\n7\n9\n3\n"), "{}", ex.body);
-        let expected = TenantExpiry { tenant: "t1".into(), up_to_leaf: 7, ts_ms: 9, size: 3, root: [4u8; 32] };
+        let expected = TenantExpiry { tenant: "t1".into(), up_to_leaf: 7, ts_ms: 9, tree };
         assert_eq!(v.verify_tenant_expiry(&ex), Some(expected));
         // Never the platform's statement (nor its checkpoint), and the platform's is no tenant's.
         assert_eq!((v.verify_expiry(&ex), ex.expiry(), ex.head()), (None, None, None));

@@ -255,7 +255,7 @@ async fn a_tenants_own_retention_removes_its_records_only() {
     let signed: Vec<_> = in_file.iter().filter_map(|c| v.verify_tenant_expiry(c)).collect();
     assert_eq!(signed.len(), 1);
     // a's first six leaves, up to leaf 10 of the log.
-    assert_eq!((signed[0].tenant.as_str(), signed[0].up_to_leaf, signed[0].size), (a.to_string().as_str(), 10, 6));
+    assert_eq!((signed[0].tenant.as_str(), signed[0].up_to_leaf, signed[0].tree.size), (a.to_string().as_str(), 10, 6));
     assert_eq!(log.expire_tenant(&scope, 5_000, 8_000, 4).await.unwrap(), 0);
     assert_eq!(palisade_store::audit::all_tenant_expiries(db.reader()).await.unwrap().len(), 1);
     log.integrate(9_000).await.unwrap();
@@ -341,6 +341,14 @@ async fn a_statement_row_under_another_tenant_excuses_nothing() {
     // guard (which reads the row) now lets b's records go.
     let genuine = palisade_store::audit::all_tenant_expiries(db.reader()).await.unwrap().remove(0).1;
     let mut tx = db.begin().await.unwrap();
+    // The same body in the platform's table: no statement of that table.
+    sqlx::query("INSERT INTO audit_expiries (up_to_leaf, ts, body, signature, key_id) VALUES (1000, 1, $1, $2, $3)")
+        .bind(&genuine.body)
+        .bind(&genuine.signature)
+        .bind(&genuine.key_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     sqlx::query("INSERT INTO audit_tenant_expiries (tenant_id, up_to_leaf, ts, body, signature, key_id) VALUES ($1, 1000, 1, $2, $3, $4)")
         .bind(b.to_string())
         .bind(&genuine.body)
@@ -354,6 +362,7 @@ async fn a_statement_row_under_another_tenant_excuses_nothing() {
     let v = log.signer().verifier();
     let report = verify_log(&db, v, &[file.as_path()], |_| {}).await.unwrap();
     assert!(report.problems.iter().any(|p| p.contains(&format!("tenant {b} claims"))), "{:?}", report.problems);
+    assert!(report.problems.iter().any(|p| p.contains("row claims leaf 1000")), "{:?}", report.problems);
     assert!(report.problems.iter().any(|p| p.contains("leaf 2")), "{:?}", report.problems);
     // No retention signs b's deleted records away.
     assert!(matches!(log.expire(5_000, 8_000).await, Err(crate::log::LogError::Tampered(_))));
@@ -362,6 +371,60 @@ async fn a_statement_row_under_another_tenant_excuses_nothing() {
         log.expire_tenant(&b_scope, 5_000, 200_000_000, 10).await,
         Err(crate::log::LogError::Tampered(_))
     ));
+}
+
+/// Below the platform's cut every record is gone, so a writer could take a
+/// tenant leaf out there and put it elsewhere, over a record it deleted,
+/// keeping the tenant's count and root: the statement also signed where
+/// the tenant's leaves are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_leaf_moved_to_hide_a_deletion_is_found() {
+    use palisade_core::principal::SysadminProof;
+    use palisade_core::TenantScope;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let (t, v) = (TenantId::new(), TenantId::new());
+    events(&db, 2, t, 1_000).await; // leaves 0, 1
+    events(&db, 1, v, 1_100).await; // leaf 2
+    events(&db, 1, t, 2_000).await; // leaf 3
+    let mut tx = db.begin().await.unwrap();
+    append(&mut *tx, &Event::new("platform.note", None, Actor::system()), &Context::default(), 2_100).await.unwrap();
+    tx.commit().await.unwrap(); // leaf 4, no tenant's
+    events(&db, 1, t, 5_000).await; // leaf 5
+    let file = dir.path().join("checkpoints");
+    let log = AuditLog::new(db.clone(), signer(), file.clone());
+    log.integrate(6_000).await.unwrap().unwrap();
+    // The platform keeps from leaf 3; the tenant from leaf 5 (its leaves 0, 1 and 3).
+    assert_eq!(log.expire(1_500, 7_000).await.unwrap(), Some((3, 3)));
+    let scope = TenantScope::for_sysadmin(&SysadminProof::verified(), t);
+    assert_eq!(log.expire_tenant(&scope, 4_000, 7_000, 10).await.unwrap(), 1);
+    log.integrate(8_000).await.unwrap();
+    let v_ = log.signer().verifier();
+    let report = verify_log(&db, v_, &[file.as_path()], |_| {}).await.unwrap();
+    assert!(report.intact(), "{:?}", report.problems);
+    // The platform's record at leaf 4 deleted, and the tenant's three
+    // leaves moved onto leaves 1, 3 and 4 in their order (same count,
+    // same root); the tenant checkpoints out of the way.
+    let tenant = t.to_string();
+    tamper(
+        dir.path(),
+        "DELETE FROM audit_events WHERE seq = (SELECT event_seq FROM audit_leaves WHERE leaf_index = 4)",
+    )
+    .await;
+    tamper(dir.path(), &format!("CREATE TABLE moved AS SELECT tenant_index, leaf_hash FROM audit_tenant_tree WHERE tenant_id = '{tenant}' AND leaf_index < 5")).await;
+    tamper(dir.path(), &format!("DELETE FROM audit_tenant_tree WHERE tenant_id = '{tenant}' AND leaf_index < 5")).await;
+    tamper(
+        dir.path(),
+        &format!(
+            "INSERT INTO audit_tenant_tree (tenant_id, tenant_index, leaf_index, leaf_hash) \
+             SELECT '{tenant}', tenant_index, CASE tenant_index WHEN 0 THEN 1 WHEN 1 THEN 3 ELSE 4 END, leaf_hash FROM moved"
+        ),
+    )
+    .await;
+    tamper(dir.path(), "DELETE FROM audit_tenant_checkpoints").await;
+    let report = verify_log(&db, v_, &[file.as_path()], |_| {}).await.unwrap();
+    let needle = format!("tenant {tenant}'s leaves before leaf 5 are not where its retention statement signed them");
+    assert!(report.problems.iter().any(|p| p.starts_with(&needle)), "{:?}", report.problems);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -457,11 +457,13 @@ impl AuditLog {
         let mut tx = self.db.begin().await?;
         palisade_store::audit::lock_head(&mut tx).await?;
         let up_to = palisade_store::audit::first_leaf_not_before(&mut *tx, cutoff_ms).await?;
-        let already = palisade_store::audit::expired_up_to(&mut *tx).await?;
+        let verifier = self.signer.verifier();
+        // How far the signed statements reach, not a row's say-so: a forged
+        // row must not spare its range the check below.
+        let already = crate::verify::signed_cuts(&self.db, verifier).await?.get("").copied().unwrap_or(0) as i64;
         if up_to <= already {
             return Ok(None);
         }
-        let verifier = self.signer.verifier();
         if let Some(problem) = crate::verify::check_range(&self.db, verifier, already as u64, up_to as u64).await? {
             return Err(LogError::Tampered(problem));
         }
@@ -486,10 +488,11 @@ impl AuditLog {
 
     /// A tenant's own retention, shorter than the platform's: at most once a
     /// day, signs a statement that the tenant's records among the leaves
-    /// older than `cutoff_ms` may go, with its tree's root over them (once
-    /// the range is checked untampered), then removes them, `batch` rows
-    /// per transaction. Leftovers of a pass that stopped midway go at the
-    /// next. Returns the rows removed.
+    /// older than `cutoff_ms` may go, with its tree's size, root and the
+    /// places of its leaves at that cut (once the range is checked
+    /// untampered), then removes them, `batch` rows per transaction.
+    /// Leftovers of a pass that stopped midway go at the next. Returns the
+    /// rows removed.
     pub async fn expire_tenant(
         &self,
         scope: &TenantScope,
@@ -515,14 +518,14 @@ impl AuditLog {
         let mut removed = 0;
         if own.iter().all(|e| e.ts_ms <= now_ms - DAY_MS) {
             if let Some(up_to) = self.sign_tenant_cut(&tenant, scope, own_up_to, cutoff_ms, now_ms).await? {
-                removed += self.remove_tenant_records(scope, batch).await?;
+                removed += self.remove_tenant_records(scope, up_to, batch).await?;
                 tracing::debug!(tenant = %tenant, up_to, removed, "a tenant's audit records past its period removed");
                 return Ok(removed);
             }
         }
         // A pass that stopped between the statement and the removal.
         if own_up_to > 0 && palisade_store::audit::oldest_leaf_of(reader, scope).await?.is_some_and(|l| l < own_up_to) {
-            removed += self.remove_tenant_records(scope, batch).await?;
+            removed += self.remove_tenant_records(scope, own_up_to, batch).await?;
         }
         Ok(removed)
     }
@@ -548,17 +551,25 @@ impl AuditLog {
         if up_to <= from {
             return Ok(None);
         }
-        let size = palisade_store::audit::tenant_leaves_before(reader, scope, up_to).await?;
-        let before = palisade_store::audit::tenant_leaves_before(reader, scope, from).await?;
-        if size <= before {
+        let leaves = palisade_store::audit::tenant_leaves_before(reader, scope, up_to).await?;
+        if !leaves.iter().any(|l| *l >= from) {
             return Ok(None);
         }
         // Read without the write lock held: the first range may be long.
         if let Some(problem) = crate::verify::check_range(&self.db, verifier, from as u64, up_to as u64).await? {
             return Err(LogError::Tampered(problem));
         }
-        let root = self.subtree(Tree::Tenant(tenant), 0, size as u64).await?;
-        let statement = self.signer.sign_tenant_expiry(tenant, up_to as u64, now_ms, size as u64, &root);
+        let size = leaves.len() as u64;
+        let mut places = <sha2::Sha256 as sha2::Digest>::new();
+        for l in &leaves {
+            sha2::Digest::update(&mut places, (*l as u64).to_be_bytes());
+        }
+        let tree = crate::checkpoint::TenantCut {
+            size,
+            root: self.subtree(Tree::Tenant(tenant), 0, size).await?,
+            places: sha2::Digest::finalize(places).into(),
+        };
+        let statement = self.signer.sign_tenant_expiry(tenant, up_to as u64, now_ms, &tree);
         let row = palisade_store::audit::ExpiryRow {
             up_to_leaf: up_to,
             ts: now_ms,
@@ -579,12 +590,13 @@ impl AuditLog {
         Ok(Some(up_to))
     }
 
-    /// Removes the tenant's records its statements cover, in batches.
-    async fn remove_tenant_records(&self, scope: &TenantScope, batch: i64) -> Result<u64, LogError> {
+    /// Removes the tenant's records before leaf `up_to` (its signed cut),
+    /// in batches.
+    async fn remove_tenant_records(&self, scope: &TenantScope, up_to: i64, batch: i64) -> Result<u64, LogError> {
         let mut removed = 0;
         loop {
             let mut tx = self.db.begin().await?;
-            let n = palisade_store::audit::remove_tenant_expired(&mut tx, scope, batch).await?;
+            let n = palisade_store::audit::remove_tenant_expired(&mut tx, scope, up_to, batch).await?;
             tx.commit().await?;
             removed += n;
             if n < batch.max(1) as u64 {

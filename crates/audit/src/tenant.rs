@@ -110,6 +110,8 @@ pub(crate) struct Rebuild {
     trees: Tenants<Rebuilt>,
     buf: Vec<u8>,
     problems: Vec<String>,
+    /// The leaf of the log being pushed (`at`).
+    at: u64,
 }
 
 #[derive(Default)]
@@ -121,6 +123,9 @@ struct Rebuilt {
     /// none), found again only once the tree passes it: one lookup per
     /// checkpoint rather than per leaf.
     next_root: u64,
+    /// For a tenant with retention statements: the SHA-256 of its leaves'
+    /// places in the log so far.
+    places: Option<sha2::Sha256>,
 }
 
 impl Rebuild {
@@ -164,24 +169,40 @@ impl Rebuild {
                 problems.push(format!("the newest checkpoint of tenant {tenant}'s tree has an invalid signature"));
             }
         }
-        Self { trees, buf: Vec::with_capacity(1024), problems }
+        Self { trees, buf: Vec::with_capacity(1024), problems, at: 0 }
     }
 
     /// A signed root of `tenant`'s tree at `size` from a retention
     /// statement: checked like its checkpoints (it wins over an unsigned
     /// stored one of the same size).
     pub(crate) fn trust(&mut self, tenant: &str, size: u64, root: Hash) {
-        self.trees.entry(tenant.to_owned()).or_default().roots.insert(size, root);
+        let t = self.trees.entry(tenant.to_owned()).or_default();
+        t.roots.insert(size, root);
+        t.places.get_or_insert_with(sha2::Digest::new);
+    }
+
+    /// The leaf of the log the next push is at.
+    pub(crate) fn at(&mut self, leaf: u64) {
+        self.at = leaf;
     }
 
     /// At leaf `at` of the log, a retention statement says `tenant`'s tree
     /// holds `size` leaves: a problem if the rebuilt tree disagrees.
-    pub(crate) fn cut(&self, tenant: &str, at: u64, size: u64) -> Option<String> {
-        let held = self.trees.get(tenant).map_or(0, |t| t.f.size());
-        (held != size).then(|| {
+    pub(crate) fn cut(&self, tenant: &str, at: u64, cut: &crate::checkpoint::TenantCut) -> Option<String> {
+        let t = self.trees.get(tenant);
+        let held = t.map_or(0, |t| t.f.size());
+        if held != cut.size {
+            return Some(format!(
+                "tenant {tenant}'s tree holds {held} leaves before leaf {at}, its retention statement signed {}: \
+                 another's record was counted as the tenant's, or one of its own was taken out",
+                cut.size
+            ));
+        }
+        let places: Option<Hash> = t.and_then(|t| t.places.clone()).map(|p| sha2::Digest::finalize(p).into());
+        (places != Some(cut.places)).then(|| {
             format!(
-                "tenant {tenant}'s tree holds {held} leaves before leaf {at}, its retention statement signed {size}: \
-                 another's record was counted as the tenant's"
+                "tenant {tenant}'s leaves before leaf {at} are not where its retention statement signed them: \
+                 records were moved between the tenant's tree and the log"
             )
         })
     }
@@ -192,12 +213,13 @@ impl Rebuild {
         if !self.trees.contains_key(tenant) {
             self.trees.insert(tenant.to_owned(), Rebuilt::default());
         }
+        let at = self.at;
         // One lookup per leaf: full verification pushes millions.
         let Some(t) = self.trees.get_mut(tenant) else { return };
         let seq = t.f.size() as i64 + 1;
         LeafFields { seq, ..*fields }.encode_as(TENANT_LEAF, &mut self.buf);
         let h = merkle::leaf_hash(&self.buf);
-        Self::grow(t, &mut self.problems, tenant, h);
+        Self::grow(t, &mut self.problems, tenant, h, at);
     }
 
     /// The next leaf of the log, its tenant leaf hashed ahead (by the
@@ -205,6 +227,7 @@ impl Rebuild {
     /// done unless `seq` is the tenant's next number; then `Err` gives that
     /// number, and the caller pushes the fields instead.
     pub(crate) fn push_hashed(&mut self, tenant: &str, seq: i64, h: Hash) -> Result<(), i64> {
+        let at = self.at;
         let t = match self.trees.get_mut(tenant) {
             Some(t) => t,
             None => self.trees.entry(tenant.to_owned()).or_default(),
@@ -217,7 +240,7 @@ impl Rebuild {
         if seq != next {
             return Err(next);
         }
-        Self::grow(t, &mut self.problems, tenant, h);
+        Self::grow(t, &mut self.problems, tenant, h, at);
         Ok(())
     }
 
@@ -225,13 +248,17 @@ impl Rebuild {
         if !self.trees.contains_key(tenant) {
             self.trees.insert(tenant.to_owned(), Rebuilt::default());
         }
+        let at = self.at;
         let Some(t) = self.trees.get_mut(tenant) else { return };
-        Self::grow(t, &mut self.problems, tenant, h);
+        Self::grow(t, &mut self.problems, tenant, h, at);
     }
 
-    fn grow(t: &mut Rebuilt, problems: &mut Vec<String>, tenant: &str, h: Hash) {
+    fn grow(t: &mut Rebuilt, problems: &mut Vec<String>, tenant: &str, h: Hash, at: u64) {
         if t.broken {
             return;
+        }
+        if let Some(places) = &mut t.places {
+            sha2::Digest::update(places, at.to_be_bytes());
         }
         t.f.push(h, |_, _, _| {});
         let size = t.f.size();
@@ -310,7 +337,7 @@ mod tests {
     fn rebuild(roots: &[(u64, Hash)]) -> Rebuild {
         let mut t = Rebuilt::default();
         t.roots.extend(roots.iter().copied());
-        Rebuild { trees: Tenants::from_iter([("a".to_owned(), t)]), buf: Vec::new(), problems: Vec::new() }
+        Rebuild { trees: Tenants::from_iter([("a".to_owned(), t)]), buf: Vec::new(), problems: Vec::new(), at: 0 }
     }
 
     fn root_of(n: u8) -> Hash {

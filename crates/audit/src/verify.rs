@@ -578,24 +578,25 @@ pub(crate) async fn verify_log_paced(
     // checkpoints below takes a while on a large log.
     let placed = u64::try_from(palisade_store::audit::tenant_size(db.reader()).await?).unwrap_or(0);
     let (mut chunks, back) = stage(chunks, placed);
-    let mut all_expiries: Vec<(String, Checkpoint)> = palisade_store::audit::all_expiries(db.reader())
-        .await?
-        .into_iter()
-        .map(|r| ("database".to_owned(), Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id }))
-        .collect();
-    // A statement row whose columns (what the database's guard reads) say
-    // more than its signed body is a forged row.
+    // Each table holds its own kind of statement, and a row's columns (what
+    // the database's guard reads) say no more than its signed body.
+    let mut all_expiries: Vec<(String, Checkpoint)> = Vec::new();
     for r in palisade_store::audit::all_expiries(db.reader()).await? {
         let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
-        if verifier.verify_expiry(&cp).is_some_and(|(up_to, _)| up_to as i64 != r.up_to_leaf) {
+        if verifier.verify_tenant_expiry(&cp).is_some()
+            || verifier.verify_expiry(&cp).is_some_and(|(up_to, _)| up_to as i64 != r.up_to_leaf)
+        {
             report.problems.push(format!("a retention statement row claims leaf {} its body does not", r.up_to_leaf));
+            continue;
         }
+        all_expiries.push(("database".to_owned(), cp));
     }
     for (tenant, r) in palisade_store::audit::all_tenant_expiries(db.reader()).await? {
         let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
-        if verifier.verify_tenant_expiry(&cp).is_some_and(|e| e.up_to_leaf as i64 != r.up_to_leaf || e.tenant != tenant)
+        if verifier.verify_tenant_expiry(&cp).is_none_or(|e| e.up_to_leaf as i64 != r.up_to_leaf || e.tenant != tenant)
         {
             report.problems.push(format!("a retention statement row of tenant {tenant} claims what its body does not"));
+            continue;
         }
         all_expiries.push(("database".to_owned(), cp));
     }
@@ -660,7 +661,7 @@ pub(crate) async fn verify_log_paced(
     // a record of anyone else counted as the tenant's (to excuse its
     // removal) changes the tree it vouches for.
     for e in &tenant_roots {
-        tenants.trust(&e.tenant, e.size, e.root);
+        tenants.trust(&e.tenant, e.tree.size, e.tree.root);
     }
     // The stored tenant leaves of the chunk being read, once one of its
     // records turns out expired.
@@ -677,9 +678,9 @@ pub(crate) async fn verify_log_paced(
     // Where each tenant statement cuts the log, the tenant's tree must hold
     // exactly its signed number of leaves: a record of anyone else counted
     // as the tenant's (to excuse its removal) makes one too many.
-    let mut cuts: Vec<(u64, String, u64)> =
-        tenant_roots.iter().map(|e| (e.up_to_leaf, e.tenant.clone(), e.size)).collect();
-    cuts.sort_unstable();
+    let mut cuts: Vec<(u64, String, crate::checkpoint::TenantCut)> =
+        tenant_roots.iter().map(|e| (e.up_to_leaf, e.tenant.clone(), e.tree)).collect();
+    cuts.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let mut cuts = cuts.into_iter().peekable();
     let scan = async {
         'scan: while let Some(next) = chunks.recv().await {
@@ -691,12 +692,13 @@ pub(crate) async fn verify_log_paced(
             for pre in &pres {
                 let record = &chunk[pre.start..pre.end];
                 let index = frontier.size();
-                while let Some((at, tenant, size)) = cuts.next_if(|c| c.0 <= index) {
-                    if let Some(problem) = tenants.cut(&tenant, at, size) {
+                while let Some((at, tenant, cut)) = cuts.next_if(|c| c.0 <= index) {
+                    if let Some(problem) = tenants.cut(&tenant, at, &cut) {
                         report.problems.push(problem);
                         break 'scan;
                     }
                 }
+                tenants.at(index);
                 let hash = if let Some((i, hash)) = pre.good.filter(|(i, _)| *i == index) {
                     // Checked ahead: the record is present and hashes to
                     // its leaf. Its tenant leaf counts only if hashed with
@@ -805,11 +807,11 @@ pub(crate) async fn verify_log_paced(
     scanned?;
     let strays = strays?;
     if report.problems.is_empty() {
-        for (at, tenant, size) in cuts {
+        for (at, tenant, cut) in cuts {
             let problem = if at > frontier.size() {
                 Some(format!("a retention statement of tenant {tenant} reaches past the log (leaf {at})"))
             } else {
-                tenants.cut(&tenant, at, size)
+                tenants.cut(&tenant, at, &cut)
             };
             if let Some(problem) = problem {
                 report.problems.push(problem);

@@ -976,18 +976,19 @@ pub async fn record_tenant_expiry(tx: &mut crate::Tx, scope: &TenantScope, state
     Ok(())
 }
 
-/// Removes at most `limit` of the tenant's records that its own statements
-/// cover. How many went.
-pub async fn remove_tenant_expired(tx: &mut crate::Tx, scope: &TenantScope, limit: i64) -> Result<u64> {
+/// Removes at most `limit` of the tenant's records before leaf `up_to`
+/// (what its signed statement covers; the database's guard checks its
+/// stored statements too). The operator's actions under the tenant stay:
+/// they are not the tenant's to shorten. How many went.
+pub async fn remove_tenant_expired(tx: &mut crate::Tx, scope: &TenantScope, up_to: i64, limit: i64) -> Result<u64> {
     let r = sqlx::query(
         "DELETE FROM audit_events WHERE seq IN (\
            SELECT e.seq FROM audit_events e JOIN audit_leaves l ON l.event_seq = e.seq \
-           WHERE e.tenant_id = $1 \
-             AND l.leaf_index < (SELECT COALESCE(MAX(x.up_to_leaf), 0) FROM audit_tenant_expiries x \
-                                 WHERE x.tenant_id = $1) \
-           ORDER BY e.seq LIMIT $2)",
+           WHERE e.tenant_id = $1 AND l.leaf_index < $2 AND e.actor_type NOT IN ('operator', 'sysadmin') \
+           ORDER BY e.seq LIMIT $3)",
     )
     .bind(scope.tenant_id().to_string())
+    .bind(up_to)
     .bind(limit)
     .execute(&mut **tx)
     .await?;
@@ -1008,25 +1009,28 @@ pub async fn all_tenant_expiries<'c>(ex: impl Executor<'c, Database = Any>) -> R
         .collect())
 }
 
-/// How many of the tenant's leaves lie before leaf `up_to`: its tree's size
-/// at that point of the log.
+/// The log leaves of the tenant's tree before leaf `up_to`, in order: how
+/// many there are is its tree's size at that point of the log.
 pub async fn tenant_leaves_before<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
     up_to: i64,
-) -> Result<i64> {
-    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM audit_tenant_tree WHERE tenant_id = $1 AND leaf_index < $2")
-        .bind(scope.tenant_id().to_string())
-        .bind(up_to)
-        .fetch_one(ex)
-        .await?)
+) -> Result<Vec<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT leaf_index FROM audit_tenant_tree WHERE tenant_id = $1 AND leaf_index < $2 ORDER BY leaf_index",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(up_to)
+    .fetch_all(ex)
+    .await?)
 }
 
-/// The leaf of the tenant's oldest record still present (by event order).
+/// The leaf of the tenant's oldest record still present (by event order)
+/// that its retention may remove (not the operator's).
 pub async fn oldest_leaf_of<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<Option<i64>> {
     Ok(sqlx::query_scalar(
         "SELECT l.leaf_index FROM audit_events e JOIN audit_leaves l ON l.event_seq = e.seq \
-         WHERE e.tenant_id = $1 ORDER BY e.seq LIMIT 1",
+         WHERE e.tenant_id = $1 AND e.actor_type NOT IN ('operator', 'sysadmin') ORDER BY e.seq LIMIT 1",
     )
     .bind(scope.tenant_id().to_string())
     .fetch_optional(ex)

@@ -1,10 +1,11 @@
 //! A phone number's erasure within one tenant (someone the tenant wrote to
 //! or called asks to be forgotten): message bodies blanked and the number
-//! replaced by its masked form (`…1234`) in messages and calls, live ones
-//! too, and the recordings of calls with a masked number found for
-//! removal. A recording is kept only while its call's numbers are not
-//! masked (`recordings::insert_unless_erased`). CDRs written before keep
-//! the number: they are immutable billing records and leave by retention.
+//! replaced by its masked form (`…1234`) in messages, calls (live ones
+//! too) and CDRs, and the recordings of calls with a masked number found
+//! for removal. A recording is kept only while its call's numbers are not
+//! masked (`recordings::insert_unless_erased`). A CDR is otherwise
+//! immutable: its trigger lets an update through only when it replaces a
+//! number by that number's own mask and changes nothing else.
 
 use palisade_core::TenantScope;
 use sqlx::{Any, Executor};
@@ -22,6 +23,39 @@ pub async fn messages(tx: &mut crate::Tx, scope: &TenantScope, number: &str, mas
 /// number); how many.
 pub async fn calls(tx: &mut crate::Tx, scope: &TenantScope, number: &str, masked: &str, limit: i64) -> Result<u64> {
     mask(tx, scope, "calls", "", number, masked, limit).await
+}
+
+/// Puts `masked` in place of `number` in up to `limit` of the tenant's
+/// CDRs (their amounts, times and everything else stay); how many.
+pub async fn cdrs(tx: &mut crate::Tx, scope: &TenantScope, number: &str, masked: &str, limit: i64) -> Result<u64> {
+    mask(tx, scope, "cdrs", "", number, masked, limit).await
+}
+
+/// Puts `masked` in place of `number` in up to `limit` of the tenant's
+/// webhook events (the payloads kept for the delivery log and replays; a
+/// pending one goes out masked). JSON strings only: `"+34…"` whole, never
+/// the start of a longer number. How many.
+pub async fn webhook_events(
+    tx: &mut crate::Tx,
+    scope: &TenantScope,
+    number: &str,
+    masked: &str,
+    limit: i64,
+) -> Result<u64> {
+    let (quoted, masked) = (format!("\"{number}\""), format!("\"{masked}\""));
+    let r = sqlx::query(
+        "UPDATE webhook_events SET payload = REPLACE(payload, $2, $3) \
+         WHERE tenant_id = $1 AND id IN (SELECT id FROM webhook_events WHERE tenant_id = $1 \
+           AND payload LIKE $4 LIMIT $5)",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(&quoted)
+    .bind(&masked)
+    .bind(format!("%{quoted}%"))
+    .bind(limit)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// `table` and `also` (what else to set) are constants of this module.
@@ -59,4 +93,28 @@ pub async fn recordings<'c>(
     limit: i64,
 ) -> Result<Vec<crate::recordings::RecordingRow>> {
     crate::recordings::of_erased_calls(ex, scope, limit).await
+}
+
+#[cfg(test)]
+mod tests {
+    /// SQLite's CDR trigger lists the columns an update must leave alone:
+    /// every column but the two numbers must be on it, or a column added
+    /// later could be changed through a "masking" update.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cdr_trigger_names_every_other_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::Db::connect(&format!("sqlite://{}/cdrs.db", dir.display()), 2).await.unwrap();
+        db.migrate().await.unwrap();
+        let columns: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pragma_table_info('cdrs')").fetch_all(db.reader()).await.unwrap();
+        let trigger: String =
+            sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'cdrs_no_update'")
+                .fetch_one(db.reader())
+                .await
+                .unwrap();
+        assert!(columns.len() > 10, "{columns:?}");
+        for c in columns.iter().filter(|c| !c.ends_with("_number")) {
+            assert!(trigger.contains(&format!("NEW.{c} IS OLD.{c}")), "the CDR trigger does not hold {c}");
+        }
+    }
 }

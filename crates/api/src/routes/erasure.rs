@@ -26,15 +26,20 @@ pub struct NumberErased {
     messages: u64,
     /// Calls whose number was masked.
     calls: u64,
+    /// CDRs whose number was masked (nothing else in them changes).
+    cdrs: u64,
+    /// Webhook events (payloads kept for the delivery log) whose number was masked.
+    webhook_events: u64,
     /// Recordings of those calls, removed.
     recordings: u64,
 }
 
 /// Erases what the tenant holds about a phone number that is not one of
 /// its own (`tenant:manage`, a recent second factor): message bodies
-/// blanked, the number masked in messages and calls, the calls' recordings
-/// removed. CDRs written before keep it (immutable billing records) until
-/// their retention ends. Repeating the request finishes one cut short.
+/// blanked, the number masked in messages, calls, CDRs (a CDR's amounts
+/// and times stay) and webhook event payloads, the calls' recordings
+/// removed. Repeating the request
+/// finishes one cut short.
 #[utoipa::path(post, path = "/v1/erasures", tag = "tenant", request_body = NumberErasure, security(("bearer" = [])),
     responses((status = 200, body = NumberErased), (status = 400, body = palisade_core::Problem),
         (status = 403, body = palisade_core::Problem), (status = 409, body = palisade_core::Problem)))]
@@ -54,6 +59,8 @@ pub async fn erase_number(
         number: palisade_guard::phone::masked(number),
         messages: erased.messages,
         calls: erased.calls,
+        cdrs: erased.cdrs,
+        webhook_events: erased.webhook_events,
         recordings: erased.recordings,
     }))
 }

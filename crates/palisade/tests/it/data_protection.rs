@@ -42,6 +42,27 @@ async fn send(s: &TestServer, token: &str, body: &str, key: Option<&str>) -> Val
     r.json().await.unwrap()
 }
 
+/// Runs one statement as a database writer would (triggers in place).
+async fn sql_on(s: &TestServer, statement: &str) -> Result<(), sqlx::Error> {
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(&s.db_url).await.unwrap();
+    let r = sqlx::query(statement).execute(&mut db).await.map(drop);
+    db.close().await.unwrap();
+    r
+}
+
+/// The CDR of `call_id`, once written.
+async fn cdr_of(s: &TestServer, token: &str, call_id: &str) -> Value {
+    for _ in 0..300 {
+        let list = s.get("/v1/cdrs", token).await.expect(200).body;
+        if let Some(c) = list["data"].as_array().unwrap().iter().find(|c| c["call_id"] == call_id) {
+            return c.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no CDR for {call_id}");
+}
+
 async fn stored(s: &TestServer, sql: &str) -> Vec<String> {
     sqlx::any::install_default_drivers();
     let mut db = sqlx::AnyConnection::connect(&s.db_url).await.unwrap();
@@ -375,17 +396,24 @@ async fn secrets_under_the_static_key_move_to_the_tenants_keys(backend: Backend)
 
 /// Someone the tenant wrote to and called asks to be forgotten: their
 /// message bodies and numbers go from messages and calls, the calls'
-/// recordings go; other numbers and other tenants keep theirs; CDRs keep
-/// the number (immutable billing records).
+/// recordings go, and CDRs keep everything but the number; other numbers
+/// and other tenants keep theirs.
 async fn a_numbers_data_is_erased_within_its_tenant(backend: Backend) {
     let s = TestServer::start_with(backend, |c| {
         c.carrier.sandbox_delay_ms = 20;
         c.carrier.sandbox_call_secs = 1;
+        c.webhooks.allowed_private_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
     })
     .await;
     let (token, tenant_id) = sender(&s, "Acme").await;
     let (other, _) = sender(&s, "Other").await;
     let forget = TO;
+    // Events for a receiver: their payloads (kept for the delivery log) hold the number.
+    let hook = json!({"url": "http://127.0.0.1:9/hook", "events": ["message.sent"]});
+    s.post("/v1/webhooks", &token, hook).await.expect(201);
+    let events_with = |number: &str| {
+        format!("SELECT id FROM webhook_events WHERE tenant_id = '{tenant_id}' AND payload LIKE '%\"{number}\"%'")
+    };
     let keep = "+34699000222";
     let m1 = send(&s, &token, "first private note", None).await;
     send(&s, &token, "second private note", None).await;
@@ -403,6 +431,15 @@ async fn a_numbers_data_is_erased_within_its_tenant(backend: Backend) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(!recording.is_null(), "the call was recorded");
+    let cdr_before = cdr_of(&s, &token, &call_id).await;
+    for _ in 0..300 {
+        if stored(&s, &events_with(forget)).await.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored(&s, &events_with(forget)).await.len(), 2, "both messages' events are kept");
+    assert_eq!(cdr_before["to"], forget, "{cdr_before}");
 
     // Not one of the tenant's own numbers; not a malformed one; not without tenant:manage.
     let erase = |cred: String, number: &str| {
@@ -416,11 +453,27 @@ async fn a_numbers_data_is_erased_within_its_tenant(backend: Backend) {
     erase(reader.clone(), forget).await.expect(403);
 
     let r = erase(token.clone(), forget).await.expect(200).body;
-    assert_eq!(r, json!({"number": "…0111", "messages": 2, "calls": 1, "recordings": 1}));
+    assert_eq!(
+        r,
+        json!({"number": "…0111", "messages": 2, "calls": 1, "cdrs": 1, "webhook_events": 2, "recordings": 1})
+    );
+    assert!(stored(&s, &events_with(forget)).await.is_empty());
+    assert_eq!(stored(&s, &events_with("…0111")).await.len(), 2);
     let m = s.get(&format!("/v1/messages/{}", m1["id"].as_str().unwrap()), &token).await.expect(200).body;
     assert_eq!((m["body"].as_str(), m["to"].as_str()), (Some(""), Some("…0111")));
     let c = s.get(&format!("/v1/calls/{call_id}"), &token).await.expect(200).body;
     assert_eq!(c["to"], "…0111");
+    // The CDR: the number masked, everything else as written.
+    let cdr = cdr_of(&s, &token, &call_id).await;
+    let mut expected = cdr_before.clone();
+    expected["to"] = json!("…0111");
+    assert_eq!(cdr, expected);
+    // Still immutable otherwise: no other change, and no number but the mask.
+    let cdr_id = cdr["id"].as_str().unwrap();
+    for change in ["cost = cost + 1", "to_number = '+34699000999'", "to_number = '…9999'"] {
+        let refused = sql_on(&s, &format!("UPDATE cdrs SET {change} WHERE id = '{cdr_id}'")).await;
+        assert!(refused.is_err(), "{change} was allowed");
+    }
     s.get(&format!("/v1/recordings/{}", recording["id"].as_str().unwrap()), &token).await.expect(404);
     let k = s.get(&format!("/v1/messages/{}", kept.body["id"].as_str().unwrap()), &token).await.expect(200).body;
     assert_eq!((k["body"].as_str(), k["to"].as_str()), (Some("stays"), Some(keep)));
@@ -430,7 +483,10 @@ async fn a_numbers_data_is_erased_within_its_tenant(backend: Backend) {
     assert!(stored(&s, &sql).await.is_empty());
     // Done once: repeating finds nothing more.
     let again = erase(token.clone(), forget).await.expect(200).body;
-    assert_eq!(again, json!({"number": "…0111", "messages": 0, "calls": 0, "recordings": 0}));
+    assert_eq!(
+        again,
+        json!({"number": "…0111", "messages": 0, "calls": 0, "cdrs": 0, "webhook_events": 0, "recordings": 0})
+    );
     let events = s.events(&token, "action=number.erased").await;
     assert_eq!(events.len(), 2);
     assert_eq!(events[0]["details"]["number"], "…0111");
