@@ -103,7 +103,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_cdr_trigger_names_every_other_column() {
         let dir = tempfile::tempdir().unwrap();
-        let db = crate::Db::connect(&format!("sqlite://{}/cdrs.db", dir.display()), 2).await.unwrap();
+        let db = crate::Db::connect(&format!("sqlite://{}/cdrs.db", dir.path().display()), 2).await.unwrap();
         db.migrate().await.unwrap();
         let columns: Vec<String> =
             sqlx::query_scalar("SELECT name FROM pragma_table_info('cdrs')").fetch_all(db.reader()).await.unwrap();
