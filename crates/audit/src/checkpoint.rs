@@ -316,6 +316,10 @@ mod tests {
         // Another log's tenant.
         let elsewhere = Verifier::from_public_b64(&v.public_key_b64(), "other.example").unwrap();
         assert_eq!(elsewhere.verify_tenant_expiry(&ex), None);
+        // No tenant, or a path for one: never a tenant's statement, signed or not.
+        for odd in ["", "t1/x"] {
+            assert_eq!(v.verify_tenant_expiry(&s.sign_tenant_expiry(odd, 7, 9, &tree)), None, "{odd:?}");
+        }
     }
 
     #[test]

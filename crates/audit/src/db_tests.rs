@@ -275,6 +275,98 @@ async fn a_tenants_own_retention_removes_its_records_only() {
     assert!(report.intact(), "{:?}", report.problems);
 }
 
+/// A tenant's cut moves at most once a day; a pass stopped between its
+/// statement and the removal is finished by the next; the platform's copy
+/// of an operator's action under the tenant stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_cut_moves_once_a_day_and_a_stopped_pass_is_finished() {
+    use palisade_core::principal::SysadminProof;
+    use palisade_core::TenantScope;
+    const DAY: i64 = 86_400_000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let (a, b) = (TenantId::new(), TenantId::new());
+    events(&db, 2, a, 1_000).await; // leaves 0, 1
+    let mut tx = db.begin().await.unwrap();
+    let by_operator = Event::new("tenant.frozen", Some(a), Actor::operator("op-1"));
+    append(&mut *tx, &by_operator, &Context::default(), 1_500).await.unwrap();
+    tx.commit().await.unwrap(); // leaves 2 and 3: the tenant's copy and the platform's
+    events(&db, 1, b, 1_600).await; // leaf 4
+    events(&db, 2, a, 3_000).await; // leaves 5, 6
+    events(&db, 1, a, 9_000).await; // leaf 7
+    let file = dir.path().join("checkpoints");
+    let log = AuditLog::new(db.clone(), signer(), file.clone());
+    log.integrate(10_000).await.unwrap().unwrap();
+    let scope = TenantScope::for_sysadmin(&SysadminProof::verified(), a);
+    let statements = || async { palisade_store::audit::all_tenant_expiries(db.reader()).await.unwrap().len() };
+    let now = 100 * DAY;
+    // The first cut: a's three records (the operator's action's copy too).
+    assert_eq!(log.expire_tenant(&scope, 2_000, now, 10).await.unwrap(), 3);
+    assert_eq!(statements().await, 1);
+    // Within the day the cut does not move, however far the cutoff went.
+    assert_eq!(log.expire_tenant(&scope, 5_000, now + DAY - 1, 10).await.unwrap(), 0);
+    assert_eq!(statements().await, 1);
+    // A day on it does.
+    assert_eq!(log.expire_tenant(&scope, 5_000, now + DAY, 10).await.unwrap(), 2);
+    assert_eq!(statements().await, 2);
+    let platform_copy: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE tenant_id IS NULL AND actor_type = 'operator'")
+            .fetch_one(db.reader())
+            .await
+            .unwrap();
+    assert_eq!(platform_copy, 1);
+    // A statement signed by a pass that stopped before removing: the next
+    // pass, though the cut does not move, removes what it covers.
+    assert_eq!(log.sign_tenant_cut(&a.to_string(), &scope, 7, 9_500, now + 2 * DAY).await.unwrap(), Some(8));
+    assert_eq!(statements().await, 3);
+    assert_eq!(log.expire_tenant(&scope, 9_500, now + 2 * DAY + 1, 10).await.unwrap(), 1);
+    assert_eq!(log.expire_tenant(&scope, 9_500, now + 2 * DAY + 2, 10).await.unwrap(), 0);
+    log.integrate(now + 3 * DAY).await.unwrap();
+    let report = verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}).await.unwrap();
+    assert!(report.intact(), "{:?}", report.problems);
+}
+
+/// A tenant row moved, before the day's statement, from below the
+/// platform's cut onto another's record (to delete that record under the
+/// statement afterwards): the server signs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_row_moved_onto_anothers_record_is_never_signed() {
+    use palisade_core::principal::SysadminProof;
+    use palisade_core::TenantScope;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let (t, v) = (TenantId::new(), TenantId::new());
+    events(&db, 1, t, 1_000).await; // leaf 0
+    events(&db, 1, v, 2_000).await; // leaf 1
+    events(&db, 1, t, 3_000).await; // leaf 2
+    events(&db, 1, t, 9_000).await; // leaf 3
+    let file = dir.path().join("checkpoints");
+    let log = AuditLog::new(db.clone(), signer(), file.clone());
+    log.integrate(10_000).await.unwrap().unwrap();
+    assert_eq!(log.expire(1_500, 11_000).await.unwrap(), Some((1, 1)));
+    // t's row at leaf 0 (its record gone) moved onto v's record at leaf 1
+    // (and v's row out of the way, below the cut).
+    let swap = |from: i64, to: i64| {
+        let dir = dir.path().to_owned();
+        async move {
+            let stmt = |x: i64, y: i64| format!("UPDATE audit_tenant_tree SET leaf_index = {y} WHERE leaf_index = {x}");
+            tamper(&dir, &stmt(to, -1)).await;
+            tamper(&dir, &stmt(from, to)).await;
+            tamper(&dir, &stmt(-1, from)).await;
+        }
+    };
+    swap(0, 1).await;
+    let scope = TenantScope::for_sysadmin(&SysadminProof::verified(), t);
+    let refused = log.expire_tenant(&scope, 5_000, 12_000, 10).await;
+    assert!(matches!(&refused, Err(crate::log::LogError::Tampered(p)) if p.contains("leaf at 1")), "{refused:?}");
+    assert!(palisade_store::audit::all_tenant_expiries(db.reader()).await.unwrap().is_empty());
+    // Put back, and a record of the tenant's left without its row: refused too.
+    swap(1, 0).await;
+    tamper(dir.path(), &format!("DELETE FROM audit_tenant_tree WHERE tenant_id = '{t}' AND leaf_index = 2")).await;
+    let refused = log.expire_tenant(&scope, 5_000, 12_000, 10).await;
+    assert!(matches!(&refused, Err(crate::log::LogError::Tampered(p)) if p.contains("no tenant leaf")), "{refused:?}");
+}
+
 /// A record deleted behind the log's back is not excused by another
 /// tenant's statement, even when the stored tenant tree is rewritten to
 /// name that tenant.

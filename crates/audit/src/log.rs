@@ -508,7 +508,6 @@ impl AuditLog {
         let own: Vec<crate::checkpoint::TenantExpiry> = palisade_store::audit::all_tenant_expiries(reader)
             .await?
             .into_iter()
-            .filter(|(t, _)| *t == tenant)
             .filter_map(|(_, r)| {
                 verifier.verify_tenant_expiry(&Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id })
             })
@@ -533,7 +532,7 @@ impl AuditLog {
     /// Signs and stores the tenant's statement for the leaves older than
     /// `cutoff_ms`, if that reaches past `own_up_to` and holds any of its
     /// leaves. The leaf it reaches to.
-    async fn sign_tenant_cut(
+    pub(crate) async fn sign_tenant_cut(
         &self,
         tenant: &str,
         scope: &TenantScope,
@@ -550,6 +549,12 @@ impl AuditLog {
         let from = own_up_to.max(platform);
         if up_to <= from {
             return Ok(None);
+        }
+        // The statement signs where the tenant's leaves are from its rows:
+        // those in the range must be its records' own, or a row moved onto
+        // another's record (to be deleted under this statement) is signed.
+        if let Some(problem) = self.check_tenant_rows(scope, from, up_to).await? {
+            return Err(LogError::Tampered(problem));
         }
         let leaves = palisade_store::audit::tenant_leaves_before(reader, scope, up_to).await?;
         if !leaves.iter().any(|l| *l >= from) {
@@ -588,6 +593,30 @@ impl AuditLog {
         self.db.make_durable().await?;
         self.append_to_file(std::slice::from_ref(&statement)).await?;
         Ok(Some(up_to))
+    }
+
+    /// Each of the tenant's tree rows on leaves `[from, to)` is the tenant
+    /// leaf of a record of the tenant at that leaf, and each such record has
+    /// one; else what is wrong.
+    async fn check_tenant_rows(&self, scope: &TenantScope, from: i64, to: i64) -> Result<Option<String>, LogError> {
+        let reader = self.db.reader();
+        let rows = palisade_store::audit::tenant_rows_between(reader, scope, from, to).await?;
+        let records: std::collections::HashMap<i64, AuditRow> =
+            palisade_store::audit::tenant_records_between(reader, scope, from, to).await?.into_iter().collect();
+        for (leaf, index, stored) in &rows {
+            let Some(record) = records.get(leaf) else {
+                return Ok(Some(format!("the tenant tree places a leaf at {leaf}, where the tenant has no record")));
+            };
+            if merkle::decode_hash(stored) != Some(crate::tenant::tenant_leaf_hash(record, index + 1)) {
+                return Ok(Some(format!("the tenant tree's leaf at {leaf} is not its record's")));
+            }
+        }
+        Ok((rows.len() != records.len()).then(|| {
+            format!(
+                "{} of the tenant's records among leaves {from}..{to} have no tenant leaf",
+                records.len() - rows.len().min(records.len())
+            )
+        }))
     }
 
     /// Removes the tenant's records before leaf `up_to` (its signed cut),

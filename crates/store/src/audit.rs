@@ -978,13 +978,12 @@ pub async fn record_tenant_expiry(tx: &mut crate::Tx, scope: &TenantScope, state
 
 /// Removes at most `limit` of the tenant's records before leaf `up_to`
 /// (what its signed statement covers; the database's guard checks its
-/// stored statements too). The operator's actions under the tenant stay:
-/// they are not the tenant's to shorten. How many went.
+/// stored statements too). How many went.
 pub async fn remove_tenant_expired(tx: &mut crate::Tx, scope: &TenantScope, up_to: i64, limit: i64) -> Result<u64> {
     let r = sqlx::query(
         "DELETE FROM audit_events WHERE seq IN (\
            SELECT e.seq FROM audit_events e JOIN audit_leaves l ON l.event_seq = e.seq \
-           WHERE e.tenant_id = $1 AND l.leaf_index < $2 AND e.actor_type NOT IN ('operator', 'sysadmin') \
+           WHERE e.tenant_id = $1 AND l.leaf_index < $2 \
            ORDER BY e.seq LIMIT $3)",
     )
     .bind(scope.tenant_id().to_string())
@@ -1025,14 +1024,51 @@ pub async fn tenant_leaves_before<'c>(
     .await?)
 }
 
-/// The leaf of the tenant's oldest record still present (by event order)
-/// that its retention may remove (not the operator's).
+/// The leaf of the tenant's oldest record still present (by event order).
 pub async fn oldest_leaf_of<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<Option<i64>> {
     Ok(sqlx::query_scalar(
         "SELECT l.leaf_index FROM audit_events e JOIN audit_leaves l ON l.event_seq = e.seq \
-         WHERE e.tenant_id = $1 AND e.actor_type NOT IN ('operator', 'sysadmin') ORDER BY e.seq LIMIT 1",
+         WHERE e.tenant_id = $1 ORDER BY e.seq LIMIT 1",
     )
     .bind(scope.tenant_id().to_string())
     .fetch_optional(ex)
     .await?)
+}
+
+/// The tenant's tree rows on leaves `[from, to)` of the log: `(leaf,
+/// tenant index, leaf hash)`, in order.
+pub async fn tenant_rows_between<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    from: i64,
+    to: i64,
+) -> Result<Vec<(i64, i64, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT leaf_index, tenant_index, leaf_hash FROM audit_tenant_tree \
+         WHERE tenant_id = $1 AND leaf_index >= $2 AND leaf_index < $3 ORDER BY leaf_index",
+    )
+    .bind(scope.tenant_id().to_string())
+    .bind(from)
+    .bind(to)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// The tenant's records on leaves `[from, to)` of the log, with their leaf.
+pub async fn tenant_records_between<'c>(
+    ex: impl Executor<'c, Database = Any>,
+    scope: &TenantScope,
+    from: i64,
+    to: i64,
+) -> Result<Vec<(i64, AuditRow)>> {
+    let rows: Vec<LeafAndEvent> = sqlx::query_as(&format!(
+        "SELECT l.leaf_index, {EVENT_COLS} FROM audit_events e JOIN audit_leaves l ON l.event_seq = e.seq \
+         WHERE e.tenant_id = $1 AND l.leaf_index >= $2 AND l.leaf_index < $3 ORDER BY l.leaf_index"
+    ))
+    .bind(scope.tenant_id().to_string())
+    .bind(from)
+    .bind(to)
+    .fetch_all(ex)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.leaf_index, r.row)).collect())
 }
