@@ -85,7 +85,9 @@ NOT_IN_SCHEMA = {
     "PUT /v1/tenant/retention": fields(("messages_days", ("the operator's bounds", "give messages_days")),
                                        ("calls_days", "the operator's bounds"),
                                        ("recordings_days", "the operator's bounds"),
-                                       ("webhooks_days", "the operator's bounds")),
+                                       ("webhooks_days", "the operator's bounds"),
+                                       ("sessions_hours", "the operator's bounds"),
+                                       ("audit_days", "the operator's bounds")),
     # The number must exist in the numbering plan, as for messages.
     "POST /v1/erasures": fields(("number", NUMBERING_PLAN)),
     # An erasure names its tenant twice (path and `confirm`): a rule across
