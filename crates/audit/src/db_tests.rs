@@ -319,6 +319,12 @@ async fn a_tenants_cut_moves_once_a_day_and_a_stopped_pass_is_finished() {
     // pass, though the cut does not move, removes what it covers.
     assert_eq!(log.sign_tenant_cut(&a.to_string(), &scope, 7, 9_500, now + 2 * DAY).await.unwrap(), Some(8));
     assert_eq!(statements().await, 3);
+    // The record it covers, still there, is no less protected: altered, it is found.
+    let leaf_7 = "(SELECT event_seq FROM audit_leaves WHERE leaf_index = 7)";
+    tamper(dir.path(), &format!("UPDATE audit_events SET action = 'x' WHERE seq = {leaf_7}")).await;
+    let report = verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}).await.unwrap();
+    assert!(!report.intact());
+    tamper(dir.path(), &format!("UPDATE audit_events SET action = 'message.created' WHERE seq = {leaf_7}")).await;
     assert_eq!(log.expire_tenant(&scope, 9_500, now + 2 * DAY + 1, 10).await.unwrap(), 1);
     assert_eq!(log.expire_tenant(&scope, 9_500, now + 2 * DAY + 2, 10).await.unwrap(), 0);
     log.integrate(now + 3 * DAY).await.unwrap();
@@ -365,6 +371,45 @@ async fn a_tenant_row_moved_onto_anothers_record_is_never_signed() {
     tamper(dir.path(), &format!("DELETE FROM audit_tenant_tree WHERE tenant_id = '{t}' AND leaf_index = 2")).await;
     let refused = log.expire_tenant(&scope, 5_000, 12_000, 10).await;
     assert!(matches!(&refused, Err(crate::log::LogError::Tampered(p)) if p.contains("no tenant leaf")), "{refused:?}");
+}
+
+/// A tenant's statement excuses the leaves before its cut, not the one at
+/// it; a statement row that does not verify is left out of a witness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaf_at_a_tenants_cut_is_not_excused() {
+    use palisade_core::principal::SysadminProof;
+    use palisade_core::TenantScope;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let a = TenantId::new();
+    for ts in [1_000, 5_000, 9_000] {
+        events(&db, 1, a, ts).await; // leaves 0, 1, 2
+    }
+    let file = dir.path().join("checkpoints");
+    let log = AuditLog::new(db.clone(), signer(), file.clone());
+    log.integrate(10_000).await.unwrap().unwrap();
+    let scope = TenantScope::for_sysadmin(&SysadminProof::verified(), a);
+    assert_eq!(log.expire_tenant(&scope, 5_000, 11_000, 10).await.unwrap(), 1);
+    tamper(
+        dir.path(),
+        "DELETE FROM audit_events WHERE seq = (SELECT event_seq FROM audit_leaves WHERE leaf_index = 1)",
+    )
+    .await;
+    assert!(matches!(log.expire(9_000, 12_000).await, Err(crate::log::LogError::Tampered(_))));
+    let report = verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}).await.unwrap();
+    assert!(report.problems.iter().any(|p| p.contains("(leaf 1) was deleted")), "{:?}", report.problems);
+    // The genuine statement goes into a witness; a broken one is counted out.
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO audit_tenant_expiries (tenant_id, up_to_leaf, ts, body, signature, key_id) VALUES ($1, 5, 1, 'x', 'y', 'z')")
+        .bind(a.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let (written, skipped) =
+        crate::verify::export_checkpoints(&db, log.signer().verifier(), &dir.path().join("w.jsonl")).await.unwrap();
+    let checkpoints = palisade_store::audit::all_checkpoints(db.reader()).await.unwrap().len();
+    assert_eq!((written, skipped), (checkpoints + 1, 1));
 }
 
 /// A record deleted behind the log's back is not excused by another
@@ -455,6 +500,19 @@ async fn a_statement_row_under_another_tenant_excuses_nothing() {
     let report = verify_log(&db, v, &[file.as_path()], |_| {}).await.unwrap();
     assert!(report.problems.iter().any(|p| p.contains(&format!("tenant {b} claims"))), "{:?}", report.problems);
     assert!(report.problems.iter().any(|p| p.contains("row claims leaf 1000")), "{:?}", report.problems);
+    // A row of the right tenant claiming a farther cut than its body.
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO audit_tenant_expiries (tenant_id, up_to_leaf, ts, body, signature, key_id) VALUES ($1, 2000, 1, $2, $3, $4)")
+        .bind(a.to_string())
+        .bind(&genuine.body)
+        .bind(&genuine.signature)
+        .bind(&genuine.key_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let report = verify_log(&db, v, &[file.as_path()], |_| {}).await.unwrap();
+    assert!(report.problems.iter().any(|p| p.contains(&format!("tenant {a} claims"))), "{:?}", report.problems);
     assert!(report.problems.iter().any(|p| p.contains("leaf 2")), "{:?}", report.problems);
     // No retention signs b's deleted records away.
     assert!(matches!(log.expire(5_000, 8_000).await, Err(crate::log::LogError::Tampered(_))));

@@ -523,7 +523,7 @@ impl AuditLog {
             }
         }
         // A pass that stopped between the statement and the removal.
-        if own_up_to > 0 && palisade_store::audit::oldest_leaf_of(reader, scope).await?.is_some_and(|l| l < own_up_to) {
+        if palisade_store::audit::oldest_leaf_of(reader, scope).await?.is_some_and(|l| l < own_up_to) {
             removed += self.remove_tenant_records(scope, own_up_to, batch).await?;
         }
         Ok(removed)

@@ -738,17 +738,19 @@ pub(crate) async fn verify_log_paced(
                         break 'scan;
                     }
                     if let Some(problem) = leaf.2 {
-                        // A record that is gone: its tenant leaf as stored.
-                        if leaf.3 && index < placed && expired_entries.as_ref().is_none_or(|(f, _)| *f != from) {
-                            let entries =
-                                palisade_store::audit::tenant_tree_entries(db.reader(), from, from + pace.chunk)
-                                    .await?;
-                            expired_entries = Some((from, entries));
-                        }
-                        let entry = expired_entries
-                            .as_ref()
-                            .filter(|_| leaf.3 && index < placed)
-                            .and_then(|(_, e)| e.get(&(index as i64)));
+                        // A record that is gone: its tenant leaf as stored,
+                        // if the leaf is placed in the tenants' trees.
+                        let entry = if leaf.3 && index < placed {
+                            if expired_entries.as_ref().is_none_or(|(f, _)| *f != from) {
+                                let entries =
+                                    palisade_store::audit::tenant_tree_entries(db.reader(), from, from + pace.chunk)
+                                        .await?;
+                                expired_entries = Some((from, entries));
+                            }
+                            expired_entries.as_ref().and_then(|(_, e)| e.get(&(index as i64)))
+                        } else {
+                            None
+                        };
                         // Gone by the platform's statement, or by its own
                         // tenant's (a stored tenant naming another tenant
                         // puts the leaf in that tenant's tree, whose signed
