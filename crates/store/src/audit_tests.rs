@@ -585,3 +585,60 @@ async fn values_the_schema_forbids_go_to_the_careful_path() {
         .join(&FIELD_SEP.to_string());
     assert_eq!(split_records(&chunk).unwrap(), vec!["?", "?", genuine.as_str()]);
 }
+
+/// A tenant's own retention in the store: its leaves, rows and records by
+/// leaf range, its statements, and the removal its statement allows (and
+/// the database refuses beyond it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_statements_leaves_and_removal() {
+    let l = log().await;
+    let (db, r) = (&l.db, l.db.reader());
+    let a = TenantScope::for_sysadmin(&SysadminProof::verified(), l.a);
+    let b = TenantScope::for_sysadmin(&SysadminProof::verified(), l.b);
+    assert_eq!(tenant_leaves_before(r, &a, 4).await.unwrap(), vec![0, 3]);
+    assert_eq!(tenant_leaves_before(r, &a, 3).await.unwrap(), vec![0]);
+    assert_eq!(tenant_rows_between(r, &a, 0, 4).await.unwrap(), vec![(0, 0, "ta0".into()), (3, 1, "ta1".into())]);
+    assert_eq!(tenant_rows_between(r, &a, 1, 3).await.unwrap(), vec![]);
+    let records = tenant_records_between(r, &a, 0, 4).await.unwrap();
+    assert_eq!(
+        records.iter().map(|(leaf, row)| (*leaf, row.id.as_str())).collect::<Vec<_>>(),
+        vec![(0, "e1"), (3, "e4")]
+    );
+    assert_eq!(tenant_records_between(r, &b, 0, 2).await.unwrap().len(), 0);
+    assert_eq!(oldest_leaf_of(r, &a).await.unwrap(), Some(0));
+    assert_eq!(tenant_expired_up_to(r, &a).await.unwrap(), 0);
+    assert!(all_tenant_expiries(r).await.unwrap().is_empty());
+
+    let row = ExpiryRow { up_to_leaf: 3, ts: 9, body: "b".into(), signature: "s".into(), key_id: "k".into() };
+    let mut tx = db.begin().await.unwrap();
+    record_tenant_expiry(&mut tx, &a, &row).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((tenant_expired_up_to(r, &a).await.unwrap(), tenant_expired_up_to(r, &b).await.unwrap()), (3, 0));
+    let all = all_tenant_expiries(r).await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|(t, e)| (t.clone(), e.up_to_leaf, e.ts, e.body.as_str(), e.signature.as_str(), e.key_id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(l.a.to_string(), 3, 9, "b", "s", "k")]
+    );
+    // Beyond the statement the database refuses; within it a's record goes, not b's.
+    let mut tx = db.begin().await.unwrap();
+    assert!(remove_tenant_expired(&mut tx, &a, 4, 10).await.is_err());
+    tx.rollback().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    assert!(remove_tenant_expired(&mut tx, &b, 3, 10).await.is_err(), "b has no statement");
+    tx.rollback().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    assert_eq!(remove_tenant_expired(&mut tx, &a, 3, 10).await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    assert_eq!(oldest_leaf_of(r, &a).await.unwrap(), Some(3));
+    let left: Vec<String> = sqlx::query_scalar("SELECT id FROM audit_events ORDER BY seq").fetch_all(r).await.unwrap();
+    assert_eq!(left, vec!["e2", "e3", "e4", "e5"]);
+    // A second statement further up, and a batch of one.
+    let mut tx = db.begin().await.unwrap();
+    record_tenant_expiry(&mut tx, &a, &ExpiryRow { up_to_leaf: 4, ..row }).await.unwrap();
+    assert_eq!(remove_tenant_expired(&mut tx, &a, 4, 1).await.unwrap(), 1);
+    assert_eq!(remove_tenant_expired(&mut tx, &a, 4, 1).await.unwrap(), 0);
+    tx.commit().await.unwrap();
+    assert_eq!(oldest_leaf_of(r, &a).await.unwrap(), None);
+}
