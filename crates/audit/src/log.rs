@@ -550,28 +550,32 @@ impl AuditLog {
         if up_to <= from {
             return Ok(None);
         }
-        // The statement signs where the tenant's leaves are from its rows:
-        // those in the range must be its records' own, or a row moved onto
-        // another's record (to be deleted under this statement) is signed.
-        if let Some(problem) = self.check_tenant_rows(scope, from, up_to).await? {
+        // The statement signs the tenant's tree (size, root, places) from its
+        // rows, read once: the rows in the range must be its records' own (a
+        // row moved onto another's record, to be deleted under this
+        // statement, is never signed), and what is signed is what was checked.
+        let rows = palisade_store::audit::tenant_rows_between(reader, scope, 0, up_to).await?;
+        if let Some(problem) = self.check_tenant_rows(scope, &rows, from, up_to).await? {
             return Err(LogError::Tampered(problem));
         }
-        let leaves = palisade_store::audit::tenant_leaves_before(reader, scope, up_to).await?;
-        if !leaves.iter().any(|l| *l >= from) {
+        if !rows.iter().any(|r| r.0 >= from) {
             return Ok(None);
         }
         // Read without the write lock held: the first range may be long.
         if let Some(problem) = crate::verify::check_range(&self.db, verifier, from as u64, up_to as u64).await? {
             return Err(LogError::Tampered(problem));
         }
-        let size = leaves.len() as u64;
         let mut places = <sha2::Sha256 as sha2::Digest>::new();
-        for l in &leaves {
-            sha2::Digest::update(&mut places, (*l as u64).to_be_bytes());
+        let mut tree = Frontier::default();
+        for (leaf, _, stored) in &rows {
+            sha2::Digest::update(&mut places, (*leaf as u64).to_be_bytes());
+            let h = merkle::decode_hash(stored)
+                .ok_or_else(|| LogError::Tampered(format!("the tenant leaf at {leaf} is unreadable")))?;
+            tree.push(h, |_, _, _| {});
         }
         let tree = crate::checkpoint::TenantCut {
-            size,
-            root: self.subtree(Tree::Tenant(tenant), 0, size).await?,
+            size: tree.size(),
+            root: tree.root(),
             places: sha2::Digest::finalize(places).into(),
         };
         let statement = self.signer.sign_tenant_expiry(tenant, up_to as u64, now_ms, &tree);
@@ -595,14 +599,26 @@ impl AuditLog {
         Ok(Some(up_to))
     }
 
-    /// Each of the tenant's tree rows on leaves `[from, to)` is the tenant
-    /// leaf of a record of the tenant at that leaf, and each such record has
-    /// one; else what is wrong.
-    async fn check_tenant_rows(&self, scope: &TenantScope, from: i64, to: i64) -> Result<Option<String>, LogError> {
-        let reader = self.db.reader();
-        let rows = palisade_store::audit::tenant_rows_between(reader, scope, from, to).await?;
+    /// The tenant's tree rows (of leaves before `to`, in leaf order) are
+    /// numbered from 0 in that order, and those on leaves `[from, to)` are
+    /// each the tenant leaf of the tenant's record at that leaf, every such
+    /// record having one; else what is wrong.
+    async fn check_tenant_rows(
+        &self,
+        scope: &TenantScope,
+        rows: &[(i64, i64, String)],
+        from: i64,
+        to: i64,
+    ) -> Result<Option<String>, LogError> {
+        if let Some((leaf, _, _)) = rows.iter().enumerate().find(|(i, r)| r.1 != *i as i64).map(|(_, r)| r) {
+            return Ok(Some(format!("the tenant tree's leaf at {leaf} is out of its order")));
+        }
         let records: std::collections::HashMap<i64, AuditRow> =
-            palisade_store::audit::tenant_records_between(reader, scope, from, to).await?.into_iter().collect();
+            palisade_store::audit::tenant_records_between(self.db.reader(), scope, from, to)
+                .await?
+                .into_iter()
+                .collect();
+        let rows: Vec<_> = rows.iter().filter(|r| r.0 >= from).collect();
         for (leaf, index, stored) in &rows {
             let Some(record) = records.get(leaf) else {
                 return Ok(Some(format!("the tenant tree places a leaf at {leaf}, where the tenant has no record")));

@@ -1008,22 +1008,6 @@ pub async fn all_tenant_expiries<'c>(ex: impl Executor<'c, Database = Any>) -> R
         .collect())
 }
 
-/// The log leaves of the tenant's tree before leaf `up_to`, in order: how
-/// many there are is its tree's size at that point of the log.
-pub async fn tenant_leaves_before<'c>(
-    ex: impl Executor<'c, Database = Any>,
-    scope: &TenantScope,
-    up_to: i64,
-) -> Result<Vec<i64>> {
-    Ok(sqlx::query_scalar(
-        "SELECT leaf_index FROM audit_tenant_tree WHERE tenant_id = $1 AND leaf_index < $2 ORDER BY leaf_index",
-    )
-    .bind(scope.tenant_id().to_string())
-    .bind(up_to)
-    .fetch_all(ex)
-    .await?)
-}
-
 /// The leaf of the tenant's oldest record still present (by event order).
 pub async fn oldest_leaf_of<'c>(ex: impl Executor<'c, Database = Any>, scope: &TenantScope) -> Result<Option<i64>> {
     Ok(sqlx::query_scalar(
