@@ -555,15 +555,28 @@ impl AuditLog {
         // row moved onto another's record, to be deleted under this
         // statement, is never signed), and what is signed is what was checked.
         let rows = palisade_store::audit::tenant_rows_between(reader, scope, 0, up_to).await?;
-        if let Some(problem) = self.check_tenant_rows(scope, &rows, from, up_to).await? {
-            return Err(LogError::Tampered(problem));
+        if let Some((leaf, _, _)) = rows.iter().enumerate().find(|(i, r)| r.1 != *i as i64).map(|(_, r)| r) {
+            return Err(LogError::Tampered(format!("the tenant tree's leaf at {leaf} is out of its order")));
         }
-        if !rows.iter().any(|r| r.0 >= from) {
+        let mut in_range = std::collections::HashMap::new();
+        for (leaf, at, stored) in rows.iter().filter(|r| r.0 >= from) {
+            let h = merkle::decode_hash(stored)
+                .ok_or_else(|| LogError::Tampered(format!("the tenant leaf at {leaf} is unreadable")))?;
+            in_range.insert(*leaf, (*at, h));
+        }
+        // Nothing of the tenant's in the range: nothing to sign (and no long read).
+        if in_range.is_empty() && !palisade_store::audit::tenant_has_records_between(reader, scope, from, up_to).await?
+        {
             return Ok(None);
         }
         // Read without the write lock held: the first range may be long.
-        if let Some(problem) = crate::verify::check_range(&self.db, verifier, from as u64, up_to as u64).await? {
+        let t = crate::verify::TenantRows { tenant, rows: in_range };
+        let check = crate::verify::check_range_of(&self.db, verifier, from as u64, up_to as u64, Some(&t)).await?;
+        if let Some(problem) = check {
             return Err(LogError::Tampered(problem));
+        }
+        if t.rows.is_empty() {
+            return Ok(None);
         }
         let mut places = <sha2::Sha256 as sha2::Digest>::new();
         let mut tree = Frontier::default();
@@ -597,42 +610,6 @@ impl AuditLog {
         self.db.make_durable().await?;
         self.append_to_file(std::slice::from_ref(&statement)).await?;
         Ok(Some(up_to))
-    }
-
-    /// The tenant's tree rows (of leaves before `to`, in leaf order) are
-    /// numbered from 0 in that order, and those on leaves `[from, to)` are
-    /// each the tenant leaf of the tenant's record at that leaf, every such
-    /// record having one; else what is wrong.
-    async fn check_tenant_rows(
-        &self,
-        scope: &TenantScope,
-        rows: &[(i64, i64, String)],
-        from: i64,
-        to: i64,
-    ) -> Result<Option<String>, LogError> {
-        if let Some((leaf, _, _)) = rows.iter().enumerate().find(|(i, r)| r.1 != *i as i64).map(|(_, r)| r) {
-            return Ok(Some(format!("the tenant tree's leaf at {leaf} is out of its order")));
-        }
-        let records: std::collections::HashMap<i64, AuditRow> =
-            palisade_store::audit::tenant_records_between(self.db.reader(), scope, from, to)
-                .await?
-                .into_iter()
-                .collect();
-        let rows: Vec<_> = rows.iter().filter(|r| r.0 >= from).collect();
-        for (leaf, index, stored) in &rows {
-            let Some(record) = records.get(leaf) else {
-                return Ok(Some(format!("the tenant tree places a leaf at {leaf}, where the tenant has no record")));
-            };
-            if merkle::decode_hash(stored) != Some(crate::tenant::tenant_leaf_hash(record, index + 1)) {
-                return Ok(Some(format!("the tenant tree's leaf at {leaf} is not its record's")));
-            }
-        }
-        Ok((rows.len() != records.len()).then(|| {
-            format!(
-                "{} of the tenant's records among leaves {from}..{to} have no tenant leaf",
-                records.len() - rows.len().min(records.len())
-            )
-        }))
     }
 
     /// Removes the tenant's records before leaf `up_to` (its signed cut),

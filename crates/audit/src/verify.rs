@@ -158,6 +158,27 @@ pub(crate) async fn signed_cuts(db: &Db, verifier: &Verifier) -> Result<HashMap<
 /// tenant is for `verify_log`, which rebuilds each tenant's tree against
 /// its statements' roots.
 pub async fn check_range(db: &Db, verifier: &Verifier, from: u64, to: u64) -> Result<Option<String>, LogError> {
+    check_range_of(db, verifier, from, to, None).await
+}
+
+/// A tenant's tree rows on a range of leaves, by leaf: `(tenant index,
+/// tenant leaf hash)`, for [`check_range_of`].
+pub(crate) struct TenantRows<'a> {
+    pub tenant: &'a str,
+    pub rows: HashMap<i64, (i64, Hash)>,
+}
+
+/// [`check_range`], and with `tenant` each of its rows in the range must be
+/// the tenant leaf of the very record checked against the log there (a
+/// present record of the tenant), and each such record must have one: one
+/// read of each record for both, so what is checked is what is signed.
+pub(crate) async fn check_range_of(
+    db: &Db,
+    verifier: &Verifier,
+    from: u64,
+    to: u64,
+    tenant: Option<&TenantRows<'_>>,
+) -> Result<Option<String>, LogError> {
     let mut buf = Vec::with_capacity(1024);
     let mut expected = from;
     let mut start = from as i64;
@@ -178,6 +199,18 @@ pub async fn check_range(db: &Db, verifier: &Verifier, from: u64, to: u64) -> Re
             };
             if index != expected {
                 return Ok(Some(format!("leaf {expected} is missing")));
+            }
+            if let Some(t) = tenant {
+                let row = t.rows.get(&(index as i64));
+                let mismatch = match (&problem, row) {
+                    // A row on a record that is not there.
+                    (Some(_), Some(_)) => true,
+                    (Some(_), None) => false,
+                    (None, row) => !tenant_row_matches(db, record, index, t.tenant, row, &mut buf).await?,
+                };
+                if mismatch {
+                    return Ok(Some(format!("the tenant tree's leaf at {index} is not the tenant's record there")));
+                }
             }
             if let Some(problem) = problem {
                 if !gone {
@@ -208,6 +241,37 @@ pub async fn check_range(db: &Db, verifier: &Verifier, from: u64, to: u64) -> Re
         start = end;
     }
     Ok((expected != to).then(|| format!("leaf {expected} is missing")))
+}
+
+/// Whether `record` (present, at leaf `index`, checked against the log)
+/// and the tenant's `row` there agree: a record of `tenant` has a row that
+/// is its tenant leaf; anyone else's has none.
+async fn tenant_row_matches(
+    db: &Db,
+    record: &str,
+    index: u64,
+    tenant: &str,
+    row: Option<&(i64, Hash)>,
+    buf: &mut Vec<u8>,
+) -> Result<bool, LogError> {
+    let tenant_hash = |fields: &LeafFields<'_>, at: i64, buf: &mut Vec<u8>| {
+        LeafFields { seq: at + 1, ..*fields }.encode_as(crate::tenant::TENANT_LEAF, buf);
+        merkle::leaf_hash(buf)
+    };
+    let (owner, hash) = match parse_fields(record) {
+        Ok((_, _, _, Some(fields))) => {
+            (fields.tenant_id.map(str::to_owned), row.map(|(at, _)| tenant_hash(&fields, *at, buf)))
+        }
+        // A record the fast path cannot read: the slow way.
+        _ => match slow_row(db, index).await? {
+            Some(r) => (r.tenant_id.clone(), row.map(|(at, _)| crate::tenant::tenant_leaf_hash(&r, at + 1))),
+            None => return Ok(false),
+        },
+    };
+    Ok(match row {
+        Some((_, stored)) => owner.as_deref() == Some(tenant) && hash.as_ref() == Some(stored),
+        None => owner.as_deref() != Some(tenant),
+    })
 }
 
 /// Slow path for one leaf: the database encodes the record as JSON.
@@ -567,19 +631,10 @@ pub(crate) async fn verify_log_paced(
             None => {}
         }
     }
-    // The leaves are read after the checkpoints of the database and the
-    // files, never before: a log growing meanwhile then shows leaves past
-    // its newest checkpoint read, never a checkpoint past its last leaf
-    // (which is what a truncated log shows). The reader starts now, so the
-    // first chunks arrive while the signatures below are checked.
-    let last = palisade_store::audit::max_leaf_index(db.reader()).await?.unwrap_or(-1);
-    let (chunks, spent) = palisade_store::audit_copy::leaf_chunks(db, last, pace.chunk);
-    // The hashing stage starts at once too: loading the tenants'
-    // checkpoints below takes a while on a large log.
-    let placed = u64::try_from(palisade_store::audit::tenant_size(db.reader()).await?).unwrap_or(0);
-    let (mut chunks, back) = stage(chunks, placed);
     // Each table holds its own kind of statement, and a row's columns (what
-    // the database's guard reads) say no more than its signed body.
+    // the database's guard reads) say no more than its signed body. Read
+    // before the tenant trees' placed size below: every statement was
+    // signed within the size placed then, and that size only grows.
     let mut all_expiries: Vec<(String, Checkpoint)> = Vec::new();
     for r in palisade_store::audit::all_expiries(db.reader()).await? {
         let cp = Checkpoint { body: r.body, signature: r.signature, key_id: r.key_id };
@@ -600,6 +655,17 @@ pub(crate) async fn verify_log_paced(
         }
         all_expiries.push(("database".to_owned(), cp));
     }
+    // The leaves are read after the checkpoints of the database and the
+    // files, never before: a log growing meanwhile then shows leaves past
+    // its newest checkpoint read, never a checkpoint past its last leaf
+    // (which is what a truncated log shows). The reader starts now, so the
+    // first chunks arrive while the signatures below are checked.
+    let last = palisade_store::audit::max_leaf_index(db.reader()).await?.unwrap_or(-1);
+    let (chunks, spent) = palisade_store::audit_copy::leaf_chunks(db, last, pace.chunk);
+    // The hashing stage starts at once too: loading the tenants'
+    // checkpoints below takes a while on a large log.
+    let placed = u64::try_from(palisade_store::audit::tenant_size(db.reader()).await?).unwrap_or(0);
+    let (mut chunks, back) = stage(chunks, placed);
     all_expiries.extend(all.iter().filter(|(_, c)| c.is_expiry()).cloned());
     all.retain(|(_, c)| !c.is_expiry());
     // The signatures are checked on a thread of their own while the tenant

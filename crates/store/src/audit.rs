@@ -1038,21 +1038,21 @@ pub async fn tenant_rows_between<'c>(
     .await?)
 }
 
-/// The tenant's records on leaves `[from, to)` of the log, with their leaf.
-pub async fn tenant_records_between<'c>(
+/// Whether the tenant has a record on leaves `[from, to)` of the log.
+pub async fn tenant_has_records_between<'c>(
     ex: impl Executor<'c, Database = Any>,
     scope: &TenantScope,
     from: i64,
     to: i64,
-) -> Result<Vec<(i64, AuditRow)>> {
-    let rows: Vec<LeafAndEvent> = sqlx::query_as(&format!(
-        "SELECT l.leaf_index, {EVENT_COLS} FROM audit_events e JOIN audit_leaves l ON l.event_seq = e.seq \
-         WHERE e.tenant_id = $1 AND l.leaf_index >= $2 AND l.leaf_index < $3 ORDER BY l.leaf_index"
-    ))
+) -> Result<bool> {
+    Ok(sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM audit_events e JOIN audit_leaves l ON l.event_seq = e.seq \
+         WHERE e.tenant_id = $1 AND l.leaf_index >= $2 AND l.leaf_index < $3 LIMIT 1) x",
+    )
     .bind(scope.tenant_id().to_string())
     .bind(from)
     .bind(to)
-    .fetch_all(ex)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.leaf_index, r.row)).collect())
+    .fetch_one(ex)
+    .await?
+        > 0)
 }

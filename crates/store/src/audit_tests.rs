@@ -597,12 +597,10 @@ async fn a_tenants_statements_leaves_and_removal() {
     let b = TenantScope::for_sysadmin(&SysadminProof::verified(), l.b);
     assert_eq!(tenant_rows_between(r, &a, 0, 4).await.unwrap(), vec![(0, 0, "ta0".into()), (3, 1, "ta1".into())]);
     assert_eq!(tenant_rows_between(r, &a, 1, 3).await.unwrap(), vec![]);
-    let records = tenant_records_between(r, &a, 0, 4).await.unwrap();
-    assert_eq!(
-        records.iter().map(|(leaf, row)| (*leaf, row.id.as_str())).collect::<Vec<_>>(),
-        vec![(0, "e1"), (3, "e4")]
-    );
-    assert_eq!(tenant_records_between(r, &b, 0, 2).await.unwrap().len(), 0);
+    assert!(tenant_has_records_between(r, &a, 3, 4).await.unwrap());
+    assert!(!tenant_has_records_between(r, &a, 1, 3).await.unwrap());
+    assert!(!tenant_has_records_between(r, &b, 0, 2).await.unwrap());
+    assert!(tenant_has_records_between(r, &b, 2, 3).await.unwrap());
     assert_eq!(oldest_leaf_of(r, &a).await.unwrap(), Some(0));
     assert_eq!(tenant_expired_up_to(r, &a).await.unwrap(), 0);
     assert!(all_tenant_expiries(r).await.unwrap().is_empty());
