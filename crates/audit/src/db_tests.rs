@@ -370,7 +370,10 @@ async fn a_tenant_row_moved_onto_anothers_record_is_never_signed() {
     swap(1, 0).await;
     tamper(dir.path(), &format!("DELETE FROM audit_tenant_tree WHERE tenant_id = '{t}' AND leaf_index = 2")).await;
     let refused = log.expire_tenant(&scope, 5_000, 12_000, 10).await;
-    assert!(matches!(&refused, Err(crate::log::LogError::Tampered(p)) if p.contains("leaf at 2 is not")), "{refused:?}");
+    assert!(
+        matches!(&refused, Err(crate::log::LogError::Tampered(p)) if p.contains("leaf at 2 is not")),
+        "{refused:?}"
+    );
     // Put back with its number changed: the rows are out of their order.
     tamper(dir.path(), &format!("INSERT INTO audit_tenant_tree (tenant_id, tenant_index, leaf_index, leaf_hash) SELECT '{t}', 5, 2, leaf_hash FROM audit_tenant_tree WHERE tenant_id = '{t}' AND tenant_index = 0")).await;
     let refused = log.expire_tenant(&scope, 5_000, 12_000, 10).await;
@@ -727,6 +730,13 @@ async fn a_record_holding_the_field_separator_verifies() {
         crate::verify::verify_log_paced(&db, log.signer().verifier(), &[file.as_path()], |_| {}, small).await.unwrap();
     assert!(report.intact(), "{:?}", report.problems);
     assert_eq!(report.records, 9);
+    // The tenant's own retention reads it the slow way too, and signs.
+    use palisade_core::principal::SysadminProof;
+    let scope = palisade_core::TenantScope::for_sysadmin(&SysadminProof::verified(), tenant);
+    assert_eq!(log.expire_tenant(&scope, 2_000, 4_000, 10).await.unwrap(), 3);
+    log.integrate(5_000).await.unwrap();
+    let report = verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}).await.unwrap();
+    assert!(report.intact(), "{:?}", report.problems);
 }
 
 /// The background integrator: it sequences what writers poke it about,

@@ -104,10 +104,15 @@ fn check_parsed(parsed: &Parsed<'_>, buf: &mut Vec<u8>) -> Result<Checked, ()> {
 
 /// The record of leaf `index` decoded the slow way (the fast path could
 /// not read it, yet it hashes to its leaf).
+/// Read again, so believed only if it still hashes to its leaf.
 async fn slow_row(db: &Db, index: u64) -> Result<Option<AuditRow>, LogError> {
     let i = index as i64;
     let chunk = palisade_store::audit::leaf_chunk(db, i, i + 1).await?;
-    Ok(chunk.lines().next().and_then(parse_line).and_then(|l| l.record.and_then(decode_record)))
+    Ok(chunk
+        .lines()
+        .next()
+        .and_then(parse_line)
+        .and_then(|l| l.record.and_then(decode_record).filter(|r| leaf_hash_of(r) == l.hash)))
 }
 
 /// Checks one record of a [`palisade_store::audit::leaf_fields_chunk`].
@@ -202,11 +207,12 @@ pub(crate) async fn check_range_of(
             }
             if let Some(t) = tenant {
                 let row = t.rows.get(&(index as i64));
-                let mismatch = match (&problem, row) {
-                    // A row on a record that is not there.
-                    (Some(_), Some(_)) => true,
-                    (Some(_), None) => false,
-                    (None, row) => !tenant_row_matches(db, record, index, t.tenant, row, &mut buf).await?,
+                // A record not there (or altered) is judged below like any
+                // other: gone only under a signed cut (another instance's,
+                // signed meanwhile, included).
+                let mismatch = match &problem {
+                    Some(_) => false,
+                    None => !tenant_row_matches(db, record, index, t.tenant, row, &mut buf).await?,
                 };
                 if mismatch {
                     return Ok(Some(format!("the tenant tree's leaf at {index} is not the tenant's record there")));
@@ -258,8 +264,10 @@ async fn tenant_row_matches(
         LeafFields { seq: at + 1, ..*fields }.encode_as(crate::tenant::TENANT_LEAF, buf);
         merkle::leaf_hash(buf)
     };
-    let (owner, hash) = match parse_fields(record) {
-        Ok((_, _, _, Some(fields))) => {
+    // Only a read that hashed to its leaf says whose the record is.
+    let parsed = parse_fields(record).ok().filter(|p| matches!(check_parsed(p, buf), Ok((_, _, None, false))));
+    let (owner, hash) = match parsed {
+        Some((_, _, _, Some(fields))) => {
             (fields.tenant_id.map(str::to_owned), row.map(|(at, _)| tenant_hash(&fields, *at, buf)))
         }
         // A record the fast path cannot read: the slow way.
@@ -784,6 +792,8 @@ pub(crate) async fn verify_log_paced(
                     // Parsed once: the tenant leaf below reuses the fields.
                     let parsed = parse_fields(record).ok();
                     let fast = parsed.as_ref().map(|p| check_parsed(p, &mut buf));
+                    // The fields read are believed only if they hashed to the leaf.
+                    let parsed = parsed.filter(|_| matches!(fast, Some(Ok(_))));
                     let checked = match fast {
                         Some(Ok(checked)) => Ok(checked),
                         // Not the expected shape, or not matching: the slow way decides.
