@@ -10,6 +10,7 @@
 use palisade_audit::{Context, Event};
 use palisade_core::principal::Actor;
 use palisade_core::TenantScope;
+use palisade_store::erasure::Masked;
 use palisade_store::StoreError;
 
 use crate::state::AppState;
@@ -52,41 +53,22 @@ async fn erase(
 ) -> Result<(), StoreError> {
     let batch = i64::from(state.config.retention.batch);
     let full = u64::from(state.config.retention.batch);
-    loop {
-        let mut tx = state.db.begin().await?;
-        let n = palisade_store::erasure::messages(&mut tx, scope, number, masked, batch).await?;
-        tx.commit().await?;
-        erased.messages += n;
-        if n < full {
-            break;
-        }
-    }
-    loop {
-        let mut tx = state.db.begin().await?;
-        let n = palisade_store::erasure::calls(&mut tx, scope, number, masked, batch).await?;
-        tx.commit().await?;
-        erased.calls += n;
-        if n < full {
-            break;
-        }
-    }
-    // After the calls: a live call's CDR is written with the masked number.
-    loop {
-        let mut tx = state.db.begin().await?;
-        let n = palisade_store::erasure::cdrs(&mut tx, scope, number, masked, batch).await?;
-        tx.commit().await?;
-        erased.cdrs += n;
-        if n < full {
-            break;
-        }
-    }
-    loop {
-        let mut tx = state.db.begin().await?;
-        let n = palisade_store::erasure::webhook_events(&mut tx, scope, number, masked, batch).await?;
-        tx.commit().await?;
-        erased.webhook_events += n;
-        if n < full {
-            break;
+    // Messages, then calls; after the calls, CDRs (a live call's is written
+    // masked); then the events kept for the delivery log.
+    for table in [Masked::Messages, Masked::Calls, Masked::Cdrs, Masked::WebhookEvents] {
+        loop {
+            let mut tx = state.db.begin().await?;
+            let n = palisade_store::erasure::mask(&mut tx, scope, table, number, masked, batch).await?;
+            tx.commit().await?;
+            *match table {
+                Masked::Messages => &mut erased.messages,
+                Masked::Calls => &mut erased.calls,
+                Masked::Cdrs => &mut erased.cdrs,
+                Masked::WebhookEvents => &mut erased.webhook_events,
+            } += n;
+            if n < full {
+                break;
+            }
         }
     }
     // After the calls: a recording kept meanwhile is found too, and one

@@ -12,30 +12,40 @@ use sqlx::{Any, Executor};
 
 use crate::Result;
 
-/// Blanks the bodies of up to `limit` of the tenant's messages to or from
-/// `number` and puts `masked` in its place; how many.
-pub async fn messages(tx: &mut crate::Tx, scope: &TenantScope, number: &str, masked: &str, limit: i64) -> Result<u64> {
-    mask(tx, scope, "messages", "body = '', ", number, masked, limit).await
+/// Where a number's erasure masks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Masked {
+    /// Bodies blanked too.
+    Messages,
+    /// Live ones too (a live call's CDR is then written masked).
+    Calls,
+    /// Only the number: the trigger refuses any other change.
+    Cdrs,
+    /// The payloads kept for the delivery log, as a JSON string only
+    /// (`"+34…"` whole, never the start of a longer number); a pending one
+    /// goes out masked.
+    WebhookEvents,
 }
 
-/// Puts `masked` in place of `number` in up to `limit` of the tenant's
-/// calls, live ones too (a live call's CDR is then written with the masked
-/// number); how many.
-pub async fn calls(tx: &mut crate::Tx, scope: &TenantScope, number: &str, masked: &str, limit: i64) -> Result<u64> {
-    mask(tx, scope, "calls", "", number, masked, limit).await
+/// Puts `masked` in place of `number` in up to `limit` of the tenant's rows
+/// of `table`; how many.
+pub async fn mask(
+    tx: &mut crate::Tx,
+    scope: &TenantScope,
+    table: Masked,
+    number: &str,
+    masked: &str,
+    limit: i64,
+) -> Result<u64> {
+    match table {
+        Masked::Messages => mask_numbers(tx, scope, "messages", "body = '', ", number, masked, limit).await,
+        Masked::Calls => mask_numbers(tx, scope, "calls", "", number, masked, limit).await,
+        Masked::Cdrs => mask_numbers(tx, scope, "cdrs", "", number, masked, limit).await,
+        Masked::WebhookEvents => webhook_events(tx, scope, number, masked, limit).await,
+    }
 }
 
-/// Puts `masked` in place of `number` in up to `limit` of the tenant's
-/// CDRs (their amounts, times and everything else stay); how many.
-pub async fn cdrs(tx: &mut crate::Tx, scope: &TenantScope, number: &str, masked: &str, limit: i64) -> Result<u64> {
-    mask(tx, scope, "cdrs", "", number, masked, limit).await
-}
-
-/// Puts `masked` in place of `number` in up to `limit` of the tenant's
-/// webhook events (the payloads kept for the delivery log and replays; a
-/// pending one goes out masked). JSON strings only: `"+34…"` whole, never
-/// the start of a longer number. How many.
-pub async fn webhook_events(
+async fn webhook_events(
     tx: &mut crate::Tx,
     scope: &TenantScope,
     number: &str,
@@ -59,7 +69,7 @@ pub async fn webhook_events(
 }
 
 /// `table` and `also` (what else to set) are constants of this module.
-async fn mask(
+async fn mask_numbers(
     tx: &mut crate::Tx,
     scope: &TenantScope,
     table: &'static str,
