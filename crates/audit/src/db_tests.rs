@@ -422,6 +422,34 @@ async fn the_leaf_at_a_tenants_cut_is_not_excused() {
     assert_eq!((written, skipped), (checkpoints + 1, 1));
 }
 
+/// A tenant row whose hash is not its own record's tenant leaf is never
+/// signed, though it sits on the tenant's record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_row_with_another_hash_is_never_signed() {
+    use palisade_core::principal::SysadminProof;
+    use palisade_core::TenantScope;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let t = TenantId::new();
+    events(&db, 1, t, 1_000).await; // leaf 0
+    events(&db, 1, t, 9_000).await; // leaf 1
+    let log = AuditLog::new(db.clone(), signer(), dir.path().join("checkpoints"));
+    log.integrate(10_000).await.unwrap().unwrap();
+    tamper(
+        dir.path(),
+        "UPDATE audit_tenant_tree SET leaf_hash = (SELECT leaf_hash FROM audit_tenant_tree WHERE leaf_index = 1) \
+         WHERE leaf_index = 0",
+    )
+    .await;
+    let scope = TenantScope::for_sysadmin(&SysadminProof::verified(), t);
+    let refused = log.expire_tenant(&scope, 5_000, 11_000, 10).await;
+    assert!(
+        matches!(&refused, Err(crate::log::LogError::Tampered(p)) if p.contains("leaf at 0 is not")),
+        "{refused:?}"
+    );
+    assert!(palisade_store::audit::all_tenant_expiries(db.reader()).await.unwrap().is_empty());
+}
+
 /// A record deleted behind the log's back is not excused by another
 /// tenant's statement, even when the stored tenant tree is rewritten to
 /// name that tenant.
