@@ -151,7 +151,12 @@ async fn no_recording_is_kept_of_a_call_whose_number_was_erased() {
     let w = world().await;
     let call = placed(&w).await;
     let mut tx = w.svc.db.begin().await.unwrap();
-    assert_eq!(palisade_store::erasure::calls(&mut tx, &w.scope, US, "…0123", 10).await.unwrap(), 1);
+    assert_eq!(
+        palisade_store::erasure::mask(&mut tx, &w.scope, palisade_store::erasure::Masked::Calls, US, "…0123", 10)
+            .await
+            .unwrap(),
+        1
+    );
     tx.commit().await.unwrap();
     assert!(w.svc.keep_recording(&w.scope, &call, &SECOND).await.unwrap().is_none());
     assert_eq!(w.count("recordings", "1 = 1").await, 0);
