@@ -174,6 +174,17 @@ pub fn leaf_hash_of(r: &AuditRow) -> Hash {
     merkle::leaf_hash(&leaf_data(r))
 }
 
+/// A signed retention statement as its table's row.
+fn expiry_row(statement: &Checkpoint, up_to_leaf: i64, ts: i64) -> palisade_store::audit::ExpiryRow {
+    palisade_store::audit::ExpiryRow {
+        up_to_leaf,
+        ts,
+        body: statement.body.clone(),
+        signature: statement.signature.clone(),
+        key_id: statement.key_id.clone(),
+    }
+}
+
 /// Which tree a proof is in.
 #[derive(Debug, Clone, Copy)]
 enum Tree<'a> {
@@ -468,13 +479,7 @@ impl AuditLog {
             return Err(LogError::Tampered(problem));
         }
         let statement = self.signer.sign_expiry(up_to as u64, now_ms);
-        let row = palisade_store::audit::ExpiryRow {
-            up_to_leaf: up_to,
-            ts: now_ms,
-            body: statement.body.clone(),
-            signature: statement.signature.clone(),
-            key_id: statement.key_id.clone(),
-        };
+        let row = expiry_row(&statement, up_to, now_ms);
         let removed = palisade_store::audit::expire(&mut tx, &row).await?;
         let event = crate::Event::new("audit.expired", None, palisade_core::principal::Actor::system())
             .details(serde_json::json!({ "up_to_leaf": up_to, "removed": removed, "cutoff_ms": cutoff_ms }));
@@ -592,13 +597,7 @@ impl AuditLog {
             places: sha2::Digest::finalize(places).into(),
         };
         let statement = self.signer.sign_tenant_expiry(tenant, up_to as u64, now_ms, &tree);
-        let row = palisade_store::audit::ExpiryRow {
-            up_to_leaf: up_to,
-            ts: now_ms,
-            body: statement.body.clone(),
-            signature: statement.signature.clone(),
-            key_id: statement.key_id.clone(),
-        };
+        let row = expiry_row(&statement, up_to, now_ms);
         let mut tx = self.db.begin().await?;
         palisade_store::audit::lock_head(&mut tx).await?;
         // Another instance may have signed as far meanwhile.
