@@ -467,12 +467,13 @@ fn stage(
     let (back_tx, back) = std::sync::mpsc::channel();
     tokio::task::spawn_blocking(move || {
         let mut counts = Counts::new();
-        let mut spare = Vec::new();
+        // Every list given back is kept: a few are in flight at once.
+        let mut spare: Vec<Vec<Pre>> = Vec::new();
         let mut bufs = (Vec::with_capacity(64), Vec::with_capacity(1024));
         while let Some(next) = chunks.blocking_recv() {
             for b in back.try_iter() {
                 match b {
-                    Back::Pres(v) => spare = v,
+                    Back::Pres(v) => spare.push(v),
                     Back::Missed(tenant, n) => {
                         let c = counts.entry(tenant).or_default();
                         c.1 = c.1.max(n);
@@ -480,7 +481,7 @@ fn stage(
                 }
             }
             let staged = next.map(|(from, chunk)| {
-                let mut pres = std::mem::take(&mut spare);
+                let mut pres = spare.pop().unwrap_or_default();
                 let ok = stage_chunk(&chunk, placed, &mut counts, &mut pres, &mut bufs);
                 Staged { from, chunk, pres: ok.then_some(pres) }
             });

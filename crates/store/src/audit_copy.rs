@@ -41,9 +41,8 @@ pub fn leaf_chunks(
         let mut from = 0i64;
         while from <= last {
             let to = from.saturating_add(chunk);
-            if let Some(buf) = spent_rx.try_iter().last() {
-                scratch.spare = buf;
-            }
+            // Every chunk given back is kept: a few are in flight at once.
+            scratch.spare.extend(spent_rx.try_iter());
             let read = match native.as_mut() {
                 Some(conn) => copy_chunk(conn, from, to, &mut scratch).await,
                 None => crate::audit::leaf_fields_chunk(&db, from, to).await,
@@ -88,8 +87,8 @@ struct Scratch {
     leaf_rows: Vec<(usize, usize, i64)>,
     /// Per event seq from the smallest one: (start, end) in `events`.
     slots: Vec<(u32, u32)>,
-    /// A chunk given back, to build the next one in.
-    spare: String,
+    /// Chunks given back, to build the next ones in.
+    spare: Vec<String>,
     /// Chunks that took the SQL join (its output is the same; only the
     /// tests look, to see that the client join is what runs).
     fallbacks: u32,
@@ -129,29 +128,24 @@ async fn copy_chunk(conn: &mut sqlx::PgConnection, from: i64, to: i64, s: &mut S
 }
 
 async fn copy_chunk_in(conn: &mut sqlx::PgConnection, from: i64, to: i64, s: &mut Scratch) -> Result<String> {
-    // COPY takes no parameters; these are integers.
+    // COPY takes no parameters; these are integers. Binary rows: nothing
+    // for the server to format or escape, nor for us to split and unescape.
     let sql = format!(
         "COPY (SELECT leaf_index, event_seq, leaf_hash FROM audit_leaves \
-         WHERE leaf_index >= {from} AND leaf_index < {to} ORDER BY leaf_index) TO STDOUT"
+         WHERE leaf_index >= {from} AND leaf_index < {to} ORDER BY leaf_index) TO STDOUT (FORMAT binary)"
     );
     copy_into(conn, &sql, &mut s.leaves).await?;
     s.leaf_rows.clear();
     let (mut min, mut max) = (i64::MAX, i64::MIN);
-    let mut regular = true;
-    let mut at = 0;
-    while at < s.leaves.len() {
-        let end = memchr::memchr(b'\n', &s.leaves[at..]).map_or(s.leaves.len(), |i| at + i);
-        let line = &s.leaves[at..end];
-        let seq = line.split(|b| *b == b'\t').nth(1).and_then(parse_int);
-        match seq {
-            Some(seq) => {
-                (min, max) = (min.min(seq), max.max(seq));
-                s.leaf_rows.push((at, end, seq));
-            }
-            None => regular = false,
+    let mut fields: [Option<&[u8]>; 16] = [None; 16];
+    let regular = for_each_tuple(&s.leaves, 3, &mut fields[..3], |start, end, f| {
+        let seq = int(f[1]);
+        if let Some(seq) = seq {
+            (min, max) = (min.min(seq), max.max(seq));
+            s.leaf_rows.push((start, end, seq));
         }
-        at = end + 1;
-    }
+        seq.is_some()
+    });
     if s.leaf_rows.is_empty() && regular {
         return Ok(String::new());
     }
@@ -164,59 +158,114 @@ async fn copy_chunk_in(conn: &mut sqlx::PgConnection, from: i64, to: i64, s: &mu
         return copy_joined(conn, from, to, &mut s.events).await;
     }
     let sql = format!(
-        "COPY (SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq >= {min} AND seq <= {max} ORDER BY seq) TO STDOUT"
+        "COPY (SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq >= {min} AND seq <= {max} ORDER BY seq) \
+         TO STDOUT (FORMAT binary)"
     );
     copy_into(conn, &sql, &mut s.events).await?;
     s.slots.clear();
     s.slots.resize(span as usize, NO_SLOT);
-    let mut at = 0;
-    while at < s.events.len() {
-        let end = memchr::memchr(b'\n', &s.events[at..]).map_or(s.events.len(), |i| at + i);
-        let line = &s.events[at..end];
-        let tab = memchr::memchr(b'\t', line).unwrap_or(line.len());
-        let slot = parse_int(&line[..tab])
-            .filter(|seq| (min..=max).contains(seq))
-            .and_then(|seq| s.slots.get_mut((seq - min) as usize));
-        match (slot, u32::try_from(at), u32::try_from(end)) {
-            (Some(slot), Ok(a), Ok(e)) if *slot == NO_SLOT => *slot = (a, e),
-            // A duplicate number or a line out of place.
-            _ => {
-                s.fallbacks += 1;
-                return copy_joined(conn, from, to, &mut s.events).await;
+    let slots = &mut s.slots;
+    let placed = for_each_tuple(&s.events, 13, &mut fields[3..], |start, end, f| {
+        let slot =
+            int(f[0]).filter(|seq| (min..=max).contains(seq)).and_then(|seq| slots.get_mut((seq - min) as usize));
+        match (slot, u32::try_from(start), u32::try_from(end)) {
+            (Some(slot), Ok(a), Ok(e)) if *slot == NO_SLOT => {
+                *slot = (a, e);
+                true
             }
+            // A duplicate number or a row out of place.
+            _ => false,
         }
-        at = end + 1;
+    });
+    if !placed {
+        s.fallbacks += 1;
+        return copy_joined(conn, from, to, &mut s.events).await;
     }
-    let mut out = std::mem::take(&mut s.spare);
+    let mut out = s.spare.pop().unwrap_or_default();
     out.clear();
-    out.reserve(s.leaves.len() + s.events.len() + s.leaf_rows.len() * 8);
+    // A little over: the next chunk may be a little larger.
+    out.reserve((s.leaves.len() + s.events.len() + s.leaf_rows.len() * 8) * 9 / 8);
     let mut framer = Framer::default();
-    let mut fields: [&[u8]; 16] = [&[]; 16];
     for &(start, end, seq) in &s.leaf_rows {
-        let (mut n, mut ok) = (0, true);
-        for f in s.leaves[start..end].split(|b| *b == b'\t') {
-            ok &= n < 3;
-            if let Some(slot) = fields.get_mut(n) {
-                *slot = f;
-            }
-            n += 1;
-        }
         let event = s.slots[(seq - min) as usize];
-        if event == NO_SLOT {
-            fields[3..].fill(NULL);
-            n += 13;
-        } else {
-            for f in s.events[event.0 as usize..event.1 as usize].split(|b| *b == b'\t') {
-                ok &= n < 16;
-                if let Some(slot) = fields.get_mut(n) {
-                    *slot = f;
-                }
-                n += 1;
-            }
+        let mut ok = matches!(tuple(&s.leaves[start..end], &mut fields[..3]), Ok(Some((3, _))));
+        let present = event != NO_SLOT;
+        if present {
+            let row = &s.events[event.0 as usize..event.1 as usize];
+            ok &= matches!(tuple(row, &mut fields[3..]), Ok(Some((13, _))));
         }
-        framer.push(&mut out, (ok && n == 16).then_some(&fields[..]));
+        framer.push_typed(&mut out, ok.then_some((&fields, present)));
     }
     Ok(out)
+}
+
+/// Binary COPY's signature, the start of its header.
+const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+/// Calls `row` with the byte range and fields of each tuple of a binary
+/// COPY output (PostgreSQL's documented format), each of exactly `n`
+/// fields. `false` if the output is not in that shape or `row` said
+/// `false` (then it stops there).
+fn for_each_tuple<'a>(
+    buf: &'a [u8],
+    n: usize,
+    fields: &mut [Option<&'a [u8]>],
+    mut row: impl FnMut(usize, usize, &[Option<&'a [u8]>]) -> bool,
+) -> bool {
+    // Signature, flags, the header extension's length, the extension.
+    let Some(ext) = buf.strip_prefix(SIGNATURE).and_then(|rest| be::<4>(rest, 4)) else { return false };
+    let mut at = SIGNATURE.len() + 8 + u32::from_be_bytes(ext) as usize;
+    loop {
+        let Some(rest) = buf.get(at..) else { return false };
+        match tuple(rest, fields) {
+            Ok(Some((count, len))) if count == n => {
+                if !row(at, at + len, &fields[..n]) {
+                    return false;
+                }
+                at += len;
+            }
+            // The trailer, and nothing after it.
+            Ok(None) => return at + 2 == buf.len(),
+            _ => return false,
+        }
+    }
+}
+
+/// The binary COPY tuple at the start of `buf`: its fields into `out`
+/// (`None`: NULL), their number and the tuple's length in bytes;
+/// `Ok(None)` for the trailer. `Err` if it is cut short or has more fields
+/// than `out` holds.
+fn tuple<'a>(buf: &'a [u8], out: &mut [Option<&'a [u8]>]) -> std::result::Result<Option<(usize, usize)>, ()> {
+    let count = i16::from_be_bytes(be::<2>(buf, 0).ok_or(())?);
+    if count == -1 {
+        return Ok(None);
+    }
+    let n = usize::try_from(count).map_err(|_| ())?;
+    let mut at = 2;
+    for slot in out.get_mut(..n).ok_or(())? {
+        let len = i32::from_be_bytes(be::<4>(buf, at).ok_or(())?);
+        at += 4;
+        *slot = match len {
+            -1 => None,
+            len => {
+                let end = at + usize::try_from(len).map_err(|_| ())?;
+                let field = buf.get(at..end).ok_or(())?;
+                at = end;
+                Some(field)
+            }
+        };
+    }
+    Ok(Some((n, at)))
+}
+
+/// `N` bytes of `buf` at `at`.
+fn be<const N: usize>(buf: &[u8], at: usize) -> Option<[u8; N]> {
+    buf.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
+/// A `bigint` in binary form.
+fn int(field: Option<&[u8]>) -> Option<i64> {
+    Some(i64::from_be_bytes(field?.try_into().ok()?))
 }
 
 /// The reference form: the join done by PostgreSQL.
@@ -227,11 +276,6 @@ async fn copy_joined(conn: &mut sqlx::PgConnection, from: i64, to: i64, raw: &mu
     );
     copy_into(conn, &sql, raw).await?;
     Ok(frame(raw))
-}
-
-/// An integer as COPY writes it; `None` for anything else.
-fn parse_int(f: &[u8]) -> Option<i64> {
-    std::str::from_utf8(f).ok()?.parse().ok()
 }
 
 const NULL: &[u8] = b"\\N";
@@ -270,11 +314,59 @@ impl Framer {
         let sep = FIELD_SEP.encode_utf8(&mut sep).as_bytes();
         self.rec.clear();
         let ok = fields.is_some_and(|f| build(f, &mut self.rec, sep));
+        self.frame(out, ok);
+    }
+
+    /// Appends one record framed from a leaf's binary fields and its
+    /// event's (`true`: the event is present), as the SQLite reader frames
+    /// typed values; `None`: a row not in the expected shape.
+    fn push_typed(&mut self, out: &mut String, row: Option<(&[Option<&[u8]>; 16], bool)>) {
+        self.rec.clear();
+        let ok = row.is_some_and(|(fields, present)| build_typed(fields, present, &mut self.rec));
+        self.frame(out, ok);
+    }
+
+    /// `<bytes>:<record>`, or `?` for a record not built or not UTF-8.
+    fn frame(&mut self, out: &mut String, ok: bool) {
         let text = if ok { std::str::from_utf8(&self.rec).unwrap_or("?") } else { "?" };
         out.push_str(self.ints.format(text.len()));
         out.push(':');
         out.push_str(text);
     }
+}
+
+/// [`build`] for binary fields: integers in the integer columns, text in
+/// the others, NULL only where the schema allows it.
+fn build_typed(fields: &[Option<&[u8]>; 16], present: bool, rec: &mut Vec<u8>) -> bool {
+    let mut sep = [0u8; 4];
+    let sep = FIELD_SEP.encode_utf8(&mut sep).as_bytes();
+    let mut ints = itoa::Buffer::new();
+    let last = if present { 16 } else { 3 };
+    for (i, f) in fields.iter().enumerate().take(last) {
+        if i > 0 {
+            rec.extend_from_slice(sep);
+        }
+        let nullable = NULLABLE.contains(&i);
+        match (f, matches!(i, 0 | 1 | 3 | 5)) {
+            (None, _) if nullable => rec.push(b'0'),
+            (Some(_), true) => match int(*f) {
+                Some(n) => rec.extend_from_slice(ints.format(n).as_bytes()),
+                None => return false,
+            },
+            (Some(text), false) => {
+                if nullable {
+                    rec.push(b'1');
+                }
+                rec.extend_from_slice(text);
+            }
+            (None, _) => return false,
+        }
+    }
+    if !present {
+        rec.extend_from_slice(sep);
+        rec.push(b'-');
+    }
+    true
 }
 
 fn build(fields: &[&[u8]], rec: &mut Vec<u8>, sep: &[u8]) -> bool {
@@ -347,6 +439,147 @@ mod tests {
         assert_eq!(records[1], format!("1{s}2{s}cd{s}-"));
         // A NULL where the schema allows none: the careful path decides.
         assert_eq!(records[2], "?");
+    }
+
+    /// A binary COPY output as PostgreSQL writes it: the header (with an
+    /// extension of `ext` bytes), the tuples, the trailer.
+    fn binary(ext: usize, rows: &[&[Option<&[u8]>]]) -> Vec<u8> {
+        let mut out = SIGNATURE.to_vec();
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&(ext as u32).to_be_bytes());
+        out.extend(std::iter::repeat_n(7u8, ext));
+        for row in rows {
+            out.extend_from_slice(&(row.len() as i16).to_be_bytes());
+            for f in *row {
+                match f {
+                    None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+                    Some(b) => {
+                        out.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                        out.extend_from_slice(b);
+                    }
+                }
+            }
+        }
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+        out
+    }
+
+    fn collect(buf: &[u8], n: usize) -> Option<Vec<(usize, usize, Vec<Option<Vec<u8>>>)>> {
+        let mut fields = [None; 16];
+        let mut rows = Vec::new();
+        let ok = for_each_tuple(buf, n, &mut fields[..n], |start, end, f| {
+            rows.push((start, end, f.iter().map(|f| f.map(<[u8]>::to_vec)).collect()));
+            true
+        });
+        ok.then_some(rows)
+    }
+
+    #[test]
+    fn binary_copy_is_read_by_its_documented_format() {
+        let five = 5i64.to_be_bytes();
+        let rows: [&[Option<&[u8]>]; 2] = [&[Some(&five), None, Some(b"ab")], &[None, Some(b""), Some(b"c")]];
+        for ext in [0, 4] {
+            let buf = binary(ext, &rows);
+            let got = collect(&buf, 3).unwrap();
+            assert_eq!(got.len(), 2);
+            assert_eq!(got[0].2, vec![Some(five.to_vec()), None, Some(b"ab".to_vec())]);
+            assert_eq!(got[1].2, vec![None, Some(vec![]), Some(b"c".to_vec())]);
+            // Each range is its tuple, and parses alone to the same fields.
+            let first = 19 + ext;
+            assert_eq!((got[0].0, got[0].1, got[1].0), (first, first + 2 + 12 + 4 + 6, first + 2 + 12 + 4 + 6));
+            assert_eq!(got[1].1, buf.len() - 2);
+            let mut f = [None; 3];
+            assert_eq!(tuple(&buf[got[1].0..got[1].1], &mut f), Ok(Some((3, got[1].1 - got[1].0))));
+            assert_eq!(int(f[0]), None);
+            assert_eq!(int(Some(&five)), Some(5));
+            assert_eq!(int(Some(&five[1..])), None);
+        }
+        let buf = binary(0, &rows);
+        // No rows: header and trailer only.
+        assert_eq!(collect(&binary(0, &[]), 3), Some(vec![]));
+        // Another number of fields, a cut, anything after the trailer, text
+        // COPY, another signature: not read.
+        assert_eq!(collect(&buf, 2), None);
+        assert_eq!(collect(&buf, 4), None);
+        for cut in [1, 2, 3, 10, 20, buf.len() - 1] {
+            assert_eq!(collect(&buf[..buf.len() - cut], 3), None, "cut {cut}");
+        }
+        assert_eq!(collect(&[buf.as_slice(), b"x"].concat(), 3), None);
+        assert_eq!(collect(b"5\t\\N\tab\n", 3), None);
+        let mut other = buf.clone();
+        other[0] = b'Q';
+        assert_eq!(collect(&other, 3), None);
+        // A header extension longer than what follows.
+        let mut long = buf.clone();
+        long[15..19].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(collect(&long, 3), None);
+        // The callback stops the reading.
+        let mut fields = [None; 3];
+        let mut seen = 0;
+        assert!(!for_each_tuple(&buf, 3, &mut fields, |_, _, _| {
+            seen += 1;
+            false
+        }));
+        assert_eq!(seen, 1);
+        // A length below -1, more fields than room, a field count below -1.
+        let mut bad = 1i16.to_be_bytes().to_vec();
+        bad.extend_from_slice(&(-2i32).to_be_bytes());
+        let (four, below, trailer) = (4i16.to_be_bytes(), (-2i16).to_be_bytes(), (-1i16).to_be_bytes());
+        let mut f = [None; 3];
+        assert_eq!(tuple(&bad, &mut f), Err(()));
+        assert_eq!(tuple(&four, &mut f), Err(()));
+        assert_eq!(tuple(&below, &mut f), Err(()));
+        assert_eq!(tuple(&trailer, &mut f), Ok(None));
+        assert_eq!(tuple(&[0], &mut f), Err(()));
+    }
+
+    #[test]
+    fn binary_fields_are_framed_like_the_typed_sqlite_rows() {
+        let s = FIELD_SEP;
+        let (leaf, seq, ts) = (0i64.to_be_bytes(), 1i64.to_be_bytes(), 5i64.to_be_bytes());
+        let mut f: [Option<&[u8]>; 16] = [None; 16];
+        let values: [(usize, &[u8]); 10] = [
+            (0, &leaf),
+            (1, &seq),
+            (2, b"ab"),
+            (3, &seq),
+            (4, b"id1"),
+            (5, &ts),
+            (7, b"system"),
+            (9, b"x.y"),
+            (13, b"ua\tb"),
+            (15, b"{}"),
+        ];
+        for (i, v) in values {
+            f[i] = Some(v);
+        }
+        let mut rec = Vec::new();
+        assert!(build_typed(&f, true, &mut rec));
+        assert_eq!(
+            String::from_utf8(rec.clone()).unwrap(),
+            format!("0{s}1{s}ab{s}1{s}id1{s}5{s}0{s}system{s}0{s}x.y{s}0{s}0{s}0{s}1ua\tb{s}0{s}{{}}")
+        );
+        // No event: the leaf's fields and `-`.
+        rec.clear();
+        assert!(build_typed(&f, false, &mut rec));
+        assert_eq!(String::from_utf8(rec).unwrap(), format!("0{s}1{s}ab{s}-"));
+        // A NULL where the schema has none, an integer of another width: the
+        // careful path decides.
+        for (i, v) in [(7, None), (2, None), (5, Some(&b"5"[..])), (0, Some(&leaf[..4]))] {
+            let mut bad = f;
+            bad[i] = v;
+            assert!(!build_typed(&bad, true, &mut Vec::new()), "field {i}");
+        }
+        // Bytes that are not UTF-8 make the record `?`.
+        let mut framer = Framer::default();
+        let mut out = String::new();
+        let mut bad = f;
+        bad[9] = Some(b"\xff");
+        framer.push_typed(&mut out, Some((&bad, true)));
+        framer.push_typed(&mut out, None);
+        framer.push_typed(&mut out, Some((&f, false)));
+        let leaf_only = format!("0{s}1{s}ab{s}-");
+        assert_eq!(out, format!("1:?1:?{}:{leaf_only}", leaf_only.len()));
     }
 
     /// The join done here gives exactly what PostgreSQL's join gives:
