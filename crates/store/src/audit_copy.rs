@@ -41,8 +41,9 @@ pub fn leaf_chunks(
         let mut from = 0i64;
         while from <= last {
             let to = from.saturating_add(chunk);
-            // Every chunk given back is kept: a few are in flight at once.
-            scratch.spare.extend(spent_rx.try_iter());
+            if let Some(buf) = spent_rx.try_iter().last() {
+                scratch.spare = buf;
+            }
             let read = match native.as_mut() {
                 Some(conn) => copy_chunk(conn, from, to, &mut scratch).await,
                 None => crate::audit::leaf_fields_chunk(&db, from, to).await,
@@ -87,8 +88,8 @@ struct Scratch {
     leaf_rows: Vec<(usize, usize, i64)>,
     /// Per event seq from the smallest one: (start, end) in `events`.
     slots: Vec<(u32, u32)>,
-    /// Chunks given back, to build the next ones in.
-    spare: Vec<String>,
+    /// A chunk given back, to build the next one in.
+    spare: String,
     /// Chunks that took the SQL join (its output is the same; only the
     /// tests look, to see that the client join is what runs).
     fallbacks: u32,
@@ -181,10 +182,9 @@ async fn copy_chunk_in(conn: &mut sqlx::PgConnection, from: i64, to: i64, s: &mu
         s.fallbacks += 1;
         return copy_joined(conn, from, to, &mut s.events).await;
     }
-    let mut out = s.spare.pop().unwrap_or_default();
+    let mut out = std::mem::take(&mut s.spare);
     out.clear();
-    // A little over: the next chunk may be a little larger.
-    out.reserve((s.leaves.len() + s.events.len() + s.leaf_rows.len() * 8) * 9 / 8);
+    out.reserve(s.leaves.len() + s.events.len() + s.leaf_rows.len() * 8);
     let mut framer = Framer::default();
     for &(start, end, seq) in &s.leaf_rows {
         let event = s.slots[(seq - min) as usize];
