@@ -862,7 +862,84 @@ async fn on_postgres_verification_finds_events_outside_the_log() {
         report.problems,
         [format!("record seq {seq} is not part of the log: it was inserted behind the log's back")]
     );
+    // A leaf planted at the last index there is (the reader jumps over
+    // the empty chunks, then stops where chunks cannot grow).
+    sqlx::query("INSERT INTO audit_leaves (leaf_index, event_seq, leaf_hash) VALUES ($1, $2, 'x')")
+        .bind(i64::MAX)
+        .bind(seq)
+        .execute(db.reader())
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(
+        Duration::from_secs(20),
+        verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}),
+    )
+    .await
+    .expect("verification ends")
+    .unwrap();
+    assert_eq!(
+        report.problems,
+        [format!("leaf {} lies beyond the log's 5 leaves: it was added behind the log's back", i64::MAX)]
+    );
     dropper.drop_db(db).await;
+}
+
+/// A column whose type was changed behind the log's back is not read as
+/// the type it had: PostgreSQL's binary rows carry no types.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(postgres_tests), ignore = "PALISADE_TEST_POSTGRES_URL is not set")]
+async fn on_postgres_a_retyped_column_does_not_verify() {
+    let (db, dropper) = postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("checkpoints");
+    let log = AuditLog::new(db.clone(), signer(), file.clone());
+    assert!(log.lead().await);
+    events(&db, 3, TenantId::new(), 1_000).await;
+    log.integrate(2_000).await.unwrap().unwrap();
+    // Each timestamp's 8 bytes unchanged, read as a date in 2000.
+    sqlx::query(
+        "ALTER TABLE audit_events ALTER ts TYPE timestamp \
+         USING timestamp '2000-01-01' + ts * interval '1 microsecond'",
+    )
+    .execute(db.reader())
+    .await
+    .unwrap();
+    let verified = verify_log(&db, log.signer().verifier(), &[file.as_path()], |_| {}).await;
+    assert!(verified.as_ref().is_err_and(|e| e.to_string().contains("bigint")), "{verified:?}");
+    dropper.drop_db(db).await;
+}
+
+/// A leaf planted far beyond the log (the leaves table refuses updates and
+/// deletes, not inserts) is found, and at once: the reader skips the empty
+/// chunks up to it, or stops where chunks cannot grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_planted_far_beyond_the_log_is_found_at_once() {
+    for (at, problem) in [
+        (1_000_000i64, "leaf 3 is unreadable"),
+        (i64::MAX, "lies beyond the log's 3 leaves: it was added behind the log's back"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path()).await;
+        events(&db, 3, TenantId::new(), 1_000).await;
+        let file = dir.path().join("checkpoints");
+        let log = AuditLog::new(db.clone(), signer(), file.clone());
+        log.integrate(2_000).await.unwrap().unwrap();
+        tamper(
+            dir.path(),
+            &format!("INSERT INTO audit_leaves (leaf_index, event_seq, leaf_hash) VALUES ({at}, 99, 'x')"),
+        )
+        .await;
+        let small = crate::verify::Pace { chunk: 2, progress_every: 2 };
+        let report = tokio::time::timeout(
+            Duration::from_secs(20),
+            crate::verify::verify_log_paced(&db, log.signer().verifier(), &[file.as_path()], |_| {}, small),
+        )
+        .await
+        .expect("verification ends")
+        .unwrap();
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(report.problems[0].contains(problem), "{at}: {:?}", report.problems);
+    }
 }
 
 /// Syncing copies to a witness file each verified checkpoint it lacks, in

@@ -915,6 +915,13 @@ pub(crate) async fn verify_log_paced(
                 report.records - 1
             ));
         }
+        if u64::try_from(last).is_ok_and(|last| last >= report.records) {
+            // A leaf the scan never reached: placed beyond the log's end.
+            report.problems.push(format!(
+                "leaf {last} lies beyond the log's {} leaves: it was added behind the log's back",
+                report.records
+            ));
+        }
         if let Some(seq) = strays.first() {
             report
                 .problems

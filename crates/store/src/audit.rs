@@ -754,6 +754,14 @@ pub async fn max_leaf_index<'c>(ex: impl Executor<'c, Database = Any>) -> Result
     Ok(sqlx::query_scalar("SELECT MAX(leaf_index) FROM audit_leaves").fetch_one(ex).await?)
 }
 
+/// The smallest leaf index at or above `from`.
+pub async fn next_leaf_index<'c>(ex: impl Executor<'c, Database = Any>, from: i64) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar("SELECT MIN(leaf_index) FROM audit_leaves WHERE leaf_index >= $1")
+        .bind(from)
+        .fetch_one(ex)
+        .await?)
+}
+
 /// Separator of the fields in a [`leaf_fields_chunk`] record.
 pub const FIELD_SEP: char = '\u{1f}';
 

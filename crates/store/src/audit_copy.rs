@@ -49,10 +49,18 @@ pub fn leaf_chunks(
                 None => crate::audit::leaf_fields_chunk(&db, from, to).await,
             };
             let failed = read.is_err();
+            let empty = matches!(&read, Ok(c) if c.is_empty());
             if tx.send(read.map(|c| (from, c))).await.is_err() || failed {
                 break;
             }
-            from = to;
+            from = match next_from(&db, to, empty).await {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+            };
         }
         if let Some(conn) = native {
             let _ = sqlx::Connection::close(conn).await;
@@ -61,12 +69,31 @@ pub fn leaf_chunks(
     (rx, spent)
 }
 
+/// Where the chunk after `[…, to)` starts: `to`, or after an empty chunk
+/// the next leaf there is (the log has no gaps, so the scan stops at that
+/// one; a leaf planted far beyond the log, up to `i64::MAX`, would
+/// otherwise take forever of empty chunks to reach). `None`: nothing more
+/// to read (no leaf further on, or the chunks cannot grow past `i64::MAX`).
+async fn next_from(db: &Db, to: i64, empty: bool) -> Result<Option<i64>> {
+    if to == i64::MAX {
+        return Ok(None);
+    }
+    if !empty {
+        return Ok(Some(to));
+    }
+    crate::audit::next_leaf_index(db.reader(), to).await
+}
+
 const COLUMNS: &str = "l.leaf_index, l.event_seq, l.leaf_hash, e.seq, e.id, e.ts, e.tenant_id, e.actor_type, \
     e.actor_id, e.action, e.resource_type, e.resource_id, e.source_ip, e.user_agent, e.request_id, e.details";
 
-/// The event columns of [`COLUMNS`], `seq` first.
-const EVENT_COLUMNS: &str = "seq, id, ts, tenant_id, actor_type, actor_id, action, resource_type, resource_id, \
-    source_ip, user_agent, request_id, details";
+/// The event columns of [`COLUMNS`], `seq` first, cast to the types the
+/// binary rows are read as: binary rows carry no types, so a column whose
+/// type was changed behind the log's back (a `timestamp` has the 8 bytes
+/// of a `bigint`) fails the cast instead of passing for the old one.
+const EVENT_COLUMNS: &str = "seq::int8, id::text, ts::int8, tenant_id::text, actor_type::text, actor_id::text, \
+    action::text, resource_type::text, resource_id::text, source_ip::text, user_agent::text, request_id::text, \
+    details::text";
 
 /// Columns that may be NULL in a present event: tagged `0` (NULL) or
 /// `1` + value.
@@ -132,7 +159,7 @@ async fn copy_chunk_in(conn: &mut sqlx::PgConnection, from: i64, to: i64, s: &mu
     // COPY takes no parameters; these are integers. Binary rows: nothing
     // for the server to format or escape, nor for us to split and unescape.
     let sql = format!(
-        "COPY (SELECT leaf_index, event_seq, leaf_hash FROM audit_leaves \
+        "COPY (SELECT leaf_index::int8, event_seq::int8, leaf_hash::text FROM audit_leaves \
          WHERE leaf_index >= {from} AND leaf_index < {to} ORDER BY leaf_index) TO STDOUT (FORMAT binary)"
     );
     copy_into(conn, &sql, &mut s.leaves).await?;
