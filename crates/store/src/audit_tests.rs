@@ -638,3 +638,46 @@ async fn a_tenants_statements_leaves_and_removal() {
     tx.commit().await.unwrap();
     assert_eq!(oldest_leaf_of(r, &a).await.unwrap(), None);
 }
+
+/// The verifier's reader skips an empty stretch of leaves to the next leaf
+/// there is, and stops where chunks cannot grow: a leaf planted far beyond
+/// the log is reached at once, one at `i64::MAX` ends the reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_jumps_to_a_far_leaf_and_ends_at_the_last_index() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let mut c = sqlx::AnyConnection::connect(&format!("sqlite://{}/audit.db", dir.path().display())).await.unwrap();
+    let far = 1_000_000i64;
+    sqlx::query(&format!(
+        "INSERT INTO audit_leaves (leaf_index, event_seq, leaf_hash) VALUES \
+         (0, 1, 'h0'), (1, 2, 'h1'), (2, 3, 'h2'), ({far}, 4, 'h3'), ({}, 5, 'h4')",
+        i64::MAX
+    ))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    c.close().await.unwrap();
+    let r = db.reader();
+    assert_eq!(next_leaf_index(r, 0).await.unwrap(), Some(0));
+    assert_eq!(next_leaf_index(r, 3).await.unwrap(), Some(far));
+    assert_eq!(next_leaf_index(r, far).await.unwrap(), Some(far));
+    assert_eq!(next_leaf_index(r, far + 1).await.unwrap(), Some(i64::MAX));
+    let (mut chunks, _spent) = crate::audit_copy::leaf_chunks(&db, i64::MAX, 2);
+    let mut read = Vec::new();
+    let all = async {
+        while let Some(next) = chunks.recv().await {
+            let (from, text) = next.unwrap();
+            read.push((from, split_records(&text).unwrap().len()));
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), all).await.expect("the reading ends");
+    assert_eq!(read, [(0, 2), (2, 1), (4, 0), (far, 1), (far + 2, 0), (i64::MAX, 0)]);
+    // Up to the last leaf asked for, no further.
+    let (mut chunks, _spent) = crate::audit_copy::leaf_chunks(&db, 3, 2);
+    let mut froms = Vec::new();
+    while let Some(next) = chunks.recv().await {
+        froms.push(next.unwrap().0);
+    }
+    assert_eq!(froms, [0, 2]);
+}
