@@ -491,7 +491,10 @@ mod tests {
         out
     }
 
-    fn collect(buf: &[u8], n: usize) -> Option<Vec<(usize, usize, Vec<Option<Vec<u8>>>)>> {
+    /// A tuple read: its byte range and its fields (`None`: NULL).
+    type Read = (usize, usize, Vec<Option<Vec<u8>>>);
+
+    fn collect(buf: &[u8], n: usize) -> Option<Vec<Read>> {
         let mut fields = [None; 16];
         let mut rows = Vec::new();
         let ok = for_each_tuple(buf, n, &mut fields[..n], |start, end, f| {
